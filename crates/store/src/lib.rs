@@ -1,0 +1,36 @@
+//! holdfast's store: immutable, content-addressed objects and everything built from them.
+//!
+//! Layers, bottom up: [`name`] (what an object is called), [`backend`] (the no-delete
+//! [`ObjectStore`] trait) and its backends ([`local`]); then the repository format built on
+//! them — keys, envelope, chunking, packs, index, catalog — described in `docs/vault-format.md`.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use store::{LocalDir, ObjectKind, ObjectName, ObjectStore, PutOutcome, Timestamp};
+//! let dir = tempfile::tempdir().unwrap();
+//! let s = LocalDir::open(dir.path()).unwrap();
+//! let name = ObjectName::for_bytes(ObjectKind::Pack, b"bytes");
+//! let until = Timestamp::now().plus(std::time::Duration::from_secs(86400));
+//! assert_eq!(s.put_if_absent(&name, "bytes".into(), until).await.unwrap(), PutOutcome::Created);
+//! // The same name again changes nothing; different bytes under that name are refused.
+//! assert_eq!(s.put_if_absent(&name, "bytes".into(), until).await.unwrap(), PutOutcome::AlreadyPresent);
+//! assert!(s.put_if_absent(&name, "other".into(), until).await.is_err());
+//! # });
+//! ```
+
+pub mod backend;
+pub mod chunker;
+pub mod envelope;
+pub mod error;
+pub mod keys;
+pub mod local;
+pub mod name;
+pub mod quorum;
+pub mod timestamp;
+
+pub use backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+pub use error::RepoError;
+pub use keys::{ChunkId, KeysFile, MasterKeys};
+pub use local::LocalDir;
+pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
+pub use timestamp::Timestamp;

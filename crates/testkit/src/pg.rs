@@ -1,0 +1,525 @@
+//! `TempPg`: a throwaway PostgreSQL cluster for tests, run as the `postgres` system user.
+//!
+//! Each `TempPg` runs `initdb` into its own temporary directory, listens on a Unix socket in
+//! that directory (and, if asked, on a free TCP port of 127.0.0.1), and is stopped on drop.
+//! PostgreSQL refuses to run as root, so when the tests run as root every server-side command
+//! goes through `runuser -u postgres --` and the directories are handed to that user.
+
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The superuser's name in every `TempPg`.
+pub const SUPERUSER: &str = "postgres";
+
+/// How to set up a [`TempPg`].
+#[derive(Clone, Debug, Default)]
+pub struct TempPgOptions {
+    /// Also listen on 127.0.0.1 (on a free port).
+    pub tcp: bool,
+    /// Extra `postgresql.conf` settings, as (name, value) with the value written verbatim.
+    pub settings: Vec<(String, String)>,
+    /// Extra `pg_hba.conf` lines, put before initdb's defaults.
+    pub hba_lines: Vec<String>,
+}
+
+impl TempPgOptions {
+    /// Adds a `postgresql.conf` setting (`value` is written verbatim, quote strings yourself).
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Also listen on TCP 127.0.0.1.
+    pub fn with_tcp(mut self) -> Self {
+        self.tcp = true;
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line ahead of the defaults.
+    pub fn hba(mut self, line: &str) -> Self {
+        self.hba_lines.push(line.to_owned());
+        self
+    }
+}
+
+/// A running PostgreSQL cluster in a temporary directory; stopped (fast) on drop.
+#[derive(Debug)]
+pub struct TempPg {
+    root: tempfile::TempDir,
+    data: PathBuf,
+    port: u16,
+    tcp: bool,
+    password: String,
+    running: bool,
+}
+
+/// The directory holding `initdb`, `postgres`, `pg_ctl`, `psql`, `pg_waldump`…
+pub fn bindir() -> Result<PathBuf> {
+    static BINDIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINDIR
+        .get_or_init(|| {
+            let out = Command::new("pg_config")
+                .arg("--bindir")
+                .output()
+                .map_err(|e| format!("running pg_config --bindir: {e} (is PostgreSQL installed?)"))?;
+            if !out.status.success() {
+                return Err("pg_config --bindir failed".to_owned());
+            }
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            // Debian's pg_config may belong to libpq-dev only; fall back to the server's bindir.
+            if dir.join("initdb").exists() {
+                return Ok(dir);
+            }
+            std::fs::read_dir("/usr/lib/postgresql")
+                .ok()
+                .and_then(|rd| {
+                    let mut v: Vec<PathBuf> = rd
+                        .flatten()
+                        .map(|e| e.path().join("bin"))
+                        .filter(|p| p.join("initdb").exists())
+                        .collect();
+                    v.sort();
+                    v.pop()
+                })
+                .ok_or_else(|| format!("no initdb in {} nor /usr/lib/postgresql/*/bin", dir.display()))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The path of a PostgreSQL program, e.g. `bin("pg_waldump")`.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    Ok(bindir()?.join(name))
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn postgres_ids() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .context("running id postgres")?;
+        if !out.status.success() {
+            bail!("there is no `postgres` system user to run PostgreSQL as");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// A command that runs `program` as the `postgres` user when we are root, directly otherwise.
+pub fn command_as_postgres(program: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn give_to_postgres(path: &Path) -> Result<()> {
+    if running_as_root() {
+        let (uid, gid) = postgres_ids()?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {} to postgres", path.display()))?;
+    }
+    Ok(())
+}
+
+impl TempPg {
+    /// Initialises and starts a cluster with default options.
+    pub fn start() -> Result<TempPg> {
+        Self::start_with(TempPgOptions::default())
+    }
+
+    /// Initialises and starts a cluster.
+    pub fn start_with(opts: TempPgOptions) -> Result<TempPg> {
+        let root = tempfile::Builder::new().prefix("holdfast-pg-").tempdir()?;
+        give_to_postgres(root.path())?;
+        let data = root.path().join("data");
+        let password = format!("pw-{}", std::process::id());
+        let pwfile = root.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n"))?;
+        give_to_postgres(&pwfile)?;
+        let mut initdb = command_as_postgres(&bin("initdb")?);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["--no-sync", "-A", "scram-sha-256", "-U", SUPERUSER, "-E", "UTF8"])
+            .args(["--locale=C"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run(initdb, "initdb")?;
+        std::fs::remove_file(&pwfile)?;
+
+        let pg = TempPg {
+            root,
+            data,
+            port: free_port()?,
+            tcp: opts.tcp,
+            password,
+            running: false,
+        };
+        pg.write_config(&opts)?;
+        let mut pg = pg;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    fn write_config(&self, opts: &TempPgOptions) -> Result<()> {
+        let mut conf = String::from("\n# Written by holdfast's testkit.\n");
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
+        conf.push_str(&format!("listen_addresses = '{listen}'\n"));
+        conf.push_str(&self.port_settings());
+        for line in [
+            "wal_level = replica",
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
+            "fsync = off",
+            "shared_buffers = 16MB",
+            "max_connections = 30",
+            "log_min_messages = warning",
+        ] {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        for (k, v) in &opts.settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        append(&self.data.join("postgresql.conf"), &conf)?;
+        if !opts.hba_lines.is_empty() {
+            let path = self.data.join("pg_hba.conf");
+            let old = std::fs::read_to_string(&path)?;
+            let mut new = opts.hba_lines.join("\n");
+            new.push('\n');
+            new.push_str(&old);
+            std::fs::write(&path, new)?;
+        }
+        Ok(())
+    }
+
+    fn port_settings(&self) -> String {
+        format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            self.port,
+            self.socket_dir().display()
+        )
+    }
+
+    fn start_server(&mut self) -> Result<()> {
+        let mut cmd = command_as_postgres(&bin("pg_ctl")?);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "60", "start"]);
+        if let Err(e) = run(cmd, "pg_ctl start") {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            bail!("{e}\nserver log:\n{log}");
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// The directory holding the server's Unix socket (`host` for libpq).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.path().to_path_buf()
+    }
+
+    /// The socket file itself: `<socket_dir>/.s.PGSQL.<port>`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_dir().join(format!(".s.PGSQL.{}", self.port))
+    }
+
+    /// The port (of the TCP listener if any; it also names the Unix socket).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>` when started with TCP.
+    pub fn tcp_addr(&self) -> Option<String> {
+        self.tcp.then(|| format!("127.0.0.1:{}", self.port))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The superuser (`postgres`) password.
+    pub fn superuser_password(&self) -> &str {
+        &self.password
+    }
+
+    /// The server log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("server.log")
+    }
+
+    /// A scratch directory inside the cluster's temp dir, owned by `postgres`.
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
+        let p = self.root.path().join(name);
+        std::fs::create_dir_all(&p)?;
+        give_to_postgres(&p)?;
+        Ok(p)
+    }
+
+    /// Runs SQL through psql as the superuser; returns unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        self.psql_db("postgres", sql)
+    }
+
+    /// Runs SQL through psql in database `db`.
+    pub fn psql_db(&self, db: &str, sql: &str) -> Result<String> {
+        let mut cmd = command_as_postgres(Path::new("env"));
+        cmd.arg(format!("PGPASSWORD={}", self.password))
+            .arg(bin("psql")?)
+            .arg("-h")
+            .arg(self.socket_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", SUPERUSER, "-d", db, "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
+        let out = run(cmd, &format!("psql -c {sql:?}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// Creates a login role with the REPLICATION attribute.
+    pub fn create_replication_role(&self, name: &str, password: &str) -> Result<()> {
+        self.psql(&format!(
+            "CREATE ROLE {} LOGIN REPLICATION PASSWORD {}",
+            quote_ident(name),
+            quote_literal(password)
+        ))
+        .map(drop)
+    }
+
+    /// Creates a login role without REPLICATION.
+    pub fn create_login_role(&self, name: &str, password: &str) -> Result<()> {
+        self.psql(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD {}",
+            quote_ident(name),
+            quote_literal(password)
+        ))
+        .map(drop)
+    }
+
+    /// `pg_controldata` output for the data directory.
+    pub fn controldata(&self) -> Result<String> {
+        let mut cmd = command_as_postgres(&bin("pg_controldata")?);
+        cmd.arg("-D").arg(&self.data);
+        let out = run(cmd, "pg_controldata")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The "Database system identifier" `pg_controldata` prints.
+    pub fn system_identifier(&self) -> Result<u64> {
+        let text = self.controldata()?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Database system identifier:"))
+            .context("pg_controldata printed no system identifier")?;
+        Ok(line.rsplit(' ').next().unwrap_or_default().trim().parse()?)
+    }
+
+    /// Whether the server is running (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Stops the server (fast shutdown) and waits.
+    pub fn stop(&mut self) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        let mut cmd = command_as_postgres(&bin("pg_ctl")?);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        run(cmd, "pg_ctl stop")?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts a stopped server again.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start_server()
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash would; `restart` recovers it.
+    pub fn kill(&mut self) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid"))?;
+        let pid: u32 = pidfile.lines().next().unwrap_or_default().trim().parse()?;
+        let mut cmd = Command::new("kill");
+        cmd.args(["-KILL", &pid.to_string()]);
+        run(cmd, "kill postmaster")?;
+        // Wait for the postmaster to go; its children exit when they notice.
+        for _ in 0..200 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.running = false;
+        // Orphaned backends keep the shared memory segment a while; give them a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+        Ok(())
+    }
+
+    /// A streaming standby of `primary`, cloned with `pg_basebackup -R` and started.
+    pub fn standby_of(primary: &TempPg) -> Result<TempPg> {
+        let root = tempfile::Builder::new().prefix("holdfast-pg-").tempdir()?;
+        give_to_postgres(root.path())?;
+        let data = root.path().join("data");
+        let mut cmd = command_as_postgres(Path::new("env"));
+        cmd.arg(format!("PGPASSWORD={}", primary.password))
+            .arg(bin("pg_basebackup")?)
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .args(["-U", SUPERUSER, "-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .arg("-D")
+            .arg(&data);
+        run(cmd, "pg_basebackup")?;
+        let mut pg = TempPg {
+            root,
+            data,
+            port: free_port()?,
+            tcp: primary.tcp,
+            password: primary.password.clone(),
+            running: false,
+        };
+        // The copied config names the primary's port and socket directory: override them.
+        let listen = if pg.tcp { "127.0.0.1" } else { "" };
+        append(
+            &pg.data.join("postgresql.conf"),
+            &format!(
+                "\n# Standby of {}.\nlisten_addresses = '{listen}'\n{}",
+                primary.data.display(),
+                pg.port_settings()
+            ),
+        )?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    /// Promotes a standby to primary and waits for it.
+    pub fn promote(&self) -> Result<()> {
+        let mut cmd = command_as_postgres(&bin("pg_ctl")?);
+        cmd.arg("-D").arg(&self.data).args(["-w", "promote"]);
+        run(cmd, "pg_ctl promote").map(drop)
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Quotes an SQL identifier: `"a""b"`.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal: `'it''s'`.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Makes `path` readable by everyone (for files tests hand to PostgreSQL tools).
+pub fn make_world_readable(path: &Path) -> Result<()> {
+    let mut perms = std::fs::metadata(path)?.permissions();
+    perms.set_mode(perms.mode() | 0o444 | if path.is_dir() { 0o111 } else { 0 });
+    std::fs::set_permissions(path, perms)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_queries_restarts_and_stops() -> Result<()> {
+        let mut pg = TempPg::start_with(TempPgOptions::default().with_tcp())?;
+        assert_eq!(pg.psql("select 1 + 1")?, "2");
+        assert_eq!(pg.psql("show wal_level")?, "replica");
+        assert!(pg.socket_path().exists());
+        assert!(pg.tcp_addr().is_some());
+        assert!(pg.system_identifier()? > 0);
+        pg.create_replication_role("rep", "s3cret'")?;
+        assert_eq!(
+            pg.psql("select rolreplication from pg_roles where rolname = 'rep'")?,
+            "t"
+        );
+        pg.psql("create table t (x int); insert into t values (1)")?;
+        pg.kill()?;
+        assert!(pg.psql("select 1").is_err());
+        pg.restart()?;
+        assert_eq!(pg.psql("select count(*) from t")?, "1");
+        pg.stop()?;
+        assert!(!pg.socket_path().exists());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_sql_is_an_error() -> Result<()> {
+        let pg = TempPg::start()?;
+        let err = pg.psql("select * from no_such_table").unwrap_err();
+        assert!(err.to_string().contains("no_such_table"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn standby_follows_primary() -> Result<()> {
+        let primary = TempPg::start()?;
+        primary.psql("create table t (x int); insert into t values (42)")?;
+        let standby = TempPg::standby_of(&primary)?;
+        assert_eq!(standby.psql("select pg_is_in_recovery()")?, "t");
+        assert_eq!(standby.psql("select x from t")?, "42");
+        standby.promote()?;
+        assert_eq!(standby.psql("select pg_is_in_recovery()")?, "f");
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! The vault's HTTP interface: wire types, token scopes and a typed client.
+//!
+//! Everything outside the vault (the CLI, restore, gate) talks to it only through this crate,
+//! never through `vault` itself.
+//!
+//! ```
+//! use vault_api::{Scope, Token};
+//! let t: Token = "hft_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse().unwrap();
+//! assert_eq!(t.id(), "0123456789abcdef");
+//! assert_eq!("append".parse::<Scope>().unwrap(), Scope::Append);
+//! ```
+
+pub mod client;
+pub mod token;
+pub mod wire;
+
+pub use client::{ClientError, VaultClient};
+pub use token::{Scope, Token, TokenError};
+pub use wire::*;
