@@ -25,6 +25,8 @@ pub struct PieceHeader {
     pub end: Lsn,
     /// WAL segment size of the cluster, in bytes.
     pub segment_size: u64,
+    /// The server's clock when it sent the last byte of this piece.
+    pub server_time: store::Timestamp,
 }
 
 /// A decoded piece.
@@ -103,6 +105,7 @@ mod tests {
                 start: Lsn(start),
                 end: Lsn(start + len as u64),
                 segment_size: 16 << 20,
+                server_time: store::Timestamp(1_700_000_000),
             },
             data: vec![7; len],
         }

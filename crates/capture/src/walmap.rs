@@ -15,6 +15,8 @@ pub struct PieceRef {
     pub start: Lsn,
     pub end: Lsn,
     pub name: ObjectName,
+    /// The server's clock when it sent the piece's last byte.
+    pub server_time: store::Timestamp,
 }
 
 /// Stored WAL per timeline.
@@ -69,6 +71,33 @@ impl WalMap {
         Some(self.contiguous_end(tli, first))
     }
 
+    /// The newest piece of a timeline (the one ending last).
+    pub fn last(&self, tli: TimelineId) -> Option<PieceRef> {
+        self.timelines.get(&tli)?.values().max_by_key(|p| p.end).copied()
+    }
+
+    /// The first piece of a timeline.
+    pub fn first(&self, tli: TimelineId) -> Option<PieceRef> {
+        self.timelines.get(&tli)?.values().next().copied()
+    }
+
+    /// The start of the contiguous run that ends at the timeline's newest byte.
+    pub fn last_run_start(&self, tli: TimelineId) -> Option<Lsn> {
+        let pieces = self.timelines.get(&tli)?;
+        let mut start = None;
+        let mut end: Option<Lsn> = None;
+        for p in pieces.values() {
+            match end {
+                Some(e) if p.start <= e => end = Some(e.max(p.end)),
+                _ => {
+                    start = Some(p.start);
+                    end = Some(p.end);
+                }
+            }
+        }
+        start
+    }
+
     /// Gaps between the earliest and the latest stored byte of a timeline.
     pub fn gaps(&self, tli: TimelineId) -> Vec<(Lsn, Lsn)> {
         let Some(pieces) = self.timelines.get(&tli) else { return Vec::new() };
@@ -113,6 +142,7 @@ mod tests {
             start: Lsn(start),
             end: Lsn(end),
             name: ObjectName::for_bytes(ObjectKind::Wal, &start.to_le_bytes()),
+            server_time: store::Timestamp(start as i64),
         }
     }
 
@@ -130,8 +160,11 @@ mod tests {
         assert_eq!(m.contiguous_end(t, Lsn(450)), Lsn(500));
         assert_eq!(m.contiguous_end(t, Lsn(350)), Lsn(350));
         assert_eq!(m.gaps(t), vec![(Lsn(320), Lsn(400))]);
+        assert_eq!(m.last_run_start(t), Some(Lsn(400)));
+        assert_eq!(m.last(t).unwrap().end, Lsn(500));
         m.insert(t, p(320, 400));
         assert!(m.gaps(t).is_empty());
+        assert_eq!(m.last_run_start(t), Some(Lsn(100)));
         assert_eq!(m.durable_end(t), Some(Lsn(500)));
         assert_eq!(m.pieces_in(t, Lsn(150), Lsn(260)).len(), 3);
         assert_eq!(m.len(), 5);

@@ -61,22 +61,18 @@ impl BackupLabel {
             if line.trim().is_empty() {
                 continue;
             }
-            let (key, value) = line
-                .split_once(": ")
-                .ok_or_else(|| bad(format!("line without \"KEY: value\": {line:?}")))?;
+            let (key, value) =
+                line.split_once(": ").ok_or_else(|| bad(format!("line without \"KEY: value\": {line:?}")))?;
             let value = value.trim_end();
             match key {
                 "START WAL LOCATION" => {
                     // "0/2000028 (file 000000010000000000000002)"
                     let (lsn, rest) = value.split_once(' ').unwrap_or((value, ""));
                     start = Some(
-                        lsn.parse::<Lsn>()
-                            .map_err(|_| bad(format!("bad START WAL LOCATION {value:?}")))?,
+                        lsn.parse::<Lsn>().map_err(|_| bad(format!("bad START WAL LOCATION {value:?}")))?,
                     );
-                    start_file = rest
-                        .strip_prefix("(file ")
-                        .and_then(|r| r.strip_suffix(')'))
-                        .map(str::to_owned);
+                    start_file =
+                        rest.strip_prefix("(file ").and_then(|r| r.strip_suffix(')')).map(str::to_owned);
                 }
                 "CHECKPOINT LOCATION" => {
                     checkpoint = Some(
@@ -90,18 +86,14 @@ impl BackupLabel {
                 "START TIME" => label.start_time = Some(value.to_owned()),
                 "LABEL" => label.label = Some(value.to_owned()),
                 "START TIMELINE" => {
-                    label.start_timeline = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("bad START TIMELINE {value:?}")))?,
-                    );
+                    label.start_timeline =
+                        Some(value.parse().map_err(|_| bad(format!("bad START TIMELINE {value:?}")))?);
                 }
                 _ => label.other.push((key.to_owned(), value.to_owned())),
             }
         }
         label.start_wal_location = start.ok_or_else(|| bad("no START WAL LOCATION".into()))?;
-        label.checkpoint_location =
-            checkpoint.ok_or_else(|| bad("no CHECKPOINT LOCATION".into()))?;
+        label.checkpoint_location = checkpoint.ok_or_else(|| bad("no CHECKPOINT LOCATION".into()))?;
         label.start_wal_file = start_file;
         Ok(label)
     }

@@ -23,9 +23,8 @@ pub use backup_label::BackupLabel;
 pub use lsn::Lsn;
 pub use manifest::BackupManifest;
 pub use segment::{
-    DEFAULT_WAL_SEGMENT_SIZE, HistoryEntry, SegNo, TimelineId, TimelineHistory,
-    check_segment_size, history_file_name, lsn_to_segno, parse_segment_name, segment_name,
-    segment_offset, segment_start,
+    DEFAULT_WAL_SEGMENT_SIZE, HistoryEntry, SegNo, TimelineHistory, TimelineId, check_segment_size,
+    history_file_name, lsn_to_segno, parse_segment_name, segment_name, segment_offset, segment_start,
 };
 
 /// Text or bytes that are not in the PostgreSQL format they claim to be.

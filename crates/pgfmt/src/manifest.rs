@@ -262,9 +262,7 @@ impl BackupManifest {
         for f in raw.files {
             let path = match (f.path, f.encoded_path) {
                 (Some(p), None) => p.into_bytes(),
-                (None, Some(e)) => {
-                    hex::decode(&e).map_err(|_| bad(format!("bad Encoded-Path {e:?}")))?
-                }
+                (None, Some(e)) => hex::decode(&e).map_err(|_| bad(format!("bad Encoded-Path {e:?}")))?,
                 _ => return Err(bad("a file needs exactly one of Path and Encoded-Path".into())),
             };
             let algorithm = match &f.algorithm {
@@ -319,10 +317,7 @@ pub fn checksummed_part(text: &[u8]) -> Result<&[u8], FormatError> {
         return Err(bad("last line not newline-terminated"));
     }
     let body = &text[..text.len() - 1];
-    let cut = body
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .ok_or_else(|| bad("expected at least 2 lines"))?;
+    let cut = body.iter().rposition(|&b| b == b'\n').ok_or_else(|| bad("expected at least 2 lines"))?;
     Ok(&text[..=cut])
 }
 

@@ -11,9 +11,7 @@ use crate::{FormatError, Lsn};
 pub const DEFAULT_WAL_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
 /// A timeline id. Timeline 1 is the one initdb creates; each promotion starts a new one.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TimelineId(pub u32);
 
@@ -27,9 +25,7 @@ impl FromStr for TimelineId {
     type Err = FormatError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<u32>()
-            .map(TimelineId)
-            .map_err(|_| FormatError::Timeline(s.to_owned()))
+        s.parse::<u32>().map(TimelineId).map_err(|_| FormatError::Timeline(s.to_owned()))
     }
 }
 
@@ -122,10 +118,7 @@ impl TimelineHistory {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| FormatError::History {
-                line: i + 1,
-                why: why.to_owned(),
-            };
+            let bad = |why: &str| FormatError::History { line: i + 1, why: why.to_owned() };
             let mut parts = trimmed.splitn(3, '\t');
             let parent: u32 = parts
                 .next()
@@ -141,21 +134,14 @@ impl TimelineHistory {
             {
                 return Err(bad("timeline ids must increase"));
             }
-            entries.push(HistoryEntry {
-                parent: TimelineId(parent),
-                switchpoint,
-                reason,
-            });
+            entries.push(HistoryEntry { parent: TimelineId(parent), switchpoint, reason });
         }
         Ok(TimelineHistory { entries })
     }
 
     /// The timeline that `lsn` was written on, for a server now on `current`.
     pub fn timeline_of(&self, lsn: Lsn, current: TimelineId) -> TimelineId {
-        self.entries
-            .iter()
-            .find(|e| lsn < e.switchpoint)
-            .map_or(current, |e| e.parent)
+        self.entries.iter().find(|e| lsn < e.switchpoint).map_or(current, |e| e.parent)
     }
 }
 
@@ -202,7 +188,8 @@ mod tests {
 
     #[test]
     fn parses_history() {
-        let text = "1\t0/3000158\tno recovery target specified\n\n# comment\n2\t0/5000000\tat restore point \"x\"\n";
+        let text =
+            "1\t0/3000158\tno recovery target specified\n\n# comment\n2\t0/5000000\tat restore point \"x\"\n";
         let h = TimelineHistory::parse(text).unwrap();
         assert_eq!(h.entries.len(), 2);
         assert_eq!(h.entries[0].parent, TimelineId(1));

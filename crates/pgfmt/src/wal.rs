@@ -157,31 +157,16 @@ impl PageHeader {
         let rem_len = r.u32()?;
         let long = if with_long && info & XLP_LONG_HEADER != 0 {
             r.skip(4)?;
-            Some(LongPageHeader {
-                sysid: r.u64()?,
-                seg_size: r.u32()?,
-                xlog_blcksz: r.u32()?,
-            })
+            Some(LongPageHeader { sysid: r.u64()?, seg_size: r.u32()?, xlog_blcksz: r.u32()? })
         } else {
             None
         };
-        Some(PageHeader {
-            magic,
-            info,
-            tli: TimelineId(tli),
-            pageaddr,
-            rem_len,
-            long,
-        })
+        Some(PageHeader { magic, info, tli: TimelineId(tli), pageaddr, rem_len, long })
     }
 
     /// The size of this header on the page (`XLogPageHeaderSize`).
     pub fn size(&self) -> usize {
-        if self.long.is_some() {
-            SIZE_OF_LONG_PHD
-        } else {
-            SIZE_OF_SHORT_PHD
-        }
+        if self.long.is_some() { SIZE_OF_LONG_PHD } else { SIZE_OF_SHORT_PHD }
     }
 
     /// Whether the page begins with the continuation of a record.
@@ -192,10 +177,7 @@ impl PageHeader {
 
 /// Whether `magic` is a WAL format holdfast knows (PostgreSQL 14–17).
 pub fn known_magic(magic: u16) -> bool {
-    matches!(
-        magic,
-        XLOG_PAGE_MAGIC_PG14 | XLOG_PAGE_MAGIC_PG15 | XLOG_PAGE_MAGIC_PG16 | XLOG_PAGE_MAGIC_PG17
-    )
+    matches!(magic, XLOG_PAGE_MAGIC_PG14 | XLOG_PAGE_MAGIC_PG15 | XLOG_PAGE_MAGIC_PG16 | XLOG_PAGE_MAGIC_PG17)
 }
 
 /// `XLogRecord`: the fixed header every WAL record starts with.
@@ -225,14 +207,7 @@ impl RecordHeader {
         let rmid = r.u8()?;
         r.skip(2)?;
         let crc = r.u32()?;
-        Some(RecordHeader {
-            tot_len,
-            xid,
-            prev,
-            info,
-            rmid,
-            crc,
-        })
+        Some(RecordHeader { tot_len, xid, prev, info, rmid, crc })
     }
 }
 
@@ -343,10 +318,7 @@ impl<'a> WalReader<'a> {
             hdr = long;
             let l = hdr.long.expect("long flag set");
             if u64::from(l.seg_size) != self.seg_size {
-                return Err(bad(format!(
-                    "segment size is {}, expected {}",
-                    l.seg_size, self.seg_size
-                )));
+                return Err(bad(format!("segment size is {}, expected {}", l.seg_size, self.seg_size)));
             }
             if u64::from(l.xlog_blcksz) != self.page_size {
                 return Err(bad(format!("unsupported XLOG_BLCKSZ {}", l.xlog_blcksz)));
@@ -479,13 +451,7 @@ impl<'a> WalReader<'a> {
                 why: format!("CRC is {crc:#010X}, header says {:#010X}", header.crc),
             });
         }
-        Ok(Some(WalRecord {
-            lsn: rec_lsn,
-            end_lsn: end,
-            header,
-            magic,
-            bytes,
-        }))
+        Ok(Some(WalRecord { lsn: rec_lsn, end_lsn: end, header, magic, bytes }))
     }
 }
 
@@ -519,8 +485,7 @@ impl Iterator for WalReader<'_> {
         }
         match self.read_record(lsn) {
             Ok(Some(rec)) => {
-                let is_switch =
-                    rec.header.rmid == rmgr::XLOG && rec.header.info & 0xF0 == xlog_info::SWITCH;
+                let is_switch = rec.header.rmid == rmgr::XLOG && rec.header.info & 0xF0 == xlog_info::SWITCH;
                 self.next = Some(if is_switch {
                     // The rest of the segment is unused after a switch.
                     Lsn(rec.end_lsn.0.div_ceil(self.seg_size) * self.seg_size)
@@ -625,17 +590,10 @@ impl WalRecord {
 
     /// Splits the body into block references and main data.
     pub fn body(&self) -> Result<DecodedBody<'_>, WalError> {
-        let bad = |why: &str| WalError::BadRecord {
-            lsn: self.lsn,
-            why: why.to_owned(),
-        };
+        let bad = |why: &str| WalError::BadRecord { lsn: self.lsn, why: why.to_owned() };
         let short = || bad("record body ends early");
         // Which image-compression bits mean "a hole length follows" changed in PostgreSQL 15.
-        let compressed_mask: u8 = if self.magic == XLOG_PAGE_MAGIC_PG14 {
-            0x02
-        } else {
-            0x04 | 0x08 | 0x10
-        };
+        let compressed_mask: u8 = if self.magic == XLOG_PAGE_MAGIC_PG14 { 0x02 } else { 0x04 | 0x08 | 0x10 };
         let mut r = Reader::new(&self.bytes[SIZE_OF_XLOG_RECORD..]);
         let mut blocks = Vec::new();
         let mut toplevel_xid = None;
@@ -701,34 +659,23 @@ impl WalRecord {
         // Main data comes last, after every block's image and data.
         let rest = r.rest();
         let main_data = &rest[rest.len() - main_len as usize..];
-        Ok(DecodedBody {
-            blocks,
-            main_data,
-            toplevel_xid,
-            origin,
-        })
+        Ok(DecodedBody { blocks, main_data, toplevel_xid, origin })
     }
 
     /// Decodes the record kinds holdfast acts on; anything else is [`RecordKind::Other`].
     pub fn kind(&self) -> Result<RecordKind, WalError> {
         let body = self.body()?;
-        let bad = |why: &str| WalError::BadRecord {
-            lsn: self.lsn,
-            why: why.to_owned(),
-        };
+        let bad = |why: &str| WalError::BadRecord { lsn: self.lsn, why: why.to_owned() };
         let info = self.rm_info();
         let mut r = Reader::new(body.main_data);
         let short = || bad("main data ends early");
         Ok(match self.header.rmid {
             rmgr::XLOG => match info {
                 xlog_info::SWITCH => RecordKind::XlogSwitch,
-                xlog_info::CHECKPOINT_SHUTDOWN | xlog_info::CHECKPOINT_ONLINE => {
-                    RecordKind::Checkpoint(Checkpoint::parse(
-                        body.main_data,
-                        info == xlog_info::CHECKPOINT_SHUTDOWN,
-                    )
-                    .ok_or_else(|| bad("checkpoint record too short"))?)
-                }
+                xlog_info::CHECKPOINT_SHUTDOWN | xlog_info::CHECKPOINT_ONLINE => RecordKind::Checkpoint(
+                    Checkpoint::parse(body.main_data, info == xlog_info::CHECKPOINT_SHUTDOWN)
+                        .ok_or_else(|| bad("checkpoint record too short"))?,
+                ),
                 _ => RecordKind::Other,
             },
             rmgr::XACT => {
@@ -752,10 +699,7 @@ impl WalRecord {
                 for _ in 0..n {
                     tablespaces.push(r.u32().ok_or_else(short)?);
                 }
-                RecordKind::DbaseDrop {
-                    db_id,
-                    tablespaces,
-                }
+                RecordKind::DbaseDrop { db_id, tablespaces }
             }
             rmgr::SMGR if info == XLOG_SMGR_TRUNCATE => {
                 let block = r.u32().ok_or_else(short)?;
@@ -887,11 +831,7 @@ impl XactEnd {
         if xinfo & XACT_XINFO_HAS_RELFILELOCATORS != 0 {
             let n = usize::try_from(r.i32()?).ok()?;
             for _ in 0..n {
-                end.dropped_rels.push(RelFileNode {
-                    spc: r.u32()?,
-                    db: r.u32()?,
-                    rel: r.u32()?,
-                });
+                end.dropped_rels.push(RelFileNode { spc: r.u32()?, db: r.u32()?, rel: r.u32()? });
             }
         }
         if magic != XLOG_PAGE_MAGIC_PG14 && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
@@ -945,16 +885,7 @@ impl Checkpoint {
         // nextMulti, nextMultiOffset, oldestXid, oldestXidDB, oldestMulti, oldestMultiDB, pad.
         r.skip(4 * 7)?;
         let time = r.i64()?;
-        Some(Checkpoint {
-            shutdown,
-            redo,
-            tli,
-            prev_tli,
-            full_page_writes,
-            next_xid,
-            next_oid,
-            time,
-        })
+        Some(Checkpoint { shutdown, redo, tli, prev_tli, full_page_writes, next_xid, next_oid, time })
     }
 }
 
@@ -991,15 +922,13 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn i32(&mut self) -> Option<i32> {
         self.u32().map(|v| v as i32)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn i64(&mut self) -> Option<i64> {
         self.u64().map(|v| v as i64)
@@ -1023,11 +952,7 @@ mod tests {
 
     impl WalWriter {
         fn new(start: u64) -> Self {
-            let mut w = WalWriter {
-                buf: Vec::new(),
-                start,
-                prev: 0,
-            };
+            let mut w = WalWriter { buf: Vec::new(), start, prev: 0 };
             w.page_header(0);
             w
         }
@@ -1120,9 +1045,8 @@ mod tests {
 
         // Starting at a page that continues a record skips the tail, like pg_waldump.
         let second_page = &w.buf[PAGE..];
-        let recs: Vec<_> = WalReader::new(second_page, Lsn(SEG + PAGE as u64), SEG)
-            .map(Result::unwrap)
-            .collect();
+        let recs: Vec<_> =
+            WalReader::new(second_page, Lsn(SEG + PAGE as u64), SEG).map(Result::unwrap).collect();
         assert_eq!(recs.first().unwrap().lsn, Lsn(expected[3].0));
 
         // A truncated buffer stops cleanly and says where to continue.
@@ -1175,9 +1099,7 @@ mod tests {
         w.record(rmgr::DBASE, XLOG_DBASE_DROP, 0, &[7, 0, 0, 0, 1, 0, 0, 0, 0x7F, 6, 0, 0]);
         w.record(rmgr::XLOG, xlog_info::SWITCH, 0, &[]);
         w.buf.resize(PAGE, 0);
-        let recs: Vec<_> = WalReader::new(&w.buf, Lsn(SEG), SEG)
-            .map(Result::unwrap)
-            .collect();
+        let recs: Vec<_> = WalReader::new(&w.buf, Lsn(SEG), SEG).map(Result::unwrap).collect();
         let RecordKind::XactCommit(c) = recs[0].kind().unwrap() else {
             panic!("not a commit: {:?}", recs[0].kind());
         };
@@ -1187,13 +1109,7 @@ mod tests {
         assert_eq!(c.subxacts, vec![900]);
         let rels: Vec<String> = c.dropped_rels.iter().map(ToString::to_string).collect();
         assert_eq!(rels, ["base/5/16384", "base/5/16387"]);
-        assert_eq!(
-            recs[1].kind().unwrap(),
-            RecordKind::DbaseDrop {
-                db_id: 7,
-                tablespaces: vec![1663]
-            }
-        );
+        assert_eq!(recs[1].kind().unwrap(), RecordKind::DbaseDrop { db_id: 7, tablespaces: vec![1663] });
         assert_eq!(recs[2].kind().unwrap(), RecordKind::XlogSwitch);
     }
 

@@ -174,10 +174,7 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder with [`DEFAULT_MAX_MESSAGE_LEN`].
     pub fn new() -> Self {
-        Decoder {
-            buf: BytesMut::with_capacity(64 * 1024),
-            max_len: DEFAULT_MAX_MESSAGE_LEN,
-        }
+        Decoder { buf: BytesMut::with_capacity(64 * 1024), max_len: DEFAULT_MAX_MESSAGE_LEN }
     }
 
     /// Sets the largest message accepted.
@@ -204,10 +201,7 @@ impl Decoder {
         let tag = self.buf[0];
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len < 4 {
-            return Err(Error::Protocol(format!(
-                "message {:?} has invalid length {len}",
-                tag as char
-            )));
+            return Err(Error::Protocol(format!("message {:?} has invalid length {len}", tag as char)));
         }
         if len > self.max_len {
             return Err(Error::Protocol(format!(
@@ -227,10 +221,7 @@ impl Decoder {
 
 /// Decodes one message body; never panics, whatever the bytes.
 pub fn parse_backend(tag: u8, body: Bytes) -> Result<BackendMessage, Error> {
-    let mut r = BodyReader {
-        tag,
-        b: body.clone(),
-    };
+    let mut r = BodyReader { tag, b: body.clone() };
     let msg = match tag {
         b'R' => {
             let code = r.i32()?;
@@ -257,14 +248,8 @@ pub fn parse_backend(tag: u8, body: Bytes) -> Result<BackendMessage, Error> {
                 other => Authentication::Unsupported(other),
             })
         }
-        b'S' => BackendMessage::ParameterStatus {
-            name: r.cstr()?,
-            value: r.cstr()?,
-        },
-        b'K' => BackendMessage::BackendKeyData {
-            pid: r.i32()?,
-            key: r.rest(),
-        },
+        b'S' => BackendMessage::ParameterStatus { name: r.cstr()?, value: r.cstr()? },
+        b'K' => BackendMessage::BackendKeyData { pid: r.i32()?, key: r.rest() },
         b'Z' => BackendMessage::ReadyForQuery(r.u8()?),
         b'T' => {
             let n = r.i16()?;
@@ -277,11 +262,7 @@ pub fn parse_backend(tag: u8, body: Bytes) -> Result<BackendMessage, Error> {
                 let _typlen = r.i16()?;
                 let _typmod = r.i32()?;
                 let format = r.i16()?;
-                fields.push(FieldDescription {
-                    name,
-                    type_oid,
-                    format,
-                });
+                fields.push(FieldDescription { name, type_oid, format });
             }
             BackendMessage::RowDescription(fields)
         }
@@ -290,11 +271,7 @@ pub fn parse_backend(tag: u8, body: Bytes) -> Result<BackendMessage, Error> {
             let mut cols = Vec::with_capacity(n.clamp(0, 1024) as usize);
             for _ in 0..n {
                 let len = r.i32()?;
-                cols.push(if len < 0 {
-                    None
-                } else {
-                    Some(r.take(len as usize)?)
-                });
+                cols.push(if len < 0 { None } else { Some(r.take(len as usize)?) });
             }
             BackendMessage::DataRow(cols)
         }
@@ -343,10 +320,7 @@ impl BodyReader {
     }
     fn cstr(&mut self) -> Result<String, Error> {
         let nul = self.b.iter().position(|&c| c == 0).ok_or_else(|| {
-            Error::Protocol(format!(
-                "message {:?} has an unterminated string",
-                self.tag as char
-            ))
+            Error::Protocol(format!("message {:?} has an unterminated string", self.tag as char))
         })?;
         let s = self.take(nul)?;
         self.b.advance(1);
@@ -485,7 +459,8 @@ mod tests {
     #[test]
     fn decodes_split_messages() {
         let mut bytes = msg(b'S', b"server_version\x0015.8\x00");
-        bytes.extend(msg(b'E', b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0\0"));
+        bytes
+            .extend(msg(b'E', b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0\0"));
         bytes.extend(msg(b'D', b"\x00\x02\x00\x00\x00\x02hi\xff\xff\xff\xff"));
         let mut d = Decoder::new();
         let mut got = Vec::new();
@@ -498,20 +473,12 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert_eq!(
             got[0],
-            BackendMessage::ParameterStatus {
-                name: "server_version".into(),
-                value: "15.8".into()
-            }
+            BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.8".into() }
         );
-        let BackendMessage::ErrorResponse(e) = &got[1] else {
-            panic!("{:?}", got[1])
-        };
+        let BackendMessage::ErrorResponse(e) = &got[1] else { panic!("{:?}", got[1]) };
         assert_eq!(e.code, "28P01");
         assert_eq!(e.severity, "FATAL");
-        assert_eq!(
-            got[2],
-            BackendMessage::DataRow(vec![Some(Bytes::from_static(b"hi")), None])
-        );
+        assert_eq!(got[2], BackendMessage::DataRow(vec![Some(Bytes::from_static(b"hi")), None]));
     }
 
     #[test]
@@ -536,7 +503,7 @@ mod tests {
         assert_eq!(out, [0, 0, 0, 8, 4, 210, 22, 47]);
         out.clear();
         frontend::startup(&mut out, &[("user", "u")]);
-        assert_eq!(out, b"\0\0\0\x11\0\x03\0\0user\0u\0\0");
+        assert_eq!(out, b"\0\0\0\x10\0\x03\0\0user\0u\0\0");
         out.clear();
         frontend::copy_done(&mut out);
         assert_eq!(out, b"c\0\0\0\x04");

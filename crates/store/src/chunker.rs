@@ -32,7 +32,13 @@ pub struct ChunkerConfig {
 
 impl Default for ChunkerConfig {
     fn default() -> Self {
-        ChunkerConfig { pages_per_chunk: 1, wal_chunk: 1 << 20, cdc_min: 256 << 10, cdc_avg: 1 << 20, cdc_max: 4 << 20 }
+        ChunkerConfig {
+            pages_per_chunk: 1,
+            wal_chunk: 1 << 20,
+            cdc_min: 256 << 10,
+            cdc_avg: 1 << 20,
+            cdc_max: 4 << 20,
+        }
     }
 }
 
@@ -103,7 +109,9 @@ impl<R: Read> Chunker<R> {
     pub fn new(reader: R, policy: Policy) -> Chunker<R> {
         match policy {
             Policy::Fixed { size } => Chunker::Fixed { reader, size, done: false },
-            Policy::Cdc { min, avg, max } => Chunker::Cdc(Box::new(fastcdc::v2020::StreamCDC::new(reader, min, avg, max))),
+            Policy::Cdc { min, avg, max } => {
+                Chunker::Cdc(Box::new(fastcdc::v2020::StreamCDC::new(reader, min, avg, max)))
+            }
         }
     }
 }
@@ -165,10 +173,30 @@ mod tests {
 
     #[test]
     fn relation_files_are_recognised() {
-        for yes in ["base/1/16384", "base/16384/16385.1", "global/1262", "base/5/2619_fsm", "base/5/2619_vm", "base/5/16384_init", "pg_tblspc/16390/PG_15_202209061/5/16391", "base/5/2619_fsm.2"] {
+        for yes in [
+            "base/1/16384",
+            "base/16384/16385.1",
+            "global/1262",
+            "base/5/2619_fsm",
+            "base/5/2619_vm",
+            "base/5/16384_init",
+            "pg_tblspc/16390/PG_15_202209061/5/16391",
+            "base/5/2619_fsm.2",
+        ] {
             assert!(is_relation_file(yes), "{yes}");
         }
-        for no in ["base/1/PG_VERSION", "base/1/pg_filenode.map", "global/pg_control", "pg_wal/000000010000000000000001", "postgresql.conf", "base/1/16384_xx", "base/1/16384.", "base/1/16384.a", "16384", "base/1/"] {
+        for no in [
+            "base/1/PG_VERSION",
+            "base/1/pg_filenode.map",
+            "global/pg_control",
+            "pg_wal/000000010000000000000001",
+            "postgresql.conf",
+            "base/1/16384_xx",
+            "base/1/16384.",
+            "base/1/16384.a",
+            "16384",
+            "base/1/",
+        ] {
             assert!(!is_relation_file(no), "{no}");
         }
         let c = ChunkerConfig::default();
@@ -193,7 +221,8 @@ mod tests {
     #[test]
     fn fixed_chunks_cover_input() {
         let data: Vec<u8> = (0..(8192 * 3 + 100)).map(|i| (i % 251) as u8).collect();
-        let chunks: Vec<Vec<u8>> = Chunker::new(Trickle(&data), Policy::Fixed { size: 8192 }).map(|c| c.unwrap()).collect();
+        let chunks: Vec<Vec<u8>> =
+            Chunker::new(Trickle(&data), Policy::Fixed { size: 8192 }).map(|c| c.unwrap()).collect();
         assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![8192, 8192, 8192, 100]);
         assert_eq!(chunks.concat(), data);
         assert_eq!(Chunker::new(&b""[..], Policy::Fixed { size: 8192 }).count(), 0);

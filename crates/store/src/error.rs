@@ -10,13 +10,17 @@ pub enum RepoError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A sealed object or blob did not decrypt: wrong key, or the bytes were altered.
-    #[error("cannot open {what}: authentication failed (the bytes were altered, or this is not this repository's key); run `check` to find damaged objects")]
+    #[error(
+        "cannot open {what}: authentication failed (the bytes were altered, or this is not this repository's key); run `check` to find damaged objects"
+    )]
     Tampered { what: String },
     /// A sealed object is structurally invalid (too short, unknown version, bad compression).
     #[error("{what} is malformed: {why}; run `check` to find damaged objects")]
     Malformed { what: String, why: String },
     /// No keys object could be opened with the identities supplied.
-    #[error("none of the {identities} identity file(s) given opens any of the {keys} keys object(s) in this repository: supply the vault identity or an escrow identity it was wrapped to")]
+    #[error(
+        "none of the {identities} identity file(s) given opens any of the {keys} keys object(s) in this repository: supply the vault identity or an escrow identity it was wrapped to"
+    )]
     NoMatchingKey { identities: usize, keys: usize },
     /// Wrapping keys failed (for example, no recipient given).
     #[error("cannot wrap the master keys: {0}; give at least one age X25519 recipient (age1…)")]
@@ -28,7 +32,9 @@ pub enum RepoError {
     #[error("a repository already exists here (config {0}); open it instead of initialising again")]
     AlreadyInitialised(ObjectName),
     /// The store holds more than one config object: someone wrote a second one.
-    #[error("the store holds {0} config objects; exactly one is allowed: find out who wrote the extra one before using this repository")]
+    #[error(
+        "the store holds {0} config objects; exactly one is allowed: find out who wrote the extra one before using this repository"
+    )]
     AmbiguousConfig(usize),
     /// Randomness was unavailable.
     #[error("the operating system random number generator failed: {0}")]

@@ -230,7 +230,8 @@ mod tests {
         let escrow = age::x25519::Identity::generate();
         let stranger = age::x25519::Identity::generate();
         let keys = MasterKeys::generate().unwrap();
-        let file = KeysFile::wrap(&keys, "r1", Timestamp(1), &[vault.to_public(), escrow.to_public()]).unwrap();
+        let file =
+            KeysFile::wrap(&keys, "r1", Timestamp(1), &[vault.to_public(), escrow.to_public()]).unwrap();
         let parsed = KeysFile::from_bytes(&file.to_bytes()).unwrap();
         assert_eq!(parsed, file);
         assert_eq!(parsed.recipients.len(), 2);

@@ -19,18 +19,30 @@
 //! ```
 
 pub mod backend;
+pub mod backup;
+pub mod catalog;
+pub mod check;
 pub mod chunker;
 pub mod envelope;
 pub mod error;
+pub mod index;
 pub mod keys;
 pub mod local;
 pub mod name;
+pub mod pack;
 pub mod quorum;
+pub mod repo;
+pub mod snapshot;
 pub mod timestamp;
 
 pub use backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+pub use backup::{BackupWriter, RestoreStats};
+pub use catalog::CatalogRecord;
+pub use check::{CheckReport, check};
 pub use error::RepoError;
 pub use keys::{ChunkId, KeysFile, MasterKeys};
 pub use local::LocalDir;
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
+pub use repo::{InitOptions, RepoConfig, Repository};
+pub use snapshot::{BackupRecord, FileEntry};
 pub use timestamp::Timestamp;

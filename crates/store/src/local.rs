@@ -34,7 +34,6 @@ struct Inner {
     root: PathBuf,
     /// Serialises read-compare-write of retention files within this process.
     retention_lock: Mutex<()>,
-    tmp_seq: AtomicU64,
 }
 
 impl LocalDir {
@@ -67,13 +66,20 @@ impl Inner {
             fs::create_dir_all(&d).map_err(|e| StoreError::io(format!("creating {}", d.display()), e))?;
         }
         // Writes in progress when a previous process died: never published, safe to clear.
+        // Temporary names start with the writer's pid; another live process (a server while
+        // the CLI runs `check`) keeps its files.
         let tmp = root.join("tmp");
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
+                let name = e.file_name();
+                let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+                let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
-        Ok(Inner { root, retention_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) })
+        Ok(Inner { root, retention_lock: Mutex::new(()) })
     }
 
     fn object_path(&self, name: &ObjectName) -> PathBuf {
@@ -87,7 +93,9 @@ impl Inner {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        // One counter per process: two stores open on the same directory never collide.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
         self.root.join("tmp").join(format!("{}-{n}", std::process::id()))
     }
 

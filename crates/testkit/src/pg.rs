@@ -104,10 +104,7 @@ fn running_as_root() -> bool {
 
 fn postgres_ids() -> Result<(u32, u32)> {
     let id = |flag: &str| -> Result<u32> {
-        let out = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .context("running id postgres")?;
+        let out = Command::new("id").args([flag, "postgres"]).output().context("running id postgres")?;
         if !out.status.success() {
             bail!("there is no `postgres` system user to run PostgreSQL as");
         }
@@ -178,14 +175,7 @@ impl TempPg {
         run(initdb, "initdb")?;
         std::fs::remove_file(&pwfile)?;
 
-        let pg = TempPg {
-            root,
-            data,
-            port: free_port()?,
-            tcp: opts.tcp,
-            password,
-            running: false,
-        };
+        let pg = TempPg { root, data, port: free_port()?, tcp: opts.tcp, password, running: false };
         pg.write_config(&opts)?;
         let mut pg = pg;
         pg.start_server()?;
@@ -225,20 +215,12 @@ impl TempPg {
     }
 
     fn port_settings(&self) -> String {
-        format!(
-            "port = {}\nunix_socket_directories = '{}'\n",
-            self.port,
-            self.socket_dir().display()
-        )
+        format!("port = {}\nunix_socket_directories = '{}'\n", self.port, self.socket_dir().display())
     }
 
     fn start_server(&mut self) -> Result<()> {
         let mut cmd = command_as_postgres(&bin("pg_ctl")?);
-        cmd.arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "60", "start"]);
+        cmd.arg("-D").arg(&self.data).arg("-l").arg(self.log_path()).args(["-w", "-t", "60", "start"]);
         if let Err(e) = run(cmd, "pg_ctl start") {
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             bail!("{e}\nserver log:\n{log}");
@@ -290,6 +272,16 @@ impl TempPg {
         Ok(p)
     }
 
+    /// Writes a file into the data directory, owned by `postgres` with `mode` (e.g. a TLS key
+    /// with 0o600).
+    pub fn write_data_file(&self, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf> {
+        let path = self.data.join(name);
+        std::fs::write(&path, contents)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        give_to_postgres(&path)?;
+        Ok(path)
+    }
+
     /// Runs SQL through psql as the superuser; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> Result<String> {
         self.psql_db("postgres", sql)
@@ -322,12 +314,8 @@ impl TempPg {
 
     /// Creates a login role without REPLICATION.
     pub fn create_login_role(&self, name: &str, password: &str) -> Result<()> {
-        self.psql(&format!(
-            "CREATE ROLE {} LOGIN PASSWORD {}",
-            quote_ident(name),
-            quote_literal(password)
-        ))
-        .map(drop)
+        self.psql(&format!("CREATE ROLE {} LOGIN PASSWORD {}", quote_ident(name), quote_literal(password)))
+            .map(drop)
     }
 
     /// `pg_controldata` output for the data directory.
@@ -359,9 +347,7 @@ impl TempPg {
             return Ok(());
         }
         let mut cmd = command_as_postgres(&bin("pg_ctl")?);
-        cmd.arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        cmd.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "-t", "60", "stop"]);
         run(cmd, "pg_ctl stop")?;
         self.running = false;
         Ok(())
@@ -489,10 +475,7 @@ mod tests {
         assert!(pg.tcp_addr().is_some());
         assert!(pg.system_identifier()? > 0);
         pg.create_replication_role("rep", "s3cret'")?;
-        assert_eq!(
-            pg.psql("select rolreplication from pg_roles where rolname = 'rep'")?,
-            "t"
-        );
+        assert_eq!(pg.psql("select rolreplication from pg_roles where rolname = 'rep'")?, "t");
         pg.psql("create table t (x int); insert into t values (1)")?;
         pg.kill()?;
         assert!(pg.psql("select 1").is_err());

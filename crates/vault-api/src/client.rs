@@ -92,7 +92,8 @@ impl VaultClient {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = rb.send().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
+        let resp =
+            rb.send().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -102,9 +103,13 @@ impl VaultClient {
         Err(ClientError::Api { status, message })
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let resp = self.send(rb).await?;
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
 
@@ -120,7 +125,11 @@ impl VaultClient {
     }
 
     /// Uploads a pack. The name must be the BLAKE3 hash of `bytes`.
-    pub async fn put_object(&self, name: &ObjectName, bytes: Bytes) -> Result<PutObjectResponse, ClientError> {
+    pub async fn put_object(
+        &self,
+        name: &ObjectName,
+        bytes: Bytes,
+    ) -> Result<PutObjectResponse, ClientError> {
         self.json(self.request(Method::PUT, &format!("/v1/objects/{name}")).body(bytes)).await
     }
 
@@ -131,7 +140,12 @@ impl VaultClient {
     }
 
     /// Downloads bytes `start..=end_inclusive` of an object.
-    pub async fn get_object_range(&self, name: &ObjectName, start: u64, end_inclusive: u64) -> Result<Bytes, ClientError> {
+    pub async fn get_object_range(
+        &self,
+        name: &ObjectName,
+        start: u64,
+        end_inclusive: u64,
+    ) -> Result<Bytes, ClientError> {
         let rb = self
             .request(Method::GET, &format!("/v1/objects/{name}"))
             .header(reqwest::header::RANGE, format!("bytes={start}-{end_inclusive}"));
@@ -142,7 +156,8 @@ impl VaultClient {
     /// The object's size, or `None` if it is absent.
     pub async fn head_object(&self, name: &ObjectName) -> Result<Option<u64>, ClientError> {
         let rb = self.request(Method::HEAD, &format!("/v1/objects/{name}"));
-        let resp = rb.send().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
+        let resp =
+            rb.send().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(resp.content_length()),
@@ -156,7 +171,11 @@ impl VaultClient {
     }
 
     /// Appends an allow-listed catalog record.
-    pub async fn append_record(&self, kind: &str, body: serde_json::Value) -> Result<AppendRecordResponse, ClientError> {
+    pub async fn append_record(
+        &self,
+        kind: &str,
+        body: serde_json::Value,
+    ) -> Result<AppendRecordResponse, ClientError> {
         let req = AppendRecordRequest { kind: kind.to_string(), body };
         self.json(self.request(Method::POST, "/v1/records").json(&req)).await
     }
@@ -169,6 +188,20 @@ impl VaultClient {
             None => "/v1/records".to_string(),
         };
         self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// Capture status of every protected cluster.
+    pub async fn status(&self) -> Result<crate::status::StatusResponse, ClientError> {
+        self.json(self.request(Method::GET, "/v1/status")).await
+    }
+
+    /// Takes a base backup of `cluster` now; returns when it is complete (may take long).
+    pub async fn backup_cluster(&self, cluster: &str) -> Result<crate::status::BackupSummary, ClientError> {
+        if !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(ClientError::Setup(format!("{cluster:?} is not a cluster name: letters, digits, _ and - only")));
+        }
+        let req = self.request(Method::POST, &format!("/v1/clusters/{cluster}/backup"));
+        self.json(req.timeout(std::time::Duration::from_secs(24 * 3600))).await
     }
 
     /// Lists backups.

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod client;
+pub mod status;
 pub mod token;
 pub mod wire;
 

@@ -1,1 +1,399 @@
-//! placeholder
+//! The vault service: an immutable, content-addressed backup store that no single insider can
+//! destroy.
+//!
+//! The vault holds a [`store::Repository`] on a backend without `delete`, serves it over HTTPS
+//! to holders of scoped tokens, rebuilds all its state (tokens, retention policy, deletion
+//! proposals) from catalog records at start, and removes objects only in [`retention`]: when
+//! their retention has passed, or under an M-of-N keyholder warrant after a waiting period.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let config = vault::config::Config::load(std::path::Path::new("/etc/holdfast/vault.toml"))?;
+//! let handle = vault::serve(config, Arc::new(vault::clock::SystemClock)).await?;
+//! println!("listening on {}", handle.addr());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod keyfile;
+pub mod retention;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::{Expunge, LocalDir, ObjectStore, Repository, Timestamp};
+use tokio::sync::watch;
+use vault_api::{BackupSummary, Scope, Token};
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigFile, KeyholderFile, QuorumFile, StoreConfig, StoreFile, TlsFile};
+use crate::keyfile::{AgeKey, KeyFileError};
+use crate::state::{VaultState, kinds};
+
+/// Errors starting or setting up a vault.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("opening the store failed: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("the repository could not be opened: {0}")]
+    Repo(#[from] store::RepoError),
+    #[error("cannot listen on {addr}: {source} (is another vault running? pick another `listen` address)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the collector failed: {0}")]
+    Capture(#[from] capture::CaptureError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Opens the configured object store with its removal capability (used only by `retention`).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError> {
+    match &config.store {
+        StoreConfig::Local(path) => {
+            if !path.is_dir() {
+                return Err(VaultError::Setup(format!(
+                    "the store directory {} does not exist: run `holdfast vault init` first, or fix store.path",
+                    path.display()
+                )));
+            }
+            Ok(Arc::new(LocalDir::open(path)?))
+        }
+    }
+}
+
+/// Opens the repository with the vault's key, or with `identities` instead (escrow keys: G5).
+pub async fn open_repository(
+    config: &Config,
+    identities: Option<Vec<age::x25519::Identity>>,
+) -> Result<(Repository, Arc<dyn Expunge>), VaultError> {
+    let store = open_store(config)?;
+    let ids = match identities {
+        Some(ids) => ids,
+        None => vec![AgeKey::load(&config.key_file)?.identity().clone()],
+    };
+    let plain: Arc<dyn ObjectStore> = store.clone();
+    let repo = Repository::open(plain, &ids).await?;
+    Ok((repo, store))
+}
+
+/// Folds every catalog record into the vault's state.
+pub async fn load_state(repo: &Repository) -> Result<VaultState, VaultError> {
+    let mut state = VaultState::default();
+    for (name, rec) in repo.records().await? {
+        state.apply(&name, &rec.kind, rec.written_at, &rec.body);
+    }
+    Ok(state)
+}
+
+/// A fresh random token.
+pub fn new_token() -> Result<Token, VaultError> {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; vault_api::token::SECRET_LEN];
+    getrandom::getrandom(&mut id)
+        .and_then(|_| getrandom::getrandom(&mut secret))
+        .map_err(|e| VaultError::Setup(format!("the random number generator failed: {e}")))?;
+    Token::new(hex::encode(id), secret).map_err(|e| VaultError::Setup(e.to_string()))
+}
+
+/// The `token.created` body for `token`: only the hash of its secret.
+pub fn token_record(token: &Token, scope: Scope, label: &str, created_by: &str) -> state::TokenCreated {
+    state::TokenCreated {
+        id: token.id().to_string(),
+        scope,
+        hash: blake3::hash(token.secret()).to_hex().to_string(),
+        label: label.to_string(),
+        created_by: created_by.to_string(),
+    }
+}
+
+/// The listing form of a backup record.
+pub fn backup_summary(b: &store::BackupRecord, now: Timestamp) -> BackupSummary {
+    BackupSummary {
+        id: b.id.clone(),
+        label: b.label.clone(),
+        started: b.started,
+        finished: b.finished,
+        retain_until: b.retain_until,
+        files: b.files,
+        bytes: b.bytes,
+        stored_bytes: b.stored_bytes,
+        expired: b.retain_until <= now,
+    }
+}
+
+/// Options for [`init`].
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub listen: String,
+    /// Escrow recipients the repository keys are also wrapped to (G5). May be empty only if the
+    /// caller accepted losing everything with the vault key.
+    pub escrow: Vec<age::x25519::Recipient>,
+    pub keyholders: Vec<KeyholderFile>,
+    pub threshold: usize,
+    pub retention_days: u32,
+    pub wait_hours: u64,
+    /// Protected clusters written into the config as `[[cluster]]` tables.
+    pub clusters: Vec<capture::ClusterConfig>,
+}
+
+/// What [`init`] created.
+#[derive(Debug)]
+pub struct Initialized {
+    pub config_path: PathBuf,
+    pub repository: String,
+    /// The first admin token: shown once, stored nowhere but as a hash in the catalog.
+    pub admin_token: Token,
+    pub ca_path: PathBuf,
+}
+
+/// Creates a vault in `opts.dir`: `vault.toml`, `vault.key` (0600), `store/`, a self-signed TLS
+/// pair, the repository (keys wrapped to the vault key and every escrow recipient), and a first
+/// admin token. Refuses to touch a directory that already holds a vault.
+pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, VaultError> {
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| VaultError::Setup(format!("cannot resolve {}: {e}", dir.display())))?;
+    let config_path = dir.join("vault.toml");
+    for existing in [config_path.clone(), dir.join("vault.key"), dir.join("store")] {
+        if existing.exists() {
+            return Err(VaultError::Setup(format!(
+                "{} already exists: this directory already holds a vault; pick an empty directory",
+                existing.display()
+            )));
+        }
+    }
+    let file = ConfigFile {
+        listen: opts.listen.clone(),
+        key_file: "vault.key".into(),
+        retention_days: opts.retention_days,
+        alert_command: None,
+        max_body_bytes: None,
+        store: StoreFile { path: "store".into() },
+        tls: TlsFile { cert: "tls/cert.pem".into(), key: "tls/key.pem".into() },
+        quorum: QuorumFile {
+            threshold: opts.threshold,
+            wait_hours: opts.wait_hours,
+            keyholders: opts.keyholders.clone(),
+        },
+        clusters: opts.clusters.clone(),
+    };
+    // Validate before creating anything.
+    let config = file.validate(&dir)?;
+    let now = clock.now();
+    let key = AgeKey::generate();
+    key.write_new(&config.key_file, &now.to_string())?;
+    let StoreConfig::Local(store_dir) = &config.store;
+    std::fs::create_dir_all(store_dir)
+        .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", store_dir.display())))?;
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(store_dir)?);
+    let mut recipients = vec![key.recipient()];
+    recipients.extend(opts.escrow.iter().cloned());
+    let repo = Repository::init(store, &recipients, now, Timestamp::FOREVER).await?;
+    let token = new_token()?;
+    let until = now.plus(Duration::from_secs(u64::from(opts.retention_days) * 86_400));
+    let body =
+        serde_json::to_value(token_record(&token, Scope::Admin, "first admin (vault init)", "vault init"))
+            .map_err(|e| VaultError::Setup(e.to_string()))?;
+    repo.append_record(kinds::TOKEN_CREATED, body, now, until).await?;
+    keyfile::ensure_tls(&config.tls.cert, &config.tls.key)?;
+    let text = toml::to_string(&file).map_err(|e| VaultError::Setup(format!("encoding the config: {e}")))?;
+    let header = "# holdfast vault configuration (created by `holdfast vault init`).\n# Unknown keys are refused. Paths are relative to this file.\n";
+    std::fs::write(&config_path, format!("{header}{text}"))
+        .map_err(|e| VaultError::Setup(format!("cannot write {}: {e}", config_path.display())))?;
+    Ok(Initialized {
+        config_path,
+        repository: repo.id().to_string(),
+        admin_token: token,
+        ca_path: config.tls.cert.clone(),
+    })
+}
+
+/// A running vault.
+#[derive(Debug)]
+pub struct VaultHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    shared: Arc<api::Shared>,
+}
+
+impl VaultHandle {
+    /// The address the vault listens on (useful when the config asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (for in-process tests and the CLI).
+    pub fn shared(&self) -> &Arc<api::Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (up to 10 s), stores the
+    /// WAL still in memory, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        if let Some(c) = self.shared.collector.get() {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// What the collector needs from the vault: its clock, its retention policy, its alerts.
+struct CollectorHost(std::sync::Weak<api::Shared>, Arc<dyn Clock>);
+
+impl capture::VaultHost for CollectorHost {
+    fn now(&self) -> Timestamp {
+        self.1.now()
+    }
+
+    fn retain_until(&self) -> Timestamp {
+        // The vault outlives its collector; if it is gone, retain forever rather than guess.
+        self.0.upgrade().map(|s| s.retain_until_now()).unwrap_or(Timestamp::FOREVER)
+    }
+
+    fn alert(&self, incident: &capture::Incident) {
+        if let Some(s) = self.0.upgrade() {
+            s.alert(serde_json::json!({ "alert": "incident", "incident": incident }));
+        }
+    }
+}
+
+/// Starts the vault: opens the store and repository, rebuilds state from the catalog, creates
+/// the TLS pair if missing, and serves HTTPS until [`VaultHandle::shutdown`].
+pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<VaultHandle, VaultError> {
+    let (repo, store) = open_repository(&config, None).await?;
+    let state = load_state(&repo).await?;
+    keyfile::ensure_tls(&config.tls.cert, &config.tls.key)?;
+    let tls = keyfile::server_config(&config.tls.cert, &config.tls.key)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| VaultError::Bind { addr: config.listen, source: e })?;
+    let addr = listener.local_addr().map_err(|e| VaultError::Bind { addr: config.listen, source: e })?;
+    tracing::info!(%addr, repository = repo.id(), tokens = state.tokens.len(), "vault listening");
+    let shared = Arc::new(api::Shared {
+        repo,
+        store,
+        clock,
+        retention_days_now: std::sync::atomic::AtomicU32::new(state.retention_days(config.retention_days)),
+        state: tokio::sync::RwLock::new(state),
+        metrics: api::Metrics::default(),
+        collector: std::sync::OnceLock::new(),
+        config,
+    });
+    if !shared.config.clusters.is_empty() {
+        let host = Arc::new(CollectorHost(Arc::downgrade(&shared), shared.clock.clone()));
+        let collector =
+            capture::Collector::start(&shared.repo, shared.config.clusters.clone(), host).await?;
+        let _ = shared.collector.set(collector);
+    }
+    let router = api::router(shared.clone());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, tokio_rustls::TlsAcceptor::from(tls), router, rx));
+    Ok(VaultHandle { addr, shutdown: tx, task, shared })
+}
+
+/// Accepts TCP connections, completes TLS, and serves HTTP/1.1 on each until shutdown.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, router, mut shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error"); }
+                        }
+                        _ = shutdown.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(10), conn.as_mut()).await;
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+    tracing::info!("vault stopped");
+}
+
+/// Resolves when the process receives SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The path of a file next to the config (for the CLI).
+pub fn sibling(config_path: &Path, name: &str) -> PathBuf {
+    config_path.parent().unwrap_or(Path::new(".")).join(name)
+}

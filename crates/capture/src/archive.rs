@@ -1,0 +1,272 @@
+//! The WAL archive of one cluster inside the vault's repository.
+//!
+//! Pieces are sealed and stored as `wal/<hash>` objects as they arrive. When a segment is
+//! complete a `wal.segment` catalog record lists its pieces, so that opening the archive reads
+//! those records and opens only the pieces of unfinished segments, not every byte of WAL.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use pgfmt::{Lsn, TimelineId};
+use store::{ObjectKind, ObjectName, Repository, Timestamp};
+
+use crate::CaptureError;
+use crate::piece::{Piece, PieceHeader};
+use crate::walmap::{PieceRef, WalMap};
+
+/// Catalog record kind listing the pieces of a completed segment.
+pub const SEGMENT_RECORD: &str = "wal.segment";
+/// Catalog record kind holding a timeline history file.
+pub const TIMELINE_RECORD: &str = "timeline";
+
+/// Body of a `wal.segment` record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SegmentRecord {
+    pub cluster: String,
+    pub system_id: String,
+    pub timeline: u32,
+    /// The segment's file name, e.g. `000000010000000000000003`.
+    pub segment: String,
+    pub start: Lsn,
+    pub end: Lsn,
+    pub pieces: Vec<SegmentPiece>,
+}
+
+/// One piece in a `wal.segment` record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SegmentPiece {
+    pub name: ObjectName,
+    pub start: Lsn,
+    pub end: Lsn,
+    pub server_time: Timestamp,
+}
+
+/// Body of a `timeline` record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TimelineRecord {
+    pub cluster: String,
+    pub system_id: String,
+    pub timeline: u32,
+    /// The history file's name and text as the server sent them.
+    pub filename: String,
+    pub content: String,
+}
+
+/// Stored WAL of one cluster.
+#[derive(Debug)]
+pub struct WalArchive {
+    repo: Repository,
+    cluster: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: WalMap,
+    system_id: Option<String>,
+    segment_size: Option<u64>,
+    /// Segments already summarised by a `wal.segment` record: (timeline, start LSN).
+    summarised: BTreeSet<(u32, Lsn)>,
+    /// Timelines whose history file is stored.
+    histories: BTreeSet<u32>,
+}
+
+impl WalArchive {
+    /// Reads what the repository holds for `cluster`.
+    pub async fn open(repo: &Repository, cluster: &str) -> Result<WalArchive, CaptureError> {
+        let mut inner = Inner::default();
+        let mut listed: BTreeSet<ObjectName> = BTreeSet::new();
+        for (_, rec) in repo.records().await? {
+            match rec.kind.as_str() {
+                SEGMENT_RECORD => {
+                    let Ok(seg) = serde_json::from_value::<SegmentRecord>(rec.body.clone()) else { continue };
+                    if seg.cluster != cluster {
+                        continue;
+                    }
+                    inner.system_id.get_or_insert(seg.system_id.clone());
+                    inner.summarised.insert((seg.timeline, seg.start));
+                    for p in seg.pieces {
+                        listed.insert(p.name);
+                        inner.map.insert(
+                            TimelineId(seg.timeline),
+                            PieceRef { start: p.start, end: p.end, name: p.name, server_time: p.server_time },
+                        );
+                    }
+                }
+                TIMELINE_RECORD => {
+                    if let Ok(t) = serde_json::from_value::<TimelineRecord>(rec.body.clone()) {
+                        if t.cluster == cluster {
+                            inner.histories.insert(t.timeline);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Pieces of segments not yet summarised must be opened to learn their range.
+        for meta in repo.store().list(ObjectKind::Wal).await? {
+            if listed.contains(&meta.name) {
+                continue;
+            }
+            let piece = match read_piece(repo, &meta.name).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(object = %meta.name, error = %e, "unreadable WAL piece skipped; run `holdfast vault check`");
+                    continue;
+                }
+            };
+            if piece.header.cluster != cluster {
+                continue;
+            }
+            inner.system_id.get_or_insert(piece.header.system_id.clone());
+            inner.segment_size.get_or_insert(piece.header.segment_size);
+            inner.map.insert(
+                piece.timeline(),
+                PieceRef {
+                    start: piece.header.start,
+                    end: piece.header.end,
+                    name: meta.name,
+                    server_time: piece.header.server_time,
+                },
+            );
+        }
+        Ok(WalArchive { repo: repo.clone(), cluster: cluster.to_string(), inner: Mutex::new(inner) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster this archive belongs to.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The system identifier of the stored WAL, if any is stored.
+    pub fn system_id(&self) -> Option<String> {
+        self.lock().system_id.clone()
+    }
+
+    /// A copy of the coverage map.
+    pub fn map(&self) -> WalMap {
+        self.lock().map.clone()
+    }
+
+    /// Whether the history file of `tli` is stored.
+    pub fn has_history(&self, tli: TimelineId) -> bool {
+        self.lock().histories.contains(&tli.0)
+    }
+
+    /// Seals and stores one piece; it is durable when this returns.
+    pub async fn store_piece(&self, header: PieceHeader, data: &[u8], retain_until: Timestamp) -> Result<ObjectName, CaptureError> {
+        let tli = TimelineId(header.timeline);
+        let (start, end, server_time) = (header.start, header.end, header.server_time);
+        let piece = Piece { header, data: data.to_vec() };
+        let plain = piece.encode();
+        let repo = self.repo.clone();
+        // Sealing a few MiB is CPU work: keep it off the async workers.
+        let sealed = tokio::task::spawn_blocking(move || repo.keys().seal(&plain, 1))
+            .await
+            .map_err(|e| CaptureError::Internal(e.to_string()))?
+            .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+        let name = ObjectName::for_bytes(ObjectKind::Wal, &sealed);
+        self.repo.store().put_if_absent(&name, Bytes::from(sealed), retain_until).await?;
+        let mut inner = self.lock();
+        inner.system_id.get_or_insert(piece.header.system_id.clone());
+        inner.segment_size.get_or_insert(piece.header.segment_size);
+        inner.map.insert(tli, PieceRef { start, end, name, server_time });
+        Ok(name)
+    }
+
+    /// Writes the `wal.segment` record for the segment starting at `seg_start` if it is fully
+    /// stored and not yet summarised.
+    pub async fn summarise_segment(
+        &self,
+        tli: TimelineId,
+        seg_start: Lsn,
+        segment_size: u64,
+        system_id: &str,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> Result<bool, CaptureError> {
+        let seg_end = Lsn(seg_start.0 + segment_size);
+        let pieces = {
+            let inner = self.lock();
+            if inner.summarised.contains(&(tli.0, seg_start)) {
+                return Ok(false);
+            }
+            // A segment that begins mid-way (the first one streamed, or a timeline's first) is
+            // summarised from its first stored byte.
+            let pieces = inner.map.pieces_in(tli, seg_start, seg_end);
+            let Some(first) = pieces.first() else { return Ok(false) };
+            let from = first.start.max(seg_start);
+            if inner.map.contiguous_end(tli, from) < seg_end {
+                return Ok(false);
+            }
+            pieces
+        };
+        let segno = seg_start.0 / segment_size;
+        let body = SegmentRecord {
+            cluster: self.cluster.clone(),
+            system_id: system_id.to_string(),
+            timeline: tli.0,
+            segment: pgfmt::segment_name(tli, segno, segment_size),
+            start: seg_start,
+            end: seg_end,
+            pieces: pieces
+                .iter()
+                .map(|p| SegmentPiece { name: p.name, start: p.start, end: p.end, server_time: p.server_time })
+                .collect(),
+        };
+        self.repo.append_record(SEGMENT_RECORD, serde_json::to_value(&body).expect("serialises"), now, retain_until).await?;
+        self.lock().summarised.insert((tli.0, seg_start));
+        Ok(true)
+    }
+
+    /// Stores a timeline history file (once per timeline).
+    pub async fn store_history(&self, rec: TimelineRecord, now: Timestamp, retain_until: Timestamp) -> Result<(), CaptureError> {
+        if self.has_history(TimelineId(rec.timeline)) {
+            return Ok(());
+        }
+        let tli = rec.timeline;
+        self.repo.append_record(TIMELINE_RECORD, serde_json::to_value(&rec).expect("serialises"), now, retain_until).await?;
+        self.lock().histories.insert(tli);
+        Ok(())
+    }
+
+    /// The stored bytes of `[start, end)` on `tli`; fails if any byte is missing.
+    pub async fn read_range(&self, tli: TimelineId, start: Lsn, end: Lsn) -> Result<Vec<u8>, CaptureError> {
+        let pieces = self.lock().map.pieces_in(tli, start, end);
+        let mut out = Vec::with_capacity(end.0.saturating_sub(start.0) as usize);
+        let mut pos = start;
+        for p in pieces {
+            if p.end <= pos {
+                continue;
+            }
+            if p.start > pos {
+                break;
+            }
+            let piece = read_piece(&self.repo, &p.name).await?;
+            let from = (pos.0 - p.start.0) as usize;
+            let to = (end.0.min(p.end.0) - p.start.0) as usize;
+            out.extend_from_slice(&piece.data[from..to]);
+            pos = Lsn(p.start.0 + to as u64);
+            if pos >= end {
+                break;
+            }
+        }
+        if pos < end {
+            return Err(CaptureError::MissingWal { timeline: tli, start: pos, end });
+        }
+        Ok(out)
+    }
+}
+
+/// Reads and decodes one stored piece.
+pub async fn read_piece(repo: &Repository, name: &ObjectName) -> Result<Piece, CaptureError> {
+    let sealed = repo.store().get(name).await?;
+    name.verify(&sealed).map_err(store::StoreError::from)?;
+    let plain = repo.keys().open(&sealed).map_err(|e| CaptureError::Internal(format!("opening {name}: {e}")))?;
+    Ok(Piece::decode(&plain)?)
+}

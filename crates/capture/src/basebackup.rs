@@ -1,0 +1,308 @@
+//! Base backups: `BASE_BACKUP` streamed through the store's chunking, checked against the
+//! server's backup manifest, and marked complete only when its WAL is in the vault.
+//!
+//! The tar stream arrives on the async connection; the chunker is synchronous CPU work. A
+//! blocking thread runs the tar reader and the [`store::BackupWriter`], fed through a bounded
+//! channel, so memory stays bounded whatever the database size.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgfmt::manifest::ChecksumAlgorithm;
+use pgfmt::{BackupManifest, Lsn, TimelineId};
+use pgproto::basebackup::BackupEvent;
+use pgproto::replication::commands::BaseBackupOptions;
+use tokio::sync::watch;
+
+use crate::runtime::ClusterRuntime;
+use crate::status::BackupSummary;
+use crate::tar::{EntryKind, TarReader};
+use crate::{BACKUP_COMPLETE_RECORD, CaptureError};
+
+/// Messages from the connection to the chunking thread.
+enum Feed {
+    Archive { name: String, oid: Option<u32> },
+    Data(Bytes),
+    End,
+}
+
+/// A `Read` over the data of the current archive; EOF at the next archive boundary.
+struct FeedReader<'a> {
+    rx: &'a Receiver<Feed>,
+    buf: Bytes,
+    next: &'a mut Option<(String, Option<u32>)>,
+    ended: bool,
+}
+
+impl Read for FeedReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Feed::Data(b)) => self.buf = b,
+                Ok(Feed::Archive { name, oid }) => {
+                    *self.next = Some((name, oid));
+                    self.ended = true;
+                }
+                Ok(Feed::End) | Err(_) => self.ended = true,
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<'a, R> {
+    inner: R,
+    hasher: &'a mut pgfmt::manifest::FileHasher,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What the chunking thread learned.
+struct Chunked {
+    record: store::BackupRecord,
+    /// Manifest path → (size, CRC-32C digest).
+    digests: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+}
+
+/// Runs on a blocking thread: tar archives in, backup record out.
+fn chunk_archives(mut writer: store::BackupWriter, rx: Receiver<Feed>, manifest: Receiver<Vec<u8>>) -> Result<Chunked, CaptureError> {
+    let mut digests = HashMap::new();
+    let mut next: Option<(String, Option<u32>)> = match rx.recv() {
+        Ok(Feed::Archive { name, oid }) => Some((name, oid)),
+        _ => None,
+    };
+    while let Some((name, oid)) = next.take() {
+        // Files of a tablespace archive live under pg_tblspc/<oid>/ in the manifest.
+        let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
+        let reader = FeedReader { rx: &rx, buf: Bytes::new(), next: &mut next, ended: false };
+        let mut tar = TarReader::new(reader);
+        while let Some(entry) = tar.next_entry().map_err(|e| CaptureError::Backup(format!("archive {name}: {e}")))? {
+            let path = format!("{prefix}{}", entry.path.trim_end_matches('/'));
+            match entry.kind {
+                EntryKind::File => {
+                    let mut hasher = ChecksumAlgorithm::Crc32c.hasher();
+                    let n = writer.add_stream(&path, Hashing { inner: tar.data(), hasher: &mut hasher }, entry.mode, entry.mtime)?;
+                    digests.insert(path.into_bytes(), (n, hasher.finish()));
+                }
+                EntryKind::Directory => writer.add_dir(&path, entry.mode, entry.mtime)?,
+                EntryKind::Symlink => writer.add_symlink(&path, &entry.link_target, entry.mtime)?,
+                EntryKind::Other(t) => tracing::warn!(path, kind = %(t as char), "skipping unsupported tar member"),
+            }
+        }
+        // Drain anything after the end-of-archive marker up to the next archive.
+        let mut rest = tar_into_inner_drain(&rx, &mut next);
+        rest.clear();
+    }
+    // The manifest is stored as a file of the backup too: restore puts it back for
+    // pg_verifybackup.
+    let manifest_bytes = manifest.recv().unwrap_or_default();
+    if !manifest_bytes.is_empty() {
+        writer.add_stream("backup_manifest", &manifest_bytes[..], 0o600, 0)?;
+    }
+    let record = writer.finish(store::Timestamp::now())?;
+    Ok(Chunked { record, digests })
+}
+
+/// Consumes feed messages until the next archive starts or the stream ends.
+fn tar_into_inner_drain(rx: &Receiver<Feed>, next: &mut Option<(String, Option<u32>)>) -> Vec<u8> {
+    if next.is_some() {
+        return Vec::new();
+    }
+    loop {
+        match rx.recv() {
+            Ok(Feed::Data(_)) => {}
+            Ok(Feed::Archive { name, oid }) => {
+                *next = Some((name, oid));
+                return Vec::new();
+            }
+            Ok(Feed::End) | Err(_) => return Vec::new(),
+        }
+    }
+}
+
+/// Takes one base backup of the cluster and returns once it is complete.
+pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureError> {
+    let _one_at_a_time = rt.backup_lock.lock().await;
+    let started = rt.now();
+    let (mut conn, server) = crate::stream::connect(rt).await?;
+    let ident = conn.identify_system().await?;
+    let system_id = ident.system_id.to_string();
+    let id_hint = format!("holdfast {} {}", rt.cluster.name, started);
+    let options = BaseBackupOptions {
+        label: id_hint,
+        fast_checkpoint: true,
+        manifest: true,
+        manifest_checksums: Some("CRC32C".into()),
+        wal: false,
+        progress: true,
+        wait: false,
+        ..Default::default()
+    };
+    tracing::info!(cluster = %rt.cluster.name, %server, "base backup starting");
+    conn.start_base_backup(&options).await?;
+
+    let mut writer = rt.repo.backup_writer(&format!("base backup of {}", rt.cluster.name), rt.host.retain_until());
+    writer.set_cluster(&rt.cluster.name);
+    writer.set_started(started);
+    let (tx, rx) = sync_channel::<Feed>(32);
+    let (mtx, mrx) = sync_channel::<Vec<u8>>(1);
+    let worker = tokio::task::spawn_blocking(move || chunk_archives(writer, rx, mrx));
+
+    let mut start: Option<(TimelineId, Lsn)> = None;
+    let mut stop: Option<(TimelineId, Lsn)> = None;
+    let mut manifest = Vec::new();
+    let mut total_kb = 0u64;
+    let mut done = 0u64;
+    let mut last_log = Instant::now();
+    let send = |tx: &SyncSender<Feed>, f: Feed| -> Result<(), CaptureError> {
+        // Blocking send on a bounded channel: back-pressure from the chunker to the socket.
+        tokio::task::block_in_place(|| tx.send(f)).map_err(|_| CaptureError::Backup("the chunking thread stopped".into()))
+    };
+    let streamed: Result<(), CaptureError> = async {
+        while let Some(ev) = conn.next_backup_event().await? {
+            match ev {
+                BackupEvent::Started { start: s, tablespaces } => {
+                    start = Some((s.timeline, s.lsn));
+                    total_kb = tablespaces.iter().filter_map(|t| t.size_kb).sum();
+                    rt.update(|st| st.backup_progress = Some((0, total_kb * 1024)));
+                }
+                BackupEvent::ArchiveStart { name, location: _ } => {
+                    let oid = name.strip_suffix(".tar").and_then(|n| n.parse().ok());
+                    send(&tx, Feed::Archive { name, oid })?;
+                }
+                BackupEvent::ArchiveData(b) => {
+                    done += b.len() as u64;
+                    send(&tx, Feed::Data(b))?;
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        last_log = Instant::now();
+                        tracing::info!(cluster = %rt.cluster.name, done_mb = done >> 20, total_mb = total_kb >> 10, "base backup progress");
+                    }
+                    rt.update(|st| st.backup_progress = Some((done, total_kb * 1024)));
+                }
+                BackupEvent::Progress(_) | BackupEvent::ManifestStart => {}
+                BackupEvent::ManifestData(b) => manifest.extend_from_slice(&b),
+                BackupEvent::Finished(s) => stop = Some((s.timeline, s.lsn)),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = send(&tx, Feed::End);
+    drop(tx);
+    let _ = mtx.send(manifest.clone());
+    drop(mtx);
+    let chunked = worker.await.map_err(|e| CaptureError::Internal(e.to_string()));
+    rt.update(|st| st.backup_progress = None);
+    streamed?;
+    let chunked = chunked??;
+    let _ = conn.close().await;
+
+    let (Some((tli, start_lsn)), Some((_, stop_lsn))) = (start, stop) else {
+        return Err(CaptureError::Backup("the server ended the backup without start and stop positions".into()));
+    };
+    verify_manifest(&manifest, &chunked.digests)?;
+
+    // pgBackRest's rule: complete only once every byte of WAL from start to stop is stored.
+    wait_for_wal(rt, tli, start_lsn, stop_lsn).await?;
+    let rec = &chunked.record;
+    let summary = BackupSummary {
+        id: rec.id.clone(),
+        cluster: rt.cluster.name.clone(),
+        system_id,
+        timeline: tli.0,
+        start_lsn,
+        stop_lsn,
+        started,
+        finished: rt.now(),
+        bytes: rec.bytes,
+        stored_bytes: rec.stored_bytes,
+    };
+    rt.repo
+        .append_record(
+            BACKUP_COMPLETE_RECORD,
+            serde_json::to_value(&summary).expect("serialises"),
+            rt.now(),
+            rt.host.retain_until(),
+        )
+        .await?;
+    rt.add_backup(summary.clone());
+    tracing::info!(
+        cluster = %rt.cluster.name, id = %summary.id, start = %start_lsn, stop = %stop_lsn,
+        bytes = summary.bytes, stored = summary.stored_bytes, "base backup complete"
+    );
+    Ok(summary)
+}
+
+/// Checks the manifest's own checksum and every file's size and CRC-32C.
+fn verify_manifest(text: &[u8], digests: &HashMap<Vec<u8>, (u64, Vec<u8>)>) -> Result<(), CaptureError> {
+    let manifest = BackupManifest::parse(text)
+        .map_err(|e| CaptureError::Backup(format!("the server's backup manifest is not valid: {e}")))?;
+    for f in &manifest.files {
+        let Some((size, digest)) = digests.get(&f.path) else {
+            return Err(CaptureError::Backup(format!(
+                "file {} is in the server's manifest but not in the backup stream",
+                f.path_lossy()
+            )));
+        };
+        if f.algorithm == ChecksumAlgorithm::Crc32c {
+            f.verify_digest(*size, digest).map_err(|e| CaptureError::Backup(format!("backup damaged in transit: {e}")))?;
+        } else if *size != f.size {
+            return Err(CaptureError::Backup(format!("file {} has {size} bytes, the manifest says {}", f.path_lossy(), f.size)));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_wal(rt: &ClusterRuntime, tli: TimelineId, start: Lsn, stop: Lsn) -> Result<(), CaptureError> {
+    let mut rx = rt.durable.subscribe();
+    let wait = rt.cluster.wal_wait;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let map = rt.archive.map();
+        if map.contiguous_end(tli, start) >= stop {
+            return Ok(());
+        }
+        // WAL may also have moved to a newer timeline after the stop point.
+        if map.timelines().iter().any(|t| *t > tli) && map.contiguous_end(tli, start) >= stop {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return Err(CaptureError::Backup(format!(
+                "the backup's WAL {start}..{stop} on timeline {} did not reach the vault within {}s; \
+                 the backup is stored but NOT marked complete: check `holdfast status` for the WAL stream",
+                tli.0,
+                wait.as_secs()
+            )));
+        }
+    }
+}
+
+/// Takes a backup every `every`, forever.
+pub async fn schedule(rt: Arc<ClusterRuntime>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = take(&rt).await {
+            tracing::error!(cluster = %rt.cluster.name, error = %e, "scheduled base backup failed");
+        }
+    }
+}

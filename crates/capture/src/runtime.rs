@@ -1,0 +1,165 @@
+//! One protected cluster at run time: its archive, its live status, and incidents.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use pgfmt::{Lsn, TimelineId};
+use store::{Repository, Timestamp};
+use tokio::sync::watch;
+
+use crate::archive::WalArchive;
+use crate::config::Cluster;
+use crate::status::{BackupSummary, ClusterStatus, Incident, Window};
+use crate::{BACKUP_COMPLETE_RECORD, CaptureError, INCIDENT_RECORD, VaultHost};
+
+/// A cluster being captured.
+pub struct ClusterRuntime {
+    pub cluster: Cluster,
+    pub archive: WalArchive,
+    pub(crate) repo: Repository,
+    pub(crate) host: Arc<dyn VaultHost>,
+    status: Mutex<ClusterStatus>,
+    /// Incident kinds raised and not yet cleared by a healthy stream: raised once per episode.
+    open_incidents: Mutex<BTreeSet<String>>,
+    /// (timeline, durable end) after every flush; base backups wait on it.
+    pub(crate) durable: watch::Sender<(TimelineId, Lsn)>,
+    /// Completed backups of this cluster, oldest first.
+    backups: Mutex<Vec<BackupSummary>>,
+    /// Serialises base backups of this cluster.
+    pub(crate) backup_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRuntime").field("cluster", &self.cluster.name).finish()
+    }
+}
+
+impl ClusterRuntime {
+    /// Loads what the repository holds for the cluster.
+    pub async fn load(repo: &Repository, cluster: Cluster, host: Arc<dyn VaultHost>) -> Result<Self, CaptureError> {
+        let archive = WalArchive::open(repo, &cluster.name).await?;
+        let mut incidents = Vec::new();
+        let mut backups = Vec::new();
+        for (_, rec) in repo.records().await? {
+            match rec.kind.as_str() {
+                INCIDENT_RECORD => {
+                    if let Ok(i) = serde_json::from_value::<Incident>(rec.body) {
+                        if i.cluster == cluster.name {
+                            incidents.push(i);
+                        }
+                    }
+                }
+                BACKUP_COMPLETE_RECORD => {
+                    if let Ok(b) = serde_json::from_value::<BackupSummary>(rec.body) {
+                        if b.cluster == cluster.name {
+                            backups.push(b);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let keep_from = incidents.len().saturating_sub(20);
+        let map = archive.map();
+        let last = map.timelines().last().copied();
+        let durable = last.and_then(|t| map.last(t).map(|p| (t, p.end))).unwrap_or((TimelineId(1), Lsn(0)));
+        let status = ClusterStatus {
+            name: cluster.name.clone(),
+            system_id: archive.system_id(),
+            timeline: last.map(|t| t.0),
+            durable_lsn: last.and_then(|t| map.last(t)).map(|p| p.end),
+            incidents: incidents.split_off(keep_from),
+            ..Default::default()
+        };
+        Ok(ClusterRuntime {
+            cluster,
+            archive,
+            repo: repo.clone(),
+            host,
+            status: Mutex::new(status),
+            open_incidents: Mutex::new(BTreeSet::new()),
+            durable: watch::channel(durable).0,
+            backups: Mutex::new(backups),
+            backup_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Updates the live status.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ClusterStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Status as shown to people: live fields plus the restorable window.
+    pub fn status(&self) -> ClusterStatus {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.last_backup = backups.last().cloned();
+        s.window = self.window(&backups);
+        s
+    }
+
+    /// `[earliest, latest]`: from the oldest complete backup whose WAL runs unbroken to the
+    /// newest durable byte, to that byte.
+    fn window(&self, backups: &[BackupSummary]) -> Option<Window> {
+        let map = self.archive.map();
+        let tli = *map.timelines().last()?;
+        let last = map.last(tli)?;
+        let run_start = map.last_run_start(tli)?;
+        // A backup on an earlier timeline counts when the WAL from its start is stored on its
+        // own timeline up to the switch and on ours after; checked coarsely: its start must lie
+        // in a stored run of its timeline that reaches that run's end.
+        let usable = backups.iter().find(|b| {
+            let btli = TimelineId(b.timeline);
+            if btli == tli {
+                b.start_lsn >= run_start && b.stop_lsn <= last.end
+            } else {
+                btli < tli && map.contiguous_end(btli, b.start_lsn) >= b.stop_lsn
+            }
+        })?;
+        Some(Window {
+            earliest_lsn: usable.start_lsn,
+            earliest_time: usable.started,
+            latest_lsn: last.end,
+            latest_time: last.server_time,
+        })
+    }
+
+    /// Records a completed backup.
+    pub(crate) fn add_backup(&self, b: BackupSummary) {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).push(b);
+    }
+
+    /// Raises an incident once per episode: catalog record, status, log, alert.
+    pub(crate) async fn incident(&self, kind: &str, message: String, lsn: Option<Lsn>) {
+        if !self.open_incidents.lock().unwrap_or_else(|p| p.into_inner()).insert(kind.to_string()) {
+            return;
+        }
+        let now = self.host.now();
+        let incident = Incident { cluster: self.cluster.name.clone(), kind: kind.into(), detected_at: now, message, lsn };
+        tracing::error!(cluster = %incident.cluster, kind, message = %incident.message, "incident");
+        let body = serde_json::to_value(&incident).expect("serialises");
+        if let Err(e) = self.repo.append_record(INCIDENT_RECORD, body, now, self.host.retain_until()).await {
+            tracing::error!(error = %e, "could not record the incident in the catalog");
+        }
+        self.host.alert(&incident);
+        self.update(|s| {
+            s.incidents.push(incident);
+            let excess = s.incidents.len().saturating_sub(20);
+            s.incidents.drain(..excess);
+        });
+    }
+
+    /// A healthy stream closes the connection-related incident episodes.
+    pub(crate) fn clear_incidents(&self, kinds: &[&str]) {
+        let mut open = self.open_incidents.lock().unwrap_or_else(|p| p.into_inner());
+        for k in kinds {
+            open.remove(*k);
+        }
+    }
+
+    /// Now, on the vault's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.host.now()
+    }
+}

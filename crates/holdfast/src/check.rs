@@ -1,0 +1,66 @@
+//! `holdfast vault check`: verify every object, report damage and the backups it affects.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use vault::clock::{Clock, SystemClock};
+use vault::config::Config;
+
+/// Runs the check and returns the exit code (0 clean, 3 damage).
+pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, json: bool) -> Result<u8> {
+    let store = vault::open_store(cfg)?;
+    // Check with keys if we can open the repository; a store whose keys are damaged is still
+    // checked object by object, and the failure to open is reported.
+    let (repo, open_error) = match vault::open_repository(cfg, identities).await {
+        Ok((repo, _)) => (Some(repo), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let mut report = store::check::check(store.as_ref(), repo.as_ref()).await;
+    if let Some(e) = &open_error {
+        report
+            .warnings
+            .push(format!("the repository could not be opened, so only object hashes were checked: {e}"));
+    }
+    let clean = report.is_clean();
+    if let Some(repo) = &repo {
+        let now = SystemClock.now();
+        let body =
+            serde_json::json!({"ok": clean, "damaged": (report.damaged.len() + report.missing.len()) as u64});
+        let until = now.plus(Duration::from_secs(u64::from(cfg.retention_days) * 86_400));
+        if let Err(e) = repo.append_record(vault::state::kinds::CHECK, body, now, until).await {
+            tracing::warn!(error = %e, "could not record the check result in the catalog");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "checked {} objects ({} bytes) and {} backups{}",
+            report.objects_checked,
+            report.bytes_checked,
+            report.backups_checked,
+            if report.with_keys { "" } else { " (without keys: hashes only)" }
+        );
+        for p in &report.damaged {
+            println!("DAMAGED {}: {}", p.name, p.why);
+        }
+        for p in &report.missing {
+            println!("MISSING {}: {}", p.name, p.why);
+        }
+        for b in &report.affected_backups {
+            println!("AFFECTED backup {} ({}): depends on {}", b.id, b.label, b.because.join(", "));
+        }
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+        println!(
+            "{}",
+            if clean {
+                "store is consistent"
+            } else {
+                "DAMAGE FOUND: restore the named objects from a replica, or see docs/threat-model.md"
+            }
+        );
+    }
+    Ok(if clean { 0 } else { crate::EXIT_DAMAGE })
+}

@@ -1,0 +1,115 @@
+//! `holdfast status` and `holdfast backup`: what the vault holds for each cluster.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use vault_api::client::VaultClient;
+use vault_api::status::ClusterStatus;
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Prints one cluster in the human form.
+fn print_cluster(c: &ClusterStatus) {
+    let state = if c.connected { format!("streaming from {}", opt(&c.server)) } else { "NOT CONNECTED".into() };
+    println!("cluster {}: {state}", c.name);
+    if let Some(e) = &c.last_error {
+        println!("  last error:    {e}");
+    }
+    println!("  system id:     {}   timeline: {}", opt(&c.system_id), opt(&c.timeline));
+    println!("  received LSN:  {}   durable LSN: {}   server LSN: {}", opt(&c.received_lsn), opt(&c.durable_lsn), opt(&c.server_lsn));
+    println!(
+        "  lag:           {} / {}",
+        c.lag_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+        c.lag_seconds.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into())
+    );
+    match &c.last_backup {
+        Some(b) => println!(
+            "  last backup:   {} finished {} ({} read, {} new) start {} stop {}",
+            b.id,
+            b.finished,
+            bytes(b.bytes),
+            bytes(b.stored_bytes),
+            b.start_lsn,
+            b.stop_lsn
+        ),
+        None => println!("  last backup:   none complete"),
+    }
+    match &c.window {
+        Some(w) => println!(
+            "  restorable:    [{} ({}), {} ({})]",
+            w.earliest_time, w.earliest_lsn, w.latest_time, w.latest_lsn
+        ),
+        None => println!("  restorable:    nothing yet (needs a complete base backup)"),
+    }
+    if let Some((done, total)) = c.backup_progress {
+        println!("  backup running: {} of ~{}", bytes(done), bytes(total));
+    }
+    for i in &c.incidents {
+        println!("  INCIDENT {} at {}: {}{}", i.kind, i.detected_at, i.message, i.lsn.map(|l| format!(" (LSN {l})")).unwrap_or_default());
+    }
+}
+
+/// `holdfast status`.
+pub async fn show(client: &VaultClient, json: bool) -> Result<u8> {
+    let status = client.status().await.context("asking the vault for status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(0);
+    }
+    if status.clusters.is_empty() {
+        println!("this vault protects no cluster yet: add a [[cluster]] table to vault.toml and restart it");
+    }
+    for c in &status.clusters {
+        print_cluster(c);
+    }
+    Ok(0)
+}
+
+/// `holdfast backup --cluster NAME`: starts the backup and shows progress until it completes.
+pub async fn backup(client: &VaultClient, cluster: &str, json: bool) -> Result<u8> {
+    let run = client.backup_cluster(cluster);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    let summary = loop {
+        tokio::select! {
+            r = &mut run => break r.with_context(|| format!("base backup of cluster {cluster}"))?,
+            _ = tick.tick() => {
+                if let Ok(s) = client.status().await {
+                    if let Some((done, total)) = s.clusters.iter().find(|c| c.name == cluster).and_then(|c| c.backup_progress) {
+                        let pct = if total > 0 { (done as f64 / total as f64 * 100.0).min(100.0) } else { 0.0 };
+                        eprintln!("backup {cluster}: {} of ~{} ({pct:.0}%)", bytes(done), bytes(total));
+                    }
+                }
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "base backup {} of {} complete: {} read, {} new in the vault, WAL {}..{} on timeline {} is stored",
+            summary.id,
+            cluster,
+            bytes(summary.bytes),
+            bytes(summary.stored_bytes),
+            summary.start_lsn,
+            summary.stop_lsn,
+            summary.timeline
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,279 @@
+//! The vault as a real process: SIGKILL in the middle of uploads, on-disk damage found by
+//! `holdfast vault check`, and restore with only the escrow key (G5).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::{ObjectKind, ObjectName};
+use testkit::vault::TempVault;
+use vault_api::{Scope, VaultClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn admin(v: &TempVault) -> VaultClient {
+    VaultClient::new(v.url(), &v.ca_pem(), Some(v.admin_token().to_string())).unwrap()
+}
+
+/// Every object file under the store: each must hash to its name (no partial object visible).
+fn assert_no_partial_objects(store: &Path) -> usize {
+    let mut n = 0;
+    for kind in ObjectKind::ALL {
+        let dir = store.join(kind.as_str());
+        let Ok(fan) = std::fs::read_dir(&dir) else { continue };
+        for sub in fan.flatten() {
+            for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+                let name: ObjectName = format!("{kind}/{}", f.file_name().to_string_lossy()).parse().unwrap();
+                let bytes = std::fs::read(f.path()).unwrap();
+                name.verify(&bytes).unwrap_or_else(|e| panic!("partial or corrupt object visible: {e}"));
+                assert!(
+                    store
+                        .join("retention")
+                        .join(kind.as_str())
+                        .join(sub.file_name())
+                        .join(f.file_name())
+                        .exists(),
+                    "{name} has no retention file"
+                );
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A valid one-blob pack, as a remote uploader would build it.
+fn real_pack(repo: &store::Repository, plain: &[u8]) -> store::pack::FinishedPack {
+    let keys = repo.keys();
+    let sealed = keys.seal(plain, 0).unwrap();
+    let mut p = store::pack::Packer::new(1 << 20);
+    p.add(keys.chunk_id(plain), store::pack::BlobType::Data, &sealed, plain.len() as u64);
+    p.finish(keys, 0).unwrap()
+}
+
+fn run(v: &TempVault, args: &[&str]) -> std::process::Output {
+    v.holdfast(args).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_uploads_leaves_no_partial_object() {
+    let kills: usize = std::env::var("HOLDFAST_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut v = TempVault::start(bin()).unwrap();
+    let append_token = admin(&v).create_token(Scope::Append, "uploader").await.unwrap().token;
+    let config = v.config_path();
+    // Upload real packs (sealed with the repository's keys, opened here with the escrow key) so
+    // that `vault check` with keys can verify them fully.
+    let escrow = vault::keyfile::AgeKey::load(&v.escrow_key_path()).unwrap();
+    let local: Arc<dyn store::ObjectStore> = Arc::new(store::LocalDir::open(v.store_dir()).unwrap());
+    let repo = store::Repository::open(local, std::slice::from_ref(escrow.identity())).await.unwrap();
+    let mut seed = 0u64;
+    let mut acknowledged: Vec<ObjectName> = Vec::new();
+    for round in 0..kills {
+        let client = VaultClient::new(v.url(), &v.ca_pem(), Some(append_token.clone())).unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..6u64 {
+            let client = client.clone();
+            let repo = repo.clone();
+            let base = seed + w * 1000;
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0..1000u64 {
+                    let pack =
+                        real_pack(&repo, &noise(base + i, 64 * 1024 + ((base + i) as usize % 4) * 100_000));
+                    match client.put_object(&pack.name, pack.bytes).await {
+                        Ok(_) => done.push(pack.name),
+                        Err(_) => break,
+                    }
+                }
+                done
+            }));
+        }
+        seed += 1_000_000;
+        // Kill at a different moment each round, while uploads are in flight.
+        tokio::time::sleep(Duration::from_millis(30 + (round as u64 * 37) % 250)).await;
+        v.kill();
+        for t in tasks {
+            acknowledged.extend(t.await.unwrap());
+        }
+        assert_no_partial_objects(&v.store_dir());
+        v.restart().unwrap();
+    }
+    // Every upload the vault acknowledged survived the kills.
+    let store = v.store_dir();
+    for name in &acknowledged {
+        let hex = name.id.to_hex();
+        assert!(store.join("pack").join(&hex[..2]).join(&hex).exists(), "acknowledged {name} was lost");
+    }
+    let objects = assert_no_partial_objects(&store);
+    assert!(objects > kills, "too few uploads happened to test anything ({objects})");
+    let out = run(&v, &["vault", "check", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "check refused the store after {kills} kills: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the service is healthy after the last restart.
+    assert_eq!(admin(&v).health().await.unwrap().status, "ok");
+}
+
+fn make_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (i, rel) in [
+        "base/16384/1259",
+        "base/16384/2619",
+        "global/pg_control",
+        "PG_VERSION",
+        "pg_wal/000000010000000000000001",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let bytes = noise(i as u64 + 7, 40_000 + i * 30_000);
+        std::fs::write(&p, &bytes).unwrap();
+        files.push((PathBuf::from(rel), bytes));
+    }
+    files
+}
+
+fn ingest(v: &TempVault, dir: &Path, label: &str) -> String {
+    let out = run(
+        v,
+        &[
+            "vault",
+            "ingest",
+            "--config",
+            v.config_path().to_str().unwrap(),
+            "--label",
+            label,
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn check_reports_a_flipped_byte_naming_the_object_and_affected_backups() {
+    let v = TempVault::start(bin()).unwrap();
+    let data = v.scratch().join("data");
+    make_tree(&data);
+    let backup = ingest(&v, &data, "nightly");
+    let config = v.config_path();
+    let clean = run(&v, &["vault", "check", "--config", config.to_str().unwrap(), "--json"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stdout));
+
+    // Flip one byte in the middle of a pack, on disk, behind the vault's back.
+    let pack_dir = v.store_dir().join("pack");
+    let sub = std::fs::read_dir(&pack_dir).unwrap().flatten().next().expect("ingest wrote a pack").path();
+    let file = std::fs::read_dir(&sub).unwrap().flatten().next().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let pack_name = format!("pack/{}", file.file_name().unwrap().to_string_lossy());
+
+    let out = run(&v, &["vault", "check", "--config", config.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "check must exit 3 on damage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged: Vec<&str> =
+        report["damaged"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(damaged.contains(&pack_name.as_str()), "damaged {damaged:?} should name {pack_name}");
+    let affected: Vec<&str> =
+        report["affected_backups"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(affected, vec![backup.as_str()]);
+}
+
+#[test]
+fn g5_restore_with_only_the_escrow_key_after_the_vault_key_is_destroyed() {
+    let v = TempVault::start(bin()).unwrap();
+    let data = v.scratch().join("data");
+    let files = make_tree(&data);
+    let backup = ingest(&v, &data, "before the incident");
+    let config = v.config_path();
+    std::fs::remove_file(v.vault_dir().join("vault.key")).unwrap();
+
+    let target = v.scratch().join("restored-without-key");
+    let out = run(
+        &v,
+        &[
+            "vault",
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--backup",
+            &backup,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("vault.key"), "the error should say the vault key is missing: {msg}");
+
+    let target = v.scratch().join("restored");
+    let escrow = v.escrow_key_path();
+    let out = run(
+        &v,
+        &[
+            "vault",
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--backup",
+            &backup,
+            "--target",
+            target.to_str().unwrap(),
+            "--identity",
+            escrow.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore with the escrow key failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, bytes) in files {
+        assert_eq!(std::fs::read(target.join(&rel)).unwrap(), bytes, "{} differs", rel.display());
+    }
+}
+
+#[test]
+fn init_refuses_without_escrow_and_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["vault", "init", "--dir", dir.path().join("v").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("escrow-keygen") && msg.contains("--no-escrow-i-accept-key-loss"), "{msg}");
+    assert!(!dir.path().join("v/vault.key").exists());
+    // Usage errors exit 2.
+    let out = std::process::Command::new(BIN).args(["vault", "init", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,726 @@
+//! An async replication connection on tokio: Unix socket or TCP, optional TLS, SCRAM / md5 /
+//! trust authentication, replication commands, WAL streaming and `BASE_BACKUP`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfmt::{Lsn, TimelineId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::auth::Authenticator;
+use crate::basebackup::{BackupEvent, BaseBackupStream};
+use crate::message::{BackendMessage, Decoder, frontend};
+use crate::replication::{
+    CreatedSlot, IdentifySystem, LsnTimeline, MIN_SERVER_VERSION_NUM, ReplicationMessage, ResultSet,
+    SlotInfo, StandbyStatusUpdate, TimelineHistoryFile, commands,
+};
+use crate::{Error, classify_slot_error, classify_startup_error};
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// A Unix socket `<dir>/.s.PGSQL.<port>`.
+    Unix {
+        /// The socket directory (`unix_socket_directories`).
+        dir: PathBuf,
+        /// The port that names the socket file.
+        port: u16,
+    },
+    /// A TCP address.
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
+            Host::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// TLS policy, as libpq's `sslmode` (TLS is never used over Unix sockets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, without verifying the certificate.
+    #[default]
+    Prefer,
+    /// TLS required, certificate not verified (protects against passive eavesdroppers only).
+    Require,
+    /// TLS required and the certificate verified against these PEM CA certificates and the
+    /// host name.
+    VerifyFull {
+        /// PEM-encoded CA certificates.
+        ca_pem: Vec<u8>,
+    },
+}
+
+/// How to connect.
+#[derive(Clone)]
+pub struct Config {
+    /// The server.
+    pub host: Host,
+    /// The role.
+    pub user: String,
+    /// The password, if the server asks for one.
+    pub password: Option<String>,
+    /// Where the password came from, named in "authentication failed" messages.
+    pub password_source: String,
+    /// `application_name`, shown in `pg_stat_replication`.
+    pub application_name: String,
+    /// TLS policy.
+    pub ssl: SslMode,
+    /// The time allowed for connecting and authenticating.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("application_name", &self.application_name)
+            .field("ssl", &self.ssl)
+            .finish()
+    }
+}
+
+impl Config {
+    /// A config with defaults: no password, `application_name` `holdfast`, `sslmode` prefer,
+    /// 30 s connect timeout.
+    pub fn new(host: Host, user: &str) -> Self {
+        Config {
+            host,
+            user: user.to_owned(),
+            password: None,
+            password_source: "the connection settings".into(),
+            application_name: "holdfast".into(),
+            ssl: SslMode::default(),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the password and where it came from.
+    pub fn password(mut self, password: &str, source: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self.password_source = source.to_owned();
+        self
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What [`ReplicationConnection::next_message`] returns while streaming.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// WAL bytes.
+    XLogData(crate::replication::XLogData),
+    /// A keepalive; answer with [`ReplicationConnection::send_status`] when it asks.
+    Keepalive(crate::replication::PrimaryKeepalive),
+    /// The server ended the stream at the end of a timeline; the next one starts here.
+    EndOfTimeline(Option<LsnTimeline>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Idle,
+    Streaming,
+    BaseBackup,
+}
+
+/// A connection in replication mode (`replication=true`).
+pub struct ReplicationConnection {
+    io: Box<dyn Io>,
+    decoder: Decoder,
+    out: Vec<u8>,
+    params: HashMap<String, String>,
+    version_num: u32,
+    backend_pid: i32,
+    tls: bool,
+    mode: Mode,
+    backup: Option<BaseBackupStream>,
+    notices: Vec<crate::ServerError>,
+}
+
+impl std::fmt::Debug for ReplicationConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConnection")
+            .field("server_version_num", &self.version_num)
+            .field("backend_pid", &self.backend_pid)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ReplicationConnection {
+    /// Connects, negotiates TLS, authenticates, and checks the server is 14 or later.
+    pub async fn connect(cfg: &Config) -> Result<Self, Error> {
+        let target = cfg.host.to_string();
+        tokio::time::timeout(cfg.connect_timeout, Self::connect_inner(cfg))
+            .await
+            .map_err(|_| Error::Timeout(target))?
+    }
+
+    async fn connect_inner(cfg: &Config) -> Result<Self, Error> {
+        let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
+        let (io, tls): (Box<dyn Io>, bool) = match &cfg.host {
+            Host::Unix { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let s = tokio::net::UnixStream::connect(&path).await.map_err(unreachable)?;
+                (Box::new(s), false)
+            }
+            Host::Tcp { host, port } => {
+                let mut s =
+                    tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
+                s.set_nodelay(true)?;
+                if cfg.ssl == SslMode::Disable {
+                    (Box::new(s), false)
+                } else {
+                    let mut req = Vec::new();
+                    frontend::ssl_request(&mut req);
+                    s.write_all(&req).await?;
+                    let mut answer = [0u8; 1];
+                    s.read_exact(&mut answer).await?;
+                    match answer[0] {
+                        b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true),
+                        b'N' if cfg.ssl == SslMode::Prefer => (Box::new(s), false),
+                        b'N' => {
+                            return Err(Error::Tls(format!(
+                                "the server at {host}:{port} does not accept TLS connections (ssl = off)"
+                            )));
+                        }
+                        other => {
+                            return Err(Error::Protocol(format!(
+                                "unexpected answer {:?} to SSLRequest",
+                                other as char
+                            )));
+                        }
+                    }
+                }
+            }
+        };
+        let mut conn = ReplicationConnection {
+            io,
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            params: HashMap::new(),
+            version_num: 0,
+            backend_pid: 0,
+            tls,
+            mode: Mode::Idle,
+            backup: None,
+            notices: Vec::new(),
+        };
+        conn.startup(cfg).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, cfg: &Config) -> Result<(), Error> {
+        frontend::startup(
+            &mut self.out,
+            &[
+                ("user", &cfg.user),
+                ("replication", "true"),
+                ("application_name", &cfg.application_name),
+                ("client_encoding", "UTF8"),
+            ],
+        );
+        self.flush().await?;
+        let mut auth = Authenticator::new(&cfg.user, cfg.password.as_deref().map(str::as_bytes));
+        loop {
+            match self.read_message().await? {
+                BackendMessage::Authentication(req) => {
+                    auth.on_request(req, &mut self.out)?;
+                    self.flush().await?;
+                }
+                BackendMessage::BackendKeyData { pid, .. } => self.backend_pid = pid,
+                BackendMessage::ReadyForQuery(_) => break,
+                BackendMessage::ErrorResponse(e) => {
+                    return Err(classify_startup_error(e, &cfg.user, &cfg.password_source));
+                }
+                BackendMessage::NoticeResponse(_) => {}
+                other => {
+                    return Err(Error::Protocol(format!("unexpected {} during startup", other.name())));
+                }
+            }
+        }
+        let version = self.params.get("server_version").cloned().unwrap_or_default();
+        self.version_num = parse_server_version(&version)
+            .ok_or_else(|| Error::Protocol(format!("unparseable server_version {version:?}")))?;
+        if self.version_num < MIN_SERVER_VERSION_NUM {
+            return Err(Error::ServerTooOld { version });
+        }
+        Ok(())
+    }
+
+    /// `server_version_num` of the server, e.g. 150008.
+    pub fn server_version_num(&self) -> u32 {
+        self.version_num
+    }
+
+    /// A run-time parameter the server reported (`server_version`, `integer_datetimes`…).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The server process id of this connection's WAL sender.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Notices received so far (drained).
+    pub fn take_notices(&mut self) -> Vec<crate::ServerError> {
+        std::mem::take(&mut self.notices)
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn read_message(&mut self) -> Result<BackendMessage, Error> {
+        loop {
+            if let Some(m) = self.decoder.next_message()? {
+                match m {
+                    BackendMessage::ParameterStatus { name, value } => {
+                        self.params.insert(name, value);
+                    }
+                    BackendMessage::NoticeResponse(n) if self.mode != Mode::Idle => {
+                        if self.notices.len() < 100 {
+                            self.notices.push(n);
+                        }
+                    }
+                    m => return Ok(m),
+                }
+                continue;
+            }
+            let buf = self.decoder.buffer_mut();
+            if buf.capacity() - buf.len() < 8192 {
+                buf.reserve(64 * 1024);
+            }
+            let n = self.io.read_buf(buf).await?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    fn check_idle(&self) -> Result<(), Error> {
+        if self.mode != Mode::Idle {
+            return Err(Error::InvalidArgument(format!(
+                "the connection is busy ({:?}): finish that first",
+                self.mode
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a simple query (a replication command or, on a database connection, SQL) and
+    /// collects its result sets. An ErrorResponse becomes [`Error::Server`].
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<ResultSet>, Error> {
+        self.check_idle()?;
+        frontend::query(&mut self.out, sql);
+        self.flush().await?;
+        let mut msgs = Vec::new();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::ReadyForQuery(_) => break,
+                BackendMessage::ErrorResponse(e) => error = Some(e),
+                m @ (BackendMessage::CopyBothResponse(_)
+                | BackendMessage::CopyOutResponse(_)
+                | BackendMessage::CopyInResponse(_)) => {
+                    return Err(Error::Protocol(format!(
+                        "{sql:?} started a COPY ({}); use the dedicated method",
+                        m.name()
+                    )));
+                }
+                m => msgs.push(m),
+            }
+        }
+        match error {
+            Some(e) => Err(Error::Server(e)),
+            None => Ok(ResultSet::collect(&msgs)),
+        }
+    }
+
+    async fn single_result(&mut self, sql: &str) -> Result<ResultSet, Error> {
+        self.simple_query(sql)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Protocol(format!("{sql:?} returned no result")))
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, Error> {
+        IdentifySystem::from_result(&self.single_result(&commands::identify_system()).await?)
+    }
+
+    /// `TIMELINE_HISTORY tli` (there is none for timeline 1).
+    pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<TimelineHistoryFile, Error> {
+        TimelineHistoryFile::from_result(&self.single_result(&commands::timeline_history(tli)).await?)
+    }
+
+    /// `CREATE_REPLICATION_SLOT name PHYSICAL (RESERVE_WAL)`.
+    pub async fn create_physical_slot(&mut self, name: &str, temporary: bool) -> Result<CreatedSlot, Error> {
+        let cmd = commands::create_physical_slot(name, temporary, true, self.version_num)?;
+        CreatedSlot::from_result(&self.single_result(&cmd).await?)
+    }
+
+    /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+); [`Error::SlotNotFound`] when missing.
+    pub async fn read_replication_slot(&mut self, name: &str) -> Result<SlotInfo, Error> {
+        let cmd = commands::read_replication_slot(name, self.version_num)?;
+        SlotInfo::from_result(&self.single_result(&cmd).await?)?
+            .ok_or_else(|| Error::SlotNotFound { slot: name.to_owned() })
+    }
+
+    /// `DROP_REPLICATION_SLOT name WAIT`.
+    pub async fn drop_replication_slot(&mut self, name: &str) -> Result<(), Error> {
+        let cmd = commands::drop_replication_slot(name, true)?;
+        self.simple_query(&cmd)
+            .await
+            .map_err(|e| match e {
+                Error::Server(s) => classify_slot_error(s, name),
+                e => e,
+            })
+            .map(drop)
+    }
+
+    /// `START_REPLICATION [SLOT name] PHYSICAL start [TIMELINE tli]`; then call
+    /// [`next_message`](Self::next_message) until done.
+    pub async fn start_replication(
+        &mut self,
+        slot: Option<&str>,
+        start: Lsn,
+        timeline: Option<TimelineId>,
+    ) -> Result<(), Error> {
+        self.check_idle()?;
+        let cmd = commands::start_replication(slot, start, timeline)?;
+        frontend::query(&mut self.out, &cmd);
+        self.flush().await?;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyBothResponse(_) => {
+                    self.mode = Mode::Streaming;
+                    return Ok(());
+                }
+                BackendMessage::ErrorResponse(e) => {
+                    self.drain_until_ready().await?;
+                    return Err(match slot {
+                        Some(s) => classify_slot_error(e, s),
+                        None => Error::Server(e),
+                    });
+                }
+                BackendMessage::NoticeResponse(_) => {}
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected {} after START_REPLICATION",
+                        other.name()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn drain_until_ready(&mut self) -> Result<Vec<BackendMessage>, Error> {
+        let mut msgs = Vec::new();
+        loop {
+            match self.read_message().await? {
+                BackendMessage::ReadyForQuery(_) => return Ok(msgs),
+                m => msgs.push(m),
+            }
+        }
+    }
+
+    /// The next streaming message: WAL, a keepalive, or the end of the timeline.
+    pub async fn next_message(&mut self) -> Result<StreamEvent, Error> {
+        if self.mode != Mode::Streaming {
+            return Err(Error::InvalidArgument("not streaming".into()));
+        }
+        match self.read_message().await? {
+            BackendMessage::CopyData(data) => match ReplicationMessage::parse(&data)? {
+                ReplicationMessage::XLogData(x) => Ok(StreamEvent::XLogData(x)),
+                ReplicationMessage::PrimaryKeepalive(k) => Ok(StreamEvent::Keepalive(k)),
+            },
+            BackendMessage::CopyDone => {
+                // The server reached the end of the timeline; acknowledge and read on.
+                frontend::copy_done(&mut self.out);
+                self.flush().await?;
+                let next = self.finish_stream().await?;
+                Ok(StreamEvent::EndOfTimeline(next))
+            }
+            BackendMessage::ErrorResponse(e) => {
+                self.mode = Mode::Idle;
+                Err(Error::Server(e))
+            }
+            other => Err(Error::Protocol(format!("unexpected {} while streaming", other.name()))),
+        }
+    }
+
+    async fn finish_stream(&mut self) -> Result<Option<LsnTimeline>, Error> {
+        let msgs = self.drain_until_ready().await?;
+        self.mode = Mode::Idle;
+        if let Some(BackendMessage::ErrorResponse(e)) =
+            msgs.iter().find(|m| matches!(m, BackendMessage::ErrorResponse(_)))
+        {
+            return Err(Error::Server(e.clone()));
+        }
+        let sets = ResultSet::collect(&msgs);
+        sets.iter()
+            .find(|s| s.columns.iter().any(|c| c.name == "next_tli"))
+            .map(LsnTimeline::from_next_timeline_result)
+            .transpose()
+    }
+
+    /// Sends a standby status update (answer keepalives that ask, and report progress so the
+    /// slot can release WAL).
+    pub async fn send_status(&mut self, status: StandbyStatusUpdate) -> Result<(), Error> {
+        if self.mode != Mode::Streaming {
+            return Err(Error::InvalidArgument("not streaming".into()));
+        }
+        frontend::copy_data(&mut self.out, &status.encode());
+        self.flush().await
+    }
+
+    /// Ends streaming from the client side (CopyDone) and returns the connection to idle.
+    pub async fn stop_replication(&mut self) -> Result<Option<LsnTimeline>, Error> {
+        if self.mode != Mode::Streaming {
+            return Err(Error::InvalidArgument("not streaming".into()));
+        }
+        frontend::copy_done(&mut self.out);
+        self.flush().await?;
+        // WAL already in flight is discarded until the server's CopyDone.
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyDone => break,
+                BackendMessage::CopyData(_) => {}
+                BackendMessage::ErrorResponse(e) => {
+                    self.drain_until_ready().await?;
+                    self.mode = Mode::Idle;
+                    return Err(Error::Server(e));
+                }
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected {} while stopping replication",
+                        other.name()
+                    )));
+                }
+            }
+        }
+        self.finish_stream().await
+    }
+
+    /// Sends `BASE_BACKUP` in the server's syntax; then call
+    /// [`next_backup_event`](Self::next_backup_event) until it returns `None`.
+    pub async fn start_base_backup(&mut self, options: &commands::BaseBackupOptions) -> Result<(), Error> {
+        self.check_idle()?;
+        let cmd = commands::base_backup(options, self.version_num)?;
+        frontend::query(&mut self.out, &cmd);
+        self.flush().await?;
+        self.mode = Mode::BaseBackup;
+        self.backup = Some(BaseBackupStream::new(self.version_num));
+        Ok(())
+    }
+
+    /// The next base backup event; `None` once the backup has ended and the connection is
+    /// idle again.
+    pub async fn next_backup_event(&mut self) -> Result<Option<BackupEvent>, Error> {
+        loop {
+            let Some(stream) = self.backup.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(e) = stream.next_event() {
+                return Ok(Some(e));
+            }
+            if stream.is_done() {
+                self.backup = None;
+                self.mode = Mode::Idle;
+                return Ok(None);
+            }
+            let msg = self.read_message().await?;
+            let stream = self.backup.as_mut().expect("checked above");
+            if let Err(e) = stream.on_message(msg) {
+                self.backup = None;
+                if matches!(e, Error::Server(_)) {
+                    self.drain_until_ready().await?;
+                    self.mode = Mode::Idle;
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// Sends Terminate and closes the connection.
+    pub async fn close(mut self) -> Result<(), Error> {
+        frontend::terminate(&mut self.out);
+        self.flush().await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// `15.8 (Debian 15.8-1)` → 150008; `9.6.24` → 90624; `17devel` → 170000.
+pub fn parse_server_version(v: &str) -> Option<u32> {
+    let head: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let mut parts = head.split('.').filter(|p| !p.is_empty());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let second: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if major >= 10 {
+        Some(major * 10_000 + second)
+    } else {
+        let third: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(major * 10_000 + second * 100 + third)
+    }
+}
+
+async fn tls_connect(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+    mode: &SslMode,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let config = match mode {
+        SslMode::VerifyFull { ca_pem } => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca_pem) {
+                let cert = cert.map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
+                roots.add(cert).map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::Tls("no CA certificate given for verify-full".into()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth(),
+    };
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::Tls(format!("handshake with {host} failed: {e}")))
+}
+
+/// `sslmode=require`/`prefer`: encrypt without checking who is at the other end, as libpq
+/// does. Signatures are still checked so the handshake itself is sound.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Bytes of a base backup, collected per archive, for callers that want it all in memory.
+#[derive(Clone, Debug, Default)]
+pub struct CollectedBackup {
+    /// The start position.
+    pub start: Option<LsnTimeline>,
+    /// (archive name, content) in order.
+    pub archives: Vec<(String, Vec<u8>)>,
+    /// The manifest, if one was requested.
+    pub manifest: Option<Vec<u8>>,
+    /// The end position.
+    pub end: Option<LsnTimeline>,
+}
+
+impl ReplicationConnection {
+    /// Takes a whole base backup into memory (for tests and small clusters).
+    pub async fn base_backup_to_memory(
+        &mut self,
+        options: &commands::BaseBackupOptions,
+    ) -> Result<CollectedBackup, Error> {
+        self.start_base_backup(options).await?;
+        let mut b = CollectedBackup::default();
+        while let Some(ev) = self.next_backup_event().await? {
+            match ev {
+                BackupEvent::Started { start, .. } => b.start = Some(start),
+                BackupEvent::ArchiveStart { name, .. } => b.archives.push((name, Vec::new())),
+                BackupEvent::ArchiveData(d) => match b.archives.last_mut() {
+                    Some((_, buf)) => buf.extend_from_slice(&d),
+                    None => return Err(Error::Protocol("archive data before an archive".into())),
+                },
+                BackupEvent::Progress(_) => {}
+                BackupEvent::ManifestStart => b.manifest = Some(Vec::new()),
+                BackupEvent::ManifestData(d) => {
+                    b.manifest.get_or_insert_with(Vec::new).extend_from_slice(&d);
+                }
+                BackupEvent::Finished(end) => b.end = Some(end),
+            }
+        }
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_server_version("15.8 (Debian 15.8-1.pgdg120+1)"), Some(150_008));
+        assert_eq!(parse_server_version("14.0"), Some(140_000));
+        assert_eq!(parse_server_version("17devel"), Some(170_000));
+        assert_eq!(parse_server_version("9.6.24"), Some(90_624));
+        assert_eq!(parse_server_version("x"), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! One conformance suite for every object-store backend (restic's backend tests are the model).
+//!
+//! Add a backend by adding one `#[tokio::test]` that builds it and calls [`conformance`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use store::{
+    Expunge, ExpungeAuthority, ObjectKind, ObjectName, ObjectStore, PutOutcome, StoreError, Timestamp,
+};
+
+/// Everything a backend must guarantee. `s` must be empty.
+async fn conformance<S: ObjectStore + Expunge>(s: S) {
+    let s = Arc::new(s);
+    let now = Timestamp::now();
+    let day = std::time::Duration::from_secs(86_400);
+    let t1 = now.plus(day);
+    let t2 = now.plus(day * 2);
+
+    // Wrong hash: rejected, nothing stored.
+    let name = ObjectName::for_bytes(ObjectKind::Pack, b"right");
+    let err = s.put_if_absent(&name, Bytes::from_static(b"wrong"), t1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Name(_)), "{err}");
+    assert!(s.head(&name).await.unwrap().is_none());
+    assert!(s.list(ObjectKind::Pack).await.unwrap().is_empty());
+    assert!(matches!(s.get(&name).await, Err(StoreError::NotFound(_))));
+
+    // Store; same bytes again → AlreadyPresent; different bytes under the name → refused.
+    assert_eq!(s.put_if_absent(&name, Bytes::from_static(b"right"), t1).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        s.put_if_absent(&name, Bytes::from_static(b"right"), t1).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    assert!(s.put_if_absent(&name, Bytes::from_static(b"other"), t1).await.is_err());
+    assert_eq!(&s.get(&name).await.unwrap()[..], b"right");
+    let meta = s.head(&name).await.unwrap().unwrap();
+    assert_eq!((meta.size, meta.retain_until), (5, t1));
+
+    // Retention only lengthens: extending to an earlier instant keeps the later one.
+    assert_eq!(s.extend_retention(&name, t2).await.unwrap(), t2);
+    assert_eq!(s.extend_retention(&name, t1).await.unwrap(), t2);
+    assert_eq!(s.extend_retention(&name, Timestamp(0)).await.unwrap(), t2);
+    assert_eq!(s.head(&name).await.unwrap().unwrap().retain_until, t2);
+    // A put with an earlier retain_until on an existing object keeps the later one.
+    assert_eq!(
+        s.put_if_absent(&name, Bytes::from_static(b"right"), t1).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    assert_eq!(s.head(&name).await.unwrap().unwrap().retain_until, t2);
+    let absent = ObjectName::for_bytes(ObjectKind::Pack, b"absent");
+    assert!(s.extend_retention(&absent, t2).await.is_err());
+
+    // get_range bounds.
+    assert_eq!(&s.get_range(&name, 1..4).await.unwrap()[..], b"igh");
+    assert_eq!(&s.get_range(&name, 0..5).await.unwrap()[..], b"right");
+    assert_eq!(s.get_range(&name, 5..5).await.unwrap().len(), 0);
+    assert!(matches!(s.get_range(&name, 3..6).await, Err(StoreError::BadRange { .. })));
+    assert!(matches!(s.get_range(&name, 10..20).await, Err(StoreError::BadRange { .. })));
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = 4..2;
+    assert!(s.get_range(&name, backwards).await.is_err());
+    assert!(s.get_range(&absent, 0..1).await.is_err());
+
+    // List: one kind only, in name order, nothing else (no temp files).
+    let mut names = vec![name];
+    for i in 0..20u32 {
+        let b = format!("object {i}").into_bytes();
+        let n = ObjectName::for_bytes(ObjectKind::Pack, &b);
+        s.put_if_absent(&n, b.into(), t1).await.unwrap();
+        names.push(n);
+    }
+    let idx = ObjectName::for_bytes(ObjectKind::Index, b"an index");
+    s.put_if_absent(&idx, Bytes::from_static(b"an index"), t1).await.unwrap();
+    names.sort();
+    let listed: Vec<ObjectName> =
+        s.list(ObjectKind::Pack).await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(listed, names);
+    assert_eq!(s.list(ObjectKind::Index).await.unwrap().len(), 1);
+    assert!(s.list(ObjectKind::Catalog).await.unwrap().is_empty());
+
+    // Expunge refuses an unexpired object under Expired{now}; allows it once expired.
+    let err = s.expunge(&name, ExpungeAuthority::Expired { now }).await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err}");
+    assert!(s.head(&name).await.unwrap().is_some());
+    let short = ObjectName::for_bytes(ObjectKind::Catalog, b"short-lived");
+    s.put_if_absent(&short, Bytes::from_static(b"short-lived"), Timestamp(now.0 - 10)).await.unwrap();
+    s.expunge(&short, ExpungeAuthority::Expired { now }).await.unwrap();
+    assert!(s.head(&short).await.unwrap().is_none());
+
+    // Many tasks racing to put the same name: exactly one Created, every one succeeds.
+    let bytes = Bytes::from(vec![42u8; 100_000]);
+    let race = ObjectName::for_bytes(ObjectKind::Pack, &bytes);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (s, b) = (s.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move { s.put_if_absent(&race, b, t1).await }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() == PutOutcome::Created {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(s.get(&race).await.unwrap(), bytes);
+    let listed: Vec<ObjectName> =
+        s.list(ObjectKind::Pack).await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(listed.iter().filter(|n| **n == race).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(store::LocalDir::open(dir.path()).unwrap()).await;
+    // Nothing is left behind in tmp/ after all those writes.
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}

@@ -1,0 +1,81 @@
+//! Capture status as the vault reports it (`GET /v1/status`, `holdfast status`): per cluster,
+//! the WAL stream, lag, the last complete base backup and the restorable window.
+
+use pgfmt::Lsn;
+use store::Timestamp;
+
+/// A protected cluster's capture state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    /// Streaming right now.
+    pub connected: bool,
+    /// The server streamed from, if connected.
+    pub server: Option<String>,
+    pub system_id: Option<String>,
+    pub timeline: Option<u32>,
+    /// Last WAL byte + 1 received from the server.
+    pub received_lsn: Option<Lsn>,
+    /// Last WAL byte + 1 durable in the vault (what the server is told is flushed).
+    pub durable_lsn: Option<Lsn>,
+    /// The server's end of WAL, from its last message.
+    pub server_lsn: Option<Lsn>,
+    /// WAL the server holds for the vault that the vault does not yet have, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// Seconds between the server sending the newest durable WAL and now (0 when caught up).
+    pub lag_seconds: Option<f64>,
+    /// The last base backup that is complete (all its WAL is stored).
+    pub last_backup: Option<BackupSummary>,
+    /// The span that can be restored, if any backup is complete.
+    pub window: Option<Window>,
+    /// The last error, while not connected.
+    pub last_error: Option<String>,
+    /// Incidents recorded for this cluster, newest last (at most 20).
+    pub incidents: Vec<Incident>,
+    /// When the vault last heard from the server (vault clock).
+    pub last_contact: Option<Timestamp>,
+    /// A base backup in progress: (bytes received, bytes expected).
+    pub backup_progress: Option<(u64, u64)>,
+}
+
+/// The restorable window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    pub earliest_lsn: Lsn,
+    pub earliest_time: Timestamp,
+    pub latest_lsn: Lsn,
+    pub latest_time: Timestamp,
+}
+
+/// A completed base backup, as status shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub cluster: String,
+    pub system_id: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub started: Timestamp,
+    pub finished: Timestamp,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+}
+
+/// Something that needs a person: recorded in the catalog, shown by status, alerted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Incident {
+    pub cluster: String,
+    /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`.
+    pub kind: String,
+    pub detected_at: Timestamp,
+    pub message: String,
+    /// Where in the WAL it happened, when known.
+    pub lsn: Option<Lsn>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatusResponse {
+    pub clusters: Vec<ClusterStatus>,
+}

@@ -1,0 +1,1023 @@
+//! The HTTP API: routes, authentication by token scope, and every handler.
+//!
+//! Rules every handler follows: the vault's clock decides all times (client headers and body
+//! fields are never read for that); names are parsed strictly before any storage call; every
+//! error is JSON `{"error": "..."}` saying what failed, why, and what to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use ed25519_dalek::Verifier;
+use store::quorum::{DELETION_PURPOSE, DeletionStatement, KeyholderSignature, QuorumError, QuorumWarrant};
+use store::{Expunge, ObjectKind, ObjectName, Repository, StoreError, Timestamp};
+use tokio::sync::RwLock;
+use vault_api::*;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::state::{self, TokenEntry, VaultState, kinds};
+
+/// Everything handlers share.
+pub struct Shared {
+    pub repo: Repository,
+    /// The same store as `repo.store()`, with the removal capability; used only by `retention`.
+    pub store: Arc<dyn Expunge>,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    /// Derived from the catalog; the write lock is held across "append record, apply it", so
+    /// checks such as "retention only grows" see every earlier write.
+    pub state: RwLock<VaultState>,
+    pub metrics: Metrics,
+    /// The collector pulling WAL and base backups, once started.
+    pub collector: std::sync::OnceLock<Arc<capture::Collector>>,
+    /// The retention policy in days, mirrored outside the state lock for the collector. Only
+    /// ever raised, and raised before the new policy is acknowledged.
+    pub retention_days_now: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("repository", &self.repo.id()).finish_non_exhaustive()
+    }
+}
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: std::sync::Mutex<BTreeMap<u16, u64>>,
+    proposals: AtomicU64,
+    alerts: AtomicU64,
+    uploaded_bytes: AtomicU64,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+    fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "{what} failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{what} failed: {e}; nothing was changed by this request — retry, and check the vault's log if it persists"
+            ),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody { error: self.message }).unwrap_or_default();
+        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(n) => ApiError::not_found(format!("object {n} is not in this vault")),
+            StoreError::Name(n) => ApiError::bad_request(n.to_string()),
+            StoreError::BadRange { .. } => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string()),
+            other => ApiError::internal("storage", other),
+        }
+    }
+}
+
+impl From<store::RepoError> for ApiError {
+    fn from(e: store::RepoError) -> ApiError {
+        ApiError::internal("the repository", e)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// The router with every endpoint.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/objects", get(list_objects))
+        .route("/v1/objects/{kind}/{hex}", put(put_object).get(get_object).head(head_object))
+        .route("/v1/records", post(append_record).get(list_records))
+        .route("/v1/backups", get(list_backups))
+        .route("/v1/status", get(cluster_status))
+        .route("/v1/clusters/{name}/backup", post(backup_cluster))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/retention", get(get_retention).put(put_retention))
+        .route("/v1/retention/extend", post(extend_retention))
+        .route("/v1/proposals", post(propose))
+        .route("/v1/proposals/{id}", get(get_proposal))
+        .route("/v1/proposals/{id}/signatures", post(sign_proposal))
+        .route("/v1/proposals/{id}/veto", post(veto_proposal))
+        .route("/v1/proposals/{id}/execute", post(execute_proposal))
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not accept that HTTP method")
+        })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
+        .with_state(shared)
+}
+
+async fn count_requests(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let mut m = s.metrics.requests.lock().unwrap_or_else(|p| p.into_inner());
+    *m.entry(resp.status().as_u16()).or_default() += 1;
+    resp
+}
+
+impl Shared {
+    /// The retention for something stored now.
+    fn retain_until(&self, state: &VaultState, now: Timestamp) -> Timestamp {
+        now.plus(Duration::from_secs(u64::from(state.retention_days(self.config.retention_days)) * 86_400))
+    }
+
+    /// Checks the bearer token and its scope.
+    async fn authorize(&self, headers: &HeaderMap, allowed: &[Scope], what: &str) -> ApiResult<TokenEntry> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m.to_string());
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing token: send `Authorization: Bearer hft_…` (create tokens with `holdfast vault token create`)"))?;
+        let text = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
+            unauthorized("malformed Authorization header: expected `Bearer hft_<id>_<secret>`")
+        })?;
+        let token: Token =
+            text.parse().map_err(|_| unauthorized("malformed token: expected hft_<16 hex>_<secret>"))?;
+        let state = self.state.read().await;
+        let entry = state
+            .authenticate(&token)
+            .ok_or_else(|| unauthorized("unknown or revoked token: ask a vault admin for a new one"))?;
+        if !allowed.contains(&entry.scope) {
+            let needed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::forbidden(format!(
+                "{what} needs a token with scope {}; this token has scope {}",
+                needed.join(" or "),
+                entry.scope
+            )));
+        }
+        Ok(entry.clone())
+    }
+
+    /// Appends a record stamped with the vault's clock and folds it into the state.
+    async fn write_record(
+        &self,
+        state: &mut VaultState,
+        kind: &str,
+        body: serde_json::Value,
+    ) -> ApiResult<(ObjectName, Timestamp, Timestamp)> {
+        let now = self.clock.now();
+        let until = self.retain_until(state, now);
+        let name = self.repo.append_record(kind, body.clone(), now, until).await?;
+        state.apply(&name, kind, now, &body);
+        Ok((name, now, until))
+    }
+
+    /// Raises an alert: a WARN log line, a metric, and the configured alert command.
+    /// Retention for an object written now: vault clock plus the current policy.
+    pub fn retain_until_now(&self) -> Timestamp {
+        let days = u64::from(self.retention_days_now.load(Ordering::SeqCst));
+        self.clock.now().plus(Duration::from_secs(days * 86_400))
+    }
+
+    /// Raises an alert: WARN log, counter, and the configured alert command.
+    pub fn alert(&self, event: serde_json::Value) {
+        tracing::warn!(alert = %event, "ALERT");
+        self.metrics.alerts.fetch_add(1, Ordering::Relaxed);
+        let Some(cmd) = self.config.alert_command.clone() else { return };
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let child = tokio::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .stdin(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(program = %cmd[0], error = %e, "the alert command could not be started");
+                    return;
+                }
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(event.to_string().as_bytes()).await;
+            }
+            match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+                Ok(Ok(s)) if s.success() => {}
+                Ok(Ok(s)) => tracing::error!(program = %cmd[0], status = %s, "the alert command failed"),
+                Ok(Err(e)) => tracing::error!(program = %cmd[0], error = %e, "the alert command failed"),
+                Err(_) => {
+                    tracing::error!(program = %cmd[0], "the alert command ran for over 60 s and was killed")
+                }
+            }
+        });
+    }
+}
+
+async fn fallback(uri: axum::http::Uri) -> ApiError {
+    // A '/' inside an object name (or an extra segment) is a bad name, not a missing endpoint.
+    if uri.path().starts_with("/v1/objects/") {
+        ApiError::bad_request(
+            "malformed object name: expected /v1/objects/<kind>/<64 lowercase hex digits>, with no '/' inside the name",
+        )
+    } else {
+        ApiError::not_found("no such endpoint: vault API paths are /healthz, /metrics and /v1/…")
+    }
+}
+
+fn parse_name(path: Result<Path<(String, String)>, PathRejection>) -> ApiResult<ObjectName> {
+    let Path((kind, hex)) = path.map_err(|e| ApiError::bad_request(format!("bad object path: {e}")))?;
+    if kind.len() + hex.len() > store::name::MAX_NAME_LEN {
+        return Err(ApiError::bad_request(format!(
+            "object name is {} bytes long: at most {} are allowed",
+            kind.len() + hex.len() + 1,
+            store::name::MAX_NAME_LEN
+        )));
+    }
+    let kind: ObjectKind =
+        kind.parse().map_err(|e: store::NameError| ApiError::bad_request(e.to_string()))?;
+    let id = store::ObjectId::from_hex(&hex).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(ObjectName { kind, id })
+}
+
+/// Reads a body of at most `limit` bytes; a declared or actual excess is a 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Bytes> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than this vault's limit of {limit} bytes (max_body_bytes): split the upload"
+            ),
+        )
+    };
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("length limit") {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {msg}"))
+        }
+    })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> ApiResult<T> {
+    let bytes = read_body(headers, body, limit.min(1 << 20)).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    json(StatusCode::OK, &Health { status: "ok".into(), repository: s.repo.id().to_string() })
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult<Response> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_objects Objects stored, by kind.\n# TYPE holdfast_vault_objects gauge"
+    );
+    let mut bytes_lines = String::new();
+    for kind in ObjectKind::ALL {
+        let list = s.store.list(kind).await?;
+        let _ = writeln!(out, "holdfast_vault_objects{{kind=\"{kind}\"}} {}", list.len());
+        let _ = writeln!(
+            bytes_lines,
+            "holdfast_vault_bytes{{kind=\"{kind}\"}} {}",
+            list.iter().map(|m| m.size).sum::<u64>()
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP holdfast_vault_bytes Bytes stored, by kind.\n# TYPE holdfast_vault_bytes gauge\n{bytes_lines}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_requests_total HTTP responses, by status.\n# TYPE holdfast_vault_requests_total counter"
+    );
+    for (status, n) in s.metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "holdfast_vault_requests_total{{status=\"{status}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_uploaded_bytes_total Pack bytes accepted.\n# TYPE holdfast_vault_uploaded_bytes_total counter\nholdfast_vault_uploaded_bytes_total {}",
+        s.metrics.uploaded_bytes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_deletion_proposals_total Early-deletion proposals made.\n# TYPE holdfast_vault_deletion_proposals_total counter\nholdfast_vault_deletion_proposals_total {}",
+        s.metrics.proposals.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_alerts_total Alerts raised.\n# TYPE holdfast_vault_alerts_total counter\nholdfast_vault_alerts_total {}",
+        s.metrics.alerts.load(Ordering::Relaxed)
+    );
+    let state = s.state.read().await;
+    let pending = state.proposals.values().filter(|p| p.status() == ProposalStatus::Pending).count();
+    let _ = writeln!(
+        out,
+        "# HELP holdfast_vault_pending_proposals Deletion proposals neither vetoed nor executed.\n# TYPE holdfast_vault_pending_proposals gauge\nholdfast_vault_pending_proposals {pending}"
+    );
+    if let Some((at, c)) = &state.last_check {
+        let _ = writeln!(
+            out,
+            "# HELP holdfast_vault_last_check_ok 1 if the last `vault check` found no damage.\n# TYPE holdfast_vault_last_check_ok gauge\nholdfast_vault_last_check_ok {}\nholdfast_vault_last_check_timestamp_seconds {}\nholdfast_vault_last_check_damaged {}",
+            u8::from(c.ok),
+            at.as_secs(),
+            c.damaged
+        );
+    }
+    if let Some(c) = s.collector.get() {
+        cluster_metrics(&mut out, &c.status());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Per-cluster capture gauges: the same figures `holdfast status` shows.
+fn cluster_metrics(out: &mut String, clusters: &[capture::ClusterStatus]) {
+    use std::fmt::Write;
+    type Getter = fn(&capture::ClusterStatus) -> Option<f64>;
+    let gauges: [(&str, &str, Getter); 10] = [
+        ("connected", "1 while the WAL stream is up.", |c| Some(f64::from(u8::from(c.connected)))),
+        ("durable_lsn_bytes", "End of the WAL durable in the vault, as a byte position.", |c| {
+            c.durable_lsn.map(|l| l.0 as f64)
+        }),
+        ("received_lsn_bytes", "End of the WAL received from the server.", |c| c.received_lsn.map(|l| l.0 as f64)),
+        ("lag_bytes", "WAL the server holds that the vault has not stored yet.", |c| c.lag_bytes.map(|b| b as f64)),
+        ("lag_seconds", "How far the durable WAL trails the server, in seconds.", |c| c.lag_seconds),
+        ("last_backup_timestamp_seconds", "When the last complete base backup finished.", |c| {
+            c.last_backup.as_ref().map(|b| b.finished.as_secs() as f64)
+        }),
+        ("window_earliest_timestamp_seconds", "Earliest restorable instant.", |c| {
+            c.window.as_ref().map(|w| w.earliest_time.as_secs() as f64)
+        }),
+        ("window_latest_timestamp_seconds", "Latest restorable instant.", |c| {
+            c.window.as_ref().map(|w| w.latest_time.as_secs() as f64)
+        }),
+        ("incidents", "Incidents recorded (most recent 20 kept in status).", |c| Some(c.incidents.len() as f64)),
+        ("last_contact_timestamp_seconds", "When the server was last heard from.", |c| {
+            c.last_contact.map(|t| t.as_secs() as f64)
+        }),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP holdfast_cluster_{name} {help}\n# TYPE holdfast_cluster_{name} gauge");
+        for c in clusters {
+            if let Some(v) = get(c) {
+                let _ = writeln!(out, "holdfast_cluster_{name}{{cluster=\"{}\"}} {v}", c.name);
+            }
+        }
+    }
+}
+
+async fn put_object(
+    State(s): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Append], "uploading an object").await?;
+    let name = parse_name(path)?;
+    if name.kind != ObjectKind::Pack {
+        return Err(ApiError::forbidden(format!(
+            "only pack objects can be uploaded; {} objects are written by the vault itself",
+            name.kind
+        )));
+    }
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    name.verify(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let size = bytes.len() as u64;
+    let until = {
+        let state = s.state.read().await;
+        s.retain_until(&state, s.clock.now())
+    };
+    let outcome = s.store.put_if_absent(&name, bytes, until).await?;
+    let retain_until = s.store.head(&name).await?.map(|m| m.retain_until).unwrap_or(until);
+    let status = match outcome {
+        store::PutOutcome::Created => {
+            s.metrics.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+            StatusCode::CREATED
+        }
+        store::PutOutcome::AlreadyPresent => StatusCode::OK,
+    };
+    Ok(json(status, &PutObjectResponse { name, outcome, size, retain_until }))
+}
+
+/// Parses a single `bytes=` range against an object of `size` bytes into a half-open range.
+fn parse_range(value: &HeaderValue, size: u64) -> ApiResult<Range<u64>> {
+    let unsatisfiable = |why: &str| {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!(
+                "Range header {value:?} {why}: expected one range `bytes=START-END` within the object's {size} bytes"
+            ),
+        )
+    };
+    let text = value.to_str().map_err(|_| unsatisfiable("is not ASCII"))?;
+    let spec =
+        text.trim().strip_prefix("bytes=").ok_or_else(|| unsatisfiable("does not start with bytes="))?;
+    if spec.contains(',') {
+        return Err(unsatisfiable("asks for several ranges"));
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(|| unsatisfiable("has no '-'"))?;
+    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| unsatisfiable("is not numeric"));
+    let range = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if a > b {
+                return Err(unsatisfiable("ends before it starts"));
+            }
+            a..b.saturating_add(1).min(size)
+        }
+        (false, true) => num(a)?..size,
+        (true, false) => {
+            let n = num(b)?;
+            if n == 0 {
+                return Err(unsatisfiable("asks for zero bytes"));
+            }
+            size.saturating_sub(n)..size
+        }
+        (true, true) => return Err(unsatisfiable("is empty")),
+    };
+    if range.start >= size {
+        return Err(unsatisfiable("starts past the end"));
+    }
+    Ok(range)
+}
+
+async fn get_object(
+    State(s): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading objects").await?;
+    let name = parse_name(path)?;
+    let meta = s
+        .store
+        .head(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("object {name} is not in this vault")))?;
+    let resp = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("x-holdfast-retain-until", meta.retain_until.to_string());
+    let built = match headers.get(header::RANGE) {
+        Some(v) => {
+            let r = parse_range(v, meta.size)?;
+            let bytes = s.store.get_range(&name, r.clone()).await?;
+            resp.status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size))
+                .body(Body::from(bytes))
+        }
+        None => resp.status(StatusCode::OK).body(Body::from(s.store.get(&name).await?)),
+    };
+    built.map_err(|e| ApiError::internal("building the response", e))
+}
+
+async fn head_object(
+    State(s): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading objects").await?;
+    let name = parse_name(path)?;
+    let meta = s
+        .store
+        .head(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("object {name} is not in this vault")))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, meta.size)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("x-holdfast-retain-until", meta.retain_until.to_string())
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal("building the response", e))
+}
+
+/// Parses `a=b&c=d` where only `allowed` keys may appear.
+fn parse_query(raw: Option<String>, allowed: &[&str]) -> ApiResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in raw.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {:?}: this endpoint accepts {}",
+                k.chars().take(40).collect::<String>(),
+                allowed.join(", ")
+            )));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+async fn list_objects(
+    State(s): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "listing objects").await?;
+    let q = parse_query(q, &["kind"])?;
+    let kinds: Vec<ObjectKind> = match q.get("kind") {
+        Some(k) => vec![k.parse().map_err(|e: store::NameError| ApiError::bad_request(e.to_string()))?],
+        None => ObjectKind::ALL.to_vec(),
+    };
+    let mut objects = Vec::new();
+    for k in kinds {
+        objects.extend(s.store.list(k).await?);
+    }
+    Ok(json(StatusCode::OK, &ListObjectsResponse { objects }))
+}
+
+async fn append_record(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Append], "appending a record").await?;
+    let req: AppendRecordRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    if !APPENDABLE_RECORD_KINDS.contains(&req.kind.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "record kind {:?} is written only by the vault itself; append tokens may write: {}",
+            req.kind.chars().take(40).collect::<String>(),
+            APPENDABLE_RECORD_KINDS.join(", ")
+        )));
+    }
+    let mut state = s.state.write().await;
+    let (name, written_at, retain_until) = s.write_record(&mut state, &req.kind, req.body).await?;
+    Ok(json(StatusCode::CREATED, &AppendRecordResponse { name, written_at, retain_until }))
+}
+
+async fn list_records(
+    State(s): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading records").await?;
+    let q = parse_query(q, &["kind"])?;
+    let records = s
+        .repo
+        .records()
+        .await?
+        .into_iter()
+        .filter(|(_, r)| q.get("kind").is_none_or(|k| *k == r.kind))
+        .map(|(name, r)| RecordEntry { name, kind: r.kind, written_at: r.written_at, body: r.body })
+        .collect();
+    Ok(json(StatusCode::OK, &ListRecordsResponse { records }))
+}
+
+/// `GET /v1/status`: every protected cluster's capture state.
+async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading status").await?;
+    let clusters = s.collector.get().map(|c| c.status()).unwrap_or_default();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters })))
+}
+
+/// `POST /v1/clusters/{name}/backup`: take a base backup now; answers once it is complete.
+async fn backup_cluster(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin], "starting a base backup").await?;
+    let Path(name) = name.map_err(|e| ApiError::bad_request(format!("bad cluster name: {e}")))?;
+    let Some(collector) = s.collector.get() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "this vault protects no cluster: add a [[cluster]] table to its config"));
+    };
+    match collector.backup_now(&name).await {
+        Ok(summary) => Ok(json(StatusCode::OK, &summary)),
+        Err(capture::CaptureError::UnknownCluster(n)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown cluster {n:?}: it is not in the vault's configuration"),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("the base backup failed: {e}"))),
+    }
+}
+
+async fn list_backups(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "listing backups").await?;
+    let now = s.clock.now();
+    let backups = s.repo.backups().await?.iter().map(|b| crate::backup_summary(b, now)).collect();
+    Ok(json(StatusCode::OK, &ListBackupsResponse { backups }))
+}
+
+async fn create_token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "creating tokens").await?;
+    let req: CreateTokenRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    if req.label.len() > 200 || req.label.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("token label must be at most 200 printable characters"));
+    }
+    let token = crate::new_token().map_err(|e| ApiError::internal("generating a token", e))?;
+    let body = serde_json::to_value(crate::token_record(&token, req.scope, &req.label, &who.id))
+        .map_err(|e| ApiError::internal("encoding", e))?;
+    let mut state = s.state.write().await;
+    s.write_record(&mut state, kinds::TOKEN_CREATED, body).await?;
+    tracing::info!(token = token.id(), scope = %req.scope, by = who.id, "created a token");
+    Ok(json(
+        StatusCode::CREATED,
+        &CreateTokenResponse {
+            id: token.id().to_string(),
+            scope: req.scope,
+            label: req.label,
+            token: token.expose(),
+        },
+    ))
+}
+
+async fn list_tokens(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin], "listing tokens").await?;
+    let tokens = s.state.read().await.tokens.values().map(TokenEntry::info).collect();
+    Ok(json(StatusCode::OK, &ListTokensResponse { tokens }))
+}
+
+async fn revoke_token(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "revoking tokens").await?;
+    if !token::is_token_id(&id) {
+        return Err(ApiError::bad_request(
+            "token id must be 16 lowercase hex digits (see `holdfast vault token list`)",
+        ));
+    }
+    let mut state = s.state.write().await;
+    let Some(t) = state.tokens.get(&id) else {
+        return Err(ApiError::not_found(format!("no token with id {id}")));
+    };
+    if t.revoked_at.is_none() {
+        let body = serde_json::to_value(state::TokenRevoked { id: id.clone(), revoked_by: who.id.clone() })
+            .map_err(|e| ApiError::internal("encoding", e))?;
+        s.write_record(&mut state, kinds::TOKEN_REVOKED, body).await?;
+        tracing::info!(token = id, by = who.id, "revoked a token");
+    }
+    Ok(json(StatusCode::OK, &state.tokens[&id].info()))
+}
+
+async fn get_retention(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin, Scope::Read], "reading the retention policy").await?;
+    let days = s.state.read().await.retention_days(s.config.retention_days);
+    Ok(json(StatusCode::OK, &RetentionPolicy { days }))
+}
+
+async fn put_retention(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "changing the retention policy").await?;
+    let req: RetentionPolicy = read_json(&headers, body, s.config.max_body_bytes).await?;
+    let mut state = s.state.write().await;
+    let current = state.retention_days(s.config.retention_days);
+    if req.days < current {
+        return Err(ApiError::forbidden(format!(
+            "retention can only be lengthened; shortening needs a quorum deletion proposal (current policy: {current} days, asked for {})",
+            req.days
+        )));
+    }
+    if req.days > 36_500 {
+        return Err(ApiError::bad_request(
+            "retention is limited to 36500 days; use `retention/extend` with a date for longer holds",
+        ));
+    }
+    if req.days > current {
+        let body = serde_json::to_value(state::RetentionPolicyRecord { days: req.days, set_by: who.id })
+            .map_err(|e| ApiError::internal("encoding", e))?;
+        s.write_record(&mut state, kinds::RETENTION_POLICY, body).await?;
+        s.retention_days_now.fetch_max(req.days, Ordering::SeqCst);
+    }
+    Ok(json(StatusCode::OK, &RetentionPolicy { days: state.retention_days(s.config.retention_days) }))
+}
+
+async fn extend_retention(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin], "extending retention").await?;
+    let req: ExtendRetentionRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    let mut extended = 0u64;
+    for kind in ObjectKind::ALL {
+        for meta in s.store.list(kind).await? {
+            if meta.retain_until < req.until {
+                s.store.extend_retention(&meta.name, req.until).await?;
+                extended += 1;
+            }
+        }
+    }
+    tracing::info!(until = %req.until, extended, "extended retention of existing objects");
+    Ok(json(StatusCode::OK, &ExtendRetentionResponse { extended, until: req.until }))
+}
+
+fn random_hex(n: usize) -> ApiResult<String> {
+    let mut b = vec![0u8; n];
+    getrandom::getrandom(&mut b).map_err(|e| ApiError::internal("the random number generator", e))?;
+    Ok(hex::encode(b))
+}
+
+async fn propose(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "proposing a deletion").await?;
+    let req: ProposeRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    if s.config.quorum.keyholders.is_empty() {
+        return Err(ApiError::forbidden(
+            "early deletion is disabled: no keyholders are enrolled in [quorum] of the vault's config",
+        ));
+    }
+    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
+        return Err(ApiError::bad_request("a deletion proposal needs a reason (1 to 2000 characters)"));
+    }
+    let mut objects: BTreeSet<ObjectName> = req.objects.iter().copied().collect();
+    match (&req.backup, objects.is_empty()) {
+        (Some(_), false) => return Err(ApiError::bad_request("name either objects or one backup, not both")),
+        (None, true) => return Err(ApiError::bad_request("name the objects to delete, or a backup id")),
+        (Some(id), true) => objects = backup_objects(&s, id).await?,
+        (None, false) => {
+            for n in &objects {
+                if s.store.head(n).await?.is_none() {
+                    return Err(ApiError::not_found(format!(
+                        "object {n} is not in this vault; nothing was proposed"
+                    )));
+                }
+            }
+        }
+    }
+    let now = s.clock.now();
+    let statement = DeletionStatement {
+        purpose: DELETION_PURPOSE.into(),
+        repository: s.repo.id().to_string(),
+        proposal: random_hex(8)?,
+        proposed_at: now,
+        not_before: now.plus(s.config.quorum.wait),
+        objects,
+        reason: req.reason.clone(),
+    };
+    let rec = state::DeletionProposed {
+        statement: statement.clone(),
+        proposed_by: who.id.clone(),
+        backup: req.backup.clone(),
+    };
+    let body = serde_json::to_value(&rec).map_err(|e| ApiError::internal("encoding", e))?;
+    let mut state = s.state.write().await;
+    s.write_record(&mut state, kinds::DELETION_PROPOSED, body).await?;
+    s.metrics.proposals.fetch_add(1, Ordering::Relaxed);
+    s.alert(serde_json::json!({
+        "alert": "deletion.proposed",
+        "proposal": statement.proposal,
+        "repository": statement.repository,
+        "proposed_by_token": who.id,
+        "objects": statement.objects.len(),
+        "backup": req.backup,
+        "reason": statement.reason,
+        "not_before": statement.not_before,
+        "what_to_do": "if you did not expect this, veto it: holdfast vault veto --proposal <id> --key <your key>",
+    }));
+    let view = state.proposals[&statement.proposal].view(s.config.quorum.threshold);
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+/// The objects to remove for a backup: its catalog record and the packs no other backup uses.
+async fn backup_objects(s: &Shared, id: &str) -> ApiResult<BTreeSet<ObjectName>> {
+    let backups = s.repo.backups().await?;
+    let (this, others): (Vec<_>, Vec<_>) = backups.into_iter().partition(|b| b.id == id);
+    if this.is_empty() {
+        return Err(ApiError::not_found(format!("no backup with id {id:?} (see `holdfast vault backups`)")));
+    }
+    let keep = s.repo.referenced_packs(&others).await?;
+    let mut objects: BTreeSet<ObjectName> =
+        s.repo.referenced_packs(&this).await?.into_iter().filter(|p| !keep.contains(p)).collect();
+    for (name, r) in s.repo.records().await? {
+        if r.kind == "backup" && r.body.get("id").and_then(|v| v.as_str()) == Some(id) {
+            objects.insert(name);
+        }
+    }
+    Ok(objects)
+}
+
+fn parse_proposal_id(id: &str) -> ApiResult<()> {
+    if token::is_token_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("proposal id must be 16 lowercase hex digits"))
+    }
+}
+
+async fn get_proposal(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin, Scope::Read, Scope::Append], "reading a proposal").await?;
+    parse_proposal_id(&id)?;
+    let state = s.state.read().await;
+    let p =
+        state.proposals.get(&id).ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?;
+    Ok(json(StatusCode::OK, &p.view(s.config.quorum.threshold)))
+}
+
+/// Checks that `req` is a valid signature over `message` by an enrolled keyholder.
+fn verify_keyholder(s: &Shared, req: &SignRequest, message: &[u8]) -> ApiResult<String> {
+    let key = store::quorum::parse_key(&req.public_key).ok_or_else(|| {
+        ApiError::bad_request("public_key must be 64 hex digits (an ed25519 key from `holdfast keygen`)")
+    })?;
+    let holder =
+        s.config.quorum.keyholder(&hex::encode(key.as_bytes())).ok_or_else(|| {
+            ApiError::forbidden("this public key is not an enrolled keyholder of this vault")
+        })?;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(&req.signature, &mut sig)
+        .map_err(|_| ApiError::bad_request("signature must be 128 hex digits"))?;
+    key.verify(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
+        ApiError::bad_request(format!(
+            "the signature by {} does not verify over the expected bytes",
+            holder.name
+        ))
+    })?;
+    Ok(holder.name.clone())
+}
+
+async fn sign_proposal(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin, Scope::Read, Scope::Append], "signing a proposal").await?;
+    parse_proposal_id(&id)?;
+    let req: SignRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    let mut state = s.state.write().await;
+    let p =
+        state.proposals.get(&id).ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?;
+    if p.status() != ProposalStatus::Pending {
+        return Err(ApiError::conflict(format!(
+            "proposal {id} is {:?}: it takes no more signatures",
+            p.status()
+        )));
+    }
+    let holder = verify_keyholder(&s, &req, &p.statement.canonical_bytes())?;
+    let key = req.public_key.to_lowercase();
+    if !p.signatures.iter().any(|x| x.public_key == key) {
+        let act = state::KeyholderAct {
+            proposal: id.clone(),
+            public_key: key,
+            signature: req.signature.to_lowercase(),
+        };
+        let body = serde_json::to_value(&act).map_err(|e| ApiError::internal("encoding", e))?;
+        s.write_record(&mut state, kinds::DELETION_SIGNED, body).await?;
+        tracing::warn!(proposal = id, keyholder = holder, "a keyholder signed a deletion proposal");
+    }
+    Ok(json(StatusCode::OK, &state.proposals[&id].view(s.config.quorum.threshold)))
+}
+
+async fn veto_proposal(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Admin, Scope::Read, Scope::Append], "vetoing a proposal").await?;
+    parse_proposal_id(&id)?;
+    let req: VetoRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
+    let mut state = s.state.write().await;
+    let p =
+        state.proposals.get(&id).ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?;
+    if p.status() == ProposalStatus::Executed {
+        return Err(ApiError::conflict(format!("proposal {id} was already executed")));
+    }
+    let holder = verify_keyholder(&s, &req, &veto_message(&id))?;
+    if p.vetoed_by.is_none() {
+        let act = state::KeyholderAct {
+            proposal: id.clone(),
+            public_key: req.public_key.to_lowercase(),
+            signature: req.signature.to_lowercase(),
+        };
+        let body = serde_json::to_value(&act).map_err(|e| ApiError::internal("encoding", e))?;
+        s.write_record(&mut state, kinds::DELETION_VETOED, body).await?;
+        s.alert(serde_json::json!({"alert": "deletion.vetoed", "proposal": id, "keyholder": holder}));
+    }
+    Ok(json(StatusCode::OK, &state.proposals[&id].view(s.config.quorum.threshold)))
+}
+
+async fn execute_proposal(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "executing a deletion").await?;
+    parse_proposal_id(&id)?;
+    let mut state = s.state.write().await;
+    let p = state
+        .proposals
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?
+        .clone();
+    match p.status() {
+        ProposalStatus::Vetoed => {
+            return Err(ApiError::forbidden(format!(
+                "proposal {id} was vetoed by keyholder {}; it can never execute",
+                p.vetoed_by.as_deref().unwrap_or("?")
+            )));
+        }
+        ProposalStatus::Executed => {
+            return Err(ApiError::conflict(format!("proposal {id} was already executed")));
+        }
+        ProposalStatus::Pending => {}
+    }
+    let now = s.clock.now();
+    let q = &s.config.quorum;
+    let sigs: Vec<KeyholderSignature> = p.signatures.clone();
+    let warrant = QuorumWarrant::verify(s.repo.id(), &p.statement, &sigs, &q.keys(), q.threshold, now)
+        .map_err(|e| match e {
+            QuorumError::NotEnough { .. } => {
+                ApiError::forbidden(format!("{e}: collect more signatures with `holdfast vault sign`"))
+            }
+            QuorumError::TooEarly { .. } => {
+                ApiError::forbidden(format!("{e}: keyholders have until then to veto"))
+            }
+            other => ApiError::forbidden(other.to_string()),
+        })?;
+    let mut objects = p.statement.objects.clone();
+    if let Some(backup) = &p.backup {
+        // A backup written after the proposal may reuse some of these packs: keep those.
+        let others: Vec<_> = s.repo.backups().await?.into_iter().filter(|b| &b.id != backup).collect();
+        let keep = s.repo.referenced_packs(&others).await?;
+        objects.retain(|o| !keep.contains(o));
+    }
+    let (removed, absent) = crate::retention::execute(s.store.as_ref(), &warrant, &objects)
+        .await
+        .map_err(|e| ApiError::internal("the deletion", e))?;
+    let rec = state::DeletionExecuted {
+        proposal: id.clone(),
+        signers: warrant.signers().to_vec(),
+        removed: removed.clone(),
+        absent: absent.clone(),
+    };
+    let body = serde_json::to_value(&rec).map_err(|e| ApiError::internal("encoding", e))?;
+    s.write_record(&mut state, kinds::DELETION_EXECUTED, body).await?;
+    s.alert(serde_json::json!({"alert": "deletion.executed", "proposal": id, "by_token": who.id, "removed": removed.len()}));
+    Ok(json(StatusCode::OK, &ExecuteResponse { proposal: id, removed, absent }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_range(&v("bytes=0-9"), 100).unwrap(), 0..10);
+        assert_eq!(parse_range(&v("bytes=90-200"), 100).unwrap(), 90..100);
+        assert_eq!(parse_range(&v("bytes=95-"), 100).unwrap(), 95..100);
+        assert_eq!(parse_range(&v("bytes=-5"), 100).unwrap(), 95..100);
+        for bad in [
+            "bytes=9-0",
+            "bytes=100-",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-0",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=-18446744073709551616",
+        ] {
+            assert!(parse_range(&v(bad), 100).is_err(), "{bad}");
+        }
+    }
+}

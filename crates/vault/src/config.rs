@@ -1,0 +1,297 @@
+//! The vault's configuration: a TOML file (`ConfigFile`, unknown keys refused) validated into
+//! the runtime [`Config`]. Relative paths are resolved against the config file's directory.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8443"
+//! key_file = "vault.key"
+//! retention_days = 30
+//! store = { path = "store" }
+//! tls = { cert = "tls/cert.pem", key = "tls/key.pem" }
+//! [quorum]
+//! threshold = 2
+//! wait_hours = 72
+//! keyholders = [{ name = "alice", public_key = "<64 hex>" }]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+
+/// Default largest request body: 64 MiB, four times the target pack size.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 << 20;
+
+/// The file as written by people. Every table refuses unknown keys so a misspelling stops
+/// startup instead of silently weakening a policy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to listen on, e.g. `127.0.0.1:8443`.
+    pub listen: String,
+    /// The vault's age identity (wraps the repository keys together with escrow recipients).
+    pub key_file: PathBuf,
+    /// Initial retention policy in days; the catalog may only lengthen it.
+    pub retention_days: u32,
+    /// Program (and arguments) run with each alert's JSON on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_command: Option<Vec<String>>,
+    /// Largest accepted request body in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    pub store: StoreFile,
+    pub tls: TlsFile,
+    pub quorum: QuorumFile,
+    /// Protected PostgreSQL clusters the vault pulls WAL and base backups from.
+    #[serde(default, rename = "cluster", skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<capture::ClusterConfig>,
+}
+
+/// `store = { path = "..." }`: a local directory (S3 comes later).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub path: PathBuf,
+}
+
+/// `tls = { cert, key }`: PEM files, generated self-signed on first start if both are missing.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[quorum]`: who may authorise an early deletion and how long everyone gets to object.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumFile {
+    pub threshold: usize,
+    pub wait_hours: u64,
+    #[serde(default)]
+    pub keyholders: Vec<KeyholderFile>,
+}
+
+/// One enrolled keyholder.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyholderFile {
+    pub name: String,
+    /// ed25519 public key, 64 hex digits (`holdfast keygen` prints it).
+    pub public_key: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub key_file: PathBuf,
+    pub retention_days: u32,
+    pub alert_command: Option<Vec<String>>,
+    pub max_body_bytes: u64,
+    pub store: StoreConfig,
+    pub tls: TlsPaths,
+    pub quorum: QuorumConfig,
+    pub clusters: Vec<capture::Cluster>,
+}
+
+/// Where objects live.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A local directory.
+    Local(PathBuf),
+}
+
+/// TLS certificate and private-key files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Validated quorum rules.
+#[derive(Debug, Clone)]
+pub struct QuorumConfig {
+    pub threshold: usize,
+    pub wait: Duration,
+    pub keyholders: Vec<Keyholder>,
+}
+
+/// An enrolled keyholder's name and key.
+#[derive(Debug, Clone)]
+pub struct Keyholder {
+    pub name: String,
+    pub key: VerifyingKey,
+}
+
+impl QuorumConfig {
+    /// The enrolled keys.
+    pub fn keys(&self) -> Vec<VerifyingKey> {
+        self.keyholders.iter().map(|k| k.key).collect()
+    }
+
+    /// The keyholder with public key `hex`, if enrolled.
+    pub fn keyholder(&self, hex_key: &str) -> Option<&Keyholder> {
+        self.keyholders.iter().find(|k| hex::encode(k.key.as_bytes()) == hex_key)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), source: e })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: path.into(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text; relative paths are taken relative to `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        file.validate(base)
+    }
+}
+
+impl ConfigFile {
+    /// Checks every rule and resolves paths.
+    pub fn validate(&self, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: PathBuf::new(), message };
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(format!(
+                "listen = {:?} is not an address: write it as IP:PORT, e.g. \"127.0.0.1:8443\"",
+                self.listen
+            ))
+        })?;
+        if self.retention_days == 0 {
+            return Err(invalid(
+                "retention_days must be at least 1: a vault that keeps nothing protects nothing".into(),
+            ));
+        }
+        let q = &self.quorum;
+        let mut keyholders = Vec::new();
+        for k in &q.keyholders {
+            let key = store::quorum::parse_key(&k.public_key).ok_or_else(|| {
+                invalid(format!(
+                    "keyholder {:?} has public_key {:?}, which is not a 64-hex-digit ed25519 key (run `holdfast keygen`)",
+                    k.name, k.public_key
+                ))
+            })?;
+            if keyholders.iter().any(|h: &Keyholder| h.key == key || h.name == k.name) {
+                return Err(invalid(format!(
+                    "keyholder {:?} is listed twice (same name or same key)",
+                    k.name
+                )));
+            }
+            keyholders.push(Keyholder { name: k.name.clone(), key });
+        }
+        if q.threshold == 0 {
+            return Err(invalid("quorum.threshold must be at least 1".into()));
+        }
+        if !keyholders.is_empty() && q.threshold > keyholders.len() {
+            return Err(invalid(format!(
+                "quorum.threshold = {} but only {} keyholder(s) are enrolled: no deletion could ever be approved",
+                q.threshold,
+                keyholders.len()
+            )));
+        }
+        if let Some(cmd) = &self.alert_command {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(invalid(
+                    "alert_command must name a program: [\"/path/to/program\", \"arg\", …]".into(),
+                ));
+            }
+        }
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(invalid(format!("max_body_bytes = {max_body_bytes} is too small (at least 1024)")));
+        }
+        let mut clusters: Vec<capture::Cluster> = Vec::new();
+        for c in &self.clusters {
+            let mut c = c.clone();
+            // Paths in a cluster table are relative to the config file, like every other path.
+            c.password_file = c.password_file.map(|p| base.join(p));
+            c.sslrootcert = c.sslrootcert.map(|p| base.join(p));
+            let cluster = c.validate().map_err(|e| invalid(e.to_string()))?;
+            if clusters.iter().any(|k| k.name == cluster.name || k.slot == cluster.slot) {
+                return Err(invalid(format!("cluster {:?} is listed twice (same name or slot)", cluster.name)));
+            }
+            clusters.push(cluster);
+        }
+        Ok(Config {
+            listen,
+            key_file: base.join(&self.key_file),
+            retention_days: self.retention_days,
+            alert_command: self.alert_command.clone(),
+            max_body_bytes,
+            store: StoreConfig::Local(base.join(&self.store.path)),
+            tls: TlsPaths { cert: base.join(&self.tls.cert), key: base.join(&self.tls.key) },
+            quorum: QuorumConfig {
+                threshold: q.threshold,
+                wait: Duration::from_secs(q.wait_hours.saturating_mul(3600)),
+                keyholders,
+            },
+            clusters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:8443"
+key_file = "vault.key"
+retention_days = 30
+store = { path = "store" }
+tls = { cert = "tls/cert.pem", key = "tls/key.pem" }
+[quorum]
+threshold = 1
+wait_hours = 72
+keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" }]
+"#;
+
+    #[test]
+    fn good_config_parses_and_resolves_paths() {
+        let c = Config::from_toml(GOOD, Path::new("/etc/holdfast")).unwrap();
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.key_file, Path::new("/etc/holdfast/vault.key"));
+        assert_eq!(c.quorum.wait, Duration::from_secs(72 * 3600));
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn misspelt_and_unsafe_configs_are_refused() {
+        let misspelt = GOOD.replace("retention_days", "retention_dayz");
+        assert!(matches!(Config::from_toml(&misspelt, Path::new(".")), Err(ConfigError::Parse { .. })));
+        let zero = GOOD.replace("retention_days = 30", "retention_days = 0");
+        assert!(Config::from_toml(&zero, Path::new(".")).is_err());
+        let too_many = GOOD.replace("threshold = 1", "threshold = 2");
+        let err = Config::from_toml(&too_many, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("no deletion could ever be approved"), "{err}");
+        let bad_key = GOOD.replace("d75a98", "zz5a98");
+        assert!(Config::from_toml(&bad_key, Path::new(".")).is_err());
+        let extra = GOOD.replace("[quorum]", "[quorum]\nrequire_approval = false");
+        assert!(Config::from_toml(&extra, Path::new(".")).is_err());
+    }
+}

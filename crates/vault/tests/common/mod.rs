@@ -1,0 +1,145 @@
+//! Shared set-up for in-process vault tests: a vault on a temp dir with a manual clock.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+use store::{LocalDir, ObjectKind, ObjectName, ObjectStore, Timestamp};
+use vault::clock::ManualClock;
+use vault::config::{Config, KeyholderFile};
+use vault::{VaultHandle, serve};
+use vault_api::{Scope, SignRequest, VaultClient};
+
+/// The instant every test's clock starts at.
+pub const T0: Timestamp = Timestamp(1_800_000_000);
+
+/// A running in-process vault.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub handle: Option<VaultHandle>,
+    pub clock: Arc<ManualClock>,
+    pub admin: VaultClient,
+    pub config: Config,
+    pub keys: Vec<SigningKey>,
+}
+
+/// Options for [`start`].
+pub struct Opts {
+    pub keyholders: usize,
+    pub threshold: usize,
+    pub wait_hours: u64,
+    pub retention_days: u32,
+    pub alert_command: Option<Vec<String>>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { keyholders: 3, threshold: 2, wait_hours: 72, retention_days: 30, alert_command: None }
+    }
+}
+
+pub async fn start(opts: Opts) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let keys: Vec<SigningKey> =
+        (0..opts.keyholders).map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32])).collect();
+    let keyholders = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| KeyholderFile {
+            name: format!("keyholder{i}"),
+            public_key: hex::encode(k.verifying_key().as_bytes()),
+        })
+        .collect();
+    let escrow = age::x25519::Identity::generate().to_public();
+    let init = vault::init(
+        vault::InitOptions {
+            dir: dir.path().join("vault"),
+            listen: "127.0.0.1:0".into(),
+            escrow: vec![escrow],
+            keyholders,
+            threshold: opts.threshold,
+            retention_days: opts.retention_days,
+            wait_hours: opts.wait_hours,
+            clusters: Vec::new(),
+        },
+        clock.as_ref(),
+    )
+    .await
+    .unwrap();
+    let mut config = Config::load(&init.config_path).unwrap();
+    config.alert_command = opts.alert_command;
+    let handle = serve(config.clone(), clock.clone()).await.unwrap();
+    let ca = std::fs::read(&init.ca_path).unwrap();
+    let admin = VaultClient::new(&format!("https://{}", handle.addr()), &ca, Some(init.admin_token.expose()))
+        .unwrap();
+    Harness { dir, handle: Some(handle), clock, admin, config, keys }
+}
+
+impl Harness {
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("vault/store")
+    }
+
+    pub fn store(&self) -> LocalDir {
+        LocalDir::open(self.store_dir()).unwrap()
+    }
+
+    /// Every object: name, size, retention. Compared before and after each attack.
+    pub async fn listing(&self) -> Vec<(ObjectName, u64, Timestamp)> {
+        let s = self.store();
+        let mut out = Vec::new();
+        for k in ObjectKind::ALL {
+            for m in s.list(k).await.unwrap() {
+                out.push((m.name, m.size, m.retain_until));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A client holding a new token of `scope`.
+    pub async fn client(&self, scope: Scope) -> VaultClient {
+        let t = self.admin.create_token(scope, &format!("test {scope}")).await.unwrap();
+        self.admin.with_token(Some(t.token))
+    }
+
+    /// Uploads `bytes` as a pack with an append client and returns its name.
+    pub async fn upload(&self, append: &VaultClient, bytes: &[u8]) -> ObjectName {
+        let name = ObjectName::for_bytes(ObjectKind::Pack, bytes);
+        append.put_object(&name, bytes.to_vec().into()).await.unwrap();
+        name
+    }
+
+    /// Keyholder `i`'s signature over proposal `id`'s statement.
+    pub async fn signature(&self, i: usize, id: &str) -> SignRequest {
+        let view = self.admin.proposal(id).await.unwrap();
+        let bytes = view.statement.canonical_bytes();
+        assert_eq!(hex::encode(&bytes), view.canonical_hex);
+        SignRequest {
+            public_key: hex::encode(self.keys[i].verifying_key().as_bytes()),
+            signature: hex::encode(self.keys[i].sign(&bytes).to_bytes()),
+        }
+    }
+
+    pub fn veto(&self, i: usize, id: &str) -> SignRequest {
+        SignRequest {
+            public_key: hex::encode(self.keys[i].verifying_key().as_bytes()),
+            signature: hex::encode(self.keys[i].sign(&vault_api::veto_message(id)).to_bytes()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.handle.as_ref().unwrap().addr())
+    }
+}
+
+/// The HTTP status of a failed call (panics if it succeeded).
+pub fn status<T: std::fmt::Debug>(r: Result<T, vault_api::ClientError>) -> u16 {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.status().unwrap_or_else(|| panic!("expected an HTTP refusal, got {e}")),
+    }
+}

@@ -1,0 +1,76 @@
+//! Architecture invariant: nothing but `vault::retention` removes anything from a store.
+//!
+//! Scans every `.rs` file under `crates/` (test directories excluded) for `.expunge(` and for
+//! file or directory removal, and fails if one appears outside `crates/vault/src/retention.rs`
+//! and the backends' own implementation (`crates/store/src/local.rs`).
+
+use std::path::{Path, PathBuf};
+
+const ALLOWED: &[&str] = &["crates/vault/src/retention.rs", "crates/store/src/local.rs"];
+const PATTERNS: &[&str] = &[".expunge(", "remove_file", "remove_dir", "ExpungeAuthority::"];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.is_dir() {
+            if name == "tests" || name == "target" || name == "benches" {
+                continue;
+            }
+            rust_files(&p, out);
+        } else if name.ends_with(".rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Removal outside a store is fine in a few places that never touch store paths; each is listed
+/// with its reason, so adding one is a visible decision: (file, text on the line, why).
+const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
+    ("crates/testkit/src/vault.rs", "remove_file(&ready)", "the test vault's own ready file"),
+    ("crates/testkit/src/pg.rs", "remove_file(", "a test PostgreSQL's password file and pid file"),
+    ("crates/store/src/backup.rs", "remove_file(&path)", "restore replaces a symlink in the restore target"),
+    ("crates/store/src/backend.rs", "ExpungeAuthority::", "the trait's own documentation of the authority"),
+];
+
+fn allowed_elsewhere(rel: &str, line: &str) -> bool {
+    !line.contains(".expunge(")
+        && NOT_STORE_PATHS.iter().any(|(file, text, _)| rel == *file && line.contains(text))
+}
+
+#[test]
+fn only_retention_removes_from_a_store() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let mut files = Vec::new();
+    rust_files(&root.join("crates"), &mut files);
+    assert!(files.len() > 20, "scan found too few files: {}", files.len());
+    let mut offences = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+        if ALLOWED.contains(&rel.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Unit tests at the bottom of a file are test code.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (i, line) in code.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("//") {
+                continue;
+            }
+            if PATTERNS.iter().any(|p| line.contains(p)) && !allowed_elsewhere(&rel, line) {
+                offences.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "removal outside vault::retention:\n{}", offences.join("\n"));
+}
+
+#[test]
+fn the_scan_would_catch_an_offender() {
+    // The detector itself must fire on the patterns it looks for.
+    let line = "    store.expunge(&name, ExpungeAuthority::Expired { now }).await?;";
+    assert!(PATTERNS.iter().any(|p| line.contains(p)));
+    assert!(!allowed_elsewhere("crates/gate/src/lib.rs", line));
+    assert!(!allowed_elsewhere("crates/vault/src/api.rs", "std::fs::remove_file(path)"));
+}
