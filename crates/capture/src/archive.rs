@@ -159,7 +159,12 @@ impl WalArchive {
     }
 
     /// Seals and stores one piece; it is durable when this returns.
-    pub async fn store_piece(&self, header: PieceHeader, data: &[u8], retain_until: Timestamp) -> Result<ObjectName, CaptureError> {
+    pub async fn store_piece(
+        &self,
+        header: PieceHeader,
+        data: &[u8],
+        retain_until: Timestamp,
+    ) -> Result<ObjectName, CaptureError> {
         let tli = TimelineId(header.timeline);
         let (start, end, server_time) = (header.start, header.end, header.server_time);
         let piece = Piece { header, data: data.to_vec() };
@@ -216,21 +221,45 @@ impl WalArchive {
             end: seg_end,
             pieces: pieces
                 .iter()
-                .map(|p| SegmentPiece { name: p.name, start: p.start, end: p.end, server_time: p.server_time })
+                .map(|p| SegmentPiece {
+                    name: p.name,
+                    start: p.start,
+                    end: p.end,
+                    server_time: p.server_time,
+                })
                 .collect(),
         };
-        self.repo.append_record(SEGMENT_RECORD, serde_json::to_value(&body).expect("serialises"), now, retain_until).await?;
+        self.repo
+            .append_record(
+                SEGMENT_RECORD,
+                serde_json::to_value(&body).expect("serialises"),
+                now,
+                retain_until,
+            )
+            .await?;
         self.lock().summarised.insert((tli.0, seg_start));
         Ok(true)
     }
 
     /// Stores a timeline history file (once per timeline).
-    pub async fn store_history(&self, rec: TimelineRecord, now: Timestamp, retain_until: Timestamp) -> Result<(), CaptureError> {
+    pub async fn store_history(
+        &self,
+        rec: TimelineRecord,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> Result<(), CaptureError> {
         if self.has_history(TimelineId(rec.timeline)) {
             return Ok(());
         }
         let tli = rec.timeline;
-        self.repo.append_record(TIMELINE_RECORD, serde_json::to_value(&rec).expect("serialises"), now, retain_until).await?;
+        self.repo
+            .append_record(
+                TIMELINE_RECORD,
+                serde_json::to_value(&rec).expect("serialises"),
+                now,
+                retain_until,
+            )
+            .await?;
         self.lock().histories.insert(tli);
         Ok(())
     }
@@ -267,6 +296,7 @@ impl WalArchive {
 pub async fn read_piece(repo: &Repository, name: &ObjectName) -> Result<Piece, CaptureError> {
     let sealed = repo.store().get(name).await?;
     name.verify(&sealed).map_err(store::StoreError::from)?;
-    let plain = repo.keys().open(&sealed).map_err(|e| CaptureError::Internal(format!("opening {name}: {e}")))?;
+    let plain =
+        repo.keys().open(&sealed).map_err(|e| CaptureError::Internal(format!("opening {name}: {e}")))?;
     Ok(Piece::decode(&plain)?)
 }

@@ -82,7 +82,11 @@ struct Chunked {
 }
 
 /// Runs on a blocking thread: tar archives in, backup record out.
-fn chunk_archives(mut writer: store::BackupWriter, rx: Receiver<Feed>, manifest: Receiver<Vec<u8>>) -> Result<Chunked, CaptureError> {
+fn chunk_archives(
+    mut writer: store::BackupWriter,
+    rx: Receiver<Feed>,
+    manifest: Receiver<Vec<u8>>,
+) -> Result<Chunked, CaptureError> {
     let mut digests = HashMap::new();
     let mut next: Option<(String, Option<u32>)> = match rx.recv() {
         Ok(Feed::Archive { name, oid }) => Some((name, oid)),
@@ -93,17 +97,32 @@ fn chunk_archives(mut writer: store::BackupWriter, rx: Receiver<Feed>, manifest:
         let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         let reader = FeedReader { rx: &rx, buf: Bytes::new(), next: &mut next, ended: false };
         let mut tar = TarReader::new(reader);
-        while let Some(entry) = tar.next_entry().map_err(|e| CaptureError::Backup(format!("archive {name}: {e}")))? {
-            let path = format!("{prefix}{}", entry.path.trim_end_matches('/'));
+        while let Some(entry) =
+            tar.next_entry().map_err(|e| CaptureError::Backup(format!("archive {name}: {e}")))?
+        {
+            // PostgreSQL names a few members with a leading `./` (`./pg_wal/archive_status`);
+            // the manifest and the store use plain relative paths.
+            let relative = entry.path.trim_start_matches("./").trim_end_matches('/');
+            if relative.is_empty() || relative == "." {
+                continue;
+            }
+            let path = format!("{prefix}{relative}");
             match entry.kind {
                 EntryKind::File => {
                     let mut hasher = ChecksumAlgorithm::Crc32c.hasher();
-                    let n = writer.add_stream(&path, Hashing { inner: tar.data(), hasher: &mut hasher }, entry.mode, entry.mtime)?;
+                    let n = writer.add_stream(
+                        &path,
+                        Hashing { inner: tar.data(), hasher: &mut hasher },
+                        entry.mode,
+                        entry.mtime,
+                    )?;
                     digests.insert(path.into_bytes(), (n, hasher.finish()));
                 }
                 EntryKind::Directory => writer.add_dir(&path, entry.mode, entry.mtime)?,
                 EntryKind::Symlink => writer.add_symlink(&path, &entry.link_target, entry.mtime)?,
-                EntryKind::Other(t) => tracing::warn!(path, kind = %(t as char), "skipping unsupported tar member"),
+                EntryKind::Other(t) => {
+                    tracing::warn!(path, kind = %(t as char), "skipping unsupported tar member")
+                }
             }
         }
         // Drain anything after the end-of-archive marker up to the next archive.
@@ -158,7 +177,8 @@ pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureErro
     tracing::info!(cluster = %rt.cluster.name, %server, "base backup starting");
     conn.start_base_backup(&options).await?;
 
-    let mut writer = rt.repo.backup_writer(&format!("base backup of {}", rt.cluster.name), rt.host.retain_until());
+    let mut writer =
+        rt.repo.backup_writer(&format!("base backup of {}", rt.cluster.name), rt.host.retain_until());
     writer.set_cluster(&rt.cluster.name);
     writer.set_started(started);
     let (tx, rx) = sync_channel::<Feed>(32);
@@ -171,9 +191,13 @@ pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureErro
     let mut total_kb = 0u64;
     let mut done = 0u64;
     let mut last_log = Instant::now();
+    let chunker_stopped = std::sync::atomic::AtomicBool::new(false);
     let send = |tx: &SyncSender<Feed>, f: Feed| -> Result<(), CaptureError> {
         // Blocking send on a bounded channel: back-pressure from the chunker to the socket.
-        tokio::task::block_in_place(|| tx.send(f)).map_err(|_| CaptureError::Backup("the chunking thread stopped".into()))
+        tokio::task::block_in_place(|| tx.send(f)).map_err(|_| {
+            chunker_stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            CaptureError::Backup("the chunking thread stopped".into())
+        })
     };
     let streamed: Result<(), CaptureError> = async {
         while let Some(ev) = conn.next_backup_event().await? {
@@ -210,12 +234,20 @@ pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureErro
     drop(mtx);
     let chunked = worker.await.map_err(|e| CaptureError::Internal(e.to_string()));
     rt.update(|st| st.backup_progress = None);
-    streamed?;
+    if let Err(e) = streamed {
+        // When the chunker stopped first, its own error is the cause worth reporting.
+        return Err(match chunked {
+            Ok(Err(cause)) if chunker_stopped.load(std::sync::atomic::Ordering::Relaxed) => cause,
+            _ => e,
+        });
+    }
     let chunked = chunked??;
     let _ = conn.close().await;
 
     let (Some((tli, start_lsn)), Some((_, stop_lsn))) = (start, stop) else {
-        return Err(CaptureError::Backup("the server ended the backup without start and stop positions".into()));
+        return Err(CaptureError::Backup(
+            "the server ended the backup without start and stop positions".into(),
+        ));
     };
     verify_manifest(&manifest, &chunked.digests)?;
 
@@ -262,15 +294,25 @@ fn verify_manifest(text: &[u8], digests: &HashMap<Vec<u8>, (u64, Vec<u8>)>) -> R
             )));
         };
         if f.algorithm == ChecksumAlgorithm::Crc32c {
-            f.verify_digest(*size, digest).map_err(|e| CaptureError::Backup(format!("backup damaged in transit: {e}")))?;
+            f.verify_digest(*size, digest)
+                .map_err(|e| CaptureError::Backup(format!("backup damaged in transit: {e}")))?;
         } else if *size != f.size {
-            return Err(CaptureError::Backup(format!("file {} has {size} bytes, the manifest says {}", f.path_lossy(), f.size)));
+            return Err(CaptureError::Backup(format!(
+                "file {} has {size} bytes, the manifest says {}",
+                f.path_lossy(),
+                f.size
+            )));
         }
     }
     Ok(())
 }
 
-async fn wait_for_wal(rt: &ClusterRuntime, tli: TimelineId, start: Lsn, stop: Lsn) -> Result<(), CaptureError> {
+async fn wait_for_wal(
+    rt: &ClusterRuntime,
+    tli: TimelineId,
+    start: Lsn,
+    stop: Lsn,
+) -> Result<(), CaptureError> {
     let mut rx = rt.durable.subscribe();
     let wait = rt.cluster.wal_wait;
     let deadline = tokio::time::Instant::now() + wait;

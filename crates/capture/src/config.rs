@@ -77,7 +77,9 @@ impl ClusterConfig {
     /// Checks the settings and reads the password.
     pub fn validate(&self) -> Result<Cluster, CaptureError> {
         let bad = |msg: String| CaptureError::Config(format!("cluster {:?}: {msg}", self.name));
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             return Err(bad("name must be non-empty letters, digits, '_' or '-'".into()));
         }
         if self.hosts.is_empty() {
@@ -87,10 +89,14 @@ impl ClusterConfig {
             (Some(f), _) => {
                 let text = std::fs::read_to_string(f)
                     .map_err(|e| bad(format!("cannot read password_file {}: {e}", f.display())))?;
-                Some((text.lines().next().unwrap_or("").to_string(), format!("password_file {}", f.display())))
+                Some((
+                    text.lines().next().unwrap_or("").to_string(),
+                    format!("password_file {}", f.display()),
+                ))
             }
             (None, Some(var)) => {
-                let v = std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))?;
+                let v =
+                    std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))?;
                 Some((v, format!("environment variable {var}")))
             }
             (None, None) => None,
@@ -100,18 +106,28 @@ impl ClusterConfig {
             "prefer" => SslMode::Prefer,
             "require" => SslMode::Require,
             "verify-full" => {
-                let path = self.sslrootcert.as_ref().ok_or_else(|| bad("sslmode verify-full needs sslrootcert".into()))?;
-                let ca_pem = std::fs::read(path).map_err(|e| bad(format!("cannot read sslrootcert {}: {e}", path.display())))?;
+                let path = self
+                    .sslrootcert
+                    .as_ref()
+                    .ok_or_else(|| bad("sslmode verify-full needs sslrootcert".into()))?;
+                let ca_pem = std::fs::read(path)
+                    .map_err(|e| bad(format!("cannot read sslrootcert {}: {e}", path.display())))?;
                 SslMode::VerifyFull { ca_pem }
             }
-            other => return Err(bad(format!("unknown sslmode {other:?}: use disable, prefer, require or verify-full"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown sslmode {other:?}: use disable, prefer, require or verify-full"
+                )));
+            }
         };
-        let application_name = self.application_name.clone().unwrap_or_else(|| format!("holdfast_{}", self.name));
+        let application_name =
+            self.application_name.clone().unwrap_or_else(|| format!("holdfast_{}", self.name));
         let mut connections = Vec::new();
         for h in &self.hosts {
             let (host, port) =
                 h.rsplit_once(':').ok_or_else(|| bad(format!("host {h:?} has no port: write host:port")))?;
-            let port: u16 = port.parse().map_err(|_| bad(format!("host {h:?}: {port:?} is not a port number")))?;
+            let port: u16 =
+                port.parse().map_err(|_| bad(format!("host {h:?}: {port:?} is not a port number")))?;
             let host = if host.starts_with('/') {
                 Host::Unix { dir: PathBuf::from(host), port }
             } else {

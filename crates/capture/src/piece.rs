@@ -83,7 +83,8 @@ impl Piece {
             });
         }
         if header.segment_size == 0
-            || (claimed > 0 && header.start.0 / header.segment_size != (header.end.0 - 1) / header.segment_size)
+            || (claimed > 0
+                && header.start.0 / header.segment_size != (header.end.0 - 1) / header.segment_size)
         {
             return Err(PieceError::CrossesSegment { start: header.start, end: header.end });
         }

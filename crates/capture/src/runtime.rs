@@ -37,7 +37,11 @@ impl std::fmt::Debug for ClusterRuntime {
 
 impl ClusterRuntime {
     /// Loads what the repository holds for the cluster.
-    pub async fn load(repo: &Repository, cluster: Cluster, host: Arc<dyn VaultHost>) -> Result<Self, CaptureError> {
+    pub async fn load(
+        repo: &Repository,
+        cluster: Cluster,
+        host: Arc<dyn VaultHost>,
+    ) -> Result<Self, CaptureError> {
         let archive = WalArchive::open(repo, &cluster.name).await?;
         let mut incidents = Vec::new();
         let mut backups = Vec::new();
@@ -136,7 +140,13 @@ impl ClusterRuntime {
             return;
         }
         let now = self.host.now();
-        let incident = Incident { cluster: self.cluster.name.clone(), kind: kind.into(), detected_at: now, message, lsn };
+        let incident = Incident {
+            cluster: self.cluster.name.clone(),
+            kind: kind.into(),
+            detected_at: now,
+            message,
+            lsn,
+        };
         tracing::error!(cluster = %incident.cluster, kind, message = %incident.message, "incident");
         let body = serde_json::to_value(&incident).expect("serialises");
         if let Err(e) = self.repo.append_record(INCIDENT_RECORD, body, now, self.host.retain_until()).await {

@@ -110,8 +110,12 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                     CaptureError::Pg(PgError::NoReplicationPrivilege { .. } | PgError::AuthFailed { .. })
                         if had_access =>
                     {
-                        rt.incident("access_revoked", format!("the vault can no longer replicate: {msg}"), None)
-                            .await;
+                        rt.incident(
+                            "access_revoked",
+                            format!("the vault can no longer replicate: {msg}"),
+                            None,
+                        )
+                        .await;
                     }
                     CaptureError::SystemChanged { .. } => {
                         rt.incident("system_changed", msg.clone(), None).await;
@@ -154,7 +158,10 @@ async fn resume_point(
     }
     if tli > server_tli {
         return Err(CaptureError::SystemChanged {
-            detail: format!("the vault holds timeline {} but the server is on timeline {}", tli.0, server_tli.0),
+            detail: format!(
+                "the vault holds timeline {} but the server is on timeline {}",
+                tli.0, server_tli.0
+            ),
         });
     }
     // The server moved to a newer timeline (a standby was promoted): store the history and
@@ -278,7 +285,8 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
             return Err(e.into());
         }
         // The server recycled WAL the vault never got: a gap that can no longer be filled.
-        let restart = conn.read_replication_slot(&rt.cluster.slot).await?.restart_lsn.unwrap_or(ident.xlogpos);
+        let restart =
+            conn.read_replication_slot(&rt.cluster.slot).await?.restart_lsn.unwrap_or(ident.xlogpos);
         let new_start = Lsn(restart.0 - restart.0 % seg_size).max(start);
         rt.incident(
             "wal_gap",

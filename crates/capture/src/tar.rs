@@ -51,7 +51,10 @@ fn number(field: &[u8]) -> io::Result<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
         let mut v: u64 = u64::from(field[0] & 0x7f);
         for &b in &field[1..] {
-            v = v.checked_mul(256).and_then(|v| v.checked_add(u64::from(b))).ok_or_else(|| bad("tar number overflows"))?;
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or_else(|| bad("tar number overflows"))?;
         }
         return Ok(v);
     }
@@ -102,7 +105,8 @@ impl<R: Read> TarReader<R> {
             return Ok(None);
         }
         let stored: u64 = number(&h[148..156])?;
-        let computed: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
+        let computed: u64 =
+            h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
         if stored != computed {
             return Err(bad(format!("tar header checksum mismatch (stored {stored}, computed {computed})")));
         }

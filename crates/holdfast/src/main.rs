@@ -22,6 +22,7 @@ use vault::config::{Config, KeyholderFile};
 use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 
 mod check;
+mod demo;
 mod status;
 
 /// Exit code when `vault check` finds damage.
@@ -48,6 +49,12 @@ enum Command {
     EscrowKeygen {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Replay the 2020 incident on this machine: a shop, a vault, the attack, and the recovery.
+    Demo {
+        /// Keep the demo's files here (default: a new directory under /tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Show each protected cluster: WAL stream, lag, last base backup, restorable window.
     Status {
@@ -257,9 +264,11 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo narrates what happens; its services log only when RUST_LOG asks them to.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "off" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -299,6 +308,7 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Vault(v) => vault_command(v).await,
+        Command::Demo { dir } => demo::run(dir).await,
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
     }

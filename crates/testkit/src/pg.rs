@@ -182,6 +182,41 @@ impl TempPg {
         Ok(pg)
     }
 
+    /// An empty directory, owned by the `postgres` user, to restore a data directory into
+    /// (`<dir>/data`) before [`TempPg::start_restored`].
+    pub fn restore_root() -> Result<tempfile::TempDir> {
+        let root = tempfile::Builder::new().prefix("holdfast-pg-").tempdir()?;
+        give_to_postgres(root.path())?;
+        Ok(root)
+    }
+
+    /// Starts a server on a data directory restored into `<root>/data` (e.g. a base backup
+    /// plus WAL and recovery settings), with this process's superuser password, on a fresh
+    /// socket and port. `settings` are appended to `postgresql.conf`.
+    pub fn start_restored(root: tempfile::TempDir, settings: &[(&str, &str)]) -> Result<TempPg> {
+        let data = root.path().join("data");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data)
+            .status()
+            .context("running chown")?;
+        if running_as_root() && !status.success() {
+            bail!("chown -R postgres {} failed", data.display());
+        }
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        let password = format!("pw-{}", std::process::id());
+        let mut pg = TempPg { root, data, port: free_port()?, tcp: false, password, running: false };
+        let mut conf = String::from("\n# Written by holdfast's testkit for a restored cluster.\n");
+        conf.push_str("listen_addresses = ''\n");
+        conf.push_str(&pg.port_settings());
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        append(&pg.data.join("postgresql.conf"), &conf)?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
     fn write_config(&self, opts: &TempPgOptions) -> Result<()> {
         let mut conf = String::from("\n# Written by holdfast's testkit.\n");
         let listen = if self.tcp { "127.0.0.1" } else { "" };
