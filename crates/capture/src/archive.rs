@@ -241,6 +241,40 @@ impl WalArchive {
         Ok(true)
     }
 
+    /// Writes the missing `wal.segment` records of segments that are fully stored: a collector
+    /// that stopped between storing a segment's last piece and its record leaves one behind.
+    /// Returns how many records were written.
+    pub async fn summarise_pending(
+        &self,
+        segment_size: u64,
+        system_id: &str,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> Result<usize, CaptureError> {
+        let candidates: BTreeSet<(TimelineId, Lsn)> = {
+            let inner = self.lock();
+            let mut c = BTreeSet::new();
+            for tli in inner.map.timelines() {
+                let Some(first) = inner.map.earliest(tli) else { continue };
+                let end = inner.map.last(tli).map_or(first, |p| p.end);
+                for p in inner.map.pieces_in(tli, first, end) {
+                    let seg_start = Lsn(p.start.0 - p.start.0 % segment_size);
+                    if !inner.summarised.contains(&(tli.0, seg_start)) {
+                        c.insert((tli, seg_start));
+                    }
+                }
+            }
+            c
+        };
+        let mut written = 0;
+        for (tli, seg_start) in candidates {
+            if self.summarise_segment(tli, seg_start, segment_size, system_id, now, retain_until).await? {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
     /// Stores a timeline history file (once per timeline).
     pub async fn store_history(
         &self,

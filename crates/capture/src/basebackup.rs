@@ -86,6 +86,7 @@ fn chunk_archives(
     mut writer: store::BackupWriter,
     rx: Receiver<Feed>,
     manifest: Receiver<Vec<u8>>,
+    host: Arc<dyn crate::VaultHost>,
 ) -> Result<Chunked, CaptureError> {
     let mut digests = HashMap::new();
     let mut next: Option<(String, Option<u32>)> = match rx.recv() {
@@ -135,7 +136,8 @@ fn chunk_archives(
     if !manifest_bytes.is_empty() {
         writer.add_stream("backup_manifest", &manifest_bytes[..], 0o600, 0)?;
     }
-    let record = writer.finish(store::Timestamp::now())?;
+    // The record is dated by the vault's clock, like every other catalog record.
+    let record = writer.finish(host.now())?;
     Ok(Chunked { record, digests })
 }
 
@@ -183,7 +185,8 @@ pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureErro
     writer.set_started(started);
     let (tx, rx) = sync_channel::<Feed>(32);
     let (mtx, mrx) = sync_channel::<Vec<u8>>(1);
-    let worker = tokio::task::spawn_blocking(move || chunk_archives(writer, rx, mrx));
+    let host = rt.host.clone();
+    let worker = tokio::task::spawn_blocking(move || chunk_archives(writer, rx, mrx, host));
 
     let mut start: Option<(TimelineId, Lsn)> = None;
     let mut stop: Option<(TimelineId, Lsn)> = None;
@@ -318,11 +321,9 @@ async fn wait_for_wal(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let map = rt.archive.map();
+        // The backup's own timeline must hold start..stop: a promotion after the stop point
+        // leaves that range on the old timeline, so this holds then too.
         if map.contiguous_end(tli, start) >= stop {
-            return Ok(());
-        }
-        // WAL may also have moved to a newer timeline after the stop point.
-        if map.timelines().iter().any(|t| *t > tli) && map.contiguous_end(tli, start) >= stop {
             return Ok(());
         }
         if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {

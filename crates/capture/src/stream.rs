@@ -91,6 +91,7 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
             backoff = Duration::from_millis(250);
             down_since = None;
         }
+        rt.update(|s| s.connected = false);
         match result {
             Ok(()) => {
                 backoff = Duration::from_millis(250);
@@ -98,10 +99,7 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => {
                 let msg = e.to_string();
-                rt.update(|s| {
-                    s.connected = false;
-                    s.last_error = Some(msg.clone());
-                });
+                rt.update(|s| s.last_error = Some(msg.clone()));
                 let since = *down_since.get_or_insert_with(Instant::now);
                 // Losing access is an attack only once the vault has had it: a role that never
                 // worked is a configuration error, shown in `last_error`.
@@ -120,6 +118,12 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                     CaptureError::SystemChanged { .. } => {
                         rt.incident("system_changed", msg.clone(), None).await;
                     }
+                    // Credentials that never worked: `last_error` says what to fix; no incident.
+                    CaptureError::Pg(
+                        PgError::NoReplicationPrivilege { .. }
+                        | PgError::AuthFailed { .. }
+                        | PgError::PasswordRequired { .. },
+                    ) => {}
                     _ if since.elapsed() >= rt.cluster.connection_grace => {
                         let durable = rt.status().durable_lsn;
                         rt.incident(
@@ -269,6 +273,12 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
     }
     let seg_size = segment_size(&mut conn).await?;
     let have_wal = !rt.archive.map().is_empty();
+    if have_wal {
+        let n = rt.archive.summarise_pending(seg_size, &system_id, rt.now(), rt.host.retain_until()).await?;
+        if n > 0 {
+            tracing::info!(cluster = %rt.cluster.name, segments = n, "recorded segments completed before a restart");
+        }
+    }
     let slot_restart = ensure_slot(rt, &mut conn, have_wal).await?;
     let (tli, mut start) = match resume_point(rt, &mut conn, ident.timeline, &system_id, seg_size).await? {
         Some(p) => p,

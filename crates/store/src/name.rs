@@ -27,8 +27,14 @@ pub enum ObjectKind {
 
 impl ObjectKind {
     /// Every kind, in the order `vault check` walks them.
-    pub const ALL: [ObjectKind; 5] =
-        [ObjectKind::Config, ObjectKind::Keys, ObjectKind::Index, ObjectKind::Catalog, ObjectKind::Pack];
+    pub const ALL: [ObjectKind; 6] = [
+        ObjectKind::Config,
+        ObjectKind::Keys,
+        ObjectKind::Index,
+        ObjectKind::Catalog,
+        ObjectKind::Pack,
+        ObjectKind::Wal,
+    ];
 
     /// The folder name used in names and paths.
     pub fn as_str(self) -> &'static str {
