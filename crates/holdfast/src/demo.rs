@@ -87,7 +87,10 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
     let mut signing = Vec::new();
     for name in ["alice", "bob", "carol"] {
         let key = ed25519_dalek::SigningKey::from_bytes(&random::<32>()?);
-        keyholders.push(KeyholderFile { name: name.into(), public_key: hex::encode(key.verifying_key().as_bytes()) });
+        keyholders.push(KeyholderFile {
+            name: name.into(),
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+        });
         signing.push(key);
     }
     let cluster = capture::ClusterConfig {
@@ -125,7 +128,11 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
     let url = format!("https://{}", handle.addr());
     let ca = std::fs::read(&init.ca_path)?;
     let admin = VaultClient::new(&url, &ca, Some(init.admin_token.expose().to_string()))?;
-    say(format!("vault {} listening on {url}, store in {}", init.repository, vault_dir.join("store").display()));
+    say(format!(
+        "vault {} listening on {url}, store in {}",
+        init.repository,
+        vault_dir.join("store").display()
+    ));
     let shared = handle.shared().clone();
     let collector = shared.collector.get().ok_or_else(|| anyhow!("the vault started no collector"))?.clone();
     let flush = Lsn(blocking(|| pg.psql("SELECT pg_current_wal_flush_lsn()"))?.parse::<Lsn>()?.0);
@@ -197,7 +204,10 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
             reason: "cleanup".into(),
         })
         .await?;
-    say(format!("admin token: propose deleting backup {} -> recorded as {} and ALERT raised", backup.id, proposal.id));
+    say(format!(
+        "admin token: propose deleting backup {} -> recorded as {} and ALERT raised",
+        backup.id, proposal.id
+    ));
     let r = admin.execute(&proposal.id).await;
     say(format!("admin token: execute it now -> {}", outcome(r.map(|_| ()))));
     say("(it needs 2 of alice, bob, carol to sign, then 72 h in which any one of them can veto)");
@@ -268,11 +278,17 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
     step(9, "Verdict");
     let ok = after == last_good;
     if ok {
-        say("every order, order item, gift-card balance and loyalty point is back, to the last transaction before the attack");
+        say(
+            "every order, order item, gift-card balance and loyalty point is back, to the last transaction before the attack",
+        );
     } else {
         say(format!("MISMATCH: before the attack {last_good}; restored {after}"));
     }
-    say(format!("demo took {:.0} s; vault files are in {}", started.elapsed().as_secs_f64(), vault_dir.display()));
+    say(format!(
+        "demo took {:.0} s; vault files are in {}",
+        started.elapsed().as_secs_f64(),
+        vault_dir.display()
+    ));
     drop(restored);
     handle.shutdown().await;
     Ok(if ok { 0 } else { 1 })
@@ -299,7 +315,11 @@ async fn wait_durable(collector: &capture::Collector, lsn: Lsn, within: Duration
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the vault did not store WAL up to {lsn} within {} s: {:?}", within.as_secs(), st.first().map(|c| &c.last_error));
+            bail!(
+                "the vault did not store WAL up to {lsn} within {} s: {:?}",
+                within.as_secs(),
+                st.first().map(|c| &c.last_error)
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -319,7 +339,12 @@ fn drop_vault_slot(pg: &TempPg) -> Result<()> {
 
 /// Scans the stored WAL from `from` for the first transaction that dropped relations or
 /// deleted 1000 rows or more. Returns the commit record's LSN, a description, and its time.
-async fn find_first_destruction(archive: &WalArchive, tli: TimelineId, from: Lsn, seg_size: u64) -> Result<(Lsn, String, String)> {
+async fn find_first_destruction(
+    archive: &WalArchive,
+    tli: TimelineId,
+    from: Lsn,
+    seg_size: u64,
+) -> Result<(Lsn, String, String)> {
     let map = archive.map();
     let end = map.contiguous_end(tli, from);
     let page = Lsn(from.0 - from.0 % 8192);
@@ -335,7 +360,11 @@ async fn find_first_destruction(archive: &WalArchive, tli: TimelineId, from: Lsn
                     let what = if x.dropped_rels.is_empty() {
                         format!("transaction {} deleted {n} rows", rec.header.xid)
                     } else {
-                        format!("transaction {} dropped {} relation file(s)", rec.header.xid, x.dropped_rels.len())
+                        format!(
+                            "transaction {} dropped {} relation file(s)",
+                            rec.header.xid,
+                            x.dropped_rels.len()
+                        )
                     };
                     let when = store::Timestamp(x.unix_micros() / 1_000_000).to_string();
                     return Ok((rec.lsn, what, when));
@@ -349,7 +378,14 @@ async fn find_first_destruction(archive: &WalArchive, tli: TimelineId, from: Lsn
 
 /// Writes the segments covering `[start, target]` into `pg_wal`, zero-filling past the stored
 /// end (PostgreSQL reads zeros as the end of WAL).
-async fn write_wal(archive: &WalArchive, tli: TimelineId, start: Lsn, target: Lsn, seg_size: u64, pg_wal: &Path) -> Result<u32> {
+async fn write_wal(
+    archive: &WalArchive,
+    tli: TimelineId,
+    start: Lsn,
+    target: Lsn,
+    seg_size: u64,
+    pg_wal: &Path,
+) -> Result<u32> {
     std::fs::create_dir_all(pg_wal)?;
     let map = archive.map();
     let stored_end = map.contiguous_end(tli, start);

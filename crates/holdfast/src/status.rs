@@ -23,13 +23,19 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 
 /// Prints one cluster in the human form.
 fn print_cluster(c: &ClusterStatus) {
-    let state = if c.connected { format!("streaming from {}", opt(&c.server)) } else { "NOT CONNECTED".into() };
+    let state =
+        if c.connected { format!("streaming from {}", opt(&c.server)) } else { "NOT CONNECTED".into() };
     println!("cluster {}: {state}", c.name);
     if let Some(e) = &c.last_error {
         println!("  last error:    {e}");
     }
     println!("  system id:     {}   timeline: {}", opt(&c.system_id), opt(&c.timeline));
-    println!("  received LSN:  {}   durable LSN: {}   server LSN: {}", opt(&c.received_lsn), opt(&c.durable_lsn), opt(&c.server_lsn));
+    println!(
+        "  received LSN:  {}   durable LSN: {}   server LSN: {}",
+        opt(&c.received_lsn),
+        opt(&c.durable_lsn),
+        opt(&c.server_lsn)
+    );
     println!(
         "  lag:           {} / {}",
         c.lag_bytes.map(bytes).unwrap_or_else(|| "-".into()),
@@ -58,7 +64,13 @@ fn print_cluster(c: &ClusterStatus) {
         println!("  backup running: {} of ~{}", bytes(done), bytes(total));
     }
     for i in &c.incidents {
-        println!("  INCIDENT {} at {}: {}{}", i.kind, i.detected_at, i.message, i.lsn.map(|l| format!(" (LSN {l})")).unwrap_or_default());
+        println!(
+            "  INCIDENT {} at {}: {}{}",
+            i.kind,
+            i.detected_at,
+            i.message,
+            i.lsn.map(|l| format!(" (LSN {l})")).unwrap_or_default()
+        );
     }
 }
 

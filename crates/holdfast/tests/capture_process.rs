@@ -127,5 +127,8 @@ async fn sigkill_mid_stream_leaves_no_gap_and_identical_wal() {
         seg += 1;
     }
     assert!(compared >= 1, "no complete segment to compare");
-    eprintln!("{kills} SIGKILLs, {} pieces, {compared} segments byte-identical, durable to {flush}", pieces.len());
+    eprintln!(
+        "{kills} SIGKILLs, {} pieces, {compared} segments byte-identical, durable to {flush}",
+        pieces.len()
+    );
 }

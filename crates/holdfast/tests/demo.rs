@@ -24,6 +24,12 @@ fn the_demo_restores_the_shop_to_just_before_the_attack() {
     // equals the shop as it was just before it.
     assert!(stdout.contains("first destructive commit: transaction"), "{stdout}");
     assert!(stdout.contains("deleted 8000 rows"), "{stdout}");
-    assert!(stdout.contains("every order, order item, gift-card balance and loyalty point is back"), "{stdout}");
-    assert!(stdout.contains("the restored shop holds 51000 orders, 50000 order items, 8000 gift cards"), "{stdout}");
+    assert!(
+        stdout.contains("every order, order item, gift-card balance and loyalty point is back"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the restored shop holds 51000 orders, 50000 order items, 8000 gift cards"),
+        "{stdout}"
+    );
 }

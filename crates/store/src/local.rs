@@ -73,7 +73,8 @@ impl Inner {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
-                let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+                let alive =
+                    pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
                 if !alive {
                     let _ = fs::remove_file(e.path());
                 }

@@ -198,7 +198,9 @@ impl VaultClient {
     /// Takes a base backup of `cluster` now; returns when it is complete (may take long).
     pub async fn backup_cluster(&self, cluster: &str) -> Result<crate::status::BackupSummary, ClientError> {
         if !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(ClientError::Setup(format!("{cluster:?} is not a cluster name: letters, digits, _ and - only")));
+            return Err(ClientError::Setup(format!(
+                "{cluster:?} is not a cluster name: letters, digits, _ and - only"
+            )));
         }
         let req = self.request(Method::POST, &format!("/v1/clusters/{cluster}/backup"));
         self.json(req.timeout(std::time::Duration::from_secs(24 * 3600))).await

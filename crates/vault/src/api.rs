@@ -389,8 +389,12 @@ fn cluster_metrics(out: &mut String, clusters: &[capture::ClusterStatus]) {
         ("durable_lsn_bytes", "End of the WAL durable in the vault, as a byte position.", |c| {
             c.durable_lsn.map(|l| l.0 as f64)
         }),
-        ("received_lsn_bytes", "End of the WAL received from the server.", |c| c.received_lsn.map(|l| l.0 as f64)),
-        ("lag_bytes", "WAL the server holds that the vault has not stored yet.", |c| c.lag_bytes.map(|b| b as f64)),
+        ("received_lsn_bytes", "End of the WAL received from the server.", |c| {
+            c.received_lsn.map(|l| l.0 as f64)
+        }),
+        ("lag_bytes", "WAL the server holds that the vault has not stored yet.", |c| {
+            c.lag_bytes.map(|b| b as f64)
+        }),
         ("lag_seconds", "How far the durable WAL trails the server, in seconds.", |c| c.lag_seconds),
         ("last_backup_timestamp_seconds", "When the last complete base backup finished.", |c| {
             c.last_backup.as_ref().map(|b| b.finished.as_secs() as f64)
@@ -401,7 +405,9 @@ fn cluster_metrics(out: &mut String, clusters: &[capture::ClusterStatus]) {
         ("window_latest_timestamp_seconds", "Latest restorable instant.", |c| {
             c.window.as_ref().map(|w| w.latest_time.as_secs() as f64)
         }),
-        ("incidents", "Incidents recorded (most recent 20 kept in status).", |c| Some(c.incidents.len() as f64)),
+        ("incidents", "Incidents recorded (most recent 20 kept in status).", |c| {
+            Some(c.incidents.len() as f64)
+        }),
         ("last_contact_timestamp_seconds", "When the server was last heard from.", |c| {
             c.last_contact.map(|t| t.as_secs() as f64)
         }),
@@ -625,7 +631,10 @@ async fn backup_cluster(
     s.authorize(&headers, &[Scope::Admin], "starting a base backup").await?;
     let Path(name) = name.map_err(|e| ApiError::bad_request(format!("bad cluster name: {e}")))?;
     let Some(collector) = s.collector.get() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "this vault protects no cluster: add a [[cluster]] table to its config"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this vault protects no cluster: add a [[cluster]] table to its config",
+        ));
     };
     match collector.backup_now(&name).await {
         Ok(summary) => Ok(json(StatusCode::OK, &summary)),

@@ -233,7 +233,10 @@ impl ConfigFile {
             c.sslrootcert = c.sslrootcert.map(|p| base.join(p));
             let cluster = c.validate().map_err(|e| invalid(e.to_string()))?;
             if clusters.iter().any(|k| k.name == cluster.name || k.slot == cluster.slot) {
-                return Err(invalid(format!("cluster {:?} is listed twice (same name or slot)", cluster.name)));
+                return Err(invalid(format!(
+                    "cluster {:?} is listed twice (same name or slot)",
+                    cluster.name
+                )));
             }
             clusters.push(cluster);
         }

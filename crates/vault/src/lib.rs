@@ -301,8 +301,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<VaultHandle,
     });
     if !shared.config.clusters.is_empty() {
         let host = Arc::new(CollectorHost(Arc::downgrade(&shared), shared.clock.clone()));
-        let collector =
-            capture::Collector::start(&shared.repo, shared.config.clusters.clone(), host).await?;
+        let collector = capture::Collector::start(&shared.repo, shared.config.clusters.clone(), host).await?;
         let _ = shared.collector.set(collector);
     }
     let router = api::router(shared.clone());

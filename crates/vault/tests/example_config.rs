@@ -12,7 +12,10 @@ fn example_vault_toml_is_valid() {
     assert!(c.alert_command.is_some());
     assert_eq!(c.clusters.len(), 1);
     let shop = &c.clusters[0];
-    assert_eq!((shop.name.as_str(), shop.slot.as_str(), shop.connections.len()), ("shop", "holdfast_shop", 3));
+    assert_eq!(
+        (shop.name.as_str(), shop.slot.as_str(), shop.connections.len()),
+        ("shop", "holdfast_shop", 3)
+    );
     assert_eq!(shop.backup_interval, Some(std::time::Duration::from_secs(86_400)));
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
@@ -29,10 +32,9 @@ fn a_misspelt_cluster_key_stops_startup() {
     let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
     assert!(err.contains("synchronus"), "{err}");
     // A cluster without any host is refused with a message that says what to write.
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        r#"hosts = ["10.0.0.11:5432", "10.0.0.12:5432", "/var/run/postgresql:5432"]"#,
-        "hosts = []",
-    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(r#"hosts = ["10.0.0.11:5432", "10.0.0.12:5432", "/var/run/postgresql:5432"]"#, "hosts = []");
     let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
     assert!(err.contains("hosts") && err.contains("host:port"), "{err}");
 }
