@@ -31,8 +31,17 @@ pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, j
             tracing::warn!(error = %e, "could not record the check result in the catalog");
         }
     }
+    // Broken WAL pieces break points in time, not files: say which.
+    let broken: std::collections::BTreeSet<store::ObjectName> =
+        report.damaged.iter().chain(&report.missing).filter_map(|p| p.name.parse().ok()).collect();
+    let affected_wal = match &repo {
+        Some(repo) => capture::archive::affected_wal(repo, &broken).await?,
+        None => Vec::new(),
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        v["affected_wal"] = serde_json::to_value(&affected_wal)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
             "checked {} objects ({} bytes) and {} backups{}",
@@ -49,6 +58,27 @@ pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, j
         }
         for b in &report.affected_backups {
             println!("AFFECTED backup {} ({}): depends on {}", b.id, b.label, b.because.join(", "));
+        }
+        for a in &affected_wal {
+            match (a.start, a.end) {
+                (Some(start), Some(end)) => println!(
+                    "AFFECTED WAL of cluster {} timeline {}: {start}..{end} (sent around {}) is in {}; \
+                     instants after {start} cannot be reached through it{}",
+                    a.cluster,
+                    a.timeline,
+                    a.server_time.map(|t| t.to_string()).unwrap_or_default(),
+                    a.object,
+                    if a.backups.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; backups {} cannot be made consistent", a.backups.join(", "))
+                    }
+                ),
+                _ => println!(
+                    "AFFECTED WAL: {} (its LSN range is unknown: it was not yet summarised)",
+                    a.object
+                ),
+            }
         }
         for w in &report.warnings {
             println!("warning: {w}");

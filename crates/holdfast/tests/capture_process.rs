@@ -42,20 +42,7 @@ async fn sigkill_mid_stream_leaves_no_gap_and_identical_wal() {
     assert!(pgbench(&pg, &["-i", "-s", "2", "-q"]).wait().unwrap().success());
 
     let mut v = TempVault::start(holdfast()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        pg.socket_dir().display(),
-        pg.port(),
-        pw.display()
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
+    protect(&mut v, &pg);
 
     // Write steadily while the vault is killed and restarted at uneven moments.
     let mut load = pgbench(&pg, &["-c", "2", "-T", "30", "-N"]);
@@ -131,4 +118,91 @@ async fn sigkill_mid_stream_leaves_no_gap_and_identical_wal() {
         "{kills} SIGKILLs, {} pieces, {compared} segments byte-identical, durable to {flush}",
         pieces.len()
     );
+}
+
+/// Appends a `[[cluster]]` table for `pg` to the vault's config and restarts the vault.
+fn protect(v: &mut TempVault, pg: &TempPg) {
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_wal_range_and_backup_a_damaged_piece_breaks() {
+    let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    protect(&mut v, &pg);
+    let token = v.scratch().join("admin.token");
+    let remote = |cmd: &[&str]| {
+        let mut args: Vec<&str> = cmd.to_vec();
+        let ca = v.ca_path();
+        let (ca, token) = (ca.to_str().unwrap().to_string(), token.to_str().unwrap().to_string());
+        args.extend(["--url", v.url(), "--ca", &ca, "--token-file", &token]);
+        v.holdfast(&args).unwrap()
+    };
+    let out = remote(&["backup", "--cluster", "main", "--json"]);
+    assert!(out.status.success(), "backup failed: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let backup: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup_id = backup["id"].as_str().unwrap().to_string();
+    // Finish the backup's segment so that a `wal.segment` record names its pieces.
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal()").unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_slice(&remote(&["status", "--json"]).stdout).unwrap_or_default();
+        let durable = st["clusters"][0]["durable_lsn"].as_str().and_then(|s| s.parse::<Lsn>().ok());
+        if durable.is_some_and(|d| d >= flush) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the vault did not catch up: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    v.terminate();
+
+    // Find the piece holding the backup's start and flip one byte of it on disk.
+    let escrow = vault::keyfile::AgeKey::load(&v.escrow_key_path()).unwrap();
+    let local = store::LocalDir::open(v.store_dir()).unwrap();
+    let store: Arc<dyn store::ObjectStore> = Arc::new(local.clone());
+    let repo = store::Repository::open(store, std::slice::from_ref(escrow.identity())).await.unwrap();
+    let start: Lsn = backup["start_lsn"].as_str().unwrap().parse().unwrap();
+    let map = WalArchive::open(&repo, "main").await.unwrap().map();
+    let piece = map.pieces_in(TimelineId(1), start, Lsn(start.0 + 1))[0];
+    let path = local.object_path(&piece.name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out =
+        v.holdfast(&["vault", "check", "--config", v.config_path().to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "check must exit 3 on damage: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let affected = report["affected_wal"].as_array().unwrap();
+    let hit = affected
+        .iter()
+        .find(|a| a["object"] == piece.name.to_string())
+        .unwrap_or_else(|| panic!("the damaged piece is not reported: {report}"));
+    assert_eq!(hit["cluster"], "main");
+    assert_eq!(hit["start"], piece.start.to_string());
+    assert_eq!(hit["end"], piece.end.to_string());
+    assert!(hit["backups"].as_array().unwrap().iter().any(|b| b == backup_id.as_str()), "{report}");
+    assert!(report["damaged"].to_string().contains(&piece.name.to_string()));
 }
