@@ -21,16 +21,21 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
-fn main() {
+/// One `#[test]`, so every runner lists it; the child is this same test re-run with
+/// `HOLDFAST_CRASH_CHILD` set (`--exact`, so nothing else runs in it).
+#[test]
+fn sigkill_mid_write_leaves_the_store_whole() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match std::env::var("HOLDFAST_CRASH_CHILD") {
         Ok(dir) => rt.block_on(child(dir)),
-        Err(_) => {
-            rt.block_on(parent());
-            println!("crash: {KILLS} kills survived");
-        }
+        Err(_) => rt.block_on(parent()),
     }
+}
+
+/// Kill count: 32 by default; `./run soak` raises it through `HOLDFAST_CRASH_KILLS`.
+fn kills() -> u64 {
+    std::env::var("HOLDFAST_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(KILLS)
 }
 
 /// Writes until killed.
@@ -84,8 +89,16 @@ async fn parent() {
     let exe = std::env::current_exe().expect("current exe");
     let mut rng: u64 = 0x5eed_0001;
     let mut orphans_seen = 0;
-    for kill in 0..KILLS {
+    let kills = kills();
+    for kill in 0..kills {
         let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "sigkill_mid_write_leaves_the_store_whole",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("HOLDFAST_CRASH_CHILD", &root)
             .env("HOLDFAST_CRASH_IDENTITY", age::secrecy::ExposeSecret::expose_secret(&identity.to_string()))
             .env("HOLDFAST_CRASH_SEED", (kill + 1).to_string())
@@ -121,7 +134,7 @@ async fn parent() {
         Repository::open(store.clone(), &[identity]).await.expect("open").backups().await.expect("backups");
     assert!(!backups.is_empty(), "no backup ever completed: the kills came too early to test anything");
     eprintln!(
-        "crash: {KILLS} kills, {} backups completed, {orphans_seen} kills left temp files, {:?}",
+        "crash: {kills} kills, {} backups completed, {orphans_seen} kills left temp files, {:?}",
         backups.len(),
         started.elapsed()
     );
