@@ -1,7 +1,7 @@
 //! Catalog records: sealed, append-only facts (backups, tokens, policies, deletions…).
 //!
 //! Each record is its own object `catalog/<hash>`; nothing is ever rewritten, and the state of
-//! the vault is a fold over all records in `(written_at, name)` order. A random 16-byte nonce
+//! the vault is a fold over all records in `(written_at, seq, name)` order. A random 16-byte nonce
 //! inside every record makes two records with identical content still distinct objects.
 
 use crate::error::RepoError;
@@ -19,10 +19,34 @@ pub struct CatalogRecord {
     pub kind: String,
     /// When the vault wrote it (vault clock).
     pub written_at: Timestamp,
+    /// Write order among records with the same `written_at`: nanoseconds since the epoch when
+    /// written, forced strictly increasing within a writer. Without it, two records written in
+    /// the same second (a token created, then revoked) could fold in the wrong order.
+    #[serde(default)]
+    pub seq: u64,
     /// 32 hex digits of randomness.
     pub nonce: String,
     /// Kind-specific content.
     pub body: serde_json::Value,
+}
+
+/// A strictly increasing write ordinal: wall-clock nanoseconds, never repeating or going back
+/// within this process.
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
 }
 
 /// Checks a record kind: 1–64 characters of `[a-z0-9_]` words separated by single dots.
@@ -45,7 +69,19 @@ impl CatalogRecord {
         validate_kind(kind)?;
         let mut nonce = [0u8; 16];
         getrandom::getrandom(&mut nonce).map_err(|e| RepoError::Random(e.to_string()))?;
-        Ok(CatalogRecord { version: 1, kind: kind.to_string(), written_at, nonce: hex::encode(nonce), body })
+        Ok(CatalogRecord {
+            version: 1,
+            kind: kind.to_string(),
+            written_at,
+            seq: next_seq(),
+            nonce: hex::encode(nonce),
+            body,
+        })
+    }
+
+    /// The order records are folded in: `(written_at, seq)`, then the object name.
+    pub fn order_key(&self) -> (Timestamp, u64) {
+        (self.written_at, self.seq)
     }
 
     /// Seals to object name and bytes.

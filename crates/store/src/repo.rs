@@ -265,7 +265,7 @@ impl Repository {
         Ok(name)
     }
 
-    /// Every catalog record, sorted by `(written_at, name)`. Records already read are cached.
+    /// Every catalog record, sorted by `(written_at, seq, name)`. Records already read are cached.
     pub async fn records(&self) -> Result<Vec<(ObjectName, CatalogRecord)>, RepoError> {
         let listed = self.inner.store.list(ObjectKind::Catalog).await?;
         for meta in listed {
@@ -278,7 +278,7 @@ impl Repository {
         }
         let cache = self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(ObjectName, CatalogRecord)> = cache.iter().map(|(n, r)| (*n, r.clone())).collect();
-        out.sort_by_key(|(name, rec)| (rec.written_at, *name));
+        out.sort_by_key(|(name, rec)| (rec.order_key(), *name));
         Ok(out)
     }
 
