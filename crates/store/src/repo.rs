@@ -265,16 +265,30 @@ impl Repository {
         Ok(name)
     }
 
-    /// Every catalog record, sorted by `(written_at, seq, name)`. Records already read are cached.
+    /// Every catalog record, sorted by `(written_at, seq, name)`. Records already read are cached;
+    /// records no longer in the store (removed by a quorum deletion) leave the cache. A record
+    /// that cannot be read or opened is skipped and logged, so that one damaged object does
+    /// not stop the vault; `check` names it.
     pub async fn records(&self) -> Result<Vec<(ObjectName, CatalogRecord)>, RepoError> {
         let listed = self.inner.store.list(ObjectKind::Catalog).await?;
+        let present: BTreeSet<ObjectName> = listed.iter().map(|m| m.name).collect();
+        self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner()).retain(|n, _| present.contains(n));
         for meta in listed {
             if self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&meta.name) {
                 continue;
             }
-            let bytes = self.inner.store.get(&meta.name).await?;
-            let rec = CatalogRecord::open(&self.inner.keys, &meta.name, &bytes)?;
-            self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner()).insert(meta.name, rec);
+            let opened = match self.inner.store.get(&meta.name).await {
+                Ok(bytes) => CatalogRecord::open(&self.inner.keys, &meta.name, &bytes),
+                Err(e) => Err(e.into()),
+            };
+            match opened {
+                Ok(rec) => {
+                    self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner()).insert(meta.name, rec);
+                }
+                Err(e) => {
+                    tracing::error!(object = %meta.name, error = %e, "unreadable catalog record skipped; run `holdfast vault check`");
+                }
+            }
         }
         let cache = self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(ObjectName, CatalogRecord)> = cache.iter().map(|(n, r)| (*n, r.clone())).collect();
