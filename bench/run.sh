@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmarks, each side by side with the tool a user would otherwise pick, in one run.
+#   bench/run.sh ingest    store ingest vs restic (pgbench data dir + random data, 1 % change)
+#   bench/run.sh capture   base backup vs pg_basebackup and pgBackRest, WAL latency, sync-mode cost
+#   bench/run.sh           both
+# Reports go to bench-out/*.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-all}" in
+  ingest) exec bash bench/ingest.sh ;;
+  capture) exec bash bench/capture.sh ;;
+  all) bash bench/ingest.sh && bash bench/capture.sh ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac
