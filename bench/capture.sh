@@ -1,0 +1,391 @@
+#!/usr/bin/env bash
+# Capture benchmark: holdfast (a vault pulling base backups and WAL over the replication
+# protocol) side by side with pg_basebackup and pgBackRest, on one PostgreSQL cluster, in one run:
+#   1. full base backup: seconds, MB/s, stored bytes (holdfast, pg_basebackup -Ft, pgBackRest zst)
+#   2. incremental after a 5 % UPDATE: holdfast's second backup vs pgBackRest --type=incr
+#   3. WAL latency under pgbench load: server flush LSN -> vault durable_lsn, p50/p99/max
+#   4. TPS with no synchronous standby, the vault as synchronous standby, pg_receivewal --synchronous
+#   5. peak RSS of the vault process during the base backups
+#
+# One command (as root, on Debian 12 with Rust): bench/capture.sh    (also: ./run bench capture)
+# Env: SCALE=100 (pgbench scale) DURATION=30 (seconds per pgbench run) CLIENTS=8
+#      BENCH_WORK=<dir> (default: a new dir under /tmp, removed at exit unless KEEP=1)
+#      EXTRA_INCR=1 (also a localized 5 % update + third incremental) RECEIVEWAL=1 PGBB_ZSTD=1
+# Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCALE="${SCALE:-100}"
+DURATION="${DURATION:-30}"
+CLIENTS="${CLIENTS:-8}"
+EXTRA_INCR="${EXTRA_INCR:-1}"
+RECEIVEWAL="${RECEIVEWAL:-1}"
+PGBB_ZSTD="${PGBB_ZSTD:-1}"
+KEEP="${KEEP:-0}"
+OUT="$ROOT/bench-out"
+PY="$ROOT/bench/capture.py"
+mkdir -p "$OUT"
+
+log() { echo "[$(date +%T)] $*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
+
+# --- prerequisites -----------------------------------------------------------------------------
+need_apt=()
+command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
+[ -x /usr/bin/time ] || need_apt+=(time)
+command -v python3 >/dev/null || need_apt+=(python3)
+ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
+
+log "building holdfast (release)"
+(cd "$ROOT" && cargo build --release -p holdfast -q)
+HF="$ROOT/target/release/holdfast"
+
+# --- work area -------------------------------------------------------------------------------
+if [ -n "${BENCH_WORK:-}" ]; then W="$BENCH_WORK"; rm -rf "$W"; mkdir -p "$W"; else W="$(mktemp -d /tmp/holdfast-capture.XXXXXX)"; fi
+chmod 755 "$W"
+DATA="$W/pg/data" SOCK="$W/pg/sock" V="$W/vault" PBR="$W/pgbackrest"
+PBRCONF="$PBR/pgbackrest.conf"
+RES="$W/results.tsv"
+: > "$RES"
+mkdir -p "$W/pg/sock" "$PBR"/{repo,log,lock,spool} "$W/pgtmp"
+chown -R postgres: "$W/pg" "$PBR" "$W/pgtmp"
+PGPORT="${PGPORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
+REPPW="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+echo "$REPPW" > "$W/rep.password"
+chmod 600 "$W/rep.password"
+
+VPID="" RECV_PID="" SPID="" VSPID=""
+cleanup() {
+  set +e
+  for p in $SPID $VSPID $RECV_PID; do kill "$p" 2>/dev/null; done
+  if [ -n "$VPID" ]; then kill -TERM "$VPID" 2>/dev/null; wait "$VPID" 2>/dev/null; fi
+  [ -f "$DATA/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
+  [ -f "$W/vault.log" ] && cp "$W/vault.log" "$OUT/capture-vault.log"
+  if [ "$KEEP" = 1 ]; then log "kept $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+# rec KEY VALUE: one raw figure (VALUE is JSON if it parses, else a string).
+rec() { printf '%s\t%s\n' "$1" "$2" >> "$RES"; }
+fail() { log "FAILURE: $1: $2"; rec "failure_$1" "$(echo "$2" | tr '\n\t' '  ' | cut -c1-600)"; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(round($2 - $1, 3))"; }
+size_of() { du -sb "$1" | cut -f1; }
+pg() { runuser -u postgres -- "$@"; }
+psql_() { "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
+pgbr() { pg pgbackrest --config="$PBRCONF" --stanza=bench "$@"; }
+vmhwm_reset() { echo 5 > "/proc/$VPID/clear_refs"; }
+vmhwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$VPID/status"; }
+maxrss_kb() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+
+rec started "\"$(date -u +%FT%TZ)\""
+rec cores "$(nproc)"
+rec scale "$SCALE"
+rec duration "$DURATION"
+rec clients "$CLIENTS"
+rec pg_version "\"$("$PGBIN/postgres" --version | awk '{print $3}')\""
+rec pgbackrest_version "\"$(pgbackrest version | awk '{print $2}')\""
+rec holdfast_version "\"$("$HF" --version | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo ?)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo '+dirty'))\""
+rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS bench/capture.sh\""
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+log "initdb (port $PGPORT) + pgbench -i -s $SCALE"
+pg "$PGBIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
+cat >> "$DATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$SOCK'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+shared_buffers = 256MB
+max_wal_size = 4GB
+archive_mode = on
+archive_command = '/bin/true'
+EOF
+pg "$PGBIN/pg_ctl" -D "$DATA" -l "$W/pg/log" -w start >/dev/null
+psql_ "CREATE ROLE holdfast_rep LOGIN REPLICATION PASSWORD '$REPPW'"
+pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -1 >&2
+psql_ "CHECKPOINT"
+rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
+rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
+
+# --- pgBackRest ------------------------------------------------------------------------------
+log "pgBackRest stanza"
+cat > "$PBRCONF" <<EOF
+[global]
+repo1-path=$PBR/repo
+repo1-retention-full=9
+log-path=$PBR/log
+lock-path=$PBR/lock
+spool-path=$PBR/spool
+compress-type=zst
+process-max=2
+start-fast=y
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path=$DATA
+pg1-port=$PGPORT
+pg1-socket-path=$SOCK
+pg1-user=postgres
+EOF
+chown postgres: "$PBRCONF"
+psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
+psql_ "SELECT pg_reload_conf()" >/dev/null
+pgbr stanza-create
+pgbr check
+rec cmd_pgbackrest_conf "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$PBRCONF")"
+
+# --- the vault -------------------------------------------------------------------------------
+log "vault init + serve"
+RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
+"$HF" vault init --dir "$V" --escrow-recipient "$RECIPIENT" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
+cat >> "$V/vault.toml" <<EOF
+
+[[cluster]]
+name = "bench"
+hosts = ["127.0.0.1:$PGPORT"]
+user = "holdfast_rep"
+password_file = "$W/rep.password"
+synchronous = false
+EOF
+CA="$V/tls/cert.pem"
+start_vault() {
+  rm -f "$V/ready.json"
+  RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
+  VPID=$!
+  for _ in $(seq 1 300); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
+  URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$V/ready.json")"
+}
+stop_vault() { kill -TERM "$VPID"; wait "$VPID" || true; VPID=""; }
+start_vault
+"$HF" vault token create --url "$URL" --ca "$CA" --token-file "$V/admin.token" --scope read --label bench --out "$W/read.token" >/dev/null
+rec cmd_vault_serve "\"RUST_LOG=info holdfast vault serve --config V/vault.toml --listen 127.0.0.1:0 --ready-file V/ready.json\""
+rec cmd_vault_cluster "$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(json.dumps(t[t.index("[[cluster]]"):]))' "$V/vault.toml")"
+
+# wait_vault TIMEOUT: until the vault streams and its durable_lsn reaches the server's flush LSN.
+wait_vault() {
+  python3 "$PY" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
+}
+# settle: every WAL segment so far archived by pgBackRest and durable in the vault.
+settle() {
+  local seg last
+  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
+  for _ in $(seq 1 1200); do
+    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
+    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
+    sleep 0.5
+  done
+  [[ "$last" > "$seg" || "$last" == "$seg" ]] || fail archiver "segment $seg not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  wait_vault 900 || fail vault_catch_up "the vault's durable_lsn did not reach the server's flush LSN within 15 min (see capture-vault.log)"
+}
+log "waiting for the vault to stream"
+wait_vault 120 || die "the vault does not stream WAL: $(python3 "$PY" status "$URL" "$CA" "$W/read.token" bench 2>&1 | cut -c1-600)"
+
+warm() { find "$DATA" -type f -exec cat {} + > /dev/null 2>&1 || true; }
+
+# holdfast_backup N: base backup through the vault; store growth, summary, peak RSS.
+holdfast_backup() {
+  local n=$1 before after t0 t1 out
+  settle
+  warm
+  before=$(size_of "$V/store")
+  vmhwm_reset
+  t0=$(now)
+  if out=$(timeout 3600 "$HF" backup --cluster bench --url "$URL" --ca "$CA" --token-file "$V/admin.token" --json 2> "$W/hf$n.err"); then
+    t1=$(now)
+    rec "hf${n}_vmhwm_kb" "$(vmhwm_kb)"
+    settle
+    after=$(size_of "$V/store")
+    echo "$out" > "$W/hf$n.json"
+    rec "hf${n}_seconds" "$(elapsed "$t0" "$t1")"
+    rec "hf${n}_stored" "$((after - before))"
+    rec "hf${n}_summary" "$out"
+    rec "hf${n}_bytes" "$(python3 -c 'import json,sys; print(json.load(sys.stdin).get("bytes"))' <<< "$out")"
+    rec "hf${n}_stored_bytes" "$(python3 -c 'import json,sys; print(json.load(sys.stdin).get("stored_bytes"))' <<< "$out")"
+    log "holdfast backup $n: $(elapsed "$t0" "$t1") s, store +$((after - before)) bytes, VmHWM $(vmhwm_kb) kB"
+  else
+    fail "holdfast_backup_$n" "exit $?: $(cat "$W/hf$n.err") $out; vault log tail: $(tail -20 "$W/vault.log")"
+  fi
+}
+
+# pgbackrest_backup N TYPE
+pgbackrest_backup() {
+  local n=$1 type=$2 before after t0 t1 info
+  settle
+  warm
+  before=$(size_of "$PBR/repo")
+  t0=$(now)
+  if pg /usr/bin/time -v -o "$W/pgtmp/pbr$n.time" pgbackrest --config="$PBRCONF" --stanza=bench --type="$type" backup 2> "$W/pbr$n.err"; then
+    t1=$(now)
+    settle
+    after=$(size_of "$PBR/repo")
+    rec "pbr${n}_seconds" "$(elapsed "$t0" "$t1")"
+    rec "pbr${n}_stored" "$((after - before))"
+    rec "pbr${n}_rss_kb" "$(maxrss_kb "$W/pgtmp/pbr$n.time")"
+    info="$(pgbr info --output=json)"
+    rec "pbr${n}_info_size" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["info"]["size"])' <<< "$info")"
+    rec "pbr${n}_info_repo_size" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["info"]["repository"]["size"])' <<< "$info")"
+    rec "pbr${n}_info_repo_delta" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["info"]["repository"]["delta"])' <<< "$info")"
+    log "pgBackRest $type backup $n: $(elapsed "$t0" "$t1") s, repo +$((after - before)) bytes"
+  else
+    fail "pgbackrest_backup_$n" "$(cat "$W/pbr$n.err")"
+  fi
+}
+
+# pg_basebackup KEY EXTRA_ARGS...
+basebackup() {
+  local key=$1 dir="$W/$1" t0 t1; shift
+  rm -rf "$dir"; mkdir -p "$dir"; chown postgres: "$dir"
+  warm
+  t0=$(now)
+  if pg env PGPASSWORD="$REPPW" /usr/bin/time -v -o "$W/pgtmp/$key.time" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PGPORT" -U holdfast_rep \
+      -D "$dir" -Ft -X none -c fast "$@" 2> "$W/$key.err"; then
+    t1=$(now)
+    rec "${key}_seconds" "$(elapsed "$t0" "$t1")"
+    rec "${key}_stored" "$(size_of "$dir")"
+    rec "${key}_rss_kb" "$(maxrss_kb "$W/pgtmp/$key.time")"
+    log "pg_basebackup $*: $(elapsed "$t0" "$t1") s, $(size_of "$dir") bytes"
+  else
+    fail "$key" "$(cat "$W/$key.err")"
+  fi
+  rm -rf "$dir"
+}
+
+# --- 1. full base backups ----------------------------------------------------------------------
+log "1. full base backups"
+holdfast_backup 1
+basebackup pgbb
+[ "$PGBB_ZSTD" = 1 ] && basebackup pgbbz --compress=client-zstd
+pgbackrest_backup 1 full
+rec cmd_holdfast_backup "\"holdfast backup --cluster bench --url \$URL --ca V/tls/cert.pem --token-file V/admin.token --json   # stored = du -sb V/store growth\""
+rec cmd_pg_basebackup "\"pg_basebackup -h 127.0.0.1 -p \$PORT -U holdfast_rep -D DIR -Ft -X none -c fast [--compress=client-zstd]   # stored = du -sb DIR\""
+rec cmd_pgbackrest_full "\"pgbackrest --config=pgbackrest.conf --stanza=bench --type=full backup   # stored = du -sb repo growth (backup + archived WAL)\""
+
+# --- 2. incremental -----------------------------------------------------------------------------
+log "2. incremental after a 5 % update"
+UPDATE_SQL="UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 20 = 0"
+rec update_sql "\"$UPDATE_SQL\""
+rec update_pages_total "$(psql_ "SELECT pg_relation_size('pgbench_accounts') / 8192")"
+rec update_pages_changed "$(psql_ "SELECT count(DISTINCT (ctid::text::point)[0]) FROM pgbench_accounts WHERE aid % 20 = 0")"
+psql_ "$UPDATE_SQL"
+rec update_rows "$(psql_ "SELECT count(*) FROM pgbench_accounts WHERE aid % 20 = 0")"
+psql_ "CHECKPOINT"
+holdfast_backup 2
+pgbackrest_backup 2 incr
+rec cmd_incremental "\"psql -c '$UPDATE_SQL'; psql -c CHECKPOINT; holdfast backup …; pgbackrest --type=incr backup\""
+if [ "$EXTRA_INCR" = 1 ]; then
+  log "2b. localized 5 % update"
+  UPDATE3_SQL="UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $((SCALE * 100000 / 20))"
+  rec update3_sql "\"$UPDATE3_SQL\""
+  psql_ "$UPDATE3_SQL"
+  rec update3_rows "$((SCALE * 100000 / 20))"
+  psql_ "CHECKPOINT"
+  holdfast_backup 3
+  pgbackrest_backup 3 incr
+fi
+
+PGBENCH=("$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -c "$CLIENTS" -j 2 -T "$DURATION" -N postgres)
+rec cmd_pgbench "\"pgbench -h SOCKDIR -p \$PORT -U postgres -c $CLIENTS -j 2 -T $DURATION -N postgres\""
+# run_pgbench KEY: TPS and mean latency into the results; a hung run (a standby that never
+# acknowledges) is cut off after DURATION + 90 s.
+run_pgbench() {
+  local key=$1 out
+  if out=$(pg timeout $((DURATION + 90)) "${PGBENCH[@]}" 2>&1); then
+    echo "$out" > "$W/$key.pgbench"
+    rec "$key" "$(awk '/^tps = / {print $3}' <<< "$out")"
+    rec "${key}_lat_ms" "$(awk '/^latency average = / {print $4}' <<< "$out")"
+    log "$key: $(grep '^tps' <<< "$out")"
+  else
+    fail "$key" "pgbench failed or hung: $(tail -5 <<< "$out")"
+  fi
+}
+
+# --- 3. WAL latency under load (async) -----------------------------------------------------------
+log "3. WAL latency under load"
+settle
+rm -f "$W/stop-sampling"
+python3 "$PY" sample "$URL" "$CA" "$W/read.token" bench "$W/vault-samples.txt" "$W/stop-sampling" 0.02 &
+VSPID=$!
+"$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq > "$W/server-samples.txt" 2> "$W/server-samples.err" <<'EOF' &
+SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_flush_lsn(), (SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_bench') \watch 0.1
+EOF
+SPID=$!
+sleep 2
+LSN0="$(psql_ "SELECT pg_current_wal_flush_lsn()")"
+T0=$(now)
+run_pgbench lat_tps
+T1=$(now)
+LSN1="$(psql_ "SELECT pg_current_wal_flush_lsn()")"
+rec lat_wal_bytes "$(psql_ "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')")"
+sleep 2
+kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=""
+wait_vault 60 || fail latency_catch_up "the vault did not catch up within 60 s after pgbench"
+touch "$W/stop-sampling"; wait "$VSPID" || true; VSPID=""
+rec latency "$(python3 "$PY" latency "$W/server-samples.txt" "$W/vault-samples.txt" "$T0" "$T1")"
+rec cmd_latency_server_sampler "\"psql -XAtq <<< \\\"SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_flush_lsn(), (SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_bench') \\\\watch 0.1\\\"\""
+rec cmd_latency_vault_sampler "\"python3 bench/capture.py sample \$URL V/tls/cert.pem read.token bench OUT STOPFILE 0.02   # GET /v1/status, keep-alive\""
+
+# --- 4. synchronous-mode TPS cost ----------------------------------------------------------------
+log "4a. TPS, no synchronous standby"
+settle
+run_pgbench tps_none
+
+# wait_sync APP: until the server lists APP as its synchronous standby.
+wait_sync() {
+  for _ in $(seq 1 300); do
+    [ "$(psql_ "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$1'")" = sync ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+set_sync() { psql_ "ALTER SYSTEM SET synchronous_standby_names = '$1'"; psql_ "SELECT pg_reload_conf()" >/dev/null; }
+
+if [ "$RECEIVEWAL" = 1 ]; then
+  log "4c. TPS, pg_receivewal --synchronous as synchronous standby"
+  settle
+  mkdir -p "$W/receivewal"
+  PGPASSWORD="$REPPW" "$PGBIN/pg_receivewal" -d "host=127.0.0.1 port=$PGPORT user=holdfast_rep application_name=pg_receivewal" \
+    -D "$W/receivewal" --synchronous --no-loop 2> "$W/receivewal.err" &
+  RECV_PID=$!
+  set_sync pg_receivewal
+  if wait_sync pg_receivewal; then
+    run_pgbench tps_receivewal
+  else
+    fail receivewal "pg_receivewal never became the synchronous standby: $(cat "$W/receivewal.err")"
+  fi
+  set_sync ''
+  kill "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=""
+  rm -rf "$W/receivewal"
+  rec cmd_receivewal "\"pg_receivewal -d 'host=127.0.0.1 port=\$PORT user=holdfast_rep application_name=pg_receivewal' -D DIR --synchronous --no-loop; synchronous_standby_names = 'pg_receivewal'\""
+fi
+
+log "4b. TPS, the vault as synchronous standby"
+settle
+stop_vault
+sed -i 's/^synchronous = false$/synchronous = true/' "$V/vault.toml"
+start_vault
+wait_vault 120 || fail vault_sync_restart "the vault did not stream again after the restart with synchronous = true"
+set_sync holdfast_bench
+if wait_sync holdfast_bench; then
+  run_pgbench tps_hf_sync
+else
+  fail hf_sync "the vault never became the synchronous standby: $(psql_ 'SELECT application_name, state, sync_state FROM pg_stat_replication')"
+fi
+set_sync ''
+rec cmd_sync "\"synchronous = true in the [[cluster]] table, vault restarted; ALTER SYSTEM SET synchronous_standby_names = 'holdfast_bench'; SELECT pg_reload_conf()\""
+psql_ "SELECT failed_count FROM pg_stat_archiver" | grep -qx 0 || fail archiver "pg_stat_archiver.failed_count = $(psql_ 'SELECT failed_count FROM pg_stat_archiver')"
+grep -E ' (ERROR|WARN) ' "$W/vault.log" | head -20 > "$W/vault-warnings.txt" || true
+[ -s "$W/vault-warnings.txt" ] && rec vault_log_warnings "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$W/vault-warnings.txt")"
+
+log "report"
+python3 "$PY" report "$RES" "$OUT/capture.md" "$OUT/capture.json"
