@@ -63,6 +63,8 @@ pub enum CaptureError {
     Protocol(String),
     #[error("WAL {start}..{end} on timeline {} is not in the vault", timeline.0)]
     MissingWal { timeline: TimelineId, start: Lsn, end: Lsn },
+    #[error("the server no longer has the WAL from {from} on timeline {}: {detail}", timeline.0)]
+    WalRemoved { timeline: TimelineId, from: Lsn, detail: String },
     #[error("unknown cluster {0:?}: it is not in the vault's configuration")]
     UnknownCluster(String),
     #[error("base backup failed: {0}")]

@@ -27,6 +27,9 @@ pub struct ClusterRuntime {
     backups: Mutex<Vec<BackupSummary>>,
     /// Serialises base backups of this cluster.
     pub(crate) backup_lock: tokio::sync::Mutex<()>,
+    /// Set when the server said the WAL to resume from is gone: the next attempt records the
+    /// gap as an incident and resumes from what the server still has.
+    pub(crate) skip_gap: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -86,6 +89,7 @@ impl ClusterRuntime {
             durable: watch::channel(durable).0,
             backups: Mutex::new(backups),
             backup_lock: tokio::sync::Mutex::new(()),
+            skip_gap: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -97,6 +97,10 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                 backoff = Duration::from_millis(250);
                 down_since = None;
             }
+            Err(CaptureError::WalRemoved { .. }) => {
+                // Reconnect at once; the next attempt records the gap and skips it.
+                rt.skip_gap.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Err(e) => {
                 let msg = e.to_string();
                 rt.update(|s| s.last_error = Some(msg.clone()));
@@ -289,14 +293,15 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
             (ident.timeline, Lsn(from.0 - from.0 % seg_size))
         }
     };
-    if let Err(e) = conn.start_replication(Some(&rt.cluster.slot), start, Some(tli)).await {
-        let removed = matches!(&e, PgError::Server(s) if s.message.contains("has already been removed"));
-        if !removed {
-            return Err(e.into());
-        }
+    if rt.skip_gap.swap(false, std::sync::atomic::Ordering::SeqCst) {
         // The server recycled WAL the vault never got: a gap that can no longer be filled.
-        let restart =
-            conn.read_replication_slot(&rt.cluster.slot).await?.restart_lsn.unwrap_or(ident.xlogpos);
+        // Say so, then start again from the oldest WAL the server still keeps for the slot.
+        let restart = conn
+            .read_replication_slot(&rt.cluster.slot)
+            .await
+            .ok()
+            .and_then(|s| s.restart_lsn)
+            .unwrap_or(ident.xlogpos);
         let new_start = Lsn(restart.0 - restart.0 % seg_size).max(start);
         rt.incident(
             "wal_gap",
@@ -309,8 +314,10 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
         )
         .await;
         start = new_start;
-        conn.start_replication(Some(&rt.cluster.slot), start, Some(tli)).await?;
     }
+    conn.start_replication(Some(&rt.cluster.slot), start, Some(tli))
+        .await
+        .map_err(|e| wal_removed(e, tli, start))?;
     tracing::info!(cluster = %rt.cluster.name, %server, timeline = tli.0, %start, "streaming WAL");
     // A healthy stream ends these episodes: the next occurrence is a new incident.
     rt.clear_incidents(&["connection_lost", "access_revoked", "slot_dropped", "wal_gap"]);
@@ -358,7 +365,7 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
                 w.send_status(&mut conn).await?;
                 last_status = Instant::now();
             }
-            ev = conn.next_message() => match ev? {
+            ev = conn.next_message() => match ev.map_err(|e| wal_removed(e, tli, start))? {
                 StreamEvent::XLogData(x) => {
                     w.accept(&mut conn, x.wal_start, &x.data, x.send_time).await?;
                     w.server_end = w.server_end.max(x.wal_end);
@@ -385,6 +392,17 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
             },
         }
         rt.update(|s| s.last_contact = Some(rt.now()));
+    }
+}
+
+/// The server may report recycled WAL either as START_REPLICATION's answer or as the first
+/// message of the stream; both become [`CaptureError::WalRemoved`].
+fn wal_removed(e: PgError, tli: TimelineId, from: Lsn) -> CaptureError {
+    match &e {
+        PgError::Server(s) if s.message.contains("has already been removed") => {
+            CaptureError::WalRemoved { timeline: tli, from, detail: s.message.clone() }
+        }
+        _ => e.into(),
     }
 }
 

@@ -618,6 +618,63 @@ async fn attacker_drops_the_slot() -> Result<()> {
     Ok(())
 }
 
+/// 6a'. A1 drops the slot and lets the server recycle WAL the vault never got: the hole can
+/// no longer be filled, and that is a `wal_gap` incident naming the range, never silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_wal_is_a_gap_incident() -> Result<()> {
+    let v = Vault::new().await?;
+    let pg = TempPg::start_with(
+        TempPgOptions::default()
+            .setting("wal_keep_size", "0")
+            .setting("min_wal_size", "32MB")
+            .setting("max_wal_size", "32MB"),
+    )?;
+    pg.create_replication_role(REP, REP_PW)?;
+    let cluster = v.cluster("a1gap", vec![unix_host(&pg)], REP, REP_PW)?;
+    let collector = v.start(&v.repo, vec![cluster.clone()]).await?;
+    pg.psql("create table t (x int); insert into t select generate_series(1, 1000)")?;
+    let durable_before = flush_lsn(&pg)?;
+    wait_durable(&collector, "a1gap", durable_before, Duration::from_secs(5)).await?;
+    collector.shutdown().await;
+    drop(collector);
+    let before = v.listing().await?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = pg.psql("select pg_drop_replication_slot('holdfast_a1gap')") {
+        ensure!(Instant::now() < deadline, "cannot drop the slot: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several segments of WAL the vault does not see, then checkpoints that recycle them.
+    for _ in 0..4 {
+        pg.psql("insert into t select generate_series(1, 1000); select pg_switch_wal()")?;
+    }
+    pg.psql("checkpoint")?;
+    pg.psql("insert into t select 1; select pg_switch_wal()")?;
+    pg.psql("checkpoint")?;
+    let seg = |l: Lsn| pgfmt::segment_name(TLI1, l.0 / (16 << 20), 16 << 20);
+    ensure!(
+        !pg.data_dir().join("pg_wal").join(seg(durable_before)).exists(),
+        "the server kept segment {}: the test cannot make a gap",
+        seg(durable_before)
+    );
+
+    let repo = v.reopen().await?;
+    let collector = v.start(&repo, vec![cluster]).await?;
+    let gap = wait_incident(&collector, "a1gap", "wal_gap", Duration::from_secs(15)).await?;
+    ensure!(gap.lsn.is_some_and(|l| l >= durable_before), "{gap:?}");
+    ensure!(gap.message.contains("cannot be restored"), "{gap:?}");
+    ensure!(v.records(INCIDENT_RECORD, "a1gap").await?.iter().any(|r| r["kind"] == "wal_gap"));
+    ensure!(v.host.alerted("wal_gap"));
+    // The vault streams again from what the server still has, and the hole is visible.
+    pg.psql("insert into t select 2")?;
+    wait_durable(&collector, "a1gap", flush_lsn(&pg)?, Duration::from_secs(10)).await?;
+    let map = capture::archive::WalArchive::open(&repo, "a1gap").await?.map();
+    ensure!(!map.gaps(TLI1).is_empty(), "the gap is not visible in the archive");
+    v.assert_nothing_lost(&before).await?;
+    collector.shutdown().await;
+    Ok(())
+}
+
 /// 6b. A1 revokes REPLICATION from the vault's role and kills its walsender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacker_revokes_replication() -> Result<()> {
