@@ -620,6 +620,32 @@ async fn attacker_drops_the_slot() -> Result<()> {
     Ok(())
 }
 
+/// 4b. One vault, two clusters: each streams into its own archive, byte-identical to its own
+/// server, with its own status; neither sees the other's WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_in_one_vault_stay_apart() -> Result<()> {
+    let v = Vault::new().await?;
+    let (a, b) = (start_pg()?, start_pg()?);
+    let clusters = vec![
+        v.cluster("alpha", vec![unix_host(&a)], REP, REP_PW)?,
+        v.cluster("beta", vec![unix_host(&b)], REP, REP_PW)?,
+    ];
+    let collector = v.start(&v.repo, clusters).await?;
+    a.psql("create table t (x int); insert into t select generate_series(1, 20000)")?;
+    b.psql("create table u (y text); insert into u select md5(g::text) from generate_series(1, 5000) g")?;
+    wait_durable(&collector, "alpha", flush_lsn(&a)?, Duration::from_secs(10)).await?;
+    wait_durable(&collector, "beta", flush_lsn(&b)?, Duration::from_secs(10)).await?;
+    let (sa, sb) = (status(&collector, "alpha"), status(&collector, "beta"));
+    ensure!(sa.system_id != sb.system_id, "two initdb'd servers must differ: {sa:?} {sb:?}");
+    ensure!(sa.system_id == Some(a.system_identifier()?.to_string()), "{sa:?}");
+    ensure!(sb.system_id == Some(b.system_identifier()?.to_string()), "{sb:?}");
+    check_archive(&v.repo, "alpha", TLI1, &a).await?;
+    check_archive(&v.repo, "beta", TLI1, &b).await?;
+    ensure!(collector.status().len() == 2);
+    collector.shutdown().await;
+    Ok(())
+}
+
 /// 6a'. A1 drops the slot and lets the server recycle WAL the vault never got: the hole can
 /// no longer be filled, and that is a `wal_gap` incident naming the range, never silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
