@@ -130,7 +130,7 @@ def cmd_latency(server_file, vault_file, t_start, t_end):
     def delays(points):
         out, missing = [], 0
         j = 0
-        for t, target in window:
+        for t, target, _ in window:
             # first point at or after t with lsn >= target (points are time-ordered)
             while j < len(points) and points[j][0] < t:
                 j += 1

@@ -79,7 +79,7 @@ now() { date +%s.%N; }
 elapsed() { python3 -c "print(round($2 - $1, 3))"; }
 size_of() { du -sb "$1" | cut -f1; }
 pg() { runuser -u postgres -- "$@"; }
-psql_() { "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
+psql_() { timeout 1800 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
 pgbr() { pg pgbackrest --config="$PBRCONF" --stanza=bench "$@"; }
 vmhwm_reset() { echo 5 > "/proc/$VPID/clear_refs"; }
 vmhwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$VPID/status"; }
@@ -180,6 +180,7 @@ wait_vault() {
 settle() {
   local seg last
   seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
+  log "settle: waiting for pgBackRest to archive $seg, then for the vault's durable_lsn"
   for _ in $(seq 1 1200); do
     last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
     [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
@@ -225,7 +226,7 @@ pgbackrest_backup() {
   warm
   before=$(size_of "$PBR/repo")
   t0=$(now)
-  if pg /usr/bin/time -v -o "$W/pgtmp/pbr$n.time" pgbackrest --config="$PBRCONF" --stanza=bench --type="$type" backup 2> "$W/pbr$n.err"; then
+  if pg timeout 3600 /usr/bin/time -v -o "$W/pgtmp/pbr$n.time" pgbackrest --config="$PBRCONF" --stanza=bench --type="$type" backup 2> "$W/pbr$n.err"; then
     t1=$(now)
     settle
     after=$(size_of "$PBR/repo")
@@ -331,7 +332,9 @@ sleep 2
 kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=""
 wait_vault 60 || fail latency_catch_up "the vault did not catch up within 60 s after pgbench"
 touch "$W/stop-sampling"; wait "$VSPID" || true; VSPID=""
-rec latency "$(python3 "$PY" latency "$W/server-samples.txt" "$W/vault-samples.txt" "$T0" "$T1")"
+LAT="$(python3 "$PY" latency "$W/server-samples.txt" "$W/vault-samples.txt" "$T0" "$T1" 2>&1)" || fail latency "computing latency: $LAT"
+rec latency "$LAT"
+log "latency: $LAT"
 rec cmd_latency_server_sampler "\"psql -XAtq <<< \\\"SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_flush_lsn(), (SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_bench') \\\\watch 0.1\\\"\""
 rec cmd_latency_vault_sampler "\"python3 bench/capture.py sample \$URL V/tls/cert.pem read.token bench OUT STOPFILE 0.02   # GET /v1/status, keep-alive\""
 

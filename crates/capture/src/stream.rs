@@ -26,6 +26,8 @@ const PG_EPOCH_OFFSET: i64 = 946_684_800;
 /// A piece is stored when this much WAL is pending, whatever the flush interval.
 const MAX_PENDING: usize = 4 << 20;
 /// Status updates are sent at least this often, so the server sees the vault alive.
+/// At most this many messages are gathered into one piece in synchronous mode.
+const MAX_GATHER: usize = 256;
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Converts a PostgreSQL timestamp (µs since 2000-01-01) to a [`Timestamp`].
@@ -365,31 +367,49 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
                 w.send_status(&mut conn).await?;
                 last_status = Instant::now();
             }
-            ev = conn.next_message() => match ev.map_err(|e| wal_removed(e, tli, start))? {
-                StreamEvent::XLogData(x) => {
-                    w.accept(&mut conn, x.wal_start, &x.data, x.send_time).await?;
-                    w.server_end = w.server_end.max(x.wal_end);
-                }
-                StreamEvent::Keepalive(k) => {
-                    w.server_end = w.server_end.max(k.wal_end);
-                    w.last_send_time = w.last_send_time.max(k.send_time);
-                    if k.reply_requested {
-                        w.flush(&mut conn).await?;
-                        w.send_status(&mut conn).await?;
-                        last_status = Instant::now();
+            ev = conn.next_message() => {
+                let mut ev = ev.map_err(|e| wal_removed(e, tli, start))?;
+                let mut gathered = 0usize;
+                loop {
+                    match ev {
+                        StreamEvent::XLogData(x) => {
+                            w.accept(&mut conn, x.wal_start, &x.data, x.send_time).await?;
+                            w.server_end = w.server_end.max(x.wal_end);
+                        }
+                        StreamEvent::Keepalive(k) => {
+                            w.server_end = w.server_end.max(k.wal_end);
+                            w.last_send_time = w.last_send_time.max(k.send_time);
+                            if k.reply_requested {
+                                w.flush(&mut conn).await?;
+                                w.send_status(&mut conn).await?;
+                                last_status = Instant::now();
+                            }
+                            w.publish();
+                        }
+                        StreamEvent::EndOfTimeline(next) => {
+                            w.flush(&mut conn).await?;
+                            tracing::info!(cluster = %rt.cluster.name, timeline = tli.0, next = ?next, "end of timeline");
+                            if let Some(next) = next {
+                                let hist = conn.timeline_history(next.timeline).await?;
+                                store_history(rt, &hist.filename, &hist.content, next.timeline, &system_id).await?;
+                            }
+                            return Ok(());
+                        }
                     }
-                    w.publish();
-                }
-                StreamEvent::EndOfTimeline(next) => {
-                    w.flush(&mut conn).await?;
-                    tracing::info!(cluster = %rt.cluster.name, timeline = tli.0, next = ?next, "end of timeline");
-                    if let Some(next) = next {
-                        let hist = conn.timeline_history(next.timeline).await?;
-                        store_history(rt, &hist.filename, &hist.content, next.timeline, &system_id).await?;
+                    // Synchronous mode flushes at once; first take in whatever has already
+                    // arrived, so that commits the server flushed together become one piece and
+                    // one fsync in the vault (group commit). Bounded, so a steady stream cannot
+                    // hold back a flush.
+                    gathered += 1;
+                    if !rt.cluster.synchronous || w.pending.is_empty() || gathered >= MAX_GATHER {
+                        break;
                     }
-                    return Ok(());
+                    match arrived(conn.next_message()).await {
+                        Some(next) => ev = next.map_err(|e| wal_removed(e, tli, start))?,
+                        None => break,
+                    }
                 }
-            },
+            }
         }
         rt.update(|s| s.last_contact = Some(rt.now()));
     }
@@ -403,6 +423,17 @@ fn wal_removed(e: PgError, tli: TimelineId, from: Lsn) -> CaptureError {
             CaptureError::WalRemoved { timeline: tli, from, detail: s.message.clone() }
         }
         _ => e.into(),
+    }
+}
+
+/// The future's output if it is ready without waiting (data already received), else `None`.
+/// Used only with [`ReplicationConnection::next_message`], which is cancel-safe: an unfinished
+/// read leaves its bytes in the connection's buffer.
+async fn arrived<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        v = fut => Some(v),
+        _ = std::future::ready(()) => None,
     }
 }
 

@@ -136,6 +136,9 @@ pub enum StreamEvent {
 enum Mode {
     Idle,
     Streaming,
+    /// The server sent CopyDone at the end of a timeline; our CopyDone and the result set
+    /// that follows are in progress (kept here so that a cancelled read loses nothing).
+    Ending,
     BaseBackup,
 }
 
@@ -151,6 +154,8 @@ pub struct ReplicationConnection {
     mode: Mode,
     backup: Option<BaseBackupStream>,
     notices: Vec<crate::ServerError>,
+    /// Messages read so far after the end of a timeline (see [`Mode::Ending`]).
+    ending: Vec<BackendMessage>,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -221,6 +226,7 @@ impl ReplicationConnection {
             mode: Mode::Idle,
             backup: None,
             notices: Vec::new(),
+            ending: Vec::new(),
         };
         conn.startup(cfg).await?;
         Ok(conn)
@@ -289,12 +295,19 @@ impl ReplicationConnection {
         std::mem::take(&mut self.notices)
     }
 
+    /// Writes out what is queued. Cancel-safe: bytes leave the queue only once written, so a
+    /// cancelled flush resumes where it stopped and never sends anything twice. The transport is
+    /// flushed every time (a no-op when nothing is buffered), so a flush cancelled after the
+    /// last write still pushes out what a TLS layer holds on the next call.
     async fn flush(&mut self) -> Result<(), Error> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.io.flush().await?;
-            self.out.clear();
+        while !self.out.is_empty() {
+            let n = self.io.write(&self.out).await?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            self.out.drain(..n);
         }
+        self.io.flush().await?;
         Ok(())
     }
 
@@ -454,9 +467,15 @@ impl ReplicationConnection {
     }
 
     /// The next streaming message: WAL, a keepalive, or the end of the timeline.
+    ///
+    /// Cancel-safe (it is meant for `tokio::select!`): every await either completes or leaves
+    /// its progress in the connection (bytes in the decoder's buffer, the queued CopyDone, the
+    /// messages after it), and the next call goes on from there.
     pub async fn next_message(&mut self) -> Result<StreamEvent, Error> {
-        if self.mode != Mode::Streaming {
-            return Err(Error::InvalidArgument("not streaming".into()));
+        match self.mode {
+            Mode::Streaming => {}
+            Mode::Ending => return self.finish_stream().await.map(StreamEvent::EndOfTimeline),
+            _ => return Err(Error::InvalidArgument("not streaming".into())),
         }
         match self.read_message().await? {
             BackendMessage::CopyData(data) => match ReplicationMessage::parse(&data)? {
@@ -466,7 +485,8 @@ impl ReplicationConnection {
             BackendMessage::CopyDone => {
                 // The server reached the end of the timeline; acknowledge and read on.
                 frontend::copy_done(&mut self.out);
-                self.flush().await?;
+                self.mode = Mode::Ending;
+                self.ending.clear();
                 let next = self.finish_stream().await?;
                 Ok(StreamEvent::EndOfTimeline(next))
             }
@@ -479,7 +499,14 @@ impl ReplicationConnection {
     }
 
     async fn finish_stream(&mut self) -> Result<Option<LsnTimeline>, Error> {
-        let msgs = self.drain_until_ready().await?;
+        self.flush().await?;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::ReadyForQuery(_) => break,
+                m => self.ending.push(m),
+            }
+        }
+        let msgs = std::mem::take(&mut self.ending);
         self.mode = Mode::Idle;
         if let Some(BackendMessage::ErrorResponse(e)) =
             msgs.iter().find(|m| matches!(m, BackendMessage::ErrorResponse(_)))
