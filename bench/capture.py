@@ -278,6 +278,11 @@ def cmd_report(results, out_md, out_json):
         L.append("|---|---:|---:|---:|")
         L.append(f"| holdfast | {sec(g('hf3_seconds'))} | {mb(g('hf3_stored'))} | {ratio(g('hf3_stored'), g('hf1_stored'), '{:.1%}')} |")
         L.append(f"| pgBackRest --type=incr | {sec(g('pbr3_seconds'))} | {mb(g('pbr3_stored'))} | {ratio(g('pbr3_stored'), g('pbr1_stored'), '{:.1%}')} |")
+        L.append("")
+        L.append(f"holdfast / pgBackRest stored bytes: **{ratio(g('hf3_stored'), g('pbr3_stored'))}**. "
+                 f"Target for holdfast: ≤ 15 % of first → {'met' if g('hf3_stored') is not None and g('hf1_stored') and g('hf3_stored') / g('hf1_stored') <= 0.15 else 'NOT met'}. "
+                 "(Pages rewritten by PostgreSQL itself between the backups — hint bits, pruning, autovacuum — count as changed: "
+                 "a backup cannot tell them apart from user writes.)")
     L.append("")
 
     L.append("## 3. WAL latency under load (async mode)")

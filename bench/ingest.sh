@@ -65,7 +65,7 @@ run() {
   local before=0
   [ -d "$repo" ] && before=$(size_of "$repo")
   case $tool in
-    holdfast1|holdfast16)
+    holdfast1|holdfast4)
       HOLDFAST_PAGES_PER_CHUNK=${tool#holdfast} /usr/bin/time -v -o "$tfile" "$HF" "$src" "$repo" "$name-$round" > "$WORK/out-$tool-$name-$round" ;;
     holdfast)
       /usr/bin/time -v -o "$tfile" "$HF" "$src" "$repo" "$name-$round" > "$WORK/out-$tool-$name-$round" ;;
@@ -86,7 +86,7 @@ for ds in pgdata random; do
   src=$PGDATA_DIR; [ $ds = random ] && src="$WORK/random"
   for tool in holdfast restic; do run $tool $ds "$src" 1; done
   # The same store with 1 and 16 pages per relation chunk: how chunk size trades size for dedup.
-  [ $ds = pgdata ] && run holdfast1 $ds "$src" 1 && run holdfast16 $ds "$src" 1
+  [ $ds = pgdata ] && run holdfast1 $ds "$src" 1 && run holdfast4 $ds "$src" 1
 done
 
 log "changing 1 % of the data directory's relation pages"
@@ -113,7 +113,7 @@ print(len(chosen) * 8192)
 PY
 )
 log "changed $CHANGED bytes"
-for tool in holdfast restic holdfast1 holdfast16; do run $tool pgdata "$PGDATA_DIR" 2; done
+for tool in holdfast restic holdfast1 holdfast4; do run $tool pgdata "$PGDATA_DIR" 2; done
 
 python3 - "$OUT" "$CHANGED" "$(nproc)" <<'PY'
 import json, sys
@@ -126,14 +126,14 @@ lines = [
     "",
     f"Machine: {cores} cores (shared), page cache warm for both tools. restic: `--compression auto`, repository v2.",
     "",
-    "`holdfast` = default chunking (4 pages per relation chunk); `holdfast1` / `holdfast16` = 1 / 16 pages per relation chunk, for comparison.",
+    "`holdfast` = default chunking (16 pages per relation chunk); `holdfast1` / `holdfast4` = 1 / 4 pages per relation chunk, for comparison.",
     "",
     "| dataset | input MB | tool | seconds | MB/s | stored MB | peak RSS MB |",
     "|---|---:|---|---:|---:|---:|---:|",
 ]
 for d in ("pgdata", "random"):
-    for t in ("holdfast", "restic", "holdfast1", "holdfast16"):
-        if d == "random" and t in ("holdfast1", "holdfast16"):
+    for t in ("holdfast", "restic", "holdfast1", "holdfast4"):
+        if d == "random" and t in ("holdfast1", "holdfast4"):
             continue
         x = get(t, d, 1)
         lines.append(f"| {d} | {mb(x['input']):.0f} | {t} | {x['seconds']:.1f} | {mb(x['input'])/x['seconds']:.0f} | {mb(x['stored_total']):.1f} | {x['rss_kb']/1024:.0f} |")
@@ -143,7 +143,7 @@ for d in ("pgdata", "random"):
     lines.append(f"| {d} | {r['seconds']/h['seconds']:.2f}× | {h['stored_total']/r['stored_total']:.2f} | {h['rss_kb']/r['rss_kb']:.2f} |")
 lines += ["", f"Second ingest of pgdata after flipping one byte in 1 % of relation pages ({mb(changed):.1f} MB of pages changed):", "",
           "| tool | seconds | new stored MB | new / changed pages | new / input |", "|---|---:|---:|---:|---:|"]
-for t in ("holdfast", "restic", "holdfast1", "holdfast16"):
+for t in ("holdfast", "restic", "holdfast1", "holdfast4"):
     x = get(t, "pgdata", 2)
     lines.append(f"| {t} | {x['seconds']:.1f} | {mb(x['stored_new']):.1f} | {x['stored_new']/changed:.2f} | {100*x['stored_new']/x['input']:.2f} % |")
 open(f"{out}/ingest.md", "w").write("\n".join(lines) + "\n")

@@ -3,7 +3,8 @@
 //! Usage: `cargo run --release -p store --example store-bench -- <source-dir> <repo-dir> [label]`.
 //! The first run initialises the repository and writes an age identity to `<repo-dir>.identity`
 //! (benchmarks only: a real vault keeps its identity elsewhere and wraps to escrow recipients).
-//! `HOLDFAST_PAGES_PER_CHUNK=n` sets the relation-file chunk size of a new repository.
+//! `HOLDFAST_PAGES_PER_CHUNK=n` sets the relation-file chunk size of a new repository,
+//! `HOLDFAST_ZSTD_LEVEL=n` its compression level.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut options = store::InitOptions::default();
         if let Ok(n) = std::env::var("HOLDFAST_PAGES_PER_CHUNK") {
             options.chunker.pages_per_chunk = n.parse()?;
+        }
+        if let Ok(n) = std::env::var("HOLDFAST_ZSTD_LEVEL") {
+            options.zstd_level = n.parse()?;
         }
         Repository::init_with(store.clone(), &[id.to_public()], Timestamp::now(), Timestamp::FOREVER, options)
             .await?
