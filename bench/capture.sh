@@ -179,6 +179,9 @@ wait_vault() {
 # settle: every WAL segment so far archived by pgBackRest and durable in the vault.
 settle() {
   local seg last
+  # A record first: pg_switch_wal() on a segment with nothing in it switches nothing, and
+  # that segment would not be archived until it fills.
+  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
   seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
   log "settle: waiting for pgBackRest to archive $seg, then for the vault's durable_lsn"
   for _ in $(seq 1 1200); do

@@ -25,9 +25,9 @@ use crate::runtime::ClusterRuntime;
 const PG_EPOCH_OFFSET: i64 = 946_684_800;
 /// A piece is stored when this much WAL is pending, whatever the flush interval.
 const MAX_PENDING: usize = 4 << 20;
-/// Status updates are sent at least this often, so the server sees the vault alive.
 /// At most this many messages are gathered into one piece in synchronous mode.
 const MAX_GATHER: usize = 256;
+/// Status updates are sent at least this often, so the server sees the vault alive.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Converts a PostgreSQL timestamp (µs since 2000-01-01) to a [`Timestamp`].
