@@ -4,7 +4,7 @@
 //! complete a `wal.segment` catalog record lists its pieces, so that opening the archive reads
 //! those records and opens only the pieces of unfinished segments, not every byte of WAL.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ pub struct SegmentRecord {
     pub start: Lsn,
     pub end: Lsn,
     pub pieces: Vec<SegmentPiece>,
+    /// The cluster's WAL segment size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_size: Option<u64>,
 }
 
 /// One piece in a `wal.segment` record.
@@ -68,8 +71,8 @@ struct Inner {
     segment_size: Option<u64>,
     /// Segments already summarised by a `wal.segment` record: (timeline, start LSN).
     summarised: BTreeSet<(u32, Lsn)>,
-    /// Timelines whose history file is stored.
-    histories: BTreeSet<u32>,
+    /// Stored history files by timeline: (file name, content).
+    histories: BTreeMap<u32, (String, String)>,
 }
 
 impl WalArchive {
@@ -86,6 +89,9 @@ impl WalArchive {
                     }
                     inner.system_id.get_or_insert(seg.system_id.clone());
                     inner.summarised.insert((seg.timeline, seg.start));
+                    if let Some(size) = seg.segment_size {
+                        inner.segment_size.get_or_insert(size);
+                    }
                     for p in seg.pieces {
                         listed.insert(p.name);
                         inner.map.insert(
@@ -97,7 +103,7 @@ impl WalArchive {
                 TIMELINE_RECORD => {
                     if let Ok(t) = serde_json::from_value::<TimelineRecord>(rec.body.clone()) {
                         if t.cluster == cluster {
-                            inner.histories.insert(t.timeline);
+                            inner.histories.insert(t.timeline, (t.filename, t.content));
                         }
                     }
                 }
@@ -155,7 +161,7 @@ impl WalArchive {
 
     /// Whether the history file of `tli` is stored.
     pub fn has_history(&self, tli: TimelineId) -> bool {
-        self.lock().histories.contains(&tli.0)
+        self.lock().histories.contains_key(&tli.0)
     }
 
     /// Seals and stores one piece; it is durable when this returns.
@@ -228,6 +234,7 @@ impl WalArchive {
                     server_time: p.server_time,
                 })
                 .collect(),
+            segment_size: Some(segment_size),
         };
         self.repo
             .append_record(
@@ -285,7 +292,6 @@ impl WalArchive {
         if self.has_history(TimelineId(rec.timeline)) {
             return Ok(());
         }
-        let tli = rec.timeline;
         self.repo
             .append_record(
                 TIMELINE_RECORD,
@@ -294,8 +300,45 @@ impl WalArchive {
                 retain_until,
             )
             .await?;
-        self.lock().histories.insert(tli);
+        self.lock().histories.insert(rec.timeline, (rec.filename, rec.content));
         Ok(())
+    }
+
+    /// The stored history file of `tli`: (file name, content).
+    pub fn history(&self, tli: TimelineId) -> Option<(String, String)> {
+        self.lock().histories.get(&tli.0).cloned()
+    }
+
+    /// Timelines whose history file is stored.
+    pub fn histories(&self) -> Vec<u32> {
+        self.lock().histories.keys().copied().collect()
+    }
+
+    /// The WAL segment starting at `seg_start` on `tli`, as PostgreSQL's `restore_command`
+    /// expects it: always a whole segment. When the vault holds only its beginning (the
+    /// newest, still growing segment), the rest is zeros — replay stops at the first record
+    /// that is not there, as with a `.partial` file. Returns the bytes and how many are real.
+    /// Fails if the segment's first byte is not stored.
+    pub async fn segment(
+        &self,
+        tli: TimelineId,
+        seg_start: Lsn,
+        seg_size: u64,
+    ) -> Result<(Vec<u8>, u64), CaptureError> {
+        let seg_end = Lsn(seg_start.0 + seg_size);
+        let end = self.lock().map.contiguous_end(tli, seg_start).min(seg_end);
+        if end <= seg_start {
+            return Err(CaptureError::MissingWal { timeline: tli, start: seg_start, end: seg_end });
+        }
+        let mut bytes = self.read_range(tli, seg_start, end).await?;
+        let valid = bytes.len() as u64;
+        bytes.resize(seg_size as usize, 0);
+        Ok((bytes, valid))
+    }
+
+    /// The segment size of the stored WAL, once any is stored.
+    pub fn segment_size(&self) -> Option<u64> {
+        self.lock().segment_size
     }
 
     /// The stored bytes of `[start, end)` on `tli`; fails if any byte is missing.

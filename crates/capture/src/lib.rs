@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 pub use config::{Cluster, ClusterConfig};
 pub use runtime::ClusterRuntime;
-pub use status::{BackupSummary, ClusterStatus, Incident, Window};
+pub use status::{BackupSummary, ClusterStatus, Incident, Inventory, Window};
 
 /// Catalog record kind of an incident.
 pub const INCIDENT_RECORD: &str = "incident";
@@ -65,6 +65,10 @@ pub enum CaptureError {
     MissingWal { timeline: TimelineId, start: Lsn, end: Lsn },
     #[error("the server no longer has the WAL from {from} on timeline {}: {detail}", timeline.0)]
     WalRemoved { timeline: TimelineId, from: Lsn, detail: String },
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("unknown cluster {0:?}: it is not in the vault's configuration")]
     UnknownCluster(String),
     #[error("base backup failed: {0}")]

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::archive::WalArchive;
 use crate::config::Cluster;
-use crate::status::{BackupSummary, ClusterStatus, Incident, Window};
+use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window};
 use crate::{BACKUP_COMPLETE_RECORD, CaptureError, INCIDENT_RECORD, VaultHost};
 
 /// A cluster being captured.
@@ -131,6 +131,72 @@ impl ClusterRuntime {
             latest_lsn: last.end,
             latest_time: last.server_time,
         })
+    }
+
+    /// What the vault holds for this cluster, for restore planning.
+    pub fn inventory(&self) -> Inventory {
+        let map = self.archive.map();
+        let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let window = self.window(&backups);
+        let mut wal = Vec::new();
+        for tli in map.timelines() {
+            for (start, end, start_time, end_time) in map.runs(tli) {
+                wal.push(WalRun { timeline: tli.0, start, end, start_time, end_time });
+            }
+        }
+        let backups = backups
+            .into_iter()
+            .map(|b| {
+                // The piece holding the stop LSN's last byte before it: its send time.
+                let stop = Lsn(b.stop_lsn.0.saturating_sub(1));
+                let consistent_time =
+                    map.pieces_in(TimelineId(b.timeline), stop, b.stop_lsn).first().map(|p| p.server_time);
+                InventoryBackup { backup: b, consistent_time }
+            })
+            .collect();
+        Inventory {
+            cluster: self.cluster.name.clone(),
+            system_id: self.archive.system_id(),
+            segment_size: self.archive.segment_size(),
+            backups,
+            wal,
+            histories: self.archive.histories(),
+            window,
+        }
+    }
+
+    /// A file `restore_command` asks for, by PostgreSQL's name: a WAL segment (whole; zeros
+    /// past the stored WAL) or a timeline history file. Returns the bytes and how many of
+    /// them are stored WAL.
+    pub async fn wal_file(&self, file: &str) -> Result<(Vec<u8>, u64), CaptureError> {
+        if let Some(hex) = file.strip_suffix(".history") {
+            let tli = (hex.len() == 8)
+                .then(|| u32::from_str_radix(hex, 16).ok())
+                .flatten()
+                .filter(|t| *t > 0)
+                .ok_or_else(|| {
+                    CaptureError::InvalidName(format!(
+                        "{file:?} is not a timeline history file name (e.g. 00000002.history)"
+                    ))
+                })?;
+            let (_, content) = self.archive.history(TimelineId(tli)).ok_or_else(|| {
+                CaptureError::NotFound(format!("the vault holds no history file for timeline {tli}"))
+            })?;
+            let n = content.len() as u64;
+            return Ok((content.into_bytes(), n));
+        }
+        let seg_size = self.archive.segment_size().ok_or_else(|| {
+            CaptureError::NotFound(format!("the vault holds no WAL for cluster {}", self.cluster.name))
+        })?;
+        let (tli, segno) = pgfmt::parse_segment_name(file, seg_size).map_err(|e| {
+            CaptureError::InvalidName(format!("{file:?} is not a WAL segment or history file name: {e}"))
+        })?;
+        match self.archive.segment(tli, pgfmt::segment_start(segno, seg_size), seg_size).await {
+            Err(CaptureError::MissingWal { .. }) => {
+                Err(CaptureError::NotFound(format!("WAL segment {file} is not in the vault")))
+            }
+            other => other,
+        }
     }
 
     /// Records a completed backup.

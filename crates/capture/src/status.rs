@@ -1,3 +1,5 @@
 //! Status types live in `vault-api`, the wire contract; the collector fills them in.
 
-pub use vault_api::status::{BackupSummary, ClusterStatus, Incident, Window};
+pub use vault_api::status::{
+    BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window,
+};

@@ -98,6 +98,25 @@ impl WalMap {
         start
     }
 
+    /// The contiguous runs of stored WAL of a timeline, in LSN order: (start, end, server time
+    /// of the run's first piece, server time of its last).
+    pub fn runs(&self, tli: TimelineId) -> Vec<(Lsn, Lsn, store::Timestamp, store::Timestamp)> {
+        let Some(pieces) = self.timelines.get(&tli) else { return Vec::new() };
+        let mut runs: Vec<(Lsn, Lsn, store::Timestamp, store::Timestamp)> = Vec::new();
+        for p in pieces.values() {
+            match runs.last_mut() {
+                Some(r) if p.start <= r.1 => {
+                    if p.end > r.1 {
+                        r.1 = p.end;
+                        r.3 = p.server_time;
+                    }
+                }
+                _ => runs.push((p.start, p.end, p.server_time, p.server_time)),
+            }
+        }
+        runs
+    }
+
     /// Gaps between the earliest and the latest stored byte of a timeline.
     pub fn gaps(&self, tli: TimelineId) -> Vec<(Lsn, Lsn)> {
         let Some(pieces) = self.timelines.get(&tli) else { return Vec::new() };

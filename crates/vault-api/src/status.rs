@@ -79,3 +79,42 @@ pub struct Incident {
 pub struct StatusResponse {
     pub clusters: Vec<ClusterStatus>,
 }
+
+/// What the vault holds for one cluster — what a restore plans from
+/// (`GET /v1/clusters/{name}/inventory`, read scope).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Inventory {
+    pub cluster: String,
+    pub system_id: Option<String>,
+    /// WAL segment size of the cluster, once any WAL is stored.
+    pub segment_size: Option<u64>,
+    /// Complete base backups, oldest first.
+    pub backups: Vec<InventoryBackup>,
+    /// Contiguous runs of stored WAL, by timeline then LSN.
+    pub wal: Vec<WalRun>,
+    /// Timelines whose history file is stored.
+    pub histories: Vec<u32>,
+    pub window: Option<Window>,
+}
+
+/// A complete base backup with the server's clock at its consistency point.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InventoryBackup {
+    #[serde(flatten)]
+    pub backup: BackupSummary,
+    /// The server's clock when the WAL at the backup's stop LSN was sent: the earliest time a
+    /// restore from this backup can reach. `None` when that WAL is not stored.
+    pub consistent_time: Option<Timestamp>,
+}
+
+/// A contiguous run of stored WAL on one timeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WalRun {
+    pub timeline: u32,
+    pub start: Lsn,
+    pub end: Lsn,
+    /// Server clock when the run's first piece was sent.
+    pub start_time: Timestamp,
+    /// Server clock when the run's last byte was sent.
+    pub end_time: Timestamp,
+}

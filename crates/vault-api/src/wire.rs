@@ -221,3 +221,32 @@ pub struct ExecuteResponse {
     /// Named objects that were already absent.
     pub absent: Vec<ObjectName>,
 }
+
+/// One entry of a backup's file list (`GET /v1/backups/{id}/entries`): what restore creates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupEntry {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Content length (files).
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `GET /v1/backups/{id}/entries` response.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BackupEntriesResponse {
+    pub backup: String,
+    pub entries: Vec<BackupEntry>,
+}
+
+/// Response header of `GET /v1/clusters/{name}/wal/{segment}`: how many leading bytes of the
+/// (always whole) segment are stored WAL; the rest is zeros.
+pub const WAL_VALID_HEADER: &str = "x-holdfast-wal-valid";

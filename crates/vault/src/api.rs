@@ -45,6 +45,8 @@ pub struct Shared {
     /// The retention policy in days, mirrored outside the state lock for the collector. Only
     /// ever raised, and raised before the new policy is acknowledged.
     pub retention_days_now: std::sync::atomic::AtomicU32,
+    /// The file list of the backup read last (restore asks for many ranges of one backup).
+    pub entries_cache: std::sync::Mutex<Option<(String, Arc<BTreeMap<String, store::FileEntry>>)>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -139,6 +141,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/backups", get(list_backups))
         .route("/v1/status", get(cluster_status))
         .route("/v1/clusters/{name}/backup", post(backup_cluster))
+        .route("/v1/clusters/{name}/inventory", get(cluster_inventory))
+        .route("/v1/clusters/{name}/wal/{file}", get(cluster_wal))
+        .route("/v1/backups/{id}/entries", get(backup_entries))
+        .route("/v1/backups/{id}/file", get(backup_file))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/v1/retention", get(get_retention).put(put_retention))
@@ -547,6 +553,32 @@ async fn head_object(
         .map_err(|e| ApiError::internal("building the response", e))
 }
 
+/// Decodes `%XX` escapes (and `+` as a space) of a query value.
+fn percent_decode(v: &str) -> ApiResult<String> {
+    let bad = || {
+        ApiError::bad_request(format!("bad percent-encoding in {:?}", v.chars().take(80).collect::<String>()))
+    };
+    let (b, mut out, mut i) = (v.as_bytes(), Vec::with_capacity(v.len()), 0);
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(bad)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
 /// Parses `a=b&c=d` where only `allowed` keys may appear.
 fn parse_query(raw: Option<String>, allowed: &[&str]) -> ApiResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -620,6 +652,153 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading status").await?;
     let clusters = s.collector.get().map(|c| c.status()).unwrap_or_default();
     Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters })))
+}
+
+fn collector_cluster<'a>(
+    s: &'a Shared,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<&'a Arc<capture::runtime::ClusterRuntime>> {
+    let Path(name) = name.map_err(|e| ApiError::bad_request(format!("bad cluster name: {e}")))?;
+    let Some(collector) = s.collector.get() else {
+        return Err(ApiError::not_found(
+            "this vault protects no cluster: add a [[cluster]] table to its config",
+        ));
+    };
+    collector.cluster(&name).map_err(|e| ApiError::not_found(e.to_string()))
+}
+
+/// `GET /v1/clusters/{name}/inventory`: backups, stored WAL runs, histories, window.
+async fn cluster_inventory(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading a cluster's inventory").await?;
+    let rt = collector_cluster(&s, name)?;
+    Ok(json(StatusCode::OK, &rt.inventory()))
+}
+
+/// `GET /v1/clusters/{name}/wal/{file}`: a WAL segment (whole, zero-padded past the stored
+/// WAL, see [`WAL_VALID_HEADER`]) or a timeline history file, in plaintext: what
+/// `restore_command` asks for.
+async fn cluster_wal(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading WAL").await?;
+    let Path((name, file)) = path.map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+    let rt = collector_cluster(&s, Ok(Path(name)))?;
+    let octets = |bytes: Vec<u8>, valid: u64| {
+        let mut r = (StatusCode::OK, bytes).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        r.headers_mut().insert(WAL_VALID_HEADER, HeaderValue::from(valid));
+        r
+    };
+    match rt.wal_file(&file).await {
+        Ok((bytes, valid)) => Ok(octets(bytes, valid)),
+        Err(capture::CaptureError::InvalidName(m)) => Err(ApiError::bad_request(m)),
+        Err(capture::CaptureError::NotFound(m)) => Err(ApiError::not_found(m)),
+        Err(e) => Err(ApiError::internal(&format!("reading WAL file {file}"), e)),
+    }
+}
+
+/// The file list of a backup, cached for the next request.
+async fn entries_of(s: &Shared, id: &str) -> ApiResult<Arc<BTreeMap<String, store::FileEntry>>> {
+    if let Some((cached, entries)) = s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if cached == id {
+            return Ok(entries.clone());
+        }
+    }
+    let rec = match s.repo.backup(id).await {
+        Ok(r) => r,
+        Err(store::RepoError::NoSuchBackup(_)) => {
+            return Err(ApiError::not_found(format!(
+                "backup {id} is not in this vault (see GET /v1/backups)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    s.repo.refresh_index().await?;
+    let mut map = BTreeMap::new();
+    s.repo
+        .for_each_entry(&rec, |e| {
+            map.insert(e.path.clone(), e);
+            Ok(())
+        })
+        .await?;
+    let map = Arc::new(map);
+    *s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((id.to_string(), map.clone()));
+    Ok(map)
+}
+
+/// `GET /v1/backups/{id}/entries`: every file, directory and symlink of a backup.
+async fn backup_entries(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading a backup's file list").await?;
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("bad backup id: {e}")))?;
+    let entries = entries_of(&s, &id).await?;
+    let entries = entries
+        .values()
+        .map(|e| BackupEntry {
+            path: e.path.clone(),
+            kind: match e.kind {
+                store::snapshot::EntryKind::File => "file",
+                store::snapshot::EntryKind::Dir => "dir",
+                store::snapshot::EntryKind::Symlink => "symlink",
+            }
+            .to_string(),
+            size: e.size,
+            mode: e.mode,
+            mtime: e.mtime,
+            target: e.target.clone(),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &BackupEntriesResponse { backup: id, entries }))
+}
+
+/// Largest range one `GET /v1/backups/{id}/file` returns.
+const MAX_FILE_RANGE: u64 = 64 << 20;
+
+/// `GET /v1/backups/{id}/file?path=P&offset=O&length=L`: plaintext bytes of one file of a
+/// backup, every chunk checked against its id on the way.
+async fn backup_file(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read], "reading a backup's files").await?;
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("bad backup id: {e}")))?;
+    let q = parse_query(query, &["path", "offset", "length"])?;
+    let num = |key: &str, default: u64| -> ApiResult<u64> {
+        q.get(key).map_or(Ok(default), |v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("{key} must be a non-negative integer, got {v:?}"))
+            })
+        })
+    };
+    let (offset, length) = (num("offset", 0)?, num("length", MAX_FILE_RANGE)?);
+    let path = q.get("path").map(|p| percent_decode(p)).transpose()?;
+    let path =
+        path.ok_or_else(|| ApiError::bad_request("the query must name the file: ?path=base/5/16384"))?;
+    if length > MAX_FILE_RANGE {
+        return Err(ApiError::bad_request(format!("length is at most {MAX_FILE_RANGE} bytes per request")));
+    }
+    let entries = entries_of(&s, &id).await?;
+    let entry = entries
+        .get(&path)
+        .filter(|e| e.kind == store::snapshot::EntryKind::File)
+        .ok_or_else(|| ApiError::not_found(format!("backup {id} has no file {path:?}")))?;
+    let bytes = s.repo.read_file_range(entry, offset, length).await.map_err(|e| {
+        ApiError::internal(&format!("reading {path} of backup {id} (run `holdfast vault check`)"), e)
+    })?;
+    let mut r = (StatusCode::OK, bytes).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(r)
 }
 
 /// `POST /v1/clusters/{name}/backup`: take a base backup now; answers once it is complete.

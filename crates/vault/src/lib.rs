@@ -297,6 +297,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<VaultHandle,
         state: tokio::sync::RwLock::new(state),
         metrics: api::Metrics::default(),
         collector: std::sync::OnceLock::new(),
+        entries_cache: std::sync::Mutex::new(None),
         config,
     });
     if !shared.config.clusters.is_empty() {
