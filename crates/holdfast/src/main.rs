@@ -23,6 +23,7 @@ use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 
 mod check;
 mod demo;
+mod restore_cmd;
 mod status;
 
 /// Exit code when `vault check` finds damage.
@@ -62,6 +63,19 @@ enum Command {
         remote: Remote,
         #[arg(long)]
         json: bool,
+    },
+    /// Point-in-time restore from the vault (read token): to a time, LSN, xid, restore point
+    /// or the latest WAL; optionally start PostgreSQL and wait until it reached the target.
+    Restore(Box<restore_cmd::RestoreArgs>),
+    /// PostgreSQL's restore_command during a holdfast restore (written by `holdfast restore`).
+    #[command(hide = true)]
+    RestoreWal {
+        #[arg(long)]
+        config: PathBuf,
+        /// %f
+        file: String,
+        /// %p
+        dest: PathBuf,
     },
     /// Have the vault take a base backup of a cluster now; waits until it is complete.
     Backup {
@@ -211,16 +225,16 @@ struct InitArgs {
 
 /// How to reach a running vault.
 #[derive(Args)]
-struct Remote {
+pub(crate) struct Remote {
     /// e.g. https://127.0.0.1:8443
     #[arg(long, env = "HOLDFAST_VAULT_URL")]
-    url: String,
+    pub(crate) url: String,
     /// The vault's certificate (tls/cert.pem in its directory).
     #[arg(long, env = "HOLDFAST_VAULT_CA")]
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// File holding the token.
     #[arg(long, env = "HOLDFAST_TOKEN_FILE")]
-    token_file: PathBuf,
+    pub(crate) token_file: PathBuf,
 }
 
 impl Remote {
@@ -311,6 +325,10 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Demo { dir } => demo::run(dir).await,
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
+        Command::Restore(a) => restore_cmd::restore(*a).await,
+        Command::RestoreWal { config, file, dest } => {
+            Ok(restore_cmd::restore_wal(&config, &file, &dest).await)
+        }
     }
 }
 

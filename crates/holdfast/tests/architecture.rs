@@ -41,7 +41,9 @@ fn depends_unconditionally(map: &BTreeMap<String, Vec<(String, bool)>>, krate: &
 #[test]
 fn the_workspace_is_what_the_architecture_says() {
     let map = workspace_deps();
-    for krate in ["store", "vault-api", "vault", "capture", "holdfast", "testkit", "pgfmt", "pgproto"] {
+    for krate in
+        ["store", "vault-api", "vault", "capture", "holdfast", "testkit", "pgfmt", "pgproto", "restore"]
+    {
         assert!(map.contains_key(krate), "crate {krate} is missing from the workspace");
     }
 }

@@ -1,0 +1,180 @@
+//! `holdfast restore` and `holdfast restore-wal` (the `restore_command` helper).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use restore::recovery::Action;
+use restore::{Target, wal};
+
+/// Arguments of `holdfast restore`.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["time", "lsn", "xid", "restore_point", "latest"])))]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub remote: crate::Remote,
+    /// The cluster's name in the vault's config.
+    #[arg(long)]
+    pub cluster: String,
+    /// Recover to this time (RFC 3339, e.g. 2026-11-23T09:41:07Z; server clock, whole seconds).
+    #[arg(long)]
+    pub time: Option<store::Timestamp>,
+    /// Recover to this WAL position (e.g. 0/3000060).
+    #[arg(long)]
+    pub lsn: Option<String>,
+    /// Recover to the commit of this transaction.
+    #[arg(long)]
+    pub xid: Option<u32>,
+    /// Recover to a restore point made with pg_create_restore_point().
+    #[arg(long)]
+    pub restore_point: Option<String>,
+    /// Recover everything the vault holds.
+    #[arg(long)]
+    pub latest: bool,
+    /// Where to restore: must be empty or absent.
+    #[arg(long)]
+    pub target_dir: PathBuf,
+    /// Start PostgreSQL on the restored data and wait until recovery reached the target.
+    #[arg(long)]
+    pub start: bool,
+    /// Port for --start (default: a free one).
+    #[arg(long, requires = "start")]
+    pub port: Option<u16>,
+    /// At the target, end recovery and open for writes (default: pause, read-only, to inspect).
+    #[arg(long, conflicts_with = "pause")]
+    pub promote: bool,
+    /// At the target, stay paused in recovery (the default).
+    #[arg(long)]
+    pub pause: bool,
+    /// Concurrent fetches of base data.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Minutes recovery may take with --start.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_minutes: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub async fn restore(a: RestoreArgs) -> Result<u8> {
+    let target = match (&a.time, &a.lsn, &a.xid, &a.restore_point, a.latest) {
+        (Some(t), ..) => Target::Time(*t),
+        (_, Some(l), ..) => Target::Lsn(l.parse().map_err(|e| anyhow!("--lsn {l:?}: {e} (e.g. 0/3000060)"))?),
+        (_, _, Some(x), ..) => Target::Xid(*x),
+        (_, _, _, Some(n), _) => Target::Name(n.clone()),
+        _ => Target::Latest,
+    };
+    let ca_pem = std::fs::read_to_string(&a.remote.ca)
+        .with_context(|| format!("reading the vault certificate {}", a.remote.ca.display()))?;
+    let token = std::fs::read_to_string(&a.remote.token_file)
+        .with_context(|| format!("reading the token file {}", a.remote.token_file.display()))?
+        .trim()
+        .to_string();
+    let target_dir = std::path::absolute(&a.target_dir)
+        .with_context(|| format!("resolving {}", a.target_dir.display()))?;
+    let start = if a.start {
+        // A short socket path (Unix sockets are limited to ~100 bytes), private to this restore.
+        let socket_dir = std::env::temp_dir().join(format!("holdfast-restore-{}", std::process::id()));
+        std::fs::create_dir_all(&socket_dir).with_context(|| format!("creating {}", socket_dir.display()))?;
+        let run_as = is_root().then(|| "postgres".to_string());
+        if let Some(user) = &run_as {
+            let (uid, gid) = restore::pg::user_ids(user)?;
+            std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid))?;
+        }
+        Some(restore::StartOptions {
+            port: match a.port {
+                Some(p) => p,
+                None => free_port()?,
+            },
+            socket_dir,
+            run_as,
+            timeout: Duration::from_secs(a.timeout_minutes * 60),
+        })
+    } else {
+        None
+    };
+    let opts = restore::Options {
+        cluster: a.cluster.clone(),
+        target,
+        target_dir,
+        action: if a.promote { Action::Promote } else { Action::Pause },
+        start,
+        parallel: a.parallel,
+        holdfast_exe: std::env::current_exe().context("locating the holdfast binary for restore_command")?,
+        url: a.remote.url.clone(),
+        ca_pem,
+        token,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |phase: &str, done: u64, total: u64| {
+        let pct = if total > 0 { done * 100 / total } else { 100 };
+        let line = format!("{phase}: {} / {} MiB ({pct}%)", done >> 20, total >> 20);
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let report = restore::run(&opts, &progress).await.map_err(|e| anyhow!("{e}"))?;
+    if tty {
+        eprintln!();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "base data   {:>8.1} s  {} files, {} MiB",
+            report.base.seconds,
+            report.base.files,
+            report.base.bytes >> 20
+        );
+        if let Some(r) = report.replay_seconds {
+            println!(
+                "WAL fetch   {:>8.1} s  {} segments prefetched, {} MiB (overlapping replay)",
+                report.wal_fetch_seconds,
+                report.wal_prefetched_segments,
+                report.wal_prefetched_bytes >> 20
+            );
+            println!("replay      {r:>8.1} s");
+        }
+        println!("total       {:>8.1} s", report.total_seconds);
+        println!("{}", report.verdict);
+    }
+    Ok(if report.ok { 0 } else { 3 })
+}
+
+/// `holdfast restore-wal --config FILE %f %p`: PostgreSQL's `restore_command`.
+pub async fn restore_wal(config: &Path, file: &str, dest: &Path) -> u8 {
+    let cfg = match wal::HelperConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("holdfast restore-wal: {e}");
+            return wal::ABORT_RECOVERY as u8;
+        }
+    };
+    match wal::fetch(&cfg, file, dest).await {
+        Ok(wal::Fetched::Delivered { .. }) => 0,
+        Ok(wal::Fetched::Absent) => 1,
+        Err(e) => {
+            eprintln!("holdfast restore-wal: {file}: {e}");
+            wal::ABORT_RECOVERY as u8
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Point-in-time restore from the vault with a read token, against a real PostgreSQL: to an
+//! LSN, to a time and to the latest WAL, each compared row for row with what was committed at
+//! that moment; and the refusals (target outside the window, target directory not empty).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use pgfmt::Lsn;
+use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres};
+use testkit::vault::TempVault;
+
+fn holdfast() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+const CHECKSUM: &str =
+    "SELECT count(*) || ':' || md5(string_agg(id || '=' || balance, ',' ORDER BY id)) FROM accounts";
+
+struct Setup {
+    pg: TempPg,
+    v: TempVault,
+    read_token: PathBuf,
+}
+
+impl Setup {
+    fn remote_args(&self, token: &Path) -> Vec<String> {
+        vec![
+            "--url".into(),
+            self.v.url().into(),
+            "--ca".into(),
+            self.v.ca_path().display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+        ]
+    }
+
+    /// `holdfast restore …` with the read token; PGPASSWORD lets its self-check log in.
+    fn restore(&self, args: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new(holdfast());
+        cmd.arg("restore").args(["--cluster", "main"]).args(args).args(self.remote_args(&self.read_token));
+        cmd.env("PGPASSWORD", self.pg.superuser_password());
+        cmd.output().unwrap()
+    }
+
+    fn wait_durable(&self, flush: Lsn) {
+        let admin = self.v.scratch().join("admin.token");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut args = vec!["status".to_string(), "--json".into()];
+            args.extend(self.remote_args(&admin));
+            let out = self.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let durable = st["clusters"][0]["durable_lsn"].as_str().and_then(|s| s.parse::<Lsn>().ok());
+            if durable.is_some_and(|d| d >= flush) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the vault did not catch up to {flush}: {st}\n{}",
+                self.v.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// psql against a restored server (socket dir and port from the restore report).
+fn psql_restored(report: &serde_json::Value, password: &str, sql: &str) -> String {
+    let mut cmd = command_as_postgres(Path::new("env"));
+    cmd.arg(format!("PGPASSWORD={password}"))
+        .arg(bin("psql").unwrap())
+        .arg("-h")
+        .arg(report["socket_dir"].as_str().unwrap())
+        .args([
+            "-p",
+            &report["port"].as_u64().unwrap().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-c",
+            sql,
+        ]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn stop_restored(dir: &Path) {
+    let mut cmd = command_as_postgres(&bin("pg_ctl").unwrap());
+    cmd.arg("-D").arg(dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = cmd.output();
+}
+
+fn setup() -> Setup {
+    let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+    let admin = v.scratch().join("admin.token");
+    let read_token = v.scratch().join("read.token");
+    let ca = v.ca_path();
+    let out = v
+        .holdfast(&[
+            "vault",
+            "token",
+            "create",
+            "--url",
+            v.url(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--token-file",
+            admin.to_str().unwrap(),
+            "--scope",
+            "read",
+            "--label",
+            "restore",
+            "--out",
+            read_token.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+    Setup { pg, v, read_token }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_to_an_lsn_a_time_and_the_latest_row_for_row() {
+    let s = setup();
+    let pg = &s.pg;
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 5000) g").unwrap();
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+
+    // Three moments, at least two seconds apart, each with the table's checksum as committed.
+    let mut moments = Vec::new();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(2100));
+        pg.psql(&format!("UPDATE accounts SET balance = balance + {} WHERE id % 7 = {round}", round + 1))
+            .unwrap();
+        pg.psql(&format!(
+            "INSERT INTO accounts SELECT g, {round} FROM generate_series({}, {}) g",
+            10_000 + round * 100,
+            10_099 + round * 100
+        ))
+        .unwrap();
+        let row = pg
+            .psql(&format!(
+                "SELECT pg_current_wal_lsn(), extract(epoch FROM clock_timestamp())::float8, ({CHECKSUM})"
+            ))
+            .unwrap();
+        let f: Vec<&str> = row.split('|').collect();
+        moments.push((f[0].parse::<Lsn>().unwrap(), f[1].parse::<f64>().unwrap(), f[2].to_string()));
+    }
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // 1. To the LSN right after the first round: exactly the first round's rows.
+    let dir = root.path().join("lsn");
+    let out = s.restore(&[
+        "--lsn",
+        &moments[0].0.to_string(),
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore --lsn: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), CHECKSUM),
+        moments[0].2,
+        "rows at {}",
+        moments[0].0
+    );
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
+        "t",
+        "paused by default"
+    );
+    stop_restored(&dir);
+
+    // 2. To a time between the second and third rounds (whole seconds): the second round's rows.
+    let t = (moments[1].1.ceil() as i64).min(moments[2].1 as i64 - 1);
+    let when = time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let dir = root.path().join("time");
+    let out = s.restore(&[
+        "--time",
+        &when,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--promote",
+        "--json",
+    ]);
+    assert!(out.status.success(), "restore --time {when}: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[1].2, "rows at {when}");
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
+        "f",
+        "promoted"
+    );
+    assert!(!dir.join("holdfast_restore.json").exists(), "the read token is left behind after promotion");
+    stop_restored(&dir);
+
+    // 3. Latest: everything.
+    let dir = root.path().join("latest");
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(out.status.success(), "restore --latest: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[2].2);
+    assert!(report["base"]["bytes"].as_u64().unwrap() > 10 << 20, "{report}");
+    stop_restored(&dir);
+
+    // Refusals: nothing is written.
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not empty"), "{err}");
+    let dir = root.path().join("early");
+    let out = s.restore(&["--time", "2001-01-01T00:00:00Z", "--target-dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("outside the restorable window"), "{err}");
+    assert!(!dir.exists(), "a refused restore created its target directory");
+}

@@ -1,0 +1,290 @@
+//! Point-in-time restore from the vault, over its API with a read token.
+//!
+//! The restore side of the trust boundary: it holds no key and never touches the vault's
+//! store; the vault decrypts and checks every chunk and serves plaintext over TLS. The steps:
+//!
+//! 1. [`plan`] (pure): from the vault's inventory and a [`Target`], pick the newest base
+//!    backup that can reach the target, check the target lies in the restorable window and
+//!    that the WAL from the backup onwards has no gap — refusing, with the segment named,
+//!    before anything is written.
+//! 2. [`materialize`]: the backup's files, fetched in parallel ranges and written in place
+//!    (memory bounded by `parallel × range`).
+//! 3. [`recovery`]: `recovery.signal` and the recovery settings; `restore_command` calls
+//!    `holdfast restore-wal`, which takes segments from a prefetch spool or the vault
+//!    ([`wal`]) and makes PostgreSQL abort — never silently stop early — when the vault is
+//!    unreachable or a segment it should have is missing.
+//! 4. [`pg`]: optionally start PostgreSQL and wait until recovery reached the target.
+//!
+//! `store` is a dependency for its `Timestamp` type only (re-exported through `vault-api`'s
+//! wire types); nothing here reads a repository.
+
+pub mod materialize;
+pub mod pg;
+pub mod plan;
+pub mod recovery;
+pub mod wal;
+
+pub use plan::{Plan, PlanError, Target, plan};
+
+/// Errors of a restore, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("the vault: {0}")]
+    Vault(#[from] vault_api::ClientError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+}
+
+impl RestoreError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+        let what = what.into();
+        move |source| RestoreError::Io { what, source }
+    }
+}
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vault_api::VaultClient;
+
+/// Starting the restored server.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub port: u16,
+    /// Where the server's Unix socket goes.
+    pub socket_dir: PathBuf,
+    /// PostgreSQL refuses root: when holdfast runs as root, the data directory is given to
+    /// this user and the server runs as it.
+    pub run_as: Option<String>,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+/// One restore.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cluster: String,
+    pub target: Target,
+    pub target_dir: PathBuf,
+    pub action: recovery::Action,
+    pub start: Option<StartOptions>,
+    /// Concurrent range fetches.
+    pub parallel: usize,
+    /// The holdfast binary `restore_command` runs.
+    pub holdfast_exe: PathBuf,
+    pub url: String,
+    pub ca_pem: String,
+    pub token: String,
+}
+
+/// What a restore did, with its timing breakdown.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub cluster: String,
+    pub target: String,
+    pub backup: String,
+    pub backup_stop_lsn: String,
+    pub target_dir: PathBuf,
+    pub base: materialize::Materialized,
+    pub wal_segments_planned: usize,
+    pub wal_prefetched_segments: u64,
+    pub wal_prefetched_bytes: u64,
+    pub wal_fetch_seconds: f64,
+    pub replay_seconds: Option<f64>,
+    pub total_seconds: f64,
+    /// Where recovery stopped (when the server was started).
+    pub recovered_lsn: Option<String>,
+    pub last_replayed_commit: Option<String>,
+    pub port: Option<u16>,
+    pub socket_dir: Option<PathBuf>,
+    pub action: recovery::Action,
+    /// One line: what was restored and whether the self-check passed.
+    pub verdict: String,
+    pub ok: bool,
+}
+
+fn ensure_empty(dir: &Path) -> Result<(), RestoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(RestoreError::Refused(format!(
+                    "the target directory {} is not empty: restore into an empty or new directory (nothing was written)",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RestoreError::Io { what: format!("reading {}", dir.display()), source: e }),
+    }
+}
+
+/// Restores `opts.cluster` to `opts.target` into `opts.target_dir`; with `opts.start`, starts
+/// PostgreSQL and waits until recovery has reached the target. `progress` is called now and
+/// then with (phase, done, total).
+pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> Result<Report, RestoreError> {
+    let t0 = Instant::now();
+    ensure_empty(&opts.target_dir)?;
+    let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))?;
+    let inventory = client.inventory(&opts.cluster).await?;
+    let plan = plan::plan(&inventory, &opts.target)?;
+    tracing::info!(
+        cluster = %opts.cluster, backup = %plan.backup.backup.id, segments = plan.segments.len(),
+        "restoring {}", opts.target
+    );
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.target_dir)
+            .map_err(RestoreError::io(format!("creating {}", opts.target_dir.display())))?;
+    }
+    // Base data, with progress.
+    let shared = Arc::new(materialize::Progress::default());
+    let fetch = materialize::materialize(
+        &client,
+        &plan.backup.backup.id,
+        &opts.target_dir,
+        opts.parallel,
+        shared.clone(),
+    );
+    tokio::pin!(fetch);
+    let base = loop {
+        tokio::select! {
+            r = &mut fetch => break r?,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                progress("base data", shared.done.load(std::sync::atomic::Ordering::Relaxed), shared.total.load(std::sync::atomic::Ordering::Relaxed));
+            }
+        }
+    };
+    let helper = wal::HelperConfig {
+        url: opts.url.clone(),
+        ca_pem: opts.ca_pem.clone(),
+        token: opts.token.clone(),
+        cluster: opts.cluster.clone(),
+        expected: plan.segments.clone(),
+        spool: opts.target_dir.join(recovery::SPOOL_DIR),
+    };
+    let helper_path = recovery::write(&opts.target_dir, &plan, opts.action, &opts.holdfast_exe, &helper)?;
+    let mut report = Report {
+        cluster: opts.cluster.clone(),
+        target: opts.target.to_string(),
+        backup: plan.backup.backup.id.clone(),
+        backup_stop_lsn: plan.backup.backup.stop_lsn.to_string(),
+        target_dir: opts.target_dir.clone(),
+        base,
+        wal_segments_planned: plan.segments.len(),
+        wal_prefetched_segments: 0,
+        wal_prefetched_bytes: 0,
+        wal_fetch_seconds: 0.0,
+        replay_seconds: None,
+        total_seconds: 0.0,
+        recovered_lsn: None,
+        last_replayed_commit: None,
+        port: None,
+        socket_dir: None,
+        action: opts.action,
+        verdict: String::new(),
+        ok: true,
+    };
+    let Some(start) = &opts.start else {
+        report.total_seconds = t0.elapsed().as_secs_f64();
+        report.verdict = format!(
+            "restored backup {} into {}; start PostgreSQL on it to replay WAL to {} (restore_command fetches from the vault)",
+            report.backup,
+            opts.target_dir.display(),
+            opts.target
+        );
+        return Ok(report);
+    };
+    let server = pg::Server {
+        bindir: pg::bindir()?,
+        data: opts.target_dir.clone(),
+        port: start.port,
+        socket_dir: start.socket_dir.clone(),
+        run_as: start.run_as.clone(),
+        log: opts.target_dir.join("holdfast_restore.log"),
+    };
+    let owner = match &start.run_as {
+        Some(user) => {
+            let (uid, gid) = pg::user_ids(user)?;
+            pg::chown_tree(&opts.target_dir, uid, gid)?;
+            Some((uid, gid))
+        }
+        None => None,
+    };
+    let stats = Arc::new(wal::PrefetchStats::default());
+    let prefetcher = tokio::spawn(wal::prefetch(helper, 4, owner, stats.clone()));
+    let t_replay = Instant::now();
+    let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
+    let s2 = server.clone();
+    let timeout = start.timeout;
+    let waited = tokio::task::spawn_blocking(move || {
+        s2.start()?;
+        s2.wait_recovered(promote, timeout)
+    })
+    .await
+    .map_err(|e| RestoreError::Postgres(e.to_string()))?;
+    prefetcher.abort();
+    waited?;
+    report.replay_seconds = Some(t_replay.elapsed().as_secs_f64());
+    report.wal_prefetched_segments = stats.segments.load(std::sync::atomic::Ordering::Relaxed);
+    report.wal_prefetched_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    report.wal_fetch_seconds = stats.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+    report.port = Some(start.port);
+    report.socket_dir = Some(start.socket_dir.clone());
+    // Self-check: where did recovery stop?
+    let s3 = server.clone();
+    let (lsn, commit) = tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
+        let lsn = s3.query("SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text")?;
+        let commit = s3.query("SELECT coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')")?;
+        Ok((lsn, commit))
+    })
+    .await
+    .map_err(|e| RestoreError::Postgres(e.to_string()))??;
+    report.recovered_lsn = lsn.clone();
+    report.last_replayed_commit = commit.filter(|c| !c.is_empty());
+    let reached = match (&opts.target, lsn.as_deref().map(str::parse::<pgfmt::Lsn>)) {
+        (Target::Lsn(t), Some(Ok(got))) => got >= *t,
+        (Target::Time(t), _) => report
+            .last_replayed_commit
+            .as_deref()
+            .and_then(|c| c.get(..19).map(|s| format!("{s}Z")))
+            .and_then(|c| c.parse::<store::Timestamp>().ok())
+            .is_none_or(|c| c <= *t),
+        (_, Some(Ok(_))) => true,
+        _ => false,
+    };
+    report.ok = reached;
+    if promote {
+        // Recovery is over: the read token and spool are no longer needed on this host.
+        let _ = std::fs::remove_file(&helper_path);
+        let _ = std::fs::remove_dir_all(opts.target_dir.join(recovery::SPOOL_DIR));
+    }
+    report.total_seconds = t0.elapsed().as_secs_f64();
+    report.verdict = format!(
+        "{}: cluster {} restored to {} from backup {} — recovered to {}{}, {} in {:.1} s (base data {:.1} s, replay {:.1} s); \
+         running on port {} ({})",
+        if reached { "OK" } else { "CHECK FAILED" },
+        opts.cluster,
+        opts.target,
+        report.backup,
+        report.recovered_lsn.as_deref().unwrap_or("?"),
+        report.last_replayed_commit.as_deref().map(|c| format!(", last commit {c}")).unwrap_or_default(),
+        if promote { "promoted" } else { "paused at the target" },
+        report.total_seconds,
+        report.base.seconds,
+        report.replay_seconds.unwrap_or(0.0),
+        start.port,
+        start.socket_dir.display(),
+    );
+    Ok(report)
+}

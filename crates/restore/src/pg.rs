@@ -1,0 +1,214 @@
+//! Starting the restored PostgreSQL and waiting until recovery has reached its target.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::RestoreError;
+
+/// PostgreSQL's server programs: `pg_config --bindir`, then `PATH`, then Debian's layout.
+pub fn bindir() -> Result<PathBuf, RestoreError> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("pg_ctl").exists() {
+            return Ok(dir);
+        }
+    }
+    if let Some(dir) = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.join("pg_ctl").exists())
+    {
+        return Ok(dir);
+    }
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("pg_ctl").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    debian.sort();
+    debian.pop().ok_or_else(|| {
+        RestoreError::Postgres(
+            "PostgreSQL's server programs (pg_ctl) were not found: install them (Debian: apt-get install postgresql-15) \
+             or put their directory on PATH"
+                .into(),
+        )
+    })
+}
+
+/// The uid and gid of a system user, from /etc/passwd.
+pub fn user_ids(user: &str) -> Result<(u32, u32), RestoreError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(RestoreError::io("reading /etc/passwd"))?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == user)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .ok_or_else(|| {
+            RestoreError::Postgres(format!("there is no system user {user:?} to run PostgreSQL as"))
+        })
+}
+
+/// Gives `root` and everything under it to `uid:gid` (PostgreSQL refuses to run as root).
+pub fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(RestoreError::io(format!("changing the owner of {}", p.display())))?;
+        let meta =
+            std::fs::symlink_metadata(&p).map_err(RestoreError::io(format!("reading {}", p.display())))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(RestoreError::io(format!("listing {}", p.display())))? {
+                stack.push(e.map_err(RestoreError::io(format!("listing {}", p.display())))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A started, restored server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub bindir: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    /// Run PostgreSQL's programs as this user (when holdfast runs as root).
+    pub run_as: Option<String>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    fn command(&self, program: &str) -> Command {
+        let exe = self.bindir.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        }
+    }
+
+    /// `pg_ctl start`; returns once the postmaster runs (not yet at the target).
+    pub fn start(&self) -> Result<(), RestoreError> {
+        let opts = format!("-p {} -k {} -c listen_addresses=''", self.port, self.socket_dir.display());
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-o", &opts, "-W", "start"])
+            .output()
+            .map_err(RestoreError::io("running pg_ctl"))?;
+        if !out.status.success() {
+            return Err(RestoreError::Postgres(format!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One query over the socket as `PGUSER` (default `postgres`), authenticating the way libpq
+    /// does (`PGPASSWORD`, `~/.pgpass`, peer); `None` while the server does not accept
+    /// connections yet.
+    pub fn query(&self, sql: &str) -> Result<Option<String>, RestoreError> {
+        let out = self
+            .command("psql")
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-d", "postgres", "-XAtq", "-c", sql])
+            .env("PGUSER", std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()))
+            .output()
+            .map_err(RestoreError::io("running psql"))?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("starting up") || err.contains("No such file") || err.contains("not yet accepting") {
+            return Ok(None);
+        }
+        if err.contains("authentication failed") || err.contains("no password supplied") {
+            return Err(RestoreError::Postgres(format!(
+                "cannot log in to the restored server to check it ({}): set PGUSER/PGPASSWORD (or ~/.pgpass) \
+                 for the restored cluster's superuser; the server keeps running on port {}",
+                err.trim(),
+                self.port
+            )));
+        }
+        Err(RestoreError::Postgres(format!("{sql}: {}", err.trim())))
+    }
+
+    fn running(&self) -> bool {
+        self.data.join("postmaster.pid").exists()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "\n--- last lines of {} ---\n{}",
+            self.log.display(),
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+
+    /// Waits until recovery is over (promoted) or paused at the target.
+    pub fn wait_recovered(&self, promote: bool, timeout: Duration) -> Result<(), RestoreError> {
+        let t0 = Instant::now();
+        loop {
+            // pg_ctl -W returns before the postmaster writes its pid file: allow it a moment.
+            if !self.running() && t0.elapsed() > Duration::from_secs(5) {
+                return Err(RestoreError::Postgres(format!(
+                    "the restored server stopped during recovery{}",
+                    self.log_tail()
+                )));
+            }
+            let sql = "SELECT pg_is_in_recovery()::text || ' ' || \
+                       CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END";
+            if let Some(v) = self.query(sql)? {
+                let done = if promote {
+                    v.starts_with("false")
+                } else {
+                    v == "true paused" || v.starts_with("false")
+                };
+                if done {
+                    return Ok(());
+                }
+            }
+            if t0.elapsed() > timeout {
+                return Err(RestoreError::Postgres(format!(
+                    "recovery did not finish within {timeout:?}{}",
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `pg_ctl stop -m fast`.
+    pub fn stop(&self) -> Result<(), RestoreError> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .map_err(RestoreError::io("running pg_ctl"))?;
+        if !out.status.success() && self.running() {
+            return Err(RestoreError::Postgres(format!(
+                "pg_ctl stop: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! WAL for recovery: the `restore_command` helper and the prefetcher that fills its spool.
+//!
+//! PostgreSQL treats a failing `restore_command` as "no such file" and ends recovery there —
+//! a cluster that silently lacks data. So the helper fails that way only for files the vault
+//! does not have and the plan does not need; when the vault is unreachable (after retries) or a
+//! planned segment is missing, it exits with 127, which PostgreSQL treats as fatal: recovery
+//! aborts and the server does not start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vault_api::VaultClient;
+
+use crate::RestoreError;
+
+/// Exit status that makes PostgreSQL abort recovery instead of treating the file as absent.
+pub const ABORT_RECOVERY: i32 = 127;
+
+/// What `holdfast restore-wal` needs, written next to the restored data (mode 0600: it holds a
+/// read token).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperConfig {
+    pub url: String,
+    pub ca_pem: String,
+    pub token: String,
+    pub cluster: String,
+    /// Segment files the plan needs: a miss on these aborts recovery.
+    pub expected: Vec<String>,
+    pub spool: PathBuf,
+}
+
+impl HelperConfig {
+    pub fn save(&self, path: &Path) -> Result<(), RestoreError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(RestoreError::io(format!("creating {}", path.display())))?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| RestoreError::Refused(e.to_string()))?;
+        f.write_all(&text).map_err(RestoreError::io(format!("writing {}", path.display())))
+    }
+
+    pub fn load(path: &Path) -> Result<HelperConfig, RestoreError> {
+        let text = std::fs::read(path).map_err(RestoreError::io(format!("reading {}", path.display())))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            RestoreError::Refused(format!("{} is not a holdfast restore config: {e}", path.display()))
+        })
+    }
+
+    pub fn client(&self) -> Result<VaultClient, RestoreError> {
+        Ok(VaultClient::new(&self.url, self.ca_pem.as_bytes(), Some(self.token.clone()))?)
+    }
+}
+
+/// What the helper did with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Written to the destination (`prefetched`: taken from the spool).
+    Delivered { bytes: u64, prefetched: bool },
+    /// The vault does not have it and the plan does not need it: the end of the archive.
+    Absent,
+}
+
+/// Writes `bytes` to `dest` atomically (temp file, fsync, rename).
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    use std::io::Write;
+    let tmp = dest.with_extension("holdfast-tmp");
+    let mut f =
+        std::fs::File::create(&tmp).map_err(RestoreError::io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(RestoreError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, dest).map_err(RestoreError::io(format!(
+        "renaming {} to {}",
+        tmp.display(),
+        dest.display()
+    )))
+}
+
+/// One file from the vault, retried with backoff while the vault is unreachable.
+async fn from_vault(
+    client: &VaultClient,
+    cluster: &str,
+    file: &str,
+) -> Result<Option<bytes::Bytes>, RestoreError> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match client.wal_file(cluster, file).await {
+            Ok((bytes, _valid)) => return Ok(Some(bytes)),
+            Err(vault_api::ClientError::Api { status: 404, .. }) => return Ok(None),
+            Err(vault_api::ClientError::Transport { .. }) if attempt < 6 => {
+                tracing::warn!(file, attempt, "the vault is unreachable; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Serves one `restore_command` request: `file` (PostgreSQL's `%f`) into `dest` (`%p`).
+pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetched, RestoreError> {
+    if file.contains('/') || file.starts_with('.') {
+        return Err(RestoreError::Refused(format!("{file:?} is not a WAL file name")));
+    }
+    let spooled = cfg.spool.join(file);
+    if let Ok(meta) = std::fs::metadata(&spooled) {
+        std::fs::rename(&spooled, dest).map_err(RestoreError::io(format!(
+            "moving {} to {}",
+            spooled.display(),
+            dest.display()
+        )))?;
+        return Ok(Fetched::Delivered { bytes: meta.len(), prefetched: true });
+    }
+    match from_vault(&cfg.client()?, &cfg.cluster, file).await? {
+        Some(bytes) => {
+            write_atomically(dest, &bytes)?;
+            Ok(Fetched::Delivered { bytes: bytes.len() as u64, prefetched: false })
+        }
+        None if cfg.expected.iter().any(|e| e == file) => Err(RestoreError::Refused(format!(
+            "WAL segment {file} is needed to reach the target but the vault no longer has it; \
+             recovery is aborted so that the cluster does not start with missing data (run `holdfast vault check`)"
+        ))),
+        None => Ok(Fetched::Absent),
+    }
+}
+
+/// Counters of the prefetcher.
+#[derive(Debug, Default)]
+pub struct PrefetchStats {
+    pub segments: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Microseconds spent fetching.
+    pub busy_us: AtomicU64,
+}
+
+/// Downloads the planned segments into the spool, at most `ahead` files waiting there, so
+/// replay does not wait on the network. Stops at the end of the list or on an error (the
+/// helper then fetches itself and reports the error where PostgreSQL sees it). `owner`: the
+/// user the server runs as, who must be able to take the files over.
+pub async fn prefetch(cfg: HelperConfig, ahead: usize, owner: Option<(u32, u32)>, stats: Arc<PrefetchStats>) {
+    let client = match cfg.client() {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "prefetch disabled"),
+    };
+    for file in &cfg.expected {
+        loop {
+            let waiting = std::fs::read_dir(&cfg.spool)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| !e.file_name().to_string_lossy().ends_with("tmp"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if waiting < ahead {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t0 = Instant::now();
+        match from_vault(&client, &cfg.cluster, file).await {
+            Ok(Some(bytes)) => {
+                let path = cfg.spool.join(file);
+                let tmp = cfg.spool.join(format!("{file}.prefetch-tmp"));
+                let written = write_atomically(&tmp, &bytes).and_then(|_| {
+                    if let Some((uid, gid)) = owner {
+                        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                            .map_err(RestoreError::io(format!("changing the owner of {}", tmp.display())))?;
+                    }
+                    std::fs::rename(&tmp, &path)
+                        .map_err(RestoreError::io(format!("renaming {}", tmp.display())))
+                });
+                if let Err(e) = written {
+                    return tracing::warn!(error = %e, "prefetch stopped");
+                }
+                stats.segments.fetch_add(1, Ordering::Relaxed);
+                stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                stats.busy_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Ok(None) => return tracing::warn!(file, "prefetch: the vault does not have this segment"),
+            Err(e) => return tracing::warn!(file, error = %e, "prefetch stopped"),
+        }
+    }
+}
