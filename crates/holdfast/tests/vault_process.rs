@@ -88,9 +88,11 @@ async fn sigkill_during_concurrent_uploads_leaves_no_partial_object() {
     for round in 0..kills {
         let client = VaultClient::new(v.url(), &v.ca_pem(), Some(append_token.clone())).unwrap();
         let mut tasks = Vec::new();
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for w in 0..6u64 {
             let client = client.clone();
             let repo = repo.clone();
+            let acked = acked.clone();
             let base = seed + w * 1000;
             tasks.push(tokio::spawn(async move {
                 let mut done = Vec::new();
@@ -98,7 +100,10 @@ async fn sigkill_during_concurrent_uploads_leaves_no_partial_object() {
                     let pack =
                         real_pack(&repo, &noise(base + i, 64 * 1024 + ((base + i) as usize % 4) * 100_000));
                     match client.put_object(&pack.name, pack.bytes).await {
-                        Ok(_) => done.push(pack.name),
+                        Ok(_) => {
+                            done.push(pack.name);
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -106,8 +111,14 @@ async fn sigkill_during_concurrent_uploads_leaves_no_partial_object() {
             }));
         }
         seed += 1_000_000;
-        // Kill at a different moment each round, while uploads are in flight.
-        tokio::time::sleep(Duration::from_millis(30 + (round as u64 * 37) % 250)).await;
+        // Uploads are flowing (on a loaded machine that can take a while) …
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while acked.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no upload succeeded within 60 s:\n{}", v.log());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // … then kill at a different moment each round, while more are in flight.
+        tokio::time::sleep(Duration::from_millis((round as u64 * 37) % 250)).await;
         v.kill();
         for t in tasks {
             acknowledged.extend(t.await.unwrap());
