@@ -124,7 +124,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
     };
     let tty = std::io::stderr().is_terminal();
     let progress = move |phase: &str, done: u64, total: u64| {
-        let pct = if total > 0 { done * 100 / total } else { 100 };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         let line = format!("{phase}: {} / {} MiB ({pct}%)", done >> 20, total >> 20);
         if tty {
             eprint!("\r{line}   ");

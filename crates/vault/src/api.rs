@@ -29,6 +29,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::state::{self, TokenEntry, VaultState, kinds};
 
+/// A backup's file list by path.
+pub type Entries = Arc<BTreeMap<String, store::FileEntry>>;
+
 /// Everything handlers share.
 pub struct Shared {
     pub repo: Repository,
@@ -46,7 +49,7 @@ pub struct Shared {
     /// ever raised, and raised before the new policy is acknowledged.
     pub retention_days_now: std::sync::atomic::AtomicU32,
     /// The file list of the backup read last (restore asks for many ranges of one backup).
-    pub entries_cache: std::sync::Mutex<Option<(String, Arc<BTreeMap<String, store::FileEntry>>)>>,
+    pub entries_cache: std::sync::Mutex<Option<(String, Entries)>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -654,10 +657,10 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters })))
 }
 
-fn collector_cluster<'a>(
-    s: &'a Shared,
+fn collector_cluster(
+    s: &Shared,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<&'a Arc<capture::runtime::ClusterRuntime>> {
+) -> ApiResult<&Arc<capture::runtime::ClusterRuntime>> {
     let Path(name) = name.map_err(|e| ApiError::bad_request(format!("bad cluster name: {e}")))?;
     let Some(collector) = s.collector.get() else {
         return Err(ApiError::not_found(
@@ -704,7 +707,7 @@ async fn cluster_wal(
 }
 
 /// The file list of a backup, cached for the next request.
-async fn entries_of(s: &Shared, id: &str) -> ApiResult<Arc<BTreeMap<String, store::FileEntry>>> {
+async fn entries_of(s: &Shared, id: &str) -> ApiResult<Entries> {
     if let Some((cached, entries)) = s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         if cached == id {
             return Ok(entries.clone());
