@@ -1,5 +1,5 @@
 //! Point-in-time restore from the vault with a read token, against a real PostgreSQL: to an
-//! LSN, to a time and to the latest WAL, each compared row for row with what was committed at
+//! LSN, a time, an xid, a restore point and the latest WAL, each compared row for row with what was committed at
 //! that moment; and the refusals (target outside the window, target directory not empty).
 
 use std::io::Write;
@@ -140,7 +140,7 @@ fn setup() -> Setup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restores_to_an_lsn_a_time_and_the_latest_row_for_row() {
+async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for_row() {
     let s = setup();
     let pg = &s.pg;
     pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 5000) g").unwrap();
@@ -152,16 +152,23 @@ async fn restores_to_an_lsn_a_time_and_the_latest_row_for_row() {
 
     // Three moments, at least two seconds apart, each with the table's checksum as committed.
     let mut moments = Vec::new();
+    let mut xids = Vec::new();
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(2100));
-        pg.psql(&format!("UPDATE accounts SET balance = balance + {} WHERE id % 7 = {round}", round + 1))
+        // One transaction per round (psql -c sends one implicit transaction); its xid kept.
+        let xid = pg
+            .psql(&format!(
+                "UPDATE accounts SET balance = balance + {} WHERE id % 7 = {round}; \
+                 INSERT INTO accounts SELECT g, {round} FROM generate_series({}, {}) g; SELECT txid_current()",
+                round + 1,
+                10_000 + round * 100,
+                10_099 + round * 100
+            ))
             .unwrap();
-        pg.psql(&format!(
-            "INSERT INTO accounts SELECT g, {round} FROM generate_series({}, {}) g",
-            10_000 + round * 100,
-            10_099 + round * 100
-        ))
-        .unwrap();
+        xids.push(xid.lines().last().unwrap().trim().to_string());
+        if round == 0 {
+            pg.psql("SELECT pg_create_restore_point('after-first-round')").unwrap();
+        }
         let row = pg
             .psql(&format!(
                 "SELECT pg_current_wal_lsn(), extract(epoch FROM clock_timestamp())::float8, ({CHECKSUM})"
@@ -234,7 +241,39 @@ async fn restores_to_an_lsn_a_time_and_the_latest_row_for_row() {
     assert!(!dir.join("holdfast_restore.json").exists(), "the read token is left behind after promotion");
     stop_restored(&dir);
 
-    // 3. Latest: everything.
+    // 3. To the commit of the second round's transaction (inclusive).
+    let dir = root.path().join("xid");
+    let out = s.restore(&["--xid", &xids[1], "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(out.status.success(), "restore --xid {}: {}", xids[1], String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), CHECKSUM),
+        moments[1].2,
+        "rows at xid {}",
+        xids[1]
+    );
+    stop_restored(&dir);
+
+    // 4. To the restore point made after the first round.
+    let dir = root.path().join("name");
+    let out = s.restore(&[
+        "--restore-point",
+        "after-first-round",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--json",
+    ]);
+    assert!(out.status.success(), "restore --restore-point: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), CHECKSUM),
+        moments[0].2,
+        "rows at the restore point"
+    );
+    stop_restored(&dir);
+
+    // 5. Latest: everything.
     let dir = root.path().join("latest");
     let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
     assert!(out.status.success(), "restore --latest: {}", String::from_utf8_lossy(&out.stderr));
