@@ -48,6 +48,9 @@ pub struct RestoreArgs {
     /// At the target, stay paused in recovery (the default).
     #[arg(long)]
     pub pause: bool,
+    /// With --start: run pg_amcheck on every database once the target is reached.
+    #[arg(long, requires = "start")]
+    pub verify: bool,
     /// Concurrent fetches of base data.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -117,6 +120,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         action: if a.promote { Action::Promote } else { Action::Pause },
         start,
         parallel: a.parallel,
+        verify: a.verify,
         holdfast_exe: std::env::current_exe().context("locating the holdfast binary for restore_command")?,
         url: a.remote.url.clone(),
         ca_pem,

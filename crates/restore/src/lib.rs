@@ -77,6 +77,8 @@ pub struct Options {
     pub start: Option<StartOptions>,
     /// Concurrent range fetches.
     pub parallel: usize,
+    /// Run `pg_amcheck` on the started server.
+    pub verify: bool,
     /// The holdfast binary `restore_command` runs.
     pub holdfast_exe: PathBuf,
     pub url: String,
@@ -105,6 +107,8 @@ pub struct Report {
     pub port: Option<u16>,
     pub socket_dir: Option<PathBuf>,
     pub action: recovery::Action,
+    /// `pg_amcheck` outcome with `--verify`: "passed", or what it found, or why it was skipped.
+    pub verify: Option<String>,
     /// One line: what was restored and whether the self-check passed.
     pub verdict: String,
     pub ok: bool,
@@ -192,6 +196,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         port: None,
         socket_dir: None,
         action: opts.action,
+        verify: None,
         verdict: String::new(),
         ok: true,
     };
@@ -264,6 +269,27 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         _ => false,
     };
     report.ok = reached;
+    if opts.verify {
+        let s4 = server.clone();
+        let checked = tokio::task::spawn_blocking(move || s4.amcheck(promote))
+            .await
+            .map_err(|e| RestoreError::Postgres(e.to_string()))?;
+        report.verify = Some(match checked {
+            Ok(None) => "passed".into(),
+            Ok(Some(findings)) => {
+                report.ok = false;
+                format!("corruption found: {findings}")
+            }
+            // Read-only (paused) and amcheck not installed in the source: nothing to run with.
+            Err(e) if !promote => {
+                format!("skipped: {e} (the server is paused read-only; use --promote to install amcheck)")
+            }
+            Err(e) => {
+                report.ok = false;
+                format!("failed: {e}")
+            }
+        });
+    }
     if promote {
         // Recovery is over: the read token and spool are no longer needed on this host.
         let _ = std::fs::remove_file(&helper_path);
@@ -271,9 +297,9 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     }
     report.total_seconds = t0.elapsed().as_secs_f64();
     report.verdict = format!(
-        "{}: cluster {} restored to {} from backup {} — recovered to {}{}, {} in {:.1} s (base data {:.1} s, replay {:.1} s); \
+        "{}: cluster {} restored to {} from backup {} — recovered to {}{}, {} in {:.1} s (base data {:.1} s, replay {:.1} s){}; \
          running on port {} ({})",
-        if reached { "OK" } else { "CHECK FAILED" },
+        if report.ok { "OK" } else { "CHECK FAILED" },
         opts.cluster,
         opts.target,
         report.backup,
@@ -283,6 +309,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         report.total_seconds,
         report.base.seconds,
         report.replay_seconds.unwrap_or(0.0),
+        report.verify.as_deref().map(|v| format!("; pg_amcheck {v}")).unwrap_or_default(),
         start.port,
         start.socket_dir.display(),
     );

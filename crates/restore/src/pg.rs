@@ -147,6 +147,29 @@ impl Server {
         Err(RestoreError::Postgres(format!("{sql}: {}", err.trim())))
     }
 
+    /// `pg_amcheck --all` (heap and B-tree checks in every database). When `install` (the
+    /// server is writable), the amcheck extension is installed where missing. Returns
+    /// `Ok(None)` on success, `Ok(Some(findings))` on corruption.
+    pub fn amcheck(&self, install: bool) -> Result<Option<String>, RestoreError> {
+        let mut cmd = self.command("pg_amcheck");
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "--all", "--no-progress"])
+            .env("PGUSER", std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+        if install {
+            cmd.arg("--install-missing");
+        }
+        let out = cmd.output().map_err(RestoreError::io("running pg_amcheck"))?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        match out.status.code() {
+            Some(0) => Ok(None),
+            // pg_amcheck exits 2 when it found corruption; anything else is a failure to run.
+            Some(2) => Ok(Some(text.lines().take(20).collect::<Vec<_>>().join("\n"))),
+            _ => Err(RestoreError::Postgres(format!("pg_amcheck could not run: {}", text.trim()))),
+        }
+    }
+
     fn running(&self) -> bool {
         self.data.join("postmaster.pid").exists()
     }
