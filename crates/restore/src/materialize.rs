@@ -17,6 +17,12 @@ use crate::RestoreError;
 /// Bytes per range request.
 pub const RANGE: u64 = 16 << 20;
 
+/// PostgreSQL will not start without this file: it is written under another name and renamed
+/// only once every other byte is in place, so a restore cut short cannot be started by mistake
+/// (and `holdfast restore` refuses the non-empty directory: a rerun starts clean).
+const CONTROL_FILE: &str = "global/pg_control";
+const CONTROL_PARTIAL: &str = "global/pg_control.holdfast-incomplete";
+
 /// What materializing wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Materialized {
@@ -83,6 +89,7 @@ pub async fn materialize(
                 out.symlinks += 1;
             }
             "file" => {
+                let path = if e.path == CONTROL_FILE { inside(target, CONTROL_PARTIAL)? } else { path };
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)
                         .map_err(RestoreError::io(format!("creating {}", parent.display())))?;
@@ -146,8 +153,16 @@ pub async fn materialize(
     }
     // File contents are written; now modes and times, directories last and deepest first.
     for e in entries.iter().filter(|e| e.kind == "file") {
-        let path = inside(target, &e.path)?;
+        let path = inside(target, if e.path == CONTROL_FILE { CONTROL_PARTIAL } else { &e.path })?;
         set_mtime(&path, e.mtime)?;
+    }
+    let partial = target.join(CONTROL_PARTIAL);
+    if partial.exists() {
+        let control = target.join(CONTROL_FILE);
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&partial, &control))
+            .map_err(RestoreError::io(format!("putting {} in place", control.display())))?;
     }
     for e in dirs.iter().rev() {
         let path = inside(target, &e.path)?;
