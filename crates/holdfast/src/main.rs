@@ -103,6 +103,10 @@ enum VaultCommand {
         /// Write `{"addr":…,"url":…,"pid":…}` here once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Open the repository with this age identity (an escrow key) instead of the vault key:
+        /// serve restores after the vault key was lost or destroyed.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// Verify every object in the store (exit code 3 if anything is damaged or missing).
     Check {
@@ -372,13 +376,14 @@ fn load_config(path: &Path) -> Result<Config> {
 async fn vault_command(cmd: VaultCommand) -> Result<u8> {
     match cmd {
         VaultCommand::Init(a) => init(a).await,
-        VaultCommand::Serve { config, listen, ready_file } => {
+        VaultCommand::Serve { config, listen, ready_file, identity } => {
             let mut cfg = load_config(&config)?;
             if let Some(l) = listen {
                 cfg.listen =
                     l.parse().map_err(|_| anyhow!("--listen {l:?} is not an address: use IP:PORT"))?;
             }
-            let handle = vault::serve(cfg, Arc::new(SystemClock)).await?;
+            let handle =
+                vault::serve_with_identity(cfg, Arc::new(SystemClock), load_identity(&identity)?).await?;
             let addr = handle.addr();
             let ready = serde_json::json!({"addr": addr.to_string(), "url": format!("https://{addr}"), "pid": std::process::id()});
             println!("{ready}");

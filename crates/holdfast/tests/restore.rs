@@ -294,3 +294,46 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
     assert!(err.contains("outside the restorable window"), "{err}");
     assert!(!dir.exists(), "a refused restore created its target directory");
 }
+
+/// DESIGN.md A1 + G5: root on the database host destroys the cluster — data directory and WAL
+/// gone — and the vault's own key file is destroyed too. A vault brought back with only the
+/// escrow identity serves the restore, and every committed row comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_after_the_cluster_and_the_vault_key_are_destroyed_with_only_the_escrow_key() {
+    let mut s = setup();
+    s.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, g % 97 FROM generate_series(1, 20000) g").unwrap();
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    s.pg.psql(
+        "UPDATE accounts SET balance = balance * 2 WHERE id % 3 = 0; DELETE FROM accounts WHERE id % 11 = 0",
+    )
+    .unwrap();
+    let committed = s.pg.psql(CHECKSUM).unwrap();
+    let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+
+    // The attack: the server is killed, its data directory (with pg_wal) deleted.
+    s.pg.kill().unwrap();
+    let data = s.pg.data_dir().to_path_buf();
+    std::fs::remove_dir_all(&data).unwrap();
+    assert!(!data.exists());
+    // And the vault's key is gone: the vault cannot open its repository any more …
+    s.v.terminate();
+    std::fs::remove_file(s.v.vault_dir().join("vault.key")).unwrap();
+    assert!(s.v.restart().is_err(), "the vault started without its key");
+    // … until it is brought back with the escrow identity, kept offline.
+    let escrow = s.v.escrow_key_path();
+    s.v.restart_with(&["--identity", escrow.to_str().unwrap()]).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("recovered");
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(out.status.success(), "restore: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), committed, "rows lost");
+    stop_restored(&dir);
+}

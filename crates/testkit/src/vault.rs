@@ -35,6 +35,8 @@ pub struct TempVault {
     child: Option<Child>,
     url: String,
     admin_token: String,
+    /// Extra arguments for `vault serve` (e.g. `--identity`), kept across restarts.
+    serve_args: Vec<String>,
 }
 
 impl TempVault {
@@ -79,7 +81,14 @@ impl TempVault {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         run_ok(bin, &argv)?;
         let admin_token = std::fs::read_to_string(&token_file)?.trim().to_string();
-        let mut v = TempVault { dir, bin: bin.to_path_buf(), child: None, url: String::new(), admin_token };
+        let mut v = TempVault {
+            dir,
+            bin: bin.to_path_buf(),
+            child: None,
+            url: String::new(),
+            admin_token,
+            serve_args: Vec::new(),
+        };
         v.serve()?;
         Ok(v)
     }
@@ -100,6 +109,7 @@ impl TempVault {
                 "--ready-file",
                 path_str(&ready)?,
             ])
+            .args(&self.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -122,6 +132,12 @@ impl TempVault {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Restarts with extra `vault serve` arguments (kept for later restarts).
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        self.serve_args = args.iter().map(|a| a.to_string()).collect();
+        self.restart()
     }
 
     /// SIGKILLs the server (no chance to clean up) and waits for it to die.

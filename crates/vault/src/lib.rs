@@ -280,7 +280,17 @@ impl capture::VaultHost for CollectorHost {
 /// Starts the vault: opens the store and repository, rebuilds state from the catalog, creates
 /// the TLS pair if missing, and serves HTTPS until [`VaultHandle::shutdown`].
 pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<VaultHandle, VaultError> {
-    let (repo, store) = open_repository(&config, None).await?;
+    serve_with_identity(config, clock, None).await
+}
+
+/// [`serve`], opening the repository with `identities` (an escrow key, G5) instead of the
+/// vault's key file: how a vault whose key was destroyed is brought back to restore from.
+pub async fn serve_with_identity(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    identities: Option<Vec<age::x25519::Identity>>,
+) -> Result<VaultHandle, VaultError> {
+    let (repo, store) = open_repository(&config, identities).await?;
     let state = load_state(&repo).await?;
     keyfile::ensure_tls(&config.tls.cert, &config.tls.key)?;
     let tls = keyfile::server_config(&config.tls.cert, &config.tls.key)?;
