@@ -319,6 +319,10 @@ impl WalArchive {
     /// newest, still growing segment), the rest is zeros — replay stops at the first record
     /// that is not there, as with a `.partial` file. Returns the bytes and how many are real.
     /// Fails if the segment's first byte is not stored.
+    ///
+    /// The segment in which a timeline began holds its parent's WAL up to the switch point
+    /// (PostgreSQL copies it there at promotion); the vault streamed the new timeline from the
+    /// switch point, so that prefix is read from the parent, as the history file says.
     pub async fn segment(
         &self,
         tli: TimelineId,
@@ -326,11 +330,33 @@ impl WalArchive {
         seg_size: u64,
     ) -> Result<(Vec<u8>, u64), CaptureError> {
         let seg_end = Lsn(seg_start.0 + seg_size);
-        let end = self.lock().map.contiguous_end(tli, seg_start).min(seg_end);
-        if end <= seg_start {
-            return Err(CaptureError::MissingWal { timeline: tli, start: seg_start, end: seg_end });
-        }
-        let mut bytes = self.read_range(tli, seg_start, end).await?;
+        let missing = || CaptureError::MissingWal { timeline: tli, start: seg_start, end: seg_end };
+        let (from, parent) = {
+            let inner = self.lock();
+            let covered = inner.map.contiguous_end(tli, seg_start) > seg_start;
+            let first = inner.map.pieces_in(tli, seg_start, seg_end).first().map(|p| p.start);
+            match first {
+                _ if covered => (seg_start, None),
+                Some(f) if f > seg_start => {
+                    // Begins inside this segment: allowed only where the timeline itself begins.
+                    let entry = inner
+                        .histories
+                        .get(&tli.0)
+                        .and_then(|(_, text)| pgfmt::TimelineHistory::parse(text).ok())
+                        .and_then(|h| h.entries.last().cloned())
+                        .filter(|e| e.switchpoint == f)
+                        .ok_or_else(missing)?;
+                    (f, Some(entry.parent))
+                }
+                _ => return Err(missing()),
+            }
+        };
+        let end = self.lock().map.contiguous_end(tli, from).min(seg_end);
+        let mut bytes = match parent {
+            Some(parent) => self.read_range(parent, seg_start, from).await?,
+            None => Vec::with_capacity(seg_size as usize),
+        };
+        bytes.extend(self.read_range(tli, from, end).await?);
         let valid = bytes.len() as u64;
         bytes.resize(seg_size as usize, 0);
         Ok((bytes, valid))

@@ -98,6 +98,12 @@ fn stop_restored(dir: &Path) {
 fn setup() -> Setup {
     let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let (v, read_token) = vault_protecting(&pg);
+    Setup { pg, v, read_token }
+}
+
+/// A vault streaming from `source`, and a read token for it.
+fn vault_protecting(source: &TempPg) -> (TempVault, PathBuf) {
     let mut v = TempVault::start(holdfast()).unwrap();
     let pw = v.scratch().join("rep.password");
     std::fs::write(&pw, "rep-secret\n").unwrap();
@@ -105,8 +111,8 @@ fn setup() -> Setup {
     write!(
         conf,
         "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        pg.socket_dir().display(),
-        pg.port(),
+        source.socket_dir().display(),
+        source.port(),
         pw.display()
     )
     .unwrap();
@@ -136,7 +142,7 @@ fn setup() -> Setup {
         ])
         .unwrap();
     assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
-    Setup { pg, v, read_token }
+    (v, read_token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,5 +341,61 @@ async fn restores_after_the_cluster_and_the_vault_key_are_destroyed_with_only_th
     assert!(out.status.success(), "restore: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), committed, "rows lost");
+    stop_restored(&dir);
+}
+
+/// A standby is promoted (timeline 2) after the base backup: restoring the latest state follows
+/// the history file onto timeline 2 — through the segment where timeline 2 began, which the
+/// vault assembles from timeline 1's WAL up to the switch point and timeline 2's after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_across_a_timeline_switch() {
+    let primary = TempPg::start_with(TempPgOptions::default()).unwrap();
+    primary.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    primary.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 1 FROM generate_series(1, 3000) g").unwrap();
+    let standby = TempPg::standby_of(&primary).unwrap();
+    let (v, read_token) = vault_protecting(&standby);
+    let s = Setup { pg: standby, v, read_token };
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(
+        out.status.success(),
+        "backup from the standby: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.v.log()
+    );
+    primary.psql("UPDATE accounts SET balance = 2 WHERE id <= 1000").unwrap();
+    let on_primary: Lsn = primary.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(on_primary);
+
+    s.pg.promote().unwrap();
+    s.pg.psql("UPDATE accounts SET balance = 3 WHERE id > 2000; INSERT INTO accounts VALUES (5000, 5)")
+        .unwrap();
+    let on_new: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    let expected = s.pg.psql(CHECKSUM).unwrap();
+    s.wait_durable(on_new);
+    let st =
+        s.v.holdfast(&[
+            "status",
+            "--json",
+            "--url",
+            s.v.url(),
+            "--ca",
+            s.v.ca_path().to_str().unwrap(),
+            "--token-file",
+            admin.to_str().unwrap(),
+        ])
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["clusters"][0]["timeline"], 2, "{st}");
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("tl2");
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(out.status.success(), "restore: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), expected, "rows on timeline 2");
     stop_restored(&dir);
 }
