@@ -32,6 +32,21 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ("crates/store/src/backup.rs", "remove_file(&path)", "restore replaces a symlink in the restore target"),
     ("crates/store/src/backend.rs", "ExpungeAuthority::", "the trait's own documentation of the authority"),
     (
+        "crates/restore/src/lib.rs",
+        "remove_file(&helper_path)",
+        "the restore helper's config (a read token) in the restored data directory, once recovery is over",
+    ),
+    (
+        "crates/restore/src/lib.rs",
+        "remove_dir_all(opts.target_dir.join(recovery::SPOOL_DIR))",
+        "the WAL prefetch spool in the restored data directory, once recovery is over",
+    ),
+    (
+        "crates/restore/src/recovery.rs",
+        "remove_file(data.join(\"standby.signal\"))",
+        "a standby.signal restored from the source, which would keep the restored cluster a standby",
+    ),
+    (
         "crates/holdfast/src/demo.rs",
         "remove_dir_all(&data_dir)",
         "the demo plays the insider and erases its own throw-away PostgreSQL data directory",
