@@ -5,7 +5,8 @@
 //! - 0: success;
 //! - 1: an error (the message says what failed, why, and what to do);
 //! - 2: bad usage (unknown flag, missing argument);
-//! - 3: `vault check` found damaged or missing objects.
+//! - 3: `vault check` found damaged or missing objects;
+//! - 4: `drill` ran and the drill failed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 
 mod check;
 mod demo;
+mod drill_cmd;
 mod restore_cmd;
 mod status;
 
@@ -76,6 +78,20 @@ enum Command {
         file: String,
         /// %p
         dest: PathBuf,
+    },
+    /// Restore drills: have the vault restore a cluster into a scratch directory, start and
+    /// check it, and keep a signed report (admin token); or list the history (`--list`).
+    Drill {
+        /// The cluster to drill now (waits for the report; exit code 4 if it fails).
+        #[arg(long, required_unless_present = "list")]
+        cluster: Option<String>,
+        /// Show the stored drill reports and each cluster's drill state instead.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        json: bool,
     },
     /// Have the vault take a base backup of a cluster now; waits until it is complete.
     Backup {
@@ -330,6 +346,14 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
         Command::Restore(a) => restore_cmd::restore(*a).await,
+        Command::Drill { cluster, list, remote, json } => {
+            let client = remote.client()?;
+            match (list, cluster) {
+                (true, c) => drill_cmd::list(&client, c.as_deref(), json).await,
+                (false, Some(c)) => drill_cmd::run(&client, &c, json).await,
+                (false, None) => bail!("say which cluster to drill (--cluster NAME) or --list"),
+            }
+        }
         Command::RestoreWal { config, file, dest } => {
             Ok(restore_cmd::restore_wal(&config, &file, &dest).await)
         }

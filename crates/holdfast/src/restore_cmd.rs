@@ -68,12 +68,7 @@ fn free_port() -> Result<u16> {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    restore::pg::running_as_root()
 }
 
 pub async fn restore(a: RestoreArgs) -> Result<u8> {
@@ -125,6 +120,8 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         url: a.remote.url.clone(),
         ca_pem,
         token,
+        user: None,
+        trust_local: false,
     };
     let tty = std::io::stderr().is_terminal();
     let progress = move |phase: &str, done: u64, total: u64| {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use vault_api::client::VaultClient;
 use vault_api::status::ClusterStatus;
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -62,6 +62,9 @@ fn print_cluster(c: &ClusterStatus) {
     }
     if let Some((done, total)) = c.backup_progress {
         println!("  backup running: {} of ~{}", bytes(done), bytes(total));
+    }
+    if let Some(d) = &c.drill {
+        println!("  drills:        {}", crate::drill_cmd::drill_line(d));
     }
     for i in &c.incidents {
         println!(

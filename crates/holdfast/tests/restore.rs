@@ -234,10 +234,13 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         dir.to_str().unwrap(),
         "--start",
         "--promote",
+        "--verify",
         "--json",
     ]);
     assert!(out.status.success(), "restore --time {when}: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verify"], "passed", "pg_amcheck on the restored copy: {report}");
+    assert_eq!(report["ok"], true, "{report}");
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[1].2, "rows at {when}");
     assert_eq!(
         psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),

@@ -84,6 +84,12 @@ pub struct Options {
     pub url: String,
     pub ca_pem: String,
     pub token: String,
+    /// The role the self-check logs in as (`None`: `PGUSER`, else `postgres`).
+    pub user: Option<String>,
+    /// Replace the restored `pg_hba.conf` by one line, `local all all trust`: for a scratch
+    /// copy (a drill) that is reachable only through its private socket directory, so that it
+    /// can be checked without the source's passwords. The original is kept beside it.
+    pub trust_local: bool,
 }
 
 /// What a restore did, with its timing breakdown.
@@ -100,6 +106,8 @@ pub struct Report {
     pub wal_prefetched_bytes: u64,
     pub wal_fetch_seconds: f64,
     pub replay_seconds: Option<f64>,
+    /// Command start → the server accepts connections at the target (the RTO).
+    pub ready_seconds: Option<f64>,
     pub total_seconds: f64,
     /// Where recovery stopped (when the server was started).
     pub recovered_lsn: Option<String>,
@@ -111,6 +119,9 @@ pub struct Report {
     pub verify: Option<String>,
     /// One line: what was restored and whether the self-check passed.
     pub verdict: String,
+    /// Recovery reached the target and stopped before anything after it.
+    pub reached: bool,
+    /// `reached`, and `--verify` (if asked) passed.
     pub ok: bool,
 }
 
@@ -190,6 +201,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         wal_prefetched_bytes: 0,
         wal_fetch_seconds: 0.0,
         replay_seconds: None,
+        ready_seconds: None,
         total_seconds: 0.0,
         recovered_lsn: None,
         last_replayed_commit: None,
@@ -198,8 +210,15 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         action: opts.action,
         verify: None,
         verdict: String::new(),
+        reached: false,
         ok: true,
     };
+    if opts.trust_local {
+        let hba = opts.target_dir.join("pg_hba.conf");
+        let _ = std::fs::rename(&hba, opts.target_dir.join("pg_hba.conf.source"));
+        std::fs::write(&hba, "# holdfast drill: a scratch copy reachable only through its private socket\nlocal all all trust\n")
+            .map_err(RestoreError::io(format!("writing {}", hba.display())))?;
+    }
     let Some(start) = &opts.start else {
         report.total_seconds = t0.elapsed().as_secs_f64();
         report.verdict = format!(
@@ -217,6 +236,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         socket_dir: start.socket_dir.clone(),
         run_as: start.run_as.clone(),
         log: opts.target_dir.join("holdfast_restore.log"),
+        user: opts.user.clone(),
     };
     let owner = match &start.run_as {
         Some(user) => {
@@ -241,6 +261,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     prefetcher.abort();
     waited?;
     report.replay_seconds = Some(t_replay.elapsed().as_secs_f64());
+    report.ready_seconds = Some(t0.elapsed().as_secs_f64());
     report.wal_prefetched_segments = stats.segments.load(std::sync::atomic::Ordering::Relaxed);
     report.wal_prefetched_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
     report.wal_fetch_seconds = stats.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
@@ -268,6 +289,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         (_, Some(Ok(_))) => true,
         _ => false,
     };
+    report.reached = reached;
     report.ok = reached;
     if opts.verify {
         let s4 = server.clone();

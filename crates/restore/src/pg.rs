@@ -41,6 +41,16 @@ pub fn bindir() -> Result<PathBuf, RestoreError> {
 }
 
 /// The uid and gid of a system user, from /etc/passwd.
+/// Whether this process runs as root (PostgreSQL then needs another user).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 pub fn user_ids(user: &str) -> Result<(u32, u32), RestoreError> {
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(RestoreError::io("reading /etc/passwd"))?;
     passwd
@@ -80,6 +90,8 @@ pub struct Server {
     /// Run PostgreSQL's programs as this user (when holdfast runs as root).
     pub run_as: Option<String>,
     pub log: PathBuf,
+    /// The role to log in as; `None`: `PGUSER`, else `postgres`.
+    pub user: Option<String>,
 }
 
 impl Server {
@@ -121,12 +133,21 @@ impl Server {
     /// does (`PGPASSWORD`, `~/.pgpass`, peer); `None` while the server does not accept
     /// connections yet.
     pub fn query(&self, sql: &str) -> Result<Option<String>, RestoreError> {
+        self.query_db("postgres", sql)
+    }
+
+    fn login(&self) -> String {
+        self.user.clone().or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into())
+    }
+
+    /// [`Server::query`] in database `db`.
+    pub fn query_db(&self, db: &str, sql: &str) -> Result<Option<String>, RestoreError> {
         let out = self
             .command("psql")
             .arg("-h")
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-d", "postgres", "-XAtq", "-c", sql])
-            .env("PGUSER", std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()))
+            .args(["-p", &self.port.to_string(), "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGUSER", self.login())
             .output()
             .map_err(RestoreError::io("running psql"))?;
         if out.status.success() {
@@ -154,8 +175,8 @@ impl Server {
         let mut cmd = self.command("pg_amcheck");
         cmd.arg("-h")
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "--all", "--no-progress"])
-            .env("PGUSER", std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+            .args(["-p", &self.port.to_string(), "--all"])
+            .env("PGUSER", self.login());
         if install {
             cmd.arg("--install-missing");
         }
@@ -170,7 +191,8 @@ impl Server {
         }
     }
 
-    fn running(&self) -> bool {
+    /// Whether a postmaster runs on the data directory (its pid file exists).
+    pub fn running(&self) -> bool {
         self.data.join("postmaster.pid").exists()
     }
 
@@ -190,9 +212,17 @@ impl Server {
         loop {
             // pg_ctl -W returns before the postmaster writes its pid file: allow it a moment.
             if !self.running() && t0.elapsed() > Duration::from_secs(5) {
+                let tail = self.log_tail();
+                if tail.contains("recovery ended before configured recovery target was reached") {
+                    return Err(RestoreError::Postgres(format!(
+                        "PostgreSQL replayed all the WAL the vault holds without reaching the target: \
+                         no transaction committed after that time, or no WAL record lies at or after that LSN. \
+                         Restore to an earlier target, or use --latest (the target directory holds a half-recovered copy: \
+                         remove it before the next attempt){tail}"
+                    )));
+                }
                 return Err(RestoreError::Postgres(format!(
-                    "the restored server stopped during recovery{}",
-                    self.log_tail()
+                    "the restored server stopped during recovery{tail}"
                 )));
             }
             let sql = "SELECT pg_is_in_recovery()::text || ' ' || \

@@ -89,6 +89,13 @@ impl MasterKeys {
         MasterKeys { data_key, id_key }
     }
 
+    /// A 32-byte key for another purpose, derived from the data key with BLAKE3's key
+    /// derivation under `context` (e.g. the vault's drill-report signing key). Anyone who can
+    /// open the repository (the vault key or an escrow identity) derives the same key.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.data_key)
+    }
+
     /// The id of a chunk with this plaintext.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
         ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())

@@ -215,6 +215,17 @@ impl VaultClient {
         Ok(())
     }
 
+    /// Starts a restore drill of `cluster` in the vault (admin); returns its id at once.
+    pub async fn start_drill(&self, cluster: &str) -> Result<crate::drill::DrillStarted, ClientError> {
+        Self::check_cluster_name(cluster)?;
+        self.json(self.request(Method::POST, &format!("/v1/clusters/{cluster}/drills"))).await
+    }
+
+    /// Stored drill reports (signed) and each cluster's drill state.
+    pub async fn drills(&self) -> Result<crate::drill::DrillsResponse, ClientError> {
+        self.json(self.request(Method::GET, "/v1/drills")).await
+    }
+
     /// What the vault holds for `cluster`: backups, WAL runs, histories, window.
     pub async fn inventory(&self, cluster: &str) -> Result<crate::status::Inventory, ClientError> {
         Self::check_cluster_name(cluster)?;

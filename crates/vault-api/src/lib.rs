@@ -11,10 +11,12 @@
 //! ```
 
 pub mod client;
+pub mod drill;
 pub mod status;
 pub mod token;
 pub mod wire;
 
 pub use client::{ClientError, VaultClient};
+pub use drill::{DrillReport, DrillStatus, DrillsResponse, SignedDrillReport};
 pub use token::{Scope, Token, TokenError};
 pub use wire::*;

@@ -36,6 +36,9 @@ pub struct ClusterStatus {
     pub last_contact: Option<Timestamp>,
     /// A base backup in progress: (bytes received, bytes expected).
     pub backup_progress: Option<(u64, u64)>,
+    /// Restore drills: last result, schedule, overdue (filled by the vault).
+    #[serde(default)]
+    pub drill: Option<crate::drill::DrillStatus>,
 }
 
 /// The restorable window.

@@ -50,6 +50,8 @@ pub struct Shared {
     pub retention_days_now: std::sync::atomic::AtomicU32,
     /// The file list of the backup read last (restore asks for many ranges of one backup).
     pub entries_cache: std::sync::Mutex<Option<(String, Entries)>>,
+    /// Restore drills: running ones, the signing key.
+    pub drills: crate::drill::Drills,
 }
 
 impl std::fmt::Debug for Shared {
@@ -145,6 +147,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(cluster_status))
         .route("/v1/clusters/{name}/backup", post(backup_cluster))
         .route("/v1/clusters/{name}/inventory", get(cluster_inventory))
+        .route("/v1/clusters/{name}/drills", post(start_drill))
+        .route("/v1/drills", get(list_drills))
         .route("/v1/clusters/{name}/wal/{file}", get(cluster_wal))
         .route("/v1/backups/{id}/entries", get(backup_entries))
         .route("/v1/backups/{id}/file", get(backup_file))
@@ -205,7 +209,7 @@ impl Shared {
     }
 
     /// Appends a record stamped with the vault's clock and folds it into the state.
-    async fn write_record(
+    pub(crate) async fn write_record(
         &self,
         state: &mut VaultState,
         kind: &str,
@@ -257,6 +261,36 @@ impl Shared {
             }
         });
     }
+}
+
+/// Per-cluster drill gauges.
+fn drill_metrics(out: &mut String, drills: &[vault_api::DrillStatus]) {
+    use std::fmt::Write;
+    let mut gauge = |name: &str, help: &str, value: &dyn Fn(&vault_api::DrillStatus) -> Option<f64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for d in drills {
+            if let Some(v) = value(d) {
+                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", d.cluster);
+            }
+        }
+    };
+    gauge("holdfast_drill_last_ok", "1 if the cluster's last restore drill passed.", &|d| {
+        d.last.as_ref().map(|l| f64::from(u8::from(l.ok)))
+    });
+    gauge("holdfast_drill_last_success_timestamp_seconds", "When the last passing drill finished.", &|d| {
+        d.last_passed_at.map(|t| t.as_secs() as f64)
+    });
+    gauge("holdfast_drill_last_rto_seconds", "RTO measured by the last drill.", &|d| {
+        d.last.as_ref().and_then(|l| l.rto_seconds)
+    });
+    gauge("holdfast_drill_overdue", "1 if no drill passed within overdue_after.", &|d| {
+        Some(f64::from(u8::from(d.overdue)))
+    });
+    gauge("holdfast_drill_running", "1 while a drill runs.", &|d| {
+        Some(f64::from(u8::from(d.running.is_some())))
+    });
+    gauge("holdfast_drills_failed", "Failed drills stored in the catalog.", &|d| Some(d.failed as f64));
+    gauge("holdfast_drills", "Drills stored in the catalog.", &|d| Some(d.total as f64));
 }
 
 async fn fallback(uri: axum::http::Uri) -> ApiError {
@@ -383,9 +417,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult<Response> {
             c.damaged
         );
     }
+    drop(state);
     if let Some(c) = s.collector.get() {
         cluster_metrics(&mut out, &c.status());
     }
+    drill_metrics(&mut out, &crate::drill::all_status(&s).await);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
@@ -653,8 +689,40 @@ async fn list_records(
 /// `GET /v1/status`: every protected cluster's capture state.
 async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
     s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading status").await?;
-    let clusters = s.collector.get().map(|c| c.status()).unwrap_or_default();
+    let mut clusters = s.collector.get().map(|c| c.status()).unwrap_or_default();
+    let drills = crate::drill::all_status(&s).await;
+    for c in &mut clusters {
+        c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
+    }
     Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters })))
+}
+
+/// `POST /v1/clusters/{name}/drills`: start a restore drill now (admin); answers at once with
+/// its id (`GET /v1/drills` shows progress and, once done, the signed report).
+async fn start_drill(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let who = s.authorize(&headers, &[Scope::Admin], "starting a restore drill").await?;
+    let Path(name) = name.map_err(|e| ApiError::bad_request(format!("bad cluster name: {e}")))?;
+    match crate::drill::start(&s, &name, format!("on demand ({})", who.label)) {
+        Ok(id) => Ok(json(StatusCode::ACCEPTED, &vault_api::drill::DrillStarted { id })),
+        Err(e @ crate::drill::StartError::UnknownCluster(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ crate::drill::StartError::Running { .. }) => Err(ApiError::conflict(e.to_string())),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// `GET /v1/drills`: every stored drill report (signed) and each cluster's drill state.
+async fn list_drills(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "listing restore drills").await?;
+    let clusters = crate::drill::all_status(&s).await;
+    let drills = s.state.read().await.drills.clone();
+    Ok(json(
+        StatusCode::OK,
+        &vault_api::drill::DrillsResponse { signing_key: s.drills.public_key(), drills, clusters },
+    ))
 }
 
 fn collector_cluster(

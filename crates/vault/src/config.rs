@@ -45,6 +45,175 @@ pub struct ConfigFile {
     /// Protected PostgreSQL clusters the vault pulls WAL and base backups from.
     #[serde(default, rename = "cluster", skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<capture::ClusterConfig>,
+    /// Restore drills, one table per cluster that has a schedule or checks of its own
+    /// (every protected cluster can be drilled on demand with the defaults).
+    #[serde(default, rename = "drill", skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<DrillFile>,
+}
+
+/// `[[drill]]`: how a cluster's restore is rehearsed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillFile {
+    /// A `[[cluster]]` name.
+    pub cluster: String,
+    /// Run a drill this often, e.g. `"24h"`, `"7d"`, `"90m"` (default: only on demand).
+    #[serde(default)]
+    pub every: Option<String>,
+    /// No passing drill for this long is an alert (default: twice `every`).
+    #[serde(default)]
+    pub overdue_after: Option<String>,
+    /// `latest` (default) or `random`: a WAL position drawn uniformly from the restorable
+    /// window (from the oldest backup's consistency point to the newest WAL).
+    #[serde(default)]
+    pub point: Option<String>,
+    /// Run pg_amcheck on every database of the restored copy (default true).
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// How long the restore may take before the drill fails (default `"2h"`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Where scratch copies are restored (default `/var/tmp/holdfast-drills`). Needs room for
+    /// one copy of the cluster, and must be reachable by the user PostgreSQL runs as
+    /// (`postgres` when the vault runs as root).
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
+    /// The restored cluster's superuser to run checks as (default `postgres`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// SQL assertions run on the restored copy; each must return true.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<DrillCheckFile>,
+}
+
+/// `[[drill.check]]`: one assertion.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillCheckFile {
+    pub name: String,
+    /// Database to run it in (default `postgres`).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// One query returning one boolean, e.g. `SELECT count(*) > 0 FROM orders`.
+    pub sql: String,
+}
+
+/// Default parent of drills' scratch copies (disk-backed on Debian, unlike `/tmp`).
+pub const DEFAULT_SCRATCH_DIR: &str = "/var/tmp/holdfast-drills";
+
+/// Where a drill restores to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillPoint {
+    Latest,
+    /// A WAL position drawn uniformly from the restorable window.
+    Random,
+}
+
+/// Validated drill settings of one cluster.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    pub cluster: String,
+    pub every: Option<Duration>,
+    pub overdue_after: Option<Duration>,
+    pub point: DrillPoint,
+    pub verify: bool,
+    pub timeout: Duration,
+    pub scratch_dir: PathBuf,
+    pub user: String,
+    pub checks: Vec<DrillCheck>,
+}
+
+/// A validated assertion.
+#[derive(Debug, Clone)]
+pub struct DrillCheck {
+    pub name: String,
+    pub database: String,
+    pub sql: String,
+}
+
+/// Parses `"90s"`, `"15m"`, `"24h"`, `"7d"` or a sum such as `"1h30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("{text:?} is not a duration: write e.g. \"90s\", \"15m\", \"24h\", \"7d\" or \"1h30m\"");
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+impl DrillConfig {
+    /// The settings of a cluster with no `[[drill]]` table: on demand only.
+    pub fn default_for(cluster: &str) -> DrillConfig {
+        DrillConfig {
+            cluster: cluster.to_string(),
+            every: None,
+            overdue_after: None,
+            point: DrillPoint::Latest,
+            verify: true,
+            timeout: Duration::from_secs(2 * 3600),
+            scratch_dir: PathBuf::from(DEFAULT_SCRATCH_DIR),
+            user: "postgres".into(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl DrillFile {
+    fn validate(&self, base: &Path) -> Result<DrillConfig, String> {
+        let mut d = DrillConfig::default_for(&self.cluster);
+        let dur = |what: &str, v: &Option<String>| {
+            v.as_deref().map(parse_duration).transpose().map_err(|e| format!("{what}: {e}"))
+        };
+        d.every = dur("every", &self.every)?;
+        d.overdue_after = dur("overdue_after", &self.overdue_after)?.or(d.every.map(|e| e * 2));
+        if let Some(t) = dur("timeout", &self.timeout)? {
+            d.timeout = t;
+        }
+        d.point = match self.point.as_deref().unwrap_or("latest") {
+            "latest" => DrillPoint::Latest,
+            "random" => DrillPoint::Random,
+            other => return Err(format!("point = {other:?}: use \"latest\" or \"random\"")),
+        };
+        d.verify = self.verify.unwrap_or(true);
+        if let Some(p) = &self.scratch_dir {
+            d.scratch_dir = base.join(p);
+        }
+        if let Some(u) = &self.user {
+            d.user = u.clone();
+        }
+        for c in &self.checks {
+            if c.name.trim().is_empty() || c.sql.trim().is_empty() {
+                return Err("every [[drill.check]] needs a name and sql".into());
+            }
+            if d.checks.iter().any(|k| k.name == c.name) {
+                return Err(format!("check {:?} is listed twice", c.name));
+            }
+            d.checks.push(DrillCheck {
+                name: c.name.clone(),
+                database: c.database.clone().unwrap_or_else(|| "postgres".into()),
+                sql: c.sql.clone(),
+            });
+        }
+        Ok(d)
+    }
 }
 
 /// `store = { path = "..." }`: a local directory (S3 comes later).
@@ -93,6 +262,15 @@ pub struct Config {
     pub tls: TlsPaths,
     pub quorum: QuorumConfig,
     pub clusters: Vec<capture::Cluster>,
+    /// One per protected cluster (defaults where the file has no `[[drill]]` table).
+    pub drills: Vec<DrillConfig>,
+}
+
+impl Config {
+    /// The drill settings of `cluster`.
+    pub fn drill(&self, cluster: &str) -> Option<&DrillConfig> {
+        self.drills.iter().find(|d| d.cluster == cluster)
+    }
 }
 
 /// Where objects live.
@@ -240,6 +418,27 @@ impl ConfigFile {
             }
             clusters.push(cluster);
         }
+        let mut drills: Vec<DrillConfig> = Vec::new();
+        for d in &self.drills {
+            if !clusters.iter().any(|c| c.name == d.cluster) {
+                return Err(invalid(format!(
+                    "[[drill]] names cluster {:?}, which has no [[cluster]] table",
+                    d.cluster
+                )));
+            }
+            if drills.iter().any(|k| k.cluster == d.cluster) {
+                return Err(invalid(format!("[[drill]] for cluster {:?} is listed twice", d.cluster)));
+            }
+            drills.push(
+                d.validate(base)
+                    .map_err(|e| invalid(format!("[[drill]] of cluster {:?}: {e}", d.cluster)))?,
+            );
+        }
+        for c in &clusters {
+            if !drills.iter().any(|d| d.cluster == c.name) {
+                drills.push(DrillConfig::default_for(&c.name));
+            }
+        }
         Ok(Config {
             listen,
             key_file: base.join(&self.key_file),
@@ -254,6 +453,7 @@ impl ConfigFile {
                 keyholders,
             },
             clusters,
+            drills,
         })
     }
 }
@@ -296,5 +496,19 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert!(Config::from_toml(&bad_key, Path::new(".")).is_err());
         let extra = GOOD.replace("[quorum]", "[quorum]\nrequire_approval = false");
         assert!(Config::from_toml(&extra, Path::new(".")).is_err());
+        let orphan = format!("{GOOD}\n[[drill]]\ncluster = \"nope\"\n");
+        let err = Config::from_toml(&orphan, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("has no [[cluster]] table"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        for bad in ["", "10", "h", "5x", "0s", "-1h", "1.5h"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("is not a duration"), "{bad}: {e}");
+        }
     }
 }

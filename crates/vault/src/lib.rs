@@ -19,6 +19,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod drill;
 pub mod keyfile;
 pub mod retention;
 pub mod state;
@@ -194,6 +195,7 @@ pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, V
             keyholders: opts.keyholders.clone(),
         },
         clusters: opts.clusters.clone(),
+        drills: Vec::new(),
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;
@@ -299,6 +301,7 @@ pub async fn serve_with_identity(
         .map_err(|e| VaultError::Bind { addr: config.listen, source: e })?;
     let addr = listener.local_addr().map_err(|e| VaultError::Bind { addr: config.listen, source: e })?;
     tracing::info!(%addr, repository = repo.id(), tokens = state.tokens.len(), "vault listening");
+    let drills = drill::Drills::new(repo.keys());
     let shared = Arc::new(api::Shared {
         repo,
         store,
@@ -308,8 +311,15 @@ pub async fn serve_with_identity(
         metrics: api::Metrics::default(),
         collector: std::sync::OnceLock::new(),
         entries_cache: std::sync::Mutex::new(None),
+        drills,
         config,
     });
+    shared.drills.set_listen_addr(addr);
+    {
+        let cfgs = shared.config.drills.clone();
+        let repo_id = shared.repo.id().to_string();
+        let _ = tokio::task::spawn_blocking(move || drill::clean_leftovers(&cfgs, &repo_id)).await;
+    }
     if !shared.config.clusters.is_empty() {
         let host = Arc::new(CollectorHost(Arc::downgrade(&shared), shared.clock.clone()));
         let collector = capture::Collector::start(&shared.repo, shared.config.clusters.clone(), host).await?;
@@ -317,6 +327,9 @@ pub async fn serve_with_identity(
     }
     let router = api::router(shared.clone());
     let (tx, rx) = watch::channel(false);
+    if !shared.config.drills.is_empty() {
+        tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
+    }
     let task = tokio::spawn(accept_loop(listener, tokio_rustls::TlsAcceptor::from(tls), router, rx));
     Ok(VaultHandle { addr, shutdown: tx, task, shared })
 }

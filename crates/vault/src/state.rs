@@ -21,6 +21,8 @@ pub mod kinds {
     pub const DELETION_EXECUTED: &str = "deletion.executed";
     pub const PRUNE: &str = "prune";
     pub const CHECK: &str = "check";
+    /// A signed restore-drill report ([`vault_api::SignedDrillReport`]).
+    pub const DRILL_REPORT: &str = "drill.report";
 }
 
 /// Body of `token.created`. Only the BLAKE3 hash of the secret is stored.
@@ -156,6 +158,8 @@ pub struct VaultState {
     pub recorded_retention_days: u32,
     pub proposals: BTreeMap<String, Proposal>,
     pub last_check: Option<(Timestamp, CheckRecord)>,
+    /// Drill reports, in catalog order (signatures are checked by readers, not here).
+    pub drills: Vec<vault_api::drill::DrillEntry>,
 }
 
 impl VaultState {
@@ -230,6 +234,14 @@ impl VaultState {
                 if let Some(p) = self.proposals.get_mut(&x.proposal) {
                     p.executed_at.get_or_insert(written_at);
                 }
+            }
+            kinds::DRILL_REPORT => {
+                let Some(signed) = parse::<vault_api::SignedDrillReport>(name, body) else { return };
+                self.drills.push(vault_api::drill::DrillEntry {
+                    record: name.to_string(),
+                    written_at,
+                    signed,
+                });
             }
             kinds::CHECK => {
                 let Some(c) = parse::<CheckRecord>(name, body) else { return };

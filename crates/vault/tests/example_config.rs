@@ -20,6 +20,17 @@ fn example_vault_toml_is_valid() {
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
     assert!(!format!("{shop:?}").contains("replace-with"));
+    // The drill: daily, overdue after two days, two assertions.
+    let d = c.drill("shop").unwrap();
+    assert_eq!(d.every, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(d.overdue_after, Some(std::time::Duration::from_secs(2 * 86_400)));
+    assert_eq!(d.checks.len(), 2);
+    assert_eq!(d.checks[1].database, "shop");
+    assert!(d.verify);
+    // A misspelt drill key stops startup too.
+    let text = std::fs::read_to_string(&path).unwrap().replace("overdue_after =", "overdue_afer =");
+    let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("overdue_afer"), "{err}");
     // Debug output never carries key material: the config holds only paths and public keys.
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("AGE-SECRET-KEY"));
