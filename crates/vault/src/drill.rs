@@ -294,9 +294,28 @@ pub fn clean_leftovers(cfgs: &[DrillConfig], repo_id: &str) {
                 }
             }
             tracing::info!(dir = %e.path().display(), "removing a drill's leftover scratch copy");
-            let _ = std::fs::remove_dir_all(e.path());
+            let _ = remove_drill_dir(&e.path());
         }
     }
+}
+
+/// Removes a drill's scratch copy (`<repository id>-<drill id>`) or socket directory
+/// (`holdfast-drill-<drill id>`) — and refuses any other name, so that a wrong path can never
+/// make this remove anything else (the only removal in the vault outside `retention`).
+fn remove_drill_dir(dir: &Path) -> std::io::Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ours = match name.strip_prefix("holdfast-drill-") {
+        Some(id) => hex(id),
+        None => name.split_once('-').is_some_and(|(repo, id)| hex(repo) && hex(id)),
+    };
+    if !ours {
+        return Err(std::io::Error::other(format!(
+            "{} is not a drill directory; not removed",
+            dir.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 fn as_pg_user(exe: &Path) -> std::process::Command {
@@ -372,10 +391,10 @@ async fn run(s: &Arc<Shared>, cfg: &DrillConfig, id: &str, trigger: &str) -> Dri
                 let _ = c.output();
             }
         }
-        let _ = std::fs::remove_dir_all(&sock2);
+        let _ = remove_drill_dir(&sock2);
     })
     .await;
-    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+    if let Err(e) = remove_drill_dir(&scratch) {
         if e.kind() != std::io::ErrorKind::NotFound {
             report.checks.push(check("teardown", false, format!("removing {}: {e}", scratch.display())));
         }
@@ -734,6 +753,22 @@ mod tests {
         assert_eq!((st.total, st.failed), (2, 1));
         assert!(!st.last.unwrap().ok);
         assert_eq!(st.last_passed_at, Some(Timestamp(10_060)));
+    }
+
+    #[test]
+    fn only_drill_directories_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let mine = root.path().join("7c3bbfa1bbd9b280740979330092b29b-738599de77c09c8f");
+        let sock = root.path().join("holdfast-drill-738599de77c09c8f");
+        let other = root.path().join("store");
+        for d in [&mine, &sock, &other] {
+            std::fs::create_dir_all(d.join("x")).unwrap();
+        }
+        remove_drill_dir(&mine).unwrap();
+        remove_drill_dir(&sock).unwrap();
+        assert!(remove_drill_dir(&other).is_err());
+        assert!(remove_drill_dir(root.path()).is_err());
+        assert!(!mine.exists() && !sock.exists() && other.exists());
     }
 
     #[test]

@@ -47,6 +47,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "a standby.signal restored from the source, which would keep the restored cluster a standby",
     ),
     (
+        "crates/vault/src/drill.rs",
+        "std::fs::remove_dir_all(dir)",
+        "remove_drill_dir: a drill's scratch copy or socket directory, by a name only drills make (refuses others; unit-tested)",
+    ),
+    (
         "crates/holdfast/src/demo.rs",
         "remove_dir_all(&data_dir)",
         "the demo plays the insider and erases its own throw-away PostgreSQL data directory",
