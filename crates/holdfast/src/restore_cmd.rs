@@ -33,7 +33,12 @@ pub struct RestoreArgs {
     /// Recover everything the vault holds.
     #[arg(long)]
     pub latest: bool,
-    /// Where to restore: must be empty or absent.
+    /// Restore from this base backup (e.g. an older one when the newest is damaged) instead
+    /// of the newest that reaches the target.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Where to restore: must be empty or absent (or hold a holdfast restore that was cut
+    /// short, which is cleared so the rerun starts clean).
     #[arg(long)]
     pub target_dir: PathBuf,
     /// Start PostgreSQL on the restored data and wait until recovery reached the target.
@@ -111,6 +116,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
     let opts = restore::Options {
         cluster: a.cluster.clone(),
         target,
+        backup: a.backup.clone(),
         target_dir,
         action: if a.promote { Action::Promote } else { Action::Pause },
         start,

@@ -402,3 +402,189 @@ async fn restores_across_a_timeline_switch() {
     assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), expected, "rows on timeline 2");
     stop_restored(&dir);
 }
+
+/// `holdfast backup` and its id.
+fn backup_id(s: &Setup) -> String {
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn pack_files(v: &TempVault) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![v.vault_dir().join("store")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains("/pack/") && !p.to_string_lossy().contains(".tmp") {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_backup_is_named_with_an_older_backup_that_avoids_it_and_the_rerun_starts_clean() {
+    let s = setup();
+    let pg = &s.pg;
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 5000) g").unwrap();
+    let older = backup_id(&s);
+    // Data only the second backup holds: a new table, so new chunks in new packs.
+    pg.psql("CREATE TABLE extra AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g")
+        .unwrap();
+    let before = pack_files(&s.v);
+    let newer = backup_id(&s);
+    let new_packs: Vec<PathBuf> = pack_files(&s.v).difference(&before).cloned().collect();
+    assert!(!new_packs.is_empty(), "the second backup stored no new pack");
+    pg.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 10").unwrap();
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    let expected = pg.psql(&format!("SELECT ({CHECKSUM}) || '/' || (SELECT count(*) FROM extra)")).unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    // Damage the largest new pack a third of the way in (chunk data, not its trailing header).
+    let victim = new_packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x55;
+    let mut perms = std::fs::metadata(victim).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(victim, perms).unwrap();
+    std::fs::write(victim, &bytes).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("latest");
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a damaged backup restored: {err}");
+    assert!(err.contains(&format!("backup {newer} is damaged")), "{err}");
+    assert!(
+        err.contains("chunk ") && err.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "names the chunk and its pack: {err}"
+    );
+    assert!(err.contains(&format!("rerun with --backup {older}")), "names the older backup: {err}");
+    assert!(!dir.join("global/pg_control").exists(), "a cut-short restore could be started");
+    assert!(dir.join("holdfast_restore.incomplete").exists());
+
+    // The advice works: the same target directory (cleared: it holds our cut-short restore),
+    // the older backup, every committed row.
+    let out = s.restore(&[
+        "--latest",
+        "--backup",
+        &older,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--json",
+    ]);
+    assert!(out.status.success(), "restore --backup {older}: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backup"], older.as_str());
+    let got = psql_restored(
+        &report,
+        pg.superuser_password(),
+        &format!("SELECT ({CHECKSUM}) || '/' || (SELECT count(*) FROM extra)"),
+    );
+    assert_eq!(got, expected, "rows restored from the older backup plus WAL");
+    assert!(!dir.join("holdfast_restore.incomplete").exists());
+    stop_restored(&dir);
+    // A directory that is not a cut-short restore of ours is still refused.
+    let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_cluster() {
+    let mut s = setup();
+    let pg = &s.pg;
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 20000) g").unwrap();
+    backup_id(&s);
+    pg.psql("UPDATE accounts SET balance = balance + 5 WHERE id % 3 = 0").unwrap();
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    let expected = pg.psql(CHECKSUM).unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spawn_restore = |s: &Setup, dir: &Path| {
+        let mut cmd = std::process::Command::new(holdfast());
+        cmd.arg("restore")
+            .args(["--cluster", "main", "--latest", "--start", "--promote", "--json", "--parallel", "1"])
+            .arg("--target-dir")
+            .arg(dir)
+            .args(s.remote_args(&s.read_token))
+            .env("PGPASSWORD", s.pg.superuser_password())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("holdfast_restore.incomplete").exists() {
+            assert!(Instant::now() < deadline, "the restore never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    };
+
+    // 1. The vault is away for 3 s (restarted on the same address): the restore waits for it
+    //    and finishes with every row.
+    let port = s.v.url().rsplit(':').next().unwrap().to_string();
+    let dir = root.path().join("resumed");
+    let child = spawn_restore(&s, &dir);
+    s.v.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    s.v.restart_with(&["--listen", &format!("127.0.0.1:{port}")]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the restore did not ride out a vault restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retrying"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), expected);
+    stop_restored(&dir);
+
+    // 2. The vault stays away: a clear failure after the retries.
+    let dir = root.path().join("r");
+    let child = spawn_restore(&s, &dir);
+    s.v.kill();
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a restore without its vault succeeded: {err}");
+    assert!(
+        err.contains("could not reach the vault") || err.contains("stopped during recovery"),
+        "the failure says what happened: {err}"
+    );
+    eprintln!("restore without its vault, after {:?}: {err}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(120), "gave up only after {:?}", t0.elapsed());
+    // Nothing runs on the directory, and nothing can start it as if it were complete: either
+    // pg_control is missing, or recovery (which needs the vault) is still pending.
+    assert!(!dir.join("postmaster.pid").exists(), "a server still runs on the cut-short restore");
+    assert!(dir.join("holdfast_restore.incomplete").exists());
+    assert!(
+        !dir.join("global/pg_control").exists() || dir.join("recovery.signal").exists(),
+        "a cut-short restore looks complete"
+    );
+
+    // The vault is back: the same command into the same directory starts clean.
+    s.v.restart().unwrap();
+    let out =
+        s.restore(&["--latest", "--start", "--promote", "--json", "--target-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "rerun: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), expected);
+    stop_restored(&dir);
+}

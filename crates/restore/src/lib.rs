@@ -39,6 +39,8 @@ pub enum RestoreError {
     Refused(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl RestoreError {
@@ -72,6 +74,8 @@ pub struct StartOptions {
 pub struct Options {
     pub cluster: String,
     pub target: Target,
+    /// Restore from this backup instead of the newest that reaches the target.
+    pub backup: Option<String>,
     pub target_dir: PathBuf,
     pub action: recovery::Action,
     pub start: Option<StartOptions>,
@@ -125,20 +129,98 @@ pub struct Report {
     pub ok: bool,
 }
 
+/// Attempts at reaching the vault for one request before giving up: with backoff from
+/// 200 ms doubling to 5 s, about 30 s — long enough for a vault restart.
+pub(crate) const RETRIES: u32 = 11;
+
+/// Runs `f` until it succeeds or fails other than by the vault being unreachable, waiting
+/// 200 ms, then twice as long each time up to 5 s, for at most [`RETRIES`] attempts.
+pub(crate) async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, vault_api::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, vault_api::ClientError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(vault_api::ClientError::Transport { .. }) if attempt < RETRIES => {
+                tracing::warn!(attempt, "{what}: the vault is unreachable; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Left in the target directory from the start of a restore until it has succeeded: a
+/// directory holding it is a restore cut short, which a rerun may clear and start again.
+pub const INCOMPLETE_MARKER: &str = "holdfast_restore.incomplete";
+
+/// Refuses a non-empty target directory — unless it holds only a restore of ours that was cut
+/// short (the marker is there and no server runs on it), which is cleared so the rerun starts
+/// clean.
 fn ensure_empty(dir: &Path) -> Result<(), RestoreError> {
     match std::fs::read_dir(dir) {
         Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(RestoreError::Refused(format!(
-                    "the target directory {} is not empty: restore into an empty or new directory (nothing was written)",
-                    dir.display()
-                )));
+            if d.next().is_none() {
+                return Ok(());
             }
-            Ok(())
+            if dir.join(INCOMPLETE_MARKER).exists() && !dir.join("postmaster.pid").exists() {
+                tracing::warn!(dir = %dir.display(), "clearing a restore that was cut short, to start clean");
+                clear_incomplete(dir)?;
+                return Ok(());
+            }
+            Err(RestoreError::Refused(format!(
+                "the target directory {} is not empty: restore into an empty or new directory (nothing was written)",
+                dir.display()
+            )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RestoreError::Io { what: format!("reading {}", dir.display()), source: e }),
     }
+}
+
+/// Removes everything inside `dir` (a restore of ours cut short: checked by the caller).
+fn clear_incomplete(dir: &Path) -> Result<(), RestoreError> {
+    for e in std::fs::read_dir(dir).map_err(RestoreError::io(format!("reading {}", dir.display())))? {
+        let p = e.map_err(RestoreError::io(format!("reading {}", dir.display())))?.path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(RestoreError::io(format!("clearing {}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// What to say when the chosen backup turns out damaged: which other backups avoid the
+/// damaged chunk and still reach the target.
+fn damaged(
+    inventory: &vault_api::status::Inventory,
+    opts: &Options,
+    message: &str,
+    without: &[String],
+) -> RestoreError {
+    let usable: Vec<String> = without
+        .iter()
+        .filter(|id| plan::plan_from(inventory, &opts.target, Some(id)).is_ok())
+        .cloned()
+        .collect();
+    let advice = match usable.first() {
+        Some(id) => format!(
+            "backup {id} does not use the damaged chunk and also reaches {}: rerun with --backup {id}",
+            opts.target
+        ),
+        None => format!("no other complete backup avoids the damaged chunk and reaches {}", opts.target),
+    };
+    RestoreError::Damaged(format!(
+        "{message}. {advice}. The target directory holds an incomplete restore that cannot be started \
+         (global/pg_control is not in place); a rerun into it starts clean"
+    ))
 }
 
 /// Restores `opts.cluster` to `opts.target` into `opts.target_dir`; with `opts.start`, starts
@@ -149,7 +231,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     ensure_empty(&opts.target_dir)?;
     let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))?;
     let inventory = client.inventory(&opts.cluster).await?;
-    let plan = plan::plan(&inventory, &opts.target)?;
+    let plan = plan::plan_from(&inventory, &opts.target, opts.backup.as_deref())?;
     tracing::info!(
         cluster = %opts.cluster, backup = %plan.backup.backup.id, segments = plan.segments.len(),
         "restoring {}", opts.target
@@ -162,6 +244,9 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
             .create(&opts.target_dir)
             .map_err(RestoreError::io(format!("creating {}", opts.target_dir.display())))?;
     }
+    let marker = opts.target_dir.join(INCOMPLETE_MARKER);
+    std::fs::write(&marker, format!("holdfast restore of {} to {} started\n", opts.cluster, opts.target))
+        .map_err(RestoreError::io(format!("writing {}", marker.display())))?;
     // Base data, with progress.
     let shared = Arc::new(materialize::Progress::default());
     let fetch = materialize::materialize(
@@ -174,7 +259,20 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     tokio::pin!(fetch);
     let base = loop {
         tokio::select! {
-            r = &mut fetch => break r?,
+            r = &mut fetch => break match r {
+                Ok(m) => m,
+                Err(RestoreError::Vault(vault_api::ClientError::Damaged { message, backups_without_it })) => {
+                    return Err(damaged(&inventory, opts, &message, &backups_without_it));
+                }
+                Err(RestoreError::Vault(e @ vault_api::ClientError::Transport { .. })) => {
+                    return Err(RestoreError::Refused(format!(
+                        "{e}; gave up after retrying for about 30 s. The target directory holds an incomplete restore \
+                         that cannot be started (global/pg_control is not in place); rerun the same command once the \
+                         vault is reachable: it starts clean"
+                    )));
+                }
+                Err(e) => return Err(e),
+            },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 progress("base data", shared.done.load(std::sync::atomic::Ordering::Relaxed), shared.total.load(std::sync::atomic::Ordering::Relaxed));
             }
@@ -220,6 +318,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
             .map_err(RestoreError::io(format!("writing {}", hba.display())))?;
     }
     let Some(start) = &opts.start else {
+        let _ = std::fs::remove_file(&marker);
         report.total_seconds = t0.elapsed().as_secs_f64();
         report.verdict = format!(
             "restored backup {} into {}; start PostgreSQL on it to replay WAL to {} (restore_command fetches from the vault)",
@@ -291,6 +390,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     };
     report.reached = reached;
     report.ok = reached;
+    // Recovery reached its target: this is no longer a restore cut short.
+    let _ = std::fs::remove_file(&marker);
     if opts.verify {
         let s4 = server.clone();
         let checked = tokio::task::spawn_blocking(move || s4.amcheck(promote))

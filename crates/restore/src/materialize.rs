@@ -60,7 +60,7 @@ pub async fn materialize(
     progress: Arc<Progress>,
 ) -> Result<Materialized, RestoreError> {
     let t0 = Instant::now();
-    let entries = client.backup_entries(id).await?.entries;
+    let entries = crate::with_retry("the backup's file list", || client.backup_entries(id)).await?.entries;
     let mut out = Materialized::default();
     let mut dirs: Vec<&BackupEntry> = Vec::new();
     let mut jobs: Vec<(Arc<std::fs::File>, String, u64, u64)> = Vec::new();
@@ -189,20 +189,7 @@ async fn fetch_with_retry(
     off: u64,
     len: u64,
 ) -> Result<bytes::Bytes, RestoreError> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match client.backup_file_range(id, path, off, len).await {
-            Ok(b) => return Ok(b),
-            Err(vault_api::ClientError::Transport { .. }) if attempt < 6 => {
-                tracing::warn!(path, off, attempt, "the vault is unreachable; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(crate::with_retry(path, || client.backup_file_range(id, path, off, len)).await?)
 }
 
 #[cfg(test)]

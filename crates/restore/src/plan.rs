@@ -77,10 +77,20 @@ pub enum PlanError {
     },
     #[error("the vault's inventory of cluster {0} names no WAL segment size (no WAL stored yet)")]
     NoWal(String),
+    #[error(
+        "backup {backup} cannot be used for {target}: it is not a complete backup of cluster {cluster} that ends before \
+         the target (the complete backups: {available})"
+    )]
+    BackupUnusable { cluster: String, backup: String, target: String, available: String },
 }
 
 /// Plans a restore of `target` from what the vault holds.
 pub fn plan(inv: &Inventory, target: &Target) -> Result<Plan, PlanError> {
+    plan_from(inv, target, None)
+}
+
+/// [`plan`], from backup `only` when given (e.g. an older backup, when the newest is damaged).
+pub fn plan_from(inv: &Inventory, target: &Target, only: Option<&str>) -> Result<Plan, PlanError> {
     let cluster = inv.cluster.clone();
     if inv.backups.is_empty() {
         return Err(PlanError::NoBackup(cluster));
@@ -93,7 +103,12 @@ pub fn plan(inv: &Inventory, target: &Target) -> Result<Plan, PlanError> {
         window: window.clone(),
     };
     // The newest backup that reaches the target.
-    let candidates = inv.backups.iter().rev().filter(|b| b.backup.start_lsn >= window.earliest_lsn);
+    let candidates = inv
+        .backups
+        .iter()
+        .rev()
+        .filter(|b| b.backup.start_lsn >= window.earliest_lsn)
+        .filter(|b| only.is_none_or(|id| b.backup.id == id));
     let backup = match target {
         Target::Lsn(l) => {
             if *l < window.earliest_lsn || *l > window.latest_lsn {
@@ -111,7 +126,15 @@ pub fn plan(inv: &Inventory, target: &Target) -> Result<Plan, PlanError> {
         // newest backup, as pgBackRest does; PostgreSQL refuses if the target precedes it.
         Target::Latest | Target::Xid(_) | Target::Name(_) => candidates.clone().next(),
     }
-    .ok_or_else(outside)?
+    .ok_or_else(|| match only {
+        Some(id) => PlanError::BackupUnusable {
+            cluster: cluster.clone(),
+            backup: id.to_string(),
+            target: target.to_string(),
+            available: inv.backups.iter().map(|b| b.backup.id.as_str()).collect::<Vec<_>>().join(", "),
+        },
+        None => outside(),
+    })?
     .clone();
     // Recovery needs every byte from the backup's start to the target (or, when the target's
     // position is unknown, to the newest byte).

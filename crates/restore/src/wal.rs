@@ -89,20 +89,11 @@ async fn from_vault(
     cluster: &str,
     file: &str,
 ) -> Result<Option<bytes::Bytes>, RestoreError> {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1.. {
-        match client.wal_file(cluster, file).await {
-            Ok((bytes, _valid)) => return Ok(Some(bytes)),
-            Err(vault_api::ClientError::Api { status: 404, .. }) => return Ok(None),
-            Err(vault_api::ClientError::Transport { .. }) if attempt < 6 => {
-                tracing::warn!(file, attempt, "the vault is unreachable; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match crate::with_retry(file, || client.wal_file(cluster, file)).await {
+        Ok((bytes, _valid)) => Ok(Some(bytes)),
+        Err(vault_api::ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    unreachable!("the loop returns")
 }
 
 /// Serves one `restore_command` request: `file` (PostgreSQL's `%f`) into `dest` (`%p`).

@@ -45,6 +45,9 @@ pub enum RepoError {
     /// A restored chunk did not hash to its id.
     #[error("blob {id} read from {pack} does not match its id: the pack is damaged; run `check`")]
     ChunkMismatch { id: String, pack: ObjectName },
+    /// A chunk of a file being read is damaged or missing (the cause names the object).
+    #[error("chunk {chunk} of {file} cannot be read: {cause}")]
+    ChunkUnreadable { chunk: String, file: String, cause: String },
     /// No backup with this id.
     #[error("no backup with id {0:?}: list backups to see which exist")]
     NoSuchBackup(String),

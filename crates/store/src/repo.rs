@@ -399,7 +399,22 @@ impl Repository {
             if c_start >= end {
                 break;
             }
-            let plain = self.read_blob(id).await?;
+            let plain = self.read_blob(id).await.map_err(|e| match e {
+                // Damage (not a passing I/O failure): name the chunk, so the caller can find
+                // backups that do not use it.
+                RepoError::Tampered { .. }
+                | RepoError::Malformed { .. }
+                | RepoError::ChunkMismatch { .. }
+                | RepoError::BlobNotFound(_)
+                | RepoError::Store(StoreError::NotFound(_) | StoreError::BadRange { .. }) => {
+                    RepoError::ChunkUnreadable {
+                        chunk: id.to_hex(),
+                        file: entry.path.clone(),
+                        cause: e.to_string(),
+                    }
+                }
+                e => e,
+            })?;
             if plain.len() as u64 != n {
                 return Err(RepoError::malformed(
                     "backup manifest",

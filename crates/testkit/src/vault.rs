@@ -98,17 +98,13 @@ impl TempVault {
         let ready = self.dir.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        // A free port chosen by the kernel, unless the extra arguments name one.
+        let listen: &[&str] =
+            if self.serve_args.iter().any(|a| a == "--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(&self.bin)
-            .args([
-                "vault",
-                "serve",
-                "--config",
-                path_str(&self.config_path())?,
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                path_str(&ready)?,
-            ])
+            .args(["vault", "serve", "--config", path_str(&self.config_path())?])
+            .args(listen)
+            .args(["--ready-file", path_str(&ready)?])
             .args(&self.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -21,6 +21,10 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// A backup's data is damaged; the vault names the other backups of the cluster that do
+    /// not use the damaged chunk.
+    #[error("{message}")]
+    Damaged { message: String, backups_without_it: Vec<String> },
     #[error("client setup failed: {0}")]
     Setup(String),
     #[error("the vault sent a response that could not be understood: {0}")]
@@ -32,6 +36,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            ClientError::Damaged { .. } => Some(500),
             _ => None,
         }
     }
@@ -98,9 +103,17 @@ impl VaultClient {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
+        let undamaged = resp
+            .headers()
+            .get(UNDAMAGED_BACKUPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>());
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-        Err(ClientError::Api { status, message })
+        match undamaged {
+            Some(backups_without_it) => Err(ClientError::Damaged { message, backups_without_it }),
+            None => Err(ClientError::Api { status, message }),
+        }
     }
 
     async fn json<T: serde::de::DeserializeOwned>(

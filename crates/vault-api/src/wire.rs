@@ -8,6 +8,10 @@ use store::{ObjectMeta, ObjectName, PutOutcome, Timestamp};
 
 use crate::token::Scope;
 
+/// On a 500 answer for a damaged chunk: the other backups of the cluster that do not use it,
+/// comma-separated (possibly empty).
+pub const UNDAMAGED_BACKUPS_HEADER: &str = "x-holdfast-backups-without-damage";
+
 /// Every error response: what failed, why, and what to do.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {

@@ -74,11 +74,14 @@ pub struct Metrics {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// For a damaged chunk: the backups of the same cluster that do not use it (sent as the
+    /// `x-holdfast-backups-without-damage` header, comma-separated).
+    pub undamaged: Option<Vec<String>>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), undamaged: None }
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -106,8 +109,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&ErrorBody { error: self.message }).unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
-            .into_response()
+        let mut r =
+            (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                .into_response();
+        if let Some(ids) = self.undamaged {
+            if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
+                r.headers_mut().insert(vault_api::wire::UNDAMAGED_BACKUPS_HEADER, v);
+            }
+        }
+        r
     }
 }
 
@@ -864,12 +874,55 @@ async fn backup_file(
         .get(&path)
         .filter(|e| e.kind == store::snapshot::EntryKind::File)
         .ok_or_else(|| ApiError::not_found(format!("backup {id} has no file {path:?}")))?;
-    let bytes = s.repo.read_file_range(entry, offset, length).await.map_err(|e| {
-        ApiError::internal(&format!("reading {path} of backup {id} (run `holdfast vault check`)"), e)
-    })?;
+    let bytes = match s.repo.read_file_range(entry, offset, length).await {
+        Ok(b) => b,
+        Err(store::RepoError::ChunkUnreadable { chunk, file, cause }) => {
+            let undamaged = backups_without_chunk(&s, &id, &chunk).await;
+            let e = store::RepoError::ChunkUnreadable { chunk, file, cause };
+            tracing::error!(backup = %id, path = %path, error = %e, "a backup's data is damaged");
+            let mut err = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "backup {id} is damaged: {e}; other backups of this cluster that do not use that chunk: {} \
+                     (run `holdfast vault check` for everything damaged)",
+                    if undamaged.is_empty() { "none".to_string() } else { undamaged.join(", ") }
+                ),
+            );
+            err.undamaged = Some(undamaged);
+            return Err(err);
+        }
+        Err(e) => {
+            return Err(ApiError::internal(
+                &format!("reading {path} of backup {id} (run `holdfast vault check`)"),
+                e,
+            ));
+        }
+    };
     let mut r = (StatusCode::OK, bytes).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     Ok(r)
+}
+
+/// The other backups of `id`'s cluster whose files do not use chunk `chunk` (hex), newest
+/// first. Reads their manifests: only on the error path.
+async fn backups_without_chunk(s: &Shared, id: &str, chunk: &str) -> Vec<String> {
+    let Ok(all) = s.repo.backups().await else { return Vec::new() };
+    let cluster = all.iter().find(|b| b.id == id).and_then(|b| b.cluster.clone());
+    let mut out = Vec::new();
+    for b in all.iter().rev().filter(|b| b.id != id && b.cluster == cluster) {
+        let mut uses = false;
+        let read = s
+            .repo
+            .for_each_entry(b, |e| {
+                uses |= e.chunks.iter().any(|c| c.to_hex() == chunk);
+                Ok(())
+            })
+            .await;
+        if read.is_ok() && !uses {
+            out.push(b.id.clone());
+        }
+    }
+    out
 }
 
 /// `POST /v1/clusters/{name}/backup`: take a base backup now; answers once it is complete.

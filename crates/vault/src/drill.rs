@@ -527,6 +527,7 @@ async fn restore_and_check(
     let opts = restore::Options {
         cluster: cfg.cluster.clone(),
         target: target.clone(),
+        backup: None,
         target_dir: data.clone(),
         action: restore::recovery::Action::Promote,
         start: Some(restore::StartOptions {

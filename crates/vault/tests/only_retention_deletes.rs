@@ -42,6 +42,16 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "the WAL prefetch spool in the restored data directory, once recovery is over",
     ),
     (
+        "crates/restore/src/lib.rs",
+        "std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }",
+        "clear_incomplete: the contents of a target directory holding a restore of ours that was cut short (marker present, no server running), so a rerun starts clean",
+    ),
+    (
+        "crates/restore/src/lib.rs",
+        "remove_file(&marker)",
+        "the restore's own 'incomplete' marker in the target directory, once the restore has succeeded",
+    ),
+    (
         "crates/restore/src/recovery.rs",
         "remove_file(data.join(\"standby.signal\"))",
         "a standby.signal restored from the source, which would keep the restored cluster a standby",
