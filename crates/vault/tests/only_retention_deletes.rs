@@ -43,9 +43,10 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ),
     (
         "crates/restore/src/lib.rs",
-        "std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }",
+        "std::fs::remove_dir_all(&p)",
         "clear_incomplete: the contents of a target directory holding a restore of ours that was cut short (marker present, no server running), so a rerun starts clean",
     ),
+    ("crates/restore/src/lib.rs", "std::fs::remove_file(&p)", "clear_incomplete, as above"),
     (
         "crates/restore/src/lib.rs",
         "remove_file(&marker)",
