@@ -155,6 +155,11 @@ where
     }
 }
 
+/// Segments the prefetcher keeps ready ahead of replay (16 MiB each by default)…
+const PREFETCH_AHEAD: usize = 8;
+/// …fetched this many at a time (the vault assembles and decrypts each; two cores here).
+const PREFETCH_PARALLEL: usize = 3;
+
 /// Left in the target directory from the start of a restore until it has succeeded: a
 /// directory holding it is a restore cut short, which a rerun may clear and start again.
 pub const INCOMPLETE_MARKER: &str = "holdfast_restore.incomplete";
@@ -346,7 +351,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         None => None,
     };
     let stats = Arc::new(wal::PrefetchStats::default());
-    let prefetcher = tokio::spawn(wal::prefetch(helper, 4, owner, stats.clone()));
+    let prefetcher =
+        tokio::spawn(wal::prefetch(helper, PREFETCH_AHEAD, PREFETCH_PARALLEL, owner, stats.clone()));
     let t_replay = Instant::now();
     let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
     let s2 = server.clone();

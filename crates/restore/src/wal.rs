@@ -67,15 +67,14 @@ pub enum Fetched {
     Absent,
 }
 
-/// Writes `bytes` to `dest` atomically (temp file, fsync, rename).
+/// Writes `bytes` to `dest` atomically (temp file, rename). No fsync: a restored segment is
+/// read back by recovery at once, and a crash mid-restore means restoring again anyway.
 fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
     use std::io::Write;
     let tmp = dest.with_extension("holdfast-tmp");
     let mut f =
         std::fs::File::create(&tmp).map_err(RestoreError::io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(RestoreError::io(format!("writing {}", tmp.display())))?;
+    f.write_all(bytes).map_err(RestoreError::io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(RestoreError::io(format!(
         "renaming {} to {}",
         tmp.display(),
@@ -100,6 +99,14 @@ async fn from_vault(
 pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetched, RestoreError> {
     if file.contains('/') || file.starts_with('.') {
         return Err(RestoreError::Refused(format!("{file:?} is not a WAL file name")));
+    }
+    // Tell the prefetcher how far replay has got, so it skips what is no longer needed.
+    if cfg.expected.iter().any(|e| e == file) {
+        let tmp = cfg.spool.join(".requested.tmp");
+        if std::fs::write(&tmp, file).and_then(|_| std::fs::rename(&tmp, cfg.spool.join(REQUESTED))).is_err()
+        {
+            tracing::debug!("could not record the requested segment for the prefetcher");
+        }
     }
     let spooled = cfg.spool.join(file);
     if let Ok(meta) = std::fs::metadata(&spooled) {
@@ -132,51 +139,103 @@ pub struct PrefetchStats {
     pub busy_us: AtomicU64,
 }
 
-/// Downloads the planned segments into the spool, at most `ahead` files waiting there, so
-/// replay does not wait on the network. Stops at the end of the list or on an error (the
+/// In the spool: the name of the segment PostgreSQL asked for last (written by the helper).
+const REQUESTED: &str = ".requested";
+
+/// Index in `expected` of the segment PostgreSQL asked for last.
+fn requested_index(cfg: &HelperConfig) -> Option<usize> {
+    let name = std::fs::read_to_string(cfg.spool.join(REQUESTED)).ok()?;
+    cfg.expected.iter().position(|e| *e == name.trim())
+}
+
+/// Segment files waiting in the spool, with their index in `expected`.
+fn spooled(cfg: &HelperConfig) -> Vec<(usize, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(&cfg.spool) else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            cfg.expected.iter().position(|x| *x == name).map(|i| (i, e.path()))
+        })
+        .collect()
+}
+
+/// Downloads the planned segments into the spool, `parallel` at a time and at most `ahead`
+/// files waiting there, so replay does not wait on the network. It follows replay: segments
+/// PostgreSQL has already asked for (the helper records the last one) are skipped, and spooled
+/// copies replay has passed are dropped. Stops at the end of the list or on an error (the
 /// helper then fetches itself and reports the error where PostgreSQL sees it). `owner`: the
 /// user the server runs as, who must be able to take the files over.
-pub async fn prefetch(cfg: HelperConfig, ahead: usize, owner: Option<(u32, u32)>, stats: Arc<PrefetchStats>) {
+pub async fn prefetch(
+    cfg: HelperConfig,
+    ahead: usize,
+    parallel: usize,
+    owner: Option<(u32, u32)>,
+    stats: Arc<PrefetchStats>,
+) {
     let client = match cfg.client() {
         Ok(c) => c,
         Err(e) => return tracing::warn!(error = %e, "prefetch disabled"),
     };
-    for file in &cfg.expected {
-        loop {
-            let waiting = std::fs::read_dir(&cfg.spool)
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .filter(|e| !e.file_name().to_string_lossy().ends_with("tmp"))
-                        .count()
-                })
-                .unwrap_or(0);
-            if waiting < ahead {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let t0 = Instant::now();
-        match from_vault(&client, &cfg.cluster, file).await {
-            Ok(Some(bytes)) => {
-                let path = cfg.spool.join(file);
-                let tmp = cfg.spool.join(format!("{file}.prefetch-tmp"));
-                let written = write_atomically(&tmp, &bytes).and_then(|_| {
-                    if let Some((uid, gid)) = owner {
-                        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-                            .map_err(RestoreError::io(format!("changing the owner of {}", tmp.display())))?;
-                    }
-                    std::fs::rename(&tmp, &path)
-                        .map_err(RestoreError::io(format!("renaming {}", tmp.display())))
-                });
-                if let Err(e) = written {
-                    return tracing::warn!(error = %e, "prefetch stopped");
+    let cfg = Arc::new(cfg);
+    let mut next = 0usize;
+    let mut inflight = tokio::task::JoinSet::new();
+    loop {
+        let requested = requested_index(&cfg);
+        let mut waiting = 0;
+        for (i, path) in spooled(&cfg) {
+            if requested.is_some_and(|r| i < r) {
+                // Replay is past it (the helper fetched it itself): it will never be used.
+                if std::fs::remove_file(&path).is_ok() {
+                    tracing::debug!(file = %path.display(), "prefetch: dropped a segment replay has passed");
                 }
+            } else {
+                waiting += 1;
+            }
+        }
+        if let Some(r) = requested {
+            next = next.max(r + 1);
+        }
+        while inflight.len() < parallel.max(1)
+            && waiting + inflight.len() < ahead
+            && next < cfg.expected.len()
+        {
+            let (cfg, client, stats, file) =
+                (cfg.clone(), client.clone(), stats.clone(), cfg.expected[next].clone());
+            inflight.spawn(async move {
+                let t0 = Instant::now();
+                let bytes = from_vault(&client, &cfg.cluster, &file)
+                    .await?
+                    .ok_or_else(|| RestoreError::Refused(format!("the vault does not have {file}")))?;
+                let path = cfg.spool.join(&file);
+                let tmp = cfg.spool.join(format!("{file}.prefetch-tmp"));
+                write_atomically(&tmp, &bytes)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                        .map_err(RestoreError::io(format!("changing the owner of {}", tmp.display())))?;
+                }
+                std::fs::rename(&tmp, &path)
+                    .map_err(RestoreError::io(format!("renaming {}", tmp.display())))?;
                 stats.segments.fetch_add(1, Ordering::Relaxed);
                 stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 stats.busy_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                Ok::<(), RestoreError>(())
+            });
+            next += 1;
+        }
+        if inflight.is_empty() {
+            if next >= cfg.expected.len() {
+                return;
             }
-            Ok(None) => return tracing::warn!(file, "prefetch: the vault does not have this segment"),
-            Err(e) => return tracing::warn!(file, error = %e, "prefetch stopped"),
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        tokio::select! {
+            Some(r) = inflight.join_next() => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return tracing::warn!(error = %e, "prefetch stopped"),
+                Err(e) => return tracing::warn!(error = %e, "prefetch stopped"),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
 }

@@ -53,6 +53,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "the restore's own 'incomplete' marker in the target directory, once the restore has succeeded",
     ),
     (
+        "crates/restore/src/wal.rs",
+        "std::fs::remove_file(&path)",
+        "a prefetched WAL segment replay has passed, in the spool inside the restored data directory",
+    ),
+    (
         "crates/restore/src/recovery.rs",
         "remove_file(data.join(\"standby.signal\"))",
         "a standby.signal restored from the source, which would keep the restored cluster a standby",
