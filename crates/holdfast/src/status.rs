@@ -90,6 +90,13 @@ pub async fn show(client: &VaultClient, json: bool) -> Result<u8> {
     for c in &status.clusters {
         print_cluster(c);
     }
+    for h in &status.webhooks {
+        let failed = match (&h.last_failure_at, &h.last_error) {
+            (Some(at), Some(e)) => format!("; LAST FAILURE {at}: {e}"),
+            _ => String::new(),
+        };
+        println!("webhook {} ({}): {} delivered, {} failed{failed}", h.name, h.format, h.delivered, h.failed);
+    }
     Ok(0)
 }
 

@@ -81,6 +81,23 @@ pub struct Incident {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct StatusResponse {
     pub clusters: Vec<ClusterStatus>,
+    /// Alert delivery, per configured webhook.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookStatus>,
+}
+
+/// How alert delivery to one webhook has gone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookStatus {
+    pub name: String,
+    /// `generic`, `wecom`, `dingtalk` or `slack`.
+    pub format: String,
+    pub delivered: u64,
+    /// Alerts given up on after every retry.
+    pub failed: u64,
+    pub last_delivered_at: Option<Timestamp>,
+    pub last_failure_at: Option<Timestamp>,
+    pub last_error: Option<String>,
 }
 
 /// What the vault holds for one cluster — what a restore plans from

@@ -52,6 +52,8 @@ pub struct Shared {
     pub entries_cache: std::sync::Mutex<Option<(String, Entries)>>,
     /// Restore drills: running ones, the signing key.
     pub drills: crate::drill::Drills,
+    /// Alert delivery to the configured webhooks.
+    pub webhooks: Arc<crate::alerts::Webhooks>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -243,6 +245,8 @@ impl Shared {
     pub fn alert(&self, event: serde_json::Value) {
         tracing::warn!(alert = %event, "ALERT");
         self.metrics.alerts.fetch_add(1, Ordering::Relaxed);
+        let clock = self.clock.clone();
+        self.webhooks.send(&event, move || clock.now());
         let Some(cmd) = self.config.alert_command.clone() else { return };
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -432,6 +436,25 @@ async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult<Response> {
         cluster_metrics(&mut out, &c.status());
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
+    let hooks = s.webhooks.status();
+    if !hooks.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP holdfast_alert_deliveries_total Alerts posted to a webhook, by result (failed = given up after retries).\n# TYPE holdfast_alert_deliveries_total counter"
+        );
+        for h in &hooks {
+            let _ = writeln!(
+                out,
+                "holdfast_alert_deliveries_total{{webhook=\"{}\",result=\"delivered\"}} {}",
+                h.name, h.delivered
+            );
+            let _ = writeln!(
+                out,
+                "holdfast_alert_deliveries_total{{webhook=\"{}\",result=\"failed\"}} {}",
+                h.name, h.failed
+            );
+        }
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
@@ -704,7 +727,7 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     for c in &mut clusters {
         c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
     }
-    Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters })))
+    Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status() })))
 }
 
 /// `POST /v1/clusters/{name}/drills`: start a restore drill now (admin); answers at once with

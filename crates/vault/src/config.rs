@@ -49,6 +49,22 @@ pub struct ConfigFile {
     /// (every protected cluster can be drilled on demand with the defaults).
     #[serde(default, rename = "drill", skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<DrillFile>,
+    /// Where alerts are posted (besides the log, the metric and `alert_command`).
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookFile>,
+}
+
+/// `[[webhook]]`: one alert receiver.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// A short name for status and metrics.
+    pub name: String,
+    /// `https://…` (or `http://` for a receiver on this host).
+    pub url: String,
+    /// `generic` (default), `wecom`, `dingtalk` or `slack`.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// `[[drill]]`: how a cluster's restore is rehearsed.
@@ -264,6 +280,7 @@ pub struct Config {
     pub clusters: Vec<capture::Cluster>,
     /// One per protected cluster (defaults where the file has no `[[drill]]` table).
     pub drills: Vec<DrillConfig>,
+    pub webhooks: Vec<crate::alerts::Webhook>,
 }
 
 impl Config {
@@ -434,6 +451,27 @@ impl ConfigFile {
                     .map_err(|e| invalid(format!("[[drill]] of cluster {:?}: {e}", d.cluster)))?,
             );
         }
+        let mut webhooks: Vec<crate::alerts::Webhook> = Vec::new();
+        for w in &self.webhooks {
+            let format =
+                crate::alerts::Format::parse(w.format.as_deref().unwrap_or("generic")).ok_or_else(|| {
+                    invalid(format!(
+                        "webhook {:?}: format {:?} is not one of generic, wecom, dingtalk, slack",
+                        w.name,
+                        w.format.as_deref().unwrap_or("")
+                    ))
+                })?;
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(invalid(format!(
+                    "webhook {:?}: url {:?} must start with https://",
+                    w.name, w.url
+                )));
+            }
+            if w.name.is_empty() || webhooks.iter().any(|h| h.name == w.name) {
+                return Err(invalid(format!("webhook name {:?} is empty or listed twice", w.name)));
+            }
+            webhooks.push(crate::alerts::Webhook { name: w.name.clone(), url: w.url.clone(), format });
+        }
         for c in &clusters {
             if !drills.iter().any(|d| d.cluster == c.name) {
                 drills.push(DrillConfig::default_for(&c.name));
@@ -454,6 +492,7 @@ impl ConfigFile {
             },
             clusters,
             drills,
+            webhooks,
         })
     }
 }

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alerts;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -196,6 +197,7 @@ pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, V
         },
         clusters: opts.clusters.clone(),
         drills: Vec::new(),
+        webhooks: Vec::new(),
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;
@@ -312,6 +314,7 @@ pub async fn serve_with_identity(
         collector: std::sync::OnceLock::new(),
         entries_cache: std::sync::Mutex::new(None),
         drills,
+        webhooks: Arc::new(alerts::Webhooks::new(config.webhooks.clone())),
         config,
     });
     shared.drills.set_listen_addr(addr);

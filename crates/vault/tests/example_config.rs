@@ -20,6 +20,12 @@ fn example_vault_toml_is_valid() {
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
     assert!(!format!("{shop:?}").contains("replace-with"));
+    // Four webhooks, one of each format.
+    let formats: Vec<&str> = c.webhooks.iter().map(|w| w.format.as_str()).collect();
+    assert_eq!(formats, ["generic", "wecom", "dingtalk", "slack"]);
+    let text = std::fs::read_to_string(&path).unwrap().replace("format = \"slack\"", "format = \"teams\"");
+    let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("teams") && err.contains("generic, wecom, dingtalk, slack"), "{err}");
     // The drill: daily, overdue after two days, two assertions.
     let d = c.drill("shop").unwrap();
     assert_eq!(d.every, Some(std::time::Duration::from_secs(86_400)));
