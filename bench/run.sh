@@ -2,13 +2,15 @@
 # Benchmarks, each side by side with the tool a user would otherwise pick, in one run.
 #   bench/run.sh ingest    store ingest vs restic (pgbench data dir + random data, 1 % change)
 #   bench/run.sh capture   base backup vs pg_basebackup and pgBackRest, WAL latency, sync-mode cost
-#   bench/run.sh           both
+#   bench/run.sh restore   point-in-time restore RTO vs pgBackRest and pg_basebackup + cp
+#   bench/run.sh           all three
 # Reports go to bench-out/*.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-all}" in
   ingest) exec bash bench/ingest.sh ;;
   capture) exec bash bench/capture.sh ;;
-  all) bash bench/ingest.sh && bash bench/capture.sh ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  restore) exec bash bench/restore.sh ;;
+  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -75,6 +75,10 @@ pub fn write(
     s += "recovery_target_timeline = 'latest'\n";
     // A restored copy must not push WAL into production's archive nor wait for its standbys.
     s += "archive_mode = 'off'\nsynchronous_standby_names = ''\n";
+    // Before recovery PostgreSQL fsyncs every file of a data directory it did not shut down
+    // itself, one file at a time; one syncfs() per filesystem is the same guarantee, in a
+    // fraction of the time (PostgreSQL 14+, Linux).
+    s += "recovery_init_sync_method = 'syncfs'\n";
     let auto = data.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     text += &s;
