@@ -139,7 +139,16 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
             eprintln!("{line}");
         }
     };
-    let report = restore::run(&opts, &progress).await.map_err(|e| anyhow!("{e}"))?;
+    let report = match restore::run(&opts, &progress).await {
+        Ok(r) => r,
+        Err(e) => {
+            // No server runs on it: the private socket directory goes (only if empty).
+            if let Some(s) = &opts.start {
+                let _ = std::fs::remove_dir(&s.socket_dir);
+            }
+            return Err(anyhow!("{e}"));
+        }
+    };
     if tty {
         eprintln!();
     }

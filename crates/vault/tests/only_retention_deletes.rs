@@ -68,6 +68,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "remove_drill_dir: a drill's scratch copy or socket directory, by a name only drills make (refuses others; unit-tested)",
     ),
     (
+        "crates/holdfast/src/restore_cmd.rs",
+        "std::fs::remove_dir(&s.socket_dir)",
+        "a failed restore's private socket directory, only if empty (no server runs there)",
+    ),
+    (
         "crates/holdfast/src/demo.rs",
         "remove_dir_all(&data_dir)",
         "the demo plays the insider and erases its own throw-away PostgreSQL data directory",
