@@ -33,6 +33,11 @@ pub struct RestoreArgs {
     /// Recover everything the vault holds.
     #[arg(long)]
     pub latest: bool,
+    /// Stop just before the target instead of just after it: with --xid, the state before
+    /// that transaction committed (the undo of a destructive transaction); with --lsn, before
+    /// the record at that position; with --time, only commits strictly before it.
+    #[arg(long, conflicts_with_all = ["latest", "restore_point"])]
+    pub exclusive: bool,
     /// Restore from this base backup (e.g. an older one when the newest is damaged) instead
     /// of the newest that reaches the target.
     #[arg(long)]
@@ -117,6 +122,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         cluster: a.cluster.clone(),
         target,
         backup: a.backup.clone(),
+        exclusive: a.exclusive,
         target_dir,
         action: if a.promote { Action::Promote } else { Action::Pause },
         start,

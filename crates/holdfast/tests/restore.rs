@@ -263,6 +263,33 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
     );
     stop_restored(&dir);
 
+    // 3b. Just before that transaction committed (--exclusive): the first round's rows — how a
+    //     destructive transaction is undone.
+    let dir = root.path().join("xid-exclusive");
+    let out = s.restore(&[
+        "--xid",
+        &xids[1],
+        "--exclusive",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore --xid {} --exclusive: {}",
+        xids[1],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        psql_restored(&report, pg.superuser_password(), CHECKSUM),
+        moments[0].2,
+        "rows just before xid {}",
+        xids[1]
+    );
+    stop_restored(&dir);
+
     // 4. To the restore point made after the first round.
     let dir = root.path().join("name");
     let out = s.restore(&[

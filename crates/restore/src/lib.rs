@@ -76,6 +76,9 @@ pub struct Options {
     pub target: Target,
     /// Restore from this backup instead of the newest that reaches the target.
     pub backup: Option<String>,
+    /// Stop just before the target (`recovery_target_inclusive = false`): for `--xid`, the
+    /// state before that transaction committed; for `--lsn`, before the record there.
+    pub exclusive: bool,
     pub target_dir: PathBuf,
     pub action: recovery::Action,
     pub start: Option<StartOptions>,
@@ -291,7 +294,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         expected: plan.segments.clone(),
         spool: opts.target_dir.join(recovery::SPOOL_DIR),
     };
-    let helper_path = recovery::write(&opts.target_dir, &plan, opts.action, &opts.holdfast_exe, &helper)?;
+    let helper_path =
+        recovery::write(&opts.target_dir, &plan, opts.action, opts.exclusive, &opts.holdfast_exe, &helper)?;
     let mut report = Report {
         cluster: opts.cluster.clone(),
         target: opts.target.to_string(),
@@ -384,6 +388,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     report.recovered_lsn = lsn.clone();
     report.last_replayed_commit = commit.filter(|c| !c.is_empty());
     let reached = match (&opts.target, lsn.as_deref().map(str::parse::<pgfmt::Lsn>)) {
+        // Exclusive: replay stopped before the record at the target (its end ≤ the target).
+        (Target::Lsn(t), Some(Ok(got))) if opts.exclusive => got <= *t,
         (Target::Lsn(t), Some(Ok(got))) => got >= *t,
         (Target::Time(t), _) => report
             .last_replayed_commit

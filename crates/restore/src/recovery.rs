@@ -37,6 +37,7 @@ pub fn write(
     data: &Path,
     plan: &Plan,
     action: Action,
+    exclusive: bool,
     holdfast_exe: &Path,
     helper: &HelperConfig,
 ) -> Result<PathBuf, RestoreError> {
@@ -62,6 +63,10 @@ pub fn write(
         Target::Lsn(l) => s += &format!("recovery_target_lsn = {}\n", quote(&l.to_string())),
         Target::Xid(x) => s += &format!("recovery_target_xid = {}\n", quote(&x.to_string())),
         Target::Name(n) => s += &format!("recovery_target_name = {}\n", quote(n)),
+    }
+    if exclusive && matches!(plan.target, Target::Time(_) | Target::Lsn(_) | Target::Xid(_)) {
+        // Stop just before the target: its transaction (or record) is not replayed.
+        s += "recovery_target_inclusive = 'false'\n";
     }
     if plan.target != Target::Latest {
         s += &format!(

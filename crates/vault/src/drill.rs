@@ -528,6 +528,7 @@ async fn restore_and_check(
         cluster: cfg.cluster.clone(),
         target: target.clone(),
         backup: None,
+        exclusive: false,
         target_dir: data.clone(),
         action: restore::recovery::Action::Promote,
         start: Some(restore::StartOptions {
