@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod basebackup;
 pub mod config;
+pub mod detect;
 pub mod piece;
 pub mod runtime;
 pub mod status;

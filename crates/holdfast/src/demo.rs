@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use capture::archive::WalArchive;
-use pgfmt::wal::{RecordKind, WalReader};
+use pgfmt::wal::WalReader;
 use pgfmt::{Lsn, TimelineId};
 use testkit::pg::{TempPg, TempPgOptions};
 use vault::clock::SystemClock;
@@ -349,29 +349,23 @@ async fn find_first_destruction(
     let end = map.contiguous_end(tli, from);
     let page = Lsn(from.0 - from.0 % 8192);
     let wal = archive.read_range(tli, page, end).await?;
-    let mut deletes: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    let mut detector = capture::detect::Detector::new(capture::detect::Thresholds { mass_delete_rows: 999 });
     for rec in WalReader::new(&wal, page, seg_size) {
         let Ok(rec) = rec else { break };
-        match rec.kind() {
-            Ok(RecordKind::HeapDelete { .. }) => *deletes.entry(rec.header.xid).or_default() += 1,
-            Ok(RecordKind::XactCommit(x)) => {
-                let n = deletes.get(&rec.header.xid).copied().unwrap_or(0);
-                if !x.dropped_rels.is_empty() || n >= 1000 {
-                    let what = if x.dropped_rels.is_empty() {
-                        format!("transaction {} deleted {n} rows", rec.header.xid)
-                    } else {
-                        format!(
-                            "transaction {} dropped {} relation file(s)",
-                            rec.header.xid,
-                            x.dropped_rels.len()
-                        )
-                    };
-                    let when = store::Timestamp(x.unix_micros() / 1_000_000).to_string();
-                    return Ok((rec.lsn, what, when));
-                }
-            }
-            _ => {}
-        }
+        let Ok(kind) = rec.kind() else { continue };
+        let Some(found) = detector.feed(rec.lsn, rec.header.xid, &kind) else { continue };
+        // Only what committed: the demo restores to just before a commit.
+        let Some(us) = found.commit_time_us else { continue };
+        let what = match found.kind {
+            capture::detect::Kind::MassDelete => format!(
+                "transaction {} deleted {} rows",
+                found.xid,
+                found.deleted.iter().map(|(_, n)| n).sum::<u64>()
+            ),
+            _ => format!("transaction {} dropped {} relation file(s)", found.xid, found.dropped.len()),
+        };
+        let when = store::Timestamp(us / 1_000_000).to_string();
+        return Ok((found.lsn, what, when));
     }
     bail!("no destructive transaction found in the vault's WAL after {from}")
 }

@@ -1,0 +1,236 @@
+//! Destruction in the WAL, without IO: fed decoded records in WAL order, [`Detector`] reports
+//! transactions that destroyed data — a dropped database (at once, from `XLOG_DBASE_DROP`),
+//! relation files dropped at commit (DROP TABLE/SCHEMA, TRUNCATE), and mass deletes (more heap
+//! tuples deleted in one transaction than a threshold) — each with the point to restore to:
+//! just before that transaction.
+//!
+//! What this module does not know yet (issue 5 continues): relation names and whether a
+//! dropped file belonged to a table that still exists (VACUUM FULL, CLUSTER, REINDEX and
+//! rewriting ALTER TABLE also drop files at commit); that needs a catalog snapshot from the
+//! server, so `RelationsDropped` findings are candidates, not verdicts.
+
+use std::collections::HashMap;
+
+use pgfmt::Lsn;
+use pgfmt::wal::{RecordKind, RelFileNode};
+
+/// What kind of destruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    DatabaseDropped,
+    RelationsDropped,
+    MassDelete,
+}
+
+/// Where to restore to, to undo a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreTarget {
+    /// Stop before the record at this LSN (`recovery_target_lsn`, exclusive): a database's
+    /// files are removed when the drop record is replayed, before its commit.
+    BeforeLsn(Lsn),
+    /// Stop just before this transaction commits (`recovery_target_xid`, exclusive).
+    BeforeXid(u32),
+}
+
+/// One destructive transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Destruction {
+    pub kind: Kind,
+    pub xid: u32,
+    /// The transaction's first record seen.
+    pub first_lsn: Lsn,
+    /// The record that made it a finding: the drop record, or the commit.
+    pub lsn: Lsn,
+    /// Commit time (microseconds since the Unix epoch), when committed.
+    pub commit_time_us: Option<i64>,
+    /// The dropped database's OID.
+    pub database: Option<u32>,
+    /// Relation files dropped at commit.
+    pub dropped: Vec<RelFileNode>,
+    /// Heap tuples deleted, per relation file.
+    pub deleted: Vec<(RelFileNode, u64)>,
+    pub restore_target: RestoreTarget,
+}
+
+/// Thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// A transaction deleting more heap tuples than this is a mass delete.
+    pub mass_delete_rows: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { mass_delete_rows: 1000 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    first_lsn: Lsn,
+    deleted: HashMap<RelFileNode, u64>,
+}
+
+/// The state across records: one entry per transaction in progress.
+#[derive(Debug, Default)]
+pub struct Detector {
+    thresholds: Thresholds,
+    open: HashMap<u32, Open>,
+}
+
+impl Detector {
+    pub fn new(thresholds: Thresholds) -> Detector {
+        Detector { thresholds, open: HashMap::new() }
+    }
+
+    /// Transactions in progress (bounded by the server's concurrency).
+    pub fn in_progress(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Feeds one record (its start LSN, `xl_xid`, decoded kind); returns what it reveals.
+    pub fn feed(&mut self, lsn: Lsn, xid: u32, kind: &RecordKind) -> Option<Destruction> {
+        if xid != 0 {
+            self.open.entry(xid).or_insert_with(|| Open { first_lsn: lsn, ..Default::default() });
+        }
+        match kind {
+            RecordKind::HeapDelete { rel: Some(rel), .. } if xid != 0 => {
+                *self.open.get_mut(&xid)?.deleted.entry(*rel).or_default() += 1;
+                None
+            }
+            RecordKind::DbaseDrop { db_id, .. } => {
+                let first_lsn = self.open.get(&xid).map_or(lsn, |o| o.first_lsn);
+                Some(Destruction {
+                    kind: Kind::DatabaseDropped,
+                    xid,
+                    first_lsn,
+                    lsn,
+                    commit_time_us: None,
+                    database: Some(*db_id),
+                    dropped: Vec::new(),
+                    deleted: Vec::new(),
+                    restore_target: RestoreTarget::BeforeLsn(first_lsn),
+                })
+            }
+            RecordKind::XactAbort(x) => {
+                self.open.remove(&xid);
+                for sub in &x.subxacts {
+                    self.open.remove(sub);
+                }
+                None
+            }
+            RecordKind::XactCommit(x) => {
+                let mut open =
+                    self.open.remove(&xid).unwrap_or(Open { first_lsn: lsn, ..Default::default() });
+                // Work done in subtransactions (savepoints, PL/pgSQL exception blocks) counts
+                // for the transaction that commits it.
+                for sub in &x.subxacts {
+                    if let Some(o) = self.open.remove(sub) {
+                        open.first_lsn = open.first_lsn.min(o.first_lsn);
+                        for (rel, n) in o.deleted {
+                            *open.deleted.entry(rel).or_default() += n;
+                        }
+                    }
+                }
+                let total: u64 = open.deleted.values().sum();
+                let mut deleted: Vec<(RelFileNode, u64)> = open.deleted.into_iter().collect();
+                deleted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.rel.cmp(&b.0.rel)));
+                let kind = if !x.dropped_rels.is_empty() {
+                    Kind::RelationsDropped
+                } else if total > self.thresholds.mass_delete_rows {
+                    Kind::MassDelete
+                } else {
+                    return None;
+                };
+                Some(Destruction {
+                    kind,
+                    xid,
+                    first_lsn: open.first_lsn,
+                    lsn,
+                    commit_time_us: Some(x.unix_micros()),
+                    database: x.db.map(|(db, _)| db),
+                    dropped: x.dropped_rels.clone(),
+                    deleted,
+                    restore_target: RestoreTarget::BeforeXid(xid),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfmt::wal::XactEnd;
+
+    fn rel(r: u32) -> RelFileNode {
+        RelFileNode { spc: 1663, db: 5, rel: r }
+    }
+
+    fn end(dropped: Vec<RelFileNode>, subxacts: Vec<u32>) -> XactEnd {
+        XactEnd {
+            time: 0,
+            xinfo: 0,
+            db: Some((5, 1663)),
+            subxacts,
+            dropped_rels: dropped,
+            twophase_xid: None,
+        }
+    }
+
+    fn commit(dropped: Vec<RelFileNode>) -> RecordKind {
+        RecordKind::XactCommit(end(dropped, vec![]))
+    }
+
+    #[test]
+    fn mass_delete_counts_per_transaction_and_aborts_forget() {
+        let mut d = Detector::new(Thresholds { mass_delete_rows: 3 });
+        let del = RecordKind::HeapDelete { rel: Some(rel(16384)), block: Some(0) };
+        // Interleaved: xid 10 deletes 4 rows, xid 11 deletes 4 and aborts, xid 12 deletes 2.
+        for i in 0..4 {
+            assert_eq!(d.feed(Lsn(100 + i * 3), 10, &del), None);
+            assert_eq!(d.feed(Lsn(101 + i * 3), 11, &del), None);
+        }
+        d.feed(Lsn(200), 12, &del);
+        d.feed(Lsn(201), 12, &del);
+        assert_eq!(d.feed(Lsn(300), 11, &RecordKind::XactAbort(end(vec![], vec![]))), None);
+        assert_eq!(d.feed(Lsn(301), 12, &commit(vec![])), None, "2 rows is under the threshold");
+        let f = d.feed(Lsn(302), 10, &commit(vec![])).unwrap();
+        assert_eq!((f.kind, f.xid, f.first_lsn, f.lsn), (Kind::MassDelete, 10, Lsn(100), Lsn(302)));
+        assert_eq!(f.deleted, vec![(rel(16384), 4)]);
+        assert_eq!(f.restore_target, RestoreTarget::BeforeXid(10));
+        assert_eq!(d.in_progress(), 0, "finished transactions are forgotten");
+        // Deletes in subtransactions count for the top-level commit.
+        d.feed(Lsn(400), 20, &RecordKind::Other);
+        for i in 0..2 {
+            d.feed(Lsn(401 + i), 21, &del);
+            d.feed(Lsn(410 + i), 22, &del);
+        }
+        let f = d.feed(Lsn(420), 20, &RecordKind::XactCommit(end(vec![], vec![21, 22]))).unwrap();
+        assert_eq!(
+            (f.kind, f.first_lsn, f.deleted.clone()),
+            (Kind::MassDelete, Lsn(400), vec![(rel(16384), 4)])
+        );
+        assert_eq!(d.in_progress(), 0);
+    }
+
+    #[test]
+    fn dropped_files_and_databases() {
+        let mut d = Detector::default();
+        let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2)])).unwrap();
+        assert_eq!(f.kind, Kind::RelationsDropped);
+        assert_eq!(f.dropped, vec![rel(1), rel(2)]);
+        // DROP DATABASE: reported at the drop record, restore to before the transaction began.
+        assert_eq!(d.feed(Lsn(60), 8, &RecordKind::Other), None);
+        let f = d.feed(Lsn(70), 8, &RecordKind::DbaseDrop { db_id: 16400, tablespaces: vec![1663] }).unwrap();
+        assert_eq!(
+            (f.kind, f.database, f.restore_target),
+            (Kind::DatabaseDropped, Some(16400), RestoreTarget::BeforeLsn(Lsn(60)))
+        );
+        // Its commit drops no relation files of its own: nothing more.
+        assert_eq!(d.feed(Lsn(80), 8, &commit(vec![])), None);
+    }
+}
