@@ -48,6 +48,10 @@ pub struct ClusterConfig {
     /// Take a base backup this often, in minutes (default: only on demand).
     #[serde(default)]
     pub backup_interval_minutes: Option<u64>,
+    /// A transaction deleting more rows than this raises a `mass_delete` incident (default
+    /// 10000).
+    #[serde(default)]
+    pub mass_delete_rows: Option<u64>,
 }
 
 /// Validated settings.
@@ -60,6 +64,8 @@ pub struct Cluster {
     pub synchronous: bool,
     pub flush_interval: Duration,
     pub backup_interval: Option<Duration>,
+    /// See [`ClusterConfig::mass_delete_rows`].
+    pub mass_delete_rows: u64,
     /// How long the server may stay unreachable before a `connection_lost` incident
     /// (default 10 s).
     pub connection_grace: Duration,
@@ -70,6 +76,8 @@ pub struct Cluster {
 
 /// Default of [`Cluster::connection_grace`].
 pub const DEFAULT_CONNECTION_GRACE: Duration = Duration::from_secs(10);
+/// Default of [`Cluster::mass_delete_rows`].
+pub const DEFAULT_MASS_DELETE_ROWS: u64 = 10_000;
 /// Default of [`Cluster::wal_wait`].
 pub const DEFAULT_WAL_WAIT: Duration = Duration::from_secs(120);
 
@@ -151,6 +159,7 @@ impl ClusterConfig {
             synchronous: self.synchronous,
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
+            mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),
             connection_grace: DEFAULT_CONNECTION_GRACE,
             wal_wait: DEFAULT_WAL_WAIT,
         })

@@ -9,7 +9,7 @@
 //! rewriting ALTER TABLE also drop files at commit); that needs a catalog snapshot from the
 //! server, so `RelationsDropped` findings are candidates, not verdicts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pgfmt::Lsn;
 use pgfmt::wal::{RecordKind, RelFileNode};
@@ -73,16 +73,45 @@ struct Open {
     deleted: HashMap<RelFileNode, u64>,
 }
 
-/// The state across records: one entry per transaction in progress.
+/// The state across records: one entry per transaction in progress, and the relation files
+/// known to hold data.
 #[derive(Debug, Default)]
 pub struct Detector {
     thresholds: Thresholds,
     open: HashMap<u32, Open>,
+    /// Relation files known to hold data: non-empty in a base backup, or written in the WAL
+    /// followed since. Dropping a file that never held data (TRUNCATE of a table created empty,
+    /// as `pgbench -i` does) destroys nothing.
+    nonempty: HashSet<RelFileNode>,
+}
+
+/// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
+/// `pg_tblspc/16400/PG_15_202209061/5/16401`), if it is one.
+pub fn relfilenode_of(path: &str) -> Option<RelFileNode> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let (spc, db, file) = match parts.as_slice() {
+        ["base", db, file] => (1663, db.parse().ok()?, *file),
+        ["global", file] => (1664, 0, *file),
+        ["pg_tblspc", spc, _version, db, file] => (spc.parse().ok()?, db.parse().ok()?, *file),
+        _ => return None,
+    };
+    let stem = file.split(['.', '_']).next()?;
+    Some(RelFileNode { spc, db, rel: stem.parse().ok()? })
 }
 
 impl Detector {
     pub fn new(thresholds: Thresholds) -> Detector {
-        Detector { thresholds, open: HashMap::new() }
+        Detector { thresholds, open: HashMap::new(), nonempty: HashSet::new() }
+    }
+
+    /// Relation files known to hold data (e.g. the non-empty files of a base backup).
+    pub fn seed(&mut self, rels: impl IntoIterator<Item = RelFileNode>) {
+        self.nonempty.extend(rels);
+    }
+
+    /// A record wrote to these relation files (its block references): they hold data.
+    pub fn note_written(&mut self, rels: impl IntoIterator<Item = RelFileNode>) {
+        self.nonempty.extend(rels);
     }
 
     /// Transactions in progress (bounded by the server's concurrency).
@@ -135,9 +164,11 @@ impl Detector {
                     }
                 }
                 let total: u64 = open.deleted.values().sum();
+                let dropped: Vec<RelFileNode> =
+                    x.dropped_rels.iter().filter(|r| self.nonempty.remove(r)).copied().collect();
                 let mut deleted: Vec<(RelFileNode, u64)> = open.deleted.into_iter().collect();
                 deleted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.rel.cmp(&b.0.rel)));
-                let kind = if !x.dropped_rels.is_empty() {
+                let kind = if !dropped.is_empty() {
                     Kind::RelationsDropped
                 } else if total > self.thresholds.mass_delete_rows {
                     Kind::MassDelete
@@ -151,12 +182,97 @@ impl Detector {
                     lsn,
                     commit_time_us: Some(x.unix_micros()),
                     database: x.db.map(|(db, _)| db),
-                    dropped: x.dropped_rels.clone(),
+                    dropped,
                     deleted,
                     restore_target: RestoreTarget::BeforeXid(xid),
                 })
             }
             _ => None,
+        }
+    }
+}
+
+/// Follows a cluster's durable WAL as it is stored, decodes it and raises an incident for each
+/// destructive transaction, within moments of its WAL becoming durable. Starts at the WAL
+/// durable when it starts (what was stored before is not re-read: a transaction under way
+/// across a vault restart is judged only on what follows); restarts on a new timeline.
+pub async fn follow(
+    rt: std::sync::Arc<crate::runtime::ClusterRuntime>,
+    thresholds: Thresholds,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    /// More undecoded WAL than this in one step means the decoder is stuck: skip ahead.
+    const MAX_STEP: u64 = 64 << 20;
+    let mut durable = rt.durable.subscribe();
+    let (mut tli, mut next) = *durable.borrow_and_update();
+    let mut detector = Detector::new(thresholds);
+    let mut seeded_from: Option<String> = None;
+    loop {
+        tokio::select! {
+            r = durable.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let (t, end) = *durable.borrow_and_update();
+        if t != tli {
+            tli = t;
+            next = rt.archive.map().first(t).map_or(end, |p| p.start);
+            detector = Detector::new(thresholds);
+            seeded_from = None;
+        }
+        // Files holding data that the WAL since may never touch: the newest base backup's.
+        let newest = rt.newest_backup_id();
+        if newest.is_some() && newest != seeded_from {
+            if let Some(id) = &newest {
+                match rt.backup_relation_files(id).await {
+                    Ok(rels) => detector.seed(rels),
+                    Err(e) => {
+                        tracing::warn!(cluster = %rt.cluster.name, error = %e, "could not read the backup's file list")
+                    }
+                }
+            }
+            seeded_from = newest;
+        }
+        let Some(seg_size) = rt.archive.segment_size() else { continue };
+        if next.0 == 0 {
+            next = rt.archive.map().first(t).map_or(end, |p| p.start);
+        }
+        if end <= next {
+            continue;
+        }
+        if end.0 - next.0 > MAX_STEP {
+            tracing::warn!(cluster = %rt.cluster.name, from = %next, to = %end, "destruction detector skipping WAL it could not decode");
+            next = end;
+            continue;
+        }
+        let page = Lsn(next.0 - next.0 % 8192);
+        let wal = match rt.archive.read_range(tli, page, end).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(cluster = %rt.cluster.name, error = %e, "destruction detector could not read WAL");
+                continue;
+            }
+        };
+        let mut reader = pgfmt::wal::WalReader::new(&wal, page, seg_size);
+        let mut found = Vec::new();
+        for rec in reader.by_ref() {
+            let Ok(rec) = rec else { break };
+            if rec.lsn < next {
+                continue;
+            }
+            if let Ok(body) = rec.body() {
+                detector.note_written(body.blocks.iter().map(|b| b.rel));
+            }
+            if let Ok(kind) = rec.kind() {
+                if let Some(d) = detector.feed(rec.lsn, rec.header.xid, &kind) {
+                    found.push(d);
+                }
+            }
+        }
+        if let Some(n) = reader.next_lsn() {
+            next = next.max(n);
+        }
+        for d in found {
+            rt.destruction(&d).await;
         }
     }
 }
@@ -220,9 +336,21 @@ mod tests {
     #[test]
     fn dropped_files_and_databases() {
         let mut d = Detector::default();
-        let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2)])).unwrap();
+        // Files that never held data: dropping them destroys nothing.
+        assert_eq!(d.feed(Lsn(40), 6, &commit(vec![rel(8), rel(9)])), None);
+        d.seed([rel(1)]);
+        d.note_written([rel(2)]);
+        let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2), rel(3)])).unwrap();
         assert_eq!(f.kind, Kind::RelationsDropped);
         assert_eq!(f.dropped, vec![rel(1), rel(2)]);
+        assert_eq!(relfilenode_of("base/5/16384.12"), Some(RelFileNode { spc: 1663, db: 5, rel: 16384 }));
+        assert_eq!(relfilenode_of("global/1262_vm"), Some(RelFileNode { spc: 1664, db: 0, rel: 1262 }));
+        assert_eq!(
+            relfilenode_of("pg_tblspc/16400/PG_15_202209061/5/16401_fsm"),
+            Some(RelFileNode { spc: 16400, db: 5, rel: 16401 })
+        );
+        assert_eq!(relfilenode_of("base/5/PG_VERSION"), None);
+        assert_eq!(relfilenode_of("pg_wal/000000010000000000000001"), None);
         // DROP DATABASE: reported at the drop record, restore to before the transaction began.
         assert_eq!(d.feed(Lsn(60), 8, &RecordKind::Other), None);
         let f = d.feed(Lsn(70), 8, &RecordKind::DbaseDrop { db_id: 16400, tablespaces: vec![1663] }).unwrap();

@@ -121,6 +121,8 @@ impl Collector {
         for c in clusters {
             let rt = Arc::new(ClusterRuntime::load(repo, c, host.clone()).await?);
             tasks.push(tokio::spawn(stream::run(rt.clone(), rx.clone())));
+            let thresholds = detect::Thresholds { mass_delete_rows: rt.cluster.mass_delete_rows };
+            tasks.push(tokio::spawn(detect::follow(rt.clone(), thresholds, rx.clone())));
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }

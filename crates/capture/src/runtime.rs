@@ -19,6 +19,8 @@ pub struct ClusterRuntime {
     pub(crate) repo: Repository,
     pub(crate) host: Arc<dyn VaultHost>,
     status: Mutex<ClusterStatus>,
+    /// Every incident, oldest first (status shows the last 20).
+    all_incidents: Mutex<Vec<Incident>>,
     /// Incident kinds raised and not yet cleared by a healthy stream: raised once per episode.
     open_incidents: Mutex<BTreeSet<String>>,
     /// (timeline, durable end) after every flush; base backups wait on it.
@@ -67,6 +69,7 @@ impl ClusterRuntime {
                 _ => {}
             }
         }
+        let all_incidents = incidents.clone();
         let keep_from = incidents.len().saturating_sub(20);
         let map = archive.map();
         let last = map.timelines().last().copied();
@@ -85,6 +88,7 @@ impl ClusterRuntime {
             repo: repo.clone(),
             host,
             status: Mutex::new(status),
+            all_incidents: Mutex::new(all_incidents),
             open_incidents: Mutex::new(BTreeSet::new()),
             durable: watch::channel(durable).0,
             backups: Mutex::new(backups),
@@ -199,6 +203,29 @@ impl ClusterRuntime {
         }
     }
 
+    /// The id of the newest complete backup.
+    pub fn newest_backup_id(&self) -> Option<String> {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().map(|b| b.id.clone())
+    }
+
+    /// The non-empty relation files of backup `id`.
+    pub(crate) async fn backup_relation_files(
+        &self,
+        id: &str,
+    ) -> Result<Vec<pgfmt::wal::RelFileNode>, CaptureError> {
+        let rec = self.repo.backup(id).await?;
+        let mut out = Vec::new();
+        self.repo
+            .for_each_entry(&rec, |e| {
+                if e.size > 0 {
+                    out.extend(crate::detect::relfilenode_of(&e.path));
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(out)
+    }
+
     /// Records a completed backup.
     pub(crate) fn add_backup(&self, b: BackupSummary) {
         self.backups.lock().unwrap_or_else(|p| p.into_inner()).push(b);
@@ -216,18 +243,81 @@ impl ClusterRuntime {
             detected_at: now,
             message,
             lsn,
+            xid: None,
+            restore_target: None,
+            objects: Vec::new(),
         };
+        self.record_incident(incident).await;
+    }
+
+    /// Records an incident: catalog, status, log, alert.
+    async fn record_incident(&self, incident: Incident) {
+        let now = incident.detected_at;
+        let kind = incident.kind.clone();
         tracing::error!(cluster = %incident.cluster, kind, message = %incident.message, "incident");
         let body = serde_json::to_value(&incident).expect("serialises");
         if let Err(e) = self.repo.append_record(INCIDENT_RECORD, body, now, self.host.retain_until()).await {
             tracing::error!(error = %e, "could not record the incident in the catalog");
         }
         self.host.alert(&incident);
+        self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).push(incident.clone());
         self.update(|s| {
             s.incidents.push(incident);
             let excess = s.incidents.len().saturating_sub(20);
             s.incidents.drain(..excess);
         });
+    }
+
+    /// An incident for a destructive transaction found in the WAL (each is its own incident).
+    pub(crate) async fn destruction(&self, d: &crate::detect::Destruction) {
+        use crate::detect::{Kind, RestoreTarget};
+        use crate::status::IncidentTarget;
+        let number = self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
+        let rows: u64 = d.deleted.iter().map(|(_, n)| n).sum();
+        let what = match d.kind {
+            Kind::DatabaseDropped => {
+                format!("transaction {} dropped database oid {}", d.xid, d.database.unwrap_or(0))
+            }
+            Kind::RelationsDropped => format!(
+                "transaction {} dropped or emptied {} relation file(s) at commit (DROP TABLE/SCHEMA, TRUNCATE)",
+                d.xid,
+                d.dropped.len()
+            ),
+            Kind::MassDelete => format!("transaction {} deleted {rows} rows", d.xid),
+        };
+        let when = d
+            .commit_time_us
+            .map(|us| format!(", committed {}", Timestamp(us.div_euclid(1_000_000))))
+            .unwrap_or_default();
+        let mut objects: Vec<String> = d.dropped.iter().map(|r| format!("{r} (dropped)")).collect();
+        objects.extend(d.deleted.iter().map(|(r, n)| format!("{r}: {n} rows deleted")));
+        let incident = Incident {
+            cluster: self.cluster.name.clone(),
+            kind: match d.kind {
+                Kind::DatabaseDropped => "database_dropped",
+                Kind::RelationsDropped => "relations_dropped",
+                Kind::MassDelete => "mass_delete",
+            }
+            .into(),
+            detected_at: self.host.now(),
+            message: format!(
+                "{what} at {}{when}; undo with `holdfast restore --cluster {} --before-incident {number} …`",
+                d.lsn, self.cluster.name
+            ),
+            lsn: Some(d.lsn),
+            xid: Some(d.xid),
+            restore_target: Some(match d.restore_target {
+                RestoreTarget::BeforeXid(xid) => IncidentTarget::BeforeXid { xid },
+                RestoreTarget::BeforeLsn(lsn) => IncidentTarget::BeforeLsn { lsn },
+            }),
+            objects,
+        };
+        self.record_incident(incident).await;
+    }
+
+    /// Every incident of this cluster, oldest first (numbered from 1 by `holdfast incidents`).
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A healthy stream closes the connection-related incident episodes.

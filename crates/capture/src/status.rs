@@ -1,5 +1,5 @@
 //! Status types live in `vault-api`, the wire contract; the collector fills them in.
 
 pub use vault_api::status::{
-    BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window,
+    BackupSummary, ClusterStatus, Incident, IncidentTarget, Inventory, InventoryBackup, WalRun, Window,
 };

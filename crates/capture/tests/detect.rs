@@ -20,10 +20,15 @@ fn xid_of(pg: &TempPg, sql: &str) -> Result<u32> {
 #[test]
 fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
     let pg = TempPg::start()?;
+    // From before the tables exist, so that the detector sees them written (it reports only
+    // files known to hold data).
+    let start: Lsn = pg.psql("SELECT pg_current_wal_lsn()")?.parse()?;
     pg.psql("CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g")?;
     pg.psql("CREATE TABLE b AS SELECT g FROM generate_series(1, 100) g; CREATE TABLE c AS SELECT g FROM generate_series(1, 100) g")?;
     pg.psql("CREATE DATABASE victim")?;
-    let start: Lsn = pg.psql("SELECT pg_current_wal_lsn()")?.parse()?;
+    // A table created and emptied while still empty: nothing destroyed, no finding.
+    pg.psql("CREATE TABLE empty (id int)")?;
+    pg.psql("TRUNCATE empty")?;
     let mass = xid_of(&pg, "DELETE FROM a WHERE id <= 3000")?;
     let small = xid_of(&pg, "DELETE FROM a WHERE id > 4990")?;
     let dropped = xid_of(&pg, "DROP TABLE b")?;
@@ -50,6 +55,7 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
         if rec.lsn >= end {
             break;
         }
+        detector.note_written(rec.body()?.blocks.iter().map(|b| b.rel));
         if let Some(f) = detector.feed(rec.lsn, rec.header.xid, &rec.kind()?) {
             found.push(f);
         }

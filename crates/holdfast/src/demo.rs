@@ -106,6 +106,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
         synchronous: false,
         flush_interval_ms: None,
         backup_interval_minutes: None,
+        mass_delete_rows: None,
     };
     let vault_dir = dir.join("vault");
     let init = vault::init(
@@ -352,6 +353,9 @@ async fn find_first_destruction(
     let mut detector = capture::detect::Detector::new(capture::detect::Thresholds { mass_delete_rows: 999 });
     for rec in WalReader::new(&wal, page, seg_size) {
         let Ok(rec) = rec else { break };
+        if let Ok(body) = rec.body() {
+            detector.note_written(body.blocks.iter().map(|b| b.rel));
+        }
         let Ok(kind) = rec.kind() else { continue };
         let Some(found) = detector.feed(rec.lsn, rec.header.xid, &kind) else { continue };
         // Only what committed: the demo restores to just before a commit.

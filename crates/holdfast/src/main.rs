@@ -93,6 +93,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Incidents: destruction found in the WAL (with the restore target just before it), lost
+    /// slots, WAL gaps, lost connections. Numbered per cluster for `restore --before-incident`.
+    Incidents {
+        /// Only this cluster (default: every one).
+        #[arg(long)]
+        cluster: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        json: bool,
+    },
     /// Have the vault take a base backup of a cluster now; waits until it is complete.
     Backup {
         /// The cluster's name in the vault's config.
@@ -258,7 +269,7 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> Result<VaultClient> {
+    pub(crate) fn client(&self) -> Result<VaultClient> {
         let ca = std::fs::read(&self.ca)
             .with_context(|| format!("reading the vault certificate {}", self.ca.display()))?;
         let token = std::fs::read_to_string(&self.token_file)
@@ -346,6 +357,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
         Command::Restore(a) => restore_cmd::restore(*a).await,
+        Command::Incidents { cluster, remote, json } => {
+            status::incidents(&remote.client()?, cluster.as_deref(), json).await
+        }
         Command::Drill { cluster, list, remote, json } => {
             let client = remote.client()?;
             match (list, cluster) {

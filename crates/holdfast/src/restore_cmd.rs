@@ -11,7 +11,7 @@ use restore::{Target, wal};
 
 /// Arguments of `holdfast restore`.
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["time", "lsn", "xid", "restore_point", "latest"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["time", "lsn", "xid", "restore_point", "latest", "before_incident"])))]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub remote: crate::Remote,
@@ -33,6 +33,9 @@ pub struct RestoreArgs {
     /// Recover everything the vault holds.
     #[arg(long)]
     pub latest: bool,
+    /// Recover to just before the destructive transaction of incident N (`holdfast incidents`).
+    #[arg(long)]
+    pub before_incident: Option<usize>,
     /// Stop just before the target instead of just after it: with --xid, the state before
     /// that transaction committed (the undo of a destructive transaction); with --lsn, before
     /// the record at that position; with --time, only commits strictly before it.
@@ -82,7 +85,32 @@ fn is_root() -> bool {
 }
 
 pub async fn restore(a: RestoreArgs) -> Result<u8> {
+    let mut exclusive = a.exclusive;
+    let before = match a.before_incident {
+        Some(n) => {
+            let incidents =
+                a.remote.client()?.incidents(&a.cluster).await.context("reading the cluster's incidents")?;
+            let i = n.checked_sub(1).and_then(|k| incidents.get(k)).ok_or_else(|| {
+                anyhow!(
+                    "cluster {} has no incident {n} (it has {}: see `holdfast incidents`)",
+                    a.cluster,
+                    incidents.len()
+                )
+            })?;
+            exclusive = true;
+            Some(match i.restore_target {
+                Some(vault_api::status::IncidentTarget::BeforeXid { xid }) => Target::Xid(xid),
+                Some(vault_api::status::IncidentTarget::BeforeLsn { lsn }) => Target::Lsn(lsn),
+                None => anyhow::bail!(
+                    "incident {n} ({}) names no destructive transaction to restore to just before; use --time or --lsn",
+                    i.kind
+                ),
+            })
+        }
+        None => None,
+    };
     let target = match (&a.time, &a.lsn, &a.xid, &a.restore_point, a.latest) {
+        _ if before.is_some() => before.clone().unwrap_or(Target::Latest),
         (Some(t), ..) => Target::Time(*t),
         (_, Some(l), ..) => Target::Lsn(l.parse().map_err(|e| anyhow!("--lsn {l:?}: {e} (e.g. 0/3000060)"))?),
         (_, _, Some(x), ..) => Target::Xid(*x),
@@ -122,7 +150,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         cluster: a.cluster.clone(),
         target,
         backup: a.backup.clone(),
-        exclusive: a.exclusive,
+        exclusive,
         target_dir,
         action: if a.promote { Action::Promote } else { Action::Pause },
         start,

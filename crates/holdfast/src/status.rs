@@ -135,3 +135,48 @@ pub async fn backup(client: &VaultClient, cluster: &str, json: bool) -> Result<u
     }
     Ok(0)
 }
+
+/// `holdfast incidents`.
+pub async fn incidents(client: &VaultClient, cluster: Option<&str>, json: bool) -> Result<u8> {
+    let names: Vec<String> = match cluster {
+        Some(c) => vec![c.to_string()],
+        None => client
+            .status()
+            .await
+            .context("asking the vault for its clusters")?
+            .clusters
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
+    };
+    let mut all = Vec::new();
+    for name in &names {
+        let list =
+            client.incidents(name).await.with_context(|| format!("reading the incidents of {name}"))?;
+        for (i, inc) in list.into_iter().enumerate() {
+            all.push((i + 1, inc));
+        }
+    }
+    if json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(n, i)| {
+                let mut v = serde_json::to_value(i).unwrap_or_default();
+                v["number"] = (*n).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(0);
+    }
+    if all.is_empty() {
+        println!("no incidents");
+    }
+    for (n, i) in &all {
+        println!("{} #{n} {} at {}: {}", i.cluster, i.kind, i.detected_at, i.message);
+        for o in &i.objects {
+            println!("      {o}");
+        }
+    }
+    Ok(0)
+}

@@ -228,6 +228,12 @@ impl VaultClient {
         Ok(())
     }
 
+    /// Every incident of `cluster`, oldest first (incident N is element N − 1).
+    pub async fn incidents(&self, cluster: &str) -> Result<Vec<crate::status::Incident>, ClientError> {
+        Self::check_cluster_name(cluster)?;
+        self.json(self.request(Method::GET, &format!("/v1/clusters/{cluster}/incidents"))).await
+    }
+
     /// Starts a restore drill of `cluster` in the vault (admin); returns its id at once.
     pub async fn start_drill(&self, cluster: &str) -> Result<crate::drill::DrillStarted, ClientError> {
         Self::check_cluster_name(cluster)?;

@@ -69,12 +69,32 @@ pub struct BackupSummary {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Incident {
     pub cluster: String,
-    /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`.
+    /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`;
+    /// from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,
     /// Where in the WAL it happened, when known.
     pub lsn: Option<Lsn>,
+    /// For destruction found in the WAL: the transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u32>,
+    /// For destruction found in the WAL: where to restore to undo it (just before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_target: Option<IncidentTarget>,
+    /// What it touched (relation files as tablespace/database/relfilenode, with row counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+}
+
+/// The point just before a destructive transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IncidentTarget {
+    /// Stop before this transaction commits (`recovery_target_xid`, exclusive).
+    BeforeXid { xid: u32 },
+    /// Stop before the record at this LSN (`recovery_target_lsn`, exclusive).
+    BeforeLsn { lsn: Lsn },
 }
 
 /// `GET /v1/status`.

@@ -161,6 +161,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/clusters/{name}/inventory", get(cluster_inventory))
         .route("/v1/clusters/{name}/drills", post(start_drill))
         .route("/v1/drills", get(list_drills))
+        .route("/v1/clusters/{name}/incidents", get(cluster_incidents))
         .route("/v1/clusters/{name}/wal/{file}", get(cluster_wal))
         .route("/v1/backups/{id}/entries", get(backup_entries))
         .route("/v1/backups/{id}/file", get(backup_file))
@@ -769,6 +770,18 @@ fn collector_cluster(
         ));
     };
     collector.cluster(&name).map_err(|e| ApiError::not_found(e.to_string()))
+}
+
+/// `GET /v1/clusters/{name}/incidents`: every incident of the cluster, oldest first (number
+/// N is position N, from 1: what `restore --before-incident N` takes).
+async fn cluster_incidents(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading incidents").await?;
+    let rt = collector_cluster(&s, name)?;
+    Ok(json(StatusCode::OK, &rt.incidents()))
 }
 
 /// `GET /v1/clusters/{name}/inventory`: backups, stored WAL runs, histories, window.
