@@ -9,7 +9,7 @@
 //! rewriting ALTER TABLE also drop files at commit); that needs a catalog snapshot from the
 //! server, so `RelationsDropped` findings are candidates, not verdicts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use pgfmt::Lsn;
 use pgfmt::wal::{RecordKind, RelFileNode};
@@ -71,6 +71,8 @@ impl Default for Thresholds {
 struct Open {
     first_lsn: Lsn,
     deleted: HashMap<RelFileNode, u64>,
+    /// Files this transaction wrote that were not known to hold data before: pages written.
+    new_pages: HashMap<RelFileNode, u64>,
 }
 
 /// The state across records: one entry per transaction in progress, and the relation files
@@ -79,10 +81,10 @@ struct Open {
 pub struct Detector {
     thresholds: Thresholds,
     open: HashMap<u32, Open>,
-    /// Relation files known to hold data: non-empty in a base backup, or written in the WAL
-    /// followed since. Dropping a file that never held data (TRUNCATE of a table created empty,
-    /// as `pgbench -i` does) destroys nothing.
-    nonempty: HashSet<RelFileNode>,
+    /// Relation files known to hold data, with their size in pages as far as known: non-empty
+    /// in a base backup, or written in the WAL followed since. Dropping a file that never held
+    /// data (TRUNCATE of a table created empty, as `pgbench -i` does) destroys nothing.
+    nonempty: HashMap<RelFileNode, u64>,
 }
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
@@ -101,17 +103,49 @@ pub fn relfilenode_of(path: &str) -> Option<RelFileNode> {
 
 impl Detector {
     pub fn new(thresholds: Thresholds) -> Detector {
-        Detector { thresholds, open: HashMap::new(), nonempty: HashSet::new() }
+        Detector { thresholds, open: HashMap::new(), nonempty: HashMap::new() }
     }
 
-    /// Relation files known to hold data (e.g. the non-empty files of a base backup).
-    pub fn seed(&mut self, rels: impl IntoIterator<Item = RelFileNode>) {
-        self.nonempty.extend(rels);
+    /// Relation files known to hold data, with their size in pages (e.g. the non-empty files
+    /// of a base backup).
+    pub fn seed(&mut self, rels: impl IntoIterator<Item = (RelFileNode, u64)>) {
+        for (rel, pages) in rels {
+            let p = self.nonempty.entry(rel).or_default();
+            *p = (*p).max(pages);
+        }
     }
 
-    /// A record wrote to these relation files (its block references): they hold data.
-    pub fn note_written(&mut self, rels: impl IntoIterator<Item = RelFileNode>) {
-        self.nonempty.extend(rels);
+    /// Transaction `xid` wrote these blocks (a record's block references): the files hold
+    /// data; files new to the detector count as written by this transaction.
+    pub fn note_written(&mut self, xid: u32, blocks: impl IntoIterator<Item = (RelFileNode, u32)>) {
+        for (rel, block) in blocks {
+            let pages = u64::from(block) + 1;
+            let known = self.nonempty.contains_key(&rel);
+            if let Some(open) = self.open.get_mut(&xid).filter(|_| xid != 0) {
+                if !known || open.new_pages.contains_key(&rel) {
+                    let p = open.new_pages.entry(rel).or_default();
+                    *p = (*p).max(pages);
+                }
+            }
+            let p = self.nonempty.entry(rel).or_default();
+            *p = (*p).max(pages);
+        }
+    }
+
+    /// One decoded record: the blocks it writes, then its kind. What callers use.
+    pub fn record(&mut self, rec: &pgfmt::wal::WalRecord) -> Option<Destruction> {
+        let kind = rec.kind().ok()?;
+        self.open_xact(rec.lsn, rec.header.xid);
+        if let Ok(body) = rec.body() {
+            self.note_written(rec.header.xid, body.blocks.iter().map(|b| (b.rel, b.block)));
+        }
+        self.feed(rec.lsn, rec.header.xid, &kind)
+    }
+
+    fn open_xact(&mut self, lsn: Lsn, xid: u32) {
+        if xid != 0 {
+            self.open.entry(xid).or_insert_with(|| Open { first_lsn: lsn, ..Default::default() });
+        }
     }
 
     /// Transactions in progress (bounded by the server's concurrency).
@@ -121,9 +155,7 @@ impl Detector {
 
     /// Feeds one record (its start LSN, `xl_xid`, decoded kind); returns what it reveals.
     pub fn feed(&mut self, lsn: Lsn, xid: u32, kind: &RecordKind) -> Option<Destruction> {
-        if xid != 0 {
-            self.open.entry(xid).or_insert_with(|| Open { first_lsn: lsn, ..Default::default() });
-        }
+        self.open_xact(lsn, xid);
         match kind {
             RecordKind::HeapDelete { rel: Some(rel), .. } if xid != 0 => {
                 *self.open.get_mut(&xid)?.deleted.entry(*rel).or_default() += 1;
@@ -161,11 +193,44 @@ impl Detector {
                         for (rel, n) in o.deleted {
                             *open.deleted.entry(rel).or_default() += n;
                         }
+                        for (rel, n) in o.new_pages {
+                            let p = open.new_pages.entry(rel).or_default();
+                            *p = (*p).max(n);
+                        }
                     }
                 }
                 let total: u64 = open.deleted.values().sum();
-                let dropped: Vec<RelFileNode> =
-                    x.dropped_rels.iter().filter(|r| self.nonempty.remove(r)).copied().collect();
+                let mut dropped: Vec<RelFileNode> = Vec::new();
+                let mut dropped_pages = 0;
+                for r in &x.dropped_rels {
+                    if let Some(pages) = self.nonempty.remove(r) {
+                        dropped.push(*r);
+                        dropped_pages += pages;
+                    }
+                }
+                // A rewrite (VACUUM FULL, CLUSTER, REINDEX, ALTER TABLE that rewrites) writes
+                // the data into new files in the same transaction before dropping the old
+                // ones; TRUNCATE leaves the new files empty but for one metapage per index.
+                // So dropped files were rewritten when their transaction wrote at least 5 % of
+                // their pages into new files, and more pages than it dropped files (the index
+                // metapages a TRUNCATE writes) — unless every dropped file held a single page,
+                // where any page written is the data itself.
+                let new_pages: u64 = open.new_pages.values().sum();
+                let files = dropped.len() as u64;
+                if !dropped.is_empty()
+                    && new_pages >= 1
+                    && new_pages * 20 >= dropped_pages
+                    && (new_pages > files || dropped_pages <= files)
+                {
+                    tracing::debug!(
+                        xid,
+                        dropped = dropped.len(),
+                        dropped_pages,
+                        new_pages,
+                        "relation files rewritten, not destroyed"
+                    );
+                    dropped.clear();
+                }
                 let mut deleted: Vec<(RelFileNode, u64)> = open.deleted.into_iter().collect();
                 deleted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.rel.cmp(&b.0.rel)));
                 let kind = if !dropped.is_empty() {
@@ -259,13 +324,8 @@ pub async fn follow(
             if rec.lsn < next {
                 continue;
             }
-            if let Ok(body) = rec.body() {
-                detector.note_written(body.blocks.iter().map(|b| b.rel));
-            }
-            if let Ok(kind) = rec.kind() {
-                if let Some(d) = detector.feed(rec.lsn, rec.header.xid, &kind) {
-                    found.push(d);
-                }
+            if let Some(d) = detector.record(&rec) {
+                found.push(d);
             }
         }
         if let Some(n) = reader.next_lsn() {
@@ -338,11 +398,22 @@ mod tests {
         let mut d = Detector::default();
         // Files that never held data: dropping them destroys nothing.
         assert_eq!(d.feed(Lsn(40), 6, &commit(vec![rel(8), rel(9)])), None);
-        d.seed([rel(1)]);
-        d.note_written([rel(2)]);
+        d.seed([(rel(1), 10)]);
+        d.note_written(0, [(rel(2), 4)]);
         let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2), rel(3)])).unwrap();
         assert_eq!(f.kind, Kind::RelationsDropped);
         assert_eq!(f.dropped, vec![rel(1), rel(2)]);
+        // A rewrite: the transaction wrote the data into new files before dropping the old.
+        d.seed([(rel(20), 100), (rel(21), 30)]);
+        d.feed(Lsn(90), 9, &RecordKind::Other);
+        d.note_written(9, (0..60).map(|b| (rel(30), b)).chain((0..20).map(|b| (rel(31), b))));
+        assert_eq!(d.feed(Lsn(95), 9, &commit(vec![rel(20), rel(21)])), None, "VACUUM FULL-like");
+        // TRUNCATE: new files get one metapage per index, nothing else.
+        d.seed([(rel(40), 100), (rel(41), 30)]);
+        d.feed(Lsn(100), 10, &RecordKind::Other);
+        d.note_written(10, [(rel(51), 0)]);
+        let f = d.feed(Lsn(105), 10, &commit(vec![rel(40), rel(41)])).unwrap();
+        assert_eq!(f.dropped, vec![rel(40), rel(41)], "TRUNCATE-like");
         assert_eq!(relfilenode_of("base/5/16384.12"), Some(RelFileNode { spc: 1663, db: 5, rel: 16384 }));
         assert_eq!(relfilenode_of("global/1262_vm"), Some(RelFileNode { spc: 1664, db: 0, rel: 1262 }));
         assert_eq!(

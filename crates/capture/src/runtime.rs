@@ -212,13 +212,17 @@ impl ClusterRuntime {
     pub(crate) async fn backup_relation_files(
         &self,
         id: &str,
-    ) -> Result<Vec<pgfmt::wal::RelFileNode>, CaptureError> {
+    ) -> Result<Vec<(pgfmt::wal::RelFileNode, u64)>, CaptureError> {
         let rec = self.repo.backup(id).await?;
         let mut out = Vec::new();
         self.repo
             .for_each_entry(&rec, |e| {
                 if e.size > 0 {
-                    out.extend(crate::detect::relfilenode_of(&e.path));
+                    if let Some(rel) = crate::detect::relfilenode_of(&e.path) {
+                        // Segment N of a relation starts at page N × 131072 (1 GiB segments).
+                        let seg: u64 = e.path.rsplit_once('.').and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+                        out.push((rel, seg * 131_072 + e.size.div_ceil(8192)));
+                    }
                 }
                 Ok(())
             })

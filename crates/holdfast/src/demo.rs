@@ -353,11 +353,7 @@ async fn find_first_destruction(
     let mut detector = capture::detect::Detector::new(capture::detect::Thresholds { mass_delete_rows: 999 });
     for rec in WalReader::new(&wal, page, seg_size) {
         let Ok(rec) = rec else { break };
-        if let Ok(body) = rec.body() {
-            detector.note_written(body.blocks.iter().map(|b| b.rel));
-        }
-        let Ok(kind) = rec.kind() else { continue };
-        let Some(found) = detector.feed(rec.lsn, rec.header.xid, &kind) else { continue };
+        let Some(found) = detector.record(&rec) else { continue };
         // Only what committed: the demo restores to just before a commit.
         let Some(us) = found.commit_time_us else { continue };
         let what = match found.kind {
