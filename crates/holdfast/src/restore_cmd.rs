@@ -80,10 +80,6 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn is_root() -> bool {
-    restore::pg::running_as_root()
-}
-
 pub async fn restore(a: RestoreArgs) -> Result<u8> {
     let mut exclusive = a.exclusive;
     let before = match a.before_incident {
@@ -129,7 +125,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         // A short socket path (Unix sockets are limited to ~100 bytes), private to this restore.
         let socket_dir = std::env::temp_dir().join(format!("holdfast-restore-{}", std::process::id()));
         std::fs::create_dir_all(&socket_dir).with_context(|| format!("creating {}", socket_dir.display()))?;
-        let run_as = is_root().then(|| "postgres".to_string());
+        let run_as = restore::pg::running_as_root().then(|| "postgres".to_string());
         if let Some(user) = &run_as {
             let (uid, gid) = restore::pg::user_ids(user)?;
             std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid))?;

@@ -25,16 +25,7 @@ struct Setup {
 
 impl Setup {
     fn cli(&self, token: &Path, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--url".into(),
-            self.v.url().into(),
-            "--ca".into(),
-            self.v.ca_path().display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-        ]);
-        self.v.holdfast(&all.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+        self.v.cli(token, args).unwrap()
     }
 
     fn admin(&self) -> PathBuf {

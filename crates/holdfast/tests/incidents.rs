@@ -53,16 +53,7 @@ fn webhook_receiver() -> (String, Received) {
 }
 
 fn cli(v: &TempVault, token: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    all.extend([
-        "--url".into(),
-        v.url().into(),
-        "--ca".into(),
-        v.ca_path().display().to_string(),
-        "--token-file".into(),
-        token.display().to_string(),
-    ]);
-    v.holdfast(&all.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+    v.cli(token, args).unwrap()
 }
 
 #[test]
@@ -187,10 +178,7 @@ fn a_mass_delete_and_a_dropped_table_are_incidents_alerted_in_seconds_and_undone
         .args(["--cluster", "main", "--before-incident", &n.to_string(), "--start", "--json"])
         .arg("--target-dir")
         .arg(&dir)
-        .args(["--url", v.url(), "--ca"])
-        .arg(v.ca_path())
-        .arg("--token-file")
-        .arg(&read)
+        .args(v.remote_args(&read))
         .env("PGPASSWORD", pg.superuser_password());
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "restore --before-incident {n}: {}", String::from_utf8_lossy(&out.stderr));

@@ -26,14 +26,7 @@ struct Setup {
 
 impl Setup {
     fn remote_args(&self, token: &Path) -> Vec<String> {
-        vec![
-            "--url".into(),
-            self.v.url().into(),
-            "--ca".into(),
-            self.v.ca_path().display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-        ]
+        self.v.remote_args(token)
     }
 
     /// `holdfast restore …` with the read token; PGPASSWORD lets its self-check log in.

@@ -173,6 +173,25 @@ impl TempVault {
     }
 
     /// Runs `holdfast` with `args` (e.g. `["vault", "check", "--config", …]`) and returns its output.
+    /// `--url … --ca … --token-file <token>`: how remote commands reach this vault.
+    pub fn remote_args(&self, token: &Path) -> Vec<String> {
+        vec![
+            "--url".into(),
+            self.url.clone(),
+            "--ca".into(),
+            self.ca_path().display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+        ]
+    }
+
+    /// A remote `holdfast` command against this vault with `token`.
+    pub fn cli(&self, token: &Path, args: &[&str]) -> Result<Output> {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(self.remote_args(token));
+        self.holdfast(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     pub fn holdfast(&self, args: &[&str]) -> Result<Output> {
         Ok(Command::new(&self.bin).args(args).stdin(Stdio::null()).output()?)
     }

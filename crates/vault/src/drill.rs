@@ -43,6 +43,8 @@ pub struct Drills {
     overdue_alerted: Mutex<BTreeSet<String>>,
     /// `https://<loopback>:<port>` of this vault, once listening.
     url: OnceLock<String>,
+    /// Drill-report records already checked: the report, or `None` if it did not verify.
+    verified: Mutex<BTreeMap<String, Option<DrillReport>>>,
 }
 
 impl std::fmt::Debug for Drills {
@@ -72,6 +74,7 @@ impl Drills {
             one_at_a_time: tokio::sync::Semaphore::new(1),
             overdue_alerted: Mutex::new(BTreeSet::new()),
             url: OnceLock::new(),
+            verified: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -104,17 +107,25 @@ impl Drills {
 }
 
 /// The verified reports of `cluster`, oldest first (a report whose signature does not verify is
-/// logged and left out: it cannot have been written by this vault).
-pub fn reports(state: &VaultState, key: &str, cluster: Option<&str>) -> Vec<DrillReport> {
+/// logged and left out: it cannot have been written by this vault). Each record is verified
+/// once and remembered: status, metrics and the scheduler ask every few seconds.
+pub fn reports(drills: &Drills, state: &VaultState, cluster: Option<&str>) -> Vec<DrillReport> {
+    let key = drills.public_key();
+    let mut cache = drills.verified.lock().unwrap_or_else(|p| p.into_inner());
     state
         .drills
         .iter()
-        .filter_map(|e| match e.signed.verify(key) {
-            Ok(r) => Some(r),
-            Err(err) => {
-                tracing::warn!(record = %e.record, error = %err, "a drill report does not verify; ignored");
-                None
-            }
+        .filter_map(|e| {
+            cache
+                .entry(e.record.clone())
+                .or_insert_with(|| match e.signed.verify(&key) {
+                    Ok(r) => Some(r),
+                    Err(err) => {
+                        tracing::warn!(record = %e.record, error = %err, "a drill report does not verify; ignored");
+                        None
+                    }
+                })
+                .clone()
         })
         .filter(|r| cluster.is_none_or(|c| r.cluster == c))
         .collect()
@@ -167,8 +178,7 @@ pub fn status(
 pub async fn all_status(s: &Shared) -> Vec<DrillStatus> {
     let capture = s.collector.get().map(|c| c.status()).unwrap_or_default();
     let state = s.state.read().await;
-    let key = s.drills.public_key();
-    let all = reports(&state, &key, None);
+    let all = reports(&s.drills, &state, None);
     drop(state);
     let now = s.clock.now();
     s.config
@@ -285,14 +295,7 @@ pub fn clean_leftovers(cfgs: &[DrillConfig], repo_id: &str) {
             if !e.file_name().to_string_lossy().starts_with(&prefix) {
                 continue;
             }
-            let data = e.path().join("data");
-            if data.join("postmaster.pid").exists() {
-                if let Ok(bindir) = restore::pg::bindir() {
-                    let mut c = as_pg_user(&bindir.join("pg_ctl"));
-                    c.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
-                    let _ = c.output();
-                }
-            }
+            stop_immediately(&e.path().join("data"));
             tracing::info!(dir = %e.path().display(), "removing a drill's leftover scratch copy");
             let _ = remove_drill_dir(&e.path());
         }
@@ -316,6 +319,18 @@ fn remove_drill_dir(dir: &Path) -> std::io::Result<()> {
         )));
     }
     std::fs::remove_dir_all(dir)
+}
+
+/// `pg_ctl stop -m immediate` on a drill's data directory, if a server runs there.
+fn stop_immediately(data: &Path) {
+    if !data.join("postmaster.pid").exists() {
+        return;
+    }
+    if let Ok(bindir) = restore::pg::bindir() {
+        let mut c = as_pg_user(&bindir.join("pg_ctl"));
+        c.arg("-D").arg(data).args(["-m", "immediate", "-w", "stop"]);
+        let _ = c.output();
+    }
 }
 
 fn as_pg_user(exe: &Path) -> std::process::Command {
@@ -384,13 +399,7 @@ async fn run(s: &Arc<Shared>, cfg: &DrillConfig, id: &str, trigger: &str) -> Dri
     let data = scratch.join("data");
     let (d2, sock2) = (data.clone(), socket_dir.clone());
     let _ = tokio::task::spawn_blocking(move || {
-        if d2.join("postmaster.pid").exists() {
-            if let Ok(bindir) = restore::pg::bindir() {
-                let mut c = as_pg_user(&bindir.join("pg_ctl"));
-                c.arg("-D").arg(&d2).args(["-m", "immediate", "-w", "stop"]);
-                let _ = c.output();
-            }
-        }
+        stop_immediately(&d2);
         let _ = remove_drill_dir(&sock2);
     })
     .await;
@@ -794,8 +803,7 @@ mod tests {
                 signed,
             });
         }
-        let ids: Vec<String> =
-            reports(&state, &d.public_key(), Some("shop")).into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = reports(&d, &state, Some("shop")).into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["a"]);
     }
 }
