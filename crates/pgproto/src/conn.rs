@@ -118,7 +118,8 @@ impl Config {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A byte stream to the server: Unix socket, TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// What [`ReplicationConnection::next_message`] returns while streaming.
@@ -178,43 +179,7 @@ impl ReplicationConnection {
     }
 
     async fn connect_inner(cfg: &Config) -> Result<Self, Error> {
-        let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
-        let (io, tls): (Box<dyn Io>, bool) = match &cfg.host {
-            Host::Unix { dir, port } => {
-                let path = dir.join(format!(".s.PGSQL.{port}"));
-                let s = tokio::net::UnixStream::connect(&path).await.map_err(unreachable)?;
-                (Box::new(s), false)
-            }
-            Host::Tcp { host, port } => {
-                let mut s =
-                    tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
-                s.set_nodelay(true)?;
-                if cfg.ssl == SslMode::Disable {
-                    (Box::new(s), false)
-                } else {
-                    let mut req = Vec::new();
-                    frontend::ssl_request(&mut req);
-                    s.write_all(&req).await?;
-                    let mut answer = [0u8; 1];
-                    s.read_exact(&mut answer).await?;
-                    match answer[0] {
-                        b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true),
-                        b'N' if cfg.ssl == SslMode::Prefer => (Box::new(s), false),
-                        b'N' => {
-                            return Err(Error::Tls(format!(
-                                "the server at {host}:{port} does not accept TLS connections (ssl = off)"
-                            )));
-                        }
-                        other => {
-                            return Err(Error::Protocol(format!(
-                                "unexpected answer {:?} to SSLRequest",
-                                other as char
-                            )));
-                        }
-                    }
-                }
-            }
-        };
+        let (io, tls) = open_io(cfg).await?;
         let mut conn = ReplicationConnection {
             io,
             decoder: Decoder::new(),
@@ -750,4 +715,146 @@ mod tests {
         assert_eq!(parse_server_version("9.6.24"), Some(90_624));
         assert_eq!(parse_server_version("x"), None);
     }
+}
+
+/// Opens the byte stream to the server: Unix socket or TCP, with TLS as `cfg.ssl` says.
+async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool), Error> {
+    let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
+    let opened: (Box<dyn Io>, bool) = match &cfg.host {
+        Host::Unix { dir, port } => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let s = tokio::net::UnixStream::connect(&path).await.map_err(unreachable)?;
+            (Box::new(s), false)
+        }
+        Host::Tcp { host, port } => {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
+            s.set_nodelay(true)?;
+            if cfg.ssl == SslMode::Disable {
+                (Box::new(s), false)
+            } else {
+                let mut req = Vec::new();
+                frontend::ssl_request(&mut req);
+                s.write_all(&req).await?;
+                let mut answer = [0u8; 1];
+                s.read_exact(&mut answer).await?;
+                match answer[0] {
+                    b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true),
+                    b'N' if cfg.ssl == SslMode::Prefer => (Box::new(s), false),
+                    b'N' => {
+                        return Err(Error::Tls(format!(
+                            "the server at {host}:{port} does not accept TLS connections (ssl = off)"
+                        )));
+                    }
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "unexpected answer {:?} to SSLRequest",
+                            other as char
+                        )));
+                    }
+                }
+            }
+        }
+    };
+    Ok(opened)
+}
+
+/// An authenticated, ordinary (not replication) session handed over as a byte stream: what a
+/// proxy relays messages on. The server has sent `ReadyForQuery`; nothing else is pending.
+pub struct RawSession {
+    /// The stream, positioned after the first `ReadyForQuery`.
+    pub io: Box<dyn Io>,
+    /// `ParameterStatus` values the server reported during startup, in order.
+    pub params: Vec<(String, String)>,
+    /// `BackendKeyData`: the server process id and cancel key.
+    pub backend_pid: i32,
+    /// The cancel key bytes.
+    pub backend_key: Vec<u8>,
+    /// Whether the stream is encrypted.
+    pub tls: bool,
+}
+
+impl std::fmt::Debug for RawSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSession").field("backend_pid", &self.backend_pid).field("tls", &self.tls).finish()
+    }
+}
+
+/// Connects and authenticates an ordinary session with these startup parameters (`user` is
+/// taken from `cfg`; pass `database`, `application_name`, `options`…).
+pub async fn connect_raw(cfg: &Config, params: &[(&str, &str)]) -> Result<RawSession, Error> {
+    let target = cfg.host.to_string();
+    tokio::time::timeout(cfg.connect_timeout, connect_raw_inner(cfg, params))
+        .await
+        .map_err(|_| Error::Timeout(target))?
+}
+
+async fn connect_raw_inner(cfg: &Config, params: &[(&str, &str)]) -> Result<RawSession, Error> {
+    let (mut io, tls) = open_io(cfg).await?;
+    let mut out = Vec::new();
+    let mut all: Vec<(&str, &str)> = vec![("user", &cfg.user)];
+    all.extend(params.iter().filter(|(k, _)| *k != "user" && *k != "replication"));
+    frontend::startup(&mut out, &all);
+    io.write_all(&out).await?;
+    out.clear();
+    let mut decoder = Decoder::new();
+    let mut auth = Authenticator::new(&cfg.user, cfg.password.as_deref().map(str::as_bytes));
+    let mut session = RawSession { io, params: Vec::new(), backend_pid: 0, backend_key: Vec::new(), tls };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let msg = match decoder.next_message()? {
+            Some(m) => m,
+            None => {
+                let n = session.io.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(Error::Closed);
+                }
+                decoder.feed(&buf[..n]);
+                continue;
+            }
+        };
+        match msg {
+            BackendMessage::Authentication(req) => {
+                auth.on_request(req, &mut out)?;
+                if !out.is_empty() {
+                    session.io.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            BackendMessage::ParameterStatus { name, value } => session.params.push((name, value)),
+            BackendMessage::BackendKeyData { pid, key } => {
+                session.backend_pid = pid;
+                session.backend_key = key.to_vec();
+            }
+            BackendMessage::ReadyForQuery(_) => break,
+            BackendMessage::ErrorResponse(e) => {
+                return Err(classify_startup_error(e, &cfg.user, &cfg.password_source));
+            }
+            BackendMessage::NoticeResponse(_) => {}
+            other => return Err(Error::Protocol(format!("unexpected {} during startup", other.name()))),
+        }
+    }
+    Ok(session)
+}
+
+/// Sends a CancelRequest for a backend (a fresh connection, no authentication, as libpq does).
+pub async fn send_cancel(cfg: &Config, pid: i32, key: &[u8]) -> Result<(), Error> {
+    let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
+    let mut msg = Vec::with_capacity(16 + key.len());
+    msg.extend_from_slice(&((12 + key.len()) as u32).to_be_bytes());
+    msg.extend_from_slice(&80_877_102i32.to_be_bytes());
+    msg.extend_from_slice(&pid.to_be_bytes());
+    msg.extend_from_slice(key);
+    match &cfg.host {
+        Host::Unix { dir, port } => {
+            let mut s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                .await
+                .map_err(unreachable)?;
+            s.write_all(&msg).await?;
+        }
+        Host::Tcp { host, port } => {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
+            s.write_all(&msg).await?;
+        }
+    }
+    Ok(())
 }

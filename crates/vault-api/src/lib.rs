@@ -10,6 +10,7 @@
 //! assert_eq!("append".parse::<Scope>().unwrap(), Scope::Append);
 //! ```
 
+pub mod alerts;
 pub mod client;
 pub mod drill;
 pub mod status;

@@ -54,18 +54,7 @@ pub struct ConfigFile {
     pub webhooks: Vec<WebhookFile>,
 }
 
-/// `[[webhook]]`: one alert receiver.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookFile {
-    /// A short name for status and metrics.
-    pub name: String,
-    /// `https://…` (or `http://` for a receiver on this host).
-    pub url: String,
-    /// `generic` (default), `wecom`, `dingtalk` or `slack`.
-    #[serde(default)]
-    pub format: Option<String>,
-}
+pub use vault_api::alerts::WebhookFile;
 
 /// `[[drill]]`: how a cluster's restore is rehearsed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -451,27 +440,7 @@ impl ConfigFile {
                     .map_err(|e| invalid(format!("[[drill]] of cluster {:?}: {e}", d.cluster)))?,
             );
         }
-        let mut webhooks: Vec<crate::alerts::Webhook> = Vec::new();
-        for w in &self.webhooks {
-            let format =
-                crate::alerts::Format::parse(w.format.as_deref().unwrap_or("generic")).ok_or_else(|| {
-                    invalid(format!(
-                        "webhook {:?}: format {:?} is not one of generic, wecom, dingtalk, slack",
-                        w.name,
-                        w.format.as_deref().unwrap_or("")
-                    ))
-                })?;
-            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-                return Err(invalid(format!(
-                    "webhook {:?}: url {:?} must start with https://",
-                    w.name, w.url
-                )));
-            }
-            if w.name.is_empty() || webhooks.iter().any(|h| h.name == w.name) {
-                return Err(invalid(format!("webhook name {:?} is empty or listed twice", w.name)));
-            }
-            webhooks.push(crate::alerts::Webhook { name: w.name.clone(), url: w.url.clone(), format });
-        }
+        let webhooks = crate::alerts::validate(&self.webhooks).map_err(invalid)?;
         for c in &clusters {
             if !drills.iter().any(|d| d.cluster == c.name) {
                 drills.push(DrillConfig::default_for(&c.name));

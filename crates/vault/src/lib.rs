@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod alerts;
+pub use vault_api::alerts;
 pub mod api;
 pub mod clock;
 pub mod config;

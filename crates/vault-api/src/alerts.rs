@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::status::WebhookStatus;
 use store::Timestamp;
-use vault_api::status::WebhookStatus;
 
 /// How a hook wants its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,42 @@ pub struct Webhook {
     pub name: String,
     pub url: String,
     pub format: Format,
+}
+
+/// `[[webhook]]` in a TOML config (vault.toml, gate.toml): one alert receiver.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// A short name for status and metrics.
+    pub name: String,
+    /// `https://…` (or `http://` for a receiver on this host).
+    pub url: String,
+    /// `generic` (default), `wecom`, `dingtalk` or `slack`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Checks `[[webhook]]` tables: known format, http(s) URL, unique non-empty names. The error
+/// says which hook and what to change.
+pub fn validate(files: &[WebhookFile]) -> Result<Vec<Webhook>, String> {
+    let mut webhooks: Vec<Webhook> = Vec::new();
+    for w in files {
+        let format = Format::parse(w.format.as_deref().unwrap_or("generic")).ok_or_else(|| {
+            format!(
+                "webhook {:?}: format {:?} is not one of generic, wecom, dingtalk, slack",
+                w.name,
+                w.format.as_deref().unwrap_or("")
+            )
+        })?;
+        if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+            return Err(format!("webhook {:?}: url {:?} must start with https://", w.name, w.url));
+        }
+        if w.name.is_empty() || webhooks.iter().any(|h| h.name == w.name) {
+            return Err(format!("webhook name {:?} is empty or listed twice", w.name));
+        }
+        webhooks.push(Webhook { name: w.name.clone(), url: w.url.clone(), format });
+    }
+    Ok(webhooks)
 }
 
 /// One line a person reads: what happened, to which cluster, and the detail.
