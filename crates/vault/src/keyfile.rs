@@ -99,50 +99,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
 /// Creates a self-signed certificate for 127.0.0.1 and localhost if neither file exists.
 /// Returns whether it created one.
 pub fn ensure_tls(cert: &Path, key: &Path) -> Result<bool, KeyFileError> {
-    match (cert.exists(), key.exists()) {
-        (true, true) => return Ok(false),
-        (false, false) => {}
-        _ => {
-            return Err(KeyFileError::Tls(format!(
-                "only one of {} and {} exists: restore the other, or remove both to generate a new self-signed pair",
-                cert.display(),
-                key.display()
-            )));
-        }
-    }
-    let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let ck = rcgen::generate_simple_self_signed(sans)
-        .map_err(|e| KeyFileError::Tls(format!("generating a certificate: {e}")))?;
-    for p in [cert, key] {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| KeyFileError::Write { path: dir.into(), source: e })?;
-        }
-    }
-    write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|e| KeyFileError::Write { path: cert.into(), source: e })?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate for 127.0.0.1 and localhost");
-    Ok(true)
+    vault_api::tls::ensure_self_signed(cert, key).map_err(KeyFileError::Tls)
 }
 
-/// The rustls server configuration for the vault's certificate, with the aws-lc-rs provider.
+/// A rustls server config from PEM files (HTTP/1.1 by ALPN).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, KeyFileError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| KeyFileError::Tls(format!("reading certificates from {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(KeyFileError::Tls(format!("{} holds no certificate", cert.display())));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| KeyFileError::Tls(format!("reading the private key from {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KeyFileError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| KeyFileError::Tls(format!("the certificate and key do not form a usable pair: {e}")))?;
+    let mut cfg = vault_api::tls::server_config(cert, key).map_err(KeyFileError::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -1,0 +1,204 @@
+//! The gate: the only door to production SQL.
+//!
+//! People connect with psql or any driver to the gate, as themselves (SCRAM-SHA-256 against
+//! the gate's own verifiers, over TLS). The gate logs in to PostgreSQL with credentials only it
+//! holds, then looks at every statement before the database does: `guard` classifies it with
+//! PostgreSQL's own grammar; destructive ones wait for a second person (`holdfast gate
+//! approve`), DELETE/UPDATE run under a row-count guard, and everything is written to the
+//! `audit` log — before it takes effect — which ships to the vault.
+//!
+//! Modules: [`wire`] (server side of the protocol, sans-IO), [`scram`], [`totp`], [`config`],
+//! [`approvals`], [`server`] (accept, TLS, login), [`session`] (the relay), [`control`] (the
+//! HTTPS API for approvals, grants, status and metrics).
+
+pub mod approvals;
+pub mod config;
+pub mod control;
+pub mod scram;
+pub mod server;
+pub mod session;
+pub mod totp;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use config::Config;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// A client byte stream: TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A Prometheus counter.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: Counter,
+    pub auth_failures: Counter,
+    pub allowed: Counter,
+    pub held: Counter,
+    pub refused: Counter,
+    pub row_guarded: Counter,
+    pub active_sessions: AtomicU64,
+}
+
+/// Where a cancel request for a gate session goes.
+pub struct CancelTarget {
+    pub upstream: pgproto::conn::Config,
+    pub pid: i32,
+    pub key: Vec<u8>,
+    /// Wakes the session (withdraws a held statement).
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
+/// What every session and the control API share.
+pub struct Shared {
+    pub config: Config,
+    pub guard: guard::Guard,
+    pub approvals: approvals::Approvals,
+    pub audit: audit::AuditLog,
+    pub webhooks: Arc<vault_api::alerts::Webhooks>,
+    pub metrics: Metrics,
+    pub cancels: Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>,
+    next_session: AtomicU64,
+    /// Sessions to end when their person's grant or break-glass is revoked (unused for now).
+    pub started_at: u64,
+}
+
+impl Shared {
+    /// Appends to the audit log and waits until it is durable.
+    pub async fn audit_event(&self, e: audit::Event) -> Result<(), audit::AuditError> {
+        self.audit.append(e).await.map(|_| ())
+    }
+
+    pub fn on_audit_full(&self) -> config::OnAuditFull {
+        self.config.audit.as_ref().map(|a| a.on_full).unwrap_or(config::OnAuditFull::RefuseWrites)
+    }
+
+    /// Sends an alert to the log and every webhook.
+    pub fn alert(&self, event: serde_json::Value) {
+        tracing::warn!(alert = %event, "gate alert");
+        self.webhooks.send(&event, store::Timestamp::now);
+    }
+
+    pub fn next_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl approvals::Approvals {
+    /// Whether `person` is in break-glass now.
+    pub fn break_glass_active(&self, person: &str) -> bool {
+        self.grants().iter().any(|g| g.break_glass && g.person == person)
+    }
+}
+
+/// A running gate.
+pub struct GateHandle {
+    pub addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GateHandle {
+    /// Stops accepting, ends sessions, and waits.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the gate: audit log, listeners, shipper.
+pub async fn start(config: Config) -> Result<GateHandle, GateError> {
+    let policy = match &config.policy_text {
+        Some(t) => guard::Policy::from_toml(t).map_err(|e| GateError::Invalid(format!("policy: {e}")))?,
+        None => guard::Policy::default(),
+    };
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| GateError::Invalid(format!("creating {}: {e}", config.state_dir.display())))?;
+    let key_path = config.state_dir.join("audit.key");
+    let key = if key_path.exists() { audit::keyfile::load(&key_path)? } else { audit::keyfile::generate(&key_path)? };
+    let mut opts = audit::SpoolOptions::default();
+    if let Some(a) = &config.audit {
+        opts.max_pending_bytes = a.max_pending_bytes;
+    }
+    let log = audit::AuditLog::open(&config.state_dir.join("audit"), key, opts)?;
+    let tls = server::tls_config(&config)?;
+    let webhooks = Arc::new(vault_api::alerts::Webhooks::new(config.webhooks.clone()));
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| GateError::Listen { addr: config.listen.clone(), source: e })?;
+    let control_listener = tokio::net::TcpListener::bind(&config.control_listen)
+        .await
+        .map_err(|e| GateError::Listen { addr: config.control_listen.clone(), source: e })?;
+    let addr = listener.local_addr().map_err(|e| GateError::Listen { addr: config.listen.clone(), source: e })?;
+    let control_addr = control_listener
+        .local_addr()
+        .map_err(|e| GateError::Listen { addr: config.control_listen.clone(), source: e })?;
+    let mut tasks = Vec::new();
+    if let Some(a) = &config.audit {
+        let client = vault_api::VaultClient::new(&a.vault, &a.ca_pem, Some(a.token.clone()))
+            .map_err(|e| GateError::Invalid(format!("[audit] vault client: {e}")))?;
+        tasks.push(log.spawn_shipper(client, gate_id(&config)));
+    }
+    let shared = Arc::new(Shared {
+        guard: guard::Guard::new(policy),
+        approvals: approvals::Approvals::default(),
+        audit: log,
+        webhooks,
+        metrics: Metrics::default(),
+        cancels: Mutex::new(HashMap::new()),
+        next_session: AtomicU64::new(0),
+        started_at: approvals::unix_now(),
+        config,
+    });
+    shared
+        .audit_event(audit::Event::new(audit::EventKind::GateStart).detail(serde_json::json!({
+            "listen": addr.to_string(), "control": control_addr.to_string(),
+        })))
+        .await?;
+    let (tx, rx) = watch::channel(false);
+    tasks.push(tokio::spawn(server::accept_loop(listener, tls.clone(), shared.clone(), rx.clone())));
+    tasks.push(tokio::spawn(control::serve(control_listener, tls, shared.clone(), rx)));
+    tracing::info!(%addr, %control_addr, "gate listening");
+    Ok(GateHandle { addr, control_addr, shared, shutdown: tx, tasks })
+}
+
+/// The gate's name in the vault: the host's name and the listen address.
+pub fn gate_id(config: &Config) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let raw = format!("{}-{}", if host.is_empty() { "gate" } else { &host }, config.listen);
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect()
+}

@@ -1,0 +1,432 @@
+//! Accepting clients: TLS negotiation, the startup packet, SCRAM login as a person, the checks
+//! that may need a second person before a session starts (hours, networks, grants), and the
+//! upstream login with the gate's own credentials. Then [`crate::session`] takes over.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit::{Event, EventKind};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::approvals::{Ask, State};
+use crate::wire::{self, FirstPacket, backend};
+use crate::{GateError, Io, Shared};
+
+/// The TLS config for PostgreSQL clients and the control API (self-signed if none given).
+pub fn tls_config(config: &crate::Config) -> Result<Arc<rustls::ServerConfig>, GateError> {
+    vault_api::tls::ensure_self_signed(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
+    let cfg = vault_api::tls::server_config(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
+    Ok(Arc::new(cfg))
+}
+
+pub async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (shared, acceptor, mut shutdown) = (shared.clone(), acceptor.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    tokio::select! {
+                        _ = connection(tcp, peer, acceptor, &shared) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    conns.shutdown().await;
+}
+
+async fn read_first(io: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut BytesMut) -> Result<FirstPacket, String> {
+    loop {
+        if let Some(p) = wire::decode_first(buf).map_err(|e| e.to_string())? {
+            return Ok(p);
+        }
+        let n = io.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the startup packet".into());
+        }
+    }
+}
+
+async fn send_fatal(io: &mut (impl tokio::io::AsyncWrite + Unpin), code: &str, message: &str, hint: Option<&str>) {
+    let mut out = BytesMut::new();
+    backend::error(&mut out, &backend::Fields { severity: "FATAL", code, message, detail: None, hint });
+    let _ = io.write_all(&out).await;
+    let _ = io.flush().await;
+}
+
+/// One client connection from its first byte to its end.
+async fn connection(
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: &Arc<Shared>,
+) {
+    shared.metrics.connections.inc();
+    let mut buf = BytesMut::new();
+    let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut tcp, &mut buf)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad first packet");
+            send_fatal(&mut tcp, "08P01", &format!("invalid startup packet: {e}"), None).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let (mut io, tls, first): (Box<dyn Io>, bool, FirstPacket) = match first {
+        FirstPacket::Ssl | FirstPacket::GssEnc if !buf.is_empty() => {
+            // Bytes after the SSLRequest before the handshake: a known injection trick (CVE-2021-23222 class).
+            send_fatal(&mut tcp, "08P01", "data received after the SSL request before the TLS handshake", None).await;
+            return;
+        }
+        FirstPacket::Ssl => {
+            if tcp.write_all(b"S").await.is_err() {
+                return;
+            }
+            let mut s = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
+                Ok(Ok(p)) => p,
+                _ => return,
+            };
+            (Box::new(s), true, first)
+        }
+        FirstPacket::GssEnc => {
+            if tcp.write_all(b"N").await.is_err() {
+                return;
+            }
+            let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut tcp, &mut buf)).await {
+                Ok(Ok(p)) => p,
+                _ => return,
+            };
+            if matches!(first, FirstPacket::Ssl) {
+                // Client retries with SSL after GSS was refused.
+                if tcp.write_all(b"S").await.is_err() {
+                    return;
+                }
+                let mut s = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => return,
+                };
+                let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
+                    Ok(Ok(p)) => p,
+                    _ => return,
+                };
+                (Box::new(s), true, first)
+            } else {
+                (Box::new(tcp), false, first)
+            }
+        }
+        other => (Box::new(tcp), false, other),
+    };
+    let params = match first {
+        FirstPacket::Cancel { pid, key } => {
+            cancel(shared, pid, key).await;
+            return;
+        }
+        FirstPacket::Startup { params } => params,
+        FirstPacket::Ssl | FirstPacket::GssEnc => {
+            send_fatal(&mut io, "08P01", "SSL requested twice", None).await;
+            return;
+        }
+    };
+    let client = peer.to_string();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let login = param("user").unwrap_or_default();
+    let _ = shared
+        .audit_event(Event::new(EventKind::Connect).client(client.clone()).detail(serde_json::json!({
+            "user": login, "tls": tls, "database": param("database"), "application_name": param("application_name"),
+        })))
+        .await;
+    if shared.config.require_tls && !tls {
+        send_fatal(
+            &mut io,
+            "28000",
+            "the holdfast gate accepts only TLS connections",
+            Some("connect with sslmode=require (or verify-full with the gate's CA certificate)"),
+        )
+        .await;
+        return;
+    }
+    if let Some(enc) = param("client_encoding")
+        && !matches!(enc.to_ascii_uppercase().replace('-', "").as_str(), "UTF8" | "UNICODE")
+    {
+        send_fatal(
+            &mut io,
+            "22023",
+            &format!("client_encoding {enc:?} is not accepted by the holdfast gate: only UTF8"),
+            Some("set PGCLIENTENCODING=UTF8 (statements are checked as UTF-8 text)"),
+        )
+        .await;
+        return;
+    }
+    let (person_name, role) = match login.split_once('@') {
+        Some((p, r)) => (p.to_string(), Some(r.to_string())),
+        None => (login.clone(), None),
+    };
+    let person = shared.config.person(&person_name).cloned();
+    // SCRAM-SHA-256, also for unknown names (so the answer does not tell who exists).
+    let ok = match scram_login(&mut io, &mut buf, person.as_ref().map(|p| &p.verifier), &person_name).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "login aborted");
+            false
+        }
+    };
+    let _ = shared
+        .audit_event(Event::new(EventKind::Auth).person(person_name.clone()).client(client.clone()).detail(
+            serde_json::json!({"ok": ok && person.is_some(), "method": "scram-sha-256", "role": role, "tls": tls}),
+        ))
+        .await;
+    let person = match (ok, person) {
+        (true, Some(p)) => p,
+        _ => {
+            shared.metrics.auth_failures.inc();
+            send_fatal(&mut io, "28P01", &format!("password authentication failed for user \"{login}\""), None).await;
+            return;
+        }
+    };
+    let mut out = BytesMut::new();
+    backend::auth_ok(&mut out);
+    if io.write_all(&out).await.is_err() {
+        return;
+    }
+    // Which database login: a grant's role, the person's own role, or the gate's default.
+    let (db_user, grant_until) = match &role {
+        Some(r) => {
+            let Some(gr) = shared.config.grant_roles.iter().find(|g| &g.name == r) else {
+                send_fatal(&mut io, "28000", &format!("no grant role {r:?} in the gate's configuration"), None).await;
+                return;
+            };
+            match shared.approvals.active_grant(&person.name, r) {
+                Some(g) => (gr.db_user.clone(), Some(g.until)),
+                None => {
+                    send_fatal(
+                        &mut io,
+                        "28000",
+                        &format!("{} holds no active grant of role {r}", person.name),
+                        Some(&format!(
+                            "request one: holdfast gate request --role {r} --for 1h --reason <why>; another approver must approve it"
+                        )),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        None => (person.db_user.clone().unwrap_or_else(|| shared.config.upstream.user.clone()), None),
+    };
+    let session_id = shared.next_session();
+    // Outside hours or from an unknown network: a second person lets the session start.
+    if let Some(why) = access_exception(&person, peer) {
+        let timeout = shared.config.approval_timeout;
+        let (req, mut rx) =
+            shared.approvals.open(&person.name, &client, Some(session_id), Ask::Access { why: why.clone() }, None, timeout);
+        let _ = shared
+            .audit_event(Event::new(EventKind::ApprovalRequested).person(person.name.clone()).client(client.clone()).detail(
+                serde_json::json!({"approval": req.id, "access": why}),
+            ))
+            .await;
+        shared.alert(serde_json::json!({"alert": "access_approval_requested", "approval": req.id, "person": person.name, "client": client, "why": why}));
+        let mut out = BytesMut::new();
+        backend::notice(
+            &mut out,
+            &backend::Fields {
+                severity: "NOTICE",
+                code: "01000",
+                message: &format!("holdfast gate: {why}: this session waits for approval {}", req.id),
+                detail: None,
+                hint: Some(&format!("an approver runs: holdfast gate approve {}", req.id)),
+            },
+        );
+        let _ = io.write_all(&out).await;
+        let decided = tokio::time::timeout(timeout, rx.wait_for(|s| *s != State::Pending)).await;
+        let state = match decided {
+            Ok(Ok(s)) => s.clone(),
+            _ => shared.approvals.close(&req.id, false),
+        };
+        if !matches!(state, State::Approved { .. }) {
+            send_fatal(&mut io, "28000", &format!("holdfast gate: access {} was not approved", req.id), None).await;
+            return;
+        }
+    }
+    let app = param("application_name").unwrap_or_default();
+    let upstream_cfg = shared.config.upstream.config_for(&db_user);
+    let mut fwd: Vec<(&str, String)> = vec![
+        ("database", param("database").unwrap_or_else(|| person_name.clone())),
+        // The person's name reaches pg_stat_activity and the server log: a second witness.
+        ("application_name", format!("holdfast:{}:{}", person.name, app.chars().take(40).collect::<String>())),
+        ("client_encoding", "UTF8".into()),
+    ];
+    for k in ["DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle"] {
+        if let Some(v) = param(k) {
+            fwd.push((k, v));
+        }
+    }
+    let fwd_ref: Vec<(&str, &str)> = fwd.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let upstream = match pgproto::conn::connect_raw(&upstream_cfg, &fwd_ref).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(person = %person.name, error = %e, "upstream login failed");
+            let msg = match &e {
+                pgproto::Error::Server(se) => se.message.clone(),
+                other => format!("the gate cannot reach the database: {other}"),
+            };
+            send_fatal(&mut io, e.sqlstate().unwrap_or("08006"), &msg, None).await;
+            return;
+        }
+    };
+    // The guard parses statements as PostgreSQL does with standard_conforming_strings on;
+    // a server that says otherwise could read a string where the guard sees code.
+    if upstream.params.iter().any(|(k, v)| k == "standard_conforming_strings" && v != "on") {
+        send_fatal(&mut io, "55000", "the database has standard_conforming_strings off: the gate refuses to guard it", Some("set standard_conforming_strings = on for the database")).await;
+        return;
+    }
+    let mut out = BytesMut::new();
+    for (k, v) in &upstream.params {
+        backend::parameter_status(&mut out, k, v);
+    }
+    let mut key = [0u8; 4];
+    getrandom::getrandom(&mut key).expect("the OS random source works");
+    let gate_pid = (session_id as i32) & 0x3fff_ffff;
+    backend::backend_key(&mut out, gate_pid, &key);
+    backend::ready(&mut out, b'I');
+    if io.write_all(&out).await.is_err() {
+        return;
+    }
+    let notify = Arc::new(tokio::sync::Notify::new());
+    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        (gate_pid, key.to_vec()),
+        crate::CancelTarget { upstream: upstream_cfg.clone(), pid: upstream.backend_pid, key: upstream.backend_key.clone(), notify: notify.clone() },
+    );
+    shared.metrics.active_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let identity = crate::session::Identity {
+        session: session_id,
+        person: person.clone(),
+        client: client.clone(),
+        db_user: db_user.clone(),
+        application_name: app,
+        grant_until,
+        grant_role: role.clone(),
+    };
+    let _ = shared
+        .audit_event(Event::new(EventKind::Other("session_started".into())).person(person.name.clone()).client(client.clone()).session(session_id).detail(
+            serde_json::json!({"db_user": db_user, "role": role, "grant_until": grant_until, "tls": tls}),
+        ))
+        .await;
+    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify).run().await;
+    shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(gate_pid, key.to_vec()));
+    let _ = shared
+        .audit_event(Event::new(EventKind::SessionEnded).person(person.name).client(client).session(session_id).detail(
+            serde_json::json!({"why": why}),
+        ))
+        .await;
+}
+
+/// Why this login needs approval before its session starts, if it does.
+fn access_exception(person: &crate::config::Person, peer: SocketAddr) -> Option<String> {
+    if !person.networks.is_empty() && !person.networks.iter().any(|n| n.contains(peer.ip())) {
+        return Some(format!("{} connects from {}, outside their networks", person.name, peer.ip()));
+    }
+    if let Some(h) = person.hours
+        && !h.contains(crate::approvals::unix_now())
+    {
+        return Some(format!("{} connects outside their hours (UTC)", person.name));
+    }
+    None
+}
+
+/// SCRAM-SHA-256 with the client. Returns whether the proof was right.
+async fn scram_login(
+    io: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+    verifier: Option<&crate::scram::Verifier>,
+    name: &str,
+) -> Result<bool, String> {
+    let mut out = BytesMut::new();
+    backend::auth_sasl(&mut out, &[crate::scram::MECHANISM]);
+    io.write_all(&out).await.map_err(|e| e.to_string())?;
+    let f = read_frame(io, buf).await?;
+    if f.tag != b'p' {
+        return Err("expected SASLInitialResponse".into());
+    }
+    let (mech, data) = wire::frontend::sasl_initial(&f.body).map_err(|e| e.to_string())?;
+    if mech != crate::scram::MECHANISM {
+        return Err(format!("unsupported SASL mechanism {mech:?}"));
+    }
+    let ex = match crate::scram::ServerExchange::start(verifier, name.as_bytes(), &data) {
+        Ok(ex) => ex,
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = BytesMut::new();
+    backend::auth_sasl_continue(&mut out, ex.server_first());
+    io.write_all(&out).await.map_err(|e| e.to_string())?;
+    let f = read_frame(io, buf).await?;
+    if f.tag != b'p' {
+        return Err("expected SASLResponse".into());
+    }
+    match ex.finish(&f.body) {
+        Ok(final_msg) => {
+            let mut out = BytesMut::new();
+            backend::auth_sasl_final(&mut out, &final_msg);
+            io.write_all(&out).await.map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Err(crate::scram::ScramError::WrongPassword) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn read_frame(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> Result<wire::Frame, String> {
+    let read = async {
+        loop {
+            if let Some(f) = wire::decode_frame(buf, 16 * 1024).map_err(|e| e.to_string())? {
+                return Ok(f);
+            }
+            if io.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("client closed the connection during login".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| "login timed out".to_string())?
+}
+
+/// A CancelRequest: forwarded to the database for the matching session, and withdraws a
+/// statement that is waiting for approval.
+async fn cancel(shared: &Arc<Shared>, pid: i32, key: Vec<u8>) {
+    let target = {
+        let m = shared.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(pid, key)).map(|t| (t.upstream.clone(), t.pid, t.key.clone(), t.notify.clone()))
+    };
+    if let Some((cfg, upid, ukey, notify)) = target {
+        notify.notify_waiters();
+        if let Err(e) = pgproto::conn::send_cancel(&cfg, upid, &ukey).await {
+            tracing::warn!(error = %e, "forwarding a cancel request failed");
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! One client session after authentication: every client message is looked at before it
+//! reaches the database, server messages are relayed back as they come.
+//!
+//! How the gate refuses a statement without breaking the session: it sends the database a
+//! statement that fails with the gate's message instead (`DO … RAISE`), in the refused
+//! statement's place. The database then does exactly what it does for any failed statement —
+//! an explicit transaction is aborted, an extended-protocol batch is skipped up to its `Sync`,
+//! pipelined messages before it keep their answers in order — so the client's view and the
+//! server's state never disagree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use audit::{Event, EventKind};
+use bytes::{Bytes, BytesMut};
+use guard::{Action, Class, Decision};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::approvals::{Ask, State, state_name};
+use crate::wire::{self, Frame, backend, frontend};
+use crate::{Io, Shared};
+
+/// Who is on the other end, decided at login.
+pub struct Identity {
+    pub session: u64,
+    pub person: crate::config::Person,
+    pub client: String,
+    pub db_user: String,
+    pub application_name: String,
+    /// When the grant this session runs under ends (unix seconds).
+    pub grant_until: Option<u64>,
+    pub grant_role: Option<String>,
+}
+
+/// A statement waiting for a decision.
+struct Held {
+    id: String,
+    rx: watch::Receiver<State>,
+    deadline: tokio::time::Instant,
+    /// What to send the server if approved.
+    on_approve: Bytes,
+    /// How to refuse it (simple or extended protocol).
+    extended: bool,
+    sql: String,
+}
+
+/// A DELETE/UPDATE running under the row-count guard.
+struct RowGuardRun {
+    sql: String,
+    max_rows: u64,
+    /// `BEGIN` (outside a transaction) or `SAVEPOINT` (inside one).
+    began: bool,
+    /// Server frames seen so far: the first CommandComplete is ours (BEGIN/SAVEPOINT).
+    ours_done: bool,
+    rows: Option<u64>,
+    data_rows: u64,
+    failed: bool,
+    buffered: BytesMut,
+    /// After the decision: our COMMIT/RELEASE/ROLLBACK answers are being swallowed.
+    finishing: Option<Finish>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Count within the limit: forward what was buffered once our closing command is done.
+    Keep,
+    /// Over the limit: rolled back, then hold for approval.
+    Over,
+    /// The statement failed: forward the error.
+    Failed,
+}
+
+pub struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    id: Identity,
+    client: Box<dyn Io>,
+    server: Box<dyn pgproto::conn::Io>,
+    cbuf: BytesMut,
+    sbuf: BytesMut,
+    cout: BytesMut,
+    sout: BytesMut,
+    guard: guard::Session,
+    /// Portal name → statement name (extended protocol).
+    portals: HashMap<String, String>,
+    /// The transaction status of the last ReadyForQuery.
+    txn: u8,
+    held: Option<Held>,
+    row_guard: Option<RowGuardRun>,
+    cancel: Arc<tokio::sync::Notify>,
+    statements: u64,
+}
+
+enum Flow {
+    Continue,
+    End,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        id: Identity,
+        client: Box<dyn Io>,
+        server: Box<dyn pgproto::conn::Io>,
+        leftover: BytesMut,
+        cancel: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Session {
+            shared,
+            id,
+            client,
+            server,
+            cbuf: leftover,
+            sbuf: BytesMut::with_capacity(16 * 1024),
+            cout: BytesMut::with_capacity(16 * 1024),
+            sout: BytesMut::with_capacity(4 * 1024),
+            guard: guard::Session::default(),
+            portals: HashMap::new(),
+            txn: b'I',
+            held: None,
+            row_guard: None,
+            cancel,
+            statements: 0,
+        }
+    }
+
+    async fn audit(&self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
+        self.shared.audit_event(
+            Event::new(kind)
+                .person(self.id.person.name.clone())
+                .client(self.id.client.clone())
+                .session(self.id.session)
+                .detail(detail),
+        )
+        .await
+    }
+
+    /// Runs the session to its end; returns why it ended.
+    pub async fn run(mut self) -> String {
+        let max = self.shared.config.max_message_bytes;
+        let grant_end = self.id.grant_until.map(|u| {
+            let left = u.saturating_sub(crate::approvals::unix_now());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        });
+        loop {
+            // Client frames already buffered are handled first, one at a time, unless a
+            // statement is held or under the row guard (then the client waits, and so does
+            // everything it pipelined after it).
+            while self.held.is_none() && self.row_guard.is_none() {
+                match wire::decode_frame(&mut self.cbuf, max) {
+                    Ok(Some(f)) => match self.on_client(f).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::End) => {
+                            let _ = self.flush_server().await;
+                            return "client ended the session".into();
+                        }
+                        Err(e) => return e,
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        return self
+                            .fatal("08P01", &format!("protocol violation from the client: {e}"), None)
+                            .await;
+                    }
+                }
+            }
+            if let Err(e) = self.flush_server().await {
+                return e;
+            }
+            let held_deadline = self.held.as_ref().map(|h| h.deadline);
+            tokio::select! {
+                r = self.server.read_buf(&mut self.sbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            return self.fatal("57P01", "the database closed the connection", None).await;
+                        }
+                        Ok(_) => {
+                            if let Err(e) = self.on_server().await { return e; }
+                        }
+                    }
+                }
+                r = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < max + 5 => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            if let Some(h) = self.held.take() {
+                                self.shared.approvals.close(&h.id, true);
+                            }
+                            return "client disconnected".into();
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                changed = async { self.held.as_mut().expect("guarded").rx.changed().await }, if self.held.is_some() => {
+                    let state = if changed.is_ok() { self.held.as_ref().expect("held").rx.borrow().clone() } else { State::Expired { at: 0 } };
+                    if state != State::Pending
+                        && let Err(e) = self.decided(state).await { return e; }
+                }
+                _ = sleep_until_opt(held_deadline), if held_deadline.is_some() => {
+                    let id = self.held.as_ref().expect("held").id.clone();
+                    let state = self.shared.approvals.close(&id, false);
+                    if let Err(e) = self.decided(state).await { return e; }
+                }
+                _ = self.cancel.notified(), if self.held.is_some() => {
+                    let id = self.held.as_ref().expect("held").id.clone();
+                    self.shared.approvals.close(&id, true);
+                    if let Err(e) = self.decided(State::Withdrawn { at: 0 }).await { return e; }
+                }
+                _ = sleep_until_opt(grant_end), if grant_end.is_some() => {
+                    let role = self.id.grant_role.clone().unwrap_or_default();
+                    let _ = self.audit(EventKind::GrantExpired, serde_json::json!({"role": role})).await;
+                    return self.fatal(
+                        "57P01",
+                        &format!("holdfast gate: the grant of role {role} to {} has expired; this session is ended", self.id.person.name),
+                        Some("request a new grant: holdfast gate request --role <role> --for <duration> --reason <why>"),
+                    ).await;
+                }
+            }
+        }
+    }
+
+    async fn flush_server(&mut self) -> Result<(), String> {
+        if !self.sout.is_empty() {
+            self.server.write_all(&self.sout).await.map_err(|e| format!("writing to the database: {e}"))?;
+            self.sout.clear();
+        }
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) -> Result<(), String> {
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await.map_err(|e| format!("writing to the client: {e}"))?;
+            self.cout.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends a FATAL error to the client and ends.
+    async fn fatal(&mut self, code: &str, message: &str, hint: Option<&str>) -> String {
+        backend::error(&mut self.cout, &backend::Fields { severity: "FATAL", code, message, detail: None, hint });
+        let _ = self.flush_client().await;
+        message.to_string()
+    }
+
+    fn notice(&mut self, message: &str, hint: Option<&str>) {
+        backend::notice(&mut self.cout, &backend::Fields { severity: "NOTICE", code: "01000", message, detail: None, hint });
+    }
+
+    /// Relays complete server frames to the client, watching ReadyForQuery (and the row guard).
+    async fn on_server(&mut self) -> Result<(), String> {
+        loop {
+            let f = match wire::decode_frame(&mut self.sbuf, usize::MAX >> 1) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(format!("protocol error from the database: {e}")),
+            };
+            if self.row_guard.is_some() {
+                self.on_row_guard_frame(f).await?;
+                continue;
+            }
+            match f.tag {
+                b'Z' => {
+                    self.txn = f.body.first().copied().unwrap_or(b'I');
+                    f.encode(&mut self.cout);
+                }
+                b'E' => self.relay_error(f),
+                _ => f.encode(&mut self.cout),
+            }
+            if self.cout.len() > 64 * 1024 {
+                self.flush_client().await?;
+            }
+        }
+        self.flush_client().await
+    }
+
+    /// Relays an ErrorResponse, dropping PL/pgSQL's CONTEXT line from the gate's own refusals.
+    fn relay_error(&mut self, f: Frame) {
+        let fields = wire::error_fields(&f.body);
+        let ours = fields.iter().any(|(t, v)| *t == b'M' && v.starts_with("holdfast gate:"));
+        if !ours {
+            f.encode(&mut self.cout);
+            return;
+        }
+        let get = |t: u8| fields.iter().find(|(k, _)| *k == t).map(|(_, v)| v.as_str());
+        backend::error(
+            &mut self.cout,
+            &backend::Fields {
+                severity: get(b'S').unwrap_or("ERROR"),
+                code: get(b'C').unwrap_or("42501"),
+                message: get(b'M').unwrap_or(""),
+                detail: get(b'D'),
+                hint: get(b'H'),
+            },
+        );
+    }
+
+    async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
+        match f.tag {
+            b'Q' => {
+                let sql = frontend::query(&f.body).map_err(|e| e.to_string())?;
+                let d = self.shared.guard.check_query(&mut self.guard, &sql);
+                self.statement(sql, d, f, false).await?;
+            }
+            b'P' => {
+                let (name, sql) = frontend::parse(&f.body).map_err(|e| e.to_string())?;
+                let d = self.shared.guard.check_parse(&mut self.guard, &name, &sql);
+                if d.action == Action::Deny {
+                    // Refused at Parse: the server fails it there, and skips to Sync.
+                    self.statement(sql, d, f, true).await?;
+                } else {
+                    f.encode(&mut self.sout);
+                }
+            }
+            b'B' => {
+                let (portal, statement) = frontend::bind(&f.body).map_err(|e| e.to_string())?;
+                self.portals.insert(portal, statement);
+                f.encode(&mut self.sout);
+            }
+            b'E' => {
+                let (portal, _) = frontend::execute(&f.body).map_err(|e| e.to_string())?;
+                let statement = self.portals.get(&portal).cloned();
+                let d = match &statement {
+                    Some(s) => self.shared.guard.check_execute(&self.guard, s),
+                    None => self.shared.guard.check_execute(&self.guard, "\u{0}unbound portal"),
+                };
+                let sql = statement.map(|s| format!("EXECUTE {s:?}")).unwrap_or_default();
+                self.statement(sql, d, f, true).await?;
+            }
+            b'C' => {
+                let (kind, name) = frontend::close(&f.body).map_err(|e| e.to_string())?;
+                if kind == b'S' {
+                    self.guard.close_statement(&name);
+                } else {
+                    self.portals.remove(&name);
+                }
+                f.encode(&mut self.sout);
+            }
+            b'F' => {
+                // FunctionCall by OID: nothing to classify it with. Fail closed.
+                let d = self.shared.guard.check_query(&mut self.guard, "\u{0}function call");
+                self.statement("<FunctionCall message>".into(), d, f, true).await?;
+            }
+            b'X' => {
+                f.encode(&mut self.sout);
+                return Ok(Flow::End);
+            }
+            // Sync, Flush, Describe and COPY data/done/fail pass through.
+            b'S' | b'H' | b'D' | b'd' | b'c' | b'f' => f.encode(&mut self.sout),
+            other => {
+                let e = self
+                    .fatal("08P01", &format!("unexpected message type {:?} from the client", other as char), None)
+                    .await;
+                return Err(e);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Decides what happens to one statement: run, run under the row guard, hold for a second
+    /// person, or refuse. The audit record is written before anything reaches the database.
+    async fn statement(&mut self, sql: String, d: Decision, f: Frame, extended: bool) -> Result<(), String> {
+        self.statements += 1;
+        let break_glass = self.shared.approvals.break_glass_active(&self.id.person.name);
+        let mut action = d.action.clone();
+        if action == Action::Approve && break_glass {
+            action = Action::Allow;
+        }
+        if extended && matches!(action, Action::RowGuard { .. }) {
+            // Rows are counted only for simple-protocol statements: an extended-protocol
+            // DELETE/UPDATE that could not be counted waits for a person instead.
+            action = Action::Approve;
+        }
+        let detail = serde_json::json!({
+            "sql": truncate(&sql, 16 * 1024),
+            "class": d.class,
+            "action": action_name(&action),
+            "reasons": d.reasons,
+            "txn": (self.txn as char).to_string(),
+            "break_glass": break_glass && d.action == Action::Approve,
+        });
+        let audited = self.audit(EventKind::Statement, detail).await;
+        if let Err(e) = audited {
+            // The spool is full or failing: never run unaudited writes.
+            let refuse = match self.shared.on_audit_full() {
+                crate::config::OnAuditFull::RefuseAll => true,
+                crate::config::OnAuditFull::RefuseWrites => d.class > Class::Read,
+            };
+            if refuse {
+                self.shared.metrics.refused.inc();
+                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); writes are refused until the vault takes the backlog"), extended);
+                return Ok(());
+            }
+        }
+        if break_glass && d.action == Action::Approve {
+            self.shared.alert(serde_json::json!({
+                "alert": "break_glass_statement", "person": self.id.person.name, "client": self.id.client,
+                "sql": truncate(&sql, 2000), "class": d.class,
+            }));
+        }
+        match action {
+            Action::Allow => {
+                self.shared.metrics.allowed.inc();
+                f.encode(&mut self.sout);
+            }
+            Action::Deny => {
+                self.shared.metrics.refused.inc();
+                let why = d.reasons.join("; ");
+                self.refuse(&format!("holdfast gate: statement refused by policy: {why}"), extended);
+            }
+            Action::RowGuard { max_rows } if self.txn != b'E' => {
+                self.shared.metrics.row_guarded.inc();
+                let began = self.txn == b'I';
+                let wrapper = if began { "BEGIN" } else { "SAVEPOINT holdfast_row_guard" };
+                frontend::encode_query(&mut self.sout, &format!("{wrapper}; {sql}"));
+                self.row_guard = Some(RowGuardRun {
+                    sql,
+                    max_rows,
+                    began,
+                    ours_done: false,
+                    rows: None,
+                    data_rows: 0,
+                    failed: false,
+                    buffered: BytesMut::new(),
+                    finishing: None,
+                });
+            }
+            Action::RowGuard { .. } => f.encode(&mut self.sout), // aborted transaction: it fails anyway
+            Action::Approve => {
+                let mut raw = BytesMut::new();
+                f.encode(&mut raw);
+                self.hold(sql, &d, raw.freeze(), extended, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an approval request and parks the statement.
+    async fn hold(
+        &mut self,
+        sql: String,
+        d: &Decision,
+        on_approve: Bytes,
+        extended: bool,
+        rows: Option<u64>,
+    ) -> Result<(), String> {
+        let mut reasons = d.reasons.clone();
+        if let Some(n) = rows {
+            reasons.push(format!("it changed {n} rows, over the limit (rolled back)"));
+        }
+        let ask = Ask::Statement { sql: sql.clone(), class: format!("{:?}", d.class).to_lowercase(), reasons: reasons.clone() };
+        let timeout = self.shared.config.approval_timeout;
+        let (req, rx) = self.shared.approvals.open(
+            &self.id.person.name,
+            &self.id.client,
+            Some(self.id.session),
+            ask,
+            None,
+            timeout,
+        );
+        self.shared.metrics.held.inc();
+        let _ = self
+            .audit(EventKind::ApprovalRequested, serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons}))
+            .await;
+        let approvers: Vec<String> = self
+            .shared
+            .config
+            .people
+            .iter()
+            .filter(|p| p.approver && p.name != self.id.person.name)
+            .map(|p| p.name.clone())
+            .collect();
+        self.shared.alert(serde_json::json!({
+            "alert": "approval_requested", "approval": req.id, "person": self.id.person.name,
+            "client": self.id.client, "sql": truncate(&sql, 2000), "reasons": reasons,
+        }));
+        let msg = format!(
+            "holdfast gate: statement held for approval {} ({}); waiting up to {}s",
+            req.id,
+            reasons.join("; "),
+            timeout.as_secs()
+        );
+        let hint = format!(
+            "approvers: {} — `holdfast gate approve {}` or `holdfast gate reject {}`; cancel the query to withdraw it",
+            if approvers.is_empty() { "(none configured)".into() } else { approvers.join(", ") },
+            req.id,
+            req.id
+        );
+        self.notice(&msg, Some(&hint));
+        self.flush_client().await?;
+        self.held = Some(Held {
+            id: req.id,
+            rx,
+            deadline: tokio::time::Instant::now() + timeout,
+            on_approve,
+            extended,
+            sql,
+        });
+        Ok(())
+    }
+
+    /// A held statement was decided (or timed out, or withdrawn).
+    async fn decided(&mut self, state: State) -> Result<(), String> {
+        let Some(h) = self.held.take() else { return Ok(()) };
+        match &state {
+            State::Approved { by, .. } => {
+                let _ = self.audit(EventKind::Approved, serde_json::json!({"approval": h.id, "approver": by, "sql": truncate(&h.sql, 16 * 1024)})).await;
+                self.notice(&format!("holdfast gate: approval {} granted by {by}; running it", h.id), None);
+                self.flush_client().await?;
+                self.sout.extend_from_slice(&h.on_approve);
+            }
+            other => {
+                let (kind, text) = match other {
+                    State::Rejected { by, reason, .. } => (
+                        EventKind::Rejected,
+                        format!("rejected by {by}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
+                    ),
+                    State::Withdrawn { .. } => (EventKind::Rejected, "withdrawn (query canceled)".to_string()),
+                    _ => (EventKind::ApprovalExpired, "nobody approved it in time".to_string()),
+                };
+                let _ = self.audit(kind, serde_json::json!({"approval": h.id, "state": state_name(other), "why": text})).await;
+                self.shared.metrics.refused.inc();
+                self.refuse(&format!("holdfast gate: statement {} not run: {text}", h.id), h.extended);
+            }
+        }
+        self.flush_server().await
+    }
+
+    /// Puts a failing statement carrying `message` where the refused one was.
+    fn refuse(&mut self, message: &str, extended: bool) {
+        let sql = raise_sql(message);
+        if extended {
+            frontend::encode_parse(&mut self.sout, &sql);
+            frontend::encode_bind_unnamed(&mut self.sout);
+            frontend::encode_execute_unnamed(&mut self.sout);
+        } else {
+            frontend::encode_query(&mut self.sout, &sql);
+        }
+    }
+
+    /// Server frames while a DELETE/UPDATE runs under the row guard.
+    async fn on_row_guard_frame(&mut self, f: Frame) -> Result<(), String> {
+        let run = self.row_guard.as_mut().expect("row guard");
+        if let Some(finish) = run.finishing {
+            // Answers to our COMMIT / RELEASE / ROLLBACK: swallowed up to ReadyForQuery.
+            if f.tag == b'Z' {
+                let run = self.row_guard.take().expect("row guard");
+                self.txn = f.body.first().copied().unwrap_or(b'I');
+                match finish {
+                    Finish::Keep | Finish::Failed => {
+                        self.cout.extend_from_slice(&run.buffered);
+                        f.encode(&mut self.cout);
+                        if finish == Finish::Keep {
+                            self.shared.metrics.allowed.inc();
+                        }
+                    }
+                    Finish::Over => {
+                        // Hold the original for approval; on approval it runs again, as is.
+                        let mut raw = BytesMut::new();
+                        frontend::encode_query(&mut raw, &run.sql);
+                        let d = Decision {
+                            action: Action::Approve,
+                            class: Class::Write,
+                            statements: vec![],
+                            reasons: vec![format!("row-count guard: more than {} rows", run.max_rows)],
+                        };
+                        self.hold(run.sql.clone(), &d, raw.freeze(), false, run.rows).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match f.tag {
+            b'C' if !run.ours_done => run.ours_done = true,
+            b'C' => {
+                run.rows = wire::command_rows(&f.body);
+                f.encode(&mut run.buffered);
+            }
+            b'D' => {
+                run.data_rows += 1;
+                // RETURNING rows are kept only while they could still be within the limit.
+                if run.data_rows <= run.max_rows {
+                    f.encode(&mut run.buffered);
+                }
+            }
+            b'E' => {
+                run.failed = true;
+                f.encode(&mut run.buffered);
+            }
+            b'Z' => {
+                let status = f.body.first().copied().unwrap_or(b'I');
+                let rows = run.rows.unwrap_or(run.data_rows);
+                let (finish, sql) = if run.failed {
+                    // Outside a transaction we roll our BEGIN back; inside, the client's
+                    // transaction is aborted, as it would be without the gate.
+                    (Finish::Failed, if run.began { Some("ROLLBACK") } else { None })
+                } else if rows > run.max_rows {
+                    (
+                        Finish::Over,
+                        Some(if run.began {
+                            "ROLLBACK"
+                        } else {
+                            "ROLLBACK TO SAVEPOINT holdfast_row_guard; RELEASE SAVEPOINT holdfast_row_guard"
+                        }),
+                    )
+                } else {
+                    (Finish::Keep, Some(if run.began { "COMMIT" } else { "RELEASE SAVEPOINT holdfast_row_guard" }))
+                };
+                let rows_seen = rows;
+                match sql {
+                    Some(sql) => {
+                        run.finishing = Some(finish);
+                        frontend::encode_query(&mut self.sout, sql);
+                        self.flush_server().await?;
+                    }
+                    None => {
+                        let run = self.row_guard.take().expect("row guard");
+                        self.txn = status;
+                        self.cout.extend_from_slice(&run.buffered);
+                        f.encode(&mut self.cout);
+                    }
+                }
+                if finish == Finish::Over {
+                    let _ = self
+                        .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows_seen}))
+                        .await;
+                }
+            }
+            // RowDescription and anything else belonging to the statement.
+            _ => f.encode(&mut run.buffered),
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `DO` block raising `message` (SQLSTATE 42501); the message cannot escape its quoting.
+pub fn raise_sql(message: &str) -> String {
+    let clean: String = message.chars().filter(|c| *c != '\0').collect::<String>().replace('$', "＄");
+    let quoted = clean.replace('\'', "''");
+    format!(
+        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{quoted}', \
+         HINT = 'ask an approver, or see holdfast gate pending'; END$holdfast$"
+    )
+}
+
+pub fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::RowGuard { .. } => "row_guard",
+        Action::Approve => "approve",
+        Action::Deny => "deny",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+#[allow(dead_code)]
+fn _elapsed(t: Instant) -> u128 {
+    t.elapsed().as_millis()
+}

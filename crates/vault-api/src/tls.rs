@@ -1,0 +1,125 @@
+//! Server-side TLS set-up shared by the vault and the gate: a self-signed pair for the embedded
+//! default, and a rustls server config from PEM files.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Creates a self-signed certificate for 127.0.0.1 and localhost if neither file exists (the
+/// key written 0600). Returns whether it created one. One file without the other is an error:
+/// the message says to restore it or remove both.
+pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, String> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        _ => {
+            return Err(format!(
+                "only one of {} and {} exists: restore the other, or remove both to generate a new self-signed pair",
+                cert.display(),
+                key.display()
+            ));
+        }
+    }
+    let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| format!("generating a certificate: {e}"))?;
+    for p in [cert, key] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(key).map_err(|e| format!("writing {}: {e}", key.display()))?;
+    f.write_all(ck.signing_key.serialize_pem().as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", key.display()))?;
+    std::fs::write(cert, ck.cert.pem()).map_err(|e| format!("writing {}: {e}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate for 127.0.0.1 and localhost");
+    Ok(true)
+}
+
+/// A rustls server config (aws-lc-rs, safe defaults, no client certificates) from PEM files.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading certificates from {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading the private key from {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))
+}
+
+/// Accepts TCP connections, completes TLS, and serves HTTP/1.1 with `router` on each until
+/// `shutdown` turns true (then in-flight requests get 10 s to finish).
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, router, mut shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(30))
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error"); }
+                        }
+                        _ = shutdown.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.as_mut()).await;
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
