@@ -270,8 +270,8 @@ mod tests {
         let a = Approvals::default();
         let ask = Ask::Statement { sql: "DROP TABLE t".into(), class: "destructive".into(), reasons: vec![] };
         let (req, rx) = a.open("mallory", "127.0.0.1:5", Some(1), ask, None, Duration::from_secs(60));
-        assert_eq!(a.decide(&req.id, &person("mallory", true), true, None), Err(DecideError::SelfApproval("mallory".into())));
-        assert_eq!(a.decide(&req.id, &person("eve", false), true, None), Err(DecideError::NotApprover("eve".into())));
+        assert_eq!(a.decide(&req.id, &person("mallory", true), true, None).unwrap_err(), DecideError::SelfApproval("mallory".into()));
+        assert_eq!(a.decide(&req.id, &person("eve", false), true, None).unwrap_err(), DecideError::NotApprover("eve".into()));
         assert_eq!(*rx.borrow(), State::Pending);
         a.decide(&req.id, &person("bob", true), false, Some("no".into())).unwrap();
         assert!(matches!(&*rx.borrow(), State::Rejected { by, .. } if by == "bob"));

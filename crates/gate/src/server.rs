@@ -264,10 +264,15 @@ async fn connection(
             },
         );
         let _ = io.write_all(&out).await;
-        let decided = tokio::time::timeout(timeout, rx.wait_for(|s| *s != State::Pending)).await;
+        let decided = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| *s != State::Pending).await.map(|s| s.clone()).ok()
+        })
+        .await
+        .ok()
+        .flatten();
         let state = match decided {
-            Ok(Ok(s)) => s.clone(),
-            _ => shared.approvals.close(&req.id, false),
+            Some(s) => s,
+            None => shared.approvals.close(&req.id, false),
         };
         if !matches!(state, State::Approved { .. }) {
             send_fatal(&mut io, "28000", &format!("holdfast gate: access {} was not approved", req.id), None).await;

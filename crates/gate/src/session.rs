@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use audit::{Event, EventKind};
 use bytes::{Bytes, BytesMut};
@@ -125,7 +125,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn audit(&self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
+    async fn audit(&mut self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
         self.shared.audit_event(
             Event::new(kind)
                 .person(self.id.person.name.clone())
@@ -669,7 +669,3 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}… ({} bytes)", &s[..end], s.len())
 }
 
-#[allow(dead_code)]
-fn _elapsed(t: Instant) -> u128 {
-    t.elapsed().as_millis()
-}

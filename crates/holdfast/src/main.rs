@@ -25,6 +25,7 @@ use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 mod check;
 mod demo;
 mod drill_cmd;
+mod gate_cmd;
 mod restore_cmd;
 mod status;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Set up, run and use a vault.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// The gate: the only door to production SQL (serve, pending, approve, reject, request…).
+    #[command(subcommand)]
+    Gate(gate_cmd::GateCommand),
     /// Create an ed25519 keyholder key (for signing or vetoing deletions); prints the public key.
     Keygen {
         #[arg(long)]
@@ -353,6 +357,7 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Vault(v) => vault_command(v).await,
+        Command::Gate(g) => gate_cmd::run(g).await,
         Command::Demo { dir } => demo::run(dir).await,
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,

@@ -3,7 +3,6 @@
 //! within 5 s, and `restore --before-incident N` brings back every deleted row while keeping
 //! what was committed before.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,39 +17,7 @@ fn holdfast() -> &'static Path {
 const CHECKSUM: &str =
     "SELECT count(*) || ':' || md5(string_agg(id || '=' || balance, ',' ORDER BY id)) FROM accounts";
 
-/// (arrival, body) of every POST a receiver got.
-type Received = Arc<Mutex<Vec<(Instant, serde_json::Value)>>>;
-
-/// A tiny HTTP receiver: records every POST.
-fn webhook_receiver() -> (String, Received) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let mut r = BufReader::new(conn);
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            if let Ok(v) = serde_json::from_slice(&body) {
-                g.lock().unwrap().push((Instant::now(), v));
-            }
-            let _ =
-                r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
-}
+use testkit::webhook::{Received, receiver as webhook_receiver};
 
 fn cli(v: &TempVault, token: &Path, args: &[&str]) -> std::process::Output {
     v.cli(token, args).unwrap()

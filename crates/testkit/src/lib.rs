@@ -1,3 +1,4 @@
 //! placeholder
 pub mod pg;
 pub mod vault;
+pub mod webhook;

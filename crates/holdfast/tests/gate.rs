@@ -1,0 +1,359 @@
+//! The gate end to end: a real PostgreSQL, `holdfast gate serve` as its own process, real psql
+//! and pgbench (libpq, extended protocol) as clients, approvals through the real CLI.
+//!
+//! What must hold: people log in as themselves over TLS; a destructive statement never runs
+//! without a second person (self-approval refused, rejection and timeout leave the data
+//! intact, approval runs it in the same session); the row-count guard rolls back a DELETE that
+//! touched too many rows; a just-in-time grant ends its sessions when it expires; decisions
+//! need a TOTP code; break-glass runs destruction without approval but alerts.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::pg::TempPg;
+
+fn holdfast() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+const BOB_TOTP: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+const ALICE_TOTP: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+struct Gate {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    child: Child,
+    addr: String,
+    control: String,
+    pg: TempPg,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn totp(secret: &str) -> String {
+    let key = gate::totp::base32_decode(secret).unwrap();
+    format!("{:06}", gate::totp::code_at(&key, gate::approvals::unix_now() / 30))
+}
+
+impl Gate {
+    /// A cluster with an `orders` table, and a gate in front of it.
+    fn start(extra: &str, policy: &str) -> Gate {
+        let pg = TempPg::start().unwrap();
+        pg.psql(
+            "CREATE ROLE gate_app LOGIN PASSWORD 'app-secret';
+             CREATE ROLE dba LOGIN PASSWORD 'dba-secret' CREATEROLE;
+             CREATE TABLE orders (id int PRIMARY KEY, merchant int NOT NULL, total numeric NOT NULL);
+             INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g;
+             CREATE TABLE scratch AS SELECT g AS id FROM generate_series(1, 20) g;
+             GRANT ALL ON orders, scratch TO gate_app;
+             ALTER TABLE scratch OWNER TO gate_app;
+             GRANT CREATE ON SCHEMA public TO gate_app, dba;
+             GRANT ALL ON orders, scratch TO dba;",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        std::fs::write(d.join("app.pw"), "app-secret\n").unwrap();
+        std::fs::write(d.join("dba.pw"), "dba-secret\n").unwrap();
+        std::fs::write(d.join("policy.toml"), policy).unwrap();
+        let v = |pw: &str| gate::scram::Verifier::generate(pw).to_string();
+        let config = format!(
+            r#"listen = "127.0.0.1:0"
+control_listen = "127.0.0.1:0"
+state_dir = "{state}"
+policy = "policy.toml"
+approval_timeout = "4s"
+{extra}
+[upstream]
+host = "{sock}"
+port = {port}
+user = "gate_app"
+password_file = "app.pw"
+sslmode = "disable"
+[[upstream.login]]
+user = "dba"
+password_file = "dba.pw"
+
+[[person]]
+name = "alice"
+scram = "{alice}"
+totp_secret = "{ALICE_TOTP}"
+may_request = ["dba"]
+
+[[person]]
+name = "bob"
+scram = "{bob}"
+approver = true
+totp_secret = "{BOB_TOTP}"
+
+[[grant_role]]
+name = "dba"
+db_user = "dba"
+"#,
+            state = d.join("state").display(),
+            sock = pg.socket_dir().display(),
+            port = pg.port(),
+            alice = v("alice-password"),
+            bob = v("bob-password"),
+        );
+        std::fs::write(d.join("gate.toml"), config).unwrap();
+        let mut child = Command::new(holdfast())
+            .args(["gate", "serve", "--config"])
+            .arg(d.join("gate.toml"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (addr, control) = loop {
+            let line = lines.next().expect("gate exited before listening").unwrap();
+            if let Some(rest) = line.strip_prefix("gate listening on ") {
+                let (a, c) = rest.split_once(" (control API https://").unwrap();
+                break (a.to_string(), c.trim_end_matches(')').to_string());
+            }
+        };
+        // Keep draining the gate's log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Gate { _dir: dir, dir: d, child, addr, control, pg }
+    }
+
+    fn conninfo(&self, user: &str, ssl: &str) -> String {
+        let (host, port) = self.addr.rsplit_once(':').unwrap();
+        format!("host={host} port={port} user={user} dbname=postgres sslmode={ssl} connect_timeout=10")
+    }
+
+    /// psql through the gate as `user`.
+    fn psql_as(&self, user: &str, password: &str, sql: &str) -> Output {
+        Command::new(testkit::pg::bin("psql").unwrap())
+            .arg(self.conninfo(user, "require"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    }
+
+    fn alice(&self, sql: &str) -> Output {
+        self.psql_as("alice", "alice-password", sql)
+    }
+
+    fn spawn_alice(&self, sql: &str) -> Child {
+        Command::new(testkit::pg::bin("psql").unwrap())
+            .arg(self.conninfo("alice", "require"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", "alice-password")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `holdfast gate …` as `user`.
+    fn cli(&self, user: &str, password: &str, totp_secret: Option<&str>, args: &[&str]) -> Output {
+        let mut c = Command::new(holdfast());
+        c.arg("gate")
+            .args(args)
+            .env("HOLDFAST_GATE_URL", format!("https://{}", self.control))
+            .env("HOLDFAST_GATE_CA", self.dir.join("state/tls/cert.pem"))
+            .env("HOLDFAST_GATE_USER", user)
+            .env("HOLDFAST_GATE_PASSWORD", password);
+        if let Some(s) = totp_secret {
+            c.env("HOLDFAST_GATE_TOTP", totp(s));
+        }
+        c.output().unwrap()
+    }
+
+    fn bob(&self, args: &[&str]) -> Output {
+        self.cli("bob", "bob-password", Some(BOB_TOTP), args)
+    }
+
+    /// Waits for the one pending request and returns its id.
+    fn pending_id(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.cli("alice", "alice-password", None, &["pending", "--json"]);
+            assert!(out.status.success(), "{}", text(&out));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(r) = v["requests"].as_array().unwrap().iter().find(|r| r["state"]["state"] == "pending") {
+                return r["id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "no pending request appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn count(&self, table: &str) -> i64 {
+        self.pg.psql(&format!("SELECT count(*) FROM {table}")).unwrap().parse().unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().unwrap()
+}
+
+const POLICY: &str = "row_guard_max_rows = 10\n";
+
+#[test]
+fn destruction_waits_for_a_second_person_and_never_runs_without_one() {
+    let g = Gate::start("", POLICY);
+    // Identity: wrong password, no TLS, unknown person are refused; the right one works.
+    let out = g.psql_as("alice", "wrong", "SELECT 1");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
+    let out = g.psql_as("nobody", "whatever", "SELECT 1");
+    assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
+    let plain = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "disable"))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "alice-password")
+        .output()
+        .unwrap();
+    assert!(text(&plain).contains("only TLS"), "{}", text(&plain));
+    let out = g.alice("SELECT count(*) FROM orders");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
+
+    // DROP TABLE is held; Alice cannot approve it herself; Bob rejects it: nothing dropped.
+    let held = g.spawn_alice("DROP TABLE orders");
+    let id = g.pending_id();
+    let own = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["approve", &id]);
+    assert!(!own.status.success());
+    assert!(text(&own).contains("may not approve their own"), "{}", text(&own));
+    let no_code = g.cli("bob", "bob-password", None, &["approve", &id]);
+    assert!(!no_code.status.success());
+    assert!(text(&no_code).contains("one-time code"), "{}", text(&no_code));
+    let rej = g.bob(&["reject", &id, "--reason", "not during business hours"]);
+    assert!(rej.status.success(), "{}", text(&rej));
+    let out = finish(held);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains(&id) && t.contains("rejected by bob"), "{t}");
+    assert_eq!(g.count("orders"), 100);
+
+    // Nobody decides: it times out, nothing deleted.
+    let started = Instant::now();
+    let out = g.alice("DELETE FROM scratch");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nobody approved it in time"), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(g.count("scratch"), 20);
+
+    // Hidden in a multi-statement string or a CTE: still held.
+    let held = g.spawn_alice("SELECT 1; WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d");
+    let id = g.pending_id();
+    g.bob(&["reject", &id]);
+    assert!(!finish(held).status.success());
+    assert_eq!(g.count("orders"), 100);
+
+    // Approved: it runs, in the same session.
+    let held = g.spawn_alice("TRUNCATE scratch");
+    let id = g.pending_id();
+    let ok = g.bob(&["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let out = finish(held);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 0);
+
+    // Inside a transaction, a rejection aborts it as any error would, and the session goes on.
+    let held = g.spawn_alice("BEGIN; INSERT INTO orders VALUES (1000, 1, 1); DROP TABLE orders; COMMIT");
+    let id = g.pending_id();
+    g.bob(&["reject", &id]);
+    assert!(!finish(held).status.success());
+    assert_eq!(g.count("orders"), 100, "the whole string was refused, the INSERT with it");
+}
+
+#[test]
+fn row_guard_rolls_back_deletes_over_the_limit_and_extended_protocol_is_guarded() {
+    let g = Gate::start("", POLICY);
+    // Within the limit: runs and commits.
+    let out = g.alice("DELETE FROM orders WHERE id <= 5");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("orders"), 95);
+    // In a transaction, within the limit.
+    let out = g.alice("BEGIN; UPDATE orders SET total = 0 WHERE id = 6; COMMIT");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 6").unwrap(), "0");
+    // Over the limit: rolled back, held; rejected → still 95 rows.
+    let held = g.spawn_alice("DELETE FROM orders WHERE id > 50");
+    let id = g.pending_id();
+    assert_eq!(g.count("orders"), 95, "rolled back while waiting");
+    g.bob(&["reject", &id]);
+    let out = finish(held);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("more than 10 rows"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 95);
+
+    // libpq's extended protocol (pgbench -M prepared): reads run, a destructive statement is
+    // held and times out, and the data stays.
+    let script = g.dir.join("read.sql");
+    std::fs::write(&script, "SELECT count(*) FROM orders WHERE merchant = 3;\n").unwrap();
+    let bench = |file: &Path| {
+        Command::new(testkit::pg::bin("pgbench").unwrap())
+            .arg(g.conninfo("alice", "require"))
+            .args(["-n", "-M", "prepared", "-t", "5", "-f"])
+            .arg(file)
+            .env("PGPASSWORD", "alice-password")
+            .output()
+            .unwrap()
+    };
+    let out = bench(&script);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("number of transactions actually processed: 5/5"), "{}", text(&out));
+    let script = g.dir.join("drop.sql");
+    std::fs::write(&script, "DELETE FROM orders;\n").unwrap();
+    let out = bench(&script);
+    assert!(!out.status.success() || text(&out).contains("failed"), "{}", text(&out));
+    assert!(text(&out).contains("nobody approved it in time"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 95);
+}
+
+#[test]
+fn grants_expire_and_end_their_sessions_break_glass_alerts() {
+    let (hook, received) = testkit::webhook::receiver();
+    let g = Gate::start(&format!("webhook = [{{ name = \"oncall\", url = \"{hook}\" }}]\n"), POLICY);
+    // No grant yet: alice@dba is refused with what to do.
+    let out = g.psql_as("alice@dba", "alice-password", "SELECT current_user");
+    assert!(text(&out).contains("holds no active grant of role dba"), "{}", text(&out));
+    // A request needs a TOTP code and a reason; bob approves it.
+    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["request", "--role", "dba", "--for", "6s", "--reason", "rebuild an index"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(g.bob(&["approve", &id]).status.success());
+    let out = g.psql_as("alice@dba", "alice-password", "SELECT current_user");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "dba");
+    // A session under the grant is ended when it expires, with a clear message.
+    let started = Instant::now();
+    let out = g.psql_as("alice@dba", "alice-password", "SELECT pg_sleep(30)");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("has expired"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Break-glass: needs a reason; then destruction runs without approval, and alerts.
+    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["break-glass", "--for", "5m", "--reason", "x"]);
+    assert!(!out.status.success());
+    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["break-glass", "--for", "5m", "--reason", "primary disk full, dropping scratch data"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = g.alice("DROP TABLE scratch");
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kinds: Vec<String> = received.lock().unwrap().iter().map(|(_, v)| v["alert"]["alert"].as_str().unwrap_or("").to_string()).collect();
+        if kinds.iter().any(|k| k == "break_glass") && kinds.iter().any(|k| k == "break_glass_statement") {
+            assert!(kinds.iter().any(|k| k == "grant_requested"), "{kinds:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "alerts: {kinds:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
