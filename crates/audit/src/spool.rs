@@ -472,6 +472,12 @@ impl AuditLog {
         rx.await.unwrap_or_else(|_| Err(AuditError::Failed("the audit writer thread is gone".into())))
     }
 
+    /// Queues a record without waiting for it to be durable: for what follows an action that
+    /// was itself appended (and waited for) before it ran, such as its outcome. Order is kept.
+    pub fn submit_nowait(&self, event: Event) -> Result<(), AuditError> {
+        self.submit(event).map(drop)
+    }
+
     /// [`AuditLog::append`] for code outside an async runtime.
     pub fn append_blocking(&self, event: Event) -> Result<RecordRef, AuditError> {
         let rx = self.submit(event)?;

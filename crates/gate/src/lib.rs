@@ -99,6 +99,14 @@ impl Shared {
         self.audit.append(e).await.map(|_| ())
     }
 
+    /// Appends without waiting (what happened after an audited action: its outcome).
+    pub fn audit_nowait(&self, e: audit::Event) {
+        // Submitted now, in order; only the wait for the fsync is left to the writer.
+        if let Err(err) = self.audit.submit_nowait(e) {
+            tracing::warn!(error = %err, "audit record not accepted");
+        }
+    }
+
     pub fn on_audit_full(&self) -> config::OnAuditFull {
         self.config.audit.as_ref().map(|a| a.on_full).unwrap_or(config::OnAuditFull::RefuseWrites)
     }

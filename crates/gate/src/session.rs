@@ -8,9 +8,9 @@
 //! pipelined messages before it keep their answers in order — so the client's view and the
 //! server's state never disagree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use audit::{Event, EventKind};
 use bytes::{Bytes, BytesMut};
@@ -58,6 +58,7 @@ struct RowGuardRun {
     data_rows: u64,
     failed: bool,
     buffered: BytesMut,
+    started: Instant,
     /// After the decision: our COMMIT/RELEASE/ROLLBACK answers are being swallowed.
     finishing: Option<Finish>,
 }
@@ -70,6 +71,15 @@ enum Finish {
     Over,
     /// The statement failed: forward the error.
     Failed,
+}
+
+/// A Query or an extended-protocol batch sent to the database, until its ReadyForQuery: what
+/// `statement_done` records (command tags, rows, duration, error).
+struct InFlight {
+    what: String,
+    started: Instant,
+    tags: Vec<String>,
+    error: Option<String>,
 }
 
 pub struct Session<'a> {
@@ -90,6 +100,12 @@ pub struct Session<'a> {
     row_guard: Option<RowGuardRun>,
     cancel: Arc<tokio::sync::Notify>,
     statements: u64,
+    inflight: VecDeque<InFlight>,
+    /// Statements executed since the last Sync (extended protocol).
+    batch: Vec<String>,
+    /// An ErrorResponse came since the last ReadyForQuery (the guard then keeps suspecting
+    /// statement names whose Parse/Close the server may have skipped).
+    error_since_ready: bool,
 }
 
 enum Flow {
@@ -122,6 +138,9 @@ impl<'a> Session<'a> {
             row_guard: None,
             cancel,
             statements: 0,
+            inflight: VecDeque::new(),
+            batch: Vec::new(),
+            error_since_ready: false,
         }
     }
 
@@ -261,9 +280,30 @@ impl<'a> Session<'a> {
             match f.tag {
                 b'Z' => {
                     self.txn = f.body.first().copied().unwrap_or(b'I');
+                    self.guard.synced(!self.error_since_ready);
+                    self.error_since_ready = false;
+                    f.encode(&mut self.cout);
+                    if let Some(done) = self.inflight.pop_front() {
+                        self.statement_done(done);
+                    }
+                }
+                b'C' => {
+                    if let Some(cur) = self.inflight.front_mut()
+                        && cur.tags.len() < 100
+                    {
+                        let mut b = f.body.clone();
+                        cur.tags.push(wire::cstr(&mut b, "CommandComplete").unwrap_or_default());
+                    }
                     f.encode(&mut self.cout);
                 }
-                b'E' => self.relay_error(f),
+                b'E' => {
+                    self.error_since_ready = true;
+                    if let Some(cur) = self.inflight.front_mut() {
+                        let fields = wire::error_fields(&f.body);
+                        cur.error = fields.iter().find(|(t, _)| *t == b'M').map(|(_, m)| truncate(m, 1000));
+                    }
+                    self.relay_error(f)
+                }
                 _ => f.encode(&mut self.cout),
             }
             if self.cout.len() > 64 * 1024 {
@@ -271,6 +311,29 @@ impl<'a> Session<'a> {
             }
         }
         self.flush_client().await
+    }
+
+    /// Records how a statement ended (not waited for: the statement was audited before it ran).
+    fn statement_done(&mut self, done: InFlight) {
+        let rows: u64 = done.tags.iter().filter_map(|t| t.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+        let ev = Event::new(EventKind::StatementDone)
+            .person(self.id.person.name.clone())
+            .client(self.id.client.clone())
+            .session(self.id.session)
+            .detail(serde_json::json!({
+                "sql": done.what,
+                "tags": done.tags,
+                "rows": rows,
+                "duration_ms": done.started.elapsed().as_secs_f64() * 1000.0,
+                "error": done.error,
+            }));
+        self.shared.audit_nowait(ev);
+    }
+
+    fn sent(&mut self, what: &str) {
+        if self.inflight.len() < 10_000 {
+            self.inflight.push_back(InFlight { what: truncate(what, 200), started: Instant::now(), tags: Vec::new(), error: None });
+        }
     }
 
     /// Relays an ErrorResponse, dropping PL/pgSQL's CONTEXT line from the gate's own refusals.
@@ -344,8 +407,14 @@ impl<'a> Session<'a> {
                 f.encode(&mut self.sout);
                 return Ok(Flow::End);
             }
-            // Sync, Flush, Describe and COPY data/done/fail pass through.
-            b'S' | b'H' | b'D' | b'd' | b'c' | b'f' => f.encode(&mut self.sout),
+            b'S' => {
+                let what = if self.batch.is_empty() { "Sync".to_string() } else { self.batch.join("; ") };
+                self.batch.clear();
+                self.sent(&what);
+                f.encode(&mut self.sout);
+            }
+            // Flush, Describe and COPY data/done/fail pass through.
+            b'H' | b'D' | b'd' | b'c' | b'f' => f.encode(&mut self.sout),
             other => {
                 let e = self
                     .fatal("08P01", &format!("unexpected message type {:?} from the client", other as char), None)
@@ -400,6 +469,7 @@ impl<'a> Session<'a> {
         match action {
             Action::Allow => {
                 self.shared.metrics.allowed.inc();
+                self.track(&sql, extended);
                 f.encode(&mut self.sout);
             }
             Action::Deny => {
@@ -421,10 +491,15 @@ impl<'a> Session<'a> {
                     data_rows: 0,
                     failed: false,
                     buffered: BytesMut::new(),
+                    started: Instant::now(),
                     finishing: None,
                 });
             }
-            Action::RowGuard { .. } => f.encode(&mut self.sout), // aborted transaction: it fails anyway
+            Action::RowGuard { .. } => {
+                // An aborted transaction: it fails anyway.
+                self.track(&sql, extended);
+                f.encode(&mut self.sout)
+            }
             Action::Approve => {
                 let mut raw = BytesMut::new();
                 f.encode(&mut raw);
@@ -506,6 +581,7 @@ impl<'a> Session<'a> {
                 let _ = self.audit(EventKind::Approved, serde_json::json!({"approval": h.id, "approver": by, "sql": truncate(&h.sql, 16 * 1024)})).await;
                 self.notice(&format!("holdfast gate: approval {} granted by {by}; running it", h.id), None);
                 self.flush_client().await?;
+                self.track(&h.sql, h.extended);
                 self.sout.extend_from_slice(&h.on_approve);
             }
             other => {
@@ -525,8 +601,19 @@ impl<'a> Session<'a> {
         self.flush_server().await
     }
 
+    fn track(&mut self, sql: &str, extended: bool) {
+        if extended {
+            if self.batch.len() < 50 {
+                self.batch.push(truncate(sql, 200));
+            }
+        } else {
+            self.sent(sql);
+        }
+    }
+
     /// Puts a failing statement carrying `message` where the refused one was.
     fn refuse(&mut self, message: &str, extended: bool) {
+        self.track("(refused by the gate)", extended);
         let sql = raise_sql(message);
         if extended {
             frontend::encode_parse(&mut self.sout, &sql);
@@ -552,6 +639,13 @@ impl<'a> Session<'a> {
                         if finish == Finish::Keep {
                             self.shared.metrics.allowed.inc();
                         }
+                        let done = InFlight {
+                            what: truncate(&run.sql, 200),
+                            started: run.started,
+                            tags: run.rows.map(|r| vec![format!("ROWS {r}")]).unwrap_or_default(),
+                            error: run.failed.then(|| "failed (see the client's error)".to_string()),
+                        };
+                        self.statement_done(done);
                     }
                     Finish::Over => {
                         // Hold the original for approval; on approval it runs again, as is.
@@ -617,6 +711,13 @@ impl<'a> Session<'a> {
                         self.txn = status;
                         self.cout.extend_from_slice(&run.buffered);
                         f.encode(&mut self.cout);
+                        let done = InFlight {
+                            what: truncate(&run.sql, 200),
+                            started: run.started,
+                            tags: Vec::new(),
+                            error: Some("failed (see the client's error)".into()),
+                        };
+                        self.statement_done(done);
                     }
                 }
                 if finish == Finish::Over {

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Gate benchmark: pgbench through the holdfast gate (guard on: every statement parsed and
+# classified, audit records written and fsynced before each statement runs) side by side with
+# pgbench straight to PostgreSQL and through PgBouncer (session mode), in one run:
+#   select-only (-S) and TPC-B-like, CLIENTS clients, DURATION seconds each: TPS, mean and p99
+#   latency (from pgbench's per-transaction log); then peak RSS of the gate and of PgBouncer
+#   with CONNS concurrent connections.
+#
+# One command (as root, on Debian 12 with Rust): bench/gate.sh    (also: ./run bench gate)
+# Env: SCALE=10 DURATION=30 CLIENTS=16 CONNS=500 TLS=0 (1: clients reach the gate over TLS —
+#      PgBouncer and direct stay plain, so the TLS cost shows separately) KEEP=0
+# Writes bench-out/gate.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCALE="${SCALE:-10}"
+DURATION="${DURATION:-30}"
+CLIENTS="${CLIENTS:-16}"
+CONNS="${CONNS:-500}"
+TLS="${TLS:-0}"
+KEEP="${KEEP:-0}"
+OUT="$ROOT/bench-out"
+mkdir -p "$OUT"
+log() { echo "[$(date +%T)] $*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
+
+need_apt=()
+command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
+command -v python3 >/dev/null || need_apt+=(python3)
+ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
+# PgBouncer's package starts a service on 6432; this run uses its own instance.
+systemctl stop pgbouncer >/dev/null 2>&1 || true
+
+log "building holdfast (release)"
+(cd "$ROOT" && cargo build --release -p holdfast -q)
+HF="$ROOT/target/release/holdfast"
+
+W="$(mktemp -d /tmp/holdfast-gatebench.XXXXXX)"
+chmod 755 "$W"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PGPORT="$(free_port)" GPORT="$(free_port)" CPORT="$(free_port)" BPORT="$(free_port)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  su postgres -c "$PGBIN/pg_ctl -D $W/pg -m immediate stop" >/dev/null 2>&1 || true
+  [ "$KEEP" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+
+log "PostgreSQL on 127.0.0.1:$PGPORT, pgbench scale $SCALE"
+mkdir -p "$W/pg" && chown postgres: "$W/pg"
+echo "bench-pw" > "$W/pw" && chown postgres: "$W/pw"
+su postgres -c "$PGBIN/initdb -D $W/pg -A scram-sha-256 -U postgres --pwfile=$W/pw --no-sync -E UTF8 --locale=C" >/dev/null
+cat >> "$W/pg/postgresql.conf" <<EOF
+port = $PGPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$W/pg'
+max_connections = $((CONNS + 100))
+shared_buffers = '256MB'
+synchronous_commit = off
+EOF
+su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg.log -w start" >/dev/null
+export PGPASSWORD=bench-pw
+PSQL="$PGBIN/psql -h 127.0.0.1 -p $PGPORT -U postgres -X -q"
+$PSQL -c "CREATE ROLE bench LOGIN PASSWORD 'bench-pw'; ALTER DATABASE postgres OWNER TO bench; GRANT ALL ON SCHEMA public TO bench"
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PGPORT" -U bench -i -s "$SCALE" -q postgres >/dev/null 2>&1
+
+log "gate on 127.0.0.1:$GPORT (guard on, audit spool on local disk)"
+VERIFIER="$(echo bench-pw | "$HF" gate hash-password)"
+mkdir -p "$W/gate"
+cat > "$W/gate/gate.toml" <<EOF
+listen = "127.0.0.1:$GPORT"
+control_listen = "127.0.0.1:$CPORT"
+state_dir = "state"
+require_tls = $([ "$TLS" = 1 ] && echo true || echo false)
+[upstream]
+host = "127.0.0.1"
+port = $PGPORT
+user = "bench"
+password_file = "../pw"
+sslmode = "disable"
+[[person]]
+name = "bench"
+scram = "$VERIFIER"
+EOF
+"$HF" gate serve --config "$W/gate/gate.toml" 2> "$W/gate.log" &
+GATE_PID=$!
+PIDS+=("$GATE_PID")
+
+log "PgBouncer (session mode) on 127.0.0.1:$BPORT"
+mkdir -p "$W/bouncer" && chown postgres: "$W/bouncer"
+cat > "$W/bouncer/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PGPORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+auth_type = scram-sha-256
+auth_file = $W/bouncer/userlist.txt
+pool_mode = session
+max_client_conn = $((CONNS + 100))
+default_pool_size = $((CONNS + 50))
+max_db_connections = $((CONNS + 50))
+logfile = $W/bouncer/pgbouncer.log
+pidfile = $W/bouncer/pgbouncer.pid
+unix_socket_dir =
+EOF
+echo '"bench" "bench-pw"' > "$W/bouncer/userlist.txt"
+chown -R postgres: "$W/bouncer"
+su postgres -s /bin/sh -c "pgbouncer -d $W/bouncer/pgbouncer.ini"
+sleep 1
+PIDS+=("$(cat "$W/bouncer/pgbouncer.pid")")
+for i in $(seq 50); do "$PGBIN/pg_isready" -h 127.0.0.1 -p "$GPORT" -q && break; sleep 0.2; done
+
+SSL_GATE="disable"; [ "$TLS" = 1 ] && SSL_GATE="require"
+run() { # name port sslmode mode(select|tpcb)
+  local name="$1" port="$2" ssl="$3" mode="$4" flag=""
+  [ "$mode" = select ] && flag="-S"
+  rm -rf "$W/log-$name-$mode" && mkdir -p "$W/log-$name-$mode"
+  log "  $mode via $name"
+  (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
+     -c "$CLIENTS" -j 2 -T "$DURATION" -M simple --log --log-prefix=tx postgres > out.txt 2>&1) \
+     || { cat "$W/log-$name-$mode/out.txt" >&2; die "pgbench via $name failed"; }
+  python3 - "$W/log-$name-$mode" "$name" "$mode" >> "$W/results.tsv" <<'PY'
+import glob, re, sys
+d, name, mode = sys.argv[1:]
+out = open(d + "/out.txt").read()
+tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
+lat = []
+for f in glob.glob(d + "/tx*"):
+    for line in open(f):
+        p = line.split()
+        if len(p) >= 3:
+            lat.append(int(p[2]))
+lat.sort()
+p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan")
+mean = sum(lat) / len(lat) / 1000 if lat else float("nan")
+print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}")
+PY
+}
+: > "$W/results.tsv"
+for mode in select tpcb; do
+  run direct "$PGPORT" disable "$mode"
+  run gate "$GPORT" "$SSL_GATE" "$mode"
+  run pgbouncer "$BPORT" disable "$mode"
+done
+
+rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+log "memory: $CONNS concurrent connections (pgbench -S, 10 s) through the gate, then PgBouncer"
+PGSSLMODE="$SSL_GATE" "$PGBIN/pgbench" -h 127.0.0.1 -p "$GPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-gate.txt" 2>&1 || true
+GATE_RSS="$(rss_kb "$GATE_PID")"
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$BPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-bouncer.txt" 2>&1 || true
+BOUNCER_RSS="$(rss_kb "$(cat "$W/bouncer/pgbouncer.pid")")"
+GATE_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-gate.txt" | head -1 | cut -d' ' -f3)"
+BOUNCER_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-bouncer.txt" | head -1 | cut -d' ' -f3)"
+
+python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" <<'PY'
+import sys
+res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
+by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
+lines = [f"# Gate benchmark\n",
+         f"pgbench -c {clients} -j 2 -T {dur} -M simple, scale {scale}, 2 cores shared by PostgreSQL, pgbench and the proxy; gate over TLS: {'yes' if tls == '1' else 'no'}.\n",
+         "| workload | path | TPS | TPS vs direct | mean ms | p99 ms | p99 added vs direct (ms) |",
+         "|---|---|---|---|---|---|---|"]
+for mode in ("select", "tpcb"):
+    d = by.get(("direct", mode))
+    for name in ("direct", "gate", "pgbouncer"):
+        v = by.get((name, mode))
+        if not v or not d:
+            continue
+        lines.append(f"| {mode} | {name} | {v[0]:.0f} | {v[0]/d[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} | {v[2]-d[2]:+.3f} |")
+lines += ["", f"Peak RSS with {conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {int(grss)/1024:.1f} MB ({gct} TPS), PgBouncer {int(brss)/1024:.1f} MB ({bct} TPS)."]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
