@@ -381,7 +381,7 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
 /// visited). Nodes that appear only in analysed trees (Query, Var, FuncExpr…) are deliberately
 /// absent: the raw parser never produces them, so meeting one means something is off.
 const INERT: &[&str] = &[
-    "Alias", "RangeVar", "IntoClause", "NamedArgExpr", "BoolExpr", "SubLink", "CaseExpr", "CaseWhen",
+    "Alias", "RangeVar", "IntoClause", "JoinExpr", "GroupingFunc", "MergeSupportFunc", "NamedArgExpr", "BoolExpr", "SubLink", "CaseExpr", "CaseWhen",
     "CaseTestExpr", "ArrayExpr", "RowExpr", "RowCompareExpr", "CoalesceExpr", "MinMaxExpr",
     "SqlvalueFunction", "XmlExpr", "JsonFormat", "JsonReturning", "JsonValueExpr", "JsonBehavior",
     "JsonIsPredicate", "NullTest", "BooleanTest", "SetToDefault", "CurrentOfExpr", "TypeName",
@@ -633,7 +633,7 @@ impl Walker<'_> {
                             let n = str_field(d, "defname");
                             let powerful = matches!(
                                 n,
-                                "superuser" | "createrole" | "replication" | "bypassrls" | "addroleto" | "rolemembers" | "adminmembers"
+                                "superuser" | "createrole" | "isreplication" | "replication" | "bypassrls" | "addroleto" | "rolemembers" | "adminmembers"
                             );
                             (powerful && !option_off(field(d, "arg"))).then(|| n.to_string())
                         }
