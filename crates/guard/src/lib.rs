@@ -1,0 +1,482 @@
+//! The guard: every statement that reaches production through the gate is parsed with
+//! PostgreSQL's own grammar (libpg_query) and classified from its whole parse tree as `read`,
+//! `write`, `ddl` or `destructive`; the policy turns that into an [`Action`]. No IO, no async.
+//!
+//! ```
+//! use guard::{Action, Class, Guard, Policy, Session};
+//!
+//! let guard = Guard::new(Policy::default());
+//! let mut session = Session::default();
+//! let d = guard.check_query(&mut session, "SELECT 1; /* harmless */ DROP TABLE orders");
+//! assert_eq!(d.class, Class::Destructive);
+//! assert_eq!(d.action, Action::Approve);
+//! assert_eq!(d.statements[1].kind, "DROP TABLE");
+//!
+//! let d = guard.check_query(&mut session, "DELETE FROM orders WHERE id = 7");
+//! assert_eq!(d.action, Action::RowGuard { max_rows: 1000 });
+//! ```
+//!
+//! Fail closed: a parse failure, oversized input, a NUL byte, too many statements, an unknown
+//! prepared statement or a parse-tree node the guard does not recognise never yields `Allow`.
+
+mod classify;
+mod functions;
+mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use classify::{Analysis, Effect, StmtAnalysis};
+pub use policy::{ClassRules, KindRule, Policy, PolicyError, Rule, UnknownFunctions};
+
+/// What a statement can do, from least to most dangerous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Read,
+    Write,
+    Ddl,
+    Destructive,
+}
+
+/// What the gate does with a statement (or a whole Query message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    Allow,
+    /// One DELETE/UPDATE with a WHERE clause (and nothing else destructive in the string): the
+    /// gate runs it under a savepoint and holds it for approval if it affected more than
+    /// `max_rows` rows.
+    RowGuard { max_rows: u64 },
+    /// Needs a second person's approval.
+    Approve,
+    /// Never runs (parse failure, oversized input, forbidden by policy) — fail closed.
+    Deny,
+}
+
+impl Action {
+    fn rank(&self) -> u8 {
+        match self {
+            Action::Allow => 0,
+            Action::RowGuard { .. } => 1,
+            Action::Approve => 2,
+            Action::Deny => 3,
+        }
+    }
+}
+
+/// One statement of a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementInfo {
+    /// `SELECT`, `DELETE`, `DROP TABLE`, `SET ROLE`… (the policy key is this in snake case).
+    pub kind: String,
+    pub class: Class,
+    pub action: Action,
+    /// Why the statement is more than a read, for people.
+    pub reasons: Vec<String>,
+    /// Tables and other objects it names, as written.
+    pub objects: Vec<String>,
+}
+
+/// The guard's verdict on a Query message, a Parse or an Execute.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The highest class over all statements (`destructive` when the text was refused unparsed).
+    pub class: Class,
+    pub statements: Vec<StatementInfo>,
+    /// Human-readable, e.g. "DELETE without WHERE on public.orders".
+    pub reasons: Vec<String>,
+}
+
+impl Decision {
+    fn refused(reason: String) -> Decision {
+        Decision { action: Action::Deny, class: Class::Destructive, statements: Vec::new(), reasons: vec![reason] }
+    }
+
+    /// The reasons as one line, for a NOTICE or an error message.
+    pub fn summary(&self) -> String {
+        if self.reasons.is_empty() {
+            let kinds: Vec<&str> = self.statements.iter().map(|s| s.kind.as_str()).collect();
+            format!("{:?}: {}", self.class, kinds.join("; ")).to_lowercase()
+        } else {
+            self.reasons.join("; ")
+        }
+    }
+}
+
+/// Up to this many parsed texts are kept, in two generations of half the size each.
+const CACHE_ENTRIES: usize = 1024;
+/// Longer texts are not cached (their analysis is not worth the memory).
+const CACHE_MAX_TEXT: usize = 8 * 1024;
+/// A name re-prepared this often without the server confirming is refused.
+const MAX_STALE: usize = 8;
+/// EXECUTE of a prepared statement that executes another…: at most this deep.
+const MAX_EXECUTE_DEPTH: usize = 4;
+
+/// A bounded cache of analyses by SQL text: two generations; a hit in the old one moves to the
+/// new one; when the new one is full the old one is dropped. Memory stays under
+/// `CACHE_ENTRIES` entries of at most `CACHE_MAX_TEXT` bytes of text each.
+#[derive(Default)]
+struct Cache {
+    young: HashMap<Box<str>, Arc<Analysis>>,
+    old: HashMap<Box<str>, Arc<Analysis>>,
+}
+
+impl Cache {
+    fn get(&mut self, sql: &str) -> Option<Arc<Analysis>> {
+        if let Some(a) = self.young.get(sql) {
+            return Some(a.clone());
+        }
+        let a = self.old.remove(sql)?;
+        self.insert(sql, a.clone());
+        Some(a)
+    }
+
+    fn insert(&mut self, sql: &str, a: Arc<Analysis>) {
+        if self.young.len() >= CACHE_ENTRIES / 2 {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(sql.into(), a);
+    }
+}
+
+/// Classifies statements under one policy. Shared by every connection (`&self` everywhere).
+pub struct Guard {
+    policy: Policy,
+    cache: Mutex<Cache>,
+}
+
+/// Per connection: the prepared statements the server may hold (by name) and settings that
+/// change how later statements must be read.
+///
+/// The guard records a Parse/PREPARE/Close/DEALLOCATE as soon as it is checked, but the server
+/// may skip it (an error earlier in a pipeline makes it discard messages up to Sync). So a name
+/// whose binding changed keeps its previous bindings as "stale" until the gate reports, with
+/// [`Session::synced`], that the batch went through without error; EXECUTE of a name is judged
+/// by the strictest of its current and stale bindings. A gate that never calls `synced` is
+/// merely stricter.
+#[derive(Default)]
+pub struct Session {
+    statements: HashMap<String, Binding>,
+    changed: HashSet<String>,
+    search_path_tampered: bool,
+}
+
+#[derive(Default)]
+struct Binding {
+    current: Option<Arc<Analysis>>,
+    stale: Vec<Arc<Analysis>>,
+    overflow: bool,
+}
+
+impl Session {
+    /// Protocol Close of a statement (or the effect of `DEALLOCATE name`).
+    pub fn close_statement(&mut self, name: &str) {
+        if let Some(b) = self.statements.get_mut(name) {
+            if let Some(cur) = b.current.take() {
+                push_stale(b, cur);
+            }
+            self.changed.insert(name.to_string());
+        }
+    }
+
+    /// The server answered ReadyForQuery. `no_error`: no ErrorResponse since the previous
+    /// ReadyForQuery, so every Parse/Close/PREPARE/DEALLOCATE checked since then took effect and
+    /// the earlier bindings of those names are gone. After an error they stay suspected.
+    pub fn synced(&mut self, no_error: bool) {
+        let changed = std::mem::take(&mut self.changed);
+        if !no_error {
+            return;
+        }
+        for name in changed {
+            if let Some(b) = self.statements.get_mut(&name) {
+                b.stale.clear();
+                b.overflow = false;
+                if b.current.is_none() {
+                    self.statements.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// How many statement names the session tracks.
+    pub fn prepared_count(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Whether search_path was set so that another schema comes before pg_catalog (from then on,
+    /// unqualified calls to built-in functions count as unknown functions).
+    pub fn search_path_tampered(&self) -> bool {
+        self.search_path_tampered
+    }
+
+    fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
+        let b = self.statements.entry(name.to_string()).or_default();
+        if let Some(cur) = b.current.take() {
+            push_stale(b, cur);
+        }
+        b.current = Some(analysis);
+        self.changed.insert(name.to_string());
+    }
+
+    fn close_all(&mut self) {
+        let names: Vec<String> = self.statements.keys().cloned().collect();
+        for n in names {
+            self.close_statement(&n);
+        }
+    }
+
+    /// Every analysis the server may have bound to `name`, and whether too many were.
+    fn lookup(&self, name: &str) -> Option<(Vec<Arc<Analysis>>, bool)> {
+        let b = self.statements.get(name)?;
+        let all: Vec<Arc<Analysis>> = b.current.iter().chain(b.stale.iter()).cloned().collect();
+        if all.is_empty() { None } else { Some((all, b.overflow)) }
+    }
+}
+
+fn push_stale(b: &mut Binding, a: Arc<Analysis>) {
+    if b.stale.iter().any(|s| Arc::ptr_eq(s, &a)) {
+        return;
+    }
+    if b.stale.len() >= MAX_STALE {
+        b.overflow = true;
+    } else {
+        b.stale.push(a);
+    }
+}
+
+/// A statement resolved against a session.
+struct Resolved {
+    class: Class,
+    reasons: Vec<String>,
+    row_guard: Option<String>,
+    deny: Option<String>,
+}
+
+/// Which session changes a checked text makes.
+#[derive(Clone, Copy, PartialEq)]
+enum Apply {
+    /// A Query message: it runs now, in order.
+    All,
+    /// A Parse: nothing runs until Execute, so only changes that make the guard stricter.
+    TightenOnly,
+}
+
+impl Guard {
+    pub fn new(policy: Policy) -> Guard {
+        Guard { policy, cache: Mutex::new(Cache::default()) }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// A simple-protocol Query message (may hold several statements) or SQL run via the CLI.
+    pub fn check_query(&self, session: &mut Session, sql: &str) -> Decision {
+        // A simple Query destroys the unnamed prepared statement on the server.
+        session.close_statement("");
+        let analysis = self.analysis(sql);
+        self.decide(&analysis, session, Apply::All)
+    }
+
+    /// Extended protocol Parse: classifies `sql`, remembers the decision under statement `name`
+    /// ("" = unnamed). The decision says what executing it would need; the gate enforces it at
+    /// Execute ([`Guard::check_execute`]).
+    pub fn check_parse(&self, session: &mut Session, name: &str, sql: &str) -> Decision {
+        if !session.statements.contains_key(name) && session.statements.len() >= self.policy.max_prepared_statements {
+            return Decision::refused(format!(
+                "this session already holds {} prepared statements (policy max_prepared_statements); close some first",
+                session.statements.len()
+            ));
+        }
+        let analysis = self.analysis(sql);
+        let decision = self.decide(&analysis, session, Apply::TightenOnly);
+        session.bind(name, analysis);
+        decision
+    }
+
+    /// Extended protocol Execute of a portal bound from prepared statement `name`: the decision
+    /// remembered at Parse, judged against the session as it is now (unknown name ⇒ Deny, fail
+    /// closed).
+    pub fn check_execute(&self, session: &Session, statement: &str) -> Decision {
+        match session.lookup(statement) {
+            None => Decision::refused(format!(
+                "prepared statement {statement:?} is unknown to the gate; it is not run (Parse it again)"
+            )),
+            Some((_, true)) => Decision::refused(format!(
+                "prepared statement {statement:?} was re-prepared too often without the server confirming; Sync and Parse it again"
+            )),
+            Some((analyses, false)) => {
+                let mut decisions: Vec<Decision> =
+                    analyses.iter().map(|a| self.decide_readonly(a, session, 0)).collect();
+                let strictest = decisions
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, d)| (d.action.rank(), d.class))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                let mut d = decisions.swap_remove(strictest);
+                if analyses.len() > 1 && strictest != 0 {
+                    d.reasons.insert(
+                        0,
+                        format!("prepared statement {statement:?} was re-prepared, but the server has not confirmed it: an earlier version may still be bound"),
+                    );
+                }
+                d
+            }
+        }
+    }
+
+    /// The analysis of `sql`, from the cache when the same text was seen recently.
+    fn analysis(&self, sql: &str) -> Arc<Analysis> {
+        let cacheable = sql.len() <= CACHE_MAX_TEXT;
+        if cacheable
+            && let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql)
+        {
+            return a;
+        }
+        let a = Arc::new(classify::analyze(sql, &self.policy));
+        if cacheable {
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
+        }
+        a
+    }
+
+    fn decide(&self, analysis: &Arc<Analysis>, session: &mut Session, apply: Apply) -> Decision {
+        if let Some(e) = &analysis.error {
+            return Decision::refused(e.clone());
+        }
+        let mut resolved = Vec::with_capacity(analysis.statements.len());
+        for st in &analysis.statements {
+            resolved.push(self.resolve(st, session, 0));
+            for effect in &st.effects {
+                match effect {
+                    Effect::Prepare { name, analysis } => {
+                        if !session.statements.contains_key(name) && session.statements.len() >= self.policy.max_prepared_statements {
+                            let r = resolved.last_mut().expect("pushed above");
+                            r.deny = Some(format!(
+                                "this session already holds {} prepared statements (policy max_prepared_statements)",
+                                session.statements.len()
+                            ));
+                        } else {
+                            session.bind(name, analysis.clone());
+                        }
+                    }
+                    Effect::Deallocate(name) if apply == Apply::All => session.close_statement(name),
+                    Effect::DeallocateAll if apply == Apply::All => session.close_all(),
+                    Effect::SearchPathTampered => session.search_path_tampered = true,
+                    Effect::Deallocate(_) | Effect::DeallocateAll => {}
+                }
+            }
+        }
+        self.assemble(&analysis.statements, resolved)
+    }
+
+    fn decide_readonly(&self, analysis: &Analysis, session: &Session, depth: usize) -> Decision {
+        if let Some(e) = &analysis.error {
+            return Decision::refused(e.clone());
+        }
+        let resolved = analysis.statements.iter().map(|st| self.resolve(st, session, depth)).collect();
+        self.assemble(&analysis.statements, resolved)
+    }
+
+    /// A statement's class against the session: prepared statements it executes, and a
+    /// search_path that makes unqualified built-ins suspect.
+    fn resolve(&self, st: &StmtAnalysis, session: &Session, depth: usize) -> Resolved {
+        let mut r = Resolved { class: st.class, reasons: st.reasons.clone(), row_guard: st.row_guard.clone(), deny: None };
+        if session.search_path_tampered && st.unqualified_builtins {
+            let c = self.policy.unknown_functions.class();
+            if c > r.class {
+                r.class = c;
+                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            r.reasons.push(
+                "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into(),
+            );
+        }
+        for (name, direct) in &st.executes {
+            if depth >= MAX_EXECUTE_DEPTH {
+                r.deny = Some("prepared statements execute each other too deeply".into());
+                continue;
+            }
+            let Some((analyses, overflow)) = session.lookup(name) else {
+                r.deny = Some(format!("EXECUTE {name}: no prepared statement of that name is known to the gate (fail closed)"));
+                continue;
+            };
+            if overflow {
+                r.deny = Some(format!("prepared statement {name:?} was re-prepared too often without the server confirming"));
+                continue;
+            }
+            for a in analyses {
+                let d = self.decide_readonly(&a, session, depth + 1);
+                if d.action == Action::Deny {
+                    r.deny = Some(format!("EXECUTE {name}: {}", d.summary()));
+                }
+                if d.class > r.class {
+                    r.class = d.class;
+                }
+                r.reasons.extend(d.reasons.iter().map(|x| format!("EXECUTE {name}: {x}")));
+                let inner_guard = a.statements.iter().find_map(|s| s.row_guard.clone());
+                if let Some(t) = inner_guard {
+                    if *direct {
+                        r.row_guard = Some(t);
+                    } else {
+                        r.class = Class::Destructive;
+                        r.reasons.push(format!("EXECUTE {name} inside another statement runs a DELETE/UPDATE whose row count cannot be checked"));
+                    }
+                }
+            }
+        }
+        if r.class != Class::Write {
+            r.row_guard = None;
+        }
+        r
+    }
+
+    fn assemble(&self, stmts: &[StmtAnalysis], resolved: Vec<Resolved>) -> Decision {
+        let mut out = Vec::with_capacity(stmts.len());
+        let mut reasons = Vec::new();
+        let mut class = Class::Read;
+        let mut action = Action::Allow;
+        let mut guarded = 0;
+        for (st, r) in stmts.iter().zip(resolved) {
+            let mut reasons_here = r.reasons;
+            let mut rule = self.policy.classes.rule(r.class);
+            if let Some(k) = self.policy.kinds.get(&classify::key(&st.kind))
+                && Rule::from(*k) > rule
+            {
+                rule = (*k).into();
+                reasons_here.push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
+            }
+            let a = match (&r.deny, rule, &r.row_guard) {
+                (Some(why), _, _) => {
+                    reasons_here.push(why.clone());
+                    Action::Deny
+                }
+                (None, Rule::Deny, _) => Action::Deny,
+                (None, Rule::Approve, _) => Action::Approve,
+                (None, Rule::Allow, Some(t)) => {
+                    guarded += 1;
+                    Action::RowGuard { max_rows: self.policy.max_rows_for(t) }
+                }
+                (None, Rule::Allow, None) => Action::Allow,
+            };
+            class = class.max(r.class);
+            if a.rank() > action.rank() {
+                action = a.clone();
+            } else if let (Action::RowGuard { max_rows: m }, Action::RowGuard { max_rows: n }) = (&mut action, &a) {
+                *m = (*m).min(*n);
+            }
+            reasons.extend(reasons_here.iter().cloned());
+            out.push(StatementInfo { kind: st.kind.clone(), class: r.class, action: a, reasons: reasons_here, objects: st.objects.clone() });
+        }
+        if guarded > 1 && action.rank() <= Action::Approve.rank() {
+            action = Action::Approve;
+            reasons.push(format!("{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"));
+        }
+        Decision { action, class, statements: out, reasons }
+    }
+}

@@ -1,0 +1,306 @@
+//! The bypass suite: one line per attempt, `(sql, expected class, expected action)`, under the
+//! default policy. Every way we could think of to slip something destructive past the guard —
+//! comments, case, quoting, Unicode escapes, dollar quoting, several statements in one message,
+//! writes hidden in CTEs and EXPLAIN ANALYZE, functions in every position, prepared statements
+//! over SQL and over the extended protocol — plus the harmless statements that must keep
+//! flowing. None of the destructive cases may come out Allow or RowGuard.
+
+use guard::{Action, Class, Guard, Policy, Session};
+
+mod cases;
+use cases::{CASES, V, matches};
+
+fn check(guard: &Guard, session: &mut Session, sql: &str, class: Class, v: V) -> Option<String> {
+    let d = guard.check_query(session, sql);
+    let mut bad = Vec::new();
+    if d.class != class || !matches(&d.action, v) {
+        bad.push(format!("expected {class:?}/{v:?}, got {:?}/{:?}", d.class, d.action));
+    }
+    if d.class == Class::Destructive && matches!(d.action, Action::Allow | Action::RowGuard { .. }) {
+        bad.push("DESTRUCTIVE LET THROUGH".into());
+    }
+    if d.statements.iter().any(|s| s.class == Class::Destructive && matches!(s.action, Action::Allow | Action::RowGuard { .. })) {
+        bad.push("a destructive statement was let through".into());
+    }
+    if d.class > Class::Write && d.reasons.is_empty() && d.class == Class::Destructive {
+        bad.push("destructive without a reason".into());
+    }
+    (!bad.is_empty()).then(|| format!("{sql:?}: {} (reasons: {:?})", bad.join("; "), d.reasons))
+}
+
+#[test]
+fn bypass_table() {
+    assert!(CASES.len() >= 200, "the suite holds {} cases", CASES.len());
+    let guard = Guard::new(Policy::default());
+    let failures: Vec<String> =
+        CASES.iter().filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v)).collect();
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+}
+
+#[test]
+fn the_cache_gives_the_same_verdicts() {
+    // Second round hits the parse cache; verdicts must not change.
+    let guard = Guard::new(Policy::default());
+    for _ in 0..2 {
+        let failures: Vec<String> =
+            CASES.iter().filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v)).collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
+#[test]
+fn oversized_input_is_denied_unparsed() {
+    let guard = Guard::new(Policy::default());
+    let big = format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024));
+    let d = guard.check_query(&mut Session::default(), &big);
+    assert_eq!(d.action, Action::Deny);
+    assert!(d.reasons[0].contains("max_statement_bytes"), "{:?}", d.reasons);
+    // Just under the limit parses.
+    let ok = format!("SELECT '{}'", "x".repeat(1024 * 1024 - 20));
+    assert_eq!(guard.check_query(&mut Session::default(), &ok).action, Action::Allow);
+}
+
+#[test]
+fn too_many_statements_are_denied() {
+    let guard = Guard::new(Policy::default());
+    let many = "SELECT 1;".repeat(257);
+    let d = guard.check_query(&mut Session::default(), &many);
+    assert_eq!(d.action, Action::Deny);
+    assert!(d.reasons[0].contains("max_statements"), "{:?}", d.reasons);
+    assert_eq!(guard.check_query(&mut Session::default(), &"SELECT 1;".repeat(256)).action, Action::Allow);
+}
+
+#[test]
+fn deeply_nested_input_is_denied_not_crashed() {
+    // Run where the gate would: a thread with a small (2 MiB, tokio's default) stack. PostgreSQL's
+    // parser checks its stack depth; trees deeper than prost's recursion limit (about 45 levels
+    // of nested expressions) are refused as too deep. Either way: Deny, never a crash.
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let guard = Guard::new(Policy::default());
+            let ok = format!("SELECT {}1{}", "(SELECT ".repeat(10), ")".repeat(10));
+            assert_eq!(guard.check_query(&mut Session::default(), &ok).action, Action::Allow);
+            let ok = format!("SELECT {}x", "x || ".repeat(40));
+            assert_eq!(guard.check_query(&mut Session::default(), &ok).action, Action::Allow);
+            for depth in [100, 1000, 10_000, 100_000] {
+                for sql in [
+                    format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth)),
+                    format!("SELECT {}true", "NOT ".repeat(depth)),
+                    format!("SELECT {}1{}", "ARRAY[".repeat(depth), "]".repeat(depth)),
+                    format!("SELECT {}x", "x || ".repeat(depth)),
+                    format!("DELETE FROM t WHERE id = 1 AND {}true", "NOT ".repeat(depth)),
+                ] {
+                    let d = guard.check_query(&mut Session::default(), &sql);
+                    assert_eq!(d.action, Action::Deny, "depth {depth}: {}", &sql[..40]);
+                    assert!(!d.reasons.is_empty());
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+// ---- prepared statements: SQL PREPARE/EXECUTE/DEALLOCATE and the extended protocol
+
+#[test]
+fn sql_prepare_then_execute_carries_the_class() {
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    let d = guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    assert_eq!(d.action, Action::Allow, "PREPARE itself runs nothing");
+    let d = guard.check_query(&mut s, "EXECUTE p");
+    assert_eq!((d.class, d.action.clone()), (Class::Destructive, Action::Approve), "{:?}", d.reasons);
+    assert!(d.reasons.iter().any(|r| r.contains("DELETE without WHERE")), "{:?}", d.reasons);
+
+    // In one message.
+    let d = guard.check_query(&mut Session::default(), "PREPARE p AS DELETE FROM t; EXECUTE p");
+    assert_eq!(d.action, Action::Approve);
+    // A guarded DELETE stays under the row guard when executed.
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE q(int) AS DELETE FROM orders WHERE id = $1");
+    assert_eq!(guard.check_query(&mut s, "EXECUTE q(7)").action, Action::RowGuard { max_rows: 1000 });
+    // …but not when hidden inside EXPLAIN ANALYZE.
+    assert_eq!(guard.check_query(&mut s, "EXPLAIN ANALYZE EXECUTE q(7)").action, Action::Approve);
+    // A harmless one.
+    guard.check_query(&mut s, "PREPARE r AS SELECT 1");
+    assert_eq!(guard.check_query(&mut s, "EXECUTE r").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, "execute R").action, Action::Allow, "names are case-folded");
+    // CREATE TABLE AS EXECUTE of a destructive one.
+    guard.check_query(&mut s, "PREPARE k AS SELECT pg_terminate_backend(1)");
+    assert_eq!(guard.check_query(&mut s, "CREATE TABLE x AS EXECUTE k").action, Action::Approve);
+}
+
+#[test]
+fn deallocate_then_reuse_of_a_name() {
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS SELECT 1");
+    s.synced(true);
+    guard.check_query(&mut s, "DEALLOCATE p");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Deny, "deallocated: unknown");
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").class, Class::Destructive, "the new meaning of p counts");
+    // PREPARE takes only SELECT/INSERT/UPDATE/DELETE/MERGE/VALUES: anything else is a syntax error,
+    // denied, and binds nothing.
+    assert_eq!(guard.check_query(&mut s, "PREPARE t AS TRUNCATE orders").action, Action::Deny);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE t").action, Action::Deny);
+
+    guard.check_query(&mut s, "PREPARE a AS SELECT 1; PREPARE b AS SELECT 2");
+    s.synced(true);
+    guard.check_query(&mut s, "DEALLOCATE ALL");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE a").action, Action::Deny);
+    guard.check_query(&mut s, "PREPARE c AS SELECT 1");
+    s.synced(true);
+    guard.check_query(&mut s, "DISCARD ALL");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE c").action, Action::Deny);
+}
+
+#[test]
+fn a_reprepared_name_stays_suspect_until_the_server_confirms() {
+    // Attack: get `p` approved as a DELETE, then in a batch that fails early (so the server never
+    // runs the rest) deallocate and re-prepare `p` as something harmless; the server still holds
+    // the DELETE, and EXECUTE p must still need approval.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true); // approved and run
+    guard.check_query(&mut s, "SELECT 1/0; DEALLOCATE p; PREPARE p AS SELECT 1");
+    s.synced(false); // the server stopped at the division by zero
+    let d = guard.check_query(&mut s, "EXECUTE p");
+    assert_eq!(d.action, Action::Approve, "{:?}", d.reasons);
+    // A later successful batch that does not touch p changes nothing.
+    guard.check_query(&mut s, "SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // Once p is re-prepared in a batch that succeeds, the old binding is gone.
+    guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Allow);
+}
+
+#[test]
+fn extended_protocol_parse_then_execute_by_name() {
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    let d = guard.check_parse(&mut s, "s1", "DELETE FROM orders");
+    assert_eq!(d.class, Class::Destructive, "Parse reports what executing would need");
+    let d = guard.check_parse(&mut s, "s2", "SELECT * FROM orders WHERE id = $1");
+    assert_eq!(d.action, Action::Allow);
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s1").action, Action::Approve);
+    assert_eq!(guard.check_execute(&s, "s2").action, Action::Allow);
+    assert_eq!(guard.check_execute(&s, "nope").action, Action::Deny, "unknown name fails closed");
+    assert_eq!(guard.check_execute(&s, "").action, Action::Deny, "no unnamed statement yet");
+
+    // Unnamed statement, as most drivers use it.
+    guard.check_parse(&mut s, "", "UPDATE t SET a = 1 WHERE id = $1");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "").action, Action::RowGuard { max_rows: 1000 });
+    guard.check_parse(&mut s, "", "SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "").action, Action::Allow);
+
+    // Close, then Execute.
+    s.close_statement("s2");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s2").action, Action::Deny);
+
+    // A simple Query destroys the unnamed statement.
+    guard.check_query(&mut s, "SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "").action, Action::Deny);
+}
+
+#[test]
+fn extended_protocol_pipeline_error_keeps_the_old_binding_suspect() {
+    // Parse("", DELETE…) approved and run; then a pipeline whose first message fails makes the
+    // server skip Parse("", "SELECT 1"): Execute("") would run the old DELETE again.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_parse(&mut s, "", "DELETE FROM orders");
+    s.synced(true);
+    guard.check_parse(&mut s, "x", "SELECT 1/0");
+    guard.check_parse(&mut s, "", "SELECT 1");
+    s.synced(false);
+    let d = guard.check_execute(&s, "");
+    assert_eq!(d.action, Action::Approve, "{:?}", d.reasons);
+    assert!(d.reasons[0].contains("re-prepared"), "{:?}", d.reasons);
+}
+
+#[test]
+fn extended_protocol_statement_that_executes_a_sql_prepared_one() {
+    // Parse("s", "EXECUTE p") is resolved at Execute time: p may have changed meanwhile.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS SELECT 1");
+    s.synced(true);
+    guard.check_parse(&mut s, "s", "EXECUTE p");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s").action, Action::Allow);
+    guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s").action, Action::Approve);
+    // A statement that executes itself does not loop.
+    guard.check_parse(&mut s, "loop", "EXECUTE loop");
+    assert_eq!(guard.check_execute(&s, "loop").action, Action::Deny);
+}
+
+#[test]
+fn search_path_tampering_is_remembered_by_the_session() {
+    let policy = Policy { unknown_functions: guard::UnknownFunctions::Destructive, ..Policy::default() };
+    let guard = Guard::new(policy);
+    let mut s = Session::default();
+    assert_eq!(guard.check_query(&mut s, "SELECT lower('x')").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, "SET search_path = public, pg_catalog").class, Class::Ddl);
+    assert!(s.search_path_tampered());
+    // lower() may now be public.lower: an unknown function, destructive under this policy.
+    let d = guard.check_query(&mut s, "SELECT lower('x')");
+    assert_eq!(d.action, Action::Approve, "{:?}", d.reasons);
+    assert_eq!(guard.check_query(&mut s, "SELECT pg_catalog.lower('x')").action, Action::Allow);
+    // pg_catalog first (or absent, which means first) is harmless.
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SET search_path = pg_catalog, public");
+    guard.check_query(&mut s, "SET search_path = public");
+    assert!(!s.search_path_tampered());
+    // set_config and the extended protocol too.
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SELECT set_config('search_path', 'evil,pg_catalog', false)");
+    assert!(s.search_path_tampered());
+    let mut s = Session::default();
+    guard.check_parse(&mut s, "", "SET search_path = evil, pg_catalog");
+    assert!(s.search_path_tampered(), "tightened at Parse already");
+}
+
+#[test]
+fn prepared_statements_per_session_are_bounded() {
+    let policy = Policy { max_prepared_statements: 3, ..Policy::default() };
+    let guard = Guard::new(policy);
+    let mut s = Session::default();
+    for i in 0..3 {
+        assert_eq!(guard.check_parse(&mut s, &format!("s{i}"), "SELECT 1").action, Action::Allow);
+    }
+    assert_eq!(guard.check_parse(&mut s, "s3", "SELECT 1").action, Action::Deny);
+    assert_eq!(guard.check_query(&mut s, "PREPARE p AS SELECT 1").action, Action::Deny);
+    assert_eq!(guard.check_parse(&mut s, "s0", "SELECT 2").action, Action::Allow, "re-binding a held name is fine");
+    assert!(s.prepared_count() <= 3);
+}
+
+#[test]
+fn decisions_serialise_for_the_audit_log() {
+    let guard = Guard::new(Policy::default());
+    let d = guard.check_query(&mut Session::default(), "DELETE FROM orders WHERE id = 1; DROP TABLE t");
+    let v = serde_json::to_value(&d).unwrap();
+    assert_eq!(v["action"]["action"], "approve");
+    assert_eq!(v["class"], "destructive");
+    assert_eq!(v["statements"][0]["kind"], "DELETE");
+    assert_eq!(v["statements"][0]["action"]["action"], "row_guard");
+    assert_eq!(v["statements"][0]["action"]["max_rows"], 1000);
+    assert_eq!(v["statements"][1]["objects"][0], "t");
+    assert!(d.summary().contains("DROP TABLE t"), "{}", d.summary());
+}
