@@ -30,12 +30,23 @@ pub enum Ask {
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum State {
     Pending,
-    Approved { by: String, at: u64 },
-    Rejected { by: String, at: u64, reason: Option<String> },
+    Approved {
+        by: String,
+        at: u64,
+    },
+    Rejected {
+        by: String,
+        at: u64,
+        reason: Option<String>,
+    },
     /// Nobody decided in time.
-    Expired { at: u64 },
+    Expired {
+        at: u64,
+    },
     /// The requester went away (connection closed) before a decision.
-    Withdrawn { at: u64 },
+    Withdrawn {
+        at: u64,
+    },
 }
 
 /// A request as listed by the control API.
@@ -211,7 +222,10 @@ impl Approvals {
     pub fn active_grant(&self, person: &str, role: &str) -> Option<Grant> {
         let now = unix_now();
         let g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        g.iter().filter(|g| g.person == person && g.role == role && g.until > now).max_by_key(|g| g.until).cloned()
+        g.iter()
+            .filter(|g| g.person == person && g.role == role && g.until > now)
+            .max_by_key(|g| g.until)
+            .cloned()
     }
 
     /// Starts break-glass for `person`: no approver needed, always alerted by the caller.
@@ -270,25 +284,51 @@ mod tests {
         let a = Approvals::default();
         let ask = Ask::Statement { sql: "DROP TABLE t".into(), class: "destructive".into(), reasons: vec![] };
         let (req, rx) = a.open("mallory", "127.0.0.1:5", Some(1), ask, None, Duration::from_secs(60));
-        assert_eq!(a.decide(&req.id, &person("mallory", true), true, None).unwrap_err(), DecideError::SelfApproval("mallory".into()));
-        assert_eq!(a.decide(&req.id, &person("eve", false), true, None).unwrap_err(), DecideError::NotApprover("eve".into()));
+        assert_eq!(
+            a.decide(&req.id, &person("mallory", true), true, None).unwrap_err(),
+            DecideError::SelfApproval("mallory".into())
+        );
+        assert_eq!(
+            a.decide(&req.id, &person("eve", false), true, None).unwrap_err(),
+            DecideError::NotApprover("eve".into())
+        );
         assert_eq!(*rx.borrow(), State::Pending);
         a.decide(&req.id, &person("bob", true), false, Some("no".into())).unwrap();
         assert!(matches!(&*rx.borrow(), State::Rejected { by, .. } if by == "bob"));
-        assert!(matches!(a.decide(&req.id, &person("carol", true), true, None), Err(DecideError::Decided { .. })));
+        assert!(matches!(
+            a.decide(&req.id, &person("carol", true), true, None),
+            Err(DecideError::Decided { .. })
+        ));
         assert!(matches!(a.decide("a-nope", &person("bob", true), true, None), Err(DecideError::Unknown(_))));
     }
 
     #[test]
     fn approved_grant_is_active_until_it_ends() {
         let a = Approvals::default();
-        let (req, _rx) = a.open("alice", "c", None, Ask::Grant { role: "dba".into(), secs: 3600 }, None, Duration::from_secs(60));
+        let (req, _rx) = a.open(
+            "alice",
+            "c",
+            None,
+            Ask::Grant { role: "dba".into(), secs: 3600 },
+            None,
+            Duration::from_secs(60),
+        );
         assert!(a.active_grant("alice", "dba").is_none());
         a.decide(&req.id, &person("bob", true), true, None).unwrap();
         let g = a.active_grant("alice", "dba").unwrap();
         assert!(g.until >= unix_now() + 3599);
         assert!(a.active_grant("alice", "other").is_none() && a.active_grant("bob", "dba").is_none());
-        let (req, _rx) = a.open("alice", "c", None, Ask::Grant { role: "x".into(), secs: 1 }, None, Duration::from_secs(0));
-        assert!(matches!(a.decide(&req.id, &person("bob", true), true, None), Err(DecideError::Decided { .. })), "expired");
+        let (req, _rx) = a.open(
+            "alice",
+            "c",
+            None,
+            Ask::Grant { role: "x".into(), secs: 1 },
+            None,
+            Duration::from_secs(0),
+        );
+        assert!(
+            matches!(a.decide(&req.id, &person("bob", true), true, None), Err(DecideError::Decided { .. })),
+            "expired"
+        );
     }
 }

@@ -307,7 +307,8 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), source: e })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), source: e })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|message| ConfigError::Invalid { path: path.into(), message })
     }
@@ -329,8 +330,9 @@ impl Config {
             }
         };
         for (what, addr) in [("listen", &f.listen), ("control_listen", &f.control_listen)] {
-            addr.parse::<std::net::SocketAddr>()
-                .map_err(|_| format!("{what} = {addr:?}: write an address and port, e.g. \"127.0.0.1:6432\""))?;
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("{what} = {addr:?}: write an address and port, e.g. \"127.0.0.1:6432\"")
+            })?;
         }
         let state_dir = abs(&f.state_dir);
         let (tls_cert, tls_key) = match &f.tls {
@@ -353,19 +355,28 @@ impl Config {
             "require" => pgproto::conn::SslMode::Require,
             other => return Err(format!("[upstream] sslmode {other:?}: write disable, prefer or require")),
         };
-        let password = u.password_file.as_deref().map(|p| read_secret(p, "[upstream] password_file")).transpose()?;
+        let password =
+            u.password_file.as_deref().map(|p| read_secret(p, "[upstream] password_file")).transpose()?;
         let mut logins = Vec::new();
         for l in &u.logins {
-            let p = l.password_file.as_deref().map(|p| read_secret(p, "[[upstream.login]] password_file")).transpose()?;
+            let p = l
+                .password_file
+                .as_deref()
+                .map(|p| read_secret(p, "[[upstream.login]] password_file"))
+                .transpose()?;
             logins.push((l.user.clone(), p));
         }
         let upstream = Upstream { host, user: u.user.clone(), password, ssl, logins };
-        let known_login = |user: &str| user == upstream.user || upstream.logins.iter().any(|(u, _)| u == user);
+        let known_login =
+            |user: &str| user == upstream.user || upstream.logins.iter().any(|(u, _)| u == user);
 
         let mut grant_roles: Vec<GrantRole> = Vec::new();
         for g in &f.grant_roles {
             if !valid_name(&g.name) || grant_roles.iter().any(|x| x.name == g.name) {
-                return Err(format!("[[grant_role]] name {:?}: empty, listed twice, or not [a-z0-9_-]", g.name));
+                return Err(format!(
+                    "[[grant_role]] name {:?}: empty, listed twice, or not [a-z0-9_-]",
+                    g.name
+                ));
             }
             if !known_login(&g.db_user) {
                 return Err(format!(
@@ -408,14 +419,17 @@ impl Config {
             if let Some(u) = &p.db_user
                 && !known_login(u)
             {
-                return Err(format!("{what}: db_user {u:?} has no [[upstream.login]] (the gate needs its password)"));
+                return Err(format!(
+                    "{what}: db_user {u:?} has no [[upstream.login]] (the gate needs its password)"
+                ));
             }
             let networks = p
                 .networks
                 .iter()
                 .map(|n| Network::parse(n).map_err(|e| format!("{what}: networks: {e}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            let hours = p.hours.as_deref().map(Hours::parse).transpose().map_err(|e| format!("{what}: {e}"))?;
+            let hours =
+                p.hours.as_deref().map(Hours::parse).transpose().map_err(|e| format!("{what}: {e}"))?;
             people.push(Person {
                 name: p.name.clone(),
                 verifier,
@@ -433,7 +447,8 @@ impl Config {
         let audit = match &f.audit {
             Some(a) => Some(Audit {
                 vault: a.vault.clone(),
-                ca_pem: std::fs::read(abs(&a.ca)).map_err(|e| format!("[audit] ca: reading {}: {e}", a.ca.display()))?,
+                ca_pem: std::fs::read(abs(&a.ca))
+                    .map_err(|e| format!("[audit] ca: reading {}: {e}", a.ca.display()))?,
                 token: read_secret(&a.token_file, "[audit] token_file")?,
                 max_pending_bytes: a.max_pending_bytes.unwrap_or(256 << 20),
                 on_full: match a.on_full.as_deref().unwrap_or("refuse_writes") {

@@ -52,7 +52,8 @@ fn err(code: StatusCode, msg: impl Into<String>) -> (StatusCode, String) {
 
 /// Who is calling: basic auth with the gate password; with `totp`, a valid code too.
 fn authenticate(s: &Shared, headers: &HeaderMap, totp: bool) -> Result<Person, (StatusCode, String)> {
-    let unauthorized = || err(StatusCode::UNAUTHORIZED, "log in with your gate name and password (HTTP basic)");
+    let unauthorized =
+        || err(StatusCode::UNAUTHORIZED, "log in with your gate name and password (HTTP basic)");
     let h = headers.get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
     let b = h.strip_prefix("Basic ").ok_or_else(unauthorized)?;
     let raw = base64::engine::general_purpose::STANDARD.decode(b.trim()).map_err(|_| unauthorized())?;
@@ -67,7 +68,10 @@ fn authenticate(s: &Shared, headers: &HeaderMap, totp: bool) -> Result<Person, (
         let Some(secret) = &person.totp_secret else {
             return Err(err(
                 StatusCode::FORBIDDEN,
-                format!("{} has no second factor configured (totp_secret in gate.toml): decisions need one", person.name),
+                format!(
+                    "{} has no second factor configured (totp_secret in gate.toml): decisions need one",
+                    person.name
+                ),
             ));
         };
         let code = headers.get("x-holdfast-totp").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -104,7 +108,13 @@ pub struct DecideBody {
     pub reason: Option<String>,
 }
 
-async fn decide(s: Arc<Shared>, headers: HeaderMap, id: String, approve: bool, body: DecideBody) -> ApiResult {
+async fn decide(
+    s: Arc<Shared>,
+    headers: HeaderMap,
+    id: String,
+    approve: bool,
+    body: DecideBody,
+) -> ApiResult {
     let by = authenticate(&s, &headers, true)?;
     let req = s.approvals.decide(&id, &by, approve, body.reason.clone()).map_err(|e| {
         let code = match e {
@@ -156,7 +166,11 @@ pub struct GrantBody {
     pub reason: String,
 }
 
-async fn request_grant(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Json(b): axum::Json<GrantBody>) -> ApiResult {
+async fn request_grant(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(b): axum::Json<GrantBody>,
+) -> ApiResult {
     let who = authenticate(&s, &headers, true)?;
     let role = s
         .config
@@ -165,17 +179,29 @@ async fn request_grant(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::J
         .find(|g| g.name == b.role)
         .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no grant role {:?} in gate.toml", b.role)))?;
     if !who.may_request.contains(&role.name) {
-        return Err(err(StatusCode::FORBIDDEN, format!("{} may not request role {} (may_request in gate.toml)", who.name, role.name)));
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            format!("{} may not request role {} (may_request in gate.toml)", who.name, role.name),
+        ));
     }
-    let d = vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d =
+        vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d > role.max_for {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("role {} is granted for at most {}s; asked {}s", role.name, role.max_for.as_secs(), d.as_secs()),
+            format!(
+                "role {} is granted for at most {}s; asked {}s",
+                role.name,
+                role.max_for.as_secs(),
+                d.as_secs()
+            ),
         ));
     }
     if b.reason.trim().len() < 3 {
-        return Err(err(StatusCode::BAD_REQUEST, "say why (--reason): it goes to the approver and the audit log"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "say why (--reason): it goes to the approver and the audit log",
+        ));
     }
     let (req, _rx) = s.approvals.open(
         &who.name,
@@ -186,9 +212,11 @@ async fn request_grant(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::J
         s.config.approval_timeout,
     );
     let _ = s
-        .audit_event(Event::new(EventKind::GrantRequested).person(who.name.clone()).detail(serde_json::json!({
-            "approval": req.id, "role": role.name, "secs": d.as_secs(), "reason": b.reason,
-        })))
+        .audit_event(Event::new(EventKind::GrantRequested).person(who.name.clone()).detail(
+            serde_json::json!({
+                "approval": req.id, "role": role.name, "secs": d.as_secs(), "reason": b.reason,
+            }),
+        ))
         .await;
     s.alert(serde_json::json!({"alert": "grant_requested", "approval": req.id, "person": who.name, "role": role.name, "for_secs": d.as_secs(), "reason": b.reason}));
     Ok(json(StatusCode::CREATED, &req))
@@ -202,12 +230,17 @@ pub struct BreakGlassBody {
     pub reason: String,
 }
 
-async fn break_glass(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Json(b): axum::Json<BreakGlassBody>) -> ApiResult {
+async fn break_glass(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(b): axum::Json<BreakGlassBody>,
+) -> ApiResult {
     let who = authenticate(&s, &headers, true)?;
     if b.reason.trim().len() < 10 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass needs a reason of at least 10 characters"));
     }
-    let d = vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d =
+        vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d.as_secs() > 4 * 3600 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass lasts at most 4h"));
     }
@@ -216,7 +249,9 @@ async fn break_glass(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Jso
         "secs": d.as_secs(), "reason": b.reason,
     })))
     .await
-    .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, format!("the audit log cannot record break-glass: {e}")))?;
+    .map_err(|e| {
+        err(StatusCode::SERVICE_UNAVAILABLE, format!("the audit log cannot record break-glass: {e}"))
+    })?;
     s.alert(serde_json::json!({"alert": "break_glass", "person": who.name, "for_secs": d.as_secs(), "reason": b.reason}));
     let g = s.approvals.break_glass(&who.name, d.as_secs(), b.reason);
     Ok(json(StatusCode::CREATED, &g))
@@ -245,13 +280,43 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
     };
     put("holdfast_gate_connections_total", "Client connections accepted.", "counter", m.connections.get());
-    put("holdfast_gate_auth_failures_total", "Failed logins (protocol and control API).", "counter", m.auth_failures.get());
-    put("holdfast_gate_statements_allowed_total", "Statements passed to the database.", "counter", m.allowed.get());
+    put(
+        "holdfast_gate_auth_failures_total",
+        "Failed logins (protocol and control API).",
+        "counter",
+        m.auth_failures.get(),
+    );
+    put(
+        "holdfast_gate_statements_allowed_total",
+        "Statements passed to the database.",
+        "counter",
+        m.allowed.get(),
+    );
     put("holdfast_gate_statements_held_total", "Statements held for approval.", "counter", m.held.get());
-    put("holdfast_gate_statements_refused_total", "Statements refused (policy, rejection, timeout, audit full).", "counter", m.refused.get());
-    put("holdfast_gate_row_guarded_total", "DELETE/UPDATE run under the row-count guard.", "counter", m.row_guarded.get());
-    put("holdfast_gate_active_sessions", "Sessions open now.", "gauge", m.active_sessions.load(std::sync::atomic::Ordering::Relaxed));
-    put("holdfast_gate_audit_pending_records", "Audit records not yet in the vault.", "gauge", a.pending_records);
+    put(
+        "holdfast_gate_statements_refused_total",
+        "Statements refused (policy, rejection, timeout, audit full).",
+        "counter",
+        m.refused.get(),
+    );
+    put(
+        "holdfast_gate_row_guarded_total",
+        "DELETE/UPDATE run under the row-count guard.",
+        "counter",
+        m.row_guarded.get(),
+    );
+    put(
+        "holdfast_gate_active_sessions",
+        "Sessions open now.",
+        "gauge",
+        m.active_sessions.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    put(
+        "holdfast_gate_audit_pending_records",
+        "Audit records not yet in the vault.",
+        "gauge",
+        a.pending_records,
+    );
     put("holdfast_gate_audit_pending_bytes", "Audit bytes not yet in the vault.", "gauge", a.pending_bytes);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

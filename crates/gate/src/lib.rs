@@ -157,7 +157,11 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| GateError::Invalid(format!("creating {}: {e}", config.state_dir.display())))?;
     let key_path = config.state_dir.join("audit.key");
-    let key = if key_path.exists() { audit::keyfile::load(&key_path)? } else { audit::keyfile::generate(&key_path)? };
+    let key = if key_path.exists() {
+        audit::keyfile::load(&key_path)?
+    } else {
+        audit::keyfile::generate(&key_path)?
+    };
     let mut opts = audit::SpoolOptions::default();
     if let Some(a) = &config.audit {
         opts.max_pending_bytes = a.max_pending_bytes;
@@ -171,7 +175,8 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
     let control_listener = tokio::net::TcpListener::bind(&config.control_listen)
         .await
         .map_err(|e| GateError::Listen { addr: config.control_listen.clone(), source: e })?;
-    let addr = listener.local_addr().map_err(|e| GateError::Listen { addr: config.listen.clone(), source: e })?;
+    let addr =
+        listener.local_addr().map_err(|e| GateError::Listen { addr: config.listen.clone(), source: e })?;
     let control_addr = control_listener
         .local_addr()
         .map_err(|e| GateError::Listen { addr: config.control_listen.clone(), source: e })?;
@@ -208,5 +213,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
 pub fn gate_id(config: &Config) -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let raw = format!("{}-{}", if host.is_empty() { "gate" } else { &host }, config.listen);
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect()
+    raw.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect()
 }

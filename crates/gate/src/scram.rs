@@ -139,7 +139,11 @@ pub struct ServerExchange {
 
 impl ServerExchange {
     /// Starts from the client's first message (the SASLInitialResponse data).
-    pub fn start(verifier: Option<&Verifier>, mock_seed: &[u8], client_first: &[u8]) -> Result<Self, ScramError> {
+    pub fn start(
+        verifier: Option<&Verifier>,
+        mock_seed: &[u8],
+        client_first: &[u8],
+    ) -> Result<Self, ScramError> {
         let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let bare = match msg.as_bytes().first() {
             Some(b'n') | Some(b'y') => {
@@ -187,7 +191,10 @@ impl ServerExchange {
         let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed("no proof"))?;
         let mut attrs = without_proof.split(',');
-        let binding = attrs.next().and_then(|a| a.strip_prefix("c=")).ok_or(ScramError::Malformed("channel binding"))?;
+        let binding = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("c="))
+            .ok_or(ScramError::Malformed("channel binding"))?;
         if binding != "biws" && binding != "eSws" {
             // "n,," or "y,," base64-encoded: anything else is a binding we did not offer.
             return Err(ScramError::ChannelBinding);
@@ -250,7 +257,9 @@ mod tests {
     #[test]
     fn malformed_messages_and_verifiers_are_refused() {
         let v = Verifier::generate("pw");
-        for bad in [&b""[..], b"x", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"n,a=bob,n=,r=abc", b"n,,n=,r="] {
+        for bad in
+            [&b""[..], b"x", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"n,a=bob,n=,r=abc", b"n,,n=,r="]
+        {
             assert!(ServerExchange::start(Some(&v), b"", bad).is_err(), "{bad:?}");
         }
         let ex = ServerExchange::start(Some(&v), b"", b"n,,n=,r=abc").unwrap();

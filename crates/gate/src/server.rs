@@ -58,7 +58,10 @@ pub async fn accept_loop(
     conns.shutdown().await;
 }
 
-async fn read_first(io: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut BytesMut) -> Result<FirstPacket, String> {
+async fn read_first(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<FirstPacket, String> {
     loop {
         if let Some(p) = wire::decode_first(buf).map_err(|e| e.to_string())? {
             return Ok(p);
@@ -70,7 +73,12 @@ async fn read_first(io: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Byte
     }
 }
 
-async fn send_fatal(io: &mut (impl tokio::io::AsyncWrite + Unpin), code: &str, message: &str, hint: Option<&str>) {
+async fn send_fatal(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
     let mut out = BytesMut::new();
     backend::error(&mut out, &backend::Fields { severity: "FATAL", code, message, detail: None, hint });
     let _ = io.write_all(&out).await;
@@ -98,7 +106,13 @@ async fn connection(
     let (mut io, tls, first): (Box<dyn Io>, bool, FirstPacket) = match first {
         FirstPacket::Ssl | FirstPacket::GssEnc if !buf.is_empty() => {
             // Bytes after the SSLRequest before the handshake: a known injection trick (CVE-2021-23222 class).
-            send_fatal(&mut tcp, "08P01", "data received after the SSL request before the TLS handshake", None).await;
+            send_fatal(
+                &mut tcp,
+                "08P01",
+                "data received after the SSL request before the TLS handshake",
+                None,
+            )
+            .await;
             return;
         }
         FirstPacket::Ssl => {
@@ -109,20 +123,22 @@ async fn connection(
                 Ok(Ok(s)) => s,
                 _ => return,
             };
-            let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
-                Ok(Ok(p)) => p,
-                _ => return,
-            };
+            let first =
+                match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
+                    Ok(Ok(p)) => p,
+                    _ => return,
+                };
             (Box::new(s), true, first)
         }
         FirstPacket::GssEnc => {
             if tcp.write_all(b"N").await.is_err() {
                 return;
             }
-            let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut tcp, &mut buf)).await {
-                Ok(Ok(p)) => p,
-                _ => return,
-            };
+            let first =
+                match tokio::time::timeout(Duration::from_secs(10), read_first(&mut tcp, &mut buf)).await {
+                    Ok(Ok(p)) => p,
+                    _ => return,
+                };
             if matches!(first, FirstPacket::Ssl) {
                 // Client retries with SSL after GSS was refused.
                 if tcp.write_all(b"S").await.is_err() {
@@ -132,10 +148,11 @@ async fn connection(
                     Ok(Ok(s)) => s,
                     _ => return,
                 };
-                let first = match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
-                    Ok(Ok(p)) => p,
-                    _ => return,
-                };
+                let first =
+                    match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
+                        Ok(Ok(p)) => p,
+                        _ => return,
+                    };
                 (Box::new(s), true, first)
             } else {
                 (Box::new(tcp), false, first)
@@ -206,7 +223,13 @@ async fn connection(
         (true, Some(p)) => p,
         _ => {
             shared.metrics.auth_failures.inc();
-            send_fatal(&mut io, "28P01", &format!("password authentication failed for user \"{login}\""), None).await;
+            send_fatal(
+                &mut io,
+                "28P01",
+                &format!("password authentication failed for user \"{login}\""),
+                None,
+            )
+            .await;
             return;
         }
     };
@@ -219,7 +242,13 @@ async fn connection(
     let (db_user, grant_until) = match &role {
         Some(r) => {
             let Some(gr) = shared.config.grant_roles.iter().find(|g| &g.name == r) else {
-                send_fatal(&mut io, "28000", &format!("no grant role {r:?} in the gate's configuration"), None).await;
+                send_fatal(
+                    &mut io,
+                    "28000",
+                    &format!("no grant role {r:?} in the gate's configuration"),
+                    None,
+                )
+                .await;
                 return;
             };
             match shared.approvals.active_grant(&person.name, r) {
@@ -244,12 +273,21 @@ async fn connection(
     // Outside hours or from an unknown network: a second person lets the session start.
     if let Some(why) = access_exception(&person, peer) {
         let timeout = shared.config.approval_timeout;
-        let (req, mut rx) =
-            shared.approvals.open(&person.name, &client, Some(session_id), Ask::Access { why: why.clone() }, None, timeout);
+        let (req, mut rx) = shared.approvals.open(
+            &person.name,
+            &client,
+            Some(session_id),
+            Ask::Access { why: why.clone() },
+            None,
+            timeout,
+        );
         let _ = shared
-            .audit_event(Event::new(EventKind::ApprovalRequested).person(person.name.clone()).client(client.clone()).detail(
-                serde_json::json!({"approval": req.id, "access": why}),
-            ))
+            .audit_event(
+                Event::new(EventKind::ApprovalRequested)
+                    .person(person.name.clone())
+                    .client(client.clone())
+                    .detail(serde_json::json!({"approval": req.id, "access": why})),
+            )
             .await;
         shared.alert(serde_json::json!({"alert": "access_approval_requested", "approval": req.id, "person": person.name, "client": client, "why": why}));
         let mut out = BytesMut::new();
@@ -275,7 +313,8 @@ async fn connection(
             None => shared.approvals.close(&req.id, false),
         };
         if !matches!(state, State::Approved { .. }) {
-            send_fatal(&mut io, "28000", &format!("holdfast gate: access {} was not approved", req.id), None).await;
+            send_fatal(&mut io, "28000", &format!("holdfast gate: access {} was not approved", req.id), None)
+                .await;
             return;
         }
     }
@@ -284,7 +323,10 @@ async fn connection(
     let mut fwd: Vec<(&str, String)> = vec![
         ("database", param("database").unwrap_or_else(|| person_name.clone())),
         // The person's name reaches pg_stat_activity and the server log: a second witness.
-        ("application_name", format!("holdfast:{}:{}", person.name, app.chars().take(40).collect::<String>())),
+        (
+            "application_name",
+            format!("holdfast:{}:{}", person.name, app.chars().take(40).collect::<String>()),
+        ),
         ("client_encoding", "UTF8".into()),
     ];
     for k in ["DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle"] {
@@ -308,7 +350,13 @@ async fn connection(
     // The guard parses statements as PostgreSQL does with standard_conforming_strings on;
     // a server that says otherwise could read a string where the guard sees code.
     if upstream.params.iter().any(|(k, v)| k == "standard_conforming_strings" && v != "on") {
-        send_fatal(&mut io, "55000", "the database has standard_conforming_strings off: the gate refuses to guard it", Some("set standard_conforming_strings = on for the database")).await;
+        send_fatal(
+            &mut io,
+            "55000",
+            "the database has standard_conforming_strings off: the gate refuses to guard it",
+            Some("set standard_conforming_strings = on for the database"),
+        )
+        .await;
         return;
     }
     let mut out = BytesMut::new();
@@ -326,7 +374,12 @@ async fn connection(
     let notify = Arc::new(tokio::sync::Notify::new());
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(
         (gate_pid, key.to_vec()),
-        crate::CancelTarget { upstream: upstream_cfg.clone(), pid: upstream.backend_pid, key: upstream.backend_key.clone(), notify: notify.clone() },
+        crate::CancelTarget {
+            upstream: upstream_cfg.clone(),
+            pid: upstream.backend_pid,
+            key: upstream.backend_key.clone(),
+            notify: notify.clone(),
+        },
     );
     shared.metrics.active_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let identity = crate::session::Identity {
@@ -347,9 +400,13 @@ async fn connection(
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(gate_pid, key.to_vec()));
     let _ = shared
-        .audit_event(Event::new(EventKind::SessionEnded).person(person.name).client(client).session(session_id).detail(
-            serde_json::json!({"why": why}),
-        ))
+        .audit_event(
+            Event::new(EventKind::SessionEnded)
+                .person(person.name)
+                .client(client)
+                .session(session_id)
+                .detail(serde_json::json!({"why": why})),
+        )
         .await;
 }
 

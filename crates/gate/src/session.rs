@@ -145,14 +145,15 @@ impl<'a> Session<'a> {
     }
 
     async fn audit(&mut self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
-        self.shared.audit_event(
-            Event::new(kind)
-                .person(self.id.person.name.clone())
-                .client(self.id.client.clone())
-                .session(self.id.session)
-                .detail(detail),
-        )
-        .await
+        self.shared
+            .audit_event(
+                Event::new(kind)
+                    .person(self.id.person.name.clone())
+                    .client(self.id.client.clone())
+                    .session(self.id.session)
+                    .detail(detail),
+            )
+            .await
     }
 
     /// Runs the session to its end; returns why it ended.
@@ -256,13 +257,19 @@ impl<'a> Session<'a> {
 
     /// Sends a FATAL error to the client and ends.
     async fn fatal(&mut self, code: &str, message: &str, hint: Option<&str>) -> String {
-        backend::error(&mut self.cout, &backend::Fields { severity: "FATAL", code, message, detail: None, hint });
+        backend::error(
+            &mut self.cout,
+            &backend::Fields { severity: "FATAL", code, message, detail: None, hint },
+        );
         let _ = self.flush_client().await;
         message.to_string()
     }
 
     fn notice(&mut self, message: &str, hint: Option<&str>) {
-        backend::notice(&mut self.cout, &backend::Fields { severity: "NOTICE", code: "01000", message, detail: None, hint });
+        backend::notice(
+            &mut self.cout,
+            &backend::Fields { severity: "NOTICE", code: "01000", message, detail: None, hint },
+        );
     }
 
     /// Relays complete server frames to the client, watching ReadyForQuery (and the row guard).
@@ -293,6 +300,25 @@ impl<'a> Session<'a> {
                     {
                         let mut b = f.body.clone();
                         cur.tags.push(wire::cstr(&mut b, "CommandComplete").unwrap_or_default());
+                    }
+                    f.encode(&mut self.cout);
+                }
+                b'S' => {
+                    let mut b = f.body.clone();
+                    let name = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
+                    let value = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
+                    let lexes_differently = (name == "standard_conforming_strings" && value != "on")
+                        || (name == "client_encoding" && value.to_ascii_uppercase() != "UTF8");
+                    if lexes_differently {
+                        // The guard reads statements as the server does with these defaults;
+                        // it cannot guard a session that changed them (even with approval).
+                        return Err(self
+                            .fatal(
+                                "55000",
+                                &format!("holdfast gate: the session's {name} is now {value}; statements can no longer be checked, so the session is ended"),
+                                None,
+                            )
+                            .await);
                     }
                     f.encode(&mut self.cout);
                 }
@@ -332,7 +358,12 @@ impl<'a> Session<'a> {
 
     fn sent(&mut self, what: &str) {
         if self.inflight.len() < 10_000 {
-            self.inflight.push_back(InFlight { what: truncate(what, 200), started: Instant::now(), tags: Vec::new(), error: None });
+            self.inflight.push_back(InFlight {
+                what: truncate(what, 200),
+                started: Instant::now(),
+                tags: Vec::new(),
+                error: None,
+            });
         }
     }
 
@@ -417,7 +448,11 @@ impl<'a> Session<'a> {
             b'H' | b'D' | b'd' | b'c' | b'f' => f.encode(&mut self.sout),
             other => {
                 let e = self
-                    .fatal("08P01", &format!("unexpected message type {:?} from the client", other as char), None)
+                    .fatal(
+                        "08P01",
+                        &format!("unexpected message type {:?} from the client", other as char),
+                        None,
+                    )
                     .await;
                 return Err(e);
             }
@@ -522,7 +557,11 @@ impl<'a> Session<'a> {
         if let Some(n) = rows {
             reasons.push(format!("it changed {n} rows, over the limit (rolled back)"));
         }
-        let ask = Ask::Statement { sql: sql.clone(), class: format!("{:?}", d.class).to_lowercase(), reasons: reasons.clone() };
+        let ask = Ask::Statement {
+            sql: sql.clone(),
+            class: format!("{:?}", d.class).to_lowercase(),
+            reasons: reasons.clone(),
+        };
         let timeout = self.shared.config.approval_timeout;
         let (req, rx) = self.shared.approvals.open(
             &self.id.person.name,
@@ -534,7 +573,10 @@ impl<'a> Session<'a> {
         );
         self.shared.metrics.held.inc();
         let _ = self
-            .audit(EventKind::ApprovalRequested, serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons}))
+            .audit(
+                EventKind::ApprovalRequested,
+                serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons}),
+            )
             .await;
         let approvers: Vec<String> = self
             .shared
@@ -588,12 +630,22 @@ impl<'a> Session<'a> {
                 let (kind, text) = match other {
                     State::Rejected { by, reason, .. } => (
                         EventKind::Rejected,
-                        format!("rejected by {by}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
+                        format!(
+                            "rejected by {by}{}",
+                            reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
                     ),
-                    State::Withdrawn { .. } => (EventKind::Rejected, "withdrawn (query canceled)".to_string()),
+                    State::Withdrawn { .. } => {
+                        (EventKind::Rejected, "withdrawn (query canceled)".to_string())
+                    }
                     _ => (EventKind::ApprovalExpired, "nobody approved it in time".to_string()),
                 };
-                let _ = self.audit(kind, serde_json::json!({"approval": h.id, "state": state_name(other), "why": text})).await;
+                let _ = self
+                    .audit(
+                        kind,
+                        serde_json::json!({"approval": h.id, "state": state_name(other), "why": text}),
+                    )
+                    .await;
                 self.shared.metrics.refused.inc();
                 self.refuse(&format!("holdfast gate: statement {} not run: {text}", h.id), h.extended);
             }
@@ -697,7 +749,10 @@ impl<'a> Session<'a> {
                         }),
                     )
                 } else {
-                    (Finish::Keep, Some(if run.began { "COMMIT" } else { "RELEASE SAVEPOINT holdfast_row_guard" }))
+                    (
+                        Finish::Keep,
+                        Some(if run.began { "COMMIT" } else { "RELEASE SAVEPOINT holdfast_row_guard" }),
+                    )
                 };
                 let rows_seen = rows;
                 match sql {
@@ -722,7 +777,10 @@ impl<'a> Session<'a> {
                 }
                 if finish == Finish::Over {
                     let _ = self
-                        .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows_seen}))
+                        .audit(
+                            EventKind::Verdict,
+                            serde_json::json!({"row_guard": "over", "rows": rows_seen}),
+                        )
                         .await;
                 }
             }
@@ -769,4 +827,3 @@ fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}… ({} bytes)", &s[..end], s.len())
 }
-

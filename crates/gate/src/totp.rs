@@ -90,7 +90,10 @@ mod tests {
     #[test]
     fn base32_round_trip() {
         assert_eq!(base32_encode(b"12345678901234567890"), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
-        assert_eq!(base32_decode("gezd gnbv gy3t qojq gezd gnbv gy3t qojq").unwrap(), b"12345678901234567890");
+        assert_eq!(
+            base32_decode("gezd gnbv gy3t qojq gezd gnbv gy3t qojq").unwrap(),
+            b"12345678901234567890"
+        );
         assert_eq!(base32_decode("1!"), None);
         let s = new_secret();
         assert_eq!(base32_decode(&s).unwrap().len(), 20);

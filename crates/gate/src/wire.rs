@@ -206,9 +206,14 @@ pub mod backend {
     }
 
     fn fields(o: &mut BytesMut, f: &Fields<'_>) {
-        for (t, v) in [(b'S', Some(f.severity)), (b'V', Some(f.severity)), (b'C', Some(f.code)), (b'M', Some(f.message))]
-            .into_iter()
-            .chain([(b'D', f.detail), (b'H', f.hint)])
+        for (t, v) in [
+            (b'S', Some(f.severity)),
+            (b'V', Some(f.severity)),
+            (b'C', Some(f.code)),
+            (b'M', Some(f.message)),
+        ]
+        .into_iter()
+        .chain([(b'D', f.detail), (b'H', f.hint)])
         {
             if let Some(v) = v {
                 o.put_u8(t);
@@ -350,7 +355,9 @@ mod tests {
         let mut b = BytesMut::from(&v[..]);
         assert_eq!(
             decode_first(&mut b).unwrap(),
-            Some(FirstPacket::Startup { params: vec![("user".into(), "alice".into()), ("database".into(), "shop".into())] })
+            Some(FirstPacket::Startup {
+                params: vec![("user".into(), "alice".into()), ("database".into(), "shop".into())]
+            })
         );
         let mut b = BytesMut::from(&[0x7f, 0, 0, 0][..]);
         assert!(matches!(decode_first(&mut b), Err(WireError::TooLong { .. })));

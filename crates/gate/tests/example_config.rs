@@ -17,7 +17,8 @@ fn with_files(dir: &Path) {
 fn the_example_parses() {
     let dir = tempfile::tempdir().unwrap();
     with_files(dir.path());
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gate.example.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gate.example.toml")).unwrap();
     let c = gate::Config::parse(&text, dir.path()).unwrap();
     assert_eq!(c.people.len(), 2);
     assert!(c.person("bob").unwrap().approver);
@@ -32,7 +33,8 @@ fn the_example_parses() {
 fn mistakes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     with_files(dir.path());
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gate.example.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gate.example.toml")).unwrap();
     let cases = [
         ("approver = true", "approver = true\nfavourite_colour = \"red\"", "unknown field"),
         ("totp_secret = \"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\"\n", "", "approvers need a second factor"),

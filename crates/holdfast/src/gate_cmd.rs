@@ -98,7 +98,8 @@ pub struct Who {
 
 impl Who {
     fn client(&self) -> Result<reqwest::Client> {
-        let pem = std::fs::read(&self.ca).with_context(|| format!("reading the gate's certificate {}", self.ca.display()))?;
+        let pem = std::fs::read(&self.ca)
+            .with_context(|| format!("reading the gate's certificate {}", self.ca.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem).context("the gate's certificate is not PEM")?;
         reqwest::Client::builder()
             .add_root_certificate(cert)
@@ -107,7 +108,12 @@ impl Who {
             .context("building the HTTPS client")
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.gate.trim_end_matches('/'));
         let mut req = self.client()?.request(method, &url).basic_auth(&self.user, Some(&self.password));
         if let Some(t) = &self.totp {
@@ -182,17 +188,32 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
         GateCommand::Reject { id, who, reason } => decide(&who, &id, "reject", reason).await,
         GateCommand::Request { role, for_, reason, who } => {
             let v = who
-                .call(reqwest::Method::POST, "/v1/grants", Some(serde_json::json!({"role": role, "for": for_, "reason": reason})))
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/grants",
+                    Some(serde_json::json!({"role": role, "for": for_, "reason": reason})),
+                )
                 .await?;
             println!("{}", v["id"].as_str().unwrap_or(""));
-            eprintln!("grant request {} sent: another approver must approve it (holdfast gate approve {})", v["id"].as_str().unwrap_or(""), v["id"].as_str().unwrap_or(""));
+            eprintln!(
+                "grant request {} sent: another approver must approve it (holdfast gate approve {})",
+                v["id"].as_str().unwrap_or(""),
+                v["id"].as_str().unwrap_or("")
+            );
             Ok(0)
         }
         GateCommand::BreakGlass { for_, reason, who } => {
             let v = who
-                .call(reqwest::Method::POST, "/v1/break-glass", Some(serde_json::json!({"for": for_, "reason": reason})))
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/break-glass",
+                    Some(serde_json::json!({"for": for_, "reason": reason})),
+                )
                 .await?;
-            eprintln!("BREAK-GLASS active until {} for {}: every destructive statement alerts", v["until"], who.user);
+            eprintln!(
+                "BREAK-GLASS active until {} for {}: every destructive statement alerts",
+                v["until"], who.user
+            );
             Ok(0)
         }
         GateCommand::HashPassword => {
@@ -212,7 +233,8 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
             Ok(0)
         }
         GateCommand::TotpCode { secret } => {
-            let key = gate::totp::base32_decode(&secret).ok_or_else(|| anyhow!("the secret is not base32"))?;
+            let key =
+                gate::totp::base32_decode(&secret).ok_or_else(|| anyhow!("the secret is not base32"))?;
             let step = gate::approvals::unix_now() / 30;
             println!("{:06}", gate::totp::code_at(&key, step));
             Ok(0)
@@ -222,7 +244,11 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
 
 async fn decide(who: &Who, id: &str, verb: &str, reason: Option<String>) -> Result<u8> {
     let v = who
-        .call(reqwest::Method::POST, &format!("/v1/approvals/{id}/{verb}"), Some(serde_json::json!({"reason": reason})))
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/{verb}"),
+            Some(serde_json::json!({"reason": reason})),
+        )
         .await?;
     println!("{} {}", v["id"].as_str().unwrap_or(id), v["state"]["state"].as_str().unwrap_or(""));
     Ok(0)

@@ -180,7 +180,9 @@ db_user = "dba"
             let out = self.cli("alice", "alice-password", None, &["pending", "--json"]);
             assert!(out.status.success(), "{}", text(&out));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(r) = v["requests"].as_array().unwrap().iter().find(|r| r["state"]["state"] == "pending") {
+            if let Some(r) =
+                v["requests"].as_array().unwrap().iter().find(|r| r["state"]["state"] == "pending")
+            {
                 return r["id"].as_str().unwrap().to_string();
             }
             assert!(Instant::now() < deadline, "no pending request appeared");
@@ -264,6 +266,14 @@ fn destruction_waits_for_a_second_person_and_never_runs_without_one() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(g.count("scratch"), 0);
 
+    // Changing how the server lexes is held, and even once approved the session ends: the guard
+    // could no longer read the statements the way the server does.
+    let held = g.spawn_alice("SET standard_conforming_strings = off");
+    let id = g.pending_id();
+    g.bob(&["approve", &id]);
+    let out = finish(held);
+    assert!(text(&out).contains("statements can no longer be checked"), "{}", text(&out));
+
     // Inside a transaction, a rejection aborts it as any error would, and the session goes on.
     let held = g.spawn_alice("BEGIN; INSERT INTO orders VALUES (1000, 1, 1); DROP TABLE orders; COMMIT");
     let id = g.pending_id();
@@ -325,7 +335,12 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts() {
     let out = g.psql_as("alice@dba", "alice-password", "SELECT current_user");
     assert!(text(&out).contains("holds no active grant of role dba"), "{}", text(&out));
     // A request needs a TOTP code and a reason; bob approves it.
-    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["request", "--role", "dba", "--for", "6s", "--reason", "rebuild an index"]);
+    let out = g.cli(
+        "alice",
+        "alice-password",
+        Some(ALICE_TOTP),
+        &["request", "--role", "dba", "--for", "6s", "--reason", "rebuild an index"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(g.bob(&["approve", &id]).status.success());
@@ -340,15 +355,26 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts() {
     assert!(started.elapsed() < Duration::from_secs(20));
 
     // Break-glass: needs a reason; then destruction runs without approval, and alerts.
-    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["break-glass", "--for", "5m", "--reason", "x"]);
+    let out =
+        g.cli("alice", "alice-password", Some(ALICE_TOTP), &["break-glass", "--for", "5m", "--reason", "x"]);
     assert!(!out.status.success());
-    let out = g.cli("alice", "alice-password", Some(ALICE_TOTP), &["break-glass", "--for", "5m", "--reason", "primary disk full, dropping scratch data"]);
+    let out = g.cli(
+        "alice",
+        "alice-password",
+        Some(ALICE_TOTP),
+        &["break-glass", "--for", "5m", "--reason", "primary disk full, dropping scratch data"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = g.alice("DROP TABLE scratch");
     assert!(out.status.success(), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let kinds: Vec<String> = received.lock().unwrap().iter().map(|(_, v)| v["alert"]["alert"].as_str().unwrap_or("").to_string()).collect();
+        let kinds: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v["alert"]["alert"].as_str().unwrap_or("").to_string())
+            .collect();
         if kinds.iter().any(|k| k == "break_glass") && kinds.iter().any(|k| k == "break_glass_statement") {
             assert!(kinds.iter().any(|k| k == "grant_requested"), "{kinds:?}");
             break;

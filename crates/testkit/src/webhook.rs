@@ -32,7 +32,8 @@ pub fn receiver() -> (String, Received) {
             if let Ok(v) = serde_json::from_slice(&body) {
                 g.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), v));
             }
-            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ =
+                r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
     (url, got)

@@ -20,7 +20,8 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, String> {
         }
     }
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| format!("generating a certificate: {e}"))?;
+    let ck =
+        rcgen::generate_simple_self_signed(sans).map_err(|e| format!("generating a certificate: {e}"))?;
     for p in [cert, key] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -122,4 +123,3 @@ pub async fn serve_https(
     drop(listener);
     while conns.join_next().await.is_some() {}
 }
-
