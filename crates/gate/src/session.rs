@@ -175,7 +175,14 @@ impl<'a> Session<'a> {
                             let _ = self.flush_server().await;
                             return "client ended the session".into();
                         }
-                        Err(e) => return e,
+                        Err(e) => {
+                            // A malformed message: this connection ends, with the reason; no
+                            // other session is affected.
+                            let _ = self.flush_server().await;
+                            return self
+                                .fatal("08P01", &format!("protocol violation from the client: {e}"), None)
+                                .await;
+                        }
                     },
                     Ok(None) => break,
                     Err(e) => {
