@@ -131,7 +131,7 @@ struct Request {
 pub(crate) struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    pub(crate) shared: Mutex<Shared>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
     pub(crate) key: SigningKey,
     pub(crate) dir: PathBuf,
     pub(crate) opts: SpoolOptions,
@@ -151,8 +151,12 @@ impl Drop for Inner {
 
 impl Inner {
     pub(crate) fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        lock_shared(&self.shared)
     }
+}
+
+fn lock_shared(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The gate's audit log: cheap to clone, `Send + Sync`.
@@ -431,13 +435,13 @@ impl AuditLog {
         let inner = Arc::new(Inner {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
-            shared: Mutex::new(shared),
+            shared: Arc::new(Mutex::new(shared)),
             key,
             dir: dir.to_path_buf(),
             opts,
         });
         let writer = Writer {
-            inner: Arc::downgrade(&inner),
+            shared: inner.shared.clone(),
             dir: dir.to_path_buf(),
             file,
             current_len: rec.current_len,
@@ -530,7 +534,8 @@ impl AuditLog {
 
 /// The single writer: owns the current segment file and the chain's head.
 struct Writer {
-    inner: std::sync::Weak<Inner>,
+    /// Not `Inner`: the writer must never be the one to drop it (its `Drop` joins the writer).
+    shared: Arc<Mutex<Shared>>,
     dir: PathBuf,
     file: File,
     current_len: u64,
@@ -552,15 +557,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let Some(inner) = self.inner.upgrade() else { break };
-            self.write_group(&inner, reqs);
+            self.write_group(reqs);
         }
         release_lock(&self.dir);
     }
 
-    fn write_group(&mut self, inner: &Inner, reqs: Vec<Request>) {
+    fn write_group(&mut self, reqs: Vec<Request>) {
         let (pending, failed, last_error) = {
-            let s = inner.shared();
+            let s = lock_shared(&self.shared);
             (s.pending_bytes, s.failed.clone(), s.last_ship_error.clone())
         };
         let mut head = self.last;
@@ -604,18 +608,18 @@ impl Writer {
             return;
         }
         let first_seq = self.last.seq + 1;
-        let written = self.rollover_if_needed(inner, first_seq, buf.len() as u64).and_then(|_| {
+        let written = self.rollover_if_needed(first_seq, buf.len() as u64).and_then(|_| {
             self.file
                 .write_all(&buf)
                 .and_then(|_| self.file.sync_data())
-                .map_err(|e| AuditError::io("cannot write the audit record to", self.current_path(inner), e))
+                .map_err(|e| AuditError::io("cannot write the audit record to", self.current_path(), e))
         });
         match written {
             Ok(()) => {
                 self.current_len += buf.len() as u64;
                 self.last = head;
                 {
-                    let mut s = inner.shared();
+                    let mut s = lock_shared(&self.shared);
                     s.last_seq = head.seq;
                     s.pending_bytes += buf.len() as u64;
                 }
@@ -629,7 +633,7 @@ impl Writer {
                 let _ = self.file.set_len(self.current_len).and_then(|_| self.file.sync_all());
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "audit spool write failed; the audit log accepts no more records");
-                inner.shared().failed = Some(msg.clone());
+                lock_shared(&self.shared).failed = Some(msg.clone());
                 for (reply, _) in acks {
                     let _ = reply.send(Err(AuditError::Failed(msg.clone())));
                 }
@@ -637,12 +641,12 @@ impl Writer {
         }
     }
 
-    fn current_path(&self, inner: &Inner) -> PathBuf {
-        inner.shared().segments.values().next_back().cloned().unwrap_or_else(|| self.dir.clone())
+    fn current_path(&self) -> PathBuf {
+        lock_shared(&self.shared).segments.values().next_back().cloned().unwrap_or_else(|| self.dir.clone())
     }
 
     /// Starts a new segment when the current one would pass `segment_bytes`.
-    fn rollover_if_needed(&mut self, inner: &Inner, first_seq: u64, add: u64) -> Result<(), AuditError> {
+    fn rollover_if_needed(&mut self, first_seq: u64, add: u64) -> Result<(), AuditError> {
         if self.current_len == 0 || self.current_len + add <= self.segment_bytes {
             return Ok(());
         }
@@ -655,7 +659,7 @@ impl Writer {
         sync_dir(&self.dir)?;
         self.file = file;
         self.current_len = 0;
-        inner.shared().segments.insert(first_seq, path);
+        lock_shared(&self.shared).segments.insert(first_seq, path);
         Ok(())
     }
 }
@@ -746,4 +750,33 @@ pub(crate) fn read_batch(
         }
     }
     Ok((out, bytes, cur))
+}
+
+/// Every complete record in a spool directory, in seq order, without opening it for writing
+/// (no lock, no recovery): for inspection and tests. A torn last line is left out.
+pub fn read_spool(dir: &Path) -> Result<Vec<Record>, AuditError> {
+    let mut segments = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| AuditError::io("cannot list", dir, e))? {
+        let entry = entry.map_err(|e| AuditError::io("cannot list", dir, e))?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+            segments.insert(first, entry.path());
+        }
+    }
+    let mut out = Vec::new();
+    for path in segments.values() {
+        let text = std::fs::read(path).map_err(|e| AuditError::io("cannot read", path, e))?;
+        let complete = text.iter().rposition(|&b| b == b'\n').map(|p| &text[..p]).unwrap_or(&[]);
+        for (i, line) in complete.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: Record = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                why: e.to_string(),
+            })?;
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
