@@ -686,7 +686,9 @@ pub(crate) fn read_batch(
     let mut bytes = 0u64;
     let mut cur = cursor;
     while cur.next_seq <= last_seq && out.len() < max_records && bytes < max_bytes {
-        let (seg, offset) = match cur.at {
+        // A cursor into a segment removed since (wholly shipped) starts over from the map.
+        let at = cur.at.filter(|(seg, _)| segments.contains_key(seg));
+        let (seg, offset) = match at {
             Some(a) => a,
             None => match segments.range(..=cur.next_seq).next_back() {
                 Some((&first, _)) => (first, 0),
@@ -699,7 +701,11 @@ pub(crate) fn read_batch(
                 }
             },
         };
-        let path = &segments.get(&seg).cloned().unwrap_or_default();
+        let path = &segments.get(&seg).cloned().ok_or_else(|| AuditError::Corrupt {
+            path: PathBuf::from(segment_name(seg)),
+            line: 0,
+            why: format!("segment {seg} is gone while seq {} is unshipped", cur.next_seq),
+        })?;
         let mut f = File::open(path).map_err(|e| AuditError::io("cannot open", path, e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| AuditError::io("cannot seek in", path, e))?;
         let mut r = BufReader::new(f);
@@ -779,4 +785,76 @@ pub fn read_spool(dir: &Path) -> Result<Vec<Record>, AuditError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the whole spool in batches of `n`, dropping segments as a shipper would.
+    fn ship_all(dir: &Path, shared: &Mutex<Shared>, n: usize, max_bytes: u64) -> Vec<u64> {
+        let mut cursor = Cursor { next_seq: 1, at: None };
+        let mut seen = Vec::new();
+        loop {
+            let (segments, last) = {
+                let s = lock_shared(shared);
+                (s.segments.clone(), s.last_seq)
+            };
+            let (recs, bytes, next) = read_batch(&segments, cursor, last, n, max_bytes).unwrap();
+            if recs.is_empty() {
+                return seen;
+            }
+            assert!(bytes > 0 && recs.len() <= n);
+            seen.extend(recs.iter().map(|r| r.seq));
+            cursor = next;
+            // Drop wholly shipped segments, as `mark_shipped` does.
+            let mut s = lock_shared(shared);
+            let firsts: Vec<u64> = s.segments.keys().copied().collect();
+            for w in firsts.windows(2) {
+                if w[1] <= cursor.next_seq {
+                    let p = s.segments.remove(&w[0]).unwrap();
+                    assert!(p.starts_with(dir));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batches_cross_segments_in_order_whatever_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SpoolOptions { segment_bytes: 2048, ..Default::default() };
+        let log = AuditLog::open(dir.path(), SigningKey::from_bytes(&[1; 32]), opts).unwrap();
+        for i in 0..60 {
+            let e = Event::new(EventKind::Statement).detail(serde_json::json!({"sql": "x".repeat(i * 7)}));
+            log.append_blocking(e).unwrap();
+        }
+        assert!(log.inner.shared().segments.len() > 5, "the test needs several segments");
+        for n in [1, 2, 3, 7, 60, 500] {
+            let shared = Mutex::new(Shared {
+                last_seq: 60,
+                shipped: Position::default(),
+                pending_bytes: 0,
+                segments: log.inner.shared().segments.clone(),
+                last_ship_error: None,
+                last_shipped_at: None,
+                failed: None,
+            });
+            assert_eq!(
+                ship_all(dir.path(), &shared, n, 1 << 20),
+                (1..=60).collect::<Vec<_>>(),
+                "batches of {n}"
+            );
+        }
+        // A byte limit cuts batches too (always at least one record).
+        let shared = Mutex::new(Shared {
+            last_seq: 60,
+            shipped: Position::default(),
+            pending_bytes: 0,
+            segments: log.inner.shared().segments.clone(),
+            last_ship_error: None,
+            last_shipped_at: None,
+            failed: None,
+        });
+        assert_eq!(ship_all(dir.path(), &shared, 500, 1), (1..=60).collect::<Vec<_>>());
+    }
 }
