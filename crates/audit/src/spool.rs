@@ -10,12 +10,15 @@
 //! - `gate` — the gate id the chain is shipped under (a chain never changes gates);
 //! - `lock` — the pid of the process using the spool.
 //!
+//! The directory is created 0700 and every file 0600: the spool holds SQL text.
+//!
 //! Appends go through one writer thread that takes every request waiting, writes them in one
 //! `write` and one `fsync` (group commit), then answers each.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::Duration;
@@ -220,10 +223,15 @@ fn release_lock(dir: &Path) {
 pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AuditError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let mut f = File::create(&tmp).map_err(|e| AuditError::io("cannot create", &tmp, e))?;
+    let mut f = private_file(&tmp).map_err(|e| AuditError::io("cannot create", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AuditError::io("cannot write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| AuditError::io("cannot rename into place", &path, e))?;
     sync_dir(dir)
+}
+
+/// Creates (or truncates) a file only its owner can read: the spool holds SQL text.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
@@ -393,7 +401,10 @@ impl AuditLog {
     /// dropped and a `spool_recovered` record says how many. Damage anywhere else is an error.
     pub fn open(dir: &Path, key: SigningKey, opts: SpoolOptions) -> Result<AuditLog, AuditError> {
         opts.validate()?;
-        std::fs::create_dir_all(dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| AuditError::io("cannot create the spool directory", dir, e))?;
         take_lock(dir)?;
         let opened = Self::open_locked(dir, key, opts);
@@ -411,7 +422,7 @@ impl AuditLog {
             None => {
                 let first = rec.last.seq + 1;
                 let path = dir.join(segment_name(first));
-                File::create(&path).map_err(|e| AuditError::io("cannot create", &path, e))?;
+                private_file(&path).map_err(|e| AuditError::io("cannot create", &path, e))?;
                 sync_dir(dir)?;
                 rec.segments.insert(first, path);
                 first
@@ -654,6 +665,7 @@ impl Writer {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| AuditError::io("cannot create", &path, e))?;
         sync_dir(&self.dir)?;

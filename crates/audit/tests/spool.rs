@@ -50,8 +50,14 @@ async fn spool_writer() {
         child_loop(Path::new(&dir)).await;
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(dir.path(), key(), SpoolOptions::default()).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("spool");
+    let log = AuditLog::open(&dir, key(), SpoolOptions::default()).unwrap();
+    // The spool holds SQL text: only its owner may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(format!("{:020}.jsonl", 1))), 0o600);
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let log = log.clone();
@@ -73,9 +79,9 @@ async fn spool_writer() {
     assert_eq!((st.last_seq, st.shipped_seq, st.pending_records), (400, 0, 400));
     assert!(st.pending_bytes > 400 * 50);
     drop(log);
-    let log = AuditLog::open(dir.path(), key(), SpoolOptions::default()).unwrap();
+    let log = AuditLog::open(&dir, key(), SpoolOptions::default()).unwrap();
     assert_eq!(log.append(event(9, 1)).await.unwrap().seq, 401);
-    check_chain(&read_spool(dir.path()).unwrap());
+    check_chain(&read_spool(&dir).unwrap());
 }
 
 async fn child_loop(dir: &Path) {
