@@ -21,12 +21,15 @@ pub enum EventKind {
     Verdict,
     /// A statement held for a second person's approval.
     ApprovalRequested,
+    /// A held statement approved by a second person.
     Approved,
+    /// A held statement rejected.
     Rejected,
     /// An approval request that nobody answered in time.
     ApprovalExpired,
     /// A statement finished: rows affected, duration, error.
     StatementDone,
+    /// A just-in-time grant requested, approved, rejected, expired.
     GrantRequested,
     GrantApproved,
     GrantRejected,
@@ -35,6 +38,7 @@ pub enum EventKind {
     BreakGlass,
     /// A session ended by the gate (grant expired, policy), with the reason.
     SessionEnded,
+    /// The client went away.
     Disconnect,
     /// The audit spool dropped an unacknowledged torn write at start (how many bytes).
     SpoolRecovered,
@@ -148,21 +152,25 @@ impl Event {
         }
     }
 
+    /// With the person (gate user).
     pub fn person(mut self, p: impl Into<String>) -> Event {
         self.person = Some(p.into());
         self
     }
 
+    /// With the client's `ip:port`.
     pub fn client(mut self, c: impl Into<String>) -> Event {
         self.client = Some(c.into());
         self
     }
 
+    /// With the gate's session number.
     pub fn session(mut self, s: u64) -> Event {
         self.session = Some(s);
         self
     }
 
+    /// With the free-form detail (replaces it).
     pub fn detail(mut self, d: serde_json::Value) -> Event {
         self.detail = d;
         self

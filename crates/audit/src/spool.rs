@@ -10,12 +10,15 @@
 //! - `gate` — the gate id the chain is shipped under (a chain never changes gates);
 //! - `lock` — the pid of the process using the spool.
 //!
+//! The directory is created 0700 and every file 0600: the spool holds SQL text.
+//!
 //! Appends go through one writer thread that takes every request waiting, writes them in one
 //! `write` and one `fsync` (group commit), then answers each.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::Duration;
@@ -131,7 +134,7 @@ struct Request {
 pub(crate) struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    pub(crate) shared: Mutex<Shared>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
     pub(crate) key: SigningKey,
     pub(crate) dir: PathBuf,
     pub(crate) opts: SpoolOptions,
@@ -151,8 +154,12 @@ impl Drop for Inner {
 
 impl Inner {
     pub(crate) fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        lock_shared(&self.shared)
     }
+}
+
+fn lock_shared(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The gate's audit log: cheap to clone, `Send + Sync`.
@@ -216,10 +223,15 @@ fn release_lock(dir: &Path) {
 pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AuditError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let mut f = File::create(&tmp).map_err(|e| AuditError::io("cannot create", &tmp, e))?;
+    let mut f = private_file(&tmp).map_err(|e| AuditError::io("cannot create", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AuditError::io("cannot write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| AuditError::io("cannot rename into place", &path, e))?;
     sync_dir(dir)
+}
+
+/// Creates (or truncates) a file only its owner can read: the spool holds SQL text.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
@@ -389,7 +401,10 @@ impl AuditLog {
     /// dropped and a `spool_recovered` record says how many. Damage anywhere else is an error.
     pub fn open(dir: &Path, key: SigningKey, opts: SpoolOptions) -> Result<AuditLog, AuditError> {
         opts.validate()?;
-        std::fs::create_dir_all(dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| AuditError::io("cannot create the spool directory", dir, e))?;
         take_lock(dir)?;
         let opened = Self::open_locked(dir, key, opts);
@@ -407,7 +422,7 @@ impl AuditLog {
             None => {
                 let first = rec.last.seq + 1;
                 let path = dir.join(segment_name(first));
-                File::create(&path).map_err(|e| AuditError::io("cannot create", &path, e))?;
+                private_file(&path).map_err(|e| AuditError::io("cannot create", &path, e))?;
                 sync_dir(dir)?;
                 rec.segments.insert(first, path);
                 first
@@ -431,13 +446,13 @@ impl AuditLog {
         let inner = Arc::new(Inner {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
-            shared: Mutex::new(shared),
+            shared: Arc::new(Mutex::new(shared)),
             key,
             dir: dir.to_path_buf(),
             opts,
         });
         let writer = Writer {
-            inner: Arc::downgrade(&inner),
+            shared: inner.shared.clone(),
             dir: dir.to_path_buf(),
             file,
             current_len: rec.current_len,
@@ -536,7 +551,8 @@ impl AuditLog {
 
 /// The single writer: owns the current segment file and the chain's head.
 struct Writer {
-    inner: std::sync::Weak<Inner>,
+    /// Not `Inner`: the writer must never be the one to drop it (its `Drop` joins the writer).
+    shared: Arc<Mutex<Shared>>,
     dir: PathBuf,
     file: File,
     current_len: u64,
@@ -558,15 +574,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let Some(inner) = self.inner.upgrade() else { break };
-            self.write_group(&inner, reqs);
+            self.write_group(reqs);
         }
         release_lock(&self.dir);
     }
 
-    fn write_group(&mut self, inner: &Inner, reqs: Vec<Request>) {
+    fn write_group(&mut self, reqs: Vec<Request>) {
         let (pending, failed, last_error) = {
-            let s = inner.shared();
+            let s = lock_shared(&self.shared);
             (s.pending_bytes, s.failed.clone(), s.last_ship_error.clone())
         };
         let mut head = self.last;
@@ -610,18 +625,18 @@ impl Writer {
             return;
         }
         let first_seq = self.last.seq + 1;
-        let written = self.rollover_if_needed(inner, first_seq, buf.len() as u64).and_then(|_| {
+        let written = self.rollover_if_needed(first_seq, buf.len() as u64).and_then(|_| {
             self.file
                 .write_all(&buf)
                 .and_then(|_| self.file.sync_data())
-                .map_err(|e| AuditError::io("cannot write the audit record to", self.current_path(inner), e))
+                .map_err(|e| AuditError::io("cannot write the audit record to", self.current_path(), e))
         });
         match written {
             Ok(()) => {
                 self.current_len += buf.len() as u64;
                 self.last = head;
                 {
-                    let mut s = inner.shared();
+                    let mut s = lock_shared(&self.shared);
                     s.last_seq = head.seq;
                     s.pending_bytes += buf.len() as u64;
                 }
@@ -635,7 +650,7 @@ impl Writer {
                 let _ = self.file.set_len(self.current_len).and_then(|_| self.file.sync_all());
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "audit spool write failed; the audit log accepts no more records");
-                inner.shared().failed = Some(msg.clone());
+                lock_shared(&self.shared).failed = Some(msg.clone());
                 for (reply, _) in acks {
                     let _ = reply.send(Err(AuditError::Failed(msg.clone())));
                 }
@@ -643,12 +658,12 @@ impl Writer {
         }
     }
 
-    fn current_path(&self, inner: &Inner) -> PathBuf {
-        inner.shared().segments.values().next_back().cloned().unwrap_or_else(|| self.dir.clone())
+    fn current_path(&self) -> PathBuf {
+        lock_shared(&self.shared).segments.values().next_back().cloned().unwrap_or_else(|| self.dir.clone())
     }
 
     /// Starts a new segment when the current one would pass `segment_bytes`.
-    fn rollover_if_needed(&mut self, inner: &Inner, first_seq: u64, add: u64) -> Result<(), AuditError> {
+    fn rollover_if_needed(&mut self, first_seq: u64, add: u64) -> Result<(), AuditError> {
         if self.current_len == 0 || self.current_len + add <= self.segment_bytes {
             return Ok(());
         }
@@ -656,12 +671,13 @@ impl Writer {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| AuditError::io("cannot create", &path, e))?;
         sync_dir(&self.dir)?;
         self.file = file;
         self.current_len = 0;
-        inner.shared().segments.insert(first_seq, path);
+        lock_shared(&self.shared).segments.insert(first_seq, path);
         Ok(())
     }
 }
@@ -688,7 +704,9 @@ pub(crate) fn read_batch(
     let mut bytes = 0u64;
     let mut cur = cursor;
     while cur.next_seq <= last_seq && out.len() < max_records && bytes < max_bytes {
-        let (seg, offset) = match cur.at {
+        // A cursor into a segment removed since (wholly shipped) starts over from the map.
+        let at = cur.at.filter(|(seg, _)| segments.contains_key(seg));
+        let (seg, offset) = match at {
             Some(a) => a,
             None => match segments.range(..=cur.next_seq).next_back() {
                 Some((&first, _)) => (first, 0),
@@ -701,7 +719,11 @@ pub(crate) fn read_batch(
                 }
             },
         };
-        let path = &segments.get(&seg).cloned().unwrap_or_default();
+        let path = &segments.get(&seg).cloned().ok_or_else(|| AuditError::Corrupt {
+            path: PathBuf::from(segment_name(seg)),
+            line: 0,
+            why: format!("segment {seg} is gone while seq {} is unshipped", cur.next_seq),
+        })?;
         let mut f = File::open(path).map_err(|e| AuditError::io("cannot open", path, e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| AuditError::io("cannot seek in", path, e))?;
         let mut r = BufReader::new(f);
@@ -752,4 +774,105 @@ pub(crate) fn read_batch(
         }
     }
     Ok((out, bytes, cur))
+}
+
+/// Every complete record in a spool directory, in seq order, without opening it for writing
+/// (no lock, no recovery): for inspection and tests. A torn last line is left out.
+pub fn read_spool(dir: &Path) -> Result<Vec<Record>, AuditError> {
+    let mut segments = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| AuditError::io("cannot list", dir, e))? {
+        let entry = entry.map_err(|e| AuditError::io("cannot list", dir, e))?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+            segments.insert(first, entry.path());
+        }
+    }
+    let mut out = Vec::new();
+    for path in segments.values() {
+        let text = std::fs::read(path).map_err(|e| AuditError::io("cannot read", path, e))?;
+        let complete = text.iter().rposition(|&b| b == b'\n').map(|p| &text[..p]).unwrap_or(&[]);
+        for (i, line) in complete.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: Record = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                why: e.to_string(),
+            })?;
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the whole spool in batches of `n`, dropping segments as a shipper would.
+    fn ship_all(dir: &Path, shared: &Mutex<Shared>, n: usize, max_bytes: u64) -> Vec<u64> {
+        let mut cursor = Cursor { next_seq: 1, at: None };
+        let mut seen = Vec::new();
+        loop {
+            let (segments, last) = {
+                let s = lock_shared(shared);
+                (s.segments.clone(), s.last_seq)
+            };
+            let (recs, bytes, next) = read_batch(&segments, cursor, last, n, max_bytes).unwrap();
+            if recs.is_empty() {
+                return seen;
+            }
+            assert!(bytes > 0 && recs.len() <= n);
+            seen.extend(recs.iter().map(|r| r.seq));
+            cursor = next;
+            // Drop wholly shipped segments, as `mark_shipped` does.
+            let mut s = lock_shared(shared);
+            let firsts: Vec<u64> = s.segments.keys().copied().collect();
+            for w in firsts.windows(2) {
+                if w[1] <= cursor.next_seq {
+                    let p = s.segments.remove(&w[0]).unwrap();
+                    assert!(p.starts_with(dir));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batches_cross_segments_in_order_whatever_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SpoolOptions { segment_bytes: 2048, ..Default::default() };
+        let log = AuditLog::open(dir.path(), SigningKey::from_bytes(&[1; 32]), opts).unwrap();
+        for i in 0..60 {
+            let e = Event::new(EventKind::Statement).detail(serde_json::json!({"sql": "x".repeat(i * 7)}));
+            log.append_blocking(e).unwrap();
+        }
+        assert!(log.inner.shared().segments.len() > 5, "the test needs several segments");
+        for n in [1, 2, 3, 7, 60, 500] {
+            let shared = Mutex::new(Shared {
+                last_seq: 60,
+                shipped: Position::default(),
+                pending_bytes: 0,
+                segments: log.inner.shared().segments.clone(),
+                last_ship_error: None,
+                last_shipped_at: None,
+                failed: None,
+            });
+            assert_eq!(
+                ship_all(dir.path(), &shared, n, 1 << 20),
+                (1..=60).collect::<Vec<_>>(),
+                "batches of {n}"
+            );
+        }
+        // A byte limit cuts batches too (always at least one record).
+        let shared = Mutex::new(Shared {
+            last_seq: 60,
+            shipped: Position::default(),
+            pending_bytes: 0,
+            segments: log.inner.shared().segments.clone(),
+            last_ship_error: None,
+            last_shipped_at: None,
+            failed: None,
+        });
+        assert_eq!(ship_all(dir.path(), &shared, 500, 1), (1..=60).collect::<Vec<_>>());
+    }
 }

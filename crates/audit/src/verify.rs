@@ -135,7 +135,7 @@ pub struct VerifyReport {
     pub intact: bool,
     pub trust: Trust,
     pub gates: Vec<GateReport>,
-    /// Stored records that are not batches of any gate.
+    /// Stored records that cannot be read and name no gate.
     pub unattributed: Vec<Problem>,
 }
 
@@ -149,14 +149,14 @@ impl VerifyReport {
 /// Verifies every batch (in the vault's order) against `trusted_keys`; with no keys, each
 /// gate's first stored batch's key is trusted and the report says so ([`Trust::FirstBatch`]).
 pub fn verify(batches: &[StoredBatch], trusted_keys: &[VerifyingKey]) -> VerifyReport {
-    let mut unattributed = Vec::new();
+    let mut malformed = Vec::new();
     let mut by_gate: BTreeMap<String, Vec<(&StoredBatch, Batch)>> = BTreeMap::new();
     for sb in batches {
         match serde_json::from_value::<Batch>(sb.body.clone()) {
             Ok(b) if b.format == crate::batch::BATCH_FORMAT => {
                 by_gate.entry(b.gate.clone()).or_default().push((sb, b))
             }
-            Ok(b) => unattributed.push(Problem {
+            Ok(b) => malformed.push(Problem {
                 gate: Some(b.gate.clone()),
                 seq: Some(b.first_seq),
                 kind: ProblemKind::Malformed,
@@ -164,18 +164,42 @@ pub fn verify(batches: &[StoredBatch], trusted_keys: &[VerifyingKey]) -> VerifyR
                 written_at: Some(sb.written_at.clone()),
                 what: format!("batch format {} is not one this version reads (1)", b.format),
             }),
-            Err(e) => unattributed.push(Problem {
+            Err(e) => malformed.push(Problem {
                 gate: sb.gate().map(String::from),
                 seq: sb.body.get("first_seq").and_then(|v| v.as_u64()),
                 kind: ProblemKind::Malformed,
                 batch: Some(sb.name.clone()),
                 written_at: Some(sb.written_at.clone()),
-                what: format!("not an audit batch: {e}"),
+                what: format!("not an audit batch this version can read: {e}"),
             }),
         }
     }
-    let gates: Vec<GateReport> =
-        by_gate.into_iter().map(|(gate, list)| verify_gate(&gate, &list, trusted_keys)).collect();
+    // An unreadable body that names a gate damages that gate's log; one that names none is
+    // reported on its own.
+    let mut unattributed = Vec::new();
+    let mut extra: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+    for p in malformed {
+        match &p.gate {
+            Some(g) => {
+                by_gate.entry(g.clone()).or_default();
+                extra.entry(g.clone()).or_default().push(p);
+            }
+            None => unattributed.push(p),
+        }
+    }
+    let gates: Vec<GateReport> = by_gate
+        .into_iter()
+        .map(|(gate, list)| {
+            let mut g = verify_gate(&gate, &list, trusted_keys);
+            if let Some(mut more) = extra.remove(&gate) {
+                g.problems.append(&mut more);
+                g.problems.sort_by_key(|p| (p.seq.unwrap_or(0), p.kind));
+                g.first_problem = g.problems.first().cloned();
+                g.intact = false;
+            }
+            g
+        })
+        .collect();
     let trust = if trusted_keys.is_empty() {
         Trust::FirstBatch
     } else {
@@ -668,6 +692,19 @@ mod tests {
         assert_eq!(p.kind, ProblemKind::Malformed);
         assert_eq!(p.batch.as_deref(), Some("catalog/ff"));
         assert!(!r.intact);
+        // It names gate g1, so g1's log is the one reported damaged, at seq 10.
+        assert!(r.unattributed.is_empty());
+        assert!(!r.gates[0].intact);
+        assert_eq!(r.gates[0].first_problem.as_ref().unwrap().seq, Some(10));
+        // A body naming no gate is reported on its own.
+        s.push(StoredBatch {
+            name: "catalog/ee".into(),
+            written_at: "x".into(),
+            body: serde_json::json!([1]),
+        });
+        let r = verify(&s, &[key(1).verifying_key()]);
+        assert_eq!(r.unattributed.len(), 1);
+        assert_eq!(r.first_problem().unwrap().batch.as_deref(), Some("catalog/ee"));
     }
 
     #[test]

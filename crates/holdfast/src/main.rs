@@ -5,7 +5,8 @@
 //! - 0: success;
 //! - 1: an error (the message says what failed, why, and what to do);
 //! - 2: bad usage (unknown flag, missing argument);
-//! - 3: `vault check` found damaged or missing objects;
+//! - 3: `vault check` found damaged or missing objects, or `audit verify|search` found the audit
+//!   log damaged;
 //! - 4: `drill` ran and the drill failed.
 
 use std::io::Write;
@@ -22,6 +23,7 @@ use vault::clock::{Clock, SystemClock};
 use vault::config::{Config, KeyholderFile};
 use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 
+mod audit_cmd;
 mod check;
 mod demo;
 mod drill_cmd;
@@ -108,6 +110,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The gate's audit log as the vault holds it: verify the chain, search it, create a key.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Have the vault take a base backup of a cluster now; waits until it is complete.
     Backup {
         /// The cluster's name in the vault's config.
@@ -373,6 +378,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 (false, None) => bail!("say which cluster to drill (--cluster NAME) or --list"),
             }
         }
+        Command::Audit(a) => audit_cmd::run(a).await,
         Command::RestoreWal { config, file, dest } => {
             Ok(restore_cmd::restore_wal(&config, &file, &dest).await)
         }

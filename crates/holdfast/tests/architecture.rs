@@ -41,9 +41,18 @@ fn depends_unconditionally(map: &BTreeMap<String, Vec<(String, bool)>>, krate: &
 #[test]
 fn the_workspace_is_what_the_architecture_says() {
     let map = workspace_deps();
-    for krate in
-        ["store", "vault-api", "vault", "capture", "holdfast", "testkit", "pgfmt", "pgproto", "restore"]
-    {
+    for krate in [
+        "store",
+        "vault-api",
+        "vault",
+        "capture",
+        "holdfast",
+        "testkit",
+        "pgfmt",
+        "pgproto",
+        "restore",
+        "audit",
+    ] {
         assert!(map.contains_key(krate), "crate {krate} is missing from the workspace");
     }
 }
@@ -52,7 +61,7 @@ fn the_workspace_is_what_the_architecture_says() {
 fn trust_domains_meet_only_through_api_crates() {
     let map = workspace_deps();
     // Clients of the vault (gate, restore, and the API crate itself) never link the service.
-    for client in ["gate", "restore", "vault-api", "store", "pgfmt", "pgproto"] {
+    for client in ["gate", "restore", "vault-api", "store", "pgfmt", "pgproto", "audit"] {
         assert!(!depends(&map, client, "vault"), "{client} depends on the vault service; use vault-api");
     }
     // The store knows nothing of its callers.
@@ -67,7 +76,7 @@ fn trust_domains_meet_only_through_api_crates() {
         }
     }
     // The collector belongs to the vault's trust domain: clients never link it.
-    for client in ["gate", "restore", "vault-api", "store"] {
+    for client in ["gate", "restore", "vault-api", "store", "audit"] {
         assert!(!depends(&map, client, "capture"), "{client} depends on the collector");
     }
 }

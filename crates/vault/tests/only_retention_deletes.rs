@@ -73,6 +73,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "a failed restore's private socket directory, only if empty (no server runs there)",
     ),
     (
+        "crates/audit/src/ship.rs",
+        "std::fs::remove_file(&path)",
+        "the gate's local audit spool: a segment file whose records the vault has acknowledged (201), never a store object",
+    ),
+    (
         "crates/holdfast/src/demo.rs",
         "remove_dir_all(&data_dir)",
         "the demo plays the insider and erases its own throw-away PostgreSQL data directory",
