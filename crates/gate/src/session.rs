@@ -144,16 +144,17 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn event(&self, kind: EventKind, detail: serde_json::Value) -> Event {
+        Event::new(kind)
+            .person(self.id.person.name.clone())
+            .client(self.id.client.clone())
+            .session(self.id.session)
+            .detail(detail)
+    }
+
     async fn audit(&mut self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
-        self.shared
-            .audit_event(
-                Event::new(kind)
-                    .person(self.id.person.name.clone())
-                    .client(self.id.client.clone())
-                    .session(self.id.session)
-                    .detail(detail),
-            )
-            .await
+        let e = self.event(kind, detail);
+        self.shared.audit_event(e).await
     }
 
     /// Runs the session to its end; returns why it ended.
@@ -349,17 +350,16 @@ impl<'a> Session<'a> {
     /// Records how a statement ended (not waited for: the statement was audited before it ran).
     fn statement_done(&mut self, done: InFlight) {
         let rows: u64 = done.tags.iter().filter_map(|t| t.rsplit(' ').next()?.parse::<u64>().ok()).sum();
-        let ev = Event::new(EventKind::StatementDone)
-            .person(self.id.person.name.clone())
-            .client(self.id.client.clone())
-            .session(self.id.session)
-            .detail(serde_json::json!({
+        let ev = self.event(
+            EventKind::StatementDone,
+            serde_json::json!({
                 "sql": done.what,
                 "tags": done.tags,
                 "rows": rows,
-                "duration_ms": done.started.elapsed().as_secs_f64() * 1000.0,
+                "duration_us": done.started.elapsed().as_micros() as u64,
                 "error": done.error,
-            }));
+            }),
+        );
         self.shared.audit_nowait(ev);
     }
 
@@ -489,7 +489,28 @@ impl<'a> Session<'a> {
             "txn": (self.txn as char).to_string(),
             "break_glass": break_glass && d.action == Action::Approve,
         });
-        let audited = self.audit(EventKind::Statement, detail).await;
+        // Recorded before it takes effect. A statement whose effect could outlive a gate crash
+        // waits until its record is fsynced: anything outside a transaction block (it commits
+        // on its own), DDL and destruction, and the end of a transaction (COMMIT, PREPARE
+        // TRANSACTION, COMMIT PREPARED — whose record being durable makes every earlier record
+        // of the transaction durable: the log is written in order). Reads, and writes inside a
+        // block that only a later COMMIT can make last, are queued in order without waiting
+        // for the disk. When the spool is near its bound, everything waits (and is refused).
+        let ends_txn = d.statements.iter().any(|st| {
+            matches!(st.kind.as_str(), "COMMIT" | "END" | "PREPARE TRANSACTION" | "COMMIT PREPARED")
+        });
+        let spool = self.shared.audit.status();
+        let spool_ok = spool.failed.is_none() && spool.pending_bytes + (1 << 20) < spool.max_pending_bytes;
+        let must_wait = self.txn == b'I'
+            || d.class >= Class::Ddl
+            || ends_txn
+            || !spool_ok
+            || self.shared.on_audit_full() == crate::config::OnAuditFull::RefuseAll;
+        let audited = if must_wait || (d.class > Class::Read && self.txn == b'E') {
+            self.audit(EventKind::Statement, detail).await
+        } else {
+            self.shared.audit.submit_nowait(self.event(EventKind::Statement, detail))
+        };
         if let Err(e) = audited {
             // The spool is full or failing: never run unaudited writes.
             let refuse = match self.shared.on_audit_full() {

@@ -16,6 +16,14 @@ pub enum GateCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Sessions, pending requests, grants, the audit spool (backlog, last shipment, public key)
+    /// and webhook deliveries.
+    Status {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long)]
+        json: bool,
+    },
     /// Requests waiting for a decision, recent decisions and active grants.
     Pending {
         #[command(flatten)]
@@ -140,6 +148,33 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
             eprintln!("gate listening on {} (control API https://{})", handle.addr, handle.control_addr);
             vault::shutdown_signal().await;
             handle.stop().await;
+            Ok(0)
+        }
+        GateCommand::Status { who, json } => {
+            let v = who.call(reqwest::Method::GET, "/v1/status", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            let a = &v["audit"];
+            println!(
+                "sessions: {}   pending requests: {}   grants: {}",
+                v["active_sessions"],
+                v["pending"],
+                v["grants"].as_array().map(Vec::len).unwrap_or(0)
+            );
+            println!(
+                "audit: last seq {}, shipped to the vault up to {}, {} records ({} bytes) waiting{}",
+                a["last_seq"],
+                a["shipped_seq"],
+                a["pending_records"],
+                a["pending_bytes"],
+                a["last_ship_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            );
+            println!(
+                "audit signing key (for `holdfast audit verify --trust-key`): {}",
+                a["public_key"].as_str().unwrap_or("")
+            );
             Ok(0)
         }
         GateCommand::Pending { who, json } => {
