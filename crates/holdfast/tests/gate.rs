@@ -199,6 +199,12 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// ctrl-c for a child psql.
+fn unsafe_sigint(pid: u32) {
+    let ok = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
 fn finish(child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
@@ -302,6 +308,36 @@ fn row_guard_rolls_back_deletes_over_the_limit_and_extended_protocol_is_guarded(
     assert!(!out.status.success());
     assert!(text(&out).contains("more than 10 rows"), "{}", text(&out));
     assert_eq!(g.count("orders"), 95);
+
+    // COPY in both directions passes through.
+    let out = g.alice("COPY (SELECT id FROM orders ORDER BY id) TO STDOUT");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 95);
+    let mut copy_in = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "require"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", "COPY scratch FROM STDIN"])
+        .env("PGPASSWORD", "alice-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    copy_in.stdin.take().unwrap().write_all(b"101\n102\n103\n").unwrap();
+    let out = finish(copy_in);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 23);
+
+    // A held statement is withdrawn when the client cancels it (psql sends a CancelRequest on
+    // ctrl-c, which the gate maps to the session).
+    let held = g.spawn_alice("DROP TABLE scratch");
+    let id = g.pending_id();
+    unsafe_sigint(held.id());
+    let out = finish(held);
+    assert!(text(&out).contains("withdrawn"), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 23);
+    let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("\"{id}\"")));
 
     // libpq's extended protocol (pgbench -M prepared): reads run, a destructive statement is
     // held and times out, and the data stays.
