@@ -7,7 +7,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use pg_query::protobuf::{AExprKind, AlterTableType, BoolExprType, BoolTestType, CmdType, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind};
+use pg_query::protobuf::{
+    AExprKind, AlterTableType, BoolExprType, BoolTestType, CmdType, DiscardMode, ObjectType,
+    TransactionStmtKind, VariableSetKind,
+};
 use serde_json::{Map, Value};
 
 use crate::functions::{builtin_operator, classify_function, classify_setting};
@@ -45,7 +48,10 @@ pub(crate) struct StmtAnalysis {
 #[derive(Debug)]
 pub(crate) enum Effect {
     /// `PREPARE name AS …`: the analysis of the prepared statement.
-    Prepare { name: String, analysis: Arc<Analysis> },
+    Prepare {
+        name: String,
+        analysis: Arc<Analysis>,
+    },
     Deallocate(String),
     /// `DEALLOCATE ALL`, `DISCARD ALL`.
     DeallocateAll,
@@ -85,7 +91,9 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
                 pg_query::Error::Parse(m) => m,
                 other => other.to_string(),
             };
-            return Analysis::refused(format!("PostgreSQL's parser rejected the SQL: {msg}; nothing was run"));
+            return Analysis::refused(format!(
+                "PostgreSQL's parser rejected the SQL: {msg}; nothing was run"
+            ));
         }
     };
     let stmts = &parsed.protobuf.stmts;
@@ -100,7 +108,9 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
     for raw in stmts {
         let tree = match raw.stmt.as_ref().map(serde_json::to_value) {
             Some(Ok(v)) => v,
-            Some(Err(e)) => return Analysis::refused(format!("the guard could not read the parse tree ({e})")),
+            Some(Err(e)) => {
+                return Analysis::refused(format!("the guard could not read the parse tree ({e})"));
+            }
             None => return Analysis::refused("the parser returned an empty statement node".into()),
         };
         statements.push(analyze_statement(&tree, policy));
@@ -276,41 +286,141 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
     ("DropdbStmt", "DROP DATABASE", Class::Destructive, "drops a database"),
     ("DropRoleStmt", "DROP ROLE", Class::Destructive, "drops a role"),
     ("DropOwnedStmt", "DROP OWNED", Class::Destructive, "drops every object a role owns"),
-    ("ReassignOwnedStmt", "REASSIGN OWNED", Class::Destructive, "hands every object of a role to another role"),
+    (
+        "ReassignOwnedStmt",
+        "REASSIGN OWNED",
+        Class::Destructive,
+        "hands every object of a role to another role",
+    ),
     ("DropTableSpaceStmt", "DROP TABLESPACE", Class::Destructive, "drops a tablespace"),
     ("DropSubscriptionStmt", "DROP SUBSCRIPTION", Class::Destructive, "drops a subscription"),
     ("DropUserMappingStmt", "DROP USER MAPPING", Class::Destructive, "drops a user mapping"),
-    ("AlterSystemStmt", "ALTER SYSTEM", Class::Destructive, "ALTER SYSTEM rewrites the server's configuration"),
-    ("DoStmt", "DO", Class::Destructive, "a DO block runs procedural code (dynamic SQL the guard cannot see)"),
-    ("CreateFunctionStmt", "CREATE FUNCTION", Class::Destructive, "a function body can run any SQL (dynamic SQL the guard cannot see) whenever it is called"),
-    ("AlterFunctionStmt", "ALTER FUNCTION", Class::Destructive, "changes how a function runs (SECURITY DEFINER, settings)"),
-    ("CreateTrigStmt", "CREATE TRIGGER", Class::Destructive, "a trigger hides writes inside later statements"),
-    ("CreateEventTrigStmt", "CREATE EVENT TRIGGER", Class::Destructive, "an event trigger runs code on every DDL statement"),
+    (
+        "AlterSystemStmt",
+        "ALTER SYSTEM",
+        Class::Destructive,
+        "ALTER SYSTEM rewrites the server's configuration",
+    ),
+    (
+        "DoStmt",
+        "DO",
+        Class::Destructive,
+        "a DO block runs procedural code (dynamic SQL the guard cannot see)",
+    ),
+    (
+        "CreateFunctionStmt",
+        "CREATE FUNCTION",
+        Class::Destructive,
+        "a function body can run any SQL (dynamic SQL the guard cannot see) whenever it is called",
+    ),
+    (
+        "AlterFunctionStmt",
+        "ALTER FUNCTION",
+        Class::Destructive,
+        "changes how a function runs (SECURITY DEFINER, settings)",
+    ),
+    (
+        "CreateTrigStmt",
+        "CREATE TRIGGER",
+        Class::Destructive,
+        "a trigger hides writes inside later statements",
+    ),
+    (
+        "CreateEventTrigStmt",
+        "CREATE EVENT TRIGGER",
+        Class::Destructive,
+        "an event trigger runs code on every DDL statement",
+    ),
     ("AlterEventTrigStmt", "ALTER EVENT TRIGGER", Class::Destructive, "enables or disables an event trigger"),
-    ("RuleStmt", "CREATE RULE", Class::Destructive, "a rule rewrites later statements into others (hidden writes)"),
+    (
+        "RuleStmt",
+        "CREATE RULE",
+        Class::Destructive,
+        "a rule rewrites later statements into others (hidden writes)",
+    ),
     ("GrantRoleStmt", "GRANT ROLE", Class::Destructive, "changes role membership"),
-    ("AlterDefaultPrivilegesStmt", "ALTER DEFAULT PRIVILEGES", Class::Destructive, "changes the privileges of objects created later"),
-    ("AlterOwnerStmt", "ALTER OWNER", Class::Destructive, "hands an object to another role (who may then drop it)"),
-    ("AlterRoleStmt", "ALTER ROLE", Class::Destructive, "changes a role's attributes, password or membership"),
-    ("AlterRoleSetStmt", "ALTER ROLE SET", Class::Destructive, "changes settings of every later session of a role"),
-    ("AlterDatabaseStmt", "ALTER DATABASE", Class::Destructive, "changes a database's connection and template settings"),
-    ("AlterDatabaseSetStmt", "ALTER DATABASE SET", Class::Destructive, "changes settings of every later session in a database"),
+    (
+        "AlterDefaultPrivilegesStmt",
+        "ALTER DEFAULT PRIVILEGES",
+        Class::Destructive,
+        "changes the privileges of objects created later",
+    ),
+    (
+        "AlterOwnerStmt",
+        "ALTER OWNER",
+        Class::Destructive,
+        "hands an object to another role (who may then drop it)",
+    ),
+    (
+        "AlterRoleStmt",
+        "ALTER ROLE",
+        Class::Destructive,
+        "changes a role's attributes, password or membership",
+    ),
+    (
+        "AlterRoleSetStmt",
+        "ALTER ROLE SET",
+        Class::Destructive,
+        "changes settings of every later session of a role",
+    ),
+    (
+        "AlterDatabaseStmt",
+        "ALTER DATABASE",
+        Class::Destructive,
+        "changes a database's connection and template settings",
+    ),
+    (
+        "AlterDatabaseSetStmt",
+        "ALTER DATABASE SET",
+        Class::Destructive,
+        "changes settings of every later session in a database",
+    ),
     ("CreateExtensionStmt", "CREATE EXTENSION", Class::Destructive, "runs an extension's install script"),
     ("AlterExtensionStmt", "ALTER EXTENSION", Class::Destructive, "runs an extension's update script"),
-    ("AlterExtensionContentsStmt", "ALTER EXTENSION", Class::Destructive, "changes which objects an extension owns (dropped with it)"),
+    (
+        "AlterExtensionContentsStmt",
+        "ALTER EXTENSION",
+        Class::Destructive,
+        "changes which objects an extension owns (dropped with it)",
+    ),
     ("CreatePlangStmt", "CREATE LANGUAGE", Class::Destructive, "installs a procedural language"),
     ("CreateFdwStmt", "CREATE FOREIGN DATA WRAPPER", Class::Destructive, "installs a foreign-data handler"),
     ("AlterFdwStmt", "ALTER FOREIGN DATA WRAPPER", Class::Destructive, "changes a foreign-data handler"),
     ("CreateCastStmt", "CREATE CAST", Class::Destructive, "a cast runs a function implicitly"),
     ("CreateTransformStmt", "CREATE TRANSFORM", Class::Destructive, "a transform runs functions implicitly"),
     ("CreateAmStmt", "CREATE ACCESS METHOD", Class::Destructive, "installs an access-method handler"),
-    ("CreateOpClassStmt", "CREATE OPERATOR CLASS", Class::Destructive, "an operator class runs functions implicitly"),
-    ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY", Class::Destructive, "an operator family runs functions implicitly"),
+    (
+        "CreateOpClassStmt",
+        "CREATE OPERATOR CLASS",
+        Class::Destructive,
+        "an operator class runs functions implicitly",
+    ),
+    (
+        "CreateOpFamilyStmt",
+        "CREATE OPERATOR FAMILY",
+        Class::Destructive,
+        "an operator family runs functions implicitly",
+    ),
     ("AlterOpFamilyStmt", "ALTER OPERATOR FAMILY", Class::Destructive, "changes functions run implicitly"),
     ("AlterOperatorStmt", "ALTER OPERATOR", Class::Destructive, "changes functions an operator runs"),
-    ("CreateSubscriptionStmt", "CREATE SUBSCRIPTION", Class::Destructive, "a subscription writes another server's changes into tables"),
-    ("AlterSubscriptionStmt", "ALTER SUBSCRIPTION", Class::Destructive, "changes where replicated writes come from"),
-    ("AlterObjectDependsStmt", "ALTER DEPENDS ON EXTENSION", Class::Destructive, "makes an object disappear when an extension is dropped"),
+    (
+        "CreateSubscriptionStmt",
+        "CREATE SUBSCRIPTION",
+        Class::Destructive,
+        "a subscription writes another server's changes into tables",
+    ),
+    (
+        "AlterSubscriptionStmt",
+        "ALTER SUBSCRIPTION",
+        Class::Destructive,
+        "changes where replicated writes come from",
+    ),
+    (
+        "AlterObjectDependsStmt",
+        "ALTER DEPENDS ON EXTENSION",
+        Class::Destructive,
+        "makes an object disappear when an extension is dropped",
+    ),
     ("LoadStmt", "LOAD", Class::Destructive, "LOAD runs a shared library's code in the server"),
     ("CreateStmt", "CREATE TABLE", Class::Ddl, ""),
     ("IndexStmt", "CREATE INDEX", Class::Ddl, ""),
@@ -351,10 +461,20 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
     ("CreateUserMappingStmt", "CREATE USER MAPPING", Class::Ddl, ""),
     ("AlterUserMappingStmt", "ALTER USER MAPPING", Class::Ddl, ""),
     ("CreatedbStmt", "CREATE DATABASE", Class::Ddl, ""),
-    ("ClusterStmt", "CLUSTER", Class::Ddl, "CLUSTER rewrites the table under an exclusive lock (no rows are lost)"),
+    (
+        "ClusterStmt",
+        "CLUSTER",
+        Class::Ddl,
+        "CLUSTER rewrites the table under an exclusive lock (no rows are lost)",
+    ),
     ("ReindexStmt", "REINDEX", Class::Ddl, ""),
     ("RefreshMatViewStmt", "REFRESH MATERIALIZED VIEW", Class::Write, ""),
-    ("LockStmt", "LOCK", Class::Write, "LOCK blocks other sessions until the transaction ends (no data changes)"),
+    (
+        "LockStmt",
+        "LOCK",
+        Class::Write,
+        "LOCK blocks other sessions until the transaction ends (no data changes)",
+    ),
     ("NotifyStmt", "NOTIFY", Class::Write, ""),
     ("CheckPointStmt", "CHECKPOINT", Class::Write, ""),
     ("ListenStmt", "LISTEN", Class::Read, ""),
@@ -381,24 +501,109 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
 /// visited). Nodes that appear only in analysed trees (Query, Var, FuncExpr…) are deliberately
 /// absent: the raw parser never produces them, so meeting one means something is off.
 const INERT: &[&str] = &[
-    "Alias", "RangeVar", "IntoClause", "JoinExpr", "GroupingFunc", "MergeSupportFunc", "NamedArgExpr", "BoolExpr", "SubLink", "CaseExpr", "CaseWhen",
-    "CaseTestExpr", "ArrayExpr", "RowExpr", "RowCompareExpr", "CoalesceExpr", "MinMaxExpr",
-    "SqlvalueFunction", "XmlExpr", "JsonFormat", "JsonReturning", "JsonValueExpr", "JsonBehavior",
-    "JsonIsPredicate", "NullTest", "BooleanTest", "SetToDefault", "CurrentOfExpr", "TypeName",
-    "ColumnRef", "ParamRef", "TypeCast", "CollateClause", "RoleSpec", "AStar", "AIndices",
-    "AIndirection", "AArrayExpr", "ResTarget", "MultiAssignRef", "SortBy", "WindowDef",
-    "RangeSubselect", "RangeFunction", "RangeTableFunc", "RangeTableFuncCol", "RangeTableSample",
-    "ColumnDef", "TableLikeClause", "IndexElem", "DefElem", "LockingClause", "XmlSerialize",
-    "PartitionElem", "PartitionSpec", "PartitionBoundSpec", "PartitionRangeDatum", "PartitionCmd",
-    "GroupingSet", "WithClause", "InferClause", "OnConflictClause", "CtesearchClause",
-    "CtecycleClause", "CommonTableExpr", "MergeWhenClause", "ReturningOption", "ReturningClause",
-    "TriggerTransition", "JsonOutput", "JsonArgument", "JsonFuncExpr", "JsonTablePathSpec",
-    "JsonTable", "JsonTableColumn", "JsonKeyValue", "JsonParseExpr", "JsonScalarExpr",
-    "JsonSerializeExpr", "JsonObjectConstructor", "JsonArrayConstructor", "JsonArrayQueryConstructor",
-    "JsonAggConstructor", "JsonObjectAgg", "JsonArrayAgg", "Constraint", "ObjectWithArgs",
-    "AccessPriv", "FunctionParameter", "CreateOpClassItem", "StatsElem", "VacuumRelation",
-    "PublicationTable", "PublicationObjSpec", "AtalterConstraint", "Integer", "Float", "Boolean",
-    "String", "BitString", "List", "AConst", "AlterTableCmd",
+    "Alias",
+    "RangeVar",
+    "IntoClause",
+    "JoinExpr",
+    "GroupingFunc",
+    "MergeSupportFunc",
+    "NamedArgExpr",
+    "BoolExpr",
+    "SubLink",
+    "CaseExpr",
+    "CaseWhen",
+    "CaseTestExpr",
+    "ArrayExpr",
+    "RowExpr",
+    "RowCompareExpr",
+    "CoalesceExpr",
+    "MinMaxExpr",
+    "SqlvalueFunction",
+    "XmlExpr",
+    "JsonFormat",
+    "JsonReturning",
+    "JsonValueExpr",
+    "JsonBehavior",
+    "JsonIsPredicate",
+    "NullTest",
+    "BooleanTest",
+    "SetToDefault",
+    "CurrentOfExpr",
+    "TypeName",
+    "ColumnRef",
+    "ParamRef",
+    "TypeCast",
+    "CollateClause",
+    "RoleSpec",
+    "AStar",
+    "AIndices",
+    "AIndirection",
+    "AArrayExpr",
+    "ResTarget",
+    "MultiAssignRef",
+    "SortBy",
+    "WindowDef",
+    "RangeSubselect",
+    "RangeFunction",
+    "RangeTableFunc",
+    "RangeTableFuncCol",
+    "RangeTableSample",
+    "ColumnDef",
+    "TableLikeClause",
+    "IndexElem",
+    "DefElem",
+    "LockingClause",
+    "XmlSerialize",
+    "PartitionElem",
+    "PartitionSpec",
+    "PartitionBoundSpec",
+    "PartitionRangeDatum",
+    "PartitionCmd",
+    "GroupingSet",
+    "WithClause",
+    "InferClause",
+    "OnConflictClause",
+    "CtesearchClause",
+    "CtecycleClause",
+    "CommonTableExpr",
+    "MergeWhenClause",
+    "ReturningOption",
+    "ReturningClause",
+    "TriggerTransition",
+    "JsonOutput",
+    "JsonArgument",
+    "JsonFuncExpr",
+    "JsonTablePathSpec",
+    "JsonTable",
+    "JsonTableColumn",
+    "JsonKeyValue",
+    "JsonParseExpr",
+    "JsonScalarExpr",
+    "JsonSerializeExpr",
+    "JsonObjectConstructor",
+    "JsonArrayConstructor",
+    "JsonArrayQueryConstructor",
+    "JsonAggConstructor",
+    "JsonObjectAgg",
+    "JsonArrayAgg",
+    "Constraint",
+    "ObjectWithArgs",
+    "AccessPriv",
+    "FunctionParameter",
+    "CreateOpClassItem",
+    "StatsElem",
+    "VacuumRelation",
+    "PublicationTable",
+    "PublicationObjSpec",
+    "AtalterConstraint",
+    "Integer",
+    "Float",
+    "Boolean",
+    "String",
+    "BitString",
+    "List",
+    "AConst",
+    "AlterTableCmd",
 ];
 
 /// Every kind a statement can have, as policy keys (`drop_table`).
@@ -413,11 +618,35 @@ pub(crate) fn known_kinds() -> BTreeSet<String> {
         }
     }
     for k in [
-        "TRUNCATE", "CREATE TABLE AS", "CREATE MATERIALIZED VIEW", "SELECT INTO", "SET", "RESET",
-        "SET ROLE", "RESET ROLE", "SET SESSION AUTHORIZATION", "RESET SESSION AUTHORIZATION", "RESET ALL",
-        "SET TRANSACTION", "GRANT", "REVOKE", "REVOKE ROLE", "BEGIN", "START TRANSACTION", "COMMIT",
-        "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK TO SAVEPOINT", "PREPARE TRANSACTION",
-        "COMMIT PREPARED", "ROLLBACK PREPARED", "VACUUM", "ANALYZE", "CREATE ROLE", "DISCARD",
+        "TRUNCATE",
+        "CREATE TABLE AS",
+        "CREATE MATERIALIZED VIEW",
+        "SELECT INTO",
+        "SET",
+        "RESET",
+        "SET ROLE",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION",
+        "RESET SESSION AUTHORIZATION",
+        "RESET ALL",
+        "SET TRANSACTION",
+        "GRANT",
+        "REVOKE",
+        "REVOKE ROLE",
+        "BEGIN",
+        "START TRANSACTION",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK TO SAVEPOINT",
+        "PREPARE TRANSACTION",
+        "COMMIT PREPARED",
+        "ROLLBACK PREPARED",
+        "VACUUM",
+        "ANALYZE",
+        "CREATE ROLE",
+        "DISCARD",
     ] {
         kinds.insert(key(k));
     }
@@ -480,7 +709,11 @@ fn kind_of(name: &str, body: &Value) -> String {
         "VacuumStmt" => if bool_field(body, "is_vacuumcmd") { "VACUUM" } else { "ANALYZE" }.into(),
         "CreateRoleStmt" => "CREATE ROLE".into(),
         "DiscardStmt" => "DISCARD".into(),
-        _ => FIXED.iter().find(|(n, ..)| *n == name).map(|(_, k, ..)| (*k).to_string()).unwrap_or_else(|| name.to_string()),
+        _ => FIXED
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|(_, k, ..)| (*k).to_string())
+            .unwrap_or_else(|| name.to_string()),
     }
 }
 
@@ -560,7 +793,10 @@ impl Walker<'_> {
                 if !builtin_operator(&op) {
                     self.raise(
                         self.policy.unknown_functions.class(),
-                        format!("uses operator {}, which is not a built-in one (an operator runs a function)", op.join(".")),
+                        format!(
+                            "uses operator {}, which is not a built-in one (an operator runs a function)",
+                            op.join(".")
+                        ),
                     );
                 }
                 self.visit_body(body, &[], ctx);
@@ -581,14 +817,19 @@ impl Walker<'_> {
                 let kind = ObjectType::try_from(int_field(body, "kind"));
                 let harmless = matches!(
                     kind,
-                    Ok(ObjectType::ObjectCollation | ObjectType::ObjectTsconfiguration | ObjectType::ObjectTsdictionary)
+                    Ok(ObjectType::ObjectCollation
+                        | ObjectType::ObjectTsconfiguration
+                        | ObjectType::ObjectTsdictionary)
                 );
                 if harmless {
                     self.raise(Class::Ddl, String::new());
                 } else {
                     self.raise(
                         Class::Destructive,
-                        format!("CREATE {} defines functions that run implicitly", object_type(int_field(body, "kind"))),
+                        format!(
+                            "CREATE {} defines functions that run implicitly",
+                            object_type(int_field(body, "kind"))
+                        ),
                     );
                 }
             }
@@ -605,12 +846,20 @@ impl Walker<'_> {
             "GrantStmt" => {
                 self.raise(
                     Class::Destructive,
-                    format!("{} changes who may do what", if bool_field(body, "is_grant") { "GRANT" } else { "REVOKE" }),
+                    format!(
+                        "{} changes who may do what",
+                        if bool_field(body, "is_grant") { "GRANT" } else { "REVOKE" }
+                    ),
                 );
             }
             "TransactionStmt" => {
-                if TransactionStmtKind::try_from(int_field(body, "kind")) == Ok(TransactionStmtKind::TransStmtPrepare) {
-                    self.raise(Class::Write, "PREPARE TRANSACTION leaves a transaction holding its locks after the session".into());
+                if TransactionStmtKind::try_from(int_field(body, "kind"))
+                    == Ok(TransactionStmtKind::TransStmtPrepare)
+                {
+                    self.raise(
+                        Class::Write,
+                        "PREPARE TRANSACTION leaves a transaction holding its locks after the session".into(),
+                    );
                 }
             }
             "VacuumStmt" => {
@@ -619,7 +868,10 @@ impl Walker<'_> {
                     _ => false,
                 });
                 if full {
-                    self.raise(Class::Ddl, "VACUUM FULL rewrites tables under an exclusive lock (no rows are lost)".into());
+                    self.raise(
+                        Class::Ddl,
+                        "VACUUM FULL rewrites tables under an exclusive lock (no rows are lost)".into(),
+                    );
                 } else {
                     self.raise(Class::Write, String::new());
                 }
@@ -633,7 +885,14 @@ impl Walker<'_> {
                             let n = str_field(d, "defname");
                             let powerful = matches!(
                                 n,
-                                "superuser" | "createrole" | "isreplication" | "replication" | "bypassrls" | "addroleto" | "rolemembers" | "adminmembers"
+                                "superuser"
+                                    | "createrole"
+                                    | "isreplication"
+                                    | "replication"
+                                    | "bypassrls"
+                                    | "addroleto"
+                                    | "rolemembers"
+                                    | "adminmembers"
                             );
                             (powerful && !option_off(field(d, "arg"))).then(|| n.to_string())
                         }
@@ -645,16 +904,25 @@ impl Walker<'_> {
                 } else {
                     self.raise(
                         Class::Destructive,
-                        format!("CREATE ROLE {} with {}: a new identity with powers or memberships", str_field(body, "role"), grants.join(", ")),
+                        format!(
+                            "CREATE ROLE {} with {}: a new identity with powers or memberships",
+                            str_field(body, "role"),
+                            grants.join(", ")
+                        ),
                     );
                 }
             }
             "DiscardStmt" => match DiscardMode::try_from(int_field(body, "target")) {
                 Ok(DiscardMode::DiscardAll) => {
-                    self.raise(Class::Ddl, "DISCARD ALL resets the session's role, settings and prepared statements".into());
+                    self.raise(
+                        Class::Ddl,
+                        "DISCARD ALL resets the session's role, settings and prepared statements".into(),
+                    );
                     self.effects.push(Effect::DeallocateAll);
                 }
-                Ok(DiscardMode::DiscardTemp) => self.raise(Class::Write, "DISCARD TEMP drops this session's temporary tables".into()),
+                Ok(DiscardMode::DiscardTemp) => {
+                    self.raise(Class::Write, "DISCARD TEMP drops this session's temporary tables".into())
+                }
                 Ok(_) => {}
                 Err(_) => self.raise(Class::Destructive, "DISCARD of an unknown kind".into()),
             },
@@ -679,7 +947,11 @@ impl Walker<'_> {
     fn fixed(&mut self, name: &str, body: &Value, ctx: Ctx, look_inside: bool) {
         if let Some((_, kind, class, reason)) = FIXED.iter().find(|(n, ..)| *n == name) {
             if ctx.executed || *class == Class::Destructive {
-                let reason = if *class == Class::Destructive && reason.is_empty() { (*kind).to_string() } else { (*reason).to_string() };
+                let reason = if *class == Class::Destructive && reason.is_empty() {
+                    (*kind).to_string()
+                } else {
+                    (*reason).to_string()
+                };
                 self.raise(*class, reason);
             }
             if let Some(t) = body.get("relation").and_then(range_var) {
@@ -722,12 +994,22 @@ impl Walker<'_> {
                     format!("{verb} on {table} inside another statement (WITH, COPY or EXPLAIN ANALYZE): a hidden write whose row count cannot be checked"),
                 );
             } else {
-                let alias = body.get("relation").and_then(|r| r.get("alias")).and_then(|a| a.get("aliasname")).and_then(Value::as_str);
-                let targets: Vec<&str> = [Some(str_field(field(body, "relation"), "relname")), alias].into_iter().flatten().collect();
+                let alias = body
+                    .get("relation")
+                    .and_then(|r| r.get("alias"))
+                    .and_then(|a| a.get("aliasname"))
+                    .and_then(Value::as_str);
+                let targets: Vec<&str> = [Some(str_field(field(body, "relation"), "relname")), alias]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 match field(body, "where_clause") {
                     Value::Null => self.raise(Class::Destructive, format!("{verb} without WHERE on {table}")),
                     w => match all_rows(w, &targets) {
-                        Some(why) => self.raise(Class::Destructive, format!("{verb} on {table} with a WHERE clause that matches every row ({why})")),
+                        Some(why) => self.raise(
+                            Class::Destructive,
+                            format!("{verb} on {table} with a WHERE clause that matches every row ({why})"),
+                        ),
                         None => {
                             self.raise(Class::Write, String::new());
                             self.row_guard = Some(table);
@@ -755,7 +1037,10 @@ impl Walker<'_> {
             } else if changes {
                 let targets = [str_field(field(body, "relation"), "relname")];
                 match all_rows(field(body, "join_condition"), &targets) {
-                    Some(why) => self.raise(Class::Destructive, format!("MERGE on {table} whose ON condition matches every row ({why})")),
+                    Some(why) => self.raise(
+                        Class::Destructive,
+                        format!("MERGE on {table} whose ON condition matches every row ({why})"),
+                    ),
                     None => {
                         self.raise(Class::Write, String::new());
                         if ctx.top {
@@ -777,11 +1062,20 @@ impl Walker<'_> {
         }
         let file = str_field(body, "filename");
         if bool_field(body, "is_program") {
-            self.raise(Class::Destructive, format!("COPY … PROGRAM runs a shell command on the database server ({file})"));
+            self.raise(
+                Class::Destructive,
+                format!("COPY … PROGRAM runs a shell command on the database server ({file})"),
+            );
         } else if !file.is_empty() {
-            self.raise(Class::Destructive, format!("COPY reads or writes a file on the database server ({file})"));
+            self.raise(
+                Class::Destructive,
+                format!("COPY reads or writes a file on the database server ({file})"),
+            );
         } else if bool_field(body, "is_from") {
-            self.raise(Class::Write, format!("COPY FROM STDIN inserts rows into {}", table.unwrap_or_default()));
+            self.raise(
+                Class::Write,
+                format!("COPY FROM STDIN inserts rows into {}", table.unwrap_or_default()),
+            );
         }
         self.visit_body(body, &[], ctx);
     }
@@ -804,7 +1098,10 @@ impl Walker<'_> {
         let name = str_field(body, "name").to_string();
         let query = field(body, "query");
         let inner = analyze_statement(query, self.policy);
-        self.effects.push(Effect::Prepare { name, analysis: Arc::new(Analysis { error: None, statements: vec![inner] }) });
+        self.effects.push(Effect::Prepare {
+            name,
+            analysis: Arc::new(Analysis { error: None, statements: vec![inner] }),
+        });
     }
 
     fn func_call(&mut self, body: &Value, ctx: Ctx) {
@@ -833,7 +1130,8 @@ impl Walker<'_> {
         if setting == "search_path" {
             match args.get(1).and_then(const_string) {
                 Some(v) => {
-                    let schemas: Vec<String> = v.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+                    let schemas: Vec<String> =
+                        v.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
                     self.search_path(&schemas);
                 }
                 None => {
@@ -860,15 +1158,17 @@ impl Walker<'_> {
         let kind = VariableSetKind::try_from(int_field(body, "kind"));
         let setting = str_field(body, "name").to_lowercase();
         match kind {
-            Ok(VariableSetKind::VarResetAll) => {
-                self.raise(Class::Ddl, "RESET ALL resets every session setting (timeouts, search_path, …)".into())
-            }
+            Ok(VariableSetKind::VarResetAll) => self.raise(
+                Class::Ddl,
+                "RESET ALL resets every session setting (timeouts, search_path, …)".into(),
+            ),
             Ok(VariableSetKind::VarSetMulti) => {}
             Ok(_) => {
                 let (class, reason) = classify_setting(&setting);
                 self.raise(class, reason.unwrap_or_default());
                 if setting == "search_path" && kind == Ok(VariableSetKind::VarSetValue) {
-                    let schemas: Vec<String> = list(body, "args").iter().filter_map(const_string).map(str::to_string).collect();
+                    let schemas: Vec<String> =
+                        list(body, "args").iter().filter_map(const_string).map(str::to_string).collect();
                     self.search_path(&schemas);
                 }
             }
@@ -924,7 +1224,9 @@ fn option_off(arg: &Value) -> bool {
     match as_node(arg) {
         Some(("Boolean", b)) => !bool_field(b, "boolval"),
         Some(("Integer", b)) => int_field(b, "ival") == 0,
-        Some(("String", b)) => matches!(str_field(b, "sval").to_lowercase().as_str(), "false" | "off" | "0" | "no"),
+        Some(("String", b)) => {
+            matches!(str_field(b, "sval").to_lowercase().as_str(), "false" | "off" | "0" | "no")
+        }
         _ => false,
     }
 }
@@ -993,7 +1295,9 @@ fn all_rows(e: &Value, targets: &[&str]) -> Option<String> {
         ("BoolExpr", b) => {
             let args = list(b, "args");
             match BoolExprType::try_from(int_field(b, "boolop")) {
-                Ok(BoolExprType::OrExpr) => args.iter().find_map(|a| all_rows(a, targets)).map(|w| format!("one side of OR: {w}")),
+                Ok(BoolExprType::OrExpr) => {
+                    args.iter().find_map(|a| all_rows(a, targets)).map(|w| format!("one side of OR: {w}"))
+                }
                 Ok(BoolExprType::AndExpr) => {
                     let all: Option<Vec<String>> = args.iter().map(|a| all_rows(a, targets)).collect();
                     all.map(|w| w.join("; "))
@@ -1014,14 +1318,23 @@ fn all_rows(e: &Value, targets: &[&str]) -> Option<String> {
                     (a == c).then(|| "it compares a value with itself".to_string())
                 }
                 Ok(AExprKind::AexprLike | AExprKind::AexprIlike) if matches!(op, "~~" | "~~*") => {
-                    const_string(r).filter(|p| !p.is_empty() && p.chars().all(|ch| ch == '%')).map(|_| "LIKE '%' matches every value".to_string())
+                    const_string(r)
+                        .filter(|p| !p.is_empty() && p.chars().all(|ch| ch == '%'))
+                        .map(|_| "LIKE '%' matches every value".to_string())
                 }
                 _ => None,
             }
         }
         ("BooleanTest", b) => {
             // IS TRUE and IS NOT FALSE keep whatever the argument matches.
-            if matches!(BoolTestType::try_from(int_field(b, "booltesttype")), Ok(BoolTestType::IsTrue | BoolTestType::IsNotFalse)) { all_rows(field(b, "arg"), targets) } else { None }
+            if matches!(
+                BoolTestType::try_from(int_field(b, "booltesttype")),
+                Ok(BoolTestType::IsTrue | BoolTestType::IsNotFalse)
+            ) {
+                all_rows(field(b, "arg"), targets)
+            } else {
+                None
+            }
         }
         _ => None,
     }

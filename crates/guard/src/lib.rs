@@ -49,7 +49,9 @@ pub enum Action {
     /// One DELETE/UPDATE with a WHERE clause (and nothing else destructive in the string): the
     /// gate runs it under a savepoint and holds it for approval if it affected more than
     /// `max_rows` rows.
-    RowGuard { max_rows: u64 },
+    RowGuard {
+        max_rows: u64,
+    },
     /// Needs a second person's approval.
     Approve,
     /// Never runs (parse failure, oversized input, forbidden by policy) — fail closed.
@@ -93,7 +95,12 @@ pub struct Decision {
 
 impl Decision {
     fn refused(reason: String) -> Decision {
-        Decision { action: Action::Deny, class: Class::Destructive, statements: Vec::new(), reasons: vec![reason] }
+        Decision {
+            action: Action::Deny,
+            class: Class::Destructive,
+            statements: Vec::new(),
+            reasons: vec![reason],
+        }
     }
 
     /// The reasons as one line, for a NOTICE or an error message.
@@ -286,7 +293,9 @@ impl Guard {
     /// ("" = unnamed). The decision says what executing it would need; the gate enforces it at
     /// Execute ([`Guard::check_execute`]).
     pub fn check_parse(&self, session: &mut Session, name: &str, sql: &str) -> Decision {
-        if !session.statements.contains_key(name) && session.statements.len() >= self.policy.max_prepared_statements {
+        if !session.statements.contains_key(name)
+            && session.statements.len() >= self.policy.max_prepared_statements
+        {
             return Decision::refused(format!(
                 "this session already holds {} prepared statements (policy max_prepared_statements); close some first",
                 session.statements.len()
@@ -333,9 +342,7 @@ impl Guard {
     /// The analysis of `sql`, from the cache when the same text was seen recently.
     fn analysis(&self, sql: &str) -> Arc<Analysis> {
         let cacheable = sql.len() <= CACHE_MAX_TEXT;
-        if cacheable
-            && let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql)
-        {
+        if cacheable && let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
             return a;
         }
         let a = Arc::new(classify::analyze(sql, &self.policy));
@@ -355,7 +362,9 @@ impl Guard {
             for effect in &st.effects {
                 match effect {
                     Effect::Prepare { name, analysis } => {
-                        if !session.statements.contains_key(name) && session.statements.len() >= self.policy.max_prepared_statements {
+                        if !session.statements.contains_key(name)
+                            && session.statements.len() >= self.policy.max_prepared_statements
+                        {
                             let r = resolved.last_mut().expect("pushed above");
                             r.deny = Some(format!(
                                 "this session already holds {} prepared statements (policy max_prepared_statements)",
@@ -386,7 +395,12 @@ impl Guard {
     /// A statement's class against the session: prepared statements it executes, and a
     /// search_path that makes unqualified built-ins suspect.
     fn resolve(&self, st: &StmtAnalysis, session: &Session, depth: usize) -> Resolved {
-        let mut r = Resolved { class: st.class, reasons: st.reasons.clone(), row_guard: st.row_guard.clone(), deny: None };
+        let mut r = Resolved {
+            class: st.class,
+            reasons: st.reasons.clone(),
+            row_guard: st.row_guard.clone(),
+            deny: None,
+        };
         if session.search_path_tampered && st.unqualified_builtins {
             let c = self.policy.unknown_functions.class();
             if c > r.class {
@@ -403,11 +417,15 @@ impl Guard {
                 continue;
             }
             let Some((analyses, overflow)) = session.lookup(name) else {
-                r.deny = Some(format!("EXECUTE {name}: no prepared statement of that name is known to the gate (fail closed)"));
+                r.deny = Some(format!(
+                    "EXECUTE {name}: no prepared statement of that name is known to the gate (fail closed)"
+                ));
                 continue;
             };
             if overflow {
-                r.deny = Some(format!("prepared statement {name:?} was re-prepared too often without the server confirming"));
+                r.deny = Some(format!(
+                    "prepared statement {name:?} was re-prepared too often without the server confirming"
+                ));
                 continue;
             }
             for a in analyses {
@@ -449,7 +467,8 @@ impl Guard {
                 && Rule::from(*k) > rule
             {
                 rule = (*k).into();
-                reasons_here.push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
+                reasons_here
+                    .push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
             }
             let a = match (&r.deny, rule, &r.row_guard) {
                 (Some(why), _, _) => {
@@ -467,15 +486,25 @@ impl Guard {
             class = class.max(r.class);
             if a.rank() > action.rank() {
                 action = a.clone();
-            } else if let (Action::RowGuard { max_rows: m }, Action::RowGuard { max_rows: n }) = (&mut action, &a) {
+            } else if let (Action::RowGuard { max_rows: m }, Action::RowGuard { max_rows: n }) =
+                (&mut action, &a)
+            {
                 *m = (*m).min(*n);
             }
             reasons.extend(reasons_here.iter().cloned());
-            out.push(StatementInfo { kind: st.kind.clone(), class: r.class, action: a, reasons: reasons_here, objects: st.objects.clone() });
+            out.push(StatementInfo {
+                kind: st.kind.clone(),
+                class: r.class,
+                action: a,
+                reasons: reasons_here,
+                objects: st.objects.clone(),
+            });
         }
         if guarded > 1 && action.rank() <= Action::Approve.rank() {
             action = Action::Approve;
-            reasons.push(format!("{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"));
+            reasons.push(format!(
+                "{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"
+            ));
         }
         Decision { action, class, statements: out, reasons }
     }

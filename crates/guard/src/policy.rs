@@ -70,12 +70,7 @@ pub struct ClassRules {
 
 impl Default for ClassRules {
     fn default() -> Self {
-        ClassRules {
-            read: Rule::Allow,
-            write: Rule::Allow,
-            ddl: Rule::Allow,
-            destructive: Rule::Approve,
-        }
+        ClassRules { read: Rule::Allow, write: Rule::Allow, ddl: Rule::Allow, destructive: Rule::Approve }
     }
 }
 
@@ -188,7 +183,10 @@ impl Policy {
                 let hint = if near.is_empty() {
                     String::new()
                 } else {
-                    format!(" (did you mean one of: {})", near.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                    format!(
+                        " (did you mean one of: {})",
+                        near.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    )
                 };
                 return Err(PolicyError::Invalid(format!(
                     "kinds.{kind}: no statement has this kind{hint}; kinds are snake case, e.g. \
@@ -196,7 +194,9 @@ impl Policy {
                 )));
             }
         }
-        for (field, list) in [("dangerous_functions", &self.dangerous_functions), ("safe_functions", &self.safe_functions)] {
+        for (field, list) in
+            [("dangerous_functions", &self.dangerous_functions), ("safe_functions", &self.safe_functions)]
+        {
             for f in list {
                 let parts: Vec<&str> = f.split('.').collect();
                 if f.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {

@@ -19,7 +19,10 @@ fn check(guard: &Guard, session: &mut Session, sql: &str, class: Class, v: V) ->
     if d.class == Class::Destructive && matches!(d.action, Action::Allow | Action::RowGuard { .. }) {
         bad.push("DESTRUCTIVE LET THROUGH".into());
     }
-    if d.statements.iter().any(|s| s.class == Class::Destructive && matches!(s.action, Action::Allow | Action::RowGuard { .. })) {
+    if d.statements
+        .iter()
+        .any(|s| s.class == Class::Destructive && matches!(s.action, Action::Allow | Action::RowGuard { .. }))
+    {
         bad.push("a destructive statement was let through".into());
     }
     if d.class > Class::Write && d.reasons.is_empty() && d.class == Class::Destructive {
@@ -32,9 +35,17 @@ fn check(guard: &Guard, session: &mut Session, sql: &str, class: Class, v: V) ->
 fn bypass_table() {
     assert!(CASES.len() >= 200, "the suite holds {} cases", CASES.len());
     let guard = Guard::new(Policy::default());
-    let failures: Vec<String> =
-        CASES.iter().filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v)).collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    let failures: Vec<String> = CASES
+        .iter()
+        .filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -42,8 +53,10 @@ fn the_cache_gives_the_same_verdicts() {
     // Second round hits the parse cache; verdicts must not change.
     let guard = Guard::new(Policy::default());
     for _ in 0..2 {
-        let failures: Vec<String> =
-            CASES.iter().filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v)).collect();
+        let failures: Vec<String> = CASES
+            .iter()
+            .filter_map(|(sql, class, v)| check(&guard, &mut Session::default(), sql, *class, *v))
+            .collect();
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
@@ -143,7 +156,11 @@ fn deallocate_then_reuse_of_a_name() {
     assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Deny, "deallocated: unknown");
     guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
     s.synced(true);
-    assert_eq!(guard.check_query(&mut s, "EXECUTE p").class, Class::Destructive, "the new meaning of p counts");
+    assert_eq!(
+        guard.check_query(&mut s, "EXECUTE p").class,
+        Class::Destructive,
+        "the new meaning of p counts"
+    );
     // PREPARE takes only SELECT/INSERT/UPDATE/DELETE/MERGE/VALUES: anything else is a syntax error,
     // denied, and binds nothing.
     assert_eq!(guard.check_query(&mut s, "PREPARE t AS TRUNCATE orders").action, Action::Deny);
@@ -287,7 +304,11 @@ fn prepared_statements_per_session_are_bounded() {
     }
     assert_eq!(guard.check_parse(&mut s, "s3", "SELECT 1").action, Action::Deny);
     assert_eq!(guard.check_query(&mut s, "PREPARE p AS SELECT 1").action, Action::Deny);
-    assert_eq!(guard.check_parse(&mut s, "s0", "SELECT 2").action, Action::Allow, "re-binding a held name is fine");
+    assert_eq!(
+        guard.check_parse(&mut s, "s0", "SELECT 2").action,
+        Action::Allow,
+        "re-binding a held name is fine"
+    );
     assert!(s.prepared_count() <= 3);
 }
 

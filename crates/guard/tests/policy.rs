@@ -66,18 +66,33 @@ fn the_example_policy_changes_verdicts() {
     assert_eq!(check("DROP DATABASE shop").action, Action::Deny);
     assert_eq!(check("DROP TABLE orders").action, Action::Approve);
     assert_eq!(check("LOAD 'x'").action, Action::Deny);
-    assert_eq!(check("DELETE FROM public.stored_value_cards WHERE id = 1").action, Action::RowGuard { max_rows: 10 });
+    assert_eq!(
+        check("DELETE FROM public.stored_value_cards WHERE id = 1").action,
+        Action::RowGuard { max_rows: 10 }
+    );
     assert_eq!(check("DELETE FROM orders WHERE id = 1").action, Action::RowGuard { max_rows: 100 });
     assert_eq!(check("DELETE FROM app.orders WHERE id = 1").action, Action::RowGuard { max_rows: 100 });
     assert_eq!(check("DELETE FROM customers WHERE id = 1").action, Action::RowGuard { max_rows: 1000 });
     // The strictest limit wins when a statement holds several guarded tables.
     assert_eq!(check("SELECT purge_tenant(7)").action, Action::Approve);
     assert_eq!(check("SELECT PURGE_TENANT(7)").action, Action::Approve);
-    assert_eq!(check("SELECT x.purge_tenant(7)").action, Action::Approve, "unqualified entries match any schema");
+    assert_eq!(
+        check("SELECT x.purge_tenant(7)").action,
+        Action::Approve,
+        "unqualified entries match any schema"
+    );
     assert_eq!(check("SELECT billing.reset_balances()").action, Action::Approve);
-    assert_eq!(check("SELECT other.reset_balances()").class, Class::Write, "a qualified entry names one schema");
+    assert_eq!(
+        check("SELECT other.reset_balances()").class,
+        Class::Write,
+        "a qualified entry names one schema"
+    );
     assert_eq!(check("SELECT public.order_total(1)").class, Class::Read);
-    assert_eq!(check("SELECT order_total(1)").class, Class::Write, "the safe entry is public.order_total only");
+    assert_eq!(
+        check("SELECT order_total(1)").class,
+        Class::Write,
+        "the safe entry is public.order_total only"
+    );
 }
 
 #[test]
@@ -91,10 +106,17 @@ fn unknown_functions_can_be_destructive() {
 
 #[test]
 fn classes_can_be_tightened() {
-    let guard = Guard::new(Policy::from_toml("[classes]\nddl = \"approve\"\nwrite = \"approve\"\ndestructive = \"deny\"").unwrap());
+    let guard = Guard::new(
+        Policy::from_toml("[classes]\nddl = \"approve\"\nwrite = \"approve\"\ndestructive = \"deny\"")
+            .unwrap(),
+    );
     let mut s = Session::default();
     assert_eq!(guard.check_query(&mut s, "CREATE TABLE t (id int)").action, Action::Approve);
-    assert_eq!(guard.check_query(&mut s, "DELETE FROM t WHERE id = 1").action, Action::Approve, "write = approve overrides the row guard");
+    assert_eq!(
+        guard.check_query(&mut s, "DELETE FROM t WHERE id = 1").action,
+        Action::Approve,
+        "write = approve overrides the row guard"
+    );
     assert_eq!(guard.check_query(&mut s, "TRUNCATE t").action, Action::Deny);
     assert_eq!(guard.check_query(&mut s, "SELECT 1").action, Action::Allow);
 }

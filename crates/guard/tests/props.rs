@@ -17,7 +17,8 @@ fn well_formed(sql: &str, d: &Decision) -> Result<(), TestCaseError> {
     let ctx = || format!("{sql:?} → {d:?}");
     if d.statements.is_empty() {
         prop_assert!(
-            d.action == Action::Allow && d.class == Class::Read || d.action == Action::Deny && !d.reasons.is_empty(),
+            d.action == Action::Allow && d.class == Class::Read
+                || d.action == Action::Deny && !d.reasons.is_empty(),
             "no statements: either nothing to run or a refusal with a reason: {}",
             ctx()
         );
@@ -26,7 +27,11 @@ fn well_formed(sql: &str, d: &Decision) -> Result<(), TestCaseError> {
         prop_assert_eq!(d.class, max, "class is the highest over statements: {}", ctx());
     }
     if d.class == Class::Destructive {
-        prop_assert!(matches!(d.action, Action::Approve | Action::Deny), "destructive let through: {}", ctx());
+        prop_assert!(
+            matches!(d.action, Action::Approve | Action::Deny),
+            "destructive let through: {}",
+            ctx()
+        );
         prop_assert!(!d.reasons.is_empty(), "destructive without a reason: {}", ctx());
     }
     if let Action::RowGuard { max_rows } = d.action {
@@ -36,7 +41,11 @@ fn well_formed(sql: &str, d: &Decision) -> Result<(), TestCaseError> {
     for s in &d.statements {
         prop_assert!(!s.kind.is_empty());
         if s.class == Class::Destructive {
-            prop_assert!(matches!(s.action, Action::Approve | Action::Deny), "statement let through: {}", ctx());
+            prop_assert!(
+                matches!(s.action, Action::Approve | Action::Deny),
+                "statement let through: {}",
+                ctx()
+            );
         }
     }
     prop_assert!(serde_json::to_string(d).is_ok());

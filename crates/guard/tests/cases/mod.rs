@@ -30,7 +30,11 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT 1", Read, Allow),
     ("select * from orders where merchant_id = 42", Read, Allow),
     ("SELECT count(*), max(created_at) FROM orders GROUP BY merchant_id HAVING count(*) > 1", Read, Allow),
-    ("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY 1 LIMIT 10", Read, Allow),
+    (
+        "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY 1 LIMIT 10",
+        Read,
+        Allow,
+    ),
     ("SELECT lower(name), upper(name), length(name), now() FROM customers", Read, Allow),
     ("SELECT pg_catalog.lower('X')", Read, Allow),
     ("SELECT * FROM generate_series(1, 10) g", Read, Allow),
@@ -43,10 +47,18 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT jsonb_build_object('a', 1) -> 'a', '{1,2}'::int[] @> ARRAY[1]", Read, Allow),
     ("SELECT x FROM t WHERE name LIKE 'a%' AND id BETWEEN 1 AND 5 AND tag IN ('a', 'b')", Read, Allow),
     ("SELECT * FROM orders WHERE id IN (SELECT order_id FROM order_items WHERE qty > 3)", Read, Allow),
-    ("WITH recent AS (SELECT * FROM orders WHERE created_at > now() - interval '1 day') SELECT count(*) FROM recent", Read, Allow),
+    (
+        "WITH recent AS (SELECT * FROM orders WHERE created_at > now() - interval '1 day') SELECT count(*) FROM recent",
+        Read,
+        Allow,
+    ),
     ("SELECT row_number() OVER (PARTITION BY merchant_id ORDER BY id) FROM orders", Read, Allow),
     ("INSERT INTO orders (merchant_id, total) VALUES (1, 100)", Write, Allow),
-    ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)", Write, Allow),
+    (
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+        Write,
+        Allow,
+    ),
     ("INSERT INTO archive SELECT * FROM orders WHERE created_at < '2020-01-01'", Write, Allow),
     ("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1", Write, Allow),
     ("INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING RETURNING id", Write, Allow),
@@ -66,8 +78,16 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("DELETE FROM t WHERE id = id AND merchant_id = 3", Write, Rows), // the AND keeps it bounded
     ("DELETE FROM t WHERE CURRENT OF c", Write, Rows),
     ("DELETE FROM orders WHERE id = 7 RETURNING *", Write, Rows),
-    ("WITH old AS (SELECT id FROM orders WHERE created_at < '2020-01-01') DELETE FROM orders WHERE id IN (SELECT id FROM old)", Write, Rows),
-    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)", Write, Rows),
+    (
+        "WITH old AS (SELECT id FROM orders WHERE created_at < '2020-01-01') DELETE FROM orders WHERE id IN (SELECT id FROM old)",
+        Write,
+        Rows,
+    ),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)",
+        Write,
+        Rows,
+    ),
     ("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)", Write, Allow), // inserts only
     // ---- DELETE / UPDATE that hit every row
     ("DELETE FROM orders", Destr, Approve),
@@ -273,7 +293,11 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Destr, Approve),
     ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d", Destr, Approve), // count invisible
     ("WITH u AS (UPDATE cards SET balance = 0 RETURNING 1) SELECT count(*) FROM u", Destr, Approve),
-    ("WITH a AS (SELECT 1), b AS (WITH c AS (DELETE FROM t RETURNING 1) SELECT * FROM c) SELECT * FROM b", Destr, Approve),
+    (
+        "WITH a AS (SELECT 1), b AS (WITH c AS (DELETE FROM t RETURNING 1) SELECT * FROM c) SELECT * FROM b",
+        Destr,
+        Approve,
+    ),
     ("WITH i AS (INSERT INTO log VALUES (1) RETURNING id) SELECT * FROM i", Write, Allow),
     ("WITH d AS (DELETE FROM orders RETURNING *) INSERT INTO archive SELECT * FROM d", Destr, Approve),
     ("SELECT * FROM (SELECT 1) s, LATERAL (SELECT pg_terminate_backend(1)) k", Destr, Approve),
@@ -300,7 +324,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SET SESSION AUTHORIZATION DEFAULT", Destr, Approve),
     ("RESET SESSION AUTHORIZATION", Destr, Approve),
     ("SET session_replication_role = replica", Destr, Approve), // triggers and FK checks off
-    ("SET log_statement = 'none'", Destr, Approve), // the database's own witness
+    ("SET log_statement = 'none'", Destr, Approve),             // the database's own witness
     ("SET zero_damaged_pages = on", Destr, Approve),
     ("SET search_path = evil, pg_catalog", Ddl, Allow),
     ("SET search_path TO reporting", Ddl, Allow),
@@ -382,4 +406,3 @@ pub const CASES: &[(&str, Class, V)] = &[
     (";", Read, Allow),
     ("-- only a comment", Read, Allow),
 ];
-
