@@ -29,6 +29,8 @@ pub(crate) struct Analysis {
 #[derive(Debug)]
 pub(crate) struct StmtAnalysis {
     pub kind: String,
+    /// The statement's own text, cut from the message at the parser's offsets.
+    pub text: String,
     pub class: Class,
     pub reasons: Vec<String>,
     pub objects: Vec<String>,
@@ -113,7 +115,14 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
             }
             None => return Analysis::refused("the parser returned an empty statement node".into()),
         };
-        statements.push(analyze_statement(&tree, policy));
+        let mut st = analyze_statement(&tree, policy);
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(n) => start.saturating_add(n).min(sql.len()),
+        };
+        st.text = sql.get(start..end).unwrap_or("").trim().to_string();
+        statements.push(st);
     }
     Analysis { error: None, statements }
 }
@@ -149,6 +158,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
     dedup(&mut w.objects);
     StmtAnalysis {
         kind,
+        text: String::new(),
         class: w.class,
         reasons: w.reasons,
         objects: w.objects,
@@ -931,6 +941,14 @@ impl Walker<'_> {
             "DoStmt" | "CreateFunctionStmt" | "RuleStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" => {
                 self.fixed(name, body, ctx, false);
             }
+            "RenameStmt"
+                if ObjectType::try_from(int_field(body, "rename_type")) == Ok(ObjectType::ObjectRole) =>
+            {
+                self.raise(
+                    Class::Destructive,
+                    format!("ALTER ROLE {} RENAME: changes a role's identity", str_field(body, "subname")),
+                );
+            }
             "CreateSchemaStmt" | "ViewStmt" | "CreateStmt" | "IndexStmt" => self.fixed(name, body, ctx, true),
             _ if FIXED.iter().any(|(n, ..)| *n == name) => self.fixed(name, body, ctx, true),
             _ if INERT.contains(&name) => self.visit_body(body, &[], ctx),
@@ -1130,8 +1148,18 @@ impl Walker<'_> {
         if setting == "search_path" {
             match args.get(1).and_then(const_string) {
                 Some(v) => {
-                    let schemas: Vec<String> =
-                        v.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+                    // PostgreSQL folds unquoted names in the list to lower case.
+                    let schemas: Vec<String> = v
+                        .split(',')
+                        .map(str::trim)
+                        .map(|s| {
+                            if s.starts_with('"') {
+                                s.trim_matches('"').to_string()
+                            } else {
+                                s.to_lowercase()
+                            }
+                        })
+                        .collect();
                     self.search_path(&schemas);
                 }
                 None => {

@@ -74,6 +74,9 @@ impl Action {
 pub struct StatementInfo {
     /// `SELECT`, `DELETE`, `DROP TABLE`, `SET ROLE`… (the policy key is this in snake case).
     pub kind: String,
+    /// The statement's own text within the message (trimmed), e.g. to run one statement of a
+    /// multi-statement Query under a savepoint.
+    pub text: String,
     pub class: Class,
     pub action: Action,
     /// Why the statement is more than a read, for people.
@@ -494,6 +497,7 @@ impl Guard {
             reasons.extend(reasons_here.iter().cloned());
             out.push(StatementInfo {
                 kind: st.kind.clone(),
+                text: st.text.clone(),
                 class: r.class,
                 action: a,
                 reasons: reasons_here,

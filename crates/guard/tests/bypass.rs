@@ -290,6 +290,15 @@ fn search_path_tampering_is_remembered_by_the_session() {
     guard.check_query(&mut s, "SELECT set_config('search_path', 'evil,pg_catalog', false)");
     assert!(s.search_path_tampered());
     let mut s = Session::default();
+    guard.check_query(&mut s, "SELECT set_config('search_path', 'evil, PG_CATALOG', false)");
+    assert!(s.search_path_tampered(), "unquoted names are folded to lower case");
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SELECT set_config('search_path', 'evil, \"PG_CATALOG\"', false)");
+    assert!(!s.search_path_tampered(), "a quoted \"PG_CATALOG\" is another schema");
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SET search_path = 'evil, pg_catalog'");
+    assert!(!s.search_path_tampered(), "one quoted string is one (odd) schema name");
+    let mut s = Session::default();
     guard.check_parse(&mut s, "", "SET search_path = evil, pg_catalog");
     assert!(s.search_path_tampered(), "tightened at Parse already");
 }
@@ -324,4 +333,15 @@ fn decisions_serialise_for_the_audit_log() {
     assert_eq!(v["statements"][0]["action"]["max_rows"], 1000);
     assert_eq!(v["statements"][1]["objects"][0], "t");
     assert!(d.summary().contains("DROP TABLE t"), "{}", d.summary());
+    // Each statement's own text, to run one of them under a savepoint.
+    assert_eq!(d.statements[0].text, "DELETE FROM orders WHERE id = 1");
+    assert_eq!(d.statements[1].text, "DROP TABLE t");
+    let d = guard
+        .check_query(&mut Session::default(), "  SELECT 'é'  ;\n -- x\n UPDATE t SET a = 'ü' WHERE id = 2;");
+    assert_eq!(d.statements[0].text, "SELECT 'é'");
+    assert!(
+        d.statements[1].text.ends_with("UPDATE t SET a = 'ü' WHERE id = 2"),
+        "{:?}",
+        d.statements[1].text
+    );
 }
