@@ -94,6 +94,10 @@ pub struct Decision {
     pub statements: Vec<StatementInfo>,
     /// Human-readable, e.g. "DELETE without WHERE on public.orders".
     pub reasons: Vec<String>,
+    /// Prepared-statement changes (PREPARE/DEALLOCATE/DISCARD ALL) of a message held for
+    /// approval: applied by [`Session::apply`] when the gate sends it on.
+    #[serde(skip)]
+    pending: Option<Arc<Overlay>>,
 }
 
 impl Decision {
@@ -103,6 +107,7 @@ impl Decision {
             class: Class::Destructive,
             statements: Vec::new(),
             reasons: vec![reason],
+            pending: None,
         }
     }
 
@@ -247,6 +252,78 @@ impl Session {
     }
 }
 
+/// Prepared-statement changes made by one message, in effect for the statements after them in
+/// the same message (PostgreSQL runs a message's statements in order and stops at the first
+/// error, so within a message this view is exact).
+#[derive(Debug, Default)]
+struct Overlay {
+    /// `Some` = (re)prepared, `None` = deallocated.
+    names: HashMap<String, Option<Arc<Analysis>>>,
+    /// DEALLOCATE ALL or DISCARD ALL came before every entry of `names`.
+    cleared: bool,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && !self.cleared
+    }
+}
+
+/// The session as the statements of one message see it.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    session: &'a Session,
+    overlay: Option<&'a Overlay>,
+}
+
+impl View<'_> {
+    fn lookup(&self, name: &str) -> Option<(Vec<Arc<Analysis>>, bool)> {
+        if let Some(o) = self.overlay {
+            match o.names.get(name) {
+                Some(Some(a)) => return Some((vec![a.clone()], false)),
+                Some(None) => return None,
+                None if o.cleared => return None,
+                None => {}
+            }
+        }
+        self.session.lookup(name)
+    }
+}
+
+impl Session {
+    /// The gate sends on a message that was held for approval (`Action::Approve`): its
+    /// PREPARE/DEALLOCATE/DISCARD ALL now take effect in the guard's view too. A message that is
+    /// never sent changes no binding.
+    pub fn apply(&mut self, decision: &Decision) {
+        if let Some(o) = &decision.pending {
+            self.commit(o);
+        }
+    }
+
+    fn commit(&mut self, o: &Overlay) {
+        if o.cleared {
+            self.close_all();
+        }
+        for (name, a) in &o.names {
+            match a {
+                Some(a) => self.bind(name, a.clone()),
+                None => self.close_statement(name),
+            }
+        }
+    }
+
+    /// A Parse of text that would prepare statements when executed: the new bindings become
+    /// possible ones, never replacing what the server may hold.
+    fn add_candidates(&mut self, o: &Overlay) {
+        for (name, a) in &o.names {
+            if let Some(a) = a {
+                let b = self.statements.entry(name.clone()).or_default();
+                push_stale(b, a.clone());
+            }
+        }
+    }
+}
+
 fn push_stale(b: &mut Binding, a: Arc<Analysis>) {
     if b.stale.iter().any(|s| Arc::ptr_eq(s, &a)) {
         return;
@@ -322,8 +399,10 @@ impl Guard {
                 "prepared statement {statement:?} was re-prepared too often without the server confirming; Sync and Parse it again"
             )),
             Some((analyses, false)) => {
-                let mut decisions: Vec<Decision> =
-                    analyses.iter().map(|a| self.decide_readonly(a, session, 0)).collect();
+                let mut decisions: Vec<Decision> = analyses
+                    .iter()
+                    .map(|a| self.decide_readonly(a, View { session, overlay: None }, 0))
+                    .collect();
                 let strictest = decisions
                     .iter()
                     .enumerate()
@@ -359,45 +438,62 @@ impl Guard {
         if let Some(e) = &analysis.error {
             return Decision::refused(e.clone());
         }
+        let mut overlay = Overlay::default();
         let mut resolved = Vec::with_capacity(analysis.statements.len());
         for st in &analysis.statements {
-            resolved.push(self.resolve(st, session, 0));
+            resolved.push(self.resolve(st, View { session, overlay: Some(&overlay) }, 0));
             for effect in &st.effects {
                 match effect {
                     Effect::Prepare { name, analysis } => {
+                        let held = session.statements.len() + overlay.names.len();
                         if !session.statements.contains_key(name)
-                            && session.statements.len() >= self.policy.max_prepared_statements
+                            && !overlay.names.contains_key(name)
+                            && held >= self.policy.max_prepared_statements
                         {
                             let r = resolved.last_mut().expect("pushed above");
                             r.deny = Some(format!(
-                                "this session already holds {} prepared statements (policy max_prepared_statements)",
-                                session.statements.len()
+                                "this session already holds {held} prepared statements (policy max_prepared_statements)"
                             ));
                         } else {
-                            session.bind(name, analysis.clone());
+                            overlay.names.insert(name.clone(), Some(analysis.clone()));
                         }
                     }
-                    Effect::Deallocate(name) if apply == Apply::All => session.close_statement(name),
-                    Effect::DeallocateAll if apply == Apply::All => session.close_all(),
+                    Effect::Deallocate(name) => {
+                        overlay.names.insert(name.clone(), None);
+                    }
+                    Effect::DeallocateAll => {
+                        overlay.names.clear();
+                        overlay.cleared = true;
+                    }
+                    // Only ever makes the guard stricter: applied even if the message never runs.
                     Effect::SearchPathTampered => session.search_path_tampered = true,
-                    Effect::Deallocate(_) | Effect::DeallocateAll => {}
                 }
             }
         }
-        self.assemble(&analysis.statements, resolved)
+        let mut d = self.assemble(&analysis.statements, resolved);
+        if !overlay.is_empty() {
+            match (apply, &d.action) {
+                (Apply::All, Action::Allow | Action::RowGuard { .. }) => session.commit(&overlay),
+                (Apply::All, Action::Approve) => d.pending = Some(Arc::new(overlay)),
+                (Apply::All, Action::Deny) => {}
+                (Apply::TightenOnly, _) => session.add_candidates(&overlay),
+            }
+        }
+        d
     }
 
-    fn decide_readonly(&self, analysis: &Analysis, session: &Session, depth: usize) -> Decision {
+    fn decide_readonly(&self, analysis: &Analysis, view: View<'_>, depth: usize) -> Decision {
         if let Some(e) = &analysis.error {
             return Decision::refused(e.clone());
         }
-        let resolved = analysis.statements.iter().map(|st| self.resolve(st, session, depth)).collect();
+        let resolved = analysis.statements.iter().map(|st| self.resolve(st, view, depth)).collect();
         self.assemble(&analysis.statements, resolved)
     }
 
     /// A statement's class against the session: prepared statements it executes, and a
     /// search_path that makes unqualified built-ins suspect.
-    fn resolve(&self, st: &StmtAnalysis, session: &Session, depth: usize) -> Resolved {
+    fn resolve(&self, st: &StmtAnalysis, view: View<'_>, depth: usize) -> Resolved {
+        let session = view.session;
         let mut r = Resolved {
             class: st.class,
             reasons: st.reasons.clone(),
@@ -419,7 +515,7 @@ impl Guard {
                 r.deny = Some("prepared statements execute each other too deeply".into());
                 continue;
             }
-            let Some((analyses, overflow)) = session.lookup(name) else {
+            let Some((analyses, overflow)) = view.lookup(name) else {
                 r.deny = Some(format!(
                     "EXECUTE {name}: no prepared statement of that name is known to the gate (fail closed)"
                 ));
@@ -432,7 +528,7 @@ impl Guard {
                 continue;
             }
             for a in analyses {
-                let d = self.decide_readonly(&a, session, depth + 1);
+                let d = self.decide_readonly(&a, view, depth + 1);
                 if d.action == Action::Deny {
                     r.deny = Some(format!("EXECUTE {name}: {}", d.summary()));
                 }
@@ -510,6 +606,6 @@ impl Guard {
                 "{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"
             ));
         }
-        Decision { action, class, statements: out, reasons }
+        Decision { action, class, statements: out, reasons, pending: None }
     }
 }

@@ -202,6 +202,62 @@ fn a_reprepared_name_stays_suspect_until_the_server_confirms() {
 }
 
 #[test]
+fn a_message_held_or_refused_changes_no_binding() {
+    // Attack: p is an approved DELETE on the server. A message that would re-prepare p as
+    // something harmless is held for approval (it also drops a table) and rejected, so it never
+    // reaches the server; later batches succeed. EXECUTE p must still be the DELETE.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    let d = guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; DROP TABLE x");
+    assert_eq!(d.action, Action::Approve);
+    guard.check_query(&mut s, "SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // Refused outright (a syntax error later in the message): no change either.
+    guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; SELEC");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // Within the held message itself the new meaning counts: EXECUTE after re-PREPARE.
+    let d = guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; EXECUTE p; DROP TABLE x");
+    assert_eq!(d.statements[2].action, Action::Allow);
+
+    // Approved and sent on: the gate applies the decision, and the bindings follow.
+    let d = guard.check_query(&mut s, "PREPARE q AS SELECT 1; DROP TABLE x");
+    assert_eq!(d.action, Action::Approve);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE q").action, Action::Deny, "not sent yet: unknown");
+    s.apply(&d);
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE q").action, Action::Allow);
+}
+
+#[test]
+fn a_parse_that_would_prepare_only_adds_possibilities() {
+    // Parse("s", "PREPARE p AS SELECT 1") prepares p only when s is executed; until then the
+    // server's p (an approved DELETE) stays, and EXECUTE p is judged by the strictest.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    guard.check_parse(&mut s, "s", "PREPARE p AS SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // A name nobody prepared yet becomes known through it, with its own class.
+    guard.check_parse(&mut s, "t", "PREPARE fresh AS DELETE FROM orders WHERE id = $1");
+    assert_eq!(guard.check_query(&mut s, "EXECUTE fresh(1)").action, Action::RowGuard { max_rows: 1000 });
+}
+
+#[test]
+fn guard_and_session_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Guard>();
+    send_sync::<Session>();
+    send_sync::<guard::Decision>();
+}
+
+#[test]
 fn extended_protocol_parse_then_execute_by_name() {
     let guard = Guard::new(Policy::default());
     let mut s = Session::default();
