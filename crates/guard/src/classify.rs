@@ -59,6 +59,9 @@ pub(crate) enum Effect {
     DeallocateAll,
     /// search_path now puts another schema before pg_catalog.
     SearchPathTampered,
+    /// standard_conforming_strings may have changed: until the server reports its value, the
+    /// session's messages are lexed both ways.
+    LexingUncertain,
 }
 
 impl Analysis {
@@ -68,7 +71,7 @@ impl Analysis {
 }
 
 /// Parses and analyses `sql` under `policy`.
-pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
+pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Analysis {
     if sql.len() > policy.max_statement_bytes {
         return Analysis::refused(format!(
             "the SQL text is {} bytes, over the policy's max_statement_bytes ({}); split it into smaller statements",
@@ -81,7 +84,14 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
             "the SQL text contains a NUL byte, which PostgreSQL cannot receive; remove it".into(),
         );
     }
-    let parsed = match pg_query::parse(sql, 0) {
+    // With standard_conforming_strings off, a backslash escapes a quote inside '…': the same
+    // text splits into different statements, so it must be lexed as the server will.
+    let options = if standard_strings {
+        pg_query::ParserOptions::DEFAULT
+    } else {
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    };
+    let parsed = match pg_query::parse(sql, options) {
         Ok(p) => p,
         Err(pg_query::Error::Decode(e)) => {
             return Analysis::refused(format!(
@@ -929,6 +939,7 @@ impl Walker<'_> {
                         "DISCARD ALL resets the session's role, settings and prepared statements".into(),
                     );
                     self.effects.push(Effect::DeallocateAll);
+                    self.effects.push(Effect::LexingUncertain);
                 }
                 Ok(DiscardMode::DiscardTemp) => {
                     self.raise(Class::Write, "DISCARD TEMP drops this session's temporary tables".into())
@@ -1143,6 +1154,9 @@ impl Walker<'_> {
             return;
         };
         let setting = setting.to_lowercase();
+        if setting == "standard_conforming_strings" {
+            self.effects.push(Effect::LexingUncertain);
+        }
         let (class, reason) = classify_setting(&setting);
         self.raise(class, reason.map(|r| format!("set_config: {r}")).unwrap_or_default());
         if setting == "search_path" {
@@ -1185,6 +1199,9 @@ impl Walker<'_> {
     fn set(&mut self, body: &Value) {
         let kind = VariableSetKind::try_from(int_field(body, "kind"));
         let setting = str_field(body, "name").to_lowercase();
+        if setting == "standard_conforming_strings" || kind == Ok(VariableSetKind::VarResetAll) {
+            self.effects.push(Effect::LexingUncertain);
+        }
         match kind {
             Ok(VariableSetKind::VarResetAll) => self.raise(
                 Class::Ddl,

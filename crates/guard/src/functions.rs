@@ -418,7 +418,6 @@ const SAFE_SETTINGS: &[&str] = &[
     "maintenance_work_mem",
     "temp_buffers",
     "client_min_messages",
-    "standard_conforming_strings",
     "bytea_output",
     "random_page_cost",
     "seq_page_cost",
@@ -622,6 +621,9 @@ pub(crate) fn classify_setting(name: &str) -> (Class, Option<String>) {
                 "changes {name}, a setting that grants identity, disables triggers or the database's own logging, or loads code"
             )),
         );
+    }
+    if name == "standard_conforming_strings" {
+        return (Class::Write, Some("changes how the server reads backslashes in strings: the guard reads later statements both ways until the server reports the new value".into()));
     }
     if name == "search_path" {
         return (Class::Ddl, Some("changes search_path: every later unqualified name may resolve to another schema's table or function".into()));

@@ -161,7 +161,8 @@ impl Cache {
 /// Classifies statements under one policy. Shared by every connection (`&self` everywhere).
 pub struct Guard {
     policy: Policy,
-    cache: Mutex<Cache>,
+    /// One cache per lexing (standard_conforming_strings on, off).
+    caches: [Mutex<Cache>; 2],
 }
 
 /// Per connection: the prepared statements the server may hold (by name) and settings that
@@ -178,6 +179,19 @@ pub struct Session {
     statements: HashMap<String, Binding>,
     changed: HashSet<String>,
     search_path_tampered: bool,
+    lexing: Lexing,
+}
+
+/// How the server lexes string literals (standard_conforming_strings).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Lexing {
+    /// `on`, PostgreSQL's default since 9.1.
+    #[default]
+    Standard,
+    /// `off`: a backslash escapes inside '…'.
+    Backslash,
+    /// A message may have changed it and the server has not reported the value yet.
+    Unknown,
 }
 
 #[derive(Default)]
@@ -214,6 +228,16 @@ impl Session {
                     self.statements.remove(&name);
                 }
             }
+        }
+    }
+
+    /// A ParameterStatus from the server (at connection start and whenever a reported setting
+    /// changes). The guard uses `standard_conforming_strings` to lex statements as the server
+    /// will; the gate should pass every ParameterStatus it sees.
+    pub fn server_parameter(&mut self, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("standard_conforming_strings") {
+            self.lexing =
+                if value.eq_ignore_ascii_case("off") { Lexing::Backslash } else { Lexing::Standard };
         }
     }
 
@@ -354,7 +378,7 @@ enum Apply {
 
 impl Guard {
     pub fn new(policy: Policy) -> Guard {
-        Guard { policy, cache: Mutex::new(Cache::default()) }
+        Guard { policy, caches: [Mutex::new(Cache::default()), Mutex::new(Cache::default())] }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -365,7 +389,7 @@ impl Guard {
     pub fn check_query(&self, session: &mut Session, sql: &str) -> Decision {
         // A simple Query destroys the unnamed prepared statement on the server.
         session.close_statement("");
-        let analysis = self.analysis(sql);
+        let analysis = self.analysis_for(session, sql);
         self.decide(&analysis, session, Apply::All)
     }
 
@@ -381,7 +405,7 @@ impl Guard {
                 session.statements.len()
             ));
         }
-        let analysis = self.analysis(sql);
+        let analysis = self.analysis_for(session, sql);
         let decision = self.decide(&analysis, session, Apply::TightenOnly);
         session.bind(name, analysis);
         decision
@@ -422,16 +446,36 @@ impl Guard {
     }
 
     /// The analysis of `sql`, from the cache when the same text was seen recently.
-    fn analysis(&self, sql: &str) -> Arc<Analysis> {
+    fn analysis(&self, sql: &str, standard_strings: bool) -> Arc<Analysis> {
+        let cache = &self.caches[usize::from(!standard_strings)];
         let cacheable = sql.len() <= CACHE_MAX_TEXT;
-        if cacheable && let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+        if cacheable && let Some(a) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
             return a;
         }
-        let a = Arc::new(classify::analyze(sql, &self.policy));
+        let a = Arc::new(classify::analyze(sql, &self.policy, standard_strings));
         if cacheable {
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
+            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
         }
         a
+    }
+
+    /// The analysis of `sql` lexed as the session's server will. When that is unknown (a message
+    /// may have changed standard_conforming_strings) and the text holds a backslash — the only
+    /// case where the two lexings differ — both are analysed and the stricter one counts.
+    fn analysis_for(&self, session: &Session, sql: &str) -> Arc<Analysis> {
+        match session.lexing {
+            Lexing::Standard => self.analysis(sql, true),
+            Lexing::Backslash => self.analysis(sql, false),
+            Lexing::Unknown => {
+                let on = self.analysis(sql, true);
+                if !sql.contains('\\') {
+                    return on;
+                }
+                let off = self.analysis(sql, false);
+                let rank = |a: &Analysis| (a.error.is_some(), a.statements.iter().map(|s| s.class).max());
+                if rank(&off) > rank(&on) { off } else { on }
+            }
+        }
     }
 
     fn decide(&self, analysis: &Arc<Analysis>, session: &mut Session, apply: Apply) -> Decision {
@@ -467,6 +511,7 @@ impl Guard {
                     }
                     // Only ever makes the guard stricter: applied even if the message never runs.
                     Effect::SearchPathTampered => session.search_path_tampered = true,
+                    Effect::LexingUncertain => session.lexing = Lexing::Unknown,
                 }
             }
         }

@@ -249,6 +249,50 @@ fn a_parse_that_would_prepare_only_adds_possibilities() {
     assert_eq!(guard.check_query(&mut s, "EXECUTE fresh(1)").action, Action::RowGuard { max_rows: 1000 });
 }
 
+/// Under standard_conforming_strings = off this is `SELECT 'a'' || '` then `DROP TABLE victim`;
+/// under the default (on) it is one harmless SELECT of two concatenated strings.
+pub const BACKSLASH_ATTACK: &str = r"SELECT 'a\' || '; DROP TABLE victim; --'";
+
+#[test]
+fn statements_are_lexed_as_the_server_will() {
+    let guard = Guard::new(Policy::default());
+    // The server's default: one harmless SELECT, which is what PostgreSQL runs.
+    let mut s = Session::default();
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Allow);
+    // Attack: switch the lexing first, in its own message.
+    let d = guard.check_query(&mut s, "SET standard_conforming_strings = off");
+    assert_eq!(d.class, Class::Write, "{:?}", d.reasons);
+    let d = guard.check_query(&mut s, BACKSLASH_ATTACK);
+    assert_eq!((d.class, d.action.clone()), (Class::Destructive, Action::Approve), "{:?}", d.reasons);
+    // Once the server reports the value the guard lexes exactly as it does.
+    s.server_parameter("standard_conforming_strings", "off");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve);
+    // …including what PostgreSQL itself refuses with it off: a literal ending in one backslash.
+    assert_eq!(guard.check_query(&mut s, r"SELECT 'C:\\temp\\'").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, r"SELECT 'C:\temp\'").action, Action::Deny);
+    s.server_parameter("standard_conforming_strings", "on");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Allow);
+    // Every way to change it makes the lexing uncertain.
+    for change in [
+        "SET standard_conforming_strings TO off",
+        "SET LOCAL standard_conforming_strings = 0",
+        "RESET standard_conforming_strings",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+    ] {
+        let mut s = Session::default();
+        guard.check_query(&mut s, change);
+        assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve, "after {change}");
+    }
+    // A server configured with it off, reported at connection start.
+    let mut s = Session::default();
+    s.server_parameter("standard_conforming_strings", "off");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve);
+    guard.check_parse(&mut s, "x", BACKSLASH_ATTACK);
+    assert_eq!(guard.check_execute(&s, "x").action, Action::Approve);
+}
+
 #[test]
 fn guard_and_session_can_be_shared_across_tasks() {
     fn send_sync<T: Send + Sync>() {}

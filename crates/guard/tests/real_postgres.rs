@@ -69,6 +69,22 @@ fn rows(pg: &TempPg, oid: u32) -> Result<Option<(String, i64)>> {
     Ok(Some((name, n)))
 }
 
+/// psql running each of `messages` as its own Query message in one session.
+fn psql_session(pg: &TempPg, messages: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = command_as_postgres(std::path::Path::new("env"));
+    cmd.arg(format!("PGPASSWORD={}", pg.superuser_password()))
+        .arg(bin("psql")?)
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .arg("-p")
+        .arg(pg.port().to_string())
+        .args(["-U", "postgres", "-d", "shop", "-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+    for m in messages {
+        cmd.arg("-c").arg(m);
+    }
+    Ok(cmd.stdin(Stdio::null()).output()?)
+}
+
 fn canary(pg: &TempPg) -> Result<Child> {
     let mut cmd = command_as_postgres(std::path::Path::new("env"));
     cmd.arg(format!("PGPASSWORD={}", pg.superuser_password()))
@@ -145,5 +161,31 @@ fn everything_the_guard_allows_destroys_nothing_on_a_real_server() -> Result<()>
     );
     canary.kill()?;
     canary.wait()?;
+    Ok(())
+}
+
+#[test]
+fn backslash_lexing_attack_is_real_and_caught() -> Result<()> {
+    // On a real server: after `SET standard_conforming_strings = off` (its own message), a text
+    // that is one harmless SELECT under the default lexing drops a table.
+    let attack = r"SELECT 'a\' || '; DROP TABLE victim; --'";
+    let pg = TempPg::start()?;
+    pg.psql("CREATE DATABASE shop")?;
+    pg.psql_db("shop", "CREATE TABLE victim (id int); INSERT INTO victim VALUES (1)")?;
+    let out = psql_session(&pg, &[attack])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pg.psql_db("shop", "SELECT count(*) FROM victim")?, "1", "default lexing: harmless");
+    let out = psql_session(&pg, &["SET standard_conforming_strings = off", attack])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = pg.psql_db("shop", "SELECT count(*) FROM pg_class WHERE relname = 'victim'")?;
+    assert_eq!(gone, "0", "the attack works on PostgreSQL: victim was dropped");
+
+    // The guard, fed the same messages in one session, holds the second for approval.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    assert_eq!(guard.check_query(&mut s, "SET standard_conforming_strings = off").action, Action::Allow);
+    let d = guard.check_query(&mut s, attack);
+    assert_eq!(d.action, Action::Approve, "{:?}", d.reasons);
+    assert!(d.reasons.iter().any(|r| r.contains("DROP TABLE victim")), "{:?}", d.reasons);
     Ok(())
 }
