@@ -1159,6 +1159,13 @@ impl Walker<'_> {
         }
         let (class, reason) = classify_setting(&setting);
         self.raise(class, reason.map(|r| format!("set_config: {r}")).unwrap_or_default());
+        if setting == "client_encoding" {
+            match args.get(1).and_then(const_string) {
+                Some(v) => self.client_encoding(v),
+                None => self
+                    .raise(Class::Destructive, "set_config: client_encoding set to a computed value".into()),
+            }
+        }
         if setting == "search_path" {
             match args.get(1).and_then(const_string) {
                 Some(v) => {
@@ -1216,8 +1223,25 @@ impl Walker<'_> {
                         list(body, "args").iter().filter_map(const_string).map(str::to_string).collect();
                     self.search_path(&schemas);
                 }
+                if setting == "client_encoding" && kind == Ok(VariableSetKind::VarSetValue) {
+                    let value = list(body, "args").first().and_then(const_string).unwrap_or("");
+                    self.client_encoding(value);
+                }
             }
             Err(_) => self.raise(Class::Destructive, format!("SET of an unknown kind on {setting}")),
+        }
+    }
+
+    /// The gate hands the guard UTF-8 text. In another client encoding the server converts the
+    /// bytes before lexing, and in GBK, SJIS or BIG5 a quote or backslash byte can hide inside a
+    /// multibyte character: the server would read other statements than the guard checked.
+    fn client_encoding(&mut self, value: &str) {
+        let v = value.to_lowercase().replace(['-', '_'], "");
+        if !matches!(v.as_str(), "utf8" | "unicode") {
+            self.raise(
+                Class::Destructive,
+                format!("SET client_encoding = {value:?}: the guard checks statements as UTF-8, the server would read them in another encoding"),
+            );
         }
     }
 

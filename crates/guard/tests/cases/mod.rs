@@ -449,6 +449,13 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SET SESSION search_path TO evil, pg_catalog", Ddl, Allow),
     ("SELECT current_setting('search_path')", Read, Allow),
     ("SELECT set_config('search_path', 'evil,PG_CATALOG', false)", Ddl, Allow),
+    // ---- client encodings: the guard reads UTF-8; in GBK/SJIS/BIG5 a quote can hide in a character
+    ("SET client_encoding = 'UTF8'", Read, Allow),
+    ("SET NAMES 'utf-8'", Read, Allow),
+    ("SET client_encoding TO 'SJIS'", Destr, Approve),
+    ("SET NAMES 'GBK'", Destr, Approve),
+    ("SELECT set_config('client_encoding', 'BIG5', false)", Destr, Approve),
+    ("SET standard_conforming_strings = off", Write, Allow), // the session then lexes both ways
     // ---- empty
     ("", Read, Allow),
     (";", Read, Allow),
