@@ -396,7 +396,11 @@ async fn connection(
             serde_json::json!({"db_user": db_user, "role": role, "grant_until": grant_until, "tls": tls}),
         ))
         .await;
-    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify).run().await;
+    let params = upstream.params.clone();
+    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify)
+        .with_server_parameters(&params)
+        .run()
+        .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(gate_pid, key.to_vec()));
     let _ = shared

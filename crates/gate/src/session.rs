@@ -44,6 +44,8 @@ struct Held {
     /// How to refuse it (simple or extended protocol).
     extended: bool,
     sql: String,
+    /// The guard's decision, applied to its session view once the statement is sent on.
+    decision: Decision,
 }
 
 /// A DELETE/UPDATE running under the row-count guard.
@@ -59,6 +61,7 @@ struct RowGuardRun {
     failed: bool,
     buffered: BytesMut,
     started: Instant,
+    decision: Decision,
     /// After the decision: our COMMIT/RELEASE/ROLLBACK answers are being swallowed.
     finishing: Option<Finish>,
 }
@@ -247,6 +250,14 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The server's parameters at login (the guard lexes as they say).
+    pub fn with_server_parameters(mut self, params: &[(String, String)]) -> Self {
+        for (k, v) in params {
+            self.guard.server_parameter(k, v);
+        }
+        self
+    }
+
     async fn flush_server(&mut self) -> Result<(), String> {
         if !self.sout.is_empty() {
             self.server.write_all(&self.sout).await.map_err(|e| format!("writing to the database: {e}"))?;
@@ -315,6 +326,7 @@ impl<'a> Session<'a> {
                     let mut b = f.body.clone();
                     let name = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
                     let value = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
+                    self.guard.server_parameter(&name, &value);
                     let lexes_differently = (name == "standard_conforming_strings" && value != "on")
                         || (name == "client_encoding" && value.to_ascii_uppercase() != "UTF8");
                     if lexes_differently {
@@ -555,6 +567,7 @@ impl<'a> Session<'a> {
                     failed: false,
                     buffered: BytesMut::new(),
                     started: Instant::now(),
+                    decision: d.clone(),
                     finishing: None,
                 });
             }
@@ -639,6 +652,7 @@ impl<'a> Session<'a> {
             on_approve,
             extended,
             sql,
+            decision: d.clone(),
         });
         Ok(())
     }
@@ -652,6 +666,7 @@ impl<'a> Session<'a> {
                 self.notice(&format!("holdfast gate: approval {} granted by {by}; running it", h.id), None);
                 self.flush_client().await?;
                 self.track(&h.sql, h.extended);
+                self.guard.apply(&h.decision);
                 self.sout.extend_from_slice(&h.on_approve);
             }
             other => {
@@ -731,12 +746,8 @@ impl<'a> Session<'a> {
                         // Hold the original for approval; on approval it runs again, as is.
                         let mut raw = BytesMut::new();
                         frontend::encode_query(&mut raw, &run.sql);
-                        let d = Decision {
-                            action: Action::Approve,
-                            class: Class::Write,
-                            statements: vec![],
-                            reasons: vec![format!("row-count guard: more than {} rows", run.max_rows)],
-                        };
+                        let mut d = run.decision.clone();
+                        d.reasons.push(format!("row-count guard: more than {} rows", run.max_rows));
                         self.hold(run.sql.clone(), &d, raw.freeze(), false, run.rows).await?;
                     }
                 }

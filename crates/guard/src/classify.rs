@@ -29,6 +29,8 @@ pub(crate) struct Analysis {
 #[derive(Debug)]
 pub(crate) struct StmtAnalysis {
     pub kind: String,
+    /// The statement's own text, cut from the message at the parser's offsets.
+    pub text: String,
     pub class: Class,
     pub reasons: Vec<String>,
     pub objects: Vec<String>,
@@ -57,6 +59,9 @@ pub(crate) enum Effect {
     DeallocateAll,
     /// search_path now puts another schema before pg_catalog.
     SearchPathTampered,
+    /// standard_conforming_strings may have changed: until the server reports its value, the
+    /// session's messages are lexed both ways.
+    LexingUncertain,
 }
 
 impl Analysis {
@@ -66,7 +71,7 @@ impl Analysis {
 }
 
 /// Parses and analyses `sql` under `policy`.
-pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
+pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Analysis {
     if sql.len() > policy.max_statement_bytes {
         return Analysis::refused(format!(
             "the SQL text is {} bytes, over the policy's max_statement_bytes ({}); split it into smaller statements",
@@ -79,7 +84,14 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
             "the SQL text contains a NUL byte, which PostgreSQL cannot receive; remove it".into(),
         );
     }
-    let parsed = match pg_query::parse(sql, 0) {
+    // With standard_conforming_strings off, a backslash escapes a quote inside '…': the same
+    // text splits into different statements, so it must be lexed as the server will.
+    let options = if standard_strings {
+        pg_query::ParserOptions::DEFAULT
+    } else {
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    };
+    let parsed = match pg_query::parse(sql, options) {
         Ok(p) => p,
         Err(pg_query::Error::Decode(e)) => {
             return Analysis::refused(format!(
@@ -113,7 +125,14 @@ pub(crate) fn analyze(sql: &str, policy: &Policy) -> Analysis {
             }
             None => return Analysis::refused("the parser returned an empty statement node".into()),
         };
-        statements.push(analyze_statement(&tree, policy));
+        let mut st = analyze_statement(&tree, policy);
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(n) => start.saturating_add(n).min(sql.len()),
+        };
+        st.text = sql.get(start..end).unwrap_or("").trim().to_string();
+        statements.push(st);
     }
     Analysis { error: None, statements }
 }
@@ -149,6 +168,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
     dedup(&mut w.objects);
     StmtAnalysis {
         kind,
+        text: String::new(),
         class: w.class,
         reasons: w.reasons,
         objects: w.objects,
@@ -919,6 +939,7 @@ impl Walker<'_> {
                         "DISCARD ALL resets the session's role, settings and prepared statements".into(),
                     );
                     self.effects.push(Effect::DeallocateAll);
+                    self.effects.push(Effect::LexingUncertain);
                 }
                 Ok(DiscardMode::DiscardTemp) => {
                     self.raise(Class::Write, "DISCARD TEMP drops this session's temporary tables".into())
@@ -930,6 +951,14 @@ impl Walker<'_> {
             // comes from the table; no need to look inside (a function body, a rule action).
             "DoStmt" | "CreateFunctionStmt" | "RuleStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" => {
                 self.fixed(name, body, ctx, false);
+            }
+            "RenameStmt"
+                if ObjectType::try_from(int_field(body, "rename_type")) == Ok(ObjectType::ObjectRole) =>
+            {
+                self.raise(
+                    Class::Destructive,
+                    format!("ALTER ROLE {} RENAME: changes a role's identity", str_field(body, "subname")),
+                );
             }
             "CreateSchemaStmt" | "ViewStmt" | "CreateStmt" | "IndexStmt" => self.fixed(name, body, ctx, true),
             _ if FIXED.iter().any(|(n, ..)| *n == name) => self.fixed(name, body, ctx, true),
@@ -1125,13 +1154,33 @@ impl Walker<'_> {
             return;
         };
         let setting = setting.to_lowercase();
+        if setting == "standard_conforming_strings" {
+            self.effects.push(Effect::LexingUncertain);
+        }
         let (class, reason) = classify_setting(&setting);
         self.raise(class, reason.map(|r| format!("set_config: {r}")).unwrap_or_default());
+        if setting == "client_encoding" {
+            match args.get(1).and_then(const_string) {
+                Some(v) => self.client_encoding(v),
+                None => self
+                    .raise(Class::Destructive, "set_config: client_encoding set to a computed value".into()),
+            }
+        }
         if setting == "search_path" {
             match args.get(1).and_then(const_string) {
                 Some(v) => {
-                    let schemas: Vec<String> =
-                        v.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+                    // PostgreSQL folds unquoted names in the list to lower case.
+                    let schemas: Vec<String> = v
+                        .split(',')
+                        .map(str::trim)
+                        .map(|s| {
+                            if s.starts_with('"') {
+                                s.trim_matches('"').to_string()
+                            } else {
+                                s.to_lowercase()
+                            }
+                        })
+                        .collect();
                     self.search_path(&schemas);
                 }
                 None => {
@@ -1157,6 +1206,9 @@ impl Walker<'_> {
     fn set(&mut self, body: &Value) {
         let kind = VariableSetKind::try_from(int_field(body, "kind"));
         let setting = str_field(body, "name").to_lowercase();
+        if setting == "standard_conforming_strings" || kind == Ok(VariableSetKind::VarResetAll) {
+            self.effects.push(Effect::LexingUncertain);
+        }
         match kind {
             Ok(VariableSetKind::VarResetAll) => self.raise(
                 Class::Ddl,
@@ -1171,8 +1223,25 @@ impl Walker<'_> {
                         list(body, "args").iter().filter_map(const_string).map(str::to_string).collect();
                     self.search_path(&schemas);
                 }
+                if setting == "client_encoding" && kind == Ok(VariableSetKind::VarSetValue) {
+                    let value = list(body, "args").first().and_then(const_string).unwrap_or("");
+                    self.client_encoding(value);
+                }
             }
             Err(_) => self.raise(Class::Destructive, format!("SET of an unknown kind on {setting}")),
+        }
+    }
+
+    /// The gate hands the guard UTF-8 text. In another client encoding the server converts the
+    /// bytes before lexing, and in GBK, SJIS or BIG5 a quote or backslash byte can hide inside a
+    /// multibyte character: the server would read other statements than the guard checked.
+    fn client_encoding(&mut self, value: &str) {
+        let v = value.to_lowercase().replace(['-', '_'], "");
+        if !matches!(v.as_str(), "utf8" | "unicode") {
+            self.raise(
+                Class::Destructive,
+                format!("SET client_encoding = {value:?}: the guard checks statements as UTF-8, the server would read them in another encoding"),
+            );
         }
     }
 

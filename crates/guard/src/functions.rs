@@ -404,6 +404,7 @@ const SAFE: &[&str] = &[
 /// Settings whose change is harmless for the guard's purposes: `SET` of them is class `read`.
 const SAFE_SETTINGS: &[&str] = &[
     "application_name",
+    "client_encoding",
     "datestyle",
     "intervalstyle",
     "timezone",
@@ -459,15 +460,7 @@ const SAFE_SETTINGS: &[&str] = &[
 
 /// Settings that hand out identity, switch off triggers or logging (the database's own witness),
 /// load code, or let damaged data be destroyed: changing them is destructive.
-///
-/// `standard_conforming_strings`, `client_encoding` and `backslash_quote` change how the server
-/// *lexes* the next statements (what is a string, where a backslash escapes a quote, which bytes
-/// form a character): after such a change the guard, which lexes as PostgreSQL does with the
-/// defaults and UTF-8, could read a string where the server reads a DROP.
 const DANGEROUS_SETTINGS: &[&str] = &[
-    "standard_conforming_strings",
-    "client_encoding",
-    "backslash_quote",
     "role",
     "session_authorization",
     "session_replication_role",
@@ -628,6 +621,9 @@ pub(crate) fn classify_setting(name: &str) -> (Class, Option<String>) {
                 "changes {name}, a setting that grants identity, disables triggers or the database's own logging, or loads code"
             )),
         );
+    }
+    if name == "standard_conforming_strings" {
+        return (Class::Write, Some("changes how the server reads backslashes in strings: the guard reads later statements both ways until the server reports the new value".into()));
     }
     if name == "search_path" {
         return (Class::Ddl, Some("changes search_path: every later unqualified name may resolve to another schema's table or function".into()));

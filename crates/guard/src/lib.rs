@@ -74,6 +74,9 @@ impl Action {
 pub struct StatementInfo {
     /// `SELECT`, `DELETE`, `DROP TABLE`, `SET ROLE`… (the policy key is this in snake case).
     pub kind: String,
+    /// The statement's own text within the message (trimmed), e.g. to run one statement of a
+    /// multi-statement Query under a savepoint.
+    pub text: String,
     pub class: Class,
     pub action: Action,
     /// Why the statement is more than a read, for people.
@@ -91,6 +94,10 @@ pub struct Decision {
     pub statements: Vec<StatementInfo>,
     /// Human-readable, e.g. "DELETE without WHERE on public.orders".
     pub reasons: Vec<String>,
+    /// Prepared-statement changes (PREPARE/DEALLOCATE/DISCARD ALL) of a message held for
+    /// approval: applied by [`Session::apply`] when the gate sends it on.
+    #[serde(skip)]
+    pending: Option<Arc<Overlay>>,
 }
 
 impl Decision {
@@ -100,6 +107,7 @@ impl Decision {
             class: Class::Destructive,
             statements: Vec::new(),
             reasons: vec![reason],
+            pending: None,
         }
     }
 
@@ -153,7 +161,8 @@ impl Cache {
 /// Classifies statements under one policy. Shared by every connection (`&self` everywhere).
 pub struct Guard {
     policy: Policy,
-    cache: Mutex<Cache>,
+    /// One cache per lexing (standard_conforming_strings on, off).
+    caches: [Mutex<Cache>; 2],
 }
 
 /// Per connection: the prepared statements the server may hold (by name) and settings that
@@ -170,6 +179,19 @@ pub struct Session {
     statements: HashMap<String, Binding>,
     changed: HashSet<String>,
     search_path_tampered: bool,
+    lexing: Lexing,
+}
+
+/// How the server lexes string literals (standard_conforming_strings).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Lexing {
+    /// `on`, PostgreSQL's default since 9.1.
+    #[default]
+    Standard,
+    /// `off`: a backslash escapes inside '…'.
+    Backslash,
+    /// A message may have changed it and the server has not reported the value yet.
+    Unknown,
 }
 
 #[derive(Default)]
@@ -209,6 +231,16 @@ impl Session {
         }
     }
 
+    /// A ParameterStatus from the server (at connection start and whenever a reported setting
+    /// changes). The guard uses `standard_conforming_strings` to lex statements as the server
+    /// will; the gate should pass every ParameterStatus it sees.
+    pub fn server_parameter(&mut self, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("standard_conforming_strings") {
+            self.lexing =
+                if value.eq_ignore_ascii_case("off") { Lexing::Backslash } else { Lexing::Standard };
+        }
+    }
+
     /// How many statement names the session tracks.
     pub fn prepared_count(&self) -> usize {
         self.statements.len()
@@ -244,6 +276,78 @@ impl Session {
     }
 }
 
+/// Prepared-statement changes made by one message, in effect for the statements after them in
+/// the same message (PostgreSQL runs a message's statements in order and stops at the first
+/// error, so within a message this view is exact).
+#[derive(Debug, Default)]
+struct Overlay {
+    /// `Some` = (re)prepared, `None` = deallocated.
+    names: HashMap<String, Option<Arc<Analysis>>>,
+    /// DEALLOCATE ALL or DISCARD ALL came before every entry of `names`.
+    cleared: bool,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && !self.cleared
+    }
+}
+
+/// The session as the statements of one message see it.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    session: &'a Session,
+    overlay: Option<&'a Overlay>,
+}
+
+impl View<'_> {
+    fn lookup(&self, name: &str) -> Option<(Vec<Arc<Analysis>>, bool)> {
+        if let Some(o) = self.overlay {
+            match o.names.get(name) {
+                Some(Some(a)) => return Some((vec![a.clone()], false)),
+                Some(None) => return None,
+                None if o.cleared => return None,
+                None => {}
+            }
+        }
+        self.session.lookup(name)
+    }
+}
+
+impl Session {
+    /// The gate sends on a message that was held for approval (`Action::Approve`): its
+    /// PREPARE/DEALLOCATE/DISCARD ALL now take effect in the guard's view too. A message that is
+    /// never sent changes no binding.
+    pub fn apply(&mut self, decision: &Decision) {
+        if let Some(o) = &decision.pending {
+            self.commit(o);
+        }
+    }
+
+    fn commit(&mut self, o: &Overlay) {
+        if o.cleared {
+            self.close_all();
+        }
+        for (name, a) in &o.names {
+            match a {
+                Some(a) => self.bind(name, a.clone()),
+                None => self.close_statement(name),
+            }
+        }
+    }
+
+    /// A Parse of text that would prepare statements when executed: the new bindings become
+    /// possible ones, never replacing what the server may hold.
+    fn add_candidates(&mut self, o: &Overlay) {
+        for (name, a) in &o.names {
+            if let Some(a) = a {
+                let b = self.statements.entry(name.clone()).or_default();
+                push_stale(b, a.clone());
+            }
+        }
+    }
+}
+
 fn push_stale(b: &mut Binding, a: Arc<Analysis>) {
     if b.stale.iter().any(|s| Arc::ptr_eq(s, &a)) {
         return;
@@ -274,7 +378,7 @@ enum Apply {
 
 impl Guard {
     pub fn new(policy: Policy) -> Guard {
-        Guard { policy, cache: Mutex::new(Cache::default()) }
+        Guard { policy, caches: [Mutex::new(Cache::default()), Mutex::new(Cache::default())] }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -285,7 +389,7 @@ impl Guard {
     pub fn check_query(&self, session: &mut Session, sql: &str) -> Decision {
         // A simple Query destroys the unnamed prepared statement on the server.
         session.close_statement("");
-        let analysis = self.analysis(sql);
+        let analysis = self.analysis_for(session, sql);
         self.decide(&analysis, session, Apply::All)
     }
 
@@ -301,7 +405,7 @@ impl Guard {
                 session.statements.len()
             ));
         }
-        let analysis = self.analysis(sql);
+        let analysis = self.analysis_for(session, sql);
         let decision = self.decide(&analysis, session, Apply::TightenOnly);
         session.bind(name, analysis);
         decision
@@ -319,8 +423,10 @@ impl Guard {
                 "prepared statement {statement:?} was re-prepared too often without the server confirming; Sync and Parse it again"
             )),
             Some((analyses, false)) => {
-                let mut decisions: Vec<Decision> =
-                    analyses.iter().map(|a| self.decide_readonly(a, session, 0)).collect();
+                let mut decisions: Vec<Decision> = analyses
+                    .iter()
+                    .map(|a| self.decide_readonly(a, View { session, overlay: None }, 0))
+                    .collect();
                 let strictest = decisions
                     .iter()
                     .enumerate()
@@ -340,61 +446,99 @@ impl Guard {
     }
 
     /// The analysis of `sql`, from the cache when the same text was seen recently.
-    fn analysis(&self, sql: &str) -> Arc<Analysis> {
+    fn analysis(&self, sql: &str, standard_strings: bool) -> Arc<Analysis> {
+        let cache = &self.caches[usize::from(!standard_strings)];
         let cacheable = sql.len() <= CACHE_MAX_TEXT;
-        if cacheable && let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+        if cacheable && let Some(a) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
             return a;
         }
-        let a = Arc::new(classify::analyze(sql, &self.policy));
+        let a = Arc::new(classify::analyze(sql, &self.policy, standard_strings));
         if cacheable {
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
+            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
         }
         a
+    }
+
+    /// The analysis of `sql` lexed as the session's server will. When that is unknown (a message
+    /// may have changed standard_conforming_strings) and the text holds a backslash — the only
+    /// case where the two lexings differ — both are analysed and the stricter one counts.
+    fn analysis_for(&self, session: &Session, sql: &str) -> Arc<Analysis> {
+        match session.lexing {
+            Lexing::Standard => self.analysis(sql, true),
+            Lexing::Backslash => self.analysis(sql, false),
+            Lexing::Unknown => {
+                let on = self.analysis(sql, true);
+                if !sql.contains('\\') {
+                    return on;
+                }
+                let off = self.analysis(sql, false);
+                let rank = |a: &Analysis| (a.error.is_some(), a.statements.iter().map(|s| s.class).max());
+                if rank(&off) > rank(&on) { off } else { on }
+            }
+        }
     }
 
     fn decide(&self, analysis: &Arc<Analysis>, session: &mut Session, apply: Apply) -> Decision {
         if let Some(e) = &analysis.error {
             return Decision::refused(e.clone());
         }
+        let mut overlay = Overlay::default();
         let mut resolved = Vec::with_capacity(analysis.statements.len());
         for st in &analysis.statements {
-            resolved.push(self.resolve(st, session, 0));
+            resolved.push(self.resolve(st, View { session, overlay: Some(&overlay) }, 0));
             for effect in &st.effects {
                 match effect {
                     Effect::Prepare { name, analysis } => {
+                        let held = session.statements.len() + overlay.names.len();
                         if !session.statements.contains_key(name)
-                            && session.statements.len() >= self.policy.max_prepared_statements
+                            && !overlay.names.contains_key(name)
+                            && held >= self.policy.max_prepared_statements
                         {
                             let r = resolved.last_mut().expect("pushed above");
                             r.deny = Some(format!(
-                                "this session already holds {} prepared statements (policy max_prepared_statements)",
-                                session.statements.len()
+                                "this session already holds {held} prepared statements (policy max_prepared_statements)"
                             ));
                         } else {
-                            session.bind(name, analysis.clone());
+                            overlay.names.insert(name.clone(), Some(analysis.clone()));
                         }
                     }
-                    Effect::Deallocate(name) if apply == Apply::All => session.close_statement(name),
-                    Effect::DeallocateAll if apply == Apply::All => session.close_all(),
+                    Effect::Deallocate(name) => {
+                        overlay.names.insert(name.clone(), None);
+                    }
+                    Effect::DeallocateAll => {
+                        overlay.names.clear();
+                        overlay.cleared = true;
+                    }
+                    // Only ever makes the guard stricter: applied even if the message never runs.
                     Effect::SearchPathTampered => session.search_path_tampered = true,
-                    Effect::Deallocate(_) | Effect::DeallocateAll => {}
+                    Effect::LexingUncertain => session.lexing = Lexing::Unknown,
                 }
             }
         }
-        self.assemble(&analysis.statements, resolved)
+        let mut d = self.assemble(&analysis.statements, resolved);
+        if !overlay.is_empty() {
+            match (apply, &d.action) {
+                (Apply::All, Action::Allow | Action::RowGuard { .. }) => session.commit(&overlay),
+                (Apply::All, Action::Approve) => d.pending = Some(Arc::new(overlay)),
+                (Apply::All, Action::Deny) => {}
+                (Apply::TightenOnly, _) => session.add_candidates(&overlay),
+            }
+        }
+        d
     }
 
-    fn decide_readonly(&self, analysis: &Analysis, session: &Session, depth: usize) -> Decision {
+    fn decide_readonly(&self, analysis: &Analysis, view: View<'_>, depth: usize) -> Decision {
         if let Some(e) = &analysis.error {
             return Decision::refused(e.clone());
         }
-        let resolved = analysis.statements.iter().map(|st| self.resolve(st, session, depth)).collect();
+        let resolved = analysis.statements.iter().map(|st| self.resolve(st, view, depth)).collect();
         self.assemble(&analysis.statements, resolved)
     }
 
     /// A statement's class against the session: prepared statements it executes, and a
     /// search_path that makes unqualified built-ins suspect.
-    fn resolve(&self, st: &StmtAnalysis, session: &Session, depth: usize) -> Resolved {
+    fn resolve(&self, st: &StmtAnalysis, view: View<'_>, depth: usize) -> Resolved {
+        let session = view.session;
         let mut r = Resolved {
             class: st.class,
             reasons: st.reasons.clone(),
@@ -416,7 +560,7 @@ impl Guard {
                 r.deny = Some("prepared statements execute each other too deeply".into());
                 continue;
             }
-            let Some((analyses, overflow)) = session.lookup(name) else {
+            let Some((analyses, overflow)) = view.lookup(name) else {
                 r.deny = Some(format!(
                     "EXECUTE {name}: no prepared statement of that name is known to the gate (fail closed)"
                 ));
@@ -429,7 +573,7 @@ impl Guard {
                 continue;
             }
             for a in analyses {
-                let d = self.decide_readonly(&a, session, depth + 1);
+                let d = self.decide_readonly(&a, view, depth + 1);
                 if d.action == Action::Deny {
                     r.deny = Some(format!("EXECUTE {name}: {}", d.summary()));
                 }
@@ -494,6 +638,7 @@ impl Guard {
             reasons.extend(reasons_here.iter().cloned());
             out.push(StatementInfo {
                 kind: st.kind.clone(),
+                text: st.text.clone(),
                 class: r.class,
                 action: a,
                 reasons: reasons_here,
@@ -506,6 +651,6 @@ impl Guard {
                 "{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"
             ));
         }
-        Decision { action, class, statements: out, reasons }
+        Decision { action, class, statements: out, reasons, pending: None }
     }
 }

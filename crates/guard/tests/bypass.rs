@@ -202,6 +202,106 @@ fn a_reprepared_name_stays_suspect_until_the_server_confirms() {
 }
 
 #[test]
+fn a_message_held_or_refused_changes_no_binding() {
+    // Attack: p is an approved DELETE on the server. A message that would re-prepare p as
+    // something harmless is held for approval (it also drops a table) and rejected, so it never
+    // reaches the server; later batches succeed. EXECUTE p must still be the DELETE.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    let d = guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; DROP TABLE x");
+    assert_eq!(d.action, Action::Approve);
+    guard.check_query(&mut s, "SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // Refused outright (a syntax error later in the message): no change either.
+    guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; SELEC");
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // Within the held message itself the new meaning counts: EXECUTE after re-PREPARE.
+    let d = guard.check_query(&mut s, "DEALLOCATE p; PREPARE p AS SELECT 1; EXECUTE p; DROP TABLE x");
+    assert_eq!(d.statements[2].action, Action::Allow);
+
+    // Approved and sent on: the gate applies the decision, and the bindings follow.
+    let d = guard.check_query(&mut s, "PREPARE q AS SELECT 1; DROP TABLE x");
+    assert_eq!(d.action, Action::Approve);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE q").action, Action::Deny, "not sent yet: unknown");
+    s.apply(&d);
+    s.synced(true);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE q").action, Action::Allow);
+}
+
+#[test]
+fn a_parse_that_would_prepare_only_adds_possibilities() {
+    // Parse("s", "PREPARE p AS SELECT 1") prepares p only when s is executed; until then the
+    // server's p (an approved DELETE) stays, and EXECUTE p is judged by the strictest.
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    guard.check_query(&mut s, "PREPARE p AS DELETE FROM orders");
+    s.synced(true);
+    guard.check_parse(&mut s, "s", "PREPARE p AS SELECT 1");
+    s.synced(true);
+    assert_eq!(guard.check_execute(&s, "s").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, "EXECUTE p").action, Action::Approve);
+    // A name nobody prepared yet becomes known through it, with its own class.
+    guard.check_parse(&mut s, "t", "PREPARE fresh AS DELETE FROM orders WHERE id = $1");
+    assert_eq!(guard.check_query(&mut s, "EXECUTE fresh(1)").action, Action::RowGuard { max_rows: 1000 });
+}
+
+/// Under standard_conforming_strings = off this is `SELECT 'a'' || '` then `DROP TABLE victim`;
+/// under the default (on) it is one harmless SELECT of two concatenated strings.
+pub const BACKSLASH_ATTACK: &str = r"SELECT 'a\' || '; DROP TABLE victim; --'";
+
+#[test]
+fn statements_are_lexed_as_the_server_will() {
+    let guard = Guard::new(Policy::default());
+    // The server's default: one harmless SELECT, which is what PostgreSQL runs.
+    let mut s = Session::default();
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Allow);
+    // Attack: switch the lexing first, in its own message.
+    let d = guard.check_query(&mut s, "SET standard_conforming_strings = off");
+    assert_eq!(d.class, Class::Write, "{:?}", d.reasons);
+    let d = guard.check_query(&mut s, BACKSLASH_ATTACK);
+    assert_eq!((d.class, d.action.clone()), (Class::Destructive, Action::Approve), "{:?}", d.reasons);
+    // Once the server reports the value the guard lexes exactly as it does.
+    s.server_parameter("standard_conforming_strings", "off");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve);
+    // …including what PostgreSQL itself refuses with it off: a literal ending in one backslash.
+    assert_eq!(guard.check_query(&mut s, r"SELECT 'C:\\temp\\'").action, Action::Allow);
+    assert_eq!(guard.check_query(&mut s, r"SELECT 'C:\temp\'").action, Action::Deny);
+    s.server_parameter("standard_conforming_strings", "on");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Allow);
+    // Every way to change it makes the lexing uncertain.
+    for change in [
+        "SET standard_conforming_strings TO off",
+        "SET LOCAL standard_conforming_strings = 0",
+        "RESET standard_conforming_strings",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+    ] {
+        let mut s = Session::default();
+        guard.check_query(&mut s, change);
+        assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve, "after {change}");
+    }
+    // A server configured with it off, reported at connection start.
+    let mut s = Session::default();
+    s.server_parameter("standard_conforming_strings", "off");
+    assert_eq!(guard.check_query(&mut s, BACKSLASH_ATTACK).action, Action::Approve);
+    guard.check_parse(&mut s, "x", BACKSLASH_ATTACK);
+    assert_eq!(guard.check_execute(&s, "x").action, Action::Approve);
+}
+
+#[test]
+fn guard_and_session_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Guard>();
+    send_sync::<Session>();
+    send_sync::<guard::Decision>();
+}
+
+#[test]
 fn extended_protocol_parse_then_execute_by_name() {
     let guard = Guard::new(Policy::default());
     let mut s = Session::default();
@@ -290,6 +390,15 @@ fn search_path_tampering_is_remembered_by_the_session() {
     guard.check_query(&mut s, "SELECT set_config('search_path', 'evil,pg_catalog', false)");
     assert!(s.search_path_tampered());
     let mut s = Session::default();
+    guard.check_query(&mut s, "SELECT set_config('search_path', 'evil, PG_CATALOG', false)");
+    assert!(s.search_path_tampered(), "unquoted names are folded to lower case");
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SELECT set_config('search_path', 'evil, \"PG_CATALOG\"', false)");
+    assert!(!s.search_path_tampered(), "a quoted \"PG_CATALOG\" is another schema");
+    let mut s = Session::default();
+    guard.check_query(&mut s, "SET search_path = 'evil, pg_catalog'");
+    assert!(!s.search_path_tampered(), "one quoted string is one (odd) schema name");
+    let mut s = Session::default();
     guard.check_parse(&mut s, "", "SET search_path = evil, pg_catalog");
     assert!(s.search_path_tampered(), "tightened at Parse already");
 }
@@ -324,4 +433,15 @@ fn decisions_serialise_for_the_audit_log() {
     assert_eq!(v["statements"][0]["action"]["max_rows"], 1000);
     assert_eq!(v["statements"][1]["objects"][0], "t");
     assert!(d.summary().contains("DROP TABLE t"), "{}", d.summary());
+    // Each statement's own text, to run one of them under a savepoint.
+    assert_eq!(d.statements[0].text, "DELETE FROM orders WHERE id = 1");
+    assert_eq!(d.statements[1].text, "DROP TABLE t");
+    let d = guard
+        .check_query(&mut Session::default(), "  SELECT 'é'  ;\n -- x\n UPDATE t SET a = 'ü' WHERE id = 2;");
+    assert_eq!(d.statements[0].text, "SELECT 'é'");
+    assert!(
+        d.statements[1].text.ends_with("UPDATE t SET a = 'ü' WHERE id = 2"),
+        "{:?}",
+        d.statements[1].text
+    );
 }

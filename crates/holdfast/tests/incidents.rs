@@ -4,7 +4,6 @@
 //! what was committed before.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use testkit::pg::{TempPg, bin, command_as_postgres};
@@ -17,7 +16,7 @@ fn holdfast() -> &'static Path {
 const CHECKSUM: &str =
     "SELECT count(*) || ':' || md5(string_agg(id || '=' || balance, ',' ORDER BY id)) FROM accounts";
 
-use testkit::webhook::{Received, receiver as webhook_receiver};
+use testkit::webhook::receiver as webhook_receiver;
 
 fn cli(v: &TempVault, token: &Path, args: &[&str]) -> std::process::Output {
     v.cli(token, args).unwrap()

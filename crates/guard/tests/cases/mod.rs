@@ -315,15 +315,16 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("EXPLAIN SELECT pg_terminate_backend(1)", Destr, Approve), // the planner may evaluate calls
     ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", Ddl, Allow),
     // ---- identity and settings
-    // Lexer-changing settings: afterwards `SELECT 'x\'' ; DROP TABLE t; -- '` is one string to
-    // the guard but a DROP to a server with standard_conforming_strings off (or SJIS bytes
-    // swallowing a backslash with client_encoding SJIS).
-    ("SET standard_conforming_strings = off", Destr, Approve),
-    ("SET standard_conforming_strings TO on", Destr, Approve),
-    ("SELECT set_config('standard_conforming_strings', 'off', false)", Destr, Approve),
+    // Lexer-changing settings: afterwards `SELECT 'x\'' ; DROP TABLE t; -- '` is one string with
+    // standard_conforming_strings on but a DROP with it off. The guard reads later statements
+    // both ways until the server reports the value (and the gate ends such a session); SJIS
+    // bytes can swallow a backslash, so leaving UTF-8 is destructive.
+    ("SET standard_conforming_strings = off", Write, Allow),
+    ("SET standard_conforming_strings TO on", Write, Allow),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", Write, Allow),
     ("SET client_encoding = 'SJIS'", Destr, Approve),
     ("SET NAMES 'SJIS'", Destr, Approve),
-    ("SET backslash_quote = on", Destr, Approve),
+    ("SET backslash_quote = on", Write, Allow), // with UTF-8, as safe as the default
     ("SET ROLE postgres", Destr, Approve),
     ("set role \"postgres\"", Destr, Approve),
     ("SET LOCAL ROLE postgres", Destr, Approve),
@@ -410,6 +411,61 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("EXECUTE never_prepared", Read, Deny), // unknown prepared statement: fail closed
     ("EXPLAIN ANALYZE EXECUTE never_prepared", Read, Deny),
     ("CREATE TABLE x AS EXECUTE never_prepared", Ddl, Deny),
+    // ---- more places a call or a write can hide
+    ("SELECT * FROM t1 UNION SELECT pg_terminate_backend(1)", Destr, Approve), // UNION arms are separate structs
+    ("SELECT 1 EXCEPT (SELECT 2 INTERSECT SELECT pg_cancel_backend(1))", Destr, Approve),
+    ("INSERT INTO t SELECT pg_terminate_backend(1)", Destr, Approve),
+    ("SELECT * FROM pg_stat_activity, pg_terminate_backend(pid)", Destr, Approve),
+    ("SELECT x FROM t WHERE x = ANY (SELECT pg_cancel_backend(1))", Destr, Approve),
+    ("SELECT json_build_object('k', pg_terminate_backend(1))", Destr, Approve),
+    ("SELECT 1 WHERE EXISTS (SELECT pg_terminate_backend(1))", Destr, Approve),
+    ("UPDATE t SET a = 1 WHERE id IN (SELECT pg_terminate_backend(1)::int)", Destr, Approve),
+    ("CREATE POLICY p ON t USING (pg_terminate_backend(1))", Destr, Approve), // runs on every read of t
+    ("ALTER TABLE t ADD CONSTRAINT c CHECK (pg_terminate_backend(1))", Destr, Approve),
+    ("CREATE INDEX ON t ((pg_terminate_backend(id)))", Destr, Approve),
+    ("CREATE TABLE t (c int GENERATED ALWAYS AS (pg_terminate_backend(1)::int) STORED)", Destr, Approve),
+    ("CREATE DOMAIN d AS int CHECK (pg_terminate_backend(VALUE))", Destr, Approve),
+    ("COPY t FROM STDIN WHERE pg_terminate_backend(1)", Destr, Approve),
+    ("CREATE MATERIALIZED VIEW mv AS SELECT pg_terminate_backend(1) WITH NO DATA", Destr, Approve),
+    ("SELECT pg_stat_reset()", Destr, Approve),
+    ("SELECT pg_catalog.pg_reload_conf()", Destr, Approve),
+    ("SELECT lo_export(1, '/tmp/x')", Destr, Approve),
+    ("SELECT * FROM dblink_get_result('c') AS t(a int)", Destr, Approve),
+    ("ALTER ROLE alice RENAME TO bob", Destr, Approve), // ALTER ROLE in another grammar rule
+    ("ALTER LARGE OBJECT 1 OWNER TO mallory", Destr, Approve),
+    ("DELETE FROM t WHERE false", Destr, Approve), // row-independent: all or nothing, not evaluated
+    ("VACUUM (FULL, ANALYZE) orders", Ddl, Allow),
+    ("VACUUM (FULL false) orders", Write, Allow),
+    ("ANALYZE", Write, Allow),
+    ("DISCARD TEMP", Write, Allow),
+    ("DISCARD PLANS", Read, Allow),
+    ("LOCK orders", Write, Allow),
+    ("CREATE TEMP TABLE x (id int)", Ddl, Allow),
+    ("ALTER SEQUENCE s RESTART", Ddl, Allow),
+    ("CREATE TABLE p1 PARTITION OF orders FOR VALUES IN (1)", Ddl, Allow),
+    ("ALTER TABLE orders DETACH PARTITION p1", Ddl, Allow), // the rows stay in p1
+    ("ALTER TABLE orders SET SCHEMA archive", Ddl, Allow),
+    ("ALTER DATABASE shop RENAME TO shop_old", Ddl, Allow),
+    ("SELECT * FROM t TABLESAMPLE bernoulli (10)", Read, Allow),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r WHERE n < 10) SELECT * FROM r", Read, Allow),
+    ("DELETE FROM t WHERE id = ANY($1)", Write, Rows),
+    ("INSERT INTO t DEFAULT VALUES", Write, Allow),
+    ("PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p", Read, Allow),
+    ("START TRANSACTION; SET TRANSACTION READ WRITE; COMMIT", Read, Allow),
+    ("ROLLBACK PREPARED 'tx1'", Read, Allow),
+    ("SET LOCAL statement_timeout = 0", Read, Allow),
+    ("RESET statement_timeout", Read, Allow),
+    ("SET CONSTRAINTS ALL DEFERRED", Read, Allow),
+    ("SET SESSION search_path TO evil, pg_catalog", Ddl, Allow),
+    ("SELECT current_setting('search_path')", Read, Allow),
+    ("SELECT set_config('search_path', 'evil,PG_CATALOG', false)", Ddl, Allow),
+    // ---- client encodings: the guard reads UTF-8; in GBK/SJIS/BIG5 a quote can hide in a character
+    ("SET client_encoding = 'UTF8'", Read, Allow),
+    ("SET NAMES 'utf-8'", Read, Allow),
+    ("SET client_encoding TO 'SJIS'", Destr, Approve),
+    ("SET NAMES 'GBK'", Destr, Approve),
+    ("SELECT set_config('client_encoding', 'BIG5', false)", Destr, Approve),
+    ("SET standard_conforming_strings = off", Write, Allow), // the session then lexes both ways
     // ---- empty
     ("", Read, Allow),
     (";", Read, Allow),
