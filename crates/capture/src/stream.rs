@@ -141,7 +141,13 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                     }
                     _ => {}
                 }
-                tracing::warn!(cluster = %rt.cluster.name, error = %msg, "WAL stream interrupted; retrying");
+                if matches!(e, CaptureError::Pg(PgError::StreamEnded)) {
+                    // A clean shutdown or a switchover, not a failure: say so plainly. If the
+                    // server stays away, `connection_lost` follows after the grace period.
+                    tracing::info!(cluster = %rt.cluster.name, "the server ended the WAL stream (shutdown or switchover); reconnecting");
+                } else {
+                    tracing::warn!(cluster = %rt.cluster.name, error = %msg, "WAL stream interrupted; retrying");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop_requested(&mut shutdown) => {}

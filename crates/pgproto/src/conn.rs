@@ -81,6 +81,10 @@ pub struct Config {
     pub ssl: SslMode,
     /// The time allowed for connecting and authenticating.
     pub connect_timeout: Duration,
+    /// `None`: a replication connection (`replication=true`). `Some(db)`: an ordinary,
+    /// read-only session to database `db` (simple queries only), as
+    /// [`ReplicationConnection::connect_database`] opens.
+    pub database: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("application_name", &self.application_name)
             .field("ssl", &self.ssl)
+            .field("database", &self.database)
             .finish()
     }
 }
@@ -107,6 +112,7 @@ impl Config {
             application_name: "holdfast".into(),
             ssl: SslMode::default(),
             connect_timeout: Duration::from_secs(30),
+            database: None,
         }
     }
 
@@ -177,6 +183,16 @@ impl ReplicationConnection {
             .map_err(|_| Error::Timeout(target))?
     }
 
+    /// Opens an ordinary (non-replication) session to database `database` with the same
+    /// settings, for catalog queries: every transaction in it is read-only
+    /// (`default_transaction_read_only`, set at startup, so nothing the session runs can write).
+    /// Only [`simple_query`](Self::simple_query) is meaningful on it.
+    pub async fn connect_database(cfg: &Config, database: &str) -> Result<Self, Error> {
+        let mut cfg = cfg.clone();
+        cfg.database = Some(database.to_owned());
+        Self::connect(&cfg).await
+    }
+
     async fn connect_inner(cfg: &Config) -> Result<Self, Error> {
         let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
         let (io, tls): (Box<dyn Io>, bool) = match &cfg.host {
@@ -233,15 +249,19 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, cfg: &Config) -> Result<(), Error> {
-        frontend::startup(
-            &mut self.out,
-            &[
-                ("user", &cfg.user),
-                ("replication", "true"),
-                ("application_name", &cfg.application_name),
-                ("client_encoding", "UTF8"),
-            ],
-        );
+        let mut params = vec![
+            ("user", cfg.user.as_str()),
+            ("application_name", cfg.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        match &cfg.database {
+            None => params.push(("replication", "true")),
+            Some(db) => {
+                params.push(("database", db.as_str()));
+                params.push(("options", "-c default_transaction_read_only=on"));
+            }
+        }
+        frontend::startup(&mut self.out, &params);
         self.flush().await?;
         let mut auth = Authenticator::new(&cfg.user, cfg.password.as_deref().map(str::as_bytes));
         loop {
@@ -493,6 +513,12 @@ impl ReplicationConnection {
             BackendMessage::ErrorResponse(e) => {
                 self.mode = Mode::Idle;
                 Err(Error::Server(e))
+            }
+            // A clean shutdown (or a switchover) ends the stream with CommandComplete and no
+            // CopyDone: the server ended it, nothing went wrong on this side.
+            BackendMessage::CommandComplete(_) => {
+                self.mode = Mode::Idle;
+                Err(Error::StreamEnded)
             }
             other => Err(Error::Protocol(format!("unexpected {} while streaming", other.name()))),
         }

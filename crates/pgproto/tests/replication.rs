@@ -562,3 +562,69 @@ async fn tls_require_and_verify_full() -> Result<()> {
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_database_session_runs_read_only_queries() -> Result<()> {
+    let pg = TempPg::start()?;
+    pg.create_replication_role(REP_USER, REP_PASSWORD)?;
+    pg.psql("CREATE DATABASE shop")?;
+    pg.psql_db("shop", "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")?;
+    let cfg = unix_config(&pg, REP_USER, REP_PASSWORD);
+    let mut conn = ReplicationConnection::connect_database(&cfg, "shop").await?;
+    let sets = conn.simple_query("SELECT current_database() AS db, NULL::text AS nothing").await?;
+    assert_eq!(sets[0].get(0, "db"), Some("shop"));
+    assert_eq!(sets[0].get(0, "nothing"), None, "NULL");
+    // Catalog reads need no grant: the file and size of a table the role may not read.
+    let sets = conn
+        .simple_query("SELECT pg_relation_filenode('orders') AS f, pg_relation_size('orders') AS b")
+        .await?;
+    assert!(sets[0].get(0, "f").unwrap().parse::<u32>()? > 0);
+    assert_eq!(sets[0].get(0, "b"), Some("8192"));
+    // The session cannot write, whatever it is asked.
+    let err = conn.simple_query("CREATE TABLE x (id int)").await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("25006"), "read-only transaction: {err:?}");
+    let err = conn.simple_query("SELECT * FROM orders").await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42501"), "no grant on the data: {err:?}");
+    assert!(conn.simple_query("SELECT 1").await.is_ok(), "usable after errors");
+    // A database that does not exist is named in the error.
+    let err = ReplicationConnection::connect_database(&cfg, "nope").await.unwrap_err();
+    assert!(err.to_string().contains("\"nope\" does not exist"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_clean_shutdown_ends_the_stream_in_plain_words() -> Result<()> {
+    let mut pg = TempPg::start()?;
+    pg.create_replication_role(REP_USER, REP_PASSWORD)?;
+    let mut conn = connect(&pg).await?;
+    let ident = conn.identify_system().await?;
+    conn.start_replication(None, Lsn(ident.xlogpos.0 - ident.xlogpos.0 % SEG), None).await?;
+    let stopper = std::thread::spawn(move || {
+        pg.stop().unwrap();
+        pg
+    });
+    // The server waits for the client to confirm everything before it ends the stream.
+    let mut received = Lsn(0);
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(30), conn.next_message()).await? {
+            Ok(StreamEvent::XLogData(x)) => received = received.max(Lsn(x.wal_start.0 + x.data.len() as u64)),
+            Ok(StreamEvent::Keepalive(k)) if k.reply_requested => {
+                let at = received.max(k.wal_end);
+                let status = StandbyStatusUpdate {
+                    write: at,
+                    flush: at,
+                    apply: at,
+                    client_time: pg_now(),
+                    reply_requested: false,
+                };
+                conn.send_status(status).await?;
+            }
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let _pg = stopper.join().unwrap();
+    assert!(matches!(err, Error::StreamEnded), "{err:?}");
+    assert!(err.to_string().starts_with("the server ended the WAL stream (it is shutting down"), "{err}");
+    Ok(())
+}
