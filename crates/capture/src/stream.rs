@@ -210,6 +210,7 @@ async fn store_history(
     tli: TimelineId,
     system_id: &str,
 ) -> Result<(), CaptureError> {
+    let new = !rt.archive.has_history(tli);
     let rec = TimelineRecord {
         cluster: rt.cluster.name.clone(),
         system_id: system_id.to_string(),
@@ -217,7 +218,15 @@ async fn store_history(
         filename: filename.to_string(),
         content: String::from_utf8_lossy(content).into_owned(),
     };
-    rt.archive.store_history(rec, rt.now(), rt.host.retain_until()).await
+    rt.archive.store_history(rec, rt.now(), rt.host.retain_until()).await?;
+    if new {
+        // The switch from the timeline before: the history file's last entry.
+        let last = pgfmt::TimelineHistory::parse(&String::from_utf8_lossy(content))
+            .ok()
+            .and_then(|h| h.entries.last().cloned());
+        rt.timeline_switch(tli, last.as_ref().map(|e| e.switchpoint), last.map(|e| e.parent.0)).await;
+    }
+    Ok(())
 }
 
 /// Makes sure the vault's slot exists; returns its restart position. A slot that vanished

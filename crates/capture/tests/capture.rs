@@ -121,7 +121,7 @@ impl Vault {
             synchronous: false,
             flush_interval_ms: None,
             backup_interval_minutes: None,
-            mass_delete_rows: None,
+            ..Default::default()
         };
         Ok(cfg.validate()?)
     }

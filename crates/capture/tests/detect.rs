@@ -57,7 +57,7 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
         wal.extend_from_slice(&bytes[from..]);
         seg += 1;
     }
-    let mut detector = Detector::new(Thresholds { mass_delete_rows: 1000 });
+    let mut detector = Detector::new(Thresholds { mass_delete_rows: 1000, ..Default::default() });
     let mut found = Vec::new();
     for rec in WalReader::new(&wal, page, SEG) {
         let Ok(rec) = rec else { break };

@@ -118,7 +118,12 @@ fn a_mass_delete_and_a_dropped_table_are_incidents_alerted_in_seconds_and_undone
     let m = by_xid(mass).unwrap_or_else(|| panic!("no incident for the mass delete {mass}: {incidents:?}"));
     assert_eq!(m["kind"], "mass_delete", "{m}");
     assert_eq!(m["restore_target"], serde_json::json!({"kind": "before_xid", "xid": mass}));
-    assert!(m["objects"][0].as_str().unwrap().contains("1500 rows deleted"), "{m}");
+    assert_eq!(m["objects"][0]["deleted"], 1500, "{m}");
+    assert_eq!(
+        (m["objects"][0]["database"].as_str(), m["objects"][0]["schema"].as_str(), m["objects"][0]["table"].as_str()),
+        (Some("postgres"), Some("public"), Some("accounts")),
+        "{m}"
+    );
     let d = by_xid(dropped).unwrap_or_else(|| panic!("no incident for DROP TABLE {dropped}: {incidents:?}"));
     assert_eq!(d["kind"], "relations_dropped", "{d}");
     assert!(by_xid(small).is_none(), "a one-row delete became an incident");
