@@ -1,6 +1,7 @@
 //! Names for what the WAL calls by number: a snapshot of each database's catalog (database
-//! OID → name; relation file → schema, table, kind, size, estimated rows), kept fresh by one
-//! read-only session per database and merged rather than replaced, so that a table dropped
+//! OID → name; relation file → schema, table, kind, size, estimated rows), kept fresh by a
+//! short read-only session per database at each refresh (closed at once, so that the vault never
+//! stands in the way of DROP DATABASE), and merged rather than replaced, so that a table dropped
 //! since the last refresh can still be named in the incident about it.
 
 use std::collections::HashMap;
@@ -32,7 +33,8 @@ pub struct RelInfo {
     pub relkind: char,
     /// The main file of the table it belongs to.
     pub table_file: RelFileNode,
-    /// Main-fork size in bytes.
+    /// Main-fork size in bytes, from `relpages` (an estimate, 0 until first vacuumed or
+    /// analysed).
     pub bytes: u64,
     /// The table's estimated rows (`reltuples`), `None` when never analysed.
     pub rows: Option<u64>,
@@ -91,7 +93,10 @@ impl Snapshot {
 }
 
 /// The query run in each database: every relation with storage, keyed by its file, named by
-/// the table it belongs to. Reads only catalogs and `pg_relation_size`, which need no grant.
+/// the table it belongs to. Reads only catalogs, which need no grant, and takes no lock on any
+/// user table: sizes are `relpages` (as of the last VACUUM, ANALYZE or CREATE INDEX), not
+/// `pg_relation_size`, which would lock every relation for the length of the query and make
+/// DDL on the protected server wait for the vault.
 const RELATIONS_SQL: &str = "\
 SELECT pg_relation_filenode(c.oid) AS filenode,
        CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END AS spc,
@@ -99,7 +104,7 @@ SELECT pg_relation_filenode(c.oid) AS filenode,
        tn.nspname AS schema, t.relname AS table_name, c.relname AS relation, c.relkind AS relkind,
        pg_relation_filenode(t.oid) AS table_filenode,
        CASE WHEN t.reltablespace = 0 THEN d.dattablespace ELSE t.reltablespace END AS table_spc,
-       pg_relation_size(c.oid) AS bytes,
+       c.relpages::bigint * current_setting('block_size')::bigint AS bytes,
        t.reltuples::bigint AS rows
 FROM pg_class c
 CROSS JOIN (SELECT oid, dattablespace FROM pg_database WHERE datname = current_database()) d
@@ -146,7 +151,7 @@ pub async fn read_relations(
     Ok(out)
 }
 
-/// Open sessions, one per database, reused across refreshes.
+/// Sessions opened during one refresh, one per database.
 #[derive(Default)]
 struct Sessions {
     by_db: HashMap<String, ReplicationConnection>,
@@ -224,8 +229,11 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions) -> Result<(), Str
             }
         }
     }
-    // Sessions of databases that are gone are closed.
-    sessions.by_db.retain(|db, _| databases.iter().any(|(_, n)| n == db));
+    // Sessions are closed after each refresh: one left open would make DROP DATABASE fail
+    // ("being accessed by other users") on the server the vault protects.
+    for (_, c) in sessions.by_db.drain() {
+        let _ = c.close().await;
+    }
     rt.merge_catalog(databases, relations);
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }

@@ -61,8 +61,9 @@ pub struct Destruction {
     pub commit_time_us: Option<i64>,
     /// The dropped database's OID.
     pub database: Option<u32>,
-    /// Relation files dropped at commit.
-    pub dropped: Vec<RelFileNode>,
+    /// Relation files dropped at commit, with their size in pages as far as the detector saw
+    /// (base backup, WAL writes).
+    pub dropped: Vec<(RelFileNode, u64)>,
     /// Heap tuples deleted, per relation file, most first.
     pub deleted: Vec<(RelFileNode, u64)>,
     /// Heap tuples updated, per relation file, most first.
@@ -269,11 +270,11 @@ impl Detector {
                         }
                     }
                 }
-                let mut dropped: Vec<RelFileNode> = Vec::new();
+                let mut dropped: Vec<(RelFileNode, u64)> = Vec::new();
                 let mut dropped_pages = 0;
                 for r in &x.dropped_rels {
                     if let Some(pages) = self.nonempty.remove(r) {
-                        dropped.push(*r);
+                        dropped.push((*r, pages));
                         dropped_pages += pages;
                     }
                 }
@@ -534,7 +535,7 @@ mod tests {
         d.note_written(0, [(rel(2), 4)]);
         let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2), rel(3)])).unwrap();
         assert_eq!(f.kind, Kind::RelationsDropped);
-        assert_eq!(f.dropped, vec![rel(1), rel(2)]);
+        assert_eq!(f.dropped, vec![(rel(1), 10), (rel(2), 5)]);
         // A rewrite: the transaction wrote the data into new files before dropping the old.
         d.seed([(rel(20), 100), (rel(21), 30)]);
         d.feed(Lsn(90), 9, &RecordKind::Other);
@@ -545,7 +546,7 @@ mod tests {
         d.feed(Lsn(100), 10, &RecordKind::Other);
         d.note_written(10, [(rel(51), 0)]);
         let f = d.feed(Lsn(105), 10, &commit(vec![rel(40), rel(41)])).unwrap();
-        assert_eq!(f.dropped, vec![rel(40), rel(41)], "TRUNCATE-like");
+        assert_eq!(f.dropped, vec![(rel(40), 100), (rel(41), 30)], "TRUNCATE-like");
         assert_eq!(relfilenode_of("base/5/16384.12"), Some(RelFileNode { spc: 1663, db: 5, rel: 16384 }));
         assert_eq!(relfilenode_of("global/1262_vm"), Some(RelFileNode { spc: 1664, db: 0, rel: 1262 }));
         assert_eq!(

@@ -383,6 +383,9 @@ impl ClusterRuntime {
     }
 }
 
+/// OIDs (and initial relfilenodes) below this belong to the system (`FirstNormalObjectId`).
+const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+
 /// One object per table (indexes and TOAST folded into their table) or dropped database.
 fn incident_objects(d: &crate::detect::Destruction, catalog: &Snapshot) -> Vec<crate::status::IncidentObject> {
     use crate::status::IncidentObject;
@@ -417,22 +420,27 @@ fn incident_objects(d: &crate::detect::Destruction, catalog: &Snapshot) -> Vec<c
             out.len() - 1
         })
     };
-    for f in &d.dropped {
+    for (f, pages) in &d.dropped {
         let i = slot(&mut out, *f);
         let o = &mut out[i];
         o.dropped = true;
-        if let Some(b) = catalog.relation(f).map(|r| r.bytes) {
-            *o.bytes.get_or_insert(0) += b;
-        }
+        // The larger of what the catalog last said and the pages the WAL and backup showed.
+        let b = catalog.relation(f).map_or(0, |r| r.bytes).max(pages * 8192);
+        *o.bytes.get_or_insert(0) += b;
         if o.relfilenode.as_deref() != Some(&f.to_string()) {
             o.files.push(f.to_string());
         }
     }
-    for (f, n) in &d.deleted {
+    // Rows changed in the system catalogs are the bookkeeping of DDL, not the user's data.
+    let user_table = |f: &RelFileNode| match catalog.relation(f) {
+        Some(r) => !matches!(r.schema.as_str(), "pg_catalog" | "pg_toast" | "information_schema"),
+        None => f.rel >= FIRST_NORMAL_OBJECT_ID,
+    };
+    for (f, n) in d.deleted.iter().filter(|(f, _)| user_table(f)) {
         let i = slot(&mut out, *f);
         *out[i].deleted.get_or_insert(0) += n;
     }
-    for (f, n) in &d.updated {
+    for (f, n) in d.updated.iter().filter(|(f, _)| user_table(f)) {
         let i = slot(&mut out, *f);
         *out[i].updated.get_or_insert(0) += n;
     }

@@ -184,9 +184,11 @@ impl ReplicationConnection {
     }
 
     /// Opens an ordinary (non-replication) session to database `database` with the same
-    /// settings, for catalog queries: every transaction in it is read-only
-    /// (`default_transaction_read_only`, set at startup, so nothing the session runs can write).
-    /// Only [`simple_query`](Self::simple_query) is meaningful on it.
+    /// settings, for catalog queries. Its transactions are read-only by default
+    /// (`default_transaction_read_only`, set at startup, a guard against mistakes — the real
+    /// limit is a role without grants), and it gives up on locks after 2 s and on statements
+    /// after 60 s, so that it never holds up the server it watches. Only
+    /// [`simple_query`](Self::simple_query) is meaningful on it.
     pub async fn connect_database(cfg: &Config, database: &str) -> Result<Self, Error> {
         let mut cfg = cfg.clone();
         cfg.database = Some(database.to_owned());
@@ -258,7 +260,8 @@ impl ReplicationConnection {
             None => params.push(("replication", "true")),
             Some(db) => {
                 params.push(("database", db.as_str()));
-                params.push(("options", "-c default_transaction_read_only=on"));
+                // Never wait long behind someone else's lock on the protected server.
+                params.push(("options", "-c default_transaction_read_only=on -c lock_timeout=2s -c statement_timeout=60s"));
             }
         }
         frontend::startup(&mut self.out, &params);
