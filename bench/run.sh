@@ -3,7 +3,8 @@
 #   bench/run.sh ingest    store ingest vs restic (pgbench data dir + random data, 1 % change)
 #   bench/run.sh capture   base backup vs pg_basebackup and pgBackRest, WAL latency, sync-mode cost
 #   bench/run.sh restore   point-in-time restore RTO vs pgBackRest and pg_basebackup + cp
-#   bench/run.sh           all three
+#   bench/run.sh detect    WAL decode + detect throughput on one core vs pg_waldump (>= 1 GB)
+#   bench/run.sh           all four
 # Reports go to bench-out/*.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ case "${1:-all}" in
   ingest) exec bash bench/ingest.sh ;;
   capture) exec bash bench/capture.sh ;;
   restore) exec bash bench/restore.sh ;;
-  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  detect) exec bash bench/detect.sh ;;
+  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh && bash bench/detect.sh ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -133,6 +133,8 @@ pub struct Detector {
     rows: HashMap<RelFileNode, u64>,
     /// Files first written since [`Detector::take_new_files`] was last called.
     new_files: Vec<RelFileNode>,
+    /// `pg_database` rows (block, offset) updated in place, with the record's LSN.
+    db_row_marked: HashMap<(u32, u16), Lsn>,
 }
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
@@ -198,11 +200,38 @@ impl Detector {
     /// One decoded record: the blocks it writes, then its kind. What callers use.
     pub fn record(&mut self, rec: &pgfmt::wal::WalRecord) -> Option<Destruction> {
         let kind = rec.kind().ok()?;
-        self.open_xact(rec.lsn, rec.header.xid);
         if let Ok(body) = rec.body() {
+            self.database_row(rec, &body, &kind);
+            self.open_xact(rec.lsn, rec.header.xid);
             self.note_written(rec.header.xid, body.blocks.iter().map(|b| (b.rel, b.block)));
         }
         self.feed(rec.lsn, rec.header.xid, &kind)
+    }
+
+    /// DROP DATABASE (PostgreSQL 15.4 and later) first marks the database invalid with an
+    /// in-place update of its `pg_database` row, before its transaction has an id, then deletes
+    /// the row. Restoring to just before the transaction's first record would bring the
+    /// database back invalid, so its transaction starts at that in-place update: matched by the
+    /// row (block, offset) the delete then removes.
+    fn database_row(&mut self, rec: &pgfmt::wal::WalRecord, body: &pgfmt::wal::DecodedBody<'_>, kind: &RecordKind) {
+        const PG_DATABASE: RelFileNode = RelFileNode { spc: 1664, db: 0, rel: 1262 };
+        const XLOG_HEAP_INPLACE: u8 = 0x70;
+        let Some(b) = body.blocks.first().filter(|b| b.rel == PG_DATABASE) else { return };
+        let offset = |at: usize| body.main_data.get(at..at + 2).map(|o| u16::from_le_bytes([o[0], o[1]]));
+        if rec.header.rmid == pgfmt::wal::rmgr::HEAP && rec.rm_info() & 0x70 == XLOG_HEAP_INPLACE {
+            if let Some(off) = offset(0) {
+                if self.db_row_marked.len() >= 64 {
+                    self.db_row_marked.clear();
+                }
+                self.db_row_marked.insert((b.block, off), rec.lsn);
+            }
+        } else if let RecordKind::HeapDelete { .. } = kind {
+            // xl_heap_delete: xmax (4 bytes), then the offset.
+            let marked = offset(4).and_then(|off| self.db_row_marked.remove(&(b.block, off)));
+            if let Some(at) = marked.filter(|_| rec.header.xid != 0 && !self.open.contains_key(&rec.header.xid)) {
+                self.open.insert(rec.header.xid, Open { first_lsn: at, ..Default::default() });
+            }
+        }
     }
 
     fn open_xact(&mut self, lsn: Lsn, xid: u32) {
