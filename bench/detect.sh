@@ -112,7 +112,7 @@ REPORT="$OUT/detect.md"
   echo
   echo "WAL: $NSEG segments of pgbench (scale 20 init + TPC-B, checkpoints every 30 s), $((BYTES / 1000000)) MB, $RECORDS records (pg_waldump --stats: $WD_RECORDS). Best of $RUNS, page cache warm, \`taskset -c 0\`."
   echo
-  echo "| tool | seconds | MB/s | vs holdfast |"
+  echo "| tool | seconds | MB/s | speed ÷ holdfast |"
   echo "|---|---|---|---|"
   echo "| holdfast decode + CRC + detect (\`detect_wal\`) | $HF_S | $(mbs "$HF_S") | 1.00 |"
   echo "| pg_waldump --quiet (decode + CRC only) | $WQ_S | $(mbs "$WQ_S") | $(ratio "$HF_S" "$WQ_S") |"

@@ -13,7 +13,8 @@ use pgfmt::wal::WalReader;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: detect_wal DIR_WITH_WAL_SEGMENTS")?;
-    let seg_size: u64 = std::env::var("WAL_SEGMENT_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(16 << 20);
+    let seg_size: u64 =
+        std::env::var("WAL_SEGMENT_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(16 << 20);
     let mut names: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))

@@ -209,7 +209,8 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions) -> Result<(), Str
     let mut databases = Vec::new();
     if let Some(set) = sets.first() {
         for row in 0..set.rows.len() {
-            if let (Some(oid), Some(name)) = (set.get(row, "oid").and_then(|v| v.parse().ok()), set.get(row, "datname"))
+            if let (Some(oid), Some(name)) =
+                (set.get(row, "oid").and_then(|v| v.parse().ok()), set.get(row, "datname"))
             {
                 databases.push((oid, name.to_string()));
             }

@@ -157,16 +157,15 @@ impl ClusterConfig {
         if self.hosts.is_empty() {
             return Err(bad("`hosts` is empty: list at least one `host:port`".into()));
         }
-        let password = read_password(self.password_file.as_ref(), self.password_env.as_ref(), "password_file", &bad)?;
+        let password =
+            read_password(self.password_file.as_ref(), self.password_env.as_ref(), "password_file", &bad)?;
         let catalog_password = match &self.catalog_user {
-            Some(_) => {
-                read_password(
+            Some(_) => read_password(
                 self.catalog_password_file.as_ref(),
                 self.catalog_password_env.as_ref(),
                 "catalog_password_file",
                 &bad,
-            )?
-            }
+            )?,
             None if self.catalog_password_file.is_some() || self.catalog_password_env.is_some() => {
                 return Err(bad(
                     "catalog_password_file/catalog_password_env need catalog_user (without it the catalog \

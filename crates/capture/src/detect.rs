@@ -99,7 +99,12 @@ impl Default for Thresholds {
 impl Thresholds {
     /// Whether `counts` (tuples per relation file) are a mass change, with `total_limit` the
     /// absolute threshold and `rows` the tables' estimated rows.
-    fn crossed(&self, counts: &HashMap<RelFileNode, u64>, total_limit: u64, rows: &HashMap<RelFileNode, u64>) -> bool {
+    fn crossed(
+        &self,
+        counts: &HashMap<RelFileNode, u64>,
+        total_limit: u64,
+        rows: &HashMap<RelFileNode, u64>,
+    ) -> bool {
         let total: u64 = counts.values().sum();
         total > total_limit
             || counts.iter().any(|(rel, n)| {
@@ -213,7 +218,12 @@ impl Detector {
     /// the row. Restoring to just before the transaction's first record would bring the
     /// database back invalid, so its transaction starts at that in-place update: matched by the
     /// row (block, offset) the delete then removes.
-    fn database_row(&mut self, rec: &pgfmt::wal::WalRecord, body: &pgfmt::wal::DecodedBody<'_>, kind: &RecordKind) {
+    fn database_row(
+        &mut self,
+        rec: &pgfmt::wal::WalRecord,
+        body: &pgfmt::wal::DecodedBody<'_>,
+        kind: &RecordKind,
+    ) {
         const PG_DATABASE: RelFileNode = RelFileNode { spc: 1664, db: 0, rel: 1262 };
         const XLOG_HEAP_INPLACE: u8 = 0x70;
         let Some(b) = body.blocks.first().filter(|b| b.rel == PG_DATABASE) else { return };
@@ -228,7 +238,9 @@ impl Detector {
         } else if let RecordKind::HeapDelete { .. } = kind {
             // xl_heap_delete: xmax (4 bytes), then the offset.
             let marked = offset(4).and_then(|off| self.db_row_marked.remove(&(b.block, off)));
-            if let Some(at) = marked.filter(|_| rec.header.xid != 0 && !self.open.contains_key(&rec.header.xid)) {
+            if let Some(at) =
+                marked.filter(|_| rec.header.xid != 0 && !self.open.contains_key(&rec.header.xid))
+            {
                 self.open.insert(rec.header.xid, Open { first_lsn: at, ..Default::default() });
             }
         }
@@ -514,7 +526,12 @@ mod tests {
 
     #[test]
     fn mass_updates_and_the_share_of_a_table() {
-        let t = Thresholds { mass_delete_rows: 100, mass_update_rows: 100, mass_change_share: 0.5, mass_change_min_rows: 10 };
+        let t = Thresholds {
+            mass_delete_rows: 100,
+            mass_update_rows: 100,
+            mass_change_share: 0.5,
+            mass_change_min_rows: 10,
+        };
         let mut d = Detector::new(t);
         let upd = |r| RecordKind::HeapUpdate { rel: Some(rel(r)), hot: false };
         let del = |r| RecordKind::HeapDelete { rel: Some(rel(r)), block: Some(0) };

@@ -126,12 +126,12 @@ impl Collector {
             // On a thread of its own: logging in (SCRAM) and reading large catalogs take CPU
             // that must never delay streaming WAL.
             let (crt, crx) = (rt.clone(), rx.clone());
-            tasks.push(tokio::task::spawn_blocking(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            tasks.push(tokio::task::spawn_blocking(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(local) => local.block_on(catalog::keep_fresh(crt, crx)),
                     Err(e) => tracing::error!(error = %e, "cannot start the catalog snapshot thread"),
-                }
-            }));
+                },
+            ));
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }

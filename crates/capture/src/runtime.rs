@@ -343,7 +343,12 @@ impl ClusterRuntime {
     }
 
     /// The server moved to a new timeline (a promotion): always an incident, one per timeline.
-    pub(crate) async fn timeline_switch(&self, tli: TimelineId, switchpoint: Option<Lsn>, parent: Option<u32>) {
+    pub(crate) async fn timeline_switch(
+        &self,
+        tli: TimelineId,
+        switchpoint: Option<Lsn>,
+        parent: Option<u32>,
+    ) {
         let at = switchpoint.map(|l| format!(" at {l}")).unwrap_or_default();
         let from = parent.map(|p| format!(" from timeline {p}")).unwrap_or_default();
         let incident = Incident {
@@ -387,7 +392,10 @@ impl ClusterRuntime {
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
 /// One object per table (indexes and TOAST folded into their table) or dropped database.
-fn incident_objects(d: &crate::detect::Destruction, catalog: &Snapshot) -> Vec<crate::status::IncidentObject> {
+fn incident_objects(
+    d: &crate::detect::Destruction,
+    catalog: &Snapshot,
+) -> Vec<crate::status::IncidentObject> {
     use crate::status::IncidentObject;
     use pgfmt::wal::RelFileNode;
     let db_name = |oid: u32| catalog.database(oid).map_or_else(|| oid.to_string(), str::to_string);

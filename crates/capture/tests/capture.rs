@@ -460,7 +460,11 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let repo = v.reopen().await?;
     let second = v.start(&repo, vec![cluster]).await?;
-    ensure!(status(&second, "restart").durable_lsn >= Some(before), "the new collector forgot stored WAL: {before} vs {:?}", status(&second, "restart"));
+    ensure!(
+        status(&second, "restart").durable_lsn >= Some(before),
+        "the new collector forgot stored WAL: {before} vs {:?}",
+        status(&second, "restart")
+    );
     let bench = bench.wait_with_output()?;
     ensure!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
     let flushed = flush_lsn(&pg)?;

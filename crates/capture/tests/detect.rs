@@ -111,8 +111,13 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
     // Its restore target is before the in-place update that marks the database invalid
     // (PostgreSQL 15.4+), which comes before the transaction has an id: restoring to just
     // after it would bring the database back unusable.
-    let RestoreTarget::BeforeLsn(target) = db.restore_target else { anyhow::bail!("{:?}", db.restore_target) };
+    let RestoreTarget::BeforeLsn(target) = db.restore_target else {
+        anyhow::bail!("{:?}", db.restore_target)
+    };
     let line = line_at(target).context("pg_waldump has no record at the restore target")?;
-    ensure!(line.contains("rmgr: Heap") && line.contains("INPLACE") && line.contains("rel 1664/0/1262"), "{line}");
+    ensure!(
+        line.contains("rmgr: Heap") && line.contains("INPLACE") && line.contains("rel 1664/0/1262"),
+        "{line}"
+    );
     Ok(())
 }

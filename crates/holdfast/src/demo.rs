@@ -350,7 +350,10 @@ async fn find_first_destruction(
     let end = map.contiguous_end(tli, from);
     let page = Lsn(from.0 - from.0 % 8192);
     let wal = archive.read_range(tli, page, end).await?;
-    let mut detector = capture::detect::Detector::new(capture::detect::Thresholds { mass_delete_rows: 999, ..Default::default() });
+    let mut detector = capture::detect::Detector::new(capture::detect::Thresholds {
+        mass_delete_rows: 999,
+        ..Default::default()
+    });
     for rec in WalReader::new(&wal, page, seg_size) {
         let Ok(rec) = rec else { break };
         let Some(found) = detector.record(&rec) else { continue };

@@ -20,7 +20,9 @@ fn holdfast() -> &'static Path {
 
 /// `count:md5` of a table's rows in id order.
 fn checksum(table: &str) -> String {
-    format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM {table} t")
+    format!(
+        "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM {table} t"
+    )
 }
 
 /// Rows in the 50 tables of schema tenant7.
@@ -63,7 +65,6 @@ fn webhook_receiver() -> (String, Received) {
 fn cli(v: &TempVault, token: &Path, args: &[&str]) -> std::process::Output {
     v.cli(token, args).unwrap()
 }
-
 
 /// A PostgreSQL, a vault capturing it (catalog refreshed every 2 s), and a webhook receiver.
 struct Setup {
@@ -211,12 +212,32 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         done: None,
     };
     let mut acts = vec![
-        act("mass_delete", "postgres", "DELETE FROM accounts WHERE id <= 1500", ("postgres", checksum("accounts"))),
-        act("mass_update", "postgres", "UPDATE customers SET balance = 0 WHERE id <= 1500", ("postgres", checksum("customers"))),
+        act(
+            "mass_delete",
+            "postgres",
+            "DELETE FROM accounts WHERE id <= 1500",
+            ("postgres", checksum("accounts")),
+        ),
+        act(
+            "mass_update",
+            "postgres",
+            "UPDATE customers SET balance = 0 WHERE id <= 1500",
+            ("postgres", checksum("customers")),
+        ),
         act("relations_dropped", "postgres", "TRUNCATE points", ("postgres", checksum("points"))),
         act("relations_dropped", "postgres", "DROP TABLE audit_log", ("postgres", checksum("audit_log"))),
-        act("relations_dropped", "postgres", "DROP SCHEMA tenant7 CASCADE", ("postgres", TENANT_ROWS.to_string())),
-        act("database_dropped", "postgres", "DROP DATABASE scratch WITH (FORCE)", ("scratch", checksum("keep"))),
+        act(
+            "relations_dropped",
+            "postgres",
+            "DROP SCHEMA tenant7 CASCADE",
+            ("postgres", TENANT_ROWS.to_string()),
+        ),
+        act(
+            "database_dropped",
+            "postgres",
+            "DROP DATABASE scratch WITH (FORCE)",
+            ("scratch", checksum("keep")),
+        ),
     ];
     for a in &mut acts {
         a.before = pg.psql_db(a.check.0, &a.check.1).unwrap();
@@ -254,12 +275,21 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         assert_eq!(again.len(), incidents.len(), "more incidents than destructive acts: {again:#?}");
         again
     };
-    assert_eq!(incidents.len(), acts.len(), "one incident per destructive act, nothing for maintenance: {incidents:#?}");
+    assert_eq!(
+        incidents.len(),
+        acts.len(),
+        "one incident per destructive act, nothing for maintenance: {incidents:#?}"
+    );
     assert!(!incidents.iter().any(|i| i["xid"] == small), "a 300-row delete became an incident");
     let dropdb = incidents.iter().find(|i| i["kind"] == "database_dropped").expect("DROP DATABASE");
     acts[5].xid = dropdb["xid"].as_u64().unwrap() as u32;
     for (a, inc) in acts.iter().zip(&incidents) {
-        assert_eq!((inc["kind"].as_str(), inc["xid"].as_u64()), (Some(a.kind), Some(u64::from(a.xid))), "{}: {inc:#}", a.sql);
+        assert_eq!(
+            (inc["kind"].as_str(), inc["xid"].as_u64()),
+            (Some(a.kind), Some(u64::from(a.xid))),
+            "{}: {inc:#}",
+            a.sql
+        );
         // The LSN is the commit (the drop record for a database), as pg_waldump sees it.
         let line = s.waldump(inc["lsn"].as_str().unwrap());
         let what = if a.kind == "database_dropped" { "rmgr: Database" } else { "rmgr: Transaction" };
@@ -281,14 +311,31 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
     // Named objects.
     let obj = |i: usize| incidents[i]["objects"].as_array().unwrap().clone();
     let name = |o: &serde_json::Value| {
-        format!("{}.{}.{}", o["database"].as_str().unwrap(), o["schema"].as_str().unwrap_or("?"), o["table"].as_str().unwrap_or("?"))
+        format!(
+            "{}.{}.{}",
+            o["database"].as_str().unwrap(),
+            o["schema"].as_str().unwrap_or("?"),
+            o["table"].as_str().unwrap_or("?")
+        )
     };
     let o = obj(0);
-    assert_eq!((name(&o[0]), o[0]["deleted"].as_u64()), ("postgres.public.accounts".into(), Some(1500)), "{o:?}");
+    assert_eq!(
+        (name(&o[0]), o[0]["deleted"].as_u64()),
+        ("postgres.public.accounts".into(), Some(1500)),
+        "{o:?}"
+    );
     let o = obj(1);
-    assert_eq!((name(&o[0]), o[0]["updated"].as_u64(), o[0]["rows"].as_u64()), ("postgres.public.customers".into(), Some(1500), Some(2000)), "{o:?}");
+    assert_eq!(
+        (name(&o[0]), o[0]["updated"].as_u64(), o[0]["rows"].as_u64()),
+        ("postgres.public.customers".into(), Some(1500), Some(2000)),
+        "{o:?}"
+    );
     let o = obj(2);
-    assert_eq!((o.len(), name(&o[0]), o[0]["dropped"].as_bool()), (1, "postgres.public.points".into(), Some(true)), "{o:?}");
+    assert_eq!(
+        (o.len(), name(&o[0]), o[0]["dropped"].as_bool()),
+        (1, "postgres.public.points".into(), Some(true)),
+        "{o:?}"
+    );
     let o = obj(3);
     assert_eq!((o.len(), name(&o[0])), (1, "postgres.public.audit_log".into()), "{o:?}");
     let o = obj(4);
@@ -298,14 +345,32 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
     expected.sort();
     assert_eq!(tables, expected, "DROP SCHEMA CASCADE: one incident naming all 50 tables");
     let o = obj(5);
-    assert_eq!((o[0]["database"].as_str(), o[0]["dropped"].as_bool()), (Some("scratch"), Some(true)), "{o:?}");
+    assert_eq!(
+        (o[0]["database"].as_str(), o[0]["dropped"].as_bool()),
+        (Some("scratch"), Some(true)),
+        "{o:?}"
+    );
     assert!(o[0]["bytes"].as_u64().unwrap_or(0) > 0, "{o:?}");
 
     // Undo each: the destroyed rows are back, and every ledger row committed before the act.
     pg.psql("SELECT pg_switch_wal()").unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let read = s.v.scratch().join("read.token");
-    let out = cli(&s.v, &s.admin, &["vault", "token", "create", "--scope", "read", "--label", "restore", "--out", read.to_str().unwrap()]);
+    let out = cli(
+        &s.v,
+        &s.admin,
+        &[
+            "vault",
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--label",
+            "restore",
+            "--out",
+            read.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -316,13 +381,26 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         cmd.arg("restore")
             // Promoted: paused just before a TRUNCATE or DROP commits, its lock on the table is
             // still held and a read would wait forever; promotion aborts that transaction.
-            .args(["--cluster", "main", "--before-incident", &(n + 1).to_string(), "--start", "--promote", "--json"])
+            .args([
+                "--cluster",
+                "main",
+                "--before-incident",
+                &(n + 1).to_string(),
+                "--start",
+                "--promote",
+                "--json",
+            ])
             .arg("--target-dir")
             .arg(&dir)
             .args(s.v.remote_args(&read))
             .env("PGPASSWORD", pg.superuser_password());
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "restore --before-incident {}: {}", n + 1, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "restore --before-incident {}: {}",
+            n + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let q = |db: &str, sql: &str| {
             let mut q = command_as_postgres(Path::new("env"));
@@ -330,15 +408,33 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
                 .arg(bin("psql").unwrap())
                 .arg("-h")
                 .arg(report["socket_dir"].as_str().unwrap())
-                .args(["-p", &report["port"].as_u64().unwrap().to_string(), "-U", "postgres", "-d", db, "-XAtq", "-c", sql]);
+                .args([
+                    "-p",
+                    &report["port"].as_u64().unwrap().to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                    "-XAtq",
+                    "-c",
+                    sql,
+                ]);
             let out = q.output().unwrap();
             assert!(out.status.success(), "{sql} in {db}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         assert_eq!(q(a.check.0, &a.check.1), a.before, "{}: the destroyed rows are back", a.sql);
         let ids: Vec<String> = a.ledger.iter().map(i64::to_string).collect();
-        let kept = q("postgres", &format!("SELECT count(*) FROM ledger WHERE id = ANY('{{{}}}'::bigint[])", ids.join(",")));
-        assert_eq!(kept, a.ledger.len().to_string(), "{}: every transaction committed before it is kept", a.sql);
+        let kept = q(
+            "postgres",
+            &format!("SELECT count(*) FROM ledger WHERE id = ANY('{{{}}}'::bigint[])", ids.join(",")),
+        );
+        assert_eq!(
+            kept,
+            a.ledger.len().to_string(),
+            "{}: every transaction committed before it is kept",
+            a.sql
+        );
         eprintln!("{}: undone in {:?}", a.sql, started.elapsed());
         let mut stop = command_as_postgres(&bin("pg_ctl").unwrap());
         stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
@@ -354,7 +450,8 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
 /// incident, though every byte of its WAL was decoded.
 #[test]
 fn pgbench_with_aggressive_autovacuum_raises_no_incident() {
-    let secs: u32 = std::env::var("HOLDFAST_DETECT_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let secs: u32 =
+        std::env::var("HOLDFAST_DETECT_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let pg = TempPg::start_with(
         TempPgOptions::default()
             .setting("autovacuum_naptime", "1")

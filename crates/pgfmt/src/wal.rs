@@ -715,9 +715,7 @@ impl WalRecord {
                 rel: body.blocks.first().map(|b| b.rel),
                 block: body.blocks.first().map(|b| b.block),
             },
-            rmgr::HEAP
-                if matches!(info & XLOG_HEAP_OPMASK, XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE) =>
-            {
+            rmgr::HEAP if matches!(info & XLOG_HEAP_OPMASK, XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE) => {
                 RecordKind::HeapUpdate {
                     rel: body.blocks.first().map(|b| b.rel),
                     hot: info & XLOG_HEAP_OPMASK == XLOG_HEAP_HOT_UPDATE,

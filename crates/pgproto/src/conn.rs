@@ -261,7 +261,10 @@ impl ReplicationConnection {
             Some(db) => {
                 params.push(("database", db.as_str()));
                 // Never wait long behind someone else's lock on the protected server.
-                params.push(("options", "-c default_transaction_read_only=on -c lock_timeout=2s -c statement_timeout=60s"));
+                params.push((
+                    "options",
+                    "-c default_transaction_read_only=on -c lock_timeout=2s -c statement_timeout=60s",
+                ));
             }
         }
         frontend::startup(&mut self.out, &params);

@@ -28,7 +28,8 @@ fn example_vault_toml_is_valid() {
     assert_eq!(shop.catalog_connections[0].user, "holdfast_catalog");
     assert_eq!(shop.catalog_connections[0].password.as_deref(), Some("replace-with-the-catalog-password"));
     assert_ne!(shop.catalog_connections[0].password, shop.connections[0].password);
-    let text = std::fs::read_to_string(&path).unwrap().replace("mass_change_share = 0.5", "mass_change_share = 50");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("mass_change_share = 0.5", "mass_change_share = 50");
     let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
     assert!(err.contains("mass_change_share") && err.contains("at most 1"), "{err}");
     assert!(!format!("{shop:?}").contains("replace-with"));
