@@ -497,7 +497,8 @@ async fn postgres_restart_resumes_without_gap() -> Result<()> {
 }
 
 /// 4. The vault streams from a standby that is then promoted: timeline 1 up to the switch,
-/// timeline 2 after it, and the history file in the catalog.
+/// timeline 2 after it, and the history file in the catalog; the switch is a `timeline_switch`
+/// incident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_follows_the_new_timeline() -> Result<()> {
     let v = Vault::new().await?;
@@ -537,6 +538,13 @@ async fn promotion_follows_the_new_timeline() -> Result<()> {
         tl.iter().any(|r| r.timeline == 2 && r.filename == "00000002.history" && r.content == history),
         "no timeline record with the history: {tl:?}"
     );
+    // The switch is an incident, raised once, naming the new timeline and the switch point.
+    let incidents: Vec<_> =
+        collector.cluster("promo")?.incidents().into_iter().filter(|i| i.kind == "timeline_switch").collect();
+    ensure!(incidents.len() == 1, "one timeline_switch incident: {incidents:?}");
+    ensure!(incidents[0].lsn == Some(switch), "{incidents:?}");
+    ensure!(incidents[0].message.contains("timeline 2 from timeline 1"), "{}", incidents[0].message);
+    ensure!(v.host.alerted("timeline_switch"), "the switch was alerted");
     collector.shutdown().await;
     Ok(())
 }
