@@ -46,6 +46,9 @@ fn make_wal(pg: &TempPg) -> Result<Workload> {
     let keep_filenode = pg.psql("select pg_relation_filenode('keep')")?.parse()?;
     let doomed_filenode = pg.psql("select pg_relation_filenode('doomed')")?.parse()?;
     pg.psql("checkpoint")?;
+    // Updates: HOT (same page, no indexed column changed) and, through the index, not HOT.
+    pg.psql("update keep set v = 'hot' where id <= 50")?;
+    pg.psql("update keep set id = -id where id between 51 and 60")?;
     pg.psql("delete from keep where id > 1900")?;
     pg.psql("delete from doomed")?;
     // VACUUM of an emptied table truncates its file: an SMGR TRUNCATE record.
@@ -246,6 +249,14 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
                 assert!(line.desc.contains(&theirs), "{rel:?} vs {line:?}");
                 *deletes_by_rel.entry(rel.rel).or_default() += 1;
             }
+            RecordKind::HeapUpdate { rel, hot } => {
+                *seen.entry(if hot { "hot update" } else { "heap update" }).or_default() += 1;
+                // "+INIT": the new tuple starts a fresh page.
+                let op = line.desc.split_whitespace().next().unwrap_or("").trim_end_matches("+INIT");
+                assert_eq!(op, if hot { "HOT_UPDATE" } else { "UPDATE" }, "{line:?}");
+                let rel = rel.context("heap update without a block reference")?;
+                assert!(line.desc.contains(&format!("rel {}/{}/{} ", rel.spc, rel.db, rel.rel)), "{line:?}");
+            }
             RecordKind::XlogSwitch => {
                 *seen.entry("switch").or_default() += 1;
                 assert_eq!(line.desc.trim_end(), "SWITCH");
@@ -261,8 +272,11 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
             }
             RecordKind::Other => {
                 assert!(
-                    !(line.rmgr == "Heap" && line.desc.starts_with("DELETE")),
-                    "missed a heap delete: {line:?}"
+                    !(line.rmgr == "Heap"
+                        && ["DELETE", "UPDATE", "HOT_UPDATE"]
+                            .iter()
+                            .any(|k| line.desc.starts_with(&format!("{k} ")))),
+                    "missed a heap delete or update: {line:?}"
                 );
             }
         }
@@ -271,7 +285,15 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
     assert_eq!(deletes_by_rel.get(&work.doomed_filenode), Some(&3000));
     let waldump_deletes = dump.iter().filter(|d| d.rmgr == "Heap" && d.desc.starts_with("DELETE")).count();
     assert_eq!(seen.get("heap delete"), Some(&waldump_deletes), "{seen:?}");
-    for kind in ["commit dropping files", "drop database", "truncate", "switch", "checkpoint"] {
+    let waldump_updates = dump
+        .iter()
+        .filter(|d| {
+            d.rmgr == "Heap"
+                && d.desc.split_whitespace().next().is_some_and(|op| op.trim_end_matches("+INIT") == "UPDATE")
+        })
+        .count();
+    assert_eq!(seen.get("heap update").copied().unwrap_or(0), waldump_updates, "{seen:?}");
+    for kind in ["commit dropping files", "drop database", "truncate", "switch", "checkpoint", "hot update"] {
         assert!(seen.contains_key(kind), "no {kind} record decoded: {seen:?}");
     }
     conn.close().await?;
