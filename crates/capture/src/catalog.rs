@@ -17,8 +17,9 @@ use crate::runtime::ClusterRuntime;
 /// Relations not seen in this many refreshes are forgotten (about an hour at the default
 /// interval): long enough to name anything the detector reports, which it does within seconds.
 const KEEP_UNSEEN: u64 = 240;
-/// The soonest a refresh asked for by an unknown relation file follows the previous one.
-const MIN_GAP: Duration = Duration::from_secs(1);
+/// The soonest a refresh asked for by an unknown relation file follows the previous one (bulk
+/// loads create files by the hundred: the catalog must not compete with streaming for CPU).
+const MIN_GAP: Duration = Duration::from_secs(3);
 
 /// What the catalog said about one relation file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,8 +184,31 @@ impl Sessions {
     }
 }
 
-/// One refresh: the database list, then each database's relations.
-async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions) -> Result<(), String> {
+/// One refresh: the database list, then each database's relations — or, when `only` names
+/// databases already known by name, just those.
+async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> Result<(), String> {
+    let known = rt.catalog();
+    let names: Option<Vec<(u32, String)>> =
+        only.iter().map(|oid| known.database(*oid).map(|n| (*oid, n.to_string()))).collect();
+    if let Some(names) = names.filter(|n| !n.is_empty()) {
+        let mut relations = Vec::new();
+        let mut errors = Vec::new();
+        for (_, name) in &names {
+            let r = match sessions.get(rt, name).await {
+                Ok(c) => read_relations(c).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(rels) => relations.extend(rels),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        for (_, c) in sessions.by_db.drain() {
+            let _ = c.close().await;
+        }
+        rt.merge_catalog(Vec::new(), relations);
+        return if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
+    }
     let mut list = None;
     let mut errors = Vec::new();
     for first in ["postgres", "template1"] {
@@ -245,9 +269,10 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions) -> Result<(), Str
 pub async fn keep_fresh(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
     let mut sessions = Sessions::default();
     let mut failing = false;
+    let mut only: Vec<u32> = Vec::new();
     loop {
         let started = Instant::now();
-        match refresh(&rt, &mut sessions).await {
+        match refresh(&rt, &mut sessions, &only).await {
             Ok(()) => {
                 if failing {
                     tracing::info!(cluster = %rt.cluster.name, "catalog snapshot refreshed again");
@@ -263,10 +288,12 @@ pub async fn keep_fresh(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<b
         }
         tracing::debug!(cluster = %rt.cluster.name, took = ?started.elapsed(), "catalog refreshed");
         let next = started + rt.cluster.catalog_refresh;
+        only.clear();
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = rt.catalog_wanted.notified() => {
                 tokio::time::sleep_until((started + MIN_GAP).into()).await;
+                only = rt.take_catalog_wanted_dbs();
             }
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
         }

@@ -459,8 +459,10 @@ pub async fn follow(
         }
         // A file the catalog does not know (a new table, a TRUNCATE's or a rewrite's new
         // file): refresh now, so that it has a name if it is destroyed later.
-        if detector.take_new_files().iter().any(|f| f.db != 0 && catalog.relation(f).is_none()) {
-            rt.catalog_wanted.notify_one();
+        for f in detector.take_new_files() {
+            if f.db != 0 && catalog.relation(&f).is_none() {
+                rt.want_catalog(f.db);
+            }
         }
         for d in found {
             rt.destruction(&d, &catalog).await;

@@ -35,8 +35,10 @@ pub struct ClusterRuntime {
     pub(crate) skip_gap: std::sync::atomic::AtomicBool,
     /// Names for relation files and databases ([`crate::catalog::keep_fresh`] refreshes it).
     catalog: Mutex<Arc<Snapshot>>,
-    /// Asks for a catalog refresh now (a relation file the snapshot does not know).
+    /// Asks for a catalog refresh now (a relation file the snapshot does not know)…
     pub(crate) catalog_wanted: tokio::sync::Notify,
+    /// …in these databases.
+    catalog_wanted_dbs: Mutex<BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -101,6 +103,7 @@ impl ClusterRuntime {
             skip_gap: std::sync::atomic::AtomicBool::new(false),
             catalog: Mutex::new(Arc::new(Snapshot::default())),
             catalog_wanted: tokio::sync::Notify::new(),
+            catalog_wanted_dbs: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -277,6 +280,19 @@ impl ClusterRuntime {
             let excess = s.incidents.len().saturating_sub(20);
             s.incidents.drain(..excess);
         });
+    }
+
+    /// Asks for a catalog refresh of database `db` soon.
+    pub(crate) fn want_catalog(&self, db: u32) {
+        self.catalog_wanted_dbs.lock().unwrap_or_else(|p| p.into_inner()).insert(db);
+        self.catalog_wanted.notify_one();
+    }
+
+    /// The databases asked for since the last call.
+    pub(crate) fn take_catalog_wanted_dbs(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.catalog_wanted_dbs.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
     }
 
     /// The catalog snapshot as last merged.
