@@ -4,6 +4,7 @@
 #   bench/run.sh capture   base backup vs pg_basebackup and pgBackRest, WAL latency, sync-mode cost
 #   bench/run.sh restore   point-in-time restore RTO vs pgBackRest and pg_basebackup + cp
 #   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, memory
+#   bench/run.sh detect    WAL decode + detect throughput on one core vs pg_waldump (>= 1 GB)
 #   bench/run.sh           all of them
 # Reports go to bench-out/*.md.
 set -euo pipefail
@@ -13,6 +14,7 @@ case "${1:-all}" in
   capture) exec bash bench/capture.sh ;;
   restore) exec bash bench/restore.sh ;;
   gate) exec bash bench/gate.sh ;;
-  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh && bash bench/gate.sh ;;
-  *) sed -n '2,8p' "$0"; exit 2 ;;
+  detect) exec bash bench/detect.sh ;;
+  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh && bash bench/detect.sh && bash bench/gate.sh ;;
+  *) sed -n '2,9p' "$0"; exit 2 ;;
 esac

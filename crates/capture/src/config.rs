@@ -6,9 +6,32 @@ use std::time::Duration;
 use pgproto::conn::{Config as PgConfig, Host, SslMode};
 
 use crate::CaptureError;
+use crate::detect::Thresholds;
+
+/// Reads a password from a file (first line) or an environment variable; with where it came
+/// from, for error messages.
+fn read_password(
+    file: Option<&PathBuf>,
+    env: Option<&String>,
+    key: &str,
+    bad: &dyn Fn(String) -> CaptureError,
+) -> Result<Option<(String, String)>, CaptureError> {
+    Ok(match (file, env) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| bad(format!("cannot read {key} {}: {e}", f.display())))?;
+            Some((text.lines().next().unwrap_or("").to_string(), format!("{key} {}", f.display())))
+        }
+        (None, Some(var)) => {
+            let v = std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))?;
+            Some((v, format!("environment variable {var}")))
+        }
+        (None, None) => None,
+    })
+}
 
 /// One protected cluster, as written in the config file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// A short name used in commands, records and metrics, e.g. `shop`.
@@ -52,6 +75,34 @@ pub struct ClusterConfig {
     /// 10000).
     #[serde(default)]
     pub mass_delete_rows: Option<u64>,
+    /// A transaction updating more rows than this raises a `mass_update` incident (default
+    /// 10000).
+    #[serde(default)]
+    pub mass_update_rows: Option<u64>,
+    /// A transaction deleting or updating at least this share of one table's rows (0 < share
+    /// ≤ 1; default 0.5) is a mass delete/update too, whatever the absolute count — for
+    /// tables of at least `mass_change_min_rows` rows (estimated, `reltuples`) only.
+    #[serde(default)]
+    pub mass_change_share: Option<f64>,
+    /// See `mass_change_share` (default 1000).
+    #[serde(default)]
+    pub mass_change_min_rows: Option<u64>,
+    /// The role of the read-only catalog sessions that name databases and tables in incidents
+    /// (default: `user`, with its password). It needs LOGIN and CONNECT on the databases, and
+    /// a `pg_hba.conf` line for ordinary (not `replication`) connections; no grant on any
+    /// table: it reads only `pg_database`, `pg_class` and `pg_relation_size`.
+    #[serde(default)]
+    pub catalog_user: Option<String>,
+    /// File holding the catalog role's password (with `catalog_user`).
+    #[serde(default)]
+    pub catalog_password_file: Option<PathBuf>,
+    /// Environment variable holding the catalog role's password (with `catalog_user`).
+    #[serde(default)]
+    pub catalog_password_env: Option<String>,
+    /// How often the catalog snapshot is refreshed, in seconds (default 15; also at once when
+    /// the WAL writes a relation file the snapshot does not know).
+    #[serde(default)]
+    pub catalog_refresh_seconds: Option<u64>,
 }
 
 /// Validated settings.
@@ -64,8 +115,13 @@ pub struct Cluster {
     pub synchronous: bool,
     pub flush_interval: Duration,
     pub backup_interval: Option<Duration>,
-    /// See [`ClusterConfig::mass_delete_rows`].
-    pub mass_delete_rows: u64,
+    /// Mass delete/update thresholds (see [`ClusterConfig::mass_delete_rows`] and the fields
+    /// after it).
+    pub thresholds: Thresholds,
+    /// Read-only sessions for the catalog snapshot, one config per host (database unset).
+    pub catalog_connections: Vec<PgConfig>,
+    /// See [`ClusterConfig::catalog_refresh_seconds`].
+    pub catalog_refresh: Duration,
     /// How long the server may stay unreachable before a `connection_lost` incident
     /// (default 10 s).
     pub connection_grace: Duration,
@@ -76,8 +132,16 @@ pub struct Cluster {
 
 /// Default of [`Cluster::connection_grace`].
 pub const DEFAULT_CONNECTION_GRACE: Duration = Duration::from_secs(10);
-/// Default of [`Cluster::mass_delete_rows`].
+/// Default of [`ClusterConfig::mass_delete_rows`].
 pub const DEFAULT_MASS_DELETE_ROWS: u64 = 10_000;
+/// Default of [`ClusterConfig::mass_update_rows`].
+pub const DEFAULT_MASS_UPDATE_ROWS: u64 = 10_000;
+/// Default of [`ClusterConfig::mass_change_share`].
+pub const DEFAULT_MASS_CHANGE_SHARE: f64 = 0.5;
+/// Default of [`ClusterConfig::mass_change_min_rows`].
+pub const DEFAULT_MASS_CHANGE_MIN_ROWS: u64 = 1000;
+/// Default of [`ClusterConfig::catalog_refresh_seconds`].
+pub const DEFAULT_CATALOG_REFRESH: Duration = Duration::from_secs(15);
 /// Default of [`Cluster::wal_wait`].
 pub const DEFAULT_WAL_WAIT: Duration = Duration::from_secs(120);
 
@@ -93,22 +157,34 @@ impl ClusterConfig {
         if self.hosts.is_empty() {
             return Err(bad("`hosts` is empty: list at least one `host:port`".into()));
         }
-        let password = match (&self.password_file, &self.password_env) {
-            (Some(f), _) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| bad(format!("cannot read password_file {}: {e}", f.display())))?;
-                Some((
-                    text.lines().next().unwrap_or("").to_string(),
-                    format!("password_file {}", f.display()),
-                ))
+        let password =
+            read_password(self.password_file.as_ref(), self.password_env.as_ref(), "password_file", &bad)?;
+        let catalog_password = match &self.catalog_user {
+            Some(_) => read_password(
+                self.catalog_password_file.as_ref(),
+                self.catalog_password_env.as_ref(),
+                "catalog_password_file",
+                &bad,
+            )?,
+            None if self.catalog_password_file.is_some() || self.catalog_password_env.is_some() => {
+                return Err(bad(
+                    "catalog_password_file/catalog_password_env need catalog_user (without it the catalog \
+                     sessions use `user` and its password)"
+                        .into(),
+                ));
             }
-            (None, Some(var)) => {
-                let v =
-                    std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))?;
-                Some((v, format!("environment variable {var}")))
-            }
-            (None, None) => None,
+            None => password.clone(),
         };
+        let share = self.mass_change_share.unwrap_or(DEFAULT_MASS_CHANGE_SHARE);
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(bad(format!(
+                "mass_change_share = {share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 0.5"
+            )));
+        }
+        let refresh = self.catalog_refresh_seconds.map_or(DEFAULT_CATALOG_REFRESH, Duration::from_secs);
+        if refresh.is_zero() {
+            return Err(bad("catalog_refresh_seconds must be at least 1".into()));
+        }
         let ssl = match self.sslmode.as_deref().unwrap_or("prefer") {
             "disable" => SslMode::Disable,
             "prefer" => SslMode::Prefer,
@@ -131,6 +207,7 @@ impl ClusterConfig {
         let application_name =
             self.application_name.clone().unwrap_or_else(|| format!("holdfast_{}", self.name));
         let mut connections = Vec::new();
+        let mut catalog_connections = Vec::new();
         for h in &self.hosts {
             let (host, port) =
                 h.rsplit_once(':').ok_or_else(|| bad(format!("host {h:?} has no port: write host:port")))?;
@@ -148,6 +225,15 @@ impl ClusterConfig {
             c.application_name = application_name.clone();
             c.ssl = ssl.clone();
             c.connect_timeout = Duration::from_secs(10);
+            let mut cat = c.clone();
+            if let Some(user) = &self.catalog_user {
+                cat.user = user.clone();
+            }
+            cat.password = None;
+            if let Some((pw, source)) = &catalog_password {
+                cat = cat.password(pw, source);
+            }
+            catalog_connections.push(cat);
             connections.push(c);
         }
         let slot = self.slot.clone().unwrap_or_else(|| format!("holdfast_{}", self.name.replace('-', "_")));
@@ -159,7 +245,14 @@ impl ClusterConfig {
             synchronous: self.synchronous,
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
-            mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),
+            thresholds: Thresholds {
+                mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),
+                mass_update_rows: self.mass_update_rows.unwrap_or(DEFAULT_MASS_UPDATE_ROWS),
+                mass_change_share: share,
+                mass_change_min_rows: self.mass_change_min_rows.unwrap_or(DEFAULT_MASS_CHANGE_MIN_ROWS),
+            },
+            catalog_connections,
+            catalog_refresh: refresh,
             connection_grace: DEFAULT_CONNECTION_GRACE,
             wal_wait: DEFAULT_WAL_WAIT,
         })

@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod basebackup;
+pub mod catalog;
 pub mod config;
 pub mod detect;
 pub mod piece;
@@ -121,8 +122,16 @@ impl Collector {
         for c in clusters {
             let rt = Arc::new(ClusterRuntime::load(repo, c, host.clone()).await?);
             tasks.push(tokio::spawn(stream::run(rt.clone(), rx.clone())));
-            let thresholds = detect::Thresholds { mass_delete_rows: rt.cluster.mass_delete_rows };
-            tasks.push(tokio::spawn(detect::follow(rt.clone(), thresholds, rx.clone())));
+            tasks.push(tokio::spawn(detect::follow(rt.clone(), rt.cluster.thresholds, rx.clone())));
+            // On a thread of its own: logging in (SCRAM) and reading large catalogs take CPU
+            // that must never delay streaming WAL.
+            let (crt, crx) = (rt.clone(), rx.clone());
+            tasks.push(tokio::task::spawn_blocking(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(local) => local.block_on(catalog::keep_fresh(crt, crx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the catalog snapshot thread"),
+                },
+            ));
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }

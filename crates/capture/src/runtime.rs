@@ -8,6 +8,7 @@ use store::{Repository, Timestamp};
 use tokio::sync::watch;
 
 use crate::archive::WalArchive;
+use crate::catalog::Snapshot;
 use crate::config::Cluster;
 use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window};
 use crate::{BACKUP_COMPLETE_RECORD, CaptureError, INCIDENT_RECORD, VaultHost};
@@ -32,6 +33,12 @@ pub struct ClusterRuntime {
     /// Set when the server said the WAL to resume from is gone: the next attempt records the
     /// gap as an incident and resumes from what the server still has.
     pub(crate) skip_gap: std::sync::atomic::AtomicBool,
+    /// Names for relation files and databases ([`crate::catalog::keep_fresh`] refreshes it).
+    catalog: Mutex<Arc<Snapshot>>,
+    /// Asks for a catalog refresh now (a relation file the snapshot does not know)…
+    pub(crate) catalog_wanted: tokio::sync::Notify,
+    /// …in these databases.
+    catalog_wanted_dbs: Mutex<BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -94,6 +101,9 @@ impl ClusterRuntime {
             backups: Mutex::new(backups),
             backup_lock: tokio::sync::Mutex::new(()),
             skip_gap: std::sync::atomic::AtomicBool::new(false),
+            catalog: Mutex::new(Arc::new(Snapshot::default())),
+            catalog_wanted: tokio::sync::Notify::new(),
+            catalog_wanted_dbs: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -272,37 +282,66 @@ impl ClusterRuntime {
         });
     }
 
-    /// An incident for a destructive transaction found in the WAL (each is its own incident).
-    pub(crate) async fn destruction(&self, d: &crate::detect::Destruction) {
+    /// Asks for a catalog refresh of database `db` soon.
+    pub(crate) fn want_catalog(&self, db: u32) {
+        self.catalog_wanted_dbs.lock().unwrap_or_else(|p| p.into_inner()).insert(db);
+        self.catalog_wanted.notify_one();
+    }
+
+    /// The databases asked for since the last call.
+    pub(crate) fn take_catalog_wanted_dbs(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.catalog_wanted_dbs.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// The catalog snapshot as last merged.
+    pub fn catalog(&self) -> Arc<Snapshot> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Merges a catalog refresh into the snapshot.
+    pub(crate) fn merge_catalog(
+        &self,
+        databases: Vec<(u32, String)>,
+        relations: Vec<(pgfmt::wal::RelFileNode, crate::catalog::RelInfo)>,
+    ) {
+        let mut cur = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Snapshot::clone(&cur);
+        next.merge(databases, relations);
+        *cur = Arc::new(next);
+    }
+
+    /// An incident for a destructive transaction found in the WAL: one per transaction, its
+    /// objects named from the catalog snapshot (what it does not know stays an OID).
+    pub(crate) async fn destruction(&self, d: &crate::detect::Destruction, catalog: &Snapshot) {
         use crate::detect::{Kind, RestoreTarget};
         use crate::status::IncidentTarget;
         let number = self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
-        let rows: u64 = d.deleted.iter().map(|(_, n)| n).sum();
+        let objects = incident_objects(d, catalog);
+        let names: Vec<String> = objects.iter().map(|o| o.name()).collect();
+        let listed = match names.len() {
+            0..=5 => names.join(", "),
+            n => format!("{} and {} more", names[..5].join(", "), n - 5),
+        };
+        let sum = |v: &[(pgfmt::wal::RelFileNode, u64)]| v.iter().map(|(_, n)| n).sum::<u64>();
         let what = match d.kind {
-            Kind::DatabaseDropped => {
-                format!("transaction {} dropped database oid {}", d.xid, d.database.unwrap_or(0))
-            }
+            Kind::DatabaseDropped => format!("transaction {} dropped {listed}", d.xid),
             Kind::RelationsDropped => format!(
-                "transaction {} dropped or emptied {} relation file(s) at commit (DROP TABLE/SCHEMA, TRUNCATE)",
+                "transaction {} dropped or emptied {} table(s) at commit (DROP TABLE/SCHEMA, TRUNCATE): {listed}",
                 d.xid,
-                d.dropped.len()
+                objects.len()
             ),
-            Kind::MassDelete => format!("transaction {} deleted {rows} rows", d.xid),
+            Kind::MassDelete => format!("transaction {} deleted {} rows: {listed}", d.xid, sum(&d.deleted)),
+            Kind::MassUpdate => format!("transaction {} updated {} rows: {listed}", d.xid, sum(&d.updated)),
         };
         let when = d
             .commit_time_us
             .map(|us| format!(", committed {}", Timestamp(us.div_euclid(1_000_000))))
             .unwrap_or_default();
-        let mut objects: Vec<String> = d.dropped.iter().map(|r| format!("{r} (dropped)")).collect();
-        objects.extend(d.deleted.iter().map(|(r, n)| format!("{r}: {n} rows deleted")));
         let incident = Incident {
             cluster: self.cluster.name.clone(),
-            kind: match d.kind {
-                Kind::DatabaseDropped => "database_dropped",
-                Kind::RelationsDropped => "relations_dropped",
-                Kind::MassDelete => "mass_delete",
-            }
-            .into(),
+            kind: d.kind.as_str().into(),
             detected_at: self.host.now(),
             message: format!(
                 "{what} at {}{when}; undo with `holdfast restore --cluster {} --before-incident {number} …`",
@@ -315,6 +354,33 @@ impl ClusterRuntime {
                 RestoreTarget::BeforeLsn(lsn) => IncidentTarget::BeforeLsn { lsn },
             }),
             objects,
+        };
+        self.record_incident(incident).await;
+    }
+
+    /// The server moved to a new timeline (a promotion): always an incident, one per timeline.
+    pub(crate) async fn timeline_switch(
+        &self,
+        tli: TimelineId,
+        switchpoint: Option<Lsn>,
+        parent: Option<u32>,
+    ) {
+        let at = switchpoint.map(|l| format!(" at {l}")).unwrap_or_default();
+        let from = parent.map(|p| format!(" from timeline {p}")).unwrap_or_default();
+        let incident = Incident {
+            cluster: self.cluster.name.clone(),
+            kind: "timeline_switch".into(),
+            detected_at: self.host.now(),
+            message: format!(
+                "the server switched to timeline {}{from}{at}: a standby was promoted. Expected after a planned \
+                 switchover or failover; otherwise find out who promoted it — promoting a standby is what \
+                 someone who destroyed the primary would do next",
+                tli.0
+            ),
+            lsn: switchpoint,
+            xid: None,
+            restore_target: None,
+            objects: Vec::new(),
         };
         self.record_incident(incident).await;
     }
@@ -336,4 +402,77 @@ impl ClusterRuntime {
     pub(crate) fn now(&self) -> Timestamp {
         self.host.now()
     }
+}
+
+/// OIDs (and initial relfilenodes) below this belong to the system (`FirstNormalObjectId`).
+const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+
+/// One object per table (indexes and TOAST folded into their table) or dropped database.
+fn incident_objects(
+    d: &crate::detect::Destruction,
+    catalog: &Snapshot,
+) -> Vec<crate::status::IncidentObject> {
+    use crate::status::IncidentObject;
+    use pgfmt::wal::RelFileNode;
+    let db_name = |oid: u32| catalog.database(oid).map_or_else(|| oid.to_string(), str::to_string);
+    let mut out: Vec<IncidentObject> = Vec::new();
+    if let Some(db) = d.database.filter(|_| d.kind == crate::detect::Kind::DatabaseDropped) {
+        let bytes: u64 = catalog.relations_in(db).map(|(_, r)| r.bytes).sum();
+        out.push(IncidentObject {
+            database: db_name(db),
+            bytes: (bytes > 0).then_some(bytes),
+            dropped: true,
+            ..Default::default()
+        });
+        return out;
+    }
+    // The object a relation file belongs to: its table when the catalog knows it.
+    let mut index: std::collections::HashMap<RelFileNode, usize> = std::collections::HashMap::new();
+    let mut slot = |out: &mut Vec<IncidentObject>, file: RelFileNode| -> usize {
+        let info = catalog.relation(&file);
+        let key = info.map_or(file, |i| i.table_file);
+        *index.entry(key).or_insert_with(|| {
+            let table = catalog.relation(&key).or(info);
+            out.push(IncidentObject {
+                database: db_name(file.db),
+                schema: table.map(|t| t.schema.clone()),
+                table: table.map(|t| t.table.clone()),
+                relfilenode: Some(key.to_string()),
+                rows: table.and_then(|t| t.rows),
+                ..Default::default()
+            });
+            out.len() - 1
+        })
+    };
+    for (f, pages) in &d.dropped {
+        let i = slot(&mut out, *f);
+        let o = &mut out[i];
+        o.dropped = true;
+        // The larger of what the catalog last said and the pages the WAL and backup showed.
+        let b = catalog.relation(f).map_or(0, |r| r.bytes).max(pages * 8192);
+        *o.bytes.get_or_insert(0) += b;
+        if o.relfilenode.as_deref() != Some(&f.to_string()) {
+            o.files.push(f.to_string());
+        }
+    }
+    // Rows changed in the system catalogs are the bookkeeping of DDL, not the user's data.
+    let user_table = |f: &RelFileNode| match catalog.relation(f) {
+        Some(r) => !matches!(r.schema.as_str(), "pg_catalog" | "pg_toast" | "information_schema"),
+        None => f.rel >= FIRST_NORMAL_OBJECT_ID,
+    };
+    for (f, n) in d.deleted.iter().filter(|(f, _)| user_table(f)) {
+        let i = slot(&mut out, *f);
+        *out[i].deleted.get_or_insert(0) += n;
+    }
+    for (f, n) in d.updated.iter().filter(|(f, _)| user_table(f)) {
+        let i = slot(&mut out, *f);
+        *out[i].updated.get_or_insert(0) += n;
+    }
+    // A table that was only changed: its main file's size, for a sense of scale.
+    for (key, &i) in &index {
+        if !out[i].dropped {
+            out[i].bytes = catalog.relation(key).map(|r| r.bytes);
+        }
+    }
+    out
 }

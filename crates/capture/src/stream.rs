@@ -141,7 +141,13 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                     }
                     _ => {}
                 }
-                tracing::warn!(cluster = %rt.cluster.name, error = %msg, "WAL stream interrupted; retrying");
+                if matches!(e, CaptureError::Pg(PgError::StreamEnded)) {
+                    // A clean shutdown or a switchover, not a failure: say so plainly. If the
+                    // server stays away, `connection_lost` follows after the grace period.
+                    tracing::info!(cluster = %rt.cluster.name, "the server ended the WAL stream (shutdown or switchover); reconnecting");
+                } else {
+                    tracing::warn!(cluster = %rt.cluster.name, error = %msg, "WAL stream interrupted; retrying");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop_requested(&mut shutdown) => {}
@@ -204,6 +210,7 @@ async fn store_history(
     tli: TimelineId,
     system_id: &str,
 ) -> Result<(), CaptureError> {
+    let new = !rt.archive.has_history(tli);
     let rec = TimelineRecord {
         cluster: rt.cluster.name.clone(),
         system_id: system_id.to_string(),
@@ -211,7 +218,15 @@ async fn store_history(
         filename: filename.to_string(),
         content: String::from_utf8_lossy(content).into_owned(),
     };
-    rt.archive.store_history(rec, rt.now(), rt.host.retain_until()).await
+    rt.archive.store_history(rec, rt.now(), rt.host.retain_until()).await?;
+    if new {
+        // The switch from the timeline before: the history file's last entry.
+        let last = pgfmt::TimelineHistory::parse(&String::from_utf8_lossy(content))
+            .ok()
+            .and_then(|h| h.entries.last().cloned());
+        rt.timeline_switch(tli, last.as_ref().map(|e| e.switchpoint), last.map(|e| e.parent.0)).await;
+    }
+    Ok(())
 }
 
 /// Makes sure the vault's slot exists; returns its restart position. A slot that vanished

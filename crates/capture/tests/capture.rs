@@ -121,7 +121,7 @@ impl Vault {
             synchronous: false,
             flush_interval_ms: None,
             backup_interval_minutes: None,
-            mass_delete_rows: None,
+            ..Default::default()
         };
         Ok(cfg.validate()?)
     }
@@ -460,7 +460,11 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let repo = v.reopen().await?;
     let second = v.start(&repo, vec![cluster]).await?;
-    ensure!(status(&second, "restart").durable_lsn >= Some(before), "the new collector forgot stored WAL");
+    ensure!(
+        status(&second, "restart").durable_lsn >= Some(before),
+        "the new collector forgot stored WAL: {before} vs {:?}",
+        status(&second, "restart")
+    );
     let bench = bench.wait_with_output()?;
     ensure!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
     let flushed = flush_lsn(&pg)?;
@@ -493,7 +497,8 @@ async fn postgres_restart_resumes_without_gap() -> Result<()> {
 }
 
 /// 4. The vault streams from a standby that is then promoted: timeline 1 up to the switch,
-/// timeline 2 after it, and the history file in the catalog.
+/// timeline 2 after it, and the history file in the catalog; the switch is a `timeline_switch`
+/// incident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_follows_the_new_timeline() -> Result<()> {
     let v = Vault::new().await?;
@@ -533,6 +538,13 @@ async fn promotion_follows_the_new_timeline() -> Result<()> {
         tl.iter().any(|r| r.timeline == 2 && r.filename == "00000002.history" && r.content == history),
         "no timeline record with the history: {tl:?}"
     );
+    // The switch is an incident, raised once, naming the new timeline and the switch point.
+    let incidents: Vec<_> =
+        collector.cluster("promo")?.incidents().into_iter().filter(|i| i.kind == "timeline_switch").collect();
+    ensure!(incidents.len() == 1, "one timeline_switch incident: {incidents:?}");
+    ensure!(incidents[0].lsn == Some(switch), "{incidents:?}");
+    ensure!(incidents[0].message.contains("timeline 2 from timeline 1"), "{}", incidents[0].message);
+    ensure!(v.host.alerted("timeline_switch"), "the switch was alerted");
     collector.shutdown().await;
     Ok(())
 }

@@ -57,7 +57,7 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
         wal.extend_from_slice(&bytes[from..]);
         seg += 1;
     }
-    let mut detector = Detector::new(Thresholds { mass_delete_rows: 1000 });
+    let mut detector = Detector::new(Thresholds { mass_delete_rows: 1000, ..Default::default() });
     let mut found = Vec::new();
     for rec in WalReader::new(&wal, page, SEG) {
         let Ok(rec) = rec else { break };
@@ -108,5 +108,16 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
     let line = line_at(db.lsn).context("pg_waldump has no record at the database drop")?;
     ensure!(line.contains("rmgr: Database") && line.contains("DROP"), "{line}");
     ensure!(line.contains(&format!("tx: {:>10}", db.xid)), "{line}");
+    // Its restore target is before the in-place update that marks the database invalid
+    // (PostgreSQL 15.4+), which comes before the transaction has an id: restoring to just
+    // after it would bring the database back unusable.
+    let RestoreTarget::BeforeLsn(target) = db.restore_target else {
+        anyhow::bail!("{:?}", db.restore_target)
+    };
+    let line = line_at(target).context("pg_waldump has no record at the restore target")?;
+    ensure!(
+        line.contains("rmgr: Heap") && line.contains("INPLACE") && line.contains("rel 1664/0/1262"),
+        "{line}"
+    );
     Ok(())
 }

@@ -106,7 +106,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<u8> {
         synchronous: false,
         flush_interval_ms: None,
         backup_interval_minutes: None,
-        mass_delete_rows: None,
+        ..Default::default()
     };
     let vault_dir = dir.join("vault");
     let init = vault::init(
@@ -350,7 +350,10 @@ async fn find_first_destruction(
     let end = map.contiguous_end(tli, from);
     let page = Lsn(from.0 - from.0 % 8192);
     let wal = archive.read_range(tli, page, end).await?;
-    let mut detector = capture::detect::Detector::new(capture::detect::Thresholds { mass_delete_rows: 999 });
+    let mut detector = capture::detect::Detector::new(capture::detect::Thresholds {
+        mass_delete_rows: 999,
+        ..Default::default()
+    });
     for rec in WalReader::new(&wal, page, seg_size) {
         let Ok(rec) = rec else { break };
         let Some(found) = detector.record(&rec) else { continue };

@@ -715,6 +715,12 @@ impl WalRecord {
                 rel: body.blocks.first().map(|b| b.rel),
                 block: body.blocks.first().map(|b| b.block),
             },
+            rmgr::HEAP if matches!(info & XLOG_HEAP_OPMASK, XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE) => {
+                RecordKind::HeapUpdate {
+                    rel: body.blocks.first().map(|b| b.rel),
+                    hot: info & XLOG_HEAP_OPMASK == XLOG_HEAP_HOT_UPDATE,
+                }
+            }
             _ => RecordKind::Other,
         })
     }
@@ -730,6 +736,8 @@ const XLOG_DBASE_DROP: u8 = 0x20;
 const XLOG_SMGR_TRUNCATE: u8 = 0x20;
 const XLOG_HEAP_OPMASK: u8 = 0x70;
 const XLOG_HEAP_DELETE: u8 = 0x10;
+const XLOG_HEAP_UPDATE: u8 = 0x20;
+const XLOG_HEAP_HOT_UPDATE: u8 = 0x40;
 
 /// `XACT_XINFO_HAS_DBINFO`.
 pub const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
@@ -773,6 +781,14 @@ pub enum RecordKind {
         rel: Option<RelFileNode>,
         /// The heap block.
         block: Option<u32>,
+    },
+    /// One heap tuple updated (`XLOG_HEAP_UPDATE` or `XLOG_HEAP_HOT_UPDATE`); a mass update is
+    /// many of these.
+    HeapUpdate {
+        /// The relation, from block reference 0 (the new tuple's page; same relation).
+        rel: Option<RelFileNode>,
+        /// Whether it was a HOT update (new version on the same page, no index entries).
+        hot: bool,
     },
     /// `pg_switch_wal()` or `archive_timeout`: the rest of the segment is unused.
     XlogSwitch,

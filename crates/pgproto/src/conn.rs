@@ -81,6 +81,10 @@ pub struct Config {
     pub ssl: SslMode,
     /// The time allowed for connecting and authenticating.
     pub connect_timeout: Duration,
+    /// `None`: a replication connection (`replication=true`). `Some(db)`: an ordinary,
+    /// read-only session to database `db` (simple queries only), as
+    /// [`ReplicationConnection::connect_database`] opens.
+    pub database: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("application_name", &self.application_name)
             .field("ssl", &self.ssl)
+            .field("database", &self.database)
             .finish()
     }
 }
@@ -107,6 +112,7 @@ impl Config {
             application_name: "holdfast".into(),
             ssl: SslMode::default(),
             connect_timeout: Duration::from_secs(30),
+            database: None,
         }
     }
 
@@ -178,6 +184,18 @@ impl ReplicationConnection {
             .map_err(|_| Error::Timeout(target))?
     }
 
+    /// Opens an ordinary (non-replication) session to database `database` with the same
+    /// settings, for catalog queries. Its transactions are read-only by default
+    /// (`default_transaction_read_only`, set at startup, a guard against mistakes — the real
+    /// limit is a role without grants), and it gives up on locks after 2 s and on statements
+    /// after 60 s, so that it never holds up the server it watches. Only
+    /// [`simple_query`](Self::simple_query) is meaningful on it.
+    pub async fn connect_database(cfg: &Config, database: &str) -> Result<Self, Error> {
+        let mut cfg = cfg.clone();
+        cfg.database = Some(database.to_owned());
+        Self::connect(&cfg).await
+    }
+
     async fn connect_inner(cfg: &Config) -> Result<Self, Error> {
         let (io, tls) = open_io(cfg).await?;
         let mut conn = ReplicationConnection {
@@ -198,15 +216,23 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, cfg: &Config) -> Result<(), Error> {
-        frontend::startup(
-            &mut self.out,
-            &[
-                ("user", &cfg.user),
-                ("replication", "true"),
-                ("application_name", &cfg.application_name),
-                ("client_encoding", "UTF8"),
-            ],
-        );
+        let mut params = vec![
+            ("user", cfg.user.as_str()),
+            ("application_name", cfg.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        match &cfg.database {
+            None => params.push(("replication", "true")),
+            Some(db) => {
+                params.push(("database", db.as_str()));
+                // Never wait long behind someone else's lock on the protected server.
+                params.push((
+                    "options",
+                    "-c default_transaction_read_only=on -c lock_timeout=2s -c statement_timeout=60s",
+                ));
+            }
+        }
+        frontend::startup(&mut self.out, &params);
         self.flush().await?;
         let mut auth = Authenticator::new(&cfg.user, cfg.password.as_deref().map(str::as_bytes));
         loop {
@@ -458,6 +484,12 @@ impl ReplicationConnection {
             BackendMessage::ErrorResponse(e) => {
                 self.mode = Mode::Idle;
                 Err(Error::Server(e))
+            }
+            // A clean shutdown (or a switchover) ends the stream with CommandComplete and no
+            // CopyDone: the server ended it, nothing went wrong on this side.
+            BackendMessage::CommandComplete(_) => {
+                self.mode = Mode::Idle;
+                Err(Error::StreamEnded)
             }
             other => Err(Error::Protocol(format!("unexpected {} while streaming", other.name()))),
         }

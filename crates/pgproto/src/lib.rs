@@ -95,6 +95,12 @@ pub enum Error {
     /// The connection ended.
     #[error("connection to PostgreSQL closed unexpectedly")]
     Closed,
+    /// The server ended the WAL stream itself (CommandComplete while streaming): it is
+    /// shutting down cleanly, or a switchover is under way.
+    #[error(
+        "the server ended the WAL stream (it is shutting down, or a switchover is under way); reconnecting"
+    )]
+    StreamEnded,
     /// Reading or writing the connection failed.
     #[error("connection to PostgreSQL failed: {0}")]
     Io(#[from] std::io::Error),

@@ -46,6 +46,9 @@ fn make_wal(pg: &TempPg) -> Result<Workload> {
     let keep_filenode = pg.psql("select pg_relation_filenode('keep')")?.parse()?;
     let doomed_filenode = pg.psql("select pg_relation_filenode('doomed')")?.parse()?;
     pg.psql("checkpoint")?;
+    // Updates: HOT (same page, no indexed column changed) and, through the index, not HOT.
+    pg.psql("update keep set v = 'hot' where id <= 50")?;
+    pg.psql("update keep set id = -id where id between 51 and 60")?;
     pg.psql("delete from keep where id > 1900")?;
     pg.psql("delete from doomed")?;
     // VACUUM of an emptied table truncates its file: an SMGR TRUNCATE record.
@@ -246,6 +249,14 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
                 assert!(line.desc.contains(&theirs), "{rel:?} vs {line:?}");
                 *deletes_by_rel.entry(rel.rel).or_default() += 1;
             }
+            RecordKind::HeapUpdate { rel, hot } => {
+                *seen.entry(if hot { "hot update" } else { "heap update" }).or_default() += 1;
+                // "+INIT": the new tuple starts a fresh page.
+                let op = line.desc.split_whitespace().next().unwrap_or("").trim_end_matches("+INIT");
+                assert_eq!(op, if hot { "HOT_UPDATE" } else { "UPDATE" }, "{line:?}");
+                let rel = rel.context("heap update without a block reference")?;
+                assert!(line.desc.contains(&format!("rel {}/{}/{} ", rel.spc, rel.db, rel.rel)), "{line:?}");
+            }
             RecordKind::XlogSwitch => {
                 *seen.entry("switch").or_default() += 1;
                 assert_eq!(line.desc.trim_end(), "SWITCH");
@@ -261,8 +272,11 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
             }
             RecordKind::Other => {
                 assert!(
-                    !(line.rmgr == "Heap" && line.desc.starts_with("DELETE")),
-                    "missed a heap delete: {line:?}"
+                    !(line.rmgr == "Heap"
+                        && ["DELETE", "UPDATE", "HOT_UPDATE"]
+                            .iter()
+                            .any(|k| line.desc.starts_with(&format!("{k} ")))),
+                    "missed a heap delete or update: {line:?}"
                 );
             }
         }
@@ -271,7 +285,15 @@ async fn streams_wal_that_pg_waldump_agrees_with() -> Result<()> {
     assert_eq!(deletes_by_rel.get(&work.doomed_filenode), Some(&3000));
     let waldump_deletes = dump.iter().filter(|d| d.rmgr == "Heap" && d.desc.starts_with("DELETE")).count();
     assert_eq!(seen.get("heap delete"), Some(&waldump_deletes), "{seen:?}");
-    for kind in ["commit dropping files", "drop database", "truncate", "switch", "checkpoint"] {
+    let waldump_updates = dump
+        .iter()
+        .filter(|d| {
+            d.rmgr == "Heap"
+                && d.desc.split_whitespace().next().is_some_and(|op| op.trim_end_matches("+INIT") == "UPDATE")
+        })
+        .count();
+    assert_eq!(seen.get("heap update").copied().unwrap_or(0), waldump_updates, "{seen:?}");
+    for kind in ["commit dropping files", "drop database", "truncate", "switch", "checkpoint", "hot update"] {
         assert!(seen.contains_key(kind), "no {kind} record decoded: {seen:?}");
     }
     conn.close().await?;
@@ -560,5 +582,71 @@ async fn tls_require_and_verify_full() -> Result<()> {
     .await
     .unwrap_err();
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_database_session_runs_read_only_queries() -> Result<()> {
+    let pg = TempPg::start()?;
+    pg.create_replication_role(REP_USER, REP_PASSWORD)?;
+    pg.psql("CREATE DATABASE shop")?;
+    pg.psql_db("shop", "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")?;
+    let cfg = unix_config(&pg, REP_USER, REP_PASSWORD);
+    let mut conn = ReplicationConnection::connect_database(&cfg, "shop").await?;
+    let sets = conn.simple_query("SELECT current_database() AS db, NULL::text AS nothing").await?;
+    assert_eq!(sets[0].get(0, "db"), Some("shop"));
+    assert_eq!(sets[0].get(0, "nothing"), None, "NULL");
+    // Catalog reads need no grant: the file and size of a table the role may not read.
+    let sets = conn
+        .simple_query("SELECT pg_relation_filenode('orders') AS f, pg_relation_size('orders') AS b")
+        .await?;
+    assert!(sets[0].get(0, "f").unwrap().parse::<u32>()? > 0);
+    assert_eq!(sets[0].get(0, "b"), Some("8192"));
+    // The session cannot write, whatever it is asked.
+    let err = conn.simple_query("CREATE TABLE x (id int)").await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("25006"), "read-only transaction: {err:?}");
+    let err = conn.simple_query("SELECT * FROM orders").await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42501"), "no grant on the data: {err:?}");
+    assert!(conn.simple_query("SELECT 1").await.is_ok(), "usable after errors");
+    // A database that does not exist is named in the error.
+    let err = ReplicationConnection::connect_database(&cfg, "nope").await.unwrap_err();
+    assert!(err.to_string().contains("\"nope\" does not exist"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_clean_shutdown_ends_the_stream_in_plain_words() -> Result<()> {
+    let mut pg = TempPg::start()?;
+    pg.create_replication_role(REP_USER, REP_PASSWORD)?;
+    let mut conn = connect(&pg).await?;
+    let ident = conn.identify_system().await?;
+    conn.start_replication(None, Lsn(ident.xlogpos.0 - ident.xlogpos.0 % SEG), None).await?;
+    let stopper = std::thread::spawn(move || {
+        pg.stop().unwrap();
+        pg
+    });
+    // The server waits for the client to confirm everything before it ends the stream.
+    let mut received = Lsn(0);
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(30), conn.next_message()).await? {
+            Ok(StreamEvent::XLogData(x)) => received = received.max(Lsn(x.wal_start.0 + x.data.len() as u64)),
+            Ok(StreamEvent::Keepalive(k)) if k.reply_requested => {
+                let at = received.max(k.wal_end);
+                let status = StandbyStatusUpdate {
+                    write: at,
+                    flush: at,
+                    apply: at,
+                    client_time: pg_now(),
+                    reply_requested: false,
+                };
+                conn.send_status(status).await?;
+            }
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let _pg = stopper.join().unwrap();
+    assert!(matches!(err, Error::StreamEnded), "{err:?}");
+    assert!(err.to_string().starts_with("the server ended the WAL stream (it is shutting down"), "{err}");
     Ok(())
 }

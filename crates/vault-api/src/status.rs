@@ -69,8 +69,9 @@ pub struct BackupSummary {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Incident {
     pub cluster: String,
-    /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`;
-    /// from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`.
+    /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
+    /// `timeline_switch`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
+    /// `mass_update`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,
@@ -82,9 +83,113 @@ pub struct Incident {
     /// For destruction found in the WAL: where to restore to undo it (just before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_target: Option<IncidentTarget>,
-    /// What it touched (relation files as tablespace/database/relfilenode, with row counts).
+    /// What it touched: one entry per table (its indexes and TOAST folded in) or database,
+    /// named from the collector's catalog snapshot when it knew them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "objects_or_legacy")]
+    pub objects: Vec<IncidentObject>,
+}
+
+/// One database or table an incident touched. Names come from the collector's catalog
+/// snapshot (kept after a table is gone, which is the point); what it did not know stays an
+/// OID or a file path, and never stops the incident.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IncidentObject {
+    /// Database name, or its OID (as text) when unknown.
+    pub database: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table's main file (`base/16384/16390`), as `pg_waldump` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relfilenode: Option<String>,
+    /// Size on disk when last seen (the table with its indexes and TOAST; a whole database for
+    /// a dropped one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The table's estimated rows when last seen (`reltuples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Whether its files were dropped or emptied (DROP, TRUNCATE, DROP DATABASE).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
+    /// Rows the transaction deleted from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    /// Rows the transaction updated in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    /// Files of it that were dropped, when not only the main file (indexes, TOAST), or what an
+    /// older vault recorded as text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub objects: Vec<String>,
+    pub files: Vec<String>,
+}
+
+impl IncidentObject {
+    /// `shop.public.orders`, or as much of it as is known (`db 16384`, a file path).
+    pub fn name(&self) -> String {
+        match (&self.schema, &self.table) {
+            (Some(s), Some(t)) => format!("{}.{s}.{t}", self.database),
+            _ => match &self.relfilenode {
+                Some(f) => format!("{f} (name unknown)"),
+                None if self.database.is_empty() => self.files.join(", "),
+                None => format!("database {}", self.database),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for IncidentObject {
+    /// `shop.public.orders: 1500 of ~3000 rows deleted (base/16384/16390, 245760 bytes)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name())?;
+        let of = self.rows.map(|r| format!(" of ~{r}")).unwrap_or_default();
+        let mut what = Vec::new();
+        if self.dropped {
+            what.push(match self.rows {
+                Some(r) => format!("dropped or emptied (~{r} rows)"),
+                None => "dropped or emptied".to_string(),
+            });
+        }
+        if let Some(n) = self.deleted {
+            what.push(format!("{n}{of} rows deleted"));
+        }
+        if let Some(n) = self.updated {
+            what.push(format!("{n}{of} rows updated"));
+        }
+        if !what.is_empty() {
+            write!(f, ": {}", what.join(", "))?;
+        }
+        let mut detail = Vec::new();
+        if let (Some(file), Some(_)) = (&self.relfilenode, &self.table) {
+            detail.push(file.clone());
+        }
+        if let Some(b) = self.bytes {
+            detail.push(format!("{b} bytes"));
+        }
+        if !detail.is_empty() {
+            write!(f, " ({})", detail.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Incidents recorded before objects were structured listed them as text: keep reading them.
+fn objects_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IncidentObject>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Object(IncidentObject),
+        Text(String),
+    }
+    let items: Vec<Either> = serde::Deserialize::deserialize(d)?;
+    Ok(items
+        .into_iter()
+        .map(|e| match e {
+            Either::Object(o) => o,
+            Either::Text(t) => IncidentObject { files: vec![t], ..Default::default() },
+        })
+        .collect())
 }
 
 /// The point just before a destructive transaction.

@@ -389,6 +389,7 @@ impl ConfigFile {
             // Paths in a cluster table are relative to the config file, like every other path.
             c.password_file = c.password_file.map(|p| base.join(p));
             c.sslrootcert = c.sslrootcert.map(|p| base.join(p));
+            c.catalog_password_file = c.catalog_password_file.map(|p| base.join(p));
             let cluster = c.validate().map_err(|e| invalid(e.to_string()))?;
             if clusters.iter().any(|k| k.name == cluster.name || k.slot == cluster.slot) {
                 return Err(invalid(format!(

@@ -19,6 +19,19 @@ fn example_vault_toml_is_valid() {
     assert_eq!(shop.backup_interval, Some(std::time::Duration::from_secs(86_400)));
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
+    // Detection thresholds and the catalog role, with its own password.
+    let t = shop.thresholds;
+    assert_eq!((t.mass_delete_rows, t.mass_update_rows, t.mass_change_min_rows), (10_000, 10_000, 1000));
+    assert_eq!(t.mass_change_share, 0.5);
+    assert_eq!(shop.catalog_refresh, std::time::Duration::from_secs(15));
+    assert_eq!(shop.catalog_connections.len(), 3);
+    assert_eq!(shop.catalog_connections[0].user, "holdfast_catalog");
+    assert_eq!(shop.catalog_connections[0].password.as_deref(), Some("replace-with-the-catalog-password"));
+    assert_ne!(shop.catalog_connections[0].password, shop.connections[0].password);
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("mass_change_share = 0.5", "mass_change_share = 50");
+    let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("mass_change_share") && err.contains("at most 1"), "{err}");
     assert!(!format!("{shop:?}").contains("replace-with"));
     // Four webhooks, one of each format.
     let formats: Vec<&str> = c.webhooks.iter().map(|w| w.format.as_str()).collect();
