@@ -328,7 +328,7 @@ impl<'a> Session<'a> {
                     let value = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
                     self.guard.server_parameter(&name, &value);
                     let lexes_differently = (name == "standard_conforming_strings" && value != "on")
-                        || (name == "client_encoding" && value.to_ascii_uppercase() != "UTF8");
+                        || (name == "client_encoding" && !value.eq_ignore_ascii_case("UTF8"));
                     if lexes_differently {
                         // The guard reads statements as the server does with these defaults;
                         // it cannot guard a session that changed them (even with approval).

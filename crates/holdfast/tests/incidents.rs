@@ -26,7 +26,7 @@ fn checksum(table: &str) -> String {
 /// Rows in the 50 tables of schema tenant7.
 const TENANT_ROWS: &str = "SELECT count(*) || ':' || coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM tenant7.%I', table_name), false, true, '')))[1]::text::int), 0) FROM information_schema.tables WHERE table_schema = 'tenant7'";
 
-use testkit::webhook::receiver as webhook_receiver;
+use testkit::webhook::{Received, receiver as webhook_receiver};
 
 fn cli(v: &TempVault, token: &Path, args: &[&str]) -> std::process::Output {
     v.cli(token, args).unwrap()

@@ -735,20 +735,6 @@ impl ReplicationConnection {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_versions() {
-        assert_eq!(parse_server_version("15.8 (Debian 15.8-1.pgdg120+1)"), Some(150_008));
-        assert_eq!(parse_server_version("14.0"), Some(140_000));
-        assert_eq!(parse_server_version("17devel"), Some(170_000));
-        assert_eq!(parse_server_version("9.6.24"), Some(90_624));
-        assert_eq!(parse_server_version("x"), None);
-    }
-}
-
 /// Opens the byte stream to the server: Unix socket or TCP, with TLS as `cfg.ssl` says.
 async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool), Error> {
     let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
@@ -889,4 +875,18 @@ pub async fn send_cancel(cfg: &Config, pid: i32, key: &[u8]) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_server_version("15.8 (Debian 15.8-1.pgdg120+1)"), Some(150_008));
+        assert_eq!(parse_server_version("14.0"), Some(140_000));
+        assert_eq!(parse_server_version("17devel"), Some(170_000));
+        assert_eq!(parse_server_version("9.6.24"), Some(90_624));
+        assert_eq!(parse_server_version("x"), None);
+    }
 }
