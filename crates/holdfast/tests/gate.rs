@@ -93,6 +93,11 @@ scram = "{bob}"
 approver = true
 totp_secret = "{BOB_TOTP}"
 
+[[person]]
+name = "carol"
+scram = "{carol}"
+networks = ["10.0.0.0/8"]
+
 [[grant_role]]
 name = "dba"
 db_user = "dba"
@@ -102,6 +107,7 @@ db_user = "dba"
             port = pg.port(),
             alice = v("alice-password"),
             bob = v("bob-password"),
+            carol = v("carol-password"),
         );
         std::fs::write(d.join("gate.toml"), config).unwrap();
         let mut child = Command::new(holdfast())
@@ -279,6 +285,24 @@ fn destruction_waits_for_a_second_person_and_never_runs_without_one() {
     assert!(text(&out).contains("statements can no longer be checked"), "{}", text(&out));
     let out = g.alice("SET client_encoding = 'SJIS'");
     assert!(!out.status.success(), "{}", text(&out));
+
+    // Carol may connect only from 10.0.0.0/8: from 127.0.0.1 her session waits for a second
+    // person, and starts once Bob lets it.
+    let waiting = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("carol", "require"))
+        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM orders"])
+        .env("PGPASSWORD", "carol-password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = g.pending_id();
+    assert!(id.starts_with('c'), "an access request: {id}");
+    assert!(g.bob(&["approve", &id]).status.success());
+    let out = finish(waiting);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("outside their networks"), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
 
     // Inside a transaction, a rejection aborts it as any error would, and the session goes on.
     let held = g.spawn_alice("BEGIN; INSERT INTO orders VALUES (1000, 1, 1); DROP TABLE orders; COMMIT");
