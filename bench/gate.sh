@@ -2,7 +2,7 @@
 # Gate benchmark: pgbench through the holdfast gate (guard on: every statement parsed and
 # classified, audit records written and fsynced before each statement runs) side by side with
 # pgbench straight to PostgreSQL and through PgBouncer (session mode), in one run:
-#   select-only (-S) and TPC-B-like, CLIENTS clients, DURATION seconds each: TPS, mean and p99
+#   select-only (-S) and TPC-B-like with the simple protocol, select-only with -M prepared, CLIENTS clients, DURATION seconds each: TPS, mean and p99
 #   latency (from pgbench's per-transaction log); then peak RSS of the gate and of PgBouncer
 #   with CONNS concurrent connections.
 #
@@ -65,7 +65,7 @@ max_connections = $((CONNS + 100))
 shared_buffers = '256MB'
 synchronous_commit = off
 EOF
-su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg.log -w start" >/dev/null
+su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg/server.log -w start" >/dev/null
 export PGPASSWORD=bench-pw
 PSQL="$PGBIN/psql -h 127.0.0.1 -p $PGPORT -U postgres -X -q"
 $PSQL -c "CREATE ROLE bench LOGIN PASSWORD 'bench-pw'; ALTER DATABASE postgres OWNER TO bench; GRANT ALL ON SCHEMA public TO bench"
@@ -120,12 +120,14 @@ for i in $(seq 50); do "$PGBIN/pg_isready" -h 127.0.0.1 -p "$GPORT" -q && break;
 
 SSL_GATE="disable"; [ "$TLS" = 1 ] && SSL_GATE="require"
 run() { # name port sslmode mode(select|tpcb)
-  local name="$1" port="$2" ssl="$3" mode="$4" flag=""
-  [ "$mode" = select ] && flag="-S"
+  local name="$1" port="$2" ssl="$3" mode="$4" flag="-M simple"
+  [ "$mode" = select ] && flag="-S -M simple"
+  [ "$mode" = select-prepared ] && flag="-S -M prepared"
+  [ "$mode" = tpcb-prepared ] && flag="-M prepared"
   rm -rf "$W/log-$name-$mode" && mkdir -p "$W/log-$name-$mode"
   log "  $mode via $name"
   (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
-     -c "$CLIENTS" -j 2 -T "$DURATION" -M simple --log --log-prefix=tx postgres > out.txt 2>&1) \
+     -c "$CLIENTS" -j 2 -T "$DURATION" --log --log-prefix=tx postgres > out.txt 2>&1) \
      || { cat "$W/log-$name-$mode/out.txt" >&2; die "pgbench via $name failed"; }
   python3 - "$W/log-$name-$mode" "$name" "$mode" >> "$W/results.tsv" <<'PY'
 import glob, re, sys
@@ -145,7 +147,7 @@ print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}")
 PY
 }
 : > "$W/results.tsv"
-for mode in select tpcb; do
+for mode in select tpcb select-prepared; do
   run direct "$PGPORT" disable "$mode"
   run gate "$GPORT" "$SSL_GATE" "$mode"
   run pgbouncer "$BPORT" disable "$mode"
@@ -166,10 +168,10 @@ res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
 by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
 lines = [f"# Gate benchmark\n",
-         f"pgbench -c {clients} -j 2 -T {dur} -M simple, scale {scale}, 2 cores shared by PostgreSQL, pgbench and the proxy; gate over TLS: {'yes' if tls == '1' else 'no'}.\n",
+         f"pgbench -c {clients} -j 2 -T {dur} (-M simple; select-prepared: -S -M prepared, the extended protocol drivers use), scale {scale}, 2 cores shared by PostgreSQL, pgbench and the proxy; gate over TLS: {'yes' if tls == '1' else 'no'}.\n",
          "| workload | path | TPS | TPS vs direct | mean ms | p99 ms | p99 added vs direct (ms) |",
          "|---|---|---|---|---|---|---|"]
-for mode in ("select", "tpcb"):
+for mode in ("select", "tpcb", "select-prepared"):
     d = by.get(("direct", mode))
     for name in ("direct", "gate", "pgbouncer"):
         v = by.get((name, mode))

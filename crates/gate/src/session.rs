@@ -109,6 +109,11 @@ pub struct Session<'a> {
     /// An ErrorResponse came since the last ReadyForQuery (the guard then keeps suspecting
     /// statement names whose Parse/Close the server may have skipped).
     error_since_ready: bool,
+    /// A row-guarded statement inside a transaction block kept its result: its savepoint is
+    /// released by a Query sent ahead of the client's next message (no extra round trip).
+    release_pending: bool,
+    /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
+    swallow: u32,
 }
 
 enum Flow {
@@ -144,6 +149,8 @@ impl<'a> Session<'a> {
             inflight: VecDeque::new(),
             batch: Vec::new(),
             error_since_ready: false,
+            release_pending: false,
+            swallow: 0,
         }
     }
 
@@ -299,6 +306,19 @@ impl<'a> Session<'a> {
                 Ok(None) => break,
                 Err(e) => return Err(format!("protocol error from the database: {e}")),
             };
+            if self.swallow > 0 {
+                match f.tag {
+                    b'Z' => {
+                        self.swallow -= 1;
+                        self.txn = f.body.first().copied().unwrap_or(self.txn);
+                    }
+                    b'E' => {
+                        tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             if self.row_guard.is_some() {
                 self.on_row_guard_frame(f).await?;
                 continue;
@@ -408,6 +428,11 @@ impl<'a> Session<'a> {
     }
 
     async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
+        if self.release_pending && f.tag != b'X' {
+            self.release_pending = false;
+            frontend::encode_query(&mut self.sout, "RELEASE SAVEPOINT holdfast_row_guard");
+            self.swallow += 1;
+        }
         match f.tag {
             b'Q' => {
                 let sql = frontend::query(&f.body).map_err(|e| e.to_string())?;
@@ -485,8 +510,15 @@ impl<'a> Session<'a> {
         self.statements += 1;
         let break_glass = self.shared.approvals.break_glass_active(&self.id.person.name);
         let mut action = d.action.clone();
+        let mut reasons_extra: Vec<String> = Vec::new();
         if action == Action::Approve && break_glass {
             action = Action::Allow;
+        }
+        if matches!(action, Action::RowGuard { .. }) && d.statements.len() != 1 {
+            // Rows are counted for a Query that is exactly one DELETE/UPDATE: with a COMMIT in
+            // the same string, the count would come after the commit.
+            action = Action::Approve;
+            reasons_extra.push("the row count of a DELETE/UPDATE in a multi-statement string cannot be checked before it commits: send it on its own".to_string());
         }
         if extended && matches!(action, Action::RowGuard { .. }) {
             // Rows are counted only for simple-protocol statements: an extended-protocol
@@ -513,12 +545,11 @@ impl<'a> Session<'a> {
         });
         let spool = self.shared.audit.status();
         let spool_ok = spool.failed.is_none() && spool.pending_bytes + (1 << 20) < spool.max_pending_bytes;
-        let must_wait = self.txn == b'I'
-            || d.class >= Class::Ddl
+        let must_wait = (d.class > Class::Read && (self.txn == b'I' || d.class >= Class::Ddl))
             || ends_txn
             || !spool_ok
             || self.shared.on_audit_full() == crate::config::OnAuditFull::RefuseAll;
-        let audited = if must_wait || (d.class > Class::Read && self.txn == b'E') {
+        let audited = if must_wait {
             self.audit(EventKind::Statement, detail).await
         } else {
             self.shared.audit.submit_nowait(self.event(EventKind::Statement, detail))
@@ -579,6 +610,8 @@ impl<'a> Session<'a> {
             Action::Approve => {
                 let mut raw = BytesMut::new();
                 f.encode(&mut raw);
+                let mut d = d;
+                d.reasons.extend(reasons_extra);
                 self.hold(sql, &d, raw.freeze(), extended, None).await?;
             }
         }
@@ -787,11 +820,11 @@ impl<'a> Session<'a> {
                             "ROLLBACK TO SAVEPOINT holdfast_row_guard; RELEASE SAVEPOINT holdfast_row_guard"
                         }),
                     )
+                } else if run.began {
+                    (Finish::Keep, Some("COMMIT"))
                 } else {
-                    (
-                        Finish::Keep,
-                        Some(if run.began { "COMMIT" } else { "RELEASE SAVEPOINT holdfast_row_guard" }),
-                    )
+                    // Released ahead of the client's next message (see `release_pending`).
+                    (Finish::Keep, None)
                 };
                 let rows_seen = rows;
                 match sql {
@@ -805,11 +838,15 @@ impl<'a> Session<'a> {
                         self.txn = status;
                         self.cout.extend_from_slice(&run.buffered);
                         f.encode(&mut self.cout);
+                        if finish == Finish::Keep {
+                            self.shared.metrics.allowed.inc();
+                            self.release_pending = true;
+                        }
                         let done = InFlight {
                             what: truncate(&run.sql, 200),
                             started: run.started,
-                            tags: Vec::new(),
-                            error: Some("failed (see the client's error)".into()),
+                            tags: run.rows.map(|r| vec![format!("ROWS {r}")]).unwrap_or_default(),
+                            error: run.failed.then(|| "failed (see the client's error)".to_string()),
                         };
                         self.statement_done(done);
                     }

@@ -319,9 +319,28 @@ fn row_guard_rolls_back_deletes_over_the_limit_and_extended_protocol_is_guarded(
     let out = g.alice("DELETE FROM orders WHERE id <= 5");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(g.count("orders"), 95);
-    // In a transaction, within the limit.
-    let out = g.alice("BEGIN; UPDATE orders SET total = 0 WHERE id = 6; COMMIT");
+    // In a transaction (statements sent one by one, as psql does from a script), within the limit.
+    let mut script = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "require"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .env("PGPASSWORD", "alice-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        script
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"BEGIN;\nUPDATE orders SET total = 0 WHERE id = 6;\nUPDATE orders SET total = 1 WHERE id = 7;\nSELECT 1;\nCOMMIT;\n")
+            .unwrap();
+    }
+    let out = finish(script);
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 7").unwrap(), "1");
     assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 6").unwrap(), "0");
     // Over the limit: rolled back, held; rejected → still 95 rows.
     let held = g.spawn_alice("DELETE FROM orders WHERE id > 50");
@@ -331,6 +350,16 @@ fn row_guard_rolls_back_deletes_over_the_limit_and_extended_protocol_is_guarded(
     let out = finish(held);
     assert!(!out.status.success());
     assert!(text(&out).contains("more than 10 rows"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 95);
+
+    // The same DELETE with its own COMMIT in one string cannot be counted before it commits:
+    // it waits for a person instead.
+    let held = g.spawn_alice("BEGIN; DELETE FROM orders WHERE id > 50; COMMIT");
+    let id = g.pending_id();
+    g.bob(&["reject", &id]);
+    let out = finish(held);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("multi-statement string"), "{}", text(&out));
     assert_eq!(g.count("orders"), 95);
 
     // COPY in both directions passes through.
