@@ -108,7 +108,20 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
             tracing::debug!("could not record the requested segment for the prefetcher");
         }
     }
+    // A segment asked for a second time (at the end of recovery PostgreSQL re-reads the last
+    // one) must come from the vault: a spooled copy may be older and shorter than the one
+    // replay already used — the prefetcher's download can finish after the helper fetched the
+    // segment itself — and replaying less than before makes PostgreSQL PANIC. The vault's
+    // copy only ever grows.
     let spooled = cfg.spool.join(file);
+    let served = cfg.spool.join(format!(".served-{file}"));
+    if served.exists() {
+        if std::fs::remove_file(&spooled).is_ok() {
+            tracing::debug!(file, "dropped a spooled copy of a segment already served");
+        }
+    } else if let Err(e) = std::fs::write(&served, b"") {
+        tracing::debug!(error = %e, "could not mark the segment as served");
+    }
     if let Ok(meta) = std::fs::metadata(&spooled) {
         std::fs::rename(&spooled, dest).map_err(RestoreError::io(format!(
             "moving {} to {}",
@@ -212,6 +225,11 @@ pub async fn prefetch(
                 if let Some((uid, gid)) = owner {
                     std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
                         .map_err(RestoreError::io(format!("changing the owner of {}", tmp.display())))?;
+                }
+                if cfg.spool.join(format!(".served-{file}")).exists() {
+                    // Replay already got this segment from the vault: a late copy is never used.
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(());
                 }
                 std::fs::rename(&tmp, &path)
                     .map_err(RestoreError::io(format!("renaming {}", tmp.display())))?;

@@ -54,6 +54,16 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ),
     (
         "crates/restore/src/wal.rs",
+        "std::fs::remove_file(&spooled)",
+        "a stale prefetched copy of a WAL segment asked for again, in the spool inside the restored data directory",
+    ),
+    (
+        "crates/restore/src/wal.rs",
+        "std::fs::remove_file(&tmp)",
+        "a prefetch download that arrived after replay got the segment from the vault, in the same spool",
+    ),
+    (
+        "crates/restore/src/wal.rs",
         "std::fs::remove_file(&path)",
         "a prefetched WAL segment replay has passed, in the spool inside the restored data directory",
     ),
