@@ -464,6 +464,11 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let repo = v.reopen().await?;
     let second = v.start(&repo, vec![cluster]).await?;
+    // The new collector reads what is stored as it starts (not before `start` returns).
+    let t0 = std::time::Instant::now();
+    while status(&second, "restart").durable_lsn < Some(before) && t0.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ensure!(
         status(&second, "restart").durable_lsn >= Some(before),
         "the new collector forgot stored WAL: {before} vs {:?}",
