@@ -77,6 +77,9 @@ pub struct CancelTarget {
     pub key: Vec<u8>,
     /// Wakes the session (withdraws a held statement).
     pub notify: Arc<tokio::sync::Notify>,
+    /// The session is holding a statement: the cancel is the gate's alone (the database has
+    /// nothing running; a forwarded cancel could hit the refusal the gate sends instead).
+    pub holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What every session and the control API share.

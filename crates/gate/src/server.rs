@@ -372,6 +372,7 @@ async fn connection(
         return;
     }
     let notify = Arc::new(tokio::sync::Notify::new());
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(
         (gate_pid, key.to_vec()),
         crate::CancelTarget {
@@ -379,6 +380,7 @@ async fn connection(
             pid: upstream.backend_pid,
             key: upstream.backend_key.clone(),
             notify: notify.clone(),
+            holding: holding.clone(),
         },
     );
     shared.metrics.active_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -397,7 +399,7 @@ async fn connection(
         ))
         .await;
     let params = upstream.params.clone();
-    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify)
+    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify, holding)
         .with_server_parameters(&params)
         .run()
         .await;
@@ -487,10 +489,14 @@ async fn read_frame(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> Result<wire::Fr
 async fn cancel(shared: &Arc<Shared>, pid: i32, key: Vec<u8>) {
     let target = {
         let m = shared.cancels.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&(pid, key)).map(|t| (t.upstream.clone(), t.pid, t.key.clone(), t.notify.clone()))
+        m.get(&(pid, key))
+            .map(|t| (t.upstream.clone(), t.pid, t.key.clone(), t.notify.clone(), t.holding.clone()))
     };
-    if let Some((cfg, upid, ukey, notify)) = target {
-        notify.notify_waiters();
+    if let Some((cfg, upid, ukey, notify, holding)) = target {
+        if holding.load(std::sync::atomic::Ordering::SeqCst) {
+            notify.notify_one();
+            return;
+        }
         if let Err(e) = pgproto::conn::send_cancel(&cfg, upid, &ukey).await {
             tracing::warn!(error = %e, "forwarding a cancel request failed");
         }

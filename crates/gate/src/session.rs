@@ -102,6 +102,7 @@ pub struct Session<'a> {
     held: Option<Held>,
     row_guard: Option<RowGuardRun>,
     cancel: Arc<tokio::sync::Notify>,
+    holding: Arc<std::sync::atomic::AtomicBool>,
     statements: u64,
     inflight: VecDeque<InFlight>,
     /// Statements executed since the last Sync (extended protocol).
@@ -129,6 +130,7 @@ impl<'a> Session<'a> {
         server: Box<dyn pgproto::conn::Io>,
         leftover: BytesMut,
         cancel: Arc<tokio::sync::Notify>,
+        holding: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Session {
             shared,
@@ -145,6 +147,7 @@ impl<'a> Session<'a> {
             held: None,
             row_guard: None,
             cancel,
+            holding,
             statements: 0,
             inflight: VecDeque::new(),
             batch: Vec::new(),
@@ -646,6 +649,8 @@ impl<'a> Session<'a> {
             timeout,
         );
         self.shared.metrics.held.inc();
+        // A cancel that came before this hold (for an earlier statement) must not withdraw it.
+        let _ = tokio::time::timeout(Duration::ZERO, self.cancel.notified()).await;
         let _ = self
             .audit(
                 EventKind::ApprovalRequested,
@@ -678,6 +683,7 @@ impl<'a> Session<'a> {
         );
         self.notice(&msg, Some(&hint));
         self.flush_client().await?;
+        self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
         self.held = Some(Held {
             id: req.id,
             rx,
@@ -693,6 +699,7 @@ impl<'a> Session<'a> {
     /// A held statement was decided (or timed out, or withdrawn).
     async fn decided(&mut self, state: State) -> Result<(), String> {
         let Some(h) = self.held.take() else { return Ok(()) };
+        self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
         match &state {
             State::Approved { by, .. } => {
                 let _ = self.audit(EventKind::Approved, serde_json::json!({"approval": h.id, "approver": by, "sql": truncate(&h.sql, 16 * 1024)})).await;
