@@ -243,6 +243,13 @@ impl Approvals {
         g
     }
 
+    /// Whether `person` is in break-glass now (asked for every statement: no copying).
+    pub fn break_glass_active(&self, person: &str) -> bool {
+        let now = unix_now();
+        let g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().any(|g| g.break_glass && g.person == person && g.until > now)
+    }
+
     /// Grants still running.
     pub fn grants(&self) -> Vec<Grant> {
         let now = unix_now();

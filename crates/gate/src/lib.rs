@@ -125,13 +125,6 @@ impl Shared {
     }
 }
 
-impl approvals::Approvals {
-    /// Whether `person` is in break-glass now.
-    pub fn break_glass_active(&self, person: &str) -> bool {
-        self.grants().iter().any(|g| g.break_glass && g.person == person)
-    }
-}
-
 /// A running gate.
 pub struct GateHandle {
     pub addr: SocketAddr,

@@ -85,6 +85,19 @@ async fn send_fatal(
     let _ = io.flush().await;
 }
 
+/// Answers an SSLRequest with 'S', completes the TLS handshake and reads the packet that
+/// follows inside it (each step within 10 s). None: the client went away or failed.
+async fn tls_upgrade(
+    mut tcp: tokio::net::TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    buf: &mut BytesMut,
+) -> Option<(Box<dyn Io>, FirstPacket)> {
+    tcp.write_all(b"S").await.ok()?;
+    let mut s = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await.ok()?.ok()?;
+    let first = tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, buf)).await.ok()?.ok()?;
+    Some((Box::new(s), first))
+}
+
 /// One client connection from its first byte to its end.
 async fn connection(
     mut tcp: tokio::net::TcpStream,
@@ -115,21 +128,10 @@ async fn connection(
             .await;
             return;
         }
-        FirstPacket::Ssl => {
-            if tcp.write_all(b"S").await.is_err() {
-                return;
-            }
-            let mut s = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                _ => return,
-            };
-            let first =
-                match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
-                    Ok(Ok(p)) => p,
-                    _ => return,
-                };
-            (Box::new(s), true, first)
-        }
+        FirstPacket::Ssl => match tls_upgrade(tcp, &acceptor, &mut buf).await {
+            Some((s, first)) => (s, true, first),
+            None => return,
+        },
         FirstPacket::GssEnc => {
             if tcp.write_all(b"N").await.is_err() {
                 return;
@@ -141,19 +143,10 @@ async fn connection(
                 };
             if matches!(first, FirstPacket::Ssl) {
                 // Client retries with SSL after GSS was refused.
-                if tcp.write_all(b"S").await.is_err() {
-                    return;
+                match tls_upgrade(tcp, &acceptor, &mut buf).await {
+                    Some((s, first)) => (s, true, first),
+                    None => return,
                 }
-                let mut s = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    _ => return,
-                };
-                let first =
-                    match tokio::time::timeout(Duration::from_secs(10), read_first(&mut s, &mut buf)).await {
-                        Ok(Ok(p)) => p,
-                        _ => return,
-                    };
-                (Box::new(s), true, first)
             } else {
                 (Box::new(tcp), false, first)
             }
