@@ -59,9 +59,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Replay the 2020 incident on this machine: a shop, a vault, the attack, and the recovery.
+    /// Replay the 2020 incident on this machine: a shop behind a gate, a standby, a vault, the
+    /// insider's attack, the incident, the restore, and a merchant-by-merchant verdict.
     Demo {
-        /// Keep the demo's files here (default: a new directory under /tmp).
+        /// Merchants in the shop (each with 40 customers, 100 orders, 10 gift cards).
+        #[arg(long, default_value_t = 300)]
+        merchants: i64,
+        /// Seconds of ordinary business (orders through the gate) before the insider strikes.
+        #[arg(long, default_value_t = 10)]
+        business_seconds: u64,
+        /// Concurrent shop sessions placing orders.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Also print the verdict as one JSON object, on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Where to write the HTML report.
+        #[arg(long, default_value = "holdfast-demo-report.html")]
+        report: PathBuf,
+        /// Keep the work files (vault tokens, gate config and log, the restored data) here
+        /// instead of a temporary directory removed at the end.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -363,7 +380,9 @@ async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Vault(v) => vault_command(v).await,
         Command::Gate(g) => gate_cmd::run(g).await,
-        Command::Demo { dir } => demo::run(dir).await,
+        Command::Demo { merchants, business_seconds, workers, json, report, dir } => {
+            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir }).await
+        }
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
         Command::Restore(a) => restore_cmd::restore(*a).await,

@@ -179,7 +179,20 @@ impl ReplicationConnection {
     /// Connects, negotiates TLS, authenticates, and checks the server is 14 or later.
     pub async fn connect(cfg: &Config) -> Result<Self, Error> {
         let target = cfg.host.to_string();
-        tokio::time::timeout(cfg.connect_timeout, Self::connect_inner(cfg))
+        tokio::time::timeout(cfg.connect_timeout, Self::connect_inner(cfg, true))
+            .await
+            .map_err(|_| Error::Timeout(target))?
+    }
+
+    /// Opens an ordinary read-write session to database `database`, without the catalog
+    /// session's read-only default and timeouts: for a client application (the demo's shop
+    /// workload, which writes through the gate). Only [`simple_query`](Self::simple_query) is
+    /// meaningful on it.
+    pub async fn connect_read_write(cfg: &Config, database: &str) -> Result<Self, Error> {
+        let mut cfg = cfg.clone();
+        cfg.database = Some(database.to_owned());
+        let target = cfg.host.to_string();
+        tokio::time::timeout(cfg.connect_timeout, Self::connect_inner(&cfg, false))
             .await
             .map_err(|_| Error::Timeout(target))?
     }
@@ -196,7 +209,7 @@ impl ReplicationConnection {
         Self::connect(&cfg).await
     }
 
-    async fn connect_inner(cfg: &Config) -> Result<Self, Error> {
+    async fn connect_inner(cfg: &Config, guarded: bool) -> Result<Self, Error> {
         let (io, tls) = open_io(cfg).await?;
         let mut conn = ReplicationConnection {
             io,
@@ -211,11 +224,11 @@ impl ReplicationConnection {
             notices: Vec::new(),
             ending: Vec::new(),
         };
-        conn.startup(cfg).await?;
+        conn.startup(cfg, guarded).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, cfg: &Config) -> Result<(), Error> {
+    async fn startup(&mut self, cfg: &Config, guarded: bool) -> Result<(), Error> {
         let mut params = vec![
             ("user", cfg.user.as_str()),
             ("application_name", cfg.application_name.as_str()),
@@ -223,6 +236,7 @@ impl ReplicationConnection {
         ];
         match &cfg.database {
             None => params.push(("replication", "true")),
+            Some(db) if !guarded => params.push(("database", db.as_str())),
             Some(db) => {
                 params.push(("database", db.as_str()));
                 // Never wait long behind someone else's lock on the protected server.

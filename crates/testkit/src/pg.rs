@@ -62,35 +62,32 @@ pub struct TempPg {
 /// The directory holding `initdb`, `postgres`, `pg_ctl`, `psql`, `pg_waldump`…
 pub fn bindir() -> Result<PathBuf> {
     static BINDIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINDIR
-        .get_or_init(|| {
-            let out = Command::new("pg_config")
-                .arg("--bindir")
-                .output()
-                .map_err(|e| format!("running pg_config --bindir: {e} (is PostgreSQL installed?)"))?;
-            if !out.status.success() {
-                return Err("pg_config --bindir failed".to_owned());
-            }
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            // Debian's pg_config may belong to libpq-dev only; fall back to the server's bindir.
-            if dir.join("initdb").exists() {
-                return Ok(dir);
-            }
-            std::fs::read_dir("/usr/lib/postgresql")
-                .ok()
-                .and_then(|rd| {
-                    let mut v: Vec<PathBuf> = rd
-                        .flatten()
-                        .map(|e| e.path().join("bin"))
-                        .filter(|p| p.join("initdb").exists())
-                        .collect();
-                    v.sort();
-                    v.pop()
-                })
-                .ok_or_else(|| format!("no initdb in {} nor /usr/lib/postgresql/*/bin", dir.display()))
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    BINDIR.get_or_init(find_bindir).clone().map_err(anyhow::Error::msg)
+}
+
+/// PostgreSQL's server programs: where `pg_config --bindir` says (Debian's pg_config may belong
+/// to libpq-dev alone), else on `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
+fn find_bindir() -> Result<PathBuf, String> {
+    let has_server = |d: &Path| d.join("initdb").exists() && d.join("pg_ctl").exists();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let on_path = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).find(|d| has_server(d)));
+    let debian = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|rd| {
+        let mut v: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path().join("bin")).filter(|p| has_server(p)).collect();
+        v.sort();
+        v.pop()
+    });
+    from_pg_config.filter(|d| has_server(d)).or(on_path).or(debian).ok_or_else(|| {
+        "PostgreSQL's server programs (initdb, pg_ctl, postgres) were not found via pg_config, PATH or \
+         /usr/lib/postgresql/*/bin: install them (Debian/Ubuntu: apt-get install postgresql-15, or run \
+         ./run demo, which installs what is missing) or put their directory on PATH"
+            .to_owned()
+    })
 }
 
 /// The path of a PostgreSQL program, e.g. `bin("pg_waldump")`.

@@ -88,9 +88,14 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "the gate's local audit spool: a segment file whose records the vault has acknowledged (201), never a store object",
     ),
     (
-        "crates/holdfast/src/demo.rs",
-        "remove_dir_all(&data_dir)",
-        "the demo plays the insider and erases its own throw-away PostgreSQL data directory",
+        "crates/holdfast/src/demo/mod.rs",
+        "std::fs::remove_dir_all(&data)",
+        "the demo plays the insider and erases its own throw-away PostgreSQL data directories",
+    ),
+    (
+        "crates/holdfast/src/demo/mod.rs",
+        "std::fs::remove_dir(&socket)",
+        "the restored server's private socket directory, once the server is stopped (only if empty)",
     ),
 ];
 
