@@ -479,7 +479,14 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     let flushed = flush_lsn(&pg)?;
     wait_durable(&second, "restart", flushed, Duration::from_secs(5)).await?;
     let checked = check_archive(&repo, "restart", TLI1, &pg).await?;
-    ensure!(checked.end >= flushed && checked.first < before);
+    ensure!(
+        checked.end >= flushed && checked.first < before,
+        "the store holds {}..{} in {} pieces; the server flushed {flushed}, the crash was at {before}; collector: {:?}",
+        checked.first,
+        checked.end,
+        checked.pieces,
+        status(&second, "restart")
+    );
     println!("restart: {}..{} in {} pieces, crash at {before}", checked.first, checked.end, checked.pieces);
     second.shutdown().await;
     Ok(())

@@ -478,6 +478,7 @@ url = "{hook}"
 
     // ------------------------------------------------------------------------------------
     s.step(3, &format!("The insider ({INSIDER}) strikes through the gate"));
+    let before_insider = ledger.committed.load(Ordering::Relaxed);
     let insider_sql = ["DROP DATABASE shop", "DELETE FROM stored_value_cards"];
     let mut psqls = Vec::new();
     for sql in insider_sql {
@@ -558,7 +559,10 @@ url = "{hook}"
     }
     let still_there: i64 =
         blocking(|| primary.psql_db("shop", "SELECT count(*) FROM stored_value_cards"))?.parse()?;
-    s.say(format!("the shop still holds {still_there} gift cards; the workload never stopped"));
+    s.say(format!(
+        "the shop still holds {still_there} gift cards; {} more orders were committed while he waited",
+        ledger.committed.load(Ordering::Relaxed) - before_insider
+    ));
 
     // ------------------------------------------------------------------------------------
     s.step(4, "The insider strikes as root on the database hosts (A1: every host, the superuser)");
