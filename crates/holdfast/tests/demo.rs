@@ -128,6 +128,23 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     assert!(html.matches("<td class=ok>yes</td>").count() >= 20, "every merchant row says ok");
 
     assert_nothing_left(&stdout, &work);
+
+    // A second run, in the same --dir, works from scratch.
+    let out = Command::new(holdfast())
+        .args(["demo", "--merchants", "5", "--business-seconds", "2", "--json", "--report"])
+        .arg(&report)
+        .arg("--dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "second run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["rows_lost"].as_i64(), v["merchants_verified"].as_u64()),
+        (Some(true), Some(0), Some(5))
+    );
+    assert_nothing_left(&stdout, &work);
 }
 
 #[test]
@@ -171,4 +188,32 @@ fn ctrl_c_stops_everything_the_demo_started() {
     }
     assert_eq!(status.code(), Some(130), "{stdout}");
     assert_nothing_left(&stdout, &work);
+}
+
+#[test]
+fn the_demo_refuses_a_directory_it_did_not_make_and_an_unwritable_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
+    let out = Command::new(holdfast())
+        .args(["demo", "--report"])
+        .arg(tmp.path().join("r.html"))
+        .arg("--dir")
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not empty and was not made by holdfast demo"), "{err}");
+    assert_eq!(std::fs::read_to_string(foreign.join("precious.txt")).unwrap(), "keep me");
+    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1, "nothing was added");
+
+    let out =
+        Command::new(holdfast()).args(["demo", "--report", "/nonexistent-dir/report.html"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write the report to /nonexistent-dir/report.html"), "{err}");
+    // Nothing was started: the demo names no directory.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("/tmp/holdfast-"), "nothing should have started");
 }

@@ -94,6 +94,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ),
     (
         "crates/holdfast/src/demo/mod.rs",
+        "std::fs::remove_dir_all(&p).with_context(|| format!(\"clearing",
+        "an earlier demo run's gate/ and restored/ in a --dir the demo marked as its own",
+    ),
+    (
+        "crates/holdfast/src/demo/mod.rs",
         "std::fs::remove_dir(&socket)",
         "the restored server's private socket directory, once the server is stopped (only if empty)",
     ),

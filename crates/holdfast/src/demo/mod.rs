@@ -111,6 +111,10 @@ pub async fn run(opts: Options) -> Result<u8> {
     }
     // Fail before starting anything if PostgreSQL is not installed.
     testkit::pg::bindir()?;
+    // The report is written at the end: find out now if it cannot be.
+    std::fs::File::create(&opts.report).with_context(|| {
+        format!("cannot write the report to {}; pick another --report", opts.report.display())
+    })?;
     let work = Work::new(opts.dir.clone())?;
     tokio::select! {
         r = story(&opts, work.path()) => r,
@@ -128,11 +132,33 @@ struct Work {
 }
 
 impl Work {
+    /// Marks a `--dir` as the demo's own, so that a later run may clear it.
+    const MARK: &str = ".holdfast-demo";
+
     fn new(dir: Option<PathBuf>) -> Result<Work> {
         match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-                Ok(Work { _tmp: None, path: std::path::absolute(&d)? })
+                let d = std::path::absolute(&d)?;
+                let has_files = std::fs::read_dir(&d)?.next().is_some();
+                if has_files && !d.join(Self::MARK).exists() {
+                    bail!(
+                        "--dir {}: the directory is not empty and was not made by holdfast demo; name an empty or new one",
+                        d.display()
+                    );
+                }
+                // An earlier run's files: the demo's own, cleared so this run starts clean.
+                for own in ["gate", "restored"] {
+                    let p = d.join(own);
+                    if p.exists() {
+                        std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+                    }
+                }
+                std::fs::write(
+                    d.join(Self::MARK),
+                    "made by holdfast demo; a later run clears gate/ and restored/\n",
+                )?;
+                Ok(Work { _tmp: None, path: d })
             }
             None => {
                 let t = tempfile::Builder::new().prefix("holdfast-demo-").tempdir()?;
@@ -268,7 +294,11 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     let mut s = Story { start: Instant::now(), events: Vec::new() };
     let exe = std::env::current_exe().context("locating the holdfast binary")?;
     println!("holdfast demo: the 删库跑路 incident of February 2020, replayed on this machine.");
-    println!("work files: {}", work.display());
+    println!(
+        "work files: {}{}",
+        work.display(),
+        if o.dir.is_some() { "" } else { " (removed at the end; --dir DIR keeps them)" }
+    );
 
     // ------------------------------------------------------------------------------------
     s.step(1, "Production: a PostgreSQL 15 primary and a streaming standby; a vault; a gate");
