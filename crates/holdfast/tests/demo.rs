@@ -112,6 +112,8 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     let attacks = v["attacks"].as_array().unwrap();
     assert!(attacks.len() >= 8, "{v:#}");
     assert_eq!(v["vault_attacks_refused"], v["vault_attacks"]);
+    assert_eq!(v["vault_intact"], true, "{v:#}");
+    assert!(v["vault_objects_checked"].as_u64().unwrap() > 10, "{v:#}");
     assert!(attacks.iter().all(|a| a["refused"] == true), "{attacks:#?}");
     assert!(
         attacks.iter().any(|a| a["credential"].as_str().unwrap().contains("postgresql.auto.conf")),

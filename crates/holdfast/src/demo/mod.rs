@@ -745,6 +745,22 @@ url = "{hook}"
     }
     let refused = attacks.iter().filter(|a| a.refused).count();
     s.event("vault", format!("{refused} of {} attacks on the vault refused", attacks.len()));
+    // And the store is whole: every object re-hashed, every backup's chunks present.
+    let config = vault.config_path().display().to_string();
+    let out = blocking(|| vault.holdfast(&["vault", "check", "--config", &config, "--json"]))?;
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading holdfast vault check --json: {}", text(&out)))?;
+    let count = |k: &str| check[k].as_array().map_or(0, Vec::len);
+    let vault_intact = out.status.success() && count("damaged") == 0 && count("missing") == 0;
+    let vault_objects = check["objects_checked"].as_u64().unwrap_or(0);
+    s.event(
+        "vault",
+        format!(
+            "vault check: {vault_objects} objects re-hashed, {} damaged, {} missing",
+            count("damaged"),
+            count("missing")
+        ),
+    );
 
     // The gate's audit trail, read back from the vault by an auditor and verified.
     let (audit, audit_verified) = blocking(|| audit_excerpt(&gate, &dba_totp, &vault, &read_file))?;
@@ -857,6 +873,8 @@ url = "{hook}"
         && gate_held == insider_sql.len()
         && gate_executed == 0
         && refused == attacks.len()
+        && vault_intact
+        && vault_objects > 0
         && !attacks.is_empty()
         && audit_verified
         && audit.iter().filter(|r| r["kind"] == "approval_requested").count() >= insider_sql.len()
@@ -881,6 +899,8 @@ url = "{hook}"
         gate: gate_attempts,
         audit_records_for_insider: audit.len(),
         audit_verified,
+        vault_intact,
+        vault_objects_checked: vault_objects,
         vault_attacks: attacks.len(),
         vault_attacks_refused: refused,
         attacks,

@@ -74,6 +74,9 @@ pub struct Verdict {
     pub gate: Vec<GateAttempt>,
     pub audit_records_for_insider: usize,
     pub audit_verified: bool,
+    /// `holdfast vault check` after the attacks: no object damaged or missing.
+    pub vault_intact: bool,
+    pub vault_objects_checked: u64,
     pub vault_attacks: usize,
     pub vault_attacks_refused: usize,
     pub attacks: Vec<VaultAttack>,
@@ -144,6 +147,14 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
         ("restore target", v.restore_target.clone()),
         ("gate: destructive statements held / executed", format!("{} / {}", v.gate_held, v.gate_executed)),
         ("vault attacks refused", format!("{} of {}", v.vault_attacks_refused, v.vault_attacks)),
+        (
+            "vault store after the attacks",
+            format!(
+                "{} objects re-hashed: {}",
+                v.vault_objects_checked,
+                if v.vault_intact { "intact" } else { "DAMAGED OR INCOMPLETE" }
+            ),
+        ),
         ("audit chain verified in the vault", v.audit_verified.to_string()),
         ("attack → restored shop verified", format!("{:.1} s", v.attack_to_verified_seconds)),
     ];
@@ -237,6 +248,8 @@ mod tests {
             }],
             audit_records_for_insider: 0,
             audit_verified: false,
+            vault_intact: false,
+            vault_objects_checked: 0,
             vault_attacks: 0,
             vault_attacks_refused: 0,
             attacks: vec![],
