@@ -456,6 +456,10 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     let cluster = v.cluster("restart", vec![unix_host(&pg)], REP, REP_PW)?;
     let first = v.start(&v.repo, vec![cluster.clone()]).await?;
     run_ok(pgbench(&pg, &["-i", "-s", "1", "-q"])?, "pgbench -i")?;
+    // The crash must come after something was stored (on a loaded machine the first collector
+    // once had stored nothing 1.5 s into the load, and "stored before the crash" was empty).
+    let loaded = flush_lsn(&pg)?;
+    wait_durable(&first, "restart", loaded, Duration::from_secs(30)).await?;
     let bench = pgbench(&pg, &["-c", "2", "-T", "4", "-n"])?.spawn()?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = status(&first, "restart").durable_lsn.context("nothing durable before the crash")?;
@@ -477,7 +481,7 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     let bench = bench.wait_with_output()?;
     ensure!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
     let flushed = flush_lsn(&pg)?;
-    wait_durable(&second, "restart", flushed, Duration::from_secs(5)).await?;
+    wait_durable(&second, "restart", flushed, Duration::from_secs(30)).await?;
     let checked = check_archive(&repo, "restart", TLI1, &pg).await?;
     ensure!(
         checked.end >= flushed && checked.first < before,
