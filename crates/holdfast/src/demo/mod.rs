@@ -802,7 +802,7 @@ url = "{hook}"
         format!("holdfast restore --cluster shop --before-incident {number} --start --promote"),
     );
     let restore_started = Instant::now();
-    let _restored = Restored { data: target_dir.clone() };
+    let restored_server = Restored { data: target_dir.clone() };
     // The operator knows production's superuser password: the restore logs in to check.
     let out = tokio::process::Command::new(&exe)
         .args(&args)
@@ -850,7 +850,7 @@ url = "{hook}"
             cmp.in_doubt_committed
         ),
     );
-    drop(_restored);
+    drop(restored_server);
     let _ = std::fs::remove_dir(&socket);
 
     // ------------------------------------------------------------------------------------

@@ -354,38 +354,12 @@ pub fn compare(base: &Snapshot, placed: &[Placed], restored: &Snapshot) -> Compa
         let missing_orders = mine.len() as i64 - present;
         lost += (items_expected - items_restored - missing_orders).max(0);
         lost += (entries_expected - entries_restored - missing_orders).max(0);
-        let mut points_expected = 0;
-        let mut points_restored = 0;
-        for (c, cm) in &base.customer_merchant {
-            if *cm != m {
-                continue;
-            }
-            let e = points.get(c).copied().unwrap_or(0);
-            let r = restored.points.get(c).copied();
-            points_expected += e;
-            points_restored += r.unwrap_or(0);
-            match r {
-                None => lost += 1,
-                Some(r) if r != e => wrong += 1,
-                _ => {}
-            }
-        }
-        let mut cards_expected = 0;
-        let mut cards_restored = 0;
-        for (k, km) in &base.card_merchant {
-            if *km != m {
-                continue;
-            }
-            let e = cards.get(k).copied().unwrap_or(0);
-            let r = restored.cards.get(k).copied();
-            cards_expected += e;
-            cards_restored += r.unwrap_or(0);
-            match r {
-                None => lost += 1,
-                Some(r) if r != e => wrong += 1,
-                _ => {}
-            }
-        }
+        let points_tally = tally(&base.customer_merchant, m, &points, &restored.points);
+        let cards_tally = tally(&base.card_merchant, m, &cards, &restored.cards);
+        lost += points_tally.lost + cards_tally.lost;
+        wrong += points_tally.wrong + cards_tally.wrong;
+        let (points_expected, points_restored) = (points_tally.expected, points_tally.restored);
+        let (cards_expected, cards_restored) = (cards_tally.expected, cards_tally.restored);
         out.push(MerchantCheck {
             merchant_id: m,
             orders_expected: base_n + new_n,
@@ -415,6 +389,38 @@ pub fn compare(base: &Snapshot, placed: &[Placed], restored: &Snapshot) -> Compa
         in_doubt_committed,
         unexplained_orders: unexplained,
     }
+}
+
+/// Balances of one merchant's customers (points) or cards, expected against restored.
+struct Tally {
+    expected: i64,
+    restored: i64,
+    /// Customers or cards missing from the restored copy.
+    lost: i64,
+    /// Customers or cards with another balance.
+    wrong: i64,
+}
+
+/// Compares the balances of the keys `owner` assigns to merchant `m`.
+fn tally(
+    owner: &HashMap<i64, i64>,
+    m: i64,
+    expected: &HashMap<i64, i64>,
+    restored: &HashMap<i64, i64>,
+) -> Tally {
+    let mut t = Tally { expected: 0, restored: 0, lost: 0, wrong: 0 };
+    for (key, _) in owner.iter().filter(|(_, owner)| **owner == m) {
+        let e = expected.get(key).copied().unwrap_or(0);
+        let r = restored.get(key).copied();
+        t.expected += e;
+        t.restored += r.unwrap_or(0);
+        match r {
+            None => t.lost += 1,
+            Some(r) if r != e => t.wrong += 1,
+            _ => {}
+        }
+    }
+    t
 }
 
 /// Runs SQL with psql as the superuser on a server's Unix socket; unaligned, tuples only.
