@@ -192,12 +192,29 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             esc(&a.answer)
         ));
     }
-    h.push_str("</table><h2>Audit log excerpt (read back from the vault, chain verified)</h2><pre>");
+    h.push_str(&format!(
+        "</table><h2>Audit log: the insider's records, read back from the vault (chain {})</h2>\
+         <table><tr><th>seq</th><th>time</th><th>kind</th><th>person</th><th>client</th><th>what</th><th>record hash</th></tr>",
+        if v.audit_verified { "verified" } else { "NOT verified" }
+    ));
     for r in audit {
-        h.push_str(&esc(&r.to_string()));
-        h.push('\n');
+        let d = &r["detail"];
+        let what = ["sql", "why", "error", "db_user", "method"]
+            .iter()
+            .find_map(|k| d[*k].as_str().map(|t| format!("{k}: {t}")))
+            .unwrap_or_else(|| d.to_string());
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+            r["seq"],
+            esc(r["time"].as_str().unwrap_or("")),
+            esc(r["kind"].as_str().unwrap_or("")),
+            esc(r["person"].as_str().unwrap_or("")),
+            esc(r["client"].as_str().unwrap_or("")),
+            esc(&what),
+            esc(r["hash"].as_str().unwrap_or("").get(..16).unwrap_or(""))
+        ));
     }
-    h.push_str("</pre><h2>Merchant by merchant</h2><table><tr><th>merchant</th><th>orders expected</th><th>orders restored</th><th>points expected</th><th>points restored</th><th>gift cards expected (cents)</th><th>restored</th><th>rows lost</th><th>values wrong</th><th>ok</th></tr>");
+    h.push_str("</table><h2>Merchant by merchant</h2><table><tr><th>merchant</th><th>orders expected</th><th>orders restored</th><th>points expected</th><th>points restored</th><th>gift cards expected (cents)</th><th>restored</th><th>rows lost</th><th>values wrong</th><th>ok</th></tr>");
     for m in merchants {
         h.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
@@ -261,9 +278,9 @@ mod tests {
             report: String::new(),
             timeline: vec![],
         };
-        let h = html(&v, &[], &[serde_json::json!({"sql": "<b>"})]);
+        let h = html(&v, &[], &[serde_json::json!({"kind": "statement", "detail": {"sql": "<b>"}})]);
         assert!(!h.contains("<script>") && h.contains("&lt;script&gt;"));
         assert!(h.contains("FAILED") && h.contains("NOT FOUND"));
-        assert!(!h.contains("<b>\""), "audit records are escaped");
+        assert!(!h.contains("sql: <b>") && h.contains("sql: &lt;b&gt;"), "audit records are escaped");
     }
 }
