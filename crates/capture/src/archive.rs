@@ -101,10 +101,10 @@ impl WalArchive {
                     }
                 }
                 TIMELINE_RECORD => {
-                    if let Ok(t) = serde_json::from_value::<TimelineRecord>(rec.body.clone()) {
-                        if t.cluster == cluster {
-                            inner.histories.insert(t.timeline, (t.filename, t.content));
-                        }
+                    if let Ok(t) = serde_json::from_value::<TimelineRecord>(rec.body.clone())
+                        && t.cluster == cluster
+                    {
+                        inner.histories.insert(t.timeline, (t.filename, t.content));
                     }
                 }
                 _ => {}

@@ -191,11 +191,11 @@ impl Detector {
             if !known && self.new_files.len() < 1024 {
                 self.new_files.push(rel);
             }
-            if let Some(open) = self.open.get_mut(&xid).filter(|_| xid != 0) {
-                if !known || open.new_pages.contains_key(&rel) {
-                    let p = open.new_pages.entry(rel).or_default();
-                    *p = (*p).max(pages);
-                }
+            if let Some(open) = self.open.get_mut(&xid).filter(|_| xid != 0)
+                && (!known || open.new_pages.contains_key(&rel))
+            {
+                let p = open.new_pages.entry(rel).or_default();
+                *p = (*p).max(pages);
             }
             let p = self.nonempty.entry(rel).or_default();
             *p = (*p).max(pages);

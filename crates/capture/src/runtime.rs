@@ -60,17 +60,17 @@ impl ClusterRuntime {
         for (_, rec) in repo.records().await? {
             match rec.kind.as_str() {
                 INCIDENT_RECORD => {
-                    if let Ok(i) = serde_json::from_value::<Incident>(rec.body) {
-                        if i.cluster == cluster.name {
-                            incidents.push(i);
-                        }
+                    if let Ok(i) = serde_json::from_value::<Incident>(rec.body)
+                        && i.cluster == cluster.name
+                    {
+                        incidents.push(i);
                     }
                 }
                 BACKUP_COMPLETE_RECORD => {
-                    if let Ok(b) = serde_json::from_value::<BackupSummary>(rec.body) {
-                        if b.cluster == cluster.name {
-                            backups.push(b);
-                        }
+                    if let Ok(b) = serde_json::from_value::<BackupSummary>(rec.body)
+                        && b.cluster == cluster.name
+                    {
+                        backups.push(b);
                     }
                 }
                 _ => {}
@@ -227,12 +227,12 @@ impl ClusterRuntime {
         let mut out = Vec::new();
         self.repo
             .for_each_entry(&rec, |e| {
-                if e.size > 0 {
-                    if let Some(rel) = crate::detect::relfilenode_of(&e.path) {
-                        // Segment N of a relation starts at page N × 131072 (1 GiB segments).
-                        let seg: u64 = e.path.rsplit_once('.').and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
-                        out.push((rel, seg * 131_072 + e.size.div_ceil(8192)));
-                    }
+                if e.size > 0
+                    && let Some(rel) = crate::detect::relfilenode_of(&e.path)
+                {
+                    // Segment N of a relation starts at page N × 131072 (1 GiB segments).
+                    let seg: u64 = e.path.rsplit_once('.').and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+                    out.push((rel, seg * 131_072 + e.size.div_ceil(8192)));
                 }
                 Ok(())
             })

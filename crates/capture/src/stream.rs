@@ -282,15 +282,15 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
     let (mut conn, server) = connect(rt).await?;
     let ident = conn.identify_system().await?;
     let system_id = ident.system_id.to_string();
-    if let Some(stored) = rt.archive.system_id() {
-        if stored != system_id {
-            return Err(CaptureError::SystemChanged {
-                detail: format!(
-                    "server {server} has system identifier {system_id} but the vault's WAL for this cluster is from {stored}; \
+    if let Some(stored) = rt.archive.system_id()
+        && stored != system_id
+    {
+        return Err(CaptureError::SystemChanged {
+            detail: format!(
+                "server {server} has system identifier {system_id} but the vault's WAL for this cluster is from {stored}; \
                      refusing to mix them (point the cluster at the right server, or configure a new cluster name)"
-                ),
-            });
-        }
+            ),
+        });
     }
     let seg_size = segment_size(&mut conn).await?;
     let have_wal = !rt.archive.map().is_empty();
@@ -541,7 +541,7 @@ impl Writer<'_> {
         self.pending.clear();
         self.pending_start = end;
         self.pending_since = None;
-        if end.0 % self.seg_size == 0 {
+        if end.0.is_multiple_of(self.seg_size) {
             let seg_start = Lsn(end.0 - self.seg_size);
             self.rt
                 .archive

@@ -123,10 +123,10 @@ impl WalMap {
         let mut gaps = Vec::new();
         let mut end: Option<Lsn> = None;
         for p in pieces.values() {
-            if let Some(e) = end {
-                if p.start > e {
-                    gaps.push((e, p.start));
-                }
+            if let Some(e) = end
+                && p.start > e
+            {
+                gaps.push((e, p.start));
             }
             end = Some(end.map_or(p.end, |e| e.max(p.end)));
         }

@@ -352,7 +352,7 @@ async fn check_archive(
 /// Writes the stored WAL out as segment files and runs `pg_waldump` over them up to `until`.
 fn waldump(checked: &Checked, until: Lsn, dir: &Path) -> Result<usize> {
     ensure!(
-        checked.first.0 % SEG == 0,
+        checked.first.0.is_multiple_of(SEG),
         "the archive does not start at a segment boundary: {}",
         checked.first
     );

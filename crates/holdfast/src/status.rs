@@ -110,12 +110,11 @@ pub async fn backup(client: &VaultClient, cluster: &str, json: bool) -> Result<u
         tokio::select! {
             r = &mut run => break r.with_context(|| format!("base backup of cluster {cluster}"))?,
             _ = tick.tick() => {
-                if let Ok(s) = client.status().await {
-                    if let Some((done, total)) = s.clusters.iter().find(|c| c.name == cluster).and_then(|c| c.backup_progress) {
+                if let Ok(s) = client.status().await
+                    && let Some((done, total)) = s.clusters.iter().find(|c| c.name == cluster).and_then(|c| c.backup_progress) {
                         let pct = if total > 0 { (done as f64 / total as f64 * 100.0).min(100.0) } else { 0.0 };
                         eprintln!("backup {cluster}: {} of ~{} ({pct:.0}%)", bytes(done), bytes(total));
                     }
-                }
             }
         }
     };

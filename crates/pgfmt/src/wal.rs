@@ -310,7 +310,7 @@ impl<'a> WalReader<'a> {
         if hdr.pageaddr != page {
             return Err(bad(format!("page address is {}", hdr.pageaddr)));
         }
-        let seg_start = page.0 % self.seg_size == 0;
+        let seg_start = page.0.is_multiple_of(self.seg_size);
         if hdr.info & XLP_LONG_HEADER != 0 {
             let Some(long) = self.slice(page, SIZE_OF_LONG_PHD).and_then(PageHeader::parse) else {
                 return Ok(None);
@@ -344,7 +344,7 @@ impl<'a> WalReader<'a> {
     ) -> Result<Option<Lsn>, WalError> {
         let mut remaining = len;
         while remaining > 0 {
-            if pos.0 % self.page_size == 0 {
+            if pos.0.is_multiple_of(self.page_size) {
                 let Some(hdr) = self.page_header(pos)? else {
                     return Ok(None);
                 };
@@ -375,7 +375,7 @@ impl<'a> WalReader<'a> {
 
     /// Finds where the first record starts, skipping a continued record's tail.
     fn first_record(&mut self) -> Result<Option<Lsn>, WalError> {
-        if self.start.0 % self.page_size != 0 {
+        if !self.start.0.is_multiple_of(self.page_size) {
             return Err(WalError::Unaligned(self.start));
         }
         let Some(hdr) = self.page_header(self.start)? else {
@@ -406,7 +406,7 @@ impl<'a> WalReader<'a> {
     fn read_record(&mut self, lsn: Lsn) -> Result<Option<WalRecord>, WalError> {
         let bad = |why: String| WalError::BadRecord { lsn, why };
         let mut pos = lsn;
-        if pos.0 % self.page_size == 0 {
+        if pos.0.is_multiple_of(self.page_size) {
             let Some(hdr) = self.page_header(pos)? else {
                 return Ok(None);
             };
@@ -977,7 +977,7 @@ mod tests {
         }
         fn page_header(&mut self, rem_len: u32) {
             let addr = self.pos();
-            let long = addr % SEG == 0;
+            let long = addr.is_multiple_of(SEG);
             let mut info = if rem_len > 0 { XLP_FIRST_IS_CONTRECORD } else { 0 };
             if long {
                 info |= XLP_LONG_HEADER;
@@ -1024,14 +1024,14 @@ mod tests {
                 let n = room.min(rest.len());
                 self.buf.extend_from_slice(&rest[..n]);
                 rest = &rest[n..];
-                if self.buf.len() % PAGE == 0 {
+                if self.buf.len().is_multiple_of(PAGE) {
                     self.page_header(rest.len() as u32);
                 }
             }
-            while self.buf.len() % 8 != 0 {
+            while !self.buf.len().is_multiple_of(8) {
                 self.buf.push(0);
             }
-            if self.buf.len() % PAGE == 0 {
+            if self.buf.len().is_multiple_of(PAGE) {
                 // A record that ended exactly at a page end still needs the next header.
                 self.page_header(0);
             }

@@ -167,13 +167,11 @@ pub async fn check(store: &dyn ObjectStore, repo: Option<&Repository>) -> CheckR
             indexed_packs.insert(pid);
             if !present.contains(&pname) {
                 r.missing.push(problem(pname, format!("listed by {iname} but not in the store")));
-            } else if let Some(h) = headers.get(&pid) {
-                if h != &p.blobs {
-                    r.damaged.push(problem(
-                        iname,
-                        format!("its entry for {pname} disagrees with that pack's header"),
-                    ));
-                }
+            } else if let Some(h) = headers.get(&pid)
+                && h != &p.blobs
+            {
+                r.damaged
+                    .push(problem(iname, format!("its entry for {pname} disagrees with that pack's header")));
             }
             if let Err(e) = index.add_pack(pid, &p.blobs) {
                 r.damaged.push(problem(iname, e));

@@ -150,10 +150,10 @@ impl Inner {
             (None, true) => Some(Timestamp::FOREVER),
             (None, false) => None,
         };
-        if let Some(c) = current {
-            if c >= until {
-                return Ok(c);
-            }
+        if let Some(c) = current
+            && c >= until
+        {
+            return Ok(c);
         }
         let tmp = self.write_tmp(format!("{}\n", until.as_secs()).as_bytes())?;
         let dir = p.parent().expect("retention path has a parent");

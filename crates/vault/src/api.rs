@@ -114,10 +114,10 @@ impl IntoResponse for ApiError {
         let mut r =
             (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
                 .into_response();
-        if let Some(ids) = self.undamaged {
-            if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
-                r.headers_mut().insert(vault_api::wire::UNDAMAGED_BACKUPS_HEADER, v);
-            }
+        if let Some(ids) = self.undamaged
+            && let Ok(v) = HeaderValue::from_str(&ids.join(","))
+        {
+            r.headers_mut().insert(vault_api::wire::UNDAMAGED_BACKUPS_HEADER, v);
         }
         r
     }
@@ -346,10 +346,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Byt
     };
     if let Some(len) =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
     {
-        if len > limit {
-            return Err(too_large());
-        }
+        return Err(too_large());
     }
     axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|e| {
         let msg = e.to_string();
@@ -822,10 +821,10 @@ async fn cluster_wal(
 
 /// The file list of a backup, cached for the next request.
 async fn entries_of(s: &Shared, id: &str) -> ApiResult<Entries> {
-    if let Some((cached, entries)) = s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        if cached == id {
-            return Ok(entries.clone());
-        }
+    if let Some((cached, entries)) = s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && cached == id
+    {
+        return Ok(entries.clone());
     }
     let rec = match s.repo.backup(id).await {
         Ok(r) => r,

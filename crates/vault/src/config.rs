@@ -372,12 +372,12 @@ impl ConfigFile {
                 keyholders.len()
             )));
         }
-        if let Some(cmd) = &self.alert_command {
-            if cmd.is_empty() || cmd[0].is_empty() {
-                return Err(invalid(
-                    "alert_command must name a program: [\"/path/to/program\", \"arg\", …]".into(),
-                ));
-            }
+        if let Some(cmd) = &self.alert_command
+            && (cmd.is_empty() || cmd[0].is_empty())
+        {
+            return Err(invalid(
+                "alert_command must name a program: [\"/path/to/program\", \"arg\", …]".into(),
+            ));
         }
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {

@@ -269,10 +269,11 @@ pub async fn scheduler(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receive
                     }));
                 }
             }
-            if st.running.is_none() && st.next_due.is_some_and(|d| d <= now) {
-                if let Err(e) = start(&s, &st.cluster, "schedule".into()) {
-                    tracing::warn!(cluster = %st.cluster, error = %e, "a scheduled drill could not start");
-                }
+            if st.running.is_none()
+                && st.next_due.is_some_and(|d| d <= now)
+                && let Err(e) = start(&s, &st.cluster, "schedule".into())
+            {
+                tracing::warn!(cluster = %st.cluster, error = %e, "a scheduled drill could not start");
             }
         }
     }
@@ -403,10 +404,10 @@ async fn run(s: &Arc<Shared>, cfg: &DrillConfig, id: &str, trigger: &str) -> Dri
         let _ = remove_drill_dir(&sock2);
     })
     .await;
-    if let Err(e) = remove_drill_dir(&scratch) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            report.checks.push(check("teardown", false, format!("removing {}: {e}", scratch.display())));
-        }
+    if let Err(e) = remove_drill_dir(&scratch)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report.checks.push(check("teardown", false, format!("removing {}: {e}", scratch.display())));
     }
     report.finished_at = s.clock.now();
     report.ok = !report.checks.is_empty() && report.checks.iter().all(|c| c.ok);
