@@ -321,17 +321,7 @@ impl TempPg {
 
     /// Runs SQL through psql in database `db`.
     pub fn psql_db(&self, db: &str, sql: &str) -> Result<String> {
-        let mut cmd = command_as_postgres(Path::new("env"));
-        cmd.arg(format!("PGPASSWORD={}", self.password))
-            .arg(bin("psql")?)
-            .arg("-h")
-            .arg(self.socket_dir())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", SUPERUSER, "-d", db, "-X", "-A", "-t", "-q"])
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
-        let out = run(cmd, &format!("psql -c {sql:?}"))?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+        psql_at(&self.socket_dir(), self.port, &self.password, db, sql)
     }
 
     /// Creates a login role with the REPLICATION attribute.
@@ -474,6 +464,22 @@ fn append(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Runs SQL through psql as the superuser on any server's Unix socket (e.g. one that
+/// `holdfast restore --start` started); unaligned, tuples-only output.
+pub fn psql_at(socket_dir: &Path, port: u16, password: &str, db: &str, sql: &str) -> Result<String> {
+    let mut cmd = command_as_postgres(Path::new("env"));
+    cmd.arg(format!("PGPASSWORD={password}"))
+        .arg(bin("psql")?)
+        .arg("-h")
+        .arg(socket_dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-U", SUPERUSER, "-d", db, "-X", "-A", "-t", "-q"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
+    let out = run(cmd, &format!("psql -c {sql:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
 
 /// Quotes an SQL identifier: `"a""b"`.

@@ -835,8 +835,9 @@ url = "{hook}"
         ),
     );
     let password = primary.superuser_password().to_string();
-    let restored: Snapshot =
-        blocking(|| shop::snapshot(&|sql| shop::psql_at(&socket, port, &password, "shop", sql), base_max))?;
+    let restored: Snapshot = blocking(|| {
+        shop::snapshot(&|sql| testkit::pg::psql_at(&socket, port, &password, "shop", sql), base_max)
+    })?;
     let rto = restore_started.elapsed().as_secs_f64();
     let cmp = shop::compare(&base, &placed, &restored);
     let attack_to_verified = attack_at.elapsed().as_secs_f64();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use pgproto::conn::{Config, ReplicationConnection};
 
 /// Customers, products, historical orders and gift cards per merchant in the initial load.
@@ -421,29 +421,6 @@ fn tally(
         }
     }
     t
-}
-
-/// Runs SQL with psql as the superuser on a server's Unix socket; unaligned, tuples only.
-pub fn psql_at(
-    socket_dir: &std::path::Path,
-    port: u16,
-    password: &str,
-    db: &str,
-    sql: &str,
-) -> Result<String> {
-    let mut cmd = testkit::pg::command_as_postgres(std::path::Path::new("env"));
-    cmd.arg(format!("PGPASSWORD={password}"))
-        .arg(testkit::pg::bin("psql")?)
-        .arg("-h")
-        .arg(socket_dir)
-        .arg("-p")
-        .arg(port.to_string())
-        .args(["-U", "postgres", "-d", db, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-    let out = cmd.output().context("running psql")?;
-    if !out.status.success() {
-        bail!("psql -c {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
 
 #[cfg(test)]
