@@ -57,7 +57,14 @@ impl ClusterRuntime {
         let archive = WalArchive::open(repo, &cluster.name).await?;
         let mut incidents = Vec::new();
         let mut backups = Vec::new();
+        // A backup whose `backup` record a quorum deletion removed is gone, even if an older
+        // vault left its `backup.complete` record behind.
+        let existing: BTreeSet<String> = repo.backups().await?.into_iter().map(|b| b.id).collect();
         for (_, rec) in repo.records().await? {
+            // Records a client token appended are never the vault's history, whatever their kind.
+            if rec.author.is_some() {
+                continue;
+            }
             match rec.kind.as_str() {
                 INCIDENT_RECORD => {
                     if let Ok(i) = serde_json::from_value::<Incident>(rec.body)
@@ -69,6 +76,7 @@ impl ClusterRuntime {
                 BACKUP_COMPLETE_RECORD => {
                     if let Ok(b) = serde_json::from_value::<BackupSummary>(rec.body)
                         && b.cluster == cluster.name
+                        && existing.contains(&b.id)
                     {
                         backups.push(b);
                     }
@@ -238,6 +246,15 @@ impl ClusterRuntime {
             })
             .await?;
         Ok(out)
+    }
+
+    /// Forgets backup `id` (a quorum deletion removed it): it leaves status, the inventory and
+    /// the restorable window at once.
+    pub fn forget_backup(&self, id: &str) -> bool {
+        let mut b = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        let before = b.len();
+        b.retain(|x| x.id != id);
+        b.len() != before
     }
 
     /// Records a completed backup.
