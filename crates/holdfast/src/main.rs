@@ -581,7 +581,11 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
                  restart the vault for it to accept the token",
                 r.token.id(),
                 r.record,
-                if r.alerted { "sent" } else { "NOT delivered (no alert_command/webhook answered): tell the other admins yourself" }
+                if r.alerted {
+                    "sent"
+                } else {
+                    "NOT delivered (no alert_command/webhook answered): tell the other admins yourself"
+                }
             );
             Ok(0)
         }
@@ -650,7 +654,9 @@ fn describe_proposal(view: &vault_api::ProposalView) -> String {
         st.objects.len()
     );
     match &view.effects {
-        None => out.push_str("\n  (this vault did not say what the objects hold: do not sign unless you know)"),
+        None => {
+            out.push_str("\n  (this vault did not say what the objects hold: do not sign unless you know)")
+        }
         Some(e) => {
             let kinds: Vec<String> = e.objects_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
             let _ = write!(out, ": {} ({} bytes)", kinds.join(", "), e.bytes);
@@ -694,7 +700,9 @@ fn describe_proposal(view: &vault_api::ProposalView) -> String {
 fn confirm(question: &str) -> Result<bool> {
     use std::io::{BufRead, IsTerminal};
     if !std::io::stdin().is_terminal() {
-        bail!("{question} needs an answer: run it in a terminal, or pass --yes once you have read the list above");
+        bail!(
+            "{question} needs an answer: run it in a terminal, or pass --yes once you have read the list above"
+        );
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();

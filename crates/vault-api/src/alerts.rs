@@ -293,7 +293,9 @@ pub async fn deliver_now(command: Option<&[String]>, hooks: &[Webhook], event: &
                     other => tracing::error!(program = %cmd[0], outcome = ?other, "the alert command failed"),
                 }
             }
-            Err(e) => tracing::error!(program = %cmd[0], error = %e, "the alert command could not be started"),
+            Err(e) => {
+                tracing::error!(program = %cmd[0], error = %e, "the alert command could not be started")
+            }
         }
     }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();

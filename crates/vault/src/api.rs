@@ -244,7 +244,8 @@ impl Shared {
         let limits = &self.config.limits;
         let now = std::time::Instant::now();
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let w = writes.entry(who.id.clone()).or_insert(WriteWindow { started: now, count: 0, last_alert: None });
+        let w =
+            writes.entry(who.id.clone()).or_insert(WriteWindow { started: now, count: 0, last_alert: None });
         if now.duration_since(w.started) >= Duration::from_secs(60) {
             w.started = now;
             w.count = 0;
@@ -636,8 +637,9 @@ async fn put_object(
     let status = match outcome {
         store::PutOutcome::Created => {
             s.metrics.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
-            let body = serde_json::to_value(state::TokenUpload { token: who.id.clone(), object: name, bytes: size })
-                .map_err(|e| ApiError::internal("encoding", e))?;
+            let body =
+                serde_json::to_value(state::TokenUpload { token: who.id.clone(), object: name, bytes: size })
+                    .map_err(|e| ApiError::internal("encoding", e))?;
             s.write_record(&mut state, kinds::TOKEN_UPLOAD, body).await?;
             StatusCode::CREATED
         }
@@ -820,8 +822,7 @@ async fn append_record(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
     s.charge(&state, &who, state::body_bytes(&req.body))?;
     let now = s.clock.now();
     let retain_until = s.retain_until(&state, now);
-    let name =
-        s.repo.append_record_by(&req.kind, req.body.clone(), now, retain_until, Some(&who.id)).await?;
+    let name = s.repo.append_record_by(&req.kind, req.body.clone(), now, retain_until, Some(&who.id)).await?;
     state.apply_authored(&name, &req.kind, now, &req.body, Some(&who.id));
     let written_at = now;
     Ok(json(StatusCode::CREATED, &AppendRecordResponse { name, written_at, retain_until }))
@@ -1267,7 +1268,8 @@ async fn propose(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
         (None, true) => return Err(ApiError::bad_request("name the objects to delete, or a backup id")),
         (Some(id), true) => objects = backup_objects(&s, id).await?,
         (None, false) => {
-            let records: BTreeMap<ObjectName, store::CatalogRecord> = s.repo.records().await?.into_iter().collect();
+            let records: BTreeMap<ObjectName, store::CatalogRecord> =
+                s.repo.records().await?.into_iter().collect();
             for n in &objects {
                 deletable(n, records.get(n))?;
                 if s.store.head(n).await?.is_none() {
@@ -1316,7 +1318,8 @@ async fn propose(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
 /// other record is the vault's history (tokens, revocations, retention, proposals, vetoes,
 /// incidents, drills, audit): deleting one would rewrite it — un-revoke a token, un-veto a
 /// proposal, shorten retention, erase an incident.
-pub const DELETABLE_RECORD_KINDS: &[&str] = &["backup", capture::BACKUP_COMPLETE_RECORD, capture::archive::SEGMENT_RECORD];
+pub const DELETABLE_RECORD_KINDS: &[&str] =
+    &["backup", capture::BACKUP_COMPLETE_RECORD, capture::archive::SEGMENT_RECORD];
 
 /// Refuses objects a quorum may never delete: repository keys and config (kept forever, the
 /// format says so), index files (every pack's map), and catalog records other than

@@ -493,11 +493,14 @@ impl ConfigFile {
             unauthenticated_per_address: l
                 .unauthenticated_per_address
                 .unwrap_or(DEFAULT_UNAUTHENTICATED_PER_ADDRESS),
-            tls_handshake: Duration::from_secs(l.tls_handshake_seconds.unwrap_or(DEFAULT_TLS_HANDSHAKE_SECONDS)),
+            tls_handshake: Duration::from_secs(
+                l.tls_handshake_seconds.unwrap_or(DEFAULT_TLS_HANDSHAKE_SECONDS),
+            ),
         };
         if limits.token_writes_per_minute == 0 || limits.unauthenticated_per_address == 0 {
             return Err(invalid(
-                "limits.token_writes_per_minute and limits.unauthenticated_per_address must be at least 1".into(),
+                "limits.token_writes_per_minute and limits.unauthenticated_per_address must be at least 1"
+                    .into(),
             ));
         }
         if limits.tls_handshake.is_zero() || limits.tls_handshake > Duration::from_secs(60) {

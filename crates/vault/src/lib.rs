@@ -337,7 +337,8 @@ pub async fn recover_admin(
     let state = load_state(&repo).await?;
     let token = new_token()?;
     let now = clock.now();
-    let until = now.plus(Duration::from_secs(u64::from(state.retention_days(config.retention_days)) * 86_400));
+    let until =
+        now.plus(Duration::from_secs(u64::from(state.retention_days(config.retention_days)) * 86_400));
     let host = std::process::Command::new("hostname")
         .output()
         .ok()
