@@ -103,6 +103,11 @@ pub struct ClusterConfig {
     /// the WAL writes a relation file the snapshot does not know).
     #[serde(default)]
     pub catalog_refresh_seconds: Option<u64>,
+    /// How long WAL capture may be stalled on the vault's side (store errors such as a full
+    /// disk, no file descriptors left) before a `capture_stalled` incident, in seconds
+    /// (default 10). Reconnecting does not restart this clock; only WAL made durable does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_grace_seconds: Option<u64>,
 }
 
 /// Validated settings.
@@ -125,11 +130,15 @@ pub struct Cluster {
     /// How long the server may stay unreachable before a `connection_lost` incident
     /// (default 10 s).
     pub connection_grace: Duration,
+    /// See [`ClusterConfig::stall_grace_seconds`].
+    pub stall_grace: Duration,
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
 }
 
+/// Default of [`ClusterConfig::stall_grace_seconds`].
+pub const DEFAULT_STALL_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`Cluster::connection_grace`].
 pub const DEFAULT_CONNECTION_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`ClusterConfig::mass_delete_rows`].
@@ -254,6 +263,7 @@ impl ClusterConfig {
             catalog_connections,
             catalog_refresh: refresh,
             connection_grace: DEFAULT_CONNECTION_GRACE,
+            stall_grace: self.stall_grace_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_STALL_GRACE),
             wal_wait: DEFAULT_WAL_WAIT,
         })
     }
