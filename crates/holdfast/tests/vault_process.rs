@@ -288,3 +288,140 @@ fn init_refuses_without_escrow_and_names_the_fix() {
     let out = std::process::Command::new(BIN).args(["vault", "init", "--bogus"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Sets this process's soft limit on open files (children inherit it) with `prlimit`.
+fn set_soft_nofile(soft: u64) {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), &format!("--nofile={soft}:{hard}")])
+        .output()
+        .expect("prlimit (util-linux) is needed");
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Soft and hard "Max open files" of process `pid`.
+fn nofile(pid: u64) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+/// The WAL position the vault last reported as flushed (= durable in its store) to the server.
+fn vault_flush_lsn(pg: &testkit::pg::TempPg) -> Option<pgfmt::Lsn> {
+    pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_main'")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// A4 without any token: 2,000 idle TCP connections and 200 TLS handshakes that never finish,
+/// against a vault started with the common soft limit of 1,024 open files. The vault raises its
+/// own limit to the hard limit, keeps at most `unauthenticated_per_address` such connections
+/// per address and drops stalled handshakes after `tls_handshake_seconds`: WAL capture keeps
+/// streaming through the flood (the flush position the server sees advances) and nothing in
+/// the log blames PostgreSQL for a shortage of file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_does_not_stop_wal_capture() {
+    use std::io::Write as _;
+    use tokio::io::AsyncWriteExt;
+    let pg = testkit::pg::TempPg::start_with(testkit::pg::TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    pg.psql("CREATE TABLE t (id serial primary key, note text)").unwrap();
+    let mut v = TempVault::start(bin()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[limits]\nunauthenticated_per_address = 64\ntls_handshake_seconds = 2\n\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    // The vault starts under the common soft limit; it must raise it itself.
+    set_soft_nofile(1024);
+    v.restart().unwrap();
+    set_soft_nofile(16_384);
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(v.scratch().join("ready.json")).unwrap()).unwrap();
+    let pid = ready["pid"].as_u64().unwrap();
+    let (soft, hard) = nofile(pid);
+    assert_eq!(soft, hard, "the vault did not raise its open-files limit");
+    assert!(soft == "unlimited" || soft.parse::<u64>().unwrap() > 2_500, "soft limit {soft}");
+    let flushed =
+        pg.psql("INSERT INTO t (note) VALUES ('before'); SELECT pg_current_wal_flush_lsn()").unwrap();
+    let target: pgfmt::Lsn = flushed.lines().last().unwrap().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vault_flush_lsn(&pg).is_none_or(|l| l < target) {
+        assert!(std::time::Instant::now() < deadline, "capture did not start:\n{}", v.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The flood: idle TCP connections, then handshakes that stop after the record header.
+    let addr: std::net::SocketAddr = v.url().trim_start_matches("https://").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            held.push(s);
+        }
+    }
+    for _ in 0..200 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            // A handshake record announcing 16 KiB, of which 3 bytes ever arrive.
+            let _ = s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f]).await;
+            held.push(s);
+        }
+    }
+    assert!(held.len() >= 2000, "the test itself could not open its connections: {}", held.len());
+    // During the flood, commits keep reaching the vault's store.
+    let flood_start = std::time::Instant::now();
+    for round in 0..5 {
+        let out = pg
+            .psql(&format!("INSERT INTO t (note) SELECT 'flood {round}' FROM generate_series(1, 500); SELECT pg_current_wal_flush_lsn()"))
+            .unwrap();
+        let target: pgfmt::Lsn = out.lines().last().unwrap().parse().unwrap();
+        let t0 = std::time::Instant::now();
+        while vault_flush_lsn(&pg).is_none_or(|l| l < target) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "WAL capture stalled during the flood (round {round}, held {} connections):\n{}",
+                held.len(),
+                v.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A fresh wave each round, so the flood lasts the whole test.
+        for _ in 0..200 {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                held.push(s);
+            }
+        }
+    }
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    drop(held);
+    // The API answers a token holder again once the flood's connections are gone.
+    let admin = admin(&v);
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        match admin.status().await {
+            Ok(s) => break s,
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(20), "the API stayed unreachable: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = &status.clusters[0];
+    assert!(c.connected, "{c:?}");
+    let kinds: Vec<&str> = c.incidents.iter().map(|i| i.kind.as_str()).collect();
+    assert!(kinds.is_empty(), "incidents during the flood: {kinds:?}");
+    let log = v.log().to_lowercase();
+    assert!(!log.contains("too many open files"), "the vault ran out of descriptors:\n{log}");
+    eprintln!("flood of 3,200 unauthenticated connections over {flood_secs:.1} s: capture kept up");
+}
