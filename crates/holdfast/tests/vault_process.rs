@@ -425,3 +425,115 @@ async fn connection_flood_does_not_stop_wal_capture() {
     assert!(!log.contains("too many open files"), "the vault ran out of descriptors:\n{log}");
     eprintln!("flood of 3,200 unauthenticated connections over {flood_secs:.1} s: capture kept up");
 }
+
+/// The attack of issue 15: with the append token from the jump host, write an `incident`
+/// whose restore target lies elsewhere, so that after a restart `restore --before-incident N`
+/// follows it. Refused (nothing stored); after a restart the vault lists only the real
+/// incident, and `restore --before-incident 1` brings back every row the real DROP destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_incident_is_refused_and_restore_before_incident_follows_the_real_one() {
+    use std::io::Write as _;
+    use testkit::pg::{TempPg, TempPgOptions, bin as pg_bin, command_as_postgres};
+    let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(bin()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+    let admin_file = v.scratch().join("admin.token");
+    let out = v.cli(&admin_file, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    pg.psql(
+        "CREATE TABLE gift_cards AS SELECT g AS id, g * 100 AS balance_cents FROM generate_series(1, 3000) g",
+    )
+    .unwrap();
+    let admin_c = admin(&v);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The catalog snapshot names the table before it is dropped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.psql("DROP TABLE gift_cards").unwrap();
+    let real = loop {
+        let list = admin_c.incidents("main").await.unwrap();
+        if let Some(i) = list.iter().find(|i| i.kind == "relations_dropped") {
+            break i.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the real DROP raised no incident:\n{}", v.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The forgery: an incident "before" it whose target is the very start of the WAL.
+    let append =
+        admin_c.with_token(Some(admin_c.create_token(Scope::Append, "jump host").await.unwrap().token));
+    let mut forged = serde_json::to_value(&real).unwrap();
+    forged["message"] = "forged".into();
+    forged["restore_target"] = serde_json::json!({"before_lsn": {"lsn": "0/1000000"}});
+    forged["detected_at"] = serde_json::json!(0);
+    let reader = admin_c.with_token(Some(admin_c.create_token(Scope::Read, "auditor").await.unwrap().token));
+    for kind in ["incident", "drill", "backup.complete"] {
+        let before = reader.list_records(Some(kind)).await.unwrap().records.len();
+        let err = append.append_record(kind, forged.clone()).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{kind}: {err}");
+        assert_eq!(reader.list_records(Some(kind)).await.unwrap().records.len(), before, "{kind} was stored");
+    }
+    v.kill();
+    v.restart().unwrap();
+    let admin = admin(&v);
+    let list = admin.incidents("main").await.unwrap();
+    let kinds: Vec<(&str, &str)> = list.iter().map(|i| (i.kind.as_str(), i.message.as_str())).collect();
+    assert_eq!(list.len(), 1, "{kinds:?}");
+    assert_eq!(list[0], real);
+
+    let read = v.scratch().join("read.token");
+    std::fs::write(&read, format!("{}\n", admin.create_token(Scope::Read, "restore").await.unwrap().token))
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("undo");
+    let out = std::process::Command::new(bin())
+        .arg("restore")
+        .args(["--cluster", "main", "--before-incident", "1", "--start", "--promote", "--json"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(v.remote_args(&read))
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut q = command_as_postgres(Path::new("env"));
+    q.arg(format!("PGPASSWORD={}", pg.superuser_password()))
+        .arg(pg_bin("psql").unwrap())
+        .arg("-h")
+        .arg(report["socket_dir"].as_str().unwrap())
+        .args([
+            "-p",
+            &report["port"].as_u64().unwrap().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+        ])
+        .args(["-c", "SELECT count(*) || ':' || sum(balance_cents) FROM gift_cards"]);
+    let got = q.output().unwrap();
+    let mut stop = command_as_postgres(&pg_bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "3000:450150000",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+}
