@@ -537,3 +537,72 @@ async fn forged_incident_is_refused_and_restore_before_incident_follows_the_real
         String::from_utf8_lossy(&got.stderr)
     );
 }
+
+/// A keyholder asked to sign sees what would be deleted — the backup by id and label, object
+/// kinds, bytes — and is asked; without a terminal and without `--yes` nothing is signed.
+#[test]
+fn vault_sign_lists_what_would_be_deleted_and_asks_first() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for name in ["alice", "bob"] {
+        let path = scratch.path().join(format!("{name}.key"));
+        let out = std::process::Command::new(bin())
+            .args(["keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        keys.push((name.to_string(), String::from_utf8(out.stdout).unwrap().trim().to_string(), path));
+    }
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: keys.iter().map(|(n, k, _)| (n.clone(), k.clone())).collect(),
+        threshold: Some(2),
+        ..Default::default()
+    };
+    let v = TempVault::start_with(bin(), opts).unwrap();
+    let data = scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("orders.csv"), noise(7, 300_000)).unwrap();
+    let config = v.config_path();
+    let out = run(
+        &v,
+        &[
+            "vault",
+            "ingest",
+            "--config",
+            config.to_str().unwrap(),
+            "--label",
+            "nightly",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = v.scratch().join("admin.token");
+    let cli = |args: &[&str], stdin: std::process::Stdio| {
+        let mut c = std::process::Command::new(bin());
+        c.args(args).args(v.remote_args(&token)).stdin(stdin);
+        c.output().unwrap()
+    };
+    let out = cli(
+        &["vault", "propose", "--backup", &backup, "--reason", "disk space"],
+        std::process::Stdio::null(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = view["id"].as_str().unwrap().to_string();
+    let key = keys[0].2.to_str().unwrap();
+    let out = cli(&["vault", "sign", "--proposal", &id, "--key", key], std::process::Stdio::null());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signed without being asked: {err}");
+    for shown in
+        [backup.as_str(), "\"nightly\"", "removed (no longer restorable)", "pack", "bytes", "disk space"]
+    {
+        assert!(err.contains(shown), "`vault sign` did not show {shown:?}:\n{err}");
+    }
+    assert!(err.contains("--yes"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(admin(&v).proposal(&id)).unwrap().signed_by.is_empty(), "a signature was recorded");
+    let out = cli(&["vault", "sign", "--proposal", &id, "--key", key, "--yes"], std::process::Stdio::null());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rt.block_on(admin(&v).proposal(&id)).unwrap().signed_by.len(), 1);
+}

@@ -70,7 +70,7 @@ pub struct BackupSummary {
 pub struct Incident {
     pub cluster: String,
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
-    /// `timeline_switch`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
+    /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
     /// `mass_update`.
     pub kind: String,
     pub detected_at: Timestamp,
