@@ -58,8 +58,11 @@ pub struct Shared {
     /// refused write (one alert per token per episode, not one per request).
     pub writes: std::sync::Mutex<BTreeMap<String, WriteWindow>>,
     /// Object counts and sizes for `/metrics`, listed at most once a minute.
-    pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<(ObjectKind, u64, u64)>)>>,
+    pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<KindStats>)>>,
 }
+
+/// Objects and bytes stored of one kind.
+pub type KindStats = (ObjectKind, u64, u64);
 
 /// One token's writes in the current one-minute window.
 #[derive(Debug, Clone, Copy)]
@@ -458,7 +461,7 @@ const OBJECT_STATS_TTL: Duration = Duration::from_secs(60);
 
 /// Objects and bytes per kind, listed at most once per [`OBJECT_STATS_TTL`] however often
 /// `/metrics` is scraped (the lock makes concurrent scrapes share one listing).
-async fn object_stats(s: &Shared) -> ApiResult<Vec<(ObjectKind, u64, u64)>> {
+async fn object_stats(s: &Shared) -> ApiResult<Vec<KindStats>> {
     let mut cached = s.object_stats.lock().await;
     if let Some((at, stats)) = cached.as_ref()
         && at.elapsed() < OBJECT_STATS_TTL
