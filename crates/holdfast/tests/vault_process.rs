@@ -606,3 +606,86 @@ fn vault_sign_lists_what_would_be_deleted_and_asks_first() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rt.block_on(admin(&v).proposal(&id)).unwrap().signed_by.len(), 1);
 }
+
+/// A backup a quorum deleted is gone from status, inventory and the restorable window at once
+/// and after a restart (a restore inside the old window cannot pick it and fail with a 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_deleted_backup_leaves_inventory_status_and_window() {
+    use std::io::Write as _;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for name in ["alice", "bob"] {
+        let path = scratch.path().join(format!("{name}.key"));
+        let out = std::process::Command::new(bin())
+            .args(["keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        keys.push((name.to_string(), String::from_utf8(out.stdout).unwrap().trim().to_string(), path));
+    }
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: keys.iter().map(|(n, k, _)| (n.clone(), k.clone())).collect(),
+        threshold: Some(2),
+        ..Default::default()
+    };
+    let pg = testkit::pg::TempPg::start_with(testkit::pg::TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start_with(bin(), opts).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    // A test vault: no waiting period (refused without the override, which alerts).
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    let text = text.replace("wait_hours = 72", "wait_hours = 0\ntesting_allow_short_wait = true");
+    let mut conf = std::fs::File::create(v.config_path()).unwrap();
+    write!(
+        conf,
+        "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+    assert!(v.log().contains("quorum.short_wait"), "the testing override was not alerted:\n{}", v.log());
+    let client = admin(&v);
+    let first = client.backup_cluster("main").await.unwrap();
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let second = client.backup_cluster("main").await.unwrap();
+    let ids = |inv: &vault_api::status::Inventory| -> Vec<String> {
+        inv.backups.iter().map(|b| b.backup.id.clone()).collect()
+    };
+    let inv = client.inventory("main").await.unwrap();
+    assert_eq!(ids(&inv), vec![first.id.clone(), second.id.clone()]);
+    assert_eq!(inv.window.as_ref().unwrap().earliest_lsn, first.start_lsn);
+
+    let p = client
+        .propose(&vault_api::ProposeRequest {
+            objects: vec![],
+            backup: Some(first.id.clone()),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let token = v.scratch().join("admin.token");
+    for (_, _, key) in &keys {
+        let out = std::process::Command::new(bin())
+            .args(["vault", "sign", "--proposal", &p.id, "--key", key.to_str().unwrap(), "--yes"])
+            .args(v.remote_args(&token))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    client.execute(&p.id).await.unwrap();
+    let check = |inv: &vault_api::status::Inventory, when: &str| {
+        assert_eq!(ids(inv), vec![second.id.clone()], "{when}");
+        let w = inv.window.as_ref().unwrap_or_else(|| panic!("{when}: no window"));
+        assert_eq!(w.earliest_lsn, second.start_lsn, "{when}: the window still starts at the deleted backup");
+    };
+    check(&client.inventory("main").await.unwrap(), "right after the deletion");
+    let st = client.status().await.unwrap();
+    assert_eq!(st.clusters[0].last_backup.as_ref().map(|b| b.id.clone()), Some(second.id.clone()));
+    v.kill();
+    v.restart().unwrap();
+    check(&admin(&v).inventory("main").await.unwrap(), "after a restart");
+}
