@@ -241,8 +241,9 @@ impl Shared {
     }
 
     /// Admits one write of `bytes` by client token `who`, or refuses it: more than
-    /// `token_writes_per_minute` writes this minute (429), or past `token_quota_bytes` stored
-    /// for this token (507). A refusal is alerted once per token per 10 minutes.
+    /// `token_writes_per_minute` writes this minute (429), or past `token_quota_bytes_per_day`
+    /// stored by this token today on the vault's clock (507). A refusal is alerted once per
+    /// token per 10 minutes. Per day, not per life: a gate ships audit batches for years.
     fn charge(&self, state: &VaultState, who: &TokenEntry, bytes: u64) -> ApiResult<()> {
         let limits = &self.config.limits;
         let now = std::time::Instant::now();
@@ -253,7 +254,7 @@ impl Shared {
             w.started = now;
             w.count = 0;
         }
-        let used = state.usage.get(&who.id).copied().unwrap_or(0);
+        let used = state.used_today(&who.id, self.clock.now());
         let refusal = if w.count >= limits.token_writes_per_minute {
             Some((
                 "token.rate_limited",
@@ -265,14 +266,14 @@ impl Shared {
                     ),
                 ),
             ))
-        } else if used.saturating_add(bytes) > limits.token_quota_bytes {
+        } else if used.saturating_add(bytes) > limits.token_quota_bytes_per_day {
             Some((
                 "token.quota_exceeded",
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     format!(
-                        "token {} has stored {used} bytes; {bytes} more would pass its quota of {} bytes (limits.token_quota_bytes): nothing was stored — ask a vault admin to raise the quota or issue a new token",
-                        who.id, limits.token_quota_bytes
+                        "token {} has stored {used} bytes today; {bytes} more would pass its daily quota of {} bytes (limits.token_quota_bytes_per_day): nothing was stored — retry tomorrow (vault clock, UTC), or ask a vault admin to raise the quota",
+                        who.id, limits.token_quota_bytes_per_day
                     ),
                 ),
             ))
@@ -294,8 +295,8 @@ impl Shared {
                 "token": who.id,
                 "label": who.label,
                 "scope": who.scope,
-                "stored_bytes": used,
-                "quota_bytes": limits.token_quota_bytes,
+                "stored_bytes_today": used,
+                "quota_bytes_per_day": limits.token_quota_bytes_per_day,
                 "writes_per_minute": limits.token_writes_per_minute,
                 "message": err.message,
                 "what_to_do": "a client token is writing far more than its job needs: find who holds it, revoke it if it is not the gate",

@@ -61,10 +61,10 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
-    /// Bytes each client (`append`) token may have the vault store, over the vault's life
-    /// (default 50 GiB). Past it, writes with that token are refused and alerted.
+    /// Bytes each client (`append`) token may have the vault store per day of the vault's
+    /// clock (UTC; default 50 GiB). Past it, writes with that token are refused and alerted.
     #[serde(default)]
-    pub token_quota_bytes: Option<u64>,
+    pub token_quota_bytes_per_day: Option<u64>,
     /// Writes (record appends, uploads) each token may make per minute (default 1200).
     #[serde(default)]
     pub token_writes_per_minute: Option<u32>,
@@ -77,8 +77,8 @@ pub struct LimitsFile {
     pub tls_handshake_seconds: Option<u64>,
 }
 
-/// Default of [`LimitsFile::token_quota_bytes`].
-pub const DEFAULT_TOKEN_QUOTA_BYTES: u64 = 50 << 30;
+/// Default of [`LimitsFile::token_quota_bytes_per_day`].
+pub const DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY: u64 = 50 << 30;
 /// Default of [`LimitsFile::token_writes_per_minute`].
 pub const DEFAULT_TOKEN_WRITES_PER_MINUTE: u32 = 1200;
 /// Default of [`LimitsFile::unauthenticated_per_address`].
@@ -92,7 +92,7 @@ pub const MIN_WAIT_HOURS: u64 = 24;
 /// Validated limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub token_quota_bytes: u64,
+    pub token_quota_bytes_per_day: u64,
     pub token_writes_per_minute: u32,
     pub unauthenticated_per_address: u32,
     pub tls_handshake: Duration,
@@ -101,7 +101,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            token_quota_bytes: DEFAULT_TOKEN_QUOTA_BYTES,
+            token_quota_bytes_per_day: DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY,
             token_writes_per_minute: DEFAULT_TOKEN_WRITES_PER_MINUTE,
             unauthenticated_per_address: DEFAULT_UNAUTHENTICATED_PER_ADDRESS,
             tls_handshake: Duration::from_secs(DEFAULT_TLS_HANDSHAKE_SECONDS),
@@ -488,7 +488,9 @@ impl ConfigFile {
         let webhooks = crate::alerts::validate(&self.webhooks).map_err(invalid)?;
         let l = self.limits.clone().unwrap_or_default();
         let limits = Limits {
-            token_quota_bytes: l.token_quota_bytes.unwrap_or(DEFAULT_TOKEN_QUOTA_BYTES),
+            token_quota_bytes_per_day: l
+                .token_quota_bytes_per_day
+                .unwrap_or(DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY),
             token_writes_per_minute: l.token_writes_per_minute.unwrap_or(DEFAULT_TOKEN_WRITES_PER_MINUTE),
             unauthenticated_per_address: l
                 .unauthenticated_per_address

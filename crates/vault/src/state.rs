@@ -172,8 +172,9 @@ pub struct VaultState {
     /// Drill reports, in catalog order (signatures are checked by readers, not here).
     pub drills: Vec<vault_api::drill::DrillEntry>,
     /// Bytes each client token has had the vault store (records it appended, packs it
-    /// uploaded), by token id: what its storage quota is measured against.
-    pub usage: BTreeMap<String, u64>,
+    /// uploaded), by token id and day of the vault's clock ([`day_of`]): what its daily storage
+    /// quota is measured against.
+    pub usage: BTreeMap<(String, i64), u64>,
 }
 
 impl VaultState {
@@ -197,7 +198,7 @@ impl VaultState {
         author: Option<&str>,
     ) {
         if let Some(token) = author {
-            *self.usage.entry(token.to_string()).or_default() += body_bytes(body);
+            *self.usage.entry((token.to_string(), day_of(written_at))).or_default() += body_bytes(body);
             return;
         }
         fn parse<T: serde::de::DeserializeOwned>(name: &ObjectName, body: &serde_json::Value) -> Option<T> {
@@ -282,10 +283,15 @@ impl VaultState {
             }
             kinds::TOKEN_UPLOAD => {
                 let Some(u) = parse::<TokenUpload>(name, body) else { return };
-                *self.usage.entry(u.token).or_default() += u.bytes;
+                *self.usage.entry((u.token, day_of(written_at))).or_default() += u.bytes;
             }
             _ => {}
         }
+    }
+
+    /// Bytes token `id` had stored on the vault-clock day of `now`.
+    pub fn used_today(&self, id: &str, now: Timestamp) -> u64 {
+        self.usage.get(&(id.to_string(), day_of(now))).copied().unwrap_or(0)
     }
 
     /// Live (unrevoked) admin tokens.
@@ -304,6 +310,11 @@ impl VaultState {
         let presented = blake3::hash(token.secret());
         (entry.revoked_at.is_none() && entry.hash == presented).then_some(entry)
     }
+}
+
+/// The day (since the epoch, UTC, vault clock) a time falls on: quotas are per day.
+pub fn day_of(t: Timestamp) -> i64 {
+    t.as_secs().div_euclid(86_400)
 }
 
 /// The bytes a record body counts for against a quota (its JSON length).
@@ -359,7 +370,10 @@ mod tests {
             Some("feedfacefeedface"),
         );
         assert_eq!(s.recorded_retention_days, 0);
-        assert!(s.usage["feedfacefeedface"] > 0, "it still counts against the token's quota");
+        assert!(
+            s.used_today("feedfacefeedface", Timestamp(11)) > 0,
+            "it still counts against the token's quota"
+        );
     }
 
     #[test]

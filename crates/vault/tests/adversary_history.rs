@@ -106,10 +106,10 @@ async fn junk_foreign_and_lying_packs_are_refused_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-async fn token_quota_and_write_rate_are_enforced_alerted_and_survive_a_restart() {
+async fn token_daily_quota_and_write_rate_are_enforced_alerted_and_survive_a_restart() {
     let (_d, file, cmd) = alert_sink();
     let limits = vault::config::Limits {
-        token_quota_bytes: 4096,
+        token_quota_bytes_per_day: 4096,
         token_writes_per_minute: 1000,
         ..vault::config::Limits::default()
     };
@@ -130,7 +130,7 @@ async fn token_quota_and_write_rate_are_enforced_alerted_and_survive_a_restart()
     assert_eq!(err.status(), Some(507), "{err}");
     assert!(err.to_string().contains("quota"), "{err}");
     let a = alerted(&file, "token.quota_exceeded").await;
-    assert_eq!(a["quota_bytes"], 4096);
+    assert_eq!(a["quota_bytes_per_day"], 4096);
     // Uploads count against the same quota.
     let pack = h.pack(&[5u8; 100]).await;
     assert_eq!(status(append.put_object(&pack.name, pack.bytes).await), 507);
@@ -148,6 +148,9 @@ async fn token_quota_and_write_rate_are_enforced_alerted_and_survive_a_restart()
         vault_api::VaultClient::new(&format!("https://{}", handle.addr()), &ca, Some(append_token)).unwrap();
     assert_eq!(status(append.append_record("audit.batch", body.clone()).await), 507);
     assert_eq!(h.listing().await, before, "a refused write stored something");
+    // The quota is per day of the vault's clock: tomorrow the gate can ship again.
+    h.clock.advance(Duration::from_secs(86_400));
+    append.append_record("audit.batch", body.clone()).await.unwrap();
     handle.shutdown().await;
 
     // The write rate: the 4th write in a minute is refused with 429.
