@@ -149,6 +149,7 @@ async fn full_disk_is_an_incident_within_seconds_and_capture_resumes_without_a_g
     .with_context(|| format!("status: {:?}", rt.status()))?;
     let took = full_at.elapsed();
     ensure!(took < Duration::from_secs(10), "the alert took {took:?} (grace 2 s)");
+    eprintln!("disk full → capture_stalled alert after {:.2} s (grace 2 s)", took.as_secs_f64());
     ensure!(incident.message.contains("full"), "the incident must name the cause: {}", incident.message);
     ensure!(incident.message.contains("No space left"), "{}", incident.message);
     let st = rt.status();
