@@ -1599,6 +1599,14 @@ async fn execute_proposal(
             }
             other => ApiError::forbidden(other.to_string()),
         })?;
+    // Checked again here: a proposal recorded before these rules, or one whose catalog record
+    // changed meaning, must not remove what no quorum may remove.
+    let records: BTreeMap<ObjectName, store::CatalogRecord> = s.repo.records().await?.into_iter().collect();
+    for n in &p.statement.objects {
+        if n.kind != ObjectKind::Catalog || records.contains_key(n) {
+            deletable(n, records.get(n))?;
+        }
+    }
     let mut objects = p.statement.objects.clone();
     if let Some(backup) = &p.backup {
         // A backup written after the proposal may reuse some of these packs: keep those.

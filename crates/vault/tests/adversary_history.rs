@@ -23,13 +23,23 @@ fn alert_sink() -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
 
 /// Waits (up to 10 s) until an alert whose `alert` field is `kind` reached the alert command.
 async fn alerted(file: &std::path::Path, kind: &str) -> serde_json::Value {
+    alerted_where(file, kind, |_| true).await
+}
+
+/// [`alerted`], for an alert that also satisfies `f` (alert commands run concurrently, so
+/// alerts may arrive in any order).
+async fn alerted_where(
+    file: &std::path::Path,
+    kind: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         if let Some(v) = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["alert"] == kind)
+            .find(|v| v["alert"] == kind && f(v))
         {
             return v;
         }
@@ -55,8 +65,8 @@ async fn append_token_cannot_forge_incidents_drills_or_any_vault_record() {
         assert_eq!(err.status(), Some(403), "{kind}: {err}");
         assert!(err.to_string().contains("written only by the vault itself"), "{err}");
     }
-    let a = alerted(&file, "record.refused").await;
-    assert_eq!(a["kind"], "incident", "{a}");
+    let a = alerted_where(&file, "record.refused", |v| v["kind"] == "incident").await;
+    assert!(a["token"].is_string(), "the alert names the token: {a}");
     assert_eq!(h.listing().await, before, "a refused record left something in the store");
     // What the gate really ships still works, and is stamped with its author.
     let rec = append.append_record("audit.batch", serde_json::json!({"gate": "g1"})).await.unwrap();
@@ -299,4 +309,50 @@ async fn metrics_need_a_token_and_do_not_list_the_store_per_request() {
     for _ in 0..20 {
         assert_eq!(packs(&read.metrics().await.unwrap()), first);
     }
+}
+
+#[tokio::test]
+async fn a_proposal_recorded_by_an_older_vault_still_cannot_delete_keys() {
+    let mut h = start(Opts::default()).await;
+    let keys = h.store().list(ObjectKind::Keys).await.unwrap()[0].name;
+    // What an older vault accepted: a proposal naming the repository's keys.
+    let (repo, _) = vault::open_repository(&h.config, None).await.unwrap();
+    let now = vault::clock::Clock::now(h.clock.as_ref());
+    let statement = store::quorum::DeletionStatement {
+        purpose: store::quorum::DELETION_PURPOSE.into(),
+        repository: repo.id().to_string(),
+        proposal: "00112233445566ff".into(),
+        proposed_at: now,
+        not_before: now.plus(72 * HOUR),
+        objects: [keys].into_iter().collect(),
+        reason: "cleanup".into(),
+    };
+    let rec = vault::state::DeletionProposed { statement, proposed_by: "old".into(), backup: None };
+    repo.append_record("deletion.proposed", serde_json::to_value(&rec).unwrap(), now, now.plus(72 * HOUR))
+        .await
+        .unwrap();
+    h.handle.take().unwrap().shutdown().await;
+    let handle = vault::serve(h.config.clone(), h.clock.clone()).await.unwrap();
+    let ca = std::fs::read(h.dir.path().join("vault/tls/cert.pem")).unwrap();
+    let admin =
+        vault_api::VaultClient::new(&format!("https://{}", handle.addr()), &ca, Some(h.admin_token.clone()))
+            .unwrap();
+    h.handle = Some(handle);
+    let before = h.listing().await;
+    for i in 0..2 {
+        let view = admin.proposal("00112233445566ff").await.unwrap();
+        let bytes = view.statement.canonical_bytes();
+        let req = vault_api::SignRequest {
+            public_key: hex::encode(h.keys[i].verifying_key().as_bytes()),
+            signature: hex::encode(ed25519_dalek::Signer::sign(&h.keys[i], &bytes).to_bytes()),
+        };
+        admin.sign("00112233445566ff", &req).await.unwrap();
+    }
+    h.clock.advance(100 * HOUR);
+    let err = admin.execute("00112233445566ff").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("kept for the life of the repository"), "{err}");
+    assert!(h.store().head(&keys).await.unwrap().is_some(), "the repository keys were deleted");
+    let after = h.listing().await;
+    assert!(before.iter().all(|o| after.contains(o)), "something was removed");
 }

@@ -21,6 +21,8 @@ pub struct Harness {
     pub handle: Option<VaultHandle>,
     pub clock: Arc<ManualClock>,
     pub admin: VaultClient,
+    /// The admin token's text, for clients of a restarted vault.
+    pub admin_token: String,
     pub config: Config,
     pub keys: Vec<SigningKey>,
 }
@@ -87,7 +89,7 @@ pub async fn start(opts: Opts) -> Harness {
     let ca = std::fs::read(&init.ca_path).unwrap();
     let admin = VaultClient::new(&format!("https://{}", handle.addr()), &ca, Some(init.admin_token.expose()))
         .unwrap();
-    Harness { dir, handle: Some(handle), clock, admin, config, keys }
+    Harness { dir, handle: Some(handle), clock, admin, admin_token: init.admin_token.expose(), config, keys }
 }
 
 impl Harness {
