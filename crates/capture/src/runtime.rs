@@ -24,6 +24,9 @@ pub struct ClusterRuntime {
     all_incidents: Mutex<Vec<Incident>>,
     /// Incident kinds raised and not yet cleared by a healthy stream: raised once per episode.
     open_incidents: Mutex<BTreeSet<String>>,
+    /// Incidents whose catalog record could not be written (the store was full: exactly when
+    /// `capture_stalled` is raised); written once the store takes WAL again.
+    unrecorded: Mutex<Vec<Incident>>,
     /// (timeline, durable end) after every flush; base backups wait on it.
     pub(crate) durable: watch::Sender<(TimelineId, Lsn)>,
     /// Completed backups of this cluster, oldest first.
@@ -105,6 +108,7 @@ impl ClusterRuntime {
             status: Mutex::new(status),
             all_incidents: Mutex::new(all_incidents),
             open_incidents: Mutex::new(BTreeSet::new()),
+            unrecorded: Mutex::new(Vec::new()),
             durable: watch::channel(durable).0,
             backups: Mutex::new(backups),
             backup_lock: tokio::sync::Mutex::new(()),
@@ -288,7 +292,8 @@ impl ClusterRuntime {
         tracing::error!(cluster = %incident.cluster, kind, message = %incident.message, "incident");
         let body = serde_json::to_value(&incident).expect("serialises");
         if let Err(e) = self.repo.append_record(INCIDENT_RECORD, body, now, self.host.retain_until()).await {
-            tracing::error!(error = %e, "could not record the incident in the catalog");
+            tracing::error!(error = %e, "could not record the incident in the catalog; it is alerted now and recorded once the store takes writes again");
+            self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(incident.clone());
         }
         self.host.alert(&incident);
         self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).push(incident.clone());
@@ -297,6 +302,26 @@ impl ClusterRuntime {
             let excess = s.incidents.len().saturating_sub(20);
             s.incidents.drain(..excess);
         });
+    }
+
+    /// Writes the catalog records of incidents raised while the store refused writes.
+    pub(crate) async fn record_unrecorded(&self) {
+        let pending = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, incident) in pending.iter().enumerate() {
+            let body = serde_json::to_value(incident).expect("serialises");
+            if let Err(e) = self
+                .repo
+                .append_record(INCIDENT_RECORD, body, incident.detected_at, self.host.retain_until())
+                .await
+            {
+                tracing::error!(error = %e, "still cannot record an incident in the catalog");
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(pending[i..].iter().cloned());
+                return;
+            }
+        }
     }
 
     /// Asks for a catalog refresh of database `db` soon.

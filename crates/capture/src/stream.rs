@@ -133,6 +133,7 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                 tracing::info!(cluster = %rt.cluster.name, "WAL capture resumed: the vault stores WAL again");
             }
             rt.clear_incidents(&["capture_stalled"]);
+            rt.record_unrecorded().await;
         }
         // A stream that got going ends the previous outage: the grace period restarts now.
         let was_streaming = rt.status().connected;
@@ -627,6 +628,8 @@ impl Writer<'_> {
                 .await?;
         }
         self.rt.durable.send_replace((self.tli, end));
+        // The store takes writes again: record incidents raised while it did not.
+        self.rt.record_unrecorded().await;
         // Status first: once the server hears "flushed", a synchronous commit returns, and
         // whoever asks the vault at that moment must already see the WAL as durable.
         self.publish();

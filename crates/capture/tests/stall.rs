@@ -182,6 +182,14 @@ async fn full_disk_is_an_incident_within_seconds_and_capture_resumes_without_a_g
     let kinds: Vec<String> = host.alerts.lock().unwrap().iter().map(|i| i.kind.clone()).collect();
     ensure!(!kinds.iter().any(|k| k == "wal_gap" || k == "connection_lost"), "{kinds:?}");
     ensure!(rt.status().last_error.is_none(), "{:?}", rt.status().last_error);
+    // The incident raised while nothing could be written is in the catalog now.
+    let recorded = repo
+        .records()
+        .await?
+        .into_iter()
+        .filter(|(_, r)| r.kind == INCIDENT_RECORD && r.body["kind"] == "capture_stalled")
+        .count();
+    ensure!(recorded == 1, "{recorded} capture_stalled records in the catalog");
     collector.shutdown().await;
     Ok(())
 }
