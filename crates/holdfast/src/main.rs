@@ -241,7 +241,7 @@ enum VaultCommand {
     },
     /// Offline recovery when no admin token is left: on the vault host, with the config and the
     /// vault key (or an escrow identity), mint a new admin token. Recorded in the catalog and
-    /// alerted; a running vault accepts it after a restart.
+    /// alerted; a running vault accepts it when it is first presented.
     RecoverAdmin {
         #[arg(long)]
         config: PathBuf,
@@ -578,7 +578,7 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
             }
             eprintln!(
                 "admin token {} minted offline and recorded in the catalog as {}; alert {}.\n  \
-                 restart the vault for it to accept the token",
+                 a running vault accepts it when it is first presented (give it up to 10 s)",
                 r.token.id(),
                 r.record,
                 if r.alerted {

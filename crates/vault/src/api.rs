@@ -59,6 +59,8 @@ pub struct Shared {
     pub writes: std::sync::Mutex<BTreeMap<String, WriteWindow>>,
     /// Object counts and sizes for `/metrics`, listed at most once a minute.
     pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<KindStats>)>>,
+    /// When the token records were last re-read for an unknown token id.
+    pub token_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Objects and bytes stored of one kind.
@@ -225,6 +227,10 @@ impl Shared {
         })?;
         let token: Token =
             text.parse().map_err(|_| unauthorized("malformed token: expected hft_<16 hex>_<secret>"))?;
+        let known = self.state.read().await.tokens.contains_key(token.id());
+        if !known {
+            self.reload_tokens().await;
+        }
         let state = self.state.read().await;
         let entry = state
             .authenticate(&token)
@@ -303,6 +309,38 @@ impl Shared {
             }));
         }
         Err(err)
+    }
+
+    /// Re-reads token records from the catalog, at most every 10 s: a token minted offline by
+    /// `holdfast vault recover-admin` (a catalog record the running vault did not write) is
+    /// accepted without a restart. Only `token.*` records written by the vault are applied;
+    /// applying one twice changes nothing (first creation wins, a revocation sticks).
+    async fn reload_tokens(&self) {
+        let mut last = self.token_reload.lock().await;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let records = match self.repo.records().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading token records failed");
+                return;
+            }
+        };
+        let mut state = self.state.write().await;
+        let before = state.tokens.len();
+        for (name, r) in records {
+            if r.author.is_none() && (r.kind == kinds::TOKEN_CREATED || r.kind == kinds::TOKEN_REVOKED) {
+                state.apply(&name, &r.kind, r.written_at, &r.body);
+            }
+        }
+        if state.tokens.len() > before {
+            tracing::warn!(
+                new = state.tokens.len() - before,
+                "tokens created outside this process (recover-admin) are now accepted"
+            );
+        }
     }
 
     /// Appends a record stamped with the vault's clock and folds it into the state.

@@ -320,7 +320,8 @@ pub struct Recovered {
 /// Offline recovery when every admin token is lost or revoked: with the config and the vault
 /// key (or an escrow identity) on the vault host — what no API token can reach — mints a new
 /// admin token, records it in the catalog (`created_by` says it was recovered offline, and why)
-/// and sends an alert through `alert_command` and the webhooks, waiting for delivery.
+/// and sends an alert through `alert_command` and the webhooks, waiting for delivery. A running
+/// vault accepts the token once it is presented (it re-reads token records for an unknown id).
 pub async fn recover_admin(
     config: &Config,
     identities: Option<Vec<age::x25519::Identity>>,
@@ -398,6 +399,7 @@ pub async fn serve_with_identity(
         webhooks: Arc::new(alerts::Webhooks::new(config.webhooks.clone())),
         writes: std::sync::Mutex::new(Default::default()),
         object_stats: tokio::sync::Mutex::new(None),
+        token_reload: tokio::sync::Mutex::new(None),
         config,
     });
     shared.drills.set_listen_addr(addr);
