@@ -82,6 +82,13 @@ fn psql_restored(report: &serde_json::Value, password: &str, sql: &str) -> Strin
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The self-check confirmed the target, with evidence containing `evidence`.
+fn assert_checked(report: &serde_json::Value, evidence: &str) {
+    assert_eq!(report["reached"], true, "{report}");
+    let check = report["target_check"].as_str().unwrap_or_default();
+    assert!(check.contains(evidence), "self-check {check:?} lacks {evidence:?}");
+}
+
 fn stop_restored(dir: &Path) {
     let mut cmd = command_as_postgres(&bin("pg_ctl").unwrap());
     cmd.arg("-D").arg(dir).args(["-m", "immediate", "-w", "stop"]);
@@ -206,6 +213,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows at {}",
         moments[0].0
     );
+    assert_checked(&report, "reached exactly: replayed to");
     assert_eq!(
         psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
         "t",
@@ -235,6 +243,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
     assert_eq!(report["verify"], "passed", "pg_amcheck on the restored copy: {report}");
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[1].2, "rows at {when}");
+    assert_checked(&report, "next transaction end in the WAL");
     assert_eq!(
         psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
         "f",
@@ -254,6 +263,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows at xid {}",
         xids[1]
     );
+    assert_checked(&report, "is committed on the restored server");
     stop_restored(&dir);
 
     // 3b. Just before that transaction committed (--exclusive): the first round's rows — how a
@@ -281,6 +291,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows just before xid {}",
         xids[1]
     );
+    assert_checked(&report, "is not committed on the restored server");
     stop_restored(&dir);
 
     // 4. To the restore point made after the first round.
@@ -300,14 +311,21 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         moments[0].2,
         "rows at the restore point"
     );
+    assert_checked(&report, "is the last replayed");
     stop_restored(&dir);
 
     // 5. Latest: everything.
     let dir = root.path().join("latest");
     let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
-    assert!(out.status.success(), "restore --latest: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore --latest: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[2].2);
+    assert_checked(&report, "replayed to");
     assert!(report["base"]["bytes"].as_u64().unwrap() > 10 << 20, "{report}");
     stop_restored(&dir);
 
