@@ -81,6 +81,9 @@ fn print_cluster(c: &ClusterStatus) {
             "                 (between these intervals the vault lacks WAL: those points cannot be restored)"
         );
     }
+    if let Some(note) = &c.first_backup {
+        println!("  first backup:  {note}");
+    }
     if let Some((done, total)) = c.backup_progress {
         println!("  backup running: {} of ~{}", bytes(done), bytes(total));
     }

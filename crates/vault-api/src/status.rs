@@ -40,6 +40,10 @@ pub struct ClusterStatus {
     pub last_contact: Option<Timestamp>,
     /// A base backup in progress: (bytes received, bytes expected).
     pub backup_progress: Option<(u64, u64)>,
+    /// The vault's own first base backup of a cluster that had none: running, taken, or
+    /// failing (and retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_backup: Option<String>,
     /// Restore drills: last result, schedule, overdue (filled by the vault).
     #[serde(default)]
     pub drill: Option<crate::drill::DrillStatus>,
