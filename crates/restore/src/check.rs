@@ -188,7 +188,7 @@ pub fn judge_wal(
                 .is_some_and(|n| if exclusive { n >= t_us } else { n > t_us });
             let what = format!(
                 "last replayed transaction end {}, next transaction end in the WAL {}",
-                last_commit_us.map_or("none since the backup".into(), |c| fmt_us(c)),
+                last_commit_us.map_or("none since the backup".into(), fmt_us),
                 next.map_or("not found".into(), |n| format!(
                     "{} ({})",
                     n.lsn,

@@ -30,8 +30,10 @@ pub use plan::{Plan, PlanError, Target, plan};
 /// Errors of a restore, each saying what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Boxed: a refusal carries the restorable intervals, and every `Result` here would carry
+    /// their size.
     #[error(transparent)]
-    Plan(#[from] PlanError),
+    Plan(Box<PlanError>),
     #[error("the vault: {0}")]
     Vault(#[from] vault_api::ClientError),
     #[error("{what}: {source}")]
@@ -50,6 +52,12 @@ pub enum RestoreError {
         postgres.join("\n  ")
     )]
     StoppedShort { postgres: Vec<String>, ended_before_target: bool, log: PathBuf },
+}
+
+impl From<PlanError> for RestoreError {
+    fn from(e: PlanError) -> Self {
+        RestoreError::Plan(Box::new(e))
+    }
 }
 
 impl RestoreError {
@@ -487,13 +495,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     report.tcp = start.tcp.map(|a| std::net::SocketAddr::new(a, start.port).to_string());
     // Self-check: where did recovery stop, and is that the target?
     let s3 = server.clone();
-    let (xid, exclusive) = (
-        match opts.target {
-            Target::Xid(x) => Some(x),
-            _ => None,
-        },
-        opts.exclusive,
-    );
+    let xid = match opts.target {
+        Target::Xid(x) => Some(x),
+        _ => None,
+    };
     let (lsn, commit, xid_status) = tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
         let lsn = s3.query("SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text")?;
         let commit = s3.query(
@@ -516,7 +521,6 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     })
     .await
     .map_err(|e| RestoreError::Postgres(e.to_string()))??;
-    let _ = exclusive;
     report.recovered_lsn = lsn.clone();
     let commit_us = commit.as_deref().and_then(|c| c.parse::<i64>().ok());
     report.last_replayed_commit = commit_us.map(|us| {
