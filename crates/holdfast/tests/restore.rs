@@ -735,6 +735,7 @@ async fn restores_before_a_wal_gap_after_a_newer_backup_exists() {
     assert!(err.contains("recovery ended before configured recovery target was reached"), "{err}");
     assert!(err.contains("--backup") && err.contains(&before_gap_backup), "{err}");
     assert!(!err.contains("psql"), "a connection error instead of PostgreSQL's account: {err}");
+    println!("restore --xid {xid} planned in the newest interval, as reported:\n{err}");
 
     // 4. … and `--backup` from the earlier interval brings the rows back.
     let dir = root.path().join("xid-before-gap");

@@ -276,7 +276,7 @@ fn stopped_short(plan: &Plan, e: &RestoreError) -> RestoreError {
     };
     RestoreError::Postgres(format!(
         "recovery from backup {} did not reach {}: the WAL it can replay runs from {} ({}) to {} ({}).{elsewhere} \
-         The target directory holds a half-recovered copy: remove it before the next attempt.\n{e}",
+         The target directory holds a half-recovered copy that is marked incomplete: a rerun into it starts clean.\n{e}",
         plan.backup.backup.id, plan.target, w.earliest_time, w.earliest_lsn, w.latest_time, w.latest_lsn
     ))
 }

@@ -233,6 +233,10 @@ impl Server {
                 ["FATAL", "PANIC", "recovery", "redo ", "consistent", "restore point", "transaction"]
                     .iter()
                     .any(|k| l.contains(k))
+                    // Our own polling while it started, not its story.
+                    && !["is starting up", "not yet accepting connections", "is shutting down"]
+                        .iter()
+                        .any(|k| l.contains(k))
             })
             .map(str::to_string)
             .collect();
