@@ -1,6 +1,8 @@
 //! Point-in-time restore from the vault with a read token, against a real PostgreSQL: to an
 //! LSN, a time, an xid, a restore point and the latest WAL, each compared row for row with what was committed at
-//! that moment; and the refusals (target outside the window, target directory not empty).
+//! that moment and confirmed by the self-check; the refusals (target outside the window or in a
+//! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
+//! backup; `--port`, and no temporary directory left behind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
