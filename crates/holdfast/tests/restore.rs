@@ -789,15 +789,12 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
     let expected = s.pg.psql(CHECKSUM).unwrap();
     let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
     s.wait_durable(flush);
-    let tmp_dirs = || -> std::collections::BTreeSet<PathBuf> {
-        std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("holdfast-restore-")))
-            .collect()
+    // The restores below get a private TMPDIR (the machine's /tmp is shared with other runs):
+    // whatever is left in it, they left.
+    let tmp = tempfile::tempdir().unwrap();
+    let left_in_tmp = || -> Vec<PathBuf> {
+        std::fs::read_dir(tmp.path()).unwrap().filter_map(Result::ok).map(|e| e.path()).collect()
     };
-    let tmp_before = tmp_dirs();
 
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -825,18 +822,23 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
     // A target directory too long for a socket path: a private /tmp directory, gone after a
     // refused restore …
     let long = root.path().join("x".repeat(90)).join("restored");
-    let out =
-        s.restore(&["--time", "2001-01-01T00:00:00Z", "--target-dir", long.to_str().unwrap(), "--start"]);
+    let restore_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(holdfast());
+        cmd.arg("restore")
+            .args(["--cluster", "main", "--target-dir", long.to_str().unwrap(), "--start"])
+            .args(args)
+            .args(s.remote_args(&s.read_token))
+            .env("PGPASSWORD", s.pg.superuser_password())
+            .env("TMPDIR", tmp.path());
+        cmd
+    };
+    let out = restore_cmd(&["--time", "2001-01-01T00:00:00Z"]).output().unwrap();
     assert!(!out.status.success());
-    assert_eq!(tmp_dirs(), tmp_before, "a /tmp/holdfast-restore-* directory was left behind after a failure");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the restorable window"));
+    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after a failure");
     // … and after Ctrl-C mid-restore, with no server left running on the copy.
-    let mut cmd = std::process::Command::new(holdfast());
-    cmd.arg("restore")
-        .args(["--cluster", "main", "--latest", "--start", "--target-dir", long.to_str().unwrap()])
-        .args(s.remote_args(&s.read_token))
-        .env("PGPASSWORD", s.pg.superuser_password())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    let mut cmd = restore_cmd(&["--latest"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !long.join("holdfast_restore.incomplete").exists() {
@@ -847,7 +849,7 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "not reported as interrupted");
-    assert_eq!(tmp_dirs(), tmp_before, "a /tmp/holdfast-restore-* directory was left behind after Ctrl-C");
+    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after Ctrl-C");
     assert!(
         !long.join("postmaster.pid").exists(),
         "the server started by the interrupted restore still runs"
