@@ -762,11 +762,11 @@ async fn restores_before_a_wal_gap_after_a_newer_backup_exists() {
 /// the start: the vault takes the first base backup itself at first connect and says so in
 /// status and its log. The restore from it listens on 127.0.0.1 at `--port` as well as its
 /// socket (and says so); its socket lives in the target directory when the path allows, and
-/// the private /tmp directory used otherwise is gone after a failure and after Ctrl-C (and no
-/// server is left running on the interrupted copy).
+/// the private /tmp directory used otherwise is gone after a failure and after Ctrl-C, which
+/// also stops the server the interrupted restore had started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port_and_leaves_nothing_behind() {
-    let s = setup();
+    let mut s = setup();
     s.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 5 FROM generate_series(1, 3000) g").unwrap();
     // Nobody runs `holdfast backup`: the vault's own first backup makes the cluster restorable.
     let admin = s.v.scratch().join("admin.token");
@@ -836,22 +836,35 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the restorable window"));
     assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after a failure");
-    // … and after Ctrl-C mid-restore, with no server left running on the copy.
+    // … and after Ctrl-C while the restored server replays: the vault goes away once the base
+    // data is in place, so recovery waits on `restore_command` (retrying ~30 s) with the server
+    // running — Ctrl-C then stops that server too.
     let mut cmd = restore_cmd(&["--latest"]);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let stderr = root.path().join("interrupted.stderr");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !long.join("holdfast_restore.incomplete").exists() {
-        assert!(Instant::now() < deadline, "the restore did not begin");
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !long.join("global/pg_control").exists() {
+        assert!(Instant::now() < deadline, "the restore did not get its base data");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.v.terminate();
+    while !long.join("postmaster.pid").exists() {
+        assert!(Instant::now() < deadline, "the restored server did not start");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before the server started: {}",
+            said()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "not reported as interrupted");
-    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after Ctrl-C");
     assert!(
         !long.join("postmaster.pid").exists(),
         "the server started by the interrupted restore still runs"
     );
+    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after Ctrl-C");
 }

@@ -353,7 +353,14 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         "restoring {}", opts.target
     );
     {
+        // Missing parents with the usual mode (0700 on them would keep the server's user, when
+        // it is not ours, from reaching its data directory); the directory itself 0700, as
+        // PostgreSQL requires.
         use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = opts.target_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(RestoreError::io(format!("creating {}", parent.display())))?;
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
