@@ -71,6 +71,10 @@ pub struct ClusterConfig {
     /// Take a base backup this often, in minutes (default: only on demand).
     #[serde(default)]
     pub backup_interval_minutes: Option<u64>,
+    /// When the cluster has no complete base backup in the vault, take one as soon as
+    /// streaming starts (default true): until one exists nothing is restorable.
+    #[serde(default)]
+    pub first_backup: Option<bool>,
     /// A transaction deleting more rows than this raises a `mass_delete` incident (default
     /// 10000).
     #[serde(default)]
@@ -120,6 +124,8 @@ pub struct Cluster {
     pub synchronous: bool,
     pub flush_interval: Duration,
     pub backup_interval: Option<Duration>,
+    /// See [`ClusterConfig::first_backup`].
+    pub first_backup: bool,
     /// Mass delete/update thresholds (see [`ClusterConfig::mass_delete_rows`] and the fields
     /// after it).
     pub thresholds: Thresholds,
@@ -254,6 +260,7 @@ impl ClusterConfig {
             synchronous: self.synchronous,
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
+            first_backup: self.first_backup.unwrap_or(true),
             thresholds: Thresholds {
                 mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),
                 mass_update_rows: self.mass_update_rows.unwrap_or(DEFAULT_MASS_UPDATE_ROWS),

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::archive::WalArchive;
 use crate::catalog::Snapshot;
 use crate::config::Cluster;
-use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window};
+use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun};
 use crate::{BACKUP_COMPLETE_RECORD, CaptureError, INCIDENT_RECORD, VaultHost};
 
 /// A cluster being captured.
@@ -124,46 +124,22 @@ impl ClusterRuntime {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Status as shown to people: live fields plus the restorable window.
+    /// Status as shown to people: live fields plus the restorable window, computed from the
+    /// inventory so that status advertises exactly what a restore can use.
     pub fn status(&self) -> ClusterStatus {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        s.last_backup = backups.last().cloned();
-        s.window = self.window(&backups);
+        let inventory = self.inventory();
+        s.last_backup = self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().cloned();
+        s.window = inventory.window;
+        s.windows = inventory.windows;
         s
     }
 
-    /// `[earliest, latest]`: from the oldest complete backup whose WAL runs unbroken to the
-    /// newest durable byte, to that byte.
-    fn window(&self, backups: &[BackupSummary]) -> Option<Window> {
-        let map = self.archive.map();
-        let tli = *map.timelines().last()?;
-        let last = map.last(tli)?;
-        let run_start = map.last_run_start(tli)?;
-        // A backup on an earlier timeline counts when the WAL from its start is stored on its
-        // own timeline up to the switch and on ours after; checked coarsely: its start must lie
-        // in a stored run of its timeline that reaches that run's end.
-        let usable = backups.iter().find(|b| {
-            let btli = TimelineId(b.timeline);
-            if btli == tli {
-                b.start_lsn >= run_start && b.stop_lsn <= last.end
-            } else {
-                btli < tli && map.contiguous_end(btli, b.start_lsn) >= b.stop_lsn
-            }
-        })?;
-        Some(Window {
-            earliest_lsn: usable.start_lsn,
-            earliest_time: usable.started,
-            latest_lsn: last.end,
-            latest_time: last.server_time,
-        })
-    }
-
-    /// What the vault holds for this cluster, for restore planning.
+    /// What the vault holds for this cluster, for restore planning; its restorable intervals
+    /// ([`vault_api::window`]) are computed from its own backups and WAL runs.
     pub fn inventory(&self) -> Inventory {
         let map = self.archive.map();
         let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let window = self.window(&backups);
         let mut wal = Vec::new();
         for tli in map.timelines() {
             for (start, end, start_time, end_time) in map.runs(tli) {
@@ -180,15 +156,18 @@ impl ClusterRuntime {
                 InventoryBackup { backup: b, consistent_time }
             })
             .collect();
-        Inventory {
+        let mut inventory = Inventory {
             cluster: self.cluster.name.clone(),
             system_id: self.archive.system_id(),
             segment_size: self.archive.segment_size(),
             backups,
             wal,
             histories: self.archive.histories(),
-            window,
-        }
+            window: None,
+            windows: Vec::new(),
+        };
+        inventory.refresh_windows();
+        inventory
     }
 
     /// A file `restore_command` asks for, by PostgreSQL's name: a WAL segment (whole; zeros
