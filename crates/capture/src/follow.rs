@@ -268,6 +268,8 @@ impl Follower {
                 }
             }
             self.live_columns.retain(|k, _| catalog.columns_of(k.0, k.1).is_some());
+            let tables = catalog.columns().count() as u64;
+            self.rt.update(|s| s.catalog_tables = Some(tables));
         }
         catalog
     }

@@ -731,6 +731,16 @@ async fn recycled_wal_is_a_gap_incident() -> Result<()> {
     wait_durable(&collector, "a1gap", flush_lsn(&pg)?, Duration::from_secs(10)).await?;
     let map = capture::archive::WalArchive::open(&repo, "a1gap").await?.map();
     ensure!(!map.gaps(TLI1).is_empty(), "the gap is not visible in the archive");
+    // The destruction detector re-read the stored WAL before the gap (t holds data) and goes on
+    // with the WAL stored after it: a DROP made after the gap is raised.
+    pg.psql("drop table t")?;
+    let dropped = wait_incident(&collector, "a1gap", "relations_dropped", Duration::from_secs(15)).await?;
+    ensure!(dropped.xid.is_some() && dropped.lsn.is_some_and(|l| l > durable_before), "{dropped:?}");
+    let end = flush_lsn(&pg)?;
+    wait_for(Duration::from_secs(10), "the detector to decode all stored WAL", || {
+        status(&collector, "a1gap").decoded_lsn.filter(|d| *d >= end)
+    })
+    .await?;
     v.assert_nothing_lost(&before).await?;
     collector.shutdown().await;
     Ok(())

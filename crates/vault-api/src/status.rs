@@ -46,6 +46,10 @@ pub struct ClusterStatus {
     /// Durable WAL not yet decoded by the destruction detector, in bytes.
     #[serde(default)]
     pub detector_lag_bytes: Option<u64>,
+    /// Tables the detector knows from the catalog snapshot (names, columns, which table a
+    /// file belongs to); `None` until the first snapshot.
+    #[serde(default)]
+    pub catalog_tables: Option<u64>,
 }
 
 /// The restorable window.
