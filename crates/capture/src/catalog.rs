@@ -228,7 +228,14 @@ pub async fn read_relations(
 #[derive(Default)]
 struct Sessions {
     by_db: HashMap<String, ReplicationConnection>,
+    /// The server's WAL position read after the catalog (see [`refresh_now`]).
+    lsn: Option<pgfmt::Lsn>,
 }
+
+/// The server's WAL position: every commit the catalog showed before this is in the WAL
+/// before it.
+const LSN_SQL: &str =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn";
 
 impl Sessions {
     async fn get(
@@ -267,11 +274,19 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
         let mut errors = Vec::new();
         for (_, name) in &names {
             let r = match sessions.get(rt, name).await {
-                Ok(c) => read_relations(c).await,
+                Ok(c) => match read_relations(c).await {
+                    // Read after the catalog: the catalog shows no commit after it.
+                    Ok(rels) => c.simple_query(LSN_SQL).await.map(|sets| (rels, sets)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match r {
-                Ok(rels) => relations.extend(rels),
+                Ok((rels, sets)) => {
+                    relations.extend(rels);
+                    let lsn = sets.first().and_then(|s| s.get(0, "lsn")).and_then(|l| l.parse().ok());
+                    sessions.lsn = sessions.lsn.max(lsn);
+                }
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
@@ -337,13 +352,15 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
 
 /// Refreshes databases `dbs` now, on sessions of its own (the detector asks, to judge a
 /// transaction it just decoded).
-pub(crate) async fn refresh_now(rt: &ClusterRuntime, dbs: &[u32]) -> Result<(), String> {
+/// Returns the server's WAL position read after the catalog: once the WAL up to it is
+/// decoded, the detector has seen every transaction the catalog shows.
+pub(crate) async fn refresh_now(rt: &ClusterRuntime, dbs: &[u32]) -> Result<Option<pgfmt::Lsn>, String> {
     let mut sessions = Sessions::default();
     let r = refresh(rt, &mut sessions, dbs).await;
     for (_, c) in sessions.by_db.drain() {
         let _ = c.close().await;
     }
-    r
+    r.map(|()| sessions.lsn)
 }
 
 /// Keeps the cluster's catalog snapshot fresh: at start, every `catalog_refresh`, and soon

@@ -230,6 +230,10 @@ struct Entry {
 /// Deletes of committed transactions within the window, oldest first, with running sums.
 #[derive(Debug, Default)]
 struct Window {
+    /// Databases whose window was reported, with the last delete since: further deletes
+    /// there belong to the same episode (one incident; restoring before its first
+    /// transaction undoes them too) until the database has been quiet for a whole window.
+    reported: HashMap<u32, i64>,
     entries: VecDeque<Entry>,
     per_table: HashMap<RelFileNode, u64>,
     per_db: HashMap<u32, u64>,
@@ -301,6 +305,11 @@ pub struct Detector {
     db_row_marked: HashMap<(u32, u16), Lsn>,
     window: Window,
     attribute_changes: Vec<AttributeChange>,
+    /// Files first written in the WAL followed: the transaction that wrote them first, and
+    /// the pages it wrote.
+    born: HashMap<RelFileNode, (u32, u64)>,
+    /// Files holding data each transaction dropped at commit.
+    dropped_by: HashMap<u32, Vec<(RelFileNode, u64)>>,
 }
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
@@ -460,51 +469,87 @@ impl Detector {
         self.open.len()
     }
 
-    /// Judges files dropped at commit that held data, given the new files the transaction
-    /// wrote data into. A file is destroyed unless it is an index (indexes are rebuilt from
-    /// their table: an index metapage is not data) or its table was rewritten: one of the new
-    /// files belongs to the same table (same table OID, new file: VACUUM FULL, CLUSTER,
-    /// rewriting ALTER TABLE, REINDEX) — recognised by the table, never by how much was written,
-    /// so writing a copy into a *different* table while dropping this one is destruction.
-    /// Returns the destroyed files and whether a new file the catalog does not know yet (with
-    /// `last_word` false) left the question open.
-    fn judge_drops(
-        &self,
-        dropped: &[(RelFileNode, u64)],
-        new: &[RelFileNode],
-        last_word: bool,
-    ) -> (Vec<(RelFileNode, u64)>, bool) {
-        let unknown_new = new.iter().any(|n| !self.rels.contains_key(n));
-        let mut destroyed = Vec::new();
-        let mut open_question = false;
-        for &(f, pages) in dropped {
-            match self.rels.get(&f) {
-                Some(m) if m.relkind == 'i' => {}
-                Some(m) => {
-                    let rewritten = new.iter().any(|n| {
-                        self.rels.get(n).is_some_and(|nm| nm.table_oid == m.table_oid && nm.relkind != 'i')
-                    });
-                    if !rewritten {
-                        open_question |= unknown_new && !last_word;
-                        destroyed.push((f, pages));
-                    }
-                }
-                // A file the catalog never knew (created and dropped between two snapshots):
-                // it held data, and nothing says it was copied anywhere.
-                None => destroyed.push((f, pages)),
+    /// The table a file belongs to: as the catalog said (`None` for an index: indexes are
+    /// rebuilt from their table, an index metapage is not data), or, for a file the catalog
+    /// never saw (it lived between two snapshots), the table whose files the transaction that
+    /// first wrote it dropped (a rewrite's new file, rewritten again before the catalog looked).
+    fn table_of(&self, f: &RelFileNode, depth: u32) -> Option<u32> {
+        match self.rels.get(f) {
+            Some(m) if m.relkind == 'i' => None,
+            Some(m) => Some(m.table_oid),
+            None if depth > 0 => {
+                let (y, _) = self.born.get(f)?;
+                self.dropped_by.get(y)?.iter().find_map(|(g, _)| self.table_of(g, depth - 1))
             }
+            None => None,
         }
-        (destroyed, open_question)
     }
 
-    /// Judges again a finding returned with `unresolved` set, once the caller has given the
-    /// catalog as it is now ([`Detector::set_relations`]): new files still unknown are taken as
-    /// not belonging to the dropped tables. `None`: it was a rewrite and nothing else.
+    /// Whether transaction `xid` rewrote table `table` (whose files holding `pages` pages it
+    /// dropped): a file the catalog says is that table's (not an index) was first written by
+    /// `xid` — or by a later rewrite that dropped a file `xid` first wrote — with at least 5 %
+    /// of those pages. Told by the table the new file belongs to, never by volume alone: a
+    /// copy written into another table is not a rewrite.
+    fn rewrote(&self, xid: u32, table: u32, pages: u64) -> bool {
+        let mut frontier: Vec<RelFileNode> = self
+            .rels
+            .iter()
+            .filter(|(_, m)| m.table_oid == table && m.relkind != 'i')
+            .map(|(f, _)| *f)
+            .collect();
+        let mut seen: std::collections::HashSet<RelFileNode> = frontier.iter().copied().collect();
+        while let Some(f) = frontier.pop() {
+            let Some(&(y, written)) = self.born.get(&f) else { continue };
+            if y == xid {
+                if written.saturating_mul(20) >= pages {
+                    return true;
+                }
+                continue;
+            }
+            for (g, _) in self.dropped_by.get(&y).into_iter().flatten() {
+                if self.rels.get(g).is_none_or(|m| m.relkind != 'i') && seen.insert(*g) {
+                    frontier.push(*g);
+                }
+            }
+        }
+        false
+    }
+
+    /// Judges the files a transaction dropped at commit that held data: a file is destroyed
+    /// unless it is an index, or its table was rewritten by the transaction (see
+    /// [`Detector::rewrote`]).
+    fn judge_drops(&self, xid: u32, dropped: &[(RelFileNode, u64)]) -> Vec<(RelFileNode, u64)> {
+        let mut per_table: HashMap<u32, u64> = HashMap::new();
+        let tables: Vec<(RelFileNode, u64, Option<u32>, bool)> = dropped
+            .iter()
+            .map(|&(f, pages)| {
+                let index = self.rels.get(&f).is_some_and(|m| m.relkind == 'i');
+                let t = self.table_of(&f, 8);
+                if let Some(t) = t {
+                    *per_table.entry(t).or_default() += pages;
+                }
+                (f, pages, t, index)
+            })
+            .collect();
+        let mut destroyed = Vec::new();
+        for (f, pages, table, index) in tables {
+            match table {
+                _ if index => {}
+                Some(t) if self.rewrote(xid, t, per_table[&t]) => {}
+                _ => destroyed.push((f, pages)),
+            }
+        }
+        destroyed
+    }
+
+    /// Judges a finding returned with `unresolved` set, once the caller has given the catalog
+    /// as it is after the transaction ([`Detector::set_relations`]) and fed the WAL up to
+    /// the point the catalog was read at. `None`: it was a rewrite and nothing else.
     pub fn resolve(&self, mut d: Destruction) -> Option<Destruction> {
         if !d.unresolved {
             return Some(d);
         }
-        let (destroyed, _) = self.judge_drops(&d.dropped, &d.new_files, true);
+        let destroyed = self.judge_drops(d.xid, &d.dropped);
         d.unresolved = false;
         if destroyed.is_empty() {
             d.kind = d.otherwise?;
@@ -571,7 +616,7 @@ impl Detector {
             }
         }
         let commit_us = x.unix_micros();
-        let db = x.db.map(|(db, _)| db);
+        let db = x.db.map(|(db, _)| db).or_else(|| open.updated.keys().map(|f| f.db).find(|d| *d != 0));
         // pg_attribute rows updated: possibly DROP COLUMN; the caller asks the catalog.
         if let Some(db) = db
             && open.updated.keys().any(|f| {
@@ -597,7 +642,33 @@ impl Detector {
         }
         let mut new_files: Vec<RelFileNode> = open.new_pages.keys().copied().collect();
         new_files.sort_by_key(|r| r.rel);
-        let (destroyed, unresolved) = self.judge_drops(&dropped, &new_files, false);
+        // Which transaction first wrote which file, and what it dropped: the lineage that
+        // ties a rewrite's new file to its table (bounded: old lineage is of no more use).
+        if self.born.len() > 1 << 16 || self.dropped_by.len() > 1 << 16 {
+            self.born.clear();
+            self.dropped_by.clear();
+        }
+        for (f, pages) in &open.new_pages {
+            self.born.entry(*f).or_insert((xid, *pages));
+        }
+        if !dropped.is_empty() {
+            self.dropped_by.insert(xid, dropped.clone());
+        }
+        // Data files dropped while new files were written: a rewrite or not is decided once
+        // the catalog shows where the new files went (the caller resolves it). Without new
+        // files (DROP TABLE, TRUNCATE of a table without indexes) it is decided now.
+        let unresolved = !dropped.is_empty() && !new_files.is_empty();
+        let destroyed = if unresolved { Vec::new() } else { self.judge_drops(xid, &dropped) };
+        if !dropped.is_empty() {
+            tracing::debug!(
+                xid,
+                ?dropped,
+                ?new_files,
+                unresolved,
+                destroyed = destroyed.len(),
+                "files dropped at commit"
+            );
+        }
         let t = self.thresholds;
         let mass = if t.crossed(&open.deleted, t.mass_delete_rows, &self.rows) {
             Some(Kind::MassDelete)
@@ -606,7 +677,7 @@ impl Detector {
         } else {
             None
         };
-        let kind = if !destroyed.is_empty() {
+        let kind = if unresolved || !destroyed.is_empty() {
             Kind::RelationsDropped
         } else if let Some(k) = mass {
             k
@@ -616,8 +687,10 @@ impl Detector {
             // by the thousand), not the user's data.
             let deleted: Vec<(RelFileNode, u64)> =
                 open.deleted.into_iter().filter(|(f, _)| self.is_user_file(f)).collect();
-            if let Some(db) = db
-                && !deleted.is_empty()
+            // A commit names its database only when it logs invalidations; the files it
+            // deleted from do always (a transaction writes in one database).
+            if let Some(db) = deleted.first().map(|(f, _)| f.db)
+                && db != 0
             {
                 return self
                     .window_commit(Entry { xid, first_lsn: open.first_lsn, commit_us, db, deleted }, lsn);
@@ -644,7 +717,15 @@ impl Detector {
         let t = self.thresholds;
         let (xid, db, now_us) = (e.xid, e.db, e.commit_us);
         let touched: Vec<RelFileNode> = e.deleted.iter().map(|(r, _)| *r).collect();
-        self.window.expire(now_us.saturating_sub(t.window_seconds as i64 * 1_000_000));
+        let window_us = t.window_seconds as i64 * 1_000_000;
+        if let Some(last) = self.window.reported.get_mut(&db) {
+            if now_us.saturating_sub(*last) <= window_us {
+                *last = now_us;
+                return None;
+            }
+            self.window.reported.remove(&db);
+        }
+        self.window.expire(now_us.saturating_sub(window_us));
         self.window.add(e);
         // Files of one table count together (the heap's deletes are what the WAL shows; TOAST
         // deletes are the same rows' large values and are left out of the share rule).
@@ -658,6 +739,7 @@ impl Detector {
             return None;
         }
         let entries = self.window.take_db(db);
+        self.window.reported.insert(db, now_us);
         // The first transaction that contributed to what crossed.
         let first = entries
             .iter()
@@ -711,7 +793,8 @@ mod tests {
 
     /// A commit at `secs` seconds after the PostgreSQL epoch.
     fn commit_at(secs: i64) -> RecordKind {
-        RecordKind::XactCommit(XactEnd { time: secs * 1_000_000, ..end(vec![], vec![]) })
+        // Like a plain DML commit, it names no database (no invalidations to log).
+        RecordKind::XactCommit(XactEnd { time: secs * 1_000_000, db: None, ..end(vec![], vec![]) })
     }
 
     #[test]
@@ -746,7 +829,12 @@ mod tests {
                 found.push(f);
             }
         }
-        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found.len(), 1, "one finding for the whole drip: {found:#?}");
+        // After a quiet window, a new drip is a new episode.
+        let again: Vec<_> = (0..101u32)
+            .filter_map(|i| xact(&mut d, 600 + i, 2000 + i64::from(i) / 10, &[(16384, 10)]))
+            .collect();
+        assert_eq!(again.len(), 1);
         let f = &found[0];
         assert_eq!(
             (f.kind, f.xid, f.restore_target, f.transactions, f.deleted.clone()),
@@ -902,7 +990,9 @@ mod tests {
         d.seed([(rel(20), 100), (rel(21), 30), (rel(22), 10)]);
         d.feed(Lsn(90), 9, &RecordKind::Other);
         d.note_written(9, (0..60).map(|b| (rel(30), b)).chain((0..20).map(|b| (rel(31), b))));
-        assert_eq!(d.feed(Lsn(95), 9, &commit(vec![rel(20), rel(21), rel(22)])), None, "VACUUM FULL-like");
+        let f = d.feed(Lsn(95), 9, &commit(vec![rel(20), rel(21), rel(22)])).unwrap();
+        assert!(f.unresolved, "new files written: judged once the catalog is read");
+        assert_eq!(d.resolve(f), None, "VACUUM FULL-like");
         // The lookalike: a table dropped while its rows are copied into a *different* table in
         // the same transaction, however much is written: destruction.
         d.set_relations([(rel(60), meta(600, 'r')), (rel(61), meta(601, 'r'))]);
@@ -910,10 +1000,20 @@ mod tests {
         d.feed(Lsn(96), 11, &RecordKind::Other);
         d.note_written(11, (0..100).map(|b| (rel(61), b)));
         let f = d.feed(Lsn(97), 11, &commit(vec![rel(60)])).unwrap();
-        assert_eq!(
-            (f.kind, f.dropped.clone(), f.unresolved),
-            (Kind::RelationsDropped, vec![(rel(60), 100)], false)
-        );
+        let f = d.resolve(f).unwrap();
+        assert_eq!((f.kind, f.dropped.clone()), (Kind::RelationsDropped, vec![(rel(60), 100)]));
+        // A rewrite's new file rewritten again before the catalog saw it (VACUUM FULL then
+        // ALTER TABLE in quick succession): the lineage ties both to the table.
+        d.set_relations([(rel(62), meta(602, 'r'))]);
+        d.seed([(rel(62), 40)]);
+        d.feed(Lsn(98), 15, &RecordKind::Other);
+        d.note_written(15, (0..40).map(|b| (rel(63), b)));
+        let first = d.feed(Lsn(99), 15, &commit(vec![rel(62)])).unwrap();
+        d.feed(Lsn(99), 16, &RecordKind::Other);
+        d.note_written(16, (0..40).map(|b| (rel(64), b)));
+        let second = d.feed(Lsn(99), 16, &commit(vec![rel(63)])).unwrap();
+        d.set_relations([(rel(64), meta(602, 'r'))]);
+        assert_eq!((d.resolve(first), d.resolve(second)), (None, None), "two rewrites in a row");
         // TRUNCATE: new files get one metapage per index, nothing else; the new index file is
         // not in the catalog yet, so the caller is asked to look (it could have been the
         // table's new file), and the answer leaves the table's file destroyed, not its index.

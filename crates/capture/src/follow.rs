@@ -187,7 +187,23 @@ struct Follower {
     live_columns: HashMap<(u32, u32), BTreeMap<i16, String>>,
     /// An error was met in this step (the blind episode stays open).
     blind_now: bool,
+    /// Findings waiting for the catalog, in WAL order.
+    pending: VecDeque<Pending>,
+    /// The stored WAL before this is decoded.
+    decoded: Lsn,
 }
+
+/// A finding whose drops are judged once the catalog is read and the WAL up to `ready_at`
+/// decoded.
+struct Pending {
+    d: Destruction,
+    ready_at: Option<Lsn>,
+    since: Instant,
+}
+
+/// The longest a finding waits for the WAL up to the catalog's position before it is judged
+/// with what is known.
+const PENDING_LIMIT: Duration = Duration::from_secs(10);
 
 /// Follows the cluster's stored WAL until shutdown.
 async fn follow(rt: Arc<ClusterRuntime>, progress: Arc<Progress>, mut shutdown: watch::Receiver<bool>) {
@@ -210,6 +226,8 @@ async fn follow(rt: Arc<ClusterRuntime>, progress: Arc<Progress>, mut shutdown: 
         recorded,
         live_columns: HashMap::new(),
         blind_now: false,
+        pending: VecDeque::new(),
+        decoded: start,
     };
     loop {
         // As much as is stored, in steps; then wait for more.
@@ -324,6 +342,9 @@ impl Follower {
             // Nothing stored from here: caught up, or a gap (the stream's `wal_gap` incident
             // says what is missing).
             self.publish(self.next, end);
+            if !self.pending.is_empty() {
+                self.resolve_pending().await;
+            }
             return !self.past_gap(&map);
         }
         let step_end = Lsn(run_end.0.min(page.0 + self.step));
@@ -417,7 +438,11 @@ impl Follower {
             catalog
         };
         for d in found {
-            self.raise(d, &catalog).await;
+            if d.unresolved {
+                self.pending.push_back(Pending { d, ready_at: None, since: Instant::now() });
+            } else {
+                self.raise(d, &catalog).await;
+            }
         }
         for c in self.detector.take_attribute_changes() {
             self.check_columns(c).await;
@@ -428,6 +453,9 @@ impl Follower {
         // Everything read was decoded: up to the end of what was read unless a record is cut.
         let decoded = if self.next >= step_end { step_end } else { self.next };
         self.publish(decoded, end);
+        if !self.pending.is_empty() {
+            self.resolve_pending().await;
+        }
         if more {
             return false;
         }
@@ -447,8 +475,8 @@ impl Follower {
         true
     }
 
-    fn publish(&self, decoded: Lsn, durable: Lsn) {
-        let decoded = decoded.min(durable.max(decoded));
+    fn publish(&mut self, decoded: Lsn, durable: Lsn) {
+        self.decoded = decoded;
         self.progress.decoded.store(decoded.0, Ordering::Relaxed);
         self.rt.update(|s| {
             s.decoded_lsn = Some(decoded);
@@ -456,24 +484,53 @@ impl Follower {
         });
     }
 
-    /// A finding: judged against the catalog when a rewrite is possible, not raised twice,
-    /// recorded as an incident.
-    async fn raise(&mut self, mut d: Destruction, catalog: &crate::catalog::Snapshot) {
-        let mut catalog = Arc::new(catalog.clone());
-        if d.unresolved {
-            // A new file the catalog does not know yet may be the dropped table's new file (a
-            // rewrite): ask the catalog now. If it cannot answer, the drop stands (fail closed).
-            if let Some(db) = d.database
-                && let Err(e) = crate::catalog::refresh_now(&self.rt, &[db]).await
-            {
-                tracing::warn!(cluster = %self.rt.cluster.name, error = %e, "cannot ask the catalog whether dropped files were rewritten: raising the drop");
+    /// Findings whose drops wait for the catalog: read it (with the server's WAL position
+    /// after it), then judge each once the WAL up to that position is decoded, so that the
+    /// detector has seen every transaction the catalog shows (a rewrite's new file may have
+    /// been rewritten again since). A catalog that cannot be read, or WAL that does not come
+    /// within [`PENDING_LIMIT`], leaves the drop standing (fail closed).
+    async fn resolve_pending(&mut self) {
+        let dbs: Vec<u32> = {
+            let mut v: Vec<u32> =
+                self.pending.iter().filter(|p| p.ready_at.is_none()).filter_map(|p| p.d.database).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if self.pending.iter().any(|p| p.ready_at.is_none()) {
+            let mut at = crate::catalog::refresh_now(&self.rt, &dbs).await;
+            if matches!(at, Ok(None)) {
+                // The first read only learnt the databases' names: read again, by name.
+                at = crate::catalog::refresh_now(&self.rt, &dbs).await;
             }
-            catalog = self.sync_catalog();
-            match self.detector.resolve(d) {
-                Some(r) => d = r,
-                None => return,
+            let at = match at {
+                Ok(Some(l)) => l,
+                Ok(None) => self.decoded,
+                Err(e) => {
+                    tracing::warn!(cluster = %self.rt.cluster.name, error = %e, "cannot ask the catalog whether dropped files were rewritten: judging with what is known");
+                    self.decoded
+                }
+            };
+            for p in self.pending.iter_mut().filter(|p| p.ready_at.is_none()) {
+                p.ready_at = Some(at);
             }
         }
+        while let Some(p) = self.pending.front() {
+            let ready = p.ready_at.is_some_and(|at| self.decoded >= at) || p.since.elapsed() > PENDING_LIMIT;
+            if !ready {
+                break;
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            let catalog = self.sync_catalog();
+            tracing::debug!(cluster = %self.rt.cluster.name, xid = p.d.xid, dropped = ?p.d.dropped, new = ?p.d.new_files, "judging dropped files against the catalog");
+            if let Some(d) = self.detector.resolve(p.d) {
+                self.raise(d, &catalog).await;
+            }
+        }
+    }
+
+    /// A finding: not raised twice, recorded as an incident.
+    async fn raise(&mut self, d: Destruction, catalog: &crate::catalog::Snapshot) {
         if self.recorded.contains(&(d.kind.as_str().to_string(), d.lsn)) {
             return;
         }
@@ -488,7 +545,7 @@ impl Follower {
             return;
         }
         self.recorded.insert((d.kind.as_str().to_string(), d.lsn));
-        self.rt.destruction(&d, &catalog).await;
+        self.rt.destruction(&d, catalog).await;
     }
 
     /// A committed transaction updated `pg_attribute`: which columns (live in the baseline)
