@@ -608,18 +608,18 @@ fn a_slow_drip_of_small_deletes_is_one_incident_undone_from_before_the_first() {
     let before = pg.psql(tenant).unwrap();
     assert!(before.starts_with("50400:"), "{before}");
     s.wait_decoded();
-    // 200 transactions of 252 customers (and 252 cascaded orders) each.
-    let mut xids = Vec::new();
-    for i in 0..200 {
-        xids.push(s.xid_of(
-            "postgres",
-            &format!(
-                "DELETE FROM customers WHERE merchant_id = 7 AND id > {} AND id <= {}",
+    // 200 transactions of 252 customers (and 252 cascaded orders) each, from one session.
+    let script: String = (0..200)
+        .map(|i| {
+            format!(
+                "BEGIN; DELETE FROM customers WHERE merchant_id = 7 AND id > {} AND id <= {}; SELECT txid_current(); COMMIT;\n",
                 i * 252,
                 (i + 1) * 252
-            ),
-        ));
-    }
+            )
+        })
+        .collect();
+    let xids: Vec<u32> = pg.psql(&script).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(xids.len(), 200);
     assert_eq!(pg.psql("SELECT count(*) FROM customers WHERE merchant_id = 7").unwrap(), "0");
     s.wait_decoded();
     let incidents = s.incidents();
