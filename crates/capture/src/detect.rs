@@ -490,11 +490,13 @@ impl Detector {
     /// `xid` — or by a later rewrite that dropped a file `xid` first wrote — with at least 5 %
     /// of those pages. Told by the table the new file belongs to, never by volume alone: a
     /// copy written into another table is not a rewrite.
-    fn rewrote(&self, xid: u32, table: u32, pages: u64) -> bool {
+    /// `any_kind`: the dropped file's kind is unknown (it lived between two catalog
+    /// snapshots), so the table's index files count too (REINDEX of a rewrite's new index).
+    fn rewrote(&self, xid: u32, table: u32, pages: u64, any_kind: bool) -> bool {
         let mut frontier: Vec<RelFileNode> = self
             .rels
             .iter()
-            .filter(|(_, m)| m.table_oid == table && m.relkind != 'i')
+            .filter(|(_, m)| m.table_oid == table && (any_kind || m.relkind != 'i'))
             .map(|(f, _)| *f)
             .collect();
         let mut seen: std::collections::HashSet<RelFileNode> = frontier.iter().copied().collect();
@@ -519,23 +521,14 @@ impl Detector {
     /// unless it is an index, or its table was rewritten by the transaction (see
     /// [`Detector::rewrote`]).
     fn judge_drops(&self, xid: u32, dropped: &[(RelFileNode, u64)]) -> Vec<(RelFileNode, u64)> {
-        let mut per_table: HashMap<u32, u64> = HashMap::new();
-        let tables: Vec<(RelFileNode, u64, Option<u32>, bool)> = dropped
-            .iter()
-            .map(|&(f, pages)| {
-                let index = self.rels.get(&f).is_some_and(|m| m.relkind == 'i');
-                let t = self.table_of(&f, 8);
-                if let Some(t) = t {
-                    *per_table.entry(t).or_default() += pages;
-                }
-                (f, pages, t, index)
-            })
-            .collect();
         let mut destroyed = Vec::new();
-        for (f, pages, table, index) in tables {
-            match table {
-                _ if index => {}
-                Some(t) if self.rewrote(xid, t, per_table[&t]) => {}
+        for &(f, pages) in dropped {
+            let meta = self.rels.get(&f);
+            if meta.is_some_and(|m| m.relkind == 'i') {
+                continue;
+            }
+            match self.table_of(&f, 8) {
+                Some(t) if self.rewrote(xid, t, pages, meta.is_none()) => {}
                 _ => destroyed.push((f, pages)),
             }
         }
