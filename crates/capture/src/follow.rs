@@ -363,32 +363,11 @@ impl Follower {
             }
         };
         self.blind_now = false;
-        let mut reader = WalReader::new(&wal, page, seg_size);
-        let mut found = Vec::new();
-        let mut resync = None;
-        let mut bad_records = Vec::new();
-        for rec in reader.by_ref() {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    resync = Some(e);
-                    break;
-                }
-            };
-            if rec.lsn < self.next {
-                continue;
-            }
-            match self.detector.record(&rec) {
-                Ok(Some(d)) => found.push(d),
-                Ok(None) => {}
-                Err(e) => bad_records.push((rec.lsn, rec.header.xid, e)),
-            }
-        }
         let before = self.next;
-        if let Some(n) = reader.next_lsn() {
-            self.next = self.next.max(n);
-        }
-        for (lsn, xid, e) in bad_records {
+        let stretch = decode_stretch(&mut self.detector, &wal, page, self.next, seg_size);
+        let found = stretch.found;
+        self.next = stretch.next;
+        for (lsn, xid, e) in stretch.undecodable {
             self.blind(
                 format!(
                     "the destruction detector cannot decode the WAL record at {lsn} (transaction {xid}): {e}. What it \
@@ -398,16 +377,8 @@ impl Follower {
             )
             .await;
         }
-        let resynced = resync.is_some();
-        if let Some(e) = resync {
-            let at = match &e {
-                pgfmt::wal::WalError::BadPage { lsn, .. } | pgfmt::wal::WalError::BadRecord { lsn, .. } => {
-                    *lsn
-                }
-                pgfmt::wal::WalError::Unaligned(l) => *l,
-            };
-            let at = at.max(self.next);
-            let resume = Lsn(at.0 - at.0 % PAGE + PAGE);
+        let resynced = stretch.unreadable.is_some();
+        if let Some((at, resume, e)) = stretch.unreadable {
             self.blind(
                 format!(
                     "the destruction detector cannot read the stored WAL at {at}: {e}. WAL {at}..{resume} was not checked \
@@ -416,11 +387,7 @@ impl Follower {
                 at,
             )
             .await;
-            self.next = resume;
-        } else if reader.stop_reason() == ReaderStop::NeedMoreData
-            && self.next == before
-            && step_end < run_end
-        {
+        } else if stretch.stop == ReaderStop::NeedMoreData && self.next == before && step_end < run_end {
             // One record larger than the step: read more at once.
             self.step = self.step.saturating_mul(2).min(2 << 30);
         } else {
@@ -619,6 +586,70 @@ impl Follower {
             self.rt.destruction(&d, &catalog).await;
         }
     }
+}
+
+/// What one stretch of stored WAL held, for [`decode_stretch`].
+#[derive(Debug)]
+pub struct Stretch {
+    /// Findings, in WAL order.
+    pub found: Vec<Destruction>,
+    /// Records whose body the detector cannot decode: (LSN, xid, why).
+    pub undecodable: Vec<(Lsn, u32, pgfmt::wal::WalError)>,
+    /// WAL that cannot be read (a page or record that fails its checks): where, where reading
+    /// goes on (the next page: its header says how much of a continued record to skip), why.
+    pub unreadable: Option<(Lsn, Lsn, pgfmt::wal::WalError)>,
+    /// Where the next record starts (or reading goes on).
+    pub next: Lsn,
+    /// Why the reader stopped.
+    pub stop: ReaderStop,
+}
+
+/// Feeds the records of `wal` (stored WAL starting at page `page`) from `next` on to the
+/// detector. Never passes over anything silently: records it cannot decode and WAL it cannot
+/// read are returned for the caller to raise; after unreadable WAL, reading can go on from the
+/// next page.
+pub fn decode_stretch(detector: &mut Detector, wal: &[u8], page: Lsn, next: Lsn, seg_size: u64) -> Stretch {
+    let mut reader = WalReader::new(wal, page, seg_size);
+    let mut out = Stretch {
+        found: Vec::new(),
+        undecodable: Vec::new(),
+        unreadable: None,
+        next,
+        stop: ReaderStop::NotYet,
+    };
+    let mut error = None;
+    for rec in reader.by_ref() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        if rec.lsn < next {
+            continue;
+        }
+        match detector.record(&rec) {
+            Ok(Some(d)) => out.found.push(d),
+            Ok(None) => {}
+            Err(e) => out.undecodable.push((rec.lsn, rec.header.xid, e)),
+        }
+    }
+    if let Some(n) = reader.next_lsn() {
+        out.next = out.next.max(n);
+    }
+    out.stop = reader.stop_reason();
+    if let Some(e) = error {
+        let at = match &e {
+            pgfmt::wal::WalError::BadPage { lsn, .. } | pgfmt::wal::WalError::BadRecord { lsn, .. } => *lsn,
+            pgfmt::wal::WalError::Unaligned(l) => *l,
+        };
+        let at = at.max(out.next);
+        let resume = Lsn(at.0 - at.0 % PAGE + PAGE);
+        out.next = resume;
+        out.unreadable = Some((at, resume, e));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -179,3 +179,64 @@ fn destructive_transactions_are_found_with_their_xid_and_lsn() -> Result<()> {
     );
     Ok(())
 }
+
+/// Damaged WAL is never passed over silently: a record that fails its CRC is reported with
+/// where reading goes on (the next page), and destruction after it — a DROP TABLE — is still
+/// found. (The vault raises the report as a `detector_blind` incident.)
+#[test]
+fn damaged_wal_is_reported_and_reading_goes_on_after_it() -> Result<()> {
+    let pg = TempPg::start()?;
+    let start: Lsn = pg.psql("SELECT pg_current_wal_lsn()")?.parse()?;
+    pg.psql("CREATE TABLE victim AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 2000) g")?;
+    let damage_from: Lsn = pg.psql("SELECT pg_current_wal_lsn()")?.parse()?;
+    pg.psql("CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g")?;
+    let dropped = xid_of(&pg, "DROP TABLE victim")?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?.parse()?;
+    let page = Lsn(start.0 - start.0 % 8192);
+    let mut wal = Vec::new();
+    let mut seg = page.0 / SEG;
+    while seg * SEG < end.0 {
+        let name = pgfmt::segment_name(pgfmt::TimelineId(1), seg, SEG);
+        let bytes = std::fs::read(pg.data_dir().join("pg_wal").join(&name)).with_context(|| name.clone())?;
+        let from = if seg == page.0 / SEG { (page.0 % SEG) as usize } else { 0 };
+        wal.extend_from_slice(&bytes[from..]);
+        seg += 1;
+    }
+    // One flipped byte in the middle of the filler's WAL (not a page header).
+    let at = (damage_from.0 - page.0) as usize + 40_000;
+    let at = at - at % 8192 + 4000;
+    wal[at] ^= 0xff;
+
+    let mut detector = Detector::new(Thresholds::default());
+    let (mut next, mut found, mut unreadable) = (start, Vec::new(), Vec::new());
+    while next < end {
+        let from = Lsn(next.0 - next.0 % 8192);
+        let s = capture::follow::decode_stretch(
+            &mut detector,
+            &wal[(from.0 - page.0) as usize..],
+            from,
+            next,
+            SEG,
+        );
+        found.extend(s.found.into_iter().filter_map(|f| detector.resolve(f)));
+        ensure!(s.undecodable.is_empty(), "{:?}", s.undecodable);
+        match s.unreadable {
+            Some((bad, resume, e)) => unreadable.push((bad, resume, e.to_string())),
+            None => break,
+        }
+        next = s.next;
+    }
+    ensure!(unreadable.len() == 1, "the damage is reported once: {unreadable:?}");
+    let (bad, resume, _) = &unreadable[0];
+    let damaged = Lsn(page.0 + at as u64);
+    ensure!(
+        *bad <= damaged && damaged < *resume && resume.0 % 8192 == 0,
+        "{unreadable:?} (damage at {damaged})"
+    );
+    ensure!(
+        found.iter().any(|f| f.kind == Kind::RelationsDropped && f.xid == dropped),
+        "the DROP after the damage is found: {found:?}"
+    );
+    Ok(())
+}
