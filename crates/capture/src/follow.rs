@@ -189,6 +189,8 @@ struct Follower {
     blind_now: bool,
     /// Findings waiting for the catalog, in WAL order.
     pending: VecDeque<Pending>,
+    /// `pg_attribute` changes whose catalog check failed, with when first tried.
+    columns_pending: Vec<(AttributeChange, Instant)>,
     /// The stored WAL before this is decoded.
     decoded: Lsn,
 }
@@ -227,6 +229,7 @@ async fn follow(rt: Arc<ClusterRuntime>, progress: Arc<Progress>, mut shutdown: 
         live_columns: HashMap::new(),
         blind_now: false,
         pending: VecDeque::new(),
+        columns_pending: Vec::new(),
         decoded: start,
     };
     loop {
@@ -329,15 +332,14 @@ impl Follower {
         }
         let catalog = self.sync_catalog();
         let Some(seg_size) = rt.archive.segment_size() else { return true };
-        let map = rt.archive.map();
         if self.next.0 == 0 {
-            match map.first(self.tli) {
+            match rt.archive.with_map(|m| m.first(self.tli)) {
                 Some(p) => self.next = p.start,
                 None => return true,
             }
         }
         let page = Lsn(self.next.0 - self.next.0 % PAGE);
-        let run_end = map.contiguous_end(self.tli, page);
+        let run_end = rt.archive.with_map(|m| m.contiguous_end(self.tli, page));
         if run_end <= self.next {
             // Nothing stored from here: caught up, or a gap (the stream's `wal_gap` incident
             // says what is missing).
@@ -345,7 +347,10 @@ impl Follower {
             if !self.pending.is_empty() {
                 self.resolve_pending().await;
             }
-            return !self.past_gap(&map);
+            for (c, since) in std::mem::take(&mut self.columns_pending) {
+                self.check_columns(c, since).await;
+            }
+            return !self.past_gap();
         }
         let step_end = Lsn(run_end.0.min(page.0 + self.step));
         let wal = match rt.archive.read_range(self.tli, page, step_end).await {
@@ -414,8 +419,20 @@ impl Follower {
                 self.raise(d, &catalog).await;
             }
         }
+        // One catalog read per database per step, however many DDL transactions it holds (a
+        // migration): the columns found dropped go to the step's first such transaction of that
+        // database, whose restore target is then before every one of them.
+        let mut firsts: Vec<AttributeChange> = Vec::new();
         for c in self.detector.take_attribute_changes() {
-            self.check_columns(c).await;
+            if !firsts.iter().any(|f| f.db == c.db) {
+                firsts.push(c);
+            }
+        }
+        // Checks that failed (the server restarting, say) are retried at each step; only a
+        // catalog unreachable for longer than the bound makes the detector blind to DROP COLUMN.
+        let retry: Vec<(AttributeChange, Instant)> = std::mem::take(&mut self.columns_pending);
+        for (c, since) in retry.into_iter().chain(firsts.into_iter().map(|c| (c, Instant::now()))) {
+            self.check_columns(c, since).await;
         }
         if !self.blind_now {
             rt.clear_incidents(&[BLIND]);
@@ -430,13 +447,20 @@ impl Follower {
             return false;
         }
         // All of this run is read; a record cut by a gap after it cannot be completed.
-        !(self.next == before && self.past_gap(&map))
+        !(self.next == before && self.past_gap())
     }
 
     /// When stored WAL follows a gap after the current position, moves there (from the first
     /// page boundary: a run starting mid-page cannot be parsed before it) and returns true.
-    fn past_gap(&mut self, map: &crate::walmap::WalMap) -> bool {
-        let Some(s) = map.runs(self.tli).into_iter().map(|r| r.0).find(|s| *s > self.next) else {
+    fn past_gap(&mut self) -> bool {
+        // The first stored piece after the end of the stored run holding (or ending at) here:
+        // the next run, after a gap (range queries: cheap when caught up).
+        let (tli, next) = (self.tli, self.next);
+        let after = self.rt.archive.with_map(|m| {
+            let end = m.contiguous_end(tli, Lsn(next.0 - next.0 % PAGE)).max(next);
+            m.pieces_in(tli, end, Lsn(u64::MAX)).into_iter().map(|p| p.start).find(|s| *s >= end && *s > next)
+        });
+        let Some(s) = after else {
             return false;
         };
         let resume = if s.0 % PAGE == 0 { s } else { Lsn(s.0 + PAGE - s.0 % PAGE) };
@@ -520,7 +544,7 @@ impl Follower {
 
     /// A committed transaction updated `pg_attribute`: which columns (live in the baseline)
     /// does the catalog now show dropped? Those of tables holding data are an incident.
-    async fn check_columns(&mut self, c: AttributeChange) {
+    async fn check_columns(&mut self, c: AttributeChange, since: Instant) {
         if c.lsn < self.replay_until && self.recorded.iter().any(|(_, l)| *l == c.lsn) {
             return;
         }
@@ -529,6 +553,11 @@ impl Follower {
             return;
         }
         if let Err(e) = crate::catalog::refresh_now(&self.rt, &[c.db]).await {
+            if since.elapsed() < self.rt.cluster.detector_max_lag {
+                tracing::warn!(cluster = %self.rt.cluster.name, error = %e, xid = c.xid, "cannot read the catalog to check a pg_attribute change: retrying");
+                self.columns_pending.push((c, since));
+                return;
+            }
             self.blind(
                 format!(
                     "transaction {} changed columns (pg_attribute) at {}, and the catalog cannot be asked which: {e}. \
