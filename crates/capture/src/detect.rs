@@ -650,7 +650,12 @@ impl Detector {
         // Data files dropped while new files were written: a rewrite or not is decided once
         // the catalog shows where the new files went (the caller resolves it). Without new
         // files (DROP TABLE, TRUNCATE of a table without indexes) it is decided now.
-        let unresolved = !dropped.is_empty() && !new_files.is_empty();
+        // Only a new file with at least 5 % of a dropped data file's pages can make that file
+        // a rewrite (TRUNCATE's new index metapages cannot): otherwise decided now, at once.
+        let unresolved = dropped.iter().any(|(f, pages)| {
+            self.rels.get(f).is_none_or(|m| m.relkind != 'i')
+                && open.new_pages.values().any(|w| w.saturating_mul(20) >= *pages)
+        });
         let destroyed = if unresolved { Vec::new() } else { self.judge_drops(xid, &dropped) };
         if !dropped.is_empty() {
             tracing::debug!(
@@ -1007,17 +1012,14 @@ mod tests {
         let second = d.feed(Lsn(99), 16, &commit(vec![rel(63)])).unwrap();
         d.set_relations([(rel(64), meta(602, 'r'))]);
         assert_eq!((d.resolve(first), d.resolve(second)), (None, None), "two rewrites in a row");
-        // TRUNCATE: new files get one metapage per index, nothing else; the new index file is
-        // not in the catalog yet, so the caller is asked to look (it could have been the
-        // table's new file), and the answer leaves the table's file destroyed, not its index.
+        // TRUNCATE: new files get one metapage per index, nothing else — too little to hold
+        // the table, so no catalog is needed; the table's file is destroyed, not its index.
         d.set_relations([(rel(40), meta(700, 'r')), (rel(41), meta(700, 'i'))]);
         d.seed([(rel(40), 100), (rel(41), 30)]);
         d.feed(Lsn(100), 10, &RecordKind::Other);
         d.note_written(10, [(rel(51), 0)]);
         let f = d.feed(Lsn(105), 10, &commit(vec![rel(40), rel(41)])).unwrap();
-        assert!(f.unresolved, "{f:?}");
-        d.set_relations([(rel(51), meta(700, 'i'))]);
-        let f = d.resolve(f).unwrap();
+        assert!(!f.unresolved, "a metapage cannot hold a 100-page table: decided at once");
         assert_eq!(
             (f.kind, f.dropped.clone()),
             (Kind::RelationsDropped, vec![(rel(40), 100)]),

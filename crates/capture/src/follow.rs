@@ -412,10 +412,9 @@ impl Follower {
         for d in found {
             if d.unresolved {
                 self.pending.push_back(Pending { d, ready_at: None, since: Instant::now() });
-            } else if !self.pending.is_empty() {
-                // Behind one that waits: incidents keep the WAL's order (and their numbers).
-                self.pending.push_back(Pending { d, ready_at: Some(Lsn(0)), since: Instant::now() });
             } else {
+                // Not held behind one that waits for the catalog: alerting now matters more than
+                // incidents numbered in WAL order.
                 self.raise(d, &catalog).await;
             }
         }
