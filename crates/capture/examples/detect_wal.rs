@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             }
             records += 1;
-            if detector.record(&rec).is_some() {
+            if detector.record(&rec)?.is_some() {
                 findings += 1;
             }
         }

@@ -159,6 +159,11 @@ impl WalArchive {
         self.lock().map.clone()
     }
 
+    /// Reads the coverage map without copying it (the detector asks at every step).
+    pub fn with_map<R>(&self, f: impl FnOnce(&WalMap) -> R) -> R {
+        f(&self.lock().map)
+    }
+
     /// Whether the history file of `tli` is stored.
     pub fn has_history(&self, tli: TimelineId) -> bool {
         self.lock().histories.contains_key(&tli.0)

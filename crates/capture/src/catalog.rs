@@ -39,6 +39,20 @@ pub struct RelInfo {
     pub bytes: u64,
     /// The table's estimated rows (`reltuples`), `None` when never analysed.
     pub rows: Option<u64>,
+    /// The OID of the table it belongs to (stays when the table gets a new file: a rewrite
+    /// or TRUNCATE).
+    pub table_oid: u32,
+    /// For a table's own file: its user columns, dropped ones included (`attisdropped`).
+    pub columns: Vec<Column>,
+}
+
+/// One user column of a table (`pg_attribute`, `attnum > 0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub attnum: i16,
+    /// Its name; a dropped column's is PostgreSQL's placeholder (`........pg.dropped.N........`).
+    pub name: String,
+    pub dropped: bool,
 }
 
 /// The merged catalog of every database of a cluster.
@@ -46,6 +60,8 @@ pub struct RelInfo {
 pub struct Snapshot {
     databases: HashMap<u32, String>,
     relations: HashMap<RelFileNode, (RelInfo, u64)>,
+    /// (database, table OID) → the table's current main file.
+    tables: HashMap<(u32, u32), RelFileNode>,
     /// Refreshes merged so far.
     generation: u64,
 }
@@ -71,6 +87,27 @@ impl Snapshot {
         self.relations.iter().filter(move |(k, _)| k.db == db).map(|(k, (r, _))| (k, r))
     }
 
+    /// Every relation file known (dropped ones too, for a while).
+    pub fn relations(&self) -> impl Iterator<Item = (&RelFileNode, &RelInfo)> {
+        self.relations.iter().map(|(k, (r, _))| (k, r))
+    }
+
+    /// The current main file of table `table_oid` in database `db`.
+    pub fn table_file_of(&self, db: u32, table_oid: u32) -> Option<RelFileNode> {
+        self.tables.get(&(db, table_oid)).copied()
+    }
+
+    /// The columns of table `table_oid` in database `db`, as last read.
+    pub fn columns_of(&self, db: u32, table_oid: u32) -> Option<&[Column]> {
+        let file = self.tables.get(&(db, table_oid))?;
+        self.relations.get(file).map(|(r, _)| r.columns.as_slice())
+    }
+
+    /// Every table's columns: ((database, table OID), columns).
+    pub fn columns(&self) -> impl Iterator<Item = (&(u32, u32), &[Column])> {
+        self.tables.iter().filter_map(|(k, f)| Some((k, self.relations.get(f)?.0.columns.as_slice())))
+    }
+
     /// The estimated rows of each table's main file, for the detector's share threshold.
     pub fn table_rows(&self) -> impl Iterator<Item = (RelFileNode, u64)> + '_ {
         self.relations.iter().filter_map(|(k, (r, _))| (r.table_file == *k).then_some((*k, r.rows?)))
@@ -87,9 +124,14 @@ impl Snapshot {
         let g = self.generation;
         self.databases.extend(databases);
         for (k, r) in relations {
+            if r.table_file == k && matches!(r.relkind, 'r' | 'm') {
+                self.tables.insert((k.db, r.table_oid), k);
+            }
             self.relations.insert(k, (r, g));
         }
         self.relations.retain(|_, (_, seen)| g - *seen <= KEEP_UNSEEN);
+        let relations = &self.relations;
+        self.tables.retain(|_, f| relations.contains_key(f));
     }
 }
 
@@ -103,7 +145,7 @@ SELECT pg_relation_filenode(c.oid) AS filenode,
        CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END AS spc,
        d.oid AS db,
        tn.nspname AS schema, t.relname AS table_name, c.relname AS relation, c.relkind AS relkind,
-       pg_relation_filenode(t.oid) AS table_filenode,
+       pg_relation_filenode(t.oid) AS table_filenode, t.oid AS table_oid,
        CASE WHEN t.reltablespace = 0 THEN d.dattablespace ELSE t.reltablespace END AS table_spc,
        c.relpages::bigint * current_setting('block_size')::bigint AS bytes,
        t.reltuples::bigint AS rows
@@ -116,10 +158,34 @@ JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE c.relkind IN ('r', 'i', 't', 'm', 'S') AND NOT c.relisshared
   AND pg_relation_filenode(c.oid) IS NOT NULL";
 
-/// Reads one database's relations over an open session.
+/// Every user table's columns, dropped ones too: what DROP COLUMN is told by. Catalogs only.
+const COLUMNS_SQL: &str = "\
+SELECT a.attrelid AS table_oid, a.attnum, a.attname, a.attisdropped
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+WHERE a.attnum > 0 AND c.relkind IN ('r', 'm')
+  AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+ORDER BY a.attrelid, a.attnum";
+
+/// Reads one database's relations (and tables' columns) over an open session.
 pub async fn read_relations(
     conn: &mut ReplicationConnection,
 ) -> Result<Vec<(RelFileNode, RelInfo)>, pgproto::Error> {
+    let mut columns: HashMap<u32, Vec<Column>> = HashMap::new();
+    for set in conn.simple_query(COLUMNS_SQL).await? {
+        for row in 0..set.rows.len() {
+            let (Some(oid), Some(attnum)) = (
+                set.get(row, "table_oid").and_then(|v| v.parse::<u32>().ok()),
+                set.get(row, "attnum").and_then(|v| v.parse::<i16>().ok()),
+            ) else {
+                continue;
+            };
+            columns.entry(oid).or_default().push(Column {
+                attnum,
+                name: set.get(row, "attname").unwrap_or_default().to_string(),
+                dropped: set.get(row, "attisdropped") == Some("t"),
+            });
+        }
+    }
     let mut out = Vec::new();
     for set in conn.simple_query(RELATIONS_SQL).await? {
         for row in 0..set.rows.len() {
@@ -145,6 +211,12 @@ pub async fn read_relations(
                     bytes: num("bytes").unwrap_or(0).max(0) as u64,
                     // -1: never vacuumed or analysed.
                     rows: num("rows").filter(|r| *r >= 0).map(|r| r as u64),
+                    table_oid: num("table_oid").unwrap_or(0) as u32,
+                    columns: if table_file == key {
+                        num("table_oid").and_then(|o| columns.remove(&(o as u32))).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
                 },
             ));
         }
@@ -156,7 +228,14 @@ pub async fn read_relations(
 #[derive(Default)]
 struct Sessions {
     by_db: HashMap<String, ReplicationConnection>,
+    /// The server's WAL position read after the catalog (see [`refresh_now`]).
+    lsn: Option<pgfmt::Lsn>,
 }
+
+/// The server's WAL position: every commit the catalog showed before this is in the WAL
+/// before it.
+const LSN_SQL: &str =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn";
 
 impl Sessions {
     async fn get(
@@ -195,11 +274,19 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
         let mut errors = Vec::new();
         for (_, name) in &names {
             let r = match sessions.get(rt, name).await {
-                Ok(c) => read_relations(c).await,
+                Ok(c) => match read_relations(c).await {
+                    // Read after the catalog: the catalog shows no commit after it.
+                    Ok(rels) => c.simple_query(LSN_SQL).await.map(|sets| (rels, sets)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match r {
-                Ok(rels) => relations.extend(rels),
+                Ok((rels, sets)) => {
+                    relations.extend(rels);
+                    let lsn = sets.first().and_then(|s| s.get(0, "lsn")).and_then(|l| l.parse().ok());
+                    sessions.lsn = sessions.lsn.max(lsn);
+                }
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
@@ -263,6 +350,19 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
+/// Refreshes databases `dbs` now, on sessions of its own (the detector asks, to judge a
+/// transaction it just decoded).
+/// Returns the server's WAL position read after the catalog: once the WAL up to it is
+/// decoded, the detector has seen every transaction the catalog shows.
+pub(crate) async fn refresh_now(rt: &ClusterRuntime, dbs: &[u32]) -> Result<Option<pgfmt::Lsn>, String> {
+    let mut sessions = Sessions::default();
+    let r = refresh(rt, &mut sessions, dbs).await;
+    for (_, c) in sessions.by_db.drain() {
+        let _ = c.close().await;
+    }
+    r.map(|()| sessions.lsn)
+}
+
 /// Keeps the cluster's catalog snapshot fresh: at start, every `catalog_refresh`, and soon
 /// after the detector meets a relation file the snapshot does not know. Failures are logged
 /// (once per episode) and leave names as OIDs; they never stop detection.
@@ -319,6 +419,8 @@ mod tests {
             table_file: RelFileNode { spc: 1663, db: 5, rel: file },
             bytes: 8192,
             rows: Some(10),
+            table_oid: file,
+            columns: Vec::new(),
         }
     }
 

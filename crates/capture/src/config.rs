@@ -91,6 +91,27 @@ pub struct ClusterConfig {
     /// See `mass_change_share` (default 1000).
     #[serde(default)]
     pub mass_change_min_rows: Option<u64>,
+    /// Deletes of many small transactions add up over this sliding window of commit time, in
+    /// seconds (default 600).
+    #[serde(default)]
+    pub window_seconds: Option<u64>,
+    /// More rows than this deleted from one table within the window, by transactions each
+    /// under the per-transaction thresholds, raise one `cumulative_delete` incident (default
+    /// 50000).
+    #[serde(default)]
+    pub window_table_delete_rows: Option<u64>,
+    /// More rows than this deleted in one database within the window raise one too (default
+    /// 100000).
+    #[serde(default)]
+    pub window_database_delete_rows: Option<u64>,
+    /// At least this share of one table's estimated rows deleted within the window raises one
+    /// too (0 < share ≤ 1, default 0.2; tables of at least `mass_change_min_rows` rows).
+    #[serde(default)]
+    pub window_delete_share: Option<f64>,
+    /// WAL durable in the vault and not decoded by the destruction detector for longer than
+    /// this raises `detector_behind`, in seconds (default 30).
+    #[serde(default)]
+    pub detector_max_lag_seconds: Option<u64>,
     /// The role of the read-only catalog sessions that name databases and tables in incidents
     /// (default: `user`, with its password). It needs LOGIN and CONNECT on the databases, and
     /// a `pg_hba.conf` line for ordinary (not `replication`) connections; no grant on any
@@ -138,6 +159,8 @@ pub struct Cluster {
     pub connection_grace: Duration,
     /// See [`ClusterConfig::stall_grace_seconds`].
     pub stall_grace: Duration,
+    /// See [`ClusterConfig::detector_max_lag_seconds`].
+    pub detector_max_lag: Duration,
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
@@ -155,6 +178,16 @@ pub const DEFAULT_MASS_UPDATE_ROWS: u64 = 10_000;
 pub const DEFAULT_MASS_CHANGE_SHARE: f64 = 0.5;
 /// Default of [`ClusterConfig::mass_change_min_rows`].
 pub const DEFAULT_MASS_CHANGE_MIN_ROWS: u64 = 1000;
+/// Default of [`ClusterConfig::window_seconds`].
+pub const DEFAULT_WINDOW_SECONDS: u64 = 600;
+/// Default of [`ClusterConfig::window_table_delete_rows`].
+pub const DEFAULT_WINDOW_TABLE_DELETE_ROWS: u64 = 50_000;
+/// Default of [`ClusterConfig::window_database_delete_rows`].
+pub const DEFAULT_WINDOW_DATABASE_DELETE_ROWS: u64 = 100_000;
+/// Default of [`ClusterConfig::window_delete_share`].
+pub const DEFAULT_WINDOW_DELETE_SHARE: f64 = 0.2;
+/// Default of [`ClusterConfig::detector_max_lag_seconds`].
+pub const DEFAULT_DETECTOR_MAX_LAG: Duration = Duration::from_secs(30);
 /// Default of [`ClusterConfig::catalog_refresh_seconds`].
 pub const DEFAULT_CATALOG_REFRESH: Duration = Duration::from_secs(15);
 /// Default of [`Cluster::wal_wait`].
@@ -195,6 +228,22 @@ impl ClusterConfig {
             return Err(bad(format!(
                 "mass_change_share = {share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 0.5"
             )));
+        }
+        let window_share = self.window_delete_share.unwrap_or(DEFAULT_WINDOW_DELETE_SHARE);
+        if !(window_share > 0.0 && window_share <= 1.0) {
+            return Err(bad(format!(
+                "window_delete_share = {window_share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 0.2"
+            )));
+        }
+        let window_seconds = self.window_seconds.unwrap_or(DEFAULT_WINDOW_SECONDS);
+        if window_seconds == 0 {
+            return Err(bad(
+                "window_seconds must be at least 1 (deletes add up over that many seconds)".into()
+            ));
+        }
+        let max_lag = self.detector_max_lag_seconds.map_or(DEFAULT_DETECTOR_MAX_LAG, Duration::from_secs);
+        if max_lag.is_zero() {
+            return Err(bad("detector_max_lag_seconds must be at least 1".into()));
         }
         let refresh = self.catalog_refresh_seconds.map_or(DEFAULT_CATALOG_REFRESH, Duration::from_secs);
         if refresh.is_zero() {
@@ -266,7 +315,16 @@ impl ClusterConfig {
                 mass_update_rows: self.mass_update_rows.unwrap_or(DEFAULT_MASS_UPDATE_ROWS),
                 mass_change_share: share,
                 mass_change_min_rows: self.mass_change_min_rows.unwrap_or(DEFAULT_MASS_CHANGE_MIN_ROWS),
+                window_seconds,
+                window_table_delete_rows: self
+                    .window_table_delete_rows
+                    .unwrap_or(DEFAULT_WINDOW_TABLE_DELETE_ROWS),
+                window_database_delete_rows: self
+                    .window_database_delete_rows
+                    .unwrap_or(DEFAULT_WINDOW_DATABASE_DELETE_ROWS),
+                window_delete_share: window_share,
             },
+            detector_max_lag: max_lag,
             catalog_connections,
             catalog_refresh: refresh,
             connection_grace: DEFAULT_CONNECTION_GRACE,

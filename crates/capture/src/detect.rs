@@ -1,19 +1,28 @@
 //! Destruction in the WAL, without IO: fed decoded records in WAL order, [`Detector`] reports
 //! transactions that destroyed data — a dropped database (at once, from `XLOG_DBASE_DROP`),
-//! relation files that held data dropped at commit (DROP TABLE/SCHEMA, TRUNCATE; not the
-//! maintenance rewrites, see below), and mass deletes and updates (more heap tuples deleted or
+//! table files that held data dropped at commit (DROP TABLE/SCHEMA, TRUNCATE; not maintenance
+//! rewrites, not index drops, see below), mass deletes and updates (more heap tuples deleted or
 //! updated in one transaction than a threshold, or at least a share of a table's estimated
-//! rows) — each with the point to restore to: just before that transaction. One transaction is
-//! one finding, however many tables it touched.
+//! rows), deletes dripped over many small transactions (cumulative per table and per database
+//! over a sliding window of commit time), and committed changes to `pg_attribute` for the
+//! caller to check against the catalog (DROP COLUMN) — each with the point to restore to: just
+//! before the transaction, or before the window's first contributing transaction. One
+//! transaction is one finding, however many tables it touched.
 //!
 //! Names are not this module's business: the caller maps relation files to tables with the
-//! catalog snapshot ([`crate::catalog`]) and hands the detector only the row estimates
-//! ([`Detector::set_table_rows`]) the share threshold needs.
+//! catalog snapshot ([`crate::catalog`]) and hands the detector only what its rules need: the
+//! table each file belongs to and its kind ([`Detector::set_relations`]), and tables' estimated
+//! rows ([`Detector::set_table_rows`]). The task that feeds it the stored WAL is
+//! [`crate::follow`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use pgfmt::Lsn;
 use pgfmt::wal::{RecordKind, RelFileNode};
+
+/// `pg_attribute`'s OID (`AttributeRelationId`): an update of its rows is how DROP COLUMN
+/// shows in the WAL (`attisdropped` set, the name replaced).
+pub const PG_ATTRIBUTE_OID: u32 = 1249;
 
 /// What kind of destruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -23,16 +32,24 @@ pub enum Kind {
     RelationsDropped,
     MassDelete,
     MassUpdate,
+    /// Many transactions, each under the per-transaction thresholds, that together deleted
+    /// more than the window thresholds allow.
+    CumulativeDelete,
+    /// A populated column dropped (found by the caller, see [`AttributeChange`]).
+    ColumnDropped,
 }
 
 impl Kind {
-    /// The incident kind: `database_dropped`, `relations_dropped`, `mass_delete`, `mass_update`.
+    /// The incident kind: `database_dropped`, `relations_dropped`, `mass_delete`,
+    /// `mass_update`, `cumulative_delete`, `column_dropped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::DatabaseDropped => "database_dropped",
             Kind::RelationsDropped => "relations_dropped",
             Kind::MassDelete => "mass_delete",
             Kind::MassUpdate => "mass_update",
+            Kind::CumulativeDelete => "cumulative_delete",
+            Kind::ColumnDropped => "column_dropped",
         }
     }
 }
@@ -48,18 +65,27 @@ pub enum RestoreTarget {
     BeforeXid(u32),
 }
 
-/// One destructive transaction.
+/// What the catalog says a relation file is: the OID of the table it belongs to (itself for a
+/// table; the owning table for its indexes and TOAST) and its `relkind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelMeta {
+    pub table_oid: u32,
+    pub relkind: char,
+}
+
+/// One destructive transaction (or, for [`Kind::CumulativeDelete`], the transaction that
+/// crossed a window threshold, with the window's totals).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Destruction {
     pub kind: Kind,
     pub xid: u32,
-    /// The transaction's first record seen.
+    /// The transaction's first record seen (the window's first contributing transaction's).
     pub first_lsn: Lsn,
     /// The record that made it a finding: the drop record, or the commit.
     pub lsn: Lsn,
     /// Commit time (microseconds since the Unix epoch), when committed.
     pub commit_time_us: Option<i64>,
-    /// The dropped database's OID.
+    /// The database: the dropped one, or the one the transaction ran in.
     pub database: Option<u32>,
     /// Relation files dropped at commit, with their size in pages as far as the detector saw
     /// (base backup, WAL writes).
@@ -68,7 +94,58 @@ pub struct Destruction {
     pub deleted: Vec<(RelFileNode, u64)>,
     /// Heap tuples updated, per relation file, most first.
     pub updated: Vec<(RelFileNode, u64)>,
+    /// Columns dropped: (the table's main file, column name).
+    pub columns: Vec<(RelFileNode, String)>,
+    /// Transactions that make up the finding (1 but for a window).
+    pub transactions: u64,
+    /// For a window: its first contributing transaction's commit time (µs since the epoch).
+    pub window_start_us: Option<i64>,
     pub restore_target: RestoreTarget,
+    /// Files this transaction wrote data into that were new (not known to hold data before):
+    /// a drop is a rewrite when one of them belongs to the same table.
+    #[serde(skip)]
+    pub new_files: Vec<RelFileNode>,
+    /// The drops could not be judged yet: a new file is not in the catalog. The caller
+    /// refreshes the catalog and calls [`Detector::resolve`].
+    #[serde(skip)]
+    pub unresolved: bool,
+    /// What the transaction is if its drops turn out to be a rewrite (a mass change, or nothing).
+    #[serde(skip)]
+    pub otherwise: Option<Kind>,
+}
+
+impl Destruction {
+    fn new(kind: Kind, xid: u32, first_lsn: Lsn, lsn: Lsn, restore_target: RestoreTarget) -> Self {
+        Destruction {
+            kind,
+            xid,
+            first_lsn,
+            lsn,
+            commit_time_us: None,
+            database: None,
+            dropped: Vec::new(),
+            deleted: Vec::new(),
+            updated: Vec::new(),
+            columns: Vec::new(),
+            transactions: 1,
+            window_start_us: None,
+            restore_target,
+            new_files: Vec::new(),
+            unresolved: false,
+            otherwise: None,
+        }
+    }
+}
+
+/// A committed transaction that updated `pg_attribute` rows: DROP COLUMN (among other DDL).
+/// The caller compares the catalog's columns before and after to find out which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeChange {
+    pub xid: u32,
+    pub first_lsn: Lsn,
+    pub lsn: Lsn,
+    pub db: u32,
+    pub commit_time_us: i64,
 }
 
 /// Thresholds.
@@ -82,16 +159,30 @@ pub struct Thresholds {
     /// a mass delete (update) too…
     pub mass_change_share: f64,
     /// …when that table has at least this many rows (deleting 3 of 4 rows is not an incident).
+    /// Also the floor for [`Thresholds::window_delete_share`].
     pub mass_change_min_rows: u64,
+    /// The sliding window, in seconds of commit time, over which deletes add up.
+    pub window_seconds: u64,
+    /// More rows than this deleted from one table within the window is a cumulative delete.
+    pub window_table_delete_rows: u64,
+    /// More rows than this deleted in one database within the window is one too.
+    pub window_database_delete_rows: u64,
+    /// At least this share of one table's estimated rows deleted within the window is one too.
+    pub window_delete_share: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
+        use crate::config as c;
         Thresholds {
-            mass_delete_rows: crate::config::DEFAULT_MASS_DELETE_ROWS,
-            mass_update_rows: crate::config::DEFAULT_MASS_UPDATE_ROWS,
-            mass_change_share: crate::config::DEFAULT_MASS_CHANGE_SHARE,
-            mass_change_min_rows: crate::config::DEFAULT_MASS_CHANGE_MIN_ROWS,
+            mass_delete_rows: c::DEFAULT_MASS_DELETE_ROWS,
+            mass_update_rows: c::DEFAULT_MASS_UPDATE_ROWS,
+            mass_change_share: c::DEFAULT_MASS_CHANGE_SHARE,
+            mass_change_min_rows: c::DEFAULT_MASS_CHANGE_MIN_ROWS,
+            window_seconds: c::DEFAULT_WINDOW_SECONDS,
+            window_table_delete_rows: c::DEFAULT_WINDOW_TABLE_DELETE_ROWS,
+            window_database_delete_rows: c::DEFAULT_WINDOW_DATABASE_DELETE_ROWS,
+            window_delete_share: c::DEFAULT_WINDOW_DELETE_SHARE,
         }
     }
 }
@@ -107,11 +198,13 @@ impl Thresholds {
     ) -> bool {
         let total: u64 = counts.values().sum();
         total > total_limit
-            || counts.iter().any(|(rel, n)| {
-                rows.get(rel).is_some_and(|&r| {
-                    r >= self.mass_change_min_rows && r > 0 && *n as f64 >= self.mass_change_share * r as f64
-                })
-            })
+            || counts
+                .iter()
+                .any(|(rel, n)| self.share_crossed(*n, rows.get(rel).copied(), self.mass_change_share))
+    }
+
+    fn share_crossed(&self, n: u64, rows: Option<u64>, share: f64) -> bool {
+        rows.is_some_and(|r| r >= self.mass_change_min_rows && r > 0 && n as f64 >= share * r as f64)
     }
 }
 
@@ -124,8 +217,75 @@ struct Open {
     new_pages: HashMap<RelFileNode, u64>,
 }
 
-/// The state across records: one entry per transaction in progress, and the relation files
-/// known to hold data.
+/// One committed transaction's deletes, as the window keeps them.
+#[derive(Debug)]
+struct Entry {
+    xid: u32,
+    first_lsn: Lsn,
+    commit_us: i64,
+    db: u32,
+    deleted: Vec<(RelFileNode, u64)>,
+}
+
+/// Deletes of committed transactions within the window, oldest first, with running sums.
+#[derive(Debug, Default)]
+struct Window {
+    /// Databases whose window was reported, with the last delete since: further deletes
+    /// there belong to the same episode (one incident; restoring before its first
+    /// transaction undoes them too) until the database has been quiet for a whole window.
+    reported: HashMap<u32, i64>,
+    entries: VecDeque<Entry>,
+    per_table: HashMap<RelFileNode, u64>,
+    per_db: HashMap<u32, u64>,
+}
+
+impl Window {
+    fn add(&mut self, e: Entry) {
+        for (rel, n) in &e.deleted {
+            *self.per_table.entry(*rel).or_default() += n;
+            *self.per_db.entry(e.db).or_default() += n;
+        }
+        self.entries.push_back(e);
+    }
+
+    fn subtract(per_table: &mut HashMap<RelFileNode, u64>, per_db: &mut HashMap<u32, u64>, e: &Entry) {
+        for (rel, n) in &e.deleted {
+            if let Some(v) = per_table.get_mut(rel) {
+                *v -= n;
+                if *v == 0 {
+                    per_table.remove(rel);
+                }
+            }
+            if let Some(v) = per_db.get_mut(&e.db) {
+                *v -= n;
+                if *v == 0 {
+                    per_db.remove(&e.db);
+                }
+            }
+        }
+    }
+
+    /// Forgets transactions committed before `from_us`.
+    fn expire(&mut self, from_us: i64) {
+        while self.entries.front().is_some_and(|e| e.commit_us < from_us) {
+            let e = self.entries.pop_front().expect("checked");
+            Self::subtract(&mut self.per_table, &mut self.per_db, &e);
+        }
+    }
+
+    /// Takes every entry of database `db` out of the window (it has been reported).
+    fn take_db(&mut self, db: u32) -> Vec<Entry> {
+        let (taken, kept): (Vec<Entry>, Vec<Entry>) = self.entries.drain(..).partition(|e| e.db == db);
+        self.entries = kept.into();
+        for e in &taken {
+            Self::subtract(&mut self.per_table, &mut self.per_db, e);
+        }
+        taken
+    }
+}
+
+/// The state across records: one entry per transaction in progress, the relation files known
+/// to hold data, what the catalog said about files, and the window of recent deletes.
 #[derive(Debug, Default)]
 pub struct Detector {
     thresholds: Thresholds,
@@ -136,10 +296,20 @@ pub struct Detector {
     nonempty: HashMap<RelFileNode, u64>,
     /// Estimated rows per table file, from the catalog snapshot.
     rows: HashMap<RelFileNode, u64>,
+    /// What the catalog said about relation files, merged over every snapshot (a file keeps
+    /// the table it belonged to after it is dropped).
+    rels: HashMap<RelFileNode, RelMeta>,
     /// Files first written since [`Detector::take_new_files`] was last called.
     new_files: Vec<RelFileNode>,
     /// `pg_database` rows (block, offset) updated in place, with the record's LSN.
     db_row_marked: HashMap<(u32, u16), Lsn>,
+    window: Window,
+    attribute_changes: Vec<AttributeChange>,
+    /// Files first written in the WAL followed: the transaction that wrote them first, and
+    /// the pages it wrote.
+    born: HashMap<RelFileNode, (u32, u64)>,
+    /// Files holding data each transaction dropped at commit.
+    dropped_by: HashMap<u32, Vec<(RelFileNode, u64)>>,
 }
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
@@ -156,21 +326,52 @@ pub fn relfilenode_of(path: &str) -> Option<RelFileNode> {
     Some(RelFileNode { spc, db, rel: stem.parse().ok()? })
 }
 
+fn most_first(m: HashMap<RelFileNode, u64>) -> Vec<(RelFileNode, u64)> {
+    let mut v: Vec<(RelFileNode, u64)> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.rel.cmp(&b.0.rel)));
+    v
+}
+
 impl Detector {
     pub fn new(thresholds: Thresholds) -> Detector {
         Detector { thresholds, ..Default::default() }
     }
 
-    /// The estimated rows of tables (by main file), for the share threshold; replaces what
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// The estimated rows of tables (by main file), for the share thresholds; replaces what
     /// was set before.
     pub fn set_table_rows(&mut self, rows: impl IntoIterator<Item = (RelFileNode, u64)>) {
         self.rows = rows.into_iter().collect();
+    }
+
+    /// What the catalog says relation files are; merged into what was set before (a file
+    /// dropped since still belongs to its table).
+    pub fn set_relations(&mut self, rels: impl IntoIterator<Item = (RelFileNode, RelMeta)>) {
+        self.rels.extend(rels);
+    }
+
+    /// What the catalog said about a file.
+    pub fn relation(&self, rel: &RelFileNode) -> Option<RelMeta> {
+        self.rels.get(rel).copied()
+    }
+
+    /// Whether the file is known to hold data.
+    pub fn holds_data(&self, rel: &RelFileNode) -> bool {
+        self.nonempty.contains_key(rel)
     }
 
     /// Relation files first written (seen in the WAL, not seeded) since the last call: the
     /// caller refreshes its catalog when one is new to it too.
     pub fn take_new_files(&mut self) -> Vec<RelFileNode> {
         std::mem::take(&mut self.new_files)
+    }
+
+    /// Committed transactions that updated `pg_attribute` since the last call.
+    pub fn take_attribute_changes(&mut self) -> Vec<AttributeChange> {
+        std::mem::take(&mut self.attribute_changes)
     }
 
     /// Relation files known to hold data, with their size in pages (e.g. the non-empty files
@@ -202,15 +403,19 @@ impl Detector {
         }
     }
 
-    /// One decoded record: the blocks it writes, then its kind. What callers use.
-    pub fn record(&mut self, rec: &pgfmt::wal::WalRecord) -> Option<Destruction> {
-        let kind = rec.kind().ok()?;
-        if let Ok(body) = rec.body() {
-            self.database_row(rec, &body, &kind);
-            self.open_xact(rec.lsn, rec.header.xid);
-            self.note_written(rec.header.xid, body.blocks.iter().map(|b| (b.rel, b.block)));
-        }
-        self.feed(rec.lsn, rec.header.xid, &kind)
+    /// One record: the blocks it writes, then its kind. What callers use. A record whose body
+    /// or kind cannot be decoded is an error: the caller must not pass over it silently (what
+    /// it did is unknown), though the records after it can still be read.
+    pub fn record(
+        &mut self,
+        rec: &pgfmt::wal::WalRecord,
+    ) -> Result<Option<Destruction>, pgfmt::wal::WalError> {
+        let body = rec.body()?;
+        let kind = rec.kind()?;
+        self.database_row(rec, &body, &kind);
+        self.open_xact(rec.lsn, rec.header.xid);
+        self.note_written(rec.header.xid, body.blocks.iter().map(|b| (b.rel, b.block)));
+        Ok(self.feed(rec.lsn, rec.header.xid, &kind))
     }
 
     /// DROP DATABASE (PostgreSQL 15.4 and later) first marks the database invalid with an
@@ -252,9 +457,100 @@ impl Detector {
         }
     }
 
+    /// Whether a file belongs to a user table (not a system catalog): by its table's OID when
+    /// the catalog said, else by the file number (`FirstNormalObjectId`).
+    fn is_user_file(&self, f: &RelFileNode) -> bool {
+        const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+        self.rels.get(f).map_or(f.rel, |m| m.table_oid) >= FIRST_NORMAL_OBJECT_ID
+    }
+
     /// Transactions in progress (bounded by the server's concurrency).
     pub fn in_progress(&self) -> usize {
         self.open.len()
+    }
+
+    /// The table a file belongs to: as the catalog said (`None` for an index: indexes are
+    /// rebuilt from their table, an index metapage is not data), or, for a file the catalog
+    /// never saw (it lived between two snapshots), the table whose files the transaction that
+    /// first wrote it dropped (a rewrite's new file, rewritten again before the catalog looked).
+    fn table_of(&self, f: &RelFileNode, depth: u32) -> Option<u32> {
+        match self.rels.get(f) {
+            Some(m) if m.relkind == 'i' => None,
+            Some(m) => Some(m.table_oid),
+            None if depth > 0 => {
+                let (y, _) = self.born.get(f)?;
+                self.dropped_by.get(y)?.iter().find_map(|(g, _)| self.table_of(g, depth - 1))
+            }
+            None => None,
+        }
+    }
+
+    /// Whether transaction `xid` rewrote table `table` (whose files holding `pages` pages it
+    /// dropped): a file the catalog says is that table's (not an index) was first written by
+    /// `xid` — or by a later rewrite that dropped a file `xid` first wrote — with at least 5 %
+    /// of those pages. Told by the table the new file belongs to, never by volume alone: a
+    /// copy written into another table is not a rewrite.
+    /// `any_kind`: the dropped file's kind is unknown (it lived between two catalog
+    /// snapshots), so the table's index files count too (REINDEX of a rewrite's new index).
+    fn rewrote(&self, xid: u32, table: u32, pages: u64, any_kind: bool) -> bool {
+        let mut frontier: Vec<RelFileNode> = self
+            .rels
+            .iter()
+            .filter(|(_, m)| m.table_oid == table && (any_kind || m.relkind != 'i'))
+            .map(|(f, _)| *f)
+            .collect();
+        let mut seen: std::collections::HashSet<RelFileNode> = frontier.iter().copied().collect();
+        while let Some(f) = frontier.pop() {
+            let Some(&(y, written)) = self.born.get(&f) else { continue };
+            if y == xid {
+                if written.saturating_mul(20) >= pages {
+                    return true;
+                }
+                continue;
+            }
+            for (g, _) in self.dropped_by.get(&y).into_iter().flatten() {
+                if self.rels.get(g).is_none_or(|m| m.relkind != 'i') && seen.insert(*g) {
+                    frontier.push(*g);
+                }
+            }
+        }
+        false
+    }
+
+    /// Judges the files a transaction dropped at commit that held data: a file is destroyed
+    /// unless it is an index, or its table was rewritten by the transaction (see
+    /// [`Detector::rewrote`]).
+    fn judge_drops(&self, xid: u32, dropped: &[(RelFileNode, u64)]) -> Vec<(RelFileNode, u64)> {
+        let mut destroyed = Vec::new();
+        for &(f, pages) in dropped {
+            let meta = self.rels.get(&f);
+            if meta.is_some_and(|m| m.relkind == 'i') {
+                continue;
+            }
+            match self.table_of(&f, 8) {
+                Some(t) if self.rewrote(xid, t, pages, meta.is_none()) => {}
+                _ => destroyed.push((f, pages)),
+            }
+        }
+        destroyed
+    }
+
+    /// Judges a finding returned with `unresolved` set, once the caller has given the catalog
+    /// as it is after the transaction ([`Detector::set_relations`]) and fed the WAL up to
+    /// the point the catalog was read at. `None`: it was a rewrite and nothing else.
+    pub fn resolve(&self, mut d: Destruction) -> Option<Destruction> {
+        if !d.unresolved {
+            return Some(d);
+        }
+        let destroyed = self.judge_drops(d.xid, &d.dropped);
+        d.unresolved = false;
+        if destroyed.is_empty() {
+            d.kind = d.otherwise?;
+            d.dropped.clear();
+        } else {
+            d.dropped = destroyed;
+        }
+        Some(d)
     }
 
     /// Feeds one record (its start LSN, `xl_xid`, decoded kind); returns what it reveals.
@@ -271,18 +567,15 @@ impl Detector {
             }
             RecordKind::DbaseDrop { db_id, .. } => {
                 let first_lsn = self.open.get(&xid).map_or(lsn, |o| o.first_lsn);
-                Some(Destruction {
-                    kind: Kind::DatabaseDropped,
+                let mut d = Destruction::new(
+                    Kind::DatabaseDropped,
                     xid,
                     first_lsn,
                     lsn,
-                    commit_time_us: None,
-                    database: Some(*db_id),
-                    dropped: Vec::new(),
-                    deleted: Vec::new(),
-                    updated: Vec::new(),
-                    restore_target: RestoreTarget::BeforeLsn(first_lsn),
-                })
+                    RestoreTarget::BeforeLsn(first_lsn),
+                );
+                d.database = Some(*db_id);
+                Some(d)
             }
             RecordKind::XactAbort(x) => {
                 self.open.remove(&xid);
@@ -291,182 +584,184 @@ impl Detector {
                 }
                 None
             }
-            RecordKind::XactCommit(x) => {
-                let mut open =
-                    self.open.remove(&xid).unwrap_or(Open { first_lsn: lsn, ..Default::default() });
-                // Work done in subtransactions (savepoints, PL/pgSQL exception blocks) counts
-                // for the transaction that commits it.
-                for sub in &x.subxacts {
-                    if let Some(o) = self.open.remove(sub) {
-                        open.first_lsn = open.first_lsn.min(o.first_lsn);
-                        for (rel, n) in o.deleted {
-                            *open.deleted.entry(rel).or_default() += n;
-                        }
-                        for (rel, n) in o.updated {
-                            *open.updated.entry(rel).or_default() += n;
-                        }
-                        for (rel, n) in o.new_pages {
-                            let p = open.new_pages.entry(rel).or_default();
-                            *p = (*p).max(n);
-                        }
-                    }
-                }
-                let mut dropped: Vec<(RelFileNode, u64)> = Vec::new();
-                let mut dropped_pages = 0;
-                for r in &x.dropped_rels {
-                    if let Some(pages) = self.nonempty.remove(r) {
-                        dropped.push((*r, pages));
-                        dropped_pages += pages;
-                    }
-                }
-                // A rewrite (VACUUM FULL, CLUSTER, REINDEX, ALTER TABLE that rewrites) writes
-                // the data into new files in the same transaction before dropping the old
-                // ones; TRUNCATE leaves the new files empty but for one metapage per index.
-                // So dropped files were rewritten when their transaction wrote at least 5 % of
-                // their pages into new files, and more pages than it dropped files (the index
-                // metapages a TRUNCATE writes) — unless every dropped file held a single page,
-                // where any page written is the data itself.
-                let new_pages: u64 = open.new_pages.values().sum();
-                let files = dropped.len() as u64;
-                if !dropped.is_empty()
-                    && new_pages >= 1
-                    && new_pages * 20 >= dropped_pages
-                    && (new_pages > files || dropped_pages <= files)
-                {
-                    tracing::debug!(
-                        xid,
-                        dropped = dropped.len(),
-                        dropped_pages,
-                        new_pages,
-                        "relation files rewritten, not destroyed"
-                    );
-                    dropped.clear();
-                }
-                let t = self.thresholds;
-                let kind = if !dropped.is_empty() {
-                    Kind::RelationsDropped
-                } else if t.crossed(&open.deleted, t.mass_delete_rows, &self.rows) {
-                    Kind::MassDelete
-                } else if t.crossed(&open.updated, t.mass_update_rows, &self.rows) {
-                    Kind::MassUpdate
-                } else {
-                    return None;
-                };
-                let most_first = |m: HashMap<RelFileNode, u64>| {
-                    let mut v: Vec<(RelFileNode, u64)> = m.into_iter().collect();
-                    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.rel.cmp(&b.0.rel)));
-                    v
-                };
-                let deleted = most_first(open.deleted);
-                let updated = most_first(open.updated);
-                Some(Destruction {
-                    kind,
-                    xid,
-                    first_lsn: open.first_lsn,
-                    lsn,
-                    commit_time_us: Some(x.unix_micros()),
-                    database: x.db.map(|(db, _)| db),
-                    dropped,
-                    deleted,
-                    updated,
-                    restore_target: RestoreTarget::BeforeXid(xid),
-                })
-            }
+            RecordKind::XactCommit(x) => self.commit(lsn, xid, x),
             _ => None,
         }
     }
-}
 
-/// Follows a cluster's durable WAL as it is stored, decodes it and raises an incident for each
-/// destructive transaction, within moments of its WAL becoming durable. Starts at the WAL
-/// durable when it starts (what was stored before is not re-read: a transaction under way
-/// across a vault restart is judged only on what follows); restarts on a new timeline.
-pub async fn follow(
-    rt: std::sync::Arc<crate::runtime::ClusterRuntime>,
-    thresholds: Thresholds,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    /// More undecoded WAL than this in one step means the decoder is stuck: skip ahead.
-    const MAX_STEP: u64 = 64 << 20;
-    let mut durable = rt.durable.subscribe();
-    let (mut tli, mut next) = *durable.borrow_and_update();
-    let mut detector = Detector::new(thresholds);
-    let mut seeded_from: Option<String> = None;
-    let mut catalog_generation = 0;
-    loop {
-        tokio::select! {
-            r = durable.changed() => if r.is_err() { return },
-            _ = shutdown.changed() => return,
-        }
-        let (t, end) = *durable.borrow_and_update();
-        if t != tli {
-            tli = t;
-            next = rt.archive.map().first(t).map_or(end, |p| p.start);
-            detector = Detector::new(thresholds);
-            seeded_from = None;
-        }
-        // Files holding data that the WAL since may never touch: the newest base backup's.
-        let newest = rt.newest_backup_id();
-        if newest.is_some() && newest != seeded_from {
-            if let Some(id) = &newest {
-                match rt.backup_relation_files(id).await {
-                    Ok(rels) => detector.seed(rels),
-                    Err(e) => {
-                        tracing::warn!(cluster = %rt.cluster.name, error = %e, "could not read the backup's file list")
-                    }
+    fn commit(&mut self, lsn: Lsn, xid: u32, x: &pgfmt::wal::XactEnd) -> Option<Destruction> {
+        let mut open = self.open.remove(&xid).unwrap_or(Open { first_lsn: lsn, ..Default::default() });
+        // Work done in subtransactions (savepoints, PL/pgSQL exception blocks) counts for the
+        // transaction that commits it.
+        for sub in &x.subxacts {
+            if let Some(o) = self.open.remove(sub) {
+                open.first_lsn = open.first_lsn.min(o.first_lsn);
+                for (rel, n) in o.deleted {
+                    *open.deleted.entry(rel).or_default() += n;
+                }
+                for (rel, n) in o.updated {
+                    *open.updated.entry(rel).or_default() += n;
+                }
+                for (rel, n) in o.new_pages {
+                    let p = open.new_pages.entry(rel).or_default();
+                    *p = (*p).max(n);
                 }
             }
-            seeded_from = newest;
         }
-        let Some(seg_size) = rt.archive.segment_size() else { continue };
-        if next.0 == 0 {
-            next = rt.archive.map().first(t).map_or(end, |p| p.start);
+        let commit_us = x.unix_micros();
+        let db = x.db.map(|(db, _)| db).or_else(|| open.updated.keys().map(|f| f.db).find(|d| *d != 0));
+        // pg_attribute rows updated: possibly DROP COLUMN; the caller asks the catalog.
+        if let Some(db) = db
+            && open.updated.keys().any(|f| {
+                self.rels
+                    .get(f)
+                    .map_or(f.rel == PG_ATTRIBUTE_OID && f.db == db, |m| m.table_oid == PG_ATTRIBUTE_OID)
+            })
+            && self.attribute_changes.len() < 4096
+        {
+            self.attribute_changes.push(AttributeChange {
+                xid,
+                first_lsn: open.first_lsn,
+                lsn,
+                db,
+                commit_time_us: commit_us,
+            });
         }
-        if end <= next {
-            continue;
-        }
-        if end.0 - next.0 > MAX_STEP {
-            tracing::warn!(cluster = %rt.cluster.name, from = %next, to = %end, "destruction detector skipping WAL it could not decode");
-            next = end;
-            continue;
-        }
-        let page = Lsn(next.0 - next.0 % 8192);
-        let wal = match rt.archive.read_range(tli, page, end).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(cluster = %rt.cluster.name, error = %e, "destruction detector could not read WAL");
-                continue;
+        let mut dropped: Vec<(RelFileNode, u64)> = Vec::new();
+        for r in &x.dropped_rels {
+            if let Some(pages) = self.nonempty.remove(r) {
+                dropped.push((*r, pages));
             }
+        }
+        let mut new_files: Vec<RelFileNode> = open.new_pages.keys().copied().collect();
+        new_files.sort_by_key(|r| r.rel);
+        // Which transaction first wrote which file, and what it dropped: the lineage that
+        // ties a rewrite's new file to its table (bounded: old lineage is of no more use).
+        if self.born.len() > 1 << 16 || self.dropped_by.len() > 1 << 16 {
+            self.born.clear();
+            self.dropped_by.clear();
+        }
+        for (f, pages) in &open.new_pages {
+            self.born.entry(*f).or_insert((xid, *pages));
+        }
+        if !dropped.is_empty() {
+            self.dropped_by.insert(xid, dropped.clone());
+        }
+        // Data files dropped while new files were written: a rewrite or not is decided once
+        // the catalog shows where the new files went (the caller resolves it). Without new
+        // files (DROP TABLE, TRUNCATE of a table without indexes) it is decided now.
+        // Only a new file with at least 5 % of a dropped data file's pages can make that file
+        // a rewrite (TRUNCATE's new index metapages cannot): otherwise decided now, at once.
+        let unresolved = dropped.iter().any(|(f, pages)| {
+            self.rels.get(f).is_none_or(|m| m.relkind != 'i')
+                && open.new_pages.values().any(|w| w.saturating_mul(20) >= *pages)
+        });
+        let destroyed = if unresolved { Vec::new() } else { self.judge_drops(xid, &dropped) };
+        if !dropped.is_empty() {
+            tracing::debug!(
+                xid,
+                ?dropped,
+                ?new_files,
+                unresolved,
+                destroyed = destroyed.len(),
+                "files dropped at commit"
+            );
+        }
+        let t = self.thresholds;
+        let mass = if t.crossed(&open.deleted, t.mass_delete_rows, &self.rows) {
+            Some(Kind::MassDelete)
+        } else if t.crossed(&open.updated, t.mass_update_rows, &self.rows) {
+            Some(Kind::MassUpdate)
+        } else {
+            None
         };
-        let mut reader = pgfmt::wal::WalReader::new(&wal, page, seg_size);
-        let mut found = Vec::new();
-        let catalog = rt.catalog();
-        if catalog.generation() != catalog_generation {
-            catalog_generation = catalog.generation();
-            detector.set_table_rows(catalog.table_rows());
-        }
-        for rec in reader.by_ref() {
-            let Ok(rec) = rec else { break };
-            if rec.lsn < next {
-                continue;
+        let kind = if unresolved || !destroyed.is_empty() {
+            Kind::RelationsDropped
+        } else if let Some(k) = mass {
+            k
+        } else {
+            // Not destructive on its own: its deletes join the window.
+            // Rows of the system catalogs are DDL's bookkeeping (temporary tables come and go
+            // by the thousand), not the user's data.
+            let deleted: Vec<(RelFileNode, u64)> =
+                open.deleted.into_iter().filter(|(f, _)| self.is_user_file(f)).collect();
+            // A commit names its database only when it logs invalidations; the files it
+            // deleted from do always (a transaction writes in one database).
+            if let Some(db) = deleted.first().map(|(f, _)| f.db)
+                && db != 0
+            {
+                return self
+                    .window_commit(Entry { xid, first_lsn: open.first_lsn, commit_us, db, deleted }, lsn);
             }
-            if let Some(d) = detector.record(&rec) {
-                found.push(d);
+            return None;
+        };
+        let mut d = Destruction::new(kind, xid, open.first_lsn, lsn, RestoreTarget::BeforeXid(xid));
+        d.commit_time_us = Some(commit_us);
+        d.database = db;
+        // While unresolved, keep every dropped file with data: the judgement is made again.
+        d.dropped = if unresolved { dropped } else { destroyed };
+        d.deleted = most_first(open.deleted);
+        d.updated = most_first(open.updated);
+        d.new_files = new_files;
+        d.unresolved = unresolved;
+        d.otherwise = mass;
+        Some(d)
+    }
+
+    /// Adds a committed transaction's deletes to the window and reports the window when it
+    /// crosses a threshold: once, with the restore target before the first transaction of the
+    /// window that touched what crossed, after which that database's window starts afresh.
+    fn window_commit(&mut self, e: Entry, lsn: Lsn) -> Option<Destruction> {
+        let t = self.thresholds;
+        let (xid, db, now_us) = (e.xid, e.db, e.commit_us);
+        let touched: Vec<RelFileNode> = e.deleted.iter().map(|(r, _)| *r).collect();
+        let window_us = t.window_seconds as i64 * 1_000_000;
+        if let Some(last) = self.window.reported.get_mut(&db) {
+            if now_us.saturating_sub(*last) <= window_us {
+                *last = now_us;
+                return None;
+            }
+            self.window.reported.remove(&db);
+        }
+        self.window.expire(now_us.saturating_sub(window_us));
+        self.window.add(e);
+        // Files of one table count together (the heap's deletes are what the WAL shows; TOAST
+        // deletes are the same rows' large values and are left out of the share rule).
+        let table_crossed = touched.iter().copied().find(|rel| {
+            let n = self.window.per_table.get(rel).copied().unwrap_or(0);
+            n > t.window_table_delete_rows
+                || t.share_crossed(n, self.rows.get(rel).copied(), t.window_delete_share)
+        });
+        let db_crossed = self.window.per_db.get(&db).copied().unwrap_or(0) > t.window_database_delete_rows;
+        if table_crossed.is_none() && !db_crossed {
+            return None;
+        }
+        let entries = self.window.take_db(db);
+        self.window.reported.insert(db, now_us);
+        // The first transaction that contributed to what crossed.
+        let first = entries
+            .iter()
+            .find(|e| db_crossed || e.deleted.iter().any(|(r, _)| Some(*r) == table_crossed))
+            .or(entries.first())?;
+        let mut totals: HashMap<RelFileNode, u64> = HashMap::new();
+        for e in &entries {
+            for (r, n) in &e.deleted {
+                *totals.entry(*r).or_default() += n;
             }
         }
-        if let Some(n) = reader.next_lsn() {
-            next = next.max(n);
-        }
-        // A file the catalog does not know (a new table, a TRUNCATE's or a rewrite's new
-        // file): refresh now, so that it has a name if it is destroyed later.
-        for f in detector.take_new_files() {
-            if f.db != 0 && catalog.relation(&f).is_none() {
-                rt.want_catalog(f.db);
-            }
-        }
-        for d in found {
-            rt.destruction(&d, &catalog).await;
-        }
+        let mut d = Destruction::new(
+            Kind::CumulativeDelete,
+            xid,
+            first.first_lsn,
+            lsn,
+            RestoreTarget::BeforeXid(first.xid),
+        );
+        d.commit_time_us = Some(now_us);
+        d.database = Some(db);
+        d.deleted = most_first(totals);
+        d.transactions = entries.len() as u64;
+        d.window_start_us = Some(first.commit_us);
+        Some(d)
     }
 }
 
@@ -492,6 +787,106 @@ mod tests {
 
     fn commit(dropped: Vec<RelFileNode>) -> RecordKind {
         RecordKind::XactCommit(end(dropped, vec![]))
+    }
+
+    /// A commit at `secs` seconds after the PostgreSQL epoch.
+    fn commit_at(secs: i64) -> RecordKind {
+        // Like a plain DML commit, it names no database (no invalidations to log).
+        RecordKind::XactCommit(XactEnd { time: secs * 1_000_000, db: None, ..end(vec![], vec![]) })
+    }
+
+    #[test]
+    fn deletes_dripped_over_many_transactions_add_up_to_one_finding() {
+        let t = Thresholds {
+            mass_delete_rows: 100,
+            window_seconds: 60,
+            window_table_delete_rows: 1000,
+            window_database_delete_rows: 1500,
+            window_delete_share: 0.2,
+            mass_change_min_rows: 100,
+            ..Default::default()
+        };
+        let mut d = Detector::new(t);
+        let del = |r| RecordKind::HeapDelete { rel: Some(rel(r)), block: Some(0) };
+        let mut lsn = 1000;
+        let mut xact = |d: &mut Detector, xid: u32, at: i64, rows: &[(u32, u64)]| {
+            for (r, n) in rows {
+                for _ in 0..*n {
+                    lsn += 1;
+                    d.feed(Lsn(lsn), xid, &del(*r));
+                }
+            }
+            lsn += 1;
+            d.feed(Lsn(lsn), xid, &commit_at(at))
+        };
+        // 200 transactions of 10 rows each, 0.1 s apart: the 101st crosses 1000 rows in the
+        // table; one finding, restoring to before the first.
+        let mut found = Vec::new();
+        for i in 0..200u32 {
+            if let Some(f) = xact(&mut d, 100 + i, 1000 + i64::from(i) / 10, &[(16384, 10)]) {
+                found.push(f);
+            }
+        }
+        assert_eq!(found.len(), 1, "one finding for the whole drip: {found:#?}");
+        // After a quiet window, a new drip is a new episode.
+        let again: Vec<_> = (0..101u32)
+            .filter_map(|i| xact(&mut d, 600 + i, 2000 + i64::from(i) / 10, &[(16384, 10)]))
+            .collect();
+        assert_eq!(again.len(), 1);
+        let f = &found[0];
+        assert_eq!(
+            (f.kind, f.xid, f.restore_target, f.transactions, f.deleted.clone()),
+            (Kind::CumulativeDelete, 200, RestoreTarget::BeforeXid(100), 101, vec![(rel(16384), 1010)])
+        );
+        assert_eq!(f.first_lsn, Lsn(1001), "the first contributing transaction's first record");
+        // The same rate spread so that no window holds 1000 rows: nothing.
+        let mut d = Detector::new(t);
+        for i in 0..200u32 {
+            assert_eq!(xact(&mut d, 1000 + i, 5000 + i64::from(i) * 7, &[(16385, 10)]), None, "{i}");
+        }
+        // The database rule: two tables, neither over 1000, together over 1500.
+        let mut d = Detector::new(t);
+        let mut found = Vec::new();
+        for i in 0..100u32 {
+            found.extend(xact(&mut d, 3000 + i, 9000, &[(16386, 8), (16387, 8)]));
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].restore_target, found[0].deleted.len()), (RestoreTarget::BeforeXid(3000), 2));
+        // The share rule: 300 of a tenant's… of a 1000-row table is over 20 %, though far under
+        // every row count; system catalogs (rows of DDL's bookkeeping) never count.
+        let mut d = Detector::new(t);
+        d.set_table_rows([(rel(16388), 1000)]);
+        let mut found = Vec::new();
+        for i in 0..30u32 {
+            found.extend(xact(&mut d, 4000 + i, 9000, &[(16388, 10), (1249, 50)]));
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].xid, found[0].restore_target), (4019, RestoreTarget::BeforeXid(4000)));
+        assert_eq!(found[0].deleted, vec![(rel(16388), 200)]);
+        // A transaction reported on its own does not count again in the window.
+        let mut d = Detector::new(t);
+        assert_eq!(xact(&mut d, 5000, 9000, &[(16389, 900)]).map(|f| f.kind), Some(Kind::MassDelete));
+        assert_eq!(xact(&mut d, 5001, 9000, &[(16389, 90)]), None);
+    }
+
+    #[test]
+    fn pg_attribute_updates_are_handed_to_the_caller() {
+        let mut d = Detector::default();
+        let upd = |r| RecordKind::HeapUpdate { rel: Some(rel(r)), hot: false };
+        d.feed(Lsn(10), 7, &upd(1249));
+        d.feed(Lsn(11), 7, &commit_at(5));
+        d.feed(Lsn(12), 8, &upd(16384));
+        d.feed(Lsn(13), 8, &commit_at(6));
+        // pg_attribute rewritten (VACUUM FULL): known by its table OID.
+        d.set_relations([(rel(20000), RelMeta { table_oid: PG_ATTRIBUTE_OID, relkind: 'r' })]);
+        d.feed(Lsn(14), 9, &upd(20000));
+        d.feed(Lsn(15), 9, &commit_at(7));
+        let c = d.take_attribute_changes();
+        assert_eq!(
+            c.iter().map(|c| (c.xid, c.lsn, c.db)).collect::<Vec<_>>(),
+            vec![(7, Lsn(11), 5), (9, Lsn(15), 5)]
+        );
+        assert!(d.take_attribute_changes().is_empty());
     }
 
     #[test]
@@ -533,6 +928,7 @@ mod tests {
             mass_update_rows: 100,
             mass_change_share: 0.5,
             mass_change_min_rows: 10,
+            ..Default::default()
         };
         let mut d = Detector::new(t);
         let upd = |r| RecordKind::HeapUpdate { rel: Some(rel(r)), hot: false };
@@ -584,17 +980,69 @@ mod tests {
         let f = d.feed(Lsn(50), 7, &commit(vec![rel(1), rel(2), rel(3)])).unwrap();
         assert_eq!(f.kind, Kind::RelationsDropped);
         assert_eq!(f.dropped, vec![(rel(1), 10), (rel(2), 5)]);
-        // A rewrite: the transaction wrote the data into new files before dropping the old.
-        d.seed([(rel(20), 100), (rel(21), 30)]);
+        // A rewrite: the transaction wrote the data into new files of the same table (same
+        // table OID, new files) before dropping the old: VACUUM FULL, CLUSTER, ALTER TABLE.
+        let meta = |table_oid, relkind| RelMeta { table_oid, relkind };
+        d.set_relations([(rel(20), meta(500, 'r')), (rel(21), meta(500, 't')), (rel(22), meta(500, 'i'))]);
+        d.set_relations([(rel(30), meta(500, 'r')), (rel(31), meta(500, 't'))]);
+        d.seed([(rel(20), 100), (rel(21), 30), (rel(22), 10)]);
         d.feed(Lsn(90), 9, &RecordKind::Other);
         d.note_written(9, (0..60).map(|b| (rel(30), b)).chain((0..20).map(|b| (rel(31), b))));
-        assert_eq!(d.feed(Lsn(95), 9, &commit(vec![rel(20), rel(21)])), None, "VACUUM FULL-like");
-        // TRUNCATE: new files get one metapage per index, nothing else.
+        let f = d.feed(Lsn(95), 9, &commit(vec![rel(20), rel(21), rel(22)])).unwrap();
+        assert!(f.unresolved, "new files written: judged once the catalog is read");
+        assert_eq!(d.resolve(f), None, "VACUUM FULL-like");
+        // The lookalike: a table dropped while its rows are copied into a *different* table in
+        // the same transaction, however much is written: destruction.
+        d.set_relations([(rel(60), meta(600, 'r')), (rel(61), meta(601, 'r'))]);
+        d.seed([(rel(60), 100)]);
+        d.feed(Lsn(96), 11, &RecordKind::Other);
+        d.note_written(11, (0..100).map(|b| (rel(61), b)));
+        let f = d.feed(Lsn(97), 11, &commit(vec![rel(60)])).unwrap();
+        let f = d.resolve(f).unwrap();
+        assert_eq!((f.kind, f.dropped.clone()), (Kind::RelationsDropped, vec![(rel(60), 100)]));
+        // A rewrite's new file rewritten again before the catalog saw it (VACUUM FULL then
+        // ALTER TABLE in quick succession): the lineage ties both to the table.
+        d.set_relations([(rel(62), meta(602, 'r'))]);
+        d.seed([(rel(62), 40)]);
+        d.feed(Lsn(98), 15, &RecordKind::Other);
+        d.note_written(15, (0..40).map(|b| (rel(63), b)));
+        let first = d.feed(Lsn(99), 15, &commit(vec![rel(62)])).unwrap();
+        d.feed(Lsn(99), 16, &RecordKind::Other);
+        d.note_written(16, (0..40).map(|b| (rel(64), b)));
+        let second = d.feed(Lsn(99), 16, &commit(vec![rel(63)])).unwrap();
+        d.set_relations([(rel(64), meta(602, 'r'))]);
+        assert_eq!((d.resolve(first), d.resolve(second)), (None, None), "two rewrites in a row");
+        // TRUNCATE: new files get one metapage per index, nothing else — too little to hold
+        // the table, so no catalog is needed; the table's file is destroyed, not its index.
+        d.set_relations([(rel(40), meta(700, 'r')), (rel(41), meta(700, 'i'))]);
         d.seed([(rel(40), 100), (rel(41), 30)]);
         d.feed(Lsn(100), 10, &RecordKind::Other);
         d.note_written(10, [(rel(51), 0)]);
         let f = d.feed(Lsn(105), 10, &commit(vec![rel(40), rel(41)])).unwrap();
-        assert_eq!(f.dropped, vec![(rel(40), 100), (rel(41), 30)], "TRUNCATE-like");
+        assert!(!f.unresolved, "a metapage cannot hold a 100-page table: decided at once");
+        assert_eq!(
+            (f.kind, f.dropped.clone()),
+            (Kind::RelationsDropped, vec![(rel(40), 100)]),
+            "TRUNCATE-like"
+        );
+        // Had the new file been the table's own (a rewrite), resolving clears it.
+        d.seed([(rel(42), 100)]);
+        d.set_relations([(rel(42), meta(701, 'r'))]);
+        d.feed(Lsn(106), 12, &RecordKind::Other);
+        d.note_written(12, (0..50).map(|b| (rel(52), b)));
+        let f = d.feed(Lsn(107), 12, &commit(vec![rel(42)])).unwrap();
+        d.set_relations([(rel(52), meta(701, 'r'))]);
+        assert_eq!(d.resolve(f), None, "a rewrite once the catalog knows the new file");
+        // Index files are not data: DROP INDEX (CONCURRENTLY), or dropping an empty table whose
+        // only non-empty file is its primary key's metapage.
+        d.set_relations([(rel(80), meta(800, 'i')), (rel(90), meta(900, 'r')), (rel(91), meta(900, 'i'))]);
+        d.seed([(rel(80), 500), (rel(91), 1)]);
+        assert_eq!(d.feed(Lsn(108), 13, &commit(vec![rel(80)])), None, "DROP INDEX");
+        assert_eq!(
+            d.feed(Lsn(109), 14, &commit(vec![rel(90), rel(91)])),
+            None,
+            "empty table with a primary key"
+        );
         assert_eq!(relfilenode_of("base/5/16384.12"), Some(RelFileNode { spc: 1663, db: 5, rel: 16384 }));
         assert_eq!(relfilenode_of("global/1262_vm"), Some(RelFileNode { spc: 1664, db: 0, rel: 1262 }));
         assert_eq!(

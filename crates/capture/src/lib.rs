@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 pub mod detect;
 pub mod first_backup;
+pub mod follow;
 pub mod piece;
 pub mod runtime;
 pub mod status;
@@ -123,7 +124,7 @@ impl Collector {
         for c in clusters {
             let rt = Arc::new(ClusterRuntime::load(repo, c, host.clone()).await?);
             tasks.push(tokio::spawn(stream::run(rt.clone(), rx.clone())));
-            tasks.push(tokio::spawn(detect::follow(rt.clone(), rt.cluster.thresholds, rx.clone())));
+            tasks.push(tokio::spawn(follow::run(rt.clone(), rx.clone())));
             // On a thread of its own: logging in (SCRAM) and reading large catalogs take CPU
             // that must never delay streaming WAL.
             let (crt, crx) = (rt.clone(), rx.clone());

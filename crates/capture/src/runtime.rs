@@ -340,7 +340,13 @@ impl ClusterRuntime {
         use crate::status::IncidentTarget;
         let number = self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
         let objects = incident_objects(d, catalog);
-        let names: Vec<String> = objects.iter().map(|o| o.name()).collect();
+        let names: Vec<String> = objects
+            .iter()
+            .map(|o| match o.columns.as_slice() {
+                [] => o.name(),
+                cols => format!("{} column {}", o.name(), cols.join(", ")),
+            })
+            .collect();
         let listed = match names.len() {
             0..=5 => names.join(", "),
             n => format!("{} and {} more", names[..5].join(", "), n - 5),
@@ -355,6 +361,15 @@ impl ClusterRuntime {
             ),
             Kind::MassDelete => format!("transaction {} deleted {} rows: {listed}", d.xid, sum(&d.deleted)),
             Kind::MassUpdate => format!("transaction {} updated {} rows: {listed}", d.xid, sum(&d.updated)),
+            Kind::CumulativeDelete => format!(
+                "{} transactions, the last {}, deleted {} rows within {} s (each under the per-transaction \
+                 thresholds, together over the window's): {listed}",
+                d.transactions,
+                d.xid,
+                sum(&d.deleted),
+                d.commit_time_us.zip(d.window_start_us).map_or(0, |(a, b)| (a - b).max(0) / 1_000_000)
+            ),
+            Kind::ColumnDropped => format!("transaction {} dropped populated column(s): {listed}", d.xid),
         };
         let when = d
             .commit_time_us
@@ -485,9 +500,15 @@ fn incident_objects(
         let i = slot(&mut out, *f);
         *out[i].deleted.get_or_insert(0) += n;
     }
-    for (f, n) in d.updated.iter().filter(|(f, _)| user_table(f)) {
+    for (f, n) in
+        d.updated.iter().filter(|(f, _)| user_table(f) && d.kind != crate::detect::Kind::ColumnDropped)
+    {
         let i = slot(&mut out, *f);
         *out[i].updated.get_or_insert(0) += n;
+    }
+    for (f, column) in &d.columns {
+        let i = slot(&mut out, *f);
+        out[i].columns.push(column.clone());
     }
     // A table that was only changed: its main file's size, for a sense of scale.
     for (key, &i) in &index {

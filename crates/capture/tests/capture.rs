@@ -733,6 +733,16 @@ async fn recycled_wal_is_a_gap_incident() -> Result<()> {
     wait_durable(&collector, "a1gap", flush_lsn(&pg)?, Duration::from_secs(10)).await?;
     let map = capture::archive::WalArchive::open(&repo, "a1gap").await?.map();
     ensure!(!map.gaps(TLI1).is_empty(), "the gap is not visible in the archive");
+    // The destruction detector re-read the stored WAL before the gap (t holds data) and goes on
+    // with the WAL stored after it: a DROP made after the gap is raised.
+    pg.psql("drop table t")?;
+    let dropped = wait_incident(&collector, "a1gap", "relations_dropped", Duration::from_secs(15)).await?;
+    ensure!(dropped.xid.is_some() && dropped.lsn.is_some_and(|l| l > durable_before), "{dropped:?}");
+    let end = flush_lsn(&pg)?;
+    wait_for(Duration::from_secs(10), "the detector to decode all stored WAL", || {
+        status(&collector, "a1gap").decoded_lsn.filter(|d| *d >= end)
+    })
+    .await?;
     v.assert_nothing_lost(&before).await?;
     collector.shutdown().await;
     Ok(())
@@ -941,5 +951,42 @@ async fn a_segment_completed_before_a_crash_gets_its_record() -> Result<()> {
     let again = WalArchive::open(&v.repo, "crash").await?;
     ensure!(again.map().gaps(TLI1).is_empty() && again.map().durable_end(TLI1) == Some(Lsn(2 * SEG + 100)));
     ensure!(again.read_range(TLI1, Lsn(SEG + SEG / 2 - 1), Lsn(SEG + SEG / 2 + 1)).await? == vec![16, 24]);
+    Ok(())
+}
+
+/// The destruction detector fails closed: what it needs and cannot read — here the newest base
+/// backup's file list, damaged on the vault's disk, without which it cannot know which tables
+/// hold data — is a `detector_blind` incident with an alert, never only a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_file_list_the_detector_cannot_read_is_an_incident() -> Result<()> {
+    let v = Vault::new().await?;
+    let pg = start_pg()?;
+    let cluster = v.cluster("blind", vec![unix_host(&pg)], REP, REP_PW)?;
+    let collector = v.start(&v.repo, vec![cluster.clone()]).await?;
+    pg.psql("create table t (x int); insert into t select generate_series(1, 10000)")?;
+    collector.backup_now("blind").await?;
+    let end = flush_lsn(&pg)?;
+    wait_durable(&collector, "blind", end, Duration::from_secs(5)).await?;
+    wait_for(Duration::from_secs(10), "the detector to decode the stored WAL", || {
+        status(&collector, "blind").decoded_lsn.filter(|d| *d >= end)
+    })
+    .await?;
+    ensure!(status(&collector, "blind").incidents.is_empty());
+    collector.shutdown().await;
+    drop(collector);
+    // The backup's data (packs) damaged on disk: the restarted detector cannot list its files.
+    for m in v.store.list(ObjectKind::Pack).await? {
+        let hex = m.name.id.to_hex();
+        let path = v.dir.path().join("store").join("pack").join(&hex[..2]).join(&hex);
+        let len = std::fs::metadata(&path)?.len() as usize;
+        std::fs::write(&path, vec![0x5a; len])?;
+    }
+    let repo = v.reopen().await?;
+    let collector = v.start(&repo, vec![cluster]).await?;
+    let blind = wait_incident(&collector, "blind", "detector_blind", Duration::from_secs(15)).await?;
+    ensure!(blind.message.contains("file list"), "{blind:?}");
+    ensure!(v.host.alerted("detector_blind"));
+    ensure!(v.records(INCIDENT_RECORD, "blind").await?.iter().any(|r| r["kind"] == "detector_blind"));
+    collector.shutdown().await;
     Ok(())
 }

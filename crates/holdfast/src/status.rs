@@ -41,6 +41,11 @@ fn print_cluster(c: &ClusterStatus) {
         c.lag_bytes.map(bytes).unwrap_or_else(|| "-".into()),
         c.lag_seconds.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into())
     );
+    println!(
+        "  detector:      decoded to {} ({} behind the durable WAL)",
+        opt(&c.decoded_lsn),
+        c.detector_lag_bytes.map(bytes).unwrap_or_else(|| "-".into())
+    );
     match &c.last_backup {
         Some(b) => println!(
             "  last backup:   {} finished {} ({} read, {} new) start {} stop {}",

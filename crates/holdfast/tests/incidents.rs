@@ -78,6 +78,50 @@ impl Setup {
         out.lines().last().unwrap().trim().parse().unwrap()
     }
 
+    /// The cluster's status as `holdfast status --json` shows it.
+    fn status(&self) -> serde_json::Value {
+        let out = cli(&self.v, &self.admin, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        st["clusters"][0].clone()
+    }
+
+    /// Waits until the detector has decoded the WAL up to the server's current end (and so
+    /// raised whatever it holds), and the catalog snapshot is loaded; returns that position.
+    fn wait_decoded(&self) -> pgfmt::Lsn {
+        let end: pgfmt::Lsn = self.pg.psql("SELECT pg_current_wal_insert_lsn()").unwrap().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            let lsn = |k: &str| st[k].as_str().and_then(|l| l.parse::<pgfmt::Lsn>().ok());
+            if let (Some(durable), Some(decoded)) = (lsn("durable_lsn"), lsn("decoded_lsn"))
+                && durable >= end
+                && decoded >= durable
+                && st["catalog_tables"].as_u64().is_some()
+            {
+                return end;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the detector did not decode up to {end}: {st}\n{}",
+                self.v.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for an incident of `kind` beyond the first `known` incidents.
+    fn wait_incident(&self, known: usize, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.incidents();
+            if let Some(i) = list.iter().skip(known).find(|i| i["kind"] == kind) {
+                return i.clone();
+            }
+            assert!(Instant::now() < deadline, "no {kind} incident: {list:#?}\n{}", self.v.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// pg_waldump's line for the record at `lsn`.
     fn waldump(&self, lsn: &str) -> String {
         let mut cmd = command_as_postgres(&bin("pg_waldump").unwrap());
@@ -249,7 +293,18 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
     assert!(!incidents.iter().any(|i| i["xid"] == small), "a 300-row delete became an incident");
     let dropdb = incidents.iter().find(|i| i["kind"] == "database_dropped").expect("DROP DATABASE");
     acts[5].xid = dropdb["xid"].as_u64().unwrap() as u32;
-    for (a, inc) in acts.iter().zip(&incidents) {
+    // Incidents in the order of the acts (a drop judged against the catalog may be raised a
+    // moment after a later act's): position of each act's incident, by transaction.
+    let at: Vec<usize> = acts
+        .iter()
+        .map(|a| {
+            incidents
+                .iter()
+                .position(|i| i["xid"] == a.xid)
+                .unwrap_or_else(|| panic!("no incident for {}: {incidents:#?}", a.sql))
+        })
+        .collect();
+    for (a, inc) in acts.iter().zip(at.iter().map(|&k| &incidents[k])) {
         assert_eq!(
             (inc["kind"].as_str(), inc["xid"].as_u64()),
             (Some(a.kind), Some(u64::from(a.xid))),
@@ -275,7 +330,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         assert!(latency < Duration::from_secs(5), "{}: alert after {latency:?}", a.sql);
     }
     // Named objects.
-    let obj = |i: usize| incidents[i]["objects"].as_array().unwrap().clone();
+    let obj = |i: usize| incidents[at[i]]["objects"].as_array().unwrap().clone();
     let name = |o: &serde_json::Value| {
         format!(
             "{}.{}.{}",
@@ -351,7 +406,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
                 "--cluster",
                 "main",
                 "--before-incident",
-                &(n + 1).to_string(),
+                &(at[n] + 1).to_string(),
                 "--start",
                 "--promote",
                 "--json",
@@ -461,9 +516,180 @@ fn pgbench_with_aggressive_autovacuum_raises_no_incident() {
         assert!(Instant::now() < deadline, "the vault did not catch up to {end}: {st}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(1));
-    eprintln!("pgbench {secs} s: {tps}; autovacuum runs: {vacuums}; WAL to {end}");
+    // …and decoded: a dead or stuck detector would raise nothing either, so silence counts
+    // only once the detector has read every byte of it.
+    let decoded = s.wait_decoded();
+    assert!(decoded >= end);
+    eprintln!("pgbench {secs} s: {tps}; autovacuum runs: {vacuums}; WAL to {end}, all decoded");
     assert!(vacuums > 0, "autovacuum ran");
     let incidents = s.incidents();
     assert!(incidents.is_empty(), "false alarms: {incidents:#?}");
+}
+
+/// Which files hold data survives a vault restart (rebuilt from the newest backup and the
+/// stored WAL since): a 50,000-row table created and filled after the backup, TRUNCATEd after
+/// the restart, is an incident. DROP COLUMN of a populated column is an incident naming table
+/// and column (not "table dropped", though its index goes with it). A table dropped while a
+/// tenth of it is copied into a new table in the same transaction is an incident: rewrites are
+/// told by the table a new file belongs to, not by volume. Maintenance rewrites, DROP INDEX
+/// CONCURRENTLY and dropping an empty table with a primary key are not.
+#[test]
+fn detection_survives_a_restart_and_judges_structure_by_table() {
+    let pg = TempPg::start().unwrap();
+    pg.psql(
+        "CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL, name text NOT NULL);
+         INSERT INTO customers SELECT g, 'c' || g || '@example.com', 'customer ' || g FROM generate_series(1, 5000) g;
+         CREATE INDEX customers_email ON customers (email);
+         CREATE TABLE orders (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
+         CREATE INDEX orders_v ON orders (v);
+         CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+         CREATE TABLE empty_pk (id int PRIMARY KEY);",
+    )
+    .unwrap();
+    let s = setup(pg, "");
+    let pg = &s.pg;
+    // After the backup: a table created and filled, fully decoded before the restart.
+    pg.psql("CREATE TABLE filled (id int NOT NULL, v text); INSERT INTO filled SELECT g, md5(g::text) FROM generate_series(1, 50000) g").unwrap();
+    s.wait_decoded();
+    let mut s = s;
+    s.v.kill();
+    s.v.restart().unwrap();
+    s.wait_decoded();
+    assert!(s.incidents().is_empty(), "nothing destructive yet: {:#?}", s.incidents());
+    let pg = &s.pg;
+
+    let truncated = s.xid_of("postgres", "TRUNCATE filled");
+    let i = s.wait_incident(0, "relations_dropped");
+    assert_eq!(i["xid"], truncated, "{i:#}");
+    assert_eq!(i["objects"][0]["table"], "filled", "{i:#}");
+
+    let dropped_column = s.xid_of("postgres", "ALTER TABLE customers DROP COLUMN email");
+    let i = s.wait_incident(1, "column_dropped");
+    assert_eq!(i["xid"], dropped_column, "{i:#}");
+    assert_eq!(
+        (&i["objects"][0]["table"], &i["objects"][0]["columns"]),
+        (&"customers".into(), &serde_json::json!(["email"])),
+        "{i:#}"
+    );
+    assert!(i["message"].as_str().unwrap().contains("customers column email"), "{i:#}");
+
+    let lookalike =
+        s.xid_of("postgres", "CREATE TABLE big_copy AS SELECT * FROM big WHERE id <= 2000; DROP TABLE big");
+    let i = s.wait_incident(2, "relations_dropped");
+    assert_eq!((&i["xid"], &i["objects"][0]["table"]), (&lookalike.into(), &"big".into()), "{i:#}");
+
+    // Not destruction: dropping an index, an empty table with a primary key, and rewrites
+    // back to back (the second rewrites the first's new files before the catalog saw them).
+    pg.psql("DROP INDEX CONCURRENTLY orders_v").unwrap();
+    pg.psql("DROP TABLE empty_pk").unwrap();
+    pg.psql("VACUUM FULL orders").unwrap();
+    pg.psql("CLUSTER customers USING customers_pkey").unwrap();
+    pg.psql("ALTER TABLE orders ALTER COLUMN id TYPE bigint").unwrap();
+    s.wait_decoded();
+    let incidents = s.incidents();
+    let kinds: Vec<&str> = incidents.iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["relations_dropped", "column_dropped", "relations_dropped"],
+        "{incidents:#?}\n{}",
+        s.v.log()
+    );
+}
+
+/// One tenant's customers (50,400 rows) and their orders (cascaded) deleted in 200 small
+/// transactions, each far under the per-transaction thresholds: one `cumulative_delete`
+/// incident with the default thresholds, whose restore target is before the first of them —
+/// restoring to it brings every row back.
+#[test]
+fn a_slow_drip_of_small_deletes_is_one_incident_undone_from_before_the_first() {
+    let pg = TempPg::start().unwrap();
+    pg.psql(
+        "CREATE TABLE customers (id int PRIMARY KEY, merchant_id int NOT NULL, name text NOT NULL);
+         INSERT INTO customers SELECT g, CASE WHEN g <= 50400 THEN 7 ELSE 1 + g % 5 END, 'customer ' || g FROM generate_series(1, 80000) g;
+         CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers ON DELETE CASCADE, total int NOT NULL);
+         CREATE INDEX orders_customer ON orders (customer_id);
+         INSERT INTO orders SELECT g, g, g % 100 FROM generate_series(1, 80000) g;
+         ANALYZE;",
+    )
+    .unwrap();
+    let s = setup(pg, "");
+    let pg = &s.pg;
+    let tenant = "SELECT count(*) || ':' || md5(coalesce(string_agg(c.id || '/' || o.id || '/' || o.total, ',' ORDER BY c.id), '')) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.merchant_id = 7";
+    let before = pg.psql(tenant).unwrap();
+    assert!(before.starts_with("50400:"), "{before}");
+    s.wait_decoded();
+    // 200 transactions of 252 customers (and 252 cascaded orders) each, from one session.
+    let script: String = (0..200)
+        .map(|i| {
+            format!(
+                "BEGIN; DELETE FROM customers WHERE merchant_id = 7 AND id > {} AND id <= {}; SELECT txid_current(); COMMIT;\n",
+                i * 252,
+                (i + 1) * 252
+            )
+        })
+        .collect();
+    let xids: Vec<u32> = pg.psql(&script).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(xids.len(), 200);
+    assert_eq!(pg.psql("SELECT count(*) FROM customers WHERE merchant_id = 7").unwrap(), "0");
+    s.wait_decoded();
+    let incidents = s.incidents();
+    assert_eq!(incidents.len(), 1, "one incident for the whole drip: {incidents:#?}");
+    let i = &incidents[0];
+    assert_eq!(i["kind"], "cumulative_delete", "{i:#}");
+    assert_eq!(
+        (&i["restore_target"]["kind"], &i["restore_target"]["xid"]),
+        (&"before_xid".into(), &xids[0].into()),
+        "restore target before the first: {i:#}"
+    );
+    assert!(xids.contains(&(i["xid"].as_u64().unwrap() as u32)), "{i:#}");
+    let tables: Vec<&str> =
+        i["objects"].as_array().unwrap().iter().filter_map(|o| o["table"].as_str()).collect();
+    assert!(tables.contains(&"customers") && tables.contains(&"orders"), "{i:#}");
+
+    // Undo: restore to before the first transaction of the drip; every row is back.
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    s.wait_decoded();
+    let read = s.v.scratch().join("read.token");
+    let out = cli(
+        &s.v,
+        &s.admin,
+        &[
+            "vault",
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--label",
+            "restore",
+            "--out",
+            read.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("undo");
+    let out = std::process::Command::new(holdfast())
+        .args(["restore", "--cluster", "main", "--before-incident", "1", "--start", "--promote", "--json"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(s.v.remote_args(&read))
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let restored = testkit::pg::psql_at(
+        Path::new(report["socket_dir"].as_str().unwrap()),
+        report["port"].as_u64().unwrap() as u16,
+        pg.superuser_password(),
+        "postgres",
+        tenant,
+    )
+    .unwrap();
+    let mut stop = command_as_postgres(&bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(restored, before, "every row of the tenant is back");
 }

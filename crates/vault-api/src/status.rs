@@ -47,6 +47,17 @@ pub struct ClusterStatus {
     /// Restore drills: last result, schedule, overdue (filled by the vault).
     #[serde(default)]
     pub drill: Option<crate::drill::DrillStatus>,
+    /// The destruction detector's position: the stored WAL before it has been decoded and
+    /// checked (compare with `durable_lsn`).
+    #[serde(default)]
+    pub decoded_lsn: Option<Lsn>,
+    /// Durable WAL not yet decoded by the destruction detector, in bytes.
+    #[serde(default)]
+    pub detector_lag_bytes: Option<u64>,
+    /// Tables the detector knows from the catalog snapshot (names, columns, which table a
+    /// file belongs to); `None` until the first snapshot.
+    #[serde(default)]
+    pub catalog_tables: Option<u64>,
 }
 
 /// The restorable window.
@@ -79,7 +90,8 @@ pub struct Incident {
     pub cluster: String,
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
     /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
-    /// `mass_update`.
+    /// `mass_update`, `cumulative_delete`, `column_dropped`; the detector's own blindness:
+    /// `detector_blind`, `detector_behind`, `detector_stopped`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,
@@ -127,6 +139,9 @@ pub struct IncidentObject {
     /// Rows the transaction updated in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated: Option<u64>,
+    /// Columns of it that were dropped (DROP COLUMN), by their name before the drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
     /// Files of it that were dropped, when not only the main file (indexes, TOAST), or what an
     /// older vault recorded as text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -164,6 +179,9 @@ impl std::fmt::Display for IncidentObject {
         }
         if let Some(n) = self.updated {
             what.push(format!("{n}{of} rows updated"));
+        }
+        if !self.columns.is_empty() {
+            what.push(format!("column(s) {} dropped", self.columns.join(", ")));
         }
         if !what.is_empty() {
             write!(f, ": {}", what.join(", "))?;

@@ -23,6 +23,11 @@ fn example_vault_toml_is_valid() {
     let t = shop.thresholds;
     assert_eq!((t.mass_delete_rows, t.mass_update_rows, t.mass_change_min_rows), (10_000, 10_000, 1000));
     assert_eq!(t.mass_change_share, 0.5);
+    assert_eq!(
+        (t.window_seconds, t.window_table_delete_rows, t.window_database_delete_rows, t.window_delete_share),
+        (600, 50_000, 100_000, 0.2)
+    );
+    assert_eq!(shop.detector_max_lag, std::time::Duration::from_secs(30));
     assert_eq!(shop.catalog_refresh, std::time::Duration::from_secs(15));
     assert_eq!(shop.catalog_connections.len(), 3);
     assert_eq!(shop.catalog_connections[0].user, "holdfast_catalog");
