@@ -1025,7 +1025,7 @@ async fn act_insider_turns_on_the_backups(s: &mut Story, st: &Stage, strike: &St
             r["kind"].as_str().unwrap_or(""),
             r["person"].as_str().unwrap_or(""),
             r["client"].as_str().unwrap_or(""),
-            r["detail"]["sql"].as_str().or(r["detail"]["reason"].as_str()).unwrap_or("")
+            r["detail"]["sql"].as_str().or(r["detail"]["why"].as_str()).unwrap_or("")
         ));
     }
     Ok(Defence { attacks, vault_intact, vault_objects, audit, audit_verified })
