@@ -409,7 +409,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
             .last_replayed_commit
             .as_deref()
             .and_then(|c| c.get(..19).map(|s| format!("{s}Z")))
-            .and_then(|c| c.parse::<store::Timestamp>().ok())
+            .and_then(|c| c.parse::<vault_types::Timestamp>().ok())
             .is_none_or(|c| c <= *t),
         (_, Some(Ok(_))) => true,
         _ => false,
