@@ -1433,3 +1433,60 @@ fn audit_excerpt(
     let out = vault_cli(v, read, &["audit", "search", "--trust-key", &key, "--person", INSIDER, "--json"])?;
     Ok((serde_json::from_slice(&out).context("reading holdfast audit search --json")?, verified))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot HTTP server on a local port that answers every request with `response`.
+    fn answering(response: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// Only the vault's own refusal, with the status of the guard named, counts: a route that
+    /// does not exist (a 404 without the vault's error body), a refusal with another status, an
+    /// acceptance and no answer at all are each reported as what they were.
+    #[tokio::test]
+    async fn only_the_vaults_own_refusal_counts_as_refused() {
+        let http = reqwest::Client::new();
+        let auth = Guard::Authorisation;
+        let vault_401 = answering(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"missing token\"}\n",
+        );
+        let a = attempt("none", "read", auth, http.get(format!("{vault_401}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::Refused, true), "{a:?}");
+        assert_eq!(a.request, "GET /v1/status");
+        assert!(a.answer.starts_with("refused, 401: missing token"), "{a:?}");
+        // The same refusal where the guard expected is a rule answering 403: not counted.
+        let a =
+            attempt("none", "read", Guard::Rule(403, "x"), http.get(format!("{vault_401}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::UnexpectedAnswer, false), "{a:?}");
+
+        let no_route = answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let a = attempt("none", "delete", auth, http.delete(format!("{no_route}/v1/objects/pack/x"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::UnexpectedAnswer, false), "{a:?}");
+        assert!(a.answer.contains("without the vault's error body"), "{a:?}");
+
+        let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        let a = attempt("none", "read", auth, http.get(format!("{ok}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::Accepted, false), "{a:?}");
+
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let a = attempt("none", "read", auth, http.get(format!("{closed}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::TransportError, false), "{a:?}");
+        assert!(a.answer.starts_with("no answer from the vault"), "{a:?}");
+    }
+}
