@@ -155,16 +155,22 @@ done
 
 rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 log "memory: $CONNS concurrent connections (pgbench -S, 10 s) through the gate, then PgBouncer"
-PGSSLMODE="$SSL_GATE" "$PGBIN/pgbench" -h 127.0.0.1 -p "$GPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-gate.txt" 2>&1 || true
+# A run that failed (connections refused, clients aborted) measured fewer connections than it
+# names: its exit status goes into the report instead of being hidden.
+GATE_CONN_RC=0
+PGSSLMODE="$SSL_GATE" "$PGBIN/pgbench" -h 127.0.0.1 -p "$GPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-gate.txt" 2>&1 || GATE_CONN_RC=$?
 GATE_RSS="$(rss_kb "$GATE_PID")"
-"$PGBIN/pgbench" -h 127.0.0.1 -p "$BPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-bouncer.txt" 2>&1 || true
+BOUNCER_CONN_RC=0
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$BPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-bouncer.txt" 2>&1 || BOUNCER_CONN_RC=$?
 BOUNCER_RSS="$(rss_kb "$(cat "$W/bouncer/pgbouncer.pid")")"
+[ "$GATE_CONN_RC" = 0 ] || log "pgbench through the gate with $CONNS connections FAILED (exit $GATE_CONN_RC): $(tail -3 "$W/conns-gate.txt")"
+[ "$BOUNCER_CONN_RC" = 0 ] || log "pgbench through PgBouncer with $CONNS connections FAILED (exit $BOUNCER_CONN_RC): $(tail -3 "$W/conns-bouncer.txt")"
 GATE_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-gate.txt" | head -1 | cut -d' ' -f3)"
 BOUNCER_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-bouncer.txt" | head -1 | cut -d' ' -f3)"
 
-python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" <<'PY'
+python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" "$GATE_CONN_RC" "$BOUNCER_CONN_RC" <<'PY'
 import sys
-res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct = sys.argv[1:]
+res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct, grc, brc = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
 by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
 lines = [f"# Gate benchmark\n",
@@ -178,7 +184,11 @@ for mode in ("select", "tpcb", "select-prepared"):
         if not v or not d:
             continue
         lines.append(f"| {mode} | {name} | {v[0]:.0f} | {v[0]/d[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} | {v[2]-d[2]:+.3f} |")
-lines += ["", f"Peak RSS with {conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {int(grss)/1024:.1f} MB ({gct} TPS), PgBouncer {int(brss)/1024:.1f} MB ({bct} TPS)."]
+def conns_figure(rss, tps, rc):
+    if rc != "0":
+        return f"pgbench FAILED (exit {rc}), so not a measurement at {conns} connections; peak RSS {int(rss)/1024:.1f} MB"
+    return f"{int(rss)/1024:.1f} MB ({tps} TPS)"
+lines += ["", f"Peak RSS with {conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {conns_figure(grss, gct, grc)}, PgBouncer {conns_figure(brss, bct, brc)}."]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

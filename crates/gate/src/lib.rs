@@ -117,7 +117,7 @@ impl Shared {
     /// Sends an alert to the log and every webhook.
     pub fn alert(&self, event: serde_json::Value) {
         tracing::warn!(alert = %event, "gate alert");
-        self.webhooks.send(&event, store::Timestamp::now);
+        self.webhooks.send(&event, vault_types::Timestamp::now);
     }
 
     pub fn next_session(&self) -> u64 {

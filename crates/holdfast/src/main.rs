@@ -25,6 +25,7 @@ use vault_api::{ProposeRequest, Scope, SignRequest, VaultClient};
 
 mod audit_cmd;
 mod check;
+#[cfg(feature = "demo")]
 mod demo;
 mod drill_cmd;
 mod gate_cmd;
@@ -404,9 +405,15 @@ async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Vault(v) => vault_command(v).await,
         Command::Gate(g) => gate_cmd::run(g).await,
+        #[cfg(feature = "demo")]
         Command::Demo { merchants, business_seconds, workers, json, report, dir } => {
             demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir }).await
         }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => anyhow::bail!(
+            "this holdfast was built without the demo (cargo's --no-default-features, as for production hosts); \
+             build it with the default features to run the demo"
+        ),
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
         Command::Restore(a) => restore_cmd::restore(*a).await,

@@ -83,15 +83,33 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
 
     assert_eq!(v["ok"], true, "{v:#}");
-    // Nothing committed before the attack is lost, merchant by merchant.
+    // The attack destroyed every merchant's data (measured: production served none of their
+    // rows after the DROP) …
     assert_eq!(v["merchants"], 20);
+    assert_eq!(v["merchants_affected"], 20, "{v:#}");
+    // … and every row of every table committed before it is back, merchant by merchant: the
+    // initial load (7 tables: 20 merchants × (1 + 40 + 20 + 100·3 + 10) rows) plus 3 rows per
+    // committed order.
+    let committed = v["transactions_committed"].as_i64().unwrap();
+    assert!(committed > 20, "the workload ran: {v:#}");
+    let expected = v["rows_expected"].as_i64().unwrap();
+    let in_doubt = v["in_doubt_found_committed"].as_i64().unwrap();
+    assert_eq!(expected, 20 * (1 + 40 + 20 + 300 + 10) + 3 * (committed + in_doubt), "{v:#}");
+    assert_eq!(v["rows_destroyed"].as_i64().unwrap(), 20 * (1 + 40 + 20 + 300 + 10) + 3 * committed, "{v:#}");
     assert_eq!(v["merchants_verified"], 20, "{v:#}");
     assert_eq!(v["rows_lost"], 0, "{v:#}");
     assert_eq!(v["values_wrong"], 0, "{v:#}");
-    assert_eq!(v["unexplained_orders"], 0, "{v:#}");
-    assert!(v["transactions_committed"].as_u64().unwrap() > 20, "the workload ran: {v:#}");
-    assert_eq!(v["rpo_seconds"], 0.0);
-    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["rows_unexplained"], 0, "{v:#}");
+    assert_eq!(v["acknowledged_transactions_missing"], 0, "{v:#}");
+    // RPO is measured from the last commit in the restored database to the attack: the
+    // workload committed up to the DROP, so it is well under the seconds the insider took.
+    let rpo = v["rpo_seconds"].as_f64().expect("RPO measured");
+    assert!((0.0..5.0).contains(&rpo), "{v:#}");
+    assert!(v["last_restored_commit"].as_str().is_some(), "{v:#}");
+    // RTO ends when the restored server answers; verification is timed apart.
+    let (rto, verify) = (v["rto_seconds"].as_f64().unwrap(), v["verify_seconds"].as_f64().unwrap());
+    assert!(rto > 0.0 && verify > 0.0, "{v:#}");
+    assert!(v["attack_to_verified_seconds"].as_f64().unwrap() > rto + verify, "{v:#}");
     // The incident was found in the WAL, named, and alerted within seconds.
     assert_eq!(v["incident_found"], true);
     let i = &v["incident"];
@@ -107,17 +125,45 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     }
     assert_eq!(v["audit_verified"], true);
     assert!(v["audit_records_for_insider"].as_u64().unwrap() >= 4, "{v:#}");
-    // Every attack on the vault was refused, and there were attacks with the credentials
-    // found on the database hosts.
+    // Every attack on the vault went to a route that exists and was refused by the vault
+    // itself (its error body, the status of the guard named), and there were attacks with the
+    // credentials found on the database hosts.
     let attacks = v["attacks"].as_array().unwrap();
-    assert!(attacks.len() >= 8, "{v:#}");
+    assert!(attacks.len() >= 12, "{v:#}");
     assert_eq!(v["vault_attacks_refused"], v["vault_attacks"]);
     assert_eq!(v["vault_intact"], true, "{v:#}");
     assert!(v["vault_objects_checked"].as_u64().unwrap() > 10, "{v:#}");
-    assert!(attacks.iter().all(|a| a["refused"] == true), "{attacks:#?}");
+    for a in attacks {
+        assert_eq!(
+            (&a["refused"], &a["outcome"]),
+            (&serde_json::json!(true), &serde_json::json!("refused")),
+            "{a:#}"
+        );
+        let answer = a["answer"].as_str().unwrap();
+        assert!(
+            ["refused, 400:", "refused, 401:", "refused, 403:"].iter().any(|p| answer.starts_with(p)),
+            "{a:#}"
+        );
+        assert!(
+            !a["request"].as_str().unwrap().starts_with("DELETE"),
+            "the vault has no DELETE route for data: {a:#}"
+        );
+    }
     assert!(
         attacks.iter().any(|a| a["credential"].as_str().unwrap().contains("postgresql.auto.conf")),
         "the standby's replication password was tried: {attacks:#?}"
+    );
+    // The overwrite with the append token is stopped by the content address, the early
+    // deletion with one keyholder's signature by the quorum.
+    assert!(
+        attacks.iter().any(|a| a["request"].as_str().unwrap().starts_with("PUT /v1/objects/pack/")
+            && a["answer"].as_str().unwrap().starts_with("refused, 400:")),
+        "{attacks:#?}"
+    );
+    assert!(
+        attacks.iter().any(|a| a["request"].as_str().unwrap().ends_with("/execute")
+            && a["answer"].as_str().unwrap().contains("keyholder")),
+        "{attacks:#?}"
     );
 
     // The HTML report: self-contained, naming the insider and the incident.

@@ -554,8 +554,12 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
     s.wait_durable(flush);
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let spawn_restore = |s: &Setup, dir: &Path| {
+    // `retry`: how long the restore keeps retrying an unreachable vault (default 30 s).
+    let spawn_restore = |s: &Setup, dir: &Path, retry: Option<&str>| {
         let mut cmd = std::process::Command::new(holdfast());
+        if let Some(secs) = retry {
+            cmd.env(restore::RETRY_SECONDS_ENV, secs);
+        }
         cmd.arg("restore")
             .args(["--cluster", "main", "--latest", "--start", "--promote", "--json", "--parallel", "1"])
             .arg("--target-dir")
@@ -577,7 +581,7 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
     //    and finishes with every row.
     let port = s.v.url().rsplit(':').next().unwrap().to_string();
     let dir = root.path().join("resumed");
-    let child = spawn_restore(&s, &dir);
+    let child = spawn_restore(&s, &dir, None);
     s.v.kill();
     std::thread::sleep(Duration::from_secs(3));
     s.v.restart_with(&["--listen", &format!("127.0.0.1:{port}")]).unwrap();
@@ -596,9 +600,10 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), expected);
     stop_restored(&dir);
 
-    // 2. The vault stays away: a clear failure after the retries.
+    // 2. The vault stays away: a clear failure after the retries (3 s of them here; the
+    //    default 30 s would only make the test slower).
     let dir = root.path().join("r");
-    let child = spawn_restore(&s, &dir);
+    let child = spawn_restore(&s, &dir, Some("3"));
     s.v.kill();
     let t0 = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -607,6 +612,10 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
     assert!(
         err.contains("could not reach the vault") || err.contains("stopped during recovery"),
         "the failure says what happened: {err}"
+    );
+    assert!(
+        !err.contains("could not reach the vault") || err.contains("gave up after retrying for 3 s"),
+        "the retry budget is the one asked for: {err}"
     );
     eprintln!("restore without its vault, after {:?}: {err}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(120), "gave up only after {:?}", t0.elapsed());

@@ -63,7 +63,7 @@ impl Record {
         let (date, clock) = text.split_once(' ')?;
         let (hms, frac) = clock.split_once('.')?;
         let us: i64 = frac.parse().ok()?;
-        let secs = format!("{date}T{hms}Z").parse::<store::Timestamp>().ok()?.0;
+        let secs = format!("{date}T{hms}Z").parse::<vault_types::Timestamp>().ok()?.0;
         Some(secs * 1_000_000 + us)
     }
 }
@@ -242,7 +242,7 @@ pub fn judge_wal(
 }
 
 fn fmt_us(us: i64) -> String {
-    let t = store::Timestamp(us.div_euclid(1_000_000)).to_string();
+    let t = vault_types::Timestamp(us.div_euclid(1_000_000)).to_string();
     format!("{}.{:06}Z", t.trim_end_matches('Z'), us.rem_euclid(1_000_000))
 }
 
@@ -266,14 +266,14 @@ rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/030001C8,
             ("Transaction", 735, Lsn(0x3000138), 34)
         );
         assert!(r[1].is_xact_end() && !r[0].is_xact_end());
-        let t = store::Timestamp("2026-12-03T22:41:05Z".parse::<store::Timestamp>().unwrap().0);
+        let t = vault_types::Timestamp("2026-12-03T22:41:05Z".parse::<vault_types::Timestamp>().unwrap().0);
         assert_eq!(r[1].xact_time_us(), Some(t.0 * 1_000_000 + 250_000));
     }
 
     #[test]
     fn judges_each_target_and_refuses_an_early_stop() {
         let r = parse_waldump(DUMP);
-        let t = |s: &str| s.parse::<store::Timestamp>().unwrap();
+        let t = |s: &str| s.parse::<vault_types::Timestamp>().unwrap();
         let at_point = Lsn(0x3000160 + 98);
         // Stopped right after the restore point: reached; one record earlier: not.
         let name = Target::Name("after-first-round".into());

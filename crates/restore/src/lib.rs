@@ -160,22 +160,35 @@ pub struct Report {
     pub ok: bool,
 }
 
-/// Attempts at reaching the vault for one request before giving up: with backoff from
-/// 200 ms doubling to 5 s, about 30 s — long enough for a vault restart.
-pub(crate) const RETRIES: u32 = 11;
+/// The environment variable that sets how long one request keeps retrying an unreachable
+/// vault, in seconds (default [`DEFAULT_RETRY_SECONDS`]). The `restore_command` helper inherits
+/// it from the server `holdfast restore --start` starts.
+pub const RETRY_SECONDS_ENV: &str = "HOLDFAST_VAULT_RETRY_SECONDS";
+
+/// 30 s: long enough for a vault restart.
+pub const DEFAULT_RETRY_SECONDS: u64 = 30;
+
+/// How long one request keeps retrying an unreachable vault: [`RETRY_SECONDS_ENV`] if set to a
+/// number, else [`DEFAULT_RETRY_SECONDS`].
+pub fn retry_budget() -> Duration {
+    let secs = std::env::var(RETRY_SECONDS_ENV).ok().and_then(|v| v.trim().parse().ok());
+    Duration::from_secs(secs.unwrap_or(DEFAULT_RETRY_SECONDS))
+}
 
 /// Runs `f` until it succeeds or fails other than by the vault being unreachable, waiting
-/// 200 ms, then twice as long each time up to 5 s, for at most [`RETRIES`] attempts.
+/// 200 ms, then twice as long each time up to 5 s, for at most [`retry_budget`] in all.
 pub(crate) async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, vault_api::ClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, vault_api::ClientError>>,
 {
+    let budget = retry_budget();
+    let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
         match f().await {
-            Err(vault_api::ClientError::Transport { .. }) if attempt < RETRIES => {
+            Err(vault_api::ClientError::Transport { .. }) if started.elapsed() + delay <= budget => {
                 tracing::warn!(attempt, "{what}: the vault is unreachable; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -389,9 +402,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
                 }
                 Err(RestoreError::Vault(e @ vault_api::ClientError::Transport { .. })) => {
                     return Err(RestoreError::Refused(format!(
-                        "{e}; gave up after retrying for about 30 s. The target directory holds an incomplete restore \
+                        "{e}; gave up after retrying for {} s (set {RETRY_SECONDS_ENV} to wait longer). The target directory holds an incomplete restore \
                          that cannot be started (global/pg_control is not in place); rerun the same command once the \
-                         vault is reachable: it starts clean"
+                         vault is reachable: it starts clean",
+                        retry_budget().as_secs()
                     )));
                 }
                 Err(e) => return Err(e),
@@ -531,7 +545,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     report.recovered_lsn = lsn.clone();
     let commit_us = commit.as_deref().and_then(|c| c.parse::<i64>().ok());
     report.last_replayed_commit = commit_us.map(|us| {
-        let t = store::Timestamp(us.div_euclid(1_000_000)).to_string();
+        let t = vault_types::Timestamp(us.div_euclid(1_000_000)).to_string();
         format!("{}.{:06}Z", t.trim_end_matches('Z'), us.rem_euclid(1_000_000))
     });
     let replay = lsn.as_deref().and_then(|l| l.parse::<pgfmt::Lsn>().ok());

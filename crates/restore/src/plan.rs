@@ -1,9 +1,9 @@
 //! Choosing what to restore: pure, no IO, unit-tested.
 
 use pgfmt::Lsn;
-use store::Timestamp;
 use vault_api::status::{Inventory, InventoryBackup, WalRun, Window};
 use vault_api::window::Interval;
+use vault_types::Timestamp;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,25 +13,7 @@ use bytes::Bytes;
 use crate::name::{NameError, ObjectKind, ObjectName};
 use crate::timestamp::Timestamp;
 
-/// What a put did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PutOutcome {
-    /// The object is new.
-    Created,
-    /// An object with this name (and therefore these bytes) was already there; nothing changed.
-    AlreadyPresent,
-}
-
-/// Facts about a stored object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ObjectMeta {
-    pub name: ObjectName,
-    /// Stored size in bytes.
-    pub size: u64,
-    /// The object may not be removed before this instant (vault clock).
-    pub retain_until: Timestamp,
-}
+pub use vault_types::{ObjectMeta, PutOutcome};
 
 /// Errors from a backend.
 #[derive(Debug, thiserror::Error)]

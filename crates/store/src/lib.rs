@@ -28,12 +28,18 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod local;
-pub mod name;
+/// Object names: moved to `vault-types`, re-exported here.
+pub mod name {
+    pub use vault_types::name::*;
+}
 pub mod pack;
 pub mod quorum;
 pub mod repo;
 pub mod snapshot;
-pub mod timestamp;
+/// `Timestamp`: moved to `vault-types`, re-exported here.
+pub mod timestamp {
+    pub use vault_types::timestamp::*;
+}
 
 pub use backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
 pub use backup::{BackupWriter, RestoreStats};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::status::WebhookStatus;
-use store::Timestamp;
+use vault_types::Timestamp;
 
 /// How a hook wants its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

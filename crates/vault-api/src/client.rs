@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
-use store::{ObjectKind, ObjectName, Timestamp};
+use vault_types::{ObjectKind, ObjectName, Timestamp};
 
 use crate::token::Scope;
 use crate::wire::*;

@@ -7,7 +7,7 @@
 //! repository keys, so a report verifies the same way after the vault is rebuilt from escrow.
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use store::Timestamp;
+use vault_types::Timestamp;
 
 /// One check of a drill.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

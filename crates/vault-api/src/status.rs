@@ -2,7 +2,7 @@
 //! the WAL stream, lag, the last complete base backup and the restorable window.
 
 use pgfmt::Lsn;
-use store::Timestamp;
+use vault_types::Timestamp;
 
 /// A protected cluster's capture state.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

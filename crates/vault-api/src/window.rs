@@ -10,7 +10,7 @@
 
 use pgfmt::Lsn;
 
-use store::Timestamp;
+use vault_types::Timestamp;
 
 use crate::status::{BackupSummary, Inventory, InventoryBackup, WalRun, Window};
 

@@ -3,8 +3,8 @@
 //! Requests use `deny_unknown_fields`: a client that sends a field the vault does not know
 //! (say a forged `retain_until`) is told so instead of being silently ignored.
 
-use store::quorum::DeletionStatement;
-use store::{ObjectMeta, ObjectName, PutOutcome, Timestamp};
+use vault_types::DeletionStatement;
+use vault_types::{ObjectMeta, ObjectName, PutOutcome, Timestamp};
 
 use crate::token::Scope;
 

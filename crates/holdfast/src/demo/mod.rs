@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use report::{Event, GateAttempt, IncidentSeen, VaultAttack, Verdict};
+use report::{AttackOutcome, Event, GateAttempt, IncidentSeen, VaultAttack, Verdict};
 use shop::{Ledger, Snapshot};
 use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres};
 use testkit::vault::{TempVault, TempVaultOptions};
@@ -206,6 +206,7 @@ impl Drop for Restored {
 /// The gate as its own process.
 struct Gate {
     _proc: Proc,
+    log: PathBuf,
     addr: String,
     control: String,
     cert: PathBuf,
@@ -247,7 +248,13 @@ impl Gate {
                 let _ = writeln!(log, "{line}");
             }
         });
-        Ok(Gate { _proc: proc, addr, control, cert: dir.join("state/tls/cert.pem") })
+        Ok(Gate {
+            _proc: proc,
+            log: dir.join("gate.log"),
+            addr,
+            control,
+            cert: dir.join("state/tls/cert.pem"),
+        })
     }
 
     /// `holdfast gate …` as the on-call DBA.
@@ -290,17 +297,217 @@ fn vault_cli(v: &TempVault, token: &Path, args: &[&str]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// What act 1 sets up and the later acts use.
+struct Stage {
+    exe: PathBuf,
+    primary: TempPg,
+    standby: TempPg,
+    vault: TempVault,
+    /// Alerts the vault and the gate posted to the on-call webhook.
+    alerts: testkit::webhook::Received,
+    admin: VaultClient,
+    /// The gate's append-only audit token.
+    append: String,
+    /// The operator's read token, as a file for `holdfast restore`.
+    read_file: PathBuf,
+    backup_id: String,
+    /// Keyholder alice's signing key: in act 6 the insider has talked her into signing.
+    alice: ed25519_dalek::SigningKey,
+    gate: Gate,
+    dba_totp: String,
+    /// The shop as loaded, before the workload.
+    base: Snapshot,
+}
+
+/// The workload's outcome at the attack.
+struct Business {
+    ledger: Arc<Ledger>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+/// Act 4: when the attack happened and what it destroyed.
+struct Strike {
+    /// The DROP DATABASE returned (the attack had done its work).
+    at: Instant,
+    t: f64,
+    /// The same moment on the wall clock, to compare with commit timestamps.
+    wall: std::time::SystemTime,
+    /// How long the DROP ran.
+    drop_seconds: f64,
+    /// Credentials found on the database hosts: (where, secret).
+    found: Vec<(String, String)>,
+    placed: Vec<shop::Placed>,
+    /// The shop's rows the attack made unreadable, per merchant (what production still
+    /// served right after the DROP, against what it should have held).
+    destroyed: shop::Comparison,
+}
+
+/// Act 7: the restore and its check.
+struct Recovery {
+    rto: f64,
+    verify_seconds: f64,
+    cmp: shop::Comparison,
+    restore_target: String,
+    /// Commit timestamp of the last transaction in the restored database, if it names one.
+    last_commit: Option<time::OffsetDateTime>,
+    /// How the last commit was found.
+    last_commit_source: String,
+}
+
 async fn story(o: &Options, work: &Path) -> Result<u8> {
     let mut s = Story { start: Instant::now(), events: Vec::new() };
-    let exe = std::env::current_exe().context("locating the holdfast binary")?;
     println!("holdfast demo: the 删库跑路 incident of February 2020, replayed on this machine.");
     println!(
         "work files: {}{}",
         work.display(),
         if o.dir.is_some() { "" } else { " (removed at the end; --dir DIR keeps them)" }
     );
+    let mut stage = act_production(&mut s, o, work).await?;
+    let mut business = act_business(&mut s, o, &stage).await?;
+    let insider_sql = ["DROP DATABASE shop", "DELETE FROM stored_value_cards"];
+    let gate_attempts = act_insider_at_the_gate(&mut s, &stage, &business, &insider_sql).await?;
+    let strike = act_insider_as_root(&mut s, &mut stage, &mut business).await?;
+    let (incident, alerted, other_incidents) = act_vault_sees(&mut s, &stage, &strike).await?;
+    let defence = act_insider_turns_on_the_backups(&mut s, &stage, &strike).await?;
+    let number = incident.as_ref().map(|i| i.number).ok_or_else(|| {
+        anyhow!("the vault raised no database_dropped incident; vault log:\n{}", stage.vault.log())
+    })?;
+    let recovery = act_restore(&mut s, &stage, &strike, work, number).await?;
 
     // ------------------------------------------------------------------------------------
+    s.step(8, "Verdict");
+    let cmp = &recovery.cmp;
+    let placed = &strike.placed;
+    let acked = placed.iter().filter(|p| p.acknowledged).count();
+    let in_doubt = placed.len() - acked;
+    // RPO: from the last commit the restored database holds to the attack.
+    let rpo = recovery.last_commit.map(|c| {
+        let wall = time::OffsetDateTime::from(strike.wall);
+        (wall - c).as_seconds_f64()
+    });
+    let verified = cmp.merchants.iter().filter(|m| m.ok).count();
+    let affected = strike.destroyed.merchants.iter().filter(|m| m.rows_lost > 0).count();
+    let gate_held = gate_attempts.iter().filter(|g| g.held).count();
+    let gate_executed = gate_attempts.iter().filter(|g| g.executed).count();
+    let attacks = defence.attacks;
+    let refused = attacks.iter().filter(|a| a.refused).count();
+    let ok = cmp.rows_lost == 0
+        && cmp.values_wrong == 0
+        && cmp.rows_unexplained == 0
+        && cmp.acknowledged_orders_lost == 0
+        && incident.is_some()
+        && alerted.is_some()
+        && gate_held == insider_sql.len()
+        && gate_executed == 0
+        && refused == attacks.len()
+        && defence.vault_intact
+        && defence.vault_objects > 0
+        && !attacks.is_empty()
+        && defence.audit_verified
+        && defence.audit.iter().filter(|r| r["kind"] == "approval_requested").count() >= insider_sql.len()
+        && verified == cmp.merchants.len()
+        && rpo.is_some();
+    let report_path = std::path::absolute(&o.report)?;
+    let mut verdict = Verdict {
+        ok,
+        merchants: stage.base.merchants().len(),
+        merchants_affected: affected,
+        rows_destroyed: strike.destroyed.rows_lost,
+        merchants_verified: verified,
+        rows_expected: cmp.rows_expected,
+        rows_lost: cmp.rows_lost,
+        values_wrong: cmp.values_wrong,
+        rows_unexplained: cmp.rows_unexplained,
+        transactions_committed: acked as u64,
+        acknowledged_transactions_missing: cmp.acknowledged_orders_lost,
+        transactions_in_doubt: in_doubt,
+        in_doubt_found_committed: cmp.in_doubt_committed,
+        incident_found: incident.is_some(),
+        incident,
+        other_incidents,
+        gate_held,
+        gate_executed,
+        gate: gate_attempts,
+        audit_records_for_insider: defence.audit.len(),
+        audit_verified: defence.audit_verified,
+        vault_intact: defence.vault_intact,
+        vault_objects_checked: defence.vault_objects,
+        vault_attacks: attacks.len(),
+        vault_attacks_refused: refused,
+        attacks,
+        rpo_seconds: rpo,
+        last_restored_commit: recovery
+            .last_commit
+            .and_then(|c| c.format(&time::format_description::well_known::Rfc3339).ok()),
+        last_restored_commit_source: recovery.last_commit_source.clone(),
+        attack_seconds: strike.drop_seconds,
+        rto_seconds: recovery.rto,
+        verify_seconds: recovery.verify_seconds,
+        attack_to_verified_seconds: strike.at.elapsed().as_secs_f64(),
+        restore_target: recovery.restore_target.clone(),
+        duration_seconds: 0.0,
+        report: report_path.display().to_string(),
+        timeline: Vec::new(),
+    };
+    verdict.duration_seconds = s.t();
+    verdict.timeline = s.events.clone();
+    verdict.timeline.sort_by(|a, b| a.t.total_cmp(&b.t));
+    std::fs::write(&report_path, report::html(&verdict, &cmp.merchants, &defence.audit))
+        .with_context(|| format!("writing the report {}", report_path.display()))?;
+    print_verdict(&verdict, insider_sql.len());
+    if o.json {
+        println!("{}", serde_json::to_string(&verdict)?);
+    }
+    drop(stage);
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The verdict's text summary (the JSON and the report carry the same figures).
+fn print_verdict(v: &Verdict, insider_statements: usize) {
+    println!("    timeline:");
+    for e in &v.timeline {
+        println!("      {:6.1} s  {:<8} {}", e.t, e.actor, e.what);
+    }
+    println!(
+        "\n    merchants whose data the attack destroyed {} of {} ({} rows); after the restore: {} merchants verified, rows lost {} of {}, values wrong {}, rows nobody wrote {}",
+        v.merchants_affected,
+        v.merchants,
+        v.rows_destroyed,
+        v.merchants_verified,
+        v.rows_lost,
+        v.rows_expected,
+        v.values_wrong,
+        v.rows_unexplained
+    );
+    println!(
+        "    RPO {} ({} acknowledged transactions missing); RTO {:.1} s to a server answering at the target, then {:.1} s to verify (attack → verified {:.1} s)",
+        v.rpo_seconds
+            .map(|r| format!("{:.3} s from the last restored commit to the attack", r))
+            .unwrap_or_else(|| "unknown (the restored database names no last commit)".into()),
+        v.acknowledged_transactions_missing,
+        v.rto_seconds,
+        v.verify_seconds,
+        v.attack_to_verified_seconds
+    );
+    println!(
+        "    gate held {} of {insider_statements} destructive statements, executed {}; vault refused {} of {} attacks",
+        v.gate_held, v.gate_executed, v.vault_attacks_refused, v.vault_attacks
+    );
+    println!(
+        "    {}",
+        if v.ok {
+            "VERDICT: every row of every merchant committed before the attack is back"
+        } else {
+            "VERDICT: FAILED — see the report"
+        }
+    );
+    println!("    report: {}   ({:.0} s in all)", v.report, v.duration_seconds);
+}
+
+/// Act 1: a primary and a standby with the shop loaded, a vault pulling their WAL and a base
+/// backup, tokens, and the gate in front.
+async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage> {
+    let exe = std::env::current_exe().context("locating the holdfast binary")?;
     s.step(1, "Production: a PostgreSQL 15 primary and a streaming standby; a vault; a gate");
     let primary = blocking(|| TempPg::start_with(TempPgOptions::default()))?;
     let standby = blocking(|| TempPg::standby_of(&primary))?;
@@ -322,25 +529,25 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
         primary.psql_db("shop", shop::GRANTS)?;
         Ok(())
     })?;
-    let base_max = o.merchants * shop::ORDERS;
-    let base: Snapshot = blocking(|| shop::snapshot(&|sql| primary.psql_db("shop", sql), base_max))?;
+    let base: Snapshot = blocking(|| shop::snapshot(&|sql| primary.psql_db("shop", sql)))?;
     s.event(
         "shop",
         format!(
-            "loaded {} merchants: {} customers, {} orders, {} gift cards",
-            o.merchants,
-            base.customer_merchant.len(),
-            base_max,
-            base.cards.len()
+            "loaded {} merchants: {} rows in 7 tables (customers, products, orders and their items, points, gift cards)",
+            base.merchants().len(),
+            base.rows()
         ),
     );
 
     // The vault: keys wrapped to an offline escrow key, 2-of-3 keyholders for early deletion.
     let mut keyholders = Vec::new();
+    let mut keys = Vec::new();
     for name in ["alice", "bob", "carol"] {
         let key = ed25519_dalek::SigningKey::from_bytes(&random::<32>()?);
         keyholders.push((name.to_string(), hex::encode(key.verifying_key().as_bytes())));
+        keys.push(key);
     }
+    let alice = keys.swap_remove(0);
     let mut vault = blocking(|| {
         TempVault::start_with(
             &exe,
@@ -375,11 +582,11 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
         vault_cli(&vault, &admin_token, &["backup", "--cluster", "shop", "--json"])
     })?)
     .context("reading holdfast backup --json")?;
+    let backup_id = backup["id"].as_str().unwrap_or("").to_string();
     s.event(
         "vault",
         format!(
-            "base backup {} pulled (BASE_BACKUP → chunked, compressed, encrypted); complete once its WAL is stored",
-            backup["id"].as_str().unwrap_or("?")
+            "base backup {backup_id} pulled (BASE_BACKUP → chunked, compressed, encrypted); complete once its WAL is stored"
         ),
     );
     let admin = VaultClient::new(vault.url(), &vault.ca_pem(), Some(vault.admin_token().to_string()))?;
@@ -455,15 +662,32 @@ url = "{hook}"
             gate.addr
         ),
     );
+    Ok(Stage {
+        exe,
+        primary,
+        standby,
+        vault,
+        alerts,
+        admin,
+        append,
+        read_file,
+        backup_id,
+        alice,
+        gate,
+        dba_totp,
+        base,
+    })
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 2: application sessions place orders through the gate for `business_seconds`.
+async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business> {
     s.step(2, "Business as usual: orders, points and gift-card payments through the gate");
     let mut cfg = pgproto::conn::Config::new(
-        pgproto::conn::Host::Tcp { host: "127.0.0.1".into(), port: gate.port()? },
+        pgproto::conn::Host::Tcp { host: "127.0.0.1".into(), port: st.gate.port()? },
         APP,
     )
     .password(APP_PASSWORD, "the demo");
-    cfg.ssl = pgproto::conn::SslMode::VerifyFull { ca_pem: std::fs::read(&gate.cert)? };
+    cfg.ssl = pgproto::conn::SslMode::VerifyFull { ca_pem: std::fs::read(&st.gate.cert)? };
     cfg.application_name = "shop".into();
     let ledger = Arc::new(Ledger::default());
     let mut workers = tokio::task::JoinSet::new();
@@ -491,27 +715,32 @@ url = "{hook}"
     }
     let committed = ledger.committed.load(Ordering::Relaxed);
     if committed == 0 {
-        bail!(
-            "the workload committed nothing in {} s; see {}",
-            o.business_seconds,
-            gate_dir.join("gate.log").display()
-        );
+        bail!("the workload committed nothing in {} s; see {}", o.business_seconds, st.gate.log.display());
     }
     s.event(
         "shop",
         format!(
-            "{committed} orders committed in {} s ({:.0}/s), each remembered with its points and gift-card payment",
+            "{committed} orders committed in {} s ({:.0}/s), each remembered with every row it wrote",
             o.business_seconds,
             committed as f64 / business_start.elapsed().as_secs_f64()
         ),
     );
+    Ok(Business { ledger, workers })
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 3: the insider sends destructive statements through the gate; they are held, the
+/// on-call DBA rejects them.
+async fn act_insider_at_the_gate(
+    s: &mut Story,
+    st: &Stage,
+    b: &Business,
+    insider_sql: &[&str],
+) -> Result<Vec<GateAttempt>> {
     s.step(3, &format!("The insider ({INSIDER}) strikes through the gate"));
-    let before_insider = ledger.committed.load(Ordering::Relaxed);
-    let insider_sql = ["DROP DATABASE shop", "DELETE FROM stored_value_cards"];
+    let gate = &st.gate;
+    let before_insider = b.ledger.committed.load(Ordering::Relaxed);
     let mut psqls = Vec::new();
-    for sql in insider_sql {
+    for &sql in insider_sql {
         let child = tokio::process::Command::new(bin("psql")?)
             .arg(format!(
                 "host=127.0.0.1 port={} user={INSIDER} dbname=shop sslmode=verify-full sslrootcert={} connect_timeout=10",
@@ -531,7 +760,7 @@ url = "{hook}"
     // Both wait for a second person; the on-call DBA sees them and says no.
     let deadline = Instant::now() + Duration::from_secs(30);
     let held: Vec<(String, String)> = loop {
-        let out = blocking(|| gate.dba(&dba_totp, &["pending", "--json"]))?;
+        let out = blocking(|| gate.dba(&st.dba_totp, &["pending", "--json"]))?;
         if !out.status.success() {
             bail!("holdfast gate pending failed: {}", text(&out));
         }
@@ -557,11 +786,10 @@ url = "{hook}"
     for (id, sql) in &held {
         s.event("gate", format!("held {id} for a second person's approval: {sql}; on-call alerted"));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     for (id, _) in &held {
         let out = blocking(|| {
             gate.dba(
-                &dba_totp,
+                &st.dba_totp,
                 &["reject", id, "--reason", "no change ticket; this would destroy every merchant's data"],
             )
         })?;
@@ -588,16 +816,20 @@ url = "{hook}"
         });
     }
     let still_there: i64 =
-        blocking(|| primary.psql_db("shop", "SELECT count(*) FROM stored_value_cards"))?.parse()?;
+        blocking(|| st.primary.psql_db("shop", "SELECT count(*) FROM stored_value_cards"))?.parse()?;
     s.say(format!(
         "the shop still holds {still_there} gift cards; {} more orders were committed while he waited",
-        ledger.committed.load(Ordering::Relaxed) - before_insider
+        b.ledger.committed.load(Ordering::Relaxed) - before_insider
     ));
+    Ok(gate_attempts)
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 4: as root on the database hosts he drops the database, the vault's slot, and both
+/// data directories. What production still serves right after the DROP is measured.
+async fn act_insider_as_root(s: &mut Story, st: &mut Stage, b: &mut Business) -> Result<Strike> {
     s.step(4, "The insider strikes as root on the database hosts (A1: every host, the superuser)");
     // He reads every file on those hosts first: these are the credentials he will try.
-    let found = credentials_on_hosts(&[primary.data_dir(), standby.data_dir()]);
+    let found = credentials_on_hosts(&[st.primary.data_dir(), st.standby.data_dir()]);
     s.say(format!(
         "credentials found in the data directories: {}",
         if found.is_empty() {
@@ -607,15 +839,23 @@ url = "{hook}"
         }
     ));
     let attack_sql = "DROP DATABASE shop WITH (FORCE)";
-    blocking(|| primary.psql(attack_sql))?;
-    let attack_at = Instant::now();
-    let attack_t = s.t();
-    s.event("insider", format!("psql as postgres on the primary: {attack_sql};"));
-    let drop_end: pgfmt::Lsn = blocking(|| primary.psql("SELECT pg_current_wal_flush_lsn()"))?.parse()?;
+    let sent = Instant::now();
+    blocking(|| st.primary.psql(attack_sql))?;
+    let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+    let drop_seconds = at.duration_since(sent).as_secs_f64();
+    let t = s.t();
+    s.event("insider", format!("psql as postgres on the primary: {attack_sql};   ({drop_seconds:.2} s)"));
+    let drop_end: pgfmt::Lsn = blocking(|| st.primary.psql("SELECT pg_current_wal_flush_lsn()"))?.parse()?;
+    // What production still serves: nothing, if the database is gone; otherwise its rows.
+    let left = blocking(|| -> Result<Snapshot> {
+        if st.primary.psql("SELECT count(*) FROM pg_database WHERE datname = 'shop'")? == "0" {
+            return Ok(Snapshot::default());
+        }
+        shop::snapshot(&|sql| st.primary.psql_db("shop", sql))
+    })?;
     // The vault pulls the WAL as it is written: by the time he reaches for the slot, the DROP
     // is normally stored (the timeline shows when).
-    let stored_in = wait_durable(&admin, drop_end, Duration::from_secs(5)).await;
-    match stored_in {
+    match wait_durable(&st.admin, drop_end, Duration::from_secs(5)).await {
         Some(d) => s.event(
             "vault",
             format!(
@@ -625,47 +865,62 @@ url = "{hook}"
         ),
         None => s.event("vault", format!("WAL of the DROP (to {drop_end}) NOT stored within 5 s")),
     }
-    blocking(|| drop_vault_slot(&primary))?;
+    blocking(|| drop_vault_slot(&st.primary))?;
     s.event("insider", "pg_terminate_backend(walsender); pg_drop_replication_slot('holdfast_shop');");
-    let mut primary = primary;
-    let mut standby = standby;
-    for (name, pg) in [("primary", &mut primary), ("standby", &mut standby)] {
+    for (name, pg) in [("primary", &mut st.primary), ("standby", &mut st.standby)] {
         let data = pg.data_dir().to_path_buf();
         blocking(|| pg.kill())?;
         std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
         s.event("insider", format!("kill -9 postgres; rm -rf {}   ({name})", data.display()));
     }
     // The workload's sessions died with the database.
-    let _ =
-        tokio::time::timeout(Duration::from_secs(15), async { while workers.join_next().await.is_some() {} })
-            .await;
-    workers.abort_all();
-    let placed = ledger.placed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let acked = placed.iter().filter(|p| p.acknowledged).count();
-    let in_doubt = placed.len() - acked;
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while b.workers.join_next().await.is_some() {}
+    })
+    .await;
+    b.workers.abort_all();
+    let placed = b.ledger.placed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let acked: Vec<shop::Placed> = placed.iter().filter(|p| p.acknowledged).cloned().collect();
+    let destroyed = shop::diff(&shop::expected(&st.base, &acked, &|_| false), &left);
     s.say(format!(
-        "the workload had {acked} orders acknowledged; {in_doubt} in flight when the database went (COMMIT sent, no answer)"
+        "the workload had {} orders acknowledged; {} in flight when the database went (COMMIT sent, no answer)",
+        acked.len(),
+        placed.len() - acked.len()
     ));
+    s.say(format!(
+        "production now serves {} of the {} rows acknowledged before the attack: {} merchants lost data",
+        destroyed.rows_expected - destroyed.rows_lost,
+        destroyed.rows_expected,
+        destroyed.merchants.iter().filter(|m| m.rows_lost > 0).count()
+    ));
+    Ok(Strike { at, t, wall, drop_seconds, found, placed, destroyed })
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 5: the incident the vault raised and when the alert arrived.
+async fn act_vault_sees(
+    s: &mut Story,
+    st: &Stage,
+    strike: &Strike,
+) -> Result<(Option<IncidentSeen>, Option<Duration>, Vec<String>)> {
     s.step(5, "What the vault saw");
     let deadline = Instant::now() + Duration::from_secs(60);
     let alerted = loop {
-        let hit = alerts
+        let hit = st
+            .alerts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|(at, body)| {
-                *at >= attack_at - Duration::from_secs(1) && body.to_string().contains("database_dropped")
+                *at >= strike.at - Duration::from_secs(1) && body.to_string().contains("database_dropped")
             })
-            .map(|(at, _)| at.saturating_duration_since(attack_at));
+            .map(|(at, _)| at.saturating_duration_since(strike.at));
         if hit.is_some() || Instant::now() > deadline {
             break hit;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let incidents: Vec<vault_api::status::Incident> = serde_json::from_slice(&blocking(|| {
-        vault_cli(&vault, &read_file, &["incidents", "--cluster", "shop", "--json"])
+        vault_cli(&st.vault, &st.read_file, &["incidents", "--cluster", "shop", "--json"])
     })?)
     .context("reading holdfast incidents --json")?;
     let incident =
@@ -686,7 +941,7 @@ url = "{hook}"
             alerted_after_seconds: alerted.map(|d| d.as_secs_f64()),
             message: i.message.clone(),
         });
-    let alert_t = alerted.map(|d| attack_t + d.as_secs_f64()).unwrap_or_else(|| s.t());
+    let alert_t = alerted.map(|d| strike.t + d.as_secs_f64()).unwrap_or_else(|| s.t());
     match &incident {
         Some(i) => s.event_at(
             alert_t,
@@ -703,51 +958,42 @@ url = "{hook}"
         ),
         None => s.event("vault", "NO database_dropped incident was raised"),
     }
-    let other_incidents: Vec<String> = incidents
+    let other: Vec<String> = incidents
         .iter()
         .filter(|i| i.kind != "database_dropped")
         .map(|i| format!("{}: {}", i.kind, i.message))
         .collect();
-    for i in &other_incidents {
+    for i in &other {
         s.say(format!("incident {i}"));
     }
+    Ok((incident, alerted, other))
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 6's outcome.
+struct Defence {
+    attacks: Vec<VaultAttack>,
+    vault_intact: bool,
+    vault_objects: u64,
+    audit: Vec<serde_json::Value>,
+    audit_verified: bool,
+}
+
+/// Act 6: every credential he found or could steal, turned on the backups; then the store is
+/// re-hashed and the audit trail read back.
+async fn act_insider_turns_on_the_backups(s: &mut Story, st: &Stage, strike: &Strike) -> Result<Defence> {
     s.step(6, "The insider turns on the backups with every credential he found");
-    let mut attacks = attack_vault(&vault, &found, &append).await?;
-    // And had he talked a vault operator into it (A3): the admin token cannot delete early either.
-    let backup_id = backup["id"].as_str().unwrap_or("").to_string();
-    let who = "the vault operator's admin token (A3: another person)";
-    attacks.push(refusal(who, "shorten retention to 1 day", admin.set_retention(1).await.map(|_| ())));
-    let proposal = admin
-        .propose(&vault_api::wire::ProposeRequest {
-            objects: Vec::new(),
-            backup: Some(backup_id.clone()),
-            reason: "cleanup".into(),
-        })
-        .await?;
-    s.say(format!(
-        "admin token: propose deleting backup {backup_id} -> recorded as {}, ALERT sent; it needs 2 of alice, bob, carol and 72 h in which any one can veto",
-        proposal.id
-    ));
-    attacks.push(refusal(
-        who,
-        &format!("execute deletion proposal {} now", proposal.id),
-        admin.execute(&proposal.id).await.map(|_| ()),
-    ));
+    let attacks = attack_vault(s, st, &strike.found).await?;
     for a in &attacks {
-        s.say(format!(
-            "{} with {}: {}",
-            a.action,
-            a.credential,
-            if a.refused { format!("refused ({})", a.answer) } else { format!("ACCEPTED ({})", a.answer) }
-        ));
+        s.say(format!("{} — with {}: {}", a.action, a.credential, a.answer));
     }
     let refused = attacks.iter().filter(|a| a.refused).count();
-    s.event("vault", format!("{refused} of {} attacks on the vault refused", attacks.len()));
+    s.event(
+        "vault",
+        format!("{refused} of {} attacks on the vault refused by the vault itself", attacks.len()),
+    );
     // And the store is whole: every object re-hashed, every backup's chunks present.
-    let config = vault.config_path().display().to_string();
-    let out = blocking(|| vault.holdfast(&["vault", "check", "--config", &config, "--json"]))?;
+    let config = st.vault.config_path().display().to_string();
+    let out = blocking(|| st.vault.holdfast(&["vault", "check", "--config", &config, "--json"]))?;
     let check: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("reading holdfast vault check --json: {}", text(&out)))?;
     let count = |k: &str| check[k].as_array().map_or(0, Vec::len);
@@ -761,9 +1007,9 @@ url = "{hook}"
             count("missing")
         ),
     );
-
     // The gate's audit trail, read back from the vault by an auditor and verified.
-    let (audit, audit_verified) = blocking(|| audit_excerpt(&gate, &dba_totp, &vault, &read_file))?;
+    let (audit, audit_verified) =
+        blocking(|| audit_excerpt(&st.gate, &st.dba_totp, &st.vault, &st.read_file))?;
     s.event(
         "vault",
         format!(
@@ -779,18 +1025,25 @@ url = "{hook}"
             r["kind"].as_str().unwrap_or(""),
             r["person"].as_str().unwrap_or(""),
             r["client"].as_str().unwrap_or(""),
-            r["detail"]["sql"].as_str().or(r["detail"]["reason"].as_str()).unwrap_or("")
+            r["detail"]["sql"].as_str().or(r["detail"]["why"].as_str()).unwrap_or("")
         ));
     }
+    Ok(Defence { attacks, vault_intact, vault_objects, audit, audit_verified })
+}
 
-    // ------------------------------------------------------------------------------------
+/// Act 7: `holdfast restore --before-incident N --start --promote`, timed to a server
+/// answering at the target; then the restored shop compared row by row (timed apart).
+async fn act_restore(
+    s: &mut Story,
+    st: &Stage,
+    strike: &Strike,
+    work: &Path,
+    number: usize,
+) -> Result<Recovery> {
     s.step(7, "The operator restores the shop to just before the incident");
-    let number = incident.as_ref().map(|i| i.number).ok_or_else(|| {
-        anyhow!("the vault raised no database_dropped incident; vault log:\n{}", vault.log())
-    })?;
     let target_dir = work.join("restored");
     let mut args = vec!["restore".to_string()];
-    args.extend(vault.remote_args(&read_file));
+    args.extend(st.vault.remote_args(&st.read_file));
     let n = number.to_string();
     for a in ["--cluster", "shop", "--before-incident", &n, "--target-dir"] {
         args.push(a.into());
@@ -804,10 +1057,11 @@ url = "{hook}"
     let restore_started = Instant::now();
     let restored_server = Restored { data: target_dir.clone() };
     // The operator knows production's superuser password: the restore logs in to check.
-    let out = tokio::process::Command::new(&exe)
+    let password = st.primary.superuser_password().to_string();
+    let out = tokio::process::Command::new(&st.exe)
         .args(&args)
         .env("PGUSER", "postgres")
-        .env("PGPASSWORD", primary.superuser_password())
+        .env("PGPASSWORD", &password)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -820,6 +1074,12 @@ url = "{hook}"
         serde_json::from_slice(&out.stdout).context("reading holdfast restore --json")?;
     let port = rep["port"].as_u64().ok_or_else(|| anyhow!("the restore report names no port: {rep}"))? as u16;
     let socket: PathBuf = rep["socket_dir"].as_str().ok_or_else(|| anyhow!("no socket_dir: {rep}"))?.into();
+    // RTO ends when the restored server answers a query in the shop database.
+    let answer = blocking(|| testkit::pg::psql_at(&socket, port, &password, "shop", "SELECT 1"))?;
+    if answer != "1" {
+        bail!("the restored server answered {answer:?} to SELECT 1");
+    }
+    let rto = restore_started.elapsed().as_secs_f64();
     let restore_target = format!(
         "{} (recovered to {}, last commit replayed {})",
         rep["target"].as_str().unwrap_or("?"),
@@ -829,133 +1089,53 @@ url = "{hook}"
     s.event(
         "operator",
         format!(
-            "restored backup {} and replayed the vault's WAL to {}; server open on port {port}",
+            "restored backup {} and replayed the vault's WAL to {}; server answering on port {port} after {rto:.1} s",
             rep["backup"].as_str().unwrap_or("?"),
             rep["target"].as_str().unwrap_or("?")
         ),
     );
-    let password = primary.superuser_password().to_string();
-    let restored: Snapshot = blocking(|| {
-        shop::snapshot(&|sql| testkit::pg::psql_at(&socket, port, &password, "shop", sql), base_max)
-    })?;
-    let rto = restore_started.elapsed().as_secs_f64();
-    let cmp = shop::compare(&base, &placed, &restored);
-    let attack_to_verified = attack_at.elapsed().as_secs_f64();
+    let verify_started = Instant::now();
+    let restored: Snapshot =
+        blocking(|| shop::snapshot(&|sql| testkit::pg::psql_at(&socket, port, &password, "shop", sql)))?;
+    let cmp = shop::compare(&st.base, &strike.placed, &restored);
+    let verify_seconds = verify_started.elapsed().as_secs_f64();
+    // The last commit the restored database holds: the commit timestamp of the last
+    // transaction recovery replayed (PostgreSQL's pg_last_xact_replay_timestamp, as the restore
+    // reports it); failing that, the start of the newest restored order's transaction (earlier
+    // than its commit, so the RPO is then an upper bound).
+    let rfc = &time::format_description::well_known::Rfc3339;
+    let (last_commit, last_commit_source) =
+        match rep["last_replayed_commit"].as_str().and_then(|c| time::OffsetDateTime::parse(c, rfc).ok()) {
+            Some(c) => (Some(c), "commit timestamp of the last transaction replayed".to_string()),
+            None => {
+                let newest = restored
+                    .table(shop::Table::Orders)
+                    .into_iter()
+                    .flat_map(|t| t.values())
+                    .filter_map(|r| r.values.get(2)?.parse::<i128>().ok())
+                    .max();
+                (
+                    newest.and_then(|us| time::OffsetDateTime::from_unix_timestamp_nanos(us * 1000).ok()),
+                    "start of the newest restored order's transaction".to_string(),
+                )
+            }
+        };
     s.event(
         "operator",
         format!(
-            "verified {} merchants: {} rows lost, {} values wrong, {} of {in_doubt} in-doubt orders had committed",
+            "verified {} merchants, every row of 7 tables: {} of {} rows lost, {} values wrong, {} rows nobody wrote; {} of {} in-doubt orders had committed ({verify_seconds:.1} s)",
             cmp.merchants.len(),
             cmp.rows_lost,
+            cmp.rows_expected,
             cmp.values_wrong,
-            cmp.in_doubt_committed
+            cmp.rows_unexplained,
+            cmp.in_doubt_committed,
+            strike.placed.iter().filter(|p| !p.acknowledged).count()
         ),
     );
     drop(restored_server);
     let _ = std::fs::remove_dir(&socket);
-
-    // ------------------------------------------------------------------------------------
-    s.step(8, "Verdict");
-    // Seconds of acknowledged work lost: from the oldest acknowledged order missing to the attack.
-    let lost_since = placed
-        .iter()
-        .filter(|p| p.acknowledged && !restored.new_orders.contains_key(&p.order_id))
-        .map(|p| p.at)
-        .min();
-    let rpo = lost_since.map(|at| attack_at.saturating_duration_since(at).as_secs_f64()).unwrap_or(0.0);
-    let verified = cmp.merchants.iter().filter(|m| m.ok).count();
-    let gate_held = gate_attempts.iter().filter(|g| g.held).count();
-    let gate_executed = gate_attempts.iter().filter(|g| g.executed).count();
-    let ok = cmp.rows_lost == 0
-        && cmp.values_wrong == 0
-        && cmp.unexplained_orders == 0
-        && incident.is_some()
-        && alerted.is_some()
-        && gate_held == insider_sql.len()
-        && gate_executed == 0
-        && refused == attacks.len()
-        && vault_intact
-        && vault_objects > 0
-        && !attacks.is_empty()
-        && audit_verified
-        && audit.iter().filter(|r| r["kind"] == "approval_requested").count() >= insider_sql.len()
-        && verified == cmp.merchants.len();
-    let report_path = std::path::absolute(&o.report)?;
-    let mut verdict = Verdict {
-        ok,
-        merchants: base.merchants.len(),
-        merchants_affected: base.merchants.len(),
-        merchants_verified: verified,
-        rows_lost: cmp.rows_lost,
-        values_wrong: cmp.values_wrong,
-        transactions_committed: acked as u64,
-        transactions_in_doubt: in_doubt,
-        in_doubt_found_committed: cmp.in_doubt_committed,
-        unexplained_orders: cmp.unexplained_orders,
-        incident_found: incident.is_some(),
-        incident,
-        other_incidents,
-        gate_held,
-        gate_executed,
-        gate: gate_attempts,
-        audit_records_for_insider: audit.len(),
-        audit_verified,
-        vault_intact,
-        vault_objects_checked: vault_objects,
-        vault_attacks: attacks.len(),
-        vault_attacks_refused: refused,
-        attacks,
-        rpo_seconds: rpo,
-        rto_seconds: rto,
-        attack_to_verified_seconds: attack_to_verified,
-        restore_target,
-        duration_seconds: 0.0,
-        report: report_path.display().to_string(),
-        timeline: Vec::new(),
-    };
-    verdict.duration_seconds = s.t();
-    verdict.timeline = s.events.clone();
-    verdict.timeline.sort_by(|a, b| a.t.total_cmp(&b.t));
-    std::fs::write(&report_path, report::html(&verdict, &cmp.merchants, &audit))
-        .with_context(|| format!("writing the report {}", report_path.display()))?;
-
-    println!("    timeline:");
-    for e in &verdict.timeline {
-        println!("      {:6.1} s  {:<8} {}", e.t, e.actor, e.what);
-    }
-    println!(
-        "\n    merchants affected {}, verified {}; rows lost {}; values wrong {}; RPO {:.1} s; RTO {:.1} s (attack → verified {:.1} s)",
-        verdict.merchants_affected,
-        verdict.merchants_verified,
-        verdict.rows_lost,
-        verdict.values_wrong,
-        verdict.rpo_seconds,
-        verdict.rto_seconds,
-        verdict.attack_to_verified_seconds
-    );
-    println!(
-        "    gate held {} of {} destructive statements, executed {}; vault refused {} of {} attacks",
-        verdict.gate_held,
-        insider_sql.len(),
-        verdict.gate_executed,
-        verdict.vault_attacks_refused,
-        verdict.vault_attacks
-    );
-    println!(
-        "    {}",
-        if ok {
-            "VERDICT: every order, points balance and gift-card balance committed before the attack is back"
-        } else {
-            "VERDICT: FAILED — see the report"
-        }
-    );
-    println!("    report: {}   ({:.0} s in all)", report_path.display(), verdict.duration_seconds);
-    if o.json {
-        println!("{}", serde_json::to_string(&verdict)?);
-    }
-    drop(gate);
-    drop(vault);
-    Ok(if ok { 0 } else { 1 })
+    Ok(Recovery { rto, verify_seconds, cmp, restore_target, last_commit, last_commit_source })
 }
 
 /// Waits until the vault's durable WAL reaches `lsn`; how long it took.
@@ -1004,63 +1184,213 @@ fn credentials_on_hosts(dirs: &[&Path]) -> Vec<(String, String)> {
     found
 }
 
-/// Every credential the insider holds, turned on the vault: read, delete, overwrite, escalate,
-/// shorten retention. Each answer is recorded; an attack counts as refused only if the vault
-/// answered with an error.
-async fn attack_vault(v: &TempVault, found: &[(String, String)], append: &str) -> Result<Vec<VaultAttack>> {
+/// What must answer an attack for it to count as refused by the vault.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    /// The vault's authorisation: no, unknown or revoked token (401) or a token whose scope
+    /// does not allow the request (403).
+    Authorisation,
+    /// A rule the vault keeps whatever the token (retention only lengthens; early deletion
+    /// needs a quorum and a waiting period; an object's bytes must hash to its name), answering
+    /// this status.
+    Rule(u16, &'static str),
+}
+
+impl Guard {
+    fn answers(self, status: u16) -> bool {
+        match self {
+            Guard::Authorisation => status == 401 || status == 403,
+            Guard::Rule(s, _) => s == status,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Guard::Authorisation => "the vault's authorisation (401/403)".into(),
+            Guard::Rule(s, why) => format!("the vault's rule that {why} ({s})"),
+        }
+    }
+}
+
+/// Sends one attack and records exactly what answered. It counts as refused only when the
+/// vault itself answered with its JSON error body and the status of the guard expected to stop
+/// it; a transport error, a status without the vault's error body (e.g. a route that does not
+/// exist) or another status is reported as such and not counted.
+async fn attempt(credential: &str, action: &str, guard: Guard, rb: reqwest::RequestBuilder) -> VaultAttack {
+    let request = rb
+        .try_clone()
+        .and_then(|r| r.build().ok())
+        .map(|r| format!("{} {}", r.method(), r.url().path()))
+        .unwrap_or_default();
+    let (outcome, answer) = match rb.send().await {
+        Err(e) => (AttackOutcome::TransportError, format!("no answer from the vault: {e}")),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let vault_error = serde_json::from_str::<vault_api::wire::ErrorBody>(&body).ok().map(|b| b.error);
+            match vault_error {
+                _ if (200..300).contains(&status) => (AttackOutcome::Accepted, format!("{status}: ACCEPTED")),
+                Some(msg) if guard.answers(status) => {
+                    (AttackOutcome::Refused, format!("refused, {status}: {msg}"))
+                }
+                Some(msg) => (
+                    AttackOutcome::UnexpectedAnswer,
+                    format!("{status}: {msg} (expected a refusal by {})", guard.describe()),
+                ),
+                None => (
+                    AttackOutcome::UnexpectedAnswer,
+                    format!("{status} without the vault's error body: {:.200}", body),
+                ),
+            }
+        }
+    };
+    VaultAttack {
+        credential: credential.into(),
+        action: action.into(),
+        request,
+        expected: guard.describe(),
+        refused: outcome == AttackOutcome::Refused,
+        outcome,
+        answer,
+    }
+}
+
+/// Every credential the insider holds, turned on the vault through its real routes: read,
+/// overwrite a stored pack, shorten retention, mint a token, propose and execute a deletion.
+async fn attack_vault(s: &mut Story, st: &Stage, found: &[(String, String)]) -> Result<Vec<VaultAttack>> {
+    use reqwest::Method;
+    let v = &st.vault;
     let client = VaultClient::new(v.url(), &v.ca_pem(), None)?;
     let pack = first_object(&v.store_dir().join("pack"))
         .ok_or_else(|| anyhow!("the vault's store holds no pack"))?;
-    let name = format!("pack/{pack}");
+    let object = format!("/v1/objects/pack/{pack}");
+    let shorten = serde_json::json!({ "days": 1 });
+    let mut out = Vec::new();
     let mut creds: Vec<(String, Option<String>)> = vec![("no credential".into(), None)];
     creds.extend(found.iter().map(|(w, p)| (w.clone(), Some(p.clone()))));
-    let mut out = Vec::new();
     for (what, token) in &creds {
         let c = client.with_token(token.clone());
-        for (action, method, path) in [
-            ("read the vault's status", reqwest::Method::GET, "/v1/status".to_string()),
-            ("read the backups", reqwest::Method::GET, "/v1/clusters/shop/inventory".to_string()),
-            ("delete a pack", reqwest::Method::DELETE, format!("/v1/objects/{name}")),
-        ] {
-            let r = c.request(method, &path).send().await;
-            out.push(answer(what, &format!("{action}: {path}"), r));
-        }
+        let auth = Guard::Authorisation;
+        out.push(attempt(what, "read the vault's status", auth, c.request(Method::GET, "/v1/status")).await);
+        out.push(
+            attempt(what, "read the backups", auth, c.request(Method::GET, "/v1/clusters/shop/inventory"))
+                .await,
+        );
+        out.push(
+            attempt(
+                what,
+                "overwrite a stored pack with other bytes",
+                auth,
+                c.request(Method::PUT, &object).body("ransom note"),
+            )
+            .await,
+        );
+        out.push(
+            attempt(
+                what,
+                "shorten retention to 1 day",
+                auth,
+                c.request(Method::PUT, "/v1/retention").json(&shorten),
+            )
+            .await,
+        );
     }
-    // The gate's append-only audit token, had he reached the jump host too.
+    // The gate's append-only audit token, had he reached the jump host too. It may upload
+    // packs, so the overwrite is stopped by the content address, not by the scope.
     let what = "the gate's append-only audit token (from the jump host)";
-    let thief = client.with_token(Some(append.to_string()));
-    let r = thief.request(reqwest::Method::DELETE, &format!("/v1/objects/{name}")).send().await;
-    out.push(answer(what, &format!("delete a pack: DELETE /v1/objects/{name}"), r));
-    let parsed: store::ObjectName = name.parse().map_err(|e| anyhow!("{name}: {e:?}"))?;
-    let r = thief.put_object(&parsed, bytes::Bytes::from_static(b"ransom note")).await;
-    out.push(refusal(what, "overwrite that pack", r.map(|_| ())));
-    let r = thief.create_token(Scope::Admin, "escalate").await;
-    out.push(refusal(what, "mint an admin token", r.map(|_| ())));
-    let r = thief.set_retention(1).await;
-    out.push(refusal(what, "shorten retention to 1 day", r.map(|_| ())));
-    let r = thief.request(reqwest::Method::GET, "/v1/clusters/shop/inventory").send().await;
-    out.push(answer(what, "read the backups: GET /v1/clusters/shop/inventory", r));
+    let c = client.with_token(Some(st.append.clone()));
+    out.push(
+        attempt(
+            what,
+            "overwrite a stored pack with other bytes",
+            Guard::Rule(400, "an object's bytes hash to its name, and nothing is replaced"),
+            c.request(Method::PUT, &object).body("ransom note"),
+        )
+        .await,
+    );
+    let auth = Guard::Authorisation;
+    out.push(
+        attempt(
+            what,
+            "mint an admin token",
+            auth,
+            c.request(Method::POST, "/v1/tokens")
+                .json(&serde_json::json!({ "scope": "admin", "label": "escalate" })),
+        )
+        .await,
+    );
+    out.push(
+        attempt(
+            what,
+            "shorten retention to 1 day",
+            auth,
+            c.request(Method::PUT, "/v1/retention").json(&shorten),
+        )
+        .await,
+    );
+    out.push(
+        attempt(
+            what,
+            "propose deleting the base backup",
+            auth,
+            c.request(Method::POST, "/v1/proposals").json(&vault_api::wire::ProposeRequest {
+                objects: Vec::new(),
+                backup: Some(st.backup_id.clone()),
+                reason: "cleanup".into(),
+            }),
+        )
+        .await,
+    );
+    out.push(
+        attempt(what, "read the backups", auth, c.request(Method::GET, "/v1/clusters/shop/inventory")).await,
+    );
+
+    // Had he talked a vault operator (A3) and one keyholder into it: the admin token and
+    // alice's signature still cannot shorten retention or delete early.
+    let what = "the vault operator's admin token and keyholder alice's signature (A3: other people)";
+    let c = client.with_token(Some(st.vault.admin_token().to_string()));
+    out.push(
+        attempt(
+            what,
+            "shorten retention to 1 day",
+            Guard::Rule(403, "retention only lengthens"),
+            c.request(Method::PUT, "/v1/retention").json(&shorten),
+        )
+        .await,
+    );
+    let proposal = st
+        .admin
+        .propose(&vault_api::wire::ProposeRequest {
+            objects: Vec::new(),
+            backup: Some(st.backup_id.clone()),
+            reason: "cleanup".into(),
+        })
+        .await?;
+    let signed = {
+        use ed25519_dalek::Signer;
+        let req = vault_api::wire::SignRequest {
+            public_key: hex::encode(st.alice.verifying_key().as_bytes()),
+            signature: hex::encode(st.alice.sign(&proposal.statement.canonical_bytes()).to_bytes()),
+        };
+        st.admin.sign(&proposal.id, &req).await?
+    };
+    s.say(format!(
+        "admin token: proposal {} to delete backup {} recorded (ALERT sent), signed by {} of the {} keyholders needed; 72 h in which any one can veto",
+        proposal.id,
+        st.backup_id,
+        signed.signed_by.len(),
+        signed.threshold
+    ));
+    out.push(
+        attempt(
+            what,
+            &format!("execute deletion proposal {} now, with one signature", proposal.id),
+            Guard::Rule(403, "early deletion needs 2 of 3 keyholders and 72 h"),
+            c.request(Method::POST, &format!("/v1/proposals/{}/execute", proposal.id)),
+        )
+        .await,
+    );
     Ok(out)
-}
-
-fn answer(credential: &str, action: &str, r: reqwest::Result<reqwest::Response>) -> VaultAttack {
-    let (refused, answer) = match r {
-        Ok(resp) => (!resp.status().is_success(), resp.status().to_string()),
-        Err(e) => (true, format!("no answer: {e}")),
-    };
-    VaultAttack { credential: credential.into(), action: action.into(), refused, answer }
-}
-
-fn refusal(
-    credential: &str,
-    action: &str,
-    r: std::result::Result<(), vault_api::client::ClientError>,
-) -> VaultAttack {
-    let (refused, answer) = match r {
-        Ok(()) => (false, "accepted".into()),
-        Err(e) => (true, e.to_string()),
-    };
-    VaultAttack { credential: credential.into(), action: action.into(), refused, answer }
 }
 
 /// The name (hex) of some object under a store kind directory.
@@ -1102,4 +1432,61 @@ fn audit_excerpt(
     let verified = v.cli(read, &["audit", "verify", "--trust-key", &key])?.status.success();
     let out = vault_cli(v, read, &["audit", "search", "--trust-key", &key, "--person", INSIDER, "--json"])?;
     Ok((serde_json::from_slice(&out).context("reading holdfast audit search --json")?, verified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot HTTP server on a local port that answers every request with `response`.
+    fn answering(response: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// Only the vault's own refusal, with the status of the guard named, counts: a route that
+    /// does not exist (a 404 without the vault's error body), a refusal with another status, an
+    /// acceptance and no answer at all are each reported as what they were.
+    #[tokio::test]
+    async fn only_the_vaults_own_refusal_counts_as_refused() {
+        let http = reqwest::Client::new();
+        let auth = Guard::Authorisation;
+        let vault_401 = answering(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"missing token\"}\n",
+        );
+        let a = attempt("none", "read", auth, http.get(format!("{vault_401}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::Refused, true), "{a:?}");
+        assert_eq!(a.request, "GET /v1/status");
+        assert!(a.answer.starts_with("refused, 401: missing token"), "{a:?}");
+        // The same refusal where the guard expected is a rule answering 403: not counted.
+        let a =
+            attempt("none", "read", Guard::Rule(403, "x"), http.get(format!("{vault_401}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::UnexpectedAnswer, false), "{a:?}");
+
+        let no_route = answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let a = attempt("none", "delete", auth, http.delete(format!("{no_route}/v1/objects/pack/x"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::UnexpectedAnswer, false), "{a:?}");
+        assert!(a.answer.contains("without the vault's error body"), "{a:?}");
+
+        let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        let a = attempt("none", "read", auth, http.get(format!("{ok}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::Accepted, false), "{a:?}");
+
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let a = attempt("none", "read", auth, http.get(format!("{closed}/v1/status"))).await;
+        assert_eq!((a.outcome, a.refused), (AttackOutcome::TransportError, false), "{a:?}");
+        assert!(a.answer.starts_with("no answer from the vault"), "{a:?}");
+    }
 }

@@ -26,12 +26,35 @@ pub struct GateAttempt {
     pub client_saw: String,
 }
 
+/// How the vault answered one attack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackOutcome {
+    /// The vault answered with its error body and the status of the guard expected to stop it.
+    Refused,
+    /// The vault did what was asked.
+    Accepted,
+    /// No HTTP answer at all (connection refused, TLS failure, timeout): not a refusal.
+    TransportError,
+    /// Some other answer: another status, or one without the vault's error body (as a route
+    /// that does not exist would give). Not a refusal.
+    UnexpectedAnswer,
+}
+
 /// One try at the backups with a credential found on the database hosts (or stolen).
 #[derive(Debug, Clone, Serialize)]
 pub struct VaultAttack {
     pub credential: String,
+    /// What he tried, in words.
     pub action: String,
+    /// The HTTP request sent (method and path).
+    pub request: String,
+    /// What should stop it.
+    pub expected: String,
+    pub outcome: AttackOutcome,
+    /// `outcome == Refused`.
     pub refused: bool,
+    /// The status and the vault's message, or the transport error.
     pub answer: String,
 }
 
@@ -52,20 +75,32 @@ pub struct IncidentSeen {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
-    /// Everything held: rows lost 0, values right, incident found, gate held both statements,
-    /// every vault attack refused.
+    /// Everything held: no row lost, wrong or unexplained, incident found and alerted, gate
+    /// held every statement, every vault attack refused by the vault, store intact, audit
+    /// verified, RPO measured.
     pub ok: bool,
     pub merchants: usize,
-    /// Merchants whose data the attack destroyed (the whole database: all of them).
+    /// Merchants with rows that production could no longer serve right after the attack
+    /// (measured: what production still served against what it should have held).
     pub merchants_affected: usize,
+    /// Rows acknowledged before the attack that production could no longer serve after it.
+    pub rows_destroyed: i64,
+    /// Merchants whose every row of every table came back as committed.
     pub merchants_verified: usize,
-    /// Rows committed before the attack missing from the restored shop.
+    /// Rows of all seven tables the restored shop should hold (initial load + committed orders).
+    pub rows_expected: i64,
+    /// Of those, rows missing from the restored shop.
     pub rows_lost: i64,
+    /// Rows present with another value in any column.
     pub values_wrong: i64,
+    /// Rows in the restored shop nobody committed.
+    pub rows_unexplained: i64,
+    /// Transactions whose COMMIT the workload saw succeed.
     pub transactions_committed: u64,
+    /// Of those, transactions the restored shop lacks.
+    pub acknowledged_transactions_missing: i64,
     pub transactions_in_doubt: usize,
     pub in_doubt_found_committed: i64,
-    pub unexplained_orders: i64,
     pub incident_found: bool,
     pub incident: Option<IncidentSeen>,
     pub other_incidents: Vec<String>,
@@ -78,12 +113,21 @@ pub struct Verdict {
     pub vault_intact: bool,
     pub vault_objects_checked: u64,
     pub vault_attacks: usize,
+    /// Attacks the vault itself refused (its error body, the expected status).
     pub vault_attacks_refused: usize,
     pub attacks: Vec<VaultAttack>,
-    /// Seconds of committed work lost: 0 when every acknowledged transaction is back.
-    pub rpo_seconds: f64,
-    /// `holdfast restore` started → the restored shop answers queries.
+    /// Seconds from the last commit in the restored database to the attack (the DROP
+    /// returning); `None` if the restored database names no last commit.
+    pub rpo_seconds: Option<f64>,
+    pub last_restored_commit: Option<String>,
+    /// How `last_restored_commit` was found.
+    pub last_restored_commit_source: String,
+    /// How long the attack's DROP DATABASE ran.
+    pub attack_seconds: f64,
+    /// `holdfast restore` started → the restored server answers a query at the target.
     pub rto_seconds: f64,
+    /// Reading and comparing every row of the restored shop, after the RTO.
+    pub verify_seconds: f64,
     /// The attack → the restored shop verified.
     pub attack_to_verified_seconds: f64,
     pub restore_target: String,
@@ -111,21 +155,41 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
     );
     h.push_str("<h1>holdfast demo — the 删库跑路 incident, replayed</h1>");
     h.push_str(&format!(
-        "<p class=big>Verdict: {} — {} merchants affected, {} verified; rows lost: <b>{}</b>; RPO {:.1} s; RTO {:.1} s</p>",
-        if v.ok { "<span class=ok>everything committed before the attack is back</span>" } else { "<span class=bad>FAILED</span>" },
+        "<p class=big>Verdict: {} — the attack destroyed the data of {} of {} merchants ({} rows); after the restore {} merchants verified, rows lost: <b>{} of {}</b>; RPO {}; RTO {:.1} s</p>",
+        if v.ok { "<span class=ok>every row committed before the attack is back</span>" } else { "<span class=bad>FAILED</span>" },
         v.merchants_affected,
+        v.merchants,
+        v.rows_destroyed,
         v.merchants_verified,
         v.rows_lost,
-        v.rpo_seconds,
+        v.rows_expected,
+        v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
         v.rto_seconds
     ));
     h.push_str("<table>");
     let rows: Vec<(&str, String)> = vec![
         ("transactions committed through the gate", v.transactions_committed.to_string()),
         (
+            "acknowledged transactions missing after the restore",
+            v.acknowledged_transactions_missing.to_string(),
+        ),
+        (
             "in doubt at the attack (COMMIT sent, answer lost)",
             format!("{} ({} found committed)", v.transactions_in_doubt, v.in_doubt_found_committed),
         ),
+        (
+            "RPO: last restored commit → the attack",
+            format!(
+                "{} (last commit {}, {}; the DROP ran {:.2} s)",
+                v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
+                v.last_restored_commit.as_deref().unwrap_or("?"),
+                v.last_restored_commit_source,
+                v.attack_seconds
+            ),
+        ),
+        ("RTO: restore started → server answering at the target", format!("{:.1} s", v.rto_seconds)),
+        ("verification of every row, after that", format!("{:.1} s", v.verify_seconds)),
+        ("rows nobody committed in the restored shop", v.rows_unexplained.to_string()),
         ("values wrong", v.values_wrong.to_string()),
         (
             "incident",
@@ -182,12 +246,14 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             esc(&g.client_saw)
         ));
     }
-    h.push_str("</table><h2>The insider at the vault</h2><table><tr><th>credential</th><th>action</th><th>refused</th><th>answer</th></tr>");
+    h.push_str("</table><h2>The insider at the vault</h2><p>An attack counts as refused only when the vault itself answered with its error and the status of the guard named; a transport error or any other answer is shown as such and not counted.</p><table><tr><th>credential</th><th>action</th><th>request</th><th>should be stopped by</th><th>refused</th><th>answer</th></tr>");
     for a in &v.attacks {
         h.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td>{}<td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>{}<td>{}</td></tr>",
             esc(&a.credential),
             esc(&a.action),
+            esc(&a.request),
+            esc(&a.expected),
             ok(a.refused),
             esc(&a.answer)
         ));
@@ -214,19 +280,30 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             esc(r["hash"].as_str().unwrap_or("").get(..16).unwrap_or(""))
         ));
     }
-    h.push_str("</table><h2>Merchant by merchant</h2><table><tr><th>merchant</th><th>orders expected</th><th>orders restored</th><th>points expected</th><th>points restored</th><th>gift cards expected (cents)</th><th>restored</th><th>rows lost</th><th>values wrong</th><th>ok</th></tr>");
+    h.push_str("</table><h2>Merchant by merchant</h2><p>Every row of the seven tables, compared with the initial load plus every transaction the workload saw committed (and the in-doubt ones the restored copy holds).</p><table><tr><th>merchant</th><th>rows expected</th><th>rows restored</th><th>rows lost</th><th>values wrong</th><th>rows nobody wrote</th><th>orders expected / restored</th><th>points expected / restored</th><th>gift cards expected / restored (cents)</th><th>ok</th></tr>");
     for m in merchants {
         h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} / {}</td><td>{} / {}</td>{}</tr>",
             m.merchant_id,
+            m.rows_expected,
+            m.rows_restored,
+            m.rows_lost,
+            if m.lost_by_table.is_empty() {
+                String::new()
+            } else {
+                esc(&format!(
+                    " ({})",
+                    m.lost_by_table.iter().map(|(t, n)| format!("{}: {n}", t.name())).collect::<Vec<_>>().join(", ")
+                ))
+            },
+            m.values_wrong,
+            m.rows_unexplained,
             m.orders_expected,
             m.orders_restored,
             m.points_expected,
             m.points_restored,
             m.gift_cards_expected_cents,
             m.gift_cards_restored_cents,
-            m.rows_lost,
-            m.values_wrong,
             ok(m.ok)
         ));
     }
@@ -244,13 +321,16 @@ mod tests {
             ok: false,
             merchants: 1,
             merchants_affected: 1,
+            rows_destroyed: 3,
             merchants_verified: 0,
+            rows_expected: 3,
             rows_lost: 3,
             values_wrong: 0,
+            rows_unexplained: 0,
             transactions_committed: 1,
+            acknowledged_transactions_missing: 1,
             transactions_in_doubt: 0,
             in_doubt_found_committed: 0,
-            unexplained_orders: 0,
             incident_found: false,
             incident: None,
             other_incidents: vec![],
@@ -267,11 +347,23 @@ mod tests {
             audit_verified: false,
             vault_intact: false,
             vault_objects_checked: 0,
-            vault_attacks: 0,
+            vault_attacks: 1,
             vault_attacks_refused: 0,
-            attacks: vec![],
-            rpo_seconds: 0.0,
+            attacks: vec![VaultAttack {
+                credential: "<none>".into(),
+                action: "read".into(),
+                request: "GET /v1/status".into(),
+                expected: "authorisation".into(),
+                outcome: AttackOutcome::TransportError,
+                refused: false,
+                answer: "no answer".into(),
+            }],
+            rpo_seconds: None,
+            last_restored_commit: None,
+            last_restored_commit_source: String::new(),
+            attack_seconds: 0.0,
             rto_seconds: 0.0,
+            verify_seconds: 0.0,
             attack_to_verified_seconds: 0.0,
             restore_target: String::new(),
             duration_seconds: 0.0,
@@ -280,7 +372,11 @@ mod tests {
         };
         let h = html(&v, &[], &[serde_json::json!({"kind": "statement", "detail": {"sql": "<b>"}})]);
         assert!(!h.contains("<script>") && h.contains("&lt;script&gt;"));
-        assert!(h.contains("FAILED") && h.contains("NOT FOUND"));
+        assert!(h.contains("FAILED") && h.contains("NOT FOUND") && h.contains("RPO unknown"));
+        assert!(
+            h.contains("&lt;none&gt;") && h.contains("<td class=bad>NO</td><td>no answer</td>"),
+            "a transport error is not a refusal"
+        );
         assert!(!h.contains("sql: <b>") && h.contains("sql: &lt;b&gt;"), "audit records are escaped");
     }
 }

@@ -3,7 +3,7 @@
 //! transaction it committed, and the merchant-by-merchant comparison of a restored copy with
 //! what was committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -56,87 +56,145 @@ ANALYZE;
 pub const GRANTS: &str = "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO gate_app; \
      GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO gate_app;";
 
-/// The shop as the merchants see it, read with five `GROUP BY`s and two per-row listings.
-/// The same queries read the live shop before the workload and the restored copy after.
+/// The shop's tables, in the order they are read and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Merchants,
+    Customers,
+    Products,
+    Orders,
+    OrderItems,
+    PointsLedger,
+    StoredValueCards,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Merchants,
+        Table::Customers,
+        Table::Products,
+        Table::Orders,
+        Table::OrderItems,
+        Table::PointsLedger,
+        Table::StoredValueCards,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Merchants => "merchants",
+            Table::Customers => "customers",
+            Table::Products => "products",
+            Table::Orders => "orders",
+            Table::OrderItems => "order_items",
+            Table::PointsLedger => "points_ledger",
+            Table::StoredValueCards => "stored_value_cards",
+        }
+    }
+
+    /// Every row of the table as `key|merchant|value|value…`: the key identifies the row, the
+    /// values are every other column (timestamps as integer microseconds since the epoch, so
+    /// that the text does not depend on a session's TimeZone or DateStyle). `order_items` has
+    /// no primary key: its rows are keyed by order and product, with every (qty, price) pair
+    /// of that key in the values, so a duplicated row is a wrong value, not a hidden one.
+    fn query(self) -> &'static str {
+        match self {
+            Table::Merchants => {
+                "SELECT merchant_id, merchant_id, name, (extract(epoch FROM created_at) * 1000000)::bigint FROM merchants"
+            }
+            Table::Customers => {
+                "SELECT customer_id, merchant_id, name, coalesce(phone, '<null>') FROM customers"
+            }
+            Table::Products => "SELECT product_id, merchant_id, title, price_cents FROM products",
+            Table::Orders => {
+                "SELECT order_id, merchant_id, customer_id, total_cents, (extract(epoch FROM created_at) * 1000000)::bigint FROM orders"
+            }
+            Table::OrderItems => {
+                "SELECT order_id || '/' || product_id, merchant_id, string_agg(qty || ':' || price_cents, ',' ORDER BY qty, price_cents) \
+                 FROM order_items GROUP BY order_id, product_id, merchant_id"
+            }
+            Table::PointsLedger => {
+                "SELECT entry_id, merchant_id, customer_id, delta, reason, (extract(epoch FROM created_at) * 1000000)::bigint FROM points_ledger"
+            }
+            Table::StoredValueCards => {
+                "SELECT card_id, merchant_id, customer_id, balance_cents FROM stored_value_cards"
+            }
+        }
+    }
+}
+
+/// One row: the merchant it belongs to and its other columns as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub merchant: i64,
+    pub values: Vec<String>,
+}
+
+/// Every row of every table of the shop, read with one query per table. The same queries
+/// read the live shop before the workload and the restored copy after.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// merchant → (count, md5) of the orders that existed before the workload.
-    pub base_orders: BTreeMap<i64, String>,
-    /// Orders placed by the workload: id → (merchant, customer, total).
-    pub new_orders: BTreeMap<i64, (i64, i64, i64)>,
-    /// merchant → order items.
-    pub items: BTreeMap<i64, i64>,
-    /// merchant → points ledger entries.
-    pub point_entries: BTreeMap<i64, i64>,
-    /// customer → points balance.
-    pub points: HashMap<i64, i64>,
-    /// card → balance.
-    pub cards: HashMap<i64, i64>,
-    /// card → merchant.
-    pub card_merchant: HashMap<i64, i64>,
-    /// customer → merchant.
-    pub customer_merchant: HashMap<i64, i64>,
-    pub merchants: Vec<i64>,
+    pub tables: BTreeMap<Table, BTreeMap<String, Row>>,
+}
+
+impl Snapshot {
+    pub fn table(&self, t: Table) -> Option<&BTreeMap<String, Row>> {
+        self.tables.get(&t)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tables.values().map(BTreeMap::len).sum()
+    }
+
+    /// Merchants with at least one row anywhere.
+    pub fn merchants(&self) -> BTreeSet<i64> {
+        self.tables.values().flat_map(|t| t.values().map(|r| r.merchant)).collect()
+    }
+
+    fn insert(&mut self, t: Table, key: impl Into<String>, merchant: i64, values: Vec<String>) {
+        self.tables.entry(t).or_default().insert(key.into(), Row { merchant, values });
+    }
 }
 
 /// Reads a snapshot with `query` (a function running SQL and returning psql's unaligned
-/// output, fields separated by `|`). `base_max`: the last order id of the initial load.
-pub fn snapshot(query: &dyn Fn(&str) -> Result<String>, base_max: i64) -> Result<Snapshot> {
-    let rows = |sql: &str| -> Result<Vec<Vec<i64>>> {
-        let out = query(sql)?;
-        out.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                l.split('|')
-                    .map(|f| {
-                        f.parse::<i64>().map_err(|e| anyhow!("unexpected {f:?} in {l:?} from {sql}: {e}"))
-                    })
-                    .collect()
-            })
-            .collect()
-    };
+/// output, fields separated by `|`).
+pub fn snapshot(query: &dyn Fn(&str) -> Result<String>) -> Result<Snapshot> {
     let mut s = Snapshot::default();
-    for l in query(&format!(
-        "SELECT merchant_id || '|' || count(*) || ':' || md5(string_agg(order_id || '/' || customer_id || '/' || total_cents, ',' ORDER BY order_id)) \
-         FROM orders WHERE order_id <= {base_max} GROUP BY merchant_id ORDER BY 1"
-    ))?
-    .lines()
-    {
-        let (m, sum) = l.split_once('|').ok_or_else(|| anyhow!("unexpected line {l:?}"))?;
-        s.base_orders.insert(m.parse()?, sum.to_string());
+    for t in Table::ALL {
+        let out = query(t.query())?;
+        let rows = s.tables.entry(t).or_default();
+        for l in out.lines().filter(|l| !l.is_empty()) {
+            let mut f = l.split('|');
+            let (Some(key), Some(merchant)) = (f.next(), f.next()) else {
+                bail!("unexpected line {l:?} from {}", t.name());
+            };
+            let merchant =
+                merchant.parse().map_err(|e| anyhow!("unexpected merchant {merchant:?} in {l:?}: {e}"))?;
+            if rows.insert(key.to_string(), Row { merchant, values: f.map(String::from).collect() }).is_some()
+            {
+                bail!("{} holds key {key} twice", t.name());
+            }
+        }
     }
-    for r in rows(&format!(
-        "SELECT order_id, merchant_id, customer_id, total_cents FROM orders WHERE order_id > {base_max}"
-    ))? {
-        s.new_orders.insert(r[0], (r[1], r[2], r[3]));
-    }
-    for r in rows("SELECT merchant_id, count(*) FROM order_items GROUP BY 1")? {
-        s.items.insert(r[0], r[1]);
-    }
-    for r in rows("SELECT merchant_id, count(*) FROM points_ledger GROUP BY 1")? {
-        s.point_entries.insert(r[0], r[1]);
-    }
-    for r in rows(
-        "SELECT customer_id, merchant_id, coalesce((SELECT sum(delta) FROM points_ledger p WHERE p.customer_id = c.customer_id), 0) FROM customers c",
-    )? {
-        s.customer_merchant.insert(r[0], r[1]);
-        s.points.insert(r[0], r[2]);
-    }
-    for r in rows("SELECT card_id, merchant_id, balance_cents FROM stored_value_cards")? {
-        s.card_merchant.insert(r[0], r[1]);
-        s.cards.insert(r[0], r[2]);
-    }
-    s.merchants = rows("SELECT merchant_id FROM merchants ORDER BY 1")?.into_iter().map(|r| r[0]).collect();
     Ok(s)
 }
 
-/// One order the workload placed: everything it changed.
+/// `extract(epoch FROM created_at)` in microseconds, as the snapshot and the workload read it.
+const EPOCH_US: &str = "(extract(epoch FROM created_at) * 1000000)::bigint";
+
+/// One order the workload placed: every row it wrote, with the values the database chose
+/// (order id, points entry id, the transaction's timestamp) read back with `RETURNING`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
     pub order_id: i64,
     pub merchant: i64,
     pub customer: i64,
+    pub product: i64,
+    pub qty: i64,
     pub total: i64,
+    /// `orders.created_at` and `points_ledger.created_at` (the same transaction's `now()`), µs.
+    pub created_us: i64,
+    pub entry_id: i64,
     pub points: i64,
     pub card: i64,
     pub paid: i64,
@@ -189,30 +247,37 @@ pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>)
         let total = qty * (100 + rng.below(9900));
         let paid = 1 + rng.below(300);
         let points = total / 100;
-        let mut order_id = None;
+        // What the database chose, read back as the statements return.
+        let mut ids: Option<(i64, i64)> = None;
+        let mut entry_id = None;
         let mut commit_sent = false;
+        let first_int = |r: &[pgproto::replication::ResultSet], col: usize| -> Option<i64> {
+            r.first()
+                .and_then(|s| s.rows.first())
+                .and_then(|row| row.get(col).cloned().flatten())
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+        };
         let result: Result<()> = async {
             conn.simple_query("BEGIN").await?;
             let r = conn
                 .simple_query(&format!(
-                    "INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES ({merchant}, {customer}, {total}) RETURNING order_id"
+                    "INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES ({merchant}, {customer}, {total}) RETURNING order_id, {EPOCH_US}"
                 ))
                 .await?;
-            let id: i64 = r
-                .first()
-                .and_then(|s| s.rows.first())
-                .and_then(|row| row.first().cloned().flatten())
-                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-                .ok_or_else(|| anyhow!("INSERT … RETURNING order_id returned no id"))?;
-            order_id = Some(id);
+            let (id, created) = first_int(&r, 0)
+                .zip(first_int(&r, 1))
+                .ok_or_else(|| anyhow!("INSERT … RETURNING order_id, created_at returned no row"))?;
+            ids = Some((id, created));
             conn.simple_query(&format!(
                 "INSERT INTO order_items (order_id, merchant_id, product_id, qty, price_cents) VALUES ({id}, {merchant}, {product}, {qty}, {total})"
             ))
             .await?;
-            conn.simple_query(&format!(
-                "INSERT INTO points_ledger (merchant_id, customer_id, delta, reason) VALUES ({merchant}, {customer}, {points}, 'order {id}')"
-            ))
-            .await?;
+            let r = conn
+                .simple_query(&format!(
+                    "INSERT INTO points_ledger (merchant_id, customer_id, delta, reason) VALUES ({merchant}, {customer}, {points}, 'order {id}') RETURNING entry_id"
+                ))
+                .await?;
+            entry_id = Some(first_int(&r, 0).ok_or_else(|| anyhow!("INSERT … RETURNING entry_id returned no row"))?);
             conn.simple_query(&format!(
                 "UPDATE stored_value_cards SET balance_cents = balance_cents - {paid} WHERE card_id = {card}"
             ))
@@ -226,16 +291,23 @@ pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>)
             Ok(())
         }
         .await;
-        let placed = |acknowledged| Placed {
-            order_id: order_id.unwrap_or(0),
-            merchant,
-            customer,
-            total,
-            points,
-            card,
-            paid,
-            acknowledged,
-            at: Instant::now(),
+        let placed = |acknowledged| {
+            let (order_id, created_us) = ids.unwrap_or_default();
+            Placed {
+                order_id,
+                merchant,
+                customer,
+                product,
+                qty,
+                total,
+                created_us,
+                entry_id: entry_id.unwrap_or_default(),
+                points,
+                card,
+                paid,
+                acknowledged,
+                at: Instant::now(),
+            }
         };
         match result {
             Ok(()) => {
@@ -260,186 +332,179 @@ pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>)
     }
 }
 
-/// One merchant's row in the verdict.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What the shop should hold: the initial load plus every transaction of `placed` that
+/// committed — the acknowledged ones, and those in doubt (COMMIT sent, answer lost) that
+/// `committed_in_doubt` says committed (for a restored copy: the ones it holds).
+pub fn expected(
+    base: &Snapshot,
+    placed: &[Placed],
+    committed_in_doubt: &dyn Fn(&Placed) -> bool,
+) -> Snapshot {
+    let mut e = base.clone();
+    for p in placed.iter().filter(|p| p.acknowledged || committed_in_doubt(p)) {
+        let id = p.order_id;
+        let s = |v: i64| v.to_string();
+        e.insert(Table::Orders, s(id), p.merchant, vec![s(p.customer), s(p.total), s(p.created_us)]);
+        e.insert(
+            Table::OrderItems,
+            format!("{id}/{}", p.product),
+            p.merchant,
+            vec![format!("{}:{}", p.qty, p.total)],
+        );
+        e.insert(
+            Table::PointsLedger,
+            s(p.entry_id),
+            p.merchant,
+            vec![s(p.customer), s(p.points), format!("order {id}"), s(p.created_us)],
+        );
+        // The card's balance is the only column an order updates.
+        if let Some(card) = e.tables.get_mut(&Table::StoredValueCards).and_then(|t| t.get_mut(&s(p.card)))
+            && let Some(balance) = card.values.get_mut(1)
+        {
+            *balance = (balance.parse::<i64>().unwrap_or(i64::MIN) - p.paid).to_string();
+        }
+    }
+    e
+}
+
+/// One merchant's row in the verdict: every row of every table that belongs to it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MerchantCheck {
     pub merchant_id: i64,
-    /// Orders committed before the attack (initial load + acknowledged workload orders).
+    /// Rows of all seven tables the merchant should have (initial load + committed orders).
+    pub rows_expected: i64,
+    pub rows_restored: i64,
+    /// Expected rows the restored copy lacks.
+    pub rows_lost: i64,
+    /// Rows present with other values (any column).
+    pub values_wrong: i64,
+    /// Rows in the restored copy nobody committed.
+    pub rows_unexplained: i64,
+    /// Rows lost, per table (tables with none lost are left out).
+    pub lost_by_table: BTreeMap<Table, i64>,
     pub orders_expected: i64,
     pub orders_restored: i64,
+    /// The sum of the merchant's points ledger (every customer's balance added up).
     pub points_expected: i64,
     pub points_restored: i64,
     pub gift_cards_expected_cents: i64,
     pub gift_cards_restored_cents: i64,
-    /// Rows committed before the attack that the restored copy lacks.
-    pub rows_lost: i64,
-    /// Customers, cards or orders whose values differ.
-    pub values_wrong: i64,
     pub ok: bool,
 }
 
-/// The comparison of a restored copy with the base snapshot plus what the workload committed.
-#[derive(Debug, Clone, serde::Serialize)]
+/// The comparison of a copy of the shop with what it should hold.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Comparison {
     pub merchants: Vec<MerchantCheck>,
+    pub rows_expected: i64,
     pub rows_lost: i64,
     pub values_wrong: i64,
-    /// Acknowledged orders the restored copy lacks.
+    pub rows_unexplained: i64,
+    /// Acknowledged orders the copy lacks.
     pub acknowledged_orders_lost: i64,
-    /// In-doubt orders (COMMIT sent, answer lost) found committed in the restored copy.
+    /// In-doubt orders (COMMIT sent, answer lost) found committed in the copy.
     pub in_doubt_committed: i64,
-    /// Orders in the restored copy that the workload never placed.
-    pub unexplained_orders: i64,
 }
 
-/// Compares `restored` with `base` plus the workload's `placed` orders, merchant by merchant.
-/// An in-doubt order counts as committed exactly when the restored copy holds it.
-pub fn compare(base: &Snapshot, placed: &[Placed], restored: &Snapshot) -> Comparison {
-    let by_id: HashMap<i64, &Placed> = placed.iter().map(|p| (p.order_id, p)).collect();
-    let committed: Vec<&Placed> =
-        placed.iter().filter(|p| p.acknowledged || restored.new_orders.contains_key(&p.order_id)).collect();
-    let unexplained = restored.new_orders.keys().filter(|id| !by_id.contains_key(id)).count() as i64;
-    let in_doubt_committed = committed.iter().filter(|p| !p.acknowledged).count() as i64;
-    let mut points = base.points.clone();
-    let mut cards = base.cards.clone();
-    let mut new_per_merchant: HashMap<i64, i64> = HashMap::new();
-    for p in &committed {
-        *points.entry(p.customer).or_default() += p.points;
-        *cards.entry(p.card).or_default() -= p.paid;
-        *new_per_merchant.entry(p.merchant).or_default() += 1;
-    }
-    let base_count = |m: i64, s: &Snapshot| -> i64 {
-        s.base_orders.get(&m).and_then(|v| v.split(':').next()?.parse().ok()).unwrap_or(0)
-    };
-    let mut out = Vec::new();
-    let mut lost_acked = 0;
-    for &m in &base.merchants {
-        let mut wrong = 0i64;
-        let mut lost = 0i64;
-        // Historical orders: the same rows, byte for byte.
-        let base_n = base_count(m, base);
-        let restored_base_n = base_count(m, restored);
-        if base.base_orders.get(&m) != restored.base_orders.get(&m) {
-            lost += (base_n - restored_base_n).max(0);
-            if base_n == restored_base_n {
-                wrong += 1;
-            }
-        }
-        // The workload's orders: each committed one present with its values.
-        let mine: Vec<&&Placed> = committed.iter().filter(|p| p.merchant == m).collect();
-        let mut present = 0;
-        for p in &mine {
-            match restored.new_orders.get(&p.order_id) {
-                Some(&(rm, rc, rt)) => {
-                    present += 1;
-                    if (rm, rc, rt) != (p.merchant, p.customer, p.total) {
-                        wrong += 1;
-                    }
-                }
+/// Compares `copy` with `base` plus the workload's `placed` orders, every table, merchant by
+/// merchant. An in-doubt order counts as committed exactly when the copy holds it.
+pub fn compare(base: &Snapshot, placed: &[Placed], copy: &Snapshot) -> Comparison {
+    let holds_order =
+        |p: &Placed| copy.table(Table::Orders).is_some_and(|t| t.contains_key(&p.order_id.to_string()));
+    let want = expected(base, placed, &holds_order);
+    let mut c = diff(&want, copy);
+    c.acknowledged_orders_lost = placed.iter().filter(|p| p.acknowledged && !holds_order(p)).count() as i64;
+    c.in_doubt_committed = placed.iter().filter(|p| !p.acknowledged && holds_order(p)).count() as i64;
+    c
+}
+
+/// Row-by-row difference of `copy` from `want`, per merchant (every merchant either names).
+pub fn diff(want: &Snapshot, copy: &Snapshot) -> Comparison {
+    let mut per: BTreeMap<i64, MerchantCheck> = want
+        .merchants()
+        .union(&copy.merchants())
+        .map(|&m| (m, MerchantCheck { merchant_id: m, ..Default::default() }))
+        .collect();
+    let empty = BTreeMap::new();
+    for t in Table::ALL {
+        let w = want.table(t).unwrap_or(&empty);
+        let g = copy.table(t).unwrap_or(&empty);
+        for (key, row) in w {
+            let m = per.get_mut(&row.merchant).expect("every merchant has an entry");
+            m.rows_expected += 1;
+            match g.get(key) {
                 None => {
-                    // Order, item and points entry.
-                    lost += 3;
-                    lost_acked += 1;
+                    m.rows_lost += 1;
+                    *m.lost_by_table.entry(t).or_default() += 1;
                 }
+                Some(r) if r != row => m.values_wrong += 1,
+                Some(_) => {}
             }
         }
-        let new_n = new_per_merchant.get(&m).copied().unwrap_or(0);
-        let items_expected = base.items.get(&m).copied().unwrap_or(0) + new_n;
-        let entries_expected = base.point_entries.get(&m).copied().unwrap_or(0) + new_n;
-        let items_restored = restored.items.get(&m).copied().unwrap_or(0);
-        let entries_restored = restored.point_entries.get(&m).copied().unwrap_or(0);
-        // Missing items/entries not already counted with a missing order.
-        let missing_orders = mine.len() as i64 - present;
-        lost += (items_expected - items_restored - missing_orders).max(0);
-        lost += (entries_expected - entries_restored - missing_orders).max(0);
-        let points_tally = tally(&base.customer_merchant, m, &points, &restored.points);
-        let cards_tally = tally(&base.card_merchant, m, &cards, &restored.cards);
-        lost += points_tally.lost + cards_tally.lost;
-        wrong += points_tally.wrong + cards_tally.wrong;
-        let (points_expected, points_restored) = (points_tally.expected, points_tally.restored);
-        let (cards_expected, cards_restored) = (cards_tally.expected, cards_tally.restored);
-        out.push(MerchantCheck {
-            merchant_id: m,
-            orders_expected: base_n + new_n,
-            orders_restored: restored_base_n + present,
-            points_expected,
-            points_restored,
-            gift_cards_expected_cents: cards_expected,
-            gift_cards_restored_cents: cards_restored,
-            rows_lost: lost,
-            values_wrong: wrong,
-            ok: lost == 0 && wrong == 0,
-        });
-    }
-    if restored.merchants != base.merchants {
-        // A merchant row missing is a lost row too.
-        let missing = base.merchants.iter().filter(|m| !restored.merchants.contains(m)).count() as i64;
-        if let Some(first) = out.first_mut() {
-            first.rows_lost += missing;
-            first.ok = false;
+        for (key, row) in g {
+            let m = per.get_mut(&row.merchant).expect("every merchant has an entry");
+            m.rows_restored += 1;
+            if !w.contains_key(key) {
+                m.rows_unexplained += 1;
+            }
+        }
+        // The figures a merchant reads: orders, points, gift-card money.
+        let sum = |rows: &BTreeMap<String, Row>, m: i64, col: usize| -> i64 {
+            rows.values()
+                .filter(|r| r.merchant == m)
+                .filter_map(|r| r.values.get(col)?.parse::<i64>().ok())
+                .sum()
+        };
+        for (m, check) in per.iter_mut() {
+            let count =
+                |rows: &BTreeMap<String, Row>| rows.values().filter(|r| r.merchant == *m).count() as i64;
+            match t {
+                Table::Orders => (check.orders_expected, check.orders_restored) = (count(w), count(g)),
+                Table::PointsLedger => {
+                    (check.points_expected, check.points_restored) = (sum(w, *m, 1), sum(g, *m, 1))
+                }
+                Table::StoredValueCards => {
+                    (check.gift_cards_expected_cents, check.gift_cards_restored_cents) =
+                        (sum(w, *m, 1), sum(g, *m, 1))
+                }
+                _ => {}
+            }
         }
     }
+    let merchants: Vec<MerchantCheck> = per
+        .into_values()
+        .map(|mut m| {
+            m.ok = m.rows_lost == 0 && m.values_wrong == 0 && m.rows_unexplained == 0;
+            m
+        })
+        .collect();
     Comparison {
-        rows_lost: out.iter().map(|c| c.rows_lost).sum(),
-        values_wrong: out.iter().map(|c| c.values_wrong).sum(),
-        merchants: out,
-        acknowledged_orders_lost: lost_acked,
-        in_doubt_committed,
-        unexplained_orders: unexplained,
+        rows_expected: merchants.iter().map(|m| m.rows_expected).sum(),
+        rows_lost: merchants.iter().map(|m| m.rows_lost).sum(),
+        values_wrong: merchants.iter().map(|m| m.values_wrong).sum(),
+        rows_unexplained: merchants.iter().map(|m| m.rows_unexplained).sum(),
+        merchants,
+        acknowledged_orders_lost: 0,
+        in_doubt_committed: 0,
     }
-}
-
-/// Balances of one merchant's customers (points) or cards, expected against restored.
-struct Tally {
-    expected: i64,
-    restored: i64,
-    /// Customers or cards missing from the restored copy.
-    lost: i64,
-    /// Customers or cards with another balance.
-    wrong: i64,
-}
-
-/// Compares the balances of the keys `owner` assigns to merchant `m`.
-fn tally(
-    owner: &HashMap<i64, i64>,
-    m: i64,
-    expected: &HashMap<i64, i64>,
-    restored: &HashMap<i64, i64>,
-) -> Tally {
-    let mut t = Tally { expected: 0, restored: 0, lost: 0, wrong: 0 };
-    for (key, _) in owner.iter().filter(|(_, owner)| **owner == m) {
-        let e = expected.get(key).copied().unwrap_or(0);
-        let r = restored.get(key).copied();
-        t.expected += e;
-        t.restored += r.unwrap_or(0);
-        match r {
-            None => t.lost += 1,
-            Some(r) if r != e => t.wrong += 1,
-            _ => {}
-        }
-    }
-    t
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Two merchants, one row in each table each, as `snapshot` would read them.
     fn base() -> Snapshot {
-        let mut s = Snapshot { merchants: vec![1, 2], ..Default::default() };
-        s.base_orders.insert(1, "2:aa".into());
-        s.base_orders.insert(2, "2:bb".into());
-        s.items.insert(1, 2);
-        s.items.insert(2, 2);
-        s.point_entries.insert(1, 2);
-        s.point_entries.insert(2, 2);
-        for (c, m) in [(1, 1), (2, 2)] {
-            s.customer_merchant.insert(c, m);
-            s.points.insert(c, 10);
-        }
-        for (k, m) in [(1, 1), (2, 2)] {
-            s.card_merchant.insert(k, m);
-            s.cards.insert(k, 1000);
+        let mut s = Snapshot::default();
+        for m in [1i64, 2] {
+            let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            s.insert(Table::Merchants, m.to_string(), m, v(&["merchant", "0"]));
+            s.insert(Table::Customers, m.to_string(), m, v(&["customer", "138"]));
+            s.insert(Table::Products, m.to_string(), m, v(&["product", "100"]));
+            s.insert(Table::Orders, m.to_string(), m, v(&[&m.to_string(), "100", "0"]));
+            s.insert(Table::OrderItems, format!("{m}/{m}"), m, v(&["1:100"]));
+            s.insert(Table::PointsLedger, m.to_string(), m, v(&[&m.to_string(), "10", "purchase", "0"]));
+            s.insert(Table::StoredValueCards, m.to_string(), m, v(&[&m.to_string(), "1000"]));
         }
         s
     }
@@ -449,7 +514,11 @@ mod tests {
             order_id: id,
             merchant,
             customer: merchant,
+            product: merchant,
+            qty: 1,
             total: 500,
+            created_us: 1_000 + id,
+            entry_id: 100 + id,
             points: 5,
             card: merchant,
             paid: 7,
@@ -458,16 +527,12 @@ mod tests {
         }
     }
 
-    /// The restored copy the workload's orders should produce.
+    /// The copy a faithful restore of `placed` produces.
     fn apply(base: &Snapshot, placed: &[&Placed]) -> Snapshot {
-        let mut s = base.clone();
-        for p in placed {
-            s.new_orders.insert(p.order_id, (p.merchant, p.customer, p.total));
-            *s.items.get_mut(&p.merchant).unwrap() += 1;
-            *s.point_entries.get_mut(&p.merchant).unwrap() += 1;
-            *s.points.get_mut(&p.customer).unwrap() += p.points;
-            *s.cards.get_mut(&p.card).unwrap() -= p.paid;
-        }
+        let ids: Vec<i64> = placed.iter().map(|p| p.order_id).collect();
+        let all: Vec<Placed> = placed.iter().map(|p| Placed { acknowledged: true, ..(*p).clone() }).collect();
+        let s = expected(base, &all, &|_| false);
+        assert_eq!(s.table(Table::Orders).unwrap().len(), 2 + ids.len());
         s
     }
 
@@ -477,35 +542,54 @@ mod tests {
         let placed = vec![order(3, 1, true), order(4, 2, true), order(5, 1, false), order(6, 2, false)];
         let restored = apply(&b, &[&placed[0], &placed[1], &placed[2]]);
         let c = compare(&b, &placed, &restored);
-        assert_eq!((c.rows_lost, c.values_wrong, c.unexplained_orders), (0, 0, 0), "{c:?}");
+        assert_eq!((c.rows_lost, c.values_wrong, c.rows_unexplained), (0, 0, 0), "{c:?}");
         assert_eq!(c.in_doubt_committed, 1);
         assert!(c.merchants.iter().all(|m| m.ok));
-        assert_eq!(c.merchants[0].orders_expected, 4);
+        assert_eq!(c.merchants[0].orders_expected, 3);
+        // 7 rows per merchant + 3 per committed order (order, item, points entry).
+        assert_eq!(c.rows_expected, 14 + 3 * 3);
+        assert_eq!(c.merchants[0].gift_cards_expected_cents, 1000 - 7 - 7);
     }
 
     #[test]
-    fn a_lost_order_a_wrong_balance_and_a_stranger_are_each_found() {
+    fn a_loss_in_any_table_is_found_for_the_merchant_it_belongs_to() {
         let b = base();
         let placed = vec![order(3, 1, true), order(4, 2, true)];
-        // Order 3 lost entirely.
-        let restored = apply(&b, &[&placed[1]]);
-        let c = compare(&b, &placed, &restored);
-        assert_eq!(c.acknowledged_orders_lost, 1);
-        assert!(c.rows_lost >= 3, "{c:?}");
+        // An acknowledged order lost entirely: its order, item and points rows, merchant 1 only.
+        let c = compare(&b, &placed, &apply(&b, &[&placed[1]]));
+        assert_eq!((c.acknowledged_orders_lost, c.rows_lost), (1, 3), "{c:?}");
         assert!(!c.merchants[0].ok && c.merchants[1].ok);
-        // A gift card with the wrong balance.
-        let mut restored = apply(&b, &[&placed[0], &placed[1]]);
-        *restored.cards.get_mut(&2).unwrap() += 1;
-        let c = compare(&b, &placed, &restored);
+        // A product (untouched by the workload) lost; an item's value changed; a gift card's
+        // balance wrong; a row nobody wrote.
+        let full = apply(&b, &[&placed[0], &placed[1]]);
+        for (t, key) in [(Table::Products, "2"), (Table::Customers, "1"), (Table::Merchants, "2")] {
+            let mut r = full.clone();
+            r.tables.get_mut(&t).unwrap().remove(key);
+            let c = compare(&b, &placed, &r);
+            assert_eq!((c.rows_lost, c.values_wrong), (1, 0), "{t:?}: {c:?}");
+            assert_eq!(c.merchants.iter().filter(|m| !m.ok).count(), 1);
+            assert_eq!(c.merchants.iter().find(|m| !m.ok).unwrap().lost_by_table[&t], 1);
+        }
+        let mut r = full.clone();
+        r.tables.get_mut(&Table::OrderItems).unwrap().get_mut("3/1").unwrap().values[0] = "2:500".into();
+        assert_eq!(compare(&b, &placed, &r).values_wrong, 1);
+        let mut r = full.clone();
+        r.tables.get_mut(&Table::StoredValueCards).unwrap().get_mut("2").unwrap().values[1] = "1".into();
+        let c = compare(&b, &placed, &r);
         assert_eq!((c.rows_lost, c.values_wrong), (0, 1));
-        // An order nobody placed.
-        let mut restored = apply(&b, &[&placed[0], &placed[1]]);
-        restored.new_orders.insert(99, (1, 1, 1));
-        assert_eq!(compare(&b, &placed, &restored).unexplained_orders, 1);
-        // Historical orders of a merchant gone.
-        let mut restored = apply(&b, &[&placed[0], &placed[1]]);
-        restored.base_orders.remove(&2);
-        let c = compare(&b, &placed, &restored);
-        assert_eq!(c.rows_lost, 2, "{c:?}");
+        assert!(c.merchants[0].ok && !c.merchants[1].ok);
+        let mut r = full.clone();
+        r.insert(Table::Orders, "99", 1, vec!["1".into(), "1".into(), "0".into()]);
+        assert_eq!(compare(&b, &placed, &r).rows_unexplained, 1);
+    }
+
+    #[test]
+    fn a_dropped_database_destroys_every_row_of_every_merchant() {
+        let b = base();
+        let placed = vec![order(3, 1, true)];
+        let c = compare(&b, &placed, &Snapshot::default());
+        assert_eq!(c.rows_lost, c.rows_expected);
+        assert_eq!(c.rows_expected, 17);
+        assert_eq!(c.merchants.iter().filter(|m| m.rows_lost > 0).count(), 2);
     }
 }

@@ -1,0 +1,12 @@
+//! Every integration test of `capture` in one test binary: each file of this directory is a
+//! module here, so the crate's dependency graph is linked once, not once per file. A new test
+//! file must be added below (`tests/tidy.rs` in holdfast fails otherwise).
+
+#[path = "capture.rs"]
+mod capture;
+
+#[path = "detect.rs"]
+mod detect;
+
+#[path = "stall.rs"]
+mod stall;

@@ -1,0 +1,33 @@
+//! Every integration test of `holdfast` in one test binary: each file of this directory is a
+//! module here, so the crate's dependency graph is linked once, not once per file. A new test
+//! file must be added below (`tests/tidy.rs` in holdfast fails otherwise).
+
+#[path = "architecture.rs"]
+mod architecture;
+
+#[path = "audit.rs"]
+mod audit;
+
+#[path = "capture_process.rs"]
+mod capture_process;
+
+#[path = "demo.rs"]
+mod demo;
+
+#[path = "drill.rs"]
+mod drill;
+
+#[path = "gate.rs"]
+mod gate;
+
+#[path = "incidents.rs"]
+mod incidents;
+
+#[path = "restore.rs"]
+mod restore;
+
+#[path = "vault_process.rs"]
+mod vault_process;
+
+#[path = "tidy.rs"]
+mod tidy;
