@@ -451,7 +451,7 @@ impl Config {
                     .map_err(|e| format!("[audit] ca: reading {}: {e}", a.ca.display()))?,
                 token: read_secret(&a.token_file, "[audit] token_file")?,
                 max_pending_bytes: a.max_pending_bytes.unwrap_or(256 << 20),
-                on_full: match a.on_full.as_deref().unwrap_or("refuse_writes") {
+                on_full: match a.on_full.as_deref().unwrap_or("refuse_all") {
                     "refuse_writes" => OnAuditFull::RefuseWrites,
                     "refuse_all" => OnAuditFull::RefuseAll,
                     o => return Err(format!("[audit] on_full {o:?}: write refuse_writes or refuse_all")),
