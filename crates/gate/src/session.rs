@@ -148,6 +148,38 @@ enum Step {
     After,
 }
 
+/// Who owns the answers to a message sent during an extended-protocol measurement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XOwner {
+    Quiet,
+    Before,
+    After,
+    Client,
+}
+
+/// A measured write sent through the extended protocol: the gate's own statements (under its
+/// reserved names) around the client's Execute, in the client's batch.
+struct XRun {
+    /// Owner and the answers still to come (a message ends at its terminal answer).
+    entries: VecDeque<(XOwner, u32)>,
+    buffered: BytesMut,
+    before: Snap,
+    after: Snap,
+    sql: String,
+    max_rows: u64,
+    decision: Decision,
+    exec: Frame,
+    phase: XPhase,
+    pending_hold: Option<(Vec<String>, u64)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XPhase {
+    Measuring,
+    Releasing,
+    RollingBack,
+}
+
 /// A client Query the gate runs itself, statement by statement (see the module doc).
 struct Run {
     what: String,
@@ -201,6 +233,23 @@ pub struct Session<'a> {
     outstanding: u32,
     /// Extended-protocol messages were sent since the last Sync.
     batch_open: bool,
+    /// Terminal answers still owed for extended-protocol messages of the current batch.
+    ext_pending: u32,
+    /// The server reported an error in the current batch: it skips everything up to Sync.
+    skipping: bool,
+    /// A measured Execute waiting until everything sent before it is answered.
+    pending_exec: Option<(Frame, String, Decision, u64)>,
+    xrun: Option<XRun>,
+    /// The gate opened a transaction in this batch (for its savepoints): it ends it at Sync.
+    batch_began: bool,
+    /// Transaction control the gate cannot follow (or a Query) ran in this batch: its
+    /// transaction state is unknown.
+    batch_txn_control: bool,
+    /// The transaction state after the BEGIN/COMMIT/ROLLBACK executed so far in this batch.
+    batch_state: Option<u8>,
+    /// 1: the client's Sync of a batch the gate opened a transaction in was sent; 2: the gate's
+    /// COMMIT/ROLLBACK of it was sent, whose ReadyForQuery the client gets.
+    commit_pending: u8,
     cancel: Arc<tokio::sync::Notify>,
     holding: Arc<std::sync::atomic::AtomicBool>,
     statements: u64,
@@ -244,6 +293,14 @@ impl<'a> Session<'a> {
             run: None,
             outstanding: 0,
             batch_open: false,
+            ext_pending: 0,
+            skipping: false,
+            pending_exec: None,
+            xrun: None,
+            batch_began: false,
+            batch_txn_control: false,
+            batch_state: None,
+            commit_pending: 0,
             cancel,
             holding,
             statements: 0,
@@ -278,7 +335,19 @@ impl<'a> Session<'a> {
             // Client frames already buffered are handled first, one at a time, unless a
             // statement is held or under the row guard (then the client waits, and so does
             // everything it pipelined after it).
-            while self.held.is_none() && self.run.is_none() {
+            if self.pending_exec.is_some()
+                && self.ext_pending == 0
+                && self.outstanding == 0
+                && let Err(e) = self.start_xrun().await
+            {
+                return e;
+            }
+            while self.held.is_none()
+                && self.run.is_none()
+                && self.xrun.is_none()
+                && self.pending_exec.is_none()
+                && self.commit_pending == 0
+            {
                 // A Query starts only once the server answered everything before it: the gate
                 // then knows the transaction state it runs in (and a run owns every answer).
                 if self.cbuf.first() == Some(&b'Q') && self.outstanding > 0 && !self.batch_open {
@@ -428,6 +497,47 @@ impl<'a> Session<'a> {
                 }
                 _ => {}
             }
+            if self.xrun.is_some() && !matches!(f.tag, b'S' | b'A') {
+                self.on_xrun_frame(f).await?;
+                continue;
+            }
+            match f.tag {
+                b'Z' => {
+                    self.ext_pending = 0;
+                    self.skipping = false;
+                }
+                b'E' if self.batch_open || self.ext_pending > 0 => {
+                    self.ext_pending = 0;
+                    self.skipping = true;
+                }
+                b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
+                    self.ext_pending = self.ext_pending.saturating_sub(1)
+                }
+                _ => {}
+            }
+            if self.commit_pending > 0 && self.swallow == 0 && self.run.is_none() {
+                match (self.commit_pending, f.tag) {
+                    (1, b'Z') => {
+                        // The batch is over; end the transaction the gate opened in it, as the
+                        // implicit one would have ended.
+                        let end = if self.txn == b'T' { "COMMIT" } else { "ROLLBACK" };
+                        self.send_query(end);
+                        self.commit_pending = 2;
+                        self.flush_server().await?;
+                        continue;
+                    }
+                    (2, b'Z') => {
+                        self.commit_pending = 0;
+                    }
+                    (2, b'E') => {
+                        // A deferred constraint failing at COMMIT: the client's error.
+                        self.relay_error(f);
+                        continue;
+                    }
+                    (2, _) => continue,
+                    _ => {}
+                }
+            }
             if matches!(f.tag, b'S' | b'A') && (self.swallow > 0 || self.run.is_some()) {
                 // Asynchronous: the client's, whoever's statement is running.
                 f.encode(&mut self.cout);
@@ -567,6 +677,9 @@ impl<'a> Session<'a> {
     async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
         match f.tag {
             b'Q' => {
+                if self.batch_open {
+                    self.batch_txn_control = true;
+                }
                 let sql = frontend::query(&f.body).map_err(|e| e.to_string())?;
                 let d = self.shared.guard.check_query(&mut self.guard, &sql);
                 self.statement(sql, d, f, false).await?;
@@ -594,6 +707,7 @@ impl<'a> Session<'a> {
                         self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); nothing runs until it can"), true);
                     } else {
                         f.encode(&mut self.sout);
+                        self.owe(1);
                     }
                 }
             }
@@ -607,6 +721,7 @@ impl<'a> Session<'a> {
                     // an unknown statement leaves the portal unknown (Execute is refused).
                     let _ = self.guard.bind_portal(&portal, &statement);
                     f.encode(&mut self.sout);
+                    self.owe(1);
                 }
             }
             b'E' => {
@@ -628,6 +743,7 @@ impl<'a> Session<'a> {
                     self.guard.close_portal(&name);
                 }
                 f.encode(&mut self.sout);
+                self.owe(1);
             }
             b'F' => {
                 // FunctionCall by OID (large objects: lo_unlink…): nothing to classify it
@@ -649,11 +765,19 @@ impl<'a> Session<'a> {
                 f.encode(&mut self.sout);
                 self.outstanding += 1;
                 self.guard.sync_sent();
+                if self.batch_began {
+                    self.batch_began = false;
+                    self.commit_pending = 1;
+                }
+                self.batch_txn_control = false;
+                self.batch_state = None;
             }
-            b'D' | b'H' => {
+            b'D' => {
                 self.batch_open = true;
-                f.encode(&mut self.sout)
+                f.encode(&mut self.sout);
+                self.owe(1);
             }
+            b'H' => f.encode(&mut self.sout),
             // COPY data/done/fail pass through.
             b'd' | b'c' | b'f' => f.encode(&mut self.sout),
             other => {
@@ -697,11 +821,26 @@ impl<'a> Session<'a> {
                     .to_string(),
             );
         }
-        if extended && matches!(action, Action::RowGuard { .. }) {
-            // Extended-protocol writes are not measured yet (see ARCHITECTURE.md): they wait
-            // for a person instead.
-            action = Action::Approve;
-            reasons_extra.push("writes through the extended protocol are held for approval (the gate measures simple-protocol writes only)".to_string());
+        if extended {
+            // Follow the transaction state through the batch (JDBC sends BEGIN in the same
+            // batch as the first statement); anything the gate cannot follow makes it unknown.
+            for st in &d.statements {
+                match st.kind.as_str() {
+                    "BEGIN" | "START TRANSACTION" => {
+                        self.batch_state = Some(b'T');
+                        // A block the gate opened becomes the client's: it stays open.
+                        self.batch_began = false;
+                    }
+                    "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION" => {
+                        self.batch_state = Some(b'I');
+                        // The client ended the block the gate may have opened.
+                        self.batch_began = false;
+                    }
+                    "SAVEPOINT" | "RELEASE" | "ROLLBACK TO SAVEPOINT" => {}
+                    k if guard::TRANSACTION_CONTROL.contains(&k) => self.batch_txn_control = true,
+                    _ => {}
+                }
+            }
         }
         let detail = serde_json::json!({
             "sql": truncate(&sql, 16 * 1024),
@@ -742,6 +881,8 @@ impl<'a> Session<'a> {
                 if f.tag == b'Q' || f.tag == b'F' {
                     self.outstanding += 1;
                     self.guard.sync_sent();
+                } else {
+                    self.owe(1);
                 }
             }
             Action::Deny => {
@@ -749,12 +890,20 @@ impl<'a> Session<'a> {
                 let why = d.reasons.join("; ");
                 self.refuse(&format!("holdfast gate: statement refused by policy: {why}"), extended);
             }
-            Action::RowGuard { .. } if self.txn == b'E' => {
+            Action::RowGuard { .. } if self.txn == b'E' && !extended => {
                 // An aborted transaction: it fails anyway, as the server says.
                 self.track(&sql, extended);
                 f.encode(&mut self.sout);
                 self.outstanding += 1;
                 self.guard.sync_sent();
+            }
+            Action::RowGuard { max_rows } if extended => {
+                // Measured once everything sent before it is answered (the gate then knows
+                // the transaction state, and whether the server is skipping to Sync).
+                self.shared.metrics.row_guarded.inc();
+                self.pending_exec = Some((f, sql, d, max_rows));
+                // The server sends what it owes only at Sync or Flush.
+                frontend::encode_flush(&mut self.sout);
             }
             Action::RowGuard { max_rows } => {
                 self.shared.metrics.row_guarded.inc();
@@ -951,8 +1100,10 @@ impl<'a> Session<'a> {
                 r.failed = true;
                 r.error = Some("failed (see the client's error)".into());
             } else {
-                let (over, rows) = self.judge(&sql, max_rows);
+                let (before, after, snap_failed) = (r.before.clone(), r.after.clone(), r.snap_failed);
+                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows);
                 let r = self.run.as_mut().expect("run");
+                r.tags.push(format!("ROWS CHANGED {rows}"));
                 if over.is_empty() {
                     let buf = std::mem::take(&mut r.buffered);
                     self.cout.extend_from_slice(&buf);
@@ -987,18 +1138,24 @@ impl<'a> Session<'a> {
     /// The changes of the measured statement against the row limits and the person's budgets:
     /// the reasons it is over them (none: keep it, and it is recorded in the budgets), and the
     /// rows it changed.
-    fn judge(&mut self, sql: &str, max_rows: u64) -> (Vec<String>, u64) {
-        let r = self.run.as_ref().expect("run");
+    fn judge(
+        &mut self,
+        before: &Snap,
+        after: &Snap,
+        snap_failed: bool,
+        sql: &str,
+        max_rows: u64,
+    ) -> (Vec<String>, u64) {
         let mut over = Vec::new();
-        if r.snap_failed || !r.after.rows_seen || !r.before.rows_seen {
+        if snap_failed || !after.rows_seen || !before.rows_seen {
             over.push("the gate could not read what the statement changed (its counters query failed or its result was too large), so it is held".to_string());
             return (over, 0);
         }
         let policy = self.shared.guard.policy();
         let limits = crate::budget::Limits::from_policy(policy);
         let mut changed: Vec<(String, u64, i64)> = Vec::new();
-        for (oid, (name, n, size)) in &r.after.tables {
-            let before = r.before.tables.get(oid).map(|(_, b, _)| *b).unwrap_or(0);
+        for (oid, (name, n, size)) in &after.tables {
+            let before = before.tables.get(oid).map(|(_, b, _)| *b).unwrap_or(0);
             let d = n.saturating_sub(before);
             if d > 0 {
                 changed.push((name.clone(), d, *size));
@@ -1006,10 +1163,10 @@ impl<'a> Session<'a> {
         }
         changed.sort();
         let total: u64 = changed.iter().map(|(_, d, _)| d).sum();
-        if r.after.exclusive_locks > r.before.exclusive_locks {
+        if after.exclusive_locks > before.exclusive_locks {
             over.push(format!(
                 "it took an ACCESS EXCLUSIVE lock on {} more relation(s): a DROP, TRUNCATE or rewrite (e.g. inside a function)",
-                r.after.exclusive_locks - r.before.exclusive_locks
+                after.exclusive_locks - before.exclusive_locks
             ));
         }
         if total > max_rows {
@@ -1037,9 +1194,152 @@ impl<'a> Session<'a> {
                 self.shared.budgets.record(&person, table, *d, sql);
             }
         }
-        let r = self.run.as_mut().expect("run");
-        r.tags.push(format!("ROWS CHANGED {total}"));
         (over, total)
+    }
+
+    /// Answers the server owes for extended-protocol messages just sent (none while it skips).
+    fn owe(&mut self, n: u32) {
+        if !self.skipping {
+            self.ext_pending += n;
+        }
+    }
+
+    /// The measured Execute can start: everything before it is answered.
+    async fn start_xrun(&mut self) -> Result<(), String> {
+        let Some((f, sql, d, max_rows)) = self.pending_exec.take() else { return Ok(()) };
+        if self.skipping {
+            // The server skips it anyway (an error came earlier in the batch).
+            self.track(&sql, true);
+            f.encode(&mut self.sout);
+            return Ok(());
+        }
+        let state = self.batch_state.unwrap_or(self.txn);
+        if self.batch_txn_control || state == b'E' {
+            let mut raw = BytesMut::new();
+            f.encode(&mut raw);
+            let mut d = d;
+            d.reasons.push("a write after transaction control in the same extended-protocol batch cannot be measured: send Sync first".into());
+            return self.hold(sql, &d, raw.freeze(), true, None, false).await;
+        }
+        let mut entries = VecDeque::new();
+        if state == b'I' && !self.batch_began {
+            // The batch's implicit transaction becomes a block the gate ends at Sync.
+            frontend::encode_own_statement(&mut self.sout, "BEGIN");
+            entries.push_back((XOwner::Quiet, 5));
+            self.batch_began = true;
+        }
+        frontend::encode_own_statement(&mut self.sout, SAVEPOINT);
+        entries.push_back((XOwner::Quiet, 5));
+        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
+        entries.push_back((XOwner::Before, 5));
+        f.encode(&mut self.sout);
+        entries.push_back((XOwner::Client, 1));
+        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
+        entries.push_back((XOwner::After, 5));
+        frontend::encode_flush(&mut self.sout);
+        self.xrun = Some(XRun {
+            entries,
+            buffered: BytesMut::new(),
+            before: Snap::default(),
+            after: Snap::default(),
+            sql,
+            max_rows,
+            decision: d,
+            exec: f,
+            phase: XPhase::Measuring,
+            pending_hold: None,
+        });
+        self.flush_server().await
+    }
+
+    /// A server frame during an extended-protocol measurement.
+    async fn on_xrun_frame(&mut self, f: Frame) -> Result<(), String> {
+        let x = self.xrun.as_mut().expect("xrun");
+        let Some(&(owner, _)) = x.entries.front() else {
+            f.encode(&mut self.cout);
+            return Ok(());
+        };
+        if f.tag == b'E' {
+            // The server now skips to the client's Sync: whatever failed, the client's Execute
+            // did not run or will be undone with the transaction (aborted, as after any error).
+            let x = self.xrun.take().expect("xrun");
+            if owner == XOwner::Client {
+                self.cout.extend_from_slice(&x.buffered);
+            }
+            self.error_since_ready = true;
+            self.skipping = true;
+            self.ext_pending = 0;
+            self.relay_error(f);
+            return self.flush_client().await;
+        }
+        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n');
+        match (owner, f.tag) {
+            (XOwner::Before, b'D') => x.before.add_row(&f.body),
+            (XOwner::After, b'D') => x.after.add_row(&f.body),
+            (XOwner::Client, _) => f.encode(&mut x.buffered),
+            _ => {}
+        }
+        if terminal {
+            let head = x.entries.front_mut().expect("entry");
+            head.1 -= 1;
+            if head.1 == 0 {
+                x.entries.pop_front();
+            }
+            if x.entries.is_empty() {
+                self.xrun_step_done().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn xrun_step_done(&mut self) -> Result<(), String> {
+        let x = self.xrun.as_mut().expect("xrun");
+        match x.phase {
+            XPhase::Measuring => {
+                let (before, after, sql, max_rows) =
+                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows);
+                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows);
+                let x = self.xrun.as_mut().expect("xrun");
+                if over.is_empty() {
+                    let buf = std::mem::take(&mut x.buffered);
+                    self.cout.extend_from_slice(&buf);
+                    x.phase = XPhase::Releasing;
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    frontend::encode_own_statement(&mut self.sout, RELEASE);
+                    frontend::encode_flush(&mut self.sout);
+                    self.shared.metrics.allowed.inc();
+                    let sql = x.sql.clone();
+                    self.track(&format!("{} (rows changed: {rows})", truncate(&sql, 150)), true);
+                } else {
+                    x.buffered.clear();
+                    x.phase = XPhase::RollingBack;
+                    x.pending_hold = Some((over, rows));
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    frontend::encode_own_statement(&mut self.sout, ROLLBACK_TO);
+                    frontend::encode_own_statement(&mut self.sout, RELEASE);
+                    frontend::encode_flush(&mut self.sout);
+                    let _ = self
+                        .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows}))
+                        .await;
+                }
+                self.flush_server().await?;
+                self.flush_client().await
+            }
+            XPhase::Releasing => {
+                self.xrun = None;
+                Ok(())
+            }
+            XPhase::RollingBack => {
+                let x = self.xrun.take().expect("xrun");
+                let (over, rows) = x.pending_hold.unwrap_or_default();
+                let mut d = x.decision;
+                d.reasons = over;
+                let mut raw = BytesMut::new();
+                x.exec.encode(&mut raw);
+                self.hold(x.sql, &d, raw.freeze(), true, Some(rows), false).await
+            }
+        }
     }
 
     /// The run is over: the client gets its ReadyForQuery and the outcome is recorded.
@@ -1162,6 +1462,8 @@ impl<'a> Session<'a> {
                     if !h.extended {
                         self.outstanding += 1;
                         self.guard.sync_sent();
+                    } else {
+                        self.owe(1);
                     }
                 }
             }
@@ -1228,6 +1530,7 @@ impl<'a> Session<'a> {
             frontend::encode_parse(&mut self.sout, &sql);
             frontend::encode_bind_unnamed(&mut self.sout);
             frontend::encode_execute_unnamed(&mut self.sout);
+            self.owe(3);
         } else {
             self.send_query(&sql);
         }

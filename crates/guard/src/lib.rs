@@ -294,9 +294,18 @@ impl Session {
     /// (judged later by this, never by the statement's name at Execute). Unknown statement:
     /// `Err` (the server fails the Bind too).
     pub fn bind_portal(&mut self, portal: &str, statement: &str) -> Result<(), String> {
-        let Some((analyses, _)) = self.lookup(statement) else {
+        let Some((mut analyses, _)) = self.lookup(statement) else {
             return Err(format!("prepared statement {statement:?} is unknown to the gate"));
         };
+        if self.changed.get(statement) == Some(&self.sent) {
+            // The statement was (re)parsed in this very batch: had that failed, the server
+            // would skip this Bind too (everything up to Sync), so only the new text can be
+            // bound. Earlier versions matter only across a Sync the server has not confirmed.
+            match self.statements.get(statement).and_then(|b| b.current.clone()) {
+                Some(a) => analyses = vec![a],
+                None => return Err(format!("prepared statement {statement:?} was closed")),
+            }
+        }
         let sent = self.sent;
         self.set_portal(portal, analyses.into_iter().map(|a| (a, sent)).collect(), false);
         Ok(())
@@ -576,7 +585,14 @@ impl Guard {
     /// portal is refused (fail closed).
     pub fn check_execute_portal(&self, session: &Session, portal: &str) -> Decision {
         let view = View { session, overlay: None };
-        match view.lookup_portal(portal) {
+        let bound_now = session.portals_changed.get(portal) == Some(&session.sent);
+        let found = if bound_now {
+            // Bound in this batch: a failed Bind would make the server skip this Execute too.
+            session.portals.get(portal).map(|p| p.current.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        } else {
+            view.lookup_portal(portal)
+        };
+        match found {
             None => Decision::refused(format!(
                 "portal {portal:?} was never bound through the gate; it is not run (Bind it again)"
             )),

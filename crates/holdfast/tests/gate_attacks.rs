@@ -122,6 +122,117 @@ fn portals_run_what_was_bound_and_fetch_move_cannot_drive_a_write() {
 }
 
 #[test]
+fn extended_protocol_writes_are_measured_and_pgbench_prepared_runs() {
+    let g = Gate::start_with("", "row_guard_max_rows = 10\nbudget_rows = 1000000\n", false);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let before = orders_state(&g);
+    // Within the limit: runs, committed at Sync (outside a transaction).
+    let r = c.exchange(&[
+        parse("u", "UPDATE orders SET total = total + 1 WHERE id = 5 RETURNING id"),
+        bind("", "u"),
+        Msg::Describe { portal: "".into() },
+        execute(""),
+        Msg::Sync,
+    ]);
+    ok(&r, "a one-row extended UPDATE");
+    assert_eq!(rows(&r), 1);
+    assert_eq!(r.last().unwrap().body, b"I".to_vec(), "the session is outside a transaction again");
+    assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 5").unwrap(), "8.5");
+    let before_big = orders_state(&g);
+    assert_ne!(before, before_big);
+    // Over it: rolled back and refused (nobody to approve), the rest of the batch skipped.
+    for attack in [
+        vec![parse("b", "DELETE FROM orders WHERE id > 50"), bind("", "b"), execute(""), Msg::Sync],
+        vec![
+            parse("", "BEGIN"),
+            bind("", ""),
+            execute(""),
+            parse("b2", "DELETE FROM orders WHERE id > 50"),
+            bind("p", "b2"),
+            execute("p"),
+            parse("", "COMMIT"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ],
+        vec![
+            parse(
+                "f",
+                "INSERT INTO orders SELECT id, merchant, total FROM orders ON CONFLICT (id) DO UPDATE SET total = 0",
+            ),
+            bind("", "f"),
+            execute(""),
+            Msg::Sync,
+        ],
+        vec![
+            parse("small", "DELETE FROM orders WHERE id = 1"),
+            bind("", "small"),
+            execute(""),
+            parse("big", "DELETE FROM orders WHERE id > 1"),
+            bind("", "big"),
+            execute(""),
+            Msg::Sync,
+        ],
+    ] {
+        let r = c.exchange(&attack);
+        refused(&r, &format!("{attack:?}"));
+        assert_eq!(orders_state(&g), before_big, "{attack:?}");
+        // Outside a transaction as before; the client's own transaction aborted, as after
+        // any error in it.
+        let began = matches!(&attack[0], Msg::Parse { sql, .. } if sql == "BEGIN");
+        assert_eq!(r.last().unwrap().body, if began { b"E".to_vec() } else { b"I".to_vec() }, "{attack:?}");
+        if began {
+            ok(&c.query("ROLLBACK"), "ROLLBACK");
+        }
+    }
+    // A client transaction over several batches (as JDBC sends it): BEGIN with the first
+    // statement, measured writes, COMMIT.
+    ok(
+        &c.exchange(&[
+            parse("", "BEGIN"),
+            bind("", ""),
+            execute(""),
+            parse("", "DELETE FROM orders WHERE id = 2"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ]),
+        "BEGIN and a small delete",
+    );
+    ok(
+        &c.exchange(&[parse("", "DELETE FROM orders WHERE id = 3"), bind("", ""), execute(""), Msg::Sync]),
+        "another",
+    );
+    ok(&c.exchange(&[parse("", "COMMIT"), bind("", ""), execute(""), Msg::Sync]), "COMMIT");
+    assert_eq!(g.count("orders"), 98);
+
+    // pgbench -M prepared, TPC-B: every UPDATE/INSERT measured, all transactions complete.
+    let bench = |args: &[&str]| {
+        std::process::Command::new(testkit::pg::bin("pgbench").unwrap())
+            .arg(g.conninfo("alice", "require"))
+            .args(args)
+            .env("PGPASSWORD", "alice-password")
+            .output()
+            .unwrap()
+    };
+    g.pg.psql(
+        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+         CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+         CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+         CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));
+         INSERT INTO pgbench_branches VALUES (1, 0);
+         INSERT INTO pgbench_tellers SELECT g, 1, 0 FROM generate_series(1, 10) g;
+         INSERT INTO pgbench_accounts SELECT g, 1, 0 FROM generate_series(1, 10000) g;
+         GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO gate_app;",
+    )
+    .unwrap();
+    let out = bench(&["-n", "-M", "prepared", "-t", "20", "-c", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("number of transactions actually processed: 40/40"), "{}", text(&out));
+    assert_eq!(g.pg.psql("SELECT count(*) FROM pgbench_history").unwrap(), "40");
+}
+
+#[test]
 fn every_write_is_measured_by_what_the_database_counted() {
     let g = Gate::start_with("", POLICY, false);
     g.pg.psql(
