@@ -57,7 +57,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     (
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
         Write,
-        Allow,
+        Rows,
     ),
     ("INSERT INTO archive SELECT * FROM orders WHERE created_at < '2020-01-01'", Write, Rows),
     ("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1", Write, Rows),
