@@ -490,11 +490,7 @@ impl<'a> Session<'a> {
                     self.error_since_ready = false;
                 }
                 b'E' => self.error_since_ready = true,
-                b'S' => {
-                    if let Err(e) = self.server_parameter(&f).await {
-                        return Err(e);
-                    }
-                }
+                b'S' => self.server_parameter(&f).await?,
                 _ => {}
             }
             if self.xrun.is_some() && !matches!(f.tag, b'S' | b'A') {
