@@ -144,8 +144,8 @@ pub struct AuditFile {
     /// The most audit data kept locally while the vault is unreachable (default 256 MiB).
     #[serde(default)]
     pub max_pending_bytes: Option<u64>,
-    /// When that bound is reached: `refuse_writes` (default: reads go on, everything else is
-    /// refused) or `refuse_all`.
+    /// When that bound is reached (or the spool fails): `refuse_all` (default: nothing runs
+    /// without its record) or `refuse_writes` (reads go on, unaudited).
     #[serde(default)]
     pub on_full: Option<String>,
 }

@@ -344,3 +344,73 @@ fn every_write_is_measured_by_what_the_database_counted() {
     assert_eq!(small["person"], "alice");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn every_statement_is_recorded_with_its_text_and_a_full_spool_lets_nothing_run() {
+    // A vault that never answers: the spool only fills (300 kB allowed).
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    vault_api::tls::ensure_self_signed(&ca, &key).unwrap();
+    std::fs::write(dir.path().join("token"), "nothing\n").unwrap();
+    let g = Gate::start_with(
+        &format!(
+            "[audit]\nvault = \"https://127.0.0.1:9\"\nca = \"{}\"\ntoken_file = \"{}\"\nmax_pending_bytes = 300000\n",
+            ca.display(),
+            dir.path().join("token").display()
+        ),
+        POLICY,
+        false,
+    );
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Extended-protocol statements are recorded with their SQL text: the Parse before the
+    // server sees it, the Execute with the text bound into the portal.
+    ok(
+        &c.exchange(&[
+            parse("t", "SELECT count(*) FROM orders WHERE merchant = 3"),
+            bind("pt", "t"),
+            execute("pt"),
+            Msg::Sync,
+        ]),
+        "an extended read",
+    );
+    let spool = || -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "jsonl") {
+                all += &std::fs::read_to_string(p).unwrap();
+            }
+        }
+        all
+    };
+    let recorded = spool();
+    let lines: Vec<&str> = recorded.lines().filter(|l| l.contains("WHERE merchant = 3")).collect();
+    assert!(lines.iter().any(|l| l.contains("\"parse\"")), "the Parse with its text: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("\"extended\"")), "the Execute with the bound text: {lines:?}");
+
+    // Fill the spool: statements carrying a comment, smaller and smaller, each until the gate
+    // refuses one (a record that does not fit is never written, and its statement never runs).
+    let before = orders_state(&g);
+    for size in [15000, 2000, 300] {
+        let pad = "x".repeat(size);
+        let mut refused_at = None;
+        for i in 0..200 {
+            let r = c.query(&format!("SELECT {i} -- {pad}"));
+            if errors(&r).iter().any(|e| e.contains("audit log cannot take")) {
+                refused_at = Some(i);
+                break;
+            }
+            ok(&r, "a read while the spool has room");
+        }
+        assert!(refused_at.is_some(), "the spool never filled ({size})");
+    }
+    // Now nothing runs: reads, writes, destruction.
+    let pad = "x".repeat(300);
+    for sql in ["SELECT 1", "DELETE FROM orders WHERE id = 1", "DROP TABLE orders"] {
+        let r = c.query(&format!("{sql} -- {pad}"));
+        assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{sql}: {:?}", errors(&r));
+    }
+    let r = c.exchange(&[parse("", &format!("SELECT 2 -- {pad}")), bind("", ""), execute(""), Msg::Sync]);
+    assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{:?}", errors(&r));
+    assert_eq!(orders_state(&g), before);
+}
