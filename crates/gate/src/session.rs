@@ -439,6 +439,15 @@ impl<'a> Session<'a> {
         self
     }
 
+    /// Settings the client's `options` startup parameter set (already allowed by the guard):
+    /// the session's guard view starts as if they were SET (search_path, lexing).
+    pub fn with_startup_settings(mut self, settings: &[(String, String)]) -> Self {
+        for (k, v) in settings {
+            let _ = self.shared.guard.check_query(&mut self.guard, &crate::server::set_sql(k, v));
+        }
+        self
+    }
+
     async fn flush_server(&mut self) -> Result<(), String> {
         if !self.sout.is_empty() {
             self.server.write_all(&self.sout).await.map_err(|e| format!("writing to the database: {e}"))?;

@@ -102,6 +102,19 @@ fn portals_run_what_was_bound_and_fetch_move_cannot_drive_a_write() {
     c.query("ROLLBACK");
     assert_eq!(orders_state(&g), before);
 
+    // Startup options go through the guard too: a setting that would blind the row guard or
+    // change identity ends the login; an ordinary one is forwarded, and the driver's
+    // 'UNICODE' encoding name is UTF-8.
+    for bad in ["-c track_counts=off", "-c session_replication_role=replica", "-c role=postgres", "-D /tmp"] {
+        let e = Raw::try_connect(&g, "alice", "alice-password", &[("options", bad)]).err().expect(bad);
+        assert!(e.contains("holdfast gate:") && e.contains("startup option"), "{bad}: {e}");
+    }
+    let mut o =
+        Raw::try_connect(&g, "alice", "alice-password", &[("options", "-c statement_timeout=4s")]).unwrap();
+    let r = o.query("SHOW statement_timeout");
+    assert!(r.iter().any(|m| m.tag == b'D' && m.body.ends_with(b"4s")), "{r:?}");
+    assert!(Raw::try_connect(&g, "alice", "alice-password", &[("client_encoding", "UNICODE")]).is_ok());
+
     // 4. A portal never bound, or closed, is not executed.
     refused(&c.exchange(&[execute("nobody"), Msg::Sync]), "unknown portal");
 

@@ -243,7 +243,8 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
     g.pg.psql("ALTER TABLE cards_gone RENAME TO cards").unwrap();
     let mut statements_sent = 0u64;
     let mut rows_changed = 0u64;
-    for case in 0..cases {
+    let first: u64 = std::env::var("HOLDFAST_GATE_FUZZ_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    for case in first..first + cases {
         let mut r = Rng(seed ^ (case.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         g.pg.psql(RESET).unwrap();
         // Cursors WITH HOLD and prepared statements die with the session: one per case.
@@ -262,7 +263,12 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
             }
             i += 1;
             sent.extend(batch.iter().cloned());
-            c.exchange(&batch);
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.exchange(&batch)));
+            if answered.is_err() {
+                panic!(
+                    "HANG or broken session (seed {seed}, case {case}): the gate did not answer\nsequence: {sent:#?}"
+                );
+            }
         }
         drop(c);
         // Executed statements: every statement of every Query, every Execute.

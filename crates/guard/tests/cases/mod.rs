@@ -362,6 +362,10 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("PREPARE TRANSACTION 'tx1'", Write, Allow),
     ("COMMIT PREPARED 'tx1'", Read, Allow),
     ("DECLARE c CURSOR FOR SELECT * FROM orders", Read, Allow),
+    ("SET track_counts = off", Destr, Approve), // the gate measures writes by these counters
+    ("SELECT set_config('track_counts', 'off', true)", Destr, Approve),
+    ("DECLARE c CURSOR FOR SELECT 1; FETCH ALL FROM c", Read, Allow),
+    ("FETCH ALL FROM c; DELETE FROM orders WHERE id = 1", Write, Rows),
     ("DECLARE c CURSOR FOR SELECT pg_terminate_backend(1)", Destr, Approve),
     ("FETCH 10 FROM c", Write, Rows), // a cursor the gate never saw: counted
     ("CLOSE c", Read, Allow),

@@ -315,6 +315,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(g: &Gate, user: &str, password: &str) -> Raw {
+        Raw::try_connect(g, user, password, &[]).expect("log in through the gate")
+    }
+
+    /// Logs in with extra startup parameters; the error the gate answered with, if any.
+    pub fn try_connect(g: &Gate, user: &str, password: &str, extra: &[(&str, &str)]) -> Result<Raw, String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (host, port) = g.addr.rsplit_once(':').unwrap();
         let mut cfg = pgproto::conn::Config::new(
@@ -323,13 +328,10 @@ impl Raw {
         )
         .password(password, "the test");
         cfg.ssl = pgproto::conn::SslMode::Require;
-        let s = rt
-            .block_on(pgproto::conn::connect_raw(
-                &cfg,
-                &[("database", "postgres"), ("client_encoding", "UTF8")],
-            ))
-            .expect("log in through the gate");
-        Raw { rt, io: s.io, buf: Vec::new() }
+        let mut params = vec![("database", "postgres"), ("client_encoding", "UTF8")];
+        params.extend_from_slice(extra);
+        let s = rt.block_on(pgproto::conn::connect_raw(&cfg, &params)).map_err(|e| e.to_string())?;
+        Ok(Raw { rt, io: s.io, buf: Vec::new() })
     }
 
     pub fn send(&mut self, msgs: &[Msg]) {
