@@ -377,6 +377,11 @@ impl<'a> Session<'a> {
                     }
                 }
             }
+            if self.pending_exec.is_some() && self.ext_pending == 0 && self.outstanding == 0 {
+                // Nothing more will come from the server for it (everything before it is
+                // answered): start it now rather than wait for a frame that never comes.
+                continue;
+            }
             if let Err(e) = self.flush_server().await {
                 return e;
             }

@@ -198,6 +198,19 @@ fn extended_protocol_writes_are_measured_and_pgbench_prepared_runs() {
             ok(&c.query("ROLLBACK"), "ROLLBACK");
         }
     }
+    // A measured write after an error earlier in its batch: the server skips it (no hang, no
+    // write). Found by the generator (seed 77, case 155).
+    let r = c.exchange(&[
+        parse("x", "EXECUTE nothing_prepared"),
+        parse("u2", "UPDATE orders SET total = 0 WHERE id > 0"),
+        bind("pu", "u2"),
+        execute("pu"),
+        execute("pu"),
+        Msg::Sync,
+    ]);
+    refused(&r, "a refused Parse before a measured write");
+    assert_eq!(orders_state(&g), before_big);
+
     // A client transaction over several batches (as JDBC sends it): BEGIN with the first
     // statement, measured writes, COMMIT.
     ok(
