@@ -97,12 +97,15 @@ pub struct Policy {
     /// Prepared statements one session may hold (default 10 000); more are denied, which keeps
     /// the gate's memory per connection bounded.
     pub max_prepared_statements: usize,
-    /// A DELETE/UPDATE with a WHERE clause that affects more rows than this goes to approval.
+    /// A write (measured by the gate: DML, upserts, MERGE, calls) that updates or deletes more
+    /// rows than this, all tables together, is rolled back and goes to approval.
     pub row_guard_max_rows: u64,
-    /// Per-table row limits, keyed by the table as written (`orders`, `public.orders`).
+    /// Per-table row limits, keyed by the table (`orders`, `public.orders`), applied to the rows
+    /// of that table each write changed (cascades and triggers included).
     pub row_guard_tables: BTreeMap<String, u64>,
     /// Cumulative budget: rows one person may update and delete in one table within
-    /// `budget_window_seconds`, across statements and sessions (default 5000). Over it, the
+    /// `budget_window_seconds`, across statements and sessions (default 50 000, a safety net;
+    /// set it to what one person may change alone). Over it, the
     /// statement that would cross it is rolled back and held for approval.
     pub budget_rows: u64,
     /// Cumulative budget as a share of a table (percent of its rows), for tables of at least
@@ -135,7 +138,7 @@ impl Default for Policy {
             max_prepared_statements: 10_000,
             row_guard_max_rows: 1000,
             row_guard_tables: BTreeMap::new(),
-            budget_rows: 5000,
+            budget_rows: 50_000,
             budget_table_percent: None,
             budget_min_table_rows: 1000,
             budget_window_seconds: 600,
