@@ -766,6 +766,12 @@ impl Guard {
             deny: None,
         };
         for name in &st.fetches {
+            if depth >= MAX_EXECUTE_DEPTH {
+                // A portal over `FETCH … FROM` itself (or a chain of them): refused, not
+                // followed forever.
+                r.deny = Some("portals and prepared statements drive each other too deeply".into());
+                continue;
+            }
             match view.lookup_portal(name) {
                 None => {
                     // A cursor the gate never saw opened: a function may have opened it over a

@@ -487,6 +487,12 @@ fn portals_keep_what_was_bound_and_share_one_namespace_with_cursors() {
     // DECLARE then FETCH in one message: the FETCH sees the new cursor.
     let d = guard.check_query(&mut s, "DECLARE c CURSOR FOR SELECT id FROM orders; FETCH 5 FROM c");
     assert_eq!(d.action, Action::Allow);
+    // A portal over a FETCH from itself is refused, not followed forever (found by the
+    // generator: it overflowed the gate's stack).
+    guard.check_parse(&mut s, "self", "FETCH ALL FROM loop");
+    s.bind_portal("loop", "self").unwrap();
+    assert_eq!(guard.check_execute_portal(&s, "loop").action, Action::Deny);
+    assert_eq!(guard.check_query(&mut s, "FETCH ALL FROM loop").action, Action::Deny);
     // The unnamed portal is dropped by a simple Query.
     guard.check_parse(&mut s, "", "DELETE FROM orders");
     s.bind_portal("", "").unwrap();

@@ -115,6 +115,20 @@ fn portals_run_what_was_bound_and_fetch_move_cannot_drive_a_write() {
     assert!(r.iter().any(|m| m.tag == b'D' && m.body.ends_with(b"4s")), "{r:?}");
     assert!(Raw::try_connect(&g, "alice", "alice-password", &[("client_encoding", "UNICODE")]).is_ok());
 
+    // A portal over a FETCH from itself: refused, and the gate (every session) lives on.
+    ok(&c.query("BEGIN"), "BEGIN");
+    refused(
+        &c.exchange(&[
+            parse("self", "FETCH ALL FROM loop"),
+            bind("loop", "self"),
+            execute("loop"),
+            Msg::Sync,
+        ]),
+        "a portal fetching from itself",
+    );
+    c.query("ROLLBACK");
+    ok(&c.query("SELECT 1"), "the session goes on");
+
     // 4. A portal never bound, or closed, is not executed.
     refused(&c.exchange(&[execute("nobody"), Msg::Sync]), "unknown portal");
 
