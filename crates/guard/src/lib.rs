@@ -199,6 +199,9 @@ struct Portal {
     stale: Vec<(Arc<Analysis>, u64)>,
     /// DECLARE … WITH HOLD: survives the end of its transaction.
     hold: bool,
+    /// Re-bound too often without the server confirming: what it runs is no longer tracked,
+    /// so it is refused until the server confirms a binding.
+    overflow: bool,
 }
 
 impl Portal {
@@ -277,6 +280,7 @@ impl Session {
             self.portals_changed.remove(&name);
             if no_error && let Some(p) = self.portals.get_mut(&name) {
                 p.stale.clear();
+                p.overflow = false;
             }
         }
         if idle {
@@ -317,7 +321,10 @@ impl Session {
         // The server refuses to re-bind an open named portal (the old one stays) and replaces
         // the unnamed one; either way, until the server confirms, the old binding may run.
         p.stale.extend(old);
-        p.stale.truncate(4 * MAX_STALE);
+        if p.stale.len() > 4 * MAX_STALE {
+            p.stale.truncate(4 * MAX_STALE);
+            p.overflow = true;
+        }
         p.current = bound;
         p.hold |= hold;
         self.portals_changed.insert(portal.to_string(), self.sent);
@@ -585,6 +592,11 @@ impl Guard {
     /// portal is refused (fail closed).
     pub fn check_execute_portal(&self, session: &Session, portal: &str) -> Decision {
         let view = View { session, overlay: None };
+        if session.portals.get(portal).is_some_and(|p| p.overflow) {
+            return Decision::refused(format!(
+                "portal {portal:?} was re-bound too often without the server confirming; Sync and Bind it again"
+            ));
+        }
         let bound_now = session.portals_changed.get(portal) == Some(&session.sent);
         let found = if bound_now {
             // Bound in this batch: a failed Bind would make the server skip this Execute too.
@@ -770,6 +782,11 @@ impl Guard {
                 // A portal over `FETCH … FROM` itself (or a chain of them): refused, not
                 // followed forever.
                 r.deny = Some("portals and prepared statements drive each other too deeply".into());
+                continue;
+            }
+            if session.portals.get(name).is_some_and(|p| p.overflow) {
+                r.deny =
+                    Some(format!("portal {name:?} was re-bound too often without the server confirming"));
                 continue;
             }
             match view.lookup_portal(name) {

@@ -493,6 +493,14 @@ fn portals_keep_what_was_bound_and_share_one_namespace_with_cursors() {
     s.bind_portal("loop", "self").unwrap();
     assert_eq!(guard.check_execute_portal(&s, "loop").action, Action::Deny);
     assert_eq!(guard.check_query(&mut s, "FETCH ALL FROM loop").action, Action::Deny);
+    // Re-bound again and again without the server confirming: refused rather than forgetting
+    // an old binding.
+    guard.check_parse(&mut s, "r", "SELECT 1");
+    for _ in 0..40 {
+        s.bind_portal("many", "w").unwrap();
+        s.bind_portal("many", "r").unwrap();
+    }
+    assert_eq!(guard.check_execute_portal(&s, "many").action, Action::Deny);
     // The unnamed portal is dropped by a simple Query.
     guard.check_parse(&mut s, "", "DELETE FROM orders");
     s.bind_portal("", "").unwrap();
