@@ -144,8 +144,8 @@ pub struct AuditFile {
     /// The most audit data kept locally while the vault is unreachable (default 256 MiB).
     #[serde(default)]
     pub max_pending_bytes: Option<u64>,
-    /// When that bound is reached: `refuse_writes` (default: reads go on, everything else is
-    /// refused) or `refuse_all`.
+    /// When that bound is reached (or the spool fails): `refuse_all` (default: nothing runs
+    /// without its record) or `refuse_writes` (reads go on, unaudited).
     #[serde(default)]
     pub on_full: Option<String>,
 }
@@ -451,7 +451,7 @@ impl Config {
                     .map_err(|e| format!("[audit] ca: reading {}: {e}", a.ca.display()))?,
                 token: read_secret(&a.token_file, "[audit] token_file")?,
                 max_pending_bytes: a.max_pending_bytes.unwrap_or(256 << 20),
-                on_full: match a.on_full.as_deref().unwrap_or("refuse_writes") {
+                on_full: match a.on_full.as_deref().unwrap_or("refuse_all") {
                     "refuse_writes" => OnAuditFull::RefuseWrites,
                     "refuse_all" => OnAuditFull::RefuseAll,
                     o => return Err(format!("[audit] on_full {o:?}: write refuse_writes or refuse_all")),

@@ -268,6 +268,15 @@ async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
             "audit": s.audit.status(),
             "webhooks": s.webhooks.status(),
             "started_at": s.started_at,
+            "budgets": {
+                "limits": {
+                    "rows": s.guard.policy().budget_rows,
+                    "table_percent": s.guard.policy().budget_table_percent,
+                    "min_table_rows": s.guard.policy().budget_min_table_rows,
+                    "window_seconds": s.guard.policy().budget_window_seconds,
+                },
+                "used": s.budgets.snapshot(crate::budget::Limits::from_policy(s.guard.policy()).window),
+            },
         }),
     ))
 }

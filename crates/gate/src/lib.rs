@@ -12,6 +12,7 @@
 //! HTTPS API for approvals, grants, status and metrics).
 
 pub mod approvals;
+pub mod budget;
 pub mod config;
 pub mod control;
 pub mod scram;
@@ -91,6 +92,8 @@ pub struct Shared {
     pub webhooks: Arc<vault_api::alerts::Webhooks>,
     pub metrics: Metrics,
     pub cancels: Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>,
+    /// Rows each person changed per table in the budget window (every session together).
+    pub budgets: budget::Budgets,
     next_session: AtomicU64,
     /// Sessions to end when their person's grant or break-glass is revoked (unused for now).
     pub started_at: u64,
@@ -111,7 +114,7 @@ impl Shared {
     }
 
     pub fn on_audit_full(&self) -> config::OnAuditFull {
-        self.config.audit.as_ref().map(|a| a.on_full).unwrap_or(config::OnAuditFull::RefuseWrites)
+        self.config.audit.as_ref().map(|a| a.on_full).unwrap_or(config::OnAuditFull::RefuseAll)
     }
 
     /// Sends an alert to the log and every webhook.
@@ -189,6 +192,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
         webhooks,
         metrics: Metrics::default(),
         cancels: Mutex::new(HashMap::new()),
+        budgets: budget::Budgets::default(),
         next_session: AtomicU64::new(0),
         started_at: approvals::unix_now(),
         config,

@@ -312,6 +312,35 @@ async fn connection(
         }
     }
     let app = param("application_name").unwrap_or_default();
+    // The `options` startup parameter (`-c name=value`, as libpq's PGOPTIONS) sets session
+    // settings before any statement: each goes through the guard as the SET it is, and the
+    // session's guard view starts with them (a search_path there counts as one set later).
+    let settings = match param("options").map(|o| parse_options(&o)).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            send_fatal(
+                &mut io,
+                "22023",
+                &format!("holdfast gate: startup options: {e}"),
+                Some("pass settings as -c name=value"),
+            )
+            .await;
+            return;
+        }
+    };
+    for (k, v) in &settings {
+        let d = shared.guard.check_query(&mut guard::Session::default(), &set_sql(k, v));
+        if d.action != guard::Action::Allow {
+            send_fatal(
+                &mut io,
+                "42501",
+                &format!("holdfast gate: the startup option {k} is not accepted: {}", d.summary()),
+                Some("set it with SET in the session, where it is checked (and held for approval if it must be)"),
+            )
+            .await;
+            return;
+        }
+    }
     let upstream_cfg = shared.config.upstream.config_for(&db_user);
     let mut fwd: Vec<(&str, String)> = vec![
         ("database", param("database").unwrap_or_else(|| person_name.clone())),
@@ -327,14 +356,27 @@ async fn connection(
             fwd.push((k, v));
         }
     }
+    if !settings.is_empty() {
+        let opts: Vec<String> = settings
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", v.replace('\\', "\\\\").replace(' ', "\\ ")))
+            .collect();
+        fwd.push(("options", opts.join(" ")));
+    }
     let fwd_ref: Vec<(&str, &str)> = fwd.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let upstream = match pgproto::conn::connect_raw(&upstream_cfg, &fwd_ref).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(person = %person.name, error = %e, "upstream login failed");
+            // What the client is told names neither the gate's database login nor the
+            // database's address (both are the gate's secrets); the gate's log has the cause.
             let msg = match &e {
-                pgproto::Error::Server(se) => se.message.clone(),
-                other => format!("the gate cannot reach the database: {other}"),
+                // The database the client asked for does not exist: its own name, its words.
+                pgproto::Error::Server(se) if se.code == "3D000" => se.message.clone(),
+                pgproto::Error::Server(_) => {
+                    "holdfast gate: the database refused the gate's login for this session; the gate's operator can see why in its log".to_string()
+                }
+                _ => "holdfast gate: the database cannot be reached; the gate's operator can see why in its log".to_string(),
             };
             send_fatal(&mut io, e.sqlstate().unwrap_or("08006"), &msg, None).await;
             return;
@@ -394,6 +436,7 @@ async fn connection(
     let params = upstream.params.clone();
     let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify, holding)
         .with_server_parameters(&params)
+        .with_startup_settings(&settings)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -493,5 +536,74 @@ async fn cancel(shared: &Arc<Shared>, pid: i32, key: Vec<u8>) {
         if let Err(e) = pgproto::conn::send_cancel(&cfg, upid, &ukey).await {
             tracing::warn!(error = %e, "forwarding a cancel request failed");
         }
+    }
+}
+
+/// `SET name TO 'value'` for a startup option (names are plain identifiers, the value quoted).
+pub(crate) fn set_sql(name: &str, value: &str) -> String {
+    format!("SET {name} TO '{}'", value.replace('\'', "''"))
+}
+
+/// The `options` startup parameter as PostgreSQL reads it: words split at unescaped spaces
+/// (`\ ` is a space, `\\` a backslash), each `-c name=value`, `-cname=value` or `--name=value`.
+/// Anything else (other command-line switches) is refused.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let kv = if w == "-c" {
+            it.next().ok_or("-c without name=value")?
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            rest.to_string()
+        } else {
+            return Err(format!("{w:?} is not a -c name=value setting"));
+        };
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not name=value"))?;
+        let k = k.replace('-', "_");
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            return Err(format!("{k:?} is not a setting name"));
+        }
+        out.push((k, v.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::parse_options;
+
+    #[test]
+    fn options_are_read_as_postgresql_reads_them() {
+        let o =
+            parse_options("-c search_path=app -cstatement_timeout=5s --work-mem=64MB -c x.y=a\\ b").unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("search_path".into(), "app".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "64MB".into()),
+                ("x.y".into(), "a b".into()),
+            ]
+        );
+        assert!(parse_options("-D /tmp").is_err());
+        assert!(parse_options("-c role").is_err());
+        assert!(parse_options("-c a;b=1").is_err());
     }
 }

@@ -7,6 +7,16 @@
 //! an explicit transaction is aborted, an extended-protocol batch is skipped up to its `Sync`,
 //! pipelined messages before it keep their answers in order — so the client's view and the
 //! server's state never disagree.
+//!
+//! How the gate measures a write (the row guard): the statement runs inside a savepoint (a
+//! transaction the gate opens, outside one) between two reads of the transaction's own
+//! counters — rows updated and deleted per table (`pg_stat_xact_user_tables`, so cascades and
+//! triggers count) and the ACCESS EXCLUSIVE locks the session holds (a DROP or TRUNCATE inside
+//! a function). All four go to the server in one flight. Within the limits and the person's
+//! budgets the savepoint is released and the client gets the statement's answers; over them it
+//! is rolled back and held for a second person. A Query holding several statements is split at
+//! the parser's statement boundaries and run one by one inside one transaction, each write
+//! measured on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,34 +56,154 @@ struct Held {
     sql: String,
     /// The guard's decision, applied to its session view once the statement is sent on.
     decision: Decision,
+    /// Part of a run (a measured write over its limits): on approval it runs as is and the run
+    /// goes on; otherwise the run ends with the refusal.
+    resume_run: bool,
+    /// Nobody but the requester could approve it: refused at once.
+    no_approver: bool,
 }
 
-/// A DELETE/UPDATE running under the row-count guard.
-struct RowGuardRun {
+/// The gate's read of what the transaction changed so far: per table (oid) its name, rows
+/// updated + deleted and estimated size; and the ACCESS EXCLUSIVE relation locks held. Every
+/// name is schema-qualified and every operator spelt `OPERATOR(pg_catalog.…)`, so a session's
+/// search_path or its own objects cannot change what it reads.
+const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'";
+
+const SAVEPOINT: &str = "SAVEPOINT holdfast_row_guard";
+const RELEASE: &str = "RELEASE SAVEPOINT holdfast_row_guard";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT holdfast_row_guard";
+
+#[derive(Default, Debug, Clone)]
+struct Snap {
+    /// oid → (schema.table, rows updated + deleted, estimated rows).
+    tables: HashMap<i64, (String, u64, i64)>,
+    exclusive_locks: u64,
+    rows_seen: bool,
+}
+
+impl Snap {
+    fn add_row(&mut self, body: &Bytes) {
+        let cols = data_row(body);
+        let get = |i: usize| cols.get(i).cloned().flatten().unwrap_or_default();
+        let oid: i64 = get(0).parse().unwrap_or(0);
+        let n: u64 = get(2).parse().unwrap_or(0);
+        self.rows_seen = true;
+        if oid == -1 {
+            self.exclusive_locks = n;
+        } else {
+            self.tables.insert(oid, (get(1), n, get(3).parse().unwrap_or(0)));
+        }
+    }
+}
+
+/// The columns of a DataRow (text format), `None` for NULL.
+fn data_row(body: &Bytes) -> Vec<Option<String>> {
+    let b = &body[..];
+    let mut out = Vec::new();
+    if b.len() < 2 {
+        return out;
+    }
+    let n = i16::from_be_bytes([b[0], b[1]]).max(0) as usize;
+    let mut at = 2;
+    for _ in 0..n {
+        if at + 4 > b.len() {
+            break;
+        }
+        let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let end = (at + len as usize).min(b.len());
+        out.push(Some(String::from_utf8_lossy(&b[at..end]).into_owned()));
+        at = end;
+    }
+    out
+}
+
+/// One piece of a client's Query as the gate runs it.
+enum Unit {
+    /// Sent as is; its answers go to the client.
+    Plain(String),
+    /// A write run under a savepoint and measured; `max_rows` from the guard.
+    Measured { sql: String, max_rows: u64 },
+}
+
+/// Who the answers to each Query the gate sent during a run belong to (one ReadyForQuery each).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    /// The gate's own (BEGIN, SAVEPOINT, RELEASE, ROLLBACK): answers swallowed.
+    Quiet,
+    /// The gate's COMMIT of the transaction it opened: an error (a deferred constraint) is the
+    /// client's.
+    Commit,
+    /// A statement of the client's that is not measured: answers go to the client.
+    Plain,
+    /// The counters before a measured statement.
+    Before,
+    /// The measured statement: answers buffered until it is judged.
+    Stmt,
+    /// The counters after it.
+    After,
+}
+
+/// Who owns the answers to a message sent during an extended-protocol measurement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XOwner {
+    Quiet,
+    Before,
+    After,
+    Client,
+}
+
+/// A measured write sent through the extended protocol: the gate's own statements (under its
+/// reserved names) around the client's Execute, in the client's batch.
+struct XRun {
+    /// Owner and the answers still to come (a message ends at its terminal answer).
+    entries: VecDeque<(XOwner, u32)>,
+    buffered: BytesMut,
+    before: Snap,
+    after: Snap,
     sql: String,
     max_rows: u64,
-    /// `BEGIN` (outside a transaction) or `SAVEPOINT` (inside one).
-    began: bool,
-    /// Server frames seen so far: the first CommandComplete is ours (BEGIN/SAVEPOINT).
-    ours_done: bool,
-    rows: Option<u64>,
-    data_rows: u64,
-    failed: bool,
-    buffered: BytesMut,
-    started: Instant,
     decision: Decision,
-    /// After the decision: our COMMIT/RELEASE/ROLLBACK answers are being swallowed.
-    finishing: Option<Finish>,
+    exec: Frame,
+    phase: XPhase,
+    pending_hold: Option<(Vec<String>, u64)>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Finish {
-    /// Count within the limit: forward what was buffered once our closing command is done.
-    Keep,
-    /// Over the limit: rolled back, then hold for approval.
-    Over,
-    /// The statement failed: forward the error.
-    Failed,
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XPhase {
+    Measuring,
+    Releasing,
+    RollingBack,
+}
+
+/// A client Query the gate runs itself, statement by statement (see the module doc).
+struct Run {
+    what: String,
+    units: VecDeque<Unit>,
+    /// The gate opened a transaction (the client was outside one): it commits or rolls back.
+    opened: bool,
+    steps: VecDeque<Step>,
+    /// The measured statement whose numbers are awaited.
+    current: Option<(String, u64)>,
+    buffered: BytesMut,
+    stmt_failed: bool,
+    snap_failed: bool,
+    before: Snap,
+    after: Snap,
+    /// A client statement failed: nothing more of the Query runs (as on the server).
+    failed: bool,
+    finishing: bool,
+    /// Over the limits: rolled back; hold once the rollback is answered.
+    pending_hold: Option<(String, Vec<String>, u64)>,
+    started: Instant,
+    tags: Vec<String>,
+    error: Option<String>,
+    /// The guard's decision on the whole Query (class, for an approval request).
+    decision: Decision,
 }
 
 /// A Query or an extended-protocol batch sent to the database, until its ReadyForQuery: what
@@ -95,12 +225,31 @@ pub struct Session<'a> {
     cout: BytesMut,
     sout: BytesMut,
     guard: guard::Session,
-    /// Portal name → statement name (extended protocol).
-    portals: HashMap<String, String>,
     /// The transaction status of the last ReadyForQuery.
     txn: u8,
     held: Option<Held>,
-    row_guard: Option<RowGuardRun>,
+    run: Option<Run>,
+    /// Query/Sync/FunctionCall messages sent to the server not yet answered by ReadyForQuery.
+    outstanding: u32,
+    /// Extended-protocol messages were sent since the last Sync.
+    batch_open: bool,
+    /// Terminal answers still owed for extended-protocol messages of the current batch.
+    ext_pending: u32,
+    /// The server reported an error in the current batch: it skips everything up to Sync.
+    skipping: bool,
+    /// A measured Execute waiting until everything sent before it is answered.
+    pending_exec: Option<(Frame, String, Decision, u64)>,
+    xrun: Option<XRun>,
+    /// The gate opened a transaction in this batch (for its savepoints): it ends it at Sync.
+    batch_began: bool,
+    /// Transaction control the gate cannot follow (or a Query) ran in this batch: its
+    /// transaction state is unknown.
+    batch_txn_control: bool,
+    /// The transaction state after the BEGIN/COMMIT/ROLLBACK executed so far in this batch.
+    batch_state: Option<u8>,
+    /// 1: the client's Sync of a batch the gate opened a transaction in was sent; 2: the gate's
+    /// COMMIT/ROLLBACK of it was sent, whose ReadyForQuery the client gets.
+    commit_pending: u8,
     cancel: Arc<tokio::sync::Notify>,
     holding: Arc<std::sync::atomic::AtomicBool>,
     statements: u64,
@@ -110,9 +259,6 @@ pub struct Session<'a> {
     /// An ErrorResponse came since the last ReadyForQuery (the guard then keeps suspecting
     /// statement names whose Parse/Close the server may have skipped).
     error_since_ready: bool,
-    /// A row-guarded statement inside a transaction block kept its result: its savepoint is
-    /// released by a Query sent ahead of the client's next message (no extra round trip).
-    release_pending: bool,
     /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
     swallow: u32,
 }
@@ -142,17 +288,25 @@ impl<'a> Session<'a> {
             cout: BytesMut::with_capacity(16 * 1024),
             sout: BytesMut::with_capacity(4 * 1024),
             guard: guard::Session::default(),
-            portals: HashMap::new(),
             txn: b'I',
             held: None,
-            row_guard: None,
+            run: None,
+            outstanding: 0,
+            batch_open: false,
+            ext_pending: 0,
+            skipping: false,
+            pending_exec: None,
+            xrun: None,
+            batch_began: false,
+            batch_txn_control: false,
+            batch_state: None,
+            commit_pending: 0,
             cancel,
             holding,
             statements: 0,
             inflight: VecDeque::new(),
             batch: Vec::new(),
             error_since_ready: false,
-            release_pending: false,
             swallow: 0,
         }
     }
@@ -181,7 +335,24 @@ impl<'a> Session<'a> {
             // Client frames already buffered are handled first, one at a time, unless a
             // statement is held or under the row guard (then the client waits, and so does
             // everything it pipelined after it).
-            while self.held.is_none() && self.row_guard.is_none() {
+            if self.pending_exec.is_some()
+                && self.ext_pending == 0
+                && self.outstanding == 0
+                && let Err(e) = self.start_xrun().await
+            {
+                return e;
+            }
+            while self.held.is_none()
+                && self.run.is_none()
+                && self.xrun.is_none()
+                && self.pending_exec.is_none()
+                && self.commit_pending == 0
+            {
+                // A Query starts only once the server answered everything before it: the gate
+                // then knows the transaction state it runs in (and a run owns every answer).
+                if self.cbuf.first() == Some(&b'Q') && self.outstanding > 0 && !self.batch_open {
+                    break;
+                }
                 match wire::decode_frame(&mut self.cbuf, max) {
                     Ok(Some(f)) => match self.on_client(f).await {
                         Ok(Flow::Continue) => {}
@@ -205,6 +376,11 @@ impl<'a> Session<'a> {
                             .await;
                     }
                 }
+            }
+            if self.pending_exec.is_some() && self.ext_pending == 0 && self.outstanding == 0 {
+                // Nothing more will come from the server for it (everything before it is
+                // answered): start it now rather than wait for a frame that never comes.
+                continue;
             }
             if let Err(e) = self.flush_server().await {
                 return e;
@@ -268,6 +444,15 @@ impl<'a> Session<'a> {
         self
     }
 
+    /// Settings the client's `options` startup parameter set (already allowed by the guard):
+    /// the session's guard view starts as if they were SET (search_path, lexing).
+    pub fn with_startup_settings(mut self, settings: &[(String, String)]) -> Self {
+        for (k, v) in settings {
+            let _ = self.shared.guard.check_query(&mut self.guard, &crate::server::set_sql(k, v));
+        }
+        self
+    }
+
     async fn flush_server(&mut self) -> Result<(), String> {
         if !self.sout.is_empty() {
             self.server.write_all(&self.sout).await.map_err(|e| format!("writing to the database: {e}"))?;
@@ -309,12 +494,68 @@ impl<'a> Session<'a> {
                 Ok(None) => break,
                 Err(e) => return Err(format!("protocol error from the database: {e}")),
             };
+            match f.tag {
+                b'Z' => {
+                    // Every ReadyForQuery, whoever it answers: the transaction state, the
+                    // guard's view of what the server confirmed (names, portals at its end).
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.txn = f.body.first().copied().unwrap_or(b'I');
+                    self.guard.ready(!self.error_since_ready, self.txn == b'I');
+                    self.error_since_ready = false;
+                }
+                b'E' => self.error_since_ready = true,
+                b'S' => self.server_parameter(&f).await?,
+                _ => {}
+            }
+            if self.xrun.is_some() && !matches!(f.tag, b'S' | b'A') {
+                self.on_xrun_frame(f).await?;
+                continue;
+            }
+            match f.tag {
+                b'Z' => {
+                    self.ext_pending = 0;
+                    self.skipping = false;
+                }
+                b'E' if self.batch_open || self.ext_pending > 0 => {
+                    self.ext_pending = 0;
+                    self.skipping = true;
+                }
+                b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
+                    self.ext_pending = self.ext_pending.saturating_sub(1)
+                }
+                _ => {}
+            }
+            if self.commit_pending > 0 && self.swallow == 0 && self.run.is_none() {
+                match (self.commit_pending, f.tag) {
+                    (1, b'Z') => {
+                        // The batch is over; end the transaction the gate opened in it, as the
+                        // implicit one would have ended.
+                        let end = if self.txn == b'T' { "COMMIT" } else { "ROLLBACK" };
+                        self.send_query(end);
+                        self.commit_pending = 2;
+                        self.flush_server().await?;
+                        continue;
+                    }
+                    (2, b'Z') => {
+                        self.commit_pending = 0;
+                    }
+                    (2, b'E') => {
+                        // A deferred constraint failing at COMMIT: the client's error.
+                        self.relay_error(f);
+                        continue;
+                    }
+                    (2, _) => continue,
+                    _ => {}
+                }
+            }
+            if matches!(f.tag, b'S' | b'A') && (self.swallow > 0 || self.run.is_some()) {
+                // Asynchronous: the client's, whoever's statement is running.
+                f.encode(&mut self.cout);
+                continue;
+            }
             if self.swallow > 0 {
                 match f.tag {
-                    b'Z' => {
-                        self.swallow -= 1;
-                        self.txn = f.body.first().copied().unwrap_or(self.txn);
-                    }
+                    b'Z' => self.swallow -= 1,
                     b'E' => {
                         tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
                     }
@@ -322,15 +563,12 @@ impl<'a> Session<'a> {
                 }
                 continue;
             }
-            if self.row_guard.is_some() {
-                self.on_row_guard_frame(f).await?;
+            if self.run.is_some() {
+                self.on_run_frame(f).await?;
                 continue;
             }
             match f.tag {
                 b'Z' => {
-                    self.txn = f.body.first().copied().unwrap_or(b'I');
-                    self.guard.synced(!self.error_since_ready);
-                    self.error_since_ready = false;
                     f.encode(&mut self.cout);
                     if let Some(done) = self.inflight.pop_front() {
                         self.statement_done(done);
@@ -345,28 +583,7 @@ impl<'a> Session<'a> {
                     }
                     f.encode(&mut self.cout);
                 }
-                b'S' => {
-                    let mut b = f.body.clone();
-                    let name = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
-                    let value = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
-                    self.guard.server_parameter(&name, &value);
-                    let lexes_differently = (name == "standard_conforming_strings" && value != "on")
-                        || (name == "client_encoding" && !value.eq_ignore_ascii_case("UTF8"));
-                    if lexes_differently {
-                        // The guard reads statements as the server does with these defaults;
-                        // it cannot guard a session that changed them (even with approval).
-                        return Err(self
-                            .fatal(
-                                "55000",
-                                &format!("holdfast gate: the session's {name} is now {value}; statements can no longer be checked, so the session is ended"),
-                                None,
-                            )
-                            .await);
-                    }
-                    f.encode(&mut self.cout);
-                }
                 b'E' => {
-                    self.error_since_ready = true;
                     if let Some(cur) = self.inflight.front_mut() {
                         let fields = wire::error_fields(&f.body);
                         cur.error = fields.iter().find(|(t, _)| *t == b'M').map(|(_, m)| truncate(m, 1000));
@@ -380,6 +597,31 @@ impl<'a> Session<'a> {
             }
         }
         self.flush_client().await
+    }
+
+    /// A ParameterStatus: the guard follows it; a session the guard can no longer read as the
+    /// server does is ended. Encoding names are compared as PostgreSQL does (case, `-`, `_`
+    /// ignored; `UNICODE` is UTF8).
+    async fn server_parameter(&mut self, f: &Frame) -> Result<(), String> {
+        let mut b = f.body.clone();
+        let name = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
+        let value = wire::cstr(&mut b, "ParameterStatus").unwrap_or_default();
+        self.guard.server_parameter(&name, &value);
+        let enc = value.to_lowercase().replace(['-', '_'], "");
+        let lexes_differently = (name == "standard_conforming_strings" && value != "on")
+            || (name == "client_encoding" && enc != "utf8" && enc != "unicode");
+        if lexes_differently {
+            // The guard reads statements as the server does with these defaults; it cannot
+            // guard a session that changed them (even with approval).
+            return Err(self
+                .fatal(
+                    "55000",
+                    &format!("holdfast gate: the session's {name} is now {value}; statements can no longer be checked, so the session is ended"),
+                    None,
+                )
+                .await);
+        }
+        Ok(())
     }
 
     /// Records how a statement ended (not waited for: the statement was audited before it ran).
@@ -430,56 +672,96 @@ impl<'a> Session<'a> {
         );
     }
 
+    /// Sends one of the gate's own Queries (or a client's statement the gate runs itself).
+    fn send_query(&mut self, sql: &str) {
+        frontend::encode_query(&mut self.sout, sql);
+        self.outstanding += 1;
+        self.guard.sync_sent();
+    }
+
+    /// Names the gate uses on the server; a client may not use them (fail closed).
+    fn reserved(name: &str) -> bool {
+        name.to_ascii_lowercase().starts_with("holdfast_")
+    }
+
     async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
-        if self.release_pending && f.tag != b'X' {
-            self.release_pending = false;
-            frontend::encode_query(&mut self.sout, "RELEASE SAVEPOINT holdfast_row_guard");
-            self.swallow += 1;
-        }
         match f.tag {
             b'Q' => {
+                if self.batch_open {
+                    self.batch_txn_control = true;
+                }
                 let sql = frontend::query(&f.body).map_err(|e| e.to_string())?;
                 let d = self.shared.guard.check_query(&mut self.guard, &sql);
                 self.statement(sql, d, f, false).await?;
             }
             b'P' => {
+                self.batch_open = true;
                 let (name, sql) = frontend::parse(&f.body).map_err(|e| e.to_string())?;
-                let d = self.shared.guard.check_parse(&mut self.guard, &name, &sql);
+                let mut d = self.shared.guard.check_parse(&mut self.guard, &name, &sql);
+                if Self::reserved(&name) {
+                    d.action = Action::Deny;
+                    d.reasons.push(format!("statement names starting with holdfast_ are the gate's own ({name:?}); use another name"));
+                }
                 if d.action == Action::Deny {
                     // Refused at Parse: the server fails it there, and skips to Sync.
                     self.statement(sql, d, f, true).await?;
                 } else {
-                    f.encode(&mut self.sout);
+                    // Recorded with its text before the server sees it (Execute is judged
+                    // and recorded again, by what was bound).
+                    let detail = serde_json::json!({
+                        "protocol": "parse", "statement": name, "sql": truncate(&sql, 16 * 1024),
+                        "class": d.class, "action": "parse",
+                    });
+                    if let Err(e) = self.audit(EventKind::Statement, detail).await {
+                        self.shared.metrics.refused.inc();
+                        self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); nothing runs until it can"), true);
+                    } else {
+                        f.encode(&mut self.sout);
+                        self.owe(1);
+                    }
                 }
             }
             b'B' => {
+                self.batch_open = true;
                 let (portal, statement) = frontend::bind(&f.body).map_err(|e| e.to_string())?;
-                self.portals.insert(portal, statement);
-                f.encode(&mut self.sout);
+                if Self::reserved(&portal) {
+                    self.refuse(&format!("holdfast gate: portal names starting with holdfast_ are the gate's own ({portal:?}); use another name"), true);
+                } else {
+                    // What the portal runs is fixed here, from what the statement may be now;
+                    // an unknown statement leaves the portal unknown (Execute is refused).
+                    let _ = self.guard.bind_portal(&portal, &statement);
+                    f.encode(&mut self.sout);
+                    self.owe(1);
+                }
             }
             b'E' => {
+                self.batch_open = true;
                 let (portal, _) = frontend::execute(&f.body).map_err(|e| e.to_string())?;
-                let statement = self.portals.get(&portal).cloned();
-                let d = match &statement {
-                    Some(s) => self.shared.guard.check_execute(&self.guard, s),
-                    None => self.shared.guard.check_execute(&self.guard, "\u{0}unbound portal"),
-                };
-                let sql = statement.map(|s| format!("EXECUTE {s:?}")).unwrap_or_default();
+                let d = self.shared.guard.check_execute_portal(&self.guard, &portal);
+                let texts: Vec<&str> =
+                    d.statements.iter().map(|s| s.text.as_str()).filter(|t| !t.is_empty()).collect();
+                let sql =
+                    if texts.is_empty() { format!("EXECUTE portal {portal:?}") } else { texts.join("; ") };
                 self.statement(sql, d, f, true).await?;
             }
             b'C' => {
+                self.batch_open = true;
                 let (kind, name) = frontend::close(&f.body).map_err(|e| e.to_string())?;
                 if kind == b'S' {
                     self.guard.close_statement(&name);
                 } else {
-                    self.portals.remove(&name);
+                    self.guard.close_portal(&name);
                 }
                 f.encode(&mut self.sout);
+                self.owe(1);
             }
             b'F' => {
-                // FunctionCall by OID: nothing to classify it with. Fail closed.
+                // FunctionCall by OID (large objects: lo_unlink…): nothing to classify it
+                // with. Fail closed, answered as a FunctionCall is: an error, then
+                // ReadyForQuery (so a client such as psql's \lo_unlink does not hang).
                 let d = self.shared.guard.check_query(&mut self.guard, "\u{0}function call");
-                self.statement("<FunctionCall message>".into(), d, f, true).await?;
+                self.statement("<FunctionCall message: a function called by OID>".into(), d, f, false)
+                    .await?;
             }
             b'X' => {
                 f.encode(&mut self.sout);
@@ -489,10 +771,25 @@ impl<'a> Session<'a> {
                 let what = if self.batch.is_empty() { "Sync".to_string() } else { self.batch.join("; ") };
                 self.batch.clear();
                 self.sent(&what);
+                self.batch_open = false;
                 f.encode(&mut self.sout);
+                self.outstanding += 1;
+                self.guard.sync_sent();
+                if self.batch_began {
+                    self.batch_began = false;
+                    self.commit_pending = 1;
+                }
+                self.batch_txn_control = false;
+                self.batch_state = None;
             }
-            // Flush, Describe and COPY data/done/fail pass through.
-            b'H' | b'D' | b'd' | b'c' | b'f' => f.encode(&mut self.sout),
+            b'D' => {
+                self.batch_open = true;
+                f.encode(&mut self.sout);
+                self.owe(1);
+            }
+            b'H' => f.encode(&mut self.sout),
+            // COPY data/done/fail pass through.
+            b'd' | b'c' | b'f' => f.encode(&mut self.sout),
             other => {
                 let e = self
                     .fatal(
@@ -517,16 +814,43 @@ impl<'a> Session<'a> {
         if action == Action::Approve && break_glass {
             action = Action::Allow;
         }
-        if matches!(action, Action::RowGuard { .. }) && d.statements.len() != 1 {
-            // Rows are counted for a Query that is exactly one DELETE/UPDATE: with a COMMIT in
-            // the same string, the count would come after the commit.
+        if matches!(action, Action::RowGuard { .. }) && !extended && self.batch_open {
+            // A Query inside an unfinished extended-protocol batch runs in that batch's
+            // implicit transaction, where the gate cannot put a savepoint.
             action = Action::Approve;
-            reasons_extra.push("the row count of a DELETE/UPDATE in a multi-statement string cannot be checked before it commits: send it on its own".to_string());
+            reasons_extra.push("a write sent as a Query inside an unfinished extended-protocol batch cannot be measured: send Sync first".to_string());
         }
-        if extended && matches!(action, Action::RowGuard { .. }) {
-            // Rows are counted only for simple-protocol statements: an extended-protocol
-            // DELETE/UPDATE that could not be counted waits for a person instead.
+        if matches!(action, Action::RowGuard { .. })
+            && d.statements.len() > 1
+            && d.statements.iter().any(|st| st.kind == "COPY")
+        {
+            // COPY FROM STDIN needs the client's data while the gate runs the string itself.
             action = Action::Approve;
+            reasons_extra.push(
+                "a COPY in a string with writes the gate measures cannot be split: send the COPY on its own"
+                    .to_string(),
+            );
+        }
+        if extended {
+            // Follow the transaction state through the batch (JDBC sends BEGIN in the same
+            // batch as the first statement); anything the gate cannot follow makes it unknown.
+            for st in &d.statements {
+                match st.kind.as_str() {
+                    "BEGIN" | "START TRANSACTION" => {
+                        self.batch_state = Some(b'T');
+                        // A block the gate opened becomes the client's: it stays open.
+                        self.batch_began = false;
+                    }
+                    "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION" => {
+                        self.batch_state = Some(b'I');
+                        // The client ended the block the gate may have opened.
+                        self.batch_began = false;
+                    }
+                    "SAVEPOINT" | "RELEASE" | "ROLLBACK TO SAVEPOINT" => {}
+                    k if guard::TRANSACTION_CONTROL.contains(&k) => self.batch_txn_control = true,
+                    _ => {}
+                }
+            }
         }
         let detail = serde_json::json!({
             "sql": truncate(&sql, 16 * 1024),
@@ -534,38 +858,22 @@ impl<'a> Session<'a> {
             "action": action_name(&action),
             "reasons": d.reasons,
             "txn": (self.txn as char).to_string(),
+            "protocol": if extended { "extended" } else { "simple" },
             "break_glass": break_glass && d.action == Action::Approve,
         });
-        // Recorded before it takes effect. A statement whose effect could outlive a gate crash
-        // waits until its record is fsynced: anything outside a transaction block (it commits
-        // on its own), DDL and destruction, and the end of a transaction (COMMIT, PREPARE
-        // TRANSACTION, COMMIT PREPARED — whose record being durable makes every earlier record
-        // of the transaction durable: the log is written in order). Reads, and writes inside a
-        // block that only a later COMMIT can make last, are queued in order without waiting
-        // for the disk. When the spool is near its bound, everything waits (and is refused).
-        let ends_txn = d.statements.iter().any(|st| {
-            matches!(st.kind.as_str(), "COMMIT" | "END" | "PREPARE TRANSACTION" | "COMMIT PREPARED")
-        });
-        let spool = self.shared.audit.status();
-        let spool_ok = spool.failed.is_none() && spool.pending_bytes + (1 << 20) < spool.max_pending_bytes;
-        let must_wait = (d.class > Class::Read && (self.txn == b'I' || d.class >= Class::Ddl))
-            || ends_txn
-            || !spool_ok
-            || self.shared.on_audit_full() == crate::config::OnAuditFull::RefuseAll;
-        let audited = if must_wait {
-            self.audit(EventKind::Statement, detail).await
-        } else {
-            self.shared.audit.submit_nowait(self.event(EventKind::Statement, detail))
-        };
+        // Recorded before it takes effect, every statement, reads included: the record is
+        // fsynced before the server sees anything (group commit in the spool keeps this cheap
+        // under many sessions). A record the spool cannot take means the statement does not run
+        // (unless the operator chose on_full = "refuse_writes", which lets reads run unaudited).
+        let audited = self.audit(EventKind::Statement, detail).await;
         if let Err(e) = audited {
-            // The spool is full or failing: never run unaudited writes.
             let refuse = match self.shared.on_audit_full() {
                 crate::config::OnAuditFull::RefuseAll => true,
                 crate::config::OnAuditFull::RefuseWrites => d.class > Class::Read,
             };
             if refuse {
                 self.shared.metrics.refused.inc();
-                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); writes are refused until the vault takes the backlog"), extended);
+                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); nothing runs until the vault takes the backlog"), extended);
                 return Ok(());
             }
         }
@@ -580,45 +888,478 @@ impl<'a> Session<'a> {
                 self.shared.metrics.allowed.inc();
                 self.track(&sql, extended);
                 f.encode(&mut self.sout);
+                if f.tag == b'Q' || f.tag == b'F' {
+                    self.outstanding += 1;
+                    self.guard.sync_sent();
+                } else {
+                    self.owe(1);
+                }
             }
             Action::Deny => {
                 self.shared.metrics.refused.inc();
                 let why = d.reasons.join("; ");
                 self.refuse(&format!("holdfast gate: statement refused by policy: {why}"), extended);
             }
-            Action::RowGuard { max_rows } if self.txn != b'E' => {
-                self.shared.metrics.row_guarded.inc();
-                let began = self.txn == b'I';
-                let wrapper = if began { "BEGIN" } else { "SAVEPOINT holdfast_row_guard" };
-                frontend::encode_query(&mut self.sout, &format!("{wrapper}; {sql}"));
-                self.row_guard = Some(RowGuardRun {
-                    sql,
-                    max_rows,
-                    began,
-                    ours_done: false,
-                    rows: None,
-                    data_rows: 0,
-                    failed: false,
-                    buffered: BytesMut::new(),
-                    started: Instant::now(),
-                    decision: d.clone(),
-                    finishing: None,
-                });
-            }
-            Action::RowGuard { .. } => {
-                // An aborted transaction: it fails anyway.
+            Action::RowGuard { .. } if self.txn == b'E' && !extended => {
+                // An aborted transaction: it fails anyway, as the server says.
                 self.track(&sql, extended);
-                f.encode(&mut self.sout)
+                f.encode(&mut self.sout);
+                self.outstanding += 1;
+                self.guard.sync_sent();
+            }
+            Action::RowGuard { max_rows } if extended => {
+                // Measured once everything sent before it is answered (the gate then knows
+                // the transaction state, and whether the server is skipping to Sync).
+                self.shared.metrics.row_guarded.inc();
+                self.pending_exec = Some((f, sql, d, max_rows));
+                // The server sends what it owes only at Sync or Flush.
+                frontend::encode_flush(&mut self.sout);
+            }
+            Action::RowGuard { max_rows } => {
+                self.shared.metrics.row_guarded.inc();
+                self.start_run(sql, &d, max_rows);
             }
             Action::Approve => {
                 let mut raw = BytesMut::new();
                 f.encode(&mut raw);
                 let mut d = d;
                 d.reasons.extend(reasons_extra);
-                self.hold(sql, &d, raw.freeze(), extended, None).await?;
+                self.hold(sql, &d, raw.freeze(), extended, None, false).await?;
             }
         }
         Ok(())
+    }
+
+    /// Runs a Query holding measured writes: split into its statements (the parser's
+    /// boundaries), each write measured on its own, inside one transaction (the client's, or
+    /// one the gate opens so that the string stays all-or-nothing as a Query is).
+    fn start_run(&mut self, sql: String, d: &Decision, max_rows: u64) {
+        let mut units = VecDeque::new();
+        if d.statements.len() <= 1 {
+            units.push_back(Unit::Measured { sql: sql.clone(), max_rows });
+        } else {
+            for st in &d.statements {
+                match st.action {
+                    Action::RowGuard { max_rows } => {
+                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows })
+                    }
+                    _ => units.push_back(Unit::Plain(st.text.clone())),
+                }
+            }
+        }
+        let opened = self.txn == b'I';
+        self.run = Some(Run {
+            what: truncate(&sql, 200),
+            units,
+            opened,
+            steps: VecDeque::new(),
+            current: None,
+            buffered: BytesMut::new(),
+            stmt_failed: false,
+            snap_failed: false,
+            before: Snap::default(),
+            after: Snap::default(),
+            failed: false,
+            finishing: false,
+            pending_hold: None,
+            started: Instant::now(),
+            tags: Vec::new(),
+            error: None,
+            decision: d.clone(),
+        });
+        if opened {
+            self.run_send(Step::Quiet, "BEGIN");
+        }
+        self.run_next();
+    }
+
+    fn run_send(&mut self, step: Step, sql: &str) {
+        self.send_query(sql);
+        if let Some(r) = self.run.as_mut() {
+            r.steps.push_back(step);
+        }
+    }
+
+    /// Sends what the run can send now: statements up to and including the next measured one
+    /// (pipelined, one flight), or the end of the transaction the gate opened.
+    fn run_next(&mut self) {
+        loop {
+            let Some(r) = self.run.as_mut() else { return };
+            if r.failed {
+                r.units.clear();
+            }
+            match r.units.pop_front() {
+                Some(Unit::Plain(sql)) => self.run_send(Step::Plain, &sql),
+                Some(Unit::Measured { sql, max_rows }) => {
+                    r.current = Some((sql.clone(), max_rows));
+                    r.before = Snap::default();
+                    r.after = Snap::default();
+                    r.stmt_failed = false;
+                    r.snap_failed = false;
+                    self.run_send(Step::Quiet, SAVEPOINT);
+                    self.run_send(Step::Before, SNAPSHOT_SQL);
+                    self.run_send(Step::Stmt, &sql);
+                    self.run_send(Step::After, SNAPSHOT_SQL);
+                    return;
+                }
+                None => {
+                    if r.finishing {
+                        return;
+                    }
+                    r.finishing = true;
+                    if r.opened {
+                        if r.failed {
+                            self.run_send(Step::Quiet, "ROLLBACK");
+                        } else {
+                            self.run_send(Step::Commit, "COMMIT");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A server frame while a run is active: routed to the step it answers.
+    async fn on_run_frame(&mut self, f: Frame) -> Result<(), String> {
+        let r = self.run.as_mut().expect("run");
+        let Some(&step) = r.steps.front() else {
+            // Nothing of ours is waiting (cannot happen: a run starts with the server idle).
+            f.encode(&mut self.cout);
+            return Ok(());
+        };
+        match (step, f.tag) {
+            (_, b'Z') => {
+                r.steps.pop_front();
+                if r.steps.is_empty() {
+                    self.run_step_done().await?;
+                }
+            }
+            (Step::Quiet, b'E') => {
+                tracing::debug!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed");
+            }
+            (Step::Quiet, _) => {}
+            (Step::Before, b'D') => r.before.add_row(&f.body),
+            (Step::After, b'D') => r.after.add_row(&f.body),
+            (Step::Before | Step::After, b'E') => r.snap_failed = true,
+            (Step::Before | Step::After, _) => {}
+            (Step::Stmt, b'E') => {
+                r.stmt_failed = true;
+                f.encode(&mut r.buffered);
+            }
+            (Step::Stmt, b'C') => {
+                let mut b = f.body.clone();
+                if r.tags.len() < 100 {
+                    r.tags.push(wire::cstr(&mut b, "CommandComplete").unwrap_or_default());
+                }
+                f.encode(&mut r.buffered);
+            }
+            (Step::Stmt, _) => {
+                f.encode(&mut r.buffered);
+                if r.buffered.len() > self.shared.config.max_message_bytes.max(16 << 20) {
+                    // A statement returning more than this is not kept in the gate's memory:
+                    // it is judged as over its limits (rolled back, held).
+                    r.snap_failed = true;
+                    r.buffered.clear();
+                }
+            }
+            (Step::Plain | Step::Commit, b'E') => {
+                let first = !r.failed;
+                r.failed = true;
+                if first {
+                    let fields = wire::error_fields(&f.body);
+                    r.error = fields.iter().find(|(t, _)| *t == b'M').map(|(_, m)| truncate(m, 1000));
+                    self.relay_error(f);
+                }
+            }
+            (Step::Plain, b'C') => {
+                if !r.failed {
+                    let mut b = f.body.clone();
+                    if r.tags.len() < 100 {
+                        r.tags.push(wire::cstr(&mut b, "CommandComplete").unwrap_or_default());
+                    }
+                    f.encode(&mut self.cout);
+                }
+            }
+            (Step::Plain, _) => {
+                if !r.failed {
+                    f.encode(&mut self.cout);
+                }
+            }
+            (Step::Commit, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Every Query the run sent so far is answered: judge the measured statement, hold, go on
+    /// or finish.
+    async fn run_step_done(&mut self) -> Result<(), String> {
+        let r = self.run.as_mut().expect("run");
+        if let Some((sql, reasons, rows)) = r.pending_hold.take() {
+            // Rolled back to the savepoint: now wait for a person.
+            let mut d = r.decision.clone();
+            d.reasons = reasons;
+            return self.hold(sql, &d, Bytes::new(), false, Some(rows), true).await;
+        }
+        if let Some((sql, max_rows)) = r.current.take() {
+            if r.failed {
+                r.buffered.clear();
+            } else if r.stmt_failed {
+                let buf = std::mem::take(&mut r.buffered);
+                self.cout.extend_from_slice(&buf);
+                r.failed = true;
+                r.error = Some("failed (see the client's error)".into());
+            } else {
+                let (before, after, snap_failed) = (r.before.clone(), r.after.clone(), r.snap_failed);
+                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows);
+                let r = self.run.as_mut().expect("run");
+                r.tags.push(format!("ROWS CHANGED {rows}"));
+                if over.is_empty() {
+                    let buf = std::mem::take(&mut r.buffered);
+                    self.cout.extend_from_slice(&buf);
+                    self.shared.metrics.allowed.inc();
+                    self.run_send(Step::Quiet, RELEASE);
+                } else {
+                    r.buffered.clear();
+                    r.tags.clear();
+                    r.pending_hold = Some((sql, over, rows));
+                    let _ = self
+                        .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows}))
+                        .await;
+                    self.run_send(Step::Quiet, ROLLBACK_TO);
+                    self.run_send(Step::Quiet, RELEASE);
+                    return Ok(());
+                }
+            }
+        }
+        let r = self.run.as_mut().expect("run");
+        if r.finishing && r.steps.is_empty() && r.units.is_empty() {
+            return self.run_complete().await;
+        }
+        self.run_next();
+        let r = self.run.as_ref().expect("run");
+        if r.steps.is_empty() {
+            // Nothing left to send (no transaction of the gate's to end).
+            return self.run_complete().await;
+        }
+        self.flush_server().await
+    }
+
+    /// The changes of the measured statement against the row limits and the person's budgets:
+    /// the reasons it is over them (none: keep it, and it is recorded in the budgets), and the
+    /// rows it changed.
+    fn judge(
+        &mut self,
+        before: &Snap,
+        after: &Snap,
+        snap_failed: bool,
+        sql: &str,
+        max_rows: u64,
+    ) -> (Vec<String>, u64) {
+        let mut over = Vec::new();
+        if snap_failed || !after.rows_seen || !before.rows_seen {
+            over.push("the gate could not read what the statement changed (its counters query failed or its result was too large), so it is held".to_string());
+            return (over, 0);
+        }
+        let policy = self.shared.guard.policy();
+        let limits = crate::budget::Limits::from_policy(policy);
+        let mut changed: Vec<(String, u64, i64)> = Vec::new();
+        for (oid, (name, n, size)) in &after.tables {
+            let before = before.tables.get(oid).map(|(_, b, _)| *b).unwrap_or(0);
+            let d = n.saturating_sub(before);
+            if d > 0 {
+                changed.push((name.clone(), d, *size));
+            }
+        }
+        changed.sort();
+        let total: u64 = changed.iter().map(|(_, d, _)| d).sum();
+        if after.exclusive_locks > before.exclusive_locks {
+            over.push(format!(
+                "it took an ACCESS EXCLUSIVE lock on {} more relation(s): a DROP, TRUNCATE or rewrite (e.g. inside a function)",
+                after.exclusive_locks - before.exclusive_locks
+            ));
+        }
+        if total > max_rows {
+            over.push(format!("row guard: it updated or deleted {total} rows, over the limit of {max_rows}"));
+        }
+        let person = self.id.person.name.clone();
+        for (table, d, size) in &changed {
+            let lim = policy.max_rows_for(table);
+            if *d > lim {
+                over.push(format!(
+                    "row guard: {d} rows of {table} updated or deleted, over its limit of {lim}"
+                ));
+            }
+            let used = self.shared.budgets.used(&person, table, limits.window);
+            let budget = limits.limit_for((*size).max(0) as u64 + d);
+            if used + d > budget {
+                over.push(format!(
+                    "budget: {person} already updated or deleted {used} rows of {table} in the last {} s; these {d} more would pass the budget of {budget}",
+                    limits.window.as_secs()
+                ));
+            }
+        }
+        if over.is_empty() {
+            for (table, d, _) in &changed {
+                self.shared.budgets.record(&person, table, *d, sql);
+            }
+        }
+        (over, total)
+    }
+
+    /// Answers the server owes for extended-protocol messages just sent (none while it skips).
+    fn owe(&mut self, n: u32) {
+        if !self.skipping {
+            self.ext_pending += n;
+        }
+    }
+
+    /// The measured Execute can start: everything before it is answered.
+    async fn start_xrun(&mut self) -> Result<(), String> {
+        let Some((f, sql, d, max_rows)) = self.pending_exec.take() else { return Ok(()) };
+        if self.skipping {
+            // The server skips it anyway (an error came earlier in the batch).
+            self.track(&sql, true);
+            f.encode(&mut self.sout);
+            return Ok(());
+        }
+        let state = self.batch_state.unwrap_or(self.txn);
+        if self.batch_txn_control || state == b'E' {
+            let mut raw = BytesMut::new();
+            f.encode(&mut raw);
+            let mut d = d;
+            d.reasons.push("a write after transaction control in the same extended-protocol batch cannot be measured: send Sync first".into());
+            return self.hold(sql, &d, raw.freeze(), true, None, false).await;
+        }
+        let mut entries = VecDeque::new();
+        if state == b'I' && !self.batch_began {
+            // The batch's implicit transaction becomes a block the gate ends at Sync.
+            frontend::encode_own_statement(&mut self.sout, "BEGIN");
+            entries.push_back((XOwner::Quiet, 5));
+            self.batch_began = true;
+        }
+        frontend::encode_own_statement(&mut self.sout, SAVEPOINT);
+        entries.push_back((XOwner::Quiet, 5));
+        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
+        entries.push_back((XOwner::Before, 5));
+        f.encode(&mut self.sout);
+        entries.push_back((XOwner::Client, 1));
+        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
+        entries.push_back((XOwner::After, 5));
+        frontend::encode_flush(&mut self.sout);
+        self.xrun = Some(XRun {
+            entries,
+            buffered: BytesMut::new(),
+            before: Snap::default(),
+            after: Snap::default(),
+            sql,
+            max_rows,
+            decision: d,
+            exec: f,
+            phase: XPhase::Measuring,
+            pending_hold: None,
+        });
+        self.flush_server().await
+    }
+
+    /// A server frame during an extended-protocol measurement.
+    async fn on_xrun_frame(&mut self, f: Frame) -> Result<(), String> {
+        let x = self.xrun.as_mut().expect("xrun");
+        let Some(&(owner, _)) = x.entries.front() else {
+            f.encode(&mut self.cout);
+            return Ok(());
+        };
+        if f.tag == b'E' {
+            // The server now skips to the client's Sync: whatever failed, the client's Execute
+            // did not run or will be undone with the transaction (aborted, as after any error).
+            let x = self.xrun.take().expect("xrun");
+            if owner == XOwner::Client {
+                self.cout.extend_from_slice(&x.buffered);
+            }
+            self.error_since_ready = true;
+            self.skipping = true;
+            self.ext_pending = 0;
+            self.relay_error(f);
+            return self.flush_client().await;
+        }
+        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n');
+        match (owner, f.tag) {
+            (XOwner::Before, b'D') => x.before.add_row(&f.body),
+            (XOwner::After, b'D') => x.after.add_row(&f.body),
+            (XOwner::Client, _) => f.encode(&mut x.buffered),
+            _ => {}
+        }
+        if terminal {
+            let head = x.entries.front_mut().expect("entry");
+            head.1 -= 1;
+            if head.1 == 0 {
+                x.entries.pop_front();
+            }
+            if x.entries.is_empty() {
+                self.xrun_step_done().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn xrun_step_done(&mut self) -> Result<(), String> {
+        let x = self.xrun.as_mut().expect("xrun");
+        match x.phase {
+            XPhase::Measuring => {
+                let (before, after, sql, max_rows) =
+                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows);
+                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows);
+                let x = self.xrun.as_mut().expect("xrun");
+                if over.is_empty() {
+                    let buf = std::mem::take(&mut x.buffered);
+                    self.cout.extend_from_slice(&buf);
+                    x.phase = XPhase::Releasing;
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    frontend::encode_own_statement(&mut self.sout, RELEASE);
+                    frontend::encode_flush(&mut self.sout);
+                    self.shared.metrics.allowed.inc();
+                    let sql = x.sql.clone();
+                    self.track(&format!("{} (rows changed: {rows})", truncate(&sql, 150)), true);
+                } else {
+                    x.buffered.clear();
+                    x.phase = XPhase::RollingBack;
+                    x.pending_hold = Some((over, rows));
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    x.entries.push_back((XOwner::Quiet, 5));
+                    frontend::encode_own_statement(&mut self.sout, ROLLBACK_TO);
+                    frontend::encode_own_statement(&mut self.sout, RELEASE);
+                    frontend::encode_flush(&mut self.sout);
+                    let _ = self
+                        .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows}))
+                        .await;
+                }
+                self.flush_server().await?;
+                self.flush_client().await
+            }
+            XPhase::Releasing => {
+                self.xrun = None;
+                Ok(())
+            }
+            XPhase::RollingBack => {
+                let x = self.xrun.take().expect("xrun");
+                let (over, rows) = x.pending_hold.unwrap_or_default();
+                let mut d = x.decision;
+                d.reasons = over;
+                let mut raw = BytesMut::new();
+                x.exec.encode(&mut raw);
+                self.hold(x.sql, &d, raw.freeze(), true, Some(rows), false).await
+            }
+        }
+    }
+
+    /// The run is over: the client gets its ReadyForQuery and the outcome is recorded.
+    async fn run_complete(&mut self) -> Result<(), String> {
+        let r = self.run.take().expect("run");
+        backend::ready(&mut self.cout, self.txn);
+        let done = InFlight { what: r.what, started: r.started, tags: r.tags, error: r.error };
+        self.statement_done(done);
+        self.flush_server().await?;
+        self.flush_client().await
     }
 
     /// Opens an approval request and parks the statement.
@@ -629,10 +1370,11 @@ impl<'a> Session<'a> {
         on_approve: Bytes,
         extended: bool,
         rows: Option<u64>,
+        resume_run: bool,
     ) -> Result<(), String> {
         let mut reasons = d.reasons.clone();
         if let Some(n) = rows {
-            reasons.push(format!("it changed {n} rows, over the limit (rolled back)"));
+            reasons.push(format!("it updated or deleted {n} rows (rolled back while it waits)"));
         }
         let ask = Ask::Statement {
             sql: sql.clone(),
@@ -681,9 +1423,13 @@ impl<'a> Session<'a> {
             req.id,
             req.id
         );
-        self.notice(&msg, Some(&hint));
-        self.flush_client().await?;
+        let no_approver = approvers.is_empty();
+        if !no_approver {
+            self.notice(&msg, Some(&hint));
+            self.flush_client().await?;
+        }
         self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+        let id = req.id.clone();
         self.held = Some(Held {
             id: req.id,
             rx,
@@ -692,7 +1438,15 @@ impl<'a> Session<'a> {
             extended,
             sql,
             decision: d.clone(),
+            resume_run,
+            no_approver,
         });
+        if no_approver {
+            // Nobody but the requester could ever approve it: refused now, not after the
+            // timeout.
+            let state = self.shared.approvals.close(&id, false);
+            return self.decided(state).await;
+        }
         Ok(())
     }
 
@@ -705,9 +1459,23 @@ impl<'a> Session<'a> {
                 let _ = self.audit(EventKind::Approved, serde_json::json!({"approval": h.id, "approver": by, "sql": truncate(&h.sql, 16 * 1024)})).await;
                 self.notice(&format!("holdfast gate: approval {} granted by {by}; running it", h.id), None);
                 self.flush_client().await?;
-                self.track(&h.sql, h.extended);
                 self.guard.apply(&h.decision);
-                self.sout.extend_from_slice(&h.on_approve);
+                if h.resume_run {
+                    // The measured statement runs as approved; the rest of its Query goes on.
+                    if let Some(r) = self.run.as_mut() {
+                        r.units.push_front(Unit::Plain(h.sql.clone()));
+                    }
+                    self.run_next();
+                } else {
+                    self.track(&h.sql, h.extended);
+                    self.sout.extend_from_slice(&h.on_approve);
+                    if !h.extended {
+                        self.outstanding += 1;
+                        self.guard.sync_sent();
+                    } else {
+                        self.owe(1);
+                    }
+                }
             }
             other => {
                 let (kind, text) = match other {
@@ -721,6 +1489,10 @@ impl<'a> Session<'a> {
                     State::Withdrawn { .. } => {
                         (EventKind::Rejected, "withdrawn (query canceled)".to_string())
                     }
+                    _ if h.no_approver => (
+                        EventKind::ApprovalExpired,
+                        "it needs a second person's approval and no other approver is configured".to_string(),
+                    ),
                     _ => (EventKind::ApprovalExpired, "nobody approved it in time".to_string()),
                 };
                 let _ = self
@@ -730,7 +1502,21 @@ impl<'a> Session<'a> {
                     )
                     .await;
                 self.shared.metrics.refused.inc();
-                self.refuse(&format!("holdfast gate: statement {} not run: {text}", h.id), h.extended);
+                let message = format!(
+                    "holdfast gate: statement {} not run: {text} (held because: {})",
+                    h.id,
+                    h.decision.summary()
+                );
+                if h.resume_run {
+                    // The refusal fails in the statement's place; the rest of the Query is
+                    // skipped, as after any error.
+                    if let Some(r) = self.run.as_mut() {
+                        r.units.push_front(Unit::Plain(raise_sql(&message)));
+                    }
+                    self.run_next();
+                } else {
+                    self.refuse(&message, h.extended);
+                }
             }
         }
         self.flush_server().await
@@ -754,123 +1540,10 @@ impl<'a> Session<'a> {
             frontend::encode_parse(&mut self.sout, &sql);
             frontend::encode_bind_unnamed(&mut self.sout);
             frontend::encode_execute_unnamed(&mut self.sout);
+            self.owe(3);
         } else {
-            frontend::encode_query(&mut self.sout, &sql);
+            self.send_query(&sql);
         }
-    }
-
-    /// Server frames while a DELETE/UPDATE runs under the row guard.
-    async fn on_row_guard_frame(&mut self, f: Frame) -> Result<(), String> {
-        let run = self.row_guard.as_mut().expect("row guard");
-        if let Some(finish) = run.finishing {
-            // Answers to our COMMIT / RELEASE / ROLLBACK: swallowed up to ReadyForQuery.
-            if f.tag == b'Z' {
-                let run = self.row_guard.take().expect("row guard");
-                self.txn = f.body.first().copied().unwrap_or(b'I');
-                match finish {
-                    Finish::Keep | Finish::Failed => {
-                        self.cout.extend_from_slice(&run.buffered);
-                        f.encode(&mut self.cout);
-                        if finish == Finish::Keep {
-                            self.shared.metrics.allowed.inc();
-                        }
-                        let done = InFlight {
-                            what: truncate(&run.sql, 200),
-                            started: run.started,
-                            tags: run.rows.map(|r| vec![format!("ROWS {r}")]).unwrap_or_default(),
-                            error: run.failed.then(|| "failed (see the client's error)".to_string()),
-                        };
-                        self.statement_done(done);
-                    }
-                    Finish::Over => {
-                        // Hold the original for approval; on approval it runs again, as is.
-                        let mut raw = BytesMut::new();
-                        frontend::encode_query(&mut raw, &run.sql);
-                        let mut d = run.decision.clone();
-                        d.reasons.push(format!("row-count guard: more than {} rows", run.max_rows));
-                        self.hold(run.sql.clone(), &d, raw.freeze(), false, run.rows).await?;
-                    }
-                }
-            }
-            return Ok(());
-        }
-        match f.tag {
-            b'C' if !run.ours_done => run.ours_done = true,
-            b'C' => {
-                run.rows = wire::command_rows(&f.body);
-                f.encode(&mut run.buffered);
-            }
-            b'D' => {
-                run.data_rows += 1;
-                // RETURNING rows are kept only while they could still be within the limit.
-                if run.data_rows <= run.max_rows {
-                    f.encode(&mut run.buffered);
-                }
-            }
-            b'E' => {
-                run.failed = true;
-                f.encode(&mut run.buffered);
-            }
-            b'Z' => {
-                let status = f.body.first().copied().unwrap_or(b'I');
-                let rows = run.rows.unwrap_or(run.data_rows);
-                let (finish, sql) = if run.failed {
-                    // Outside a transaction we roll our BEGIN back; inside, the client's
-                    // transaction is aborted, as it would be without the gate.
-                    (Finish::Failed, if run.began { Some("ROLLBACK") } else { None })
-                } else if rows > run.max_rows {
-                    (
-                        Finish::Over,
-                        Some(if run.began {
-                            "ROLLBACK"
-                        } else {
-                            "ROLLBACK TO SAVEPOINT holdfast_row_guard; RELEASE SAVEPOINT holdfast_row_guard"
-                        }),
-                    )
-                } else if run.began {
-                    (Finish::Keep, Some("COMMIT"))
-                } else {
-                    // Released ahead of the client's next message (see `release_pending`).
-                    (Finish::Keep, None)
-                };
-                let rows_seen = rows;
-                match sql {
-                    Some(sql) => {
-                        run.finishing = Some(finish);
-                        frontend::encode_query(&mut self.sout, sql);
-                        self.flush_server().await?;
-                    }
-                    None => {
-                        let run = self.row_guard.take().expect("row guard");
-                        self.txn = status;
-                        self.cout.extend_from_slice(&run.buffered);
-                        f.encode(&mut self.cout);
-                        if finish == Finish::Keep {
-                            self.shared.metrics.allowed.inc();
-                            self.release_pending = true;
-                        }
-                        let done = InFlight {
-                            what: truncate(&run.sql, 200),
-                            started: run.started,
-                            tags: run.rows.map(|r| vec![format!("ROWS {r}")]).unwrap_or_default(),
-                            error: run.failed.then(|| "failed (see the client's error)".to_string()),
-                        };
-                        self.statement_done(done);
-                    }
-                }
-                if finish == Finish::Over {
-                    let _ = self
-                        .audit(
-                            EventKind::Verdict,
-                            serde_json::json!({"row_guard": "over", "rows": rows_seen}),
-                        )
-                        .await;
-                }
-            }
-            // RowDescription and anything else belonging to the statement.
-            _ => f.encode(&mut run.buffered),
-        }
-        Ok(())
     }
 }
 

@@ -307,6 +307,40 @@ pub mod frontend {
             o.put_i16(0);
         });
     }
+    /// Encodes the gate's own statement through the extended protocol under its reserved
+    /// names (a client's unnamed statement and portal are left alone): Close, Parse, Bind,
+    /// Execute, Close — five answers ending in CloseComplete, ParseComplete, BindComplete,
+    /// CommandComplete, CloseComplete.
+    pub fn encode_own_statement(out: &mut BytesMut, sql: &str) {
+        message(out, b'C', |o| {
+            o.put_u8(b'S');
+            put_cstr(o, "holdfast_q");
+        });
+        message(out, b'P', |o| {
+            put_cstr(o, "holdfast_q");
+            put_cstr(o, sql);
+            o.put_i16(0);
+        });
+        message(out, b'B', |o| {
+            put_cstr(o, "holdfast_p");
+            put_cstr(o, "holdfast_q");
+            o.put_i16(0);
+            o.put_i16(0);
+            o.put_i16(0);
+        });
+        message(out, b'E', |o| {
+            put_cstr(o, "holdfast_p");
+            o.put_i32(0);
+        });
+        message(out, b'C', |o| {
+            o.put_u8(b'P');
+            put_cstr(o, "holdfast_p");
+        });
+    }
+    /// Encodes `Flush`.
+    pub fn encode_flush(out: &mut BytesMut) {
+        message(out, b'H', |_| {});
+    }
     /// Encodes `Execute` of the unnamed portal.
     pub fn encode_execute_unnamed(out: &mut BytesMut) {
         message(out, b'E', |o| {

@@ -41,7 +41,7 @@ fn mistakes_are_named() {
         ("may_request = [\"dba\"]", "may_request = [\"root\"]", "has no [[grant_role]]"),
         ("networks = [\"10.1.0.0/16\"]", "networks = [\"10.1.0.0/40\"]", "prefix"),
         ("hours = \"07:00-21:00\"", "hours = \"7-21\"", "hours"),
-        ("on_full = \"refuse_writes\"", "on_full = \"drop\"", "on_full"),
+        ("on_full = \"refuse_all\"", "on_full = \"drop\"", "on_full"),
         ("listen = \"0.0.0.0:6432\"", "listen = \"everywhere\"", "listen"),
     ];
     for (from, to, want) in cases {

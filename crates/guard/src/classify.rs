@@ -40,6 +40,12 @@ pub(crate) struct StmtAnalysis {
     /// Prepared statements this statement runs: (name, whether the EXECUTE is the statement
     /// itself rather than nested in EXPLAIN ANALYZE or CREATE TABLE AS).
     pub executes: Vec<(String, bool)>,
+    /// Portals (SQL cursors and protocol portals share one namespace on the server) this
+    /// statement drives with FETCH or MOVE: it runs whatever was bound into them.
+    pub fetches: Vec<String>,
+    /// A write whose effect the gate measures with the database's own counters (under a
+    /// savepoint): DML, calls, EXECUTE, FETCH — every write kind that can change existing rows.
+    pub measure: bool,
     /// Changes to the session, in order.
     pub effects: Vec<Effect>,
     /// Calls a safe built-in by an unqualified name: a session whose search_path puts another
@@ -57,6 +63,14 @@ pub(crate) enum Effect {
     Deallocate(String),
     /// `DEALLOCATE ALL`, `DISCARD ALL`.
     DeallocateAll,
+    /// `DECLARE name CURSOR FOR query`: a portal named `name` over `analysis`.
+    Declare {
+        name: String,
+        analysis: Arc<Analysis>,
+        hold: bool,
+    },
+    /// `CLOSE name`, or `CLOSE ALL` / `DISCARD ALL` (`None`).
+    ClosePortal(Option<String>),
     /// search_path now puts another schema before pg_catalog.
     SearchPathTampered,
     /// standard_conforming_strings may have changed: until the server reports its value, the
@@ -146,8 +160,10 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         objects: Vec::new(),
         row_guard: None,
         executes: Vec::new(),
+        fetches: Vec::new(),
         effects: Vec::new(),
         unqualified_builtins: false,
+        copy_from: false,
     };
     let kind = match as_node(tree) {
         Some((name, body)) => {
@@ -164,6 +180,15 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         // Only a write (not a read, and never destruction) is sent on under the row guard.
         w.row_guard = None;
     }
+    if kind == "COPY" && w.class == Class::Write && !w.copy_from {
+        // COPY (query) TO: the query calls functions that may write, and its output streams to
+        // the client as it runs, so its changes cannot be counted before the client sees them.
+        w.raise(
+            Class::Destructive,
+            "COPY (…) TO runs functions that may write; their changes cannot be counted before they are streamed".into(),
+        );
+    }
+    let measure = w.class == Class::Write && MEASURED_KINDS.contains(&kind.as_str());
     dedup(&mut w.reasons);
     dedup(&mut w.objects);
     StmtAnalysis {
@@ -174,6 +199,8 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         objects: w.objects,
         row_guard: w.row_guard,
         executes: w.executes,
+        fetches: w.fetches,
+        measure,
         effects: w.effects,
         unqualified_builtins: w.unqualified_builtins,
     }
@@ -205,9 +232,18 @@ struct Walker<'p> {
     objects: Vec<String>,
     row_guard: Option<String>,
     executes: Vec<(String, bool)>,
+    fetches: Vec<String>,
     effects: Vec<Effect>,
     unqualified_builtins: bool,
+    copy_from: bool,
 }
+
+/// Write kinds the gate runs under a savepoint and measures by what the database counted
+/// (rows updated and deleted in every table, cascades and triggers included). Other write
+/// kinds change no existing rows by themselves (LOCK, NOTIFY, VACUUM, REFRESH MATERIALIZED VIEW,
+/// COPY FROM STDIN, DISCARD TEMP, PREPARE TRANSACTION).
+pub(crate) const MEASURED_KINDS: &[&str] =
+    &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "EXECUTE", "FETCH"];
 
 /// `{"node": {"Name": body}}` → (Name, body).
 fn as_node(v: &Value) -> Option<(&str, &Value)> {
@@ -794,6 +830,29 @@ impl Walker<'_> {
                 self.executes.push((str_field(body, "name").to_string(), ctx.top));
                 self.visit_body(body, &[], ctx);
             }
+            "DeclareCursorStmt" => {
+                // The query runs at FETCH, not here: its class is what a FETCH from it runs.
+                let name = str_field(body, "portalname").to_string();
+                let query = field(body, "query");
+                let inner = analyze_statement(query, self.policy);
+                // CURSOR_OPT_HOLD: the cursor outlives its transaction.
+                let hold = int_field(body, "options") & 0x0020 != 0;
+                // Its functions are still classified here, so that a cursor over something
+                // destructive is held at DECLARE already.
+                self.visit(query, ctx.inner());
+                self.effects.push(Effect::Declare {
+                    name,
+                    analysis: Arc::new(Analysis { error: None, statements: vec![inner] }),
+                    hold,
+                });
+            }
+            "ClosePortalStmt" => {
+                let name = str_field(body, "portalname");
+                self.effects.push(Effect::ClosePortal((!name.is_empty()).then(|| name.to_string())));
+            }
+            "FetchStmt" => {
+                self.fetches.push(str_field(body, "portalname").to_string());
+            }
             "DeallocateStmt" => {
                 if bool_field(body, "isall") {
                     self.effects.push(Effect::DeallocateAll);
@@ -939,6 +998,7 @@ impl Walker<'_> {
                         "DISCARD ALL resets the session's role, settings and prepared statements".into(),
                     );
                     self.effects.push(Effect::DeallocateAll);
+                    self.effects.push(Effect::ClosePortal(None));
                     self.effects.push(Effect::LexingUncertain);
                 }
                 Ok(DiscardMode::DiscardTemp) => {
@@ -1101,6 +1161,7 @@ impl Walker<'_> {
                 format!("COPY reads or writes a file on the database server ({file})"),
             );
         } else if bool_field(body, "is_from") {
+            self.copy_from = true;
             self.raise(
                 Class::Write,
                 format!("COPY FROM STDIN inserts rows into {}", table.unwrap_or_default()),

@@ -474,6 +474,9 @@ const DANGEROUS_SETTINGS: &[&str] = &[
     "dynamic_library_path",
     "jit_provider",
     "event_triggers",
+    // The gate measures writes by the transaction's statistics counters: switched off, every
+    // write would count as zero rows.
+    "track_counts",
 ];
 
 /// Operators of the built-in types. Any other symbol is a user-defined operator, and an operator
@@ -618,7 +621,7 @@ pub(crate) fn classify_setting(name: &str) -> (Class, Option<String>) {
         return (
             Class::Destructive,
             Some(format!(
-                "changes {name}, a setting that grants identity, disables triggers or the database's own logging, or loads code"
+                "changes {name}, a setting that grants identity, disables triggers, the database's own logging or the counters the gate measures writes by, or loads code"
             )),
         );
     }

@@ -23,7 +23,7 @@ mod classify;
 mod functions;
 mod policy;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -46,9 +46,9 @@ pub enum Class {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
     Allow,
-    /// One DELETE/UPDATE with a WHERE clause (and nothing else destructive in the string): the
-    /// gate runs it under a savepoint and holds it for approval if it affected more than
-    /// `max_rows` rows.
+    /// A write the gate runs under a savepoint and measures by the database's own counters (rows
+    /// updated and deleted in every table, cascades and triggers included): kept if within
+    /// `max_rows` (and the person's budgets), otherwise rolled back and held for approval.
     RowGuard {
         max_rows: u64,
     },
@@ -177,9 +177,37 @@ pub struct Guard {
 #[derive(Default)]
 pub struct Session {
     statements: HashMap<String, Binding>,
-    changed: HashSet<String>,
+    /// Names whose binding changed, with the sync point they were sent after.
+    changed: HashMap<String, u64>,
+    /// Portals by name — protocol portals (Bind) and SQL cursors (DECLARE) share one namespace
+    /// on the server, so here too. Each holds what was bound into it *at Bind time*.
+    portals: HashMap<String, Portal>,
+    portals_changed: HashMap<String, u64>,
+    /// Sync points (Query or Sync messages) sent to the server so far ([`Session::sync_sent`]).
+    sent: u64,
+    /// ReadyForQuery messages seen so far ([`Session::ready`]).
+    answered: u64,
     search_path_tampered: bool,
     lexing: Lexing,
+}
+
+/// What a portal may run: every analysis that may have been bound into it, each with the sync
+/// point its Bind (or DECLARE) was sent after.
+#[derive(Default)]
+struct Portal {
+    current: Vec<(Arc<Analysis>, u64)>,
+    stale: Vec<(Arc<Analysis>, u64)>,
+    /// DECLARE … WITH HOLD: survives the end of its transaction.
+    hold: bool,
+    /// Re-bound too often without the server confirming: what it runs is no longer tracked,
+    /// so it is refused until the server confirms a binding.
+    overflow: bool,
+}
+
+impl Portal {
+    fn all(&self) -> Vec<Arc<Analysis>> {
+        self.current.iter().chain(self.stale.iter()).map(|(a, _)| a.clone()).collect()
+    }
 }
 
 /// How the server lexes string literals (standard_conforming_strings).
@@ -208,19 +236,36 @@ impl Session {
             if let Some(cur) = b.current.take() {
                 push_stale(b, cur);
             }
-            self.changed.insert(name.to_string());
+            self.changed.insert(name.to_string(), self.sent);
         }
+    }
+
+    /// The gate sent the server a message that ends in ReadyForQuery (Query or Sync). Changes
+    /// checked after this call belong to the next batch.
+    pub fn sync_sent(&mut self) {
+        self.sent += 1;
     }
 
     /// The server answered ReadyForQuery. `no_error`: no ErrorResponse since the previous
     /// ReadyForQuery, so every Parse/Close/PREPARE/DEALLOCATE checked since then took effect and
     /// the earlier bindings of those names are gone. After an error they stay suspected.
     pub fn synced(&mut self, no_error: bool) {
-        let changed = std::mem::take(&mut self.changed);
-        if !no_error {
-            return;
-        }
-        for name in changed {
+        self.ready(no_error, false);
+    }
+
+    /// ReadyForQuery with its transaction status: `idle` ('I') means the transaction ended, and
+    /// with it every portal bound before this sync point except cursors declared WITH HOLD.
+    /// Bindings sent after this sync point (a pipelining client) are kept.
+    pub fn ready(&mut self, no_error: bool, idle: bool) {
+        self.answered += 1;
+        let k = self.answered;
+        let mine: Vec<String> =
+            self.changed.iter().filter(|(_, e)| **e < k).map(|(n, _)| n.clone()).collect();
+        for name in mine {
+            self.changed.remove(&name);
+            if !no_error {
+                continue;
+            }
             if let Some(b) = self.statements.get_mut(&name) {
                 b.stale.clear();
                 b.overflow = false;
@@ -229,6 +274,81 @@ impl Session {
                 }
             }
         }
+        let mine: Vec<String> =
+            self.portals_changed.iter().filter(|(_, e)| **e < k).map(|(n, _)| n.clone()).collect();
+        for name in mine {
+            self.portals_changed.remove(&name);
+            if no_error && let Some(p) = self.portals.get_mut(&name) {
+                p.stale.clear();
+                p.overflow = false;
+            }
+        }
+        if idle {
+            for p in self.portals.values_mut() {
+                if !p.hold {
+                    p.current.retain(|(_, e)| *e >= k);
+                    p.stale.retain(|(_, e)| *e >= k);
+                }
+            }
+        }
+        self.portals.retain(|_, p| !p.current.is_empty() || !p.stale.is_empty());
+    }
+
+    /// Protocol Bind: portal `portal` now runs what statement `statement` may be bound to
+    /// (judged later by this, never by the statement's name at Execute). Unknown statement:
+    /// `Err` (the server fails the Bind too).
+    pub fn bind_portal(&mut self, portal: &str, statement: &str) -> Result<(), String> {
+        let Some((mut analyses, _)) = self.lookup(statement) else {
+            return Err(format!("prepared statement {statement:?} is unknown to the gate"));
+        };
+        if self.changed.get(statement) == Some(&self.sent) {
+            // The statement was (re)parsed in this very batch: had that failed, the server
+            // would skip this Bind too (everything up to Sync), so only the new text can be
+            // bound. Earlier versions matter only across a Sync the server has not confirmed.
+            match self.statements.get(statement).and_then(|b| b.current.clone()) {
+                Some(a) => analyses = vec![a],
+                None => return Err(format!("prepared statement {statement:?} was closed")),
+            }
+        }
+        let sent = self.sent;
+        self.set_portal(portal, analyses.into_iter().map(|a| (a, sent)).collect(), false);
+        Ok(())
+    }
+
+    fn set_portal(&mut self, portal: &str, bound: Vec<(Arc<Analysis>, u64)>, hold: bool) {
+        let p = self.portals.entry(portal.to_string()).or_default();
+        let old = std::mem::take(&mut p.current);
+        // The server refuses to re-bind an open named portal (the old one stays) and replaces
+        // the unnamed one; either way, until the server confirms, the old binding may run.
+        p.stale.extend(old);
+        if p.stale.len() > 4 * MAX_STALE {
+            p.stale.truncate(4 * MAX_STALE);
+            p.overflow = true;
+        }
+        p.current = bound;
+        p.hold |= hold;
+        self.portals_changed.insert(portal.to_string(), self.sent);
+    }
+
+    /// Protocol Close of a portal, or `CLOSE name`.
+    pub fn close_portal(&mut self, portal: &str) {
+        if let Some(p) = self.portals.get_mut(portal) {
+            let old = std::mem::take(&mut p.current);
+            p.stale.extend(old);
+            self.portals_changed.insert(portal.to_string(), self.sent);
+        }
+    }
+
+    fn close_all_portals(&mut self) {
+        let names: Vec<String> = self.portals.keys().cloned().collect();
+        for n in names {
+            self.close_portal(&n);
+        }
+    }
+
+    /// How many portals (and cursors) the session tracks.
+    pub fn portal_count(&self) -> usize {
+        self.portals.len()
     }
 
     /// A ParameterStatus from the server (at connection start and whenever a reported setting
@@ -258,7 +378,7 @@ impl Session {
             push_stale(b, cur);
         }
         b.current = Some(analysis);
-        self.changed.insert(name.to_string());
+        self.changed.insert(name.to_string(), self.sent);
     }
 
     fn close_all(&mut self) {
@@ -285,11 +405,15 @@ struct Overlay {
     names: HashMap<String, Option<Arc<Analysis>>>,
     /// DEALLOCATE ALL or DISCARD ALL came before every entry of `names`.
     cleared: bool,
+    /// Cursors: `Some((query, hold))` = declared, `None` = closed.
+    portals: HashMap<String, Option<(Arc<Analysis>, bool)>>,
+    /// CLOSE ALL / DISCARD ALL came before every entry of `portals`.
+    portals_cleared: bool,
 }
 
 impl Overlay {
     fn is_empty(&self) -> bool {
-        self.names.is_empty() && !self.cleared
+        self.names.is_empty() && !self.cleared && self.portals.is_empty() && !self.portals_cleared
     }
 }
 
@@ -311,6 +435,19 @@ impl View<'_> {
             }
         }
         self.session.lookup(name)
+    }
+
+    /// What portal (or cursor) `name` may run; `None` when the gate never saw it bound.
+    fn lookup_portal(&self, name: &str) -> Option<Vec<Arc<Analysis>>> {
+        if let Some(o) = self.overlay {
+            match o.portals.get(name) {
+                Some(Some((a, _))) => return Some(vec![a.clone()]),
+                Some(None) => return Some(Vec::new()),
+                None if o.portals_cleared => return Some(Vec::new()),
+                None => {}
+            }
+        }
+        self.session.portals.get(name).map(Portal::all)
     }
 }
 
@@ -334,6 +471,18 @@ impl Session {
                 None => self.close_statement(name),
             }
         }
+        if o.portals_cleared {
+            self.close_all_portals();
+        }
+        for (name, p) in &o.portals {
+            match p {
+                Some((a, hold)) => {
+                    let sent = self.sent;
+                    self.set_portal(name, vec![(a.clone(), sent)], *hold)
+                }
+                None => self.close_portal(name),
+            }
+        }
     }
 
     /// A Parse of text that would prepare statements when executed: the new bindings become
@@ -343,6 +492,14 @@ impl Session {
             if let Some(a) = a {
                 let b = self.statements.entry(name.clone()).or_default();
                 push_stale(b, a.clone());
+            }
+        }
+        for (name, p) in &o.portals {
+            if let Some((a, hold)) = p {
+                let sent = self.sent;
+                let portal = self.portals.entry(name.clone()).or_default();
+                portal.stale.push((a.clone(), sent));
+                portal.hold |= *hold;
             }
         }
     }
@@ -359,11 +516,28 @@ fn push_stale(b: &mut Binding, a: Arc<Analysis>) {
     }
 }
 
+/// Statement kinds that start, end or cut a transaction.
+pub const TRANSACTION_CONTROL: &[&str] = &[
+    "BEGIN",
+    "START TRANSACTION",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "ROLLBACK TO SAVEPOINT",
+    "PREPARE TRANSACTION",
+    "COMMIT PREPARED",
+    "ROLLBACK PREPARED",
+    "TRANSACTION",
+];
+
 /// A statement resolved against a session.
 struct Resolved {
     class: Class,
     reasons: Vec<String>,
     row_guard: Option<String>,
+    /// Run under a savepoint and measured by the database's counters.
+    measure: bool,
     deny: Option<String>,
 }
 
@@ -387,8 +561,10 @@ impl Guard {
 
     /// A simple-protocol Query message (may hold several statements) or SQL run via the CLI.
     pub fn check_query(&self, session: &mut Session, sql: &str) -> Decision {
-        // A simple Query destroys the unnamed prepared statement on the server.
+        // A simple Query destroys the unnamed prepared statement and the unnamed portal on the
+        // server.
         session.close_statement("");
+        session.close_portal("");
         let analysis = self.analysis_for(session, sql);
         self.decide(&analysis, session, Apply::All)
     }
@@ -409,6 +585,51 @@ impl Guard {
         let decision = self.decide(&analysis, session, Apply::TightenOnly);
         session.bind(name, analysis);
         decision
+    }
+
+    /// Extended protocol Execute of portal `portal`: judged by every text that may have been
+    /// bound into it (at Bind, or by DECLARE), never by the statement's name now. An unknown
+    /// portal is refused (fail closed).
+    pub fn check_execute_portal(&self, session: &Session, portal: &str) -> Decision {
+        let view = View { session, overlay: None };
+        if session.portals.get(portal).is_some_and(|p| p.overflow) {
+            return Decision::refused(format!(
+                "portal {portal:?} was re-bound too often without the server confirming; Sync and Bind it again"
+            ));
+        }
+        let bound_now = session.portals_changed.get(portal) == Some(&session.sent);
+        let found = if bound_now {
+            // Bound in this batch: a failed Bind would make the server skip this Execute too.
+            session.portals.get(portal).map(|p| p.current.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        } else {
+            view.lookup_portal(portal)
+        };
+        match found {
+            None => Decision::refused(format!(
+                "portal {portal:?} was never bound through the gate; it is not run (Bind it again)"
+            )),
+            Some(analyses) if analyses.is_empty() => {
+                Decision::refused(format!("portal {portal:?} was closed; it is not run (Bind it again)"))
+            }
+            Some(analyses) => {
+                let mut decisions: Vec<Decision> =
+                    analyses.iter().map(|a| self.decide_readonly(a, view, 0)).collect();
+                let strictest = decisions
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, d)| (d.action.rank(), d.class))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                let mut d = decisions.swap_remove(strictest);
+                if analyses.len() > 1 {
+                    d.reasons.insert(
+                        0,
+                        format!("portal {portal:?} was re-bound, but the server has not confirmed it: an earlier binding may still run"),
+                    );
+                }
+                d
+            }
+        }
     }
 
     /// Extended protocol Execute of a portal bound from prepared statement `name`: the decision
@@ -509,6 +730,16 @@ impl Guard {
                         overlay.names.clear();
                         overlay.cleared = true;
                     }
+                    Effect::Declare { name, analysis, hold } => {
+                        overlay.portals.insert(name.clone(), Some((analysis.clone(), *hold)));
+                    }
+                    Effect::ClosePortal(Some(name)) => {
+                        overlay.portals.insert(name.clone(), None);
+                    }
+                    Effect::ClosePortal(None) => {
+                        overlay.portals.clear();
+                        overlay.portals_cleared = true;
+                    }
                     // Only ever makes the guard stricter: applied even if the message never runs.
                     Effect::SearchPathTampered => session.search_path_tampered = true,
                     Effect::LexingUncertain => session.lexing = Lexing::Unknown,
@@ -543,8 +774,55 @@ impl Guard {
             class: st.class,
             reasons: st.reasons.clone(),
             row_guard: st.row_guard.clone(),
+            measure: st.measure,
             deny: None,
         };
+        for name in &st.fetches {
+            if depth >= MAX_EXECUTE_DEPTH {
+                // A portal over `FETCH … FROM` itself (or a chain of them): refused, not
+                // followed forever.
+                r.deny = Some("portals and prepared statements drive each other too deeply".into());
+                continue;
+            }
+            if session.portals.get(name).is_some_and(|p| p.overflow) {
+                r.deny =
+                    Some(format!("portal {name:?} was re-bound too often without the server confirming"));
+                continue;
+            }
+            match view.lookup_portal(name) {
+                None => {
+                    // A cursor the gate never saw opened: a function may have opened it over a
+                    // DELETE … RETURNING, which runs at the first FETCH. Counted like any write.
+                    r.class = r.class.max(Class::Write);
+                    r.measure = true;
+                    r.reasons.push(format!(
+                        "FETCH/MOVE from {name:?}, a cursor the gate did not see opened: what it changes is counted"
+                    ));
+                }
+                Some(analyses) => {
+                    for a in analyses {
+                        let d = self.decide_readonly(&a, view, depth + 1);
+                        if d.action == Action::Deny {
+                            r.deny = Some(format!("FETCH/MOVE from {name:?}: {}", d.summary()));
+                        }
+                        if d.class > Class::Read {
+                            r.measure = true;
+                            r.reasons.push(
+                                format!(
+                                    "FETCH/MOVE runs portal {name:?}, bound to a {:?} statement",
+                                    d.class
+                                )
+                                .to_lowercase(),
+                            );
+                        }
+                        r.class = r.class.max(d.class);
+                        if let Some(t) = a.statements.iter().find_map(|s| s.row_guard.clone()) {
+                            r.row_guard = Some(t);
+                        }
+                    }
+                }
+            }
+        }
         if session.search_path_tampered && st.unqualified_builtins {
             let c = self.policy.unknown_functions.class();
             if c > r.class {
@@ -582,18 +860,23 @@ impl Guard {
                 }
                 r.reasons.extend(d.reasons.iter().map(|x| format!("EXECUTE {name}: {x}")));
                 let inner_guard = a.statements.iter().find_map(|s| s.row_guard.clone());
-                if let Some(t) = inner_guard {
-                    if *direct {
+                let inner_measure = a.statements.iter().any(|s| s.measure) || d.class == Class::Write;
+                if *direct {
+                    if let Some(t) = inner_guard {
                         r.row_guard = Some(t);
-                    } else {
-                        r.class = Class::Destructive;
-                        r.reasons.push(format!("EXECUTE {name} inside another statement runs a DELETE/UPDATE whose row count cannot be checked"));
                     }
+                    r.measure |= inner_measure;
+                } else if inner_guard.is_some() || d.class == Class::Write {
+                    r.class = Class::Destructive;
+                    r.reasons.push(format!(
+                        "EXECUTE {name} inside another statement runs a write whose changes cannot be counted"
+                    ));
                 }
             }
         }
         if r.class != Class::Write {
             r.row_guard = None;
+            r.measure = false;
         }
         r
     }
@@ -604,6 +887,7 @@ impl Guard {
         let mut class = Class::Read;
         let mut action = Action::Allow;
         let mut guarded = 0;
+        let mut transaction_control = false;
         for (st, r) in stmts.iter().zip(resolved) {
             let mut reasons_here = r.reasons;
             let mut rule = self.policy.classes.rule(r.class);
@@ -614,19 +898,28 @@ impl Guard {
                 reasons_here
                     .push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
             }
-            let a = match (&r.deny, rule, &r.row_guard) {
+            let a = match (&r.deny, rule, r.measure || r.row_guard.is_some()) {
                 (Some(why), _, _) => {
                     reasons_here.push(why.clone());
                     Action::Deny
                 }
                 (None, Rule::Deny, _) => Action::Deny,
                 (None, Rule::Approve, _) => Action::Approve,
-                (None, Rule::Allow, Some(t)) => {
+                (None, Rule::Allow, true) => {
                     guarded += 1;
-                    Action::RowGuard { max_rows: self.policy.max_rows_for(t) }
+                    Action::RowGuard {
+                        max_rows: r
+                            .row_guard
+                            .as_deref()
+                            .map(|t| self.policy.max_rows_for(t))
+                            .unwrap_or(self.policy.row_guard_max_rows),
+                    }
                 }
-                (None, Rule::Allow, None) => Action::Allow,
+                (None, Rule::Allow, false) => Action::Allow,
             };
+            if TRANSACTION_CONTROL.contains(&st.kind.as_str()) {
+                transaction_control = true;
+            }
             class = class.max(r.class);
             if a.rank() > action.rank() {
                 action = a.clone();
@@ -645,11 +938,13 @@ impl Guard {
                 objects: st.objects.clone(),
             });
         }
-        if guarded > 1 && action.rank() <= Action::Approve.rank() {
+        if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {
+            // The gate measures the writes of a multi-statement string one by one inside one
+            // transaction; a COMMIT/ROLLBACK/SAVEPOINT in the string would end or cut that.
             action = Action::Approve;
-            reasons.push(format!(
-                "{guarded} DELETE/UPDATE statements in one message: the row guard checks one at a time"
-            ));
+            reasons.push(
+                "a string that mixes transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT…) with writes is held whole: its writes cannot be measured one by one; send them as separate statements".into(),
+            );
         }
         Decision { action, class, statements: out, reasons, pending: None }
     }

@@ -87,7 +87,7 @@ impl ClassRules {
 }
 
 /// The guard's policy (`crates/guard/policy.example.toml` shows every field).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// A Query or Parse message longer than this is denied unparsed (default 1 MiB).
@@ -97,10 +97,24 @@ pub struct Policy {
     /// Prepared statements one session may hold (default 10 000); more are denied, which keeps
     /// the gate's memory per connection bounded.
     pub max_prepared_statements: usize,
-    /// A DELETE/UPDATE with a WHERE clause that affects more rows than this goes to approval.
+    /// A write (measured by the gate: DML, upserts, MERGE, calls) that updates or deletes more
+    /// rows than this, all tables together, is rolled back and goes to approval.
     pub row_guard_max_rows: u64,
-    /// Per-table row limits, keyed by the table as written (`orders`, `public.orders`).
+    /// Per-table row limits, keyed by the table (`orders`, `public.orders`), applied to the rows
+    /// of that table each write changed (cascades and triggers included).
     pub row_guard_tables: BTreeMap<String, u64>,
+    /// Cumulative budget: rows one person may update and delete in one table within
+    /// `budget_window_seconds`, across statements and sessions (default 50 000, a safety net;
+    /// set it to what one person may change alone). Over it, the
+    /// statement that would cross it is rolled back and held for approval.
+    pub budget_rows: u64,
+    /// Cumulative budget as a share of a table (percent of its rows), for tables of at least
+    /// `budget_min_table_rows` rows; the stricter of this and `budget_rows` applies. Default off.
+    pub budget_table_percent: Option<f64>,
+    /// Tables smaller than this are limited by `budget_rows` only (default 1000).
+    pub budget_min_table_rows: u64,
+    /// The sliding window of the budgets, in seconds (default 600).
+    pub budget_window_seconds: u64,
     /// Calls to functions the guard does not know: `write` (default) or `destructive`.
     pub unknown_functions: UnknownFunctions,
     /// Functions treated as destructive in addition to the built-in list (`name` or
@@ -124,6 +138,10 @@ impl Default for Policy {
             max_prepared_statements: 10_000,
             row_guard_max_rows: 1000,
             row_guard_tables: BTreeMap::new(),
+            budget_rows: 50_000,
+            budget_table_percent: None,
+            budget_min_table_rows: 1000,
+            budget_window_seconds: 600,
             unknown_functions: UnknownFunctions::Write,
             dangerous_functions: Vec::new(),
             safe_functions: Vec::new(),
@@ -173,6 +191,18 @@ impl Policy {
                     "{name} = 0 would refuse every statement; remove it to use the default"
                 )));
             }
+        }
+        if self.budget_rows == 0 || self.budget_window_seconds == 0 {
+            return Err(PolicyError::Invalid(
+                "budget_rows and budget_window_seconds must be at least 1 (a budget of 0 would hold every write)".into(),
+            ));
+        }
+        if let Some(p) = self.budget_table_percent
+            && !(p > 0.0 && p <= 100.0)
+        {
+            return Err(PolicyError::Invalid(format!(
+                "budget_table_percent = {p}: write a share between 0 and 100 (e.g. 5.0), or remove it"
+            )));
         }
         let known = crate::classify::known_kinds();
         for kind in self.kinds.keys() {

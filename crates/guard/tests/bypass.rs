@@ -445,3 +445,67 @@ fn decisions_serialise_for_the_audit_log() {
         d.statements[1].text
     );
 }
+
+#[test]
+fn portals_keep_what_was_bound_and_share_one_namespace_with_cursors() {
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    // Bound over a DELETE, then the statement name re-parsed as a read: the portal still runs
+    // the DELETE.
+    guard.check_parse(&mut s, "s", "DELETE FROM orders");
+    s.bind_portal("p", "s").unwrap();
+    s.close_statement("s");
+    guard.check_parse(&mut s, "s", "SELECT 1");
+    assert_eq!(guard.check_execute_portal(&s, "p").action, Action::Approve);
+    // Even after the server confirmed the new statement text.
+    s.sync_sent();
+    s.ready(true, false);
+    assert_eq!(guard.check_execute_portal(&s, "p").action, Action::Approve);
+    // FETCH/MOVE from it run the DELETE: never a plain read.
+    for drive in ["FETCH ALL FROM p", "MOVE ALL IN p", "FETCH 1 FROM \"p\""] {
+        let d = guard.check_query(&mut s, drive);
+        assert!(d.class >= Class::Destructive && d.action == Action::Approve, "{drive}: {d:?}");
+    }
+    // A portal over a measured write is measured when FETCHed.
+    guard.check_parse(&mut s, "w", "DELETE FROM orders WHERE id > 5 RETURNING id");
+    s.bind_portal("q", "w").unwrap();
+    assert!(matches!(guard.check_query(&mut s, "FETCH ALL FROM q").action, Action::RowGuard { .. }));
+    // The transaction ends: portals bound before that sync point are gone, cursors WITH HOLD
+    // stay; portals bound after it (a pipelining client) stay too.
+    s.sync_sent();
+    guard.check_query(&mut s, "DECLARE h CURSOR WITH HOLD FOR SELECT 1");
+    s.sync_sent();
+    s.bind_portal("later", "w").unwrap();
+    s.ready(true, true);
+    assert_eq!(guard.check_execute_portal(&s, "p").action, Action::Deny, "gone with its transaction");
+    s.ready(true, false); // the DECLARE's Query answered
+    assert!(matches!(guard.check_execute_portal(&s, "later").action, Action::RowGuard { .. }));
+    assert_eq!(guard.check_query(&mut s, "FETCH ALL FROM h").action, Action::Allow);
+    // A cursor the gate never saw opened (a function may return one over a DELETE … RETURNING)
+    // is measured like a write.
+    assert!(matches!(guard.check_query(&mut s, "FETCH ALL FROM nobody").action, Action::RowGuard { .. }));
+    // DECLARE then FETCH in one message: the FETCH sees the new cursor.
+    let d = guard.check_query(&mut s, "DECLARE c CURSOR FOR SELECT id FROM orders; FETCH 5 FROM c");
+    assert_eq!(d.action, Action::Allow);
+    // A portal over a FETCH from itself is refused, not followed forever (found by the
+    // generator: it overflowed the gate's stack).
+    guard.check_parse(&mut s, "self", "FETCH ALL FROM loop");
+    s.bind_portal("loop", "self").unwrap();
+    assert_eq!(guard.check_execute_portal(&s, "loop").action, Action::Deny);
+    assert_eq!(guard.check_query(&mut s, "FETCH ALL FROM loop").action, Action::Deny);
+    // Re-bound again and again without the server confirming: refused rather than forgetting
+    // an old binding.
+    guard.check_parse(&mut s, "r", "SELECT 1");
+    for _ in 0..40 {
+        s.bind_portal("many", "w").unwrap();
+        s.bind_portal("many", "r").unwrap();
+    }
+    assert_eq!(guard.check_execute_portal(&s, "many").action, Action::Deny);
+    // The unnamed portal is dropped by a simple Query.
+    guard.check_parse(&mut s, "", "DELETE FROM orders");
+    s.bind_portal("", "").unwrap();
+    guard.check_query(&mut s, "SELECT 1");
+    s.sync_sent();
+    s.ready(true, false);
+    assert_eq!(guard.check_execute_portal(&s, "").action, Action::Deny);
+}

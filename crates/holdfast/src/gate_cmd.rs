@@ -157,6 +157,26 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
                 return Ok(0);
             }
             let a = &v["audit"];
+            let b = &v["budgets"];
+            println!(
+                "row budgets: {} rows per person and table{} per {} s",
+                b["limits"]["rows"],
+                b["limits"]["table_percent"]
+                    .as_f64()
+                    .map(|p| format!(" (or {p} % of a table)"))
+                    .unwrap_or_default(),
+                b["limits"]["window_seconds"],
+            );
+            for u in b["used"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} on {}: {} rows in {} statements (latest: {})",
+                    u["person"].as_str().unwrap_or(""),
+                    u["table"].as_str().unwrap_or(""),
+                    u["rows"],
+                    u["statements"],
+                    u["recent"].as_array().and_then(|r| r.last()).and_then(|x| x.as_str()).unwrap_or("")
+                );
+            }
             println!(
                 "sessions: {}   pending requests: {}   grants: {}",
                 v["active_sessions"],

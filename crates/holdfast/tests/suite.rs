@@ -2,6 +2,8 @@
 //! module here, so the crate's dependency graph is linked once, not once per file. A new test
 //! file must be added below (`tests/tidy.rs` in holdfast fails otherwise).
 
+#![allow(clippy::duplicate_mod)]
+
 #[path = "architecture.rs"]
 mod architecture;
 
@@ -19,6 +21,12 @@ mod drill;
 
 #[path = "gate.rs"]
 mod gate;
+
+#[path = "gate_attacks.rs"]
+mod gate_attacks;
+
+#[path = "gate_fuzz.rs"]
+mod gate_fuzz;
 
 #[path = "incidents.rs"]
 mod incidents;

@@ -53,17 +53,17 @@ pub const CASES: &[(&str, Class, V)] = &[
         Allow,
     ),
     ("SELECT row_number() OVER (PARTITION BY merchant_id ORDER BY id) FROM orders", Read, Allow),
-    ("INSERT INTO orders (merchant_id, total) VALUES (1, 100)", Write, Allow),
+    ("INSERT INTO orders (merchant_id, total) VALUES (1, 100)", Write, Rows),
     (
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
         Write,
-        Allow,
+        Rows,
     ),
-    ("INSERT INTO archive SELECT * FROM orders WHERE created_at < '2020-01-01'", Write, Allow),
-    ("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1", Write, Allow),
-    ("INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING RETURNING id", Write, Allow),
-    ("SELECT nextval('orders_id_seq')", Write, Allow),
-    ("SELECT * FROM orders WHERE id = 1 FOR UPDATE", Write, Allow),
+    ("INSERT INTO archive SELECT * FROM orders WHERE created_at < '2020-01-01'", Write, Rows),
+    ("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1", Write, Rows),
+    ("INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING RETURNING id", Write, Rows),
+    ("SELECT nextval('orders_id_seq')", Write, Rows),
+    ("SELECT * FROM orders WHERE id = 1 FOR UPDATE", Write, Rows),
     // ---- DELETE / UPDATE with a real WHERE: the row guard counts them
     ("DELETE FROM orders WHERE id = 7", Write, Rows),
     ("delete from ORDERS where ID = 7", Write, Rows),
@@ -88,7 +88,7 @@ pub const CASES: &[(&str, Class, V)] = &[
         Write,
         Rows,
     ),
-    ("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)", Write, Allow), // inserts only
+    ("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)", Write, Rows), // inserts only
     // ---- DELETE / UPDATE that hit every row
     ("DELETE FROM orders", Destr, Approve),
     ("delete from public.orders", Destr, Approve),
@@ -283,11 +283,11 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT set_config(current_setting('x.y'), 'postgres', false)", Destr, Approve), // computed name
     ("SELECT set_config('statement_timeout', '5s', false)", Read, Allow),
     ("SELECT set_config('search_path', 'evil, pg_catalog', false)", Ddl, Allow),
-    ("SELECT my_report(42)", Write, Allow), // unknown function: may write (policy unknown_functions)
-    ("SELECT public.lower('x')", Write, Allow), // not the built-in
-    ("CALL refresh_stats()", Write, Allow),
-    ("SELECT 1 === 2", Write, Allow), // a user-defined operator is a function call
-    ("SELECT 1 OPERATOR(public.+) 2", Write, Allow),
+    ("SELECT my_report(42)", Write, Rows), // unknown function: may write (policy unknown_functions)
+    ("SELECT public.lower('x')", Write, Rows), // not the built-in
+    ("CALL refresh_stats()", Write, Rows),
+    ("SELECT 1 === 2", Write, Rows), // a user-defined operator is a function call
+    ("SELECT 1 OPERATOR(public.+) 2", Write, Rows),
     ("SELECT 1 OPERATOR(pg_catalog.+) 2", Read, Allow),
     // ---- writes hidden in CTEs and EXPLAIN
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Destr, Approve),
@@ -298,7 +298,7 @@ pub const CASES: &[(&str, Class, V)] = &[
         Destr,
         Approve,
     ),
-    ("WITH i AS (INSERT INTO log VALUES (1) RETURNING id) SELECT * FROM i", Write, Allow),
+    ("WITH i AS (INSERT INTO log VALUES (1) RETURNING id) SELECT * FROM i", Write, Rows),
     ("WITH d AS (DELETE FROM orders RETURNING *) INSERT INTO archive SELECT * FROM d", Destr, Approve),
     ("SELECT * FROM (SELECT 1) s, LATERAL (SELECT pg_terminate_backend(1)) k", Destr, Approve),
     ("EXPLAIN ANALYZE DELETE FROM orders", Destr, Approve),
@@ -321,7 +321,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     // bytes can swallow a backslash, so leaving UTF-8 is destructive.
     ("SET standard_conforming_strings = off", Write, Allow),
     ("SET standard_conforming_strings TO on", Write, Allow),
-    ("SELECT set_config('standard_conforming_strings', 'off', false)", Write, Allow),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", Write, Rows),
     ("SET client_encoding = 'SJIS'", Destr, Approve),
     ("SET NAMES 'SJIS'", Destr, Approve),
     ("SET backslash_quote = on", Write, Allow), // with UTF-8, as safe as the default
@@ -362,13 +362,17 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("PREPARE TRANSACTION 'tx1'", Write, Allow),
     ("COMMIT PREPARED 'tx1'", Read, Allow),
     ("DECLARE c CURSOR FOR SELECT * FROM orders", Read, Allow),
+    ("SET track_counts = off", Destr, Approve), // the gate measures writes by these counters
+    ("SELECT set_config('track_counts', 'off', true)", Destr, Approve),
+    ("DECLARE c CURSOR FOR SELECT 1; FETCH ALL FROM c", Read, Allow),
+    ("FETCH ALL FROM c; DELETE FROM orders WHERE id = 1", Write, Rows),
     ("DECLARE c CURSOR FOR SELECT pg_terminate_backend(1)", Destr, Approve),
-    ("FETCH 10 FROM c", Read, Allow),
+    ("FETCH 10 FROM c", Write, Rows), // a cursor the gate never saw: counted
     ("CLOSE c", Read, Allow),
     ("LISTEN orders_changed", Read, Allow),
     ("UNLISTEN *", Read, Allow),
     ("NOTIFY orders_changed, 'x'", Write, Allow),
-    ("SELECT pg_notify('c', 'x')", Write, Allow),
+    ("SELECT pg_notify('c', 'x')", Write, Rows),
     ("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", Write, Allow), // blocks, changes nothing
     ("VACUUM orders", Write, Allow),
     ("ANALYZE orders", Write, Allow),
@@ -384,9 +388,9 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT 1 /* nested /* ; */ DROP TABLE orders; */", Read, Allow), // nested comments close properly
     ("SELECT 1 /* nested /* */ */; DROP TABLE orders", Destr, Approve),
     ("SELECT \"; DROP TABLE orders; --\" FROM t", Read, Allow),
-    ("BEGIN; DELETE FROM orders WHERE id = 1; COMMIT", Write, Rows),
+    ("BEGIN; DELETE FROM orders WHERE id = 1; COMMIT", Write, Approve), // transaction control + write: held whole
     ("BEGIN; DELETE FROM orders; COMMIT", Destr, Approve),
-    ("DELETE FROM a WHERE id = 1; DELETE FROM b WHERE id = 2", Write, Approve), // the row guard checks one
+    ("DELETE FROM a WHERE id = 1; DELETE FROM b WHERE id = 2", Write, Rows), // the gate measures each on its own
     ("UPDATE t SET a = 1 WHERE id = 1; SELECT pg_terminate_backend(1)", Destr, Approve),
     ("SELECT 1;\n\n\tTRUNCATE orders", Destr, Approve),
     ("INSERT INTO t VALUES (1); ALTER SYSTEM SET fsync = off", Destr, Approve),
@@ -449,7 +453,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT * FROM t TABLESAMPLE bernoulli (10)", Read, Allow),
     ("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r WHERE n < 10) SELECT * FROM r", Read, Allow),
     ("DELETE FROM t WHERE id = ANY($1)", Write, Rows),
-    ("INSERT INTO t DEFAULT VALUES", Write, Allow),
+    ("INSERT INTO t DEFAULT VALUES", Write, Rows),
     ("PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p", Read, Allow),
     ("START TRANSACTION; SET TRANSACTION READ WRITE; COMMIT", Read, Allow),
     ("ROLLBACK PREPARED 'tx1'", Read, Allow),

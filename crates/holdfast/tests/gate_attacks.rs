@@ -1,0 +1,456 @@
+//! The gate under attack, message by message: a real PostgreSQL behind the real gate, and a
+//! client that sends whatever protocol messages an attacker's own driver would. Each case tries
+//! to destroy data without a second person — through portals re-bound under the gate's nose,
+//! SQL FETCH/MOVE over protocol portals, multi-statement strings, writes that are not
+//! UPDATE/DELETE (upserts, MERGE, functions, procedures, triggers, cascades), and many small
+//! statements under a budget — and asserts the attack failed *and* the data is exactly as before.
+//! Bob is no approver here, so anything that needs approval is refused at once.
+
+use std::time::Duration;
+
+mod gate_harness;
+use gate_harness::*;
+
+const POLICY: &str = "row_guard_max_rows = 10\nbudget_rows = 25\n";
+
+/// Row count and a checksum of `orders`, read directly (not through the gate).
+fn orders_state(g: &Gate) -> String {
+    g.pg.psql("SELECT count(*) || '/' || coalesce(sum(total * id), 0) FROM orders").unwrap()
+}
+
+fn refused(r: &[Reply], what: &str) {
+    let e = errors(r);
+    assert!(
+        e.iter().any(|m| m.starts_with("holdfast gate:") && (m.contains("not run") || m.contains("refused"))),
+        "{what}: expected the gate to refuse it, got errors {e:?}"
+    );
+}
+
+fn ok(r: &[Reply], what: &str) {
+    let e = errors(r);
+    assert!(e.is_empty(), "{what}: expected it to run, got errors {e:?}");
+}
+
+fn rows(r: &[Reply]) -> usize {
+    r.iter().filter(|m| m.tag == b'D').count()
+}
+
+#[test]
+fn portals_run_what_was_bound_and_fetch_move_cannot_drive_a_write() {
+    let g = Gate::start_with("", POLICY, false);
+    let before = orders_state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+
+    // 1. Bind a portal over a DELETE, close and re-parse the statement name as something
+    //    harmless, then execute the portal: judged by what was bound.
+    let r = c.exchange(&[
+        parse("s", "DELETE FROM orders"),
+        bind("p", "s"),
+        Msg::CloseStatement("s".into()),
+        parse("s", "SELECT 1"),
+        execute("p"),
+        Msg::Sync,
+    ]);
+    refused(&r, "re-parsed statement name under a bound portal");
+    assert_eq!(orders_state(&g), before);
+
+    // The same across batches inside a transaction (the portal lives until its end).
+    ok(&c.query("BEGIN"), "BEGIN");
+    ok(&c.exchange(&[parse("s1", "DELETE FROM orders"), bind("p1", "s1"), Msg::Sync]), "bind");
+    ok(&c.exchange(&[Msg::CloseStatement("s1".into()), parse("s1", "SELECT 2"), Msg::Sync]), "re-parse");
+    refused(&c.exchange(&[execute("p1"), Msg::Sync]), "portal executed in a later batch");
+    c.query("ROLLBACK");
+    assert_eq!(orders_state(&g), before);
+
+    // 2. The unnamed statement replaced after the unnamed portal was bound.
+    let r = c.exchange(&[
+        parse("", "DELETE FROM orders"),
+        bind("", ""),
+        parse("", "SELECT 1"),
+        execute(""),
+        Msg::Sync,
+    ]);
+    refused(&r, "unnamed statement replaced after Bind");
+    assert_eq!(orders_state(&g), before);
+
+    // 3. A portal over DELETE … RETURNING driven with SQL FETCH / MOVE (one namespace on the
+    //    server): measured like any write — 100 rows is over the limit of 10.
+    for drive in ["FETCH ALL FROM cur", "MOVE ALL IN cur", "FETCH 1 FROM cur", "FETCH FORWARD 5 IN \"cur\""] {
+        ok(&c.query("BEGIN"), "BEGIN");
+        ok(
+            &c.exchange(&[
+                Msg::CloseStatement("d".into()),
+                parse("d", "DELETE FROM orders WHERE id > 0 RETURNING id"),
+                bind("cur", "d"),
+                Msg::Sync,
+            ]),
+            "bind a DELETE portal",
+        );
+        refused(&c.query(drive), drive);
+        c.query("ROLLBACK");
+        assert_eq!(orders_state(&g), before, "{drive}");
+    }
+    // …and a cursor opened by a function the gate cannot see into.
+    g.pg.psql(
+        "CREATE FUNCTION open_wipe() RETURNS refcursor LANGUAGE plpgsql AS $$DECLARE c refcursor := 'wipe'; BEGIN OPEN c FOR EXECUTE 'DELETE FROM orders WHERE id > 0 RETURNING id'; RETURN c; END$$;",
+    )
+    .unwrap();
+    ok(&c.query("BEGIN"), "BEGIN");
+    let r = c.query("SELECT open_wipe()");
+    ok(&r, "open a cursor in a function");
+    refused(&c.query("FETCH ALL FROM wipe"), "FETCH from a function's cursor");
+    c.query("ROLLBACK");
+    assert_eq!(orders_state(&g), before);
+
+    // Startup options go through the guard too: a setting that would blind the row guard or
+    // change identity ends the login; an ordinary one is forwarded, and the driver's
+    // 'UNICODE' encoding name is UTF-8.
+    for bad in ["-c track_counts=off", "-c session_replication_role=replica", "-c role=postgres", "-D /tmp"] {
+        let e = Raw::try_connect(&g, "alice", "alice-password", &[("options", bad)]).err().expect(bad);
+        assert!(e.contains("holdfast gate:") && e.contains("startup option"), "{bad}: {e}");
+    }
+    let mut o =
+        Raw::try_connect(&g, "alice", "alice-password", &[("options", "-c statement_timeout=4s")]).unwrap();
+    let r = o.query("SHOW statement_timeout");
+    assert!(r.iter().any(|m| m.tag == b'D' && m.body.ends_with(b"4s")), "{r:?}");
+    assert!(Raw::try_connect(&g, "alice", "alice-password", &[("client_encoding", "UNICODE")]).is_ok());
+
+    // A portal over a FETCH from itself: refused, and the gate (every session) lives on.
+    ok(&c.query("BEGIN"), "BEGIN");
+    refused(
+        &c.exchange(&[
+            parse("self", "FETCH ALL FROM loop"),
+            bind("loop", "self"),
+            execute("loop"),
+            Msg::Sync,
+        ]),
+        "a portal fetching from itself",
+    );
+    c.query("ROLLBACK");
+    ok(&c.query("SELECT 1"), "the session goes on");
+
+    // 4. A portal never bound, or closed, is not executed.
+    refused(&c.exchange(&[execute("nobody"), Msg::Sync]), "unknown portal");
+
+    // 5. What must keep working: cursors over reads, prepared writes within the limits are
+    //    held (extended writes wait for a person), reads through portals run.
+    ok(&c.query("BEGIN"), "BEGIN");
+    ok(&c.query("DECLARE c CURSOR FOR SELECT id FROM orders ORDER BY id"), "DECLARE");
+    assert_eq!(rows(&c.query("FETCH 5 FROM c")), 5);
+    ok(&c.query("MOVE 10 IN c"), "MOVE over a read");
+    ok(&c.query("CLOSE c"), "CLOSE");
+    ok(&c.query("COMMIT"), "COMMIT");
+    let r = c.exchange(&[parse("r", "SELECT id FROM orders WHERE id <= $1::int"), Msg::Sync]);
+    ok(&r, "parse a read");
+    let r = c.exchange(&[Msg::Bind { portal: "".into(), statement: "r".into() }, execute(""), Msg::Sync]);
+    // No parameter value was sent: the server refuses the Bind itself — its own error.
+    assert!(errors(&r).iter().any(|e| e.contains("parameters")), "{:?}", errors(&r));
+    assert_eq!(orders_state(&g), before);
+}
+
+#[test]
+fn extended_protocol_writes_are_measured_and_pgbench_prepared_runs() {
+    let g = Gate::start_with("", "row_guard_max_rows = 10\nbudget_rows = 1000000\n", false);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let before = orders_state(&g);
+    // Within the limit: runs, committed at Sync (outside a transaction).
+    let r = c.exchange(&[
+        parse("u", "UPDATE orders SET total = total + 1 WHERE id = 5 RETURNING id"),
+        bind("", "u"),
+        Msg::Describe { portal: "".into() },
+        execute(""),
+        Msg::Sync,
+    ]);
+    ok(&r, "a one-row extended UPDATE");
+    assert_eq!(rows(&r), 1);
+    assert_eq!(r.last().unwrap().body, b"I".to_vec(), "the session is outside a transaction again");
+    assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 5").unwrap(), "8.5");
+    let before_big = orders_state(&g);
+    assert_ne!(before, before_big);
+    // Over it: rolled back and refused (nobody to approve), the rest of the batch skipped.
+    for attack in [
+        vec![parse("b", "DELETE FROM orders WHERE id > 50"), bind("", "b"), execute(""), Msg::Sync],
+        vec![
+            parse("", "BEGIN"),
+            bind("", ""),
+            execute(""),
+            parse("b2", "DELETE FROM orders WHERE id > 50"),
+            bind("p", "b2"),
+            execute("p"),
+            parse("", "COMMIT"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ],
+        vec![
+            parse(
+                "f",
+                "INSERT INTO orders SELECT id, merchant, total FROM orders ON CONFLICT (id) DO UPDATE SET total = 0",
+            ),
+            bind("", "f"),
+            execute(""),
+            Msg::Sync,
+        ],
+        vec![
+            parse("small", "DELETE FROM orders WHERE id = 1"),
+            bind("", "small"),
+            execute(""),
+            parse("big", "DELETE FROM orders WHERE id > 1"),
+            bind("", "big"),
+            execute(""),
+            Msg::Sync,
+        ],
+    ] {
+        let r = c.exchange(&attack);
+        refused(&r, &format!("{attack:?}"));
+        assert_eq!(orders_state(&g), before_big, "{attack:?}");
+        // Outside a transaction as before; the client's own transaction aborted, as after
+        // any error in it.
+        let began = matches!(&attack[0], Msg::Parse { sql, .. } if sql == "BEGIN");
+        assert_eq!(r.last().unwrap().body, if began { b"E".to_vec() } else { b"I".to_vec() }, "{attack:?}");
+        if began {
+            ok(&c.query("ROLLBACK"), "ROLLBACK");
+        }
+    }
+    // A measured write after an error earlier in its batch: the server skips it (no hang, no
+    // write). Found by the generator (seed 77, case 155).
+    let r = c.exchange(&[
+        parse("x", "EXECUTE nothing_prepared"),
+        parse("u2", "UPDATE orders SET total = 0 WHERE id > 0"),
+        bind("pu", "u2"),
+        execute("pu"),
+        execute("pu"),
+        Msg::Sync,
+    ]);
+    refused(&r, "a refused Parse before a measured write");
+    assert_eq!(orders_state(&g), before_big);
+
+    // A client transaction over several batches (as JDBC sends it): BEGIN with the first
+    // statement, measured writes, COMMIT.
+    ok(
+        &c.exchange(&[
+            parse("", "BEGIN"),
+            bind("", ""),
+            execute(""),
+            parse("", "DELETE FROM orders WHERE id = 2"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ]),
+        "BEGIN and a small delete",
+    );
+    ok(
+        &c.exchange(&[parse("", "DELETE FROM orders WHERE id = 3"), bind("", ""), execute(""), Msg::Sync]),
+        "another",
+    );
+    ok(&c.exchange(&[parse("", "COMMIT"), bind("", ""), execute(""), Msg::Sync]), "COMMIT");
+    assert_eq!(g.count("orders"), 98);
+
+    // pgbench -M prepared, TPC-B: every UPDATE/INSERT measured, all transactions complete.
+    let bench = |args: &[&str]| {
+        std::process::Command::new(testkit::pg::bin("pgbench").unwrap())
+            .arg(g.conninfo("alice", "require"))
+            .args(args)
+            .env("PGPASSWORD", "alice-password")
+            .output()
+            .unwrap()
+    };
+    g.pg.psql(
+        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+         CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+         CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+         CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));
+         INSERT INTO pgbench_branches VALUES (1, 0);
+         INSERT INTO pgbench_tellers SELECT g, 1, 0 FROM generate_series(1, 10) g;
+         INSERT INTO pgbench_accounts SELECT g, 1, 0 FROM generate_series(1, 10000) g;
+         GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO gate_app;",
+    )
+    .unwrap();
+    let out = bench(&["-n", "-M", "prepared", "-t", "20", "-c", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("number of transactions actually processed: 40/40"), "{}", text(&out));
+    assert_eq!(g.pg.psql("SELECT count(*) FROM pgbench_history").unwrap(), "40");
+}
+
+#[test]
+fn every_write_is_measured_by_what_the_database_counted() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id serial PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
+         INSERT INTO parent SELECT g FROM generate_series(1, 3) g;
+         INSERT INTO child (parent) SELECT 1 FROM generate_series(1, 50);
+         CREATE TABLE ledger (id int);
+         INSERT INTO ledger SELECT g FROM generate_series(1, 50) g;
+         CREATE FUNCTION wipe_ledger() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN DELETE FROM ledger; RETURN NEW; END$$;
+         CREATE TABLE pings (id int);
+         CREATE TRIGGER wipe AFTER INSERT ON pings FOR EACH ROW EXECUTE FUNCTION wipe_ledger();
+         CREATE FUNCTION purge() RETURNS bigint LANGUAGE sql AS 'WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING 1) SELECT count(*) FROM d';
+         CREATE PROCEDURE purge_p() LANGUAGE sql AS 'DELETE FROM orders WHERE id > 0';
+         CREATE FUNCTION trunc_scratch() RETURNS void LANGUAGE sql AS 'TRUNCATE scratch';
+         CREATE TABLE small (id int);
+         INSERT INTO small SELECT g FROM generate_series(1, 100) g;
+         GRANT ALL ON parent, child, ledger, pings, small TO gate_app;",
+    )
+    .unwrap();
+    let state = |g: &Gate| {
+        format!(
+            "{} {} {} {} {} {}",
+            orders_state(g),
+            g.count("parent"),
+            g.count("child"),
+            g.count("ledger"),
+            g.count("scratch"),
+            g.count("small")
+        )
+    };
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for attack in [
+        // cascade: 1 row named, 51 removed
+        "DELETE FROM parent WHERE id = 1",
+        // a trigger deleting elsewhere
+        "INSERT INTO pings VALUES (1)",
+        // functions and procedures that write (unknown_functions = write)
+        "SELECT purge()",
+        "CALL purge_p()",
+        "SELECT 1 FROM (SELECT purge()) x",
+        // TRUNCATE inside a function: no row counted, but an ACCESS EXCLUSIVE lock taken
+        "SELECT trunc_scratch()",
+        // writes that change existing rows without being UPDATE/DELETE
+        "INSERT INTO orders SELECT id, merchant, total FROM orders ON CONFLICT (id) DO UPDATE SET total = 0",
+        "MERGE INTO orders o USING (SELECT id FROM orders) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+        "MERGE INTO orders o USING (SELECT id FROM orders) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET total = 0",
+        "UPDATE orders SET total = 0 WHERE id > 0",
+        "DELETE FROM orders WHERE id IN (SELECT id FROM orders)",
+        // multi-statement strings: a DML after a harmless statement, after ROLLBACK/COMMIT,
+        // after an error, and a small DELETE followed by a big one (all-or-nothing)
+        "SELECT 1; DELETE FROM orders WHERE id > 0",
+        "ROLLBACK; DELETE FROM orders WHERE id > 0",
+        "COMMIT; DELETE FROM orders WHERE id > 0; SELECT 1",
+        "SAVEPOINT a; DELETE FROM orders WHERE id > 0; RELEASE a",
+        "DELETE FROM orders WHERE id <= 3; DELETE FROM orders WHERE id > 3",
+        "SELECT 1; SELECT purge(); SELECT 2",
+        "PREPARE w AS DELETE FROM orders WHERE id > $1; EXECUTE w(0)",
+    ] {
+        let r = c.query(attack);
+        refused(&r, attack);
+        assert_eq!(state(&g), before, "{attack}");
+        // The session goes on, outside a transaction.
+        assert_eq!(r.last().map(|m| m.body.clone()), Some(b"I".to_vec()), "{attack}");
+    }
+    // An error first: nothing after it runs, and the gate says nothing of its own.
+    let r = c.query("SELECT 1/0; DELETE FROM orders WHERE id > 0");
+    assert!(errors(&r).iter().any(|e| e.contains("division by zero")), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+
+    // Within the limits these run, each statement's results in order, in one transaction.
+    let r = c.query("DELETE FROM parent WHERE id = 3; SELECT count(*) FROM parent; INSERT INTO orders VALUES (1000, 1, 1) ON CONFLICT (id) DO UPDATE SET total = 2");
+    ok(&r, "within the limits");
+    assert_eq!(rows(&r), 1);
+    assert_eq!(g.count("parent"), 2);
+    assert_eq!(g.count("orders"), 101);
+    // A DELETE RETURNING within the limit returns its rows.
+    let r = c.query("DELETE FROM orders WHERE id = 1000 RETURNING id");
+    ok(&r, "delete returning");
+    assert_eq!(rows(&r), 1);
+    // Inside the client's transaction: measured under a savepoint, rolled back by the client.
+    ok(&c.query("BEGIN"), "BEGIN");
+    ok(&c.query("DELETE FROM orders WHERE id <= 2"), "small delete in a transaction");
+    refused(&c.query("DELETE FROM orders WHERE id > 2"), "big delete in a transaction");
+    c.query("ROLLBACK");
+    assert_eq!(orders_state(&g), before.split(' ').next().unwrap());
+
+    // Budgets: many small deletes add up per person and table (budget_rows = 25): eight of
+    // three rows run, the ninth would pass 25 and is held like one big delete.
+    for i in 0..8 {
+        let (a, b) = (i * 3 + 1, i * 3 + 3);
+        ok(&c.query(&format!("DELETE FROM small WHERE id BETWEEN {a} AND {b}")), "small delete");
+    }
+    assert_eq!(g.count("small"), 76);
+    let r = c.query("DELETE FROM small WHERE id BETWEEN 25 AND 27");
+    refused(&r, "the delete that passes the budget");
+    assert!(errors(&r).iter().any(|e| e.contains("budget")), "{:?}", errors(&r));
+    assert_eq!(g.count("small"), 76);
+    // Another session of the same person shares the budget.
+    let mut c2 = Raw::connect(&g, "alice", "alice-password");
+    refused(&c2.query("DELETE FROM small WHERE id BETWEEN 90 AND 92"), "same person, other session");
+    // The status shows what consumed it.
+    let out = g.cli("alice", "alice-password", None, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let used = v["budgets"]["used"].as_array().unwrap();
+    let small = used.iter().find(|u| u["table"] == "public.small").expect("budget of public.small shown");
+    assert_eq!(small["rows"], 24);
+    assert_eq!(small["person"], "alice");
+    let _ = Duration::ZERO;
+}
+
+#[test]
+fn every_statement_is_recorded_with_its_text_and_a_full_spool_lets_nothing_run() {
+    // A vault that never answers: the spool only fills (300 kB allowed).
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    vault_api::tls::ensure_self_signed(&ca, &key).unwrap();
+    std::fs::write(dir.path().join("token"), "nothing\n").unwrap();
+    let g = Gate::start_with(
+        &format!(
+            "[audit]\nvault = \"https://127.0.0.1:9\"\nca = \"{}\"\ntoken_file = \"{}\"\nmax_pending_bytes = 300000\n",
+            ca.display(),
+            dir.path().join("token").display()
+        ),
+        POLICY,
+        false,
+    );
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Extended-protocol statements are recorded with their SQL text: the Parse before the
+    // server sees it, the Execute with the text bound into the portal.
+    ok(
+        &c.exchange(&[
+            parse("t", "SELECT count(*) FROM orders WHERE merchant = 3"),
+            bind("pt", "t"),
+            execute("pt"),
+            Msg::Sync,
+        ]),
+        "an extended read",
+    );
+    let spool = || -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "jsonl") {
+                all += &std::fs::read_to_string(p).unwrap();
+            }
+        }
+        all
+    };
+    let recorded = spool();
+    let lines: Vec<&str> = recorded.lines().filter(|l| l.contains("WHERE merchant = 3")).collect();
+    assert!(lines.iter().any(|l| l.contains("\"parse\"")), "the Parse with its text: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("\"extended\"")), "the Execute with the bound text: {lines:?}");
+
+    // Fill the spool: statements carrying a comment, smaller and smaller, each until the gate
+    // refuses one (a record that does not fit is never written, and its statement never runs).
+    let before = orders_state(&g);
+    for size in [15000, 2000, 300] {
+        let pad = "x".repeat(size);
+        let mut refused_at = None;
+        for i in 0..200 {
+            let r = c.query(&format!("SELECT {i} -- {pad}"));
+            if errors(&r).iter().any(|e| e.contains("audit log cannot take")) {
+                refused_at = Some(i);
+                break;
+            }
+            ok(&r, "a read while the spool has room");
+        }
+        assert!(refused_at.is_some(), "the spool never filled ({size})");
+    }
+    // Now nothing runs: reads, writes, destruction.
+    let pad = "x".repeat(300);
+    for sql in ["SELECT 1", "DELETE FROM orders WHERE id = 1", "DROP TABLE orders"] {
+        let r = c.query(&format!("{sql} -- {pad}"));
+        assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{sql}: {:?}", errors(&r));
+    }
+    let r = c.exchange(&[parse("", &format!("SELECT 2 -- {pad}")), bind("", ""), execute(""), Msg::Sync]);
+    assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{:?}", errors(&r));
+    assert_eq!(orders_state(&g), before);
+}

@@ -1,0 +1,310 @@
+//! The adversarial differential test the project owns: random sequences of frontend messages —
+//! Queries with several statements, Parse/Bind/Describe/Execute/Close/Sync/Flush with names
+//! reused, FETCH/MOVE, DECLARE, PREPARE/EXECUTE, savepoints, ROLLBACK and COMMIT mid-string,
+//! errors mid-pipeline, pipelined batches — mixing reads, writes and destruction, sent through
+//! the real gate (example-like policy, nobody to approve) to a shop-like database.
+//!
+//! The oracle is the database itself, read directly after each sequence: every table still
+//! exists with its columns, and the rows deleted or changed in each table (a diff by primary key
+//! of the row hashes before and after) are at most what the statements sent could change within
+//! the row guard's limit (`MAX_ROWS` per executed statement). A destructive statement or a write
+//! over the limit that ran would change at least `BIG` rows of some table: a bypass, reported
+//! with the seed and the message sequence.
+//!
+//! `HOLDFAST_GATE_FUZZ_CASES` (default 40) and `HOLDFAST_GATE_FUZZ_SEED` choose the campaign;
+//! `./run soak` runs many more.
+
+use std::collections::BTreeMap;
+
+mod gate_harness;
+use gate_harness::*;
+
+const MAX_ROWS: u64 = 2;
+/// Each "big" write and each destructive statement touches at least this many rows.
+const BIG: u64 = 100;
+
+const SCHEMA: &str = "
+DROP TABLE orders;
+CREATE TABLE customers (id int PRIMARY KEY, merchant_id int NOT NULL, points int NOT NULL);
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers ON DELETE CASCADE, total int NOT NULL);
+CREATE TABLE cards (id int PRIMARY KEY, customer_id int, balance int NOT NULL);
+CREATE FUNCTION purge(n int) RETURNS bigint LANGUAGE sql AS
+  'WITH d AS (DELETE FROM orders WHERE id > n RETURNING 1) SELECT count(*) FROM d';
+CREATE FUNCTION open_wipe() RETURNS refcursor LANGUAGE plpgsql AS
+  $$DECLARE c refcursor := 'wipe'; BEGIN OPEN c FOR EXECUTE 'DELETE FROM cards WHERE id > 0 RETURNING id'; RETURN c; END$$;
+GRANT ALL ON customers, orders, cards TO gate_app;
+";
+
+const RESET: &str = "
+TRUNCATE customers, orders, cards;
+INSERT INTO customers SELECT g, g % 5, g FROM generate_series(1, 150) g;
+INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
+INSERT INTO cards SELECT g, g, 100 FROM generate_series(1, 150) g;
+";
+
+const TABLES: &[&str] = &["customers", "orders", "cards"];
+
+/// xorshift64*: a seeded generator without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// A statement of the pool, with `{k}` replaced by a small id.
+fn statement(r: &mut Rng) -> String {
+    const READS: &[&str] = &[
+        "SELECT count(*) FROM orders",
+        "SELECT * FROM customers WHERE id = {k}",
+        "VALUES (1)",
+        "SELECT purge(100000)",
+    ];
+    const SMALL: &[&str] = &[
+        "DELETE FROM orders WHERE id = {k}",
+        "UPDATE cards SET balance = balance + 1 WHERE id = {k}",
+        "INSERT INTO orders VALUES (1000 + {k}, 1, 5) ON CONFLICT (id) DO UPDATE SET total = 0",
+        "UPDATE customers SET points = 0 WHERE id = {k} RETURNING id",
+        "DELETE FROM cards WHERE id IN ({k}, {k} + 1) RETURNING *",
+    ];
+    const BIG_WRITES: &[&str] = &[
+        "DELETE FROM orders WHERE id > {k}",
+        "UPDATE cards SET balance = 0 WHERE id > {k}",
+        "DELETE FROM customers WHERE id > {k}",
+        "SELECT purge({k})",
+        "INSERT INTO orders SELECT * FROM orders ON CONFLICT (id) DO UPDATE SET total = 0",
+        "MERGE INTO cards c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
+        "DELETE FROM orders WHERE id > {k} RETURNING id",
+        "WITH d AS (DELETE FROM orders WHERE id > {k} RETURNING *) SELECT count(*) FROM d",
+    ];
+    const DESTROY: &[&str] = &[
+        "DROP TABLE cards",
+        "TRUNCATE orders",
+        "DELETE FROM cards",
+        "UPDATE cards SET balance = 0",
+        "ALTER TABLE cards DROP COLUMN balance",
+        "DELETE FROM orders WHERE 1 = 1",
+        "DROP TABLE IF EXISTS customers CASCADE",
+    ];
+    const CONTROL: &[&str] = &[
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT sp",
+        "ROLLBACK TO SAVEPOINT sp",
+        "RELEASE SAVEPOINT sp",
+        "SELECT 1/0",
+        "SELECT * FROM no_such_table",
+    ];
+    const CURSORS: &[&str] = &[
+        "DECLARE c CURSOR FOR SELECT id FROM orders",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT id FROM cards",
+        "FETCH ALL FROM c",
+        "MOVE ALL IN c",
+        "FETCH 2 FROM p1",
+        "FETCH ALL FROM p1",
+        "MOVE ALL IN p1",
+        "FETCH ALL FROM \"\"",
+        "SELECT open_wipe()",
+        "FETCH ALL FROM wipe",
+        "CLOSE c",
+        "CLOSE ALL",
+        "PREPARE w AS DELETE FROM orders WHERE id > $1",
+        "PREPARE w AS SELECT 1",
+        "EXECUTE w(0)",
+        "EXECUTE w(299)",
+        "DEALLOCATE w",
+        "DEALLOCATE ALL",
+    ];
+    let pool = match r.below(10) {
+        0 | 1 => READS,
+        2 | 3 => SMALL,
+        4 | 5 => BIG_WRITES,
+        6 => DESTROY,
+        7 => CONTROL,
+        _ => CURSORS,
+    };
+    let k = 1 + r.below(40);
+    r.pick(pool).replace("{k}", &k.to_string())
+}
+
+/// One action: a Query (1–3 statements) or an extended-protocol batch ending in Sync.
+fn action(r: &mut Rng, out: &mut Vec<Msg>) {
+    if r.below(2) == 0 {
+        let n = 1 + r.below(3);
+        let s: Vec<String> = (0..n).map(|_| statement(r)).collect();
+        out.push(Msg::Query(s.join("; ")));
+        return;
+    }
+    let names = ["", "s1", "s2"];
+    let portals = ["", "p1", "c"];
+    let n = 1 + r.below(6);
+    for _ in 0..n {
+        let m = match r.below(9) {
+            0 | 1 => Msg::Parse { name: r.pick(&names).into(), sql: statement(r) },
+            2 | 3 => Msg::Bind { portal: r.pick(&portals).into(), statement: r.pick(&names).into() },
+            4 | 5 => Msg::Execute { portal: r.pick(&portals).into(), max_rows: r.below(2) as i32 },
+            6 => Msg::Describe { portal: r.pick(&portals).into() },
+            7 => {
+                if r.below(2) == 0 {
+                    Msg::CloseStatement(r.pick(&names).into())
+                } else {
+                    Msg::ClosePortal(r.pick(&portals).into())
+                }
+            }
+            _ => {
+                if r.below(2) == 0 {
+                    Msg::Sync
+                } else {
+                    Msg::Flush
+                }
+            }
+        };
+        out.push(m);
+    }
+    out.push(Msg::Sync);
+}
+
+/// Per table: id → md5 of the row; `None` when the table is gone. Two psql calls in all.
+fn contents(g: &Gate) -> BTreeMap<String, Option<BTreeMap<String, String>>> {
+    let exists =
+        g.pg.psql(
+            &TABLES
+                .iter()
+                .map(|t| format!("SELECT to_regclass('public.{t}') IS NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL "),
+        )
+        .unwrap();
+    let present: Vec<&str> =
+        TABLES.iter().zip(exists.lines()).filter(|(_, e)| *e == "t").map(|(t, _)| *t).collect();
+    let mut out: BTreeMap<String, Option<BTreeMap<String, String>>> =
+        TABLES.iter().map(|t| (t.to_string(), None)).collect();
+    for t in &present {
+        out.insert(t.to_string(), Some(BTreeMap::new()));
+    }
+    if present.is_empty() {
+        return out;
+    }
+    let sql = present
+        .iter()
+        .map(|t| format!("SELECT '{t}' || ' ' || id || ' ' || md5(x::text) FROM {t} x"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    for l in g.pg.psql(&sql).unwrap().lines() {
+        let mut p = l.splitn(3, ' ');
+        if let (Some(t), Some(id), Some(h)) = (p.next(), p.next(), p.next())
+            && let Some(Some(m)) = out.get_mut(t)
+        {
+            m.insert(id.to_string(), h.to_string());
+        }
+    }
+    out
+}
+
+/// Rows of `before` deleted or changed in `after`, per table; `None` when a table is gone.
+fn changed(
+    before: &BTreeMap<String, Option<BTreeMap<String, String>>>,
+    after: &BTreeMap<String, Option<BTreeMap<String, String>>>,
+    t: &str,
+) -> Option<u64> {
+    let b = before[t].as_ref().expect("tables exist before");
+    let a = after[t].as_ref()?;
+    Some(b.iter().filter(|(id, h)| a.get(*id) != Some(*h)).count() as u64)
+}
+
+#[test]
+fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
+    let cases: u64 =
+        std::env::var("HOLDFAST_GATE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let seed: u64 = std::env::var("HOLDFAST_GATE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd);
+    let g = Gate::start_with("", &format!("row_guard_max_rows = {MAX_ROWS}\nbudget_rows = 1000000\n"), false);
+    g.pg.psql(SCHEMA).unwrap();
+    // The oracle can fail: a big delete and a drop made directly are seen.
+    g.pg.psql(RESET).unwrap();
+    let before = contents(&g);
+    g.pg.psql("DELETE FROM orders WHERE id > 150").unwrap();
+    assert!(changed(&before, &contents(&g), "orders").unwrap() >= BIG);
+    g.pg.psql("ALTER TABLE cards RENAME TO cards_gone").unwrap();
+    assert_eq!(changed(&before, &contents(&g), "cards"), None);
+    g.pg.psql("ALTER TABLE cards_gone RENAME TO cards").unwrap();
+    let mut statements_sent = 0u64;
+    let mut rows_changed = 0u64;
+    let first: u64 = std::env::var("HOLDFAST_GATE_FUZZ_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    for case in first..first + cases {
+        let mut r = Rng(seed ^ (case.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        g.pg.psql(RESET).unwrap();
+        // Cursors WITH HOLD and prepared statements die with the session: one per case.
+        let before = contents(&g);
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let mut sent: Vec<Msg> = Vec::new();
+        let actions = 2 + r.below(6);
+        let mut i = 0;
+        while i < actions {
+            let mut batch = Vec::new();
+            action(&mut r, &mut batch);
+            // Sometimes pipelined: the next action goes out before this one is answered.
+            if r.below(3) == 0 && i + 1 < actions {
+                action(&mut r, &mut batch);
+                i += 1;
+            }
+            i += 1;
+            sent.extend(batch.iter().cloned());
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.exchange(&batch)));
+            if answered.is_err() {
+                panic!(
+                    "HANG or broken session (seed {seed}, case {case}): the gate did not answer\nsequence: {sent:#?}"
+                );
+            }
+        }
+        drop(c);
+        // Executed statements: every statement of every Query, every Execute.
+        let executed: u64 = sent
+            .iter()
+            .map(|m| match m {
+                Msg::Query(s) => s.split("; ").count() as u64,
+                Msg::Execute { .. } => 1,
+                _ => 0,
+            })
+            .sum();
+        statements_sent += executed;
+        // The session is closed: wait until the server ended it (its transaction with it).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while g.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'gate_app'").unwrap() != "0" {
+            assert!(std::time::Instant::now() < deadline, "the session did not end");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let after = contents(&g);
+        for t in TABLES {
+            let Some(changed) = changed(&before, &after, t) else {
+                panic!("BYPASS (seed {seed}, case {case}): table {t} was dropped\nsequence: {sent:#?}");
+            };
+            rows_changed += changed;
+            let bound = MAX_ROWS * executed;
+            assert!(
+                changed <= bound && changed < BIG,
+                "BYPASS (seed {seed}, case {case}): {changed} rows of {t} deleted or changed, more than {executed} statements within the limit of {MAX_ROWS} rows can\nsequence: {sent:#?}"
+            );
+        }
+    }
+    // The writes within the limits did run (a gate refusing everything would pass otherwise).
+    if cases >= 20 {
+        assert!(rows_changed > 0, "no allowed write changed anything in {cases} sequences");
+    }
+    eprintln!(
+        "gate fuzz: {cases} sequences, {statements_sent} statements, {rows_changed} rows changed within the limits, seed {seed}: no bypass"
+    );
+}
