@@ -1,4 +1,5 @@
 //! placeholder
+pub mod ceph;
 pub mod pg;
 pub mod vault;
 pub mod webhook;
