@@ -32,6 +32,7 @@ pub mod name;
 pub mod pack;
 pub mod quorum;
 pub mod repo;
+pub mod s3;
 pub mod snapshot;
 pub mod timestamp;
 
@@ -44,5 +45,6 @@ pub use keys::{ChunkId, KeysFile, MasterKeys};
 pub use local::LocalDir;
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
 pub use repo::{InitOptions, RepoConfig, Repository};
+pub use s3::{Protection, S3Config, S3Store};
 pub use snapshot::{BackupRecord, FileEntry};
 pub use timestamp::Timestamp;
