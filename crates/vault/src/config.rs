@@ -231,6 +231,20 @@ impl StoreFile {
         StoreFile { path: Some(path.into()), ..StoreFile::default() }
     }
 
+    /// Reads the `[store]` table of a TOML file (for `vault init --store-config`). Relative
+    /// paths in it are later resolved against the vault's directory, like the rest of vault.toml.
+    pub fn from_file(path: &Path) -> Result<StoreFile, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Only {
+            store: StoreFile,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str::<Only>(&text)
+            .map(|o| o.store)
+            .map_err(|e| format!("{}: expected only a [store] table: {e}", path.display()))
+    }
+
     fn validate(&self, base: &Path) -> Result<StoreConfig, String> {
         match self.kind.as_deref().unwrap_or("local") {
             "local" => {

@@ -68,7 +68,20 @@ async fn vault_init_and_serve_on_s3_require_object_lock() {
 
     // Locked: init, serve, and the repository reopens from the bucket.
     let d2 = tmp.path().join("v2");
-    let init = vault::init_with_store(opts(&d2), file("locked", None), &SystemClock).await.unwrap();
+    // As `holdfast vault init --store-config FILE` reads it: a file with only a [store] table.
+    let table = tmp.path().join("store.toml");
+    std::fs::write(
+        &table,
+        format!(
+            "[store]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"locked\"\ncredentials_file = \"{}\"\n",
+            ceph.endpoint(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let from_file = StoreFile::from_file(&table).unwrap();
+    assert_eq!(format!("{from_file:?}"), format!("{:?}", file("locked", None)));
+    let init = vault::init_with_store(opts(&d2), from_file, &SystemClock).await.unwrap();
     assert!(!d2.join("store").exists(), "an S3 vault keeps no local store");
     let config = Config::load(&init.config_path).unwrap();
     assert!(matches!(config.store, vault::config::StoreConfig::S3(_)));
