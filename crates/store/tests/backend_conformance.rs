@@ -164,5 +164,17 @@ async fn s3_on_ceph_rgw() {
     assert!(err.to_string().contains("object_lock = false"), "{err}");
     let s = store::S3Store::open(store::S3Config { object_lock: false, ..unlocked }).await.unwrap();
     assert_eq!(s.protection(), &store::Protection::SoftwareOnly);
-    conformance(s).await;
+    conformance(s.clone()).await;
+
+    // The store going away is an error that says so, never a silent success or "absent".
+    let mut ceph = ceph;
+    ceph.stop_rgw().unwrap();
+    let n = ObjectName::for_bytes(ObjectKind::Pack, b"while RGW is down");
+    let err =
+        s.put_if_absent(&n, Bytes::from_static(b"while RGW is down"), Timestamp::now()).await.unwrap_err();
+    assert!(err.to_string().contains("is the S3 endpoint up?"), "{err}");
+    let other = ObjectName::for_bytes(ObjectKind::Pack, b"never written");
+    assert!(matches!(s.head(&other).await, Err(StoreError::Io { .. })));
+    let err = store::S3Store::open(s3_config(&ceph, "conformance-locked", true)).await.unwrap_err();
+    assert!(err.to_string().contains("is the S3 endpoint up?"), "{err}");
 }
