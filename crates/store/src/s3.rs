@@ -192,6 +192,7 @@ fn http_client(cfg: &S3Config) -> Result<reqwest::Client, StoreError> {
 /// A raw S3 request, signed, for the few callers that need one outside the backend (creating a
 /// bucket). Not exported as a general client: the backend's methods are the only way the vault
 /// touches objects.
+#[derive(Clone)]
 struct Req<'a> {
     method: Method,
     key: Option<&'a str>,
@@ -237,7 +238,32 @@ impl Resp {
     }
 }
 
+/// Sends `req`, retrying twice (after 0.2 s and 0.8 s) when the connection fails or S3 answers
+/// 500/502/503/504 (AWS's SlowDown and InternalError are transient by its own documentation).
+/// Every request here is safe to repeat: a repeated PUT adds at most a duplicate version, which
+/// reads ignore (the oldest valid version is the object), and deletes are by version id.
 async fn send(
+    cfg: &S3Config,
+    creds: &Credentials,
+    http: &reqwest::Client,
+    req: Req<'_>,
+) -> Result<Resp, StoreError> {
+    let mut attempt = 0;
+    loop {
+        let r = send_once(cfg, creds, http, req.clone()).await;
+        let transient = match &r {
+            Err(_) => true,
+            Ok(resp) => matches!(resp.status.as_u16(), 500 | 502 | 503 | 504),
+        };
+        if !transient || attempt == 2 {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 << (2 * attempt))).await;
+        attempt += 1;
+    }
+}
+
+async fn send_once(
     cfg: &S3Config,
     creds: &Credentials,
     http: &reqwest::Client,
