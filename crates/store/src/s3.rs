@@ -112,6 +112,10 @@ struct Inner {
 struct Valid {
     version: String,
     size: u64,
+    /// Retention last read or set by this process. Used by `list` only (metrics list every
+    /// kind on each scrape; one HEAD per object each time would be a request storm); `head`
+    /// and `raise` always ask the store. Retention only grows, so a cached value errs low.
+    retain_until: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -565,13 +569,21 @@ impl S3Store {
         for e in self.versions_of(name).await? {
             let Some(bytes) = self.get_version(name, &e.version_id, None).await? else { continue };
             if name.verify(&bytes).is_ok() {
-                let v = Valid { version: e.version_id, size: bytes.len() as u64 };
+                let v = Valid { version: e.version_id, size: bytes.len() as u64, retain_until: None };
                 self.inner.valid.lock().expect("cache lock").insert(*name, v.clone());
                 return Ok(Some((v, Some(bytes))));
             }
             tracing::warn!(object = %name, version = %e.version_id, "a version under this name does not hash to it: ignored");
         }
         Ok(None)
+    }
+
+    fn remember_retention(&self, name: &ObjectName, version: &str, t: Timestamp) {
+        if let Some(v) = self.inner.valid.lock().expect("cache lock").get_mut(name)
+            && v.version == version
+        {
+            v.retain_until = Some(v.retain_until.map_or(t, |c| c.max(t)));
+        }
     }
 
     fn forget(&self, name: &ObjectName) {
@@ -641,6 +653,7 @@ impl S3Store {
         until: Timestamp,
     ) -> Result<Timestamp, StoreError> {
         let current = self.retention_of(name, version).await?.ok_or(StoreError::NotFound(*name))?;
+        self.remember_retention(name, version, current);
         if until <= current {
             return Ok(current);
         }
@@ -673,6 +686,7 @@ impl S3Store {
             }
         }
         let now = self.retention_of(name, version).await?.ok_or(StoreError::NotFound(*name))?;
+        self.remember_retention(name, version, now);
         if now < until {
             return Err(other(
                 format!("extending retention of {name}"),
@@ -763,7 +777,10 @@ impl ObjectStore for S3Store {
     async fn head(&self, name: &ObjectName) -> Result<Option<ObjectMeta>, StoreError> {
         let Some((v, _)) = self.resolve(name).await? else { return Ok(None) };
         match self.retention_of(name, &v.version).await? {
-            Some(t) => Ok(Some(ObjectMeta { name: *name, size: v.size, retain_until: t })),
+            Some(t) => {
+                self.remember_retention(name, &v.version, t);
+                Ok(Some(ObjectMeta { name: *name, size: v.size, retain_until: t }))
+            }
             None => {
                 self.forget(name);
                 Ok(None)
@@ -787,7 +804,10 @@ impl ObjectStore for S3Store {
             // credential can write any key. Verifying downloads each name once per process (the
             // vault's own writes are verified as they happen); later lists hit the cache.
             let Some((v, _)) = self.resolve(&name).await? else { continue };
-            if let Some(t) = self.retention_of(&name, &v.version).await? {
+            if let Some(t) = v.retain_until {
+                out.push(ObjectMeta { name, size: v.size, retain_until: t });
+            } else if let Some(t) = self.retention_of(&name, &v.version).await? {
+                self.remember_retention(&name, &v.version, t);
                 out.push(ObjectMeta { name, size: v.size, retain_until: t });
             }
         }
