@@ -306,8 +306,17 @@ async fn send_once(
         }
     }
     let what = format!("{} {url}", req.method);
-    let r =
-        rb.body(req.body).send().await.map_err(|e| other(&what, format!("{e} (is the S3 endpoint up?)")))?;
+    let r = rb.body(req.body).send().await.map_err(|e| {
+        // reqwest's Display stops at "error sending request"; the cause (refused connection,
+        // unknown certificate issuer, …) is in the source chain.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(c) = src {
+            msg.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        other(&what, format!("{msg} (is the S3 endpoint up, and is its certificate trusted? see ca_file)"))
+    })?;
     let status = r.status();
     let headers = r.headers().clone();
     let body = r.bytes().await.map_err(|e| other(&what, e))?;

@@ -23,6 +23,8 @@ pub const SECRET_KEY: &str = "holdfast-test-secret-key-0123456789abcdef";
 pub struct TempCeph {
     dir: tempfile::TempDir,
     rgw_port: u16,
+    /// The HTTPS port, if started with TLS.
+    tls_port: Option<u16>,
     /// Children in start order (MON, OSD, RGW); stopped in reverse (RGW first: stopping the
     /// OSD under a running RGW hangs the RGW).
     children: Vec<(&'static str, Child)>,
@@ -65,6 +67,12 @@ fn getrandom(buf: &mut [u8]) {
 impl TempCeph {
     /// Creates and starts the cluster and the S3 user; returns once RGW answers HTTP.
     pub fn start() -> Result<TempCeph> {
+        Self::start_with_tls(None)
+    }
+
+    /// As [`TempCeph::start`], RGW also serving HTTPS with `(certificate, private key)` PEM
+    /// files (see [`TempCeph::tls_endpoint`]).
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Result<TempCeph> {
         if Command::new("radosgw").arg("--version").output().is_err() {
             bail!("radosgw not found: install Ceph ({PACKAGES}); `./run test` does it as root");
         }
@@ -75,6 +83,15 @@ impl TempCeph {
         }
         let mon_port = free_port()?;
         let rgw_port = free_port()?;
+        let tls_port = tls.map(|_| free_port()).transpose()?;
+        let ssl = match (tls, tls_port) {
+            (Some((cert, key)), Some(p)) => format!(
+                " ssl_endpoint=127.0.0.1:{p} ssl_certificate={} ssl_private_key={}",
+                cert.display(),
+                key.display()
+            ),
+            _ => String::new(),
+        };
         let fsid = uuid();
         let ds = d.display();
         let conf = format!(
@@ -112,7 +129,7 @@ cluster addr = 127.0.0.1
 osd objectstore = memstore
 memstore device bytes = 1073741824
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port}{ssl}
 rgw data = {ds}/rgw
 rgw dns name = localhost
 "
@@ -157,7 +174,7 @@ rgw dns name = localhost
             c("ceph-mon").args(["--mkfs", "-i", "a", "--monmap"]).arg(&monmap).arg("--keyring").arg(&keyring),
             "ceph-mon --mkfs",
         )?;
-        let mut ceph = TempCeph { dir, rgw_port, children: Vec::new() };
+        let mut ceph = TempCeph { dir, rgw_port, tls_port, children: Vec::new() };
         ceph.spawn("ceph-mon", &["-f", "-i", "a"])?;
 
         let osd_uuid = uuid();
@@ -242,6 +259,11 @@ rgw dns name = localhost
     /// `http://127.0.0.1:PORT`: the S3 endpoint (path-style addressing).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.rgw_port)
+    }
+
+    /// `https://localhost:PORT` when started with TLS.
+    pub fn tls_endpoint(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("https://localhost:{p}"))
     }
 
     /// The cluster's config file (for `ceph -c` / `radosgw-admin -c`).
