@@ -146,6 +146,15 @@ pub fn load_credentials(file: Option<&std::path::Path>) -> Result<Credentials, S
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StoreError::io(format!("reading S3 credentials file {}", path.display()), e))?;
+        if let Ok(m) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the S3 credentials file is readable by other users: chmod 600 it"
+                );
+            }
+        }
         let mut ak = None;
         let mut sk = None;
         for line in text.lines() {
