@@ -731,8 +731,16 @@ impl ObjectStore for S3Store {
         }
         let size = bytes.len() as u64;
         let version = self.put_new(name, bytes, retain_until).await?;
-        // Another writer (another process) may have stored a valid copy first; the oldest valid
-        // version is the object either way, so look again instead of trusting ours.
+        // If ours is the oldest version of the key, it is the object: its bytes were checked
+        // against the name above and S3 checked them against Content-MD5, so no re-download.
+        // Otherwise someone wrote first (another process, or someone holding the credential):
+        // the oldest version that hashes to the name is the object, so resolve as a reader would.
+        let versions = self.versions_of(name).await?;
+        if versions.first().is_some_and(|v| v.version_id == version) {
+            let v = Valid { version: version.clone(), size, retain_until: None };
+            self.inner.valid.lock().expect("cache lock").insert(*name, v);
+            return Ok(PutOutcome::Created);
+        }
         self.forget(name);
         match self.resolve(name).await? {
             Some((v, _)) if v.version == version => Ok(PutOutcome::Created),

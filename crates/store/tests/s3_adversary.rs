@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use store::s3::sigv4;
 use store::{ObjectKind, ObjectName, ObjectStore, Repository, S3Config, S3Store, Timestamp};
@@ -264,4 +265,17 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
     let out = dir.path().join("restored");
     reopened.restore(&rec.id, &out).await.unwrap();
     assert_eq!(same_files(&src, &out), 4);
+
+    // 7. Squatting: other bytes planted under a name before the vault writes it. The vault's
+    //    put still creates the object (a newer version), and every reader gets the right bytes.
+    let real = Bytes::from_static(b"the object the vault is about to write");
+    let squatted = ObjectName::for_bytes(ObjectKind::Pack, &real);
+    let (st, _) =
+        adv.send(Method::PUT, Some(&format!("prod/{squatted}")), &[], &[], b"squatter".to_vec()).await;
+    assert!(st.is_success());
+    assert_eq!(s3.put_if_absent(&squatted, real.clone(), until).await.unwrap(), store::PutOutcome::Created);
+    assert_eq!(s3.get(&squatted).await.unwrap(), real);
+    let fresh = S3Store::open(cfg).await.unwrap();
+    assert_eq!(fresh.get(&squatted).await.unwrap(), real);
+    assert_eq!(fresh.head(&squatted).await.unwrap().unwrap().retain_until, until);
 }
