@@ -71,6 +71,10 @@ pub struct ClusterConfig {
     /// Take a base backup this often, in minutes (default: only on demand).
     #[serde(default)]
     pub backup_interval_minutes: Option<u64>,
+    /// When the cluster has no complete base backup in the vault, take one as soon as
+    /// streaming starts (default true): until one exists nothing is restorable.
+    #[serde(default)]
+    pub first_backup: Option<bool>,
     /// A transaction deleting more rows than this raises a `mass_delete` incident (default
     /// 10000).
     #[serde(default)]
@@ -103,6 +107,11 @@ pub struct ClusterConfig {
     /// the WAL writes a relation file the snapshot does not know).
     #[serde(default)]
     pub catalog_refresh_seconds: Option<u64>,
+    /// How long WAL capture may be stalled on the vault's side (store errors such as a full
+    /// disk, no file descriptors left) before a `capture_stalled` incident, in seconds
+    /// (default 10). Reconnecting does not restart this clock; only WAL made durable does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_grace_seconds: Option<u64>,
 }
 
 /// Validated settings.
@@ -115,6 +124,8 @@ pub struct Cluster {
     pub synchronous: bool,
     pub flush_interval: Duration,
     pub backup_interval: Option<Duration>,
+    /// See [`ClusterConfig::first_backup`].
+    pub first_backup: bool,
     /// Mass delete/update thresholds (see [`ClusterConfig::mass_delete_rows`] and the fields
     /// after it).
     pub thresholds: Thresholds,
@@ -125,11 +136,15 @@ pub struct Cluster {
     /// How long the server may stay unreachable before a `connection_lost` incident
     /// (default 10 s).
     pub connection_grace: Duration,
+    /// See [`ClusterConfig::stall_grace_seconds`].
+    pub stall_grace: Duration,
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
 }
 
+/// Default of [`ClusterConfig::stall_grace_seconds`].
+pub const DEFAULT_STALL_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`Cluster::connection_grace`].
 pub const DEFAULT_CONNECTION_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`ClusterConfig::mass_delete_rows`].
@@ -245,6 +260,7 @@ impl ClusterConfig {
             synchronous: self.synchronous,
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
+            first_backup: self.first_backup.unwrap_or(true),
             thresholds: Thresholds {
                 mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),
                 mass_update_rows: self.mass_update_rows.unwrap_or(DEFAULT_MASS_UPDATE_ROWS),
@@ -254,6 +270,7 @@ impl ClusterConfig {
             catalog_connections,
             catalog_refresh: refresh,
             connection_grace: DEFAULT_CONNECTION_GRACE,
+            stall_grace: self.stall_grace_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_STALL_GRACE),
             wal_wait: DEFAULT_WAL_WAIT,
         })
     }

@@ -13,6 +13,7 @@ pub mod basebackup;
 pub mod catalog;
 pub mod config;
 pub mod detect;
+pub mod first_backup;
 pub mod piece;
 pub mod runtime;
 pub mod status;
@@ -132,6 +133,9 @@ impl Collector {
                     Err(e) => tracing::error!(error = %e, "cannot start the catalog snapshot thread"),
                 },
             ));
+            if rt.cluster.first_backup {
+                tasks.push(tokio::spawn(first_backup::run(rt.clone(), rx.clone())));
+            }
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::archive::WalArchive;
 use crate::catalog::Snapshot;
 use crate::config::Cluster;
-use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun, Window};
+use crate::status::{BackupSummary, ClusterStatus, Incident, Inventory, InventoryBackup, WalRun};
 use crate::{BACKUP_COMPLETE_RECORD, CaptureError, INCIDENT_RECORD, VaultHost};
 
 /// A cluster being captured.
@@ -24,6 +24,9 @@ pub struct ClusterRuntime {
     all_incidents: Mutex<Vec<Incident>>,
     /// Incident kinds raised and not yet cleared by a healthy stream: raised once per episode.
     open_incidents: Mutex<BTreeSet<String>>,
+    /// Incidents whose catalog record could not be written (the store was full: exactly when
+    /// `capture_stalled` is raised); written once the store takes WAL again.
+    unrecorded: Mutex<Vec<Incident>>,
     /// (timeline, durable end) after every flush; base backups wait on it.
     pub(crate) durable: watch::Sender<(TimelineId, Lsn)>,
     /// Completed backups of this cluster, oldest first.
@@ -57,7 +60,14 @@ impl ClusterRuntime {
         let archive = WalArchive::open(repo, &cluster.name).await?;
         let mut incidents = Vec::new();
         let mut backups = Vec::new();
+        // A backup whose `backup` record a quorum deletion removed is gone, even if an older
+        // vault left its `backup.complete` record behind.
+        let existing: BTreeSet<String> = repo.backups().await?.into_iter().map(|b| b.id).collect();
         for (_, rec) in repo.records().await? {
+            // Records a client token appended are never the vault's history, whatever their kind.
+            if rec.author.is_some() {
+                continue;
+            }
             match rec.kind.as_str() {
                 INCIDENT_RECORD => {
                     if let Ok(i) = serde_json::from_value::<Incident>(rec.body)
@@ -69,6 +79,7 @@ impl ClusterRuntime {
                 BACKUP_COMPLETE_RECORD => {
                     if let Ok(b) = serde_json::from_value::<BackupSummary>(rec.body)
                         && b.cluster == cluster.name
+                        && existing.contains(&b.id)
                     {
                         backups.push(b);
                     }
@@ -97,6 +108,7 @@ impl ClusterRuntime {
             status: Mutex::new(status),
             all_incidents: Mutex::new(all_incidents),
             open_incidents: Mutex::new(BTreeSet::new()),
+            unrecorded: Mutex::new(Vec::new()),
             durable: watch::channel(durable).0,
             backups: Mutex::new(backups),
             backup_lock: tokio::sync::Mutex::new(()),
@@ -112,46 +124,22 @@ impl ClusterRuntime {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Status as shown to people: live fields plus the restorable window.
+    /// Status as shown to people: live fields plus the restorable window, computed from the
+    /// inventory so that status advertises exactly what a restore can use.
     pub fn status(&self) -> ClusterStatus {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        s.last_backup = backups.last().cloned();
-        s.window = self.window(&backups);
+        let inventory = self.inventory();
+        s.last_backup = self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().cloned();
+        s.window = inventory.window;
+        s.windows = inventory.windows;
         s
     }
 
-    /// `[earliest, latest]`: from the oldest complete backup whose WAL runs unbroken to the
-    /// newest durable byte, to that byte.
-    fn window(&self, backups: &[BackupSummary]) -> Option<Window> {
-        let map = self.archive.map();
-        let tli = *map.timelines().last()?;
-        let last = map.last(tli)?;
-        let run_start = map.last_run_start(tli)?;
-        // A backup on an earlier timeline counts when the WAL from its start is stored on its
-        // own timeline up to the switch and on ours after; checked coarsely: its start must lie
-        // in a stored run of its timeline that reaches that run's end.
-        let usable = backups.iter().find(|b| {
-            let btli = TimelineId(b.timeline);
-            if btli == tli {
-                b.start_lsn >= run_start && b.stop_lsn <= last.end
-            } else {
-                btli < tli && map.contiguous_end(btli, b.start_lsn) >= b.stop_lsn
-            }
-        })?;
-        Some(Window {
-            earliest_lsn: usable.start_lsn,
-            earliest_time: usable.started,
-            latest_lsn: last.end,
-            latest_time: last.server_time,
-        })
-    }
-
-    /// What the vault holds for this cluster, for restore planning.
+    /// What the vault holds for this cluster, for restore planning; its restorable intervals
+    /// ([`vault_api::window`]) are computed from its own backups and WAL runs.
     pub fn inventory(&self) -> Inventory {
         let map = self.archive.map();
         let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let window = self.window(&backups);
         let mut wal = Vec::new();
         for tli in map.timelines() {
             for (start, end, start_time, end_time) in map.runs(tli) {
@@ -168,15 +156,18 @@ impl ClusterRuntime {
                 InventoryBackup { backup: b, consistent_time }
             })
             .collect();
-        Inventory {
+        let mut inventory = Inventory {
             cluster: self.cluster.name.clone(),
             system_id: self.archive.system_id(),
             segment_size: self.archive.segment_size(),
             backups,
             wal,
             histories: self.archive.histories(),
-            window,
-        }
+            window: None,
+            windows: Vec::new(),
+        };
+        inventory.refresh_windows();
+        inventory
     }
 
     /// A file `restore_command` asks for, by PostgreSQL's name: a WAL segment (whole; zeros
@@ -240,6 +231,15 @@ impl ClusterRuntime {
         Ok(out)
     }
 
+    /// Forgets backup `id` (a quorum deletion removed it): it leaves status, the inventory and
+    /// the restorable window at once.
+    pub fn forget_backup(&self, id: &str) -> bool {
+        let mut b = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        let before = b.len();
+        b.retain(|x| x.id != id);
+        b.len() != before
+    }
+
     /// Records a completed backup.
     pub(crate) fn add_backup(&self, b: BackupSummary) {
         self.backups.lock().unwrap_or_else(|p| p.into_inner()).push(b);
@@ -271,7 +271,8 @@ impl ClusterRuntime {
         tracing::error!(cluster = %incident.cluster, kind, message = %incident.message, "incident");
         let body = serde_json::to_value(&incident).expect("serialises");
         if let Err(e) = self.repo.append_record(INCIDENT_RECORD, body, now, self.host.retain_until()).await {
-            tracing::error!(error = %e, "could not record the incident in the catalog");
+            tracing::error!(error = %e, "could not record the incident in the catalog; it is alerted now and recorded once the store takes writes again");
+            self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()).push(incident.clone());
         }
         self.host.alert(&incident);
         self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).push(incident.clone());
@@ -280,6 +281,26 @@ impl ClusterRuntime {
             let excess = s.incidents.len().saturating_sub(20);
             s.incidents.drain(..excess);
         });
+    }
+
+    /// Writes the catalog records of incidents raised while the store refused writes.
+    pub(crate) async fn record_unrecorded(&self) {
+        let pending = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, incident) in pending.iter().enumerate() {
+            let body = serde_json::to_value(incident).expect("serialises");
+            if let Err(e) = self
+                .repo
+                .append_record(INCIDENT_RECORD, body, incident.detected_at, self.host.retain_until())
+                .await
+            {
+                tracing::error!(error = %e, "still cannot record an incident in the catalog");
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(pending[i..].iter().cloned());
+                return;
+            }
+        }
     }
 
     /// Asks for a catalog refresh of database `db` soon.

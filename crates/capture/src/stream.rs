@@ -81,12 +81,60 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
+/// The vault's own share of a failure, in words that name it: the store refused to keep WAL
+/// (a full disk, an I/O error) or the vault ran out of file descriptors. `None` for what lies on
+/// the server's side or the network's.
+fn vault_side(e: &CaptureError) -> Option<String> {
+    fn fds(io: &std::io::Error) -> bool {
+        // EMFILE (per process) and ENFILE (whole system).
+        matches!(io.raw_os_error(), Some(24 | 23))
+    }
+    fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(x) = cur {
+            if let Some(io) = x.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(28 | 122))
+            {
+                return true;
+            }
+            cur = x.source();
+        }
+        false
+    }
+    match e {
+        CaptureError::Store(_) | CaptureError::Repo(_) | CaptureError::Piece(_) => Some(if disk_full(e) {
+            format!("the vault's store is full, WAL cannot be stored: {e}")
+        } else {
+            format!("the vault's store cannot keep WAL: {e}")
+        }),
+        CaptureError::Pg(PgError::Io(io) | PgError::Unreachable { source: io, .. }) if fds(io) => {
+            Some(format!(
+                "the vault ran out of file descriptors ({io}): this is the vault's limit, not PostgreSQL's; \
+             raise its LimitNOFILE or find what holds its connections"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Streams until `shutdown` becomes true, reconnecting with backoff and raising incidents.
 pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
     let mut down_since: Option<Instant> = None;
+    // Since when the vault itself has been unable to store WAL. Unlike `down_since`, a
+    // reconnect that gets the stream going again does not reset it: only WAL made durable does,
+    // or a full disk would reconnect forever below the grace period, unseen.
+    let mut stalled_since: Option<Instant> = None;
     while !stopping(&shutdown) {
+        let durable_before = *rt.durable.borrow();
         let result = stream_once(&rt, &mut shutdown).await;
+        if *rt.durable.borrow() != durable_before {
+            if stalled_since.take().is_some() {
+                tracing::info!(cluster = %rt.cluster.name, "WAL capture resumed: the vault stores WAL again");
+            }
+            rt.clear_incidents(&["capture_stalled"]);
+            rt.record_unrecorded().await;
+        }
         // A stream that got going ends the previous outage: the grace period restarts now.
         let was_streaming = rt.status().connected;
         if was_streaming {
@@ -104,6 +152,30 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                 rt.skip_gap.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             Err(e) => {
+                if let Some(cause) = vault_side(&e) {
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    rt.update(|s| s.last_error = Some(cause.clone()));
+                    tracing::error!(cluster = %rt.cluster.name, stalled_for_s = since.elapsed().as_secs(), cause = %cause, "WAL capture stalled on the vault's side; retrying");
+                    if since.elapsed() >= rt.cluster.stall_grace {
+                        let durable = rt.status().durable_lsn;
+                        rt.incident(
+                            "capture_stalled",
+                            format!(
+                                "the vault has stored no WAL for {}s: {cause}. The server keeps the WAL in the replication \
+                                 slot meanwhile, so its own disk fills instead; capture resumes without a gap once the cause is fixed",
+                                since.elapsed().as_secs()
+                            ),
+                            durable,
+                        )
+                        .await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop_requested(&mut shutdown) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
                 let msg = e.to_string();
                 rt.update(|s| s.last_error = Some(msg.clone()));
                 let since = *down_since.get_or_insert_with(Instant::now);
@@ -556,6 +628,8 @@ impl Writer<'_> {
                 .await?;
         }
         self.rt.durable.send_replace((self.tli, end));
+        // The store takes writes again: record incidents raised while it did not.
+        self.rt.record_unrecorded().await;
         // Status first: once the server hears "flushed", a synchronous commit returns, and
         // whoever asks the vault at that moment must already see the WAL as durable.
         self.publish();

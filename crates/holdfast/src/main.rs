@@ -225,7 +225,8 @@ enum VaultCommand {
         #[arg(long)]
         reason: String,
     },
-    /// Sign a deletion proposal with a keyholder key.
+    /// Sign a deletion proposal with a keyholder key: shows what would be deleted (objects by
+    /// kind, backups, WAL ranges) and asks for confirmation first.
     Sign {
         #[command(flatten)]
         remote: Remote,
@@ -234,6 +235,25 @@ enum VaultCommand {
         /// The keyholder key file from `holdfast keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// Sign without asking (scripts); what would be deleted is still printed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Offline recovery when no admin token is left: on the vault host, with the config and the
+    /// vault key (or an escrow identity), mint a new admin token. Recorded in the catalog and
+    /// alerted; a running vault accepts it when it is first presented.
+    RecoverAdmin {
+        #[arg(long)]
+        config: PathBuf,
+        /// Open the repository with this age identity (an escrow key) instead of the vault key.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Who is recovering and why (kept in the catalog and in the alert).
+        #[arg(long)]
+        reason: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Veto a deletion proposal (one keyholder is enough).
     Veto {
@@ -275,8 +295,12 @@ struct InitArgs {
     threshold: Option<usize>,
     #[arg(long, default_value_t = 30)]
     retention_days: u32,
+    /// Hours keyholders have to veto a deletion (at least 24).
     #[arg(long, default_value_t = 72)]
     wait_hours: u64,
+    /// Allow --wait-hours below 24. For tests only: the vault alerts at every start.
+    #[arg(long)]
+    testing_allow_short_wait: bool,
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
     /// Also write the first admin token to this file (mode 0600).
@@ -545,6 +569,30 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
             Ok(0)
         }
         VaultCommand::Token(t) => token(t).await,
+        VaultCommand::RecoverAdmin { config, identity, reason, out } => {
+            let cfg = load_config(&config)?;
+            let ids = load_identity(&identity)?;
+            let r = vault::recover_admin(&cfg, ids, &reason, &SystemClock).await?;
+            match out {
+                Some(f) => {
+                    vault::keyfile::write_private(&f, format!("{}\n", r.token.expose()).as_bytes())?;
+                    println!("{}", r.token.id());
+                }
+                None => println!("{}", r.token.expose()),
+            }
+            eprintln!(
+                "admin token {} minted offline and recorded in the catalog as {}; alert {}.\n  \
+                 a running vault accepts it when it is first presented (give it up to 10 s)",
+                r.token.id(),
+                r.record,
+                if r.alerted {
+                    "sent"
+                } else {
+                    "NOT delivered (no alert_command/webhook answered): tell the other admins yourself"
+                }
+            );
+            Ok(0)
+        }
         VaultCommand::Propose { remote, objects, backup, reason } => {
             let view = remote.client()?.propose(&ProposeRequest { objects, backup, reason }).await?;
             println!("{}", serde_json::to_string_pretty(&view)?);
@@ -554,7 +602,7 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
             );
             Ok(0)
         }
-        VaultCommand::Sign { remote, proposal, key } => {
+        VaultCommand::Sign { remote, proposal, key, yes } => {
             let client = remote.client()?;
             let key = load_signing_key(&key)?;
             let view = client.proposal(&proposal).await?;
@@ -565,12 +613,11 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
                     "the vault sent bytes to sign that do not match the proposal's statement: refusing to sign"
                 );
             }
-            eprintln!(
-                "signing deletion of {} object(s) from repository {}: {}",
-                view.statement.objects.len(),
-                view.statement.repository,
-                view.statement.reason
-            );
+            eprintln!("{}", describe_proposal(&view));
+            if !yes && !confirm("sign this deletion?")? {
+                eprintln!("not signed");
+                return Ok(1);
+            }
             let req = SignRequest {
                 public_key: hex::encode(key.verifying_key().as_bytes()),
                 signature: hex::encode(key.sign(&bytes).to_bytes()),
@@ -595,6 +642,77 @@ async fn vault_command(cmd: VaultCommand) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// What a proposal would delete, for a keyholder deciding whether to sign.
+fn describe_proposal(view: &vault_api::ProposalView) -> String {
+    use std::fmt::Write;
+    let st = &view.statement;
+    let mut out = format!(
+        "proposal {} on repository {}\n  reason (the proposer's words): {}\n  proposed {}, can execute after {}\n  deletes {} object(s)",
+        view.id,
+        st.repository,
+        st.reason,
+        st.proposed_at,
+        st.not_before,
+        st.objects.len()
+    );
+    match &view.effects {
+        None => {
+            out.push_str("\n  (this vault did not say what the objects hold: do not sign unless you know)")
+        }
+        Some(e) => {
+            let kinds: Vec<String> = e.objects_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = write!(out, ": {} ({} bytes)", kinds.join(", "), e.bytes);
+            if !e.records_by_kind.is_empty() {
+                let recs: Vec<String> = e.records_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                let _ = write!(out, "\n  catalog records: {}", recs.join(", "));
+            }
+            if e.backups.is_empty() {
+                out.push_str("\n  backups affected: none");
+            }
+            for b in &e.backups {
+                let _ = write!(
+                    out,
+                    "\n  backup {} {:?} of cluster {} taken {}: {}",
+                    b.id,
+                    b.label,
+                    b.cluster.as_deref().unwrap_or("-"),
+                    b.started,
+                    if b.how == "record" { "removed (no longer restorable)" } else { "loses data it uses" }
+                );
+            }
+            if e.wal.is_empty() {
+                out.push_str("\n  WAL affected: none");
+            }
+            for w in &e.wal {
+                let _ = write!(
+                    out,
+                    "\n  WAL of cluster {} timeline {}: {}..{} (points in time inside it become unrestorable)",
+                    w.cluster, w.timeline, w.start, w.end
+                );
+            }
+            if e.absent > 0 {
+                let _ = write!(out, "\n  {} named object(s) are already gone", e.absent);
+            }
+        }
+    }
+    out
+}
+
+/// Asks on the terminal; anything but y/yes is no. Without a terminal, no.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "{question} needs an answer: run it in a terminal, or pass --yes once you have read the list above"
+        );
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim().to_lowercase().as_str(), "y" | "yes"))
 }
 
 async fn init(a: InitArgs) -> Result<u8> {
@@ -630,6 +748,7 @@ async fn init(a: InitArgs) -> Result<u8> {
         threshold,
         retention_days: a.retention_days,
         wait_hours: a.wait_hours,
+        testing_allow_short_wait: a.testing_allow_short_wait,
         clusters: Vec::new(),
     };
     let done = match &a.store_config {

@@ -52,7 +52,8 @@ pub struct RestoreArgs {
     /// Start PostgreSQL on the restored data and wait until recovery reached the target.
     #[arg(long)]
     pub start: bool,
-    /// Port for --start (default: a free one).
+    /// Port for --start: the server then also listens on 127.0.0.1 at it (default: a free
+    /// port, Unix socket only).
     #[arg(long, requires = "start")]
     pub port: Option<u16>,
     /// At the target, end recovery and open for writes (default: pause, read-only, to inspect).
@@ -82,6 +83,8 @@ fn free_port() -> Result<u16> {
 
 pub async fn restore(a: RestoreArgs) -> Result<u8> {
     let mut exclusive = a.exclusive;
+    // Where the incident's transaction lies: the plan picks a backup of the interval holding it.
+    let mut near = None;
     let before = match a.before_incident {
         Some(n) => {
             let incidents =
@@ -94,6 +97,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
                 )
             })?;
             exclusive = true;
+            near = i.lsn;
             Some(match i.restore_target {
                 Some(vault_api::status::IncidentTarget::BeforeXid { xid }) => Target::Xid(xid),
                 Some(vault_api::status::IncidentTarget::BeforeLsn { lsn }) => Target::Lsn(lsn),
@@ -121,12 +125,23 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
         .to_string();
     let target_dir = std::path::absolute(&a.target_dir)
         .with_context(|| format!("resolving {}", a.target_dir.display()))?;
+    // The server's Unix socket goes into the target directory (its data directory) when the
+    // path fits the ~100-byte limit of socket paths, so that nothing is left elsewhere; else
+    // into a private directory under /tmp, removed again when the restore fails or is
+    // interrupted (after a successful --start the server uses it; the output names it).
+    let socket_in_target = target_dir.as_os_str().len() + "/.s.PGSQL.65535".len() < 100;
     let start = if a.start {
-        // A short socket path (Unix sockets are limited to ~100 bytes), private to this restore.
-        let socket_dir = std::env::temp_dir().join(format!("holdfast-restore-{}", std::process::id()));
-        std::fs::create_dir_all(&socket_dir).with_context(|| format!("creating {}", socket_dir.display()))?;
+        let socket_dir = if socket_in_target {
+            target_dir.clone()
+        } else {
+            let d = std::env::temp_dir().join(format!("holdfast-restore-{}", std::process::id()));
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            d
+        };
         let run_as = restore::pg::running_as_root().then(|| "postgres".to_string());
-        if let Some(user) = &run_as {
+        if let Some(user) = &run_as
+            && !socket_in_target
+        {
             let (uid, gid) = restore::pg::user_ids(user)?;
             std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid))?;
         }
@@ -138,6 +153,8 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
             socket_dir,
             run_as,
             timeout: Duration::from_secs(a.timeout_minutes * 60),
+            // --port: reachable at 127.0.0.1:port as well (the socket is private to this user).
+            tcp: a.port.map(|_| std::net::IpAddr::from([127, 0, 0, 1])),
         })
     } else {
         None
@@ -145,6 +162,7 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
     let opts = restore::Options {
         cluster: a.cluster.clone(),
         target,
+        near,
         backup: a.backup.clone(),
         exclusive,
         target_dir,
@@ -169,14 +187,43 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
             eprintln!("{line}");
         }
     };
-    let report = match restore::run(&opts, &progress).await {
-        Ok(r) => r,
-        Err(e) => {
-            // No server runs on it: the private socket directory goes (only if empty).
-            if let Some(s) = &opts.start {
-                let _ = std::fs::remove_dir(&s.socket_dir);
+    // The temporary socket directory, if one was made: removed whenever no server uses it.
+    let temp_socket = opts.start.as_ref().map(|s| s.socket_dir.clone()).filter(|_| !socket_in_target);
+    let cleanup = |stop_server: bool| {
+        if stop_server && opts.target_dir.join("postmaster.pid").exists() {
+            let server = restore::pg::Server {
+                bindir: restore::pg::bindir().unwrap_or_default(),
+                data: opts.target_dir.clone(),
+                port: 0,
+                socket_dir: opts.target_dir.clone(),
+                run_as: opts.start.as_ref().and_then(|s| s.run_as.clone()),
+                log: opts.target_dir.join("holdfast_restore.log"),
+                user: None,
+            };
+            if let Err(e) = server.stop() {
+                eprintln!("stopping the restored server: {e}");
             }
-            return Err(anyhow!("{e}"));
+        }
+        if let Some(d) = &temp_socket {
+            let _ = std::fs::remove_dir(d);
+        }
+    };
+    let report = tokio::select! {
+        r = restore::run(&opts, &progress) => match r {
+            Ok(r) => r,
+            Err(e) => {
+                cleanup(false);
+                return Err(anyhow!("{e}"));
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            // Interrupted: stop a server started on the copy, remove what is not the user's.
+            cleanup(true);
+            eprintln!(
+                "\ninterrupted: {} holds an incomplete restore (a rerun into it starts clean)",
+                opts.target_dir.display()
+            );
+            return Ok(130);
         }
     };
     if tty {
@@ -201,6 +248,20 @@ pub async fn restore(a: RestoreArgs) -> Result<u8> {
             println!("replay      {r:>8.1} s");
         }
         println!("total       {:>8.1} s", report.total_seconds);
+        if let Some(c) = &report.target_check {
+            println!("target      {}: {c}", if report.reached { "reached" } else { "NOT CONFIRMED" });
+        }
+        if let (Some(port), Some(dir)) = (report.port, &report.socket_dir) {
+            println!(
+                "connect     psql -h {} -p {port}{}",
+                dir.display(),
+                report
+                    .tcp
+                    .as_deref()
+                    .map(|t| format!("   or   psql -h 127.0.0.1 -p {port} (listening on {t})"))
+                    .unwrap_or_default()
+            );
+        }
         println!("{}", report.verdict);
     }
     Ok(if report.ok { 0 } else { 3 })

@@ -53,12 +53,36 @@ fn print_cluster(c: &ClusterStatus) {
         ),
         None => println!("  last backup:   none complete"),
     }
-    match &c.window {
-        Some(w) => println!(
-            "  restorable:    [{} ({}), {} ({})]",
-            w.earliest_time, w.earliest_lsn, w.latest_time, w.latest_lsn
-        ),
-        None => println!("  restorable:    nothing yet (needs a complete base backup)"),
+    // Every interval: a WAL gap ends one, a backup after it opens the next.
+    if c.windows.is_empty() {
+        match &c.window {
+            Some(w) => println!(
+                "  restorable:    [{} ({}), {} ({})]",
+                w.earliest_time, w.earliest_lsn, w.latest_time, w.latest_lsn
+            ),
+            None => println!("  restorable:    nothing yet (needs a complete base backup)"),
+        }
+    }
+    for (n, i) in c.windows.iter().enumerate() {
+        let w = &i.window;
+        println!(
+            "  {:<15}[{} ({}), {} ({})] timeline {}, from backup {}",
+            if n == 0 { "restorable:" } else { "" },
+            w.earliest_time,
+            w.earliest_lsn,
+            w.latest_time,
+            w.latest_lsn,
+            i.timeline,
+            i.backups.join(", ")
+        );
+    }
+    if c.windows.len() > 1 {
+        println!(
+            "                 (between these intervals the vault lacks WAL: those points cannot be restored)"
+        );
+    }
+    if let Some(note) = &c.first_backup {
+        println!("  first backup:  {note}");
     }
     if let Some((done, total)) = c.backup_progress {
         println!("  backup running: {} of ~{}", bytes(done), bytes(total));

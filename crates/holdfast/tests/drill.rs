@@ -279,9 +279,10 @@ fn a_cluster_without_a_passing_drill_becomes_overdue_and_alerts() {
     assert!(text.contains("OVERDUE"), "{text}");
     let out = s.cli(&read, &["status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("OVERDUE"));
-    // The Prometheus gauge says so as well.
+    // The Prometheus gauge says so as well (/metrics needs a read token).
+    let token = std::fs::read_to_string(&s.read_token).unwrap().trim().to_string();
     let client =
-        vault_api::VaultClient::new(s.v.url(), &std::fs::read(s.v.ca_path()).unwrap(), None).unwrap();
+        vault_api::VaultClient::new(s.v.url(), &std::fs::read(s.v.ca_path()).unwrap(), Some(token)).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let m = rt.block_on(client.metrics()).unwrap();
     assert!(m.contains("holdfast_drill_overdue{cluster=\"main\"} 1"), "{m}");

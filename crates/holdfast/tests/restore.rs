@@ -1,6 +1,8 @@
 //! Point-in-time restore from the vault with a read token, against a real PostgreSQL: to an
 //! LSN, a time, an xid, a restore point and the latest WAL, each compared row for row with what was committed at
-//! that moment; and the refusals (target outside the window, target directory not empty).
+//! that moment and confirmed by the self-check; the refusals (target outside the window or in a
+//! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
+//! backup; `--port`, and no temporary directory left behind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,13 @@ fn psql_restored(report: &serde_json::Value, password: &str, sql: &str) -> Strin
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The self-check confirmed the target, with evidence containing `evidence`.
+fn assert_checked(report: &serde_json::Value, evidence: &str) {
+    assert_eq!(report["reached"], true, "{report}");
+    let check = report["target_check"].as_str().unwrap_or_default();
+    assert!(check.contains(evidence), "self-check {check:?} lacks {evidence:?}");
 }
 
 fn stop_restored(dir: &Path) {
@@ -206,6 +215,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows at {}",
         moments[0].0
     );
+    assert_checked(&report, "reached exactly: replayed to");
     assert_eq!(
         psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
         "t",
@@ -235,6 +245,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
     assert_eq!(report["verify"], "passed", "pg_amcheck on the restored copy: {report}");
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[1].2, "rows at {when}");
+    assert_checked(&report, "next transaction end in the WAL");
     assert_eq!(
         psql_restored(&report, pg.superuser_password(), "SELECT pg_is_in_recovery()"),
         "f",
@@ -254,6 +265,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows at xid {}",
         xids[1]
     );
+    assert_checked(&report, "is committed on the restored server");
     stop_restored(&dir);
 
     // 3b. Just before that transaction committed (--exclusive): the first round's rows — how a
@@ -281,6 +293,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "rows just before xid {}",
         xids[1]
     );
+    assert_checked(&report, "is not committed on the restored server");
     stop_restored(&dir);
 
     // 4. To the restore point made after the first round.
@@ -300,14 +313,21 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         moments[0].2,
         "rows at the restore point"
     );
+    assert_checked(&report, "is the last replayed");
     stop_restored(&dir);
 
     // 5. Latest: everything.
     let dir = root.path().join("latest");
     let out = s.restore(&["--latest", "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
-    assert!(out.status.success(), "restore --latest: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore --latest: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), moments[2].2);
+    assert_checked(&report, "replayed to");
     assert!(report["base"]["bytes"].as_u64().unwrap() > 10 << 20, "{report}");
     stop_restored(&dir);
 
@@ -607,4 +627,244 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(psql_restored(&report, pg.superuser_password(), CHECKSUM), expected);
     stop_restored(&dir);
+}
+
+/// Issue 15: WAL the server recycled before the vault stored it (the vault down, its slot
+/// dropped) is a gap in the vault. Status shows two restorable intervals; everything before the
+/// gap stays restorable — also after a newer backup was taken past the gap, which a restore to a
+/// point before the gap must not pick — and a target inside the gap is refused, naming it. An
+/// xid's position is unknown before replay, so it is planned in the newest interval: PostgreSQL
+/// stops short, and the error quotes PostgreSQL's log and names the earlier interval's backup,
+/// with which `--backup` brings the exact rows back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_before_a_wal_gap_after_a_newer_backup_exists() {
+    let pg = TempPg::start_with(
+        TempPgOptions::default()
+            .setting("wal_keep_size", "0")
+            .setting("min_wal_size", "32MB")
+            .setting("max_wal_size", "32MB"),
+    )
+    .unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let (v, read_token) = vault_protecting(&pg);
+    let mut s = Setup { pg, v, read_token };
+    s.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 10 FROM generate_series(1, 2000) g").unwrap();
+    let before_gap_backup = backup_id(&s);
+    let xid =
+        s.pg.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 500; SELECT txid_current()")
+            .unwrap();
+    let xid = xid.lines().last().unwrap().trim().to_string();
+    let row = s.pg.psql(&format!("SELECT pg_current_wal_lsn(), ({CHECKSUM})")).unwrap();
+    let (lsn_a, rows_a) = row.split_once('|').unwrap();
+    let (lsn_a, rows_a) = (lsn_a.parse::<Lsn>().unwrap(), rows_a.to_string());
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+
+    // The gap: the vault is down, its slot dropped, and checkpoints recycle the WAL it missed.
+    s.v.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = s.pg.psql("SELECT pg_drop_replication_slot('holdfast_main')") {
+        assert!(Instant::now() < deadline, "cannot drop the slot: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.pg.psql("INSERT INTO accounts SELECT g, 1 FROM generate_series(3001, 4000) g").unwrap();
+    let in_gap: Lsn = s.pg.psql("SELECT pg_current_wal_insert_lsn()").unwrap().parse().unwrap();
+    for _ in 0..4 {
+        s.pg.psql("UPDATE accounts SET balance = balance + 1 WHERE id > 3000; SELECT pg_switch_wal()")
+            .unwrap();
+    }
+    s.pg.psql("CHECKPOINT").unwrap();
+    s.pg.psql("UPDATE accounts SET balance = 7 WHERE id = 1; SELECT pg_switch_wal()").unwrap();
+    s.pg.psql("CHECKPOINT").unwrap();
+    let seg = pgfmt::segment_name(pgfmt::TimelineId(1), flush.0 / (16 << 20), 16 << 20);
+    assert!(
+        !s.pg.data_dir().join("pg_wal").join(&seg).exists(),
+        "the server kept segment {seg}: the test cannot make a gap"
+    );
+    s.v.restart().unwrap();
+    s.pg.psql("UPDATE accounts SET balance = 8 WHERE id = 2").unwrap();
+    let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    // A newer backup after the gap, and more changes.
+    let after_gap_backup = backup_id(&s);
+    s.pg.psql("UPDATE accounts SET balance = 0 WHERE id > 1500").unwrap();
+    let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+
+    // Status: two intervals, each with its backup; the human form says what lies between.
+    let admin = s.v.scratch().join("admin.token");
+    let st = s.v.cli(&admin, &["status", "--json"]).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let windows = st["clusters"][0]["windows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(windows.len(), 2, "{st}");
+    assert!(windows[0]["backups"].to_string().contains(&before_gap_backup), "{st}");
+    assert!(windows[1]["backups"].to_string().contains(&after_gap_backup), "{st}");
+    let human = s.v.cli(&admin, &["status"]).unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("lacks WAL") && human.contains(&before_gap_backup), "{human}");
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // 1. A point before the gap: from the backup before it, the exact rows.
+    let dir = root.path().join("before-gap");
+    let out =
+        s.restore(&["--lsn", &lsn_a.to_string(), "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(
+        out.status.success(),
+        "restore before the gap: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backup"], before_gap_backup.as_str(), "{report}");
+    assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), rows_a, "rows before the gap");
+    assert_checked(&report, "reached exactly");
+    stop_restored(&dir);
+
+    // 2. A point inside the gap: refused before anything is written, naming the gap.
+    let dir = root.path().join("in-gap");
+    let out = s.restore(&["--lsn", &in_gap.to_string(), "--target-dir", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("WAL gap"), "{err}");
+    assert!(!dir.exists());
+
+    // 3. The xid before the gap, position unknown: PostgreSQL stops short, and says so.
+    let dir = root.path().join("xid-newest");
+    let out = s.restore(&["--xid", &xid, "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("recovery ended before configured recovery target was reached"), "{err}");
+    assert!(err.contains("--backup") && err.contains(&before_gap_backup), "{err}");
+    assert!(!err.contains("psql"), "a connection error instead of PostgreSQL's account: {err}");
+    println!("restore --xid {xid} planned in the newest interval, as reported:\n{err}");
+
+    // 4. … and `--backup` from the earlier interval brings the rows back.
+    let dir = root.path().join("xid-before-gap");
+    let out = s.restore(&[
+        "--xid",
+        &xid,
+        "--backup",
+        &before_gap_backup,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--json",
+    ]);
+    assert!(out.status.success(), "restore --xid --backup: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), rows_a, "rows at xid {xid}");
+    assert_checked(&report, "is committed");
+    stop_restored(&dir);
+}
+
+/// Issue 15: a cluster the vault protects but nobody took a base backup of is restorable from
+/// the start: the vault takes the first base backup itself at first connect and says so in
+/// status and its log. The restore from it listens on 127.0.0.1 at `--port` as well as its
+/// socket (and says so); its socket lives in the target directory when the path allows, and
+/// the private /tmp directory used otherwise is gone after a failure and after Ctrl-C, which
+/// also stops the server the interrupted restore had started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port_and_leaves_nothing_behind() {
+    let mut s = setup();
+    s.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 5 FROM generate_series(1, 3000) g").unwrap();
+    // Nobody runs `holdfast backup`: the vault's own first backup makes the cluster restorable.
+    let admin = s.v.scratch().join("admin.token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        let out = s.v.cli(&admin, &["status", "--json"]).unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if st["clusters"][0]["windows"].as_array().is_some_and(|w| !w.is_empty()) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no first backup: {st}\n{}", s.v.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let note = st["clusters"][0]["first_backup"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("taken by the vault itself"), "status does not say so: {st}");
+    assert!(s.v.log().contains("taking the first one"), "the log does not say so:\n{}", s.v.log());
+    let human = s.v.cli(&admin, &["status"]).unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("first backup:"));
+    s.pg.psql("UPDATE accounts SET balance = 6 WHERE id % 2 = 0").unwrap();
+    let expected = s.pg.psql(CHECKSUM).unwrap();
+    let flush: Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    // The restores below get a private TMPDIR (the machine's /tmp is shared with other runs):
+    // whatever is left in it, they left.
+    let tmp = tempfile::tempdir().unwrap();
+    let left_in_tmp = || -> Vec<PathBuf> {
+        std::fs::read_dir(tmp.path()).unwrap().filter_map(Result::ok).map(|e| e.path()).collect()
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // --port: TCP on 127.0.0.1 as well, said in the output; the socket in the target directory.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = root.path().join("latest");
+    let out = s.restore(&[
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--promote",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "restore: {}{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "the output does not name the TCP address: {text}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing listens on 127.0.0.1:{port}");
+    assert!(dir.join(format!(".s.PGSQL.{port}")).exists(), "the socket is not in the target directory");
+    let report = serde_json::json!({"socket_dir": dir.to_str().unwrap(), "port": port});
+    assert_eq!(psql_restored(&report, s.pg.superuser_password(), CHECKSUM), expected);
+    stop_restored(&dir);
+
+    // A target directory too long for a socket path: a private /tmp directory, gone after a
+    // refused restore …
+    let long = root.path().join("x".repeat(90)).join("restored");
+    let restore_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(holdfast());
+        cmd.arg("restore")
+            .args(["--cluster", "main", "--target-dir", long.to_str().unwrap(), "--start"])
+            .args(args)
+            .args(s.remote_args(&s.read_token))
+            .env("PGPASSWORD", s.pg.superuser_password())
+            .env("TMPDIR", tmp.path());
+        cmd
+    };
+    let out = restore_cmd(&["--time", "2001-01-01T00:00:00Z"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the restorable window"));
+    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after a failure");
+    // … and after Ctrl-C while the restored server replays: the vault goes away once the base
+    // data is in place, so recovery waits on `restore_command` (retrying ~30 s) with the server
+    // running — Ctrl-C then stops that server too.
+    let mut cmd = restore_cmd(&["--latest"]);
+    let stderr = root.path().join("interrupted.stderr");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !long.join("global/pg_control").exists() {
+        assert!(Instant::now() < deadline, "the restore did not get its base data");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.v.terminate();
+    while !long.join("postmaster.pid").exists() {
+        assert!(Instant::now() < deadline, "the restored server did not start");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before the server started: {}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "not reported as interrupted");
+    assert!(
+        !long.join("postmaster.pid").exists(),
+        "the server started by the interrupted restore still runs"
+    );
+    assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after Ctrl-C");
 }

@@ -288,3 +288,404 @@ fn init_refuses_without_escrow_and_names_the_fix() {
     let out = std::process::Command::new(BIN).args(["vault", "init", "--bogus"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Sets this process's soft limit on open files (children inherit it) with `prlimit`.
+fn set_soft_nofile(soft: u64) {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), &format!("--nofile={soft}:{hard}")])
+        .output()
+        .expect("prlimit (util-linux) is needed");
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Soft and hard "Max open files" of process `pid`.
+fn nofile(pid: u64) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+/// The WAL position the vault last reported as flushed (= durable in its store) to the server.
+fn vault_flush_lsn(pg: &testkit::pg::TempPg) -> Option<pgfmt::Lsn> {
+    pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_main'")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// A4 without any token: 2,000 idle TCP connections and 200 TLS handshakes that never finish,
+/// against a vault started with the common soft limit of 1,024 open files. The vault raises its
+/// own limit to the hard limit, keeps at most `unauthenticated_per_address` such connections
+/// per address and drops stalled handshakes after `tls_handshake_seconds`: WAL capture keeps
+/// streaming through the flood (the flush position the server sees advances) and nothing in
+/// the log blames PostgreSQL for a shortage of file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_does_not_stop_wal_capture() {
+    use std::io::Write as _;
+    use tokio::io::AsyncWriteExt;
+    let pg = testkit::pg::TempPg::start_with(testkit::pg::TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    pg.psql("CREATE TABLE t (id serial primary key, note text)").unwrap();
+    let mut v = TempVault::start(bin()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[limits]\nunauthenticated_per_address = 64\ntls_handshake_seconds = 2\n\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    // The vault starts under the common soft limit; it must raise it itself.
+    set_soft_nofile(1024);
+    v.restart().unwrap();
+    set_soft_nofile(16_384);
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(v.scratch().join("ready.json")).unwrap()).unwrap();
+    let pid = ready["pid"].as_u64().unwrap();
+    let (soft, hard) = nofile(pid);
+    assert_eq!(soft, hard, "the vault did not raise its open-files limit");
+    assert!(soft == "unlimited" || soft.parse::<u64>().unwrap() > 2_500, "soft limit {soft}");
+    let flushed =
+        pg.psql("INSERT INTO t (note) VALUES ('before'); SELECT pg_current_wal_flush_lsn()").unwrap();
+    let target: pgfmt::Lsn = flushed.lines().last().unwrap().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vault_flush_lsn(&pg).is_none_or(|l| l < target) {
+        assert!(std::time::Instant::now() < deadline, "capture did not start:\n{}", v.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The flood: idle TCP connections, then handshakes that stop after the record header.
+    let addr: std::net::SocketAddr = v.url().trim_start_matches("https://").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            held.push(s);
+        }
+    }
+    for _ in 0..200 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            // A handshake record announcing 16 KiB, of which 3 bytes ever arrive.
+            let _ = s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f]).await;
+            held.push(s);
+        }
+    }
+    assert!(held.len() >= 2000, "the test itself could not open its connections: {}", held.len());
+    // During the flood, commits keep reaching the vault's store.
+    let flood_start = std::time::Instant::now();
+    for round in 0..5 {
+        let out = pg
+            .psql(&format!("INSERT INTO t (note) SELECT 'flood {round}' FROM generate_series(1, 500); SELECT pg_current_wal_flush_lsn()"))
+            .unwrap();
+        let target: pgfmt::Lsn = out.lines().last().unwrap().parse().unwrap();
+        let t0 = std::time::Instant::now();
+        while vault_flush_lsn(&pg).is_none_or(|l| l < target) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "WAL capture stalled during the flood (round {round}, held {} connections):\n{}",
+                held.len(),
+                v.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A fresh wave each round, so the flood lasts the whole test.
+        for _ in 0..200 {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                held.push(s);
+            }
+        }
+    }
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    drop(held);
+    // The API answers a token holder again once the flood's connections are gone.
+    let admin = admin(&v);
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        match admin.status().await {
+            Ok(s) => break s,
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(20), "the API stayed unreachable: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = &status.clusters[0];
+    assert!(c.connected, "{c:?}");
+    let kinds: Vec<&str> = c.incidents.iter().map(|i| i.kind.as_str()).collect();
+    assert!(kinds.is_empty(), "incidents during the flood: {kinds:?}");
+    let log = v.log().to_lowercase();
+    assert!(!log.contains("too many open files"), "the vault ran out of descriptors:\n{log}");
+    eprintln!("flood of 3,200 unauthenticated connections over {flood_secs:.1} s: capture kept up");
+}
+
+/// The attack of issue 15: with the append token from the jump host, write an `incident`
+/// whose restore target lies elsewhere, so that after a restart `restore --before-incident N`
+/// follows it. Refused (nothing stored); after a restart the vault lists only the real
+/// incident, and `restore --before-incident 1` brings back every row the real DROP destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_incident_is_refused_and_restore_before_incident_follows_the_real_one() {
+    use std::io::Write as _;
+    use testkit::pg::{TempPg, TempPgOptions, bin as pg_bin, command_as_postgres};
+    let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(bin()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
+    write!(
+        conf,
+        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+    let admin_file = v.scratch().join("admin.token");
+    let out = v.cli(&admin_file, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    pg.psql(
+        "CREATE TABLE gift_cards AS SELECT g AS id, g * 100 AS balance_cents FROM generate_series(1, 3000) g",
+    )
+    .unwrap();
+    let admin_c = admin(&v);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The catalog snapshot names the table before it is dropped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.psql("DROP TABLE gift_cards").unwrap();
+    let real = loop {
+        let list = admin_c.incidents("main").await.unwrap();
+        if let Some(i) = list.iter().find(|i| i.kind == "relations_dropped") {
+            break i.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the real DROP raised no incident:\n{}", v.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The forgery: an incident "before" it whose target is the very start of the WAL.
+    let append =
+        admin_c.with_token(Some(admin_c.create_token(Scope::Append, "jump host").await.unwrap().token));
+    let mut forged = serde_json::to_value(&real).unwrap();
+    forged["message"] = "forged".into();
+    forged["restore_target"] = serde_json::json!({"before_lsn": {"lsn": "0/1000000"}});
+    forged["detected_at"] = serde_json::json!(0);
+    let reader = admin_c.with_token(Some(admin_c.create_token(Scope::Read, "auditor").await.unwrap().token));
+    for kind in ["incident", "drill", "backup.complete"] {
+        let before = reader.list_records(Some(kind)).await.unwrap().records.len();
+        let err = append.append_record(kind, forged.clone()).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{kind}: {err}");
+        assert_eq!(reader.list_records(Some(kind)).await.unwrap().records.len(), before, "{kind} was stored");
+    }
+    v.kill();
+    v.restart().unwrap();
+    let admin = admin(&v);
+    let list = admin.incidents("main").await.unwrap();
+    let kinds: Vec<(&str, &str)> = list.iter().map(|i| (i.kind.as_str(), i.message.as_str())).collect();
+    assert_eq!(list.len(), 1, "{kinds:?}");
+    assert_eq!(list[0], real);
+
+    let read = v.scratch().join("read.token");
+    std::fs::write(&read, format!("{}\n", admin.create_token(Scope::Read, "restore").await.unwrap().token))
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("undo");
+    let out = std::process::Command::new(bin())
+        .arg("restore")
+        .args(["--cluster", "main", "--before-incident", "1", "--start", "--promote", "--json"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(v.remote_args(&read))
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut q = command_as_postgres(Path::new("env"));
+    q.arg(format!("PGPASSWORD={}", pg.superuser_password()))
+        .arg(pg_bin("psql").unwrap())
+        .arg("-h")
+        .arg(report["socket_dir"].as_str().unwrap())
+        .args([
+            "-p",
+            &report["port"].as_u64().unwrap().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+        ])
+        .args(["-c", "SELECT count(*) || ':' || sum(balance_cents) FROM gift_cards"]);
+    let got = q.output().unwrap();
+    let mut stop = command_as_postgres(&pg_bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "3000:450150000",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+}
+
+/// A keyholder asked to sign sees what would be deleted — the backup by id and label, object
+/// kinds, bytes — and is asked; without a terminal and without `--yes` nothing is signed.
+#[test]
+fn vault_sign_lists_what_would_be_deleted_and_asks_first() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for name in ["alice", "bob"] {
+        let path = scratch.path().join(format!("{name}.key"));
+        let out = std::process::Command::new(bin())
+            .args(["keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        keys.push((name.to_string(), String::from_utf8(out.stdout).unwrap().trim().to_string(), path));
+    }
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: keys.iter().map(|(n, k, _)| (n.clone(), k.clone())).collect(),
+        threshold: Some(2),
+        ..Default::default()
+    };
+    let v = TempVault::start_with(bin(), opts).unwrap();
+    let data = scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("orders.csv"), noise(7, 300_000)).unwrap();
+    let config = v.config_path();
+    let out = run(
+        &v,
+        &[
+            "vault",
+            "ingest",
+            "--config",
+            config.to_str().unwrap(),
+            "--label",
+            "nightly",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = v.scratch().join("admin.token");
+    let cli = |args: &[&str], stdin: std::process::Stdio| {
+        let mut c = std::process::Command::new(bin());
+        c.args(args).args(v.remote_args(&token)).stdin(stdin);
+        c.output().unwrap()
+    };
+    let out = cli(
+        &["vault", "propose", "--backup", &backup, "--reason", "disk space"],
+        std::process::Stdio::null(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = view["id"].as_str().unwrap().to_string();
+    let key = keys[0].2.to_str().unwrap();
+    let out = cli(&["vault", "sign", "--proposal", &id, "--key", key], std::process::Stdio::null());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signed without being asked: {err}");
+    for shown in
+        [backup.as_str(), "\"nightly\"", "removed (no longer restorable)", "pack", "bytes", "disk space"]
+    {
+        assert!(err.contains(shown), "`vault sign` did not show {shown:?}:\n{err}");
+    }
+    assert!(err.contains("--yes"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(admin(&v).proposal(&id)).unwrap().signed_by.is_empty(), "a signature was recorded");
+    let out = cli(&["vault", "sign", "--proposal", &id, "--key", key, "--yes"], std::process::Stdio::null());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rt.block_on(admin(&v).proposal(&id)).unwrap().signed_by.len(), 1);
+}
+
+/// A backup a quorum deleted is gone from status, inventory and the restorable window at once
+/// and after a restart (a restore inside the old window cannot pick it and fail with a 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_deleted_backup_leaves_inventory_status_and_window() {
+    use std::io::Write as _;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for name in ["alice", "bob"] {
+        let path = scratch.path().join(format!("{name}.key"));
+        let out = std::process::Command::new(bin())
+            .args(["keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        keys.push((name.to_string(), String::from_utf8(out.stdout).unwrap().trim().to_string(), path));
+    }
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: keys.iter().map(|(n, k, _)| (n.clone(), k.clone())).collect(),
+        threshold: Some(2),
+        ..Default::default()
+    };
+    let pg = testkit::pg::TempPg::start_with(testkit::pg::TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start_with(bin(), opts).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    // A test vault: no waiting period (refused without the override, which alerts).
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    let text = text.replace("wait_hours = 72", "wait_hours = 0\ntesting_allow_short_wait = true");
+    let mut conf = std::fs::File::create(v.config_path()).unwrap();
+    write!(
+        conf,
+        "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        pg.socket_dir().display(),
+        pg.port(),
+        pw.display()
+    )
+    .unwrap();
+    drop(conf);
+    v.kill();
+    v.restart().unwrap();
+    assert!(v.log().contains("quorum.short_wait"), "the testing override was not alerted:\n{}", v.log());
+    let client = admin(&v);
+    let first = client.backup_cluster("main").await.unwrap();
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let second = client.backup_cluster("main").await.unwrap();
+    let ids = |inv: &vault_api::status::Inventory| -> Vec<String> {
+        inv.backups.iter().map(|b| b.backup.id.clone()).collect()
+    };
+    let inv = client.inventory("main").await.unwrap();
+    assert_eq!(ids(&inv), vec![first.id.clone(), second.id.clone()]);
+    assert_eq!(inv.window.as_ref().unwrap().earliest_lsn, first.start_lsn);
+
+    let p = client
+        .propose(&vault_api::ProposeRequest {
+            objects: vec![],
+            backup: Some(first.id.clone()),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let token = v.scratch().join("admin.token");
+    for (_, _, key) in &keys {
+        let out = std::process::Command::new(bin())
+            .args(["vault", "sign", "--proposal", &p.id, "--key", key.to_str().unwrap(), "--yes"])
+            .args(v.remote_args(&token))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    client.execute(&p.id).await.unwrap();
+    let check = |inv: &vault_api::status::Inventory, when: &str| {
+        assert_eq!(ids(inv), vec![second.id.clone()], "{when}");
+        let w = inv.window.as_ref().unwrap_or_else(|| panic!("{when}: no window"));
+        assert_eq!(w.earliest_lsn, second.start_lsn, "{when}: the window still starts at the deleted backup");
+    };
+    check(&client.inventory("main").await.unwrap(), "right after the deletion");
+    let st = client.status().await.unwrap();
+    assert_eq!(st.clusters[0].last_backup.as_ref().map(|b| b.id.clone()), Some(second.id.clone()));
+    v.kill();
+    v.restart().unwrap();
+    check(&admin(&v).inventory("main").await.unwrap(), "after a restart");
+}

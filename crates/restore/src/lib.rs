@@ -18,6 +18,7 @@
 //! `store` is a dependency for its `Timestamp` type only (re-exported through `vault-api`'s
 //! wire types); nothing here reads a repository.
 
+pub mod check;
 pub mod materialize;
 pub mod pg;
 pub mod plan;
@@ -29,8 +30,10 @@ pub use plan::{Plan, PlanError, Target, plan};
 /// Errors of a restore, each saying what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Boxed: a refusal carries the restorable intervals, and every `Result` here would carry
+    /// their size.
     #[error(transparent)]
-    Plan(#[from] PlanError),
+    Plan(Box<PlanError>),
     #[error("the vault: {0}")]
     Vault(#[from] vault_api::ClientError),
     #[error("{what}: {source}")]
@@ -41,6 +44,20 @@ pub enum RestoreError {
     Postgres(String),
     #[error("{0}")]
     Damaged(String),
+    /// The restored server stopped during recovery; the caller adds what was asked.
+    #[error(
+        "PostgreSQL stopped during recovery{}; its log ({}) says:\n  {}",
+        if *ended_before_target { " before reaching the target" } else { "" },
+        log.display(),
+        postgres.join("\n  ")
+    )]
+    StoppedShort { postgres: Vec<String>, ended_before_target: bool, log: PathBuf },
+}
+
+impl From<PlanError> for RestoreError {
+    fn from(e: PlanError) -> Self {
+        RestoreError::Plan(Box::new(e))
+    }
 }
 
 impl RestoreError {
@@ -67,6 +84,9 @@ pub struct StartOptions {
     pub run_as: Option<String>,
     /// How long recovery may take.
     pub timeout: Duration,
+    /// Also listen on TCP at this address (and `port`), e.g. `127.0.0.1`; `None`: the Unix
+    /// socket only.
+    pub tcp: Option<std::net::IpAddr>,
 }
 
 /// One restore.
@@ -74,6 +94,9 @@ pub struct StartOptions {
 pub struct Options {
     pub cluster: String,
     pub target: Target,
+    /// Where an xid or restore point target lies, when known (an incident's LSN): the backup
+    /// is chosen in the restorable interval holding it.
+    pub near: Option<pgfmt::Lsn>,
     /// Restore from this backup instead of the newest that reaches the target.
     pub backup: Option<String>,
     /// Stop just before the target (`recovery_target_inclusive = false`): for `--xid`, the
@@ -121,13 +144,18 @@ pub struct Report {
     pub last_replayed_commit: Option<String>,
     pub port: Option<u16>,
     pub socket_dir: Option<PathBuf>,
+    /// `address:port` the server also listens on, when asked.
+    pub tcp: Option<String>,
     pub action: recovery::Action,
     /// `pg_amcheck` outcome with `--verify`: "passed", or what it found, or why it was skipped.
     pub verify: Option<String>,
     /// One line: what was restored and whether the self-check passed.
     pub verdict: String,
-    /// Recovery reached the target and stopped before anything after it.
+    /// Recovery reached the target and stopped before anything after it — only when checked
+    /// ([`check`]).
     pub reached: bool,
+    /// How reaching the target was checked and what that showed, or what could not be checked.
+    pub target_check: Option<String>,
     /// `reached`, and `--verify` (if asked) passed.
     pub ok: bool,
 }
@@ -215,7 +243,7 @@ fn damaged(
 ) -> RestoreError {
     let usable: Vec<String> = without
         .iter()
-        .filter(|id| plan::plan_from(inventory, &opts.target, Some(id)).is_ok())
+        .filter(|id| plan::plan_near(inventory, &opts.target, Some(id), opts.near).is_ok())
         .cloned()
         .collect();
     let advice = match usable.first() {
@@ -231,6 +259,86 @@ fn damaged(
     ))
 }
 
+/// The context of PostgreSQL stopping short: what was asked, from which backup, and where else
+/// the target may lie.
+fn stopped_short(plan: &Plan, e: &RestoreError) -> RestoreError {
+    let w = &plan.window;
+    let others: Vec<&vault_api::window::Interval> =
+        plan.intervals.iter().filter(|i| i.window.latest_lsn != w.latest_lsn).collect();
+    let elsewhere = if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Other restorable intervals: {} (their backups: {}); rerun with --backup from the one holding the target.",
+            vault_api::window::describe(&others.iter().map(|i| (*i).clone()).collect::<Vec<_>>()),
+            others.iter().map(|i| i.backups.join(", ")).collect::<Vec<_>>().join("; ")
+        )
+    };
+    RestoreError::Postgres(format!(
+        "recovery from backup {} did not reach {}: the WAL it can replay runs from {} ({}) to {} ({}).{elsewhere} \
+         The target directory holds a half-recovered copy that is marked incomplete: a rerun into it starts clean.\n{e}",
+        plan.backup.backup.id, plan.target, w.earliest_time, w.earliest_lsn, w.latest_time, w.latest_lsn
+    ))
+}
+
+/// The vault's WAL records around `at` (from the start of the segment holding the position
+/// 64 KiB before it, to 64 KiB after it), decoded with
+/// `pg_waldump` in a scratch directory inside the target directory, removed afterwards.
+async fn wal_around(opts: &Options, plan: &Plan, at: pgfmt::Lsn) -> Result<Vec<check::Record>, String> {
+    let seg = plan.segment_size;
+    let lo = pgfmt::Lsn(at.0.saturating_sub(64 << 10).max(plan.backup.backup.start_lsn.0));
+    let hi = pgfmt::Lsn(at.0 + (64 << 10));
+    // The timeline of the segment holding `at`, from the plan (the last one names it if
+    // recovery went past the plan, for --latest).
+    let name_of = |segno: u64| -> Option<(u32, String)> {
+        plan.segments
+            .iter()
+            .rev()
+            .filter_map(|n| pgfmt::parse_segment_name(n, seg).ok().map(|(t, s)| (t, s, n)))
+            .find(|(_, s, _)| *s == segno)
+            .map(|(t, _, n)| (t.0, n.clone()))
+            .or_else(|| {
+                let (t, _) = pgfmt::parse_segment_name(plan.segments.last()?, seg).ok()?;
+                Some((t.0, pgfmt::segment_name(t, segno, seg)))
+            })
+    };
+    let (tli, _) = name_of(pgfmt::lsn_to_segno(at, seg)).ok_or("no segment holds the replay position")?;
+    let dir = opts.target_dir.join("holdfast_check_wal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let result = async {
+        let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))
+            .map_err(|e| e.to_string())?;
+        let mut first = None;
+        for segno in pgfmt::lsn_to_segno(lo, seg)..=pgfmt::lsn_to_segno(hi, seg) {
+            let Some((t, name)) = name_of(segno) else { continue };
+            if t != tli {
+                continue;
+            }
+            match with_retry(&name, || client.wal_file(&opts.cluster, &name)).await {
+                Ok((bytes, _)) => {
+                    std::fs::write(dir.join(&name), &bytes).map_err(|e| format!("writing {name}: {e}"))?;
+                    first.get_or_insert(segno);
+                }
+                Err(vault_api::ClientError::Api { status: 404, .. }) => break,
+                Err(e) => return Err(format!("fetching {name}: {e}")),
+            }
+        }
+        let Some(first) = first else { return Err("the vault has none of the WAL around it".to_string()) };
+        // From a segment's start: pg_waldump finds the first record there from the page
+        // header, where an arbitrary position may lie in a switched segment's zeroed tail.
+        let start = pgfmt::segment_start(first, seg).max(plan.backup.backup.start_lsn);
+        let bindir = pg::bindir().map_err(|e| e.to_string())?;
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || check::waldump(&bindir, &d, tli, start, hi))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Restores `opts.cluster` to `opts.target` into `opts.target_dir`; with `opts.start`, starts
 /// PostgreSQL and waits until recovery has reached the target. `progress` is called now and
 /// then with (phase, done, total).
@@ -239,13 +347,20 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     ensure_empty(&opts.target_dir)?;
     let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))?;
     let inventory = client.inventory(&opts.cluster).await?;
-    let plan = plan::plan_from(&inventory, &opts.target, opts.backup.as_deref())?;
+    let plan = plan::plan_near(&inventory, &opts.target, opts.backup.as_deref(), opts.near)?;
     tracing::info!(
         cluster = %opts.cluster, backup = %plan.backup.backup.id, segments = plan.segments.len(),
         "restoring {}", opts.target
     );
     {
+        // Missing parents with the usual mode (0700 on them would keep the server's user, when
+        // it is not ours, from reaching its data directory); the directory itself 0700, as
+        // PostgreSQL requires.
         use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = opts.target_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(RestoreError::io(format!("creating {}", parent.display())))?;
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -314,10 +429,12 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         last_replayed_commit: None,
         port: None,
         socket_dir: None,
+        tcp: None,
         action: opts.action,
         verify: None,
         verdict: String::new(),
         reached: false,
+        target_check: None,
         ok: true,
     };
     if opts.trust_local {
@@ -361,14 +478,20 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
     let s2 = server.clone();
     let timeout = start.timeout;
+    let tcp = start.tcp;
     let waited = tokio::task::spawn_blocking(move || {
-        s2.start()?;
+        s2.start_listening(tcp)?;
         s2.wait_recovered(promote, timeout)
     })
     .await
     .map_err(|e| RestoreError::Postgres(e.to_string()))?;
     prefetcher.abort();
-    waited?;
+    if let Err(e) = waited {
+        return Err(match e {
+            RestoreError::StoppedShort { .. } => stopped_short(&plan, &e),
+            e => e,
+        });
+    }
     report.replay_seconds = Some(t_replay.elapsed().as_secs_f64());
     report.ready_seconds = Some(t0.elapsed().as_secs_f64());
     report.wal_prefetched_segments = stats.segments.load(std::sync::atomic::Ordering::Relaxed);
@@ -376,30 +499,64 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     report.wal_fetch_seconds = stats.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
     report.port = Some(start.port);
     report.socket_dir = Some(start.socket_dir.clone());
-    // Self-check: where did recovery stop?
+    report.tcp = start.tcp.map(|a| std::net::SocketAddr::new(a, start.port).to_string());
+    // Self-check: where did recovery stop, and is that the target?
     let s3 = server.clone();
-    let (lsn, commit) = tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
+    let xid = match opts.target {
+        Target::Xid(x) => Some(x),
+        _ => None,
+    };
+    let (lsn, commit, xid_status) = tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
         let lsn = s3.query("SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text")?;
-        let commit = s3.query("SELECT coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')")?;
-        Ok((lsn, commit))
+        let commit = s3.query(
+            "SELECT coalesce((extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint::text, '')",
+        )?;
+        let xid_status = match xid {
+            Some(x) => {
+                let xmax = s3
+                    .query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")?
+                    .and_then(|v| v.parse::<u64>().ok());
+                match xmax.map(|m| check::full_xid(x, m)) {
+                    Some(Some(full)) => Some(s3.query(&format!("SELECT coalesce(txid_status({full}), 'unknown (too old)')"))?),
+                    Some(None) => Some(None),
+                    None => Some(Some("unknown (no snapshot)".to_string())),
+                }
+            }
+            None => None,
+        };
+        Ok((lsn, commit, xid_status))
     })
     .await
     .map_err(|e| RestoreError::Postgres(e.to_string()))??;
     report.recovered_lsn = lsn.clone();
-    report.last_replayed_commit = commit.filter(|c| !c.is_empty());
-    let reached = match (&opts.target, lsn.as_deref().map(str::parse::<pgfmt::Lsn>)) {
-        // Exclusive: replay stopped before the record at the target (its end ≤ the target).
-        (Target::Lsn(t), Some(Ok(got))) if opts.exclusive => got <= *t,
-        (Target::Lsn(t), Some(Ok(got))) => got >= *t,
-        (Target::Time(t), _) => report
-            .last_replayed_commit
-            .as_deref()
-            .and_then(|c| c.get(..19).map(|s| format!("{s}Z")))
-            .and_then(|c| c.parse::<store::Timestamp>().ok())
-            .is_none_or(|c| c <= *t),
-        (_, Some(Ok(_))) => true,
-        _ => false,
+    let commit_us = commit.as_deref().and_then(|c| c.parse::<i64>().ok());
+    report.last_replayed_commit = commit_us.map(|us| {
+        let t = store::Timestamp(us.div_euclid(1_000_000)).to_string();
+        format!("{}.{:06}Z", t.trim_end_matches('Z'), us.rem_euclid(1_000_000))
+    });
+    let replay = lsn.as_deref().and_then(|l| l.parse::<pgfmt::Lsn>().ok());
+    let outcome = match (&opts.target, replay, xid_status) {
+        (_, None, _) => check::Outcome {
+            reached: false,
+            detail: format!("could not check: the restored server reported no replay position ({lsn:?})"),
+        },
+        (Target::Xid(x), Some(_), Some(status)) => check::judge_xid(*x, opts.exclusive, status.as_deref()),
+        (_, Some(at), _) => {
+            let end = match opts.target {
+                Target::Lsn(l) => l,
+                _ => plan.window.latest_lsn,
+            };
+            match wal_around(opts, &plan, at).await {
+                Ok(records) => check::judge_wal(&opts.target, opts.exclusive, at, commit_us, end, &records),
+                Err(e) => check::Outcome {
+                    reached: false,
+                    detail: format!("could not check {} against the vault's WAL: {e}", opts.target),
+                },
+            }
+        }
     };
+    let reached = outcome.reached;
+    report.target_check = Some(outcome.detail);
     report.reached = reached;
     report.ok = reached;
     // Recovery reached its target: this is no longer a restore cut short.
@@ -433,7 +590,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     report.total_seconds = t0.elapsed().as_secs_f64();
     report.verdict = format!(
         "{}: cluster {} restored to {} from backup {} — recovered to {}{}, {} in {:.1} s (base data {:.1} s, replay {:.1} s){}; \
-         running on port {} ({})",
+         target check: {}; running on port {} (socket in {}{})",
         if report.ok { "OK" } else { "CHECK FAILED" },
         opts.cluster,
         opts.target,
@@ -445,8 +602,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         report.base.seconds,
         report.replay_seconds.unwrap_or(0.0),
         report.verify.as_deref().map(|v| format!("; pg_amcheck {v}")).unwrap_or_default(),
+        report.target_check.as_deref().unwrap_or("not run"),
         start.port,
         start.socket_dir.display(),
+        report.tcp.as_deref().map(|a| format!(", and TCP {a}")).unwrap_or_default(),
     );
     Ok(report)
 }

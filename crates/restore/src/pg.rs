@@ -107,9 +107,17 @@ impl Server {
         }
     }
 
-    /// `pg_ctl start`; returns once the postmaster runs (not yet at the target).
+    /// `pg_ctl start`; returns once the postmaster runs (not yet at the target). Listens on
+    /// the Unix socket only.
     pub fn start(&self) -> Result<(), RestoreError> {
-        let opts = format!("-p {} -k {} -c listen_addresses=''", self.port, self.socket_dir.display());
+        self.start_listening(None)
+    }
+
+    /// [`Server::start`], also listening on TCP at `tcp` (e.g. `127.0.0.1`) and the port.
+    pub fn start_listening(&self, tcp: Option<std::net::IpAddr>) -> Result<(), RestoreError> {
+        let listen = tcp.map(|a| a.to_string()).unwrap_or_default();
+        let opts =
+            format!("-p {} -k {} -c listen_addresses='{listen}'", self.port, self.socket_dir.display());
         let out = self
             .command("pg_ctl")
             .arg("-D")
@@ -154,7 +162,11 @@ impl Server {
             return Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()));
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("starting up") || err.contains("No such file") || err.contains("not yet accepting") {
+        // Not up yet, or going down (the caller then finds the postmaster gone and reads its log).
+        if ["starting up", "No such file", "not yet accepting", "shutting down", "Connection refused"]
+            .iter()
+            .any(|k| err.contains(k))
+        {
             return Ok(None);
         }
         if err.contains("authentication failed") || err.contains("no password supplied") {
@@ -191,9 +203,14 @@ impl Server {
         }
     }
 
-    /// Whether a postmaster runs on the data directory (its pid file exists).
+    /// Whether a postmaster runs on the data directory: its pid file names a live process.
     pub fn running(&self) -> bool {
-        self.data.join("postmaster.pid").exists()
+        let Ok(pidfile) = std::fs::read_to_string(self.data.join("postmaster.pid")) else { return false };
+        match pidfile.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            // Being written: treat as running.
+            None => true,
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -206,35 +223,65 @@ impl Server {
         )
     }
 
-    /// Waits until recovery is over (promoted) or paused at the target.
+    /// PostgreSQL's own account of how recovery went: the log lines about recovery and every
+    /// FATAL/PANIC, the last 15 of them.
+    pub fn recovery_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                ["FATAL", "PANIC", "recovery", "redo ", "consistent", "restore point", "transaction"]
+                    .iter()
+                    .any(|k| l.contains(k))
+                    // Our own polling while it started, not its story.
+                    && !["is starting up", "not yet accepting connections", "is shutting down"]
+                        .iter()
+                        .any(|k| l.contains(k))
+            })
+            .map(str::to_string)
+            .collect();
+        lines[lines.len().saturating_sub(15)..].to_vec()
+    }
+
+    /// Waits until recovery is over (promoted) or paused at the target. When PostgreSQL stops
+    /// on the way (it ended recovery before the target, or could not replay), the error is
+    /// [`RestoreError::StoppedShort`] with PostgreSQL's own log lines.
     pub fn wait_recovered(&self, promote: bool, timeout: Duration) -> Result<(), RestoreError> {
         let t0 = Instant::now();
+        let stopped = || RestoreError::StoppedShort {
+            postgres: self.recovery_lines(),
+            ended_before_target: std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .contains("recovery ended before configured recovery target was reached"),
+            log: self.log.clone(),
+        };
         loop {
             // pg_ctl -W returns before the postmaster writes its pid file: allow it a moment.
             if !self.running() && t0.elapsed() > Duration::from_secs(5) {
-                let tail = self.log_tail();
-                if tail.contains("recovery ended before configured recovery target was reached") {
-                    return Err(RestoreError::Postgres(format!(
-                        "PostgreSQL replayed all the WAL the vault holds without reaching the target: \
-                         no transaction committed after that time, or no WAL record lies at or after that LSN. \
-                         Restore to an earlier target, or use --latest (the target directory holds a half-recovered copy: \
-                         remove it before the next attempt){tail}"
-                    )));
-                }
-                return Err(RestoreError::Postgres(format!(
-                    "the restored server stopped during recovery{tail}"
-                )));
+                return Err(stopped());
             }
             let sql = "SELECT pg_is_in_recovery()::text || ' ' || \
                        CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END";
-            if let Some(v) = self.query(sql)? {
-                let done = if promote {
-                    v.starts_with("false")
-                } else {
-                    v == "true paused" || v.starts_with("false")
-                };
-                if done {
-                    return Ok(());
+            match self.query(sql) {
+                Ok(Some(v)) => {
+                    let done = if promote {
+                        v.starts_with("false")
+                    } else {
+                        v == "true paused" || v.starts_with("false")
+                    };
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => {}
+                // A connection error while the server goes down is not the story: PostgreSQL's
+                // log is.
+                Err(e) => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    if !self.running() {
+                        return Err(stopped());
+                    }
+                    return Err(e);
                 }
             }
             if t0.elapsed() > timeout {

@@ -3,6 +3,7 @@
 use pgfmt::Lsn;
 use store::Timestamp;
 use vault_api::status::{Inventory, InventoryBackup, WalRun, Window};
+use vault_api::window::Interval;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,11 @@ pub struct Plan {
     pub segments: Vec<String>,
     /// History files of the timelines involved.
     pub histories: Vec<String>,
+    /// The restorable interval the restore stays in: from the backup's consistency point to the
+    /// end of the unbroken WAL after it.
     pub window: Window,
+    /// Every restorable interval of the cluster (to say where else a target may lie).
+    pub intervals: Vec<Interval>,
 }
 
 /// Why a restore is refused before anything is written.
@@ -58,10 +63,11 @@ pub enum PlanError {
     )]
     NoWindow { cluster: String },
     #[error(
-        "{target} is outside the restorable window of cluster {cluster}: [{} ({}), {} ({})]",
-        window.earliest_time, window.earliest_lsn, window.latest_time, window.latest_lsn
+        "{target} is outside the restorable window of cluster {cluster}{}: restorable are {}",
+        if *in_gap { " (it lies in a WAL gap: WAL the vault never stored)" } else { "" },
+        vault_api::window::describe(intervals)
     )]
-    OutsideWindow { cluster: String, target: String, window: Window },
+    OutsideWindow { cluster: String, target: String, intervals: Vec<Interval>, in_gap: bool },
     #[error(
         "WAL segment {segment} of cluster {cluster} is missing from the vault: WAL {from}..{to} on timeline {timeline} \
          is not stored, so {target} cannot be reached from backup {backup}; restore to a point before {from}"
@@ -78,10 +84,17 @@ pub enum PlanError {
     #[error("the vault's inventory of cluster {0} names no WAL segment size (no WAL stored yet)")]
     NoWal(String),
     #[error(
-        "backup {backup} cannot be used for {target}: it is not a complete backup of cluster {cluster} that ends before \
-         the target (the complete backups: {available})"
+        "backup {backup} cannot be used for {target}: it is not a complete backup of cluster {cluster} whose \
+         restorable interval holds the target (the complete backups: {available}; restorable: {})",
+        vault_api::window::describe(intervals)
     )]
-    BackupUnusable { cluster: String, backup: String, target: String, available: String },
+    BackupUnusable {
+        cluster: String,
+        backup: String,
+        target: String,
+        available: String,
+        intervals: Vec<Interval>,
+    },
 }
 
 /// Plans a restore of `target` from what the vault holds.
@@ -91,59 +104,119 @@ pub fn plan(inv: &Inventory, target: &Target) -> Result<Plan, PlanError> {
 
 /// [`plan`], from backup `only` when given (e.g. an older backup, when the newest is damaged).
 pub fn plan_from(inv: &Inventory, target: &Target, only: Option<&str>) -> Result<Plan, PlanError> {
+    plan_near(inv, target, only, None)
+}
+
+/// [`plan_from`], with where an xid or restore point target lies when that is known (e.g. an
+/// incident's LSN): the backup is then chosen in the interval holding it, which matters after
+/// a WAL gap. Without it, such targets are planned in the newest interval (their position is
+/// known only once replayed); if PostgreSQL then stops short, its message says so.
+pub fn plan_near(
+    inv: &Inventory,
+    target: &Target,
+    only: Option<&str>,
+    near: Option<Lsn>,
+) -> Result<Plan, PlanError> {
     let cluster = inv.cluster.clone();
     if inv.backups.is_empty() {
         return Err(PlanError::NoBackup(cluster));
     }
-    let window = inv.window.clone().ok_or_else(|| PlanError::NoWindow { cluster: cluster.clone() })?;
+    // Computed here from the backups and WAL runs, as the vault does: an inventory from an
+    // older vault (one window) is planned the same way.
+    let intervals = vault_api::window::intervals(&inv.backups, &inv.wal);
+    if intervals.is_empty() {
+        return Err(PlanError::NoWindow { cluster });
+    }
     let seg_size = inv.segment_size.ok_or_else(|| PlanError::NoWal(cluster.clone()))?;
-    let outside = || PlanError::OutsideWindow {
-        cluster: cluster.clone(),
-        target: target.to_string(),
-        window: window.clone(),
-    };
-    // The newest backup that reaches the target.
-    let candidates = inv
+    let newest = intervals.iter().max_by_key(|i| (i.timeline, i.window.latest_lsn)).cloned();
+    // Every usable backup with the interval it opens, newest first.
+    let usable: Vec<(&InventoryBackup, Window, u32)> = inv
         .backups
         .iter()
         .rev()
-        .filter(|b| b.backup.start_lsn >= window.earliest_lsn)
-        .filter(|b| only.is_none_or(|id| b.backup.id == id));
-    let backup = match target {
-        Target::Lsn(l) => {
-            if *l < window.earliest_lsn || *l > window.latest_lsn {
-                return Err(outside());
-            }
-            candidates.clone().find(|b| b.backup.stop_lsn <= *l)
-        }
-        Target::Time(t) => {
-            if *t < window.earliest_time || *t > window.latest_time {
-                return Err(outside());
-            }
-            candidates.clone().find(|b| b.consistent_time.is_some_and(|c| c <= *t))
-        }
-        // Where an xid committed or a restore point lies is known only once replayed: the
-        // newest backup, as pgBackRest does; PostgreSQL refuses if the target precedes it.
-        Target::Latest | Target::Xid(_) | Target::Name(_) => candidates.clone().next(),
-    }
-    .ok_or_else(|| match only {
-        Some(id) => PlanError::BackupUnusable {
-            cluster: cluster.clone(),
-            backup: id.to_string(),
-            target: target.to_string(),
-            available: inv.backups.iter().map(|b| b.backup.id.as_str()).collect::<Vec<_>>().join(", "),
+        .filter_map(|b| {
+            let r = vault_api::window::reach(&inv.wal, &b.backup)?;
+            Some((
+                b,
+                Window {
+                    earliest_lsn: b.backup.stop_lsn,
+                    earliest_time: b.consistent_time?,
+                    latest_lsn: r.lsn,
+                    latest_time: r.time,
+                },
+                r.timeline,
+            ))
+        })
+        .collect();
+    let holds_lsn = |w: &Window, l: Lsn| w.earliest_lsn <= l && l <= w.latest_lsn;
+    let holds = |w: &Window| match target {
+        Target::Lsn(l) => holds_lsn(w, *l),
+        Target::Time(t) => w.earliest_time <= *t && *t <= w.latest_time,
+        Target::Xid(_) | Target::Name(_) => match near {
+            Some(l) => holds_lsn(w, l),
+            None => newest.as_ref().is_some_and(|n| n.window.latest_lsn == w.latest_lsn),
         },
-        None => outside(),
-    })?
-    .clone();
-    // Recovery needs every byte from the backup's start to the target (or, when the target's
-    // position is unknown, to the newest byte).
+        Target::Latest => newest.as_ref().is_some_and(|n| n.window.latest_lsn == w.latest_lsn),
+    };
+    let chosen = match only {
+        // An explicit backup: a target its interval holds; `--latest`, or an xid or restore
+        // point of unknown position: the end of its own interval.
+        Some(id) => usable.iter().find(|(b, w, _)| {
+            b.backup.id == id
+                && match target {
+                    Target::Latest => true,
+                    Target::Xid(_) | Target::Name(_) if near.is_none() => true,
+                    _ => holds(w),
+                }
+        }),
+        None => usable.iter().find(|(_, w, _)| holds(w)),
+    };
+    let Some((backup, window, last_tli)) = chosen.cloned() else {
+        return Err(match only {
+            Some(id) => PlanError::BackupUnusable {
+                cluster: cluster.clone(),
+                backup: id.to_string(),
+                target: target.to_string(),
+                available: inv.backups.iter().map(|b| b.backup.id.as_str()).collect::<Vec<_>>().join(", "),
+                intervals,
+            },
+            None => {
+                // Between the first interval's start and the last one's end: in a gap.
+                let first = intervals.first().map(|i| &i.window);
+                let in_gap = match (target, first, &newest) {
+                    (Target::Lsn(l), Some(f), Some(n)) => f.earliest_lsn <= *l && *l <= n.window.latest_lsn,
+                    (Target::Time(t), Some(f), Some(n)) => {
+                        f.earliest_time <= *t && *t <= n.window.latest_time
+                    }
+                    _ => false,
+                };
+                PlanError::OutsideWindow {
+                    cluster: cluster.clone(),
+                    target: target.to_string(),
+                    intervals,
+                    in_gap,
+                }
+            }
+        });
+    };
+    let backup = backup.clone();
+    // Recovery needs every byte from the backup's start to the target, or, when the target's
+    // position is unknown, to the end of the backup's interval — never across a gap.
     let need_to = match target {
         Target::Lsn(l) => *l,
         _ => window.latest_lsn,
     };
-    let (segments, histories) = wal_needed(inv, &backup, need_to, seg_size, target)?;
-    Ok(Plan { cluster, backup, target: target.clone(), segment_size: seg_size, segments, histories, window })
+    let (segments, histories) = wal_needed(inv, &backup, need_to, last_tli, seg_size, target)?;
+    Ok(Plan {
+        cluster,
+        backup,
+        target: target.clone(),
+        segment_size: seg_size,
+        segments,
+        histories,
+        window,
+        intervals,
+    })
 }
 
 /// The segment files from the backup's start to `to`, following timelines upwards; a gap is
@@ -152,18 +225,20 @@ fn wal_needed(
     inv: &Inventory,
     backup: &InventoryBackup,
     to: Lsn,
+    last_tli: u32,
     seg_size: u64,
     target: &Target,
 ) -> Result<(Vec<String>, Vec<String>), PlanError> {
     let b = &backup.backup;
-    let mut timelines: Vec<u32> = inv.wal.iter().map(|r| r.timeline).filter(|t| *t >= b.timeline).collect();
+    // Up to the timeline the backup's interval ends on (not one recovery cannot get onto).
+    let mut timelines: Vec<u32> =
+        inv.wal.iter().map(|r| r.timeline).filter(|t| *t >= b.timeline && *t <= last_tli).collect();
     timelines.sort_unstable();
     timelines.dedup();
     let runs = |tli: u32| inv.wal.iter().filter(move |r| r.timeline == tli);
     let mut segments = Vec::new();
     let mut histories = Vec::new();
     let mut from = b.start_lsn;
-    let last_tli = timelines.last().copied().unwrap_or(b.timeline);
     for &tli in &timelines {
         if tli != b.timeline && inv.histories.contains(&tli) {
             histories.push(pgfmt::history_file_name(pgfmt::TimelineId(tli)));
@@ -248,12 +323,9 @@ mod tests {
                 })
                 .collect(),
             histories: vec![],
-            window: Some(Window {
-                earliest_lsn: Lsn(2 * SEG),
-                earliest_time: Timestamp(1000),
-                latest_lsn: Lsn(7 * SEG + 10),
-                latest_time: Timestamp(3000),
-            }),
+            // Deliberately stale: the plan computes the intervals itself from backups and WAL.
+            window: None,
+            windows: vec![],
         }
     }
 
@@ -287,24 +359,63 @@ mod tests {
         ] {
             let e = plan(&inv, &t).unwrap_err();
             assert!(matches!(e, PlanError::OutsideWindow { .. }), "{t}: {e}");
-            assert!(e.to_string().contains("0/2000000") && e.to_string().contains("0/700000A"), "{e}");
+            assert!(e.to_string().contains("0/2000064") && e.to_string().contains("0/700000A"), "{e}");
         }
     }
 
     #[test]
-    fn a_gap_is_refused_naming_the_segment() {
-        // WAL 3..4 segments missing.
-        let inv = inventory(vec![(SEG, 3 * SEG + 5), (4 * SEG, 7 * SEG + 10)]);
-        let e = plan(&inv, &Target::Lsn(Lsn(4 * SEG + 50))).unwrap_err();
+    fn a_target_in_a_gap_is_refused_and_before_the_gap_is_restored_from_a_backup_before_it() {
+        // WAL 3..4 segments missing; b1 before the gap, b2 after it (newer).
+        let mut inv = inventory(vec![(SEG, 3 * SEG + 5), (4 * SEG, 7 * SEG + 10)]);
+        inv.wal[0].end_time = Timestamp(1400);
+        inv.wal[1].start_time = Timestamp(1600);
+        let e = plan(&inv, &Target::Lsn(Lsn(4 * SEG - 50))).unwrap_err();
         match &e {
-            PlanError::WalGap { segment, from, to, .. } => {
-                assert_eq!(segment, "000000010000000000000003");
-                assert_eq!((*from, *to), (Lsn(3 * SEG + 5), Lsn(4 * SEG)));
+            PlanError::OutsideWindow { in_gap, intervals, .. } => {
+                assert!(in_gap, "{e}");
+                assert_eq!(intervals.len(), 2, "{e}");
             }
             other => panic!("{other}"),
         }
-        // Before the gap is fine.
-        assert!(plan(&inv, &Target::Lsn(Lsn(3 * SEG))).is_ok());
+        assert!(e.to_string().contains("WAL gap") && e.to_string().contains("0/3000005"), "{e}");
+        // Before the gap: from b1, although b2 is newer, and no segment past the gap.
+        for t in [Target::Lsn(Lsn(3 * SEG)), Target::Time(Timestamp(1300))] {
+            let p = plan(&inv, &t).unwrap();
+            assert_eq!(p.backup.backup.id, "b1", "{t}");
+            assert!(
+                p.segments.iter().all(|s| s.as_str() <= "000000010000000000000003"),
+                "{t}: {:?}",
+                p.segments
+            );
+        }
+        // A time in the gap is refused; one after it comes from b2.
+        assert!(matches!(
+            plan(&inv, &Target::Time(Timestamp(1500))).unwrap_err(),
+            PlanError::OutsideWindow { in_gap: true, .. }
+        ));
+        assert_eq!(plan(&inv, &Target::Time(Timestamp(2500))).unwrap().backup.backup.id, "b2");
+        // An xid whose commit is known to lie before the gap (an incident's LSN): b1, WAL to the gap.
+        let p = plan_near(&inv, &Target::Xid(7), None, Some(Lsn(3 * SEG))).unwrap();
+        assert_eq!(p.backup.backup.id, "b1");
+        assert_eq!(p.segments.last().unwrap(), "000000010000000000000003");
+        // Without the hint: the newest interval. `--backup b1 --latest`: the end of b1's interval.
+        assert_eq!(plan(&inv, &Target::Xid(7)).unwrap().backup.backup.id, "b2");
+        let p = plan_from(&inv, &Target::Latest, Some("b1")).unwrap();
+        assert_eq!(p.window.latest_lsn, Lsn(3 * SEG + 5));
+        // `--backup b2` for a point before the gap: refused, naming both intervals.
+        let e = plan_from(&inv, &Target::Lsn(Lsn(3 * SEG)), Some("b2")).unwrap_err();
+        assert!(matches!(e, PlanError::BackupUnusable { .. }), "{e}");
+        assert!(e.to_string().contains("0/3000005") && e.to_string().contains("0/700000A"), "{e}");
+    }
+
+    #[test]
+    fn a_deleted_backup_is_not_offered() {
+        let mut inv = inventory(vec![(SEG, 7 * SEG + 10)]);
+        // The vault took b2 out of the inventory (a quorum deletion): b1 serves every target.
+        inv.backups.retain(|b| b.backup.id != "b2");
+        assert_eq!(plan(&inv, &Target::Latest).unwrap().backup.backup.id, "b1");
+        assert_eq!(plan(&inv, &Target::Time(Timestamp(2500))).unwrap().backup.backup.id, "b1");
+        assert!(plan_from(&inv, &Target::Latest, Some("b2")).is_err());
     }
 
     #[test]

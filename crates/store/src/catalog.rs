@@ -28,6 +28,12 @@ pub struct CatalogRecord {
     pub nonce: String,
     /// Kind-specific content.
     pub body: serde_json::Value,
+    /// The id of the token that had the vault append this record on its behalf (`POST
+    /// /v1/records`); absent for records the vault wrote itself. Readers of vault-owned kinds
+    /// (incidents, drills, tokens, …) ignore records that carry an author: a client can never
+    /// write the vault's own history, even if an older vault let one through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// A strictly increasing write ordinal: wall-clock nanoseconds, never repeating or going back
@@ -76,6 +82,7 @@ impl CatalogRecord {
             seq: next_seq(),
             nonce: hex::encode(nonce),
             body,
+            author: None,
         })
     }
 

@@ -175,6 +175,60 @@ pub fn header_from_bytes(
     parse_header(keys, name, &bytes[start..bytes.len() - TRAILER_LEN], start as u64)
 }
 
+/// Checks that `bytes` are a well-formed pack of the repository whose keys are `keys`, before
+/// anything stores them: the header opens with the repository's data key, the blobs tile the
+/// blob area exactly (in order, no gap, no overlap, nothing unaccounted for), and every blob
+/// opens, has its declared plaintext length and hashes to its chunk id under the repository's
+/// id key. Anything else — random bytes, a pack of another repository, a header that lies —
+/// would be reported as damage by `check` for as long as it is retained, so it is refused at
+/// the door. Returns the blobs. CPU-bound: call it off the async runtime for large packs.
+pub fn validate(keys: &MasterKeys, name: &ObjectName, bytes: &[u8]) -> Result<Vec<BlobEntry>, RepoError> {
+    if name.kind != ObjectKind::Pack {
+        return Err(RepoError::malformed(format!("{name}"), "not a pack object name"));
+    }
+    let blobs = header_from_bytes(keys, name, bytes)?;
+    let what = format!("pack {name}");
+    if blobs.is_empty() {
+        return Err(RepoError::malformed(&what, "the header lists no blobs"));
+    }
+    let header_start = {
+        let trailer = &bytes[bytes.len() - TRAILER_LEN..];
+        bytes.len() as u64 - TRAILER_LEN as u64 - header_length(name, trailer, bytes.len() as u64)?
+    };
+    let mut at = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for b in &blobs {
+        if b.offset != at {
+            return Err(RepoError::malformed(
+                &what,
+                format!("blob {} starts at {} but the previous one ends at {at}", b.id, b.offset),
+            ));
+        }
+        if !seen.insert(b.id) {
+            return Err(RepoError::malformed(&what, format!("blob {} is listed twice", b.id)));
+        }
+        let env = &bytes[b.offset as usize..(b.offset + b.length) as usize];
+        let plain = keys.open_named(env, format!("blob {} of {what}", b.id))?;
+        if plain.len() as u64 != b.raw_length {
+            return Err(RepoError::malformed(
+                &what,
+                format!("blob {} holds {} bytes, the header says {}", b.id, plain.len(), b.raw_length),
+            ));
+        }
+        if keys.chunk_id(&plain) != b.id {
+            return Err(RepoError::malformed(&what, format!("blob {} does not hash to its id", b.id)));
+        }
+        at = b.offset + b.length;
+    }
+    if at != header_start {
+        return Err(RepoError::malformed(
+            &what,
+            format!("{} bytes between the last blob and the header belong to no blob", header_start - at),
+        ));
+    }
+    Ok(blobs)
+}
+
 /// Reads a pack's header from the store with two range reads.
 pub async fn read_header(
     store: &dyn ObjectStore,
@@ -229,5 +283,35 @@ mod tests {
         bad[at] = b'X';
         assert!(header_from_bytes(&keys, &f.name, &bad).is_err());
         assert!(header_from_bytes(&keys, &f.name, b"short").is_err());
+        assert_eq!(validate(&keys, &f.name, &f.bytes).unwrap(), f.blobs);
+    }
+
+    #[test]
+    fn validate_refuses_junk_foreign_and_lying_packs() {
+        let keys = MasterKeys::from_bytes([1; 32], [2; 32]);
+        let other = MasterKeys::from_bytes([3; 32], [4; 32]);
+        let pack = |k: &MasterKeys, plain: &[u8], lie: Option<ChunkId>| {
+            let mut p = Packer::new(1 << 20);
+            let sealed = k.seal(plain, 3).unwrap();
+            p.add(lie.unwrap_or_else(|| k.chunk_id(plain)), BlobType::Data, &sealed, plain.len() as u64);
+            p.finish(k, 3).unwrap()
+        };
+        let good = pack(&keys, b"precious", None);
+        validate(&keys, &good.name, &good.bytes).unwrap();
+        let junk = ObjectName::for_bytes(ObjectKind::Pack, b"ransom note");
+        assert!(validate(&keys, &junk, b"ransom note").is_err());
+        let foreign = pack(&other, b"precious", None);
+        assert!(validate(&keys, &foreign.name, &foreign.bytes).is_err(), "another repository's pack");
+        let lying = pack(&keys, b"precious", Some(keys.chunk_id(b"something else")));
+        let err = validate(&keys, &lying.name, &lying.bytes).unwrap_err().to_string();
+        assert!(err.contains("does not hash to its id"), "{err}");
+        // Bytes smuggled between the blobs and a genuine header.
+        let mut p = Packer::new(1 << 20);
+        let sealed = keys.seal(b"x", 3).unwrap();
+        p.add(keys.chunk_id(b"x"), BlobType::Data, &sealed, 1);
+        p.buf.extend_from_slice(b"smuggled");
+        let f = p.finish(&keys, 3).unwrap();
+        let err = validate(&keys, &f.name, &f.bytes).unwrap_err().to_string();
+        assert!(err.contains("belong to no blob"), "{err}");
     }
 }

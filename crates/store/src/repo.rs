@@ -258,7 +258,21 @@ impl Repository {
         written_at: Timestamp,
         retain_until: Timestamp,
     ) -> Result<ObjectName, RepoError> {
-        let rec = CatalogRecord::new(kind, body, written_at)?;
+        self.append_record_by(kind, body, written_at, retain_until, None).await
+    }
+
+    /// [`Repository::append_record`] on behalf of a client token (`author`: its id), which the
+    /// record keeps so that readers can tell client-written records from the vault's own.
+    pub async fn append_record_by(
+        &self,
+        kind: &str,
+        body: serde_json::Value,
+        written_at: Timestamp,
+        retain_until: Timestamp,
+        author: Option<&str>,
+    ) -> Result<ObjectName, RepoError> {
+        let mut rec = CatalogRecord::new(kind, body, written_at)?;
+        rec.author = author.map(str::to_string);
         let (name, bytes) = rec.seal(&self.inner.keys, self.inner.config.zstd_level)?;
         self.inner.store.put_if_absent(&name, bytes.into(), retain_until).await?;
         self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner()).insert(name, rec);

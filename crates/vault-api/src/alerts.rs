@@ -198,6 +198,45 @@ impl Webhooks {
     }
 }
 
+/// Delivers `event` once, now, and waits: to `command` (the JSON on its stdin, 60 s at most)
+/// and to every hook (one attempt each, 10 s). For an offline tool that exits right after —
+/// `holdfast vault recover-admin` — where background retries would die with the process.
+/// Returns whether anything accepted it.
+pub async fn deliver_now(command: Option<&[String]>, hooks: &[Webhook], event: &serde_json::Value) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut delivered = false;
+    if let Some(cmd) = command.filter(|c| !c.is_empty()) {
+        let child = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Ok(mut child) => {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(event.to_string().as_bytes()).await;
+                }
+                match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+                    Ok(Ok(s)) if s.success() => delivered = true,
+                    other => tracing::error!(program = %cmd[0], outcome = ?other, "the alert command failed"),
+                }
+            }
+            Err(e) => {
+                tracing::error!(program = %cmd[0], error = %e, "the alert command could not be started")
+            }
+        }
+    }
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    for hook in hooks {
+        match http.post(&hook.url).json(&body(hook.format, event)).send().await {
+            Ok(r) if r.status().is_success() => delivered = true,
+            Ok(r) => tracing::error!(webhook = %hook.name, status = %r.status(), "alert not delivered"),
+            Err(e) => tracing::error!(webhook = %hook.name, error = %e, "alert not delivered"),
+        }
+    }
+    delivered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,9 +131,9 @@ impl VaultClient {
         self.json(self.http.get(format!("{}/healthz", self.base))).await
     }
 
-    /// `GET /metrics`: Prometheus text.
+    /// `GET /metrics`: Prometheus text (a read or admin token).
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let resp = self.send(self.http.get(format!("{}/metrics", self.base))).await?;
+        let resp = self.send(self.request(Method::GET, "/metrics")).await?;
         resp.text().await.map_err(|e| ClientError::Transport { url: self.base.clone(), source: e })
     }
 

@@ -16,6 +16,7 @@ pub mod drill;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod window;
 pub mod wire;
 
 pub use client::{ClientError, VaultClient};

@@ -26,8 +26,12 @@ pub struct ClusterStatus {
     pub lag_seconds: Option<f64>,
     /// The last base backup that is complete (all its WAL is stored).
     pub last_backup: Option<BackupSummary>,
-    /// The span that can be restored, if any backup is complete.
+    /// The newest restorable interval (the one a `--latest` restore reaches), if any.
     pub window: Option<Window>,
+    /// Every restorable interval, oldest first: a WAL gap ends one, a backup after it starts
+    /// the next (see [`crate::window`]).
+    #[serde(default)]
+    pub windows: Vec<crate::window::Interval>,
     /// The last error, while not connected.
     pub last_error: Option<String>,
     /// Incidents recorded for this cluster, newest last (at most 20).
@@ -36,6 +40,10 @@ pub struct ClusterStatus {
     pub last_contact: Option<Timestamp>,
     /// A base backup in progress: (bytes received, bytes expected).
     pub backup_progress: Option<(u64, u64)>,
+    /// The vault's own first base backup of a cluster that had none: running, taken, or
+    /// failing (and retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_backup: Option<String>,
     /// Restore drills: last result, schedule, overdue (filled by the vault).
     #[serde(default)]
     pub drill: Option<crate::drill::DrillStatus>,
@@ -70,7 +78,7 @@ pub struct BackupSummary {
 pub struct Incident {
     pub cluster: String,
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
-    /// `timeline_switch`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
+    /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
     /// `mass_update`.
     pub kind: String,
     pub detected_at: Timestamp,
@@ -239,7 +247,11 @@ pub struct Inventory {
     pub wal: Vec<WalRun>,
     /// Timelines whose history file is stored.
     pub histories: Vec<u32>,
+    /// The newest restorable interval.
     pub window: Option<Window>,
+    /// Every restorable interval, oldest first ([`Inventory::refresh_windows`]).
+    #[serde(default)]
+    pub windows: Vec<crate::window::Interval>,
 }
 
 /// A complete base backup with the server's clock at its consistency point.

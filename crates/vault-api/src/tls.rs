@@ -64,14 +64,82 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))
 }
 
-/// Accepts TCP connections, completes TLS, and serves HTTP/1.1 with `router` on each until
-/// `shutdown` turns true (then in-flight requests get 10 s to finish).
+/// Limits on connections that have not shown a valid token yet.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Connections one IP address may hold open before one of its requests with a token is
+    /// answered with anything but 401. The next one is closed at once, before TLS.
+    pub unauthenticated_per_address: usize,
+    /// How long a TLS handshake may take.
+    pub handshake: std::time::Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits { unauthenticated_per_address: 32, handshake: std::time::Duration::from_secs(10) }
+    }
+}
+
+/// Unauthenticated connections per address.
+type Counts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One unauthenticated connection's place in [`Counts`]; given back when dropped.
+struct Unauthenticated {
+    counts: Counts,
+    ip: std::net::IpAddr,
+}
+
+impl Unauthenticated {
+    fn acquire(counts: &Counts, ip: std::net::IpAddr, limit: usize) -> Option<Unauthenticated> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// [`serve_https_limited`] with the default [`ConnLimits`].
 pub async fn serve_https(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    serve_https_limited(listener, acceptor, router, shutdown, ConnLimits::default()).await
+}
+
+/// Accepts TCP connections, completes TLS, and serves HTTP/1.1 with `router` on each until
+/// `shutdown` turns true (then in-flight requests get 10 s to finish).
+///
+/// Unauthenticated connections are what an attacker without a token can open by the thousand:
+/// each address may hold `limits.unauthenticated_per_address` of them (a connection stops
+/// counting once a request on it carrying a token is answered with anything but 401), and a TLS
+/// handshake gets `limits.handshake`. Accepting fails when the process runs out of file
+/// descriptors; that is logged as what it is, and accepting pauses briefly rather than spin.
+pub async fn serve_https_limited(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    limits: ConnLimits,
+) {
+    let counts: Counts = Default::default();
+    let mut refused: u64 = 0;
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -79,15 +147,27 @@ pub async fn serve_https(
                 let (tcp, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accepting a connection failed");
+                        if matches!(e.raw_os_error(), Some(24 | 23)) {
+                            tracing::error!(error = %e, "accepting a connection failed: this process is out of file descriptors (too many open files); raise LimitNOFILE or find who holds the connections");
+                        } else {
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                        }
+                        // Back off instead of spinning.
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Some(place) = Unauthenticated::acquire(&counts, peer.ip(), limits.unauthenticated_per_address) else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%peer, refused, limit = limits.unauthenticated_per_address, "closed a connection: too many unauthenticated connections from this address");
+                    }
+                    drop(tcp);
+                    continue;
+                };
                 let (acceptor, router, mut shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
                 conns.spawn(async move {
-                    let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -98,7 +178,18 @@ pub async fn serve_https(
                             return;
                         }
                     };
-                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let place = std::sync::Arc::new(std::sync::Mutex::new(Some(place)));
+                    let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                        let (router, place) = (router.clone(), place.clone());
+                        let has_token = req.headers().contains_key(axum::http::header::AUTHORIZATION);
+                        async move {
+                            let resp = tower::ServiceExt::oneshot(router, req).await;
+                            if let Ok(r) = &resp && has_token && r.status() != axum::http::StatusCode::UNAUTHORIZED {
+                                place.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            }
+                            resp
+                        }
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(30))

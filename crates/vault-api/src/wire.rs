@@ -42,9 +42,12 @@ pub struct ListObjectsResponse {
     pub objects: Vec<ObjectMeta>,
 }
 
-/// Catalog record kinds an `append` token may write. Everything else (tokens, retention,
-/// deletions, backups) is written only by the vault itself.
-pub const APPENDABLE_RECORD_KINDS: &[&str] = &["audit.batch", "drill", "incident"];
+/// Catalog record kinds an `append` token may write: what its one real client, the gate, ships
+/// (signed audit batches). Everything else — incidents, drills, backups, WAL summaries,
+/// retention, tokens, deletions — is the vault's own history and written only by the vault's
+/// code; a record a client appended carries the client's token id, and readers of vault-owned
+/// kinds ignore such records.
+pub const APPENDABLE_RECORD_KINDS: &[&str] = &["audit.batch"];
 
 /// `POST /v1/records` request.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -196,6 +199,47 @@ pub struct ProposalView {
     pub threshold: usize,
     pub vetoed_by: Option<String>,
     pub executed_at: Option<Timestamp>,
+    /// What executing it would remove, worked out by the vault when asked (what `vault sign`
+    /// shows before asking for confirmation). Absent in answers that do not compute it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<ProposalEffects>,
+}
+
+/// What a deletion proposal would remove, in the terms people decide on.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProposalEffects {
+    /// Objects named, by object kind (`pack`, `wal`, `catalog`, …).
+    pub objects_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Catalog records named, by record kind (`backup`, `backup.complete`, …).
+    pub records_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Backups that would lose their record or data: id, label, cluster, time.
+    pub backups: Vec<AffectedBackup>,
+    /// WAL that would be removed: cluster, timeline, byte range.
+    pub wal: Vec<AffectedWal>,
+    /// Bytes that would be removed.
+    pub bytes: u64,
+    /// Objects named that are no longer in the store.
+    pub absent: u64,
+}
+
+/// A backup a proposal affects.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AffectedBackup {
+    pub id: String,
+    pub label: String,
+    pub cluster: Option<String>,
+    pub started: Timestamp,
+    /// `record` (its catalog entry goes: it can no longer be restored) or `data` (packs it uses).
+    pub how: String,
+}
+
+/// A stretch of WAL a proposal would remove.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AffectedWal {
+    pub cluster: String,
+    pub timeline: u32,
+    pub start: String,
+    pub end: String,
 }
 
 /// `POST /v1/proposals/{id}/signatures` request.

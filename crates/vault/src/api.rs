@@ -54,6 +54,24 @@ pub struct Shared {
     pub drills: crate::drill::Drills,
     /// Alert delivery to the configured webhooks.
     pub webhooks: Arc<crate::alerts::Webhooks>,
+    /// Writes per token in the current minute, and when each token was last alerted about a
+    /// refused write (one alert per token per episode, not one per request).
+    pub writes: std::sync::Mutex<BTreeMap<String, WriteWindow>>,
+    /// Object counts and sizes for `/metrics`, listed at most once a minute.
+    pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<KindStats>)>>,
+    /// When the token records were last re-read for an unknown token id.
+    pub token_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Objects and bytes stored of one kind.
+pub type KindStats = (ObjectKind, u64, u64);
+
+/// One token's writes in the current one-minute window.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteWindow {
+    started: std::time::Instant,
+    count: u32,
+    last_alert: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -96,6 +114,9 @@ impl ApiError {
     }
     fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
     fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "{what} failed");
@@ -206,6 +227,10 @@ impl Shared {
         })?;
         let token: Token =
             text.parse().map_err(|_| unauthorized("malformed token: expected hft_<16 hex>_<secret>"))?;
+        let known = self.state.read().await.tokens.contains_key(token.id());
+        if !known {
+            self.reload_tokens().await;
+        }
         let state = self.state.read().await;
         let entry = state
             .authenticate(&token)
@@ -219,6 +244,103 @@ impl Shared {
             )));
         }
         Ok(entry.clone())
+    }
+
+    /// Admits one write of `bytes` by client token `who`, or refuses it: more than
+    /// `token_writes_per_minute` writes this minute (429), or past `token_quota_bytes_per_day`
+    /// stored by this token today on the vault's clock (507). A refusal is alerted once per
+    /// token per 10 minutes. Per day, not per life: a gate ships audit batches for years.
+    fn charge(&self, state: &VaultState, who: &TokenEntry, bytes: u64) -> ApiResult<()> {
+        let limits = &self.config.limits;
+        let now = std::time::Instant::now();
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let w =
+            writes.entry(who.id.clone()).or_insert(WriteWindow { started: now, count: 0, last_alert: None });
+        if now.duration_since(w.started) >= Duration::from_secs(60) {
+            w.started = now;
+            w.count = 0;
+        }
+        let used = state.used_today(&who.id, self.clock.now());
+        let refusal = if w.count >= limits.token_writes_per_minute {
+            Some((
+                "token.rate_limited",
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "token {} made {} writes this minute, the limit is {} (limits.token_writes_per_minute): slow down and retry in a minute",
+                        who.id, w.count, limits.token_writes_per_minute
+                    ),
+                ),
+            ))
+        } else if used.saturating_add(bytes) > limits.token_quota_bytes_per_day {
+            Some((
+                "token.quota_exceeded",
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "token {} has stored {used} bytes today; {bytes} more would pass its daily quota of {} bytes (limits.token_quota_bytes_per_day): nothing was stored — retry tomorrow (vault clock, UTC), or ask a vault admin to raise the quota",
+                        who.id, limits.token_quota_bytes_per_day
+                    ),
+                ),
+            ))
+        } else {
+            None
+        };
+        let Some((alert, err)) = refusal else {
+            w.count += 1;
+            return Ok(());
+        };
+        let alert_now = w.last_alert.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(600));
+        if alert_now {
+            w.last_alert = Some(now);
+        }
+        drop(writes);
+        if alert_now {
+            self.alert(serde_json::json!({
+                "alert": alert,
+                "token": who.id,
+                "label": who.label,
+                "scope": who.scope,
+                "stored_bytes_today": used,
+                "quota_bytes_per_day": limits.token_quota_bytes_per_day,
+                "writes_per_minute": limits.token_writes_per_minute,
+                "message": err.message,
+                "what_to_do": "a client token is writing far more than its job needs: find who holds it, revoke it if it is not the gate",
+            }));
+        }
+        Err(err)
+    }
+
+    /// Re-reads token records from the catalog, at most every 10 s: a token minted offline by
+    /// `holdfast vault recover-admin` (a catalog record the running vault did not write) is
+    /// accepted without a restart. Only `token.*` records written by the vault are applied;
+    /// applying one twice changes nothing (first creation wins, a revocation sticks).
+    async fn reload_tokens(&self) {
+        let mut last = self.token_reload.lock().await;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let records = match self.repo.records().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading token records failed");
+                return;
+            }
+        };
+        let mut state = self.state.write().await;
+        let before = state.tokens.len();
+        for (name, r) in records {
+            if r.author.is_none() && (r.kind == kinds::TOKEN_CREATED || r.kind == kinds::TOKEN_REVOKED) {
+                state.apply(&name, &r.kind, r.written_at, &r.body);
+            }
+        }
+        if state.tokens.len() > before {
+            tracing::warn!(
+                new = state.tokens.len() - before,
+                "tokens created outside this process (recover-admin) are now accepted"
+            );
+        }
     }
 
     /// Appends a record stamped with the vault's clock and folds it into the state.
@@ -373,22 +495,39 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     json(StatusCode::OK, &Health { status: "ok".into(), repository: s.repo.id().to_string() })
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult<Response> {
+/// How long `/metrics` reuses one listing of the store.
+const OBJECT_STATS_TTL: Duration = Duration::from_secs(60);
+
+/// Objects and bytes per kind, listed at most once per [`OBJECT_STATS_TTL`] however often
+/// `/metrics` is scraped (the lock makes concurrent scrapes share one listing).
+async fn object_stats(s: &Shared) -> ApiResult<Vec<KindStats>> {
+    let mut cached = s.object_stats.lock().await;
+    if let Some((at, stats)) = cached.as_ref()
+        && at.elapsed() < OBJECT_STATS_TTL
+    {
+        return Ok(stats.clone());
+    }
+    let mut stats = Vec::new();
+    for kind in ObjectKind::ALL {
+        let list = s.store.list(kind).await?;
+        stats.push((kind, list.len() as u64, list.iter().map(|m| m.size).sum::<u64>()));
+    }
+    *cached = Some((std::time::Instant::now(), stats.clone()));
+    Ok(stats)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
     use std::fmt::Write;
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading metrics").await?;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# HELP holdfast_vault_objects Objects stored, by kind.\n# TYPE holdfast_vault_objects gauge"
+        "# HELP holdfast_vault_objects Objects stored, by kind (listed at most once a minute).\n# TYPE holdfast_vault_objects gauge"
     );
     let mut bytes_lines = String::new();
-    for kind in ObjectKind::ALL {
-        let list = s.store.list(kind).await?;
-        let _ = writeln!(out, "holdfast_vault_objects{{kind=\"{kind}\"}} {}", list.len());
-        let _ = writeln!(
-            bytes_lines,
-            "holdfast_vault_bytes{{kind=\"{kind}\"}} {}",
-            list.iter().map(|m| m.size).sum::<u64>()
-        );
+    for (kind, count, bytes) in object_stats(&s).await? {
+        let _ = writeln!(out, "holdfast_vault_objects{{kind=\"{kind}\"}} {count}");
+        let _ = writeln!(bytes_lines, "holdfast_vault_bytes{{kind=\"{kind}\"}} {bytes}");
     }
     let _ = write!(
         out,
@@ -506,7 +645,7 @@ async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    s.authorize(&headers, &[Scope::Append], "uploading an object").await?;
+    let who = s.authorize(&headers, &[Scope::Append], "uploading an object").await?;
     let name = parse_name(path)?;
     if name.kind != ObjectKind::Pack {
         return Err(ApiError::forbidden(format!(
@@ -517,15 +656,33 @@ async fn put_object(
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     name.verify(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let size = bytes.len() as u64;
-    let until = {
+    {
         let state = s.state.read().await;
-        s.retain_until(&state, s.clock.now())
-    };
+        s.charge(&state, &who, size)?;
+    }
+    // A pack must be a pack of this repository, readable with its keys, before it is kept for
+    // the whole retention period: junk would be reported as damage by `check` all that time.
+    let (keys, check_name, check_bytes) = (s.repo.keys().clone(), name, bytes.clone());
+    tokio::task::spawn_blocking(move || store::pack::validate(&keys, &check_name, &check_bytes))
+        .await
+        .map_err(|e| ApiError::internal("checking the pack", e))?
+        .map_err(|e| {
+            ApiError::unprocessable(format!(
+                "{name} is not a well-formed pack of repository {}: {e}; nothing was stored",
+                s.repo.id()
+            ))
+        })?;
+    let mut state = s.state.write().await;
+    let until = s.retain_until(&state, s.clock.now());
     let outcome = s.store.put_if_absent(&name, bytes, until).await?;
     let retain_until = s.store.head(&name).await?.map(|m| m.retain_until).unwrap_or(until);
     let status = match outcome {
         store::PutOutcome::Created => {
             s.metrics.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+            let body =
+                serde_json::to_value(state::TokenUpload { token: who.id.clone(), object: name, bytes: size })
+                    .map_err(|e| ApiError::internal("encoding", e))?;
+            s.write_record(&mut state, kinds::TOKEN_UPLOAD, body).await?;
             StatusCode::CREATED
         }
         store::PutOutcome::AlreadyPresent => StatusCode::OK,
@@ -687,9 +844,16 @@ async fn list_objects(
 }
 
 async fn append_record(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    s.authorize(&headers, &[Scope::Append], "appending a record").await?;
+    let who = s.authorize(&headers, &[Scope::Append], "appending a record").await?;
     let req: AppendRecordRequest = read_json(&headers, body, s.config.max_body_bytes).await?;
     if !APPENDABLE_RECORD_KINDS.contains(&req.kind.as_str()) {
+        s.alert(serde_json::json!({
+            "alert": "record.refused",
+            "token": who.id,
+            "label": who.label,
+            "kind": req.kind.chars().take(64).collect::<String>(),
+            "what_to_do": "a client token tried to write a record only the vault writes (an incident, drill, backup, token…): find who holds it and revoke it",
+        }));
         return Err(ApiError::forbidden(format!(
             "record kind {:?} is written only by the vault itself; append tokens may write: {}",
             req.kind.chars().take(40).collect::<String>(),
@@ -697,7 +861,12 @@ async fn append_record(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
         )));
     }
     let mut state = s.state.write().await;
-    let (name, written_at, retain_until) = s.write_record(&mut state, &req.kind, req.body).await?;
+    s.charge(&state, &who, state::body_bytes(&req.body))?;
+    let now = s.clock.now();
+    let retain_until = s.retain_until(&state, now);
+    let name = s.repo.append_record_by(&req.kind, req.body.clone(), now, retain_until, Some(&who.id)).await?;
+    state.apply_authored(&name, &req.kind, now, &req.body, Some(&who.id));
+    let written_at = now;
     Ok(json(StatusCode::CREATED, &AppendRecordResponse { name, written_at, retain_until }))
 }
 
@@ -1003,6 +1172,14 @@ async fn create_token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bo
     let mut state = s.state.write().await;
     s.write_record(&mut state, kinds::TOKEN_CREATED, body).await?;
     tracing::info!(token = token.id(), scope = %req.scope, by = who.id, "created a token");
+    s.alert(serde_json::json!({
+        "alert": "token.created",
+        "token": token.id(),
+        "scope": req.scope,
+        "label": req.label,
+        "by_token": who.id,
+        "what_to_do": "if nobody you know asked for this token, revoke it: holdfast vault token revoke --id <token>",
+    }));
     Ok(json(
         StatusCode::CREATED,
         &CreateTokenResponse {
@@ -1036,10 +1213,25 @@ async fn revoke_token(
         return Err(ApiError::not_found(format!("no token with id {id}")));
     };
     if t.revoked_at.is_none() {
+        if t.scope == Scope::Admin && state.live_admins() <= 1 {
+            return Err(ApiError::conflict(format!(
+                "token {id} is the last admin token: revoking it would leave nobody able to administer the vault; \
+                 create another admin token first (holdfast vault token create --scope admin)"
+            )));
+        }
+        let (scope, label) = (t.scope, t.label.clone());
         let body = serde_json::to_value(state::TokenRevoked { id: id.clone(), revoked_by: who.id.clone() })
             .map_err(|e| ApiError::internal("encoding", e))?;
         s.write_record(&mut state, kinds::TOKEN_REVOKED, body).await?;
         tracing::info!(token = id, by = who.id, "revoked a token");
+        s.alert(serde_json::json!({
+            "alert": "token.revoked",
+            "token": id,
+            "scope": scope,
+            "label": label,
+            "by_token": who.id,
+            "live_admin_tokens": state.live_admins(),
+        }));
     }
     Ok(json(StatusCode::OK, &state.tokens[&id].info()))
 }
@@ -1118,7 +1310,10 @@ async fn propose(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
         (None, true) => return Err(ApiError::bad_request("name the objects to delete, or a backup id")),
         (Some(id), true) => objects = backup_objects(&s, id).await?,
         (None, false) => {
+            let records: BTreeMap<ObjectName, store::CatalogRecord> =
+                s.repo.records().await?.into_iter().collect();
             for n in &objects {
+                deletable(n, records.get(n))?;
                 if s.store.head(n).await?.is_none() {
                     return Err(ApiError::not_found(format!(
                         "object {n} is not in this vault; nothing was proposed"
@@ -1161,7 +1356,38 @@ async fn propose(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
     Ok(json(StatusCode::CREATED, &view))
 }
 
-/// The objects to remove for a backup: its catalog record and the packs no other backup uses.
+/// Catalog record kinds a quorum may delete: a backup's own entries and WAL summaries. Every
+/// other record is the vault's history (tokens, revocations, retention, proposals, vetoes,
+/// incidents, drills, audit): deleting one would rewrite it — un-revoke a token, un-veto a
+/// proposal, shorten retention, erase an incident.
+pub const DELETABLE_RECORD_KINDS: &[&str] =
+    &["backup", capture::BACKUP_COMPLETE_RECORD, capture::archive::SEGMENT_RECORD];
+
+/// Refuses objects a quorum may never delete: repository keys and config (kept forever, the
+/// format says so), index files (every pack's map), and catalog records other than
+/// [`DELETABLE_RECORD_KINDS`] (or unreadable ones).
+fn deletable(n: &ObjectName, record: Option<&store::CatalogRecord>) -> ApiResult<()> {
+    match n.kind {
+        ObjectKind::Keys | ObjectKind::Config | ObjectKind::Index => Err(ApiError::forbidden(format!(
+            "{n} cannot be deleted, not even by a quorum: {} objects are kept for the life of the repository; nothing was proposed",
+            n.kind
+        ))),
+        ObjectKind::Catalog => match record {
+            Some(r) if DELETABLE_RECORD_KINDS.contains(&r.kind.as_str()) && r.author.is_none() => Ok(()),
+            Some(r) => Err(ApiError::forbidden(format!(
+                "{n} is a {:?} catalog record: only {} records can be deleted by a quorum (the rest is the vault's history); nothing was proposed",
+                r.kind,
+                DELETABLE_RECORD_KINDS.join(", ")
+            ))),
+            None => Err(ApiError::forbidden(format!(
+                "{n} is not a readable catalog record of this vault; nothing was proposed"
+            ))),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// The objects to remove for a backup: its catalog records and the packs no other backup uses.
 async fn backup_objects(s: &Shared, id: &str) -> ApiResult<BTreeSet<ObjectName>> {
     let backups = s.repo.backups().await?;
     let (this, others): (Vec<_>, Vec<_>) = backups.into_iter().partition(|b| b.id == id);
@@ -1172,7 +1398,10 @@ async fn backup_objects(s: &Shared, id: &str) -> ApiResult<BTreeSet<ObjectName>>
     let mut objects: BTreeSet<ObjectName> =
         s.repo.referenced_packs(&this).await?.into_iter().filter(|p| !keep.contains(p)).collect();
     for (name, r) in s.repo.records().await? {
-        if r.kind == "backup" && r.body.get("id").and_then(|v| v.as_str()) == Some(id) {
+        // Its `backup` record, and the collector's `backup.complete` record of it: without the
+        // latter the backup would stay in the inventory and a restore would pick it.
+        let kind_matches = r.kind == "backup" || r.kind == capture::BACKUP_COMPLETE_RECORD;
+        if kind_matches && r.author.is_none() && r.body.get("id").and_then(|v| v.as_str()) == Some(id) {
             objects.insert(name);
         }
     }
@@ -1194,10 +1423,86 @@ async fn get_proposal(
 ) -> ApiResult<Response> {
     s.authorize(&headers, &[Scope::Admin, Scope::Read, Scope::Append], "reading a proposal").await?;
     parse_proposal_id(&id)?;
-    let state = s.state.read().await;
-    let p =
-        state.proposals.get(&id).ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?;
-    Ok(json(StatusCode::OK, &p.view(s.config.quorum.threshold)))
+    let mut view = {
+        let state = s.state.read().await;
+        let p = state
+            .proposals
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("no proposal with id {id}")))?;
+        p.view(s.config.quorum.threshold)
+    };
+    view.effects = Some(effects(&s, &view.statement.objects).await?);
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// What deleting `objects` would remove: counts by kind, the backups losing their record or
+/// their data, the WAL ranges.
+async fn effects(s: &Shared, objects: &BTreeSet<ObjectName>) -> ApiResult<ProposalEffects> {
+    let mut e = ProposalEffects::default();
+    let records: BTreeMap<ObjectName, store::CatalogRecord> = s.repo.records().await?.into_iter().collect();
+    let mut packs = BTreeSet::new();
+    let mut wal = BTreeSet::new();
+    let mut record_backups = BTreeSet::new();
+    for n in objects {
+        *e.objects_by_kind.entry(n.kind.to_string()).or_default() += 1;
+        match s.store.head(n).await? {
+            Some(m) => e.bytes += m.size,
+            None => e.absent += 1,
+        }
+        match n.kind {
+            ObjectKind::Pack => {
+                packs.insert(*n);
+            }
+            ObjectKind::Wal => {
+                wal.insert(*n);
+            }
+            ObjectKind::Catalog => {
+                if let Some(r) = records.get(n) {
+                    *e.records_by_kind.entry(r.kind.clone()).or_default() += 1;
+                    if let Some(id) = r.body.get("id").and_then(|v| v.as_str())
+                        && (r.kind == "backup" || r.kind == capture::BACKUP_COMPLETE_RECORD)
+                    {
+                        record_backups.insert(id.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for b in s.repo.backups().await? {
+        let how = if record_backups.contains(&b.id) {
+            "record"
+        } else if !packs.is_empty()
+            && s.repo.referenced_packs(std::slice::from_ref(&b)).await?.iter().any(|p| packs.contains(p))
+        {
+            "data"
+        } else {
+            continue;
+        };
+        e.backups.push(AffectedBackup {
+            id: b.id.clone(),
+            label: b.label.clone(),
+            cluster: b.cluster.clone(),
+            started: b.started,
+            how: how.into(),
+        });
+    }
+    if !wal.is_empty() {
+        let ranges = capture::archive::affected_wal(&s.repo, &wal)
+            .await
+            .map_err(|e| ApiError::internal("mapping WAL objects to ranges", e))?;
+        for r in ranges {
+            let (start, end) = match (r.start, r.end) {
+                (Some(a), Some(b)) => (a.to_string(), b.to_string()),
+                _ => match capture::archive::read_piece(&s.repo, &r.object).await {
+                    Ok(p) => (p.header.start.to_string(), p.header.end.to_string()),
+                    Err(_) => ("?".into(), "?".into()),
+                },
+            };
+            e.wal.push(AffectedWal { cluster: r.cluster, timeline: r.timeline, start, end });
+        }
+    }
+    Ok(e)
 }
 
 /// Checks that `req` is a valid signature over `message` by an enrolled keyholder.
@@ -1250,6 +1555,17 @@ async fn sign_proposal(
         let body = serde_json::to_value(&act).map_err(|e| ApiError::internal("encoding", e))?;
         s.write_record(&mut state, kinds::DELETION_SIGNED, body).await?;
         tracing::warn!(proposal = id, keyholder = holder, "a keyholder signed a deletion proposal");
+        let p = &state.proposals[&id];
+        s.alert(serde_json::json!({
+            "alert": "deletion.signed",
+            "proposal": id,
+            "keyholder": holder,
+            "signatures": p.view(s.config.quorum.threshold).signed_by.len(),
+            "threshold": s.config.quorum.threshold,
+            "objects": p.statement.objects.len(),
+            "not_before": p.statement.not_before,
+            "what_to_do": "if this deletion is not wanted, veto it: holdfast vault veto --proposal <id> --key <your key>",
+        }));
     }
     Ok(json(StatusCode::OK, &state.proposals[&id].view(s.config.quorum.threshold)))
 }
@@ -1321,6 +1637,14 @@ async fn execute_proposal(
             }
             other => ApiError::forbidden(other.to_string()),
         })?;
+    // Checked again here: a proposal recorded before these rules, or one whose catalog record
+    // changed meaning, must not remove what no quorum may remove.
+    let records: BTreeMap<ObjectName, store::CatalogRecord> = s.repo.records().await?.into_iter().collect();
+    for n in &p.statement.objects {
+        if n.kind != ObjectKind::Catalog || records.contains_key(n) {
+            deletable(n, records.get(n))?;
+        }
+    }
     let mut objects = p.statement.objects.clone();
     if let Some(backup) = &p.backup {
         // A backup written after the proposal may reuse some of these packs: keep those.
@@ -1339,6 +1663,15 @@ async fn execute_proposal(
     };
     let body = serde_json::to_value(&rec).map_err(|e| ApiError::internal("encoding", e))?;
     s.write_record(&mut state, kinds::DELETION_EXECUTED, body).await?;
+    // The backup leaves status, inventory and the restorable window now, not at the next start.
+    if let (Some(backup), Some(c)) = (&p.backup, s.collector.get()) {
+        for cs in c.status() {
+            if let Ok(rt) = c.cluster(&cs.name) {
+                rt.forget_backup(backup);
+            }
+        }
+    }
+    *s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
     s.alert(serde_json::json!({"alert": "deletion.executed", "proposal": id, "by_token": who.id, "removed": removed.len()}));
     Ok(json(StatusCode::OK, &ExecuteResponse { proposal: id, removed, absent }))
 }

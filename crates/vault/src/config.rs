@@ -52,6 +52,61 @@ pub struct ConfigFile {
     /// Where alerts are posted (besides the log, the metric and `alert_command`).
     #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookFile>,
+    /// Per-token quotas and connection limits (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsFile>,
+}
+
+/// `[limits]`: what one token or one address can take from the vault.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Bytes each client (`append`) token may have the vault store per day of the vault's
+    /// clock (UTC; default 50 GiB). Past it, writes with that token are refused and alerted.
+    #[serde(default)]
+    pub token_quota_bytes_per_day: Option<u64>,
+    /// Writes (record appends, uploads) each token may make per minute (default 1200).
+    #[serde(default)]
+    pub token_writes_per_minute: Option<u32>,
+    /// Connections one client address may hold open before it has authenticated a request
+    /// (default 32). Further connections from it are closed at once.
+    #[serde(default)]
+    pub unauthenticated_per_address: Option<u32>,
+    /// Seconds a TLS handshake may take (default 5).
+    #[serde(default)]
+    pub tls_handshake_seconds: Option<u64>,
+}
+
+/// Default of [`LimitsFile::token_quota_bytes_per_day`].
+pub const DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY: u64 = 50 << 30;
+/// Default of [`LimitsFile::token_writes_per_minute`].
+pub const DEFAULT_TOKEN_WRITES_PER_MINUTE: u32 = 1200;
+/// Default of [`LimitsFile::unauthenticated_per_address`].
+pub const DEFAULT_UNAUTHENTICATED_PER_ADDRESS: u32 = 32;
+/// Default of [`LimitsFile::tls_handshake_seconds`].
+pub const DEFAULT_TLS_HANDSHAKE_SECONDS: u64 = 5;
+/// The shortest waiting period a quorum deletion may have: keyholders need a working day to
+/// notice an alert and veto. Shorter only with `testing_allow_short_wait` (tests).
+pub const MIN_WAIT_HOURS: u64 = 24;
+
+/// Validated limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub token_quota_bytes_per_day: u64,
+    pub token_writes_per_minute: u32,
+    pub unauthenticated_per_address: u32,
+    pub tls_handshake: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            token_quota_bytes_per_day: DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY,
+            token_writes_per_minute: DEFAULT_TOKEN_WRITES_PER_MINUTE,
+            unauthenticated_per_address: DEFAULT_UNAUTHENTICATED_PER_ADDRESS,
+            tls_handshake: Duration::from_secs(DEFAULT_TLS_HANDSHAKE_SECONDS),
+        }
+    }
 }
 
 pub use vault_api::alerts::WebhookFile;
@@ -302,9 +357,14 @@ pub struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub struct QuorumFile {
     pub threshold: usize,
+    /// At least [`MIN_WAIT_HOURS`].
     pub wait_hours: u64,
     #[serde(default)]
     pub keyholders: Vec<KeyholderFile>,
+    /// Allows `wait_hours` below the floor. For tests only: the vault raises an alert at every
+    /// start while it is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub testing_allow_short_wait: bool,
 }
 
 /// One enrolled keyholder.
@@ -331,6 +391,7 @@ pub struct Config {
     /// One per protected cluster (defaults where the file has no `[[drill]]` table).
     pub drills: Vec<DrillConfig>,
     pub webhooks: Vec<crate::alerts::Webhook>,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -361,6 +422,8 @@ pub struct TlsPaths {
 pub struct QuorumConfig {
     pub threshold: usize,
     pub wait: Duration,
+    /// `wait` is below [`MIN_WAIT_HOURS`] by the testing override.
+    pub short_wait_for_testing: bool,
     pub keyholders: Vec<Keyholder>,
 }
 
@@ -454,6 +517,13 @@ impl ConfigFile {
         if q.threshold == 0 {
             return Err(invalid("quorum.threshold must be at least 1".into()));
         }
+        if q.wait_hours < MIN_WAIT_HOURS && !q.testing_allow_short_wait {
+            return Err(invalid(format!(
+                "quorum.wait_hours = {} is below the floor of {MIN_WAIT_HOURS}: keyholders need time to see the \
+                 alert and veto a deletion; set wait_hours = {MIN_WAIT_HOURS} or more",
+                q.wait_hours
+            )));
+        }
         if !keyholders.is_empty() && q.threshold > keyholders.len() {
             return Err(invalid(format!(
                 "quorum.threshold = {} but only {} keyholder(s) are enrolled: no deletion could ever be approved",
@@ -505,6 +575,28 @@ impl ConfigFile {
             );
         }
         let webhooks = crate::alerts::validate(&self.webhooks).map_err(invalid)?;
+        let l = self.limits.clone().unwrap_or_default();
+        let limits = Limits {
+            token_quota_bytes_per_day: l
+                .token_quota_bytes_per_day
+                .unwrap_or(DEFAULT_TOKEN_QUOTA_BYTES_PER_DAY),
+            token_writes_per_minute: l.token_writes_per_minute.unwrap_or(DEFAULT_TOKEN_WRITES_PER_MINUTE),
+            unauthenticated_per_address: l
+                .unauthenticated_per_address
+                .unwrap_or(DEFAULT_UNAUTHENTICATED_PER_ADDRESS),
+            tls_handshake: Duration::from_secs(
+                l.tls_handshake_seconds.unwrap_or(DEFAULT_TLS_HANDSHAKE_SECONDS),
+            ),
+        };
+        if limits.token_writes_per_minute == 0 || limits.unauthenticated_per_address == 0 {
+            return Err(invalid(
+                "limits.token_writes_per_minute and limits.unauthenticated_per_address must be at least 1"
+                    .into(),
+            ));
+        }
+        if limits.tls_handshake.is_zero() || limits.tls_handshake > Duration::from_secs(60) {
+            return Err(invalid("limits.tls_handshake_seconds must be between 1 and 60".into()));
+        }
         for c in &clusters {
             if !drills.iter().any(|d| d.cluster == c.name) {
                 drills.push(DrillConfig::default_for(&c.name));
@@ -521,11 +613,13 @@ impl ConfigFile {
             quorum: QuorumConfig {
                 threshold: q.threshold,
                 wait: Duration::from_secs(q.wait_hours.saturating_mul(3600)),
+                short_wait_for_testing: q.wait_hours < MIN_WAIT_HOURS,
                 keyholders,
             },
             clusters,
             drills,
             webhooks,
+            limits,
         })
     }
 }
@@ -599,6 +693,11 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert!(Config::from_toml(&bad_key, Path::new(".")).is_err());
         let extra = GOOD.replace("[quorum]", "[quorum]\nrequire_approval = false");
         assert!(Config::from_toml(&extra, Path::new(".")).is_err());
+        let short = GOOD.replace("wait_hours = 72", "wait_hours = 0");
+        let err = Config::from_toml(&short, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("below the floor"), "{err}");
+        let testing = short.replace("wait_hours = 0", "wait_hours = 0\ntesting_allow_short_wait = true");
+        assert!(Config::from_toml(&testing, Path::new(".")).unwrap().quorum.short_wait_for_testing);
         let orphan = format!("{GOOD}\n[[drill]]\ncluster = \"nope\"\n");
         let err = Config::from_toml(&orphan, Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("has no [[cluster]] table"), "{err}");

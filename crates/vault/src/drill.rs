@@ -537,6 +537,7 @@ async fn restore_and_check(
     let opts = restore::Options {
         cluster: cfg.cluster.clone(),
         target: target.clone(),
+        near: None,
         backup: None,
         exclusive: false,
         target_dir: data.clone(),
@@ -546,6 +547,7 @@ async fn restore_and_check(
             socket_dir: socket_dir.to_path_buf(),
             run_as: run_as.clone(),
             timeout: cfg.timeout,
+            tcp: None,
         }),
         parallel: 4,
         verify: cfg.verify,
@@ -633,7 +635,7 @@ async fn random_record(
     let lo = inventory
         .backups
         .iter()
-        .filter(|b| b.backup.start_lsn >= window.earliest_lsn)
+        .filter(|b| b.backup.stop_lsn >= window.earliest_lsn)
         .map(|b| b.backup.stop_lsn)
         .min()?;
     let hi = window.latest_lsn;

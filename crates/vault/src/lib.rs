@@ -111,7 +111,7 @@ pub async fn open_repository(
 pub async fn load_state(repo: &Repository) -> Result<VaultState, VaultError> {
     let mut state = VaultState::default();
     for (name, rec) in repo.records().await? {
-        state.apply(&name, &rec.kind, rec.written_at, &rec.body);
+        state.apply_authored(&name, &rec.kind, rec.written_at, &rec.body, rec.author.as_deref());
     }
     Ok(state)
 }
@@ -164,6 +164,8 @@ pub struct InitOptions {
     pub threshold: usize,
     pub retention_days: u32,
     pub wait_hours: u64,
+    /// Allow `wait_hours` below [`config::MIN_WAIT_HOURS`] (tests only; alerted at each start).
+    pub testing_allow_short_wait: bool,
     /// Protected clusters written into the config as `[[cluster]]` tables.
     pub clusters: Vec<capture::ClusterConfig>,
 }
@@ -219,10 +221,12 @@ pub async fn init_with_store(
             threshold: opts.threshold,
             wait_hours: opts.wait_hours,
             keyholders: opts.keyholders.clone(),
+            testing_allow_short_wait: opts.testing_allow_short_wait,
         },
         clusters: opts.clusters.clone(),
         drills: Vec::new(),
         webhooks: Vec::new(),
+        limits: None,
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;
@@ -311,6 +315,83 @@ impl capture::VaultHost for CollectorHost {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit and returns the new soft
+/// limit. The common default of 1,024 let 2,000 idle connections starve WAL capture of
+/// descriptors; the hard limit (often 524,288 under systemd) does not.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let target = cur.maximum;
+    if cur.current == target || target.is_none() && cur.current.is_none() {
+        return cur.current;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: target, maximum: cur.maximum }) {
+        Ok(()) => {
+            tracing::info!(from = ?cur.current, to = ?target, "raised the open-files limit to its hard limit");
+            target
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, soft = ?cur.current, "could not raise the open-files limit");
+            cur.current
+        }
+    }
+}
+
+/// What [`recover_admin`] did.
+#[derive(Debug)]
+pub struct Recovered {
+    pub token: Token,
+    /// The `token.created` catalog record.
+    pub record: store::ObjectName,
+    /// Whether an alert command or a webhook accepted the alert.
+    pub alerted: bool,
+}
+
+/// Offline recovery when every admin token is lost or revoked: with the config and the vault
+/// key (or an escrow identity) on the vault host — what no API token can reach — mints a new
+/// admin token, records it in the catalog (`created_by` says it was recovered offline, and why)
+/// and sends an alert through `alert_command` and the webhooks, waiting for delivery. A running
+/// vault accepts the token once it is presented (it re-reads token records for an unknown id).
+pub async fn recover_admin(
+    config: &Config,
+    identities: Option<Vec<age::x25519::Identity>>,
+    reason: &str,
+    clock: &dyn Clock,
+) -> Result<Recovered, VaultError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+        return Err(VaultError::Setup(
+            "--reason must say who is recovering and why (1 to 500 printable characters)".into(),
+        ));
+    }
+    let (repo, _) = open_repository(config, identities).await?;
+    let state = load_state(&repo).await?;
+    let token = new_token()?;
+    let now = clock.now();
+    let until =
+        now.plus(Duration::from_secs(u64::from(state.retention_days(config.retention_days)) * 86_400));
+    let host = std::process::Command::new("hostname")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let created_by = format!("recover-admin (offline on {host}): {reason}");
+    let body = serde_json::to_value(token_record(&token, Scope::Admin, "recovered admin", &created_by))
+        .map_err(|e| VaultError::Setup(e.to_string()))?;
+    let record = repo.append_record(kinds::TOKEN_CREATED, body, now, until).await?;
+    let event = serde_json::json!({
+        "alert": "admin.recovered",
+        "token": token.id(),
+        "record": record.to_string(),
+        "by": created_by,
+        "live_admin_tokens_before": state.live_admins(),
+        "what_to_do": "an admin token was minted offline on the vault host; if nobody you know did this, the vault host is compromised",
+    });
+    tracing::warn!(alert = %event, "ALERT");
+    let alerted = alerts::deliver_now(config.alert_command.as_deref(), &config.webhooks, &event).await;
+    Ok(Recovered { token, record, alerted })
+}
+
 /// Starts the vault: opens the store and repository, rebuilds state from the catalog, creates
 /// the TLS pair if missing, and serves HTTPS until [`VaultHandle::shutdown`].
 pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<VaultHandle, VaultError> {
@@ -324,6 +405,7 @@ pub async fn serve_with_identity(
     clock: Arc<dyn Clock>,
     identities: Option<Vec<age::x25519::Identity>>,
 ) -> Result<VaultHandle, VaultError> {
+    let fds = raise_fd_limit();
     let (repo, store) = open_repository(&config, identities).await?;
     let state = load_state(&repo).await?;
     keyfile::ensure_tls(&config.tls.cert, &config.tls.key)?;
@@ -345,9 +427,20 @@ pub async fn serve_with_identity(
         entries_cache: std::sync::Mutex::new(None),
         drills,
         webhooks: Arc::new(alerts::Webhooks::new(config.webhooks.clone())),
+        writes: std::sync::Mutex::new(Default::default()),
+        object_stats: tokio::sync::Mutex::new(None),
+        token_reload: tokio::sync::Mutex::new(None),
         config,
     });
     shared.drills.set_listen_addr(addr);
+    tracing::info!(open_files_limit = ?fds, "file descriptors");
+    if shared.config.quorum.short_wait_for_testing {
+        shared.alert(serde_json::json!({
+            "alert": "quorum.short_wait",
+            "wait_hours": shared.config.quorum.wait.as_secs() / 3600,
+            "what_to_do": "testing_allow_short_wait is set in [quorum]: deletions can execute before keyholders can react; never in production",
+        }));
+    }
     {
         let cfgs = shared.config.drills.clone();
         let repo_id = shared.repo.id().to_string();
@@ -363,7 +456,11 @@ pub async fn serve_with_identity(
     if !shared.config.drills.is_empty() {
         tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
     }
-    let task = tokio::spawn(accept_loop(listener, tokio_rustls::TlsAcceptor::from(tls), router, rx));
+    let limits = vault_api::tls::ConnLimits {
+        unauthenticated_per_address: shared.config.limits.unauthenticated_per_address as usize,
+        handshake: shared.config.limits.tls_handshake,
+    };
+    let task = tokio::spawn(accept_loop(listener, tokio_rustls::TlsAcceptor::from(tls), router, rx, limits));
     Ok(VaultHandle { addr, shutdown: tx, task, shared })
 }
 
@@ -373,8 +470,9 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
     shutdown: watch::Receiver<bool>,
+    limits: vault_api::tls::ConnLimits,
 ) {
-    vault_api::tls::serve_https(listener, acceptor, router, shutdown).await;
+    vault_api::tls::serve_https_limited(listener, acceptor, router, shutdown, limits).await;
     tracing::info!("vault stopped");
 }
 

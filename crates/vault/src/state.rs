@@ -23,6 +23,16 @@ pub mod kinds {
     pub const CHECK: &str = "check";
     /// A signed restore-drill report ([`vault_api::SignedDrillReport`]).
     pub const DRILL_REPORT: &str = "drill.report";
+    /// A pack a client token uploaded (who, which, how many bytes): counts against its quota.
+    pub const TOKEN_UPLOAD: &str = "token.upload";
+}
+
+/// Body of `token.upload`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenUpload {
+    pub token: String,
+    pub object: ObjectName,
+    pub bytes: u64,
 }
 
 /// Body of `token.created`. Only the BLAKE3 hash of the secret is stored.
@@ -146,6 +156,7 @@ impl Proposal {
             threshold,
             vetoed_by: self.vetoed_by.clone(),
             executed_at: self.executed_at,
+            effects: None,
         }
     }
 }
@@ -160,6 +171,10 @@ pub struct VaultState {
     pub last_check: Option<(Timestamp, CheckRecord)>,
     /// Drill reports, in catalog order (signatures are checked by readers, not here).
     pub drills: Vec<vault_api::drill::DrillEntry>,
+    /// Bytes each client token has had the vault store (records it appended, packs it
+    /// uploaded), by token id and day of the vault's clock ([`day_of`]): what its daily storage
+    /// quota is measured against.
+    pub usage: BTreeMap<(String, i64), u64>,
 }
 
 impl VaultState {
@@ -167,6 +182,25 @@ impl VaultState {
     /// is sealed with the vault's key, so such a record can only come from a bug, and one bad
     /// record must not stop the vault from starting.
     pub fn apply(&mut self, name: &ObjectName, kind: &str, written_at: Timestamp, body: &serde_json::Value) {
+        self.apply_authored(name, kind, written_at, body, None);
+    }
+
+    /// [`VaultState::apply`] for a record appended on behalf of client token `author` (`None`:
+    /// written by the vault itself). A client-written record only counts against its token's
+    /// quota: whatever its kind says, it never becomes a token, a policy, a proposal or a drill
+    /// — the vault's history is what the vault wrote.
+    pub fn apply_authored(
+        &mut self,
+        name: &ObjectName,
+        kind: &str,
+        written_at: Timestamp,
+        body: &serde_json::Value,
+        author: Option<&str>,
+    ) {
+        if let Some(token) = author {
+            *self.usage.entry((token.to_string(), day_of(written_at))).or_default() += body_bytes(body);
+            return;
+        }
         fn parse<T: serde::de::DeserializeOwned>(name: &ObjectName, body: &serde_json::Value) -> Option<T> {
             match serde_json::from_value(body.clone()) {
                 Ok(v) => Some(v),
@@ -247,8 +281,22 @@ impl VaultState {
                 let Some(c) = parse::<CheckRecord>(name, body) else { return };
                 self.last_check = Some((written_at, c));
             }
+            kinds::TOKEN_UPLOAD => {
+                let Some(u) = parse::<TokenUpload>(name, body) else { return };
+                *self.usage.entry((u.token, day_of(written_at))).or_default() += u.bytes;
+            }
             _ => {}
         }
+    }
+
+    /// Bytes token `id` had stored on the vault-clock day of `now`.
+    pub fn used_today(&self, id: &str, now: Timestamp) -> u64 {
+        self.usage.get(&(id.to_string(), day_of(now))).copied().unwrap_or(0)
+    }
+
+    /// Live (unrevoked) admin tokens.
+    pub fn live_admins(&self) -> usize {
+        self.tokens.values().filter(|t| t.scope == Scope::Admin && t.revoked_at.is_none()).count()
     }
 
     /// The retention policy in force: the configured initial value or anything longer recorded.
@@ -262,6 +310,16 @@ impl VaultState {
         let presented = blake3::hash(token.secret());
         (entry.revoked_at.is_none() && entry.hash == presented).then_some(entry)
     }
+}
+
+/// The day (since the epoch, UTC, vault clock) a time falls on: quotas are per day.
+pub fn day_of(t: Timestamp) -> i64 {
+    t.as_secs().div_euclid(86_400)
+}
+
+/// The bytes a record body counts for against a quota (its JSON length).
+pub fn body_bytes(body: &serde_json::Value) -> u64 {
+    serde_json::to_vec(body).map(|v| v.len() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -294,6 +352,28 @@ mod tests {
             &serde_json::json!({"id": tok.id(), "revoked_by": "a"}),
         );
         assert!(s.authenticate(&tok).is_none());
+    }
+
+    #[test]
+    fn client_written_records_never_become_vault_history() {
+        let secret = [7u8; 32];
+        let tok = vault_api::Token::new("0123456789abcdef".into(), secret).unwrap();
+        let created = serde_json::json!({"id": tok.id(), "scope": "admin", "hash": blake3::hash(&secret).to_hex().to_string(), "label": "l", "created_by": "x"});
+        let mut s = VaultState::default();
+        s.apply_authored(&n(1), kinds::TOKEN_CREATED, Timestamp(10), &created, Some("feedfacefeedface"));
+        assert!(s.authenticate(&tok).is_none(), "a client-written token record minted a token");
+        s.apply_authored(
+            &n(2),
+            kinds::RETENTION_POLICY,
+            Timestamp(11),
+            &serde_json::json!({"days": 1, "set_by": "x"}),
+            Some("feedfacefeedface"),
+        );
+        assert_eq!(s.recorded_retention_days, 0);
+        assert!(
+            s.used_today("feedfacefeedface", Timestamp(11)) > 0,
+            "it still counts against the token's quota"
+        );
     }
 
     #[test]

@@ -41,7 +41,13 @@ async fn append_and_read_tokens_cannot_delete_overwrite_shorten_or_mint() {
             "deletion.signed",
             "deletion.executed",
             "backup",
+            "backup.complete",
+            "wal.segment",
             "prune",
+            "incident",
+            "drill",
+            "drill.report",
+            "token.upload",
         ] {
             let body = serde_json::json!({"id": "0123456789abcdef", "scope": "admin", "hash": "00", "label": "x", "created_by": "x", "days": 1});
             let code = status(c.append_record(kind, body).await);

@@ -21,6 +21,8 @@ pub struct Harness {
     pub handle: Option<VaultHandle>,
     pub clock: Arc<ManualClock>,
     pub admin: VaultClient,
+    /// The admin token's text, for clients of a restarted vault.
+    pub admin_token: String,
     pub config: Config,
     pub keys: Vec<SigningKey>,
 }
@@ -32,11 +34,19 @@ pub struct Opts {
     pub wait_hours: u64,
     pub retention_days: u32,
     pub alert_command: Option<Vec<String>>,
+    pub limits: Option<vault::config::Limits>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { keyholders: 3, threshold: 2, wait_hours: 72, retention_days: 30, alert_command: None }
+        Opts {
+            keyholders: 3,
+            threshold: 2,
+            wait_hours: 72,
+            retention_days: 30,
+            alert_command: None,
+            limits: None,
+        }
     }
 }
 
@@ -63,6 +73,7 @@ pub async fn start(opts: Opts) -> Harness {
             threshold: opts.threshold,
             retention_days: opts.retention_days,
             wait_hours: opts.wait_hours,
+            testing_allow_short_wait: false,
             clusters: Vec::new(),
         },
         clock.as_ref(),
@@ -71,11 +82,14 @@ pub async fn start(opts: Opts) -> Harness {
     .unwrap();
     let mut config = Config::load(&init.config_path).unwrap();
     config.alert_command = opts.alert_command;
+    if let Some(l) = opts.limits {
+        config.limits = l;
+    }
     let handle = serve(config.clone(), clock.clone()).await.unwrap();
     let ca = std::fs::read(&init.ca_path).unwrap();
     let admin = VaultClient::new(&format!("https://{}", handle.addr()), &ca, Some(init.admin_token.expose()))
         .unwrap();
-    Harness { dir, handle: Some(handle), clock, admin, config, keys }
+    Harness { dir, handle: Some(handle), clock, admin, admin_token: init.admin_token.expose(), config, keys }
 }
 
 impl Harness {
@@ -106,11 +120,22 @@ impl Harness {
         self.admin.with_token(Some(t.token))
     }
 
-    /// Uploads `bytes` as a pack with an append client and returns its name.
-    pub async fn upload(&self, append: &VaultClient, bytes: &[u8]) -> ObjectName {
-        let name = ObjectName::for_bytes(ObjectKind::Pack, bytes);
-        append.put_object(&name, bytes.to_vec().into()).await.unwrap();
-        name
+    /// A well-formed pack of this vault's repository holding `plain` as one blob, sealed with
+    /// the repository's keys (opened here with the vault key, as only the vault host can).
+    pub async fn pack(&self, plain: &[u8]) -> store::pack::FinishedPack {
+        let (repo, _) = vault::open_repository(&self.config, None).await.unwrap();
+        let keys = repo.keys();
+        let mut p = store::pack::Packer::new(1 << 20);
+        let sealed = keys.seal(plain, 3).unwrap();
+        p.add(keys.chunk_id(plain), store::pack::BlobType::Data, &sealed, plain.len() as u64);
+        p.finish(keys, 3).unwrap()
+    }
+
+    /// Uploads a well-formed pack holding `plain` with an append client and returns its name.
+    pub async fn upload(&self, append: &VaultClient, plain: &[u8]) -> ObjectName {
+        let pack = self.pack(plain).await;
+        append.put_object(&pack.name, pack.bytes).await.unwrap();
+        pack.name
     }
 
     /// Keyholder `i`'s signature over proposal `id`'s statement.
@@ -134,6 +159,15 @@ impl Harness {
     pub fn url(&self) -> String {
         format!("https://{}", self.handle.as_ref().unwrap().addr())
     }
+}
+
+/// `holdfast_vault_alerts_total` as `/metrics` shows it.
+pub async fn alerts_total(c: &VaultClient) -> u64 {
+    let m = c.metrics().await.unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("holdfast_vault_alerts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no alerts counter in {m}"))
 }
 
 /// The HTTP status of a failed call (panics if it succeeded).
