@@ -122,6 +122,10 @@ bdev aio poll ms = 10
 auth allow insecure global id reclaim = false
 [mon]
 mon data = {ds}/mon
+# A throw-away cluster: the MON must not refuse to start because the machine's disk is 95 %
+# full (its default), which a shared CI box often is; the data here is a few MB.
+mon data avail crit = 0
+mon data avail warn = 0
 [osd]
 osd data = {ds}/osd
 public addr = 127.0.0.1
@@ -178,7 +182,17 @@ rgw dns name = localhost
         ceph.spawn("ceph-mon", &["-f", "-i", "a"])?;
 
         let osd_uuid = uuid();
-        let id = ceph.ceph(&["osd", "new", &osd_uuid])?;
+        let id = ceph.ceph(&["osd", "new", &osd_uuid]).map_err(|e| {
+            let log = |f: &str| std::fs::read_to_string(ceph.dir().join(f)).unwrap_or_default();
+            let tail = |t: String| {
+                t.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            anyhow::anyhow!(
+                "{e}\n--- mon.a.log (tail):\n{}\n--- ceph-mon.stdout:\n{}",
+                tail(log("mon.a.log")),
+                tail(log("ceph-mon.stdout"))
+            )
+        })?;
         if id.trim() != "0" {
             bail!("expected OSD id 0, got {id:?}");
         }

@@ -19,6 +19,7 @@ fn opts(dir: &std::path::Path) -> vault::InitOptions {
         threshold: 1,
         retention_days: 7,
         wait_hours: 72,
+        testing_allow_short_wait: false,
         clusters: Vec::new(),
     }
 }
