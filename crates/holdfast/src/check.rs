@@ -8,7 +8,7 @@ use vault::config::Config;
 
 /// Runs the check and returns the exit code (0 clean, 3 damage).
 pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, json: bool) -> Result<u8> {
-    let store = vault::open_store(cfg)?;
+    let store = vault::open_store(cfg).await?;
     // Check with keys if we can open the repository; a store whose keys are damaged is still
     // checked object by object, and the failure to open is reported.
     let (repo, open_error) = match vault::open_repository(cfg, identities).await {

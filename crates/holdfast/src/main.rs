@@ -287,6 +287,10 @@ struct InitArgs {
     /// Enrol a keyholder as NAME=HEXPUBKEY (from `holdfast keygen`); repeatable.
     #[arg(long = "keyholder")]
     keyholders: Vec<String>,
+    /// A TOML file holding only a `[store]` table, e.g. an S3 bucket with Object Lock
+    /// (`kind = "s3"`, see the README "Vault on S3"); default: a local `store/` directory.
+    #[arg(long)]
+    store_config: Option<PathBuf>,
     /// Signatures needed for an early deletion (default: 2, or 1 with a single keyholder).
     #[arg(long)]
     threshold: Option<usize>,
@@ -754,7 +758,13 @@ async fn init(a: InitArgs) -> Result<u8> {
         testing_allow_short_wait: a.testing_allow_short_wait,
         clusters: Vec::new(),
     };
-    let done = vault::init(opts, &SystemClock).await?;
+    let done = match &a.store_config {
+        Some(p) => {
+            let store = vault::config::StoreFile::from_file(p).map_err(|e| anyhow!("--store-config: {e}"))?;
+            vault::init_with_store(opts, store, &SystemClock).await?
+        }
+        None => vault::init(opts, &SystemClock).await?,
+    };
     let token = done.admin_token.expose();
     if let Some(f) = &a.admin_token_file {
         vault::keyfile::write_private(f, format!("{token}\n").as_bytes())?;

@@ -35,6 +35,7 @@ pub mod name {
 pub mod pack;
 pub mod quorum;
 pub mod repo;
+pub mod s3;
 pub mod snapshot;
 /// `Timestamp`: moved to `vault-types`, re-exported here.
 pub mod timestamp {
@@ -50,5 +51,6 @@ pub use keys::{ChunkId, KeysFile, MasterKeys};
 pub use local::LocalDir;
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
 pub use repo::{InitOptions, RepoConfig, Repository};
+pub use s3::{Protection, S3Config, S3Store};
 pub use snapshot::{BackupRecord, FileEntry};
 pub use timestamp::Timestamp;

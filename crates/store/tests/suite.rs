@@ -10,3 +10,6 @@ mod check;
 
 #[path = "repo.rs"]
 mod repo;
+
+#[path = "s3_adversary.rs"]
+mod s3_adversary;

@@ -250,11 +250,98 @@ impl DrillFile {
     }
 }
 
-/// `store = { path = "..." }`: a local directory (S3 comes later).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// `store = { path = "..." }`: a local directory; or an S3 bucket with Object Lock:
+/// `[store] kind = "s3", endpoint, bucket, region, prefix, path_style, credentials_file,
+/// ca_file, object_lock` (see `store::S3Config`; `object_lock = false` accepts a bucket without
+/// a lock: software immutability only).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    pub path: PathBuf,
+    /// `"local"` (the default) or `"s3"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<bool>,
+}
+
+impl StoreFile {
+    /// A local directory store.
+    pub fn local(path: impl Into<PathBuf>) -> StoreFile {
+        StoreFile { path: Some(path.into()), ..StoreFile::default() }
+    }
+
+    /// Reads the `[store]` table of a TOML file (for `vault init --store-config`). Relative
+    /// paths in it are later resolved against the vault's directory, like the rest of vault.toml.
+    pub fn from_file(path: &Path) -> Result<StoreFile, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Only {
+            store: StoreFile,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str::<Only>(&text)
+            .map(|o| o.store)
+            .map_err(|e| format!("{}: expected only a [store] table: {e}", path.display()))
+    }
+
+    fn validate(&self, base: &Path) -> Result<StoreConfig, String> {
+        match self.kind.as_deref().unwrap_or("local") {
+            "local" => {
+                let s3_keys = [
+                    self.endpoint.is_some(),
+                    self.region.is_some(),
+                    self.bucket.is_some(),
+                    self.prefix.is_some(),
+                    self.path_style.is_some(),
+                    self.credentials_file.is_some(),
+                    self.ca_file.is_some(),
+                    self.object_lock.is_some(),
+                ];
+                if s3_keys.iter().any(|x| *x) {
+                    return Err("[store] has S3 settings but kind is not \"s3\": add kind = \"s3\"".into());
+                }
+                let path = self.path.as_ref().ok_or("[store] needs path = \"...\" (or kind = \"s3\")")?;
+                Ok(StoreConfig::Local(base.join(path)))
+            }
+            "s3" => {
+                if self.path.is_some() {
+                    return Err("[store] kind = \"s3\" takes no path (one store per vault for now)".into());
+                }
+                let need = |v: &Option<String>, k: &str| {
+                    v.clone()
+                        .filter(|s| !s.is_empty())
+                        .ok_or(format!("[store] kind = \"s3\" needs {k} = \"...\""))
+                };
+                Ok(StoreConfig::S3(store::S3Config {
+                    endpoint: need(&self.endpoint, "endpoint")?,
+                    region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                    bucket: need(&self.bucket, "bucket")?,
+                    prefix: self.prefix.clone().unwrap_or_default(),
+                    path_style: self.path_style.unwrap_or(true),
+                    credentials_file: self.credentials_file.as_ref().map(|p| base.join(p)),
+                    ca_file: self.ca_file.as_ref().map(|p| base.join(p)),
+                    object_lock: self.object_lock.unwrap_or(true),
+                }))
+            }
+            other => Err(format!("[store] kind = {other:?} is unknown: use \"local\" or \"s3\"")),
+        }
+    }
 }
 
 /// `tls = { cert, key }`: PEM files, generated self-signed on first start if both are missing.
@@ -319,6 +406,8 @@ impl Config {
 pub enum StoreConfig {
     /// A local directory.
     Local(PathBuf),
+    /// An S3 bucket (Object Lock required unless `object_lock = false`).
+    S3(store::S3Config),
 }
 
 /// TLS certificate and private-key files (PEM).
@@ -519,7 +608,7 @@ impl ConfigFile {
             retention_days: self.retention_days,
             alert_command: self.alert_command.clone(),
             max_body_bytes,
-            store: StoreConfig::Local(base.join(&self.store.path)),
+            store: self.store.validate(base).map_err(invalid)?,
             tls: TlsPaths { cert: base.join(&self.tls.cert), key: base.join(&self.tls.key) },
             quorum: QuorumConfig {
                 threshold: q.threshold,
@@ -558,6 +647,37 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert_eq!(c.key_file, Path::new("/etc/holdfast/vault.key"));
         assert_eq!(c.quorum.wait, Duration::from_secs(72 * 3600));
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn s3_store_table_parses_and_bad_ones_are_refused() {
+        let s3 = GOOD.replace(
+            r#"store = { path = "store" }"#,
+            r#"store = { kind = "s3", endpoint = "https://rgw.example:7480", bucket = "vault", credentials_file = "s3.creds", ca_file = "ca.pem" }"#,
+        );
+        let c = Config::from_toml(&s3, Path::new("/etc/holdfast")).unwrap();
+        let StoreConfig::S3(s) = &c.store else { panic!("not s3: {:?}", c.store) };
+        assert_eq!(
+            (s.bucket.as_str(), s.region.as_str(), s.path_style, s.object_lock),
+            ("vault", "us-east-1", true, true)
+        );
+        assert_eq!(s.credentials_file.as_deref(), Some(Path::new("/etc/holdfast/s3.creds")));
+        assert_eq!(s.ca_file.as_deref(), Some(Path::new("/etc/holdfast/ca.pem")));
+        for (bad, why) in [
+            (r#"store = { kind = "s3", bucket = "vault" }"#, "endpoint"),
+            (r#"store = { kind = "s3", endpoint = "http://x" }"#, "bucket"),
+            (r#"store = { kind = "s3", endpoint = "http://x", bucket = "b", path = "store" }"#, "no path"),
+            (r#"store = { path = "store", bucket = "b" }"#, "kind = \"s3\""),
+            (r#"store = { kind = "ftp", path = "store" }"#, "unknown"),
+            (
+                r#"store = { kind = "s3", endpoint = "http://x", bucket = "b", objectlock = false }"#,
+                "objectlock",
+            ),
+        ] {
+            let err = Config::from_toml(&GOOD.replace(r#"store = { path = "store" }"#, bad), Path::new("/"))
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

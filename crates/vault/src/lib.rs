@@ -63,8 +63,10 @@ pub enum VaultError {
 }
 
 /// Opens the configured object store with its removal capability (used only by `retention`).
-pub fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError> {
+/// An S3 bucket without Object Lock is refused unless the config says `object_lock = false`.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError> {
     match &config.store {
+        StoreConfig::S3(cfg) => Ok(Arc::new(open_s3(cfg).await?)),
         StoreConfig::Local(path) => {
             if !path.is_dir() {
                 return Err(VaultError::Setup(format!(
@@ -77,12 +79,25 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError> {
     }
 }
 
+/// Opens an S3 store, logging loudly when only software keeps the objects.
+async fn open_s3(cfg: &store::S3Config) -> Result<store::S3Store, VaultError> {
+    let s = store::S3Store::open(cfg.clone()).await?;
+    match s.protection() {
+        store::Protection::SoftwareOnly => tracing::warn!(
+            bucket = %cfg.bucket,
+            "S3 bucket without Object Lock (object_lock = false): anyone holding the S3 credential can delete backups"
+        ),
+        p => tracing::info!(bucket = %cfg.bucket, protection = ?p, "S3 store with Object Lock"),
+    }
+    Ok(s)
+}
+
 /// Opens the repository with the vault's key, or with `identities` instead (escrow keys: G5).
 pub async fn open_repository(
     config: &Config,
     identities: Option<Vec<age::x25519::Identity>>,
 ) -> Result<(Repository, Arc<dyn Expunge>), VaultError> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let ids = match identities {
         Some(ids) => ids,
         None => vec![AgeKey::load(&config.key_file)?.identity().clone()],
@@ -169,6 +184,16 @@ pub struct Initialized {
 /// pair, the repository (keys wrapped to the vault key and every escrow recipient), and a first
 /// admin token. Refuses to touch a directory that already holds a vault.
 pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, VaultError> {
+    init_with_store(opts, StoreFile::local("store"), clock).await
+}
+
+/// [`init`] with another store, e.g. an S3 bucket (`StoreFile { kind: Some("s3"), .. }`), which
+/// must exist and have Object Lock unless `object_lock = false`.
+pub async fn init_with_store(
+    opts: InitOptions,
+    store_file: StoreFile,
+    clock: &dyn Clock,
+) -> Result<Initialized, VaultError> {
     let dir = &opts.dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", dir.display())))?;
@@ -190,7 +215,7 @@ pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, V
         retention_days: opts.retention_days,
         alert_command: None,
         max_body_bytes: None,
-        store: StoreFile { path: "store".into() },
+        store: store_file,
         tls: TlsFile { cert: "tls/cert.pem".into(), key: "tls/key.pem".into() },
         quorum: QuorumFile {
             threshold: opts.threshold,
@@ -205,13 +230,18 @@ pub async fn init(opts: InitOptions, clock: &dyn Clock) -> Result<Initialized, V
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;
+    // The store first: an S3 bucket without Object Lock is refused before anything is written.
+    let store: Arc<dyn ObjectStore> = match &config.store {
+        StoreConfig::Local(store_dir) => {
+            std::fs::create_dir_all(store_dir)
+                .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", store_dir.display())))?;
+            Arc::new(LocalDir::open(store_dir)?)
+        }
+        StoreConfig::S3(cfg) => Arc::new(open_s3(cfg).await?),
+    };
     let now = clock.now();
     let key = AgeKey::generate();
     key.write_new(&config.key_file, &now.to_string())?;
-    let StoreConfig::Local(store_dir) = &config.store;
-    std::fs::create_dir_all(store_dir)
-        .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", store_dir.display())))?;
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(store_dir)?);
     let mut recipients = vec![key.recipient()];
     recipients.extend(opts.escrow.iter().cloned());
     let repo = Repository::init(store, &recipients, now, Timestamp::FOREVER).await?;

@@ -26,3 +26,6 @@ mod prune;
 
 #[path = "adversary_history.rs"]
 mod adversary_history;
+
+#[path = "s3_store.rs"]
+mod s3_store;

@@ -1,0 +1,281 @@
+//! Adversary A3/A4 with the vault's own S3 credential (root on the vault host reads the config):
+//! on a real Ceph RGW with Object Lock, it tries every way S3 offers to destroy or replace the
+//! vault's objects with raw signed requests of its own. Everything is refused by the store or
+//! harmless, and afterwards a fresh vault handle restores the backup exactly.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use store::s3::sigv4;
+use store::{ObjectKind, ObjectName, ObjectStore, Repository, S3Config, S3Store, Timestamp};
+
+/// The adversary's own S3 client: the vault's credential, its own requests.
+struct Adversary {
+    http: reqwest::Client,
+    host: String,
+    bucket: String,
+    creds: sigv4::Credentials,
+}
+
+impl Adversary {
+    async fn send(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        extra: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let path = match key {
+            Some(k) => format!("/{}/{}", self.bucket, sigv4::uri_encode(k, false)),
+            None => format!("/{}", self.bucket),
+        };
+        let mut q: Vec<(String, String)> =
+            query.iter().map(|(k, v)| (sigv4::uri_encode(k, true), sigv4::uri_encode(v, true))).collect();
+        q.sort();
+        let cq = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let mut headers: Vec<(String, String)> =
+            extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let auth = sigv4::sign(
+            &self.creds,
+            "us-east-1",
+            method.as_str(),
+            &self.host,
+            &path,
+            &cq,
+            &mut headers,
+            &body,
+            time::OffsetDateTime::now_utc(),
+        );
+        let url = if cq.is_empty() {
+            format!("http://{}{path}", self.host)
+        } else {
+            format!("http://{}{path}?{cq}", self.host)
+        };
+        let mut rb = self.http.request(method, url).header("authorization", auth);
+        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let r = rb.body(body).send().await.unwrap();
+        let status = r.status();
+        (status, r.text().await.unwrap())
+    }
+}
+
+fn md5_b64(b: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
+}
+
+fn s3_config(ceph: &testkit::ceph::TempCeph, bucket: &str) -> S3Config {
+    let creds = ceph.dir().join("s3-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
+            testkit::ceph::ACCESS_KEY,
+            testkit::ceph::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    S3Config {
+        endpoint: ceph.endpoint(),
+        region: "us-east-1".into(),
+        bucket: bucket.into(),
+        prefix: "prod/".into(),
+        path_style: true,
+        credentials_file: Some(creds),
+        ca_file: None,
+        object_lock: true,
+    }
+}
+
+fn make_tree(root: &Path) {
+    let w = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let mut rel = Vec::new();
+    for page in 0..24u32 {
+        let mut p = format!("row {page} ").repeat(1000).into_bytes();
+        p.resize(8192, b' ');
+        rel.extend_from_slice(&p);
+    }
+    w("base/5/16384", &rel);
+    w("global/pg_control", &[7u8; 8192]);
+    w("postgresql.conf", b"shared_buffers = 128MB\n");
+    w("pg_wal/000000010000000000000001", &(0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+}
+
+fn same_files(a: &Path, b: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![std::path::PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(a.join(&rel)).unwrap() {
+            let r = rel.join(e.unwrap().file_name());
+            if a.join(&r).is_dir() {
+                stack.push(r);
+            } else {
+                assert_eq!(std::fs::read(a.join(&r)).unwrap(), std::fs::read(b.join(&r)).unwrap(), "{r:?}");
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
+    let ceph = testkit::ceph::TempCeph::start().unwrap();
+    let cfg = s3_config(&ceph, "vault-prod");
+    store::s3::create_bucket(&cfg, true).await.unwrap();
+    let s3 = S3Store::open(cfg.clone()).await.unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(s3.clone());
+
+    // The vault writes a repository and one backup of a data directory, retained a day.
+    let now = Timestamp::now();
+    let until = now.plus(std::time::Duration::from_secs(86_400));
+    let id = age::x25519::Identity::generate();
+    let repo = Repository::init(store.clone(), &[id.to_public()], now, until).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let (r, s) = (repo.clone(), src.clone());
+    let rec = tokio::task::spawn_blocking(move || {
+        let mut w = r.backup_writer("before the attack", until);
+        w.add_tree(&s).unwrap();
+        w.finish(Timestamp::now()).unwrap()
+    })
+    .await
+    .unwrap();
+    let mut before = Vec::new();
+    for kind in ObjectKind::ALL {
+        for m in s3.list(kind).await.unwrap() {
+            before.push((m, s3.get(&m.name).await.unwrap()));
+        }
+    }
+    assert!(before.len() >= 5, "only {} objects written", before.len());
+    assert!(before.iter().all(|(m, _)| m.retain_until >= until));
+
+    let adv = Adversary {
+        http: reqwest::Client::new(),
+        host: ceph.endpoint().trim_start_matches("http://").to_string(),
+        bucket: cfg.bucket.clone(),
+        creds: sigv4::Credentials {
+            access_key: testkit::ceph::ACCESS_KEY.into(),
+            secret_key: testkit::ceph::SECRET_KEY.into(),
+        },
+    };
+    let versions = s3.list_versions("prod/").await.unwrap();
+    assert_eq!(versions.len(), before.len(), "one version per object before the attack");
+    let past = Timestamp(now.0 - 3600).to_string();
+    let sooner = Timestamp(now.0 + 60).to_string();
+
+    for v in &versions {
+        let k = v.key.as_str();
+        let vid = v.version_id.as_str();
+        // 1. Delete the version, plainly and with the governance bypass header.
+        let (st, body) = adv.send(Method::DELETE, Some(k), &[("versionId", vid)], &[], vec![]).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "delete {k}@{vid}: {body}");
+        let bypass = [("x-amz-bypass-governance-retention", "true".to_string())];
+        let (st, body) = adv.send(Method::DELETE, Some(k), &[("versionId", vid)], &bypass, vec![]).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "bypass delete {k}@{vid}: {body}");
+        // 2. Shorten the retention, or switch the mode to GOVERNANCE (with bypass).
+        for (mode, date) in [("COMPLIANCE", &past), ("COMPLIANCE", &sooner), ("GOVERNANCE", &sooner)] {
+            let x = format!(
+                "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode>\
+                 <RetainUntilDate>{date}</RetainUntilDate></Retention>"
+            )
+            .into_bytes();
+            for extra in [&[][..], &bypass[..]] {
+                let mut h = vec![("content-md5", md5_b64(&x))];
+                h.extend(extra.iter().cloned());
+                let (st, body) = adv
+                    .send(Method::PUT, Some(k), &[("retention", ""), ("versionId", vid)], &h, x.clone())
+                    .await;
+                assert!(!st.is_success(), "{mode} until {date} on {k}@{vid} accepted: {body}");
+            }
+        }
+        // 3. Overwrite the name with other bytes (a new version), then delete the "latest"
+        //    (a delete marker): neither touches the locked version.
+        let (st, body) = adv.send(Method::PUT, Some(k), &[], &[], b"ransom note".to_vec()).await;
+        assert!(st.is_success(), "overwrite {k}: {st} {body}");
+        let (st, body) = adv.send(Method::DELETE, Some(k), &[], &[], vec![]).await;
+        assert!(st.is_success(), "delete marker {k}: {st} {body}");
+    }
+    // 4. Multi-object delete of every version at once.
+    let objects: String = versions
+        .iter()
+        .map(|v| format!("<Object><Key>{}</Key><VersionId>{}</VersionId></Object>", v.key, v.version_id))
+        .collect();
+    let x = format!("<Delete>{objects}</Delete>").into_bytes();
+    let (st, body) =
+        adv.send(Method::POST, None, &[("delete", "")], &[("content-md5", md5_b64(&x))], x).await;
+    assert!(!body.contains("<Deleted>"), "multi-delete removed something: {st} {body}");
+    // 5. A forged object under a name that was never written, and one under a real name.
+    let forged = ObjectName::for_bytes(ObjectKind::Catalog, b"a forged record");
+    let (st, _) =
+        adv.send(Method::PUT, Some(&format!("prod/{forged}")), &[], &[], b"not those bytes".to_vec()).await;
+    assert!(st.is_success());
+    // 6. Delete the bucket.
+    let (st, body) = adv.send(Method::DELETE, None, &[], &[], vec![]).await;
+    assert_eq!(st, StatusCode::CONFLICT, "bucket delete: {body}");
+
+    // Afterwards, through a fresh handle (nothing cached): every object reads back exactly,
+    // with its retention, the forged name is not an object, and the backup restores.
+    let fresh = S3Store::open(cfg.clone()).await.unwrap();
+    let mut after = Vec::new();
+    for kind in ObjectKind::ALL {
+        after.extend(fresh.list(kind).await.unwrap());
+    }
+    assert_eq!(after, before.iter().map(|(m, _)| *m).collect::<Vec<_>>());
+    for (m, bytes) in &before {
+        assert_eq!(&fresh.get(&m.name).await.unwrap(), bytes, "{}", m.name);
+        assert_eq!(fresh.head(&m.name).await.unwrap().unwrap().retain_until, m.retain_until);
+        let n = bytes.len() as u64;
+        assert_eq!(fresh.get_range(&m.name, n / 2..n).await.unwrap(), bytes.slice(n as usize / 2..));
+    }
+    assert!(fresh.head(&forged).await.unwrap().is_none());
+    // The vault's own put of an existing name is still "already present" (a version with the
+    // right hash exists), even though the latest version is the adversary's delete marker.
+    let (m0, b0) = &before[0];
+    assert_eq!(
+        fresh.put_if_absent(&m0.name, b0.clone(), until).await.unwrap(),
+        store::PutOutcome::AlreadyPresent
+    );
+    // Nor can the vault itself expunge early, even through the store's own Expunge.
+    let err = store::Expunge::expunge(
+        &fresh,
+        &m0.name,
+        store::ExpungeAuthority::Expired { now: until.plus(std::time::Duration::from_secs(1)) },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("Object Lock"), "{err}");
+    assert_eq!(&fresh.get(&m0.name).await.unwrap(), b0);
+
+    let reopened = Repository::open(Arc::new(fresh) as Arc<dyn ObjectStore>, &[id]).await.unwrap();
+    assert_eq!(reopened.backups().await.unwrap(), vec![rec.clone()]);
+    let out = dir.path().join("restored");
+    reopened.restore(&rec.id, &out).await.unwrap();
+    assert_eq!(same_files(&src, &out), 4);
+
+    // 7. Squatting: other bytes planted under a name before the vault writes it. The vault's
+    //    put still creates the object (a newer version), and every reader gets the right bytes.
+    let real = Bytes::from_static(b"the object the vault is about to write");
+    let squatted = ObjectName::for_bytes(ObjectKind::Pack, &real);
+    let (st, _) =
+        adv.send(Method::PUT, Some(&format!("prod/{squatted}")), &[], &[], b"squatter".to_vec()).await;
+    assert!(st.is_success());
+    assert_eq!(s3.put_if_absent(&squatted, real.clone(), until).await.unwrap(), store::PutOutcome::Created);
+    assert_eq!(s3.get(&squatted).await.unwrap(), real);
+    let fresh = S3Store::open(cfg).await.unwrap();
+    assert_eq!(fresh.get(&squatted).await.unwrap(), real);
+    assert_eq!(fresh.head(&squatted).await.unwrap().unwrap().retain_until, until);
+}
