@@ -638,7 +638,7 @@ async fn a_quorum_deleted_backup_leaves_inventory_status_and_window() {
     let mut conf = std::fs::File::create(v.config_path()).unwrap();
     write!(
         conf,
-        "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\nfirst_backup = false\n",
         pg.socket_dir().display(),
         pg.port(),
         pw.display()
@@ -657,7 +657,7 @@ async fn a_quorum_deleted_backup_leaves_inventory_status_and_window() {
     };
     let inv = client.inventory("main").await.unwrap();
     assert_eq!(ids(&inv), vec![first.id.clone(), second.id.clone()]);
-    assert_eq!(inv.window.as_ref().unwrap().earliest_lsn, first.start_lsn);
+    assert_eq!(inv.window.as_ref().unwrap().earliest_lsn, first.stop_lsn);
 
     let p = client
         .propose(&vault_api::ProposeRequest {
@@ -680,7 +680,7 @@ async fn a_quorum_deleted_backup_leaves_inventory_status_and_window() {
     let check = |inv: &vault_api::status::Inventory, when: &str| {
         assert_eq!(ids(inv), vec![second.id.clone()], "{when}");
         let w = inv.window.as_ref().unwrap_or_else(|| panic!("{when}: no window"));
-        assert_eq!(w.earliest_lsn, second.start_lsn, "{when}: the window still starts at the deleted backup");
+        assert_eq!(w.earliest_lsn, second.stop_lsn, "{when}: the window still starts at the deleted backup");
     };
     check(&client.inventory("main").await.unwrap(), "right after the deletion");
     let st = client.status().await.unwrap();

@@ -80,8 +80,13 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ),
     (
         "crates/holdfast/src/restore_cmd.rs",
-        "std::fs::remove_dir(&s.socket_dir)",
-        "a failed restore's private socket directory, only if empty (no server runs there)",
+        "std::fs::remove_dir(d)",
+        "a restore's private socket directory under /tmp (used only when the target path is too long for a socket), only if empty, after its server is stopped",
+    ),
+    (
+        "crates/restore/src/lib.rs",
+        "std::fs::remove_dir_all(&dir)",
+        "the self-check's scratch copy of the WAL around the replay position (holdfast_check_wal inside the restore target)",
     ),
     (
         "crates/audit/src/ship.rs",
