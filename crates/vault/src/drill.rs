@@ -24,8 +24,8 @@ use store::Timestamp;
 use vault_api::drill::{DrillCheck, DrillReport, DrillStatus, DrillSummary, RunningDrill, SignedDrillReport};
 use vault_api::status::ClusterStatus;
 
-use crate::api::Shared;
 use crate::config::{DrillConfig, DrillPoint};
+use crate::service::Shared;
 use crate::state::{TokenEntry, VaultState, kinds};
 
 /// BLAKE3 key-derivation context of the drill-report signing key (see `docs/vault-format.md`).
@@ -224,10 +224,10 @@ pub fn start(s: &Arc<Shared>, cluster: &str, trigger: String) -> Result<String, 
         {
             let mut state = s.state.write().await;
             if let Err(e) = s.write_record(&mut state, kinds::DRILL_REPORT, body).await {
-                tracing::error!(cluster = %cfg.cluster, id = %drill_id, error = %e.message, "the drill report could not be stored");
+                tracing::error!(cluster = %cfg.cluster, id = %drill_id, error = %e, "the drill report could not be stored");
                 s.alert(serde_json::json!({
                     "alert": "drill_report_not_stored", "cluster": cfg.cluster, "id": drill_id,
-                    "error": e.message,
+                    "error": e.to_string(),
                 }));
             }
         }

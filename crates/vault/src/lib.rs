@@ -23,6 +23,7 @@ pub mod config;
 pub mod drill;
 pub mod keyfile;
 pub mod retention;
+pub mod service;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -270,7 +271,7 @@ pub struct VaultHandle {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    shared: Arc<api::Shared>,
+    shared: Arc<service::Shared>,
 }
 
 impl VaultHandle {
@@ -280,7 +281,7 @@ impl VaultHandle {
     }
 
     /// The shared state (for in-process tests and the CLI).
-    pub fn shared(&self) -> &Arc<api::Shared> {
+    pub fn shared(&self) -> &Arc<service::Shared> {
         &self.shared
     }
 
@@ -296,7 +297,7 @@ impl VaultHandle {
 }
 
 /// What the collector needs from the vault: its clock, its retention policy, its alerts.
-struct CollectorHost(std::sync::Weak<api::Shared>, Arc<dyn Clock>);
+struct CollectorHost(std::sync::Weak<service::Shared>, Arc<dyn Clock>);
 
 impl capture::VaultHost for CollectorHost {
     fn now(&self) -> Timestamp {
@@ -416,13 +417,13 @@ pub async fn serve_with_identity(
     let addr = listener.local_addr().map_err(|e| VaultError::Bind { addr: config.listen, source: e })?;
     tracing::info!(%addr, repository = repo.id(), tokens = state.tokens.len(), "vault listening");
     let drills = drill::Drills::new(repo.keys());
-    let shared = Arc::new(api::Shared {
+    let shared = Arc::new(service::Shared {
         repo,
         store,
         clock,
         retention_days_now: std::sync::atomic::AtomicU32::new(state.retention_days(config.retention_days)),
         state: tokio::sync::RwLock::new(state),
-        metrics: api::Metrics::default(),
+        metrics: service::Metrics::default(),
         collector: std::sync::OnceLock::new(),
         entries_cache: std::sync::Mutex::new(None),
         drills,
