@@ -55,7 +55,7 @@ pub struct GateFile {
     pub audit: Option<AuditFile>,
     /// Alert receivers (same format as vault.toml).
     #[serde(default, rename = "webhook")]
-    pub webhooks: Vec<vault_api::alerts::WebhookFile>,
+    pub webhooks: Vec<serve::alerts::WebhookFile>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -302,7 +302,7 @@ pub struct Config {
     pub people: Vec<Person>,
     pub grant_roles: Vec<GrantRole>,
     pub audit: Option<Audit>,
-    pub webhooks: Vec<vault_api::alerts::Webhook>,
+    pub webhooks: Vec<serve::alerts::Webhook>,
 }
 
 impl Config {
@@ -325,7 +325,7 @@ impl Config {
         };
         let dur = |v: &Option<String>, default: u64, what: &str| -> Result<Duration, String> {
             match v {
-                Some(s) => vault_api::parse_duration(s).map_err(|e| format!("{what}: {e}")),
+                Some(s) => serve::parse_duration(s).map_err(|e| format!("{what}: {e}")),
                 None => Ok(Duration::from_secs(default)),
             }
         };
@@ -459,7 +459,7 @@ impl Config {
             }),
             None => None,
         };
-        let webhooks = vault_api::alerts::validate(&f.webhooks)?;
+        let webhooks = serve::alerts::validate(&f.webhooks)?;
         Ok(Config {
             listen: f.listen,
             control_listen: f.control_listen,

@@ -28,7 +28,7 @@ pub async fn serve(
     let mut cfg = (*tls).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    vault_api::tls::serve_https(listener, acceptor, router(shared), shutdown).await;
+    serve::tls::serve_https(listener, acceptor, router(shared), shutdown).await;
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -184,8 +184,7 @@ async fn request_grant(
             format!("{} may not request role {} (may_request in gate.toml)", who.name, role.name),
         ));
     }
-    let d =
-        vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d = serve::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d > role.max_for {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -239,8 +238,7 @@ async fn break_glass(
     if b.reason.trim().len() < 10 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass needs a reason of at least 10 characters"));
     }
-    let d =
-        vault_api::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d = serve::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d.as_secs() > 4 * 3600 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass lasts at most 4h"));
     }

@@ -89,7 +89,7 @@ pub struct Shared {
     pub guard: guard::Guard,
     pub approvals: approvals::Approvals,
     pub audit: audit::AuditLog,
-    pub webhooks: Arc<vault_api::alerts::Webhooks>,
+    pub webhooks: Arc<serve::alerts::Webhooks>,
     pub metrics: Metrics,
     pub cancels: Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>,
     /// Rows each person changed per table in the budget window (every session together).
@@ -167,7 +167,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
     }
     let log = audit::AuditLog::open(&config.state_dir.join("audit"), key, opts)?;
     let tls = server::tls_config(&config)?;
-    let webhooks = Arc::new(vault_api::alerts::Webhooks::new(config.webhooks.clone()));
+    let webhooks = Arc::new(serve::alerts::Webhooks::new(config.webhooks.clone()));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| GateError::Listen { addr: config.listen.clone(), source: e })?;

@@ -17,8 +17,8 @@ use crate::{GateError, Io, Shared};
 
 /// The TLS config for PostgreSQL clients and the control API (self-signed if none given).
 pub fn tls_config(config: &crate::Config) -> Result<Arc<rustls::ServerConfig>, GateError> {
-    vault_api::tls::ensure_self_signed(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
-    let cfg = vault_api::tls::server_config(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
+    serve::tls::ensure_self_signed(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
+    let cfg = serve::tls::server_config(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
     Ok(Arc::new(cfg))
 }
 
@@ -26,36 +26,21 @@ pub async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (shared, acceptor, mut shutdown) = (shared.clone(), acceptor.clone(), shutdown.clone());
-                conns.spawn(async move {
-                    tokio::select! {
-                        _ = connection(tcp, peer, acceptor, &shared) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                });
+    let at_shutdown = serve::accept::AtShutdown::Abort;
+    serve::accept::accept_loop(listener, shutdown.clone(), at_shutdown, |tcp, peer| {
+        let _ = tcp.set_nodelay(true);
+        let (shared, acceptor, mut shutdown) = (shared.clone(), acceptor.clone(), shutdown.clone());
+        Some(async move {
+            tokio::select! {
+                _ = connection(tcp, peer, acceptor, &shared) => {}
+                _ = shutdown.changed() => {}
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    conns.shutdown().await;
+        })
+    })
+    .await
 }
 
 async fn read_first(

@@ -390,7 +390,7 @@ fn every_statement_is_recorded_with_its_text_and_a_full_spool_lets_nothing_run()
     // A vault that never answers: the spool only fills (300 kB allowed).
     let dir = tempfile::tempdir().unwrap();
     let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-    vault_api::tls::ensure_self_signed(&ca, &key).unwrap();
+    serve::tls::ensure_self_signed(&ca, &key).unwrap();
     std::fs::write(dir.path().join("token"), "nothing\n").unwrap();
     let g = Gate::start_with(
         &format!(

@@ -1,7 +1,9 @@
 //! The vault's HTTP interface: wire types, token scopes and a typed client.
 //!
 //! Everything outside the vault (the CLI, restore, gate) talks to it only through this crate,
-//! never through `vault` itself.
+//! never through `vault` itself. Wire types and the client only: serving HTTPS and delivering
+//! alerts live in the `serve` crate, so a client links no server stack (checked by
+//! `crates/holdfast/tests/architecture.rs`).
 //!
 //! ```
 //! use vault_api::{Scope, Token};
@@ -10,11 +12,9 @@
 //! assert_eq!("append".parse::<Scope>().unwrap(), Scope::Append);
 //! ```
 
-pub mod alerts;
 pub mod client;
 pub mod drill;
 pub mod status;
-pub mod tls;
 pub mod token;
 pub mod window;
 pub mod wire;
@@ -23,31 +23,3 @@ pub use client::{ClientError, VaultClient};
 pub use drill::{DrillReport, DrillStatus, DrillsResponse, SignedDrillReport};
 pub use token::{Scope, Token, TokenError};
 pub use wire::*;
-
-/// Parses `"90s"`, `"15m"`, `"24h"`, `"7d"` or a sum such as `"1h30m"`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad =
-        || format!("{text:?} is not a duration: write e.g. \"90s\", \"15m\", \"24h\", \"7d\" or \"1h30m\"");
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
-}

@@ -109,7 +109,7 @@ impl Default for Limits {
     }
 }
 
-pub use vault_api::alerts::WebhookFile;
+pub use serve::alerts::WebhookFile;
 
 /// `[[drill]]`: how a cluster's restore is rehearsed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -191,7 +191,7 @@ pub struct DrillCheck {
     pub sql: String,
 }
 
-pub use vault_api::parse_duration;
+pub use serve::parse_duration;
 
 impl DrillConfig {
     /// The settings of a cluster with no `[[drill]]` table: on demand only.

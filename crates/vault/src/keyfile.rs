@@ -99,12 +99,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
 /// Creates a self-signed certificate for 127.0.0.1 and localhost if neither file exists.
 /// Returns whether it created one.
 pub fn ensure_tls(cert: &Path, key: &Path) -> Result<bool, KeyFileError> {
-    vault_api::tls::ensure_self_signed(cert, key).map_err(KeyFileError::Tls)
+    serve::tls::ensure_self_signed(cert, key).map_err(KeyFileError::Tls)
 }
 
 /// A rustls server config from PEM files (HTTP/1.1 by ALPN).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, KeyFileError> {
-    let mut cfg = vault_api::tls::server_config(cert, key).map_err(KeyFileError::Tls)?;
+    let mut cfg = serve::tls::server_config(cert, key).map_err(KeyFileError::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-pub use vault_api::alerts;
+pub use serve::alerts;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -457,7 +457,7 @@ pub async fn serve_with_identity(
     if !shared.config.drills.is_empty() {
         tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
     }
-    let limits = vault_api::tls::ConnLimits {
+    let limits = serve::tls::ConnLimits {
         unauthenticated_per_address: shared.config.limits.unauthenticated_per_address as usize,
         handshake: shared.config.limits.tls_handshake,
     };
@@ -471,9 +471,9 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
     shutdown: watch::Receiver<bool>,
-    limits: vault_api::tls::ConnLimits,
+    limits: serve::tls::ConnLimits,
 ) {
-    vault_api::tls::serve_https_limited(listener, acceptor, router, shutdown, limits).await;
+    serve::tls::serve_https_limited(listener, acceptor, router, shutdown, limits).await;
     tracing::info!("vault stopped");
 }
 

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::status::WebhookStatus;
+use vault_api::status::WebhookStatus;
 use vault_types::Timestamp;
 
 /// How a hook wants its messages.

@@ -129,88 +129,71 @@ pub async fn serve_https(
 /// Unauthenticated connections are what an attacker without a token can open by the thousand:
 /// each address may hold `limits.unauthenticated_per_address` of them (a connection stops
 /// counting once a request on it carrying a token is answered with anything but 401), and a TLS
-/// handshake gets `limits.handshake`. Accepting fails when the process runs out of file
-/// descriptors; that is logged as what it is, and accepting pauses briefly rather than spin.
+/// handshake gets `limits.handshake`. Accepting is [`crate::accept::accept_loop`].
 pub async fn serve_https_limited(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     limits: ConnLimits,
 ) {
     let counts: Counts = Default::default();
     let mut refused: u64 = 0;
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if matches!(e.raw_os_error(), Some(24 | 23)) {
-                            tracing::error!(error = %e, "accepting a connection failed: this process is out of file descriptors (too many open files); raise LimitNOFILE or find who holds the connections");
-                        } else {
-                            tracing::warn!(error = %e, "accepting a connection failed");
+    let on_connection = |tcp: tokio::net::TcpStream, peer: std::net::SocketAddr| {
+        let Some(place) = Unauthenticated::acquire(&counts, peer.ip(), limits.unauthenticated_per_address)
+        else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, limit = limits.unauthenticated_per_address, "closed a connection: too many unauthenticated connections from this address");
+            }
+            return None;
+        };
+        let (acceptor, router, mut shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        Some(async move {
+            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let place = std::sync::Arc::new(std::sync::Mutex::new(Some(place)));
+            let service =
+                hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let (router, place) = (router.clone(), place.clone());
+                    let has_token = req.headers().contains_key(axum::http::header::AUTHORIZATION);
+                    async move {
+                        let resp = tower::ServiceExt::oneshot(router, req).await;
+                        if let Ok(r) = &resp
+                            && has_token
+                            && r.status() != axum::http::StatusCode::UNAUTHORIZED
+                        {
+                            place.lock().unwrap_or_else(|p| p.into_inner()).take();
                         }
-                        // Back off instead of spinning.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(place) = Unauthenticated::acquire(&counts, peer.ip(), limits.unauthenticated_per_address) else {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        tracing::warn!(%peer, refused, limit = limits.unauthenticated_per_address, "closed a connection: too many unauthenticated connections from this address");
-                    }
-                    drop(tcp);
-                    continue;
-                };
-                let (acceptor, router, mut shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
-                conns.spawn(async move {
-                    let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let place = std::sync::Arc::new(std::sync::Mutex::new(Some(place)));
-                    let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-                        let (router, place) = (router.clone(), place.clone());
-                        let has_token = req.headers().contains_key(axum::http::header::AUTHORIZATION);
-                        async move {
-                            let resp = tower::ServiceExt::oneshot(router, req).await;
-                            if let Ok(r) = &resp && has_token && r.status() != axum::http::StatusCode::UNAUTHORIZED {
-                                place.lock().unwrap_or_else(|p| p.into_inner()).take();
-                            }
-                            resp
-                        }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(30))
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-                    let mut conn = std::pin::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => {
-                            if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error"); }
-                        }
-                        _ = shutdown.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.as_mut()).await;
-                        }
+                        resp
                     }
                 });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .max_buf_size(64 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error"); }
+                }
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.as_mut()).await;
+                }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+        })
+    };
+    crate::accept::accept_loop(listener, shutdown.clone(), crate::accept::AtShutdown::Wait, on_connection)
+        .await
 }
