@@ -459,7 +459,7 @@ impl Config {
             }),
             None => None,
         };
-        let webhooks = serve::alerts::validate(&f.webhooks)?;
+        let webhooks = serve::alerts::validate(&f.webhooks).map_err(|e| e.to_string())?;
         Ok(Config {
             listen: f.listen,
             control_listen: f.control_listen,

@@ -17,8 +17,10 @@ use crate::{GateError, Io, Shared};
 
 /// The TLS config for PostgreSQL clients and the control API (self-signed if none given).
 pub fn tls_config(config: &crate::Config) -> Result<Arc<rustls::ServerConfig>, GateError> {
-    serve::tls::ensure_self_signed(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
-    let cfg = serve::tls::server_config(&config.tls_cert, &config.tls_key).map_err(GateError::Tls)?;
+    serve::tls::ensure_self_signed(&config.tls_cert, &config.tls_key)
+        .map_err(|e| GateError::Tls(e.to_string()))?;
+    let cfg = serve::tls::server_config(&config.tls_cert, &config.tls_key)
+        .map_err(|e| GateError::Tls(e.to_string()))?;
     Ok(Arc::new(cfg))
 }
 

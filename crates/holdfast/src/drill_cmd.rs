@@ -156,7 +156,7 @@ pub async fn list(client: &VaultClient, cluster: Option<&str>, json: bool) -> Re
     for e in &list.drills {
         let (report, valid) = match e.signed.verify(&list.signing_key) {
             Ok(r) => (serde_json::to_value(&r)?, None),
-            Err(err) => (serde_json::from_str(&e.signed.report).unwrap_or_default(), Some(err)),
+            Err(err) => (serde_json::from_str(&e.signed.report).unwrap_or_default(), Some(err.to_string())),
         };
         if cluster.is_some_and(|c| report["cluster"] != c) {
             continue;

@@ -93,14 +93,20 @@ pub fn parse_waldump(out: &str) -> Vec<Record> {
 
 /// Runs `pg_waldump` on the segment files in `dir` (timeline `tli`) from `start` to `end`,
 /// in UTC. Its error at the end of the available WAL is expected; only records count.
-pub fn waldump(bindir: &Path, dir: &Path, tli: u32, start: Lsn, end: Lsn) -> Result<Vec<Record>, String> {
+pub fn waldump(
+    bindir: &Path,
+    dir: &Path,
+    tli: u32,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Vec<Record>, WaldumpError> {
     let out = Command::new(bindir.join("pg_waldump"))
         .env("TZ", "UTC")
         .arg("--path")
         .arg(dir)
         .args(["--timeline", &tli.to_string(), "--start", &start.to_string(), "--end", &end.to_string()])
         .output()
-        .map_err(|e| format!("running pg_waldump: {e}"))?;
+        .map_err(WaldumpError::Spawn)?;
     let records = parse_waldump(&String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
     if records.is_empty() && err.contains("could not find a valid record") {
@@ -108,9 +114,19 @@ pub fn waldump(bindir: &Path, dir: &Path, tli: u32, start: Lsn, end: Lsn) -> Res
         return Ok(records);
     }
     if records.is_empty() && !out.status.success() {
-        return Err(err.trim().to_string());
+        return Err(WaldumpError::Failed(err.trim().to_string()));
     }
     Ok(records)
+}
+
+/// Why `pg_waldump` gave no records.
+#[derive(Debug, thiserror::Error)]
+pub enum WaldumpError {
+    #[error("running pg_waldump: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Its standard error.
+    #[error("pg_waldump failed: {0}")]
+    Failed(String),
 }
 
 /// The last record before `at` and the first at or after it.

@@ -297,7 +297,40 @@ fn stopped_short(plan: &Plan, e: &RestoreError) -> RestoreError {
 /// The vault's WAL records around `at` (from the start of the segment holding the position
 /// 64 KiB before it, to 64 KiB after it), decoded with
 /// `pg_waldump` in a scratch directory inside the target directory, removed afterwards.
-async fn wal_around(opts: &Options, plan: &Plan, at: pgfmt::Lsn) -> Result<Vec<check::Record>, String> {
+/// Why the self-check could not read the WAL around the replay position.
+#[derive(Debug, thiserror::Error)]
+enum WalCheckError {
+    #[error("no segment holds the replay position")]
+    NoSegment,
+    #[error("the vault has none of the WAL around it")]
+    NoWal,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetching {name}: {source}")]
+    Fetch {
+        name: String,
+        #[source]
+        source: vault_api::ClientError,
+    },
+    #[error(transparent)]
+    Client(#[from] vault_api::ClientError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("the pg_waldump task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Waldump(#[from] check::WaldumpError),
+}
+
+async fn wal_around(
+    opts: &Options,
+    plan: &Plan,
+    at: pgfmt::Lsn,
+) -> Result<Vec<check::Record>, WalCheckError> {
     let seg = plan.segment_size;
     let lo = pgfmt::Lsn(at.0.saturating_sub(64 << 10).max(plan.backup.backup.start_lsn.0));
     let hi = pgfmt::Lsn(at.0 + (64 << 10));
@@ -315,13 +348,13 @@ async fn wal_around(opts: &Options, plan: &Plan, at: pgfmt::Lsn) -> Result<Vec<c
                 Some((t.0, pgfmt::segment_name(t, segno, seg)))
             })
     };
-    let (tli, _) = name_of(pgfmt::lsn_to_segno(at, seg)).ok_or("no segment holds the replay position")?;
+    let (tli, _) = name_of(pgfmt::lsn_to_segno(at, seg)).ok_or(WalCheckError::NoSegment)?;
     let dir = opts.target_dir.join("holdfast_check_wal");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| WalCheckError::Io { what: format!("creating {}", dir.display()), source: e })?;
     let result = async {
-        let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))
-            .map_err(|e| e.to_string())?;
+        let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))?;
         let mut first = None;
         for segno in pgfmt::lsn_to_segno(lo, seg)..=pgfmt::lsn_to_segno(hi, seg) {
             let Some((t, name)) = name_of(segno) else { continue };
@@ -330,22 +363,21 @@ async fn wal_around(opts: &Options, plan: &Plan, at: pgfmt::Lsn) -> Result<Vec<c
             }
             match with_retry(&name, || client.wal_file(&opts.cluster, &name)).await {
                 Ok((bytes, _)) => {
-                    std::fs::write(dir.join(&name), &bytes).map_err(|e| format!("writing {name}: {e}"))?;
+                    std::fs::write(dir.join(&name), &bytes)
+                        .map_err(|e| WalCheckError::Io { what: format!("writing {name}"), source: e })?;
                     first.get_or_insert(segno);
                 }
                 Err(vault_api::ClientError::Api { status: 404, .. }) => break,
-                Err(e) => return Err(format!("fetching {name}: {e}")),
+                Err(e) => return Err(WalCheckError::Fetch { name, source: e }),
             }
         }
-        let Some(first) = first else { return Err("the vault has none of the WAL around it".to_string()) };
+        let Some(first) = first else { return Err(WalCheckError::NoWal) };
         // From a segment's start: pg_waldump finds the first record there from the page
         // header, where an arbitrary position may lie in a switched segment's zeroed tail.
         let start = pgfmt::segment_start(first, seg).max(plan.backup.backup.start_lsn);
-        let bindir = pg::bindir().map_err(|e| e.to_string())?;
+        let bindir = pg::bindir()?;
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || check::waldump(&bindir, &d, tli, start, hi))
-            .await
-            .map_err(|e| e.to_string())?
+        Ok(tokio::task::spawn_blocking(move || check::waldump(&bindir, &d, tli, start, hi)).await??)
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -65,25 +65,32 @@ pub struct WebhookFile {
 
 /// Checks `[[webhook]]` tables: known format, http(s) URL, unique non-empty names. The error
 /// says which hook and what to change.
-pub fn validate(files: &[WebhookFile]) -> Result<Vec<Webhook>, String> {
+pub fn validate(files: &[WebhookFile]) -> Result<Vec<Webhook>, WebhookError> {
     let mut webhooks: Vec<Webhook> = Vec::new();
     for w in files {
         let format = Format::parse(w.format.as_deref().unwrap_or("generic")).ok_or_else(|| {
-            format!(
-                "webhook {:?}: format {:?} is not one of generic, wecom, dingtalk, slack",
-                w.name,
-                w.format.as_deref().unwrap_or("")
-            )
+            WebhookError::Format { name: w.name.clone(), format: w.format.clone().unwrap_or_default() }
         })?;
         if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-            return Err(format!("webhook {:?}: url {:?} must start with https://", w.name, w.url));
+            return Err(WebhookError::Url { name: w.name.clone(), url: w.url.clone() });
         }
         if w.name.is_empty() || webhooks.iter().any(|h| h.name == w.name) {
-            return Err(format!("webhook name {:?} is empty or listed twice", w.name));
+            return Err(WebhookError::Name(w.name.clone()));
         }
         webhooks.push(Webhook { name: w.name.clone(), url: w.url.clone(), format });
     }
     Ok(webhooks)
+}
+
+/// A `[[webhook]]` table that cannot be used: which hook, and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook {name:?}: format {format:?} is not one of generic, wecom, dingtalk, slack")]
+    Format { name: String, format: String },
+    #[error("webhook {name:?}: url {url:?} must start with https://")]
+    Url { name: String, url: String },
+    #[error("webhook name {0:?} is empty or listed twice")]
+    Name(String),
 }
 
 /// One line a person reads: what happened, to which cluster, and the detail.

@@ -9,10 +9,14 @@ pub mod accept;
 pub mod alerts;
 pub mod tls;
 
+/// A duration in a config file that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration: write e.g. \"90s\", \"15m\", \"24h\", \"7d\" or \"1h30m\"")]
+pub struct DurationError(pub String);
+
 /// Parses `"90s"`, `"15m"`, `"24h"`, `"7d"` or a sum such as `"1h30m"`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad =
-        || format!("{text:?} is not a duration: write e.g. \"90s\", \"15m\", \"24h\", \"7d\" or \"1h30m\"");
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    let bad = || DurationError(text.to_string());
     let mut total: u64 = 0;
     let mut num = String::new();
     for c in text.trim().chars() {

@@ -7,24 +7,19 @@ use std::path::Path;
 /// Creates a self-signed certificate for 127.0.0.1 and localhost if neither file exists (the
 /// key written 0600). Returns whether it created one. One file without the other is an error:
 /// the message says to restore it or remove both.
-pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, String> {
+pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok(false),
         (false, false) => {}
         _ => {
-            return Err(format!(
-                "only one of {} and {} exists: restore the other, or remove both to generate a new self-signed pair",
-                cert.display(),
-                key.display()
-            ));
+            return Err(TlsError::HalfPair { cert: cert.into(), key: key.into() });
         }
     }
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let ck =
-        rcgen::generate_simple_self_signed(sans).map_err(|e| format!("generating a certificate: {e}"))?;
+    let ck = rcgen::generate_simple_self_signed(sans).map_err(TlsError::Generate)?;
     for p in [cert, key] {
         if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| TlsError::io("creating", dir, e))?;
         }
     }
     let mut opts = std::fs::OpenOptions::new();
@@ -34,34 +29,76 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(key).map_err(|e| format!("writing {}: {e}", key.display()))?;
+    let mut f = opts.open(key).map_err(|e| TlsError::io("writing", key, e))?;
     f.write_all(ck.signing_key.serialize_pem().as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", key.display()))?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|e| format!("writing {}: {e}", cert.display()))?;
+        .map_err(|e| TlsError::io("writing", key, e))?;
+    std::fs::write(cert, ck.cert.pem()).map_err(|e| TlsError::io("writing", cert, e))?;
     tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate for 127.0.0.1 and localhost");
     Ok(true)
 }
 
 /// A rustls server config (aws-lc-rs, safe defaults, no client certificates) from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("reading certificates from {}: {e}", cert.display()))?;
+        .map_err(|e| TlsError::Pem { what: "certificates", path: cert.into(), source: e })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate(cert.into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("reading the private key from {}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        what: "the private key",
+        path: key.into(),
+        source: e,
+    })?;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Rustls)?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))
+        .map_err(TlsError::Pair)
+}
+
+/// Why the TLS set-up failed: which file, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "only one of {} and {} exists: restore the other, or remove both to generate a new self-signed pair",
+        cert.display(),
+        key.display()
+    )]
+    HalfPair { cert: std::path::PathBuf, key: std::path::PathBuf },
+    #[error("generating a certificate: {0}")]
+    Generate(#[source] rcgen::Error),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {what} from {}: {source}", path.display())]
+    Pem {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", .0.display())]
+    NoCertificate(std::path::PathBuf),
+    #[error("{0}")]
+    Rustls(#[source] rustls::Error),
+    #[error("the certificate and key do not form a usable pair: {0}")]
+    Pair(#[source] rustls::Error),
+}
+
+impl TlsError {
+    fn io(what: &'static str, path: &Path, source: std::io::Error) -> TlsError {
+        TlsError::Io { what, path: path.into(), source }
+    }
 }
 
 /// Limits on connections that have not shown a valid token yet.

@@ -89,3 +89,14 @@ pub trait Expunge: ObjectStore {
     /// object's retention is in the future; a `Quorum` warrant must name the object.
     async fn expunge(&self, name: &ObjectName, authority: ExpungeAuthority<'_>) -> Result<(), StoreError>;
 }
+
+/// What a vault client is told: a backend failure is named, its detail (paths, endpoints, the
+/// backend's own message) stays in the vault's log.
+impl vault_types::UserFacing for StoreError {
+    fn user_message(&self) -> String {
+        match self {
+            StoreError::Io { .. } => "the vault's storage backend failed".into(),
+            other => other.to_string(),
+        }
+    }
+}

@@ -267,22 +267,31 @@ pub async fn check(store: &dyn ObjectStore, repo: Option<&Repository>) -> CheckR
     r
 }
 
+/// Why `check` could not read a blob.
+#[derive(Debug, thiserror::Error)]
+enum BlobError {
+    #[error("blob {0} is in no index")]
+    NotIndexed(ChunkId),
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    #[error(transparent)]
+    Open(#[from] crate::RepoError),
+    #[error("blob {id} in {pack} does not match its id")]
+    Mismatch { id: ChunkId, pack: ObjectName },
+}
+
 async fn read_blob(
     store: &dyn ObjectStore,
     repo: &Repository,
     index: &Index,
     id: &ChunkId,
-) -> Result<Vec<u8>, String> {
-    let loc = index.get(id).ok_or_else(|| format!("blob {id} is in no index"))?;
+) -> Result<Vec<u8>, BlobError> {
+    let loc = index.get(id).ok_or(BlobError::NotIndexed(*id))?;
     let pack = index.pack_name(loc.pack);
-    let env = store
-        .get_range(&pack, loc.offset as u64..loc.offset as u64 + loc.length as u64)
-        .await
-        .map_err(|e| e.to_string())?;
-    let plain =
-        repo.keys().open_named(&env, format_args!("blob {id} in {pack}")).map_err(|e| e.to_string())?;
+    let env = store.get_range(&pack, loc.offset as u64..loc.offset as u64 + loc.length as u64).await?;
+    let plain = repo.keys().open_named(&env, format_args!("blob {id} in {pack}"))?;
     if repo.keys().chunk_id(&plain) != *id {
-        return Err(format!("blob {id} in {pack} does not match its id"));
+        return Err(BlobError::Mismatch { id: *id, pack });
     }
     Ok(plain)
 }

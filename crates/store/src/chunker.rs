@@ -46,9 +46,14 @@ impl Default for ChunkerConfig {
     }
 }
 
+/// Chunker parameters that would make chunking fail or memory explode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunker parameters out of range: {0}")]
+pub struct ChunkerOutOfRange(pub String);
+
 impl ChunkerConfig {
     /// Rejects parameters that would make chunking fail or memory explode.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ChunkerOutOfRange> {
         let ok = (1..=512).contains(&self.pages_per_chunk)
             && (4096..=(16 << 20)).contains(&self.wal_chunk)
             && fastcdc::v2020::MINIMUM_MIN <= self.cdc_min
@@ -57,7 +62,7 @@ impl ChunkerConfig {
             && self.cdc_max <= fastcdc::v2020::MAXIMUM_MAX.min(16 << 20)
             && fastcdc::v2020::AVERAGE_MIN <= self.cdc_avg
             && self.cdc_avg <= fastcdc::v2020::AVERAGE_MAX;
-        if ok { Ok(()) } else { Err(format!("chunker parameters out of range: {self:?}")) }
+        if ok { Ok(()) } else { Err(ChunkerOutOfRange(format!("{self:?}"))) }
     }
 
     /// The policy for a file at `rel_path` (relative to the data directory, `/`-separated).

@@ -81,3 +81,17 @@ impl RepoError {
         RepoError::Malformed { what: what.into(), why: why.to_string() }
     }
 }
+
+/// What a vault client is told: storage and local I/O failures name their kind, not the
+/// vault host's paths, backend addresses or OS messages (those go to the vault's log).
+impl vault_types::UserFacing for RepoError {
+    fn user_message(&self) -> String {
+        match self {
+            RepoError::Store(e) => e.user_message(),
+            RepoError::Io { .. } => "a local file operation on the vault host failed".into(),
+            RepoError::Random(_) => "the vault host's random number generator failed".into(),
+            RepoError::Pipeline(_) => "the backup pipeline failed".into(),
+            other => other.to_string(),
+        }
+    }
+}

@@ -89,11 +89,11 @@ impl Index {
     }
 
     /// Adds a pack's blobs. The first location seen for a blob wins.
-    pub fn add_pack(&mut self, pack: ObjectId, blobs: &[BlobEntry]) -> Result<(), String> {
+    pub fn add_pack(&mut self, pack: ObjectId, blobs: &[BlobEntry]) -> Result<(), IndexError> {
         let p = self.intern(pack);
         for b in blobs {
-            let small = |v: u64, what: &str| {
-                u32::try_from(v).map_err(|_| format!("blob {} {what} {v} is too large", b.id))
+            let small = |v: u64, what: &'static str| {
+                u32::try_from(v).map_err(|_| IndexError::TooLarge { blob: b.id.to_string(), what, value: v })
             };
             let loc = Location {
                 pack: p,
@@ -108,7 +108,7 @@ impl Index {
     }
 
     /// Adds every pack of an index file.
-    pub fn add_file(&mut self, file: &IndexFile) -> Result<(), String> {
+    pub fn add_file(&mut self, file: &IndexFile) -> Result<(), IndexError> {
         for p in &file.packs {
             self.add_pack(p.pack_id()?, &p.blobs)?;
         }
@@ -128,9 +128,20 @@ pub struct IndexPack {
 
 impl IndexPack {
     /// The pack id.
-    pub fn pack_id(&self) -> Result<ObjectId, String> {
-        ObjectId::from_hex(&self.pack).map_err(|e| e.to_string())
+    pub fn pack_id(&self) -> Result<ObjectId, IndexError> {
+        Ok(ObjectId::from_hex(&self.pack)?)
     }
+}
+
+/// Why an index file's entry cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// An offset or length past what a pack can hold.
+    #[error("blob {blob} {what} {value} is too large")]
+    TooLarge { blob: String, what: &'static str, value: u64 },
+    /// The pack is not named by 64 hex digits.
+    #[error(transparent)]
+    BadPackId(#[from] crate::name::NameError),
 }
 
 /// The JSON of one index file.
@@ -197,7 +208,7 @@ pub async fn load_new(
             Err(e) => Err(e.to_string()),
         };
         let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
-        match parsed.and_then(|f| idx.add_file(&f)) {
+        match parsed.and_then(|f| idx.add_file(&f).map_err(|e| e.to_string())) {
             Ok(()) => idx.mark_file(meta.name.id),
             Err(why) => {
                 tracing::warn!(index = %meta.name, %why, "skipping unreadable index file");

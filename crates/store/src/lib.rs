@@ -54,3 +54,4 @@ pub use repo::{InitOptions, RepoConfig, Repository};
 pub use s3::{Protection, S3Config, S3Store};
 pub use snapshot::{BackupRecord, FileEntry};
 pub use timestamp::Timestamp;
+pub use vault_types::UserFacing;

@@ -61,13 +61,13 @@ pub struct TempPg {
 
 /// The directory holding `initdb`, `postgres`, `pg_ctl`, `psql`, `pg_waldump`…
 pub fn bindir() -> Result<PathBuf> {
-    static BINDIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINDIR.get_or_init(find_bindir).clone().map_err(anyhow::Error::msg)
+    static BINDIR: OnceLock<Result<PathBuf, PgNotFound>> = OnceLock::new();
+    Ok(BINDIR.get_or_init(find_bindir).clone()?)
 }
 
 /// PostgreSQL's server programs: where `pg_config --bindir` says (Debian's pg_config may belong
 /// to libpq-dev alone), else on `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
-fn find_bindir() -> Result<PathBuf, String> {
+fn find_bindir() -> Result<PathBuf, PgNotFound> {
     let has_server = |d: &Path| d.join("initdb").exists() && d.join("pg_ctl").exists();
     let from_pg_config = Command::new("pg_config")
         .arg("--bindir")
@@ -82,13 +82,17 @@ fn find_bindir() -> Result<PathBuf, String> {
         v.sort();
         v.pop()
     });
-    from_pg_config.filter(|d| has_server(d)).or(on_path).or(debian).ok_or_else(|| {
-        "PostgreSQL's server programs (initdb, pg_ctl, postgres) were not found via pg_config, PATH or \
-         /usr/lib/postgresql/*/bin: install them (Debian/Ubuntu: apt-get install postgresql-15, or run \
-         ./run demo, which installs what is missing) or put their directory on PATH"
-            .to_owned()
-    })
+    from_pg_config.filter(|d| has_server(d)).or(on_path).or(debian).ok_or(PgNotFound)
 }
+
+/// PostgreSQL's server programs are not installed where they were looked for.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "PostgreSQL's server programs (initdb, pg_ctl, postgres) were not found via pg_config, PATH or \
+     /usr/lib/postgresql/*/bin: install them (Debian/Ubuntu: apt-get install postgresql-15, or run \
+     ./run demo, which installs what is missing) or put their directory on PATH"
+)]
+pub struct PgNotFound;
 
 /// The path of a PostgreSQL program, e.g. `bin("pg_waldump")`.
 pub fn bin(name: &str) -> Result<PathBuf> {

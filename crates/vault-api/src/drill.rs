@@ -63,24 +63,42 @@ pub struct SignedDrillReport {
 
 impl SignedDrillReport {
     /// Checks the signature against `expected_key` (hex) and parses the report.
-    pub fn verify(&self, expected_key: &str) -> Result<DrillReport, String> {
+    pub fn verify(&self, expected_key: &str) -> Result<DrillReport, ReportError> {
         if !self.public_key.eq_ignore_ascii_case(expected_key) {
-            return Err(format!(
-                "signed by key {}, not the vault's drill-report key {expected_key}",
-                self.public_key
-            ));
+            return Err(ReportError::OtherKey {
+                signed_by: self.public_key.clone(),
+                expected: expected_key.to_string(),
+            });
         }
         let mut key = [0u8; 32];
-        hex::decode_to_slice(&self.public_key, &mut key).map_err(|_| "malformed public key".to_string())?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|_| "invalid public key".to_string())?;
+        hex::decode_to_slice(&self.public_key, &mut key).map_err(|_| ReportError::MalformedKey)?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| ReportError::InvalidKey)?;
         let mut sig = [0u8; 64];
-        hex::decode_to_slice(&self.signature, &mut sig).map_err(|_| "malformed signature".to_string())?;
+        hex::decode_to_slice(&self.signature, &mut sig).map_err(|_| ReportError::MalformedSignature)?;
         key.verify(self.report.as_bytes(), &Signature::from_bytes(&sig))
-            .map_err(|_| "the signature does not match the report".to_string())?;
-        serde_json::from_str(&self.report)
-            .map_err(|e| format!("the signed report is not a drill report: {e}"))
+            .map_err(|_| ReportError::BadSignature)?;
+        serde_json::from_str(&self.report).map_err(|e| ReportError::NotAReport(e.to_string()))
     }
 }
+
+/// Why a signed drill report was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("signed by key {signed_by}, not the vault's drill-report key {expected}")]
+    OtherKey { signed_by: String, expected: String },
+    #[error("malformed public key")]
+    MalformedKey,
+    #[error("invalid public key")]
+    InvalidKey,
+    #[error("malformed signature")]
+    MalformedSignature,
+    #[error("the signature does not match the report")]
+    BadSignature,
+    #[error("the signed report is not a drill report: {0}")]
+    NotAReport(String),
+}
+
+impl vault_types::UserFacing for ReportError {}
 
 /// A stored report as listed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -13,11 +13,13 @@
 //! ```
 
 pub mod deletion;
+pub mod error;
 pub mod name;
 pub mod object;
 pub mod timestamp;
 
 pub use deletion::{DELETION_PURPOSE, DeletionStatement};
+pub use error::UserFacing;
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
 pub use object::{ObjectMeta, PutOutcome};
-pub use timestamp::Timestamp;
+pub use timestamp::{Timestamp, TimestampError};

@@ -47,13 +47,21 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A timestamp that is not RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad timestamp {text:?}: {why} (expected RFC 3339, e.g. 2026-11-23T09:00:00Z)")]
+pub struct TimestampError {
+    pub text: String,
+    pub why: String,
+}
+
+impl crate::UserFacing for TimestampError {}
+
 impl FromStr for Timestamp {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t =
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
-                format!("bad timestamp {s:?}: {e} (expected RFC 3339, e.g. 2026-11-23T09:00:00Z)")
-            })?;
+    type Err = TimestampError;
+    fn from_str(s: &str) -> Result<Self, TimestampError> {
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| TimestampError { text: s.to_string(), why: e.to_string() })?;
         Ok(Timestamp(t.unix_timestamp()))
     }
 }

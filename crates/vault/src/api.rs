@@ -21,7 +21,7 @@ use axum::routing::{get, post, put};
 use bytes::Bytes;
 use ed25519_dalek::Verifier;
 use store::quorum::{DELETION_PURPOSE, DeletionStatement, KeyholderSignature, QuorumError, QuorumWarrant};
-use store::{ObjectKind, ObjectName, StoreError};
+use store::{ObjectKind, ObjectName, StoreError, UserFacing};
 use vault_api::*;
 
 use crate::service::{Entries, WriteRefusal};
@@ -58,12 +58,25 @@ impl ApiError {
     fn unprocessable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
+    /// A failure inside the vault: the client is told what failed and an error id; the detail
+    /// (which may name the vault host's paths or backend) goes to the log under that id.
     fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %e, "{what} failed");
+        ApiError::internal_told(what, &e, None)
+    }
+    /// As [`ApiError::internal`], telling the client what `e` says is theirs to know.
+    fn internal_user(what: &str, e: &impl UserFacing) -> ApiError {
+        ApiError::internal_told(what, e, Some(e.user_message()))
+    }
+    fn internal_told(what: &str, e: &dyn std::fmt::Display, told: Option<String>) -> ApiError {
+        let mut id = [0u8; 4];
+        let _ = getrandom::getrandom(&mut id);
+        let id = hex::encode(id);
+        tracing::error!(error = %e, error_id = %id, "{what} failed");
+        let told = told.map(|t| format!(": {t}")).unwrap_or_default();
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
-                "{what} failed: {e}; nothing was changed by this request — retry, and check the vault's log if it persists"
+                "{what} failed{told} (error {id} in the vault's log); nothing was changed by this request — retry, and check the vault's log if it persists"
             ),
         )
     }
@@ -90,7 +103,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(n) => ApiError::not_found(format!("object {n} is not in this vault")),
             StoreError::Name(n) => ApiError::bad_request(n.to_string()),
             StoreError::BadRange { .. } => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string()),
-            other => ApiError::internal("storage", other),
+            other => ApiError::internal_user("storage", &other),
         }
     }
 }
@@ -107,7 +120,7 @@ impl From<WriteRefusal> for ApiError {
 
 impl From<store::RepoError> for ApiError {
     fn from(e: store::RepoError) -> ApiError {
-        ApiError::internal("the repository", e)
+        ApiError::internal_user("the repository", &e)
     }
 }
 
@@ -691,7 +704,7 @@ async fn start_drill(
         Ok(id) => Ok(json(StatusCode::ACCEPTED, &vault_api::drill::DrillStarted { id })),
         Err(e @ crate::drill::StartError::UnknownCluster(_)) => Err(ApiError::not_found(e.to_string())),
         Err(e @ crate::drill::StartError::Running { .. }) => Err(ApiError::conflict(e.to_string())),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(ApiError::internal("starting the drill", e)),
     }
 }
 
@@ -856,9 +869,9 @@ async fn backup_file(
             return Err(err);
         }
         Err(e) => {
-            return Err(ApiError::internal(
+            return Err(ApiError::internal_user(
                 &format!("reading {path} of backup {id} (run `holdfast vault check`)"),
-                e,
+                &e,
             ));
         }
     };
@@ -1437,5 +1450,38 @@ mod tests {
         ] {
             assert!(parse_range(&v(bad), 100).is_err(), "{bad}");
         }
+    }
+
+    /// A failure inside the vault tells the client what failed and an error id, never the
+    /// vault host's paths or the OS message; errors that are the client's to know pass through.
+    #[test]
+    fn internal_detail_stays_in_the_log() {
+        let secret_path = "/srv/holdfast-secret-store/objects/pack/ab";
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "EACCES on the disk");
+        let hidden = [
+            ApiError::from(StoreError::Io { what: format!("reading {secret_path}"), source: io }),
+            ApiError::from(store::RepoError::Io {
+                what: format!("writing {secret_path}"),
+                source: std::io::Error::other("EIO"),
+            }),
+            ApiError::internal("encoding", format!("serde failed at {secret_path}")),
+        ];
+        for e in hidden {
+            assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!e.message.contains("secret-store") && !e.message.contains("EACCES"), "{}", e.message);
+            assert!(!e.message.contains("EIO"), "{}", e.message);
+            let id = e.message.split("(error ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+            assert_eq!(id.len(), 8, "an error id to find the detail in the log: {}", e.message);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{}", e.message);
+        }
+        // Tampering is the operator's to know (and to act on): it reaches the client.
+        let tampered = ApiError::from(store::RepoError::Tampered { what: "pack/cd".into() });
+        assert!(
+            tampered.message.contains("authentication failed") && tampered.message.contains("run `check`")
+        );
+        assert!(tampered.message.contains("pack/cd"), "{}", tampered.message);
+        // Two failures get two ids.
+        let (a, b) = (ApiError::internal("x", "y"), ApiError::internal("x", "y"));
+        assert_ne!(a.message, b.message);
     }
 }

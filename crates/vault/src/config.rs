@@ -288,16 +288,18 @@ impl StoreFile {
 
     /// Reads the `[store]` table of a TOML file (for `vault init --store-config`). Relative
     /// paths in it are later resolved against the vault's directory, like the rest of vault.toml.
-    pub fn from_file(path: &Path) -> Result<StoreFile, String> {
+    pub fn from_file(path: &Path) -> Result<StoreFile, ConfigError> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Only {
             store: StoreFile,
         }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        toml::from_str::<Only>(&text)
-            .map(|o| o.store)
-            .map_err(|e| format!("{}: expected only a [store] table: {e}", path.display()))
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), source: e })?;
+        toml::from_str::<Only>(&text).map(|o| o.store).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: format!("expected only a [store] table: {e}"),
+        })
     }
 
     fn validate(&self, base: &Path) -> Result<StoreConfig, String> {
@@ -574,7 +576,7 @@ impl ConfigFile {
                     .map_err(|e| invalid(format!("[[drill]] of cluster {:?}: {e}", d.cluster)))?,
             );
         }
-        let webhooks = crate::alerts::validate(&self.webhooks).map_err(invalid)?;
+        let webhooks = crate::alerts::validate(&self.webhooks).map_err(|e| invalid(e.to_string()))?;
         let l = self.limits.clone().unwrap_or_default();
         let limits = Limits {
             token_quota_bytes_per_day: l
@@ -710,7 +712,8 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
         for bad in ["", "10", "h", "5x", "0s", "-1h", "1.5h"] {
             let e = parse_duration(bad).unwrap_err();
-            assert!(e.contains("is not a duration"), "{bad}: {e}");
+            assert_eq!(e, serve::DurationError(bad.to_string()));
+            assert!(e.to_string().contains("is not a duration"), "{bad}: {e}");
         }
     }
 }

@@ -62,8 +62,8 @@ pub enum StartError {
         "a drill of cluster {cluster:?} is already running (id {id}); wait for it (`holdfast drill --list`)"
     )]
     Running { cluster: String, id: String },
-    #[error("{0}")]
-    Setup(String),
+    #[error("the random number generator failed: {0}")]
+    Random(#[from] getrandom::Error),
 }
 
 impl Drills {
@@ -196,7 +196,7 @@ pub fn start(s: &Arc<Shared>, cluster: &str, trigger: String) -> Result<String, 
     let Some(cfg) = s.config.drill(cluster).cloned() else {
         return Err(StartError::UnknownCluster(cluster.to_string()));
     };
-    let id = random_hex(8).map_err(StartError::Setup)?;
+    let id = random_hex(8)?;
     {
         let mut running = s.drills.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = running.get(cluster) {
@@ -350,9 +350,9 @@ fn run_as() -> Option<String> {
     restore::pg::running_as_root().then(|| "postgres".to_string())
 }
 
-fn random_hex(n: usize) -> Result<String, String> {
+fn random_hex(n: usize) -> Result<String, getrandom::Error> {
     let mut b = vec![0u8; n];
-    getrandom::getrandom(&mut b).map_err(|e| format!("the random number generator failed: {e}"))?;
+    getrandom::getrandom(&mut b)?;
     Ok(hex::encode(b))
 }
 
@@ -795,9 +795,12 @@ mod tests {
         assert_eq!(Drills::new(&keys).public_key(), d.public_key());
         let mut forged = good.clone();
         forged.report = forged.report.replace("\"ok\":true", "\"ok\":false");
-        assert!(forged.verify(&d.public_key()).unwrap_err().contains("does not match"));
+        assert_eq!(forged.verify(&d.public_key()).unwrap_err(), vault_api::drill::ReportError::BadSignature);
         let other = Drills::new(&store::MasterKeys::from_bytes([3; 32], [2; 32])).sign(&report("c", 1, true));
-        assert!(other.verify(&d.public_key()).unwrap_err().contains("not the vault's"));
+        assert!(matches!(
+            other.verify(&d.public_key()).unwrap_err(),
+            vault_api::drill::ReportError::OtherKey { .. }
+        ));
         let mut state = VaultState::default();
         for (i, signed) in [good, forged, other].into_iter().enumerate() {
             state.drills.push(vault_api::drill::DrillEntry {

@@ -28,7 +28,7 @@ pub enum KeyFileError {
     #[error("{path} holds no age identity (a line starting with AGE-SECRET-KEY-1): {why}")]
     BadIdentity { path: PathBuf, why: String },
     #[error("TLS setup failed: {0}")]
-    Tls(String),
+    Tls(#[from] serve::tls::TlsError),
 }
 
 /// An age X25519 identity read from a file. Debug never shows the secret.
@@ -99,12 +99,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
 /// Creates a self-signed certificate for 127.0.0.1 and localhost if neither file exists.
 /// Returns whether it created one.
 pub fn ensure_tls(cert: &Path, key: &Path) -> Result<bool, KeyFileError> {
-    serve::tls::ensure_self_signed(cert, key).map_err(KeyFileError::Tls)
+    serve::tls::ensure_self_signed(cert, key).map_err(KeyFileError::from)
 }
 
 /// A rustls server config from PEM files (HTTP/1.1 by ALPN).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, KeyFileError> {
-    let mut cfg = serve::tls::server_config(cert, key).map_err(KeyFileError::Tls)?;
+    let mut cfg = serve::tls::server_config(cert, key).map_err(KeyFileError::from)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
