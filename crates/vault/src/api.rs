@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -574,57 +574,37 @@ async fn head_object(
         .map_err(|e| ApiError::internal("building the response", e))
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) of a query value.
-fn percent_decode(v: &str) -> ApiResult<String> {
-    let bad = || {
-        ApiError::bad_request(format!("bad percent-encoding in {:?}", v.chars().take(80).collect::<String>()))
-    };
-    let (b, mut out, mut i) = (v.as_bytes(), Vec::with_capacity(v.len()), 0);
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(bad)?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
+/// `?kind=K` (objects and records).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindQuery {
+    kind: Option<String>,
 }
 
-/// Parses `a=b&c=d` where only `allowed` keys may appear.
-fn parse_query(raw: Option<String>, allowed: &[&str]) -> ApiResult<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for pair in raw.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !allowed.contains(&k) {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter {:?}: this endpoint accepts {}",
-                k.chars().take(40).collect::<String>(),
-                allowed.join(", ")
-            )));
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
+/// `?path=P&offset=O&length=L` (a backup's file).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    path: Option<String>,
+    offset: Option<u64>,
+    length: Option<u64>,
+}
+
+/// A query string decoded by axum's `Query` (percent-decoding, `+` as a space, unknown or
+/// repeated parameters and malformed numbers refused). Taken as a `Result` so that a handler
+/// checks the token first and answers a bad query with a JSON 400 like every other error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
 }
 
 async fn list_objects(
     State(s): State<Arc<Shared>>,
-    RawQuery(q): RawQuery,
+    q: Result<Query<KindQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     s.authorize(&headers, &[Scope::Read], "listing objects").await?;
-    let q = parse_query(q, &["kind"])?;
-    let kinds: Vec<ObjectKind> = match q.get("kind") {
+    let q = query(q)?;
+    let kinds: Vec<ObjectKind> = match q.kind {
         Some(k) => vec![k.parse().map_err(|e: store::NameError| ApiError::bad_request(e.to_string()))?],
         None => ObjectKind::ALL.to_vec(),
     };
@@ -664,17 +644,17 @@ async fn append_record(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
 
 async fn list_records(
     State(s): State<Arc<Shared>>,
-    RawQuery(q): RawQuery,
+    q: Result<Query<KindQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     s.authorize(&headers, &[Scope::Read], "reading records").await?;
-    let q = parse_query(q, &["kind"])?;
+    let q = query(q)?;
     let records = s
         .repo
         .records()
         .await?
         .into_iter()
-        .filter(|(_, r)| q.get("kind").is_none_or(|k| *k == r.kind))
+        .filter(|(_, r)| q.kind.as_ref().is_none_or(|k| *k == r.kind))
         .map(|(name, r)| RecordEntry { name, kind: r.kind, written_at: r.written_at, body: r.body })
         .collect();
     Ok(json(StatusCode::OK, &ListRecordsResponse { records }))
@@ -827,22 +807,14 @@ async fn backup_file(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    q: Result<Query<FileQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     s.authorize(&headers, &[Scope::Read], "reading a backup's files").await?;
     let Path(id) = id.map_err(|e| ApiError::bad_request(format!("bad backup id: {e}")))?;
-    let q = parse_query(query, &["path", "offset", "length"])?;
-    let num = |key: &str, default: u64| -> ApiResult<u64> {
-        q.get(key).map_or(Ok(default), |v| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("{key} must be a non-negative integer, got {v:?}"))
-            })
-        })
-    };
-    let (offset, length) = (num("offset", 0)?, num("length", MAX_FILE_RANGE)?);
-    let path = q.get("path").map(|p| percent_decode(p)).transpose()?;
+    let q = query(q)?;
+    let (offset, length) = (q.offset.unwrap_or(0), q.length.unwrap_or(MAX_FILE_RANGE));
     let path =
-        path.ok_or_else(|| ApiError::bad_request("the query must name the file: ?path=base/5/16384"))?;
+        q.path.ok_or_else(|| ApiError::bad_request("the query must name the file: ?path=base/5/16384"))?;
     if length > MAX_FILE_RANGE {
         return Err(ApiError::bad_request(format!("length is at most {MAX_FILE_RANGE} bytes per request")));
     }

@@ -176,6 +176,27 @@ async fn malformed_and_oversized_requests_get_4xx_and_the_service_keeps_serving(
     let part = read.get_object_range(&pack, 10, 19).await.unwrap();
     assert_eq!(part.len(), 10);
 
+    // Bad queries: unknown or repeated parameters, a negative or non-numeric number, a kind
+    // that is none. A JSON 400 each, and nothing listed or read.
+    for url in [
+        "/v1/objects?kind=pack&sneaky=1",
+        "/v1/objects?kind=pack&kind=catalog",
+        "/v1/objects?kind=..%2Fkeys",
+        "/v1/records?limit=5",
+        "/v1/backups/00/file?path=base/1&offset=-1",
+        "/v1/backups/00/file?path=base/1&length=1e9",
+        "/v1/backups/00/file?path=base/1&offset=1&offset=2",
+    ] {
+        let r = read.request(Method::GET, url).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{url}: {body}");
+    }
+    // Without a token, a bad query is a 401 first: the query is not looked at.
+    let anon = h.admin.with_token(None);
+    let r = anon.request(Method::GET, "/v1/objects?sneaky=1").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
     // Garbage on the socket, without and with TLS.
     let addr = h.handle.as_ref().unwrap().addr();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
