@@ -454,14 +454,23 @@ async fn forged_incident_is_refused_and_restore_before_incident_follows_the_real
     let admin_file = v.scratch().join("admin.token");
     let out = v.cli(&admin_file, &["backup", "--cluster", "main", "--json"]).unwrap();
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let admin_c = admin(&v);
+    // The catalog snapshot names the table before it is dropped: the tables it knows, once it
+    // has been read, then more of them once it has been read again after the CREATE.
+    let known_tables = || async { admin_c.status().await.ok()?.clusters.first()?.catalog_tables };
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(100));
+    let before =
+        testkit::wait::until_async(within, every, "the first catalog snapshot", known_tables).await.unwrap();
     pg.psql(
         "CREATE TABLE gift_cards AS SELECT g AS id, g * 100 AS balance_cents FROM generate_series(1, 3000) g",
     )
     .unwrap();
-    let admin_c = admin(&v);
+    testkit::wait::until_async(within, every, "a catalog snapshot naming gift_cards", || async {
+        known_tables().await.filter(|n| *n > before)
+    })
+    .await
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // The catalog snapshot names the table before it is dropped.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     pg.psql("DROP TABLE gift_cards").unwrap();
     let real = loop {
         let list = admin_c.incidents("main").await.unwrap();

@@ -212,7 +212,7 @@ rgw dns name = localhost
             ]),
             "radosgw-admin user create",
         )?;
-        ceph.wait_http(Duration::from_secs(60))?;
+        ceph.wait_http(crate::wait::budget(Duration::from_secs(60)))?;
         Ok(ceph)
     }
 
@@ -303,7 +303,7 @@ rgw dns name = localhost
 fn stop(child: &mut Child) {
     // std has no SIGTERM and the workspace forbids unsafe code: use kill(1).
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + crate::wait::budget(Duration::from_secs(10));
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;

@@ -395,16 +395,18 @@ impl TempPg {
         let mut cmd = Command::new("kill");
         cmd.args(["-KILL", &pid.to_string()]);
         run(cmd, "kill postmaster")?;
-        // Wait for the postmaster to go; its children exit when they notice.
-        for _ in 0..200 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        // Wait for the postmaster to go, then for its children, which exit when they notice:
+        // an orphaned backend keeps the shared memory segment, and a restart before it is gone
+        // fails. Every server process runs in the data directory.
+        let every = Duration::from_millis(10);
+        crate::wait::until(Duration::from_secs(5), every, "the killed postmaster exiting", || {
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })?;
         self.running = false;
-        // Orphaned backends keep the shared memory segment a while; give them a moment.
-        std::thread::sleep(Duration::from_millis(200));
+        let data = self.data.canonicalize()?;
+        crate::wait::until(Duration::from_secs(10), every, "the killed server's backends exiting", || {
+            (!processes_in(&data)).then_some(())
+        })?;
         let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
         Ok(())
     }
@@ -502,6 +504,12 @@ pub fn make_world_readable(path: &Path) -> Result<()> {
     perms.set_mode(perms.mode() | 0o444 | if path.is_dir() { 0o111 } else { 0 });
     std::fs::set_permissions(path, perms)?;
     Ok(())
+}
+
+/// Whether any process runs with `dir` as its working directory (Linux `/proc`).
+fn processes_in(dir: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
 }
 
 #[cfg(test)]

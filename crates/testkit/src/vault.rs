@@ -111,7 +111,8 @@ impl TempVault {
             .stderr(log)
             .spawn()
             .context("starting holdfast vault serve")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let limit = crate::wait::budget(Duration::from_secs(60));
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text).context("parsing the ready file")?;
@@ -124,7 +125,11 @@ impl TempVault {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("holdfast vault serve did not become ready within 60 s; log:\n{}", self.log());
+                bail!(
+                    "holdfast vault serve did not become ready within {} s; log:\n{}",
+                    limit.as_secs(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -149,7 +154,7 @@ impl TempVault {
         let Some(mut c) = self.child.take() else { return false };
         // std has no SIGTERM and the workspace forbids unsafe code: use kill(1).
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::wait::budget(Duration::from_secs(20));
         while Instant::now() < deadline {
             if let Ok(Some(s)) = c.try_wait() {
                 return s.success();
