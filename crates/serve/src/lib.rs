@@ -15,6 +15,9 @@ pub mod tls;
 pub struct DurationError(pub String);
 
 /// Parses `"90s"`, `"15m"`, `"24h"`, `"7d"` or a sum such as `"1h30m"`.
+///
+/// Not `humantime`: it also accepts `M` (months), `y`, `ms`, `ns`…, so a typo such as `5M`
+/// for five minutes would be a five-month setting; this small language has no such neighbour.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
     let bad = || DurationError(text.to_string());
     let mut total: u64 = 0;

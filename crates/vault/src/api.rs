@@ -300,6 +300,9 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     json(StatusCode::OK, &Health { status: "ok".into(), repository: s.repo.id().to_string() })
 }
 
+/// `GET /metrics`: Prometheus text. Written by hand on purpose: almost every series is a gauge
+/// read from the state at scrape time, which `prometheus-client` would need a custom collector
+/// per family for (more code, and a new dependency tree), for the same text.
 async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
     use std::fmt::Write;
     s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading metrics").await?;
