@@ -756,12 +756,12 @@ impl<'a> Session<'a> {
                 self.owe(1);
             }
             b'F' => {
-                // FunctionCall by OID (large objects: lo_unlink…): nothing to classify it
-                // with. Fail closed, answered as a FunctionCall is: an error, then
-                // ReadyForQuery (so a client such as psql's \lo_unlink does not hang).
-                let d = self.shared.guard.check_query(&mut self.guard, "\u{0}function call");
-                self.statement("<FunctionCall message: a function called by OID>".into(), d, f, false)
-                    .await?;
+                // FunctionCall by OID (libpq's large-object API: lo_open, loread, lo_unlink…).
+                // Judged as the SQL call of the same built-in would be; answered as a
+                // FunctionCall is (refused: an error, then ReadyForQuery, so psql's
+                // \lo_unlink does not hang).
+                let (sql, d) = self.function_call(&f.body);
+                self.statement(sql, d, f, false).await?;
             }
             b'X' => {
                 f.encode(&mut self.sout);
@@ -802,6 +802,51 @@ impl<'a> Session<'a> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// A FunctionCall message: its text for the audit and the approver, and the guard's decision.
+    /// Built-in functions have fixed OIDs (below 16384, the same on every PostgreSQL 15
+    /// server), so OID → name is a table, not a catalog lookup a session could influence. The
+    /// large-object functions are judged as `SELECT pg_catalog.<name>(…)` would be (`lo_unlink`,
+    /// `lowrite`, `lo_truncate` are destructive); a call the guard would measure runs as is,
+    /// since large objects live in `pg_largeobject`, which no user table counter sees and no
+    /// such function can reach past. Any other OID (user functions above all) is held as
+    /// destructive: the gate cannot measure a FunctionCall, and SELECT f() is measured.
+    fn function_call(&mut self, body: &Bytes) -> (String, Decision) {
+        let b = &body[..];
+        let oid = b.get(..4).map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]])).unwrap_or(0);
+        let nargs = (|| {
+            let nfmt = i16::from_be_bytes([*b.get(4)?, *b.get(5)?]).max(0) as usize;
+            let at = 6 + 2 * nfmt;
+            Some(i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]).max(0) as usize)
+        })()
+        .unwrap_or(0);
+        match large_object_function(oid) {
+            Some((name, arity)) => {
+                let sql = format!("SELECT pg_catalog.{name}({})", vec!["NULL"; arity].join(", "));
+                let mut d = self.shared.guard.check_query(&mut guard::Session::default(), &sql);
+                if matches!(d.action, Action::RowGuard { .. }) {
+                    d.action = Action::Allow;
+                }
+                (format!("FunctionCall pg_catalog.{name} (OID {oid}, {nargs} arguments)"), d)
+            }
+            None => {
+                // The policy's action for a destructive call, with the reason for this one.
+                let mut d = self
+                    .shared
+                    .guard
+                    .check_query(&mut guard::Session::default(), "SELECT pg_catalog.lo_unlink(NULL)");
+                d.reasons = vec![format!(
+                    "a FunctionCall message calls function OID {oid}, which is not one of the large-object functions the gate knows: held as destructive (call it with SELECT, where the gate measures what it changes)"
+                )];
+                for st in &mut d.statements {
+                    st.kind = "FunctionCall".into();
+                    st.text = format!("FunctionCall OID {oid}");
+                    st.reasons = d.reasons.clone();
+                }
+                (format!("FunctionCall OID {oid} ({nargs} arguments)"), d)
+            }
+        }
     }
 
     /// Decides what happens to one statement: run, run under the row guard, hold for a second
@@ -898,7 +943,14 @@ impl<'a> Session<'a> {
             Action::Deny => {
                 self.shared.metrics.refused.inc();
                 let why = d.reasons.join("; ");
-                self.refuse(&format!("holdfast gate: statement refused by policy: {why}"), extended);
+                // Text the server's own parser would reject gets the server's SQLSTATE
+                // (syntax_error), so drivers and tools react as they would without the gate.
+                let code = if why.starts_with(guard::PARSER_REJECTED) { "42601" } else { "42501" };
+                self.refuse_with(
+                    &format!("holdfast gate: statement refused by policy: {why}"),
+                    code,
+                    extended,
+                );
             }
             Action::RowGuard { .. } if self.txn == b'E' && !extended => {
                 // An aborted transaction: it fails anyway, as the server says.
@@ -1534,8 +1586,13 @@ impl<'a> Session<'a> {
 
     /// Puts a failing statement carrying `message` where the refused one was.
     fn refuse(&mut self, message: &str, extended: bool) {
+        self.refuse_with(message, "42501", extended)
+    }
+
+    /// As `refuse`, with the SQLSTATE the client gets.
+    fn refuse_with(&mut self, message: &str, code: &str, extended: bool) {
         self.track("(refused by the gate)", extended);
-        let sql = raise_sql(message);
+        let sql = raise_sql_code(message, code);
         if extended {
             frontend::encode_parse(&mut self.sout, &sql);
             frontend::encode_bind_unnamed(&mut self.sout);
@@ -1554,12 +1611,50 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// The built-in large-object functions by OID (pg_proc.dat: fixed for a major version; user
+/// objects get OIDs from 16384 up, so none can take these) with their arity.
+fn large_object_function(oid: u32) -> Option<(&'static str, usize)> {
+    Some(match oid {
+        715 => ("lo_create", 1),
+        764 => ("lo_import", 1),
+        765 => ("lo_export", 2),
+        767 => ("lo_import", 2),
+        952 => ("lo_open", 2),
+        953 => ("lo_close", 1),
+        954 => ("loread", 2),
+        955 => ("lowrite", 2),
+        956 => ("lo_lseek", 3),
+        957 => ("lo_creat", 1),
+        958 => ("lo_tell", 1),
+        964 => ("lo_unlink", 1),
+        1004 => ("lo_truncate", 2),
+        3170 => ("lo_lseek64", 3),
+        3171 => ("lo_tell64", 1),
+        3172 => ("lo_truncate64", 2),
+        3457 => ("lo_from_bytea", 2),
+        3458 => ("lo_get", 1),
+        3459 => ("lo_get", 3),
+        3460 => ("lo_put", 3),
+        _ => return None,
+    })
+}
+
 /// `DO` block raising `message` (SQLSTATE 42501); the message cannot escape its quoting.
 pub fn raise_sql(message: &str) -> String {
+    raise_sql_code(message, "42501")
+}
+
+/// As `raise_sql` with another SQLSTATE (five characters from [0-9A-Z], else 42501).
+pub fn raise_sql_code(message: &str, code: &str) -> String {
+    let code = if code.len() == 5 && code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        code
+    } else {
+        "42501"
+    };
     let clean: String = message.chars().filter(|c| *c != '\0').collect::<String>().replace('$', "＄");
     let quoted = clean.replace('\'', "''");
     format!(
-        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{quoted}', \
+        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{quoted}', \
          HINT = 'ask an approver, or see holdfast gate pending'; END$holdfast$"
     )
 }

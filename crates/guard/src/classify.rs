@@ -117,9 +117,7 @@ pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Ana
                 pg_query::Error::Parse(m) => m,
                 other => other.to_string(),
             };
-            return Analysis::refused(format!(
-                "PostgreSQL's parser rejected the SQL: {msg}; nothing was run"
-            ));
+            return Analysis::refused(format!("{}: {msg}; nothing was run", crate::PARSER_REJECTED));
         }
     };
     let stmts = &parsed.protobuf.stmts;

@@ -85,6 +85,10 @@ pub struct StatementInfo {
     pub objects: Vec<String>,
 }
 
+/// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
+/// gate then answers with the server's SQLSTATE for it, 42601).
+pub const PARSER_REJECTED: &str = "PostgreSQL's parser rejected the SQL";
+
 /// The guard's verdict on a Query message, a Parse or an Execute.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
