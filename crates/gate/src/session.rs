@@ -69,6 +69,12 @@ struct Held {
 /// search_path or its own objects cannot change what it reads.
 const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'";
 
+/// As [`SNAPSHOT_SQL`], plus one row (oid -2) listing every user relation (OID ≥ 16384) as
+/// `oid`, or `oid:relfilenode` when it is a table (matview, TOAST table, sequence) whose file
+/// holds at least one page. A DROP or TRUNCATE removes an entry or changes a relfilenode; a
+/// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry.
+const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid";
+
 const SAVEPOINT: &str = "SAVEPOINT holdfast_row_guard";
 const RELEASE: &str = "RELEASE SAVEPOINT holdfast_row_guard";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT holdfast_row_guard";
@@ -79,6 +85,8 @@ struct Snap {
     tables: HashMap<i64, (String, u64, i64)>,
     exclusive_locks: u64,
     rows_seen: bool,
+    /// The relations' entries (see [`SNAPSHOT_PROBE_SQL`]), when probed.
+    relations: Option<std::collections::HashSet<String>>,
 }
 
 impl Snap {
@@ -90,6 +98,8 @@ impl Snap {
         self.rows_seen = true;
         if oid == -1 {
             self.exclusive_locks = n;
+        } else if oid == -2 {
+            self.relations = Some(get(1).split(',').filter(|e| !e.is_empty()).map(str::to_string).collect());
         } else {
             self.tables.insert(oid, (get(1), n, get(3).parse().unwrap_or(0)));
         }
@@ -126,8 +136,10 @@ fn data_row(body: &Bytes) -> Vec<Option<String>> {
 enum Unit {
     /// Sent as is; its answers go to the client.
     Plain(String),
-    /// A write run under a savepoint and measured; `max_rows` from the guard.
-    Measured { sql: String, max_rows: u64 },
+    /// A write run under a savepoint and measured; `max_rows` from the guard. `probe`: a DROP …
+    /// IF EXISTS or TRUNCATE, kept only if it dropped and emptied nothing that existed with
+    /// data (the relations' entries before and after).
+    Measured { sql: String, max_rows: u64, probe: bool },
 }
 
 /// Who the answers to each Query the gate sent during a run belong to (one ReadyForQuery each).
@@ -187,8 +199,8 @@ struct Run {
     /// The gate opened a transaction (the client was outside one): it commits or rolls back.
     opened: bool,
     steps: VecDeque<Step>,
-    /// The measured statement whose numbers are awaited.
-    current: Option<(String, u64)>,
+    /// The measured statement whose numbers are awaited (text, row limit, probe).
+    current: Option<(String, u64, bool)>,
     buffered: BytesMut,
     stmt_failed: bool,
     snap_failed: bool,
@@ -876,6 +888,29 @@ impl<'a> Session<'a> {
                     .to_string(),
             );
         }
+        // Setup that destroys nothing (DROP … IF EXISTS of what is absent, TRUNCATE of an empty
+        // table, as `pgbench -i` sends) is not held: it runs under a savepoint and is held only
+        // if the catalog shows it dropped or emptied something that existed. Simple protocol,
+        // outside an extended batch, and a string without transaction control or COPY (the
+        // gate runs it statement by statement inside one transaction).
+        let probe = action == Action::Approve
+            && !extended
+            && !self.batch_open
+            && self.txn != b'E'
+            && d.statements.iter().any(|st| st.probe && st.action == Action::Approve)
+            && d.statements.iter().all(|st| match st.action {
+                Action::Allow | Action::RowGuard { .. } => {
+                    d.statements.len() == 1
+                        || !(st.kind == "COPY" || guard::TRANSACTION_CONTROL.contains(&st.kind.as_str()))
+                }
+                Action::Approve => st.probe,
+                Action::Deny => false,
+            });
+        if probe {
+            action = Action::RowGuard { max_rows: self.shared.guard.policy().row_guard_max_rows };
+            // Its prepared-statement and cursor changes, as for any statement sent on.
+            self.guard.apply(&d);
+        }
         if extended {
             // Follow the transaction state through the batch (JDBC sends BEGIN in the same
             // batch as the first statement); anything the gate cannot follow makes it unknown.
@@ -905,6 +940,7 @@ impl<'a> Session<'a> {
             "txn": (self.txn as char).to_string(),
             "protocol": if extended { "extended" } else { "simple" },
             "break_glass": break_glass && d.action == Action::Approve,
+            "probe": probe,
         });
         // Recorded before it takes effect, every statement, reads included: the record is
         // fsynced before the server sees anything (group commit in the spool keeps this cheap
@@ -988,12 +1024,16 @@ impl<'a> Session<'a> {
     fn start_run(&mut self, sql: String, d: &Decision, max_rows: u64) {
         let mut units = VecDeque::new();
         if d.statements.len() <= 1 {
-            units.push_back(Unit::Measured { sql: sql.clone(), max_rows });
+            let probe = d.statements.first().is_some_and(|st| st.probe && st.action == Action::Approve);
+            units.push_back(Unit::Measured { sql: sql.clone(), max_rows, probe });
         } else {
             for st in &d.statements {
                 match st.action {
                     Action::RowGuard { max_rows } => {
-                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows })
+                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: false })
+                    }
+                    Action::Approve if st.probe => {
+                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: true })
                     }
                     _ => units.push_back(Unit::Plain(st.text.clone())),
                 }
@@ -1042,16 +1082,17 @@ impl<'a> Session<'a> {
             }
             match r.units.pop_front() {
                 Some(Unit::Plain(sql)) => self.run_send(Step::Plain, &sql),
-                Some(Unit::Measured { sql, max_rows }) => {
-                    r.current = Some((sql.clone(), max_rows));
+                Some(Unit::Measured { sql, max_rows, probe }) => {
+                    r.current = Some((sql.clone(), max_rows, probe));
                     r.before = Snap::default();
                     r.after = Snap::default();
                     r.stmt_failed = false;
                     r.snap_failed = false;
+                    let snapshot = if probe { SNAPSHOT_PROBE_SQL } else { SNAPSHOT_SQL };
                     self.run_send(Step::Quiet, SAVEPOINT);
-                    self.run_send(Step::Before, SNAPSHOT_SQL);
+                    self.run_send(Step::Before, snapshot);
                     self.run_send(Step::Stmt, &sql);
-                    self.run_send(Step::After, SNAPSHOT_SQL);
+                    self.run_send(Step::After, snapshot);
                     return;
                 }
                 None => {
@@ -1153,7 +1194,7 @@ impl<'a> Session<'a> {
             d.reasons = reasons;
             return self.hold(sql, &d, Bytes::new(), false, Some(rows), true).await;
         }
-        if let Some((sql, max_rows)) = r.current.take() {
+        if let Some((sql, max_rows, probe)) = r.current.take() {
             if r.failed {
                 r.buffered.clear();
             } else if r.stmt_failed {
@@ -1163,7 +1204,7 @@ impl<'a> Session<'a> {
                 r.error = Some("failed (see the client's error)".into());
             } else {
                 let (before, after, snap_failed) = (r.before.clone(), r.after.clone(), r.snap_failed);
-                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows);
+                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows, probe);
                 let r = self.run.as_mut().expect("run");
                 r.tags.push(format!("ROWS CHANGED {rows}"));
                 if over.is_empty() {
@@ -1207,11 +1248,30 @@ impl<'a> Session<'a> {
         snap_failed: bool,
         sql: &str,
         max_rows: u64,
+        probe: bool,
     ) -> (Vec<String>, u64) {
         let mut over = Vec::new();
         if snap_failed || !after.rows_seen || !before.rows_seen {
             over.push("the gate could not read what the statement changed (its counters query failed or its result was too large), so it is held".to_string());
             return (over, 0);
+        }
+        if probe {
+            // A DROP … IF EXISTS / TRUNCATE: kept only if every relation that existed before it
+            // still exists, and every one whose file held data still has that file.
+            match (&before.relations, &after.relations) {
+                (Some(b), Some(a)) => {
+                    let gone = b.iter().filter(|e| !a.contains(*e)).count();
+                    if gone > 0 {
+                        over.push(format!(
+                            "it dropped or emptied {gone} existing relation(s) (tables with data, or any relation it dropped)"
+                        ));
+                    }
+                }
+                _ => over.push(
+                    "the gate could not read which relations the statement dropped or emptied, so it is held"
+                        .to_string(),
+                ),
+            }
         }
         let policy = self.shared.guard.policy();
         let limits = crate::budget::Limits::from_policy(policy);
@@ -1225,7 +1285,9 @@ impl<'a> Session<'a> {
         }
         changed.sort();
         let total: u64 = changed.iter().map(|(_, d, _)| d).sum();
-        if after.exclusive_locks > before.exclusive_locks {
+        // A probed DROP/TRUNCATE takes its lock even when it destroys nothing; what it did
+        // destroy is in the relations' entries above.
+        if !probe && after.exclusive_locks > before.exclusive_locks {
             over.push(format!(
                 "it took an ACCESS EXCLUSIVE lock on {} more relation(s): a DROP, TRUNCATE or rewrite (e.g. inside a function)",
                 after.exclusive_locks - before.exclusive_locks
@@ -1360,7 +1422,7 @@ impl<'a> Session<'a> {
             XPhase::Measuring => {
                 let (before, after, sql, max_rows) =
                     (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows);
-                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows);
+                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows, false);
                 let x = self.xrun.as_mut().expect("xrun");
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);

@@ -83,6 +83,9 @@ pub struct StatementInfo {
     pub reasons: Vec<String>,
     /// Tables and other objects it names, as written.
     pub objects: Vec<String>,
+    /// DROP … IF EXISTS of relations or TRUNCATE: destroys something only if what it names
+    /// exists (TRUNCATE: holds data). The gate may measure it instead of holding it.
+    pub probe: bool,
 }
 
 /// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
@@ -940,6 +943,7 @@ impl Guard {
                 action: a,
                 reasons: reasons_here,
                 objects: st.objects.clone(),
+                probe: st.probe,
             });
         }
         if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {

@@ -356,3 +356,111 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
         .unwrap();
     assert!(text(&out).contains("bob"), "{}", text(&out));
 }
+
+/// `pgbench -i` through the gate: its DROP TABLE IF EXISTS of absent tables and its TRUNCATE of
+/// the empty tables it just created destroy nothing, so nothing waits for a person (here nobody
+/// could approve: anything held is refused at once). Then TPC-B with `-M prepared` (parameterised
+/// one-row UPDATEs, row-guarded) completes. The adversary's side: IF EXISTS and TRUNCATE
+/// of tables that exist with data — directly, after locking them, next to an absent name,
+/// through a TRUNCATE trigger on an empty table and through an event trigger on DROP — are held
+/// (refused), and every row is still there.
+#[test]
+fn pgbench_init_and_tpcb_complete_through_the_gate_and_if_exists_destroys_nothing_real() {
+    let g = Gate::start_with("", POLICY, false);
+    // alice's login owns orders (as an application's role owns its tables): only the gate
+    // stands between her and a DROP.
+    g.pg.psql("ALTER TABLE orders OWNER TO gate_app").unwrap();
+    let pgbench = |args: &[&str]| {
+        Command::new(testkit::pg::bin("pgbench").unwrap())
+            .arg(g.conninfo("alice", "require"))
+            .args(args)
+            .env("PGPASSWORD", "alice-password")
+            .output()
+            .unwrap()
+    };
+    let out = pgbench(&["-i", "-s", "1"]);
+    assert!(out.status.success(), "pgbench -i through the gate: {}", text(&out));
+    assert_eq!(g.count("pgbench_accounts"), 100_000);
+    let out = pgbench(&["-n", "-M", "prepared", "-t", "20", "-c", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("number of transactions actually processed: 40/40"), "{}", text(&out));
+    assert_eq!(g.count("pgbench_history"), 40);
+
+    // Initialising again drops tables that hold data: refused (nobody can approve).
+    let out = pgbench(&["-i", "-s", "1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("pgbench_accounts"), 100_000);
+    assert_eq!(g.count("pgbench_history"), 40);
+
+    // Setup the trap: an empty table whose TRUNCATE trigger empties orders, and an event trigger
+    // (a superuser's, planted earlier) that empties scratch whenever anyone drops a table.
+    g.pg.psql(
+        "CREATE TABLE bait (id int); GRANT ALL ON bait TO gate_app;
+         CREATE FUNCTION bait_fn() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN TRUNCATE orders; RETURN NULL; END$$;
+         CREATE TRIGGER bait_tr BEFORE TRUNCATE ON bait EXECUTE FUNCTION bait_fn();",
+    )
+    .unwrap();
+    // (the statement, what the refusal says: measured and found destructive, or held whole)
+    for (sql, why) in [
+        ("DROP TABLE IF EXISTS orders", "dropped or emptied"),
+        ("DROP TABLE IF EXISTS no_such_table, orders", "dropped or emptied"),
+        ("BEGIN; LOCK orders IN ACCESS EXCLUSIVE MODE; DROP TABLE IF EXISTS orders", "DROP TABLE orders"),
+        ("DROP VIEW IF EXISTS no_such_view; DROP TABLE IF EXISTS orders CASCADE", "dropped or emptied"),
+        ("TRUNCATE orders", "dropped or emptied"),
+        ("CREATE TABLE made_now (id int); TRUNCATE made_now, orders", "dropped or emptied"),
+        ("TRUNCATE bait", "dropped or emptied"),
+        ("DROP TABLE IF EXISTS no_such_table; DELETE FROM orders", "DELETE without WHERE"),
+    ] {
+        let out = g.alice(sql);
+        assert!(!out.status.success(), "{sql}: {}", text(&out));
+        assert!(text(&out).contains(why), "{sql}: {}", text(&out));
+        assert_eq!(g.count("orders"), 100, "{sql}");
+    }
+    // psql's script mode: the LOCK in one statement, the DROP in the next, one transaction.
+    let out = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "require"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "BEGIN",
+            "-c",
+            "LOCK orders IN ACCESS EXCLUSIVE MODE",
+            "-c",
+            "DROP TABLE IF EXISTS orders",
+            "-c",
+            "COMMIT",
+        ])
+        .env("PGPASSWORD", "alice-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("orders"), 100);
+    g.pg.psql(
+        "CREATE FUNCTION trap() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN TRUNCATE scratch; END$$;
+         CREATE EVENT TRIGGER trap ON ddl_command_start WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION trap();",
+    )
+    .unwrap();
+    let out = g.alice("DROP TABLE IF EXISTS no_such_table");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 20);
+    g.pg.psql("DROP EVENT TRIGGER trap").unwrap();
+
+    // What destroys nothing runs, with the server's own answers (its NOTICE included).
+    let out = g.alice("DROP TABLE IF EXISTS no_such_table, no_such_either");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("does not exist, skipping"), "{}", text(&out));
+    let out = g.alice("CREATE TABLE fresh (id int); TRUNCATE fresh; INSERT INTO fresh VALUES (1)");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("fresh"), 1);
+    // A table with data cannot be emptied: refused, its row stays.
+    let out = g.alice("TRUNCATE fresh");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("fresh"), 1);
+    assert_eq!(g.count("orders"), 100);
+    assert_eq!(g.count("scratch"), 20);
+}
