@@ -216,14 +216,30 @@ pub fn text(o: &Output) -> String {
 #[derive(Debug, Clone)]
 pub enum Msg {
     Query(String),
-    Parse { name: String, sql: String },
-    Bind { portal: String, statement: String },
-    Execute { portal: String, max_rows: i32 },
-    Describe { portal: String },
+    Parse {
+        name: String,
+        sql: String,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+    },
+    Execute {
+        portal: String,
+        max_rows: i32,
+    },
+    Describe {
+        portal: String,
+    },
     ClosePortal(String),
     CloseStatement(String),
     Sync,
     Flush,
+    /// FunctionCall by OID, text-format arguments (None: NULL), text result.
+    FunctionCall {
+        oid: u32,
+        args: Vec<Option<Vec<u8>>>,
+    },
 }
 
 impl Msg {
@@ -275,6 +291,22 @@ impl Msg {
                 cstr(&mut b, n);
                 frame(out, b'C', &b)
             }
+            Msg::FunctionCall { oid, args } => {
+                b.extend_from_slice(&oid.to_be_bytes());
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+                for a in args {
+                    match a {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v);
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                frame(out, b'F', &b)
+            }
             Msg::Sync => frame(out, b'S', &[]),
             Msg::Flush => frame(out, b'H', &[]),
         }
@@ -311,6 +343,9 @@ pub struct Raw {
     rt: tokio::runtime::Runtime,
     io: Box<dyn pgproto::conn::Io>,
     buf: Vec<u8>,
+    /// The BackendKeyData the gate sent: process id and cancel secret.
+    pub backend_pid: i32,
+    pub backend_key: Vec<u8>,
 }
 
 impl Raw {
@@ -331,7 +366,7 @@ impl Raw {
         let mut params = vec![("database", "postgres"), ("client_encoding", "UTF8")];
         params.extend_from_slice(extra);
         let s = rt.block_on(pgproto::conn::connect_raw(&cfg, &params)).map_err(|e| e.to_string())?;
-        Ok(Raw { rt, io: s.io, buf: Vec::new() })
+        Ok(Raw { rt, io: s.io, buf: Vec::new(), backend_pid: s.backend_pid, backend_key: s.backend_key })
     }
 
     pub fn send(&mut self, msgs: &[Msg]) {
@@ -381,7 +416,8 @@ impl Raw {
 
     /// Sends and waits for as many ReadyForQuery as the messages ask (Query and Sync).
     pub fn exchange(&mut self, msgs: &[Msg]) -> Vec<Reply> {
-        let n = msgs.iter().filter(|m| matches!(m, Msg::Query(_) | Msg::Sync)).count();
+        let n =
+            msgs.iter().filter(|m| matches!(m, Msg::Query(_) | Msg::Sync | Msg::FunctionCall { .. })).count();
         self.send(msgs);
         self.until_ready(n)
     }
@@ -395,6 +431,17 @@ impl Raw {
 /// The error messages among replies.
 pub fn errors(r: &[Reply]) -> Vec<String> {
     r.iter().filter(|m| m.tag == b'E').map(Reply::message).collect()
+}
+
+/// Sends a CancelRequest to the gate (plain TCP, as libpq does).
+pub fn cancel(g: &Gate, pid: i32, key: &[u8]) {
+    let (host, port) = g.addr.rsplit_once(':').unwrap();
+    let cfg = pgproto::conn::Config::new(
+        pgproto::conn::Host::Tcp { host: host.to_string(), port: port.parse().unwrap() },
+        "nobody",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(pgproto::conn::send_cancel(&cfg, pid, key)).unwrap();
 }
 
 pub fn q(s: &str) -> Msg {
