@@ -273,7 +273,15 @@ pub struct Session<'a> {
     error_since_ready: bool,
     /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
     swallow: u32,
+    /// Parameter values bound into each portal (for an approval request), at most
+    /// `MAX_BOUND` portals.
+    bound: HashMap<String, Vec<Option<Bytes>>>,
+    /// The portal of the last Execute.
+    last_exec_portal: String,
 }
+
+/// Portals whose bound parameters the gate remembers for approval requests.
+const MAX_BOUND: usize = 256;
 
 enum Flow {
     Continue,
@@ -320,6 +328,8 @@ impl<'a> Session<'a> {
             batch: Vec::new(),
             error_since_ready: false,
             swallow: 0,
+            bound: HashMap::new(),
+            last_exec_portal: String::new(),
         }
     }
 
@@ -742,6 +752,10 @@ impl<'a> Session<'a> {
                     // What the portal runs is fixed here, from what the statement may be now;
                     // an unknown statement leaves the portal unknown (Execute is refused).
                     let _ = self.guard.bind_portal(&portal, &statement);
+                    if self.bound.len() >= MAX_BOUND && !self.bound.contains_key(&portal) {
+                        self.bound.clear();
+                    }
+                    self.bound.insert(portal.clone(), frontend::bind_values(&f.body));
                     f.encode(&mut self.sout);
                     self.owe(1);
                 }
@@ -749,6 +763,7 @@ impl<'a> Session<'a> {
             b'E' => {
                 self.batch_open = true;
                 let (portal, _) = frontend::execute(&f.body).map_err(|e| e.to_string())?;
+                self.last_exec_portal.clone_from(&portal);
                 let d = self.shared.guard.check_execute_portal(&self.guard, &portal);
                 let texts: Vec<&str> =
                     d.statements.iter().map(|s| s.text.as_str()).filter(|t| !t.is_empty()).collect();
@@ -763,6 +778,7 @@ impl<'a> Session<'a> {
                     self.guard.close_statement(&name);
                 } else {
                     self.guard.close_portal(&name);
+                    self.bound.remove(&name);
                 }
                 f.encode(&mut self.sout);
                 self.owe(1);
@@ -1490,10 +1506,19 @@ impl<'a> Session<'a> {
         if let Some(n) = rows {
             reasons.push(format!("it updated or deleted {n} rows (rolled back while it waits)"));
         }
+        // An Execute's bound parameters: their count always, their values as configured.
+        let parameters = if extended {
+            self.bound
+                .get(&self.last_exec_portal)
+                .map(|v| crate::approvals::Parameters::new(v, self.shared.config.approval_parameters))
+        } else {
+            None
+        };
         let ask = Ask::Statement {
             sql: sql.clone(),
             class: format!("{:?}", d.class).to_lowercase(),
             reasons: reasons.clone(),
+            parameters: parameters.clone(),
         };
         let timeout = self.shared.config.approval_timeout;
         let (req, rx) = self.shared.approvals.open(
@@ -1510,7 +1535,7 @@ impl<'a> Session<'a> {
         let _ = self
             .audit(
                 EventKind::ApprovalRequested,
-                serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons}),
+                serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons, "parameters": parameters}),
             )
             .await;
         let approvers: Vec<String> = self

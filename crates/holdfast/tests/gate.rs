@@ -464,3 +464,38 @@ fn pgbench_init_and_tpcb_complete_through_the_gate_and_if_exists_destroys_nothin
     assert_eq!(g.count("orders"), 100);
     assert_eq!(g.count("scratch"), 20);
 }
+
+/// An approval request for an extended-protocol statement shows its SQL text (what was bound,
+/// not a statement name) and its parameters: their count, the values as `approval_parameters`
+/// says (here hashed: SHA-256, comparable without being readable). Rejected, nothing changed.
+#[test]
+fn approval_requests_show_the_sql_and_the_bound_parameters() {
+    let g = Gate::start("approval_parameters = \"hashed\"", POLICY);
+    let mut a = Raw::connect(&g, "alice", "alice-password");
+    a.send(&[
+        parse("del", "DELETE FROM orders WHERE id > $1 AND merchant IS NOT NULL"),
+        Msg::BindParams { portal: "p".into(), statement: "del".into(), values: vec![Some("0".into())] },
+        execute("p"),
+        Msg::Sync,
+    ]);
+    let id = g.pending_id();
+    let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let req = v["requests"].as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap().clone();
+    assert_eq!(req["ask"]["sql"], "DELETE FROM orders WHERE id > $1 AND merchant IS NOT NULL", "{req}");
+    assert_eq!(req["ask"]["parameters"]["count"], 1, "{req}");
+    assert_eq!(req["ask"]["parameters"]["values_are"], "hashed", "{req}");
+    // SHA-256 of the text "0".
+    assert_eq!(
+        req["ask"]["parameters"]["values"][0],
+        "sha256:5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9",
+        "{req}"
+    );
+    let listed = g.cli("alice", "alice-password", None, &["pending"]);
+    assert!(text(&listed).contains("[1 parameters, hashed: \"sha256:5feceb66"), "{}", text(&listed));
+    let out = g.bob(&["reject", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = a.until_ready(1);
+    assert!(!errors(&r).is_empty(), "{r:?}");
+    assert_eq!(g.count("orders"), 100);
+}

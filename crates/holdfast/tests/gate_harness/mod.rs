@@ -224,6 +224,12 @@ pub enum Msg {
         portal: String,
         statement: String,
     },
+    /// Bind with text-format parameter values (None: NULL).
+    BindParams {
+        portal: String,
+        statement: String,
+        values: Vec<Option<String>>,
+    },
     Execute {
         portal: String,
         max_rows: i32,
@@ -269,6 +275,23 @@ impl Msg {
                 cstr(&mut b, portal);
                 cstr(&mut b, statement);
                 b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                frame(out, b'B', &b)
+            }
+            Msg::BindParams { portal, statement, values } => {
+                cstr(&mut b, portal);
+                cstr(&mut b, statement);
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+                for v in values {
+                    match v {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v.as_bytes());
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
                 frame(out, b'B', &b)
             }
             Msg::Execute { portal, max_rows } => {
