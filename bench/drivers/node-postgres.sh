@@ -79,11 +79,11 @@ password_file = "app.pw"
 sslmode = "disable"
 [[person]]
 name = "alice"
-scram = "$(echo alice-pw | "$HF" gate hash-password)"
+scram = "$(echo alice-password | "$HF" gate hash-password)"
 totp_secret = "$ALICE_TOTP"
 [[person]]
 name = "bob"
-scram = "$(echo bob-pw | "$HF" gate hash-password)"
+scram = "$(echo bob-password | "$HF" gate hash-password)"
 totp_secret = "$BOB_TOTP"
 approver = true
 CONF
@@ -103,11 +103,11 @@ const cli = (args, extra) => JSON.parse(execFileSync(env.HF, ["gate", ...args], 
   env: { ...env, HOLDFAST_GATE_URL: `https://127.0.0.1:${env.CPORT}`, HOLDFAST_GATE_CA: env.CA, ...extra } }).toString() || "{}");
 const bob = (args) => execFileSync(env.HF, ["gate", ...args], { env: { ...env,
   HOLDFAST_GATE_URL: `https://127.0.0.1:${env.CPORT}`, HOLDFAST_GATE_CA: env.CA, HOLDFAST_GATE_USER: "bob",
-  HOLDFAST_GATE_PASSWORD: "bob-pw",
+  HOLDFAST_GATE_PASSWORD: "bob-password",
   HOLDFAST_GATE_TOTP: execFileSync(env.HF, ["gate", "totp-code"], { env: { ...env, HOLDFAST_GATE_TOTP_SECRET: env.BOB_TOTP } }).toString().trim() } });
 const pending = async (sql) => {
   for (let i = 0; i < 200; i++) {
-    const v = cli(["pending", "--json"], { HOLDFAST_GATE_USER: "alice", HOLDFAST_GATE_PASSWORD: "alice-pw" });
+    const v = cli(["pending", "--json"], { HOLDFAST_GATE_USER: "alice", HOLDFAST_GATE_PASSWORD: "alice-password" });
     const r = (v.requests || []).find((r) => r.state.state === "pending" && r.ask.sql === sql);
     if (r) return r;
     await new Promise((res) => setTimeout(res, 100));
@@ -115,7 +115,7 @@ const pending = async (sql) => {
   throw new Error("no pending request for " + sql);
 };
 (async () => {
-  const c = new Client({ host: "127.0.0.1", port: +env.GPORT, user: "alice", password: "alice-pw", database: "postgres",
+  const c = new Client({ host: "127.0.0.1", port: +env.GPORT, user: "alice", password: "alice-password", database: "postgres",
     ssl: { ca: fs.readFileSync(env.CA), servername: "localhost" } });
   await c.connect();
   assert(c.connection.stream.encrypted === true, "connected over TLS, the gate's certificate verified");

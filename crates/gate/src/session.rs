@@ -61,6 +61,9 @@ struct Held {
     resume_run: bool,
     /// Nobody but the requester could approve it: refused at once.
     no_approver: bool,
+    /// Answers of the gate's own messages sent with `on_approve` (a Close and a re-Bind of a
+    /// portal the measurement consumed), not the client's: dropped, in order.
+    drop_tags: Vec<u8>,
 }
 
 /// The gate's read of what the transaction changed so far: per table (oid) its name, rows
@@ -273,9 +276,13 @@ pub struct Session<'a> {
     error_since_ready: bool,
     /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
     swallow: u32,
-    /// Parameter values bound into each portal (for an approval request), at most
-    /// `MAX_BOUND` portals.
-    bound: HashMap<String, Vec<Option<Bytes>>>,
+    /// The Bind message body of each portal (its parameters for an approval request, and to
+    /// bind it again when a measured write is approved), at most `MAX_BOUND` portals.
+    bound: HashMap<String, Bytes>,
+    /// `drop_tags` for the next hold.
+    next_hold_drop: Vec<u8>,
+    /// Server answers to drop before relaying (see `Held::drop_tags`).
+    drop_tags: VecDeque<u8>,
     /// The portal of the last Execute.
     last_exec_portal: String,
 }
@@ -329,6 +336,8 @@ impl<'a> Session<'a> {
             error_since_ready: false,
             swallow: 0,
             bound: HashMap::new(),
+            next_hold_drop: Vec::new(),
+            drop_tags: VecDeque::new(),
             last_exec_portal: String::new(),
         }
     }
@@ -532,6 +541,20 @@ impl<'a> Session<'a> {
             if self.xrun.is_some() && !matches!(f.tag, b'S' | b'A') {
                 self.on_xrun_frame(f).await?;
                 continue;
+            }
+            if let Some(&want) = self.drop_tags.front()
+                && self.swallow == 0
+                && self.run.is_none()
+            {
+                if f.tag == want {
+                    self.drop_tags.pop_front();
+                    self.ext_pending = self.ext_pending.saturating_sub(1);
+                    continue;
+                }
+                if matches!(f.tag, b'E' | b'Z') {
+                    // The server failed one of them (and skips to Sync): nothing more to drop.
+                    self.drop_tags.clear();
+                }
             }
             match f.tag {
                 b'Z' => {
@@ -755,7 +778,7 @@ impl<'a> Session<'a> {
                     if self.bound.len() >= MAX_BOUND && !self.bound.contains_key(&portal) {
                         self.bound.clear();
                     }
-                    self.bound.insert(portal.clone(), frontend::bind_values(&f.body));
+                    self.bound.insert(portal.clone(), f.body.clone());
                     f.encode(&mut self.sout);
                     self.owe(1);
                 }
@@ -1476,6 +1499,18 @@ impl<'a> Session<'a> {
                 let mut d = x.decision;
                 d.reasons = over;
                 let mut raw = BytesMut::new();
+                // The measurement ran the portal to its end: approved, it is closed and bound
+                // again from the client's own Bind (same statement, same parameters) before the
+                // Execute; the Close and Bind answers are the gate's, not the client's.
+                let portal = frontend::execute(&x.exec.body).map(|(p, _)| p).unwrap_or_default();
+                if let Some(bind) = self.bound.get(&portal) {
+                    let mut close = vec![b'P'];
+                    close.extend_from_slice(portal.as_bytes());
+                    close.push(0);
+                    Frame { tag: b'C', body: Bytes::from(close) }.encode(&mut raw);
+                    Frame { tag: b'B', body: bind.clone() }.encode(&mut raw);
+                    self.next_hold_drop = vec![b'3', b'2'];
+                }
                 x.exec.encode(&mut raw);
                 self.hold(x.sql, &d, raw.freeze(), true, Some(rows), false).await
             }
@@ -1508,9 +1543,12 @@ impl<'a> Session<'a> {
         }
         // An Execute's bound parameters: their count always, their values as configured.
         let parameters = if extended {
-            self.bound
-                .get(&self.last_exec_portal)
-                .map(|v| crate::approvals::Parameters::new(v, self.shared.config.approval_parameters))
+            self.bound.get(&self.last_exec_portal).map(|b| {
+                crate::approvals::Parameters::new(
+                    &frontend::bind_values(b),
+                    self.shared.config.approval_parameters,
+                )
+            })
         } else {
             None
         };
@@ -1579,6 +1617,7 @@ impl<'a> Session<'a> {
             decision: d.clone(),
             resume_run,
             no_approver,
+            drop_tags: std::mem::take(&mut self.next_hold_drop),
         });
         if no_approver {
             // Nobody but the requester could ever approve it: refused now, not after the
@@ -1612,7 +1651,8 @@ impl<'a> Session<'a> {
                         self.outstanding += 1;
                         self.guard.sync_sent();
                     } else {
-                        self.owe(1);
+                        self.owe(1 + h.drop_tags.len() as u32);
+                        self.drop_tags.extend(h.drop_tags.iter().copied());
                     }
                 }
             }

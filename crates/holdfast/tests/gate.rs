@@ -498,4 +498,21 @@ fn approval_requests_show_the_sql_and_the_bound_parameters() {
     let r = a.until_ready(1);
     assert!(!errors(&r).is_empty(), "{r:?}");
     assert_eq!(g.count("orders"), 100);
+
+    // Approved, a measured write runs as bound (its portal, run to its end by the measurement,
+    // is bound again by the gate); the client gets exactly the answers it asked for.
+    a.send(&[
+        Msg::BindParams { portal: "p2".into(), statement: "del".into(), values: vec![Some("85".into())] },
+        execute("p2"),
+        Msg::Sync,
+    ]);
+    let id = g.pending_id();
+    assert_eq!(g.count("orders"), 100, "rolled back while it waits");
+    let out = g.bob(&["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = a.until_ready(1);
+    assert!(errors(&r).is_empty(), "{r:?}");
+    let tags: Vec<u8> = r.iter().map(|m| m.tag).filter(|t| *t != b'N').collect();
+    assert_eq!(tags, b"2CZ".to_vec(), "BindComplete, CommandComplete, ReadyForQuery: {r:?}");
+    assert_eq!(g.count("orders"), 85);
 }
