@@ -274,7 +274,7 @@ fn extended_protocol_writes_are_measured_and_pgbench_prepared_runs() {
 
 #[test]
 fn every_write_is_measured_by_what_the_database_counted() {
-    let g = Gate::start_with("", POLICY, false);
+    let mut g = Gate::start_with("", POLICY, false);
     g.pg.psql(
         "CREATE TABLE parent (id int PRIMARY KEY);
          CREATE TABLE child (id serial PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
@@ -382,6 +382,14 @@ fn every_write_is_measured_by_what_the_database_counted() {
     let small = used.iter().find(|u| u["table"] == "public.small").expect("budget of public.small shown");
     assert_eq!(small["rows"], 24);
     assert_eq!(small["person"], "alice");
+    // Restarting the gate (killed, as a crash or an insider would) hands out no fresh budget.
+    drop((c, c2));
+    g.restart();
+    let mut c3 = Raw::connect(&g, "alice", "alice-password");
+    let r = c3.query("DELETE FROM small WHERE id BETWEEN 25 AND 27");
+    refused(&r, "the delete that passes the budget, after a restart");
+    assert!(errors(&r).iter().any(|e| e.contains("budget")), "{:?}", errors(&r));
+    assert_eq!(g.count("small"), 76);
     let _ = Duration::ZERO;
 }
 

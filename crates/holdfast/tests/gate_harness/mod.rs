@@ -112,31 +112,48 @@ db_user = "dba"
             carol = v("carol-password"),
         );
         std::fs::write(d.join("gate.toml"), config).unwrap();
-        let mut child = Command::new(holdfast())
-            .args(["gate", "serve", "--config"])
-            .arg(d.join("gate.toml"))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut said = Vec::new();
-        let (addr, control) = loop {
-            let line = match lines.next() {
-                Some(l) => l.unwrap(),
-                None => panic!("gate exited before listening: {}", said.join("\n")),
-            };
-            said.push(line.clone());
-            if let Some(rest) = line.strip_prefix("gate listening on ") {
-                let (a, c) = rest.split_once(" (control API https://").unwrap();
-                break (a.to_string(), c.trim_end_matches(')').to_string());
-            }
-        };
-        // Keep draining the gate's log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let (child, addr, control) = serve(&d);
         Gate { _dir: dir, dir: d, child, addr, control, pg }
     }
 
+    /// Stops the gate process (SIGKILL) and starts it again on the same state directory (new
+    /// ports); sessions through it end.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr, control) = serve(&self.dir);
+        (self.child, self.addr, self.control) = (child, addr, control);
+    }
+}
+
+/// `holdfast gate serve` on `dir/gate.toml`: the process and its two addresses once listening.
+fn serve(d: &Path) -> (Child, String, String) {
+    let mut child = Command::new(holdfast())
+        .args(["gate", "serve", "--config"])
+        .arg(d.join("gate.toml"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let (addr, control) = loop {
+        let line = match lines.next() {
+            Some(l) => l.unwrap(),
+            None => panic!("gate exited before listening: {}", said.join("\n")),
+        };
+        said.push(line.clone());
+        if let Some(rest) = line.strip_prefix("gate listening on ") {
+            let (a, c) = rest.split_once(" (control API https://").unwrap();
+            break (a.to_string(), c.trim_end_matches(')').to_string());
+        }
+    };
+    // Keep draining the gate's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, addr, control)
+}
+
+impl Gate {
     pub fn conninfo(&self, user: &str, ssl: &str) -> String {
         let (host, port) = self.addr.rsplit_once(':').unwrap();
         format!("host={host} port={port} user={user} dbname=postgres sslmode={ssl} connect_timeout=10")
