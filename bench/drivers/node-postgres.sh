@@ -10,88 +10,12 @@
 # PG_VERSION_NPM (default 8.13.1), KEEP=1 keeps the work dir.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-KEEP="${KEEP:-0}"
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
-need_apt=()
-command -v node >/dev/null || need_apt+=(nodejs)
-command -v npm >/dev/null || need_apt+=(npm)
-ls -d /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-PGBIN=/usr/lib/postgresql/15/bin
-if [ -n "${HOLDFAST_BIN:-}" ]; then
-  HF="$HOLDFAST_BIN"
-else
-  log "building holdfast"
-  (cd "$ROOT" && cargo build -p holdfast -q)
-  HF="$ROOT/target/debug/holdfast"
-fi
-
-W="$(mktemp -d /tmp/holdfast-node.XXXXXX)"
-chmod 755 "$W"
-free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
-PGPORT="$(free_port)" GPORT="$(free_port)" CPORT="$(free_port)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  su postgres -c "$PGBIN/pg_ctl -D $W/pg -m immediate stop" >/dev/null 2>&1 || true
-  [ "$KEEP" = 1 ] || rm -rf "$W"
-}
-trap cleanup EXIT
-
+DRIVER_APT=()
+command -v node >/dev/null || DRIVER_APT+=(nodejs)
+command -v npm >/dev/null || DRIVER_APT+=(npm)
+source "$(dirname "$0")/lib-shop.sh"
 log "installing pg@${PG_VERSION_NPM:=8.13.1} from npm"
 (cd "$W" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund "pg@$PG_VERSION_NPM" >/dev/null)
-
-log "PostgreSQL 15 on 127.0.0.1:$PGPORT with a shop table"
-mkdir -p "$W/pg" && chown postgres: "$W/pg"
-su postgres -c "$PGBIN/initdb -D $W/pg -A trust -U postgres --no-sync -E UTF8 --locale=C" >/dev/null
-printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\n" "$PGPORT" "$W/pg" >> "$W/pg/postgresql.conf"
-su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg/server.log -w start" >/dev/null
-"$PGBIN/psql" -h "$W/pg" -p "$PGPORT" -U postgres -X -q -v ON_ERROR_STOP=1 <<'SQL'
-CREATE ROLE shop_app LOGIN PASSWORD 'app-secret';
-CREATE TABLE orders (id int PRIMARY KEY, merchant int NOT NULL, total numeric NOT NULL);
-INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g;
-GRANT ALL ON orders TO shop_app;
-SQL
-
-log "gate on 127.0.0.1:$GPORT (TLS; row limit 5; bob approves)"
-mkdir -p "$W/gate"
-echo app-secret > "$W/gate/app.pw"
-printf 'row_guard_max_rows = 5\n' > "$W/gate/policy.toml"
-ALICE_TOTP=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ BOB_TOTP=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP
-cat > "$W/gate/gate.toml" <<CONF
-listen = "127.0.0.1:$GPORT"
-control_listen = "127.0.0.1:$CPORT"
-state_dir = "state"
-policy = "policy.toml"
-approval_timeout = "60s"
-approval_parameters = "shown"
-[upstream]
-host = "$W/pg"
-port = $PGPORT
-user = "shop_app"
-password_file = "app.pw"
-sslmode = "disable"
-[[person]]
-name = "alice"
-scram = "$(echo alice-password | "$HF" gate hash-password)"
-totp_secret = "$ALICE_TOTP"
-[[person]]
-name = "bob"
-scram = "$(echo bob-password | "$HF" gate hash-password)"
-totp_secret = "$BOB_TOTP"
-approver = true
-CONF
-(cd "$W/gate" && exec "$HF" gate serve --config gate.toml 2> "$W/gate.log") &
-PIDS+=("$!")
-for _ in $(seq 100); do grep -q "gate listening" "$W/gate.log" 2>/dev/null && break; sleep 0.2; done
-grep -q "gate listening" "$W/gate.log" || { cat "$W/gate.log" >&2; die "the gate did not start"; }
-
 cat > "$W/smoke.js" <<'JS'
 // node-postgres through the gate: what an application and a DBA's tool do.
 const { Client } = require("pg");
@@ -152,7 +76,7 @@ const pending = async (sql) => {
 })().catch((e) => { console.error("FAILED:", e); process.exit(1); });
 JS
 log "node-postgres smoke through the gate"
-(cd "$W" && HF="$HF" GPORT="$GPORT" CPORT="$CPORT" CA="$W/gate/state/tls/cert.pem" BOB_TOTP="$BOB_TOTP" node smoke.js)
+(cd "$W" && HF="$HF" GPORT="$GPORT" CPORT="$CPORT" CA="$CA" BOB_TOTP="$BOB_TOTP" node smoke.js)
 N="$("$PGBIN/psql" -h "$W/pg" -p "$PGPORT" -U postgres -X -At -c 'SELECT count(*) FROM orders')"
 [ "$N" = 91 ] || die "the database has $N rows, not 91"
 log "node-postgres through the gate: all steps passed (the database itself has $N rows)"

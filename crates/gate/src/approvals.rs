@@ -38,14 +38,15 @@ pub enum Ask {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Parameters {
     pub count: usize,
-    /// "redacted", "hashed" (`sha256:<hex>` each) or "shown" (text; non-UTF-8 as `\x<hex>`).
+    /// "redacted", "hashed" (`sha256:<hex>` each) or "shown" (text-format values as text;
+    /// binary-format ones and non-UTF-8 bytes as `\x<hex>`).
     pub values_are: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<Option<String>>,
 }
 
 impl Parameters {
-    pub fn new(values: &[Option<bytes::Bytes>], display: crate::config::ParamDisplay) -> Parameters {
+    pub fn new(values: &[(bool, Option<bytes::Bytes>)], display: crate::config::ParamDisplay) -> Parameters {
         use crate::config::ParamDisplay;
         use sha2::Digest as _;
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
@@ -56,17 +57,17 @@ impl Parameters {
                 "hashed",
                 values
                     .iter()
-                    .map(|v| v.as_ref().map(|b| format!("sha256:{}", hex(&sha2::Sha256::digest(b)))))
+                    .map(|(_, v)| v.as_ref().map(|b| format!("sha256:{}", hex(&sha2::Sha256::digest(b)))))
                     .collect(),
             ),
             ParamDisplay::Shown => (
                 "shown",
                 values
                     .iter()
-                    .map(|v| {
+                    .map(|(binary, v)| {
                         v.as_ref().map(|b| match std::str::from_utf8(b) {
-                            Ok(s) => s.chars().take(1000).collect(),
-                            Err(_) => format!("\\x{}", hex(&b[..b.len().min(500)])),
+                            Ok(s) if !binary => s.chars().take(1000).collect(),
+                            _ => format!("\\x{}", hex(&b[..b.len().min(500)])),
                         })
                     })
                     .collect(),

@@ -281,8 +281,14 @@ pub struct Session<'a> {
     bound: HashMap<String, Bytes>,
     /// `drop_tags` for the next hold.
     next_hold_drop: Vec<u8>,
-    /// Server answers to drop before relaying (see `Held::drop_tags`).
-    drop_tags: VecDeque<u8>,
+    /// Server answers that are the gate's own, not the client's, to drop instead of relaying:
+    /// (the index of the terminal answer in `answers`' count, its tag). The ParseComplete and
+    /// BindComplete of a refusal's `DO … RAISE`, the CloseComplete and BindComplete of a
+    /// re-bound portal (see `Held::drop_tags`). A strict driver (PgJDBC) fails on any answer to
+    /// a message it did not send.
+    drop_tags: VecDeque<(u64, u8)>,
+    /// Terminal answers to extended-protocol messages received so far.
+    answers: u64,
     /// The portal of the last Execute.
     last_exec_portal: String,
 }
@@ -338,6 +344,7 @@ impl<'a> Session<'a> {
             bound: HashMap::new(),
             next_hold_drop: Vec::new(),
             drop_tags: VecDeque::new(),
+            answers: 0,
             last_exec_portal: String::new(),
         }
     }
@@ -542,12 +549,13 @@ impl<'a> Session<'a> {
                 self.on_xrun_frame(f).await?;
                 continue;
             }
-            if let Some(&want) = self.drop_tags.front()
+            if let Some(&(at, want)) = self.drop_tags.front()
                 && self.swallow == 0
                 && self.run.is_none()
             {
-                if f.tag == want {
+                if f.tag == want && self.answers == at {
                     self.drop_tags.pop_front();
+                    self.answers += 1;
                     self.ext_pending = self.ext_pending.saturating_sub(1);
                     continue;
                 }
@@ -566,7 +574,8 @@ impl<'a> Session<'a> {
                     self.skipping = true;
                 }
                 b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
-                    self.ext_pending = self.ext_pending.saturating_sub(1)
+                    self.ext_pending = self.ext_pending.saturating_sub(1);
+                    self.answers += 1;
                 }
                 _ => {}
             }
@@ -1651,8 +1660,10 @@ impl<'a> Session<'a> {
                         self.outstanding += 1;
                         self.guard.sync_sent();
                     } else {
+                        let first = self.answers + u64::from(self.ext_pending);
+                        self.drop_tags
+                            .extend(h.drop_tags.iter().enumerate().map(|(i, t)| (first + i as u64, *t)));
                         self.owe(1 + h.drop_tags.len() as u32);
-                        self.drop_tags.extend(h.drop_tags.iter().copied());
                     }
                 }
             }
@@ -1721,6 +1732,12 @@ impl<'a> Session<'a> {
         self.track("(refused by the gate)", extended);
         let sql = raise_sql_code(message, code);
         if extended {
+            if !self.skipping {
+                // The client gets the error in its message's place, not the gate's own
+                // ParseComplete and BindComplete before it.
+                let first = self.answers + u64::from(self.ext_pending);
+                self.drop_tags.extend([(first, b'1'), (first + 1, b'2')]);
+            }
             frontend::encode_parse(&mut self.sout, &sql);
             frontend::encode_bind_unnamed(&mut self.sout);
             frontend::encode_execute_unnamed(&mut self.sout);
