@@ -497,6 +497,10 @@ fn approval_requests_show_the_sql_and_the_bound_parameters() {
     assert!(out.status.success(), "{}", text(&out));
     let r = a.until_ready(1);
     assert!(!errors(&r).is_empty(), "{r:?}");
+    // Exactly the answers to its own messages: ParseComplete, BindComplete, the error in the
+    // Execute's place, ReadyForQuery (none of the gate's own refusal statement's).
+    let tags: Vec<u8> = r.iter().map(|m| m.tag).filter(|t| *t != b'N').collect();
+    assert_eq!(tags, b"12EZ".to_vec(), "{r:?}");
     assert_eq!(g.count("orders"), 100);
 
     // Approved, a measured write runs as bound (its portal, run to its end by the measurement,
