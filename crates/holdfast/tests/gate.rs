@@ -293,6 +293,17 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
     assert!(out.status.success(), "{}", text(&out));
     let out = g.alice("DROP TABLE scratch");
     assert!(out.status.success(), "{}", text(&out));
+    // An extended-protocol statement (as drivers send them): its SQL text reaches the audit
+    // trail in the vault, from the Parse and from the Execute (what was bound).
+    let mut raw = Raw::connect(&g, "alice", "alice-password");
+    let r = raw.exchange(&[
+        parse("m", "SELECT count(*) FROM orders WHERE merchant = $1 AND 'extended-marker-42' <> ''"),
+        Msg::BindParams { portal: "pm".into(), statement: "m".into(), values: vec![Some("3".into())] },
+        execute("pm"),
+        Msg::Sync,
+    ]);
+    assert!(errors(&r).is_empty(), "{r:?}");
+    drop(raw);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let kinds: Vec<String> = received
@@ -348,6 +359,13 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
             && found.contains("\"break_glass\": true"),
         "{found}"
     );
+    let out = vault
+        .cli(&read_token, &["audit", "search", "--json", "--trust-key", &key, "--text", "extended-marker-42"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(found.contains("\"parse\"") && found.contains("\"extended\""), "{found}");
+    assert!(found.contains("WHERE merchant = $1"), "{found}");
     let out =
         vault.cli(&read_token, &["audit", "search", "--trust-key", &key, "--kind", "break_glass"]).unwrap();
     assert!(text(&out).contains("primary disk full"), "{}", text(&out));
