@@ -75,8 +75,10 @@ const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_c
 /// As [`SNAPSHOT_SQL`], plus one row (oid -2) listing every user relation (OID ≥ 16384) as
 /// `oid`, or `oid:relfilenode` when it is a table (matview, TOAST table, sequence) whose file
 /// holds at least one page. A DROP or TRUNCATE removes an entry or changes a relfilenode; a
-/// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry.
-const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid";
+/// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry. And
+/// one row (oid -3): the ACCESS EXCLUSIVE locks the session holds on foreign tables (a TRUNCATE
+/// of one empties a table on another server, which no local entry shows).
+const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'";
 
 const SAVEPOINT: &str = "SAVEPOINT holdfast_row_guard";
 const RELEASE: &str = "RELEASE SAVEPOINT holdfast_row_guard";
@@ -90,6 +92,8 @@ struct Snap {
     rows_seen: bool,
     /// The relations' entries (see [`SNAPSHOT_PROBE_SQL`]), when probed.
     relations: Option<std::collections::HashSet<String>>,
+    /// ACCESS EXCLUSIVE locks held on foreign tables, when probed.
+    foreign_locks: Option<u64>,
 }
 
 impl Snap {
@@ -101,6 +105,8 @@ impl Snap {
         self.rows_seen = true;
         if oid == -1 {
             self.exclusive_locks = n;
+        } else if oid == -3 {
+            self.foreign_locks = Some(n);
         } else if oid == -2 {
             self.relations = Some(get(1).split(',').filter(|e| !e.is_empty()).map(str::to_string).collect());
         } else {
@@ -1319,6 +1325,12 @@ impl<'a> Session<'a> {
                     "the gate could not read which relations the statement dropped or emptied, so it is held"
                         .to_string(),
                 ),
+            }
+            if after.foreign_locks.unwrap_or(u64::MAX) > before.foreign_locks.unwrap_or(0) {
+                over.push(
+                    "it locked a foreign table exclusively (a TRUNCATE there empties a table on another server)"
+                        .to_string(),
+                );
             }
         }
         let policy = self.shared.guard.policy();
