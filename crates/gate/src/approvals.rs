@@ -19,11 +19,62 @@ pub fn unix_now() -> u64 {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Ask {
     /// Run a statement the guard held.
-    Statement { sql: String, class: String, reasons: Vec<String> },
+    Statement {
+        sql: String,
+        class: String,
+        reasons: Vec<String>,
+        /// The parameters bound to it (extended protocol): their count, and their values as
+        /// the gate's `approval_parameters` says (none when redacted).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parameters: Option<Parameters>,
+    },
     /// A grant of `role` for `secs` seconds.
     Grant { role: String, secs: u64 },
     /// A session outside the person's hours or networks.
     Access { why: String },
+}
+
+/// Bound parameters as an approver sees them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parameters {
+    pub count: usize,
+    /// "redacted", "hashed" (`sha256:<hex>` each) or "shown" (text-format values as text;
+    /// binary-format ones and non-UTF-8 bytes as `\x<hex>`).
+    pub values_are: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<Option<String>>,
+}
+
+impl Parameters {
+    pub fn new(values: &[(bool, Option<bytes::Bytes>)], display: crate::config::ParamDisplay) -> Parameters {
+        use crate::config::ParamDisplay;
+        use sha2::Digest as _;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let count = values.len();
+        let (values_are, values) = match display {
+            ParamDisplay::Redacted => ("redacted", Vec::new()),
+            ParamDisplay::Hashed => (
+                "hashed",
+                values
+                    .iter()
+                    .map(|(_, v)| v.as_ref().map(|b| format!("sha256:{}", hex(&sha2::Sha256::digest(b)))))
+                    .collect(),
+            ),
+            ParamDisplay::Shown => (
+                "shown",
+                values
+                    .iter()
+                    .map(|(binary, v)| {
+                        v.as_ref().map(|b| match std::str::from_utf8(b) {
+                            Ok(s) if !binary => s.chars().take(1000).collect(),
+                            _ => format!("\\x{}", hex(&b[..b.len().min(500)])),
+                        })
+                    })
+                    .collect(),
+            ),
+        };
+        Parameters { count, values_are: values_are.into(), values }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -289,7 +340,12 @@ mod tests {
     #[test]
     fn second_person_decides_once() {
         let a = Approvals::default();
-        let ask = Ask::Statement { sql: "DROP TABLE t".into(), class: "destructive".into(), reasons: vec![] };
+        let ask = Ask::Statement {
+            sql: "DROP TABLE t".into(),
+            class: "destructive".into(),
+            reasons: vec![],
+            parameters: None,
+        };
         let (req, rx) = a.open("mallory", "127.0.0.1:5", Some(1), ask, None, Duration::from_secs(60));
         assert_eq!(
             a.decide(&req.id, &person("mallory", true), true, None).unwrap_err(),

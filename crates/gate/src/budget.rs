@@ -1,8 +1,16 @@
 //! Cumulative row budgets: rows updated and deleted per person and per table over a sliding
 //! window, counted together across statements and sessions — twenty DELETEs of 100 rows are
 //! held like one of 2,000. Fed with what the database itself counted for each measured write.
+//!
+//! The consumption survives a restart of the gate: each kept write is appended (one JSON line,
+//! written before the client sees the statement's answers; not fsynced, so a process kill loses
+//! nothing and a host crash at most what the OS had not written) to `state_dir/budgets.jsonl`,
+//! which is read back at start — entries older than the window are dropped and the file
+//! rewritten — so restarting the gate does not hand anyone a fresh budget.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,11 +56,28 @@ struct Use {
     sql: String,
 }
 
+/// One line of `budgets.jsonl`.
+#[derive(Serialize, serde::Deserialize)]
+struct Line {
+    /// Unix seconds.
+    at: u64,
+    person: String,
+    table: String,
+    rows: u64,
+    sql: String,
+}
+
 /// Consumption per (person, table).
 #[derive(Default)]
 pub struct Budgets {
     used: Mutex<HashMap<(String, String), VecDeque<Use>>>,
+    /// Where each kept write is appended (None: memory only), and lines appended since the
+    /// file was last rewritten.
+    file: Mutex<Option<(PathBuf, std::fs::File, u64)>>,
 }
+
+/// Lines appended before the file is rewritten from what is still within the window.
+const COMPACT_AFTER: u64 = 100_000;
 
 /// One table's consumption, for `holdfast gate status` and approval requests.
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +91,71 @@ pub struct Consumption {
 }
 
 impl Budgets {
+    /// Budgets kept in `path`: what was consumed within `window` before (by earlier runs of the
+    /// gate) counts again. Unreadable lines are skipped with a warning; a file that cannot be
+    /// written is an error (the gate would otherwise forget consumption silently).
+    pub fn open(path: &Path, window: Duration) -> std::io::Result<Budgets> {
+        let b = Budgets::default();
+        let now_unix = crate::approvals::unix_now();
+        let now = Instant::now();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mut m = b.used.lock().unwrap_or_else(|e| e.into_inner());
+                for (i, l) in text.lines().enumerate() {
+                    let Ok(line) = serde_json::from_str::<Line>(l) else {
+                        if !l.trim().is_empty() {
+                            tracing::warn!(path = %path.display(), line = i + 1, "skipping an unreadable budget line");
+                        }
+                        continue;
+                    };
+                    let age = Duration::from_secs(now_unix.saturating_sub(line.at));
+                    if age > window {
+                        continue;
+                    }
+                    let at = now.checked_sub(age).unwrap_or(now);
+                    m.entry((line.person, line.table)).or_default().push_back(Use {
+                        at,
+                        rows: line.rows,
+                        sql: line.sql,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        b.rewrite(path)?;
+        Ok(b)
+    }
+
+    /// Rewrites the file from memory (atomically) and keeps it open for appending.
+    fn rewrite(&self, path: &Path) -> std::io::Result<()> {
+        let now_unix = crate::approvals::unix_now();
+        let now = Instant::now();
+        let mut text = String::new();
+        {
+            let m = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            for ((person, table), q) in m.iter() {
+                for u in q {
+                    let line = Line {
+                        at: now_unix.saturating_sub(now.duration_since(u.at).as_secs()),
+                        person: person.clone(),
+                        table: table.clone(),
+                        rows: u.rows,
+                        sql: u.sql.clone(),
+                    };
+                    text.push_str(&serde_json::to_string(&line).unwrap_or_default());
+                    text.push('\n');
+                }
+            }
+        }
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        let f = std::fs::OpenOptions::new().append(true).open(path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), f, 0));
+        Ok(())
+    }
+
     fn prune(q: &mut VecDeque<Use>, window: Duration, now: Instant) {
         while q.front().is_some_and(|u| now.duration_since(u.at) > window) {
             q.pop_front();
@@ -101,6 +191,13 @@ impl Budgets {
         } else {
             sql.to_string()
         };
+        let line = Line {
+            at: crate::approvals::unix_now(),
+            person: person.to_string(),
+            table: table.to_string(),
+            rows,
+            sql: sql.clone(),
+        };
         q.push_back(Use { at: Instant::now(), rows, sql });
         // Bounded memory: very many tiny statements fold into the oldest entry kept.
         if q.len() > 4096
@@ -108,6 +205,26 @@ impl Budgets {
             && let Some(b) = q.front_mut()
         {
             b.rows += a.rows;
+        }
+        drop(m);
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut compact = None;
+        if let Some((path, file, appended)) = f.as_mut() {
+            let mut l = serde_json::to_string(&line).unwrap_or_default();
+            l.push('\n');
+            if let Err(e) = file.write_all(l.as_bytes()) {
+                tracing::warn!(path = %path.display(), error = %e, "recording a budget's consumption failed; it counts until the gate restarts");
+            }
+            *appended += 1;
+            if *appended > COMPACT_AFTER {
+                compact = Some(path.clone());
+            }
+        }
+        drop(f);
+        if let Some(path) = compact
+            && let Err(e) = self.rewrite(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "rewriting the budgets file failed");
         }
     }
 
@@ -157,6 +274,33 @@ mod tests {
         assert_eq!(s[0].statements, 20);
         // Outside the window nothing counts.
         assert_eq!(b.used("alice", "public.orders", Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn consumption_survives_a_restart_within_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.jsonl");
+        let w = Duration::from_secs(600);
+        let b = Budgets::open(&path, w).unwrap();
+        b.record("alice", "public.orders", 300, "DELETE FROM orders WHERE id < 300");
+        b.record("alice", "public.orders", 200, "DELETE FROM orders WHERE id < 500");
+        drop(b);
+        // An entry from before the window, and a torn last line (a crash mid-write).
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        let old = crate::approvals::unix_now() - 3600;
+        text.push_str(&format!(
+            "{{\"at\":{old},\"person\":\"alice\",\"table\":\"public.orders\",\"rows\":999,\"sql\":\"x\"}}\n{{\"at\":1"
+        ));
+        std::fs::write(&path, text).unwrap();
+        let b = Budgets::open(&path, w).unwrap();
+        assert_eq!(b.used("alice", "public.orders", w), 500);
+        assert_eq!(b.snapshot(w)[0].recent.len(), 2);
+        b.record("alice", "public.orders", 1, "y");
+        drop(b);
+        let b = Budgets::open(&path, w).unwrap();
+        assert_eq!(b.used("alice", "public.orders", w), 501);
+        // The file was rewritten without the old entry and the torn line.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub struct GateFile {
     /// The largest client message accepted (default 64 MiB).
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// What an approval request shows of a held statement's bound parameters (extended
+    /// protocol): always their count, and their values "redacted" (the default), "hashed"
+    /// (SHA-256, so an approver can match a value they know without seeing it) or "shown".
+    #[serde(default)]
+    pub approval_parameters: Option<String>,
     /// The database behind the gate.
     pub upstream: UpstreamFile,
     /// The people who may connect, each with their own identity.
@@ -241,6 +246,14 @@ pub struct GrantRole {
     pub max_for: Duration,
 }
 
+/// What an approval request shows of bound parameter values (their count always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamDisplay {
+    Redacted,
+    Hashed,
+    Shown,
+}
+
 /// What to do when the audit spool is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnAuditFull {
@@ -298,6 +311,7 @@ pub struct Config {
     pub policy_text: Option<String>,
     pub approval_timeout: Duration,
     pub max_message_bytes: usize,
+    pub approval_parameters: ParamDisplay,
     pub upstream: Upstream,
     pub people: Vec<Person>,
     pub grant_roles: Vec<GrantRole>,
@@ -470,6 +484,16 @@ impl Config {
             policy_text,
             approval_timeout: dur(&f.approval_timeout, 600, "approval_timeout")?,
             max_message_bytes: f.max_message_bytes.unwrap_or(64 << 20),
+            approval_parameters: match f.approval_parameters.as_deref() {
+                None | Some("redacted") => ParamDisplay::Redacted,
+                Some("hashed") => ParamDisplay::Hashed,
+                Some("shown") => ParamDisplay::Shown,
+                Some(other) => {
+                    return Err(format!(
+                        "approval_parameters = {other:?}: use \"redacted\", \"hashed\" or \"shown\""
+                    ));
+                }
+            },
             upstream,
             people,
             grant_roles,

@@ -185,6 +185,14 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
             .map_err(|e| GateError::Invalid(format!("[audit] vault client: {e}")))?;
         tasks.push(log.spawn_shipper(client, gate_id(&config)));
     }
+    let budgets_path = config.state_dir.join("budgets.jsonl");
+    let budgets =
+        budget::Budgets::open(&budgets_path, budget::Limits::from_policy(&policy).window).map_err(|e| {
+            GateError::Invalid(format!(
+                "the budgets file {}: {e} (the gate keeps what each person consumed there across restarts)",
+                budgets_path.display()
+            ))
+        })?;
     let shared = Arc::new(Shared {
         guard: guard::Guard::new(policy),
         approvals: approvals::Approvals::default(),
@@ -192,7 +200,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
         webhooks,
         metrics: Metrics::default(),
         cancels: Mutex::new(HashMap::new()),
-        budgets: budget::Budgets::default(),
+        budgets,
         next_session: AtomicU64::new(0),
         started_at: approvals::unix_now(),
         config,

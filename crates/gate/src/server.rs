@@ -385,10 +385,13 @@ async fn connection(
     for (k, v) in &upstream.params {
         backend::parameter_status(&mut out, k, v);
     }
-    let mut key = [0u8; 4];
-    getrandom::getrandom(&mut key).expect("the OS random source works");
-    let gate_pid = (session_id as i32) & 0x3fff_ffff;
-    backend::backend_key(&mut out, gate_pid, &key);
+    // The client gets the server's own process id and cancel secret: pg_backend_pid(), the
+    // pid in a NOTIFY and in pg_stat_activity agree with what the driver was told. A
+    // CancelRequest reaches the gate, which looks the pair up in its map (pid AND secret must
+    // match, so nobody cancels another person's session by guessing a pid) and forwards it;
+    // unknown pairs are ignored.
+    let (key_pid, key) = (upstream.backend_pid, upstream.backend_key.clone());
+    backend::backend_key(&mut out, key_pid, &key);
     backend::ready(&mut out, b'I');
     if io.write_all(&out).await.is_err() {
         return;
@@ -396,7 +399,7 @@ async fn connection(
     let notify = Arc::new(tokio::sync::Notify::new());
     let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        (gate_pid, key.to_vec()),
+        (key_pid, key.clone()),
         crate::CancelTarget {
             upstream: upstream_cfg.clone(),
             pid: upstream.backend_pid,
@@ -427,7 +430,7 @@ async fn connection(
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(gate_pid, key.to_vec()));
+    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(key_pid, key));
     let _ = shared
         .audit_event(
             Event::new(EventKind::SessionEnded)

@@ -61,6 +61,9 @@ struct Held {
     resume_run: bool,
     /// Nobody but the requester could approve it: refused at once.
     no_approver: bool,
+    /// Answers of the gate's own messages sent with `on_approve` (a Close and a re-Bind of a
+    /// portal the measurement consumed), not the client's: dropped, in order.
+    drop_tags: Vec<u8>,
 }
 
 /// The gate's read of what the transaction changed so far: per table (oid) its name, rows
@@ -68,6 +71,14 @@ struct Held {
 /// name is schema-qualified and every operator spelt `OPERATOR(pg_catalog.…)`, so a session's
 /// search_path or its own objects cannot change what it reads.
 const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'";
+
+/// As [`SNAPSHOT_SQL`], plus one row (oid -2) listing every user relation (OID ≥ 16384) as
+/// `oid`, or `oid:relfilenode` when it is a table (matview, TOAST table, sequence) whose file
+/// holds at least one page. A DROP or TRUNCATE removes an entry or changes a relfilenode; a
+/// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry. And
+/// one row (oid -3): the ACCESS EXCLUSIVE locks the session holds on foreign tables (a TRUNCATE
+/// of one empties a table on another server, which no local entry shows).
+const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'";
 
 const SAVEPOINT: &str = "SAVEPOINT holdfast_row_guard";
 const RELEASE: &str = "RELEASE SAVEPOINT holdfast_row_guard";
@@ -79,6 +90,10 @@ struct Snap {
     tables: HashMap<i64, (String, u64, i64)>,
     exclusive_locks: u64,
     rows_seen: bool,
+    /// The relations' entries (see [`SNAPSHOT_PROBE_SQL`]), when probed.
+    relations: Option<std::collections::HashSet<String>>,
+    /// ACCESS EXCLUSIVE locks held on foreign tables, when probed.
+    foreign_locks: Option<u64>,
 }
 
 impl Snap {
@@ -90,6 +105,10 @@ impl Snap {
         self.rows_seen = true;
         if oid == -1 {
             self.exclusive_locks = n;
+        } else if oid == -3 {
+            self.foreign_locks = Some(n);
+        } else if oid == -2 {
+            self.relations = Some(get(1).split(',').filter(|e| !e.is_empty()).map(str::to_string).collect());
         } else {
             self.tables.insert(oid, (get(1), n, get(3).parse().unwrap_or(0)));
         }
@@ -126,8 +145,10 @@ fn data_row(body: &Bytes) -> Vec<Option<String>> {
 enum Unit {
     /// Sent as is; its answers go to the client.
     Plain(String),
-    /// A write run under a savepoint and measured; `max_rows` from the guard.
-    Measured { sql: String, max_rows: u64 },
+    /// A write run under a savepoint and measured; `max_rows` from the guard. `probe`: a DROP …
+    /// IF EXISTS or TRUNCATE, kept only if it dropped and emptied nothing that existed with
+    /// data (the relations' entries before and after).
+    Measured { sql: String, max_rows: u64, probe: bool },
 }
 
 /// Who the answers to each Query the gate sent during a run belong to (one ReadyForQuery each).
@@ -187,8 +208,8 @@ struct Run {
     /// The gate opened a transaction (the client was outside one): it commits or rolls back.
     opened: bool,
     steps: VecDeque<Step>,
-    /// The measured statement whose numbers are awaited.
-    current: Option<(String, u64)>,
+    /// The measured statement whose numbers are awaited (text, row limit, probe).
+    current: Option<(String, u64, bool)>,
     buffered: BytesMut,
     stmt_failed: bool,
     snap_failed: bool,
@@ -261,7 +282,25 @@ pub struct Session<'a> {
     error_since_ready: bool,
     /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
     swallow: u32,
+    /// The Bind message body of each portal (its parameters for an approval request, and to
+    /// bind it again when a measured write is approved), at most `MAX_BOUND` portals.
+    bound: HashMap<String, Bytes>,
+    /// `drop_tags` for the next hold.
+    next_hold_drop: Vec<u8>,
+    /// Server answers that are the gate's own, not the client's, to drop instead of relaying:
+    /// (the index of the terminal answer in `answers`' count, its tag). The ParseComplete and
+    /// BindComplete of a refusal's `DO … RAISE`, the CloseComplete and BindComplete of a
+    /// re-bound portal (see `Held::drop_tags`). A strict driver (PgJDBC) fails on any answer to
+    /// a message it did not send.
+    drop_tags: VecDeque<(u64, u8)>,
+    /// Terminal answers to extended-protocol messages received so far.
+    answers: u64,
+    /// The portal of the last Execute.
+    last_exec_portal: String,
 }
+
+/// Portals whose bound parameters the gate remembers for approval requests.
+const MAX_BOUND: usize = 256;
 
 enum Flow {
     Continue,
@@ -308,6 +347,11 @@ impl<'a> Session<'a> {
             batch: Vec::new(),
             error_since_ready: false,
             swallow: 0,
+            bound: HashMap::new(),
+            next_hold_drop: Vec::new(),
+            drop_tags: VecDeque::new(),
+            answers: 0,
+            last_exec_portal: String::new(),
         }
     }
 
@@ -511,6 +555,21 @@ impl<'a> Session<'a> {
                 self.on_xrun_frame(f).await?;
                 continue;
             }
+            if let Some(&(at, want)) = self.drop_tags.front()
+                && self.swallow == 0
+                && self.run.is_none()
+            {
+                if f.tag == want && self.answers == at {
+                    self.drop_tags.pop_front();
+                    self.answers += 1;
+                    self.ext_pending = self.ext_pending.saturating_sub(1);
+                    continue;
+                }
+                if matches!(f.tag, b'E' | b'Z') {
+                    // The server failed one of them (and skips to Sync): nothing more to drop.
+                    self.drop_tags.clear();
+                }
+            }
             match f.tag {
                 b'Z' => {
                     self.ext_pending = 0;
@@ -521,7 +580,8 @@ impl<'a> Session<'a> {
                     self.skipping = true;
                 }
                 b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
-                    self.ext_pending = self.ext_pending.saturating_sub(1)
+                    self.ext_pending = self.ext_pending.saturating_sub(1);
+                    self.answers += 1;
                 }
                 _ => {}
             }
@@ -730,6 +790,10 @@ impl<'a> Session<'a> {
                     // What the portal runs is fixed here, from what the statement may be now;
                     // an unknown statement leaves the portal unknown (Execute is refused).
                     let _ = self.guard.bind_portal(&portal, &statement);
+                    if self.bound.len() >= MAX_BOUND && !self.bound.contains_key(&portal) {
+                        self.bound.clear();
+                    }
+                    self.bound.insert(portal.clone(), f.body.clone());
                     f.encode(&mut self.sout);
                     self.owe(1);
                 }
@@ -737,6 +801,7 @@ impl<'a> Session<'a> {
             b'E' => {
                 self.batch_open = true;
                 let (portal, _) = frontend::execute(&f.body).map_err(|e| e.to_string())?;
+                self.last_exec_portal.clone_from(&portal);
                 let d = self.shared.guard.check_execute_portal(&self.guard, &portal);
                 let texts: Vec<&str> =
                     d.statements.iter().map(|s| s.text.as_str()).filter(|t| !t.is_empty()).collect();
@@ -751,17 +816,18 @@ impl<'a> Session<'a> {
                     self.guard.close_statement(&name);
                 } else {
                     self.guard.close_portal(&name);
+                    self.bound.remove(&name);
                 }
                 f.encode(&mut self.sout);
                 self.owe(1);
             }
             b'F' => {
-                // FunctionCall by OID (large objects: lo_unlink…): nothing to classify it
-                // with. Fail closed, answered as a FunctionCall is: an error, then
-                // ReadyForQuery (so a client such as psql's \lo_unlink does not hang).
-                let d = self.shared.guard.check_query(&mut self.guard, "\u{0}function call");
-                self.statement("<FunctionCall message: a function called by OID>".into(), d, f, false)
-                    .await?;
+                // FunctionCall by OID (libpq's large-object API: lo_open, loread, lo_unlink…).
+                // Judged as the SQL call of the same built-in would be; answered as a
+                // FunctionCall is (refused: an error, then ReadyForQuery, so psql's
+                // \lo_unlink does not hang).
+                let (sql, d) = self.function_call(&f.body);
+                self.statement(sql, d, f, false).await?;
             }
             b'X' => {
                 f.encode(&mut self.sout);
@@ -804,6 +870,51 @@ impl<'a> Session<'a> {
         Ok(Flow::Continue)
     }
 
+    /// A FunctionCall message: its text for the audit and the approver, and the guard's decision.
+    /// Built-in functions have fixed OIDs (below 16384, the same on every PostgreSQL 15
+    /// server), so OID → name is a table, not a catalog lookup a session could influence. The
+    /// large-object functions are judged as `SELECT pg_catalog.<name>(…)` would be (`lo_unlink`,
+    /// `lowrite`, `lo_truncate` are destructive); a call the guard would measure runs as is,
+    /// since large objects live in `pg_largeobject`, which no user table counter sees and no
+    /// such function can reach past. Any other OID (user functions above all) is held as
+    /// destructive: the gate cannot measure a FunctionCall, and SELECT f() is measured.
+    fn function_call(&mut self, body: &Bytes) -> (String, Decision) {
+        let b = &body[..];
+        let oid = b.get(..4).map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]])).unwrap_or(0);
+        let nargs = (|| {
+            let nfmt = i16::from_be_bytes([*b.get(4)?, *b.get(5)?]).max(0) as usize;
+            let at = 6 + 2 * nfmt;
+            Some(i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]).max(0) as usize)
+        })()
+        .unwrap_or(0);
+        match large_object_function(oid) {
+            Some((name, arity)) => {
+                let sql = format!("SELECT pg_catalog.{name}({})", vec!["NULL"; arity].join(", "));
+                let mut d = self.shared.guard.check_query(&mut guard::Session::default(), &sql);
+                if matches!(d.action, Action::RowGuard { .. }) {
+                    d.action = Action::Allow;
+                }
+                (format!("FunctionCall pg_catalog.{name} (OID {oid}, {nargs} arguments)"), d)
+            }
+            None => {
+                // The policy's action for a destructive call, with the reason for this one.
+                let mut d = self
+                    .shared
+                    .guard
+                    .check_query(&mut guard::Session::default(), "SELECT pg_catalog.lo_unlink(NULL)");
+                d.reasons = vec![format!(
+                    "a FunctionCall message calls function OID {oid}, which is not one of the large-object functions the gate knows: held as destructive (call it with SELECT, where the gate measures what it changes)"
+                )];
+                for st in &mut d.statements {
+                    st.kind = "FunctionCall".into();
+                    st.text = format!("FunctionCall OID {oid}");
+                    st.reasons = d.reasons.clone();
+                }
+                (format!("FunctionCall OID {oid} ({nargs} arguments)"), d)
+            }
+        }
+    }
+
     /// Decides what happens to one statement: run, run under the row guard, hold for a second
     /// person, or refuse. The audit record is written before anything reaches the database.
     async fn statement(&mut self, sql: String, d: Decision, f: Frame, extended: bool) -> Result<(), String> {
@@ -830,6 +941,29 @@ impl<'a> Session<'a> {
                 "a COPY in a string with writes the gate measures cannot be split: send the COPY on its own"
                     .to_string(),
             );
+        }
+        // Setup that destroys nothing (DROP … IF EXISTS of what is absent, TRUNCATE of an empty
+        // table, as `pgbench -i` sends) is not held: it runs under a savepoint and is held only
+        // if the catalog shows it dropped or emptied something that existed. Simple protocol,
+        // outside an extended batch, and a string without transaction control or COPY (the
+        // gate runs it statement by statement inside one transaction).
+        let probe = action == Action::Approve
+            && !extended
+            && !self.batch_open
+            && self.txn != b'E'
+            && d.statements.iter().any(|st| st.probe && st.action == Action::Approve)
+            && d.statements.iter().all(|st| match st.action {
+                Action::Allow | Action::RowGuard { .. } => {
+                    d.statements.len() == 1
+                        || !(st.kind == "COPY" || guard::TRANSACTION_CONTROL.contains(&st.kind.as_str()))
+                }
+                Action::Approve => st.probe,
+                Action::Deny => false,
+            });
+        if probe {
+            action = Action::RowGuard { max_rows: self.shared.guard.policy().row_guard_max_rows };
+            // Its prepared-statement and cursor changes, as for any statement sent on.
+            self.guard.apply(&d);
         }
         if extended {
             // Follow the transaction state through the batch (JDBC sends BEGIN in the same
@@ -860,6 +994,7 @@ impl<'a> Session<'a> {
             "txn": (self.txn as char).to_string(),
             "protocol": if extended { "extended" } else { "simple" },
             "break_glass": break_glass && d.action == Action::Approve,
+            "probe": probe,
         });
         // Recorded before it takes effect, every statement, reads included: the record is
         // fsynced before the server sees anything (group commit in the spool keeps this cheap
@@ -898,7 +1033,14 @@ impl<'a> Session<'a> {
             Action::Deny => {
                 self.shared.metrics.refused.inc();
                 let why = d.reasons.join("; ");
-                self.refuse(&format!("holdfast gate: statement refused by policy: {why}"), extended);
+                // Text the server's own parser would reject gets the server's SQLSTATE
+                // (syntax_error), so drivers and tools react as they would without the gate.
+                let code = if why.starts_with(guard::PARSER_REJECTED) { "42601" } else { "42501" };
+                self.refuse_with(
+                    &format!("holdfast gate: statement refused by policy: {why}"),
+                    code,
+                    extended,
+                );
             }
             Action::RowGuard { .. } if self.txn == b'E' && !extended => {
                 // An aborted transaction: it fails anyway, as the server says.
@@ -936,12 +1078,16 @@ impl<'a> Session<'a> {
     fn start_run(&mut self, sql: String, d: &Decision, max_rows: u64) {
         let mut units = VecDeque::new();
         if d.statements.len() <= 1 {
-            units.push_back(Unit::Measured { sql: sql.clone(), max_rows });
+            let probe = d.statements.first().is_some_and(|st| st.probe && st.action == Action::Approve);
+            units.push_back(Unit::Measured { sql: sql.clone(), max_rows, probe });
         } else {
             for st in &d.statements {
                 match st.action {
                     Action::RowGuard { max_rows } => {
-                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows })
+                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: false })
+                    }
+                    Action::Approve if st.probe => {
+                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: true })
                     }
                     _ => units.push_back(Unit::Plain(st.text.clone())),
                 }
@@ -990,16 +1136,17 @@ impl<'a> Session<'a> {
             }
             match r.units.pop_front() {
                 Some(Unit::Plain(sql)) => self.run_send(Step::Plain, &sql),
-                Some(Unit::Measured { sql, max_rows }) => {
-                    r.current = Some((sql.clone(), max_rows));
+                Some(Unit::Measured { sql, max_rows, probe }) => {
+                    r.current = Some((sql.clone(), max_rows, probe));
                     r.before = Snap::default();
                     r.after = Snap::default();
                     r.stmt_failed = false;
                     r.snap_failed = false;
+                    let snapshot = if probe { SNAPSHOT_PROBE_SQL } else { SNAPSHOT_SQL };
                     self.run_send(Step::Quiet, SAVEPOINT);
-                    self.run_send(Step::Before, SNAPSHOT_SQL);
+                    self.run_send(Step::Before, snapshot);
                     self.run_send(Step::Stmt, &sql);
-                    self.run_send(Step::After, SNAPSHOT_SQL);
+                    self.run_send(Step::After, snapshot);
                     return;
                 }
                 None => {
@@ -1101,7 +1248,7 @@ impl<'a> Session<'a> {
             d.reasons = reasons;
             return self.hold(sql, &d, Bytes::new(), false, Some(rows), true).await;
         }
-        if let Some((sql, max_rows)) = r.current.take() {
+        if let Some((sql, max_rows, probe)) = r.current.take() {
             if r.failed {
                 r.buffered.clear();
             } else if r.stmt_failed {
@@ -1111,7 +1258,7 @@ impl<'a> Session<'a> {
                 r.error = Some("failed (see the client's error)".into());
             } else {
                 let (before, after, snap_failed) = (r.before.clone(), r.after.clone(), r.snap_failed);
-                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows);
+                let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows, probe);
                 let r = self.run.as_mut().expect("run");
                 r.tags.push(format!("ROWS CHANGED {rows}"));
                 if over.is_empty() {
@@ -1155,11 +1302,36 @@ impl<'a> Session<'a> {
         snap_failed: bool,
         sql: &str,
         max_rows: u64,
+        probe: bool,
     ) -> (Vec<String>, u64) {
         let mut over = Vec::new();
         if snap_failed || !after.rows_seen || !before.rows_seen {
             over.push("the gate could not read what the statement changed (its counters query failed or its result was too large), so it is held".to_string());
             return (over, 0);
+        }
+        if probe {
+            // A DROP … IF EXISTS / TRUNCATE: kept only if every relation that existed before it
+            // still exists, and every one whose file held data still has that file.
+            match (&before.relations, &after.relations) {
+                (Some(b), Some(a)) => {
+                    let gone = b.iter().filter(|e| !a.contains(*e)).count();
+                    if gone > 0 {
+                        over.push(format!(
+                            "it dropped or emptied {gone} existing relation(s) (tables with data, or any relation it dropped)"
+                        ));
+                    }
+                }
+                _ => over.push(
+                    "the gate could not read which relations the statement dropped or emptied, so it is held"
+                        .to_string(),
+                ),
+            }
+            if after.foreign_locks.unwrap_or(u64::MAX) > before.foreign_locks.unwrap_or(0) {
+                over.push(
+                    "it locked a foreign table exclusively (a TRUNCATE there empties a table on another server)"
+                        .to_string(),
+                );
+            }
         }
         let policy = self.shared.guard.policy();
         let limits = crate::budget::Limits::from_policy(policy);
@@ -1173,7 +1345,9 @@ impl<'a> Session<'a> {
         }
         changed.sort();
         let total: u64 = changed.iter().map(|(_, d, _)| d).sum();
-        if after.exclusive_locks > before.exclusive_locks {
+        // A probed DROP/TRUNCATE takes its lock even when it destroys nothing; what it did
+        // destroy is in the relations' entries above.
+        if !probe && after.exclusive_locks > before.exclusive_locks {
             over.push(format!(
                 "it took an ACCESS EXCLUSIVE lock on {} more relation(s): a DROP, TRUNCATE or rewrite (e.g. inside a function)",
                 after.exclusive_locks - before.exclusive_locks
@@ -1308,7 +1482,7 @@ impl<'a> Session<'a> {
             XPhase::Measuring => {
                 let (before, after, sql, max_rows) =
                     (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows);
-                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows);
+                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows, false);
                 let x = self.xrun.as_mut().expect("xrun");
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
@@ -1346,6 +1520,18 @@ impl<'a> Session<'a> {
                 let mut d = x.decision;
                 d.reasons = over;
                 let mut raw = BytesMut::new();
+                // The measurement ran the portal to its end: approved, it is closed and bound
+                // again from the client's own Bind (same statement, same parameters) before the
+                // Execute; the Close and Bind answers are the gate's, not the client's.
+                let portal = frontend::execute(&x.exec.body).map(|(p, _)| p).unwrap_or_default();
+                if let Some(bind) = self.bound.get(&portal) {
+                    let mut close = vec![b'P'];
+                    close.extend_from_slice(portal.as_bytes());
+                    close.push(0);
+                    Frame { tag: b'C', body: Bytes::from(close) }.encode(&mut raw);
+                    Frame { tag: b'B', body: bind.clone() }.encode(&mut raw);
+                    self.next_hold_drop = vec![b'3', b'2'];
+                }
                 x.exec.encode(&mut raw);
                 self.hold(x.sql, &d, raw.freeze(), true, Some(rows), false).await
             }
@@ -1376,10 +1562,22 @@ impl<'a> Session<'a> {
         if let Some(n) = rows {
             reasons.push(format!("it updated or deleted {n} rows (rolled back while it waits)"));
         }
+        // An Execute's bound parameters: their count always, their values as configured.
+        let parameters = if extended {
+            self.bound.get(&self.last_exec_portal).map(|b| {
+                crate::approvals::Parameters::new(
+                    &frontend::bind_values(b),
+                    self.shared.config.approval_parameters,
+                )
+            })
+        } else {
+            None
+        };
         let ask = Ask::Statement {
             sql: sql.clone(),
             class: format!("{:?}", d.class).to_lowercase(),
             reasons: reasons.clone(),
+            parameters: parameters.clone(),
         };
         let timeout = self.shared.config.approval_timeout;
         let (req, rx) = self.shared.approvals.open(
@@ -1396,7 +1594,7 @@ impl<'a> Session<'a> {
         let _ = self
             .audit(
                 EventKind::ApprovalRequested,
-                serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons}),
+                serde_json::json!({"approval": req.id, "sql": truncate(&sql, 16 * 1024), "reasons": reasons, "parameters": parameters}),
             )
             .await;
         let approvers: Vec<String> = self
@@ -1440,6 +1638,7 @@ impl<'a> Session<'a> {
             decision: d.clone(),
             resume_run,
             no_approver,
+            drop_tags: std::mem::take(&mut self.next_hold_drop),
         });
         if no_approver {
             // Nobody but the requester could ever approve it: refused now, not after the
@@ -1473,7 +1672,10 @@ impl<'a> Session<'a> {
                         self.outstanding += 1;
                         self.guard.sync_sent();
                     } else {
-                        self.owe(1);
+                        let first = self.answers + u64::from(self.ext_pending);
+                        self.drop_tags
+                            .extend(h.drop_tags.iter().enumerate().map(|(i, t)| (first + i as u64, *t)));
+                        self.owe(1 + h.drop_tags.len() as u32);
                     }
                 }
             }
@@ -1534,9 +1736,20 @@ impl<'a> Session<'a> {
 
     /// Puts a failing statement carrying `message` where the refused one was.
     fn refuse(&mut self, message: &str, extended: bool) {
+        self.refuse_with(message, "42501", extended)
+    }
+
+    /// As `refuse`, with the SQLSTATE the client gets.
+    fn refuse_with(&mut self, message: &str, code: &str, extended: bool) {
         self.track("(refused by the gate)", extended);
-        let sql = raise_sql(message);
+        let sql = raise_sql_code(message, code);
         if extended {
+            if !self.skipping {
+                // The client gets the error in its message's place, not the gate's own
+                // ParseComplete and BindComplete before it.
+                let first = self.answers + u64::from(self.ext_pending);
+                self.drop_tags.extend([(first, b'1'), (first + 1, b'2')]);
+            }
             frontend::encode_parse(&mut self.sout, &sql);
             frontend::encode_bind_unnamed(&mut self.sout);
             frontend::encode_execute_unnamed(&mut self.sout);
@@ -1554,12 +1767,50 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// The built-in large-object functions by OID (pg_proc.dat: fixed for a major version; user
+/// objects get OIDs from 16384 up, so none can take these) with their arity.
+fn large_object_function(oid: u32) -> Option<(&'static str, usize)> {
+    Some(match oid {
+        715 => ("lo_create", 1),
+        764 => ("lo_import", 1),
+        765 => ("lo_export", 2),
+        767 => ("lo_import", 2),
+        952 => ("lo_open", 2),
+        953 => ("lo_close", 1),
+        954 => ("loread", 2),
+        955 => ("lowrite", 2),
+        956 => ("lo_lseek", 3),
+        957 => ("lo_creat", 1),
+        958 => ("lo_tell", 1),
+        964 => ("lo_unlink", 1),
+        1004 => ("lo_truncate", 2),
+        3170 => ("lo_lseek64", 3),
+        3171 => ("lo_tell64", 1),
+        3172 => ("lo_truncate64", 2),
+        3457 => ("lo_from_bytea", 2),
+        3458 => ("lo_get", 1),
+        3459 => ("lo_get", 3),
+        3460 => ("lo_put", 3),
+        _ => return None,
+    })
+}
+
 /// `DO` block raising `message` (SQLSTATE 42501); the message cannot escape its quoting.
 pub fn raise_sql(message: &str) -> String {
+    raise_sql_code(message, "42501")
+}
+
+/// As `raise_sql` with another SQLSTATE (five characters from [0-9A-Z], else 42501).
+pub fn raise_sql_code(message: &str, code: &str) -> String {
+    let code = if code.len() == 5 && code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        code
+    } else {
+        "42501"
+    };
     let clean: String = message.chars().filter(|c| *c != '\0').collect::<String>().replace('$', "＄");
     let quoted = clean.replace('\'', "''");
     format!(
-        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{quoted}', \
+        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{quoted}', \
          HINT = 'ask an approver, or see holdfast gate pending'; END$holdfast$"
     )
 }

@@ -249,6 +249,47 @@ pub mod frontend {
         let statement = cstr(&mut p, "Bind")?;
         Ok((portal, statement))
     }
+    /// `Bind`'s parameter values (None: NULL) with whether each is in binary format; a
+    /// malformed tail yields what could be read.
+    pub fn bind_values(body: &Bytes) -> Vec<(bool, Option<Bytes>)> {
+        let mut p = body.clone();
+        let mut out = Vec::new();
+        if cstr(&mut p, "Bind").is_err() || cstr(&mut p, "Bind").is_err() {
+            return out;
+        }
+        let i16_at = |p: &Bytes, at: usize| {
+            p.get(at..at + 2).map(|b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+        };
+        let Some(nfmt) = i16_at(&p, 0) else { return out };
+        let binary = |i: usize| {
+            let f = match nfmt {
+                0 => 0,
+                1 => i16_at(&p, 2).unwrap_or(0),
+                _ => i16_at(&p, 2 + 2 * i).unwrap_or(0),
+            };
+            f == 1
+        };
+        let mut at = 2 + 2 * nfmt;
+        let Some(n) = i16_at(&p, at) else { return out };
+        at += 2;
+        for i in 0..n {
+            let Some(l) = p.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+                break;
+            };
+            at += 4;
+            if l < 0 {
+                out.push((binary(i), None));
+                continue;
+            }
+            let end = at + l as usize;
+            if end > p.len() {
+                break;
+            }
+            out.push((binary(i), Some(p.slice(at..end))));
+            at = end;
+        }
+        out
+    }
     /// `Execute`: portal name and row limit.
     pub fn execute(body: &Bytes) -> Result<(String, i32), WireError> {
         let mut p = body.clone();

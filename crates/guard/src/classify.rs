@@ -43,6 +43,10 @@ pub(crate) struct StmtAnalysis {
     /// Portals (SQL cursors and protocol portals share one namespace on the server) this
     /// statement drives with FETCH or MOVE: it runs whatever was bound into them.
     pub fetches: Vec<String>,
+    /// A DROP … IF EXISTS of relations, or a TRUNCATE: destructive only if what it names
+    /// exists (and, for TRUNCATE, holds data). The gate may run it under a savepoint and keep it
+    /// when the catalog shows it destroyed nothing (see the gate's session module).
+    pub probe: bool,
     /// A write whose effect the gate measures with the database's own counters (under a
     /// savepoint): DML, calls, EXECUTE, FETCH — every write kind that can change existing rows.
     pub measure: bool,
@@ -117,9 +121,7 @@ pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Ana
                 pg_query::Error::Parse(m) => m,
                 other => other.to_string(),
             };
-            return Analysis::refused(format!(
-                "PostgreSQL's parser rejected the SQL: {msg}; nothing was run"
-            ));
+            return Analysis::refused(format!("{}: {msg}; nothing was run", crate::PARSER_REJECTED));
         }
     };
     let stmts = &parsed.protobuf.stmts;
@@ -189,6 +191,22 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         );
     }
     let measure = w.class == Class::Write && MEASURED_KINDS.contains(&kind.as_str());
+    let probe = match as_node(tree) {
+        Some(("TruncateStmt", _)) => true,
+        Some(("DropStmt", body)) => {
+            body.get("missing_ok").and_then(Value::as_bool).unwrap_or(false)
+                && matches!(
+                    ObjectType::try_from(int_field(body, "remove_type")),
+                    Ok(ObjectType::ObjectTable
+                        | ObjectType::ObjectView
+                        | ObjectType::ObjectMatview
+                        | ObjectType::ObjectIndex
+                        | ObjectType::ObjectSequence
+                        | ObjectType::ObjectForeignTable)
+                )
+        }
+        _ => false,
+    };
     dedup(&mut w.reasons);
     dedup(&mut w.objects);
     StmtAnalysis {
@@ -201,6 +219,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         executes: w.executes,
         fetches: w.fetches,
         measure,
+        probe,
         effects: w.effects,
         unqualified_builtins: w.unqualified_builtins,
     }

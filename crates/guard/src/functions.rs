@@ -90,6 +90,13 @@ const WRITES: &[&str] = &[
 /// an unlisted built-in is treated like any unknown function (policy `unknown_functions`), and
 /// `safe_functions` in the policy extends this list.
 const SAFE: &[&str] = &[
+    // large objects: reading, and moving a descriptor's position (session state only)
+    "loread",
+    "lo_get",
+    "lo_lseek",
+    "lo_lseek64",
+    "lo_tell",
+    "lo_tell64",
     // aggregates and window functions
     "count",
     "sum",

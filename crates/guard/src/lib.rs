@@ -83,7 +83,14 @@ pub struct StatementInfo {
     pub reasons: Vec<String>,
     /// Tables and other objects it names, as written.
     pub objects: Vec<String>,
+    /// DROP … IF EXISTS of relations or TRUNCATE: destroys something only if what it names
+    /// exists (TRUNCATE: holds data). The gate may measure it instead of holding it.
+    pub probe: bool,
 }
+
+/// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
+/// gate then answers with the server's SQLSTATE for it, 42601).
+pub const PARSER_REJECTED: &str = "PostgreSQL's parser rejected the SQL";
 
 /// The guard's verdict on a Query message, a Parse or an Execute.
 #[derive(Debug, Clone, Serialize)]
@@ -936,6 +943,7 @@ impl Guard {
                 action: a,
                 reasons: reasons_here,
                 objects: st.objects.clone(),
+                probe: st.probe,
             });
         }
         if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {

@@ -209,7 +209,27 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
             }
             for r in reqs {
                 let what = match r["ask"]["kind"].as_str() {
-                    Some("statement") => format!("statement: {}", r["ask"]["sql"].as_str().unwrap_or("")),
+                    Some("statement") => {
+                        let p = &r["ask"]["parameters"];
+                        let params = match p["count"].as_u64() {
+                            None => String::new(),
+                            Some(n) => match p["values"].as_array() {
+                                Some(vs) if !vs.is_empty() => format!(
+                                    " [{n} parameters, {}: {}]",
+                                    p["values_are"].as_str().unwrap_or(""),
+                                    vs.iter()
+                                        .map(|v| v.as_str().map_or("NULL".to_string(), |s| format!("{s:?}")))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                                _ => format!(
+                                    " [{n} parameters, values {}]",
+                                    p["values_are"].as_str().unwrap_or("")
+                                ),
+                            },
+                        };
+                        format!("statement: {}{params}", r["ask"]["sql"].as_str().unwrap_or(""))
+                    }
                     Some("grant") => format!(
                         "grant of role {} for {}s: {}",
                         r["ask"]["role"].as_str().unwrap_or(""),

@@ -293,6 +293,17 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
     assert!(out.status.success(), "{}", text(&out));
     let out = g.alice("DROP TABLE scratch");
     assert!(out.status.success(), "{}", text(&out));
+    // An extended-protocol statement (as drivers send them): its SQL text reaches the audit
+    // trail in the vault, from the Parse and from the Execute (what was bound).
+    let mut raw = Raw::connect(&g, "alice", "alice-password");
+    let r = raw.exchange(&[
+        parse("m", "SELECT count(*) FROM orders WHERE merchant = $1 AND 'extended-marker-42' <> ''"),
+        Msg::BindParams { portal: "pm".into(), statement: "m".into(), values: vec![Some("3".into())] },
+        execute("pm"),
+        Msg::Sync,
+    ]);
+    assert!(errors(&r).is_empty(), "{r:?}");
+    drop(raw);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let kinds: Vec<String> = received
@@ -348,6 +359,13 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
             && found.contains("\"break_glass\": true"),
         "{found}"
     );
+    let out = vault
+        .cli(&read_token, &["audit", "search", "--json", "--trust-key", &key, "--text", "extended-marker-42"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(found.contains("\"parse\"") && found.contains("\"extended\""), "{found}");
+    assert!(found.contains("WHERE merchant = $1"), "{found}");
     let out =
         vault.cli(&read_token, &["audit", "search", "--trust-key", &key, "--kind", "break_glass"]).unwrap();
     assert!(text(&out).contains("primary disk full"), "{}", text(&out));
@@ -355,4 +373,168 @@ fn grants_expire_and_end_their_sessions_break_glass_alerts_and_the_audit_trail_i
         .cli(&read_token, &["audit", "search", "--trust-key", &key, "--kind", "grant_approved"])
         .unwrap();
     assert!(text(&out).contains("bob"), "{}", text(&out));
+}
+
+/// `pgbench -i` through the gate: its DROP TABLE IF EXISTS of absent tables and its TRUNCATE of
+/// the empty tables it just created destroy nothing, so nothing waits for a person (here nobody
+/// could approve: anything held is refused at once). Then TPC-B with `-M prepared` (parameterised
+/// one-row UPDATEs, row-guarded) completes. The adversary's side: IF EXISTS and TRUNCATE
+/// of tables that exist with data — directly, after locking them, next to an absent name,
+/// through a TRUNCATE trigger on an empty table and through an event trigger on DROP — are held
+/// (refused), and every row is still there.
+#[test]
+fn pgbench_init_and_tpcb_complete_through_the_gate_and_if_exists_destroys_nothing_real() {
+    let g = Gate::start_with("", POLICY, false);
+    // alice's login owns orders (as an application's role owns its tables): only the gate
+    // stands between her and a DROP.
+    g.pg.psql("ALTER TABLE orders OWNER TO gate_app").unwrap();
+    let pgbench = |args: &[&str]| {
+        Command::new(testkit::pg::bin("pgbench").unwrap())
+            .arg(g.conninfo("alice", "require"))
+            .args(args)
+            .env("PGPASSWORD", "alice-password")
+            .output()
+            .unwrap()
+    };
+    let out = pgbench(&["-i", "-s", "1"]);
+    assert!(out.status.success(), "pgbench -i through the gate: {}", text(&out));
+    assert_eq!(g.count("pgbench_accounts"), 100_000);
+    let out = pgbench(&["-n", "-M", "prepared", "-t", "20", "-c", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("number of transactions actually processed: 40/40"), "{}", text(&out));
+    assert_eq!(g.count("pgbench_history"), 40);
+
+    // Initialising again drops tables that hold data: refused (nobody can approve).
+    let out = pgbench(&["-i", "-s", "1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("pgbench_accounts"), 100_000);
+    assert_eq!(g.count("pgbench_history"), 40);
+
+    // Setup the trap: an empty table whose TRUNCATE trigger empties orders, and an event trigger
+    // (a superuser's, planted earlier) that empties scratch whenever anyone drops a table.
+    g.pg.psql(
+        "CREATE TABLE bait (id int); GRANT ALL ON bait TO gate_app;
+         CREATE FUNCTION bait_fn() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN TRUNCATE orders; RETURN NULL; END$$;
+         CREATE TRIGGER bait_tr BEFORE TRUNCATE ON bait EXECUTE FUNCTION bait_fn();",
+    )
+    .unwrap();
+    // (the statement, what the refusal says: measured and found destructive, or held whole)
+    for (sql, why) in [
+        ("DROP TABLE IF EXISTS orders", "dropped or emptied"),
+        ("DROP TABLE IF EXISTS no_such_table, orders", "dropped or emptied"),
+        ("BEGIN; LOCK orders IN ACCESS EXCLUSIVE MODE; DROP TABLE IF EXISTS orders", "DROP TABLE orders"),
+        ("DROP VIEW IF EXISTS no_such_view; DROP TABLE IF EXISTS orders CASCADE", "dropped or emptied"),
+        ("TRUNCATE orders", "dropped or emptied"),
+        ("CREATE TABLE made_now (id int); TRUNCATE made_now, orders", "dropped or emptied"),
+        ("TRUNCATE bait", "dropped or emptied"),
+        ("DROP TABLE IF EXISTS no_such_table; DELETE FROM orders", "DELETE without WHERE"),
+    ] {
+        let out = g.alice(sql);
+        assert!(!out.status.success(), "{sql}: {}", text(&out));
+        assert!(text(&out).contains(why), "{sql}: {}", text(&out));
+        assert_eq!(g.count("orders"), 100, "{sql}");
+    }
+    // psql's script mode: the LOCK in one statement, the DROP in the next, one transaction.
+    let out = Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "require"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "BEGIN",
+            "-c",
+            "LOCK orders IN ACCESS EXCLUSIVE MODE",
+            "-c",
+            "DROP TABLE IF EXISTS orders",
+            "-c",
+            "COMMIT",
+        ])
+        .env("PGPASSWORD", "alice-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("orders"), 100);
+    g.pg.psql(
+        "CREATE FUNCTION trap() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN TRUNCATE scratch; END$$;
+         CREATE EVENT TRIGGER trap ON ddl_command_start WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION trap();",
+    )
+    .unwrap();
+    let out = g.alice("DROP TABLE IF EXISTS no_such_table");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 20);
+    g.pg.psql("DROP EVENT TRIGGER trap").unwrap();
+
+    // What destroys nothing runs, with the server's own answers (its NOTICE included).
+    let out = g.alice("DROP TABLE IF EXISTS no_such_table, no_such_either");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("does not exist, skipping"), "{}", text(&out));
+    let out = g.alice("CREATE TABLE fresh (id int); TRUNCATE fresh; INSERT INTO fresh VALUES (1)");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("fresh"), 1);
+    // A table with data cannot be emptied: refused, its row stays.
+    let out = g.alice("TRUNCATE fresh");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped or emptied"), "{}", text(&out));
+    assert_eq!(g.count("fresh"), 1);
+    assert_eq!(g.count("orders"), 100);
+    assert_eq!(g.count("scratch"), 20);
+}
+
+/// An approval request for an extended-protocol statement shows its SQL text (what was bound,
+/// not a statement name) and its parameters: their count, the values as `approval_parameters`
+/// says (here hashed: SHA-256, comparable without being readable). Rejected, nothing changed.
+#[test]
+fn approval_requests_show_the_sql_and_the_bound_parameters() {
+    let g = Gate::start("approval_parameters = \"hashed\"", POLICY);
+    let mut a = Raw::connect(&g, "alice", "alice-password");
+    a.send(&[
+        parse("del", "DELETE FROM orders WHERE id > $1 AND merchant IS NOT NULL"),
+        Msg::BindParams { portal: "p".into(), statement: "del".into(), values: vec![Some("0".into())] },
+        execute("p"),
+        Msg::Sync,
+    ]);
+    let id = g.pending_id();
+    let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let req = v["requests"].as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap().clone();
+    assert_eq!(req["ask"]["sql"], "DELETE FROM orders WHERE id > $1 AND merchant IS NOT NULL", "{req}");
+    assert_eq!(req["ask"]["parameters"]["count"], 1, "{req}");
+    assert_eq!(req["ask"]["parameters"]["values_are"], "hashed", "{req}");
+    // SHA-256 of the text "0".
+    assert_eq!(
+        req["ask"]["parameters"]["values"][0],
+        "sha256:5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9",
+        "{req}"
+    );
+    let listed = g.cli("alice", "alice-password", None, &["pending"]);
+    assert!(text(&listed).contains("[1 parameters, hashed: \"sha256:5feceb66"), "{}", text(&listed));
+    let out = g.bob(&["reject", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = a.until_ready(1);
+    assert!(!errors(&r).is_empty(), "{r:?}");
+    // Exactly the answers to its own messages: ParseComplete, BindComplete, the error in the
+    // Execute's place, ReadyForQuery (none of the gate's own refusal statement's).
+    let tags: Vec<u8> = r.iter().map(|m| m.tag).filter(|t| *t != b'N').collect();
+    assert_eq!(tags, b"12EZ".to_vec(), "{r:?}");
+    assert_eq!(g.count("orders"), 100);
+
+    // Approved, a measured write runs as bound (its portal, run to its end by the measurement,
+    // is bound again by the gate); the client gets exactly the answers it asked for.
+    a.send(&[
+        Msg::BindParams { portal: "p2".into(), statement: "del".into(), values: vec![Some("85".into())] },
+        execute("p2"),
+        Msg::Sync,
+    ]);
+    let id = g.pending_id();
+    assert_eq!(g.count("orders"), 100, "rolled back while it waits");
+    let out = g.bob(&["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = a.until_ready(1);
+    assert!(errors(&r).is_empty(), "{r:?}");
+    let tags: Vec<u8> = r.iter().map(|m| m.tag).filter(|t| *t != b'N').collect();
+    assert_eq!(tags, b"2CZ".to_vec(), "BindComplete, CommandComplete, ReadyForQuery: {r:?}");
+    assert_eq!(g.count("orders"), 85);
 }

@@ -274,7 +274,7 @@ fn extended_protocol_writes_are_measured_and_pgbench_prepared_runs() {
 
 #[test]
 fn every_write_is_measured_by_what_the_database_counted() {
-    let g = Gate::start_with("", POLICY, false);
+    let mut g = Gate::start_with("", POLICY, false);
     g.pg.psql(
         "CREATE TABLE parent (id int PRIMARY KEY);
          CREATE TABLE child (id serial PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
@@ -382,6 +382,14 @@ fn every_write_is_measured_by_what_the_database_counted() {
     let small = used.iter().find(|u| u["table"] == "public.small").expect("budget of public.small shown");
     assert_eq!(small["rows"], 24);
     assert_eq!(small["person"], "alice");
+    // Restarting the gate (killed, as a crash or an insider would) hands out no fresh budget.
+    drop((c, c2));
+    g.restart();
+    let mut c3 = Raw::connect(&g, "alice", "alice-password");
+    let r = c3.query("DELETE FROM small WHERE id BETWEEN 25 AND 27");
+    refused(&r, "the delete that passes the budget, after a restart");
+    assert!(errors(&r).iter().any(|e| e.contains("budget")), "{:?}", errors(&r));
+    assert_eq!(g.count("small"), 76);
     let _ = Duration::ZERO;
 }
 
@@ -453,4 +461,105 @@ fn every_statement_is_recorded_with_its_text_and_a_full_spool_lets_nothing_run()
     let r = c.exchange(&[parse("", &format!("SELECT 2 -- {pad}")), bind("", ""), execute(""), Msg::Sync]);
     assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{:?}", errors(&r));
     assert_eq!(orders_state(&g), before);
+}
+
+/// The FunctionCall message (libpq's large-object API) is judged by the built-in it calls:
+/// reads run, lo_unlink and friends wait for a second person (here: refused at once, and
+/// answered, so psql's `\lo_unlink` does not hang), any other OID is held as destructive. The
+/// client sees the server's BackendKeyData (pg_backend_pid() and a NOTIFY's pid agree with it)
+/// and a CancelRequest reaches only the session whose pid AND secret it names.
+#[test]
+fn function_calls_are_judged_and_cancels_reach_only_their_own_session() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "SELECT lo_from_bytea(424242, 'keep me'); ALTER LARGE OBJECT 424242 OWNER TO gate_app;
+         CREATE FUNCTION wipe() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1';
+         GRANT EXECUTE ON FUNCTION wipe() TO gate_app;",
+    )
+    .unwrap();
+    let wipe_oid: u32 = g.pg.psql("SELECT 'wipe'::regproc::oid").unwrap().parse().unwrap();
+    let before = orders_state(&g);
+    let lo_exists = || g.pg.psql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 424242").unwrap();
+    let mut a = Raw::connect(&g, "alice", "alice-password");
+    // lo_open(424242, INV_READ) and loread: run, the bytes come back.
+    let text_arg = |s: &str| Some(s.as_bytes().to_vec());
+    let r = a.exchange(&[q("BEGIN")]);
+    ok(&r, "BEGIN");
+    let r = a.exchange(&[Msg::FunctionCall { oid: 952, args: vec![text_arg("424242"), text_arg("262144")] }]);
+    ok(&r, "lo_open");
+    let fd = r.iter().find(|m| m.tag == b'V').expect("a FunctionCallResponse").body[4..].to_vec();
+    let r = a.exchange(&[Msg::FunctionCall { oid: 954, args: vec![Some(fd.clone()), text_arg("100")] }]);
+    ok(&r, "loread");
+    let v = r.iter().find(|m| m.tag == b'V').expect("a FunctionCallResponse");
+    // bytea in text format: hex of "keep me".
+    assert!(String::from_utf8_lossy(&v.body).contains("6b656570206d65"), "{v:?}");
+    ok(&a.exchange(&[q("COMMIT")]), "COMMIT");
+    // lo_unlink and lowrite: refused (nobody can approve), answered with ReadyForQuery.
+    let r = a.exchange(&[Msg::FunctionCall { oid: 964, args: vec![text_arg("424242")] }]);
+    refused(&r, "lo_unlink by FunctionCall");
+    assert!(errors(&r).iter().any(|e| e.contains("lo_unlink")), "{:?}", errors(&r));
+    // A user function called by OID: held as destructive, it does not run.
+    let r = a.exchange(&[Msg::FunctionCall { oid: wipe_oid, args: vec![] }]);
+    refused(&r, "a user function by FunctionCall");
+    assert!(errors(&r).iter().any(|e| e.contains(&format!("OID {wipe_oid}"))), "{:?}", errors(&r));
+    assert_eq!(orders_state(&g), before);
+    assert_eq!(lo_exists(), "1");
+    // psql's \lo_unlink (libpq's lo_unlink, a FunctionCall): refused, and psql ends.
+    let out = std::process::Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo("alice", "require"))
+        .args(["-X", "-c", "\\lo_unlink 424242"])
+        .env("PGPASSWORD", "alice-password")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("holdfast gate") && text(&out).contains("lo_unlink"), "{}", text(&out));
+    assert_eq!(lo_exists(), "1");
+
+    // BackendKeyData: the server's own pid.
+    let r = a.query("SELECT pg_backend_pid()");
+    let pid: i32 = data_text(&r).parse().unwrap();
+    assert_eq!(pid, a.backend_pid, "pg_backend_pid() is the pid the gate announced");
+    let r = a.query("LISTEN ch; NOTIFY ch, 'hi'");
+    let n = r.iter().find(|m| m.tag == b'A').expect("a NotificationResponse");
+    assert_eq!(i32::from_be_bytes([n.body[0], n.body[1], n.body[2], n.body[3]]), a.backend_pid);
+
+    // Cancels: a wrong secret, and bob's own key, leave alice's query running; hers stops it.
+    let mut b = Raw::connect(&g, "bob", "bob-password");
+    a.send(&[q("SELECT pg_sleep(60)")]);
+    let running = || {
+        g.pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active' AND query LIKE '%pg_sleep(60)%'"
+        ))
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while running() != "1" {
+        assert!(std::time::Instant::now() < deadline, "alice's query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut wrong = a.backend_key.clone();
+    wrong[0] ^= 0xff;
+    cancel(&g, a.backend_pid, &wrong);
+    cancel(&g, b.backend_pid, &b.backend_key);
+    cancel(&g, a.backend_pid.wrapping_add(1), &a.backend_key);
+    // Bob's session is idle: its own cancel changes nothing there either.
+    ok(&b.query("SELECT 1"), "bob after his own cancel");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        running(),
+        "1",
+        "a cancel with the wrong secret or another session's key stopped alice's query"
+    );
+    let started = std::time::Instant::now();
+    cancel(&g, a.backend_pid, &a.backend_key);
+    let r = a.until_ready(1);
+    assert!(errors(&r).iter().any(|e| e.contains("canceling statement")), "{:?}", errors(&r));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(orders_state(&g), before);
+}
+
+/// The text of the first column of the first DataRow.
+fn data_text(r: &[Reply]) -> String {
+    let d = r.iter().find(|m| m.tag == b'D').expect("a DataRow");
+    let len = i32::from_be_bytes([d.body[2], d.body[3], d.body[4], d.body[5]]) as usize;
+    String::from_utf8_lossy(&d.body[6..6 + len]).into_owned()
 }

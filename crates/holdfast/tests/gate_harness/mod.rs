@@ -112,31 +112,48 @@ db_user = "dba"
             carol = v("carol-password"),
         );
         std::fs::write(d.join("gate.toml"), config).unwrap();
-        let mut child = Command::new(holdfast())
-            .args(["gate", "serve", "--config"])
-            .arg(d.join("gate.toml"))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut said = Vec::new();
-        let (addr, control) = loop {
-            let line = match lines.next() {
-                Some(l) => l.unwrap(),
-                None => panic!("gate exited before listening: {}", said.join("\n")),
-            };
-            said.push(line.clone());
-            if let Some(rest) = line.strip_prefix("gate listening on ") {
-                let (a, c) = rest.split_once(" (control API https://").unwrap();
-                break (a.to_string(), c.trim_end_matches(')').to_string());
-            }
-        };
-        // Keep draining the gate's log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let (child, addr, control) = serve(&d);
         Gate { _dir: dir, dir: d, child, addr, control, pg }
     }
 
+    /// Stops the gate process (SIGKILL) and starts it again on the same state directory (new
+    /// ports); sessions through it end.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr, control) = serve(&self.dir);
+        (self.child, self.addr, self.control) = (child, addr, control);
+    }
+}
+
+/// `holdfast gate serve` on `dir/gate.toml`: the process and its two addresses once listening.
+fn serve(d: &Path) -> (Child, String, String) {
+    let mut child = Command::new(holdfast())
+        .args(["gate", "serve", "--config"])
+        .arg(d.join("gate.toml"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let (addr, control) = loop {
+        let line = match lines.next() {
+            Some(l) => l.unwrap(),
+            None => panic!("gate exited before listening: {}", said.join("\n")),
+        };
+        said.push(line.clone());
+        if let Some(rest) = line.strip_prefix("gate listening on ") {
+            let (a, c) = rest.split_once(" (control API https://").unwrap();
+            break (a.to_string(), c.trim_end_matches(')').to_string());
+        }
+    };
+    // Keep draining the gate's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, addr, control)
+}
+
+impl Gate {
     pub fn conninfo(&self, user: &str, ssl: &str) -> String {
         let (host, port) = self.addr.rsplit_once(':').unwrap();
         format!("host={host} port={port} user={user} dbname=postgres sslmode={ssl} connect_timeout=10")
@@ -216,14 +233,36 @@ pub fn text(o: &Output) -> String {
 #[derive(Debug, Clone)]
 pub enum Msg {
     Query(String),
-    Parse { name: String, sql: String },
-    Bind { portal: String, statement: String },
-    Execute { portal: String, max_rows: i32 },
-    Describe { portal: String },
+    Parse {
+        name: String,
+        sql: String,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+    },
+    /// Bind with text-format parameter values (None: NULL).
+    BindParams {
+        portal: String,
+        statement: String,
+        values: Vec<Option<String>>,
+    },
+    Execute {
+        portal: String,
+        max_rows: i32,
+    },
+    Describe {
+        portal: String,
+    },
     ClosePortal(String),
     CloseStatement(String),
     Sync,
     Flush,
+    /// FunctionCall by OID, text-format arguments (None: NULL), text result.
+    FunctionCall {
+        oid: u32,
+        args: Vec<Option<Vec<u8>>>,
+    },
 }
 
 impl Msg {
@@ -255,6 +294,23 @@ impl Msg {
                 b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                 frame(out, b'B', &b)
             }
+            Msg::BindParams { portal, statement, values } => {
+                cstr(&mut b, portal);
+                cstr(&mut b, statement);
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+                for v in values {
+                    match v {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v.as_bytes());
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                frame(out, b'B', &b)
+            }
             Msg::Execute { portal, max_rows } => {
                 cstr(&mut b, portal);
                 b.extend_from_slice(&max_rows.to_be_bytes());
@@ -274,6 +330,22 @@ impl Msg {
                 b.push(b'S');
                 cstr(&mut b, n);
                 frame(out, b'C', &b)
+            }
+            Msg::FunctionCall { oid, args } => {
+                b.extend_from_slice(&oid.to_be_bytes());
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+                for a in args {
+                    match a {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v);
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                frame(out, b'F', &b)
             }
             Msg::Sync => frame(out, b'S', &[]),
             Msg::Flush => frame(out, b'H', &[]),
@@ -311,6 +383,9 @@ pub struct Raw {
     rt: tokio::runtime::Runtime,
     io: Box<dyn pgproto::conn::Io>,
     buf: Vec<u8>,
+    /// The BackendKeyData the gate sent: process id and cancel secret.
+    pub backend_pid: i32,
+    pub backend_key: Vec<u8>,
 }
 
 impl Raw {
@@ -331,7 +406,7 @@ impl Raw {
         let mut params = vec![("database", "postgres"), ("client_encoding", "UTF8")];
         params.extend_from_slice(extra);
         let s = rt.block_on(pgproto::conn::connect_raw(&cfg, &params)).map_err(|e| e.to_string())?;
-        Ok(Raw { rt, io: s.io, buf: Vec::new() })
+        Ok(Raw { rt, io: s.io, buf: Vec::new(), backend_pid: s.backend_pid, backend_key: s.backend_key })
     }
 
     pub fn send(&mut self, msgs: &[Msg]) {
@@ -381,7 +456,8 @@ impl Raw {
 
     /// Sends and waits for as many ReadyForQuery as the messages ask (Query and Sync).
     pub fn exchange(&mut self, msgs: &[Msg]) -> Vec<Reply> {
-        let n = msgs.iter().filter(|m| matches!(m, Msg::Query(_) | Msg::Sync)).count();
+        let n =
+            msgs.iter().filter(|m| matches!(m, Msg::Query(_) | Msg::Sync | Msg::FunctionCall { .. })).count();
         self.send(msgs);
         self.until_ready(n)
     }
@@ -395,6 +471,17 @@ impl Raw {
 /// The error messages among replies.
 pub fn errors(r: &[Reply]) -> Vec<String> {
     r.iter().filter(|m| m.tag == b'E').map(Reply::message).collect()
+}
+
+/// Sends a CancelRequest to the gate (plain TCP, as libpq does).
+pub fn cancel(g: &Gate, pid: i32, key: &[u8]) {
+    let (host, port) = g.addr.rsplit_once(':').unwrap();
+    let cfg = pgproto::conn::Config::new(
+        pgproto::conn::Host::Tcp { host: host.to_string(), port: port.parse().unwrap() },
+        "nobody",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(pgproto::conn::send_cancel(&cfg, pid, key)).unwrap();
 }
 
 pub fn q(s: &str) -> Msg {
