@@ -572,8 +572,9 @@ impl Detector {
     /// A heap delete or update: whether an update changed a row the window has not seen
     /// updated, and the tenant whose row it was.
     fn heap_change(&mut self, xid: u32, c: &pgfmt::wal::HeapChange<'_>, update: bool) {
+        let mut repeat = false;
         if update {
-            let repeat = self.update_tids.iter().any(|s| s.contains(&(c.rel, c.old_tid.0, c.old_tid.1)));
+            repeat = self.update_tids.iter().any(|s| s.contains(&(c.rel, c.old_tid.0, c.old_tid.1)));
             if let Some((b, o)) = c.new_tid {
                 if self.update_tids[0].len() >= 1 << 21 {
                     // Bounded: forgetting makes later updates of those rows count as new rows
@@ -601,7 +602,8 @@ impl Detector {
             *self.tenant_unread.entry(c.rel).or_default() += 1;
             return;
         };
-        if let Some(open) = self.open.get_mut(&xid) {
+        // A tenant's row updated again counts once (like a table's, see `updated_rows`).
+        if let Some(open) = self.open.get_mut(&xid).filter(|_| !repeat) {
             let m = if update { &mut open.tenant_updated } else { &mut open.tenant_deleted };
             // Bounded per transaction: a transaction touching more tenants than this is over
             // the table thresholds long before.

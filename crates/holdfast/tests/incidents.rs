@@ -693,3 +693,110 @@ fn a_slow_drip_of_small_deletes_is_one_incident_undone_from_before_the_first() {
     let _ = stop.output();
     assert_eq!(restored, before, "every row of the tenant is back");
 }
+
+/// `tenant_column = "merchant_id"` on a shop of 20 merchants: deleting one merchant's orders
+/// (5 % of the table) in one transaction, zeroing one merchant's gift-card balances in one, and
+/// another's in 30 small ones, are each an incident naming the merchant — though every one is
+/// far under the whole-table thresholds; the dripped one restores to before its first
+/// transaction. Ordinary per-merchant traffic raises nothing. A table whose deletes cannot
+/// carry the tenant (replica identity without the column) is a `tenant_blind` incident naming
+/// it. Twelve small tables dropped one by one are twelve incidents and one `cumulative_drop`
+/// restoring to before the first.
+#[test]
+fn one_tenants_rows_deleted_or_overwritten_are_incidents_naming_the_tenant() {
+    let pg = TempPg::start_with(TempPgOptions::default().setting("wal_level", "logical")).unwrap();
+    let small_tables: String = (0..12)
+        .map(|i| format!("CREATE TABLE scratch{i} AS SELECT g AS id FROM generate_series(1, 50) g;"))
+        .collect();
+    pg.psql(&format!(
+        "CREATE TABLE orders (merchant_id int NOT NULL, id int NOT NULL, total int NOT NULL, PRIMARY KEY (merchant_id, id));
+         INSERT INTO orders SELECT 1 + g % 20, g, g % 100 FROM generate_series(1, 20000) g;
+         CREATE TABLE gift_cards (id int PRIMARY KEY, code text NOT NULL, merchant_id bigint NOT NULL, balance int NOT NULL);
+         ALTER TABLE gift_cards REPLICA IDENTITY FULL;
+         INSERT INTO gift_cards SELECT g, 'card-' || g, 1 + g % 20, 100 FROM generate_series(1, 6000) g;
+         CREATE TABLE notes (id int PRIMARY KEY, merchant_id int NOT NULL, body text);
+         INSERT INTO notes SELECT g, 1 + g % 20, 'n' FROM generate_series(1, 200) g;
+         {small_tables}
+         ANALYZE;"
+    ))
+    .unwrap();
+    // pg_stats shows a column's statistics only to a role that may read the column (the
+    // catalog role, created by `setup`: granted to every role here).
+    pg.psql("GRANT SELECT (merchant_id) ON orders, gift_cards, notes TO PUBLIC").unwrap();
+    let s = setup(pg, "tenant_column = \"merchant_id\"");
+    let pg = &s.pg;
+    s.wait_decoded();
+    let i = s.wait_incident(0, "tenant_blind");
+    let m = i["message"].as_str().unwrap();
+    assert!(m.contains("public.notes") && m.contains("replica identity"), "{i:#}");
+    assert!(!m.contains("public.orders") && !m.contains("gift_cards"), "{i:#}");
+
+    // Ordinary traffic: many merchants, a few rows each (not the merchants attacked below:
+    // their rows changed in the window would count with the attack, and the restore target
+    // would rightly be before them).
+    let ordinary: String = (0..40)
+        .filter(|k| ![7, 9, 11].contains(&(1 + k % 20)))
+        .map(|k| {
+            let m = 1 + k % 20;
+            format!(
+                "BEGIN; DELETE FROM orders WHERE merchant_id = {m} AND id IN (SELECT id FROM orders WHERE merchant_id = {m} ORDER BY id LIMIT 3); \
+                 UPDATE gift_cards SET balance = balance - 1 WHERE id IN (SELECT id FROM gift_cards WHERE merchant_id = {m} ORDER BY id LIMIT 5); COMMIT;\n"
+            )
+        })
+        .collect();
+    pg.psql(&ordinary).unwrap();
+    s.wait_decoded();
+    let kinds: Vec<String> = s.incidents().iter().map(|i| i["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["tenant_blind"], "ordinary traffic is no incident: {:#?}", s.incidents());
+
+    // One merchant's orders: ~1000 rows of 20,000.
+    let deleted = s.xid_of("postgres", "DELETE FROM orders WHERE merchant_id = 7");
+    let i = s.wait_incident(1, "mass_delete");
+    assert_eq!(i["xid"], deleted, "{i:#}");
+    let o = &i["objects"][0];
+    assert_eq!(
+        (&o["table"], &o["tenants"][0]["column"], &o["tenants"][0]["value"]),
+        (&"orders".into(), &"merchant_id".into(), &"7".into()),
+        "{i:#}"
+    );
+    assert!(i["message"].as_str().unwrap().contains("merchant_id = 7"), "{i:#}");
+
+    // One merchant's gift cards zeroed in one transaction: 300 of 6,000 rows.
+    let zeroed = s.xid_of("postgres", "UPDATE gift_cards SET balance = 0 WHERE merchant_id = 9");
+    let i = s.wait_incident(2, "mass_update");
+    assert_eq!((&i["xid"], &i["objects"][0]["tenants"][0]["value"]), (&zeroed.into(), &"9".into()), "{i:#}");
+
+    // Another's in 30 transactions of 10 cards.
+    let drip: String = (0..30)
+        .map(|k| {
+            format!(
+                "BEGIN; UPDATE gift_cards SET balance = 0 WHERE merchant_id = 11 AND id IN (SELECT id FROM gift_cards WHERE merchant_id = 11 ORDER BY id OFFSET {} LIMIT 10); SELECT txid_current(); COMMIT;\n",
+                k * 10
+            )
+        })
+        .collect();
+    let xids: Vec<u32> = pg.psql(&drip).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM gift_cards WHERE merchant_id = 11 AND balance <> 0").unwrap(),
+        "0"
+    );
+    let i = s.wait_incident(3, "cumulative_update");
+    assert_eq!(i["objects"][0]["tenants"][0]["value"], "11", "{i:#}");
+    assert_eq!(i["restore_target"]["xid"], xids[0], "restore target before the first: {i:#}");
+
+    // Twelve small tables dropped one by one.
+    let mut drops = Vec::new();
+    for t in 0..12 {
+        drops.push(s.xid_of("postgres", &format!("DROP TABLE scratch{t}")));
+    }
+    let i = s.wait_incident(4, "cumulative_drop");
+    assert_eq!(i["restore_target"]["xid"], drops[0], "before the first drop: {i:#}");
+    s.wait_decoded();
+    let incidents = s.incidents();
+    let count = |k: &str| incidents.iter().filter(|i| i["kind"] == k).count();
+    assert_eq!(
+        (count("relations_dropped"), count("cumulative_drop"), incidents.len()),
+        (12, 1, 17),
+        "{incidents:#?}"
+    );
+}
