@@ -572,34 +572,53 @@ impl Detector {
     /// A heap delete or update: whether an update changed a row the window has not seen
     /// updated, and the tenant whose row it was.
     fn heap_change(&mut self, xid: u32, c: &pgfmt::wal::HeapChange<'_>, update: bool) {
-        let mut repeat = false;
-        if update {
-            repeat = self.update_tids.iter().any(|s| s.contains(&(c.rel, c.old_tid.0, c.old_tid.1)));
-            if let Some((b, o)) = c.new_tid {
-                if self.update_tids[0].len() >= 1 << 21 {
-                    // Bounded: forgetting makes later updates of those rows count as new rows
-                    // (more findings, never fewer).
-                    self.update_tids.swap(0, 1);
-                    self.update_tids[0].clear();
-                }
-                self.update_tids[0].insert((c.rel, b, o));
-            }
-            if !repeat && let Some(open) = self.open.get_mut(&xid) {
-                *open.updated_rows.entry(c.rel).or_default() += 1;
-            }
-        }
-        let Some(col) = self.tenant_columns.get(&c.rel) else { return };
         // The old row's tenant (REPLICA IDENTITY FULL, or a key holding the column); for an
         // update without it, the new row's (the same unless the update moved the row to
         // another tenant).
-        let read = |t: &Option<pgfmt::tuple::LoggedTuple<'_>>| {
-            t.as_ref()
-                .and_then(|t| pgfmt::tuple::attribute(t, &col.layout, col.attnum).ok().flatten())
-                .map(|v| pgfmt::tuple::render(v, col.type_oid))
-        };
-        let tenant = read(&c.old).or_else(|| if update { read(&c.new) } else { None });
+        let tenant = self.tenant_columns.get(&c.rel).map(|col| {
+            let read = |t: &Option<pgfmt::tuple::LoggedTuple<'_>>| {
+                t.as_ref()
+                    .and_then(|t| pgfmt::tuple::attribute(t, &col.layout, col.attnum).ok().flatten())
+                    .map(|v| pgfmt::tuple::render(v, col.type_oid))
+            };
+            read(&c.old).or_else(|| if update { read(&c.new) } else { None })
+        });
+        let new_tid = if update { c.new_tid } else { None };
+        self.heap_row(xid, c.rel, update.then_some(c.old_tid), new_tid, tenant);
+    }
+
+    /// One row deleted (`old_tid` `None`) or updated by `xid`: an update whose old row version
+    /// was made by an update in the window is the same row again (not counted as another row);
+    /// `tenant`: `None` for a table without the tenant column, `Some(None)` when the record did
+    /// not carry the tenant.
+    fn heap_row(
+        &mut self,
+        xid: u32,
+        rel: RelFileNode,
+        old_tid: Option<(u32, u16)>,
+        new_tid: Option<(u32, u16)>,
+        tenant: Option<Option<String>>,
+    ) {
+        let update = old_tid.is_some();
+        let repeat = old_tid.is_some_and(|(b, o)| self.update_tids.iter().any(|s| s.contains(&(rel, b, o))));
+        if let Some((b, o)) = new_tid {
+            if self.update_tids[0].len() >= 1 << 21 {
+                // Bounded: forgetting makes later updates of those rows count as new rows
+                // (more findings, never fewer).
+                self.update_tids.swap(0, 1);
+                self.update_tids[0].clear();
+            }
+            self.update_tids[0].insert((rel, b, o));
+        }
+        if update
+            && !repeat
+            && let Some(open) = self.open.get_mut(&xid)
+        {
+            *open.updated_rows.entry(rel).or_default() += 1;
+        }
+        let Some(tenant) = tenant else { return };
         let Some(tenant) = tenant else {
-            *self.tenant_unread.entry(c.rel).or_default() += 1;
+            *self.tenant_unread.entry(rel).or_default() += 1;
             return;
         };
         // A tenant's row updated again counts once (like a table's, see `updated_rows`).
@@ -607,8 +626,8 @@ impl Detector {
             let m = if update { &mut open.tenant_updated } else { &mut open.tenant_deleted };
             // Bounded per transaction: a transaction touching more tenants than this is over
             // the table thresholds long before.
-            if m.len() < 100_000 || m.contains_key(&(c.rel, tenant.clone())) {
-                *m.entry((c.rel, tenant)).or_default() += 1;
+            if m.len() < 100_000 || m.contains_key(&(rel, tenant.clone())) {
+                *m.entry((rel, tenant)).or_default() += 1;
             }
         }
     }
@@ -1226,6 +1245,127 @@ mod tests {
         let mut d = Detector::new(t);
         assert_eq!(xact(&mut d, 5000, 9000, &[(16389, 900)]).map(|f| f.kind), Some(Kind::MassDelete));
         assert_eq!(xact(&mut d, 5001, 9000, &[(16389, 90)]), None);
+    }
+
+    #[test]
+    fn updates_add_up_per_row_and_tenant_and_drops_add_up_per_database() {
+        let t = Thresholds {
+            mass_update_rows: 100,
+            mass_change_min_rows: 100,
+            window_seconds: 60,
+            window_table_update_rows: 1000,
+            window_database_update_rows: 5000,
+            window_update_share: 0.5,
+            window_delete_share: 0.2,
+            tenant_min_rows: 50,
+            window_dropped_tables: 3,
+            window_dropped_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let upd = RecordKind::HeapUpdate { rel: Some(rel(16384)), hot: true };
+        let del = RecordKind::HeapDelete { rel: Some(rel(16385)), block: Some(0) };
+        // A 1000-row table whose 10 hot rows are updated all day: never a finding (each row
+        // once), though 5000 updates in a minute is five times the table.
+        let mut d = Detector::new(t);
+        d.set_table_rows([(rel(16384), 1000)]);
+        let mut lsn = 10;
+        let mut tids: HashMap<u16, (u32, u16)> = (0..10).map(|r| (r, (0, r))).collect();
+        let mut next_off = 100u16;
+        for x in 0..500u32 {
+            for r in 0..10u16 {
+                lsn += 1;
+                d.feed(Lsn(lsn), 100 + x, &RecordKind::Other);
+                let new = (1, next_off);
+                next_off = next_off.wrapping_add(1);
+                d.heap_row(100 + x, rel(16384), Some(tids[&r]), Some(new), None);
+                tids.insert(r, new);
+                d.feed(Lsn(lsn), 100 + x, &upd);
+            }
+            lsn += 1;
+            assert_eq!(d.feed(Lsn(lsn), 100 + x, &commit_at(1000)), None, "{x}");
+        }
+        // 600 distinct rows, 20 per transaction: with the 10 hot rows (each counted once, by
+        // its first update) the 25th crosses half the table; the restore target is before the
+        // first transaction that contributed (the hot rows' first).
+        let mut found = Vec::new();
+        for x in 0..30u32 {
+            for r in 0..20u32 {
+                lsn += 1;
+                d.feed(Lsn(lsn), 1000 + x, &RecordKind::Other);
+                d.heap_row(1000 + x, rel(16384), Some((10 + x, r as u16)), Some((500 + x, r as u16)), None);
+                d.feed(Lsn(lsn), 1000 + x, &upd);
+            }
+            lsn += 1;
+            found.extend(d.feed(Lsn(lsn), 1000 + x, &commit_at(1001)));
+        }
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(
+            (found[0].kind, found[0].xid, found[0].restore_target),
+            (Kind::CumulativeUpdate, 1024, RestoreTarget::BeforeXid(100))
+        );
+        // Tenants: a 10,000-row table, tenant "7" ~200 rows, the others ~1000. 10 of its rows deleted per
+        // transaction: 0.2 × 200 = 40 rows cross at the 4th; other tenants' deletes do not.
+        let mut d = Detector::new(t);
+        d.set_table_rows([(rel(16385), 10_000)]);
+        d.set_tenant_rows([(
+            rel(16385),
+            TenantRows { common: [("7".to_string(), 200)].into(), other: Some(1000) },
+        )]);
+        let mut found = Vec::new();
+        for x in 0..6u32 {
+            for (n, who) in [(10, "7"), (10, "8"), (1, "9")] {
+                for _ in 0..n {
+                    lsn += 1;
+                    d.feed(Lsn(lsn), 2000 + x, &RecordKind::Other);
+                    d.heap_row(2000 + x, rel(16385), None, None, Some(Some(who.to_string())));
+                    d.feed(Lsn(lsn), 2000 + x, &del);
+                }
+            }
+            lsn += 1;
+            found.extend(d.feed(Lsn(lsn), 2000 + x, &commit_at(1002)));
+        }
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.kind, f.xid, f.restore_target),
+            (Kind::CumulativeDelete, 2003, RestoreTarget::BeforeXid(2000))
+        );
+        assert_eq!(
+            (f.tenants[0].tenant.as_str(), f.tenants[0].deleted, f.tenants[0].rows),
+            ("7", 40, Some(200))
+        );
+        // One transaction deleting half of a tenant's rows: a mass delete naming it.
+        for _ in 0..100 {
+            lsn += 1;
+            d.feed(Lsn(lsn), 3000, &RecordKind::Other);
+            d.heap_row(3000, rel(16385), None, None, Some(Some("7".to_string())));
+            d.feed(Lsn(lsn), 3000, &del);
+        }
+        lsn += 1;
+        let f = d.feed(Lsn(lsn), 3000, &commit_at(1003)).unwrap();
+        assert_eq!((f.kind, f.tenants[0].tenant.as_str()), (Kind::MassDelete, "7"));
+        // Rows whose record did not carry the tenant are counted for the caller to raise.
+        d.feed(Lsn(lsn + 1), 3001, &RecordKind::Other);
+        d.heap_row(3001, rel(16385), None, None, Some(None));
+        assert_eq!(d.take_tenant_unread().get(&rel(16385)), Some(&1));
+        // Drops: each a finding; the 4th table in the window also one cumulative drop,
+        // restoring to before the first.
+        let mut d = Detector::new(t);
+        let mut found = Vec::new();
+        for i in 0..5u32 {
+            d.seed([(rel(20000 + i), 1)]);
+            lsn += 1;
+            d.feed(Lsn(lsn), 4000 + i, &RecordKind::Other);
+            lsn += 1;
+            let end = XactEnd { time: 1004 * 1_000_000, ..end(vec![rel(20000 + i)], vec![]) };
+            found.extend(d.feed(Lsn(lsn), 4000 + i, &RecordKind::XactCommit(end)));
+            found.extend(d.take_queued());
+        }
+        let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == Kind::RelationsDropped).count(), 5);
+        let c: Vec<&Destruction> = found.iter().filter(|f| f.kind == Kind::CumulativeDrop).collect();
+        assert_eq!(c.len(), 1, "{kinds:?}");
+        assert_eq!((c[0].restore_target, c[0].dropped.len()), (RestoreTarget::BeforeXid(4000), 4));
     }
 
     #[test]
