@@ -145,6 +145,12 @@ pub struct ClusterConfig {
     /// (estimated from the planner's statistics; default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_min_rows: Option<u64>,
+    /// Tests only: makes the destruction detector fail, to prove that its failures are
+    /// incidents — `"stall"` (it never decodes: `detector_behind`) or `"panic"` (its first run
+    /// panics: `detector_stopped`, then it restarts). Logged as an error at start; never set
+    /// it in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testing_detector_fault: Option<String>,
     /// WAL durable in the vault and not decoded by the destruction detector for longer than
     /// this raises `detector_behind`, in seconds (default 30).
     #[serde(default)]
@@ -200,9 +206,18 @@ pub struct Cluster {
     pub detector_max_lag: Duration,
     /// See [`ClusterConfig::tenant_column`].
     pub tenant_column: Option<String>,
+    /// See [`ClusterConfig::testing_detector_fault`].
+    pub testing_detector_fault: Option<DetectorFault>,
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
+}
+
+/// A failure injected into the destruction detector (tests only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorFault {
+    Stall,
+    Panic,
 }
 
 /// Default of [`ClusterConfig::stall_grace_seconds`].
@@ -299,6 +314,16 @@ impl ClusterConfig {
                 "tenant_column = {c:?} is not a column name: write the column as it is in the tables, e.g. \"merchant_id\""
             )));
         }
+        let testing_detector_fault = match self.testing_detector_fault.as_deref() {
+            None => None,
+            Some("stall") => Some(DetectorFault::Stall),
+            Some("panic") => Some(DetectorFault::Panic),
+            Some(other) => {
+                return Err(bad(format!(
+                    "testing_detector_fault = {other:?}: use \"stall\" or \"panic\" (tests only), or leave it out"
+                )));
+            }
+        };
         let window_seconds = self.window_seconds.unwrap_or(DEFAULT_WINDOW_SECONDS);
         if window_seconds == 0 {
             return Err(bad(
@@ -399,6 +424,7 @@ impl ClusterConfig {
                 tenant_min_rows: self.tenant_min_rows.unwrap_or(DEFAULT_TENANT_MIN_ROWS),
             },
             tenant_column: self.tenant_column.clone(),
+            testing_detector_fault,
             detector_max_lag: max_lag,
             catalog_connections,
             catalog_refresh: refresh,

@@ -19,6 +19,7 @@ use pgfmt::wal::{ReaderStop, RelFileNode, WalReader};
 use pgfmt::{Lsn, TimelineId};
 use tokio::sync::watch;
 
+use crate::config::DetectorFault;
 use crate::detect::{AttributeChange, Destruction, Detector, Kind, RelMeta, RestoreTarget};
 use crate::runtime::ClusterRuntime;
 
@@ -55,8 +56,24 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
         rt.cluster.detector_max_lag,
         shutdown.clone(),
     )));
+    let mut fault = rt.cluster.testing_detector_fault;
+    if let Some(f) = fault {
+        tracing::error!(cluster = %rt.cluster.name, fault = ?f, "testing_detector_fault is set: the destruction detector is made to fail (tests only; never in production)");
+    }
     loop {
-        let mut task = AbortOnDrop(tokio::spawn(follow(rt.clone(), progress.clone(), shutdown.clone())));
+        let mut task = match fault.take() {
+            Some(DetectorFault::Panic) => AbortOnDrop(tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!("testing_detector_fault = \"panic\"");
+            })),
+            Some(DetectorFault::Stall) => {
+                let mut s = shutdown.clone();
+                AbortOnDrop(tokio::spawn(async move {
+                    let _ = s.wait_for(|stop| *stop).await;
+                }))
+            }
+            None => AbortOnDrop(tokio::spawn(follow(rt.clone(), progress.clone(), shutdown.clone()))),
+        };
         let ended = tokio::select! {
             r = &mut task.0 => r,
             _ = shutdown.changed() => return,

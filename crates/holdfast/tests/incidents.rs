@@ -800,3 +800,61 @@ fn one_tenants_rows_deleted_or_overwritten_are_incidents_naming_the_tenant() {
         "{incidents:#?}"
     );
 }
+
+/// The detector made to fail (`testing_detector_fault`): stalled, WAL durable for longer than
+/// `detector_max_lag_seconds` (2) without being decoded is a `detector_behind` incident,
+/// alerted within seconds; panicking, it is `detector_stopped`, alerted, and it restarts and
+/// decodes again (a DELETE after it is still raised).
+#[test]
+fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
+    let pg = TempPg::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 20000)").unwrap();
+    let mut s = setup(pg, "detector_max_lag_seconds = 2\ntesting_detector_fault = \"stall\"");
+    let alerted = |s: &Setup, kind: &str, since: Instant| -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = s.received.lock().unwrap().clone();
+            if let Some((at, _)) =
+                got.iter().find(|(at, b)| *at >= since && b["alert"]["incident"]["kind"] == kind)
+            {
+                return at.saturating_duration_since(since);
+            }
+            assert!(Instant::now() < deadline, "no {kind} alert: {got:?}\n{}", s.v.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Stalled: the WAL the backup wrote is durable and never decoded.
+    let started = Instant::now();
+    pg_write(&s.pg);
+    let i = s.wait_incident(0, "detector_behind");
+    assert!(i["message"].as_str().unwrap().contains("not decoded"), "{i:#}");
+    let took = alerted(&s, "detector_behind", started);
+    eprintln!("stalled detector: detector_behind alerted {took:?} after WAL was written");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let st = s.status();
+    assert!(st["detector_lag_bytes"].as_u64().unwrap() > 0, "{st}");
+
+    // Stopped: its first run panics; the incident, then it restarts and decodes.
+    let text = std::fs::read_to_string(s.v.config_path()).unwrap().replace("\"stall\"", "\"panic\"");
+    std::fs::write(s.v.config_path(), text).unwrap();
+    s.v.kill();
+    let restarted = Instant::now();
+    s.v.restart().unwrap();
+    let known = s.incidents().len();
+    let i = s.wait_incident(known.saturating_sub(1), "detector_stopped");
+    assert!(i["message"].as_str().unwrap().contains("panicked"), "{i:#}");
+    let took = alerted(&s, "detector_stopped", restarted);
+    eprintln!("panicking detector: detector_stopped alerted {took:?} after the vault started");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    s.wait_decoded();
+    let n = s.incidents().len();
+    let xid = s.xid_of("postgres", "DELETE FROM t");
+    let i = s.wait_incident(n, "mass_delete");
+    assert_eq!(i["xid"], xid, "the restarted detector raises destruction again: {i:#}");
+}
+
+/// Some WAL: a small write and a segment switch.
+fn pg_write(pg: &TempPg) {
+    pg.psql("CREATE TABLE IF NOT EXISTS w (v int); INSERT INTO w VALUES (1); SELECT pg_switch_wal()")
+        .unwrap();
+}
