@@ -24,6 +24,7 @@ pub mod drill;
 pub mod keyfile;
 pub mod retention;
 pub mod state;
+pub mod window_metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
