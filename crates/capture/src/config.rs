@@ -122,8 +122,9 @@ pub struct ClusterConfig {
     /// traffic updating the same rows again and again does not add up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_update_share: Option<f64>,
-    /// More bytes than this of tables' data dropped in one database within the window raise
-    /// one `cumulative_drop` incident, restoring to before the first drop (default 1 GiB;
+    /// More bytes than this of tables' data dropped in one database within the window, by at
+    /// least two transactions, raise one `cumulative_drop` incident, restoring to before the
+    /// first drop (default 1 GiB;
     /// every drop of a table holding data is an incident of its own too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_dropped_bytes: Option<u64>,

@@ -432,9 +432,11 @@ pub struct Detector {
     /// Deletes and updates of tenant tables whose record did not carry the tenant (wal_level
     /// or replica identity do not allow it), since the last [`Detector::take_tenant_unread`].
     tenant_unread: HashMap<RelFileNode, u64>,
-    /// Row versions made by updates (file, block, line pointer) in this and the previous
-    /// window: an update starting from one is the same row updated again, not a new row.
-    update_tids: [std::collections::HashSet<(RelFileNode, u32, u16)>; 2],
+    /// Row versions made by updates (a hash of file, block, line pointer: 8 bytes each) in
+    /// this and the previous window: an update starting from one is the same row updated
+    /// again, not a new row. A hash collision makes one row count as a repeat (an undercount
+    /// of one row, at odds of about n²/2⁶⁴).
+    update_tids: [std::collections::HashSet<u64>; 2],
     update_tids_since_us: i64,
     /// See [`Detector::take_queued`].
     queued: Vec<Destruction>,
@@ -600,15 +602,21 @@ impl Detector {
         tenant: Option<Option<String>>,
     ) {
         let update = old_tid.is_some();
-        let repeat = old_tid.is_some_and(|(b, o)| self.update_tids.iter().any(|s| s.contains(&(rel, b, o))));
-        if let Some((b, o)) = new_tid {
-            if self.update_tids[0].len() >= 1 << 21 {
-                // Bounded: forgetting makes later updates of those rows count as new rows
-                // (more findings, never fewer).
+        let key = |(b, o): (u32, u16)| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (rel, b, o).hash(&mut h);
+            h.finish()
+        };
+        let repeat = old_tid.is_some_and(|t| self.update_tids.iter().any(|s| s.contains(&key(t))));
+        if let Some(t) = new_tid {
+            if self.update_tids[0].len() >= 1 << 22 {
+                // Bounded (~80 MB at most for both generations): forgetting makes later updates
+                // of those rows count as new rows (more findings, never fewer).
                 self.update_tids.swap(0, 1);
                 self.update_tids[0].clear();
             }
-            self.update_tids[0].insert((rel, b, o));
+            self.update_tids[0].insert(key(t));
         }
         if update
             && !repeat
@@ -1088,6 +1096,17 @@ impl Detector {
         let mut out = Vec::new();
         for key in crossed {
             let kind = key.kind();
+            // One transaction's drops are its own finding already (DROP SCHEMA … CASCADE of
+            // fifty tables): a cumulative drop takes at least two.
+            let contributors = self
+                .window
+                .entries
+                .iter()
+                .filter(|e| e.db == db && e.counts.iter().any(|(k, _)| k.kind() == kind))
+                .count();
+            if kind == Kind::CumulativeDrop && contributors < 2 {
+                continue;
+            }
             let entries = self.window.take(db, kind);
             self.window.reported.insert((db, kind), now_us);
             let db_level = matches!(
@@ -1348,6 +1367,16 @@ mod tests {
         d.feed(Lsn(lsn + 1), 3001, &RecordKind::Other);
         d.heap_row(3001, rel(16385), None, None, Some(None));
         assert_eq!(d.take_tenant_unread().get(&rel(16385)), Some(&1));
+        // One transaction dropping five tables: one finding, not also a cumulative drop.
+        let mut d = Detector::new(t);
+        d.seed((0..5).map(|i| (rel(21000 + i), 1)));
+        let end5 =
+            XactEnd { time: 1004 * 1_000_000, ..end((0..5).map(|i| rel(21000 + i)).collect(), vec![]) };
+        assert_eq!(
+            d.feed(Lsn(lsn), 3999, &RecordKind::XactCommit(end5)).map(|f| f.kind),
+            Some(Kind::RelationsDropped)
+        );
+        assert!(d.take_queued().is_empty());
         // Drops: each a finding; the 4th table in the window also one cumulative drop,
         // restoring to before the first.
         let mut d = Detector::new(t);
