@@ -215,10 +215,13 @@ struct Follower {
     tenant_blind_spots: BTreeMap<(u32, u32, u32), String>,
     /// Those already raised in a `tenant_blind` incident.
     tenant_blind_raised: BTreeMap<(u32, u32, u32), String>,
+    started: Instant,
 }
 
 /// Tables with the tenant column whose deletes or updates cannot be told by tenant.
 pub const TENANT_BLIND: &str = "tenant_blind";
+/// How long the tenant rules wait for a first catalog read before they are `tenant_blind`.
+const CATALOG_WAIT: Duration = Duration::from_secs(60);
 
 /// A finding whose drops are judged once the catalog is read and the WAL up to `ready_at`
 /// decoded.
@@ -258,6 +261,7 @@ async fn follow(rt: Arc<ClusterRuntime>, progress: Arc<Progress>, mut shutdown: 
         decoded: start,
         tenant_blind_spots: BTreeMap::new(),
         tenant_blind_raised: BTreeMap::new(),
+        started: Instant::now(),
     };
     loop {
         // As much as is stored, in steps; then wait for more.
@@ -324,16 +328,26 @@ impl Follower {
             );
             self.detector
                 .set_tenant_rows(tenant_tables.iter().filter_map(|(f, _, t)| Some((*f, t.rows.clone()?))));
-            self.tenant_blind_spots = tenant_tables
-                .iter()
-                .filter_map(|(f, r, t)| {
+            let column = self.rt.cluster.tenant_column.clone().unwrap_or_default();
+            let none = (tenant_tables.is_empty() && self.rt.cluster.tenant_column.is_some()).then(|| {
+                (
+                    (0, 0, 0),
+                    format!(
+                        "no table in any database has a column named {column:?}: tenant_column is misspelt, or the \
+                         catalog role cannot see the tables"
+                    ),
+                )
+            });
+            self.tenant_blind_spots = none
+                .into_iter()
+                .chain(tenant_tables.iter().filter_map(|(f, r, t)| {
                     let why = t.blind_spot().or_else(|| {
                         crate::catalog::Snapshot::tenant_column_of(r)
                             .is_none()
                             .then_some("its columns' layout was not read completely")
                     })?;
                     Some(((f.spc, f.db, f.rel), format!("{}.{}: {why}", r.schema, r.table)))
-                })
+                }))
                 .collect();
             let tables = catalog.columns().count() as u64;
             self.rt.update(|s| s.catalog_tables = Some(tables));
@@ -520,6 +534,15 @@ impl Follower {
     async fn check_tenants(&mut self) {
         let Some(column) = self.rt.cluster.tenant_column.clone() else { return };
         let catalog = self.rt.catalog();
+        if catalog.generation() == 0 && self.started.elapsed() > CATALOG_WAIT {
+            self.tenant_blind_spots.entry((0, 0, 1)).or_insert_with(|| {
+                format!(
+                    "the catalog has not been read for {} s, so no table's {column} is known (see catalog_user and \
+                     the vault log)",
+                    CATALOG_WAIT.as_secs()
+                )
+            });
+        }
         for (f, n) in self.detector.take_tenant_unread() {
             let name =
                 catalog.relation(&f).map_or_else(|| f.to_string(), |r| format!("{}.{}", r.schema, r.table));
