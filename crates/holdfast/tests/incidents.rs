@@ -812,12 +812,17 @@ fn one_tenants_rows_deleted_or_overwritten_are_incidents_naming_the_tenant() {
 /// The detector made to fail (`testing_detector_fault`): stalled, WAL durable for longer than
 /// `detector_max_lag_seconds` (2) without being decoded is a `detector_behind` incident,
 /// alerted within seconds; panicking, it is `detector_stopped`, alerted, and it restarts and
-/// decodes again (a DELETE after it is still raised).
+/// decodes again (a DELETE after it is still raised). A `tenant_column` no table has is
+/// `tenant_blind`.
 #[test]
 fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
     let pg = TempPg::start().unwrap();
     pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 20000)").unwrap();
-    let mut s = setup(pg, "detector_max_lag_seconds = 2\ntesting_detector_fault = \"stall\"");
+    // A misspelt tenant column too: no table has it, which is `tenant_blind`, not silence.
+    let mut s = setup(
+        pg,
+        "detector_max_lag_seconds = 2\ntesting_detector_fault = \"stall\"\ntenant_column = \"merchnat_id\"",
+    );
     let alerted = |s: &Setup, kind: &str, since: Instant| -> Duration {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -855,6 +860,14 @@ fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
     eprintln!("panicking detector: detector_stopped alerted {took:?} after the vault started");
     assert!(took < Duration::from_secs(10), "{took:?}");
     s.wait_decoded();
+    let i = s.wait_incident(0, "tenant_blind");
+    assert!(
+        i["message"]
+            .as_str()
+            .unwrap()
+            .contains("no table in any database has a column named \"merchnat_id\""),
+        "{i:#}"
+    );
     let n = s.incidents().len();
     let xid = s.xid_of("postgres", "DELETE FROM t");
     let i = s.wait_incident(n, "mass_delete");
