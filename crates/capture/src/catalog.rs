@@ -44,12 +44,57 @@ pub struct RelInfo {
     pub table_oid: u32,
     /// For a table's own file: its user columns, dropped ones included (`attisdropped`).
     pub columns: Vec<Column>,
+    /// For a table's own file that has the configured tenant column: how it is logged.
+    pub tenant: Option<TenantInfo>,
+}
+
+/// A table with the tenant column: whether its deletes and updates carry the tenant in the
+/// WAL, and the tenants' estimated rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// The column's number (`attnum`) and type.
+    pub attnum: i16,
+    pub type_oid: u32,
+    /// `wal_level = logical`: updates log the new row whole, deletes the replica identity.
+    pub wal_logical: bool,
+    /// The replica identity holds the column: `REPLICA IDENTITY FULL`, or the primary key
+    /// (default) or `USING INDEX` index covers it.
+    pub identity_has_column: bool,
+    /// The tenants' estimated rows, from the planner's statistics (`pg_stats`); `None`
+    /// when the table was never analysed or the catalog role may not see its statistics.
+    pub rows: Option<crate::detect::TenantRows>,
+}
+
+impl TenantInfo {
+    /// What keeps the tenant rules from working on this table, if anything.
+    pub fn blind_spot(&self) -> Option<&'static str> {
+        if !self.wal_logical {
+            Some(
+                "wal_level is not logical, so deletes and updates do not log the rows' tenant (set wal_level = logical and restart)",
+            )
+        } else if !self.identity_has_column {
+            Some(
+                "its replica identity does not include the column, so deletes do not log the tenant (ALTER TABLE … REPLICA IDENTITY FULL, or a primary key or REPLICA IDENTITY USING INDEX covering the column)",
+            )
+        } else if self.rows.is_none() {
+            Some(
+                "no statistics on the column are visible, so tenants' sizes are unknown (ANALYZE the table, and GRANT SELECT (column) ON the table TO the catalog role: pg_stats shows only columns it may read)",
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// One user column of a table (`pg_attribute`, `attnum > 0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub attnum: i16,
+    /// Storage (`attlen`, `attalign`) and type: what reading the column out of a logged row
+    /// takes.
+    pub len: i16,
+    pub align: u8,
+    pub type_oid: u32,
     /// Its name; a dropped column's is PostgreSQL's placeholder (`........pg.dropped.N........`).
     pub name: String,
     pub dropped: bool,
@@ -108,6 +153,32 @@ impl Snapshot {
         self.tables.iter().filter_map(|(k, f)| Some((k, self.relations.get(f)?.0.columns.as_slice())))
     }
 
+    /// Tables (main files) with the tenant column, with how it is logged.
+    pub fn tenant_tables(&self) -> impl Iterator<Item = (RelFileNode, &RelInfo, &TenantInfo)> + '_ {
+        self.tables.values().filter_map(|f| {
+            let (r, _) = self.relations.get(f)?;
+            Some((*f, r, r.tenant.as_ref()?))
+        })
+    }
+
+    /// Where a table's tenant column is, for reading it out of logged rows.
+    pub fn tenant_column_of(r: &RelInfo) -> Option<crate::detect::TenantColumn> {
+        let t = r.tenant.as_ref()?;
+        let mut cols: Vec<&Column> =
+            r.columns.iter().filter(|c| c.attnum > 0 && c.attnum <= t.attnum).collect();
+        cols.sort_by_key(|c| c.attnum);
+        // Every column up to it, dropped ones too: their bytes are in the rows.
+        if cols.len() != t.attnum as usize || cols.iter().enumerate().any(|(i, c)| c.attnum as usize != i + 1)
+        {
+            return None;
+        }
+        Some(crate::detect::TenantColumn {
+            attnum: t.attnum as usize,
+            type_oid: t.type_oid,
+            layout: cols.iter().map(|c| pgfmt::tuple::AttrLayout { len: c.len, align: c.align }).collect(),
+        })
+    }
+
     /// The estimated rows of each table's main file, for the detector's share threshold.
     pub fn table_rows(&self) -> impl Iterator<Item = (RelFileNode, u64)> + '_ {
         self.relations.iter().filter_map(|(k, (r, _))| (r.table_file == *k).then_some((*k, r.rows?)))
@@ -160,16 +231,117 @@ WHERE c.relkind IN ('r', 'i', 't', 'm', 'S') AND NOT c.relisshared
 
 /// Every user table's columns, dropped ones too: what DROP COLUMN is told by. Catalogs only.
 const COLUMNS_SQL: &str = "\
-SELECT a.attrelid AS table_oid, a.attnum, a.attname, a.attisdropped
+SELECT a.attrelid AS table_oid, a.attnum, a.attname, a.attisdropped, a.attlen, a.attalign, a.atttypid
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 WHERE a.attnum > 0 AND c.relkind IN ('r', 'm')
   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
 ORDER BY a.attrelid, a.attnum";
 
+/// Tables with the tenant column (`$1`, spliced in as a literal): their replica identity,
+/// the server's `wal_level`, and the column's statistics. Catalogs only; `pg_stats` shows a
+/// column's statistics only to a role that may read the column.
+const TENANT_SQL: &str = "\
+SELECT c.oid AS table_oid, a.attnum, a.atttypid, current_setting('wal_level') AS wal_level,
+       CASE c.relreplident
+         WHEN 'f' THEN true
+         WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY (i.indkey::int2[]))
+         WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident AND a.attnum = ANY (i.indkey::int2[]))
+         ELSE false END AS identity_has_column,
+       s.most_common_vals::text AS mcv, s.most_common_freqs::text AS mcf, s.n_distinct, c.reltuples::bigint AS rows
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname AND NOT s.inherited
+WHERE a.attname = $1 AND NOT a.attisdropped AND a.attnum > 0 AND c.relkind IN ('r', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// The elements of an array's text form (`{1,2,"a b"}`): quotes and backslashes undone.
+pub fn array_elements(text: &str) -> Vec<String> {
+    let inner = text.trim().strip_prefix('{').and_then(|t| t.strip_suffix('}')).unwrap_or("");
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut escaped, mut any) = (false, false, false);
+    for ch in inner.chars() {
+        if escaped {
+            cur.push(ch);
+            escaped = false;
+        } else if ch == '\\' {
+            escaped = true;
+        } else if ch == '"' {
+            quoted = !quoted;
+            any = true;
+        } else if ch == ',' && !quoted {
+            out.push(std::mem::take(&mut cur));
+            any = false;
+        } else {
+            cur.push(ch);
+            any = true;
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The tenants' estimated rows from the column's statistics: each most common value's
+/// frequency times the table's rows, and the rest spread evenly over the other distinct values.
+pub fn tenant_rows(
+    mcv: Option<&str>,
+    mcf: Option<&str>,
+    n_distinct: Option<f64>,
+    rows: u64,
+) -> crate::detect::TenantRows {
+    let vals = mcv.map(array_elements).unwrap_or_default();
+    let freqs: Vec<f64> =
+        mcf.map(array_elements).unwrap_or_default().iter().filter_map(|f| f.parse().ok()).collect();
+    let mut t = crate::detect::TenantRows::default();
+    for (v, f) in vals.iter().zip(&freqs) {
+        t.common.insert(v.clone(), (f * rows as f64).round() as u64);
+    }
+    let distinct = match n_distinct {
+        Some(d) if d > 0.0 => d,
+        Some(d) if d < 0.0 => -d * rows as f64,
+        _ => 0.0,
+    };
+    let others = distinct - vals.len() as f64;
+    let share: f64 = 1.0 - freqs.iter().sum::<f64>();
+    if others >= 1.0 && share > 0.0 {
+        t.other = Some((share * rows as f64 / others).round().max(1.0) as u64);
+    }
+    t
+}
+
 /// Reads one database's relations (and tables' columns) over an open session.
 pub async fn read_relations(
     conn: &mut ReplicationConnection,
+    tenant_column: Option<&str>,
 ) -> Result<Vec<(RelFileNode, RelInfo)>, pgproto::Error> {
+    let mut tenants: HashMap<u32, TenantInfo> = HashMap::new();
+    if let Some(col) = tenant_column {
+        let sql = TENANT_SQL.replace("$1", &format!("'{}'", col.replace('\'', "''")));
+        for set in conn.simple_query(&sql).await? {
+            for row in 0..set.rows.len() {
+                let Some(oid) = set.get(row, "table_oid").and_then(|v| v.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let rows = set.get(row, "rows").and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+                let mcv = set.get(row, "mcv");
+                let n_distinct = set.get(row, "n_distinct").and_then(|v| v.parse::<f64>().ok());
+                tenants.insert(
+                    oid,
+                    TenantInfo {
+                        attnum: set.get(row, "attnum").and_then(|v| v.parse().ok()).unwrap_or(0),
+                        type_oid: set.get(row, "atttypid").and_then(|v| v.parse().ok()).unwrap_or(0),
+                        wal_logical: set.get(row, "wal_level") == Some("logical"),
+                        identity_has_column: set.get(row, "identity_has_column") == Some("t"),
+                        rows: (rows >= 0 && (mcv.is_some() || n_distinct.is_some()))
+                            .then(|| tenant_rows(mcv, set.get(row, "mcf"), n_distinct, rows as u64)),
+                    },
+                );
+            }
+        }
+    }
     let mut columns: HashMap<u32, Vec<Column>> = HashMap::new();
     for set in conn.simple_query(COLUMNS_SQL).await? {
         for row in 0..set.rows.len() {
@@ -181,6 +353,9 @@ pub async fn read_relations(
             };
             columns.entry(oid).or_default().push(Column {
                 attnum,
+                len: set.get(row, "attlen").and_then(|v| v.parse().ok()).unwrap_or(0),
+                align: set.get(row, "attalign").and_then(|v| v.bytes().next()).unwrap_or(b'c'),
+                type_oid: set.get(row, "atttypid").and_then(|v| v.parse().ok()).unwrap_or(0),
                 name: set.get(row, "attname").unwrap_or_default().to_string(),
                 dropped: set.get(row, "attisdropped") == Some("t"),
             });
@@ -212,6 +387,11 @@ pub async fn read_relations(
                     // -1: never vacuumed or analysed.
                     rows: num("rows").filter(|r| *r >= 0).map(|r| r as u64),
                     table_oid: num("table_oid").unwrap_or(0) as u32,
+                    tenant: if table_file == key {
+                        num("table_oid").and_then(|o| tenants.get(&(o as u32)).cloned())
+                    } else {
+                        None
+                    },
                     columns: if table_file == key {
                         num("table_oid").and_then(|o| columns.remove(&(o as u32))).unwrap_or_default()
                     } else {
@@ -274,7 +454,7 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
         let mut errors = Vec::new();
         for (_, name) in &names {
             let r = match sessions.get(rt, name).await {
-                Ok(c) => match read_relations(c).await {
+                Ok(c) => match read_relations(c, rt.cluster.tenant_column.as_deref()).await {
                     // Read after the catalog: the catalog shows no commit after it.
                     Ok(rels) => c.simple_query(LSN_SQL).await.map(|sets| (rels, sets)),
                     Err(e) => Err(e),
@@ -330,7 +510,7 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
     let mut relations = Vec::new();
     for (_, name) in &databases {
         let r = match sessions.get(rt, name).await {
-            Ok(c) => read_relations(c).await,
+            Ok(c) => read_relations(c, rt.cluster.tenant_column.as_deref()).await,
             Err(e) => Err(e),
         };
         match r {
@@ -421,7 +601,20 @@ mod tests {
             rows: Some(10),
             table_oid: file,
             columns: Vec::new(),
+            tenant: None,
         }
+    }
+
+    #[test]
+    fn tenants_sizes_come_from_the_columns_statistics() {
+        assert_eq!(array_elements(r#"{1,22,"a b","q\"x",NULL}"#), ["1", "22", "a b", "q\"x", "NULL"]);
+        assert!(array_elements("{}").is_empty());
+        // 10,000 rows; merchants 7 and 8 hold 30 % and 10 %; 60 % spread over 98 others.
+        let t = tenant_rows(Some("{7,8}"), Some("{0.3,0.1}"), Some(100.0), 10_000);
+        assert_eq!((t.of("7"), t.of("8"), t.of("55")), (Some(3000), Some(1000), Some(61)));
+        // n_distinct as a negative share of the rows; no statistics: unknown.
+        assert_eq!(tenant_rows(None, None, Some(-0.5), 1000).of("x"), Some(2));
+        assert_eq!(tenant_rows(None, None, None, 1000).of("x"), None);
     }
 
     #[test]

@@ -108,6 +108,50 @@ pub struct ClusterConfig {
     /// too (0 < share ≤ 1, default 0.2; tables of at least `mass_change_min_rows` rows).
     #[serde(default)]
     pub window_delete_share: Option<f64>,
+    /// More rows than this updated in one table within the window (each row counted once
+    /// however often it was updated), by transactions each under the per-transaction
+    /// thresholds, raise one `cumulative_update` incident (default 1000000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_table_update_rows: Option<u64>,
+    /// More rows than this updated in one database within the window raise one too (default
+    /// 2000000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_database_update_rows: Option<u64>,
+    /// At least this share of one table's estimated rows updated within the window raises one
+    /// too (0 < share ≤ 1, default 1.0: as many rows as the table has, each once — ordinary
+    /// traffic updating the same rows again and again does not add up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_update_share: Option<f64>,
+    /// More bytes than this of tables' data dropped in one database within the window, by at
+    /// least two transactions, raise one `cumulative_drop` incident, restoring to before the
+    /// first drop (default 1 GiB;
+    /// every drop of a table holding data is an incident of its own too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_dropped_bytes: Option<u64>,
+    /// More tables than this with data dropped in one database within the window raise one
+    /// too (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_dropped_tables: Option<u64>,
+    /// The column that says which tenant a row belongs to (e.g. `merchant_id`): in every table
+    /// that has it, each tenant's rows count as a table of their own for the share rules
+    /// (`mass_change_share`, `window_delete_share`, `window_update_share`), so that deleting
+    /// or overwriting one tenant's rows is an incident though it is a small share of the
+    /// table. Needs `wal_level = logical` and, for deletes, a replica identity that includes
+    /// the column (`REPLICA IDENTITY FULL`, or a key or `USING INDEX` covering it); for
+    /// updates, `wal_level = logical` alone. Tables that do not allow it are a
+    /// `tenant_blind` incident, never a silent blind spot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_column: Option<String>,
+    /// The tenant share rules apply to tenants with at least this many rows in a table
+    /// (estimated from the planner's statistics; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_min_rows: Option<u64>,
+    /// Tests only: makes the destruction detector fail, to prove that its failures are
+    /// incidents — `"stall"` (it never decodes: `detector_behind`) or `"panic"` (its first run
+    /// panics: `detector_stopped`, then it restarts). Logged as an error at start; never set
+    /// it in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testing_detector_fault: Option<String>,
     /// WAL durable in the vault and not decoded by the destruction detector for longer than
     /// this raises `detector_behind`, in seconds (default 30).
     #[serde(default)]
@@ -161,9 +205,20 @@ pub struct Cluster {
     pub stall_grace: Duration,
     /// See [`ClusterConfig::detector_max_lag_seconds`].
     pub detector_max_lag: Duration,
+    /// See [`ClusterConfig::tenant_column`].
+    pub tenant_column: Option<String>,
+    /// See [`ClusterConfig::testing_detector_fault`].
+    pub testing_detector_fault: Option<DetectorFault>,
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
+}
+
+/// A failure injected into the destruction detector (tests only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorFault {
+    Stall,
+    Panic,
 }
 
 /// Default of [`ClusterConfig::stall_grace_seconds`].
@@ -186,6 +241,18 @@ pub const DEFAULT_WINDOW_TABLE_DELETE_ROWS: u64 = 50_000;
 pub const DEFAULT_WINDOW_DATABASE_DELETE_ROWS: u64 = 100_000;
 /// Default of [`ClusterConfig::window_delete_share`].
 pub const DEFAULT_WINDOW_DELETE_SHARE: f64 = 0.2;
+/// Default of [`ClusterConfig::window_table_update_rows`].
+pub const DEFAULT_WINDOW_TABLE_UPDATE_ROWS: u64 = 1_000_000;
+/// Default of [`ClusterConfig::window_database_update_rows`].
+pub const DEFAULT_WINDOW_DATABASE_UPDATE_ROWS: u64 = 2_000_000;
+/// Default of [`ClusterConfig::window_update_share`].
+pub const DEFAULT_WINDOW_UPDATE_SHARE: f64 = 1.0;
+/// Default of [`ClusterConfig::window_dropped_bytes`].
+pub const DEFAULT_WINDOW_DROPPED_BYTES: u64 = 1 << 30;
+/// Default of [`ClusterConfig::window_dropped_tables`].
+pub const DEFAULT_WINDOW_DROPPED_TABLES: u64 = 10;
+/// Default of [`ClusterConfig::tenant_min_rows`].
+pub const DEFAULT_TENANT_MIN_ROWS: u64 = 100;
 /// Default of [`ClusterConfig::detector_max_lag_seconds`].
 pub const DEFAULT_DETECTOR_MAX_LAG: Duration = Duration::from_secs(30);
 /// Default of [`ClusterConfig::catalog_refresh_seconds`].
@@ -235,6 +302,29 @@ impl ClusterConfig {
                 "window_delete_share = {window_share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 0.2"
             )));
         }
+        let update_share = self.window_update_share.unwrap_or(DEFAULT_WINDOW_UPDATE_SHARE);
+        if !(update_share > 0.0 && update_share <= 1.0) {
+            return Err(bad(format!(
+                "window_update_share = {update_share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 1.0"
+            )));
+        }
+        if let Some(c) = &self.tenant_column
+            && (c.is_empty() || c.len() > 63 || c.contains('\0'))
+        {
+            return Err(bad(format!(
+                "tenant_column = {c:?} is not a column name: write the column as it is in the tables, e.g. \"merchant_id\""
+            )));
+        }
+        let testing_detector_fault = match self.testing_detector_fault.as_deref() {
+            None => None,
+            Some("stall") => Some(DetectorFault::Stall),
+            Some("panic") => Some(DetectorFault::Panic),
+            Some(other) => {
+                return Err(bad(format!(
+                    "testing_detector_fault = {other:?}: use \"stall\" or \"panic\" (tests only), or leave it out"
+                )));
+            }
+        };
         let window_seconds = self.window_seconds.unwrap_or(DEFAULT_WINDOW_SECONDS);
         if window_seconds == 0 {
             return Err(bad(
@@ -323,7 +413,19 @@ impl ClusterConfig {
                     .window_database_delete_rows
                     .unwrap_or(DEFAULT_WINDOW_DATABASE_DELETE_ROWS),
                 window_delete_share: window_share,
+                window_table_update_rows: self
+                    .window_table_update_rows
+                    .unwrap_or(DEFAULT_WINDOW_TABLE_UPDATE_ROWS),
+                window_database_update_rows: self
+                    .window_database_update_rows
+                    .unwrap_or(DEFAULT_WINDOW_DATABASE_UPDATE_ROWS),
+                window_update_share: update_share,
+                window_dropped_bytes: self.window_dropped_bytes.unwrap_or(DEFAULT_WINDOW_DROPPED_BYTES),
+                window_dropped_tables: self.window_dropped_tables.unwrap_or(DEFAULT_WINDOW_DROPPED_TABLES),
+                tenant_min_rows: self.tenant_min_rows.unwrap_or(DEFAULT_TENANT_MIN_ROWS),
             },
+            tenant_column: self.tenant_column.clone(),
+            testing_detector_fault,
             detector_max_lag: max_lag,
             catalog_connections,
             catalog_refresh: refresh,

@@ -25,7 +25,7 @@ use pgfmt::wal::{RecordKind, RelFileNode};
 pub const PG_ATTRIBUTE_OID: u32 = 1249;
 
 /// What kind of destruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     DatabaseDropped,
@@ -35,13 +35,19 @@ pub enum Kind {
     /// Many transactions, each under the per-transaction thresholds, that together deleted
     /// more than the window thresholds allow.
     CumulativeDelete,
+    /// The same for rows updated (each row counted once however often it was updated).
+    CumulativeUpdate,
+    /// More tables' data dropped within the window than its thresholds allow (each drop is
+    /// an incident of its own too; this one restores to before the first).
+    CumulativeDrop,
     /// A populated column dropped (found by the caller, see [`AttributeChange`]).
     ColumnDropped,
 }
 
 impl Kind {
     /// The incident kind: `database_dropped`, `relations_dropped`, `mass_delete`,
-    /// `mass_update`, `cumulative_delete`, `column_dropped`.
+    /// `mass_update`, `cumulative_delete`, `cumulative_update`, `cumulative_drop`,
+    /// `column_dropped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::DatabaseDropped => "database_dropped",
@@ -49,6 +55,8 @@ impl Kind {
             Kind::MassDelete => "mass_delete",
             Kind::MassUpdate => "mass_update",
             Kind::CumulativeDelete => "cumulative_delete",
+            Kind::CumulativeUpdate => "cumulative_update",
+            Kind::CumulativeDrop => "cumulative_drop",
             Kind::ColumnDropped => "column_dropped",
         }
     }
@@ -96,6 +104,8 @@ pub struct Destruction {
     pub updated: Vec<(RelFileNode, u64)>,
     /// Columns dropped: (the table's main file, column name).
     pub columns: Vec<(RelFileNode, String)>,
+    /// Rows deleted and updated per tenant (when a tenant column is configured), most first.
+    pub tenants: Vec<TenantCount>,
     /// Transactions that make up the finding (1 but for a window).
     pub transactions: u64,
     /// For a window: its first contributing transaction's commit time (µs since the epoch).
@@ -127,6 +137,7 @@ impl Destruction {
             deleted: Vec::new(),
             updated: Vec::new(),
             columns: Vec::new(),
+            tenants: Vec::new(),
             transactions: 1,
             window_start_us: None,
             restore_target,
@@ -134,6 +145,42 @@ impl Destruction {
             unresolved: false,
             otherwise: None,
         }
+    }
+}
+
+/// One tenant's rows changed in one table (a finding's detail).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TenantCount {
+    /// The table's main file.
+    pub rel: RelFileNode,
+    /// The tenant column's value, as text.
+    pub tenant: String,
+    pub deleted: u64,
+    pub updated: u64,
+    /// The tenant's estimated rows in the table, when known.
+    pub rows: Option<u64>,
+}
+
+/// Where a table keeps its tenant column, for reading it out of logged rows: its number and
+/// type, and the storage of every column up to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantColumn {
+    pub attnum: usize,
+    pub type_oid: u32,
+    pub layout: Vec<pgfmt::tuple::AttrLayout>,
+}
+
+/// The tenants' estimated rows in one table: the most common values' (from the planner's
+/// statistics), and the rest's average.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantRows {
+    pub common: HashMap<String, u64>,
+    pub other: Option<u64>,
+}
+
+impl TenantRows {
+    pub fn of(&self, tenant: &str) -> Option<u64> {
+        self.common.get(tenant).copied().or(self.other)
     }
 }
 
@@ -169,6 +216,21 @@ pub struct Thresholds {
     pub window_database_delete_rows: u64,
     /// At least this share of one table's estimated rows deleted within the window is one too.
     pub window_delete_share: f64,
+    /// More rows than this updated in one table within the window (each row once, however
+    /// often) is a cumulative update.
+    pub window_table_update_rows: u64,
+    /// More rows than this updated in one database within the window is one too.
+    pub window_database_update_rows: u64,
+    /// At least this share of one table's estimated rows updated within the window is one too.
+    pub window_update_share: f64,
+    /// More bytes than this of tables' data dropped in one database within the window is a
+    /// cumulative drop.
+    pub window_dropped_bytes: u64,
+    /// More tables than this with data dropped in one database within the window is one too.
+    pub window_dropped_tables: u64,
+    /// The share rules apply to a tenant's rows in a table as to a table, for tenants of at
+    /// least this many rows (estimated).
+    pub tenant_min_rows: u64,
 }
 
 impl Default for Thresholds {
@@ -183,6 +245,12 @@ impl Default for Thresholds {
             window_table_delete_rows: c::DEFAULT_WINDOW_TABLE_DELETE_ROWS,
             window_database_delete_rows: c::DEFAULT_WINDOW_DATABASE_DELETE_ROWS,
             window_delete_share: c::DEFAULT_WINDOW_DELETE_SHARE,
+            window_table_update_rows: c::DEFAULT_WINDOW_TABLE_UPDATE_ROWS,
+            window_database_update_rows: c::DEFAULT_WINDOW_DATABASE_UPDATE_ROWS,
+            window_update_share: c::DEFAULT_WINDOW_UPDATE_SHARE,
+            window_dropped_bytes: c::DEFAULT_WINDOW_DROPPED_BYTES,
+            window_dropped_tables: c::DEFAULT_WINDOW_DROPPED_TABLES,
+            tenant_min_rows: c::DEFAULT_TENANT_MIN_ROWS,
         }
     }
 }
@@ -204,7 +272,11 @@ impl Thresholds {
     }
 
     fn share_crossed(&self, n: u64, rows: Option<u64>, share: f64) -> bool {
-        rows.is_some_and(|r| r >= self.mass_change_min_rows && r > 0 && n as f64 >= share * r as f64)
+        Self::share_over(n, rows, share, self.mass_change_min_rows)
+    }
+
+    fn share_over(n: u64, rows: Option<u64>, share: f64, floor: u64) -> bool {
+        rows.is_some_and(|r| r >= floor && r > 0 && n as f64 >= share * r as f64)
     }
 }
 
@@ -213,53 +285,76 @@ struct Open {
     first_lsn: Lsn,
     deleted: HashMap<RelFileNode, u64>,
     updated: HashMap<RelFileNode, u64>,
+    /// Rows updated that no earlier update in the window had updated (the row's first).
+    updated_rows: HashMap<RelFileNode, u64>,
+    tenant_deleted: HashMap<(RelFileNode, String), u64>,
+    tenant_updated: HashMap<(RelFileNode, String), u64>,
     /// Files this transaction wrote that were not known to hold data before: pages written.
     new_pages: HashMap<RelFileNode, u64>,
 }
 
-/// One committed transaction's deletes, as the window keeps them.
+/// What a window counts: rows deleted or updated per table, per tenant of a table and per
+/// database, and tables' data dropped per database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    TableDeleted(RelFileNode),
+    TableUpdated(RelFileNode),
+    TenantDeleted(RelFileNode, String),
+    TenantUpdated(RelFileNode, String),
+    DbDeleted(u32),
+    DbUpdated(u32),
+    DbDroppedBytes(u32),
+    DbDroppedTables(u32),
+}
+
+impl Key {
+    /// The finding it makes when it crosses.
+    fn kind(&self) -> Kind {
+        match self {
+            Key::TableDeleted(_) | Key::TenantDeleted(..) | Key::DbDeleted(_) => Kind::CumulativeDelete,
+            Key::TableUpdated(_) | Key::TenantUpdated(..) | Key::DbUpdated(_) => Kind::CumulativeUpdate,
+            Key::DbDroppedBytes(_) | Key::DbDroppedTables(_) => Kind::CumulativeDrop,
+        }
+    }
+}
+
+/// One committed transaction's counts, as the window keeps them.
 #[derive(Debug)]
 struct Entry {
     xid: u32,
     first_lsn: Lsn,
     commit_us: i64,
     db: u32,
-    deleted: Vec<(RelFileNode, u64)>,
+    counts: Vec<(Key, u64)>,
+    /// Tables' files holding data it dropped (for a cumulative drop).
+    dropped: Vec<(RelFileNode, u64)>,
 }
 
-/// Deletes of committed transactions within the window, oldest first, with running sums.
+/// Counts of committed transactions within the window, oldest first, with running sums.
 #[derive(Debug, Default)]
 struct Window {
-    /// Databases whose window was reported, with the last delete since: further deletes
-    /// there belong to the same episode (one incident; restoring before its first
-    /// transaction undoes them too) until the database has been quiet for a whole window.
-    reported: HashMap<u32, i64>,
+    /// (database, kind) whose window was reported, with the last contribution since: further
+    /// ones belong to the same episode (one incident; restoring before its first transaction
+    /// undoes them too) until the database has been quiet for a whole window.
+    reported: HashMap<(u32, Kind), i64>,
     entries: VecDeque<Entry>,
-    per_table: HashMap<RelFileNode, u64>,
-    per_db: HashMap<u32, u64>,
+    sums: HashMap<Key, u64>,
 }
 
 impl Window {
     fn add(&mut self, e: Entry) {
-        for (rel, n) in &e.deleted {
-            *self.per_table.entry(*rel).or_default() += n;
-            *self.per_db.entry(e.db).or_default() += n;
+        for (k, n) in &e.counts {
+            *self.sums.entry(k.clone()).or_default() += n;
         }
         self.entries.push_back(e);
     }
 
-    fn subtract(per_table: &mut HashMap<RelFileNode, u64>, per_db: &mut HashMap<u32, u64>, e: &Entry) {
-        for (rel, n) in &e.deleted {
-            if let Some(v) = per_table.get_mut(rel) {
-                *v -= n;
+    fn subtract(sums: &mut HashMap<Key, u64>, e: &Entry) {
+        for (k, n) in &e.counts {
+            if let Some(v) = sums.get_mut(k) {
+                *v = v.saturating_sub(*n);
                 if *v == 0 {
-                    per_table.remove(rel);
-                }
-            }
-            if let Some(v) = per_db.get_mut(&e.db) {
-                *v -= n;
-                if *v == 0 {
-                    per_db.remove(&e.db);
+                    sums.remove(k);
                 }
             }
         }
@@ -269,17 +364,38 @@ impl Window {
     fn expire(&mut self, from_us: i64) {
         while self.entries.front().is_some_and(|e| e.commit_us < from_us) {
             let e = self.entries.pop_front().expect("checked");
-            Self::subtract(&mut self.per_table, &mut self.per_db, &e);
+            Self::subtract(&mut self.sums, &e);
         }
     }
 
-    /// Takes every entry of database `db` out of the window (it has been reported).
-    fn take_db(&mut self, db: u32) -> Vec<Entry> {
-        let (taken, kept): (Vec<Entry>, Vec<Entry>) = self.entries.drain(..).partition(|e| e.db == db);
-        self.entries = kept.into();
-        for e in &taken {
-            Self::subtract(&mut self.per_table, &mut self.per_db, e);
+    /// Takes the counts of `kind` of database `db` out of the window (they have been
+    /// reported): the entries' other counts stay.
+    fn take(&mut self, db: u32, kind: Kind) -> Vec<Entry> {
+        let mut taken = Vec::new();
+        for e in self.entries.iter_mut().filter(|e| e.db == db) {
+            type Counts = Vec<(Key, u64)>;
+            let (mine, rest): (Counts, Counts) =
+                std::mem::take(&mut e.counts).into_iter().partition(|(k, _)| k.kind() == kind);
+            e.counts = rest;
+            if mine.is_empty() {
+                continue;
+            }
+            let t = Entry {
+                xid: e.xid,
+                first_lsn: e.first_lsn,
+                commit_us: e.commit_us,
+                db: e.db,
+                counts: mine,
+                dropped: if kind == Kind::CumulativeDrop {
+                    std::mem::take(&mut e.dropped)
+                } else {
+                    Vec::new()
+                },
+            };
+            Self::subtract(&mut self.sums, &t);
+            taken.push(t);
         }
+        self.entries.retain(|e| !e.counts.is_empty());
         taken
     }
 }
@@ -310,6 +426,20 @@ pub struct Detector {
     born: HashMap<RelFileNode, (u32, u64)>,
     /// Files holding data each transaction dropped at commit.
     dropped_by: HashMap<u32, Vec<(RelFileNode, u64)>>,
+    /// Tables (by main file) whose tenant column is read out of logged rows.
+    tenant_columns: HashMap<RelFileNode, TenantColumn>,
+    tenant_rows: HashMap<RelFileNode, TenantRows>,
+    /// Deletes and updates of tenant tables whose record did not carry the tenant (wal_level
+    /// or replica identity do not allow it), since the last [`Detector::take_tenant_unread`].
+    tenant_unread: HashMap<RelFileNode, u64>,
+    /// Row versions made by updates (a hash of file, block, line pointer: 8 bytes each) in
+    /// this and the previous window: an update starting from one is the same row updated
+    /// again, not a new row. A hash collision makes one row count as a repeat (an undercount
+    /// of one row, at odds of about n²/2⁶⁴).
+    update_tids: [std::collections::HashSet<u64>; 2],
+    update_tids_since_us: i64,
+    /// See [`Detector::take_queued`].
+    queued: Vec<Destruction>,
 }
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
@@ -351,6 +481,22 @@ impl Detector {
     /// dropped since still belongs to its table).
     pub fn set_relations(&mut self, rels: impl IntoIterator<Item = (RelFileNode, RelMeta)>) {
         self.rels.extend(rels);
+    }
+
+    /// Tables that have the tenant column: where it is in their rows. Replaces what was set.
+    pub fn set_tenant_columns(&mut self, cols: impl IntoIterator<Item = (RelFileNode, TenantColumn)>) {
+        self.tenant_columns = cols.into_iter().collect();
+    }
+
+    /// The tenants' estimated rows per table (by main file). Replaces what was set.
+    pub fn set_tenant_rows(&mut self, rows: impl IntoIterator<Item = (RelFileNode, TenantRows)>) {
+        self.tenant_rows = rows.into_iter().collect();
+    }
+
+    /// Tenant tables whose deletes or updates did not carry the tenant since the last call,
+    /// with how many: blind to the tenant rules there.
+    pub fn take_tenant_unread(&mut self) -> HashMap<RelFileNode, u64> {
+        std::mem::take(&mut self.tenant_unread)
     }
 
     /// What the catalog said about a file.
@@ -415,7 +561,83 @@ impl Detector {
         self.database_row(rec, &body, &kind);
         self.open_xact(rec.lsn, rec.header.xid);
         self.note_written(rec.header.xid, body.blocks.iter().map(|b| (b.rel, b.block)));
-        Ok(self.feed(rec.lsn, rec.header.xid, &kind))
+        let xid = rec.header.xid;
+        if xid != 0
+            && matches!(kind, RecordKind::HeapDelete { .. } | RecordKind::HeapUpdate { .. })
+            && let Some(change) = rec.heap_change(&body)
+        {
+            self.heap_change(xid, &change, matches!(kind, RecordKind::HeapUpdate { .. }));
+        }
+        Ok(self.feed(rec.lsn, xid, &kind))
+    }
+
+    /// A heap delete or update: whether an update changed a row the window has not seen
+    /// updated, and the tenant whose row it was.
+    fn heap_change(&mut self, xid: u32, c: &pgfmt::wal::HeapChange<'_>, update: bool) {
+        // The old row's tenant (REPLICA IDENTITY FULL, or a key holding the column); for an
+        // update without it, the new row's (the same unless the update moved the row to
+        // another tenant).
+        let tenant = self.tenant_columns.get(&c.rel).map(|col| {
+            let read = |t: &Option<pgfmt::tuple::LoggedTuple<'_>>| {
+                t.as_ref()
+                    .and_then(|t| pgfmt::tuple::attribute(t, &col.layout, col.attnum).ok().flatten())
+                    .map(|v| pgfmt::tuple::render(v, col.type_oid))
+            };
+            read(&c.old).or_else(|| if update { read(&c.new) } else { None })
+        });
+        let new_tid = if update { c.new_tid } else { None };
+        self.heap_row(xid, c.rel, update.then_some(c.old_tid), new_tid, tenant);
+    }
+
+    /// One row deleted (`old_tid` `None`) or updated by `xid`: an update whose old row version
+    /// was made by an update in the window is the same row again (not counted as another row);
+    /// `tenant`: `None` for a table without the tenant column, `Some(None)` when the record did
+    /// not carry the tenant.
+    fn heap_row(
+        &mut self,
+        xid: u32,
+        rel: RelFileNode,
+        old_tid: Option<(u32, u16)>,
+        new_tid: Option<(u32, u16)>,
+        tenant: Option<Option<String>>,
+    ) {
+        let update = old_tid.is_some();
+        let key = |(b, o): (u32, u16)| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (rel, b, o).hash(&mut h);
+            h.finish()
+        };
+        let repeat = old_tid.is_some_and(|t| self.update_tids.iter().any(|s| s.contains(&key(t))));
+        if let Some(t) = new_tid {
+            if self.update_tids[0].len() >= 1 << 22 {
+                // Bounded (~80 MB at most for both generations): forgetting makes later updates
+                // of those rows count as new rows (more findings, never fewer).
+                self.update_tids.swap(0, 1);
+                self.update_tids[0].clear();
+            }
+            self.update_tids[0].insert(key(t));
+        }
+        if update
+            && !repeat
+            && let Some(open) = self.open.get_mut(&xid)
+        {
+            *open.updated_rows.entry(rel).or_default() += 1;
+        }
+        let Some(tenant) = tenant else { return };
+        let Some(tenant) = tenant else {
+            *self.tenant_unread.entry(rel).or_default() += 1;
+            return;
+        };
+        // A tenant's row updated again counts once (like a table's, see `updated_rows`).
+        if let Some(open) = self.open.get_mut(&xid).filter(|_| !repeat) {
+            let m = if update { &mut open.tenant_updated } else { &mut open.tenant_deleted };
+            // Bounded per transaction: a transaction touching more tenants than this is over
+            // the table thresholds long before.
+            if m.len() < 100_000 || m.contains_key(&(rel, tenant.clone())) {
+                *m.entry((rel, tenant)).or_default() += 1;
+            }
+        }
     }
 
     /// DROP DATABASE (PostgreSQL 15.4 and later) first marks the database invalid with an
@@ -537,8 +759,9 @@ impl Detector {
 
     /// Judges a finding returned with `unresolved` set, once the caller has given the catalog
     /// as it is after the transaction ([`Detector::set_relations`]) and fed the WAL up to
-    /// the point the catalog was read at. `None`: it was a rewrite and nothing else.
-    pub fn resolve(&self, mut d: Destruction) -> Option<Destruction> {
+    /// the point the catalog was read at. `None`: it was a rewrite and nothing else. A drop
+    /// judged destruction joins the window of drops (see [`Detector::take_queued`]).
+    pub fn resolve(&mut self, mut d: Destruction) -> Option<Destruction> {
         if !d.unresolved {
             return Some(d);
         }
@@ -548,6 +771,12 @@ impl Detector {
             d.kind = d.otherwise?;
             d.dropped.clear();
         } else {
+            if let (Some(db), Some(at)) =
+                (d.database.or(destroyed.first().map(|(f, _)| f.db)), d.commit_time_us)
+                && db != 0
+            {
+                self.window_drops(d.xid, d.first_lsn, at, db, &destroyed, d.lsn);
+            }
             d.dropped = destroyed;
         }
         Some(d)
@@ -601,6 +830,15 @@ impl Detector {
                 }
                 for (rel, n) in o.updated {
                     *open.updated.entry(rel).or_default() += n;
+                }
+                for (rel, n) in o.updated_rows {
+                    *open.updated_rows.entry(rel).or_default() += n;
+                }
+                for (k, n) in o.tenant_deleted {
+                    *open.tenant_deleted.entry(k).or_default() += n;
+                }
+                for (k, n) in o.tenant_updated {
+                    *open.tenant_updated.entry(k).or_default() += n;
                 }
                 for (rel, n) in o.new_pages {
                     let p = open.new_pages.entry(rel).or_default();
@@ -668,32 +906,61 @@ impl Detector {
             );
         }
         let t = self.thresholds;
-        let mass = if t.crossed(&open.deleted, t.mass_delete_rows, &self.rows) {
+        let mass = if t.crossed(&open.deleted, t.mass_delete_rows, &self.rows)
+            || self.tenant_crossed(&open.tenant_deleted, t.mass_change_share)
+        {
             Some(Kind::MassDelete)
-        } else if t.crossed(&open.updated, t.mass_update_rows, &self.rows) {
+        } else if t.crossed(&open.updated, t.mass_update_rows, &self.rows)
+            || self.tenant_crossed(&open.tenant_updated, t.mass_change_share)
+        {
             Some(Kind::MassUpdate)
         } else {
             None
         };
+        let db_of_files = open.deleted.keys().chain(open.updated.keys()).map(|f| f.db).find(|d| *d != 0);
+        if !unresolved && !destroyed.is_empty() {
+            // Decided now: the drop joins the window of drops (a later cumulative finding).
+            if let Some(db) = db.or(destroyed.first().map(|(f, _)| f.db)).filter(|d| *d != 0) {
+                self.window_drops(xid, open.first_lsn, commit_us, db, &destroyed, lsn);
+            }
+        }
         let kind = if unresolved || !destroyed.is_empty() {
             Kind::RelationsDropped
         } else if let Some(k) = mass {
             k
         } else {
-            // Not destructive on its own: its deletes join the window.
+            // Not destructive on its own: its deletes and updates join the window.
             // Rows of the system catalogs are DDL's bookkeeping (temporary tables come and go
             // by the thousand), not the user's data.
-            let deleted: Vec<(RelFileNode, u64)> =
-                open.deleted.into_iter().filter(|(f, _)| self.is_user_file(f)).collect();
-            // A commit names its database only when it logs invalidations; the files it
-            // deleted from do always (a transaction writes in one database).
-            if let Some(db) = deleted.first().map(|(f, _)| f.db)
-                && db != 0
-            {
-                return self
-                    .window_commit(Entry { xid, first_lsn: open.first_lsn, commit_us, db, deleted }, lsn);
+            let mut counts: Vec<(Key, u64)> = Vec::new();
+            let (mut del, mut upd) = (0, 0);
+            for (f, n) in open.deleted.into_iter().filter(|(f, _)| self.is_user_file(f)) {
+                del += n;
+                counts.push((Key::TableDeleted(f), n));
             }
-            return None;
+            for (f, n) in open.updated_rows.into_iter().filter(|(f, _)| self.is_user_file(f)) {
+                upd += n;
+                counts.push((Key::TableUpdated(f), n));
+            }
+            counts.extend(open.tenant_deleted.into_iter().map(|((f, t), n)| (Key::TenantDeleted(f, t), n)));
+            counts.extend(open.tenant_updated.into_iter().map(|((f, t), n)| (Key::TenantUpdated(f, t), n)));
+            // A commit names its database only when it logs invalidations; the files it
+            // changed do always (a transaction writes in one database).
+            let db = db_of_files.or(db).filter(|d| *d != 0)?;
+            if del > 0 {
+                counts.push((Key::DbDeleted(db), del));
+            }
+            if upd > 0 {
+                counts.push((Key::DbUpdated(db), upd));
+            }
+            if counts.is_empty() {
+                return None;
+            }
+            let e = Entry { xid, first_lsn: open.first_lsn, commit_us, db, counts, dropped: Vec::new() };
+            let mut found = self.window_commit(e, lsn);
+            let first = found.pop();
+            self.queued.extend(found);
+            return first;
         };
         let mut d = Destruction::new(kind, xid, open.first_lsn, lsn, RestoreTarget::BeforeXid(xid));
         d.commit_time_us = Some(commit_us);
@@ -702,66 +969,196 @@ impl Detector {
         d.dropped = if unresolved { dropped } else { destroyed };
         d.deleted = most_first(open.deleted);
         d.updated = most_first(open.updated);
+        d.tenants = self.tenant_counts(open.tenant_deleted, open.tenant_updated);
         d.new_files = new_files;
         d.unresolved = unresolved;
         d.otherwise = mass;
         Some(d)
     }
 
-    /// Adds a committed transaction's deletes to the window and reports the window when it
-    /// crosses a threshold: once, with the restore target before the first transaction of the
-    /// window that touched what crossed, after which that database's window starts afresh.
-    fn window_commit(&mut self, e: Entry, lsn: Lsn) -> Option<Destruction> {
-        let t = self.thresholds;
-        let (xid, db, now_us) = (e.xid, e.db, e.commit_us);
-        let touched: Vec<RelFileNode> = e.deleted.iter().map(|(r, _)| *r).collect();
-        let window_us = t.window_seconds as i64 * 1_000_000;
-        if let Some(last) = self.window.reported.get_mut(&db) {
-            if now_us.saturating_sub(*last) <= window_us {
-                *last = now_us;
-                return None;
+    /// Whether one tenant's rows changed in a table are at least `share` of the tenant's rows
+    /// there (for tenants of at least `tenant_min_rows`).
+    fn tenant_crossed(&self, m: &HashMap<(RelFileNode, String), u64>, share: f64) -> bool {
+        m.iter().any(|((f, tenant), n)| self.tenant_share_crossed(f, tenant, *n, share))
+    }
+
+    fn tenant_share_crossed(&self, f: &RelFileNode, tenant: &str, n: u64, share: f64) -> bool {
+        let rows = self.tenant_rows.get(f).and_then(|r| r.of(tenant));
+        Thresholds::share_over(n, rows, share, self.thresholds.tenant_min_rows)
+    }
+
+    fn tenant_counts(
+        &self,
+        deleted: HashMap<(RelFileNode, String), u64>,
+        updated: HashMap<(RelFileNode, String), u64>,
+    ) -> Vec<TenantCount> {
+        let mut by: HashMap<(RelFileNode, String), (u64, u64)> = HashMap::new();
+        for (k, n) in deleted {
+            by.entry(k).or_default().0 += n;
+        }
+        for (k, n) in updated {
+            by.entry(k).or_default().1 += n;
+        }
+        let mut v: Vec<TenantCount> = by
+            .into_iter()
+            .map(|((rel, tenant), (deleted, updated))| {
+                let rows = self.tenant_rows.get(&rel).and_then(|r| r.of(&tenant));
+                TenantCount { rel, tenant, deleted, updated, rows }
+            })
+            .collect();
+        v.sort_by(|a, b| (b.deleted + b.updated).cmp(&(a.deleted + a.updated)).then(a.tenant.cmp(&b.tenant)));
+        v.truncate(20);
+        v
+    }
+
+    /// Findings made by the window alongside the one a record returned (rare: two windows
+    /// crossing at one commit, a drop crossing the drop window); the caller drains them after
+    /// each record.
+    pub fn take_queued(&mut self) -> Vec<Destruction> {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// A transaction's drops of tables' data (each already a finding) join the drop window.
+    fn window_drops(
+        &mut self,
+        xid: u32,
+        first_lsn: Lsn,
+        commit_us: i64,
+        db: u32,
+        destroyed: &[(RelFileNode, u64)],
+        lsn: Lsn,
+    ) {
+        let bytes: u64 = destroyed.iter().map(|(_, p)| p.saturating_mul(8192)).sum();
+        let tables: std::collections::HashSet<u32> =
+            destroyed.iter().map(|(f, _)| self.rels.get(f).map_or(f.rel, |m| m.table_oid)).collect();
+        let counts = vec![(Key::DbDroppedBytes(db), bytes), (Key::DbDroppedTables(db), tables.len() as u64)];
+        let e = Entry { xid, first_lsn, commit_us, db, counts, dropped: destroyed.to_vec() };
+        let found = self.window_commit(e, lsn);
+        self.queued.extend(found);
+    }
+
+    /// Whether a window sum is over its threshold.
+    fn window_crossed(&self, k: &Key, n: u64) -> bool {
+        let t = &self.thresholds;
+        match k {
+            Key::TableDeleted(f) => {
+                n > t.window_table_delete_rows
+                    || t.share_crossed(n, self.rows.get(f).copied(), t.window_delete_share)
             }
-            self.window.reported.remove(&db);
+            Key::TableUpdated(f) => {
+                n > t.window_table_update_rows
+                    || t.share_crossed(n, self.rows.get(f).copied(), t.window_update_share)
+            }
+            Key::TenantDeleted(f, tenant) => self.tenant_share_crossed(f, tenant, n, t.window_delete_share),
+            Key::TenantUpdated(f, tenant) => self.tenant_share_crossed(f, tenant, n, t.window_update_share),
+            Key::DbDeleted(_) => n > t.window_database_delete_rows,
+            Key::DbUpdated(_) => n > t.window_database_update_rows,
+            Key::DbDroppedBytes(_) => n > t.window_dropped_bytes,
+            Key::DbDroppedTables(_) => n > t.window_dropped_tables,
+        }
+    }
+
+    /// Adds a committed transaction's counts to the window and reports each kind (deletes,
+    /// updates, drops) whose sums cross a threshold: once, with the restore target before the
+    /// first transaction of the window that touched what crossed, after which that database's
+    /// window of that kind starts afresh.
+    fn window_commit(&mut self, mut e: Entry, lsn: Lsn) -> Vec<Destruction> {
+        let window_us = self.thresholds.window_seconds as i64 * 1_000_000;
+        let (xid, db, now_us) = (e.xid, e.db, e.commit_us);
+        if now_us.saturating_sub(self.update_tids_since_us) > window_us {
+            self.update_tids.swap(0, 1);
+            self.update_tids[0].clear();
+            self.update_tids_since_us = now_us;
+        }
+        // Counts of a kind already reported in this database belong to its episode.
+        let reported = &mut self.window.reported;
+        reported.retain(|(d, _), last| *d != db || now_us.saturating_sub(*last) <= window_us);
+        e.counts.retain(|(k, _)| match reported.get_mut(&(db, k.kind())) {
+            Some(last) => {
+                *last = now_us;
+                false
+            }
+            None => true,
+        });
+        if e.counts.is_empty() {
+            return Vec::new();
         }
         self.window.expire(now_us.saturating_sub(window_us));
+        let touched: Vec<Key> = e.counts.iter().map(|(k, _)| k.clone()).collect();
         self.window.add(e);
-        // Files of one table count together (the heap's deletes are what the WAL shows; TOAST
-        // deletes are the same rows' large values and are left out of the share rule).
-        let table_crossed = touched.iter().copied().find(|rel| {
-            let n = self.window.per_table.get(rel).copied().unwrap_or(0);
-            n > t.window_table_delete_rows
-                || t.share_crossed(n, self.rows.get(rel).copied(), t.window_delete_share)
-        });
-        let db_crossed = self.window.per_db.get(&db).copied().unwrap_or(0) > t.window_database_delete_rows;
-        if table_crossed.is_none() && !db_crossed {
-            return None;
-        }
-        let entries = self.window.take_db(db);
-        self.window.reported.insert(db, now_us);
-        // The first transaction that contributed to what crossed.
-        let first = entries
-            .iter()
-            .find(|e| db_crossed || e.deleted.iter().any(|(r, _)| Some(*r) == table_crossed))
-            .or(entries.first())?;
-        let mut totals: HashMap<RelFileNode, u64> = HashMap::new();
-        for e in &entries {
-            for (r, n) in &e.deleted {
-                *totals.entry(*r).or_default() += n;
+        let mut crossed: Vec<Key> = Vec::new();
+        for k in touched {
+            let n = self.window.sums.get(&k).copied().unwrap_or(0);
+            if self.window_crossed(&k, n) && !crossed.iter().any(|c| c.kind() == k.kind()) {
+                crossed.push(k);
             }
         }
-        let mut d = Destruction::new(
-            Kind::CumulativeDelete,
-            xid,
-            first.first_lsn,
-            lsn,
-            RestoreTarget::BeforeXid(first.xid),
-        );
-        d.commit_time_us = Some(now_us);
-        d.database = Some(db);
-        d.deleted = most_first(totals);
-        d.transactions = entries.len() as u64;
-        d.window_start_us = Some(first.commit_us);
-        Some(d)
+        let mut out = Vec::new();
+        for key in crossed {
+            let kind = key.kind();
+            // One transaction's drops are its own finding already (DROP SCHEMA … CASCADE of
+            // fifty tables): a cumulative drop takes at least two.
+            let contributors = self
+                .window
+                .entries
+                .iter()
+                .filter(|e| e.db == db && e.counts.iter().any(|(k, _)| k.kind() == kind))
+                .count();
+            if kind == Kind::CumulativeDrop && contributors < 2 {
+                continue;
+            }
+            let entries = self.window.take(db, kind);
+            self.window.reported.insert((db, kind), now_us);
+            let db_level = matches!(
+                key,
+                Key::DbDeleted(_) | Key::DbUpdated(_) | Key::DbDroppedBytes(_) | Key::DbDroppedTables(_)
+            );
+            // The first transaction that contributed to what crossed.
+            let Some(first) = entries
+                .iter()
+                .find(|e| db_level || e.counts.iter().any(|(k, _)| *k == key))
+                .or(entries.first())
+            else {
+                continue;
+            };
+            let mut deleted: HashMap<RelFileNode, u64> = HashMap::new();
+            let mut updated: HashMap<RelFileNode, u64> = HashMap::new();
+            let mut tenant_deleted: HashMap<(RelFileNode, String), u64> = HashMap::new();
+            let mut tenant_updated: HashMap<(RelFileNode, String), u64> = HashMap::new();
+            let mut dropped: Vec<(RelFileNode, u64)> = Vec::new();
+            for e in &entries {
+                for (k, n) in &e.counts {
+                    match k {
+                        Key::TableDeleted(f) => *deleted.entry(*f).or_default() += n,
+                        Key::TableUpdated(f) => *updated.entry(*f).or_default() += n,
+                        Key::TenantDeleted(f, t) => *tenant_deleted.entry((*f, t.clone())).or_default() += n,
+                        Key::TenantUpdated(f, t) => *tenant_updated.entry((*f, t.clone())).or_default() += n,
+                        _ => {}
+                    }
+                }
+                dropped.extend(e.dropped.iter().copied());
+            }
+            let mut d =
+                Destruction::new(kind, xid, first.first_lsn, lsn, RestoreTarget::BeforeXid(first.xid));
+            d.commit_time_us = Some(now_us);
+            d.database = Some(db);
+            d.deleted = most_first(deleted);
+            d.updated = most_first(updated);
+            // The tenant that crossed first, then the others.
+            let mut tenants = self.tenant_counts(tenant_deleted, tenant_updated);
+            if let Key::TenantDeleted(f, t) | Key::TenantUpdated(f, t) = &key
+                && let Some(i) = tenants.iter().position(|c| c.rel == *f && c.tenant == *t)
+            {
+                let c = tenants.remove(i);
+                tenants.insert(0, c);
+            }
+            d.tenants = tenants;
+            d.dropped = dropped;
+            d.transactions = entries.len() as u64;
+            d.window_start_us = Some(first.commit_us);
+            out.push(d);
+        }
+        out
     }
 }
 
@@ -867,6 +1264,137 @@ mod tests {
         let mut d = Detector::new(t);
         assert_eq!(xact(&mut d, 5000, 9000, &[(16389, 900)]).map(|f| f.kind), Some(Kind::MassDelete));
         assert_eq!(xact(&mut d, 5001, 9000, &[(16389, 90)]), None);
+    }
+
+    #[test]
+    fn updates_add_up_per_row_and_tenant_and_drops_add_up_per_database() {
+        let t = Thresholds {
+            mass_update_rows: 100,
+            mass_change_min_rows: 100,
+            window_seconds: 60,
+            window_table_update_rows: 1000,
+            window_database_update_rows: 5000,
+            window_update_share: 0.5,
+            window_delete_share: 0.2,
+            tenant_min_rows: 50,
+            window_dropped_tables: 3,
+            window_dropped_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let upd = RecordKind::HeapUpdate { rel: Some(rel(16384)), hot: true };
+        let del = RecordKind::HeapDelete { rel: Some(rel(16385)), block: Some(0) };
+        // A 1000-row table whose 10 hot rows are updated all day: never a finding (each row
+        // once), though 5000 updates in a minute is five times the table.
+        let mut d = Detector::new(t);
+        d.set_table_rows([(rel(16384), 1000)]);
+        let mut lsn = 10;
+        let mut tids: HashMap<u16, (u32, u16)> = (0..10).map(|r| (r, (0, r))).collect();
+        let mut next_off = 100u16;
+        for x in 0..500u32 {
+            for r in 0..10u16 {
+                lsn += 1;
+                d.feed(Lsn(lsn), 100 + x, &RecordKind::Other);
+                let new = (1, next_off);
+                next_off = next_off.wrapping_add(1);
+                d.heap_row(100 + x, rel(16384), Some(tids[&r]), Some(new), None);
+                tids.insert(r, new);
+                d.feed(Lsn(lsn), 100 + x, &upd);
+            }
+            lsn += 1;
+            assert_eq!(d.feed(Lsn(lsn), 100 + x, &commit_at(1000)), None, "{x}");
+        }
+        // 600 distinct rows, 20 per transaction: with the 10 hot rows (each counted once, by
+        // its first update) the 25th crosses half the table; the restore target is before the
+        // first transaction that contributed (the hot rows' first).
+        let mut found = Vec::new();
+        for x in 0..30u32 {
+            for r in 0..20u32 {
+                lsn += 1;
+                d.feed(Lsn(lsn), 1000 + x, &RecordKind::Other);
+                d.heap_row(1000 + x, rel(16384), Some((10 + x, r as u16)), Some((500 + x, r as u16)), None);
+                d.feed(Lsn(lsn), 1000 + x, &upd);
+            }
+            lsn += 1;
+            found.extend(d.feed(Lsn(lsn), 1000 + x, &commit_at(1001)));
+        }
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(
+            (found[0].kind, found[0].xid, found[0].restore_target),
+            (Kind::CumulativeUpdate, 1024, RestoreTarget::BeforeXid(100))
+        );
+        // Tenants: a 10,000-row table, tenant "7" ~200 rows, the others ~1000. 10 of its rows deleted per
+        // transaction: 0.2 × 200 = 40 rows cross at the 4th; other tenants' deletes do not.
+        let mut d = Detector::new(t);
+        d.set_table_rows([(rel(16385), 10_000)]);
+        d.set_tenant_rows([(
+            rel(16385),
+            TenantRows { common: [("7".to_string(), 200)].into(), other: Some(1000) },
+        )]);
+        let mut found = Vec::new();
+        for x in 0..6u32 {
+            for (n, who) in [(10, "7"), (10, "8"), (1, "9")] {
+                for _ in 0..n {
+                    lsn += 1;
+                    d.feed(Lsn(lsn), 2000 + x, &RecordKind::Other);
+                    d.heap_row(2000 + x, rel(16385), None, None, Some(Some(who.to_string())));
+                    d.feed(Lsn(lsn), 2000 + x, &del);
+                }
+            }
+            lsn += 1;
+            found.extend(d.feed(Lsn(lsn), 2000 + x, &commit_at(1002)));
+        }
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.kind, f.xid, f.restore_target),
+            (Kind::CumulativeDelete, 2003, RestoreTarget::BeforeXid(2000))
+        );
+        assert_eq!(
+            (f.tenants[0].tenant.as_str(), f.tenants[0].deleted, f.tenants[0].rows),
+            ("7", 40, Some(200))
+        );
+        // One transaction deleting half of a tenant's rows: a mass delete naming it.
+        for _ in 0..100 {
+            lsn += 1;
+            d.feed(Lsn(lsn), 3000, &RecordKind::Other);
+            d.heap_row(3000, rel(16385), None, None, Some(Some("7".to_string())));
+            d.feed(Lsn(lsn), 3000, &del);
+        }
+        lsn += 1;
+        let f = d.feed(Lsn(lsn), 3000, &commit_at(1003)).unwrap();
+        assert_eq!((f.kind, f.tenants[0].tenant.as_str()), (Kind::MassDelete, "7"));
+        // Rows whose record did not carry the tenant are counted for the caller to raise.
+        d.feed(Lsn(lsn + 1), 3001, &RecordKind::Other);
+        d.heap_row(3001, rel(16385), None, None, Some(None));
+        assert_eq!(d.take_tenant_unread().get(&rel(16385)), Some(&1));
+        // One transaction dropping five tables: one finding, not also a cumulative drop.
+        let mut d = Detector::new(t);
+        d.seed((0..5).map(|i| (rel(21000 + i), 1)));
+        let end5 =
+            XactEnd { time: 1004 * 1_000_000, ..end((0..5).map(|i| rel(21000 + i)).collect(), vec![]) };
+        assert_eq!(
+            d.feed(Lsn(lsn), 3999, &RecordKind::XactCommit(end5)).map(|f| f.kind),
+            Some(Kind::RelationsDropped)
+        );
+        assert!(d.take_queued().is_empty());
+        // Drops: each a finding; the 4th table in the window also one cumulative drop,
+        // restoring to before the first.
+        let mut d = Detector::new(t);
+        let mut found = Vec::new();
+        for i in 0..5u32 {
+            d.seed([(rel(20000 + i), 1)]);
+            lsn += 1;
+            d.feed(Lsn(lsn), 4000 + i, &RecordKind::Other);
+            lsn += 1;
+            let end = XactEnd { time: 1004 * 1_000_000, ..end(vec![rel(20000 + i)], vec![]) };
+            found.extend(d.feed(Lsn(lsn), 4000 + i, &RecordKind::XactCommit(end)));
+            found.extend(d.take_queued());
+        }
+        let kinds: Vec<Kind> = found.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == Kind::RelationsDropped).count(), 5);
+        let c: Vec<&Destruction> = found.iter().filter(|f| f.kind == Kind::CumulativeDrop).collect();
+        assert_eq!(c.len(), 1, "{kinds:?}");
+        assert_eq!((c[0].restore_target, c[0].dropped.len()), (RestoreTarget::BeforeXid(4000), 4));
     }
 
     #[test]

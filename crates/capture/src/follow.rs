@@ -19,6 +19,7 @@ use pgfmt::wal::{ReaderStop, RelFileNode, WalReader};
 use pgfmt::{Lsn, TimelineId};
 use tokio::sync::watch;
 
+use crate::config::DetectorFault;
 use crate::detect::{AttributeChange, Destruction, Detector, Kind, RelMeta, RestoreTarget};
 use crate::runtime::ClusterRuntime;
 
@@ -55,8 +56,24 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
         rt.cluster.detector_max_lag,
         shutdown.clone(),
     )));
+    let mut fault = rt.cluster.testing_detector_fault;
+    if let Some(f) = fault {
+        tracing::error!(cluster = %rt.cluster.name, fault = ?f, "testing_detector_fault is set: the destruction detector is made to fail (tests only; never in production)");
+    }
     loop {
-        let mut task = AbortOnDrop(tokio::spawn(follow(rt.clone(), progress.clone(), shutdown.clone())));
+        let mut task = match fault.take() {
+            Some(DetectorFault::Panic) => AbortOnDrop(tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!("testing_detector_fault = \"panic\"");
+            })),
+            Some(DetectorFault::Stall) => {
+                let mut s = shutdown.clone();
+                AbortOnDrop(tokio::spawn(async move {
+                    let _ = s.wait_for(|stop| *stop).await;
+                }))
+            }
+            None => AbortOnDrop(tokio::spawn(follow(rt.clone(), progress.clone(), shutdown.clone()))),
+        };
         let ended = tokio::select! {
             r = &mut task.0 => r,
             _ = shutdown.changed() => return,
@@ -193,7 +210,18 @@ struct Follower {
     columns_pending: Vec<(AttributeChange, Instant)>,
     /// The stored WAL before this is decoded.
     decoded: Lsn,
+    /// Tables with the tenant column where the tenant rules cannot work, and why (from the
+    /// catalog, or from records that did not carry the tenant).
+    tenant_blind_spots: BTreeMap<(u32, u32, u32), String>,
+    /// Those already raised in a `tenant_blind` incident.
+    tenant_blind_raised: BTreeMap<(u32, u32, u32), String>,
+    started: Instant,
 }
+
+/// Tables with the tenant column whose deletes or updates cannot be told by tenant.
+pub const TENANT_BLIND: &str = "tenant_blind";
+/// How long the tenant rules wait for a first catalog read before they are `tenant_blind`.
+const CATALOG_WAIT: Duration = Duration::from_secs(60);
 
 /// A finding whose drops are judged once the catalog is read and the WAL up to `ready_at`
 /// decoded.
@@ -231,6 +259,9 @@ async fn follow(rt: Arc<ClusterRuntime>, progress: Arc<Progress>, mut shutdown: 
         pending: VecDeque::new(),
         columns_pending: Vec::new(),
         decoded: start,
+        tenant_blind_spots: BTreeMap::new(),
+        tenant_blind_raised: BTreeMap::new(),
+        started: Instant::now(),
     };
     loop {
         // As much as is stored, in steps; then wait for more.
@@ -289,6 +320,35 @@ impl Follower {
                 }
             }
             self.live_columns.retain(|k, _| catalog.columns_of(k.0, k.1).is_some());
+            let tenant_tables: Vec<_> = catalog.tenant_tables().collect();
+            self.detector.set_tenant_columns(
+                tenant_tables
+                    .iter()
+                    .filter_map(|(f, r, _)| Some((*f, crate::catalog::Snapshot::tenant_column_of(r)?))),
+            );
+            self.detector
+                .set_tenant_rows(tenant_tables.iter().filter_map(|(f, _, t)| Some((*f, t.rows.clone()?))));
+            let column = self.rt.cluster.tenant_column.clone().unwrap_or_default();
+            let none = (tenant_tables.is_empty() && self.rt.cluster.tenant_column.is_some()).then(|| {
+                (
+                    (0, 0, 0),
+                    format!(
+                        "no table in any database has a column named {column:?}: tenant_column is misspelt, or the \
+                         catalog role cannot see the tables"
+                    ),
+                )
+            });
+            self.tenant_blind_spots = none
+                .into_iter()
+                .chain(tenant_tables.iter().filter_map(|(f, r, t)| {
+                    let why = t.blind_spot().or_else(|| {
+                        crate::catalog::Snapshot::tenant_column_of(r)
+                            .is_none()
+                            .then_some("its columns' layout was not read completely")
+                    })?;
+                    Some(((f.spc, f.db, f.rel), format!("{}.{}: {why}", r.schema, r.table)))
+                }))
+                .collect();
             let tables = catalog.columns().count() as u64;
             self.rt.update(|s| s.catalog_tables = Some(tables));
         }
@@ -436,6 +496,7 @@ impl Follower {
         if !self.blind_now {
             rt.clear_incidents(&[BLIND]);
         }
+        self.check_tenants().await;
         // Everything read was decoded: up to the end of what was read unless a record is cut.
         let decoded = if self.next >= step_end { step_end } else { self.next };
         self.publish(decoded, end);
@@ -466,6 +527,45 @@ impl Follower {
         tracing::warn!(cluster = %self.rt.cluster.name, from = %self.next, to = %resume, "WAL missing from the vault: the destruction detector goes on after the gap");
         self.next = resume;
         true
+    }
+
+    /// A tenant column is configured: tables where the tenant rules cannot work are a
+    /// `tenant_blind` incident (raised again, listing all, when another table joins them).
+    async fn check_tenants(&mut self) {
+        let Some(column) = self.rt.cluster.tenant_column.clone() else { return };
+        let catalog = self.rt.catalog();
+        if catalog.generation() == 0 && self.started.elapsed() > CATALOG_WAIT {
+            self.tenant_blind_spots.entry((0, 0, 1)).or_insert_with(|| {
+                format!(
+                    "the catalog has not been read for {} s, so no table's {column} is known (see catalog_user and \
+                     the vault log)",
+                    CATALOG_WAIT.as_secs()
+                )
+            });
+        }
+        for (f, n) in self.detector.take_tenant_unread() {
+            let name =
+                catalog.relation(&f).map_or_else(|| f.to_string(), |r| format!("{}.{}", r.schema, r.table));
+            self.tenant_blind_spots.entry((f.spc, f.db, f.rel)).or_insert_with(|| {
+                format!("{name}: {n} deletes or updates did not log the row's {column} (replica identity or wal_level changed?)")
+            });
+        }
+        if self.tenant_blind_spots.keys().all(|f| self.tenant_blind_raised.contains_key(f)) {
+            return;
+        }
+        for (f, w) in &self.tenant_blind_spots {
+            self.tenant_blind_raised.insert(*f, w.clone());
+        }
+        let list: Vec<&str> = self.tenant_blind_raised.values().map(String::as_str).collect();
+        let message = format!(
+            "tenant_column = {column:?} is configured, but deleting or overwriting one tenant's rows is not told \
+             apart in {} table(s) — only the whole-table thresholds apply there: {}",
+            list.len(),
+            list.join("; ")
+        );
+        tracing::error!(cluster = %self.rt.cluster.name, "{message}");
+        self.rt.clear_incidents(&[TENANT_BLIND]);
+        self.rt.incident(TENANT_BLIND, message, None).await;
     }
 
     fn publish(&mut self, decoded: Lsn, durable: Lsn) {
@@ -517,6 +617,9 @@ impl Follower {
             let catalog = self.sync_catalog();
             tracing::debug!(cluster = %self.rt.cluster.name, xid = p.d.xid, dropped = ?p.d.dropped, new = ?p.d.new_files, "judging dropped files against the catalog");
             if let Some(d) = self.detector.resolve(p.d) {
+                self.raise(d, &catalog).await;
+            }
+            for d in self.detector.take_queued() {
                 self.raise(d, &catalog).await;
             }
         }
@@ -602,6 +705,7 @@ impl Follower {
             deleted: Vec::new(),
             updated: Vec::new(),
             columns: Vec::new(),
+            tenants: Vec::new(),
             transactions: 1,
             window_start_us: None,
             restore_target: RestoreTarget::BeforeXid(c.xid),
@@ -662,6 +766,7 @@ pub fn decode_stretch(detector: &mut Detector, wal: &[u8], page: Lsn, next: Lsn,
             Ok(None) => {}
             Err(e) => out.undecodable.push((rec.lsn, rec.header.xid, e)),
         }
+        out.found.extend(detector.take_queued());
     }
     if let Some(n) = reader.next_lsn() {
         out.next = out.next.max(n);

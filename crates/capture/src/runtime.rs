@@ -339,12 +339,31 @@ impl ClusterRuntime {
         use crate::detect::{Kind, RestoreTarget};
         use crate::status::IncidentTarget;
         let number = self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
-        let objects = incident_objects(d, catalog);
+        let objects = incident_objects(d, catalog, self.cluster.tenant_column.as_deref());
         let names: Vec<String> = objects
             .iter()
-            .map(|o| match o.columns.as_slice() {
-                [] => o.name(),
-                cols => format!("{} column {}", o.name(), cols.join(", ")),
+            .map(|o| {
+                let name = match o.columns.as_slice() {
+                    [] => o.name(),
+                    cols => format!("{} column {}", o.name(), cols.join(", ")),
+                };
+                match o.tenants.first() {
+                    None => name,
+                    Some(t) => {
+                        let did = match (t.deleted, t.updated) {
+                            (Some(d), Some(u)) => format!("{d} rows deleted, {u} updated"),
+                            (Some(d), None) => format!("{d} rows deleted"),
+                            (None, Some(u)) => format!("{u} rows updated"),
+                            (None, None) => String::new(),
+                        };
+                        let of = t.rows.map(|r| format!(" of ~{r}")).unwrap_or_default();
+                        let more = match o.tenants.len() {
+                            1 => String::new(),
+                            n => format!(", and {} other tenant(s)", n - 1),
+                        };
+                        format!("{name} tenant {} = {} ({did}{of}{more})", t.column, t.value)
+                    }
+                }
             })
             .collect();
         let listed = match names.len() {
@@ -367,6 +386,22 @@ impl ClusterRuntime {
                 d.transactions,
                 d.xid,
                 sum(&d.deleted),
+                d.commit_time_us.zip(d.window_start_us).map_or(0, |(a, b)| (a - b).max(0) / 1_000_000)
+            ),
+            Kind::CumulativeUpdate => format!(
+                "{} transactions, the last {}, updated {} distinct rows within {} s (each under the per-transaction \
+                 thresholds, together over the window's): {listed}",
+                d.transactions,
+                d.xid,
+                sum(&d.updated).max(d.tenants.iter().map(|t| t.updated).sum()),
+                d.commit_time_us.zip(d.window_start_us).map_or(0, |(a, b)| (a - b).max(0) / 1_000_000)
+            ),
+            Kind::CumulativeDrop => format!(
+                "{} transactions, the last {}, dropped or emptied {} table(s) holding data within {} s (each an \
+                 incident of its own too; this one restores to before the first): {listed}",
+                d.transactions,
+                d.xid,
+                objects.iter().filter(|o| o.dropped).count(),
                 d.commit_time_us.zip(d.window_start_us).map_or(0, |(a, b)| (a - b).max(0) / 1_000_000)
             ),
             Kind::ColumnDropped => format!("transaction {} dropped populated column(s): {listed}", d.xid),
@@ -447,6 +482,7 @@ const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 fn incident_objects(
     d: &crate::detect::Destruction,
     catalog: &Snapshot,
+    tenant_column: Option<&str>,
 ) -> Vec<crate::status::IncidentObject> {
     use crate::status::IncidentObject;
     use pgfmt::wal::RelFileNode;
@@ -509,6 +545,16 @@ fn incident_objects(
     for (f, column) in &d.columns {
         let i = slot(&mut out, *f);
         out[i].columns.push(column.clone());
+    }
+    for t in &d.tenants {
+        let i = slot(&mut out, t.rel);
+        out[i].tenants.push(crate::status::IncidentTenant {
+            column: tenant_column.unwrap_or("tenant").to_string(),
+            value: t.tenant.clone(),
+            deleted: (t.deleted > 0).then_some(t.deleted),
+            updated: (t.updated > 0).then_some(t.updated),
+            rows: t.rows,
+        });
     }
     // A table that was only changed: its main file's size, for a sense of scale.
     for (key, &i) in &index {

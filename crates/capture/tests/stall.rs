@@ -139,9 +139,15 @@ async fn full_disk_is_an_incident_within_seconds_and_capture_resumes_without_a_g
     // The disk fills; the database keeps committing.
     store.full.store(true, Ordering::SeqCst);
     let full_at = Instant::now();
-    let stalled_at = durable(&rt);
     pg.psql("insert into t select g, repeat('x', 200) from generate_series(1, 5000) g")?;
     let during = flush_lsn(&pg)?;
+    // What was durable once the store refused a write: a write already past the check when the
+    // disk filled may still have finished (under load it did), none after the refusal can.
+    wait_for(Duration::from_secs(15), "the store to refuse a write", || {
+        (store.refused.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await?;
+    let stalled_at = durable(&rt);
     let incident = wait_for(Duration::from_secs(15), "a capture_stalled alert", || {
         host.alerts.lock().unwrap().iter().find(|i| i.kind == "capture_stalled").cloned()
     })

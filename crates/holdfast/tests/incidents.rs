@@ -1,7 +1,8 @@
 //! Destruction found in the live WAL stream of a real PostgreSQL under background load: a mass
 //! DELETE, a mass UPDATE, TRUNCATE, DROP TABLE, DROP SCHEMA … CASCADE of 50 tables and DROP
 //! DATABASE each become one incident with the right kind, named objects, transaction and LSN
-//! (checked with `pg_waldump`), posted to a webhook within 5 s; `restore --before-incident N`
+//! (checked with `pg_waldump`), posted to a webhook within 5 s (the three drops in a row are
+//! also one `cumulative_drop`); `restore --before-incident N`
 //! brings back every destroyed row and keeps every transaction committed before. Maintenance
 //! rewrites and a small delete under the same load, and a pgbench run with aggressive
 //! autovacuum, raise nothing.
@@ -269,11 +270,13 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
     }
     assert!(acts[0].ledger.len() > 10, "the background load is running: {}", acts[0].ledger.len());
 
-    // Six incidents, one per destructive transaction, and nothing else.
+    // Six incidents, one per destructive transaction, and nothing else — but for one
+    // `cumulative_drop`: three transactions dropped 52 tables holding data within seconds (over
+    // `window_dropped_tables`), restoring to before the first of them.
     let deadline = Instant::now() + Duration::from_secs(30);
     let incidents = loop {
         let list = s.incidents();
-        if list.iter().filter(|i| i["xid"].is_u64()).count() >= acts.len() {
+        if list.iter().filter(|i| i["xid"].is_u64()).count() > acts.len() {
             break list;
         }
         assert!(Instant::now() < deadline, "incidents did not appear: {list:#?}\n{}", s.v.log());
@@ -285,6 +288,11 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         assert_eq!(again.len(), incidents.len(), "more incidents than destructive acts: {again:#?}");
         again
     };
+    let (cumulative, incidents): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
+        incidents.into_iter().partition(|i| i["kind"] == "cumulative_drop");
+    assert_eq!(cumulative.len(), 1, "{cumulative:#?}");
+    let first_drop = acts.iter().find(|a| a.kind == "relations_dropped").unwrap().xid;
+    assert_eq!(cumulative[0]["restore_target"]["xid"], first_drop, "{:#}", cumulative[0]);
     assert_eq!(
         incidents.len(),
         acts.len(),
@@ -406,7 +414,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
                 "--cluster",
                 "main",
                 "--before-incident",
-                &(at[n] + 1).to_string(),
+                &incidents[at[n]]["number"].to_string(),
                 "--start",
                 "--promote",
                 "--json",
@@ -692,4 +700,182 @@ fn a_slow_drip_of_small_deletes_is_one_incident_undone_from_before_the_first() {
     stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
     let _ = stop.output();
     assert_eq!(restored, before, "every row of the tenant is back");
+}
+
+/// `tenant_column = "merchant_id"` on a shop of 20 merchants: deleting one merchant's orders
+/// (5 % of the table) in one transaction, zeroing one merchant's gift-card balances in one, and
+/// another's in 30 small ones, are each an incident naming the merchant — though every one is
+/// far under the whole-table thresholds; the dripped one restores to before its first
+/// transaction. Ordinary per-merchant traffic raises nothing. A table whose deletes cannot
+/// carry the tenant (replica identity without the column) is a `tenant_blind` incident naming
+/// it. Twelve small tables dropped one by one are twelve incidents and one `cumulative_drop`
+/// restoring to before the first.
+#[test]
+fn one_tenants_rows_deleted_or_overwritten_are_incidents_naming_the_tenant() {
+    let pg = TempPg::start_with(TempPgOptions::default().setting("wal_level", "logical")).unwrap();
+    let small_tables: String = (0..12)
+        .map(|i| format!("CREATE TABLE scratch{i} AS SELECT g AS id FROM generate_series(1, 50) g;"))
+        .collect();
+    pg.psql(&format!(
+        "CREATE TABLE orders (merchant_id int NOT NULL, id int NOT NULL, total int NOT NULL, PRIMARY KEY (merchant_id, id));
+         INSERT INTO orders SELECT 1 + g % 20, g, g % 100 FROM generate_series(1, 20000) g;
+         CREATE TABLE gift_cards (id int PRIMARY KEY, code text NOT NULL, merchant_id bigint NOT NULL, balance int NOT NULL);
+         ALTER TABLE gift_cards REPLICA IDENTITY FULL;
+         INSERT INTO gift_cards SELECT g, 'card-' || g, 1 + g % 20, 100 FROM generate_series(1, 6000) g;
+         CREATE TABLE notes (id int PRIMARY KEY, merchant_id int NOT NULL, body text);
+         INSERT INTO notes SELECT g, 1 + g % 20, 'n' FROM generate_series(1, 200) g;
+         {small_tables}
+         ANALYZE;"
+    ))
+    .unwrap();
+    // pg_stats shows a column's statistics only to a role that may read the column (the
+    // catalog role, created by `setup`: granted to every role here).
+    pg.psql("GRANT SELECT (merchant_id) ON orders, gift_cards, notes TO PUBLIC").unwrap();
+    let s = setup(pg, "tenant_column = \"merchant_id\"");
+    let pg = &s.pg;
+    s.wait_decoded();
+    let i = s.wait_incident(0, "tenant_blind");
+    let m = i["message"].as_str().unwrap();
+    assert!(m.contains("public.notes") && m.contains("replica identity"), "{i:#}");
+    assert!(!m.contains("public.orders") && !m.contains("gift_cards"), "{i:#}");
+
+    // Ordinary traffic: many merchants, a few rows each (not the merchants attacked below:
+    // their rows changed in the window would count with the attack, and the restore target
+    // would rightly be before them).
+    let ordinary: String = (0..40)
+        .filter(|k| ![7, 9, 11].contains(&(1 + k % 20)))
+        .map(|k| {
+            let m = 1 + k % 20;
+            format!(
+                "BEGIN; DELETE FROM orders WHERE merchant_id = {m} AND id IN (SELECT id FROM orders WHERE merchant_id = {m} ORDER BY id LIMIT 3); \
+                 UPDATE gift_cards SET balance = balance - 1 WHERE id IN (SELECT id FROM gift_cards WHERE merchant_id = {m} ORDER BY id LIMIT 5); COMMIT;\n"
+            )
+        })
+        .collect();
+    pg.psql(&ordinary).unwrap();
+    s.wait_decoded();
+    let kinds: Vec<String> = s.incidents().iter().map(|i| i["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["tenant_blind"], "ordinary traffic is no incident: {:#?}", s.incidents());
+
+    // One merchant's orders: ~1000 rows of 20,000.
+    let deleted = s.xid_of("postgres", "DELETE FROM orders WHERE merchant_id = 7");
+    let i = s.wait_incident(1, "mass_delete");
+    assert_eq!(i["xid"], deleted, "{i:#}");
+    let o = &i["objects"][0];
+    assert_eq!(
+        (&o["table"], &o["tenants"][0]["column"], &o["tenants"][0]["value"]),
+        (&"orders".into(), &"merchant_id".into(), &"7".into()),
+        "{i:#}"
+    );
+    assert!(i["message"].as_str().unwrap().contains("merchant_id = 7"), "{i:#}");
+
+    // One merchant's gift cards zeroed in one transaction: 300 of 6,000 rows.
+    let zeroed = s.xid_of("postgres", "UPDATE gift_cards SET balance = 0 WHERE merchant_id = 9");
+    let i = s.wait_incident(2, "mass_update");
+    assert_eq!((&i["xid"], &i["objects"][0]["tenants"][0]["value"]), (&zeroed.into(), &"9".into()), "{i:#}");
+
+    // Another's in 30 transactions of 10 cards.
+    let drip: String = (0..30)
+        .map(|k| {
+            format!(
+                "BEGIN; UPDATE gift_cards SET balance = 0 WHERE merchant_id = 11 AND id IN (SELECT id FROM gift_cards WHERE merchant_id = 11 ORDER BY id OFFSET {} LIMIT 10); SELECT txid_current(); COMMIT;\n",
+                k * 10
+            )
+        })
+        .collect();
+    let xids: Vec<u32> = pg.psql(&drip).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM gift_cards WHERE merchant_id = 11 AND balance <> 0").unwrap(),
+        "0"
+    );
+    let i = s.wait_incident(3, "cumulative_update");
+    assert_eq!(i["objects"][0]["tenants"][0]["value"], "11", "{i:#}");
+    assert_eq!(i["restore_target"]["xid"], xids[0], "restore target before the first: {i:#}");
+
+    // Twelve small tables dropped one by one.
+    let mut drops = Vec::new();
+    for t in 0..12 {
+        drops.push(s.xid_of("postgres", &format!("DROP TABLE scratch{t}")));
+    }
+    let i = s.wait_incident(4, "cumulative_drop");
+    assert_eq!(i["restore_target"]["xid"], drops[0], "before the first drop: {i:#}");
+    s.wait_decoded();
+    let incidents = s.incidents();
+    let count = |k: &str| incidents.iter().filter(|i| i["kind"] == k).count();
+    assert_eq!(
+        (count("relations_dropped"), count("cumulative_drop"), incidents.len()),
+        (12, 1, 17),
+        "{incidents:#?}"
+    );
+}
+
+/// The detector made to fail (`testing_detector_fault`): stalled, WAL durable for longer than
+/// `detector_max_lag_seconds` (2) without being decoded is a `detector_behind` incident,
+/// alerted within seconds; panicking, it is `detector_stopped`, alerted, and it restarts and
+/// decodes again (a DELETE after it is still raised). A `tenant_column` no table has is
+/// `tenant_blind`.
+#[test]
+fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
+    let pg = TempPg::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 20000)").unwrap();
+    // A misspelt tenant column too: no table has it, which is `tenant_blind`, not silence.
+    let mut s = setup(
+        pg,
+        "detector_max_lag_seconds = 2\ntesting_detector_fault = \"stall\"\ntenant_column = \"merchnat_id\"",
+    );
+    let alerted = |s: &Setup, kind: &str, since: Instant| -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = s.received.lock().unwrap().clone();
+            if let Some((at, _)) =
+                got.iter().find(|(at, b)| *at >= since && b["alert"]["incident"]["kind"] == kind)
+            {
+                return at.saturating_duration_since(since);
+            }
+            assert!(Instant::now() < deadline, "no {kind} alert: {got:?}\n{}", s.v.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Stalled: the WAL the backup wrote is durable and never decoded.
+    let started = Instant::now();
+    pg_write(&s.pg);
+    let i = s.wait_incident(0, "detector_behind");
+    assert!(i["message"].as_str().unwrap().contains("not decoded"), "{i:#}");
+    let took = alerted(&s, "detector_behind", started);
+    eprintln!("stalled detector: detector_behind alerted {took:?} after WAL was written");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let st = s.status();
+    assert!(st["detector_lag_bytes"].as_u64().unwrap() > 0, "{st}");
+
+    // Stopped: its first run panics; the incident, then it restarts and decodes.
+    let text = std::fs::read_to_string(s.v.config_path()).unwrap().replace("\"stall\"", "\"panic\"");
+    std::fs::write(s.v.config_path(), text).unwrap();
+    s.v.kill();
+    let restarted = Instant::now();
+    s.v.restart().unwrap();
+    let known = s.incidents().len();
+    let i = s.wait_incident(known.saturating_sub(1), "detector_stopped");
+    assert!(i["message"].as_str().unwrap().contains("panicked"), "{i:#}");
+    let took = alerted(&s, "detector_stopped", restarted);
+    eprintln!("panicking detector: detector_stopped alerted {took:?} after the vault started");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    s.wait_decoded();
+    let i = s.wait_incident(0, "tenant_blind");
+    assert!(
+        i["message"]
+            .as_str()
+            .unwrap()
+            .contains("no table in any database has a column named \"merchnat_id\""),
+        "{i:#}"
+    );
+    let n = s.incidents().len();
+    let xid = s.xid_of("postgres", "DELETE FROM t");
+    let i = s.wait_incident(n, "mass_delete");
+    assert_eq!(i["xid"], xid, "the restarted detector raises destruction again: {i:#}");
+}
+
+/// Some WAL: a small write and a segment switch.
+fn pg_write(pg: &TempPg) {
+    pg.psql("CREATE TABLE IF NOT EXISTS w (v int); INSERT INTO w VALUES (1); SELECT pg_switch_wal()")
+        .unwrap();
 }

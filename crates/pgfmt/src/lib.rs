@@ -1,5 +1,5 @@
 //! PostgreSQL formats without IO: positions, timelines, segment names, `backup_label`, the
-//! backup manifest, and WAL page/record headers.
+//! backup manifest, WAL page/record headers, and heap tuples as the WAL logs them.
 //!
 //! ```
 //! use pgfmt::{Lsn, TimelineId};
@@ -17,6 +17,7 @@ pub mod backup_label;
 mod lsn;
 pub mod manifest;
 mod segment;
+pub mod tuple;
 pub mod wal;
 
 pub use backup_label::BackupLabel;

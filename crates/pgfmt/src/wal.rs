@@ -557,6 +557,9 @@ pub struct BlockRef {
     pub has_image: bool,
     /// Bytes of per-block data.
     pub data_len: u16,
+    /// Bytes of the full-page image (0 without one).
+    #[serde(default)]
+    pub image_len: u16,
 }
 
 /// A record's body split into block references and main data (`DecodeXLogRecord`).
@@ -570,6 +573,8 @@ pub struct DecodedBody<'a> {
     pub toplevel_xid: Option<u32>,
     /// The replication origin, if logged.
     pub origin: Option<u16>,
+    /// Each block reference's data (after its image), in the order of `blocks`.
+    pub block_data: Vec<&'a [u8]>,
 }
 
 const XLR_MAX_BLOCK_ID: u8 = 32;
@@ -621,8 +626,10 @@ impl WalRecord {
                     let data_len = r.u16().ok_or_else(short)?;
                     datatotal += u64::from(data_len);
                     let has_image = fork_flags & BKPBLOCK_HAS_IMAGE != 0;
+                    let mut image_len = 0;
                     if has_image {
                         let bimg_len = r.u16().ok_or_else(short)?;
+                        image_len = bimg_len;
                         let _hole_offset = r.u16().ok_or_else(short)?;
                         let bimg_info = r.u8().ok_or_else(short)?;
                         if bimg_info & compressed_mask != 0 && bimg_info & BKPIMAGE_HAS_HOLE != 0 {
@@ -648,6 +655,7 @@ impl WalRecord {
                         block,
                         has_image,
                         data_len,
+                        image_len,
                     });
                 }
                 other => return Err(bad(&format!("invalid block id {other}"))),
@@ -659,7 +667,14 @@ impl WalRecord {
         // Main data comes last, after every block's image and data.
         let rest = r.rest();
         let main_data = &rest[rest.len() - main_len as usize..];
-        Ok(DecodedBody { blocks, main_data, toplevel_xid, origin })
+        let mut at = 0usize;
+        let mut block_data = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            at += usize::from(b.image_len);
+            block_data.push(&rest[at..at + usize::from(b.data_len)]);
+            at += usize::from(b.data_len);
+        }
+        Ok(DecodedBody { blocks, main_data, toplevel_xid, origin, block_data })
     }
 
     /// Decodes the record kinds holdfast acts on; anything else is [`RecordKind::Other`].
@@ -723,6 +738,82 @@ impl WalRecord {
             }
             _ => RecordKind::Other,
         })
+    }
+}
+
+/// What a heap DELETE or UPDATE record carries of the rows it changed, as far as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapChange<'a> {
+    /// The relation (block reference 0).
+    pub rel: RelFileNode,
+    /// The old row: the whole tuple (`REPLICA IDENTITY FULL`) or its replica-identity key
+    /// columns (the others NULL), logged only with `wal_level = logical` — for an UPDATE
+    /// with a key index, only when the key changed.
+    pub old: Option<crate::tuple::LoggedTuple<'a>>,
+    /// An UPDATE's new row, when logged whole (always with `wal_level = logical`; otherwise
+    /// it may be a diff against the old row, which is not returned).
+    pub new: Option<crate::tuple::LoggedTuple<'a>>,
+    /// The changed row's place (block, line pointer) before.
+    pub old_tid: (u32, u16),
+    /// An UPDATE's new row version's place: a later update of the same row starts from it.
+    pub new_tid: Option<(u32, u16)>,
+}
+
+const XLH_DELETE_CONTAINS_OLD: u8 = (1 << 1) | (1 << 2);
+const XLH_UPDATE_CONTAINS_OLD: u8 = (1 << 2) | (1 << 3);
+const XLH_UPDATE_PREFIX_FROM_OLD: u8 = 1 << 5;
+const XLH_UPDATE_SUFFIX_FROM_OLD: u8 = 1 << 6;
+/// `SizeOfHeapDelete`, `SizeOfHeapUpdate`.
+const SIZE_OF_HEAP_DELETE: usize = 8;
+const SIZE_OF_HEAP_UPDATE: usize = 14;
+
+impl WalRecord {
+    /// The rows a heap DELETE or (HOT) UPDATE record carries (`None` for other records).
+    /// Lengths are checked: a cut record gives no tuple rather than a wrong one.
+    pub fn heap_change<'a>(&self, body: &DecodedBody<'a>) -> Option<HeapChange<'a>> {
+        if self.header.rmid != rmgr::HEAP {
+            return None;
+        }
+        let op = self.rm_info() & XLOG_HEAP_OPMASK;
+        let rel = body.blocks.first()?.rel;
+        let main = body.main_data;
+        match op {
+            XLOG_HEAP_DELETE => {
+                let flags = *main.get(SIZE_OF_HEAP_DELETE - 1)?;
+                let old = (flags & XLH_DELETE_CONTAINS_OLD != 0)
+                    .then(|| crate::tuple::LoggedTuple::parse(main.get(SIZE_OF_HEAP_DELETE..)?))
+                    .flatten();
+                let off = u16::from_le_bytes([main[4], main[5]]);
+                Some(HeapChange { rel, old, new: None, old_tid: (body.blocks[0].block, off), new_tid: None })
+            }
+            XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE => {
+                let flags = *main.get(7)?;
+                let old = (flags & XLH_UPDATE_CONTAINS_OLD != 0)
+                    .then(|| crate::tuple::LoggedTuple::parse(main.get(SIZE_OF_HEAP_UPDATE..)?))
+                    .flatten();
+                // Block 0's data: the new tuple, unless only its changed middle was logged.
+                let new = body
+                    .block_data
+                    .first()
+                    .filter(|d| {
+                        !d.is_empty()
+                            && flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) == 0
+                    })
+                    .and_then(|d| crate::tuple::LoggedTuple::parse(d));
+                let old_off = u16::from_le_bytes([main[4], main[5]]);
+                let new_off = main.get(12..14).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+                // The old page is block reference 1 when the new version went to another page.
+                let old_block = body.blocks.iter().find(|b| b.id == 1).unwrap_or(&body.blocks[0]).block;
+                Some(HeapChange {
+                    rel,
+                    old,
+                    new,
+                    old_tid: (old_block, old_off),
+                    new_tid: Some((body.blocks[0].block, new_off)),
+                })
+            }
+            _ => None,
+        }
     }
 }
 

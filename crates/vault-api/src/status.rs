@@ -146,6 +146,23 @@ pub struct IncidentObject {
     /// older vault recorded as text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// The tenants whose rows it counted (when a tenant column is configured), most first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<IncidentTenant>,
+}
+
+/// One tenant's rows changed in a table: `merchant_id = 42`, rows deleted and updated, and
+/// the tenant's estimated rows in the table.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IncidentTenant {
+    pub column: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 impl IncidentObject {
@@ -205,14 +222,14 @@ fn objects_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Incid
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Either {
-        Object(IncidentObject),
+        Object(Box<IncidentObject>),
         Text(String),
     }
     let items: Vec<Either> = serde::Deserialize::deserialize(d)?;
     Ok(items
         .into_iter()
         .map(|e| match e {
-            Either::Object(o) => o,
+            Either::Object(o) => *o,
             Either::Text(t) => IncidentObject { files: vec![t], ..Default::default() },
         })
         .collect())

@@ -359,7 +359,9 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
     }
     drop(state);
     if let Some(c) = s.collector.get() {
-        cluster_metrics(&mut out, &c.status());
+        let clusters = c.status();
+        cluster_metrics(&mut out, &clusters);
+        crate::window_metrics::write(&mut out, &clusters);
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
     let hooks = s.webhooks.status();

@@ -25,6 +25,7 @@ pub mod keyfile;
 pub mod retention;
 pub mod service;
 pub mod state;
+pub mod window_metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

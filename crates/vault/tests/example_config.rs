@@ -27,6 +27,17 @@ fn example_vault_toml_is_valid() {
         (t.window_seconds, t.window_table_delete_rows, t.window_database_delete_rows, t.window_delete_share),
         (600, 50_000, 100_000, 0.2)
     );
+    assert_eq!(
+        (t.window_table_update_rows, t.window_database_update_rows, t.window_update_share),
+        (1_000_000, 2_000_000, 1.0)
+    );
+    assert_eq!((t.window_dropped_bytes, t.window_dropped_tables, t.tenant_min_rows), (1 << 30, 10, 100));
+    assert_eq!(shop.tenant_column.as_deref(), Some("merchant_id"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("window_update_share = 1.0", "window_update_share = 0");
+    let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("window_update_share") && err.contains("above 0"), "{err}");
     assert_eq!(shop.detector_max_lag, std::time::Duration::from_secs(30));
     assert_eq!(shop.catalog_refresh, std::time::Duration::from_secs(15));
     assert_eq!(shop.catalog_connections.len(), 3);
