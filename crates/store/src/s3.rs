@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
-use crate::backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::backend::{
+    Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreStatus,
+};
 use crate::name::{ObjectKind, ObjectName};
 use crate::timestamp::Timestamp;
 
@@ -500,6 +502,36 @@ impl S3Store {
         &self.inner.cfg
     }
 
+    /// The earliest retention among the objects whose retention this process has read back from
+    /// the store (by `head`, `list`, a put or an extension), and how many those are. Costs no
+    /// request: status pages call it on every view.
+    pub fn known_min_retention(&self) -> (Option<Timestamp>, u64) {
+        let cache = self.inner.valid.lock().expect("cache lock");
+        let known: Vec<Timestamp> = cache.values().filter_map(|v| v.retain_until).collect();
+        (known.iter().min().copied(), known.len() as u64)
+    }
+
+    /// This store as `vault status` shows it, without listing it (see [`Self::known_min_retention`]).
+    pub fn status_now(&self, role: &str) -> StoreStatus {
+        let c = &self.inner.cfg;
+        let (min, n) = self.known_min_retention();
+        let (lock_mode, rule) = match &self.inner.protection {
+            Protection::ObjectLockCompliance { default_rule } => {
+                ("object_lock_compliance", default_rule.clone())
+            }
+            Protection::SoftwareOnly => ("none", None),
+        };
+        StoreStatus {
+            role: role.into(),
+            location: format!("{}/{}/{}", c.endpoint.trim_end_matches('/'), c.bucket, c.prefix),
+            lock_mode: lock_mode.into(),
+            lock_default_rule: rule,
+            min_retain_until: min,
+            objects: n,
+            ..StoreStatus::default()
+        }
+    }
+
     fn locked(&self) -> bool {
         matches!(self.inner.protection, Protection::ObjectLockCompliance { .. })
     }
@@ -843,6 +875,20 @@ impl ObjectStore for S3Store {
     async fn extend_retention(&self, name: &ObjectName, until: Timestamp) -> Result<Timestamp, StoreError> {
         let (v, _) = self.resolve(name).await?.ok_or(StoreError::NotFound(*name))?;
         self.raise(name, &v.version, until).await
+    }
+
+    async fn status(&self) -> Vec<StoreStatus> {
+        // Listing reads every object's retention once per process (later lists use the cache),
+        // so the minimum covers the whole bucket, not only what this process touched.
+        let mut err = None;
+        for kind in ObjectKind::ALL {
+            if let Err(e) = self.list(kind).await {
+                err = Some(e.to_string());
+            }
+        }
+        let mut st = self.status_now("s3");
+        st.last_error = err;
+        vec![st]
     }
 }
 

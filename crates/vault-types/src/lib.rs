@@ -19,5 +19,5 @@ pub mod timestamp;
 
 pub use deletion::{DELETION_PURPOSE, DeletionStatement};
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
-pub use object::{ObjectMeta, PutOutcome};
+pub use object::{ObjectMeta, PutOutcome, StoreStatus};
 pub use timestamp::Timestamp;

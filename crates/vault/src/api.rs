@@ -61,6 +61,8 @@ pub struct Shared {
     pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<KindStats>)>>,
     /// When the token records were last re-read for an unknown token id.
     pub token_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The store's copies: lock mode, retention floor, the upload queue (`store_watch`).
+    pub stores: crate::store_watch::Stores,
 }
 
 /// Objects and bytes stored of one kind.
@@ -575,6 +577,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
         cluster_metrics(&mut out, &c.status());
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
+    crate::store_watch::metrics(&mut out, &s.stores.status(s.store.as_ref()).await);
     let hooks = s.webhooks.status();
     if !hooks.is_empty() {
         let _ = writeln!(
@@ -904,7 +907,11 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     for c in &mut clusters {
         c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
     }
-    Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status() })))
+    let stores = s.stores.status(s.store.as_ref()).await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status(), "stores": stores }),
+    ))
 }
 
 /// `POST /v1/clusters/{name}/drills`: start a restore drill now (admin); answers at once with
