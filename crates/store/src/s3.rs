@@ -502,8 +502,9 @@ impl S3Store {
         &self.inner.cfg
     }
 
-    /// The earliest retention among the objects whose retention this process has read back from
-    /// the store (by `head`, `list`, a put or an extension), and how many those are. Costs no
+    /// The earliest retention among the objects whose retention this process has set (a PUT
+    /// the store accepted with its lock) or read back (`head`, `list`, an extension), and how
+    /// many those are. Costs no
     /// request: status pages call it on every view.
     pub fn known_min_retention(&self) -> (Option<Timestamp>, u64) {
         let cache = self.inner.valid.lock().expect("cache lock");
@@ -769,7 +770,8 @@ impl ObjectStore for S3Store {
         // the oldest version that hashes to the name is the object, so resolve as a reader would.
         let versions = self.versions_of(name).await?;
         if versions.first().is_some_and(|v| v.version_id == version) {
-            let v = Valid { version: version.clone(), size, retain_until: None };
+            // The store accepted the PUT with this lock (or, already past, the metadata only).
+            let v = Valid { version: version.clone(), size, retain_until: Some(retain_until) };
             self.inner.valid.lock().expect("cache lock").insert(*name, v);
             return Ok(PutOutcome::Created);
         }

@@ -315,7 +315,8 @@ impl StoreFile {
             .map_err(|e| format!("{}: expected only a [store] table: {e}", path.display()))
     }
 
-    fn validate(&self, base: &Path) -> Result<StoreConfig, String> {
+    /// Checks the table and resolves its relative paths against `base` (the config's directory).
+    pub fn to_config(&self, base: &Path) -> Result<StoreConfig, String> {
         let kind = self.kind.as_deref().unwrap_or("local");
         let mirror_keys = [
             self.max_pending_objects.is_some(),
@@ -685,7 +686,7 @@ impl ConfigFile {
             retention_days: self.retention_days,
             alert_command: self.alert_command.clone(),
             max_body_bytes,
-            store: self.store.validate(base).map_err(invalid)?,
+            store: self.store.to_config(base).map_err(invalid)?,
             tls: TlsPaths { cert: base.join(&self.tls.cert), key: base.join(&self.tls.key) },
             quorum: QuorumConfig {
                 threshold: q.threshold,

@@ -29,3 +29,6 @@ mod adversary_history;
 
 #[path = "s3_store.rs"]
 mod s3_store;
+
+#[path = "s3_mirror.rs"]
+mod s3_mirror;
