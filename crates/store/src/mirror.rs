@@ -8,7 +8,7 @@
 //!   cannot be written at all (its directory was erased or the disk failed), the write goes
 //!   to the bucket synchronously instead, so a write is never acknowledged on no copy.
 //! - **The queue survives restarts without a journal**: the local copy *is* the queue's data.
-//!   At start (and after every upload failure streak) the task compares the local listing with
+//!   At start (and every 5 minutes while idle) the task compares the local listing with
 //!   the bucket's (ListObjectVersions: a name whose key has a version of the local size counts
 //!   as uploaded), so nothing written before a crash or SIGKILL is forgotten. A PUT is atomic in
 //!   S3 and carries Content-MD5, and readers take only a version whose bytes hash to its name:
@@ -50,6 +50,9 @@ const UPLOAD_ORDER: [ObjectKind; 6] = [
     ObjectKind::Catalog,
 ];
 
+/// How often an idle queue compares the two listings again.
+const RECOMPARE_EVERY: Duration = Duration::from_secs(300);
+
 /// The longest pause between upload attempts while the bucket fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -89,8 +92,7 @@ struct Queue {
     again: HashSet<ObjectName>,
     /// The listings were compared since start (until then, `order` holds only new writes).
     reconciled: bool,
-    /// Set on a failure: compare listings again before the next upload (another process, or
-    /// a restart of the bucket, may have changed what is there).
+    /// When the current streak of failed uploads (or listings) began.
     failing_since: Option<Timestamp>,
     last_error: Option<String>,
     uploaded_objects: u64,
@@ -327,13 +329,18 @@ async fn upload(inner: &Inner, name: &ObjectName) -> Result<u64, StoreError> {
 
 async fn uploader(weak: std::sync::Weak<Inner>, wake: Arc<tokio::sync::Notify>) {
     let mut backoff = Duration::from_millis(200);
+    let mut last_compare = tokio::time::Instant::now();
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let (reconciled, next) = {
             let q = inner.queue.lock().expect("queue lock");
             (q.reconciled, q.order.front().copied())
         };
-        let result = if !reconciled {
+        // Also compare now and then while idle: another process on the same directory (a CLI
+        // command next to the running vault) may have written objects this queue never saw.
+        let stale = next.is_none() && last_compare.elapsed() >= RECOMPARE_EVERY;
+        let result = if !reconciled || stale {
+            last_compare = tokio::time::Instant::now();
             reconcile(&inner).await.map(|_| None)
         } else if let Some(name) = next {
             let guard = inner.uploading.lock().await;

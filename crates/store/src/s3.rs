@@ -381,6 +381,17 @@ pub async fn create_bucket(cfg: &S3Config, object_lock: bool) -> Result<(), Stor
     Ok(())
 }
 
+/// The latest Object Lock date this backend sets: 2100-01-01. AWS caps retention at 100 years,
+/// and Ceph RGW keeps lock dates in 32-bit seconds (utime_t): a "forever" lock (9999-12-31, how
+/// the vault retains its keys and config) was accepted by RGW 16 and then did not hold — a
+/// version-id DELETE with the vault's credential succeeded. Objects retained longer than this
+/// (the keys, the config) are locked until the ceiling; only the software keeps them after.
+pub const LOCK_CEILING: Timestamp = Timestamp(4_102_444_800);
+
+fn lock_date(t: Timestamp) -> Timestamp {
+    t.min(LOCK_CEILING)
+}
+
 fn rfc3339(t: Timestamp) -> String {
     t.to_string()
 }
@@ -687,7 +698,7 @@ impl S3Store {
         if self.locked() && retain_until > Timestamp::now() {
             req = req
                 .h("x-amz-object-lock-mode", "COMPLIANCE")
-                .h("x-amz-object-lock-retain-until-date", rfc3339(retain_until));
+                .h("x-amz-object-lock-retain-until-date", rfc3339(lock_date(retain_until)));
         }
         let r = self.send(req.body(bytes)).await?;
         if !r.status.is_success() {
@@ -705,6 +716,12 @@ impl S3Store {
     ) -> Result<Timestamp, StoreError> {
         let current = self.retention_of(name, version).await?.ok_or(StoreError::NotFound(*name))?;
         self.remember_retention(name, version, current);
+        if until <= current {
+            return Ok(current);
+        }
+        // The lock can hold at most until LOCK_CEILING; a later wish ("forever") is kept in
+        // full by the software (the metadata written at PUT) and as far as possible by the lock.
+        let until = lock_date(until);
         if until <= current {
             return Ok(current);
         }

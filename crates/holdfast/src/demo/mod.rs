@@ -551,7 +551,7 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
     let mut vault = blocking(|| {
         TempVault::start_with(
             &exe,
-            TempVaultOptions { keyholders, threshold: Some(2), retention_days: 30, wait_hours: 72 },
+            TempVaultOptions { keyholders, threshold: Some(2), ..TempVaultOptions::default() },
         )
     })?;
     let (hook, alerts) = testkit::webhook::receiver();
