@@ -37,6 +37,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
     ("crates/store/src/backup.rs", "remove_file(&path)", "restore replaces a symlink in the restore target"),
     ("crates/store/src/backend.rs", "ExpungeAuthority::", "the trait's own documentation of the authority"),
     (
+        "crates/holdfast/src/demo/s3_act.rs",
+        "std::fs::remove_dir_all(&local)",
+        "demo --store s3: the insider's `rm -rf` of the demo vault's local store, the attack the act shows",
+    ),
+    (
         "crates/restore/src/lib.rs",
         "remove_file(&helper_path)",
         "the restore helper's config (a read token) in the restored data directory, once recovery is over",
