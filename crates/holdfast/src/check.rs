@@ -8,7 +8,7 @@ use vault::config::Config;
 
 /// Runs the check and returns the exit code (0 clean, 3 damage).
 pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, json: bool) -> Result<u8> {
-    let store = vault::open_store(cfg).await?;
+    let (store, mirror) = vault::open_store_parts(cfg).await?;
     // Check with keys if we can open the repository; a store whose keys are damaged is still
     // checked object by object, and the failure to open is reported.
     let (repo, open_error) = match vault::open_repository(cfg, identities).await {
@@ -21,7 +21,12 @@ pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, j
             .warnings
             .push(format!("the repository could not be opened, so only object hashes were checked: {e}"));
     }
-    let clean = report.is_clean();
+    // Two copies (kind = "mirror"): the check above read the union; now each copy on its own.
+    let copies = match &mirror {
+        Some(m) => Some(m.verify_copies().await),
+        None => None,
+    };
+    let clean = report.is_clean() && copies.as_ref().is_none_or(|c| c.is_clean());
     if let Some(repo) = &repo {
         let now = SystemClock.now();
         let body =
@@ -41,6 +46,9 @@ pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, j
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["affected_wal"] = serde_json::to_value(&affected_wal)?;
+        if let Some(c) = &copies {
+            v["copies"] = serde_json::to_value(c)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
@@ -82,6 +90,25 @@ pub async fn run(cfg: &Config, identities: Option<Vec<age::x25519::Identity>>, j
         }
         for w in &report.warnings {
             println!("warning: {w}");
+        }
+        if let Some(c) = &copies {
+            println!(
+                "copies: {} object(s) in the local directory and/or the bucket; {} waiting for upload",
+                c.objects,
+                c.remote_pending.len()
+            );
+            for n in &c.local_missing {
+                println!("MISSING locally (the bucket has it; reads fall back to it): {n}");
+            }
+            for n in &c.local_damaged {
+                println!("DAMAGED locally (the bucket's copy is read instead): {n}");
+            }
+            for n in &c.remote_missing {
+                println!("MISSING in the bucket (and not queued for upload): {n}");
+            }
+            for e in &c.errors {
+                println!("ERROR {e}");
+            }
         }
         println!(
             "{}",

@@ -78,6 +78,11 @@ enum Command {
         /// Where to write the HTML report.
         #[arg(long, default_value = "holdfast-demo-report.html")]
         report: PathBuf,
+        /// The vault's store: `local` (a directory), or `s3` (a directory written through to a
+        /// bucket with Object Lock on a Ceph RGW the demo starts; adds an act where root erases
+        /// the local store and the restore comes from the bucket). `s3` needs Ceph installed.
+        #[arg(long, default_value = "local", value_parser = ["local", "s3"])]
+        store: String,
         /// Keep the work files (vault tokens, gate config and log, the restored data) here
         /// instead of a temporary directory removed at the end.
         #[arg(long)]
@@ -410,8 +415,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Vault(v) => vault_command(v).await,
         Command::Gate(g) => gate_cmd::run(g).await,
         #[cfg(feature = "demo")]
-        Command::Demo { merchants, business_seconds, workers, json, report, dir } => {
-            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir }).await
+        Command::Demo { merchants, business_seconds, workers, json, report, dir, store } => {
+            let s3 = store == "s3";
+            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir, s3 }).await
         }
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } => anyhow::bail!(

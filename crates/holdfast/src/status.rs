@@ -106,6 +106,46 @@ fn print_cluster(c: &ClusterStatus) {
     }
 }
 
+/// Prints one copy of the store: what protects it, its retention floor, its upload queue.
+fn print_store(s: &store::StoreStatus) {
+    let lock = match s.lock_mode.as_str() {
+        "object_lock_compliance" => {
+            format!(
+                "Object Lock COMPLIANCE{}",
+                s.lock_default_rule.as_ref().map(|r| format!(" (default {r})")).unwrap_or_default()
+            )
+        }
+        "none" => "NO LOCK (object_lock = false: the S3 credential can delete)".into(),
+        other => format!("{other} (the vault's code keeps objects; root on this host can delete them)"),
+    };
+    println!("store {} at {}: {lock}", s.role, s.location);
+    println!("  min retain-until: {} over {} object(s)", opt(&s.min_retain_until), s.objects);
+    if let (Some(n), Some(b)) = (s.pending_objects, s.pending_bytes) {
+        let state = match (&s.failing_since, s.reconciled) {
+            (Some(t), _) => format!("UPLOADS FAILING since {t}"),
+            (None, Some(false)) => "comparing the local and bucket listings".into(),
+            _ => "uploading".into(),
+        };
+        println!(
+            "  pending upload:   {n} object(s), {} — {state}; uploaded {} object(s), {} by this process",
+            bytes(b),
+            s.uploaded_objects,
+            bytes(s.uploaded_bytes)
+        );
+        if let Some(e) = &s.last_error {
+            println!("  last error:       {e}");
+        }
+        if s.fallback_reads > 0 {
+            println!("  reads served from the bucket (local copy missing or damaged): {}", s.fallback_reads);
+        }
+        if s.lost_before_upload > 0 {
+            println!("  LOST before upload (erased locally first): {} object(s)", s.lost_before_upload);
+        }
+    } else if let Some(e) = &s.last_error {
+        println!("  last error:       {e}");
+    }
+}
+
 /// `holdfast status`.
 pub async fn show(client: &VaultClient, json: bool) -> Result<u8> {
     let status = client.status().await.context("asking the vault for status")?;
@@ -118,6 +158,9 @@ pub async fn show(client: &VaultClient, json: bool) -> Result<u8> {
     }
     for c in &status.clusters {
         print_cluster(c);
+    }
+    for st in &status.stores {
+        print_store(st);
     }
     for h in &status.webhooks {
         let failed = match (&h.last_failure_at, &h.last_error) {

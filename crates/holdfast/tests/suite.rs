@@ -39,3 +39,6 @@ mod vault_process;
 
 #[path = "tidy.rs"]
 mod tidy;
+
+#[path = "s3_mirror_restore.rs"]
+mod s3_mirror_restore;

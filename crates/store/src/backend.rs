@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::name::{NameError, ObjectKind, ObjectName};
 use crate::timestamp::Timestamp;
 
-pub use vault_types::{ObjectMeta, PutOutcome};
+pub use vault_types::{ObjectMeta, PutOutcome, StoreStatus};
 
 /// Errors from a backend.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,20 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Lengthens retention to `until` if that is later than the current value; never shortens.
     /// Returns the retention now in force.
     async fn extend_retention(&self, name: &ObjectName, until: Timestamp) -> Result<Timestamp, StoreError>;
+
+    /// Each copy this store writes to: where, what protects it, what is pending (for status and
+    /// metrics; may list the store, so callers cache it). Empty for stores that do not say.
+    async fn status(&self) -> Vec<StoreStatus> {
+        Vec::new()
+    }
+}
+
+/// The earlier of two optional instants (`None` = unknown, not "never").
+pub(crate) fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Why an object may be removed. Constructed only by the vault's retention module.

@@ -1,7 +1,8 @@
 //! holdfast's store: immutable, content-addressed objects and everything built from them.
 //!
 //! Layers, bottom up: [`name`] (what an object is called), [`backend`] (the no-delete
-//! [`ObjectStore`] trait) and its backends ([`local`]); then the repository format built on
+//! [`ObjectStore`] trait) and its backends ([`local`], [`s3`], and [`mirror`]: local written
+//! through to S3); then the repository format built on
 //! them — keys, envelope, chunking, packs, index, catalog — described in `docs/vault-format.md`.
 //!
 //! ```
@@ -28,6 +29,7 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod local;
+pub mod mirror;
 /// Object names: moved to `vault-types`, re-exported here.
 pub mod name {
     pub use vault_types::name::*;
@@ -42,13 +44,14 @@ pub mod timestamp {
     pub use vault_types::timestamp::*;
 }
 
-pub use backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+pub use backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreStatus};
 pub use backup::{BackupWriter, RestoreStats};
 pub use catalog::CatalogRecord;
 pub use check::{CheckReport, check};
 pub use error::RepoError;
 pub use keys::{ChunkId, KeysFile, MasterKeys};
 pub use local::LocalDir;
+pub use mirror::{CopiesReport, MirrorStore};
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
 pub use repo::{InitOptions, RepoConfig, Repository};
 pub use s3::{Protection, S3Config, S3Store};

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::backend::{
+    Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreStatus,
+};
 use crate::name::{ObjectId, ObjectKind, ObjectName};
 use crate::timestamp::Timestamp;
 
@@ -339,6 +341,28 @@ impl ObjectStore for LocalDir {
             me.raise_retention(&name, until, true)
         })
         .await
+    }
+
+    async fn status(&self) -> Vec<StoreStatus> {
+        let mut st = StoreStatus {
+            role: "local".into(),
+            location: self.root().display().to_string(),
+            lock_mode: "software".into(),
+            ..StoreStatus::default()
+        };
+        for kind in ObjectKind::ALL {
+            match self.list(kind).await {
+                Ok(list) => {
+                    st.objects += list.len() as u64;
+                    st.min_retain_until = crate::backend::earliest(
+                        st.min_retain_until,
+                        list.iter().map(|m| m.retain_until).min(),
+                    );
+                }
+                Err(e) => st.last_error = Some(e.to_string()),
+            }
+        }
+        vec![st]
     }
 }
 

@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
-use crate::backend::{Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::backend::{
+    Expunge, ExpungeAuthority, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreStatus,
+};
 use crate::name::{ObjectKind, ObjectName};
 use crate::timestamp::Timestamp;
 
@@ -379,6 +381,17 @@ pub async fn create_bucket(cfg: &S3Config, object_lock: bool) -> Result<(), Stor
     Ok(())
 }
 
+/// The latest Object Lock date this backend sets: 2100-01-01. AWS caps retention at 100 years,
+/// and Ceph RGW keeps lock dates in 32-bit seconds (utime_t): a "forever" lock (9999-12-31, how
+/// the vault retains its keys and config) was accepted by RGW 16 and then did not hold — a
+/// version-id DELETE with the vault's credential succeeded. Objects retained longer than this
+/// (the keys, the config) are locked until the ceiling; only the software keeps them after.
+pub const LOCK_CEILING: Timestamp = Timestamp(4_102_444_800);
+
+fn lock_date(t: Timestamp) -> Timestamp {
+    t.min(LOCK_CEILING)
+}
+
 fn rfc3339(t: Timestamp) -> String {
     t.to_string()
 }
@@ -498,6 +511,37 @@ impl S3Store {
     /// The configuration this store was opened with.
     pub fn config(&self) -> &S3Config {
         &self.inner.cfg
+    }
+
+    /// The earliest retention among the objects whose retention this process has set (a PUT
+    /// the store accepted with its lock) or read back (`head`, `list`, an extension), and how
+    /// many those are. Costs no
+    /// request: status pages call it on every view.
+    pub fn known_min_retention(&self) -> (Option<Timestamp>, u64) {
+        let cache = self.inner.valid.lock().expect("cache lock");
+        let known: Vec<Timestamp> = cache.values().filter_map(|v| v.retain_until).collect();
+        (known.iter().min().copied(), known.len() as u64)
+    }
+
+    /// This store as `vault status` shows it, without listing it (see [`Self::known_min_retention`]).
+    pub fn status_now(&self, role: &str) -> StoreStatus {
+        let c = &self.inner.cfg;
+        let (min, n) = self.known_min_retention();
+        let (lock_mode, rule) = match &self.inner.protection {
+            Protection::ObjectLockCompliance { default_rule } => {
+                ("object_lock_compliance", default_rule.clone())
+            }
+            Protection::SoftwareOnly => ("none", None),
+        };
+        StoreStatus {
+            role: role.into(),
+            location: format!("{}/{}/{}", c.endpoint.trim_end_matches('/'), c.bucket, c.prefix),
+            lock_mode: lock_mode.into(),
+            lock_default_rule: rule,
+            min_retain_until: min,
+            objects: n,
+            ..StoreStatus::default()
+        }
     }
 
     fn locked(&self) -> bool {
@@ -654,7 +698,7 @@ impl S3Store {
         if self.locked() && retain_until > Timestamp::now() {
             req = req
                 .h("x-amz-object-lock-mode", "COMPLIANCE")
-                .h("x-amz-object-lock-retain-until-date", rfc3339(retain_until));
+                .h("x-amz-object-lock-retain-until-date", rfc3339(lock_date(retain_until)));
         }
         let r = self.send(req.body(bytes)).await?;
         if !r.status.is_success() {
@@ -672,6 +716,12 @@ impl S3Store {
     ) -> Result<Timestamp, StoreError> {
         let current = self.retention_of(name, version).await?.ok_or(StoreError::NotFound(*name))?;
         self.remember_retention(name, version, current);
+        if until <= current {
+            return Ok(current);
+        }
+        // The lock can hold at most until LOCK_CEILING; a later wish ("forever") is kept in
+        // full by the software (the metadata written at PUT) and as far as possible by the lock.
+        let until = lock_date(until);
         if until <= current {
             return Ok(current);
         }
@@ -737,7 +787,8 @@ impl ObjectStore for S3Store {
         // the oldest version that hashes to the name is the object, so resolve as a reader would.
         let versions = self.versions_of(name).await?;
         if versions.first().is_some_and(|v| v.version_id == version) {
-            let v = Valid { version: version.clone(), size, retain_until: None };
+            // The store accepted the PUT with this lock (or, already past, the metadata only).
+            let v = Valid { version: version.clone(), size, retain_until: Some(retain_until) };
             self.inner.valid.lock().expect("cache lock").insert(*name, v);
             return Ok(PutOutcome::Created);
         }
@@ -843,6 +894,20 @@ impl ObjectStore for S3Store {
     async fn extend_retention(&self, name: &ObjectName, until: Timestamp) -> Result<Timestamp, StoreError> {
         let (v, _) = self.resolve(name).await?.ok_or(StoreError::NotFound(*name))?;
         self.raise(name, &v.version, until).await
+    }
+
+    async fn status(&self) -> Vec<StoreStatus> {
+        // Listing reads every object's retention once per process (later lists use the cache),
+        // so the minimum covers the whole bucket, not only what this process touched.
+        let mut err = None;
+        for kind in ObjectKind::ALL {
+            if let Err(e) = self.list(kind).await {
+                err = Some(e.to_string());
+            }
+        }
+        let mut st = self.status_now("s3");
+        st.last_error = err;
+        vec![st]
     }
 }
 

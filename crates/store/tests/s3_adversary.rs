@@ -279,3 +279,46 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
     assert_eq!(fresh.get(&squatted).await.unwrap(), real);
     assert_eq!(fresh.head(&squatted).await.unwrap().unwrap().retain_until, until);
 }
+
+/// Objects the vault keeps "forever" (its keys and config: `Timestamp::FOREVER`, 9999-12-31)
+/// are under a COMPLIANCE lock too. Regression: RGW 16 keeps lock dates in 32-bit seconds, so a
+/// 9999 lock was accepted and then did not hold (a version-id DELETE succeeded); the backend now
+/// locks until `store::s3::LOCK_CEILING` (2100-01-01) at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_kept_forever_are_locked_too() {
+    let ceph = testkit::ceph::TempCeph::start().unwrap();
+    let cfg = s3_config(&ceph, "vault-forever");
+    store::s3::create_bucket(&cfg, true).await.unwrap();
+    let s3 = S3Store::open(cfg.clone()).await.unwrap();
+    let adv = Adversary {
+        http: reqwest::Client::new(),
+        host: ceph.endpoint().trim_start_matches("http://").to_string(),
+        bucket: cfg.bucket.clone(),
+        creds: sigv4::Credentials {
+            access_key: testkit::ceph::ACCESS_KEY.into(),
+            secret_key: testkit::ceph::SECRET_KEY.into(),
+        },
+    };
+    let kept = Bytes::from_static(b"{\"wrapped\":\"the repository keys\"}");
+    let name = ObjectName::for_bytes(ObjectKind::Keys, &kept);
+    s3.put_if_absent(&name, kept.clone(), Timestamp::FOREVER).await.unwrap();
+    // Extending something retained a day to "forever" locks it (to the ceiling) as well.
+    let later = Bytes::from_static(b"a pack that a forever backup reuses");
+    let extended = ObjectName::for_bytes(ObjectKind::Pack, &later);
+    s3.put_if_absent(&extended, later.clone(), Timestamp::now().plus(std::time::Duration::from_secs(86_400)))
+        .await
+        .unwrap();
+    s3.extend_retention(&extended, Timestamp::FOREVER).await.unwrap();
+    for v in s3.list_versions("prod/").await.unwrap() {
+        let (st, body) =
+            adv.send(Method::HEAD, Some(&v.key), &[("versionId", v.version_id.as_str())], &[], vec![]).await;
+        assert!(st.is_success(), "{body}");
+        let (st, body) = adv
+            .send(Method::DELETE, Some(&v.key), &[("versionId", v.version_id.as_str())], &[], vec![])
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "delete {}: {body}", v.key);
+    }
+    let fresh = S3Store::open(cfg).await.unwrap();
+    assert_eq!(fresh.get(&name).await.unwrap(), kept);
+    assert_eq!(fresh.get(&extended).await.unwrap(), later);
+}

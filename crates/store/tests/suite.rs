@@ -13,3 +13,6 @@ mod repo;
 
 #[path = "s3_adversary.rs"]
 mod s3_adversary;
+
+#[path = "mirror_faults.rs"]
+mod mirror_faults;

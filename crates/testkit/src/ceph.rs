@@ -298,6 +298,22 @@ rgw dns name = localhost
         }
         Ok(())
     }
+
+    /// Starts RGW again after [`TempCeph::stop_rgw`], on the same ports with the same data
+    /// (MON and OSD kept running); returns once it answers HTTP.
+    pub fn start_rgw(&mut self) -> Result<()> {
+        if self.children.iter().any(|(n, _)| *n == "radosgw") {
+            bail!("RGW is already running");
+        }
+        // The port was just released by the stopped RGW; beast binds with SO_REUSEADDR.
+        self.spawn("radosgw", &["-f", "-n", "client.rgw.a"])?;
+        self.wait_http(Duration::from_secs(60))
+    }
+
+    /// Whether RGW is running (not stopped by [`TempCeph::stop_rgw`]).
+    pub fn rgw_running(&self) -> bool {
+        self.children.iter().any(|(n, _)| *n == "radosgw")
+    }
 }
 
 fn stop(child: &mut Child) {

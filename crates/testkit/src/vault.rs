@@ -19,11 +19,20 @@ pub struct TempVaultOptions {
     pub threshold: Option<usize>,
     pub retention_days: u32,
     pub wait_hours: u64,
+    /// A file with a `[store]` table for `vault init --store-config` (an S3 bucket, or a local
+    /// directory written through to one); `None`: a local `store/` directory.
+    pub store_config: Option<PathBuf>,
 }
 
 impl Default for TempVaultOptions {
     fn default() -> Self {
-        TempVaultOptions { keyholders: Vec::new(), threshold: None, retention_days: 30, wait_hours: 72 }
+        TempVaultOptions {
+            keyholders: Vec::new(),
+            threshold: None,
+            retention_days: 30,
+            wait_hours: 72,
+            store_config: None,
+        }
     }
 }
 
@@ -77,6 +86,10 @@ impl TempVault {
         if let Some(t) = opts.threshold {
             args.push("--threshold".into());
             args.push(t.to_string());
+        }
+        if let Some(f) = &opts.store_config {
+            args.push("--store-config".into());
+            args.push(path_str(f)?.into());
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         run_ok(bin, &argv)?;

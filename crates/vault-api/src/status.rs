@@ -252,6 +252,9 @@ pub struct StatusResponse {
     /// Alert delivery, per configured webhook.
     #[serde(default)]
     pub webhooks: Vec<WebhookStatus>,
+    /// The store's copies: lock mode, minimum retain-until, uploads pending to the bucket.
+    #[serde(default)]
+    pub stores: Vec<vault_types::StoreStatus>,
 }
 
 /// How alert delivery to one webhook has gone.

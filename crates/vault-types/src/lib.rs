@@ -21,5 +21,5 @@ pub mod timestamp;
 pub use deletion::{DELETION_PURPOSE, DeletionStatement};
 pub use error::UserFacing;
 pub use name::{NameError, ObjectId, ObjectKind, ObjectName};
-pub use object::{ObjectMeta, PutOutcome};
+pub use object::{ObjectMeta, PutOutcome, StoreStatus};
 pub use timestamp::{Timestamp, TimestampError};

@@ -364,6 +364,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
         crate::window_metrics::write(&mut out, &clusters);
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
+    crate::store_watch::metrics(&mut out, &s.stores.status(s.store.as_ref()).await);
     let hooks = s.webhooks.status();
     if !hooks.is_empty() {
         let _ = writeln!(
@@ -673,7 +674,11 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     for c in &mut clusters {
         c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
     }
-    Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status() })))
+    let stores = s.stores.status(s.store.as_ref()).await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status(), "stores": stores }),
+    ))
 }
 
 /// `POST /v1/clusters/{name}/drills`: start a restore drill now (admin); answers at once with

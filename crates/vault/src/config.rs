@@ -253,7 +253,10 @@ impl DrillFile {
 /// `store = { path = "..." }`: a local directory; or an S3 bucket with Object Lock:
 /// `[store] kind = "s3", endpoint, bucket, region, prefix, path_style, credentials_file,
 /// ca_file, object_lock` (see `store::S3Config`; `object_lock = false` accepts a bucket without
-/// a lock: software immutability only).
+/// a lock: software immutability only); or both, written through (`store::MirrorStore`):
+/// `[store] kind = "mirror", path = "store"` (the hot local copy; a write is durable when it
+/// is) with the bucket in `[store.remote]` (the S3 keys above) and the upload alerts'
+/// thresholds `max_pending_objects`, `max_pending_bytes`, `upload_grace_seconds`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
@@ -278,6 +281,18 @@ pub struct StoreFile {
     pub ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<bool>,
+    /// `kind = "mirror"`: alert when more objects than this wait for upload (default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_objects: Option<u64>,
+    /// `kind = "mirror"`: alert when more bytes than this wait for upload (default 10 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_bytes: Option<u64>,
+    /// `kind = "mirror"`: alert when uploads have failed for this long (default 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_grace_seconds: Option<u64>,
+    /// `kind = "mirror"`: the bucket the local copy is written through to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<store::S3Config>,
 }
 
 impl StoreFile {
@@ -302,8 +317,60 @@ impl StoreFile {
         })
     }
 
-    fn validate(&self, base: &Path) -> Result<StoreConfig, String> {
-        match self.kind.as_deref().unwrap_or("local") {
+    /// Checks the table and resolves its relative paths against `base` (the config's directory).
+    pub fn to_config(&self, base: &Path) -> Result<StoreConfig, String> {
+        let kind = self.kind.as_deref().unwrap_or("local");
+        let mirror_keys = [
+            self.max_pending_objects.is_some(),
+            self.max_pending_bytes.is_some(),
+            self.upload_grace_seconds.is_some(),
+            self.remote.is_some(),
+        ];
+        if kind != "mirror" && mirror_keys.iter().any(|x| *x) {
+            return Err(format!(
+                "[store] has write-through settings (remote, max_pending_*, upload_grace_seconds) but kind = {kind:?}: use kind = \"mirror\""
+            ));
+        }
+        match kind {
+            "mirror" => {
+                let s3_keys = [
+                    self.endpoint.is_some(),
+                    self.region.is_some(),
+                    self.bucket.is_some(),
+                    self.prefix.is_some(),
+                    self.path_style.is_some(),
+                    self.credentials_file.is_some(),
+                    self.ca_file.is_some(),
+                    self.object_lock.is_some(),
+                ];
+                if s3_keys.iter().any(|x| *x) {
+                    return Err(
+                        "[store] kind = \"mirror\": put the bucket's settings in a [store.remote] table"
+                            .into(),
+                    );
+                }
+                let path = self
+                    .path
+                    .as_ref()
+                    .ok_or("[store] kind = \"mirror\" needs path = \"...\" (the local copy)")?;
+                let mut remote = self.remote.clone().ok_or(
+                    "[store] kind = \"mirror\" needs a [store.remote] table with endpoint and bucket (the S3 copy)",
+                )?;
+                if remote.endpoint.is_empty() || remote.bucket.is_empty() {
+                    return Err("[store.remote] needs endpoint = \"...\" and bucket = \"...\"".into());
+                }
+                remote.credentials_file = remote.credentials_file.map(|p| base.join(p));
+                remote.ca_file = remote.ca_file.map(|p| base.join(p));
+                let alerts = UploadAlerts {
+                    max_pending_objects: self.max_pending_objects.unwrap_or(10_000),
+                    max_pending_bytes: self.max_pending_bytes.unwrap_or(10 << 30),
+                    grace: Duration::from_secs(self.upload_grace_seconds.unwrap_or(300)),
+                };
+                if alerts.max_pending_objects == 0 || alerts.max_pending_bytes == 0 {
+                    return Err("[store] max_pending_objects and max_pending_bytes must be above 0".into());
+                }
+                Ok(StoreConfig::Mirror { local: base.join(path), remote, alerts })
+            }
             "local" => {
                 let s3_keys = [
                     self.endpoint.is_some(),
@@ -341,7 +408,7 @@ impl StoreFile {
                     object_lock: self.object_lock.unwrap_or(true),
                 }))
             }
-            other => Err(format!("[store] kind = {other:?} is unknown: use \"local\" or \"s3\"")),
+            other => Err(format!("[store] kind = {other:?} is unknown: use \"local\", \"s3\" or \"mirror\"")),
         }
     }
 }
@@ -410,6 +477,17 @@ pub enum StoreConfig {
     Local(PathBuf),
     /// An S3 bucket (Object Lock required unless `object_lock = false`).
     S3(store::S3Config),
+    /// A local directory written through to an S3 bucket.
+    Mirror { local: PathBuf, remote: store::S3Config, alerts: UploadAlerts },
+}
+
+/// When the write-through queue alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadAlerts {
+    pub max_pending_objects: u64,
+    pub max_pending_bytes: u64,
+    /// How long uploads may fail before an alert.
+    pub grace: Duration,
 }
 
 /// TLS certificate and private-key files (PEM).
@@ -610,7 +688,7 @@ impl ConfigFile {
             retention_days: self.retention_days,
             alert_command: self.alert_command.clone(),
             max_body_bytes,
-            store: self.store.validate(base).map_err(invalid)?,
+            store: self.store.to_config(base).map_err(invalid)?,
             tls: TlsPaths { cert: base.join(&self.tls.cert), key: base.join(&self.tls.key) },
             quorum: QuorumConfig {
                 threshold: q.threshold,

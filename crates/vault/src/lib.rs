@@ -25,6 +25,7 @@ pub mod keyfile;
 pub mod retention;
 pub mod service;
 pub mod state;
+pub mod store_watch;
 pub mod window_metrics;
 
 use std::net::SocketAddr;
@@ -67,8 +68,27 @@ pub enum VaultError {
 /// Opens the configured object store with its removal capability (used only by `retention`).
 /// An S3 bucket without Object Lock is refused unless the config says `object_lock = false`.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError> {
+    Ok(open_store_parts(config).await?.0)
+}
+
+/// [`open_store`], also giving the write-through store itself (for its queue's status).
+pub async fn open_store_parts(
+    config: &Config,
+) -> Result<(Arc<dyn Expunge>, Option<store::MirrorStore>), VaultError> {
     match &config.store {
-        StoreConfig::S3(cfg) => Ok(Arc::new(open_s3(cfg).await?)),
+        StoreConfig::S3(cfg) => Ok((Arc::new(open_s3(cfg).await?), None)),
+        StoreConfig::Mirror { local, remote, .. } => {
+            // A missing local directory is not fatal: root may have erased it, and the bucket
+            // still holds everything; it is re-created and refilled by new writes.
+            if !local.is_dir() {
+                tracing::error!(
+                    dir = %local.display(),
+                    "the local copy of the store is missing: serving from the bucket; if nobody moved it, someone with root on this host erased it"
+                );
+            }
+            let m = store::MirrorStore::open(LocalDir::open(local)?, open_s3(remote).await?);
+            Ok((Arc::new(m.clone()), Some(m)))
+        }
         StoreConfig::Local(path) => {
             if !path.is_dir() {
                 return Err(VaultError::Setup(format!(
@@ -76,7 +96,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Expunge>, VaultError>
                     path.display()
                 )));
             }
-            Ok(Arc::new(LocalDir::open(path)?))
+            Ok((Arc::new(LocalDir::open(path)?), None))
         }
     }
 }
@@ -99,14 +119,23 @@ pub async fn open_repository(
     config: &Config,
     identities: Option<Vec<age::x25519::Identity>>,
 ) -> Result<(Repository, Arc<dyn Expunge>), VaultError> {
-    let store = open_store(config).await?;
+    let (repo, store, _) = open_repository_parts(config, identities).await?;
+    Ok((repo, store))
+}
+
+/// [`open_repository`], also giving the write-through store, if any.
+async fn open_repository_parts(
+    config: &Config,
+    identities: Option<Vec<age::x25519::Identity>>,
+) -> Result<(Repository, Arc<dyn Expunge>, Option<store::MirrorStore>), VaultError> {
+    let (store, mirror) = open_store_parts(config).await?;
     let ids = match identities {
         Some(ids) => ids,
         None => vec![AgeKey::load(&config.key_file)?.identity().clone()],
     };
     let plain: Arc<dyn ObjectStore> = store.clone();
     let repo = Repository::open(plain, &ids).await?;
-    Ok((repo, store))
+    Ok((repo, store, mirror))
 }
 
 /// Folds every catalog record into the vault's state.
@@ -240,6 +269,12 @@ pub async fn init_with_store(
             Arc::new(LocalDir::open(store_dir)?)
         }
         StoreConfig::S3(cfg) => Arc::new(open_s3(cfg).await?),
+        StoreConfig::Mirror { local, remote, .. } => {
+            let remote = open_s3(remote).await?;
+            std::fs::create_dir_all(local)
+                .map_err(|e| VaultError::Setup(format!("cannot create {}: {e}", local.display())))?;
+            Arc::new(store::MirrorStore::open(LocalDir::open(local)?, remote))
+        }
     };
     let now = clock.now();
     let key = AgeKey::generate();
@@ -408,7 +443,11 @@ pub async fn serve_with_identity(
     identities: Option<Vec<age::x25519::Identity>>,
 ) -> Result<VaultHandle, VaultError> {
     let fds = raise_fd_limit();
-    let (repo, store) = open_repository(&config, identities).await?;
+    let (repo, store, mirror) = open_repository_parts(&config, identities).await?;
+    let upload_alerts = match &config.store {
+        StoreConfig::Mirror { alerts, .. } => Some(*alerts),
+        _ => None,
+    };
     let state = load_state(&repo).await?;
     keyfile::ensure_tls(&config.tls.cert, &config.tls.key)?;
     let tls = keyfile::server_config(&config.tls.cert, &config.tls.key)?;
@@ -432,6 +471,7 @@ pub async fn serve_with_identity(
         writes: std::sync::Mutex::new(Default::default()),
         object_stats: tokio::sync::Mutex::new(None),
         token_reload: tokio::sync::Mutex::new(None),
+        stores: store_watch::Stores::new(mirror, upload_alerts),
         config,
     });
     shared.drills.set_listen_addr(addr);
@@ -458,6 +498,7 @@ pub async fn serve_with_identity(
     if !shared.config.drills.is_empty() {
         tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
     }
+    tokio::spawn(store_watch::watch(shared.clone(), rx.clone()));
     let limits = serve::tls::ConnLimits {
         unauthenticated_per_address: shared.config.limits.unauthenticated_per_address as usize,
         handshake: shared.config.limits.tls_handshake,

@@ -48,6 +48,8 @@ pub struct Shared {
     pub object_stats: tokio::sync::Mutex<Option<(std::time::Instant, Vec<KindStats>)>>,
     /// When the token records were last re-read for an unknown token id.
     pub token_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The store's copies: lock mode, retention floor, the upload queue (`store_watch`).
+    pub stores: crate::store_watch::Stores,
 }
 
 /// Objects and bytes stored of one kind.

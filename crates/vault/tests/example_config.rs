@@ -84,3 +84,43 @@ fn a_misspelt_cluster_key_stops_startup() {
     let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
     assert!(err.contains("hosts") && err.contains("host:port"), "{err}");
 }
+
+/// The write-through store example (`examples/store-mirror.toml`) parses as `vault init
+/// --store-config` reads it, resolves its paths, and a misspelt key in it is refused.
+#[test]
+fn example_mirror_store_table_is_valid() {
+    use vault::config::{StoreConfig, StoreFile};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store-mirror.toml");
+    let base = Path::new("/etc/holdfast");
+    let file = StoreFile::from_file(&path).unwrap();
+    let StoreConfig::Mirror { local, remote, alerts } = file.to_config(base).unwrap() else {
+        panic!("not a mirror store")
+    };
+    assert_eq!(local, base.join("store"));
+    assert_eq!(
+        (remote.bucket.as_str(), remote.prefix.as_str(), remote.object_lock),
+        ("holdfast-prod", "shop/", true)
+    );
+    assert_eq!(remote.credentials_file.as_deref(), Some(base.join("s3.credentials").as_path()));
+    assert_eq!(remote.ca_file.as_deref(), Some(base.join("rgw-ca.pem").as_path()));
+    assert_eq!(
+        (alerts.max_pending_objects, alerts.max_pending_bytes, alerts.grace),
+        (10_000, 10 << 30, std::time::Duration::from_secs(300))
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (bad, why) in [
+        (text.replace("object_lock = true", "objectlock = true"), "objectlock"),
+        (text.replace("[store.remote]", "[store.elsewhere]"), "elsewhere"),
+        (text.replace("kind = \"mirror\"", "kind = \"s3\""), "kind = \"mirror\""),
+        (text.replace("path = \"store\"\n", ""), "needs path"),
+    ] {
+        let f = std::env::temp_dir().join(format!("holdfast-mirror-example-{}.toml", std::process::id()));
+        std::fs::write(&f, &bad).unwrap();
+        let err = StoreFile::from_file(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.to_config(base).map(|_| ()));
+        let _ = std::fs::remove_file(&f);
+        let err = err.unwrap_err();
+        assert!(err.contains(why), "{why}: {err}");
+    }
+}

@@ -32,3 +32,6 @@ mod s3_store;
 
 #[path = "service_layers.rs"]
 mod service_layers;
+
+#[path = "s3_mirror.rs"]
+mod s3_mirror;

@@ -16,6 +16,7 @@
 //! future is dropped) leaves nothing running.
 
 mod report;
+mod s3_act;
 mod shop;
 
 use std::io::{BufRead, BufReader, Write};
@@ -43,6 +44,9 @@ pub struct Options {
     pub report: PathBuf,
     /// Keep the work files here (default: a temporary directory, removed at the end).
     pub dir: Option<PathBuf>,
+    /// `--store s3`: the vault writes through to a locked bucket on a Ceph RGW the demo starts,
+    /// and an extra act erases the vault's local store before the restore.
+    pub s3: bool,
 }
 
 /// The insider's gate account and the on-call DBA who is asked to approve.
@@ -317,6 +321,8 @@ struct Stage {
     dba_totp: String,
     /// The shop as loaded, before the workload.
     base: Snapshot,
+    /// `--store s3`: the RGW and bucket (dropped last, after the vault).
+    s3: Option<s3_act::S3Side>,
 }
 
 /// The workload's outcome at the attack.
@@ -372,6 +378,10 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     let number = incident.as_ref().map(|i| i.number).ok_or_else(|| {
         anyhow!("the vault raised no database_dropped incident; vault log:\n{}", stage.vault.log())
     })?;
+    if let Some(side) = stage.s3.take() {
+        s3_act::act_root_erases_the_local_store(&mut s, &mut stage, &side).await?;
+        stage.s3 = Some(side);
+    }
     let recovery = act_restore(&mut s, &stage, &strike, work, number).await?;
 
     // ------------------------------------------------------------------------------------
@@ -548,10 +558,12 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
         keys.push(key);
     }
     let alice = keys.swap_remove(0);
+    let s3 = if o.s3 { Some(s3_act::start(s, work).await?) } else { None };
+    let store_config = s3.as_ref().map(|x| x.store_config.clone());
     let mut vault = blocking(|| {
         TempVault::start_with(
             &exe,
-            TempVaultOptions { keyholders, threshold: Some(2), retention_days: 30, wait_hours: 72 },
+            TempVaultOptions { keyholders, threshold: Some(2), store_config, ..TempVaultOptions::default() },
         )
     })?;
     let (hook, alerts) = testkit::webhook::receiver();
@@ -676,6 +688,7 @@ url = "{hook}"
         gate,
         dba_totp,
         base,
+        s3,
     })
 }
 
