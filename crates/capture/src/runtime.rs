@@ -426,6 +426,17 @@ impl ClusterRuntime {
         self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Raises an incident the vault found outside the collector (its warm standby stopped or
+    /// fell behind), once per episode of `kind`: catalog record, status, log, alert.
+    pub async fn raise_incident(&self, kind: &str, message: String) {
+        self.incident(kind, message, None).await;
+    }
+
+    /// Ends the episode of `kind` (the standby runs again), so the next one is raised anew.
+    pub fn end_incident_episode(&self, kind: &str) {
+        self.clear_incidents(&[kind]);
+    }
+
     /// A healthy stream closes the connection-related incident episodes.
     pub(crate) fn clear_incidents(&self, kinds: &[&str]) {
         let mut open = self.open_incidents.lock().unwrap_or_else(|p| p.into_inner());

@@ -30,6 +30,12 @@ pub struct HelperConfig {
     /// Segment files the plan needs: a miss on these aborts recovery.
     pub expected: Vec<String>,
     pub spool: PathBuf,
+    /// A warm standby's helper (the vault's own): it never ends recovery, so a file the vault
+    /// lacks yet — or a vault that does not answer — is "not yet" (exit 1, PostgreSQL asks again
+    /// after `wal_retrieve_retry_interval`), never fatal; no spool, no retries that would hold
+    /// the startup process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 impl HelperConfig {
@@ -99,6 +105,21 @@ async fn from_vault(
 pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetched, RestoreError> {
     if file.contains('/') || file.starts_with('.') {
         return Err(RestoreError::Refused(format!("{file:?} is not a WAL file name")));
+    }
+    if cfg.standby {
+        // The vault's copy of a segment only ever grows: a standby asks again for the segment it
+        // is in until the vault has it whole, which is how it follows the vault's WAL.
+        return match cfg.client()?.wal_file(&cfg.cluster, file).await {
+            Ok((bytes, _valid)) => {
+                write_atomically(dest, &bytes)?;
+                Ok(Fetched::Delivered { bytes: bytes.len() as u64, prefetched: false })
+            }
+            Err(vault_api::ClientError::Api { status: 404, .. }) => Ok(Fetched::Absent),
+            Err(e) => {
+                tracing::warn!(file, error = %e, "the vault did not serve the segment; the standby asks again");
+                Ok(Fetched::Absent)
+            }
+        };
     }
     // Tell the prefetcher how far replay has got, so it skips what is no longer needed.
     if cfg.expected.iter().any(|e| e == file) {

@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod client;
 pub mod drill;
+pub mod standby;
 pub mod status;
 pub mod tls;
 pub mod token;

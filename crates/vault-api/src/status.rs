@@ -47,6 +47,9 @@ pub struct ClusterStatus {
     /// Restore drills: last result, schedule, overdue (filled by the vault).
     #[serde(default)]
     pub drill: Option<crate::drill::DrillStatus>,
+    /// The warm standby, when the cluster has a `[[standby]]` table (filled by the vault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<crate::standby::StandbyStatus>,
     /// The destruction detector's position: the stored WAL before it has been decoded and
     /// checked (compare with `durable_lsn`).
     #[serde(default)]
@@ -91,7 +94,8 @@ pub struct Incident {
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
     /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
     /// `mass_update`, `cumulative_delete`, `column_dropped`; the detector's own blindness:
-    /// `detector_blind`, `detector_behind`, `detector_stopped`.
+    /// `detector_blind`, `detector_behind`, `detector_stopped`; the vault's warm standby:
+    /// `standby_stopped`, `standby_behind`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,

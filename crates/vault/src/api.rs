@@ -52,6 +52,8 @@ pub struct Shared {
     pub entries_cache: std::sync::Mutex<Option<(String, Entries)>>,
     /// Restore drills: running ones, the signing key.
     pub drills: crate::drill::Drills,
+    /// Warm standbys (`[[standby]]`).
+    pub standbys: crate::standby::Standbys,
     /// Alert delivery to the configured webhooks.
     pub webhooks: Arc<crate::alerts::Webhooks>,
     /// Writes per token in the current minute, and when each token was last alerted about a
@@ -195,6 +197,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/proposals/{id}/signatures", post(sign_proposal))
         .route("/v1/proposals/{id}/veto", post(veto_proposal))
         .route("/v1/proposals/{id}/execute", post(execute_proposal))
+        .merge(crate::standby::routes())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not accept that HTTP method")
@@ -217,7 +220,12 @@ impl Shared {
     }
 
     /// Checks the bearer token and its scope.
-    async fn authorize(&self, headers: &HeaderMap, allowed: &[Scope], what: &str) -> ApiResult<TokenEntry> {
+    pub(crate) async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[Scope],
+        what: &str,
+    ) -> ApiResult<TokenEntry> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m.to_string());
         let value = headers
             .get(header::AUTHORIZATION)
@@ -575,6 +583,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
         cluster_metrics(&mut out, &c.status());
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
+    crate::standby::metrics(&mut out, &s.standbys.status());
     let hooks = s.webhooks.status();
     if !hooks.is_empty() {
         let _ = writeln!(
@@ -903,6 +912,7 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     let drills = crate::drill::all_status(&s).await;
     for c in &mut clusters {
         c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
+        c.standby = s.standbys.status().into_iter().find(|b| b.cluster == c.name);
     }
     Ok(json(StatusCode::OK, &serde_json::json!({ "clusters": clusters, "webhooks": s.webhooks.status() })))
 }

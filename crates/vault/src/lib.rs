@@ -23,6 +23,7 @@ pub mod config;
 pub mod drill;
 pub mod keyfile;
 pub mod retention;
+pub mod standby;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -225,6 +226,7 @@ pub async fn init_with_store(
         },
         clusters: opts.clusters.clone(),
         drills: Vec::new(),
+        standbys: Vec::new(),
         webhooks: Vec::new(),
         limits: None,
     };
@@ -426,6 +428,7 @@ pub async fn serve_with_identity(
         collector: std::sync::OnceLock::new(),
         entries_cache: std::sync::Mutex::new(None),
         drills,
+        standbys: standby::Standbys::new(&config.standbys),
         webhooks: Arc::new(alerts::Webhooks::new(config.webhooks.clone())),
         writes: std::sync::Mutex::new(Default::default()),
         object_stats: tokio::sync::Mutex::new(None),
@@ -433,6 +436,7 @@ pub async fn serve_with_identity(
         config,
     });
     shared.drills.set_listen_addr(addr);
+    shared.standbys.set_listen_addr(addr);
     tracing::info!(open_files_limit = ?fds, "file descriptors");
     if shared.config.quorum.short_wait_for_testing {
         shared.alert(serde_json::json!({
@@ -456,6 +460,7 @@ pub async fn serve_with_identity(
     if !shared.config.drills.is_empty() {
         tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
     }
+    standby::start(&shared, &rx);
     let limits = vault_api::tls::ConnLimits {
         unauthenticated_per_address: shared.config.limits.unauthenticated_per_address as usize,
         handshake: shared.config.limits.tls_handshake,
