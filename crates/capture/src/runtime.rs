@@ -259,6 +259,7 @@ impl ClusterRuntime {
             lsn,
             xid: None,
             restore_target: None,
+            first_lsn: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;
@@ -389,6 +390,7 @@ impl ClusterRuntime {
                 RestoreTarget::BeforeXid(xid) => IncidentTarget::BeforeXid { xid },
                 RestoreTarget::BeforeLsn(lsn) => IncidentTarget::BeforeLsn { lsn },
             }),
+            first_lsn: Some(d.first_lsn),
             objects,
         };
         self.record_incident(incident).await;
@@ -416,6 +418,7 @@ impl ClusterRuntime {
             lsn: switchpoint,
             xid: None,
             restore_target: None,
+            first_lsn: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;

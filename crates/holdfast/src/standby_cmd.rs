@@ -44,6 +44,7 @@ fn state(s: StandbyState) -> &'static str {
     match s {
         StandbyState::Creating => "creating",
         StandbyState::Following => "following",
+        StandbyState::Stopping => "STOPPING before an incident",
         StandbyState::Paused => "PAUSED before an incident",
         StandbyState::Promoted => "promoted",
         StandbyState::Overrun => "OVERRUN",

@@ -37,5 +37,8 @@ mod restore;
 #[path = "vault_process.rs"]
 mod vault_process;
 
+#[path = "standby.rs"]
+mod standby;
+
 #[path = "tidy.rs"]
 mod tidy;

@@ -12,6 +12,8 @@ pub enum StandbyState {
     Creating,
     /// Replaying the vault's WAL, `apply_delay` behind.
     Following,
+    /// Restarting with an incident's restore target, replaying up to just before it.
+    Stopping,
     /// Stopped (replay paused) just before an incident's restore target, read-only.
     Paused,
     /// Promoted for writes (`holdfast standby promote`): it no longer follows the vault.

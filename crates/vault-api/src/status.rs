@@ -107,6 +107,11 @@ pub struct Incident {
     /// For destruction found in the WAL: where to restore to undo it (just before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_target: Option<IncidentTarget>,
+    /// For destruction found in the WAL: the destroying transaction's first record (for a
+    /// window, its first contributing transaction's). A standby stopped here shows the data
+    /// without the transaction's locks (a DROP or TRUNCATE holds its table's until it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_lsn: Option<Lsn>,
     /// What it touched: one entry per table (its indexes and TOAST folded in) or database,
     /// named from the collector's catalog snapshot when it knew them.
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "objects_or_legacy")]

@@ -86,6 +86,9 @@ struct Persisted {
     paused_before_incident: Option<usize>,
     #[serde(default)]
     target: Option<String>,
+    /// The incident's own restore target: promotion replays up to just before it.
+    #[serde(default)]
+    exact: Option<IncidentTarget>,
     #[serde(default)]
     promoted: bool,
     #[serde(default)]
@@ -218,8 +221,9 @@ impl Standby {
     }
 
     /// Rewrites the vault's settings file: following with the delay, or stopped just before
-    /// `target` (exclusive, paused there, no delay: the target holds it).
-    fn write_settings(&self, target: Option<&str>) -> Result<(), String> {
+    /// `target` (its `recovery_target_*` line; exclusive, then `action` — `pause` or `promote`
+    /// —, no delay: the target holds it).
+    fn write_settings(&self, target: Option<(&str, &str)>) -> Result<(), String> {
         let mut s = String::from(
             "# Written by the holdfast vault (vault::standby): rewritten whole, do not edit.\n\
              hot_standby = 'on'\n\
@@ -228,10 +232,10 @@ impl Standby {
         );
         match target {
             None => s += &format!("recovery_min_apply_delay = '{}ms'\n", self.cfg.apply_delay.as_millis()),
-            Some(t) => {
+            Some((t, action)) => {
                 s += "recovery_min_apply_delay = '0'\n";
                 s += t;
-                s += "recovery_target_inclusive = 'false'\nrecovery_target_action = 'pause'\n";
+                s += &format!("recovery_target_inclusive = 'false'\nrecovery_target_action = '{action}'\n");
             }
         }
         let path = self.data().join(SETTINGS_FILE);
@@ -503,7 +507,17 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         for (i, inc) in incidents.iter().enumerate().skip(p.incidents_seen) {
             if let Some(t) = inc.restore_target {
                 stop_before(sb, &server, &mut p, i + 1, inc, t).await?;
-                break;
+                p.incidents_seen = p.incidents_seen.max(incidents.len());
+                sb.save(&p)?;
+                // What it showed before the restart is no longer true: the next look tells.
+                sb.set(|st| {
+                    st.state = if p.overrun { StandbyState::Overrun } else { StandbyState::Stopping };
+                    st.ready = false;
+                    st.paused_before_incident = p.paused_before_incident;
+                    st.target = p.target.clone();
+                    st.message = Some(format!("stopping just before incident {}", i + 1));
+                });
+                return Ok(());
             }
         }
     }
@@ -545,7 +559,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         } else if p.overrun {
             StandbyState::Overrun
         } else if p.paused_before_incident.is_some() {
-            StandbyState::Paused
+            if seen.as_ref().is_some_and(|x| x.paused) { StandbyState::Paused } else { StandbyState::Stopping }
         } else {
             StandbyState::Following
         };
@@ -635,7 +649,7 @@ async fn stop_before(
     match past {
         Ok(Some(replay)) => {
             // Hold it where it is, also across restarts.
-            sb.write_settings(Some(&format!("recovery_target_lsn = '{replay}'\n")))?;
+            sb.write_settings(Some((&format!("recovery_target_lsn = '{replay}'\n"), "pause")))?;
             p.overrun = true;
             p.target = Some(format!("{label} (already applied: held at {replay})"));
             sb.save(p)?;
@@ -650,8 +664,23 @@ async fn stop_before(
         // Not able to tell: the target in the settings still stops it before the transaction.
         Err(e) => tracing::warn!(cluster, error = %e, "could not check the standby against the incident"),
     }
-    sb.write_settings(Some(&lines))?;
-    p.target = Some(label);
+    // Read-only, it stops before the destroying transaction's first record: stopped just before
+    // its commit, the transaction would still hold its locks (a DROP or TRUNCATE its table's,
+    // the very table people need to read). Transactions that committed while it ran appear
+    // once promoted: promotion replays up to just before its commit exactly.
+    p.exact = Some(t);
+    match inc.first_lsn {
+        Some(first) => {
+            sb.write_settings(Some((&format!("recovery_target_lsn = '{first}'\n"), "pause")))?;
+            p.target = Some(format!(
+                "lsn {first}, the destroying transaction's first record; promoting stops just before {label}"
+            ));
+        }
+        None => {
+            sb.write_settings(Some((&lines, "pause")))?;
+            p.target = Some(label);
+        }
+    }
     sb.save(p)?;
     restart(server).await
 }
@@ -704,11 +733,21 @@ pub async fn promote(
         }
     }
     let server = sb.server().map_err(ActionError::Failed)?;
+    // Up to just before the destroying transaction's commit, exactly, then open: recovery
+    // ends there and the transaction is rolled back (its locks go with it).
+    let exact = p.exact.map(target_lines);
+    if let Some((lines, _)) = &exact {
+        sb.write_settings(Some((lines, "promote"))).map_err(ActionError::Failed)?;
+        restart(&server).await.map_err(ActionError::Failed)?;
+    }
     let srv = server.clone();
+    let has_exact = exact.is_some();
     blocking(move || -> Result<(), String> {
-        srv.wait_recovered(false, Duration::from_secs(600)).map_err(|e| e.to_string())?;
-        srv.query("SELECT pg_promote(true, 300)").map_err(|e| e.to_string())?;
-        srv.wait_recovered(true, Duration::from_secs(300)).map_err(|e| e.to_string())
+        if !has_exact {
+            srv.wait_recovered(false, Duration::from_secs(600)).map_err(|e| e.to_string())?;
+            srv.query("SELECT pg_promote(true, 300)").map_err(|e| e.to_string())?;
+        }
+        srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string())
     })
     .await
     .map_err(ActionError::Failed)?
@@ -727,7 +766,7 @@ pub async fn promote(
          `holdfast standby resume --cluster {cluster}` builds a fresh standby and keeps this directory, renamed",
         sb.cfg.port,
         sb.data().display(),
-        p.target.as_deref().unwrap_or("?"),
+        exact.map_or_else(|| p.target.clone().unwrap_or_default(), |(_, label)| label),
         sb.data().display(),
         sb.data().display(),
     );
@@ -774,6 +813,7 @@ pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, St
         sb.write_settings(None).map_err(ActionError::Failed)?;
         p.paused_before_incident = None;
         p.target = None;
+        p.exact = None;
         p.incidents_seen = incidents;
         sb.save(&p).map_err(ActionError::Failed)?;
         restart(&server).await.map_err(ActionError::Failed)?;
