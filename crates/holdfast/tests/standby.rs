@@ -24,6 +24,8 @@ fn shop_schema() -> String {
         "CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
          CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL);
          CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL, total_cents int NOT NULL);
+         CREATE TABLE points (entry_id bigserial PRIMARY KEY, merchant_id int NOT NULL, delta int NOT NULL);
+         INSERT INTO points (merchant_id, delta) SELECT 1 + g % {MERCHANTS}, g % 100 FROM generate_series(1, {o}) g;
          INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, {MERCHANTS}) g;
          INSERT INTO customers SELECT g, 1 + g % {MERCHANTS}, 'customer ' || g FROM generate_series(1, {c}) g;
          INSERT INTO orders (merchant_id, customer_id, total_cents) SELECT 1 + g % {MERCHANTS}, g % {c}, 100 + g % 9000 FROM generate_series(1, {o}) g;
@@ -199,6 +201,12 @@ impl Setup {
     fn destroy_and_watch(&self, sql: &str, kind: &str, probe: &str, expect: &str) -> usize {
         let known = self.incidents().len();
         self.pg.psql(sql).unwrap();
+        self.wait_paused_after(known, kind, probe, expect)
+    }
+
+    /// Waits until the standby is paused before the first `kind` incident after the first
+    /// `known`, checking all along that it still shows what was destroyed.
+    fn wait_paused_after(&self, known: usize, kind: &str, probe: &str, expect: &str) -> usize {
         let t0 = Instant::now();
         let mut looks = 0;
         let n = self.wait(&format!("the standby to stop before the {kind} incident"), 60, || {
@@ -245,7 +253,7 @@ fn setup() -> Setup {
         format!(
             "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
              sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n\
-             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"6s\"\nport = {port}\nmax_lag = \"60s\"\n",
+             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"8s\"\nport = {port}\nmax_lag = \"60s\"\n",
             pg.socket_dir().display(),
             pg.port(),
             pw.display(),
@@ -263,9 +271,9 @@ fn setup() -> Setup {
 
 #[test]
 fn warm_standby_stops_before_destruction_under_load() {
-    let s = setup();
+    let mut s = setup();
     let st = s.wait_state("following", 90);
-    assert_eq!(st["apply_delay_seconds"], 6);
+    assert_eq!(st["apply_delay_seconds"], 8);
     let mut load = Workload::start(&s.pg);
     eprintln!("standby: following; DROP TABLE next");
 
@@ -318,6 +326,30 @@ fn warm_standby_stops_before_destruction_under_load() {
         s.incidents().iter().skip(known).find(|i| i["kind"] == "standby_stopped").cloned()
     });
     s.wait_state("following", 60);
+
+    // 4. An incident raised late: the vault is down when the insider strikes, so the detector
+    // sees the TRUNCATE only after the vault is back, seconds after its commit. The standby,
+    // which meanwhile keeps running on its own, is held by its delay until the vault stops it.
+    eprintln!("standby: late incident next");
+    load.stop();
+    s.wait_caught_up(60);
+    let points = s.pg.psql("SELECT count(*) FROM points").unwrap();
+    let known = s.incidents().len();
+    s.v.kill();
+    s.pg.psql("TRUNCATE points").unwrap();
+    let struck = Instant::now();
+    // The vault stays down this long: the insider's head start, which the delay must cover.
+    std::thread::sleep(Duration::from_secs(2));
+    s.v.restart().unwrap();
+    let n3 = s.wait_paused_after(known, "relations_dropped", "SELECT count(*) FROM points", &points);
+    eprintln!(
+        "standby: late incident {n3} stopped it {:.1} s after the commit",
+        struck.elapsed().as_secs_f64()
+    );
+    assert_eq!(s.on_standby("SELECT count(*) FROM points").unwrap(), points);
+    s.json(&["standby", "resume", "--cluster", "main", "--json"]);
+    s.wait_state("following", 60);
+    let mut load = Workload::start(&s.pg);
 
     eprintln!("standby: mass delete next");
     // 4. Mass DELETE, then promote: writable, and equal to the shop just before the delete.

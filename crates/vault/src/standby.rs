@@ -45,6 +45,9 @@ const SETTINGS_FILE: &str = "holdfast_standby.conf";
 const STATE_FILE: &str = "holdfast_standby.json";
 /// The server's log.
 const LOG_FILE: &str = "holdfast_standby.log";
+/// The LSN up to which `restore_command` hands WAL over: what the vault held `apply_delay`
+/// ago (only ever raised).
+const FEED_FILE: &str = "holdfast_standby.feed";
 
 /// Every configured standby.
 pub struct Standbys {
@@ -73,6 +76,8 @@ struct Inner {
     token: Option<vault_api::Token>,
     /// (when the vault first held it, WAL end) — not yet replayed by the standby.
     unreplayed: VecDeque<(Instant, Lsn)>,
+    /// (when, WAL end the vault held then), for the feed limit: kept for `apply_delay`.
+    held: VecDeque<(Instant, Lsn)>,
 }
 
 /// Persisted in the data directory.
@@ -273,6 +278,7 @@ impl Standby {
             expected: Vec::new(),
             spool: self.data().join(restore::recovery::SPOOL_DIR),
             standby: true,
+            feed_until: Some(self.data().join(FEED_FILE)),
         };
         let path = self.data().join(restore::recovery::HELPER_CONFIG);
         write_private(&path, &serde_json::to_vec_pretty(&helper).unwrap_or_default())?;
@@ -280,6 +286,41 @@ impl Standby {
         inner.token = Some(token);
         Ok(())
     }
+}
+
+impl Standby {
+    fn feed(&self) -> Option<Lsn> {
+        std::fs::read_to_string(self.data().join(FEED_FILE)).ok().and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Raises the feed limit to `to` (never lowers it).
+    fn raise_feed(&self, to: Lsn) -> Result<(), String> {
+        if self.feed().is_some_and(|f| f >= to) {
+            return Ok(());
+        }
+        let path = self.data().join(FEED_FILE);
+        let tmp = self.data().join(format!("{FEED_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{to}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        chown_to_server(&path)
+    }
+}
+
+/// Starts the server and waits until its postmaster runs (`pg_ctl -W` returns before it
+/// writes its pid file; a look in between would take it for stopped).
+fn start_server(server: &restore::pg::Server) -> Result<(), String> {
+    server
+        .start_listening(Some(std::net::IpAddr::from([127, 0, 0, 1])))
+        .map_err(|e| format!("starting the standby: {e}"))?;
+    let t0 = Instant::now();
+    while !server.running() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("the standby did not start within 30 s{}", server.log_tail()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// PostgreSQL refuses to run as root: a vault running as root runs its standby as `postgres`.
@@ -440,6 +481,10 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     text += &format!("include = '{SETTINGS_FILE}'\n");
     std::fs::write(&auto, text).map_err(|e| format!("writing {}: {e}", auto.display()))?;
     sb.write_settings(None)?;
+    // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
+    let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
+    std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
+        .map_err(|e| format!("writing the feed limit: {e}"))?;
     if let Some(user) = run_as() {
         let (uid, gid) = restore::pg::user_ids(&user).map_err(|e| e.to_string())?;
         restore::pg::chown_tree(data, uid, gid).map_err(|e| e.to_string())?;
@@ -490,9 +535,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
             st.message = Some("starting PostgreSQL".into());
         });
         let srv = server.clone();
-        blocking(move || srv.start_listening(Some(std::net::IpAddr::from([127, 0, 0, 1]))))
-            .await?
-            .map_err(|e| format!("starting the standby: {e}"))?;
+        blocking(move || start_server(&srv)).await??;
         p.started = true;
         sb.save(&p)?;
         inner.unreplayed.clear();
@@ -506,7 +549,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     if !p.overrun && p.paused_before_incident.is_none() {
         for (i, inc) in incidents.iter().enumerate().skip(p.incidents_seen) {
             if let Some(t) = inc.restore_target {
-                stop_before(sb, &server, &mut p, i + 1, inc, t).await?;
+                stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn).await?;
                 p.incidents_seen = p.incidents_seen.max(incidents.len());
                 sb.save(&p)?;
                 // What it showed before the restart is no longer true: the next look tells.
@@ -526,6 +569,20 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     // Lag: how long WAL the vault holds has waited unreplayed.
     let vault_lsn = rt.status().durable_lsn;
     let now = Instant::now();
+    // The feed: what the vault held `apply_delay` ago. (After a vault restart nothing is
+    // known about the WAL's age: the limit stays until a sample is old enough.)
+    if let Some(v) = vault_lsn {
+        if inner.held.back().is_none_or(|(_, l)| *l < v) {
+            inner.held.push_back((now, v));
+        }
+        let mut old_enough = None;
+        while inner.held.front().is_some_and(|(t, _)| now.duration_since(*t) >= sb.cfg.apply_delay) {
+            old_enough = inner.held.pop_front().map(|(_, l)| l);
+        }
+        if let Some(l) = old_enough {
+            sb.raise_feed(l)?;
+        }
+    }
     if let Some(v) = vault_lsn
         && inner.unreplayed.back().is_none_or(|(_, l)| *l < v)
     {
@@ -609,6 +666,7 @@ async fn stop_before(
     n: usize,
     inc: &Incident,
     t: IncidentTarget,
+    vault_lsn: Option<Lsn>,
 ) -> Result<(), String> {
     let cluster = &sb.cfg.cluster;
     tracing::warn!(cluster, incident = n, kind = %inc.kind, "stopping the warm standby short of the incident");
@@ -617,7 +675,7 @@ async fn stop_before(
     let _ = blocking(move || srv.query("SELECT pg_wal_replay_pause()")).await?;
     // Did it already apply the destroying transaction (or, for a window, its first one)?
     let srv = server.clone();
-    let past = blocking(move || -> Result<Option<Lsn>, String> {
+    let past = blocking(move || -> Result<(Option<Lsn>, Lsn), String> {
         let seen = look(&srv)?.ok_or("the standby does not answer")?;
         let replay = seen.replay.unwrap_or(Lsn(0));
         let applied = match t {
@@ -640,9 +698,11 @@ async fn stop_before(
                 }
             }
         };
-        Ok(applied.then_some(replay))
+        Ok((applied.then_some(replay), replay))
     })
     .await?;
+    let replayed = past.as_ref().ok().map(|(_, r)| *r);
+    let past = past.map(|(p, _)| p);
     let (lines, label) = target_lines(t);
     p.paused_before_incident = Some(n);
     p.incidents_seen = n;
@@ -667,9 +727,12 @@ async fn stop_before(
     // Read-only, it stops before the destroying transaction's first record: stopped just before
     // its commit, the transaction would still hold its locks (a DROP or TRUNCATE its table's,
     // the very table people need to read). Transactions that committed while it ran appear
-    // once promoted: promotion replays up to just before its commit exactly.
+    // once promoted: promotion replays up to just before its commit exactly. That needs the
+    // standby not to have replayed that record yet (PostgreSQL cannot restart at a point
+    // before where it was): the feed's delay makes that the rule. A transaction that ran for
+    // longer than the delay is stopped before its commit instead.
     p.exact = Some(t);
-    match inc.first_lsn {
+    match inc.first_lsn.filter(|f| replayed.is_some_and(|r| r <= *f)) {
         Some(first) => {
             sb.write_settings(Some((&format!("recovery_target_lsn = '{first}'\n"), "pause")))?;
             p.target = Some(format!(
@@ -682,6 +745,11 @@ async fn stop_before(
         }
     }
     sb.save(p)?;
+    // The target is in the settings: the standby may now read up to it at once (it has to read
+    // the record at the target to stop before it).
+    if let Some(v) = vault_lsn {
+        sb.raise_feed(v)?;
+    }
     restart(server).await
 }
 
@@ -689,8 +757,7 @@ async fn restart(server: &restore::pg::Server) -> Result<(), String> {
     let srv = server.clone();
     blocking(move || -> Result<(), String> {
         srv.stop().map_err(|e| format!("stopping the standby: {e}"))?;
-        srv.start_listening(Some(std::net::IpAddr::from([127, 0, 0, 1])))
-            .map_err(|e| format!("starting the standby: {e}"))
+        start_server(&srv)
     })
     .await?
 }
@@ -738,6 +805,11 @@ pub async fn promote(
     let exact = p.exact.map(target_lines);
     if let Some((lines, _)) = &exact {
         sb.write_settings(Some((lines, "promote"))).map_err(ActionError::Failed)?;
+        if let Some(v) =
+            s.collector.get().and_then(|c| c.cluster(cluster).ok()).and_then(|rt| rt.status().durable_lsn)
+        {
+            sb.raise_feed(v).map_err(ActionError::Failed)?;
+        }
         restart(&server).await.map_err(ActionError::Failed)?;
     }
     let srv = server.clone();
