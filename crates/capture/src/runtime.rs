@@ -204,6 +204,11 @@ impl ClusterRuntime {
         }
     }
 
+    /// The newest complete backup.
+    pub fn newest_backup(&self) -> Option<BackupSummary> {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().cloned()
+    }
+
     /// The id of the newest complete backup.
     pub fn newest_backup_id(&self) -> Option<String> {
         self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().map(|b| b.id.clone())

@@ -10,6 +10,9 @@ mod architecture;
 #[path = "audit.rs"]
 mod audit;
 
+#[path = "backup_volume.rs"]
+mod backup_volume;
+
 #[path = "capture_process.rs"]
 mod capture_process;
 

@@ -17,6 +17,7 @@ fn example_vault_toml_is_valid() {
         ("shop", "holdfast_shop", 3)
     );
     assert_eq!(shop.backup_interval, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(shop.backup_wal_share, Some(0.5));
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
     // Detection thresholds and the catalog role, with its own password.
