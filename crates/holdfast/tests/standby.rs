@@ -229,6 +229,10 @@ impl Setup {
             (st["state"] == "paused" && st["ready"] == true && st["paused_before_incident"] == i + 1)
                 .then_some(i + 1)
         });
+        eprintln!(
+            "standby: {kind}: paused read-only before incident {n} {:.1} s after the statement returned",
+            t0.elapsed().as_secs_f64()
+        );
         assert!(looks > 0, "the standby was never looked at while it waited");
         assert_eq!(self.on_standby(probe).unwrap(), expect);
         n
