@@ -337,6 +337,44 @@ async fn wait_for_wal(
     }
 }
 
+/// How often the WAL volume since the newest backup is looked at.
+const WAL_VOLUME_TICK: Duration = Duration::from_secs(2);
+
+/// Whether the WAL stored since `newest` began (`durable` is its end) calls for a backup.
+pub fn wal_volume_due(newest: &BackupSummary, durable: pgfmt::Lsn, share: f64) -> bool {
+    let written = durable.0.saturating_sub(newest.start_lsn.0);
+    // At least one segment: a backup per switched segment of an idle database is no help.
+    written as f64 >= (share * newest.bytes as f64).max(16.0 * 1024.0 * 1024.0)
+}
+
+/// Takes a backup whenever the WAL stored since the newest one began exceeds `share` of its
+/// size (a cluster with no backup yet is `first_backup`'s), until shutdown.
+pub async fn on_wal_volume(rt: Arc<ClusterRuntime>, share: f64, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WAL_VOLUME_TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(newest) = rt.newest_backup() else { continue };
+        let Some(durable) = rt.status().durable_lsn else { continue };
+        if !wal_volume_due(&newest, durable, share) {
+            continue;
+        }
+        tracing::info!(
+            cluster = %rt.cluster.name, since = %newest.id, wal_bytes = durable.0.saturating_sub(newest.start_lsn.0),
+            backup_bytes = newest.bytes, share, "taking a base backup: the WAL since the newest one exceeds backup_wal_share of its size"
+        );
+        if let Err(e) = take(&rt).await {
+            tracing::error!(cluster = %rt.cluster.name, error = %e, "WAL-volume base backup failed");
+            // Not again at once: a failing backup must not hammer the server.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Takes a backup every `every`, forever.
 pub async fn schedule(rt: Arc<ClusterRuntime>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -347,5 +385,31 @@ pub async fn schedule(rt: Arc<ClusterRuntime>, every: Duration, mut shutdown: wa
         if let Err(e) = take(&rt).await {
             tracing::error!(cluster = %rt.cluster.name, error = %e, "scheduled base backup failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_is_due_once_the_wal_exceeds_the_share_of_the_newest_backup() {
+        let b = BackupSummary {
+            id: "b".into(),
+            cluster: "main".into(),
+            system_id: "1".into(),
+            timeline: 1,
+            start_lsn: Lsn(0x1000_0000),
+            stop_lsn: Lsn(0x1000_1000),
+            started: store::Timestamp(0),
+            finished: store::Timestamp(1),
+            bytes: 100 << 20,
+            stored_bytes: 10 << 20,
+        };
+        assert!(!wal_volume_due(&b, Lsn(0x1000_0000 + (49 << 20)), 0.5));
+        assert!(wal_volume_due(&b, Lsn(0x1000_0000 + (50 << 20)), 0.5));
+        // Never more often than one segment of WAL, however small the database.
+        let tiny = BackupSummary { bytes: 1 << 20, ..b };
+        assert!(!wal_volume_due(&tiny, Lsn(0x1000_0000 + (15 << 20)), 0.5));
     }
 }

@@ -71,6 +71,12 @@ pub struct ClusterConfig {
     /// Take a base backup this often, in minutes (default: only on demand).
     #[serde(default)]
     pub backup_interval_minutes: Option<u64>,
+    /// Also take a base backup once the WAL stored since the newest one began exceeds this
+    /// share of that backup's size (e.g. 0.5; default: by time only). A restore replays the WAL
+    /// after its backup, so this bounds replay by the database's own size; backups are cheap
+    /// (deduplicated: unchanged pages are stored once).
+    #[serde(default)]
+    pub backup_wal_share: Option<f64>,
     /// When the cluster has no complete base backup in the vault, take one as soon as
     /// streaming starts (default true): until one exists nothing is restorable.
     #[serde(default)]
@@ -189,6 +195,8 @@ pub struct Cluster {
     pub synchronous: bool,
     pub flush_interval: Duration,
     pub backup_interval: Option<Duration>,
+    /// See [`ClusterConfig::backup_wal_share`].
+    pub backup_wal_share: Option<f64>,
     /// See [`ClusterConfig::first_backup`].
     pub first_backup: bool,
     /// Mass delete/update thresholds (see [`ClusterConfig::mass_delete_rows`] and the fields
@@ -296,6 +304,13 @@ impl ClusterConfig {
                 "mass_change_share = {share} is not a share of a table's rows: use a number above 0 and at most 1, e.g. 0.5"
             )));
         }
+        if let Some(s) = self.backup_wal_share
+            && !(s > 0.0 && s <= 100.0)
+        {
+            return Err(bad(format!(
+                "backup_wal_share = {s} is not a share of the database's size: use a number above 0, e.g. 0.5 (a backup once half the database's size in WAL was written)"
+            )));
+        }
         let window_share = self.window_delete_share.unwrap_or(DEFAULT_WINDOW_DELETE_SHARE);
         if !(window_share > 0.0 && window_share <= 1.0) {
             return Err(bad(format!(
@@ -399,6 +414,7 @@ impl ClusterConfig {
             synchronous: self.synchronous,
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
+            backup_wal_share: self.backup_wal_share,
             first_backup: self.first_backup.unwrap_or(true),
             thresholds: Thresholds {
                 mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),

@@ -140,6 +140,9 @@ impl Collector {
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }
+            if let Some(share) = rt.cluster.backup_wal_share {
+                tasks.push(tokio::spawn(basebackup::on_wal_volume(rt.clone(), share, rx.clone())));
+            }
             map.insert(rt.cluster.name.clone(), rt);
         }
         Ok(Arc::new(Collector { clusters: map, shutdown, tasks: std::sync::Mutex::new(tasks) }))

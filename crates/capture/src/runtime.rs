@@ -204,6 +204,11 @@ impl ClusterRuntime {
         }
     }
 
+    /// The newest complete backup.
+    pub fn newest_backup(&self) -> Option<BackupSummary> {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().cloned()
+    }
+
     /// The id of the newest complete backup.
     pub fn newest_backup_id(&self) -> Option<String> {
         self.backups.lock().unwrap_or_else(|p| p.into_inner()).last().map(|b| b.id.clone())
@@ -259,6 +264,7 @@ impl ClusterRuntime {
             lsn,
             xid: None,
             restore_target: None,
+            first_lsn: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;
@@ -424,6 +430,7 @@ impl ClusterRuntime {
                 RestoreTarget::BeforeXid(xid) => IncidentTarget::BeforeXid { xid },
                 RestoreTarget::BeforeLsn(lsn) => IncidentTarget::BeforeLsn { lsn },
             }),
+            first_lsn: Some(d.first_lsn),
             objects,
         };
         self.record_incident(incident).await;
@@ -451,6 +458,7 @@ impl ClusterRuntime {
             lsn: switchpoint,
             xid: None,
             restore_target: None,
+            first_lsn: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;
@@ -459,6 +467,17 @@ impl ClusterRuntime {
     /// Every incident of this cluster, oldest first (numbered from 1 by `holdfast incidents`).
     pub fn incidents(&self) -> Vec<Incident> {
         self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Raises an incident the vault found outside the collector (its warm standby stopped or
+    /// fell behind), once per episode of `kind`: catalog record, status, log, alert.
+    pub async fn raise_incident(&self, kind: &str, message: String) {
+        self.incident(kind, message, None).await;
+    }
+
+    /// Ends the episode of `kind` (the standby runs again), so the next one is raised anew.
+    pub fn end_incident_episode(&self, kind: &str) {
+        self.clear_incidents(&[kind]);
     }
 
     /// A healthy stream closes the connection-related incident episodes.

@@ -30,6 +30,7 @@ mod demo;
 mod drill_cmd;
 mod gate_cmd;
 mod restore_cmd;
+mod standby_cmd;
 mod status;
 
 /// Exit code when `vault check` finds damage.
@@ -122,6 +123,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The vault's warm standbys: status, promote one stopped before an incident, resume.
+    #[command(subcommand)]
+    Standby(standby_cmd::StandbyCommand),
     /// Incidents: destruction found in the WAL (with the restore target just before it), lost
     /// slots, WAL gaps, lost connections. Numbered per cluster for `restore --before-incident`.
     Incidents {
@@ -439,6 +443,7 @@ async fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Audit(a) => audit_cmd::run(a).await,
+        Command::Standby(c) => standby_cmd::run(c).await,
         Command::RestoreWal { config, file, dest } => {
             Ok(restore_cmd::restore_wal(&config, &file, &dest).await)
         }

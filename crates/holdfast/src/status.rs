@@ -92,6 +92,9 @@ fn print_cluster(c: &ClusterStatus) {
     if let Some((done, total)) = c.backup_progress {
         println!("  backup running: {} of ~{}", bytes(done), bytes(total));
     }
+    if let Some(b) = &c.standby {
+        println!("  standby:       {}", crate::standby_cmd::line(b).replace('\n', "\n                 "));
+    }
     if let Some(d) = &c.drill {
         println!("  drills:        {}", crate::drill_cmd::drill_line(d));
     }

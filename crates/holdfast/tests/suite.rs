@@ -10,6 +10,9 @@ mod architecture;
 #[path = "audit.rs"]
 mod audit;
 
+#[path = "backup_volume.rs"]
+mod backup_volume;
+
 #[path = "capture_process.rs"]
 mod capture_process;
 
@@ -36,6 +39,9 @@ mod restore;
 
 #[path = "vault_process.rs"]
 mod vault_process;
+
+#[path = "standby.rs"]
+mod standby;
 
 #[path = "tidy.rs"]
 mod tidy;

@@ -454,6 +454,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         cluster: opts.cluster.clone(),
         expected: plan.segments.clone(),
         spool: opts.target_dir.join(recovery::SPOOL_DIR),
+        standby: false,
+        feed_until: None,
     };
     let helper_path =
         recovery::write(&opts.target_dir, &plan, opts.action, opts.exclusive, &opts.holdfast_exe, &helper)?;

@@ -30,6 +30,34 @@ pub struct HelperConfig {
     /// Segment files the plan needs: a miss on these aborts recovery.
     pub expected: Vec<String>,
     pub spool: PathBuf,
+    /// A warm standby's helper (the vault's own): it never ends recovery, so a file the vault
+    /// lacks yet — or a vault that does not answer — is "not yet" (exit 1, PostgreSQL asks again
+    /// after `wal_retrieve_retry_interval`), never fatal; no spool, no retries that would hold
+    /// the startup process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
+    /// A standby's feed limit: a file holding an LSN (written by the vault) past which WAL is
+    /// not handed over yet — the bytes after it are served as zeros, which PostgreSQL reads as
+    /// "not yet" —, so the standby does not even hold WAL younger than its delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_until: Option<PathBuf>,
+}
+
+/// Zeroes `bytes` (a whole segment file `file`) past `until`; `None` when the segment begins
+/// at or after it (nothing to hand over yet). History files are never cut.
+pub fn cut_at(file: &str, mut bytes: Vec<u8>, until: pgfmt::Lsn) -> Option<Vec<u8>> {
+    if file.ends_with(".history") || bytes.is_empty() {
+        return Some(bytes);
+    }
+    let seg = bytes.len() as u64;
+    let Ok((_, segno)) = pgfmt::parse_segment_name(file, seg) else { return Some(bytes) };
+    let start = pgfmt::segment_start(segno, seg);
+    if until <= start {
+        return None;
+    }
+    let keep = (until.0 - start.0).min(seg) as usize;
+    bytes[keep..].fill(0);
+    Some(bytes)
 }
 
 impl HelperConfig {
@@ -99,6 +127,38 @@ async fn from_vault(
 pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetched, RestoreError> {
     if file.contains('/') || file.starts_with('.') {
         return Err(RestoreError::Refused(format!("{file:?} is not a WAL file name")));
+    }
+    if cfg.standby {
+        // The vault's copy of a segment only ever grows: a standby asks again for the segment it
+        // is in until the vault has it whole, which is how it follows the vault's WAL.
+        let until = match &cfg.feed_until {
+            Some(p) => {
+                match std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<pgfmt::Lsn>().ok()) {
+                    Some(l) => Some(l),
+                    // No limit readable: hand over nothing rather than too much.
+                    None => return Ok(Fetched::Absent),
+                }
+            }
+            None => None,
+        };
+        return match cfg.client()?.wal_file(&cfg.cluster, file).await {
+            Ok((bytes, _valid)) => {
+                let bytes = match until {
+                    Some(u) => match cut_at(file, bytes.to_vec(), u) {
+                        Some(b) => b,
+                        None => return Ok(Fetched::Absent),
+                    },
+                    None => bytes.to_vec(),
+                };
+                write_atomically(dest, &bytes)?;
+                Ok(Fetched::Delivered { bytes: bytes.len() as u64, prefetched: false })
+            }
+            Err(vault_api::ClientError::Api { status: 404, .. }) => Ok(Fetched::Absent),
+            Err(e) => {
+                tracing::warn!(file, error = %e, "the vault did not serve the segment; the standby asks again");
+                Ok(Fetched::Absent)
+            }
+        };
     }
     // Tell the prefetcher how far replay has got, so it skips what is no longer needed.
     if cfg.expected.iter().any(|e| e == file) {
@@ -255,5 +315,26 @@ pub async fn prefetch(
             },
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_feed_is_cut_at_its_limit() {
+        let seg = 16 << 20;
+        let name = "000000010000000000000004";
+        let whole = vec![7u8; seg];
+        // Segment 4 starts at 0/4000000: a limit inside it keeps what lies before.
+        let cut = cut_at(name, whole.clone(), pgfmt::Lsn(0x0400_0100)).unwrap();
+        assert!(cut[..0x100].iter().all(|b| *b == 7) && cut[0x100..].iter().all(|b| *b == 0));
+        assert_eq!(cut_at(name, whole.clone(), pgfmt::Lsn(0x0400_0000)), None);
+        assert_eq!(cut_at(name, whole.clone(), pgfmt::Lsn(0x0600_0000)).unwrap(), whole);
+        assert_eq!(
+            cut_at("00000002.history", b"1\t0/5000000\tx\n".to_vec(), pgfmt::Lsn(1)).unwrap().len(),
+            14
+        );
     }
 }

@@ -240,6 +240,35 @@ impl VaultClient {
         self.json(self.request(Method::POST, &format!("/v1/clusters/{cluster}/drills"))).await
     }
 
+    /// Every warm standby's state.
+    pub async fn standbys(&self) -> Result<crate::standby::StandbysResponse, ClientError> {
+        self.json(self.request(Method::GET, "/v1/standbys")).await
+    }
+
+    /// Promotes `cluster`'s standby, paused before incident `before_incident` (admin).
+    pub async fn promote_standby(
+        &self,
+        cluster: &str,
+        before_incident: usize,
+    ) -> Result<crate::standby::StandbyActionResponse, ClientError> {
+        Self::check_cluster_name(cluster)?;
+        let req = self
+            .request(Method::POST, &format!("/v1/clusters/{cluster}/standby/promote"))
+            .json(&crate::standby::PromoteRequest { before_incident });
+        self.json(req.timeout(std::time::Duration::from_secs(600))).await
+    }
+
+    /// Makes `cluster`'s standby follow again (admin): clears its stop, or builds a fresh one
+    /// when it was promoted or overran an incident.
+    pub async fn resume_standby(
+        &self,
+        cluster: &str,
+    ) -> Result<crate::standby::StandbyActionResponse, ClientError> {
+        Self::check_cluster_name(cluster)?;
+        let req = self.request(Method::POST, &format!("/v1/clusters/{cluster}/standby/resume"));
+        self.json(req.timeout(std::time::Duration::from_secs(600))).await
+    }
+
     /// Stored drill reports (signed) and each cluster's drill state.
     pub async fn drills(&self) -> Result<crate::drill::DrillsResponse, ClientError> {
         self.json(self.request(Method::GET, "/v1/drills")).await

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod drill;
+pub mod standby;
 pub mod status;
 pub mod token;
 pub mod window;

@@ -47,6 +47,9 @@ pub struct ClusterStatus {
     /// Restore drills: last result, schedule, overdue (filled by the vault).
     #[serde(default)]
     pub drill: Option<crate::drill::DrillStatus>,
+    /// The warm standby, when the cluster has a `[[standby]]` table (filled by the vault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<crate::standby::StandbyStatus>,
     /// The destruction detector's position: the stored WAL before it has been decoded and
     /// checked (compare with `durable_lsn`).
     #[serde(default)]
@@ -91,7 +94,8 @@ pub struct Incident {
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
     /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
     /// `mass_update`, `cumulative_delete`, `column_dropped`; the detector's own blindness:
-    /// `detector_blind`, `detector_behind`, `detector_stopped`.
+    /// `detector_blind`, `detector_behind`, `detector_stopped`; the vault's warm standby:
+    /// `standby_stopped`, `standby_behind`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,
@@ -103,6 +107,11 @@ pub struct Incident {
     /// For destruction found in the WAL: where to restore to undo it (just before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_target: Option<IncidentTarget>,
+    /// For destruction found in the WAL: the destroying transaction's first record (for a
+    /// window, its first contributing transaction's). A standby stopped here shows the data
+    /// without the transaction's locks (a DROP or TRUNCATE holds its table's until it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_lsn: Option<Lsn>,
     /// What it touched: one entry per table (its indexes and TOAST folded in) or database,
     /// named from the collector's catalog snapshot when it knew them.
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "objects_or_legacy")]

@@ -158,6 +158,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/proposals/{id}/signatures", post(sign_proposal))
         .route("/v1/proposals/{id}/veto", post(veto_proposal))
         .route("/v1/proposals/{id}/execute", post(execute_proposal))
+        .merge(standby_routes())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not accept that HTTP method")
@@ -175,7 +176,12 @@ async fn count_requests(State(s): State<Arc<Shared>>, req: Request, next: Next) 
 
 impl Shared {
     /// Checks the bearer token and its scope.
-    async fn authorize(&self, headers: &HeaderMap, allowed: &[Scope], what: &str) -> ApiResult<TokenEntry> {
+    pub(crate) async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[Scope],
+        what: &str,
+    ) -> ApiResult<TokenEntry> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m.to_string());
         let value = headers
             .get(header::AUTHORIZATION)
@@ -365,6 +371,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
     }
     drill_metrics(&mut out, &crate::drill::all_status(&s).await);
     crate::store_watch::metrics(&mut out, &s.stores.status(s.store.as_ref()).await);
+    crate::standby::metrics(&mut out, &s.standbys.status());
     let hooks = s.webhooks.status();
     if !hooks.is_empty() {
         let _ = writeln!(
@@ -673,6 +680,7 @@ async fn cluster_status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Api
     let drills = crate::drill::all_status(&s).await;
     for c in &mut clusters {
         c.drill = drills.iter().find(|d| d.cluster == c.name).cloned();
+        c.standby = s.standbys.status().into_iter().find(|b| b.cluster == c.name);
     }
     let stores = s.stores.status(s.store.as_ref()).await;
     Ok(json(
@@ -1407,6 +1415,73 @@ async fn execute_proposal(
     *s.entries_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
     s.alert(serde_json::json!({"alert": "deletion.executed", "proposal": id, "by_token": who.id, "removed": removed.len()}));
     Ok(json(StatusCode::OK, &ExecuteResponse { proposal: id, removed, absent }))
+}
+
+/// The standby endpoints: `GET /v1/standbys` (read), `POST /v1/clusters/{name}/standby/promote`
+/// and `/resume` (admin).
+fn standby_routes() -> axum::Router<Arc<Shared>> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/standbys", get(standby_list))
+        .route("/v1/clusters/{name}/standby/promote", post(promote_handler))
+        .route("/v1/clusters/{name}/standby/resume", post(resume_handler))
+}
+
+type StandbyReply = Result<axum::response::Response, ApiError>;
+
+fn standby_reply<T: serde::Serialize>(v: &T) -> StandbyReply {
+    use axum::response::IntoResponse;
+    Ok(axum::Json(v).into_response())
+}
+
+fn standby_refusal(e: crate::standby::ActionError) -> ApiError {
+    use axum::http::StatusCode;
+    let status = match e {
+        crate::standby::ActionError::NoStandby(_) => StatusCode::NOT_FOUND,
+        crate::standby::ActionError::Conflict(_) => StatusCode::CONFLICT,
+        crate::standby::ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError { status, message: e.to_string(), undamaged: None }
+}
+
+async fn standby_list(
+    axum::extract::State(s): axum::extract::State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+) -> StandbyReply {
+    s.authorize(&headers, &[vault_api::Scope::Read, vault_api::Scope::Admin], "reading standby status")
+        .await?;
+    standby_reply(&vault_api::standby::StandbysResponse { standbys: s.standbys.status() })
+}
+
+async fn promote_handler(
+    axum::extract::State(s): axum::extract::State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> StandbyReply {
+    let who = s.authorize(&headers, &[vault_api::Scope::Admin], "promoting a standby").await?;
+    let req: vault_api::standby::PromoteRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            message: format!("the body must be {{\"before_incident\": N}}: {e}"),
+            undamaged: None,
+        })?;
+    let (status, message) = crate::standby::promote(&s, &name, req.before_incident).await.map_err(standby_refusal)?;
+    s.alert(serde_json::json!({
+        "alert": "standby_promoted", "cluster": name, "before_incident": req.before_incident, "by": who.label,
+    }));
+    standby_reply(&vault_api::standby::StandbyActionResponse { status, message })
+}
+
+async fn resume_handler(
+    axum::extract::State(s): axum::extract::State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> StandbyReply {
+    let who = s.authorize(&headers, &[vault_api::Scope::Admin], "resuming a standby").await?;
+    let (status, message) = crate::standby::resume(&s, &name).await.map_err(standby_refusal)?;
+    s.alert(serde_json::json!({ "alert": "standby_resumed", "cluster": name, "by": who.label }));
+    standby_reply(&vault_api::standby::StandbyActionResponse { status, message })
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub struct ConfigFile {
     /// (every protected cluster can be drilled on demand with the defaults).
     #[serde(default, rename = "drill", skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<DrillFile>,
+    /// Warm standbys, at most one per cluster.
+    #[serde(default, rename = "standby", skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbyFile>,
     /// Where alerts are posted (besides the log, the metric and `alert_command`).
     #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookFile>,
@@ -144,6 +147,75 @@ pub struct DrillFile {
     /// SQL assertions run on the restored copy; each must return true.
     #[serde(default, rename = "check")]
     pub checks: Vec<DrillCheckFile>,
+}
+
+/// `[[standby]]`: a warm standby of a cluster, kept by the vault from its own stored WAL.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyFile {
+    /// A `[[cluster]]` name.
+    pub cluster: String,
+    /// The standby's data directory (created by the vault; its parent must exist and be
+    /// reachable by the user PostgreSQL runs as — `postgres` when the vault runs as root).
+    pub data_dir: PathBuf,
+    /// How far behind the vault's WAL the standby applies commits, e.g. `"10m"`: longer than
+    /// detection takes, so a destroying transaction is seen before the standby would apply it.
+    pub apply_delay: String,
+    /// The port it listens on, on 127.0.0.1 only (and on a Unix socket in `data_dir`).
+    pub port: u16,
+    /// WAL the vault holds unreplayed for longer than `apply_delay` plus this is the
+    /// `standby_behind` incident (default `"5m"`).
+    #[serde(default)]
+    pub max_lag: Option<String>,
+    /// The superuser the vault checks the standby as over its socket (default `postgres`).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Validated `[[standby]]`.
+#[derive(Debug, Clone)]
+pub struct StandbyConfig {
+    pub cluster: String,
+    pub data_dir: PathBuf,
+    pub apply_delay: Duration,
+    pub port: u16,
+    pub max_lag: Duration,
+    pub user: String,
+}
+
+impl StandbyFile {
+    fn validate(&self, base: &Path) -> Result<StandbyConfig, String> {
+        let apply_delay = parse_duration(&self.apply_delay).map_err(|e| format!("apply_delay: {e}"))?;
+        if apply_delay < Duration::from_secs(1) {
+            return Err("apply_delay must be at least 1s: without a delay the standby applies a \
+                 destroying transaction before the vault can see it"
+                .into());
+        }
+        let max_lag = match &self.max_lag {
+            Some(m) => parse_duration(m).map_err(|e| format!("max_lag: {e}"))?,
+            None => Duration::from_secs(300),
+        };
+        if self.port == 0 {
+            return Err("port must be a fixed TCP port (1-65535)".into());
+        }
+        let data_dir = base.join(&self.data_dir);
+        // The server's Unix socket goes into the data directory: socket paths are limited to
+        // about 100 bytes.
+        if data_dir.as_os_str().len() + "/.s.PGSQL.65535".len() >= 100 {
+            return Err(format!(
+                "data_dir {} is too long for the server's Unix socket inside it (at most ~84 bytes)",
+                data_dir.display()
+            ));
+        }
+        Ok(StandbyConfig {
+            cluster: self.cluster.clone(),
+            data_dir,
+            apply_delay,
+            port: self.port,
+            max_lag,
+            user: self.user.clone().unwrap_or_else(|| "postgres".into()),
+        })
+    }
 }
 
 /// `[[drill.check]]`: one assertion.
@@ -459,6 +531,8 @@ pub struct Config {
     pub clusters: Vec<capture::Cluster>,
     /// One per protected cluster (defaults where the file has no `[[drill]]` table).
     pub drills: Vec<DrillConfig>,
+    /// `[[standby]]` tables.
+    pub standbys: Vec<StandbyConfig>,
     pub webhooks: Vec<crate::alerts::Webhook>,
     pub limits: Limits,
 }
@@ -654,6 +728,28 @@ impl ConfigFile {
                     .map_err(|e| invalid(format!("[[drill]] of cluster {:?}: {e}", d.cluster)))?,
             );
         }
+        let mut standbys: Vec<StandbyConfig> = Vec::new();
+        for sb in &self.standbys {
+            if !clusters.iter().any(|c| c.name == sb.cluster) {
+                return Err(invalid(format!(
+                    "[[standby]] names cluster {:?}, which has no [[cluster]] table",
+                    sb.cluster
+                )));
+            }
+            let v = sb
+                .validate(base)
+                .map_err(|e| invalid(format!("[[standby]] of cluster {:?}: {e}", sb.cluster)))?;
+            if let Some(k) = standbys
+                .iter()
+                .find(|k| k.cluster == v.cluster || k.data_dir == v.data_dir || k.port == v.port)
+            {
+                return Err(invalid(format!(
+                    "[[standby]] of cluster {:?} shares its cluster, data_dir or port with the one of {:?}",
+                    v.cluster, k.cluster
+                )));
+            }
+            standbys.push(v);
+        }
         let webhooks = crate::alerts::validate(&self.webhooks).map_err(|e| invalid(e.to_string()))?;
         let l = self.limits.clone().unwrap_or_default();
         let limits = Limits {
@@ -698,6 +794,7 @@ impl ConfigFile {
             },
             clusters,
             drills,
+            standbys,
             webhooks,
             limits,
         })

@@ -24,6 +24,7 @@ pub mod drill;
 pub mod keyfile;
 pub mod retention;
 pub mod service;
+pub mod standby;
 pub mod state;
 pub mod store_watch;
 pub mod window_metrics;
@@ -256,6 +257,7 @@ pub async fn init_with_store(
         },
         clusters: opts.clusters.clone(),
         drills: Vec::new(),
+        standbys: Vec::new(),
         webhooks: Vec::new(),
         limits: None,
     };
@@ -467,6 +469,7 @@ pub async fn serve_with_identity(
         collector: std::sync::OnceLock::new(),
         entries_cache: std::sync::Mutex::new(None),
         drills,
+        standbys: standby::Standbys::new(&config.standbys),
         webhooks: Arc::new(alerts::Webhooks::new(config.webhooks.clone())),
         writes: std::sync::Mutex::new(Default::default()),
         object_stats: tokio::sync::Mutex::new(None),
@@ -475,6 +478,7 @@ pub async fn serve_with_identity(
         config,
     });
     shared.drills.set_listen_addr(addr);
+    shared.standbys.set_listen_addr(addr);
     tracing::info!(open_files_limit = ?fds, "file descriptors");
     if shared.config.quorum.short_wait_for_testing {
         shared.alert(serde_json::json!({
@@ -499,6 +503,7 @@ pub async fn serve_with_identity(
         tokio::spawn(drill::scheduler(shared.clone(), rx.clone()));
     }
     tokio::spawn(store_watch::watch(shared.clone(), rx.clone()));
+    standby::start(&shared, &rx);
     let limits = serve::tls::ConnLimits {
         unauthenticated_per_address: shared.config.limits.unauthenticated_per_address as usize,
         handshake: shared.config.limits.tls_handshake,

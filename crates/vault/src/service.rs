@@ -39,6 +39,8 @@ pub struct Shared {
     pub entries_cache: std::sync::Mutex<Option<(String, Entries)>>,
     /// Restore drills: running ones, the signing key.
     pub drills: crate::drill::Drills,
+    /// Warm standbys (`[[standby]]`).
+    pub standbys: crate::standby::Standbys,
     /// Alert delivery to the configured webhooks.
     pub webhooks: Arc<crate::alerts::Webhooks>,
     /// Writes per token in the current minute, and when each token was last alerted about a

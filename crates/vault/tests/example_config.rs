@@ -17,6 +17,7 @@ fn example_vault_toml_is_valid() {
         ("shop", "holdfast_shop", 3)
     );
     assert_eq!(shop.backup_interval, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(shop.backup_wal_share, Some(0.5));
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
     // Detection thresholds and the catalog role, with its own password.
@@ -66,6 +67,23 @@ fn example_vault_toml_is_valid() {
     let text = std::fs::read_to_string(&path).unwrap().replace("overdue_after =", "overdue_afer =");
     let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
     assert!(err.contains("overdue_afer"), "{err}");
+    // The warm standby: ten minutes behind, on its port, checked as postgres.
+    let sb = &c.standbys[0];
+    assert_eq!((sb.cluster.as_str(), sb.port, sb.user.as_str()), ("shop", 5499, "postgres"));
+    assert_eq!((sb.apply_delay.as_secs(), sb.max_lag.as_secs()), (600, 300));
+    assert_eq!(sb.data_dir, Path::new("/var/lib/holdfast/standby/shop"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (from, to, says) in [
+        ("apply_delay = \"10m\"", "apply_delay = \"0s\"", "apply_delay"),
+        ("apply_delay = \"10m\"", "apply_dealy = \"10m\"", "apply_dealy"),
+        ("port = 5499", "port = 0", "fixed TCP port"),
+        ("cluster = \"shop\"\n# Created", "cluster = \"nope\"\n# Created", "no [[cluster]] table"),
+    ] {
+        let bad = text.replacen(from, to, 1);
+        assert_ne!(bad, text, "{from}");
+        let err = vault::config::Config::from_toml(&bad, path.parent().unwrap()).unwrap_err().to_string();
+        assert!(err.contains(says), "{to}: {err}");
+    }
     // Debug output never carries key material: the config holds only paths and public keys.
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("AGE-SECRET-KEY"));

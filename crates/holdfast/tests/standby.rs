@@ -1,0 +1,389 @@
+//! The warm standby against a real PostgreSQL under a shop-shaped write load: the insider's
+//! DROP TABLE and mass DELETE each stop the vault's standby just before the destroying
+//! transaction — it never applies one, it shows every row read-only at once, and promoted it
+//! equals the shop as it was just before, merchant by merchant; `standby resume` makes it follow
+//! again; killed, it is an incident and the vault starts it again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use testkit::pg::{TempPg, command_as_postgres, psql_at};
+use testkit::vault::TempVault;
+
+fn holdfast() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+const MERCHANTS: i64 = 20;
+
+/// A small shop: merchants, their customers and orders, with ids chosen per merchant.
+fn shop_schema() -> String {
+    format!(
+        "CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL);
+         CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL, total_cents int NOT NULL);
+         CREATE TABLE points (entry_id bigserial PRIMARY KEY, merchant_id int NOT NULL, delta int NOT NULL);
+         INSERT INTO points (merchant_id, delta) SELECT 1 + g % {MERCHANTS}, g % 100 FROM generate_series(1, {o}) g;
+         INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, {MERCHANTS}) g;
+         INSERT INTO customers SELECT g, 1 + g % {MERCHANTS}, 'customer ' || g FROM generate_series(1, {c}) g;
+         INSERT INTO orders (merchant_id, customer_id, total_cents) SELECT 1 + g % {MERCHANTS}, g % {c}, 100 + g % 9000 FROM generate_series(1, {o}) g;
+         ANALYZE;",
+        c = MERCHANTS * 50,
+        o = MERCHANTS * 200,
+    )
+}
+
+/// Per-merchant fingerprint of every shop table that exists: `table merchant count md5` lines.
+const FINGERPRINT: &str = "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
+      SELECT 'orders ' || merchant_id || ' ' || count(*) || ' ' || md5(string_agg(o::text, ',' ORDER BY order_id)) AS line FROM orders o GROUP BY merchant_id
+      UNION ALL
+      SELECT 'customers ' || merchant_id || ' ' || count(*) || ' ' || md5(string_agg(c::text, ',' ORDER BY customer_id)) FROM customers c
+        WHERE to_regclass('customers') IS NOT NULL GROUP BY merchant_id
+      UNION ALL
+      SELECT 'merchants ' || merchant_id || ' 1 ' || md5(m::text) FROM merchants m) x";
+
+/// Without `customers` (after it was dropped, the query above cannot name it).
+const FINGERPRINT_NO_CUSTOMERS: &str = "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
+      SELECT 'orders ' || merchant_id || ' ' || count(*) || ' ' || md5(string_agg(o::text, ',' ORDER BY order_id)) AS line FROM orders o GROUP BY merchant_id
+      UNION ALL
+      SELECT 'merchants ' || merchant_id || ' 1 ' || md5(m::text) FROM merchants m) x";
+
+/// Orders placed one transaction at a time, by merchant, until stopped.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    placed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(pg: &TempPg) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let placed = Arc::new(AtomicU64::new(0));
+        let (socket, port, pw) = (pg.socket_dir(), pg.port(), pg.superuser_password().to_string());
+        let (s, p) = (stop.clone(), placed.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i: i64 = 0;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                let m = 1 + i % MERCHANTS;
+                let sql = format!(
+                    "INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES ({m}, {}, {})",
+                    m + MERCHANTS * (i % 50),
+                    100 + i % 5000
+                );
+                match psql_at(&socket, port, &pw, "postgres", &sql) {
+                    Ok(_) => {}
+                    // The test is over and PostgreSQL goes down under the last order.
+                    Err(_) if s.load(Ordering::Relaxed) => break,
+                    Err(e) => panic!("the shop workload failed: {e}"),
+                }
+                p.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Workload { stop, placed, thread: Some(thread) }
+    }
+
+    /// Stops it and waits for the last order: after this, production is quiet.
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.placed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Stops the standby's PostgreSQL when the test ends, however it ends (the vault leaves its
+/// standby running on purpose: it is a warm copy, not scratch).
+struct StopStandby(PathBuf);
+
+impl Drop for StopStandby {
+    fn drop(&mut self) {
+        for dir in [self.0.clone()].into_iter().chain(
+            std::fs::read_dir(self.0.parent().unwrap())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(".replaced-")),
+        ) {
+            if dir.join("postmaster.pid").exists() {
+                let mut c = command_as_postgres(&testkit::pg::bin("pg_ctl").unwrap());
+                c.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+                let _ = c.output();
+            }
+        }
+    }
+}
+
+struct Setup {
+    pg: TempPg,
+    v: TempVault,
+    admin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _stop: StopStandby,
+    _root: tempfile::TempDir,
+}
+
+impl Setup {
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.v.cli(&self.admin, args).unwrap();
+        assert!(
+            out.status.success() || out.status.code() == Some(3),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.v.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn standby(&self) -> serde_json::Value {
+        self.json(&["standby", "status", "--json"])["standbys"][0].clone()
+    }
+
+    fn incidents(&self) -> Vec<serde_json::Value> {
+        self.json(&["incidents", "--cluster", "main", "--json"]).as_array().unwrap().clone()
+    }
+
+    /// A query on the standby, over its socket (as production's superuser, with its password:
+    /// the standby holds production's roles).
+    fn on_standby(&self, sql: &str) -> anyhow::Result<String> {
+        psql_at(&self.data, self.port, self.pg.superuser_password(), "postgres", sql)
+    }
+
+    /// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+    fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}\n{}",
+                self.standby(),
+                self.v.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_state(&self, state: &str, secs: u64) -> serde_json::Value {
+        self.wait(&format!("the standby {state} and ready"), secs, || {
+            let st = self.standby();
+            (st["state"] == state && st["ready"] == true).then_some(st)
+        })
+    }
+
+    /// Waits until the standby has replayed everything production wrote up to now (so a later
+    /// change is the only thing it has not applied).
+    fn wait_caught_up(&self, secs: u64) {
+        let end: pgfmt::Lsn = self.pg.psql("SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
+        self.wait("the standby to replay production's WAL", secs, || {
+            let st = self.standby();
+            let replay = st["replay_lsn"].as_str().and_then(|l| l.parse::<pgfmt::Lsn>().ok())?;
+            (replay >= end).then_some(())
+        });
+    }
+
+    /// Runs the insider's `sql` and, until the standby is paused before the incident it raises,
+    /// checks every 100 ms that the standby still shows what `sql` destroys (`probe` answers).
+    /// Returns the incident's number.
+    fn destroy_and_watch(&self, sql: &str, kind: &str, probe: &str, expect: &str) -> usize {
+        let known = self.incidents().len();
+        self.pg.psql(sql).unwrap();
+        self.wait_paused_after(known, kind, probe, expect)
+    }
+
+    /// Waits until the standby is paused before the first `kind` incident after the first
+    /// `known`, checking all along that it still shows what was destroyed.
+    fn wait_paused_after(&self, known: usize, kind: &str, probe: &str, expect: &str) -> usize {
+        let t0 = Instant::now();
+        let mut looks = 0;
+        let n = self.wait(&format!("the standby to stop before the {kind} incident"), 60, || {
+            // The standby never shows the destruction, at any moment, also while the vault has
+            // not yet seen it (PostgreSQL restarts it at the target: it may not answer briefly).
+            // A DROP's lock, replayed before its commit, may hold the table until the standby is
+            // restarted at the target: a read that waits is not an answer.
+            if let Ok(v) = self.on_standby(&format!("SET lock_timeout = '1s'; {probe}")) {
+                assert_eq!(
+                    v,
+                    expect,
+                    "the standby applied the destroying transaction ({kind}) after {:?}",
+                    t0.elapsed()
+                );
+                looks += 1;
+            }
+            let st = self.standby();
+            let list = self.incidents();
+            let (i, _) = list.iter().enumerate().skip(known).find(|(_, i)| i["kind"] == kind)?;
+            (st["state"] == "paused" && st["ready"] == true && st["paused_before_incident"] == i + 1)
+                .then_some(i + 1)
+        });
+        eprintln!(
+            "standby: {kind}: paused read-only before incident {n} {:.1} s after the statement returned",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(looks > 0, "the standby was never looked at while it waited");
+        assert_eq!(self.on_standby(probe).unwrap(), expect);
+        n
+    }
+}
+
+fn setup() -> Setup {
+    let pg = TempPg::start().unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    pg.psql(&shop_schema()).unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    // The standby's parent directory: reachable by the `postgres` user.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let data = root.path().join("standby");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    std::fs::write(
+        v.config_path(),
+        format!(
+            "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
+             sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n\
+             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"8s\"\nport = {port}\nmax_lag = \"60s\"\n",
+            pg.socket_dir().display(),
+            pg.port(),
+            pw.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    v.kill();
+    v.restart().unwrap();
+    let admin = v.scratch().join("admin.token");
+    let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    Setup { pg, v, admin, _stop: StopStandby(data.clone()), data, port, _root: root }
+}
+
+#[test]
+fn warm_standby_stops_before_destruction_under_load() {
+    let mut s = setup();
+    let st = s.wait_state("following", 90);
+    assert_eq!(st["apply_delay_seconds"], 8);
+    let mut load = Workload::start(&s.pg);
+    eprintln!("standby: following; DROP TABLE next");
+
+    // 1. DROP TABLE. The shop's state just before it, merchant by merchant (the workload is
+    // stopped for the instant of the snapshot and the drop; it writes again right after).
+    s.wait("orders placed", 30, || (load.placed.load(Ordering::Relaxed) > 20).then_some(()));
+    load.stop();
+    let before_drop = s.pg.psql(FINGERPRINT).unwrap();
+    assert_eq!(before_drop.lines().filter(|l| l.starts_with("customers ")).count(), MERCHANTS as usize);
+    let n1 = s.destroy_and_watch(
+        "DROP TABLE customers",
+        "relations_dropped",
+        "SELECT count(*) FROM customers",
+        &(MERCHANTS * 50).to_string(),
+    );
+    eprintln!("standby: paused before incident {n1}");
+    let mut load = Workload::start(&s.pg);
+    // Read-only, at once, exactly the shop before the drop.
+    assert_eq!(s.on_standby(FINGERPRINT).unwrap(), before_drop);
+    let refused = s.on_standby("INSERT INTO merchants VALUES (999, 'x')").unwrap_err().to_string();
+    assert!(refused.contains("read-only"), "{refused}");
+    let st = s.standby();
+    assert!(st["target"].as_str().unwrap().contains("promoting stops just before xid"), "{st}");
+    // Promoting before another incident than the one it stopped at is refused.
+    let out =
+        s.v.cli(
+            &s.admin,
+            &["standby", "promote", "--cluster", "main", "--before-incident", &(n1 + 5).to_string()],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("stopped before incident {n1}")));
+
+    eprintln!("standby: resume next");
+    // 2. Resume: it follows again and, after its delay, applies what happened since.
+    let r = s.json(&["standby", "resume", "--cluster", "main", "--json"]);
+    assert!(r["message"].as_str().unwrap().contains("follows the vault again"), "{r}");
+    s.wait_state("following", 60);
+    s.wait("the standby to apply the drop after resume", 60, || {
+        s.on_standby("SELECT to_regclass('customers') IS NULL").ok().filter(|v| v == "t")
+    });
+
+    eprintln!("standby: kill next");
+    // 3. Killed: an incident, and the vault starts it again.
+    let known = s.incidents().len();
+    let mut kill = command_as_postgres(&testkit::pg::bin("pg_ctl").unwrap());
+    kill.arg("-D").arg(&s.data).args(["-m", "immediate", "-w", "stop"]);
+    assert!(kill.output().unwrap().status.success());
+    s.wait("a standby_stopped incident", 30, || {
+        s.incidents().iter().skip(known).find(|i| i["kind"] == "standby_stopped").cloned()
+    });
+    s.wait_state("following", 60);
+
+    // 4. An incident raised late: the vault is down when the insider strikes, so the detector
+    // sees the TRUNCATE only after the vault is back, seconds after its commit. The standby,
+    // which meanwhile keeps running on its own, is held by its delay until the vault stops it.
+    eprintln!("standby: late incident next");
+    load.stop();
+    s.wait_caught_up(60);
+    let points = s.pg.psql("SELECT count(*) FROM points").unwrap();
+    let known = s.incidents().len();
+    s.v.kill();
+    s.pg.psql("TRUNCATE points").unwrap();
+    let struck = Instant::now();
+    // The vault stays down this long: the insider's head start, which the delay must cover.
+    std::thread::sleep(Duration::from_secs(2));
+    s.v.restart().unwrap();
+    let n3 = s.wait_paused_after(known, "relations_dropped", "SELECT count(*) FROM points", &points);
+    eprintln!(
+        "standby: late incident {n3} stopped it {:.1} s after the commit",
+        struck.elapsed().as_secs_f64()
+    );
+    assert_eq!(s.on_standby("SELECT count(*) FROM points").unwrap(), points);
+    s.json(&["standby", "resume", "--cluster", "main", "--json"]);
+    s.wait_state("following", 60);
+    let mut load = Workload::start(&s.pg);
+
+    eprintln!("standby: mass delete next");
+    // 4. Mass DELETE, then promote: writable, and equal to the shop just before the delete.
+    load.stop();
+    s.wait_caught_up(60);
+    let before_delete = s.pg.psql(FINGERPRINT_NO_CUSTOMERS).unwrap();
+    let doomed = s.pg.psql("SELECT count(*) FROM orders WHERE merchant_id <= 10").unwrap();
+    let last_order = s.pg.psql("SELECT max(order_id) FROM orders").unwrap();
+    let n2 = s.destroy_and_watch(
+        "DELETE FROM orders WHERE merchant_id <= 10",
+        "mass_delete",
+        "SELECT count(*) FROM orders WHERE merchant_id <= 10",
+        &doomed,
+    );
+    let _load = Workload::start(&s.pg);
+    assert_eq!(s.on_standby(FINGERPRINT_NO_CUSTOMERS).unwrap(), before_delete);
+    let t0 = Instant::now();
+    let r =
+        s.json(&["standby", "promote", "--cluster", "main", "--before-incident", &n2.to_string(), "--json"]);
+    let promote_seconds = t0.elapsed().as_secs_f64();
+    assert_eq!(r["status"]["state"], "promoted", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("copy"), "{r}");
+    assert_eq!(s.on_standby("SELECT pg_is_in_recovery()").unwrap(), "f");
+    assert_eq!(s.on_standby(FINGERPRINT_NO_CUSTOMERS).unwrap(), before_delete);
+    s.on_standby("INSERT INTO merchants VALUES (999, 'reopened')").unwrap();
+    // Production meanwhile lost the rows; the standby holds them.
+    let lost = format!("SELECT count(*) FROM orders WHERE merchant_id <= 10 AND order_id <= {last_order}");
+    assert_eq!(s.pg.psql(&lost).unwrap(), "0");
+    assert_eq!(s.on_standby(&lost).unwrap(), doomed);
+    eprintln!("standby: promoted in {promote_seconds:.2} s");
+    let st = s.standby();
+    assert_eq!(st["state"], "promoted", "{st}");
+}

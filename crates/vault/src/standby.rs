@@ -1,0 +1,964 @@
+//! The warm standby: a PostgreSQL instance the vault keeps replaying its own stored WAL, held
+//! back by `apply_delay`, and stops short of an incident's restore target — so that the
+//! database as it was just before the destruction is seconds away, whatever its size.
+//!
+//! It is the long-lived cousin of a drill (`vault::drill`): built from the newest base backup
+//! through the `restore` crate over this vault's own API on loopback, with a read token that
+//! exists only in memory. Its `restore_command` is `holdfast restore-wal` in standby mode (the
+//! vault's WAL only; "not yet" for what the vault lacks, never fatal), so:
+//!
+//! - it is never connected to production and holds no production credential;
+//! - it can never be ahead of what the vault holds;
+//! - commits are applied only `apply_delay` after they were made (`recovery_min_apply_delay`),
+//!   so a destroying transaction is seen by the detector before the standby would apply it.
+//!
+//! On a new incident with a restore target, the vault pauses replay at once
+//! (`pg_wal_replay_pause()`, honoured during the delay wait), writes the target into the
+//! standby's settings (`recovery_target_xid`/`_lsn`, exclusive, action `pause`, no delay) and
+//! restarts it: it replays up to just before the destroying transaction and stays there,
+//! read-only. `promote` opens it for writes; `resume` makes it follow again (a fresh standby
+//! from the newest backup when it was promoted; the old data directory is kept, renamed).
+//!
+//! A standby that stops (killed) or falls behind its window is an incident (`standby_stopped`,
+//! `standby_behind`); a stopped one is started again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use pgfmt::Lsn;
+use store::Timestamp;
+use vault_api::standby::{StandbyState, StandbyStatus};
+use vault_api::status::{Incident, IncidentTarget};
+
+use crate::service::Shared;
+use crate::config::StandbyConfig;
+use crate::state::TokenEntry;
+
+/// How often each standby is looked at.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Settings the vault owns, included last from `postgresql.auto.conf` and rewritten whole.
+const SETTINGS_FILE: &str = "holdfast_standby.conf";
+/// What the vault remembers about the standby (next to its data: survives vault restarts).
+const STATE_FILE: &str = "holdfast_standby.json";
+/// The server's log.
+const LOG_FILE: &str = "holdfast_standby.log";
+/// The LSN up to which `restore_command` hands WAL over: what the vault held `apply_delay`
+/// ago (only ever raised).
+const FEED_FILE: &str = "holdfast_standby.feed";
+
+/// Every configured standby.
+pub struct Standbys {
+    all: BTreeMap<String, Arc<Standby>>,
+    /// `https://<loopback>:<port>` of this vault, once listening.
+    url: OnceLock<String>,
+}
+
+impl std::fmt::Debug for Standbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standbys").field("clusters", &self.all.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+struct Standby {
+    cfg: StandbyConfig,
+    /// Held by the loop for each look and by promote/resume: one actor at a time.
+    inner: tokio::sync::Mutex<Inner>,
+    /// The last status, for status and metrics without waiting on `inner`.
+    status: std::sync::Mutex<StandbyStatus>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The read token its `restore_command` uses (in memory only; a fresh one per vault run).
+    token: Option<vault_api::Token>,
+    /// (when the vault first held it, WAL end) — not yet replayed by the standby.
+    unreplayed: VecDeque<(Instant, Lsn)>,
+    /// (when, WAL end the vault held then), for the feed limit: kept for `apply_delay`.
+    held: VecDeque<(Instant, Lsn)>,
+}
+
+/// Persisted in the data directory.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    /// Incidents of the cluster already considered (numbered from 1: the next is this + 1).
+    incidents_seen: usize,
+    /// Started at least once: from then on, finding it not running is an incident.
+    started: bool,
+    #[serde(default)]
+    paused_before_incident: Option<usize>,
+    #[serde(default)]
+    target: Option<String>,
+    /// The incident's own restore target: promotion replays up to just before it.
+    #[serde(default)]
+    exact: Option<IncidentTarget>,
+    #[serde(default)]
+    promoted: bool,
+    #[serde(default)]
+    overrun: bool,
+    #[serde(default)]
+    backup: Option<String>,
+}
+
+/// Why promote or resume was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("cluster {0:?} has no [[standby]] table in the vault's configuration")]
+    NoStandby(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Standbys {
+    pub fn new(cfgs: &[StandbyConfig]) -> Standbys {
+        let all = cfgs
+            .iter()
+            .map(|c| {
+                let status = StandbyStatus {
+                    cluster: c.cluster.clone(),
+                    state: StandbyState::Creating,
+                    data_dir: c.data_dir.display().to_string(),
+                    port: c.port,
+                    apply_delay_seconds: c.apply_delay.as_secs(),
+                    ready: false,
+                    replay_lsn: None,
+                    last_replayed_commit: None,
+                    vault_lsn: None,
+                    lag_bytes: None,
+                    behind_seconds: None,
+                    paused_before_incident: None,
+                    target: None,
+                    backup: None,
+                    message: Some("starting".into()),
+                };
+                let sb = Standby {
+                    cfg: c.clone(),
+                    inner: tokio::sync::Mutex::new(Inner::default()),
+                    status: std::sync::Mutex::new(status),
+                };
+                (c.cluster.clone(), Arc::new(sb))
+            })
+            .collect();
+        Standbys { all, url: OnceLock::new() }
+    }
+
+    /// Where the standbys' restore reaches this vault's API (set once it listens).
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        let _ = self.url.set(format!("https://{}", std::net::SocketAddr::new(ip, addr.port())));
+    }
+
+    /// Every standby's last status.
+    pub fn status(&self) -> Vec<StandbyStatus> {
+        self.all.values().map(|s| s.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+}
+
+/// Starts one task per standby, until `shutdown` changes. The standbys keep running when the
+/// vault stops (a restarted vault takes them over): they are warm copies, not scratch.
+pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
+    for sb in s.standbys.all.values() {
+        let (s, sb, mut shutdown) = (s.clone(), sb.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                {
+                    let mut inner = sb.inner.lock().await;
+                    if let Err(e) = tick(&s, &sb, &mut inner).await {
+                        tracing::warn!(cluster = %sb.cfg.cluster, error = %e, "standby");
+                        sb.set(|st| {
+                            st.state = StandbyState::Failed;
+                            st.ready = false;
+                            st.message = Some(e);
+                        });
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
+}
+
+impl Standby {
+    fn set(&self, f: impl FnOnce(&mut StandbyStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn data(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    fn server(&self) -> Result<restore::pg::Server, String> {
+        Ok(restore::pg::Server {
+            bindir: restore::pg::bindir().map_err(|e| e.to_string())?,
+            data: self.cfg.data_dir.clone(),
+            port: self.cfg.port,
+            socket_dir: self.cfg.data_dir.clone(),
+            run_as: run_as(),
+            log: self.cfg.data_dir.join(LOG_FILE),
+            user: Some(self.cfg.user.clone()),
+        })
+    }
+
+    fn load(&self) -> Persisted {
+        std::fs::read(self.data().join(STATE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, p: &Persisted) -> Result<(), String> {
+        let path = self.data().join(STATE_FILE);
+        let tmp = self.data().join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(p).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Rewrites the vault's settings file: following with the delay, or stopped just before
+    /// `target` (its `recovery_target_*` line; exclusive, then `action` — `pause` or `promote`
+    /// —, no delay: the target holds it).
+    fn write_settings(&self, target: Option<(&str, &str)>) -> Result<(), String> {
+        let mut s = String::from(
+            "# Written by the holdfast vault (vault::standby): rewritten whole, do not edit.\n\
+             hot_standby = 'on'\n\
+             # Ask the vault again for WAL it does not hold yet every second.\n\
+             wal_retrieve_retry_interval = '1s'\n",
+        );
+        match target {
+            None => s += &format!("recovery_min_apply_delay = '{}ms'\n", self.cfg.apply_delay.as_millis()),
+            Some((t, action)) => {
+                s += "recovery_min_apply_delay = '0'\n";
+                s += t;
+                s += &format!("recovery_target_inclusive = 'false'\nrecovery_target_action = '{action}'\n");
+            }
+        }
+        let path = self.data().join(SETTINGS_FILE);
+        std::fs::write(&path, s).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        chown_to_server(&path)
+    }
+
+    /// A fresh read token for `restore_command`, in memory only, written into the helper's
+    /// config in the data directory (replacing the previous vault run's, which no longer works).
+    async fn arm_token(&self, s: &Shared, inner: &mut Inner) -> Result<(), String> {
+        if inner.token.is_some() {
+            return Ok(());
+        }
+        let token = crate::new_token().map_err(|e| e.to_string())?;
+        s.state.write().await.tokens.insert(
+            token.id().to_string(),
+            TokenEntry {
+                id: token.id().to_string(),
+                scope: vault_api::Scope::Read,
+                hash: blake3::hash(token.secret()),
+                label: format!("warm standby of {} (in memory)", self.cfg.cluster),
+                created_at: s.clock.now(),
+                created_by: "vault".into(),
+                revoked_at: None,
+            },
+        );
+        let url = s.standbys.url.get().ok_or("the vault is not listening yet")?;
+        let ca_pem = std::fs::read_to_string(&s.config.tls.cert)
+            .map_err(|e| format!("reading {}: {e}", s.config.tls.cert.display()))?;
+        let helper = restore::wal::HelperConfig {
+            url: url.clone(),
+            ca_pem,
+            token: token.expose(),
+            cluster: self.cfg.cluster.clone(),
+            expected: Vec::new(),
+            spool: self.data().join(restore::recovery::SPOOL_DIR),
+            standby: true,
+            feed_until: Some(self.data().join(FEED_FILE)),
+        };
+        let path = self.data().join(restore::recovery::HELPER_CONFIG);
+        write_private(&path, &serde_json::to_vec_pretty(&helper).unwrap_or_default())?;
+        chown_to_server(&path)?;
+        inner.token = Some(token);
+        Ok(())
+    }
+}
+
+impl Standby {
+    fn feed(&self) -> Option<Lsn> {
+        std::fs::read_to_string(self.data().join(FEED_FILE)).ok().and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Raises the feed limit to `to` (never lowers it).
+    fn raise_feed(&self, to: Lsn) -> Result<(), String> {
+        if self.feed().is_some_and(|f| f >= to) {
+            return Ok(());
+        }
+        let path = self.data().join(FEED_FILE);
+        let tmp = self.data().join(format!("{FEED_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{to}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        chown_to_server(&path)
+    }
+}
+
+/// Starts the server and waits until its postmaster runs (`pg_ctl -W` returns before it
+/// writes its pid file; a look in between would take it for stopped).
+fn start_server(server: &restore::pg::Server) -> Result<(), String> {
+    server
+        .start_listening(Some(std::net::IpAddr::from([127, 0, 0, 1])))
+        .map_err(|e| format!("starting the standby: {e}"))?;
+    let t0 = Instant::now();
+    while !server.running() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("the standby did not start within 30 s{}", server.log_tail()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// PostgreSQL refuses to run as root: a vault running as root runs its standby as `postgres`.
+fn run_as() -> Option<String> {
+    restore::pg::running_as_root().then(|| "postgres".to_string())
+}
+
+fn chown_to_server(path: &Path) -> Result<(), String> {
+    if let Some(user) = run_as() {
+        let (uid, gid) = restore::pg::user_ids(&user).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("changing the owner of {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `path` with mode 0600 (it holds a read token), replacing what was there.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    f.write_all(bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+}
+
+/// The recovery target lines for an incident's target.
+fn target_lines(t: IncidentTarget) -> (String, String) {
+    match t {
+        IncidentTarget::BeforeXid { xid } => {
+            (format!("recovery_target_xid = '{xid}'\n"), format!("xid {xid}"))
+        }
+        IncidentTarget::BeforeLsn { lsn } => {
+            (format!("recovery_target_lsn = '{lsn}'\n"), format!("lsn {lsn}"))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("a blocking task failed: {e}"))
+}
+
+/// What one look at a running standby shows.
+#[derive(Debug, Default)]
+struct Seen {
+    in_recovery: bool,
+    replay: Option<Lsn>,
+    commit: Option<Timestamp>,
+    paused: bool,
+}
+
+fn look(server: &restore::pg::Server) -> Result<Option<Seen>, String> {
+    let sql = "SELECT pg_is_in_recovery()::text || '|' || coalesce(pg_last_wal_replay_lsn()::text, '') || '|' || \
+               coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::bigint::text, '') || '|' || \
+               CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END";
+    let Some(v) = server.query(sql).map_err(|e| e.to_string())? else { return Ok(None) };
+    let f: Vec<&str> = v.split('|').collect();
+    if f.len() != 4 {
+        return Err(format!("unexpected answer from the standby: {v:?}"));
+    }
+    Ok(Some(Seen {
+        in_recovery: f[0] == "true",
+        replay: f[1].parse().ok(),
+        commit: f[2].parse().ok().map(Timestamp),
+        paused: f[3] == "paused",
+    }))
+}
+
+/// Builds the standby from the newest base backup (the restore crate, over the vault's own
+/// API), in standby mode with the delay, and leaves it ready to start.
+async fn create(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), String> {
+    let cluster = &sb.cfg.cluster;
+    let rt = s
+        .collector
+        .get()
+        .and_then(|c| c.cluster(cluster).ok())
+        .ok_or_else(|| format!("cluster {cluster} is not being captured"))?;
+    if rt.inventory().window.is_none() {
+        sb.set(|st| {
+            st.state = StandbyState::Creating;
+            st.message = Some("waiting for a complete base backup with its WAL in the vault".into());
+        });
+        return Ok(());
+    }
+    sb.set(|st| {
+        st.state = StandbyState::Creating;
+        st.ready = false;
+        st.message = Some("restoring the newest base backup".into());
+    });
+    inner.token = None;
+    let token = crate::new_token().map_err(|e| e.to_string())?;
+    s.state.write().await.tokens.insert(
+        token.id().to_string(),
+        TokenEntry {
+            id: token.id().to_string(),
+            scope: vault_api::Scope::Read,
+            hash: blake3::hash(token.secret()),
+            label: format!("warm standby of {cluster}: building (in memory)"),
+            created_at: s.clock.now(),
+            created_by: "vault".into(),
+            revoked_at: None,
+        },
+    );
+    let result = build(s, sb, &token).await;
+    s.state.write().await.tokens.remove(token.id());
+    let backup = result?;
+    // Incidents raised before the standby existed are not its business: it starts from now.
+    let p = Persisted { incidents_seen: rt.incidents().len(), backup: Some(backup), ..Default::default() };
+    sb.save(&p)?;
+    tracing::info!(cluster, data = %sb.data().display(), "warm standby built");
+    Ok(())
+}
+
+async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Result<String, String> {
+    let url = s.standbys.url.get().ok_or("the vault is not listening yet")?;
+    let ca_pem = std::fs::read_to_string(&s.config.tls.cert)
+        .map_err(|e| format!("reading {}: {e}", s.config.tls.cert.display()))?;
+    let opts = restore::Options {
+        cluster: sb.cfg.cluster.clone(),
+        target: restore::Target::Latest,
+        near: None,
+        backup: None,
+        exclusive: false,
+        target_dir: sb.data().to_path_buf(),
+        action: restore::recovery::Action::Pause,
+        start: None,
+        parallel: 4,
+        verify: false,
+        holdfast_exe: std::env::current_exe().map_err(|e| format!("locating the holdfast binary: {e}"))?,
+        url: url.clone(),
+        ca_pem,
+        token: token.expose(),
+        user: Some(sb.cfg.user.clone()),
+        trust_local: false,
+    };
+    let report =
+        restore::run(&opts, &|_, _, _| {}).await.map_err(|e| format!("building the standby: {e}"))?;
+    let data = sb.data();
+    // The vault checks its standby over the Unix socket in the data directory (mode 0700, the
+    // server's user): trusted there; TCP on 127.0.0.1 keeps production's own rules and roles.
+    let hba = data.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap_or_default();
+    std::fs::write(
+        &hba,
+        format!("# holdfast warm standby: the vault checks it over the socket in its data directory\nlocal all all trust\n{original}"),
+    )
+    .map_err(|e| format!("writing {}: {e}", hba.display()))?;
+    // Standby mode (it never ends recovery by itself), with the vault's settings included last.
+    std::fs::write(data.join("standby.signal"), b"").map_err(|e| format!("writing standby.signal: {e}"))?;
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text += &format!("include = '{SETTINGS_FILE}'\n");
+    std::fs::write(&auto, text).map_err(|e| format!("writing {}: {e}", auto.display()))?;
+    sb.write_settings(None)?;
+    // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
+    let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
+    std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
+        .map_err(|e| format!("writing the feed limit: {e}"))?;
+    if let Some(user) = run_as() {
+        let (uid, gid) = restore::pg::user_ids(&user).map_err(|e| e.to_string())?;
+        restore::pg::chown_tree(data, uid, gid).map_err(|e| e.to_string())?;
+    }
+    Ok(report.backup)
+}
+
+/// One look: build, start, watch incidents, measure, raise.
+async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), String> {
+    let cluster = sb.cfg.cluster.clone();
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&cluster).ok()) else {
+        return Err(format!("cluster {cluster} is not being captured"));
+    };
+    let data = sb.data();
+    if !data.join("PG_VERSION").exists() || data.join(restore::INCOMPLETE_MARKER).exists() {
+        return create(s, sb, inner).await;
+    }
+    let mut p = sb.load();
+    let server = sb.server()?;
+    if p.promoted {
+        let srv = server.clone();
+        let seen = blocking(move || if srv.running() { look(&srv).ok().flatten() } else { None }).await?;
+        sb.set(|st| {
+            st.state = StandbyState::Promoted;
+            st.ready = seen.is_some();
+            st.paused_before_incident = p.paused_before_incident;
+            st.target = p.target.clone();
+            st.message = Some(format!(
+                "promoted: it no longer follows the vault; `holdfast standby resume --cluster {cluster}` builds a fresh standby"
+            ));
+        });
+        return Ok(());
+    }
+    sb.arm_token(s, inner).await?;
+    let srv = server.clone();
+    if !blocking(move || srv.running()).await? {
+        if p.started {
+            let message = format!(
+                "the warm standby of {cluster} (data {}, port {}) was not running: stopped or killed outside the vault. \
+                 The vault starts it again; find out who stopped it",
+                data.display(),
+                sb.cfg.port
+            );
+            rt.raise_incident("standby_stopped", message).await;
+        }
+        sb.set(|st| {
+            st.ready = false;
+            st.message = Some("starting PostgreSQL".into());
+        });
+        let srv = server.clone();
+        blocking(move || start_server(&srv)).await??;
+        p.started = true;
+        sb.save(&p)?;
+        inner.unreplayed.clear();
+        return Ok(());
+    }
+    rt.end_incident_episode("standby_stopped");
+    let srv = server.clone();
+    let seen = blocking(move || look(&srv)).await??;
+    // New incidents: the first with a restore target stops the standby short of it.
+    let incidents = rt.incidents();
+    if !p.overrun && p.paused_before_incident.is_none() {
+        for (i, inc) in incidents.iter().enumerate().skip(p.incidents_seen) {
+            if let Some(t) = inc.restore_target {
+                stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn).await?;
+                p.incidents_seen = p.incidents_seen.max(incidents.len());
+                sb.save(&p)?;
+                // What it showed before the restart is no longer true: the next look tells.
+                sb.set(|st| {
+                    st.state = if p.overrun { StandbyState::Overrun } else { StandbyState::Stopping };
+                    st.ready = false;
+                    st.paused_before_incident = p.paused_before_incident;
+                    st.target = p.target.clone();
+                    st.message = Some(format!("stopping just before incident {}", i + 1));
+                });
+                return Ok(());
+            }
+        }
+    }
+    p.incidents_seen = p.incidents_seen.max(incidents.len());
+    sb.save(&p)?;
+    // Lag: how long WAL the vault holds has waited unreplayed.
+    let vault_lsn = rt.status().durable_lsn;
+    let now = Instant::now();
+    // The feed: what the vault held `apply_delay` ago. (After a vault restart nothing is
+    // known about the WAL's age: the limit stays until a sample is old enough.)
+    if let Some(v) = vault_lsn {
+        if inner.held.back().is_none_or(|(_, l)| *l < v) {
+            inner.held.push_back((now, v));
+        }
+        let mut old_enough = None;
+        while inner.held.front().is_some_and(|(t, _)| now.duration_since(*t) >= sb.cfg.apply_delay) {
+            old_enough = inner.held.pop_front().map(|(_, l)| l);
+        }
+        if let Some(l) = old_enough {
+            sb.raise_feed(l)?;
+        }
+    }
+    if let Some(v) = vault_lsn
+        && inner.unreplayed.back().is_none_or(|(_, l)| *l < v)
+    {
+        inner.unreplayed.push_back((now, v));
+    }
+    let replay = seen.as_ref().and_then(|x| x.replay);
+    if let Some(r) = replay {
+        while inner.unreplayed.front().is_some_and(|(_, l)| *l <= r) {
+            inner.unreplayed.pop_front();
+        }
+    }
+    let following = p.paused_before_incident.is_none() && !p.overrun;
+    let behind = if following { inner.unreplayed.front().map(|(t, _)| now - *t) } else { None };
+    let window = sb.cfg.apply_delay + sb.cfg.max_lag;
+    if following && seen.is_some() && behind.is_some_and(|b| b > window) {
+        let message = format!(
+            "the warm standby of {cluster} has not replayed WAL the vault has held for {} s (apply_delay {} s + max_lag {} s): \
+             it is no longer seconds from the database. Its log: {}",
+            behind.unwrap_or_default().as_secs(),
+            sb.cfg.apply_delay.as_secs(),
+            sb.cfg.max_lag.as_secs(),
+            server.log.display()
+        );
+        rt.raise_incident("standby_behind", message).await;
+    } else if behind.is_none_or(|b| b <= window) {
+        rt.end_incident_episode("standby_behind");
+    }
+    sb.set(|st| {
+        st.state = if seen.as_ref().is_some_and(|x| !x.in_recovery) {
+            StandbyState::Failed
+        } else if p.overrun {
+            StandbyState::Overrun
+        } else if p.paused_before_incident.is_some() {
+            if seen.as_ref().is_some_and(|x| x.paused) { StandbyState::Paused } else { StandbyState::Stopping }
+        } else {
+            StandbyState::Following
+        };
+        st.ready = seen.is_some();
+        st.replay_lsn = replay;
+        st.last_replayed_commit = seen.as_ref().and_then(|x| x.commit);
+        st.vault_lsn = vault_lsn;
+        st.lag_bytes = vault_lsn.zip(replay).map(|(v, r)| v.0.saturating_sub(r.0));
+        st.behind_seconds = behind.map(|b| b.as_secs());
+        st.paused_before_incident = p.paused_before_incident;
+        st.target = p.target.clone();
+        st.backup = p.backup.clone();
+        st.message = match (&seen, p.paused_before_incident, p.overrun) {
+            (None, ..) => Some("PostgreSQL is starting".into()),
+            (Some(x), ..) if !x.in_recovery => Some(
+                "it left recovery without `holdfast standby promote` (promoted by someone on the vault host?): it no \
+                 longer follows the vault; `holdfast standby resume` builds a fresh one"
+                    .into(),
+            ),
+            (_, _, true) => Some(format!(
+                "incident {} was learnt after the standby had applied past its target: it does not show the state \
+                 before it. Restore instead (`holdfast restore --before-incident`), then `holdfast standby resume`",
+                p.paused_before_incident.map_or_else(|| "?".into(), |n| n.to_string())
+            )),
+            (Some(x), Some(n), _) => Some(if x.paused {
+                format!(
+                    "paused just before incident {n} ({}), read-only on 127.0.0.1:{}; `holdfast standby promote --cluster {cluster} --before-incident {n}` opens it for writes",
+                    p.target.as_deref().unwrap_or("?"),
+                    sb.cfg.port
+                )
+            } else {
+                format!("replaying up to just before incident {n}")
+            }),
+            (Some(_), None, _) => None,
+        };
+    });
+    Ok(())
+}
+
+/// Stops the standby just before incident `n`'s target: pause now, then restart with the
+/// target. If it already replayed past the target (learnt too late), it stays paused where it
+/// is and says so.
+async fn stop_before(
+    sb: &Standby,
+    server: &restore::pg::Server,
+    p: &mut Persisted,
+    n: usize,
+    inc: &Incident,
+    t: IncidentTarget,
+    vault_lsn: Option<Lsn>,
+) -> Result<(), String> {
+    let cluster = &sb.cfg.cluster;
+    tracing::warn!(cluster, incident = n, kind = %inc.kind, "stopping the warm standby short of the incident");
+    // At once: replay pauses, also while it waits out the delay before a commit.
+    let srv = server.clone();
+    let _ = blocking(move || srv.query("SELECT pg_wal_replay_pause()")).await?;
+    // Did it already apply the destroying transaction (or, for a window, its first one)?
+    let srv = server.clone();
+    let past = blocking(move || -> Result<(Option<Lsn>, Lsn), String> {
+        let seen = look(&srv)?.ok_or("the standby does not answer")?;
+        let replay = seen.replay.unwrap_or(Lsn(0));
+        let applied = match t {
+            IncidentTarget::BeforeLsn { lsn } => replay > lsn,
+            IncidentTarget::BeforeXid { xid } => {
+                let xmax = srv
+                    .query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+                    .map_err(|e| e.to_string())?
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("the standby reports no snapshot")?;
+                match restore::check::full_xid(xid, xmax) {
+                    // Not started as far as the standby knows.
+                    None => false,
+                    Some(full) => {
+                        srv.query(&format!("SELECT coalesce(pg_xact_status('{full}'::xid8), 'unknown')"))
+                            .map_err(|e| e.to_string())?
+                            .as_deref()
+                            == Some("committed")
+                    }
+                }
+            }
+        };
+        Ok((applied.then_some(replay), replay))
+    })
+    .await?;
+    let replayed = past.as_ref().ok().map(|(_, r)| *r);
+    let past = past.map(|(p, _)| p);
+    let (lines, label) = target_lines(t);
+    p.paused_before_incident = Some(n);
+    p.incidents_seen = n;
+    match past {
+        Ok(Some(replay)) => {
+            // Hold it where it is, also across restarts.
+            sb.write_settings(Some((&format!("recovery_target_lsn = '{replay}'\n"), "pause")))?;
+            p.overrun = true;
+            p.target = Some(format!("{label} (already applied: held at {replay})"));
+            sb.save(p)?;
+            tracing::error!(
+                cluster,
+                incident = n,
+                "the warm standby had already applied the incident's target"
+            );
+            return Ok(());
+        }
+        Ok(None) => {}
+        // Not able to tell: the target in the settings still stops it before the transaction.
+        Err(e) => tracing::warn!(cluster, error = %e, "could not check the standby against the incident"),
+    }
+    // Read-only, it stops before the destroying transaction's first record: stopped just before
+    // its commit, the transaction would still hold its locks (a DROP or TRUNCATE its table's,
+    // the very table people need to read). Transactions that committed while it ran appear
+    // once promoted: promotion replays up to just before its commit exactly. That needs the
+    // standby not to have replayed that record yet (PostgreSQL cannot restart at a point
+    // before where it was): the feed's delay makes that the rule. A transaction that ran for
+    // longer than the delay is stopped before its commit instead.
+    p.exact = Some(t);
+    match inc.first_lsn.filter(|f| replayed.is_some_and(|r| r <= *f)) {
+        Some(first) => {
+            sb.write_settings(Some((&format!("recovery_target_lsn = '{first}'\n"), "pause")))?;
+            p.target = Some(format!(
+                "lsn {first}, the destroying transaction's first record; promoting stops just before {label}"
+            ));
+        }
+        None => {
+            sb.write_settings(Some((&lines, "pause")))?;
+            p.target = Some(label);
+        }
+    }
+    sb.save(p)?;
+    // The target is in the settings: the standby may now read up to it at once (it has to read
+    // the record at the target to stop before it).
+    if let Some(v) = vault_lsn {
+        sb.raise_feed(v)?;
+    }
+    restart(server).await
+}
+
+async fn restart(server: &restore::pg::Server) -> Result<(), String> {
+    let srv = server.clone();
+    blocking(move || -> Result<(), String> {
+        srv.stop().map_err(|e| format!("stopping the standby: {e}"))?;
+        start_server(&srv)
+    })
+    .await?
+}
+
+fn find<'a>(s: &'a Shared, cluster: &str) -> Result<&'a Arc<Standby>, ActionError> {
+    s.standbys.all.get(cluster).ok_or_else(|| ActionError::NoStandby(cluster.to_string()))
+}
+
+/// Opens the standby, paused before incident `n`, for writes (`pg_promote()`).
+pub async fn promote(
+    s: &Arc<Shared>,
+    cluster: &str,
+    n: usize,
+) -> Result<(StandbyStatus, String), ActionError> {
+    let sb = find(s, cluster)?;
+    let mut inner = sb.inner.lock().await;
+    let mut p = sb.load();
+    if p.promoted {
+        return Err(ActionError::Conflict(format!("the standby of {cluster} is already promoted")));
+    }
+    if p.overrun {
+        return Err(ActionError::Conflict(format!(
+            "the standby of {cluster} applied past incident {n}'s target: it does not hold the state before it; \
+             restore with `holdfast restore --cluster {cluster} --before-incident {n}` instead"
+        )));
+    }
+    match p.paused_before_incident {
+        Some(k) if k == n => {}
+        Some(k) => {
+            return Err(ActionError::Conflict(format!(
+                "the standby of {cluster} is stopped before incident {k}, not {n}: promote with --before-incident {k}, \
+                 or restore to incident {n} with `holdfast restore --before-incident {n}`"
+            )));
+        }
+        None => {
+            return Err(ActionError::Conflict(format!(
+                "the standby of {cluster} is following, not stopped before incident {n} (it stops only for \
+                 incidents raised while it follows); see `holdfast standby status`"
+            )));
+        }
+    }
+    let server = sb.server().map_err(ActionError::Failed)?;
+    // Up to just before the destroying transaction's commit, exactly, then open: recovery
+    // ends there and the transaction is rolled back (its locks go with it).
+    let exact = p.exact.map(target_lines);
+    if let Some((lines, _)) = &exact {
+        sb.write_settings(Some((lines, "promote"))).map_err(ActionError::Failed)?;
+        if let Some(v) =
+            s.collector.get().and_then(|c| c.cluster(cluster).ok()).and_then(|rt| rt.status().durable_lsn)
+        {
+            sb.raise_feed(v).map_err(ActionError::Failed)?;
+        }
+        restart(&server).await.map_err(ActionError::Failed)?;
+    }
+    let srv = server.clone();
+    let has_exact = exact.is_some();
+    blocking(move || -> Result<(), String> {
+        if !has_exact {
+            srv.wait_recovered(false, Duration::from_secs(600)).map_err(|e| e.to_string())?;
+            srv.query("SELECT pg_promote(true, 300)").map_err(|e| e.to_string())?;
+        }
+        srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(ActionError::Failed)?
+    .map_err(|e| ActionError::Failed(format!("promoting the standby of {cluster}: {e}")))?;
+    p.promoted = true;
+    sb.save(&p).map_err(ActionError::Failed)?;
+    // Its restore_command is no longer used: the read token goes.
+    if let Some(t) = inner.token.take() {
+        s.state.write().await.tokens.remove(t.id());
+    }
+    drop(inner);
+    let message = format!(
+        "the standby of {cluster} is promoted: it accepts writes on 127.0.0.1:{} (socket in {}), holding the data as \
+         it was just before incident {n} ({}). Either point applications at it, or stop it (pg_ctl -D {} stop) and \
+         copy {} to the production host (e.g. rsync -a) and start PostgreSQL there. It no longer follows the vault: \
+         `holdfast standby resume --cluster {cluster}` builds a fresh standby and keeps this directory, renamed",
+        sb.cfg.port,
+        sb.data().display(),
+        exact.map_or_else(|| p.target.clone().unwrap_or_default(), |(_, label)| label),
+        sb.data().display(),
+        sb.data().display(),
+    );
+    let mut st = sb.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    st.state = StandbyState::Promoted;
+    Ok((st, message))
+}
+
+/// Makes the standby follow again: clears its stop, or — promoted or overrun — stops it,
+/// renames its data directory aside (never removed: it may be the production copy now) and
+/// lets the next look build a fresh one from the newest backup.
+pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, String), ActionError> {
+    let sb = find(s, cluster)?;
+    let mut inner = sb.inner.lock().await;
+    let mut p = sb.load();
+    let server = sb.server().map_err(ActionError::Failed)?;
+    let incidents =
+        s.collector.get().and_then(|c| c.cluster(cluster).ok()).map_or(0, |rt| rt.incidents().len());
+    let message = if p.promoted || p.overrun {
+        let srv = server.clone();
+        blocking(move || srv.stop())
+            .await
+            .map_err(ActionError::Failed)?
+            .map_err(|e| ActionError::Failed(e.to_string()))?;
+        let aside = PathBuf::from(format!("{}.replaced-{}", sb.data().display(), s.clock.now().as_secs()));
+        std::fs::rename(sb.data(), &aside).map_err(|e| {
+            ActionError::Failed(format!("renaming {} to {}: {e}", sb.data().display(), aside.display()))
+        })?;
+        if let Some(t) = inner.token.take() {
+            s.state.write().await.tokens.remove(t.id());
+        }
+        inner.unreplayed.clear();
+        sb.set(|st| {
+            st.state = StandbyState::Creating;
+            st.ready = false;
+            st.paused_before_incident = None;
+            st.target = None;
+        });
+        format!(
+            "the old standby's data directory is kept as {}; a fresh standby of {cluster} is being built from the newest backup",
+            aside.display()
+        )
+    } else if p.paused_before_incident.is_some() {
+        sb.write_settings(None).map_err(ActionError::Failed)?;
+        p.paused_before_incident = None;
+        p.target = None;
+        p.exact = None;
+        p.incidents_seen = incidents;
+        sb.save(&p).map_err(ActionError::Failed)?;
+        restart(&server).await.map_err(ActionError::Failed)?;
+        inner.unreplayed.clear();
+        format!(
+            "the standby of {cluster} follows the vault again, {} s behind; it stops for incidents raised from now on",
+            sb.cfg.apply_delay.as_secs()
+        )
+    } else {
+        format!("the standby of {cluster} is already following the vault")
+    };
+    drop(inner);
+    let st = sb.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok((st, message))
+}
+
+/// Per-cluster standby gauges.
+pub fn metrics(out: &mut String, all: &[StandbyStatus]) {
+    use std::fmt::Write;
+    if all.is_empty() {
+        return;
+    }
+    let mut gauge = |name: &str, help: &str, value: &dyn Fn(&StandbyStatus) -> Option<f64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for b in all {
+            if let Some(v) = value(b) {
+                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", b.cluster);
+            }
+        }
+    };
+    gauge("holdfast_standby_ready", "1 if the warm standby answers queries.", &|b| {
+        Some(f64::from(u8::from(b.ready)))
+    });
+    gauge(
+        "holdfast_standby_following",
+        "1 while the warm standby follows the vault's WAL (0: creating, paused before an incident, promoted, failed).",
+        &|b| Some(f64::from(u8::from(b.state == StandbyState::Following))),
+    );
+    gauge(
+        "holdfast_standby_paused_before_incident",
+        "The incident the standby stopped short of (0: none).",
+        &|b| Some(b.paused_before_incident.unwrap_or(0) as f64),
+    );
+    gauge(
+        "holdfast_standby_replay_lsn_bytes",
+        "pg_last_wal_replay_lsn() of the standby, as a byte position.",
+        &|b| b.replay_lsn.map(|l| l.0 as f64),
+    );
+    gauge("holdfast_standby_lag_bytes", "WAL the vault holds that the standby has not replayed.", &|b| {
+        b.lag_bytes.map(|l| l as f64)
+    });
+    gauge("holdfast_standby_behind_seconds", "How long WAL the vault holds has waited unreplayed.", &|b| {
+        b.behind_seconds.map(|l| l as f64)
+    });
+    gauge("holdfast_standby_apply_delay_seconds", "The configured apply delay.", &|b| {
+        Some(b.apply_delay_seconds as f64)
+    });
+    gauge(
+        "holdfast_standby_last_replayed_commit_timestamp_seconds",
+        "Commit time of the last transaction the standby applied.",
+        &|b| b.last_replayed_commit.map(|t| t.as_secs() as f64),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_target_becomes_exclusive_recovery_settings() {
+        let (l, label) = target_lines(IncidentTarget::BeforeXid { xid: 812 });
+        assert_eq!((l.as_str(), label.as_str()), ("recovery_target_xid = '812'\n", "xid 812"));
+        let (l, _) = target_lines(IncidentTarget::BeforeLsn { lsn: Lsn(0x3000060) });
+        assert_eq!(l, "recovery_target_lsn = '0/3000060'\n");
+    }
+}
