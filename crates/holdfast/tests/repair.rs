@@ -136,16 +136,34 @@ impl Setup {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Waits until the collector's catalog snapshot is loaded (incidents then name tables).
-    fn wait_catalog(&self) {
+    /// The number of tables in the collector's catalog snapshot (0 before the first).
+    fn catalog_tables(&self) -> u64 {
+        let out = self.v.cli(&self.admin, &["status", "--json"]).unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        st["clusters"][0]["catalog_tables"].as_u64().unwrap_or(0)
+    }
+
+    /// Runs `sql` (creating `tables` new tables) and waits until the collector's catalog
+    /// snapshot knows them, so that incidents name them.
+    fn create(&self, sql: &str, tables: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut known = self.catalog_tables();
+        while known == 0 {
+            assert!(Instant::now() < deadline, "no catalog snapshot\n{}", self.v.log());
+            std::thread::sleep(Duration::from_millis(100));
+            known = self.catalog_tables();
+        }
+        self.pg.psql(sql).unwrap();
         loop {
-            let out = self.v.cli(&self.admin, &["status", "--json"]).unwrap();
-            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if st["clusters"][0]["catalog_tables"].as_u64().is_some_and(|n| n > 0) {
+            let now = self.catalog_tables();
+            if now >= known + tables {
                 return;
             }
-            assert!(Instant::now() < deadline, "no catalog snapshot: {st}\n{}", self.v.log());
+            assert!(
+                Instant::now() < deadline,
+                "the catalog snapshot has {now} tables, not {known} + {tables}\n{}",
+                self.v.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -193,12 +211,10 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn repairing_one_merchant_brings_back_what_the_incident_destroyed_and_keeps_everything_since() {
     let s = Setup::new(TempPg::start().unwrap());
-    s.pg.psql(&shop()).unwrap();
-    s.pg.psql(
-        "CREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO clerk",
-    )
-    .unwrap();
-    s.wait_catalog();
+    s.create(
+        &format!("{}\nCREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO clerk;", shop()),
+        5,
+    );
     let victim_orders_before =
         s.pg.psql(&format!(
             "SELECT string_agg(t::text, E'\\n' ORDER BY order_id) FROM orders t WHERE merchant_id = {VICTIM}"
@@ -403,7 +419,7 @@ fn repairing_one_merchant_brings_back_what_the_incident_destroyed_and_keeps_ever
 #[test]
 fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the_foreign_key_to_it() {
     let s = Setup::new(TempPg::start().unwrap());
-    s.pg.psql(&format!(
+    s.create(&format!(
         "{}
          CREATE ROLE app LOGIN PASSWORD 'app-pw';
          CREATE TABLE coupons (coupon_id serial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants,
@@ -415,14 +431,11 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
          GRANT SELECT, INSERT ON coupons, redemptions TO app;
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;",
         shop()
-    ))
-    .unwrap();
-    s.wait_catalog();
+    ), 7);
     let describe = "SELECT (SELECT string_agg(indexdef, E'\\n' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'coupons'), \
                     (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), E'\\n' ORDER BY conname) FROM pg_constraint WHERE conrelid IN ('coupons'::regclass, 'redemptions'::regclass)), \
                     (SELECT string_agg(grantee || ':' || privilege_type, ',' ORDER BY grantee, privilege_type) FROM information_schema.role_table_grants WHERE table_name = 'coupons'), \
                     (SELECT column_default FROM information_schema.columns WHERE table_name = 'coupons' AND column_name = 'pct'), \
-                    (SELECT last_value FROM coupons_coupon_id_seq), \
                     (SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons t)";
     let before = s.pg.psql(describe).unwrap();
     let known = s.incidents().len();
@@ -462,6 +475,10 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
         "{report:#}"
     );
     assert_eq!(s.pg.psql(describe).unwrap(), before, "the table did not come back as it was");
+    // The sequence is where recovery left it: PostgreSQL logs sequences 32 values ahead, so a
+    // recovered sequence continues at most that far past its last id; never behind.
+    let seq: i64 = s.pg.psql("SELECT last_value FROM coupons_coupon_id_seq").unwrap().parse().unwrap();
+    assert!((400..=432).contains(&seq), "sequence at {seq}");
     // The application's inserts work: its own login, the sequence's next id.
     let out = std::process::Command::new(testkit::pg::bin("psql").unwrap())
         .arg("-d")
@@ -476,7 +493,7 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
         .output()
         .unwrap();
     assert!(out.status.success(), "the app cannot insert: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "401|10");
+    assert_eq!(text(&out.stdout).trim(), format!("{}|10", seq + 1));
     // The foreign key from redemptions is back and enforced.
     let bad = s.pg.psql("INSERT INTO redemptions (coupon_id) VALUES (99999)");
     assert!(bad.is_err(), "redemptions accepts a coupon that does not exist");

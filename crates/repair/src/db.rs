@@ -92,7 +92,8 @@ impl Conn {
     ) -> Result<String, RepairError> {
         let mut c = self.command(bindir, "psql");
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]).args(extra);
-        for s in SESSION_SETTINGS.iter().copied().chain(set) {
+        // Reads never wait long behind a lock (an application's, or a replayed one).
+        for s in SESSION_SETTINGS.iter().copied().chain(["SET lock_timeout = '60s'"]).chain(set) {
             c.arg("-c").arg(s);
         }
         c.arg("-c").arg(sql);
@@ -129,7 +130,7 @@ impl Conn {
         no_owner: bool,
     ) -> Result<String, RepairError> {
         let mut c = self.command(bindir, "pg_dump");
-        c.arg("-t").arg(table);
+        c.arg("-t").arg(table).arg("--lock-wait-timeout=60s");
         for s in sections {
             c.arg(format!("--section={s}"));
         }

@@ -628,7 +628,15 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
             backup: None,
             exclusive,
             target_dir: dir.clone(),
-            action: restore::recovery::Action::Pause,
+            // The copy before is promoted: paused just before a DROP or TRUNCATE, a hot standby
+            // still holds the replayed ACCESS EXCLUSIVE lock of that unfinished transaction,
+            // and every read of the table would wait for it forever. Ending recovery there
+            // aborts it. The copy after is paused past the commit, where the locks are gone.
+            action: if which == "before" {
+                restore::recovery::Action::Promote
+            } else {
+                restore::recovery::Action::Pause
+            },
             start: Some(restore::StartOptions {
                 port,
                 socket_dir: dir.clone(),
