@@ -72,6 +72,9 @@ pub struct RepairArgs {
     /// Print the report as one JSON object (the plan is not printed).
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as JSON to this file (a record of what was repaired).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 fn side(s: &str) -> Result<Prefer> {
@@ -147,6 +150,10 @@ pub async fn repair(a: RepairArgs) -> Result<u8> {
         prepared.apply().await
     }
     .map_err(|e| anyhow!("{e}"))?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -333,11 +333,15 @@ fn repairing_one_merchant_brings_back_what_the_incident_destroyed_and_keeps_ever
 
     // The repair.
     let t = Instant::now();
-    let out = s.repair(&["--incident", n, "--tenant", &tenant, "--json"], None, &[]);
+    let report_file = s.v.scratch().join("repair-report.json");
+    let out = s.repair(
+        &["--incident", n, "--tenant", &tenant, "--report", report_file.to_str().unwrap()],
+        None,
+        &[],
+    );
     assert!(out.status.success(), "repair failed: {}\n{}", text(&out.stderr), text(&out.stdout));
-    eprintln!("repair of merchant {VICTIM}: {:?}\n{}", t.elapsed(), text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{report:#}");
+    eprintln!("repair of merchant {VICTIM}: {:?}\n{}\n{}", t.elapsed(), text(&out.stderr), text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
     assert_eq!(report["applied"], true);
     let table = |name: &str| {
         report["tables"]

@@ -342,6 +342,99 @@ async fn sequences(conn: &Conn, bindir: &Path, q: &QName) -> Result<Vec<(String,
     Ok(conn.query(bindir, &sql).await?.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect())
 }
 
+/// What can be checked on the live side before anything is restored: each table's shape
+/// (absent: dropped), the tenant column, the login's rights. With `lenient_tenant` (the scope
+/// is every table) tables without the tenant column leave the scope instead of refusing.
+async fn check_live(
+    live: &Conn,
+    bindir: &Path,
+    scope: &mut Vec<QName>,
+    tenant: &Option<crate::Tenant>,
+    lenient_tenant: bool,
+    login: &str,
+    notes: &mut Vec<String>,
+) -> Result<BTreeMap<QName, Shape>, RepairError> {
+    let mut live_shapes: BTreeMap<QName, Shape> = BTreeMap::new();
+    for q in scope.iter() {
+        if let Some(s) = shape(live, bindir, q).await? {
+            live_shapes.insert(q.clone(), s);
+        }
+    }
+    if let Some(t) = tenant {
+        let lacking: Vec<String> = live_shapes
+            .iter()
+            .filter(|(_, s)| !s.columns.contains(&t.column))
+            .map(|(q, _)| q.to_string())
+            .collect();
+        if !lacking.is_empty() {
+            if lenient_tenant {
+                scope.retain(|q| live_shapes.get(q).is_none_or(|s| s.columns.contains(&t.column)));
+                notes.push(format!(
+                    "tables without a column {}: not in scope ({})",
+                    t.column,
+                    lacking.join(", ")
+                ));
+            } else {
+                return Err(RepairError::Refused(format!(
+                    "--tenant {}={}: table{} {} ha{} no column {:?}; choose the tenant column these tables share, or narrow the scope with --table",
+                    t.column,
+                    t.value,
+                    if lacking.len() > 1 { "s" } else { "" },
+                    lacking.join(", "),
+                    if lacking.len() > 1 { "ve" } else { "s" },
+                    t.column
+                )));
+            }
+        }
+    }
+    for q in live_shapes.keys() {
+        let rows = live
+            .query(
+                bindir,
+                &format!(
+                    "SELECT has_table_privilege(({0}), 'SELECT'), has_table_privilege(({0}), 'INSERT'), has_table_privilege(({0}), 'UPDATE')",
+                    rel(q)
+                ),
+            )
+            .await?;
+        let r = rows.first().cloned().unwrap_or_default();
+        let missing: Vec<&str> = ["SELECT", "INSERT", "UPDATE"]
+            .iter()
+            .zip(r.iter())
+            .filter(|(_, v)| v.as_str() != "t")
+            .map(|(p, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            return Err(RepairError::Refused(format!(
+                "the live login {login} lacks {} on {q}: the repair reads, re-inserts and reverts rows there; GRANT {} ON {} TO {} or repair with a login that has them",
+                missing.join(", "),
+                missing.join(", "),
+                q.sql(),
+                ident(&login)
+            )));
+        }
+    }
+    for q in scope.iter().filter(|q| !live_shapes.contains_key(*q)) {
+        let may = live
+            .query(
+                bindir,
+                &format!(
+                    "SELECT coalesce((SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_catalog.pg_namespace n WHERE n.nspname = {}), false)",
+                    literal(&q.schema)
+                ),
+            )
+            .await?;
+        if may.first().and_then(|r| r.first()).map(String::as_str) != Some("t") {
+            return Err(RepairError::Refused(format!(
+                "table {q} is gone from the live database and the live login {login} may not create it in schema {} (missing, or no CREATE right)",
+                q.schema
+            )));
+        }
+    }
+
+    Ok(live_shapes)
+}
+
 /// Plans the repair: resolves the damage, checks the input and the live login's rights,
 /// restores the two scratch copies, compares the rows and writes the script. Nothing is
 /// changed in the live database.
@@ -396,7 +489,8 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
         .query(
             &bindir,
             "SELECT current_database(), current_user, current_setting('is_superuser') = 'on' \
-             OR has_parameter_privilege('session_replication_role', 'SET'), has_database_privilege(current_database(), 'TEMP')",
+             OR has_parameter_privilege('session_replication_role', 'SET'), has_database_privilege(current_database(), 'TEMP'), \
+             (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
         )
         .await
         .map_err(|e| RepairError::Refused(format!("cannot use the live database with --dsn: {e}")))?;
@@ -404,8 +498,8 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
         .into_iter()
         .next()
         .ok_or_else(|| RepairError::Refused("the live database answered nothing".into()))?;
-    let (database, login, may_replica, may_temp) =
-        (who[0].clone(), who[1].clone(), who[2] == "t", who[3] == "t");
+    let (database, login, may_replica, may_temp, db_oid) =
+        (who[0].clone(), who[1].clone(), who[2] == "t", who[3] == "t", who[4].clone());
     let triggers_off = match opts.triggers {
         Triggers::On => false,
         Triggers::Auto => may_replica,
@@ -436,9 +530,22 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
         v.dedup();
         v
     });
+    // Files the collector could not name (a table created after its last catalog snapshot):
+    // named from the copy before, where they still exist.
+    let unnamed: Vec<u64> = objects
+        .iter()
+        .flatten()
+        .filter(|o| o.table.is_none())
+        .filter_map(|o| {
+            let path = o.relfilenode.as_deref()?;
+            let mut parts = path.strip_prefix("base/")?.split('/');
+            let (db, node) = (parts.next()?, parts.next()?);
+            (db == db_oid).then(|| node.parse().ok()).flatten()
+        })
+        .collect();
     let mut allowed: Option<BTreeSet<QName>> = None;
     if let Some(tables) = &incident_tables {
-        if tables.is_empty() {
+        if tables.is_empty() && unnamed.is_empty() {
             let others: BTreeSet<&str> = objects.iter().flatten().map(|o| o.database.as_str()).collect();
             return Err(RepairError::Refused(format!(
                 "{damage} names no table in database {database}{}; connect --dsn to the database it touched, or use --before/--after with --table",
@@ -480,6 +587,7 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
             let q = parse_table(t, &database)?;
             if let Some(set) = &allowed
                 && !set.contains(&q)
+                && unnamed.is_empty()
             {
                 return Err(RepairError::Refused(format!(
                     "table {database}.{q} is not among the objects of {damage} (those are: {}); repair it with --before/--after instead",
@@ -500,83 +608,9 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
     }
 
     // 4. What can be checked on the live side before restoring anything.
-    let mut live_shapes: BTreeMap<QName, Shape> = BTreeMap::new();
-    for q in &scope {
-        if let Some(s) = shape(&live, &bindir, q).await? {
-            live_shapes.insert(q.clone(), s);
-        }
-    }
-    if let Some(t) = &opts.tenant {
-        let lacking: Vec<String> = live_shapes
-            .iter()
-            .filter(|(_, s)| !s.columns.contains(&t.column))
-            .map(|(q, _)| q.to_string())
-            .collect();
-        if !lacking.is_empty() {
-            if opts.tables.is_empty() && objects.is_none() {
-                scope.retain(|q| live_shapes.get(q).is_none_or(|s| s.columns.contains(&t.column)));
-                notes.push(format!(
-                    "tables without a column {}: not in scope ({})",
-                    t.column,
-                    lacking.join(", ")
-                ));
-            } else {
-                return Err(RepairError::Refused(format!(
-                    "--tenant {}={}: table{} {} ha{} no column {:?}; choose the tenant column these tables share, or narrow the scope with --table",
-                    t.column,
-                    t.value,
-                    if lacking.len() > 1 { "s" } else { "" },
-                    lacking.join(", "),
-                    if lacking.len() > 1 { "ve" } else { "s" },
-                    t.column
-                )));
-            }
-        }
-    }
-    for (q, _) in &live_shapes {
-        let rows = live
-            .query(
-                &bindir,
-                &format!(
-                    "SELECT has_table_privilege(({0}), 'SELECT'), has_table_privilege(({0}), 'INSERT'), has_table_privilege(({0}), 'UPDATE')",
-                    rel(q)
-                ),
-            )
-            .await?;
-        let r = rows.first().cloned().unwrap_or_default();
-        let missing: Vec<&str> = ["SELECT", "INSERT", "UPDATE"]
-            .iter()
-            .zip(r.iter())
-            .filter(|(_, v)| v.as_str() != "t")
-            .map(|(p, _)| *p)
-            .collect();
-        if !missing.is_empty() {
-            return Err(RepairError::Refused(format!(
-                "the live login {login} lacks {} on {q}: the repair reads, re-inserts and reverts rows there; GRANT {} ON {} TO {} or repair with a login that has them",
-                missing.join(", "),
-                missing.join(", "),
-                q.sql(),
-                ident(&login)
-            )));
-        }
-    }
-    for q in scope.iter().filter(|q| !live_shapes.contains_key(*q)) {
-        let may = live
-            .query(
-                &bindir,
-                &format!(
-                    "SELECT coalesce((SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_catalog.pg_namespace n WHERE n.nspname = {}), false)",
-                    literal(&q.schema)
-                ),
-            )
-            .await?;
-        if may.first().and_then(|r| r.first()).map(String::as_str) != Some("t") {
-            return Err(RepairError::Refused(format!(
-                "table {q} is gone from the live database and the live login {login} may not create it in schema {} (missing, or no CREATE right)",
-                q.schema
-            )));
-        }
-    }
+    let lenient_tenant = opts.tables.is_empty() && objects.is_none();
+    let mut live_shapes =
+        check_live(&live, &bindir, &mut scope, &opts.tenant, lenient_tenant, &login, &mut notes).await?;
 
     // 5. The two scratch copies.
     let root = match &opts.scratch {
@@ -688,6 +722,49 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
     let t1 = Instant::now();
     let after_conn = conns.pop().expect("two copies");
     let before_conn = conns.pop().expect("two copies");
+
+    // 5b. Name the files the collector could not, from the copy before; check them as above.
+    if !unnamed.is_empty() {
+        let mut found = Vec::new();
+        for node in &unnamed {
+            let rows = before_conn
+                .query(
+                    &bindir,
+                    &format!(
+                        "WITH a AS (SELECT pg_catalog.pg_filenode_relation(0, {node}) AS oid), \
+                         b AS (SELECT coalesce((SELECT i.indrelid FROM pg_catalog.pg_index i, a WHERE i.indexrelid = a.oid), (SELECT oid FROM a)) AS oid), \
+                         c AS (SELECT coalesce((SELECT t.oid FROM pg_catalog.pg_class t, b WHERE t.reltoastrelid = b.oid), (SELECT oid FROM b)) AS oid) \
+                         SELECT n.nspname, k.relname FROM pg_catalog.pg_class k JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace, c \
+                         WHERE k.oid = c.oid AND k.relkind IN ('r', 'p')"
+                    ),
+                )
+                .await?;
+            for r in rows {
+                let q = QName { schema: r[0].clone(), table: r[1].clone() };
+                if !found.contains(&q) {
+                    found.push(q);
+                }
+            }
+        }
+        let set = allowed.get_or_insert_with(BTreeSet::new);
+        let mut new: Vec<QName> = found.into_iter().filter(|q| set.insert(q.clone())).collect();
+        if opts.tables.is_empty() {
+            new.retain(|q| !scope.contains(q));
+            let extra = check_live(&live, &bindir, &mut new, &opts.tenant, false, &login, &mut notes).await?;
+            live_shapes.extend(extra);
+            scope.extend(new);
+        } else if let Some(q) = scope.iter().find(|q| !set.contains(*q)) {
+            return Err(RepairError::Refused(format!(
+                "table {database}.{q} is not among the objects of {damage} (those are: {}); repair it with --before/--after instead",
+                set.iter().map(|q| format!("{database}.{q}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if scope.is_empty() {
+            return Err(RepairError::Refused(format!(
+                "{damage} names no table of database {database}, neither in the vault's catalog nor in the copy before it"
+            )));
+        }
+    }
 
     // 6. Cascades seen in the copy before (a dropped table's children are known only there).
     if opts.tables.is_empty() && allowed.is_some() {
