@@ -450,18 +450,32 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
     s.pg.psql("INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES (1, 9, 100)").unwrap();
     assert!(s.pg.psql("SELECT to_regclass('coupons') IS NULL").unwrap() == "t");
 
-    let out = s.repair(&["--incident", n, "--dry-run"], None, &[]);
-    assert!(out.status.success(), "dry run: {}", text(&out.stderr));
+    // The application re-created an empty `coupons` of its own: `--as` brings the old one
+    // back beside it, under another name (its indexes and sequence renamed too), the new one
+    // untouched.
+    s.pg.psql("CREATE TABLE coupons (coupon_id serial PRIMARY KEY, code text); INSERT INTO coupons (code) VALUES ('fresh')")
+        .unwrap();
+    let out = s.repair(&["--incident", n, "--table", "public.coupons", "--as", "coupons_before"], None, &[]);
+    assert!(out.status.success(), "repair --as: {}\n{}", text(&out.stderr), text(&out.stdout));
     let plan = text(&out.stdout);
     assert!(
-        plan.contains("recreated (dropped by the incident)")
-            && plan.contains("CREATE INDEX coupons_by_merchant"),
+        plan.contains("public.coupons (as public.coupons_before)")
+            && plan.contains("coupons_before_by_merchant"),
         "{plan}"
     );
-    assert!(
-        s.pg.psql("SELECT to_regclass('coupons') IS NULL").unwrap() == "t",
-        "a dry run changed something"
+    assert_eq!(
+        s.pg.psql(
+            "SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons_before t"
+        )
+        .unwrap(),
+        before.rsplit('|').next().unwrap()
     );
+    assert_eq!(s.pg.psql("SELECT string_agg(t::text, ',') FROM coupons t").unwrap(), "(1,fresh)");
+    assert_eq!(
+        s.pg.psql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'coupons_before'").unwrap(),
+        "coupons_before_by_merchant,coupons_before_code_key,coupons_before_pkey"
+    );
+    s.pg.psql("DROP TABLE coupons, coupons_before").unwrap();
 
     let out = s.repair(&["--incident", n, "--json"], None, &[]);
     assert!(out.status.success(), "repair: {}\n{}", text(&out.stderr), text(&out.stdout));

@@ -807,7 +807,8 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
             .find(|(t, _)| parse_table(t, &database).ok().as_ref() == Some(q))
             .map(|(_, p)| *p)
             .unwrap_or(opts.prefer);
-        match live_shapes.get(q) {
+        // `--as`: recreated beside whatever holds the name now.
+        match live_shapes.get(q).filter(|_| opts.rename.is_none()) {
             Some(lshape) => {
                 if lshape.signature != bshape.signature {
                     return Err(RepairError::Refused(format!(
@@ -860,12 +861,17 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
                         n.table
                     )));
                 }
-                let dumped = q.sql();
-                let (pre, post) = (
-                    before_conn.dump_table(&bindir, &dumped, &["pre-data", "data"], !may_replica).await?,
-                    before_conn.dump_table(&bindir, &dumped, &["post-data"], !may_replica).await?,
-                );
-                let foreign_keys: Vec<String> = before_conn
+                if !may_replica {
+                    notes.push(format!(
+                        "{q} is recreated owned by the live login {login}, not its original owner (only a superuser, or a login granted SET on session_replication_role, keeps the owner)"
+                    ));
+                }
+                // Under another name the table is a copy beside the live one: other tables'
+                // foreign keys stay as they are.
+                let foreign_keys: Vec<String> = if created_as.is_some() {
+                    Vec::new()
+                } else {
+                    before_conn
                     .query_in(
                         &bindir,
                         Some("pg_catalog"),
@@ -879,7 +885,8 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
                     .await?
                     .into_iter()
                     .map(|r| r[0].clone())
-                    .collect();
+                    .collect()
+                };
                 let sum = before_conn
                     .query(
                         &bindir,
@@ -890,6 +897,41 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
                     )
                     .await?;
                 let sum = sum.into_iter().next().unwrap_or_default();
+                // `--as`: renamed in the copy before (promoted, so writable) with its indexes
+                // and sequences, whose names would otherwise collide with the live table's;
+                // then dumped under the new names.
+                let dumped = match &created_as {
+                    Some(n) => {
+                        let rename = |from: &str| {
+                            format!("replace({from}, {}, {})", literal(&q.table), literal(&n.table))
+                        };
+                        before_conn
+                            .query(
+                                &bindir,
+                                &format!(
+                                    "DO $holdfast$ DECLARE x record; BEGIN \
+                                     FOR x IN SELECT c.oid::regclass AS r, c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = ({rel}) LOOP \
+                                       EXECUTE pg_catalog.format('ALTER INDEX %s RENAME TO %I', x.r, {ri}); END LOOP; \
+                                     FOR x IN SELECT DISTINCT s.oid::regclass AS r, s.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+                                       WHERE d.refobjid = ({rel}) AND d.deptype IN ('a', 'i') LOOP \
+                                       EXECUTE pg_catalog.format('ALTER SEQUENCE %s RENAME TO %I', x.r, {ri}); END LOOP; \
+                                     EXECUTE pg_catalog.format('ALTER TABLE %I.%I RENAME TO %I', {s}, {t}, {nt}); END $holdfast$",
+                                    rel = rel(q),
+                                    ri = rename("x.relname"),
+                                    s = literal(&q.schema),
+                                    t = literal(&q.table),
+                                    nt = literal(&n.table)
+                                ),
+                            )
+                            .await?;
+                        n.sql()
+                    }
+                    None => q.sql(),
+                };
+                let (pre, post) = (
+                    before_conn.dump_table(&bindir, &dumped, &["pre-data", "data"], !may_replica).await?,
+                    before_conn.dump_table(&bindir, &dumped, &["post-data"], !may_replica).await?,
+                );
                 plans.push(TablePlan {
                     name: q.clone(),
                     created_as,
@@ -1103,9 +1145,13 @@ fn write_script(
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let mut sql = format!(
-            "INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT (x.r).* FROM {tmp} x WHERE x.expect IS NULL;\n"
-        );
+        let mut sql = String::new();
+        if diff.reinserted() > 0 {
+            let _ = writeln!(
+                sql,
+                "INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT (x.r).* FROM {tmp} x WHERE x.expect IS NULL;"
+            );
+        }
         if !shape.pk.is_empty() && diff.reverted() > 0 {
             let _ = writeln!(
                 sql,
@@ -1117,30 +1163,34 @@ fn write_script(
         }
         both(&mut full, &mut shown, &sql);
         // Verification: every repaired row reads as before (and the checksums agree).
-        let check = if shape.pk.is_empty() {
-            format!(
-                "  SELECT count(*) INTO bad FROM (SELECT (x.r)::text AS v, max(x.want) AS w FROM {tmp} x GROUP BY 1) e \
-                 LEFT JOIN (SELECT t::text AS v, count(*) AS c FROM ONLY {t} t{tenant_where} GROUP BY 1) l USING (v) WHERE coalesce(l.c, 0) <> e.w;\n\
-                 \x20 SELECT count(*), md5(string_agg((x.r)::text, E'\\n' ORDER BY (x.r)::text COLLATE \"C\")) INTO n, want FROM {tmp} x;\n\
-                 \x20 got := want;\n"
-            )
-        } else {
-            format!(
-                "  SELECT count(*) INTO bad FROM {tmp} x WHERE NOT EXISTS (SELECT 1 FROM ONLY {t} t WHERE {} AND t::text = (x.r)::text);\n\
-                 \x20 SELECT count(*), md5(string_agg((x.r)::text, E'\\n' ORDER BY (x.r)::text COLLATE \"C\")) INTO n, want FROM {tmp} x;\n\
-                 \x20 SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\")) INTO got FROM ONLY {t} t JOIN {tmp} x ON {};\n",
-                pk_match("t"),
-                pk_match("t")
-            )
-        };
         let name = literal(&p.name.to_string());
-        let _ = write!(
-            verify,
-            "DO $holdfast$\nDECLARE bad bigint; n bigint; want text; got text;\nBEGIN\n{check}\
-             \x20 IF bad > 0 THEN RAISE EXCEPTION 'holdfast repair verification failed on %: % repaired rows do not read as they did before the damage (written concurrently since the plan?)', {name}, bad; END IF;\n\
-             \x20 IF want IS DISTINCT FROM got THEN RAISE EXCEPTION 'holdfast repair verification failed on %: checksum % of the repaired rows, % expected', {name}, got, want; END IF;\n\
-             \x20 RAISE NOTICE 'holdfast verified %: % repaired rows equal the state before, checksum %', {name}, n, got;\nEND $holdfast$;\n"
-        );
+        if shape.pk.is_empty() {
+            // Without a key, rows are counted: each re-inserted row must now appear as many
+            // times (in the tenant's rows) as it did before the damage.
+            let _ = write!(
+                verify,
+                "DO $holdfast$\nDECLARE bad bigint; n bigint;\nBEGIN\n\
+                 \x20 SELECT count(*) INTO bad FROM (SELECT (x.r)::text AS v, max(x.want) AS w FROM {tmp} x GROUP BY 1) e \
+                 LEFT JOIN (SELECT t::text AS v, count(*) AS c FROM ONLY {t} t{tenant_where} GROUP BY 1) l USING (v) WHERE coalesce(l.c, 0) <> e.w;\n\
+                 \x20 SELECT count(*) INTO n FROM {tmp} x;\n\
+                 \x20 IF bad > 0 THEN RAISE EXCEPTION 'holdfast repair verification failed on %: % re-inserted rows do not appear as many times as before the damage (written concurrently since the plan?)', {name}, bad; END IF;\n\
+                 \x20 RAISE NOTICE 'holdfast verified %: % re-inserted rows, each now as many times as before the damage (no primary key: counted)', {name}, n;\nEND $holdfast$;\n"
+            );
+        } else {
+            // With a key: every repaired row reads as before, and the checksum of the repaired
+            // rows equals that of the rows before.
+            let _ = write!(
+                verify,
+                "DO $holdfast$\nDECLARE bad bigint; n bigint; want text; got text;\nBEGIN\n\
+                 \x20 SELECT count(*) INTO bad FROM {tmp} x WHERE NOT EXISTS (SELECT 1 FROM ONLY {t} t WHERE {m} AND t::text = (x.r)::text);\n\
+                 \x20 SELECT count(*), md5(string_agg((x.r)::text, E'\\n' ORDER BY (x.r)::text COLLATE \"C\")) INTO n, want FROM {tmp} x;\n\
+                 \x20 SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\")) INTO got FROM ONLY {t} t JOIN {tmp} x ON {m};\n\
+                 \x20 IF bad > 0 THEN RAISE EXCEPTION 'holdfast repair verification failed on %: % repaired rows do not read as they did before the damage (written concurrently since the plan?)', {name}, bad; END IF;\n\
+                 \x20 IF want IS DISTINCT FROM got THEN RAISE EXCEPTION 'holdfast repair verification failed on %: checksum % of the repaired rows, % expected', {name}, got, want; END IF;\n\
+                 \x20 RAISE NOTICE 'holdfast verified %: % repaired rows equal the state before, checksum %', {name}, n, got;\nEND $holdfast$;\n",
+                m = pk_match("t")
+            );
+        }
     }
     for p in plans {
         if let Work::Recreate { post, foreign_keys, rows, checksum, .. } = &p.work {
@@ -1161,7 +1211,7 @@ fn write_script(
                  \x20 SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\")), '') INTO got FROM ONLY {} t;\n\
                  \x20 IF got <> {} THEN RAISE EXCEPTION 'holdfast repair verification failed on recreated %: count:checksum % , % expected', {name}, got, {}; END IF;\n\
                  \x20 RAISE NOTICE 'holdfast verified % (recreated): % rows, checksum %', {name}, {rows}, {};\nEND $holdfast$;\n",
-                p.name.sql(),
+                p.created_as.as_ref().unwrap_or(&p.name).sql(),
                 literal(&format!("{rows}:{checksum}")),
                 literal(&format!("{rows}:{checksum}")),
                 literal(checksum)
@@ -1180,15 +1230,6 @@ fn write_script(
                     ident(col),
                     p.name.sql()
                 ),
-            );
-        }
-    }
-    for p in plans {
-        if let Some(new) = &p.created_as {
-            both(
-                &mut full,
-                &mut shown,
-                &format!("ALTER TABLE {} RENAME TO {};\n", p.name.sql(), ident(&new.table)),
             );
         }
     }
