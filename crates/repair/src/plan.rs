@@ -410,7 +410,7 @@ async fn check_live(
                 missing.join(", "),
                 missing.join(", "),
                 q.sql(),
-                ident(&login)
+                ident(login)
             )));
         }
     }
