@@ -103,6 +103,8 @@ hosts = ["127.0.0.1:$PGPORT"]
 user = "holdfast_rep"
 password_file = "$W/rep.password"
 catalog_refresh_seconds = 2
+# One merchant is a small share of the shop: an incident from 100 rows deleted in one transaction.
+mass_delete_rows = 100
 EOF
 RUST_LOG=warn "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
 VPID=$!
@@ -128,10 +130,17 @@ VICTIM_SUM="$(psql_ "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM
 KNOWN="$("$HF" incidents --cluster shop --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
 log "the insider: merchant $VICTIM's $VICTIM_ORDERS orders, $VICTIM_ITEMS items and its cards, one transaction"
 MAX_AT="$(psql_ "BEGIN; DELETE FROM orders WHERE merchant_id = $VICTIM; UPDATE stored_value_cards SET balance_cents = 0 WHERE merchant_id = $VICTIM; SELECT max(order_id) FROM orders; COMMIT" | head -1)"
+cat > "$W/new_incident.py" <<'PY'
+import json, sys
+known = int(sys.argv[1])
+l = json.load(sys.stdin)
+print(next((str(k + 1) for k in range(known, len(l)) if l[k]["kind"] == "mass_delete"), ""))
+PY
 N=""
-for _ in $(seq 1 600); do
-  N="$("$HF" incidents --cluster shop --json | python3 -c "import json,sys; l=json.load(sys.stdin); print(next((str(i+1) for i in range($KNOWN, len(l)) if l[i]['kind'] == 'mass_delete'), ''))")"
-  [ -n "$N" ] && break; sleep 0.2
+for _ in $(seq 1 300); do
+  N="$("$HF" incidents --cluster shop --json | python3 "$W/new_incident.py" "$KNOWN")"
+  [ -n "$N" ] && break
+  sleep 0.2
 done
 [ -n "$N" ] || die "no incident for the insider's transaction"
 log "incident $N; orders go on for $AFTER s"
@@ -164,10 +173,9 @@ PITR_SUM="$(rq "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orde
 PITR_HAS_SINCE="$(rq "SELECT count(*) FROM orders WHERE order_id > $MAX_AT")"
 PITR_LOST=$((SINCE - PITR_HAS_SINCE))
 
-REPORT_JSON="$(cat "$W/repair.json")"
-python3 - "$OUT/repair.json" <<EOF
+python3 - "$OUT/repair.json" "$W/repair.json" <<EOF
 import json, sys
-r = json.loads('''$REPORT_JSON''')
+r = json.load(open(sys.argv[2]))
 json.dump({"merchants": $M, "db_bytes": $DB_BYTES, "victim": $VICTIM, "incident": $N,
   "victim_orders": $VICTIM_ORDERS, "victim_items": $VICTIM_ITEMS, "orders_since_incident": $SINCE,
   "repair": {"seconds": $REPAIR_S, "restore_seconds": r["restore_seconds"], "plan_seconds": r["plan_seconds"],
@@ -186,7 +194,7 @@ transaction (incident $N); the shop took orders at $RATE/s for every merchant th
 | | time to the merchant's data back | orders placed since the incident lost |
 |---|---|---|
 | \`holdfast repair --incident $N --tenant merchant_id=$VICTIM\` (live, shop open) | $REPAIR_S s | 0 of $SINCE |
-| \`holdfast restore --before-incident $N --start --promote\` (full PITR) | $PITR_READY s to a server answering ($PITR_S s command) | $PITR_LOST of $SINCE |
+| \`holdfast restore --before-incident $N --start --promote\` (full PITR) | $(printf "%.2f" "$PITR_READY") s to a server answering ($PITR_S s command) | $PITR_LOST of $SINCE |
 
 The repair's time is its whole command: two scratch restores, the three-way comparison, the one
 verified transaction (breakdown in bench-out/repair.json). The PITR's server would still have to
