@@ -124,12 +124,17 @@ chown postgres: "$W/order.sql"
 runuser -u postgres -- pgbench -h "$SOCK" -p "$PGPORT" -U postgres -n -c 2 -j 1 -R "$RATE" -T 100000 -f "$W/order.sql" shop > "$W/pgbench.log" 2>&1 &
 LOAD_PID=$!
 sleep 3
-VICTIM_ORDERS="$(psql_ "SELECT count(*) FROM orders WHERE merchant_id = $VICTIM")"
-VICTIM_ITEMS="$(psql_ "SELECT count(*) FROM order_items WHERE merchant_id = $VICTIM")"
-VICTIM_SUM="$(psql_ "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orders t WHERE merchant_id = $VICTIM")"
 KNOWN="$("$HF" incidents --cluster shop --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
-log "the insider: merchant $VICTIM's $VICTIM_ORDERS orders, $VICTIM_ITEMS items and its cards, one transaction"
-MAX_AT="$(psql_ "BEGIN; DELETE FROM orders WHERE merchant_id = $VICTIM; UPDATE stored_value_cards SET balance_cents = 0 WHERE merchant_id = $VICTIM; SELECT max(order_id) FROM orders; COMMIT" | head -1)"
+log "the insider: merchant $VICTIM's orders (items cascade) and its cards, one transaction"
+# What the transaction deleted, read inside it: the orders (ids, checksum), their items, and the
+# newest order id it could see.
+IFS='|' read -r VICTIM_ORDERS VICTIM_SUM VICTIM_IDS VICTIM_ITEMS MAX_AT <<< "$(psql_ "BEGIN;
+  WITH d AS (DELETE FROM orders WHERE merchant_id = $VICTIM RETURNING *)
+    SELECT count(*), md5(string_agg(d::text, ',' ORDER BY order_id)), string_agg(order_id::text, ',' ORDER BY order_id),
+      (SELECT count(*) FROM order_items WHERE merchant_id = $VICTIM), (SELECT max(order_id) FROM orders) FROM d;
+  UPDATE stored_value_cards SET balance_cents = 0 WHERE merchant_id = $VICTIM;
+  COMMIT" | head -1)"
+[ "${VICTIM_ORDERS:-0}" -gt 0 ] || die "the insider's transaction deleted nothing"
 cat > "$W/new_incident.py" <<'PY'
 import json, sys
 known = int(sys.argv[1])
@@ -152,8 +157,8 @@ t0=$(now)
 "$HF" repair --cluster shop --incident "$N" --tenant "merchant_id=$VICTIM" --dsn "$DSN" --report "$W/repair.json" > "$W/repair.out" 2> "$W/repair.err" \
   || die "repair failed: $(tail -5 "$W/repair.err")"
 REPAIR_S="$(secs "$t0" "$(now)")"
-BACK_ORDERS="$(psql_ "SELECT count(*) FROM orders WHERE merchant_id = $VICTIM AND order_id <= $MAX_AT")"
-BACK_SUM="$(psql_ "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orders t WHERE merchant_id = $VICTIM AND order_id <= $MAX_AT")"
+BACK_ORDERS="$(psql_ "SELECT count(*) FROM orders WHERE order_id IN ($VICTIM_IDS)")"
+BACK_SUM="$(psql_ "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orders t WHERE order_id IN ($VICTIM_IDS)")"
 [ "$BACK_SUM" = "$VICTIM_SUM" ] || die "the repair did not bring back merchant $VICTIM's orders as they were ($BACK_ORDERS of $VICTIM_ORDERS)"
 kill "$LOAD_PID"; wait "$LOAD_PID" 2>/dev/null || true; LOAD_PID=""
 SINCE="$(psql_ "SELECT count(*) FROM orders WHERE order_id > $MAX_AT")"
@@ -168,7 +173,7 @@ PITR_READY="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["r
 RSOCK="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["socket_dir"])' "$W/pitr.json")"
 RPORT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$W/pitr.json")"
 rq() { psql -h "$RSOCK" -p "$RPORT" -U postgres -d shop -XAtq -c "$1"; }
-PITR_SUM="$(rq "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orders t WHERE merchant_id = $VICTIM")"
+PITR_SUM="$(rq "SELECT md5(string_agg(t::text, ',' ORDER BY order_id)) FROM orders t WHERE order_id IN ($VICTIM_IDS)")"
 [ "$PITR_SUM" = "$VICTIM_SUM" ] || die "the PITR copy does not hold merchant $VICTIM's orders"
 PITR_HAS_SINCE="$(rq "SELECT count(*) FROM orders WHERE order_id > $MAX_AT")"
 PITR_LOST=$((SINCE - PITR_HAS_SINCE))

@@ -515,4 +515,30 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
     // The foreign key from redemptions is back and enforced.
     let bad = s.pg.psql("INSERT INTO redemptions (coupon_id) VALUES (99999)");
     assert!(bad.is_err(), "redemptions accepts a coupon that does not exist");
+
+    // --export: the incident's table as of before it, as CSV for a merchant; nothing changes.
+    let live = s
+        .pg
+        .psql("SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons t")
+        .unwrap();
+    let dir = s.v.scratch().join("export");
+    let out = s.repair(
+        &["--incident", n, "--tenant", "merchant_id=2", "--export", dir.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert!(out.status.success(), "export: {}\n{}", text(&out.stderr), text(&out.stdout));
+    let csv = std::fs::read_to_string(dir.join("postgres.public.coupons.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "coupon_id,merchant_id,code,pct");
+    assert_eq!(lines.len(), 1 + 400 / MERCHANTS as usize, "{csv}");
+    assert!(lines[1..].iter().all(|l| l.split(',').nth(1) == Some("2")), "{csv}");
+    assert_eq!(
+        s.pg.psql(
+            "SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons t"
+        )
+        .unwrap(),
+        live,
+        "an export changed the live table"
+    );
 }
