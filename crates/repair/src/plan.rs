@@ -642,6 +642,7 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
     let mut scratch = Scratch { root: root.clone(), servers: Vec::new() };
     let run_as = restore::pg::running_as_root().then(|| "postgres".to_string());
     let mut conns = Vec::new();
+    let mut jobs = Vec::new();
     for (which, target, exclusive) in [("before", &before_t, before_excl), ("after", &after_t, false)] {
         let dir = root.join(which);
         if dir.as_os_str().len() + "/.s.PGSQL.65535".len() >= 100 {
@@ -696,12 +697,23 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
             log: dir.join("holdfast_restore.log"),
             user: Some(SCRATCH_USER.to_string()),
         });
-        let quiet = |phase: &str, done: u64, total: u64| {
-            if total > 0 && done >= total {
-                progress(&format!("  {which}: {phase} {} MiB", total >> 20));
-            }
-        };
-        let r = restore::run(&ropts, &quiet).await.map_err(|e| RepairError::Restore { which, source: e })?;
+        jobs.push((which, ropts));
+        conns.push(Conn::Scratch {
+            socket_dir: dir,
+            port,
+            user: SCRATCH_USER.to_string(),
+            db: database.clone(),
+        });
+    }
+    // Both copies at once: each waits mostly on the vault and on WAL replay, not on one core.
+    let quiet = |phase: &str, done: u64, total: u64| {
+        if total > 0 && done >= total {
+            progress(&format!("  {phase}: {} MiB", total >> 20));
+        }
+    };
+    let (rb, ra) = tokio::join!(restore::run(&jobs[0].1, &quiet), restore::run(&jobs[1].1, &quiet));
+    for ((which, _), r) in jobs.iter().zip([rb, ra]) {
+        let r = r.map_err(|e| RepairError::Restore { which, source: e })?;
         if !r.reached {
             return Err(RepairError::Restore {
                 which,
@@ -711,12 +723,7 @@ pub async fn prepare(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result
                 )),
             });
         }
-        conns.push(Conn::Scratch {
-            socket_dir: dir,
-            port,
-            user: SCRATCH_USER.to_string(),
-            db: database.clone(),
-        });
+        progress(&format!("  the copy {which} is ready ({:.1} s)", r.total_seconds));
     }
     let restore_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
