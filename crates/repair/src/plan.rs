@@ -210,9 +210,28 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // Immediate: the copies are thrown away, a shutdown checkpoint would be wasted work.
         for s in &self.servers {
-            if let Err(e) = s.stop() {
-                tracing::warn!("stopping the scratch copy in {}: {e}", s.data.display());
+            if !s.data.join("postmaster.pid").exists() {
+                continue;
+            }
+            let pg_ctl = s.bindir.join("pg_ctl");
+            let mut c = match &s.run_as {
+                Some(user) => {
+                    let mut c = std::process::Command::new("runuser");
+                    c.args(["-u", user, "--"]).arg(pg_ctl);
+                    c
+                }
+                None => std::process::Command::new(pg_ctl),
+            };
+            c.arg("-D").arg(&s.data).args(["-m", "immediate", "-w", "stop"]);
+            match c.output() {
+                Ok(o) if o.status.success() => {}
+                _ => {
+                    if let Err(e) = s.stop() {
+                        tracing::warn!("stopping the scratch copy in {}: {e}", s.data.display());
+                    }
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.root);
