@@ -137,19 +137,29 @@ pub async fn repair(a: RepairArgs) -> Result<u8> {
             eprintln!("{line}");
         }
     };
-    let prepared = repair::prepare(&opts, &progress).await.map_err(|e| anyhow!("{e}"))?;
-    if !a.json {
-        print!("{}", prepared.report().plan_text());
-    }
-    let report = if let Some(dir) = &a.export {
-        prepared.export(dir).await
-    } else if a.dry_run {
-        Ok(prepared.dry_run())
-    } else {
-        progress("applying the repair in one transaction");
-        prepared.apply().await
-    }
-    .map_err(|e| anyhow!("{e}"))?;
+    // Ctrl-C drops the work in progress: the scratch copies are stopped and removed, and a
+    // transaction under way is rolled back (its psql is killed before COMMIT).
+    let work = async {
+        let prepared = repair::prepare(&opts, &progress).await?;
+        if !a.json {
+            print!("{}", prepared.report().plan_text());
+        }
+        if let Some(dir) = &a.export {
+            prepared.export(dir).await
+        } else if a.dry_run {
+            Ok(prepared.dry_run())
+        } else {
+            progress("applying the repair in one transaction");
+            prepared.apply().await
+        }
+    };
+    let report = tokio::select! {
+        r = work => r.map_err(|e| anyhow!("{e}"))?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: nothing was committed; the scratch copies are removed");
+            return Ok(130);
+        }
+    };
     if let Some(path) = &a.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing the report to {}", path.display()))?;
