@@ -9,9 +9,10 @@
 //!    tables and to one tenant (`merchant_id=42`). Bad input is refused before anything is
 //!    restored: an unknown incident, a table outside the incident's objects, a tenant column a
 //!    table lacks, a live login without the rights the repair needs.
-//! 2. **Restore two scratch copies** with the `restore` crate: just *before* the incident
-//!    (exclusive) and just *after* it (inclusive), each paused at its target, reachable only
-//!    through a private socket.
+//! 2. **Restore two scratch copies** at once with the `restore` crate: just *before* the
+//!    incident (exclusive; promoted there, so that a DROP's or TRUNCATE's replayed lock is
+//!    released) and just *after* it (inclusive, paused), reachable only through private
+//!    sockets, stopped and removed at the end.
 //! 3. **Three-way** ([`diff`]): per row (by primary key; whole rows as a multiset for a table
 //!    without one), before vs after vs live: absent now but present before → re-insert;
 //!    present now and still as the incident left it → revert; changed again since → conflict,
