@@ -442,10 +442,18 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
                     (SELECT column_default FROM information_schema.columns WHERE table_name = 'coupons' AND column_name = 'pct'), \
                     (SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons t)";
     let before = s.pg.psql(describe).unwrap();
+    // Whole-second times around the DROP, for the window form (--before T --after T2) below:
+    // T after every commit of the set-up, T2 after the DROP.
+    let utc_now = "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+    std::thread::sleep(Duration::from_millis(1100));
+    let t_before = s.pg.psql(utc_now).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
     let known = s.incidents().len();
     s.pg.psql("DROP TABLE coupons CASCADE").unwrap();
     let (_, n) = s.wait_incident(known, "relations_dropped");
     let n = n.as_str();
+    std::thread::sleep(Duration::from_millis(1100));
+    let t_after = s.pg.psql(utc_now).unwrap();
     // The shop goes on (orders elsewhere); the redemptions table lost its foreign key.
     s.pg.psql("INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES (1, 9, 100)").unwrap();
     assert!(s.pg.psql("SELECT to_regclass('coupons') IS NULL").unwrap() == "t");
@@ -516,14 +524,26 @@ fn a_dropped_table_is_recreated_with_indexes_constraints_grants_sequence_and_the
     let bad = s.pg.psql("INSERT INTO redemptions (coupon_id) VALUES (99999)");
     assert!(bad.is_err(), "redemptions accepts a coupon that does not exist");
 
-    // --export: the incident's table as of before it, as CSV for a merchant; nothing changes.
+    // --export, with the damage named by a window instead of the incident: the table as of
+    // before, as CSV for one merchant; nothing changes.
     let live = s
         .pg
         .psql("SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY coupon_id)) FROM coupons t")
         .unwrap();
     let dir = s.v.scratch().join("export");
     let out = s.repair(
-        &["--incident", n, "--tenant", "merchant_id=2", "--export", dir.to_str().unwrap()],
+        &[
+            "--before",
+            &t_before,
+            "--after",
+            &t_after,
+            "--table",
+            "public.coupons",
+            "--tenant",
+            "merchant_id=2",
+            "--export",
+            dir.to_str().unwrap(),
+        ],
         None,
         &[],
     );
