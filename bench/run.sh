@@ -5,6 +5,7 @@
 #   bench/run.sh restore   point-in-time restore RTO vs pgBackRest and pg_basebackup + cp
 #   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, memory
 #   bench/run.sh detect    WAL decode + detect throughput on one core vs pg_waldump (>= 1 GB)
+#   bench/run.sh repair    repair of one merchant vs full PITR: time to data back, work lost since
 #   bench/run.sh           all of them
 # Reports go to bench-out/*.md.
 set -euo pipefail
@@ -15,6 +16,7 @@ case "${1:-all}" in
   restore) exec bash bench/restore.sh ;;
   gate) exec bash bench/gate.sh ;;
   detect) exec bash bench/detect.sh ;;
-  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh && bash bench/detect.sh && bash bench/gate.sh ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  repair) exec bash bench/repair.sh ;;
+  all) bash bench/ingest.sh && bash bench/capture.sh && bash bench/restore.sh && bash bench/detect.sh && bash bench/gate.sh && bash bench/repair.sh ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -29,6 +29,7 @@ mod check;
 mod demo;
 mod drill_cmd;
 mod gate_cmd;
+mod repair_cmd;
 mod restore_cmd;
 mod standby_cmd;
 mod status;
@@ -99,6 +100,10 @@ enum Command {
     /// Point-in-time restore from the vault (read token): to a time, LSN, xid, restore point
     /// or the latest WAL; optionally start PostgreSQL and wait until it reached the target.
     Restore(Box<restore_cmd::RestoreArgs>),
+    /// Repair one incident's destruction in the live database, per table or per tenant,
+    /// without rewinding anything else: re-insert what it deleted, revert what it changed,
+    /// leave what changed since (conflicts, reported).
+    Repair(Box<repair_cmd::RepairArgs>),
     /// PostgreSQL's restore_command during a holdfast restore (written by `holdfast restore`).
     #[command(hide = true)]
     RestoreWal {
@@ -431,6 +436,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Status { remote, json } => status::show(&remote.client()?, json).await,
         Command::Backup { cluster, remote, json } => status::backup(&remote.client()?, &cluster, json).await,
         Command::Restore(a) => restore_cmd::restore(*a).await,
+        Command::Repair(a) => repair_cmd::repair(*a).await,
         Command::Incidents { cluster, remote, json } => {
             status::incidents(&remote.client()?, cluster.as_deref(), json).await
         }

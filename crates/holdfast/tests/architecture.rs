@@ -182,16 +182,20 @@ fn violations(g: &Graph) -> Vec<String> {
         }
     };
     // Clients of the vault talk to it through vault-api only, and never link the service.
-    for client in ["gate", "restore", "vault-api", "store", "pgfmt", "pgproto", "audit", "guard", "capture"] {
+    for client in
+        ["gate", "restore", "repair", "vault-api", "store", "pgfmt", "pgproto", "audit", "guard", "capture"]
+    {
         never(client, "vault", Features::All, "clients of the vault use vault-api, never the service");
     }
     // The collector belongs to the vault's trust domain: clients never link it.
-    for client in ["gate", "restore", "vault-api", "store", "audit", "guard", "pgfmt", "pgproto"] {
+    for client in ["gate", "restore", "repair", "vault-api", "store", "audit", "guard", "pgfmt", "pgproto"] {
         never(client, "capture", Features::All, "the collector is the vault's; clients never link it");
     }
     // No client of the vault links the encrypted storage engine: the plain types they share
     // with it live in vault-types.
-    for client in ["gate", "restore", "vault-api", "audit", "guard", "pgfmt", "pgproto", "vault-types"] {
+    for client in
+        ["gate", "restore", "repair", "vault-api", "audit", "guard", "pgfmt", "pgproto", "vault-types"]
+    {
         never(
             client,
             "store",
@@ -216,8 +220,13 @@ fn violations(g: &Graph) -> Vec<String> {
     // The gate and restore are separate trust domains.
     never("gate", "restore", Features::All, "the gate and restore are separate trust domains");
     never("restore", "gate", Features::All, "the gate and restore are separate trust domains");
+    // Repair is the operator's, like restore: it reaches the live database only as a client
+    // (through the gate's port when one is configured), never by linking the gate.
+    never("gate", "repair", Features::All, "the gate and repair are separate trust domains");
+    never("repair", "gate", Features::All, "the gate and repair are separate trust domains");
     // The store knows nothing of its callers.
-    for upper in ["vault-api", "vault", "gate", "restore", "capture", "holdfast", "audit", "guard"] {
+    for upper in ["vault-api", "vault", "gate", "restore", "repair", "capture", "holdfast", "audit", "guard"]
+    {
         never("store", upper, Features::All, "the store knows nothing of its callers");
         never("vault-types", upper, Features::All, "plain types know nothing of their users");
     }
@@ -260,6 +269,7 @@ fn the_workspace_is_what_the_architecture_says() {
         "pgfmt",
         "pgproto",
         "restore",
+        "repair",
         "audit",
         "gate",
         "guard",

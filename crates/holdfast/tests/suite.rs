@@ -34,6 +34,9 @@ mod gate_fuzz;
 #[path = "incidents.rs"]
 mod incidents;
 
+#[path = "repair.rs"]
+mod repair;
+
 #[path = "restore.rs"]
 mod restore;
 
