@@ -1460,13 +1460,13 @@ async fn promote_handler(
     body: axum::body::Bytes,
 ) -> StandbyReply {
     let who = s.authorize(&headers, &[vault_api::Scope::Admin], "promoting a standby").await?;
-    let req: vault_api::standby::PromoteRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError {
-            status: axum::http::StatusCode::BAD_REQUEST,
-            message: format!("the body must be {{\"before_incident\": N}}: {e}"),
-            undamaged: None,
-        })?;
-    let (status, message) = crate::standby::promote(&s, &name, req.before_incident).await.map_err(standby_refusal)?;
+    let req: vault_api::standby::PromoteRequest = serde_json::from_slice(&body).map_err(|e| ApiError {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        message: format!("the body must be {{\"before_incident\": N}}: {e}"),
+        undamaged: None,
+    })?;
+    let (status, message) =
+        crate::standby::promote(&s, &name, req.before_incident).await.map_err(standby_refusal)?;
     s.alert(serde_json::json!({
         "alert": "standby_promoted", "cluster": name, "before_incident": req.before_incident, "by": who.label,
     }));

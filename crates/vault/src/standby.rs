@@ -32,8 +32,8 @@ use store::Timestamp;
 use vault_api::standby::{StandbyState, StandbyStatus};
 use vault_api::status::{Incident, IncidentTarget};
 
-use crate::service::Shared;
 use crate::config::StandbyConfig;
+use crate::service::Shared;
 use crate::state::TokenEntry;
 
 /// How often each standby is looked at.

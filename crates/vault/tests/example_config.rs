@@ -134,9 +134,8 @@ fn example_mirror_store_table_is_valid() {
     ] {
         let f = std::env::temp_dir().join(format!("holdfast-mirror-example-{}.toml", std::process::id()));
         std::fs::write(&f, &bad).unwrap();
-        let err = StoreFile::from_file(&f)
-            .map_err(|e| e.to_string())
-            .and_then(|s| s.to_config(base).map(|_| ()));
+        let err =
+            StoreFile::from_file(&f).map_err(|e| e.to_string()).and_then(|s| s.to_config(base).map(|_| ()));
         let _ = std::fs::remove_file(&f);
         let err = err.unwrap_err();
         assert!(err.contains(why), "{why}: {err}");
