@@ -71,7 +71,7 @@ fn setup(drill: &str) -> Setup {
     // Top-level keys must precede the tables.
     writeln!(
         conf,
-        "alert_command = [\"/bin/sh\", \"-c\", \"cat >> {0}; echo >> {0}\"]\n{text}",
+        "alert_command = [\"/bin/sh\", \"-c\", \"printf '%s\\\\n' \\\"$(cat)\\\" >> {0}\"]\n{text}",
         alerts.display()
     )
     .unwrap();

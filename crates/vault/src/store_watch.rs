@@ -110,7 +110,7 @@ pub fn metrics(out: &mut String, stores: &[StoreStatus]) {
 /// command, webhooks): `store.upload_backlog` past a bound, `store.upload_failing` after the
 /// grace period, `store.lost_before_upload`, and `store.upload_recovered` once the queue is
 /// empty and uploads succeed after either of the first two.
-pub async fn watch(shared: Arc<crate::api::Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn watch(shared: Arc<crate::service::Shared>, mut stop: watch::Receiver<bool>) {
     let (Some(mirror), Some(bounds)) = (shared.stores.mirror.clone(), shared.stores.alerts) else { return };
     let (mut backlog_alerted, mut failing_alerted, mut lost_alerted) = (false, false, 0u64);
     let mut failing_seen: Option<Instant> = None;

@@ -13,12 +13,28 @@ use vault_api::{ProposeRequest, Scope};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// An alert command appending each alert's JSON as one line to a file, and the file.
+/// An alert command writing each alert's JSON into a file of its own in a directory, and the
+/// directory. (Alert commands run concurrently: appends of two to one file can interleave.)
 fn alert_sink() -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("alerts.jsonl");
-    let cmd = vec!["sh".into(), "-c".into(), format!("cat >> {f}; echo >> {f}", f = file.display())];
+    let file = dir.path().join("alerts");
+    std::fs::create_dir(&file).unwrap();
+    let cmd = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("cat > \"$(mktemp -p {f} alert.XXXXXX)\"", f = file.display()),
+    ];
     (dir, file, cmd)
+}
+
+/// Every alert received so far, one per file (one still being written is left out).
+fn received(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        out.extend(serde_json::from_str::<serde_json::Value>(&text).ok());
+    }
+    out
 }
 
 /// Waits (up to 10 s) until an alert whose `alert` field is `kind` reached the alert command.
@@ -35,15 +51,11 @@ async fn alerted_where(
 ) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        if let Some(v) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["alert"] == kind && f(v))
-        {
-            return v;
+        let all = received(file);
+        if let Some(v) = all.iter().find(|v| v["alert"] == kind && f(v)) {
+            return v.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "no {kind} alert; got:\n{text}");
+        assert!(std::time::Instant::now() < deadline, "no {kind} alert; got:\n{all:#?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -44,7 +44,7 @@ async fn deletion_needs_distinct_signatures_and_the_wait_and_removes_only_named_
         alert_command: Some(vec![
             "sh".into(),
             "-c".into(),
-            format!("cat >> {}; echo >> {}", alert_file.display(), alert_file.display()),
+            format!("printf '%s\\n' \"$(cat)\" >> {}", alert_file.display()),
         ]),
         ..Opts::default()
     })

@@ -113,6 +113,11 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "an earlier demo run's gate/ and restored/ in a --dir the demo marked as its own",
     ),
     (
+        "crates/repair/src/plan.rs",
+        "std::fs::remove_dir_all(&self.root)",
+        "a repair's scratch directory (created empty by the repair, holding its two throw-away restores), once their servers are stopped",
+    ),
+    (
         "crates/holdfast/src/demo/mod.rs",
         "std::fs::remove_dir(&socket)",
         "the restored server's private socket directory, once the server is stopped (only if empty)",

@@ -91,7 +91,7 @@ async fn mirror_vault_alerts_on_a_stopped_bucket_drains_and_survives_an_erased_l
     config.alert_command = Some(vec![
         "sh".into(),
         "-c".into(),
-        format!("cat >> {}; echo >> {}", alert_file.display(), alert_file.display()),
+        format!("printf '%s\\n' \"$(cat)\" >> {}", alert_file.display()),
     ]);
 
     let handle = vault::serve(config.clone(), Arc::new(SystemClock)).await.unwrap();
