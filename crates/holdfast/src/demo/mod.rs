@@ -6,11 +6,15 @@
 //! the insider strikes: through the gate he sends `DROP DATABASE` and a bulk `DELETE` (held,
 //! rejected by the on-call DBA, audited under his name); as root on the database hosts he drops
 //! the database, drops the vault's slot, erases both data directories and turns every credential
-//! found there (and the gate's audit token) on the vault. The vault raises the incident; the
-//! operator restores to just before it with `holdfast restore --before-incident N`; every
-//! order, points balance and gift-card balance is compared, merchant by merchant, with what
-//! the workload saw committed. The verdict is printed (and with `--json` is the last line),
-//! and an HTML report is written.
+//! found there (and the gate's audit token) on the vault. The vault raises the incident and
+//! stops its warm standby just before it (`standby_act`); the operator promotes the standby
+//! (`holdfast standby promote`) and also restores to just before it with `holdfast restore
+//! --before-incident N`; every order, points balance and gift-card balance of both copies is
+//! compared, merchant by merchant, with what the workload saw committed. Under `--repair`
+//! (`repair_act`) the insider instead bulk-deletes one merchant's orders while the shop keeps
+//! trading, and `holdfast repair --incident N --tenant merchant_id=M` puts them back in the live
+//! database. The verdict is printed (and with `--json` is the last line), and an HTML report is
+//! written.
 //!
 //! Everything started is owned by a value whose `Drop` stops it, so an error or Ctrl-C (the
 //! future is dropped) leaves nothing running.
@@ -342,6 +346,8 @@ struct Stage {
 struct Business {
     ledger: Arc<Ledger>,
     workers: tokio::task::JoinSet<()>,
+    /// How the shop's sessions log in through the gate (`--repair` starts one more).
+    cfg: pgproto::conn::Config,
 }
 
 /// Act 4: when the attack happened and what it destroyed.
@@ -392,7 +398,7 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     }
     let (mut strike, kind) = if o.repair {
         (
-            repair_act::act_insider_deletes_one_merchant(&mut s, &stage, &business, o.merchants).await?,
+            repair_act::act_insider_deletes_one_merchant(&mut s, &stage, &mut business, o.merchants).await?,
             "mass_delete",
         )
     } else {
@@ -813,6 +819,7 @@ async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business
         workers.spawn(shop::worker(
             cfg.clone(),
             o.merchants,
+            None,
             seed.wrapping_add(i as u64 * 7919),
             ledger.clone(),
         ));
@@ -842,7 +849,7 @@ async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business
             committed as f64 / business_start.elapsed().as_secs_f64()
         ),
     );
-    Ok(Business { ledger, workers })
+    Ok(Business { ledger, workers, cfg })
 }
 
 /// Act 3: the insider sends destructive statements through the gate; they are held, the

@@ -39,7 +39,7 @@ fn delete_sql(m: i64) -> String {
 pub(super) async fn act_insider_deletes_one_merchant(
     s: &mut Story,
     st: &Stage,
-    b: &Business,
+    b: &mut Business,
     merchants: i64,
 ) -> Result<Strike> {
     let m = victim(merchants);
@@ -64,6 +64,11 @@ pub(super) async fn act_insider_deletes_one_merchant(
     let seconds = at.duration_since(sent).as_secs_f64();
     let t = s.t();
     s.event("insider", format!("psql as postgres on the primary: {sql};   ({seconds:.2} s)"));
+    // The merchant's own till keeps selling too (with hundreds of merchants the shared
+    // sessions would seldom pick this one): orders written after the DELETE that a restore
+    // would rewind and the repair must keep.
+    b.workers.spawn(shop::worker(b.cfg.clone(), merchants, Some(m), 0x5eed ^ m as u64, b.ledger.clone()));
+    s.event("shop", format!("merchant {m}'s own till goes on selling through the gate"));
     // What production still serves: the orders acknowledged so far against what it holds (the
     // workload goes on, so rows written since count as neither lost nor destroyed here).
     let placed = b.ledger.placed.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -232,7 +232,8 @@ impl Rng {
 /// DROP DATABASE ends it), `ledger.stop` is set, or the task is aborted.
 /// Each order is one transaction of five statements — the order, its item, the points it
 /// earns, the gift-card payment — sent one by one as an application would.
-pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>) {
+/// With `only`, every order is that merchant's (its own till); otherwise merchants at random.
+pub async fn worker(cfg: Config, merchants: i64, only: Option<i64>, seed: u64, ledger: Arc<Ledger>) {
     let mut conn = match ReplicationConnection::connect_read_write(&cfg, "shop").await {
         Ok(c) => c,
         Err(e) => {
@@ -242,7 +243,7 @@ pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>)
     };
     let mut rng = Rng(seed | 1);
     while !ledger.stop.load(Ordering::Relaxed) {
-        let merchant = 1 + rng.below(merchants);
+        let merchant = only.unwrap_or_else(|| 1 + rng.below(merchants));
         let customer = merchant + merchants * rng.below(CUSTOMERS);
         let product = merchant + merchants * rng.below(PRODUCTS);
         let card = merchant + merchants * rng.below(CARDS);
