@@ -224,8 +224,32 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
          .big{font-size:20px}</style></head><body>",
     );
     h.push_str("<h1>holdfast demo — the 删库跑路 incident, replayed</h1>");
+    let (after, tail) = match &v.repair {
+        Some(r) => (
+            "the repair (the live shop)",
+            format!(
+                "nothing rewound: {} orders written since kept; repair {:.1} s",
+                r.victim_orders_since_delete_kept, r.repair_seconds
+            ),
+        ),
+        None => (
+            "the restore",
+            format!(
+                "RPO {}; RTO {:.1} s{}",
+                v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
+                v.rto_seconds,
+                v.warm_standby
+                    .as_ref()
+                    .map(|w| format!(
+                        "; warm standby read-only {:.1} s after the attack",
+                        w.read_only_after_attack_seconds
+                    ))
+                    .unwrap_or_default()
+            ),
+        ),
+    };
     h.push_str(&format!(
-        "<p class=big>Verdict: {} — the attack destroyed the data of {} of {} merchants ({} rows); after the restore {} merchants verified, rows lost: <b>{} of {}</b>; RPO {}; RTO {:.1} s</p>",
+        "<p class=big>Verdict: {} — the attack destroyed the data of {} of {} merchants ({} rows); after {after} {} merchants verified, rows lost: <b>{} of {}</b>; {}</p>",
         if v.ok { "<span class=ok>every row committed before the attack is back</span>" } else { "<span class=bad>FAILED</span>" },
         v.merchants_affected,
         v.merchants,
@@ -233,8 +257,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
         v.merchants_verified,
         v.rows_lost,
         v.rows_expected,
-        v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
-        v.rto_seconds
+        esc(&tail)
     ));
     h.push_str("<table>");
     let rows: Vec<(&str, String)> = vec![
