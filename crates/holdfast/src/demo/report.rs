@@ -263,7 +263,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
     let rows: Vec<(&str, String)> = vec![
         ("transactions committed through the gate", v.transactions_committed.to_string()),
         (
-            "acknowledged transactions missing after the restore",
+            "acknowledged transactions missing afterwards",
             v.acknowledged_transactions_missing.to_string(),
         ),
         (
@@ -273,7 +273,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
         (
             "RPO: last restored commit → the attack",
             format!(
-                "{} (last commit {}, {}; the DROP ran {:.2} s)",
+                "{} (last commit {}, {}; the attack ran {:.2} s)",
                 v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
                 v.last_restored_commit.as_deref().unwrap_or("?"),
                 v.last_restored_commit_source,
@@ -289,7 +289,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             format!("{:.1} s", v.rto_seconds),
         ),
         ("verification of every row, after that", format!("{:.1} s", v.verify_seconds)),
-        ("rows nobody committed in the restored shop", v.rows_unexplained.to_string()),
+        ("rows nobody committed in the recovered shop", v.rows_unexplained.to_string()),
         ("values wrong", v.values_wrong.to_string()),
         (
             "incident",
@@ -320,7 +320,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             ),
         ),
         ("audit chain verified in the vault", v.audit_verified.to_string()),
-        ("attack → restored shop verified", format!("{:.1} s", v.attack_to_verified_seconds)),
+        ("attack → recovered shop verified", format!("{:.1} s", v.attack_to_verified_seconds)),
     ];
     let mut rows = rows;
     if let Some(w) = &v.warm_standby {
