@@ -662,6 +662,11 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
     }
     let alice = keys.swap_remove(0);
     let s3 = if o.s3 { Some(s3_act::start(s, work).await?) } else { None };
+    // The warm standby (not under --repair, where nothing is rewound): the vault keeps it
+    // APPLY_DELAY_SECONDS behind the shop, fed from its own store. Declared before the vault so
+    // that, should the demo stop during this act, the vault goes first (it would start the
+    // standby again).
+    let warm = if o.repair { None } else { Some(standby_act::Warm::new()?) };
     let store_config = s3.as_ref().map(|x| x.store_config.clone());
     let mut vault = blocking(|| {
         TempVault::start_with(
@@ -673,9 +678,6 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
     let rep_pw_file = vault.scratch().join("rep.password");
     std::fs::write(&rep_pw_file, format!("{rep_password}\n"))?;
     let config = std::fs::read_to_string(vault.config_path())?;
-    // The warm standby (not under --repair, where nothing is rewound): the vault keeps it
-    // APPLY_DELAY_SECONDS behind the shop, fed from its own store.
-    let warm = if o.repair { None } else { Some(standby_act::Warm::new()?) };
     // A mass DELETE is one of more than 50 rows in one transaction: the workload deletes
     // nothing, one merchant's orders are 100 and more.
     std::fs::write(

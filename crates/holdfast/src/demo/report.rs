@@ -262,10 +262,7 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
     h.push_str("<table>");
     let rows: Vec<(&str, String)> = vec![
         ("transactions committed through the gate", v.transactions_committed.to_string()),
-        (
-            "acknowledged transactions missing afterwards",
-            v.acknowledged_transactions_missing.to_string(),
-        ),
+        ("acknowledged transactions missing afterwards", v.acknowledged_transactions_missing.to_string()),
         (
             "in doubt at the attack (COMMIT sent, answer lost)",
             format!("{} ({} found committed)", v.transactions_in_doubt, v.in_doubt_found_committed),
