@@ -89,6 +89,11 @@ enum Command {
         /// instead of a temporary directory removed at the end.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Instead of destroying everything, the insider bulk-deletes one merchant's orders
+        /// while the shop keeps trading, and `holdfast repair` puts them back without rewinding
+        /// anything else (no full restore, no warm standby).
+        #[arg(long)]
+        repair: bool,
     },
     /// Show each protected cluster: WAL stream, lag, last base backup, restorable window.
     Status {
@@ -424,9 +429,10 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Vault(v) => vault_command(v).await,
         Command::Gate(g) => gate_cmd::run(g).await,
         #[cfg(feature = "demo")]
-        Command::Demo { merchants, business_seconds, workers, json, report, dir, store } => {
+        Command::Demo { merchants, business_seconds, workers, json, report, dir, store, repair } => {
             let s3 = store == "s3";
-            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir, s3 }).await
+            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir, s3, repair })
+                .await
         }
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } => anyhow::bail!(

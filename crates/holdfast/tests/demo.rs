@@ -1,8 +1,10 @@
 //! The demo is the product's end-to-end test: a real primary and standby, a vault process
-//! pulling their WAL, a gate process in front, a workload through the gate, the insider's
-//! attacks, the incident, a restore to just before it and a merchant-by-merchant check. Its
-//! JSON verdict is asserted here, at a small size; so is that it leaves nothing behind, after a
-//! normal end and after Ctrl-C.
+//! pulling their WAL (and keeping a warm standby), a gate process in front, a workload through
+//! the gate, the insider's attacks, the incident, the warm standby stopped before it and
+//! promoted, a restore to just before it and a merchant-by-merchant check of both; and, with
+//! `--repair`, one merchant's orders deleted and repaired in the live database while the shop
+//! trades. Its JSON verdict is asserted here, at a small size; so is that it leaves nothing
+//! behind, after a normal end and after Ctrl-C.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -110,6 +112,26 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     let (rto, verify) = (v["rto_seconds"].as_f64().unwrap(), v["verify_seconds"].as_f64().unwrap());
     assert!(rto > 0.0 && verify > 0.0, "{v:#}");
     assert!(v["attack_to_verified_seconds"].as_f64().unwrap() > rto + verify, "{v:#}");
+    assert_eq!(v["mode"], "restore");
+    assert!(v["repair"].is_null(), "{v:#}");
+    // The vault's warm standby stopped just before the DROP (read-only, at once) and, promoted,
+    // holds every row the workload saw committed: the same comparison as the cold restore's.
+    let w = &v["warm_standby"];
+    assert_eq!(w["paused_before_incident"], v["incident"]["number"], "{w:#}");
+    assert_eq!(w["apply_delay_seconds"], 5, "{w:#}");
+    assert_eq!(w["merchants_verified"], 20, "{w:#}");
+    assert_eq!(w["rows_expected"], v["rows_expected"], "{w:#}");
+    for k in ["rows_lost", "values_wrong", "rows_unexplained", "acknowledged_transactions_missing"] {
+        assert_eq!(w[k], 0, "{k}: {w:#}");
+    }
+    let (read_only, promote, promoted) = (
+        w["read_only_after_attack_seconds"].as_f64().unwrap(),
+        w["promote_seconds"].as_f64().unwrap(),
+        w["attack_to_promoted_seconds"].as_f64().unwrap(),
+    );
+    // Each clock measures what it names: promoted after the DROP includes the promote, and
+    // came after the standby was seen read-only.
+    assert!(read_only > 0.0 && promote > 0.0 && promoted > promote && promoted > read_only, "{w:#}");
     // The incident was found in the WAL, named, and alerted within seconds.
     assert_eq!(v["incident_found"], true);
     let i = &v["incident"];
@@ -169,7 +191,9 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     // The HTML report: self-contained, naming the insider and the incident.
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.starts_with("<!doctype html>"));
-    for needle in ["he.ops", "database_dropped", "approval_requested", "Merchant by merchant"] {
+    for needle in
+        ["he.ops", "database_dropped", "approval_requested", "Merchant by merchant", "warm standby: the DROP"]
+    {
         assert!(html.contains(needle), "the report lacks {needle}");
     }
     assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("src="));
@@ -177,9 +201,11 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
 
     assert_nothing_left(&stdout, &work);
 
-    // A second run, in the same --dir, works from scratch.
+    // A second run, in the same --dir, works from scratch: `--repair`, where the insider deletes
+    // one merchant's orders (and their items) while the shop trades, and `holdfast repair` puts
+    // them back in the live database without rewinding anything else.
     let out = Command::new(holdfast())
-        .args(["demo", "--merchants", "5", "--business-seconds", "2", "--json", "--report"])
+        .args(["demo", "--repair", "--merchants", "5", "--business-seconds", "2", "--json", "--report"])
         .arg(&report)
         .arg("--dir")
         .arg(&work)
@@ -190,8 +216,45 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(
         (v["ok"].as_bool(), v["rows_lost"].as_i64(), v["merchants_verified"].as_u64()),
-        (Some(true), Some(0), Some(5))
+        (Some(true), Some(0), Some(5)),
+        "{v:#}"
     );
+    assert_eq!(v["mode"], "repair");
+    assert!(v["warm_standby"].is_null(), "{v:#}");
+    let i = &v["incident"];
+    assert_eq!(i["kind"], "mass_delete", "{i:#}");
+    let objects = i["objects"].as_array().unwrap();
+    for t in ["shop.public.orders", "shop.public.order_items"] {
+        assert!(objects.iter().any(|o| o == t), "{t} not in {i:#}");
+    }
+    // One merchant lost data — the insider's — and every row of it is back, while every order
+    // placed since (its own included) is still there and no other merchant was touched: the
+    // live shop equals the initial load plus everything the workload saw committed.
+    assert_eq!(v["merchants_affected"], 1, "{v:#}");
+    let r = &v["repair"];
+    assert_eq!(r["merchant"], 3, "{r:#}");
+    assert_eq!(r["incident"], i["number"], "{r:#}");
+    let deleted = r["rows_deleted"].as_u64().unwrap();
+    // 100 orders of the initial load and their items, at least.
+    assert!(deleted >= 200, "{r:#}");
+    assert!(r["rows_reinserted"].as_u64().unwrap() >= deleted, "{r:#}");
+    assert_eq!(
+        (&r["rows_reverted"], &r["conflicts"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{r:#}"
+    );
+    assert_eq!(r["victim_whole"], true, "{r:#}");
+    assert_eq!(
+        (&r["other_merchants"], &r["other_merchants_whole"]),
+        (&serde_json::json!(4), &serde_json::json!(4))
+    );
+    assert!(r["victim_orders_since_delete"].as_u64().unwrap() > 0, "the shop traded on: {r:#}");
+    assert_eq!(r["victim_orders_since_delete_kept"], r["victim_orders_since_delete"], "{r:#}");
+    assert_eq!(v["rows_unexplained"], 0, "{v:#}");
+    assert_eq!(v["values_wrong"], 0, "{v:#}");
+    assert_eq!(v["acknowledged_transactions_missing"], 0, "{v:#}");
+    assert!(r["verdict"].as_str().unwrap().starts_with("OK"), "{r:#}");
+    assert!(stdout.contains("holdfast repair --cluster shop --incident"), "{stdout}");
     assert_nothing_left(&stdout, &work);
 }
 

@@ -6,18 +6,24 @@
 //! the insider strikes: through the gate he sends `DROP DATABASE` and a bulk `DELETE` (held,
 //! rejected by the on-call DBA, audited under his name); as root on the database hosts he drops
 //! the database, drops the vault's slot, erases both data directories and turns every credential
-//! found there (and the gate's audit token) on the vault. The vault raises the incident; the
-//! operator restores to just before it with `holdfast restore --before-incident N`; every
-//! order, points balance and gift-card balance is compared, merchant by merchant, with what
-//! the workload saw committed. The verdict is printed (and with `--json` is the last line),
-//! and an HTML report is written.
+//! found there (and the gate's audit token) on the vault. The vault raises the incident and
+//! stops its warm standby just before it (`standby_act`); the operator promotes the standby
+//! (`holdfast standby promote`) and also restores to just before it with `holdfast restore
+//! --before-incident N`; every order, points balance and gift-card balance of both copies is
+//! compared, merchant by merchant, with what the workload saw committed. Under `--repair`
+//! (`repair_act`) the insider instead bulk-deletes one merchant's orders while the shop keeps
+//! trading, and `holdfast repair --incident N --tenant merchant_id=M` puts them back in the live
+//! database. The verdict is printed (and with `--json` is the last line), and an HTML report is
+//! written.
 //!
 //! Everything started is owned by a value whose `Drop` stops it, so an error or Ctrl-C (the
 //! future is dropped) leaves nothing running.
 
+mod repair_act;
 mod report;
 mod s3_act;
 mod shop;
+mod standby_act;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +53,10 @@ pub struct Options {
     /// `--store s3`: the vault writes through to a locked bucket on a Ceph RGW the demo starts,
     /// and an extra act erases the vault's local store before the restore.
     pub s3: bool,
+    /// `--repair`: the insider bulk-deletes one merchant's orders instead of destroying
+    /// everything, and `holdfast repair` puts them back in the live database (instead of the
+    /// restore and the warm standby).
+    pub repair: bool,
 }
 
 /// The insider's gate account and the on-call DBA who is asked to approve.
@@ -73,6 +83,8 @@ destructive = "approve"
 struct Story {
     start: Instant,
     events: Vec<Event>,
+    /// The number of the last act announced.
+    act: u32,
 }
 
 impl Story {
@@ -80,8 +92,10 @@ impl Story {
         self.start.elapsed().as_secs_f64()
     }
 
-    fn step(&self, n: u32, text: &str) {
-        println!("\n==> {n}. {text}");
+    /// Announces the next act (numbered in order: which acts run depends on the options).
+    fn step(&mut self, text: &str) {
+        self.act += 1;
+        println!("\n==> {}. {text}", self.act);
     }
 
     fn say(&self, text: impl AsRef<str>) {
@@ -307,6 +321,9 @@ struct Stage {
     primary: TempPg,
     standby: TempPg,
     vault: TempVault,
+    /// The vault's warm standby of the shop (not under `--repair`); declared after the vault so
+    /// that it is stopped after it (a running vault would start it again).
+    warm: Option<standby_act::Warm>,
     /// Alerts the vault and the gate posted to the on-call webhook.
     alerts: testkit::webhook::Received,
     admin: VaultClient,
@@ -329,6 +346,8 @@ struct Stage {
 struct Business {
     ledger: Arc<Ledger>,
     workers: tokio::task::JoinSet<()>,
+    /// How the shop's sessions log in through the gate (`--repair` starts one more).
+    cfg: pgproto::conn::Config,
 }
 
 /// Act 4: when the attack happened and what it destroyed.
@@ -346,6 +365,8 @@ struct Strike {
     /// The shop's rows the attack made unreadable, per merchant (what production still
     /// served right after the DROP, against what it should have held).
     destroyed: shop::Comparison,
+    /// Started as the DROP returned: waits for the warm standby to answer at the target.
+    standby_watch: Option<tokio::task::JoinHandle<Result<standby_act::ReadOnly>>>,
 }
 
 /// Act 7: the restore and its check.
@@ -361,7 +382,7 @@ struct Recovery {
 }
 
 async fn story(o: &Options, work: &Path) -> Result<u8> {
-    let mut s = Story { start: Instant::now(), events: Vec::new() };
+    let mut s = Story { start: Instant::now(), events: Vec::new(), act: 0 };
     println!("holdfast demo: the 删库跑路 incident of February 2020, replayed on this machine.");
     println!(
         "work files: {}{}",
@@ -372,20 +393,38 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     let mut business = act_business(&mut s, o, &stage).await?;
     let insider_sql = ["DROP DATABASE shop", "DELETE FROM stored_value_cards"];
     let gate_attempts = act_insider_at_the_gate(&mut s, &stage, &business, &insider_sql).await?;
-    let strike = act_insider_as_root(&mut s, &mut stage, &mut business).await?;
-    let (incident, alerted, other_incidents) = act_vault_sees(&mut s, &stage, &strike).await?;
-    let defence = act_insider_turns_on_the_backups(&mut s, &stage, &strike).await?;
-    let number = incident.as_ref().map(|i| i.number).ok_or_else(|| {
-        anyhow!("the vault raised no database_dropped incident; vault log:\n{}", stage.vault.log())
-    })?;
-    if let Some(side) = stage.s3.take() {
-        s3_act::act_root_erases_the_local_store(&mut s, &mut stage, &side).await?;
-        stage.s3 = Some(side);
+    if stage.warm.is_some() {
+        standby_act::wait_following(&mut s, &stage).await?;
     }
-    let recovery = act_restore(&mut s, &stage, &strike, work, number).await?;
+    let (mut strike, kind) = if o.repair {
+        (
+            repair_act::act_insider_deletes_one_merchant(&mut s, &stage, &mut business, o.merchants).await?,
+            "mass_delete",
+        )
+    } else {
+        (act_insider_as_root(&mut s, &mut stage, &mut business).await?, "database_dropped")
+    };
+    let (incident, alerted, other_incidents) = act_vault_sees(&mut s, &stage, &strike, kind).await?;
+    let defence = act_insider_turns_on_the_backups(&mut s, &stage, &strike).await?;
+    let number = incident
+        .as_ref()
+        .map(|i| i.number)
+        .ok_or_else(|| anyhow!("the vault raised no {kind} incident; vault log:\n{}", stage.vault.log()))?;
+    let (recovery, warm_standby, repair) = if o.repair {
+        let (r, f) =
+            repair_act::act_repair(&mut s, &stage, &mut business, &strike, number, o.merchants).await?;
+        (r, None, Some(f))
+    } else {
+        let warm = standby_act::act_warm_standby(&mut s, &stage, &mut strike, number).await?;
+        if let Some(side) = stage.s3.take() {
+            s3_act::act_root_erases_the_local_store(&mut s, &mut stage, &side).await?;
+            stage.s3 = Some(side);
+        }
+        (act_restore(&mut s, &stage, &strike, work, number).await?, warm, None)
+    };
 
     // ------------------------------------------------------------------------------------
-    s.step(8, "Verdict");
+    s.step("Verdict");
     let cmp = &recovery.cmp;
     let placed = &strike.placed;
     let acked = placed.iter().filter(|p| p.acknowledged).count();
@@ -401,6 +440,20 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     let gate_executed = gate_attempts.iter().filter(|g| g.executed).count();
     let attacks = defence.attacks;
     let refused = attacks.iter().filter(|a| a.refused).count();
+    let standby_ok = warm_standby.as_ref().is_none_or(|w| {
+        w.rows_lost == 0
+            && w.values_wrong == 0
+            && w.rows_unexplained == 0
+            && w.acknowledged_transactions_missing == 0
+            && w.merchants_verified == cmp.merchants.len()
+    });
+    let repair_ok = repair.as_ref().is_none_or(|r| {
+        r.victim_whole
+            && r.other_merchants_whole == r.other_merchants
+            && r.rows_reinserted > 0
+            && r.conflicts == 0
+            && r.victim_orders_since_delete_kept == r.victim_orders_since_delete
+    });
     let ok = cmp.rows_lost == 0
         && cmp.values_wrong == 0
         && cmp.rows_unexplained == 0
@@ -416,9 +469,13 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
         && defence.audit_verified
         && defence.audit.iter().filter(|r| r["kind"] == "approval_requested").count() >= insider_sql.len()
         && verified == cmp.merchants.len()
-        && rpo.is_some();
+        && (rpo.is_some() || repair.is_some())
+        && standby_ok
+        && repair_ok
+        && (o.repair || warm_standby.is_some());
     let report_path = std::path::absolute(&o.report)?;
     let mut verdict = Verdict {
+        mode: if o.repair { "repair" } else { "restore" }.into(),
         ok,
         merchants: stage.base.merchants().len(),
         merchants_affected: affected,
@@ -455,6 +512,8 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
         verify_seconds: recovery.verify_seconds,
         attack_to_verified_seconds: strike.at.elapsed().as_secs_f64(),
         restore_target: recovery.restore_target.clone(),
+        warm_standby,
+        repair,
         duration_seconds: 0.0,
         report: report_path.display().to_string(),
         timeline: Vec::new(),
@@ -479,36 +538,80 @@ fn print_verdict(v: &Verdict, insider_statements: usize) {
         println!("      {:6.1} s  {:<8} {}", e.t, e.actor, e.what);
     }
     println!(
-        "\n    merchants whose data the attack destroyed {} of {} ({} rows); after the restore: {} merchants verified, rows lost {} of {}, values wrong {}, rows nobody wrote {}",
+        "\n    merchants whose data the attack destroyed {} of {} ({} rows); after the {}: {} merchants verified, rows lost {} of {}, values wrong {}, rows nobody wrote {}",
         v.merchants_affected,
         v.merchants,
         v.rows_destroyed,
+        if v.repair.is_some() { "repair (the live shop, once the workload stopped)" } else { "restore" },
         v.merchants_verified,
         v.rows_lost,
         v.rows_expected,
         v.values_wrong,
         v.rows_unexplained
     );
-    println!(
-        "    RPO {} ({} acknowledged transactions missing); RTO {:.1} s to a server answering at the target, then {:.1} s to verify (attack → verified {:.1} s)",
-        v.rpo_seconds
-            .map(|r| format!("{:.3} s from the last restored commit to the attack", r))
-            .unwrap_or_else(|| "unknown (the restored database names no last commit)".into()),
-        v.acknowledged_transactions_missing,
-        v.rto_seconds,
-        v.verify_seconds,
-        v.attack_to_verified_seconds
-    );
+    if let Some(w) = &v.warm_standby {
+        println!(
+            "    warm standby (apply_delay {} s): read-only at the target {:.1} s after the DROP returned; promoted {:.1} s after `holdfast standby promote` ({:.1} s after the DROP, the acts between included); promoted copy: {} merchants verified, rows lost {} of {}, values wrong {}, rows nobody wrote {}, acknowledged transactions missing {}",
+            w.apply_delay_seconds,
+            w.read_only_after_attack_seconds,
+            w.promote_seconds,
+            w.attack_to_promoted_seconds,
+            w.merchants_verified,
+            w.rows_lost,
+            w.rows_expected,
+            w.values_wrong,
+            w.rows_unexplained,
+            w.acknowledged_transactions_missing
+        );
+    }
+    if let Some(r) = &v.repair {
+        println!(
+            "    repair of merchant {} (incident {}): {} rows deleted; holdfast repair re-inserted {}, reverted {}, conflicts {} in {:.1} s (scratch restores {}, apply {}); the DELETE → repaired {:.1} s",
+            r.merchant,
+            r.incident,
+            r.rows_deleted,
+            r.rows_reinserted,
+            r.rows_reverted,
+            r.conflicts,
+            r.repair_seconds,
+            r.scratch_restore_seconds.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "?".into()),
+            r.apply_seconds.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "?".into()),
+            r.attack_to_repaired_seconds
+        );
+        println!(
+            "    written since, kept: {} of the merchant's {} orders placed after the DELETE; {} orders committed while the repair ran; other merchants whole {} of {}; {} acknowledged transactions missing",
+            r.victim_orders_since_delete_kept,
+            r.victim_orders_since_delete,
+            r.orders_committed_during_repair,
+            r.other_merchants_whole,
+            r.other_merchants,
+            v.acknowledged_transactions_missing
+        );
+    } else {
+        println!(
+            "    cold restore: RPO {} ({} acknowledged transactions missing); RTO {:.1} s from `holdfast restore` to a server answering at the target, then {:.1} s to verify (attack → verified {:.1} s)",
+            v.rpo_seconds
+                .map(|r| format!("{:.3} s from the last restored commit to the attack", r))
+                .unwrap_or_else(|| "unknown (the restored database names no last commit)".into()),
+            v.acknowledged_transactions_missing,
+            v.rto_seconds,
+            v.verify_seconds,
+            v.attack_to_verified_seconds
+        );
+    }
     println!(
         "    gate held {} of {insider_statements} destructive statements, executed {}; vault refused {} of {} attacks",
         v.gate_held, v.gate_executed, v.vault_attacks_refused, v.vault_attacks
     );
     println!(
         "    {}",
-        if v.ok {
-            "VERDICT: every row of every merchant committed before the attack is back"
-        } else {
-            "VERDICT: FAILED — see the report"
+        match (v.ok, &v.repair) {
+            (true, Some(r)) => format!(
+                "VERDICT: merchant {}'s orders are back in the live shop; nothing written since was rewound, no other merchant touched",
+                r.merchant
+            ),
+            (true, None) => "VERDICT: every row of every merchant committed before the attack is back".into(),
+            (false, _) => "VERDICT: FAILED — see the report".into(),
         }
     );
     println!("    report: {}   ({:.0} s in all)", v.report, v.duration_seconds);
@@ -518,7 +621,7 @@ fn print_verdict(v: &Verdict, insider_statements: usize) {
 /// backup, tokens, and the gate in front.
 async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage> {
     let exe = std::env::current_exe().context("locating the holdfast binary")?;
-    s.step(1, "Production: a PostgreSQL 15 primary and a streaming standby; a vault; a gate");
+    s.step("Production: a PostgreSQL 15 primary and a streaming standby; a vault; a gate");
     let primary = blocking(|| TempPg::start_with(TempPgOptions::default()))?;
     let standby = blocking(|| TempPg::standby_of(&primary))?;
     s.event(
@@ -559,6 +662,11 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
     }
     let alice = keys.swap_remove(0);
     let s3 = if o.s3 { Some(s3_act::start(s, work).await?) } else { None };
+    // The warm standby (not under --repair, where nothing is rewound): the vault keeps it
+    // APPLY_DELAY_SECONDS behind the shop, fed from its own store. Declared before the vault so
+    // that, should the demo stop during this act, the vault goes first (it would start the
+    // standby again).
+    let warm = if o.repair { None } else { Some(standby_act::Warm::new()?) };
     let store_config = s3.as_ref().map(|x| x.store_config.clone());
     let mut vault = blocking(|| {
         TempVault::start_with(
@@ -570,13 +678,16 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
     let rep_pw_file = vault.scratch().join("rep.password");
     std::fs::write(&rep_pw_file, format!("{rep_password}\n"))?;
     let config = std::fs::read_to_string(vault.config_path())?;
+    // A mass DELETE is one of more than 50 rows in one transaction: the workload deletes
+    // nothing, one merchant's orders are 100 and more.
     std::fs::write(
         vault.config_path(),
         format!(
-            "webhook = [{{ name = \"oncall\", url = \"{hook}\" }}]\n{config}\n[[cluster]]\nname = \"shop\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 5\n",
+            "webhook = [{{ name = \"oncall\", url = \"{hook}\" }}]\n{config}\n[[cluster]]\nname = \"shop\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 5\nmass_delete_rows = 50\n{}",
             primary.socket_dir().display(),
             primary.port(),
-            rep_pw_file.display()
+            rep_pw_file.display(),
+            warm.as_ref().map(standby_act::Warm::config).unwrap_or_default()
         ),
     )?;
     vault.kill();
@@ -679,6 +790,7 @@ url = "{hook}"
         primary,
         standby,
         vault,
+        warm,
         alerts,
         admin,
         append,
@@ -694,7 +806,7 @@ url = "{hook}"
 
 /// Act 2: application sessions place orders through the gate for `business_seconds`.
 async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business> {
-    s.step(2, "Business as usual: orders, points and gift-card payments through the gate");
+    s.step("Business as usual: orders, points and gift-card payments through the gate");
     let mut cfg = pgproto::conn::Config::new(
         pgproto::conn::Host::Tcp { host: "127.0.0.1".into(), port: st.gate.port()? },
         APP,
@@ -709,6 +821,7 @@ async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business
         workers.spawn(shop::worker(
             cfg.clone(),
             o.merchants,
+            None,
             seed.wrapping_add(i as u64 * 7919),
             ledger.clone(),
         ));
@@ -738,7 +851,7 @@ async fn act_business(s: &mut Story, o: &Options, st: &Stage) -> Result<Business
             committed as f64 / business_start.elapsed().as_secs_f64()
         ),
     );
-    Ok(Business { ledger, workers })
+    Ok(Business { ledger, workers, cfg })
 }
 
 /// Act 3: the insider sends destructive statements through the gate; they are held, the
@@ -749,7 +862,7 @@ async fn act_insider_at_the_gate(
     b: &Business,
     insider_sql: &[&str],
 ) -> Result<Vec<GateAttempt>> {
-    s.step(3, &format!("The insider ({INSIDER}) strikes through the gate"));
+    s.step(&format!("The insider ({INSIDER}) strikes through the gate"));
     let gate = &st.gate;
     let before_insider = b.ledger.committed.load(Ordering::Relaxed);
     let mut psqls = Vec::new();
@@ -840,7 +953,7 @@ async fn act_insider_at_the_gate(
 /// Act 4: as root on the database hosts he drops the database, the vault's slot, and both
 /// data directories. What production still serves right after the DROP is measured.
 async fn act_insider_as_root(s: &mut Story, st: &mut Stage, b: &mut Business) -> Result<Strike> {
-    s.step(4, "The insider strikes as root on the database hosts (A1: every host, the superuser)");
+    s.step("The insider strikes as root on the database hosts (A1: every host, the superuser)");
     // He reads every file on those hosts first: these are the credentials he will try.
     let found = credentials_on_hosts(&[st.primary.data_dir(), st.standby.data_dir()]);
     s.say(format!(
@@ -855,6 +968,7 @@ async fn act_insider_as_root(s: &mut Story, st: &mut Stage, b: &mut Business) ->
     let sent = Instant::now();
     blocking(|| st.primary.psql(attack_sql))?;
     let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+    let standby_watch = standby_act::watch(st, at);
     let drop_seconds = at.duration_since(sent).as_secs_f64();
     let t = s.t();
     s.event("insider", format!("psql as postgres on the primary: {attack_sql};   ({drop_seconds:.2} s)"));
@@ -906,7 +1020,7 @@ async fn act_insider_as_root(s: &mut Story, st: &mut Stage, b: &mut Business) ->
         destroyed.rows_expected,
         destroyed.merchants.iter().filter(|m| m.rows_lost > 0).count()
     ));
-    Ok(Strike { at, t, wall, drop_seconds, found, placed, destroyed })
+    Ok(Strike { at, t, wall, drop_seconds, found, placed, destroyed, standby_watch })
 }
 
 /// Act 5: the incident the vault raised and when the alert arrived.
@@ -914,8 +1028,9 @@ async fn act_vault_sees(
     s: &mut Story,
     st: &Stage,
     strike: &Strike,
+    kind: &str,
 ) -> Result<(Option<IncidentSeen>, Option<Duration>, Vec<String>)> {
-    s.step(5, "What the vault saw");
+    s.step("What the vault saw");
     let deadline = Instant::now() + Duration::from_secs(60);
     let alerted = loop {
         let hit = st
@@ -923,9 +1038,7 @@ async fn act_vault_sees(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(at, body)| {
-                *at >= strike.at - Duration::from_secs(1) && body.to_string().contains("database_dropped")
-            })
+            .find(|(at, body)| *at >= strike.at - Duration::from_secs(1) && body.to_string().contains(kind))
             .map(|(at, _)| at.saturating_duration_since(strike.at));
         if hit.is_some() || Instant::now() > deadline {
             break hit;
@@ -936,24 +1049,23 @@ async fn act_vault_sees(
         vault_cli(&st.vault, &st.read_file, &["incidents", "--cluster", "shop", "--json"])
     })?)
     .context("reading holdfast incidents --json")?;
-    let incident =
-        incidents.iter().enumerate().find(|(_, i)| i.kind == "database_dropped").map(|(n, i)| IncidentSeen {
-            number: n + 1,
-            kind: i.kind.clone(),
-            lsn: i.lsn.map(|l| l.to_string()),
-            xid: i.xid,
-            time: Some(i.detected_at.to_string()),
-            objects: i
-                .objects
-                .iter()
-                .map(|ob| match (&ob.schema, &ob.table) {
-                    (Some(sc), Some(t)) => format!("{}.{sc}.{t}", ob.database),
-                    _ => ob.database.clone(),
-                })
-                .collect(),
-            alerted_after_seconds: alerted.map(|d| d.as_secs_f64()),
-            message: i.message.clone(),
-        });
+    let incident = incidents.iter().enumerate().find(|(_, i)| i.kind == kind).map(|(n, i)| IncidentSeen {
+        number: n + 1,
+        kind: i.kind.clone(),
+        lsn: i.lsn.map(|l| l.to_string()),
+        xid: i.xid,
+        time: Some(i.detected_at.to_string()),
+        objects: i
+            .objects
+            .iter()
+            .map(|ob| match (&ob.schema, &ob.table) {
+                (Some(sc), Some(t)) => format!("{}.{sc}.{t}", ob.database),
+                _ => ob.database.clone(),
+            })
+            .collect(),
+        alerted_after_seconds: alerted.map(|d| d.as_secs_f64()),
+        message: i.message.clone(),
+    });
     let alert_t = alerted.map(|d| strike.t + d.as_secs_f64()).unwrap_or_else(|| s.t());
     match &incident {
         Some(i) => s.event_at(
@@ -965,17 +1077,14 @@ async fn act_vault_sees(
                 i.kind,
                 i.message,
                 i.alerted_after_seconds
-                    .map(|a| format!("{a:.2} s after the DROP returned"))
+                    .map(|a| format!("{a:.2} s after his statement returned"))
                     .unwrap_or_else(|| "not received".into())
             ),
         ),
-        None => s.event("vault", "NO database_dropped incident was raised"),
+        None => s.event("vault", format!("NO {kind} incident was raised")),
     }
-    let other: Vec<String> = incidents
-        .iter()
-        .filter(|i| i.kind != "database_dropped")
-        .map(|i| format!("{}: {}", i.kind, i.message))
-        .collect();
+    let other: Vec<String> =
+        incidents.iter().filter(|i| i.kind != kind).map(|i| format!("{}: {}", i.kind, i.message)).collect();
     for i in &other {
         s.say(format!("incident {i}"));
     }
@@ -994,7 +1103,7 @@ struct Defence {
 /// Act 6: every credential he found or could steal, turned on the backups; then the store is
 /// re-hashed and the audit trail read back.
 async fn act_insider_turns_on_the_backups(s: &mut Story, st: &Stage, strike: &Strike) -> Result<Defence> {
-    s.step(6, "The insider turns on the backups with every credential he found");
+    s.step("The insider turns on the backups with every credential he found");
     let attacks = attack_vault(s, st, &strike.found).await?;
     for a in &attacks {
         s.say(format!("{} — with {}: {}", a.action, a.credential, a.answer));
@@ -1053,7 +1162,7 @@ async fn act_restore(
     work: &Path,
     number: usize,
 ) -> Result<Recovery> {
-    s.step(7, "The operator restores the shop to just before the incident");
+    s.step("The operator restores the shop to just before the incident");
     let target_dir = work.join("restored");
     let mut args = vec!["restore".to_string()];
     args.extend(st.vault.remote_args(&st.read_file));
@@ -1428,13 +1537,19 @@ fn audit_excerpt(
     read: &Path,
 ) -> Result<(Vec<serde_json::Value>, bool)> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Everything recorded up to now: under --repair the shop keeps trading through the gate,
+    // so records keep coming and the spool is never empty.
+    let mut upto = None;
     let key = loop {
         let out = gate.dba(totp, &["status", "--json"])?;
         if !out.status.success() {
             bail!("holdfast gate status failed: {}", text(&out));
         }
         let st: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        if st["audit"]["pending_records"] == 0 {
+        let last = *upto.get_or_insert(st["audit"]["last_seq"].as_u64().unwrap_or(0));
+        if st["audit"]["pending_records"] == 0
+            || st["audit"]["shipped_seq"].as_u64().is_some_and(|s| s >= last)
+        {
             break st["audit"]["public_key"].as_str().unwrap_or("").to_string();
         }
         if Instant::now() > deadline {

@@ -73,8 +73,73 @@ pub struct IncidentSeen {
     pub message: String,
 }
 
+/// The vault's warm standby, stopped just before the DROP and promoted (default demo).
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmStandby {
+    pub apply_delay_seconds: u64,
+    /// The incident it stopped before (the DROP's).
+    pub paused_before_incident: usize,
+    /// Where it stopped, as the vault reports it.
+    pub target: String,
+    /// The DROP returned → the standby's `shop` answered a query, paused before the incident
+    /// (read-only; polled every 100 ms).
+    pub read_only_after_attack_seconds: f64,
+    /// `holdfast standby promote` started → the promoted standby answered in `shop`.
+    pub promote_seconds: f64,
+    /// The DROP returned → the promoted standby answered (includes the demo's acts between the
+    /// attack and the promote: the vault's incident, the attacks on the vault).
+    pub attack_to_promoted_seconds: f64,
+    /// Reading and comparing every row of the promoted standby.
+    pub verify_seconds: f64,
+    /// The same per-merchant comparison as the cold restore's, on the promoted standby.
+    pub merchants_verified: usize,
+    pub rows_expected: i64,
+    pub rows_lost: i64,
+    pub values_wrong: i64,
+    pub rows_unexplained: i64,
+    pub acknowledged_transactions_missing: i64,
+}
+
+/// `--repair`: one merchant's orders deleted and repaired in the live database.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairFigures {
+    pub merchant: i64,
+    pub incident: usize,
+    /// Acknowledged rows of the merchant that production no longer served after the DELETE.
+    pub rows_deleted: i64,
+    /// `holdfast repair`'s report: rows put back, rows set back, rows changed since (left).
+    pub rows_reinserted: u64,
+    pub rows_reverted: u64,
+    pub conflicts: usize,
+    /// Per table, as the repair reported it.
+    pub tables: Vec<String>,
+    /// The merchant's orders acknowledged after the DELETE returned, and how many of them the
+    /// live shop still holds after the repair (all: nothing was rewound).
+    pub victim_orders_since_delete: usize,
+    pub victim_orders_since_delete_kept: usize,
+    /// Orders (all merchants) the workload committed while `holdfast repair` ran.
+    pub orders_committed_during_repair: u64,
+    /// Merchants other than the victim, and how many of them equal their initial load plus
+    /// every order the workload saw committed (untouched by the DELETE and by the repair).
+    pub other_merchants: usize,
+    pub other_merchants_whole: usize,
+    pub victim_whole: bool,
+    /// `holdfast repair` started → exited with the repair committed.
+    pub repair_seconds: f64,
+    /// Of that, restoring the two scratch copies (before and after the incident).
+    pub scratch_restore_seconds: Option<f64>,
+    /// Of that, the one verified transaction on the live database.
+    pub apply_seconds: Option<f64>,
+    /// The DELETE returned → the repair committed.
+    pub attack_to_repaired_seconds: f64,
+    pub verdict: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
+    /// `restore` (the database destroyed, restored from the vault) or `repair` (`--repair`: one
+    /// merchant's orders deleted and repaired in the live database).
+    pub mode: String,
     /// Everything held: no row lost, wrong or unexplained, incident found and alerted, gate
     /// held every statement, every vault attack refused by the vault, store intact, audit
     /// verified, RPO measured.
@@ -131,6 +196,11 @@ pub struct Verdict {
     /// The attack → the restored shop verified.
     pub attack_to_verified_seconds: f64,
     pub restore_target: String,
+    /// The warm standby's figures beside the cold restore's (default demo).
+    pub warm_standby: Option<WarmStandby>,
+    /// `--repair`: the repair act's figures (then `rto_seconds` is the repair's time and the
+    /// comparison is of the live shop).
+    pub repair: Option<RepairFigures>,
     pub duration_seconds: f64,
     pub report: String,
     pub timeline: Vec<Event>,
@@ -154,8 +224,32 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
          .big{font-size:20px}</style></head><body>",
     );
     h.push_str("<h1>holdfast demo — the 删库跑路 incident, replayed</h1>");
+    let (after, tail) = match &v.repair {
+        Some(r) => (
+            "the repair (the live shop)",
+            format!(
+                "nothing rewound: {} orders written since kept; repair {:.1} s",
+                r.victim_orders_since_delete_kept, r.repair_seconds
+            ),
+        ),
+        None => (
+            "the restore",
+            format!(
+                "RPO {}; RTO {:.1} s{}",
+                v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
+                v.rto_seconds,
+                v.warm_standby
+                    .as_ref()
+                    .map(|w| format!(
+                        "; warm standby read-only {:.1} s after the attack",
+                        w.read_only_after_attack_seconds
+                    ))
+                    .unwrap_or_default()
+            ),
+        ),
+    };
     h.push_str(&format!(
-        "<p class=big>Verdict: {} — the attack destroyed the data of {} of {} merchants ({} rows); after the restore {} merchants verified, rows lost: <b>{} of {}</b>; RPO {}; RTO {:.1} s</p>",
+        "<p class=big>Verdict: {} — the attack destroyed the data of {} of {} merchants ({} rows); after {after} {} merchants verified, rows lost: <b>{} of {}</b>; {}</p>",
         if v.ok { "<span class=ok>every row committed before the attack is back</span>" } else { "<span class=bad>FAILED</span>" },
         v.merchants_affected,
         v.merchants,
@@ -163,16 +257,12 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
         v.merchants_verified,
         v.rows_lost,
         v.rows_expected,
-        v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
-        v.rto_seconds
+        esc(&tail)
     ));
     h.push_str("<table>");
     let rows: Vec<(&str, String)> = vec![
         ("transactions committed through the gate", v.transactions_committed.to_string()),
-        (
-            "acknowledged transactions missing after the restore",
-            v.acknowledged_transactions_missing.to_string(),
-        ),
+        ("acknowledged transactions missing afterwards", v.acknowledged_transactions_missing.to_string()),
         (
             "in doubt at the attack (COMMIT sent, answer lost)",
             format!("{} ({} found committed)", v.transactions_in_doubt, v.in_doubt_found_committed),
@@ -180,16 +270,23 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
         (
             "RPO: last restored commit → the attack",
             format!(
-                "{} (last commit {}, {}; the DROP ran {:.2} s)",
+                "{} (last commit {}, {}; the attack ran {:.2} s)",
                 v.rpo_seconds.map(|r| format!("{r:.3} s")).unwrap_or_else(|| "unknown".into()),
                 v.last_restored_commit.as_deref().unwrap_or("?"),
                 v.last_restored_commit_source,
                 v.attack_seconds
             ),
         ),
-        ("RTO: restore started → server answering at the target", format!("{:.1} s", v.rto_seconds)),
+        (
+            if v.repair.is_some() {
+                "holdfast repair started → repair committed"
+            } else {
+                "RTO: restore started → server answering at the target"
+            },
+            format!("{:.1} s", v.rto_seconds),
+        ),
         ("verification of every row, after that", format!("{:.1} s", v.verify_seconds)),
-        ("rows nobody committed in the restored shop", v.rows_unexplained.to_string()),
+        ("rows nobody committed in the recovered shop", v.rows_unexplained.to_string()),
         ("values wrong", v.values_wrong.to_string()),
         (
             "incident",
@@ -220,8 +317,79 @@ pub fn html(v: &Verdict, merchants: &[MerchantCheck], audit: &[serde_json::Value
             ),
         ),
         ("audit chain verified in the vault", v.audit_verified.to_string()),
-        ("attack → restored shop verified", format!("{:.1} s", v.attack_to_verified_seconds)),
+        ("attack → recovered shop verified", format!("{:.1} s", v.attack_to_verified_seconds)),
     ];
+    let mut rows = rows;
+    if let Some(w) = &v.warm_standby {
+        rows.extend([
+            (
+                "warm standby: the DROP → read-only at the target",
+                format!(
+                    "{:.1} s (stopped before incident {}: {}; apply_delay {} s)",
+                    w.read_only_after_attack_seconds,
+                    w.paused_before_incident,
+                    w.target,
+                    w.apply_delay_seconds
+                ),
+            ),
+            (
+                "warm standby: promote command → writable",
+                format!(
+                    "{:.1} s ({:.1} s after the DROP, the acts between included)",
+                    w.promote_seconds, w.attack_to_promoted_seconds
+                ),
+            ),
+            (
+                "warm standby, promoted: rows lost / values wrong / rows nobody wrote",
+                format!(
+                    "{} of {} / {} / {}; {} merchants verified ({:.1} s)",
+                    w.rows_lost,
+                    w.rows_expected,
+                    w.values_wrong,
+                    w.rows_unexplained,
+                    w.merchants_verified,
+                    w.verify_seconds
+                ),
+            ),
+        ]);
+    }
+    if let Some(r) = &v.repair {
+        rows.extend([
+            (
+                "repair: merchant, rows deleted, re-inserted / reverted / conflicts",
+                format!(
+                    "merchant {}: {} rows deleted; {} / {} / {} ({})",
+                    r.merchant,
+                    r.rows_deleted,
+                    r.rows_reinserted,
+                    r.rows_reverted,
+                    r.conflicts,
+                    r.tables.join("; ")
+                ),
+            ),
+            (
+                "repair: written since, kept",
+                format!(
+                    "{} of the merchant's {} orders placed after the DELETE; {} orders committed during the repair",
+                    r.victim_orders_since_delete_kept, r.victim_orders_since_delete, r.orders_committed_during_repair
+                ),
+            ),
+            (
+                "repair: other merchants whole",
+                format!("{} of {}", r.other_merchants_whole, r.other_merchants),
+            ),
+            (
+                "repair: holdfast repair started → committed",
+                format!(
+                    "{:.1} s (scratch restores {}, apply {}); the DELETE → repaired {:.1} s",
+                    r.repair_seconds,
+                    r.scratch_restore_seconds.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "?".into()),
+                    r.apply_seconds.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "?".into()),
+                    r.attack_to_repaired_seconds
+                ),
+            ),
+        ]);
+    }
     for (k, val) in rows {
         h.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&val)));
     }
@@ -318,6 +486,7 @@ mod tests {
     #[test]
     fn the_report_escapes_what_the_insider_typed() {
         let v = Verdict {
+            mode: "restore".into(),
             ok: false,
             merchants: 1,
             merchants_affected: 1,
@@ -366,6 +535,8 @@ mod tests {
             verify_seconds: 0.0,
             attack_to_verified_seconds: 0.0,
             restore_target: String::new(),
+            warm_standby: None,
+            repair: None,
             duration_seconds: 0.0,
             report: String::new(),
             timeline: vec![],

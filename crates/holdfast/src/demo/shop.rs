@@ -4,7 +4,7 @@
 //! what was committed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -211,6 +211,9 @@ pub struct Ledger {
     pub committed: AtomicU64,
     /// The first error that ended a worker (expected once the insider drops the database).
     pub ended_by: Mutex<Option<String>>,
+    /// Set to end every worker after its current order (`--repair`: the shop closes for the
+    /// final check).
+    pub stop: AtomicBool,
 }
 
 /// A tiny PRNG (xorshift64*): the workload needs varied, not secret, numbers.
@@ -226,10 +229,11 @@ impl Rng {
 }
 
 /// Runs one order-placing session through the gate until the session dies (the insider's
-/// DROP DATABASE ends it) or the task is aborted.
+/// DROP DATABASE ends it), `ledger.stop` is set, or the task is aborted.
 /// Each order is one transaction of five statements — the order, its item, the points it
 /// earns, the gift-card payment — sent one by one as an application would.
-pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>) {
+/// With `only`, every order is that merchant's (its own till); otherwise merchants at random.
+pub async fn worker(cfg: Config, merchants: i64, only: Option<i64>, seed: u64, ledger: Arc<Ledger>) {
     let mut conn = match ReplicationConnection::connect_read_write(&cfg, "shop").await {
         Ok(c) => c,
         Err(e) => {
@@ -238,8 +242,8 @@ pub async fn worker(cfg: Config, merchants: i64, seed: u64, ledger: Arc<Ledger>)
         }
     };
     let mut rng = Rng(seed | 1);
-    loop {
-        let merchant = 1 + rng.below(merchants);
+    while !ledger.stop.load(Ordering::Relaxed) {
+        let merchant = only.unwrap_or_else(|| 1 + rng.below(merchants));
         let customer = merchant + merchants * rng.below(CUSTOMERS);
         let product = merchant + merchants * rng.below(PRODUCTS);
         let card = merchant + merchants * rng.below(CARDS);
