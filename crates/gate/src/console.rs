@@ -161,7 +161,9 @@ async fn security_headers(mut r: Response) -> Response {
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` on a form's POST, and the
+        // origin check below could not tell this console's forms from anyone's.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         h.insert(k, HeaderValue::from_static(v));

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 /// The key W3C WebDriver names an element reference by.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f4ab7d3c5a5";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium session; the driver and the browser end when it is dropped.
 pub struct Browser {
@@ -84,13 +84,44 @@ impl Browser {
             self.port,
             body.len()
         )?;
+        // chromedriver keeps the connection open whatever the request says: read the header,
+        // then exactly the body it announces.
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header"))?;
+        let mut buf = [0u8; 16384];
+        let split = loop {
+            if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("{method} {path}: chromedriver closed the connection");
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
         let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
         let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let mut payload = raw[split + 4..].to_vec();
-        if head.contains("transfer-encoding: chunked") {
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = head.contains("transfer-encoding: chunked");
+        loop {
+            let complete = match length {
+                Some(n) => payload.len() >= n,
+                None if chunked => payload.ends_with(b"0\r\n\r\n"),
+                None => false,
+            };
+            if complete {
+                break;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            payload.extend_from_slice(&buf[..n]);
+        }
+        if chunked {
             payload = dechunk(&payload)?;
         }
         let v: Value = serde_json::from_slice(&payload)
@@ -118,6 +149,11 @@ impl Browser {
         Ok(self.call("GET", &self.at("/title"), None)?.as_str().unwrap_or_default().to_string())
     }
 
+    /// Resizes the window (e.g. 390×844 for a phone's screen).
+    pub fn set_window(&self, width: u32, height: u32) -> Result<()> {
+        self.call("POST", &self.at("/window/rect"), Some(json!({"width": width, "height": height}))).map(|_| ())
+    }
+
     /// Every element matching a CSS selector.
     pub fn find_all(&self, css: &str) -> Result<Vec<Element<'_>>> {
         let v = self.call("POST", &self.at("/elements"), Some(json!({"using": "css selector", "value": css})))?;
@@ -134,7 +170,9 @@ impl Browser {
                 return Ok(e);
             }
             if Instant::now() > deadline {
-                bail!("no element {css:?} on {} after {timeout:?}", self.url()?);
+                let page = self.execute("return document.body ? document.body.innerText : ''", json!([]))?;
+                let page: String = page.as_str().unwrap_or_default().chars().take(600).collect();
+                bail!("no element {css:?} on {} after {timeout:?}; the page says: {page}", self.url()?);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

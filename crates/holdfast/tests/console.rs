@@ -1,0 +1,192 @@
+//! The gate's approvals console in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) over WebDriver, against `holdfast gate serve` as its own process in front
+//! of a real PostgreSQL, with real psql sessions holding statements.
+//!
+//! What must hold: no page without a session; a wrong one-time code signs nobody in; the
+//! session cookie is `Secure; HttpOnly; SameSite=Strict`; the pending request shows its SQL
+//! (a `<script>` in it as text), person, address and row count; a POST without the CSRF token
+//! is refused; a wrong code decides nothing; nobody gets buttons for their own request; bob's
+//! approval runs alice's statement in her session. One browser, one gate: screenshots go to
+//! `docs/console/`, page load times (as the browser measured them) to the test's output.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod gate_harness;
+use gate_harness::*;
+use serde_json::json;
+use testkit::browser::Browser;
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/console")
+}
+
+/// The TOTP code of `secret` `ahead` steps from now (the gate accepts one step of skew; the
+/// console refuses a step once used, so each use takes the next one).
+fn code(secret: &str, ahead: u64) -> String {
+    let key = gate::totp::base32_decode(secret).unwrap();
+    format!("{:06}", gate::totp::code_at(&key, gate::approvals::unix_now() / 30 + ahead))
+}
+
+/// The id of `person`'s pending request, once there is one.
+fn pending_of(g: &Gate, person: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"]["state"] == "pending" && r["person"] == person)
+            .map(|r| r["id"].as_str().unwrap().to_string());
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no pending request of {person}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_psql(g: &Gate, user: &str, password: &str, sql: &str) -> Child {
+    Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo(user, "require"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn sign_in(b: &Browser, base: &str, person: &str, password: &str, totp: &str) {
+    b.goto(&format!("{base}/console/login")).unwrap();
+    b.wait_for("#person", Duration::from_secs(10)).unwrap().send_keys(person).unwrap();
+    b.find("#password").unwrap().send_keys(password).unwrap();
+    b.find("#totp").unwrap().send_keys(totp).unwrap();
+    b.find("#signin").unwrap().click().unwrap();
+}
+
+#[test]
+fn console_bob_approves_alices_delete_in_a_browser() {
+    // Dave approves too, so that bob's own request waits for him (with bob the only approver,
+    // it would be refused at once).
+    let dave = format!(
+        "approval_timeout = \"180s\"\n[[person]]\nname = \"dave\"\nscram = \"{}\"\napprover = true\ntotp_secret = \"{ALICE_TOTP}\"\n",
+        gate::scram::Verifier::generate("dave-password")
+    );
+    let g = Gate::start(&dave, "row_guard_max_rows = 10\n");
+    let base = format!("https://{}", g.control);
+    let b = Browser::start().unwrap();
+    let mut loads = Vec::new();
+
+    // No page without a session: the approvals page sends the browser to sign in.
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"), "{}", b.url().unwrap());
+    loads.push(("sign-in", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("sign-in.png")).unwrap();
+
+    // Alice's DELETE touches 20 rows (the row guard allows 10): held, with a <script> in it.
+    let sql = "DELETE FROM scratch WHERE id > 0 AND '<script>document.title=\"pwned\"</script>' <> ''";
+    let alice = spawn_psql(&g, "alice", "alice-password", sql);
+    let alice_id = pending_of(&g, "alice");
+    // Bob's own destructive statement is held too.
+    let bobs = spawn_psql(&g, "bob", "bob-password", "DELETE FROM orders");
+    let bob_id = pending_of(&g, "bob");
+
+    // A wrong one-time code signs nobody in.
+    let right = code(BOB_TOTP, 0);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
+    sign_in(&b, &base, "bob", "bob-password", &wrong);
+    let err = b.wait_for("#error", Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(err.contains("Wrong name, password or one-time code"), "{err}");
+    assert!(b.cookies().unwrap().iter().all(|c| c["name"] != "__Host-hf_session"), "no session cookie");
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"));
+
+    // The right code: signed in, with a cookie scripts cannot read and other sites cannot send.
+    sign_in(&b, &base, "bob", "bob-password", &right);
+    assert_eq!(b.wait_for("#whoami", Duration::from_secs(10)).unwrap().text().unwrap(), "bob");
+    let cookies = b.cookies().unwrap();
+    let session = cookies.iter().find(|c| c["name"] == "__Host-hf_session").expect("session cookie");
+    assert_eq!(
+        (&session["httpOnly"], &session["secure"], &session["sameSite"]),
+        (&json!(true), &json!(true), &json!("Strict")),
+        "{session}"
+    );
+    loads.push(("approvals", b.load_ms().unwrap()));
+
+    // Alice's request: her SQL (the script as text, never run), address, the row count.
+    let card = b.find(&format!("#req-{alice_id}")).unwrap();
+    let t = card.text().unwrap();
+    assert!(t.contains(sql), "the SQL verbatim: {t}");
+    assert!(t.contains("alice from 127.0.0.1:"), "{t}");
+    assert!(t.contains("20 rows"), "the row count that held it: {t}");
+    assert_eq!(card.find_all("button.approve").unwrap().len(), 1);
+    assert_ne!(b.title().unwrap(), "pwned");
+    assert_eq!(b.execute("return document.querySelectorAll('main script').length", json!([])).unwrap(), 0);
+    // Bob's own request: no buttons for him.
+    let own = b.find(&format!("#req-{bob_id}")).unwrap();
+    assert!(own.find_all("button").unwrap().is_empty(), "no decision on one's own request");
+    assert!(own.text().unwrap().contains("Your own request"));
+    b.screenshot(&shots().join("approvals.png")).unwrap();
+
+    // A POST without the CSRF token is refused (from the page itself, with its cookie).
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/approvals/' + arguments[0] + '/decide', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'},
+               body: 'decision=approve&reason=no+token&totp=' + arguments[1]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([alice_id, code(BOB_TOTP, 1)]),
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // A wrong code decides nothing.
+    let form = |b: &Browser, totp: &str, reason: &str| {
+        let card = b.find(&format!("#req-{alice_id}")).unwrap();
+        card.find_all("input.totp").unwrap()[0].send_keys(totp).unwrap();
+        card.find_all("input.reason").unwrap()[0].send_keys(reason).unwrap();
+        card.find_all("button.approve").unwrap()[0].click().unwrap();
+    };
+    form(&b, &wrong, "20 test rows, fine");
+    let flash = b.wait_for("#flash", Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(flash.contains("Wrong or already used one-time code"), "{flash}");
+    assert!(b.find(&format!("#req-{alice_id}")).is_ok(), "still pending");
+
+    // Bob approves with the next code: alice's psql gets its result.
+    form(&b, &code(BOB_TOTP, 1), "20 test rows, fine");
+    let flash = b.wait_for("#flash", Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(flash.contains(&format!("Approved {alice_id}")), "{flash}");
+    let outcome = b.find(&format!("#done-{alice_id} .outcome")).unwrap().text().unwrap();
+    assert!(outcome.starts_with("approved by bob"), "{outcome}");
+    loads.push(("approvals after a decision", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("approved.png")).unwrap();
+    let out = alice.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 0);
+    assert_eq!(g.count("orders"), 100, "bob's own DELETE never ran");
+
+    // On a phone's screen.
+    b.set_window(390, 844).unwrap();
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    b.screenshot(&shots().join("approvals-phone.png")).unwrap();
+
+    // Signing out ends the session on the server.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"));
+
+    let mut bobs = bobs;
+    let _ = bobs.kill();
+    let _ = bobs.wait();
+    for (page, ms) in loads {
+        eprintln!("console page load ({page}): {ms:.0} ms");
+    }
+}
