@@ -84,7 +84,12 @@ impl Sessions {
         m.retain(|_, s| s.expires_at > now);
         m.insert(
             token_hash(&token),
-            Session { person: person.into(), csrf: random_token(), expires_at: now + ttl.as_secs(), flash: None },
+            Session {
+                person: person.into(),
+                csrf: random_token(),
+                expires_at: now + ttl.as_secs(),
+                flash: None,
+            },
         );
         token
     }
@@ -143,10 +148,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/approvals/version", get(version))
         .route("/console/approvals/{id}/decide", post(decide))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
-        .route(
-            "/console/console.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }),
-        )
+        .route("/console/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -182,7 +184,10 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn set_cookie(name: &str, value: &str, max_age: u64) -> (header::HeaderName, String) {
-    (header::SET_COOKIE, format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"))
+    (
+        header::SET_COOKIE,
+        format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"),
+    )
 }
 
 /// A browser's POST must come from this console: `Origin` (sent by every current browser on a
@@ -340,9 +345,10 @@ async fn login(
     let ok = password_ok && person.is_some_and(|p| s.console.use_totp(p, &f.totp, unix_now()));
     let _ = s
         .audit_event(
-            Event::new(EventKind::Auth).person(f.person.clone()).client(peer.to_string()).detail(
-                serde_json::json!({"ok": ok, "method": "console password + totp", "tls": true}),
-            ),
+            Event::new(EventKind::Auth)
+                .person(f.person.clone())
+                .client(peer.to_string())
+                .detail(serde_json::json!({"ok": ok, "method": "console password + totp", "tls": true})),
         )
         .await;
     let Some(person) = person.filter(|_| ok) else {
@@ -583,7 +589,16 @@ async fn decide(
             }),
         ))
         .await;
-    back(true, format!("{} {} ({}'s {}).", if approve { "Approved" } else { "Rejected" }, req.id, req.person, what(&req)))
+    back(
+        true,
+        format!(
+            "{} {} ({}'s {}).",
+            if approve { "Approved" } else { "Rejected" },
+            req.id,
+            req.person,
+            what(&req)
+        ),
+    )
 }
 
 const CSS: &str = include_str!("console/console.css");
@@ -668,7 +683,10 @@ mod tests {
             state: ReqState::Pending,
         };
         let html = ask_view(&r).into_string();
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
         assert!(html.contains("&lt;b&gt;") && !html.contains("<b>"), "{html}");
     }
 }

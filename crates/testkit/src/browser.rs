@@ -151,14 +151,21 @@ impl Browser {
 
     /// Resizes the window (e.g. 390×844 for a phone's screen).
     pub fn set_window(&self, width: u32, height: u32) -> Result<()> {
-        self.call("POST", &self.at("/window/rect"), Some(json!({"width": width, "height": height}))).map(|_| ())
+        self.call("POST", &self.at("/window/rect"), Some(json!({"width": width, "height": height})))
+            .map(|_| ())
     }
 
     /// Every element matching a CSS selector.
     pub fn find_all(&self, css: &str) -> Result<Vec<Element<'_>>> {
-        let v = self.call("POST", &self.at("/elements"), Some(json!({"using": "css selector", "value": css})))?;
+        let v =
+            self.call("POST", &self.at("/elements"), Some(json!({"using": "css selector", "value": css})))?;
         Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|e| e[ELEMENT].as_str()).map(|id| Element { browser: self, id: id.into() }).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str())
+                    .map(|id| Element { browser: self, id: id.into() })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -276,7 +283,10 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol])?.split(';').next().unwrap_or("").trim(), 16)?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..eol])?.split(';').next().unwrap_or("").trim(),
+            16,
+        )?;
         if size == 0 {
             return Ok(out);
         }

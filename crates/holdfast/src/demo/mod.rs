@@ -674,6 +674,13 @@ url = "{hook}"
             gate.addr
         ),
     );
+    s.event(
+        "gate",
+        format!(
+            "approvals console: https://{}/console/ (sign in with a gate name, password and TOTP)",
+            gate.control
+        ),
+    );
     Ok(Stage {
         exe,
         primary,
