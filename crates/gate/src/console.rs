@@ -195,10 +195,10 @@ fn set_cookie(name: &str, value: &str, max_age: u64) -> (header::HeaderName, Str
 /// neither still need the CSRF token.
 fn same_origin(h: &HeaderMap) -> bool {
     let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Some(o) = h.get(header::ORIGIN) {
-        if o.to_str().ok() != Some(&format!("https://{host}")) {
-            return false;
-        }
+    if let Some(o) = h.get(header::ORIGIN)
+        && o.to_str().ok() != Some(&format!("https://{host}"))
+    {
+        return false;
     }
     match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         Some(site) => site == "same-origin",
