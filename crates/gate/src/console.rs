@@ -10,7 +10,8 @@
 //! console. Each decision needs a fresh TOTP code (a code, once used, is refused for that person
 //! until the next 30-second step) and a reason, and is audited like the CLI's, with the
 //! client's address. Pages are server-rendered with `maud`, which escapes every interpolated
-//! value; the only script (`console.js`) reloads the page when the requests change.
+//! value; the only script (`console.js`) reloads the page when the requests change. An
+//! address with 10 failed sign-ins in 10 minutes is refused until those 10 minutes end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,7 +45,14 @@ pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
     /// The last TOTP step each person used on the console.
     totp_steps: Mutex<HashMap<String, u64>>,
+    /// Failed sign-ins per client address: how many, since when.
+    failures: Mutex<HashMap<std::net::IpAddr, (u32, u64)>>,
 }
+
+/// Failed sign-ins an address may make per window before it is refused until the window ends
+/// (per address, not per name: a stranger must not be able to lock an approver out).
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW_SECS: u64 = 600;
 
 #[derive(Clone)]
 struct Session {
@@ -120,6 +128,22 @@ impl Sessions {
 
     fn end(&self, token: &str) {
         self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).remove(&token_hash(token));
+    }
+
+    /// Seconds until `ip` may try to sign in again (0: now).
+    fn throttled(&self, ip: std::net::IpAddr, now: u64) -> u64 {
+        match self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(&ip) {
+            Some(&(n, since)) if n >= MAX_FAILURES && now < since + FAILURE_WINDOW_SECS => {
+                since + FAILURE_WINDOW_SECS - now
+            }
+            _ => 0,
+        }
+    }
+
+    fn failed(&self, ip: std::net::IpAddr, now: u64) {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (_, since)| now < *since + FAILURE_WINDOW_SECS);
+        m.entry(ip).or_insert((0, now)).0 += 1;
     }
 
     /// Checks `code` for `person` at `now` and refuses a step already used (a code seen over a
@@ -334,6 +358,14 @@ async fn login(
             "This sign-in form expired or did not come from this console: open the sign-in page again.",
         );
     }
+    let wait = s.console.throttled(peer.ip(), unix_now());
+    if wait > 0 {
+        s.metrics.auth_failures.inc();
+        let msg = format!("Too many failed sign-ins from your address: try again in {}.", ago(wait));
+        let mut r = login_form(Some(&msg));
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return r;
+    }
     let person = s.config.person(&f.person);
     let password_ok = match person {
         Some(p) => p.verifier.check_password(&f.password),
@@ -353,6 +385,7 @@ async fn login(
         .await;
     let Some(person) = person.filter(|_| ok) else {
         s.metrics.auth_failures.inc();
+        s.console.failed(peer.ip(), unix_now());
         return login_form(Some("Wrong name, password or one-time code (a code works once)."));
     };
     let token = s.console.create(&person.name, s.config.console_session, unix_now());
@@ -632,6 +665,20 @@ mod tests {
         let t2 = s.create("bob", Duration::from_secs(60), 1000);
         s.end(&t2);
         assert!(s.get(&t2, 1001).is_none(), "signed out");
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_waits() {
+        let s = Sessions::default();
+        let (ip, other) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        for _ in 0..MAX_FAILURES - 1 {
+            s.failed(ip, 1000);
+        }
+        assert_eq!(s.throttled(ip, 1000), 0);
+        s.failed(ip, 1000);
+        assert_eq!(s.throttled(ip, 1100), FAILURE_WINDOW_SECS - 100);
+        assert_eq!(s.throttled(other, 1100), 0, "per address");
+        assert_eq!(s.throttled(ip, 1000 + FAILURE_WINDOW_SECS), 0, "the window ends");
     }
 
     #[test]

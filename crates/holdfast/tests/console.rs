@@ -185,6 +185,25 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     b.goto(&format!("{base}/console/approvals")).unwrap();
     assert!(b.url().unwrap().ends_with("/console/login"));
 
+    // The gate's audit log has bob's decision, made on the console from his address, and the
+    // refused sign-in.
+    let mut spool = String::new();
+    for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            spool += &std::fs::read_to_string(p).unwrap();
+        }
+    }
+    let decision = spool
+        .lines()
+        .find(|l| l.contains("\"via\":\"console\"") && l.contains(&alice_id))
+        .unwrap_or_else(|| panic!("no console decision in the audit log"));
+    assert!(decision.contains("\"bob\"") && decision.contains("127.0.0.1:"), "{decision}");
+    assert!(
+        spool.lines().any(|l| l.contains("console password + totp") && l.contains("\"ok\":false")),
+        "the refused sign-in is audited"
+    );
+
     let mut bobs = bobs;
     let _ = bobs.kill();
     let _ = bobs.wait();
