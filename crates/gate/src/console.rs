@@ -21,13 +21,13 @@ use std::time::Duration;
 use audit::{Event, EventKind};
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use maud::{DOCTYPE, Markup, html};
 use sha2::Digest;
-use subtle::ConstantTimeEq;
+use serve::web::{cookie, ct_eq, random_token, same_origin, set_cookie};
 
 use crate::Shared;
 use crate::approvals::{Ask, Request, State as ReqState, state_name, unix_now};
@@ -69,19 +69,8 @@ struct Flash {
     text: String,
 }
 
-fn random_token() -> String {
-    let mut b = [0u8; 32];
-    getrandom::getrandom(&mut b).expect("the OS random source works");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
 fn token_hash(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
-}
-
-fn ct_eq(a: &str, b: &str) -> bool {
-    // Lengths are not secret (every token has the same); contents are compared in constant time.
-    bool::from(a.as_bytes().ct_eq(b.as_bytes())) && !a.is_empty()
 }
 
 impl Sessions {
@@ -173,61 +162,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/approvals/{id}/decide", post(decide))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .route("/console/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }))
-        .layer(axum::middleware::map_response(security_headers))
-}
-
-/// On every console response: nothing cached, nothing framed, no script or style but our own.
-async fn security_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    for (k, v) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        // Not `no-referrer`: under it a browser sends `Origin: null` on a form's POST, and the
-        // origin check below could not tell this console's forms from anyone's.
-        (header::REFERRER_POLICY, "same-origin"),
-        (header::CACHE_CONTROL, "no-store"),
-    ] {
-        h.insert(k, HeaderValue::from_static(v));
-    }
-    r
-}
-
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn set_cookie(name: &str, value: &str, max_age: u64) -> (header::HeaderName, String) {
-    (
-        header::SET_COOKIE,
-        format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"),
-    )
-}
-
-/// A browser's POST must come from this console: `Origin` (sent by every current browser on a
-/// POST) names this host, and `Sec-Fetch-Site`, when sent, says same-origin. Clients that send
-/// neither still need the CSRF token.
-fn same_origin(h: &HeaderMap) -> bool {
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Some(o) = h.get(header::ORIGIN)
-        && o.to_str().ok() != Some(&format!("https://{host}"))
-    {
-        return false;
-    }
-    match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some(site) => site == "same-origin",
-        None => true,
-    }
+        .layer(axum::middleware::map_response(serve::web::security_headers))
 }
 
 /// The signed-in person of a request, with their session's token.
@@ -395,7 +330,7 @@ async fn login(
         set_cookie(SESSION_COOKIE, &token, s.config.console_session.as_secs()),
         set_cookie(LOGIN_COOKIE, "", 0),
     ] {
-        h.append(k, HeaderValue::from_str(&v).expect("cookie values are base64url"));
+        h.append(k, v);
     }
     r
 }
@@ -414,7 +349,7 @@ async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap, Form(f): Form<
     s.console.end(&w.token);
     let mut r = to_login();
     let (k, v) = set_cookie(SESSION_COOKIE, "", 0);
-    r.headers_mut().append(k, HeaderValue::from_str(&v).expect("ascii"));
+    r.headers_mut().append(k, v);
     r
 }
 
@@ -692,23 +627,6 @@ mod tests {
         assert!(!s.use_totp(&p, &code(now / 30 - 1), now), "an older step after a newer one");
         assert!(s.use_totp(&p, &code(now / 30 + 1), now), "the next step");
         assert!(s.use_totp(&person("carol"), &code(now / 30), now), "steps are per person");
-    }
-
-    #[test]
-    fn csrf_comparison_and_cookies() {
-        assert!(ct_eq("abc", "abc"));
-        assert!(!ct_eq("abc", "abd") && !ct_eq("", "") && !ct_eq("abc", "ab"));
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-hf_session=tok; b=2"));
-        assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok"));
-        assert_eq!(cookie(&h, "c"), None);
-        let (_, v) = set_cookie(SESSION_COOKIE, "t", 900);
-        assert!(v.contains("Secure; HttpOnly; SameSite=Strict"), "{v}");
-        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:6433"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://127.0.0.1:6433"));
-        assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert!(!same_origin(&h));
     }
 
     #[test]
