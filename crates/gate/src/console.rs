@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use maud::{DOCTYPE, Markup, html};
-use sha2::Digest;
 use serve::web::{cookie, ct_eq, random_token, same_origin, set_cookie};
+use sha2::Digest;
 
 use crate::Shared;
 use crate::approvals::{Ask, Request, State as ReqState, state_name, unix_now};

@@ -10,7 +10,7 @@
 //! approval runs alice's statement in her session. One browser, one gate: screenshots go to
 //! `docs/console/`, page load times (as the browser measured them) to the test's output.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -209,5 +209,137 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     let _ = bobs.wait();
     for (page, ms) in loads {
         eprintln!("console page load ({page}): {ms:.0} ms");
+    }
+}
+
+/// The vault's console in the same kind of browser: a read token sees the cluster and, after a
+/// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
+/// brings the rows back; a read sign-in gets no drill button and its POST is refused; an admin
+/// sign-in gets the button.
+#[test]
+fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
+    use testkit::pg::{TempPg, command_as_postgres};
+    use testkit::vault::TempVault;
+    let pg = TempPg::start().unwrap();
+    pg.psql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    std::fs::write(
+        v.config_path(),
+        format!(
+            "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n",
+            pg.socket_dir().display(),
+            pg.port(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    v.kill();
+    v.restart().unwrap();
+    let admin = v.scratch().join("admin.token");
+    let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let read = v.scratch().join("read.token");
+    let args = ["vault", "token", "create", "--scope", "read", "--label", "oncall", "--out"];
+    let out = v.cli(&admin, &[&args[..], &[read.to_str().unwrap()]].concat()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The table is dropped: one incident.
+    pg.psql("DROP TABLE customers").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = v.cli(&read, &["incidents", "--cluster", "main", "--json"]).unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if list.iter().any(|i| i["kind"] == "relations_dropped") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no incident: {list:?}\n{}", v.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let b = Browser::start().unwrap();
+    let base = v.url().to_string();
+    b.goto(&format!("{base}/console/clusters")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"), "no page without a session");
+    let sign_in = |token: &str| {
+        b.goto(&format!("{base}/console/login")).unwrap();
+        b.wait_for("#token", Duration::from_secs(10)).unwrap().send_keys(token).unwrap();
+        b.find("#signin").unwrap().click().unwrap();
+    };
+    sign_in("hft_0000000000000000_nope");
+    assert!(b.wait_for("#error", Duration::from_secs(10)).is_ok(), "a wrong token signs nobody in");
+    let read_token = std::fs::read_to_string(&read).unwrap();
+    sign_in(read_token.trim());
+    assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "read");
+    let card = b.find("#cluster-main").unwrap().text().unwrap();
+    assert!(card.contains("streaming") && card.contains("restorable"), "{card}");
+    let mut loads = vec![("clusters", b.load_ms().unwrap())];
+    b.screenshot(&shots().join("vault-clusters.png")).unwrap();
+
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    let incident = b.wait_for("#incident-1", Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(incident.contains("customers") && incident.contains("dropped"), "{incident}");
+    let command = b.find("#incident-1 pre.command").unwrap().text().unwrap();
+    assert!(command.starts_with("holdfast restore --cluster main --before-incident 1 "), "{command}");
+    assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
+    loads.push(("incidents", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-incident.png")).unwrap();
+    // A read session's POST to an admin action is refused, CSRF token and all.
+    let csrf = b.execute("return document.querySelector('input[name=csrf]').value", json!([])).unwrap();
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/clusters/main/drill', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + arguments[0]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([csrf]),
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // The command as shown (into a scratch directory, with the read token) brings the rows back.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("undo");
+    let mut words: Vec<String> = command.split_whitespace().skip(1).map(String::from).collect();
+    let at = words.iter().position(|w| w == "--target-dir").unwrap();
+    words[at + 1] = dir.display().to_string();
+    let out = Command::new(holdfast())
+        .args(&words)
+        .arg("--json")
+        .args(v.remote_args(&read))
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = testkit::pg::psql_at(
+        Path::new(report["socket_dir"].as_str().unwrap()),
+        report["port"].as_u64().unwrap() as u16,
+        pg.superuser_password(),
+        "postgres",
+        "SELECT count(*) FROM customers",
+    );
+    let mut stop = command_as_postgres(&testkit::pg::bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(rows.unwrap().trim(), "3000", "every row is back");
+
+    // An admin sign-in has the drill button.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    sign_in(v.admin_token());
+    assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "admin");
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    assert!(b.wait_for("#start-drill", Duration::from_secs(10)).is_ok());
+    for (page, ms) in loads {
+        eprintln!("vault console page load ({page}): {ms:.0} ms");
     }
 }

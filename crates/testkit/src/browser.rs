@@ -274,6 +274,9 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
         }
+        // chromedriver's own shutdown also quits any browser it started (a session that failed
+        // half-way included); killing it alone would leave those running.
+        let _ = self.call("GET", "/shutdown", None);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -91,7 +91,9 @@ async fn signed_in(
     allowed: &[Scope],
     what: &str,
 ) -> Result<Signed, Response> {
-    let Some(id) = cookie(h, SESSION_COOKIE) else { return Err(Redirect::to("/console/login").into_response()) };
+    let Some(id) = cookie(h, SESSION_COOKIE) else {
+        return Err(Redirect::to("/console/login").into_response());
+    };
     let Some(session) = sessions.get(id, now()) else {
         return Err(Redirect::to("/console/login").into_response());
     };
@@ -207,7 +209,10 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     if !(cookie(&headers, LOGIN_COOKIE).is_some_and(|c| ct_eq(c, &f.csrf)) && same_origin(&headers)) {
-        return refused(StatusCode::FORBIDDEN, "This sign-in form expired or did not come from this console.");
+        return refused(
+            StatusCode::FORBIDDEN,
+            "This sign-in form expired or did not come from this console.",
+        );
     }
     let mut auth = HeaderMap::new();
     let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", f.token.trim())) else {
@@ -216,7 +221,9 @@ async fn login(
     auth.insert(header::AUTHORIZATION, v);
     if let Err(e) = s.authorize(&auth, &[Scope::Read, Scope::Admin], "signing in to the console").await {
         tracing::warn!(error = %e.message, "console sign-in refused");
-        return login_form(Some("Unknown, revoked or wrong-scope token (the console takes read or admin tokens)."));
+        return login_form(Some(
+            "Unknown, revoked or wrong-scope token (the console takes read or admin tokens).",
+        ));
     }
     let id = sessions.create(f.token.trim().to_string(), now());
     let mut r = Redirect::to("/console/clusters").into_response();
@@ -260,7 +267,11 @@ fn lag(c: &vault_api::status::ClusterStatus) -> String {
     }
 }
 
-async fn clusters_page(State(s): State<Arc<Shared>>, Extension(sessions): Console, headers: HeaderMap) -> Response {
+async fn clusters_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+) -> Response {
     let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading status").await {
         Ok(w) => w,
         Err(r) => return r,
@@ -301,7 +312,11 @@ async fn clusters_page(State(s): State<Arc<Shared>>, Extension(sessions): Consol
 
 /// The command that restores to just before incident `n` of `cluster`.
 pub fn restore_command(cluster: &str, n: usize) -> String {
-    format!("holdfast restore --cluster {cluster} --before-incident {n} --target-dir restore-{cluster}-{n} --start")
+    // `--promote`: paused before a DROP's or TRUNCATE's commit, a hot standby still holds the
+    // lock the transaction's replayed records took, and reading the table would wait forever.
+    format!(
+        "holdfast restore --cluster {cluster} --before-incident {n} --target-dir restore-{cluster}-{n} --start --promote"
+    )
 }
 
 fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
@@ -332,7 +347,7 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
                     p { "Restore target: just before "
                         @match t { IncidentTarget::BeforeXid { xid } => { "transaction " (xid) }
                                    IncidentTarget::BeforeLsn { lsn } => { "WAL position " (lsn) } } }
-                    p.muted { "To bring it back into a new data directory (with a read token):" }
+                    p.muted { "To bring it back into a new data directory, opened for writes (with a read token):" }
                     pre.command { code { (restore_command(cluster, n)) } }
                 }
                 None => { p.muted { "No destructive transaction to restore to just before: restore with --time or --lsn." } }
@@ -347,7 +362,8 @@ async fn cluster_page(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading incidents").await {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading incidents").await
+    {
         Ok(w) => w,
         Err(r) => return r,
     };
