@@ -492,6 +492,9 @@ async fn approvals_page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Res
                 }
             }
         }
+        @if let Some(vault) = s.config.audit.as_ref().map(|a| a.vault.trim_end_matches('/')).filter(|v| v.starts_with("https://")) {
+            p.foot { "Backups, incidents and restores: " a id="vault-console" href={ (vault) "/console/" } { "the vault's console" } }
+        }
         p.muted.foot { "This page updates itself. Decisions are recorded in the gate's audit log with your name, address and reason." }
     };
     maud_html(layout("Approvals", Some(&w), body)).into_response()
