@@ -590,6 +590,14 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
             vault.store_dir().display()
         ),
     );
+    s.event(
+        "vault",
+        format!(
+            "backup console: {}/console/ (sign in with a vault token: {})",
+            vault.url(),
+            admin_token.display()
+        ),
+    );
     let backup: serde_json::Value = serde_json::from_slice(&blocking(|| {
         vault_cli(&vault, &admin_token, &["backup", "--cluster", "shop", "--json"])
     })?)
