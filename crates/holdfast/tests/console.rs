@@ -6,7 +6,7 @@
 //! session cookie is `Secure; HttpOnly; SameSite=Strict`; the pending request shows its SQL
 //! (a `<script>` in it as text), person, address and row count; a POST without the CSRF token
 //! is refused; a wrong code decides nothing; a new request appears on an open page by itself;
-//! nobody gets buttons for their own request; bob's
+//! nobody gets buttons for their own request (dave rejects bob's); bob's
 //! approval runs alice's statement in her session. One browser, one gate: screenshots go to
 //! `docs/console/`, page load times (as the browser measured them) to the test's output.
 
@@ -62,6 +62,20 @@ fn spawn_psql(g: &Gate, user: &str, password: &str, sql: &str) -> Child {
         .unwrap()
 }
 
+/// The text of the first `css` element once it contains `needle` (the page may still be the
+/// one before a form's POST, or be replaced while read: both are waited out).
+fn wait_text(b: &Browser, css: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = b.find(css).and_then(|e| e.text()).unwrap_or_default();
+        if t.contains(needle) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no {css:?} saying {needle:?}; last seen {t:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn sign_in(b: &Browser, base: &str, person: &str, password: &str, totp: &str) {
     b.goto(&format!("{base}/console/login")).unwrap();
     b.wait_for("#person", Duration::from_secs(10)).unwrap().send_keys(person).unwrap();
@@ -98,8 +112,7 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     let right = code(BOB_TOTP, 0);
     let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
     sign_in(&b, &base, "bob", "bob-password", &wrong);
-    let err = b.wait_for("#error", Duration::from_secs(10)).unwrap().text().unwrap();
-    assert!(err.contains("Wrong name, password or one-time code"), "{err}");
+    wait_text(&b, "#error", "Wrong name, password or one-time code");
     assert!(b.cookies().unwrap().iter().all(|c| c["name"] != "__Host-hf_session"), "no session cookie");
     b.goto(&format!("{base}/console/approvals")).unwrap();
     assert!(b.url().unwrap().ends_with("/console/login"));
@@ -156,14 +169,12 @@ fn console_bob_approves_alices_delete_in_a_browser() {
         card.find_all("button.approve").unwrap()[0].click().unwrap();
     };
     form(&b, &wrong, "20 test rows, fine");
-    let flash = b.wait_for("#flash", Duration::from_secs(10)).unwrap().text().unwrap();
-    assert!(flash.contains("Wrong or already used one-time code"), "{flash}");
+    wait_text(&b, "#flash", "Wrong or already used one-time code");
     assert!(b.find(&format!("#req-{alice_id}")).is_ok(), "still pending");
 
     // Bob approves with the next code: alice's psql gets its result.
     form(&b, &code(BOB_TOTP, 1), "20 test rows, fine");
-    let flash = b.wait_for("#flash", Duration::from_secs(10)).unwrap().text().unwrap();
-    assert!(flash.contains(&format!("Approved {alice_id}")), "{flash}");
+    wait_text(&b, "#flash", &format!("Approved {alice_id}"));
     let outcome = b.find(&format!("#done-{alice_id} .outcome")).unwrap().text().unwrap();
     assert!(outcome.starts_with("approved by bob"), "{outcome}");
     loads.push(("approvals after a decision", b.load_ms().unwrap()));
@@ -185,6 +196,21 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     b.goto(&format!("{base}/console/approvals")).unwrap();
     assert!(b.url().unwrap().ends_with("/console/login"));
 
+    // Dave (the other approver) signs in and rejects bob's DELETE: bob's psql gets the
+    // rejection, nothing is deleted.
+    b.set_window(1100, 1000).unwrap();
+    sign_in(&b, &base, "dave", "dave-password", &code(ALICE_TOTP, 0));
+    assert_eq!(b.wait_for("#whoami", Duration::from_secs(10)).unwrap().text().unwrap(), "dave");
+    let card = b.find(&format!("#req-{bob_id}")).unwrap();
+    card.find_all("input.totp").unwrap()[0].send_keys(&code(ALICE_TOTP, 1)).unwrap();
+    card.find_all("input.reason").unwrap()[0].send_keys("not without a WHERE").unwrap();
+    card.find_all("button.reject").unwrap()[0].click().unwrap();
+    wait_text(&b, "#flash", &format!("Rejected {bob_id}"));
+    let out = bobs.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("rejected by dave"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 100);
+
     // The gate's audit log has bob's decision, made on the console from his address, and the
     // refused sign-in.
     let mut spool = String::new();
@@ -204,9 +230,6 @@ fn console_bob_approves_alices_delete_in_a_browser() {
         "the refused sign-in is audited"
     );
 
-    let mut bobs = bobs;
-    let _ = bobs.kill();
-    let _ = bobs.wait();
     for (page, ms) in loads {
         eprintln!("console page load ({page}): {ms:.0} ms");
     }
