@@ -42,6 +42,10 @@ pub struct GateFile {
     /// The largest client message accepted (default 64 MiB).
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// How long a sign-in to the console (`https://<control_listen>/console/`) lasts, from
+    /// sign-in, not from last use (default `15m`, at most `12h`).
+    #[serde(default)]
+    pub console_session: Option<String>,
     /// What an approval request shows of a held statement's bound parameters (extended
     /// protocol): always their count, and their values "redacted" (the default), "hashed"
     /// (SHA-256, so an approver can match a value they know without seeing it) or "shown".
@@ -311,6 +315,7 @@ pub struct Config {
     pub policy_text: Option<String>,
     pub approval_timeout: Duration,
     pub max_message_bytes: usize,
+    pub console_session: Duration,
     pub approval_parameters: ParamDisplay,
     pub upstream: Upstream,
     pub people: Vec<Person>,
@@ -484,6 +489,12 @@ impl Config {
             policy_text,
             approval_timeout: dur(&f.approval_timeout, 600, "approval_timeout")?,
             max_message_bytes: f.max_message_bytes.unwrap_or(64 << 20),
+            console_session: match dur(&f.console_session, 15 * 60, "console_session")? {
+                d if d.is_zero() || d > Duration::from_secs(12 * 3600) => {
+                    return Err("console_session: write a duration from 1s to 12h, e.g. \"15m\"".into());
+                }
+                d => d,
+            },
             approval_parameters: match f.approval_parameters.as_deref() {
                 None | Some("redacted") => ParamDisplay::Redacted,
                 Some("hashed") => ParamDisplay::Hashed,

@@ -1,5 +1,5 @@
 //! The gate's HTTPS control API, used by `holdfast gate pending|approve|reject|request|
-//! break-glass` (and later the console): people authenticate with their gate password (HTTP
+//! break-glass`, and the console (`crate::console`, merged under `/console/`): people authenticate with their gate password (HTTP
 //! basic, over TLS) and, for every decision, a TOTP code in `x-holdfast-totp`.
 //!
 //! `GET /healthz` and `GET /metrics` need no login.
@@ -41,6 +41,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/grants", post(request_grant))
         .route("/v1/break-glass", post(break_glass))
         .route("/v1/status", get(status))
+        .merge(crate::console::router())
         .with_state(shared)
 }
 

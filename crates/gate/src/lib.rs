@@ -9,11 +9,12 @@
 //!
 //! Modules: [`wire`] (server side of the protocol, sans-IO), [`scram`], [`totp`], [`config`],
 //! [`approvals`], [`server`] (accept, TLS, login), [`session`] (the relay), [`control`] (the
-//! HTTPS API for approvals, grants, status and metrics).
+//! HTTPS API for approvals, grants, status and metrics), [`console`] (the same in a browser).
 
 pub mod approvals;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod scram;
 pub mod server;
@@ -94,6 +95,8 @@ pub struct Shared {
     pub cancels: Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>,
     /// Rows each person changed per table in the budget window (every session together).
     pub budgets: budget::Budgets,
+    /// Console sign-ins (in memory: they end with the process).
+    pub console: console::Sessions,
     next_session: AtomicU64,
     /// Sessions to end when their person's grant or break-glass is revoked (unused for now).
     pub started_at: u64,
@@ -201,6 +204,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
         metrics: Metrics::default(),
         cancels: Mutex::new(HashMap::new()),
         budgets,
+        console: console::Sessions::default(),
         next_session: AtomicU64::new(0),
         started_at: approvals::unix_now(),
         config,

@@ -146,6 +146,7 @@ pub async fn run(cmd: GateCommand) -> Result<u8> {
             let cfg = gate::Config::load(&config)?;
             let handle = gate::start(cfg).await?;
             eprintln!("gate listening on {} (control API https://{})", handle.addr, handle.control_addr);
+            eprintln!("gate console: https://{}/console/", handle.control_addr);
             vault::shutdown_signal().await;
             handle.stop().await;
             Ok(0)

@@ -16,6 +16,9 @@ mod backup_volume;
 #[path = "capture_process.rs"]
 mod capture_process;
 
+#[path = "console.rs"]
+mod console;
+
 #[path = "demo.rs"]
 mod demo;
 

@@ -1,13 +1,15 @@
 //! What the services (the vault and the gate) share to serve: TLS set-up and the HTTPS accept
 //! loop with per-address limits on unauthenticated connections (`tls`), the TCP accept loop
 //! itself (`accept`, also the gate's PostgreSQL listener), alert delivery to webhooks
-//! (`alerts`), and config durations.
+//! (`alerts`), the browser consoles' cookies, CSRF and security headers (`web`), and config
+//! durations.
 //!
 //! Clients of the vault never link this crate: they use `vault-api` (wire types and client).
 
 pub mod accept;
 pub mod alerts;
 pub mod tls;
+pub mod web;
 
 /// A duration in a config file that is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

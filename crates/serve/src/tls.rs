@@ -200,8 +200,10 @@ pub async fn serve_https_limited(
             };
             let place = std::sync::Arc::new(std::sync::Mutex::new(Some(place)));
             let service =
-                hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     let (router, place) = (router.clone(), place.clone());
+                    // Handlers that record who asked (the gate's console) read the peer here.
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     let has_token = req.headers().contains_key(axum::http::header::AUTHORIZATION);
                     async move {
                         let resp = tower::ServiceExt::oneshot(router, req).await;

@@ -1,4 +1,5 @@
-//! Test helpers that start real components: PostgreSQL (`pg`), a vault process (`vault`), Ceph RGW (`ceph`), a webhook sink (`webhook`); and waiting for a condition against a deadline (`wait`).
+//! Test helpers that start real components: PostgreSQL (`pg`), headless Chromium over WebDriver (`browser`), a vault process (`vault`), Ceph RGW (`ceph`), a webhook sink (`webhook`); and waiting for a condition against a deadline (`wait`).
+pub mod browser;
 pub mod ceph;
 pub mod pg;
 pub mod vault;

@@ -29,6 +29,8 @@ use crate::state::{self, TokenEntry, kinds};
 
 pub use crate::service::Shared;
 
+mod console;
+
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -159,6 +161,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/proposals/{id}/veto", post(veto_proposal))
         .route("/v1/proposals/{id}/execute", post(execute_proposal))
         .merge(standby_routes())
+        .merge(console::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not accept that HTTP method")

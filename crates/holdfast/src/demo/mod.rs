@@ -701,6 +701,14 @@ async fn act_production(s: &mut Story, o: &Options, work: &Path) -> Result<Stage
             vault.store_dir().display()
         ),
     );
+    s.event(
+        "vault",
+        format!(
+            "backup console: {}/console/ (sign in with a vault token: {})",
+            vault.url(),
+            admin_token.display()
+        ),
+    );
     let backup: serde_json::Value = serde_json::from_slice(&blocking(|| {
         vault_cli(&vault, &admin_token, &["backup", "--cluster", "shop", "--json"])
     })?)
@@ -783,6 +791,13 @@ url = "{hook}"
         format!(
             "gate listening on {} (TLS; people log in as themselves; audit shipped to the vault)",
             gate.addr
+        ),
+    );
+    s.event(
+        "gate",
+        format!(
+            "approvals console: https://{}/console/ (sign in with a gate name, password and TOTP)",
+            gate.control
         ),
     );
     Ok(Stage {

@@ -71,8 +71,7 @@ impl Gate {
 control_listen = "127.0.0.1:0"
 state_dir = "{state}"
 policy = "policy.toml"
-approval_timeout = "8s"
-{extra}
+{timeout}{extra}
 [upstream]
 host = "{sock}"
 port = {port}
@@ -104,6 +103,8 @@ networks = ["10.0.0.0/8"]
 name = "dba"
 db_user = "dba"
 "#,
+            // `extra` may set its own approval_timeout (a browser needs longer than psql).
+            timeout = if extra.contains("approval_timeout") { "" } else { "approval_timeout = \"8s\"\n" },
             state = d.join("state").display(),
             sock = pg.socket_dir().display(),
             port = pg.port(),

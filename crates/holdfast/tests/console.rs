@@ -1,0 +1,368 @@
+//! The gate's approvals console in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) over WebDriver, against `holdfast gate serve` as its own process in front
+//! of a real PostgreSQL, with real psql sessions holding statements.
+//!
+//! What must hold: no page without a session; a wrong one-time code signs nobody in; the
+//! session cookie is `Secure; HttpOnly; SameSite=Strict`; the pending request shows its SQL
+//! (a `<script>` in it as text), person, address and row count; a POST without the CSRF token
+//! is refused; a wrong code decides nothing; a new request appears on an open page by itself;
+//! nobody gets buttons for their own request (dave rejects bob's); bob's
+//! approval runs alice's statement in her session. One browser, one gate: screenshots go to
+//! `docs/console/`, page load times (as the browser measured them) to the test's output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod gate_harness;
+use gate_harness::*;
+use serde_json::json;
+use testkit::browser::Browser;
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/console")
+}
+
+/// The TOTP code of `secret` `ahead` steps from now (the gate accepts one step of skew; the
+/// console refuses a step once used, so each use takes the next one).
+fn code(secret: &str, ahead: u64) -> String {
+    let key = gate::totp::base32_decode(secret).unwrap();
+    format!("{:06}", gate::totp::code_at(&key, gate::approvals::unix_now() / 30 + ahead))
+}
+
+/// The id of `person`'s pending request, once there is one.
+fn pending_of(g: &Gate, person: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"]["state"] == "pending" && r["person"] == person)
+            .map(|r| r["id"].as_str().unwrap().to_string());
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no pending request of {person}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_psql(g: &Gate, user: &str, password: &str, sql: &str) -> Child {
+    Command::new(testkit::pg::bin("psql").unwrap())
+        .arg(g.conninfo(user, "require"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The text of the first `css` element once it contains `needle` (the page may still be the
+/// one before a form's POST, or be replaced while read: both are waited out).
+fn wait_text(b: &Browser, css: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = b.find(css).and_then(|e| e.text()).unwrap_or_default();
+        if t.contains(needle) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no {css:?} saying {needle:?}; last seen {t:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sign_in(b: &Browser, base: &str, person: &str, password: &str, totp: &str) {
+    b.goto(&format!("{base}/console/login")).unwrap();
+    b.wait_for("#person", Duration::from_secs(10)).unwrap().send_keys(person).unwrap();
+    b.find("#password").unwrap().send_keys(password).unwrap();
+    b.find("#totp").unwrap().send_keys(totp).unwrap();
+    b.find("#signin").unwrap().click().unwrap();
+}
+
+#[test]
+fn console_bob_approves_alices_delete_in_a_browser() {
+    // Dave approves too, so that bob's own request waits for him (with bob the only approver,
+    // it would be refused at once).
+    let dave = format!(
+        "approval_timeout = \"180s\"\n[[person]]\nname = \"dave\"\nscram = \"{}\"\napprover = true\ntotp_secret = \"{ALICE_TOTP}\"\n",
+        gate::scram::Verifier::generate("dave-password")
+    );
+    let g = Gate::start(&dave, "row_guard_max_rows = 10\n");
+    let base = format!("https://{}", g.control);
+    let b = Browser::start().unwrap();
+    let mut loads = Vec::new();
+
+    // No page without a session: the approvals page sends the browser to sign in.
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"), "{}", b.url().unwrap());
+    loads.push(("sign-in", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("sign-in.png")).unwrap();
+
+    // Alice's DELETE touches 20 rows (the row guard allows 10): held, with a <script> in it.
+    let sql = "DELETE FROM scratch WHERE id > 0 AND '<script>document.title=\"pwned\"</script>' <> ''";
+    let alice = spawn_psql(&g, "alice", "alice-password", sql);
+    let alice_id = pending_of(&g, "alice");
+
+    // A wrong one-time code signs nobody in.
+    let right = code(BOB_TOTP, 0);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
+    sign_in(&b, &base, "bob", "bob-password", &wrong);
+    wait_text(&b, "#error", "Wrong name, password or one-time code");
+    assert!(b.cookies().unwrap().iter().all(|c| c["name"] != "__Host-hf_session"), "no session cookie");
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"));
+
+    // The right code: signed in, with a cookie scripts cannot read and other sites cannot send.
+    sign_in(&b, &base, "bob", "bob-password", &right);
+    assert_eq!(b.wait_for("#whoami", Duration::from_secs(10)).unwrap().text().unwrap(), "bob");
+    let cookies = b.cookies().unwrap();
+    let session = cookies.iter().find(|c| c["name"] == "__Host-hf_session").expect("session cookie");
+    assert_eq!(
+        (&session["httpOnly"], &session["secure"], &session["sameSite"]),
+        (&json!(true), &json!(true), &json!("Strict")),
+        "{session}"
+    );
+    loads.push(("approvals", b.load_ms().unwrap()));
+
+    // Alice's request: her SQL (the script as text, never run), address, the row count.
+    let card = b.find(&format!("#req-{alice_id}")).unwrap();
+    let t = card.text().unwrap();
+    assert!(t.contains(sql), "the SQL verbatim: {t}");
+    assert!(t.contains("alice from 127.0.0.1:"), "{t}");
+    assert!(t.contains("20 rows"), "the row count that held it: {t}");
+    assert_eq!(card.find_all("button.approve").unwrap().len(), 1);
+    assert_ne!(b.title().unwrap(), "pwned");
+    assert_eq!(b.execute("return document.querySelectorAll('main script').length", json!([])).unwrap(), 0);
+    // Bob's own destructive statement is held too; the open page shows it by itself.
+    let bobs = spawn_psql(&g, "bob", "bob-password", "DELETE FROM orders");
+    let bob_id = pending_of(&g, "bob");
+    let own = b.wait_for(&format!("#req-{bob_id}"), Duration::from_secs(15)).unwrap();
+    assert_eq!(b.find("#pending-count").unwrap().text().unwrap(), "2");
+    // No buttons for his own request.
+    assert!(own.find_all("button").unwrap().is_empty(), "no decision on one's own request");
+    assert!(own.text().unwrap().contains("Your own request"));
+    b.screenshot(&shots().join("approvals.png")).unwrap();
+
+    // A POST without the CSRF token is refused (from the page itself, with its cookie).
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/approvals/' + arguments[0] + '/decide', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'},
+               body: 'decision=approve&reason=no+token&totp=' + arguments[1]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([alice_id, code(BOB_TOTP, 1)]),
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // A wrong code decides nothing.
+    let form = |b: &Browser, totp: &str, reason: &str| {
+        let card = b.find(&format!("#req-{alice_id}")).unwrap();
+        card.find_all("input.totp").unwrap()[0].send_keys(totp).unwrap();
+        card.find_all("input.reason").unwrap()[0].send_keys(reason).unwrap();
+        card.find_all("button.approve").unwrap()[0].click().unwrap();
+    };
+    form(&b, &wrong, "20 test rows, fine");
+    wait_text(&b, "#flash", "Wrong or already used one-time code");
+    assert!(b.find(&format!("#req-{alice_id}")).is_ok(), "still pending");
+
+    // Bob approves with the next code: alice's psql gets its result.
+    form(&b, &code(BOB_TOTP, 1), "20 test rows, fine");
+    wait_text(&b, "#flash", &format!("Approved {alice_id}"));
+    let outcome = b.find(&format!("#done-{alice_id} .outcome")).unwrap().text().unwrap();
+    assert!(outcome.starts_with("approved by bob"), "{outcome}");
+    loads.push(("approvals after a decision", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("approved.png")).unwrap();
+    let out = alice.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(g.count("scratch"), 0);
+    assert_eq!(g.count("orders"), 100, "bob's own DELETE never ran");
+
+    // On a phone's screen.
+    b.set_window(390, 844).unwrap();
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    b.screenshot(&shots().join("approvals-phone.png")).unwrap();
+
+    // Signing out ends the session on the server.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"));
+
+    // Dave (the other approver) signs in and rejects bob's DELETE: bob's psql gets the
+    // rejection, nothing is deleted.
+    b.set_window(1100, 1000).unwrap();
+    sign_in(&b, &base, "dave", "dave-password", &code(ALICE_TOTP, 0));
+    assert_eq!(b.wait_for("#whoami", Duration::from_secs(10)).unwrap().text().unwrap(), "dave");
+    let card = b.find(&format!("#req-{bob_id}")).unwrap();
+    card.find_all("input.totp").unwrap()[0].send_keys(&code(ALICE_TOTP, 1)).unwrap();
+    card.find_all("input.reason").unwrap()[0].send_keys("not without a WHERE").unwrap();
+    card.find_all("button.reject").unwrap()[0].click().unwrap();
+    wait_text(&b, "#flash", &format!("Rejected {bob_id}"));
+    let out = bobs.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("rejected by dave"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 100);
+
+    // The gate's audit log has bob's decision, made on the console from his address, and the
+    // refused sign-in.
+    let mut spool = String::new();
+    for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            spool += &std::fs::read_to_string(p).unwrap();
+        }
+    }
+    let decision = spool
+        .lines()
+        .find(|l| l.contains("\"via\":\"console\"") && l.contains(&alice_id))
+        .unwrap_or_else(|| panic!("no console decision in the audit log"));
+    assert!(decision.contains("\"bob\"") && decision.contains("127.0.0.1:"), "{decision}");
+    assert!(
+        spool.lines().any(|l| l.contains("console password + totp") && l.contains("\"ok\":false")),
+        "the refused sign-in is audited"
+    );
+
+    for (page, ms) in loads {
+        eprintln!("console page load ({page}): {ms:.0} ms");
+    }
+}
+
+/// The vault's console in the same kind of browser: a read token sees the cluster and, after a
+/// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
+/// brings the rows back; a read sign-in gets no drill button and its POST is refused; an admin
+/// sign-in gets the button.
+#[test]
+fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
+    use testkit::pg::{TempPg, command_as_postgres};
+    use testkit::vault::TempVault;
+    let pg = TempPg::start().unwrap();
+    pg.psql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    let pw = v.scratch().join("rep.password");
+    std::fs::write(&pw, "rep-secret\n").unwrap();
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    std::fs::write(
+        v.config_path(),
+        format!(
+            "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n",
+            pg.socket_dir().display(),
+            pg.port(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    v.kill();
+    v.restart().unwrap();
+    let admin = v.scratch().join("admin.token");
+    let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let read = v.scratch().join("read.token");
+    let args = ["vault", "token", "create", "--scope", "read", "--label", "oncall", "--out"];
+    let out = v.cli(&admin, &[&args[..], &[read.to_str().unwrap()]].concat()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The table is dropped: one incident.
+    pg.psql("DROP TABLE customers").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = v.cli(&read, &["incidents", "--cluster", "main", "--json"]).unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if list.iter().any(|i| i["kind"] == "relations_dropped") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no incident: {list:?}\n{}", v.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let b = Browser::start().unwrap();
+    let base = v.url().to_string();
+    b.goto(&format!("{base}/console/clusters")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"), "no page without a session");
+    let sign_in = |token: &str| {
+        b.goto(&format!("{base}/console/login")).unwrap();
+        b.wait_for("#token", Duration::from_secs(10)).unwrap().send_keys(token).unwrap();
+        b.find("#signin").unwrap().click().unwrap();
+    };
+    sign_in("hft_0000000000000000_nope");
+    assert!(b.wait_for("#error", Duration::from_secs(10)).is_ok(), "a wrong token signs nobody in");
+    let read_token = std::fs::read_to_string(&read).unwrap();
+    sign_in(read_token.trim());
+    assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "read");
+    let card = b.find("#cluster-main").unwrap().text().unwrap();
+    assert!(card.contains("streaming") && card.contains("restorable"), "{card}");
+    let mut loads = vec![("clusters", b.load_ms().unwrap())];
+    b.screenshot(&shots().join("vault-clusters.png")).unwrap();
+
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    let incident = b.wait_for("#incident-1", Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(incident.contains("customers") && incident.contains("dropped"), "{incident}");
+    let command = b.find("#incident-1 pre.command").unwrap().text().unwrap();
+    assert!(command.starts_with("holdfast restore --cluster main --before-incident 1 "), "{command}");
+    assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
+    loads.push(("incidents", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-incident.png")).unwrap();
+    // A read session's POST to an admin action is refused, CSRF token and all.
+    let csrf = b.execute("return document.querySelector('input[name=csrf]').value", json!([])).unwrap();
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/clusters/main/drill', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + arguments[0]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([csrf]),
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // The command as shown (into a scratch directory, with the read token) brings the rows back.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("undo");
+    let mut words: Vec<String> = command.split_whitespace().skip(1).map(String::from).collect();
+    let at = words.iter().position(|w| w == "--target-dir").unwrap();
+    words[at + 1] = dir.display().to_string();
+    let out = Command::new(holdfast())
+        .args(&words)
+        .arg("--json")
+        .args(v.remote_args(&read))
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = testkit::pg::psql_at(
+        Path::new(report["socket_dir"].as_str().unwrap()),
+        report["port"].as_u64().unwrap() as u16,
+        pg.superuser_password(),
+        "postgres",
+        "SELECT count(*) FROM customers",
+    );
+    let mut stop = command_as_postgres(&testkit::pg::bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(rows.unwrap().trim(), "3000", "every row is back");
+
+    // An admin sign-in has the drill button.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    sign_in(v.admin_token());
+    assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "admin");
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    assert!(b.wait_for("#start-drill", Duration::from_secs(10)).is_ok());
+    for (page, ms) in loads {
+        eprintln!("vault console page load ({page}): {ms:.0} ms");
+    }
+}

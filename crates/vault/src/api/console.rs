@@ -1,0 +1,444 @@
+//! The backup half of holdfast's web console, served by the vault under `/console/` on its API
+//! listener: the protected clusters (streaming, lag, durable LSN, restorable window, last backup
+//! and drill) and each cluster's incidents with what they destroyed and the exact `holdfast
+//! restore --before-incident N` command that undoes them.
+//!
+//! Sign-in is with a vault token (`read` or `admin`): the console keeps it in this process's
+//! memory under a random session cookie (`__Host-`, `Secure; HttpOnly; SameSite=Strict`, 15
+//! minutes from sign-in) and authorizes every page and action with it exactly as the API would
+//! (`Shared::authorize`), so a revoked token stops working at once and an action that needs
+//! `admin` (starting a drill) is refused to a `read` sign-in — whose pages show no such button.
+//! Every POST carries the session's CSRF token. No new trust domain, no data of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Extension, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
+use serve::web::{cookie, ct_eq, random_token, same_origin, set_cookie};
+use vault_api::Scope;
+use vault_api::status::{Incident, IncidentTarget};
+
+use super::Shared;
+
+const SESSION_COOKIE: &str = "__Host-hfv_session";
+const LOGIN_COOKIE: &str = "__Host-hfv_login";
+/// How long a sign-in lasts, from sign-in.
+const SESSION_SECS: u64 = 15 * 60;
+
+/// Console sessions, in memory: they end with the process.
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    /// The vault token signed in with (re-checked on every request).
+    token: String,
+    csrf: String,
+    expires_at: u64,
+}
+
+/// Seconds since the epoch by this host's clock (a session's age, not a retention decision).
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn hash(t: &str) -> [u8; 32] {
+    *blake3::hash(t.as_bytes()).as_bytes()
+}
+
+impl Sessions {
+    fn create(&self, token: String, now: u64) -> String {
+        let id = random_token();
+        let mut m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, s| s.expires_at > now);
+        m.insert(hash(&id), Session { token, csrf: random_token(), expires_at: now + SESSION_SECS });
+        id
+    }
+
+    fn get(&self, id: &str, now: u64) -> Option<Session> {
+        let m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&hash(id)).filter(|s| s.expires_at > now).cloned()
+    }
+
+    fn end(&self, id: &str) {
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash(id));
+    }
+}
+
+/// A signed-in request: its session and the token's scope and label as the vault knows them now.
+struct Signed {
+    id: String,
+    session: Session,
+    scope: Scope,
+    label: String,
+}
+
+/// The sessions, shared by the console's handlers (kept out of `Shared`: only this module, a
+/// part of the API leaf, knows them).
+type Console = Extension<Arc<Sessions>>;
+
+async fn signed_in(
+    s: &Shared,
+    sessions: &Sessions,
+    h: &HeaderMap,
+    allowed: &[Scope],
+    what: &str,
+) -> Result<Signed, Response> {
+    let Some(id) = cookie(h, SESSION_COOKIE) else {
+        return Err(Redirect::to("/console/login").into_response());
+    };
+    let Some(session) = sessions.get(id, now()) else {
+        return Err(Redirect::to("/console/login").into_response());
+    };
+    let mut auth = HeaderMap::new();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", session.token));
+    auth.insert(header::AUTHORIZATION, bearer.map_err(|_| Redirect::to("/console/login").into_response())?);
+    match s.authorize(&auth, allowed, what).await {
+        Ok(t) => Ok(Signed { id: id.to_string(), session, scope: t.scope, label: t.label }),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            sessions.end(id);
+            Err(Redirect::to("/console/login").into_response())
+        }
+        Err(e) => Err(refused(e.status, &e.message)),
+    }
+}
+
+/// The console's routes, merged into the API's router.
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/console", get(|| async { Redirect::to("/console/clusters") }))
+        .route("/console/", get(|| async { Redirect::to("/console/clusters") }))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/clusters", get(clusters_page))
+        .route("/console/clusters/{name}", get(cluster_page))
+        .route("/console/clusters/{name}/drill", post(start_drill))
+        .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
+        .layer(axum::middleware::map_response(serve::web::security_headers))
+        .layer(Extension(Arc::new(Sessions::default())))
+}
+
+fn page(code: StatusCode, m: Markup) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], m.into_string()).into_response()
+}
+
+fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · holdfast vault" }
+                link rel="stylesheet" href="/console/console.css";
+            }
+            body {
+                header.top {
+                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters and incidents" } }
+                    @if let Some(w) = who {
+                        form.logout method="post" action="/console/logout" {
+                            input type="hidden" name="csrf" value=(w.session.csrf);
+                            span { "token " strong id="whoami" { (w.label) } " (" span id="scope" { (w.scope.as_str()) } ")" }
+                            " "
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn refused(code: StatusCode, text: &str) -> Response {
+    page(
+        code,
+        layout(
+            "Refused",
+            None,
+            html! { section.card { h1 { "Refused" } p id="refused" { (text) } p { a href="/console/clusters" { "Back" } } } },
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+}
+
+fn login_form(error: Option<&str>) -> Response {
+    let csrf = random_token();
+    let body = layout(
+        "Sign in",
+        None,
+        html! {
+            section.card.narrow {
+                h1 { "Sign in" }
+                p.muted { "With a vault token: " code { "read" } " shows the pages, " code { "admin" } " also starts drills." }
+                @if let Some(e) = error { p.flash.bad id="error" { (e) } }
+                form id="login" method="post" action="/console/login" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Token" input id="token" name="token" type="password" autocomplete="off" required; }
+                    button id="signin" type="submit" { "Sign in" }
+                }
+            }
+        },
+    );
+    let code = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    (code, [set_cookie(LOGIN_COOKIE, &csrf, 600)], page(code, body)).into_response()
+}
+
+async fn login_page() -> Response {
+    login_form(None)
+}
+
+async fn login(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !(cookie(&headers, LOGIN_COOKIE).is_some_and(|c| ct_eq(c, &f.csrf)) && same_origin(&headers)) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "This sign-in form expired or did not come from this console.",
+        );
+    }
+    let mut auth = HeaderMap::new();
+    let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", f.token.trim())) else {
+        return login_form(Some("That is not a vault token."));
+    };
+    auth.insert(header::AUTHORIZATION, v);
+    if let Err(e) = s.authorize(&auth, &[Scope::Read, Scope::Admin], "signing in to the console").await {
+        tracing::warn!(error = %e.message, "console sign-in refused");
+        return login_form(Some(
+            "Unknown, revoked or wrong-scope token (the console takes read or admin tokens).",
+        ));
+    }
+    let id = sessions.create(f.token.trim().to_string(), now());
+    let mut r = Redirect::to("/console/clusters").into_response();
+    for (k, v) in [set_cookie(SESSION_COOKIE, &id, SESSION_SECS), set_cookie(LOGIN_COOKIE, "", 0)] {
+        r.headers_mut().append(k, v);
+    }
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "signing out").await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+        return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
+    }
+    sessions.end(&w.id);
+    let mut r = Redirect::to("/console/login").into_response();
+    let (k, v) = set_cookie(SESSION_COOKIE, "", 0);
+    r.headers_mut().append(k, v);
+    r
+}
+
+fn lag(c: &vault_api::status::ClusterStatus) -> String {
+    match (c.lag_bytes, c.lag_seconds) {
+        (Some(b), Some(s)) => format!("{b} bytes, {s:.1} s"),
+        (Some(b), None) => format!("{b} bytes"),
+        _ => "unknown".into(),
+    }
+}
+
+async fn clusters_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading status").await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let clusters = s.collector.get().map(|c| c.status()).unwrap_or_default();
+    let drills = crate::drill::all_status(&s).await;
+    let body = html! {
+        h1 { "Protected clusters" }
+        @if clusters.is_empty() { p.muted { "This vault protects no cluster ([[cluster]] in vault.toml)." } }
+        @for c in &clusters {
+            @let drill = drills.iter().find(|d| d.cluster == c.name);
+            article.card.cluster id={ "cluster-" (c.name) } {
+                h2 { a href={ "/console/clusters/" (c.name) } { (c.name) } " "
+                    span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
+                table.kv {
+                    tr { th { "durable LSN" } td { (c.durable_lsn.map(|l| l.to_string()).unwrap_or_default()) } }
+                    tr { th { "lag" } td { (lag(c)) } }
+                    tr { th { "restorable" } td {
+                        @if c.windows.is_empty() { "nothing yet" }
+                        @for i in &c.windows { div { (i.window.earliest_time) " → " (i.window.latest_time) " (timeline " (i.timeline) ")" } }
+                    } }
+                    tr { th { "last backup" } td { @if let Some(b) = &c.last_backup { (b.finished) " (" (b.id) ")" } @else { "none" } } }
+                    tr { th { "last drill" } td {
+                        @match drill.and_then(|d| d.last.as_ref()) {
+                            Some(l) => { (if l.ok { "passed" } else { "FAILED" }) ", " (l.started_at)
+                                @if let Some(rto) = l.rto_seconds { ", RTO " (format!("{rto:.0}")) " s" } }
+                            None => { "none" }
+                        }
+                        @if drill.is_some_and(|d| d.overdue) { strong.bad { " overdue" } }
+                    } }
+                    tr { th { "incidents" } td { a.incidents href={ "/console/clusters/" (c.name) } { (c.incidents.len()) } } }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Clusters", Some(&w), body))
+}
+
+/// The command that restores to just before incident `n` of `cluster`.
+pub fn restore_command(cluster: &str, n: usize) -> String {
+    // `--promote`: paused before a DROP's or TRUNCATE's commit, a hot standby still holds the
+    // lock the transaction's replayed records took, and reading the table would wait forever.
+    format!(
+        "holdfast restore --cluster {cluster} --before-incident {n} --target-dir restore-{cluster}-{n} --start --promote"
+    )
+}
+
+fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
+    html! {
+        article.card.incident id={ "incident-" (n) } {
+            header { span.kind { (i.kind) } " " strong { "#" (n) } span.muted { " · " (i.detected_at) } }
+            p.message { (i.message) }
+            @if !i.objects.is_empty() {
+                table.list.objects {
+                    tr { th { "what" } th { "rows" } th { "size" } th { "change" } }
+                    @for o in &i.objects {
+                        tr {
+                            td.name { (o.database)
+                                @if let Some(sc) = &o.schema { "." (sc) }
+                                @if let Some(t) = &o.table { "." (t) } }
+                            td { (o.rows.map(|r| r.to_string()).unwrap_or_default()) }
+                            td { (o.bytes.map(|b| format!("{} KiB", b / 1024)).unwrap_or_default()) }
+                            td { @if o.dropped { "dropped or emptied" }
+                                @if let Some(d) = o.deleted { (d) " rows deleted" }
+                                @if let Some(u) = o.updated { (u) " rows updated" } }
+                        }
+                    }
+                }
+            }
+            @if let Some(x) = i.xid { p { "Transaction " code { (x) } @if let Some(l) = i.lsn { " at " code { (l) } } } }
+            @match &i.restore_target {
+                Some(t) => {
+                    p { "Restore target: just before "
+                        @match t { IncidentTarget::BeforeXid { xid } => { "transaction " (xid) }
+                                   IncidentTarget::BeforeLsn { lsn } => { "WAL position " (lsn) } } }
+                    p.muted { "To bring it back into a new data directory, opened for writes (with a read token):" }
+                    pre.command { code { (restore_command(cluster, n)) } }
+                }
+                None => { p.muted { "No destructive transaction to restore to just before: restore with --time or --lsn." } }
+            }
+        }
+    }
+}
+
+async fn cluster_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading incidents").await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&name).ok()) else {
+        return refused(StatusCode::NOT_FOUND, "No such cluster in this vault.");
+    };
+    let c = rt.status();
+    let incidents = rt.incidents();
+    let body = html! {
+        p { a href="/console/clusters" { "← clusters" } }
+        h1 { (c.name) " " span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
+        p { "Durable to " code { (c.durable_lsn.map(|l| l.to_string()).unwrap_or_default()) } ", lag " (lag(&c)) "." }
+        @if w.scope == Scope::Admin {
+            form.drill method="post" action={ "/console/clusters/" (c.name) "/drill" } {
+                input type="hidden" name="csrf" value=(w.session.csrf);
+                button id="start-drill" type="submit" { "Start a restore drill now" }
+            }
+        }
+        h2 { "Incidents " span.count id="incident-count" { (incidents.len()) } }
+        @if incidents.is_empty() { p.muted { "None." } }
+        @for (k, i) in incidents.iter().enumerate().rev() { (incident_view(&c.name, k + 1, i)) }
+    };
+    page(StatusCode::OK, layout(&name, Some(&w), body))
+}
+
+async fn start_drill(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Admin], "starting a restore drill").await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+        return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
+    }
+    match crate::drill::start(&s, &name, format!("on demand from the console ({})", w.label)) {
+        Ok(_) => Redirect::to(&format!("/console/clusters/{name}")).into_response(),
+        Err(e) => refused(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+const CSS: &str = include_str!("console.css");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_end_after_their_time_and_on_sign_out() {
+        let s = Sessions::default();
+        let id = s.create("hft_x".into(), 1000);
+        assert_eq!(s.get(&id, 1000 + SESSION_SECS - 1).map(|x| x.token), Some("hft_x".into()));
+        assert!(s.get(&id, 1000 + SESSION_SECS).is_none());
+        let id = s.create("hft_y".into(), 1000);
+        s.end(&id);
+        assert!(s.get(&id, 1001).is_none());
+        assert!(s.get("nope", 1001).is_none());
+    }
+
+    #[test]
+    fn incidents_are_escaped_and_carry_the_command() {
+        let i: Incident = serde_json::from_value(serde_json::json!({
+            "cluster": "main", "kind": "relations_dropped", "detected_at": "2026-12-04T10:00:00Z",
+            "message": "<script>x</script> dropped", "lsn": null, "xid": 740,
+            "restore_target": {"kind": "before_xid", "xid": 740},
+            "objects": [{"database": "shop", "schema": "public", "table": "<b>orders</b>", "dropped": true}],
+        }))
+        .unwrap();
+        let html = incident_view("main", 3, &i).into_string();
+        assert!(!html.contains("<script>") && !html.contains("<b>"), "{html}");
+        assert!(html.contains("shop.public.&lt;b&gt;orders&lt;/b&gt;"), "{html}");
+        assert!(html.contains("holdfast restore --cluster main --before-incident 3"), "{html}");
+    }
+}
