@@ -8,7 +8,8 @@
 //! is refused; a wrong code decides nothing; a new request appears on an open page by itself;
 //! nobody gets buttons for their own request (dave rejects bob's); bob's
 //! approval runs alice's statement in her session. One browser, one gate: screenshots go to
-//! `docs/console/`, page load times (as the browser measured them) to the test's output.
+//! `target/console-screenshots/` (to `docs/console/`, the README's gallery, with
+//! `HOLDFAST_CONSOLE_SHOTS=docs`), page load times (as the browser measured them) to the test's output.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,8 +20,17 @@ use gate_harness::*;
 use serde_json::json;
 use testkit::browser::Browser;
 
+/// Where screenshots go: the build's target directory, so a test run leaves the checkout
+/// clean; `HOLDFAST_CONSOLE_SHOTS=docs` refreshes the README's gallery in `docs/console/`.
 fn shots() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/console")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = if std::env::var("HOLDFAST_CONSOLE_SHOTS").as_deref() == Ok("docs") {
+        root.join("docs/console")
+    } else {
+        root.join("target/console-screenshots")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The TOTP code of `secret` `ahead` steps from now (the gate accepts one step of skew; the
