@@ -81,8 +81,12 @@ def cmd_report(out_md, invocation, *jsons):
         sec(r["rows"]["standby"]["incident_seconds"]) for r in runs) + " |")
     L.append("| **warm standby: paused read-only at the target**, s after the TRUNCATE | " + " | ".join(
         "**" + sec(r["rows"]["standby"]["paused_seconds"]) + "**" for r in runs) + " |")
-    L.append("| warm standby: promoted (`holdfast standby promote`), s after the TRUNCATE | " + " | ".join(
+    L.append("| warm standby: first read there (1000 accounts), s after the TRUNCATE | " + " | ".join(
+        sec(r["rows"]["standby"]["read_seconds"]) for r in runs) + " |")
+    L.append("| warm standby: promoted (`holdfast standby promote` right after that read), s after the TRUNCATE | " + " | ".join(
         cell(r["rows"]["standby"], "promoted_seconds") for r in runs) + " |")
+    L.append("| … of which the promote command, s | " + " | ".join(
+        sec(r["rows"]["standby"]["promote_command_seconds"]) for r in runs) + " |")
     L.append("| holdfast cold restore (`restore --before-incident N --start --promote`), RTO s | " + " | ".join(
         cell(r["rows"]["holdfast"]) for r in runs) + " |")
     L.append("| pgBackRest restore + start, RTO s | " + " | ".join(cell(r["rows"]["pgbackrest"]) for r in runs) + " |")
@@ -99,7 +103,7 @@ def cmd_report(out_md, invocation, *jsons):
     L.append(
         "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (holdfast "
         "standby status polled every ~100 ms; \"paused\" = state `paused`, ready, before the new incident; its "
-        "`pgbench_accounts` is then read: every row there). Cold RTO = wall seconds from the restore command's start "
+        "`pgbench_accounts` is then read: the first 1000 rows there). Cold RTO = wall seconds from the restore command's start "
         "until `pg_is_in_recovery()` is false. Each restored server, the promoted standby included, was checked: "
         "every account row there, balances equal to the history's deltas (every pgbench transaction whole), every "
         "history row committed > 50 ms before the TRUNCATE there and none committed > 50 ms after it."

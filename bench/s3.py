@@ -103,7 +103,7 @@ def cmd_lockcheck(bucket, out):
     st, body = s3(*env(), "GET", f"/{bucket}/{key}", query={"versionId": vid})
     res["read_back_status"] = st
     res["read_back_intact"] = st == 200 and len(body) == size
-    json.dump(res, open(out, "w"), indent=1)
+    json.dump(res, open(out, "w"))
     print(json.dumps(res))
 
 
@@ -114,7 +114,7 @@ def cmd_deletecheck(bucket, key, out):
     st2, _ = s3(*env(), "GET", f"/{bucket}/{key}")
     res = {"bucket": bucket, "key": key, "size": len(body0) if st0 == 200 else None, "get_before_status": st0,
            "delete_status": st, "read_back_status": st2, "read_back_intact": st2 == 200}
-    json.dump(res, open(out, "w"), indent=1)
+    json.dump(res, open(out, "w"))
     print(json.dumps(res))
 
 
@@ -163,7 +163,11 @@ def cmd_report(results, out_md, out_json):
         ops_b = ops_between(g(k + "_usage_before_backup"), g(k + "_usage_after_backup"), bucket)
         ops_r = ops_between(g(k + "_usage_before_restore"), g(k + "_usage_after_restore"), bucket)
         stored = num(st.get("bytes"))
+        st0 = g(k + "_stats_before_backup") if isinstance(g(k + "_stats_before_backup"), dict) else {}
+        added = stored - num(st0.get("bytes")) if stored is not None and num(st0.get("bytes")) is not None else None
         n_b, n_r = sum(ops_b.values()) if ops_b else None, sum(ops_r.values()) if ops_r else None
+        ops_all = ops_between({}, g(k + "_usage_after_backup"), bucket)
+        n_all = sum(ops_all.values()) if ops_all else None
         rows[k] = {
             "backup_seconds": num(g(k + "_backup_seconds")),
             "restore_seconds": num(g(k + "_rto")),
@@ -173,7 +177,10 @@ def cmd_report(results, out_md, out_json):
             "backup_requests_by_kind": ops_b,
             "restore_requests": n_r,
             "restore_requests_by_kind": ops_r,
-            "backup_requests_per_gb_stored": round(n_b / (stored / 1e9), 1) if n_b and stored else None,
+            "backup_bytes_added": added,
+            "backup_requests_per_gb_added": round(n_b / (added / 1e9), 1) if n_b and added else None,
+            "requests_until_backup_done": n_all,
+            "requests_per_gb_stored": round(n_all / (stored / 1e9), 1) if n_all and stored else None,
             "verified": g(k + "_verified") == "yes",
         }
     derived = {
@@ -181,8 +188,9 @@ def cmd_report(results, out_md, out_json):
         "ratio_backup_seconds": ratio(rows["hf"]["backup_seconds"], rows["pbr"]["backup_seconds"]),
         "ratio_restore_seconds": ratio(rows["hf"]["restore_seconds"], rows["pbr"]["restore_seconds"]),
         "ratio_bucket_bytes": ratio(rows["hf"]["bucket_bytes"], rows["pbr"]["bucket_bytes"]),
-        "ratio_backup_requests_per_gb": ratio(rows["hf"]["backup_requests_per_gb_stored"],
-                                              rows["pbr"]["backup_requests_per_gb_stored"]),
+        "ratio_backup_requests_per_gb": ratio(rows["hf"]["backup_requests_per_gb_added"],
+                                              rows["pbr"]["backup_requests_per_gb_added"]),
+        "ratio_requests_per_gb_stored": ratio(rows["hf"]["requests_per_gb_stored"], rows["pbr"]["requests_per_gb_stored"]),
     }
     r["derived"] = derived
     json.dump(r, open(out_json, "w"), indent=1, sort_keys=True)
@@ -209,8 +217,12 @@ def cmd_report(results, out_md, out_json):
     L.append(f"| bytes in the bucket after the backup, MB | {mb(h['bucket_bytes'])} | {mb(p['bucket_bytes'])} | {fx(derived['ratio_bucket_bytes'])} |")
     L.append(f"| objects in the bucket | {h['bucket_objects']} | {p['bucket_objects']} | |")
     L.append(f"| S3 requests during the backup | {h['backup_requests']} | {p['backup_requests']} | |")
-    L.append(f"| requests per GB stored (backup) | {fx(h['backup_requests_per_gb_stored'], '{:.0f}')} | "
-             f"{fx(p['backup_requests_per_gb_stored'], '{:.0f}')} | {fx(derived['ratio_backup_requests_per_gb'])} |")
+    L.append(f"| bytes the backup added to the bucket, MB | {mb(h['backup_bytes_added'])} | {mb(p['backup_bytes_added'])} | |")
+    L.append(f"| backup: requests per GB added | {fx(h['backup_requests_per_gb_added'], '{:.0f}')} | "
+             f"{fx(p['backup_requests_per_gb_added'], '{:.0f}')} | {fx(derived['ratio_backup_requests_per_gb'])} |")
+    L.append(f"| all requests since the bucket was created (WAL + backup) per GB stored | "
+             f"{fx(h['requests_per_gb_stored'], '{:.0f}')} | {fx(p['requests_per_gb_stored'], '{:.0f}')} | "
+             f"{fx(derived['ratio_requests_per_gb_stored'])} |")
     L.append(f"| S3 requests during the restore | {h['restore_requests']} | {p['restore_requests']} | |")
     L.append(f"| restored cluster equals the source | {'yes' if h['verified'] else 'NO'} | {'yes' if p['verified'] else 'NO'} | |")
     L.append("")

@@ -117,9 +117,14 @@ rec invocation "\"SCALE=$SCALE LOAD=$LOAD bash bench/s3.sh\""
 
 # --- Ceph: MON, memstore OSD, RGW (HTTPS) ------------------------------------------------------------
 log "starting Ceph (MON, memstore OSD of $MEMSTORE_GB GiB, RGW with HTTPS) in $C"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$C/rgw.key" -out "$C/rgw.pem" 2>/dev/null || die "openssl could not make the RGW certificate"
-chmod 644 "$C/rgw.pem"
+# A throw-away CA and RGW's certificate signed by it (rustls refuses a self-signed CA certificate
+# used as the server's own); both clients trust ca.pem.
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$C/rgw.ext"
+{ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=holdfast-bench-ca -keyout "$C/ca.key" -out "$C/ca.pem" &&
+  openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$C/rgw.key" -out "$C/rgw.csr" &&
+  openssl x509 -req -in "$C/rgw.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 2 -extfile "$C/rgw.ext" -out "$C/rgw.pem"
+} >/dev/null 2>&1 || die "openssl could not make the RGW certificate"
+chmod 644 "$C/ca.pem"
 MON_PORT="$(free_port)" RGW_PORT="$(free_port)" RGW_TLS_PORT="$(free_port)"
 FSID="$(cat /proc/sys/kernel/random/uuid)"
 cat > "$C/ceph.conf" <<EOF
@@ -189,12 +194,12 @@ S3_KEY="HOLDFASTBENCHACCESS1" S3_SECRET="$(head -c 24 /dev/urandom | base64 | tr
 timeout 120 radosgw-admin -c "$C/ceph.conf" user create --uid=bench --display-name="holdfast bench" \
   --access-key="$S3_KEY" --secret-key="$S3_SECRET" >/dev/null 2>&1 || die "radosgw-admin user create failed: $(tail -5 "$C/client.rgw.a.log" 2>/dev/null)"
 for _ in $(seq 1 600); do
-  curl -s -o /dev/null --cacert "$C/rgw.pem" "https://localhost:$RGW_TLS_PORT/" && break
+  curl -s -o /dev/null --cacert "$C/ca.pem" "https://localhost:$RGW_TLS_PORT/" && break
   kill -0 "$RGW_PID" 2>/dev/null || die "radosgw exited: $(tail -5 "$C/radosgw.stdout")"
   sleep 0.1
 done
-curl -s -o /dev/null --cacert "$C/rgw.pem" "https://localhost:$RGW_TLS_PORT/" || die "RGW does not answer HTTPS on 127.0.0.1:$RGW_TLS_PORT"
-export S3_ENDPOINT="https://localhost:$RGW_TLS_PORT" S3_CA="$C/rgw.pem" S3_KEY S3_SECRET
+curl -s -o /dev/null --cacert "$C/ca.pem" "https://localhost:$RGW_TLS_PORT/" || die "RGW does not answer HTTPS on 127.0.0.1:$RGW_TLS_PORT"
+export S3_ENDPOINT="https://localhost:$RGW_TLS_PORT" S3_CA="$C/ca.pem" S3_KEY S3_SECRET
 HFB=holdfast-bench PBB=pgbackrest-bench
 python3 "$PY" mkbucket "$HFB" 1
 python3 "$PY" mkbucket "$PBB" 0
@@ -238,7 +243,7 @@ repo1-path=/repo
 repo1-s3-bucket=$PBB
 repo1-s3-endpoint=localhost
 repo1-storage-port=$RGW_TLS_PORT
-repo1-storage-ca-file=$C/rgw.pem
+repo1-storage-ca-file=$C/ca.pem
 repo1-s3-region=us-east-1
 repo1-s3-uri-style=path
 repo1-s3-key=$S3_KEY
@@ -279,7 +284,7 @@ endpoint = "$S3_ENDPOINT"
 bucket = "$HFB"
 prefix = "bench/"
 credentials_file = "$W/s3.credentials"
-ca_file = "$C/rgw.pem"
+ca_file = "$C/ca.pem"
 EOF
 rec cmd_holdfast_store "$(jstr "$(cat "$W/store.toml")")"
 RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
@@ -324,6 +329,7 @@ settle
 # --- full backups ------------------------------------------------------------------------------------
 log "backup 1/2: holdfast backup (vault on s3://$HFB)"
 rec hf_usage_before_backup "$(usage)"
+rec hf_stats_before_backup "$(bstats "$HFB")"
 t0=$(now)
 "$HF" backup --cluster bench --url "$URL" --ca "$CA" --token-file "$W/admin.token" --json > "$W/hf-backup.json" 2> "$W/hf-backup.err" \
   || die "holdfast backup failed: $(cat "$W/hf-backup.err"); vault log: $(tail -20 "$W/vault.log")"
@@ -335,6 +341,7 @@ log "holdfast backup: $(awk -F'\t' '$1=="hf_backup_seconds" {print $2}' "$RES") 
 
 log "backup 2/2: pgbackrest --type=full backup (repo s3://$PBB)"
 rec pbr_usage_before_backup "$(usage)"
+rec pbr_stats_before_backup "$(bstats "$PBB")"
 t0=$(now)
 pgbr --type=full backup 2> "$W/pbr-backup.err" || die "pgBackRest backup failed: $(cat "$W/pbr-backup.err")"
 rec pbr_backup_seconds "$(elapsed "$t0" "$(now)")"
