@@ -334,7 +334,7 @@ t0=$(now)
 "$HF" backup --cluster bench --url "$URL" --ca "$CA" --token-file "$W/admin.token" --json > "$W/hf-backup.json" 2> "$W/hf-backup.err" \
   || die "holdfast backup failed: $(cat "$W/hf-backup.err"); vault log: $(tail -20 "$W/vault.log")"
 rec hf_backup_seconds "$(elapsed "$t0" "$(now)")"
-rec hf_backup "$(cat "$W/hf-backup.json")"
+rec hf_backup "$(python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' < "$W/hf-backup.json")"
 rec hf_usage_after_backup "$(usage)"
 rec hf_stats_after_backup "$(bstats "$HFB")"
 log "holdfast backup: $(awk -F'\t' '$1=="hf_backup_seconds" {print $2}' "$RES") s"
