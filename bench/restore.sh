@@ -41,6 +41,12 @@ die() { log "FATAL: $*"; exit 1; }
 # --- the outer run: one inner run per size, then the report over all of them ----------------------
 if [ -z "${SCALE:-}" ]; then
   SIZES="${SIZES:-10 50}"
+  # One binary for every size (built once here, not per size).
+  if [ -z "${HF:-}" ]; then
+    log "building holdfast (release)"
+    (cd "$ROOT" && cargo build --release -p holdfast -q)
+    export HF="$ROOT/target/release/holdfast"
+  fi
   jsons=()
   for s in $SIZES; do
     [[ "$s" =~ ^[0-9]+$ ]] || die "SIZES must be pgbench scales (integers), got '$s'"
