@@ -22,7 +22,7 @@
 #   after it (by commit timestamp).
 #
 # One command (as root, on Debian 12 with Rust): bench/restore.sh    (also: ./run bench restore)
-# Env: SIZES="10 50" (pgbench scales; ~150 MB and ~750 MB) DURATION=60 (seconds of write load)
+# Env: SIZES="10 50" (pgbench scales; ~165 MB and ~790 MB; SCALE=N: one size) DURATION=60 (s of writes)
 #      CLIENTS=2 APPLY_DELAY=20s (the standby's delay; production would use minutes)
 #      BACKUP_WAL_SHARE= (the cluster's backup_wal_share; empty: backups on demand only)
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
@@ -39,8 +39,8 @@ die() { log "FATAL: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
 
 # --- the outer run: one inner run per size, then the report over all of them ----------------------
-if [ -z "${SCALE:-}" ]; then
-  SIZES="${SIZES:-10 50}"
+if [ -z "${_RESTORE_ONE_SIZE:-}" ]; then
+  SIZES="${SIZES:-${SCALE:-10 50}}"   # SCALE=N alone: that one size
   # One binary for every size (built once here, not per size).
   if [ -z "${HF:-}" ]; then
     log "building holdfast (release)"
@@ -52,7 +52,7 @@ if [ -z "${SCALE:-}" ]; then
     [[ "$s" =~ ^[0-9]+$ ]] || die "SIZES must be pgbench scales (integers), got '$s'"
     log "=== size: pgbench scale $s ==="
     rm -f "$OUT/restore-s$s.json"
-    SCALE="$s" bash "$0" || log "the run at scale $s failed (its figures, if any, are in the report)"
+    _RESTORE_ONE_SIZE=1 SCALE="$s" bash "$0" || log "the run at scale $s failed (its figures, if any, are in the report)"
     [ -s "$OUT/restore-s$s.json" ] && jsons+=("$OUT/restore-s$s.json")
   done
   [ ${#jsons[@]} -gt 0 ] || die "no size produced figures"
