@@ -19,6 +19,26 @@ use crate::pack::DEFAULT_PACK_SIZE;
 use crate::snapshot::{BackupRecord, FileEntry, LineSplitter};
 use crate::timestamp::Timestamp;
 
+/// The most bytes of one pack [`Repository::read_file_range`] reads in one request.
+const RUN_BYTES: u64 = 16 << 20;
+
+/// Envelopes back to back in one pack, read with one ranged read.
+struct BlobRun {
+    pack: ObjectName,
+    start: u64,
+    end: u64,
+    blobs: Vec<RunBlob>,
+}
+
+/// One of them: where its envelope is in the pack and its plaintext span in the file.
+struct RunBlob {
+    id: ChunkId,
+    offset: u64,
+    length: u64,
+    c_start: u64,
+    c_end: u64,
+}
+
 pub use crate::backup::{BackupWriter, RestoreStats};
 
 /// The plain-JSON content of the `config/<hash>` object.
@@ -358,7 +378,12 @@ impl Repository {
             .store
             .get_range(&pack, loc.offset as u64..loc.offset as u64 + loc.length as u64)
             .await?;
-        let plain = self.inner.keys.open_named(&env, format_args!("blob {id} in {pack}"))?;
+        self.open_blob(id, pack, &env)
+    }
+
+    /// Opens one blob's envelope read from `pack` and checks the plaintext against its id.
+    fn open_blob(&self, id: &ChunkId, pack: ObjectName, env: &[u8]) -> Result<Vec<u8>, RepoError> {
+        let plain = self.inner.keys.open_named(env, format_args!("blob {id} in {pack}"))?;
         if self.inner.keys.chunk_id(&plain) != *id {
             return Err(RepoError::ChunkMismatch { id: id.to_hex(), pack });
         }
@@ -402,7 +427,8 @@ impl Repository {
         offset: u64,
         end: u64,
     ) -> Result<Vec<u8>, RepoError> {
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // The chunks overlapping [offset, end), with their plaintext span in the file.
+        let mut wanted = Vec::new();
         let mut pos = 0u64;
         for (id, &n) in entry.chunks.iter().zip(lengths) {
             let (c_start, c_end) = (pos, pos + n);
@@ -413,31 +439,90 @@ impl Repository {
             if c_start >= end {
                 break;
             }
-            let plain = self.read_blob(id).await.map_err(|e| match e {
-                // Damage (not a passing I/O failure): name the chunk, so the caller can find
-                // backups that do not use it.
-                RepoError::Tampered { .. }
-                | RepoError::Malformed { .. }
-                | RepoError::ChunkMismatch { .. }
-                | RepoError::BlobNotFound(_)
-                | RepoError::Store(StoreError::NotFound(_) | StoreError::BadRange { .. }) => {
-                    RepoError::ChunkUnreadable {
-                        chunk: id.to_hex(),
-                        file: entry.path.clone(),
-                        cause: e.to_string(),
+            wanted.push((*id, c_start, c_end));
+        }
+        // Envelopes that sit back to back in one pack are fetched with one ranged read (up to
+        // RUN_BYTES): on an object store every read is a request, and chunk by chunk a 500 MB
+        // restore from Ceph RGW made ~4,500 GETs and took 1.7× pgBackRest's time
+        // (bench/s3.sh). The plaintext of the whole read is at most RUN_BYTES / compression
+        // larger than the range asked for, and is dropped chunk by chunk as it is copied.
+        let mut runs: Vec<BlobRun> = Vec::new();
+        {
+            let idx = self.inner.index.read().unwrap_or_else(|p| p.into_inner());
+            for &(id, c_start, c_end) in &wanted {
+                let unreadable = |cause: String| RepoError::ChunkUnreadable {
+                    chunk: id.to_hex(),
+                    file: entry.path.clone(),
+                    cause,
+                };
+                let loc = idx
+                    .get(&id)
+                    .ok_or_else(|| unreadable(format!("blob {} is not in the index", id.to_hex())))?;
+                let pack = idx.pack_name(loc.pack);
+                let (s, l) = (loc.offset as u64, loc.length as u64);
+                let blob = RunBlob { id, offset: s, length: l, c_start, c_end };
+                match runs.last_mut() {
+                    Some(r) if r.pack == pack && r.end == s && r.end - r.start < RUN_BYTES => {
+                        r.end = s + l;
+                        r.blobs.push(blob);
                     }
+                    _ => runs.push(BlobRun { pack, start: s, end: s + l, blobs: vec![blob] }),
                 }
-                e => e,
-            })?;
-            if plain.len() as u64 != n {
-                return Err(RepoError::malformed(
-                    "backup manifest",
-                    format!("chunk {id} of {} is {} bytes, the index says {n}", entry.path, plain.len()),
-                ));
             }
-            let from = offset.saturating_sub(c_start) as usize;
-            let to = (end.min(c_end) - c_start) as usize;
-            out.extend_from_slice(&plain[from..to]);
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for run in runs {
+            let fetched = self.inner.store.get_range(&run.pack, run.start..run.end).await;
+            for b in &run.blobs {
+                let read = match &fetched {
+                    Ok(bytes) => {
+                        let at = (b.offset - run.start) as usize;
+                        match bytes.get(at..at + b.length as usize) {
+                            Some(env) => self.open_blob(&b.id, run.pack, env),
+                            None => Err(RepoError::Store(StoreError::BadRange {
+                                name: run.pack,
+                                start: b.offset,
+                                end: b.offset + b.length,
+                                size: run.start + bytes.len() as u64,
+                            })),
+                        }
+                    }
+                    // The run could not be read: read this chunk alone, so that a failure
+                    // names the very chunk (and a passing fault may have passed).
+                    Err(_) => self.read_blob(&b.id).await,
+                };
+                let plain = read.map_err(|e| match e {
+                    // Damage (not a passing I/O failure): name the chunk, so the caller can find
+                    // backups that do not use it.
+                    RepoError::Tampered { .. }
+                    | RepoError::Malformed { .. }
+                    | RepoError::ChunkMismatch { .. }
+                    | RepoError::BlobNotFound(_)
+                    | RepoError::Store(StoreError::NotFound(_) | StoreError::BadRange { .. }) => {
+                        RepoError::ChunkUnreadable {
+                            chunk: b.id.to_hex(),
+                            file: entry.path.clone(),
+                            cause: e.to_string(),
+                        }
+                    }
+                    e => e,
+                })?;
+                if plain.len() as u64 != b.c_end - b.c_start {
+                    return Err(RepoError::malformed(
+                        "backup manifest",
+                        format!(
+                            "chunk {} of {} is {} bytes, the index says {}",
+                            b.id,
+                            entry.path,
+                            plain.len(),
+                            b.c_end - b.c_start
+                        ),
+                    ));
+                }
+                let from = offset.saturating_sub(b.c_start) as usize;
+                let to = (end.min(b.c_end) - b.c_start) as usize;
+                out.extend_from_slice(&plain[from..to]);
+            }
         }
         if (out.len() as u64) != end - offset {
             return Err(RepoError::malformed(
