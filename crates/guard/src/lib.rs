@@ -558,8 +558,8 @@ pub const TRANSACTION_CONTROL: &[&str] = &[
 
 /// Whether the analysis of `sql` holds for every text of its shape: one plain query or DML
 /// statement (no session effects, no EXECUTE/FETCH of other statements), whose verdict never
-/// read a constant's value, and whose text is the whole message.
-fn shape_reusable(a: &Analysis, sql: &str) -> bool {
+/// read a constant's value, and whose text is the message's (up to a final `;`).
+fn shape_reusable(a: &Analysis, text: &str) -> bool {
     let [st] = a.statements.as_slice() else { return false };
     a.error.is_none()
         && !a.reads_constants
@@ -567,7 +567,7 @@ fn shape_reusable(a: &Analysis, sql: &str) -> bool {
         && st.effects.is_empty()
         && st.executes.is_empty()
         && st.fetches.is_empty()
-        && st.text == sql.trim()
+        && st.text == text
 }
 
 /// A statement resolved against a session.
@@ -726,22 +726,22 @@ impl Guard {
             return a;
         }
         // The scanner lexes as standard_conforming_strings = on: the other lexing never shares.
-        let shape = if cacheable && standard_strings { shape::key(sql) } else { None };
-        if let Some(k) = &shape
-            && let Some(a) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(k)
+        let shape = if cacheable && standard_strings { shape::shape(sql) } else { None };
+        if let Some(sh) = &shape
+            && let Some(a) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&sh.key)
         {
             self.stats[2].fetch_add(1, Ordering::Relaxed);
             // Everything but the statement's text is the same for every text of the shape.
             let mut st = a.statements[0].clone();
-            st.text = sql.trim().to_string();
+            st.text = shape::statement_text(sql, sh).to_string();
             return Arc::new(Analysis { error: None, statements: vec![st], reads_constants: false });
         }
         self.stats[0].fetch_add(1, Ordering::Relaxed);
         let a = Arc::new(classify::analyze(sql, &self.policy, standard_strings));
         match shape {
-            Some(k) if shape_reusable(&a, sql) => {
+            Some(sh) if shape_reusable(&a, shape::statement_text(sql, &sh)) => {
                 // One entry per shape; the text cache would only fill with one-off literals.
-                self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(&k, a.clone());
+                self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(&sh.key, a.clone());
             }
             _ if cacheable => cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone()),
             _ => {}

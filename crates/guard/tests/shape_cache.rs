@@ -82,6 +82,9 @@ fn siblings(sql: &str) -> Vec<String> {
 fn cached_shapes_give_the_uncached_verdict_over_the_corpus() {
     let extra = [
         "UPDATE pgbench_accounts SET abalance = abalance + 17 WHERE aid = 4711",
+        "UPDATE pgbench_accounts SET abalance = abalance + -17 WHERE aid = 4711;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+        "DELETE FROM orders WHERE id = 3 ;  ",
         "SELECT abalance FROM pgbench_accounts WHERE aid = 4711",
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 4711, 17, CURRENT_TIMESTAMP)",
         "DELETE FROM orders WHERE id + 1 = id + 2",
@@ -125,6 +128,8 @@ fn texts_of_different_meaning_never_share_a_verdict() {
         ("SELECT 'x' FROM orders", "SELECT $$x$$ FROM orders; DROP TABLE orders"),
         ("SELECT $a$ ; DROP TABLE orders; $a$", "SELECT 1; DROP TABLE orders"),
         ("SELECT 1", "SELECT 1; DELETE FROM orders"),
+        ("SELECT 1;", "SELECT 1; DELETE FROM orders;"),
+        ("DELETE FROM orders WHERE id = 1;", "DELETE FROM orders;"),
         ("SELECT * FROM orders WHERE id = 1", "SELECT * FROM orders WHERE id = 1; DELETE FROM orders"),
         ("SELECT 1 FROM U&\"d!0061ta\" UESCAPE '!'", "SELECT 1 FROM U&\"d!0061ta\" UESCAPE '\\'"),
     ];
