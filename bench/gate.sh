@@ -17,6 +17,7 @@
 #      PROFILE=0 (1: `perf record -g` of the gate during its TPC-B simple run; the top of
 #      `perf report` goes to bench-out/gate-profile.txt)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
+#      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
 # Writes bench-out/gate.md.
 set -euo pipefail
 
@@ -57,9 +58,11 @@ if [ "$TASKSET" = 1 ]; then
   PROXY_CPU=(taskset -c 0) OTHER_CPU=(taskset -c 1)
 fi
 
-log "building holdfast (release)"
-(cd "$ROOT" && cargo build --release -p holdfast -q)
-HF="$ROOT/target/release/holdfast"
+if [ -z "${HF:-}" ]; then
+  log "building holdfast (release)"
+  (cd "$ROOT" && cargo build --release -p holdfast -q)
+  HF="$ROOT/target/release/holdfast"
+fi
 
 W="$(mktemp -d /tmp/holdfast-gatebench.XXXXXX)"
 chmod 755 "$W"
