@@ -3,7 +3,7 @@
 #   bench/run.sh ingest    store ingest vs restic (pgbench data dir + random data, 1 % change)
 #   bench/run.sh capture   base backup vs pg_basebackup and pgBackRest, WAL latency, sync-mode cost
 #   bench/run.sh restore   point-in-time restore RTO vs pgBackRest and pg_basebackup + cp
-#   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, memory
+#   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, CPU/statement, 500-conn TPS+RSS
 #   bench/run.sh detect    WAL decode + detect throughput on one core vs pg_waldump (>= 1 GB)
 #   bench/run.sh repair    repair of one merchant vs full PITR: time to data back, work lost since
 #   bench/run.sh           all of them
