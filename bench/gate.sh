@@ -2,13 +2,22 @@
 # Gate benchmark: pgbench through the holdfast gate (guard on: every statement parsed and
 # classified, audit records written and fsynced before each statement runs) side by side with
 # pgbench straight to PostgreSQL and through PgBouncer (session mode), in one run:
-#   select-only (-S) and TPC-B-like with the simple protocol, select-only with -M prepared, CLIENTS clients, DURATION seconds each: TPS, mean and p99
-#   latency (from pgbench's per-transaction log); then peak RSS of the gate and of PgBouncer
-#   with CONNS concurrent connections.
+#   select-only (-S) and TPC-B-like, each with the simple protocol and with -M prepared (the
+#   extended protocol drivers use), CLIENTS clients, DURATION seconds each: TPS, mean and p99
+#   latency (from pgbench's per-transaction log), and the proxy's CPU per statement (its
+#   process's user+system ticks from /proc/PID/stat before and after the run, divided by the
+#   statements pgbench completed: 1 per select-only transaction, 7 per TPC-B one); then TPS and
+#   peak RSS (VmHWM) of the gate and of PgBouncer with CONNS concurrent connections.
 #
 # One command (as root, on Debian 12 with Rust): bench/gate.sh    (also: ./run bench gate)
 # Env: SCALE=10 DURATION=30 CLIENTS=16 CONNS=500 TLS=0 (1: clients reach the gate over TLS —
 #      PgBouncer and direct stay plain, so the TLS cost shows separately) KEEP=0
+#      TASKSET=0 (1: the proxy pinned to core 0, PostgreSQL and pgbench to core 1 — how far
+#      from direct a proxy is when it has a core of its own)
+#      PROFILE=0 (1: `perf record -g` of the gate during its TPC-B simple run; the top of
+#      `perf report` goes to bench-out/gate-profile.txt)
+#      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
+#      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
 # Writes bench-out/gate.md.
 set -euo pipefail
 
@@ -19,6 +28,9 @@ CLIENTS="${CLIENTS:-16}"
 CONNS="${CONNS:-500}"
 TLS="${TLS:-0}"
 KEEP="${KEEP:-0}"
+TASKSET="${TASKSET:-0}"
+PROFILE="${PROFILE:-0}"
+WORKLOADS="${WORKLOADS:-select tpcb select-prepared tpcb-prepared}"
 OUT="$ROOT/bench-out"
 mkdir -p "$OUT"
 log() { echo "[$(date +%T)] $*" >&2; }
@@ -29,6 +41,8 @@ need_apt=()
 command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 command -v python3 >/dev/null || need_apt+=(python3)
 ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
+[ "$PROFILE" = 1 ] && ! command -v perf >/dev/null && need_apt+=(linux-perf)
+[ "$TASKSET" = 1 ] && ! command -v taskset >/dev/null && need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -37,9 +51,18 @@ PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)"
 # PgBouncer's package starts a service on 6432; this run uses its own instance.
 systemctl stop pgbouncer >/dev/null 2>&1 || true
 
-log "building holdfast (release)"
-(cd "$ROOT" && cargo build --release -p holdfast -q)
-HF="$ROOT/target/release/holdfast"
+# TASKSET=1: the proxy on core 0, everything else (PostgreSQL, pgbench) on core 1.
+PROXY_CPU=() OTHER_CPU=()
+if [ "$TASKSET" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || die "TASKSET=1 needs two cores"
+  PROXY_CPU=(taskset -c 0) OTHER_CPU=(taskset -c 1)
+fi
+
+if [ -z "${HF:-}" ]; then
+  log "building holdfast (release)"
+  (cd "$ROOT" && cargo build --release -p holdfast -q)
+  HF="$ROOT/target/release/holdfast"
+fi
 
 W="$(mktemp -d /tmp/holdfast-gatebench.XXXXXX)"
 chmod 755 "$W"
@@ -65,7 +88,7 @@ max_connections = $((CONNS + 100))
 shared_buffers = '256MB'
 synchronous_commit = off
 EOF
-su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg/server.log -w start" >/dev/null
+"${OTHER_CPU[@]}" su postgres -c "$PGBIN/pg_ctl -D $W/pg -l $W/pg/server.log -w start" >/dev/null
 export PGPASSWORD=bench-pw
 PSQL="$PGBIN/psql -h 127.0.0.1 -p $PGPORT -U postgres -X -q"
 $PSQL -c "CREATE ROLE bench LOGIN PASSWORD 'bench-pw'; ALTER DATABASE postgres OWNER TO bench; GRANT ALL ON SCHEMA public TO bench"
@@ -89,7 +112,7 @@ sslmode = "disable"
 name = "bench"
 scram = "$VERIFIER"
 EOF
-"$HF" gate serve --config "$W/gate/gate.toml" 2> "$W/gate.log" &
+"${PROXY_CPU[@]}" "$HF" gate serve --config "$W/gate/gate.toml" 2> "$W/gate.log" &
 GATE_PID=$!
 PIDS+=("$GATE_PID")
 
@@ -113,27 +136,48 @@ unix_socket_dir =
 EOF
 echo '"bench" "bench-pw"' > "$W/bouncer/userlist.txt"
 chown -R postgres: "$W/bouncer"
-su postgres -s /bin/sh -c "pgbouncer -d $W/bouncer/pgbouncer.ini"
+"${PROXY_CPU[@]}" su postgres -s /bin/sh -c "pgbouncer -d $W/bouncer/pgbouncer.ini"
 sleep 1
-PIDS+=("$(cat "$W/bouncer/pgbouncer.pid")")
+BOUNCER_PID="$(cat "$W/bouncer/pgbouncer.pid")"
+PIDS+=("$BOUNCER_PID")
 for i in $(seq 50); do "$PGBIN/pg_isready" -h 127.0.0.1 -p "$GPORT" -q && break; sleep 0.2; done
 
 SSL_GATE="disable"; [ "$TLS" = 1 ] && SSL_GATE="require"
-run() { # name port sslmode mode(select|tpcb)
-  local name="$1" port="$2" ssl="$3" mode="$4" flag="-M simple"
-  [ "$mode" = select ] && flag="-S -M simple"
-  [ "$mode" = select-prepared ] && flag="-S -M prepared"
+TICK="$(getconf CLK_TCK)"
+cpu_ticks() { # user+system ticks of a process (fields 14 and 15 of /proc/PID/stat)
+  [ -n "$1" ] || { echo 0; return; }
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+run() { # name port sslmode mode pid-of-proxy(or empty)
+  local name="$1" port="$2" ssl="$3" mode="$4" pid="$5" flag="-M simple" per_tx=7
+  [ "$mode" = select ] && flag="-S -M simple" per_tx=1
+  [ "$mode" = select-prepared ] && flag="-S -M prepared" per_tx=1
   [ "$mode" = tpcb-prepared ] && flag="-M prepared"
   rm -rf "$W/log-$name-$mode" && mkdir -p "$W/log-$name-$mode"
   log "  $mode via $name"
-  (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
+  local before perf_pid=""
+  before="$(cpu_ticks "$pid")"
+  if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = tpcb ]; then
+    perf record -g -o "$W/perf.data" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
      -c "$CLIENTS" -j 2 -T "$DURATION" --log --log-prefix=tx postgres > out.txt 2>&1) \
      || { cat "$W/log-$name-$mode/out.txt" >&2; die "pgbench via $name failed"; }
-  python3 - "$W/log-$name-$mode" "$name" "$mode" >> "$W/results.tsv" <<'PY'
+  local after
+  after="$(cpu_ticks "$pid")"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    perf report -i "$W/perf.data" --stdio --no-children --percent-limit 0.5 -g none 2>/dev/null \
+      | grep -v '^$' | head -80 > "$OUT/gate-profile.txt" || true
+    log "  profile of the gate (TPC-B simple): $OUT/gate-profile.txt"
+  fi
+  python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" >> "$W/results.tsv" <<'PY'
 import glob, re, sys
-d, name, mode = sys.argv[1:]
+d, name, mode, ticks, tick, per_tx, pid = sys.argv[1:]
 out = open(d + "/out.txt").read()
 tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
+txs = int(re.search(r"number of transactions actually processed: ([0-9]+)", out).group(1))
 lat = []
 for f in glob.glob(d + "/tx*"):
     for line in open(f):
@@ -143,14 +187,16 @@ for f in glob.glob(d + "/tx*"):
 lat.sort()
 p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan")
 mean = sum(lat) / len(lat) / 1000 if lat else float("nan")
-print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}")
+stmts = txs * int(per_tx)
+cpu = int(ticks) / int(tick) * 1e6 / stmts if pid and stmts else float("nan")
+print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}\t{cpu:.1f}")
 PY
 }
 : > "$W/results.tsv"
-for mode in select tpcb select-prepared; do
-  run direct "$PGPORT" disable "$mode"
-  run gate "$GPORT" "$SSL_GATE" "$mode"
-  run pgbouncer "$BPORT" disable "$mode"
+for mode in $WORKLOADS; do
+  run direct "$PGPORT" disable "$mode" ""
+  run gate "$GPORT" "$SSL_GATE" "$mode" "$GATE_PID"
+  run pgbouncer "$BPORT" disable "$mode" "$BOUNCER_PID"
 done
 
 rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -158,37 +204,44 @@ log "memory: $CONNS concurrent connections (pgbench -S, 10 s) through the gate, 
 # A run that failed (connections refused, clients aborted) measured fewer connections than it
 # names: its exit status goes into the report instead of being hidden.
 GATE_CONN_RC=0
-PGSSLMODE="$SSL_GATE" "$PGBIN/pgbench" -h 127.0.0.1 -p "$GPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-gate.txt" 2>&1 || GATE_CONN_RC=$?
+PGSSLMODE="$SSL_GATE" "${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$GPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-gate.txt" 2>&1 || GATE_CONN_RC=$?
 GATE_RSS="$(rss_kb "$GATE_PID")"
 BOUNCER_CONN_RC=0
-"$PGBIN/pgbench" -h 127.0.0.1 -p "$BPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-bouncer.txt" 2>&1 || BOUNCER_CONN_RC=$?
-BOUNCER_RSS="$(rss_kb "$(cat "$W/bouncer/pgbouncer.pid")")"
+"${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$BPORT" -U bench -n -S -c "$CONNS" -j 2 -T 10 postgres > "$W/conns-bouncer.txt" 2>&1 || BOUNCER_CONN_RC=$?
+BOUNCER_RSS="$(rss_kb "$BOUNCER_PID")"
 [ "$GATE_CONN_RC" = 0 ] || log "pgbench through the gate with $CONNS connections FAILED (exit $GATE_CONN_RC): $(tail -3 "$W/conns-gate.txt")"
 [ "$BOUNCER_CONN_RC" = 0 ] || log "pgbench through PgBouncer with $CONNS connections FAILED (exit $BOUNCER_CONN_RC): $(tail -3 "$W/conns-bouncer.txt")"
 GATE_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-gate.txt" | head -1 | cut -d' ' -f3)"
 BOUNCER_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-bouncer.txt" | head -1 | cut -d' ' -f3)"
 
-python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" "$GATE_CONN_RC" "$BOUNCER_CONN_RC" <<'PY'
+python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" "$GATE_CONN_RC" "$BOUNCER_CONN_RC" "$TASKSET" "$WORKLOADS" <<'PY'
 import sys
-res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct, grc, brc = sys.argv[1:]
+res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct, grc, brc, taskset, workloads = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
-by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
+by = {(r[0], r[1]): tuple(float(x) for x in r[2:6]) for r in rows}
+modes = workloads.split()
+cores = ("the proxy pinned to core 0, PostgreSQL and pgbench to core 1 (TASKSET=1)" if taskset == "1"
+         else "2 cores shared by PostgreSQL, pgbench and the proxy")
 lines = [f"# Gate benchmark\n",
-         f"pgbench -c {clients} -j 2 -T {dur} (-M simple; select-prepared: -S -M prepared, the extended protocol drivers use), scale {scale}, 2 cores shared by PostgreSQL, pgbench and the proxy; gate over TLS: {'yes' if tls == '1' else 'no'}.\n",
-         "| workload | path | TPS | TPS vs direct | mean ms | p99 ms | p99 added vs direct (ms) |",
-         "|---|---|---|---|---|---|---|"]
-for mode in ("select", "tpcb", "select-prepared"):
-    d = by.get(("direct", mode))
+         f"pgbench -c {clients} -j 2 -T {dur}, scale {scale}; simple = -M simple, prepared = -M prepared (the extended protocol drivers use); {cores}; gate over TLS: {'yes' if tls == '1' else 'no'}. CPU per statement: the proxy process's user+system time over the run ÷ statements completed (select-only 1 per transaction, TPC-B 7).\n",
+         "| workload | gate / direct | PgBouncer / direct | gate / PgBouncer | gate p99 added | PgBouncer p99 added | gate CPU µs/stmt | PgBouncer CPU µs/stmt |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+for mode in modes:
+    d, g, b = by.get(("direct", mode)), by.get(("gate", mode)), by.get(("pgbouncer", mode))
+    if not (d and g and b):
+        continue
+    lines.append(f"| {mode} | {g[0]/d[0]:.2f} | {b[0]/d[0]:.2f} | {g[0]/b[0]:.2f} | {g[2]-d[2]:+.2f} ms | {b[2]-d[2]:+.2f} ms | {g[3]:.1f} | {b[3]:.1f} |")
+lines += ["", "| workload | path | TPS | mean ms | p99 ms |", "|---|---|---:|---:|---:|"]
+for mode in modes:
     for name in ("direct", "gate", "pgbouncer"):
         v = by.get((name, mode))
-        if not v or not d:
-            continue
-        lines.append(f"| {mode} | {name} | {v[0]:.0f} | {v[0]/d[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} | {v[2]-d[2]:+.3f} |")
+        if v:
+            lines.append(f"| {mode} | {name} | {v[0]:.0f} | {v[1]:.3f} | {v[2]:.3f} |")
 def conns_figure(rss, tps, rc):
     if rc != "0":
         return f"pgbench FAILED (exit {rc}), so not a measurement at {conns} connections; peak RSS {int(rss)/1024:.1f} MB"
-    return f"{int(rss)/1024:.1f} MB ({tps} TPS)"
-lines += ["", f"Peak RSS with {conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {conns_figure(grss, gct, grc)}, PgBouncer {conns_figure(brss, bct, brc)}."]
+    return f"{tps} TPS, peak RSS {int(rss)/1024:.1f} MB"
+lines += ["", f"{conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {conns_figure(grss, gct, grc)}; PgBouncer {conns_figure(brss, bct, brc)}."]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -5,7 +5,7 @@
 #   bench/run.sh restore   back to just before a TRUNCATE at two sizes: warm standby, holdfast restore,
 #                          pgBackRest, pg_basebackup + cp
 #   bench/run.sh s3        vault on Ceph RGW with Object Lock vs pgBackRest repo-type s3: backup, restore, bytes, requests
-#   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, memory
+#   bench/run.sh gate      pgbench through the gate vs direct vs PgBouncer: TPS, p99, CPU/statement, 500-conn TPS+RSS
 #   bench/run.sh detect    WAL decode + detect throughput on one core vs pg_waldump (>= 1 GB)
 #   bench/run.sh repair    repair of one merchant vs full PITR: time to data back, work lost since
 #   bench/run.sh           all of them

@@ -326,5 +326,24 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         a.pending_records,
     );
     put("holdfast_gate_audit_pending_bytes", "Audit bytes not yet in the vault.", "gauge", a.pending_bytes);
+    let c = s.guard.cache_stats();
+    put(
+        "holdfast_gate_guard_parses_total",
+        "Statements the guard parsed and classified in full.",
+        "counter",
+        c.parsed,
+    );
+    put(
+        "holdfast_gate_guard_text_cache_hits_total",
+        "Statements judged from the analysis of the same text seen before.",
+        "counter",
+        c.text_hits,
+    );
+    put(
+        "holdfast_gate_guard_shape_cache_hits_total",
+        "Statements judged from the analysis of the same shape (the same text but for constants' values).",
+        "counter",
+        c.shape_hits,
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -282,6 +282,10 @@ pub struct Session<'a> {
     error_since_ready: bool,
     /// Answers (CommandComplete … ReadyForQuery) to the gate's own queries still to swallow.
     swallow: u32,
+    /// The last measured write of a run was kept inside the client's transaction: its savepoint
+    /// is released in the same flight as whatever the client sends next (before it), not in a
+    /// round trip of its own before the client hears back.
+    release_pending: bool,
     /// The Bind message body of each portal (its parameters for an approval request, and to
     /// bind it again when a measured write is approved), at most `MAX_BOUND` portals.
     bound: HashMap<String, Bytes>,
@@ -347,6 +351,7 @@ impl<'a> Session<'a> {
             batch: Vec::new(),
             error_since_ready: false,
             swallow: 0,
+            release_pending: false,
             bound: HashMap::new(),
             next_hold_drop: Vec::new(),
             drop_tags: VecDeque::new(),
@@ -551,6 +556,19 @@ impl<'a> Session<'a> {
                 b'S' => self.server_parameter(&f).await?,
                 _ => {}
             }
+            if self.swallow > 0 {
+                // The answers to a deferred RELEASE, sent before anything of the client's that
+                // followed it: never counted as the client's (extended-protocol answers, drops).
+                match f.tag {
+                    b'Z' => self.swallow -= 1,
+                    b'S' | b'A' => f.encode(&mut self.cout),
+                    b'E' => {
+                        tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             if self.xrun.is_some() && !matches!(f.tag, b'S' | b'A') {
                 self.on_xrun_frame(f).await?;
                 continue;
@@ -611,16 +629,6 @@ impl<'a> Session<'a> {
             if matches!(f.tag, b'S' | b'A') && (self.swallow > 0 || self.run.is_some()) {
                 // Asynchronous: the client's, whoever's statement is running.
                 f.encode(&mut self.cout);
-                continue;
-            }
-            if self.swallow > 0 {
-                match f.tag {
-                    b'Z' => self.swallow -= 1,
-                    b'E' => {
-                        tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
-                    }
-                    _ => {}
-                }
                 continue;
             }
             if self.run.is_some() {
@@ -745,6 +753,12 @@ impl<'a> Session<'a> {
     }
 
     async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
+        if self.release_pending {
+            // Ahead of the client's message, in the same flight; its answers are swallowed.
+            self.release_pending = false;
+            self.send_query(RELEASE);
+            self.swallow += 1;
+        }
         match f.tag {
             b'Q' => {
                 if self.batch_open {
@@ -1265,7 +1279,15 @@ impl<'a> Session<'a> {
                     let buf = std::mem::take(&mut r.buffered);
                     self.cout.extend_from_slice(&buf);
                     self.shared.metrics.allowed.inc();
-                    self.run_send(Step::Quiet, RELEASE);
+                    if !r.units.is_empty() {
+                        // More of the string follows: released in the same flight as it.
+                        self.run_send(Step::Quiet, RELEASE);
+                    } else if !r.opened {
+                        // The client's transaction goes on: released ahead of the client's
+                        // next message, so the client hears back now.
+                        self.release_pending = true;
+                    }
+                    // (In a transaction the gate opened, its COMMIT releases the savepoint.)
                 } else {
                     r.buffered.clear();
                     r.tags.clear();

@@ -23,10 +23,25 @@ pub(crate) struct Analysis {
     /// statements); `None` when it parsed.
     pub error: Option<String>,
     pub statements: Vec<StmtAnalysis>,
+    /// Some verdict above was reached by reading a constant's value (`LIKE '%'`,
+    /// `set_config('search_path', …)`, `EXPLAIN (ANALYZE off)`, a comparison whose two sides
+    /// differ only in constants…): the analysis holds for this text only, never for its shape.
+    pub reads_constants: bool,
+}
+
+std::thread_local! {
+    /// Set by every function that looks at a constant's value, during one [`analyze`] (which
+    /// runs start to end on one thread, with no await): the guard then never reuses the
+    /// analysis for another text of the same shape.
+    static READS_CONSTANTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn constant_read() {
+    READS_CONSTANTS.with(|c| c.set(true));
 }
 
 /// One top-level statement.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct StmtAnalysis {
     pub kind: String,
     /// The statement's own text, cut from the message at the parser's offsets.
@@ -57,7 +72,7 @@ pub(crate) struct StmtAnalysis {
     pub unqualified_builtins: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Effect {
     /// `PREPARE name AS …`: the analysis of the prepared statement.
     Prepare {
@@ -84,7 +99,7 @@ pub(crate) enum Effect {
 
 impl Analysis {
     pub(crate) fn refused(reason: String) -> Analysis {
-        Analysis { error: Some(reason), statements: Vec::new() }
+        Analysis { error: Some(reason), statements: Vec::new(), reads_constants: false }
     }
 }
 
@@ -133,6 +148,7 @@ pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Ana
         ));
     }
     let mut statements = Vec::with_capacity(stmts.len());
+    READS_CONSTANTS.with(|c| c.set(false));
     for raw in stmts {
         let tree = match raw.stmt.as_ref().map(serde_json::to_value) {
             Some(Ok(v)) => v,
@@ -150,7 +166,7 @@ pub(crate) fn analyze(sql: &str, policy: &Policy, standard_strings: bool) -> Ana
         st.text = sql.get(start..end).unwrap_or("").trim().to_string();
         statements.push(st);
     }
-    Analysis { error: None, statements }
+    Analysis { error: None, statements, reads_constants: READS_CONSTANTS.with(|c| c.replace(false)) }
 }
 
 /// Analyses one statement given as a `Node` value (`{"node": {"DeleteStmt": {…}}}`).
@@ -333,6 +349,7 @@ fn object_name(v: &Value) -> String {
 
 /// A constant string argument (`'role'`), if the node is one.
 fn const_string(v: &Value) -> Option<&str> {
+    constant_read();
     match as_node(v) {
         Some(("AConst", b)) => b.get("val")?.get("Sval")?.get("sval")?.as_str(),
         Some(("TypeCast", b)) => const_string(field(b, "arg")),
@@ -861,7 +878,11 @@ impl Walker<'_> {
                 self.visit(query, ctx.inner());
                 self.effects.push(Effect::Declare {
                     name,
-                    analysis: Arc::new(Analysis { error: None, statements: vec![inner] }),
+                    analysis: Arc::new(Analysis {
+                        error: None,
+                        statements: vec![inner],
+                        reads_constants: false,
+                    }),
                     hold,
                 });
             }
@@ -1209,7 +1230,7 @@ impl Walker<'_> {
         let inner = analyze_statement(query, self.policy);
         self.effects.push(Effect::Prepare {
             name,
-            analysis: Arc::new(Analysis { error: None, statements: vec![inner] }),
+            analysis: Arc::new(Analysis { error: None, statements: vec![inner], reads_constants: false }),
         });
     }
 
@@ -1370,6 +1391,7 @@ impl Walker<'_> {
 /// An option argument that turns it off (`ANALYZE false`, `FULL off`, `NOSUPERUSER`). PostgreSQL
 /// accepts true/false/on/off/1/0; anything that is not clearly off counts as on.
 fn option_off(arg: &Value) -> bool {
+    constant_read();
     match as_node(arg) {
         Some(("Boolean", b)) => !bool_field(b, "boolval"),
         Some(("Integer", b)) => int_field(b, "ival") == 0,
@@ -1397,9 +1419,13 @@ fn has_column_ref(v: &Value) -> bool {
 
 /// A canonical text for comparing expressions: locations dropped, a column qualified with the
 /// target table (or its alias) written as the bare column.
-fn canonical(v: &Value, targets: &[&str], out: &mut String) {
+fn canonical(v: &Value, targets: &[&str], mask: bool, out: &mut String) {
     match v {
         Value::Object(m) => {
+            if mask && let Some(("AConst", _)) = as_node(v) {
+                out.push_str("const");
+                return;
+            }
             if let Some(("ColumnRef", b)) = as_node(v) {
                 let mut f = names(list(b, "fields"));
                 if f.len() == 2 && targets.contains(&f[0].as_str()) {
@@ -1414,7 +1440,7 @@ fn canonical(v: &Value, targets: &[&str], out: &mut String) {
                 if k != "location" {
                     out.push_str(k);
                     out.push(':');
-                    canonical(x, targets, out);
+                    canonical(x, targets, mask, out);
                     out.push(',');
                 }
             }
@@ -1423,7 +1449,7 @@ fn canonical(v: &Value, targets: &[&str], out: &mut String) {
         Value::Array(a) => {
             out.push('[');
             for x in a {
-                canonical(x, targets, out);
+                canonical(x, targets, mask, out);
                 out.push(',');
             }
             out.push(']');
@@ -1462,8 +1488,16 @@ fn all_rows(e: &Value, targets: &[&str]) -> Option<String> {
             match kind {
                 Ok(AExprKind::AexprOp | AExprKind::AexprNotDistinct) if matches!(op, "=" | ">=" | "<=") => {
                     let (mut a, mut c) = (String::new(), String::new());
-                    canonical(l, targets, &mut a);
-                    canonical(r, targets, &mut c);
+                    canonical(l, targets, false, &mut a);
+                    canonical(r, targets, false, &mut c);
+                    // With every constant masked, equal sides mean the verdict rests on the
+                    // constants' values (`id + 1 = id + 1` against `id + 1 = id + 2`).
+                    let (mut ma, mut mc) = (String::new(), String::new());
+                    canonical(l, targets, true, &mut ma);
+                    canonical(r, targets, true, &mut mc);
+                    if ma == mc && (a != ma || c != mc) {
+                        constant_read();
+                    }
                     (a == c).then(|| "it compares a value with itself".to_string())
                 }
                 Ok(AExprKind::AexprLike | AExprKind::AexprIlike) if matches!(op, "~~" | "~~*") => {

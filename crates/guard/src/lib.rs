@@ -22,8 +22,10 @@
 mod classify;
 mod functions;
 mod policy;
+mod shape;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -170,6 +172,22 @@ pub struct Guard {
     policy: Policy,
     /// One cache per lexing (standard_conforming_strings on, off).
     caches: [Mutex<Cache>; 2],
+    /// Analyses by shape ([`shape::key`]): texts that differ from a seen one only in the values
+    /// of constants, under standard_conforming_strings on, one statement, and an analysis that
+    /// never read a constant's value. Bounded like the text cache.
+    shapes: Mutex<Cache>,
+    stats: [AtomicU64; 3],
+}
+
+/// How the guard's analyses were obtained, since it started (for the gate's metrics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CacheStats {
+    /// Full parses and classifications.
+    pub parsed: u64,
+    /// Answered from the text cache (the same text seen before).
+    pub text_hits: u64,
+    /// Answered from the shape cache (the same text but for constants' values): no parse.
+    pub shape_hits: u64,
 }
 
 /// Per connection: the prepared statements the server may hold (by name) and settings that
@@ -538,6 +556,20 @@ pub const TRANSACTION_CONTROL: &[&str] = &[
     "TRANSACTION",
 ];
 
+/// Whether the analysis of `sql` holds for every text of its shape: one plain query or DML
+/// statement (no session effects, no EXECUTE/FETCH of other statements), whose verdict never
+/// read a constant's value, and whose text is the message's (up to a final `;`).
+fn shape_reusable(a: &Analysis, text: &str) -> bool {
+    let [st] = a.statements.as_slice() else { return false };
+    a.error.is_none()
+        && !a.reads_constants
+        && matches!(st.kind.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE")
+        && st.effects.is_empty()
+        && st.executes.is_empty()
+        && st.fetches.is_empty()
+        && st.text == text
+}
+
 /// A statement resolved against a session.
 struct Resolved {
     class: Class,
@@ -559,7 +591,18 @@ enum Apply {
 
 impl Guard {
     pub fn new(policy: Policy) -> Guard {
-        Guard { policy, caches: [Mutex::new(Cache::default()), Mutex::new(Cache::default())] }
+        Guard {
+            policy,
+            caches: [Mutex::new(Cache::default()), Mutex::new(Cache::default())],
+            shapes: Mutex::new(Cache::default()),
+            stats: Default::default(),
+        }
+    }
+
+    /// How many analyses were parsed, and how many came from the caches.
+    pub fn cache_stats(&self) -> CacheStats {
+        let n = |i: usize| self.stats[i].load(Ordering::Relaxed);
+        CacheStats { parsed: n(0), text_hits: n(1), shape_hits: n(2) }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -673,16 +716,35 @@ impl Guard {
         }
     }
 
-    /// The analysis of `sql`, from the cache when the same text was seen recently.
+    /// The analysis of `sql`, from the cache when the same text (or, under standard lexing, the
+    /// same shape: the same text but for the values of constants) was seen recently.
     fn analysis(&self, sql: &str, standard_strings: bool) -> Arc<Analysis> {
         let cache = &self.caches[usize::from(!standard_strings)];
         let cacheable = sql.len() <= CACHE_MAX_TEXT;
         if cacheable && let Some(a) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+            self.stats[1].fetch_add(1, Ordering::Relaxed);
             return a;
         }
+        // The scanner lexes as standard_conforming_strings = on: the other lexing never shares.
+        let shape = if cacheable && standard_strings { shape::shape(sql) } else { None };
+        if let Some(sh) = &shape
+            && let Some(a) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&sh.key)
+        {
+            self.stats[2].fetch_add(1, Ordering::Relaxed);
+            // Everything but the statement's text is the same for every text of the shape.
+            let mut st = a.statements[0].clone();
+            st.text = shape::statement_text(sql, sh).to_string();
+            return Arc::new(Analysis { error: None, statements: vec![st], reads_constants: false });
+        }
+        self.stats[0].fetch_add(1, Ordering::Relaxed);
         let a = Arc::new(classify::analyze(sql, &self.policy, standard_strings));
-        if cacheable {
-            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone());
+        match shape {
+            Some(sh) if shape_reusable(&a, shape::statement_text(sql, &sh)) => {
+                // One entry per shape; the text cache would only fill with one-off literals.
+                self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(&sh.key, a.clone());
+            }
+            _ if cacheable => cache.lock().unwrap_or_else(|e| e.into_inner()).insert(sql, a.clone()),
+            _ => {}
         }
         a
     }

@@ -17,3 +17,6 @@ mod props;
 
 #[path = "real_postgres.rs"]
 mod real_postgres;
+
+#[path = "shape_cache.rs"]
+mod shape_cache;

@@ -563,3 +563,56 @@ fn data_text(r: &[Reply]) -> String {
     let len = i32::from_be_bytes([d.body[2], d.body[3], d.body[4], d.body[5]]) as usize;
     String::from_utf8_lossy(&d.body[6..6 + len]).into_owned()
 }
+
+/// A measured write kept inside the client's transaction has its savepoint released ahead of
+/// the client's next message (in the same flight), not before the client hears back: whatever
+/// comes next — an extended-protocol batch, a write over the limit, the client's own savepoints,
+/// COMMIT — sees exactly the answers and the rows it would without the deferral.
+#[test]
+fn a_kept_write_is_released_with_the_next_message_and_rollbacks_stay_exact() {
+    let g = Gate::start_with("", "row_guard_max_rows = 10\nbudget_rows = 1000000\n", false);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let count = |c: &mut Raw| {
+        let r = c.query("SELECT count(*) FROM orders");
+        ok(&r, "count");
+        data_text(&r)
+    };
+    assert_eq!(count(&mut c), "100");
+    ok(&c.query("BEGIN"), "BEGIN");
+    let r = c.query("DELETE FROM orders WHERE id <= 2");
+    ok(&r, "kept write");
+    assert_eq!(r.last().map(|m| m.body.clone()), Some(b"T".to_vec()), "still in the transaction");
+    // Next, an extended-protocol batch: its answers are its own, none of the RELEASE's.
+    let r = c.exchange(&[parse("", "SELECT count(*) FROM orders"), bind("", ""), execute(""), Msg::Sync]);
+    ok(&r, "extended batch after a kept write");
+    assert_eq!(data_text(&r), "98");
+    assert_eq!(r.iter().filter(|m| m.tag == b'Z').count(), 1, "{r:?}");
+    assert_eq!(r.iter().filter(|m| m.tag == b'C').count(), 1, "{r:?}");
+    // Two kept writes in a row, then one over the limit: refused (which, like the server's own
+    // errors, aborts the client's transaction), and nothing of it stays.
+    ok(&c.query("DELETE FROM orders WHERE id BETWEEN 3 AND 4"), "kept write");
+    assert_eq!(count(&mut c), "96");
+    refused(&c.query("DELETE FROM orders WHERE id > 4"), "over the limit");
+    c.query("ROLLBACK");
+    assert_eq!(g.count("orders"), 100);
+    // Kept writes, the client's own savepoint around one: rolled back exactly to it.
+    ok(&c.query("BEGIN"), "BEGIN");
+    ok(&c.query("DELETE FROM orders WHERE id <= 4"), "kept write");
+    ok(&c.query("UPDATE orders SET total = 0 WHERE id = 5"), "kept write");
+    ok(&c.query("SAVEPOINT mine"), "SAVEPOINT");
+    ok(&c.query("DELETE FROM orders WHERE id = 6"), "kept write");
+    ok(&c.query("ROLLBACK TO SAVEPOINT mine"), "ROLLBACK TO");
+    assert_eq!(count(&mut c), "96");
+    ok(&c.query("DELETE FROM orders WHERE id = 7"), "kept write");
+    let r = c.query("COMMIT");
+    ok(&r, "COMMIT");
+    assert_eq!(r.last().map(|m| m.body.clone()), Some(b"I".to_vec()));
+    assert_eq!(g.count("orders"), 95);
+    assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 5").unwrap(), "0");
+    // A kept write and then the session ends: the server ends the transaction (rolled back).
+    ok(&c.query("BEGIN"), "BEGIN");
+    ok(&c.query("DELETE FROM orders WHERE id = 8"), "kept write");
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(g.count("orders"), 95);
+}
