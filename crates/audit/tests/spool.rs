@@ -275,7 +275,13 @@ async fn with_the_vault_unreachable_appends_stop_at_the_bound_and_nothing_is_dro
     };
     assert_eq!(limit, 64 * 1024);
     assert!(pending_bytes <= limit && pending_bytes > limit - 2048, "{pending_bytes}");
-    // The shipper has been failing all along, and says why.
+    // The shipper has been failing all along, and says why. The appends can
+    // outrun its first attempt (they take microseconds, it tries every 20 ms),
+    // so wait for it to have tried at least once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log.status().last_ship_error.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let st = log.status();
     assert_eq!((st.last_seq, st.shipped_seq), (ok, 0));
     assert!(st.last_ship_error.as_deref().is_some_and(|e| e.contains("could not reach the vault")), "{st:?}");
