@@ -83,7 +83,11 @@ impl Batch {
         };
         let (first_seq, last_seq, prev, hash) = (first.seq, last.seq, first.prev, last.hash);
         if last_seq.checked_sub(first_seq).map(|d| d + 1) != Some(records.len() as u64) {
-            return Err(BatchError::NotConsecutive { first: first_seq, last: last_seq, count: records.len() });
+            return Err(BatchError::NotConsecutive {
+                first: first_seq,
+                last: last_seq,
+                count: records.len(),
+            });
         }
         let sig = key.sign(&Batch::signed_message(gate, first_seq, last_seq, &prev, &hash));
         Ok(Batch {

@@ -57,7 +57,6 @@ pub enum BatchError {
 
 impl vault_types::UserFacing for BatchError {}
 
-
 /// Errors of key files and the spool. Messages say what failed, why, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -128,7 +127,9 @@ pub enum AuditError {
 impl vault_types::UserFacing for AuditError {
     fn user_message(&self) -> String {
         match self {
-            AuditError::Io { .. } => "the gate's audit log cannot read or write its files on the gate host".into(),
+            AuditError::Io { .. } => {
+                "the gate's audit log cannot read or write its files on the gate host".into()
+            }
             AuditError::KeyFile { .. } => "the gate's audit signing key cannot be used".into(),
             AuditError::Corrupt { .. } => "the gate's audit spool is damaged".into(),
             AuditError::SpoolFull { pending_bytes, limit, .. } => format!(

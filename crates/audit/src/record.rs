@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use crate::event::Event;
 use crate::error::ParseError;
+use crate::event::Event;
 use crate::time::AuditTime;
 
 /// Domain separation: a record hash can never be confused with any other BLAKE3 use.

@@ -37,9 +37,10 @@ impl AuditLog {
         let path = self.inner.dir.join(GATE_FILE);
         match std::fs::read_to_string(&path) {
             Ok(existing) if existing.trim() == gate_id => Ok(()),
-            Ok(existing) => {
-                Err(AuditError::GateMismatch { shipped: existing.trim().to_string(), asked: gate_id.to_string() })
-            }
+            Ok(existing) => Err(AuditError::GateMismatch {
+                shipped: existing.trim().to_string(),
+                asked: gate_id.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 write_atomically(&self.inner.dir, GATE_FILE, format!("{gate_id}\n").as_bytes())
             }
