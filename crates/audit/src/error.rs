@@ -150,3 +150,40 @@ impl AuditError {
         AuditError::Io { what, path: path.into(), source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vault_types::UserFacing;
+
+    #[test]
+    fn a_client_of_the_gate_is_told_what_failed_not_the_gate_hosts_paths() {
+        let e = AuditError::io(
+            "cannot write the audit record to",
+            "/var/lib/holdfast/gate/audit/1.jsonl",
+            std::io::Error::other("Input/output error"),
+        );
+        assert!(e.to_string().contains("/var/lib/holdfast"), "the log gets the whole story: {e}");
+        let told = e.user_message();
+        assert!(!told.contains("/var/lib") && !told.contains("Input/output"), "{told}");
+        let e = AuditError::SpoolFull {
+            pending_bytes: 2048,
+            limit: 1024,
+            last_error: Some("https://10.0.0.9:8443: connection refused".into()),
+        };
+        assert!(e.to_string().contains("10.0.0.9"), "{e}");
+        let told = e.user_message();
+        assert!(told.contains("the audit spool is full") && !told.contains("10.0.0.9"), "{told}");
+        let e = AuditError::RecordTooLarge { size: 9, limit: 4 };
+        assert_eq!(e.user_message(), e.to_string());
+    }
+
+    #[test]
+    fn values_quoted_in_errors_are_clipped() {
+        let long = "x".repeat(500);
+        let e = ParseError::Digest(clip(&long));
+        assert!(e.to_string().len() < 150, "{e}");
+        let e = ParseError::EventKind("Drop Table".into());
+        assert!(e.to_string().contains("lowercase snake_case, e.g. "), "{e}");
+    }
+}
