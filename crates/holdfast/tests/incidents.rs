@@ -278,6 +278,8 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
             s.xid_of(a.db, a.sql)
         };
         a.done = Some(Instant::now());
+        // Time passes between acts on purpose: the load commits rows in between, so each undo
+        // is checked against a ledger of its own.
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(acts[0].ledger.len() > 10, "the background load is running: {}", acts[0].ledger.len());
@@ -294,6 +296,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         assert!(Instant::now() < deadline, "incidents did not appear: {list:#?}\n{}", s.v.log());
         std::thread::sleep(Duration::from_millis(100));
     };
+    // This sleep is the point: time passes, and no further incident may appear.
     std::thread::sleep(Duration::from_secs(1));
     let incidents = {
         let again = s.incidents();
