@@ -7,6 +7,7 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
+use crate::error::{BatchError, ParseError, clip};
 use crate::record::{Digest, Record};
 
 /// The catalog record kind batches are stored under.
@@ -34,18 +35,11 @@ pub struct Batch {
 }
 
 /// Checks a gate id: 1–64 characters of letters, digits, `.`, `_`, `-`.
-pub fn validate_gate_id(gate: &str) -> Result<(), String> {
+pub fn validate_gate_id(gate: &str) -> Result<(), ParseError> {
     let ok = !gate.is_empty()
         && gate.len() <= 64
         && gate.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{:?} is not a gate id: 1–64 letters, digits, '.', '_' or '-'",
-            gate.chars().take(70).collect::<String>()
-        ))
-    }
+    if ok { Ok(()) } else { Err(ParseError::GateId(clip(gate))) }
 }
 
 /// Hex of a public key, as batches carry it.
@@ -54,15 +48,11 @@ pub fn key_hex(key: &VerifyingKey) -> String {
 }
 
 /// Parses 64 hex digits into a public key.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, ParseError> {
+    let text = text.trim();
     let mut b = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut b).map_err(|_| {
-        format!(
-            "{:?} is not an ed25519 public key (64 hex digits expected)",
-            text.trim().chars().take(70).collect::<String>()
-        )
-    })?;
-    VerifyingKey::from_bytes(&b).map_err(|_| format!("{} is not a valid ed25519 public key", text.trim()))
+    hex::decode_to_slice(text, &mut b).map_err(|_| ParseError::PublicKeyHex(clip(text)))?;
+    VerifyingKey::from_bytes(&b).map_err(|_| ParseError::PublicKeyInvalid(text.to_string()))
 }
 
 impl Batch {
@@ -86,14 +76,18 @@ impl Batch {
     }
 
     /// Signs consecutive records (at least one) of `gate`.
-    pub fn sign(gate: &str, records: Vec<Record>, key: &SigningKey) -> Result<Batch, String> {
+    pub fn sign(gate: &str, records: Vec<Record>, key: &SigningKey) -> Result<Batch, BatchError> {
         validate_gate_id(gate)?;
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            return Err("a batch needs at least one record".into());
+            return Err(BatchError::Empty);
         };
         let (first_seq, last_seq, prev, hash) = (first.seq, last.seq, first.prev, last.hash);
         if last_seq.checked_sub(first_seq).map(|d| d + 1) != Some(records.len() as u64) {
-            return Err(format!("records {first_seq}..{last_seq} are not consecutive"));
+            return Err(BatchError::NotConsecutive {
+                first: first_seq,
+                last: last_seq,
+                count: records.len(),
+            });
         }
         let sig = key.sign(&Batch::signed_message(gate, first_seq, last_seq, &prev, &hash));
         Ok(Batch {
@@ -108,23 +102,21 @@ impl Batch {
     }
 
     /// The key the batch claims to be signed with.
-    pub fn claimed_key(&self) -> Result<VerifyingKey, String> {
+    pub fn claimed_key(&self) -> Result<VerifyingKey, ParseError> {
         parse_public_key(&self.public_key)
     }
 
     /// Checks the signature against the batch's own key, over its records' first `prev` and
     /// last hash and its claimed range. Whether that key is *trusted* is the caller's question.
-    pub fn check_signature(&self) -> Result<VerifyingKey, String> {
+    pub fn check_signature(&self) -> Result<VerifyingKey, BatchError> {
         let key = self.claimed_key()?;
         let (Some(first), Some(last)) = (self.records.first(), self.records.last()) else {
-            return Err("the batch holds no records".into());
+            return Err(BatchError::Empty);
         };
         let mut sig = [0u8; 64];
-        hex::decode_to_slice(&self.signature, &mut sig)
-            .map_err(|_| "the signature is not 128 hex digits".to_string())?;
+        hex::decode_to_slice(&self.signature, &mut sig).map_err(|_| BatchError::SignatureNotHex)?;
         let msg = Batch::signed_message(&self.gate, self.first_seq, self.last_seq, &first.prev, &last.hash);
-        key.verify_strict(&msg, &Signature::from_bytes(&sig))
-            .map_err(|_| "the signature does not match the batch".to_string())?;
+        key.verify_strict(&msg, &Signature::from_bytes(&sig)).map_err(|_| BatchError::SignatureMismatch)?;
         Ok(key)
     }
 }
@@ -153,16 +145,26 @@ mod tests {
         assert_eq!(b.check_signature().unwrap(), key.verifying_key());
         let mut other_gate = b.clone();
         other_gate.gate = "gate-2".into();
-        assert!(other_gate.check_signature().is_err());
+        assert_eq!(other_gate.check_signature(), Err(BatchError::SignatureMismatch));
         let mut other_range = b.clone();
         other_range.last_seq = 4;
         assert!(other_range.check_signature().is_err());
         let mut dropped_last = b.clone();
         dropped_last.records.pop();
         assert!(dropped_last.check_signature().is_err());
-        assert!(Batch::sign("gate 1", chain(1), &key).is_err());
+        assert_eq!(Batch::sign("gate 1", chain(1), &key), Err(ParseError::GateId("gate 1".into()).into()));
         let mut gap = chain(3);
         gap.remove(1);
-        assert!(Batch::sign("g", gap, &key).is_err());
+        let e = Batch::sign("g", gap, &key).unwrap_err();
+        assert_eq!(e, BatchError::NotConsecutive { first: 1, last: 3, count: 2 });
+        assert!(e.to_string().contains("records 1..3 are not consecutive"), "{e}");
+        assert_eq!(Batch::sign("g", Vec::new(), &key), Err(BatchError::Empty));
+        let mut bad_sig = b.clone();
+        bad_sig.signature = "zz".into();
+        assert_eq!(bad_sig.check_signature(), Err(BatchError::SignatureNotHex));
+        let mut bad_key = b.clone();
+        bad_key.public_key = "not hex".into();
+        let e = bad_key.check_signature().unwrap_err();
+        assert!(e.to_string().contains("not an ed25519 public key (64 hex digits expected)"), "{e}");
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::ParseError;
+
 /// What happened. Written as a snake_case word; kinds this version does not know are kept as
 /// `Other` so that an older verifier still checks (and shows) records of a newer gate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,9 +92,9 @@ impl fmt::Display for EventKind {
 }
 
 impl FromStr for EventKind {
-    type Err = String;
+    type Err = ParseError;
     /// Any lowercase snake_case word of at most 64 characters; unknown ones become `Other`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         if let Some((_, k)) = Self::KNOWN.iter().find(|(n, _)| *n == s) {
             return Ok(k.clone());
         }
@@ -102,11 +104,7 @@ impl FromStr for EventKind {
         if ok {
             Ok(EventKind::Other(s.to_string()))
         } else {
-            Err(format!(
-                "{:?} is not an event kind (lowercase snake_case, e.g. {})",
-                s.chars().take(70).collect::<String>(),
-                Self::known_names().take(6).collect::<Vec<_>>().join(", ")
-            ))
+            Err(ParseError::EventKind(crate::error::clip(s)))
         }
     }
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::batch::{key_hex, parse_public_key};
-use crate::error::AuditError;
+use crate::error::{AuditError, clip};
 
 /// Creates a new key in a new file (mode 0600; refuses to overwrite) and returns it.
 pub fn generate(path: &Path) -> Result<SigningKey, AuditError> {
@@ -68,20 +68,20 @@ pub fn load(path: &Path) -> Result<SigningKey, AuditError> {
 /// A public key to trust: 64 hex digits, or a file holding them (the `# public key:` line of a
 /// key file counts too, so `--trust-key gate.key` works on the gate host; the public key alone
 /// is what the verifier should be given elsewhere).
-pub fn load_public(arg: &str) -> Result<VerifyingKey, String> {
+pub fn load_public(arg: &str) -> Result<VerifyingKey, AuditError> {
     if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return parse_public_key(arg);
+        return Ok(parse_public_key(arg)?);
     }
-    let path = Path::new(arg);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{arg:?} is neither 64 hex digits nor a readable file: {e}"))?;
+    let text = std::fs::read_to_string(Path::new(arg))
+        .map_err(|source| AuditError::TrustKeyUnreadable { arg: clip(arg), source })?;
+    let invalid = |source| AuditError::TrustKeyInvalid { arg: arg.to_string(), source };
     for l in text.lines().map(str::trim) {
         if let Some(rest) = l.strip_prefix("# public key:") {
-            return parse_public_key(rest.trim());
+            return parse_public_key(rest).map_err(invalid);
         }
     }
-    let line = first_line(&text).ok_or_else(|| format!("{arg}: holds no public key"))?;
-    parse_public_key(line).map_err(|e| format!("{arg}: {e}"))
+    let line = first_line(&text).ok_or_else(|| AuditError::TrustKeyMissing { arg: arg.to_string() })?;
+    parse_public_key(line).map_err(invalid)
 }
 
 fn first_line(text: &str) -> Option<&str> {
@@ -91,6 +91,7 @@ fn first_line(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ParseError;
 
     #[test]
     fn generate_load_and_public() {
@@ -106,7 +107,16 @@ mod tests {
         let pubfile = dir.path().join("gate.pub");
         std::fs::write(&pubfile, format!("{public}\n")).unwrap();
         assert_eq!(load_public(pubfile.to_str().unwrap()).unwrap(), k.verifying_key());
-        assert!(load_public("not-a-key").unwrap_err().contains("neither 64 hex digits"));
+        let e = load_public("not-a-key").unwrap_err();
+        assert!(matches!(e, AuditError::TrustKeyUnreadable { .. }), "{e}");
+        assert!(e.to_string().contains("neither 64 hex digits"), "{e}");
+        let empty = dir.path().join("empty.pub");
+        std::fs::write(&empty, "# nothing here\n").unwrap();
+        let e = load_public(empty.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("holds no public key"), "{e}");
+        std::fs::write(&empty, "# public key: 12ab\n").unwrap();
+        let e = load_public(empty.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, AuditError::TrustKeyInvalid { source: ParseError::PublicKeyHex(_), .. }), "{e}");
 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load(&p).unwrap_err().to_string();

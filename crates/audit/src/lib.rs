@@ -41,7 +41,7 @@ mod ship;
 pub mod spool;
 
 pub use batch::{BATCH_KIND, Batch, key_hex, parse_public_key, validate_gate_id};
-pub use error::AuditError;
+pub use error::{AuditError, BatchError, ParseError};
 pub use event::{Event, EventKind};
 pub use record::{Digest, Record};
 pub use search::{Filter, search};

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::error::ParseError;
 use crate::event::Event;
 use crate::time::AuditTime;
 
@@ -43,12 +44,10 @@ impl fmt::Display for Digest {
 }
 
 impl std::str::FromStr for Digest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let mut b = [0u8; 32];
-        hex::decode_to_slice(s, &mut b).map_err(|_| {
-            format!("{:?} is not a hash (64 hex digits expected)", s.chars().take(70).collect::<String>())
-        })?;
+        hex::decode_to_slice(s, &mut b).map_err(|_| ParseError::Digest(crate::error::clip(s)))?;
         Ok(Digest(b))
     }
 }

@@ -25,27 +25,26 @@ impl AuditLog {
         tokio::spawn(async move {
             if let Err(e) = log.claim_gate_id(&gate_id) {
                 tracing::error!(error = %e, "audit shipper not started");
-                log.inner.shared().last_ship_error = Some(e);
+                log.inner.shared().last_ship_error = Some(e.to_string());
                 return;
             }
             log.ship_forever(client, gate_id).await
         })
     }
 
-    fn claim_gate_id(&self, gate_id: &str) -> Result<(), String> {
+    fn claim_gate_id(&self, gate_id: &str) -> Result<(), AuditError> {
         validate_gate_id(gate_id)?;
         let path = self.inner.dir.join(GATE_FILE);
         match std::fs::read_to_string(&path) {
             Ok(existing) if existing.trim() == gate_id => Ok(()),
-            Ok(existing) => Err(format!(
-                "this spool's chain is shipped as gate {:?}, not {gate_id:?}: keep the gate id, or give the new id its own spool directory",
-                existing.trim()
-            )),
+            Ok(existing) => Err(AuditError::GateMismatch {
+                shipped: existing.trim().to_string(),
+                asked: gate_id.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 write_atomically(&self.inner.dir, GATE_FILE, format!("{gate_id}\n").as_bytes())
-                    .map_err(|e| e.to_string())
             }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(AuditError::io("cannot read the spool's gate id", path, e)),
         }
     }
 

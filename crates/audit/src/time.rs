@@ -7,6 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::{ParseError, clip};
+
 /// A point in time, microseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct AuditTime(pub i64);
@@ -48,12 +50,12 @@ impl fmt::Display for AuditTime {
 }
 
 impl FromStr for AuditTime {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| format!("bad time {s:?}: {e} (expected RFC 3339, e.g. 2026-11-23T09:00:00Z)"))?;
+            .map_err(|e| ParseError::Time { text: clip(s), why: e.to_string() })?;
         let micros = t.unix_timestamp_nanos() / 1000;
-        i64::try_from(micros).map(AuditTime).map_err(|_| format!("time {s:?} is out of range"))
+        i64::try_from(micros).map(AuditTime).map_err(|_| ParseError::TimeRange(clip(s)))
     }
 }
 
@@ -82,6 +84,8 @@ mod tests {
         assert_eq!(s.parse::<AuditTime>().unwrap(), t);
         // Other spellings of the same instant mean the same time.
         assert_eq!("2026-11-18T12:06:40.123456+01:00".parse::<AuditTime>().unwrap(), t);
-        assert!("yesterday".parse::<AuditTime>().unwrap_err().contains("RFC 3339"));
+        let e = "yesterday".parse::<AuditTime>().unwrap_err();
+        assert!(matches!(&e, ParseError::Time { text, .. } if text == "yesterday"), "{e}");
+        assert!(e.to_string().contains("RFC 3339"), "{e}");
     }
 }

@@ -404,6 +404,23 @@ pub async fn read_relations(
     Ok(out)
 }
 
+/// Why a catalog refresh read nothing, or not every database: each database that could not be
+/// read, with the connection's or the server's error. What was read is merged all the same;
+/// what was not stays named by OID until a refresh works (see `catalog_user` in the README).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Neither `postgres` nor `template1` answered the list of databases.
+    #[error("cannot list the databases: {}", failures(.0))]
+    NoDatabaseList(Vec<(String, pgproto::Error)>),
+    /// These databases could not be read; the others were.
+    #[error("{}", failures(.0))]
+    Databases(Vec<(String, pgproto::Error)>),
+}
+
+fn failures(list: &[(String, pgproto::Error)]) -> String {
+    list.iter().map(|(db, e)| format!("{db}: {e}")).collect::<Vec<_>>().join("; ")
+}
+
 /// Sessions opened during one refresh, one per database.
 #[derive(Default)]
 struct Sessions {
@@ -445,7 +462,7 @@ impl Sessions {
 
 /// One refresh: the database list, then each database's relations — or, when `only` names
 /// databases already known by name, just those.
-async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> Result<(), String> {
+async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> Result<(), CatalogError> {
     let known = rt.catalog();
     let names: Option<Vec<(u32, String)>> =
         only.iter().map(|oid| known.database(*oid).map(|n| (*oid, n.to_string()))).collect();
@@ -467,14 +484,14 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
                     let lsn = sets.first().and_then(|s| s.get(0, "lsn")).and_then(|l| l.parse().ok());
                     sessions.lsn = sessions.lsn.max(lsn);
                 }
-                Err(e) => errors.push(format!("{name}: {e}")),
+                Err(e) => errors.push((name.clone(), e)),
             }
         }
         for (_, c) in sessions.by_db.drain() {
             let _ = c.close().await;
         }
         rt.merge_catalog(Vec::new(), relations);
-        return if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
+        return if errors.is_empty() { Ok(()) } else { Err(CatalogError::Databases(errors)) };
     }
     let mut list = None;
     let mut errors = Vec::new();
@@ -490,12 +507,12 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
             }
             Err(e) => {
                 sessions.by_db.remove(first);
-                errors.push(format!("{first}: {e}"));
+                errors.push((first.to_string(), e));
             }
         }
     }
     let Some(sets) = list else {
-        return Err(format!("cannot list the databases: {}", errors.join("; ")));
+        return Err(CatalogError::NoDatabaseList(errors));
     };
     let mut databases = Vec::new();
     if let Some(set) = sets.first() {
@@ -517,7 +534,7 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
             Ok(rels) => relations.extend(rels),
             Err(e) => {
                 sessions.by_db.remove(name);
-                errors.push(format!("{name}: {e}"));
+                errors.push((name.clone(), e));
             }
         }
     }
@@ -527,14 +544,17 @@ async fn refresh(rt: &ClusterRuntime, sessions: &mut Sessions, only: &[u32]) -> 
         let _ = c.close().await;
     }
     rt.merge_catalog(databases, relations);
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() { Ok(()) } else { Err(CatalogError::Databases(errors)) }
 }
 
 /// Refreshes databases `dbs` now, on sessions of its own (the detector asks, to judge a
 /// transaction it just decoded).
 /// Returns the server's WAL position read after the catalog: once the WAL up to it is
 /// decoded, the detector has seen every transaction the catalog shows.
-pub(crate) async fn refresh_now(rt: &ClusterRuntime, dbs: &[u32]) -> Result<Option<pgfmt::Lsn>, String> {
+pub(crate) async fn refresh_now(
+    rt: &ClusterRuntime,
+    dbs: &[u32],
+) -> Result<Option<pgfmt::Lsn>, CatalogError> {
     let mut sessions = Sessions::default();
     let r = refresh(rt, &mut sessions, dbs).await;
     for (_, c) in sessions.by_db.drain() {

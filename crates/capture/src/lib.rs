@@ -81,6 +81,20 @@ pub enum CaptureError {
     Internal(String),
 }
 
+/// What a client of the vault is told (e.g. of a base backup it asked for): storage failures by
+/// their kind, not the vault host's paths or the backend's messages, and no internal detail;
+/// the whole error goes to the vault's log.
+impl store::UserFacing for CaptureError {
+    fn user_message(&self) -> String {
+        match self {
+            CaptureError::Repo(e) => e.user_message(),
+            CaptureError::Store(e) => e.user_message(),
+            CaptureError::Internal(_) => "an internal error in the vault's collector".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<pgfmt::FormatError> for CaptureError {
     fn from(e: pgfmt::FormatError) -> Self {
         CaptureError::Protocol(e.to_string())
@@ -171,5 +185,28 @@ impl Collector {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::UserFacing;
+
+    #[test]
+    fn a_client_is_told_what_failed_not_the_vault_hosts_paths() {
+        let io = std::io::Error::other("No space left on device");
+        let e = CaptureError::Repo(store::RepoError::Io {
+            what: "writing /srv/vault/store/pack/ab".into(),
+            source: io,
+        });
+        assert!(e.to_string().contains("/srv/vault"), "the log gets the whole story: {e}");
+        let told = e.user_message();
+        assert!(!told.contains("/srv/vault") && !told.contains("No space"), "{told}");
+        let e = CaptureError::Internal("the chunking thread panicked at src/basebackup.rs:238".into());
+        assert!(!e.user_message().contains("basebackup.rs"), "{}", e.user_message());
+        // What is the client's to know stays as it was.
+        let e = CaptureError::UnknownCluster("shop".into());
+        assert_eq!(e.user_message(), e.to_string());
     }
 }

@@ -228,16 +228,7 @@ fn pgbench(pg: &TempPg, args: &[&str]) -> Result<Command> {
 
 /// Polls `f` every few milliseconds until it returns `Some`, or fails after `limit`.
 async fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testkit::wait::until_async(limit, Duration::from_millis(5), what, || std::future::ready(f())).await
 }
 
 fn status(c: &Collector, name: &str) -> ClusterStatus {
@@ -463,23 +454,29 @@ async fn collector_restart_mid_load_leaves_no_gap() -> Result<()> {
     let loaded = flush_lsn(&pg)?;
     wait_durable(&first, "restart", loaded, Duration::from_secs(30)).await?;
     let bench = pgbench(&pg, &["-c", "2", "-T", "4", "-n"])?.spawn()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = status(&first, "restart").durable_lsn.context("nothing durable before the crash")?;
+    // Crash mid-load: once some of the load's WAL is stored, while more is on its way.
+    let before = wait_for(Duration::from_secs(15), "WAL of the load to be stored", || {
+        status(&first, "restart").durable_lsn.filter(|d| *d > loaded)
+    })
+    .await?;
     // Dropping without shutdown aborts the tasks mid-flight, as a crash would.
     drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server lets the slot go once the dead collector's connection is gone.
+    wait_for(Duration::from_secs(15), "the crashed collector's slot to be released", || {
+        let active = pg.psql("select active from pg_replication_slots where slot_name = 'holdfast_restart'");
+        active.is_ok_and(|a| a.trim() == "f").then_some(())
+    })
+    .await?;
     let repo = v.reopen().await?;
     let second = v.start(&repo, vec![cluster]).await?;
     // The new collector reads what is stored as it starts (not before `start` returns).
-    let t0 = std::time::Instant::now();
-    while status(&second, "restart").durable_lsn < Some(before) && t0.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ensure!(
-        status(&second, "restart").durable_lsn >= Some(before),
-        "the new collector forgot stored WAL: {before} vs {:?}",
-        status(&second, "restart")
-    );
+    wait_for(Duration::from_secs(15), "the new collector to read the WAL already stored", || {
+        (status(&second, "restart").durable_lsn >= Some(before)).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!("the new collector forgot stored WAL: {before} vs {:?}", status(&second, "restart"))
+    })?;
     let bench = bench.wait_with_output()?;
     ensure!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
     let flushed = flush_lsn(&pg)?;

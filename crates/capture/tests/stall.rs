@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use capture::{Cluster, ClusterConfig, Collector, INCIDENT_RECORD, Incident, VaultHost};
 use pgfmt::{Lsn, TimelineId};
@@ -99,16 +99,7 @@ fn flush_lsn(pg: &TempPg) -> Result<Lsn> {
 }
 
 async fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait::until_async(limit, Duration::from_millis(20), what, || std::future::ready(f())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,8 +154,11 @@ async fn full_disk_is_an_incident_within_seconds_and_capture_resumes_without_a_g
     ensure!(st.incidents.iter().any(|i| i.kind == "capture_stalled"), "status lists it: {st:?}");
     ensure!(durable(&rt) == stalled_at, "nothing can have become durable on a full disk");
     ensure!(store.refused.load(Ordering::SeqCst) >= 2, "the collector retried while full");
-    // One incident per episode, however many reconnects.
+    // One incident per episode, however many reconnects. This sleep is the point: time passes
+    // beyond the 2 s grace while the collector keeps retrying, and no second alert may come.
+    let refused = store.refused.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(store.refused.load(Ordering::SeqCst) > refused, "the collector kept retrying while full");
     let n = host.alerts.lock().unwrap().iter().filter(|i| i.kind == "capture_stalled").count();
     ensure!(n == 1, "{n} capture_stalled alerts for one episode");
 

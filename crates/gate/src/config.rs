@@ -159,6 +159,20 @@ pub struct AuditFile {
     pub on_full: Option<String>,
 }
 
+/// Why a network (`10.1.0.0/16`, an address) or hours (`08:00-20:00`) in the config were
+/// refused; the text is kept to name it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("{0:?} is not an address or CIDR network")]
+    NotANetwork(String),
+    #[error("{0:?}: bad prefix (write e.g. 10.1.0.0/16)")]
+    BadPrefix(String),
+    #[error("{text:?}: prefix over {max}")]
+    PrefixTooLong { text: String, max: u8 },
+    #[error("hours {0:?}: write e.g. \"08:00-20:00\" (UTC)")]
+    Hours(String),
+}
+
 /// A network in CIDR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -167,13 +181,14 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn parse(s: &str) -> Result<Network, String> {
+    pub fn parse(s: &str) -> Result<Network, RangeError> {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.parse().map_err(|_| format!("{s:?} is not an address or CIDR network"))?;
+        let addr: IpAddr = a.parse().map_err(|_| RangeError::NotANetwork(s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() { max } else { p.parse().map_err(|_| format!("{s:?}: bad prefix"))? };
+        let prefix =
+            if p.is_empty() { max } else { p.parse().map_err(|_| RangeError::BadPrefix(s.to_string()))? };
         if prefix > max {
-            return Err(format!("{s:?}: prefix over {max}"));
+            return Err(RangeError::PrefixTooLong { text: s.to_string(), max });
         }
         Ok(Network { addr, prefix })
     }
@@ -205,10 +220,10 @@ pub struct Hours {
 }
 
 impl Hours {
-    pub fn parse(s: &str) -> Result<Hours, String> {
-        let bad = || format!("hours {s:?}: write e.g. \"08:00-20:00\" (UTC)");
+    pub fn parse(s: &str) -> Result<Hours, RangeError> {
+        let bad = || RangeError::Hours(s.to_string());
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let m = |t: &str| -> Result<u32, String> {
+        let m = |t: &str| -> Result<u32, RangeError> {
             let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
             let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
             if h > 24 || m > 59 || (h == 24 && m != 0) {
@@ -535,12 +550,18 @@ mod tests {
         assert!(!n.contains("10.2.0.1".parse().unwrap()));
         assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
         assert!(Network::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
-        assert!(Network::parse("10.0.0.0/33").is_err());
+        assert_eq!(
+            Network::parse("10.0.0.0/33"),
+            Err(RangeError::PrefixTooLong { text: "10.0.0.0/33".into(), max: 32 })
+        );
+        assert_eq!(Network::parse("10.0.0.0/x"), Err(RangeError::BadPrefix("10.0.0.0/x".into())));
+        assert_eq!(Network::parse("office"), Err(RangeError::NotANetwork("office".into())));
         let h = Hours::parse("08:00-20:00").unwrap();
         assert!(h.contains(9 * 3600));
         assert!(!h.contains(21 * 3600));
         let night = Hours::parse("22:00-06:00").unwrap();
         assert!(night.contains(23 * 3600) && night.contains(3600) && !night.contains(12 * 3600));
-        assert!(Hours::parse("8-20").is_err());
+        assert_eq!(Hours::parse("8-20"), Err(RangeError::Hours("8-20".into())));
+        assert!(Hours::parse("08:00-24:30").is_err());
     }
 }

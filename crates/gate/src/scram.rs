@@ -32,14 +32,18 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// A stored password verifier that is not one. The text is not kept: it is a secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a SCRAM-SHA-256 verifier: expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> \
+     (make one with `holdfast gate hash-password`)"
+)]
+pub struct VerifierError;
+
 impl std::str::FromStr for Verifier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Verifier, String> {
-        let bad = || {
-            "not a SCRAM-SHA-256 verifier: expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> \
-             (make one with `holdfast gate hash-password`)"
-                .to_string()
-        };
+    type Err = VerifierError;
+    fn from_str(s: &str) -> Result<Verifier, VerifierError> {
+        let bad = || VerifierError;
         let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or_else(bad)?;
         let (params, keys) = rest.split_once('$').ok_or_else(bad)?;
         let (iter, salt) = params.split_once(':').ok_or_else(bad)?;
@@ -49,7 +53,7 @@ impl std::str::FromStr for Verifier {
             return Err(bad());
         }
         let salt = B64.decode(salt).map_err(|_| bad())?;
-        let key = |k: &str| -> Result<[u8; 32], String> {
+        let key = |k: &str| -> Result<[u8; 32], VerifierError> {
             B64.decode(k).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(bad)
         };
         Ok(Verifier { iterations, salt, stored_key: key(stored)?, server_key: key(server)? })
@@ -265,7 +269,7 @@ mod tests {
         let ex = ServerExchange::start(Some(&v), b"", b"n,,n=,r=abc").unwrap();
         assert!(ex.finish(b"c=biws,r=abc,p=AAAA").is_err());
         for bad in ["", "md5abc", "SCRAM-SHA-256$0:AA==$AA==:AA==", "SCRAM-SHA-256$4096:!!$x:y"] {
-            assert!(bad.parse::<Verifier>().is_err(), "{bad}");
+            assert_eq!(bad.parse::<Verifier>(), Err(VerifierError), "{bad}");
         }
     }
 }

@@ -534,10 +534,24 @@ pub(crate) fn set_sql(name: &str, value: &str) -> String {
     format!("SET {name} TO '{}'", value.replace('\'', "''"))
 }
 
+/// Why the `options` startup parameter was refused; the client is told this, with the hint to
+/// pass settings as `-c name=value`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    #[error("-c without name=value")]
+    MissingSetting,
+    #[error("{0:?} is not a -c name=value setting")]
+    NotASetting(String),
+    #[error("{0:?} is not name=value")]
+    NotNameValue(String),
+    #[error("{0:?} is not a setting name")]
+    BadName(String),
+}
+
 /// The `options` startup parameter as PostgreSQL reads it: words split at unescaped spaces
 /// (`\ ` is a space, `\\` a backslash), each `-c name=value`, `-cname=value` or `--name=value`.
 /// Anything else (other command-line switches) is refused.
-pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();
@@ -559,16 +573,18 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         let kv = if w == "-c" {
-            it.next().ok_or("-c without name=value")?
+            it.next().ok_or(OptionsError::MissingSetting)?
         } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
             rest.to_string()
         } else {
-            return Err(format!("{w:?} is not a -c name=value setting"));
+            return Err(OptionsError::NotASetting(w));
         };
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not name=value"))?;
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(OptionsError::NotNameValue(kv));
+        };
         let k = k.replace('-', "_");
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
-            return Err(format!("{k:?} is not a setting name"));
+            return Err(OptionsError::BadName(k));
         }
         out.push((k, v.to_string()));
     }
@@ -577,7 +593,7 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 
 #[cfg(test)]
 mod options_tests {
-    use super::parse_options;
+    use super::{OptionsError, parse_options};
 
     #[test]
     fn options_are_read_as_postgresql_reads_them() {
@@ -592,8 +608,9 @@ mod options_tests {
                 ("x.y".into(), "a b".into()),
             ]
         );
-        assert!(parse_options("-D /tmp").is_err());
-        assert!(parse_options("-c role").is_err());
-        assert!(parse_options("-c a;b=1").is_err());
+        assert_eq!(parse_options("-D /tmp"), Err(OptionsError::NotASetting("-D".into())));
+        assert_eq!(parse_options("-c role"), Err(OptionsError::NotNameValue("role".into())));
+        assert_eq!(parse_options("-c a;b=1"), Err(OptionsError::BadName("a;b".into())));
+        assert_eq!(parse_options("-c"), Err(OptionsError::MissingSetting));
     }
 }

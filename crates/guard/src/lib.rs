@@ -71,6 +71,16 @@ impl Action {
     }
 }
 
+/// Why a protocol Bind names nothing the guard can judge. The portal is left as it was: the
+/// server fails the Bind too, so nothing runs under the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("prepared statement {0:?} is unknown to the gate: prepare it (Parse) before binding it")]
+    UnknownStatement(String),
+    #[error("prepared statement {0:?} was closed earlier in this batch: prepare it again before binding it")]
+    Closed(String),
+}
+
 /// One statement of a decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatementInfo {
@@ -322,9 +332,9 @@ impl Session {
     /// Protocol Bind: portal `portal` now runs what statement `statement` may be bound to
     /// (judged later by this, never by the statement's name at Execute). Unknown statement:
     /// `Err` (the server fails the Bind too).
-    pub fn bind_portal(&mut self, portal: &str, statement: &str) -> Result<(), String> {
+    pub fn bind_portal(&mut self, portal: &str, statement: &str) -> Result<(), BindError> {
         let Some((mut analyses, _)) = self.lookup(statement) else {
-            return Err(format!("prepared statement {statement:?} is unknown to the gate"));
+            return Err(BindError::UnknownStatement(statement.to_string()));
         };
         if self.changed.get(statement) == Some(&self.sent) {
             // The statement was (re)parsed in this very batch: had that failed, the server
@@ -332,7 +342,7 @@ impl Session {
             // bound. Earlier versions matter only across a Sync the server has not confirmed.
             match self.statements.get(statement).and_then(|b| b.current.clone()) {
                 Some(a) => analyses = vec![a],
-                None => return Err(format!("prepared statement {statement:?} was closed")),
+                None => return Err(BindError::Closed(statement.to_string())),
             }
         }
         let sent = self.sent;

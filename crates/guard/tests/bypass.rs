@@ -5,7 +5,7 @@
 //! over SQL and over the extended protocol — plus the harmless statements that must keep
 //! flowing. None of the destructive cases may come out Allow or RowGuard.
 
-use guard::{Action, Class, Guard, Policy, Session};
+use guard::{Action, BindError, Class, Guard, Policy, Session};
 
 mod cases;
 use cases::{CASES, V, matches};
@@ -444,6 +444,23 @@ fn decisions_serialise_for_the_audit_log() {
         "{:?}",
         d.statements[1].text
     );
+}
+
+#[test]
+fn a_bind_of_a_statement_the_gate_does_not_hold_is_refused_and_binds_nothing() {
+    let guard = Guard::new(Policy::default());
+    let mut s = Session::default();
+    let e = s.bind_portal("p", "nowhere").unwrap_err();
+    assert_eq!(e, BindError::UnknownStatement("nowhere".into()));
+    assert!(e.to_string().contains("\"nowhere\" is unknown to the gate"), "{e}");
+    assert_eq!(guard.check_execute_portal(&s, "p").action, Action::Deny);
+    // Parsed and closed in the same batch: the server holds nothing under the name either.
+    guard.check_parse(&mut s, "gone", "DELETE FROM orders");
+    s.close_statement("gone");
+    guard.check_parse(&mut s, "gone", "DELETE FROM orders WHERE id = 1");
+    s.close_statement("gone");
+    assert_eq!(s.bind_portal("p", "gone"), Err(BindError::Closed("gone".into())));
+    assert_eq!(guard.check_execute_portal(&s, "p").action, Action::Deny);
 }
 
 #[test]

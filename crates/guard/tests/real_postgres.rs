@@ -8,6 +8,7 @@
 mod cases;
 
 use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use anyhow::Result;
 use cases::CASES;
@@ -138,7 +139,17 @@ fn everything_the_guard_allows_destroys_nothing_on_a_real_server() -> Result<()>
     assert!(before.len() >= 15, "{before:?}");
     let balances = pg.psql_db("shop", "SELECT sum(balance) FROM stored_value_cards")?;
     let mut canary = canary(&pg)?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The canary counts only once its session is up (and named) on the server.
+    testkit::wait::until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "the canary session to start",
+        || {
+            let n =
+                pg.psql_db("shop", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'canary'");
+            n.is_ok_and(|n| n.trim() == "1").then_some(())
+        },
+    )?;
 
     let guard = Guard::new(Policy::default());
     let mut ran = 0;

@@ -209,8 +209,20 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
     pg.psql("ALTER TABLE points ALTER COLUMN v TYPE bigint").unwrap();
     let small = s.xid_of("postgres", "DELETE FROM events WHERE id > 2700");
     pg.psql("VACUUM events").unwrap();
-    // The catalog learns the rewritten files (and customers' row estimate) within seconds.
-    std::thread::sleep(Duration::from_secs(3));
+    // The detector must know the rewritten files (and customers' row estimate) before the acts:
+    // a table created after the maintenance shows in its catalog only through a refresh that
+    // read the catalog after the maintenance too.
+    s.wait_decoded();
+    let tables = |s: &Setup| s.status()["catalog_tables"].as_u64();
+    let known = tables(&s).expect("wait_decoded waits for the catalog");
+    pg.psql("CREATE TABLE catalog_marker (id int)").unwrap();
+    testkit::wait::until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the detector's catalog to be read after the maintenance",
+        || tables(&s).filter(|n| *n > known),
+    )
+    .unwrap();
 
     let act = |kind, db, sql, check: (&'static str, String)| Act {
         kind,
@@ -266,6 +278,8 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
             s.xid_of(a.db, a.sql)
         };
         a.done = Some(Instant::now());
+        // Time passes between acts on purpose: the load commits rows in between, so each undo
+        // is checked against a ledger of its own.
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(acts[0].ledger.len() > 10, "the background load is running: {}", acts[0].ledger.len());
@@ -282,6 +296,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         assert!(Instant::now() < deadline, "incidents did not appear: {list:#?}\n{}", s.v.log());
         std::thread::sleep(Duration::from_millis(100));
     };
+    // This sleep is the point: time passes, and no further incident may appear.
     std::thread::sleep(Duration::from_secs(1));
     let incidents = {
         let again = s.incidents();
@@ -383,7 +398,7 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
 
     // Undo each: the destroyed rows are back, and every ledger row committed before the act.
     pg.psql("SELECT pg_switch_wal()").unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    s.wait_decoded();
     let read = s.v.scratch().join("read.token");
     let out = cli(
         &s.v,

@@ -80,14 +80,19 @@ pub struct Tenant {
     pub value: String,
 }
 
+/// A tenant that is not `column=value` (the text as given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected column=value, e.g. merchant_id=42")]
+pub struct TenantError(pub String);
+
 impl std::str::FromStr for Tenant {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Tenant, String> {
+    type Err = TenantError;
+    fn from_str(s: &str) -> Result<Tenant, TenantError> {
         match s.split_once('=') {
             Some((c, v)) if !c.trim().is_empty() && !v.is_empty() => {
                 Ok(Tenant { column: c.trim().to_string(), value: v.to_string() })
             }
-            _ => Err(format!("{s:?}: expected column=value, e.g. merchant_id=42")),
+            _ => Err(TenantError(s.to_string())),
         }
     }
 }
@@ -149,3 +154,19 @@ pub struct Options {
 pub const TEST_HOOK_ENV: &str = "HOLDFAST_REPAIR_TEST_BEFORE_APPLY_SQL";
 
 pub use plan::prepare;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_is_column_equals_value() {
+        let t: Tenant = " merchant_id=42".parse().unwrap();
+        assert_eq!(t, Tenant { column: "merchant_id".into(), value: "42".into() });
+        for bad in ["merchant_id", "=42", "merchant_id="] {
+            let e = bad.parse::<Tenant>().unwrap_err();
+            assert_eq!(e, TenantError(bad.into()));
+            assert!(e.to_string().contains("expected column=value"), "{e}");
+        }
+    }
+}

@@ -893,7 +893,13 @@ async fn backup_cluster(
             StatusCode::NOT_FOUND,
             format!("unknown cluster {n:?}: it is not in the vault's configuration"),
         )),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("the base backup failed: {e}"))),
+        Err(e) => {
+            tracing::warn!(cluster = %name, error = %e, "a base backup asked for through the API failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("the base backup failed: {}", e.user_message()),
+            ))
+        }
     }
 }
 
