@@ -626,8 +626,10 @@ fn a_kept_write_is_released_with_the_next_message_and_rollbacks_stay_exact() {
 fn the_gates_prepared_counters_read_cannot_be_closed_dropped_or_replaced() {
     let g = Gate::start_with("", "row_guard_max_rows = 10\nbudget_rows = 1000000\n", false);
     // An application's helper that runs SQL it is given (executable by everyone).
-    g.pg.psql("CREATE FUNCTION run_sql(q text) RETURNS int LANGUAGE plpgsql AS $$BEGIN EXECUTE q; RETURN 1; END$$")
-        .unwrap();
+    g.pg.psql(
+        "CREATE FUNCTION run_sql(q text) RETURNS int LANGUAGE plpgsql AS $$BEGIN EXECUTE q; RETURN 1; END$$",
+    )
+    .unwrap();
     let mut c = Raw::connect(&g, "alice", "alice-password");
     let kept = |c: &mut Raw, id: i64, what: &str| {
         let left = g.count("orders");
@@ -637,7 +639,12 @@ fn the_gates_prepared_counters_read_cannot_be_closed_dropped_or_replaced() {
     let over = |c: &mut Raw, what: &str| {
         let before = orders_state(&g);
         refused(&c.query("DELETE FROM orders WHERE id > 50"), what);
-        let r = c.exchange(&[parse("", "DELETE FROM orders WHERE id > 50"), bind("", ""), execute(""), Msg::Sync]);
+        let r = c.exchange(&[
+            parse("", "DELETE FROM orders WHERE id > 50"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ]);
         refused(&r, what);
         assert_eq!(orders_state(&g), before, "{what}");
     };
