@@ -80,6 +80,20 @@ const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_c
 /// of one empties a table on another server, which no local entry shows).
 const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'";
 
+/// The name [`SNAPSHOT_SQL`] is prepared under on the server connection, once (parsed and
+/// planned once, not twice per measured write). Clients may not Parse, Bind or Close a
+/// `holdfast_` name; SQL run by a client (a `DO` block's dynamic `DEALLOCATE`/`PREPARE`) could
+/// still drop or replace it, which is why every measurement ends with [`VERIFY_SQL`].
+const SNAPSHOT_STMT: &str = "holdfast_row_guard_snapshot";
+
+/// Run unprepared after a measurement's second read, in the same flight: one row, `1` when
+/// the statement under [`SNAPSHOT_STMT`] is still the one the gate parsed through the protocol
+/// (`from_sql` is false only for a protocol-level Parse, which a client cannot send under a
+/// `holdfast_` name). Anything else — the statement deallocated, or replaced by a `PREPARE` of
+/// the client's that returns made-up counters — and the measurement is not trusted: the write
+/// is held, and the gate prepares its statement again (Close + Parse) for the next one.
+const VERIFY_SQL: &str = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements      WHERE name OPERATOR(pg_catalog.=) 'holdfast_row_guard_snapshot'::pg_catalog.text AND NOT from_sql";
+
 const SAVEPOINT: &str = "SAVEPOINT holdfast_row_guard";
 const RELEASE: &str = "RELEASE SAVEPOINT holdfast_row_guard";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT holdfast_row_guard";
@@ -113,6 +127,11 @@ impl Snap {
             self.tables.insert(oid, (get(1), n, get(3).parse().unwrap_or(0)));
         }
     }
+}
+
+/// [`VERIFY_SQL`]'s row: exactly one statement under the gate's name, parsed by the gate.
+fn verify_row(body: &Bytes) -> bool {
+    data_row(body).first().cloned().flatten().as_deref() == Some("1")
 }
 
 /// The columns of a DataRow (text format), `None` for NULL.
@@ -167,6 +186,8 @@ enum Step {
     Stmt,
     /// The counters after it.
     After,
+    /// [`VERIFY_SQL`]: the counters were read by the gate's own statement.
+    Verify,
 }
 
 /// Who owns the answers to a message sent during an extended-protocol measurement.
@@ -175,6 +196,7 @@ enum XOwner {
     Quiet,
     Before,
     After,
+    Verify,
     Client,
 }
 
@@ -186,6 +208,8 @@ struct XRun {
     buffered: BytesMut,
     before: Snap,
     after: Snap,
+    /// [`VERIFY_SQL`] confirmed the counters were read by the gate's own statement.
+    verified: bool,
     sql: String,
     max_rows: u64,
     decision: Decision,
@@ -213,6 +237,9 @@ struct Run {
     buffered: BytesMut,
     stmt_failed: bool,
     snap_failed: bool,
+    /// [`VERIFY_SQL`] confirmed the counters were read by the gate's own statement (a probe,
+    /// read unprepared, needs no confirmation).
+    verified: bool,
     before: Snap,
     after: Snap,
     /// A client statement failed: nothing more of the Query runs (as on the server).
@@ -301,6 +328,9 @@ pub struct Session<'a> {
     answers: u64,
     /// The portal of the last Execute.
     last_exec_portal: String,
+    /// [`SNAPSHOT_STMT`] is prepared on the server connection, as far as the gate knows (the
+    /// last measurement confirmed it, and no DEALLOCATE or DISCARD ran since).
+    snap_prepared: bool,
 }
 
 /// Portals whose bound parameters the gate remembers for approval requests.
@@ -357,6 +387,7 @@ impl<'a> Session<'a> {
             drop_tags: VecDeque::new(),
             answers: 0,
             last_exec_portal: String::new(),
+            snap_prepared: false,
         }
     }
 
@@ -826,7 +857,10 @@ impl<'a> Session<'a> {
             b'C' => {
                 self.batch_open = true;
                 let (kind, name) = frontend::close(&f.body).map_err(|e| e.to_string())?;
-                if kind == b'S' {
+                if Self::reserved(&name) {
+                    // The gate's own statements and portals: a client may not close them.
+                    self.refuse(&format!("holdfast gate: Close refused: statement and portal names starting with holdfast_ are the gate's own ({name:?})"), true);
+                } else if kind == b'S' {
                     self.guard.close_statement(&name);
                 } else {
                     self.guard.close_portal(&name);
@@ -979,6 +1013,11 @@ impl<'a> Session<'a> {
             // Its prepared-statement and cursor changes, as for any statement sent on.
             self.guard.apply(&d);
         }
+        if d.statements.iter().any(|st| st.kind == "DEALLOCATE" || st.kind == "DISCARD") {
+            // It may drop the gate's prepared counters read: prepared again before the next
+            // measurement (a drop the gate does not see fails that measurement's check).
+            self.snap_prepared = false;
+        }
         if extended {
             // Follow the transaction state through the batch (JDBC sends BEGIN in the same
             // batch as the first statement); anything the gate cannot follow makes it unknown.
@@ -1117,6 +1156,7 @@ impl<'a> Session<'a> {
             buffered: BytesMut::new(),
             stmt_failed: false,
             snap_failed: false,
+            verified: false,
             before: Snap::default(),
             after: Snap::default(),
             failed: false,
@@ -1140,6 +1180,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Ends the extended-protocol messages just encoded with a Sync, as one step of the run.
+    fn run_sync(&mut self, step: Step) {
+        frontend::encode_sync(&mut self.sout);
+        self.outstanding += 1;
+        self.guard.sync_sent();
+        if let Some(r) = self.run.as_mut() {
+            r.steps.push_back(step);
+        }
+    }
+
     /// Sends what the run can send now: statements up to and including the next measured one
     /// (pipelined, one flight), or the end of the transaction the gate opened.
     fn run_next(&mut self) {
@@ -1156,11 +1206,27 @@ impl<'a> Session<'a> {
                     r.after = Snap::default();
                     r.stmt_failed = false;
                     r.snap_failed = false;
-                    let snapshot = if probe { SNAPSHOT_PROBE_SQL } else { SNAPSHOT_SQL };
+                    r.verified = probe;
                     self.run_send(Step::Quiet, SAVEPOINT);
-                    self.run_send(Step::Before, snapshot);
-                    self.run_send(Step::Stmt, &sql);
-                    self.run_send(Step::After, snapshot);
+                    if probe {
+                        // Rare (setup): read unprepared.
+                        self.run_send(Step::Before, SNAPSHOT_PROBE_SQL);
+                        self.run_send(Step::Stmt, &sql);
+                        self.run_send(Step::After, SNAPSHOT_PROBE_SQL);
+                    } else {
+                        // The prepared reads go as extended-protocol messages between the
+                        // Queries, each group ending in its own Sync (one ReadyForQuery each).
+                        if !self.snap_prepared {
+                            frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
+                            self.run_sync(Step::Quiet);
+                        }
+                        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+                        self.run_sync(Step::Before);
+                        self.run_send(Step::Stmt, &sql);
+                        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+                        self.run_sync(Step::After);
+                        self.run_send(Step::Verify, VERIFY_SQL);
+                    }
                     return;
                 }
                 None => {
@@ -1204,6 +1270,8 @@ impl<'a> Session<'a> {
             (Step::After, b'D') => r.after.add_row(&f.body),
             (Step::Before | Step::After, b'E') => r.snap_failed = true,
             (Step::Before | Step::After, _) => {}
+            (Step::Verify, b'D') => r.verified = verify_row(&f.body),
+            (Step::Verify, _) => {}
             (Step::Stmt, b'E') => {
                 r.stmt_failed = true;
                 f.encode(&mut r.buffered);
@@ -1263,6 +1331,10 @@ impl<'a> Session<'a> {
             return self.hold(sql, &d, Bytes::new(), false, Some(rows), true).await;
         }
         if let Some((sql, max_rows, probe)) = r.current.take() {
+            if !probe {
+                // Prepared again next time unless this measurement confirmed it.
+                self.snap_prepared = r.verified;
+            }
             if r.failed {
                 r.buffered.clear();
             } else if r.stmt_failed {
@@ -1271,7 +1343,8 @@ impl<'a> Session<'a> {
                 r.failed = true;
                 r.error = Some("failed (see the client's error)".into());
             } else {
-                let (before, after, snap_failed) = (r.before.clone(), r.after.clone(), r.snap_failed);
+                let (before, after, snap_failed) =
+                    (r.before.clone(), r.after.clone(), r.snap_failed || !r.verified);
                 let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows, probe);
                 let r = self.run.as_mut().expect("run");
                 r.tags.push(format!("ROWS CHANGED {rows}"));
@@ -1436,18 +1509,25 @@ impl<'a> Session<'a> {
         }
         frontend::encode_own_statement(&mut self.sout, SAVEPOINT);
         entries.push_back((XOwner::Quiet, 5));
-        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
-        entries.push_back((XOwner::Before, 5));
+        if !self.snap_prepared {
+            frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
+            entries.push_back((XOwner::Quiet, 2));
+        }
+        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+        entries.push_back((XOwner::Before, 3));
         f.encode(&mut self.sout);
         entries.push_back((XOwner::Client, 1));
-        frontend::encode_own_statement(&mut self.sout, SNAPSHOT_SQL);
-        entries.push_back((XOwner::After, 5));
+        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+        entries.push_back((XOwner::After, 3));
+        frontend::encode_own_statement(&mut self.sout, VERIFY_SQL);
+        entries.push_back((XOwner::Verify, 5));
         frontend::encode_flush(&mut self.sout);
         self.xrun = Some(XRun {
             entries,
             buffered: BytesMut::new(),
             before: Snap::default(),
             after: Snap::default(),
+            verified: false,
             sql,
             max_rows,
             decision: d,
@@ -1469,6 +1549,8 @@ impl<'a> Session<'a> {
             // The server now skips to the client's Sync: whatever failed, the client's Execute
             // did not run or will be undone with the transaction (aborted, as after any error).
             let x = self.xrun.take().expect("xrun");
+            // Whether the gate's statement is still there is unknown: prepared again next time.
+            self.snap_prepared = false;
             if owner == XOwner::Client {
                 self.cout.extend_from_slice(&x.buffered);
             }
@@ -1482,6 +1564,7 @@ impl<'a> Session<'a> {
         match (owner, f.tag) {
             (XOwner::Before, b'D') => x.before.add_row(&f.body),
             (XOwner::After, b'D') => x.after.add_row(&f.body),
+            (XOwner::Verify, b'D') => x.verified = verify_row(&f.body),
             (XOwner::Client, _) => f.encode(&mut x.buffered),
             _ => {}
         }
@@ -1502,9 +1585,10 @@ impl<'a> Session<'a> {
         let x = self.xrun.as_mut().expect("xrun");
         match x.phase {
             XPhase::Measuring => {
-                let (before, after, sql, max_rows) =
-                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows);
-                let (over, rows) = self.judge(&before, &after, false, &sql, max_rows, false);
+                let (before, after, sql, max_rows, verified) =
+                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows, x.verified);
+                self.snap_prepared = verified;
+                let (over, rows) = self.judge(&before, &after, !verified, &sql, max_rows, false);
                 let x = self.xrun.as_mut().expect("xrun");
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);

@@ -378,6 +378,44 @@ pub mod frontend {
             put_cstr(o, "holdfast_p");
         });
     }
+    /// Encodes the gate's `Close` of a statement name and `Parse` of `sql` under it: two
+    /// answers, CloseComplete and ParseComplete (the Close first, so the Parse succeeds whatever
+    /// held the name).
+    pub fn encode_own_prepare(out: &mut BytesMut, name: &str, sql: &str) {
+        message(out, b'C', |o| {
+            o.put_u8(b'S');
+            put_cstr(o, name);
+        });
+        message(out, b'P', |o| {
+            put_cstr(o, name);
+            put_cstr(o, sql);
+            o.put_i16(0);
+        });
+    }
+    /// Encodes an execution of the gate's prepared statement `name` (no parameters, text
+    /// results) through its reserved portal: Bind, Execute, Close — three answers ending in
+    /// BindComplete, CommandComplete, CloseComplete.
+    pub fn encode_own_execute(out: &mut BytesMut, name: &str) {
+        message(out, b'B', |o| {
+            put_cstr(o, "holdfast_p");
+            put_cstr(o, name);
+            o.put_i16(0);
+            o.put_i16(0);
+            o.put_i16(0);
+        });
+        message(out, b'E', |o| {
+            put_cstr(o, "holdfast_p");
+            o.put_i32(0);
+        });
+        message(out, b'C', |o| {
+            o.put_u8(b'P');
+            put_cstr(o, "holdfast_p");
+        });
+    }
+    /// Encodes `Sync`.
+    pub fn encode_sync(out: &mut BytesMut) {
+        message(out, b'S', |_| {});
+    }
     /// Encodes `Flush`.
     pub fn encode_flush(out: &mut BytesMut) {
         message(out, b'H', |_| {});

@@ -616,3 +616,82 @@ fn a_kept_write_is_released_with_the_next_message_and_rollbacks_stay_exact() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(g.count("orders"), 95);
 }
+
+/// The row guard's counters read is prepared once per server connection under a `holdfast_`
+/// name. A client can neither close it, nor parse over it, nor make the gate trust a
+/// replacement: DEALLOCATE ALL and DISCARD ALL make the gate prepare it again, and a statement
+/// that swaps in a `PREPARE` of its own returning made-up counters (through dynamic SQL the
+/// gate cannot see) is held, so the rows it deleted come back.
+#[test]
+fn the_gates_prepared_counters_read_cannot_be_closed_dropped_or_replaced() {
+    let g = Gate::start_with("", "row_guard_max_rows = 10\nbudget_rows = 1000000\n", false);
+    // An application's helper that runs SQL it is given (executable by everyone).
+    g.pg.psql(
+        "CREATE FUNCTION run_sql(q text) RETURNS int LANGUAGE plpgsql AS $$BEGIN EXECUTE q; RETURN 1; END$$",
+    )
+    .unwrap();
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let kept = |c: &mut Raw, id: i64, what: &str| {
+        let left = g.count("orders");
+        ok(&c.query(&format!("DELETE FROM orders WHERE id = {id}")), what);
+        assert_eq!(g.count("orders"), left - 1, "{what}");
+    };
+    let over = |c: &mut Raw, what: &str| {
+        let before = orders_state(&g);
+        refused(&c.query("DELETE FROM orders WHERE id > 50"), what);
+        let r = c.exchange(&[
+            parse("", "DELETE FROM orders WHERE id > 50"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ]);
+        refused(&r, what);
+        assert_eq!(orders_state(&g), before, "{what}");
+    };
+    kept(&mut c, 1, "first measured write (prepares the read)");
+    over(&mut c, "over the limit");
+    // Close and Parse of the gate's name: refused; the guard works as before.
+    let name = "holdfast_row_guard_snapshot";
+    refused(&c.exchange(&[Msg::CloseStatement(name.into()), Msg::Sync]), "Close of the gate's statement");
+    refused(&c.exchange(&[Msg::ClosePortal("holdfast_p".into()), Msg::Sync]), "Close of the gate's portal");
+    refused(&c.exchange(&[parse(name, "SELECT -1::int8, ''::text, 0::int8, 0::int8"), Msg::Sync]), "Parse");
+    over(&mut c, "after a Close and a Parse of the gate's name");
+    kept(&mut c, 2, "kept after a Close and a Parse of the gate's name");
+    // DEALLOCATE ALL and DISCARD ALL drop it: prepared again, the client sees no error.
+    ok(&c.query("DEALLOCATE ALL"), "DEALLOCATE ALL");
+    kept(&mut c, 3, "kept after DEALLOCATE ALL");
+    over(&mut c, "after DEALLOCATE ALL");
+    ok(&c.query("DISCARD ALL"), "DISCARD ALL");
+    kept(&mut c, 4, "kept after DISCARD ALL");
+    over(&mut c, "after DISCARD ALL");
+    ok(
+        &c.exchange(&[
+            parse("", "DEALLOCATE ALL"),
+            bind("", ""),
+            execute(""),
+            parse("", "DELETE FROM orders WHERE id = 5"),
+            bind("", ""),
+            execute(""),
+            Msg::Sync,
+        ]),
+        "DEALLOCATE ALL and a write in one extended batch",
+    );
+    assert_eq!(g.count("orders"), 95);
+    // A statement that deletes 60 rows and swaps the gate's read for one of its own that
+    // reports nothing changed: held (refused here), nothing deleted — both protocols.
+    let swap = format!(
+        "SELECT run_sql('DELETE FROM orders WHERE id > 40'), run_sql('DEALLOCATE {name}'), \
+         run_sql('PREPARE {name} AS SELECT -1::int8, ''''::text, 0::int8, 0::int8')"
+    );
+    let before = orders_state(&g);
+    refused(&c.query(&swap), "a write that replaces the gate's read");
+    assert_eq!(orders_state(&g), before);
+    // The made-up statement survives the rollback (PREPARE is not transactional): the gate
+    // replaces it before its next read.
+    over(&mut c, "after a replacement");
+    let r = c.exchange(&[parse("", &swap), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "a write that replaces the gate's read (extended)");
+    assert_eq!(orders_state(&g), before);
+    over(&mut c, "after a replacement (extended)");
+    kept(&mut c, 6, "kept after the replacements");
+}
