@@ -404,6 +404,11 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
     loads.push(("incidents", b.load_ms().unwrap()));
     b.screenshot(&shots().join("vault-incident.png")).unwrap();
+    // The drills page, for a read token too: no drill has run yet.
+    b.goto(&format!("{base}/console/drills")).unwrap();
+    assert_eq!(b.wait_for("#reports", Duration::from_secs(10)).unwrap().text().unwrap(), "0");
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    b.wait_for("#incident-1", Duration::from_secs(10)).unwrap();
     // A read session's POST to an admin action is refused, CSRF token and all.
     let csrf = b.execute("return document.querySelector('input[name=csrf]').value", json!([])).unwrap();
     let status = b
@@ -451,7 +456,22 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     sign_in(v.admin_token());
     assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "admin");
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
-    assert!(b.wait_for("#start-drill", Duration::from_secs(10)).is_ok());
+    b.wait_for("#start-drill", Duration::from_secs(10)).unwrap().click().unwrap();
+    // The drill it starts ends in a signed report: the drills page shows it passed, verified.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        b.goto(&format!("{base}/console/drills")).unwrap();
+        let rows = b.find_all("#drill-reports tr.report").unwrap();
+        if let Some(r) = rows.first() {
+            break r.text().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no drill report\n{}", v.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(report.contains("main") && report.contains("passed") && report.ends_with("verified"), "{report}");
+    assert!(b.find("#schedule-main").unwrap().text().unwrap().contains("1 / 1"));
+    loads.push(("drills", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-drills.png")).unwrap();
     for (page, ms) in loads {
         eprintln!("vault console page load ({page}): {ms:.0} ms");
     }

@@ -120,6 +120,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/clusters", get(clusters_page))
         .route("/console/clusters/{name}", get(cluster_page))
         .route("/console/clusters/{name}/drill", post(start_drill))
+        .route("/console/drills", get(drills_page))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
         .layer(Extension(Arc::new(Sessions::default())))
@@ -141,8 +142,9 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
             }
             body {
                 header.top {
-                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters and incidents" } }
+                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills" } }
                     @if let Some(w) = who {
+                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "token " strong id="whoami" { (w.label) } " (" span id="scope" { (w.scope.as_str()) } ")" }
@@ -308,6 +310,86 @@ async fn clusters_page(
         }
     };
     page(StatusCode::OK, layout("Clusters", Some(&w), body))
+}
+
+/// Restore drills: each cluster's schedule (next due, overdue, running) and every stored
+/// report, newest first, with whether its signature verifies against the vault's drill-report
+/// key (`SignedDrillReport::verify`, as `holdfast drill list` does); 100 a page.
+async fn drills_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "listing restore drills")
+        .await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let status = crate::drill::all_status(&s).await;
+    let key = s.drills.public_key();
+    let entries = s.state.read().await.drills.clone();
+    let pages = entries.len().div_ceil(PAGE).max(1);
+    let pg = q.page.min(pages - 1);
+    let shown: Vec<_> = entries.iter().rev().skip(pg * PAGE).take(PAGE).collect();
+    let body = html! {
+        h1 { "Restore drills" }
+        @if status.is_empty() { p.muted { "No cluster has drills ([[drill]] in vault.toml, or an admin starts one)." } }
+        @if !status.is_empty() {
+            table.list id="schedule" {
+                tr { th { "cluster" } th { "every" } th { "next due" } th { "state" } th { "last" } th { "passed / run" } }
+                @for d in &status {
+                    tr id={ "schedule-" (d.cluster) } {
+                        td { (d.cluster) }
+                        td { (d.every_seconds.map(|e| format!("{e} s")).unwrap_or_else(|| "on demand".into())) }
+                        td { (d.next_due.map(|t| t.to_string()).unwrap_or_else(|| "-".into())) }
+                        td.state { @if d.overdue { strong.bad { "OVERDUE" } } @else if let Some(r) = &d.running { "running: " (r.phase) } @else { "ok" } }
+                        td { @if let Some(l) = &d.last { (if l.ok { "passed" } else { "FAILED" }) ", " (l.started_at)
+                            @if let Some(rto) = l.rto_seconds { ", RTO " (format!("{rto:.0}")) " s" } } @else { "none" } }
+                        td { (d.total - d.failed) " / " (d.total) }
+                    }
+                }
+            }
+        }
+        h2 { "Reports " span.count id="reports" { (entries.len()) } }
+        p.muted { "Signed by the vault's drill-report key " code { (key.get(..16).unwrap_or(&key)) "…" } "." }
+        table.list id="drill-reports" {
+            tr { th { "started" } th { "cluster" } th { "result" } th { "RTO" } th { "target" } th { "signature" } }
+            @for e in &shown {
+                @match e.signed.verify(&key) {
+                    Ok(r) => tr.report id={ "drill-" (r.id) } {
+                        td { (r.started_at) } td { (r.cluster) }
+                        td { (if r.ok { "passed" } else { "FAILED" }) ": " (r.verdict) }
+                        td { (r.rto_seconds.map(|x| format!("{x:.1} s")).unwrap_or_default()) }
+                        td { code { (r.target) } }
+                        td { span.good { "verified" } }
+                    },
+                    Err(err) => tr.report.forged {
+                        td { (e.written_at) } td { "?" } td { "not a report the vault signed" } td {} td {}
+                        td { strong.bad { "REJECTED: " (err.to_string()) } }
+                    },
+                }
+            }
+        }
+        @if pages > 1 {
+            p id="pages" {
+                @if pg > 0 { a href={ "/console/drills?page=" (pg - 1) } { "← newer" } " " }
+                "page " (pg + 1) " of " (pages)
+                @if pg + 1 < pages { " " a href={ "/console/drills?page=" (pg + 1) } { "older →" } }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Drills", Some(&w), body))
+}
+
+/// Rows per page of a long list.
+const PAGE: usize = 100;
+
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    #[serde(default)]
+    page: usize,
 }
 
 /// The command that restores to just before incident `n` of `cluster`.
