@@ -327,8 +327,9 @@ fn console_bob_approves_alices_delete_in_a_browser() {
 
 /// The vault's console in the same kind of browser: a read token sees the cluster and, after a
 /// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
-/// brings the rows back; a read sign-in gets no drill button and its POST is refused; an admin
-/// sign-in gets the button.
+/// brings the rows back; a read sign-in gets no drill button and its POST is refused (the drills
+/// page it does see); an admin sign-in gets the button, and the drill it starts shows on the
+/// drills page, passed, its signed report verified.
 #[test]
 fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     use testkit::pg::{TempPg, command_as_postgres};
@@ -340,7 +341,17 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     )
     .unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
-    let mut v = TempVault::start(holdfast()).unwrap();
+    // One enrolled keyholder, so that a deletion can be proposed (and shown).
+    let keys = tempfile::tempdir().unwrap();
+    let kh = keys.path().join("carol.key");
+    let out = Command::new(holdfast()).args(["keygen", "--out", kh.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: vec![("carol".into(), String::from_utf8(out.stdout).unwrap().trim().to_string())],
+        threshold: Some(1),
+        ..Default::default()
+    };
+    let mut v = TempVault::start_with(holdfast(), opts).unwrap();
     let pw = v.scratch().join("rep.password");
     std::fs::write(&pw, "rep-secret\n").unwrap();
     let text = std::fs::read_to_string(v.config_path()).unwrap();
@@ -359,6 +370,13 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     let admin = v.scratch().join("admin.token");
     let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let backup: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup = backup["id"].as_str().unwrap_or_else(|| panic!("no id in {backup}")).to_string();
+    let out =
+        v.cli(&admin, &["vault", "propose", "--backup", &backup, "--reason", "<b>disk</b> space"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let proposal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proposal = proposal["id"].as_str().unwrap().to_string();
     let read = v.scratch().join("read.token");
     let args = ["vault", "token", "create", "--scope", "read", "--label", "oncall", "--out"];
     let out = v.cli(&admin, &[&args[..], &[read.to_str().unwrap()]].concat()).unwrap();
@@ -404,6 +422,13 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
     loads.push(("incidents", b.load_ms().unwrap()));
     b.screenshot(&shots().join("vault-incident.png")).unwrap();
+    // The proposals page: what the deletion would remove, 0 of 1 signatures, the time left.
+    b.goto(&format!("{base}/console/proposals")).unwrap();
+    let card = b.wait_for(&format!("#proposal-{proposal}"), Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(card.contains(&backup) && card.contains("0 of 1") && card.contains("left"), "{card}");
+    assert!(card.contains("<b>disk</b> space"), "the reason as text: {card}");
+    loads.push(("proposals", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-proposals.png")).unwrap();
     // The drills page, for a read token too: no drill has run yet.
     b.goto(&format!("{base}/console/drills")).unwrap();
     assert_eq!(b.wait_for("#reports", Duration::from_secs(10)).unwrap().text().unwrap(), "0");

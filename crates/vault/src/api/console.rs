@@ -121,6 +121,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/clusters/{name}", get(cluster_page))
         .route("/console/clusters/{name}/drill", post(start_drill))
         .route("/console/drills", get(drills_page))
+        .route("/console/proposals", get(proposals_page))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
         .layer(Extension(Arc::new(Sessions::default())))
@@ -142,9 +143,9 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
             }
             body {
                 header.top {
-                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills" } }
+                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills, proposals" } }
                     @if let Some(w) = who {
-                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } }
+                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } " " a id="nav-proposals" href="/console/proposals" { "Proposals" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "token " strong id="whoami" { (w.label) } " (" span id="scope" { (w.scope.as_str()) } ")" }
@@ -381,6 +382,76 @@ async fn drills_page(
         }
     };
     page(StatusCode::OK, layout("Drills", Some(&w), body))
+}
+
+/// Deletion proposals, newest first: what each would delete (counts by kind, backups, WAL,
+/// bytes — the same effects `vault sign` shows), the keyholders whose signatures verified of the
+/// threshold, the veto, and the waiting period by the vault's clock with the time left.
+async fn proposals_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading proposals").await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mut views: Vec<_> = {
+        let state = s.state.read().await;
+        state.proposals.values().map(|p| p.view(s.config.quorum.threshold)).collect()
+    };
+    views.sort_by(|a, b| b.statement.proposed_at.cmp(&a.statement.proposed_at));
+    let pages = views.len().div_ceil(PAGE).max(1);
+    let pg = q.page.min(pages - 1);
+    let now = s.clock.now().as_secs();
+    let mut shown = Vec::new();
+    for mut v in views.into_iter().skip(pg * PAGE).take(PAGE) {
+        v.effects = super::effects(&s, &v.statement.objects).await.ok();
+        shown.push(v);
+    }
+    let body = html! {
+        h1 { "Deletion proposals " span.count id="proposals" { (shown.len()) } }
+        p.muted { "Nothing is deleted early without " (s.config.quorum.threshold) " keyholder signature(s) and the waiting period; any keyholder may veto." }
+        @if shown.is_empty() { p.muted id="no-proposals" { "No proposal." } }
+        @for v in &shown {
+            article.card.proposal id={ "proposal-" (v.id) } {
+                header { span.kind { (format!("{:?}", v.status).to_lowercase()) } " " code { (v.id) }
+                    span.muted { " · proposed " (v.statement.proposed_at) } }
+                p { "Reason: " em { (v.statement.reason) } }
+                table.kv {
+                    tr { th { "would delete" } td {
+                        (v.statement.objects.len()) " object(s)"
+                        @if let Some(e) = &v.effects {
+                            ", " (e.bytes) " bytes"
+                            @for (k, n) in &e.objects_by_kind { " · " (n) " " (k) }
+                            @for b in &e.backups { div { "backup " code { (b.id) } " (" (b.label) ", " (b.started) "): its " (b.how) } }
+                            @for x in &e.wal { div { "WAL of " (x.cluster) ", timeline " (x.timeline) } }
+                        }
+                    } }
+                    tr { th { "signatures" } td.signatures { (v.signed_by.len()) " of " (v.threshold)
+                        @for k in &v.signed_by { div { code { (k.get(..16).unwrap_or(k)) "…" } } } } }
+                    tr { th { "veto" } td { @if let Some(k) = &v.vetoed_by { strong.bad { "vetoed by " code { (k.get(..16).unwrap_or(k)) "…" } } } @else { "none" } } }
+                    tr { th { "waiting period" } td.left {
+                        "until " (v.statement.not_before)
+                        @let left = v.statement.not_before.as_secs() - now;
+                        @if v.executed_at.is_some() { " · executed" }
+                        @else if left > 0 { " · " strong { (left / 3600) "h " ((left % 3600) / 60) "m left" } }
+                        @else { " · over" }
+                    } }
+                }
+            }
+        }
+        @if pages > 1 {
+            p id="pages" {
+                @if pg > 0 { a href={ "/console/proposals?page=" (pg - 1) } { "← newer" } " " }
+                "page " (pg + 1) " of " (pages)
+                @if pg + 1 < pages { " " a href={ "/console/proposals?page=" (pg + 1) } { "older →" } }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Proposals", Some(&w), body))
 }
 
 /// Rows per page of a long list.
