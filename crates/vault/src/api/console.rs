@@ -402,7 +402,7 @@ async fn proposals_page(
         let state = s.state.read().await;
         state.proposals.values().map(|p| p.view(s.config.quorum.threshold)).collect()
     };
-    views.sort_by(|a, b| b.statement.proposed_at.cmp(&a.statement.proposed_at));
+    views.sort_by_key(|v| std::cmp::Reverse(v.statement.proposed_at));
     let pages = views.len().div_ceil(PAGE).max(1);
     let pg = q.page.min(pages - 1);
     let now = s.clock.now().as_secs();
