@@ -328,8 +328,9 @@ fn console_bob_approves_alices_delete_in_a_browser() {
 /// The vault's console in the same kind of browser: a read token sees the cluster and, after a
 /// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
 /// brings the rows back; a read sign-in gets no drill button and its POST is refused (the drills
-/// page it does see); an admin sign-in gets the button, and the drill it starts shows on the
-/// drills page, passed, its signed report verified.
+/// page it does see), as is its acknowledgement of the incident; an admin sign-in acknowledges
+/// it (shown with who and when, the incident kept) and gets the drill button, and the drill it
+/// starts shows on the drills page, passed, its signed report verified.
 #[test]
 fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     use testkit::pg::{TempPg, command_as_postgres};
@@ -446,6 +447,17 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
         )
         .unwrap();
     assert_eq!(status, 403);
+    assert!(b.find_all("#ack-button-1").unwrap().is_empty(), "no acknowledge button for a read token");
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/clusters/main/incidents/1/ack', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + arguments[0]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([csrf]),
+        )
+        .unwrap();
+    assert_eq!(status, 403, "a read token cannot acknowledge");
 
     // The command as shown (into a scratch directory, with the read token) brings the rows back.
     let root = tempfile::tempdir().unwrap();
@@ -481,6 +493,12 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     sign_in(v.admin_token());
     assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "admin");
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    // The admin acknowledges the incident: recorded with who and when, the incident stays.
+    b.wait_for("#ack-button-1", Duration::from_secs(10)).unwrap().click().unwrap();
+    let ack = wait_text(&b, "#ack-1", "Acknowledged by");
+    assert!(ack.contains("first admin"), "{ack}");
+    assert!(b.find("#incident-1").unwrap().text().unwrap().contains("customers"), "the incident stays");
+    assert!(b.find_all("#ack-button-1").unwrap().is_empty());
     b.wait_for("#start-drill", Duration::from_secs(10)).unwrap().click().unwrap();
     // The drill it starts ends in a signed report: the drills page shows it passed, verified.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -121,6 +121,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/clusters/{name}", get(cluster_page))
         .route("/console/clusters/{name}/drill", post(start_drill))
         .route("/console/drills", get(drills_page))
+        .route("/console/clusters/{name}/incidents/{n}/ack", post(acknowledge))
         .route("/console/proposals", get(proposals_page))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
@@ -525,6 +526,7 @@ async fn cluster_page(
     };
     let c = rt.status();
     let incidents = rt.incidents();
+    let acks = s.state.read().await.incident_acks.clone();
     let body = html! {
         p { a href="/console/clusters" { "← clusters" } }
         h1 { (c.name) " " span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
@@ -537,9 +539,69 @@ async fn cluster_page(
         }
         h2 { "Incidents " span.count id="incident-count" { (incidents.len()) } }
         @if incidents.is_empty() { p.muted { "None." } }
-        @for (k, i) in incidents.iter().enumerate().rev() { (incident_view(&c.name, k + 1, i)) }
+        @for (k, i) in incidents.iter().enumerate().rev() {
+            (incident_view(&c.name, k + 1, i))
+            @let ack = acks.iter().find(|a| a.cluster == c.name && a.number == k + 1 && a.detected_at == i.detected_at);
+            @if let Some(a) = ack {
+                p.ack id={ "ack-" (k + 1) } { "Acknowledged by " strong { (a.by) } " at " (a.at.map(|t| t.to_string()).unwrap_or_default()) "." }
+            } @else if w.scope == Scope::Admin {
+                form.ack method="post" action={ "/console/clusters/" (c.name) "/incidents/" (k + 1) "/ack" } {
+                    input type="hidden" name="csrf" value=(w.session.csrf);
+                    button id={ "ack-button-" (k + 1) } type="submit" { "Acknowledge #" (k + 1) }
+                }
+            }
+        }
     };
     page(StatusCode::OK, layout(&name, Some(&w), body))
+}
+
+/// Records that an admin acknowledged incident `n`: an `incident.ack` catalog record written
+/// by the vault itself (the incident is never changed or removed; the kind is not appendable
+/// through the API). Acknowledging twice is refused.
+async fn acknowledge(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Path((name, n)): Path<(String, usize)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Admin], "acknowledging an incident").await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+        return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
+    }
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&name).ok()) else {
+        return refused(StatusCode::NOT_FOUND, "No such cluster in this vault.");
+    };
+    let Some(i) = n.checked_sub(1).and_then(|k| rt.incidents().into_iter().nth(k)) else {
+        return refused(StatusCode::NOT_FOUND, "No such incident.");
+    };
+    let mut state = s.state.write().await;
+    if state
+        .incident_acks
+        .iter()
+        .any(|a| a.cluster == name && a.number == n && a.detected_at == i.detected_at)
+    {
+        return refused(StatusCode::CONFLICT, "That incident is already acknowledged.");
+    }
+    let ack = crate::state::IncidentAck {
+        cluster: name.clone(),
+        number: n,
+        detected_at: i.detected_at,
+        by: w.label.clone(),
+        at: None,
+    };
+    let body = serde_json::to_value(&ack).unwrap_or_default();
+    if let Err(e) = s.write_record(&mut state, crate::state::kinds::INCIDENT_ACK, body).await {
+        tracing::error!(error = %e, "recording an incident acknowledgement");
+        return refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Could not record the acknowledgement: {e}"),
+        );
+    }
+    Redirect::to(&format!("/console/clusters/{name}")).into_response()
 }
 
 async fn start_drill(
