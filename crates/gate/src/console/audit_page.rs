@@ -120,13 +120,13 @@ fn read_chain(s: &Shared) -> Result<Chain, String> {
 }
 
 /// Signed in and an approver, or the response that says otherwise.
-fn auditor(s: &Shared, headers: &HeaderMap) -> Result<super::Signed, Response> {
-    let Some(w) = signed_in(s, headers) else { return Err(to_login()) };
+fn auditor(s: &Shared, headers: &HeaderMap) -> Result<super::Signed, Box<Response>> {
+    let Some(w) = signed_in(s, headers) else { return Err(Box::new(to_login())) };
     if !w.person.approver {
-        return Err(refused(
+        return Err(Box::new(refused(
             StatusCode::FORBIDDEN,
             "The audit log holds everyone's SQL: only approvers (approver = true in gate.toml) may search it.",
-        ));
+        )));
     }
     Ok(w)
 }
@@ -138,7 +138,7 @@ pub(super) async fn page(
 ) -> Response {
     let w = match auditor(&s, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let chain = match read_chain(&s) {
         Ok(c) => c,
@@ -239,7 +239,7 @@ pub(super) async fn export(
     Query(q): Query<AuditQuery>,
 ) -> Response {
     if let Err(r) = auditor(&s, &headers) {
-        return r;
+        return *r;
     }
     let csv = match file.as_str() {
         "export.jsonl" => false,
