@@ -46,7 +46,7 @@ pub use event::{Event, EventKind};
 pub use record::{Digest, Record};
 pub use search::{Filter, search};
 pub use time::AuditTime;
-pub use verify::{GateReport, Problem, ProblemKind, StoredBatch, Trust, VerifyReport, verify};
+pub use verify::{GateReport, Problem, ProblemKind, StoredBatch, Trust, VerifyReport, check_run, verify};
 
 #[cfg(feature = "spool")]
 pub use spool::{AuditLog, RecordRef, SpoolOptions, SpoolStatus};

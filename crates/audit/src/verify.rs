@@ -403,6 +403,28 @@ fn verify_gate(gate: &str, list: &[(&StoredBatch, Batch)], trusted_keys: &[Verif
     }
 }
 
+/// Checks a run of consecutive records as a gate still holds them (its spool, before or
+/// without shipping): each record's hash and each link, with the same checks [`verify`] makes
+/// inside a batch, and that seqs follow without gaps. No signature is involved — these records
+/// were never signed — so this proves the run self-consistent, not that the vault holds it.
+/// Returns the first bad record: its seq, what is wrong, and why.
+pub fn check_run(records: &[Record]) -> Option<(u64, ProblemKind, String)> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else { return None };
+    let run = Batch {
+        format: crate::batch::BATCH_FORMAT,
+        gate: String::new(),
+        first_seq: first.seq,
+        last_seq: last.seq,
+        records: records.to_vec(),
+        public_key: String::new(),
+        signature: String::new(),
+    };
+    if let Some((seq, why)) = structure_error(&run) {
+        return Some((seq, ProblemKind::Missing, why));
+    }
+    content_error(&run)
+}
+
 /// The batch's records against its claimed range: returns the first seq that is off.
 fn structure_error(b: &Batch) -> Option<(u64, String)> {
     let claimed = b.last_seq.checked_sub(b.first_seq).map(|d| d.saturating_add(1));
@@ -670,6 +692,20 @@ mod tests {
     fn wrong_key_given() {
         let r = verify(&stored(good()), &[key(3).verifying_key()]);
         assert_eq!(first(&r), (1, ProblemKind::UntrustedKey));
+    }
+
+    #[test]
+    fn a_run_of_records_is_checked_like_a_batch() {
+        let rs = records(5);
+        assert!(check_run(&rs).is_none());
+        assert!(check_run(&rs[2..]).is_none(), "a run may start after seq 1 (the rest shipped)");
+        let mut altered = rs.clone();
+        altered[2].event.person = Some("mallory".into());
+        assert_eq!(check_run(&altered).map(|(s, k, _)| (s, k)), Some((3, ProblemKind::Altered)));
+        let mut gap = rs.clone();
+        gap.remove(1);
+        assert_eq!(check_run(&gap).map(|(s, _, _)| s), Some(2));
+        assert!(check_run(&[]).is_none());
     }
 
     #[test]

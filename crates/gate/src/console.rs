@@ -33,6 +33,8 @@ use crate::Shared;
 use crate::approvals::{Ask, Request, State as ReqState, state_name, unix_now};
 use crate::config::Person;
 
+mod audit_page;
+
 const SESSION_COOKIE: &str = "__Host-hf_session";
 const LOGIN_COOKIE: &str = "__Host-hf_login";
 /// How long the sign-in form's own CSRF token lasts.
@@ -160,6 +162,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/approvals", get(approvals_page))
         .route("/console/approvals/version", get(version))
         .route("/console/approvals/{id}/decide", post(decide))
+        .route("/console/audit", get(audit_page::page))
+        .route("/console/audit/{file}", get(audit_page::export))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .route("/console/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
@@ -215,8 +219,9 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
             }
             body {
                 header.top {
-                    div.brand { "holdfast " strong { "gate" } span.domain { " · access console: approvals and grants" } }
+                    div.brand { "holdfast " strong { "gate" } span.domain { " · access console: approvals, grants, audit" } }
                     @if let Some(w) = who {
+                        nav.pages { a href="/console/approvals" { "Approvals" } " " a id="nav-audit" href="/console/audit" { "Audit" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "signed in as " strong id="whoami" { (w.person.name) } }

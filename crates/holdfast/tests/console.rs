@@ -7,7 +7,10 @@
 //! (a `<script>` in it as text), person, address and row count; a POST without the CSRF token
 //! is refused; a wrong code decides nothing; a new request appears on an open page by itself;
 //! nobody gets buttons for their own request (dave rejects bob's); bob's
-//! approval runs alice's statement in her session. One browser, one gate: screenshots go to
+//! approval runs alice's statement in her session; the audit page shows her held DELETE and
+//! the decision, verified in the chain (the `<script>` as text), and exports them as JSON Lines
+//! and CSV; with 5,000 more records it pages by 100 and still verifies the chain. One browser,
+//! one gate: screenshots go to
 //! `target/console-screenshots/` (to `docs/console/`, the README's gallery, with
 //! `HOLDFAST_CONSOLE_SHOTS=docs`), page load times (as the browser measured them) to the test's output.
 
@@ -194,6 +197,45 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     assert_eq!(g.count("scratch"), 0);
     assert_eq!(g.count("orders"), 100, "bob's own DELETE never ran");
 
+    // The audit page, searched for alice: her held DELETE (the <script> as text), verified in
+    // the chain; searched for the request's id: the hold and bob's decision; the export has them.
+    b.goto(&format!("{base}/console/audit?person=alice")).unwrap();
+    wait_text(&b, "#chain", "Chain verified");
+    let held = b.find("#records tr[data-kind=approval_requested]").unwrap().text().unwrap();
+    assert!(held.contains(sql) && held.contains("alice") && held.contains("verified"), "{held}");
+    assert_ne!(b.title().unwrap(), "pwned");
+    assert_eq!(b.execute("return document.querySelectorAll('main script').length", json!([])).unwrap(), 0);
+    loads.push(("audit, one person", b.load_ms().unwrap()));
+    b.goto(&format!("{base}/console/audit?text={alice_id}")).unwrap();
+    let decided = wait_text(&b, "#records tr[data-kind=approved]", "bob");
+    assert!(decided.contains("verified") && !decided.contains("NOT"), "{decided}");
+    assert!(b.find("#records tr[data-kind=approval_requested]").is_ok());
+    b.screenshot(&shots().join("audit.png")).unwrap();
+    let href = b.execute("return document.querySelector('#export-jsonl').href", json!([])).unwrap();
+    let exported = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(r => r.text()).then(done, e => done(String(e)));",
+            json!([href.as_str().unwrap()]),
+        )
+        .unwrap();
+    let lines: Vec<serde_json::Value> =
+        exported.as_str().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"approval_requested") && kinds.contains(&"approved"), "{kinds:?}");
+    assert!(lines.iter().all(|l| l["verified"] == true && l["hash"].as_str().unwrap().len() == 64));
+    assert!(lines.iter().any(|l| l["detail"]["sql"] == sql), "the SQL verbatim in the export");
+    let csv_href = b.execute("return document.querySelector('#export-csv').href", json!([])).unwrap();
+    let csv = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(r => r.text()).then(done, e => done(String(e)));",
+            json!([csv_href.as_str().unwrap()]),
+        )
+        .unwrap();
+    let csv = csv.as_str().unwrap();
+    assert!(csv.starts_with("seq,time,person,") && csv.lines().count() == lines.len() + 1, "{csv}");
+
     // On a phone's screen.
     b.set_window(390, 844).unwrap();
     b.goto(&format!("{base}/console/approvals")).unwrap();
@@ -240,6 +282,44 @@ fn console_bob_approves_alices_delete_in_a_browser() {
         "the refused sign-in is audited"
     );
 
+    // A large log: 5,000 more records appended to the spool while the gate is stopped (its key,
+    // its chain), then the audit page pages through them and still verifies the whole chain.
+    const EXTRA: usize = 5000;
+    let mut g = g;
+    g.restart_after(|state| {
+        let key = audit::keyfile::load(&state.join("audit.key")).unwrap();
+        let log = audit::AuditLog::open(&state.join("audit"), key, audit::SpoolOptions::default()).unwrap();
+        for i in 0..EXTRA {
+            let ev = audit::Event::new(audit::EventKind::Statement)
+                .person(["alice", "bob", "carol"][i % 3])
+                .client(format!("10.0.{}.{}:5432", i / 250, i % 250))
+                .detail(json!({"sql": format!("SELECT * FROM orders WHERE id = {i}"), "verdict": "allow"}));
+            log.submit_nowait(ev).unwrap();
+        }
+        log.append_blocking(audit::Event::new(audit::EventKind::Other("load_test_end".into()))).unwrap();
+        drop(log);
+        // Closed, but its lock file names this (living) test process: the gate would refuse it.
+        std::fs::remove_file(state.join("audit/lock")).unwrap();
+    });
+    let base = format!("https://{}", g.control);
+    sign_in(&b, &base, "dave", "dave-password", &code(ALICE_TOTP, 0));
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    b.goto(&format!("{base}/console/audit")).unwrap();
+    wait_text(&b, "#chain", "Chain verified: seq 1–");
+    let hits: usize = b.find("#hits").unwrap().text().unwrap().parse().unwrap();
+    assert!(hits > EXTRA, "{hits}");
+    assert_eq!(b.find_all("#records tr[id^=rec-]").unwrap().len(), 100, "100 a page");
+    assert!(b.find("#pages").unwrap().text().unwrap().contains(&format!("of {}", hits.div_ceil(100))));
+    eprintln!("console page load (audit, newest 100 of {hits} records): {:.0} ms", b.load_ms().unwrap());
+    b.find("#next-page").unwrap().click().unwrap();
+    wait_text(&b, "#pages", "page 2 of");
+    b.goto(&format!("{base}/console/audit?person=carol&text=id+%3D+4997")).unwrap();
+    wait_text(&b, "#hits", "1");
+    loads.push(("audit, a search over all of them", b.load_ms().unwrap()));
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    loads.push(("approvals, with that log", b.load_ms().unwrap()));
+
     for (page, ms) in loads {
         eprintln!("console page load ({page}): {ms:.0} ms");
     }
@@ -247,8 +327,10 @@ fn console_bob_approves_alices_delete_in_a_browser() {
 
 /// The vault's console in the same kind of browser: a read token sees the cluster and, after a
 /// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
-/// brings the rows back; a read sign-in gets no drill button and its POST is refused; an admin
-/// sign-in gets the button.
+/// brings the rows back; a read sign-in gets no drill button and its POST is refused (the drills
+/// page it does see), as is its acknowledgement of the incident; an admin sign-in acknowledges
+/// it (shown with who and when, the incident kept) and gets the drill button, and the drill it
+/// starts shows on the drills page, passed, its signed report verified.
 #[test]
 fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     use testkit::pg::{TempPg, command_as_postgres};
@@ -260,7 +342,17 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     )
     .unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
-    let mut v = TempVault::start(holdfast()).unwrap();
+    // One enrolled keyholder, so that a deletion can be proposed (and shown).
+    let keys = tempfile::tempdir().unwrap();
+    let kh = keys.path().join("carol.key");
+    let out = Command::new(holdfast()).args(["keygen", "--out", kh.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let opts = testkit::vault::TempVaultOptions {
+        keyholders: vec![("carol".into(), String::from_utf8(out.stdout).unwrap().trim().to_string())],
+        threshold: Some(1),
+        ..Default::default()
+    };
+    let mut v = TempVault::start_with(holdfast(), opts).unwrap();
     let pw = v.scratch().join("rep.password");
     std::fs::write(&pw, "rep-secret\n").unwrap();
     let text = std::fs::read_to_string(v.config_path()).unwrap();
@@ -279,6 +371,13 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     let admin = v.scratch().join("admin.token");
     let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
+    let backup: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup = backup["id"].as_str().unwrap_or_else(|| panic!("no id in {backup}")).to_string();
+    let out =
+        v.cli(&admin, &["vault", "propose", "--backup", &backup, "--reason", "<b>disk</b> space"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let proposal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proposal = proposal["id"].as_str().unwrap().to_string();
     let read = v.scratch().join("read.token");
     let args = ["vault", "token", "create", "--scope", "read", "--label", "oncall", "--out"];
     let out = v.cli(&admin, &[&args[..], &[read.to_str().unwrap()]].concat()).unwrap();
@@ -324,6 +423,18 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
     loads.push(("incidents", b.load_ms().unwrap()));
     b.screenshot(&shots().join("vault-incident.png")).unwrap();
+    // The proposals page: what the deletion would remove, 0 of 1 signatures, the time left.
+    b.goto(&format!("{base}/console/proposals")).unwrap();
+    let card = b.wait_for(&format!("#proposal-{proposal}"), Duration::from_secs(10)).unwrap().text().unwrap();
+    assert!(card.contains(&backup) && card.contains("0 of 1") && card.contains("left"), "{card}");
+    assert!(card.contains("<b>disk</b> space"), "the reason as text: {card}");
+    loads.push(("proposals", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-proposals.png")).unwrap();
+    // The drills page, for a read token too: no drill has run yet.
+    b.goto(&format!("{base}/console/drills")).unwrap();
+    assert_eq!(b.wait_for("#reports", Duration::from_secs(10)).unwrap().text().unwrap(), "0");
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    b.wait_for("#incident-1", Duration::from_secs(10)).unwrap();
     // A read session's POST to an admin action is refused, CSRF token and all.
     let csrf = b.execute("return document.querySelector('input[name=csrf]').value", json!([])).unwrap();
     let status = b
@@ -336,6 +447,17 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
         )
         .unwrap();
     assert_eq!(status, 403);
+    assert!(b.find_all("#ack-button-1").unwrap().is_empty(), "no acknowledge button for a read token");
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/clusters/main/incidents/1/ack', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + arguments[0]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([csrf]),
+        )
+        .unwrap();
+    assert_eq!(status, 403, "a read token cannot acknowledge");
 
     // The command as shown (into a scratch directory, with the read token) brings the rows back.
     let root = tempfile::tempdir().unwrap();
@@ -371,7 +493,28 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     sign_in(v.admin_token());
     assert_eq!(b.wait_for("#scope", Duration::from_secs(10)).unwrap().text().unwrap(), "admin");
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
-    assert!(b.wait_for("#start-drill", Duration::from_secs(10)).is_ok());
+    // The admin acknowledges the incident: recorded with who and when, the incident stays.
+    b.wait_for("#ack-button-1", Duration::from_secs(10)).unwrap().click().unwrap();
+    let ack = wait_text(&b, "#ack-1", "Acknowledged by");
+    assert!(ack.contains("first admin"), "{ack}");
+    assert!(b.find("#incident-1").unwrap().text().unwrap().contains("customers"), "the incident stays");
+    assert!(b.find_all("#ack-button-1").unwrap().is_empty());
+    b.wait_for("#start-drill", Duration::from_secs(10)).unwrap().click().unwrap();
+    // The drill it starts ends in a signed report: the drills page shows it passed, verified.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        b.goto(&format!("{base}/console/drills")).unwrap();
+        let rows = b.find_all("#drill-reports tr.report").unwrap();
+        if let Some(r) = rows.first() {
+            break r.text().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no drill report\n{}", v.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(report.contains("main") && report.contains("passed") && report.ends_with("verified"), "{report}");
+    assert!(b.find("#schedule-main").unwrap().text().unwrap().contains("1 / 1"));
+    loads.push(("drills", b.load_ms().unwrap()));
+    b.screenshot(&shots().join("vault-drills.png")).unwrap();
     for (page, ms) in loads {
         eprintln!("vault console page load ({page}): {ms:.0} ms");
     }

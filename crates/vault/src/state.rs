@@ -25,6 +25,22 @@ pub mod kinds {
     pub const DRILL_REPORT: &str = "drill.report";
     /// A pack a client token uploaded (who, which, how many bytes): counts against its quota.
     pub const TOKEN_UPLOAD: &str = "token.upload";
+    /// An admin acknowledged an incident on the console ([`IncidentAck`]); the incident stays.
+    pub const INCIDENT_ACK: &str = "incident.ack";
+}
+
+/// Body of `incident.ack`: incident `number` of `cluster` (as `holdfast incidents` numbers
+/// them, oldest first from 1), detected at `detected_at`, acknowledged by the admin token `by`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IncidentAck {
+    pub cluster: String,
+    pub number: usize,
+    pub detected_at: Timestamp,
+    /// The token's label and id.
+    pub by: String,
+    /// When, by the vault's clock (filled in when folded).
+    #[serde(default)]
+    pub at: Option<Timestamp>,
 }
 
 /// Body of `token.upload`.
@@ -171,6 +187,8 @@ pub struct VaultState {
     pub last_check: Option<(Timestamp, CheckRecord)>,
     /// Drill reports, in catalog order (signatures are checked by readers, not here).
     pub drills: Vec<vault_api::drill::DrillEntry>,
+    /// Incident acknowledgements, in the order written.
+    pub incident_acks: Vec<IncidentAck>,
     /// Bytes each client token has had the vault store (records it appended, packs it
     /// uploaded), by token id and day of the vault's clock ([`day_of`]): what its daily storage
     /// quota is measured against.
@@ -268,6 +286,11 @@ impl VaultState {
                 if let Some(p) = self.proposals.get_mut(&x.proposal) {
                     p.executed_at.get_or_insert(written_at);
                 }
+            }
+            kinds::INCIDENT_ACK => {
+                let Some(mut a) = parse::<IncidentAck>(name, body) else { return };
+                a.at = Some(written_at);
+                self.incident_acks.push(a);
             }
             kinds::DRILL_REPORT => {
                 let Some(signed) = parse::<vault_api::SignedDrillReport>(name, body) else { return };

@@ -120,8 +120,14 @@ db_user = "dba"
     /// Stops the gate process (SIGKILL) and starts it again on the same state directory (new
     /// ports); sessions through it end.
     pub fn restart(&mut self) {
+        self.restart_after(|_| {});
+    }
+
+    /// As `restart`, running `between` on the state directory while the gate is stopped.
+    pub fn restart_after(&mut self, between: impl FnOnce(&Path)) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        between(&self.dir.join("state"));
         let (child, addr, control) = serve(&self.dir);
         (self.child, self.addr, self.control) = (child, addr, control);
     }

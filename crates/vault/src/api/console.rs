@@ -120,6 +120,9 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/clusters", get(clusters_page))
         .route("/console/clusters/{name}", get(cluster_page))
         .route("/console/clusters/{name}/drill", post(start_drill))
+        .route("/console/drills", get(drills_page))
+        .route("/console/clusters/{name}/incidents/{n}/ack", post(acknowledge))
+        .route("/console/proposals", get(proposals_page))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
         .layer(Extension(Arc::new(Sessions::default())))
@@ -141,8 +144,9 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
             }
             body {
                 header.top {
-                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters and incidents" } }
+                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills, proposals" } }
                     @if let Some(w) = who {
+                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } " " a id="nav-proposals" href="/console/proposals" { "Proposals" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "token " strong id="whoami" { (w.label) } " (" span id="scope" { (w.scope.as_str()) } ")" }
@@ -310,6 +314,156 @@ async fn clusters_page(
     page(StatusCode::OK, layout("Clusters", Some(&w), body))
 }
 
+/// Restore drills: each cluster's schedule (next due, overdue, running) and every stored
+/// report, newest first, with whether its signature verifies against the vault's drill-report
+/// key (`SignedDrillReport::verify`, as `holdfast drill list` does); 100 a page.
+async fn drills_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "listing restore drills")
+        .await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let status = crate::drill::all_status(&s).await;
+    let key = s.drills.public_key();
+    let entries = s.state.read().await.drills.clone();
+    let pages = entries.len().div_ceil(PAGE).max(1);
+    let pg = q.page.min(pages - 1);
+    let shown: Vec<_> = entries.iter().rev().skip(pg * PAGE).take(PAGE).collect();
+    let body = html! {
+        h1 { "Restore drills" }
+        @if status.is_empty() { p.muted { "No cluster has drills ([[drill]] in vault.toml, or an admin starts one)." } }
+        @if !status.is_empty() {
+            table.list id="schedule" {
+                tr { th { "cluster" } th { "every" } th { "next due" } th { "state" } th { "last" } th { "passed / run" } }
+                @for d in &status {
+                    tr id={ "schedule-" (d.cluster) } {
+                        td { (d.cluster) }
+                        td { (d.every_seconds.map(|e| format!("{e} s")).unwrap_or_else(|| "on demand".into())) }
+                        td { (d.next_due.map(|t| t.to_string()).unwrap_or_else(|| "-".into())) }
+                        td.state { @if d.overdue { strong.bad { "OVERDUE" } } @else if let Some(r) = &d.running { "running: " (r.phase) } @else { "ok" } }
+                        td { @if let Some(l) = &d.last { (if l.ok { "passed" } else { "FAILED" }) ", " (l.started_at)
+                            @if let Some(rto) = l.rto_seconds { ", RTO " (format!("{rto:.0}")) " s" } } @else { "none" } }
+                        td { (d.total - d.failed) " / " (d.total) }
+                    }
+                }
+            }
+        }
+        h2 { "Reports " span.count id="reports" { (entries.len()) } }
+        p.muted { "Signed by the vault's drill-report key " code { (key.get(..16).unwrap_or(&key)) "…" } "." }
+        table.list id="drill-reports" {
+            tr { th { "started" } th { "cluster" } th { "result" } th { "RTO" } th { "target" } th { "signature" } }
+            @for e in &shown {
+                @match e.signed.verify(&key) {
+                    Ok(r) => tr.report id={ "drill-" (r.id) } {
+                        td { (r.started_at) } td { (r.cluster) }
+                        td { (if r.ok { "passed" } else { "FAILED" }) ": " (r.verdict) }
+                        td { (r.rto_seconds.map(|x| format!("{x:.1} s")).unwrap_or_default()) }
+                        td { code { (r.target) } }
+                        td { span.good { "verified" } }
+                    },
+                    Err(err) => tr.report.forged {
+                        td { (e.written_at) } td { "?" } td { "not a report the vault signed" } td {} td {}
+                        td { strong.bad { "REJECTED: " (err.to_string()) } }
+                    },
+                }
+            }
+        }
+        @if pages > 1 {
+            p id="pages" {
+                @if pg > 0 { a href={ "/console/drills?page=" (pg - 1) } { "← newer" } " " }
+                "page " (pg + 1) " of " (pages)
+                @if pg + 1 < pages { " " a href={ "/console/drills?page=" (pg + 1) } { "older →" } }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Drills", Some(&w), body))
+}
+
+/// Deletion proposals, newest first: what each would delete (counts by kind, backups, WAL,
+/// bytes — the same effects `vault sign` shows), the keyholders whose signatures verified of the
+/// threshold, the veto, and the waiting period by the vault's clock with the time left.
+async fn proposals_page(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading proposals").await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mut views: Vec<_> = {
+        let state = s.state.read().await;
+        state.proposals.values().map(|p| p.view(s.config.quorum.threshold)).collect()
+    };
+    views.sort_by_key(|v| std::cmp::Reverse(v.statement.proposed_at));
+    let pages = views.len().div_ceil(PAGE).max(1);
+    let pg = q.page.min(pages - 1);
+    let now = s.clock.now().as_secs();
+    let mut shown = Vec::new();
+    for mut v in views.into_iter().skip(pg * PAGE).take(PAGE) {
+        v.effects = super::effects(&s, &v.statement.objects).await.ok();
+        shown.push(v);
+    }
+    let body = html! {
+        h1 { "Deletion proposals " span.count id="proposals" { (shown.len()) } }
+        p.muted { "Nothing is deleted early without " (s.config.quorum.threshold) " keyholder signature(s) and the waiting period; any keyholder may veto." }
+        @if shown.is_empty() { p.muted id="no-proposals" { "No proposal." } }
+        @for v in &shown {
+            article.card.proposal id={ "proposal-" (v.id) } {
+                header { span.kind { (format!("{:?}", v.status).to_lowercase()) } " " code { (v.id) }
+                    span.muted { " · proposed " (v.statement.proposed_at) } }
+                p { "Reason: " em { (v.statement.reason) } }
+                table.kv {
+                    tr { th { "would delete" } td {
+                        (v.statement.objects.len()) " object(s)"
+                        @if let Some(e) = &v.effects {
+                            ", " (e.bytes) " bytes"
+                            @for (k, n) in &e.objects_by_kind { " · " (n) " " (k) }
+                            @for b in &e.backups { div { "backup " code { (b.id) } " (" (b.label) ", " (b.started) "): its " (b.how) } }
+                            @for x in &e.wal { div { "WAL of " (x.cluster) ", timeline " (x.timeline) } }
+                        }
+                    } }
+                    tr { th { "signatures" } td.signatures { (v.signed_by.len()) " of " (v.threshold)
+                        @for k in &v.signed_by { div { code { (k.get(..16).unwrap_or(k)) "…" } } } } }
+                    tr { th { "veto" } td { @if let Some(k) = &v.vetoed_by { strong.bad { "vetoed by " code { (k.get(..16).unwrap_or(k)) "…" } } } @else { "none" } } }
+                    tr { th { "waiting period" } td.left {
+                        "until " (v.statement.not_before)
+                        @let left = v.statement.not_before.as_secs() - now;
+                        @if v.executed_at.is_some() { " · executed" }
+                        @else if left > 0 { " · " strong { (left / 3600) "h " ((left % 3600) / 60) "m left" } }
+                        @else { " · over" }
+                    } }
+                }
+            }
+        }
+        @if pages > 1 {
+            p id="pages" {
+                @if pg > 0 { a href={ "/console/proposals?page=" (pg - 1) } { "← newer" } " " }
+                "page " (pg + 1) " of " (pages)
+                @if pg + 1 < pages { " " a href={ "/console/proposals?page=" (pg + 1) } { "older →" } }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Proposals", Some(&w), body))
+}
+
+/// Rows per page of a long list.
+const PAGE: usize = 100;
+
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    #[serde(default)]
+    page: usize,
+}
+
 /// The command that restores to just before incident `n` of `cluster`.
 pub fn restore_command(cluster: &str, n: usize) -> String {
     // `--promote`: paused before a DROP's or TRUNCATE's commit, a hot standby still holds the
@@ -372,6 +526,7 @@ async fn cluster_page(
     };
     let c = rt.status();
     let incidents = rt.incidents();
+    let acks = s.state.read().await.incident_acks.clone();
     let body = html! {
         p { a href="/console/clusters" { "← clusters" } }
         h1 { (c.name) " " span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
@@ -384,9 +539,69 @@ async fn cluster_page(
         }
         h2 { "Incidents " span.count id="incident-count" { (incidents.len()) } }
         @if incidents.is_empty() { p.muted { "None." } }
-        @for (k, i) in incidents.iter().enumerate().rev() { (incident_view(&c.name, k + 1, i)) }
+        @for (k, i) in incidents.iter().enumerate().rev() {
+            (incident_view(&c.name, k + 1, i))
+            @let ack = acks.iter().find(|a| a.cluster == c.name && a.number == k + 1 && a.detected_at == i.detected_at);
+            @if let Some(a) = ack {
+                p.ack id={ "ack-" (k + 1) } { "Acknowledged by " strong { (a.by) } " at " (a.at.map(|t| t.to_string()).unwrap_or_default()) "." }
+            } @else if w.scope == Scope::Admin {
+                form.ack method="post" action={ "/console/clusters/" (c.name) "/incidents/" (k + 1) "/ack" } {
+                    input type="hidden" name="csrf" value=(w.session.csrf);
+                    button id={ "ack-button-" (k + 1) } type="submit" { "Acknowledge #" (k + 1) }
+                }
+            }
+        }
     };
     page(StatusCode::OK, layout(&name, Some(&w), body))
+}
+
+/// Records that an admin acknowledged incident `n`: an `incident.ack` catalog record written
+/// by the vault itself (the incident is never changed or removed; the kind is not appendable
+/// through the API). Acknowledging twice is refused.
+async fn acknowledge(
+    State(s): State<Arc<Shared>>,
+    Extension(sessions): Console,
+    headers: HeaderMap,
+    Path((name, n)): Path<(String, usize)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let w = match signed_in(&s, &sessions, &headers, &[Scope::Admin], "acknowledging an incident").await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+        return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
+    }
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&name).ok()) else {
+        return refused(StatusCode::NOT_FOUND, "No such cluster in this vault.");
+    };
+    let Some(i) = n.checked_sub(1).and_then(|k| rt.incidents().into_iter().nth(k)) else {
+        return refused(StatusCode::NOT_FOUND, "No such incident.");
+    };
+    let mut state = s.state.write().await;
+    if state
+        .incident_acks
+        .iter()
+        .any(|a| a.cluster == name && a.number == n && a.detected_at == i.detected_at)
+    {
+        return refused(StatusCode::CONFLICT, "That incident is already acknowledged.");
+    }
+    let ack = crate::state::IncidentAck {
+        cluster: name.clone(),
+        number: n,
+        detected_at: i.detected_at,
+        by: w.label.clone(),
+        at: None,
+    };
+    let body = serde_json::to_value(&ack).unwrap_or_default();
+    if let Err(e) = s.write_record(&mut state, crate::state::kinds::INCIDENT_ACK, body).await {
+        tracing::error!(error = %e, "recording an incident acknowledgement");
+        return refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Could not record the acknowledgement: {e}"),
+        );
+    }
+    Redirect::to(&format!("/console/clusters/{name}")).into_response()
 }
 
 async fn start_drill(
