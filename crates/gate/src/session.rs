@@ -819,7 +819,11 @@ impl<'a> Session<'a> {
                     });
                     if let Err(e) = self.audit(EventKind::Statement, detail).await {
                         self.shared.metrics.refused.inc();
-                        self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); nothing runs until it can"), true);
+                        // The client learns what kind of failure; the spool's paths and the
+                        // vault's address stay in the gate's log.
+                        tracing::warn!(person = %self.id.person.name, error = %e, "statement refused: the audit log cannot take it");
+                        let why = vault_types::UserFacing::user_message(&e);
+                        self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until it can"), true);
                     } else {
                         f.encode(&mut self.sout);
                         self.owe(1);
@@ -1061,7 +1065,9 @@ impl<'a> Session<'a> {
             };
             if refuse {
                 self.shared.metrics.refused.inc();
-                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({e}); nothing runs until the vault takes the backlog"), extended);
+                tracing::warn!(person = %self.id.person.name, error = %e, "statement refused: the audit log cannot take it");
+                let why = vault_types::UserFacing::user_message(&e);
+                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until the vault takes the backlog"), extended);
                 return Ok(());
             }
         }
