@@ -868,7 +868,11 @@ async fn connect_raw_inner(cfg: &Config, params: &[(&str, &str)]) -> Result<RawS
     Ok(session)
 }
 
-/// Sends a CancelRequest for a backend (a fresh connection, no authentication, as libpq does).
+/// Sends a CancelRequest for a backend (a fresh connection, no authentication, as libpq does)
+/// and returns once the server has closed that connection, which it does after acting on the
+/// request. Like libpq's `PQcancel`, this is what lets a caller send its next statement without
+/// the cancel zapping that one instead of the one it meant; a server that keeps the connection
+/// open longer than [`CANCEL_ACK_WAIT`] is not waited for further.
 pub async fn send_cancel(cfg: &Config, pid: i32, key: &[u8]) -> Result<(), Error> {
     let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
     let mut msg = Vec::with_capacity(16 + key.len());
@@ -882,13 +886,32 @@ pub async fn send_cancel(cfg: &Config, pid: i32, key: &[u8]) -> Result<(), Error
                 .await
                 .map_err(unreachable)?;
             s.write_all(&msg).await?;
+            await_close(&mut s).await;
         }
         Host::Tcp { host, port } => {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
             s.write_all(&msg).await?;
+            await_close(&mut s).await;
         }
     }
     Ok(())
+}
+
+/// How long [`send_cancel`] waits for the server to close the cancel connection.
+pub const CANCEL_ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads (and drops) whatever comes until the peer closes the connection, an error, or
+/// [`CANCEL_ACK_WAIT`]: a reset is as good an answer as a close here.
+async fn await_close(s: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(CANCEL_ACK_WAIT, async {
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
