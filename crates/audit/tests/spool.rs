@@ -249,8 +249,10 @@ async fn with_the_vault_unreachable_appends_stop_at_the_bound_and_nothing_is_dro
         ..Default::default()
     };
     let log = AuditLog::open(dir.path(), key(), opts.clone()).unwrap();
-    // A vault nobody listens for: a free port, closed again.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A vault nobody listens for: a port held bound but not listening (a port merely closed
+    // again could be taken by another test's server, which would answer).
+    let refusing = testkit::net::RefusingPort::new().unwrap();
+    let port = refusing.port();
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let client = vault_api::VaultClient::new(
         &format!("https://127.0.0.1:{port}"),

@@ -881,7 +881,10 @@ async fn bad_settings_show_a_clear_error() -> Result<()> {
     let v = Vault::new().await?;
     let pg = start_pg()?;
     pg.create_login_role("plain", "plain-pw")?;
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // Held bound and not listening for the whole test: refused, and no other test's server
+    // can take the port meanwhile.
+    let refusing = testkit::net::RefusingPort::new()?;
+    let free_port = refusing.port();
     let mut clusters = vec![
         v.cluster("badpw", vec![unix_host(&pg)], REP, "not the password")?,
         v.cluster("nohost", vec![format!("127.0.0.1:{free_port}")], REP, REP_PW)?,

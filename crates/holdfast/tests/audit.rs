@@ -30,7 +30,15 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let v = TempVault::start(holdfast()).unwrap();
+        Setup::listening(None).await
+    }
+
+    /// With the vault on `listen` (`None`: a port the kernel picks).
+    async fn listening(listen: Option<&str>) -> Setup {
+        let mut v = TempVault::start(holdfast()).unwrap();
+        if let Some(addr) = listen {
+            v.restart_with(&["--listen", addr]).unwrap();
+        }
         let admin = VaultClient::new(v.url(), &v.ca_pem(), Some(v.admin_token().to_string())).unwrap();
         let append_token = admin.create_token(Scope::Append, "gate-1 audit").await.unwrap().token;
         let read_token = admin.create_token(Scope::Read, "auditor").await.unwrap().token;
@@ -409,8 +417,10 @@ async fn verify_names_the_first_bad_record_and_search_finds_the_insider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_down_the_spool_fills_to_its_bound_then_everything_ships_in_order() {
-    let mut s = Setup::new().await;
-    let addr = s.v.url().trim_start_matches("https://").to_string();
+    // The vault comes back on the same address below: a port outside the ephemeral range, which
+    // no outgoing connection (another test's) can take while the vault is down.
+    let addr = format!("127.0.0.1:{}", testkit::net::port_to_reuse().unwrap());
+    let mut s = Setup::listening(Some(&addr)).await;
     s.v.kill();
     let dir = tempfile::tempdir().unwrap();
     let opts = SpoolOptions {

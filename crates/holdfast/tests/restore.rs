@@ -579,7 +579,10 @@ async fn a_vault_lost_mid_restore_fails_clearly_and_never_leaves_a_startable_clu
 
     // 1. The vault is away for 3 s (restarted on the same address): the restore waits for it
     //    and finishes with every row.
-    let port = s.v.url().rsplit(':').next().unwrap().to_string();
+    // On a port outside the ephemeral range: while the vault is down, no outgoing connection
+    // (another test's) can take it, and the restart on the same address cannot fail.
+    let port = testkit::net::port_to_reuse().unwrap().to_string();
+    s.v.restart_with(&["--listen", &format!("127.0.0.1:{port}")]).unwrap();
     let dir = root.path().join("resumed");
     let child = spawn_restore(&s, &dir, None);
     s.v.kill();
@@ -808,7 +811,7 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // --port: TCP on 127.0.0.1 as well, said in the output; the socket in the target directory.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = testkit::net::port_to_reuse().unwrap();
     let dir = root.path().join("latest");
     let out = s.restore(&[
         "--latest",

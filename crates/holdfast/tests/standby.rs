@@ -250,7 +250,9 @@ fn setup() -> Setup {
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let data = root.path().join("standby");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The standby's server restarts on this port (pause, promote): not an ephemeral one, which
+    // an outgoing connection could take in between.
+    let port = testkit::net::port_to_reuse().unwrap();
     let text = std::fs::read_to_string(v.config_path()).unwrap();
     std::fs::write(
         v.config_path(),

@@ -444,8 +444,9 @@ async fn unreachable_server_is_reported_as_such() -> Result<()> {
     assert!(err.to_string().starts_with("cannot reach PostgreSQL at "), "{err}");
     assert!(err.to_string().contains(".s.PGSQL.5432"), "{err}");
 
-    // A TCP port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // A TCP port nobody listens on (held, so no other test's server can take it meanwhile).
+    let refusing = testkit::net::RefusingPort::new()?;
+    let port = refusing.port();
     let cfg = Config::new(Host::Tcp { host: "127.0.0.1".into(), port }, "x");
     let err = ReplicationConnection::connect(&cfg).await.unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");

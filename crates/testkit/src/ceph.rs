@@ -7,7 +7,6 @@
 //! foreground as children of the test, with PR_SET_PDEATHSIG so that a test killed before its
 //! Drop runs does not leave a cluster behind.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,8 +32,9 @@ pub struct TempCeph {
 /// The Debian packages that provide the daemons (`./run test` installs them).
 pub const PACKAGES: &str = "ceph-mon ceph-osd radosgw ceph-common";
 
+/// A port for one of Ceph's daemons, which binds it seconds later (see [`crate::net`]).
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::net::port_to_reuse()
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Output> {

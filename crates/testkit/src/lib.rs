@@ -1,6 +1,7 @@
-//! Test helpers that start real components: PostgreSQL (`pg`), headless Chromium over WebDriver (`browser`), a vault process (`vault`), Ceph RGW (`ceph`), a webhook sink (`webhook`); and waiting for a condition against a deadline (`wait`).
+//! Test helpers that start real components: PostgreSQL (`pg`), headless Chromium over WebDriver (`browser`), a vault process (`vault`), Ceph RGW (`ceph`), a webhook sink (`webhook`); waiting for a condition against a deadline (`wait`); ports nothing else takes meanwhile (`net`).
 pub mod browser;
 pub mod ceph;
+pub mod net;
 pub mod pg;
 pub mod vault;
 pub mod wait;

@@ -138,8 +138,11 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The server's port: only a name for its Unix socket (in a directory of its own) unless it
+/// listens on TCP too; then one the kernel will not hand out as an ephemeral port between now
+/// and the server's (re)starts (see [`crate::net`]).
+fn free_port(tcp: bool) -> Result<u16> {
+    if tcp { crate::net::port_to_reuse() } else { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) }
 }
 
 fn give_to_postgres(path: &Path) -> Result<()> {
@@ -176,7 +179,7 @@ impl TempPg {
         run(initdb, "initdb")?;
         std::fs::remove_file(&pwfile)?;
 
-        let pg = TempPg { root, data, port: free_port()?, tcp: opts.tcp, password, running: false };
+        let pg = TempPg { root, data, port: free_port(opts.tcp)?, tcp: opts.tcp, password, running: false };
         pg.write_config(&opts)?;
         let mut pg = pg;
         pg.start_server()?;
@@ -206,7 +209,7 @@ impl TempPg {
         }
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
         let password = format!("pw-{}", std::process::id());
-        let mut pg = TempPg { root, data, port: free_port()?, tcp: false, password, running: false };
+        let mut pg = TempPg { root, data, port: free_port(false)?, tcp: false, password, running: false };
         let mut conf = String::from("\n# Written by holdfast's testkit for a restored cluster.\n");
         conf.push_str("listen_addresses = ''\n");
         conf.push_str(&pg.port_settings());
@@ -430,7 +433,7 @@ impl TempPg {
         let mut pg = TempPg {
             root,
             data,
-            port: free_port()?,
+            port: free_port(primary.tcp)?,
             tcp: primary.tcp,
             password: primary.password.clone(),
             running: false,
