@@ -452,7 +452,7 @@ async fn vault_down_the_spool_fills_to_its_bound_then_everything_ships_in_order(
     assert!(matches!(full, AuditError::SpoolFull { limit: 98_304, .. }), "{full}");
     assert!(acked > 80, "{acked} records before the bound");
     // The shipper has been failing meanwhile (its first attempt may come after the spool filled).
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + testkit::wait::budget(Duration::from_secs(30));
     let st = loop {
         let st = log.status();
         if st.last_ship_error.is_some() || std::time::Instant::now() > deadline {

@@ -159,7 +159,7 @@ async fn check_names_the_wal_range_and_backup_a_damaged_piece_breaks() {
     // Finish the backup's segment so that a `wal.segment` record names its pieces.
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal()").unwrap();
     let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(40));
     loop {
         let st: serde_json::Value =
             serde_json::from_slice(&remote(&["status", "--json"]).stdout).unwrap_or_default();

@@ -45,7 +45,7 @@ fn code(secret: &str, ahead: u64) -> String {
 
 /// The id of `person`'s pending request, once there is one.
 fn pending_of(g: &Gate, person: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(40));
     loop {
         let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
         assert!(out.status.success(), "{}", text(&out));
@@ -78,7 +78,7 @@ fn spawn_psql(g: &Gate, user: &str, password: &str, sql: &str) -> Child {
 /// The text of the first `css` element once it contains `needle` (the page may still be the
 /// one before a form's POST, or be replaced while read: both are waited out).
 fn wait_text(b: &Browser, css: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
     loop {
         let t = b.find(css).and_then(|e| e.text()).unwrap_or_default();
         if t.contains(needle) {

@@ -49,7 +49,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 fn assert_nothing_left(stdout: &str, work: &Path) {
     let dirs = started_dirs(stdout);
     assert!(dirs.len() >= 3, "the demo names the primary, the standby and the vault: {dirs:?}\n{stdout}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
     for d in dirs.iter().map(String::as_str).chain([work.to_str().unwrap()]) {
         loop {
             let left = processes_mentioning(d);

@@ -282,7 +282,7 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
             .sum();
         statements_sent += executed;
         // The session is closed: wait until the server ended it (its transaction with it).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + testkit::wait::budget(std::time::Duration::from_secs(30));
         while g.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'gate_app'").unwrap() != "0" {
             assert!(std::time::Instant::now() < deadline, "the session did not end");
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -112,7 +112,7 @@ impl Setup {
 
     /// Waits for an incident of `kind` beyond the first `known` incidents.
     fn wait_incident(&self, known: usize, kind: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(40));
         loop {
             let list = self.incidents();
             if let Some(i) = list.iter().skip(known).find(|i| i["kind"] == kind) {
@@ -844,7 +844,7 @@ fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
         "detector_max_lag_seconds = 2\ntesting_detector_fault = \"stall\"\ntenant_column = \"merchnat_id\"",
     );
     let alerted = |s: &Setup, kind: &str, since: Instant| -> Duration {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(40));
         loop {
             let got = s.received.lock().unwrap().clone();
             if let Some((at, _)) =
@@ -863,22 +863,26 @@ fn a_stalled_or_stopped_detector_is_an_incident_alerted_in_seconds() {
     assert!(i["message"].as_str().unwrap().contains("not decoded"), "{i:#}");
     let took = alerted(&s, "detector_behind", started);
     eprintln!("stalled detector: detector_behind alerted {took:?} after WAL was written");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Seconds (the figure is printed above); the bound leaves a loaded CI machine room.
+    assert!(took < testkit::wait::budget(Duration::from_secs(20)), "{took:?}");
     let st = s.status();
     assert!(st["detector_lag_bytes"].as_u64().unwrap() > 0, "{st}");
 
     // Stopped: its first run panics; the incident, then it restarts and decodes.
     let text = std::fs::read_to_string(s.v.config_path()).unwrap().replace("\"stall\"", "\"panic\"");
     std::fs::write(s.v.config_path(), text).unwrap();
+    // Counted before the restart: the restarted vault may raise detector_stopped (and others)
+    // before a count taken after it could be read.
+    let known = s.incidents().len();
     s.v.kill();
     let restarted = Instant::now();
     s.v.restart().unwrap();
-    let known = s.incidents().len();
-    let i = s.wait_incident(known.saturating_sub(1), "detector_stopped");
+    let i = s.wait_incident(known, "detector_stopped");
     assert!(i["message"].as_str().unwrap().contains("panicked"), "{i:#}");
     let took = alerted(&s, "detector_stopped", restarted);
     eprintln!("panicking detector: detector_stopped alerted {took:?} after the vault started");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Seconds (the figure is printed above); the bound leaves a loaded CI machine room.
+    assert!(took < testkit::wait::budget(Duration::from_secs(20)), "{took:?}");
     s.wait_decoded();
     let i = s.wait_incident(0, "tenant_blind");
     assert!(

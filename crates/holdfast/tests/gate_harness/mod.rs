@@ -212,7 +212,7 @@ impl Gate {
 
     /// Waits for the one pending request and returns its id.
     pub fn pending_id(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
         loop {
             let out = self.cli("alice", "alice-password", None, &["pending", "--json"]);
             assert!(out.status.success(), "{}", text(&out));
