@@ -576,6 +576,12 @@ async fn synchronous_commit_waits_for_the_vault() -> Result<()> {
     pg.psql("create table t (x int)")?;
     pg.psql("alter system set synchronous_standby_names = 'holdfast_sync'")?;
     pg.psql("select pg_reload_conf()")?;
+    // The reload is asynchronous: a session started before the server re-read its settings
+    // would commit without waiting for a standby.
+    wait_for(Duration::from_secs(30), "synchronous_standby_names after the reload", || {
+        pg.psql("show synchronous_standby_names").ok().filter(|v| v == "holdfast_sync")
+    })
+    .await?;
     let mut cluster = v.cluster("sync", vec![unix_host(&pg)], REP, REP_PW)?;
     cluster.synchronous = true;
     // A long flush interval: synchronous mode must not wait for it.

@@ -549,13 +549,14 @@ async fn tls_require_and_verify_full() -> Result<()> {
     pg.psql("alter system set ssl = on")?;
     pg.psql("select pg_reload_conf()")?;
     pg.create_replication_role(REP_USER, REP_PASSWORD)?;
-    // The reload is asynchronous: wait until new connections see it.
-    for _ in 0..50 {
-        if pg.psql("show ssl")? == "on" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The reload is asynchronous: wait until new connections see it (a wait that fails when it
+    // runs out, rather than going on to fail the TLS checks for a reason it would not say).
+    testkit::wait::until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "ssl = on after the reload",
+        || pg.psql("show ssl").ok().filter(|v| v == "on"),
+    )?;
 
     let cfg = |ssl| {
         let mut c = Config::new(Host::Tcp { host: "localhost".into(), port: pg.port() }, REP_USER)

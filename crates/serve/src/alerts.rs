@@ -280,8 +280,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        // A port nothing listens on.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // A port nothing listens on: held bound but not listening for the whole test (a port
+        // merely closed again could be taken by another test's server, which would answer).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dead = held.local_addr().unwrap();
         let hook = |name: &str, url: String, format| Webhook { name: name.into(), url, format };
         let hooks = Arc::new(Webhooks::with_backoff(
             vec![
@@ -301,7 +304,7 @@ mod tests {
             if st.iter().filter(|s| s.delivered == 1).count() == 4 && st[4].failed == 1 {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "{st:?}");
+            assert!(t0.elapsed() < Duration::from_secs(30), "{st:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let got = received.lock().unwrap().clone();
