@@ -1,7 +1,8 @@
-//! Test helpers that start real components: PostgreSQL (`pg`), headless Chromium over WebDriver (`browser`), a vault process (`vault`), Ceph RGW (`ceph`), a webhook sink (`webhook`); and waiting for a condition against a deadline (`wait`).
+//! Test helpers that start real components: PostgreSQL (`pg`), headless Chromium over WebDriver (`browser`), a vault process (`vault`), Ceph RGW (`ceph`) and S3 requests to it as the vault and an adversary make them (`s3`), a webhook sink (`webhook`); and waiting for a condition against a deadline (`wait`).
 pub mod browser;
 pub mod ceph;
 pub mod pg;
+pub mod s3;
 pub mod vault;
 pub mod wait;
 pub mod webhook;

@@ -50,26 +50,7 @@ async fn poll(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
 async fn mirror_vault_alerts_on_a_stopped_bucket_drains_and_survives_an_erased_local_store() {
     let mut ceph = testkit::ceph::TempCeph::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let creds = tmp.path().join("s3.creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    let remote = store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: "mirror".into(),
-        prefix: "v1/".into(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let remote = testkit::s3::config(&ceph, "mirror", "v1/").unwrap();
     store::s3::create_bucket(&remote, true).await.unwrap();
     let dir = tmp.path().join("vault");
     let file = StoreFile {

@@ -28,16 +28,7 @@ fn opts(dir: &std::path::Path) -> vault::InitOptions {
 async fn vault_init_and_serve_on_s3_require_object_lock() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let creds = tmp.path().join("s3.creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
+    let creds = testkit::s3::credentials_file(&ceph).unwrap();
     let file = |bucket: &str, object_lock: Option<bool>| StoreFile {
         kind: Some("s3".into()),
         endpoint: Some(ceph.endpoint()),
@@ -46,16 +37,7 @@ async fn vault_init_and_serve_on_s3_require_object_lock() {
         object_lock,
         ..StoreFile::default()
     };
-    let s3 = |bucket: &str| store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: bucket.into(),
-        prefix: String::new(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let s3 = |bucket: &str| testkit::s3::config(&ceph, bucket, "").unwrap();
     store::s3::create_bucket(&s3("unlocked"), false).await.unwrap();
     store::s3::create_bucket(&s3("locked"), true).await.unwrap();
 
