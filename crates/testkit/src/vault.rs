@@ -209,6 +209,14 @@ impl TempVault {
         self.restart()
     }
 
+    /// Puts top-level `lines` (e.g. `alert_command = …`) at the head of `vault.toml`, where
+    /// TOML wants them (before the tables); read at the next restart.
+    pub fn prepend_config(&self, lines: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.config_path())?;
+        std::fs::write(self.config_path(), format!("{lines}\n{text}"))?;
+        Ok(())
+    }
+
     /// Creates a token of `scope` (`read`, `append`, `admin`) labelled `label` with the first
     /// admin token (`admin.token` in the scratch directory), written to `out`.
     pub fn create_token(&self, scope: &str, label: &str, out: &Path) -> Result<()> {
