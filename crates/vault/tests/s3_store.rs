@@ -7,22 +7,8 @@ use std::sync::Arc;
 use vault::clock::SystemClock;
 use vault::config::{Config, StoreFile};
 
-fn opts(dir: &std::path::Path) -> vault::InitOptions {
-    vault::InitOptions {
-        dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        escrow: vec![age::x25519::Identity::generate().to_public()],
-        keyholders: vec![vault::config::KeyholderFile {
-            name: "alice".into(),
-            public_key: "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a".into(),
-        }],
-        threshold: 1,
-        retention_days: 7,
-        wait_hours: 72,
-        testing_allow_short_wait: false,
-        clusters: Vec::new(),
-    }
-}
+mod common;
+use common::init_options as opts;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_init_and_serve_on_s3_require_object_lock() {
