@@ -107,23 +107,10 @@ rec cmd_vault_serve "\"RUST_LOG=info holdfast vault serve --config V/vault.toml 
 rec cmd_vault_cluster "$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(json.dumps(t[t.index("[[cluster]]"):]))' "$V/vault.toml")"
 
 # wait_vault TIMEOUT: until the vault streams and its durable_lsn reaches the server's flush LSN.
-wait_vault() {
-  python3 "$PY" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every WAL segment so far archived by pgBackRest and durable in the vault.
 settle() {
-  local seg last
-  # A record first: pg_switch_wal() on a segment with nothing in it switches nothing, and
-  # that segment would not be archived until it fills.
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  log "settle: waiting for pgBackRest to archive $seg, then for the vault's durable_lsn"
-  for _ in $(seq 1 1200); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || fail archiver "segment $seg not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  log "settle: waiting for pgBackRest to archive the current segment, then for the vault's durable_lsn"
+  switch_and_wait_archived 10 || fail archiver "segment $SEG not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
   wait_vault 900 || fail vault_catch_up "the vault's durable_lsn did not reach the server's flush LSN within 15 min (see capture-vault.log)"
 }
 log "waiting for the vault to stream"

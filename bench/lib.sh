@@ -119,3 +119,25 @@ EOF
   chown postgres: "$PBRCONF"
   chmod 600 "$PBRCONF"
 }
+
+# wait_vault [SECONDS]: waits (600 s unless said) until the vault at $URL (CA $CA, read token
+# $W/read.token) has the server's current flush LSN durable for cluster `bench`.
+wait_vault() {
+  python3 "$ROOT/bench/capture.py" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
+}
+
+# switch_and_wait_archived MINUTES: ends the current WAL segment — after a restore point, since
+# pg_switch_wal() on a segment with nothing in it switches nothing and that segment would not be
+# archived until it fills — and waits up to MINUTES for the server's archiver to report it
+# archived. SEG is that segment; non-zero if it was not archived in time.
+switch_and_wait_archived() {
+  local last
+  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
+  SEG="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
+  for _ in $(seq 1 $(($1 * 120))); do
+    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
+    [[ "$last" > "$SEG" || "$last" == "$SEG" ]] && return 0
+    sleep 0.5
+  done
+  return 1
+}

@@ -177,22 +177,11 @@ except Exception: print("{}")'
 }
 jget() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else (json.dumps(v) if isinstance(v, bool) else v))' "$1" "$2"; }
 
-wait_vault() {
-  python3 "$PY" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every WAL segment so far in pgBackRest's repository, in the cp archive and durable in
 # the vault (archive_command succeeds only once both pgBackRest and cp have the segment).
 settle() {
-  local seg last
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  for _ in $(seq 1 2400); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || die "segment $seg not archived after 20 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
-  [ -f "$ARCH/$seg" ] || die "archive_command reported $seg archived but $ARCH/$seg is missing"
+  switch_and_wait_archived 20 || die "segment $SEG not archived after 20 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  [ -f "$ARCH/$SEG" ] || die "archive_command reported $SEG archived but $ARCH/$SEG is missing"
   wait_vault 1200 || die "the vault's durable_lsn did not reach the server's flush LSN within 20 min (see the vault log)"
 }
 log "waiting for the vault to stream"

@@ -232,20 +232,9 @@ for _ in $(seq 1 600); do [ -s "$W/ready.json" ] && break; kill -0 "$VPID" 2>/de
 [ -s "$W/ready.json" ] || die "vault serve not ready after 60 s: $(tail -5 "$W/vault.log")"
 URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$W/ready.json")"
 "$HF" vault token create --url "$URL" --ca "$CA" --token-file "$W/admin.token" --scope read --label bench --out "$W/read.token" >/dev/null
-wait_vault() {
-  python3 "$ROOT/bench/restore.py" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every segment so far archived by pgBackRest and durable in the vault.
 settle() {
-  local seg last
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  for _ in $(seq 1 1200); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || die "segment $seg not archived by pgBackRest after 10 min"
+  switch_and_wait_archived 10 || die "segment $SEG not archived by pgBackRest after 10 min"
   wait_vault 600 || die "the vault's durable_lsn did not reach the server's flush LSN within 10 min (see s3-vault.log)"
 }
 log "waiting for the vault to stream"
