@@ -185,6 +185,22 @@ def load(path):
     return r
 
 
+def finish_report(out_md, L, heading, figures, reproduce):
+    """Ends a report (shared by the benches' reports): every `cmd_*` figure, exactly as run,
+    under `heading`, then the line `reproduce`; writes it to out_md and prints it."""
+    L.append(f"## {heading}")
+    L.append("")
+    L.append("```")
+    for k in sorted(k for k in figures if k.startswith("cmd_")):
+        L.append(f"# {k[4:]}")
+        L.append(str(figures[k]))
+    L.append("```")
+    L.append("")
+    L.append(reproduce)
+    open(out_md, "w").write("\n".join(L) + "\n")
+    print("\n".join(L))
+
+
 def cmd_report(results, out_md, out_json):
     r = load(results)
     json.dump(r, open(out_json, "w"), indent=1, sort_keys=True)
@@ -320,17 +336,7 @@ def cmd_report(results, out_md, out_json):
     L.append(f"holdfast sync / pg_receivewal sync TPS: **{ratio(g('tps_hf_sync'), g('tps_receivewal'))}**.")
     L.append("")
 
-    L.append("## Commands (exactly as run)")
-    L.append("")
-    L.append("```")
-    for k in sorted(k for k in r if k.startswith("cmd_")):
-        L.append(f"# {k[4:]}")
-        L.append(str(r[k]))
-    L.append("```")
-    L.append("")
-    L.append(f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/capture.json`; vault log: `bench-out/capture-vault.log`.")
-    open(out_md, "w").write("\n".join(L) + "\n")
-    print("\n".join(L))
+    finish_report(out_md, L, "Commands (exactly as run)", r, f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/capture.json`; vault log: `bench-out/capture-vault.log`.")
 
 
 if __name__ == "__main__":

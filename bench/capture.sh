@@ -11,6 +11,7 @@
 # Env: SCALE=100 (pgbench scale) DURATION=30 (seconds per pgbench run) CLIENTS=8
 #      BENCH_WORK=<dir> (default: a new dir under /tmp, removed at exit unless KEEP=1)
 #      EXTRA_INCR=1 (also a localized 5 % update + third incremental) RECEIVEWAL=1 PGBB_ZSTD=1
+#      HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log.
 set -euo pipefail
 
@@ -25,27 +26,12 @@ KEEP="${KEEP:-0}"
 OUT="$ROOT/bench-out"
 PY="$ROOT/bench/capture.py"
 mkdir -p "$OUT"
-
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
+. "$ROOT/bench/lib.sh"
+require_root "it installs packages and runs PostgreSQL as the postgres user"
 
 # --- prerequisites -----------------------------------------------------------------------------
-need_apt=()
-command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
-[ -x /usr/bin/time ] || need_apt+=(time)
-command -v python3 >/dev/null || need_apt+=(python3)
-ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
-
-log "building holdfast (release)"
-(cd "$ROOT" && cargo build --release -p holdfast -q)
-HF="$ROOT/target/release/holdfast"
+ensure_prereqs
+ensure_holdfast
 
 # --- work area -------------------------------------------------------------------------------
 if [ -n "${BENCH_WORK:-}" ]; then W="$BENCH_WORK"; rm -rf "$W"; mkdir -p "$W"; else W="$(mktemp -d /tmp/holdfast-capture.XXXXXX)"; fi
@@ -56,10 +42,8 @@ RES="$W/results.tsv"
 : > "$RES"
 mkdir -p "$W/pg/sock" "$PBR"/{repo,log,lock,spool} "$W/pgtmp"
 chown -R postgres: "$W/pg" "$PBR" "$W/pgtmp"
-PGPORT="${PGPORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
-REPPW="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-echo "$REPPW" > "$W/rep.password"
-chmod 600 "$W/rep.password"
+PGPORT="${PGPORT:-$(free_port)}"
+new_replication_password
 
 VPID="" RECV_PID="" SPID="" VSPID=""
 cleanup() {
@@ -72,73 +56,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# rec KEY VALUE: one raw figure (VALUE is JSON if it parses, else a string).
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$RES"; }
-fail() { log "FAILURE: $1: $2"; rec "failure_$1" "$(echo "$2" | tr '\n\t' '  ' | cut -c1-600)"; }
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(round($2 - $1, 3))"; }
-size_of() { du -sb "$1" | cut -f1; }
-pg() { runuser -u postgres -- "$@"; }
-psql_() { timeout 1800 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
-pgbr() { pg pgbackrest --config="$PBRCONF" --stanza=bench "$@"; }
 vmhwm_reset() { echo 5 > "/proc/$VPID/clear_refs"; }
 vmhwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$VPID/status"; }
-maxrss_kb() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 
-rec started "\"$(date -u +%FT%TZ)\""
-rec cores "$(nproc)"
+rec_versions
 rec scale "$SCALE"
 rec duration "$DURATION"
 rec clients "$CLIENTS"
-rec pg_version "\"$("$PGBIN/postgres" --version | awk '{print $3}')\""
-rec pgbackrest_version "\"$(pgbackrest version | awk '{print $2}')\""
-rec holdfast_version "\"$("$HF" --version | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo ?)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo '+dirty'))\""
 rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS bench/capture.sh\""
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-log "initdb (port $PGPORT) + pgbench -i -s $SCALE"
-pg "$PGBIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
-cat >> "$DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$SOCK'
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-shared_buffers = 256MB
-max_wal_size = 4GB
-archive_mode = on
-archive_command = '/bin/true'
-EOF
-pg "$PGBIN/pg_ctl" -D "$DATA" -l "$W/pg/log" -w start >/dev/null
-psql_ "CREATE ROLE holdfast_rep LOGIN REPLICATION PASSWORD '$REPPW'"
-pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -1 >&2
-psql_ "CHECKPOINT"
+start_source
 rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 
 # --- pgBackRest ------------------------------------------------------------------------------
 log "pgBackRest stanza"
-cat > "$PBRCONF" <<EOF
-[global]
-repo1-path=$PBR/repo
-repo1-retention-full=9
-log-path=$PBR/log
-lock-path=$PBR/lock
-spool-path=$PBR/spool
-compress-type=zst
-process-max=2
-start-fast=y
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$DATA
-pg1-port=$PGPORT
-pg1-socket-path=$SOCK
-pg1-user=postgres
-EOF
-chown postgres: "$PBRCONF"
+write_pgbr_conf "repo1-path=$PBR/repo"
 psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
 psql_ "SELECT pg_reload_conf()" >/dev/null
 pgbr stanza-create
@@ -173,23 +107,10 @@ rec cmd_vault_serve "\"RUST_LOG=info holdfast vault serve --config V/vault.toml 
 rec cmd_vault_cluster "$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(json.dumps(t[t.index("[[cluster]]"):]))' "$V/vault.toml")"
 
 # wait_vault TIMEOUT: until the vault streams and its durable_lsn reaches the server's flush LSN.
-wait_vault() {
-  python3 "$PY" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every WAL segment so far archived by pgBackRest and durable in the vault.
 settle() {
-  local seg last
-  # A record first: pg_switch_wal() on a segment with nothing in it switches nothing, and
-  # that segment would not be archived until it fills.
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  log "settle: waiting for pgBackRest to archive $seg, then for the vault's durable_lsn"
-  for _ in $(seq 1 1200); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || fail archiver "segment $seg not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  log "settle: waiting for pgBackRest to archive the current segment, then for the vault's durable_lsn"
+  switch_and_wait_archived 10 || fail archiver "segment $SEG not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
   wait_vault 900 || fail vault_catch_up "the vault's durable_lsn did not reach the server's flush LSN within 15 min (see capture-vault.log)"
 }
 log "waiting for the vault to stream"

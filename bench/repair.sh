@@ -25,22 +25,16 @@ RATE="${RATE:-200}"
 KEEP="${KEEP:-0}"
 OUT="$ROOT/bench-out"
 mkdir -p "$OUT"
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (PostgreSQL runs as the postgres user)"
+. "$ROOT/bench/lib.sh"
+require_root "PostgreSQL runs as the postgres user"
 PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
 export PATH="$PGBIN:$PATH"
-if [ -z "${HF:-}" ]; then
-  log "building holdfast (release)"
-  (cd "$ROOT" && cargo build --release -p holdfast -q)
-  HF="$ROOT/target/release/holdfast"
-fi
+ensure_holdfast
 
 W="$(mktemp -d /tmp/holdfast-repair-bench.XXXXXX)"
 chmod 755 "$W"
 DATA="$W/pg/data" SOCK="$W/pg/sock" V="$W/vault"
 mkdir -p "$SOCK" && chown -R postgres: "$W/pg"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PGPORT="$(free_port)"
 VPID="" LOAD_PID=""
 cleanup() {
@@ -52,8 +46,8 @@ cleanup() {
   if [ "$KEEP" = 1 ]; then log "kept $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
+# The shop's database, not lib.sh's `postgres`.
 psql_() { psql -h "$SOCK" -p "$PGPORT" -U postgres -d shop -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
-now() { date +%s.%N; }
 secs() { python3 -c "print(round($2 - $1, 2))"; }
 
 log "PostgreSQL on port $PGPORT, shop of $MERCHANTS merchants"

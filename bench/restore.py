@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from capture import cmd_status, cmd_wait_durable, load  # noqa: E402
+from capture import cmd_status, cmd_wait_durable, finish_report, load  # noqa: E402
 
 # Targets from issue 18.
 STANDBY_TARGET_S = 10.0  # warm standby at the target (read-only) within 10 s, at any size
@@ -129,17 +129,7 @@ def cmd_report(out_md, invocation, *jsons):
         f"scale {r.get('scale')}: {r.get('standby_loadavg')} / {r.get('hf_loadavg')} / {r.get('pbr_loadavg')} / {r.get('pgbb_loadavg')}"
         for r in runs))
     L.append("")
-    L.append("## Commands (as run)")
-    L.append("")
-    L.append("```")
-    for k in sorted(k for k in first if k.startswith("cmd_")):
-        L.append(f"# {k[4:]}")
-        L.append(str(first[k]))
-    L.append("```")
-    L.append("")
-    L.append(f"Reproduce: `{invocation}`. Raw figures: " + ", ".join(f"`bench-out/{os.path.basename(p)}`" for p in jsons) + ".")
-    open(out_md, "w").write("\n".join(L) + "\n")
-    print("\n".join(L))
+    finish_report(out_md, L, "Commands (as run)", first, f"Reproduce: `{invocation}`. Raw figures: " + ", ".join(f"`bench-out/{os.path.basename(p)}`" for p in jsons) + ".")
 
 
 if __name__ == "__main__":

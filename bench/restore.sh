@@ -34,19 +34,15 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$ROOT/bench-out"
 PY="$ROOT/bench/restore.py"
 mkdir -p "$OUT"
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
+. "$ROOT/bench/lib.sh"
+require_root "it installs packages and runs PostgreSQL as the postgres user"
 
 # --- the outer run: one inner run per size, then the report over all of them ----------------------
 if [ -z "${_RESTORE_ONE_SIZE:-}" ]; then
   SIZES="${SIZES:-${SCALE:-10 50}}"   # SCALE=N alone: that one size
   # One binary for every size (built once here, not per size).
-  if [ -z "${HF:-}" ]; then
-    log "building holdfast (release)"
-    (cd "$ROOT" && cargo build --release -p holdfast -q)
-    export HF="$ROOT/target/release/holdfast"
-  fi
+  ensure_holdfast
+  export HF
   jsons=()
   for s in $SIZES; do
     [[ "$s" =~ ^[0-9]+$ ]] || die "SIZES must be pgbench scales (integers), got '$s'"
@@ -69,23 +65,8 @@ BEFORE_END=15
 [ "$DURATION" -ge 30 ] || die "DURATION must be at least 30 seconds"
 
 # --- prerequisites -----------------------------------------------------------------------------
-need_apt=()
-command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
-[ -x /usr/bin/time ] || need_apt+=(time)
-command -v python3 >/dev/null || need_apt+=(python3)
-ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
-
-if [ -z "${HF:-}" ]; then
-  log "building holdfast (release)"
-  (cd "$ROOT" && cargo build --release -p holdfast -q)
-  HF="$ROOT/target/release/holdfast"
-fi
-[ -x "$HF" ] || die "no holdfast binary at $HF"
+ensure_prereqs
+ensure_holdfast
 
 # --- work area -------------------------------------------------------------------------------
 W="$(mktemp -d /tmp/holdfast-rto.XXXXXX)"
@@ -101,12 +82,9 @@ RES="$W/results.tsv"
 : > "$RES"
 mkdir -p "$SOCK" "$PBR"/{repo,log,lock,spool} "$W/pgtmp" "$ARCH" "$RDIR" "$RSOCK"
 chown -R postgres: "$W/pg" "$PBR" "$W/pgtmp" "$ARCH" "$RDIR" "$RSOCK"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PGPORT="$(free_port)"
 SB_PORT="$(free_port)"
-REPPW="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-echo "$REPPW" > "$W/rep.password"
-chmod 600 "$W/rep.password"
+new_replication_password
 
 VPID="" BENCH_PID=""
 cleanup() {
@@ -126,17 +104,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# rec KEY VALUE: one raw figure (VALUE is JSON if it parses, else a string).
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$RES"; }
-fail() { log "FAILURE: $1: $2"; rec "failure_$1" "$(echo "$2" | tr '\n\t' '  ' | cut -c1-600)"; }
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(round($2 - $1, 3))"; }
-size_of() { du -sb "$1" | cut -f1; }
-jstr() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
-pg() { runuser -u postgres -- "$@"; }
-psql_() { timeout 1800 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
-pgbr() { pg pgbackrest --config="$PBRCONF" --stanza=bench "$@"; }
-maxrss_kb() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 DROP_CACHES=no
 drop_caches() {
   sync
@@ -145,67 +112,25 @@ drop_caches() {
 # Other work on these shared cores shows here (recorded before each timed phase).
 loadavg() { rec "${1}_loadavg" "\"$(cut -d' ' -f1-3 /proc/loadavg)\""; }
 
-rec started "\"$(date -u +%FT%TZ)\""
-rec cores "$(nproc)"
+rec_versions
 rec mem_mb "$(awk '/^MemTotal/ {print int($2/1024)}' /proc/meminfo)"
 rec scale "$SCALE"
 rec duration "$DURATION"
 rec clients "$CLIENTS"
 rec apply_delay "\"$APPLY_DELAY\""
-rec pg_version "\"$("$PGBIN/postgres" --version | awk '{print $3}')\""
-rec pgbackrest_version "\"$(pgbackrest version | awk '{print $2}')\""
-rec holdfast_version "\"$("$HF" --version | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo ?)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo '+dirty'))\""
 rec filesystem "$(jstr "$(df -PT "$W" | awk 'NR==2 {print $1" "$2}')")"
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-log "initdb (port $PGPORT) + pgbench -i -s $SCALE"
-pg "$PGBIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
 # track_commit_timestamp: the check of a restored cluster compares pgbench_history rows by the
 # commit timestamp of their transaction with the destructive transaction's.
-cat >> "$DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$SOCK'
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-shared_buffers = 256MB
-max_wal_size = 4GB
-track_commit_timestamp = on
-archive_mode = on
-archive_command = '/bin/true'
-EOF
-pg "$PGBIN/pg_ctl" -D "$DATA" -l "$W/pg/log" -w start >/dev/null
-psql_ "CREATE ROLE holdfast_rep LOGIN REPLICATION PASSWORD '$REPPW'"
-pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -1 >&2
-psql_ "CHECKPOINT"
+start_source "track_commit_timestamp = on"
 ACCOUNTS=$((SCALE * 100000))
 rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 
 # --- pgBackRest + the plain cp archive ---------------------------------------------------------
 log "pgBackRest stanza (archive-async, process-max=2) + cp archive"
-cat > "$PBRCONF" <<EOF
-[global]
-repo1-path=$PBR/repo
-repo1-retention-full=9
-log-path=$PBR/log
-lock-path=$PBR/lock
-spool-path=$PBR/spool
-compress-type=zst
-process-max=2
-archive-async=y
-start-fast=y
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$DATA
-pg1-port=$PGPORT
-pg1-socket-path=$SOCK
-pg1-user=postgres
-EOF
-chown postgres: "$PBRCONF"
+write_pgbr_conf "repo1-path=$PBR/repo" "archive-async=y"
 ARCHIVE_COMMAND="pgbackrest --config=$PBRCONF --stanza=bench archive-push %p && cp %p $ARCH/%f.tmp && mv -f $ARCH/%f.tmp $ARCH/%f"
 psql_ "ALTER SYSTEM SET archive_command = '$ARCHIVE_COMMAND'"
 psql_ "SELECT pg_reload_conf()" >/dev/null
@@ -252,22 +177,11 @@ except Exception: print("{}")'
 }
 jget() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else (json.dumps(v) if isinstance(v, bool) else v))' "$1" "$2"; }
 
-wait_vault() {
-  python3 "$PY" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every WAL segment so far in pgBackRest's repository, in the cp archive and durable in
 # the vault (archive_command succeeds only once both pgBackRest and cp have the segment).
 settle() {
-  local seg last
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  for _ in $(seq 1 2400); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || die "segment $seg not archived after 20 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
-  [ -f "$ARCH/$seg" ] || die "archive_command reported $seg archived but $ARCH/$seg is missing"
+  switch_and_wait_archived 20 || die "segment $SEG not archived after 20 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  [ -f "$ARCH/$SEG" ] || die "archive_command reported $SEG archived but $ARCH/$SEG is missing"
   wait_vault 1200 || die "the vault's durable_lsn did not reach the server's flush LSN within 20 min (see the vault log)"
 }
 log "waiting for the vault to stream"

@@ -18,7 +18,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from capture import load  # noqa: E402
+from capture import finish_report, load  # noqa: E402
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -250,17 +250,7 @@ def cmd_report(results, out_md, out_json):
             f"{pl.get('read_back_status')} ({'still there' if pl.get('read_back_intact') else 'gone'})."
         )
     L.append("")
-    L.append("## Commands (as run)")
-    L.append("")
-    L.append("```")
-    for k in sorted(k for k in r if k.startswith("cmd_")):
-        L.append(f"# {k[4:]}")
-        L.append(str(r[k]))
-    L.append("```")
-    L.append("")
-    L.append(f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/s3.json`.")
-    open(out_md, "w").write("\n".join(L) + "\n")
-    print("\n".join(L))
+    finish_report(out_md, L, "Commands (as run)", r, f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/s3.json`.")
 
 
 if __name__ == "__main__":

@@ -32,33 +32,12 @@ KEEP="${KEEP:-0}"
 OUT="$ROOT/bench-out"
 PY="$ROOT/bench/s3.py"
 mkdir -p "$OUT"
-
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages, starts Ceph and runs PostgreSQL as the postgres user)"
+. "$ROOT/bench/lib.sh"
+require_root "it installs packages, starts Ceph and runs PostgreSQL as the postgres user"
 
 # --- prerequisites -----------------------------------------------------------------------------
-need_apt=()
-command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
-[ -x /usr/bin/time ] || need_apt+=(time)
-command -v python3 >/dev/null || need_apt+=(python3)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v setpriv >/dev/null || need_apt+=(util-linux)
-for p in ceph-mon ceph-osd radosgw ceph-common; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
-ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
-PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")"
-
-if [ -z "${HF:-}" ]; then
-  log "building holdfast (release)"
-  (cd "$ROOT" && cargo build --release -p holdfast -q)
-  HF="$ROOT/target/release/holdfast"
-fi
-[ -x "$HF" ] || die "no holdfast binary at $HF"
+ensure_prereqs openssl util-linux ceph-mon ceph-osd radosgw ceph-common
+ensure_holdfast
 
 # --- work area and cleanup -------------------------------------------------------------------------
 W="$(mktemp -d /tmp/holdfast-s3-bench.XXXXXX)"
@@ -70,7 +49,6 @@ RES="$W/results.tsv"
 : > "$RES"
 mkdir -p "$SOCK" "$PBR"/{log,lock,spool} "$W/pgtmp" "$RDIR" "$RSOCK" "$C"/{mon,osd,rgw,run}
 chown -R postgres: "$W/pg" "$PBR" "$W/pgtmp" "$RDIR" "$RSOCK"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 VPID="" MON_PID="" OSD_PID="" RGW_PID="" LOAD_PID=""
 stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 10 s
@@ -95,24 +73,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$RES"; }
-fail() { log "FAILURE: $1: $2"; rec "failure_$1" "$(echo "$2" | tr '\n\t' '  ' | cut -c1-600)"; }
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(round($2 - $1, 3))"; }
-jstr() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
-pg() { runuser -u postgres -- "$@"; }
-psql_() { timeout 1800 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -c "$1"; }
-pgbr() { pg pgbackrest --config="$PBRCONF" --stanza=bench "$@"; }
 
-rec started "\"$(date -u +%FT%TZ)\""
-rec cores "$(nproc)"
+rec_versions
 rec loadavg_start "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 rec scale "$SCALE"
 rec load_seconds "$LOAD"
-rec pg_version "\"$("$PGBIN/postgres" --version | awk '{print $3}')\""
-rec pgbackrest_version "\"$(pgbackrest version | awk '{print $2}')\""
 rec ceph_version "\"$(ceph --version | awk '{print $3}')\""
-rec holdfast_version "\"$("$HF" --version | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo ?)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo '+dirty'))\""
 rec invocation "\"SCALE=$SCALE LOAD=$LOAD bash bench/s3.sh\""
 
 # --- Ceph: MON, memstore OSD, RGW (HTTPS) ------------------------------------------------------------
@@ -211,34 +177,13 @@ bstats() { python3 "$PY" bucketstats "$C/ceph.conf" "$1"; }
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 PGPORT="$(free_port)"
-REPPW="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-echo "$REPPW" > "$W/rep.password"
-chmod 600 "$W/rep.password"
-log "initdb (port $PGPORT) + pgbench -i -s $SCALE"
-pg "$PGBIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
-cat >> "$DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$SOCK'
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-shared_buffers = 256MB
-max_wal_size = 4GB
-archive_mode = on
-archive_command = '/bin/true'
-EOF
-pg "$PGBIN/pg_ctl" -D "$DATA" -l "$W/pg/log" -w start >/dev/null
-psql_ "CREATE ROLE holdfast_rep LOGIN REPLICATION PASSWORD '$REPPW'"
-pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -1 >&2
-psql_ "CHECKPOINT"
+new_replication_password
+start_source
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 
 # --- pgBackRest on the RGW ---------------------------------------------------------------------------
 log "pgBackRest stanza on s3://$PBB"
-cat > "$PBRCONF" <<EOF
-[global]
-repo1-type=s3
+write_pgbr_conf "repo1-type=s3
 repo1-path=/repo
 repo1-s3-bucket=$PBB
 repo1-s3-endpoint=localhost
@@ -247,26 +192,7 @@ repo1-storage-ca-file=$C/ca.pem
 repo1-s3-region=us-east-1
 repo1-s3-uri-style=path
 repo1-s3-key=$S3_KEY
-repo1-s3-key-secret=$S3_SECRET
-repo1-retention-full=9
-log-path=$PBR/log
-lock-path=$PBR/lock
-spool-path=$PBR/spool
-compress-type=zst
-process-max=2
-archive-async=y
-start-fast=y
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$DATA
-pg1-port=$PGPORT
-pg1-socket-path=$SOCK
-pg1-user=postgres
-EOF
-chown postgres: "$PBRCONF"
-chmod 600 "$PBRCONF"
+repo1-s3-key-secret=$S3_SECRET" "archive-async=y"
 psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
 psql_ "SELECT pg_reload_conf()" >/dev/null
 pgbr stanza-create || die "pgbackrest stanza-create on the RGW bucket failed (see $PBR/log)"
@@ -306,20 +232,9 @@ for _ in $(seq 1 600); do [ -s "$W/ready.json" ] && break; kill -0 "$VPID" 2>/de
 [ -s "$W/ready.json" ] || die "vault serve not ready after 60 s: $(tail -5 "$W/vault.log")"
 URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$W/ready.json")"
 "$HF" vault token create --url "$URL" --ca "$CA" --token-file "$W/admin.token" --scope read --label bench --out "$W/read.token" >/dev/null
-wait_vault() {
-  python3 "$ROOT/bench/restore.py" wait-durable "$URL" "$CA" "$W/read.token" bench "$(psql_ "SELECT pg_current_wal_flush_lsn()")" "${1:-600}"
-}
 # settle: every segment so far archived by pgBackRest and durable in the vault.
 settle() {
-  local seg last
-  psql_ "SELECT pg_create_restore_point('bench-settle')" >/dev/null
-  seg="$(psql_ "SELECT pg_walfile_name(pg_switch_wal())")"
-  for _ in $(seq 1 1200); do
-    last="$(psql_ "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")"
-    [[ "$last" > "$seg" || "$last" == "$seg" ]] && break
-    sleep 0.5
-  done
-  [[ "$last" > "$seg" || "$last" == "$seg" ]] || die "segment $seg not archived by pgBackRest after 10 min"
+  switch_and_wait_archived 10 || die "segment $SEG not archived by pgBackRest after 10 min"
   wait_vault 600 || die "the vault's durable_lsn did not reach the server's flush LSN within 10 min (see s3-vault.log)"
 }
 log "waiting for the vault to stream"

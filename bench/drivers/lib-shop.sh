@@ -2,38 +2,8 @@
 # table of 100 rows and a real `holdfast gate serve` in front of it (TLS with its self-signed
 # certificate, row limit 5, approval_parameters = "shown"; alice connects, bob approves with a
 # TOTP code). Sets W, PGBIN, PGPORT, GPORT, CPORT, HF, CA, BOB_TOTP; stops everything on exit.
-# The caller sets DRIVER_APT (Debian packages it needs) before sourcing.
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-KEEP="${KEEP:-0}"
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
-need_apt=("${DRIVER_APT[@]}")
-ls -d /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-PGBIN=/usr/lib/postgresql/15/bin
-if [ -n "${HOLDFAST_BIN:-}" ]; then
-  HF="$HOLDFAST_BIN"
-else
-  log "building holdfast"
-  (cd "$ROOT" && cargo build -p holdfast -q)
-  HF="$ROOT/target/debug/holdfast"
-fi
-
-W="$(mktemp -d /tmp/holdfast-driver.XXXXXX)"
-chmod 755 "$W"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PGPORT="$(free_port)" GPORT="$(free_port)" CPORT="$(free_port)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  su postgres -c "$PGBIN/pg_ctl -D $W/pg -m immediate stop" >/dev/null 2>&1 || true
-  [ "$KEEP" = 1 ] || rm -rf "$W"
-}
-trap cleanup EXIT
+# The caller sets DRIVER_APT (Debian packages it needs) before sourcing; see lib-env.sh.
+. "$(dirname "${BASH_SOURCE[0]}")/lib-env.sh"
 
 log "PostgreSQL 15 on 127.0.0.1:$PGPORT with a shop table"
 mkdir -p "$W/pg" && chown postgres: "$W/pg"

@@ -17,43 +17,12 @@
 # Writes bench-out/drivers-psycopg2.md and exits non-zero if the gate run lost a test.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-KEEP="${KEEP:-0}"
+DRIVER_NAME=psycopg2 DRIVER_APT=()
+dpkg -s libpq-dev >/dev/null 2>&1 || DRIVER_APT+=(libpq-dev)
+command -v python3 >/dev/null || DRIVER_APT+=(python3 python3-venv)
+. "$(dirname "$0")/lib-env.sh"
 OUT="$ROOT/bench-out"
 mkdir -p "$OUT"
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (it installs packages and runs PostgreSQL as the postgres user)"
-
-need_apt=()
-dpkg -s libpq-dev >/dev/null 2>&1 || need_apt+=(libpq-dev)
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
-ls -d /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-PGBIN=/usr/lib/postgresql/15/bin
-
-if [ -n "${HOLDFAST_BIN:-}" ]; then
-  HF="$HOLDFAST_BIN"
-else
-  log "building holdfast"
-  (cd "$ROOT" && cargo build -p holdfast -q)
-  HF="$ROOT/target/debug/holdfast"
-fi
-
-W="$(mktemp -d /tmp/holdfast-psycopg2.XXXXXX)"
-chmod 755 "$W"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PGPORT="$(free_port)" GPORT="$(free_port)" CPORT="$(free_port)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  su postgres -c "$PGBIN/pg_ctl -D $W/pg -m immediate stop" >/dev/null 2>&1 || true
-  [ "$KEEP" = 1 ] || rm -rf "$W"
-}
-trap cleanup EXIT
 
 SDIST="${PSYCOPG2_SDIST:-}"
 if [ -z "$SDIST" ]; then

@@ -26,7 +26,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use maud::{DOCTYPE, Markup, html};
-use serve::web::{cookie, ct_eq, random_token, same_origin, set_cookie};
+use serve::web::{
+    cookie, login_csrf, login_post_ok, post_ok, random_token, signed_in_redirect, signed_out_redirect,
+};
 use sha2::Digest;
 
 use crate::Shared;
@@ -249,7 +251,7 @@ struct LoginForm {
 }
 
 fn login_form(error: Option<&str>) -> Response {
-    let csrf = random_token();
+    let (csrf, csrf_cookie) = login_csrf(LOGIN_COOKIE, LOGIN_FORM_SECS);
     let body = layout(
         "Sign in",
         None,
@@ -269,7 +271,7 @@ fn login_form(error: Option<&str>) -> Response {
         },
     );
     let code = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    (code, [set_cookie(LOGIN_COOKIE, &csrf, LOGIN_FORM_SECS)], maud_html(body)).into_response()
+    (code, [csrf_cookie], maud_html(body)).into_response()
 }
 
 async fn login_page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -291,8 +293,7 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let form_ok = cookie(&headers, LOGIN_COOKIE).is_some_and(|c| ct_eq(c, &f.csrf)) && same_origin(&headers);
-    if !form_ok {
+    if !login_post_ok(&headers, LOGIN_COOKIE, &f.csrf) {
         return refused(
             StatusCode::FORBIDDEN,
             "This sign-in form expired or did not come from this console: open the sign-in page again.",
@@ -329,15 +330,13 @@ async fn login(
         return login_form(Some("Wrong name, password or one-time code (a code works once)."));
     };
     let token = s.console.create(&person.name, s.config.console_session, unix_now());
-    let mut r = Redirect::to("/console/approvals").into_response();
-    let h = r.headers_mut();
-    for (k, v) in [
-        set_cookie(SESSION_COOKIE, &token, s.config.console_session.as_secs()),
-        set_cookie(LOGIN_COOKIE, "", 0),
-    ] {
-        h.append(k, v);
-    }
-    r
+    signed_in_redirect(
+        "/console/approvals",
+        SESSION_COOKIE,
+        &token,
+        s.config.console_session.as_secs(),
+        LOGIN_COOKIE,
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -348,14 +347,11 @@ struct CsrfForm {
 
 async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let Some(w) = signed_in(&s, &headers) else { return to_login() };
-    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+    if !post_ok(&w.session.csrf, &f.csrf, &headers) {
         return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page and try again.");
     }
     s.console.end(&w.token);
-    let mut r = to_login();
-    let (k, v) = set_cookie(SESSION_COOKIE, "", 0);
-    r.headers_mut().append(k, v);
-    r
+    signed_out_redirect("/console/login", SESSION_COOKIE)
 }
 
 /// A short digest of what the approvals page shows, for `console.js` to notice changes.
@@ -525,7 +521,7 @@ async fn decide(
     Form(f): Form<DecideForm>,
 ) -> Response {
     let Some(w) = signed_in(&s, &headers) else { return to_login() };
-    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+    if !post_ok(&w.session.csrf, &f.csrf, &headers) {
         return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page and try again.");
     }
     let back = |ok: bool, text: String| {

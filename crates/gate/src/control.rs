@@ -249,7 +249,11 @@ async fn break_glass(
     })))
     .await
     .map_err(|e| {
-        err(StatusCode::SERVICE_UNAVAILABLE, format!("the audit log cannot record break-glass: {e}"))
+        // The requester learns the kind of failure; the spool's paths and the vault's address
+        // stay in the gate's log.
+        tracing::warn!(person = %who.name, error = %e, "break-glass refused: the audit log cannot record it");
+        let why = vault_types::UserFacing::user_message(&e);
+        err(StatusCode::SERVICE_UNAVAILABLE, format!("the audit log cannot record break-glass: {why}"))
     })?;
     s.alert(serde_json::json!({"alert": "break_glass", "person": who.name, "for_secs": d.as_secs(), "reason": b.reason}));
     let g = s.approvals.break_glass(&who.name, d.as_secs(), b.reason);

@@ -300,6 +300,8 @@ pub struct Session<'a> {
     commit_pending: u8,
     cancel: Arc<tokio::sync::Notify>,
     holding: Arc<std::sync::atomic::AtomicBool>,
+    /// The client has been told why the session ends (a FATAL sent), or can no longer be told.
+    ended: bool,
     statements: u64,
     inflight: VecDeque<InFlight>,
     /// Statements executed since the last Sync (extended protocol).
@@ -376,6 +378,7 @@ impl<'a> Session<'a> {
             commit_pending: 0,
             cancel,
             holding,
+            ended: false,
             statements: 0,
             inflight: VecDeque::new(),
             batch: Vec::new(),
@@ -442,8 +445,12 @@ impl<'a> Session<'a> {
                         }
                         Err(e) => {
                             // A malformed message: this connection ends, with the reason; no
-                            // other session is affected.
+                            // other session is affected. (A failure between the gate and the
+                            // database has already told the client, in words of its own.)
                             let _ = self.flush_server().await;
+                            if self.ended {
+                                return e;
+                            }
                             return self
                                 .fatal("08P01", &format!("protocol violation from the client: {e}"), None)
                                 .await;
@@ -533,9 +540,22 @@ impl<'a> Session<'a> {
         self
     }
 
+    /// Sends what is queued for the database. A failure ends the session: the client is told
+    /// that the database connection failed, the IO error goes to the gate's log.
     async fn flush_server(&mut self) -> Result<(), String> {
         if !self.sout.is_empty() {
-            self.server.write_all(&self.sout).await.map_err(|e| format!("writing to the database: {e}"))?;
+            if let Err(e) = self.server.write_all(&self.sout).await {
+                tracing::warn!(person = %self.id.person.name, error = %e, "writing to the database failed");
+                if !self.ended {
+                    self.fatal(
+                        "08006",
+                        "holdfast gate: the connection to the database failed; the gate's operator can see why in its log",
+                        None,
+                    )
+                    .await;
+                }
+                return Err(format!("writing to the database: {e}"));
+            }
             self.sout.clear();
         }
         Ok(())
@@ -543,7 +563,11 @@ impl<'a> Session<'a> {
 
     async fn flush_client(&mut self) -> Result<(), String> {
         if !self.cout.is_empty() {
-            self.client.write_all(&self.cout).await.map_err(|e| format!("writing to the client: {e}"))?;
+            if let Err(e) = self.client.write_all(&self.cout).await {
+                // Nothing more can reach this client.
+                self.ended = true;
+                return Err(format!("writing to the client: {e}"));
+            }
             self.cout.clear();
         }
         Ok(())
@@ -555,6 +579,7 @@ impl<'a> Session<'a> {
             &mut self.cout,
             &backend::Fields { severity: "FATAL", code, message, detail: None, hint },
         );
+        self.ended = true;
         let _ = self.flush_client().await;
         message.to_string()
     }

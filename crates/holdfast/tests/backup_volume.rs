@@ -34,22 +34,7 @@ fn wal_volume_triggers_backups_under_load_and_restore_picks_the_newest() {
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql("CREATE TABLE events (id bigint PRIMARY KEY, body text NOT NULL)").unwrap();
     let mut v = TempVault::start(holdfast()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let text = std::fs::read_to_string(v.config_path()).unwrap();
-    std::fs::write(
-        v.config_path(),
-        format!(
-            "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
-             sslmode = \"disable\"\nbackup_wal_share = 0.5\n",
-            pg.socket_dir().display(),
-            pg.port(),
-            pw.display()
-        ),
-    )
-    .unwrap();
-    v.kill();
-    v.restart().unwrap();
+    v.protect(&pg, "backup_wal_share = 0.5\n").unwrap();
     let admin = v.scratch().join("admin.token");
     let wait = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(secs);

@@ -2,7 +2,6 @@
 //! stream resumes from the last durable byte, so the vault ends up with every byte of the
 //! server's WAL, with no gap and no duplicate, identical to the server's own segment files.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
@@ -42,7 +41,7 @@ async fn sigkill_mid_stream_leaves_no_gap_and_identical_wal() {
     assert!(pgbench(&pg, &["-i", "-s", "2", "-q"]).wait().unwrap().success());
 
     let mut v = TempVault::start(holdfast()).unwrap();
-    protect(&mut v, &pg);
+    v.protect(&pg, "").unwrap();
 
     // Write steadily while the vault is killed and restarted at uneven moments.
     let mut load = pgbench(&pg, &["-c", "2", "-T", "30", "-N"]);
@@ -120,30 +119,12 @@ async fn sigkill_mid_stream_leaves_no_gap_and_identical_wal() {
     );
 }
 
-/// Appends a `[[cluster]]` table for `pg` to the vault's config and restarts the vault.
-fn protect(v: &mut TempVault, pg: &TempPg) {
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        pg.socket_dir().display(),
-        pg.port(),
-        pw.display()
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_the_wal_range_and_backup_a_damaged_piece_breaks() {
     let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     let mut v = TempVault::start(holdfast()).unwrap();
-    protect(&mut v, &pg);
+    v.protect(&pg, "").unwrap();
     let token = v.scratch().join("admin.token");
     let remote = |cmd: &[&str]| {
         let mut args: Vec<&str> = cmd.to_vec();

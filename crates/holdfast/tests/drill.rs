@@ -3,7 +3,6 @@
 //! visible in `holdfast drill --list`, `holdfast status` and the alerts; reports signed, and
 //! no token can write one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -60,33 +59,17 @@ fn setup(drill: &str) -> Setup {
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 100) g").unwrap();
     let mut v = TempVault::start(holdfast()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
     let alerts = v.scratch().join("alerts.jsonl");
     // Scratch copies go where the `postgres` user can reach them.
     let scratch = tempfile::tempdir().unwrap();
     std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let text = std::fs::read_to_string(v.config_path()).unwrap();
-    let mut conf = std::fs::File::create(v.config_path()).unwrap();
-    // Top-level keys must precede the tables.
-    writeln!(
-        conf,
-        "alert_command = [\"/bin/sh\", \"-c\", \"printf '%s\\\\n' \\\"$(cat)\\\" >> {0}\"]\n{text}",
+    v.prepend_config(&format!(
+        "alert_command = [\"/bin/sh\", \"-c\", \"printf '%s\\\\n' \\\"$(cat)\\\" >> {0}\"]",
         alerts.display()
-    )
+    ))
     .unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n\n{}",
-        pg.socket_dir().display(),
-        pg.port(),
-        pw.display(),
-        drill.replace("SCRATCH", &scratch.path().display().to_string())
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
+    v.protect(&pg, &format!("\n{}", drill.replace("SCRATCH", &scratch.path().display().to_string())))
+        .unwrap();
     let read_token = v.scratch().join("read.token");
     let s = Setup { pg, v, read_token: read_token.clone(), alerts, scratch };
     let out = s.cli(

@@ -695,3 +695,69 @@ fn the_gates_prepared_counters_read_cannot_be_closed_dropped_or_replaced() {
     over(&mut c, "after a replacement (extended)");
     kept(&mut c, 6, "kept after the replacements");
 }
+
+/// A statement the audit spool cannot take is refused, and what the client is told names the
+/// kind of failure only: not the spool's directory, not the vault's address, not the gate's
+/// database login or the database's address (those go to the gate's log). Nothing runs.
+#[test]
+fn a_full_spool_refuses_without_telling_the_client_the_gates_internals() {
+    // A vault that is never reachable (loopback, nothing listens) and the smallest spool the
+    // gate accepts (one largest record: 256 KiB).
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    serve::tls::ensure_self_signed(&ca, &key).unwrap();
+    std::fs::write(dir.path().join("token"), "nothing\n").unwrap();
+    let vault = "127.0.0.9:1";
+    let g = Gate::start_with(
+        &format!(
+            "[audit]\nvault = \"https://{vault}\"\nca = \"{}\"\ntoken_file = \"{}\"\nmax_pending_bytes = 262144\n",
+            ca.display(),
+            dir.path().join("token").display()
+        ),
+        POLICY,
+        false,
+    );
+    let scratch = || g.pg.psql("SELECT count(*) FROM scratch").unwrap();
+    let (orders, rows) = (orders_state(&g), scratch());
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let mut told: Vec<Reply> = Vec::new();
+    // Filled with reads, smaller and smaller, each size until the gate refuses one: at the end
+    // not even the smallest statement's record fits.
+    for size in [16_000, 2_000, 300, 0] {
+        let pad = "x".repeat(size);
+        let filled = (0..40).any(|i| {
+            let r = c.query(&format!("SELECT {i} -- {pad}"));
+            let refused = errors(&r).iter().any(|e| e.contains("audit log cannot take"));
+            told.extend(r);
+            refused
+        });
+        assert!(filled, "the 256 KiB spool never filled ({size})");
+    }
+    // Writes the guard would let run at once, through both protocols: refused, and not run.
+    for sql in ["DELETE FROM scratch WHERE id = 1", "INSERT INTO orders VALUES (1000, 1, 1)"] {
+        let r = c.query(sql);
+        assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{sql}: {:?}", errors(&r));
+        told.extend(r);
+        let r = c.exchange(&[parse("", sql), bind("", ""), execute(""), Msg::Sync]);
+        assert!(errors(&r).iter().any(|e| e.contains("audit log cannot take")), "{sql}: {:?}", errors(&r));
+        told.extend(r);
+    }
+    assert_eq!((orders_state(&g), scratch()), (orders, rows), "nothing ran");
+
+    // Every byte the client got back (messages, details, hints, notices), as text.
+    let all: String = told.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
+    assert!(all.contains("the audit spool is full"), "the client learns the kind of failure: {all}");
+    let secrets = [
+        ("the spool's directory", g.dir.join("state/audit").display().to_string()),
+        ("the gate's state directory", g.dir.display().to_string()),
+        ("the audit token's directory", dir.path().display().to_string()),
+        ("the vault's address", vault.to_string()),
+        ("the gate's database login", "gate_app".to_string()),
+        ("the database's socket directory", g.pg.socket_dir().display().to_string()),
+        ("the database's port", format!("port {}", g.pg.port())),
+        ("the database's socket", ".s.PGSQL".to_string()),
+    ];
+    for (what, s) in secrets {
+        assert!(!all.contains(&s), "the client was told {what} ({s}): {all}");
+    }
+}

@@ -45,21 +45,8 @@ fn setup(pg: TempPg, extra: &str) -> Setup {
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     let (hook, received) = webhook_receiver();
     let mut v = TempVault::start(holdfast()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let text = std::fs::read_to_string(v.config_path()).unwrap();
-    std::fs::write(
-        v.config_path(),
-        format!(
-            "webhook = [{{ name = \"oncall\", url = \"{hook}\" }}]\n{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n{extra}\n",
-            pg.socket_dir().display(),
-            pg.port(),
-            pw.display()
-        ),
-    )
-    .unwrap();
-    v.kill();
-    v.restart().unwrap();
+    v.prepend_config(&format!("webhook = [{{ name = \"oncall\", url = \"{hook}\" }}]")).unwrap();
+    v.protect(&pg, &format!("catalog_refresh_seconds = 2\n{extra}\n")).unwrap();
     let admin: PathBuf = v.scratch().join("admin.token");
     let out = cli(&v, &admin, &["backup", "--cluster", "main", "--json"]);
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());

@@ -6,7 +6,6 @@
 //! fails change nothing. A dropped table comes back with its indexes, constraints, grants,
 //! sequence position and the foreign key that pointed at it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -92,41 +91,12 @@ impl Setup {
     fn new(pg: TempPg) -> Setup {
         pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
         let mut v = TempVault::start(holdfast()).unwrap();
-        let pw = v.scratch().join("rep.password");
-        std::fs::write(&pw, "rep-secret\n").unwrap();
-        let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-        write!(
-            conf,
-            "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 100\n",
-            pg.socket_dir().display(),
-            pg.port(),
-            pw.display()
-        )
-        .unwrap();
-        drop(conf);
-        v.kill();
-        v.restart().unwrap();
+        v.protect(&pg, "catalog_refresh_seconds = 2\nmass_delete_rows = 100\n").unwrap();
         let admin = v.scratch().join("admin.token");
         let out = v.cli(&admin, &["backup", "--cluster", "main", "--json"]).unwrap();
         assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());
         let read = v.scratch().join("read.token");
-        let out = v
-            .cli(
-                &admin,
-                &[
-                    "vault",
-                    "token",
-                    "create",
-                    "--scope",
-                    "read",
-                    "--label",
-                    "repair",
-                    "--out",
-                    read.to_str().unwrap(),
-                ],
-            )
-            .unwrap();
-        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        v.create_token("read", "repair", &read).unwrap();
         Setup { pg, v, admin, read }
     }
 

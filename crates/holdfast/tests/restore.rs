@@ -4,13 +4,12 @@
 //! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
 //! backup; `--port`, and no temporary directory left behind.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use pgfmt::Lsn;
-use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres};
+use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres, psql_at};
 use testkit::vault::TempVault;
 
 fn holdfast() -> &'static Path {
@@ -63,25 +62,8 @@ impl Setup {
 
 /// psql against a restored server (socket dir and port from the restore report).
 fn psql_restored(report: &serde_json::Value, password: &str, sql: &str) -> String {
-    let mut cmd = command_as_postgres(Path::new("env"));
-    cmd.arg(format!("PGPASSWORD={password}"))
-        .arg(bin("psql").unwrap())
-        .arg("-h")
-        .arg(report["socket_dir"].as_str().unwrap())
-        .args([
-            "-p",
-            &report["port"].as_u64().unwrap().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-            "-c",
-            sql,
-        ]);
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let (dir, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap());
+    psql_at(Path::new(dir), port as u16, password, "postgres", sql).unwrap()
 }
 
 /// The self-check confirmed the target, with evidence containing `evidence`.
@@ -107,43 +89,9 @@ fn setup() -> Setup {
 /// A vault streaming from `source`, and a read token for it.
 fn vault_protecting(source: &TempPg) -> (TempVault, PathBuf) {
     let mut v = TempVault::start(holdfast()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        source.socket_dir().display(),
-        source.port(),
-        pw.display()
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
-    let admin = v.scratch().join("admin.token");
+    v.protect(source, "").unwrap();
     let read_token = v.scratch().join("read.token");
-    let ca = v.ca_path();
-    let out = v
-        .holdfast(&[
-            "vault",
-            "token",
-            "create",
-            "--url",
-            v.url(),
-            "--ca",
-            ca.to_str().unwrap(),
-            "--token-file",
-            admin.to_str().unwrap(),
-            "--scope",
-            "read",
-            "--label",
-            "restore",
-            "--out",
-            read_token.to_str().unwrap(),
-        ])
-        .unwrap();
-    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+    v.create_token("read", "restore", &read_token).unwrap();
     (v, read_token)
 }
 

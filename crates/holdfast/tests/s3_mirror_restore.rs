@@ -5,13 +5,12 @@
 //! locks or switch them to GOVERNANCE, overwrite every name with other bytes, and delete the
 //! bucket. The vault restarts on the bucket alone, and `holdfast restore --latest` is exact.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use store::s3::sigv4;
-use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres};
+use testkit::pg::{TempPg, TempPgOptions, bin, command_as_postgres, psql_at};
+use testkit::s3::{Adversary, content_md5};
 use testkit::vault::{TempVault, TempVaultOptions};
 
 fn holdfast() -> &'static Path {
@@ -20,65 +19,6 @@ fn holdfast() -> &'static Path {
 
 const CHECKSUM: &str =
     "SELECT count(*) || ':' || md5(string_agg(id || '=' || balance, ',' ORDER BY id)) FROM accounts";
-
-/// The adversary's own S3 requests, signed with the vault's credential.
-struct Adversary {
-    http: reqwest::Client,
-    host: String,
-    bucket: String,
-    creds: sigv4::Credentials,
-}
-
-impl Adversary {
-    async fn send(
-        &self,
-        method: Method,
-        key: Option<&str>,
-        query: &[(&str, &str)],
-        extra: &[(&str, String)],
-        body: Vec<u8>,
-    ) -> (StatusCode, String) {
-        let path = match key {
-            Some(k) => format!("/{}/{}", self.bucket, sigv4::uri_encode(k, false)),
-            None => format!("/{}", self.bucket),
-        };
-        let mut q: Vec<(String, String)> =
-            query.iter().map(|(k, v)| (sigv4::uri_encode(k, true), sigv4::uri_encode(v, true))).collect();
-        q.sort();
-        let cq = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let mut headers: Vec<(String, String)> =
-            extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let auth = sigv4::sign(
-            &self.creds,
-            "us-east-1",
-            method.as_str(),
-            &self.host,
-            &path,
-            &cq,
-            &mut headers,
-            &body,
-            time::OffsetDateTime::now_utc(),
-        );
-        let url = if cq.is_empty() {
-            format!("http://{}{path}", self.host)
-        } else {
-            format!("http://{}{path}?{cq}", self.host)
-        };
-        let mut rb = self.http.request(method, url).header("authorization", auth);
-        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-        let r = rb.body(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.text().await.unwrap())
-    }
-}
-
-fn md5_b64(b: &[u8]) -> String {
-    use base64::Engine;
-    use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
-}
 
 fn cli(v: &TempVault, args: &[&str]) -> std::process::Output {
     let out = v.holdfast(args).unwrap();
@@ -116,37 +56,10 @@ fn poll(what: &str, v: &TempVault, limit: Duration, mut f: impl FnMut(&serde_jso
 async fn root_erases_the_local_store_and_attacks_the_bucket_yet_restore_latest_is_exact() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let creds = work.path().join("s3.credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    let remote = store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: "holdfast".into(),
-        prefix: "shop/".into(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let remote = testkit::s3::config(&ceph, "holdfast", "shop/").unwrap();
     store::s3::create_bucket(&remote, true).await.unwrap();
     let table = work.path().join("store.toml");
-    std::fs::write(
-        &table,
-        format!(
-            "[store]\nkind = \"mirror\"\npath = \"store\"\n[store.remote]\nendpoint = \"{}\"\nbucket = \"holdfast\"\nprefix = \"shop/\"\ncredentials_file = \"{}\"\n",
-            ceph.endpoint(),
-            creds.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&table, testkit::s3::mirror_table(&remote)).unwrap();
 
     // The protected database, and a vault (mirror store) streaming from it.
     let mut pg = TempPg::start_with(TempPgOptions::default()).unwrap();
@@ -156,43 +69,10 @@ async fn root_erases_the_local_store_and_attacks_the_bucket_yet_restore_latest_i
         TempVaultOptions { store_config: Some(table), retention_days: 7, ..TempVaultOptions::default() },
     )
     .unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
-        pg.socket_dir().display(),
-        pg.port(),
-        pw.display()
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
+    v.protect(&pg, "").unwrap();
     let admin = v.scratch().join("admin.token");
     let read_token = v.scratch().join("read.token");
-    let ca = v.ca_path();
-    cli(
-        &v,
-        &[
-            "vault",
-            "token",
-            "create",
-            "--url",
-            v.url(),
-            "--ca",
-            ca.to_str().unwrap(),
-            "--token-file",
-            admin.to_str().unwrap(),
-            "--scope",
-            "read",
-            "--label",
-            "restore",
-            "--out",
-            read_token.to_str().unwrap(),
-        ],
-    );
+    v.create_token("read", "restore", &read_token).unwrap();
 
     pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts SELECT g, g % 97 FROM generate_series(1, 20000) g").unwrap();
     let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into()];
@@ -220,15 +100,7 @@ async fn root_erases_the_local_store_and_attacks_the_bucket_yet_restore_latest_i
     let local = v.vault_dir().join("store");
     std::fs::remove_dir_all(&local).unwrap();
     // … and uses the S3 credential from the vault's config on every version in the bucket.
-    let adv = Adversary {
-        http: reqwest::Client::new(),
-        host: ceph.endpoint().trim_start_matches("http://").to_string(),
-        bucket: "holdfast".into(),
-        creds: sigv4::Credentials {
-            access_key: testkit::ceph::ACCESS_KEY.into(),
-            secret_key: testkit::ceph::SECRET_KEY.into(),
-        },
-    };
+    let adv = Adversary::new(&ceph, "holdfast");
     let bucket = store::S3Store::open(remote.clone()).await.unwrap();
     let versions = bucket.list_versions("shop/").await.unwrap();
     assert!(versions.len() >= 5, "{versions:?}");
@@ -245,7 +117,7 @@ async fn root_erases_the_local_store_and_attacks_the_bucket_yet_restore_latest_i
                 "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode><RetainUntilDate>{sooner}</RetainUntilDate></Retention>"
             )
             .into_bytes();
-            let h = [("content-md5", md5_b64(&x)), bypass[0].clone()];
+            let h = [("content-md5", content_md5(&x)), bypass[0].clone()];
             let (st, body) =
                 adv.send(Method::PUT, Some(k), &[("retention", ""), ("versionId", vid)], &h, x).await;
             assert!(!st.is_success(), "{mode} until {sooner} on {k}@{vid} accepted: {body}");
@@ -285,24 +157,8 @@ async fn root_erases_the_local_store_and_attacks_the_bucket_yet_restore_latest_i
     assert!(text.contains("MISSING locally") && !text.contains("MISSING in the bucket"), "{text}");
 }
 
+/// psql against a restored server (socket dir and port from the restore report).
 fn psql(report: &serde_json::Value, password: &str, sql: &str) -> String {
-    let mut cmd = command_as_postgres(Path::new("env"));
-    cmd.arg(format!("PGPASSWORD={password}"))
-        .arg(bin("psql").unwrap())
-        .arg("-h")
-        .arg(report["socket_dir"].as_str().unwrap())
-        .args([
-            "-p",
-            &report["port"].as_u64().unwrap().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-            "-c",
-            sql,
-        ]);
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let (dir, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap());
+    psql_at(Path::new(dir), port as u16, password, "postgres", sql).unwrap()
 }

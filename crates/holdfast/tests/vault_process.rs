@@ -435,25 +435,11 @@ async fn connection_flood_does_not_stop_wal_capture() {
 /// incident, and `restore --before-incident 1` brings back every row the real DROP destroyed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_incident_is_refused_and_restore_before_incident_follows_the_real_one() {
-    use std::io::Write as _;
     use testkit::pg::{TempPg, TempPgOptions, bin as pg_bin, command_as_postgres};
     let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     let mut v = TempVault::start(bin()).unwrap();
-    let pw = v.scratch().join("rep.password");
-    std::fs::write(&pw, "rep-secret\n").unwrap();
-    let mut conf = std::fs::OpenOptions::new().append(true).open(v.config_path()).unwrap();
-    write!(
-        conf,
-        "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ncatalog_refresh_seconds = 2\n",
-        pg.socket_dir().display(),
-        pg.port(),
-        pw.display()
-    )
-    .unwrap();
-    drop(conf);
-    v.kill();
-    v.restart().unwrap();
+    v.protect(&pg, "catalog_refresh_seconds = 2\n").unwrap();
     let admin_file = v.scratch().join("admin.token");
     let out = v.cli(&admin_file, &["backup", "--cluster", "main", "--json"]).unwrap();
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), v.log());

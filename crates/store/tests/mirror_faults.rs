@@ -10,29 +10,6 @@ use store::{
     LocalDir, MirrorStore, ObjectKind, ObjectName, ObjectStore, PutOutcome, S3Config, S3Store, Timestamp,
 };
 
-fn s3_config(ceph: &testkit::ceph::TempCeph, bucket: &str) -> S3Config {
-    let creds = ceph.dir().join("s3-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: bucket.into(),
-        prefix: "db1/".into(),
-        path_style: true,
-        credentials_file: Some(creds),
-        ca_file: None,
-        object_lock: true,
-    }
-}
-
 /// `n` objects of `size` pseudo-random bytes (distinct per `tag`).
 fn objects(tag: u64, n: u64, size: usize) -> Vec<(ObjectName, Bytes)> {
     (0..n)
@@ -67,7 +44,7 @@ async fn poll(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rgw_outage_queues_drains_and_a_restart_resumes_from_the_listings() {
     let mut ceph = testkit::ceph::TempCeph::start().unwrap();
-    let cfg = s3_config(&ceph, "mirror-faults");
+    let cfg = testkit::s3::config(&ceph, "mirror-faults", "db1/").unwrap();
     store::s3::create_bucket(&cfg, true).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
@@ -170,7 +147,7 @@ async fn child(spec: String) {
 
 async fn parent() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
-    let cfg = s3_config(&ceph, "mirror-sigkill");
+    let cfg = testkit::s3::config(&ceph, "mirror-sigkill", "db1/").unwrap();
     store::s3::create_bucket(&cfg, true).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");

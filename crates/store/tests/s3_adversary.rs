@@ -9,90 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
-use store::s3::sigv4;
-use store::{ObjectKind, ObjectName, ObjectStore, Repository, S3Config, S3Store, Timestamp};
-
-/// The adversary's own S3 client: the vault's credential, its own requests.
-struct Adversary {
-    http: reqwest::Client,
-    host: String,
-    bucket: String,
-    creds: sigv4::Credentials,
-}
-
-impl Adversary {
-    async fn send(
-        &self,
-        method: Method,
-        key: Option<&str>,
-        query: &[(&str, &str)],
-        extra: &[(&str, String)],
-        body: Vec<u8>,
-    ) -> (StatusCode, String) {
-        let path = match key {
-            Some(k) => format!("/{}/{}", self.bucket, sigv4::uri_encode(k, false)),
-            None => format!("/{}", self.bucket),
-        };
-        let mut q: Vec<(String, String)> =
-            query.iter().map(|(k, v)| (sigv4::uri_encode(k, true), sigv4::uri_encode(v, true))).collect();
-        q.sort();
-        let cq = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let mut headers: Vec<(String, String)> =
-            extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let auth = sigv4::sign(
-            &self.creds,
-            "us-east-1",
-            method.as_str(),
-            &self.host,
-            &path,
-            &cq,
-            &mut headers,
-            &body,
-            time::OffsetDateTime::now_utc(),
-        );
-        let url = if cq.is_empty() {
-            format!("http://{}{path}", self.host)
-        } else {
-            format!("http://{}{path}?{cq}", self.host)
-        };
-        let mut rb = self.http.request(method, url).header("authorization", auth);
-        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-        let r = rb.body(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.text().await.unwrap())
-    }
-}
-
-fn md5_b64(b: &[u8]) -> String {
-    use base64::Engine;
-    use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
-}
-
-fn s3_config(ceph: &testkit::ceph::TempCeph, bucket: &str) -> S3Config {
-    let creds = ceph.dir().join("s3-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: bucket.into(),
-        prefix: "prod/".into(),
-        path_style: true,
-        credentials_file: Some(creds),
-        ca_file: None,
-        object_lock: true,
-    }
-}
+use store::{ObjectKind, ObjectName, ObjectStore, Repository, S3Store, Timestamp};
+use testkit::s3::{Adversary, content_md5};
 
 fn make_tree(root: &Path) {
     let w = |rel: &str, data: &[u8]| {
@@ -133,7 +51,7 @@ fn same_files(a: &Path, b: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
-    let cfg = s3_config(&ceph, "vault-prod");
+    let cfg = testkit::s3::config(&ceph, "vault-prod", "prod/").unwrap();
     store::s3::create_bucket(&cfg, true).await.unwrap();
     let s3 = S3Store::open(cfg.clone()).await.unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(s3.clone());
@@ -163,15 +81,7 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
     assert!(before.len() >= 5, "only {} objects written", before.len());
     assert!(before.iter().all(|(m, _)| m.retain_until >= until));
 
-    let adv = Adversary {
-        http: reqwest::Client::new(),
-        host: ceph.endpoint().trim_start_matches("http://").to_string(),
-        bucket: cfg.bucket.clone(),
-        creds: sigv4::Credentials {
-            access_key: testkit::ceph::ACCESS_KEY.into(),
-            secret_key: testkit::ceph::SECRET_KEY.into(),
-        },
-    };
+    let adv = Adversary::new(&ceph, &cfg.bucket);
     let versions = s3.list_versions("prod/").await.unwrap();
     assert_eq!(versions.len(), before.len(), "one version per object before the attack");
     let past = Timestamp(now.0 - 3600).to_string();
@@ -194,7 +104,7 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
             )
             .into_bytes();
             for extra in [&[][..], &bypass[..]] {
-                let mut h = vec![("content-md5", md5_b64(&x))];
+                let mut h = vec![("content-md5", content_md5(&x))];
                 h.extend(extra.iter().cloned());
                 let (st, body) = adv
                     .send(Method::PUT, Some(k), &[("retention", ""), ("versionId", vid)], &h, x.clone())
@@ -216,7 +126,7 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
         .collect();
     let x = format!("<Delete>{objects}</Delete>").into_bytes();
     let (st, body) =
-        adv.send(Method::POST, None, &[("delete", "")], &[("content-md5", md5_b64(&x))], x).await;
+        adv.send(Method::POST, None, &[("delete", "")], &[("content-md5", content_md5(&x))], x).await;
     assert!(!body.contains("<Deleted>"), "multi-delete removed something: {st} {body}");
     // 5. A forged object under a name that was never written, and one under a real name.
     let forged = ObjectName::for_bytes(ObjectKind::Catalog, b"a forged record");
@@ -287,18 +197,10 @@ async fn s3_credential_holder_cannot_destroy_or_replace_locked_backups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_kept_forever_are_locked_too() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
-    let cfg = s3_config(&ceph, "vault-forever");
+    let cfg = testkit::s3::config(&ceph, "vault-forever", "prod/").unwrap();
     store::s3::create_bucket(&cfg, true).await.unwrap();
     let s3 = S3Store::open(cfg.clone()).await.unwrap();
-    let adv = Adversary {
-        http: reqwest::Client::new(),
-        host: ceph.endpoint().trim_start_matches("http://").to_string(),
-        bucket: cfg.bucket.clone(),
-        creds: sigv4::Credentials {
-            access_key: testkit::ceph::ACCESS_KEY.into(),
-            secret_key: testkit::ceph::SECRET_KEY.into(),
-        },
-    };
+    let adv = Adversary::new(&ceph, &cfg.bucket);
     let kept = Bytes::from_static(b"{\"wrapped\":\"the repository keys\"}");
     let name = ObjectName::for_bytes(ObjectKind::Keys, &kept);
     s3.put_if_absent(&name, kept.clone(), Timestamp::FOREVER).await.unwrap();

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// The replication role [`TempVault::protect`] has the vault connect as.
+pub const REPLICATION_ROLE: &str = "holdfast_rep";
+/// Its password.
+pub const REPLICATION_PASSWORD: &str = "rep-secret";
+
 /// How to create the vault.
 #[derive(Debug, Clone)]
 pub struct TempVaultOptions {
@@ -183,6 +188,46 @@ impl TempVault {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.serve()
+    }
+
+    /// Protects `pg` as cluster `main`: the vault connects as the replication role
+    /// [`REPLICATION_ROLE`] with [`REPLICATION_PASSWORD`] (create it first with
+    /// `pg.create_replication_role(REPLICATION_ROLE, REPLICATION_PASSWORD)`), whose password file
+    /// is written to the scratch directory. `extra` holds more lines of that `[[cluster]]`
+    /// table (e.g. `"catalog_refresh_seconds = 2\n"`). The vault is restarted to read it.
+    pub fn protect(&mut self, pg: &crate::pg::TempPg, extra: &str) -> Result<()> {
+        let pw = self.scratch().join("rep.password");
+        std::fs::write(&pw, format!("{REPLICATION_PASSWORD}\n"))?;
+        let table = format!(
+            "\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"{REPLICATION_ROLE}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n{extra}",
+            pg.socket_dir().display(),
+            pg.port(),
+            pw.display()
+        );
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().append(true).open(self.config_path())?.write_all(table.as_bytes())?;
+        self.restart()
+    }
+
+    /// Puts top-level `lines` (e.g. `alert_command = …`) at the head of `vault.toml`, where
+    /// TOML wants them (before the tables); read at the next restart.
+    pub fn prepend_config(&self, lines: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.config_path())?;
+        std::fs::write(self.config_path(), format!("{lines}\n{text}"))?;
+        Ok(())
+    }
+
+    /// Creates a token of `scope` (`read`, `append`, `admin`) labelled `label` with the first
+    /// admin token (`admin.token` in the scratch directory), written to `out`.
+    pub fn create_token(&self, scope: &str, label: &str, out: &Path) -> Result<()> {
+        let admin = self.scratch().join("admin.token");
+        let out_arg = out.display().to_string();
+        let args = ["vault", "token", "create", "--scope", scope, "--label", label, "--out", &out_arg];
+        let o = self.cli(&admin, &args)?;
+        if !o.status.success() {
+            bail!("vault token create --scope {scope}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
     }
 
     /// Whether the server process is still alive.

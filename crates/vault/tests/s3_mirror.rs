@@ -12,23 +12,6 @@ use vault::clock::SystemClock;
 use vault::config::{Config, StoreConfig, StoreFile, UploadAlerts};
 use vault_api::client::VaultClient;
 
-fn opts(dir: &std::path::Path) -> vault::InitOptions {
-    vault::InitOptions {
-        dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        escrow: vec![age::x25519::Identity::generate().to_public()],
-        keyholders: vec![vault::config::KeyholderFile {
-            name: "alice".into(),
-            public_key: "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a".into(),
-        }],
-        threshold: 1,
-        retention_days: 7,
-        wait_hours: 72,
-        testing_allow_short_wait: false,
-        clusters: Vec::new(),
-    }
-}
-
 fn alerts_seen(file: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
@@ -46,30 +29,14 @@ async fn poll(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+mod common;
+use common::init_options as opts;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_vault_alerts_on_a_stopped_bucket_drains_and_survives_an_erased_local_store() {
     let mut ceph = testkit::ceph::TempCeph::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let creds = tmp.path().join("s3.creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    let remote = store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: "mirror".into(),
-        prefix: "v1/".into(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let remote = testkit::s3::config(&ceph, "mirror", "v1/").unwrap();
     store::s3::create_bucket(&remote, true).await.unwrap();
     let dir = tmp.path().join("vault");
     let file = StoreFile {

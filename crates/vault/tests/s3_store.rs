@@ -7,37 +7,14 @@ use std::sync::Arc;
 use vault::clock::SystemClock;
 use vault::config::{Config, StoreFile};
 
-fn opts(dir: &std::path::Path) -> vault::InitOptions {
-    vault::InitOptions {
-        dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        escrow: vec![age::x25519::Identity::generate().to_public()],
-        keyholders: vec![vault::config::KeyholderFile {
-            name: "alice".into(),
-            public_key: "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a".into(),
-        }],
-        threshold: 1,
-        retention_days: 7,
-        wait_hours: 72,
-        testing_allow_short_wait: false,
-        clusters: Vec::new(),
-    }
-}
+mod common;
+use common::init_options as opts;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_init_and_serve_on_s3_require_object_lock() {
     let ceph = testkit::ceph::TempCeph::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let creds = tmp.path().join("s3.creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )
-    .unwrap();
+    let creds = testkit::s3::credentials_file(&ceph).unwrap();
     let file = |bucket: &str, object_lock: Option<bool>| StoreFile {
         kind: Some("s3".into()),
         endpoint: Some(ceph.endpoint()),
@@ -46,16 +23,7 @@ async fn vault_init_and_serve_on_s3_require_object_lock() {
         object_lock,
         ..StoreFile::default()
     };
-    let s3 = |bucket: &str| store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: bucket.into(),
-        prefix: String::new(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let s3 = |bucket: &str| testkit::s3::config(&ceph, bucket, "").unwrap();
     store::s3::create_bucket(&s3("unlocked"), false).await.unwrap();
     store::s3::create_bucket(&s3("locked"), true).await.unwrap();
 

@@ -114,7 +114,11 @@ impl Chain {
 
 fn read_chain(s: &Shared) -> Result<Chain, String> {
     let dir = s.config.state_dir.join("audit");
-    let records = audit::spool::read_spool(&dir).map_err(|e| e.to_string())?;
+    let records = audit::spool::read_spool(&dir).map_err(|e| {
+        // The page says what failed; the spool's paths go to the gate's log.
+        tracing::warn!(error = %e, "the audit page cannot read the spool");
+        vault_types::UserFacing::user_message(&e)
+    })?;
     let bad = audit::check_run(&records).map(|(seq, kind, why)| (seq, format!("{kind:?}: {why}")));
     Ok(Chain { records, bad })
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use reqwest::{Method, StatusCode};
-use store::s3::sigv4;
 use testkit::ceph::TempCeph;
+use testkit::s3::Adversary;
 
 use super::{Stage, Story, blocking};
 
@@ -25,36 +25,11 @@ pub(super) struct S3Side {
 /// vault's store table: a local `store/` written through to that bucket.
 pub(super) async fn start(s: &mut Story, work: &Path) -> Result<S3Side> {
     let ceph = blocking(TempCeph::start).context("starting Ceph RGW for --store s3")?;
-    let creds = work.join("s3.credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )?;
     let bucket = "holdfast-shop".to_string();
-    let cfg = store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: bucket.clone(),
-        prefix: "shop/".into(),
-        path_style: true,
-        credentials_file: Some(creds.clone()),
-        ca_file: None,
-        object_lock: true,
-    };
+    let cfg = testkit::s3::config(&ceph, &bucket, "shop/")?;
     store::s3::create_bucket(&cfg, true).await?;
     let store_config = work.join("store-mirror.toml");
-    std::fs::write(
-        &store_config,
-        format!(
-            "[store]\nkind = \"mirror\"\npath = \"store\"\n[store.remote]\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nprefix = \"shop/\"\ncredentials_file = \"{}\"\n",
-            ceph.endpoint(),
-            creds.display()
-        ),
-    )?;
+    std::fs::write(&store_config, testkit::s3::mirror_table(&cfg))?;
     s.event(
         "vault",
         format!(
@@ -91,49 +66,16 @@ pub(super) async fn act_root_erases_the_local_store(
     std::fs::remove_dir_all(&local).with_context(|| format!("erasing {}", local.display()))?;
     s.event("insider", format!("stops the vault and runs rm -rf {}", local.display()));
 
-    let endpoint = side.ceph.endpoint();
-    let host = endpoint.trim_start_matches("http://").to_string();
-    let creds = sigv4::Credentials {
-        access_key: testkit::ceph::ACCESS_KEY.into(),
-        secret_key: testkit::ceph::SECRET_KEY.into(),
-    };
-    let http = reqwest::Client::new();
-    let send = async |method: Method, key: Option<&str>, query: &[(&str, &str)], extra: &[(&str, &str)]| {
-        let path = match key {
-            Some(k) => format!("/{}/{}", side.bucket, sigv4::uri_encode(k, false)),
-            None => format!("/{}", side.bucket),
-        };
-        let mut q: Vec<(String, String)> =
-            query.iter().map(|(k, v)| (sigv4::uri_encode(k, true), sigv4::uri_encode(v, true))).collect();
-        q.sort();
-        let cq = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let mut headers: Vec<(String, String)> =
-            extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let auth = sigv4::sign(
-            &creds,
-            "us-east-1",
-            method.as_str(),
-            &host,
-            &path,
-            &cq,
-            &mut headers,
-            &[],
-            time::OffsetDateTime::now_utc(),
-        );
-        let url =
-            if cq.is_empty() { format!("http://{host}{path}") } else { format!("http://{host}{path}?{cq}") };
-        let mut rb = http.request(method, url).header("authorization", auth);
-        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-        rb.send().await.map(|r| r.status()).unwrap_or(StatusCode::BAD_GATEWAY)
+    let adversary = Adversary::new(&side.ceph, &side.bucket);
+    let send = async |method: Method, key: Option<&str>, query: &[(&str, &str)], extra: &[(&str, String)]| {
+        adversary.send(method, key, query, extra, Vec::new()).await.0
     };
     // The versions, as the credential lists them.
     let lister = open_bucket(side).await?;
     let versions = lister.list_versions("shop/").await?;
     let (mut refused, mut tried) = (0, 0);
     for v in &versions {
-        for extra in [&[][..], &[("x-amz-bypass-governance-retention", "true")][..]] {
+        for extra in [&[][..], &[("x-amz-bypass-governance-retention", "true".to_string())][..]] {
             tried += 1;
             if send(Method::DELETE, Some(&v.key), &[("versionId", v.version_id.as_str())], extra).await
                 == StatusCode::FORBIDDEN
@@ -161,25 +103,6 @@ pub(super) async fn act_root_erases_the_local_store(
 
 /// A handle on the bucket for listing versions, as the credential holder would.
 async fn open_bucket(side: &S3Side) -> Result<store::S3Store> {
-    let ceph = &side.ceph;
-    let creds = ceph.dir().join("demo-s3.credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
-            testkit::ceph::ACCESS_KEY,
-            testkit::ceph::SECRET_KEY
-        ),
-    )?;
-    let cfg = store::S3Config {
-        endpoint: ceph.endpoint(),
-        region: "us-east-1".into(),
-        bucket: side.bucket.clone(),
-        prefix: "shop/".into(),
-        path_style: true,
-        credentials_file: Some(creds),
-        ca_file: None,
-        object_lock: true,
-    };
+    let cfg = testkit::s3::config(&side.ceph, &side.bucket, "shop/")?;
     Ok(store::S3Store::open(cfg).await?)
 }

@@ -19,7 +19,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
-use serve::web::{cookie, ct_eq, random_token, same_origin, set_cookie};
+use serve::web::{
+    cookie, login_csrf, login_post_ok, post_ok, random_token, signed_in_redirect, signed_out_redirect,
+};
 use vault_api::Scope;
 use vault_api::status::{Incident, IncidentTarget};
 
@@ -29,6 +31,8 @@ const SESSION_COOKIE: &str = "__Host-hfv_session";
 const LOGIN_COOKIE: &str = "__Host-hfv_login";
 /// How long a sign-in lasts, from sign-in.
 const SESSION_SECS: u64 = 15 * 60;
+/// How long the sign-in form's own CSRF token lasts.
+const LOGIN_FORM_SECS: u64 = 600;
 
 /// Console sessions, in memory: they end with the process.
 #[derive(Default)]
@@ -181,7 +185,7 @@ struct LoginForm {
 }
 
 fn login_form(error: Option<&str>) -> Response {
-    let csrf = random_token();
+    let (csrf, csrf_cookie) = login_csrf(LOGIN_COOKIE, LOGIN_FORM_SECS);
     let body = layout(
         "Sign in",
         None,
@@ -199,7 +203,7 @@ fn login_form(error: Option<&str>) -> Response {
         },
     );
     let code = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    (code, [set_cookie(LOGIN_COOKIE, &csrf, 600)], page(code, body)).into_response()
+    (code, [csrf_cookie], page(code, body)).into_response()
 }
 
 async fn login_page() -> Response {
@@ -212,7 +216,7 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    if !(cookie(&headers, LOGIN_COOKIE).is_some_and(|c| ct_eq(c, &f.csrf)) && same_origin(&headers)) {
+    if !login_post_ok(&headers, LOGIN_COOKIE, &f.csrf) {
         return refused(
             StatusCode::FORBIDDEN,
             "This sign-in form expired or did not come from this console.",
@@ -230,11 +234,7 @@ async fn login(
         ));
     }
     let id = sessions.create(f.token.trim().to_string(), now());
-    let mut r = Redirect::to("/console/clusters").into_response();
-    for (k, v) in [set_cookie(SESSION_COOKIE, &id, SESSION_SECS), set_cookie(LOGIN_COOKIE, "", 0)] {
-        r.headers_mut().append(k, v);
-    }
-    r
+    signed_in_redirect("/console/clusters", SESSION_COOKIE, &id, SESSION_SECS, LOGIN_COOKIE)
 }
 
 #[derive(serde::Deserialize)]
@@ -253,14 +253,11 @@ async fn logout(
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+    if !post_ok(&w.session.csrf, &f.csrf, &headers) {
         return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
     }
     sessions.end(&w.id);
-    let mut r = Redirect::to("/console/login").into_response();
-    let (k, v) = set_cookie(SESSION_COOKIE, "", 0);
-    r.headers_mut().append(k, v);
-    r
+    signed_out_redirect("/console/login", SESSION_COOKIE)
 }
 
 fn lag(c: &vault_api::status::ClusterStatus) -> String {
@@ -569,7 +566,7 @@ async fn acknowledge(
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+    if !post_ok(&w.session.csrf, &f.csrf, &headers) {
         return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
     }
     let Some(rt) = s.collector.get().and_then(|c| c.cluster(&name).ok()) else {
@@ -615,7 +612,7 @@ async fn start_drill(
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !(ct_eq(&w.session.csrf, &f.csrf) && same_origin(&headers)) {
+    if !post_ok(&w.session.csrf, &f.csrf, &headers) {
         return refused(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page.");
     }
     match crate::drill::start(&s, &name, format!("on demand from the console ({})", w.label)) {

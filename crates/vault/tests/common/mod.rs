@@ -177,3 +177,22 @@ pub fn status<T: std::fmt::Debug>(r: Result<T, vault_api::ClientError>) -> u16 {
         Err(e) => e.status().unwrap_or_else(|| panic!("expected an HTTP refusal, got {e}")),
     }
 }
+
+/// `vault init` options for a vault of its own (one keyholder, alice; 7 days' retention), in
+/// `dir`: the S3 tests initialise it on a bucket.
+pub fn init_options(dir: &std::path::Path) -> vault::InitOptions {
+    vault::InitOptions {
+        dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        escrow: vec![age::x25519::Identity::generate().to_public()],
+        keyholders: vec![vault::config::KeyholderFile {
+            name: "alice".into(),
+            public_key: "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a".into(),
+        }],
+        threshold: 1,
+        retention_days: 7,
+        wait_hours: 72,
+        testing_allow_short_wait: false,
+        clusters: Vec::new(),
+    }
+}
