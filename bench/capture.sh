@@ -73,10 +73,7 @@ rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 # --- pgBackRest ------------------------------------------------------------------------------
 log "pgBackRest stanza"
 write_pgbr_conf "repo1-path=$PBR/repo"
-psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
-psql_ "SELECT pg_reload_conf()" >/dev/null
-pgbr stanza-create
-pgbr check
+pgbr_stanza "pgbackrest --config=$PBRCONF --stanza=bench archive-push %p"
 rec cmd_pgbackrest_conf "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$PBRCONF")"
 
 # --- the vault -------------------------------------------------------------------------------

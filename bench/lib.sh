@@ -141,3 +141,25 @@ switch_and_wait_archived() {
   done
   return 1
 }
+
+# pgbr_stanza ARCHIVE_COMMAND: the source archives with ARCHIVE_COMMAND (pgBackRest's
+# archive-push, perhaps with more), and pgBackRest's stanza is created and checked.
+pgbr_stanza() {
+  psql_ "ALTER SYSTEM SET archive_command = '$1'"
+  psql_ "SELECT pg_reload_conf()" >/dev/null
+  pgbr stanza-create || die "pgbackrest stanza-create failed (see $PBR/log)"
+  pgbr check || die "pgbackrest check failed (see $PBR/log)"
+}
+
+# wait_promoted SOCKDIR PORT DATADIR: until the server there answers out of recovery (an hour at
+# most); non-zero if it did not, or its postmaster went away.
+wait_promoted() { # SOCKDIR PORT DATADIR
+  local i v
+  for i in $(seq 1 36000); do
+    v="$("$PGBIN/psql" -h "$1" -p "$2" -U postgres -d postgres -XAtq -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)"
+    [ "$v" = f ] && return 0
+    if [ "$i" -gt 50 ] && [ ! -f "$3/postmaster.pid" ]; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}

@@ -132,10 +132,7 @@ rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 log "pgBackRest stanza (archive-async, process-max=2) + cp archive"
 write_pgbr_conf "repo1-path=$PBR/repo" "archive-async=y"
 ARCHIVE_COMMAND="pgbackrest --config=$PBRCONF --stanza=bench archive-push %p && cp %p $ARCH/%f.tmp && mv -f $ARCH/%f.tmp $ARCH/%f"
-psql_ "ALTER SYSTEM SET archive_command = '$ARCHIVE_COMMAND'"
-psql_ "SELECT pg_reload_conf()" >/dev/null
-pgbr stanza-create
-pgbr check
+pgbr_stanza "$ARCHIVE_COMMAND"
 rec cmd_archive_command "$(jstr "$ARCHIVE_COMMAND")"
 
 # --- the vault and its warm standby ---------------------------------------------------------------
@@ -329,16 +326,6 @@ psql_ "CHECKPOINT"
 pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
 
 # --- cold restores -----------------------------------------------------------------------------
-wait_promoted() { # SOCKDIR PORT DATADIR
-  local i v
-  for i in $(seq 1 36000); do
-    v="$("$PGBIN/psql" -h "$1" -p "$2" -U postgres -d postgres -XAtq -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)"
-    [ "$v" = f ] && return 0
-    if [ "$i" -gt 50 ] && [ ! -f "$3/postmaster.pid" ]; then return 1; fi
-    sleep 0.1
-  done
-  return 1
-}
 start_restored() {
   pg "$PGBIN/pg_ctl" -D "$1" -l "$W/pgtmp/$(basename "$1").log" -o "-p $2 -k $RSOCK -c listen_addresses=''" -W start >/dev/null
 }
