@@ -78,18 +78,7 @@ rec cmd_pgbackrest_conf "$(python3 -c 'import json,sys; print(json.dumps(open(sy
 
 # --- the vault -------------------------------------------------------------------------------
 log "vault init + serve"
-RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
-"$HF" vault init --dir "$V" --escrow-recipient "$RECIPIENT" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
-cat >> "$V/vault.toml" <<EOF
-
-[[cluster]]
-name = "bench"
-hosts = ["127.0.0.1:$PGPORT"]
-user = "holdfast_rep"
-password_file = "$W/rep.password"
-synchronous = false
-EOF
-CA="$V/tls/cert.pem"
+vault_init
 start_vault() {
   rm -f "$V/ready.json"
   RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &

@@ -163,3 +163,24 @@ wait_promoted() { # SOCKDIR PORT DATADIR
   done
   return 1
 }
+
+# vault_init [MORE]: an escrow key in $W, `holdfast vault init` in $V (admin token in
+# $V/admin.token) and its cluster `bench`: the source, through holdfast_rep with
+# $W/rep.password, asynchronous; MORE is appended after that table (more keys of it, more
+# tables). CA is the vault's certificate.
+vault_init() {
+  local recipient
+  recipient="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
+  "$HF" vault init --dir "$V" --escrow-recipient "$recipient" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
+  cat >> "$V/vault.toml" <<EOF
+
+[[cluster]]
+name = "bench"
+hosts = ["127.0.0.1:$PGPORT"]
+user = "holdfast_rep"
+password_file = "$W/rep.password"
+synchronous = false
+${1:-}
+EOF
+  CA="$V/tls/cert.pem"
+}

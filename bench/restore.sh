@@ -137,26 +137,14 @@ rec cmd_archive_command "$(jstr "$ARCHIVE_COMMAND")"
 
 # --- the vault and its warm standby ---------------------------------------------------------------
 log "vault init + serve (warm standby: apply_delay $APPLY_DELAY, port $SB_PORT)"
-RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
-"$HF" vault init --dir "$V" --escrow-recipient "$RECIPIENT" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
-cat >> "$V/vault.toml" <<EOF
-
-[[cluster]]
-name = "bench"
-hosts = ["127.0.0.1:$PGPORT"]
-user = "holdfast_rep"
-password_file = "$W/rep.password"
-synchronous = false
-first_backup = false
+vault_init "first_backup = false
 ${BACKUP_WAL_SHARE:+backup_wal_share = $BACKUP_WAL_SHARE}
 
 [[standby]]
-cluster = "bench"
-data_dir = "$SB"
-apply_delay = "$APPLY_DELAY"
-port = $SB_PORT
-EOF
-CA="$V/tls/cert.pem"
+cluster = \"bench\"
+data_dir = \"$SB\"
+apply_delay = \"$APPLY_DELAY\"
+port = $SB_PORT"
 RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
 VPID=$!
 for _ in $(seq 1 600); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
