@@ -73,26 +73,12 @@ rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 # --- pgBackRest ------------------------------------------------------------------------------
 log "pgBackRest stanza"
 write_pgbr_conf "repo1-path=$PBR/repo"
-psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
-psql_ "SELECT pg_reload_conf()" >/dev/null
-pgbr stanza-create
-pgbr check
+pgbr_stanza "pgbackrest --config=$PBRCONF --stanza=bench archive-push %p"
 rec cmd_pgbackrest_conf "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$PBRCONF")"
 
 # --- the vault -------------------------------------------------------------------------------
 log "vault init + serve"
-RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
-"$HF" vault init --dir "$V" --escrow-recipient "$RECIPIENT" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
-cat >> "$V/vault.toml" <<EOF
-
-[[cluster]]
-name = "bench"
-hosts = ["127.0.0.1:$PGPORT"]
-user = "holdfast_rep"
-password_file = "$W/rep.password"
-synchronous = false
-EOF
-CA="$V/tls/cert.pem"
+vault_init
 start_vault() {
   rm -f "$V/ready.json"
   RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &

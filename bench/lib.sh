@@ -141,3 +141,46 @@ switch_and_wait_archived() {
   done
   return 1
 }
+
+# pgbr_stanza ARCHIVE_COMMAND: the source archives with ARCHIVE_COMMAND (pgBackRest's
+# archive-push, perhaps with more), and pgBackRest's stanza is created and checked.
+pgbr_stanza() {
+  psql_ "ALTER SYSTEM SET archive_command = '$1'"
+  psql_ "SELECT pg_reload_conf()" >/dev/null
+  pgbr stanza-create || die "pgbackrest stanza-create failed (see $PBR/log)"
+  pgbr check || die "pgbackrest check failed (see $PBR/log)"
+}
+
+# wait_promoted SOCKDIR PORT DATADIR: until the server there answers out of recovery (an hour at
+# most); non-zero if it did not, or its postmaster went away.
+wait_promoted() { # SOCKDIR PORT DATADIR
+  local i v
+  for i in $(seq 1 36000); do
+    v="$("$PGBIN/psql" -h "$1" -p "$2" -U postgres -d postgres -XAtq -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)"
+    [ "$v" = f ] && return 0
+    if [ "$i" -gt 50 ] && [ ! -f "$3/postmaster.pid" ]; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# vault_init [MORE]: an escrow key in $W, `holdfast vault init` in $V (admin token in
+# $V/admin.token) and its cluster `bench`: the source, through holdfast_rep with
+# $W/rep.password, asynchronous; MORE is appended after that table (more keys of it, more
+# tables). CA is the vault's certificate.
+vault_init() {
+  local recipient
+  recipient="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
+  "$HF" vault init --dir "$V" --escrow-recipient "$recipient" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
+  cat >> "$V/vault.toml" <<EOF
+
+[[cluster]]
+name = "bench"
+hosts = ["127.0.0.1:$PGPORT"]
+user = "holdfast_rep"
+password_file = "$W/rep.password"
+synchronous = false
+${1:-}
+EOF
+  CA="$V/tls/cert.pem"
+}

@@ -132,34 +132,19 @@ rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 log "pgBackRest stanza (archive-async, process-max=2) + cp archive"
 write_pgbr_conf "repo1-path=$PBR/repo" "archive-async=y"
 ARCHIVE_COMMAND="pgbackrest --config=$PBRCONF --stanza=bench archive-push %p && cp %p $ARCH/%f.tmp && mv -f $ARCH/%f.tmp $ARCH/%f"
-psql_ "ALTER SYSTEM SET archive_command = '$ARCHIVE_COMMAND'"
-psql_ "SELECT pg_reload_conf()" >/dev/null
-pgbr stanza-create
-pgbr check
+pgbr_stanza "$ARCHIVE_COMMAND"
 rec cmd_archive_command "$(jstr "$ARCHIVE_COMMAND")"
 
 # --- the vault and its warm standby ---------------------------------------------------------------
 log "vault init + serve (warm standby: apply_delay $APPLY_DELAY, port $SB_PORT)"
-RECIPIENT="$("$HF" escrow-keygen --out "$W/escrow.key" 2>/dev/null | grep -o 'age1[0-9a-z]*' | head -1)"
-"$HF" vault init --dir "$V" --escrow-recipient "$RECIPIENT" --listen 127.0.0.1:0 --admin-token-file "$V/admin.token" >/dev/null 2>&1
-cat >> "$V/vault.toml" <<EOF
-
-[[cluster]]
-name = "bench"
-hosts = ["127.0.0.1:$PGPORT"]
-user = "holdfast_rep"
-password_file = "$W/rep.password"
-synchronous = false
-first_backup = false
+vault_init "first_backup = false
 ${BACKUP_WAL_SHARE:+backup_wal_share = $BACKUP_WAL_SHARE}
 
 [[standby]]
-cluster = "bench"
-data_dir = "$SB"
-apply_delay = "$APPLY_DELAY"
-port = $SB_PORT
-EOF
-CA="$V/tls/cert.pem"
+cluster = \"bench\"
+data_dir = \"$SB\"
+apply_delay = \"$APPLY_DELAY\"
+port = $SB_PORT"
 RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
 VPID=$!
 for _ in $(seq 1 600); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
@@ -329,16 +314,6 @@ psql_ "CHECKPOINT"
 pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
 
 # --- cold restores -----------------------------------------------------------------------------
-wait_promoted() { # SOCKDIR PORT DATADIR
-  local i v
-  for i in $(seq 1 36000); do
-    v="$("$PGBIN/psql" -h "$1" -p "$2" -U postgres -d postgres -XAtq -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)"
-    [ "$v" = f ] && return 0
-    if [ "$i" -gt 50 ] && [ ! -f "$3/postmaster.pid" ]; then return 1; fi
-    sleep 0.1
-  done
-  return 1
-}
 start_restored() {
   pg "$PGBIN/pg_ctl" -D "$1" -l "$W/pgtmp/$(basename "$1").log" -o "-p $2 -k $RSOCK -c listen_addresses=''" -W start >/dev/null
 }

@@ -193,10 +193,7 @@ repo1-s3-region=us-east-1
 repo1-s3-uri-style=path
 repo1-s3-key=$S3_KEY
 repo1-s3-key-secret=$S3_SECRET" "archive-async=y"
-psql_ "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$PBRCONF --stanza=bench archive-push %p'"
-psql_ "SELECT pg_reload_conf()" >/dev/null
-pgbr stanza-create || die "pgbackrest stanza-create on the RGW bucket failed (see $PBR/log)"
-pgbr check || die "pgbackrest check failed (see $PBR/log)"
+pgbr_stanza "pgbackrest --config=$PBRCONF --stanza=bench archive-push %p"
 rec cmd_pgbackrest_conf "$(jstr "$(sed "s/^repo1-s3-key-secret=.*/repo1-s3-key-secret=[redacted]/" "$PBRCONF")")"
 
 # --- the vault on the locked bucket ------------------------------------------------------------------
@@ -286,16 +283,6 @@ verify() { # verify KEY SOCKDIR PORT
   rec "${1}_got" "$(jstr "$got")"
   if [ "$got" = "f $REF" ]; then rec "${1}_verified" '"yes"'; log "$1 verified: yes"; else
     rec "${1}_verified" '"no"'; fail "${1}_verify" "got '$got', expected 'f $REF'"; fi
-}
-wait_promoted() { # SOCKDIR PORT DATADIR
-  local i v
-  for i in $(seq 1 36000); do
-    v="$("$PGBIN/psql" -h "$1" -p "$2" -U postgres -d postgres -XAtq -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)"
-    [ "$v" = f ] && return 0
-    if [ "$i" -gt 50 ] && [ ! -f "$3/postmaster.pid" ]; then return 1; fi
-    sleep 0.1
-  done
-  return 1
 }
 stop_restored() {
   [ -f "$1/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1
