@@ -69,12 +69,18 @@ async fn deletion_needs_distinct_signatures_and_the_wait_and_removes_only_named_
     let metrics = h.admin.metrics().await.unwrap();
     assert!(metrics.contains("holdfast_vault_deletion_proposals_total 1"), "{metrics}");
     assert_eq!(alerts_total(&h.admin).await, alerts_before + 1, "{metrics}");
-    let mut waited = 0;
-    while !std::fs::read_to_string(&alert_file).unwrap_or_default().contains(&p.id) {
-        waited += 1;
-        assert!(waited < 200, "the alert command never received the alert");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // The alert command is a process the vault spawns: on a loaded machine, seconds.
+    testkit::wait::until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(25),
+        "the alert command's file",
+        || {
+            let seen = std::fs::read_to_string(&alert_file).unwrap_or_default().contains(&p.id);
+            std::future::ready(seen.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 
     // Nothing yet.
     assert_eq!(status(h.admin.execute(&p.id).await), 403);

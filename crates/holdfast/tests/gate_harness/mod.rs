@@ -103,8 +103,11 @@ networks = ["10.0.0.0/8"]
 name = "dba"
 db_user = "dba"
 "#,
-            // `extra` may set its own approval_timeout (a browser needs longer than psql).
-            timeout = if extra.contains("approval_timeout") { "" } else { "approval_timeout = \"8s\"\n" },
+            // `extra` may set its own approval_timeout (a browser needs longer than psql). 15 s:
+            // an approval is a race against it — a psql, a `pending` poll and two or three CLI
+            // runs, each a debug process doing TLS and SCRAM, which on a loaded 2-core CI
+            // machine can take seconds each — and the timeout itself is waited out only twice.
+            timeout = if extra.contains("approval_timeout") { "" } else { "approval_timeout = \"15s\"\n" },
             state = d.join("state").display(),
             sock = pg.socket_dir().display(),
             port = pg.port(),
