@@ -457,8 +457,23 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         standby: false,
         feed_until: None,
     };
-    let helper_path =
-        recovery::write(&opts.target_dir, &plan, opts.action, opts.exclusive, &opts.holdfast_exe, &helper)?;
+    // Restoring and starting to a target with promotion: PostgreSQL pauses at the target and
+    // this process calls `pg_promote()`. Both end recovery at the same record; the difference
+    // is the checkpoint: `recovery_target_action = 'promote'` writes an end-of-recovery
+    // checkpoint (every page replay dirtied, flushed while nobody can connect), a promotion
+    // writes an end-of-recovery record and lets the checkpointer flush in the background.
+    // Without `--start` the person starting the server gets PostgreSQL's own promotion.
+    let promote_here =
+        opts.start.is_some() && opts.action == recovery::Action::Promote && plan.target != Target::Latest;
+    let written_action = if promote_here { recovery::Action::Pause } else { opts.action };
+    let helper_path = recovery::write(
+        &opts.target_dir,
+        &plan,
+        written_action,
+        opts.exclusive,
+        &opts.holdfast_exe,
+        &helper,
+    )?;
     let mut report = Report {
         cluster: opts.cluster.clone(),
         target: opts.target.to_string(),
@@ -529,6 +544,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let tcp = start.tcp;
     let waited = tokio::task::spawn_blocking(move || {
         s2.start_listening(tcp)?;
+        if promote_here {
+            s2.wait_recovered(false, timeout)?;
+            s2.query(&format!("SELECT pg_promote(true, {})", timeout.as_secs().clamp(60, 3600)))?;
+        }
         s2.wait_recovered(promote, timeout)
     })
     .await

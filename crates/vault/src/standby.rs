@@ -586,7 +586,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     }
     rt.end_incident_episode("standby_stopped");
     let srv = server.clone();
-    let seen = blocking(move || look(&srv)).await??;
+    let mut seen = blocking(move || look(&srv)).await??;
     // New incidents: the first with a restore target stops the standby short of it.
     let incidents = rt.incidents();
     if !p.overrun && p.paused_before_incident.is_none() {
@@ -595,6 +595,13 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
                 stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn).await?;
                 p.incidents_seen = p.incidents_seen.max(incidents.len());
                 sb.save(&p)?;
+                if p.stop_lsn.is_some() {
+                    // Stopped without a restart: shown as it is now, without waiting for the
+                    // next look.
+                    let srv = server.clone();
+                    seen = blocking(move || look(&srv)).await??;
+                    break;
+                }
                 // What it showed before the restart is no longer true: the next look tells.
                 sb.set(|st| {
                     st.state = if p.overrun { StandbyState::Overrun } else { StandbyState::Stopping };
@@ -806,7 +813,9 @@ async fn stop_before(
         p.stop_lsn = Some(stop);
         p.target = Some(match first {
             Some(first) => {
-                format!("lsn {first}, the destroying transaction's first record; promoting stops just before {label}")
+                format!(
+                    "lsn {first}, the destroying transaction's first record; promoting stops just before {label}"
+                )
             }
             None => label,
         });
@@ -842,7 +851,11 @@ async fn stop_before(
     if let Some(v) = vault_lsn {
         sb.raise_feed(v)?;
     }
-    tracing::warn!(cluster, incident = n, "the warm standby holds WAL past the stop: restarting it at the target");
+    tracing::warn!(
+        cluster,
+        incident = n,
+        "the warm standby holds WAL past the stop: restarting it at the target"
+    );
     restart(server).await
 }
 
@@ -1065,8 +1078,11 @@ pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, St
         p.incidents_seen = incidents;
         sb.save(&p).map_err(ActionError::Failed)?;
         // Not able to tell: restart (always right, only slower).
-        let target_free =
-            held && blocking(running_target_free(server.clone())).await.map_err(ActionError::Failed)?.unwrap_or(false);
+        let target_free = held
+            && blocking(running_target_free(server.clone()))
+                .await
+                .map_err(ActionError::Failed)?
+                .unwrap_or(false);
         if target_free {
             let srv = server.clone();
             blocking(move || srv.query("SELECT pg_reload_conf(), pg_wal_replay_resume()"))
