@@ -72,11 +72,19 @@ def cmd_report(out_md, invocation, *jsons):
         "pgBackRest, `recovery_target_xid` + `recovery_target_inclusive = off` for the `cp` archive)."
     )
     L.append("")
-    head = "| | " + " | ".join(f"scale {r.get('scale')}: {mb(num(r.get('db_bytes')))} MB" for r in runs) + " |"
+    def size(r):
+        shop = num(r.get("shop_bytes"))
+        text = f"scale {r.get('scale')}: {mb(num(r.get('db_bytes')))} MB"
+        return text + (f" + shop of {r.get('shop_merchants')} merchants: {mb(shop)} MB" if shop else "")
+
+    head = "| | " + " | ".join(size(r) for r in runs) + " |"
     L.append(head)
     L.append("|---|" + "---:|" * len(runs))
     L.append("| write load: TPS, WAL MB | " + " | ".join(
         f"{sec(num(r.get('load_tps')))}, {mb(num(r.get('load_wal_bytes')))}" for r in runs) + " |")
+    if any(r.get("shop_tps") is not None for r in runs):
+        L.append("| shop load: orders/s (each an order, its item, a gift-card debit) | " + " | ".join(
+            sec(num(r.get("shop_tps"))) for r in runs) + " |")
     L.append("| incident raised, s after the TRUNCATE returned | " + " | ".join(
         sec(r["rows"]["standby"]["incident_seconds"]) for r in runs) + " |")
     L.append("| **warm standby: paused read-only at the target**, s after the TRUNCATE | " + " | ".join(
@@ -106,7 +114,9 @@ def cmd_report(out_md, invocation, *jsons):
         "`pgbench_accounts` is then read: the first 1000 rows there). Cold RTO = wall seconds from the restore command's start "
         "until `pg_is_in_recovery()` is false. Each restored server, the promoted standby included, was checked: "
         "every account row there, balances equal to the history's deltas (every pgbench transaction whole), every "
-        "history row committed > 50 ms before the TRUNCATE there and none committed > 50 ms after it."
+        "history row committed > 50 ms before the TRUNCATE there and none committed > 50 ms after it; with a shop, the "
+        "same for its orders, every order with its items, and the gift cards' total equal to the initial one less "
+        "one cent per order placed (every shop transaction whole)."
     )
     L.append("")
     for r in runs:

@@ -219,8 +219,17 @@ pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
                         });
                     }
                 }
+                // The next look after TICK, or at once when the cluster raises an incident.
+                let rt = s.collector.get().and_then(|c| c.cluster(&sb.cfg.cluster).ok());
+                let incident = async {
+                    match &rt {
+                        Some(rt) => rt.next_incident().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(TICK) => {}
+                    _ = incident => {}
                     _ = shutdown.changed() => return,
                 }
             }
