@@ -199,6 +199,15 @@ where
     }
 }
 
+/// Aborts a task when dropped (a restore that fails or is cancelled leaves no prefetcher behind).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Segments the prefetcher keeps ready ahead of replay (16 MiB each by default)…
 const PREFETCH_AHEAD: usize = 8;
 /// …fetched this many at a time (the vault assembles and decrypts each; two cores here).
@@ -415,6 +424,38 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let marker = opts.target_dir.join(INCOMPLETE_MARKER);
     std::fs::write(&marker, format!("holdfast restore of {} to {} started\n", opts.cluster, opts.target))
         .map_err(RestoreError::io(format!("writing {}", marker.display())))?;
+    let helper = wal::HelperConfig {
+        url: opts.url.clone(),
+        ca_pem: opts.ca_pem.clone(),
+        token: opts.token.clone(),
+        cluster: opts.cluster.clone(),
+        expected: plan.segments.clone(),
+        spool: opts.target_dir.join(recovery::SPOOL_DIR),
+        standby: false,
+        feed_until: None,
+    };
+    // The WAL replay will need is known now: the prefetcher fills the spool while the base
+    // data arrives, so replay starts with segments waiting on disk instead of asking the vault
+    // for its first ones (and the prefetcher fetching them a second time).
+    let owner = match opts.start.as_ref().and_then(|s| s.run_as.as_ref()) {
+        Some(user) => Some(pg::user_ids(user)?),
+        None => None,
+    };
+    let stats = Arc::new(wal::PrefetchStats::default());
+    let prefetcher = match &opts.start {
+        Some(_) => {
+            std::fs::create_dir_all(&helper.spool)
+                .map_err(RestoreError::io(format!("creating {}", helper.spool.display())))?;
+            Some(AbortOnDrop(tokio::spawn(wal::prefetch(
+                helper.clone(),
+                PREFETCH_AHEAD,
+                PREFETCH_PARALLEL,
+                owner,
+                stats.clone(),
+            ))))
+        }
+        None => None,
+    };
     // Base data, with progress.
     let shared = Arc::new(materialize::Progress::default());
     let fetch = materialize::materialize(
@@ -446,16 +487,6 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
                 progress("base data", shared.done.load(std::sync::atomic::Ordering::Relaxed), shared.total.load(std::sync::atomic::Ordering::Relaxed));
             }
         }
-    };
-    let helper = wal::HelperConfig {
-        url: opts.url.clone(),
-        ca_pem: opts.ca_pem.clone(),
-        token: opts.token.clone(),
-        cluster: opts.cluster.clone(),
-        expected: plan.segments.clone(),
-        spool: opts.target_dir.join(recovery::SPOOL_DIR),
-        standby: false,
-        feed_until: None,
     };
     // Restoring and starting to a target with promotion: PostgreSQL pauses at the target and
     // this process calls `pg_promote()`. Both end recovery at the same record; the difference
@@ -526,17 +557,9 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         log: opts.target_dir.join("holdfast_restore.log"),
         user: opts.user.clone(),
     };
-    let owner = match &start.run_as {
-        Some(user) => {
-            let (uid, gid) = pg::user_ids(user)?;
-            pg::chown_tree(&opts.target_dir, uid, gid)?;
-            Some((uid, gid))
-        }
-        None => None,
-    };
-    let stats = Arc::new(wal::PrefetchStats::default());
-    let prefetcher =
-        tokio::spawn(wal::prefetch(helper, PREFETCH_AHEAD, PREFETCH_PARALLEL, owner, stats.clone()));
+    if let Some((uid, gid)) = owner {
+        pg::chown_tree(&opts.target_dir, uid, gid)?;
+    }
     let t_replay = Instant::now();
     let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
     let s2 = server.clone();
@@ -552,7 +575,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     })
     .await
     .map_err(|e| RestoreError::Postgres(e.to_string()))?;
-    prefetcher.abort();
+    drop(prefetcher);
     if let Err(e) = waited {
         return Err(match e {
             RestoreError::StoppedShort { .. } => stopped_short(&plan, &e),

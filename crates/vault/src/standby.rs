@@ -632,6 +632,11 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     // known about the WAL's age: the limit stays until a sample is old enough.) Stopped before
     // an incident, the feed is the stop: it stays where it is.
     let following = p.paused_before_incident.is_none() && !p.overrun;
+    if let Some(stop) = p.stop_lsn.filter(|_| !following) {
+        // Held by the feed: at the stop (a vault stopped between saving the stop and raising
+        // the feed to it finishes the job here; never lowered, so a promotion's is kept).
+        sb.raise_feed(stop)?;
+    }
     if let Some(v) = vault_lsn {
         if inner.held.back().is_none_or(|(_, l)| *l < v) {
             inner.held.push_back((now, v));
