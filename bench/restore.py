@@ -4,12 +4,14 @@ figures as JSON, and the report over every size.
 
 Only the standard library.
 """
+import http.client
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from capture import cmd_status, cmd_wait_durable, load  # noqa: E402
+from capture import Vault, cmd_status, cmd_wait_durable, load  # noqa: E402
 
 # Targets from issue 18.
 STANDBY_TARGET_S = 10.0  # warm standby at the target (read-only) within 10 s, at any size
@@ -18,6 +20,59 @@ RTO_RATIO_TARGET = 0.5  # holdfast cold restore RTO <= 0.5 x pgBackRest's
 
 def num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def cmd_watch_standby(url, ca, token, name, t0_file, timeout, out_json):
+    """Started before the destruction: polls the vault every 50 ms over one keep-alive
+    connection (a CLI call per look costs a process start, seconds on a loaded box) until its
+    standby is paused, ready, before an incident raised after the watch began. Writes when the
+    new incident appeared in the cluster's status and when the standby was seen paused, in
+    seconds after the epoch time the script writes into `t0_file` (the destruction's return),
+    and the standby's last status."""
+    v = Vault(url, ca, token)
+
+    def get(path):
+        for attempt in range(3):
+            try:
+                if v.conn is None:
+                    v.conn = http.client.HTTPSConnection(v.host, v.port, context=v.ctx, timeout=10)
+                v.conn.request("GET", path, headers={"Authorization": f"Bearer {v.token}"})
+                resp = v.conn.getresponse()
+                body = resp.read()
+                return json.loads(body) if resp.status == 200 else None
+            except (OSError, http.client.HTTPException, ValueError):
+                v.conn = None
+                if attempt == 2:
+                    return None
+                time.sleep(0.05)
+
+    def incidents():
+        for c in (get("/v1/status") or {}).get("clusters") or []:
+            if c.get("name") == name:
+                return c.get("incidents") or []
+        return []
+
+    seen = {(i.get("kind"), i.get("lsn")) for i in incidents()}
+    incident_at = paused_at = None
+    st = {}
+    deadline = time.time() + float(timeout)
+    while time.time() < deadline:
+        if incident_at is None and any(
+            i.get("restore_target") and (i.get("kind"), i.get("lsn")) not in seen for i in incidents()
+        ):
+            incident_at = time.time()
+        st = ((get("/v1/standbys") or {}).get("standbys") or [{}])[0]
+        if incident_at is not None and st.get("state") == "paused" and st.get("ready"):
+            paused_at = time.time()
+            break
+        if st.get("state") in ("overrun", "failed"):
+            break
+        time.sleep(0.05)
+    t0 = float(open(t0_file).read().strip()) if os.path.exists(t0_file) else None
+    rel = lambda t: None if t is None or t0 is None else round(t - t0, 3)
+    json.dump({"incident_seconds": rel(incident_at), "paused_seconds": rel(paused_at), "paused_at": paused_at,
+               "standby": st}, open(out_json, "w"))
+    return 0 if paused_at else 1
 
 
 def cmd_size_json(results, out_json):
@@ -110,7 +165,7 @@ def cmd_report(out_md, invocation, *jsons):
     L.append("")
     L.append(
         "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (holdfast "
-        "standby status polled every ~100 ms; \"paused\" = state `paused`, ready, before the new incident; its "
+        "/v1/standbys polled every 50 ms over one connection; \"paused\" = state `paused`, ready, before the new incident; its "
         "`pgbench_accounts` is then read: the first 1000 rows there). Cold RTO = wall seconds from the restore command's start "
         "until `pg_is_in_recovery()` is false. Each restored server, the promoted standby included, was checked: "
         "every account row there, balances equal to the history's deltas (every pgbench transaction whole), every "
@@ -157,6 +212,7 @@ if __name__ == "__main__":
     fn = {
         "status": cmd_status,
         "wait-durable": cmd_wait_durable,
+        "watch-standby": cmd_watch_standby,
         "size-json": cmd_size_json,
         "report": cmd_report,
     }[cmd]

@@ -12,7 +12,7 @@
 #      (SHOP_RATE/s: an order, its item and a gift-card debit per transaction); 15 s before it
 #      ends an insider runs `TRUNCATE pgbench_accounts` (one transaction, xid X) while the load goes on
 #   4. the warm standby: seconds from the TRUNCATE's return until the vault has it paused,
-#      read-only, just before X (holdfast standby status: paused, ready, before the incident;
+#      read-only, just before X (GET /v1/standbys every 50 ms: paused, ready, before the incident;
 #      then its rows are read), and until `holdfast standby promote` has opened it for writes
 #   5. cold restores to just before X, each into a fresh empty directory, page cache dropped
 #      before each, timed from command start until the restored server is promoted:
@@ -362,31 +362,34 @@ rec standby_before "$SBJ"
 KNOWN="$(hf_read incidents --cluster bench --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
 log "the insider: TRUNCATE pgbench_accounts (load still running)"
 loadavg standby
+# Watches the vault from before the TRUNCATE (so an incident raised at once is a new one): until
+# the standby is paused, ready, before a new incident (at most 120 s), every 50 ms over one
+# connection to the vault.
+python3 "$PY" watch-standby "$URL" "$CA" "$W/read.token" bench "$W/t-destroyed" 150 "$W/watch.json" &
+WATCH_PID=$!
+sleep 0.5
 XID="$(timeout 600 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 \
   -c "BEGIN" -c "SELECT txid_current()" -c "TRUNCATE pgbench_accounts" -c "COMMIT")" || die "the TRUNCATE failed"
 TD=$(now)
+echo "$TD" > "$W/t-destroyed"
 XID="$(echo "$XID" | grep -E '^[0-9]+$' | head -1)"
 rec destructive_xid "$XID"
 rec cmd_destructive "\"BEGIN; SELECT txid_current(); TRUNCATE pgbench_accounts; COMMIT;   # while pgbench runs\""
 log "TRUNCATE committed as xid $XID; watching the standby and the incidents"
 
-# Until the standby is paused, ready, before a new incident (at most 120 s).
 N="" T_INCIDENT="" T_PAUSED=""
-for _ in $(seq 1 1200); do
-  if [ -z "$T_INCIDENT" ]; then
-    n="$(hf_read incidents --cluster bench --json 2>/dev/null | python3 -c 'import json,sys
+wait "$WATCH_PID" || true
+SBJ="$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["standby"]))' "$W/watch.json" 2>/dev/null || echo '{}')"
+IS="$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["incident_seconds"]; print("" if v is None else v)' "$W/watch.json" 2>/dev/null || true)"
+PA="$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["paused_at"]; print("" if v is None else v)' "$W/watch.json" 2>/dev/null || true)"
+[ -n "$IS" ] && T_INCIDENT="$(python3 -c "print($TD + $IS)")"
+pb="$(jget "$SBJ" paused_before_incident)"
+if [ -n "$PA" ] && [ -n "$pb" ] && [ "$pb" -gt "$KNOWN" ]; then T_PAUSED="$PA"; N="$pb"; fi
+if [ -z "$N" ]; then
+  N="$(hf_read incidents --cluster bench --json 2>/dev/null | python3 -c 'import json,sys
 l = json.load(sys.stdin); k = int(sys.argv[1])
 print(next((str(i + 1) for i in range(k, len(l)) if l[i].get("restore_target")), ""))' "$KNOWN" 2>/dev/null || true)"
-    [ -n "$n" ] && T_INCIDENT=$(now) && N="$n"
-  fi
-  SBJ="$(standby_json)"
-  pb="$(jget "$SBJ" paused_before_incident)"
-  if [ "$(jget "$SBJ" state)" = paused ] && [ "$(jget "$SBJ" ready)" = true ] && [ -n "$pb" ] && [ "$pb" -gt "$KNOWN" ]; then
-    T_PAUSED=$(now); N="$pb"; break
-  fi
-  case "$(jget "$SBJ" state)" in overrun|failed) break ;; esac
-  sleep 0.1
-done
+fi
 rec standby_paused_status "$SBJ"
 [ -n "$T_INCIDENT" ] && rec incident_seconds "$(elapsed "$TD" "$T_INCIDENT")"
 [ -n "$N" ] && rec incident "$(hf_read incidents --cluster bench --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[int(sys.argv[1]) - 1]))' "$N")"
@@ -418,7 +421,7 @@ if [ -n "$T_PAUSED" ]; then
 else
   fail standby_pause "the standby was not paused before a new incident within 120 s: $SBJ"
 fi
-rec cmd_standby "\"holdfast standby status --json (every 100 ms until paused + ready); psql -h STANDBY_DIR -p $SB_PORT -c 'SELECT pg_is_in_recovery(), count(*) FROM pgbench_accounts WHERE aid <= 1000'; holdfast standby promote --cluster bench --before-incident N --json; poll pg_is_in_recovery() until f\""
+rec cmd_standby "\"GET /v1/standbys every 50 ms (one keep-alive connection) until paused + ready; psql -h STANDBY_DIR -p $SB_PORT -c 'SELECT pg_is_in_recovery(), count(*) FROM pgbench_accounts WHERE aid <= 1000'; holdfast standby promote --cluster bench --before-incident N --json; poll pg_is_in_recovery() until f\""
 
 wait "$BENCH_PID" || die "pgbench failed: $(tail -5 "$W/pgbench.out")"
 BENCH_PID=""
