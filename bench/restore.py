@@ -164,7 +164,7 @@ def cmd_report(out_md, invocation, *jsons):
         for r in runs) + " |")
     L.append("")
     L.append(
-        "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (holdfast "
+        "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (the vault's "
         "/v1/standbys polled every 50 ms over one connection; \"paused\" = state `paused`, ready, before the new incident; its "
         "`pgbench_accounts` is then read: the first 1000 rows there). Cold RTO = wall seconds from the restore command's start "
         "until `pg_is_in_recovery()` is false. Each restored server, the promoted standby included, was checked: "
