@@ -22,10 +22,10 @@ def num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def cmd_watch_standby(url, ca, token, name, t0_file, timeout, out_json):
+def cmd_watch_standby(url, ca, token, name, known, t0_file, timeout, out_json):
     """Started before the destruction: polls the vault every 50 ms over one keep-alive
     connection (a CLI call per look costs a process start, seconds on a loaded box) until its
-    standby is paused, ready, before an incident raised after the watch began. Writes when the
+    standby is paused, ready, before an incident after the first `known`. Writes when the
     new incident appeared in the cluster's status and when the standby was seen paused, in
     seconds after the epoch time the script writes into `t0_file` (the destruction's return),
     and the standby's last status."""
@@ -47,22 +47,19 @@ def cmd_watch_standby(url, ca, token, name, t0_file, timeout, out_json):
                 time.sleep(0.05)
 
     def incidents():
-        for c in (get("/v1/status") or {}).get("clusters") or []:
-            if c.get("name") == name:
-                return c.get("incidents") or []
-        return []
+        got = get(f"/v1/clusters/{name}/incidents")
+        return got if isinstance(got, list) else None
 
-    seen = {(i.get("kind"), i.get("lsn")) for i in incidents()}
+    deadline = time.time() + float(timeout)
+    known = int(known)
     incident_at = paused_at = None
     st = {}
-    deadline = time.time() + float(timeout)
     while time.time() < deadline:
-        if incident_at is None and any(
-            i.get("restore_target") and (i.get("kind"), i.get("lsn")) not in seen for i in incidents()
-        ):
+        if incident_at is None and any(i.get("restore_target") for i in (incidents() or [])[known:]):
             incident_at = time.time()
         st = ((get("/v1/standbys") or {}).get("standbys") or [{}])[0]
-        if incident_at is not None and st.get("state") == "paused" and st.get("ready"):
+        if incident_at is not None and st.get("state") == "paused" and st.get("ready") \
+                and (st.get("paused_before_incident") or 0) > known:
             paused_at = time.time()
             break
         if st.get("state") in ("overrun", "failed"):

@@ -362,10 +362,10 @@ rec standby_before "$SBJ"
 KNOWN="$(hf_read incidents --cluster bench --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
 log "the insider: TRUNCATE pgbench_accounts (load still running)"
 loadavg standby
-# Watches the vault from before the TRUNCATE (so an incident raised at once is a new one): until
+# Watches the vault from before the TRUNCATE: until
 # the standby is paused, ready, before a new incident (at most 120 s), every 50 ms over one
 # connection to the vault.
-python3 "$PY" watch-standby "$URL" "$CA" "$W/read.token" bench "$W/t-destroyed" 150 "$W/watch.json" &
+python3 "$PY" watch-standby "$URL" "$CA" "$W/read.token" bench "$KNOWN" "$W/t-destroyed" 150 "$W/watch.json" &
 WATCH_PID=$!
 sleep 0.5
 XID="$(timeout 600 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 \
