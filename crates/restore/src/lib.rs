@@ -434,28 +434,6 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         standby: false,
         feed_until: None,
     };
-    // The WAL replay will need is known now: the prefetcher fills the spool while the base
-    // data arrives, so replay starts with segments waiting on disk instead of asking the vault
-    // for its first ones (and the prefetcher fetching them a second time).
-    let owner = match opts.start.as_ref().and_then(|s| s.run_as.as_ref()) {
-        Some(user) => Some(pg::user_ids(user)?),
-        None => None,
-    };
-    let stats = Arc::new(wal::PrefetchStats::default());
-    let prefetcher = match &opts.start {
-        Some(_) => {
-            std::fs::create_dir_all(&helper.spool)
-                .map_err(RestoreError::io(format!("creating {}", helper.spool.display())))?;
-            Some(AbortOnDrop(tokio::spawn(wal::prefetch(
-                helper.clone(),
-                PREFETCH_AHEAD,
-                PREFETCH_PARALLEL,
-                owner,
-                stats.clone(),
-            ))))
-        }
-        None => None,
-    };
     // Base data, with progress.
     let shared = Arc::new(materialize::Progress::default());
     let fetch = materialize::materialize(
@@ -557,9 +535,26 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         log: opts.target_dir.join("holdfast_restore.log"),
         user: opts.user.clone(),
     };
-    if let Some((uid, gid)) = owner {
-        pg::chown_tree(&opts.target_dir, uid, gid)?;
-    }
+    let owner = match &start.run_as {
+        Some(user) => {
+            let (uid, gid) = pg::user_ids(user)?;
+            pg::chown_tree(&opts.target_dir, uid, gid)?;
+            Some((uid, gid))
+        }
+        None => None,
+    };
+    // The prefetcher starts with the server, not with the base data: started with it (tried
+    // in issue 18), it took the vault's CPU from the base data on two cores and the restore
+    // was slower (bench/restore.sh, scale 10: base data 3.3-4.0 s -> 9.0-11.5 s, replay no
+    // faster).
+    let stats = Arc::new(wal::PrefetchStats::default());
+    let prefetcher = AbortOnDrop(tokio::spawn(wal::prefetch(
+        helper.clone(),
+        PREFETCH_AHEAD,
+        PREFETCH_PARALLEL,
+        owner,
+        stats.clone(),
+    )));
     let t_replay = Instant::now();
     let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
     let s2 = server.clone();
