@@ -4,12 +4,14 @@ figures as JSON, and the report over every size.
 
 Only the standard library.
 """
+import http.client
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from capture import cmd_status, cmd_wait_durable, finish_report, load  # noqa: E402
+from capture import Vault, cmd_status, cmd_wait_durable, finish_report, load  # noqa: E402
 
 # Targets from issue 18.
 STANDBY_TARGET_S = 10.0  # warm standby at the target (read-only) within 10 s, at any size
@@ -18,6 +20,56 @@ RTO_RATIO_TARGET = 0.5  # holdfast cold restore RTO <= 0.5 x pgBackRest's
 
 def num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def cmd_watch_standby(url, ca, token, name, known, t0_file, timeout, out_json):
+    """Started before the destruction: polls the vault every 50 ms over one keep-alive
+    connection (a CLI call per look costs a process start, seconds on a loaded box) until its
+    standby is paused, ready, before an incident after the first `known`. Writes when the
+    new incident appeared in the cluster's status and when the standby was seen paused, in
+    seconds after the epoch time the script writes into `t0_file` (the destruction's return),
+    and the standby's last status."""
+    v = Vault(url, ca, token)
+
+    def get(path):
+        for attempt in range(3):
+            try:
+                if v.conn is None:
+                    v.conn = http.client.HTTPSConnection(v.host, v.port, context=v.ctx, timeout=10)
+                v.conn.request("GET", path, headers={"Authorization": f"Bearer {v.token}"})
+                resp = v.conn.getresponse()
+                body = resp.read()
+                return json.loads(body) if resp.status == 200 else None
+            except (OSError, http.client.HTTPException, ValueError):
+                v.conn = None
+                if attempt == 2:
+                    return None
+                time.sleep(0.05)
+
+    def incidents():
+        got = get(f"/v1/clusters/{name}/incidents")
+        return got if isinstance(got, list) else None
+
+    deadline = time.time() + float(timeout)
+    known = int(known)
+    incident_at = paused_at = None
+    st = {}
+    while time.time() < deadline:
+        if incident_at is None and any(i.get("restore_target") for i in (incidents() or [])[known:]):
+            incident_at = time.time()
+        st = ((get("/v1/standbys") or {}).get("standbys") or [{}])[0]
+        if incident_at is not None and st.get("state") == "paused" and st.get("ready") \
+                and (st.get("paused_before_incident") or 0) > known:
+            paused_at = time.time()
+            break
+        if st.get("state") in ("overrun", "failed"):
+            break
+        time.sleep(0.05)
+    t0 = float(open(t0_file).read().strip()) if os.path.exists(t0_file) else None
+    rel = lambda t: None if t is None or t0 is None else round(t - t0, 3)
+    json.dump({"incident_seconds": rel(incident_at), "paused_seconds": rel(paused_at), "paused_at": paused_at,
+               "standby": st}, open(out_json, "w"))
+    return 0 if paused_at else 1
 
 
 def cmd_size_json(results, out_json):
@@ -72,11 +124,19 @@ def cmd_report(out_md, invocation, *jsons):
         "pgBackRest, `recovery_target_xid` + `recovery_target_inclusive = off` for the `cp` archive)."
     )
     L.append("")
-    head = "| | " + " | ".join(f"scale {r.get('scale')}: {mb(num(r.get('db_bytes')))} MB" for r in runs) + " |"
+    def size(r):
+        shop = num(r.get("shop_bytes"))
+        text = f"scale {r.get('scale')}: {mb(num(r.get('db_bytes')))} MB"
+        return text + (f" + shop of {r.get('shop_merchants')} merchants: {mb(shop)} MB" if shop else "")
+
+    head = "| | " + " | ".join(size(r) for r in runs) + " |"
     L.append(head)
     L.append("|---|" + "---:|" * len(runs))
     L.append("| write load: TPS, WAL MB | " + " | ".join(
         f"{sec(num(r.get('load_tps')))}, {mb(num(r.get('load_wal_bytes')))}" for r in runs) + " |")
+    if any(r.get("shop_tps") is not None for r in runs):
+        L.append("| shop load: orders/s (each an order, its item, a gift-card debit) | " + " | ".join(
+            sec(num(r.get("shop_tps"))) for r in runs) + " |")
     L.append("| incident raised, s after the TRUNCATE returned | " + " | ".join(
         sec(r["rows"]["standby"]["incident_seconds"]) for r in runs) + " |")
     L.append("| **warm standby: paused read-only at the target**, s after the TRUNCATE | " + " | ".join(
@@ -101,12 +161,14 @@ def cmd_report(out_md, invocation, *jsons):
         for r in runs) + " |")
     L.append("")
     L.append(
-        "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (holdfast "
-        "standby status polled every ~100 ms; \"paused\" = state `paused`, ready, before the new incident; its "
+        "Standby times are wall seconds from the moment `psql` returned from the TRUNCATE's COMMIT (the vault's "
+        "/v1/standbys polled every 50 ms over one connection; \"paused\" = state `paused`, ready, before the new incident; its "
         "`pgbench_accounts` is then read: the first 1000 rows there). Cold RTO = wall seconds from the restore command's start "
         "until `pg_is_in_recovery()` is false. Each restored server, the promoted standby included, was checked: "
         "every account row there, balances equal to the history's deltas (every pgbench transaction whole), every "
-        "history row committed > 50 ms before the TRUNCATE there and none committed > 50 ms after it."
+        "history row committed > 50 ms before the TRUNCATE there and none committed > 50 ms after it; with a shop, the "
+        "same for its orders, every order with its items, and the gift cards' total equal to the initial one less "
+        "one cent per order placed (every shop transaction whole)."
     )
     L.append("")
     for r in runs:
@@ -137,6 +199,7 @@ if __name__ == "__main__":
     fn = {
         "status": cmd_status,
         "wait-durable": cmd_wait_durable,
+        "watch-standby": cmd_watch_standby,
         "size-json": cmd_size_json,
         "report": cmd_report,
     }[cmd]

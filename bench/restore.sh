@@ -6,10 +6,13 @@
 #      keeps a warm standby (`[[standby]]`, apply_delay APPLY_DELAY); archive_command pushes every
 #      segment to pgBackRest (archive-async) AND copies it into a plain WAL archive directory
 #   2. base backups: holdfast backup, pgBackRest full, pg_basebackup -Fp (plain directory)
-#   3. pgbench write load (-N -c CLIENTS -j 2) for DURATION s; 15 s before it ends an insider runs
-#      `TRUNCATE pgbench_accounts` (one transaction, xid X) while the load goes on
+#      plus a shop database (merchants, customers, orders, order_items, stored_value_cards, every
+#      row with its merchant_id; SHOP_MERCHANTS merchants, 100 orders of 2 items each)
+#   3. pgbench write load (-N -c CLIENTS -j 2) for DURATION s, and the shop taking orders
+#      (SHOP_RATE/s: an order, its item and a gift-card debit per transaction); 15 s before it
+#      ends an insider runs `TRUNCATE pgbench_accounts` (one transaction, xid X) while the load goes on
 #   4. the warm standby: seconds from the TRUNCATE's return until the vault has it paused,
-#      read-only, just before X (holdfast standby status: paused, ready, before the incident;
+#      read-only, just before X (GET /v1/standbys every 50 ms: paused, ready, before the incident;
 #      then its rows are read), and until `holdfast standby promote` has opened it for writes
 #   5. cold restores to just before X, each into a fresh empty directory, page cache dropped
 #      before each, timed from command start until the restored server is promoted:
@@ -19,11 +22,13 @@
 #   Every restored server (the promoted standby too) is checked: all of pgbench_accounts there,
 #   sum(abalance) = sum(delta) of pgbench_history (each pgbench transaction whole), every row of
 #   pgbench_history committed more than 50 ms before X there and none committed more than 50 ms
-#   after it (by commit timestamp).
+#   after it (by commit timestamp); in the shop, the same for orders, every order with its items
+#   and the gift cards' balances equal to the initial total less one cent per order placed.
 #
 # One command (as root, on Debian 12 with Rust): bench/restore.sh    (also: ./run bench restore)
 # Env: SIZES="10 50" (pgbench scales; ~165 MB and ~790 MB; SCALE=N: one size) DURATION=60 (s of writes)
 #      CLIENTS=2 APPLY_DELAY=20s (the standby's delay; production would use minutes)
+#      SHOP_MERCHANTS=<100 x scale> (0: no shop) SHOP_RATE=100 (shop orders per second)
 #      BACKUP_WAL_SHARE= (the cluster's backup_wal_share; empty: backups on demand only)
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/restore.md (report), bench-out/restore-sSCALE.json (raw, per size),
@@ -61,6 +66,8 @@ CLIENTS="${CLIENTS:-2}"
 APPLY_DELAY="${APPLY_DELAY:-20s}"
 BACKUP_WAL_SHARE="${BACKUP_WAL_SHARE:-}"
 KEEP="${KEEP:-0}"
+SHOP_MERCHANTS="${SHOP_MERCHANTS:-$((SCALE * 100))}"
+SHOP_RATE="${SHOP_RATE:-100}"
 BEFORE_END=15
 [ "$DURATION" -ge 30 ] || die "DURATION must be at least 30 seconds"
 
@@ -90,6 +97,7 @@ VPID="" BENCH_PID=""
 cleanup() {
   set +e
   [ -n "$BENCH_PID" ] && kill "$BENCH_PID" 2>/dev/null
+  [ -n "${SHOP_PID:-}" ] && kill "$SHOP_PID" 2>/dev/null
   for pid_file in "$RDIR"/*/postmaster.pid; do
     [ -f "$pid_file" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$(dirname "$pid_file")" -m immediate -w stop >/dev/null 2>&1
   done
@@ -127,6 +135,41 @@ start_source "track_commit_timestamp = on"
 ACCOUNTS=$((SCALE * 100000))
 rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
+# The shop: multi-tenant rows beside pgbench's (the shape of the 2020 incident's data).
+shop_() { timeout 1800 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d shop -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
+rec shop_merchants "$SHOP_MERCHANTS"
+if [ "$SHOP_MERCHANTS" -gt 0 ]; then
+  log "shop: $SHOP_MERCHANTS merchants"
+  M=$SHOP_MERCHANTS
+  psql_ "CREATE DATABASE shop" >/dev/null
+  shop_ "
+CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL, phone text);
+CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers,
+  total_cents int NOT NULL, note text, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE order_items (order_id bigint NOT NULL REFERENCES orders ON DELETE CASCADE, merchant_id int NOT NULL, product text NOT NULL, qty int NOT NULL, price_cents int NOT NULL);
+CREATE TABLE stored_value_cards (card_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers, balance_cents bigint NOT NULL);
+INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, $M) g;
+INSERT INTO customers SELECT g, 1 + (g - 1) % $M, 'customer ' || g, '138' || lpad(g::text, 8, '0') FROM generate_series(1, $M * 20) g;
+INSERT INTO orders (order_id, merchant_id, customer_id, total_cents, note)
+  SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M + $M * (g % 20), 100 + g % 50000, repeat('x', 200) FROM generate_series(1, $M * 100) g;
+SELECT setval('orders_order_id_seq', $M * 100);
+INSERT INTO order_items SELECT order_id, merchant_id, 'product ' || order_id % 97, 1 + order_id % 3, total_cents FROM orders;
+INSERT INTO order_items SELECT order_id, merchant_id, 'bag', 1, 10 FROM orders;
+INSERT INTO stored_value_cards SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M, 10000 + g % 90000 FROM generate_series(1, $M * 10) g;
+CREATE INDEX ON orders (merchant_id); CREATE INDEX ON order_items (order_id); CREATE INDEX ON order_items (merchant_id);
+ANALYZE;" >/dev/null
+  SHOP_CARDS0="$(shop_ "SELECT sum(balance_cents) FROM stored_value_cards")"
+  SHOP_ORDERS0=$((M * 100))
+  # One order a transaction: the order, its item, a debit of one cent on the merchant's first card.
+  printf '%s\n' "\\set m random(1, $M)" "BEGIN;" \
+    "INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES (:m, :m, 4200);" \
+    "INSERT INTO order_items VALUES (currval('orders_order_id_seq'), :m, 'bench', 1, 4200);" \
+    "UPDATE stored_value_cards SET balance_cents = balance_cents - 1 WHERE card_id = :m;" "END;" > "$W/shop-order.sql"
+  chown postgres: "$W/shop-order.sql"
+  psql_ "CHECKPOINT"
+  rec shop_bytes "$(psql_ "SELECT pg_database_size('shop')")"
+fi
 
 # --- pgBackRest + the plain cp archive ---------------------------------------------------------
 log "pgBackRest stanza (archive-async, process-max=2) + cp archive"
@@ -205,6 +248,12 @@ log "pgbench write load: -N -c $CLIENTS -j 2 -T $DURATION"
 pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -c "$CLIENTS" -j 2 -T "$DURATION" -N postgres > "$W/pgbench.out" 2>&1 &
 BENCH_PID=$!
 rec cmd_pgbench "\"pgbench -h SOCKDIR -p \$PORT -U postgres -c $CLIENTS -j 2 -T $DURATION -N postgres\""
+SHOP_PID=""
+if [ "$SHOP_MERCHANTS" -gt 0 ]; then
+  pg "$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -n -c 1 -j 1 -R "$SHOP_RATE" -T "$DURATION" -f "$W/shop-order.sql" shop > "$W/shop-load.out" 2>&1 &
+  SHOP_PID=$!
+  rec cmd_shop_load "$(jstr "pgbench -h SOCKDIR -p \$PORT -U postgres -n -c 1 -j 1 -R $SHOP_RATE -T $DURATION -f shop-order.sql shop   # $(tr '\n' ' ' < "$W/shop-order.sql")")"
+fi
 sleep $((DURATION - BEFORE_END))
 SBJ="$(standby_json)"
 rec standby_before "$SBJ"
@@ -212,31 +261,34 @@ rec standby_before "$SBJ"
 KNOWN="$(hf_read incidents --cluster bench --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
 log "the insider: TRUNCATE pgbench_accounts (load still running)"
 loadavg standby
+# Watches the vault from before the TRUNCATE: until
+# the standby is paused, ready, before a new incident (at most 120 s), every 50 ms over one
+# connection to the vault.
+python3 "$PY" watch-standby "$URL" "$CA" "$W/read.token" bench "$KNOWN" "$W/t-destroyed" 150 "$W/watch.json" &
+WATCH_PID=$!
+sleep 0.5
 XID="$(timeout 600 "$PGBIN/psql" -h "$SOCK" -p "$PGPORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 \
   -c "BEGIN" -c "SELECT txid_current()" -c "TRUNCATE pgbench_accounts" -c "COMMIT")" || die "the TRUNCATE failed"
 TD=$(now)
+echo "$TD" > "$W/t-destroyed"
 XID="$(echo "$XID" | grep -E '^[0-9]+$' | head -1)"
 rec destructive_xid "$XID"
 rec cmd_destructive "\"BEGIN; SELECT txid_current(); TRUNCATE pgbench_accounts; COMMIT;   # while pgbench runs\""
 log "TRUNCATE committed as xid $XID; watching the standby and the incidents"
 
-# Until the standby is paused, ready, before a new incident (at most 120 s).
 N="" T_INCIDENT="" T_PAUSED=""
-for _ in $(seq 1 1200); do
-  if [ -z "$T_INCIDENT" ]; then
-    n="$(hf_read incidents --cluster bench --json 2>/dev/null | python3 -c 'import json,sys
+wait "$WATCH_PID" || true
+SBJ="$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["standby"]))' "$W/watch.json" 2>/dev/null || echo '{}')"
+IS="$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["incident_seconds"]; print("" if v is None else v)' "$W/watch.json" 2>/dev/null || true)"
+PA="$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["paused_at"]; print("" if v is None else v)' "$W/watch.json" 2>/dev/null || true)"
+[ -n "$IS" ] && T_INCIDENT="$(python3 -c "print($TD + $IS)")"
+pb="$(jget "$SBJ" paused_before_incident)"
+if [ -n "$PA" ] && [ -n "$pb" ] && [ "$pb" -gt "$KNOWN" ]; then T_PAUSED="$PA"; N="$pb"; fi
+if [ -z "$N" ]; then
+  N="$(hf_read incidents --cluster bench --json 2>/dev/null | python3 -c 'import json,sys
 l = json.load(sys.stdin); k = int(sys.argv[1])
 print(next((str(i + 1) for i in range(k, len(l)) if l[i].get("restore_target")), ""))' "$KNOWN" 2>/dev/null || true)"
-    [ -n "$n" ] && T_INCIDENT=$(now) && N="$n"
-  fi
-  SBJ="$(standby_json)"
-  pb="$(jget "$SBJ" paused_before_incident)"
-  if [ "$(jget "$SBJ" state)" = paused ] && [ "$(jget "$SBJ" ready)" = true ] && [ -n "$pb" ] && [ "$pb" -gt "$KNOWN" ]; then
-    T_PAUSED=$(now); N="$pb"; break
-  fi
-  case "$(jget "$SBJ" state)" in overrun|failed) break ;; esac
-  sleep 0.1
-done
+fi
 rec standby_paused_status "$SBJ"
 [ -n "$T_INCIDENT" ] && rec incident_seconds "$(elapsed "$TD" "$T_INCIDENT")"
 [ -n "$N" ] && rec incident "$(hf_read incidents --cluster bench --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[int(sys.argv[1]) - 1]))' "$N")"
@@ -268,10 +320,15 @@ if [ -n "$T_PAUSED" ]; then
 else
   fail standby_pause "the standby was not paused before a new incident within 120 s: $SBJ"
 fi
-rec cmd_standby "\"holdfast standby status --json (every 100 ms until paused + ready); psql -h STANDBY_DIR -p $SB_PORT -c 'SELECT pg_is_in_recovery(), count(*) FROM pgbench_accounts WHERE aid <= 1000'; holdfast standby promote --cluster bench --before-incident N --json; poll pg_is_in_recovery() until f\""
+rec cmd_standby "\"GET /v1/standbys every 50 ms (one keep-alive connection) until paused + ready; psql -h STANDBY_DIR -p $SB_PORT -c 'SELECT pg_is_in_recovery(), count(*) FROM pgbench_accounts WHERE aid <= 1000'; holdfast standby promote --cluster bench --before-incident N --json; poll pg_is_in_recovery() until f\""
 
 wait "$BENCH_PID" || die "pgbench failed: $(tail -5 "$W/pgbench.out")"
 BENCH_PID=""
+if [ -n "$SHOP_PID" ]; then
+  wait "$SHOP_PID" || die "the shop's load failed: $(tail -5 "$W/shop-load.out")"
+  SHOP_PID=""
+  rec shop_tps "$(awk '/^tps = / {print $3}' "$W/shop-load.out")"
+fi
 rec load_tps "$(awk '/^tps = / {print $3}' "$W/pgbench.out")"
 rec load_wal_bytes "$(psql_ "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$LSN0')")"
 
@@ -293,13 +350,27 @@ VERIFY_SQL="SELECT pg_is_in_recovery(), (SELECT count(*) FROM pgbench_accounts),
   count(*) FILTER (WHERE $TS < '$DTS'::timestamptz - interval '50 ms'), count(*) FILTER (WHERE $TS > '$DTS'::timestamptz + interval '50 ms')
   FROM pgbench_history"
 EXPECT="f|$ACCOUNTS|t|$REF_EARLY|0"
+SHOP_SQL="" SHOP_EXPECT=""
+if [ "$SHOP_MERCHANTS" -gt 0 ]; then
+  IFS='|' read -r SHOP_EARLY SHOP_LATE <<< "$(shop_ "SELECT count(*) FILTER (WHERE $TS < '$DTS'::timestamptz - interval '50 ms'),
+    count(*) FILTER (WHERE $TS > '$DTS'::timestamptz + interval '50 ms') FROM orders")"
+  rec ref_shop_orders_before "$SHOP_EARLY"
+  rec shop_orders_after "$SHOP_LATE"
+  SHOP_SQL="SELECT count(*) FILTER (WHERE $TS < '$DTS'::timestamptz - interval '50 ms'), count(*) FILTER (WHERE $TS > '$DTS'::timestamptz + interval '50 ms'),
+    (SELECT sum(balance_cents) FROM stored_value_cards) = $SHOP_CARDS0 - (count(*) - $SHOP_ORDERS0),
+    NOT EXISTS (SELECT 1 FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.order_id))
+    FROM orders"
+  SHOP_EXPECT="$SHOP_EARLY|0|t|t"
+  log "shop reference: $SHOP_EARLY orders committed before the TRUNCATE, $SHOP_LATE after it"
+fi
 # verify KEY SOCKDIR PORT: the restored server holds the state just before the TRUNCATE, promoted.
 verify() {
-  local got
+  local got shop=""
   got="$(timeout 600 "$PGBIN/psql" -h "$2" -p "$3" -U postgres -d postgres -XAtq -c "$VERIFY_SQL" 2>&1 || true)"
-  rec "${1}_got" "$(jstr "$got")"
-  if [ "$got" = "$EXPECT" ]; then rec "${1}_verified" '"yes"'; log "$1 verified"; else
-    rec "${1}_verified" '"no"'; fail "${1}_verify" "got '$got', expected '$EXPECT' (in_recovery|accounts|balances match history|history rows before|after)"; fi
+  [ -n "$SHOP_SQL" ] && shop="$(timeout 600 "$PGBIN/psql" -h "$2" -p "$3" -U postgres -d shop -XAtq -c "$SHOP_SQL" 2>&1 || true)"
+  rec "${1}_got" "$(jstr "$got${shop:+ shop $shop}")"
+  if [ "$got" = "$EXPECT" ] && [ "$shop" = "$SHOP_EXPECT" ]; then rec "${1}_verified" '"yes"'; log "$1 verified"; else
+    rec "${1}_verified" '"no"'; fail "${1}_verify" "got '$got' shop '$shop', expected '$EXPECT' (in_recovery|accounts|balances match history|history rows before|after) shop '$SHOP_EXPECT' (orders before|after|cards match orders|every order has items)"; fi
 }
 rec verify_expect "\"$EXPECT\""
 if [ -n "${T_PROM:-}" ]; then verify standby "$SB" "$SB_PORT"; fi

@@ -42,6 +42,8 @@ pub struct ClusterRuntime {
     pub(crate) catalog_wanted: tokio::sync::Notify,
     /// …in these databases.
     catalog_wanted_dbs: Mutex<BTreeSet<u32>>,
+    /// Wakes whoever waits for the next incident (the vault's warm standby stops at once).
+    incident_raised: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -115,6 +117,7 @@ impl ClusterRuntime {
             skip_gap: std::sync::atomic::AtomicBool::new(false),
             catalog: Mutex::new(Arc::new(Snapshot::default())),
             catalog_wanted: tokio::sync::Notify::new(),
+            incident_raised: tokio::sync::Notify::new(),
             catalog_wanted_dbs: Mutex::new(BTreeSet::new()),
         })
     }
@@ -287,6 +290,13 @@ impl ClusterRuntime {
             let excess = s.incidents.len().saturating_sub(20);
             s.incidents.drain(..excess);
         });
+        self.incident_raised.notify_waiters();
+    }
+
+    /// Returns when the next incident of this cluster has been raised (those raised before
+    /// the call do not count: read [`ClusterRuntime::incidents`] after it returns).
+    pub async fn next_incident(&self) {
+        self.incident_raised.notified().await
     }
 
     /// Writes the catalog records of incidents raised while the store refused writes.

@@ -1,7 +1,8 @@
 //! The warm standby against a real PostgreSQL under a shop-shaped write load: the insider's
 //! DROP TABLE and mass DELETE each stop the vault's standby just before the destroying
 //! transaction — it never applies one, it shows every row read-only at once, and promoted it
-//! equals the shop as it was just before, merchant by merchant; `standby resume` makes it follow
+//! equals the shop as it was just before, merchant by merchant (with what committed while the
+//! destroying transaction ran), all without restarting PostgreSQL; `standby resume` makes it follow
 //! again; killed, it is an incident and the vault starts it again.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,11 @@ const FINGERPRINT_NO_CUSTOMERS: &str = "SELECT string_agg(line, E'\\n' ORDER BY 
       SELECT 'orders ' || merchant_id || ' ' || count(*) || ' ' || md5(string_agg(o::text, ',' ORDER BY order_id)) AS line FROM orders o GROUP BY merchant_id
       UNION ALL
       SELECT 'merchants ' || merchant_id || ' 1 ' || md5(m::text) FROM merchants m) x";
+
+/// The merchant a fingerprint line is about (`table merchant count md5`).
+fn merchant_of(line: &str) -> i64 {
+    line.split(' ').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+}
 
 /// Orders placed one transaction at a time, by merchant, until stopped.
 struct Workload {
@@ -289,6 +295,7 @@ fn warm_standby_stops_before_destruction_under_load() {
     load.stop();
     let before_drop = s.pg.psql(FINGERPRINT).unwrap();
     assert_eq!(before_drop.lines().filter(|l| l.starts_with("customers ")).count(), MERCHANTS as usize);
+    let started = s.on_standby("SELECT pg_postmaster_start_time()").unwrap();
     let n1 = s.destroy_and_watch(
         "DROP TABLE customers",
         "relations_dropped",
@@ -297,8 +304,10 @@ fn warm_standby_stops_before_destruction_under_load() {
     );
     eprintln!("standby: paused before incident {n1}");
     let mut load = Workload::start(&s.pg);
-    // Read-only, at once, exactly the shop before the drop.
+    // Read-only, at once, exactly the shop before the drop — and PostgreSQL was not restarted
+    // for it (the feed holds it at the DROP's first record).
     assert_eq!(s.on_standby(FINGERPRINT).unwrap(), before_drop);
+    assert_eq!(s.on_standby("SELECT pg_postmaster_start_time()").unwrap(), started);
     let refused = s.on_standby("INSERT INTO merchants VALUES (999, 'x')").unwrap_err().to_string();
     assert!(refused.contains("read-only"), "{refused}");
     let st = s.standby();
@@ -358,14 +367,38 @@ fn warm_standby_stops_before_destruction_under_load() {
     let mut load = Workload::start(&s.pg);
 
     eprintln!("standby: mass delete next");
-    // 4. Mass DELETE, then promote: writable, and equal to the shop just before the delete.
+    // 4. Mass DELETE, then promote: writable, and equal to the shop just before the delete's
+    // commit — also an order another session committed while the DELETE was running (after
+    // its first record, before its commit: the read-only stop does not show it, promotion
+    // does). Neither the stop nor the promotion restarts PostgreSQL.
     load.stop();
     s.wait_caught_up(60);
     let before_delete = s.pg.psql(FINGERPRINT_NO_CUSTOMERS).unwrap();
+    let low = |fp: &str| fp.lines().filter(|l| merchant_of(l) <= 10).collect::<Vec<_>>().join("\n");
+    let high = |fp: &str| fp.lines().filter(|l| merchant_of(l) > 10).collect::<Vec<_>>().join("\n");
     let doomed = s.pg.psql("SELECT count(*) FROM orders WHERE merchant_id <= 10").unwrap();
     let last_order = s.pg.psql("SELECT max(order_id) FROM orders").unwrap();
-    let n2 = s.destroy_and_watch(
-        "DELETE FROM orders WHERE merchant_id <= 10",
+    let started = s.on_standby("SELECT pg_postmaster_start_time()").unwrap();
+    let known = s.incidents().len();
+    let insider = {
+        let (socket, port, pw) = (s.pg.socket_dir(), s.pg.port(), s.pg.superuser_password().to_string());
+        std::thread::spawn(move || {
+            psql_at(
+                &socket,
+                port,
+                &pw,
+                "postgres",
+                "BEGIN; DELETE FROM orders WHERE merchant_id <= 10; SELECT pg_sleep(2); COMMIT;",
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    s.pg.psql("INSERT INTO orders (merchant_id, customer_id, total_cents) VALUES (15, 15, 9999)").unwrap();
+    insider.join().unwrap().unwrap();
+    let after_delete = s.pg.psql(FINGERPRINT_NO_CUSTOMERS).unwrap();
+    assert_ne!(high(&after_delete), high(&before_delete), "the concurrent order is in production");
+    let n2 = s.wait_paused_after(
+        known,
         "mass_delete",
         "SELECT count(*) FROM orders WHERE merchant_id <= 10",
         &doomed,
@@ -379,7 +412,19 @@ fn warm_standby_stops_before_destruction_under_load() {
     assert_eq!(r["status"]["state"], "promoted", "{r}");
     assert!(r["message"].as_str().unwrap().contains("copy"), "{r}");
     assert_eq!(s.on_standby("SELECT pg_is_in_recovery()").unwrap(), "f");
-    assert_eq!(s.on_standby(FINGERPRINT_NO_CUSTOMERS).unwrap(), before_delete);
+    let promoted = s.on_standby(FINGERPRINT_NO_CUSTOMERS).unwrap();
+    assert_eq!(low(&promoted), low(&before_delete), "merchants 1-10 as before the DELETE");
+    assert_eq!(
+        high(&promoted),
+        high(&after_delete),
+        "the other merchants with the order committed meanwhile"
+    );
+    assert_eq!(s.on_standby("SELECT count(*) FROM orders WHERE total_cents = 9999").unwrap(), "1");
+    assert_eq!(
+        s.on_standby("SELECT pg_postmaster_start_time()").unwrap(),
+        started,
+        "stopped and promoted without restarting PostgreSQL"
+    );
     s.on_standby("INSERT INTO merchants VALUES (999, 'reopened')").unwrap();
     // Production meanwhile lost the rows; the standby holds them.
     let lost = format!("SELECT count(*) FROM orders WHERE merchant_id <= 10 AND order_id <= {last_order}");

@@ -199,6 +199,15 @@ where
     }
 }
 
+/// Aborts a task when dropped (a restore that fails or is cancelled leaves no prefetcher behind).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Segments the prefetcher keeps ready ahead of replay (16 MiB each by default)…
 const PREFETCH_AHEAD: usize = 8;
 /// …fetched this many at a time (the vault assembles and decrypts each; two cores here).
@@ -415,6 +424,16 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let marker = opts.target_dir.join(INCOMPLETE_MARKER);
     std::fs::write(&marker, format!("holdfast restore of {} to {} started\n", opts.cluster, opts.target))
         .map_err(RestoreError::io(format!("writing {}", marker.display())))?;
+    let helper = wal::HelperConfig {
+        url: opts.url.clone(),
+        ca_pem: opts.ca_pem.clone(),
+        token: opts.token.clone(),
+        cluster: opts.cluster.clone(),
+        expected: plan.segments.clone(),
+        spool: opts.target_dir.join(recovery::SPOOL_DIR),
+        standby: false,
+        feed_until: None,
+    };
     // Base data, with progress.
     let shared = Arc::new(materialize::Progress::default());
     let fetch = materialize::materialize(
@@ -447,18 +466,23 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
             }
         }
     };
-    let helper = wal::HelperConfig {
-        url: opts.url.clone(),
-        ca_pem: opts.ca_pem.clone(),
-        token: opts.token.clone(),
-        cluster: opts.cluster.clone(),
-        expected: plan.segments.clone(),
-        spool: opts.target_dir.join(recovery::SPOOL_DIR),
-        standby: false,
-        feed_until: None,
-    };
-    let helper_path =
-        recovery::write(&opts.target_dir, &plan, opts.action, opts.exclusive, &opts.holdfast_exe, &helper)?;
+    // Restoring and starting to a target with promotion: PostgreSQL pauses at the target and
+    // this process calls `pg_promote()`. Both end recovery at the same record; the difference
+    // is the checkpoint: `recovery_target_action = 'promote'` writes an end-of-recovery
+    // checkpoint (every page replay dirtied, flushed while nobody can connect), a promotion
+    // writes an end-of-recovery record and lets the checkpointer flush in the background.
+    // Without `--start` the person starting the server gets PostgreSQL's own promotion.
+    let promote_here =
+        opts.start.is_some() && opts.action == recovery::Action::Promote && plan.target != Target::Latest;
+    let written_action = if promote_here { recovery::Action::Pause } else { opts.action };
+    let helper_path = recovery::write(
+        &opts.target_dir,
+        &plan,
+        written_action,
+        opts.exclusive,
+        &opts.holdfast_exe,
+        &helper,
+    )?;
     let mut report = Report {
         cluster: opts.cluster.clone(),
         target: opts.target.to_string(),
@@ -519,9 +543,18 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         }
         None => None,
     };
+    // The prefetcher starts with the server, not with the base data: started with it (tried
+    // in issue 18), it took the vault's CPU from the base data on two cores and the restore
+    // was slower (bench/restore.sh, scale 10: base data 3.3-4.0 s -> 9.0-11.5 s, replay no
+    // faster).
     let stats = Arc::new(wal::PrefetchStats::default());
-    let prefetcher =
-        tokio::spawn(wal::prefetch(helper, PREFETCH_AHEAD, PREFETCH_PARALLEL, owner, stats.clone()));
+    let prefetcher = AbortOnDrop(tokio::spawn(wal::prefetch(
+        helper.clone(),
+        PREFETCH_AHEAD,
+        PREFETCH_PARALLEL,
+        owner,
+        stats.clone(),
+    )));
     let t_replay = Instant::now();
     let promote = opts.action == recovery::Action::Promote || opts.target == Target::Latest;
     let s2 = server.clone();
@@ -529,11 +562,15 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let tcp = start.tcp;
     let waited = tokio::task::spawn_blocking(move || {
         s2.start_listening(tcp)?;
+        if promote_here {
+            s2.wait_recovered(false, timeout)?;
+            s2.query(&format!("SELECT pg_promote(true, {})", timeout.as_secs().clamp(60, 3600)))?;
+        }
         s2.wait_recovered(promote, timeout)
     })
     .await
     .map_err(|e| RestoreError::Postgres(e.to_string()))?;
-    prefetcher.abort();
+    drop(prefetcher);
     if let Err(e) = waited {
         return Err(match e {
             RestoreError::StoppedShort { .. } => stopped_short(&plan, &e),

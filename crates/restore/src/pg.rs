@@ -63,14 +63,21 @@ pub fn user_ids(user: &str) -> Result<(u32, u32), RestoreError> {
         })
 }
 
-/// Gives `root` and everything under it to `uid:gid` (PostgreSQL refuses to run as root).
+/// Gives `root` and everything under it to `uid:gid` (PostgreSQL refuses to run as root). A
+/// file that goes while it walks (the WAL prefetcher renames its downloads into the spool, and
+/// chowns them itself) is skipped.
 pub fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
-        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
-            .map_err(RestoreError::io(format!("changing the owner of {}", p.display())))?;
-        let meta =
-            std::fs::symlink_metadata(&p).map_err(RestoreError::io(format!("reading {}", p.display())))?;
+        match std::os::unix::fs::lchown(&p, Some(uid), Some(gid)) {
+            Err(e) if gone(&e) && p != root => continue,
+            r => r.map_err(RestoreError::io(format!("changing the owner of {}", p.display())))?,
+        }
+        let meta = match std::fs::symlink_metadata(&p) {
+            Err(e) if gone(&e) => continue,
+            r => r.map_err(RestoreError::io(format!("reading {}", p.display())))?,
+        };
         if meta.is_dir() {
             for e in std::fs::read_dir(&p).map_err(RestoreError::io(format!("listing {}", p.display())))? {
                 stack.push(e.map_err(RestoreError::io(format!("listing {}", p.display())))?.path());

@@ -78,6 +78,9 @@ pub fn write(
         );
     }
     s += "recovery_target_timeline = 'latest'\n";
+    // Pausing at the target needs a server that takes read-only sessions (with it off, `pause`
+    // acts as `shutdown`); `holdfast restore --start --promote` pauses there and promotes.
+    s += "hot_standby = 'on'\n";
     // A restored copy must not push WAL into production's archive nor wait for its standbys.
     s += "archive_mode = 'off'\nsynchronous_standby_names = ''\n";
     // Before recovery PostgreSQL fsyncs every file of a data directory it did not shut down

@@ -13,11 +13,18 @@
 //!   so a destroying transaction is seen by the detector before the standby would apply it.
 //!
 //! On a new incident with a restore target, the vault pauses replay at once
-//! (`pg_wal_replay_pause()`, honoured during the delay wait), writes the target into the
-//! standby's settings (`recovery_target_xid`/`_lsn`, exclusive, action `pause`, no delay) and
-//! restarts it: it replays up to just before the destroying transaction and stays there,
-//! read-only. `promote` opens it for writes; `resume` makes it follow again (a fresh standby
-//! from the newest backup when it was promoted; the old data directory is kept, renamed).
+//! (`pg_wal_replay_pause()`, honoured during the delay wait) and stops it short of the
+//! destroying transaction **without restarting PostgreSQL**: the WAL feed is held at the
+//! transaction's first record (the segment holding it is served zeroed from there, which
+//! PostgreSQL reads as WAL not written yet), the delay is lifted with a reload, and replay
+//! applies every record before the stop and waits there, read-only. `promote` raises the feed
+//! to the transaction's commit record and calls `pg_promote()` once replay is there: the
+//! transaction is never applied, everything before its commit is, and there is no restart nor
+//! end-of-recovery checkpoint. Only when the standby already holds WAL past the stop (an
+//! incident learnt later than `apply_delay`, a transaction that ran longer) is the stop a
+//! recovery target (`recovery_target_xid`/`_lsn`, exclusive, action `pause`) read by a
+//! restart. `resume` makes it follow again (a fresh standby from the newest backup when it was
+//! promoted; the old data directory is kept, renamed).
 //!
 //! A standby that stops (killed) or falls behind its window is an incident (`standby_stopped`,
 //! `standby_behind`); a stopped one is started again.
@@ -100,6 +107,38 @@ struct Persisted {
     overrun: bool,
     #[serde(default)]
     backup: Option<String>,
+    /// Stopped by the feed alone, without a restart: the feed is held at this LSN (the
+    /// destroying transaction's first record, or its commit's) and replay applies everything
+    /// before it, then waits for WAL that does not come.
+    #[serde(default)]
+    stop_lsn: Option<Lsn>,
+    /// Where promotion ends replay, when known (the destroying transaction's commit record,
+    /// or an LSN target): promoting raises the feed to it and calls `pg_promote()`, no restart.
+    #[serde(default)]
+    promote_lsn: Option<Lsn>,
+}
+
+/// What the vault's settings file tells the standby.
+#[derive(Debug, Clone, Copy)]
+enum Settings<'a> {
+    /// Following, commits held back by `recovery_min_apply_delay`.
+    Following,
+    /// Held by the feed alone (no recovery target: the feed limit is the stop), no delay:
+    /// taking effect with a reload, no restart.
+    Held,
+    /// Stopped at a recovery target (`recovery_target_*` line, exclusive, then the action —
+    /// `pause` or `promote` —, no delay); PostgreSQL reads targets only when it starts.
+    Target(&'a str, &'a str),
+}
+
+/// Whether replay, held by the feed at `stop` (a record's start), has applied every record
+/// before it. `pg_last_wal_replay_lsn()` is the end of the last record applied (its next
+/// record's start, or the page boundary when that record is the first on a new WAL page,
+/// after the page header: 24 bytes, 40 at a segment's start).
+fn reached(replay: Lsn, stop: Lsn) -> bool {
+    const LONG_PAGE_HEADER: u64 = 40;
+    let page = stop.0 - stop.0 % pgfmt::wal::DEFAULT_XLOG_BLCKSZ;
+    replay >= stop || (stop.0 - page <= LONG_PAGE_HEADER && replay.0 >= page)
 }
 
 /// Why promote or resume was refused.
@@ -180,8 +219,17 @@ pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
                         });
                     }
                 }
+                // The next look after TICK, or at once when the cluster raises an incident.
+                let rt = s.collector.get().and_then(|c| c.cluster(&sb.cfg.cluster).ok());
+                let incident = async {
+                    match &rt {
+                        Some(rt) => rt.next_incident().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(TICK) => {}
+                    _ = incident => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -225,19 +273,29 @@ impl Standby {
             .map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
-    /// Rewrites the vault's settings file: following with the delay, or stopped just before
-    /// `target` (its `recovery_target_*` line; exclusive, then `action` — `pause` or `promote`
-    /// —, no delay: the target holds it).
-    fn write_settings(&self, target: Option<(&str, &str)>) -> Result<(), String> {
+    /// Rewrites the vault's settings file (see [`Settings`]).
+    fn write_settings(&self, mode: Settings<'_>) -> Result<(), String> {
         let mut s = String::from(
             "# Written by the holdfast vault (vault::standby): rewritten whole, do not edit.\n\
-             hot_standby = 'on'\n\
-             # Ask the vault again for WAL it does not hold yet every second.\n\
-             wal_retrieve_retry_interval = '1s'\n",
+             hot_standby = 'on'\n",
         );
-        match target {
-            None => s += &format!("recovery_min_apply_delay = '{}ms'\n", self.cfg.apply_delay.as_millis()),
-            Some((t, action)) => {
+        // How soon it asks the vault again for the segment it is in (each time served whole:
+        // a 16 MiB decryption on the vault). Following, every quarter of the delay (1-5 s):
+        // later WAL is only ever later. Held at a stop, once a minute: nothing more comes until
+        // the vault raises the feed, and the reload that goes with that wakes it at once.
+        let retry = (self.cfg.apply_delay / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        match mode {
+            Settings::Following => {
+                s += &format!("wal_retrieve_retry_interval = '{}ms'\n", retry.as_millis());
+                s += &format!("recovery_min_apply_delay = '{}ms'\n", self.cfg.apply_delay.as_millis())
+            }
+            Settings::Held => {
+                s += "# Held before an incident by the WAL feed (holdfast_standby.feed), not by a delay.\n";
+                s += "wal_retrieve_retry_interval = '60s'\n";
+                s += "recovery_min_apply_delay = '0'\n";
+            }
+            Settings::Target(t, action) => {
+                s += "wal_retrieve_retry_interval = '1s'\n";
                 s += "recovery_min_apply_delay = '0'\n";
                 s += t;
                 s += &format!("recovery_target_inclusive = 'false'\nrecovery_target_action = '{action}'\n");
@@ -480,7 +538,7 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     text += &format!("include = '{SETTINGS_FILE}'\n");
     std::fs::write(&auto, text).map_err(|e| format!("writing {}: {e}", auto.display()))?;
-    sb.write_settings(None)?;
+    sb.write_settings(Settings::Following)?;
     // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
     let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
     std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
@@ -543,7 +601,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     }
     rt.end_incident_episode("standby_stopped");
     let srv = server.clone();
-    let seen = blocking(move || look(&srv)).await??;
+    let mut seen = blocking(move || look(&srv)).await??;
     // New incidents: the first with a restore target stops the standby short of it.
     let incidents = rt.incidents();
     if !p.overrun && p.paused_before_incident.is_none() {
@@ -552,6 +610,13 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
                 stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn).await?;
                 p.incidents_seen = p.incidents_seen.max(incidents.len());
                 sb.save(&p)?;
+                if p.stop_lsn.is_some() {
+                    // Stopped without a restart: shown as it is now, without waiting for the
+                    // next look.
+                    let srv = server.clone();
+                    seen = blocking(move || look(&srv)).await??;
+                    break;
+                }
                 // What it showed before the restart is no longer true: the next look tells.
                 sb.set(|st| {
                     st.state = if p.overrun { StandbyState::Overrun } else { StandbyState::Stopping };
@@ -570,13 +635,22 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     let vault_lsn = rt.status().durable_lsn;
     let now = Instant::now();
     // The feed: what the vault held `apply_delay` ago. (After a vault restart nothing is
-    // known about the WAL's age: the limit stays until a sample is old enough.)
+    // known about the WAL's age: the limit stays until a sample is old enough.) Stopped before
+    // an incident, the feed is the stop: it stays where it is.
+    let following = p.paused_before_incident.is_none() && !p.overrun;
+    if let Some(stop) = p.stop_lsn.filter(|_| !following) {
+        // Held by the feed: at the stop (a vault stopped between saving the stop and raising
+        // the feed to it finishes the job here; never lowered, so a promotion's is kept).
+        sb.raise_feed(stop)?;
+    }
     if let Some(v) = vault_lsn {
         if inner.held.back().is_none_or(|(_, l)| *l < v) {
             inner.held.push_back((now, v));
         }
         let mut old_enough = None;
-        while inner.held.front().is_some_and(|(t, _)| now.duration_since(*t) >= sb.cfg.apply_delay) {
+        while following
+            && inner.held.front().is_some_and(|(t, _)| now.duration_since(*t) >= sb.cfg.apply_delay)
+        {
             old_enough = inner.held.pop_front().map(|(_, l)| l);
         }
         if let Some(l) = old_enough {
@@ -594,7 +668,6 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
             inner.unreplayed.pop_front();
         }
     }
-    let following = p.paused_before_incident.is_none() && !p.overrun;
     let behind = if following { inner.unreplayed.front().map(|(t, _)| now - *t) } else { None };
     let window = sb.cfg.apply_delay + sb.cfg.max_lag;
     if following && seen.is_some() && behind.is_some_and(|b| b > window) {
@@ -616,7 +689,11 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         } else if p.overrun {
             StandbyState::Overrun
         } else if p.paused_before_incident.is_some() {
-            if seen.as_ref().is_some_and(|x| x.paused) { StandbyState::Paused } else { StandbyState::Stopping }
+            if seen.as_ref().is_some_and(|x| x.paused || stopped_at(&p, x.replay)) {
+                StandbyState::Paused
+            } else {
+                StandbyState::Stopping
+            }
         } else {
             StandbyState::Following
         };
@@ -641,7 +718,7 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
                  before it. Restore instead (`holdfast restore --before-incident`), then `holdfast standby resume`",
                 p.paused_before_incident.map_or_else(|| "?".into(), |n| n.to_string())
             )),
-            (Some(x), Some(n), _) => Some(if x.paused {
+            (Some(x), Some(n), _) => Some(if x.paused || stopped_at(&p, x.replay) {
                 format!(
                     "paused just before incident {n} ({}), read-only on 127.0.0.1:{}; `holdfast standby promote --cluster {cluster} --before-incident {n}` opens it for writes",
                     p.target.as_deref().unwrap_or("?"),
@@ -656,9 +733,18 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     Ok(())
 }
 
-/// Stops the standby just before incident `n`'s target: pause now, then restart with the
-/// target. If it already replayed past the target (learnt too late), it stays paused where it
-/// is and says so.
+/// Stops the standby just before incident `n`'s target: pause now, then let it replay up to
+/// the stop and no further. If it already replayed past the target (learnt too late), it stays
+/// paused where it is and says so.
+///
+/// Without a restart when it can: the feed (what `restore_command` hands over) is held at the
+/// stop — the segment holding it is served zeroed from there, which PostgreSQL reads as WAL
+/// not written yet —, the delay is lifted with a reload, and replay applies every record before
+/// the stop and waits there, read-only, for WAL that never comes. A restart would replay again
+/// everything since the last restartpoint (at bench sizes, slower than a cold restore). That
+/// needs the standby not to hold WAL past the stop yet (the feed lags `apply_delay` behind the
+/// vault: the rule, unless the incident is learnt later than that or the transaction ran
+/// longer); otherwise the stop is a recovery target and PostgreSQL is restarted.
 async fn stop_before(
     sb: &Standby,
     server: &restore::pg::Server,
@@ -709,7 +795,7 @@ async fn stop_before(
     match past {
         Ok(Some(replay)) => {
             // Hold it where it is, also across restarts.
-            sb.write_settings(Some((&format!("recovery_target_lsn = '{replay}'\n"), "pause")))?;
+            sb.write_settings(Settings::Target(&format!("recovery_target_lsn = '{replay}'\n"), "pause"))?;
             p.overrun = true;
             p.target = Some(format!("{label} (already applied: held at {replay})"));
             sb.save(p)?;
@@ -728,29 +814,113 @@ async fn stop_before(
     // its commit, the transaction would still hold its locks (a DROP or TRUNCATE its table's,
     // the very table people need to read). Transactions that committed while it ran appear
     // once promoted: promotion replays up to just before its commit exactly. That needs the
-    // standby not to have replayed that record yet (PostgreSQL cannot restart at a point
-    // before where it was): the feed's delay makes that the rule. A transaction that ran for
-    // longer than the delay is stopped before its commit instead.
+    // standby not to have replayed that record yet (PostgreSQL cannot go back): the feed's
+    // delay makes that the rule. A transaction that ran for longer than the delay is stopped
+    // before its commit instead.
     p.exact = Some(t);
-    match inc.first_lsn.filter(|f| replayed.is_some_and(|r| r <= *f)) {
+    // Where promotion ends replay: an LSN target, or the destroying transaction's own commit
+    // record (a window's first transaction's commit is not known: promotion then restarts
+    // with `recovery_target_xid`).
+    p.promote_lsn = match t {
+        IncidentTarget::BeforeLsn { lsn } => Some(lsn),
+        IncidentTarget::BeforeXid { xid } => inc.lsn.filter(|_| inc.xid == Some(xid)),
+    };
+    let first = inc.first_lsn.filter(|f| replayed.is_some_and(|r| r <= *f));
+    let stop = first.or(p.promote_lsn.filter(|l| replayed.is_some_and(|r| r <= *l)));
+    let feed = sb.feed();
+    if let Some(stop) = stop.filter(|s| feed.is_some_and(|f| f <= *s)) {
+        sb.write_settings(Settings::Held)?;
+        p.stop_lsn = Some(stop);
+        p.target = Some(match first {
+            Some(first) => {
+                format!(
+                    "lsn {first}, the destroying transaction's first record; promoting stops just before {label}"
+                )
+            }
+            None => label,
+        });
+        sb.save(p)?;
+        sb.raise_feed(stop)?;
+        // The reload lifts the delay and wakes the startup process from its wait for WAL: it
+        // asks for the segment again at once and gets it cut at the stop.
+        let srv = server.clone();
+        blocking(move || -> Result<(), String> {
+            srv.query("SELECT pg_reload_conf(), pg_wal_replay_resume()").map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await??;
+        return wait_stopped(sb, server, stop).await;
+    }
+    match first {
         Some(first) => {
-            sb.write_settings(Some((&format!("recovery_target_lsn = '{first}'\n"), "pause")))?;
+            sb.write_settings(Settings::Target(&format!("recovery_target_lsn = '{first}'\n"), "pause"))?;
             p.target = Some(format!(
                 "lsn {first}, the destroying transaction's first record; promoting stops just before {label}"
             ));
         }
         None => {
-            sb.write_settings(Some((&lines, "pause")))?;
+            sb.write_settings(Settings::Target(&lines, "pause"))?;
             p.target = Some(label);
         }
     }
+    // Promotion restarts it too (the running server's target would otherwise stop it).
+    p.promote_lsn = None;
     sb.save(p)?;
     // The target is in the settings: the standby may now read up to it at once (it has to read
     // the record at the target to stop before it).
     if let Some(v) = vault_lsn {
         sb.raise_feed(v)?;
     }
+    tracing::warn!(
+        cluster,
+        incident = n,
+        "the warm standby holds WAL past the stop: restarting it at the target"
+    );
     restart(server).await
+}
+
+/// Waits (at most 2 minutes; the loop's looks take over after that) until replay, held by
+/// the feed, has reached `stop`, then asks it to pause there as well: were the feed raised by
+/// mistake, it would still apply nothing more.
+async fn wait_stopped(sb: &Standby, server: &restore::pg::Server, stop: Lsn) -> Result<(), String> {
+    let srv = server.clone();
+    let cluster = sb.cfg.cluster.clone();
+    blocking(move || -> Result<(), String> {
+        let t0 = Instant::now();
+        loop {
+            let seen = look(&srv)?;
+            if seen.as_ref().and_then(|x| x.replay).is_some_and(|r| reached(r, stop)) {
+                srv.query("SELECT pg_wal_replay_pause()").map_err(|e| e.to_string())?;
+                tracing::info!(cluster, %stop, seconds = t0.elapsed().as_secs_f64(), "the warm standby stopped short of the incident");
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                tracing::warn!(cluster, %stop, "the warm standby has not reached its stop within 2 minutes");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await?
+}
+
+/// Whether the running server has no recovery target (one read at its start — after a crash
+/// while an older vault had written one — stays until it restarts).
+fn running_target_free(server: restore::pg::Server) -> impl FnOnce() -> Result<bool, String> {
+    move || {
+        let v = server
+            .query(
+                "SELECT count(*) FROM pg_settings WHERE name IN ('recovery_target_lsn', 'recovery_target_xid', \
+                 'recovery_target_time', 'recovery_target_name') AND setting <> ''",
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(v.as_deref() == Some("0"))
+    }
+}
+
+/// Stopped by the feed (no restart) and replay has reached the stop.
+fn stopped_at(p: &Persisted, replay: Option<Lsn>) -> bool {
+    p.stop_lsn.zip(replay).is_some_and(|(s, r)| reached(r, s))
 }
 
 async fn restart(server: &restore::pg::Server) -> Result<(), String> {
@@ -803,27 +973,60 @@ pub async fn promote(
     // Up to just before the destroying transaction's commit, exactly, then open: recovery
     // ends there and the transaction is rolled back (its locks go with it).
     let exact = p.exact.map(target_lines);
-    if let Some((lines, _)) = &exact {
-        sb.write_settings(Some((lines, "promote"))).map_err(ActionError::Failed)?;
+    if let (Some(stop), Some(to)) = (p.stop_lsn, p.promote_lsn) {
+        // Held by the feed: the feed goes up to the commit record (served zeroed from there),
+        // replay applies everything before it, and `pg_promote()` ends recovery there — no
+        // restart, and no end-of-recovery checkpoint to wait for.
+        tracing::info!(cluster, %stop, %to, "promoting the warm standby");
+        sb.raise_feed(to).map_err(ActionError::Failed)?;
+        let srv = server.clone();
+        blocking(move || -> Result<(), String> {
+            srv.query("SELECT pg_reload_conf(), pg_wal_replay_resume()").map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
+            loop {
+                let replay = look(&srv)?.and_then(|x| x.replay);
+                if replay.is_some_and(|r| reached(r, to)) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(600) {
+                    return Err(format!(
+                        "replay did not reach {to} within 10 minutes (at {}){}",
+                        replay.map_or_else(|| "?".into(), |r| r.to_string()),
+                        srv.log_tail()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            srv.query("SELECT pg_promote(true, 300)").map_err(|e| e.to_string())?;
+            srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(ActionError::Failed)?
+        .map_err(|e| ActionError::Failed(format!("promoting the standby of {cluster}: {e}")))?;
+    } else if let Some((lines, _)) = &exact {
+        sb.write_settings(Settings::Target(lines, "promote")).map_err(ActionError::Failed)?;
         if let Some(v) =
             s.collector.get().and_then(|c| c.cluster(cluster).ok()).and_then(|rt| rt.status().durable_lsn)
         {
             sb.raise_feed(v).map_err(ActionError::Failed)?;
         }
         restart(&server).await.map_err(ActionError::Failed)?;
-    }
-    let srv = server.clone();
-    let has_exact = exact.is_some();
-    blocking(move || -> Result<(), String> {
-        if !has_exact {
+        let srv = server.clone();
+        blocking(move || srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string()))
+            .await
+            .map_err(ActionError::Failed)?
+            .map_err(|e| ActionError::Failed(format!("promoting the standby of {cluster}: {e}")))?;
+    } else {
+        let srv = server.clone();
+        blocking(move || -> Result<(), String> {
             srv.wait_recovered(false, Duration::from_secs(600)).map_err(|e| e.to_string())?;
             srv.query("SELECT pg_promote(true, 300)").map_err(|e| e.to_string())?;
-        }
-        srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(ActionError::Failed)?
-    .map_err(|e| ActionError::Failed(format!("promoting the standby of {cluster}: {e}")))?;
+            srv.wait_recovered(true, Duration::from_secs(600)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(ActionError::Failed)?
+        .map_err(|e| ActionError::Failed(format!("promoting the standby of {cluster}: {e}")))?;
+    }
     p.promoted = true;
     sb.save(&p).map_err(ActionError::Failed)?;
     // Its restore_command is no longer used: the read token goes.
@@ -882,13 +1085,33 @@ pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, St
             aside.display()
         )
     } else if p.paused_before_incident.is_some() {
-        sb.write_settings(None).map_err(ActionError::Failed)?;
+        sb.write_settings(Settings::Following).map_err(ActionError::Failed)?;
+        // Held by the feed alone, the running server has no target: a reload restores the
+        // delay, and the feed is raised again by the loop. Stopped at a recovery target, it
+        // must be restarted without it.
+        let held = p.stop_lsn.is_some();
         p.paused_before_incident = None;
         p.target = None;
         p.exact = None;
+        p.stop_lsn = None;
+        p.promote_lsn = None;
         p.incidents_seen = incidents;
         sb.save(&p).map_err(ActionError::Failed)?;
-        restart(&server).await.map_err(ActionError::Failed)?;
+        // Not able to tell: restart (always right, only slower).
+        let target_free = held
+            && blocking(running_target_free(server.clone()))
+                .await
+                .map_err(ActionError::Failed)?
+                .unwrap_or(false);
+        if target_free {
+            let srv = server.clone();
+            blocking(move || srv.query("SELECT pg_reload_conf(), pg_wal_replay_resume()"))
+                .await
+                .map_err(ActionError::Failed)?
+                .map_err(|e| ActionError::Failed(format!("resuming the standby of {cluster}: {e}")))?;
+        } else {
+            restart(&server).await.map_err(ActionError::Failed)?;
+        }
         inner.unreplayed.clear();
         format!(
             "the standby of {cluster} follows the vault again, {} s behind; it stops for incidents raised from now on",
@@ -953,6 +1176,20 @@ pub fn metrics(out: &mut String, all: &[StandbyStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_reaches_a_stop_at_the_record_before_it() {
+        // The record before the stop ends where the stop begins…
+        assert!(reached(Lsn(0x0300_1F40), Lsn(0x0300_1F40)));
+        assert!(!reached(Lsn(0x0300_1F00), Lsn(0x0300_1F40)));
+        // …or, when the stop is the first record on its page, at the page boundary (the page
+        // header lies between): 24 bytes in a segment, 40 at a segment's start.
+        assert!(reached(Lsn(0x0300_2000), Lsn(0x0300_2018)));
+        assert!(reached(Lsn(0x0400_0000), Lsn(0x0400_0028)));
+        assert!(!reached(Lsn(0x0300_1FF0), Lsn(0x0300_2018)));
+        // A stop further into its page is not reached from the page boundary.
+        assert!(!reached(Lsn(0x0300_2000), Lsn(0x0300_2060)));
+    }
 
     #[test]
     fn an_incident_target_becomes_exclusive_recovery_settings() {
