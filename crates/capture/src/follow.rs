@@ -571,8 +571,18 @@ impl Follower {
     fn publish(&mut self, decoded: Lsn, durable: Lsn) {
         self.decoded = decoded;
         self.progress.decoded.store(decoded.0, Ordering::Relaxed);
+        // Judged: decoded, but not past the first record of a finding still waiting for the
+        // catalog (a drop, a dropped column): whoever acts on "the detector has seen this WAL"
+        // (the warm standby's feed) must not act on WAL whose verdict is still open.
+        let judged = self
+            .pending
+            .iter()
+            .map(|p| p.d.first_lsn)
+            .chain(self.columns_pending.iter().map(|(c, _)| c.first_lsn))
+            .fold(decoded, Lsn::min);
         self.rt.update(|s| {
             s.decoded_lsn = Some(decoded);
+            s.judged_lsn = Some(judged);
             s.detector_lag_bytes = Some(durable.0.saturating_sub(decoded.0));
         });
     }

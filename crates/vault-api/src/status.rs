@@ -54,6 +54,11 @@ pub struct ClusterStatus {
     /// checked (compare with `durable_lsn`).
     #[serde(default)]
     pub decoded_lsn: Option<Lsn>,
+    /// The detector's verdicts are final up to here: `decoded_lsn`, held back to the first
+    /// record of a finding that still waits for the catalog. The warm standby is never fed
+    /// past it.
+    #[serde(default)]
+    pub judged_lsn: Option<Lsn>,
     /// Durable WAL not yet decoded by the destruction detector, in bytes.
     #[serde(default)]
     pub detector_lag_bytes: Option<u64>,

@@ -401,7 +401,7 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<
 fn cluster_metrics(out: &mut String, clusters: &[capture::ClusterStatus]) {
     use std::fmt::Write;
     type Getter = fn(&capture::ClusterStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Getter); 12] = [
+    let gauges: [(&str, &str, Getter); 13] = [
         ("connected", "1 while the WAL stream is up.", |c| Some(f64::from(u8::from(c.connected)))),
         ("durable_lsn_bytes", "End of the WAL durable in the vault, as a byte position.", |c| {
             c.durable_lsn.map(|l| l.0 as f64)
@@ -432,6 +432,11 @@ fn cluster_metrics(out: &mut String, clusters: &[capture::ClusterStatus]) {
             "decoded_lsn_bytes",
             "End of the WAL the destruction detector has decoded, as a byte position.",
             |c| c.decoded_lsn.map(|l| l.0 as f64),
+        ),
+        (
+            "judged_lsn_bytes",
+            "WAL the destruction detector has judged (decoded, no verdict waiting for the catalog): the warm standby is never fed past it.",
+            |c| c.judged_lsn.map(|l| l.0 as f64),
         ),
         ("detector_lag_bytes", "Durable WAL the destruction detector has not decoded yet.", |c| {
             c.detector_lag_bytes.map(|b| b as f64)

@@ -85,6 +85,9 @@ struct Inner {
     unreplayed: VecDeque<(Instant, Lsn)>,
     /// (when, WAL end the vault held then), for the feed limit: kept for `apply_delay`.
     held: VecDeque<(Instant, Lsn)>,
+    /// The newest WAL end the vault has held for `apply_delay`: the feed goes up to it, or to
+    /// the detector's judged position if that is lower.
+    aged: Option<Lsn>,
 }
 
 /// Persisted in the data directory.
@@ -647,14 +650,22 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         if inner.held.back().is_none_or(|(_, l)| *l < v) {
             inner.held.push_back((now, v));
         }
-        let mut old_enough = None;
         while following
             && inner.held.front().is_some_and(|(t, _)| now.duration_since(*t) >= sb.cfg.apply_delay)
         {
-            old_enough = inner.held.pop_front().map(|(_, l)| l);
+            inner.aged = inner.held.pop_front().map(|(_, l)| l);
         }
-        if let Some(l) = old_enough {
-            sb.raise_feed(l)?;
+    }
+    // Never past what the detector has judged: WAL it has not decoded, or a drop whose verdict
+    // waits for the catalog, may hold the destruction the standby exists to stop short of. A
+    // detector that falls behind holds the standby back with it (and both are incidents:
+    // `detector_behind`, `standby_behind`) rather than letting it apply unjudged WAL.
+    if following && let Some(aged) = inner.aged {
+        match rt.status().judged_lsn {
+            Some(judged) => sb.raise_feed(aged.min(judged))?,
+            None => {
+                tracing::debug!(cluster = %cluster, "standby feed held: the detector has not reported a position yet")
+            }
         }
     }
     if let Some(v) = vault_lsn
