@@ -325,6 +325,125 @@ fn console_bob_approves_alices_delete_in_a_browser() {
     }
 }
 
+/// Grants and break-glass on the gate's console: no page without a session; alice requests a
+/// grant of `dba` (a wrong code asks nothing; a POST without the CSRF token is refused; her
+/// reason with a `<script>` in it shown as text) and is offered no decision on it; dave breaks
+/// the glass and sees it active and until when; bob approves her grant on the approvals page
+/// and both show as active with their end; `alice@dba` then logs in as `dba`. Both are in the
+/// gate's audit log with the console's client address.
+#[test]
+fn console_grants_and_break_glass_in_a_browser() {
+    let dave = format!(
+        "approval_timeout = \"180s\"\n[[person]]\nname = \"dave\"\nscram = \"{}\"\napprover = true\ntotp_secret = \"{ALICE_TOTP}\"\n",
+        gate::scram::Verifier::generate("dave-password")
+    );
+    let g = Gate::start(&dave, "");
+    let base = format!("https://{}", g.control);
+    let b = Browser::start().unwrap();
+    b.goto(&format!("{base}/console/grants")).unwrap();
+    assert!(b.url().unwrap().ends_with("/console/login"), "no page without a session");
+
+    sign_in(&b, &base, "alice", "alice-password", &code(ALICE_TOTP, 0));
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    b.goto(&format!("{base}/console/grants")).unwrap();
+    b.wait_for("#request-grant", Duration::from_secs(10)).unwrap();
+    assert_eq!(b.find("#active-count").unwrap().text().unwrap(), "0");
+    let ask = |b: &Browser, totp: &str, reason: &str| {
+        b.find("#g-for").unwrap().send_keys("30m").unwrap();
+        b.find("#g-totp").unwrap().send_keys(totp).unwrap();
+        b.find("#g-reason").unwrap().send_keys(reason).unwrap();
+        b.find("#g-submit").unwrap().click().unwrap();
+    };
+    // A wrong code asks nothing.
+    let right = code(ALICE_TOTP, 1);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let reason = "reindex <script>document.title='pwned'</script> orders";
+    ask(&b, &wrong, reason);
+    wait_text(&b, "#flash", "Wrong or already used one-time code");
+    assert_eq!(b.find("#waiting-count").unwrap().text().unwrap(), "0");
+    // A POST without the CSRF token is refused.
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/grants/break-glass', {method: 'POST',
+               headers: {'content-type': 'application/x-www-form-urlencoded'},
+               body: 'for=15m&reason=no+token+at+all&totp=' + arguments[0]})
+             .then(r => done(r.status), e => done(String(e)));",
+            json!([code(ALICE_TOTP, 1)]),
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+    ask(&b, &right, reason);
+    let flash = wait_text(&b, "#flash", "Requested ");
+    let grant_id = flash.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    let waiting = b.find(&format!("#wait-{grant_id}")).unwrap().text().unwrap();
+    assert!(waiting.contains("alice") && waiting.contains("dba") && waiting.contains(reason), "{waiting}");
+    assert_ne!(b.title().unwrap(), "pwned");
+    assert_eq!(b.execute("return document.querySelectorAll('main script').length", json!([])).unwrap(), 0);
+    // Her own request offers her no decision.
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    let own = b.wait_for(&format!("#req-{grant_id}"), Duration::from_secs(10)).unwrap();
+    assert!(own.find_all("button").unwrap().is_empty() && own.text().unwrap().contains("Your own request"));
+
+    // Dave breaks the glass (a code is good once per 30-second step and person, so a second
+    // action of alice's would wait for the clock): active at once, with its end.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    sign_in(&b, &base, "dave", "dave-password", &code(ALICE_TOTP, 0));
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    b.goto(&format!("{base}/console/grants")).unwrap();
+    b.wait_for("#bg-for", Duration::from_secs(10)).unwrap().send_keys("15m").unwrap();
+    b.find("#bg-totp").unwrap().send_keys(&code(ALICE_TOTP, 1)).unwrap();
+    b.find("#bg-reason").unwrap().send_keys("the nightly job is stuck, clearing by hand").unwrap();
+    b.find("#bg-submit").unwrap().click().unwrap();
+    wait_text(&b, "#flash", "Break-glass active until");
+    let active = b.find("#active").unwrap().text().unwrap();
+    assert!(
+        active.contains("dave") && active.contains("break-glass") && active.contains("nobody (alerted)"),
+        "{active}"
+    );
+    assert!(b.find("#glass-active").is_ok());
+    assert!(b.find_all("#no-roles").unwrap().len() == 1, "dave may request no role");
+
+    // Bob approves alice's grant on the approvals page: both are active, each with its end.
+    b.find("form.logout button").unwrap().click().unwrap();
+    b.wait_for("#login", Duration::from_secs(10)).unwrap();
+    sign_in(&b, &base, "bob", "bob-password", &code(BOB_TOTP, 0));
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    let card = b.wait_for(&format!("#req-{grant_id}"), Duration::from_secs(10)).unwrap();
+    assert!(card.text().unwrap().contains("A grant of role dba"), "{}", card.text().unwrap());
+    card.find_all("input.totp").unwrap()[0].send_keys(&code(BOB_TOTP, 1)).unwrap();
+    card.find_all("input.reason").unwrap()[0].send_keys("index maintenance, ok").unwrap();
+    card.find_all("button.approve").unwrap()[0].click().unwrap();
+    wait_text(&b, "#flash", &format!("Approved {grant_id}"));
+    b.find("#nav-grants").unwrap().click().unwrap();
+    wait_text(&b, "#active-count", "2");
+    let row = b.find("#active tr:not(.glass):not(:first-child)").unwrap().text().unwrap();
+    assert!(
+        row.contains("alice") && row.contains("dba") && row.contains("bob") && row.contains('T'),
+        "{row}"
+    );
+    b.screenshot(&shots().join("grants.png")).unwrap();
+    eprintln!("console page load (grants): {:.0} ms", b.load_ms().unwrap());
+
+    // The grant works: alice@dba is the dba role.
+    let out = g.psql_as("alice@dba", "alice-password", "SELECT current_user");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "dba");
+    // Both are audited with the console's client address.
+    let mut spool = String::new();
+    for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            spool += &std::fs::read_to_string(p).unwrap();
+        }
+    }
+    for (kind, who) in [("\"grant_requested\"", "\"alice\""), ("\"break_glass\"", "\"dave\"")] {
+        let line = spool.lines().find(|l| l.contains(kind)).unwrap_or_else(|| panic!("no {kind} record"));
+        assert!(line.contains(who) && line.contains("127.0.0.1:"), "{line}");
+    }
+}
+
 /// The vault's console in the same kind of browser: a read token sees the cluster and, after a
 /// DROP TABLE, the incident naming the table with the restore command — which, run as shown,
 /// brings the rows back; a read sign-in gets no drill button and its POST is refused (the drills
