@@ -776,7 +776,10 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
     assert_eq!(b.wait_for("#incident-count", Duration::from_secs(20)).unwrap().text().unwrap(), "1001");
     assert_eq!(b.find_all("article.incident").unwrap().len(), 20, "20 a page");
-    loads.push(("incidents, newest 20 of 1,001 with their audit windows", b.load_ms().unwrap()));
+    loads.push((
+        "incidents, newest 20 of 1,001 with their audit windows (verifies the log)",
+        b.load_ms().unwrap(),
+    ));
     b.goto(&format!("{base}/console/clusters/main?page=40")).unwrap();
     let around = b.wait_for(".around", Duration::from_secs(10)).unwrap().text().unwrap();
     assert!(around.contains("audit record(s)"), "{around}");
@@ -786,6 +789,9 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     assert!(b.find("#chain-gate-2").unwrap().text().unwrap().contains("chain verified — 10000 records"));
     assert_eq!(b.find_all("#records tr[id^=rec-]").unwrap().len(), 100, "100 a page");
     loads.push(("audit, newest 100 of 10,002", b.load_ms().unwrap()));
+    b.goto(&format!("{base}/console/audit?page=1")).unwrap();
+    wait_text(&b, "#pages", "page 2 of 101");
+    loads.push(("audit, the next 100 of 10,002", b.load_ms().unwrap()));
     b.goto(&format!("{base}/console/audit?person=carol&text=id+%3D+4997")).unwrap();
     assert_eq!(b.wait_for("#hits", Duration::from_secs(20)).unwrap().text().unwrap(), "1");
     loads.push(("audit, a search over 10,002", b.load_ms().unwrap()));

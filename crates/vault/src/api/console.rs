@@ -130,6 +130,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
         .layer(Extension(Arc::new(Sessions::default())))
+        .layer(Extension(Arc::new(audit::Cache::default())))
 }
 
 fn page(code: StatusCode, m: Markup) -> Response {
@@ -522,6 +523,7 @@ async fn cluster_page(
     headers: HeaderMap,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<PageQuery>,
+    Extension(cache): Extension<Arc<audit::Cache>>,
 ) -> Response {
     let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading incidents").await
     {
@@ -535,7 +537,7 @@ async fn cluster_page(
     let incidents = rt.incidents();
     let acks = s.state.read().await.incident_acks.clone();
     // The gates' audit records, for each incident's "who ran what" (read once per page).
-    let shipped = audit::Shipped::load(&s)
+    let shipped = audit::Shipped::load(&s, &cache)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "console: reading the audit batches"))
         .ok();
@@ -555,7 +557,7 @@ async fn cluster_page(
         @if incidents.is_empty() { p.muted { "None." } }
         @for (k, i) in incidents.iter().enumerate().rev().skip(pg * INCIDENTS_PAGE).take(INCIDENTS_PAGE) {
             (incident_view(&c.name, k + 1, i))
-            (audit::around(shipped.as_ref(), i.detected_at.as_secs()))
+            (audit::around(shipped.as_deref(), i.detected_at.as_secs()))
             @let ack = acks.iter().find(|a| a.cluster == c.name && a.number == k + 1 && a.detected_at == i.detected_at);
             @if let Some(a) = ack {
                 p.ack id={ "ack-" (k + 1) } { "Acknowledged by " strong { (a.by) } " at " (a.at.map(|t| t.to_string()).unwrap_or_default()) "." }

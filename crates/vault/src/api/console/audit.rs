@@ -32,11 +32,36 @@ const AROUND_SHOWN: usize = 8;
 /// Every gate's verified chain, as the vault holds it now.
 pub(super) struct Shipped {
     pub report: VerifyReport,
+    /// Every accepted record as (gate index, record index, verified), newest first.
+    by_time: Vec<(usize, usize, bool)>,
 }
 
+/// The last verification, by a digest of the catalog's object names: any record appended (a
+/// batch, an incident, an acknowledgement) makes it stale, and nothing else can change it, as
+/// catalog objects are immutable and named by their hash. One load at a time (the lock is held
+/// while verifying), so ten tabs opened at once verify once.
+#[derive(Default)]
+pub(super) struct Cache(tokio::sync::Mutex<Option<([u8; 32], Arc<Shipped>)>>);
+
 impl Shipped {
-    /// Lists the `audit.batch` records and verifies them.
-    pub async fn load(s: &Shared) -> Result<Shipped, String> {
+    /// Lists the `audit.batch` records and verifies them (or the cached verification of the
+    /// same catalog).
+    pub async fn load(s: &Shared, cache: &Cache) -> Result<Arc<Shipped>, String> {
+        let listed = s.store.list(store::ObjectKind::Catalog).await.map_err(|e| e.to_string())?;
+        let mut names: Vec<String> = listed.iter().map(|m| m.name.to_string()).collect();
+        names.sort();
+        let mut h = blake3::Hasher::new();
+        for n in &names {
+            h.update(n.as_bytes());
+            h.update(b"\n");
+        }
+        let key = *h.finalize().as_bytes();
+        let mut cached = cache.0.lock().await;
+        if let Some((k, v)) = cached.as_ref()
+            && *k == key
+        {
+            return Ok(v.clone());
+        }
         let records = s.repo.records().await.map_err(|e| e.to_string())?;
         let batches: Vec<StoredBatch> = records
             .into_iter()
@@ -49,16 +74,46 @@ impl Shipped {
             .collect();
         let keys = s.config.audit_trust_keys.clone();
         // Hashing and signature checks of every record: off the async workers.
-        let report = tokio::task::spawn_blocking(move || audit::verify(&batches, &keys))
+        let shipped = tokio::task::spawn_blocking(move || Shipped::new(audit::verify(&batches, &keys)))
             .await
             .map_err(|e| format!("verifying the audit batches: {e}"))?;
-        Ok(Shipped { report })
+        let shipped = Arc::new(shipped);
+        *cached = Some((key, shipped.clone()));
+        Ok(shipped)
     }
 
-    /// Every accepted record with its gate and whether the chain verifies up to it, oldest
-    /// first per gate.
-    fn all(&self) -> impl Iterator<Item = (&GateReport, &Record, bool)> {
-        self.report.gates.iter().flat_map(|g| g.accepted.iter().map(move |r| (g, r, verified(g, r.seq))))
+    fn new(report: VerifyReport) -> Shipped {
+        let mut by_time: Vec<(usize, usize, bool)> = Vec::new();
+        for (gi, g) in report.gates.iter().enumerate() {
+            by_time.extend(g.accepted.iter().enumerate().map(|(ri, r)| (gi, ri, verified(g, r.seq))));
+        }
+        let key = |&(gi, ri, _): &(usize, usize, bool)| {
+            let r = &report.gates[gi].accepted[ri];
+            (std::cmp::Reverse(r.time), gi, std::cmp::Reverse(r.seq))
+        };
+        by_time.sort_by_key(key);
+        Shipped { report, by_time }
+    }
+
+    /// Every accepted record with its gate and whether the chain verifies up to it, newest
+    /// first.
+    fn all(&self) -> impl Iterator<Item = (&GateReport, &Record, bool)> + '_ {
+        self.by_time.iter().map(|&(gi, ri, ok)| {
+            let g = &self.report.gates[gi];
+            (g, &g.accepted[ri], ok)
+        })
+    }
+
+    /// The records with `since <= time < until`, newest first.
+    fn between(
+        &self,
+        since: AuditTime,
+        until: AuditTime,
+    ) -> impl Iterator<Item = (&GateReport, &Record, bool)> + '_ {
+        // Newest first: skip the records at or after `until`, then take them down to `since`.
+        let from =
+            self.by_time.partition_point(|&(gi, ri, _)| self.report.gates[gi].accepted[ri].time >= until);
+        self.all().skip(from).take_while(move |(_, r, _)| r.time >= since)
     }
 }
 
@@ -82,15 +137,13 @@ fn key_short(k: &str) -> String {
 /// The hits of a search, newest first.
 fn hits<'a>(shipped: &'a Shipped, q: &SearchForm, f: &Filter) -> Vec<(&'a GateReport, &'a Record, bool)> {
     let gate = q.gate.trim();
-    let mut v: Vec<_> =
-        shipped.all().filter(|(g, r, _)| (gate.is_empty() || g.gate == gate) && f.matches(r)).collect();
-    v.sort_by(|a, b| (b.1.time, &b.0.gate, b.1.seq).cmp(&(a.1.time, &a.0.gate, a.1.seq)));
-    v
+    shipped.all().filter(|(g, r, _)| (gate.is_empty() || g.gate == gate) && f.matches(r)).collect()
 }
 
 pub(super) async fn audit_page(
     State(s): State<Arc<Shared>>,
     Extension(sessions): Console,
+    Extension(cache): Extension<Arc<Cache>>,
     headers: HeaderMap,
     Query(q): Query<SearchForm>,
 ) -> Response {
@@ -100,7 +153,7 @@ pub(super) async fn audit_page(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let shipped = match Shipped::load(&s).await {
+    let shipped = match Shipped::load(&s, &cache).await {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "console: reading the audit batches");
@@ -207,6 +260,7 @@ pub(super) async fn audit_page(
 pub(super) async fn export(
     State(s): State<Arc<Shared>>,
     Extension(sessions): Console,
+    Extension(cache): Extension<Arc<Cache>>,
     headers: HeaderMap,
     Path(file): Path<String>,
     Query(q): Query<SearchForm>,
@@ -225,7 +279,7 @@ pub(super) async fn export(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
-    let shipped = match Shipped::load(&s).await {
+    let shipped = match Shipped::load(&s, &cache).await {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "console: reading the audit batches");
@@ -277,8 +331,7 @@ pub(super) fn around(shipped: Option<&Shipped>, detected: i64) -> Markup {
     let Some(shipped) = shipped else {
         return html! { p.muted { "The gates' audit records could not be read." } };
     };
-    let mut near: Vec<_> = shipped.all().filter(|(_, r, _)| r.time >= since && r.time < until).collect();
-    near.sort_by(|a, b| b.1.time.cmp(&a.1.time));
+    let near: Vec<_> = shipped.between(since, until).collect();
     let total = near.len();
     html! {
         div.around {
@@ -324,7 +377,7 @@ mod tests {
             written_at: "2026-11-18T11:06:40Z".into(),
             body: serde_json::to_value(&b).unwrap(),
         };
-        Shipped { report: audit::verify(&[stored], &[key.verifying_key()]) }
+        Shipped::new(audit::verify(&[stored], &[key.verifying_key()]))
     }
 
     #[test]
