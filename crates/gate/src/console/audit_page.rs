@@ -102,6 +102,12 @@ pub(super) async fn page(
         }
     };
     let first_seq = chain.records.first().map(|r| r.seq);
+    let vault = s
+        .config
+        .audit
+        .as_ref()
+        .map(|a| a.vault.trim_end_matches('/').to_string())
+        .filter(|v| v.starts_with("https://"));
     let body = html! {
         h1 { "Audit log " span.count id="hits" { (hits.len()) } }
         form.search id="search" method="get" action="/console/audit" {
@@ -128,7 +134,9 @@ pub(super) async fn page(
         }
         @if first_seq.is_some_and(|a| a > 1) {
             p.muted id="shipped-note" { "Records before seq " (first_seq.unwrap_or(1)) " were shipped to the vault and left this gate: "
-                "search and verify them, signatures included, with " code { "holdfast audit search" } " / " code { "holdfast audit verify" } "." }
+                "search and verify them, signatures included, with " code { "holdfast audit search" } " / " code { "holdfast audit verify" }
+                @if let Some(v) = &vault { " or on " a id="vault-audit" href={ (v) "/console/audit" } { "the vault's audit page" } }
+                "." }
         }
         p.exports { "Export this search: "
             a id="export-jsonl" href=(export("jsonl")) download { "JSON Lines" } " · "
