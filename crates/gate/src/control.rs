@@ -173,17 +173,18 @@ async fn request_grant(
     axum::Json(b): axum::Json<GrantBody>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers, true)?;
-    let req = open_grant(&s, &who, "control api", &b.role, &b.for_, &b.reason).await?;
+    let req = open_grant(&s, &who, None, &b.role, &b.for_, &b.reason).await?;
     Ok(json(StatusCode::CREATED, &req))
 }
 
 /// Opens `who`'s request for a grant of `role` for `for_` (a duration such as `1h`), once the
 /// rules allow it (the role exists, `may_request` names it, at most its `max_for`, a reason);
-/// audited and alerted. Shared by the control API and the console (`client`: where from).
+/// audited and alerted. Shared by the control API and the console (`client`: where from, when
+/// known).
 pub(crate) async fn open_grant(
     s: &Shared,
     who: &Person,
-    client: &str,
+    client: Option<&str>,
     role: &str,
     for_: &str,
     reason: &str,
@@ -220,7 +221,7 @@ pub(crate) async fn open_grant(
     }
     let (req, _rx) = s.approvals.open(
         &who.name,
-        client,
+        client.unwrap_or("control api"),
         None,
         Ask::Grant { role: role.name.clone(), secs: d.as_secs() },
         Some(reason.to_string()),
@@ -229,8 +230,8 @@ pub(crate) async fn open_grant(
     let mut ev = Event::new(EventKind::GrantRequested).person(who.name.clone()).detail(serde_json::json!({
         "approval": req.id, "role": role.name, "secs": d.as_secs(), "reason": reason,
     }));
-    if client != "control api" {
-        ev = ev.client(client.to_string());
+    if let Some(c) = client {
+        ev = ev.client(c.to_string());
     }
     let _ = s.audit_event(ev).await;
     s.alert(serde_json::json!({"alert": "grant_requested", "approval": req.id, "person": who.name, "role": role.name, "for_secs": d.as_secs(), "reason": reason}));

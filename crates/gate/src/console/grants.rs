@@ -143,7 +143,7 @@ async fn ask(s: Arc<Shared>, peer: SocketAddr, headers: HeaderMap, f: AskForm, g
             Err((_, e)) => back(false, format!("No break-glass: {e}.")),
         }
     } else {
-        match crate::control::open_grant(&s, &w.person, &client, &f.role, &f.for_, &f.reason).await {
+        match crate::control::open_grant(&s, &w.person, Some(&client), &f.role, &f.for_, &f.reason).await {
             Ok(r) => {
                 back(true, format!("Requested {}: a grant of {} waits for another approver.", r.id, f.role))
             }

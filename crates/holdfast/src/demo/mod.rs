@@ -13,8 +13,8 @@
 //! compared, merchant by merchant, with what the workload saw committed. Under `--repair`
 //! (`repair_act`) the insider instead bulk-deletes one merchant's orders while the shop keeps
 //! trading, and `holdfast repair --incident N --tenant merchant_id=M` puts them back in the live
-//! database. The verdict is printed (and with `--json` is the last line), and an HTML report is
-//! written.
+//! database. The verdict is printed (and with `--json` is the last line, unless `--linger` adds
+//! the consoles' addresses after it), and an HTML report is written.
 //!
 //! Everything started is owned by a value whose `Drop` stops it, so an error or Ctrl-C (the
 //! future is dropped) leaves nothing running.
