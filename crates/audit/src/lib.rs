@@ -29,6 +29,7 @@
 pub mod batch;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod keyfile;
 pub mod record;
 pub mod search;
@@ -43,6 +44,7 @@ pub mod spool;
 pub use batch::{BATCH_KIND, Batch, key_hex, parse_public_key, validate_gate_id};
 pub use error::{AuditError, BatchError, ParseError};
 pub use event::{Event, EventKind};
+pub use export::SearchForm;
 pub use record::{Digest, Record};
 pub use search::{Filter, search};
 pub use time::AuditTime;

@@ -36,6 +36,7 @@ use crate::approvals::{Ask, Request, State as ReqState, state_name, unix_now};
 use crate::config::Person;
 
 mod audit_page;
+mod grants;
 
 const SESSION_COOKIE: &str = "__Host-hf_session";
 const LOGIN_COOKIE: &str = "__Host-hf_login";
@@ -164,6 +165,9 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/approvals", get(approvals_page))
         .route("/console/approvals/version", get(version))
         .route("/console/approvals/{id}/decide", post(decide))
+        .route("/console/grants", get(grants::page))
+        .route("/console/grants/request", post(grants::request))
+        .route("/console/grants/break-glass", post(grants::break_glass))
         .route("/console/audit", get(audit_page::page))
         .route("/console/audit/{file}", get(audit_page::export))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
@@ -223,7 +227,7 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                 header.top {
                     div.brand { "holdfast " strong { "gate" } span.domain { " · access console: approvals, grants, audit" } }
                     @if let Some(w) = who {
-                        nav.pages { a href="/console/approvals" { "Approvals" } " " a id="nav-audit" href="/console/audit" { "Audit" } }
+                        nav.pages { a href="/console/approvals" { "Approvals" } " " a id="nav-grants" href="/console/grants" { "Grants" } " " a id="nav-audit" href="/console/audit" { "Audit" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "signed in as " strong id="whoami" { (w.person.name) } }

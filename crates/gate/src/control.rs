@@ -173,19 +173,35 @@ async fn request_grant(
     axum::Json(b): axum::Json<GrantBody>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers, true)?;
+    let req = open_grant(&s, &who, None, &b.role, &b.for_, &b.reason).await?;
+    Ok(json(StatusCode::CREATED, &req))
+}
+
+/// Opens `who`'s request for a grant of `role` for `for_` (a duration such as `1h`), once the
+/// rules allow it (the role exists, `may_request` names it, at most its `max_for`, a reason);
+/// audited and alerted. Shared by the control API and the console (`client`: where from, when
+/// known).
+pub(crate) async fn open_grant(
+    s: &Shared,
+    who: &Person,
+    client: Option<&str>,
+    role: &str,
+    for_: &str,
+    reason: &str,
+) -> Result<Request, (StatusCode, String)> {
     let role = s
         .config
         .grant_roles
         .iter()
-        .find(|g| g.name == b.role)
-        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no grant role {:?} in gate.toml", b.role)))?;
+        .find(|g| g.name == role)
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no grant role {role:?} in gate.toml")))?;
     if !who.may_request.contains(&role.name) {
         return Err(err(
             StatusCode::FORBIDDEN,
             format!("{} may not request role {} (may_request in gate.toml)", who.name, role.name),
         ));
     }
-    let d = serve::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d = serve::parse_duration(for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d > role.max_for {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -197,7 +213,7 @@ async fn request_grant(
             ),
         ));
     }
-    if b.reason.trim().len() < 3 {
+    if reason.trim().len() < 3 {
         return Err(err(
             StatusCode::BAD_REQUEST,
             "say why (--reason): it goes to the approver and the audit log",
@@ -205,21 +221,21 @@ async fn request_grant(
     }
     let (req, _rx) = s.approvals.open(
         &who.name,
-        "control api",
+        client.unwrap_or("control api"),
         None,
         Ask::Grant { role: role.name.clone(), secs: d.as_secs() },
-        Some(b.reason.clone()),
+        Some(reason.to_string()),
         s.config.approval_timeout,
     );
-    let _ = s
-        .audit_event(Event::new(EventKind::GrantRequested).person(who.name.clone()).detail(
-            serde_json::json!({
-                "approval": req.id, "role": role.name, "secs": d.as_secs(), "reason": b.reason,
-            }),
-        ))
-        .await;
-    s.alert(serde_json::json!({"alert": "grant_requested", "approval": req.id, "person": who.name, "role": role.name, "for_secs": d.as_secs(), "reason": b.reason}));
-    Ok(json(StatusCode::CREATED, &req))
+    let mut ev = Event::new(EventKind::GrantRequested).person(who.name.clone()).detail(serde_json::json!({
+        "approval": req.id, "role": role.name, "secs": d.as_secs(), "reason": reason,
+    }));
+    if let Some(c) = client {
+        ev = ev.client(c.to_string());
+    }
+    let _ = s.audit_event(ev).await;
+    s.alert(serde_json::json!({"alert": "grant_requested", "approval": req.id, "person": who.name, "role": role.name, "for_secs": d.as_secs(), "reason": reason}));
+    Ok(req)
 }
 
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -236,28 +252,43 @@ async fn break_glass(
     axum::Json(b): axum::Json<BreakGlassBody>,
 ) -> ApiResult {
     let who = authenticate(&s, &headers, true)?;
-    if b.reason.trim().len() < 10 {
+    let g = open_break_glass(&s, &who, None, &b.for_, &b.reason).await?;
+    Ok(json(StatusCode::CREATED, &g))
+}
+
+/// Breaks the glass for `who` for `for_` (at most 4h; a reason of at least 10 characters):
+/// audited (refused if the audit log cannot take it) and alerted before it takes effect.
+/// Shared by the control API and the console (`client`: where from, when known).
+pub(crate) async fn open_break_glass(
+    s: &Shared,
+    who: &Person,
+    client: Option<&str>,
+    for_: &str,
+    reason: &str,
+) -> Result<crate::approvals::Grant, (StatusCode, String)> {
+    if reason.trim().len() < 10 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass needs a reason of at least 10 characters"));
     }
-    let d = serve::parse_duration(&b.for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
+    let d = serve::parse_duration(for_).map_err(|e| err(StatusCode::BAD_REQUEST, format!("for: {e}")))?;
     if d.as_secs() > 4 * 3600 {
         return Err(err(StatusCode::BAD_REQUEST, "break-glass lasts at most 4h"));
     }
     // Audited and alerted before it takes effect.
-    s.audit_event(Event::new(EventKind::BreakGlass).person(who.name.clone()).detail(serde_json::json!({
-        "secs": d.as_secs(), "reason": b.reason,
-    })))
-    .await
-    .map_err(|e| {
+    let mut ev = Event::new(EventKind::BreakGlass).person(who.name.clone()).detail(serde_json::json!({
+        "secs": d.as_secs(), "reason": reason,
+    }));
+    if let Some(c) = client {
+        ev = ev.client(c.to_string());
+    }
+    s.audit_event(ev).await.map_err(|e| {
         // The requester learns the kind of failure; the spool's paths and the vault's address
         // stay in the gate's log.
         tracing::warn!(person = %who.name, error = %e, "break-glass refused: the audit log cannot record it");
         let why = vault_types::UserFacing::user_message(&e);
         err(StatusCode::SERVICE_UNAVAILABLE, format!("the audit log cannot record break-glass: {why}"))
     })?;
-    s.alert(serde_json::json!({"alert": "break_glass", "person": who.name, "for_secs": d.as_secs(), "reason": b.reason}));
-    let g = s.approvals.break_glass(&who.name, d.as_secs(), b.reason);
-    Ok(json(StatusCode::CREATED, &g))
+    s.alert(serde_json::json!({"alert": "break_glass", "person": who.name, "for_secs": d.as_secs(), "reason": reason}));
+    Ok(s.approvals.break_glass(&who.name, d.as_secs(), reason.to_string()))
 }
 
 async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {

@@ -94,6 +94,10 @@ enum Command {
         /// anything else (no full restore, no warm standby).
         #[arg(long)]
         repair: bool,
+        /// After the verdict, keep the gate and the vault running (their consoles too) until
+        /// Ctrl-C; the addresses and how to sign in are printed.
+        #[arg(long)]
+        linger: bool,
     },
     /// Show each protected cluster: WAL stream, lag, last base backup, restorable window.
     Status {
@@ -429,10 +433,11 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Vault(v) => vault_command(v).await,
         Command::Gate(g) => gate_cmd::run(g).await,
         #[cfg(feature = "demo")]
-        Command::Demo { merchants, business_seconds, workers, json, report, dir, store, repair } => {
+        Command::Demo { merchants, business_seconds, workers, json, report, dir, store, repair, linger } => {
             let s3 = store == "s3";
-            demo::run(demo::Options { merchants, business_seconds, workers, json, report, dir, s3, repair })
-                .await
+            let opts =
+                demo::Options { merchants, business_seconds, workers, json, report, dir, s3, repair, linger };
+            demo::run(opts).await
         }
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } => anyhow::bail!(

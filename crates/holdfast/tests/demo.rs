@@ -4,7 +4,8 @@
 //! promoted, a restore to just before it and a merchant-by-merchant check of both; and, with
 //! `--repair`, one merchant's orders deleted and repaired in the live database while the shop
 //! trades. Its JSON verdict is asserted here, at a small size; so is that it leaves nothing
-//! behind, after a normal end and after Ctrl-C.
+//! behind, after a normal end, after Ctrl-C, and after `--linger` (the consoles kept up until
+//! Ctrl-C).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -204,16 +205,67 @@ fn the_demo_replays_the_incident_and_every_committed_row_comes_back() {
     // A second run, in the same --dir, works from scratch: `--repair`, where the insider deletes
     // one merchant's orders (and their items) while the shop trades, and `holdfast repair` puts
     // them back in the live database without rewinding anything else.
-    let out = Command::new(holdfast())
-        .args(["demo", "--repair", "--merchants", "5", "--business-seconds", "2", "--json", "--report"])
+    // With `--linger` it then keeps the gate and the vault up, prints where their consoles are
+    // (each answers with its sign-in page), and ends with its verdict on Ctrl-C.
+    let mut child = Command::new(holdfast())
+        .args([
+            "demo",
+            "--repair",
+            "--merchants",
+            "5",
+            "--business-seconds",
+            "2",
+            "--json",
+            "--linger",
+            "--report",
+        ])
         .arg(&report)
         .arg("--dir")
         .arg(&work)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "second run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut stdout = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line.contains("its certificate:") && stdout.contains("backup console (vault):") {
+            break;
+        }
+    }
+    let console = |what: &str| -> (String, String) {
+        let at = |needle: &str| {
+            let l = stdout.lines().skip_while(|l| !l.contains(what)).find(|l| l.contains(needle));
+            l.unwrap_or_else(|| panic!("no {needle:?} after {what:?}:\n{stdout}")).to_string()
+        };
+        let url = at("/console/").split_whitespace().last().unwrap().to_string();
+        let cert = at("its certificate:").split_whitespace().last().unwrap().to_string();
+        (url, cert)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for what in ["approvals console (gate):", "backup console (vault):"] {
+        let (url, cert) = console(what);
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+        let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+        let page =
+            rt.block_on(async { client.get(format!("{url}login")).send().await?.text().await }).unwrap();
+        assert!(page.contains("Sign in"), "{what} {url}: {page}");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "lingering");
+    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let status = child.wait().unwrap();
+    for line in lines.map_while(Result::ok) {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    assert!(status.success(), "second run failed:\n{stdout}");
+    let json =
+        stdout.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(
         (v["ok"].as_bool(), v["rows_lost"].as_i64(), v["merchants_verified"].as_u64()),
         (Some(true), Some(0), Some(5)),

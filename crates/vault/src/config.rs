@@ -58,6 +58,11 @@ pub struct ConfigFile {
     /// Per-token quotas and connection limits (defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
+    /// Gates' public audit keys (`holdfast audit keygen` printed them): the console's audit
+    /// page accepts only batches they signed. Without any, each gate's first stored batch's key
+    /// is trusted and the page says the chain is only self-consistent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_trust_keys: Vec<String>,
 }
 
 /// `[limits]`: what one token or one address can take from the vault.
@@ -535,6 +540,8 @@ pub struct Config {
     pub standbys: Vec<StandbyConfig>,
     pub webhooks: Vec<crate::alerts::Webhook>,
     pub limits: Limits,
+    /// `audit_trust_keys`, parsed.
+    pub audit_trust_keys: Vec<VerifyingKey>,
 }
 
 impl Config {
@@ -778,6 +785,15 @@ impl ConfigFile {
                 drills.push(DrillConfig::default_for(&c.name));
             }
         }
+        let audit_trust_keys = self
+            .audit_trust_keys
+            .iter()
+            .map(|k| {
+                audit::parse_public_key(k).map_err(|e| {
+                    invalid(format!("audit_trust_keys: {k:?} is not a gate's public audit key: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             listen,
             key_file: base.join(&self.key_file),
@@ -797,6 +813,7 @@ impl ConfigFile {
             standbys,
             webhooks,
             limits,
+            audit_trust_keys,
         })
     }
 }

@@ -260,6 +260,7 @@ pub async fn init_with_store(
         standbys: Vec::new(),
         webhooks: Vec::new(),
         limits: None,
+        audit_trust_keys: Vec::new(),
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;

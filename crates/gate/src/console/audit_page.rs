@@ -23,80 +23,12 @@ use crate::Shared;
 /// Records per page.
 const PAGE: usize = 100;
 
-/// The search form's fields, as the query string carries them (empty means "any").
-#[derive(serde::Deserialize, Default, Clone)]
-pub(super) struct AuditQuery {
-    #[serde(default)]
-    person: String,
-    #[serde(default)]
-    since: String,
-    #[serde(default)]
-    until: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    text: String,
-    #[serde(default)]
-    page: usize,
-}
+/// The search form (`audit::SearchForm`, shared with the vault's console).
+pub(super) type AuditQuery = audit::SearchForm;
 
-impl AuditQuery {
-    /// The filter, or what is wrong with the form.
-    fn filter(&self) -> Result<Filter, String> {
-        let when = |name: &str, t: &str| -> Result<Option<AuditTime>, String> {
-            let t = t.trim();
-            if t.is_empty() {
-                return Ok(None);
-            }
-            if let Ok(at) = t.parse::<AuditTime>() {
-                return Ok(Some(at));
-            }
-            serve::parse_duration(t).map(|d| Some(AuditTime::now().minus(d))).map_err(|_| {
-                format!(
-                    "{name} {t:?} is neither a time (2026-11-23T09:00:00Z) nor a duration ago (15m, 24h, 7d)"
-                )
-            })
-        };
-        let kind = match self.kind.trim() {
-            "" => vec![],
-            k => vec![k.parse::<EventKind>().map_err(|e| format!("kind: {e}"))?],
-        };
-        let opt = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
-        Ok(Filter {
-            person: opt(&self.person),
-            since: when("since", &self.since)?,
-            until: when("until", &self.until)?,
-            kind,
-            text: opt(&self.text),
-        })
-    }
-
-    /// The query string of this search (for links), without the page.
-    fn search_string(&self) -> String {
-        let pairs = [
-            ("person", &self.person),
-            ("since", &self.since),
-            ("until", &self.until),
-            ("kind", &self.kind),
-            ("text", &self.text),
-        ];
-        pairs
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| format!("{k}={}", percent(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    }
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// The form's filter; a duration means that long before now.
+fn filter_of(q: &AuditQuery) -> Result<Filter, String> {
+    q.filter(AuditTime::now(), |t| serve::parse_duration(t).ok())
 }
 
 /// The spool's records with the chain's verdict: how far it verifies.
@@ -150,7 +82,7 @@ pub(super) async fn page(
             return refused(StatusCode::INTERNAL_SERVER_ERROR, &format!("Cannot read the audit spool: {e}"));
         }
     };
-    let filter = q.filter();
+    let filter = filter_of(&q);
     let hits: Vec<&Record> = match &filter {
         Ok(f) => chain.records.iter().rev().filter(|r| f.matches(r)).collect(),
         Err(_) => vec![],
@@ -174,6 +106,12 @@ pub(super) async fn page(
         }
     };
     let first_seq = chain.records.first().map(|r| r.seq);
+    let vault = s
+        .config
+        .audit
+        .as_ref()
+        .map(|a| a.vault.trim_end_matches('/').to_string())
+        .filter(|v| v.starts_with("https://"));
     let body = html! {
         h1 { "Audit log " span.count id="hits" { (hits.len()) } }
         form.search id="search" method="get" action="/console/audit" {
@@ -200,7 +138,9 @@ pub(super) async fn page(
         }
         @if first_seq.is_some_and(|a| a > 1) {
             p.muted id="shipped-note" { "Records before seq " (first_seq.unwrap_or(1)) " were shipped to the vault and left this gate: "
-                "search and verify them, signatures included, with " code { "holdfast audit search" } " / " code { "holdfast audit verify" } "." }
+                "search and verify them, signatures included, with " code { "holdfast audit search" } " / " code { "holdfast audit verify" }
+                @if let Some(v) = &vault { " or on " a id="vault-audit" href={ (v) "/console/audit" } { "the vault's audit page" } }
+                "." }
         }
         p.exports { "Export this search: "
             a id="export-jsonl" href=(export("jsonl")) download { "JSON Lines" } " · "
@@ -250,7 +190,7 @@ pub(super) async fn export(
         "export.csv" => true,
         _ => return (StatusCode::NOT_FOUND, "no such export").into_response(),
     };
-    let filter = match q.filter() {
+    let filter = match filter_of(&q) {
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
@@ -261,36 +201,14 @@ pub(super) async fn export(
                 .into_response();
         }
     };
-    let mut out = String::new();
-    if csv {
-        out.push_str("seq,time,person,client,session,kind,verified,hash,prev,detail\r\n");
-    }
+    let mut out = if csv { audit::export::csv_header(false) } else { String::new() };
     for r in chain.records.iter().filter(|r| filter.matches(r)) {
         let verified = chain.verified(r.seq);
-        if csv {
-            let cells = [
-                r.seq.to_string(),
-                r.time.to_string(),
-                r.event.person.clone().unwrap_or_default(),
-                r.event.client.clone().unwrap_or_default(),
-                r.event.session.map(|s| s.to_string()).unwrap_or_default(),
-                r.event.kind.to_string(),
-                verified.to_string(),
-                r.hash.to_hex(),
-                r.prev.to_hex(),
-                r.event.detail.to_string(),
-            ];
-            out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
-            out.push_str("\r\n");
+        out.push_str(&if csv {
+            audit::export::csv_row(None, r, verified)
         } else {
-            let line = serde_json::json!({
-                "seq": r.seq, "time": r.time, "person": r.event.person, "client": r.event.client,
-                "session": r.event.session, "kind": r.event.kind, "detail": r.event.detail,
-                "hash": r.hash, "prev": r.prev, "verified": verified,
-            });
-            out.push_str(&line.to_string());
-            out.push('\n');
-        }
+            audit::export::jsonl_line(None, r, verified)
+        });
     }
     let (ctype, name) = if csv {
         ("text/csv; charset=utf-8", "attachment; filename=\"holdfast-audit.csv\"")
@@ -300,41 +218,17 @@ pub(super) async fn export(
     ([(header::CONTENT_TYPE, ctype), (header::CONTENT_DISPOSITION, name)], out).into_response()
 }
 
-/// One CSV field (RFC 4180 quoting). A field a spreadsheet would run as a formula (`=`, `+`,
-/// `-`, `@`, tab, CR at its start) gets a leading `'`: SQL text is attacker-chosen.
-fn csv_cell(c: &str) -> String {
-    let c = if c.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{c}") } else { c.to_string() };
-    if c.contains([',', '"', '\n', '\r']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn csv_cells_are_quoted_and_formulas_defused() {
-        assert_eq!(csv_cell("plain"), "plain");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(csv_cell("-1"), "'-1");
-    }
-
-    #[test]
-    fn the_form_becomes_the_cli_filter() {
-        let q = AuditQuery {
-            person: " alice ".into(),
-            kind: "approved".into(),
-            since: "15m".into(),
-            ..Default::default()
-        };
-        let f = q.filter().unwrap();
-        assert_eq!(f.person.as_deref(), Some("alice"));
-        assert_eq!(f.kind, vec![EventKind::Approved]);
-        assert!(f.since.is_some() && f.until.is_none() && f.text.is_none());
-        let bad = AuditQuery { until: "yesterday".into(), ..Default::default() };
-        assert!(bad.filter().unwrap_err().contains("until"));
-        let q = AuditQuery { text: "a&b =c".into(), person: "x".into(), ..Default::default() };
-        assert_eq!(q.search_string(), "person=x&text=a%26b%20%3Dc");
+    fn a_duration_means_that_long_ago() {
+        let q = AuditQuery { since: "15m".into(), until: "yesterday".into(), ..Default::default() };
+        assert!(filter_of(&q).unwrap_err().contains("until"));
+        let q = AuditQuery { since: "15m".into(), ..Default::default() };
+        let since = filter_of(&q).unwrap().since.unwrap();
+        let expected = AuditTime::now().minus(std::time::Duration::from_secs(900));
+        assert!((since.as_micros() - expected.as_micros()).abs() < 5_000_000, "{since} vs {expected}");
     }
 }

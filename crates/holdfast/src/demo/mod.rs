@@ -13,8 +13,8 @@
 //! compared, merchant by merchant, with what the workload saw committed. Under `--repair`
 //! (`repair_act`) the insider instead bulk-deletes one merchant's orders while the shop keeps
 //! trading, and `holdfast repair --incident N --tenant merchant_id=M` puts them back in the live
-//! database. The verdict is printed (and with `--json` is the last line), and an HTML report is
-//! written.
+//! database. The verdict is printed (and with `--json` is the last line, unless `--linger` adds
+//! the consoles' addresses after it), and an HTML report is written.
 //!
 //! Everything started is owned by a value whose `Drop` stops it, so an error or Ctrl-C (the
 //! future is dropped) leaves nothing running.
@@ -57,6 +57,9 @@ pub struct Options {
     /// everything, and `holdfast repair` puts them back in the live database (instead of the
     /// restore and the warm standby).
     pub repair: bool,
+    /// `--linger`: after the verdict, keep the gate and the vault (and the consoles they serve)
+    /// running until Ctrl-C.
+    pub linger: bool,
 }
 
 /// The insider's gate account and the on-call DBA who is asked to approve.
@@ -135,6 +138,8 @@ pub async fn run(opts: Options) -> Result<u8> {
     })?;
     let work = Work::new(opts.dir.clone())?;
     tokio::select! {
+        // The story first: lingering, it waits for the same Ctrl-C and then ends with its verdict.
+        biased;
         r = story(&opts, work.path()) => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ninterrupted: stopping everything the demo started");
@@ -527,8 +532,32 @@ async fn story(o: &Options, work: &Path) -> Result<u8> {
     if o.json {
         println!("{}", serde_json::to_string(&verdict)?);
     }
+    if o.linger {
+        linger(&stage).await;
+    }
     drop(stage);
     Ok(if ok { 0 } else { 1 })
+}
+
+/// `--linger`: says where the two consoles are and how to sign in to them, then waits for
+/// Ctrl-C with the gate and the vault still serving.
+async fn linger(stage: &Stage) {
+    println!("\n==> The gate and the vault keep running (--linger); Ctrl-C stops everything.");
+    println!("    approvals console (gate): https://{}/console/", stage.gate.control);
+    println!(
+        "      sign in as {DBA}, password {DBA_PASSWORD}, one-time codes from the TOTP secret {} (any authenticator app)",
+        stage.dba_totp
+    );
+    println!("      its certificate: {}", stage.gate.cert.display());
+    println!("    backup console (vault):   {}/console/", stage.vault.url());
+    println!(
+        "      sign in with the token in {} (read) or {} (admin)",
+        stage.read_file.display(),
+        stage.vault.scratch().join("admin.token").display()
+    );
+    println!("      its certificate: {}", stage.vault.ca_path().display());
+    let _ = tokio::signal::ctrl_c().await;
+    println!("\nstopping the gate, the vault and the databases");
 }
 
 /// The verdict's text summary (the JSON and the report carry the same figures).

@@ -27,6 +27,8 @@ use vault_api::status::{Incident, IncidentTarget};
 
 use super::Shared;
 
+mod audit;
+
 const SESSION_COOKIE: &str = "__Host-hfv_session";
 const LOGIN_COOKIE: &str = "__Host-hfv_login";
 /// How long a sign-in lasts, from sign-in.
@@ -127,9 +129,12 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/drills", get(drills_page))
         .route("/console/clusters/{name}/incidents/{n}/ack", post(acknowledge))
         .route("/console/proposals", get(proposals_page))
+        .route("/console/audit", get(audit::audit_page))
+        .route("/console/audit/{file}", get(audit::export))
         .route("/console/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .layer(axum::middleware::map_response(serve::web::security_headers))
         .layer(Extension(Arc::new(Sessions::default())))
+        .layer(Extension(Arc::new(audit::Cache::default())))
 }
 
 fn page(code: StatusCode, m: Markup) -> Response {
@@ -148,9 +153,9 @@ fn layout(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
             }
             body {
                 header.top {
-                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills, proposals" } }
+                    div.brand { "holdfast " strong { "vault" } span.domain { " · backup console: clusters, incidents, drills, proposals, audit" } }
                     @if let Some(w) = who {
-                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } " " a id="nav-proposals" href="/console/proposals" { "Proposals" } }
+                        nav.pages { a href="/console/clusters" { "Clusters" } " " a id="nav-drills" href="/console/drills" { "Drills" } " " a id="nav-proposals" href="/console/proposals" { "Proposals" } " " a id="nav-audit" href="/console/audit" { "Audit" } }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(w.session.csrf);
                             span { "token " strong id="whoami" { (w.label) } " (" span id="scope" { (w.scope.as_str()) } ")" }
@@ -454,6 +459,8 @@ async fn proposals_page(
 
 /// Rows per page of a long list.
 const PAGE: usize = 100;
+/// Incidents per page of a cluster's page (each is a card with its audit records).
+const INCIDENTS_PAGE: usize = 20;
 
 #[derive(serde::Deserialize, Default)]
 struct PageQuery {
@@ -512,6 +519,8 @@ async fn cluster_page(
     Extension(sessions): Console,
     headers: HeaderMap,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+    Extension(cache): Extension<Arc<audit::Cache>>,
 ) -> Response {
     let w = match signed_in(&s, &sessions, &headers, &[Scope::Read, Scope::Admin], "reading incidents").await
     {
@@ -524,6 +533,13 @@ async fn cluster_page(
     let c = rt.status();
     let incidents = rt.incidents();
     let acks = s.state.read().await.incident_acks.clone();
+    // The gates' audit records, for each incident's "who ran what" (read once per page).
+    let shipped = audit::Shipped::load(&s, &cache)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "console: reading the audit batches"))
+        .ok();
+    let pages = incidents.len().div_ceil(INCIDENTS_PAGE).max(1);
+    let pg = q.page.min(pages - 1);
     let body = html! {
         p { a href="/console/clusters" { "← clusters" } }
         h1 { (c.name) " " span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
@@ -536,8 +552,9 @@ async fn cluster_page(
         }
         h2 { "Incidents " span.count id="incident-count" { (incidents.len()) } }
         @if incidents.is_empty() { p.muted { "None." } }
-        @for (k, i) in incidents.iter().enumerate().rev() {
+        @for (k, i) in incidents.iter().enumerate().rev().skip(pg * INCIDENTS_PAGE).take(INCIDENTS_PAGE) {
             (incident_view(&c.name, k + 1, i))
+            (audit::around(shipped.as_deref(), i.detected_at.as_secs()))
             @let ack = acks.iter().find(|a| a.cluster == c.name && a.number == k + 1 && a.detected_at == i.detected_at);
             @if let Some(a) = ack {
                 p.ack id={ "ack-" (k + 1) } { "Acknowledged by " strong { (a.by) } " at " (a.at.map(|t| t.to_string()).unwrap_or_default()) "." }
@@ -546,6 +563,13 @@ async fn cluster_page(
                     input type="hidden" name="csrf" value=(w.session.csrf);
                     button id={ "ack-button-" (k + 1) } type="submit" { "Acknowledge #" (k + 1) }
                 }
+            }
+        }
+        @if pages > 1 {
+            p id="pages" {
+                @if pg > 0 { a id="prev-page" href={ "/console/clusters/" (c.name) "?page=" (pg - 1) } { "← newer" } " " }
+                "page " (pg + 1) " of " (pages)
+                @if pg + 1 < pages { " " a id="next-page" href={ "/console/clusters/" (c.name) "?page=" (pg + 1) } { "older →" } }
             }
         }
     };
