@@ -221,7 +221,6 @@ struct XRun {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum XPhase {
     Measuring,
-    Releasing,
     RollingBack,
 }
 
@@ -331,6 +330,11 @@ pub struct Session<'a> {
     /// [`SNAPSHOT_STMT`] is prepared on the server connection, as far as the gate knows (the
     /// last measurement confirmed it, and no DEALLOCATE or DISCARD ran since).
     snap_prepared: bool,
+    /// Terminal answers still to come for the gate's own extended-protocol RELEASE of a kept
+    /// measured write, sent with the client's answers instead of in a round trip of its own:
+    /// swallowed before anything else is accounted (an error is the client's, as it would
+    /// have been before).
+    own_answers: u32,
 }
 
 /// Portals whose bound parameters the gate remembers for approval requests.
@@ -388,6 +392,7 @@ impl<'a> Session<'a> {
             answers: 0,
             last_exec_portal: String::new(),
             snap_prepared: false,
+            own_answers: 0,
         }
     }
 
@@ -418,6 +423,7 @@ impl<'a> Session<'a> {
             if self.pending_exec.is_some()
                 && self.ext_pending == 0
                 && self.outstanding == 0
+                && self.own_answers == 0
                 && let Err(e) = self.start_xrun().await
             {
                 return e;
@@ -457,7 +463,11 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            if self.pending_exec.is_some() && self.ext_pending == 0 && self.outstanding == 0 {
+            if self.pending_exec.is_some()
+                && self.ext_pending == 0
+                && self.outstanding == 0
+                && self.own_answers == 0
+            {
                 // Nothing more will come from the server for it (everything before it is
                 // answered): start it now rather than wait for a frame that never comes.
                 continue;
@@ -596,6 +606,22 @@ impl<'a> Session<'a> {
                     b'E' => {
                         tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
                     }
+                    _ => {}
+                }
+                continue;
+            }
+            if self.own_answers > 0 && !matches!(f.tag, b'S' | b'A' | b'N') {
+                // The deferred RELEASE of a kept extended-protocol write: sent before anything
+                // of the client's that followed, so its answers come first.
+                match f.tag {
+                    b'E' => {
+                        // The server skips to the client's Sync: the client's transaction failed.
+                        self.own_answers = 0;
+                        self.skipping = true;
+                        self.ext_pending = 0;
+                        self.relay_error(f);
+                    }
+                    b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' => self.own_answers -= 1,
                     _ => {}
                 }
                 continue;
@@ -1599,12 +1625,14 @@ impl<'a> Session<'a> {
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
                     self.cout.extend_from_slice(&buf);
-                    x.phase = XPhase::Releasing;
-                    x.entries.push_back((XOwner::Quiet, 5));
+                    // Released in the same flight as the client's answers go out, not in a
+                    // round trip of its own: the client's next messages (its Sync) follow the
+                    // RELEASE to the server, and its five answers are swallowed first.
                     frontend::encode_own_statement(&mut self.sout, RELEASE);
-                    frontend::encode_flush(&mut self.sout);
+                    self.own_answers += 5;
+                    let sql = std::mem::take(&mut x.sql);
+                    self.xrun = None;
                     self.shared.metrics.allowed.inc();
-                    let sql = x.sql.clone();
                     self.track(&format!("{} (rows changed: {rows})", truncate(&sql, 150)), true);
                 } else {
                     x.buffered.clear();
@@ -1621,10 +1649,6 @@ impl<'a> Session<'a> {
                 }
                 self.flush_server().await?;
                 self.flush_client().await
-            }
-            XPhase::Releasing => {
-                self.xrun = None;
-                Ok(())
             }
             XPhase::RollingBack => {
                 let x = self.xrun.take().expect("xrun");
