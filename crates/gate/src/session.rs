@@ -193,6 +193,9 @@ enum Step {
 /// Who owns the answers to a message sent during an extended-protocol measurement.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum XOwner {
+    /// Answers the client's own Parse/Bind/Describe/Close of this batch still owed when the
+    /// measurement was sent: relayed as they come.
+    Pass,
     Quiet,
     Before,
     After,
@@ -1135,12 +1138,27 @@ impl<'a> Session<'a> {
                 self.guard.sync_sent();
             }
             Action::RowGuard { max_rows } if extended => {
-                // Measured once everything sent before it is answered (the gate then knows
-                // the transaction state, and whether the server is skipping to Sync).
+                // Measured once the gate knows the transaction state and that the server is
+                // not skipping to Sync: at once when all this batch sent before it is Parse,
+                // Bind, Describe and Close (their answers, still owed, are relayed first; if
+                // one fails the server skips the measurement too, and the client gets that
+                // error), otherwise once everything sent before it is answered.
                 self.shared.metrics.row_guarded.inc();
                 self.pending_exec = Some((f, sql, d, max_rows));
-                // The server sends what it owes only at Sync or Flush.
-                frontend::encode_flush(&mut self.sout);
+                let knows_state = self.outstanding == 0
+                    && self.own_answers == 0
+                    && !self.skipping
+                    && self.drop_tags.is_empty()
+                    && self.batch.is_empty()
+                    && !self.batch_txn_control
+                    && self.batch_state.is_none()
+                    && self.txn != b'E';
+                if knows_state {
+                    self.start_xrun().await?;
+                } else {
+                    // The server sends what it owes only at Sync or Flush.
+                    frontend::encode_flush(&mut self.sout);
+                }
             }
             Action::RowGuard { max_rows } => {
                 self.shared.metrics.row_guarded.inc();
@@ -1533,6 +1551,9 @@ impl<'a> Session<'a> {
             return self.hold(sql, &d, raw.freeze(), true, None, false).await;
         }
         let mut entries = VecDeque::new();
+        if self.ext_pending > 0 {
+            entries.push_back((XOwner::Pass, self.ext_pending));
+        }
         if state == b'I' && !self.batch_began {
             // The batch's implicit transaction becomes a block the gate ends at Sync.
             frontend::encode_own_statement(&mut self.sout, "BEGIN");
@@ -1592,8 +1613,15 @@ impl<'a> Session<'a> {
             self.relay_error(f);
             return self.flush_client().await;
         }
-        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n');
+        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n')
+            || (owner == XOwner::Pass && f.tag == b'T');
+        if owner == XOwner::Pass && terminal {
+            // Counted as the relay would have (see `on_server`).
+            self.ext_pending = self.ext_pending.saturating_sub(1);
+            self.answers += 1;
+        }
         match (owner, f.tag) {
+            (XOwner::Pass, _) => f.encode(&mut self.cout),
             (XOwner::Before, b'D') => x.before.add_row(&f.body),
             (XOwner::After, b'D') => x.after.add_row(&f.body),
             (XOwner::Verify, b'D') => x.verified = verify_row(&f.body),
