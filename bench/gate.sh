@@ -199,7 +199,7 @@ for mode in $WORKLOADS; do
   run pgbouncer "$BPORT" disable "$mode" "$BOUNCER_PID"
 done
 
-rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || { log "process $1 is gone"; echo 0; }; }
 log "memory: $CONNS concurrent connections (pgbench -S, 10 s) through the gate, then PgBouncer"
 # A run that failed (connections refused, clients aborted) measured fewer connections than it
 # names: its exit status goes into the report instead of being hidden.
@@ -211,8 +211,16 @@ BOUNCER_CONN_RC=0
 BOUNCER_RSS="$(rss_kb "$BOUNCER_PID")"
 [ "$GATE_CONN_RC" = 0 ] || log "pgbench through the gate with $CONNS connections FAILED (exit $GATE_CONN_RC): $(tail -3 "$W/conns-gate.txt")"
 [ "$BOUNCER_CONN_RC" = 0 ] || log "pgbench through PgBouncer with $CONNS connections FAILED (exit $BOUNCER_CONN_RC): $(tail -3 "$W/conns-bouncer.txt")"
-GATE_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-gate.txt" | head -1 | cut -d' ' -f3)"
-BOUNCER_CONN_TPS="$(grep -o 'tps = [0-9.]*' "$W/conns-bouncer.txt" | head -1 | cut -d' ' -f3)"
+# pgbench prints no tps line when no transaction completed (e.g. connecting all CONNS clients
+# took longer than the run): that is reported as 0, not a reason for this script to stop.
+conn_figure() { # file → "TPS (connecting took N ms)"
+  local tps ms
+  tps="$(grep -o 'tps = [0-9.]*' "$1" | head -1 | cut -d' ' -f3 || true)"
+  ms="$(grep -o 'initial connection time = [0-9.]*' "$1" | head -1 | cut -d' ' -f5 || true)"
+  echo "${tps:-0} TPS (connecting the clients took ${ms:-?} ms)"
+}
+GATE_CONN_TPS="$(conn_figure "$W/conns-gate.txt")"
+BOUNCER_CONN_TPS="$(conn_figure "$W/conns-bouncer.txt")"
 
 python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS" "$CONNS" "$GATE_RSS" "$BOUNCER_RSS" "${GATE_CONN_TPS:-?}" "${BOUNCER_CONN_TPS:-?}" "$GATE_CONN_RC" "$BOUNCER_CONN_RC" "$TASKSET" "$WORKLOADS" <<'PY'
 import sys
@@ -240,7 +248,7 @@ for mode in modes:
 def conns_figure(rss, tps, rc):
     if rc != "0":
         return f"pgbench FAILED (exit {rc}), so not a measurement at {conns} connections; peak RSS {int(rss)/1024:.1f} MB"
-    return f"{tps} TPS, peak RSS {int(rss)/1024:.1f} MB"
+    return f"{tps}, peak RSS {int(rss)/1024:.1f} MB"
 lines += ["", f"{conns} concurrent connections (pgbench -S -c {conns}, 10 s): gate {conns_figure(grss, gct, grc)}; PgBouncer {conns_figure(brss, bct, brc)}."]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

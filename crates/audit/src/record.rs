@@ -89,11 +89,12 @@ impl Record {
 
     /// The hash this record's content calls for.
     pub fn compute_hash(seq: u64, time: AuditTime, prev: &Digest, event: &Event) -> Digest {
-        let mut h = blake3::Hasher::new();
-        h.update(RECORD_DOMAIN);
-        h.update(&seq.to_be_bytes());
-        h.update(&time.as_micros().to_be_bytes());
-        h.update(&prev.0);
+        Record::hash_of(seq, time, prev, &Record::event_bytes(event))
+    }
+
+    /// The event's canonical encoding, the part of the hashed bytes that does not depend on
+    /// the record's place in the chain: the spool computes it before it takes its lock.
+    pub(crate) fn event_bytes(event: &Event) -> Vec<u8> {
         let mut buf = Vec::with_capacity(256);
         put_str(&mut buf, event.kind.as_str());
         put_opt_str(&mut buf, event.person.as_deref());
@@ -108,7 +109,17 @@ impl Record {
         let mut json = Vec::with_capacity(128);
         canonical_json(&event.detail, &mut json);
         put_bytes(&mut buf, &json);
-        h.update(&buf);
+        buf
+    }
+
+    /// The hash of a record at (seq, time, prev) whose event encodes as `event_bytes`.
+    pub(crate) fn hash_of(seq: u64, time: AuditTime, prev: &Digest, event_bytes: &[u8]) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(RECORD_DOMAIN);
+        h.update(&seq.to_be_bytes());
+        h.update(&time.as_micros().to_be_bytes());
+        h.update(&prev.0);
+        h.update(event_bytes);
         Digest(*h.finalize().as_bytes())
     }
 
@@ -146,7 +157,10 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::Number(n) => {
+            // serde_json writes a number as its Display does; into the buffer, no String.
+            let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+        }
         Value::String(s) => write_json_string(s, out),
         Value::Array(a) => {
             out.push(b'[');
@@ -176,10 +190,12 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
 }
 
 fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is deterministic; a &str always serializes.
-    match serde_json::to_vec(s) {
-        Ok(b) => out.extend_from_slice(&b),
-        Err(_) => out.extend_from_slice(b"\"\""),
+    // serde_json's string escaping is deterministic; a &str always serializes (written into
+    // the buffer directly: no allocation per string).
+    let at = out.len();
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.truncate(at);
+        out.extend_from_slice(b"\"\"");
     }
 }
 

@@ -193,6 +193,9 @@ enum Step {
 /// Who owns the answers to a message sent during an extended-protocol measurement.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum XOwner {
+    /// Answers the client's own Parse/Bind/Describe/Close of this batch still owed when the
+    /// measurement was sent: relayed as they come.
+    Pass,
     Quiet,
     Before,
     After,
@@ -221,7 +224,6 @@ struct XRun {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum XPhase {
     Measuring,
-    Releasing,
     RollingBack,
 }
 
@@ -333,6 +335,11 @@ pub struct Session<'a> {
     /// [`SNAPSHOT_STMT`] is prepared on the server connection, as far as the gate knows (the
     /// last measurement confirmed it, and no DEALLOCATE or DISCARD ran since).
     snap_prepared: bool,
+    /// Terminal answers still to come for the gate's own extended-protocol RELEASE of a kept
+    /// measured write, sent with the client's answers instead of in a round trip of its own:
+    /// swallowed before anything else is accounted (an error is the client's, as it would
+    /// have been before).
+    own_answers: u32,
 }
 
 /// Portals whose bound parameters the gate remembers for approval requests.
@@ -391,6 +398,7 @@ impl<'a> Session<'a> {
             answers: 0,
             last_exec_portal: String::new(),
             snap_prepared: false,
+            own_answers: 0,
         }
     }
 
@@ -421,6 +429,7 @@ impl<'a> Session<'a> {
             if self.pending_exec.is_some()
                 && self.ext_pending == 0
                 && self.outstanding == 0
+                && self.own_answers == 0
                 && let Err(e) = self.start_xrun().await
             {
                 return e;
@@ -464,7 +473,11 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            if self.pending_exec.is_some() && self.ext_pending == 0 && self.outstanding == 0 {
+            if self.pending_exec.is_some()
+                && self.ext_pending == 0
+                && self.outstanding == 0
+                && self.own_answers == 0
+            {
                 // Nothing more will come from the server for it (everything before it is
                 // answered): start it now rather than wait for a frame that never comes.
                 continue;
@@ -621,6 +634,22 @@ impl<'a> Session<'a> {
                     b'E' => {
                         tracing::warn!(fields = ?wire::error_fields(&f.body), "the gate's own statement failed")
                     }
+                    _ => {}
+                }
+                continue;
+            }
+            if self.own_answers > 0 && !matches!(f.tag, b'S' | b'A' | b'N') {
+                // The deferred RELEASE of a kept extended-protocol write: sent before anything
+                // of the client's that followed, so its answers come first.
+                match f.tag {
+                    b'E' => {
+                        // The server skips to the client's Sync: the client's transaction failed.
+                        self.own_answers = 0;
+                        self.skipping = true;
+                        self.ext_pending = 0;
+                        self.relay_error(f);
+                    }
+                    b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' => self.own_answers -= 1,
                     _ => {}
                 }
                 continue;
@@ -1134,12 +1163,27 @@ impl<'a> Session<'a> {
                 self.guard.sync_sent();
             }
             Action::RowGuard { max_rows } if extended => {
-                // Measured once everything sent before it is answered (the gate then knows
-                // the transaction state, and whether the server is skipping to Sync).
+                // Measured once the gate knows the transaction state and that the server is
+                // not skipping to Sync: at once when all this batch sent before it is Parse,
+                // Bind, Describe and Close (their answers, still owed, are relayed first; if
+                // one fails the server skips the measurement too, and the client gets that
+                // error), otherwise once everything sent before it is answered.
                 self.shared.metrics.row_guarded.inc();
                 self.pending_exec = Some((f, sql, d, max_rows));
-                // The server sends what it owes only at Sync or Flush.
-                frontend::encode_flush(&mut self.sout);
+                let knows_state = self.outstanding == 0
+                    && self.own_answers == 0
+                    && !self.skipping
+                    && self.drop_tags.is_empty()
+                    && self.batch.is_empty()
+                    && !self.batch_txn_control
+                    && self.batch_state.is_none()
+                    && self.txn != b'E';
+                if knows_state {
+                    self.start_xrun().await?;
+                } else {
+                    // The server sends what it owes only at Sync or Flush.
+                    frontend::encode_flush(&mut self.sout);
+                }
             }
             Action::RowGuard { max_rows } => {
                 self.shared.metrics.row_guarded.inc();
@@ -1532,6 +1576,9 @@ impl<'a> Session<'a> {
             return self.hold(sql, &d, raw.freeze(), true, None, false).await;
         }
         let mut entries = VecDeque::new();
+        if self.ext_pending > 0 {
+            entries.push_back((XOwner::Pass, self.ext_pending));
+        }
         if state == b'I' && !self.batch_began {
             // The batch's implicit transaction becomes a block the gate ends at Sync.
             frontend::encode_own_statement(&mut self.sout, "BEGIN");
@@ -1591,8 +1638,15 @@ impl<'a> Session<'a> {
             self.relay_error(f);
             return self.flush_client().await;
         }
-        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n');
+        let terminal = matches!(f.tag, b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n')
+            || (owner == XOwner::Pass && f.tag == b'T');
+        if owner == XOwner::Pass && terminal {
+            // Counted as the relay would have (see `on_server`).
+            self.ext_pending = self.ext_pending.saturating_sub(1);
+            self.answers += 1;
+        }
         match (owner, f.tag) {
+            (XOwner::Pass, _) => f.encode(&mut self.cout),
             (XOwner::Before, b'D') => x.before.add_row(&f.body),
             (XOwner::After, b'D') => x.after.add_row(&f.body),
             (XOwner::Verify, b'D') => x.verified = verify_row(&f.body),
@@ -1624,12 +1678,14 @@ impl<'a> Session<'a> {
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
                     self.cout.extend_from_slice(&buf);
-                    x.phase = XPhase::Releasing;
-                    x.entries.push_back((XOwner::Quiet, 5));
+                    // Released in the same flight as the client's answers go out, not in a
+                    // round trip of its own: the client's next messages (its Sync) follow the
+                    // RELEASE to the server, and its five answers are swallowed first.
                     frontend::encode_own_statement(&mut self.sout, RELEASE);
-                    frontend::encode_flush(&mut self.sout);
+                    self.own_answers += 5;
+                    let sql = std::mem::take(&mut x.sql);
+                    self.xrun = None;
                     self.shared.metrics.allowed.inc();
-                    let sql = x.sql.clone();
                     self.track(&format!("{} (rows changed: {rows})", truncate(&sql, 150)), true);
                 } else {
                     x.buffered.clear();
@@ -1646,10 +1702,6 @@ impl<'a> Session<'a> {
                 }
                 self.flush_server().await?;
                 self.flush_client().await
-            }
-            XPhase::Releasing => {
-                self.xrun = None;
-                Ok(())
             }
             XPhase::RollingBack => {
                 let x = self.xrun.take().expect("xrun");

@@ -609,6 +609,32 @@ fn a_kept_write_is_released_with_the_next_message_and_rollbacks_stay_exact() {
     assert_eq!(r.last().map(|m| m.body.clone()), Some(b"I".to_vec()));
     assert_eq!(g.count("orders"), 95);
     assert_eq!(g.pg.psql("SELECT total FROM orders WHERE id = 5").unwrap(), "0");
+    // The same through the extended protocol: a kept write's RELEASE goes to the server with
+    // the client's answers on their way back, not in a round trip of its own; none of its
+    // answers reach the client, and the next write in the same batch is measured after it.
+    ok(&c.query("BEGIN"), "BEGIN");
+    let r = c.exchange(&[
+        parse("", "DELETE FROM orders WHERE id = 9"),
+        bind("", ""),
+        execute(""),
+        parse("", "DELETE FROM orders WHERE id = 10"),
+        bind("", ""),
+        execute(""),
+        parse("", "SELECT count(*) FROM orders"),
+        bind("", ""),
+        execute(""),
+        Msg::Sync,
+    ]);
+    ok(&r, "two kept extended-protocol writes and a read in one batch");
+    assert_eq!(data_text(&r), "93");
+    for (tag, n) in [(b'1', 3), (b'2', 3), (b'C', 3), (b'Z', 1)] {
+        assert_eq!(r.iter().filter(|m| m.tag == tag).count(), n, "{:?}: {r:?}", tag as char);
+    }
+    let r =
+        c.exchange(&[parse("", "DELETE FROM orders WHERE id > 10"), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "an extended-protocol write over the limit");
+    c.query("ROLLBACK");
+    assert_eq!(g.count("orders"), 95);
     // A kept write and then the session ends: the server ends the transaction (rolled back).
     ok(&c.query("BEGIN"), "BEGIN");
     ok(&c.query("DELETE FROM orders WHERE id = 8"), "kept write");
