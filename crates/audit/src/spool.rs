@@ -132,6 +132,10 @@ pub(crate) struct Shared {
     pub(crate) head: Position,
     /// The lines of the records after `last_seq` up to `head`, in order, not yet written.
     pub(crate) unwritten: Vec<u8>,
+    /// Bytes a leader has taken out of `unwritten` and is writing: still unshipped, so they
+    /// count against `max_pending_bytes` until they join `pending_bytes` (without them an
+    /// append during a group write saw the spool emptier than it was, and passed the bound).
+    pub(crate) in_flight: u64,
     pub(crate) group_writes: u64,
 }
 
@@ -488,6 +492,7 @@ impl AuditLog {
             failed: None,
             head: rec.last,
             unwritten: Vec::with_capacity(64 * 1024),
+            in_flight: 0,
             group_writes: 0,
         };
         let core = Arc::new(Core {
@@ -632,7 +637,7 @@ impl Core {
         if size > self.max_record_bytes {
             return Err(AuditError::RecordTooLarge { size, limit: self.max_record_bytes });
         }
-        let waiting = s.pending_bytes + s.unwritten.len() as u64;
+        let waiting = s.pending_bytes + s.in_flight + s.unwritten.len() as u64;
         if waiting + size > self.max_pending_bytes {
             return Err(AuditError::SpoolFull {
                 pending_bytes: waiting,
@@ -713,6 +718,7 @@ impl Core {
             }
             disk.spare.clear();
             std::mem::swap(&mut s.unwritten, &mut disk.spare);
+            s.in_flight = disk.spare.len() as u64;
             (s.last_seq + 1, s.head.seq)
         };
         let len = disk.spare.len() as u64;
@@ -729,6 +735,7 @@ impl Core {
                     let mut s = self.shared();
                     s.last_seq = head;
                     s.pending_bytes += len;
+                    s.in_flight = 0;
                     s.group_writes += 1;
                 }
                 self.durable.store(head, Ordering::Release);
@@ -998,6 +1005,7 @@ mod tests {
                 failed: None,
                 head: Position::default(),
                 unwritten: Vec::new(),
+                in_flight: 0,
                 group_writes: 0,
             });
             assert_eq!(
@@ -1017,6 +1025,7 @@ mod tests {
             failed: None,
             head: Position::default(),
             unwritten: Vec::new(),
+            in_flight: 0,
             group_writes: 0,
         });
         assert_eq!(ship_all(dir.path(), &shared, 500, 1), (1..=60).collect::<Vec<_>>());

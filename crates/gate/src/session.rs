@@ -877,7 +877,7 @@ impl<'a> Session<'a> {
                         // vault's address stay in the gate's log.
                         tracing::warn!(person = %self.id.person.name, error = %e, "statement refused: the audit log cannot take it");
                         let why = vault_types::UserFacing::user_message(&e);
-                        self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until it can"), true);
+                        self.refuse_with(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until it can"), AUDIT_UNAVAILABLE, true);
                     } else {
                         f.encode(&mut self.sout);
                         self.owe(1);
@@ -1121,7 +1121,7 @@ impl<'a> Session<'a> {
                 self.shared.metrics.refused.inc();
                 tracing::warn!(person = %self.id.person.name, error = %e, "statement refused: the audit log cannot take it");
                 let why = vault_types::UserFacing::user_message(&e);
-                self.refuse(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until the vault takes the backlog"), extended);
+                self.refuse_with(&format!("holdfast gate: the audit log cannot take this statement ({why}); nothing runs until the vault takes the backlog"), AUDIT_UNAVAILABLE, extended);
                 return Ok(());
             }
         }
@@ -1984,6 +1984,21 @@ fn large_object_function(oid: u32) -> Option<(&'static str, usize)> {
     })
 }
 
+/// The SQLSTATE of a statement refused because the audit log cannot record it:
+/// insufficient_resources (a full or failing spool is the gate's condition, not the person's
+/// permission; drivers treat class 53 as retryable later, as it is).
+pub const AUDIT_UNAVAILABLE: &str = "53000";
+
+/// The hint a refusal carries, by its SQLSTATE: only a refusal by policy is something an
+/// approver can lift.
+fn refusal_hint(code: &str) -> Option<&'static str> {
+    match code {
+        "42501" => Some("ask an approver, or see holdfast gate pending"),
+        AUDIT_UNAVAILABLE => Some("the gate's operators see why in holdfast gate status and the gate's log"),
+        _ => None,
+    }
+}
+
 /// `DO` block raising `message` (SQLSTATE 42501); the message cannot escape its quoting.
 pub fn raise_sql(message: &str) -> String {
     raise_sql_code(message, "42501")
@@ -1998,9 +2013,10 @@ pub fn raise_sql_code(message: &str, code: &str) -> String {
     };
     let clean: String = message.chars().filter(|c| *c != '\0').collect::<String>().replace('$', "＄");
     let quoted = clean.replace('\'', "''");
+    let hint =
+        refusal_hint(code).map(|h| format!(", HINT = '{}'", h.replace('\'', "''"))).unwrap_or_default();
     format!(
-        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{quoted}', \
-         HINT = 'ask an approver, or see holdfast gate pending'; END$holdfast$"
+        "DO $holdfast$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{quoted}'{hint}; END$holdfast$"
     )
 }
 

@@ -773,6 +773,10 @@ fn a_full_spool_refuses_without_telling_the_client_the_gates_internals() {
     // Every byte the client got back (messages, details, hints, notices), as text.
     let all: String = told.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
     assert!(all.contains("the audit spool is full"), "the client learns the kind of failure: {all}");
+    // As the gate's condition (insufficient_resources), not as a permission an approver could
+    // lift: no "ask an approver" hint.
+    assert!(all.contains("C53000\0") && !all.contains("C42501\0"), "SQLSTATE 53000: {all:?}");
+    assert!(!all.contains("ask an approver"), "{all}");
     let secrets = [
         ("the spool's directory", g.dir.join("state/audit").display().to_string()),
         ("the gate's state directory", g.dir.display().to_string()),
