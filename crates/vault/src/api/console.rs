@@ -4,9 +4,9 @@
 //! restore --before-incident N` command that undoes them.
 //!
 //! Sign-in is with a vault token (`read` or `admin`): the console keeps it in this process's
-//! memory under a random session cookie (`__Host-`, `Secure; HttpOnly; SameSite=Strict`, 15
-//! minutes from sign-in) and authorizes every page and action with it exactly as the API would
-//! (`Shared::authorize`), so a revoked token stops working at once and an action that needs
+//! memory under a random session cookie (`__Host-`, `Secure; HttpOnly; SameSite=Strict`,
+//! lasting `console_session` from sign-in, 15 minutes by default) and authorizes every page
+//! and action with it exactly as the API would (`Shared::authorize`), so a revoked token stops working at once and an action that needs
 //! `admin` (starting a drill) is refused to a `read` sign-in — whose pages show no such button.
 //! Every POST carries the session's CSRF token. No new trust domain, no data of its own.
 
@@ -31,8 +31,6 @@ mod audit;
 
 const SESSION_COOKIE: &str = "__Host-hfv_session";
 const LOGIN_COOKIE: &str = "__Host-hfv_login";
-/// How long a sign-in lasts, from sign-in.
-const SESSION_SECS: u64 = 15 * 60;
 /// How long the sign-in form's own CSRF token lasts.
 const LOGIN_FORM_SECS: u64 = 600;
 
@@ -60,11 +58,11 @@ fn hash(t: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    fn create(&self, token: String, now: u64) -> String {
+    fn create(&self, token: String, ttl: u64, now: u64) -> String {
         let id = random_token();
         let mut m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, s| s.expires_at > now);
-        m.insert(hash(&id), Session { token, csrf: random_token(), expires_at: now + SESSION_SECS });
+        m.insert(hash(&id), Session { token, csrf: random_token(), expires_at: now + ttl });
         id
     }
 
@@ -238,8 +236,9 @@ async fn login(
             "Unknown, revoked or wrong-scope token (the console takes read or admin tokens).",
         ));
     }
-    let id = sessions.create(f.token.trim().to_string(), now());
-    signed_in_redirect("/console/clusters", SESSION_COOKIE, &id, SESSION_SECS, LOGIN_COOKIE)
+    let ttl = s.config.console_session.as_secs();
+    let id = sessions.create(f.token.trim().to_string(), ttl, now());
+    signed_in_redirect("/console/clusters", SESSION_COOKIE, &id, ttl, LOGIN_COOKIE)
 }
 
 #[derive(serde::Deserialize)]
@@ -741,10 +740,10 @@ mod tests {
     #[test]
     fn sessions_end_after_their_time_and_on_sign_out() {
         let s = Sessions::default();
-        let id = s.create("hft_x".into(), 1000);
-        assert_eq!(s.get(&id, 1000 + SESSION_SECS - 1).map(|x| x.token), Some("hft_x".into()));
-        assert!(s.get(&id, 1000 + SESSION_SECS).is_none());
-        let id = s.create("hft_y".into(), 1000);
+        let id = s.create("hft_x".into(), 900, 1000);
+        assert_eq!(s.get(&id, 1000 + 900 - 1).map(|x| x.token), Some("hft_x".into()));
+        assert!(s.get(&id, 1000 + 900).is_none());
+        let id = s.create("hft_y".into(), 900, 1000);
         s.end(&id);
         assert!(s.get(&id, 1001).is_none());
         assert!(s.get("nope", 1001).is_none());
