@@ -854,6 +854,17 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert_eq!(c.key_file, Path::new("/etc/holdfast/vault.key"));
         assert_eq!(c.quorum.wait, Duration::from_secs(72 * 3600));
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.console_session, Duration::from_secs(15 * 60));
+        let short = format!("console_session = \"10s\"\n{GOOD}");
+        assert_eq!(
+            Config::from_toml(&short, Path::new("/")).unwrap().console_session,
+            Duration::from_secs(10)
+        );
+        for bad in ["0s", "13h", "soon"] {
+            let err = Config::from_toml(&format!("console_session = \"{bad}\"\n{GOOD}"), Path::new("/"))
+                .unwrap_err();
+            assert!(err.to_string().contains("console_session"), "{bad}: {err}");
+        }
     }
 
     #[test]
