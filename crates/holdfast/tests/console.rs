@@ -832,6 +832,18 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
     assert_eq!(b.wait_for("#incident-count", Duration::from_secs(20)).unwrap().text().unwrap(), "1001");
     assert_eq!(b.find_all("article.incident").unwrap().len(), 20, "20 a page");
+    // Marks of incidents listed on other pages link to those pages.
+    let href = b
+        .execute(
+            "return document.querySelector(\"#timeline a.incident-mark\").getAttribute('href')",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(href, "/console/clusters/main?page=50#incident-1", "the oldest incident is on the last page");
+    b.screenshot(&shots().join("vault-timeline.png")).unwrap();
+    b.set_window(390, 844).unwrap();
+    b.screenshot(&shots().join("vault-timeline-phone.png")).unwrap();
+    b.set_window(1100, 1000).unwrap();
     loads.push((
         "incidents, newest 20 of 1,001 with their audit windows (verifies the log)",
         b.load_ms().unwrap(),

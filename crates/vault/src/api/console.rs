@@ -556,7 +556,7 @@ fn timeline(
                 rect.gap x="0" y="8" width="1000" height="24" { title { "not restorable" } }
                 @for i in &c.windows {
                     @let (a, b) = (x(i.window.earliest_time.as_secs()), x(i.window.latest_time.as_secs()));
-                    rect.interval x=(format!("{a:.2}")) y="8" width=(format!("{:.2}", (b - a).max(2.0))) height="24" {
+                    rect.interval x=(format!("{a:.2}")) y="8" width=(format!("{:.2}", (b - a).max(4.0))) height="24" {
                         title { "restorable " (i.window.earliest_time) " → " (i.window.latest_time) " (timeline " (i.timeline) ")" }
                     }
                 }
