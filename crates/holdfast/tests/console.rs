@@ -843,6 +843,13 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     b.screenshot(&shots().join("vault-timeline.png")).unwrap();
     b.set_window(390, 844).unwrap();
     b.screenshot(&shots().join("vault-timeline-phone.png")).unwrap();
+    let widths = b
+        .execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(widths[0], widths[1], "the cluster page fits a phone's width: {widths}");
     b.set_window(1100, 1000).unwrap();
     loads.push((
         "incidents, newest 20 of 1,001 with their audit windows (verifies the log)",

@@ -482,7 +482,7 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
             header { span.kind { (i.kind) } " " strong { "#" (n) } span.muted { " · " (i.detected_at) } }
             p.message { (i.message) }
             @if !i.objects.is_empty() {
-                table.list.objects {
+                div.scroll { table.list.objects {
                     tr { th { "what" } th { "rows" } th { "size" } th { "change" } }
                     @for o in &i.objects {
                         tr {
@@ -496,7 +496,7 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
                                 @if let Some(u) = o.updated { (u) " rows updated" } }
                         }
                     }
-                }
+                } }
             }
             @if let Some(x) = i.xid { p { "Transaction " code { (x) } @if let Some(l) = i.lsn { " at " code { (l) } } } }
             @match &i.restore_target {
