@@ -330,7 +330,9 @@ fn console_bob_approves_alices_delete_in_a_browser() {
 /// reason with a `<script>` in it shown as text) and is offered no decision on it; dave breaks
 /// the glass and sees it active and until when; bob approves her grant on the approvals page
 /// and both show as active with their end; `alice@dba` then logs in as `dba`. Both are in the
-/// gate's audit log with the console's client address.
+/// gate's audit log with the console's client address. Restarted with a 3-second approval
+/// timeout and 10-second sessions: alice's held DELETE nobody decides gets the timeout error and
+/// shows as expired, no longer pending; bob's session, left alone, is sent back to sign-in.
 #[test]
 fn console_grants_and_break_glass_in_a_browser() {
     let dave = format!(
@@ -442,6 +444,36 @@ fn console_grants_and_break_glass_in_a_browser() {
         let line = spool.lines().find(|l| l.contains(kind)).unwrap_or_else(|| panic!("no {kind} record"));
         assert!(line.contains(who) && line.contains("127.0.0.1:"), "{line}");
     }
+
+    // The same gate restarted with a 3-second approval timeout and 10-second console sessions
+    // (both global settings, so only now, after the steps that need time): a held statement
+    // nobody decides ends in the timeout error for its client and shows as expired, no longer
+    // pending; a session is sent back to sign-in once its time is over.
+    let mut g = g;
+    let toml = std::fs::read_to_string(g.dir.join("gate.toml")).unwrap();
+    let toml =
+        toml.replace("approval_timeout = \"180s\"", "approval_timeout = \"3s\"\nconsole_session = \"10s\"");
+    std::fs::write(g.dir.join("gate.toml"), toml).unwrap();
+    g.restart_after(|_| {});
+    let base = format!("https://{}", g.control);
+    let sql = "DELETE FROM orders";
+    let out = spawn_psql(&g, "alice", "alice-password", sql).wait_with_output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("nobody approved it in time"), "{}", text(&out));
+    assert_eq!(g.count("orders"), 100);
+    sign_in(&b, &base, "bob", "bob-password", &code(BOB_TOTP, 0));
+    b.wait_for("#whoami", Duration::from_secs(10)).unwrap();
+    let signed_in_at = Instant::now();
+    let done = wait_text(&b, "#decided", "expired");
+    let row = done.lines().find(|l| l.contains("alice")).unwrap_or_default().to_string();
+    assert!(row.contains("statement") && row.ends_with("expired"), "{done}");
+    assert_eq!(b.find("#pending-count").unwrap().text().unwrap(), "0", "no longer pending");
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(signed_in_at.elapsed()));
+    b.goto(&format!("{base}/console/approvals")).unwrap();
+    assert!(
+        b.url().unwrap().ends_with("/console/login"),
+        "an expired session signs in again: {}",
+        b.url().unwrap()
+    );
 }
 
 /// The vault's console in the same kind of browser: a read token sees the cluster and, after a
@@ -449,7 +481,9 @@ fn console_grants_and_break_glass_in_a_browser() {
 /// brings the rows back; a read sign-in gets no drill button and its POST is refused (the drills
 /// page it does see), as is its acknowledgement of the incident; an admin sign-in acknowledges
 /// it (shown with who and when, the incident kept) and gets the drill button, and the drill it
-/// starts shows on the drills page, passed, its signed report verified.
+/// starts shows on the drills page, passed, its signed report verified. The cluster page draws
+/// the restorable window as a bar with the incident's mark linking to its card; restarted with
+/// short sessions, a session left alone past its time is sent back to sign-in.
 #[test]
 fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     use testkit::pg::{TempPg, command_as_postgres};
@@ -588,6 +622,19 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
     let incident = b.wait_for("#incident-1", Duration::from_secs(10)).unwrap().text().unwrap();
     assert!(incident.contains("customers") && incident.contains("dropped"), "{incident}");
     let command = b.find("#incident-1 pre.command").unwrap().text().unwrap();
+    // The restorable window as a bar: a filled interval, the base backup's tick, and the
+    // incident's red mark linking to its card.
+    assert!(!b.find_all("#timeline svg rect.interval").unwrap().is_empty(), "a restorable interval");
+    assert!(!b.find_all("#timeline svg line.backup").unwrap().is_empty(), "a base backup tick");
+    b.find("#timeline svg a[href='#incident-1']").expect("the incident's mark links to its card");
+    let title = b
+        .execute(
+            "return document.querySelector(\"#timeline a[href='#incident-1'] title\").textContent",
+            json!([]),
+        )
+        .unwrap();
+    assert!(title.as_str().unwrap().starts_with("incident #1 relations_dropped at "), "{title}");
+    assert!(b.find("#windows").unwrap().text().unwrap().contains("timeline 1"), "the text list under it");
     assert!(command.starts_with("holdfast restore --cluster main --before-incident 1 "), "{command}");
     assert!(b.find_all("#start-drill").unwrap().is_empty(), "no admin action for a read token");
     // Who ran what just before: the gate's record of mallory's DROP, verified, as text.
@@ -766,35 +813,75 @@ fn console_vault_shows_a_dropped_table_and_the_restore_that_undoes_it() {
         }
     });
     eprintln!("wrote 1,000 incidents and 10,000 audit records in {:.1} s", started.elapsed().as_secs_f64());
+    // Restarted with 8-second console sessions: each page below is opened just after a fresh
+    // sign-in, and the last session, left alone, is sent back to sign-in.
+    let text = std::fs::read_to_string(v.config_path()).unwrap();
+    std::fs::write(v.config_path(), format!("console_session = \"8s\"\n{text}")).unwrap();
     v.restart().unwrap();
     let base = v.url().to_string();
-    b.goto(&format!("{base}/console/login")).unwrap();
-    b.wait_for("#token", Duration::from_secs(10)).unwrap().send_keys(read_token.trim()).unwrap();
-    b.find("#signin").unwrap().click().unwrap();
-    b.wait_for("#scope", Duration::from_secs(10)).unwrap();
+    let sign_in = || {
+        b.goto(&format!("{base}/console/login")).unwrap();
+        b.wait_for("#token", Duration::from_secs(10)).unwrap().send_keys(read_token.trim()).unwrap();
+        b.find("#signin").unwrap().click().unwrap();
+        b.wait_for("#scope", Duration::from_secs(10)).unwrap();
+        Instant::now()
+    };
+    sign_in();
     loads.push(("clusters, 1,001 incidents", b.load_ms().unwrap()));
+    sign_in();
     b.goto(&format!("{base}/console/clusters/main")).unwrap();
     assert_eq!(b.wait_for("#incident-count", Duration::from_secs(20)).unwrap().text().unwrap(), "1001");
     assert_eq!(b.find_all("article.incident").unwrap().len(), 20, "20 a page");
+    // Marks of incidents listed on other pages link to those pages.
+    let href = b
+        .execute(
+            "return document.querySelector(\"#timeline a.incident-mark\").getAttribute('href')",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(href, "/console/clusters/main?page=50#incident-1", "the oldest incident is on the last page");
+    b.screenshot(&shots().join("vault-timeline.png")).unwrap();
+    b.set_window(390, 844).unwrap();
+    b.screenshot(&shots().join("vault-timeline-phone.png")).unwrap();
+    let widths = b
+        .execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(widths[0], widths[1], "the cluster page fits a phone's width: {widths}");
+    b.set_window(1100, 1000).unwrap();
     loads.push((
         "incidents, newest 20 of 1,001 with their audit windows (verifies the log)",
         b.load_ms().unwrap(),
     ));
+    sign_in();
     b.goto(&format!("{base}/console/clusters/main?page=40")).unwrap();
     let around = b.wait_for(".around", Duration::from_secs(10)).unwrap().text().unwrap();
     assert!(around.contains("audit record(s)"), "{around}");
     loads.push(("incidents, page 41 of 51", b.load_ms().unwrap()));
+    sign_in();
     b.goto(&format!("{base}/console/audit")).unwrap();
     assert_eq!(b.wait_for("#hits", Duration::from_secs(20)).unwrap().text().unwrap(), "10002");
     assert!(b.find("#chain-gate-2").unwrap().text().unwrap().contains("chain verified — 10000 records"));
     assert_eq!(b.find_all("#records tr[id^=rec-]").unwrap().len(), 100, "100 a page");
     loads.push(("audit, newest 100 of 10,002", b.load_ms().unwrap()));
+    sign_in();
     b.goto(&format!("{base}/console/audit?page=1")).unwrap();
     wait_text(&b, "#pages", "page 2 of 101");
     loads.push(("audit, the next 100 of 10,002", b.load_ms().unwrap()));
+    sign_in();
     b.goto(&format!("{base}/console/audit?person=carol&text=id+%3D+4997")).unwrap();
     assert_eq!(b.wait_for("#hits", Duration::from_secs(20)).unwrap().text().unwrap(), "1");
     loads.push(("audit, a search over 10,002", b.load_ms().unwrap()));
+    let signed_in_at = sign_in();
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(signed_in_at.elapsed()));
+    b.goto(&format!("{base}/console/clusters/main")).unwrap();
+    assert!(
+        b.url().unwrap().ends_with("/console/login"),
+        "an expired session signs in again: {}",
+        b.url().unwrap()
+    );
     for (page, ms) in loads {
         eprintln!("vault console page load ({page}): {ms:.0} ms");
     }

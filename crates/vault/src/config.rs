@@ -63,6 +63,9 @@ pub struct ConfigFile {
     /// is trusted and the page says the chain is only self-consistent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit_trust_keys: Vec<String>,
+    /// How long a console sign-in lasts from sign-in, e.g. `"15m"` (the default; 1 s to 12 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_session: Option<String>,
 }
 
 /// `[limits]`: what one token or one address can take from the vault.
@@ -542,6 +545,8 @@ pub struct Config {
     pub limits: Limits,
     /// `audit_trust_keys`, parsed.
     pub audit_trust_keys: Vec<VerifyingKey>,
+    /// How long a console sign-in lasts (`console_session`, 15 minutes by default).
+    pub console_session: Duration,
 }
 
 impl Config {
@@ -794,6 +799,13 @@ impl ConfigFile {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let console_session = match self.console_session.as_deref().map(parse_duration).transpose() {
+            Ok(None) => Duration::from_secs(15 * 60),
+            Ok(Some(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(12 * 3600) => d,
+            _ => {
+                return Err(invalid("console_session: write a duration from 1s to 12h, e.g. \"15m\"".into()));
+            }
+        };
         Ok(Config {
             listen,
             key_file: base.join(&self.key_file),
@@ -814,6 +826,7 @@ impl ConfigFile {
             webhooks,
             limits,
             audit_trust_keys,
+            console_session,
         })
     }
 }
@@ -841,6 +854,17 @@ keyholders = [{ name = "alice", public_key = "d75a980182b10ab7d54bfed3c964073a0e
         assert_eq!(c.key_file, Path::new("/etc/holdfast/vault.key"));
         assert_eq!(c.quorum.wait, Duration::from_secs(72 * 3600));
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.console_session, Duration::from_secs(15 * 60));
+        let short = format!("console_session = \"10s\"\n{GOOD}");
+        assert_eq!(
+            Config::from_toml(&short, Path::new("/")).unwrap().console_session,
+            Duration::from_secs(10)
+        );
+        for bad in ["0s", "13h", "soon"] {
+            let err = Config::from_toml(&format!("console_session = \"{bad}\"\n{GOOD}"), Path::new("/"))
+                .unwrap_err();
+            assert!(err.to_string().contains("console_session"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub async fn init_with_store(
         webhooks: Vec::new(),
         limits: None,
         audit_trust_keys: Vec::new(),
+        console_session: None,
     };
     // Validate before creating anything.
     let config = file.validate(&dir)?;

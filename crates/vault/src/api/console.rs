@@ -4,9 +4,9 @@
 //! restore --before-incident N` command that undoes them.
 //!
 //! Sign-in is with a vault token (`read` or `admin`): the console keeps it in this process's
-//! memory under a random session cookie (`__Host-`, `Secure; HttpOnly; SameSite=Strict`, 15
-//! minutes from sign-in) and authorizes every page and action with it exactly as the API would
-//! (`Shared::authorize`), so a revoked token stops working at once and an action that needs
+//! memory under a random session cookie (`__Host-`, `Secure; HttpOnly; SameSite=Strict`,
+//! lasting `console_session` from sign-in, 15 minutes by default) and authorizes every page
+//! and action with it exactly as the API would (`Shared::authorize`), so a revoked token stops working at once and an action that needs
 //! `admin` (starting a drill) is refused to a `read` sign-in — whose pages show no such button.
 //! Every POST carries the session's CSRF token. No new trust domain, no data of its own.
 
@@ -31,8 +31,6 @@ mod audit;
 
 const SESSION_COOKIE: &str = "__Host-hfv_session";
 const LOGIN_COOKIE: &str = "__Host-hfv_login";
-/// How long a sign-in lasts, from sign-in.
-const SESSION_SECS: u64 = 15 * 60;
 /// How long the sign-in form's own CSRF token lasts.
 const LOGIN_FORM_SECS: u64 = 600;
 
@@ -60,11 +58,11 @@ fn hash(t: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    fn create(&self, token: String, now: u64) -> String {
+    fn create(&self, token: String, ttl: u64, now: u64) -> String {
         let id = random_token();
         let mut m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, s| s.expires_at > now);
-        m.insert(hash(&id), Session { token, csrf: random_token(), expires_at: now + SESSION_SECS });
+        m.insert(hash(&id), Session { token, csrf: random_token(), expires_at: now + ttl });
         id
     }
 
@@ -238,8 +236,9 @@ async fn login(
             "Unknown, revoked or wrong-scope token (the console takes read or admin tokens).",
         ));
     }
-    let id = sessions.create(f.token.trim().to_string(), now());
-    signed_in_redirect("/console/clusters", SESSION_COOKIE, &id, SESSION_SECS, LOGIN_COOKIE)
+    let ttl = s.config.console_session.as_secs();
+    let id = sessions.create(f.token.trim().to_string(), ttl, now());
+    signed_in_redirect("/console/clusters", SESSION_COOKIE, &id, ttl, LOGIN_COOKIE)
 }
 
 #[derive(serde::Deserialize)]
@@ -483,7 +482,7 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
             header { span.kind { (i.kind) } " " strong { "#" (n) } span.muted { " · " (i.detected_at) } }
             p.message { (i.message) }
             @if !i.objects.is_empty() {
-                table.list.objects {
+                div.scroll { table.list.objects {
                     tr { th { "what" } th { "rows" } th { "size" } th { "change" } }
                     @for o in &i.objects {
                         tr {
@@ -497,7 +496,7 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
                                 @if let Some(u) = o.updated { (u) " rows updated" } }
                         }
                     }
-                }
+                } }
             }
             @if let Some(x) = i.xid { p { "Transaction " code { (x) } @if let Some(l) = i.lsn { " at " code { (l) } } } }
             @match &i.restore_target {
@@ -509,6 +508,80 @@ fn incident_view(cluster: &str, n: usize, i: &Incident) -> Markup {
                     pre.command { code { (restore_command(cluster, n)) } }
                 }
                 None => { p.muted { "No destructive transaction to restore to just before: restore with --time or --lsn." } }
+            }
+        }
+    }
+}
+
+/// Where incident `n` (1-based, of `total`) is listed: its card's anchor, on the page of the
+/// cluster's incidents that shows it (newest first, [`INCIDENTS_PAGE`] a page).
+fn incident_href(cluster: &str, n: usize, total: usize, shown_page: usize) -> String {
+    let pg = total.saturating_sub(n) / INCIDENTS_PAGE;
+    if pg == shown_page {
+        format!("#incident-{n}")
+    } else {
+        format!("/console/clusters/{cluster}?page={pg}#incident-{n}")
+    }
+}
+
+/// The restorable window as one horizontal bar from the earliest restorable time (or the
+/// first backup or incident, if older) to `now`: restorable intervals filled, gaps left empty,
+/// base backups as ticks, incidents as red marks linking to their cards. Inline SVG scaled to
+/// the page's width (no script; `non-scaling-stroke` keeps ticks thin on a phone); the times
+/// are in each element's `<title>` and in the text list the page keeps under it.
+fn timeline(
+    c: &vault_api::status::ClusterStatus,
+    backups: &[store::BackupRecord],
+    incidents: &[Incident],
+    now: i64,
+    shown_page: usize,
+) -> Markup {
+    let times = c
+        .windows
+        .iter()
+        .flat_map(|i| [i.window.earliest_time.as_secs(), i.window.latest_time.as_secs()])
+        .chain(backups.iter().map(|b| b.started.as_secs()))
+        .chain(incidents.iter().map(|i| i.detected_at.as_secs()));
+    let Some(start) = times.clone().min() else {
+        return html! { p.muted id="timeline" { "Nothing restorable yet: no base backup." } };
+    };
+    let end = times.max().unwrap_or(now).max(now).max(start + 1);
+    // Positions in a 1000-wide view box, clamped so that a mark at "now" stays visible.
+    let x = |t: i64| ((t - start) as f64 * 1000.0 / (end - start) as f64).clamp(0.0, 1000.0);
+    let total = incidents.len();
+    html! {
+        figure.timeline id="timeline" {
+            svg viewBox="0 0 1000 40" preserveAspectRatio="none" role="img"
+                aria-label={ "Restorable window of " (c.name) " from " (store::Timestamp(start)) " to now" } {
+                rect.gap x="0" y="8" width="1000" height="24" { title { "not restorable" } }
+                @for i in &c.windows {
+                    @let (a, b) = (x(i.window.earliest_time.as_secs()), x(i.window.latest_time.as_secs()));
+                    rect.interval x=(format!("{a:.2}")) y="8" width=(format!("{:.2}", (b - a).max(4.0))) height="24" {
+                        title { "restorable " (i.window.earliest_time) " → " (i.window.latest_time) " (timeline " (i.timeline) ")" }
+                    }
+                }
+                @for b in backups {
+                    @let bx = format!("{:.2}", x(b.started.as_secs()));
+                    line.backup x1=(bx) x2=(bx) y1="4" y2="36" vector-effect="non-scaling-stroke" {
+                        title { "base backup " (b.id) ", " (b.started) " → " (b.finished) }
+                    }
+                }
+                @for (k, i) in incidents.iter().enumerate() {
+                    @let ix = format!("{:.2}", x(i.detected_at.as_secs()));
+                    a.incident-mark href=(incident_href(&c.name, k + 1, total, shown_page)) {
+                        title { "incident #" (k + 1) " " (i.kind) " at " (i.detected_at) }
+                        line x1=(ix) x2=(ix) y1="0" y2="40" vector-effect="non-scaling-stroke" {}
+                    }
+                }
+            }
+            figcaption {
+                div.axis { span { (store::Timestamp(start)) } span { "now (" (store::Timestamp(now)) ")" } }
+                div.legend {
+                    span { i.sw.interval {} "restorable" } " "
+                    span { i.sw.gap {} "not restorable" } " "
+                    span { i.sw.backup {} "base backup" } " "
+                    span { i.sw.incident {} "incident (links to it)" }
+                }
             }
         }
     }
@@ -538,12 +611,25 @@ async fn cluster_page(
         .await
         .inspect_err(|e| tracing::error!(error = %e, "console: reading the audit batches"))
         .ok();
+    let backups: Vec<_> = match s.repo.backups().await {
+        Ok(all) => all.into_iter().filter(|b| b.cluster.as_deref() == Some(c.name.as_str())).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "console: listing backups for the timeline");
+            Vec::new()
+        }
+    };
     let pages = incidents.len().div_ceil(INCIDENTS_PAGE).max(1);
     let pg = q.page.min(pages - 1);
     let body = html! {
         p { a href="/console/clusters" { "← clusters" } }
         h1 { (c.name) " " span.(if c.connected { "state good" } else { "state bad" }) { @if c.connected { "streaming" } @else { "not connected" } } }
         p { "Durable to " code { (c.durable_lsn.map(|l| l.to_string()).unwrap_or_default()) } ", lag " (lag(&c)) "." }
+        h2 { "Restorable window" }
+        (timeline(&c, &backups, &incidents, s.clock.now().as_secs(), pg))
+        ul.windows id="windows" {
+            @if c.windows.is_empty() { li { "nothing restorable yet" } }
+            @for i in &c.windows { li { (i.window.earliest_time) " → " (i.window.latest_time) " (timeline " (i.timeline) ", " (i.backups.len()) " base backup(s))" } }
+        }
         @if w.scope == Scope::Admin {
             form.drill method="post" action={ "/console/clusters/" (c.name) "/drill" } {
                 input type="hidden" name="csrf" value=(w.session.csrf);
@@ -654,13 +740,55 @@ mod tests {
     #[test]
     fn sessions_end_after_their_time_and_on_sign_out() {
         let s = Sessions::default();
-        let id = s.create("hft_x".into(), 1000);
-        assert_eq!(s.get(&id, 1000 + SESSION_SECS - 1).map(|x| x.token), Some("hft_x".into()));
-        assert!(s.get(&id, 1000 + SESSION_SECS).is_none());
-        let id = s.create("hft_y".into(), 1000);
+        let id = s.create("hft_x".into(), 900, 1000);
+        assert_eq!(s.get(&id, 1000 + 900 - 1).map(|x| x.token), Some("hft_x".into()));
+        assert!(s.get(&id, 1000 + 900).is_none());
+        let id = s.create("hft_y".into(), 900, 1000);
         s.end(&id);
         assert!(s.get(&id, 1001).is_none());
         assert!(s.get("nope", 1001).is_none());
+    }
+
+    #[test]
+    fn the_timeline_draws_intervals_gaps_backups_and_linked_incidents() {
+        let w = |a: &str, b: &str| {
+            serde_json::json!({"earliest_lsn": "0/2000028", "earliest_time": a, "latest_lsn": "0/3000000",
+                "latest_time": b, "timeline": 1, "backups": ["b1"]})
+        };
+        let windows = serde_json::from_value(serde_json::json!([
+            w("2026-12-04T10:00:00Z", "2026-12-04T11:00:00Z"),
+            w("2026-12-04T12:00:00Z", "2026-12-04T13:00:00Z")
+        ]))
+        .unwrap();
+        let c = vault_api::status::ClusterStatus { name: "main".into(), windows, ..Default::default() };
+        let backup: store::BackupRecord = serde_json::from_value(serde_json::json!({
+            "id": "b1", "label": "x", "cluster": "main", "started": "2026-12-04T10:00:00Z",
+            "finished": "2026-12-04T10:00:00Z", "retain_until": "2027-01-01T00:00:00Z", "tree": [],
+            "files": 1, "bytes": 1, "stored_bytes": 1,
+        }))
+        .unwrap();
+        let incident = |at: &str| -> Incident {
+            serde_json::from_value(serde_json::json!({
+                "cluster": "main", "kind": "<script>x</script>", "detected_at": at, "message": "m",
+            }))
+            .unwrap()
+        };
+        let incidents = vec![incident("2026-12-04T10:30:00Z"), incident("2026-12-04T12:30:00Z")];
+        let now = "2026-12-04T14:00:00Z".parse::<store::Timestamp>().unwrap().as_secs();
+        let html = timeline(&c, &[backup], &incidents, now, 0).into_string();
+        assert_eq!(html.matches("<rect class=\"interval\"").count(), 2, "{html}");
+        assert_eq!(html.matches("<line class=\"backup\"").count(), 1, "{html}");
+        assert!(html.contains("<rect class=\"gap\""), "{html}");
+        assert!(html.contains("href=\"#incident-1\"") && html.contains("href=\"#incident-2\""), "{html}");
+        assert!(html.contains("incident #2 &lt;script&gt;"), "escaped: {html}");
+        assert!(!html.contains("<script>"), "{html}");
+        // The second window starts 2 h into the 4 h from the first backup to now: x = 500.
+        assert!(html.contains("x=\"500.00\""), "{html}");
+        // An incident on another page of the list links to that page.
+        assert_eq!(incident_href("main", 1, 45, 0), "/console/clusters/main?page=2#incident-1");
+        assert_eq!(incident_href("main", 45, 45, 0), "#incident-45");
+        let empty = vault_api::status::ClusterStatus { name: "x".into(), ..Default::default() };
+        assert!(timeline(&empty, &[], &[], now, 0).into_string().contains("Nothing restorable yet"));
     }
 
     #[test]
