@@ -353,30 +353,8 @@ pub mod frontend {
     /// Execute, Close — five answers ending in CloseComplete, ParseComplete, BindComplete,
     /// CommandComplete, CloseComplete.
     pub fn encode_own_statement(out: &mut BytesMut, sql: &str) {
-        message(out, b'C', |o| {
-            o.put_u8(b'S');
-            put_cstr(o, "holdfast_q");
-        });
-        message(out, b'P', |o| {
-            put_cstr(o, "holdfast_q");
-            put_cstr(o, sql);
-            o.put_i16(0);
-        });
-        message(out, b'B', |o| {
-            put_cstr(o, "holdfast_p");
-            put_cstr(o, "holdfast_q");
-            o.put_i16(0);
-            o.put_i16(0);
-            o.put_i16(0);
-        });
-        message(out, b'E', |o| {
-            put_cstr(o, "holdfast_p");
-            o.put_i32(0);
-        });
-        message(out, b'C', |o| {
-            o.put_u8(b'P');
-            put_cstr(o, "holdfast_p");
-        });
+        encode_own_prepare(out, "holdfast_q", sql);
+        encode_own_execute(out, "holdfast_q");
     }
     /// Encodes the gate's `Close` of a statement name and `Parse` of `sql` under it: two
     /// answers, CloseComplete and ParseComplete (the Close first, so the Parse succeeds whatever
