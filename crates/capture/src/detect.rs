@@ -6,8 +6,9 @@
 //! rows), deletes dripped over many small transactions (cumulative per table and per database
 //! over a sliding window of commit time), and committed changes to `pg_attribute` for the
 //! caller to check against the catalog (DROP COLUMN) — each with the point to restore to: just
-//! before the transaction, or before the window's first contributing transaction. One
-//! transaction is one finding, however many tables it touched.
+//! before the transaction, or before the window's first contributing transaction by commit
+//! (whatever order drops were judged in: see [`Detector::resolve`]). One transaction is one
+//! finding, however many tables it touched.
 //!
 //! Names are not this module's business: the caller maps relation files to tables with the
 //! catalog snapshot ([`crate::catalog`]) and hands the detector only what its rules need: the
@@ -318,11 +319,19 @@ impl Key {
     }
 }
 
+/// The keys of a database's drop window.
+fn drop_keys(db: u32) -> Vec<Key> {
+    vec![Key::DbDroppedBytes(db), Key::DbDroppedTables(db)]
+}
+
 /// One committed transaction's counts, as the window keeps them.
 #[derive(Debug)]
 struct Entry {
     xid: u32,
     first_lsn: Lsn,
+    /// Its commit record: the window is kept in this order, which is the order a restore
+    /// replays commits in.
+    commit_lsn: Lsn,
     commit_us: i64,
     db: u32,
     counts: Vec<(Key, u64)>,
@@ -330,7 +339,9 @@ struct Entry {
     dropped: Vec<(RelFileNode, u64)>,
 }
 
-/// Counts of committed transactions within the window, oldest first, with running sums.
+/// Counts of committed transactions within the window, in commit (WAL) order — not in the order
+/// they were judged: a drop judged against the catalog joins after drops committed later —
+/// with running sums.
 #[derive(Debug, Default)]
 struct Window {
     /// (database, kind) whose window was reported, with the last contribution since: further
@@ -339,6 +350,8 @@ struct Window {
     reported: HashMap<(u32, Kind), i64>,
     entries: VecDeque<Entry>,
     sums: HashMap<Key, u64>,
+    /// The newest commit time counted: the window ends there.
+    newest_us: i64,
 }
 
 impl Window {
@@ -346,7 +359,8 @@ impl Window {
         for (k, n) in &e.counts {
             *self.sums.entry(k.clone()).or_default() += n;
         }
-        self.entries.push_back(e);
+        let at = self.entries.partition_point(|x| x.commit_lsn <= e.commit_lsn);
+        self.entries.insert(at, e);
     }
 
     fn subtract(sums: &mut HashMap<Key, u64>, e: &Entry) {
@@ -383,6 +397,7 @@ impl Window {
             let t = Entry {
                 xid: e.xid,
                 first_lsn: e.first_lsn,
+                commit_lsn: e.commit_lsn,
                 commit_us: e.commit_us,
                 db: e.db,
                 counts: mine,
@@ -440,7 +455,24 @@ pub struct Detector {
     update_tids_since_us: i64,
     /// See [`Detector::take_queued`].
     queued: Vec<Destruction>,
+    /// Drops returned `unresolved`, not yet given back to [`Detector::resolve`]: a cumulative
+    /// drop of their database that one of them committed before waits for its judgement.
+    judging: Vec<Judging>,
 }
+
+/// A drop waiting for the caller's catalog ([`Destruction::unresolved`]).
+#[derive(Debug, Clone, Copy)]
+struct Judging {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_us: i64,
+    db: u32,
+}
+
+/// At most this many drops waiting for their judgement are remembered (the caller resolves
+/// each within seconds); beyond it the oldest is forgotten, and the cumulative drop no longer
+/// waits for it.
+const JUDGING_LIMIT: usize = 1024;
 
 /// The relation file a backup path belongs to (`base/5/16384.1`, `global/1262_vm`,
 /// `pg_tblspc/16400/PG_15_202209061/5/16401`), if it is one.
@@ -760,23 +792,37 @@ impl Detector {
     /// Judges a finding returned with `unresolved` set, once the caller has given the catalog
     /// as it is after the transaction ([`Detector::set_relations`]) and fed the WAL up to
     /// the point the catalog was read at. `None`: it was a rewrite and nothing else. A drop
-    /// judged destruction joins the window of drops (see [`Detector::take_queued`]).
+    /// judged destruction joins the window of drops in its commit's place (see
+    /// [`Detector::take_queued`]).
+    ///
+    /// Every unresolved finding must be given back here, judged or not (with what is known
+    /// when the catalog cannot be read): a cumulative drop of its database whose first drop
+    /// committed after it is held until then, so that its restore target is before the
+    /// earliest drop it counts, whatever order drops are judged in.
     pub fn resolve(&mut self, mut d: Destruction) -> Option<Destruction> {
         if !d.unresolved {
             return Some(d);
         }
+        self.judging.retain(|j| (j.xid, j.commit_lsn) != (d.xid, d.lsn));
         let destroyed = self.judge_drops(d.xid, &d.dropped);
         d.unresolved = false;
+        let db = d.database.or(d.dropped.first().map(|(f, _)| f.db)).filter(|db| *db != 0);
+        if let (Some(db), Some(at)) = (db, d.commit_time_us)
+            && !destroyed.is_empty()
+        {
+            self.window_drops(d.xid, d.first_lsn, at, db, &destroyed, d.lsn);
+        }
+        // A cumulative drop held for this judgement is due now, whether or not the drop joined
+        // it (a rewrite, or committed before the window).
+        if let Some(db) = db {
+            let window_us = self.window_us();
+            let found = self.window_report(db, drop_keys(db), window_us, true);
+            self.queued.extend(found);
+        }
         if destroyed.is_empty() {
             d.kind = d.otherwise?;
             d.dropped.clear();
         } else {
-            if let (Some(db), Some(at)) =
-                (d.database.or(destroyed.first().map(|(f, _)| f.db)), d.commit_time_us)
-                && db != 0
-            {
-                self.window_drops(d.xid, d.first_lsn, at, db, &destroyed, d.lsn);
-            }
             d.dropped = destroyed;
         }
         Some(d)
@@ -895,6 +941,12 @@ impl Detector {
                 && open.new_pages.values().any(|w| w.saturating_mul(20) >= *pages)
         });
         let destroyed = if unresolved { Vec::new() } else { self.judge_drops(xid, &dropped) };
+        if unresolved && let Some(db) = db.or(dropped.first().map(|(f, _)| f.db)).filter(|d| *d != 0) {
+            if self.judging.len() >= JUDGING_LIMIT {
+                self.judging.remove(0);
+            }
+            self.judging.push(Judging { xid, commit_lsn: lsn, commit_us, db });
+        }
         if !dropped.is_empty() {
             tracing::debug!(
                 xid,
@@ -956,8 +1008,16 @@ impl Detector {
             if counts.is_empty() {
                 return None;
             }
-            let e = Entry { xid, first_lsn: open.first_lsn, commit_us, db, counts, dropped: Vec::new() };
-            let mut found = self.window_commit(e, lsn);
+            let e = Entry {
+                xid,
+                first_lsn: open.first_lsn,
+                commit_lsn: lsn,
+                commit_us,
+                db,
+                counts,
+                dropped: Vec::new(),
+            };
+            let mut found = self.window_commit(e);
             let first = found.pop();
             self.queued.extend(found);
             return first;
@@ -1032,8 +1092,8 @@ impl Detector {
         let tables: std::collections::HashSet<u32> =
             destroyed.iter().map(|(f, _)| self.rels.get(f).map_or(f.rel, |m| m.table_oid)).collect();
         let counts = vec![(Key::DbDroppedBytes(db), bytes), (Key::DbDroppedTables(db), tables.len() as u64)];
-        let e = Entry { xid, first_lsn, commit_us, db, counts, dropped: destroyed.to_vec() };
-        let found = self.window_commit(e, lsn);
+        let e = Entry { xid, first_lsn, commit_lsn: lsn, commit_us, db, counts, dropped: destroyed.to_vec() };
+        let found = self.window_commit(e);
         self.queued.extend(found);
     }
 
@@ -1058,24 +1118,33 @@ impl Detector {
         }
     }
 
-    /// Adds a committed transaction's counts to the window and reports each kind (deletes,
-    /// updates, drops) whose sums cross a threshold: once, with the restore target before the
-    /// first transaction of the window that touched what crossed, after which that database's
-    /// window of that kind starts afresh.
-    fn window_commit(&mut self, mut e: Entry, lsn: Lsn) -> Vec<Destruction> {
-        let window_us = self.thresholds.window_seconds as i64 * 1_000_000;
-        let (xid, db, now_us) = (e.xid, e.db, e.commit_us);
+    /// Adds a committed transaction's counts to the window (in its commit's place) and reports
+    /// what crossed (see [`Detector::window_report`]).
+    fn window_us(&self) -> i64 {
+        self.thresholds.window_seconds as i64 * 1_000_000
+    }
+
+    fn window_commit(&mut self, mut e: Entry) -> Vec<Destruction> {
+        let window_us = self.window_us();
+        let (db, now_us) = (e.db, e.commit_us);
         if now_us.saturating_sub(self.update_tids_since_us) > window_us {
             self.update_tids.swap(0, 1);
             self.update_tids[0].clear();
             self.update_tids_since_us = now_us;
         }
+        // The window ends at the newest commit seen: a drop judged late that committed before
+        // the window's start is not counted with what followed it by more than a window.
+        let newest = self.window.newest_us.max(now_us);
+        self.window.newest_us = newest;
+        if now_us < newest.saturating_sub(window_us) {
+            return Vec::new();
+        }
         // Counts of a kind already reported in this database belong to its episode.
         let reported = &mut self.window.reported;
-        reported.retain(|(d, _), last| *d != db || now_us.saturating_sub(*last) <= window_us);
+        reported.retain(|(d, _), last| *d != db || newest.saturating_sub(*last) <= window_us);
         e.counts.retain(|(k, _)| match reported.get_mut(&(db, k.kind())) {
             Some(last) => {
-                *last = now_us;
+                *last = (*last).max(now_us);
                 false
             }
             None => true,
@@ -1083,9 +1152,35 @@ impl Detector {
         if e.counts.is_empty() {
             return Vec::new();
         }
-        self.window.expire(now_us.saturating_sub(window_us));
+        // A cumulative drop still held for a judgement while the window moves past its first
+        // drop (a judgement slower than a whole window: a detector far behind): reported now,
+        // before the earliest drop known, rather than expired unreported.
+        let cutoff = newest.saturating_sub(window_us);
+        let mut out = Vec::new();
+        let mut held: Vec<u32> = Vec::new();
+        for e in self.window.entries.iter().take_while(|e| e.commit_us < cutoff) {
+            if e.counts.iter().any(|(k, _)| k.kind() == Kind::CumulativeDrop) && !held.contains(&e.db) {
+                held.push(e.db);
+            }
+        }
+        for held in held {
+            out.extend(self.window_report(held, drop_keys(held), window_us, false));
+        }
+        self.window.expire(cutoff);
         let touched: Vec<Key> = e.counts.iter().map(|(k, _)| k.clone()).collect();
         self.window.add(e);
+        out.extend(self.window_report(db, touched, window_us, true));
+        out
+    }
+
+    /// Reports each kind (deletes, updates, drops) of database `db` whose sums, among the
+    /// `touched` keys, cross a threshold: once, with the restore target before the first
+    /// transaction (by commit) of the window that touched what crossed, after which that
+    /// database's window of that kind starts afresh. A cumulative drop is held while a drop
+    /// of the database that committed before its first is still waiting for its judgement
+    /// (see [`Detector::resolve`]): reported now, its target would be after that drop
+    /// (`hold` false: not held).
+    fn window_report(&mut self, db: u32, touched: Vec<Key>, window_us: i64, hold: bool) -> Vec<Destruction> {
         let mut crossed: Vec<Key> = Vec::new();
         for k in touched {
             let n = self.window.sums.get(&k).copied().unwrap_or(0);
@@ -1096,31 +1191,52 @@ impl Detector {
         let mut out = Vec::new();
         for key in crossed {
             let kind = key.kind();
-            // One transaction's drops are its own finding already (DROP SCHEMA … CASCADE of
-            // fifty tables): a cumulative drop takes at least two.
-            let contributors = self
+            let mut mine = self
                 .window
                 .entries
                 .iter()
-                .filter(|e| e.db == db && e.counts.iter().any(|(k, _)| k.kind() == kind))
-                .count();
-            if kind == Kind::CumulativeDrop && contributors < 2 {
+                .filter(|e| e.db == db && e.counts.iter().any(|(k, _)| k.kind() == kind));
+            let Some(earliest) = mine.next().map(|e| e.commit_lsn) else { continue };
+            // One transaction's drops are its own finding already (DROP SCHEMA … CASCADE of
+            // fifty tables): a cumulative drop takes at least two.
+            if kind == Kind::CumulativeDrop && mine.next().is_none() {
+                continue;
+            }
+            let from_us = self.window.newest_us.saturating_sub(window_us);
+            if kind == Kind::CumulativeDrop
+                && hold
+                && let Some(j) = self
+                    .judging
+                    .iter()
+                    .find(|j| j.db == db && j.commit_lsn < earliest && j.commit_us >= from_us)
+            {
+                tracing::debug!(db, waiting_xid = j.xid, waiting_lsn = %j.commit_lsn, %earliest, "cumulative drop held for an earlier drop's judgement");
                 continue;
             }
             let entries = self.window.take(db, kind);
-            self.window.reported.insert((db, kind), now_us);
             let db_level = matches!(
                 key,
                 Key::DbDeleted(_) | Key::DbUpdated(_) | Key::DbDroppedBytes(_) | Key::DbDroppedTables(_)
             );
-            // The first transaction that contributed to what crossed.
-            let Some(first) = entries
-                .iter()
-                .find(|e| db_level || e.counts.iter().any(|(k, _)| *k == key))
-                .or(entries.first())
-            else {
+            // The first transaction (by commit) that contributed to what crossed; and the one
+            // that crossed, the last counted.
+            let (Some(first), Some(last)) = (
+                entries
+                    .iter()
+                    .find(|e| db_level || e.counts.iter().any(|(k, _)| *k == key))
+                    .or(entries.first()),
+                entries.last(),
+            ) else {
                 continue;
             };
+            let (xid, lsn, now_us) = (last.xid, last.commit_lsn, last.commit_us);
+            tracing::debug!(
+                db,
+                kind = kind.as_str(),
+                contributors = ?entries.iter().map(|e| (e.xid, e.commit_lsn.to_string(), e.commit_us)).collect::<Vec<_>>(),
+                "window finding: (xid, commit LSN, commit time) of each transaction counted"
+            );
+            self.window.reported.insert((db, kind), now_us);
             let mut deleted: HashMap<RelFileNode, u64> = HashMap::new();
             let mut updated: HashMap<RelFileNode, u64> = HashMap::new();
             let mut tenant_deleted: HashMap<(RelFileNode, String), u64> = HashMap::new();
@@ -1395,6 +1511,110 @@ mod tests {
         let c: Vec<&Destruction> = found.iter().filter(|f| f.kind == Kind::CumulativeDrop).collect();
         assert_eq!(c.len(), 1, "{kinds:?}");
         assert_eq!((c[0].restore_target, c[0].dropped.len()), (RestoreTarget::BeforeXid(4000), 4));
+    }
+
+    /// A drop judged against the catalog (a new file written: TRUNCATE of a table with an
+    /// index, or a rewrite?) is judged after later drops that were decided at their commit. The
+    /// cumulative drop must still restore to before the earliest drop by commit — whatever
+    /// order judgements arrive in — or restoring to it brings back only some of the tables.
+    #[test]
+    fn a_cumulative_drop_restores_before_its_earliest_drop_whatever_order_judgements_arrive_in() {
+        let t = Thresholds { window_seconds: 60, window_dropped_tables: 10, ..Default::default() };
+        let meta = |table_oid, relkind| RelMeta { table_oid, relkind };
+        let at = |s: i64| s * 1_000_000;
+        // xid `x` drops tables `tables` at commit `lsn`, `secs` in; `new`: also writes a new
+        // file of 50 pages, `rel(x * 100)`, so that its drops wait for the catalog.
+        let drop =
+            |d: &mut Detector, x: u32, lsn: u64, secs: i64, tables: std::ops::Range<u32>, new: bool| {
+                let files: Vec<RelFileNode> = tables.map(rel).collect();
+                d.set_relations(files.iter().map(|f| (*f, meta(f.rel, 'r'))));
+                d.seed(files.iter().map(|f| (*f, 100)));
+                d.feed(Lsn(lsn - 1), x, &RecordKind::Other);
+                if new {
+                    d.note_written(x, (0..50).map(|b| (rel(x * 100), b)));
+                }
+                let end = XactEnd { time: at(secs), ..end(files, vec![]) };
+                let mut found: Vec<Destruction> =
+                    d.feed(Lsn(lsn), x, &RecordKind::XactCommit(end)).into_iter().collect();
+                found.extend(d.take_queued());
+                found
+            };
+        let cumulative = |found: &[Destruction]| -> Vec<(RestoreTarget, u64, usize)> {
+            found
+                .iter()
+                .filter(|f| f.kind == Kind::CumulativeDrop)
+                .map(|f| (f.restore_target, f.transactions, f.dropped.len()))
+                .collect()
+        };
+        // (the first is a TRUNCATE rather than a rewrite, the third waits for the catalog too)
+        for (truncate, third_waits) in [(true, false), (false, false), (true, true)] {
+            // xid 10 TRUNCATEs a table (new index files: waits for the catalog); 11 drops a
+            // table, 12 a schema of 10 tables: 12 tables over 10, in three transactions.
+            let mut d = Detector::new(t);
+            let first = drop(&mut d, 10, 100, 1000, 16000..16001, true);
+            assert!(first[0].unresolved && first.len() == 1, "{first:#?}");
+            let mut found = drop(&mut d, 11, 200, 1001, 16001..16002, false);
+            let third = drop(&mut d, 12, 300, 1002, 16010..16020, third_waits);
+            let mut waiting = vec![first.into_iter().next().unwrap()];
+            if third_waits {
+                waiting.extend(third);
+            } else {
+                found.extend(third);
+            }
+            // The catalog is read: the new file is another table's (TRUNCATE: destruction) or
+            // the dropped table's own (a rewrite: not destruction). Judged in WAL order.
+            d.set_relations([(rel(1000), meta(if truncate { 99_999 } else { 16000 }, 'r'))]);
+            for w in waiting {
+                let judged = d.resolve(w);
+                found.extend(judged);
+                found.extend(d.take_queued());
+            }
+            assert_eq!(found.iter().any(|f| f.xid == 10), truncate, "{found:#?}");
+            let expected = if truncate {
+                // All three transactions, all 12 tables: before the first.
+                (RestoreTarget::BeforeXid(10), 3, 12)
+            } else {
+                (RestoreTarget::BeforeXid(11), 2, 11)
+            };
+            assert_eq!(cumulative(&found), vec![expected], "truncate: {truncate}: {found:#?}");
+            // After it, more drops are the same episode: no second cumulative drop.
+            let more = drop(&mut d, 13, 400, 1003, 16030..16032, false);
+            assert_eq!(cumulative(&more), vec![], "{more:#?}");
+        }
+        // A drop waiting for the catalog that committed *after* the window's first drop cannot
+        // move its target: the cumulative drop is not held for it.
+        let mut d = Detector::new(t);
+        let mut found = drop(&mut d, 20, 100, 1000, 17000..17001, false);
+        let waiting = drop(&mut d, 21, 200, 1001, 17001..17002, true);
+        found.extend(drop(&mut d, 22, 300, 1002, 17010..17020, false));
+        assert_eq!(cumulative(&found), vec![(RestoreTarget::BeforeXid(20), 2, 11)], "{found:#?}");
+        let late: Vec<Destruction> = waiting.into_iter().filter_map(|f| d.resolve(f)).collect();
+        assert_eq!(late.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![Kind::RelationsDropped]);
+        assert!(d.take_queued().is_empty(), "it joins the episode already raised");
+        // A drop judged late that committed longer than the window before the newest drop is not
+        // counted with them (the window is of commit time, not of judgement time).
+        let mut d = Detector::new(t);
+        let old = drop(&mut d, 30, 100, 1000, 18000..18001, true);
+        let mut found = drop(&mut d, 31, 200, 1100, 18001..18002, false);
+        found.extend(drop(&mut d, 32, 300, 1101, 18010..18019, false));
+        found.extend(old.into_iter().filter_map(|f| d.resolve(f)));
+        found.extend(d.take_queued());
+        assert_eq!(cumulative(&found), vec![], "10 tables in the window, not 11: {found:#?}");
+        // A judgement slower than a whole window (a detector far behind): the cumulative drop
+        // held for it is not lost when the window moves on — reported with what is known.
+        let mut d = Detector::new(t);
+        let slow = drop(&mut d, 40, 100, 1000, 19000..19001, true);
+        let mut found = drop(&mut d, 41, 200, 1001, 19001..19002, false);
+        found.extend(drop(&mut d, 42, 300, 1002, 19010..19020, false));
+        assert_eq!(cumulative(&found), vec![], "held for xid 40's judgement");
+        let later = XactEnd { time: at(1100), ..end(vec![], vec![]) };
+        d.feed(Lsn(399), 43, &RecordKind::HeapDelete { rel: Some(rel(19100)), block: Some(0) });
+        found.extend(d.feed(Lsn(400), 43, &RecordKind::XactCommit(later)));
+        found.extend(d.take_queued());
+        assert_eq!(cumulative(&found), vec![(RestoreTarget::BeforeXid(41), 2, 11)], "{found:#?}");
+        found.extend(slow.into_iter().filter_map(|f| d.resolve(f)));
+        found.extend(d.take_queued());
+        assert_eq!(cumulative(&found).len(), 1, "{found:#?}");
     }
 
     #[test]
