@@ -266,8 +266,13 @@ fn destruction_under_load_is_one_named_incident_each_alerted_in_seconds_and_undo
         };
         a.done = Some(Instant::now());
         // Time passes between acts on purpose: the load commits rows in between, so each undo
-        // is checked against a ledger of its own.
-        std::thread::sleep(Duration::from_millis(300));
+        // is checked against a ledger of its own. But the three drops go back to back: the
+        // TRUNCATE's drop waits for a catalog read (the table has an index: it could be a
+        // rewrite), so the drops after it are judged first, and the `cumulative_drop` must still
+        // restore to before the TRUNCATE (issue 15: it restored to before the DROP TABLE).
+        if !(a.sql.starts_with("TRUNCATE") || a.sql.starts_with("DROP TABLE")) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     assert!(acts[0].ledger.len() > 10, "the background load is running: {}", acts[0].ledger.len());
 
