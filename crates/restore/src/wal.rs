@@ -41,6 +41,12 @@ pub struct HelperConfig {
     /// "not yet" —, so the standby does not even hold WAL younger than its delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed_until: Option<PathBuf>,
+    /// A standby's staging directory: whole segments the vault has decrypted ahead of the feed
+    /// (written by the vault, named as PostgreSQL asks for them). A segment found there is
+    /// handed over from it — a local copy, cut at the feed limit like the vault's — instead of
+    /// a request to the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<PathBuf>,
 }
 
 /// Zeroes `bytes` (a whole segment file `file`) past `until`; `None` when the segment begins
@@ -141,6 +147,19 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
             }
             None => None,
         };
+        if let Some(staged) = cfg.stage.as_ref().and_then(|d| std::fs::read(d.join(file)).ok()) {
+            // Staged by the vault ahead of the feed: cut at the limit like the vault's copy,
+            // so the standby gets no more than it would from the vault.
+            let bytes = match until {
+                Some(u) => match cut_at(file, staged, u) {
+                    Some(b) => b,
+                    None => return Ok(Fetched::Absent),
+                },
+                None => staged,
+            };
+            write_atomically(dest, &bytes)?;
+            return Ok(Fetched::Delivered { bytes: bytes.len() as u64, prefetched: true });
+        }
         return match cfg.client()?.wal_file(&cfg.cluster, file).await {
             Ok((bytes, _valid)) => {
                 let bytes = match until {
@@ -336,5 +355,55 @@ mod tests {
             cut_at("00000002.history", b"1\t0/5000000\tx\n".to_vec(), pgfmt::Lsn(1)).unwrap().len(),
             14
         );
+    }
+
+    /// A warm standby's WAL staged ahead of the feed is never handed over past the feed: the
+    /// helper cuts a staged segment at the limit the vault writes, and answers "not yet" for
+    /// one that begins at or after it — without asking the vault (there is none here: a request
+    /// would fail, and a standby's failed request is "not yet", never a delivery).
+    #[tokio::test]
+    async fn staged_wal_is_never_handed_over_past_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stage, feed) = (dir.path().join("stage"), dir.path().join("feed"));
+        std::fs::create_dir(&stage).unwrap();
+        let seg = 16usize << 20;
+        let (s4, s5) = ("000000010000000000000004", "000000010000000000000005");
+        std::fs::write(stage.join(s4), vec![7u8; seg]).unwrap();
+        std::fs::write(stage.join(s5), vec![9u8; seg]).unwrap();
+        let cfg = HelperConfig {
+            url: "https://127.0.0.1:1".into(),
+            ca_pem: String::new(),
+            token: "t".into(),
+            cluster: "main".into(),
+            expected: Vec::new(),
+            spool: dir.path().join("spool"),
+            standby: true,
+            feed_until: Some(feed.clone()),
+            stage: Some(stage.clone()),
+        };
+        let dest = dir.path().join("RECOVERYXLOG");
+        // The feed inside segment 4: what lies before it, zeros after.
+        std::fs::write(&feed, "0/4000100\n").unwrap();
+        assert_eq!(
+            fetch(&cfg, s4, &dest).await.unwrap(),
+            Fetched::Delivered { bytes: seg as u64, prefetched: true }
+        );
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x100].iter().all(|b| *b == 7) && got[0x100..].iter().all(|b| *b == 0));
+        // Segment 5 is staged whole, but begins past the feed: nothing of it.
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(fetch(&cfg, s5, &dest).await.unwrap(), Fetched::Absent);
+        assert!(!dest.exists());
+        // Without a readable feed limit, nothing at all.
+        std::fs::write(&feed, "garbage").unwrap();
+        assert_eq!(fetch(&cfg, s4, &dest).await.unwrap(), Fetched::Absent);
+        assert!(!dest.exists());
+        // The feed raised past segment 4: all of it, and of 5 up to the new limit.
+        std::fs::write(&feed, "0/5000040\n").unwrap();
+        fetch(&cfg, s4, &dest).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap().iter().all(|b| *b == 7));
+        fetch(&cfg, s5, &dest).await.unwrap();
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x40].iter().all(|b| *b == 9) && got[0x40..].iter().all(|b| *b == 0));
     }
 }

@@ -48,6 +48,14 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// Settings the vault owns, included last from `postgresql.auto.conf` and rewritten whole.
 const SETTINGS_FILE: &str = "holdfast_standby.conf";
+/// Decrypted WAL staged ahead of the feed, for `restore_command` to copy instead of asking the
+/// vault (inside the data directory: the server's user reads it; plaintext WAL there is no
+/// more than the data directory itself holds).
+pub const STAGE_DIR: &str = "holdfast_wal_stage";
+/// At most this much WAL is staged ahead of the feed (64 segments of 16 MiB).
+const STAGE_MAX_BYTES: u64 = 1 << 30;
+/// How often the stager looks at the feed and the vault's WAL end.
+const STAGE_TICK: Duration = Duration::from_millis(250);
 /// What the vault remembers about the standby (next to its data: survives vault restarts).
 const STATE_FILE: &str = "holdfast_standby.json";
 /// The server's log.
@@ -208,6 +216,18 @@ impl Standbys {
 /// vault stops (a restarted vault takes them over): they are warm copies, not scratch.
 pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
     for sb in s.standbys.all.values() {
+        let (s2, sb2, mut shutdown2) = (s.clone(), sb.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = stage(&s2, &sb2).await {
+                    tracing::warn!(cluster = %sb2.cfg.cluster, error = %e, "standby: staging WAL ahead of the feed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(STAGE_TICK) => {}
+                    _ = shutdown2.changed() => return,
+                }
+            }
+        });
         let (s, sb, mut shutdown) = (s.clone(), sb.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
@@ -340,6 +360,7 @@ impl Standby {
             spool: self.data().join(restore::recovery::SPOOL_DIR),
             standby: true,
             feed_until: Some(self.data().join(FEED_FILE)),
+            stage: Some(self.data().join(STAGE_DIR)),
         };
         let path = self.data().join(restore::recovery::HELPER_CONFIG);
         write_private(&path, &serde_json::to_vec_pretty(&helper).unwrap_or_default())?;
@@ -542,6 +563,11 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     text += &format!("include = '{SETTINGS_FILE}'\n");
     std::fs::write(&auto, text).map_err(|e| format!("writing {}: {e}", auto.display()))?;
     sb.write_settings(Settings::Following)?;
+    // The restore's replay-only checkpoint distance is not for a standby that replays for
+    // good: it keeps the WAL it restored until a restartpoint, and restarts from the last one.
+    let replay = data.join(restore::recovery::REPLAY_CONFIG);
+    std::fs::write(&replay, "# Emptied by the holdfast vault: a warm standby checkpoints as the source's settings say.\n")
+        .map_err(|e| format!("writing {}: {e}", replay.display()))?;
     // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
     let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
     std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
@@ -741,6 +767,75 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
             (Some(_), None, _) => None,
         };
     });
+    Ok(())
+}
+
+/// Keeps the segments the standby will be fed next decrypted in its staging directory: every
+/// whole segment the vault holds from the one holding the feed on (at most
+/// [`STAGE_MAX_BYTES`]), so that when an incident raises the feed by `apply_delay`'s worth of
+/// WAL at once, `restore_command` copies local files instead of asking the vault for one
+/// segment after another (each a new process, a TLS connection and a decryption on the
+/// vault). Staging ahead of the feed hands PostgreSQL nothing: the helper cuts a staged
+/// segment at the feed exactly as it cuts the vault's copy. Segments behind the feed's are
+/// removed (a restarted standby asks the vault for them). Only segments the vault holds to
+/// their end are staged: their bytes never change.
+async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
+    let data = sb.data();
+    if !data.join("PG_VERSION").exists() || data.join(restore::INCOMPLETE_MARKER).exists() {
+        return Ok(());
+    }
+    let dir = data.join(STAGE_DIR);
+    if sb.load().promoted {
+        // Its restore_command is no longer used.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        return Ok(());
+    }
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&sb.cfg.cluster).ok()) else { return Ok(()) };
+    let (Some(feed), st) = (sb.feed(), rt.status()) else { return Ok(()) };
+    let (Some(tli), Some(durable), Some(seg)) = (st.timeline, st.durable_lsn, rt.inventory().segment_size)
+    else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        chown_to_server(&dir)?;
+    }
+    let first = feed.0 / seg;
+    for e in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let behind = match pgfmt::parse_segment_name(&name, seg) {
+            Ok((t, n)) => t.0 != tli || n < first,
+            // A write cut short (the vault stopped between writing and renaming).
+            Err(_) => true,
+        };
+        if behind {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let tli = pgfmt::TimelineId(tli);
+    for segno in first..first + (STAGE_MAX_BYTES / seg).max(1) {
+        if pgfmt::segment_start(segno + 1, seg) > durable {
+            break;
+        }
+        let name = pgfmt::segment_name(tli, segno, seg);
+        let path = dir.join(&name);
+        if path.exists() {
+            continue;
+        }
+        let bytes = match rt.wal_file(&name).await {
+            Ok((bytes, _)) => bytes,
+            // Not on this timeline (the segment in which it began is assembled by the vault;
+            // one before it is not): the helper asks the vault for what it needs.
+            Err(capture::CaptureError::NotFound(_)) => continue,
+            Err(e) => return Err(format!("reading {name}: {e}")),
+        };
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        chown_to_server(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    }
     Ok(())
 }
 
