@@ -35,7 +35,7 @@
 #      backup each, taken before the load, as their users would by schedule)
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/restore.md (report), bench-out/restore-sSCALE.json (raw, per size),
-# bench-out/restore-sSCALE-vault.log.
+# bench-out/restore-sSCALE-vault.log, and the servers' logs (restore-sSCALE-*-server.log).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -110,6 +110,7 @@ cleanup() {
   [ -f "$SB/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$SB" -m immediate -w stop >/dev/null 2>&1
   [ -f "$DATA/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
   [ -f "$W/vault.log" ] && cp "$W/vault.log" "$OUT/restore-s$SCALE-vault.log"
+  [ -f "$SB/holdfast_standby.log" ] && cp "$SB/holdfast_standby.log" "$OUT/restore-s$SCALE-standby-server.log"
   if [ -s "$RES" ]; then python3 "$PY" size-json "$RES" "$OUT/restore-s$SCALE.json" || log "could not write restore-s$SCALE.json"; fi
   if [ "$KEEP" = 1 ]; then log "kept $W"; else rm -rf "$W"; fi
 }
@@ -394,6 +395,10 @@ start_restored() {
 }
 stop_restored() {
   [ -f "$1/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1
+  # The restored server's log (where its time went: start, sync, redo, pause), kept in bench-out.
+  for l in "$1/holdfast_restore.log" "$W/pgtmp/$(basename "$1").log"; do
+    [ -f "$l" ] && cp "$l" "$OUT/restore-s$SCALE-$(basename "$1")-server.log"
+  done
   rm -rf "$1"
 }
 

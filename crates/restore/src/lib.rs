@@ -564,8 +564,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let waited = tokio::task::spawn_blocking(move || {
         s2.start_listening(tcp)?;
         if promote_here {
-            s2.wait_recovered(false, timeout)?;
-            s2.query(&format!("SELECT pg_promote(true, {})", timeout.as_secs().clamp(60, 3600)))?;
+            s2.promote_when_paused(timeout)?;
         }
         s2.wait_recovered(promote, timeout)
     })

@@ -194,6 +194,16 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
     // copy only ever grows.
     let spooled = cfg.spool.join(file);
     let served = cfg.spool.join(format!(".served-{file}"));
+    if !served.exists() {
+        // The prefetcher may be downloading it right now (the first segment, asked for as the
+        // server starts, always is): wait for that copy rather than fetch the same segment a
+        // second time, on the same cores.
+        let fetching = cfg.spool.join(format!(".fetching-{file}"));
+        let t0 = Instant::now();
+        while fetching.exists() && !spooled.exists() && t0.elapsed() < PREFETCH_WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if served.exists() {
         if std::fs::remove_file(&spooled).is_ok() {
             tracing::debug!(file, "dropped a spooled copy of a segment already served");
@@ -222,6 +232,15 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
     }
 }
 
+/// A file removed when dropped.
+struct Marker(PathBuf);
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Counters of the prefetcher.
 #[derive(Debug, Default)]
 pub struct PrefetchStats {
@@ -230,6 +249,10 @@ pub struct PrefetchStats {
     /// Microseconds spent fetching.
     pub busy_us: AtomicU64,
 }
+
+/// How long the helper waits for a segment the prefetcher is downloading before it fetches
+/// the segment itself.
+const PREFETCH_WAIT: Duration = Duration::from_secs(30);
 
 /// In the spool: the name of the segment PostgreSQL asked for last (written by the helper).
 const REQUESTED: &str = ".requested";
@@ -295,6 +318,9 @@ pub async fn prefetch(
                 (cfg.clone(), client.clone(), stats.clone(), cfg.expected[next].clone());
             inflight.spawn(async move {
                 let t0 = Instant::now();
+                // Tells the helper this segment is on its way (removed on every way out).
+                let marker = Marker(cfg.spool.join(format!(".fetching-{file}")));
+                let _ = std::fs::write(&marker.0, b"");
                 let bytes = from_vault(&client, &cfg.cluster, &file)
                     .await?
                     .ok_or_else(|| RestoreError::Refused(format!("the vault does not have {file}")))?;

@@ -835,6 +835,7 @@ async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
         std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         chown_to_server(&tmp)?;
         std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+        tracing::debug!(cluster = %sb.cfg.cluster, segment = %name, %feed, "standby: staged ahead of the feed");
     }
     Ok(())
 }
