@@ -34,7 +34,9 @@ fn setting_bytes(text: &str, name: &str) -> Option<u64> {
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         let Some(rest) = line.strip_prefix(name) else { continue };
-        let Some(v) = rest.trim_start().strip_prefix('=').or_else(|| rest.strip_prefix(' ')) else { continue };
+        let Some(v) = rest.trim_start().strip_prefix('=').or_else(|| rest.strip_prefix(' ')) else {
+            continue;
+        };
         let v = v.trim().trim_matches('\'').trim();
         let digits = v.len() - v.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         let Ok(n) = v[..digits].parse::<u64>() else { continue };
@@ -54,7 +56,14 @@ fn setting_bytes(text: &str, name: &str) -> Option<u64> {
 /// The host's memory, from `/proc/meminfo` (Linux; `None` elsewhere).
 fn host_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    let kb = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -156,7 +165,8 @@ pub fn write(
     let configured = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default() + &text;
     s += &host_settings(&configured, host_memory());
     let replay = data.join(REPLAY_CONFIG);
-    std::fs::write(&replay, REPLAY_SETTINGS).map_err(RestoreError::io(format!("writing {}", replay.display())))?;
+    std::fs::write(&replay, REPLAY_SETTINGS)
+        .map_err(RestoreError::io(format!("writing {}", replay.display())))?;
     s += &format!("include_if_exists = {}\n", quote(REPLAY_CONFIG));
     text += &s;
     std::fs::write(&auto, text).map_err(RestoreError::io(format!("writing {}", auto.display())))?;
@@ -178,7 +188,10 @@ mod tests {
         assert!(s.contains("shared_buffers = '6144MB'"), "{s}");
         assert!(s.contains("wal_decode_buffer_size = '4MB'") && s.contains("recovery_prefetch = 'on'"));
         // Production's own larger setting is kept (the last one wins, as in PostgreSQL).
-        let s = host_settings("shared_buffers = 1GB\n#shared_buffers = 1\nshared_buffers = '64GB'\n", Some(24 * gb));
+        let s = host_settings(
+            "shared_buffers = 1GB\n#shared_buffers = 1\nshared_buffers = '64GB'\n",
+            Some(24 * gb),
+        );
         assert!(!s.contains("shared_buffers"), "{s}");
         assert_eq!(setting_bytes("shared_buffers=16384", "shared_buffers"), Some(128 << 20));
         // A small host: at least PostgreSQL's default; an unknown one: left alone.

@@ -49,6 +49,38 @@ pub struct HelperConfig {
     pub stage: Option<PathBuf>,
 }
 
+/// The name of a staged copy of segment `file` of which the vault held only the part before
+/// `end` (the rest zeros): `<file>.partial.<end as 16 hex digits>`.
+pub fn partial_name(file: &str, end: pgfmt::Lsn) -> String {
+    format!("{file}.partial.{:016X}", end.0)
+}
+
+/// The segment name and end of a [`partial_name`].
+pub fn parse_partial(name: &str) -> Option<(&str, pgfmt::Lsn)> {
+    let (file, end) = name.split_once(".partial.")?;
+    (end.len() == 16).then(|| u64::from_str_radix(end, 16).ok()).flatten().map(|e| (file, pgfmt::Lsn(e)))
+}
+
+/// A standby's staged copy of `file`: the whole segment, or a partial one holding everything
+/// up to the feed limit `until` (the helper cuts it there).
+fn staged(dir: &Path, file: &str, until: Option<pgfmt::Lsn>) -> Option<Vec<u8>> {
+    if let Ok(bytes) = std::fs::read(dir.join(file)) {
+        return Some(bytes);
+    }
+    let until = until?;
+    let best = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            parse_partial(&name)
+                .filter(|(f, end)| *f == file && *end >= until)
+                .map(|(_, end)| (end, e.path()))
+        })
+        .max_by_key(|(end, _)| *end)?;
+    std::fs::read(best.1).ok()
+}
+
 /// Zeroes `bytes` (a whole segment file `file`) past `until`; `None` when the segment begins
 /// at or after it (nothing to hand over yet). History files are never cut.
 pub fn cut_at(file: &str, mut bytes: Vec<u8>, until: pgfmt::Lsn) -> Option<Vec<u8>> {
@@ -147,7 +179,7 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
             }
             None => None,
         };
-        if let Some(staged) = cfg.stage.as_ref().and_then(|d| std::fs::read(d.join(file)).ok()) {
+        if let Some(staged) = cfg.stage.as_ref().and_then(|d| staged(d, file, until)) {
             // Staged by the vault ahead of the feed: cut at the limit like the vault's copy,
             // so the standby gets no more than it would from the vault.
             let bytes = match until {
@@ -424,6 +456,22 @@ mod tests {
         std::fs::write(&feed, "garbage").unwrap();
         assert_eq!(fetch(&cfg, s4, &dest).await.unwrap(), Fetched::Absent);
         assert!(!dest.exists());
+        // A segment the vault held only in part is used only when it holds all up to the feed.
+        let s6 = "000000010000000000000006";
+        std::fs::write(stage.join(partial_name(s6, pgfmt::Lsn(0x0600_0100))), vec![5u8; seg]).unwrap();
+        std::fs::write(&feed, "0/6000080\n").unwrap();
+        fetch(&cfg, s6, &dest).await.unwrap();
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x80].iter().all(|b| *b == 5) && got[0x80..].iter().all(|b| *b == 0));
+        std::fs::remove_file(&dest).unwrap();
+        // Past its end it is not used: the helper turns to the vault (none here: no delivery).
+        std::fs::write(&feed, "0/6000200\n").unwrap();
+        assert!(!matches!(fetch(&cfg, s6, &dest).await, Ok(Fetched::Delivered { .. })));
+        assert!(!dest.exists());
+        assert_eq!(
+            parse_partial(&partial_name(s6, pgfmt::Lsn(0x0600_0100))),
+            Some((s6, pgfmt::Lsn(0x0600_0100)))
+        );
         // The feed raised past segment 4: all of it, and of 5 up to the new limit.
         std::fs::write(&feed, "0/5000040\n").unwrap();
         fetch(&cfg, s4, &dest).await.unwrap();

@@ -302,11 +302,13 @@ impl Standby {
             "# Written by the holdfast vault (vault::standby): rewritten whole, do not edit.\n\
              hot_standby = 'on'\n",
         );
-        // How soon it asks the vault again for the segment it is in (each time served whole:
-        // a 16 MiB decryption on the vault). Following, every quarter of the delay (1-5 s):
-        // later WAL is only ever later. Held at a stop, once a minute: nothing more comes until
-        // the vault raises the feed, and the reload that goes with that wakes it at once.
-        let retry = (self.cfg.apply_delay / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        // How soon it asks again for the segment it is in. Following, every second: the WAL is
+        // staged (the feed's own segment too, staged again once the feed passes the copy), so
+        // an ask is a local copy, and the standby trails the feed by at most that — every
+        // second more is WAL to replay at an incident. Held at a stop, once a minute: nothing
+        // more comes until the vault raises the feed, and the reload that goes with that wakes
+        // it at once.
+        let retry = Duration::from_secs(1);
         match mode {
             Settings::Following => {
                 s += &format!("wal_retrieve_retry_interval = '{}ms'\n", retry.as_millis());
@@ -566,8 +568,11 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     // The restore's replay-only checkpoint distance is not for a standby that replays for
     // good: it keeps the WAL it restored until a restartpoint, and restarts from the last one.
     let replay = data.join(restore::recovery::REPLAY_CONFIG);
-    std::fs::write(&replay, "# Emptied by the holdfast vault: a warm standby checkpoints as the source's settings say.\n")
-        .map_err(|e| format!("writing {}: {e}", replay.display()))?;
+    std::fs::write(
+        &replay,
+        "# Emptied by the holdfast vault: a warm standby checkpoints as the source's settings say.\n",
+    )
+    .map_err(|e| format!("writing {}: {e}", replay.display()))?;
     // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
     let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
     std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
@@ -803,23 +808,59 @@ async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
         chown_to_server(&dir)?;
     }
     let first = feed.0 / seg;
+    // The staged copy of the segment holding the feed while the vault holds only part of it
+    // (`<segment>.partial.<end LSN, 16 hex>`): the newest whose end reaches the feed is kept.
+    let mut partial: Option<(PathBuf, Lsn)> = None;
     for e in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let behind = match pgfmt::parse_segment_name(&name, seg) {
-            Ok((t, n)) => t.0 != tli || n < first,
-            // A write cut short (the vault stopped between writing and renaming).
-            Err(_) => true,
+        let (segment, end) = match restore::wal::parse_partial(&name) {
+            Some((segment, end)) => (segment, Some(end)),
+            None => (name.as_str(), None),
         };
-        if behind {
-            let _ = std::fs::remove_file(e.path());
+        let keep = match pgfmt::parse_segment_name(segment, seg) {
+            Ok((t, n)) => t.0 == tli && (n > first || (n == first && end.is_none_or(|e| e >= feed))),
+            // A write cut short (the vault stopped between writing and renaming).
+            Err(_) => false,
+        };
+        match end {
+            _ if !keep => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            // Two copies of the feed's segment: the one holding less goes.
+            Some(end) => match partial.take() {
+                Some((older, e0)) if e0 < end => {
+                    let _ = std::fs::remove_file(older);
+                    partial = Some((e.path(), end));
+                }
+                Some(newer) => {
+                    let _ = std::fs::remove_file(e.path());
+                    partial = Some(newer);
+                }
+                None => partial = Some((e.path(), end)),
+            },
+            None => {}
         }
     }
     let tli = pgfmt::TimelineId(tli);
     for segno in first..first + (STAGE_MAX_BYTES / seg).max(1) {
+        let name = pgfmt::segment_name(tli, segno, seg);
         if pgfmt::segment_start(segno + 1, seg) > durable {
+            // The vault holds part of it. Only the feed's own segment is worth staging so (the
+            // standby asks for it again and again while following a quiet database), and only
+            // once the feed has passed what the staged copy holds.
+            if segno == first && partial.is_none() && durable >= feed && !dir.join(&name).exists() {
+                let (bytes, valid) = match rt.wal_file(&name).await {
+                    Ok(got) => got,
+                    Err(capture::CaptureError::NotFound(_)) => break,
+                    Err(e) => return Err(format!("reading {name}: {e}")),
+                };
+                let end = Lsn(pgfmt::segment_start(segno, seg).0 + valid);
+                if end >= feed {
+                    put(&dir, &restore::wal::partial_name(&name, end), &bytes)?;
+                }
+            }
             break;
         }
-        let name = pgfmt::segment_name(tli, segno, seg);
         let path = dir.join(&name);
         if path.exists() {
             continue;
@@ -831,13 +872,19 @@ async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
             Err(capture::CaptureError::NotFound(_)) => continue,
             Err(e) => return Err(format!("reading {name}: {e}")),
         };
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        chown_to_server(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+        put(&dir, &name, &bytes)?;
         tracing::debug!(cluster = %sb.cfg.cluster, segment = %name, %feed, "standby: staged ahead of the feed");
     }
     Ok(())
+}
+
+/// Writes a staged file whole or not at all (temp file, owner, rename).
+fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    chown_to_server(&tmp)?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))
 }
 
 /// Stops the standby just before incident `n`'s target: pause now, then let it replay up to
