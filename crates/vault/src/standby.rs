@@ -54,6 +54,8 @@ const SETTINGS_FILE: &str = "holdfast_standby.conf";
 pub const STAGE_DIR: &str = "holdfast_wal_stage";
 /// At most this much WAL is staged ahead of the feed (64 segments of 16 MiB).
 const STAGE_MAX_BYTES: u64 = 1 << 30;
+/// The feed's segment, held by the vault only in part, is staged again at most this often.
+const PARTIAL_EVERY: Duration = Duration::from_secs(2);
 /// How often the stager looks at the feed and the vault's WAL end.
 const STAGE_TICK: Duration = Duration::from_millis(250);
 /// What the vault remembers about the standby (next to its data: survives vault restarts).
@@ -83,6 +85,8 @@ struct Standby {
     inner: tokio::sync::Mutex<Inner>,
     /// The last status, for status and metrics without waiting on `inner`.
     status: std::sync::Mutex<StandbyStatus>,
+    /// When the stager last staged the feed's segment in part (a whole-segment decryption).
+    partial_at: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -189,6 +193,7 @@ impl Standbys {
                     cfg: c.clone(),
                     inner: tokio::sync::Mutex::new(Inner::default()),
                     status: std::sync::Mutex::new(status),
+                    partial_at: std::sync::Mutex::new(None),
                 };
                 (c.cluster.clone(), Arc::new(sb))
             })
@@ -848,7 +853,15 @@ async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
             // The vault holds part of it. Only the feed's own segment is worth staging so (the
             // standby asks for it again and again while following a quiet database), and only
             // once the feed has passed what the staged copy holds.
-            if segno == first && partial.is_none() && durable >= feed && !dir.join(&name).exists() {
+            // At most every PARTIAL_EVERY: a slowly written segment would otherwise be
+            // decrypted again at each of the feed's small steps.
+            let due = sb
+                .partial_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| t.elapsed() >= PARTIAL_EVERY);
+            if due && segno == first && partial.is_none() && durable >= feed && !dir.join(&name).exists() {
+                *sb.partial_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 let (bytes, valid) = match rt.wal_file(&name).await {
                     Ok(got) => got,
                     Err(capture::CaptureError::NotFound(_)) => break,
