@@ -787,8 +787,9 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
 /// segment after another (each a new process, a TLS connection and a decryption on the
 /// vault). Staging ahead of the feed hands PostgreSQL nothing: the helper cuts a staged
 /// segment at the feed exactly as it cuts the vault's copy. Segments behind the feed's are
-/// removed (a restarted standby asks the vault for them). Only segments the vault holds to
-/// their end are staged: their bytes never change.
+/// removed (a restarted standby asks the vault for them). Segments the vault holds to their
+/// end are staged whole (their bytes never change); the feed's own segment, while the vault
+/// holds only part of it, as a partial copy named with its end, used only up to there.
 async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
     let data = sb.data();
     if !data.join("PG_VERSION").exists() || data.join(restore::INCOMPLETE_MARKER).exists() {
