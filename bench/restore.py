@@ -72,6 +72,18 @@ def cmd_watch_standby(url, ca, token, name, known, t0_file, timeout, out_json):
     return 0 if paused_at else 1
 
 
+def cmd_count_backups(url, ca, token, name):
+    """Prints how many complete base backups of cluster `name` the vault holds."""
+    v = Vault(url, ca, token)
+    conn = http.client.HTTPSConnection(v.host, v.port, context=v.ctx, timeout=30)
+    conn.request("GET", f"/v1/clusters/{name}/inventory", headers={"Authorization": f"Bearer {v.token}"})
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"inventory answered {resp.status}: {body[:300]!r}")
+    print(len(json.loads(body)["backups"]))
+
+
 def cmd_size_json(results, out_json):
     """One size's raw figures (the TSV of restore.sh) plus the rows the report reads."""
     r = load(results)
@@ -87,7 +99,8 @@ def cmd_size_json(results, out_json):
             "verified": g("standby_verified") == "yes",
         },
         "holdfast": {"rto_seconds": num(g("hf_rto")), "base_seconds": num((hf.get("base") or {}).get("seconds")),
-                     "replay_seconds": num(hf.get("replay_seconds")), "verified": g("hf_verified") == "yes"},
+                     "replay_seconds": num(hf.get("replay_seconds")), "verified": g("hf_verified") == "yes",
+                     "segments": hf.get("wal_segments_planned"), "prefetched": hf.get("wal_prefetched_segments")},
         "pgbackrest": {"rto_seconds": num(g("pbr_rto")), "base_seconds": num(g("pbr_base_seconds")),
                        "verified": g("pbr_verified") == "yes"},
         "pg_basebackup_cp": {"rto_seconds": num(g("pgbb_rto")), "base_seconds": num(g("pgbb_base_seconds")),
@@ -149,6 +162,11 @@ def cmd_report(out_md, invocation, *jsons):
         sec(r["rows"]["standby"]["promote_command_seconds"]) for r in runs) + " |")
     L.append("| holdfast cold restore (`restore --before-incident N --start --promote`), RTO s | " + " | ".join(
         cell(r["rows"]["holdfast"]) for r in runs) + " |")
+    L.append("| … holdfast: base data s / replay s / WAL segments replayed (prefetched) | " + " | ".join(
+        f"{sec(r['rows']['holdfast'].get('base_seconds'))} / {sec(r['rows']['holdfast'].get('replay_seconds'))} / "
+        f"{r['rows']['holdfast'].get('segments')} ({r['rows']['holdfast'].get('prefetched')})" for r in runs) + " |")
+    L.append("| … holdfast's `backup_wal_share`; its backups by the restore (pgBackRest, pg_basebackup: 1 each, before the load) | " + " | ".join(
+        f"{r.get('backup_wal_share', 'none')}; {r.get('hf_backups')}" for r in runs) + " |")
     L.append("| pgBackRest restore + start, RTO s | " + " | ".join(cell(r["rows"]["pgbackrest"]) for r in runs) + " |")
     L.append("| pg_basebackup copy `cp -a` + restore_command `cp`, RTO s | " + " | ".join(
         cell(r["rows"]["pg_basebackup_cp"]) for r in runs) + " |")
@@ -201,6 +219,7 @@ if __name__ == "__main__":
         "wait-durable": cmd_wait_durable,
         "watch-standby": cmd_watch_standby,
         "size-json": cmd_size_json,
+        "count-backups": cmd_count_backups,
         "report": cmd_report,
     }[cmd]
     sys.exit(fn(*args) or 0)

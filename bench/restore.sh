@@ -29,10 +29,13 @@
 # Env: SIZES="10 50" (pgbench scales; ~165 MB and ~790 MB; SCALE=N: one size) DURATION=60 (s of writes)
 #      CLIENTS=2 APPLY_DELAY=20s (the standby's delay; production would use minutes)
 #      SHOP_MERCHANTS=<100 x scale> (0: no shop) SHOP_RATE=100 (shop orders per second)
-#      BACKUP_WAL_SHARE= (the cluster's backup_wal_share; empty: backups on demand only)
+#      BACKUP_WAL_SHARE=0.5 (the cluster's backup_wal_share, as in the example vault.toml: the vault
+#      takes a base backup whenever the WAL since the newest exceeds that share of its size, also
+#      during the load; empty: backups on demand only. pgBackRest and pg_basebackup have one
+#      backup each, taken before the load, as their users would by schedule)
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/restore.md (report), bench-out/restore-sSCALE.json (raw, per size),
-# bench-out/restore-sSCALE-vault.log.
+# bench-out/restore-sSCALE-vault.log, and the servers' logs (restore-sSCALE-*-server.log).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -64,7 +67,7 @@ fi
 DURATION="${DURATION:-60}"
 CLIENTS="${CLIENTS:-2}"
 APPLY_DELAY="${APPLY_DELAY:-20s}"
-BACKUP_WAL_SHARE="${BACKUP_WAL_SHARE:-}"
+BACKUP_WAL_SHARE="${BACKUP_WAL_SHARE-0.5}"
 KEEP="${KEEP:-0}"
 SHOP_MERCHANTS="${SHOP_MERCHANTS:-$((SCALE * 100))}"
 SHOP_RATE="${SHOP_RATE:-100}"
@@ -107,6 +110,7 @@ cleanup() {
   [ -f "$SB/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$SB" -m immediate -w stop >/dev/null 2>&1
   [ -f "$DATA/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
   [ -f "$W/vault.log" ] && cp "$W/vault.log" "$OUT/restore-s$SCALE-vault.log"
+  [ -f "$SB/holdfast_standby.log" ] && cp "$SB/holdfast_standby.log" "$OUT/restore-s$SCALE-standby-server.log"
   if [ -s "$RES" ]; then python3 "$PY" size-json "$RES" "$OUT/restore-s$SCALE.json" || log "could not write restore-s$SCALE.json"; fi
   if [ "$KEEP" = 1 ]; then log "kept $W"; else rm -rf "$W"; fi
 }
@@ -126,6 +130,7 @@ rec scale "$SCALE"
 rec duration "$DURATION"
 rec clients "$CLIENTS"
 rec apply_delay "\"$APPLY_DELAY\""
+rec backup_wal_share "\"${BACKUP_WAL_SHARE:-none}\""
 rec filesystem "$(jstr "$(df -PT "$W" | awk 'NR==2 {print $1" "$2}')")"
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -390,9 +395,14 @@ start_restored() {
 }
 stop_restored() {
   [ -f "$1/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1
+  # The restored server's log (where its time went: start, sync, redo, pause), kept in bench-out.
+  for l in "$1/holdfast_restore.log" "$W/pgtmp/$(basename "$1").log"; do
+    [ -f "$l" ] && cp "$l" "$OUT/restore-s$SCALE-$(basename "$1")-server.log"
+  done
   rm -rf "$1"
 }
 
+rec hf_backups "$(python3 "$PY" count-backups "$URL" "$CA" "$W/read.token" bench 2>/dev/null || echo null)"
 if [ -n "$N" ]; then
   log "restore 1/3: holdfast restore --before-incident $N --start --promote"
   D="$RDIR/holdfast" P="$(free_port)"

@@ -433,6 +433,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
         spool: opts.target_dir.join(recovery::SPOOL_DIR),
         standby: false,
         feed_until: None,
+        stage: None,
     };
     // Base data, with progress.
     let shared = Arc::new(materialize::Progress::default());
@@ -563,8 +564,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     let waited = tokio::task::spawn_blocking(move || {
         s2.start_listening(tcp)?;
         if promote_here {
-            s2.wait_recovered(false, timeout)?;
-            s2.query(&format!("SELECT pg_promote(true, {})", timeout.as_secs().clamp(60, 3600)))?;
+            s2.promote_when_paused(timeout)?;
         }
         s2.wait_recovered(promote, timeout)
     })
@@ -579,6 +579,16 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     }
     report.replay_seconds = Some(t_replay.elapsed().as_secs_f64());
     report.ready_seconds = Some(t0.elapsed().as_secs_f64());
+    if promote {
+        // Replay is over: the promoted server checkpoints as the source's settings say again.
+        let replay = opts.target_dir.join(recovery::REPLAY_CONFIG);
+        std::fs::write(&replay, "# Emptied by holdfast restore once the server was promoted.\n")
+            .map_err(RestoreError::io(format!("writing {}", replay.display())))?;
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.query("SELECT pg_reload_conf()"))
+            .await
+            .map_err(|e| RestoreError::Postgres(e.to_string()))??;
+    }
     report.wal_prefetched_segments = stats.segments.load(std::sync::atomic::Ordering::Relaxed);
     report.wal_prefetched_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
     report.wal_fetch_seconds = stats.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;

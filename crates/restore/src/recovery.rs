@@ -22,6 +22,79 @@ pub const HELPER_CONFIG: &str = "holdfast_restore.json";
 /// Prefetched WAL waits here (same filesystem as `pg_wal`, so handing it over is a rename).
 pub const SPOOL_DIR: &str = "holdfast_spool";
 
+/// Settings for replay only (checkpoint distance), included from `postgresql.auto.conf` and
+/// emptied by `holdfast restore --start --promote` once the server is promoted: a production
+/// server keeps its own checkpoint settings (how long its crash recovery may take).
+pub const REPLAY_CONFIG: &str = "holdfast_replay.conf";
+
+/// The last uncommented value of `name` in a postgresql.conf text, in bytes (`shared_buffers`
+/// style: a number of 8 kB pages, or with a unit).
+fn setting_bytes(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(v) = rest.trim_start().strip_prefix('=').or_else(|| rest.strip_prefix(' ')) else {
+            continue;
+        };
+        let v = v.trim().trim_matches('\'').trim();
+        let digits = v.len() - v.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let Ok(n) = v[..digits].parse::<u64>() else { continue };
+        let unit = match v[digits..].trim() {
+            "" => 8192,
+            "kB" => 1 << 10,
+            "MB" => 1 << 20,
+            "GB" => 1 << 30,
+            "TB" => 1 << 40,
+            _ => continue,
+        };
+        found = Some(n.saturating_mul(unit));
+    }
+    found
+}
+
+/// The host's memory, from `/proc/meminfo` (Linux; `None` elsewhere).
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Recovery settings sized to the restore host, for replay speed (lines for
+/// `postgresql.auto.conf`). `configured`: the data directory's own configuration text, whose
+/// `shared_buffers` is kept when larger (production's operator sized it for its host).
+///
+/// Replay is one process applying records in order; what it waits on is reading the pages
+/// records touch. So: a buffer cache of a quarter of the host's memory (at most 16 GB; the
+/// page cache keeps the rest) instead of the 128 MB default, WAL decoded further ahead
+/// (`wal_decode_buffer_size`) and the pages it names read ahead with more I/O in flight
+/// (`recovery_prefetch`, `maintenance_io_concurrency`).
+pub fn host_settings(configured: &str, memory: Option<u64>) -> String {
+    let mut s = String::from("# Sized to this host for replay (holdfast restore).\n");
+    if let Some(mem) = memory {
+        let share = (mem / 4).clamp(128 << 20, 16 << 30);
+        if setting_bytes(configured, "shared_buffers").is_none_or(|b| b < share) {
+            s += &format!("shared_buffers = '{}MB'\n", share >> 20);
+        }
+    }
+    s += "recovery_prefetch = 'on'\nmaintenance_io_concurrency = 64\nwal_decode_buffer_size = '4MB'\n";
+    s
+}
+
+/// What [`REPLAY_CONFIG`] holds while replaying: restartpoints (the standby's, a restore's)
+/// only when the WAL since the last one exceeds 16 GB or after an hour, not every 5 minutes or
+/// 1 GB — each writes every page replay dirtied. A crash during a restore means restoring
+/// again anyway.
+pub const REPLAY_SETTINGS: &str = "# Replay only: emptied once the server is promoted (holdfast restore).\n\
+checkpoint_timeout = '1h'\nmax_wal_size = '16GB'\n";
+
 /// Quotes a value for postgresql.conf.
 fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
@@ -89,6 +162,12 @@ pub fn write(
     s += "recovery_init_sync_method = 'syncfs'\n";
     let auto = data.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    let configured = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default() + &text;
+    s += &host_settings(&configured, host_memory());
+    let replay = data.join(REPLAY_CONFIG);
+    std::fs::write(&replay, REPLAY_SETTINGS)
+        .map_err(RestoreError::io(format!("writing {}", replay.display())))?;
+    s += &format!("include_if_exists = {}\n", quote(REPLAY_CONFIG));
     text += &s;
     std::fs::write(&auto, text).map_err(RestoreError::io(format!("writing {}", auto.display())))?;
     let signal = data.join("recovery.signal");
@@ -101,6 +180,25 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_settings_are_sized_to_the_host_and_keep_a_larger_shared_buffers() {
+        let gb = 1u64 << 30;
+        let s = host_settings("shared_buffers = 128MB\t# min 128kB\n", Some(24 * gb));
+        assert!(s.contains("shared_buffers = '6144MB'"), "{s}");
+        assert!(s.contains("wal_decode_buffer_size = '4MB'") && s.contains("recovery_prefetch = 'on'"));
+        // Production's own larger setting is kept (the last one wins, as in PostgreSQL).
+        let s = host_settings(
+            "shared_buffers = 1GB\n#shared_buffers = 1\nshared_buffers = '64GB'\n",
+            Some(24 * gb),
+        );
+        assert!(!s.contains("shared_buffers"), "{s}");
+        assert_eq!(setting_bytes("shared_buffers=16384", "shared_buffers"), Some(128 << 20));
+        // A small host: at least PostgreSQL's default; an unknown one: left alone.
+        assert!(host_settings("", Some(gb)).contains("shared_buffers = '256MB'"));
+        assert!(!host_settings("", None).contains("shared_buffers"));
+        assert_eq!(setting_bytes("shared_buffers_x = 1GB", "shared_buffers"), None);
+    }
 
     #[test]
     fn quoting() {

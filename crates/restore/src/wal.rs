@@ -41,6 +41,44 @@ pub struct HelperConfig {
     /// "not yet" —, so the standby does not even hold WAL younger than its delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed_until: Option<PathBuf>,
+    /// A standby's staging directory: whole segments the vault has decrypted ahead of the feed
+    /// (written by the vault, named as PostgreSQL asks for them). A segment found there is
+    /// handed over from it — a local copy, cut at the feed limit like the vault's — instead of
+    /// a request to the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<PathBuf>,
+}
+
+/// The name of a staged copy of segment `file` of which the vault held only the part before
+/// `end` (the rest zeros): `<file>.partial.<end as 16 hex digits>`.
+pub fn partial_name(file: &str, end: pgfmt::Lsn) -> String {
+    format!("{file}.partial.{:016X}", end.0)
+}
+
+/// The segment name and end of a [`partial_name`].
+pub fn parse_partial(name: &str) -> Option<(&str, pgfmt::Lsn)> {
+    let (file, end) = name.split_once(".partial.")?;
+    (end.len() == 16).then(|| u64::from_str_radix(end, 16).ok()).flatten().map(|e| (file, pgfmt::Lsn(e)))
+}
+
+/// A standby's staged copy of `file`: the whole segment, or a partial one holding everything
+/// up to the feed limit `until` (the helper cuts it there).
+fn staged(dir: &Path, file: &str, until: Option<pgfmt::Lsn>) -> Option<Vec<u8>> {
+    if let Ok(bytes) = std::fs::read(dir.join(file)) {
+        return Some(bytes);
+    }
+    let until = until?;
+    let best = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            parse_partial(&name)
+                .filter(|(f, end)| *f == file && *end >= until)
+                .map(|(_, end)| (end, e.path()))
+        })
+        .max_by_key(|(end, _)| *end)?;
+    std::fs::read(best.1).ok()
 }
 
 /// Zeroes `bytes` (a whole segment file `file`) past `until`; `None` when the segment begins
@@ -141,6 +179,19 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
             }
             None => None,
         };
+        if let Some(staged) = cfg.stage.as_ref().and_then(|d| staged(d, file, until)) {
+            // Staged by the vault ahead of the feed: cut at the limit like the vault's copy,
+            // so the standby gets no more than it would from the vault.
+            let bytes = match until {
+                Some(u) => match cut_at(file, staged, u) {
+                    Some(b) => b,
+                    None => return Ok(Fetched::Absent),
+                },
+                None => staged,
+            };
+            write_atomically(dest, &bytes)?;
+            return Ok(Fetched::Delivered { bytes: bytes.len() as u64, prefetched: true });
+        }
         return match cfg.client()?.wal_file(&cfg.cluster, file).await {
             Ok((bytes, _valid)) => {
                 let bytes = match until {
@@ -175,6 +226,16 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
     // copy only ever grows.
     let spooled = cfg.spool.join(file);
     let served = cfg.spool.join(format!(".served-{file}"));
+    if !served.exists() {
+        // The prefetcher may be downloading it right now (the first segment, asked for as the
+        // server starts, always is): wait for that copy rather than fetch the same segment a
+        // second time, on the same cores.
+        let fetching = cfg.spool.join(format!(".fetching-{file}"));
+        let t0 = Instant::now();
+        while fetching.exists() && !spooled.exists() && t0.elapsed() < PREFETCH_WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if served.exists() {
         if std::fs::remove_file(&spooled).is_ok() {
             tracing::debug!(file, "dropped a spooled copy of a segment already served");
@@ -203,6 +264,15 @@ pub async fn fetch(cfg: &HelperConfig, file: &str, dest: &Path) -> Result<Fetche
     }
 }
 
+/// A file removed when dropped.
+struct Marker(PathBuf);
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Counters of the prefetcher.
 #[derive(Debug, Default)]
 pub struct PrefetchStats {
@@ -211,6 +281,10 @@ pub struct PrefetchStats {
     /// Microseconds spent fetching.
     pub busy_us: AtomicU64,
 }
+
+/// How long the helper waits for a segment the prefetcher is downloading before it fetches
+/// the segment itself.
+const PREFETCH_WAIT: Duration = Duration::from_secs(30);
 
 /// In the spool: the name of the segment PostgreSQL asked for last (written by the helper).
 const REQUESTED: &str = ".requested";
@@ -276,6 +350,9 @@ pub async fn prefetch(
                 (cfg.clone(), client.clone(), stats.clone(), cfg.expected[next].clone());
             inflight.spawn(async move {
                 let t0 = Instant::now();
+                // Tells the helper this segment is on its way (removed on every way out).
+                let marker = Marker(cfg.spool.join(format!(".fetching-{file}")));
+                let _ = std::fs::write(&marker.0, b"");
                 let bytes = from_vault(&client, &cfg.cluster, &file)
                     .await?
                     .ok_or_else(|| RestoreError::Refused(format!("the vault does not have {file}")))?;
@@ -336,5 +413,71 @@ mod tests {
             cut_at("00000002.history", b"1\t0/5000000\tx\n".to_vec(), pgfmt::Lsn(1)).unwrap().len(),
             14
         );
+    }
+
+    /// A warm standby's WAL staged ahead of the feed is never handed over past the feed: the
+    /// helper cuts a staged segment at the limit the vault writes, and answers "not yet" for
+    /// one that begins at or after it — without asking the vault (there is none here: a request
+    /// would fail, and a standby's failed request is "not yet", never a delivery).
+    #[tokio::test]
+    async fn staged_wal_is_never_handed_over_past_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stage, feed) = (dir.path().join("stage"), dir.path().join("feed"));
+        std::fs::create_dir(&stage).unwrap();
+        let seg = 16usize << 20;
+        let (s4, s5) = ("000000010000000000000004", "000000010000000000000005");
+        std::fs::write(stage.join(s4), vec![7u8; seg]).unwrap();
+        std::fs::write(stage.join(s5), vec![9u8; seg]).unwrap();
+        let cfg = HelperConfig {
+            url: "https://127.0.0.1:1".into(),
+            ca_pem: String::new(),
+            token: "t".into(),
+            cluster: "main".into(),
+            expected: Vec::new(),
+            spool: dir.path().join("spool"),
+            standby: true,
+            feed_until: Some(feed.clone()),
+            stage: Some(stage.clone()),
+        };
+        let dest = dir.path().join("RECOVERYXLOG");
+        // The feed inside segment 4: what lies before it, zeros after.
+        std::fs::write(&feed, "0/4000100\n").unwrap();
+        assert_eq!(
+            fetch(&cfg, s4, &dest).await.unwrap(),
+            Fetched::Delivered { bytes: seg as u64, prefetched: true }
+        );
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x100].iter().all(|b| *b == 7) && got[0x100..].iter().all(|b| *b == 0));
+        // Segment 5 is staged whole, but begins past the feed: nothing of it.
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(fetch(&cfg, s5, &dest).await.unwrap(), Fetched::Absent);
+        assert!(!dest.exists());
+        // Without a readable feed limit, nothing at all.
+        std::fs::write(&feed, "garbage").unwrap();
+        assert_eq!(fetch(&cfg, s4, &dest).await.unwrap(), Fetched::Absent);
+        assert!(!dest.exists());
+        // A segment the vault held only in part is used only when it holds all up to the feed.
+        let s6 = "000000010000000000000006";
+        std::fs::write(stage.join(partial_name(s6, pgfmt::Lsn(0x0600_0100))), vec![5u8; seg]).unwrap();
+        std::fs::write(&feed, "0/6000080\n").unwrap();
+        fetch(&cfg, s6, &dest).await.unwrap();
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x80].iter().all(|b| *b == 5) && got[0x80..].iter().all(|b| *b == 0));
+        std::fs::remove_file(&dest).unwrap();
+        // Past its end it is not used: the helper turns to the vault (none here: no delivery).
+        std::fs::write(&feed, "0/6000200\n").unwrap();
+        assert!(!matches!(fetch(&cfg, s6, &dest).await, Ok(Fetched::Delivered { .. })));
+        assert!(!dest.exists());
+        assert_eq!(
+            parse_partial(&partial_name(s6, pgfmt::Lsn(0x0600_0100))),
+            Some((s6, pgfmt::Lsn(0x0600_0100)))
+        );
+        // The feed raised past segment 4: all of it, and of 5 up to the new limit.
+        std::fs::write(&feed, "0/5000040\n").unwrap();
+        fetch(&cfg, s4, &dest).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap().iter().all(|b| *b == 7));
+        fetch(&cfg, s5, &dest).await.unwrap();
+        let got = std::fs::read(&dest).unwrap();
+        assert!(got[..0x40].iter().all(|b| *b == 9) && got[0x40..].iter().all(|b| *b == 0));
     }
 }

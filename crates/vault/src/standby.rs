@@ -48,6 +48,16 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// Settings the vault owns, included last from `postgresql.auto.conf` and rewritten whole.
 const SETTINGS_FILE: &str = "holdfast_standby.conf";
+/// Decrypted WAL staged ahead of the feed, for `restore_command` to copy instead of asking the
+/// vault (inside the data directory: the server's user reads it; plaintext WAL there is no
+/// more than the data directory itself holds).
+pub const STAGE_DIR: &str = "holdfast_wal_stage";
+/// At most this much WAL is staged ahead of the feed (64 segments of 16 MiB).
+const STAGE_MAX_BYTES: u64 = 1 << 30;
+/// The feed's segment, held by the vault only in part, is staged again at most this often.
+const PARTIAL_EVERY: Duration = Duration::from_secs(2);
+/// How often the stager looks at the feed and the vault's WAL end.
+const STAGE_TICK: Duration = Duration::from_millis(250);
 /// What the vault remembers about the standby (next to its data: survives vault restarts).
 const STATE_FILE: &str = "holdfast_standby.json";
 /// The server's log.
@@ -75,6 +85,8 @@ struct Standby {
     inner: tokio::sync::Mutex<Inner>,
     /// The last status, for status and metrics without waiting on `inner`.
     status: std::sync::Mutex<StandbyStatus>,
+    /// When the stager last staged the feed's segment in part (a whole-segment decryption).
+    partial_at: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -181,6 +193,7 @@ impl Standbys {
                     cfg: c.clone(),
                     inner: tokio::sync::Mutex::new(Inner::default()),
                     status: std::sync::Mutex::new(status),
+                    partial_at: std::sync::Mutex::new(None),
                 };
                 (c.cluster.clone(), Arc::new(sb))
             })
@@ -208,6 +221,18 @@ impl Standbys {
 /// vault stops (a restarted vault takes them over): they are warm copies, not scratch.
 pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
     for sb in s.standbys.all.values() {
+        let (s2, sb2, mut shutdown2) = (s.clone(), sb.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = stage(&s2, &sb2).await {
+                    tracing::warn!(cluster = %sb2.cfg.cluster, error = %e, "standby: staging WAL ahead of the feed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(STAGE_TICK) => {}
+                    _ = shutdown2.changed() => return,
+                }
+            }
+        });
         let (s, sb, mut shutdown) = (s.clone(), sb.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
@@ -282,11 +307,13 @@ impl Standby {
             "# Written by the holdfast vault (vault::standby): rewritten whole, do not edit.\n\
              hot_standby = 'on'\n",
         );
-        // How soon it asks the vault again for the segment it is in (each time served whole:
-        // a 16 MiB decryption on the vault). Following, every quarter of the delay (1-5 s):
-        // later WAL is only ever later. Held at a stop, once a minute: nothing more comes until
-        // the vault raises the feed, and the reload that goes with that wakes it at once.
-        let retry = (self.cfg.apply_delay / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        // How soon it asks again for the segment it is in. Following, every second: the WAL is
+        // staged (the feed's own segment too, staged again once the feed passes the copy), so
+        // an ask is a local copy, and the standby trails the feed by at most that — every
+        // second more is WAL to replay at an incident. Held at a stop, once a minute: nothing
+        // more comes until the vault raises the feed, and the reload that goes with that wakes
+        // it at once.
+        let retry = Duration::from_secs(1);
         match mode {
             Settings::Following => {
                 s += &format!("wal_retrieve_retry_interval = '{}ms'\n", retry.as_millis());
@@ -340,6 +367,7 @@ impl Standby {
             spool: self.data().join(restore::recovery::SPOOL_DIR),
             standby: true,
             feed_until: Some(self.data().join(FEED_FILE)),
+            stage: Some(self.data().join(STAGE_DIR)),
         };
         let path = self.data().join(restore::recovery::HELPER_CONFIG);
         write_private(&path, &serde_json::to_vec_pretty(&helper).unwrap_or_default())?;
@@ -542,6 +570,14 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     text += &format!("include = '{SETTINGS_FILE}'\n");
     std::fs::write(&auto, text).map_err(|e| format!("writing {}: {e}", auto.display()))?;
     sb.write_settings(Settings::Following)?;
+    // The restore's replay-only checkpoint distance is not for a standby that replays for
+    // good: it keeps the WAL it restored until a restartpoint, and restarts from the last one.
+    let replay = data.join(restore::recovery::REPLAY_CONFIG);
+    std::fs::write(
+        &replay,
+        "# Emptied by the holdfast vault: a warm standby checkpoints as the source's settings say.\n",
+    )
+    .map_err(|e| format!("writing {}: {e}", replay.display()))?;
     // WAL up to the backup's end at once (to be consistent); later WAL once `apply_delay` old.
     let stop: Lsn = report.backup_stop_lsn.parse().map_err(|e| format!("the backup's stop LSN: {e}"))?;
     std::fs::write(data.join(FEED_FILE), format!("{stop}\n"))
@@ -742,6 +778,127 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         };
     });
     Ok(())
+}
+
+/// Keeps the segments the standby will be fed next decrypted in its staging directory: every
+/// whole segment the vault holds from the one holding the feed on (at most
+/// [`STAGE_MAX_BYTES`]), so that when an incident raises the feed by `apply_delay`'s worth of
+/// WAL at once, `restore_command` copies local files instead of asking the vault for one
+/// segment after another (each a new process, a TLS connection and a decryption on the
+/// vault). Staging ahead of the feed hands PostgreSQL nothing: the helper cuts a staged
+/// segment at the feed exactly as it cuts the vault's copy. Segments behind the feed's are
+/// removed (a restarted standby asks the vault for them). Segments the vault holds to their
+/// end are staged whole (their bytes never change); the feed's own segment, while the vault
+/// holds only part of it, as a partial copy named with its end, used only up to there.
+async fn stage(s: &Shared, sb: &Standby) -> Result<(), String> {
+    let data = sb.data();
+    if !data.join("PG_VERSION").exists() || data.join(restore::INCOMPLETE_MARKER).exists() {
+        return Ok(());
+    }
+    let dir = data.join(STAGE_DIR);
+    if sb.load().promoted {
+        // Its restore_command is no longer used.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        return Ok(());
+    }
+    let Some(rt) = s.collector.get().and_then(|c| c.cluster(&sb.cfg.cluster).ok()) else { return Ok(()) };
+    let (Some(feed), st) = (sb.feed(), rt.status()) else { return Ok(()) };
+    let (Some(tli), Some(durable), Some(seg)) = (st.timeline, st.durable_lsn, rt.inventory().segment_size)
+    else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        chown_to_server(&dir)?;
+    }
+    let first = feed.0 / seg;
+    // The staged copy of the segment holding the feed while the vault holds only part of it
+    // (`<segment>.partial.<end LSN, 16 hex>`): the newest whose end reaches the feed is kept.
+    let mut partial: Option<(PathBuf, Lsn)> = None;
+    for e in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (segment, end) = match restore::wal::parse_partial(&name) {
+            Some((segment, end)) => (segment, Some(end)),
+            None => (name.as_str(), None),
+        };
+        let keep = match pgfmt::parse_segment_name(segment, seg) {
+            Ok((t, n)) => t.0 == tli && (n > first || (n == first && end.is_none_or(|e| e >= feed))),
+            // A write cut short (the vault stopped between writing and renaming).
+            Err(_) => false,
+        };
+        match end {
+            _ if !keep => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            // Two copies of the feed's segment: the one holding less goes.
+            Some(end) => match partial.take() {
+                Some((older, e0)) if e0 < end => {
+                    let _ = std::fs::remove_file(older);
+                    partial = Some((e.path(), end));
+                }
+                Some(newer) => {
+                    let _ = std::fs::remove_file(e.path());
+                    partial = Some(newer);
+                }
+                None => partial = Some((e.path(), end)),
+            },
+            None => {}
+        }
+    }
+    let tli = pgfmt::TimelineId(tli);
+    for segno in first..first + (STAGE_MAX_BYTES / seg).max(1) {
+        let name = pgfmt::segment_name(tli, segno, seg);
+        if pgfmt::segment_start(segno + 1, seg) > durable {
+            // The vault holds part of it. Only the feed's own segment is worth staging so (the
+            // standby asks for it again and again while following a quiet database), and only
+            // once the feed has passed what the staged copy holds.
+            // At most every PARTIAL_EVERY: a slowly written segment would otherwise be
+            // decrypted again at each of the feed's small steps.
+            let due = sb
+                .partial_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| t.elapsed() >= PARTIAL_EVERY);
+            if due && segno == first && partial.is_none() && durable >= feed && !dir.join(&name).exists() {
+                *sb.partial_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                let (bytes, valid) = match rt.wal_file(&name).await {
+                    Ok(got) => got,
+                    Err(capture::CaptureError::NotFound(_)) => break,
+                    Err(e) => return Err(format!("reading {name}: {e}")),
+                };
+                let end = Lsn(pgfmt::segment_start(segno, seg).0 + valid);
+                if end >= feed {
+                    put(&dir, &restore::wal::partial_name(&name, end), &bytes)?;
+                }
+            }
+            break;
+        }
+        let path = dir.join(&name);
+        if path.exists() {
+            continue;
+        }
+        let bytes = match rt.wal_file(&name).await {
+            Ok((bytes, _)) => bytes,
+            // Not on this timeline (the segment in which it began is assembled by the vault;
+            // one before it is not): the helper asks the vault for what it needs.
+            Err(capture::CaptureError::NotFound(_)) => continue,
+            Err(e) => return Err(format!("reading {name}: {e}")),
+        };
+        put(&dir, &name, &bytes)?;
+        tracing::debug!(cluster = %sb.cfg.cluster, segment = %name, %feed, "standby: staged ahead of the feed");
+    }
+    Ok(())
+}
+
+/// Writes a staged file whole or not at all (temp file, owner, rename).
+fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    chown_to_server(&tmp)?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))
 }
 
 /// Stops the standby just before incident `n`'s target: pause now, then let it replay up to
