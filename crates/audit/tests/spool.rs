@@ -359,7 +359,7 @@ fn pre_zeroed_segments_and_their_zeros_are_no_torn_write() {
     while count_segments() < 2 {
         n += 1;
         log.append_blocking(event(n, 400)).unwrap();
-        if n * 500 > opts.segment_bytes / 2 {
+        if log.status().pending_bytes * 2 >= opts.segment_bytes {
             while !dir.path().join("next-segment.tmp").exists() && count_segments() < 2 {
                 assert!(Instant::now() < deadline, "no spare segment prepared");
                 std::thread::sleep(Duration::from_millis(5));
