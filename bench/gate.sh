@@ -19,6 +19,8 @@
 #      goes to bench-out/gate-profile.txt)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
 #      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
+#      The gate inherits the environment: HOLDFAST_RUNTIME=current (one thread) or
+#      TOKIO_WORKER_THREADS=N try other runtimes than the default (one worker per core).
 # Writes bench-out/gate.md.
 set -euo pipefail
 

@@ -433,7 +433,11 @@ impl<'a> Session<'a> {
     /// Appends a record durably. A `statement` record carries the outcomes of the statements
     /// before it that are not yet in the log (`done`); before any other record they are
     /// written as `statement_done` records of their own, so the log keeps the session's order.
-    async fn audit(&mut self, kind: EventKind, mut detail: serde_json::Value) -> Result<(), audit::AuditError> {
+    async fn audit(
+        &mut self,
+        kind: EventKind,
+        mut detail: serde_json::Value,
+    ) -> Result<(), audit::AuditError> {
         let folded = if kind == EventKind::Statement
             && !self.outcomes.is_empty()
             && self.outcomes.len() <= MAX_FOLDED
