@@ -14,10 +14,13 @@
 #      PgBouncer and direct stay plain, so the TLS cost shows separately) KEEP=0
 #      TASKSET=0 (1: the proxy pinned to core 0, PostgreSQL and pgbench to core 1 — how far
 #      from direct a proxy is when it has a core of its own)
-#      PROFILE=0 (1: `perf record -g` of the gate during its TPC-B simple run; the top of
-#      `perf report` goes to bench-out/gate-profile.txt)
+#      PROFILE=0 (1: `perf record -g` of the gate during its PROFILE_WORKLOAD run, default tpcb
+#      (TPC-B simple; or select, select-prepared, tpcb-prepared); the top of `perf report`
+#      goes to bench-out/gate-profile.txt)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
 #      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
+#      The gate inherits the environment: HOLDFAST_RUNTIME=current (one thread) or
+#      TOKIO_WORKER_THREADS=N try other runtimes than the default (one worker per core).
 # Writes bench-out/gate.md.
 set -euo pipefail
 
@@ -30,6 +33,7 @@ TLS="${TLS:-0}"
 KEEP="${KEEP:-0}"
 TASKSET="${TASKSET:-0}"
 PROFILE="${PROFILE:-0}"
+PROFILE_WORKLOAD="${PROFILE_WORKLOAD:-tpcb}"
 WORKLOADS="${WORKLOADS:-select tpcb select-prepared tpcb-prepared}"
 OUT="$ROOT/bench-out"
 mkdir -p "$OUT"
@@ -157,7 +161,7 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   log "  $mode via $name"
   local before perf_pid=""
   before="$(cpu_ticks "$pid")"
-  if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = tpcb ]; then
+  if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = "$PROFILE_WORKLOAD" ]; then
     perf record -g -o "$W/perf.data" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
@@ -170,7 +174,7 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
     wait "$perf_pid" || true
     perf report -i "$W/perf.data" --stdio --no-children --percent-limit 0.5 -g none 2>/dev/null \
       | grep -v '^$' | head -80 > "$OUT/gate-profile.txt" || true
-    log "  profile of the gate (TPC-B simple): $OUT/gate-profile.txt"
+    log "  profile of the gate ($mode): $OUT/gate-profile.txt"
   fi
   python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" >> "$W/results.tsv" <<'PY'
 import glob, re, sys

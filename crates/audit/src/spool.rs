@@ -8,7 +8,8 @@
 //! - `shipped.json` — seq, hash and time of the last record the vault acknowledged (replaced
 //!   atomically; being behind only means a batch is sent twice, which `verify` accepts);
 //! - `gate` — the gate id the chain is shipped under (a chain never changes gates);
-//! - `lock` — the pid of the process using the spool.
+//! - `lock` — the pid of the process using the spool;
+//! - `next-segment.tmp` — the next segment, written with zeros ahead of its use (see below).
 //!
 //! The directory is created 0700 and every file 0600: the spool holds SQL text.
 //!
@@ -21,11 +22,19 @@
 //! durable before that `fdatasync` returned. Records queued without waiting
 //! ([`AuditLog::submit_nowait`]) go with the next group, or after at most
 //! [`NOWAIT_FLUSH`] with a small background thread's.
+//!
+//! Segments after the first are *pre-zeroed*, as PostgreSQL's WAL segments are: once the
+//! current segment is half full, the background thread writes the next one's `segment_bytes`
+//! of zeros and fsyncs it, and the rollover renames it into place. A group write then
+//! overwrites blocks the file already has, so its `fdatasync` flushes data only, not the
+//! journal commit a growing file needs for its new size and blocks (measured on this
+//! project's disk with `bench/fsync-latency.py`). Readers stop at the zeros after the last
+//! line (no record starts with a NUL byte); a closed spool's segment is cut back to its lines.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -51,7 +60,8 @@ pub struct SpoolOptions {
     pub ship_interval: Duration,
     /// One record's size limit (its JSON line).
     pub max_record_bytes: u64,
-    /// A new segment file is started past this size.
+    /// A new segment file is started past this size (each one after the first is written with
+    /// this many zeros before it is used).
     pub segment_bytes: u64,
 }
 
@@ -160,6 +170,11 @@ pub(crate) struct Core {
     durable: AtomicU64,
     /// Woken after every group write (or failure), once the file is free again.
     written: tokio::sync::Notify,
+    /// `Disk::current_len`, readable without the file's lock: the flusher prepares the next
+    /// segment once the current one is half full.
+    current_len: AtomicU64,
+    /// A pre-zeroed file ready to become the next segment (`next-segment.tmp`).
+    spare: Mutex<Option<PathBuf>>,
     dir: PathBuf,
     segment_bytes: u64,
     max_record_bytes: u64,
@@ -197,6 +212,7 @@ impl Drop for Inner {
             let _ = h.join();
         }
         self.core.write_blocking();
+        self.core.close_files();
         release_lock(&self.dir);
     }
 }
@@ -229,6 +245,7 @@ impl std::fmt::Debug for AuditLog {
 pub(crate) const SHIPPED_FILE: &str = "shipped.json";
 pub(crate) const GATE_FILE: &str = "gate";
 const LOCK_FILE: &str = "lock";
+const SPARE_FILE: &str = "next-segment.tmp";
 
 pub(crate) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.jsonl")
@@ -324,6 +341,10 @@ fn recover(dir: &Path, shipped: Position) -> Result<Recovered, AuditError> {
         let mut expect_seq = first;
         let mut valid_end = 0usize;
         while pos < bytes.len() {
+            if bytes[pos..].iter().all(|&b| b == 0) {
+                // The zeros of a pre-zeroed segment after its last record: not a torn write.
+                break;
+            }
             line_no += 1;
             let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
                 // A write that never completed: no newline, never acknowledged.
@@ -370,15 +391,21 @@ fn recover(dir: &Path, shipped: Position) -> Result<Recovered, AuditError> {
                 Err(why) => {
                     // Only an unacknowledged tail may be dropped: the last segment, and nothing
                     // valid after it (a torn multi-record write leaves only garbage behind it).
-                    if !is_last || later_record_is_valid(&bytes[pos + nl + 1..]) {
+                    // A NUL byte in it is a hole in a pre-zeroed segment: blocks of the last
+                    // group write that never reached the disk (power lost before its fsync
+                    // returned, so nothing after it was acknowledged either).
+                    let hole = line.contains(&0);
+                    if !is_last || (!hole && later_record_is_valid(&bytes[pos + nl + 1..])) {
                         return Err(corrupt(line_no, why));
                     }
                     break;
                 }
             }
         }
-        if valid_end < bytes.len() {
-            torn = Some((path.clone(), (bytes.len() - valid_end) as u64));
+        let tail = &bytes[valid_end..];
+        let zeros = tail.iter().rev().take_while(|&&b| b == 0).count();
+        if zeros < tail.len() {
+            torn = Some((path.clone(), (tail.len() - zeros) as u64));
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
@@ -478,8 +505,11 @@ impl AuditLog {
             }
         };
         let path = rec.segments[&current_first].clone();
+        // A spare left by an earlier run: made again when needed.
+        let _ = std::fs::remove_file(dir.join(SPARE_FILE));
+        // Written at `current_len` (not appended): the file may be longer, its zeros.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| AuditError::io("cannot open", &path, e))?;
         let shared = Shared {
@@ -504,6 +534,8 @@ impl AuditLog {
             }),
             durable: AtomicU64::new(rec.last.seq),
             written: tokio::sync::Notify::new(),
+            current_len: AtomicU64::new(rec.current_len),
+            spare: Mutex::new(None),
             dir: dir.to_path_buf(),
             segment_bytes: opts.segment_bytes,
             max_record_bytes: opts.max_record_bytes,
@@ -655,6 +687,11 @@ impl Core {
     /// Waits until every record up to `seq` is written and fsynced, leading a group write when
     /// no other appender is.
     async fn durable(&self, seq: u64) -> Result<(), AuditError> {
+        // On a current-thread runtime the leader's fsync holds the only thread: before leading,
+        // let every other task that is ready run first, so that their records join this group
+        // instead of each leading one of its own after it.
+        let mut yielded = !tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         loop {
             // Registered before looking, so a write that ends after the look wakes us.
             let woken = self.written.notified();
@@ -665,6 +702,11 @@ impl Core {
             }
             if let Some(f) = self.failed() {
                 return Err(AuditError::Failed(f));
+            }
+            if !yielded {
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             // (The guard never lives across the await: a task holding the file never waits.)
             let led = match self.disk.try_lock() {
@@ -724,13 +766,14 @@ impl Core {
         let len = disk.spare.len() as u64;
         let written = self.rollover_if_needed(disk, first_seq, len).and_then(|_| {
             disk.file
-                .write_all(&disk.spare)
+                .write_all_at(&disk.spare, disk.current_len)
                 .and_then(|_| disk.file.sync_data())
                 .map_err(|e| AuditError::io("cannot write the audit record to", self.current_path(), e))
         });
         match written {
             Ok(()) => {
                 disk.current_len += len;
+                self.current_len.store(disk.current_len, Ordering::Relaxed);
                 {
                     let mut s = self.shared();
                     s.last_seq = head;
@@ -767,6 +810,7 @@ impl Core {
             if stopping {
                 return;
             }
+            self.prepare_spare();
         }
     }
 
@@ -774,23 +818,79 @@ impl Core {
         self.shared().segments.values().next_back().cloned().unwrap_or_else(|| self.dir.clone())
     }
 
-    /// Starts a new segment when the current one would pass `segment_bytes`.
+    /// Starts a new segment when the current one would pass `segment_bytes`: the pre-zeroed
+    /// spare renamed into place when the flusher has one ready, else a new empty file.
     fn rollover_if_needed(&self, disk: &mut Disk, first_seq: u64, add: u64) -> Result<(), AuditError> {
         if disk.current_len == 0 || disk.current_len + add <= self.segment_bytes {
             return Ok(());
         }
         let path = self.dir.join(segment_name(first_seq));
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| AuditError::io("cannot create", &path, e))?;
+        if path.exists() {
+            return Err(AuditError::io(
+                "cannot create",
+                &path,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let file = match spare {
+            Some(spare) => std::fs::rename(&spare, &path)
+                .and_then(|_| OpenOptions::new().write(true).open(&path))
+                .map_err(|e| AuditError::io("cannot put the next segment in place as", &path, e))?,
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| AuditError::io("cannot create", &path, e))?,
+        };
         sync_dir(&self.dir)?;
+        // The old segment's unused zeros go (not synced: zeros after the last line are
+        // skipped by every reader anyway).
+        let _ = disk.file.set_len(disk.current_len);
         disk.file = file;
         disk.current_len = 0;
+        self.current_len.store(0, Ordering::Relaxed);
         self.shared().segments.insert(first_seq, path);
         Ok(())
+    }
+
+    /// Once the current segment is half full, writes the next one's zeros and fsyncs them
+    /// (the flusher thread, off every session's path), so the rollover only renames it.
+    fn prepare_spare(&self) {
+        if self.current_len.load(Ordering::Relaxed) < self.segment_bytes / 2
+            || self.spare.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        {
+            return;
+        }
+        let path = self.dir.join(SPARE_FILE);
+        let zeroed = private_file(&path).and_then(|mut f| {
+            let chunk = vec![0u8; 1 << 20];
+            let mut left = self.segment_bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                f.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()
+        });
+        match zeroed {
+            Ok(()) => *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(path),
+            Err(e) => {
+                // Not a failure of the log: the rollover then starts an empty file.
+                tracing::warn!(error = %e, path = %path.display(), "audit spool: cannot prepare the next segment");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// At close: the current segment is cut back to its lines and the spare removed.
+    fn close_files(&self) {
+        let disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = disk.file.set_len(disk.current_len).and_then(|_| disk.file.sync_all());
+        if let Some(spare) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = std::fs::remove_file(spare);
+        }
     }
 }
 

@@ -321,3 +321,99 @@ async fn with_the_vault_unreachable_appends_stop_at_the_bound_and_nothing_is_dro
     let log = AuditLog::open(dir.path(), key(), opts).unwrap();
     assert!(matches!(log.append(event(0, 900)).await, Err(AuditError::SpoolFull { .. })));
 }
+
+/// Copies a spool's files as they are on disk this instant (what a crash would leave: every
+/// acknowledged write is in them), without closing the spool.
+fn snapshot(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(from.join("gate"), to.join("gate")).ok();
+}
+
+/// Segments after the first are pre-zeroed: the flusher writes the next one's zeros once the
+/// current one is half full and the rollover renames it into place, so group writes overwrite
+/// blocks the file already has. The zeros after the last record are no torn write: a spool
+/// left as a crash leaves it reopens with every record and no `spool_recovered`. A hole of
+/// zeros inside the last group write (blocks that never reached the disk before a power
+/// loss) is dropped as the torn write it is, even with a valid record after it; a closed
+/// spool's segment is cut back to its records.
+#[test]
+fn pre_zeroed_segments_and_their_zeros_are_no_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SpoolOptions { segment_bytes: 64 * 1024, ..Default::default() };
+    let log = AuditLog::open(dir.path(), key(), opts.clone()).unwrap();
+    let count_segments = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".jsonl"))
+            .count()
+    };
+    let mut n = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Past half the first segment; then the flusher prepares the spare (waited for here, so the
+    // rollover finds it), and on until the rollover put it in place.
+    while count_segments() < 2 {
+        n += 1;
+        log.append_blocking(event(n, 400)).unwrap();
+        if log.status().pending_bytes * 2 >= opts.segment_bytes {
+            while !dir.path().join("next-segment.tmp").exists() && count_segments() < 2 {
+                assert!(Instant::now() < deadline, "no spare segment prepared");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(Instant::now() < deadline, "no rollover after {n} records");
+    }
+    for _ in 0..3 {
+        n += 1;
+        log.append_blocking(event(n, 400)).unwrap();
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let current = segments.last().unwrap();
+    let bytes = std::fs::read(current).unwrap();
+    assert_eq!(bytes.len() as u64, opts.segment_bytes, "the segment after the first is pre-zeroed");
+    assert!(bytes.ends_with(&[0; 1024]), "and its end is still zeros");
+
+    // As a crash leaves it: every record back, no torn write reported.
+    let copy = tempfile::tempdir().unwrap();
+    snapshot(dir.path(), copy.path());
+    let reopened = AuditLog::open(copy.path(), key(), opts.clone()).unwrap();
+    assert_eq!(reopened.status().last_seq, n);
+    drop(reopened);
+    let records = read_spool(copy.path()).unwrap();
+    check_chain(&records);
+    assert_eq!(records.len() as u64, n);
+    assert!(records.iter().all(|r| r.event.kind != EventKind::SpoolRecovered));
+
+    // A hole in the last group write: the second-to-last record's first bytes zeros.
+    let hole = tempfile::tempdir().unwrap();
+    snapshot(dir.path(), hole.path());
+    let seg = hole.path().join(current.file_name().unwrap());
+    let mut b = std::fs::read(&seg).unwrap();
+    let end = b.iter().rposition(|&c| c == b'\n').unwrap();
+    let last_start = b[..end].iter().rposition(|&c| c == b'\n').unwrap() + 1;
+    let second_start = b[..last_start - 1].iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+    b[second_start..second_start + 100].fill(0);
+    std::fs::write(&seg, &b).unwrap();
+    let reopened = AuditLog::open(hole.path(), key(), opts.clone()).unwrap();
+    assert_eq!(reopened.status().last_seq, n - 1, "seq n-1 is the recovery's own record");
+    drop(reopened);
+    let records = read_spool(hole.path()).unwrap();
+    check_chain(&records);
+    assert_eq!(records.last().unwrap().event.kind, EventKind::SpoolRecovered);
+
+    // Closed: the segment holds its records and nothing more.
+    drop(log);
+    let closed = std::fs::read(current).unwrap();
+    assert_eq!(closed.last(), Some(&b'\n'));
+    assert!(!closed.contains(&0));
+}

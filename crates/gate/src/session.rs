@@ -340,7 +340,18 @@ pub struct Session<'a> {
     /// swallowed before anything else is accounted (an error is the client's, as it would
     /// have been before).
     own_answers: u32,
+    /// Outcomes of statements that ended (`statement_done` details), not yet in the log: folded
+    /// into this session's next `statement` record as its `done` list — one record per
+    /// statement while statements keep coming —, or written as `statement_done` records of
+    /// their own, in order, ahead of any other record of the session, when the session ends,
+    /// and when no statement follows within [`audit::spool::NOWAIT_FLUSH`] (`outcome_deadline`).
+    outcomes: Vec<serde_json::Value>,
+    outcome_deadline: Option<tokio::time::Instant>,
 }
+
+/// Outcomes folded into one `statement` record at most (a pipelining client's); the rest are
+/// written as records of their own first.
+const MAX_FOLDED: usize = 16;
 
 /// Portals whose bound parameters the gate remembers for approval requests.
 const MAX_BOUND: usize = 256;
@@ -348,6 +359,13 @@ const MAX_BOUND: usize = 256;
 enum Flow {
     Continue,
     End,
+}
+
+impl Drop for Session<'_> {
+    /// However the session ended, the outcomes it still holds go to the log.
+    fn drop(&mut self) {
+        self.flush_outcomes();
+    }
 }
 
 impl<'a> Session<'a> {
@@ -399,6 +417,8 @@ impl<'a> Session<'a> {
             last_exec_portal: String::new(),
             snap_prepared: false,
             own_answers: 0,
+            outcomes: Vec::new(),
+            outcome_deadline: None,
         }
     }
 
@@ -410,9 +430,45 @@ impl<'a> Session<'a> {
             .detail(detail)
     }
 
-    async fn audit(&mut self, kind: EventKind, detail: serde_json::Value) -> Result<(), audit::AuditError> {
+    /// Appends a record durably. A `statement` record carries the outcomes of the statements
+    /// before it that are not yet in the log (`done`); before any other record they are
+    /// written as `statement_done` records of their own, so the log keeps the session's order.
+    async fn audit(
+        &mut self,
+        kind: EventKind,
+        mut detail: serde_json::Value,
+    ) -> Result<(), audit::AuditError> {
+        let folded = if kind == EventKind::Statement
+            && !self.outcomes.is_empty()
+            && self.outcomes.len() <= MAX_FOLDED
+            && let serde_json::Value::Object(m) = &mut detail
+        {
+            m.insert("done".into(), serde_json::Value::Array(std::mem::take(&mut self.outcomes)));
+            self.outcome_deadline = None;
+            true
+        } else {
+            self.flush_outcomes();
+            false
+        };
         let e = self.event(kind, detail);
-        self.shared.audit_event(e).await
+        let r = self.shared.audit_event(e).await;
+        if folded && let Err(e) = &r {
+            // The record they were folded into was refused: so would be records of their own
+            // (a full or failed spool refuses every record).
+            tracing::warn!(error = %e, "the outcomes of earlier statements were not recorded: the audit log refused the record they were folded into");
+        }
+        r
+    }
+
+    /// Writes the outcomes not yet folded into a `statement` record as `statement_done`
+    /// records (queued in order, not waited for: their statements were recorded before they
+    /// ran).
+    fn flush_outcomes(&mut self) {
+        self.outcome_deadline = None;
+        for detail in std::mem::take(&mut self.outcomes) {
+            let ev = self.event(EventKind::StatementDone, detail);
+            self.shared.audit_nowait(ev);
+        }
     }
 
     /// Runs the session to its end; returns why it ended.
@@ -486,6 +542,7 @@ impl<'a> Session<'a> {
                 return e;
             }
             let held_deadline = self.held.as_ref().map(|h| h.deadline);
+            let outcome_deadline = self.outcome_deadline;
             tokio::select! {
                 r = self.server.read_buf(&mut self.sbuf) => {
                     match r {
@@ -522,6 +579,10 @@ impl<'a> Session<'a> {
                     let id = self.held.as_ref().expect("held").id.clone();
                     self.shared.approvals.close(&id, true);
                     if let Err(e) = self.decided(State::Withdrawn { at: 0 }).await { return e; }
+                }
+                _ = sleep_until_opt(outcome_deadline), if outcome_deadline.is_some() => {
+                    // No statement came to carry them: they go on their own.
+                    self.flush_outcomes();
                 }
                 _ = sleep_until_opt(grant_end), if grant_end.is_some() => {
                     let role = self.id.grant_role.clone().unwrap_or_default();
@@ -777,20 +838,20 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Records how a statement ended (not waited for: the statement was audited before it ran).
+    /// Notes how a statement ended, for the session's next record (see `outcomes`; never
+    /// waited for: the statement was audited before it ran).
     fn statement_done(&mut self, done: InFlight) {
         let rows: u64 = done.tags.iter().filter_map(|t| t.rsplit(' ').next()?.parse::<u64>().ok()).sum();
-        let ev = self.event(
-            EventKind::StatementDone,
-            serde_json::json!({
-                "sql": done.what,
-                "tags": done.tags,
-                "rows": rows,
-                "duration_us": done.started.elapsed().as_micros() as u64,
-                "error": done.error,
-            }),
-        );
-        self.shared.audit_nowait(ev);
+        self.outcomes.push(serde_json::json!({
+            "sql": done.what,
+            "tags": done.tags,
+            "rows": rows,
+            "duration_us": done.started.elapsed().as_micros() as u64,
+            "error": done.error,
+        }));
+        if self.outcome_deadline.is_none() {
+            self.outcome_deadline = Some(tokio::time::Instant::now() + audit::spool::NOWAIT_FLUSH);
+        }
     }
 
     fn sent(&mut self, what: &str) {

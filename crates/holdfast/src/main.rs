@@ -396,7 +396,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // HOLDFAST_RUNTIME=current runs the whole process on one thread. Kept so that issue 19's
+    // measurement can be repeated: for the gate it was slower than the multi-threaded default
+    // (the audit fsync then holds the only thread; README, "What the gate costs").
+    let current = std::env::var("HOLDFAST_RUNTIME").is_ok_and(|v| v == "current");
+    let built = if current {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -791,3 +791,58 @@ fn a_full_spool_refuses_without_telling_the_client_the_gates_internals() {
         assert!(!all.contains(&s), "the client was told {what} ({s}): {all}");
     }
 }
+
+/// One record per statement while statements keep coming: how a statement ended (its command
+/// tags, rows, error) goes into the session's next `statement` record as `done`, written and
+/// fsynced before that next statement runs; the last one, with no statement after it, is
+/// written as a `statement_done` record of its own moments later. Nothing is lost either way.
+#[test]
+fn a_statements_outcome_rides_in_the_next_record_or_is_written_on_its_own() {
+    let g = Gate::start_with("", POLICY, false);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Sent in one flight, so each next statement is waiting in the gate when the one before
+    // it ends (a client slower than 10 ms gets its outcomes written on their own instead).
+    c.send(&[q("SELECT 101"), q("SELECT 1/0"), q("SELECT 103")]);
+    let r = c.until_ready(3);
+    assert_eq!(errors(&r).len(), 1, "only the second statement fails: {:?}", errors(&r));
+    let spool = g.dir.join("state/audit");
+    let records = || audit::spool::read_spool(&spool).unwrap();
+    let statement = |recs: &[audit::Record], sql: &str| {
+        recs.iter()
+            .find(|r| r.event.kind == audit::EventKind::Statement && r.event.detail["sql"] == sql)
+            .unwrap_or_else(|| panic!("no statement record of {sql}"))
+            .event
+            .detail
+            .clone()
+    };
+    let recs = records();
+    let second = statement(&recs, "SELECT 1/0");
+    let all: Vec<String> = recs.iter().map(|r| format!("{} {}", r.event.kind, r.event.detail)).collect();
+    assert_eq!(second["done"].as_array().map(Vec::len), Some(1), "{second}\n{}", all.join("\n"));
+    assert_eq!(second["done"][0]["sql"], "SELECT 101");
+    assert_eq!(second["done"][0]["tags"], serde_json::json!(["SELECT 1"]));
+    let third = statement(&recs, "SELECT 103");
+    assert_eq!(third["done"][0]["sql"], "SELECT 1/0");
+    assert_eq!(third["done"][0]["error"], "division by zero");
+    // Folded outcomes are not written twice.
+    let own = |recs: &[audit::Record], sql: &str| {
+        recs.iter()
+            .filter(|r| r.event.kind == audit::EventKind::StatementDone && r.event.detail["sql"] == sql)
+            .count()
+    };
+    assert_eq!(own(&recs, "SELECT 101") + own(&recs, "SELECT 1/0"), 0);
+    // The last statement's outcome: on its own once nothing follows it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = records();
+        if let Some(r) = recs.iter().find(|r| {
+            r.event.kind == audit::EventKind::StatementDone && r.event.detail["sql"] == "SELECT 103"
+        }) {
+            assert_eq!(r.event.detail["tags"], serde_json::json!(["SELECT 1"]));
+            assert_eq!(r.event.person.as_deref(), Some("alice"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the last outcome was never written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
