@@ -78,6 +78,41 @@ const NOT_STORE_PATHS: &[(&str, &str, &str)] = &[
         "a prefetched WAL segment replay has passed, in the spool inside the restored data directory",
     ),
     (
+        "crates/restore/src/wal.rs",
+        "std::fs::remove_file(&self.0)",
+        "the prefetcher's 'downloading' marker for one segment, in the spool inside the restored data directory, once its download ends",
+    ),
+    (
+        "crates/vault/src/standby.rs",
+        "std::fs::remove_dir_all(&dir).map_err(|e| format!(\"removing {}",
+        "a promoted standby's WAL staging directory (decrypted copies of stored segments) inside its own data directory: its restore_command is no longer used",
+    ),
+    (
+        "crates/vault/src/standby.rs",
+        "let _ = std::fs::remove_file(e.path());",
+        "a staged copy of a stored WAL segment the standby's feed has passed (or a cut-short write), in the staging directory inside the standby's data directory; the vault's object is untouched",
+    ),
+    (
+        "crates/vault/src/standby.rs",
+        "let _ = std::fs::remove_file(older);",
+        "the older partial staged copy of the feed's own segment, same staging directory",
+    ),
+    (
+        "crates/audit/src/spool.rs",
+        "std::fs::remove_file(dir.join(SPARE_FILE))",
+        "the gate's local audit spool: a pre-zeroed spare segment (zeros, no records) left by an earlier run",
+    ),
+    (
+        "crates/audit/src/spool.rs",
+        "let _ = std::fs::remove_file(&path);",
+        "the gate's local audit spool: a pre-zeroed spare segment whose preparation failed (zeros, no records)",
+    ),
+    (
+        "crates/audit/src/spool.rs",
+        "let _ = std::fs::remove_file(spare);",
+        "the gate's local audit spool: the unused pre-zeroed spare segment, at close",
+    ),
+    (
         "crates/restore/src/recovery.rs",
         "remove_file(data.join(\"standby.signal\"))",
         "a standby.signal restored from the source, which would keep the restored cluster a standby",
