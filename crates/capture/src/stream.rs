@@ -7,19 +7,20 @@
 //! gap nor a duplicate.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgfmt::{Lsn, TimelineId};
 use pgproto::Error as PgError;
 use pgproto::conn::{ReplicationConnection, StreamEvent};
 use pgproto::replication::{StandbyStatusUpdate, pg_now};
-use store::Timestamp;
+use store::{Journal, Timestamp};
 use tokio::sync::{mpsc, watch};
 
 use crate::CaptureError;
 use crate::archive::TimelineRecord;
-use crate::piece::PieceHeader;
+use crate::piece::{Piece, PieceHeader};
 use crate::runtime::ClusterRuntime;
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
@@ -352,6 +353,12 @@ async fn ensure_slot(
 
 /// One connection's worth of streaming. Returns `Ok` on shutdown or at the end of a timeline.
 async fn stream_once(rt: &Arc<ClusterRuntime>, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
+    // WAL acknowledged before a crash first (also after synchronous mode was switched off).
+    let journal = match &rt.cluster.journal {
+        Some(path) if rt.cluster.synchronous || path.exists() => Some(recover_journal(rt, path).await?),
+        _ => None,
+    }
+    .filter(|_| rt.cluster.synchronous);
     let (mut conn, server) = connect(rt).await?;
     let ident = conn.identify_system().await?;
     let system_id = ident.system_id.to_string();
@@ -423,7 +430,7 @@ async fn stream_once(rt: &Arc<ClusterRuntime>, shutdown: &mut watch::Receiver<bo
 
     let (jobs, job_rx) = mpsc::channel(1);
     let (done_tx, done) = mpsc::channel(2);
-    let task = tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone()));
+    let task = tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone(), journal));
     let mut w = Writer {
         rt,
         system_id: system_id.clone(),
@@ -648,40 +655,201 @@ struct Job {
     data: Vec<u8>,
 }
 
-/// Makes pieces durable one after the other, while the stream task goes on receiving. Reports
-/// each piece the moment it is durable, before the segment's catalog record (once per segment)
-/// and incidents the store could not take earlier, which no commit needs to wait for.
+/// WAL durable in the journal and not yet stored as an object: contiguous, on one timeline,
+/// inside one segment.
+struct Unfolded {
+    header: PieceHeader,
+    data: Vec<u8>,
+    since: Instant,
+}
+
+/// Makes pieces durable one after the other, while the stream task goes on receiving, and
+/// reports each piece the moment it is durable.
+///
+/// With a journal (synchronous mode on a local store), a piece is durable once appended to it:
+/// sealed, one write and one `fdatasync`. What the journal holds is folded into one ordinary
+/// object (three rounds of fsync) within [`FOLD_AFTER`], at a segment's end, or when the journal
+/// is full, and the journal is emptied only after that object is durable. Without one, each
+/// piece is stored as an object. The segment's catalog record (once per segment) and incidents
+/// the store could not take earlier come after the report: no commit waits for them.
 async fn durability_task(
     rt: Arc<ClusterRuntime>,
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Stored>,
     seg_size: u64,
     system_id: String,
+    journal: Option<Arc<Mutex<Journal>>>,
 ) {
-    while let Some(Job { header, data }) = jobs.recv().await {
-        let (tli, end) = (TimelineId(header.timeline), header.end);
-        if let Err(e) = rt.archive.store_piece(header, &data, rt.host.retain_until()).await {
-            let _ = done.send(Err(e)).await;
-            return;
-        }
-        rt.durable.send_replace((tli, end));
-        if done.send(Ok(end)).await.is_err() {
-            return;
-        }
-        if end.0.is_multiple_of(seg_size) {
-            let seg_start = Lsn(end.0 - seg_size);
-            let summarised = rt
-                .archive
-                .summarise_segment(tli, seg_start, seg_size, &system_id, rt.now(), rt.host.retain_until())
-                .await;
-            if let Err(e) = summarised {
-                let _ = done.send(Err(e)).await;
-                return;
+    let mut unfolded: Option<Unfolded> = None;
+    let worked: Result<(), CaptureError> = async {
+        loop {
+            let fold_at = unfolded.as_ref().map(|u| u.since + FOLD_AFTER);
+            let job = tokio::select! {
+                job = jobs.recv() => job,
+                _ = sleep_until(fold_at) => {
+                    fold(&rt, journal.as_ref(), &mut unfolded, seg_size, &system_id).await?;
+                    continue;
+                }
+            };
+            let Some(Job { header, data }) = job else { break };
+            let (tli, end) = (TimelineId(header.timeline), header.end);
+            if let Some(j) = &journal {
+                let keys = rt.repo.clone();
+                let plain = Piece { header: header.clone(), data }.encode();
+                let (sealed, plain) = blocking(move || {
+                    let sealed = keys.keys().seal(&plain, 1);
+                    (sealed, plain)
+                })
+                .await?;
+                let sealed = sealed.map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+                let data = Piece::decode(&plain)?.data;
+                // The journal holds one contiguous run: anything else folds what it has first.
+                let continues = unfolded.as_ref().is_none_or(|u| u.header.end == header.start && u.header.timeline == header.timeline);
+                let fits = lock(j).fits(sealed.len());
+                if !continues || !fits {
+                    fold(&rt, Some(j), &mut unfolded, seg_size, &system_id).await?;
+                }
+                if lock(j).fits(sealed.len()) {
+                    let jj = j.clone();
+                    blocking(move || lock(&jj).append(&sealed)).await??;
+                    match &mut unfolded {
+                        Some(u) => {
+                            u.data.extend_from_slice(&data);
+                            u.header.end = header.end;
+                            u.header.server_time = header.server_time;
+                        }
+                        None => unfolded = Some(Unfolded { header, data, since: Instant::now() }),
+                    }
+                    if done.send(Ok(end)).await.is_err() {
+                        break;
+                    }
+                    let full = unfolded.as_ref().is_some_and(|u| u.data.len() >= MAX_PENDING);
+                    if end.0.is_multiple_of(seg_size) || full {
+                        fold(&rt, Some(j), &mut unfolded, seg_size, &system_id).await?;
+                    }
+                    continue;
+                }
+                // Larger than the whole journal: stored as an object, like any piece without one.
+                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
+            } else {
+                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
             }
+            rt.durable.send_replace((tli, end));
+            if done.send(Ok(end)).await.is_err() {
+                break;
+            }
+            after_stored(&rt, tli, end, seg_size, &system_id).await?;
         }
-        // The store takes writes again: record incidents raised while it did not.
-        rt.record_unrecorded().await;
+        // A clean end leaves the journal empty.
+        fold(&rt, journal.as_ref(), &mut unfolded, seg_size, &system_id).await
     }
+    .await;
+    if let Err(e) = worked {
+        // What the journal holds stays there: the next connection stores it first.
+        let _ = done.send(Err(e)).await;
+    }
+}
+
+/// How long WAL may wait in the synchronous journal before it is folded into an object (what
+/// restores and the detector read; `durable_lsn` counts the journal too).
+pub const FOLD_AFTER: Duration = Duration::from_millis(200);
+/// Size of a cluster's synchronous journal: a few hundred milliseconds of heavy WAL.
+pub const JOURNAL_BYTES: u64 = 64 << 20;
+
+fn lock(j: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    j.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking work (sealing, the journal's file IO) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CaptureError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| CaptureError::Internal(format!("a WAL storage task: {e}")))
+}
+
+/// Stores what the journal holds as one object, then empties the journal (only then: until the
+/// object is durable, the journal is the WAL's only copy).
+async fn fold(
+    rt: &ClusterRuntime,
+    journal: Option<&Arc<Mutex<Journal>>>,
+    unfolded: &mut Option<Unfolded>,
+    seg_size: u64,
+    system_id: &str,
+) -> Result<(), CaptureError> {
+    let Some(u) = unfolded.take() else { return Ok(()) };
+    let (tli, end) = (TimelineId(u.header.timeline), u.header.end);
+    rt.archive.store_piece(u.header, &u.data, rt.host.retain_until()).await?;
+    rt.durable.send_replace((tli, end));
+    if let Some(j) = journal {
+        let j = j.clone();
+        blocking(move || lock(&j).reset()).await??;
+    }
+    after_stored(rt, tli, end, seg_size, system_id).await
+}
+
+/// After an object is stored: the segment's catalog record when it completes one, and incidents
+/// the store could not take earlier.
+async fn after_stored(
+    rt: &ClusterRuntime,
+    tli: TimelineId,
+    end: Lsn,
+    seg_size: u64,
+    system_id: &str,
+) -> Result<(), CaptureError> {
+    if end.0.is_multiple_of(seg_size) {
+        let seg_start = Lsn(end.0 - seg_size);
+        rt.archive.summarise_segment(tli, seg_start, seg_size, system_id, rt.now(), rt.host.retain_until()).await?;
+    }
+    // The store takes writes again: record incidents raised while it did not.
+    rt.record_unrecorded().await;
+    Ok(())
+}
+
+/// Opens the cluster's synchronous journal and stores as objects the WAL it holds beyond what
+/// the archive has (a vault killed after acknowledging WAL, before folding it), then empties it.
+/// Runs before each connection, so nothing the vault acknowledged is ever asked of the server
+/// again, nor lost.
+pub(crate) async fn recover_journal(rt: &ClusterRuntime, path: &Path) -> Result<Arc<Mutex<Journal>>, CaptureError> {
+    let p = path.to_path_buf();
+    let (mut journal, frames) = blocking(move || Journal::open(&p, JOURNAL_BYTES)).await??;
+    let mut recovered = 0usize;
+    for frame in frames {
+        let piece = match rt.repo.keys().open(&frame).map_err(|e| e.to_string()).and_then(|p| Piece::decode(&p).map_err(|e| e.to_string())) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), error = %e, "a frame of the synchronous journal cannot be read; the journal is read up to it");
+                break;
+            }
+        };
+        let system = rt.archive.system_id();
+        if piece.header.cluster != rt.cluster.name || system.as_ref().is_some_and(|s| *s != piece.header.system_id) {
+            tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), piece_cluster = %piece.header.cluster, "the synchronous journal holds WAL of another cluster or system; ignored");
+            break;
+        }
+        let tli = piece.timeline();
+        let (mut header, mut data) = (piece.header, piece.data);
+        if let Some(have) = rt.archive.with_map(|m| m.last(tli).map(|p| p.end)) {
+            if header.end <= have {
+                continue; // folded before the crash
+            }
+            if header.start > have {
+                tracing::error!(cluster = %rt.cluster.name, %have, start = %header.start, "the synchronous journal does not continue the stored WAL; not storing it across a gap");
+                break;
+            }
+            data.drain(..(have.0 - header.start.0) as usize);
+            header.start = have;
+        }
+        let end = header.end;
+        rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
+        rt.durable.send_replace((tli, end));
+        rt.update(|s| s.durable_lsn = Some(end));
+        recovered += 1;
+    }
+    if !journal.is_empty() {
+        journal = blocking(move || journal.reset().map(|_| journal)).await??;
+    }
+    if recovered > 0 {
+        tracing::info!(cluster = %rt.cluster.name, pieces = recovered, "stored the WAL the synchronous journal held (acknowledged before the vault stopped)");
+    }
+    Ok(Arc::new(Mutex::new(journal)))
 }
 
 /// Accumulates streamed WAL, cuts it into pieces that never cross a segment boundary, and has

@@ -1,0 +1,222 @@
+//! `Journal`: a write-ahead log on one pre-allocated local file, for bytes that must be durable
+//! sooner than an object can be made so.
+//!
+//! Making a new object durable on a local directory takes three rounds of fsync (the bytes and
+//! the retention file, the retention file's name, the object's name). Appending to a file whose
+//! blocks are already allocated and written takes one `fdatasync`, which commits no metadata —
+//! what `pg_receivewal --synchronous` pays per write, since it pads each segment file with
+//! zeros when it creates it. The collector's synchronous mode appends each WAL piece here
+//! before it tells PostgreSQL the WAL is flushed, and folds the journal's pieces into ordinary
+//! objects a little later; after a crash it stores as objects whatever the journal holds.
+//!
+//! Layout: a 16-byte header (`HFJOURN1`, then the generation as u64 LE) and frames from byte 16:
+//! `HFJF`, the generation (u64 LE), the length (u32 LE), the first 16 bytes of BLAKE3 over
+//! generation, length and content, then the content. [`Journal::reset`] starts a new generation
+//! (one header write and `fdatasync`) and appends from byte 16 again: frames of an older
+//! generation left further on are never read back, and a frame torn by a crash fails its hash,
+//! which ends the journal there. The journal is not an object: it is overwritten in place, never
+//! listed, and holds nothing the store does not also get as objects; callers seal what they write.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::backend::StoreError;
+
+const FILE_MAGIC: &[u8; 8] = b"HFJOURN1";
+const FRAME_MAGIC: &[u8; 4] = b"HFJF";
+const HEADER: u64 = 16;
+const FRAME_HEADER: u64 = 4 + 8 + 4 + 16;
+
+/// An append-only log on one pre-allocated file (see the module docs).
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    capacity: u64,
+    generation: u64,
+    offset: u64,
+}
+
+fn frame_hash(generation: u64, content: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(&generation.to_le_bytes());
+    h.update(&(content.len() as u32).to_le_bytes());
+    h.update(content);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+impl Journal {
+    /// Opens the journal at `path`, creating it `capacity` bytes long (written with zeros and
+    /// fsynced, so that appends allocate nothing) if it does not exist. Returns it with the
+    /// frames of its current generation, oldest first: what was appended and not yet reset.
+    /// Appends continue after them.
+    pub fn open(path: &Path, capacity: u64) -> Result<(Journal, Vec<Vec<u8>>), StoreError> {
+        let io = |what: &str, e: io::Error| StoreError::io(format!("{what} {}", path.display()), e);
+        if !path.exists() {
+            Self::create(path, capacity)?;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| io("opening", e))?;
+        let len = file.metadata().map_err(|e| io("reading", e))?.len();
+        let mut head = [0u8; HEADER as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| io("reading", e))?;
+        if &head[..8] != FILE_MAGIC {
+            return Err(io("reading", io::Error::other("not a holdfast journal")));
+        }
+        let generation = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let mut frames = Vec::new();
+        let mut offset = HEADER;
+        while offset + FRAME_HEADER <= len {
+            let mut fh = [0u8; FRAME_HEADER as usize];
+            file.read_exact_at(&mut fh, offset).map_err(|e| io("reading", e))?;
+            let gen_ = u64::from_le_bytes(fh[4..12].try_into().expect("8 bytes"));
+            let n = u32::from_le_bytes(fh[12..16].try_into().expect("4 bytes")) as u64;
+            if &fh[..4] != FRAME_MAGIC || gen_ != generation || offset + FRAME_HEADER + n > len {
+                break;
+            }
+            let mut content = vec![0u8; n as usize];
+            file.read_exact_at(&mut content, offset + FRAME_HEADER).map_err(|e| io("reading", e))?;
+            if fh[16..32] != frame_hash(generation, &content) {
+                break; // torn by a crash: the journal ends here
+            }
+            frames.push(content);
+            offset += FRAME_HEADER + n;
+        }
+        let journal = Journal { file, path: path.to_path_buf(), capacity: len, generation, offset };
+        Ok((journal, frames))
+    }
+
+    /// Writes a zero-filled journal next to `path`, fsyncs it, and names it (directory fsynced).
+    fn create(path: &Path, capacity: u64) -> Result<(), StoreError> {
+        let dir = path.parent().expect("journal path has a parent");
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut head = [0u8; HEADER as usize];
+            head[..8].copy_from_slice(FILE_MAGIC);
+            head[8..].copy_from_slice(&1u64.to_le_bytes());
+            f.write_all(&head)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = capacity.max(HEADER + FRAME_HEADER) - HEADER;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            StoreError::io(format!("creating {}", path.display()), e)
+        })
+    }
+
+    /// Whether a frame of `len` content bytes still fits.
+    pub fn fits(&self, len: usize) -> bool {
+        self.offset + FRAME_HEADER + len as u64 <= self.capacity
+    }
+
+    /// The most content one frame can hold in an empty journal.
+    pub fn max_frame(&self) -> usize {
+        (self.capacity - HEADER - FRAME_HEADER) as usize
+    }
+
+    /// Appends one frame and makes it durable (`fdatasync`) before returning.
+    pub fn append(&mut self, content: &[u8]) -> Result<(), StoreError> {
+        if !self.fits(content.len()) {
+            return Err(StoreError::io(
+                format!("appending to {}", self.path.display()),
+                io::Error::other(format!("the journal is full ({} bytes)", self.capacity)),
+            ));
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEADER as usize + content.len());
+        frame.extend_from_slice(FRAME_MAGIC);
+        frame.extend_from_slice(&self.generation.to_le_bytes());
+        frame.extend_from_slice(&(content.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&frame_hash(self.generation, content));
+        frame.extend_from_slice(content);
+        self.file
+            .write_all_at(&frame, self.offset)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| StoreError::io(format!("appending to {}", self.path.display()), e))?;
+        self.offset += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the journal: a new generation, durable before this returns, so that no frame
+    /// written so far is ever read back. Call once everything in it is stored elsewhere.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        let generation = self.generation + 1;
+        let mut head = [0u8; HEADER as usize];
+        head[..8].copy_from_slice(FILE_MAGIC);
+        head[8..].copy_from_slice(&generation.to_le_bytes());
+        self.file
+            .write_all_at(&head, 0)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| StoreError::io(format!("resetting {}", self.path.display()), e))?;
+        self.generation = generation;
+        self.offset = HEADER;
+        Ok(())
+    }
+
+    /// Whether nothing has been appended since the last reset.
+    pub fn is_empty(&self) -> bool {
+        self.offset == HEADER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_reopening_and_a_reset_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j/main.journal");
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert!(frames.is_empty() && j.is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096, "pre-allocated");
+        j.append(b"one").unwrap();
+        j.append(&[7u8; 1000]).unwrap();
+        drop(j);
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames, vec![b"one".to_vec(), vec![7u8; 1000]]);
+        // Appends go on after what was found.
+        j.append(b"three").unwrap();
+        drop(j);
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[2], b"three");
+        // After a reset, a shorter new frame does not bring the old ones back.
+        j.reset().unwrap();
+        j.append(b"four").unwrap();
+        drop(j);
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames, vec![b"four".to_vec()]);
+        assert!(!j.fits(4096));
+        assert!(j.append(&vec![0u8; j.max_frame()]).is_err(), "a full journal refuses, it never wraps");
+    }
+
+    #[test]
+    fn a_torn_frame_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("main.journal");
+        let (mut j, _) = Journal::open(&path, 4096).unwrap();
+        j.append(b"whole").unwrap();
+        j.append(b"torn by a crash").unwrap();
+        drop(j);
+        // Flip a byte of the second frame's content, as a write cut short would leave it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (HEADER + FRAME_HEADER + 5 + FRAME_HEADER + 3) as usize;
+        bytes[at] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let (_, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames, vec![b"whole".to_vec()]);
+    }
+}
