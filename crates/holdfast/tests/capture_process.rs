@@ -243,6 +243,8 @@ async fn synchronous_ack_survives_a_sigkill_of_the_vault() {
         std::thread::sleep(Duration::from_millis(100));
     }
     v.terminate();
+    let journal = v.store_dir().join("journal").join("main.journal");
+    assert!(journal.exists(), "synchronous mode on a local store keeps its journal at {}", journal.display());
     let recovered = v.log().contains("the synchronous journal held");
     eprintln!("acknowledged {acked}; recovered from the synchronous journal: {recovered}");
 
