@@ -93,7 +93,9 @@ impl Journal {
     fn create(path: &Path, capacity: u64) -> Result<(), StoreError> {
         let dir = path.parent().expect("journal path has a parent");
         fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        // A fixed name: one left by a failed creation is overwritten by the next one, never
+        // removed (nothing but retention removes files in a store's directory).
+        let tmp = path.with_extension("new");
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             let mut head = [0u8; HEADER as usize];
@@ -111,10 +113,7 @@ impl Journal {
             fs::rename(&tmp, path)?;
             File::open(dir)?.sync_all()
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            StoreError::io(format!("creating {}", path.display()), e)
-        })
+        write().map_err(|e| StoreError::io(format!("creating {}", path.display()), e))
     }
 
     /// Whether a frame of `len` content bytes still fits.
