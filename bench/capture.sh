@@ -12,6 +12,8 @@
 #      BENCH_WORK=<dir> (default: a new dir under /tmp, removed at exit unless KEEP=1)
 #      EXTRA_INCR=1 (also a localized 5 % update + third incremental) RECEIVEWAL=1 PGBB_ZSTD=1
 #      HF=<holdfast binary> (default: target/release/holdfast, built)
+#      VAULT_RUST_LOG=info,capture=debug (the vault's log filter: debug shows each WAL piece's
+#      bytes, seal and fsync times)
 #      SYNC_ONLY=1 (only part 4, on a fresh cluster: no backups, no pgBackRest)
 #      SYNC_ROUNDS=3 (part 4 repeated, alternating none / pg_receivewal / holdfast, each mode's median reported)
 # Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log.
@@ -89,7 +91,7 @@ log "vault init + serve"
 vault_init
 start_vault() {
   rm -f "$V/ready.json"
-  RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
+  RUST_LOG="${VAULT_RUST_LOG:-info}" "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
   VPID=$!
   for _ in $(seq 1 300); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
   URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$V/ready.json")"

@@ -352,7 +352,10 @@ async fn ensure_slot(
 }
 
 /// One connection's worth of streaming. Returns `Ok` on shutdown or at the end of a timeline.
-async fn stream_once(rt: &Arc<ClusterRuntime>, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
+async fn stream_once(
+    rt: &Arc<ClusterRuntime>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
     // WAL acknowledged before a crash first (also after synchronous mode was switched off).
     let journal = match &rt.cluster.journal {
         Some(path) if rt.cluster.synchronous || path.exists() => Some(recover_journal(rt, path).await?),
@@ -430,7 +433,8 @@ async fn stream_once(rt: &Arc<ClusterRuntime>, shutdown: &mut watch::Receiver<bo
 
     let (jobs, job_rx) = mpsc::channel(1);
     let (done_tx, done) = mpsc::channel(2);
-    let task = tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone(), journal));
+    let task =
+        tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone(), journal));
     let mut w = Writer {
         rt,
         system_id: system_id.clone(),
@@ -701,17 +705,27 @@ async fn durability_task(
                     (sealed, plain)
                 })
                 .await?;
-                let sealed = sealed.map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+                let sealed =
+                    sealed.map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
                 let data = Piece::decode(&plain)?.data;
                 // The journal holds one contiguous run: anything else folds what it has first.
-                let continues = unfolded.as_ref().is_none_or(|u| u.header.end == header.start && u.header.timeline == header.timeline);
+                let continues = unfolded
+                    .as_ref()
+                    .is_none_or(|u| u.header.end == header.start && u.header.timeline == header.timeline);
                 let fits = lock(j).fits(sealed.len());
                 if !continues || !fits {
                     fold(&rt, Some(j), &mut unfolded, seg_size, &system_id).await?;
                 }
                 if lock(j).fits(sealed.len()) {
-                    let jj = j.clone();
+                    let (jj, len, t0) = (j.clone(), sealed.len(), Instant::now());
                     blocking(move || lock(&jj).append(&sealed)).await??;
+                    // What a synchronous commit waits for (`RUST_LOG=capture::stream=debug`).
+                    tracing::debug!(
+                        bytes = data.len(),
+                        sealed = len,
+                        append_us = t0.elapsed().as_micros() as u64,
+                        "WAL piece in the journal"
+                    );
                     match &mut unfolded {
                         Some(u) => {
                             u.data.extend_from_slice(&data);
@@ -762,7 +776,9 @@ fn lock(j: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
 
 /// Runs blocking work (sealing, the journal's file IO) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CaptureError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CaptureError::Internal(format!("a WAL storage task: {e}")))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CaptureError::Internal(format!("a WAL storage task: {e}")))
 }
 
 /// Stores what the journal holds as one object, then empties the journal (only then: until the
@@ -796,7 +812,9 @@ async fn after_stored(
 ) -> Result<(), CaptureError> {
     if end.0.is_multiple_of(seg_size) {
         let seg_start = Lsn(end.0 - seg_size);
-        rt.archive.summarise_segment(tli, seg_start, seg_size, system_id, rt.now(), rt.host.retain_until()).await?;
+        rt.archive
+            .summarise_segment(tli, seg_start, seg_size, system_id, rt.now(), rt.host.retain_until())
+            .await?;
     }
     // The store takes writes again: record incidents raised while it did not.
     rt.record_unrecorded().await;
@@ -807,12 +825,21 @@ async fn after_stored(
 /// the archive has (a vault killed after acknowledging WAL, before folding it), then empties it.
 /// Runs before each connection, so nothing the vault acknowledged is ever asked of the server
 /// again, nor lost.
-pub(crate) async fn recover_journal(rt: &ClusterRuntime, path: &Path) -> Result<Arc<Mutex<Journal>>, CaptureError> {
+pub(crate) async fn recover_journal(
+    rt: &ClusterRuntime,
+    path: &Path,
+) -> Result<Arc<Mutex<Journal>>, CaptureError> {
     let p = path.to_path_buf();
     let (mut journal, frames) = blocking(move || Journal::open(&p, JOURNAL_BYTES)).await??;
     let mut recovered = 0usize;
     for frame in frames {
-        let piece = match rt.repo.keys().open(&frame).map_err(|e| e.to_string()).and_then(|p| Piece::decode(&p).map_err(|e| e.to_string())) {
+        let piece = match rt
+            .repo
+            .keys()
+            .open(&frame)
+            .map_err(|e| e.to_string())
+            .and_then(|p| Piece::decode(&p).map_err(|e| e.to_string()))
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), error = %e, "a frame of the synchronous journal cannot be read; the journal is read up to it");
@@ -820,7 +847,9 @@ pub(crate) async fn recover_journal(rt: &ClusterRuntime, path: &Path) -> Result<
             }
         };
         let system = rt.archive.system_id();
-        if piece.header.cluster != rt.cluster.name || system.as_ref().is_some_and(|s| *s != piece.header.system_id) {
+        if piece.header.cluster != rt.cluster.name
+            || system.as_ref().is_some_and(|s| *s != piece.header.system_id)
+        {
             tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), piece_cluster = %piece.header.cluster, "the synchronous journal holds WAL of another cluster or system; ignored");
             break;
         }

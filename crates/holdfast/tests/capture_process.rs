@@ -203,7 +203,9 @@ async fn synchronous_ack_survives_a_sigkill_of_the_vault() {
     pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'holdfast_main'").unwrap();
     pg.psql("SELECT pg_reload_conf()").unwrap();
     let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
-    while pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'holdfast_main'").unwrap()
+    while pg
+        .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'holdfast_main'")
+        .unwrap()
         != "sync"
     {
         assert!(Instant::now() < deadline, "the vault never became the synchronous standby:\n{}", v.log());
@@ -258,5 +260,8 @@ async fn synchronous_ack_survives_a_sigkill_of_the_vault() {
     let name = pgfmt::segment_name(TimelineId(1), seg, seg_size);
     let server = std::fs::read(pg.data_dir().join("pg_wal").join(&name)).unwrap();
     let ours = archive.read_range(TimelineId(1), Lsn(seg * seg_size), acked).await.unwrap();
-    assert!(ours[..] == server[..ours.len()], "the stored WAL before {acked} differs from the server's {name}");
+    assert!(
+        ours[..] == server[..ours.len()],
+        "the stored WAL before {acked} differs from the server's {name}"
+    );
 }
