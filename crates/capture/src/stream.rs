@@ -667,15 +667,96 @@ struct Unfolded {
     since: Instant,
 }
 
+/// The synchronous journal and its folding into objects, which runs beside the appends.
+struct JournalState {
+    journal: Arc<Mutex<Journal>>,
+    /// In the journal and in no fold yet.
+    unfolded: Option<Unfolded>,
+    /// The fold in flight, and the journal's mark when it began: the frames before the mark
+    /// are what it stores, released once it has.
+    folding: Option<(tokio::task::JoinHandle<Result<(), CaptureError>>, u64)>,
+}
+
+impl JournalState {
+    /// Whether the unfolded WAL should become an object now.
+    fn due(&self, seg_size: u64) -> bool {
+        self.unfolded.as_ref().is_some_and(|u| {
+            u.since.elapsed() >= FOLD_AFTER
+                || u.header.end.0.is_multiple_of(seg_size)
+                || u.data.len() >= MAX_PENDING
+        })
+    }
+
+    /// Starts storing the unfolded WAL as one object, after the fold in flight (folds land in
+    /// LSN order, so a crash never leaves a hole in the stored WAL).
+    async fn start_fold(
+        &mut self,
+        rt: &Arc<ClusterRuntime>,
+        seg_size: u64,
+        system_id: &str,
+    ) -> Result<(), CaptureError> {
+        self.finish_fold().await?;
+        let Some(u) = self.unfolded.take() else { return Ok(()) };
+        let mark = lock(&self.journal).mark();
+        let (rt, system_id) = (rt.clone(), system_id.to_string());
+        let task = tokio::spawn(async move {
+            let (tli, end) = (TimelineId(u.header.timeline), u.header.end);
+            rt.archive.store_piece(u.header, &u.data, rt.host.retain_until()).await?;
+            rt.durable.send_replace((tli, end));
+            after_stored(&rt, tli, end, seg_size, &system_id).await
+        });
+        self.folding = Some((task, mark));
+        Ok(())
+    }
+
+    /// Waits for the fold in flight, then releases the frames it stored (only then: until its
+    /// object is durable, the journal is that WAL's only copy).
+    async fn finish_fold(&mut self) -> Result<(), CaptureError> {
+        let Some((task, mark)) = self.folding.take() else { return Ok(()) };
+        let folded = task.await.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}")));
+        self.folded(folded, mark).await
+    }
+
+    async fn folded(
+        &mut self,
+        folded: Result<Result<(), CaptureError>, CaptureError>,
+        mark: u64,
+    ) -> Result<(), CaptureError> {
+        folded??;
+        let j = self.journal.clone();
+        blocking(move || lock(&j).release_before(mark)).await??;
+        Ok(())
+    }
+
+    /// Folds everything the journal holds and waits for it.
+    async fn fold_all(
+        &mut self,
+        rt: &Arc<ClusterRuntime>,
+        seg_size: u64,
+        system_id: &str,
+    ) -> Result<(), CaptureError> {
+        self.start_fold(rt, seg_size, system_id).await?;
+        self.finish_fold().await
+    }
+}
+
+/// What the durability task waits for.
+enum Wake {
+    Job(Option<Job>),
+    Folded(Result<Result<(), CaptureError>, CaptureError>),
+    FoldDue,
+}
+
 /// Makes pieces durable one after the other, while the stream task goes on receiving, and
 /// reports each piece the moment it is durable.
 ///
 /// With a journal (synchronous mode on a local store), a piece is durable once appended to it:
 /// sealed, one write and one `fdatasync`. What the journal holds is folded into one ordinary
 /// object (three rounds of fsync) within [`FOLD_AFTER`], at a segment's end, or when the journal
-/// is full, and the journal is emptied only after that object is durable. Without one, each
-/// piece is stored as an object. The segment's catalog record (once per segment) and incidents
-/// the store could not take earlier come after the report: no commit waits for them.
+/// is full — beside the appends, not in their way — and the journal's frames are released only
+/// after that object is durable. Without one, each piece is stored as an object. The segment's
+/// catalog record (once per segment) and incidents the store could not take earlier come after
+/// the report: no commit waits for them.
 async fn durability_task(
     rt: Arc<ClusterRuntime>,
     mut jobs: mpsc::Receiver<Job>,
@@ -684,20 +765,44 @@ async fn durability_task(
     system_id: String,
     journal: Option<Arc<Mutex<Journal>>>,
 ) {
-    let mut unfolded: Option<Unfolded> = None;
+    let mut js = journal.map(|journal| JournalState { journal, unfolded: None, folding: None });
     let worked: Result<(), CaptureError> = async {
         loop {
-            let fold_at = unfolded.as_ref().map(|u| u.since + FOLD_AFTER);
-            let job = tokio::select! {
-                job = jobs.recv() => job,
-                _ = sleep_until(fold_at) => {
-                    fold(&rt, journal.as_ref(), &mut unfolded, seg_size, &system_id).await?;
+            let fold_at = js
+                .as_ref()
+                .filter(|s| s.folding.is_none())
+                .and_then(|s| s.unfolded.as_ref())
+                .map(|u| u.since + FOLD_AFTER);
+            let folding = js.as_mut().and_then(|s| s.folding.as_mut());
+            let busy = folding.is_some();
+            let wake = tokio::select! {
+                biased;
+                r = async { (&mut folding.expect("a fold in flight").0).await }, if busy => {
+                    Wake::Folded(r.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}"))))
+                }
+                job = jobs.recv() => Wake::Job(job),
+                _ = sleep_until(fold_at) => Wake::FoldDue,
+            };
+            let job = match wake {
+                Wake::Folded(r) => {
+                    let s = js.as_mut().expect("a journal");
+                    let (_, mark) = s.folding.take().expect("a fold in flight");
+                    s.folded(r, mark).await?;
+                    if s.due(seg_size) {
+                        s.start_fold(&rt, seg_size, &system_id).await?;
+                    }
                     continue;
                 }
+                Wake::FoldDue => {
+                    js.as_mut().expect("a journal").start_fold(&rt, seg_size, &system_id).await?;
+                    continue;
+                }
+                Wake::Job(None) => break,
+                Wake::Job(Some(job)) => job,
             };
-            let Some(Job { header, data }) = job else { break };
+            let Job { header, data } = job;
             let (tli, end) = (TimelineId(header.timeline), header.end);
-            if let Some(j) = &journal {
+            if let Some(s) = js.as_mut() {
                 let keys = rt.repo.clone();
                 let plain = Piece { header: header.clone(), data }.encode();
                 let (sealed, plain) = blocking(move || {
@@ -708,17 +813,22 @@ async fn durability_task(
                 let sealed =
                     sealed.map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
                 let data = Piece::decode(&plain)?.data;
-                // The journal holds one contiguous run: anything else folds what it has first.
-                let continues = unfolded
-                    .as_ref()
-                    .is_none_or(|u| u.header.end == header.start && u.header.timeline == header.timeline);
-                let fits = lock(j).fits(sealed.len());
-                if !continues || !fits {
-                    fold(&rt, Some(j), &mut unfolded, seg_size, &system_id).await?;
+                // Unfolded WAL is one contiguous run inside one segment: a piece that cannot
+                // extend it sends it to be folded first.
+                let extends = s.unfolded.as_ref().is_none_or(|u| {
+                    u.header.end == header.start
+                        && u.header.timeline == header.timeline
+                        && !u.header.end.0.is_multiple_of(seg_size)
+                });
+                if !extends {
+                    s.start_fold(&rt, seg_size, &system_id).await?;
                 }
-                if lock(j).fits(sealed.len()) {
-                    let (jj, len, t0) = (j.clone(), sealed.len(), Instant::now());
-                    blocking(move || lock(&jj).append(&sealed)).await??;
+                if !lock(&s.journal).fits(sealed.len()) {
+                    s.fold_all(&rt, seg_size, &system_id).await?;
+                }
+                if lock(&s.journal).fits(sealed.len()) {
+                    let (j, len, t0) = (s.journal.clone(), sealed.len(), Instant::now());
+                    blocking(move || lock(&j).append(&sealed)).await??;
                     // What a synchronous commit waits for (`RUST_LOG=capture::stream=debug`).
                     tracing::debug!(
                         bytes = data.len(),
@@ -726,20 +836,19 @@ async fn durability_task(
                         append_us = t0.elapsed().as_micros() as u64,
                         "WAL piece in the journal"
                     );
-                    match &mut unfolded {
+                    match &mut s.unfolded {
                         Some(u) => {
                             u.data.extend_from_slice(&data);
                             u.header.end = header.end;
                             u.header.server_time = header.server_time;
                         }
-                        None => unfolded = Some(Unfolded { header, data, since: Instant::now() }),
+                        None => s.unfolded = Some(Unfolded { header, data, since: Instant::now() }),
                     }
                     if done.send(Ok(end)).await.is_err() {
                         break;
                     }
-                    let full = unfolded.as_ref().is_some_and(|u| u.data.len() >= MAX_PENDING);
-                    if end.0.is_multiple_of(seg_size) || full {
-                        fold(&rt, Some(j), &mut unfolded, seg_size, &system_id).await?;
+                    if s.folding.is_none() && s.due(seg_size) {
+                        s.start_fold(&rt, seg_size, &system_id).await?;
                     }
                     continue;
                 }
@@ -755,11 +864,18 @@ async fn durability_task(
             after_stored(&rt, tli, end, seg_size, &system_id).await?;
         }
         // A clean end leaves the journal empty.
-        fold(&rt, journal.as_ref(), &mut unfolded, seg_size, &system_id).await
+        match js.as_mut() {
+            Some(s) => s.fold_all(&rt, seg_size, &system_id).await,
+            None => Ok(()),
+        }
     }
     .await;
     if let Err(e) = worked {
-        // What the journal holds stays there: the next connection stores it first.
+        // A fold in flight lands before the next connection looks at the archive; what the
+        // journal holds stays there, and the next connection stores it first.
+        if let Some((task, _)) = js.as_mut().and_then(|s| s.folding.take()) {
+            let _ = task.await;
+        }
         let _ = done.send(Err(e)).await;
     }
 }
@@ -779,26 +895,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CaptureError::Internal(format!("a WAL storage task: {e}")))
-}
-
-/// Stores what the journal holds as one object, then empties the journal (only then: until the
-/// object is durable, the journal is the WAL's only copy).
-async fn fold(
-    rt: &ClusterRuntime,
-    journal: Option<&Arc<Mutex<Journal>>>,
-    unfolded: &mut Option<Unfolded>,
-    seg_size: u64,
-    system_id: &str,
-) -> Result<(), CaptureError> {
-    let Some(u) = unfolded.take() else { return Ok(()) };
-    let (tli, end) = (TimelineId(u.header.timeline), u.header.end);
-    rt.archive.store_piece(u.header, &u.data, rt.host.retain_until()).await?;
-    rt.durable.send_replace((tli, end));
-    if let Some(j) = journal {
-        let j = j.clone();
-        blocking(move || lock(&j).reset()).await??;
-    }
-    after_stored(rt, tli, end, seg_size, system_id).await
 }
 
 /// After an object is stored: the segment's catalog record when it completes one, and incidents

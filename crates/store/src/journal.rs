@@ -9,12 +9,13 @@
 //! before it tells PostgreSQL the WAL is flushed, and folds the journal's pieces into ordinary
 //! objects a little later; after a crash it stores as objects whatever the journal holds.
 //!
-//! Layout: a 16-byte header (`HFJOURN1`, then the generation as u64 LE) and frames from byte 16:
-//! `HFJF`, the generation (u64 LE), the length (u32 LE), the first 16 bytes of BLAKE3 over
-//! generation, length and content, then the content. [`Journal::reset`] starts a new generation
-//! (one header write and `fdatasync`) and appends from byte 16 again: frames of an older
-//! generation left further on are never read back, and a frame torn by a crash fails its hash,
-//! which ends the journal there. The journal is not an object: it is overwritten in place, never
+//! Layout: a 24-byte header (`HFJOURN1`, the generation as u64 LE, and the offset of the first
+//! live frame as u64 LE) and frames from byte 24: `HFJF`, the generation (u64 LE), the length
+//! (u32 LE), the first 16 bytes of BLAKE3 over generation, length and content, then the content.
+//! [`Journal::release_before`] moves the first live frame forward (frames before it are stored
+//! elsewhere), or, when nothing is left, starts a new generation and appends from byte 24 again;
+//! either is one header write and `fdatasync`. Frames of an older generation left further on are
+//! never read back, and a frame torn by a crash fails its hash, which ends the journal there. The journal is not an object: it is overwritten in place, never
 //! listed, and holds nothing the store does not also get as objects; callers seal what they write.
 
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +27,7 @@ use crate::backend::StoreError;
 
 const FILE_MAGIC: &[u8; 8] = b"HFJOURN1";
 const FRAME_MAGIC: &[u8; 4] = b"HFJF";
-const HEADER: u64 = 16;
+const HEADER: u64 = 24;
 const FRAME_HEADER: u64 = 4 + 8 + 4 + 16;
 
 /// An append-only log on one pre-allocated file (see the module docs).
@@ -37,6 +38,14 @@ pub struct Journal {
     capacity: u64,
     generation: u64,
     offset: u64,
+}
+
+fn header(generation: u64, live_from: u64) -> [u8; HEADER as usize] {
+    let mut head = [0u8; HEADER as usize];
+    head[..8].copy_from_slice(FILE_MAGIC);
+    head[8..16].copy_from_slice(&generation.to_le_bytes());
+    head[16..].copy_from_slice(&live_from.to_le_bytes());
+    head
 }
 
 fn frame_hash(generation: u64, content: &[u8]) -> [u8; 16] {
@@ -67,8 +76,9 @@ impl Journal {
             return Err(io("reading", io::Error::other("not a holdfast journal")));
         }
         let generation = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let live_from = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes")).clamp(HEADER, len);
         let mut frames = Vec::new();
-        let mut offset = HEADER;
+        let mut offset = live_from;
         while offset + FRAME_HEADER <= len {
             let mut fh = [0u8; FRAME_HEADER as usize];
             file.read_exact_at(&mut fh, offset).map_err(|e| io("reading", e))?;
@@ -98,10 +108,7 @@ impl Journal {
         let tmp = path.with_extension("new");
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            let mut head = [0u8; HEADER as usize];
-            head[..8].copy_from_slice(FILE_MAGIC);
-            head[8..].copy_from_slice(&1u64.to_le_bytes());
-            f.write_all(&head)?;
+            f.write_all(&header(1, HEADER))?;
             let zeros = vec![0u8; 1 << 20];
             let mut left = capacity.max(HEADER + FRAME_HEADER) - HEADER;
             while left > 0 {
@@ -148,20 +155,34 @@ impl Journal {
         Ok(())
     }
 
-    /// Empties the journal: a new generation, durable before this returns, so that no frame
-    /// written so far is ever read back. Call once everything in it is stored elsewhere.
-    pub fn reset(&mut self) -> Result<(), StoreError> {
-        let generation = self.generation + 1;
-        let mut head = [0u8; HEADER as usize];
-        head[..8].copy_from_slice(FILE_MAGIC);
-        head[8..].copy_from_slice(&generation.to_le_bytes());
+    /// Where the next frame goes: a mark for [`Journal::release_before`].
+    pub fn mark(&self) -> u64 {
+        self.offset
+    }
+
+    /// Forgets the frames appended before `mark` (taken with [`Journal::mark`]; call once they
+    /// are stored elsewhere), durably before this returns: they are never read back. When that
+    /// is every frame, the journal is emptied (a new generation, appends from the start again).
+    pub fn release_before(&mut self, mark: u64) -> Result<(), StoreError> {
+        let (generation, live_from) = if mark >= self.offset {
+            (self.generation + 1, HEADER)
+        } else {
+            (self.generation, mark.max(HEADER))
+        };
         self.file
-            .write_all_at(&head, 0)
+            .write_all_at(&header(generation, live_from), 0)
             .and_then(|_| self.file.sync_data())
             .map_err(|e| StoreError::io(format!("resetting {}", self.path.display()), e))?;
-        self.generation = generation;
-        self.offset = HEADER;
+        if generation != self.generation {
+            self.generation = generation;
+            self.offset = HEADER;
+        }
         Ok(())
+    }
+
+    /// Empties the journal (see [`Journal::release_before`]).
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        self.release_before(self.offset)
     }
 
     /// Whether nothing has been appended since the last reset.
@@ -198,7 +219,22 @@ mod tests {
         drop(j);
         let (mut j, frames) = Journal::open(&path, 4096).unwrap();
         assert_eq!(frames, vec![b"four".to_vec()]);
+        // Releasing part of it: only later frames are read back, and appends go on after them.
+        j.append(b"five").unwrap();
+        let mark = j.mark();
+        j.append(b"six").unwrap();
+        j.release_before(mark).unwrap();
+        drop(j);
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames, vec![b"six".to_vec()]);
+        j.append(b"seven").unwrap();
+        drop(j);
+        let (mut j, frames) = Journal::open(&path, 4096).unwrap();
+        assert_eq!(frames, vec![b"six".to_vec(), b"seven".to_vec()]);
+        j.release_before(j.mark()).unwrap();
+        assert!(j.is_empty(), "releasing everything empties it");
         assert!(!j.fits(4096));
+        j.append(b"x").unwrap();
         assert!(j.append(&vec![0u8; j.max_frame()]).is_err(), "a full journal refuses, it never wraps");
     }
 
