@@ -14,7 +14,7 @@
 //! (u32 LE), the first 16 bytes of BLAKE3 over generation, length and content, then the content.
 //! [`Journal::release_before`] moves the first live frame forward (frames before it are stored
 //! elsewhere), or, when nothing is left, starts a new generation and appends from byte 24 again;
-//! either is one header write and `fdatasync`. Frames of an older generation left further on are
+//! either is one header write, made durable by the next append's `fdatasync`. Frames of an older generation left further on are
 //! never read back, and a frame torn by a crash fails its hash, which ends the journal there. The journal is not an object: it is overwritten in place, never
 //! listed, and holds nothing the store does not also get as objects; callers seal what they write.
 
@@ -161,8 +161,14 @@ impl Journal {
     }
 
     /// Forgets the frames appended before `mark` (taken with [`Journal::mark`]; call once they
-    /// are stored elsewhere), durably before this returns: they are never read back. When that
-    /// is every frame, the journal is emptied (a new generation, appends from the start again).
+    /// are stored elsewhere). When that is every frame, the journal is emptied (a new
+    /// generation, appends from the start again).
+    ///
+    /// The header write is not synced by itself: the next append's `fdatasync` makes it durable
+    /// with the frame (it flushes the whole file), before anything new is acknowledged. A crash
+    /// before that may read released frames back — callers must tolerate frames they already
+    /// stored (the collector skips WAL its objects hold) — but never a frame of the new
+    /// generation without its header. So releasing costs the appends no fsync.
     pub fn release_before(&mut self, mark: u64) -> Result<(), StoreError> {
         let (generation, live_from) = if mark >= self.offset {
             (self.generation + 1, HEADER)
@@ -171,7 +177,6 @@ impl Journal {
         };
         self.file
             .write_all_at(&header(generation, live_from), 0)
-            .and_then(|_| self.file.sync_data())
             .map_err(|e| StoreError::io(format!("resetting {}", self.path.display()), e))?;
         if generation != self.generation {
             self.generation = generation;
