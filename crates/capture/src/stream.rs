@@ -803,16 +803,6 @@ async fn durability_task(
             let Job { header, data } = job;
             let (tli, end) = (TimelineId(header.timeline), header.end);
             if let Some(s) = js.as_mut() {
-                let keys = rt.repo.clone();
-                let plain = Piece { header: header.clone(), data }.encode();
-                let (sealed, plain) = blocking(move || {
-                    let sealed = keys.keys().seal(&plain, 1);
-                    (sealed, plain)
-                })
-                .await?;
-                let sealed =
-                    sealed.map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
-                let data = Piece::decode(&plain)?.data;
                 // Unfolded WAL is one contiguous run inside one segment: a piece that cannot
                 // extend it sends it to be folded first.
                 let extends = s.unfolded.as_ref().is_none_or(|u| {
@@ -823,12 +813,26 @@ async fn durability_task(
                 if !extends {
                     s.start_fold(&rt, seg_size, &system_id).await?;
                 }
-                if !lock(&s.journal).fits(sealed.len()) {
+                let plain = Piece { header: header.clone(), data: data.clone() }.encode();
+                // What the sealed piece can take at most: zstd's worst case (a 1/256 expansion)
+                // and the envelope's nonce and tag, with room to spare.
+                let bound = plain.len() + plain.len() / 64 + 4096;
+                if !lock(&s.journal).fits(bound) {
                     s.fold_all(&rt, seg_size, &system_id).await?;
                 }
-                if lock(&s.journal).fits(sealed.len()) {
-                    let (j, len, t0) = (s.journal.clone(), sealed.len(), Instant::now());
-                    blocking(move || lock(&j).append(&sealed)).await??;
+                if lock(&s.journal).fits(bound) {
+                    // Sealing and appending in one trip to a blocking thread: on a loaded
+                    // machine every hop between threads adds to what each commit waits for.
+                    let (j, repo, t0) = (s.journal.clone(), rt.repo.clone(), Instant::now());
+                    let len = blocking(move || -> Result<usize, CaptureError> {
+                        let sealed = repo
+                            .keys()
+                            .seal(&plain, 1)
+                            .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+                        lock(&j).append(&sealed)?;
+                        Ok(sealed.len())
+                    })
+                    .await??;
                     // What a synchronous commit waits for (`RUST_LOG=capture::stream=debug`).
                     tracing::debug!(
                         bytes = data.len(),
