@@ -69,7 +69,7 @@ rec_versions
 rec scale "$SCALE"
 rec duration "$DURATION"
 rec clients "$CLIENTS"
-rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS SYNC_ONLY=$SYNC_ONLY SYNC_ROUNDS=$SYNC_ROUNDS bench/capture.sh\""
+rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS SYNC_ONLY=$SYNC_ONLY SYNC_ROUNDS=$SYNC_ROUNDS VAULT_RUST_LOG=${VAULT_RUST_LOG:-info} bench/capture.sh\""
 rec sync_only "$SYNC_ONLY"
 rec sync_rounds "$SYNC_ROUNDS"
 
@@ -99,7 +99,7 @@ start_vault() {
 stop_vault() { kill -TERM "$VPID"; wait "$VPID" || true; VPID=""; }
 start_vault
 "$HF" vault token create --url "$URL" --ca "$CA" --token-file "$V/admin.token" --scope read --label bench --out "$W/read.token" >/dev/null
-rec cmd_vault_serve "\"RUST_LOG=info holdfast vault serve --config V/vault.toml --listen 127.0.0.1:0 --ready-file V/ready.json\""
+rec cmd_vault_serve "\"RUST_LOG=${VAULT_RUST_LOG:-info} holdfast vault serve --config V/vault.toml --listen 127.0.0.1:0 --ready-file V/ready.json\""
 rec cmd_vault_cluster "$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(json.dumps(t[t.index("[[cluster]]"):]))' "$V/vault.toml")"
 
 # wait_vault TIMEOUT: until the vault streams and its durable_lsn reaches the server's flush LSN.
