@@ -214,6 +214,16 @@ def cmd_report(results, out_md, out_json):
             return "n/a"
         return fmt.format(a / b)
 
+    # Repeated rounds of part 4 (SYNC_ROUNDS): each mode's median stands for it.
+    rounds = int(g("sync_rounds") or 1)
+    if rounds > 1:
+        for k in ("tps_none", "tps_receivewal", "tps_hf_sync"):
+            for sfx in ("", "_lat_ms"):
+                vals = sorted(v for v in (g(f"{k}_r{i}{sfx}") for i in range(1, rounds + 1)) if v is not None)
+                if vals and g(k + sfx) is None:
+                    r[k + sfx] = vals[len(vals) // 2]
+    sync_only = str(g("sync_only")) == "1"
+
     inp = g("input_bytes")
     L = []
     L.append("# Capture benchmark: holdfast vs pg_basebackup vs pgBackRest (one run)")
@@ -221,10 +231,13 @@ def cmd_report(results, out_md, out_json):
     L.append(
         f"Run {g('started')} on {g('cores')} shared cores, PostgreSQL {g('pg_version')}, pgBackRest {g('pgbackrest_version')}, "
         f"holdfast {g('holdfast_version')}. `pgbench -i -s {g('scale')}`: data directory {mb(inp)} MB without pg_wal "
-        f"(`pg_database_size` {mb(g('db_bytes'))} MB). Everything on one machine: PostgreSQL, the vault "
+        f"(`pg_database_size` {mb(g('db_bytes'))} MB). Everything on one machine: PostgreSQL, the vault " + (
         "(local-directory store), pgBackRest's repository; page cache warm; `fsync=on`. The vault streams WAL "
         "continuously through every phase, and `archive_command` pushes every segment to pgBackRest (zstd) "
         "throughout, as both tools would in production."
+        if not sync_only else
+        "(local-directory store); `fsync=on`. `SYNC_ONLY=1`: part 4 alone, on a fresh cluster, no base backup "
+        "and no pgBackRest (`archive_command = '/bin/true'`); the vault streams WAL throughout.")
     )
     L.append("")
     failures = [k[len("failure_"):] + ": " + str(v) for k, v in r.items() if k.startswith("failure_")]
@@ -235,6 +248,14 @@ def cmd_report(results, out_md, out_json):
             L.append(f"- {f}")
         L.append("")
 
+    if not sync_only:
+        sections_1_to_3(L, g, mb, sec, ms, ratio)
+    sync_section(L, g, ratio, rounds)
+    finish_report(out_md, L, "Commands (exactly as run)", r, f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/capture.json`; vault log: `bench-out/capture-vault.log`.")
+
+
+def sections_1_to_3(L, g, mb, sec, ms, ratio):
+    inp = g("input_bytes")
     L.append("## 1. Base backup (full)")
     L.append("")
     L.append("MB/s = data directory size (without pg_wal) / wall seconds, the same numerator for every tool.")
@@ -322,8 +343,15 @@ def cmd_report(results, out_md, out_json):
     L.append(f"Target p99 ≤ 1 s → {'met' if p99 is not None and p99 <= 1 else 'NOT met'}.")
     L.append("")
 
+
+
+def sync_section(L, g, ratio, rounds):
     L.append("## 4. Synchronous-mode TPS cost")
     L.append("")
+    if rounds > 1:
+        L.append(f"{rounds} rounds, each running the three modes in turn (none, pg_receivewal, holdfast); the table "
+                 "shows each mode's median, the rounds follow it with `uptime` before each run.")
+        L.append("")
     L.append(f"`pgbench -c {g('clients')} -j 2 -T {g('duration')} -N`, `synchronous_commit=on`:")
     L.append("")
     L.append("| synchronous standby | TPS | latency avg | TPS / no-sync |")
@@ -335,8 +363,16 @@ def cmd_report(results, out_md, out_json):
     L.append("")
     L.append(f"holdfast sync / pg_receivewal sync TPS: **{ratio(g('tps_hf_sync'), g('tps_receivewal'))}**.")
     L.append("")
-
-    finish_report(out_md, L, "Commands (exactly as run)", r, f"Reproduce: `{g('invocation')}`. Raw figures: `bench-out/capture.json`; vault log: `bench-out/capture-vault.log`.")
+    if rounds > 1:
+        L.append("| round | none | pg_receivewal | holdfast | holdfast / pg_receivewal | load before each (1-min avg) |")
+        L.append("|---:|---:|---:|---:|---:|---|")
+        for i in range(1, rounds + 1):
+            t = [g(f"{k}_r{i}") for k in ("tps_none", "tps_receivewal", "tps_hf_sync")]
+            load = [str(g(f"uptime_{k}_r{i}") or "").split("load average:")[-1].split(",")[0].strip()
+                    for k in ("none", "receivewal", "hf_sync")]
+            L.append(f"| {i} | " + " | ".join("failed" if x is None else str(round(x)) for x in t)
+                     + f" | {ratio(t[2], t[1])} | {' / '.join(load)} |")
+        L.append("")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@
 #      BENCH_WORK=<dir> (default: a new dir under /tmp, removed at exit unless KEEP=1)
 #      EXTRA_INCR=1 (also a localized 5 % update + third incremental) RECEIVEWAL=1 PGBB_ZSTD=1
 #      HF=<holdfast binary> (default: target/release/holdfast, built)
+#      VAULT_RUST_LOG=info,capture=debug (the vault's log filter: debug shows each WAL piece's
+#      bytes, seal and fsync times)
+#      SYNC_ONLY=1 (only part 4, on a fresh cluster: no backups, no pgBackRest)
+#      SYNC_ROUNDS=3 (part 4 repeated, alternating none / pg_receivewal / holdfast, each mode's median reported)
 # Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log.
 set -euo pipefail
 
@@ -23,6 +27,8 @@ EXTRA_INCR="${EXTRA_INCR:-1}"
 RECEIVEWAL="${RECEIVEWAL:-1}"
 PGBB_ZSTD="${PGBB_ZSTD:-1}"
 KEEP="${KEEP:-0}"
+SYNC_ONLY="${SYNC_ONLY:-0}"
+SYNC_ROUNDS="${SYNC_ROUNDS:-1}"
 OUT="$ROOT/bench-out"
 PY="$ROOT/bench/capture.py"
 mkdir -p "$OUT"
@@ -63,7 +69,9 @@ rec_versions
 rec scale "$SCALE"
 rec duration "$DURATION"
 rec clients "$CLIENTS"
-rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS bench/capture.sh\""
+rec invocation "\"SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS SYNC_ONLY=$SYNC_ONLY SYNC_ROUNDS=$SYNC_ROUNDS VAULT_RUST_LOG=${VAULT_RUST_LOG:-info} bench/capture.sh\""
+rec sync_only "$SYNC_ONLY"
+rec sync_rounds "$SYNC_ROUNDS"
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 start_source
@@ -71,17 +79,19 @@ rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
 
 # --- pgBackRest ------------------------------------------------------------------------------
+if [ "$SYNC_ONLY" != 1 ]; then
 log "pgBackRest stanza"
 write_pgbr_conf "repo1-path=$PBR/repo"
 pgbr_stanza "pgbackrest --config=$PBRCONF --stanza=bench archive-push %p"
 rec cmd_pgbackrest_conf "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$PBRCONF")"
+fi
 
 # --- the vault -------------------------------------------------------------------------------
 log "vault init + serve"
 vault_init
 start_vault() {
   rm -f "$V/ready.json"
-  RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
+  RUST_LOG="${VAULT_RUST_LOG:-info}" "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
   VPID=$!
   for _ in $(seq 1 300); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
   URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$V/ready.json")"
@@ -89,14 +99,14 @@ start_vault() {
 stop_vault() { kill -TERM "$VPID"; wait "$VPID" || true; VPID=""; }
 start_vault
 "$HF" vault token create --url "$URL" --ca "$CA" --token-file "$V/admin.token" --scope read --label bench --out "$W/read.token" >/dev/null
-rec cmd_vault_serve "\"RUST_LOG=info holdfast vault serve --config V/vault.toml --listen 127.0.0.1:0 --ready-file V/ready.json\""
+rec cmd_vault_serve "\"RUST_LOG=${VAULT_RUST_LOG:-info} holdfast vault serve --config V/vault.toml --listen 127.0.0.1:0 --ready-file V/ready.json\""
 rec cmd_vault_cluster "$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(json.dumps(t[t.index("[[cluster]]"):]))' "$V/vault.toml")"
 
 # wait_vault TIMEOUT: until the vault streams and its durable_lsn reaches the server's flush LSN.
 # settle: every WAL segment so far archived by pgBackRest and durable in the vault.
 settle() {
   log "settle: waiting for pgBackRest to archive the current segment, then for the vault's durable_lsn"
-  switch_and_wait_archived 10 || fail archiver "segment $SEG not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
+  [ "$SYNC_ONLY" = 1 ] || switch_and_wait_archived 10 || fail archiver "segment $SEG not archived after 10 min: $(psql_ 'SELECT * FROM pg_stat_archiver')"
   wait_vault 900 || fail vault_catch_up "the vault's durable_lsn did not reach the server's flush LSN within 15 min (see capture-vault.log)"
 }
 log "waiting for the vault to stream"
@@ -172,6 +182,7 @@ basebackup() {
   rm -rf "$dir"
 }
 
+if [ "$SYNC_ONLY" != 1 ]; then
 # --- 1. full base backups ----------------------------------------------------------------------
 log "1. full base backups"
 holdfast_backup 1
@@ -205,6 +216,8 @@ if [ "$EXTRA_INCR" = 1 ]; then
   pgbackrest_backup 3 incr
 fi
 
+fi
+
 PGBENCH=("$PGBIN/pgbench" -h "$SOCK" -p "$PGPORT" -U postgres -c "$CLIENTS" -j 2 -T "$DURATION" -N postgres)
 rec cmd_pgbench "\"pgbench -h SOCKDIR -p \$PORT -U postgres -c $CLIENTS -j 2 -T $DURATION -N postgres\""
 # run_pgbench KEY: TPS and mean latency into the results; a hung run (a standby that never
@@ -221,6 +234,7 @@ run_pgbench() {
   fi
 }
 
+if [ "$SYNC_ONLY" != 1 ]; then
 # --- 3. WAL latency under load (async) -----------------------------------------------------------
 log "3. WAL latency under load"
 settle
@@ -248,11 +262,9 @@ log "latency: $LAT"
 rec cmd_latency_server_sampler "\"psql -XAtq <<< \\\"SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_flush_lsn(), (SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'holdfast_bench') \\\\watch 0.1\\\"\""
 rec cmd_latency_vault_sampler "\"python3 bench/capture.py sample \$URL V/tls/cert.pem read.token bench OUT STOPFILE 0.02   # GET /v1/status, keep-alive\""
 
-# --- 4. synchronous-mode TPS cost ----------------------------------------------------------------
-log "4a. TPS, no synchronous standby"
-settle
-run_pgbench tps_none
+fi
 
+# --- 4. synchronous-mode TPS cost ----------------------------------------------------------------
 # wait_sync APP: until the server lists APP as its synchronous standby.
 wait_sync() {
   for _ in $(seq 1 300); do
@@ -262,41 +274,57 @@ wait_sync() {
   return 1
 }
 set_sync() { psql_ "ALTER SYSTEM SET synchronous_standby_names = '$1'"; psql_ "SELECT pg_reload_conf()" >/dev/null; }
-
-if [ "$RECEIVEWAL" = 1 ]; then
-  log "4c. TPS, pg_receivewal --synchronous as synchronous standby"
+# vault_mode true|false: the vault restarted with `synchronous = MODE` in its cluster table.
+vault_mode() {
+  grep -q "^synchronous = $1\$" "$V/vault.toml" && return 0
+  stop_vault
+  sed -i "s/^synchronous = .*\$/synchronous = $1/" "$V/vault.toml"
+  start_vault
+  wait_vault 120 || fail vault_mode_restart "the vault did not stream again after the restart with synchronous = $1"
+}
+# Each round: no synchronous standby (the vault streaming async), pg_receivewal, the vault.
+for round in $(seq 1 "$SYNC_ROUNDS"); do
+  sfx=""; [ "$SYNC_ROUNDS" -gt 1 ] && sfx="_r$round"
+  log "4a. TPS, no synchronous standby (round $round)"
+  vault_mode false
   settle
-  mkdir -p "$W/receivewal"
-  PGPASSWORD="$REPPW" "$PGBIN/pg_receivewal" -d "host=127.0.0.1 port=$PGPORT user=holdfast_rep application_name=pg_receivewal" \
-    -D "$W/receivewal" --synchronous --no-loop 2> "$W/receivewal.err" &
-  RECV_PID=$!
-  set_sync pg_receivewal
-  if wait_sync pg_receivewal; then
-    run_pgbench tps_receivewal
+  rec "uptime_none$sfx" "\"$(uptime)\""
+  run_pgbench "tps_none$sfx"
+
+  if [ "$RECEIVEWAL" = 1 ]; then
+    log "4c. TPS, pg_receivewal --synchronous as synchronous standby (round $round)"
+    settle
+    mkdir -p "$W/receivewal"
+    PGPASSWORD="$REPPW" "$PGBIN/pg_receivewal" -d "host=127.0.0.1 port=$PGPORT user=holdfast_rep application_name=pg_receivewal" \
+      -D "$W/receivewal" --synchronous --no-loop 2> "$W/receivewal.err" &
+    RECV_PID=$!
+    set_sync pg_receivewal
+    if wait_sync pg_receivewal; then
+      rec "uptime_receivewal$sfx" "\"$(uptime)\""
+      run_pgbench "tps_receivewal$sfx"
+    else
+      fail receivewal "pg_receivewal never became the synchronous standby: $(cat "$W/receivewal.err")"
+    fi
+    set_sync ''
+    kill "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=""
+    rm -rf "$W/receivewal"
+  fi
+
+  log "4b. TPS, the vault as synchronous standby (round $round)"
+  settle
+  vault_mode true
+  set_sync holdfast_bench
+  if wait_sync holdfast_bench; then
+    rec "uptime_hf_sync$sfx" "\"$(uptime)\""
+    run_pgbench "tps_hf_sync$sfx"
   else
-    fail receivewal "pg_receivewal never became the synchronous standby: $(cat "$W/receivewal.err")"
+    fail hf_sync "the vault never became the synchronous standby: $(psql_ 'SELECT application_name, state, sync_state FROM pg_stat_replication')"
   fi
   set_sync ''
-  kill "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=""
-  rm -rf "$W/receivewal"
-  rec cmd_receivewal "\"pg_receivewal -d 'host=127.0.0.1 port=\$PORT user=holdfast_rep application_name=pg_receivewal' -D DIR --synchronous --no-loop; synchronous_standby_names = 'pg_receivewal'\""
-fi
-
-log "4b. TPS, the vault as synchronous standby"
-settle
-stop_vault
-sed -i 's/^synchronous = false$/synchronous = true/' "$V/vault.toml"
-start_vault
-wait_vault 120 || fail vault_sync_restart "the vault did not stream again after the restart with synchronous = true"
-set_sync holdfast_bench
-if wait_sync holdfast_bench; then
-  run_pgbench tps_hf_sync
-else
-  fail hf_sync "the vault never became the synchronous standby: $(psql_ 'SELECT application_name, state, sync_state FROM pg_stat_replication')"
-fi
-set_sync ''
+done
+[ "$RECEIVEWAL" = 1 ] && rec cmd_receivewal "\"pg_receivewal -d 'host=127.0.0.1 port=\$PORT user=holdfast_rep application_name=pg_receivewal' -D DIR --synchronous --no-loop; synchronous_standby_names = 'pg_receivewal'\""
 rec cmd_sync "\"synchronous = true in the [[cluster]] table, vault restarted; ALTER SYSTEM SET synchronous_standby_names = 'holdfast_bench'; SELECT pg_reload_conf()\""
-psql_ "SELECT failed_count FROM pg_stat_archiver" | grep -qx 0 || fail archiver "pg_stat_archiver.failed_count = $(psql_ 'SELECT failed_count FROM pg_stat_archiver')"
+[ "$SYNC_ONLY" = 1 ] || psql_ "SELECT failed_count FROM pg_stat_archiver" | grep -qx 0 || fail archiver "pg_stat_archiver.failed_count = $(psql_ 'SELECT failed_count FROM pg_stat_archiver')"
 grep -E ' (ERROR|WARN) ' "$W/vault.log" | head -20 > "$W/vault-warnings.txt" || true
 [ -s "$W/vault-warnings.txt" ] && rec vault_log_warnings "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$W/vault-warnings.txt")"
 

@@ -181,13 +181,25 @@ impl WalArchive {
         let piece = Piece { header, data: data.to_vec() };
         let plain = piece.encode();
         let repo = self.repo.clone();
+        let t0 = std::time::Instant::now();
         // Sealing a few MiB is CPU work: keep it off the async workers.
         let sealed = tokio::task::spawn_blocking(move || repo.keys().seal(&plain, 1))
             .await
             .map_err(|e| CaptureError::Internal(e.to_string()))?
             .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
         let name = ObjectName::for_bytes(ObjectKind::Wal, &sealed);
+        let sealed_len = sealed.len();
+        let t1 = std::time::Instant::now();
         self.repo.store().put_if_absent(&name, Bytes::from(sealed), retain_until).await?;
+        // Where a piece's time goes (`RUST_LOG=capture::archive=debug`): what the synchronous
+        // mode's commit latency is made of.
+        tracing::debug!(
+            bytes = data.len(),
+            sealed = sealed_len,
+            seal_us = (t1 - t0).as_micros() as u64,
+            put_us = t1.elapsed().as_micros() as u64,
+            "WAL piece stored"
+        );
         let mut inner = self.lock();
         inner.system_id.get_or_insert(piece.header.system_id.clone());
         inner.segment_size.get_or_insert(piece.header.segment_size);

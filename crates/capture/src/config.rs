@@ -220,6 +220,11 @@ pub struct Cluster {
     /// How long a finished base backup may wait for its WAL to be durable in the vault before
     /// it is reported as not complete (default 120 s).
     pub wal_wait: Duration,
+    /// The synchronous journal's file (set by the vault for a store on a local directory): in
+    /// synchronous mode WAL is durable once appended there, one `fdatasync`, and is folded into
+    /// objects within [`crate::stream::FOLD_AFTER`]. `None`: every piece is stored as an object
+    /// before it is acknowledged.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// A failure injected into the destruction detector (tests only).
@@ -448,6 +453,7 @@ impl ClusterConfig {
             connection_grace: DEFAULT_CONNECTION_GRACE,
             stall_grace: self.stall_grace_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_STALL_GRACE),
             wal_wait: DEFAULT_WAL_WAIT,
+            journal: None,
         })
     }
 }

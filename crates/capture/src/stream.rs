@@ -6,19 +6,21 @@
 //! the vault. On restart the archive's newest byte is the resume point, so there is neither a
 //! gap nor a duplicate.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgfmt::{Lsn, TimelineId};
 use pgproto::Error as PgError;
 use pgproto::conn::{ReplicationConnection, StreamEvent};
 use pgproto::replication::{StandbyStatusUpdate, pg_now};
-use store::Timestamp;
-use tokio::sync::watch;
+use store::{Journal, Timestamp};
+use tokio::sync::{mpsc, watch};
 
 use crate::CaptureError;
 use crate::archive::TimelineRecord;
-use crate::piece::PieceHeader;
+use crate::piece::{Piece, PieceHeader};
 use crate::runtime::ClusterRuntime;
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
@@ -350,7 +352,16 @@ async fn ensure_slot(
 }
 
 /// One connection's worth of streaming. Returns `Ok` on shutdown or at the end of a timeline.
-async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
+async fn stream_once(
+    rt: &Arc<ClusterRuntime>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
+    // WAL acknowledged before a crash first (also after synchronous mode was switched off).
+    let journal = match &rt.cluster.journal {
+        Some(path) if rt.cluster.synchronous || path.exists() => Some(recover_journal(rt, path).await?),
+        _ => None,
+    }
+    .filter(|_| rt.cluster.synchronous);
     let (mut conn, server) = connect(rt).await?;
     let ident = conn.identify_system().await?;
     let system_id = ident.system_id.to_string();
@@ -420,73 +431,112 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
         s.received_lsn = Some(start);
     });
 
+    let (jobs, job_rx) = mpsc::channel(1);
+    let (done_tx, done) = mpsc::channel(2);
+    let task =
+        tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone(), journal));
     let mut w = Writer {
         rt,
         system_id: system_id.clone(),
         tli,
         seg_size,
+        flush_after: if rt.cluster.synchronous { Duration::ZERO } else { rt.cluster.flush_interval },
         pending: Vec::new(),
         pending_start: start,
         pending_since: None,
         last_send_time: 0,
-        durable: start,
+        ready: VecDeque::new(),
+        pipeline: Pipeline::new(start),
+        in_flight_send_time: 0,
         durable_send_time: 0,
         server_end: start,
+        jobs,
+        done,
     };
-    let flush_after = if rt.cluster.synchronous { Duration::ZERO } else { rt.cluster.flush_interval };
+    let result = stream_loop(&mut w, &mut conn, shutdown, tli, start).await;
+    // Whatever ended the stream, the piece being stored finishes before the next connection
+    // computes its resume point from the archive: a piece landing after that would overlap.
+    let Writer { jobs, .. } = w;
+    drop(jobs);
+    let _ = task.await;
+    result
+}
+
+/// The receive loop of one connection: takes in WAL while the durability task makes the
+/// previous piece durable, and reports the flush position the moment it is.
+async fn stream_loop(
+    w: &mut Writer<'_>,
+    conn: &mut ReplicationConnection,
+    shutdown: &mut watch::Receiver<bool>,
+    tli: TimelineId,
+    start: Lsn,
+) -> Result<(), CaptureError> {
+    let rt = w.rt;
     let mut last_status = Instant::now();
     loop {
-        let deadline = w.pending_since.map(|t| t + flush_after);
+        // A flush deadline only while nothing is being stored: a piece in flight is followed at
+        // once by the next one when it completes, and an armed past deadline would spin.
+        let deadline = if w.pipeline.busy() { None } else { w.pending_since.map(|t| t + w.flush_after) };
         let status_due = last_status + STATUS_INTERVAL;
-        // Order matters: timers come before the socket, or a busy stream (always a message
-        // ready) would starve the flush deadline and WAL would wait for a segment boundary.
+        // Backpressure: with two pieces already cut and waiting, stop reading the socket until
+        // the store catches up (the server's own buffers and the slot hold the rest).
+        let may_read = w.ready.len() < 2;
+        // Order matters: completions first (a commit is waiting on each), timers before the
+        // socket, or a busy stream (always a message ready) would starve the flush deadline.
         tokio::select! {
             biased;
             _ = stop_requested(shutdown) => {
-                w.flush(&mut conn).await?;
+                w.drain(conn).await?;
                 let _ = conn.stop_replication().await;
                 return Ok(());
             }
-            _ = sleep_until(deadline) => {
-                w.flush(&mut conn).await?;
-            }
-            _ = tokio::time::sleep_until(status_due.into()) => {
-                w.send_status(&mut conn).await?;
+            stored = w.done.recv() => {
+                w.completed(conn, stored).await?;
                 last_status = Instant::now();
             }
-            ev = conn.next_message() => {
+            _ = sleep_until(deadline) => {
+                w.pump(true).await?;
+            }
+            _ = tokio::time::sleep_until(status_due.into()) => {
+                w.send_status(conn).await?;
+                last_status = Instant::now();
+            }
+            ev = conn.next_message(), if may_read => {
                 let mut ev = ev.map_err(|e| wal_removed(e, tli, start))?;
                 let mut gathered = 0usize;
                 loop {
                     match ev {
                         StreamEvent::XLogData(x) => {
-                            w.accept(&mut conn, x.wal_start, &x.data, x.send_time).await?;
+                            w.accept(x.wal_start, &x.data, x.send_time)?;
                             w.server_end = w.server_end.max(x.wal_end);
                         }
                         StreamEvent::Keepalive(k) => {
                             w.server_end = w.server_end.max(k.wal_end);
                             w.last_send_time = w.last_send_time.max(k.send_time);
                             if k.reply_requested {
-                                w.flush(&mut conn).await?;
-                                w.send_status(&mut conn).await?;
+                                // The server wants an answer now: what is durable, and start
+                                // storing what is not.
+                                w.pump(true).await?;
+                                w.send_status(conn).await?;
                                 last_status = Instant::now();
                             }
                             w.publish();
                         }
                         StreamEvent::EndOfTimeline(next) => {
-                            w.flush(&mut conn).await?;
+                            w.drain(conn).await?;
                             tracing::info!(cluster = %rt.cluster.name, timeline = tli.0, next = ?next, "end of timeline");
                             if let Some(next) = next {
                                 let hist = conn.timeline_history(next.timeline).await?;
-                                store_history(rt, &hist.filename, &hist.content, next.timeline, &system_id).await?;
+                                store_history(rt, &hist.filename, &hist.content, next.timeline, &w.system_id).await?;
                             }
                             return Ok(());
                         }
                     }
-                    // Synchronous mode flushes at once; first take in whatever has already
+                    // Synchronous mode stores at once; first take in whatever has already
                     // arrived, so that commits the server flushed together become one piece and
-                    // one fsync in the vault (group commit). Bounded, so a steady stream cannot
-                    // hold back a flush.
+                    // one round of fsyncs in the vault (group commit). Bounded, so a steady
+                    // stream cannot hold back a piece. While a piece is being stored, everything
+                    // that arrives meanwhile joins the next one anyway.
                     gathered += 1;
                     if !rt.cluster.synchronous || w.pending.is_empty() || gathered >= MAX_GATHER {
                         break;
@@ -496,6 +546,7 @@ async fn stream_once(rt: &ClusterRuntime, shutdown: &mut watch::Receiver<bool>) 
                         None => break,
                     }
                 }
+                w.pump(false).await?;
             }
         }
         rt.update(|s| s.last_contact = Some(rt.now()));
@@ -531,19 +582,426 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Accumulates streamed WAL and stores it in pieces that never cross a segment boundary.
+/// What the durability task reports: a piece durable up to this LSN, or why storing failed.
+type Stored = Result<Lsn, CaptureError>;
+
+/// A piece cut from the stream, waiting to be made durable.
+struct Cut {
+    header: PieceHeader,
+    data: Vec<u8>,
+    /// The server's clock (µs since 2000) when it sent the piece's last byte.
+    send_time: i64,
+}
+
+/// The bookkeeping of the flush position, apart from IO so that a test can hold it to its
+/// rule: the position reported to the server moves only when storing a piece completes, and
+/// only to that piece's end. One piece at a time is being stored, in LSN order, so the stored
+/// WAL never has a hole a crash could leave behind.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    durable: Lsn,
+    in_flight: Option<(Lsn, Lsn)>,
+}
+
+impl Pipeline {
+    /// A pipeline whose WAL is durable up to `durable`.
+    pub(crate) fn new(durable: Lsn) -> Pipeline {
+        Pipeline { durable, in_flight: None }
+    }
+
+    /// Whether a piece is being stored.
+    pub(crate) fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The end of the WAL durable in the store: the only flush position ever reported.
+    pub(crate) fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Hands the piece `[start, end)` to the durability task. Refused while another piece is in
+    /// flight, or when the piece does not begin where the durable WAL ends.
+    pub(crate) fn submit(&mut self, start: Lsn, end: Lsn) -> Result<(), CaptureError> {
+        if let Some((s, e)) = self.in_flight {
+            return Err(CaptureError::Internal(format!(
+                "WAL piece {start}..{end} submitted while {s}..{e} is still being stored"
+            )));
+        }
+        if start != self.durable || end <= start {
+            return Err(CaptureError::Internal(format!(
+                "WAL piece {start}..{end} does not continue the durable WAL ending at {}",
+                self.durable
+            )));
+        }
+        self.in_flight = Some((start, end));
+        Ok(())
+    }
+
+    /// The durability task says the piece ending at `end` is durable: the new flush position.
+    /// Anything but the piece in flight is refused and moves nothing.
+    pub(crate) fn complete(&mut self, end: Lsn) -> Result<Lsn, CaptureError> {
+        match self.in_flight {
+            Some((_, e)) if e == end => {
+                self.in_flight = None;
+                self.durable = end;
+                Ok(end)
+            }
+            other => Err(CaptureError::Internal(format!(
+                "the store reported WAL durable to {end} but the piece in flight is {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One piece for the durability task.
+struct Job {
+    header: PieceHeader,
+    data: Vec<u8>,
+}
+
+/// WAL durable in the journal and not yet stored as an object: contiguous, on one timeline,
+/// inside one segment.
+struct Unfolded {
+    header: PieceHeader,
+    data: Vec<u8>,
+    since: Instant,
+}
+
+/// The synchronous journal and its folding into objects, which runs beside the appends.
+struct JournalState {
+    journal: Arc<Mutex<Journal>>,
+    /// In the journal and in no fold yet.
+    unfolded: Option<Unfolded>,
+    /// The fold in flight, and the journal's mark when it began: the frames before the mark
+    /// are what it stores, released once it has.
+    folding: Option<(tokio::task::JoinHandle<Result<(), CaptureError>>, u64)>,
+}
+
+impl JournalState {
+    /// Whether the unfolded WAL should become an object now.
+    fn due(&self, seg_size: u64) -> bool {
+        self.unfolded.as_ref().is_some_and(|u| {
+            u.since.elapsed() >= FOLD_AFTER
+                || u.header.end.0.is_multiple_of(seg_size)
+                || u.data.len() >= MAX_PENDING
+        })
+    }
+
+    /// Starts storing the unfolded WAL as one object, after the fold in flight (folds land in
+    /// LSN order, so a crash never leaves a hole in the stored WAL).
+    async fn start_fold(
+        &mut self,
+        rt: &Arc<ClusterRuntime>,
+        seg_size: u64,
+        system_id: &str,
+    ) -> Result<(), CaptureError> {
+        self.finish_fold().await?;
+        let Some(u) = self.unfolded.take() else { return Ok(()) };
+        let mark = lock(&self.journal).mark();
+        let (rt, system_id) = (rt.clone(), system_id.to_string());
+        let task = tokio::spawn(async move {
+            let (tli, end) = (TimelineId(u.header.timeline), u.header.end);
+            rt.archive.store_piece(u.header, &u.data, rt.host.retain_until()).await?;
+            rt.durable.send_replace((tli, end));
+            after_stored(&rt, tli, end, seg_size, &system_id).await
+        });
+        self.folding = Some((task, mark));
+        Ok(())
+    }
+
+    /// Waits for the fold in flight, then releases the frames it stored (only then: until its
+    /// object is durable, the journal is that WAL's only copy).
+    async fn finish_fold(&mut self) -> Result<(), CaptureError> {
+        let Some((task, mark)) = self.folding.take() else { return Ok(()) };
+        let folded = task.await.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}")));
+        self.folded(folded, mark).await
+    }
+
+    async fn folded(
+        &mut self,
+        folded: Result<Result<(), CaptureError>, CaptureError>,
+        mark: u64,
+    ) -> Result<(), CaptureError> {
+        folded??;
+        let j = self.journal.clone();
+        blocking(move || lock(&j).release_before(mark)).await??;
+        Ok(())
+    }
+
+    /// Folds everything the journal holds and waits for it.
+    async fn fold_all(
+        &mut self,
+        rt: &Arc<ClusterRuntime>,
+        seg_size: u64,
+        system_id: &str,
+    ) -> Result<(), CaptureError> {
+        self.start_fold(rt, seg_size, system_id).await?;
+        self.finish_fold().await
+    }
+}
+
+/// What the durability task waits for.
+enum Wake {
+    Job(Option<Job>),
+    Folded(Result<Result<(), CaptureError>, CaptureError>),
+    FoldDue,
+}
+
+/// Makes pieces durable one after the other, while the stream task goes on receiving, and
+/// reports each piece the moment it is durable.
+///
+/// With a journal (synchronous mode on a local store), a piece is durable once appended to it:
+/// sealed, one write and one `fdatasync`. What the journal holds is folded into one ordinary
+/// object (three rounds of fsync) within [`FOLD_AFTER`], at a segment's end, or when the journal
+/// is full — beside the appends, not in their way — and the journal's frames are released only
+/// after that object is durable. Without one, each piece is stored as an object. The segment's
+/// catalog record (once per segment) and incidents the store could not take earlier come after
+/// the report: no commit waits for them.
+async fn durability_task(
+    rt: Arc<ClusterRuntime>,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Stored>,
+    seg_size: u64,
+    system_id: String,
+    journal: Option<Arc<Mutex<Journal>>>,
+) {
+    let mut js = journal.map(|journal| JournalState { journal, unfolded: None, folding: None });
+    let worked: Result<(), CaptureError> = async {
+        loop {
+            let fold_at = js
+                .as_ref()
+                .filter(|s| s.folding.is_none())
+                .and_then(|s| s.unfolded.as_ref())
+                .map(|u| u.since + FOLD_AFTER);
+            let folding = js.as_mut().and_then(|s| s.folding.as_mut());
+            let busy = folding.is_some();
+            let wake = tokio::select! {
+                biased;
+                r = async { (&mut folding.expect("a fold in flight").0).await }, if busy => {
+                    Wake::Folded(r.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}"))))
+                }
+                job = jobs.recv() => Wake::Job(job),
+                _ = sleep_until(fold_at) => Wake::FoldDue,
+            };
+            let job = match wake {
+                Wake::Folded(r) => {
+                    let s = js.as_mut().expect("a journal");
+                    let (_, mark) = s.folding.take().expect("a fold in flight");
+                    s.folded(r, mark).await?;
+                    if s.due(seg_size) {
+                        s.start_fold(&rt, seg_size, &system_id).await?;
+                    }
+                    continue;
+                }
+                Wake::FoldDue => {
+                    js.as_mut().expect("a journal").start_fold(&rt, seg_size, &system_id).await?;
+                    continue;
+                }
+                Wake::Job(None) => break,
+                Wake::Job(Some(job)) => job,
+            };
+            let Job { header, data } = job;
+            let (tli, end) = (TimelineId(header.timeline), header.end);
+            if let Some(s) = js.as_mut() {
+                // Unfolded WAL is one contiguous run inside one segment: a piece that cannot
+                // extend it sends it to be folded first.
+                let extends = s.unfolded.as_ref().is_none_or(|u| {
+                    u.header.end == header.start
+                        && u.header.timeline == header.timeline
+                        && !u.header.end.0.is_multiple_of(seg_size)
+                });
+                if !extends {
+                    s.start_fold(&rt, seg_size, &system_id).await?;
+                }
+                let plain = Piece { header: header.clone(), data: data.clone() }.encode();
+                // What the sealed piece can take at most: zstd's worst case (a 1/256 expansion)
+                // and the envelope's nonce and tag, with room to spare.
+                let bound = plain.len() + plain.len() / 64 + 4096;
+                if !lock(&s.journal).fits(bound) {
+                    s.fold_all(&rt, seg_size, &system_id).await?;
+                }
+                if lock(&s.journal).fits(bound) {
+                    // Sealing and appending in one trip to a blocking thread: on a loaded
+                    // machine every hop between threads adds to what each commit waits for.
+                    let (j, repo, t0) = (s.journal.clone(), rt.repo.clone(), Instant::now());
+                    let len = blocking(move || -> Result<usize, CaptureError> {
+                        let sealed = repo
+                            .keys()
+                            .seal(&plain, 1)
+                            .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+                        lock(&j).append(&sealed)?;
+                        Ok(sealed.len())
+                    })
+                    .await??;
+                    // What a synchronous commit waits for (`RUST_LOG=capture::stream=debug`).
+                    tracing::debug!(
+                        bytes = data.len(),
+                        sealed = len,
+                        append_us = t0.elapsed().as_micros() as u64,
+                        "WAL piece in the journal"
+                    );
+                    match &mut s.unfolded {
+                        Some(u) => {
+                            u.data.extend_from_slice(&data);
+                            u.header.end = header.end;
+                            u.header.server_time = header.server_time;
+                        }
+                        None => s.unfolded = Some(Unfolded { header, data, since: Instant::now() }),
+                    }
+                    if done.send(Ok(end)).await.is_err() {
+                        break;
+                    }
+                    if s.folding.is_none() && s.due(seg_size) {
+                        s.start_fold(&rt, seg_size, &system_id).await?;
+                    }
+                    continue;
+                }
+                // Larger than the whole journal: stored as an object, like any piece without one.
+                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
+            } else {
+                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
+            }
+            rt.durable.send_replace((tli, end));
+            if done.send(Ok(end)).await.is_err() {
+                break;
+            }
+            after_stored(&rt, tli, end, seg_size, &system_id).await?;
+        }
+        // A clean end leaves the journal empty.
+        match js.as_mut() {
+            Some(s) => s.fold_all(&rt, seg_size, &system_id).await,
+            None => Ok(()),
+        }
+    }
+    .await;
+    if let Err(e) = worked {
+        // A fold in flight lands before the next connection looks at the archive; what the
+        // journal holds stays there, and the next connection stores it first.
+        if let Some((task, _)) = js.as_mut().and_then(|s| s.folding.take()) {
+            let _ = task.await;
+        }
+        let _ = done.send(Err(e)).await;
+    }
+}
+
+/// How long WAL may wait in the synchronous journal before it is folded into an object (what
+/// restores and the detector read; `durable_lsn` counts the journal too).
+pub const FOLD_AFTER: Duration = Duration::from_millis(200);
+/// Size of a cluster's synchronous journal: a few hundred milliseconds of heavy WAL.
+pub const JOURNAL_BYTES: u64 = 64 << 20;
+
+fn lock(j: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    j.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking work (sealing, the journal's file IO) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CaptureError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CaptureError::Internal(format!("a WAL storage task: {e}")))
+}
+
+/// After an object is stored: the segment's catalog record when it completes one, and incidents
+/// the store could not take earlier.
+async fn after_stored(
+    rt: &ClusterRuntime,
+    tli: TimelineId,
+    end: Lsn,
+    seg_size: u64,
+    system_id: &str,
+) -> Result<(), CaptureError> {
+    if end.0.is_multiple_of(seg_size) {
+        let seg_start = Lsn(end.0 - seg_size);
+        rt.archive
+            .summarise_segment(tli, seg_start, seg_size, system_id, rt.now(), rt.host.retain_until())
+            .await?;
+    }
+    // The store takes writes again: record incidents raised while it did not.
+    rt.record_unrecorded().await;
+    Ok(())
+}
+
+/// Opens the cluster's synchronous journal and stores as objects the WAL it holds beyond what
+/// the archive has (a vault killed after acknowledging WAL, before folding it), then empties it.
+/// Runs before each connection, so nothing the vault acknowledged is ever asked of the server
+/// again, nor lost.
+pub(crate) async fn recover_journal(
+    rt: &ClusterRuntime,
+    path: &Path,
+) -> Result<Arc<Mutex<Journal>>, CaptureError> {
+    let p = path.to_path_buf();
+    let (mut journal, frames) = blocking(move || Journal::open(&p, JOURNAL_BYTES)).await??;
+    let mut recovered = 0usize;
+    for frame in frames {
+        let piece = match rt
+            .repo
+            .keys()
+            .open(&frame)
+            .map_err(|e| e.to_string())
+            .and_then(|p| Piece::decode(&p).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), error = %e, "a frame of the synchronous journal cannot be read; the journal is read up to it");
+                break;
+            }
+        };
+        let system = rt.archive.system_id();
+        if piece.header.cluster != rt.cluster.name
+            || system.as_ref().is_some_and(|s| *s != piece.header.system_id)
+        {
+            tracing::error!(cluster = %rt.cluster.name, journal = %path.display(), piece_cluster = %piece.header.cluster, "the synchronous journal holds WAL of another cluster or system; ignored");
+            break;
+        }
+        let tli = piece.timeline();
+        let (mut header, mut data) = (piece.header, piece.data);
+        if let Some(have) = rt.archive.with_map(|m| m.last(tli).map(|p| p.end)) {
+            if header.end <= have {
+                continue; // folded before the crash
+            }
+            if header.start > have {
+                tracing::error!(cluster = %rt.cluster.name, %have, start = %header.start, "the synchronous journal does not continue the stored WAL; not storing it across a gap");
+                break;
+            }
+            data.drain(..(have.0 - header.start.0) as usize);
+            header.start = have;
+        }
+        let end = header.end;
+        rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
+        rt.durable.send_replace((tli, end));
+        rt.update(|s| s.durable_lsn = Some(end));
+        recovered += 1;
+    }
+    if !journal.is_empty() {
+        journal = blocking(move || journal.reset().map(|_| journal)).await??;
+    }
+    if recovered > 0 {
+        tracing::info!(cluster = %rt.cluster.name, pieces = recovered, "stored the WAL the synchronous journal held (acknowledged before the vault stopped)");
+    }
+    Ok(Arc::new(Mutex::new(journal)))
+}
+
+/// Accumulates streamed WAL, cuts it into pieces that never cross a segment boundary, and has
+/// the durability task store them one at a time while more WAL arrives.
 struct Writer<'a> {
     rt: &'a ClusterRuntime,
     system_id: String,
     tli: TimelineId,
     seg_size: u64,
+    /// How long WAL may wait before it is stored (zero in synchronous mode).
+    flush_after: Duration,
     pending: Vec<u8>,
     pending_start: Lsn,
     pending_since: Option<Instant>,
     last_send_time: i64,
-    durable: Lsn,
+    /// Pieces cut (at a segment boundary or at `MAX_PENDING`) and not yet handed over.
+    ready: VecDeque<Cut>,
+    pipeline: Pipeline,
+    in_flight_send_time: i64,
     durable_send_time: i64,
     server_end: Lsn,
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Stored>,
 }
 
 impl Writer<'_> {
@@ -551,13 +1009,7 @@ impl Writer<'_> {
         Lsn(self.pending_start.0 + self.pending.len() as u64)
     }
 
-    async fn accept(
-        &mut self,
-        conn: &mut ReplicationConnection,
-        wal_start: Lsn,
-        data: &[u8],
-        send_time: i64,
-    ) -> Result<(), CaptureError> {
+    fn accept(&mut self, wal_start: Lsn, data: &[u8], send_time: i64) -> Result<(), CaptureError> {
         let expected = self.received();
         let mut data = data;
         let mut at = wal_start;
@@ -584,17 +1036,17 @@ impl Writer<'_> {
             self.pending_since.get_or_insert_with(Instant::now);
             data = &data[take..];
             if take == to_boundary || self.pending.len() >= MAX_PENDING {
-                self.flush(conn).await?;
+                self.cut();
             }
         }
         self.publish();
         Ok(())
     }
 
-    /// Stores pending WAL as one piece, then tells the server it is flushed.
-    async fn flush(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
+    /// Closes the pending WAL into a piece waiting to be stored.
+    fn cut(&mut self) {
         if self.pending.is_empty() {
-            return Ok(());
+            return;
         }
         let end = self.received();
         let header = PieceHeader {
@@ -607,41 +1059,74 @@ impl Writer<'_> {
             segment_size: self.seg_size,
             server_time: pg_time(self.last_send_time),
         };
-        self.rt.archive.store_piece(header, &self.pending, self.rt.host.retain_until()).await?;
-        self.durable = end;
-        self.durable_send_time = self.last_send_time;
-        self.pending.clear();
+        let data = std::mem::take(&mut self.pending);
+        self.ready.push_back(Cut { header, data, send_time: self.last_send_time });
         self.pending_start = end;
         self.pending_since = None;
-        if end.0.is_multiple_of(self.seg_size) {
-            let seg_start = Lsn(end.0 - self.seg_size);
-            self.rt
-                .archive
-                .summarise_segment(
-                    self.tli,
-                    seg_start,
-                    self.seg_size,
-                    &self.system_id,
-                    self.rt.now(),
-                    self.rt.host.retain_until(),
-                )
-                .await?;
+    }
+
+    /// Hands the next piece to the durability task if it is idle: a piece already cut, else the
+    /// pending WAL once it is due (at once in synchronous mode, or when `force`d). Returns
+    /// whether a piece was handed over.
+    async fn pump(&mut self, force: bool) -> Result<bool, CaptureError> {
+        if self.pipeline.busy() {
+            return Ok(false);
         }
-        self.rt.durable.send_replace((self.tli, end));
-        // The store takes writes again: record incidents raised while it did not.
-        self.rt.record_unrecorded().await;
+        if self.ready.is_empty() {
+            let due = self.pending_since.is_some_and(|t| t.elapsed() >= self.flush_after);
+            if !(force || due) {
+                return Ok(false);
+            }
+            self.cut();
+        }
+        let Some(Cut { header, data, send_time }) = self.ready.pop_front() else { return Ok(false) };
+        self.pipeline.submit(header.start, header.end)?;
+        self.in_flight_send_time = send_time;
+        self.jobs
+            .send(Job { header, data })
+            .await
+            .map_err(|_| CaptureError::Internal("the WAL durability task ended".into()))?;
+        Ok(true)
+    }
+
+    /// A report from the durability task: on success, the new flush position is published and
+    /// sent to the server at once (a synchronous commit is waiting for it, and waiting for the
+    /// next status interval would add up to that much to its latency), then the next piece —
+    /// everything that arrived meanwhile — is handed over.
+    async fn completed(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        stored: Option<Stored>,
+    ) -> Result<(), CaptureError> {
+        let end = stored.ok_or_else(|| CaptureError::Internal("the WAL durability task ended".into()))??;
+        self.pipeline.complete(end)?;
+        self.durable_send_time = self.in_flight_send_time;
         // Status first: once the server hears "flushed", a synchronous commit returns, and
         // whoever asks the vault at that moment must already see the WAL as durable.
         self.publish();
         self.send_status(conn).await?;
+        self.pump(false).await?;
         Ok(())
     }
 
+    /// Stores everything received, waiting for it to be durable (shutdown, end of timeline).
+    async fn drain(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
+        loop {
+            self.pump(true).await?;
+            if !self.pipeline.busy() {
+                return Ok(());
+            }
+            let stored = self.done.recv().await;
+            self.completed(conn, stored).await?;
+        }
+    }
+
     async fn send_status(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
+        let durable = self.pipeline.durable();
         conn.send_status(StandbyStatusUpdate {
-            write: self.durable,
-            flush: self.durable,
-            apply: self.durable,
+            write: durable,
+            flush: durable,
+            apply: durable,
             client_time: pg_now(),
             reply_requested: false,
         })
@@ -651,7 +1136,7 @@ impl Writer<'_> {
 
     fn publish(&self) {
         let received = self.received();
-        let durable = self.durable;
+        let durable = self.pipeline.durable();
         let server_end = self.server_end.max(received);
         let lag_bytes = server_end.0.saturating_sub(durable.0);
         let lag_seconds = if lag_bytes == 0 {
@@ -666,5 +1151,60 @@ impl Writer<'_> {
             s.lag_bytes = Some(lag_bytes);
             s.lag_seconds = Some(lag_seconds);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flush position never runs ahead of what the store said is durable: not while a piece
+    /// is in flight, not on a report for another piece, and not by accepting a second piece
+    /// before the first completes.
+    #[test]
+    fn pipeline_never_reports_a_flush_beyond_what_is_durable() {
+        let mut p = Pipeline::new(Lsn(100));
+        p.submit(Lsn(100), Lsn(200)).unwrap();
+        assert!(p.busy());
+        assert_eq!(p.durable(), Lsn(100), "a piece in flight is not durable");
+        assert!(p.submit(Lsn(200), Lsn(300)).is_err(), "one piece at a time");
+        assert!(p.complete(Lsn(300)).is_err(), "a report for a piece never handed over");
+        assert!(p.complete(Lsn(150)).is_err(), "a report for part of the piece");
+        assert_eq!(p.durable(), Lsn(100));
+        assert_eq!(p.complete(Lsn(200)).unwrap(), Lsn(200));
+        assert_eq!(p.durable(), Lsn(200));
+        assert!(p.complete(Lsn(200)).is_err(), "the same report twice");
+        assert!(p.submit(Lsn(250), Lsn(300)).is_err(), "a piece leaving a hole");
+        assert!(p.submit(Lsn(150), Lsn(300)).is_err(), "a piece overlapping durable WAL");
+        assert!(p.submit(Lsn(200), Lsn(200)).is_err(), "an empty piece");
+
+        // Random interleavings of receiving, cutting, completing and bogus reports: the flush
+        // position only ever equals the end of the last completed piece.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut p = Pipeline::new(Lsn(0));
+        let (mut received, mut completed) = (0u64, 0u64);
+        for _ in 0..10_000 {
+            match next() % 4 {
+                0 => received += 1 + next() % 8192,
+                1 if received > p.durable().0 && !p.busy() => p.submit(p.durable(), Lsn(received)).unwrap(),
+                2 => {
+                    if let Some((_, end)) = p.in_flight {
+                        completed = end.0;
+                        p.complete(end).unwrap();
+                    }
+                }
+                _ => {
+                    let _ = p.complete(Lsn(next() % (received + 1)));
+                }
+            }
+            assert_eq!(p.durable().0, completed);
+            assert!(p.durable().0 <= received);
+        }
     }
 }

@@ -187,3 +187,81 @@ async fn check_names_the_wal_range_and_backup_a_damaged_piece_breaks() {
     assert!(hit["backups"].as_array().unwrap().iter().any(|b| b == backup_id.as_str()), "{report}");
     assert!(report["damaged"].to_string().contains(&piece.name.to_string()));
 }
+
+/// Synchronous mode: whatever the vault acknowledged to PostgreSQL as flushed (what lets a
+/// commit return) is in the vault after a SIGKILL right after the acknowledgement, under a
+/// steady load of synchronous commits, so that WAL is still waiting in the synchronous journal
+/// to be folded into objects. The server is killed before the vault starts again: none of that
+/// WAL can be fetched twice, it must come from the vault's own disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_ack_survives_a_sigkill_of_the_vault() {
+    let mut pg = TempPg::start_with(TempPgOptions::default()).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    assert!(pgbench(&pg, &["-i", "-s", "1", "-q"]).wait().unwrap().success());
+    let mut v = TempVault::start(holdfast()).unwrap();
+    v.protect(&pg, "synchronous = true\n").unwrap();
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'holdfast_main'").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
+    while pg
+        .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'holdfast_main'")
+        .unwrap()
+        != "sync"
+    {
+        assert!(Instant::now() < deadline, "the vault never became the synchronous standby:\n{}", v.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: Lsn = pg.psql("SELECT pg_current_wal_insert_lsn()").unwrap().parse().unwrap();
+    let mut load = pgbench(&pg, &["-c", "2", "-T", "60", "-N"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    v.kill();
+    // A physical slot's restart_lsn is the flush position its standby last reported: all the
+    // vault acknowledged, which may not be lost.
+    let acked: Lsn = pg
+        .psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'holdfast_main'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = load.kill();
+    let _ = load.wait();
+    pg.kill().unwrap();
+    assert!(acked > before, "no synchronous commit was acknowledged under load ({before} → {acked})");
+
+    v.restart().unwrap();
+    let token = v.scratch().join("admin.token");
+    let deadline = Instant::now() + testkit::wait::budget(Duration::from_secs(30));
+    loop {
+        let out = v.cli(&token, &["status", "--json"]).unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let durable = st["clusters"][0]["durable_lsn"].as_str().and_then(|s| s.parse::<Lsn>().ok());
+        if durable.is_some_and(|d| d >= acked) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vault lost WAL it acknowledged: durable {durable:?} < acknowledged {acked}\n{}",
+            v.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    v.terminate();
+    let journal = v.store_dir().join("journal").join("main.journal");
+    assert!(journal.exists(), "synchronous mode on a local store keeps its journal at {}", journal.display());
+    let recovered = v.log().contains("the synchronous journal held");
+    eprintln!("acknowledged {acked}; recovered from the synchronous journal: {recovered}");
+
+    // The acknowledged WAL, byte for byte as the server wrote it, in the vault's objects.
+    let escrow = vault::keyfile::AgeKey::load(&v.escrow_key_path()).unwrap();
+    let store: Arc<dyn store::ObjectStore> = Arc::new(store::LocalDir::open(v.store_dir()).unwrap());
+    let repo = store::Repository::open(store, std::slice::from_ref(escrow.identity())).await.unwrap();
+    let archive = WalArchive::open(&repo, "main").await.unwrap();
+    let seg_size = 16u64 << 20;
+    let seg = (acked.0 - 1) / seg_size;
+    let name = pgfmt::segment_name(TimelineId(1), seg, seg_size);
+    let server = std::fs::read(pg.data_dir().join("pg_wal").join(&name)).unwrap();
+    let ours = archive.read_range(TimelineId(1), Lsn(seg * seg_size), acked).await.unwrap();
+    assert!(
+        ours[..] == server[..ours.len()],
+        "the stored WAL before {acked} differs from the server's {name}"
+    );
+}

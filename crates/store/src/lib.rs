@@ -3,7 +3,9 @@
 //! Layers, bottom up: [`name`] (what an object is called), [`backend`] (the no-delete
 //! [`ObjectStore`] trait) and its backends ([`local`], [`s3`], and [`mirror`]: local written
 //! through to S3); then the repository format built on
-//! them — keys, envelope, chunking, packs, index, catalog — described in `docs/vault-format.md`.
+//! them — keys, envelope, chunking, packs, index, catalog — described in `docs/vault-format.md`;
+//! and [`journal`], a write-ahead log on a local file for bytes needed durable sooner than an
+//! object can be.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -27,6 +29,7 @@ pub mod chunker;
 pub mod envelope;
 pub mod error;
 pub mod index;
+pub mod journal;
 pub mod keys;
 pub mod local;
 pub mod mirror;
@@ -49,6 +52,7 @@ pub use backup::{BackupWriter, RestoreStats};
 pub use catalog::CatalogRecord;
 pub use check::{CheckReport, check};
 pub use error::RepoError;
+pub use journal::Journal;
 pub use keys::{ChunkId, KeysFile, MasterKeys};
 pub use local::LocalDir;
 pub use mirror::{CopiesReport, MirrorStore};

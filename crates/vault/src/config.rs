@@ -806,13 +806,22 @@ impl ConfigFile {
                 return Err(invalid("console_session: write a duration from 1s to 12h, e.g. \"15m\"".into()));
             }
         };
+        let store = self.store.to_config(base).map_err(invalid)?;
+        // Synchronous mode's journal lives beside a local store's objects (`<store>/journal/`,
+        // outside every object kind's folder, so never listed): an append there is one
+        // fdatasync. An S3-only store has no local disk to put one on: its pieces are objects.
+        if let StoreConfig::Local(dir) | StoreConfig::Mirror { local: dir, .. } = &store {
+            for c in &mut clusters {
+                c.journal = Some(dir.join("journal").join(format!("{}.journal", c.name)));
+            }
+        }
         Ok(Config {
             listen,
             key_file: base.join(&self.key_file),
             retention_days: self.retention_days,
             alert_command: self.alert_command.clone(),
             max_body_bytes,
-            store: self.store.to_config(base).map_err(invalid)?,
+            store,
             tls: TlsPaths { cert: base.join(&self.tls.cert), key: base.join(&self.tls.key) },
             quorum: QuorumConfig {
                 threshold: q.threshold,
