@@ -1,11 +1,12 @@
-//! Tidiness checks on the repository itself: the docs name tests that exist, and no test file is
-//! left out of the test binaries.
+//! Tidiness checks on the repository itself: the docs name tests that exist, no test file is
+//! left out of the test binaries, and no crate declares a dependency it does not use.
 //!
 //! `docs/threat-model.md` maps each adversary to the tests that show what they cannot do; a
 //! renamed or deleted test would leave the claim standing with nothing behind it. And since the
 //! integration tests of most crates are one binary (`tests/suite.rs`, with `autotests = false`),
 //! a new file in `tests/` that nobody adds there would silently never run.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -164,5 +165,129 @@ fn every_test_file_is_in_a_test_binary() {
     assert!(
         left_out.is_empty(),
         "test files that no test binary includes (add them to the crate's tests/suite.rs): {left_out:?}"
+    );
+}
+
+/// The dependencies a crate declares (`[dependencies]`, `[dev-dependencies]`,
+/// `[build-dependencies]`, also under `[target.'cfg(..)']`) that none of its `.rs` files names,
+/// judged the way `cargo machete` judges (this replaced it in `./run test`: compiling machete on a
+/// fresh CI machine took minutes): a dependency `foo-bar` is used where `foo_bar::`,
+/// `use foo_bar` or `extern crate foo_bar` appears. A dependency used under another name (md-5 is
+/// `md5`) is listed in `[package.metadata.cargo-machete] ignored`, with the reason beside it.
+fn unused_dependencies(krate: &Path) -> Vec<String> {
+    let manifest: toml::Table =
+        std::fs::read_to_string(krate.join("Cargo.toml")).unwrap().parse().expect("Cargo.toml parses");
+    let ignored: Vec<&str> = manifest
+        .get("package")
+        .and_then(|p| p.get("metadata")?.get("cargo-machete")?.get("ignored")?.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let mut tables = vec![&manifest];
+    if let Some(targets) = manifest.get("target").and_then(|t| t.as_table()) {
+        tables.extend(targets.values().filter_map(|t| t.as_table()));
+    }
+    let declared: BTreeSet<&String> = tables
+        .iter()
+        .flat_map(|t| ["dependencies", "dev-dependencies", "build-dependencies"].map(|k| t.get(k)))
+        .flatten()
+        .filter_map(|deps| deps.as_table())
+        .flat_map(|deps| deps.keys())
+        .collect();
+    let mut files = Vec::new();
+    rust_files(krate, krate, &mut files);
+    let sources: String =
+        files.iter().map(|f| std::fs::read_to_string(krate.join(f)).unwrap() + "\n").collect();
+    declared
+        .into_iter()
+        .filter(|d| !ignored.contains(&d.as_str()) && !names_crate(&sources, &d.replace('-', "_")))
+        .cloned()
+        .collect()
+}
+
+/// Whether `sources` name the crate `name` as a path (`name::`), in a `use` or an `extern crate`.
+fn names_crate(sources: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    sources.match_indices(name).any(|(i, _)| {
+        let (head, after) = (&sources[..i], &sources[i + name.len()..]);
+        if head.ends_with(is_ident) || after.starts_with(is_ident) {
+            return false; // part of a longer identifier
+        }
+        let head = head.trim_end();
+        let keyword = |k: &str| head.strip_suffix(k).is_some_and(|h| !h.ends_with(is_ident));
+        after.starts_with("::") || keyword("use") || keyword("extern crate")
+    })
+}
+
+#[test]
+fn every_declared_dependency_is_used() {
+    let root = repo();
+    let mut crates = 0;
+    let mut unused = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        if !krate.path().join("Cargo.toml").exists() {
+            continue;
+        }
+        crates += 1;
+        for dep in unused_dependencies(&krate.path()) {
+            unused.push(format!("{}: {dep}", krate.file_name().to_string_lossy()));
+        }
+    }
+    assert!(crates >= 10, "only {crates} crates found under crates/");
+    assert!(
+        unused.is_empty(),
+        "declared but never named in the crate's sources (remove them, or list them under \
+         [package.metadata.cargo-machete] ignored with the reason): {unused:?}"
+    );
+}
+
+/// The checker itself, on a planted crate: unused dependencies of every kind are caught; names
+/// used as a path, in a `use` or an `extern crate` count; a longer identifier or a word in a
+/// comment does not; `ignored` is honoured.
+#[test]
+fn an_unused_dependency_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let krate = dir.path();
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    std::fs::create_dir_all(krate.join("tests")).unwrap();
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        r#"
+[package]
+name = "planted"
+
+[dependencies]
+serde = { version = "1", features = ["derive"] }
+tokio.workspace = true
+md-5 = "0.11"
+unused-dep = "1"
+never = "1"
+renamed = { package = "serde_json", version = "1" }
+
+[dev-dependencies]
+libc = "0.2"
+unused-dev = "1"
+
+[target.'cfg(unix)'.dependencies]
+unused-on-unix = "1"
+
+[build-dependencies]
+unused-build = "1"
+
+[package.metadata.cargo-machete]
+ignored = ["md-5"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        krate.join("src/lib.rs"),
+        "use serde::Serialize;\n// never used, and not_unused_dep::x nor unused_devs::y name them\n\
+         pub fn f() { tokio::spawn(async {}); let _ = renamed::Value::Null; }\n",
+    )
+    .unwrap();
+    std::fs::write(krate.join("tests/t.rs"), "extern crate libc;\nuse unused_dev_x as y;\n").unwrap();
+    assert_eq!(
+        unused_dependencies(krate),
+        ["never", "unused-build", "unused-dep", "unused-dev", "unused-on-unix"],
+        "the planted crate's unused dependencies, and only those"
     );
 }
