@@ -184,3 +184,27 @@ ${1:-}
 EOF
   CA="$V/tls/cert.pem"
 }
+
+# The shop's tables (DESIGN.md §4) with $1 merchants, each with 20 customers, 100 orders of two
+# items and 10 gift cards: the SQL, for restore.sh's and repair.sh's shop databases.
+shop_schema_sql() {
+  local M=$1
+  cat <<SQL
+CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL, phone text);
+CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers,
+  total_cents int NOT NULL, note text, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE order_items (order_id bigint NOT NULL REFERENCES orders ON DELETE CASCADE, merchant_id int NOT NULL, product text NOT NULL, qty int NOT NULL, price_cents int NOT NULL);
+CREATE TABLE stored_value_cards (card_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers, balance_cents bigint NOT NULL);
+INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, $M) g;
+INSERT INTO customers SELECT g, 1 + (g - 1) % $M, 'customer ' || g, '138' || lpad(g::text, 8, '0') FROM generate_series(1, $M * 20) g;
+INSERT INTO orders (order_id, merchant_id, customer_id, total_cents, note)
+  SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M + $M * (g % 20), 100 + g % 50000, repeat('x', 200) FROM generate_series(1, $M * 100) g;
+SELECT setval('orders_order_id_seq', $M * 100);
+INSERT INTO order_items SELECT order_id, merchant_id, 'product ' || order_id % 97, 1 + order_id % 3, total_cents FROM orders;
+INSERT INTO order_items SELECT order_id, merchant_id, 'bag', 1, 10 FROM orders;
+INSERT INTO stored_value_cards SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M, 10000 + g % 90000 FROM generate_series(1, $M * 10) g;
+CREATE INDEX ON orders (merchant_id); CREATE INDEX ON order_items (order_id); CREATE INDEX ON order_items (merchant_id);
+ANALYZE;
+SQL
+}

@@ -65,23 +65,7 @@ EOF
 runuser -u postgres -- pg_ctl -D "$DATA" -l "$W/pg/log" -w start >/dev/null
 psql -h "$SOCK" -p "$PGPORT" -U postgres -XAtq -c "CREATE DATABASE shop" -c "CREATE ROLE holdfast_rep LOGIN REPLICATION PASSWORD 'rep'"
 M=$MERCHANTS
-psql_ "
-CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
-CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL, phone text);
-CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers,
-  total_cents int NOT NULL, note text, created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE order_items (order_id bigint NOT NULL REFERENCES orders ON DELETE CASCADE, merchant_id int NOT NULL, product text NOT NULL, qty int NOT NULL, price_cents int NOT NULL);
-CREATE TABLE stored_value_cards (card_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers, balance_cents bigint NOT NULL);
-INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, $M) g;
-INSERT INTO customers SELECT g, 1 + (g - 1) % $M, 'customer ' || g, '138' || lpad(g::text, 8, '0') FROM generate_series(1, $M * 20) g;
-INSERT INTO orders (order_id, merchant_id, customer_id, total_cents, note)
-  SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M + $M * (g % 20), 100 + g % 50000, repeat('x', 200) FROM generate_series(1, $M * 100) g;
-SELECT setval('orders_order_id_seq', $M * 100);
-INSERT INTO order_items SELECT order_id, merchant_id, 'product ' || order_id % 97, 1 + order_id % 3, total_cents FROM orders;
-INSERT INTO order_items SELECT order_id, merchant_id, 'bag', 1, 10 FROM orders;
-INSERT INTO stored_value_cards SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M, 10000 + g % 90000 FROM generate_series(1, $M * 10) g;
-CREATE INDEX ON orders (merchant_id); CREATE INDEX ON order_items (order_id); CREATE INDEX ON order_items (merchant_id);
-ANALYZE;" >/dev/null
+psql_ "$(shop_schema_sql "$M")" >/dev/null
 DB_BYTES="$(psql_ "SELECT pg_database_size('shop')")"
 log "shop: $((DB_BYTES >> 20)) MiB"
 

@@ -147,23 +147,7 @@ if [ "$SHOP_MERCHANTS" -gt 0 ]; then
   log "shop: $SHOP_MERCHANTS merchants"
   M=$SHOP_MERCHANTS
   psql_ "CREATE DATABASE shop" >/dev/null
-  shop_ "
-CREATE TABLE merchants (merchant_id int PRIMARY KEY, name text NOT NULL);
-CREATE TABLE customers (customer_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, name text NOT NULL, phone text);
-CREATE TABLE orders (order_id bigserial PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers,
-  total_cents int NOT NULL, note text, created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE order_items (order_id bigint NOT NULL REFERENCES orders ON DELETE CASCADE, merchant_id int NOT NULL, product text NOT NULL, qty int NOT NULL, price_cents int NOT NULL);
-CREATE TABLE stored_value_cards (card_id bigint PRIMARY KEY, merchant_id int NOT NULL REFERENCES merchants, customer_id bigint NOT NULL REFERENCES customers, balance_cents bigint NOT NULL);
-INSERT INTO merchants SELECT g, 'merchant ' || g FROM generate_series(1, $M) g;
-INSERT INTO customers SELECT g, 1 + (g - 1) % $M, 'customer ' || g, '138' || lpad(g::text, 8, '0') FROM generate_series(1, $M * 20) g;
-INSERT INTO orders (order_id, merchant_id, customer_id, total_cents, note)
-  SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M + $M * (g % 20), 100 + g % 50000, repeat('x', 200) FROM generate_series(1, $M * 100) g;
-SELECT setval('orders_order_id_seq', $M * 100);
-INSERT INTO order_items SELECT order_id, merchant_id, 'product ' || order_id % 97, 1 + order_id % 3, total_cents FROM orders;
-INSERT INTO order_items SELECT order_id, merchant_id, 'bag', 1, 10 FROM orders;
-INSERT INTO stored_value_cards SELECT g, 1 + (g - 1) % $M, 1 + (g - 1) % $M, 10000 + g % 90000 FROM generate_series(1, $M * 10) g;
-CREATE INDEX ON orders (merchant_id); CREATE INDEX ON order_items (order_id); CREATE INDEX ON order_items (merchant_id);
-ANALYZE;" >/dev/null
+  shop_ "$(shop_schema_sql "$M")" >/dev/null
   SHOP_CARDS0="$(shop_ "SELECT sum(balance_cents) FROM stored_value_cards")"
   SHOP_ORDERS0=$((M * 100))
   # One order a transaction: the order, its item, a debit of one cent on the merchant's first card.
