@@ -117,10 +117,10 @@ impl Journal {
                 left -= n as u64;
             }
             f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&tmp, path)
         };
-        write().map_err(|e| StoreError::io(format!("creating {}", path.display()), e))
+        write().map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        crate::local::sync_dir(dir)
     }
 
     /// Whether a frame of `len` content bytes still fits.

@@ -282,7 +282,8 @@ impl Inner {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Makes a directory's entries (names created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))
