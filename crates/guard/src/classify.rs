@@ -70,6 +70,12 @@ pub(crate) struct StmtAnalysis {
     /// Calls a safe built-in by an unqualified name: a session whose search_path puts another
     /// schema before pg_catalog may resolve it to someone's function.
     pub unqualified_builtins: bool,
+    /// Runs — or plants where later statements run it: a view, a default, a CHECK, a policy, a
+    /// domain — a function or operator the guard does not know, which may change rows. Such a
+    /// call is only ever let through where the gate measures the statement (see
+    /// `Guard::resolve`): anywhere else it is destructive. A cursor's query (not WITH HOLD) is
+    /// not counted: it runs at FETCH, which is measured.
+    pub unknown_calls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +188,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         effects: Vec::new(),
         unqualified_builtins: false,
         copy_from: false,
+        unknown_calls: false,
     };
     let kind = match as_node(tree) {
         Some((name, body)) => {
@@ -223,6 +230,11 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         }
         _ => false,
     };
+    // A cursor's query runs at FETCH (measured), except WITH HOLD: then whatever is left of it
+    // runs at COMMIT, unmeasured.
+    let fetch_runs_it = kind == "DECLARE CURSOR"
+        && !w.effects.iter().any(|e| matches!(e, Effect::Declare { hold: true, .. }));
+    let unknown_calls = w.unknown_calls && !fetch_runs_it;
     dedup(&mut w.reasons);
     dedup(&mut w.objects);
     StmtAnalysis {
@@ -238,6 +250,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         probe,
         effects: w.effects,
         unqualified_builtins: w.unqualified_builtins,
+        unknown_calls,
     }
 }
 
@@ -271,6 +284,7 @@ struct Walker<'p> {
     effects: Vec<Effect>,
     unqualified_builtins: bool,
     copy_from: bool,
+    unknown_calls: bool,
 }
 
 /// Write kinds the gate runs under a savepoint and measures by what the database counted
@@ -910,6 +924,7 @@ impl Walker<'_> {
             "AExpr" => {
                 let op = names(list(body, "name"));
                 if !builtin_operator(&op) {
+                    self.unknown_calls |= ctx.executed;
                     self.raise(
                         self.policy.unknown_functions.class(),
                         format!(
@@ -1244,6 +1259,7 @@ impl Walker<'_> {
         } else {
             let v = classify_function(&parts, self.policy);
             self.unqualified_builtins |= v.unqualified_builtin;
+            self.unknown_calls |= v.unknown && ctx.executed;
             self.raise(v.class, v.reason.unwrap_or_default());
         }
         self.visit_body(body, &["funcname"], ctx);
@@ -1378,6 +1394,14 @@ impl Walker<'_> {
                     | T::AtDisableRowSecurity
                     | T::AtNoForceRowSecurity,
                 ) => self.raise(Class::Destructive, format!("ALTER TABLE {table} switches off a trigger, rule or row-level security")),
+                Ok(T::AtAddConstraint) => {
+                    if let Some(action) = cascading_foreign_key(field(c, "def")) {
+                        self.raise(
+                            Class::Destructive,
+                            format!("ALTER TABLE {table} adds a foreign key whose {action} makes later statements on another table change or delete rows of {table}: a hidden write, like a trigger"),
+                        );
+                    }
+                }
                 Ok(T::Undefined) | Err(_) => {
                     self.raise(Class::Destructive, format!("ALTER TABLE {table} with a command the guard does not recognise"))
                 }
@@ -1386,6 +1410,26 @@ impl Walker<'_> {
             self.visit_body(c, &[], ctx);
         }
     }
+}
+
+/// The referential action of a FOREIGN KEY constraint that changes the referencing rows
+/// (`ON DELETE CASCADE`, `ON UPDATE SET NULL`…), if it has one.
+fn cascading_foreign_key(def: &Value) -> Option<String> {
+    let Some(("Constraint", b)) = as_node(def) else { return None };
+    if pg_query::protobuf::ConstrType::try_from(int_field(b, "contype"))
+        != Ok(pg_query::protobuf::ConstrType::ConstrForeign)
+    {
+        return None;
+    }
+    let action = |code: &str| match code {
+        "c" => Some("CASCADE"),
+        "n" => Some("SET NULL"),
+        "d" => Some("SET DEFAULT"),
+        _ => None,
+    };
+    action(str_field(b, "fk_del_action"))
+        .map(|a| format!("ON DELETE {a}"))
+        .or_else(|| action(str_field(b, "fk_upd_action")).map(|a| format!("ON UPDATE {a}")))
 }
 
 /// An option argument that turns it off (`ANALYZE false`, `FULL off`, `NOSUPERUSER`). PostgreSQL

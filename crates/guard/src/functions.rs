@@ -568,6 +568,9 @@ pub(crate) struct FunctionVerdict {
     pub class: Class,
     pub reason: Option<String>,
     pub unqualified_builtin: bool,
+    /// A function the guard does not know (policy `unknown_functions`): it may change rows, so
+    /// it may only run where the gate measures what changed.
+    pub unknown: bool,
 }
 
 fn in_catalog(schema: Option<&str>) -> bool {
@@ -594,6 +597,7 @@ pub(crate) fn classify_function(parts: &[String], policy: &crate::Policy) -> Fun
                 "calls {written}(), a function that can destroy, kill sessions, reach outside the database or run SQL the guard cannot see"
             )),
             unqualified_builtin: false,
+            unknown: false,
         };
     }
     if policy
@@ -601,17 +605,28 @@ pub(crate) fn classify_function(parts: &[String], policy: &crate::Policy) -> Fun
         .iter()
         .any(|f| *f == written || (!f.contains('.') && f == name && schema.is_none()))
     {
-        return FunctionVerdict { class: Class::Read, reason: None, unqualified_builtin: false };
+        return FunctionVerdict {
+            class: Class::Read,
+            reason: None,
+            unqualified_builtin: false,
+            unknown: false,
+        };
     }
     if in_catalog(schema) && WRITES.contains(&name) {
         return FunctionVerdict {
             class: Class::Write,
             reason: Some(format!("calls {written}(), which changes state")),
             unqualified_builtin: schema.is_none(),
+            unknown: false,
         };
     }
     if in_catalog(schema) && SAFE.contains(&name) {
-        return FunctionVerdict { class: Class::Read, reason: None, unqualified_builtin: schema.is_none() };
+        return FunctionVerdict {
+            class: Class::Read,
+            reason: None,
+            unqualified_builtin: schema.is_none(),
+            unknown: false,
+        };
     }
     FunctionVerdict {
         class: policy.unknown_functions.class(),
@@ -619,6 +634,7 @@ pub(crate) fn classify_function(parts: &[String], policy: &crate::Policy) -> Fun
             "calls {written}(), a function the guard does not know (it may write; policy unknown_functions)"
         )),
         unqualified_builtin: false,
+        unknown: true,
     }
 }
 

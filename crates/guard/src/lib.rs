@@ -902,11 +902,17 @@ impl Guard {
                 }
             }
         }
+        // Calls that may change rows and that the gate must therefore measure.
+        let mut unknown_calls = st.unknown_calls;
         if session.search_path_tampered && st.unqualified_builtins {
             let c = self.policy.unknown_functions.class();
+            unknown_calls = true;
             if c > r.class {
                 r.class = c;
                 r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
+                r.measure = true;
             }
             r.reasons.push(
                 "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into(),
@@ -956,6 +962,19 @@ impl Guard {
         if r.class != Class::Write {
             r.row_guard = None;
             r.measure = false;
+        }
+        if unknown_calls && !r.measure && r.class < Class::Destructive {
+            // A function that may change rows, run where the gate does not count what changed
+            // (EXPLAIN ANALYZE, CREATE TABLE AS, SELECT INTO, a WITH HOLD cursor at COMMIT, a
+            // statement that also changes search_path) or planted where later statements run
+            // it unmeasured — reads of a view or a table with a policy, casts to a domain,
+            // defaults and CHECKs filled in by ALTER TABLE or COPY.
+            r.class = Class::Destructive;
+            r.row_guard = None;
+            r.reasons.push(format!(
+                "{} runs or plants a call of a function the guard does not know where the gate cannot count the rows it changes; call it in a plain SELECT or CALL, where it is measured",
+                st.kind
+            ));
         }
         r
     }

@@ -48,6 +48,11 @@ INSERT INTO a SELECT generate_series(1, 5);
 INSERT INTO b SELECT generate_series(1, 5);
 INSERT INTO log SELECT generate_series(1, 5);
 INSERT INTO pgbench_accounts SELECT g, 0 FROM generate_series(1, 100) g;
+CREATE SEQUENCE seq_s;
+-- An application's function the guard does not know, which writes: any allowed statement that
+-- runs it unmeasured empties `log`.
+CREATE FUNCTION my_report(int) RETURNS int LANGUAGE sql
+    AS 'WITH d AS (DELETE FROM log WHERE id > 0 RETURNING 1) SELECT count(*)::int FROM d';
 ";
 
 /// The shop's tables, by oid (a rename or a move to another schema keeps it).

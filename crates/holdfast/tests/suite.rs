@@ -34,6 +34,9 @@ mod gate_attacks;
 #[path = "gate_fuzz.rs"]
 mod gate_fuzz;
 
+#[path = "gate_hidden_writes.rs"]
+mod gate_hidden_writes;
+
 #[path = "incidents.rs"]
 mod incidents;
 

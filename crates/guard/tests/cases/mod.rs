@@ -289,6 +289,50 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT 1 === 2", Write, Rows), // a user-defined operator is a function call
     ("SELECT 1 OPERATOR(public.+) 2", Write, Rows),
     ("SELECT 1 OPERATOR(pg_catalog.+) 2", Read, Allow),
+    // ---- a function that may write, run where the gate does not measure (the real server's
+    // my_report() deletes rows: real_postgres.rs runs every allowed one), or planted where later
+    // statements — reads, casts, COPY, ALTER TABLE — run it unmeasured
+    ("EXPLAIN ANALYZE SELECT my_report(1)", Destr, Approve),
+    ("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM t WHERE my_report(id) > 0", Destr, Approve),
+    ("EXPLAIN SELECT my_report(1)", Write, Allow), // not run
+    ("CREATE TABLE rep AS SELECT my_report(1)", Destr, Approve),
+    ("SELECT my_report(1) INTO rep2", Destr, Approve),
+    ("CREATE MATERIALIZED VIEW mrep AS SELECT my_report(1)", Destr, Approve),
+    ("CREATE VIEW vrep AS SELECT my_report(id) FROM t", Destr, Approve),
+    ("CREATE OR REPLACE VIEW vrep AS SELECT id FROM t WHERE 1 === id", Destr, Approve),
+    ("CREATE DOMAIN drep AS int CHECK (my_report(VALUE) IS NOT NULL)", Destr, Approve),
+    ("ALTER DOMAIN drep ADD CHECK (my_report(VALUE) IS NOT NULL)", Destr, Approve),
+    ("ALTER TABLE t ADD COLUMN r int DEFAULT my_report(1)", Destr, Approve),
+    ("ALTER TABLE t ALTER COLUMN c SET DEFAULT my_report(1)", Destr, Approve),
+    ("ALTER TABLE t ADD CONSTRAINT ck CHECK (my_report(id) IS NOT NULL)", Destr, Approve),
+    ("CREATE POLICY prep ON t USING (my_report(id) IS NOT NULL)", Destr, Approve),
+    ("CREATE TABLE trep (a int DEFAULT my_report(1))", Destr, Approve),
+    ("DECLARE crep CURSOR WITH HOLD FOR SELECT my_report(1)", Destr, Approve), // runs at COMMIT
+    ("DECLARE crep CURSOR FOR SELECT my_report(1)", Write, Allow), // runs at FETCH, which is measured
+    ("SELECT set_config('search_path', 'public', false), my_report(1)", Destr, Approve),
+    ("SELECT my_report(1), set_config('x.y', 'z', false)", Write, Rows),
+    ("CREATE TABLE rep3 AS SELECT lower(name) FROM customers", Ddl, Allow),
+    ("CREATE VIEW vok AS SELECT nextval('seq_s'), lower(v) FROM s", Ddl, Allow), // built-ins that change no rows
+    ("ALTER TABLE t ALTER COLUMN c SET DEFAULT 0", Ddl, Allow),
+    // ---- a foreign key whose action changes rows of the altered table in later statements on
+    // another table: a hidden write, like a trigger
+    (
+        "ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (merchant_id) REFERENCES merchants ON DELETE CASCADE",
+        Destr,
+        Approve,
+    ),
+    (
+        "ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants ON UPDATE SET NULL NOT VALID",
+        Destr,
+        Approve,
+    ),
+    (
+        "ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants ON DELETE SET DEFAULT",
+        Destr,
+        Approve,
+    ),
+    ("ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants", Ddl, Allow), // refuses, changes nothing
+    ("CREATE TABLE child2 (id int REFERENCES merchants ON DELETE CASCADE)", Ddl, Allow), // only its own rows
     // ---- writes hidden in CTEs and EXPLAIN
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Destr, Approve),
     ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d", Destr, Approve), // count invisible
@@ -394,7 +438,8 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("UPDATE t SET a = 1 WHERE id = 1; SELECT pg_terminate_backend(1)", Destr, Approve),
     ("SELECT 1;\n\n\tTRUNCATE orders", Destr, Approve),
     ("INSERT INTO t VALUES (1); ALTER SYSTEM SET fsync = off", Destr, Approve),
-    ("SET search_path = evil, pg_catalog; SELECT lower('x')", Ddl, Allow), // lower() becomes unknown: write
+    ("SET search_path = evil, pg_catalog; SELECT lower('x')", Ddl, Rows), // lower() becomes unknown: measured
+    ("SET search_path = evil, pg_catalog; CREATE VIEW vl AS SELECT lower('x')", Destr, Approve),
     // ---- whitespace and odd spellings
     ("  \n\t DROP\n\tTABLE\n orders  ", Destr, Approve),
     ("DROP/**/TABLE/**/orders", Destr, Approve),

@@ -1,0 +1,111 @@
+//! The gate attacked where the row guard cannot see: a function that may write (the
+//! application's own, which the guard does not know) run by a statement the gate does not
+//! measure, or planted — in a view, a default, a CHECK, a row-level security policy, a foreign
+//! key's cascade — where later statements run it unmeasured. A real PostgreSQL behind the real
+//! gate, the database itself as the oracle (rows counted before and after), the audit spool as
+//! the witness. Bob is no approver here, so anything that needs approval is refused at once.
+
+mod gate_harness;
+use gate_harness::*;
+
+const POLICY: &str = "row_guard_max_rows = 10\nbudget_rows = 25\n";
+
+/// Row count and a checksum of `orders`, and the rows of `scratch`, read directly.
+fn state(g: &Gate) -> String {
+    g.pg.psql(
+        "SELECT (SELECT count(*) || '/' || coalesce(sum(total * id), 0) FROM orders) || ' ' || (SELECT count(*) FROM scratch)",
+    )
+    .unwrap()
+}
+
+fn refused(r: &[Reply], what: &str) {
+    let e = errors(r);
+    assert!(
+        e.iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")),
+        "{what}: expected the gate to hold it, got errors {e:?}"
+    );
+}
+
+#[test]
+fn functions_that_may_write_run_only_where_measured_and_planted_ones_are_held() {
+    let g = Gate::start_with("", POLICY, false);
+    // The application's own objects, made by its owner (not through the gate): a function that
+    // deletes every order, one in another schema named like a built-in, a small lookup table.
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS bigint LANGUAGE sql AS 'WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING 1) SELECT count(*) FROM d';
+         CREATE SCHEMA app; GRANT USAGE ON SCHEMA app TO gate_app;
+         CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING 1) SELECT count(*)::text FROM d';
+         CREATE TABLE m (id int PRIMARY KEY); INSERT INTO m SELECT g FROM generate_series(1, 20) g; GRANT ALL ON m TO gate_app;",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Each of these destroyed every order before the guard held them (found by playing them
+    // against this gate: the statement ran, nothing was measured, `orders` was empty).
+    for attack in [
+        "EXPLAIN ANALYZE SELECT purge()",
+        "CREATE TABLE t1 AS SELECT purge()",
+        "SELECT purge() INTO t2",
+        "CREATE MATERIALIZED VIEW mv AS SELECT purge()",
+        "SELECT set_config('search_path', 'public', false), purge()",
+        // planted: later reads, casts and ALTER TABLEs would run it
+        "CREATE VIEW v AS SELECT purge() AS n",
+        "CREATE DOMAIN d AS bigint CHECK (purge() >= 0)",
+        "CREATE POLICY p ON scratch USING (purge() >= 0)",
+        "ALTER TABLE scratch ADD COLUMN z bigint DEFAULT purge()",
+        "ALTER TABLE scratch ADD CONSTRAINT ck CHECK (purge() >= 0)",
+        // planted: a later DELETE on m (the application's, straight to the database) would
+        // delete rows of scratch
+        "ALTER TABLE scratch ADD FOREIGN KEY (id) REFERENCES m (id) ON DELETE CASCADE NOT VALID",
+    ] {
+        let r = c.query(attack);
+        refused(&r, attack);
+        assert_eq!(state(&g), before, "{attack}");
+    }
+    // A WITH HOLD cursor runs the rest of its query at COMMIT, unmeasured: held at DECLARE.
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    refused(&c.query("DECLARE hc CURSOR WITH HOLD FOR SELECT purge()"), "a WITH HOLD cursor");
+    c.query("COMMIT");
+    assert_eq!(state(&g), before, "WITH HOLD cursor");
+    // Without HOLD the query runs at FETCH, which is measured: 100 orders is over the limit.
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    assert!(errors(&c.query("DECLARE fc CURSOR FOR SELECT purge()")).is_empty());
+    refused(&c.query("FETCH ALL FROM fc"), "FETCH from a cursor over purge()");
+    c.query("ROLLBACK");
+    assert_eq!(state(&g), before, "FETCH");
+    // What destroys nothing still runs: the same kinds over built-ins, and a key without a cascade.
+    for sql in [
+        "CREATE TABLE t3 AS SELECT id, lower('X') AS x FROM orders WHERE id < 5",
+        "CREATE VIEW v2 AS SELECT id, upper('y') FROM orders",
+        "EXPLAIN ANALYZE SELECT count(*) FROM orders",
+        "ALTER TABLE scratch ADD CONSTRAINT ck2 CHECK (id > 0)",
+    ] {
+        let r = c.query(sql);
+        assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
+    }
+    assert_eq!(state(&g), before);
+    // A search_path that puts the application's schema first makes lower() its function: the
+    // SELECT is measured like any unknown function (it used to run unmeasured).
+    assert!(errors(&c.query("SET search_path = app, pg_catalog, public")).is_empty());
+    refused(&c.query("SELECT lower('A')"), "lower() resolving to app.lower()");
+    assert_eq!(state(&g), before, "app.lower()");
+    // (From then on the guard counts this session's unqualified built-ins as unknown functions,
+    // RESET or not.)
+    assert!(errors(&c.query("RESET search_path")).is_empty());
+    // The application deletes a row of m directly: no foreign key was planted, nothing cascades.
+    g.pg.psql("DELETE FROM m WHERE id = 1").unwrap();
+    assert_eq!(state(&g), before, "after the application's own DELETE on m");
+    // The audit log says what was tried, by whom, and why it was held.
+    let mut spool = String::new();
+    for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            spool += &std::fs::read_to_string(p).unwrap();
+        }
+    }
+    let held: Vec<&str> = spool.lines().filter(|l| l.contains("EXPLAIN ANALYZE SELECT purge()")).collect();
+    assert!(
+        held.iter().any(|l| l.contains("alice") && l.contains("cannot count the rows")),
+        "the audit record of the EXPLAIN ANALYZE: {held:?}"
+    );
+}
