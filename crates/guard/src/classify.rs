@@ -986,16 +986,27 @@ impl Walker<'_> {
                     ),
                 );
             }
-            "TransactionStmt" => {
-                if TransactionStmtKind::try_from(int_field(body, "kind"))
-                    == Ok(TransactionStmtKind::TransStmtPrepare)
-                {
-                    self.raise(
-                        Class::Write,
-                        "PREPARE TRANSACTION leaves a transaction holding its locks after the session".into(),
-                    );
-                }
-            }
+            "TransactionStmt" => match TransactionStmtKind::try_from(int_field(body, "kind")) {
+                Ok(TransactionStmtKind::TransStmtPrepare) => self.raise(
+                    Class::Write,
+                    "PREPARE TRANSACTION leaves a transaction holding its locks after the session".into(),
+                ),
+                // Any session's prepared transaction, which its coordinator may already count
+                // as committed: discarding it loses that work, and ending it either way takes
+                // the coordinator's decision from it.
+                Ok(TransactionStmtKind::TransStmtRollbackPrepared) => self.raise(
+                    Class::Destructive,
+                    format!(
+                        "ROLLBACK PREPARED {:?} discards a prepared transaction, perhaps another session's, whose coordinator may count it as committed",
+                        str_field(body, "gid")
+                    ),
+                ),
+                Ok(TransactionStmtKind::TransStmtCommitPrepared) => self.raise(
+                    Class::Write,
+                    "COMMIT PREPARED commits a prepared transaction, perhaps another session's".into(),
+                ),
+                _ => {}
+            },
             "VacuumStmt" => {
                 let full = list(body, "options").iter().any(|o| match as_node(o) {
                     Some(("DefElem", d)) => str_field(d, "defname") == "full" && !option_off(field(d, "arg")),
@@ -1394,6 +1405,10 @@ impl Walker<'_> {
                     | T::AtDisableRowSecurity
                     | T::AtNoForceRowSecurity,
                 ) => self.raise(Class::Destructive, format!("ALTER TABLE {table} switches off a trigger, rule or row-level security")),
+                Ok(T::AtAddInherit | T::AtAttachPartition) => self.raise(
+                    Class::Destructive,
+                    format!("ALTER TABLE {table} puts another table's rows under this one (INHERIT, ATTACH PARTITION): later DELETE, UPDATE and TRUNCATE of it — retention jobs included — reach them"),
+                ),
                 Ok(T::AtAddConstraint) => {
                     if let Some(action) = cascading_foreign_key(field(c, "def")) {
                         self.raise(

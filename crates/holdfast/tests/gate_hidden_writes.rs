@@ -1,7 +1,7 @@
 //! The gate attacked where the row guard cannot see: a function that may write (the
 //! application's own, which the guard does not know) run by a statement the gate does not
 //! measure, or planted — in a view, a default, a CHECK, a row-level security policy, a foreign
-//! key's cascade — where later statements run it unmeasured. A real PostgreSQL behind the real
+//! key's cascade, an inheritance — where later statements run it unmeasured. A real PostgreSQL behind the real
 //! gate, the database itself as the oracle (rows counted before and after), the audit spool as
 //! the witness. Bob is no approver here, so anything that needs approval is refused at once.
 
@@ -35,7 +35,8 @@ fn functions_that_may_write_run_only_where_measured_and_planted_ones_are_held() 
         "CREATE FUNCTION purge() RETURNS bigint LANGUAGE sql AS 'WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING 1) SELECT count(*) FROM d';
          CREATE SCHEMA app; GRANT USAGE ON SCHEMA app TO gate_app;
          CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING 1) SELECT count(*)::text FROM d';
-         CREATE TABLE m (id int PRIMARY KEY); INSERT INTO m SELECT g FROM generate_series(1, 20) g; GRANT ALL ON m TO gate_app;",
+         CREATE TABLE m (id int PRIMARY KEY); INSERT INTO m SELECT g FROM generate_series(1, 20) g; GRANT ALL ON m TO gate_app;
+         CREATE TABLE expired (id int); ALTER TABLE expired OWNER TO gate_app;",
     )
     .unwrap();
     let before = state(&g);
@@ -57,6 +58,8 @@ fn functions_that_may_write_run_only_where_measured_and_planted_ones_are_held() 
         // planted: a later DELETE on m (the application's, straight to the database) would
         // delete rows of scratch
         "ALTER TABLE scratch ADD FOREIGN KEY (id) REFERENCES m (id) ON DELETE CASCADE NOT VALID",
+        // planted: the application's `DELETE FROM expired` would reach scratch's rows
+        "ALTER TABLE scratch INHERIT expired",
     ] {
         let r = c.query(attack);
         refused(&r, attack);
@@ -93,8 +96,10 @@ fn functions_that_may_write_run_only_where_measured_and_planted_ones_are_held() 
     // RESET or not.)
     assert!(errors(&c.query("RESET search_path")).is_empty());
     // The application deletes a row of m directly: no foreign key was planted, nothing cascades.
-    g.pg.psql("DELETE FROM m WHERE id = 1").unwrap();
-    assert_eq!(state(&g), before, "after the application's own DELETE on m");
+    // The application cleans up directly: no foreign key or inheritance was planted, nothing
+    // reaches scratch.
+    g.pg.psql("DELETE FROM m WHERE id = 1; DELETE FROM expired; TRUNCATE expired").unwrap();
+    assert_eq!(state(&g), before, "after the application's own DELETE on m and expired");
     // The audit log says what was tried, by whom, and why it was held.
     let mut spool = String::new();
     for e in std::fs::read_dir(g.dir.join("state/audit")).unwrap() {

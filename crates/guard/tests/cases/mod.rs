@@ -333,6 +333,13 @@ pub const CASES: &[(&str, Class, V)] = &[
     ),
     ("ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants", Ddl, Allow), // refuses, changes nothing
     ("CREATE TABLE child2 (id int REFERENCES merchants ON DELETE CASCADE)", Ddl, Allow), // only its own rows
+    // ---- another table's rows put under this one: later DELETE/TRUNCATE of it reach them
+    ("ALTER TABLE a INHERIT b", Destr, Approve),
+    ("ALTER TABLE sessions ATTACH PARTITION orders FOR VALUES FROM (1) TO (10)", Destr, Approve),
+    ("ALTER TABLE b NO INHERIT a", Ddl, Allow),
+    // ---- two-phase commit: another session's prepared work
+    ("ROLLBACK PREPARED 'tx-42'", Destr, Approve),
+    ("COMMIT PREPARED 'tx-42'", Write, Allow),
     // ---- writes hidden in CTEs and EXPLAIN
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Destr, Approve),
     ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d", Destr, Approve), // count invisible
@@ -404,7 +411,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("RELEASE SAVEPOINT s1", Read, Allow),
     ("ROLLBACK TO SAVEPOINT s1", Read, Allow),
     ("PREPARE TRANSACTION 'tx1'", Write, Allow),
-    ("COMMIT PREPARED 'tx1'", Read, Allow),
+    ("COMMIT PREPARED 'tx1'", Write, Allow),
     ("DECLARE c CURSOR FOR SELECT * FROM orders", Read, Allow),
     ("SET track_counts = off", Destr, Approve), // the gate measures writes by these counters
     ("SELECT set_config('track_counts', 'off', true)", Destr, Approve),
@@ -501,7 +508,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("INSERT INTO t DEFAULT VALUES", Write, Rows),
     ("PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p", Read, Allow),
     ("START TRANSACTION; SET TRANSACTION READ WRITE; COMMIT", Read, Allow),
-    ("ROLLBACK PREPARED 'tx1'", Read, Allow),
+    ("ROLLBACK PREPARED 'tx1'", Destr, Approve),
     ("SET LOCAL statement_timeout = 0", Read, Allow),
     ("RESET statement_timeout", Read, Allow),
     ("SET CONSTRAINTS ALL DEFERRED", Read, Allow),
