@@ -65,7 +65,6 @@ const WRITES: &[&str] = &[
     "lo_from_bytea",
     "lo_open",
     "lo_close",
-    "pg_create_restore_point",
     "pg_switch_wal",
     "pg_backup_start",
     "pg_backup_stop",
@@ -595,6 +594,19 @@ pub(crate) fn classify_function(parts: &[String], policy: &crate::Policy) -> Fun
             class: Class::Destructive,
             reason: Some(format!(
                 "calls {written}(), a function that can destroy, kill sessions, reach outside the database or run SQL the guard cannot see"
+            )),
+            unqualified_builtin: false,
+            unknown: false,
+        };
+    }
+    if lname == "pg_create_restore_point" {
+        // Recovery to a named restore point stops at the *first* record of that name: a name
+        // planted ahead of the one people will create (`before_migration`) makes a later
+        // `restore --restore-point` stop early and lose what came between, reported "reached".
+        return FunctionVerdict {
+            class: Class::Destructive,
+            reason: Some(format!(
+                "calls {written}(): recovery stops at the first restore point of a name, so a name planted early makes a later restore to it lose what came between"
             )),
             unqualified_builtin: false,
             unknown: false,

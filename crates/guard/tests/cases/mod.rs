@@ -339,6 +339,9 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("ALTER TABLE b NO INHERIT a", Ddl, Allow),
     // ---- two-phase commit: another session's prepared work
     ("ROLLBACK PREPARED 'tx-42'", Destr, Approve),
+    // ---- misleading a later restore: recovery stops at the first restore point of a name
+    ("SELECT pg_create_restore_point('before_migration')", Destr, Approve),
+    ("SELECT PG_CATALOG.PG_CREATE_RESTORE_POINT('x')", Destr, Approve),
     ("COMMIT PREPARED 'tx-42'", Write, Allow),
     // ---- writes hidden in CTEs and EXPLAIN
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Destr, Approve),
