@@ -67,10 +67,13 @@ struct Held {
 }
 
 /// The gate's read of what the transaction changed so far: per table (oid) its name, rows
-/// updated + deleted and estimated size; and the ACCESS EXCLUSIVE relation locks held. Every
+/// updated + deleted and estimated size; and the ACCESS EXCLUSIVE relation locks held, each as
+/// `oid:relfilenode` (`oid:gone` once dropped) — a TRUNCATE or DROP inside a function on a
+/// relation the transaction had locked already (`LOCK TABLE … IN ACCESS EXCLUSIVE MODE` first)
+/// takes no new lock, but changes or removes its file. Every
 /// name is schema-qualified and every operator spelt `OPERATOR(pg_catalog.…)`, so a session's
 /// search_path or its own objects cannot change what it reads.
-const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'";
+const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'";
 
 /// As [`SNAPSHOT_SQL`], plus one row (oid -2) listing every user relation (OID ≥ 16384) as
 /// `oid`, or `oid:relfilenode` when it is a table (matview, TOAST table, sequence) whose file
@@ -78,7 +81,7 @@ const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_c
 /// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry. And
 /// one row (oid -3): the ACCESS EXCLUSIVE locks the session holds on foreign tables (a TRUNCATE
 /// of one empties a table on another server, which no local entry shows).
-const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks      WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'relation'      AND mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'";
+const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'";
 
 /// The name [`SNAPSHOT_SQL`] is prepared under on the server connection, once (parsed and
 /// planned once, not twice per measured write). Clients may not Parse, Bind or Close a
@@ -103,6 +106,8 @@ struct Snap {
     /// oid → (schema.table, rows updated + deleted, estimated rows).
     tables: HashMap<i64, (String, u64, i64)>,
     exclusive_locks: u64,
+    /// The relations locked ACCESS EXCLUSIVE, as `oid:relfilenode` (or `oid:gone`).
+    exclusive_files: std::collections::HashSet<String>,
     rows_seen: bool,
     /// The relations' entries (see [`SNAPSHOT_PROBE_SQL`]), when probed.
     relations: Option<std::collections::HashSet<String>>,
@@ -119,6 +124,7 @@ impl Snap {
         self.rows_seen = true;
         if oid == -1 {
             self.exclusive_locks = n;
+            self.exclusive_files = get(1).split(',').filter(|e| !e.is_empty()).map(str::to_string).collect();
         } else if oid == -3 {
             self.foreign_locks = Some(n);
         } else if oid == -2 {
@@ -1582,6 +1588,15 @@ impl<'a> Session<'a> {
             over.push(format!(
                 "it took an ACCESS EXCLUSIVE lock on {} more relation(s): a DROP, TRUNCATE or rewrite (e.g. inside a function)",
                 after.exclusive_locks - before.exclusive_locks
+            ));
+        }
+        // A relation the transaction already held exclusively takes no new lock: its file
+        // changed (TRUNCATE, rewrite) or it is gone (DROP). For a probe, the relations' entries
+        // above judge the same.
+        let replaced = before.exclusive_files.iter().filter(|e| !after.exclusive_files.contains(*e)).count();
+        if !probe && replaced > 0 {
+            over.push(format!(
+                "it emptied, rewrote or dropped {replaced} relation(s) the transaction had locked exclusively (a TRUNCATE or DROP, e.g. inside a function)"
             ));
         }
         if total > max_rows {

@@ -114,3 +114,54 @@ fn functions_that_may_write_run_only_where_measured_and_planted_ones_are_held() 
         "the audit record of the EXPLAIN ANALYZE: {held:?}"
     );
 }
+
+/// A TRUNCATE or DROP inside a function changes no row counter; the gate sees it by the ACCESS
+/// EXCLUSIVE lock it takes. Taking that lock first (`LOCK TABLE … IN ACCESS EXCLUSIVE MODE`,
+/// a write that changes nothing) used to hide it: the function then took no *new* lock on a
+/// table without an index or TOAST table, and the emptied table was kept. The gate now also
+/// compares the file (relfilenode) of every relation it holds exclusively.
+#[test]
+fn a_truncate_or_drop_in_a_function_is_seen_when_the_table_was_locked_first() {
+    let g = Gate::start_with("", POLICY, false);
+    // The application's maintenance functions (SECURITY DEFINER, owned by the superuser) and a
+    // table of integers only: no index, no TOAST table.
+    g.pg.psql(
+        "CREATE TABLE cards (id int, balance bigint);
+         INSERT INTO cards SELECT g, 100 FROM generate_series(1, 50) g;
+         GRANT ALL ON cards TO gate_app;
+         CREATE FUNCTION reset_cards() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE cards';
+         CREATE FUNCTION drop_cards() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DROP TABLE cards';",
+    )
+    .unwrap();
+    let cards = |g: &Gate| {
+        g.pg.psql("SELECT count(*) FROM pg_class WHERE relname = 'cards'").unwrap()
+            + "/"
+            + &g.pg.psql("SELECT coalesce(sum(balance), 0) FROM cards").unwrap_or_default()
+    };
+    let before = cards(&g);
+    assert_eq!(before, "1/5000");
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for f in ["reset_cards", "drop_cards"] {
+        // Without the lock first: held, as before.
+        refused(&c.query(&format!("SELECT {f}()")), f);
+        assert_eq!(cards(&g), before, "{f}");
+        // With the lock taken first, in the client's transaction.
+        assert!(errors(&c.query("BEGIN")).is_empty());
+        assert!(errors(&c.query("LOCK TABLE cards IN ACCESS EXCLUSIVE MODE")).is_empty());
+        refused(&c.query(&format!("SELECT {f}()")), &format!("{f} after LOCK"));
+        c.query("COMMIT");
+        assert_eq!(cards(&g), before, "{f} after LOCK");
+    }
+    // pgbench -i's pattern still runs: TRUNCATE of an empty table (probed), then writes in the
+    // same transaction, which change no file the transaction holds exclusively.
+    g.pg.psql("CREATE TABLE fresh (id int PRIMARY KEY, v int); GRANT ALL ON fresh TO gate_app").unwrap();
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    let r = c.query("TRUNCATE fresh");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    let r = c.query("INSERT INTO fresh VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET v = 2");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    let r = c.query("UPDATE fresh SET v = 3 WHERE id = 1");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert!(errors(&c.query("COMMIT")).is_empty());
+    assert_eq!(g.pg.psql("SELECT v FROM fresh").unwrap(), "3");
+}
