@@ -165,3 +165,30 @@ fn a_truncate_or_drop_in_a_function_is_seen_when_the_table_was_locked_first() {
     assert!(errors(&c.query("COMMIT")).is_empty());
     assert_eq!(g.pg.psql("SELECT v FROM fresh").unwrap(), "3");
 }
+
+/// Large objects are rows of system catalogs (`pg_largeobject_metadata`, `pg_largeobject`),
+/// which the row guard's per-table counters left out: `lo_unlink` called by the application's
+/// own function (not by name, which is held) removed every large object with nothing counted.
+/// They are counted now like any table's rows, against the same limits and budgets.
+#[test]
+fn large_objects_removed_inside_a_function_are_counted() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "SELECT pg_catalog.lo_from_bytea(0, pg_catalog.convert_to(g::text, 'UTF8')) FROM generate_series(1, 30) g;
+         CREATE FUNCTION forget_file(o oid) RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT pg_catalog.lo_unlink(o)';",
+    )
+    .unwrap();
+    let los = |g: &Gate| g.pg.psql("SELECT count(*) FROM pg_largeobject_metadata").unwrap();
+    assert_eq!(los(&g), "30");
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // By name: held, as before.
+    refused(&c.query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata"), "lo_unlink by name");
+    // Through the application's function: 30 large objects is over the limit of 10.
+    let r = c.query("SELECT forget_file(oid) FROM pg_largeobject_metadata");
+    refused(&r, "lo_unlink inside a function");
+    assert_eq!(los(&g), "30");
+    // One is within the limit, and the audit's outcome counts it.
+    let r = c.query("SELECT forget_file(oid) FROM pg_largeobject_metadata ORDER BY oid LIMIT 1");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(los(&g), "29");
+}
