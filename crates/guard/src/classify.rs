@@ -1086,6 +1086,19 @@ impl Walker<'_> {
                     format!("ALTER ROLE {} RENAME: changes a role's identity", str_field(body, "subname")),
                 );
             }
+            "RenameStmt" | "AlterObjectSchemaStmt"
+                if routine(int_field(body, if name == "RenameStmt" { "rename_type" } else { "object_type" })) =>
+            {
+                // What the application calls by name would run another function: a time bomb
+                // like CREATE OR REPLACE FUNCTION, for whoever calls it next.
+                let what = object_type(int_field(body, if name == "RenameStmt" { "rename_type" } else { "object_type" }));
+                let verb = if name == "RenameStmt" { "RENAME" } else { "SET SCHEMA" };
+                self.raise(
+                    Class::Destructive,
+                    format!("ALTER {what} … {verb}: later calls by a name may run another {}", what.to_lowercase()),
+                );
+                self.visit_body(body, &[], ctx);
+            }
             "CreateSchemaStmt" | "ViewStmt" | "CreateStmt" | "IndexStmt" => self.fixed(name, body, ctx, true),
             _ if FIXED.iter().any(|(n, ..)| *n == name) => self.fixed(name, body, ctx, true),
             _ if INERT.contains(&name) => self.visit_body(body, &[], ctx),
@@ -1445,6 +1458,19 @@ fn cascading_foreign_key(def: &Value) -> Option<String> {
     action(str_field(b, "fk_del_action"))
         .map(|a| format!("ON DELETE {a}"))
         .or_else(|| action(str_field(b, "fk_upd_action")).map(|a| format!("ON UPDATE {a}")))
+}
+
+/// Whether an object type is something called by name (a function, procedure, aggregate or
+/// operator): renaming or moving one changes what a later call runs.
+fn routine(object_type: i32) -> bool {
+    matches!(
+        ObjectType::try_from(object_type),
+        Ok(ObjectType::ObjectFunction
+            | ObjectType::ObjectProcedure
+            | ObjectType::ObjectRoutine
+            | ObjectType::ObjectAggregate
+            | ObjectType::ObjectOperator)
+    )
 }
 
 /// An option argument that turns it off (`ANALYZE false`, `FULL off`, `NOSUPERUSER`). PostgreSQL

@@ -339,6 +339,14 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("ALTER TABLE b NO INHERIT a", Ddl, Allow),
     // ---- two-phase commit: another session's prepared work
     ("ROLLBACK PREPARED 'tx-42'", Destr, Approve),
+    // ---- what a later call by name runs: a function swapped by RENAME or SET SCHEMA
+    ("ALTER FUNCTION purge_all_orders() RENAME TO purge_expired_sessions", Destr, Approve),
+    ("ALTER PROCEDURE nightly() SET SCHEMA public", Destr, Approve),
+    ("ALTER ROUTINE f(int) RENAME TO g", Destr, Approve),
+    ("ALTER AGGREGATE agg(int) RENAME TO total", Destr, Approve),
+    ("ALTER OPERATOR public.=== (int, int) SET SCHEMA app", Destr, Approve),
+    ("ALTER TABLE a RENAME TO a2", Ddl, Allow),
+    ("ALTER TABLE s SET SCHEMA public", Ddl, Allow),
     // ---- misleading a later restore: recovery stops at the first restore point of a name
     ("SELECT pg_create_restore_point('before_migration')", Destr, Approve),
     ("SELECT PG_CATALOG.PG_CREATE_RESTORE_POINT('x')", Destr, Approve),
