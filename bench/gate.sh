@@ -22,8 +22,11 @@
 #      goes to bench-out/gate-profile.txt)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
 #      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
+#      SESSION_THREADS=N (the gate's session_threads: its sessions on N single-threaded
+#      runtimes; 0 = on the main multi-threaded runtime, as before issue 19's third slice;
+#      default: gate.toml's default, one per core)
 #      The gate inherits the environment: HOLDFAST_RUNTIME=current (one thread) or
-#      TOKIO_WORKER_THREADS=N try other runtimes than the default (one worker per core).
+#      TOKIO_WORKER_THREADS=N try other main runtimes than the default (one worker per core).
 # Writes bench-out/gate.md.
 set -euo pipefail
 
@@ -109,6 +112,7 @@ listen = "127.0.0.1:$GPORT"
 control_listen = "127.0.0.1:$CPORT"
 state_dir = "state"
 require_tls = $([ "$TLS" = 1 ] && echo true || echo false)
+$([ -n "${SESSION_THREADS:-}" ] && echo "session_threads = $SESSION_THREADS")
 [upstream]
 host = "127.0.0.1"
 port = $PGPORT
