@@ -25,7 +25,7 @@
 #      SESSION_THREADS=N (the gate's session_threads: its sessions on N single-threaded
 #      runtimes; 0 = on the main multi-threaded runtime, as before issue 19's third slice;
 #      default: gate.toml's default, one per core)
-#      The gate inherits the environment: HOLDFAST_RUNTIME=current (one thread) or
+#      The gate inherits the environment: HOLDFAST_RUNTIME=current (a one-thread main runtime) or
 #      TOKIO_WORKER_THREADS=N try other main runtimes than the default (one worker per core).
 # Writes bench-out/gate.md.
 set -euo pipefail
