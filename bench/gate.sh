@@ -6,7 +6,10 @@
 #   extended protocol drivers use), CLIENTS clients, DURATION seconds each: TPS, mean and p99
 #   latency (from pgbench's per-transaction log), and the proxy's CPU per statement (its
 #   process's user+system ticks from /proc/PID/stat before and after the run, divided by the
-#   statements pgbench completed: 1 per select-only transaction, 7 per TPC-B one); then TPS and
+#   statements pgbench completed: 1 per select-only transaction, 7 per TPC-B one), and its
+#   context switches per statement (voluntary + involuntary, summed over the process's threads
+#   from /proc/PID/task/*/status before and after: every wake-up of a thread that had gone to
+#   sleep is one; threads that ended during the run are not counted); then TPS and
 #   peak RSS (VmHWM) of the gate and of PgBouncer with CONNS concurrent connections.
 #
 # One command (as root, on Debian 12 with Rust): bench/gate.sh    (also: ./run bench gate)
@@ -19,8 +22,11 @@
 #      goes to bench-out/gate-profile.txt)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
 #      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
-#      The gate inherits the environment: HOLDFAST_RUNTIME=current (one thread) or
-#      TOKIO_WORKER_THREADS=N try other runtimes than the default (one worker per core).
+#      SESSION_THREADS=N (the gate's session_threads: its sessions on N single-threaded
+#      runtimes; 0 = on the main multi-threaded runtime, as before issue 19's third slice;
+#      default: gate.toml's default, one per core)
+#      The gate inherits the environment: HOLDFAST_RUNTIME=current (a one-thread main runtime) or
+#      TOKIO_WORKER_THREADS=N try other main runtimes than the default (one worker per core).
 # Writes bench-out/gate.md.
 set -euo pipefail
 
@@ -106,6 +112,7 @@ listen = "127.0.0.1:$GPORT"
 control_listen = "127.0.0.1:$CPORT"
 state_dir = "state"
 require_tls = $([ "$TLS" = 1 ] && echo true || echo false)
+$([ -n "${SESSION_THREADS:-}" ] && echo "session_threads = $SESSION_THREADS")
 [upstream]
 host = "127.0.0.1"
 port = $PGPORT
@@ -152,6 +159,11 @@ cpu_ticks() { # user+system ticks of a process (fields 14 and 15 of /proc/PID/st
   [ -n "$1" ] || { echo 0; return; }
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
+ctx_switches() { # voluntary and involuntary context switches of all threads of a process
+  [ -n "$1" ] || { echo "0 0"; return; }
+  cat /proc/"$1"/task/*/status 2>/dev/null \
+    | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
 run() { # name port sslmode mode pid-of-proxy(or empty)
   local name="$1" port="$2" ssl="$3" mode="$4" pid="$5" flag="-M simple" per_tx=7
   [ "$mode" = select ] && flag="-S -M simple" per_tx=1
@@ -159,8 +171,9 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   [ "$mode" = tpcb-prepared ] && flag="-M prepared"
   rm -rf "$W/log-$name-$mode" && mkdir -p "$W/log-$name-$mode"
   log "  $mode via $name"
-  local before perf_pid=""
+  local before perf_pid="" cs_before
   before="$(cpu_ticks "$pid")"
+  cs_before="$(ctx_switches "$pid")"
   if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = "$PROFILE_WORKLOAD" ]; then
     perf record -g -o "$W/perf.data" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
@@ -168,17 +181,18 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
      -c "$CLIENTS" -j 2 -T "$DURATION" --log --log-prefix=tx postgres > out.txt 2>&1) \
      || { cat "$W/log-$name-$mode/out.txt" >&2; die "pgbench via $name failed"; }
-  local after
+  local after cs_after
   after="$(cpu_ticks "$pid")"
+  cs_after="$(ctx_switches "$pid")"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     perf report -i "$W/perf.data" --stdio --no-children --percent-limit 0.5 -g none 2>/dev/null \
       | grep -v '^$' | head -80 > "$OUT/gate-profile.txt" || true
     log "  profile of the gate ($mode): $OUT/gate-profile.txt"
   fi
-  python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" >> "$W/results.tsv" <<'PY'
+  python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" $cs_before $cs_after >> "$W/results.tsv" <<'PY'
 import glob, re, sys
-d, name, mode, ticks, tick, per_tx, pid = sys.argv[1:]
+d, name, mode, ticks, tick, per_tx, pid, vb, nb, va, na = sys.argv[1:]
 out = open(d + "/out.txt").read()
 tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
 txs = int(re.search(r"number of transactions actually processed: ([0-9]+)", out).group(1))
@@ -193,7 +207,9 @@ p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan")
 mean = sum(lat) / len(lat) / 1000 if lat else float("nan")
 stmts = txs * int(per_tx)
 cpu = int(ticks) / int(tick) * 1e6 / stmts if pid and stmts else float("nan")
-print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}\t{cpu:.1f}")
+vcs = (int(va) - int(vb)) / stmts if pid and stmts else float("nan")
+ncs = (int(na) - int(nb)) / stmts if pid and stmts else float("nan")
+print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}\t{cpu:.1f}\t{vcs:.2f}\t{ncs:.2f}")
 PY
 }
 : > "$W/results.tsv"
@@ -230,19 +246,19 @@ python3 - "$W/results.tsv" "$OUT/gate.md" "$CLIENTS" "$DURATION" "$SCALE" "$TLS"
 import sys
 res, out, clients, dur, scale, tls, conns, grss, brss, gct, bct, grc, brc, taskset, workloads = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
-by = {(r[0], r[1]): tuple(float(x) for x in r[2:6]) for r in rows}
+by = {(r[0], r[1]): tuple(float(x) for x in r[2:8]) for r in rows}
 modes = workloads.split()
 cores = ("the proxy pinned to core 0, PostgreSQL and pgbench to core 1 (TASKSET=1)" if taskset == "1"
          else "2 cores shared by PostgreSQL, pgbench and the proxy")
 lines = [f"# Gate benchmark\n",
-         f"pgbench -c {clients} -j 2 -T {dur}, scale {scale}; simple = -M simple, prepared = -M prepared (the extended protocol drivers use); {cores}; gate over TLS: {'yes' if tls == '1' else 'no'}. CPU per statement: the proxy process's user+system time over the run ÷ statements completed (select-only 1 per transaction, TPC-B 7).\n",
-         "| workload | gate / direct | PgBouncer / direct | gate / PgBouncer | gate p99 added | PgBouncer p99 added | gate CPU µs/stmt | PgBouncer CPU µs/stmt |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+         f"pgbench -c {clients} -j 2 -T {dur}, scale {scale}; simple = -M simple, prepared = -M prepared (the extended protocol drivers use); {cores}; gate over TLS: {'yes' if tls == '1' else 'no'}. CPU per statement: the proxy process's user+system time over the run ÷ statements completed (select-only 1 per transaction, TPC-B 7); context switches per statement: the proxy's threads' voluntary + involuntary switches over the run ÷ the same statements.\n",
+         "| workload | gate / direct | PgBouncer / direct | gate / PgBouncer | gate p99 added | PgBouncer p99 added | gate CPU µs/stmt | PgBouncer CPU µs/stmt | gate ctx sw/stmt (vol + invol) | PgBouncer ctx sw/stmt |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for mode in modes:
     d, g, b = by.get(("direct", mode)), by.get(("gate", mode)), by.get(("pgbouncer", mode))
     if not (d and g and b):
         continue
-    lines.append(f"| {mode} | {g[0]/d[0]:.2f} | {b[0]/d[0]:.2f} | {g[0]/b[0]:.2f} | {g[2]-d[2]:+.2f} ms | {b[2]-d[2]:+.2f} ms | {g[3]:.1f} | {b[3]:.1f} |")
+    lines.append(f"| {mode} | {g[0]/d[0]:.2f} | {b[0]/d[0]:.2f} | {g[0]/b[0]:.2f} | {g[2]-d[2]:+.2f} ms | {b[2]-d[2]:+.2f} ms | {g[3]:.1f} | {b[3]:.1f} | {g[4]:.2f} + {g[5]:.2f} | {b[4]:.2f} + {b[5]:.2f} |")
 lines += ["", "| workload | path | TPS | mean ms | p99 ms |", "|---|---|---:|---:|---:|"]
 for mode in modes:
     for name in ("direct", "gate", "pgbouncer"):

@@ -13,18 +13,19 @@
 //!
 //! The directory is created 0700 and every file 0600: the spool holds SQL text.
 //!
-//! Appends are group-committed without a writer thread: an appender gives its record a seq
-//! and adds its line to the records not yet written (under a short lock), then, unless a
-//! write already under way or just finished covers it, takes the file itself and writes
-//! *everything* waiting with one `write` and one `fdatasync` — so whichever session arrives
-//! first leads, and the sessions that arrive while it writes are made durable together by the
-//! next one (leader/follower, as PostgreSQL's WAL writers do). Nobody is told a record is
-//! durable before that `fdatasync` returned. Records queued without waiting
-//! ([`AuditLog::submit_nowait`]) go with the next group, or after at most
-//! [`NOWAIT_FLUSH`] with a small background thread's.
+//! Appends are group-committed by one writer thread per spool (`audit-writer`): an appender
+//! gives its record a seq and adds its line to the records not yet written (under a short
+//! lock), asks the writer for a write unless one is already asked for, and awaits the
+//! completion — no appender's thread ever blocks in a write or an `fdatasync`, so a session's
+//! runtime thread goes on serving other sessions meanwhile. The writer takes *everything*
+//! waiting and makes it durable with one `write` and one `fdatasync`; records that arrive
+//! while it syncs form the next group. Nobody is told a record is durable before that
+//! `fdatasync` returned. Records queued without waiting ([`AuditLog::submit_nowait`]) go with
+//! the next group, or after at most [`NOWAIT_FLUSH`] on the writer's own.
 //!
-//! Segments after the first are *pre-zeroed*, as PostgreSQL's WAL segments are: once the
-//! current segment is half full, the background thread writes the next one's `segment_bytes`
+//! Segments are *pre-zeroed*, as PostgreSQL's WAL segments are: at open, the current segment
+//! (a new spool's first one included) is filled with zeros up to `segment_bytes`; once it is
+//! half full, a background thread (`audit-flusher`) writes the next one's `segment_bytes`
 //! of zeros and fsyncs it, and the rollover renames it into place. A group write then
 //! overwrites blocks the file already has, so its `fdatasync` flushes data only, not the
 //! journal commit a growing file needs for its new size and blocks (measured on this
@@ -37,7 +38,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -142,7 +143,7 @@ pub(crate) struct Shared {
     pub(crate) head: Position,
     /// The lines of the records after `last_seq` up to `head`, in order, not yet written.
     pub(crate) unwritten: Vec<u8>,
-    /// Bytes a leader has taken out of `unwritten` and is writing: still unshipped, so they
+    /// Bytes a group write has taken out of `unwritten` and is writing: still unshipped, so they
     /// count against `max_pending_bytes` until they join `pending_bytes` (without them an
     /// append during a group write saw the spool emptier than it was, and passed the bound).
     pub(crate) in_flight: u64,
@@ -161,15 +162,18 @@ pub(crate) struct Position {
 /// when no appender comes to write it with its own.
 pub const NOWAIT_FLUSH: Duration = Duration::from_millis(10);
 
-/// What appenders share: the counters, the unwritten records, and the file (held by whichever
-/// appender leads the next group write).
+/// What appenders share: the counters, the unwritten records, and the file (written by the
+/// writer thread; by blocking callers and at close too, under its lock).
 pub(crate) struct Core {
     pub(crate) shared: Mutex<Shared>,
     disk: Mutex<Disk>,
-    /// `Shared::last_seq`, readable without the lock: followers check it when woken.
+    /// `Shared::last_seq`, readable without the lock: waiting appenders check it when woken.
     durable: AtomicU64,
-    /// Woken after every group write (or failure), once the file is free again.
+    /// Woken after every group write (or failure).
     written: tokio::sync::Notify,
+    /// What the writer thread is asked to do, and whether it sleeps (then it needs a wake-up).
+    wake: Mutex<WriterState>,
+    wake_cv: Condvar,
     /// `Disk::current_len`, readable without the file's lock: the flusher prepares the next
     /// segment once the current one is half full.
     current_len: AtomicU64,
@@ -179,6 +183,15 @@ pub(crate) struct Core {
     segment_bytes: u64,
     max_record_bytes: u64,
     max_pending_bytes: u64,
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// An appender waits for a write.
+    want: bool,
+    /// The writer waits on `wake_cv` (a request must wake it; otherwise it looks again anyway).
+    sleeping: bool,
+    stop: bool,
 }
 
 /// The current segment file; only ever touched with its lock held.
@@ -191,7 +204,9 @@ struct Disk {
 
 pub(crate) struct Inner {
     pub(crate) core: Arc<Core>,
-    /// The background thread that writes records queued without waiting; stopped on drop.
+    /// The writer thread (every group write while the spool is open); stopped on drop.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The background thread that prepares the next segment's zeros; stopped on drop.
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     pub(crate) key: SigningKey,
@@ -200,16 +215,22 @@ pub(crate) struct Inner {
 }
 
 impl Drop for Inner {
-    /// Writes what is still unwritten, stops the flusher and frees the spool, so it can be
-    /// opened again at once.
+    /// Writes what is still unwritten, stops the writer and the flusher and frees the spool, so
+    /// it can be opened again at once.
     fn drop(&mut self) {
         {
             let (lock, cv) = &*self.stop;
             *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
             cv.notify_all();
         }
-        if let Some(h) = self.flusher.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = h.join();
+        {
+            self.core.wake.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+            self.core.wake_cv.notify_all();
+        }
+        for t in [&mut self.writer, &mut self.flusher] {
+            if let Some(h) = t.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
         }
         self.core.write_blocking();
         self.core.close_files();
@@ -512,6 +533,12 @@ impl AuditLog {
             .write(true)
             .open(&path)
             .map_err(|e| AuditError::io("cannot open", &path, e))?;
+        // The current segment — a new spool's first one, or the last one a closed spool cut back
+        // to its lines — is filled with zeros up to its size before the first group write, as
+        // every later segment is before it is used.
+        file.metadata()
+            .and_then(|m| fill_with_zeros(&file, m.len().max(rec.current_len), opts.segment_bytes))
+            .map_err(|e| AuditError::io("cannot write the zeros of", &path, e))?;
         let shared = Shared {
             last_seq: rec.last.seq,
             shipped,
@@ -534,6 +561,8 @@ impl AuditLog {
             }),
             durable: AtomicU64::new(rec.last.seq),
             written: tokio::sync::Notify::new(),
+            wake: Mutex::new(WriterState::default()),
+            wake_cv: Condvar::new(),
             current_len: AtomicU64::new(rec.current_len),
             spare: Mutex::new(None),
             dir: dir.to_path_buf(),
@@ -542,15 +571,32 @@ impl AuditLog {
             max_pending_bytes: opts.max_pending_bytes,
         });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let writer = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || core.write_groups())
+                .map_err(|e| AuditError::io("cannot start the writer thread for", dir, e))?
+        };
         let handle = {
             let (core, stop) = (core.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("audit-flusher".into())
-                .spawn(move || core.flush_nowait_records(&stop))
-                .map_err(|e| AuditError::io("cannot start the flusher thread for", dir, e))?
+                .spawn(move || core.prepare_segments(&stop))
+                .map_err(|e| AuditError::io("cannot start the flusher thread for", dir, e))
+        };
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                core.wake.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+                core.wake_cv.notify_all();
+                let _ = writer.join();
+                return Err(e);
+            }
         };
         let inner = Arc::new(Inner {
             core,
+            writer: Mutex::new(Some(writer)),
             flusher: Mutex::new(Some(handle)),
             stop,
             key,
@@ -574,9 +620,8 @@ impl AuditLog {
     /// place. [`AuditError::SpoolFull`] when the unshipped backlog would pass
     /// `max_pending_bytes`: nothing was recorded, and the caller must not perform the action.
     ///
-    /// The caller's task may itself write the group its record is in (one `write` and one
-    /// `fdatasync`, blocking its thread for that long) — at most one task at a time does, the
-    /// others wait for it without holding a thread.
+    /// The writer thread makes it durable with the group it is in; the caller's task waits
+    /// for that without holding a thread.
     pub async fn append(&self, event: Event) -> Result<RecordRef, AuditError> {
         let r = self.inner.core.enqueue(event)?;
         self.inner.core.durable(r.seq).await?;
@@ -684,14 +729,9 @@ impl Core {
         Ok(RecordRef { seq, hash, time })
     }
 
-    /// Waits until every record up to `seq` is written and fsynced, leading a group write when
-    /// no other appender is.
+    /// Waits until every record up to `seq` is written and fsynced by the writer thread.
     async fn durable(&self, seq: u64) -> Result<(), AuditError> {
-        // On a current-thread runtime the leader's fsync holds the only thread: before leading,
-        // let every other task that is ready run first, so that their records join this group
-        // instead of each leading one of its own after it.
-        let mut yielded = !tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let mut asked = false;
         loop {
             // Registered before looking, so a write that ends after the look wakes us.
             let woken = self.written.notified();
@@ -703,50 +743,61 @@ impl Core {
             if let Some(f) = self.failed() {
                 return Err(AuditError::Failed(f));
             }
-            if !yielded {
-                yielded = true;
-                tokio::task::yield_now().await;
-                continue;
+            if !asked {
+                asked = true;
+                self.ask_writer();
             }
-            // (The guard never lives across the await: a task holding the file never waits.)
-            let led = match self.disk.try_lock() {
-                Ok(disk) => {
-                    self.lead_in_task(disk);
-                    true
+            woken.await;
+        }
+    }
+
+    /// Asks the writer thread for a group write; wakes it only when it sleeps (while it
+    /// writes, it looks for more records before it sleeps again).
+    fn ask_writer(&self) {
+        let mut w = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        if w.want {
+            return;
+        }
+        w.want = true;
+        if w.sleeping {
+            self.wake_cv.notify_one();
+        }
+    }
+
+    /// The writer thread: a group write whenever an appender waits for one, and records
+    /// queued without waiting that are still unwritten after [`NOWAIT_FLUSH`]; at stop, once
+    /// more, then returns.
+    fn write_groups(&self) {
+        loop {
+            let stopping = {
+                let mut w = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+                if !w.want && !w.stop {
+                    w.sleeping = true;
+                    w = self.wake_cv.wait_timeout(w, NOWAIT_FLUSH).unwrap_or_else(|p| p.into_inner()).0;
+                    w.sleeping = false;
                 }
-                Err(TryLockError::Poisoned(p)) => {
-                    self.lead_in_task(p.into_inner());
-                    true
-                }
-                Err(TryLockError::WouldBlock) => false,
+                w.want = false;
+                w.stop
             };
-            if !led {
-                woken.await;
+            if self.durable.load(Ordering::Acquire) < self.shared().head.seq {
+                self.write_blocking();
+            }
+            if stopping {
+                return;
             }
         }
     }
 
-    /// [`Core::lead`] from an async task. On a multi-threaded runtime the write and fsync run
-    /// under `block_in_place`: the worker's queued tasks move to another thread meanwhile.
-    /// Without it they wait behind the fsync — measured with the gate pinned to one core, the
-    /// sessions queued on the leader's worker then each led a group of one, one after another
-    /// (320 TPS where the writer-thread design made 3,500).
-    fn lead_in_task(&self, disk: MutexGuard<'_, Disk>) {
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi { tokio::task::block_in_place(|| self.lead(disk)) } else { self.lead(disk) }
-    }
-
-    /// Writes whatever is unwritten, waiting for the file if another write holds it (threads
-    /// that are not async tasks: `append_blocking`, the flusher, drop).
+    /// Writes whatever is unwritten, waiting for the file if another write holds it (the writer
+    /// thread; threads that are not async tasks: `append_blocking`, drop).
     fn write_blocking(&self) {
         let disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
-        self.lead(disk);
+        self.write_and_wake(disk);
     }
 
     /// One group write: everything unwritten, one `write` and one `fdatasync`; then the file
     /// is released and everyone waiting is woken.
-    fn lead(&self, mut disk: MutexGuard<'_, Disk>) {
+    fn write_and_wake(&self, mut disk: MutexGuard<'_, Disk>) {
         self.write_group(&mut disk);
         drop(disk);
         self.written.notify_waiters();
@@ -794,21 +845,16 @@ impl Core {
         }
     }
 
-    /// The flusher thread: writes records queued without waiting that no appender wrote within
-    /// [`NOWAIT_FLUSH`]; at stop, once more, then returns.
-    fn flush_nowait_records(&self, stop: &(Mutex<bool>, Condvar)) {
+    /// The flusher thread: prepares the next segment's zeros once the current one is half
+    /// full (looked at every [`NOWAIT_FLUSH`]); returns at stop.
+    fn prepare_segments(&self, stop: &(Mutex<bool>, Condvar)) {
         let (lock, cv) = stop;
         loop {
-            let stopping = {
+            {
                 let g = lock.lock().unwrap_or_else(|p| p.into_inner());
-                if *g { true } else { *cv.wait_timeout(g, NOWAIT_FLUSH).unwrap_or_else(|p| p.into_inner()).0 }
-            };
-            let waiting = self.durable.load(Ordering::Acquire) < self.shared().head.seq;
-            if waiting {
-                self.write_blocking();
-            }
-            if stopping {
-                return;
+                if *g || *cv.wait_timeout(g, NOWAIT_FLUSH).unwrap_or_else(|p| p.into_inner()).0 {
+                    return;
+                }
             }
             self.prepare_spare();
         }
@@ -864,16 +910,7 @@ impl Core {
             return;
         }
         let path = self.dir.join(SPARE_FILE);
-        let zeroed = private_file(&path).and_then(|mut f| {
-            let chunk = vec![0u8; 1 << 20];
-            let mut left = self.segment_bytes;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                f.write_all(&chunk[..n])?;
-                left -= n as u64;
-            }
-            f.sync_all()
-        });
+        let zeroed = private_file(&path).and_then(|f| fill_with_zeros(&f, 0, self.segment_bytes));
         match zeroed {
             Ok(()) => *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(path),
             Err(e) => {
@@ -892,6 +929,22 @@ impl Core {
             let _ = std::fs::remove_file(spare);
         }
     }
+}
+
+/// Writes zeros into `file` from `from` up to `to` (nothing when it is that long already) and
+/// fsyncs it: blocks a later positional write overwrites without growing the file.
+fn fill_with_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    let chunk = vec![0u8; (to - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
 }
 
 /// A record's line up to its event: `{"seq":…,"time":"…","prev":"…","hash":"…","event":` —

@@ -334,9 +334,9 @@ fn snapshot(from: &Path, to: &Path) {
     std::fs::copy(from.join("gate"), to.join("gate")).ok();
 }
 
-/// Segments after the first are pre-zeroed: the flusher writes the next one's zeros once the
-/// current one is half full and the rollover renames it into place, so group writes overwrite
-/// blocks the file already has. The zeros after the last record are no torn write: a spool
+/// Segments are pre-zeroed: a new spool's first one and a reopened spool's current one at
+/// open, every later one by the flusher once the current one is half full (the rollover
+/// renames it into place), so group writes overwrite blocks the file already has. The zeros after the last record are no torn write: a spool
 /// left as a crash leaves it reopens with every record and no `spool_recovered`. A hole of
 /// zeros inside the last group write (blocks that never reached the disk before a power
 /// loss) is dropped as the torn write it is, even with a valid record after it; a closed
@@ -346,6 +346,12 @@ fn pre_zeroed_segments_and_their_zeros_are_no_torn_write() {
     let dir = tempfile::tempdir().unwrap();
     let opts = SpoolOptions { segment_bytes: 64 * 1024, ..Default::default() };
     let log = AuditLog::open(dir.path(), key(), opts.clone()).unwrap();
+    let first = dir.path().join(format!("{:020}.jsonl", 1));
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().len(),
+        opts.segment_bytes,
+        "a new spool's first segment is pre-zeroed at open"
+    );
     let count_segments = || {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -416,4 +422,16 @@ fn pre_zeroed_segments_and_their_zeros_are_no_torn_write() {
     let closed = std::fs::read(current).unwrap();
     assert_eq!(closed.last(), Some(&b'\n'));
     assert!(!closed.contains(&0));
+
+    // Reopened: the current segment is filled with zeros up to its size again, records kept.
+    let log = AuditLog::open(dir.path(), key(), opts.clone()).unwrap();
+    let reopened = std::fs::read(current).unwrap();
+    assert_eq!(reopened.len() as u64, opts.segment_bytes, "the current segment is pre-zeroed at open");
+    assert_eq!(&reopened[..closed.len()], &closed[..]);
+    assert!(reopened[closed.len()..].iter().all(|&b| b == 0));
+    log.append_blocking(event(n + 1, 400)).unwrap();
+    drop(log);
+    let records = read_spool(dir.path()).unwrap();
+    check_chain(&records);
+    assert_eq!(records.last().unwrap().seq, n + 1);
 }

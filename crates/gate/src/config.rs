@@ -42,6 +42,11 @@ pub struct GateFile {
     /// The largest client message accepted (default 64 MiB).
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// Single-threaded runtimes the client sessions are spread over, each session pinned to
+    /// one (default: one per core this process may run on; 0: sessions run on the main
+    /// multi-threaded runtime with the control API).
+    #[serde(default)]
+    pub session_threads: Option<usize>,
     /// How long a sign-in to the console (`https://<control_listen>/console/`) lasts, from
     /// sign-in, not from last use (default `15m`, at most `12h`).
     #[serde(default)]
@@ -330,6 +335,8 @@ pub struct Config {
     pub policy_text: Option<String>,
     pub approval_timeout: Duration,
     pub max_message_bytes: usize,
+    /// 0: sessions on the main runtime.
+    pub session_threads: usize,
     pub console_session: Duration,
     pub approval_parameters: ParamDisplay,
     pub upstream: Upstream,
@@ -504,6 +511,11 @@ impl Config {
             policy_text,
             approval_timeout: dur(&f.approval_timeout, 600, "approval_timeout")?,
             max_message_bytes: f.max_message_bytes.unwrap_or(64 << 20),
+            session_threads: match f.session_threads {
+                Some(n) if n > 1024 => return Err(format!("session_threads = {n}: at most 1024")),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            },
             console_session: match dur(&f.console_session, 15 * 60, "console_session")? {
                 d if d.is_zero() || d > Duration::from_secs(12 * 3600) => {
                     return Err("console_session: write a duration from 1s to 12h, e.g. \"15m\"".into());

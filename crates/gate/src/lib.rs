@@ -8,8 +8,9 @@
 //! `audit` log — before it takes effect — which ships to the vault.
 //!
 //! Modules: [`wire`] (server side of the protocol, sans-IO), [`scram`], [`totp`], [`config`],
-//! [`approvals`], [`server`] (accept, TLS, login), [`session`] (the relay), [`control`] (the
-//! HTTPS API for approvals, grants, status and metrics), [`console`] (the same in a browser).
+//! [`approvals`], [`server`] (accept, TLS, login), [`session`] (the relay), [`workers`] (the
+//! single-threaded runtimes sessions are pinned to), [`control`] (the HTTPS API for approvals,
+//! grants, status and metrics), [`console`] (the same in a browser).
 
 pub mod approvals;
 pub mod budget;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod totp;
 pub mod wire;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

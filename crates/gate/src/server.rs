@@ -32,17 +32,60 @@ pub async fn accept_loop(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let at_shutdown = serve::accept::AtShutdown::Abort;
-    serve::accept::accept_loop(listener, shutdown.clone(), at_shutdown, |tcp, peer| {
+    let workers = match shared.config.session_threads {
+        0 => None,
+        n => match crate::workers::Workers::start(n) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, threads = n, "cannot start the session runtimes; sessions run on the main runtime");
+                None
+            }
+        },
+    };
+    serve::accept::accept_loop_on(listener, shutdown.clone(), at_shutdown, |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let (shared, acceptor, mut shutdown) = (shared.clone(), acceptor.clone(), shutdown.clone());
-        Some(async move {
-            tokio::select! {
-                _ = connection(tcp, peer, acceptor, &shared) => {}
-                _ = shutdown.changed() => {}
+        let Some(workers) = &workers else {
+            return Some((
+                Box::pin(async move {
+                    tokio::select! {
+                        _ = connection(tcp, peer, acceptor, &shared) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+                None,
+            ));
+        };
+        // The socket moves to the session runtime's own IO driver.
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection to a session runtime");
+                return None;
             }
-        })
+        };
+        let (rt, pinned) = workers.pick();
+        Some((
+            Box::pin(async move {
+                let _pinned = pinned;
+                let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot register a connection with its session runtime");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = connection(tcp, peer, acceptor, &shared) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }),
+            Some(rt),
+        ))
     })
-    .await
+    .await;
+    // The sessions' tasks are gone (aborted above); `workers` stops the runtimes here.
+    drop(workers);
 }
 
 async fn read_first(

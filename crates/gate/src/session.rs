@@ -682,6 +682,20 @@ impl<'a> Session<'a> {
     /// Relays complete server frames to the client, watching ReadyForQuery (and the row guard).
     async fn on_server(&mut self) -> Result<(), String> {
         loop {
+            if self.swallow == 0
+                && self.own_answers == 0
+                && self.xrun.is_none()
+                && self.run.is_none()
+                && self.commit_pending == 0
+                && wire::relay_data_rows(&mut self.sbuf, &mut self.cout) > 0
+            {
+                // Rows of a statement the gate only relays (no run, measurement or answers of
+                // its own in the way): copied to the client as they came, no frame decoded.
+                if self.cout.len() > 64 * 1024 {
+                    self.flush_client().await?;
+                }
+                continue;
+            }
             let f = match wire::decode_frame(&mut self.sbuf, usize::MAX >> 1) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,

@@ -136,6 +136,25 @@ pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>,
     Ok(Some(Frame { tag, body: m.freeze() }))
 }
 
+/// Moves the complete DataRow messages at the start of `buf` to `out` as they are, in one copy
+/// (no frame is decoded, nothing allocated); returns how many bytes moved. Stops at the first
+/// other message, incomplete one or malformed length (left for [`decode_frame`] to judge).
+pub fn relay_data_rows(buf: &mut BytesMut, out: &mut BytesMut) -> usize {
+    let mut end = 0;
+    while buf.len() >= end + 5 && buf[end] == b'D' {
+        let len = u32::from_be_bytes([buf[end + 1], buf[end + 2], buf[end + 3], buf[end + 4]]) as usize;
+        if len < 4 || buf.len() < end + 1 + len {
+            break;
+        }
+        end += 1 + len;
+    }
+    if end > 0 {
+        out.extend_from_slice(&buf[..end]);
+        buf.advance(end);
+    }
+    end
+}
+
 fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);
     let at = out.len();
@@ -475,6 +494,39 @@ mod tests {
         let mut b = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
         assert!(matches!(decode_frame(&mut b, 1024), Err(WireError::BadLength(3))));
         assert!(frontend::query(&Bytes::from_static(b"no nul")).is_err());
+    }
+
+    /// DataRows move as they are, up to the first other, incomplete or malformed message; what
+    /// is left decodes as before.
+    #[test]
+    fn data_rows_are_relayed_as_they_came() {
+        let row = |out: &mut BytesMut, v: &[u8]| {
+            message(out, b'D', |o| {
+                o.put_i16(1);
+                o.put_i32(v.len() as i32);
+                o.put_slice(v);
+            })
+        };
+        let mut wire = BytesMut::new();
+        row(&mut wire, b"1");
+        row(&mut wire, b"22");
+        let rows = wire.clone();
+        message(&mut wire, b'C', |o| put_cstr(o, "SELECT 2"));
+        let mut half = BytesMut::new();
+        row(&mut half, b"333");
+        wire.extend_from_slice(&half[..half.len() - 1]);
+        let mut buf = wire.clone();
+        let mut out = BytesMut::from(&b"x"[..]);
+        assert_eq!(relay_data_rows(&mut buf, &mut out), rows.len());
+        assert_eq!(&out[1..], &rows[..], "byte for byte, after what was there");
+        assert_eq!(relay_data_rows(&mut buf, &mut out), 0, "a CommandComplete is decoded");
+        let f = decode_frame(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(f.tag, b'C');
+        assert_eq!(relay_data_rows(&mut buf, &mut out), 0, "an incomplete row waits");
+        assert_eq!(buf.len(), half.len() - 1);
+        let mut bad = BytesMut::from(&[b'D', 0, 0, 0, 3, 0][..]);
+        assert_eq!(relay_data_rows(&mut bad, &mut out), 0);
+        assert!(matches!(decode_frame(&mut bad, 1024), Err(WireError::BadLength(3))));
     }
 
     proptest::proptest! {

@@ -396,9 +396,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // HOLDFAST_RUNTIME=current runs the whole process on one thread. Kept so that issue 19's
-    // measurement can be repeated: for the gate it was slower than the multi-threaded default
-    // (the audit fsync then holds the only thread; README, "What the gate costs").
+    // HOLDFAST_RUNTIME=current runs the main runtime on one thread. Kept so that issue 19's
+    // measurement can be repeated (README, "What the gate costs"); the gate's sessions run on
+    // runtimes of their own (`session_threads` in gate.toml) whichever this is.
     let current = std::env::var("HOLDFAST_RUNTIME").is_ok_and(|v| v == "current");
     let built = if current {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

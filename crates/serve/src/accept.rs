@@ -23,11 +23,29 @@ pub enum AtShutdown {
 /// is, and accepting pauses 50 ms rather than spin.
 pub async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     at_shutdown: AtShutdown,
     mut on_connection: F,
 ) where
     F: FnMut(tokio::net::TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    accept_loop_on(listener, shutdown, at_shutdown, move |tcp, peer| {
+        on_connection(tcp, peer).map(|f| (f, None))
+    })
+    .await
+}
+
+/// [`accept_loop`] where `on_connection` also says on which runtime the connection's task runs
+/// (`None`: the accept loop's own) — the gate pins each session to one of its single-threaded
+/// session runtimes. The connection's task is still the loop's: aborted or awaited at shutdown.
+pub async fn accept_loop_on<F, Fut>(
+    listener: tokio::net::TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    at_shutdown: AtShutdown,
+    mut on_connection: F,
+) where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Option<(Fut, Option<tokio::runtime::Handle>)>,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut conns = tokio::task::JoinSet::new();
@@ -47,8 +65,10 @@ pub async fn accept_loop<F, Fut>(
                         continue;
                     }
                 };
-                if let Some(task) = on_connection(tcp, peer) {
-                    conns.spawn(task);
+                match on_connection(tcp, peer) {
+                    Some((task, Some(rt))) => drop(conns.spawn_on(task, &rt)),
+                    Some((task, None)) => drop(conns.spawn(task)),
+                    None => {}
                 }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
