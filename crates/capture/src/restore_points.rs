@@ -54,7 +54,8 @@ pub fn scan(
                 name: rp.name.clone(),
                 timeline: tli.0,
                 lsn: rec.lsn,
-                end_lsn: rec.end_lsn,
+                // MAXALIGNed, as `pg_create_restore_point()` returns it.
+                end_lsn: rec.end_lsn.align_up(8),
                 time: Timestamp(rp.unix_micros().div_euclid(1_000_000)),
             });
         }

@@ -84,10 +84,10 @@ pub enum PlanError {
     #[error(
         "restore point {name:?} occurs {} times in the WAL the vault holds for cluster {cluster}: {}. PostgreSQL would \
          stop at the first one, whichever was meant (a name created again, or planted early to mislead a restore). \
-         Restore to the one you mean with `--lsn <its end>`: {}",
+         Restore to the one you mean by its LSN (recovery then stops right after that record): {}",
         occurrences.len(),
         describe_points(occurrences),
-        occurrences.iter().map(|p| format!("--lsn {}", p.end_lsn)).collect::<Vec<_>>().join(" or ")
+        occurrences.iter().map(|p| format!("--lsn {}", p.lsn)).collect::<Vec<_>>().join(" or ")
     )]
     RestorePointAmbiguous { cluster: String, name: String, occurrences: Vec<RestorePoint> },
     #[error(
@@ -486,7 +486,7 @@ mod tests {
         assert!(matches!(&e, PlanError::RestorePointAmbiguous { occurrences, .. } if occurrences.len() == 2));
         let msg = e.to_string();
         assert!(msg.contains("0/3000160") && msg.contains("0/5000160"), "{msg}");
-        assert!(msg.contains("--lsn 0/50001C2"), "{msg}");
+        assert!(msg.contains("--lsn 0/5000160"), "{msg}");
         let e = resolve_restore_point("c", &points, "before-migraton").unwrap_err().to_string();
         assert!(e.contains("not in the WAL") && e.contains("\"nightly\""), "{e}");
     }

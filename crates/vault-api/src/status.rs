@@ -339,7 +339,8 @@ pub struct RestorePoint {
     pub timeline: u32,
     /// Where the record starts.
     pub lsn: Lsn,
-    /// The first byte after it: replay reached the restore point when it got this far.
+    /// Where the next record may start (its end, MAXALIGNed: what `pg_create_restore_point()`
+    /// returned): replay reached the restore point when it got this far.
     pub end_lsn: Lsn,
     /// `rp_time`, on the server's clock (whole seconds, Unix).
     pub time: Timestamp,
