@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use pgfmt::wal::WalReader;
 use pgfmt::{Lsn, TimelineId};
-use vault_api::status::RestorePoint;
 use store::Timestamp;
+use vault_api::status::RestorePoint;
 
 use crate::CaptureError;
 use crate::runtime::ClusterRuntime;

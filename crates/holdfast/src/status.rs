@@ -214,8 +214,10 @@ pub async fn backup(client: &VaultClient, cluster: &str, json: bool) -> Result<u
 /// `holdfast restore-points`: the restore points in the vault's WAL of one cluster; a name that
 /// occurs more than once is marked (a restore by that name is refused).
 pub async fn restore_points(client: &VaultClient, cluster: &str, json: bool) -> Result<u8> {
-    let points =
-        client.restore_points(cluster).await.with_context(|| format!("reading the restore points of {cluster}"))?;
+    let points = client
+        .restore_points(cluster)
+        .await
+        .with_context(|| format!("reading the restore points of {cluster}"))?;
     if json {
         println!("{}", serde_json::to_string(&points)?);
         return Ok(0);

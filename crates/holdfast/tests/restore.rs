@@ -844,7 +844,8 @@ async fn a_restore_point_name_planted_twice_is_refused_and_its_lsn_restores_ever
     assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
 
     // The insider plants the name early; rows are committed; people make the real one; more rows.
-    let planted: Lsn = pg.psql("SELECT pg_create_restore_point('before-migration')").unwrap().parse().unwrap();
+    let planted: Lsn =
+        pg.psql("SELECT pg_create_restore_point('before-migration')").unwrap().parse().unwrap();
     pg.psql("INSERT INTO orders SELECT generate_series(1, 100)").unwrap();
     let real: Lsn = pg.psql("SELECT pg_create_restore_point('before-migration')").unwrap().parse().unwrap();
     pg.psql("INSERT INTO orders SELECT generate_series(101, 150)").unwrap();

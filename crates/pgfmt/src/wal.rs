@@ -620,11 +620,15 @@ impl WalRecord {
         let body = self.body()?;
         let d = body.main_data;
         if d.len() < 8 + 64 {
-            return Err(WalError::BadRecord { lsn: self.lsn, why: "restore point record too short".to_owned() });
+            return Err(WalError::BadRecord {
+                lsn: self.lsn,
+                why: "restore point record too short".to_owned(),
+            });
         }
         let time = i64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
         let raw = &d[8..8 + 64];
-        let name = String::from_utf8_lossy(&raw[..raw.iter().position(|&b| b == 0).unwrap_or(64)]).into_owned();
+        let name =
+            String::from_utf8_lossy(&raw[..raw.iter().position(|&b| b == 0).unwrap_or(64)]).into_owned();
         Ok(Some(RestorePoint { time, name }))
     }
 

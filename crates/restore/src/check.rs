@@ -320,7 +320,9 @@ rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/030001C8,
         assert!(!judge_wal(&lsn, None, true, at_point, None, Lsn(0x4000000), &r).reached);
         // Latest: a whole record left unreplayed before the planned end is a miss.
         assert!(!judge_wal(&Target::Latest, None, false, at_point, None, Lsn(0x3000200), &r).reached);
-        assert!(judge_wal(&Target::Latest, None, false, Lsn(0x30001C8 + 34), None, Lsn(0x3000200), &r).reached);
+        assert!(
+            judge_wal(&Target::Latest, None, false, Lsn(0x30001C8 + 34), None, Lsn(0x3000200), &r).reached
+        );
     }
 
     #[test]

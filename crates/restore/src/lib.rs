@@ -655,7 +655,9 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
                 _ => plan.window.latest_lsn,
             };
             match wal_around(opts, &plan, at).await {
-                Ok(records) => check::judge_wal(&opts.target, point, opts.exclusive, at, commit_us, end, &records),
+                Ok(records) => {
+                    check::judge_wal(&opts.target, point, opts.exclusive, at, commit_us, end, &records)
+                }
                 Err(e) => check::Outcome {
                     reached: false,
                     detail: format!("could not check {} against the vault's WAL: {e}", opts.target),

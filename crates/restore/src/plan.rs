@@ -125,7 +125,11 @@ pub fn describe_points(points: &[RestorePoint]) -> String {
 /// a restore to it is refused: PostgreSQL's `recovery_target_name` stops at the *first* record
 /// of a name, so a name that occurs more than once could silently stop at another than meant.
 /// The same record stored on two timelines (the WAL before a switch) counts once.
-pub fn resolve_restore_point(cluster: &str, points: &[RestorePoint], name: &str) -> Result<RestorePoint, PlanError> {
+pub fn resolve_restore_point(
+    cluster: &str,
+    points: &[RestorePoint],
+    name: &str,
+) -> Result<RestorePoint, PlanError> {
     let mut found: Vec<RestorePoint> = points.iter().filter(|p| p.name == name).cloned().collect();
     found.sort_by_key(|p| (p.lsn, p.timeline));
     found.dedup_by_key(|p| p.lsn);

@@ -235,7 +235,10 @@ impl VaultClient {
     }
 
     /// Every restore point in the WAL the vault stores for `cluster`, by timeline and LSN.
-    pub async fn restore_points(&self, cluster: &str) -> Result<Vec<crate::status::RestorePoint>, ClientError> {
+    pub async fn restore_points(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<crate::status::RestorePoint>, ClientError> {
         Self::check_cluster_name(cluster)?;
         self.json(self.request(Method::GET, &format!("/v1/clusters/{cluster}/restore-points"))).await
     }
