@@ -2,7 +2,8 @@
 //! LSN, a time, an xid, a restore point and the latest WAL, each compared row for row with what was committed at
 //! that moment and confirmed by the self-check; the refusals (target outside the window or in a
 //! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
-//! backup; `--port`, and no temporary directory left behind.
+//! backup; `--port`, and no temporary directory left behind; a restore point name planted
+//! twice (refused, both named; its LSN restores every row).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
