@@ -16,6 +16,7 @@ pub mod detect;
 pub mod first_backup;
 pub mod follow;
 pub mod piece;
+pub mod restore_points;
 pub mod runtime;
 pub mod status;
 pub mod stream;

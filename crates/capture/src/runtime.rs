@@ -44,6 +44,8 @@ pub struct ClusterRuntime {
     catalog_wanted_dbs: Mutex<BTreeSet<u32>>,
     /// Wakes whoever waits for the next incident (the vault's warm standby stops at once).
     incident_raised: tokio::sync::Notify,
+    /// Restore points in the stored WAL ([`crate::restore_points`]), read lazily.
+    pub(crate) restore_point_index: tokio::sync::Mutex<crate::restore_points::Index>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -119,6 +121,7 @@ impl ClusterRuntime {
             catalog_wanted: tokio::sync::Notify::new(),
             incident_raised: tokio::sync::Notify::new(),
             catalog_wanted_dbs: Mutex::new(BTreeSet::new()),
+            restore_point_index: tokio::sync::Mutex::new(Default::default()),
         })
     }
 

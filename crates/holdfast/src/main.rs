@@ -151,6 +151,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore points (`pg_create_restore_point`) the vault decoded from its WAL: name, LSN,
+    /// time, timeline. A name listed more than once is refused by `restore --restore-point`.
+    RestorePoints {
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        json: bool,
+    },
     /// The gate's audit log as the vault holds it: verify the chain, search it, create a key.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -459,6 +469,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Repair(a) => repair_cmd::repair(*a).await,
         Command::Incidents { cluster, remote, json } => {
             status::incidents(&remote.client()?, cluster.as_deref(), json).await
+        }
+        Command::RestorePoints { cluster, remote, json } => {
+            status::restore_points(&remote.client()?, &cluster, json).await
         }
         Command::Drill { cluster, list, remote, json } => {
             let client = remote.client()?;

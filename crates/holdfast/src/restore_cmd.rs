@@ -27,7 +27,9 @@ pub struct RestoreArgs {
     /// Recover to the commit of this transaction.
     #[arg(long)]
     pub xid: Option<u32>,
-    /// Recover to a restore point made with pg_create_restore_point().
+    /// Recover to a restore point made with pg_create_restore_point(). Refused when the name
+    /// occurs more than once in the vault's WAL (PostgreSQL would stop at the first): each
+    /// occurrence is listed; restore the one meant with --lsn (see `holdfast restore-points`).
     #[arg(long)]
     pub restore_point: Option<String>,
     /// Recover everything the vault holds.

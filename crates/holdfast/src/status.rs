@@ -211,6 +211,35 @@ pub async fn backup(client: &VaultClient, cluster: &str, json: bool) -> Result<u
 }
 
 /// `holdfast incidents`.
+/// `holdfast restore-points`: the restore points in the vault's WAL of one cluster; a name that
+/// occurs more than once is marked (a restore by that name is refused).
+pub async fn restore_points(client: &VaultClient, cluster: &str, json: bool) -> Result<u8> {
+    let points = client
+        .restore_points(cluster)
+        .await
+        .with_context(|| format!("reading the restore points of {cluster}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&points)?);
+        return Ok(0);
+    }
+    if points.is_empty() {
+        println!("no restore points in the vault's WAL of {cluster}");
+    }
+    for p in &points {
+        let twice = points.iter().filter(|q| q.name == p.name && q.lsn != p.lsn).count() > 0;
+        println!(
+            "{:?} at {} (ends {}) timeline {} created {}{}",
+            p.name,
+            p.lsn,
+            p.end_lsn,
+            p.timeline,
+            p.time,
+            if twice { "  [name occurs more than once: restore by --lsn]" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
 pub async fn incidents(client: &VaultClient, cluster: Option<&str>, json: bool) -> Result<u8> {
     let names: Vec<String> = match cluster {
         Some(c) => vec![c.to_string()],

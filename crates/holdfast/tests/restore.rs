@@ -2,7 +2,8 @@
 //! LSN, a time, an xid, a restore point and the latest WAL, each compared row for row with what was committed at
 //! that moment and confirmed by the self-check; the refusals (target outside the window or in a
 //! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
-//! backup; `--port`, and no temporary directory left behind.
+//! backup; `--port`, and no temporary directory left behind; a restore point name planted
+//! twice (refused, both named; its LSN restores every row).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -261,7 +262,7 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         moments[0].2,
         "rows at the restore point"
     );
-    assert_checked(&report, "is the last replayed");
+    assert_checked(&report, "is the last replayed and the only one of that name");
     stop_restored(&dir);
 
     // 5. Latest: everything.
@@ -827,4 +828,66 @@ async fn the_vault_backs_up_a_new_cluster_itself_and_restore_listens_on_its_port
         "the server started by the interrupted restore still runs"
     );
     assert_eq!(left_in_tmp(), Vec::<PathBuf>::new(), "left behind in TMPDIR after Ctrl-C");
+}
+
+/// A restore point planted early under the name people will use later (PostgreSQL stops at the
+/// first of a name): the vault lists both, `restore --restore-point` refuses naming both LSNs
+/// and writes nothing, `--lsn` of the real one brings every row back, an unknown name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_point_name_planted_twice_is_refused_and_its_lsn_restores_every_row() {
+    let s = setup();
+    let pg = &s.pg;
+    pg.psql("CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+
+    // The insider plants the name early; rows are committed; people make the real one; more rows.
+    let planted: Lsn =
+        pg.psql("SELECT pg_create_restore_point('before-migration')").unwrap().parse().unwrap();
+    pg.psql("INSERT INTO orders SELECT generate_series(1, 100)").unwrap();
+    let real: Lsn = pg.psql("SELECT pg_create_restore_point('before-migration')").unwrap().parse().unwrap();
+    pg.psql("INSERT INTO orders SELECT generate_series(101, 150)").unwrap();
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+
+    // The vault decoded both from its WAL: their ends are what PostgreSQL returned.
+    let mut args = vec!["restore-points".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+    args.extend(s.remote_args(&s.read_token));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "restore-points: {}", String::from_utf8_lossy(&out.stderr));
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = points.iter().filter(|p| p["name"] == "before-migration").collect();
+    let ends: Vec<Lsn> = ours.iter().map(|p| p["end_lsn"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(ends, [planted, real], "{points:?}");
+    let starts: Vec<String> = ours.iter().map(|p| p["lsn"].as_str().unwrap().to_string()).collect();
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // By name: refused, both occurrences named with what to do, nothing written.
+    let dir = root.path().join("by-name");
+    let out = s.restore(&["--restore-point", "before-migration", "--target-dir", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a name that occurs twice was restored: {err}");
+    for l in &starts {
+        assert!(err.contains(&format!("--lsn {l}")), "{err} lacks --lsn {l}");
+    }
+    assert!(!dir.exists(), "the refused restore wrote {}", dir.display());
+    // A name that is not in the WAL: refused, nothing written.
+    let out = s.restore(&["--restore-point", "before-migraton", "--target-dir", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not in the WAL"), "{err}");
+    assert!(!dir.exists(), "the refused restore wrote {}", dir.display());
+
+    // By the LSN of the real one: the 100 rows committed between the two, not the 50 after.
+    let dir = root.path().join("by-lsn");
+    let out = s.restore(&["--lsn", &starts[1], "--target-dir", dir.to_str().unwrap(), "--start", "--json"]);
+    assert!(out.status.success(), "restore --lsn {}: {}", starts[1], String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), "SELECT count(*) FROM orders"), "100");
+    assert_checked(&report, "reached exactly");
+    stop_restored(&dir);
 }

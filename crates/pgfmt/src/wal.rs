@@ -516,6 +516,24 @@ pub mod xlog_info {
     pub const CHECKPOINT_ONLINE: u8 = 0x10;
     /// `XLOG_SWITCH`.
     pub const SWITCH: u8 = 0x40;
+    /// `XLOG_RESTORE_POINT`: `pg_create_restore_point(name)`.
+    pub const RESTORE_POINT: u8 = 0x70;
+}
+
+/// A restore point record (`xl_restore_point`): what `recovery_target_name` stops at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    /// `rp_time`: microseconds since 2000-01-01 00:00:00 UTC.
+    pub time: i64,
+    /// `rp_name`, up to its first NUL (`MAXFNAMELEN` = 64 bytes with it).
+    pub name: String,
+}
+
+impl RestorePoint {
+    /// The creation time as microseconds since the Unix epoch.
+    pub fn unix_micros(&self) -> i64 {
+        self.time + POSTGRES_EPOCH_UNIX_SECS * 1_000_000
+    }
 }
 
 /// A relation's physical file identity (`RelFileNode`, `RelFileLocator` since PostgreSQL 16).
@@ -591,6 +609,27 @@ impl WalRecord {
     /// The resource manager's record type: the high 4 bits of `xl_info`.
     pub fn rm_info(&self) -> u8 {
         self.header.info & 0xF0
+    }
+
+    /// The restore point this record makes, if it is an `XLOG_RESTORE_POINT` record. A name
+    /// that is not UTF-8 is kept lossily (PostgreSQL compares bytes; such a name still shows).
+    pub fn restore_point(&self) -> Result<Option<RestorePoint>, WalError> {
+        if self.header.rmid != rmgr::XLOG || self.rm_info() != xlog_info::RESTORE_POINT {
+            return Ok(None);
+        }
+        let body = self.body()?;
+        let d = body.main_data;
+        if d.len() < 8 + 64 {
+            return Err(WalError::BadRecord {
+                lsn: self.lsn,
+                why: "restore point record too short".to_owned(),
+            });
+        }
+        let time = i64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+        let raw = &d[8..8 + 64];
+        let name =
+            String::from_utf8_lossy(&raw[..raw.iter().position(|&b| b == 0).unwrap_or(64)]).into_owned();
+        Ok(Some(RestorePoint { time, name }))
     }
 
     /// Splits the body into block references and main data.
@@ -1218,6 +1257,25 @@ mod tests {
         assert_eq!(rels, ["base/5/16384", "base/5/16387"]);
         assert_eq!(recs[1].kind().unwrap(), RecordKind::DbaseDrop { db_id: 7, tablespaces: vec![1663] });
         assert_eq!(recs[2].kind().unwrap(), RecordKind::XlogSwitch);
+    }
+
+    #[test]
+    fn decodes_a_restore_point_and_ignores_other_records() {
+        let mut main = 1_000_000i64.to_le_bytes().to_vec();
+        let mut name = [0u8; 64];
+        name[..16].copy_from_slice(b"before-migration");
+        main.extend_from_slice(&name);
+        let mut w = WalWriter::new(SEG);
+        w.record(rmgr::XLOG, xlog_info::RESTORE_POINT, 0, &main);
+        w.record(rmgr::XLOG, xlog_info::CHECKPOINT_ONLINE, 0, &[]);
+        w.record(rmgr::XLOG, xlog_info::RESTORE_POINT, 0, &main[..20]);
+        w.buf.resize(PAGE, 0);
+        let recs: Vec<_> = WalReader::new(&w.buf, Lsn(SEG), SEG).map(Result::unwrap).collect();
+        let rp = recs[0].restore_point().unwrap().unwrap();
+        assert_eq!(rp.name, "before-migration");
+        assert_eq!(rp.unix_micros(), 946_684_801_000_000);
+        assert_eq!(recs[1].restore_point().unwrap(), None);
+        assert!(recs[2].restore_point().is_err(), "a truncated restore point is an error, not skipped");
     }
 
     proptest! {

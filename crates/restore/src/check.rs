@@ -168,6 +168,7 @@ pub fn judge_xid(xid: u32, exclusive: bool, status: Option<&str>) -> Outcome {
 /// restored server's last replayed transaction end; `planned_end`: where the plan's WAL ends.
 pub fn judge_wal(
     target: &Target,
+    point: Option<Lsn>,
     exclusive: bool,
     replay: Lsn,
     last_commit_us: Option<i64>,
@@ -224,9 +225,17 @@ pub fn judge_wal(
             let is_point =
                 |r: &Record| r.rmgr == "XLOG" && r.desc.strip_prefix("RESTORE_POINT ") == Some(n.as_str());
             match before {
-                Some(b) if is_point(b) => {
-                    yes(format!("restore point {n:?} reached: its record at {} is the last replayed", b.lsn))
-                }
+                // The vault's index named the one record of that name: it must be that one.
+                Some(b) if is_point(b) && point.is_some_and(|p| p != b.lsn) => no(format!(
+                    "restore point {n:?} not reached: recovery stopped at a record of that name at {}, not the one at {}",
+                    b.lsn,
+                    point.map_or_else(String::new, |p| p.to_string())
+                )),
+                Some(b) if is_point(b) => yes(format!(
+                    "restore point {n:?} reached: its record at {} is the last replayed{}",
+                    b.lsn,
+                    if point.is_some() { " and the only one of that name in the vault's WAL" } else { "" }
+                )),
                 _ => no(format!(
                     "restore point {n:?} not reached: the last replayed record is {}",
                     show(before)
@@ -293,22 +302,27 @@ rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/030001C8,
         let at_point = Lsn(0x3000160 + 98);
         // Stopped right after the restore point: reached; one record earlier: not.
         let name = Target::Name("after-first-round".into());
-        assert!(judge_wal(&name, false, at_point, None, Lsn(0x4000000), &r).reached);
-        assert!(!judge_wal(&name, false, Lsn(0x3000138 + 34), None, Lsn(0x4000000), &r).reached);
+        assert!(judge_wal(&name, None, false, at_point, None, Lsn(0x4000000), &r).reached);
+        // The vault resolved the name to its record: reached there, not at another of that name.
+        assert!(judge_wal(&name, Some(Lsn(0x3000160)), false, at_point, None, Lsn(0x4000000), &r).reached);
+        assert!(!judge_wal(&name, Some(Lsn(0x5000160)), false, at_point, None, Lsn(0x4000000), &r).reached);
+        assert!(!judge_wal(&name, None, false, Lsn(0x3000138 + 34), None, Lsn(0x4000000), &r).reached);
         // Time 22:41:06: stopped before the 22:41:07 commit, after the 22:41:05 one.
         let time = Target::Time(t("2026-12-03T22:41:06Z"));
         let c1 = r[1].xact_time_us();
-        assert!(judge_wal(&time, false, at_point, c1, Lsn(0x4000000), &r).reached);
+        assert!(judge_wal(&time, None, false, at_point, c1, Lsn(0x4000000), &r).reached);
         // Stopped early (before the 22:41:05 commit although it is before the target): not reached.
-        assert!(!judge_wal(&time, false, Lsn(0x3000138), None, Lsn(0x4000000), &r).reached);
+        assert!(!judge_wal(&time, None, false, Lsn(0x3000138), None, Lsn(0x4000000), &r).reached);
         // LSN: inclusive stops after the record at the target, exclusive before it.
         let lsn = Target::Lsn(Lsn(0x3000160));
-        assert!(judge_wal(&lsn, false, at_point, None, Lsn(0x4000000), &r).reached);
-        assert!(judge_wal(&lsn, true, Lsn(0x3000138 + 34), None, Lsn(0x4000000), &r).reached);
-        assert!(!judge_wal(&lsn, true, at_point, None, Lsn(0x4000000), &r).reached);
+        assert!(judge_wal(&lsn, None, false, at_point, None, Lsn(0x4000000), &r).reached);
+        assert!(judge_wal(&lsn, None, true, Lsn(0x3000138 + 34), None, Lsn(0x4000000), &r).reached);
+        assert!(!judge_wal(&lsn, None, true, at_point, None, Lsn(0x4000000), &r).reached);
         // Latest: a whole record left unreplayed before the planned end is a miss.
-        assert!(!judge_wal(&Target::Latest, false, at_point, None, Lsn(0x3000200), &r).reached);
-        assert!(judge_wal(&Target::Latest, false, Lsn(0x30001C8 + 34), None, Lsn(0x3000200), &r).reached);
+        assert!(!judge_wal(&Target::Latest, None, false, at_point, None, Lsn(0x3000200), &r).reached);
+        assert!(
+            judge_wal(&Target::Latest, None, false, Lsn(0x30001C8 + 34), None, Lsn(0x3000200), &r).reached
+        );
     }
 
     #[test]

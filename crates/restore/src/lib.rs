@@ -401,6 +401,19 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     ensure_empty(&opts.target_dir)?;
     let client = VaultClient::new(&opts.url, opts.ca_pem.as_bytes(), Some(opts.token.clone()))?;
     let inventory = client.inventory(&opts.cluster).await?;
+    // A restore point by name: through the vault's index of the restore points in its WAL,
+    // refused unless the name occurs exactly once (PostgreSQL stops at the first of a name).
+    let mut opts = opts.clone();
+    let point = match &opts.target {
+        Target::Name(n) => {
+            let points = client.restore_points(&opts.cluster).await?;
+            let p = plan::resolve_restore_point(&opts.cluster, &points, n)?;
+            opts.near = Some(p.lsn);
+            Some(p.lsn)
+        }
+        _ => None,
+    };
+    let opts = &opts;
     let plan = plan::plan_near(&inventory, &opts.target, opts.backup.as_deref(), opts.near)?;
     tracing::info!(
         cluster = %opts.cluster, backup = %plan.backup.backup.id, segments = plan.segments.len(),
@@ -642,7 +655,9 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
                 _ => plan.window.latest_lsn,
             };
             match wal_around(opts, &plan, at).await {
-                Ok(records) => check::judge_wal(&opts.target, opts.exclusive, at, commit_us, end, &records),
+                Ok(records) => {
+                    check::judge_wal(&opts.target, point, opts.exclusive, at, commit_us, end, &records)
+                }
                 Err(e) => check::Outcome {
                     reached: false,
                     detail: format!("could not check {} against the vault's WAL: {e}", opts.target),

@@ -1,7 +1,7 @@
 //! Choosing what to restore: pure, no IO, unit-tested.
 
 use pgfmt::Lsn;
-use vault_api::status::{Inventory, InventoryBackup, WalRun, Window};
+use vault_api::status::{Inventory, InventoryBackup, RestorePoint, WalRun, Window};
 use vault_api::window::Interval;
 use vault_types::Timestamp;
 
@@ -81,6 +81,21 @@ pub enum PlanError {
         target: String,
         backup: String,
     },
+    #[error(
+        "restore point {name:?} occurs {} times in the WAL the vault holds for cluster {cluster}: {}. PostgreSQL would \
+         stop at the first one, whichever was meant (a name created again, or planted early to mislead a restore). \
+         Restore to the one you mean by its LSN (recovery then stops right after that record): {}",
+        occurrences.len(),
+        describe_points(occurrences),
+        occurrences.iter().map(|p| format!("--lsn {}", p.lsn)).collect::<Vec<_>>().join(" or ")
+    )]
+    RestorePointAmbiguous { cluster: String, name: String, occurrences: Vec<RestorePoint> },
+    #[error(
+        "restore point {name:?} is not in the WAL the vault holds for cluster {cluster} (its restore points: {}); \
+         list them with `holdfast restore-points --cluster {cluster}`",
+        if known.is_empty() { "none".to_string() } else { describe_points(known) }
+    )]
+    RestorePointUnknown { cluster: String, name: String, known: Vec<RestorePoint> },
     #[error("the vault's inventory of cluster {0} names no WAL segment size (no WAL stored yet)")]
     NoWal(String),
     #[error(
@@ -95,6 +110,42 @@ pub enum PlanError {
         available: String,
         intervals: Vec<Interval>,
     },
+}
+
+/// `name` at LSN, time, timeline, for each restore point.
+pub fn describe_points(points: &[RestorePoint]) -> String {
+    points
+        .iter()
+        .map(|p| format!("{:?} at {} ({}, timeline {})", p.name, p.lsn, p.time, p.timeline))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The one restore point of `name` among `points` (the vault's index, every timeline), or why
+/// a restore to it is refused: PostgreSQL's `recovery_target_name` stops at the *first* record
+/// of a name, so a name that occurs more than once could silently stop at another than meant.
+/// The same record stored on two timelines (the WAL before a switch) counts once.
+pub fn resolve_restore_point(
+    cluster: &str,
+    points: &[RestorePoint],
+    name: &str,
+) -> Result<RestorePoint, PlanError> {
+    let mut found: Vec<RestorePoint> = points.iter().filter(|p| p.name == name).cloned().collect();
+    found.sort_by_key(|p| (p.lsn, p.timeline));
+    found.dedup_by_key(|p| p.lsn);
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(PlanError::RestorePointUnknown {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+            known: points.to_vec(),
+        }),
+        _ => Err(PlanError::RestorePointAmbiguous {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+            occurrences: found,
+        }),
+    }
 }
 
 /// Plans a restore of `target` from what the vault holds.
@@ -416,6 +467,32 @@ mod tests {
         assert_eq!(plan(&inv, &Target::Latest).unwrap().backup.backup.id, "b1");
         assert_eq!(plan(&inv, &Target::Time(Timestamp(2500))).unwrap().backup.backup.id, "b1");
         assert!(plan_from(&inv, &Target::Latest, Some("b2")).is_err());
+    }
+
+    #[test]
+    fn a_restore_point_name_resolves_only_when_it_occurs_once() {
+        let rp = |name: &str, tli: u32, lsn: u64| RestorePoint {
+            name: name.into(),
+            timeline: tli,
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 98),
+            time: Timestamp(1_800_000_000),
+        };
+        // The planted one early, the real one later; the same record stored on two timelines.
+        let points = [
+            rp("before-migration", 1, 0x3000160),
+            rp("nightly", 1, 0x3000400),
+            rp("nightly", 2, 0x3000400),
+            rp("before-migration", 2, 0x5000160),
+        ];
+        assert_eq!(resolve_restore_point("c", &points, "nightly").unwrap().lsn, Lsn(0x3000400));
+        let e = resolve_restore_point("c", &points, "before-migration").unwrap_err();
+        assert!(matches!(&e, PlanError::RestorePointAmbiguous { occurrences, .. } if occurrences.len() == 2));
+        let msg = e.to_string();
+        assert!(msg.contains("0/3000160") && msg.contains("0/5000160"), "{msg}");
+        assert!(msg.contains("--lsn 0/5000160"), "{msg}");
+        let e = resolve_restore_point("c", &points, "before-migraton").unwrap_err().to_string();
+        assert!(e.contains("not in the WAL") && e.contains("\"nightly\""), "{e}");
     }
 
     #[test]

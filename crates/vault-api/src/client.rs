@@ -234,6 +234,15 @@ impl VaultClient {
         self.json(self.request(Method::GET, &format!("/v1/clusters/{cluster}/incidents"))).await
     }
 
+    /// Every restore point in the WAL the vault stores for `cluster`, by timeline and LSN.
+    pub async fn restore_points(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<crate::status::RestorePoint>, ClientError> {
+        Self::check_cluster_name(cluster)?;
+        self.json(self.request(Method::GET, &format!("/v1/clusters/{cluster}/restore-points"))).await
+    }
+
     /// Starts a restore drill of `cluster` in the vault (admin); returns its id at once.
     pub async fn start_drill(&self, cluster: &str) -> Result<crate::drill::DrillStarted, ClientError> {
         Self::check_cluster_name(cluster)?;

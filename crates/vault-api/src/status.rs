@@ -327,3 +327,21 @@ pub struct WalRun {
     /// Server clock when the run's last byte was sent.
     pub end_time: Timestamp,
 }
+
+/// A restore point (`pg_create_restore_point(name)`) the vault decoded from the WAL it stores
+/// (`GET /v1/clusters/{name}/restore-points`, `holdfast restore-points`). PostgreSQL's
+/// `recovery_target_name` stops at the *first* record of a name, so `restore` resolves a name
+/// through these and refuses one that occurs more than once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestorePoint {
+    pub name: String,
+    /// The timeline whose stored WAL holds the record.
+    pub timeline: u32,
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Where the next record may start (its end, MAXALIGNed: what `pg_create_restore_point()`
+    /// returned): replay reached the restore point when it got this far.
+    pub end_lsn: Lsn,
+    /// `rp_time`, on the server's clock (whole seconds, Unix).
+    pub time: Timestamp,
+}

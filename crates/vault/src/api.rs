@@ -148,6 +148,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/clusters/{name}/drills", post(start_drill))
         .route("/v1/drills", get(list_drills))
         .route("/v1/clusters/{name}/incidents", get(cluster_incidents))
+        .route("/v1/clusters/{name}/restore-points", get(cluster_restore_points))
         .route("/v1/clusters/{name}/wal/{file}", get(cluster_wal))
         .route("/v1/backups/{id}/entries", get(backup_entries))
         .route("/v1/backups/{id}/file", get(backup_file))
@@ -748,6 +749,21 @@ async fn cluster_incidents(
     s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading incidents").await?;
     let rt = collector_cluster(&s, name)?;
     Ok(json(StatusCode::OK, &rt.incidents()))
+}
+
+/// `GET /v1/clusters/{name}/restore-points`: every restore point in the stored WAL, decoded
+/// by the vault (a restore resolves `--restore-point` through it).
+async fn cluster_restore_points(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    s.authorize(&headers, &[Scope::Read, Scope::Admin], "reading restore points").await?;
+    let rt = collector_cluster(&s, name)?;
+    match rt.restore_points().await {
+        Ok(points) => Ok(json(StatusCode::OK, &points)),
+        Err(e) => Err(ApiError::internal("reading the stored WAL for restore points", e)),
+    }
 }
 
 /// `GET /v1/clusters/{name}/inventory`: backups, stored WAL runs, histories, window.
