@@ -19,6 +19,7 @@ pub mod piece;
 pub mod runtime;
 pub mod status;
 pub mod stream;
+mod synchronous;
 pub mod tar;
 pub mod walmap;
 
