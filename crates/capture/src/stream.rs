@@ -436,7 +436,12 @@ async fn stream_once(
     // durability task stores each piece as an object.
     let (sink, task, sync) = match journal {
         Some(journal) => {
-            let shared = Shared::new(start);
+            // On a plain socket the thread tells the server itself (no hop through the runtime).
+            let reporter = conn.status_sender().map(|sender| {
+                let rt = rt.clone();
+                synchronous::Reporter::new(sender, Box::new(move |d| rt.update(|s| s.durable_lsn = Some(d))))
+            });
+            let shared = Shared::new(start, reporter);
             let thread = synchronous::spawn(shared.clone(), journal, rt.repo.keys().clone())
                 .map_err(|e| CaptureError::Internal(format!("starting the WAL journal thread: {e}")))?;
             let folder = tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
@@ -562,7 +567,7 @@ async fn stream_loop(
         // buffers and the slot hold the rest).
         let may_read = match &shared {
             None => w.ready.len() < 2,
-            Some(s) => s.queued() < 2 * MAX_PENDING,
+            Some(s) => s.ready_or_wake_me(|_, queued| queued < 2 * MAX_PENDING),
         };
         // Order matters: completions first (a commit is waiting on each), timers before the
         // socket, or a busy stream (always a message ready) would starve the flush deadline.
@@ -961,11 +966,12 @@ impl Writer<'_> {
         }
     }
 
-    /// The flush position: the end of the WAL the store said is durable.
-    fn durable(&self) -> Lsn {
+    /// The flush position: the end of the WAL the store said is durable, and the server's send
+    /// time of its last byte.
+    fn durable(&self) -> (Lsn, i64) {
         match &self.sink {
-            Sink::Objects { pipeline, .. } => pipeline.durable(),
-            Sink::Journal { reported, .. } => *reported,
+            Sink::Objects { pipeline, .. } => (pipeline.durable(), self.durable_send_time),
+            Sink::Journal { shared, .. } => shared.position(),
         }
     }
 
@@ -1026,16 +1032,16 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// The journal thread woke us: WAL became durable (sent to the server at once, as in
-    /// [`Writer::completed`]), or storing failed. Returns whether a status was sent.
+    /// The journal thread woke us: storing failed, the queue has room, or WAL became durable
+    /// (without a [`synchronous::Reporter`], sent to the server at once, as in
+    /// [`Writer::completed`]). Returns whether a status was sent.
     async fn journal_progress(&mut self, conn: &mut ReplicationConnection) -> Result<bool, CaptureError> {
         let Sink::Journal { shared, reported } = &mut self.sink else { return Ok(false) };
-        let (durable, send_time) = shared.durable()?;
+        let (durable, _) = shared.durable()?;
         if durable <= *reported {
             return Ok(false);
         }
         *reported = durable;
-        self.durable_send_time = send_time;
         self.publish();
         self.send_status(conn).await?;
         Ok(true)
@@ -1048,7 +1054,9 @@ impl Writer<'_> {
             if let Sink::Journal { shared, .. } = &self.sink {
                 let shared = shared.clone();
                 self.journal_progress(conn).await?;
-                if self.durable() >= self.received() {
+                let received = self.received();
+                if shared.ready_or_wake_me(|durable, _| durable >= received) {
+                    self.journal_progress(conn).await?;
                     return Ok(());
                 }
                 shared.durable_wake.notified().await;
@@ -1063,7 +1071,13 @@ impl Writer<'_> {
     }
 
     async fn send_status(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
-        let durable = self.durable();
+        let (durable, _) = self.durable();
+        if let Sink::Journal { shared, .. } = &self.sink
+            && let Some(r) = &shared.reporter
+        {
+            // Through the reporter, which the journal thread writes on too: never backwards.
+            return r.report(durable);
+        }
         conn.send_status(StandbyStatusUpdate {
             write: durable,
             flush: durable,
@@ -1077,13 +1091,13 @@ impl Writer<'_> {
 
     fn publish(&self) {
         let received = self.received();
-        let durable = self.durable();
+        let (durable, durable_send_time) = self.durable();
         let server_end = self.server_end.max(received);
         let lag_bytes = server_end.0.saturating_sub(durable.0);
         let lag_seconds = if lag_bytes == 0 {
             0.0
         } else {
-            (self.last_send_time - self.durable_send_time).max(0) as f64 / 1e6
+            (self.last_send_time - durable_send_time).max(0) as f64 / 1e6
         };
         self.rt.update(|s| {
             s.received_lsn = Some(received);

@@ -6,8 +6,9 @@
 //! The hand-offs of one group commit: the receive task puts what it read into the [`Shared`]
 //! inbox and wakes the thread if it sleeps (none while it is busy: WAL that arrives during an
 //! `fdatasync` joins the next one); the thread seals, appends everything waiting with one write
-//! and one `fdatasync`, publishes the durable LSN and wakes the receive task (one `Notify`),
-//! which sends the flush position at once. Before this thread, a piece went receive task →
+//! and one `fdatasync`, publishes the durable LSN and sends the flush position to the server
+//! itself (a [`Reporter`] on a second handle of a plain socket; over TLS it wakes the receive
+//! task instead, one `Notify`, which sends it). Before this thread, a piece went receive task →
 //! durability task → blocking-pool thread → durability task → receive task, and the next piece
 //! waited until the receive task had been woken to hand it over.
 //!
@@ -20,6 +21,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use pgfmt::{Lsn, TimelineId};
+use pgproto::conn::StatusSender;
+use pgproto::replication::{StandbyStatusUpdate, pg_now};
 use store::{Journal, MasterKeys};
 use tokio::sync::Notify;
 
@@ -73,12 +76,48 @@ struct Inbox {
     release: Option<u64>,
     /// The thread waits for room in the journal: fold whatever is there.
     need_room: bool,
+    /// The receive task wants to hear of the next append (it drains, or its queue is full).
+    receiver_waits: bool,
     stats: Stats,
+}
+
+/// Tells the server (and the vault's status) how far WAL is durable, from any thread, never
+/// backwards: the journal thread after each append, the receive task for keepalives.
+pub(crate) struct Reporter {
+    sender: StatusSender,
+    last: Mutex<Lsn>,
+    /// Runs before the server hears of it: whoever asks the vault once a commit returned
+    /// must see its WAL durable.
+    on_durable: Box<dyn Fn(Lsn) + Send + Sync>,
+}
+
+impl Reporter {
+    pub(crate) fn new(sender: StatusSender, on_durable: Box<dyn Fn(Lsn) + Send + Sync>) -> Reporter {
+        Reporter { sender, last: Mutex::new(Lsn(0)), on_durable }
+    }
+
+    /// Sends `durable` (or the last position sent, if that is further) as the flush position.
+    pub(crate) fn report(&self, durable: Lsn) -> Result<(), CaptureError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let flush = durable.max(*last);
+        (self.on_durable)(flush);
+        self.sender.send(&StandbyStatusUpdate {
+            write: flush,
+            flush,
+            apply: flush,
+            client_time: pg_now(),
+            reply_requested: false,
+        })?;
+        *last = flush;
+        Ok(())
+    }
 }
 
 /// What the receive task, the journal thread and the folder share.
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
+    /// Set: the thread reports to the server itself.
+    pub(crate) reporter: Option<Reporter>,
     thread_wake: Condvar,
     /// Wakes the receive task: WAL became durable, the inbox has room, or storing failed.
     pub(crate) durable_wake: Notify,
@@ -89,7 +128,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The shared state of a stream whose WAL is durable up to `durable`.
-    pub(crate) fn new(durable: Lsn) -> Arc<Shared> {
+    pub(crate) fn new(durable: Lsn, reporter: Option<Reporter>) -> Arc<Shared> {
         Arc::new(Shared {
             inbox: Mutex::new(Inbox {
                 cuts: VecDeque::new(),
@@ -103,8 +142,10 @@ impl Shared {
                 unfolded: VecDeque::new(),
                 release: None,
                 need_room: false,
+                receiver_waits: false,
                 stats: Stats::default(),
             }),
+            reporter,
             thread_wake: Condvar::new(),
             durable_wake: Notify::new(),
             fold_wake: Notify::new(),
@@ -151,9 +192,22 @@ impl Shared {
         }
     }
 
-    /// WAL queued for the thread and not yet taken by it, in bytes.
-    pub(crate) fn queued(&self) -> usize {
-        self.lock().bytes
+    /// The end of the WAL durable in the journal, and the server's send time of its last byte.
+    pub(crate) fn position(&self) -> (Lsn, i64) {
+        let g = self.lock();
+        (g.durable, g.durable_send_time)
+    }
+
+    /// Whether `ready(durable, queued bytes)` holds now; if not, the thread wakes the receive
+    /// task after its next append (it always does on a failure, and after every append when it
+    /// has no [`Reporter`]). Checked and asked under one lock, so no append slips between.
+    pub(crate) fn ready_or_wake_me(&self, ready: impl Fn(Lsn, usize) -> bool) -> bool {
+        let mut g = self.lock();
+        if ready(g.durable, g.bytes) {
+            return true;
+        }
+        g.receiver_waits = true;
+        false
     }
 
     /// The thread's counters so far.
@@ -305,7 +359,8 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
         let append_us = t0.elapsed().as_micros() as u64;
         let bytes: usize = batch.iter().map(|c| c.data.len()).sum();
         let frames = batch.len();
-        let wake_folder = {
+        let last_end = batch.last().expect("a cut").header.end;
+        let (wake_folder, wake_receiver) = {
             let mut g = shared.lock();
             let last = batch.last().expect("a cut");
             g.durable = last.header.end;
@@ -334,10 +389,17 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
                 }
             }
             let r = g.unfolded.back().expect("a run");
-            wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING
+            let fold = wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING;
+            let waits = std::mem::take(&mut g.receiver_waits);
+            (fold, waits || shared.reporter.is_none())
         };
-        // The receive task first: a commit is waiting for this.
-        shared.durable_wake.notify_one();
+        // The server first: a commit is waiting for this.
+        if let Some(r) = &shared.reporter {
+            r.report(last_end)?;
+        }
+        if wake_receiver {
+            shared.durable_wake.notify_one();
+        }
         if wake_folder {
             shared.fold_wake.notify_one();
         }
@@ -470,7 +532,7 @@ mod tests {
         let path = dir.path().join("main.journal");
         let keys = MasterKeys::from_bytes([1; 32], [2; 32]);
         let (journal, _) = Journal::open(&path, 256 << 10).unwrap();
-        let shared = Shared::new(Lsn(0));
+        let shared = Shared::new(Lsn(0), None);
         let thread = spawn(shared.clone(), journal, keys.clone()).unwrap();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = || {
