@@ -439,19 +439,28 @@ async fn stream_once(
             // On a plain socket the thread tells the server itself (no hop through the runtime).
             let reporter = conn.status_sender().map(|sender| {
                 let rt = rt.clone();
-                synchronous::Reporter::new(sender, Box::new(move |d| rt.update(|s| s.durable_lsn = Some(d))))
+                synchronous::Reporter::new(
+                    sender,
+                    Box::new(move |d| rt.update(|s| raise(&mut s.durable_lsn, d))),
+                )
             });
             let shared = Shared::new(start, reporter);
             let thread = synchronous::spawn(shared.clone(), journal, rt.repo.keys().clone())
                 .map_err(|e| CaptureError::Internal(format!("starting the WAL journal thread: {e}")))?;
-            let folder = tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
+            let folder =
+                tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
             (Sink::Journal { shared: shared.clone(), reported: start }, None, Some((shared, thread, folder)))
         }
         None => {
             let (jobs, job_rx) = mpsc::channel(1);
             let (done_tx, done) = mpsc::channel(2);
-            let task = tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone()));
-            (Sink::Objects { pipeline: Pipeline::new(start), jobs, done, in_flight_send_time: 0 }, Some(task), None)
+            let task =
+                tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone()));
+            (
+                Sink::Objects { pipeline: Pipeline::new(start), jobs, done, in_flight_send_time: 0 },
+                Some(task),
+                None,
+            )
         }
     };
     let mut w = Writer {
@@ -819,10 +828,7 @@ pub(crate) async fn after_stored(
 /// the archive has (a vault killed after acknowledging WAL, before folding it), then empties it.
 /// Runs before each connection, so nothing the vault acknowledged is ever asked of the server
 /// again, nor lost.
-pub(crate) async fn recover_journal(
-    rt: &ClusterRuntime,
-    path: &Path,
-) -> Result<Journal, CaptureError> {
+pub(crate) async fn recover_journal(rt: &ClusterRuntime, path: &Path) -> Result<Journal, CaptureError> {
     let p = path.to_path_buf();
     let (mut journal, frames) = blocking(move || Journal::open(&p, JOURNAL_BYTES)).await??;
     let mut recovered = 0usize;
@@ -1094,19 +1100,22 @@ impl Writer<'_> {
         let (durable, durable_send_time) = self.durable();
         let server_end = self.server_end.max(received);
         let lag_bytes = server_end.0.saturating_sub(durable.0);
-        let lag_seconds = if lag_bytes == 0 {
-            0.0
-        } else {
-            (self.last_send_time - durable_send_time).max(0) as f64 / 1e6
-        };
+        let lag_seconds =
+            if lag_bytes == 0 { 0.0 } else { (self.last_send_time - durable_send_time).max(0) as f64 / 1e6 };
         self.rt.update(|s| {
             s.received_lsn = Some(received);
-            s.durable_lsn = Some(durable);
+            // Never lowered within a stream: the journal thread may have raised it meanwhile.
+            raise(&mut s.durable_lsn, durable);
             s.server_lsn = Some(server_end);
             s.lag_bytes = Some(lag_bytes);
             s.lag_seconds = Some(lag_seconds);
         });
     }
+}
+
+/// Sets `lsn` to `to` unless it is already further.
+fn raise(lsn: &mut Option<Lsn>, to: Lsn) {
+    *lsn = Some(lsn.map_or(to, |l| l.max(to)));
 }
 
 #[cfg(test)]

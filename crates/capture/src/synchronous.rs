@@ -278,7 +278,11 @@ pub(crate) enum Fold {
 
 /// Starts the journal thread. It returns the journal when it ends (the stream's end, or an
 /// error, which it leaves in `shared` for the receive task).
-pub(crate) fn spawn(shared: Arc<Shared>, journal: Journal, keys: MasterKeys) -> std::io::Result<JoinHandle<Journal>> {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    journal: Journal,
+    keys: MasterKeys,
+) -> std::io::Result<JoinHandle<Journal>> {
     std::thread::Builder::new().name("wal-journal".into()).spawn(move || {
         let mut journal = journal;
         if let Err(e) = run(&shared, &mut journal, &keys) {
@@ -383,13 +387,19 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
                         r.mark = mark;
                     }
                     _ => {
-                        g.unfolded.push_back(Run { header: cut.header, data: cut.data, since: Instant::now(), mark });
+                        g.unfolded.push_back(Run {
+                            header: cut.header,
+                            data: cut.data,
+                            since: Instant::now(),
+                            mark,
+                        });
                         wake = true; // the folder learns the new run's deadline
                     }
                 }
             }
             let r = g.unfolded.back().expect("a run");
-            let fold = wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING;
+            let fold =
+                wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING;
             let waits = std::mem::take(&mut g.receiver_waits);
             (fold, waits || shared.reporter.is_none())
         };
@@ -411,7 +421,12 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
 /// Folds the journal's WAL into ordinary objects, in LSN order, one run at a time, and tells the
 /// thread which frames it may release; ends after [`Shared::fold_rest`] once nothing is left.
 /// A failure is left in `shared` for the receive task. Returns whether it folded everything.
-pub(crate) async fn folder(rt: Arc<ClusterRuntime>, shared: Arc<Shared>, seg_size: u64, system_id: String) -> bool {
+pub(crate) async fn folder(
+    rt: Arc<ClusterRuntime>,
+    shared: Arc<Shared>,
+    seg_size: u64,
+    system_id: String,
+) -> bool {
     let worked: Result<(), CaptureError> = async {
         loop {
             let woken = shared.fold_wake.notified();
@@ -503,7 +518,7 @@ mod tests {
                 *folded = r.header.end.0;
                 shared.folded(r.mark);
             }
-            let d = shared.durable().unwrap().0 .0;
+            let d = shared.durable().unwrap().0.0;
             if d >= want || t0.elapsed() > patience {
                 return d;
             }
@@ -514,7 +529,7 @@ mod tests {
     fn wait_durable(shared: &Shared, want: u64, patience: Duration) -> u64 {
         let t0 = Instant::now();
         loop {
-            let d = shared.durable().unwrap().0 .0;
+            let d = shared.durable().unwrap().0.0;
             if d >= want || t0.elapsed() > patience {
                 return d;
             }
@@ -572,10 +587,14 @@ mod tests {
             }
             assert!(queued < (4 << 20), "a 256 KiB journal never filled");
         }
-        let stuck = shared.durable().unwrap().0 .0;
+        let stuck = shared.durable().unwrap().0.0;
         assert!(journal_end(&path, &keys, folded) >= stuck);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(shared.durable().unwrap().0 .0, stuck, "nothing more is reported while the journal is full");
+        assert_eq!(
+            shared.durable().unwrap().0.0,
+            stuck,
+            "nothing more is reported while the journal is full"
+        );
         // The folder releases: the rest becomes durable.
         assert_eq!(fold_until(&shared, &mut folded, queued, Duration::from_secs(20)), queued);
         assert!(journal_end(&path, &keys, folded) >= queued);
@@ -598,6 +617,6 @@ mod tests {
         assert!(err.to_string().contains("do not fit"), "{err}");
         shared.stop();
         thread.join().unwrap();
-        assert_eq!(shared.durable().unwrap().0 .0, queued);
+        assert_eq!(shared.durable().unwrap().0.0, queued);
     }
 }

@@ -209,7 +209,9 @@ fn write_status(sock: &Mutex<Option<std::fs::File>>, msg: &[u8]) -> Result<(), E
             Ok(0) => return Err(Error::Closed),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t0.elapsed() < Duration::from_secs(30) => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock && t0.elapsed() < Duration::from_secs(30) =>
+            {
                 std::thread::sleep(Duration::from_micros(200));
             }
             Err(e) => return Err(e.into()),
