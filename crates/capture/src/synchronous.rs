@@ -332,6 +332,7 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
             .map(|c| keys.seal(&Piece::encode_parts(&c.header, &c.data), 1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
+        let seal_us = t0.elapsed().as_micros() as u64;
         let lens: Vec<usize> = sealed.iter().map(Vec::len).collect();
         while !journal.fits_all(&lens) {
             if journal.is_empty() {
@@ -414,7 +415,14 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
             shared.fold_wake.notify_one();
         }
         // What a synchronous commit waits for (`RUST_LOG=capture=debug`).
-        tracing::debug!(bytes, frames, sealed = lens.iter().sum::<usize>(), append_us, "WAL in the journal");
+        tracing::debug!(
+            bytes,
+            frames,
+            sealed = lens.iter().sum::<usize>(),
+            seal_us,
+            append_us,
+            "WAL in the journal"
+        );
     }
 }
 
