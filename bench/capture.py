@@ -373,6 +373,19 @@ def sync_section(L, g, ratio, rounds):
             L.append(f"| {i} | " + " | ".join("failed" if x is None else str(round(x)) for x in t)
                      + f" | {ratio(t[2], t[1])} | {' / '.join(load)} |")
         L.append("")
+    sfxs = [f"_r{i}" for i in range(1, rounds + 1)] if rounds > 1 else [""]
+    if any(g(f"ctxt_hf_sync{s}") is not None for s in sfxs):
+        L.append("The vault during its synchronous runs: context switches of all its threads (each sleep and "
+                 "wake-up of a thread), journal appends (one write + `fdatasync` each, from its debug log), "
+                 "and pgbench's transactions.")
+        L.append("")
+        L.append("| round | context switches | journal appends | transactions | switches / append | switches / transaction |")
+        L.append("|---:|---:|---:|---:|---:|---:|")
+        for i, s in enumerate(sfxs, 1):
+            c, a, t = g(f"ctxt_hf_sync{s}"), g(f"appends_hf_sync{s}"), g(f"txns_hf_sync{s}")
+            per = lambda n, d: f"{n / d:.2f}" if n is not None and d else "n/a"
+            L.append(f"| {i} | {c} | {a} | {t} | {per(c, a)} | {per(c, t)} |")
+        L.append("")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 #      bytes, seal and fsync times)
 #      SYNC_ONLY=1 (only part 4, on a fresh cluster: no backups, no pgBackRest)
 #      SYNC_ROUNDS=3 (part 4 repeated, alternating none / pg_receivewal / holdfast, each mode's median reported)
-# Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log.
+# Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log,
+# bench-out/capture-threads-{before,after}[_rN].txt (the vault's threads: id, name, context switches).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -282,6 +283,14 @@ vault_mode() {
   start_vault
   wait_vault 120 || fail vault_mode_restart "the vault did not stream again after the restart with synchronous = $1"
 }
+# vault_ctxt: context switches (voluntary + involuntary) of the vault's threads so far — how
+# often its threads sleep and are woken, the cost of each hop between threads.
+vault_ctxt() { cat /proc/"$VPID"/task/*/status 2>/dev/null | awk '/_ctxt_switches:/ {s += $2} END {print s + 0}'; }
+# vault_threads FILE: each thread of the vault, its name and context switches (for the report's reader).
+vault_threads() { for t in /proc/"$VPID"/task/*; do echo "$(basename "$t") $(cat "$t/comm" 2>/dev/null) $(awk '/_ctxt_switches:/ {s += $2} END {print s + 0}' "$t/status" 2>/dev/null)"; done > "$1"; }
+# journal_appends: journal appends (one write + fdatasync each) in the vault's log so far (needs
+# VAULT_RUST_LOG=info,capture=debug; 0 without).
+journal_appends() { grep -c 'in the journal' "$W/vault.log" || true; }
 # Each round: no synchronous standby (the vault streaming async), pg_receivewal, the vault.
 for round in $(seq 1 "$SYNC_ROUNDS"); do
   sfx=""; [ "$SYNC_ROUNDS" -gt 1 ] && sfx="_r$round"
@@ -316,7 +325,13 @@ for round in $(seq 1 "$SYNC_ROUNDS"); do
   set_sync holdfast_bench
   if wait_sync holdfast_bench; then
     rec "uptime_hf_sync$sfx" "\"$(uptime)\""
+    c0=$(vault_ctxt) p0=$(journal_appends)
+    vault_threads "$OUT/capture-threads-before$sfx.txt"
     run_pgbench "tps_hf_sync$sfx"
+    vault_threads "$OUT/capture-threads-after$sfx.txt"
+    rec "ctxt_hf_sync$sfx" "$(( $(vault_ctxt) - c0 ))"
+    rec "appends_hf_sync$sfx" "$(( $(journal_appends) - p0 ))"
+    rec "txns_hf_sync$sfx" "$(awk '/^number of transactions actually processed: / {print $6}' "$W/tps_hf_sync$sfx.pgbench" 2>/dev/null || echo 0)"
   else
     fail hf_sync "the vault never became the synchronous standby: $(psql_ 'SELECT application_name, state, sync_state FROM pg_stat_replication')"
   fi

@@ -20,6 +20,7 @@ pub mod restore_points;
 pub mod runtime;
 pub mod status;
 pub mod stream;
+mod synchronous;
 pub mod tar;
 pub mod walmap;
 

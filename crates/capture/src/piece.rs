@@ -59,9 +59,16 @@ impl Piece {
 
     /// Encodes header line + bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec(&self.header).expect("header serialises");
+        Piece::encode_parts(&self.header, &self.data)
+    }
+
+    /// Encodes a piece from its parts, without assembling a [`Piece`] first (one copy of the
+    /// bytes, not two).
+    pub fn encode_parts(header: &PieceHeader, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + data.len());
+        serde_json::to_writer(&mut out, header).expect("header serialises");
         out.push(b'\n');
-        out.extend_from_slice(&self.data);
+        out.extend_from_slice(data);
         out
     }
 

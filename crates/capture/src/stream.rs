@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgfmt::{Lsn, TimelineId};
@@ -22,11 +22,12 @@ use crate::CaptureError;
 use crate::archive::TimelineRecord;
 use crate::piece::{Piece, PieceHeader};
 use crate::runtime::ClusterRuntime;
+use crate::synchronous::{self, Shared};
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET: i64 = 946_684_800;
 /// A piece is stored when this much WAL is pending, whatever the flush interval.
-const MAX_PENDING: usize = 4 << 20;
+pub(crate) const MAX_PENDING: usize = 4 << 20;
 /// At most this many messages are gathered into one piece in synchronous mode.
 const MAX_GATHER: usize = 256;
 /// Status updates are sent at least this often, so the server sees the vault alive.
@@ -431,10 +432,37 @@ async fn stream_once(
         s.received_lsn = Some(start);
     });
 
-    let (jobs, job_rx) = mpsc::channel(1);
-    let (done_tx, done) = mpsc::channel(2);
-    let task =
-        tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone(), journal));
+    // Synchronous mode on a local store: the journal thread and its folder. Otherwise the
+    // durability task stores each piece as an object.
+    let (sink, task, sync) = match journal {
+        Some(journal) => {
+            // On a plain socket the thread tells the server itself (no hop through the runtime).
+            let reporter = conn.status_sender().map(|sender| {
+                let rt = rt.clone();
+                synchronous::Reporter::new(
+                    sender,
+                    Box::new(move |d| rt.update(|s| raise(&mut s.durable_lsn, d))),
+                )
+            });
+            let shared = Shared::new(start, reporter);
+            let thread = synchronous::spawn(shared.clone(), journal, rt.repo.keys().clone())
+                .map_err(|e| CaptureError::Internal(format!("starting the WAL journal thread: {e}")))?;
+            let folder =
+                tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
+            (Sink::Journal { shared: shared.clone(), reported: start }, None, Some((shared, thread, folder)))
+        }
+        None => {
+            let (jobs, job_rx) = mpsc::channel(1);
+            let (done_tx, done) = mpsc::channel(2);
+            let task =
+                tokio::spawn(durability_task(rt.clone(), job_rx, done_tx, seg_size, system_id.clone()));
+            (
+                Sink::Objects { pipeline: Pipeline::new(start), jobs, done, in_flight_send_time: 0 },
+                Some(task),
+                None,
+            )
+        }
+    };
     let mut w = Writer {
         rt,
         system_id: system_id.clone(),
@@ -446,20 +474,81 @@ async fn stream_once(
         pending_since: None,
         last_send_time: 0,
         ready: VecDeque::new(),
-        pipeline: Pipeline::new(start),
-        in_flight_send_time: 0,
+        sink,
         durable_send_time: 0,
         server_end: start,
-        jobs,
-        done,
     };
     let result = stream_loop(&mut w, &mut conn, shutdown, tli, start).await;
     // Whatever ended the stream, the piece being stored finishes before the next connection
     // computes its resume point from the archive: a piece landing after that would overlap.
-    let Writer { jobs, .. } = w;
-    drop(jobs);
-    let _ = task.await;
+    drop(w);
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+    if let Some((shared, thread, folder)) = sync {
+        // The thread appends what is queued and exits; then everything the journal holds is
+        // folded, and a journal left empty is reset (a clean end leaves it empty). After a
+        // failure, what it holds stays there and the next connection stores it first.
+        shared.stop();
+        let journal = tokio::task::spawn_blocking(move || thread.join()).await;
+        shared.fold_rest();
+        let folded_all = folder.await.unwrap_or(false);
+        let stats = shared.stats();
+        tracing::info!(
+            cluster = %rt.cluster.name,
+            appends = stats.appends,
+            frames = stats.frames,
+            bytes = stats.bytes,
+            thread_wakeups = stats.wakeups,
+            "synchronous journal: appends (one write + fdatasync each) this connection"
+        );
+        match journal {
+            Ok(Ok(mut journal)) if folded_all => {
+                if let Err(e) = blocking(move || journal.reset()).await? {
+                    tracing::warn!(cluster = %rt.cluster.name, error = %e, "resetting the synchronous journal; the next connection does it");
+                }
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!(cluster = %rt.cluster.name, "the synchronous journal keeps WAL for the next connection to store")
+            }
+            _ => tracing::error!(cluster = %rt.cluster.name, "the WAL journal thread panicked"),
+        }
+        if let Err(e) = shared.durable()
+            && result.is_ok()
+        {
+            return Err(e);
+        }
+    }
     result
+}
+
+/// Where pieces go to be made durable.
+enum Sink {
+    /// Each piece stored as an object by the durability task, one at a time.
+    Objects {
+        pipeline: Pipeline,
+        jobs: mpsc::Sender<Job>,
+        done: mpsc::Receiver<Stored>,
+        in_flight_send_time: i64,
+    },
+    /// The synchronous journal's thread; `reported` is the flush position last sent.
+    Journal { shared: Arc<Shared>, reported: Lsn },
+}
+
+/// The durability task's next report (never, without one).
+async fn object_done(sink: &mut Sink) -> Option<Stored> {
+    match sink {
+        Sink::Objects { done, .. } => done.recv().await,
+        Sink::Journal { .. } => std::future::pending().await,
+    }
+}
+
+/// The journal thread's next wake-up call (never, without one).
+async fn journal_woken(shared: Option<&Shared>) {
+    match shared {
+        Some(s) => s.durable_wake.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The receive loop of one connection: takes in WAL while the durability task makes the
@@ -473,14 +562,22 @@ async fn stream_loop(
 ) -> Result<(), CaptureError> {
     let rt = w.rt;
     let mut last_status = Instant::now();
+    let shared = match &w.sink {
+        Sink::Journal { shared, .. } => Some(shared.clone()),
+        Sink::Objects { .. } => None,
+    };
     loop {
         // A flush deadline only while nothing is being stored: a piece in flight is followed at
         // once by the next one when it completes, and an armed past deadline would spin.
-        let deadline = if w.pipeline.busy() { None } else { w.pending_since.map(|t| t + w.flush_after) };
+        let deadline = if w.busy() { None } else { w.pending_since.map(|t| t + w.flush_after) };
         let status_due = last_status + STATUS_INTERVAL;
-        // Backpressure: with two pieces already cut and waiting, stop reading the socket until
-        // the store catches up (the server's own buffers and the slot hold the rest).
-        let may_read = w.ready.len() < 2;
+        // Backpressure: with two pieces already cut and waiting (or as much queued for the
+        // journal thread), stop reading the socket until the store catches up (the server's own
+        // buffers and the slot hold the rest).
+        let may_read = match &shared {
+            None => w.ready.len() < 2,
+            Some(s) => s.ready_or_wake_me(|_, queued| queued < 2 * MAX_PENDING),
+        };
         // Order matters: completions first (a commit is waiting on each), timers before the
         // socket, or a busy stream (always a message ready) would starve the flush deadline.
         tokio::select! {
@@ -490,9 +587,14 @@ async fn stream_loop(
                 let _ = conn.stop_replication().await;
                 return Ok(());
             }
-            stored = w.done.recv() => {
+            stored = object_done(&mut w.sink) => {
                 w.completed(conn, stored).await?;
                 last_status = Instant::now();
+            }
+            _ = journal_woken(shared.as_deref()) => {
+                if w.journal_progress(conn).await? {
+                    last_status = Instant::now();
+                }
             }
             _ = sleep_until(deadline) => {
                 w.pump(true).await?;
@@ -586,11 +688,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 type Stored = Result<Lsn, CaptureError>;
 
 /// A piece cut from the stream, waiting to be made durable.
-struct Cut {
-    header: PieceHeader,
-    data: Vec<u8>,
+pub(crate) struct Cut {
+    pub(crate) header: PieceHeader,
+    pub(crate) data: Vec<u8>,
     /// The server's clock (µs since 2000) when it sent the piece's last byte.
-    send_time: i64,
+    pub(crate) send_time: i64,
 }
 
 /// The bookkeeping of the flush position, apart from IO so that a test can hold it to its
@@ -659,227 +761,32 @@ struct Job {
     data: Vec<u8>,
 }
 
-/// WAL durable in the journal and not yet stored as an object: contiguous, on one timeline,
-/// inside one segment.
-struct Unfolded {
-    header: PieceHeader,
-    data: Vec<u8>,
-    since: Instant,
-}
-
-/// The synchronous journal and its folding into objects, which runs beside the appends.
-struct JournalState {
-    journal: Arc<Mutex<Journal>>,
-    /// In the journal and in no fold yet.
-    unfolded: Option<Unfolded>,
-    /// The fold in flight, and the journal's mark when it began: the frames before the mark
-    /// are what it stores, released once it has.
-    folding: Option<(tokio::task::JoinHandle<Result<(), CaptureError>>, u64)>,
-}
-
-impl JournalState {
-    /// Whether the unfolded WAL should become an object now.
-    fn due(&self, seg_size: u64) -> bool {
-        self.unfolded.as_ref().is_some_and(|u| {
-            u.since.elapsed() >= FOLD_AFTER
-                || u.header.end.0.is_multiple_of(seg_size)
-                || u.data.len() >= MAX_PENDING
-        })
-    }
-
-    /// Starts storing the unfolded WAL as one object, after the fold in flight (folds land in
-    /// LSN order, so a crash never leaves a hole in the stored WAL).
-    async fn start_fold(
-        &mut self,
-        rt: &Arc<ClusterRuntime>,
-        seg_size: u64,
-        system_id: &str,
-    ) -> Result<(), CaptureError> {
-        self.finish_fold().await?;
-        let Some(u) = self.unfolded.take() else { return Ok(()) };
-        let mark = lock(&self.journal).mark();
-        let (rt, system_id) = (rt.clone(), system_id.to_string());
-        let task = tokio::spawn(async move {
-            let (tli, end) = (TimelineId(u.header.timeline), u.header.end);
-            rt.archive.store_piece(u.header, &u.data, rt.host.retain_until()).await?;
-            rt.durable.send_replace((tli, end));
-            after_stored(&rt, tli, end, seg_size, &system_id).await
-        });
-        self.folding = Some((task, mark));
-        Ok(())
-    }
-
-    /// Waits for the fold in flight, then releases the frames it stored (only then: until its
-    /// object is durable, the journal is that WAL's only copy).
-    async fn finish_fold(&mut self) -> Result<(), CaptureError> {
-        let Some((task, mark)) = self.folding.take() else { return Ok(()) };
-        let folded = task.await.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}")));
-        self.folded(folded, mark).await
-    }
-
-    async fn folded(
-        &mut self,
-        folded: Result<Result<(), CaptureError>, CaptureError>,
-        mark: u64,
-    ) -> Result<(), CaptureError> {
-        folded??;
-        let j = self.journal.clone();
-        blocking(move || lock(&j).release_before(mark)).await??;
-        Ok(())
-    }
-
-    /// Folds everything the journal holds and waits for it.
-    async fn fold_all(
-        &mut self,
-        rt: &Arc<ClusterRuntime>,
-        seg_size: u64,
-        system_id: &str,
-    ) -> Result<(), CaptureError> {
-        self.start_fold(rt, seg_size, system_id).await?;
-        self.finish_fold().await
-    }
-}
-
-/// What the durability task waits for.
-enum Wake {
-    Job(Option<Job>),
-    Folded(Result<Result<(), CaptureError>, CaptureError>),
-    FoldDue,
-}
-
-/// Makes pieces durable one after the other, while the stream task goes on receiving, and
-/// reports each piece the moment it is durable.
-///
-/// With a journal (synchronous mode on a local store), a piece is durable once appended to it:
-/// sealed, one write and one `fdatasync`. What the journal holds is folded into one ordinary
-/// object (three rounds of fsync) within [`FOLD_AFTER`], at a segment's end, or when the journal
-/// is full — beside the appends, not in their way — and the journal's frames are released only
-/// after that object is durable. Without one, each piece is stored as an object. The segment's
-/// catalog record (once per segment) and incidents the store could not take earlier come after
-/// the report: no commit waits for them.
+/// Stores pieces as objects one after the other, while the stream task goes on receiving, and
+/// reports each piece the moment it is durable (asynchronous mode, and synchronous mode on a
+/// store without a journal; a local store's synchronous mode uses [`synchronous`]'s journal
+/// thread). The segment's catalog record (once per segment) and incidents the store could not
+/// take earlier come after the report: no commit waits for them.
 async fn durability_task(
     rt: Arc<ClusterRuntime>,
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Stored>,
     seg_size: u64,
     system_id: String,
-    journal: Option<Arc<Mutex<Journal>>>,
 ) {
-    let mut js = journal.map(|journal| JournalState { journal, unfolded: None, folding: None });
     let worked: Result<(), CaptureError> = async {
-        loop {
-            let fold_at = js
-                .as_ref()
-                .filter(|s| s.folding.is_none())
-                .and_then(|s| s.unfolded.as_ref())
-                .map(|u| u.since + FOLD_AFTER);
-            let folding = js.as_mut().and_then(|s| s.folding.as_mut());
-            let busy = folding.is_some();
-            let wake = tokio::select! {
-                biased;
-                r = async { (&mut folding.expect("a fold in flight").0).await }, if busy => {
-                    Wake::Folded(r.map_err(|e| CaptureError::Internal(format!("folding the journal: {e}"))))
-                }
-                job = jobs.recv() => Wake::Job(job),
-                _ = sleep_until(fold_at) => Wake::FoldDue,
-            };
-            let job = match wake {
-                Wake::Folded(r) => {
-                    let s = js.as_mut().expect("a journal");
-                    let (_, mark) = s.folding.take().expect("a fold in flight");
-                    s.folded(r, mark).await?;
-                    if s.due(seg_size) {
-                        s.start_fold(&rt, seg_size, &system_id).await?;
-                    }
-                    continue;
-                }
-                Wake::FoldDue => {
-                    js.as_mut().expect("a journal").start_fold(&rt, seg_size, &system_id).await?;
-                    continue;
-                }
-                Wake::Job(None) => break,
-                Wake::Job(Some(job)) => job,
-            };
-            let Job { header, data } = job;
+        while let Some(Job { header, data }) = jobs.recv().await {
             let (tli, end) = (TimelineId(header.timeline), header.end);
-            if let Some(s) = js.as_mut() {
-                // Unfolded WAL is one contiguous run inside one segment: a piece that cannot
-                // extend it sends it to be folded first.
-                let extends = s.unfolded.as_ref().is_none_or(|u| {
-                    u.header.end == header.start
-                        && u.header.timeline == header.timeline
-                        && !u.header.end.0.is_multiple_of(seg_size)
-                });
-                if !extends {
-                    s.start_fold(&rt, seg_size, &system_id).await?;
-                }
-                let plain = Piece { header: header.clone(), data: data.clone() }.encode();
-                // What the sealed piece can take at most: zstd's worst case (a 1/256 expansion)
-                // and the envelope's nonce and tag, with room to spare.
-                let bound = plain.len() + plain.len() / 64 + 4096;
-                if !lock(&s.journal).fits(bound) {
-                    s.fold_all(&rt, seg_size, &system_id).await?;
-                }
-                if lock(&s.journal).fits(bound) {
-                    // Sealing and appending in one trip to a blocking thread: on a loaded
-                    // machine every hop between threads adds to what each commit waits for.
-                    let (j, repo, t0) = (s.journal.clone(), rt.repo.clone(), Instant::now());
-                    let len = blocking(move || -> Result<usize, CaptureError> {
-                        let sealed = repo
-                            .keys()
-                            .seal(&plain, 1)
-                            .map_err(|e| CaptureError::Internal(format!("sealing a WAL piece: {e}")))?;
-                        lock(&j).append(&sealed)?;
-                        Ok(sealed.len())
-                    })
-                    .await??;
-                    // What a synchronous commit waits for (`RUST_LOG=capture::stream=debug`).
-                    tracing::debug!(
-                        bytes = data.len(),
-                        sealed = len,
-                        append_us = t0.elapsed().as_micros() as u64,
-                        "WAL piece in the journal"
-                    );
-                    match &mut s.unfolded {
-                        Some(u) => {
-                            u.data.extend_from_slice(&data);
-                            u.header.end = header.end;
-                            u.header.server_time = header.server_time;
-                        }
-                        None => s.unfolded = Some(Unfolded { header, data, since: Instant::now() }),
-                    }
-                    if done.send(Ok(end)).await.is_err() {
-                        break;
-                    }
-                    if s.folding.is_none() && s.due(seg_size) {
-                        s.start_fold(&rt, seg_size, &system_id).await?;
-                    }
-                    continue;
-                }
-                // Larger than the whole journal: stored as an object, like any piece without one.
-                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
-            } else {
-                rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
-            }
+            rt.archive.store_piece(header, &data, rt.host.retain_until()).await?;
             rt.durable.send_replace((tli, end));
             if done.send(Ok(end)).await.is_err() {
                 break;
             }
             after_stored(&rt, tli, end, seg_size, &system_id).await?;
         }
-        // A clean end leaves the journal empty.
-        match js.as_mut() {
-            Some(s) => s.fold_all(&rt, seg_size, &system_id).await,
-            None => Ok(()),
-        }
+        Ok(())
     }
     .await;
     if let Err(e) = worked {
-        // A fold in flight lands before the next connection looks at the archive; what the
-        // journal holds stays there, and the next connection stores it first.
-        if let Some((task, _)) = js.as_mut().and_then(|s| s.folding.take()) {
-            let _ = task.await;
-        }
         let _ = done.send(Err(e)).await;
     }
 }
@@ -890,10 +797,6 @@ pub const FOLD_AFTER: Duration = Duration::from_millis(200);
 /// Size of a cluster's synchronous journal: a few hundred milliseconds of heavy WAL.
 pub const JOURNAL_BYTES: u64 = 64 << 20;
 
-fn lock(j: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
-    j.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Runs blocking work (sealing, the journal's file IO) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CaptureError> {
     tokio::task::spawn_blocking(f)
@@ -903,7 +806,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// After an object is stored: the segment's catalog record when it completes one, and incidents
 /// the store could not take earlier.
-async fn after_stored(
+pub(crate) async fn after_stored(
     rt: &ClusterRuntime,
     tli: TimelineId,
     end: Lsn,
@@ -925,10 +828,7 @@ async fn after_stored(
 /// the archive has (a vault killed after acknowledging WAL, before folding it), then empties it.
 /// Runs before each connection, so nothing the vault acknowledged is ever asked of the server
 /// again, nor lost.
-pub(crate) async fn recover_journal(
-    rt: &ClusterRuntime,
-    path: &Path,
-) -> Result<Arc<Mutex<Journal>>, CaptureError> {
+pub(crate) async fn recover_journal(rt: &ClusterRuntime, path: &Path) -> Result<Journal, CaptureError> {
     let p = path.to_path_buf();
     let (mut journal, frames) = blocking(move || Journal::open(&p, JOURNAL_BYTES)).await??;
     let mut recovered = 0usize;
@@ -978,11 +878,12 @@ pub(crate) async fn recover_journal(
     if recovered > 0 {
         tracing::info!(cluster = %rt.cluster.name, pieces = recovered, "stored the WAL the synchronous journal held (acknowledged before the vault stopped)");
     }
-    Ok(Arc::new(Mutex::new(journal)))
+    Ok(journal)
 }
 
 /// Accumulates streamed WAL, cuts it into pieces that never cross a segment boundary, and has
-/// the durability task store them one at a time while more WAL arrives.
+/// the durability task store them one at a time (or the journal thread, in groups) while more WAL
+/// arrives.
 struct Writer<'a> {
     rt: &'a ClusterRuntime,
     system_id: String,
@@ -996,12 +897,9 @@ struct Writer<'a> {
     last_send_time: i64,
     /// Pieces cut (at a segment boundary or at `MAX_PENDING`) and not yet handed over.
     ready: VecDeque<Cut>,
-    pipeline: Pipeline,
-    in_flight_send_time: i64,
+    sink: Sink,
     durable_send_time: i64,
     server_end: Lsn,
-    jobs: mpsc::Sender<Job>,
-    done: mpsc::Receiver<Stored>,
 }
 
 impl Writer<'_> {
@@ -1065,28 +963,56 @@ impl Writer<'_> {
         self.pending_since = None;
     }
 
+    /// Whether a piece is being stored by the durability task (the journal thread is never
+    /// waited for: what arrives joins its next group).
+    fn busy(&self) -> bool {
+        match &self.sink {
+            Sink::Objects { pipeline, .. } => pipeline.busy(),
+            Sink::Journal { .. } => false,
+        }
+    }
+
+    /// The flush position: the end of the WAL the store said is durable, and the server's send
+    /// time of its last byte.
+    fn durable(&self) -> (Lsn, i64) {
+        match &self.sink {
+            Sink::Objects { pipeline, .. } => (pipeline.durable(), self.durable_send_time),
+            Sink::Journal { shared, .. } => shared.position(),
+        }
+    }
+
     /// Hands the next piece to the durability task if it is idle: a piece already cut, else the
-    /// pending WAL once it is due (at once in synchronous mode, or when `force`d). Returns
-    /// whether a piece was handed over.
+    /// pending WAL once it is due (at once in synchronous mode, or when `force`d). With the
+    /// journal thread, everything cut goes to it at once. Returns whether a piece was handed
+    /// over.
     async fn pump(&mut self, force: bool) -> Result<bool, CaptureError> {
-        if self.pipeline.busy() {
+        if self.busy() {
             return Ok(false);
         }
-        if self.ready.is_empty() {
+        if self.ready.is_empty() || matches!(self.sink, Sink::Journal { .. }) {
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= self.flush_after);
-            if !(force || due) {
-                return Ok(false);
+            if force || due {
+                self.cut();
             }
-            self.cut();
         }
-        let Some(Cut { header, data, send_time }) = self.ready.pop_front() else { return Ok(false) };
-        self.pipeline.submit(header.start, header.end)?;
-        self.in_flight_send_time = send_time;
-        self.jobs
-            .send(Job { header, data })
-            .await
-            .map_err(|_| CaptureError::Internal("the WAL durability task ended".into()))?;
-        Ok(true)
+        match &mut self.sink {
+            Sink::Journal { shared, .. } => {
+                if self.ready.is_empty() {
+                    return Ok(false);
+                }
+                shared.submit(self.ready.drain(..));
+                Ok(true)
+            }
+            Sink::Objects { pipeline, jobs, in_flight_send_time, .. } => {
+                let Some(Cut { header, data, send_time }) = self.ready.pop_front() else { return Ok(false) };
+                pipeline.submit(header.start, header.end)?;
+                *in_flight_send_time = send_time;
+                jobs.send(Job { header, data })
+                    .await
+                    .map_err(|_| CaptureError::Internal("the WAL durability task ended".into()))?;
+                Ok(true)
+            }
+        }
     }
 
     /// A report from the durability task: on success, the new flush position is published and
@@ -1099,8 +1025,11 @@ impl Writer<'_> {
         stored: Option<Stored>,
     ) -> Result<(), CaptureError> {
         let end = stored.ok_or_else(|| CaptureError::Internal("the WAL durability task ended".into()))??;
-        self.pipeline.complete(end)?;
-        self.durable_send_time = self.in_flight_send_time;
+        let Sink::Objects { pipeline, in_flight_send_time, .. } = &mut self.sink else {
+            return Err(CaptureError::Internal("a durability task report without one".into()));
+        };
+        pipeline.complete(end)?;
+        self.durable_send_time = *in_flight_send_time;
         // Status first: once the server hears "flushed", a synchronous commit returns, and
         // whoever asks the vault at that moment must already see the WAL as durable.
         self.publish();
@@ -1109,20 +1038,52 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// The journal thread woke us: storing failed, the queue has room, or WAL became durable
+    /// (without a [`synchronous::Reporter`], sent to the server at once, as in
+    /// [`Writer::completed`]). Returns whether a status was sent.
+    async fn journal_progress(&mut self, conn: &mut ReplicationConnection) -> Result<bool, CaptureError> {
+        let Sink::Journal { shared, reported } = &mut self.sink else { return Ok(false) };
+        let (durable, _) = shared.durable()?;
+        if durable <= *reported {
+            return Ok(false);
+        }
+        *reported = durable;
+        self.publish();
+        self.send_status(conn).await?;
+        Ok(true)
+    }
+
     /// Stores everything received, waiting for it to be durable (shutdown, end of timeline).
     async fn drain(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
         loop {
             self.pump(true).await?;
-            if !self.pipeline.busy() {
+            if let Sink::Journal { shared, .. } = &self.sink {
+                let shared = shared.clone();
+                self.journal_progress(conn).await?;
+                let received = self.received();
+                if shared.ready_or_wake_me(|durable, _| durable >= received) {
+                    self.journal_progress(conn).await?;
+                    return Ok(());
+                }
+                shared.durable_wake.notified().await;
+                continue;
+            }
+            if !self.busy() {
                 return Ok(());
             }
-            let stored = self.done.recv().await;
+            let stored = object_done(&mut self.sink).await;
             self.completed(conn, stored).await?;
         }
     }
 
     async fn send_status(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
-        let durable = self.pipeline.durable();
+        let (durable, _) = self.durable();
+        if let Sink::Journal { shared, .. } = &self.sink
+            && let Some(r) = &shared.reporter
+        {
+            // Through the reporter, which the journal thread writes on too: never backwards.
+            return r.report(durable);
+        }
         conn.send_status(StandbyStatusUpdate {
             write: durable,
             flush: durable,
@@ -1136,22 +1097,25 @@ impl Writer<'_> {
 
     fn publish(&self) {
         let received = self.received();
-        let durable = self.pipeline.durable();
+        let (durable, durable_send_time) = self.durable();
         let server_end = self.server_end.max(received);
         let lag_bytes = server_end.0.saturating_sub(durable.0);
-        let lag_seconds = if lag_bytes == 0 {
-            0.0
-        } else {
-            (self.last_send_time - self.durable_send_time).max(0) as f64 / 1e6
-        };
+        let lag_seconds =
+            if lag_bytes == 0 { 0.0 } else { (self.last_send_time - durable_send_time).max(0) as f64 / 1e6 };
         self.rt.update(|s| {
             s.received_lsn = Some(received);
-            s.durable_lsn = Some(durable);
+            // Never lowered within a stream: the journal thread may have raised it meanwhile.
+            raise(&mut s.durable_lsn, durable);
             s.server_lsn = Some(server_end);
             s.lag_bytes = Some(lag_bytes);
             s.lag_seconds = Some(lag_seconds);
         });
     }
+}
+
+/// Sets `lsn` to `to` unless it is already further.
+fn raise(lsn: &mut Option<Lsn>, to: Lsn) {
+    *lsn = Some(lsn.map_or(to, |l| l.max(to)));
 }
 
 #[cfg(test)]

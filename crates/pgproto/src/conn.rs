@@ -2,9 +2,11 @@
 //! trust authentication, replication commands, WAL streaming and `BASE_BACKUP`.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgfmt::{Lsn, TimelineId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -163,6 +165,59 @@ pub struct ReplicationConnection {
     notices: Vec<crate::ServerError>,
     /// Messages read so far after the end of a timeline (see [`Mode::Ending`]).
     ending: Vec<BackendMessage>,
+    /// A second handle on a plain (not TLS) socket, for [`ReplicationConnection::status_sender`].
+    plain: Option<OwnedFd>,
+    /// The socket handle status updates are written on once a [`StatusSender`] exists; `None`
+    /// inside once the stream ends on this side.
+    status_sock: Option<Arc<Mutex<Option<std::fs::File>>>>,
+}
+
+/// Writes standby status updates on a plain (not TLS) streaming connection from any thread,
+/// with ordinary blocking calls on a second handle of the socket: for a WAL receiver that makes
+/// WAL durable on its own thread and reports it from there, with no hop through the async
+/// runtime (as `pg_receivewal` does in its one loop). Each update is written whole under a lock
+/// that the connection's own status updates take too, so their bytes never interleave; once the
+/// connection ends the stream (its CopyDone), updates are dropped, never sent after it.
+#[derive(Clone)]
+pub struct StatusSender {
+    sock: Arc<Mutex<Option<std::fs::File>>>,
+}
+
+impl std::fmt::Debug for StatusSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSender").finish_non_exhaustive()
+    }
+}
+
+impl StatusSender {
+    /// Sends one status update (blocking). `Ok` without sending once the stream has ended.
+    pub fn send(&self, status: &StandbyStatusUpdate) -> Result<(), Error> {
+        let mut msg = Vec::with_capacity(40);
+        frontend::copy_data(&mut msg, &status.encode());
+        write_status(&self.sock, &msg)
+    }
+}
+
+/// Writes `msg` whole on the shared socket handle. The socket is non-blocking (tokio's): a full
+/// send buffer is waited out in short sleeps, for at most 30 s.
+fn write_status(sock: &Mutex<Option<std::fs::File>>, msg: &[u8]) -> Result<(), Error> {
+    let guard = sock.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut file) = guard.as_ref() else { return Ok(()) };
+    let (mut buf, t0) = (msg, Instant::now());
+    while !buf.is_empty() {
+        match file.write(buf) {
+            Ok(0) => return Err(Error::Closed),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock && t0.elapsed() < Duration::from_secs(30) =>
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -210,7 +265,7 @@ impl ReplicationConnection {
     }
 
     async fn connect_inner(cfg: &Config, guarded: bool) -> Result<Self, Error> {
-        let (io, tls) = open_io(cfg).await?;
+        let (io, tls, plain) = open_io(cfg).await?;
         let mut conn = ReplicationConnection {
             io,
             decoder: Decoder::new(),
@@ -223,6 +278,8 @@ impl ReplicationConnection {
             backup: None,
             notices: Vec::new(),
             ending: Vec::new(),
+            plain,
+            status_sock: None,
         };
         conn.startup(cfg, guarded).await?;
         Ok(conn)
@@ -489,6 +546,7 @@ impl ReplicationConnection {
             },
             BackendMessage::CopyDone => {
                 // The server reached the end of the timeline; acknowledge and read on.
+                self.end_status_sender();
                 frontend::copy_done(&mut self.out);
                 self.mode = Mode::Ending;
                 self.ending.clear();
@@ -537,8 +595,35 @@ impl ReplicationConnection {
         if self.mode != Mode::Streaming {
             return Err(Error::InvalidArgument("not streaming".into()));
         }
+        if let Some(sock) = self.status_sock.clone() {
+            // A status sender exists: through its lock, so that updates never interleave.
+            self.flush().await?;
+            let mut msg = Vec::with_capacity(40);
+            frontend::copy_data(&mut msg, &status.encode());
+            return write_status(&sock, &msg);
+        }
         frontend::copy_data(&mut self.out, &status.encode());
         self.flush().await
+    }
+
+    /// A [`StatusSender`] for this streaming connection, if it is a plain socket (none over TLS:
+    /// the TLS session's state lives in this connection). From then on this connection's own
+    /// [`send_status`](Self::send_status) writes through the same lock.
+    pub fn status_sender(&mut self) -> Option<StatusSender> {
+        if let Some(sock) = &self.status_sock {
+            return Some(StatusSender { sock: sock.clone() });
+        }
+        let file = std::fs::File::from(self.plain.take()?);
+        let sock = Arc::new(Mutex::new(Some(file)));
+        self.status_sock = Some(sock.clone());
+        Some(StatusSender { sock })
+    }
+
+    /// Stops every [`StatusSender`]: nothing may follow this side's CopyDone.
+    fn end_status_sender(&mut self) {
+        if let Some(sock) = self.status_sock.take() {
+            sock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
     }
 
     /// Ends streaming from the client side (CopyDone) and returns the connection to idle.
@@ -546,6 +631,7 @@ impl ReplicationConnection {
         if self.mode != Mode::Streaming {
             return Err(Error::InvalidArgument("not streaming".into()));
         }
+        self.end_status_sender();
         frontend::copy_done(&mut self.out);
         self.flush().await?;
         // WAL already in flight is discarded until the server's CopyDone.
@@ -750,19 +836,22 @@ impl ReplicationConnection {
 }
 
 /// Opens the byte stream to the server: Unix socket or TCP, with TLS as `cfg.ssl` says.
-async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool), Error> {
+/// The stream, whether it is TLS, and for a plain socket a second handle on it.
+async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool, Option<OwnedFd>), Error> {
     let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
-    let opened: (Box<dyn Io>, bool) = match &cfg.host {
+    let opened: (Box<dyn Io>, bool, Option<OwnedFd>) = match &cfg.host {
         Host::Unix { dir, port } => {
             let path = dir.join(format!(".s.PGSQL.{port}"));
             let s = tokio::net::UnixStream::connect(&path).await.map_err(unreachable)?;
-            (Box::new(s), false)
+            let fd = s.as_fd().try_clone_to_owned()?;
+            (Box::new(s), false, Some(fd))
         }
         Host::Tcp { host, port } => {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
             s.set_nodelay(true)?;
             if cfg.ssl == SslMode::Disable {
-                (Box::new(s), false)
+                let fd = s.as_fd().try_clone_to_owned()?;
+                (Box::new(s), false, Some(fd))
             } else {
                 let mut req = Vec::new();
                 frontend::ssl_request(&mut req);
@@ -770,8 +859,11 @@ async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool), Error> {
                 let mut answer = [0u8; 1];
                 s.read_exact(&mut answer).await?;
                 match answer[0] {
-                    b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true),
-                    b'N' if cfg.ssl == SslMode::Prefer => (Box::new(s), false),
+                    b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true, None),
+                    b'N' if cfg.ssl == SslMode::Prefer => {
+                        let fd = s.as_fd().try_clone_to_owned()?;
+                        (Box::new(s), false, Some(fd))
+                    }
                     b'N' => {
                         return Err(Error::Tls(format!(
                             "the server at {host}:{port} does not accept TLS connections (ssl = off)"
@@ -821,7 +913,7 @@ pub async fn connect_raw(cfg: &Config, params: &[(&str, &str)]) -> Result<RawSes
 }
 
 async fn connect_raw_inner(cfg: &Config, params: &[(&str, &str)]) -> Result<RawSession, Error> {
-    let (mut io, tls) = open_io(cfg).await?;
+    let (mut io, tls, _) = open_io(cfg).await?;
     let mut out = Vec::new();
     let mut all: Vec<(&str, &str)> = vec![("user", &cfg.user)];
     all.extend(params.iter().filter(|(k, _)| *k != "user" && *k != "replication"));
