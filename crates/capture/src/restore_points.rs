@@ -67,6 +67,15 @@ pub fn scan(
     Ok((found, next))
 }
 
+/// Stored WAL that does not decode fails the request: a restore point it hides could be the
+/// duplicate that makes a name ambiguous.
+fn unreadable(tli: TimelineId, e: pgfmt::wal::WalError) -> CaptureError {
+    CaptureError::Internal(format!(
+        "the stored WAL of timeline {} cannot be read for restore points: {e}",
+        tli.0
+    ))
+}
+
 impl ClusterRuntime {
     /// Every restore point in the WAL the vault stores, by timeline then LSN.
     pub async fn restore_points(&self) -> Result<Vec<RestorePoint>, CaptureError> {
@@ -88,12 +97,8 @@ impl ClusterRuntime {
                         break;
                     }
                     let wal = self.archive.read_range(tli, page, stop).await?;
-                    let (found, next) = scan(&wal, page, from, seg_size, tli).map_err(|e| {
-                        CaptureError::Internal(format!(
-                            "the stored WAL of timeline {} cannot be read for restore points: {e}",
-                            tli.0
-                        ))
-                    })?;
+                    let (found, next) =
+                        scan(&wal, page, from, seg_size, tli).map_err(|e| unreadable(tli, e))?;
                     ix.points.extend(found);
                     if next <= from {
                         // One record larger than a step, or the run's last record cut off:
@@ -102,12 +107,8 @@ impl ClusterRuntime {
                             break;
                         }
                         let wal = self.archive.read_range(tli, page, end).await?;
-                        let (found, next) = scan(&wal, page, from, seg_size, tli).map_err(|e| {
-                            CaptureError::Internal(format!(
-                                "the stored WAL of timeline {} cannot be read for restore points: {e}",
-                                tli.0
-                            ))
-                        })?;
+                        let (found, next) =
+                            scan(&wal, page, from, seg_size, tli).map_err(|e| unreadable(tli, e))?;
                         ix.points.extend(found);
                         if next <= from {
                             break;
