@@ -160,6 +160,16 @@ fn tar_into_inner_drain(rx: &Receiver<Feed>, next: &mut Option<(String, Option<u
 
 /// Takes one base backup of the cluster and returns once it is complete.
 pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureError> {
+    take_then(rt, |_| {}).await
+}
+
+/// [`take`], with `complete` called once the backup is recorded and just before it becomes
+/// visible in status (its window), so that what status says about it changes in the same
+/// moment as the window.
+pub(crate) async fn take_then(
+    rt: &Arc<ClusterRuntime>,
+    complete: impl FnOnce(&BackupSummary),
+) -> Result<BackupSummary, CaptureError> {
     let _one_at_a_time = rt.backup_lock.lock().await;
     let started = rt.now();
     let (mut conn, server) = crate::stream::connect(rt).await?;
@@ -277,6 +287,7 @@ pub async fn take(rt: &Arc<ClusterRuntime>) -> Result<BackupSummary, CaptureErro
             rt.host.retain_until(),
         )
         .await?;
+    complete(&summary);
     rt.add_backup(summary.clone());
     tracing::info!(
         cluster = %rt.cluster.name, id = %summary.id, start = %start_lsn, stop = %stop_lsn,

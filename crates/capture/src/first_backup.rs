@@ -36,20 +36,21 @@ pub async fn run(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<bool>) {
                     (nothing is restorable until it completes)";
         tracing::warn!(cluster = %name, "{note}");
         rt.update(|s| s.first_backup = Some(note.to_string()));
+        // Status says the backup was taken in the same moment its window appears: never
+        // "nothing is restorable" beside a window that is.
         let taken = tokio::select! {
-            r = crate::basebackup::take(&rt) => r,
-            _ = shutdown.changed() => return,
-        };
-        match taken {
-            Ok(b) => {
+            r = crate::basebackup::take_then(&rt, |b| {
                 let note = format!(
                     "first base backup {} taken by the vault itself (the cluster had none): restorable from {}",
                     b.id, b.stop_lsn
                 );
                 tracing::info!(cluster = %name, "{note}");
                 rt.update(|s| s.first_backup = Some(note));
-                return;
-            }
+            }) => r,
+            _ = shutdown.changed() => return,
+        };
+        match taken {
+            Ok(_) => return,
             Err(e) => {
                 let note = format!(
                     "the cluster has no base backup and the vault's first one failed ({e}); retrying in {retry:?} \
