@@ -99,24 +99,27 @@ impl Piece {
     }
 }
 
+/// The header of a test piece of cluster `main`, timeline 1, covering `start..end`.
+#[cfg(test)]
+pub(crate) fn test_header(start: u64, end: u64) -> PieceHeader {
+    PieceHeader {
+        version: 1,
+        cluster: "main".into(),
+        system_id: "7000000000000000001".into(),
+        timeline: 1,
+        start: Lsn(start),
+        end: Lsn(end),
+        segment_size: 16 << 20,
+        server_time: store::Timestamp(1_700_000_000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn piece(start: u64, len: usize) -> Piece {
-        Piece {
-            header: PieceHeader {
-                version: 1,
-                cluster: "main".into(),
-                system_id: "7000000000000000001".into(),
-                timeline: 1,
-                start: Lsn(start),
-                end: Lsn(start + len as u64),
-                segment_size: 16 << 20,
-                server_time: store::Timestamp(1_700_000_000),
-            },
-            data: vec![7; len],
-        }
+        Piece { header: test_header(start, start + len as u64), data: vec![7; len] }
     }
 
     #[test]

@@ -485,16 +485,7 @@ mod tests {
 
     fn cut(start: u64, len: u64) -> Cut {
         Cut {
-            header: PieceHeader {
-                version: 1,
-                cluster: "main".into(),
-                system_id: "7000000000000000001".into(),
-                timeline: 1,
-                start: Lsn(start),
-                end: Lsn(start + len),
-                segment_size: 16 << 20,
-                server_time: store::Timestamp(1_700_000_000),
-            },
+            header: crate::piece::test_header(start, start + len),
             data: (start..start + len).map(byte).collect(),
             send_time: (start + len) as i64,
         }
