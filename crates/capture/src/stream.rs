@@ -472,7 +472,11 @@ async fn stream_once(
                 .map_err(|e| CaptureError::Internal(format!("starting the WAL journal thread: {e}")))?;
             let folder =
                 tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
-            (Sink::Journal { shared: shared.clone(), reported: start }, None, Some((shared, thread, folder, lent)))
+            (
+                Sink::Journal { shared: shared.clone(), reported: start },
+                None,
+                Some((shared, thread, folder, lent)),
+            )
         }
         None => {
             let (jobs, job_rx) = mpsc::channel(1);
@@ -528,7 +532,9 @@ async fn stream_once(
             _ => (Err(()), None),
         };
         if lent {
-            result = end_of_lent_stream(rt, &mut conn, receiving, &shared, stop_asked, tli, start, &system_id).await;
+            result =
+                end_of_lent_stream(rt, &mut conn, receiving, &shared, stop_asked, tli, start, &system_id)
+                    .await;
         }
         shared.fold_rest();
         let folded_all = folder.await.unwrap_or(false);
@@ -600,7 +606,9 @@ async fn end_of_lent_stream(
             Ok(())
         }
         // The thread hands the stream back only before a message that is not WAL or a keepalive.
-        _ => Err(CaptureError::Internal("the WAL journal thread stopped reading in the middle of the WAL".into())),
+        _ => Err(CaptureError::Internal(
+            "the WAL journal thread stopped reading in the middle of the WAL".into(),
+        )),
     }
 }
 

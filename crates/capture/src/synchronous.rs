@@ -1,16 +1,18 @@
 //! The synchronous path on a local store: one OS thread makes streamed WAL durable in the
-//! journal, the way `pg_receivewal --synchronous` does in its one loop (write, `fdatasync`,
-//! report), while the receive task goes on reading the socket and a folder task turns what the
-//! journal holds into ordinary WAL objects.
+//! journal, the way `pg_receivewal --synchronous` does in its one loop (read, write,
+//! `fdatasync`, report), while a folder task turns what the journal holds into ordinary WAL
+//! objects.
 //!
-//! The hand-offs of one group commit: the receive task puts what it read into the [`Shared`]
-//! inbox and wakes the thread if it sleeps (none while it is busy: WAL that arrives during an
-//! `fdatasync` joins the next one); the thread seals, appends everything waiting with one write
-//! and one `fdatasync`, publishes the durable LSN and sends the flush position to the server
-//! itself (a [`Reporter`] on a second handle of a plain socket; over TLS it wakes the receive
-//! task instead, one `Notify`, which sends it). Before this thread, a piece went receive task →
-//! durability task → blocking-pool thread → durability task → receive task, and the next piece
-//! waited until the receive task had been woken to hand it over.
+//! On a plain socket the thread reads the stream itself ([`Receiving`], a
+//! [`BlockingReader`] the connection lends it): it waits for the server with a blocking read,
+//! takes every whole message read, seals and appends the WAL among them with one write and one
+//! `fdatasync`, publishes the durable LSN and sends the flush position (a [`Reporter`] on a
+//! second handle of the socket). No async task stands between the socket and the
+//! acknowledgement: a group commit waits for one thread to be scheduled, as with pg_receivewal,
+//! not for a runtime worker and then the thread. WAL that arrives during an `fdatasync` is the
+//! next group. Over TLS (its session lives in the async connection) the receive task reads and
+//! puts what it read into the [`Shared`] inbox, waking the thread if it sleeps; the thread
+//! appends and wakes the receive task (one `Notify`), which sends the flush position.
 //!
 //! The rule is the collector's: the durable LSN the thread publishes is the end of WAL whose
 //! frames the journal's `fdatasync` has returned for, and nothing else moves it.
@@ -29,7 +31,9 @@ use tokio::sync::Notify;
 use crate::CaptureError;
 use crate::piece::{Piece, PieceHeader};
 use crate::runtime::ClusterRuntime;
-use crate::stream::{Cut, FOLD_AFTER, MAX_PENDING, STATUS_INTERVAL, after_stored, continuing, pg_time, raise};
+use crate::stream::{
+    Cut, FOLD_AFTER, MAX_PENDING, STATUS_INTERVAL, after_stored, continuing, pg_time, raise,
+};
 
 /// At most this much WAL goes into one append (several frames, one `fdatasync`).
 const MAX_BATCH: usize = 8 << 20;
@@ -351,7 +355,12 @@ fn run(shared: &Shared, journal: &mut Journal, keys: &MasterKeys) -> Result<(), 
 /// Seals `batch` (contiguous cuts), appends it to the journal with one write and one
 /// `fdatasync`, publishes the new durable LSN, hands the WAL to the folder and reports the
 /// flush position. Returns `false` if the folder failed while the thread waited for room.
-fn append(shared: &Shared, journal: &mut Journal, keys: &MasterKeys, batch: Vec<Cut>) -> Result<bool, CaptureError> {
+fn append(
+    shared: &Shared,
+    journal: &mut Journal,
+    keys: &MasterKeys,
+    batch: Vec<Cut>,
+) -> Result<bool, CaptureError> {
     let t0 = Instant::now();
     let sealed = batch
         .iter()
@@ -414,13 +423,19 @@ fn append(shared: &Shared, journal: &mut Journal, keys: &MasterKeys, batch: Vec<
                     r.mark = mark;
                 }
                 _ => {
-                    g.unfolded.push_back(Run { header: cut.header, data: cut.data, since: Instant::now(), mark });
+                    g.unfolded.push_back(Run {
+                        header: cut.header,
+                        data: cut.data,
+                        since: Instant::now(),
+                        mark,
+                    });
                     wake = true; // the folder learns the new run's deadline
                 }
             }
         }
         let r = g.unfolded.back().expect("a run");
-        let fold = wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING;
+        let fold =
+            wake || r.header.end.0.is_multiple_of(r.header.segment_size) || r.data.len() >= MAX_PENDING;
         let waits = std::mem::take(&mut g.receiver_waits);
         (fold, waits || shared.reporter.is_none())
     };
@@ -435,7 +450,14 @@ fn append(shared: &Shared, journal: &mut Journal, keys: &MasterKeys, batch: Vec<
         shared.fold_wake.notify_one();
     }
     // What a synchronous commit waits for (`RUST_LOG=capture=debug`).
-    tracing::debug!(bytes, frames, sealed = lens.iter().sum::<usize>(), seal_us, append_us, "WAL in the journal");
+    tracing::debug!(
+        bytes,
+        frames,
+        sealed = lens.iter().sum::<usize>(),
+        seal_us,
+        append_us,
+        "WAL in the journal"
+    );
     Ok(true)
 }
 
@@ -516,11 +538,15 @@ impl Receiving {
 /// flush position, and again. Ends when asked to stop (everything read is then durable), when
 /// the server ends or interrupts the stream (that message is left for the receive task), or on
 /// an error (left in `shared`).
-fn receive(shared: &Shared, journal: &mut Journal, keys: &MasterKeys, r: &mut Receiving) -> Result<(), CaptureError> {
-    let reporter = shared
-        .reporter
-        .as_ref()
-        .ok_or_else(|| CaptureError::Internal("reading the stream on the journal thread needs a reporter".into()))?;
+fn receive(
+    shared: &Shared,
+    journal: &mut Journal,
+    keys: &MasterKeys,
+    r: &mut Receiving,
+) -> Result<(), CaptureError> {
+    let reporter = shared.reporter.as_ref().ok_or_else(|| {
+        CaptureError::Internal("reading the stream on the journal thread needs a reporter".into())
+    })?;
     let mut last_status = Instant::now();
     loop {
         let release = {
@@ -712,6 +738,12 @@ mod tests {
         // Submissions of random sizes, the folder now and then.
         let (mut received, mut folded) = (0u64, 0u64);
         for i in 0..400 {
+            // The receive task's backpressure, scaled to this journal: queued cuts merge, and
+            // one bigger than the empty journal could never be appended.
+            while !shared.ready_or_wake_me(|_, queued| queued < 64 << 10) {
+                fold_until(&shared, &mut folded, 0, Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let len = 1 + next() % 3000;
             shared.submit([cut(received, len)]);
             received += len;

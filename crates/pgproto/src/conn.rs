@@ -243,7 +243,9 @@ impl PlainSocket {
     fn blocking(&self) -> Result<BlockingSocket, Error> {
         Ok(match self {
             PlainSocket::Tcp(fd) => BlockingSocket::Tcp(std::net::TcpStream::from(fd.try_clone()?)),
-            PlainSocket::Unix(fd) => BlockingSocket::Unix(std::os::unix::net::UnixStream::from(fd.try_clone()?)),
+            PlainSocket::Unix(fd) => {
+                BlockingSocket::Unix(std::os::unix::net::UnixStream::from(fd.try_clone()?))
+            }
         })
     }
 }
