@@ -31,7 +31,7 @@ pub(crate) const MAX_PENDING: usize = 4 << 20;
 /// At most this many messages are gathered into one piece in synchronous mode.
 const MAX_GATHER: usize = 256;
 /// Status updates are sent at least this often, so the server sees the vault alive.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Converts a PostgreSQL timestamp (µs since 2000-01-01) to a [`Timestamp`].
 pub fn pg_time(t: i64) -> Timestamp {
@@ -444,12 +444,39 @@ async fn stream_once(
                     Box::new(move |d| rt.update(|s| raise(&mut s.durable_lsn, d))),
                 )
             });
+            // And it reads the socket itself, pg_receivewal's one loop: no task between the
+            // socket and the fdatasync. Over TLS the receive task reads and queues for it.
+            let receiving = match &reporter {
+                Some(_) => conn.lend_reader(READ_WAIT)?.map(|reader| synchronous::Receiving {
+                    reader,
+                    rt: rt.clone(),
+                    template: PieceHeader {
+                        version: 1,
+                        cluster: rt.cluster.name.clone(),
+                        system_id: system_id.clone(),
+                        timeline: tli.0,
+                        start,
+                        end: start,
+                        segment_size: seg_size,
+                        server_time: pg_time(0),
+                    },
+                    received: start,
+                    server_end: start,
+                    last_send_time: 0,
+                }),
+                None => None,
+            };
+            let lent = receiving.is_some();
             let shared = Shared::new(start, reporter);
-            let thread = synchronous::spawn(shared.clone(), journal, rt.repo.keys().clone())
+            let thread = synchronous::spawn(shared.clone(), journal, rt.repo.keys().clone(), receiving)
                 .map_err(|e| CaptureError::Internal(format!("starting the WAL journal thread: {e}")))?;
             let folder =
                 tokio::spawn(synchronous::folder(rt.clone(), shared.clone(), seg_size, system_id.clone()));
-            (Sink::Journal { shared: shared.clone(), reported: start }, None, Some((shared, thread, folder)))
+            (
+                Sink::Journal { shared: shared.clone(), reported: start },
+                None,
+                Some((shared, thread, folder, lent)),
+            )
         }
         None => {
             let (jobs, job_rx) = mpsc::channel(1);
@@ -478,19 +505,37 @@ async fn stream_once(
         durable_send_time: 0,
         server_end: start,
     };
-    let result = stream_loop(&mut w, &mut conn, shutdown, tli, start).await;
+    let lent = matches!(sync, Some((_, _, _, true)));
+    let mut result = if lent { Ok(()) } else { stream_loop(&mut w, &mut conn, shutdown, tli, start).await };
     // Whatever ended the stream, the piece being stored finishes before the next connection
     // computes its resume point from the archive: a piece landing after that would overlap.
     drop(w);
     if let Some(task) = task {
         let _ = task.await;
     }
-    if let Some((shared, thread, folder)) = sync {
-        // The thread appends what is queued and exits; then everything the journal holds is
-        // folded, and a journal left empty is reset (a clean end leaves it empty). After a
-        // failure, what it holds stays there and the next connection stores it first.
+    if let Some((shared, thread, folder, lent)) = sync {
+        // The journal thread reads the stream: wait for a stop request or for it to end.
+        let stop_asked = lent
+            && tokio::select! {
+                biased;
+                _ = stop_requested(shutdown) => true,
+                _ = shared.durable_wake.notified() => false,
+            };
+        // The thread appends what is queued (or what it read) and exits; then everything the
+        // journal holds is folded, and a journal left empty is reset (a clean end leaves it
+        // empty). After a failure, what it holds stays there and the next connection stores it
+        // first.
         shared.stop();
-        let journal = tokio::task::spawn_blocking(move || thread.join()).await;
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        let (journal, receiving) = match joined {
+            Ok(Ok((journal, receiving))) => (Ok(journal), receiving),
+            _ => (Err(()), None),
+        };
+        if lent {
+            result =
+                end_of_lent_stream(rt, &mut conn, receiving, &shared, stop_asked, tli, start, &system_id)
+                    .await;
+        }
         shared.fold_rest();
         let folded_all = folder.await.unwrap_or(false);
         let stats = shared.stats();
@@ -503,12 +548,12 @@ async fn stream_once(
             "synchronous journal: appends (one write + fdatasync each) this connection"
         );
         match journal {
-            Ok(Ok(mut journal)) if folded_all => {
+            Ok(mut journal) if folded_all => {
                 if let Err(e) = blocking(move || journal.reset()).await? {
                     tracing::warn!(cluster = %rt.cluster.name, error = %e, "resetting the synchronous journal; the next connection does it");
                 }
             }
-            Ok(Ok(_)) => {
+            Ok(_) => {
                 tracing::warn!(cluster = %rt.cluster.name, "the synchronous journal keeps WAL for the next connection to store")
             }
             _ => tracing::error!(cluster = %rt.cluster.name, "the WAL journal thread panicked"),
@@ -520,6 +565,51 @@ async fn stream_once(
         }
     }
     result
+}
+
+/// How long the journal thread's read of the socket waits before it looks whether it is asked
+/// to stop.
+const READ_WAIT: Duration = Duration::from_millis(100);
+
+/// After the journal thread read the stream itself: takes the socket's receiving side back and
+/// ends the stream as the receive loop would — stopping it when asked to, or reading what made
+/// the thread hand it back (the end of the timeline, or the server's error).
+#[allow(clippy::too_many_arguments)]
+async fn end_of_lent_stream(
+    rt: &ClusterRuntime,
+    conn: &mut ReplicationConnection,
+    receiving: Option<synchronous::Receiving>,
+    shared: &Shared,
+    stop_asked: bool,
+    tli: TimelineId,
+    start: Lsn,
+    system_id: &str,
+) -> Result<(), CaptureError> {
+    let Some(r) = receiving else {
+        return Err(CaptureError::Internal("the WAL journal thread panicked with the stream".into()));
+    };
+    conn.take_back(r.reader)?;
+    if shared.has_failed() {
+        return Ok(()); // the caller reports the thread's error
+    }
+    if stop_asked {
+        let _ = conn.stop_replication().await;
+        return Ok(());
+    }
+    match conn.next_message().await.map_err(|e| wal_removed(e, tli, start))? {
+        StreamEvent::EndOfTimeline(next) => {
+            tracing::info!(cluster = %rt.cluster.name, timeline = tli.0, next = ?next, "end of timeline");
+            if let Some(next) = next {
+                let hist = conn.timeline_history(next.timeline).await?;
+                store_history(rt, &hist.filename, &hist.content, next.timeline, system_id).await?;
+            }
+            Ok(())
+        }
+        // The thread hands the stream back only before a message that is not WAL or a keepalive.
+        _ => Err(CaptureError::Internal(
+            "the WAL journal thread stopped reading in the middle of the WAL".into(),
+        )),
+    }
 }
 
 /// Where pieces go to be made durable.
@@ -908,22 +998,9 @@ impl Writer<'_> {
     }
 
     fn accept(&mut self, wal_start: Lsn, data: &[u8], send_time: i64) -> Result<(), CaptureError> {
-        let expected = self.received();
-        let mut data = data;
-        let mut at = wal_start;
-        if at < expected {
-            // Bytes we already hold (a resend): skip them, never store twice.
-            let skip = (expected.0 - at.0).min(data.len() as u64) as usize;
-            data = &data[skip..];
-            at = Lsn(at.0 + skip as u64);
-        }
+        let mut data = continuing(self.received(), wal_start, data)?;
         if data.is_empty() {
             return Ok(());
-        }
-        if at > expected {
-            return Err(CaptureError::Protocol(format!(
-                "the server sent WAL from {at} but the vault expected {expected}: refusing to leave a gap"
-            )));
         }
         self.last_send_time = self.last_send_time.max(send_time);
         while !data.is_empty() {
@@ -1113,8 +1190,21 @@ impl Writer<'_> {
     }
 }
 
+/// The part of WAL sent from `wal_start` that continues the WAL received up to `expected`:
+/// bytes already held (a resend) are skipped, never stored twice; WAL beginning after
+/// `expected` is refused, never stored across a gap.
+pub(crate) fn continuing(expected: Lsn, wal_start: Lsn, data: &[u8]) -> Result<&[u8], CaptureError> {
+    if wal_start > expected && !data.is_empty() {
+        return Err(CaptureError::Protocol(format!(
+            "the server sent WAL from {wal_start} but the vault expected {expected}: refusing to leave a gap"
+        )));
+    }
+    let skip = (expected.0.saturating_sub(wal_start.0)).min(data.len() as u64) as usize;
+    Ok(&data[skip..])
+}
+
 /// Sets `lsn` to `to` unless it is already further.
-fn raise(lsn: &mut Option<Lsn>, to: Lsn) {
+pub(crate) fn raise(lsn: &mut Option<Lsn>, to: Lsn) {
     *lsn = Some(lsn.map_or(to, |l| l.max(to)));
 }
 

@@ -637,6 +637,55 @@ async fn synchronous_commit_waits_for_the_vault() -> Result<()> {
     Ok(())
 }
 
+/// 5b. Over TLS the receive task reads the stream (the journal thread cannot read a TLS
+/// session) and the flush position goes back through it: a commit still returns once its WAL is
+/// in the journal, never before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_commit_over_tls_waits_for_the_vault() -> Result<()> {
+    let v = Vault::new().await?;
+    let pg = TempPg::start_with(TempPgOptions::default().with_tcp())?;
+    pg.create_replication_role(REP, REP_PW)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
+    pg.write_data_file("server.crt", cert.pem().as_bytes(), 0o644)?;
+    pg.write_data_file("server.key", key.serialize_pem().as_bytes(), 0o600)?;
+    pg.psql("create table t (x int)")?;
+    pg.psql("alter system set ssl = on")?;
+    pg.psql("alter system set synchronous_standby_names = 'holdfast_tls'")?;
+    pg.psql("select pg_reload_conf()")?;
+    wait_for(Duration::from_secs(30), "ssl and synchronous_standby_names after the reload", || {
+        (pg.psql("show ssl").ok()? == "on"
+            && pg.psql("show synchronous_standby_names").ok()? == "holdfast_tls")
+            .then_some(())
+    })
+    .await?;
+    let mut cluster = v.cluster("tls", vec![format!("127.0.0.1:{}", pg.port())], REP, REP_PW)?;
+    cluster.connections[0].ssl = pgproto::conn::SslMode::Require;
+    cluster.synchronous = true;
+    cluster.flush_interval = Duration::from_secs(30);
+    let journal_dir = tempfile::tempdir()?;
+    cluster.journal = Some(journal_dir.path().join("tls.journal"));
+    let collector = v.start(&v.repo, vec![cluster]).await?;
+    wait_for(Duration::from_secs(30), "the vault to be the synchronous standby over TLS", || {
+        pg.psql("select sync_state, ssl from pg_stat_replication join pg_stat_ssl using (pid)")
+            .ok()
+            .filter(|s| s == "sync|t")
+    })
+    .await?;
+    for i in 0..20 {
+        // A commit returns only once the vault reported its WAL flushed: durable by then.
+        pg.psql(&format!("insert into t values ({i})"))?;
+        let commit = flush_lsn(&pg)?;
+        let s = status(&collector, "tls");
+        ensure!(
+            s.durable_lsn >= Some(commit),
+            "commit {i} at {commit} returned before it was durable: {s:?}"
+        );
+    }
+    collector.shutdown().await;
+    Ok(())
+}
+
 /// 6a. A1 drops the vault's slot while the collector is down: an incident, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacker_drops_the_slot() -> Result<()> {

@@ -149,6 +149,8 @@ enum Mode {
     /// that follows are in progress (kept here so that a cancelled read loses nothing).
     Ending,
     BaseBackup,
+    /// Streaming, with the receiving side lent to a [`BlockingReader`].
+    Lent,
 }
 
 /// A connection in replication mode (`replication=true`).
@@ -165,8 +167,9 @@ pub struct ReplicationConnection {
     notices: Vec<crate::ServerError>,
     /// Messages read so far after the end of a timeline (see [`Mode::Ending`]).
     ending: Vec<BackendMessage>,
-    /// A second handle on a plain (not TLS) socket, for [`ReplicationConnection::status_sender`].
-    plain: Option<OwnedFd>,
+    /// A second handle on a plain (not TLS) socket, for [`ReplicationConnection::status_sender`]
+    /// and [`ReplicationConnection::lend_reader`].
+    plain: Option<PlainSocket>,
     /// The socket handle status updates are written on once a [`StatusSender`] exists; `None`
     /// inside once the stream ends on this side.
     status_sock: Option<Arc<Mutex<Option<std::fs::File>>>>,
@@ -218,6 +221,148 @@ fn write_status(sock: &Mutex<Option<std::fs::File>>, msg: &[u8]) -> Result<(), E
         }
     }
     Ok(())
+}
+
+/// How much a [`BlockingReader`] reads at most with one call.
+const READ_CHUNK: usize = 256 << 10;
+
+/// A second handle on a plain socket, and what kind of socket it is.
+enum PlainSocket {
+    Tcp(OwnedFd),
+    Unix(OwnedFd),
+}
+
+impl PlainSocket {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            PlainSocket::Tcp(fd) | PlainSocket::Unix(fd) => fd,
+        }
+    }
+
+    /// A third handle, as a std socket (blocking calls, timeouts).
+    fn blocking(&self) -> Result<BlockingSocket, Error> {
+        Ok(match self {
+            PlainSocket::Tcp(fd) => BlockingSocket::Tcp(std::net::TcpStream::from(fd.try_clone()?)),
+            PlainSocket::Unix(fd) => {
+                BlockingSocket::Unix(std::os::unix::net::UnixStream::from(fd.try_clone()?))
+            }
+        })
+    }
+}
+
+/// A std socket of either kind.
+enum BlockingSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl BlockingSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        match self {
+            BlockingSocket::Tcp(s) => s.read(buf),
+            BlockingSocket::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            BlockingSocket::Tcp(s) => s.set_nonblocking(on),
+            BlockingSocket::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            BlockingSocket::Tcp(s) => s.set_read_timeout(t),
+            BlockingSocket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            BlockingSocket::Tcp(s) => s.set_write_timeout(t),
+            BlockingSocket::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+/// What a [`BlockingReader`] holds next.
+#[derive(Debug)]
+pub enum Buffered {
+    /// WAL or a keepalive.
+    Message(ReplicationMessage),
+    /// No whole message yet: [`BlockingReader::read`] more.
+    NeedMore,
+    /// A message that ends or interrupts the stream (CopyDone, an error, CommandComplete…):
+    /// left unread for the connection, after [`ReplicationConnection::take_back`].
+    Other,
+}
+
+/// The receiving side of a plain streaming connection, lent to a thread
+/// ([`ReplicationConnection::lend_reader`]): blocking reads, no async runtime.
+pub struct BlockingReader {
+    sock: BlockingSocket,
+    decoder: Decoder,
+    scratch: Vec<u8>,
+    /// ParameterStatus values and notices read meanwhile, handed back with the stream.
+    params: Vec<(String, String)>,
+    notices: Vec<crate::ServerError>,
+}
+
+impl std::fmt::Debug for BlockingReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingReader").finish_non_exhaustive()
+    }
+}
+
+impl BlockingReader {
+    /// The next whole message already read, without IO.
+    pub fn next_buffered(&mut self) -> Result<Buffered, Error> {
+        loop {
+            match self.decoder.peek_tag() {
+                None => return Ok(Buffered::NeedMore),
+                Some(b'd' | b'S' | b'N') => {}
+                Some(_) => return Ok(Buffered::Other),
+            }
+            match self.decoder.next_message()? {
+                None => return Ok(Buffered::NeedMore),
+                Some(BackendMessage::CopyData(data)) => {
+                    return Ok(Buffered::Message(ReplicationMessage::parse(&data)?));
+                }
+                Some(BackendMessage::ParameterStatus { name, value }) => self.params.push((name, value)),
+                Some(BackendMessage::NoticeResponse(n)) => {
+                    if self.notices.len() < 100 {
+                        self.notices.push(n);
+                    }
+                }
+                Some(other) => {
+                    return Err(Error::Protocol(format!("unexpected {} while streaming", other.name())));
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket holds (one call, at most 256 KiB), waiting for it at most the
+    /// time given to [`ReplicationConnection::lend_reader`]. Returns `false` if nothing came.
+    pub fn read(&mut self) -> Result<bool, Error> {
+        loop {
+            match self.sock.read(&mut self.scratch) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => {
+                    self.decoder.feed(&self.scratch[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -613,10 +758,60 @@ impl ReplicationConnection {
         if let Some(sock) = &self.status_sock {
             return Some(StatusSender { sock: sock.clone() });
         }
-        let file = std::fs::File::from(self.plain.take()?);
+        let file = std::fs::File::from(self.plain.as_ref()?.fd().try_clone().ok()?);
         let sock = Arc::new(Mutex::new(Some(file)));
         self.status_sock = Some(sock.clone());
         Some(StatusSender { sock })
+    }
+
+    /// Lends the receiving side of this plain streaming connection to a [`BlockingReader`]: a
+    /// thread reads the stream with ordinary blocking calls (as `pg_receivewal` does in its one
+    /// loop), with no async runtime between the socket and what it does with the WAL. `None`
+    /// over TLS (the TLS session's state lives in this connection) or when not streaming.
+    ///
+    /// Until [`take_back`](Self::take_back), this connection refuses to read or send (its mode
+    /// says the stream is lent) and the socket is in blocking mode, reads waiting at most `wait`;
+    /// status updates go through a [`StatusSender`].
+    pub fn lend_reader(&mut self, wait: Duration) -> Result<Option<BlockingReader>, Error> {
+        if self.mode != Mode::Streaming || !self.out.is_empty() {
+            return Ok(None);
+        }
+        let Some(plain) = &self.plain else { return Ok(None) };
+        let sock = plain.blocking()?;
+        sock.set_nonblocking(false)?;
+        sock.set_read_timeout(Some(wait))?;
+        // What a status update may wait for a full send buffer (as `write_status` without it).
+        sock.set_write_timeout(Some(Duration::from_secs(30)))?;
+        self.mode = Mode::Lent;
+        Ok(Some(BlockingReader {
+            sock,
+            decoder: std::mem::take(&mut self.decoder),
+            scratch: vec![0; READ_CHUNK],
+            params: Vec::new(),
+            notices: Vec::new(),
+        }))
+    }
+
+    /// Takes back the receiving side lent to `reader`: what it read and did not take (a message
+    /// other than WAL or a keepalive, which [`next_message`](Self::next_message) then returns)
+    /// stays buffered, and the socket is non-blocking again.
+    pub fn take_back(&mut self, reader: BlockingReader) -> Result<(), Error> {
+        if self.mode != Mode::Lent {
+            return Err(Error::InvalidArgument("the stream was not lent".into()));
+        }
+        let BlockingReader { sock, decoder, params, notices, .. } = reader;
+        sock.set_read_timeout(None)?;
+        sock.set_write_timeout(None)?;
+        sock.set_nonblocking(true)?;
+        self.decoder = decoder;
+        self.params.extend(params);
+        for n in notices {
+            if self.notices.len() < 100 {
+                self.notices.push(n);
+            }
+        }
+        self.mode = Mode::Streaming;
+        Ok(())
     }
 
     /// Stops every [`StatusSender`]: nothing may follow this side's CopyDone.
@@ -837,21 +1032,21 @@ impl ReplicationConnection {
 
 /// Opens the byte stream to the server: Unix socket or TCP, with TLS as `cfg.ssl` says.
 /// The stream, whether it is TLS, and for a plain socket a second handle on it.
-async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool, Option<OwnedFd>), Error> {
+async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool, Option<PlainSocket>), Error> {
     let unreachable = |source| Error::Unreachable { target: cfg.host.to_string(), source };
-    let opened: (Box<dyn Io>, bool, Option<OwnedFd>) = match &cfg.host {
+    let opened: (Box<dyn Io>, bool, Option<PlainSocket>) = match &cfg.host {
         Host::Unix { dir, port } => {
             let path = dir.join(format!(".s.PGSQL.{port}"));
             let s = tokio::net::UnixStream::connect(&path).await.map_err(unreachable)?;
             let fd = s.as_fd().try_clone_to_owned()?;
-            (Box::new(s), false, Some(fd))
+            (Box::new(s), false, Some(PlainSocket::Unix(fd)))
         }
         Host::Tcp { host, port } => {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
             s.set_nodelay(true)?;
             if cfg.ssl == SslMode::Disable {
                 let fd = s.as_fd().try_clone_to_owned()?;
-                (Box::new(s), false, Some(fd))
+                (Box::new(s), false, Some(PlainSocket::Tcp(fd)))
             } else {
                 let mut req = Vec::new();
                 frontend::ssl_request(&mut req);
@@ -862,7 +1057,7 @@ async fn open_io(cfg: &Config) -> Result<(Box<dyn Io>, bool, Option<OwnedFd>), E
                     b'S' => (Box::new(tls_connect(s, host, &cfg.ssl).await?), true, None),
                     b'N' if cfg.ssl == SslMode::Prefer => {
                         let fd = s.as_fd().try_clone_to_owned()?;
-                        (Box::new(s), false, Some(fd))
+                        (Box::new(s), false, Some(PlainSocket::Tcp(fd)))
                     }
                     b'N' => {
                         return Err(Error::Tls(format!(

@@ -193,6 +193,11 @@ impl Decoder {
         &mut self.buf
     }
 
+    /// The type byte of the next message, if any of it has been read (without consuming it).
+    pub fn peek_tag(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
     /// The next complete message, `None` when more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<BackendMessage>, Error> {
         if self.buf.len() < 5 {

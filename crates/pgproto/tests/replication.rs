@@ -10,8 +10,8 @@ use pgfmt::wal::{RecordKind, WalReader, rmgr};
 use pgfmt::{BackupLabel, BackupManifest, Lsn, TimelineId};
 use pgproto::Error;
 use pgproto::basebackup::BackupEvent;
-use pgproto::conn::{Config, Host, ReplicationConnection, StreamEvent};
-use pgproto::replication::{StandbyStatusUpdate, commands::BaseBackupOptions, pg_now};
+use pgproto::conn::{Buffered, Config, Host, ReplicationConnection, StreamEvent};
+use pgproto::replication::{ReplicationMessage, StandbyStatusUpdate, commands::BaseBackupOptions, pg_now};
 use testkit::pg::{TempPg, TempPgOptions};
 
 const SEG: u64 = pgfmt::DEFAULT_WAL_SEGMENT_SIZE;
@@ -650,5 +650,63 @@ async fn a_clean_shutdown_ends_the_stream_in_plain_words() -> Result<()> {
     let _pg = stopper.join().unwrap();
     assert!(matches!(err, Error::StreamEnded), "{err:?}");
     assert!(err.to_string().starts_with("the server ended the WAL stream (it is shutting down"), "{err}");
+    Ok(())
+}
+
+/// A thread reads the stream with blocking calls (the collector's synchronous mode) and reports
+/// through a `StatusSender`; the connection refuses to read or send meanwhile, and once it takes
+/// the stream back it ends it as usual and runs commands again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lent_reader_streams_wal_and_hands_the_stream_back() -> Result<()> {
+    let pg = TempPg::start()?;
+    pg.create_replication_role(REP_USER, REP_PASSWORD)?;
+    pg.psql("create table t (x int)")?;
+    let mut conn = connect(&pg).await?;
+    let ident = conn.identify_system().await?;
+    let start = Lsn(ident.xlogpos.0 - ident.xlogpos.0 % SEG);
+    conn.start_replication(None, start, None).await?;
+    let status = conn.status_sender().context("a plain socket has a status sender")?;
+    let mut reader = conn.lend_reader(Duration::from_millis(100))?.context("a plain socket can be lent")?;
+    ensure!(conn.lend_reader(Duration::from_millis(100))?.is_none(), "lent twice");
+    let refused = conn.next_message().await;
+    ensure!(matches!(refused, Err(Error::InvalidArgument(_))), "read while lent: {refused:?}");
+    pg.psql("insert into t select generate_series(1, 20000)")?;
+    let target: Lsn = pg.psql("select pg_current_wal_flush_lsn()")?.parse()?;
+
+    let (reader, received) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (mut received, t0) = (start, Instant::now());
+        while received < target {
+            ensure!(t0.elapsed() < Duration::from_secs(60), "streamed only up to {received}");
+            match reader.next_buffered()? {
+                Buffered::Message(ReplicationMessage::XLogData(x)) => {
+                    ensure!(x.wal_start == received, "WAL from {} after {received}", x.wal_start);
+                    received = Lsn(received.0 + x.data.len() as u64);
+                }
+                Buffered::Message(ReplicationMessage::PrimaryKeepalive(_)) => {}
+                Buffered::NeedMore => {
+                    reader.read()?;
+                }
+                Buffered::Other => bail!("the stream ended"),
+            }
+        }
+        let at = StandbyStatusUpdate {
+            write: received,
+            flush: received,
+            apply: received,
+            client_time: pg_now(),
+            reply_requested: false,
+        };
+        status.send(&at)?;
+        Ok((reader, received))
+    })
+    .await??;
+    // The status sent from the thread reached the server.
+    testkit::wait::until(Duration::from_secs(30), Duration::from_millis(50), "the flush position", || {
+        pg.psql(&format!("select flush_lsn >= '{target}' from pg_stat_replication")).ok().filter(|v| v == "t")
+    })?;
+    conn.take_back(reader)?;
+    let next = conn.stop_replication().await?;
+    ensure!(next.is_none(), "{next:?}");
+    ensure!(conn.identify_system().await?.xlogpos >= received, "the connection works after the stream");
     Ok(())
 }
