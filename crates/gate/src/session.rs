@@ -1857,9 +1857,11 @@ impl<'a> Session<'a> {
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
                     self.cout.extend_from_slice(&buf);
-                    // Released in the same flight as the client's answers go out, not in a
-                    // round trip of its own: the client's next messages (its Sync) follow the
-                    // RELEASE to the server, and its five answers are swallowed first.
+                    // Released in the same flight as the client's next messages (its Sync,
+                    // usually already here), not in a round trip of its own: queued now and
+                    // sent when the session next writes to the server — after the client's
+                    // answers went out, before anything of the client's that follows —, its
+                    // five answers swallowed first.
                     frontend::encode_own_statement(&mut self.sout, RELEASE);
                     self.own_answers += 5;
                     let sql = std::mem::take(&mut x.sql);
@@ -1878,8 +1880,8 @@ impl<'a> Session<'a> {
                     let _ = self
                         .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows}))
                         .await;
+                    self.flush_server().await?;
                 }
-                self.flush_server().await?;
                 self.flush_client().await
             }
             XPhase::RollingBack => {
