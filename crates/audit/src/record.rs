@@ -310,7 +310,8 @@ mod tests {
             .client("[::1]:5000")
             .session(u64::MAX)
             .detail(detail.clone());
-        for e in [full, Event::new(EventKind::Statement).detail(detail), ev(), Event::new(EventKind::Connect)] {
+        for e in [full, Event::new(EventKind::Statement).detail(detail), ev(), Event::new(EventKind::Connect)]
+        {
             let (bytes, json) = Record::encodings(&e);
             assert_eq!(String::from_utf8(json).unwrap(), serde_json::to_string(&e).unwrap());
             let mut canonical = Vec::new();

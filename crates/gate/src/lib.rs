@@ -80,8 +80,9 @@ impl Default for Histogram {
 
 impl Histogram {
     /// Upper bounds of the buckets, in microseconds: 25 µs to 1 s.
-    pub const BOUNDS_US: [u64; 15] =
-        [25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 409_600, 1_000_000];
+    pub const BOUNDS_US: [u64; 15] = [
+        25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 409_600, 1_000_000,
+    ];
 
     pub fn observe(&self, d: std::time::Duration) {
         let us = d.as_micros() as u64;

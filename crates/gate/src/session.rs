@@ -762,7 +762,10 @@ impl<'a> Session<'a> {
                     self.outstanding = self.outstanding.saturating_sub(1);
                     let own = self.swallow > 0
                         || self.run.as_ref().is_some_and(|r| {
-                            matches!(r.steps.front(), Some(Step::Quiet | Step::Before | Step::After | Step::Verify))
+                            matches!(
+                                r.steps.front(),
+                                Some(Step::Quiet | Step::Before | Step::After | Step::Verify)
+                            )
                         });
                     let idle = self.outstanding == 0 && self.xrun.is_none() && self.own_answers == 0;
                     self.attribute(own, idle);
