@@ -10,7 +10,11 @@
 #   context switches per statement (voluntary + involuntary, summed over the process's threads
 #   from /proc/PID/task/*/status before and after: every wake-up of a thread that had gone to
 #   sleep is one; threads that ended during the run are not counted); then TPS and
-#   peak RSS (VmHWM) of the gate and of PgBouncer with CONNS concurrent connections.
+#   peak RSS (VmHWM) of the gate and of PgBouncer with CONNS concurrent connections. For the
+#   gate also where a statement's time goes, from its own /metrics scraped before and after
+#   each run (histograms `holdfast_gate_statement_*_seconds`: the wait for the audit record, the
+#   database's time on the client's messages and on the gate's own, the whole) and its flights
+#   to the database and durable waits per statement.
 #
 # One command (as root, on Debian 12 with Rust): bench/gate.sh    (also: ./run bench gate)
 # Env: SCALE=10 DURATION=30 CLIENTS=16 CONNS=500 TLS=0 (1: clients reach the gate over TLS —
@@ -164,6 +168,22 @@ ctx_switches() { # voluntary and involuntary context switches of all threads of 
   cat /proc/"$1"/task/*/status 2>/dev/null \
     | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
 }
+scrape() { # the gate's /metrics (HTTPS, its self-signed certificate) → one line of name=value
+  python3 - "$CPORT" <<'PY' 2>/dev/null || echo ""
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+text = urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/metrics", context=ctx, timeout=5).read().decode()
+keep = ("holdfast_gate_server_flights_total", "holdfast_gate_audit_waits_total")
+out = []
+for line in text.splitlines():
+    if line.startswith("#") or " " not in line:
+        continue
+    name, value = line.rsplit(" ", 1)
+    if name in keep or (name.startswith("holdfast_gate_statement_") and (name.endswith("_sum") or name.endswith("_count"))):
+        out.append(f"{name}={value}")
+print(" ".join(out))
+PY
+}
 run() { # name port sslmode mode pid-of-proxy(or empty)
   local name="$1" port="$2" ssl="$3" mode="$4" pid="$5" flag="-M simple" per_tx=7
   [ "$mode" = select ] && flag="-S -M simple" per_tx=1
@@ -171,7 +191,8 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   [ "$mode" = tpcb-prepared ] && flag="-M prepared"
   rm -rf "$W/log-$name-$mode" && mkdir -p "$W/log-$name-$mode"
   log "  $mode via $name"
-  local before perf_pid="" cs_before
+  local before perf_pid="" cs_before m_before=""
+  [ "$name" = gate ] && m_before="$(scrape)"
   before="$(cpu_ticks "$pid")"
   cs_before="$(ctx_switches "$pid")"
   if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = "$PROFILE_WORKLOAD" ]; then
@@ -181,18 +202,19 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
      -c "$CLIENTS" -j 2 -T "$DURATION" --log --log-prefix=tx postgres > out.txt 2>&1) \
      || { cat "$W/log-$name-$mode/out.txt" >&2; die "pgbench via $name failed"; }
-  local after cs_after
+  local after cs_after m_after=""
   after="$(cpu_ticks "$pid")"
   cs_after="$(ctx_switches "$pid")"
+  [ "$name" = gate ] && m_after="$(scrape)"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     perf report -i "$W/perf.data" --stdio --no-children --percent-limit 0.5 -g none 2>/dev/null \
       | grep -v '^$' | head -80 > "$OUT/gate-profile.txt" || true
     log "  profile of the gate ($mode): $OUT/gate-profile.txt"
   fi
-  python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" $cs_before $cs_after >> "$W/results.tsv" <<'PY'
+  python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" $cs_before $cs_after "$m_before" "$m_after" >> "$W/results.tsv" <<'PY'
 import glob, re, sys
-d, name, mode, ticks, tick, per_tx, pid, vb, nb, va, na = sys.argv[1:]
+d, name, mode, ticks, tick, per_tx, pid, vb, nb, va, na, mb, ma = sys.argv[1:]
 out = open(d + "/out.txt").read()
 tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
 txs = int(re.search(r"number of transactions actually processed: ([0-9]+)", out).group(1))
@@ -209,7 +231,22 @@ stmts = txs * int(per_tx)
 cpu = int(ticks) / int(tick) * 1e6 / stmts if pid and stmts else float("nan")
 vcs = (int(va) - int(vb)) / stmts if pid and stmts else float("nan")
 ncs = (int(na) - int(nb)) / stmts if pid and stmts else float("nan")
-print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}\t{cpu:.1f}\t{vcs:.2f}\t{ncs:.2f}")
+# The gate's own account (its /metrics before and after): per statement it saw, the mean wait
+# for the audit record, the database's time on the client's messages and on the gate's own,
+# the whole; per statement pgbench completed, flights to the database and durable waits.
+def parse(s):
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in s.split())}
+b, a = parse(mb), parse(ma)
+def delta(k):
+    return a.get(k, float("nan")) - b.get(k, float("nan"))
+t = "holdfast_gate_statement_"
+n = delta(t + "seconds_count")
+per = lambda k: delta(t + k + "_sum") / n * 1e6 if n and n == n else float("nan")
+split = [per("audit_wait_seconds"), per("server_seconds"), per("own_seconds"), per("seconds")]
+trips = delta("holdfast_gate_server_flights_total") / stmts if stmts else float("nan")
+waits = delta("holdfast_gate_audit_waits_total") / stmts if stmts else float("nan")
+extra = "\t".join(f"{x:.1f}" for x in split) + f"\t{trips:.2f}\t{waits:.2f}"
+print(f"{name}\t{mode}\t{tps:.0f}\t{mean:.3f}\t{p99:.3f}\t{cpu:.1f}\t{vcs:.2f}\t{ncs:.2f}\t{extra}")
 PY
 }
 : > "$W/results.tsv"
@@ -259,6 +296,14 @@ for mode in modes:
     if not (d and g and b):
         continue
     lines.append(f"| {mode} | {g[0]/d[0]:.2f} | {b[0]/d[0]:.2f} | {g[0]/b[0]:.2f} | {g[2]-d[2]:+.2f} ms | {b[2]-d[2]:+.2f} ms | {g[3]:.1f} | {b[3]:.1f} | {g[4]:.2f} + {g[5]:.2f} | {b[4]:.2f} + {b[5]:.2f} |")
+lines += ["", "Where a statement's time goes through the gate (its /metrics histograms, means per statement, µs): waiting for the audit record to be durable, for the database's answers to the client's messages, for its answers to the gate's own (savepoint, counters read and check, release), and the whole from the client's first message to its ReadyForQuery (the rest: the gate's CPU and wake-ups); flights to the database and durable waits per statement.", "",
+          "| workload | audit wait | database, client's | database, gate's own | whole | flights/stmt | durable waits/stmt |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+for mode in modes:
+    g = [r for r in rows if r[0] == "gate" and r[1] == mode]
+    if g and len(g[0]) >= 14:
+        x = g[0][8:14]
+        lines.append(f"| {mode} | {x[0]} | {x[1]} | {x[2]} | {x[3]} | {x[4]} | {x[5]} |")
 lines += ["", "| workload | path | TPS | mean ms | p99 ms |", "|---|---|---:|---:|---:|"]
 for mode in modes:
     for name in ("direct", "gate", "pgbouncer"):

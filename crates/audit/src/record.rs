@@ -89,13 +89,44 @@ impl Record {
 
     /// The hash this record's content calls for.
     pub fn compute_hash(seq: u64, time: AuditTime, prev: &Digest, event: &Event) -> Digest {
-        Record::hash_of(seq, time, prev, &Record::event_bytes(event))
+        let mut detail = Vec::with_capacity(256);
+        canonical_json(&event.detail, &mut detail);
+        Record::hash_of(seq, time, prev, &Record::canonical_bytes(event, &detail))
     }
 
-    /// The event's canonical encoding, the part of the hashed bytes that does not depend on
-    /// the record's place in the chain: the spool computes it before it takes its lock.
-    pub(crate) fn event_bytes(event: &Event) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(256);
+    /// The event's two encodings from one serialisation of its detail (the bulk of a record):
+    /// the canonical bytes its hash covers — the part of the hashed bytes that does not depend
+    /// on the record's place in the chain, so the spool computes it before it takes its lock —
+    /// and its JSON as serde writes it (the spool's line).
+    /// serde_json's objects are sorted by key (the workspace does not enable its
+    /// `preserve_order`), so the canonical JSON of the detail is exactly what serde writes for
+    /// it (`encodings_are_what_serde_writes` keeps that true).
+    pub(crate) fn encodings(event: &Event) -> (Vec<u8>, Vec<u8>) {
+        let mut detail = Vec::with_capacity(256);
+        canonical_json(&event.detail, &mut detail);
+        let mut json = Vec::with_capacity(detail.len() + 96);
+        json.extend_from_slice(b"{\"kind\":");
+        write_json_string(event.kind.as_str(), &mut json);
+        json.extend_from_slice(b",\"person\":");
+        write_opt_json_string(event.person.as_deref(), &mut json);
+        json.extend_from_slice(b",\"client\":");
+        write_opt_json_string(event.client.as_deref(), &mut json);
+        json.extend_from_slice(b",\"session\":");
+        match event.session {
+            Some(s) => {
+                let _ = std::io::Write::write_fmt(&mut json, format_args!("{s}"));
+            }
+            None => json.extend_from_slice(b"null"),
+        }
+        json.extend_from_slice(b",\"detail\":");
+        json.extend_from_slice(&detail);
+        json.push(b'}');
+        (Record::canonical_bytes(event, &detail), json)
+    }
+
+    /// The hashed bytes of an event whose detail's canonical JSON is `detail`.
+    fn canonical_bytes(event: &Event, detail: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(detail.len() + 96);
         put_str(&mut buf, event.kind.as_str());
         put_opt_str(&mut buf, event.person.as_deref());
         put_opt_str(&mut buf, event.client.as_deref());
@@ -106,9 +137,7 @@ impl Record {
                 buf.extend_from_slice(&s.to_be_bytes());
             }
         }
-        let mut json = Vec::with_capacity(128);
-        canonical_json(&event.detail, &mut json);
-        put_bytes(&mut buf, &json);
+        put_bytes(&mut buf, detail);
         buf
     }
 
@@ -189,6 +218,13 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
+fn write_opt_json_string(s: Option<&str>, out: &mut Vec<u8>) {
+    match s {
+        Some(s) => write_json_string(s, out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 fn write_json_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is deterministic; a &str always serializes (written into
     // the buffer directly: no allocation per string).
@@ -258,6 +294,30 @@ mod tests {
             assert!(!v.hash_is_valid(), "a change went unnoticed: {v:?}");
         }
         assert!(r.hash_is_valid());
+    }
+
+    /// The spool writes an event's JSON from the detail's canonical bytes: it must be byte for
+    /// byte what serde writes (keys out of order, escapes, non-ASCII keys, floats, integers at
+    /// their limits, every optional field absent and present).
+    #[test]
+    fn encodings_are_what_serde_writes() {
+        let detail = serde_json::json!({
+            "z": 1, "é": "ü\u{1}\"\\\n", "A": [1.5, -0.0, 1e300, 5e-324, null, true],
+            "": {"b": u64::MAX, "a": i64::MIN, "\u{7f}": {}}, "sql": "select '\t' -- \u{2028}",
+        });
+        let full = Event::new(EventKind::Other("custom_kind".into()))
+            .person("alice \"the\" admin")
+            .client("[::1]:5000")
+            .session(u64::MAX)
+            .detail(detail.clone());
+        for e in [full, Event::new(EventKind::Statement).detail(detail), ev(), Event::new(EventKind::Connect)]
+        {
+            let (bytes, json) = Record::encodings(&e);
+            assert_eq!(String::from_utf8(json).unwrap(), serde_json::to_string(&e).unwrap());
+            let mut canonical = Vec::new();
+            canonical_json(&e.detail, &mut canonical);
+            assert_eq!(bytes, Record::canonical_bytes(&e, &canonical));
+        }
     }
 
     #[test]

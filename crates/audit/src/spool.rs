@@ -699,9 +699,7 @@ impl Core {
     /// it only what depends on the chain's head: one BLAKE3 of a few hundred bytes and the
     /// record's line prefix.
     fn enqueue(&self, event: Event) -> Result<RecordRef, AuditError> {
-        let event_json = serde_json::to_vec(&event)
-            .map_err(|e| AuditError::Failed(format!("cannot encode the record: {e}")))?;
-        let event_bytes = Record::event_bytes(&event);
+        let (event_bytes, event_json) = Record::encodings(&event);
         let mut s = self.shared();
         if let Some(f) = &s.failed {
             return Err(AuditError::Failed(f.clone()));

@@ -380,5 +380,38 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "counter",
         c.shape_hits,
     );
+    let t = &m.timing;
+    put(
+        "holdfast_gate_server_flights_total",
+        "Writes of queued messages to the database (the client's and the gate's own).",
+        "counter",
+        t.server_flights.get(),
+    );
+    put(
+        "holdfast_gate_audit_waits_total",
+        "Waits of a session for an audit record to be durable (one fsync or a share of a group's).",
+        "counter",
+        t.audit_waits.get(),
+    );
+    t.audit_wait.render(
+        "holdfast_gate_statement_audit_wait_seconds",
+        "Per statement (Query, or extended batch to its Sync): time waiting for its audit records to be durable.",
+        &mut out,
+    );
+    t.server.render(
+        "holdfast_gate_statement_server_seconds",
+        "Per statement: time waiting for the database's answers to the client's own messages.",
+        &mut out,
+    );
+    t.own.render(
+        "holdfast_gate_statement_own_seconds",
+        "Per statement: time waiting for the database's answers to the gate's own messages (savepoint, counters read and check, release, BEGIN/COMMIT the gate opened).",
+        &mut out,
+    );
+    t.total.render(
+        "holdfast_gate_statement_seconds",
+        "Per statement: from the gate taking up the client's first message to the client's ReadyForQuery.",
+        &mut out,
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -63,6 +63,60 @@ impl Counter {
     }
 }
 
+/// A Prometheus histogram of durations: fixed buckets, lock-free. An observation adds to its
+/// own bucket and the sum (two relaxed atomic adds); the cumulative counts Prometheus wants are
+/// summed when scraped.
+pub struct Histogram {
+    /// Observations per bucket (the last one: above every bound).
+    counts: [AtomicU64; Histogram::BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum_ns: AtomicU64::new(0) }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in microseconds: 25 µs to 1 s.
+    pub const BOUNDS_US: [u64; 15] = [
+        25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 409_600, 1_000_000,
+    ];
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = Self::BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(Self::BOUNDS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The histogram in Prometheus' text format, in seconds.
+    pub fn render(&self, name: &str, help: &str, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            match Self::BOUNDS_US.get(i) {
+                Some(b) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections: Counter,
@@ -72,6 +126,27 @@ pub struct Metrics {
     pub refused: Counter,
     pub row_guarded: Counter,
     pub active_sessions: AtomicU64,
+    /// Where each statement's time goes (one observation per ReadyForQuery the client gets,
+    /// i.e. per Query or per extended-protocol batch up to its Sync; see `session::Timing`).
+    pub timing: StatementTiming,
+}
+
+/// Per statement: the wait for its audit records to be durable, the server's time on the
+/// client's own statements, the server's time on the gate's own (savepoint, counters read and
+/// check, release, the BEGIN/COMMIT of a transaction the gate opened), and the whole, from the
+/// gate taking up the client's first message to the client's ReadyForQuery; plus how many
+/// flights went to the server and how many durable waits it took.
+#[derive(Default)]
+pub struct StatementTiming {
+    pub audit_wait: Histogram,
+    pub server: Histogram,
+    pub own: Histogram,
+    pub total: Histogram,
+    /// Writes of queued messages to the server (each one a trip the client's statement waits
+    /// for, unless pipelined behind another).
+    pub server_flights: Counter,
+    /// Waits for an audit record to be durable.
+    pub audit_waits: Counter,
 }
 
 /// Where a cancel request for a gate session goes.

@@ -270,6 +270,22 @@ struct Run {
     decision: Decision,
 }
 
+/// Where the current statement's time goes, from the gate taking up the client's first message
+/// to the client's ReadyForQuery (then observed into `Shared::metrics.timing` and reset).
+/// The server's time is attributed answer by answer: from `mark` — the later of the flight that
+/// started the server's work and the previous answer attributed — to an answer that ends a
+/// message's work, to the client (`server`) or the gate (`own`) by whose message it answers.
+/// Time the server is idle (nothing of the gate's outstanding) is not attributed: it is the
+/// gate's own CPU and wake-ups, or the wait for the audit record (`audit`).
+#[derive(Default)]
+struct Timing {
+    started: Option<Instant>,
+    audit: Duration,
+    server: Duration,
+    own: Duration,
+    mark: Option<Instant>,
+}
+
 /// A Query or an extended-protocol batch sent to the database, until its ReadyForQuery: what
 /// `statement_done` records (command tags, rows, duration, error).
 struct InFlight {
@@ -361,6 +377,7 @@ pub struct Session<'a> {
     /// and when no statement follows within [`audit::spool::NOWAIT_FLUSH`] (`outcome_deadline`).
     outcomes: Vec<serde_json::Value>,
     outcome_deadline: Option<tokio::time::Instant>,
+    timing: Timing,
 }
 
 /// Outcomes folded into one `statement` record at most (a pipelining client's); the rest are
@@ -433,6 +450,7 @@ impl<'a> Session<'a> {
             own_answers: 0,
             outcomes: Vec::new(),
             outcome_deadline: None,
+            timing: Timing::default(),
         }
     }
 
@@ -465,7 +483,10 @@ impl<'a> Session<'a> {
             false
         };
         let e = self.event(kind, detail);
+        let waited = Instant::now();
         let r = self.shared.audit_event(e).await;
+        self.timing.audit += waited.elapsed();
+        self.shared.metrics.timing.audit_waits.inc();
         if folded && let Err(e) = &r {
             // The record they were folded into was refused: so would be records of their own
             // (a full or failed spool refuses every record).
@@ -645,8 +666,41 @@ impl<'a> Session<'a> {
                 return Err(format!("writing to the database: {e}"));
             }
             self.sout.clear();
+            self.shared.metrics.timing.server_flights.inc();
+            if self.timing.mark.is_none() {
+                self.timing.mark = Some(Instant::now());
+            }
         }
         Ok(())
+    }
+
+    /// The server finished work for a message of the client's (`own` false) or of the gate's:
+    /// the time since `mark` is attributed to it (see [`Timing`]). `idle`: nothing the gate sent
+    /// is still outstanding.
+    fn attribute(&mut self, own: bool, idle: bool) {
+        let now = Instant::now();
+        if let Some(m) = self.timing.mark {
+            let d = now.saturating_duration_since(m);
+            if own {
+                self.timing.own += d;
+            } else {
+                self.timing.server += d;
+            }
+        }
+        self.timing.mark = if idle { None } else { Some(now) };
+    }
+
+    /// The client got a ReadyForQuery: the statement's times go to the metrics.
+    fn timing_done(&mut self) {
+        let t = std::mem::take(&mut self.timing);
+        self.timing.mark = t.mark;
+        if let Some(started) = t.started {
+            let m = &self.shared.metrics.timing;
+            m.total.observe(started.elapsed());
+            m.audit_wait.observe(t.audit);
+            m.server.observe(t.server);
+            m.own.observe(t.own);
+        }
     }
 
     async fn flush_client(&mut self) -> Result<(), String> {
@@ -706,6 +760,15 @@ impl<'a> Session<'a> {
                     // Every ReadyForQuery, whoever it answers: the transaction state, the
                     // guard's view of what the server confirmed (names, portals at its end).
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    let own = self.swallow > 0
+                        || self.run.as_ref().is_some_and(|r| {
+                            matches!(
+                                r.steps.front(),
+                                Some(Step::Quiet | Step::Before | Step::After | Step::Verify)
+                            )
+                        });
+                    let idle = self.outstanding == 0 && self.xrun.is_none() && self.own_answers == 0;
+                    self.attribute(own, idle);
                     self.txn = f.body.first().copied().unwrap_or(b'I');
                     self.guard.ready(!self.error_since_ready, self.txn == b'I');
                     self.error_since_ready = false;
@@ -738,7 +801,13 @@ impl<'a> Session<'a> {
                         self.ext_pending = 0;
                         self.relay_error(f);
                     }
-                    b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' => self.own_answers -= 1,
+                    b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' => {
+                        self.own_answers -= 1;
+                        if self.own_answers == 0 {
+                            let idle = self.outstanding == 0;
+                            self.attribute(true, idle);
+                        }
+                    }
                     _ => {}
                 }
                 continue;
@@ -812,6 +881,7 @@ impl<'a> Session<'a> {
             match f.tag {
                 b'Z' => {
                     f.encode(&mut self.cout);
+                    self.timing_done();
                     if let Some(done) = self.inflight.pop_front() {
                         self.statement_done(done);
                     }
@@ -927,6 +997,9 @@ impl<'a> Session<'a> {
     }
 
     async fn on_client(&mut self, f: Frame) -> Result<Flow, String> {
+        if self.timing.started.is_none() {
+            self.timing.started = Some(Instant::now());
+        }
         if self.release_pending {
             // Ahead of the client's message, in the same flight; its answers are swallowed.
             self.release_pending = false;
@@ -1759,10 +1832,16 @@ impl<'a> Session<'a> {
         if terminal {
             let head = x.entries.front_mut().expect("entry");
             head.1 -= 1;
-            if head.1 == 0 {
+            let ended = head.1 == 0;
+            if ended {
                 x.entries.pop_front();
             }
-            if x.entries.is_empty() {
+            let done = x.entries.is_empty();
+            if ended {
+                let idle = done && self.outstanding == 0;
+                self.attribute(!matches!(owner, XOwner::Pass | XOwner::Client), idle);
+            }
+            if done {
                 self.xrun_step_done().await?;
             }
         }
@@ -1781,9 +1860,11 @@ impl<'a> Session<'a> {
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
                     self.cout.extend_from_slice(&buf);
-                    // Released in the same flight as the client's answers go out, not in a
-                    // round trip of its own: the client's next messages (its Sync) follow the
-                    // RELEASE to the server, and its five answers are swallowed first.
+                    // Released in the same flight as the client's next messages (its Sync,
+                    // usually already here), not in a round trip of its own: queued now and
+                    // sent when the session next writes to the server — after the client's
+                    // answers went out, before anything of the client's that follows —, its
+                    // five answers swallowed first.
                     frontend::encode_own_statement(&mut self.sout, RELEASE);
                     self.own_answers += 5;
                     let sql = std::mem::take(&mut x.sql);
@@ -1802,8 +1883,8 @@ impl<'a> Session<'a> {
                     let _ = self
                         .audit(EventKind::Verdict, serde_json::json!({"row_guard": "over", "rows": rows}))
                         .await;
+                    self.flush_server().await?;
                 }
-                self.flush_server().await?;
                 self.flush_client().await
             }
             XPhase::RollingBack => {
@@ -1834,6 +1915,7 @@ impl<'a> Session<'a> {
     async fn run_complete(&mut self) -> Result<(), String> {
         let r = self.run.take().expect("run");
         backend::ready(&mut self.cout, self.txn);
+        self.timing_done();
         let done = InFlight { what: r.what, started: r.started, tags: r.tags, error: r.error };
         self.statement_done(done);
         self.flush_server().await?;
