@@ -290,9 +290,11 @@ struct Walker<'p> {
 /// Write kinds the gate runs under a savepoint and measures by what the database counted
 /// (rows updated and deleted in every table, cascades and triggers included). Other write
 /// kinds change no existing rows by themselves (LOCK, NOTIFY, VACUUM, REFRESH MATERIALIZED VIEW,
-/// COPY FROM STDIN, DISCARD TEMP, PREPARE TRANSACTION).
+/// DISCARD TEMP, PREPARE TRANSACTION). COPY is one only as COPY FROM STDIN (a COPY TO that may
+/// write is destructive): the triggers, defaults and rules of the table it fills may change
+/// other rows, which the gate counts while the client's data streams through.
 pub(crate) const MEASURED_KINDS: &[&str] =
-    &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "EXECUTE", "FETCH"];
+    &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "EXECUTE", "FETCH", "COPY"];
 
 /// `{"node": {"Name": body}}` → (Name, body).
 fn as_node(v: &Value) -> Option<(&str, &Value)> {
