@@ -369,11 +369,11 @@ pub struct Session<'a> {
     outcomes: Vec<serde_json::Value>,
     outcome_deadline: Option<tokio::time::Instant>,
     /// The server is in the COPY FROM STDIN of a measured COPY (its CopyInResponse was relayed):
-    /// the client's CopyData, CopyDone and CopyFail go through while the run or measurement waits
-    /// for the COPY's end; Flush and Sync are dropped (the server ignores them in COPY); any other
-    /// message ends the COPY with a CopyFail and waits for the measurement to finish. Without
-    /// this the gate either did not measure COPY at all or pipelined its counters read behind
-    /// the COPY, where the server takes it for an unexpected message.
+    /// the client's CopyData, CopyDone and CopyFail go through while the run waits for the COPY's
+    /// end; Flush and Sync are dropped (the server ignores them in COPY); any other message ends
+    /// the COPY with a CopyFail and waits for the run to finish. (COPY was not measured at all
+    /// before; pipelined behind it, the counters read would be taken by the server for an
+    /// unexpected message in its data.)
     copy_in: bool,
 }
 
