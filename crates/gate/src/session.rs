@@ -180,8 +180,9 @@ enum Unit {
     Plain(String),
     /// A write run under a savepoint and measured; `max_rows` from the guard. `probe`: a DROP …
     /// IF EXISTS or TRUNCATE, kept only if it dropped and emptied nothing that existed with
-    /// data (the relations' entries before and after).
-    Measured { sql: String, max_rows: u64, probe: bool },
+    /// data (the relations' entries before and after). `copy`: a COPY FROM STDIN, whose
+    /// counters after are read once the client's data has gone through (see `Session::copy_in`).
+    Measured { sql: String, max_rows: u64, probe: bool, copy: bool },
 }
 
 /// Who the answers to each Query the gate sent during a run belong to (one ReadyForQuery each).
@@ -268,6 +269,12 @@ struct Run {
     error: Option<String>,
     /// The guard's decision on the whole Query (class, for an approval request).
     decision: Decision,
+    /// The measured statement is a COPY FROM STDIN: over the limits it is refused, not held
+    /// (its data went through the gate and is gone; the client sends it again once allowed).
+    copy: bool,
+    /// Its counters after are still to send (after its ReadyForQuery, not pipelined behind it:
+    /// the server would take them for the end of the COPY's data).
+    copy_after: bool,
 }
 
 /// Where the current statement's time goes, from the gate taking up the client's first message
@@ -378,6 +385,13 @@ pub struct Session<'a> {
     outcomes: Vec<serde_json::Value>,
     outcome_deadline: Option<tokio::time::Instant>,
     timing: Timing,
+    /// The server is in the COPY FROM STDIN of a measured COPY (its CopyInResponse was relayed):
+    /// the client's CopyData, CopyDone and CopyFail go through while the run waits for the COPY's
+    /// end; Flush and Sync are dropped (the server ignores them in COPY); any other message ends
+    /// the COPY with a CopyFail and waits for the run to finish. (COPY was not measured at all
+    /// before; pipelined behind it, the counters read would be taken by the server for an
+    /// unexpected message in its data.)
+    copy_in: bool,
 }
 
 /// Outcomes folded into one `statement` record at most (a pipelining client's); the rest are
@@ -451,6 +465,7 @@ impl<'a> Session<'a> {
             outcomes: Vec::new(),
             outcome_deadline: None,
             timing: Timing::default(),
+            copy_in: false,
         }
     }
 
@@ -524,6 +539,11 @@ impl<'a> Session<'a> {
                 && let Err(e) = self.start_xrun().await
             {
                 return e;
+            }
+            if self.copy_in
+                && let Err(e) = self.copy_from_client()
+            {
+                return self.fatal("08P01", &format!("protocol violation from the client: {e}"), None).await;
             }
             while self.held.is_none()
                 && self.run.is_none()
@@ -630,6 +650,41 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// The client's messages while the server is in the COPY FROM STDIN of a measured COPY (see
+    /// `copy_in`).
+    fn copy_from_client(&mut self) -> Result<(), String> {
+        while self.copy_in {
+            match self.cbuf.first() {
+                None => return Ok(()),
+                Some(b'd' | b'c' | b'f' | b'H' | b'S') => {}
+                Some(_) => {
+                    // Left for after the measurement; the server would fail the COPY on it and
+                    // drop it, so the gate fails the COPY itself.
+                    let mut body = b"holdfast gate: another message came in the middle of COPY".to_vec();
+                    body.push(0);
+                    Frame { tag: b'f', body: Bytes::from(body) }.encode(&mut self.sout);
+                    self.copy_in = false;
+                    return Ok(());
+                }
+            }
+            let Some(f) = wire::decode_frame(&mut self.cbuf, self.shared.config.max_message_bytes)
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            match f.tag {
+                b'd' => f.encode(&mut self.sout),
+                b'c' | b'f' => {
+                    f.encode(&mut self.sout);
+                    self.copy_in = false;
+                }
+                // Flush and Sync: ignored by the server during COPY.
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The server's parameters at login (the guard lexes as they say).
@@ -1200,6 +1255,17 @@ impl<'a> Session<'a> {
             reasons_extra.push("a write sent as a Query inside an unfinished extended-protocol batch cannot be measured: send Sync first".to_string());
         }
         if matches!(action, Action::RowGuard { .. })
+            && extended
+            && d.statements.iter().any(|st| st.kind == "COPY")
+        {
+            // Measured only as a Query (see `copy_in`): through the extended protocol the gate's
+            // counters read would have to wait for the COPY's data inside the client's batch.
+            action = Action::Approve;
+            reasons_extra.push(
+                "a COPY FROM STDIN through the extended protocol cannot be measured: send it as a simple Query (psql's \\copy, COPY … FROM STDIN)".to_string(),
+            );
+        }
+        if matches!(action, Action::RowGuard { .. })
             && d.statements.len() > 1
             && d.statements.iter().any(|st| st.kind == "COPY")
         {
@@ -1369,16 +1435,24 @@ impl<'a> Session<'a> {
         let mut units = VecDeque::new();
         if d.statements.len() <= 1 {
             let probe = d.statements.first().is_some_and(|st| st.probe && st.action == Action::Approve);
-            units.push_back(Unit::Measured { sql: sql.clone(), max_rows, probe });
+            // (A COPY in a string with other statements is held whole: see `statement`.)
+            let copy = d.statements.first().is_some_and(|st| st.kind == "COPY");
+            units.push_back(Unit::Measured { sql: sql.clone(), max_rows, probe, copy });
         } else {
             for st in &d.statements {
                 match st.action {
-                    Action::RowGuard { max_rows } => {
-                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: false })
-                    }
-                    Action::Approve if st.probe => {
-                        units.push_back(Unit::Measured { sql: st.text.clone(), max_rows, probe: true })
-                    }
+                    Action::RowGuard { max_rows } => units.push_back(Unit::Measured {
+                        sql: st.text.clone(),
+                        max_rows,
+                        probe: false,
+                        copy: false,
+                    }),
+                    Action::Approve if st.probe => units.push_back(Unit::Measured {
+                        sql: st.text.clone(),
+                        max_rows,
+                        probe: true,
+                        copy: false,
+                    }),
                     _ => units.push_back(Unit::Plain(st.text.clone())),
                 }
             }
@@ -1403,6 +1477,8 @@ impl<'a> Session<'a> {
             tags: Vec::new(),
             error: None,
             decision: d.clone(),
+            copy: false,
+            copy_after: false,
         });
         if opened {
             self.run_send(Step::Quiet, "BEGIN");
@@ -1415,6 +1491,13 @@ impl<'a> Session<'a> {
         if let Some(r) = self.run.as_mut() {
             r.steps.push_back(step);
         }
+    }
+
+    /// The counters after the measured statement, and the check that they were the gate's own.
+    fn run_send_after(&mut self) {
+        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+        self.run_sync(Step::After);
+        self.run_send(Step::Verify, VERIFY_SQL);
     }
 
     /// Ends the extended-protocol messages just encoded with a Sync, as one step of the run.
@@ -1437,8 +1520,10 @@ impl<'a> Session<'a> {
             }
             match r.units.pop_front() {
                 Some(Unit::Plain(sql)) => self.run_send(Step::Plain, &sql),
-                Some(Unit::Measured { sql, max_rows, probe }) => {
+                Some(Unit::Measured { sql, max_rows, probe, copy }) => {
                     r.current = Some((sql.clone(), max_rows, probe));
+                    r.copy = copy;
+                    r.copy_after = copy;
                     r.before = Snap::default();
                     r.after = Snap::default();
                     r.stmt_failed = false;
@@ -1460,9 +1545,9 @@ impl<'a> Session<'a> {
                         frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
                         self.run_sync(Step::Before);
                         self.run_send(Step::Stmt, &sql);
-                        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
-                        self.run_sync(Step::After);
-                        self.run_send(Step::Verify, VERIFY_SQL);
+                        if !copy {
+                            self.run_send_after();
+                        }
                     }
                     return;
                 }
@@ -1509,11 +1594,18 @@ impl<'a> Session<'a> {
             (Step::Before | Step::After, _) => {}
             (Step::Verify, b'D') => r.verified = verify_row(&f.body),
             (Step::Verify, _) => {}
+            (Step::Stmt, b'G') if r.copy => {
+                // CopyInResponse: the client sends its data now (through `copy_from_client`).
+                f.encode(&mut self.cout);
+                self.copy_in = true;
+            }
             (Step::Stmt, b'E') => {
                 r.stmt_failed = true;
+                self.copy_in = false;
                 f.encode(&mut r.buffered);
             }
             (Step::Stmt, b'C') => {
+                self.copy_in = false;
                 let mut b = f.body.clone();
                 if r.tags.len() < 100 {
                     r.tags.push(wire::cstr(&mut b, "CommandComplete").unwrap_or_default());
@@ -1562,10 +1654,33 @@ impl<'a> Session<'a> {
     async fn run_step_done(&mut self) -> Result<(), String> {
         let r = self.run.as_mut().expect("run");
         if let Some((sql, reasons, rows)) = r.pending_hold.take() {
+            if r.copy {
+                // Rolled back to the savepoint; the COPY's data is gone, so it cannot wait for
+                // a person: refused in its place, and the rest of the Query is skipped.
+                let message = copy_refused(&reasons, rows);
+                r.units.push_front(Unit::Plain(raise_sql(&message)));
+                let _ = self
+                    .audit(
+                        EventKind::Rejected,
+                        serde_json::json!({"state": "refused", "why": message, "sql": truncate(&sql, 16 * 1024)}),
+                    )
+                    .await;
+                self.shared.metrics.refused.inc();
+                self.run_next();
+                return self.flush_server().await;
+            }
             // Rolled back to the savepoint: now wait for a person.
             let mut d = r.decision.clone();
             d.reasons = reasons;
             return self.hold(sql, &d, Bytes::new(), false, Some(rows), true).await;
+        }
+        if r.copy_after && r.current.is_some() {
+            // The COPY's data went through and it is answered: now the counters after.
+            r.copy_after = false;
+            if !r.stmt_failed && !r.failed {
+                self.run_send_after();
+                return self.flush_server().await;
+            }
         }
         if let Some((sql, max_rows, probe)) = r.current.take() {
             if !probe {
@@ -2132,6 +2247,14 @@ impl<'a> Session<'a> {
             self.send_query(&sql);
         }
     }
+}
+
+/// Why a COPY FROM STDIN over the limits was refused (not held: its data is gone).
+fn copy_refused(reasons: &[String], rows: u64) -> String {
+    format!(
+        "holdfast gate: statement not run: {} (it updated or deleted {rows} rows through the table's triggers, rules or defaults; rolled back). A COPY cannot wait for approval, its data has gone through: have it approved as INSERT … VALUES or SELECT, or send fewer rows at a time",
+        reasons.join("; ")
+    )
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {

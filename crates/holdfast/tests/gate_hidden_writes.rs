@@ -194,3 +194,75 @@ fn large_objects_removed_inside_a_function_are_counted() {
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
     assert_eq!(los(&g), "29");
 }
+
+/// COPY FROM STDIN into a table whose trigger (the application's, made before the gate)
+/// deletes elsewhere: the gate did not measure COPY at all ("inserts destroy nothing"), so one
+/// COPY of 100 order ids emptied `orders` through the trigger with nothing counted — in the
+/// simple protocol (psql's `\copy`) and in the extended one (Parse/Bind/Execute, the COPY's
+/// data, Sync). COPY FROM STDIN is now measured like any write: savepoint and counters before,
+/// the client's data streamed through, counters after; over the limits it is rolled back and
+/// refused (its data is gone by then: it cannot wait for approval). Through the extended
+/// protocol it is held (it cannot be measured there). Within the limits it runs, plain
+/// COPY into a table without triggers changes nothing and runs, and a client that sends
+/// another message in the middle of its COPY ends the COPY (failed) and nothing is lost.
+#[test]
+fn copy_from_stdin_is_measured_and_a_trigger_that_deletes_cannot_empty_a_table() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE TABLE cancellations (order_id int);
+         CREATE FUNCTION cancel_order() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           'BEGIN DELETE FROM orders WHERE id = NEW.order_id; RETURN NEW; END';
+         CREATE TRIGGER cancel AFTER INSERT ON cancellations FOR EACH ROW EXECUTE FUNCTION cancel_order();
+         GRANT ALL ON cancellations TO gate_app;",
+    )
+    .unwrap();
+    let orders = |g: &Gate| g.count("orders");
+    assert_eq!(orders(&g), 100);
+    let all: Vec<u8> = (1..=100).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Simple protocol, outside a transaction and inside the client's own.
+    for txn in [false, true] {
+        if txn {
+            assert!(errors(&c.query("BEGIN")).is_empty());
+        }
+        c.send(&[q("COPY cancellations FROM STDIN")]);
+        c.until(b'G', 1);
+        c.send(&[Msg::CopyData(all[..150].to_vec()), Msg::CopyData(all[150..].to_vec()), Msg::CopyDone]);
+        let r = c.until_ready(1);
+        refused(&r, "COPY into a table whose trigger deletes every order");
+        if txn {
+            c.query("ROLLBACK");
+        }
+        assert_eq!(orders(&g), 100, "simple protocol, in a transaction: {txn}");
+    }
+    // Extended protocol (Parse/Bind/Execute, the data, Sync): it cannot be measured there, so
+    // it is held (refused here: nobody can approve) before the server starts the COPY.
+    c.send(&[parse("", "COPY cancellations FROM STDIN"), bind("", ""), execute(""), Msg::Sync]);
+    let r = c.until_ready(1);
+    refused(&r, "extended-protocol COPY into the trigger's table");
+    assert_eq!(orders(&g), 100, "extended protocol");
+    // Within the limits: three orders cancelled, kept.
+    c.send(&[q("COPY cancellations FROM STDIN")]);
+    c.until(b'G', 1);
+    c.send(&[Msg::CopyData(b"1\n2\n3\n".to_vec()), Msg::CopyDone]);
+    let r = c.until_ready(1);
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert!(r.iter().any(|m| m.tag == b'C' && m.body.starts_with(b"COPY 3")), "{r:?}");
+    assert_eq!(orders(&g), 97);
+    // A plain COPY into a table without triggers changes nothing: any number of rows run.
+    c.send(&[q("COPY scratch FROM STDIN")]);
+    c.until(b'G', 1);
+    c.send(&[Msg::CopyData(all.clone()), Msg::CopyDone]);
+    let r = c.until_ready(1);
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(g.count("scratch"), 120);
+    // Another message in the middle of a COPY: the COPY fails, nothing of it is kept, and the
+    // message is answered after it.
+    c.send(&[q("COPY cancellations FROM STDIN")]);
+    c.until(b'G', 1);
+    c.send(&[Msg::CopyData(all[..150].to_vec()), q("SELECT 1")]);
+    let r = c.until_ready(2);
+    assert!(!errors(&r).is_empty(), "{r:?}");
+    assert_eq!(orders(&g), 97, "a COPY cut short by a Query");
+    assert!(errors(&c.query("SELECT 1")).is_empty());
+}

@@ -268,6 +268,10 @@ pub enum Msg {
     CloseStatement(String),
     Sync,
     Flush,
+    /// COPY sub-protocol: a chunk of data, its end, or the client giving up.
+    CopyData(Vec<u8>),
+    CopyDone,
+    CopyFail(String),
     /// FunctionCall by OID, text-format arguments (None: NULL), text result.
     FunctionCall {
         oid: u32,
@@ -359,6 +363,12 @@ impl Msg {
             }
             Msg::Sync => frame(out, b'S', &[]),
             Msg::Flush => frame(out, b'H', &[]),
+            Msg::CopyData(d) => frame(out, b'd', d),
+            Msg::CopyDone => frame(out, b'c', &[]),
+            Msg::CopyFail(why) => {
+                cstr(&mut b, why);
+                frame(out, b'f', &b)
+            }
         }
     }
 }
@@ -430,6 +440,12 @@ impl Raw {
 
     /// Reads messages until `n` ReadyForQuery have come (30 s at most).
     pub fn until_ready(&mut self, n: usize) -> Vec<Reply> {
+        self.until(b'Z', n)
+    }
+
+    /// Reads messages until `n` messages tagged `want` have come (30 s at most): `b'G'` waits
+    /// for the CopyInResponse of a COPY FROM STDIN.
+    pub fn until(&mut self, want: u8, n: usize) -> Vec<Reply> {
         use tokio::io::AsyncReadExt;
         let mut out = Vec::new();
         let mut seen = 0;
@@ -443,7 +459,7 @@ impl Raw {
                 let tag = self.buf[0];
                 let body = self.buf[5..1 + len].to_vec();
                 self.buf.drain(..1 + len);
-                if tag == b'Z' {
+                if tag == want {
                     seen += 1;
                 }
                 out.push(Reply { tag, body });
@@ -452,13 +468,13 @@ impl Raw {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no ReadyForQuery in 30 s; got {out:?}");
+            assert!(!left.is_zero(), "no {:?} in 30 s; got {out:?}", want as char);
             let mut chunk = vec![0u8; 65536];
             let read = self.rt.block_on(async { tokio::time::timeout(left, self.io.read(&mut chunk)).await });
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => panic!("the gate closed the connection; got {out:?}"),
                 Ok(Ok(k)) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => panic!("no ReadyForQuery in 30 s; got {out:?}"),
+                Err(_) => panic!("no {:?} in 30 s; got {out:?}", want as char),
             }
         }
         out
