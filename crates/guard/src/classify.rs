@@ -214,11 +214,17 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
             "COPY (…) TO runs functions that may write; their changes cannot be counted before they are streamed".into(),
         );
     }
-    // COPY … FREEZE needs the table created or truncated in the current subtransaction, which
-    // the gate's savepoint is not (`pgbench -i` uses it): left unmeasured, as all COPY was.
-    let measure = w.class == Class::Write
-        && MEASURED_KINDS.contains(&kind.as_str())
-        && !(kind == "COPY" && w.copy_freeze);
+    if kind == "COPY" && w.class == Class::Write && w.copy_freeze {
+        // COPY … FREEZE needs its table created or truncated in the current subtransaction,
+        // which the gate's measurement savepoint never is, so it cannot be measured; left
+        // unmeasured, `BEGIN; TRUNCATE t; COPY t FROM STDIN WITH (FREEZE)` runs t's triggers
+        // (which may empty other tables) with nothing counting: held for a second person.
+        w.raise(
+            Class::Destructive,
+            "COPY … WITH (FREEZE) cannot be measured (it needs its table created or truncated in the current subtransaction): the table's triggers, rules and defaults would run unmeasured — load without FREEZE, or have it approved".into(),
+        );
+    }
+    let measure = w.class == Class::Write && MEASURED_KINDS.contains(&kind.as_str());
     let probe = match as_node(tree) {
         Some(("TruncateStmt", _)) => true,
         Some(("DropStmt", body)) => {
@@ -289,7 +295,7 @@ struct Walker<'p> {
     effects: Vec<Effect>,
     unqualified_builtins: bool,
     copy_from: bool,
-    /// COPY … FROM STDIN WITH (FREEZE): not measured (see `classify`).
+    /// COPY … FROM STDIN WITH (FREEZE): cannot be measured, so held (see `classify`).
     copy_freeze: bool,
     unknown_calls: bool,
 }

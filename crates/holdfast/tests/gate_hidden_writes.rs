@@ -241,6 +241,16 @@ fn copy_from_stdin_is_measured_and_a_trigger_that_deletes_cannot_empty_a_table()
     let r = c.until_ready(1);
     refused(&r, "extended-protocol COPY into the trigger's table");
     assert_eq!(orders(&g), 100, "extended protocol");
+    // COPY … FREEZE cannot be measured (it needs its table created or truncated in the current
+    // subtransaction, and the gate's savepoint is a new one): held before the server sees it —
+    // the gate's refusal, not the server's "cannot perform COPY FREEZE" (an empty table's
+    // TRUNCATE first, as FREEZE needs, is itself held here: this one has held rows).
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    c.send(&[q("COPY cancellations FROM STDIN WITH (FREEZE)")]);
+    let r = c.until_ready(1);
+    refused(&r, "COPY … FREEZE into the trigger's table");
+    c.query("ROLLBACK");
+    assert_eq!(orders(&g), 100, "COPY … FREEZE");
     // Within the limits: three orders cancelled, kept.
     c.send(&[q("COPY cancellations FROM STDIN")]);
     c.until(b'G', 1);

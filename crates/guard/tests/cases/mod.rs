@@ -238,9 +238,13 @@ pub const CASES: &[(&str, Class, V)] = &[
     // measured: the table's triggers, rules and defaults may change other rows
     ("COPY orders FROM STDIN", Write, Rows),
     ("COPY orders FROM STDIN WHERE app_check(id)", Write, Rows),
-    // …except with FREEZE (`pgbench -i`): it needs the table created or truncated in the
-    // current subtransaction, which the gate's savepoint is not
-    ("COPY orders FROM STDIN WITH (FREEZE ON)", Write, Allow),
+    // …but FREEZE (`pgbench -i`) needs the table created or truncated in the current
+    // subtransaction, which the gate's savepoint never is: it cannot be measured, so it is held
+    ("COPY orders FROM STDIN WITH (FREEZE ON)", Destr, Approve),
+    ("COPY orders FROM STDIN WITH (FREEZE)", Destr, Approve),
+    ("COPY orders FROM STDIN FREEZE", Destr, Approve),
+    ("COPY orders FROM STDIN WITH (FORMAT csv, FREEZE true)", Destr, Approve),
+    ("COPY orders FROM STDIN WITH (FREEZE OFF)", Write, Rows),
     ("CHECKPOINT", Write, Allow),
     // ---- functions in every position
     ("SELECT pg_terminate_backend(1234)", Destr, Approve),
