@@ -316,6 +316,13 @@ impl std::fmt::Debug for BlockingReader {
     }
 }
 
+/// Notices kept while streaming (the first 100: a server that floods them cannot grow memory).
+fn keep_notice(notices: &mut Vec<crate::ServerError>, n: crate::ServerError) {
+    if notices.len() < 100 {
+        notices.push(n);
+    }
+}
+
 impl BlockingReader {
     /// The next whole message already read, without IO.
     pub fn next_buffered(&mut self) -> Result<Buffered, Error> {
@@ -331,11 +338,7 @@ impl BlockingReader {
                     return Ok(Buffered::Message(ReplicationMessage::parse(&data)?));
                 }
                 Some(BackendMessage::ParameterStatus { name, value }) => self.params.push((name, value)),
-                Some(BackendMessage::NoticeResponse(n)) => {
-                    if self.notices.len() < 100 {
-                        self.notices.push(n);
-                    }
-                }
+                Some(BackendMessage::NoticeResponse(n)) => keep_notice(&mut self.notices, n),
                 Some(other) => {
                     return Err(Error::Protocol(format!("unexpected {} while streaming", other.name())));
                 }
@@ -526,9 +529,7 @@ impl ReplicationConnection {
                         self.params.insert(name, value);
                     }
                     BackendMessage::NoticeResponse(n) if self.mode != Mode::Idle => {
-                        if self.notices.len() < 100 {
-                            self.notices.push(n);
-                        }
+                        keep_notice(&mut self.notices, n)
                     }
                     m => return Ok(m),
                 }
@@ -806,9 +807,7 @@ impl ReplicationConnection {
         self.decoder = decoder;
         self.params.extend(params);
         for n in notices {
-            if self.notices.len() < 100 {
-                self.notices.push(n);
-            }
+            keep_notice(&mut self.notices, n);
         }
         self.mode = Mode::Streaming;
         Ok(())
