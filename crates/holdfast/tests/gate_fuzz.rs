@@ -1,8 +1,11 @@
 //! The adversarial differential test the project owns: random sequences of frontend messages —
 //! Queries with several statements, Parse/Bind/Describe/Execute/Close/Sync/Flush with names
 //! reused, FETCH/MOVE, DECLARE, PREPARE/EXECUTE, savepoints, ROLLBACK and COMMIT mid-string,
-//! errors mid-pipeline, pipelined batches — mixing reads, writes and destruction, sent through
-//! the real gate (example-like policy, nobody to approve) to a shop-like database.
+//! errors mid-pipeline, pipelined batches, COPY FROM STDIN (simple and extended protocol) with its
+//! data cut by CopyDone, CopyFail or another message, COPY TO STDOUT — mixing reads, writes and
+//! destruction, sent through the real gate (example-like policy, nobody to approve) to a
+//! shop-like database whose `cancellations` table has the application's trigger that deletes
+//! the order named by each inserted row (a COPY of many rows deletes as many orders).
 //!
 //! The oracle is the database itself, read directly after each sequence: every table still
 //! exists with its columns, and the rows deleted or changed in each table (a diff by primary key
@@ -32,11 +35,15 @@ CREATE FUNCTION purge(n int) RETURNS bigint LANGUAGE sql AS
   'WITH d AS (DELETE FROM orders WHERE id > n RETURNING 1) SELECT count(*) FROM d';
 CREATE FUNCTION open_wipe() RETURNS refcursor LANGUAGE plpgsql AS
   $$DECLARE c refcursor := 'wipe'; BEGIN OPEN c FOR EXECUTE 'DELETE FROM cards WHERE id > 0 RETURNING id'; RETURN c; END$$;
-GRANT ALL ON customers, orders, cards TO gate_app;
+CREATE TABLE cancellations (order_id int);
+CREATE FUNCTION cancel_order() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+  'BEGIN DELETE FROM orders WHERE id = NEW.order_id; RETURN NEW; END';
+CREATE TRIGGER cancel AFTER INSERT ON cancellations FOR EACH ROW EXECUTE FUNCTION cancel_order();
+GRANT ALL ON customers, orders, cards, cancellations TO gate_app;
 ";
 
 const RESET: &str = "
-TRUNCATE customers, orders, cards;
+TRUNCATE customers, orders, cards, cancellations;
 INSERT INTO customers SELECT g, g % 5, g FROM generate_series(1, 150) g;
 INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
 INSERT INTO cards SELECT g, g, 100 FROM generate_series(1, 150) g;
@@ -69,6 +76,8 @@ fn statement(r: &mut Rng) -> String {
         "SELECT * FROM customers WHERE id = {k}",
         "VALUES (1)",
         "SELECT purge(100000)",
+        "COPY orders TO STDOUT",
+        "COPY (SELECT purge({k})) TO STDOUT",
     ];
     const SMALL: &[&str] = &[
         "DELETE FROM orders WHERE id = {k}",
@@ -138,8 +147,60 @@ fn statement(r: &mut Rng) -> String {
     r.pick(pool).replace("{k}", &k.to_string())
 }
 
-/// One action: a Query (1–3 statements) or an extended-protocol batch ending in Sync.
+/// A COPY FROM STDIN into `cancellations` and its data: 1, 2, 3, 50 or 300 order ids (each
+/// row's trigger deletes that order), in one to three CopyData, ended by CopyDone, CopyFail, or
+/// another message (a Query, or an extended-protocol batch; simple protocol only) that the gate
+/// answers after failing the COPY. In a Query, alone or with other statements around it; or through the extended
+/// protocol (Parse/Bind/Execute, the data, Sync). No Sync or Flush while the COPY may be open:
+/// the server ignores them there, and whether it is open depends on the session's state.
+fn copy_action(r: &mut Rng, out: &mut Vec<Msg>) {
+    let copy = "COPY cancellations FROM STDIN";
+    let extended = r.below(4) == 0;
+    if extended {
+        out.push(Msg::Parse { name: String::new(), sql: copy.into() });
+        out.push(Msg::Bind { portal: String::new(), statement: String::new() });
+        out.push(Msg::Execute { portal: String::new(), max_rows: 0 });
+    } else {
+        let sql = match r.below(4) {
+            0 => format!("{}; {copy}", statement(r)),
+            1 => format!("{copy}; {}", statement(r)),
+            _ => copy.to_string(),
+        };
+        out.push(Msg::Query(sql));
+    }
+    let rows = [1u64, 2, 3, 50, 300][r.below(5) as usize];
+    let data: Vec<u8> =
+        (0..rows).flat_map(|i| format!("{}\n", 1 + (i * 7 + r.below(300)) % 300).into_bytes()).collect();
+    let pieces = 1 + r.below(3) as usize;
+    let step = data.len().div_ceil(pieces);
+    for chunk in data.chunks(step.max(1)) {
+        out.push(Msg::CopyData(chunk.to_vec()));
+    }
+    // After an extended-protocol COPY that the gate holds, the server skips every message up
+    // to the Sync: only CopyDone or CopyFail end it there.
+    match if extended { r.below(2) * 5 } else { r.below(6) } {
+        0 => out.push(Msg::CopyFail("the client gave up".into())),
+        1 => out.push(Msg::Query(statement(r))),
+        2 => {
+            out.push(Msg::Parse { name: String::new(), sql: statement(r) });
+            out.push(Msg::Bind { portal: String::new(), statement: String::new() });
+            out.push(Msg::Execute { portal: String::new(), max_rows: 0 });
+            out.push(Msg::Sync);
+        }
+        _ => out.push(Msg::CopyDone),
+    }
+    if extended {
+        out.push(Msg::Sync);
+    }
+}
+
+/// One action: a Query (1–3 statements), an extended-protocol batch ending in Sync, or a COPY
+/// with its data.
 fn action(r: &mut Rng, out: &mut Vec<Msg>) {
+    if r.below(8) == 0 {
+        copy_action(r, out);
+        return;
+    }
     if r.below(2) == 0 {
         let n = 1 + r.below(3);
         let s: Vec<String> = (0..n).map(|_| statement(r)).collect();
@@ -243,6 +304,7 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
     g.pg.psql("ALTER TABLE cards_gone RENAME TO cards").unwrap();
     let mut statements_sent = 0u64;
     let mut rows_changed = 0u64;
+    let mut copies_opened = 0u64;
     let first: u64 = std::env::var("HOLDFAST_GATE_FUZZ_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     for case in first..first + cases {
         let mut r = Rng(seed ^ (case.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -264,11 +326,13 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
             i += 1;
             sent.extend(batch.iter().cloned());
             let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.exchange(&batch)));
-            if answered.is_err() {
+            let Ok(replies) = answered else {
                 panic!(
                     "HANG or broken session (seed {seed}, case {case}): the gate did not answer\nsequence: {sent:#?}"
                 );
-            }
+            };
+            // CopyInResponse: a COPY FROM STDIN the gate let start.
+            copies_opened += replies.iter().filter(|m| m.tag == b'G').count() as u64;
         }
         drop(c);
         // Executed statements: every statement of every Query, every Execute.
@@ -303,8 +367,12 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
     // The writes within the limits did run (a gate refusing everything would pass otherwise).
     if cases >= 20 {
         assert!(rows_changed > 0, "no allowed write changed anything in {cases} sequences");
+        assert!(
+            copies_opened > 0,
+            "no COPY FROM STDIN started in {cases} sequences: the generator does not reach it"
+        );
     }
     eprintln!(
-        "gate fuzz: {cases} sequences, {statements_sent} statements, {rows_changed} rows changed within the limits, seed {seed}: no bypass"
+        "gate fuzz: {cases} sequences, {statements_sent} statements, {copies_opened} COPY FROM STDIN started, {rows_changed} rows changed within the limits, seed {seed}: no bypass"
     );
 }
