@@ -4,11 +4,12 @@
 //! rewrites, not index drops, see below), mass deletes and updates (more heap tuples deleted or
 //! updated in one transaction than a threshold, or at least a share of a table's estimated
 //! rows), deletes dripped over many small transactions (cumulative per table and per database
-//! over a sliding window of commit time), and committed changes to `pg_attribute` for the
-//! caller to check against the catalog (DROP COLUMN) — each with the point to restore to: just
-//! before the transaction, or before the window's first contributing transaction by commit
-//! (whatever order drops were judged in: see [`Detector::resolve`]). One transaction is one
-//! finding, however many tables it touched.
+//! over a sliding window of commit time — kept within the vault's clock and WAL order, since the
+//! primary's clock is the attacker's: see [`Detector::set_clock`]), and committed changes to
+//! `pg_attribute` for the caller to check against the catalog (DROP COLUMN) — each with the
+//! point to restore to: just before the transaction, or before the window's first contributing
+//! transaction by commit (whatever order drops were judged in: see [`Detector::resolve`]). One
+//! transaction is one finding, however many tables it touched.
 //!
 //! Names are not this module's business: the caller maps relation files to tables with the
 //! catalog snapshot ([`crate::catalog`]) and hands the detector only what its rules need: the
@@ -92,7 +93,9 @@ pub struct Destruction {
     pub first_lsn: Lsn,
     /// The record that made it a finding: the drop record, or the commit.
     pub lsn: Lsn,
-    /// Commit time (microseconds since the Unix epoch), when committed.
+    /// Commit time (microseconds since the Unix epoch), when committed: the record's, unless
+    /// the primary's clock lied (then the time the detector trusted, see
+    /// [`Detector::set_clock`]).
     pub commit_time_us: Option<i64>,
     /// The database: the dropped one, or the one the transaction ran in.
     pub database: Option<u32>,
@@ -194,6 +197,29 @@ pub struct AttributeChange {
     pub lsn: Lsn,
     pub db: u32,
     pub commit_time_us: i64,
+}
+
+/// How far a commit's time may lie ahead of the vault's clock, or behind the newest commit time
+/// before it in the WAL, before it is taken for a clock that lies: generous for hosts whose
+/// clocks are kept by NTP (milliseconds apart) and for commits racing for the WAL (their times
+/// are taken just before their records are inserted), far under the windows (minutes).
+pub const CLOCK_TOLERANCE_US: i64 = 10_000_000;
+
+/// A commit whose time the primary's clock made up: ahead of the vault's clock, or behind a
+/// commit earlier in the WAL (someone set the clock back or forward — root on the database
+/// host — or its time synchronisation broke). Commit times are what `recovery_target_time`
+/// and the detector's windows go by, so the caller raises it (`server_clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockLie {
+    pub xid: u32,
+    /// The commit record.
+    pub lsn: Lsn,
+    /// The time the commit record carries (µs since the Unix epoch).
+    pub claimed_us: i64,
+    /// What it was measured against: the vault's clock (`ahead`) or the newest commit time
+    /// before it in the WAL.
+    pub reference_us: i64,
+    pub ahead: bool,
 }
 
 /// Thresholds.
@@ -458,6 +484,15 @@ pub struct Detector {
     /// Drops returned `unresolved`, not yet given back to [`Detector::resolve`]: a cumulative
     /// drop of their database that one of them committed before waits for its judgement.
     judging: Vec<Judging>,
+    /// The vault's clock (µs since the Unix epoch), set by the caller before each stretch:
+    /// no commit time is trusted beyond it (see [`Detector::set_clock`]).
+    clock_us: Option<i64>,
+    /// The newest commit time trusted so far, in WAL order: commit times never go back.
+    newest_commit_us: Option<i64>,
+    /// See [`Detector::take_clock_lies`].
+    clock_lies: Vec<ClockLie>,
+    /// Commits whose time was within the tolerance since the last lie.
+    honest_commits: u64,
 }
 
 /// A drop waiting for the caller's catalog ([`Destruction::unresolved`]).
@@ -550,6 +585,54 @@ impl Detector {
     /// Committed transactions that updated `pg_attribute` since the last call.
     pub fn take_attribute_changes(&mut self) -> Vec<AttributeChange> {
         std::mem::take(&mut self.attribute_changes)
+    }
+
+    /// The vault's clock now (µs since the Unix epoch). Commit times come from the primary's
+    /// clock, which root on the database host sets: one commit dated a year ahead would end
+    /// every window there (later deletes counted nowhere), a clock set back would spread a
+    /// drip over days. So the time the windows go by is the commit's, kept within the vault's
+    /// clock and never before the newest one trusted earlier in the WAL; a commit outside the
+    /// tolerance is a [`ClockLie`]. Without a clock (tests) only the WAL order bounds it.
+    pub fn set_clock(&mut self, now_us: i64) {
+        self.clock_us = Some(now_us);
+    }
+
+    /// Commits whose time lied (see [`Detector::set_clock`]) since the last call, and whether
+    /// a commit within the tolerance has been seen since the last of them (the clock is
+    /// honest again: a later lie is a new episode).
+    pub fn take_clock_lies(&mut self) -> (Vec<ClockLie>, bool) {
+        (std::mem::take(&mut self.clock_lies), self.honest_commits > 0)
+    }
+
+    /// The time a commit counts at: its own, but never ahead of the vault's clock nor before
+    /// the newest commit time trusted before it; a commit off by more than
+    /// [`CLOCK_TOLERANCE_US`] is remembered as a lie.
+    fn trusted_time(&mut self, lsn: Lsn, xid: u32, claimed_us: i64) -> i64 {
+        let mut at = claimed_us;
+        let mut lie = None;
+        if let Some(now) = self.clock_us
+            && claimed_us > now.saturating_add(CLOCK_TOLERANCE_US)
+        {
+            lie = Some(ClockLie { xid, lsn, claimed_us, reference_us: now, ahead: true });
+            at = now;
+        }
+        if let Some(newest) = self.newest_commit_us {
+            if lie.is_none() && claimed_us < newest.saturating_sub(CLOCK_TOLERANCE_US) {
+                lie = Some(ClockLie { xid, lsn, claimed_us, reference_us: newest, ahead: false });
+            }
+            at = at.max(newest);
+        }
+        self.newest_commit_us = Some(at);
+        match lie {
+            Some(l) => {
+                self.honest_commits = 0;
+                if self.clock_lies.len() < 1024 {
+                    self.clock_lies.push(l);
+                }
+            }
+            None => self.honest_commits += 1,
+        }
+        at
     }
 
     /// Relation files known to hold data, with their size in pages (e.g. the non-empty files
@@ -892,7 +975,8 @@ impl Detector {
                 }
             }
         }
-        let commit_us = x.unix_micros();
+        // The primary's clock is the attacker's: the time windows go by is kept honest first.
+        let commit_us = self.trusted_time(lsn, xid, x.unix_micros());
         let db = x.db.map(|(db, _)| db).or_else(|| open.updated.keys().map(|f| f.db).find(|d| *d != 0));
         // pg_attribute rows updated: possibly DROP COLUMN; the caller asks the catalog.
         if let Some(db) = db
@@ -1306,6 +1390,91 @@ mod tests {
     fn commit_at(secs: i64) -> RecordKind {
         // Like a plain DML commit, it names no database (no invalidations to log).
         RecordKind::XactCommit(XactEnd { time: secs * 1_000_000, db: None, ..end(vec![], vec![]) })
+    }
+
+    #[test]
+    fn a_primary_clock_set_ahead_or_back_neither_blinds_the_windows_nor_goes_unreported() {
+        // Root on the database host owns the clock commit records are stamped with; the vault's
+        // clock is real time (seconds since the PostgreSQL epoch, as `commit_at` takes them).
+        let t = Thresholds { window_seconds: 60, window_table_delete_rows: 1000, ..Default::default() };
+        let now: i64 = 900_000_000;
+        let unix = |secs: i64| (secs + pgfmt::wal::POSTGRES_EPOCH_UNIX_SECS) * 1_000_000;
+        let del = |r| RecordKind::HeapDelete { rel: Some(rel(r)), block: Some(0) };
+        let mut lsn = 1000;
+        // A transaction deleting `n` rows of `r`, stamped `at`, decoded at real time `real`.
+        let mut xact = |d: &mut Detector, xid: u32, real: i64, at: i64, r: u32, n: u64| {
+            d.set_clock(unix(real));
+            for _ in 0..n {
+                lsn += 1;
+                d.feed(Lsn(lsn), xid, &del(r));
+            }
+            lsn += 1;
+            d.feed(Lsn(lsn), xid, &commit_at(at))
+        };
+        let year = 365 * 86_400;
+        // A drip of 200 × 10 rows from one table, one every 0.1 s of real time (2,000 rows in
+        // 20 s, twice the window's 1,000): (what the clock does, its stamp at real time `now +
+        // i / 10` for the i-th)
+        type Stamp = Box<dyn Fn(i64, i64) -> i64>;
+        let cases: Vec<(&str, Option<i64>, Stamp)> = vec![
+            // One commit dated a year ahead ended every window there: the drip after it, on the
+            // right time, was counted nowhere.
+            ("one commit a year ahead, then the drip", Some(now + year), Box::new(|_, real| real)),
+            // Set back two minutes (two windows) before each delete: every commit fell before
+            // the window's start and was skipped.
+            ("set back before each delete", None, Box::new(|i, real| real - 120 * i)),
+            // Set forward two minutes before each delete: one delete per window.
+            ("set forward before each delete", None, Box::new(|i, real| real + 120 * i)),
+        ];
+        for (what, planted, stamp) in cases {
+            let mut d = Detector::new(t);
+            if let Some(at) = planted {
+                assert_eq!(xact(&mut d, 90, now - 1, at, 16399, 1), None, "{what}");
+            }
+            let found: Vec<Destruction> = (0..200u32)
+                .filter_map(|i| {
+                    let (i, real) = (i64::from(i), now + i64::from(i) / 10);
+                    xact(&mut d, 100 + i as u32, real, stamp(i, real), 16384, 10)
+                })
+                .collect();
+            assert_eq!(found.len(), 1, "{what}: the drip is one cumulative delete: {found:#?}");
+            let f = &found[0];
+            assert_eq!(
+                (f.kind, f.restore_target),
+                (Kind::CumulativeDelete, RestoreTarget::BeforeXid(100)),
+                "{what}"
+            );
+            assert!(
+                f.commit_time_us.is_some_and(|c| c <= unix(now + 20) + CLOCK_TOLERANCE_US),
+                "{what}: no time past the vault's clock: {f:?}"
+            );
+            let (lies, honest) = d.take_clock_lies();
+            let first = lies.first().copied();
+            assert!(first.is_some(), "{what}: the clock's lie is reported");
+            let first = first.unwrap();
+            match planted {
+                Some(at) => {
+                    assert_eq!((first.xid, first.ahead, first.claimed_us), (90, true, unix(at)), "{what}");
+                    assert_eq!(first.reference_us, unix(now - 1), "{what}");
+                    assert_eq!(lies.len(), 1, "{what}: only the planted commit lied");
+                    assert!(honest, "{what}: the drip's own stamps are honest");
+                }
+                None => {
+                    assert_eq!((first.xid, first.ahead), (101, stamp(1, now) > now), "{what}: {first:?}");
+                    assert_eq!(lies.len(), 199, "{what}: every commit after the first lied");
+                    assert!(!honest, "{what}: no honest commit since");
+                }
+            }
+        }
+        // An honest primary: commits racing for the WAL a few milliseconds out of order, a
+        // clock a second ahead of the vault's, a catch-up of WAL an hour old: no lie.
+        let mut d = Detector::new(t);
+        for (i, at) in
+            [now - 3600, now - 3599, now - 3600, now - 10, now + 1, now, now + 1].into_iter().enumerate()
+        {
+            xact(&mut d, 500 + i as u32, now, at, 16390, 1);
+        }
+        assert_eq!(d.take_clock_lies(), (Vec::new(), true));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgfmt::wal::{ReaderStop, RelFileNode, WalReader};
 use pgfmt::{Lsn, TimelineId};
+use store::Timestamp;
 use tokio::sync::watch;
 
 use crate::config::DetectorFault;
@@ -28,6 +29,8 @@ use crate::runtime::ClusterRuntime;
 const STEP: u64 = 16 << 20;
 /// WAL stored in the vault but not decoded or unreadable.
 pub const BLIND: &str = "detector_blind";
+/// Commit times the database server's clock made up (ahead of the vault's, or going back).
+pub const SERVER_CLOCK: &str = "server_clock";
 /// WAL durable for longer than the bound and not decoded yet.
 pub const BEHIND: &str = "detector_behind";
 /// The detector task ended without being asked to (a panic).
@@ -429,6 +432,7 @@ impl Follower {
         };
         self.blind_now = false;
         let before = self.next;
+        self.detector.set_clock(rt.now().0.saturating_mul(1_000_000));
         let stretch = decode_stretch(&mut self.detector, &wal, page, self.next, seg_size);
         let found = stretch.found;
         self.next = stretch.next;
@@ -478,6 +482,7 @@ impl Follower {
                 self.raise(d, &catalog).await;
             }
         }
+        self.clock_lies().await;
         // One catalog read per database per step, however many DDL transactions it holds (a
         // migration): the columns found dropped go to the step's first such transaction of that
         // database, whose restore target is then before every one of them.
@@ -632,6 +637,50 @@ impl Follower {
             for d in self.detector.take_queued() {
                 self.raise(d, &catalog).await;
             }
+        }
+    }
+
+    /// Commits whose time the primary's clock made up: one `server_clock` incident per
+    /// episode (until a commit's time is honest again), naming the first; not raised again for
+    /// WAL re-read after a restart.
+    async fn clock_lies(&mut self) {
+        let (lies, honest) = self.detector.take_clock_lies();
+        if let Some(l) = lies.first() {
+            let again = l.lsn < self.replay_until
+                && self.recorded.iter().any(|(k, at)| k == SERVER_CLOCK && *at <= l.lsn);
+            if !again {
+                let when = |us: i64| Timestamp(us.div_euclid(1_000_000));
+                let off = (l.claimed_us - l.reference_us).abs() / 1_000_000;
+                let how = if l.ahead {
+                    format!("{off} s ahead of the vault's clock ({})", when(l.reference_us))
+                } else {
+                    format!(
+                        "{off} s before a transaction committed earlier in the WAL ({})",
+                        when(l.reference_us)
+                    )
+                };
+                let message = format!(
+                    "the database server's clock lies: transaction {} committed at {} stamped {}, {how}{}. Commit \
+                     times are what `restore --time` stops by and what the detector's windows add up over: the \
+                     detector now counts such commits at the vault's clock and the WAL's order, and `holdfast restore \
+                     --time` across {} is refused (restore by --lsn, --xid or --before-incident). Someone with root \
+                     on the database host set its clock, or its time synchronisation is broken",
+                    l.xid,
+                    l.lsn,
+                    when(l.claimed_us),
+                    if lies.len() > 1 {
+                        format!("; {} more commits since", lies.len() - 1)
+                    } else {
+                        String::new()
+                    },
+                    l.lsn
+                );
+                self.recorded.insert((SERVER_CLOCK.to_string(), l.lsn));
+                self.rt.incident(SERVER_CLOCK, message, Some(l.lsn)).await;
+            }
+        }
+        if honest && lies.is_empty() {
+            self.rt.clear_incidents(&[SERVER_CLOCK]);
         }
     }
 

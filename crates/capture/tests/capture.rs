@@ -723,6 +723,68 @@ async fn attacker_drops_the_slot() -> Result<()> {
     Ok(())
 }
 
+/// 4a'. Root on the database host moves its clock: commits stamped a year ahead, then (the
+/// clock right again for a while) a day behind, are each a `server_clock` incident naming the
+/// transaction's commit record — recorded, alerted — and an honest stamp in between ends the
+/// first episode. (What the lie did to the detector's windows and to `restore --time`:
+/// `detect.rs::a_server_clock_set_a_year_ahead_is_reported_and_does_not_hide_a_drip_of_deletes`,
+/// `restore::plan::check_time_target`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacker_sets_the_servers_clock() -> Result<()> {
+    let v = Vault::new().await?;
+    let clock = testkit::clock::ShiftedClock::new()?;
+    let pg = TempPg::start_with(clock.server_options(TempPgOptions::default()))?;
+    pg.create_replication_role(REP, REP_PW)?;
+    let cluster = v.cluster("a1clock", vec![unix_host(&pg)], REP, REP_PW)?;
+    let collector = v.start(&v.repo, vec![cluster]).await?;
+    pg.psql("create table t (x int); insert into t select generate_series(1, 100)")?;
+    let decoded = |target: Lsn| {
+        let c = &collector;
+        async move {
+            wait_for(Duration::from_secs(30), &format!("WAL up to {target} decoded"), || {
+                (status(c, "a1clock").decoded_lsn >= Some(target)).then_some(())
+            })
+            .await
+        }
+    };
+    decoded(flush_lsn(&pg)?).await?;
+    ensure!(!status(&collector, "a1clock").incidents.iter().any(|i| i.kind == "server_clock"));
+
+    clock.set(365 * 86_400)?;
+    let at = flush_lsn(&pg)?;
+    pg.psql("insert into t values (-1)")?;
+    clock.set(0)?;
+    let ahead = wait_incident(&collector, "a1clock", "server_clock", Duration::from_secs(30)).await?;
+    ensure!(ahead.lsn.is_some_and(|l| l > at), "{ahead:?}");
+    ensure!(
+        ahead.message.contains("ahead of the vault's clock") && ahead.message.contains("--time"),
+        "{ahead:?}"
+    );
+    ensure!(v.host.alerted("server_clock"));
+    ensure!(v.records(INCIDENT_RECORD, "a1clock").await?.iter().any(|r| r["kind"] == "server_clock"));
+
+    // Honest again: the episode ends. Then set back a day: a new one.
+    pg.psql("insert into t values (-2)")?;
+    decoded(flush_lsn(&pg)?).await?;
+    pg.psql("insert into t values (-3)")?;
+    decoded(flush_lsn(&pg)?).await?;
+    clock.set(-86_400)?;
+    pg.psql("insert into t values (-4)")?;
+    let back = wait_for(Duration::from_secs(30), "a second server_clock incident", || {
+        let all: Vec<Incident> = status(&collector, "a1clock")
+            .incidents
+            .into_iter()
+            .filter(|i| i.kind == "server_clock")
+            .collect();
+        (all.len() == 2).then(|| all[1].clone())
+    })
+    .await?;
+    ensure!(back.message.contains("before a transaction committed earlier in the WAL"), "{back:?}");
+    ensure!(status(&collector, "a1clock").incidents.iter().filter(|i| i.kind == "server_clock").count() == 2);
+    collector.shutdown().await;
+    Ok(())
+}
+
 /// 4b. One vault, two clusters: each streams into its own archive, byte-identical to its own
 /// server, with its own status; neither sees the other's WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! checked against `pg_waldump` — and a small DELETE, emptying an empty table, dropping an empty
 //! table with a primary key, DROP INDEX CONCURRENTLY, VACUUM FULL, CLUSTER, REINDEX and a
 //! rewriting ALTER TABLE are not. ALTER TABLE … DROP COLUMN is handed over as a `pg_attribute`
-//! change for the catalog check.
+//! change for the catalog check. A server whose clock root on its host moved stamps commits
+//! with it: the lie is reported and does not hide a drip of deletes.
 
 use std::process::Command;
 
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use capture::detect::{Detector, Kind, RelMeta, RestoreTarget, Thresholds};
 use pgfmt::Lsn;
 use pgfmt::wal::{RelFileNode, WalReader};
-use testkit::pg::{TempPg, bin};
+use testkit::pg::{TempPg, TempPgOptions, bin};
 
 const SEG: u64 = 16 << 20;
 
@@ -238,5 +239,90 @@ fn damaged_wal_is_reported_and_reading_goes_on_after_it() -> Result<()> {
         found.iter().any(|f| f.kind == Kind::RelationsDropped && f.xid == dropped),
         "the DROP after the damage is found: {found:?}"
     );
+    Ok(())
+}
+
+/// The server's WAL from the page holding `start` to `end`, read from its `pg_wal`.
+fn server_wal(pg: &TempPg, start: Lsn, end: Lsn) -> Result<(Lsn, Vec<u8>)> {
+    let page = Lsn(start.0 - start.0 % 8192);
+    let mut wal = Vec::new();
+    let mut seg = page.0 / SEG;
+    while seg * SEG < end.0 {
+        let name = pgfmt::segment_name(pgfmt::TimelineId(1), seg, SEG);
+        let bytes = std::fs::read(pg.data_dir().join("pg_wal").join(&name)).with_context(|| name.clone())?;
+        let from = if seg == page.0 / SEG { (page.0 % SEG) as usize } else { 0 };
+        wal.extend_from_slice(&bytes[from..]);
+        seg += 1;
+    }
+    Ok((page, wal))
+}
+
+/// Root on the database host moves its clock (here: the server's own, through
+/// `testkit::clock`), and PostgreSQL stamps commits with it. One harmless DELETE committed with
+/// the clock a year ahead made the detector's window end a year on, so that every later
+/// commit fell before its start and the drip of deletes after it — 3,000 of a table's rows in
+/// 120 transactions of 25, each far under the per-transaction threshold — was counted nowhere:
+/// no finding. Now the drip is one `cumulative_delete` restoring to before its first
+/// transaction, and the planted commit is reported as a clock lie (the vault's `server_clock`
+/// incident).
+#[test]
+fn a_server_clock_set_a_year_ahead_is_reported_and_does_not_hide_a_drip_of_deletes() -> Result<()> {
+    let clock = testkit::clock::ShiftedClock::new()?;
+    let pg = TempPg::start_with(clock.server_options(TempPgOptions::default()))?;
+    let start: Lsn = pg.psql("SELECT pg_current_wal_lsn()")?.parse()?;
+    pg.psql("CREATE TABLE customers AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g")?;
+    pg.psql("CREATE TABLE sessions AS SELECT g AS id FROM generate_series(1, 100) g")?;
+    let year = 365 * 86_400;
+    clock.set(year)?;
+    let planted = xid_of(&pg, "DELETE FROM sessions WHERE id = 1")?;
+    let stamped: i64 = pg.psql("SELECT extract(epoch FROM now())::bigint")?.parse()?;
+    clock.set(0)?;
+    let first = xid_of(&pg, "DELETE FROM customers WHERE id <= 25")?;
+    pg.psql(
+        "DO $$ BEGIN FOR i IN 1..119 LOOP DELETE FROM customers WHERE id > i * 25 AND id <= (i + 1) * 25; COMMIT; \
+         END LOOP; END $$",
+    )?;
+    pg.psql("SELECT pg_switch_wal()")?;
+    let end: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()")?.parse()?;
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    ensure!(
+        stamped > real + year - 600,
+        "the server's clock was moved: it said {stamped}, real time is {real}"
+    );
+
+    let (page, wal) = server_wal(&pg, start, end)?;
+    let mut detector = Detector::new(Thresholds {
+        mass_delete_rows: 1000,
+        window_table_delete_rows: 2000,
+        ..Default::default()
+    });
+    // The vault's clock: real time, as it decodes the WAL within a second of its commit.
+    detector.set_clock(real * 1_000_000);
+    let mut found = Vec::new();
+    for rec in WalReader::new(&wal, page, SEG) {
+        let rec = rec?;
+        if rec.lsn >= end {
+            break;
+        }
+        found.extend(detector.record(&rec)?);
+        found.extend(detector.take_queued());
+    }
+    let kinds: Vec<(Kind, u32, RestoreTarget)> =
+        found.iter().map(|f| (f.kind, f.xid, f.restore_target)).collect();
+    ensure!(
+        kinds.len() == 1
+            && kinds[0].0 == Kind::CumulativeDelete
+            && kinds[0].2 == RestoreTarget::BeforeXid(first),
+        "the drip is one cumulative delete restoring to before transaction {first}: {kinds:?}"
+    );
+    let (lies, honest) = detector.take_clock_lies();
+    ensure!(
+        lies.len() == 1
+            && lies[0].xid == planted
+            && lies[0].ahead
+            && lies[0].claimed_us / 1_000_000 >= stamped - 5,
+        "the planted commit {planted} (stamped {stamped}) is the one lie: {lies:?}"
+    );
+    ensure!(honest, "the drip's stamps are honest");
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! that moment and confirmed by the self-check; the refusals (target outside the window or in a
 //! WAL gap, target directory not empty); restores before a WAL gap; the vault's own first
 //! backup; `--port`, and no temporary directory left behind; a restore point name planted
-//! twice (refused, both named; its LSN restores every row).
+//! twice (refused, both named; its LSN restores every row); a time across a DROP committed with
+//! the server's clock set back (refused; `--before-incident` restores every row).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -889,5 +890,110 @@ async fn a_restore_point_name_planted_twice_is_refused_and_its_lsn_restores_ever
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(psql_restored(&report, pg.superuser_password(), "SELECT count(*) FROM orders"), "100");
     assert_checked(&report, "reached exactly");
+    stop_restored(&dir);
+}
+
+/// Root on the database host sets its clock back a day, DROPs `orders`, puts the clock right,
+/// and the shop goes on. A restore "to just before the DROP" by time — a second after the last
+/// order — used to apply the DROP: its commit is stamped a day early, so PostgreSQL's
+/// `recovery_target_time` replays it, and the self-check, reading the same stamps, said
+/// reached. Now the vault raised `server_clock`, the `--time` restore is refused before
+/// anything is written, naming it, and `--before-incident` brings every order back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_restore_across_a_clock_set_back_for_a_drop_is_refused_and_before_incident_brings_every_row() {
+    let clock = testkit::clock::ShiftedClock::new().unwrap();
+    let pg = TempPg::start_with(clock.server_options(TempPgOptions::default())).unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    let (v, read_token) = vault_protecting(&pg);
+    let s = Setup { pg, v, read_token };
+    let pg = &s.pg;
+    pg.psql("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 100)")
+        .unwrap();
+    let admin = s.v.scratch().join("admin.token");
+    let mut args = vec!["backup".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+    args.extend(s.remote_args(&admin));
+    let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(out.status.success(), "backup: {}\n{}", String::from_utf8_lossy(&out.stderr), s.v.log());
+    pg.psql("INSERT INTO orders SELECT generate_series(101, 150)").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    clock.set(-86_400).unwrap();
+    pg.psql("DROP TABLE orders").unwrap();
+    clock.set(0).unwrap();
+    pg.psql("CREATE TABLE later (x int); INSERT INTO later VALUES (1)").unwrap();
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait_durable(flush);
+    let incidents = |s: &Setup| -> Vec<serde_json::Value> {
+        let mut args = vec!["incidents".to_string(), "--cluster".into(), "main".into(), "--json".into()];
+        args.extend(s.remote_args(&s.read_token));
+        let out = s.v.holdfast(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (clock_n, drop_n) = loop {
+        let list = incidents(&s);
+        let n = |kind: &str| list.iter().position(|i| i["kind"] == kind).map(|i| i + 1);
+        if let (Some(c), Some(d)) = (n("server_clock"), n("relations_dropped")) {
+            break (c, d);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server_clock and relations_dropped incidents: {list:?}\n{}",
+            s.v.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("by-time");
+    let out = s.restore(&[
+        "--time",
+        &before,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--promote",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let orders = psql_restored(
+            &report,
+            pg.superuser_password(),
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'",
+        );
+        stop_restored(&dir);
+        panic!(
+            "restore --time {before} across the lying clock was not refused: orders tables {orders}, report {report}"
+        );
+    }
+    assert!(
+        err.contains(&format!("server_clock incident {clock_n}")) && err.contains("--before-incident"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "the refused restore wrote {}", dir.display());
+
+    let dir = root.path().join("before-incident");
+    let n = drop_n.to_string();
+    let out = s.restore(&[
+        "--before-incident",
+        &n,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--promote",
+        "--json",
+    ]);
+    assert!(out.status.success(), "restore --before-incident {n}: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(psql_restored(&report, pg.superuser_password(), "SELECT count(*) FROM orders"), "150");
     stop_restored(&dir);
 }

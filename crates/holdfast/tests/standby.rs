@@ -454,3 +454,46 @@ fn warm_standby_stops_before_destruction_under_load() {
     let st = s.standby();
     assert_eq!(st["state"], "promoted", "{st}");
 }
+
+/// The insider's decoy: a table of no value dropped first (the standby stops before that
+/// incident), then, while the standby waits there, the shop's `customers` (a second incident).
+/// Someone sees the first was harmless and runs `standby resume`: the standby follows again
+/// and stops before the second — it never shows `customers` dropped. (It used to mark every
+/// incident raised so far as seen on resume, and applied the real DROP `apply_delay` later,
+/// while saying it follows.)
+#[test]
+fn resuming_past_a_decoy_still_stops_before_the_drop_raised_while_paused() {
+    let s = setup();
+    s.wait_state("following", 90);
+    s.pg.psql("CREATE TABLE decoy AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    s.wait_caught_up(60);
+    let customers = (MERCHANTS * 50).to_string();
+    let n1 =
+        s.destroy_and_watch("DROP TABLE decoy", "relations_dropped", "SELECT count(*) FROM decoy", "1000");
+    let known = s.incidents().len();
+    s.pg.psql("DROP TABLE customers").unwrap();
+    let n2 = s.wait("the real DROP's incident", 30, || {
+        s.incidents()
+            .iter()
+            .enumerate()
+            .skip(known)
+            .find(|(_, i)| i["kind"] == "relations_dropped")
+            .map(|(i, _)| i + 1)
+    });
+    assert!(n2 > n1);
+    assert_eq!(s.standby()["paused_before_incident"], n1, "still paused before the decoy");
+    let r = s.json(&["standby", "resume", "--cluster", "main", "--json"]);
+    assert!(r["message"].as_str().unwrap().contains("also those raised while it was paused"), "{r}");
+    // Past the decoy (its table gone on the standby too), and stopped before the real one —
+    // `customers` there all along (a DROP applied makes the count query an error, which the
+    // shared wait does not take for an answer: asked here by name).
+    s.wait("the standby to stop before the real DROP", 60, || {
+        if let Ok(v) = s.on_standby("SELECT to_regclass('customers') IS NOT NULL") {
+            assert_eq!(v, "t", "the standby applied the DROP of customers after the resume: {}", s.standby());
+        }
+        let st = s.standby();
+        (st["state"] == "paused" && st["ready"] == true && st["paused_before_incident"] == n2).then_some(())
+    });
+    assert_eq!(s.on_standby("SELECT to_regclass('decoy') IS NULL").unwrap(), "t");
+    assert_eq!(s.on_standby("SELECT count(*) FROM customers").unwrap(), customers);
+}

@@ -164,6 +164,26 @@ pub fn judge_xid(xid: u32, exclusive: bool, status: Option<&str>) -> Outcome {
     }
 }
 
+/// How far a transaction end's stamp may be behind an earlier one in the WAL before the
+/// server's clock is taken to have lied (as the vault's detector judges it).
+const STAMP_TOLERANCE_US: i64 = 10_000_000;
+
+/// The first transaction end whose stamp is more than [`STAMP_TOLERANCE_US`] behind one
+/// earlier in `records`, with that earlier stamp.
+fn stamp_goes_back(records: &[Record]) -> Option<(&Record, i64)> {
+    let mut newest: Option<i64> = None;
+    for r in records.iter().filter(|r| r.is_xact_end()) {
+        let Some(t) = r.xact_time_us() else { continue };
+        if let Some(n) = newest
+            && t < n - STAMP_TOLERANCE_US
+        {
+            return Some((r, n));
+        }
+        newest = Some(newest.map_or(t, |n| n.max(t)));
+    }
+    None
+}
+
 /// Judges a target from the WAL records around the replay position. `last_commit_us`: the
 /// restored server's last replayed transaction end; `planned_end`: where the plan's WAL ends.
 pub fn judge_wal(
@@ -212,6 +232,21 @@ pub fn judge_wal(
                     n.xact_time_us().map_or("?".into(), fmt_us)
                 ))
             );
+            // The stamps come from the database server's clock: where they go back, the clock
+            // lied (set back for a destruction, or forward for one commit) and a time names no
+            // one point: not confirmed, whatever the stamps around the stop say.
+            if let Some((r, newest)) = stamp_goes_back(records) {
+                return no(format!(
+                    "time {t} not confirmed: the commit stamps in the vault's WAL around the replay position go \
+                     back — {} at {} is stamped {}, after a transaction end stamped {} — so the database server's \
+                     clock lied and a time does not name one point; restore by --lsn, --xid or --before-incident \
+                     ({what})",
+                    r.rmgr,
+                    r.lsn,
+                    r.xact_time_us().map_or("?".into(), fmt_us),
+                    fmt_us(newest)
+                ));
+            }
             match (last_ok, next_ok, next.is_some()) {
                 (true, true, _) => yes(format!("time {t} reached: {what}")),
                 (true, false, false) => no(format!(
@@ -323,6 +358,28 @@ rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/030001C8,
         assert!(
             judge_wal(&Target::Latest, None, false, Lsn(0x30001C8 + 34), None, Lsn(0x3000200), &r).reached
         );
+    }
+
+    #[test]
+    fn a_time_is_not_confirmed_where_the_servers_clock_went_back() {
+        // The DROP at 18:56 committed with the clock set back a day, then the clock put right:
+        // recovery to 18:55:30 applies it (its stamp is earlier) and stops before the next
+        // commit — last replayed end before the time, the next after it, as the check wants.
+        let dump = "\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000138, prev 0/03000100, desc: COMMIT 2026-12-03 18:55:00.000000 UTC
+rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/03000160, prev 0/03000138, desc: COMMIT 2026-12-02 18:56:00.000000 UTC
+rmgr: Transaction len (rec/tot):     34/    34, tx:        737, lsn: 0/03000188, prev 0/03000160, desc: COMMIT 2026-12-03 18:56:05.000000 UTC
+";
+        let r = parse_waldump(dump);
+        let time = Target::Time("2026-12-03T18:55:30Z".parse().unwrap());
+        let o = judge_wal(&time, None, false, Lsn(0x3000188), r[1].xact_time_us(), Lsn(0x4000000), &r);
+        assert!(!o.reached, "{o:?}");
+        assert!(o.detail.contains("0/3000160") && o.detail.contains("lied"), "{}", o.detail);
+        // Stamps a few seconds out of order (commits racing for the WAL) are not a lie.
+        let honest = dump.replace("2026-12-02 18:56:00", "2026-12-03 18:54:58");
+        let r = parse_waldump(&honest);
+        let o = judge_wal(&time, None, false, Lsn(0x3000188), r[1].xact_time_us(), Lsn(0x4000000), &r);
+        assert!(o.reached, "{o:?}");
     }
 
     #[test]

@@ -415,6 +415,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str, u64, u64) + Sync)) -> 
     };
     let opts = &opts;
     let plan = plan::plan_near(&inventory, &opts.target, opts.backup.as_deref(), opts.near)?;
+    // A time goes by the server's commit stamps: refused where the vault saw its clock lie.
+    if matches!(opts.target, Target::Time(_)) {
+        plan::check_time_target(&plan, &client.incidents(&opts.cluster).await?)?;
+    }
     tracing::info!(
         cluster = %opts.cluster, backup = %plan.backup.backup.id, segments = plan.segments.len(),
         "restoring {}", opts.target

@@ -1,7 +1,7 @@
 //! Choosing what to restore: pure, no IO, unit-tested.
 
 use pgfmt::Lsn;
-use vault_api::status::{Inventory, InventoryBackup, RestorePoint, WalRun, Window};
+use vault_api::status::{Incident, Inventory, InventoryBackup, RestorePoint, WalRun, Window};
 use vault_api::window::Interval;
 use vault_types::Timestamp;
 
@@ -96,6 +96,16 @@ pub enum PlanError {
         if known.is_empty() { "none".to_string() } else { describe_points(known) }
     )]
     RestorePointUnknown { cluster: String, name: String, known: Vec<RestorePoint> },
+    #[error(
+        "{target} cannot be restored for cluster {cluster}: the database server's clock lied in the WAL this \
+         restore would replay ({}). A time target stops at the first commit stamped later than it, and those \
+         stamps come from the server's clock: set back around a destruction, the destruction is applied; set \
+         forward, recovery stops early and leaves out rows committed before the time. Restore by position \
+         instead: --before-incident N, --lsn or --xid (`holdfast incidents --cluster {cluster}` names them), or \
+         --backup a backup taken after the lie",
+        lies.iter().map(|(n, l)| format!("server_clock incident {n} at {l}")).collect::<Vec<_>>().join(", ")
+    )]
+    ClockLied { cluster: String, target: String, lies: Vec<(usize, Lsn)> },
     #[error("the vault's inventory of cluster {0} names no WAL segment size (no WAL stored yet)")]
     NoWal(String),
     #[error(
@@ -270,6 +280,33 @@ pub fn plan_near(
     })
 }
 
+/// The kind of the vault's incident for commit times the database server's clock made up.
+pub const SERVER_CLOCK: &str = "server_clock";
+
+/// Refuses a time target whose replay would cross commit times the database server's clock
+/// made up (the vault's `server_clock` incidents, numbered as `holdfast incidents` lists them):
+/// `recovery_target_time` goes by those stamps, so from the primary's clock root on its host
+/// can make a restore "to just before 18:56" apply the 18:56 DROP (clock set back for it) or
+/// stop minutes early (one commit dated ahead) — and the self-check, reading the same stamps,
+/// would call either reached. Other targets are positions and pass.
+pub fn check_time_target(plan: &Plan, incidents: &[Incident]) -> Result<(), PlanError> {
+    if !matches!(plan.target, Target::Time(_)) {
+        return Ok(());
+    }
+    let (from, to) = (plan.backup.backup.start_lsn, plan.window.latest_lsn);
+    let lies: Vec<(usize, Lsn)> = incidents
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.kind == SERVER_CLOCK)
+        .filter_map(|(n, i)| Some((n + 1, i.lsn?)))
+        .filter(|(_, l)| from <= *l && *l <= to)
+        .collect();
+    if lies.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::ClockLied { cluster: plan.cluster.clone(), target: plan.target.to_string(), lies })
+}
+
 /// The segment files from the backup's start to `to`, following timelines upwards; a gap is
 /// an error naming the first missing segment.
 fn wal_needed(
@@ -397,6 +434,52 @@ mod tests {
             p.segments,
             ["000000010000000000000005", "000000010000000000000006", "000000010000000000000007"]
         );
+    }
+
+    #[test]
+    fn a_time_target_across_a_lying_server_clock_is_refused() {
+        let inv = inventory(vec![(SEG, 7 * SEG + 10)]);
+        let incident = |kind: &str, lsn: u64| Incident {
+            cluster: "shop".into(),
+            kind: kind.into(),
+            detected_at: Timestamp(2100),
+            message: String::new(),
+            lsn: Some(Lsn(lsn)),
+            xid: None,
+            restore_target: None,
+            first_lsn: None,
+            objects: vec![],
+        };
+        // Incident 2: the clock lied at 6 × SEG, in the WAL both backups replay to the end.
+        let incidents = vec![
+            incident("relations_dropped", 3 * SEG),
+            incident(SERVER_CLOCK, 6 * SEG),
+            incident("wal_gap", SEG),
+        ];
+        for t in [Timestamp(1500), Timestamp(2500)] {
+            let p = plan(&inv, &Target::Time(t)).unwrap();
+            let e = check_time_target(&p, &incidents).unwrap_err();
+            assert_eq!(
+                e,
+                PlanError::ClockLied {
+                    cluster: "shop".into(),
+                    target: format!("time {t}"),
+                    lies: vec![(2, Lsn(6 * SEG))]
+                }
+            );
+            assert!(
+                e.to_string().contains("server_clock incident 2 at 0/6000000")
+                    && e.to_string().contains("--lsn"),
+                "{e}"
+            );
+        }
+        // Positions are not stamps: they pass; so does a time whose replay starts after the lie.
+        for t in [Target::Lsn(Lsn(6 * SEG + 5)), Target::Xid(900), Target::Latest] {
+            assert_eq!(check_time_target(&plan(&inv, &t).unwrap(), &incidents), Ok(()), "{t}");
+        }
+        let before = vec![incident(SERVER_CLOCK, 4 * SEG)];
+        assert_eq!(check_time_target(&plan(&inv, &Target::Time(Timestamp(2500))).unwrap(), &before), Ok(()));
+        assert!(check_time_target(&plan(&inv, &Target::Time(Timestamp(1500))).unwrap(), &before).is_err());
     }
 
     #[test]

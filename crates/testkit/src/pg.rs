@@ -26,6 +26,8 @@ pub struct TempPgOptions {
     pub settings: Vec<(String, String)>,
     /// Extra `pg_hba.conf` lines, put before initdb's defaults.
     pub hba_lines: Vec<String>,
+    /// Environment of the server's processes (e.g. [`crate::clock::ShiftedClock`]'s).
+    pub env: Vec<(String, String)>,
 }
 
 impl TempPgOptions {
@@ -46,6 +48,12 @@ impl TempPgOptions {
         self.hba_lines.push(line.to_owned());
         self
     }
+
+    /// Sets an environment variable of the server (at every start).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
 }
 
 /// A running PostgreSQL cluster in a temporary directory; stopped (fast) on drop.
@@ -57,6 +65,7 @@ pub struct TempPg {
     tcp: bool,
     password: String,
     running: bool,
+    env: Vec<(String, String)>,
 }
 
 /// The directory holding `initdb`, `postgres`, `pg_ctl`, `psql`, `pg_waldump`…
@@ -179,7 +188,15 @@ impl TempPg {
         run(initdb, "initdb")?;
         std::fs::remove_file(&pwfile)?;
 
-        let pg = TempPg { root, data, port: free_port(opts.tcp)?, tcp: opts.tcp, password, running: false };
+        let pg = TempPg {
+            root,
+            data,
+            port: free_port(opts.tcp)?,
+            tcp: opts.tcp,
+            password,
+            running: false,
+            env: opts.env.clone(),
+        };
         pg.write_config(&opts)?;
         let mut pg = pg;
         pg.start_server()?;
@@ -209,7 +226,15 @@ impl TempPg {
         }
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
         let password = format!("pw-{}", std::process::id());
-        let mut pg = TempPg { root, data, port: free_port(false)?, tcp: false, password, running: false };
+        let mut pg = TempPg {
+            root,
+            data,
+            port: free_port(false)?,
+            tcp: false,
+            password,
+            running: false,
+            env: Vec::new(),
+        };
         let mut conf = String::from("\n# Written by holdfast's testkit for a restored cluster.\n");
         conf.push_str("listen_addresses = ''\n");
         conf.push_str(&pg.port_settings());
@@ -260,6 +285,7 @@ impl TempPg {
     fn start_server(&mut self) -> Result<()> {
         let mut cmd = command_as_postgres(&bin("pg_ctl")?);
         cmd.arg("-D").arg(&self.data).arg("-l").arg(self.log_path()).args(["-w", "-t", "60", "start"]);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Err(e) = run(cmd, "pg_ctl start") {
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             bail!("{e}\nserver log:\n{log}");
@@ -437,6 +463,7 @@ impl TempPg {
             tcp: primary.tcp,
             password: primary.password.clone(),
             running: false,
+            env: Vec::new(),
         };
         // The copied config names the primary's port and socket directory: override them.
         let listen = if pg.tcp { "127.0.0.1" } else { "" };

@@ -99,7 +99,8 @@ pub struct Incident {
     /// `slot_dropped`, `wal_gap`, `connection_lost`, `access_revoked`, `system_changed`,
     /// `timeline_switch`, `capture_stalled`; from the WAL: `database_dropped`, `relations_dropped`, `mass_delete`,
     /// `mass_update`, `cumulative_delete`, `column_dropped`; the detector's own blindness:
-    /// `detector_blind`, `detector_behind`, `detector_stopped`; the vault's warm standby:
+    /// `detector_blind`, `detector_behind`, `detector_stopped`; commits stamped by a database
+    /// server clock that lies: `server_clock`; the vault's warm standby:
     /// `standby_stopped`, `standby_behind`.
     pub kind: String,
     pub detected_at: Timestamp,

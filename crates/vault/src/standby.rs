@@ -131,6 +131,13 @@ struct Persisted {
     /// or an LSN target): promoting raises the feed to it and calls `pg_promote()`, no restart.
     #[serde(default)]
     promote_lsn: Option<Lsn>,
+    /// How many incidents there were when `resume` was last asked for: among those, one whose
+    /// transaction the standby has already applied (the one it was stopped before, or the same
+    /// destruction raised again as a window) is passed, not an overrun. Those it has not applied
+    /// still stop it — a decoy must not carry the standby through the destruction raised while
+    /// it was paused.
+    #[serde(default)]
+    resumed_with: Option<usize>,
 }
 
 /// What the vault's settings file tells the standby.
@@ -646,7 +653,14 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     if !p.overrun && p.paused_before_incident.is_none() {
         for (i, inc) in incidents.iter().enumerate().skip(p.incidents_seen) {
             if let Some(t) = inc.restore_target {
-                stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn).await?;
+                let passable = p.resumed_with.is_some_and(|k| i < k);
+                if !stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn, passable).await?
+                {
+                    // Known when it was resumed and already applied: passed.
+                    p.incidents_seen = i + 1;
+                    sb.save(&p)?;
+                    continue;
+                }
                 p.incidents_seen = p.incidents_seen.max(incidents.len());
                 sb.save(&p)?;
                 if p.stop_lsn.is_some() {
@@ -913,6 +927,10 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
 /// needs the standby not to hold WAL past the stop yet (the feed lags `apply_delay` behind the
 /// vault: the rule, unless the incident is learnt later than that or the transaction ran
 /// longer); otherwise the stop is a recovery target and PostgreSQL is restarted.
+///
+/// `passable`: an incident known when the standby was resumed; if it already applied the
+/// target, replay goes on and `false` is returned (nothing is stopped).
+#[allow(clippy::too_many_arguments)]
 async fn stop_before(
     sb: &Standby,
     server: &restore::pg::Server,
@@ -921,7 +939,8 @@ async fn stop_before(
     inc: &Incident,
     t: IncidentTarget,
     vault_lsn: Option<Lsn>,
-) -> Result<(), String> {
+    passable: bool,
+) -> Result<bool, String> {
     let cluster = &sb.cfg.cluster;
     tracing::warn!(cluster, incident = n, kind = %inc.kind, "stopping the warm standby short of the incident");
     // At once: replay pauses, also while it waits out the delay before a commit.
@@ -957,6 +976,18 @@ async fn stop_before(
     .await?;
     let replayed = past.as_ref().ok().map(|(_, r)| *r);
     let past = past.map(|(p, _)| p);
+    if passable && matches!(past, Ok(Some(_))) {
+        let srv = server.clone();
+        blocking(move || srv.query("SELECT pg_wal_replay_resume()"))
+            .await?
+            .map_err(|e| format!("resuming replay: {e}"))?;
+        tracing::info!(
+            cluster,
+            incident = n,
+            "the warm standby was resumed past incident {n}: not stopped for it"
+        );
+        return Ok(false);
+    }
     let (lines, label) = target_lines(t);
     p.paused_before_incident = Some(n);
     p.incidents_seen = n;
@@ -972,7 +1003,7 @@ async fn stop_before(
                 incident = n,
                 "the warm standby had already applied the incident's target"
             );
-            return Ok(());
+            return Ok(true);
         }
         Ok(None) => {}
         // Not able to tell: the target in the settings still stops it before the transaction.
@@ -1017,7 +1048,7 @@ async fn stop_before(
             Ok(())
         })
         .await??;
-        return wait_stopped(sb, server, stop).await;
+        return wait_stopped(sb, server, stop).await.map(|()| true);
     }
     match first {
         Some(first) => {
@@ -1044,7 +1075,7 @@ async fn stop_before(
         incident = n,
         "the warm standby holds WAL past the stop: restarting it at the target"
     );
-    restart(server).await
+    restart(server).await.map(|()| true)
 }
 
 /// Waits (at most 2 minutes; the loop's looks take over after that) until replay, held by
@@ -1258,12 +1289,16 @@ pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, St
         // delay, and the feed is raised again by the loop. Stopped at a recovery target, it
         // must be restarted without it.
         let held = p.stop_lsn.is_some();
+        // From the incident it was stopped before on: those raised since (while it was paused)
+        // stop it again unless it has already applied them — resuming past a decoy must not
+        // carry it through the destruction that followed.
+        p.incidents_seen = p.paused_before_incident.map_or(incidents, |n| n.min(incidents));
+        p.resumed_with = Some(incidents);
         p.paused_before_incident = None;
         p.target = None;
         p.exact = None;
         p.stop_lsn = None;
         p.promote_lsn = None;
-        p.incidents_seen = incidents;
         sb.save(&p).map_err(ActionError::Failed)?;
         // Not able to tell: restart (always right, only slower).
         let target_free = held
@@ -1282,7 +1317,8 @@ pub async fn resume(s: &Arc<Shared>, cluster: &str) -> Result<(StandbyStatus, St
         }
         inner.unreplayed.clear();
         format!(
-            "the standby of {cluster} follows the vault again, {} s behind; it stops for incidents raised from now on",
+            "the standby of {cluster} follows the vault again, {} s behind; it stops before any later incident whose \
+             transaction it has not applied, also those raised while it was paused",
             sb.cfg.apply_delay.as_secs()
         )
     } else {
