@@ -119,6 +119,9 @@ struct Snap {
     relations: Option<std::collections::HashSet<String>>,
     /// ACCESS EXCLUSIVE locks held on foreign tables, when probed.
     foreign_locks: Option<u64>,
+    /// Not read for the statement it is the before of: the previous measurement's after
+    /// (`Session::counters`).
+    stale: bool,
 }
 
 impl Snap {
@@ -141,6 +144,17 @@ impl Snap {
             self.tables.insert(oid, (get(1), n, get(3).parse().unwrap_or(0)));
         }
     }
+}
+
+/// Whether a statement the gate sends on unmeasured keeps the last measurement's counters
+/// usable as the next measured write's before (see `Session::counters`): an allowed read. What
+/// it may still change (a function the policy declares safe) is then counted against the next
+/// measured write; anything else — transaction control, DDL, LOCK, SET, DEALLOCATE, a held
+/// or refused statement — voids them.
+fn keeps_counters(st: &guard::StatementInfo) -> bool {
+    st.action == Action::Allow
+        && st.class == Class::Read
+        && matches!(st.kind.as_str(), "SELECT" | "SHOW" | "FETCH" | "EXPLAIN")
 }
 
 /// [`VERIFY_SQL`]'s row: exactly one statement under the gate's name, parsed by the gate.
@@ -176,8 +190,9 @@ fn data_row(body: &Bytes) -> Vec<Option<String>> {
 
 /// One piece of a client's Query as the gate runs it.
 enum Unit {
-    /// Sent as is; its answers go to the client.
-    Plain(String),
+    /// Sent as is; its answers go to the client. `reads`: an allowed read, which keeps the last
+    /// measurement's counters usable as the next one's before (see `Session::counters`).
+    Plain(String, bool),
     /// A write run under a savepoint and measured; `max_rows` from the guard. `probe`: a DROP …
     /// IF EXISTS or TRUNCATE, kept only if it dropped and emptied nothing that existed with
     /// data (the relations' entries before and after). `copy`: a COPY FROM STDIN, whose
@@ -372,6 +387,22 @@ pub struct Session<'a> {
     /// [`SNAPSHOT_STMT`] is prepared on the server connection, as far as the gate knows (the
     /// last measurement confirmed it, and no DEALLOCATE or DISCARD ran since).
     snap_prepared: bool,
+    /// The counters the last kept measurement read after its statement (verified, not a
+    /// probe's), while they can serve as the next measured write's counters *before*, saving
+    /// that read: within one transaction every counter the read returns only grows — rows
+    /// updated + deleted survive ROLLBACK TO SAVEPOINT and RELEASE (PostgreSQL counts attempted
+    /// changes), ACCESS EXCLUSIVE locks are released only when a subtransaction that took them
+    /// aborts —, so a stale before can only charge the next statement with more: whatever ran
+    /// unmeasured in between (an allowed read calling a function the policy declares safe)
+    /// is counted against it, never hidden. The two exceptions are seen: a TRUNCATE or DROP
+    /// resets a table's counters (the judge holds a statement whose counters went back), and
+    /// locks taken after a savepoint are released by ROLLBACK TO (no ROLLBACK TO keeps this).
+    /// Void (`None`) at anything else: a transaction's end or failure (every ReadyForQuery not
+    /// `T`, every error — the counters of earlier transactions may still be pending in the
+    /// next, and are flushed to zero once the backend is idle, so the first measured write of
+    /// a transaction always reads), every client statement but an allowed read (`SELECT`,
+    /// `SHOW`, `FETCH`, `EXPLAIN`), a held measurement (rolled back to its savepoint).
+    counters: Option<Snap>,
     /// Terminal answers still to come for the gate's own extended-protocol RELEASE of a kept
     /// measured write, sent with the client's answers instead of in a round trip of its own:
     /// swallowed before anything else is accounted (an error is the client's, as it would
@@ -461,6 +492,7 @@ impl<'a> Session<'a> {
             answers: 0,
             last_exec_portal: String::new(),
             snap_prepared: false,
+            counters: None,
             own_answers: 0,
             outcomes: Vec::new(),
             outcome_deadline: None,
@@ -825,10 +857,17 @@ impl<'a> Session<'a> {
                     let idle = self.outstanding == 0 && self.xrun.is_none() && self.own_answers == 0;
                     self.attribute(own, idle);
                     self.txn = f.body.first().copied().unwrap_or(b'I');
+                    if self.txn != b'T' {
+                        // The transaction ended or failed: the next one reads its own.
+                        self.counters = None;
+                    }
                     self.guard.ready(!self.error_since_ready, self.txn == b'I');
                     self.error_since_ready = false;
                 }
-                b'E' => self.error_since_ready = true,
+                b'E' => {
+                    self.error_since_ready = true;
+                    self.counters = None;
+                }
                 b'S' => self.server_parameter(&f).await?,
                 _ => {}
             }
@@ -1325,6 +1364,12 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        if !matches!(action, Action::RowGuard { .. }) && !d.statements.iter().all(keeps_counters) {
+            // It runs unmeasured (or fails): it may end the transaction, take or release locks,
+            // so the next measured write reads its counters before (see `counters`). A
+            // measured one takes them up itself (`run_next`, `start_xrun`).
+            self.counters = None;
+        }
         let detail = serde_json::json!({
             "sql": truncate(&sql, 16 * 1024),
             "class": d.class,
@@ -1453,7 +1498,7 @@ impl<'a> Session<'a> {
                         probe: true,
                         copy: false,
                     }),
-                    _ => units.push_back(Unit::Plain(st.text.clone())),
+                    _ => units.push_back(Unit::Plain(st.text.clone(), keeps_counters(st))),
                 }
             }
         }
@@ -1519,12 +1564,22 @@ impl<'a> Session<'a> {
                 r.units.clear();
             }
             match r.units.pop_front() {
-                Some(Unit::Plain(sql)) => self.run_send(Step::Plain, &sql),
+                Some(Unit::Plain(sql, reads)) => {
+                    if !reads {
+                        self.counters = None;
+                    }
+                    self.run_send(Step::Plain, &sql)
+                }
                 Some(Unit::Measured { sql, max_rows, probe, copy }) => {
+                    // The last measurement's counters after, if nothing voided them since: this
+                    // statement's before (a probe reads the relations' entries too: always read).
+                    let cached = self.counters.take().filter(|_| !probe);
+                    let r = self.run.as_mut().expect("run");
                     r.current = Some((sql.clone(), max_rows, probe));
                     r.copy = copy;
                     r.copy_after = copy;
-                    r.before = Snap::default();
+                    let read = cached.is_none();
+                    r.before = cached.unwrap_or_default();
                     r.after = Snap::default();
                     r.stmt_failed = false;
                     r.snap_failed = false;
@@ -1542,8 +1597,10 @@ impl<'a> Session<'a> {
                             frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
                             self.run_sync(Step::Quiet);
                         }
-                        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
-                        self.run_sync(Step::Before);
+                        if read {
+                            frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+                            self.run_sync(Step::Before);
+                        }
                         self.run_send(Step::Stmt, &sql);
                         if !copy {
                             self.run_send_after();
@@ -1658,7 +1715,7 @@ impl<'a> Session<'a> {
                 // Rolled back to the savepoint; the COPY's data is gone, so it cannot wait for
                 // a person: refused in its place, and the rest of the Query is skipped.
                 let message = copy_refused(&reasons, rows);
-                r.units.push_front(Unit::Plain(raise_sql(&message)));
+                r.units.push_front(Unit::Plain(raise_sql(&message), false));
                 let _ = self
                     .audit(
                         EventKind::Rejected,
@@ -1698,6 +1755,10 @@ impl<'a> Session<'a> {
                 let (before, after, snap_failed) =
                     (r.before.clone(), r.after.clone(), r.snap_failed || !r.verified);
                 let (over, rows) = self.judge(&before, &after, snap_failed, &sql, max_rows, probe);
+                if over.is_empty() && !probe {
+                    // The next measured write's before, unless something voids it first.
+                    self.counters = Some(Snap { stale: true, ..after });
+                }
                 let r = self.run.as_mut().expect("run");
                 r.tags.push(format!("ROWS CHANGED {rows}"));
                 if over.is_empty() {
@@ -1755,6 +1816,23 @@ impl<'a> Session<'a> {
         if snap_failed || !after.rows_seen || !before.rows_seen {
             over.push("the gate could not read what the statement changed (its counters query failed or its result was too large), so it is held".to_string());
             return (over, 0);
+        }
+        if before.stale {
+            // A stale before only ever charges more, except where a TRUNCATE or DROP reset a
+            // table's counters since it was read: then what changed cannot be told apart.
+            let back = before
+                .tables
+                .iter()
+                .filter(|(oid, (_, n, _))| after.tables.get(*oid).map(|(_, a, _)| *a).unwrap_or(0) < *n)
+                .count();
+            if back > 0
+                || after.column_changes < before.column_changes
+                || after.exclusive_locks < before.exclusive_locks
+            {
+                over.push(format!(
+                    "the transaction's row counters of {back} table(s) went back since the gate last read them (a TRUNCATE or DROP, e.g. inside a function, ran between two measured writes), so what this statement changed cannot be told, and it is held"
+                ));
+            }
         }
         if probe {
             // A DROP … IF EXISTS / TRUNCATE: kept only if every relation that existed before it
@@ -1870,7 +1948,10 @@ impl<'a> Session<'a> {
         if self.ext_pending > 0 {
             entries.push_back((XOwner::Pass, self.ext_pending));
         }
+        // The last measurement's counters after, if nothing voided them since (see `counters`).
+        let mut cached = self.counters.take();
         if state == b'I' && !self.batch_began {
+            cached = None;
             // The batch's implicit transaction becomes a block the gate ends at Sync.
             frontend::encode_own_statement(&mut self.sout, "BEGIN");
             entries.push_back((XOwner::Quiet, 5));
@@ -1882,8 +1963,10 @@ impl<'a> Session<'a> {
             frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
             entries.push_back((XOwner::Quiet, 2));
         }
-        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
-        entries.push_back((XOwner::Before, 3));
+        if cached.is_none() {
+            frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+            entries.push_back((XOwner::Before, 3));
+        }
         f.encode(&mut self.sout);
         entries.push_back((XOwner::Client, 1));
         frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
@@ -1894,7 +1977,7 @@ impl<'a> Session<'a> {
         self.xrun = Some(XRun {
             entries,
             buffered: BytesMut::new(),
-            before: Snap::default(),
+            before: cached.unwrap_or_default(),
             after: Snap::default(),
             verified: false,
             sql,
@@ -1971,6 +2054,10 @@ impl<'a> Session<'a> {
                     (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows, x.verified);
                 self.snap_prepared = verified;
                 let (over, rows) = self.judge(&before, &after, !verified, &sql, max_rows, false);
+                if over.is_empty() {
+                    // The next measured write's before, unless something voids it first.
+                    self.counters = Some(Snap { stale: true, ..after });
+                }
                 let x = self.xrun.as_mut().expect("xrun");
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);
@@ -2151,7 +2238,7 @@ impl<'a> Session<'a> {
                 if h.resume_run {
                     // The measured statement runs as approved; the rest of its Query goes on.
                     if let Some(r) = self.run.as_mut() {
-                        r.units.push_front(Unit::Plain(h.sql.clone()));
+                        r.units.push_front(Unit::Plain(h.sql.clone(), false));
                     }
                     self.run_next();
                 } else {
@@ -2202,7 +2289,7 @@ impl<'a> Session<'a> {
                     // The refusal fails in the statement's place; the rest of the Query is
                     // skipped, as after any error.
                     if let Some(r) = self.run.as_mut() {
-                        r.units.push_front(Unit::Plain(raise_sql(&message)));
+                        r.units.push_front(Unit::Plain(raise_sql(&message), false));
                     }
                     self.run_next();
                 } else {
