@@ -214,10 +214,10 @@ enum Step {
     Before,
     /// The measured statement: answers buffered until it is judged.
     Stmt,
-    /// The counters after it.
+    /// The counters after it, then [`VERIFY_SQL`] (the counters were read by the gate's own
+    /// statement) in the same Sync: the rows before the read's CommandComplete are the
+    /// counters', the one after it the check's.
     After,
-    /// [`VERIFY_SQL`]: the counters were read by the gate's own statement.
-    Verify,
 }
 
 /// Who owns the answers to a message sent during an extended-protocol measurement.
@@ -272,6 +272,9 @@ struct Run {
     /// [`VERIFY_SQL`] confirmed the counters were read by the gate's own statement (a probe,
     /// read unprepared, needs no confirmation).
     verified: bool,
+    /// The counters' read after the statement is complete (its CommandComplete came): a row
+    /// now is [`VERIFY_SQL`]'s.
+    after_read: bool,
     before: Snap,
     after: Snap,
     /// A client statement failed: nothing more of the Query runs (as on the server).
@@ -849,10 +852,7 @@ impl<'a> Session<'a> {
                     self.outstanding = self.outstanding.saturating_sub(1);
                     let own = self.swallow > 0
                         || self.run.as_ref().is_some_and(|r| {
-                            matches!(
-                                r.steps.front(),
-                                Some(Step::Quiet | Step::Before | Step::After | Step::Verify)
-                            )
+                            matches!(r.steps.front(), Some(Step::Quiet | Step::Before | Step::After))
                         });
                     let idle = self.outstanding == 0 && self.xrun.is_none() && self.own_answers == 0;
                     self.attribute(own, idle);
@@ -1513,6 +1513,7 @@ impl<'a> Session<'a> {
             stmt_failed: false,
             snap_failed: false,
             verified: false,
+            after_read: false,
             before: Snap::default(),
             after: Snap::default(),
             failed: false,
@@ -1538,11 +1539,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The counters after the measured statement, and the check that they were the gate's own.
+    /// The counters after the measured statement, and the check that they were the gate's own,
+    /// in one Sync (one ReadyForQuery, not two: if the read fails, the server skips the check,
+    /// and the measurement is not trusted either way).
     fn run_send_after(&mut self) {
         frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+        frontend::encode_own_statement(&mut self.sout, VERIFY_SQL);
+        if let Some(r) = self.run.as_mut() {
+            r.after_read = false;
+        }
         self.run_sync(Step::After);
-        self.run_send(Step::Verify, VERIFY_SQL);
     }
 
     /// Ends the extended-protocol messages just encoded with a Sync, as one step of the run.
@@ -1584,6 +1590,7 @@ impl<'a> Session<'a> {
                     r.stmt_failed = false;
                     r.snap_failed = false;
                     r.verified = probe;
+                    r.after_read = false;
                     self.run_send(Step::Quiet, SAVEPOINT);
                     if probe {
                         // Rare (setup): read unprepared.
@@ -1646,11 +1653,11 @@ impl<'a> Session<'a> {
             }
             (Step::Quiet, _) => {}
             (Step::Before, b'D') => r.before.add_row(&f.body),
+            (Step::After, b'D') if r.after_read => r.verified = verify_row(&f.body),
             (Step::After, b'D') => r.after.add_row(&f.body),
+            (Step::After, b'C') => r.after_read = true,
             (Step::Before | Step::After, b'E') => r.snap_failed = true,
             (Step::Before | Step::After, _) => {}
-            (Step::Verify, b'D') => r.verified = verify_row(&f.body),
-            (Step::Verify, _) => {}
             (Step::Stmt, b'G') if r.copy => {
                 // CopyInResponse: the client sends its data now (through `copy_from_client`).
                 f.encode(&mut self.cout);
