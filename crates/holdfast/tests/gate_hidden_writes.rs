@@ -276,3 +276,60 @@ fn copy_from_stdin_is_measured_and_a_trigger_that_deletes_cannot_empty_a_table()
     assert_eq!(orders(&g), 97, "a COPY cut short by a Query");
     assert!(errors(&c.query("SELECT 1")).is_empty());
 }
+
+/// The gate reads the transaction's counters once per measured write, not twice: the last
+/// measured write's counters *after* are the next one's *before* while nothing but allowed
+/// reads ran in between. What such a read changed unmeasured — here a function the policy
+/// declares read-only (`safe_functions`) that deletes ten orders — is then counted against the
+/// next measured write, never hidden: 1 + 10 rows is over the limit of 10, so that write is
+/// held (and refused: bob is no approver), the transaction fails, and the database, the
+/// oracle, still has every order. Both protocols; and a LOCK in between (no read) does not
+/// charge the next write with its lock.
+#[test]
+fn an_unmeasured_delete_between_two_measured_writes_is_counted_against_the_next() {
+    let g = Gate::start_with(
+        "",
+        "row_guard_max_rows = 10\nbudget_rows = 100\nsafe_functions = [\"trim_orders\"]\n",
+        false,
+    );
+    g.pg.psql(
+        "CREATE FUNCTION trim_orders() RETURNS bigint LANGUAGE sql AS
+           'WITH d AS (DELETE FROM orders WHERE id > 90 RETURNING 1) SELECT count(*) FROM d'",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Simple protocol.
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    assert!(errors(&c.query("UPDATE orders SET total = total + 1 WHERE id = 1")).is_empty());
+    let r = c.query("SELECT trim_orders()");
+    assert!(errors(&r).is_empty(), "the declared-safe function runs unmeasured: {:?}", errors(&r));
+    let r = c.query("UPDATE orders SET total = total + 1 WHERE id = 2");
+    refused(&r, "the write after an unmeasured delete (simple protocol)");
+    assert!(errors(&r).iter().any(|m| m.contains("11 rows")), "charged 1 + 10 rows: {:?}", errors(&r));
+    c.query("COMMIT");
+    assert_eq!(state(&g), before, "simple protocol");
+    // Extended protocol, one batch per statement (as pgbench -M prepared sends them).
+    let ext = |c: &mut Raw, sql: &str| c.exchange(&[parse("", sql), bind("", ""), execute(""), Msg::Sync]);
+    assert!(errors(&ext(&mut c, "BEGIN")).is_empty());
+    assert!(errors(&ext(&mut c, "UPDATE orders SET total = total + 1 WHERE id = 1")).is_empty());
+    let r = ext(&mut c, "SELECT trim_orders()");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    let r = ext(&mut c, "UPDATE orders SET total = total + 1 WHERE id = 2");
+    refused(&r, "the write after an unmeasured delete (extended protocol)");
+    assert!(errors(&r).iter().any(|m| m.contains("11 rows")), "charged 1 + 10 rows: {:?}", errors(&r));
+    ext(&mut c, "COMMIT");
+    assert_eq!(state(&g), before, "extended protocol");
+    // What voids the saved counters makes the next write read its own: a LOCK's new ACCESS
+    // EXCLUSIVE lock is not charged to it, and writes within the limits are kept.
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    assert!(errors(&c.query("UPDATE orders SET total = total + 1 WHERE id = 1")).is_empty());
+    assert!(errors(&c.query("LOCK TABLE scratch IN ACCESS EXCLUSIVE MODE")).is_empty());
+    let r = c.query("UPDATE orders SET total = total + 1 WHERE id = 2");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    let r = c.query("UPDATE orders SET total = total + 1 WHERE id = 3");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert!(errors(&c.query("COMMIT")).is_empty());
+    assert_eq!(g.count("orders"), 100);
+    assert_eq!(g.pg.psql("SELECT sum(total) - 5050 * 1.5 FROM orders").unwrap(), "3.0");
+}
