@@ -79,12 +79,15 @@ struct Held {
 const SNAPSHOT_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT c.oid::pg_catalog.int8, ('pg_catalog.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8,      c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c      WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::pg_catalog.regclass, 'pg_catalog.pg_largeobject_metadata'::pg_catalog.regclass]::pg_catalog.oid[])      AND (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -4, '', (pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_attribute'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_attribute'::pg_catalog.regclass))::pg_catalog.int8, 0";
 
 /// As [`SNAPSHOT_SQL`], plus one row (oid -2) listing every user relation (OID ≥ 16384) as
-/// `oid`, or `oid:relfilenode` when it is a table (matview, TOAST table, sequence) whose file
-/// holds at least one page. A DROP or TRUNCATE removes an entry or changes a relfilenode; a
-/// TRUNCATE of an empty table (no page) and a DROP … IF EXISTS of nothing change no entry. And
+/// `oid`, or `oid:relfilenode` when it is a table (or a TOAST table) whose file holds at least
+/// one page. A DROP or TRUNCATE removes an entry or changes a relfilenode; a TRUNCATE of an
+/// empty table (no page) and a DROP … IF EXISTS of nothing change no entry. Materialized views
+/// and sequences are listed by oid only: their files are derived or hold no rows, and a REFRESH
+/// or `ALTER SEQUENCE … RESTART` — DDL the gate measures with this read (see
+/// `StatementInfo::by_files`) — gives them new ones. And
 /// one row (oid -3): the ACCESS EXCLUSIVE locks the session holds on foreign tables (a TRUNCATE
 /// of one empties a table on another server, which no local entry shows).
-const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT c.oid::pg_catalog.int8, ('pg_catalog.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8,      c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c      WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::pg_catalog.regclass, 'pg_catalog.pg_largeobject_metadata'::pg_catalog.regclass]::pg_catalog.oid[])      AND (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m,t,S}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'      UNION ALL SELECT -4, '', (pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_attribute'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_attribute'::pg_catalog.regclass))::pg_catalog.int8, 0";
+const SNAPSHOT_PROBE_SQL: &str = "SELECT s.relid::pg_catalog.int8, (s.schemaname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) s.relname::pg_catalog.text),      (s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)::pg_catalog.int8, c.reltuples::pg_catalog.int8      FROM pg_catalog.pg_stat_xact_user_tables s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid      WHERE s.n_tup_upd OPERATOR(pg_catalog.<>) 0 OR s.n_tup_del OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT c.oid::pg_catalog.int8, ('pg_catalog.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8,      c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c      WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::pg_catalog.regclass, 'pg_catalog.pg_largeobject_metadata'::pg_catalog.regclass]::pg_catalog.oid[])      AND (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -2, COALESCE(pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||)      CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{r,t}'::pg_catalog.\"char\"[])      AND pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog.>) 0      THEN ':'::pg_catalog.text OPERATOR(pg_catalog.||) c.relfilenode::pg_catalog.text ELSE ''::pg_catalog.text END, ','), ''), 0, 0      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid      UNION ALL SELECT -3, '', pg_catalog.count(*), 0 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c      ON c.oid OPERATOR(pg_catalog.=) l.relation WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()      AND l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND c.relkind OPERATOR(pg_catalog.=) 'f'      UNION ALL SELECT -4, '', (pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_attribute'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_attribute'::pg_catalog.regclass))::pg_catalog.int8, 0";
 
 /// The name [`SNAPSHOT_SQL`] is prepared under on the server connection, once (parsed and
 /// planned once, not twice per measured write). Clients may not Parse, Bind or Close a
@@ -234,6 +237,9 @@ struct XRun {
     exec: Frame,
     phase: XPhase,
     pending_hold: Option<(Vec<String>, u64)>,
+    /// A DDL statement measured as a probe is (`StatementInfo::by_files`): read with
+    /// [`SNAPSHOT_PROBE_SQL`], judged by the relations' files instead of the locks it takes.
+    probe: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1434,7 +1440,11 @@ impl<'a> Session<'a> {
     fn start_run(&mut self, sql: String, d: &Decision, max_rows: u64) {
         let mut units = VecDeque::new();
         if d.statements.len() <= 1 {
-            let probe = d.statements.first().is_some_and(|st| st.probe && st.action == Action::Approve);
+            // A probe (DROP … IF EXISTS, TRUNCATE) or DDL: judged by the relations' files.
+            let probe = d
+                .statements
+                .first()
+                .is_some_and(|st| (st.probe && st.action == Action::Approve) || st.by_files);
             // (A COPY in a string with other statements is held whole: see `statement`.)
             let copy = d.statements.first().is_some_and(|st| st.kind == "COPY");
             units.push_back(Unit::Measured { sql: sql.clone(), max_rows, probe, copy });
@@ -1444,7 +1454,7 @@ impl<'a> Session<'a> {
                     Action::RowGuard { max_rows } => units.push_back(Unit::Measured {
                         sql: st.text.clone(),
                         max_rows,
-                        probe: false,
+                        probe: st.by_files,
                         copy: false,
                     }),
                     Action::Approve if st.probe => units.push_back(Unit::Measured {
@@ -1764,7 +1774,7 @@ impl<'a> Session<'a> {
                     let gone = b.iter().filter(|e| !a.contains(*e)).count();
                     if gone > 0 {
                         over.push(format!(
-                            "it dropped or emptied {gone} existing relation(s) (tables with data, or any relation it dropped)"
+                            "it dropped or emptied {gone} existing relation(s) (tables with data, or any relation it dropped; a table rewritten — CLUSTER, ALTER TABLE … SET LOGGED — has a new file too and looks the same)"
                         ));
                     }
                 }
@@ -1878,18 +1888,30 @@ impl<'a> Session<'a> {
         }
         frontend::encode_own_statement(&mut self.sout, SAVEPOINT);
         entries.push_back((XOwner::Quiet, 5));
-        if !self.snap_prepared {
-            frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
-            entries.push_back((XOwner::Quiet, 2));
+        // DDL (rare): its relations' files read by the gate's own statement, parsed in this
+        // flight under the gate's reserved name, so nothing of the client's can stand in for it.
+        let probe = d.statements.iter().any(|st| st.by_files);
+        if probe {
+            frontend::encode_own_statement(&mut self.sout, SNAPSHOT_PROBE_SQL);
+            entries.push_back((XOwner::Before, 5));
+            f.encode(&mut self.sout);
+            entries.push_back((XOwner::Client, 1));
+            frontend::encode_own_statement(&mut self.sout, SNAPSHOT_PROBE_SQL);
+            entries.push_back((XOwner::After, 5));
+        } else {
+            if !self.snap_prepared {
+                frontend::encode_own_prepare(&mut self.sout, SNAPSHOT_STMT, SNAPSHOT_SQL);
+                entries.push_back((XOwner::Quiet, 2));
+            }
+            frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+            entries.push_back((XOwner::Before, 3));
+            f.encode(&mut self.sout);
+            entries.push_back((XOwner::Client, 1));
+            frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
+            entries.push_back((XOwner::After, 3));
+            frontend::encode_own_statement(&mut self.sout, VERIFY_SQL);
+            entries.push_back((XOwner::Verify, 5));
         }
-        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
-        entries.push_back((XOwner::Before, 3));
-        f.encode(&mut self.sout);
-        entries.push_back((XOwner::Client, 1));
-        frontend::encode_own_execute(&mut self.sout, SNAPSHOT_STMT);
-        entries.push_back((XOwner::After, 3));
-        frontend::encode_own_statement(&mut self.sout, VERIFY_SQL);
-        entries.push_back((XOwner::Verify, 5));
         frontend::encode_flush(&mut self.sout);
         self.xrun = Some(XRun {
             entries,
@@ -1903,6 +1925,7 @@ impl<'a> Session<'a> {
             exec: f,
             phase: XPhase::Measuring,
             pending_hold: None,
+            probe,
         });
         self.flush_server().await
     }
@@ -1967,10 +1990,12 @@ impl<'a> Session<'a> {
         let x = self.xrun.as_mut().expect("xrun");
         match x.phase {
             XPhase::Measuring => {
-                let (before, after, sql, max_rows, verified) =
-                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows, x.verified);
-                self.snap_prepared = verified;
-                let (over, rows) = self.judge(&before, &after, !verified, &sql, max_rows, false);
+                let (before, after, sql, max_rows, verified, probe) =
+                    (x.before.clone(), x.after.clone(), x.sql.clone(), x.max_rows, x.verified, x.probe);
+                if !probe {
+                    self.snap_prepared = verified;
+                }
+                let (over, rows) = self.judge(&before, &after, !(verified || probe), &sql, max_rows, probe);
                 let x = self.xrun.as_mut().expect("xrun");
                 if over.is_empty() {
                     let buf = std::mem::take(&mut x.buffered);

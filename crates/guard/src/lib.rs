@@ -98,6 +98,12 @@ pub struct StatementInfo {
     /// DROP … IF EXISTS of relations or TRUNCATE: destroys something only if what it names
     /// exists (TRUNCATE: holds data). The gate may measure it instead of holding it.
     pub probe: bool,
+    /// A measured DDL statement (or REFRESH MATERIALIZED VIEW), action `RowGuard`: the gate
+    /// judges it as it judges a probe — by the row counters and by the relations' files (none
+    /// that existed may be gone, no table that held data may have a new file) — not by the
+    /// ACCESS EXCLUSIVE locks it takes itself. What it runs that the statement does not show
+    /// (event triggers, index expressions, a materialized view's query) is counted.
+    pub by_files: bool,
 }
 
 /// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
@@ -587,6 +593,8 @@ struct Resolved {
     row_guard: Option<String>,
     /// Run under a savepoint and measured by the database's counters.
     measure: bool,
+    /// Measured by the counters and the relations' files (DDL): see [`StatementInfo::by_files`].
+    by_files: bool,
     deny: Option<String>,
 }
 
@@ -854,6 +862,7 @@ impl Guard {
             reasons: st.reasons.clone(),
             row_guard: st.row_guard.clone(),
             measure: st.measure,
+            by_files: st.by_files,
             deny: None,
         };
         for name in &st.fetches {
@@ -963,6 +972,9 @@ impl Guard {
             r.row_guard = None;
             r.measure = false;
         }
+        if r.measure || !matches!(r.class, Class::Ddl | Class::Write) {
+            r.by_files = false;
+        }
         if unknown_calls && !r.measure && r.class < Class::Destructive {
             // A function that may change rows, run where the gate does not count what changed
             // (EXPLAIN ANALYZE, CREATE TABLE AS, SELECT INTO, a WITH HOLD cursor at COMMIT, a
@@ -971,6 +983,7 @@ impl Guard {
             // defaults and CHECKs filled in by ALTER TABLE or COPY.
             r.class = Class::Destructive;
             r.row_guard = None;
+            r.by_files = false;
             r.reasons.push(format!(
                 "{} runs or plants a call of a function the guard does not know where the gate cannot count the rows it changes; call it in a plain SELECT or CALL, where it is measured",
                 st.kind
@@ -996,7 +1009,7 @@ impl Guard {
                 reasons_here
                     .push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
             }
-            let a = match (&r.deny, rule, r.measure || r.row_guard.is_some()) {
+            let a = match (&r.deny, rule, r.measure || r.row_guard.is_some() || r.by_files) {
                 (Some(why), _, _) => {
                     reasons_here.push(why.clone());
                     Action::Deny
@@ -1027,6 +1040,7 @@ impl Guard {
                 *m = (*m).min(*n);
             }
             reasons.extend(reasons_here.iter().cloned());
+            let by_files = r.by_files && matches!(a, Action::RowGuard { .. });
             out.push(StatementInfo {
                 kind: st.kind.clone(),
                 text: st.text.clone(),
@@ -1035,6 +1049,7 @@ impl Guard {
                 reasons: reasons_here,
                 objects: st.objects.clone(),
                 probe: st.probe,
+                by_files,
             });
         }
         if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {

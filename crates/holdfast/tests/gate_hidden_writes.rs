@@ -276,3 +276,119 @@ fn copy_from_stdin_is_measured_and_a_trigger_that_deletes_cannot_empty_a_table()
     assert_eq!(orders(&g), 97, "a COPY cut short by a Query");
     assert!(errors(&c.query("SELECT 1")).is_empty());
 }
+
+/// Maintenance and DDL run code that already exists, which the statement itself does not show:
+/// ANALYZE, VACUUM (ANALYZE or FULL), REINDEX and CLUSTER evaluate a table's index expressions
+/// and its extended statistics' expressions, REFRESH MATERIALIZED VIEW runs the view's query,
+/// and every DDL statement runs the database's event triggers. Here each of those is the
+/// application owner's (made before the gate): a function declared IMMUTABLE that calls a
+/// VOLATILE one that deletes every order — PostgreSQL forbids writes in the non-volatile
+/// function's own statements, not in a volatile function it calls. Each statement below
+/// emptied `orders` through the gate, unmeasured (found by playing them against it); now what
+/// can run inside a transaction block is measured (DDL by the relations' files as well as by
+/// the counters, since it takes ACCESS EXCLUSIVE locks itself), and what cannot (VACUUM with
+/// ANALYZE or FULL, CREATE INDEX CONCURRENTLY, a CLUSTER of every table) is held.
+#[test]
+fn maintenance_and_ddl_that_run_the_applications_code_are_measured_or_held() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    // Owned by gate_app where PostgreSQL needs the owner (ANALYZE, REINDEX, CLUSTER, REFRESH),
+    // as an application's role owns its tables. Making the index runs the code once: refilled.
+    g.pg.psql(&format!(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_tidy ON ledger ((tidy(x)));
+         CREATE TABLE notes (x int); INSERT INTO notes SELECT generate_series(1, 10);
+         CREATE STATISTICS notes_tidy ON (tidy(x)) FROM notes;
+         CREATE MATERIALIZED VIEW totals AS SELECT tidy(1) AS n WITH NO DATA;
+         CREATE MATERIALIZED VIEW plain_totals AS SELECT count(*) AS n FROM scratch;
+         ALTER TABLE ledger OWNER TO gate_app; ALTER TABLE notes OWNER TO gate_app;
+         ALTER MATERIALIZED VIEW totals OWNER TO gate_app; ALTER MATERIALIZED VIEW plain_totals OWNER TO gate_app;
+         {REFILL};"
+    ))
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Every attack is tried; what got through is listed (and the orders put back), so a failure
+    // names them all.
+    let mut through = Vec::new();
+    let mut attempt = |c: &mut Raw, what: &str, r: Vec<Reply>| {
+        if state(&g) != before {
+            through.push(format!("{what}: {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else if !errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")) {
+            through.push(format!("{what}: not held, errors {:?}", errors(&r)));
+        }
+        c.query("ROLLBACK");
+    };
+    for sql in [
+        "ANALYZE ledger",
+        "ANALYZE",
+        "ANALYZE notes",
+        "VACUUM (ANALYZE) ledger",
+        "VACUUM ANALYZE notes",
+        "VACUUM FULL ledger",
+        "REINDEX TABLE ledger",
+        "REINDEX INDEX ledger_tidy",
+        "REINDEX TABLE CONCURRENTLY ledger",
+        "CLUSTER ledger USING ledger_tidy",
+        "CLUSTER",
+        "REFRESH MATERIALIZED VIEW totals",
+    ] {
+        let r = c.query(sql);
+        attempt(&mut c, sql, r);
+    }
+    // The same through the extended protocol.
+    let r = c.exchange(&[parse("", "ANALYZE ledger"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "ANALYZE ledger (extended)", r);
+    let r = c.exchange(&[parse("", "REINDEX TABLE ledger"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "REINDEX TABLE ledger (extended)", r);
+    // What runs none of the application's code still runs, measured: maintenance of a table
+    // without expressions, plain DDL, a refresh of a view over built-ins; a VACUUM without
+    // ANALYZE or FULL evaluates no expression and is not measured.
+    for sql in [
+        "ANALYZE scratch",
+        "VACUUM scratch",
+        "VACUUM ledger",
+        "CREATE INDEX scratch_id ON scratch (id)",
+        "REINDEX TABLE scratch",
+        "ALTER TABLE scratch ADD COLUMN note text",
+        "CREATE TABLE fresh (id int PRIMARY KEY)",
+        "COMMENT ON TABLE fresh IS 'made through the gate'",
+        "REFRESH MATERIALIZED VIEW plain_totals",
+        "ALTER SEQUENCE IF EXISTS no_such_seq RESTART",
+    ] {
+        let r = c.query(sql);
+        assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
+    }
+    let r =
+        c.exchange(&[parse("", "CREATE INDEX fresh_id ON fresh (id)"), bind("", ""), execute(""), Msg::Sync]);
+    assert!(errors(&r).is_empty(), "CREATE INDEX (extended): {:?}", errors(&r));
+    assert_eq!(state(&g), before);
+    // An event trigger (a superuser's, made before the gate) that empties orders after any DDL:
+    // every DDL statement through the gate now destroys 100 orders.
+    g.pg.psql(
+        "CREATE FUNCTION wipe() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; END$$;
+         CREATE EVENT TRIGGER wipe ON ddl_command_end EXECUTE FUNCTION wipe();",
+    )
+    .unwrap();
+    assert_eq!(state(&g), before);
+    for sql in [
+        "CREATE TABLE t9 (id int)",
+        "COMMENT ON TABLE scratch IS 'x'",
+        "CREATE INDEX scratch_id2 ON scratch (id)",
+        "CREATE INDEX CONCURRENTLY scratch_id3 ON scratch (id)",
+        "ALTER TABLE scratch ADD COLUMN n2 int",
+        "CREATE VIEW v9 AS SELECT 1 AS one",
+        "BEGIN; CREATE TABLE t10 (id int); COMMIT",
+    ] {
+        let r = c.query(sql);
+        attempt(&mut c, sql, r);
+    }
+    let r = c.exchange(&[parse("", "CREATE TABLE t11 (id int)"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "CREATE TABLE (extended)", r);
+    assert!(through.is_empty(), "ran unmeasured and destroyed orders, or was not held: {through:#?}");
+    assert_eq!(state(&g), before);
+}
