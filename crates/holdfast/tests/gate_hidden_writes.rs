@@ -392,3 +392,39 @@ fn maintenance_and_ddl_that_run_the_applications_code_are_measured_or_held() {
     assert!(through.is_empty(), "ran unmeasured and destroyed orders, or was not held: {through:#?}");
     assert_eq!(state(&g), before);
 }
+
+/// A deferred constraint trigger of the application's (made before the gate) runs at COMMIT —
+/// the client's, or the gate's own right after it measured a write outside a transaction —
+/// where nothing is measured: one row inserted into `inbox` emptied `orders` through the gate
+/// (found by playing it). The gate now counts, with the same counters read, the rows changed in
+/// tables that have a deferrable trigger of a user's, and holds a write that changes any: what
+/// it queued would run unmeasured.
+#[test]
+fn a_write_that_queues_a_deferred_trigger_is_held() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE TABLE inbox (id int); GRANT ALL ON inbox TO gate_app;
+         CREATE FUNCTION inbox_fn() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN NULL; END$$;
+         CREATE CONSTRAINT TRIGGER inbox_later AFTER INSERT ON inbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION inbox_fn();",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("INSERT INTO inbox VALUES (1)"), "an insert outside a transaction");
+    assert_eq!(state(&g), before, "the gate's own COMMIT");
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    refused(&c.query("INSERT INTO inbox VALUES (2)"), "an insert inside a transaction");
+    c.query("ROLLBACK");
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    assert!(errors(&c.query("INSERT INTO scratch VALUES (21)")).is_empty());
+    refused(&c.query("INSERT INTO inbox VALUES (3)"), "a second write of the transaction");
+    c.query("ROLLBACK");
+    let r = c.exchange(&[parse("", "INSERT INTO inbox VALUES (4)"), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "an insert through the extended protocol");
+    assert_eq!(state(&g), before);
+    assert_eq!(g.count("inbox"), 0);
+    // Tables without such a trigger are written as before.
+    assert!(errors(&c.query("INSERT INTO scratch VALUES (22)")).is_empty());
+    assert!(errors(&c.query("DELETE FROM scratch WHERE id = 22")).is_empty());
+    assert_eq!(state(&g), before);
+}
