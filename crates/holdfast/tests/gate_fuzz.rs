@@ -1,7 +1,8 @@
 //! The adversarial differential test the project owns: random sequences of frontend messages —
 //! Queries with several statements, Parse/Bind/Describe/Execute/Close/Sync/Flush with names
 //! reused, FETCH/MOVE, DECLARE, PREPARE/EXECUTE, savepoints, ROLLBACK and COMMIT mid-string,
-//! errors mid-pipeline, pipelined batches — mixing reads, writes and destruction, sent through
+//! errors mid-pipeline, pipelined batches, DDL and maintenance that run the application's code
+//! (an event trigger, an expression index) — mixing reads, writes and destruction, sent through
 //! the real gate (example-like policy, nobody to approve) to a shop-like database.
 //!
 //! The oracle is the database itself, read directly after each sequence: every table still
@@ -38,8 +39,8 @@ GRANT ALL ON customers, orders, cards TO gate_app;
 const RESET: &str = "
 TRUNCATE customers, orders, cards;
 INSERT INTO customers SELECT g, g % 5, g FROM generate_series(1, 150) g;
-INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
 INSERT INTO cards SELECT g, g, 100 FROM generate_series(1, 150) g;
+INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
 ";
 
 const TABLES: &[&str] = &["customers", "orders", "cards"];
@@ -106,6 +107,18 @@ fn statement(r: &mut Rng) -> String {
         "SELECT 1/0",
         "SELECT * FROM no_such_table",
     ];
+    // DDL and maintenance, measured by the gate (the schema's event trigger deletes 100 orders
+    // after any DDL, so each must be held; ANALYZE runs `cards`' expression index, which does too).
+    const DDL: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS extra (id int)",
+        "COMMENT ON TABLE orders IS 'fuzz'",
+        "CREATE INDEX IF NOT EXISTS orders_total ON orders (total)",
+        "ANALYZE cards",
+        "ANALYZE customers",
+        "REINDEX TABLE customers",
+        "VACUUM ANALYZE cards",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS customers_points ON customers (points)",
+    ];
     const CURSORS: &[&str] = &[
         "DECLARE c CURSOR FOR SELECT id FROM orders",
         "DECLARE c CURSOR WITH HOLD FOR SELECT id FROM cards",
@@ -131,7 +144,13 @@ fn statement(r: &mut Rng) -> String {
         2 | 3 => SMALL,
         4 | 5 => BIG_WRITES,
         6 => DESTROY,
-        7 => CONTROL,
+        7 => {
+            if r.below(2) == 0 {
+                DDL
+            } else {
+                CONTROL
+            }
+        }
         _ => CURSORS,
     };
     let k = 1 + r.below(40);
@@ -241,6 +260,18 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
     g.pg.psql("ALTER TABLE cards RENAME TO cards_gone").unwrap();
     assert_eq!(changed(&before, &contents(&g), "cards"), None);
     g.pg.psql("ALTER TABLE cards_gone RENAME TO cards").unwrap();
+    // Code of the application's that DDL and ANALYZE run (see `DDL`), made before the gate:
+    // an expression index over an IMMUTABLE function that calls a deleting one (on `cards`,
+    // gate_app's, so that its ANALYZE runs it; RESET fills `cards` before `orders`), and an
+    // event trigger.
+    g.pg.psql(
+        "CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(200); RETURN $1; END$$;
+         CREATE INDEX cards_tidy ON cards ((tidy(id)));
+         ALTER TABLE cards OWNER TO gate_app;
+         CREATE FUNCTION wipe() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN PERFORM purge(200); END$$;
+         CREATE EVENT TRIGGER wipe ON ddl_command_end EXECUTE FUNCTION wipe();",
+    )
+    .unwrap();
     let mut statements_sent = 0u64;
     let mut rows_changed = 0u64;
     let first: u64 = std::env::var("HOLDFAST_GATE_FUZZ_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
