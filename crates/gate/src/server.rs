@@ -467,9 +467,18 @@ async fn connection(
         ))
         .await;
     let params = upstream.params.clone();
-    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify, holding)
+    let mut upstream_io = upstream.io;
+    let shadowed = match builtins_shadowed(&mut upstream_io).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(person = %person.name, error = %e, "the database connection failed at the gate's catalog read");
+            true
+        }
+    };
+    let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
+        .with_builtins_shadowed(shadowed)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -537,6 +546,68 @@ async fn scram_login(
         Err(crate::scram::ScramError::WrongPassword) => Ok(false),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Whether the session's database holds, outside pg_catalog, a function or operator named like
+/// one the guard takes for a built-in when written without a schema ([`guard::builtin_names`]):
+/// PostgreSQL picks such an overload over the built-in when its argument types match better
+/// (`SELECT lower(5)` runs `public.lower(int)`, `WHERE id = 'a'::text` an `=(int, text)`), so
+/// the guard must count unqualified built-ins as unknown functions. One with the argument types
+/// of a pg_catalog one of its name never wins while pg_catalog comes first in search_path (a
+/// search_path that puts another schema first is the guard's own rule). One Query per server
+/// connection, before the client's first statement (an object made later reaches the sessions
+/// that connect after it). An error reads as `true` (stricter).
+async fn builtins_shadowed<S>(io: &mut S) -> Result<bool, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let sql = builtins_shadowed_sql();
+    let mut out = BytesMut::new();
+    wire::frontend::encode_query(&mut out, &sql);
+    io.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    let mut answer = None;
+    let read = async {
+        loop {
+            while let Some(f) = wire::decode_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
+                match f.tag {
+                    // DataRow: one column, `t` or `f`.
+                    b'D' => answer = Some(f.body.get(6..).is_some_and(|v| v == b"f")),
+                    b'E' => answer = Some(false),
+                    b'Z' => return Ok::<_, String>(()),
+                    _ => {}
+                }
+            }
+            if io.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the database closed the connection".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| "timed out".to_string())??;
+    // `answer` holds whether it is safe (a false EXISTS); anything else is stricter.
+    Ok(!answer.unwrap_or(false))
+}
+
+/// The catalog read of [`builtins_shadowed`]: one boolean.
+pub fn builtins_shadowed_sql() -> String {
+    let (safe, writes, operators) = guard::builtin_names();
+    let array = |names: &mut dyn Iterator<Item = &&str>| {
+        let quoted: Vec<String> = names
+            .map(|n| format!("\"{}\"", n.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "''")))
+            .collect();
+        format!("'{{{}}}'::pg_catalog.name[]", quoted.join(","))
+    };
+    format!(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+         AND p.proname OPERATOR(pg_catalog.=) ANY ({}) AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc b \
+         WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace AND b.proname OPERATOR(pg_catalog.=) p.proname \
+         AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes)) OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
+         WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
+         AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
+         AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright))",
+        array(&mut safe.iter().chain(writes.iter())),
+        array(&mut operators.iter()),
+    )
 }
 
 async fn read_frame(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> Result<wire::Frame, String> {

@@ -733,6 +733,15 @@ impl<'a> Session<'a> {
 
     /// Settings the client's `options` startup parameter set (already allowed by the guard):
     /// the session's guard view starts as if they were SET (search_path, lexing).
+    /// The session's database holds a function or operator named like a built-in outside
+    /// pg_catalog (see `server::builtins_shadowed`).
+    pub fn with_builtins_shadowed(mut self, shadowed: bool) -> Self {
+        if shadowed {
+            self.guard.set_builtins_shadowed();
+        }
+        self
+    }
+
     pub fn with_startup_settings(mut self, settings: &[(String, String)]) -> Self {
         for (k, v) in settings {
             let _ = self.shared.guard.check_query(&mut self.guard, &crate::server::set_sql(k, v));

@@ -1018,7 +1018,10 @@ impl Walker<'_> {
             "FuncCall" => self.func_call(body, ctx),
             "AExpr" => {
                 let op = names(list(body, "name"));
-                if !builtin_operator(&op) {
+                if builtin_operator(&op) {
+                    // Another schema's operator of the same name may match the operands better.
+                    self.unqualified_builtins |= op.len() < 2;
+                } else {
                     self.unknown_calls |= ctx.executed;
                     self.raise(
                         self.policy.unknown_functions.class(),

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use classify::{Analysis, Effect, StmtAnalysis};
+pub use functions::builtin_names;
 pub use policy::{ClassRules, KindRule, Policy, PolicyError, Rule, UnknownFunctions};
 
 /// What a statement can do, from least to most dangerous.
@@ -229,6 +230,9 @@ pub struct Session {
     /// ReadyForQuery messages seen so far ([`Session::ready`]).
     answered: u64,
     search_path_tampered: bool,
+    /// The database holds, outside pg_catalog, a function or operator named like a built-in
+    /// the guard takes for safe ([`builtin_names`]).
+    builtins_shadowed: bool,
     lexing: Lexing,
 }
 
@@ -411,6 +415,14 @@ impl Session {
     /// unqualified calls to built-in functions count as unknown functions).
     pub fn search_path_tampered(&self) -> bool {
         self.search_path_tampered
+    }
+
+    /// The gate found in the session's database a function or operator outside pg_catalog
+    /// named like a built-in the guard takes for safe ([`builtin_names`]): PostgreSQL may pick it
+    /// over the built-in by its argument types (`lower(5)` runs `public.lower(int)`), so from now
+    /// on unqualified calls of built-ins count as unknown functions (measured in a SELECT).
+    pub fn set_builtins_shadowed(&mut self) {
+        self.builtins_shadowed = true;
     }
 
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
@@ -913,7 +925,7 @@ impl Guard {
         }
         // Calls that may change rows and that the gate must therefore measure.
         let mut unknown_calls = st.unknown_calls;
-        if session.search_path_tampered && st.unqualified_builtins {
+        if (session.search_path_tampered || session.builtins_shadowed) && st.unqualified_builtins {
             let c = self.policy.unknown_functions.class();
             unknown_calls = true;
             if c > r.class {
@@ -923,9 +935,11 @@ impl Guard {
             if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
                 r.measure = true;
             }
-            r.reasons.push(
-                "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into(),
-            );
+            r.reasons.push(if session.search_path_tampered {
+                "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into()
+            } else {
+                "calls built-in functions or operators by unqualified name, and the database holds a function or operator of such a name outside pg_catalog: PostgreSQL may pick it by its argument types".into()
+            });
         }
         for (name, direct) in &st.executes {
             if depth >= MAX_EXECUTE_DEPTH {

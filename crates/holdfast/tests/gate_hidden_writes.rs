@@ -428,3 +428,32 @@ fn a_write_that_queues_a_deferred_trigger_is_held() {
     assert!(errors(&c.query("DELETE FROM scratch WHERE id = 22")).is_empty());
     assert_eq!(state(&g), before);
 }
+
+/// PostgreSQL picks an overload of a built-in's name in another schema when its argument types
+/// match better: `lower(5)` runs the application's `public.lower(int)`, `id = 'a'::text` its
+/// `= (int, text)` operator — and the guard took both for built-ins, so the SELECTs ran as plain
+/// reads, unmeasured, and emptied `orders` (found by playing them). The gate now reads once per
+/// server connection whether the database holds such a name outside pg_catalog; if so, the
+/// session's unqualified built-ins count as unknown functions: the SELECT is measured.
+#[test]
+fn overloads_of_built_in_names_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION eq_purge(int, text) RETURNS bool LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN true; END$$;
+         CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = eq_purge);",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("SELECT lower(5)"), "lower(5) resolving to public.lower(int)");
+    assert_eq!(state(&g), before, "lower(5)");
+    refused(&c.query("SELECT count(*) FROM orders WHERE id = 'a'::text"), "= (int, text)");
+    assert_eq!(state(&g), before, "= (int, text)");
+    let r = c.exchange(&[parse("", "SELECT lower(7)"), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "lower(7) through the extended protocol");
+    // The built-ins themselves still run (measured: nothing changes).
+    let r = c.query("SELECT lower('ABC'), count(*) FROM orders WHERE id = 3");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+}
