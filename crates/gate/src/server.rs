@@ -468,17 +468,17 @@ async fn connection(
         .await;
     let params = upstream.params.clone();
     let mut upstream_io = upstream.io;
-    let shadowed = match builtins_shadowed(&mut upstream_io).await {
+    let (shadowed, domains) = match builtins_shadowed(&mut upstream_io).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(person = %person.name, error = %e, "the database connection failed at the gate's catalog read");
-            true
+            (true, Vec::new())
         }
     };
     let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
-        .with_builtins_shadowed(shadowed)
+        .with_builtins_shadowed(shadowed, domains)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -557,7 +557,7 @@ async fn scram_login(
 /// search_path that puts another schema first is the guard's own rule). One Query per server
 /// connection, before the client's first statement (an object made later reaches the sessions
 /// that connect after it). An error reads as `true` (stricter).
-async fn builtins_shadowed<S>(io: &mut S) -> Result<bool, String>
+async fn builtins_shadowed<S>(io: &mut S) -> Result<(bool, Vec<String>), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
@@ -567,12 +567,20 @@ where
     io.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::new();
     let mut answer = None;
+    let mut domains = Vec::new();
     let read = async {
         loop {
             while let Some(f) = wire::decode_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
                 match f.tag {
-                    // DataRow: one column, `t` or `f`.
-                    b'D' => answer = Some(f.body.get(6..).is_some_and(|v| v == b"f")),
+                    // DataRow: `t` or `f`, then the domains' names.
+                    b'D' => {
+                        let cols = data_row_text(&f.body);
+                        answer = Some(cols.first().is_some_and(|v| v == "f"));
+                        domains = cols
+                            .get(1)
+                            .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+                            .unwrap_or_default();
+                    }
                     b'E' => answer = Some(false),
                     b'Z' => return Ok::<_, String>(()),
                     _ => {}
@@ -585,10 +593,33 @@ where
     };
     tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| "timed out".to_string())??;
     // `answer` holds whether it is safe (a false EXISTS); anything else is stricter.
-    Ok(!answer.unwrap_or(false))
+    Ok((!answer.unwrap_or(false), domains))
 }
 
-/// The catalog read of [`builtins_shadowed`]: one boolean.
+/// The text columns of a DataRow (NULL as empty).
+fn data_row_text(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
+    let mut p = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(p..p + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+            break;
+        };
+        p += 4;
+        if len < 0 {
+            out.push(String::new());
+            continue;
+        }
+        let end = p + len as usize;
+        out.push(String::from_utf8_lossy(body.get(p..end).unwrap_or(&[])).into_owned());
+        p = end;
+    }
+    out
+}
+
+/// The catalog read of [`builtins_shadowed`]: one row, the boolean and the names of the
+/// domains with CHECK constraints (or over one), comma-separated — but information_schema's own
+/// (`cardinal_number`, `yes_or_no`: built-in checks).
 pub fn builtins_shadowed_sql() -> String {
     let (safe, writes, operators) = guard::builtin_names();
     let array = |names: &mut dyn Iterator<Item = &&str>| {
@@ -604,7 +635,12 @@ pub fn builtins_shadowed_sql() -> String {
          AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes)) OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
          WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
-         AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright))",
+         AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
+         (WITH RECURSIVE d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN d ON t.typbasetype OPERATOR(pg_catalog.=) d.oid \
+         WHERE t.typtype OPERATOR(pg_catalog.=) 'd') SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
+         FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
+         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace)",
         array(&mut safe.iter().chain(writes.iter())),
         array(&mut operators.iter()),
     )

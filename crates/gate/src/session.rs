@@ -735,10 +735,12 @@ impl<'a> Session<'a> {
     /// the session's guard view starts as if they were SET (search_path, lexing).
     /// The session's database holds a function or operator named like a built-in outside
     /// pg_catalog (see `server::builtins_shadowed`).
-    pub fn with_builtins_shadowed(mut self, shadowed: bool) -> Self {
+    /// And the domains with CHECK constraints it holds (a cast to one runs them).
+    pub fn with_builtins_shadowed(mut self, shadowed: bool, checked_domains: Vec<String>) -> Self {
         if shadowed {
             self.guard.set_builtins_shadowed();
         }
+        self.guard.set_checked_domains(checked_domains);
         self
     }
 

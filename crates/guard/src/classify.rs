@@ -76,6 +76,10 @@ pub(crate) struct StmtAnalysis {
     /// `Guard::resolve`): anywhere else it is destructive. A cursor's query (not WITH HOLD) is
     /// not counted: it runs at FETCH, which is measured.
     pub unknown_calls: bool,
+    /// The types it casts to (the last part of each name, as written): a cast to a domain runs
+    /// the domain's CHECK constraints, which the session may know to call functions (see
+    /// `Session::set_checked_domains`).
+    pub cast_types: Vec<String>,
     /// DDL (and REFRESH MATERIALIZED VIEW) that the gate measures by the relations' files as
     /// well as the row counters — as it probes a DROP … IF EXISTS — rather than by the locks it
     /// takes: such a statement locks (and may rewrite) relations itself, and it runs code the
@@ -196,6 +200,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         copy_from: false,
         copy_freeze: false,
         unknown_calls: false,
+        cast_types: Vec::new(),
     };
     let kind = match as_node(tree) {
         Some((name, body)) => {
@@ -274,6 +279,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         effects: w.effects,
         unqualified_builtins: w.unqualified_builtins,
         unknown_calls,
+        cast_types: w.cast_types,
         by_files,
     }
 }
@@ -311,6 +317,7 @@ struct Walker<'p> {
     /// COPY … FROM STDIN WITH (FREEZE): cannot be measured, so held (see `classify`).
     copy_freeze: bool,
     unknown_calls: bool,
+    cast_types: Vec<String>,
 }
 
 /// Write kinds the gate runs under a savepoint and measures by what the database counted
@@ -733,7 +740,6 @@ const INERT: &[&str] = &[
     "TypeName",
     "ColumnRef",
     "ParamRef",
-    "TypeCast",
     "CollateClause",
     "RoleSpec",
     "AStar",
@@ -1016,6 +1022,15 @@ impl Walker<'_> {
                 }
             }
             "FuncCall" => self.func_call(body, ctx),
+            "TypeCast" => {
+                if ctx.executed
+                    && let Some(t) = names(list(field(body, "type_name"), "names")).pop()
+                    && !self.cast_types.contains(&t)
+                {
+                    self.cast_types.push(t);
+                }
+                self.visit_body(body, &[], ctx);
+            }
             "AExpr" => {
                 let op = names(list(body, "name"));
                 if builtin_operator(&op) {

@@ -233,6 +233,8 @@ pub struct Session {
     /// The database holds, outside pg_catalog, a function or operator named like a built-in
     /// the guard takes for safe ([`builtin_names`]).
     builtins_shadowed: bool,
+    /// Domains (by name) with CHECK constraints: a cast to one runs them.
+    checked_domains: std::collections::HashSet<String>,
     lexing: Lexing,
 }
 
@@ -423,6 +425,14 @@ impl Session {
     /// on unqualified calls of built-ins count as unknown functions (measured in a SELECT).
     pub fn set_builtins_shadowed(&mut self) {
         self.builtins_shadowed = true;
+    }
+
+    /// The gate found these domains (names, as PostgreSQL stores them) with CHECK constraints
+    /// in the session's database, or over such a domain: a cast to one runs its CHECK — a
+    /// function of the application's among them — so a statement casting to one counts as
+    /// calling an unknown function (a SELECT is measured).
+    pub fn set_checked_domains(&mut self, names: impl IntoIterator<Item = String>) {
+        self.checked_domains.extend(names);
     }
 
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
@@ -940,6 +950,20 @@ impl Guard {
             } else {
                 "calls built-in functions or operators by unqualified name, and the database holds a function or operator of such a name outside pg_catalog: PostgreSQL may pick it by its argument types".into()
             });
+        }
+        if let Some(t) = st.cast_types.iter().find(|t| session.checked_domains.contains(*t)) {
+            let c = self.policy.unknown_functions.class();
+            unknown_calls = true;
+            if c > r.class {
+                r.class = c;
+                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
+                r.measure = true;
+            }
+            r.reasons.push(format!(
+                "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
+            ));
         }
         for (name, direct) in &st.executes {
             if depth >= MAX_EXECUTE_DEPTH {

@@ -457,3 +457,33 @@ fn overloads_of_built_in_names_are_measured() {
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
     assert_eq!(state(&g), before);
 }
+
+/// A cast runs the CHECK constraints of the domain it casts to: `SELECT 5::checked` (a domain of
+/// the application's whose CHECK calls a function declared IMMUTABLE that calls one deleting
+/// every order) was a plain read, unmeasured, and emptied `orders` (found by playing it). The
+/// gate's catalog read at connection start now also names the domains with CHECK constraints
+/// (and those over one): a statement casting to one counts as calling an unknown function.
+#[test]
+fn casts_to_a_domain_with_checks_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE DOMAIN also_checked AS checked;
+         CREATE TYPE mood AS ENUM ('ok', 'sad');",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for sql in ["SELECT 5::checked", "SELECT CAST('7' AS also_checked)", "SELECT ARRAY[1, 2]::checked[]"] {
+        refused(&c.query(sql), sql);
+        assert_eq!(state(&g), before, "{sql}");
+    }
+    let r = c.query("DECLARE h CURSOR WITH HOLD FOR SELECT 5::checked");
+    refused(&r, "a WITH HOLD cursor over the cast");
+    // A cast to a type without CHECKs runs as before.
+    let r = c.query("SELECT 'ok'::mood, 5::int8");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+}
