@@ -736,11 +736,18 @@ impl<'a> Session<'a> {
     /// The session's database holds a function or operator named like a built-in outside
     /// pg_catalog (see `server::builtins_shadowed`).
     /// And the domains with CHECK constraints it holds (a cast to one runs them).
-    pub fn with_builtins_shadowed(mut self, shadowed: bool, checked_domains: Vec<String>) -> Self {
+    /// And the relations whose reading may run code that is not built in.
+    pub fn with_builtins_shadowed(
+        mut self,
+        shadowed: bool,
+        checked_domains: Vec<String>,
+        code_relations: Vec<String>,
+    ) -> Self {
         if shadowed {
             self.guard.set_builtins_shadowed();
         }
         self.guard.set_checked_domains(checked_domains);
+        self.guard.set_code_relations(code_relations);
         self
     }
 

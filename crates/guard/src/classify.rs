@@ -80,6 +80,10 @@ pub(crate) struct StmtAnalysis {
     /// the domain's CHECK constraints, which the session may know to call functions (see
     /// `Session::set_checked_domains`).
     pub cast_types: Vec<String>,
+    /// The relations it names (the last part of each name, as written): reading a view, or a
+    /// table with a policy or an index expression, may run code (see
+    /// `Session::set_code_relations`).
+    pub relations: Vec<String>,
     /// DDL (and REFRESH MATERIALIZED VIEW) that the gate measures by the relations' files as
     /// well as the row counters — as it probes a DROP … IF EXISTS — rather than by the locks it
     /// takes: such a statement locks (and may rewrite) relations itself, and it runs code the
@@ -201,6 +205,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         copy_freeze: false,
         unknown_calls: false,
         cast_types: Vec::new(),
+        relations: Vec::new(),
     };
     let kind = match as_node(tree) {
         Some((name, body)) => {
@@ -280,6 +285,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         unqualified_builtins: w.unqualified_builtins,
         unknown_calls,
         cast_types: w.cast_types,
+        relations: w.relations,
         by_files,
     }
 }
@@ -318,6 +324,7 @@ struct Walker<'p> {
     copy_freeze: bool,
     unknown_calls: bool,
     cast_types: Vec<String>,
+    relations: Vec<String>,
 }
 
 /// Write kinds the gate runs under a savepoint and measures by what the database counted
@@ -710,7 +717,6 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
 /// absent: the raw parser never produces them, so meeting one means something is off.
 const INERT: &[&str] = &[
     "Alias",
-    "RangeVar",
     "IntoClause",
     "JoinExpr",
     "GroupingFunc",
@@ -1022,6 +1028,13 @@ impl Walker<'_> {
                 }
             }
             "FuncCall" => self.func_call(body, ctx),
+            "RangeVar" => {
+                let rel = str_field(body, "relname");
+                if ctx.executed && !rel.is_empty() && !self.relations.iter().any(|r| r == rel) {
+                    self.relations.push(rel.to_string());
+                }
+                self.visit_body(body, &[], ctx);
+            }
             "TypeCast" => {
                 if ctx.executed
                     && let Some(t) = names(list(field(body, "type_name"), "names")).pop()

@@ -235,6 +235,8 @@ pub struct Session {
     builtins_shadowed: bool,
     /// Domains (by name) with CHECK constraints: a cast to one runs them.
     checked_domains: std::collections::HashSet<String>,
+    /// Relations (by name) whose reading may run code that is not built in.
+    code_relations: std::collections::HashSet<String>,
     lexing: Lexing,
 }
 
@@ -433,6 +435,16 @@ impl Session {
     /// calling an unknown function (a SELECT is measured).
     pub fn set_checked_domains(&mut self, names: impl IntoIterator<Item = String>) {
         self.checked_domains.extend(names);
+    }
+
+    /// The gate found these relations (names, as PostgreSQL stores them) in the session's
+    /// database whose reading may run code that is not built in: a view whose query calls a
+    /// function or operator of a user's (or reads such a relation), a table with a row-level
+    /// security policy that does, or with an index whose expression or predicate does (the
+    /// planner evaluates its constant parts when it loads the index). A statement naming one
+    /// counts as calling an unknown function: a SELECT is measured.
+    pub fn set_code_relations(&mut self, names: impl IntoIterator<Item = String>) {
+        self.code_relations.extend(names);
     }
 
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
@@ -963,6 +975,28 @@ impl Guard {
             }
             r.reasons.push(format!(
                 "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
+            ));
+        }
+        // DDL measured by the relations' files runs such code under measurement; a view made
+        // over such a relation plants it (this session does not know the new view's name); a
+        // cursor's query runs at FETCH, which is judged by the same rule.
+        let cursor = st.kind == "DECLARE CURSOR"
+            && !st.effects.iter().any(|e| matches!(e, Effect::Declare { hold: true, .. }));
+        if (!st.by_files || st.kind == "CREATE VIEW")
+            && !cursor
+            && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
+        {
+            let c = self.policy.unknown_functions.class();
+            unknown_calls = true;
+            if c > r.class {
+                r.class = c;
+                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
+                r.measure = true;
+            }
+            r.reasons.push(format!(
+                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
             ));
         }
         for (name, direct) in &st.executes {

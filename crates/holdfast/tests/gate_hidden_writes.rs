@@ -487,3 +487,41 @@ fn casts_to_a_domain_with_checks_are_measured() {
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
     assert_eq!(state(&g), before);
 }
+
+/// Reading runs code too: a view whose query calls the application's deleting function, a view
+/// over that view, and a table with an index over `x + one()` — `one()` declared IMMUTABLE and
+/// calling the deleting function, which PostgreSQL's planner evaluates when it loads the index
+/// for any statement over the table, a plain `SELECT count(*)` included. Each was a plain read
+/// through the gate and emptied `orders` (found by playing them). The gate's catalog read at
+/// connection start now names the relations whose reading may run a user's code (views whose
+/// rules depend on one, recursively; tables with such a policy or index), and a statement that
+/// names one counts as calling an unknown function: the SELECT is measured.
+#[test]
+fn reads_of_views_and_tables_that_run_code_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(&format!(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION one() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE VIEW report AS SELECT purge() AS n; CREATE VIEW report_again AS SELECT * FROM report;
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_one ON ledger ((x + one()));
+         GRANT SELECT ON report, report_again, ledger TO gate_app;
+         {REFILL};"
+    ))
+    .unwrap();
+    let before = state(&g);
+    for sql in ["SELECT * FROM report", "SELECT n FROM report_again", "SELECT count(*) FROM ledger"] {
+        // A new server connection each: the planner loads the index once per connection.
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        refused(&c.query(sql), sql);
+        assert_eq!(state(&g), before, "{sql}");
+    }
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // (Through the extended protocol the server plans at Bind, before the gate's measurement
+    // begins with the Execute: not closed yet, see README.)
+    // Plain tables are read as before.
+    let r = c.query("SELECT count(*) FROM orders");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+}
