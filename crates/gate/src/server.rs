@@ -467,9 +467,18 @@ async fn connection(
         ))
         .await;
     let params = upstream.params.clone();
-    let why = crate::session::Session::new(shared, identity, io, upstream.io, buf, notify, holding)
+    let mut upstream_io = upstream.io;
+    let (shadowed, domains, relations) = match builtins_shadowed(&mut upstream_io).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(person = %person.name, error = %e, "the database connection failed at the gate's catalog read");
+            (true, Vec::new(), Vec::new())
+        }
+    };
+    let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
+        .with_builtins_shadowed(shadowed, domains, relations)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -537,6 +546,125 @@ async fn scram_login(
         Err(crate::scram::ScramError::WrongPassword) => Ok(false),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Whether the session's database holds, outside pg_catalog, a function or operator named like
+/// one the guard takes for a built-in when written without a schema ([`guard::builtin_names`]):
+/// PostgreSQL picks such an overload over the built-in when its argument types match better
+/// (`SELECT lower(5)` runs `public.lower(int)`, `WHERE id = 'a'::text` an `=(int, text)`), so
+/// the guard must count unqualified built-ins as unknown functions. One with the argument types
+/// of a pg_catalog one of its name never wins while pg_catalog comes first in search_path (a
+/// search_path that puts another schema first is the guard's own rule). One Query per server
+/// connection, before the client's first statement (an object made later reaches the sessions
+/// that connect after it). An error reads as `true` (stricter).
+async fn builtins_shadowed<S>(io: &mut S) -> Result<(bool, Vec<String>, Vec<String>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let sql = builtins_shadowed_sql();
+    let mut out = BytesMut::new();
+    wire::frontend::encode_query(&mut out, &sql);
+    io.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    let mut answer = None;
+    let mut domains = Vec::new();
+    let mut relations = Vec::new();
+    let read = async {
+        loop {
+            while let Some(f) = wire::decode_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
+                match f.tag {
+                    // DataRow: `t` or `f`, then the domains' names.
+                    b'D' => {
+                        let cols = data_row_text(&f.body);
+                        answer = Some(cols.first().is_some_and(|v| v == "f"));
+                        let list = |i: usize| -> Vec<String> {
+                            cols.get(i)
+                                .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+                                .unwrap_or_default()
+                        };
+                        domains = list(1);
+                        relations = list(2);
+                    }
+                    b'E' => answer = Some(false),
+                    b'Z' => return Ok::<_, String>(()),
+                    _ => {}
+                }
+            }
+            if io.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the database closed the connection".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| "timed out".to_string())??;
+    // `answer` holds whether it is safe (a false EXISTS); anything else is stricter.
+    Ok((!answer.unwrap_or(false), domains, relations))
+}
+
+/// The text columns of a DataRow (NULL as empty).
+fn data_row_text(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
+    let mut p = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(p..p + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+            break;
+        };
+        p += 4;
+        if len < 0 {
+            out.push(String::new());
+            continue;
+        }
+        let end = p + len as usize;
+        out.push(String::from_utf8_lossy(body.get(p..end).unwrap_or(&[])).into_owned());
+        p = end;
+    }
+    out
+}
+
+/// The catalog read of [`builtins_shadowed`]: one row, the boolean and the names of the
+/// domains with CHECK constraints (or over one), comma-separated — but information_schema's own
+/// (`cardinal_number`, `yes_or_no`: built-in checks) —, and the names of the relations whose
+/// reading may run code that is not built in: views whose rules depend on a function or
+/// operator of a user's (OID ≥ 16384), tables with such a policy or index (expression or
+/// predicate), and views over any of those, recursively.
+pub fn builtins_shadowed_sql() -> String {
+    let (safe, writes, operators) = guard::builtin_names();
+    let array = |names: &mut dyn Iterator<Item = &&str>| {
+        let quoted: Vec<String> = names
+            .map(|n| format!("\"{}\"", n.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "''")))
+            .collect();
+        format!("'{{{}}}'::pg_catalog.name[]", quoted.join(","))
+    };
+    format!(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+         AND p.proname OPERATOR(pg_catalog.=) ANY ({}) AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc b \
+         WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace AND b.proname OPERATOR(pg_catalog.=) p.proname \
+         AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes)) OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
+         WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
+         AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
+         AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
+         (WITH RECURSIVE d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN d ON t.typbasetype OPERATOR(pg_catalog.=) d.oid \
+         WHERE t.typtype OPERATOR(pg_catalog.=) 'd') SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
+         FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
+         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace), \
+         (WITH RECURSIVE f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
+         WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
+         AND d.refobjid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid), \
+         direct AS (SELECT r.ev_class AS oid FROM f JOIN pg_catalog.pg_rewrite r ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+         AND r.oid OPERATOR(pg_catalog.=) f.objid \
+         UNION SELECT p.polrelid FROM f JOIN pg_catalog.pg_policy p ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass \
+         AND p.oid OPERATOR(pg_catalog.=) f.objid \
+         UNION SELECT i.indrelid FROM f JOIN pg_catalog.pg_index i ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+         AND i.indexrelid OPERATOR(pg_catalog.=) f.objid), \
+         t(oid) AS (SELECT oid FROM direct UNION SELECT r.ev_class FROM t JOIN pg_catalog.pg_depend d \
+         ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.=) t.oid \
+         AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+         JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid) \
+         SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid)",
+        array(&mut safe.iter().chain(writes.iter())),
+        array(&mut operators.iter()),
+    )
 }
 
 async fn read_frame(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> Result<wire::Frame, String> {

@@ -7,3 +7,6 @@ mod example_config;
 
 #[path = "wire.rs"]
 mod wire;
+
+#[path = "shadowed.rs"]
+mod shadowed;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::{
     AExprKind, AlterTableType, BoolExprType, BoolTestType, CmdType, DiscardMode, ObjectType,
-    TransactionStmtKind, VariableSetKind,
+    ReindexObjectType, TransactionStmtKind, VariableSetKind,
 };
 use serde_json::{Map, Value};
 
@@ -76,6 +76,20 @@ pub(crate) struct StmtAnalysis {
     /// `Guard::resolve`): anywhere else it is destructive. A cursor's query (not WITH HOLD) is
     /// not counted: it runs at FETCH, which is measured.
     pub unknown_calls: bool,
+    /// The types it casts to (the last part of each name, as written): a cast to a domain runs
+    /// the domain's CHECK constraints, which the session may know to call functions (see
+    /// `Session::set_checked_domains`).
+    pub cast_types: Vec<String>,
+    /// The relations it names (the last part of each name, as written): reading a view, or a
+    /// table with a policy or an index expression, may run code (see
+    /// `Session::set_code_relations`).
+    pub relations: Vec<String>,
+    /// DDL (and REFRESH MATERIALIZED VIEW) that the gate measures by the relations' files as
+    /// well as the row counters — as it probes a DROP … IF EXISTS — rather than by the locks it
+    /// takes: such a statement locks (and may rewrite) relations itself, and it runs code the
+    /// statement does not show — the database's event triggers, the expressions of the indexes
+    /// it builds, a materialized view's query. See [`by_files`].
+    pub by_files: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +204,8 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         copy_from: false,
         copy_freeze: false,
         unknown_calls: false,
+        cast_types: Vec::new(),
+        relations: Vec::new(),
     };
     let kind = match as_node(tree) {
         Some((name, body)) => {
@@ -224,7 +240,13 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
             "COPY … WITH (FREEZE) cannot be measured (it needs its table created or truncated in the current subtransaction): the table's triggers, rules and defaults would run unmeasured — load without FREEZE, or have it approved".into(),
         );
     }
+    if let Some((name, body)) = as_node(tree)
+        && let Some(why) = unmeasurable(name, body)
+    {
+        w.raise(Class::Destructive, why);
+    }
     let measure = w.class == Class::Write && MEASURED_KINDS.contains(&kind.as_str());
+    let by_files = !measure && by_files(&kind, w.class);
     let probe = match as_node(tree) {
         Some(("TruncateStmt", _)) => true,
         Some(("DropStmt", body)) => {
@@ -262,6 +284,9 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         effects: w.effects,
         unqualified_builtins: w.unqualified_builtins,
         unknown_calls,
+        cast_types: w.cast_types,
+        relations: w.relations,
+        by_files,
     }
 }
 
@@ -298,6 +323,8 @@ struct Walker<'p> {
     /// COPY … FROM STDIN WITH (FREEZE): cannot be measured, so held (see `classify`).
     copy_freeze: bool,
     unknown_calls: bool,
+    cast_types: Vec<String>,
+    relations: Vec<String>,
 }
 
 /// Write kinds the gate runs under a savepoint and measures by what the database counted
@@ -306,8 +333,75 @@ struct Walker<'p> {
 /// DISCARD TEMP, PREPARE TRANSACTION). COPY is one only as COPY FROM STDIN (a COPY TO that may
 /// write is destructive): the triggers, defaults and rules of the table it fills may change
 /// other rows, which the gate counts while the client's data streams through.
+/// ANALYZE evaluates the expressions of the table's indexes and extended statistics (the
+/// application's functions among them) and takes no ACCESS EXCLUSIVE lock: measured like DML.
 pub(crate) const MEASURED_KINDS: &[&str] =
-    &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "EXECUTE", "FETCH", "COPY"];
+    &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "EXECUTE", "FETCH", "COPY", "ANALYZE"];
+
+/// DDL kinds that cannot run inside a transaction block, where the gate measures, and that run
+/// none of the application's code (no event trigger fires for a database or a tablespace);
+/// `DISCARD ALL` resets the session. Any other DDL is measured (see [`by_files`]); what cannot
+/// run in a transaction block and may run code is held (see [`unmeasurable`]).
+const DDL_NOT_MEASURED: &[&str] = &["CREATE DATABASE", "CREATE TABLESPACE", "DISCARD"];
+
+/// Whether a statement of `kind` and `class` (that is not measured like DML) is measured by
+/// the relations' files: every DDL statement that can run inside a transaction block — each
+/// fires the database's event triggers, and CREATE INDEX, REINDEX, CLUSTER and ALTER TABLE
+/// evaluate index expressions — and REFRESH MATERIALIZED VIEW (it runs the view's query).
+/// Settings (SET, RESET) run no code.
+fn by_files(kind: &str, class: Class) -> bool {
+    match class {
+        Class::Ddl => {
+            !DDL_NOT_MEASURED.contains(&kind) && !kind.starts_with("SET") && !kind.starts_with("RESET")
+        }
+        Class::Write => kind == "REFRESH MATERIALIZED VIEW",
+        _ => false,
+    }
+}
+
+/// Why a maintenance statement can neither be measured nor let through: it cannot run inside a
+/// transaction block (the gate measures under a savepoint) and it evaluates the expressions of
+/// indexes or extended statistics — the application's functions among them — or fires event
+/// triggers. `None` for everything else.
+fn unmeasurable(name: &str, body: &Value) -> Option<String> {
+    let option_on = |list_name: &str, opt: &str| {
+        list(body, list_name).iter().any(|o| match as_node(o) {
+            Some(("DefElem", d)) => str_field(d, "defname") == opt && !option_off(field(d, "arg")),
+            _ => false,
+        })
+    };
+    const WHY: &str = "cannot run inside a transaction block, where the gate measures, and it runs code the statement does not show (the expressions of indexes and extended statistics, event triggers), which may change rows";
+    match name {
+        "VacuumStmt" if bool_field(body, "is_vacuumcmd") => {
+            let what = match (option_on("options", "full"), option_on("options", "analyze")) {
+                (true, _) => "VACUUM FULL (it rebuilds the indexes)",
+                (false, true) => "VACUUM with ANALYZE",
+                (false, false) => return None,
+            };
+            Some(format!(
+                "{what} {WHY}: run VACUUM without FULL or ANALYZE, then ANALYZE (measured), or have it approved"
+            ))
+        }
+        "IndexStmt" if bool_field(body, "concurrent") => Some(format!(
+            "CREATE INDEX CONCURRENTLY {WHY}: create it without CONCURRENTLY (measured), or have it approved"
+        )),
+        "ReindexStmt" => {
+            let whole = matches!(
+                ReindexObjectType::try_from(int_field(body, "kind")),
+                Ok(ReindexObjectType::ReindexObjectSchema
+                    | ReindexObjectType::ReindexObjectSystem
+                    | ReindexObjectType::ReindexObjectDatabase)
+            );
+            (whole || option_on("params", "concurrently")).then(|| {
+                format!("REINDEX CONCURRENTLY, or of a whole schema or database, {WHY}: reindex a table or an index without CONCURRENTLY (measured), or have it approved")
+            })
+        }
+        "ClusterStmt" if body.get("relation").is_none_or(|r| !r.is_object()) => {
+            Some(format!("CLUSTER of every table {WHY}: cluster one table (measured), or have it approved"))
+        }
+        _ => None,
+    }
+}
 
 /// `{"node": {"Name": body}}` → (Name, body).
 fn as_node(v: &Value) -> Option<(&str, &Value)> {
@@ -623,7 +717,6 @@ const FIXED: &[(&str, &str, Class, &str)] = &[
 /// absent: the raw parser never produces them, so meeting one means something is off.
 const INERT: &[&str] = &[
     "Alias",
-    "RangeVar",
     "IntoClause",
     "JoinExpr",
     "GroupingFunc",
@@ -653,7 +746,6 @@ const INERT: &[&str] = &[
     "TypeName",
     "ColumnRef",
     "ParamRef",
-    "TypeCast",
     "CollateClause",
     "RoleSpec",
     "AStar",
@@ -936,9 +1028,28 @@ impl Walker<'_> {
                 }
             }
             "FuncCall" => self.func_call(body, ctx),
+            "RangeVar" => {
+                let rel = str_field(body, "relname");
+                if ctx.executed && !rel.is_empty() && !self.relations.iter().any(|r| r == rel) {
+                    self.relations.push(rel.to_string());
+                }
+                self.visit_body(body, &[], ctx);
+            }
+            "TypeCast" => {
+                if ctx.executed
+                    && let Some(t) = names(list(field(body, "type_name"), "names")).pop()
+                    && !self.cast_types.contains(&t)
+                {
+                    self.cast_types.push(t);
+                }
+                self.visit_body(body, &[], ctx);
+            }
             "AExpr" => {
                 let op = names(list(body, "name"));
-                if !builtin_operator(&op) {
+                if builtin_operator(&op) {
+                    // Another schema's operator of the same name may match the operands better.
+                    self.unqualified_builtins |= op.len() < 2;
+                } else {
                     self.unknown_calls |= ctx.executed;
                     self.raise(
                         self.policy.unknown_functions.class(),

@@ -672,6 +672,15 @@ pub(crate) fn classify_setting(name: &str) -> (Class, Option<String>) {
     (Class::Write, Some(format!("changes {name}, a setting the guard does not know to be harmless")))
 }
 
+/// The names the guard takes for built-ins when written without a schema: the functions it
+/// knows (safe or writing) and the operators. A function or operator of one of these names in
+/// another schema — an overload with other argument types, which PostgreSQL picks over the
+/// built-in when its types match better (`lower(int)`, `= (int, text)`) — makes such calls the
+/// database's own code no longer: see `Session::set_builtins_shadowed`.
+pub fn builtin_names() -> (&'static [&'static str], &'static [&'static str], &'static [&'static str]) {
+    (SAFE, WRITES, OPERATORS)
+}
+
 /// Whether `symbol` (an operator, possibly schema-qualified in `parts`) is a built-in operator.
 pub(crate) fn builtin_operator(parts: &[String]) -> bool {
     let schema_ok = parts.len() < 2 || parts[parts.len() - 2] == "pg_catalog";

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use classify::{Analysis, Effect, StmtAnalysis};
+pub use functions::builtin_names;
 pub use policy::{ClassRules, KindRule, Policy, PolicyError, Rule, UnknownFunctions};
 
 /// What a statement can do, from least to most dangerous.
@@ -98,6 +99,12 @@ pub struct StatementInfo {
     /// DROP … IF EXISTS of relations or TRUNCATE: destroys something only if what it names
     /// exists (TRUNCATE: holds data). The gate may measure it instead of holding it.
     pub probe: bool,
+    /// A measured DDL statement (or REFRESH MATERIALIZED VIEW), action `RowGuard`: the gate
+    /// judges it as it judges a probe — by the row counters and by the relations' files (none
+    /// that existed may be gone, no table that held data may have a new file) — not by the
+    /// ACCESS EXCLUSIVE locks it takes itself. What it runs that the statement does not show
+    /// (event triggers, index expressions, a materialized view's query) is counted.
+    pub by_files: bool,
 }
 
 /// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
@@ -223,6 +230,13 @@ pub struct Session {
     /// ReadyForQuery messages seen so far ([`Session::ready`]).
     answered: u64,
     search_path_tampered: bool,
+    /// The database holds, outside pg_catalog, a function or operator named like a built-in
+    /// the guard takes for safe ([`builtin_names`]).
+    builtins_shadowed: bool,
+    /// Domains (by name) with CHECK constraints: a cast to one runs them.
+    checked_domains: std::collections::HashSet<String>,
+    /// Relations (by name) whose reading may run code that is not built in.
+    code_relations: std::collections::HashSet<String>,
     lexing: Lexing,
 }
 
@@ -407,6 +421,32 @@ impl Session {
         self.search_path_tampered
     }
 
+    /// The gate found in the session's database a function or operator outside pg_catalog
+    /// named like a built-in the guard takes for safe ([`builtin_names`]): PostgreSQL may pick it
+    /// over the built-in by its argument types (`lower(5)` runs `public.lower(int)`), so from now
+    /// on unqualified calls of built-ins count as unknown functions (measured in a SELECT).
+    pub fn set_builtins_shadowed(&mut self) {
+        self.builtins_shadowed = true;
+    }
+
+    /// The gate found these domains (names, as PostgreSQL stores them) with CHECK constraints
+    /// in the session's database, or over such a domain: a cast to one runs its CHECK — a
+    /// function of the application's among them — so a statement casting to one counts as
+    /// calling an unknown function (a SELECT is measured).
+    pub fn set_checked_domains(&mut self, names: impl IntoIterator<Item = String>) {
+        self.checked_domains.extend(names);
+    }
+
+    /// The gate found these relations (names, as PostgreSQL stores them) in the session's
+    /// database whose reading may run code that is not built in: a view whose query calls a
+    /// function or operator of a user's (or reads such a relation), a table with a row-level
+    /// security policy that does, or with an index whose expression or predicate does (the
+    /// planner evaluates its constant parts when it loads the index). A statement naming one
+    /// counts as calling an unknown function: a SELECT is measured.
+    pub fn set_code_relations(&mut self, names: impl IntoIterator<Item = String>) {
+        self.code_relations.extend(names);
+    }
+
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
         let b = self.statements.entry(name.to_string()).or_default();
         if let Some(cur) = b.current.take() {
@@ -587,6 +627,8 @@ struct Resolved {
     row_guard: Option<String>,
     /// Run under a savepoint and measured by the database's counters.
     measure: bool,
+    /// Measured by the counters and the relations' files (DDL): see [`StatementInfo::by_files`].
+    by_files: bool,
     deny: Option<String>,
 }
 
@@ -854,6 +896,7 @@ impl Guard {
             reasons: st.reasons.clone(),
             row_guard: st.row_guard.clone(),
             measure: st.measure,
+            by_files: st.by_files,
             deny: None,
         };
         for name in &st.fetches {
@@ -904,7 +947,7 @@ impl Guard {
         }
         // Calls that may change rows and that the gate must therefore measure.
         let mut unknown_calls = st.unknown_calls;
-        if session.search_path_tampered && st.unqualified_builtins {
+        if (session.search_path_tampered || session.builtins_shadowed) && st.unqualified_builtins {
             let c = self.policy.unknown_functions.class();
             unknown_calls = true;
             if c > r.class {
@@ -914,9 +957,47 @@ impl Guard {
             if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
                 r.measure = true;
             }
-            r.reasons.push(
-                "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into(),
-            );
+            r.reasons.push(if session.search_path_tampered {
+                "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into()
+            } else {
+                "calls built-in functions or operators by unqualified name, and the database holds a function or operator of such a name outside pg_catalog: PostgreSQL may pick it by its argument types".into()
+            });
+        }
+        if let Some(t) = st.cast_types.iter().find(|t| session.checked_domains.contains(*t)) {
+            let c = self.policy.unknown_functions.class();
+            unknown_calls = true;
+            if c > r.class {
+                r.class = c;
+                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
+                r.measure = true;
+            }
+            r.reasons.push(format!(
+                "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
+            ));
+        }
+        // DDL measured by the relations' files runs such code under measurement; a view made
+        // over such a relation plants it (this session does not know the new view's name); a
+        // cursor's query runs at FETCH, which is judged by the same rule.
+        let cursor = st.kind == "DECLARE CURSOR"
+            && !st.effects.iter().any(|e| matches!(e, Effect::Declare { hold: true, .. }));
+        if (!st.by_files || st.kind == "CREATE VIEW")
+            && !cursor
+            && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
+        {
+            let c = self.policy.unknown_functions.class();
+            unknown_calls = true;
+            if c > r.class {
+                r.class = c;
+                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
+            }
+            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
+                r.measure = true;
+            }
+            r.reasons.push(format!(
+                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
+            ));
         }
         for (name, direct) in &st.executes {
             if depth >= MAX_EXECUTE_DEPTH {
@@ -963,6 +1044,9 @@ impl Guard {
             r.row_guard = None;
             r.measure = false;
         }
+        if r.measure || !matches!(r.class, Class::Ddl | Class::Write) {
+            r.by_files = false;
+        }
         if unknown_calls && !r.measure && r.class < Class::Destructive {
             // A function that may change rows, run where the gate does not count what changed
             // (EXPLAIN ANALYZE, CREATE TABLE AS, SELECT INTO, a WITH HOLD cursor at COMMIT, a
@@ -971,6 +1055,7 @@ impl Guard {
             // defaults and CHECKs filled in by ALTER TABLE or COPY.
             r.class = Class::Destructive;
             r.row_guard = None;
+            r.by_files = false;
             r.reasons.push(format!(
                 "{} runs or plants a call of a function the guard does not know where the gate cannot count the rows it changes; call it in a plain SELECT or CALL, where it is measured",
                 st.kind
@@ -996,7 +1081,7 @@ impl Guard {
                 reasons_here
                     .push(format!("policy: kinds.{} = {:?}", classify::key(&st.kind), k).to_lowercase());
             }
-            let a = match (&r.deny, rule, r.measure || r.row_guard.is_some()) {
+            let a = match (&r.deny, rule, r.measure || r.row_guard.is_some() || r.by_files) {
                 (Some(why), _, _) => {
                     reasons_here.push(why.clone());
                     Action::Deny
@@ -1027,6 +1112,7 @@ impl Guard {
                 *m = (*m).min(*n);
             }
             reasons.extend(reasons_here.iter().cloned());
+            let by_files = r.by_files && matches!(a, Action::RowGuard { .. });
             out.push(StatementInfo {
                 kind: st.kind.clone(),
                 text: st.text.clone(),
@@ -1035,6 +1121,7 @@ impl Guard {
                 reasons: reasons_here,
                 objects: st.objects.clone(),
                 probe: st.probe,
+                by_files,
             });
         }
         if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {

@@ -39,10 +39,9 @@ fn well_formed(sql: &str, d: &Decision) -> Result<(), TestCaseError> {
         // SELECT lower(…)`, where the SELECT is measured): the decision's class is then theirs.
         prop_assert!(
             d.class < Class::Destructive
-                && d.statements
-                    .iter()
-                    .any(|s| s.class == Class::Write && matches!(s.action, Action::RowGuard { .. })),
-            "row guard only for writes: {}",
+                && d.statements.iter().any(|s| (s.class == Class::Write || s.by_files)
+                    && matches!(s.action, Action::RowGuard { .. })),
+            "row guard only for writes and measured DDL: {}",
             ctx()
         );
         prop_assert!(max_rows > 0);

@@ -161,7 +161,11 @@ fn everything_the_guard_allows_destroys_nothing_on_a_real_server() -> Result<()>
     let mut succeeded = 0;
     for (sql, class, _) in CASES {
         let d = guard.check_query(&mut Session::default(), sql);
-        if d.action != Action::Allow {
+        // DDL is measured by the gate (event triggers, index expressions): run here unmeasured,
+        // as it was let through before, it must destroy nothing either.
+        let ddl = matches!(d.action, Action::RowGuard { .. })
+            && d.statements.iter().all(|s| s.by_files || s.action == Action::Allow);
+        if d.action != Action::Allow && !ddl {
             continue;
         }
         assert_ne!(*class, Class::Destructive, "{sql:?} is destructive but allowed");

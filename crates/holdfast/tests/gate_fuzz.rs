@@ -2,8 +2,9 @@
 //! Queries with several statements, Parse/Bind/Describe/Execute/Close/Sync/Flush with names
 //! reused, FETCH/MOVE, DECLARE, PREPARE/EXECUTE, savepoints, ROLLBACK and COMMIT mid-string,
 //! errors mid-pipeline, pipelined batches, COPY FROM STDIN (simple and extended protocol) with its
-//! data cut by CopyDone, CopyFail or another message, COPY TO STDOUT — mixing reads, writes and
-//! destruction, sent through the real gate (example-like policy, nobody to approve) to a
+//! data cut by CopyDone, CopyFail or another message, COPY TO STDOUT, DDL and maintenance that
+//! run the application's code (an event trigger, an expression index) — mixing reads, writes
+//! and destruction, sent through the real gate (example-like policy, nobody to approve) to a
 //! shop-like database whose `cancellations` table has the application's trigger that deletes
 //! the order named by each inserted row (a COPY of many rows deletes as many orders).
 //!
@@ -45,8 +46,8 @@ GRANT ALL ON customers, orders, cards, cancellations TO gate_app;
 const RESET: &str = "
 TRUNCATE customers, orders, cards, cancellations;
 INSERT INTO customers SELECT g, g % 5, g FROM generate_series(1, 150) g;
-INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
 INSERT INTO cards SELECT g, g, 100 FROM generate_series(1, 150) g;
+INSERT INTO orders SELECT g, (g % 150) + 1, g FROM generate_series(1, 300) g;
 ";
 
 const TABLES: &[&str] = &["customers", "orders", "cards"];
@@ -115,6 +116,18 @@ fn statement(r: &mut Rng) -> String {
         "SELECT 1/0",
         "SELECT * FROM no_such_table",
     ];
+    // DDL and maintenance, measured by the gate (the schema's event trigger deletes 100 orders
+    // after any DDL, so each must be held; ANALYZE runs `cards`' expression index, which does too).
+    const DDL: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS extra (id int)",
+        "COMMENT ON TABLE orders IS 'fuzz'",
+        "CREATE INDEX IF NOT EXISTS orders_total ON orders (total)",
+        "ANALYZE cards",
+        "ANALYZE customers",
+        "REINDEX TABLE customers",
+        "VACUUM ANALYZE cards",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS customers_points ON customers (points)",
+    ];
     const CURSORS: &[&str] = &[
         "DECLARE c CURSOR FOR SELECT id FROM orders",
         "DECLARE c CURSOR WITH HOLD FOR SELECT id FROM cards",
@@ -140,7 +153,13 @@ fn statement(r: &mut Rng) -> String {
         2 | 3 => SMALL,
         4 | 5 => BIG_WRITES,
         6 => DESTROY,
-        7 => CONTROL,
+        7 => {
+            if r.below(2) == 0 {
+                DDL
+            } else {
+                CONTROL
+            }
+        }
         _ => CURSORS,
     };
     let k = 1 + r.below(40);
@@ -302,6 +321,18 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
     g.pg.psql("ALTER TABLE cards RENAME TO cards_gone").unwrap();
     assert_eq!(changed(&before, &contents(&g), "cards"), None);
     g.pg.psql("ALTER TABLE cards_gone RENAME TO cards").unwrap();
+    // Code of the application's that DDL and ANALYZE run (see `DDL`), made before the gate:
+    // an expression index over an IMMUTABLE function that calls a deleting one (on `cards`,
+    // gate_app's, so that its ANALYZE runs it; RESET fills `cards` before `orders`), and an
+    // event trigger.
+    g.pg.psql(
+        "CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(200); RETURN $1; END$$;
+         CREATE INDEX cards_tidy ON cards ((tidy(id)));
+         ALTER TABLE cards OWNER TO gate_app;
+         CREATE FUNCTION wipe() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN PERFORM purge(200); END$$;
+         CREATE EVENT TRIGGER wipe ON ddl_command_end EXECUTE FUNCTION wipe();",
+    )
+    .unwrap();
     let mut statements_sent = 0u64;
     let mut rows_changed = 0u64;
     let mut copies_opened = 0u64;

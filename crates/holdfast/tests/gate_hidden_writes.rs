@@ -277,6 +277,255 @@ fn copy_from_stdin_is_measured_and_a_trigger_that_deletes_cannot_empty_a_table()
     assert!(errors(&c.query("SELECT 1")).is_empty());
 }
 
+/// Maintenance and DDL run code that already exists, which the statement itself does not show:
+/// ANALYZE, VACUUM (ANALYZE or FULL), REINDEX and CLUSTER evaluate a table's index expressions
+/// and its extended statistics' expressions, REFRESH MATERIALIZED VIEW runs the view's query,
+/// and every DDL statement runs the database's event triggers. Here each of those is the
+/// application owner's (made before the gate): a function declared IMMUTABLE that calls a
+/// VOLATILE one that deletes every order — PostgreSQL forbids writes in the non-volatile
+/// function's own statements, not in a volatile function it calls. Each statement below
+/// emptied `orders` through the gate, unmeasured (found by playing them against it); now what
+/// can run inside a transaction block is measured (DDL by the relations' files as well as by
+/// the counters, since it takes ACCESS EXCLUSIVE locks itself), and what cannot (VACUUM with
+/// ANALYZE or FULL, CREATE INDEX CONCURRENTLY, a CLUSTER of every table) is held.
+#[test]
+fn maintenance_and_ddl_that_run_the_applications_code_are_measured_or_held() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    // Owned by gate_app where PostgreSQL needs the owner (ANALYZE, REINDEX, CLUSTER, REFRESH),
+    // as an application's role owns its tables. Making the index runs the code once: refilled.
+    g.pg.psql(&format!(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_tidy ON ledger ((tidy(x)));
+         CREATE TABLE notes (x int); INSERT INTO notes SELECT generate_series(1, 10);
+         CREATE STATISTICS notes_tidy ON (tidy(x)) FROM notes;
+         CREATE MATERIALIZED VIEW totals AS SELECT tidy(1) AS n WITH NO DATA;
+         CREATE MATERIALIZED VIEW plain_totals AS SELECT count(*) AS n FROM scratch;
+         ALTER TABLE ledger OWNER TO gate_app; ALTER TABLE notes OWNER TO gate_app;
+         ALTER MATERIALIZED VIEW totals OWNER TO gate_app; ALTER MATERIALIZED VIEW plain_totals OWNER TO gate_app;
+         {REFILL};"
+    ))
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // Every attack is tried; what got through is listed (and the orders put back), so a failure
+    // names them all.
+    let mut through = Vec::new();
+    let mut attempt = |c: &mut Raw, what: &str, r: Vec<Reply>| {
+        if state(&g) != before {
+            through.push(format!("{what}: {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else if !errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")) {
+            through.push(format!("{what}: not held, errors {:?}", errors(&r)));
+        }
+        c.query("ROLLBACK");
+    };
+    for sql in [
+        "ANALYZE ledger",
+        "ANALYZE",
+        "ANALYZE notes",
+        "VACUUM (ANALYZE) ledger",
+        "VACUUM ANALYZE notes",
+        "VACUUM FULL ledger",
+        "REINDEX TABLE ledger",
+        "REINDEX INDEX ledger_tidy",
+        "REINDEX TABLE CONCURRENTLY ledger",
+        "CLUSTER ledger USING ledger_tidy",
+        "CLUSTER",
+        "REFRESH MATERIALIZED VIEW totals",
+    ] {
+        let r = c.query(sql);
+        attempt(&mut c, sql, r);
+    }
+    // The same through the extended protocol.
+    let r = c.exchange(&[parse("", "ANALYZE ledger"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "ANALYZE ledger (extended)", r);
+    let r = c.exchange(&[parse("", "REINDEX TABLE ledger"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "REINDEX TABLE ledger (extended)", r);
+    // What runs none of the application's code still runs, measured: maintenance of a table
+    // without expressions, plain DDL, a refresh of a view over built-ins; a VACUUM without
+    // ANALYZE or FULL evaluates no expression and is not measured.
+    for sql in [
+        "ANALYZE scratch",
+        "VACUUM scratch",
+        "VACUUM ledger",
+        "CREATE INDEX scratch_id ON scratch (id)",
+        "REINDEX TABLE scratch",
+        "ALTER TABLE scratch ADD COLUMN note text",
+        "CREATE TABLE fresh (id int PRIMARY KEY)",
+        "COMMENT ON TABLE fresh IS 'made through the gate'",
+        "REFRESH MATERIALIZED VIEW plain_totals",
+        "ALTER SEQUENCE IF EXISTS no_such_seq RESTART",
+    ] {
+        let r = c.query(sql);
+        assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
+    }
+    let r =
+        c.exchange(&[parse("", "CREATE INDEX fresh_id ON fresh (id)"), bind("", ""), execute(""), Msg::Sync]);
+    assert!(errors(&r).is_empty(), "CREATE INDEX (extended): {:?}", errors(&r));
+    assert_eq!(state(&g), before);
+    // An event trigger (a superuser's, made before the gate) that empties orders after any DDL:
+    // every DDL statement through the gate now destroys 100 orders.
+    g.pg.psql(
+        "CREATE FUNCTION wipe() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; END$$;
+         CREATE EVENT TRIGGER wipe ON ddl_command_end EXECUTE FUNCTION wipe();",
+    )
+    .unwrap();
+    assert_eq!(state(&g), before);
+    for sql in [
+        "CREATE TABLE t9 (id int)",
+        "COMMENT ON TABLE scratch IS 'x'",
+        "CREATE INDEX scratch_id2 ON scratch (id)",
+        "CREATE INDEX CONCURRENTLY scratch_id3 ON scratch (id)",
+        "ALTER TABLE scratch ADD COLUMN n2 int",
+        "CREATE VIEW v9 AS SELECT 1 AS one",
+        "BEGIN; CREATE TABLE t10 (id int); COMMIT",
+    ] {
+        let r = c.query(sql);
+        attempt(&mut c, sql, r);
+    }
+    let r = c.exchange(&[parse("", "CREATE TABLE t11 (id int)"), bind("", ""), execute(""), Msg::Sync]);
+    attempt(&mut c, "CREATE TABLE (extended)", r);
+    assert!(through.is_empty(), "ran unmeasured and destroyed orders, or was not held: {through:#?}");
+    assert_eq!(state(&g), before);
+}
+
+/// A deferred constraint trigger of the application's (made before the gate) runs at COMMIT —
+/// the client's, or the gate's own right after it measured a write outside a transaction —
+/// where nothing is measured: one row inserted into `inbox` emptied `orders` through the gate
+/// (found by playing it). The gate now counts, with the same counters read, the rows changed in
+/// tables that have a deferrable trigger of a user's, and holds a write that changes any: what
+/// it queued would run unmeasured.
+#[test]
+fn a_write_that_queues_a_deferred_trigger_is_held() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE TABLE inbox (id int); GRANT ALL ON inbox TO gate_app;
+         CREATE FUNCTION inbox_fn() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN NULL; END$$;
+         CREATE CONSTRAINT TRIGGER inbox_later AFTER INSERT ON inbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION inbox_fn();",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("INSERT INTO inbox VALUES (1)"), "an insert outside a transaction");
+    assert_eq!(state(&g), before, "the gate's own COMMIT");
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    refused(&c.query("INSERT INTO inbox VALUES (2)"), "an insert inside a transaction");
+    c.query("ROLLBACK");
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    assert!(errors(&c.query("INSERT INTO scratch VALUES (21)")).is_empty());
+    refused(&c.query("INSERT INTO inbox VALUES (3)"), "a second write of the transaction");
+    c.query("ROLLBACK");
+    let r = c.exchange(&[parse("", "INSERT INTO inbox VALUES (4)"), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "an insert through the extended protocol");
+    assert_eq!(state(&g), before);
+    assert_eq!(g.count("inbox"), 0);
+    // Tables without such a trigger are written as before.
+    assert!(errors(&c.query("INSERT INTO scratch VALUES (22)")).is_empty());
+    assert!(errors(&c.query("DELETE FROM scratch WHERE id = 22")).is_empty());
+    assert_eq!(state(&g), before);
+}
+
+/// PostgreSQL picks an overload of a built-in's name in another schema when its argument types
+/// match better: `lower(5)` runs the application's `public.lower(int)`, `id = 'a'::text` its
+/// `= (int, text)` operator — and the guard took both for built-ins, so the SELECTs ran as plain
+/// reads, unmeasured, and emptied `orders` (found by playing them). The gate now reads once per
+/// server connection whether the database holds such a name outside pg_catalog; if so, the
+/// session's unqualified built-ins count as unknown functions: the SELECT is measured.
+#[test]
+fn overloads_of_built_in_names_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION eq_purge(int, text) RETURNS bool LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN true; END$$;
+         CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = eq_purge);",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("SELECT lower(5)"), "lower(5) resolving to public.lower(int)");
+    assert_eq!(state(&g), before, "lower(5)");
+    refused(&c.query("SELECT count(*) FROM orders WHERE id = 'a'::text"), "= (int, text)");
+    assert_eq!(state(&g), before, "= (int, text)");
+    let r = c.exchange(&[parse("", "SELECT lower(7)"), bind("", ""), execute(""), Msg::Sync]);
+    refused(&r, "lower(7) through the extended protocol");
+    // The built-ins themselves still run (measured: nothing changes).
+    let r = c.query("SELECT lower('ABC'), count(*) FROM orders WHERE id = 3");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+}
+
+/// A cast runs the CHECK constraints of the domain it casts to: `SELECT 5::checked` (a domain of
+/// the application's whose CHECK calls a function declared IMMUTABLE that calls one deleting
+/// every order) was a plain read, unmeasured, and emptied `orders` (found by playing it). The
+/// gate's catalog read at connection start now also names the domains with CHECK constraints
+/// (and those over one): a statement casting to one counts as calling an unknown function.
+#[test]
+fn casts_to_a_domain_with_checks_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE DOMAIN also_checked AS checked;
+         CREATE TYPE mood AS ENUM ('ok', 'sad');",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for sql in ["SELECT 5::checked", "SELECT CAST('7' AS also_checked)", "SELECT ARRAY[1, 2]::checked[]"] {
+        refused(&c.query(sql), sql);
+        assert_eq!(state(&g), before, "{sql}");
+    }
+    let r = c.query("DECLARE h CURSOR WITH HOLD FOR SELECT 5::checked");
+    refused(&r, "a WITH HOLD cursor over the cast");
+    // A cast to a type without CHECKs runs as before.
+    let r = c.query("SELECT 'ok'::mood, 5::int8");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+}
+
+/// Reading runs code too: a view whose query calls the application's deleting function, a view
+/// over that view, and a table with an index over `x + one()` — `one()` declared IMMUTABLE and
+/// calling the deleting function, which PostgreSQL's planner evaluates when it loads the index
+/// for any statement over the table, a plain `SELECT count(*)` included. Each was a plain read
+/// through the gate and emptied `orders` (found by playing them). The gate's catalog read at
+/// connection start now names the relations whose reading may run a user's code (views whose
+/// rules depend on one, recursively; tables with such a policy or index), and a statement that
+/// names one counts as calling an unknown function: the SELECT is measured.
+#[test]
+fn reads_of_views_and_tables_that_run_code_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(&format!(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION one() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE VIEW report AS SELECT purge() AS n; CREATE VIEW report_again AS SELECT * FROM report;
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_one ON ledger ((x + one()));
+         GRANT SELECT ON report, report_again, ledger TO gate_app;
+         {REFILL};"
+    ))
+    .unwrap();
+    let before = state(&g);
+    for sql in ["SELECT * FROM report", "SELECT n FROM report_again", "SELECT count(*) FROM ledger"] {
+        // A new server connection each: the planner loads the index once per connection.
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        refused(&c.query(sql), sql);
+        assert_eq!(state(&g), before, "{sql}");
+    }
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    // (Through the extended protocol the server plans at Bind, before the gate's measurement
+    // begins with the Execute: not closed yet, see README.)
+    // Plain tables are read as before.
+    let r = c.query("SELECT count(*) FROM orders");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+}
+
 /// The gate reads the transaction's counters once per measured write, not twice: the last
 /// measured write's counters *after* are the next one's *before* while nothing but allowed
 /// reads ran in between. What such a read changed unmeasured — here a function the policy

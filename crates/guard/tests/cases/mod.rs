@@ -161,32 +161,32 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("ALTER TABLE orders DISABLE TRIGGER audit", Destr, Approve),
     ("ALTER TABLE orders DISABLE ROW LEVEL SECURITY", Destr, Approve),
     ("ALTER TABLE orders OWNER TO mallory", Destr, Approve),
-    ("ALTER TABLE orders ADD COLUMN note text", Ddl, Allow),
-    ("ALTER TABLE orders ADD CONSTRAINT positive CHECK (total >= 0)", Ddl, Allow),
-    ("ALTER TABLE orders ALTER COLUMN note SET DEFAULT ''", Ddl, Allow),
-    ("ALTER TABLE orders RENAME TO orders_old", Ddl, Allow), // data intact, renaming back undoes it
-    ("ALTER TABLE orders RENAME COLUMN total TO amount", Ddl, Allow),
-    ("ALTER TABLE orders DROP CONSTRAINT positive", Ddl, Allow), // no row is lost
+    ("ALTER TABLE orders ADD COLUMN note text", Ddl, Rows),
+    ("ALTER TABLE orders ADD CONSTRAINT positive CHECK (total >= 0)", Ddl, Rows),
+    ("ALTER TABLE orders ALTER COLUMN note SET DEFAULT ''", Ddl, Rows),
+    ("ALTER TABLE orders RENAME TO orders_old", Ddl, Rows), // data intact, renaming back undoes it
+    ("ALTER TABLE orders RENAME COLUMN total TO amount", Ddl, Rows),
+    ("ALTER TABLE orders DROP CONSTRAINT positive", Ddl, Rows), // no row is lost
     ("ALTER TABLE orders ADD COLUMN x int DEFAULT pg_terminate_backend(1)::int", Destr, Approve),
-    ("ALTER INDEX orders_pkey RENAME TO orders_pk", Ddl, Allow),
+    ("ALTER INDEX orders_pkey RENAME TO orders_pk", Ddl, Rows),
     // ---- DDL that destroys nothing
-    ("CREATE TABLE t (id int PRIMARY KEY, v text)", Ddl, Allow),
-    ("CREATE UNLOGGED TABLE scratch (id int)", Ddl, Allow),
-    ("CREATE INDEX CONCURRENTLY ON orders (merchant_id)", Ddl, Allow),
-    ("CREATE VIEW v AS SELECT id FROM orders", Ddl, Allow),
-    ("CREATE TABLE copy AS SELECT * FROM orders", Ddl, Allow),
-    ("SELECT * INTO backup_orders FROM orders", Ddl, Allow),
-    ("CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM orders", Ddl, Allow),
-    ("CREATE SCHEMA reporting", Ddl, Allow),
-    ("CREATE SEQUENCE s", Ddl, Allow),
-    ("CREATE TYPE mood AS ENUM ('ok', 'sad')", Ddl, Allow),
-    ("COMMENT ON TABLE orders IS 'orders'", Ddl, Allow),
-    ("CREATE ROLE analyst NOLOGIN", Ddl, Allow),
+    ("CREATE TABLE t (id int PRIMARY KEY, v text)", Ddl, Rows),
+    ("CREATE UNLOGGED TABLE scratch (id int)", Ddl, Rows),
+    ("CREATE INDEX CONCURRENTLY ON orders (merchant_id)", Destr, Approve), // event triggers, index expressions: cannot be measured,
+    ("CREATE VIEW v AS SELECT id FROM orders", Ddl, Rows),
+    ("CREATE TABLE copy AS SELECT * FROM orders", Ddl, Rows),
+    ("SELECT * INTO backup_orders FROM orders", Ddl, Rows),
+    ("CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM orders", Ddl, Rows),
+    ("CREATE SCHEMA reporting", Ddl, Rows),
+    ("CREATE SEQUENCE s", Ddl, Rows),
+    ("CREATE TYPE mood AS ENUM ('ok', 'sad')", Ddl, Rows),
+    ("COMMENT ON TABLE orders IS 'orders'", Ddl, Rows),
+    ("CREATE ROLE analyst NOLOGIN", Ddl, Rows),
     ("CREATE DATABASE scratch", Ddl, Allow),
-    ("CREATE POLICY p ON orders USING (merchant_id = 1)", Ddl, Allow),
-    ("VACUUM FULL orders", Ddl, Allow), // rewrites under a lock, loses no row
-    ("CLUSTER orders USING orders_pkey", Ddl, Allow),
-    ("REINDEX TABLE orders", Ddl, Allow),
+    ("CREATE POLICY p ON orders USING (merchant_id = 1)", Ddl, Rows),
+    ("VACUUM FULL orders", Destr, Approve), // rebuilds indexes (their expressions run): cannot be measured
+    ("CLUSTER orders USING orders_pkey", Ddl, Rows),
+    ("REINDEX TABLE orders", Ddl, Rows),
     // ---- DDL that hides code or writes
     ("CREATE TABLE t (id int DEFAULT pg_terminate_backend(1)::int)", Destr, Approve),
     ("CREATE VIEW v AS SELECT pg_terminate_backend(pid) FROM pg_stat_activity", Destr, Approve), // runs whenever v is read
@@ -291,7 +291,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT pg_catalog.set_config('session_replication_role', 'replica', false)", Destr, Approve),
     ("SELECT set_config(current_setting('x.y'), 'postgres', false)", Destr, Approve), // computed name
     ("SELECT set_config('statement_timeout', '5s', false)", Read, Allow),
-    ("SELECT set_config('search_path', 'evil, pg_catalog', false)", Ddl, Allow),
+    ("SELECT set_config('search_path', 'evil, pg_catalog', false)", Ddl, Rows),
     ("SELECT my_report(42)", Write, Rows), // unknown function: may write (policy unknown_functions)
     ("SELECT public.lower('x')", Write, Rows), // not the built-in
     ("CALL refresh_stats()", Write, Rows),
@@ -320,9 +320,9 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("DECLARE crep CURSOR FOR SELECT my_report(1)", Write, Allow), // runs at FETCH, which is measured
     ("SELECT set_config('search_path', 'public', false), my_report(1)", Destr, Approve),
     ("SELECT my_report(1), set_config('x.y', 'z', false)", Write, Rows),
-    ("CREATE TABLE rep3 AS SELECT lower(name) FROM customers", Ddl, Allow),
-    ("CREATE VIEW vok AS SELECT nextval('seq_s'), lower(v) FROM s", Ddl, Allow), // built-ins that change no rows
-    ("ALTER TABLE t ALTER COLUMN c SET DEFAULT 0", Ddl, Allow),
+    ("CREATE TABLE rep3 AS SELECT lower(name) FROM customers", Ddl, Rows),
+    ("CREATE VIEW vok AS SELECT nextval('seq_s'), lower(v) FROM s", Ddl, Rows), // built-ins that change no rows
+    ("ALTER TABLE t ALTER COLUMN c SET DEFAULT 0", Ddl, Rows),
     // ---- a foreign key whose action changes rows of the altered table in later statements on
     // another table: a hidden write, like a trigger
     (
@@ -340,12 +340,12 @@ pub const CASES: &[(&str, Class, V)] = &[
         Destr,
         Approve,
     ),
-    ("ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants", Ddl, Allow), // refuses, changes nothing
-    ("CREATE TABLE child2 (id int REFERENCES merchants ON DELETE CASCADE)", Ddl, Allow), // only its own rows
+    ("ALTER TABLE t ADD FOREIGN KEY (merchant_id) REFERENCES merchants", Ddl, Rows), // refuses, changes nothing
+    ("CREATE TABLE child2 (id int REFERENCES merchants ON DELETE CASCADE)", Ddl, Rows), // only its own rows
     // ---- another table's rows put under this one: later DELETE/TRUNCATE of it reach them
     ("ALTER TABLE a INHERIT b", Destr, Approve),
     ("ALTER TABLE sessions ATTACH PARTITION orders FOR VALUES FROM (1) TO (10)", Destr, Approve),
-    ("ALTER TABLE b NO INHERIT a", Ddl, Allow),
+    ("ALTER TABLE b NO INHERIT a", Ddl, Rows),
     // ---- two-phase commit: another session's prepared work
     ("ROLLBACK PREPARED 'tx-42'", Destr, Approve),
     // ---- what a later call by name runs: a function swapped by RENAME or SET SCHEMA
@@ -354,8 +354,8 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("ALTER ROUTINE f(int) RENAME TO g", Destr, Approve),
     ("ALTER AGGREGATE agg(int) RENAME TO total", Destr, Approve),
     ("ALTER OPERATOR public.=== (int, int) SET SCHEMA app", Destr, Approve),
-    ("ALTER TABLE a RENAME TO a2", Ddl, Allow),
-    ("ALTER TABLE s SET SCHEMA public", Ddl, Allow),
+    ("ALTER TABLE a RENAME TO a2", Ddl, Rows),
+    ("ALTER TABLE s SET SCHEMA public", Ddl, Rows),
     // ---- misleading a later restore: recovery stops at the first restore point of a name
     ("SELECT pg_create_restore_point('before_migration')", Destr, Approve),
     ("SELECT PG_CATALOG.PG_CREATE_RESTORE_POINT('x')", Destr, Approve),
@@ -384,7 +384,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("EXPLAIN SELECT * FROM orders", Read, Allow),
     ("EXPLAIN ANALYZE SELECT * FROM orders", Read, Allow),
     ("EXPLAIN SELECT pg_terminate_backend(1)", Destr, Approve), // the planner may evaluate calls
-    ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", Ddl, Allow),
+    ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", Ddl, Rows),
     // ---- identity and settings
     // Lexer-changing settings: afterwards `SELECT 'x\'' ; DROP TABLE t; -- '` is one string with
     // standard_conforming_strings on but a DROP with it off. The guard reads later statements
@@ -446,8 +446,23 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SELECT pg_notify('c', 'x')", Write, Rows),
     ("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", Write, Allow), // blocks, changes nothing
     ("VACUUM orders", Write, Allow),
-    ("ANALYZE orders", Write, Allow),
-    ("REFRESH MATERIALIZED VIEW mv", Write, Allow),
+    ("ANALYZE orders", Write, Rows), // index and statistics expressions run: measured,
+    ("REFRESH MATERIALIZED VIEW mv", Write, Rows), // the view's query runs: measured
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY mv", Write, Rows),
+    ("VACUUM ANALYZE orders", Destr, Approve), // cannot be measured: ANALYZE alone is
+    ("VACUUM (ANALYZE) orders", Destr, Approve),
+    ("VACUUM (VERBOSE, ANALYZE true) orders", Destr, Approve),
+    ("VACUUM (ANALYZE false) orders", Write, Allow),
+    ("VACUUM", Write, Allow),
+    ("REINDEX INDEX orders_pkey", Ddl, Rows),
+    ("REINDEX TABLE CONCURRENTLY orders", Destr, Approve),
+    ("REINDEX (CONCURRENTLY) INDEX orders_pkey", Destr, Approve),
+    ("REINDEX SCHEMA public", Destr, Approve),
+    ("REINDEX DATABASE shop", Destr, Approve),
+    ("CLUSTER", Destr, Approve),
+    ("CLUSTER VERBOSE", Destr, Approve),
+    ("COMMENT ON TABLE orders IS 'the orders'", Ddl, Rows), // event triggers: measured
+    ("CREATE TABLESPACE ts LOCATION '/tmp/ts'", Ddl, Allow), // cannot run in a transaction block; runs no code
     // ---- multi-statement messages: the strictest wins
     ("SELECT 1; DROP TABLE orders", Destr, Approve),
     ("SELECT 1;DROP TABLE orders;", Destr, Approve),
@@ -510,18 +525,18 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("ALTER ROLE alice RENAME TO bob", Destr, Approve), // ALTER ROLE in another grammar rule
     ("ALTER LARGE OBJECT 1 OWNER TO mallory", Destr, Approve),
     ("DELETE FROM t WHERE false", Destr, Approve), // row-independent: all or nothing, not evaluated
-    ("VACUUM (FULL, ANALYZE) orders", Ddl, Allow),
+    ("VACUUM (FULL, ANALYZE) orders", Destr, Approve),
     ("VACUUM (FULL false) orders", Write, Allow),
-    ("ANALYZE", Write, Allow),
+    ("ANALYZE", Write, Rows),
     ("DISCARD TEMP", Write, Allow),
     ("DISCARD PLANS", Read, Allow),
     ("LOCK orders", Write, Allow),
-    ("CREATE TEMP TABLE x (id int)", Ddl, Allow),
-    ("ALTER SEQUENCE s RESTART", Ddl, Allow),
-    ("CREATE TABLE p1 PARTITION OF orders FOR VALUES IN (1)", Ddl, Allow),
-    ("ALTER TABLE orders DETACH PARTITION p1", Ddl, Allow), // the rows stay in p1
-    ("ALTER TABLE orders SET SCHEMA archive", Ddl, Allow),
-    ("ALTER DATABASE shop RENAME TO shop_old", Ddl, Allow),
+    ("CREATE TEMP TABLE x (id int)", Ddl, Rows),
+    ("ALTER SEQUENCE s RESTART", Ddl, Rows),
+    ("CREATE TABLE p1 PARTITION OF orders FOR VALUES IN (1)", Ddl, Rows),
+    ("ALTER TABLE orders DETACH PARTITION p1", Ddl, Rows), // the rows stay in p1
+    ("ALTER TABLE orders SET SCHEMA archive", Ddl, Rows),
+    ("ALTER DATABASE shop RENAME TO shop_old", Ddl, Rows),
     ("SELECT * FROM t TABLESAMPLE bernoulli (10)", Read, Allow),
     ("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r WHERE n < 10) SELECT * FROM r", Read, Allow),
     ("DELETE FROM t WHERE id = ANY($1)", Write, Rows),
@@ -534,7 +549,7 @@ pub const CASES: &[(&str, Class, V)] = &[
     ("SET CONSTRAINTS ALL DEFERRED", Read, Allow),
     ("SET SESSION search_path TO evil, pg_catalog", Ddl, Allow),
     ("SELECT current_setting('search_path')", Read, Allow),
-    ("SELECT set_config('search_path', 'evil,PG_CATALOG', false)", Ddl, Allow),
+    ("SELECT set_config('search_path', 'evil,PG_CATALOG', false)", Ddl, Rows),
     // ---- client encodings: the guard reads UTF-8; in GBK/SJIS/BIG5 a quote can hide in a character
     ("SET client_encoding = 'UTF8'", Read, Allow),
     ("SET NAMES 'utf-8'", Read, Allow),

@@ -1,0 +1,39 @@
+//! The gate's once-per-connection catalog read of built-in names overloaded outside
+//! pg_catalog and of domains with CHECK constraints (`server::builtins_shadowed_sql`), against
+//! a real PostgreSQL.
+
+use testkit::pg::TempPg;
+
+#[test]
+fn overloads_of_built_in_names_are_found_and_copies_are_not() {
+    let pg = TempPg::start().unwrap();
+    let sql = gate::server::builtins_shadowed_sql();
+    assert_eq!(pg.psql(&sql).unwrap(), "f||", "a fresh database");
+    // The same argument types as the built-in: pg_catalog, first in search_path, wins.
+    pg.psql("CREATE SCHEMA app; CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
+        .unwrap();
+    assert_eq!(pg.psql(&sql).unwrap(), "f||", "a copy of lower(text)");
+    pg.psql("CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE sql AS 'SELECT $1'").unwrap();
+    assert_eq!(pg.psql(&sql).unwrap(), "t||", "lower(int)");
+    pg.psql("DROP FUNCTION public.lower(int); CREATE FUNCTION f(int, text) RETURNS bool LANGUAGE sql AS 'SELECT true';
+             CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = f)")
+        .unwrap();
+    assert_eq!(pg.psql(&sql).unwrap(), "t||", "= (int, text)");
+    // Domains with CHECK constraints, and a domain over one; not one without.
+    pg.psql(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0); CREATE DOMAIN small_positive AS positive;
+         CREATE DOMAIN plain AS int; CREATE TYPE mood AS ENUM ('ok')",
+    )
+    .unwrap();
+    assert_eq!(pg.psql(&sql).unwrap(), "t|positive,small_positive|");
+    // Relations whose reading runs a user's code: a view calling f (and a view over it), a table
+    // with an index over it; not a view or an index over built-ins only.
+    pg.psql(
+        "CREATE FUNCTION g(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+         CREATE VIEW calls AS SELECT g(1) AS n; CREATE VIEW over_calls AS SELECT * FROM calls;
+         CREATE TABLE indexed (x int); CREATE INDEX ON indexed ((g(x)));
+         CREATE TABLE plain_t (x int); CREATE INDEX ON plain_t ((x + 1)); CREATE VIEW plain_v AS SELECT lower('a')",
+    )
+    .unwrap();
+    assert_eq!(pg.psql(&sql).unwrap(), "t|positive,small_positive|calls,indexed,over_calls");
+}
