@@ -1207,6 +1207,19 @@ impl<'a> Session<'a> {
                     // What the portal runs is fixed here, from what the statement may be now;
                     // an unknown statement leaves the portal unknown (Execute is refused).
                     let _ = self.guard.bind_portal(&portal, &statement);
+                    // PostgreSQL plans the statement now, at Bind — before the measurement,
+                    // which begins with the Execute — and planning runs what it can fold: an
+                    // IMMUTABLE or STABLE function of the application's with constant
+                    // arguments, an index expression. So a statement that runs code that is
+                    // not built in is refused here, unplanned; as a simple Query it is planned
+                    // inside the measurement.
+                    let d = self.shared.guard.check_execute_portal(&self.guard, &portal);
+                    if let Some(st) = d.statements.iter().find(|st| st.runs_code) {
+                        let why = st.reasons.last().cloned().unwrap_or_default();
+                        self.guard.close_portal(&portal);
+                        self.refuse(&format!("holdfast gate: statement not run: Bind refused: {} runs code that is not built in ({why}); through the extended protocol PostgreSQL plans it at Bind, before the gate can measure what it changes — send it as a simple Query (e.g. JDBC preferQueryMode=simple, psql without \\bind), where it is measured", st.kind), true);
+                        return Ok(Flow::Continue);
+                    }
                     if self.bound.len() >= MAX_BOUND && !self.bound.contains_key(&portal) {
                         self.bound.clear();
                     }

@@ -105,6 +105,14 @@ pub struct StatementInfo {
     /// ACCESS EXCLUSIVE locks it takes itself. What it runs that the statement does not show
     /// (event triggers, index expressions, a materialized view's query) is counted.
     pub by_files: bool,
+    /// Runs code that is not built in — a function or operator the guard does not know, a
+    /// built-in name the database overloads, a cast to a domain with CHECK constraints, a
+    /// relation whose reading runs such code — measured (or held) where it runs. PostgreSQL
+    /// may run it while *planning* (an IMMUTABLE or STABLE function with constant arguments
+    /// is folded, an index expression simplified), which for the extended protocol happens at
+    /// Bind, before the gate's measurement begins with the Execute: the gate refuses such a
+    /// Bind (see the gate's session module).
+    pub runs_code: bool,
 }
 
 /// How the reason of a refusal begins when PostgreSQL's own parser rejected the text (the
@@ -629,6 +637,8 @@ struct Resolved {
     measure: bool,
     /// Measured by the counters and the relations' files (DDL): see [`StatementInfo::by_files`].
     by_files: bool,
+    /// See [`StatementInfo::runs_code`].
+    runs_code: bool,
     deny: Option<String>,
 }
 
@@ -897,6 +907,7 @@ impl Guard {
             row_guard: st.row_guard.clone(),
             measure: st.measure,
             by_files: st.by_files,
+            runs_code: false,
             deny: None,
         };
         for name in &st.fetches {
@@ -1047,6 +1058,7 @@ impl Guard {
         if r.measure || !matches!(r.class, Class::Ddl | Class::Write) {
             r.by_files = false;
         }
+        r.runs_code = unknown_calls;
         if unknown_calls && !r.measure && r.class < Class::Destructive {
             // A function that may change rows, run where the gate does not count what changed
             // (EXPLAIN ANALYZE, CREATE TABLE AS, SELECT INTO, a WITH HOLD cursor at COMMIT, a
@@ -1122,6 +1134,7 @@ impl Guard {
                 objects: st.objects.clone(),
                 probe: st.probe,
                 by_files,
+                runs_code: r.runs_code,
             });
         }
         if guarded > 0 && transaction_control && stmts.len() > 1 && action.rank() < Action::Approve.rank() {

@@ -518,12 +518,67 @@ fn reads_of_views_and_tables_that_run_code_are_measured() {
         refused(&c.query(sql), sql);
         assert_eq!(state(&g), before, "{sql}");
     }
+    // Through the extended protocol PostgreSQL plans at Bind, before the gate's measurement
+    // begins with the Execute, and planning folds `one()` (IMMUTABLE, constant arguments) and
+    // loads ledger's index: `SELECT one()` and `SELECT count(*) FROM ledger` emptied `orders`
+    // that way with nothing measured. A Bind of a statement that runs code that is not built
+    // in is now refused before the server sees it — also with a Flush between Bind and Execute,
+    // a named portal, or no Execute at all.
+    let batches: Vec<(&str, Vec<Msg>)> = vec![
+        ("SELECT one()", vec![parse("", "SELECT one()"), bind("", ""), execute(""), Msg::Sync]),
+        (
+            "ledger",
+            vec![parse("", "SELECT count(*) FROM public.ledger"), bind("", ""), execute(""), Msg::Sync],
+        ),
+        (
+            "Flush between",
+            vec![parse("s", "SELECT one() + 1"), bind("p", "s"), Msg::Flush, execute("p"), Msg::Sync],
+        ),
+        ("Bind alone", vec![parse("", "SELECT 2 + one()"), bind("", ""), Msg::Sync]),
+        (
+            "Describe",
+            vec![
+                parse("", "SELECT * FROM report"),
+                bind("", ""),
+                Msg::Describe { portal: String::new() },
+                execute(""),
+                Msg::Sync,
+            ],
+        ),
+    ];
+    for (what, msgs) in batches {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.exchange(&msgs);
+        assert!(
+            errors(&r).iter().any(|m| m.contains("Bind refused") && m.contains("simple Query")),
+            "{what}: expected the Bind refused, got {:?}",
+            errors(&r)
+        );
+        assert_eq!(state(&g), before, "extended protocol: {what}");
+        // The session goes on.
+        assert!(errors(&c.query("SELECT 1")).is_empty(), "{what}");
+    }
     let mut c = Raw::connect(&g, "alice", "alice-password");
-    // (Through the extended protocol the server plans at Bind, before the gate's measurement
-    // begins with the Execute: not closed yet, see README.)
-    // Plain tables are read as before.
+    // Plain tables are read as before, in both protocols.
     let r = c.query("SELECT count(*) FROM orders");
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    let r = c.exchange(&[
+        parse("", "SELECT count(*) FROM orders WHERE id > $1"),
+        bind("", ""),
+        execute(""),
+        Msg::Sync,
+    ]);
+    assert!(!errors(&r).iter().any(|m| m.contains("Bind refused")), "{:?}", errors(&r));
+    // A cursor's query is planned at DECLARE: measured or held there, never run unmeasured.
+    for sql in [
+        "BEGIN; DECLARE c CURSOR FOR SELECT one(); FETCH ALL FROM c; COMMIT",
+        "BEGIN; DECLARE c CURSOR FOR SELECT * FROM report; FETCH ALL FROM c; COMMIT",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let _ = c.query(sql);
+        c.query("ROLLBACK");
+        assert_eq!(state(&g), before, "{sql}");
+    }
 }
 
 /// The gate reads the transaction's counters once per measured write, not twice: the last
