@@ -210,7 +210,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
     let kind = match as_node(tree) {
         Some((name, body)) => {
             let kind = kind_of(name, body);
-            w.node(name, body, Ctx { top: true, executed: true });
+            w.node(name, body, Ctx { top: true, executed: true, planned: true });
             kind
         }
         None => {
@@ -301,6 +301,10 @@ struct Ctx {
     top: bool,
     /// The statement will run (false under EXPLAIN without ANALYZE).
     executed: bool,
+    /// The statement will be planned (also under EXPLAIN without ANALYZE): the planner runs
+    /// what it can fold — an IMMUTABLE or STABLE function with constant arguments, an index
+    /// expression of a relation it reads — so calls and relations count as run.
+    planned: bool,
 }
 
 impl Ctx {
@@ -1030,7 +1034,7 @@ impl Walker<'_> {
             "FuncCall" => self.func_call(body, ctx),
             "RangeVar" => {
                 let rel = str_field(body, "relname");
-                if ctx.executed && !rel.is_empty() && !self.relations.iter().any(|r| r == rel) {
+                if (ctx.executed || ctx.planned) && !rel.is_empty() && !self.relations.iter().any(|r| r == rel) {
                     self.relations.push(rel.to_string());
                 }
                 self.visit_body(body, &[], ctx);
@@ -1050,7 +1054,7 @@ impl Walker<'_> {
                     // Another schema's operator of the same name may match the operands better.
                     self.unqualified_builtins |= op.len() < 2;
                 } else {
-                    self.unknown_calls |= ctx.executed;
+                    self.unknown_calls |= ctx.executed || ctx.planned;
                     self.raise(
                         self.policy.unknown_functions.class(),
                         format!(
@@ -1389,7 +1393,7 @@ impl Walker<'_> {
         }
         // Without ANALYZE nothing runs, but the planner may still evaluate functions: calls are
         // classified either way.
-        let inner = Ctx { top: false, executed: ctx.executed && analyze };
+        let inner = Ctx { top: false, executed: ctx.executed && analyze, planned: ctx.planned };
         self.visit(field(body, "query"), inner);
     }
 
@@ -1413,7 +1417,7 @@ impl Walker<'_> {
         } else {
             let v = classify_function(&parts, self.policy);
             self.unqualified_builtins |= v.unqualified_builtin;
-            self.unknown_calls |= v.unknown && ctx.executed;
+            self.unknown_calls |= v.unknown && (ctx.executed || ctx.planned);
             self.raise(v.class, v.reason.unwrap_or_default());
         }
         self.visit_body(body, &["funcname"], ctx);

@@ -571,6 +571,9 @@ fn reads_of_views_and_tables_that_run_code_are_measured() {
     assert!(!errors(&r).iter().any(|m| m.contains("Bind refused")), "{:?}", errors(&r));
     // A cursor's query is planned at DECLARE: measured or held there, never run unmeasured.
     for sql in [
+        "EXPLAIN SELECT one()",
+        "EXPLAIN SELECT count(*) FROM ledger",
+        "EXPLAIN (COSTS OFF) SELECT * FROM report",
         "BEGIN; DECLARE c CURSOR FOR SELECT one(); FETCH ALL FROM c; COMMIT",
         "BEGIN; DECLARE c CURSOR FOR SELECT * FROM report; FETCH ALL FROM c; COMMIT",
     ] {
