@@ -563,6 +563,96 @@ pub(crate) async fn refresh_now(
     r.map(|()| sessions.lsn)
 }
 
+/// What the server says about the vault as its synchronous standby: its settings (which
+/// standbys commits wait for, and `synchronous_commit` for everyone and per role or database)
+/// and, where the catalog login may see it (superuser, `pg_read_all_stats`), the vault's own
+/// walsender's `sync_state`.
+const SYNCHRONOUS_SQL: &str = "SELECT current_setting('synchronous_standby_names') AS names, \
+     (SELECT setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) 'synchronous_commit' AND source OPERATOR(pg_catalog.<>) 'session') AS commit, \
+     (SELECT pg_catalog.string_agg(COALESCE(r.rolname, '*') OPERATOR(pg_catalog.||) '@' OPERATOR(pg_catalog.||) COALESCE(d.datname, '*') OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) c, ', ') \
+        FROM pg_catalog.pg_db_role_setting s CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) c \
+        LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.setrole LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase \
+        WHERE c OPERATOR(pg_catalog.~*) '^synchronous_commit=(off|local|false|no|0)') AS overrides, \
+     (SELECT sync_state FROM pg_catalog.pg_stat_replication WHERE application_name OPERATOR(pg_catalog.=) $APP LIMIT 1) AS state";
+
+/// Whether `synchronous_standby_names` can make commits wait for `app`: the names it lists
+/// (`a, b`, `FIRST n (a, b)`, `ANY n (a, b)`, `n (a, b)`, quoted or not; `*` is any standby),
+/// compared as PostgreSQL does, without regard to case.
+pub fn names_standby(setting: &str, app: &str) -> bool {
+    let mut names = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in setting.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' | '(' | ')' | ' ' | '\t' | '\n' if !quoted => {
+                if !cur.is_empty() {
+                    names.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        names.push(cur);
+    }
+    names.iter().any(|n| n == "*" || n.eq_ignore_ascii_case(app))
+}
+
+/// In synchronous mode: why commits may not wait for the vault, if they may not — read from the
+/// server's settings, which the database superuser (root on its host) can change without the
+/// vault's consent: removed from `synchronous_standby_names`, `synchronous_commit` set to `off`
+/// or `local` for everyone or for a role or database, or (where the catalog login may see
+/// it) another standby taking the synchronous place. `strikes` counts consecutive looks at a
+/// `sync_state` that is not `sync`/`quorum` (a reconnect is transient: two in a row count).
+async fn synchronous_downgrade(
+    rt: &ClusterRuntime,
+    sessions: &mut Sessions,
+    strikes: &mut u32,
+) -> Result<Option<String>, pgproto::Error> {
+    let app = &rt.cluster.application_name;
+    let sql = SYNCHRONOUS_SQL.replace("$APP", &format!("'{}'", app.replace('\'', "''")));
+    let c = sessions.get(rt, "postgres").await?;
+    let sets = c.simple_query(&sql).await;
+    for (_, c) in sessions.by_db.drain() {
+        let _ = c.close().await;
+    }
+    let sets = sets?;
+    let Some(set) = sets.first() else { return Ok(None) };
+    let names = set.get(0, "names").unwrap_or_default().to_string();
+    let commit = set.get(0, "commit").unwrap_or("on").to_string();
+    let overrides = set.get(0, "overrides").unwrap_or_default().to_string();
+    let state = set.get(0, "state").map(str::to_string);
+    let mut why = Vec::new();
+    if !names_standby(&names, app) {
+        why.push(format!(
+            "synchronous_standby_names = '{names}' does not name the vault's application_name {app}: commits do not wait for it"
+        ));
+    }
+    if matches!(commit.as_str(), "off" | "local") {
+        why.push(format!(
+            "synchronous_commit = {commit} for the whole server: commits do not wait for any standby"
+        ));
+    }
+    if !overrides.is_empty() {
+        why.push(format!(
+            "synchronous_commit is set not to wait for standbys for some roles or databases ({overrides})"
+        ));
+    }
+    match state.as_deref() {
+        Some("sync" | "quorum") | None => *strikes = 0,
+        Some(other) => {
+            *strikes += 1;
+            if *strikes >= 2 {
+                why.push(format!(
+                    "the server reports the vault's stream as {other}, not sync: another standby takes the synchronous place"
+                ));
+            }
+        }
+    }
+    Ok((!why.is_empty()).then(|| why.join("; ")))
+}
+
 /// Keeps the cluster's catalog snapshot fresh: at start, every `catalog_refresh`, and soon
 /// after the detector meets a relation file the snapshot does not know. Failures are logged
 /// (once per episode) and leave names as OIDs; they never stop detection.
@@ -570,6 +660,7 @@ pub async fn keep_fresh(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<b
     let mut sessions = Sessions::default();
     let mut failing = false;
     let mut only: Vec<u32> = Vec::new();
+    let mut strikes = 0;
     loop {
         let started = Instant::now();
         match refresh(&rt, &mut sessions, &only).await {
@@ -584,6 +675,19 @@ pub async fn keep_fresh(rt: Arc<ClusterRuntime>, mut shutdown: watch::Receiver<b
                     tracing::warn!(cluster = %rt.cluster.name, error = %e, "cannot refresh the catalog snapshot: incidents name objects by OID until it works (see catalog_user in the README)");
                 }
                 failing = true;
+            }
+        }
+        if rt.cluster.synchronous && only.is_empty() {
+            match synchronous_downgrade(&rt, &mut sessions, &mut strikes).await {
+                Ok(Some(why)) => {
+                    rt.raise_incident(
+                        "synchronous_off",
+                        format!("the vault is configured as a synchronous standby (RPO 0), but {why}; commits can return before their WAL is in the vault — restore the server's settings"),
+                    )
+                    .await
+                }
+                Ok(None) => rt.end_incident_episode("synchronous_off"),
+                Err(e) => tracing::warn!(cluster = %rt.cluster.name, error = %e, "cannot read the server's synchronous settings"),
             }
         }
         tracing::debug!(cluster = %rt.cluster.name, took = ?started.elapsed(), "catalog refreshed");
@@ -622,6 +726,25 @@ mod tests {
             table_oid: file,
             columns: Vec::new(),
             tenant: None,
+        }
+    }
+
+    #[test]
+    fn synchronous_standby_names_are_read_as_postgresql_reads_them() {
+        for (setting, named) in [
+            ("holdfast_shop", true),
+            ("HOLDFAST_SHOP", true),
+            ("other, holdfast_shop", true),
+            ("FIRST 1 (other, holdfast_shop)", true),
+            ("ANY 2 (\"holdfast_shop\", b)", true),
+            ("*", true),
+            ("", false),
+            ("other", false),
+            ("holdfast_shop2", false),
+            ("\"holdfast shop\"", false),
+            ("2 (a, b)", false),
+        ] {
+            assert_eq!(names_standby(setting, "holdfast_shop"), named, "{setting:?}");
         }
     }
 

@@ -637,6 +637,59 @@ async fn synchronous_commit_waits_for_the_vault() -> Result<()> {
     Ok(())
 }
 
+/// 5a. The database superuser (root on its host) can make commits stop waiting for the vault
+/// without touching the vault: take it out of `synchronous_standby_names`, or set
+/// `synchronous_commit = local` for a role. RPO 0 would quietly become seconds; each is a
+/// `synchronous_off` incident, and the episode ends when the settings are right again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_standby_quietly_dropped_is_an_incident() -> Result<()> {
+    let v = Vault::new().await?;
+    let pg = start_pg()?;
+    pg.psql("alter system set synchronous_standby_names = 'FIRST 1 (holdfast_quiet)'")?;
+    pg.psql("select pg_reload_conf()")?;
+    wait_for(Duration::from_secs(30), "synchronous_standby_names after the reload", || {
+        pg.psql("show synchronous_standby_names").ok().filter(|v| v.contains("holdfast_quiet"))
+    })
+    .await?;
+    let mut cluster = v.cluster("quiet", vec![unix_host(&pg)], REP, REP_PW)?;
+    cluster.synchronous = true;
+    cluster.catalog_refresh = Duration::from_secs(1);
+    let journal_dir = tempfile::tempdir()?;
+    cluster.journal = Some(journal_dir.path().join("quiet.journal"));
+    let collector = v.start(&v.repo, vec![cluster]).await?;
+    pg.psql("create table t (x int); insert into t values (1)")?;
+    let off = |c: &Arc<Collector>| -> Vec<Incident> {
+        status(c, "quiet").incidents.into_iter().filter(|i| i.kind == "synchronous_off").collect()
+    };
+    // Several refreshes with the right settings: nothing raised.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(off(&collector).is_empty(), "{:?}", off(&collector));
+    // Taken out of the list: raised, naming the setting.
+    pg.psql("alter system set synchronous_standby_names = ''")?;
+    pg.psql("select pg_reload_conf()")?;
+    let first =
+        wait_for(Duration::from_secs(30), "a synchronous_off incident", || off(&collector).pop()).await?;
+    ensure!(first.message.contains("synchronous_standby_names"), "{first:?}");
+    // Put back: the episode ends. Then one role stops waiting: a second incident.
+    pg.psql("alter system set synchronous_standby_names = 'FIRST 1 (holdfast_quiet)'")?;
+    pg.psql("select pg_reload_conf()")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(off(&collector).len() == 1, "{:?}", off(&collector));
+    pg.psql("alter role postgres set synchronous_commit = local")?;
+    let second = wait_for(Duration::from_secs(30), "a second synchronous_off incident", || {
+        let all = off(&collector);
+        (all.len() == 2).then(|| all[1].clone())
+    })
+    .await?;
+    ensure!(
+        second.message.contains("synchronous_commit") && second.message.contains("postgres"),
+        "{second:?}"
+    );
+    pg.psql("alter role postgres reset synchronous_commit")?;
+    collector.shutdown().await;
+    Ok(())
+}
+
 /// 5b. Over TLS the receive task reads the stream (the journal thread cannot read a TLS
 /// session) and the flush position goes back through it: a commit still returns once its WAL is
 /// in the journal, never before.

@@ -101,7 +101,8 @@ pub struct Incident {
     /// `mass_update`, `cumulative_delete`, `column_dropped`; the detector's own blindness:
     /// `detector_blind`, `detector_behind`, `detector_stopped`; commits stamped by a database
     /// server clock that lies: `server_clock`; the vault's warm standby:
-    /// `standby_stopped`, `standby_behind`.
+    /// `standby_stopped`, `standby_behind`; in synchronous mode, the server's settings letting
+    /// commits stop waiting for the vault: `synchronous_off`.
     pub kind: String,
     pub detected_at: Timestamp,
     pub message: String,
