@@ -957,34 +957,18 @@ impl Guard {
             }
         }
         // Calls that may change rows and that the gate must therefore measure.
-        let mut unknown_calls = st.unknown_calls;
+        // Code the session knows the statement runs (from the server's catalog or its own
+        // settings), beyond the calls the statement names: judged as an unknown function call.
+        let mut runs_known_code: Vec<String> = Vec::new();
         if (session.search_path_tampered || session.builtins_shadowed) && st.unqualified_builtins {
-            let c = self.policy.unknown_functions.class();
-            unknown_calls = true;
-            if c > r.class {
-                r.class = c;
-                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
-            }
-            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
-                r.measure = true;
-            }
-            r.reasons.push(if session.search_path_tampered {
+            runs_known_code.push(if session.search_path_tampered {
                 "calls built-in functions by unqualified name after search_path put another schema before pg_catalog: they may resolve to someone's function".into()
             } else {
                 "calls built-in functions or operators by unqualified name, and the database holds a function or operator of such a name outside pg_catalog: PostgreSQL may pick it by its argument types".into()
             });
         }
         if let Some(t) = st.cast_types.iter().find(|t| session.checked_domains.contains(*t)) {
-            let c = self.policy.unknown_functions.class();
-            unknown_calls = true;
-            if c > r.class {
-                r.class = c;
-                r.row_guard = r.row_guard.filter(|_| c == Class::Write);
-            }
-            if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
-                r.measure = true;
-            }
-            r.reasons.push(format!(
+            runs_known_code.push(format!(
                 "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
             ));
         }
@@ -997,8 +981,13 @@ impl Guard {
             && !cursor
             && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
         {
+            runs_known_code.push(format!(
+                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
+            ));
+        }
+        let unknown_calls = st.unknown_calls || !runs_known_code.is_empty();
+        if !runs_known_code.is_empty() {
             let c = self.policy.unknown_functions.class();
-            unknown_calls = true;
             if c > r.class {
                 r.class = c;
                 r.row_guard = r.row_guard.filter(|_| c == Class::Write);
@@ -1006,9 +995,7 @@ impl Guard {
             if c == Class::Write && classify::MEASURED_KINDS.contains(&st.kind.as_str()) {
                 r.measure = true;
             }
-            r.reasons.push(format!(
-                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
-            ));
+            r.reasons.extend(runs_known_code);
         }
         for (name, direct) in &st.executes {
             if depth >= MAX_EXECUTE_DEPTH {
