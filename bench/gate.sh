@@ -21,9 +21,13 @@
 #      PgBouncer and direct stay plain, so the TLS cost shows separately) KEEP=0
 #      TASKSET=0 (1: the proxy pinned to core 0, PostgreSQL and pgbench to core 1 — how far
 #      from direct a proxy is when it has a core of its own)
-#      PROFILE=0 (1: `perf record -g` of the gate during its PROFILE_WORKLOAD run, default tpcb
-#      (TPC-B simple; or select, select-prepared, tpcb-prepared); the top of `perf report`
-#      goes to bench-out/gate-profile.txt)
+#      PROFILE=0 (1: `perf record -a -g` — the whole box — during the gate's run of each
+#      workload in PROFILE_WORKLOAD, default tpcb (TPC-B simple; a space-separated list of
+#      select, tpcb, select-prepared, tpcb-prepared); the top of `perf report --no-children`
+#      for the gate process and for the PostgreSQL processes (the backends serving the gate:
+#      what the gate's own statements cost the server) goes to
+#      bench-out/gate-profile-<workload>.txt; with KEEP=1 the perf data stays in the run's
+#      directory, perf-<workload>.data)
 #      WORKLOADS="select tpcb select-prepared tpcb-prepared" (a subset for a quick look)
 #      HF=path/to/holdfast (a given binary, e.g. an older build to compare; default: build it)
 #      SESSION_THREADS=N (the gate's session_threads: its sessions on N single-threaded
@@ -208,8 +212,8 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   [ "$name" = gate ] && m_before="$(scrape)"
   before="$(cpu_ticks "$pid")"
   cs_before="$(ctx_switches "$pid")"
-  if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [ "$mode" = "$PROFILE_WORKLOAD" ]; then
-    perf record -g -o "$W/perf.data" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1 &
+  if [ "$PROFILE" = 1 ] && [ "$name" = gate ] && [[ " $PROFILE_WORKLOAD " == *" $mode "* ]]; then
+    perf record -a -g -o "$W/perf-$mode.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   (cd "$W/log-$name-$mode" && PGSSLMODE="$ssl" "${OTHER_CPU[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n $flag \
@@ -221,9 +225,25 @@ run() { # name port sslmode mode pid-of-proxy(or empty)
   [ "$name" = gate ] && m_after="$(scrape)"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
-    perf report -i "$W/perf.data" --stdio --no-children --percent-limit 0.5 -g none 2>/dev/null \
-      | grep -v '^$' | head -80 > "$OUT/gate-profile.txt" || true
-    log "  profile of the gate ($mode): $OUT/gate-profile.txt"
+    local prof="$OUT/gate-profile-$mode.txt" comms
+    # The gate's threads by name (its session runtimes, the audit writer, …): perf's --pid
+    # filter missed a process started just before the recording.
+    comms="$(cat /proc/"$pid"/task/*/comm 2>/dev/null | sort -u | paste -sd, -)"
+    {
+      echo "# perf record -a -g during the gate's $mode run ($CLIENTS clients, ${DURATION} s); perf report --no-children"
+      echo "## samples per command (the whole box)"
+      perf report -i "$W/perf-$mode.data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+      echo "## the gate process (pid $pid: its threads $comms), by symbol"
+      perf report -i "$W/perf-$mode.data" --stdio --no-children --comms "$comms" --percentage relative --sort dso,sym \
+        --percent-limit 0.4 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      echo "## the PostgreSQL processes (backends serving the gate, and the server's own), by symbol"
+      perf report -i "$W/perf-$mode.data" --stdio --no-children --comms postgres --percentage relative --sort dso,sym \
+        --percent-limit 0.4 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      echo "## the PostgreSQL processes: callers of their top symbols (frame pointers; Debian's build may cut chains short)"
+      perf report -i "$W/perf-$mode.data" --stdio --no-children --comms postgres --percentage relative --sort sym \
+        --percent-limit 3 -g caller,2,callee,function,percent 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+    } > "$prof" || true
+    log "  profile ($mode): $prof"
   fi
   python3 - "$W/log-$name-$mode" "$name" "$mode" "$((after - before))" "$TICK" "$per_tx" "$pid" $cs_before $cs_after "$m_before" "$m_after" >> "$W/results.tsv" <<'PY'
 import glob, re, sys
