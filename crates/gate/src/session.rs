@@ -71,7 +71,7 @@ struct Held {
 /// (The text of [`SNAPSHOT_SQL`], for `concat!`.)
 macro_rules! snapshot_sql {
     () => {
-        "SELECT c.oid::pg_catalog.int8, (n.nspname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      x.n, c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace,      LATERAL (SELECT (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8 AS n) x      WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,t,m,p}'::pg_catalog.\"char\"[])      AND n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,information_schema}'::pg_catalog.name[])      AND n.nspname OPERATOR(pg_catalog.!~) '^pg_toast'::pg_catalog.text AND x.n OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT c.oid::pg_catalog.int8, ('pg_catalog.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8,      c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c      WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::pg_catalog.regclass, 'pg_catalog.pg_largeobject_metadata'::pg_catalog.regclass]::pg_catalog.oid[])      AND (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      UNION ALL SELECT -4, '', (pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_attribute'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_attribute'::pg_catalog.regclass))::pg_catalog.int8, 0"
+        "SELECT c.oid::pg_catalog.int8, (n.nspname::pg_catalog.text OPERATOR(pg_catalog.||) '.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      x.n, c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace,      LATERAL (SELECT (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8 AS n) x      WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,t,m,p}'::pg_catalog.\"char\"[])      AND n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,information_schema}'::pg_catalog.name[])      AND n.nspname OPERATOR(pg_catalog.!~) '^pg_toast'::pg_catalog.text AND x.n OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT c.oid::pg_catalog.int8, ('pg_catalog.'::pg_catalog.text OPERATOR(pg_catalog.||) c.relname::pg_catalog.text),      (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::pg_catalog.int8,      c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c      WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::pg_catalog.regclass, 'pg_catalog.pg_largeobject_metadata'::pg_catalog.regclass]::pg_catalog.oid[])      AND (pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) OPERATOR(pg_catalog.<>) 0      UNION ALL SELECT -1, COALESCE(pg_catalog.string_agg(l.relation::pg_catalog.text OPERATOR(pg_catalog.||) ':'::pg_catalog.text      OPERATOR(pg_catalog.||) COALESCE(c.relfilenode::pg_catalog.text, 'gone'::pg_catalog.text), ','), ''), pg_catalog.count(*), 0      FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.locktype OPERATOR(pg_catalog.=) 'relation'      AND l.mode OPERATOR(pg_catalog.=) 'AccessExclusiveLock'      AND (pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'::pg_catalog.text      OR EXISTS (SELECT FROM pg_catalog.pg_foreign_table))      UNION ALL SELECT -4, '', (pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_attribute'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_attribute'::pg_catalog.regclass))::pg_catalog.int8, 0      UNION ALL SELECT -6, '', (pg_catalog.pg_stat_get_xact_tuples_inserted('pg_catalog.pg_class'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_class'::pg_catalog.regclass)      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_class'::pg_catalog.regclass))::pg_catalog.int8, 0"
     };
 }
 /// The gate's read of what the transaction changed so far: per table (oid) its name, rows
@@ -79,11 +79,21 @@ macro_rules! snapshot_sql {
 /// read straight from `pg_class` and the counter functions: the view's joins with `pg_index`
 /// and its grouping cost twice as much, 0.13–0.21 against 0.07–0.08 ms on PostgreSQL 15), and the two catalogs that hold large
 /// objects (`pg_largeobject_metadata`: one row per large object; `pg_largeobject`: one per
-/// 2 KB page), whose rows `lo_unlink`, `lowrite` or `lo_truncate` inside a function change; and the ACCESS EXCLUSIVE relation locks held, each as
-/// `oid:relfilenode` (`oid:gone` once dropped) — a TRUNCATE or DROP inside a function on a
-/// relation the transaction had locked already (`LOCK TABLE … IN ACCESS EXCLUSIVE MODE` first)
-/// takes no new lock, but changes or removes its file; and (oid -4) the rows of `pg_attribute`
-/// the transaction updated or deleted (a DROP COLUMN there changes no file). Every
+/// 2 KB page), whose rows `lo_unlink`, `lowrite` or `lo_truncate` inside a function change; (oid
+/// -6) the rows of `pg_class` the transaction inserted, updated or deleted — every CREATE, DROP,
+/// TRUNCATE (a new relfilenode), rewrite or ALTER of a relation writes its row, also on a
+/// relation the transaction had locked already (`LOCK TABLE … IN ACCESS EXCLUSIVE MODE` first),
+/// and the counter is the backend's own (no shared lock taken to read it); (oid -4) the rows of
+/// `pg_attribute` the transaction updated or deleted (a DROP COLUMN writes no `pg_class` row);
+/// and (oid -1) the ACCESS EXCLUSIVE relation locks held, each as `oid:relfilenode`
+/// (`oid:gone` once dropped) — read only where the database has a foreign table (a TRUNCATE of
+/// one empties a table on another server and writes no local catalog row: its lock is what
+/// shows it) or the transaction is not READ COMMITTED (its snapshot could miss a foreign table
+/// created since it began). `pg_locks` takes every lock-manager partition and every backend's
+/// fast-path lock to list the locks, and under 16 sessions it cost as much as the rest of the
+/// read; otherwise the row is `('', 0)`. A TRUNCATE in place (no new file, no `pg_class`
+/// write) happens only to a relation created or emptied earlier in the same subtransaction —
+/// inside the measured statement, whose own rows are all it can remove. Every
 /// name is schema-qualified and every operator spelt `OPERATOR(pg_catalog.…)`, so a session's
 /// search_path or its own objects cannot change what it reads.
 const SNAPSHOT_SQL: &str = snapshot_sql!();
@@ -140,6 +150,9 @@ struct Snap {
     /// Rows of `pg_attribute` the transaction updated or deleted: a column dropped or
     /// redefined (no DML does that; DDL in a function on a table already locked does).
     column_changes: u64,
+    /// Rows of `pg_class` the transaction inserted, updated or deleted: a relation created,
+    /// dropped, emptied (TRUNCATE gives it a new file), rewritten or altered.
+    relation_writes: u64,
     /// Rows changed in tables with a deferrable user trigger, and how many such tables exist
     /// (`None`: not read; see [`SNAPSHOT_DEFERRED_SQL`]).
     deferred_rows: u64,
@@ -166,6 +179,8 @@ impl Snap {
             self.exclusive_files = get(1).split(',').filter(|e| !e.is_empty()).map(str::to_string).collect();
         } else if oid == -4 {
             self.column_changes = n;
+        } else if oid == -6 {
+            self.relation_writes = n;
         } else if oid == -5 {
             self.deferred_rows = n;
             self.deferred_tables = get(1).parse().ok();
@@ -1915,6 +1930,7 @@ impl<'a> Session<'a> {
                 .count();
             if back > 0
                 || after.column_changes < before.column_changes
+                || after.relation_writes < before.relation_writes
                 || after.exclusive_locks < before.exclusive_locks
             {
                 over.push(format!(
@@ -1977,6 +1993,11 @@ impl<'a> Session<'a> {
         // changed (TRUNCATE, rewrite) or it is gone (DROP). For a probe, the relations' entries
         // above judge the same.
         let replaced = before.exclusive_files.iter().filter(|e| !after.exclusive_files.contains(*e)).count();
+        if !probe && after.relation_writes > before.relation_writes {
+            over.push(
+                "it created, dropped, emptied, rewrote or altered a relation (a CREATE, DROP, TRUNCATE or ALTER TABLE, e.g. inside a function)".to_string(),
+            );
+        }
         if !probe && after.column_changes > before.column_changes {
             over.push(
                 "it dropped or redefined a table's columns (ALTER TABLE … DROP COLUMN, e.g. inside a function)".to_string(),

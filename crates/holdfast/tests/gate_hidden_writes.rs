@@ -168,6 +168,72 @@ fn a_truncate_or_drop_in_a_function_is_seen_when_the_table_was_locked_first() {
     assert_eq!(g.pg.psql("SELECT v FROM fresh").unwrap(), "3");
 }
 
+/// The counters read looks at the session's ACCESS EXCLUSIVE locks (`pg_locks`, costly under
+/// many sessions) only where the database has a foreign table or the transaction is not READ
+/// COMMITTED; a TRUNCATE or DROP of a local relation is seen by the `pg_class` row it writes.
+/// A TRUNCATE of a foreign table writes no local catalog row — the rows live on another server
+/// — so inside a function it is seen by its lock alone: held, in an explicit transaction and
+/// out of one, and a local TRUNCATE in a function is held the same in a REPEATABLE READ
+/// transaction (where the read does look at the locks).
+#[test]
+fn a_truncate_of_a_foreign_table_inside_a_function_is_held() {
+    let g = Gate::start_with("", POLICY, false);
+    // The "other server" is this cluster's database `ledgers`, reached through postgres_fdw
+    // as its own login; the application's SECURITY DEFINER maintenance function truncates the
+    // foreign table.
+    g.pg.psql("CREATE ROLE ledger_owner LOGIN PASSWORD 'ledger-secret'").unwrap();
+    g.pg.psql("CREATE DATABASE ledgers OWNER ledger_owner").unwrap();
+    g.pg.psql_db(
+        "ledgers",
+        "SET ROLE ledger_owner; CREATE TABLE ledger (id int, amount bigint);
+         INSERT INTO ledger SELECT g, 10 FROM generate_series(1, 40) g;",
+    )
+    .unwrap();
+    g.pg.psql(&format!(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE SERVER ledgers FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '{}', port '{}', dbname 'ledgers');
+         CREATE USER MAPPING FOR CURRENT_USER SERVER ledgers OPTIONS (user 'ledger_owner', password 'ledger-secret');
+         CREATE FOREIGN TABLE ext_ledger (id int, amount bigint) SERVER ledgers OPTIONS (table_name 'ledger');
+         CREATE FUNCTION clear_ledger() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE ext_ledger';
+         CREATE TABLE cards (id int, balance bigint);
+         INSERT INTO cards SELECT g, 100 FROM generate_series(1, 50) g;
+         GRANT ALL ON cards TO gate_app;
+         CREATE FUNCTION reset_cards() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE cards';",
+        g.pg.socket_dir().display(),
+        g.pg.port()
+    ))
+    .unwrap();
+    let ledger = |g: &Gate| g.pg.psql_db("ledgers", "SELECT count(*) FROM ledger").unwrap();
+    assert_eq!(ledger(&g), "40");
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("SELECT clear_ledger()"), "a foreign TRUNCATE in a function");
+    assert_eq!(ledger(&g), "40");
+    assert!(errors(&c.query("BEGIN")).is_empty());
+    refused(&c.query("SELECT clear_ledger()"), "a foreign TRUNCATE in a function, in a transaction");
+    c.query("ROLLBACK");
+    assert_eq!(ledger(&g), "40");
+    // No foreign table left: a local TRUNCATE in a function is held by its pg_class row, in a
+    // REPEATABLE READ transaction too.
+    g.pg.psql("DROP FOREIGN TABLE ext_ledger").unwrap();
+    for begin in ["BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ"] {
+        assert!(errors(&c.query(begin)).is_empty());
+        refused(&c.query("SELECT reset_cards()"), begin);
+        c.query("ROLLBACK");
+    }
+    refused(&c.query("SELECT reset_cards()"), "reset_cards outside a transaction");
+    assert_eq!(g.pg.psql("SELECT count(*) FROM cards").unwrap(), "50");
+    // A foreign table made after a REPEATABLE READ transaction took its snapshot: the
+    // transaction's reads cannot see it, its statements can (names are looked up in the
+    // catalogs as they are now).
+    assert!(errors(&c.query("BEGIN ISOLATION LEVEL REPEATABLE READ")).is_empty());
+    assert!(errors(&c.query("SELECT count(*) FROM cards")).is_empty());
+    g.pg.psql("CREATE FOREIGN TABLE ext_ledger (id int, amount bigint) SERVER ledgers OPTIONS (table_name 'ledger')")
+        .unwrap();
+    refused(&c.query("SELECT clear_ledger()"), "a foreign table newer than the snapshot");
+    c.query("ROLLBACK");
+    assert_eq!(ledger(&g), "40");
+}
+
 /// Large objects are rows of system catalogs (`pg_largeobject_metadata`, `pg_largeobject`),
 /// which the row guard's per-table counters left out: `lo_unlink` called by the application's
 /// own function (not by name, which is held) removed every large object with nothing counted.
