@@ -11,8 +11,10 @@
 //! How the gate measures a write (the row guard): the statement runs inside a savepoint (a
 //! transaction the gate opens, outside one) between two reads of the transaction's own
 //! counters — rows updated and deleted per table (`pg_stat_xact_user_tables`, so cascades and
-//! triggers count) and the ACCESS EXCLUSIVE locks the session holds (a DROP or TRUNCATE inside
-//! a function). All four go to the server in one flight; the read before is left out when
+//! triggers count), the `pg_class` and `pg_attribute` rows it wrote (a CREATE, DROP, TRUNCATE or
+//! ALTER inside a function) and, where a foreign table exists or the transaction is not READ
+//! COMMITTED, the ACCESS EXCLUSIVE locks the session holds (a TRUNCATE of a foreign table
+//! inside a function). All four go to the server in one flight; the read before is left out when
 //! the last measured write of the same transaction read it already (see `Session::counters`).
 //! Within the limits and the person's
 //! budgets the savepoint is released and the client gets the statement's answers; over them it
