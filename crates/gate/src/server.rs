@@ -643,11 +643,18 @@ pub fn builtins_shadowed_sql() -> String {
          WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
-         (WITH RECURSIVE d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
-         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN d ON t.typbasetype OPERATOR(pg_catalog.=) d.oid \
-         WHERE t.typtype OPERATOR(pg_catalog.=) 'd') SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
+         (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
+         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+         WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND r.reltype OPERATOR(pg_catalog.<>) 0 \
+         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g \
+         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.typelem OPERATOR(pg_catalog.<>) 0 AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT g.rngtypid FROM pg_catalog.pg_range g \
+         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION SELECT e.child FROM e JOIN d ON e.parent OPERATOR(pg_catalog.=) d.oid) SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
          FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
-         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace), \
+         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+         AND t.typsubscript OPERATOR(pg_catalog.<>) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
          (WITH RECURSIVE f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
          AND d.refobjid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid), \
@@ -656,11 +663,15 @@ pub fn builtins_shadowed_sql() -> String {
          UNION SELECT p.polrelid FROM f JOIN pg_catalog.pg_policy p ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass \
          AND p.oid OPERATOR(pg_catalog.=) f.objid \
          UNION SELECT i.indrelid FROM f JOIN pg_catalog.pg_index i ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
-         AND i.indexrelid OPERATOR(pg_catalog.=) f.objid), \
-         t(oid) AS (SELECT oid FROM direct UNION SELECT r.ev_class FROM t JOIN pg_catalog.pg_depend d \
+         AND i.indexrelid OPERATOR(pg_catalog.=) f.objid \
+         UNION SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) a.atttypid \
+         JOIN pg_catalog.pg_range g ON g.rngtypid OPERATOR(pg_catalog.=) ANY (ARRAY[y.oid, y.typbasetype]) \
+         WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND (g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)), \
+         t(oid) AS (SELECT oid FROM direct UNION SELECT x.oid FROM t JOIN pg_catalog.pg_depend d \
          ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.=) t.oid \
-         AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-         JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid) \
+         CROSS JOIN LATERAL (SELECT r.ev_class AS oid FROM pg_catalog.pg_rewrite r WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+         AND r.oid OPERATOR(pg_catalog.=) d.objid UNION ALL SELECT p.polrelid FROM pg_catalog.pg_policy p \
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.=) d.objid) x) \
          SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid)",
         array(&mut safe.iter().chain(writes.iter())),
         array(&mut operators.iter()),

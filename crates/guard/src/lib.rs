@@ -614,6 +614,18 @@ pub const TRANSACTION_CONTROL: &[&str] = &[
     "TRANSACTION",
 ];
 
+/// Kinds of DDL whose column types are those of the object they create: a domain's CHECKs
+/// named there run only when the new object is written (measured), not in anything that
+/// exists already (see `classify::StmtAnalysis::type_names`).
+const CREATES_ITS_TYPES: &[&str] = &["CREATE TABLE", "CREATE FOREIGN TABLE", "CREATE TYPE", "CREATE DOMAIN"];
+
+/// Kinds of DDL (measured by the relations' files) whose new object refers to or copies the
+/// relations the statement names: a view's query, a policy's expressions, `CREATE TABLE …
+/// (LIKE src)`, `INHERITS (src)`, `PARTITION OF src` (indexes, statistics, CHECKs and defaults
+/// come along). Naming a relation whose reading runs code that is not built in plants that
+/// code where later statements run it.
+const PLANTS_RELATIONS: &[&str] = &["CREATE VIEW", "CREATE POLICY", "ALTER POLICY", "CREATE TABLE"];
+
 /// Whether the analysis of `sql` holds for every text of its shape: one plain query or DML
 /// statement (no session effects, no EXECUTE/FETCH of other statements), whose verdict never
 /// read a constant's value, and whose text is the message's (up to a final `;`).
@@ -969,15 +981,23 @@ impl Guard {
         }
         if let Some(t) = st.cast_types.iter().find(|t| session.checked_domains.contains(*t)) {
             runs_known_code.push(format!(
-                "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
+                "casts to {t}, a type with CHECK constraints (a domain, or one holding a domain): they run with the cast and may call the application's functions"
+            ));
+        } else if !CREATES_ITS_TYPES.contains(&st.kind.as_str())
+            && let Some(t) = st.type_names.iter().find(|t| session.checked_domains.contains(*t))
+        {
+            runs_known_code.push(format!(
+                "names {t}, a type with CHECK constraints (a domain, or one holding a domain), as the type of a column or of a function's result columns: its CHECKs run whenever a value is converted to it — for a column of an existing table, in every later INSERT, the application's own included"
             ));
         }
-        // DDL measured by the relations' files runs such code under measurement; a view made
-        // over such a relation plants it (this session does not know the new view's name); a
-        // cursor's query runs at FETCH, which is judged by the same rule.
+        // DDL measured by the relations' files runs such code under measurement; DDL that
+        // copies or refers to such a relation plants it (a view over it, a policy reading it, a
+        // table made LIKE it, inheriting from it or a partition of it: this session does not
+        // know the new object yet); a cursor's query runs at FETCH, which is judged by the
+        // same rule.
         let cursor = st.kind == "DECLARE CURSOR"
             && !st.effects.iter().any(|e| matches!(e, Effect::Declare { hold: true, .. }));
-        if (!st.by_files || st.kind == "CREATE VIEW")
+        if (!st.by_files || PLANTS_RELATIONS.contains(&st.kind.as_str()))
             && !cursor
             && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
         {

@@ -640,3 +640,102 @@ fn an_unmeasured_delete_between_two_measured_writes_is_counted_against_the_next(
     assert_eq!(g.count("orders"), 100);
     assert_eq!(g.pg.psql("SELECT sum(total) - 5050 * 1.5 FROM orders").unwrap(), "3.0");
 }
+
+/// DDL that plants the application's code without calling it by name, so that its creation
+/// through the gate changes no row and the code runs later where nothing measures it (each
+/// found by playing it against this gate: allowed as plain `ddl`, and the later step emptied
+/// `orders`): a column of a domain whose CHECK calls the application's function added to an
+/// empty table the application fills (its own `INSERT` checks the NULL it leaves there); a
+/// row-level security policy that reads a view calling it (any later read of the table runs
+/// it); a range type whose `subtype_diff` is such a function (planning a range comparison and
+/// ANALYZE — autovacuum's too — run it); a table made `LIKE` or as a partition of one whose
+/// index runs it. Each is now held for a second person, with a reason naming what it plants.
+/// And reads that convert to such a domain without a cast written — a function's column
+/// definition list, a composite type holding the domain — are measured.
+#[test]
+fn ddl_that_plants_the_applications_code_is_held() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN coalesce($1, 1); END$$;
+         CREATE FUNCTION diff(float8, float8) RETURNS float8 LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1 - $2; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE TYPE holder AS (a checked);
+         CREATE VIEW report AS SELECT purge() AS n; GRANT SELECT ON report TO gate_app;
+         CREATE TABLE inbox (id int); ALTER TABLE inbox OWNER TO gate_app;
+         CREATE TABLE guarded (x int); INSERT INTO guarded VALUES (1); ALTER TABLE guarded OWNER TO gate_app;
+         CREATE TABLE ledger (x int); CREATE INDEX ledger_tidy ON ledger ((tidy(x))); GRANT SELECT ON ledger TO gate_app;",
+    )
+    .unwrap();
+    g.pg.psql(REFILL).unwrap();
+    let before = state(&g);
+    let mut through = Vec::new();
+    // (the attack through the gate, what runs it later — the application straight to the
+    // database, or a new session through the gate)
+    let attacks: [(&str, &str, bool); 3] = [
+        ("ALTER TABLE inbox ADD COLUMN z checked", "INSERT INTO inbox (id) VALUES (1)", false),
+        (
+            "ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; ALTER TABLE guarded FORCE ROW LEVEL SECURITY; CREATE POLICY p ON guarded USING (x IN (SELECT n FROM report))",
+            "SELECT count(*) FROM guarded",
+            true,
+        ),
+        (
+            "CREATE TYPE fr AS RANGE (subtype = float8, subtype_diff = diff)",
+            "CREATE TABLE rt (r fr); INSERT INTO rt SELECT fr(g, g + 1) FROM generate_series(1, 200) g; ANALYZE rt",
+            false,
+        ),
+    ];
+    for (attack, later, through_gate) in attacks {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(attack);
+        let held = errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run"));
+        if through_gate {
+            let mut c2 = Raw::connect(&g, "alice", "alice-password");
+            let _ = c2.query(later);
+        } else {
+            let _ = g.pg.psql(later);
+        }
+        if state(&g) != before || !held {
+            through.push(format!("{attack} (then {later}): held {held}, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        }
+    }
+    // Copies of a relation whose reading runs code: held (what they copy would run unmeasured).
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for attack in ["CREATE TABLE copy1 (LIKE ledger INCLUDING ALL)", "CREATE TABLE copy2 () INHERITS (ledger)"] {
+        let r = c.query(attack);
+        if !errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")) {
+            through.push(format!("{attack}: not held, errors {:?}", errors(&r)));
+        }
+    }
+    // Reads that convert to the domain without a cast to its name: measured (100 orders is
+    // over the limit of 10, so refused), never run as plain reads.
+    for sql in [
+        "SELECT * FROM json_to_record('{\"a\": 5}') AS x(a checked)",
+        "SELECT '(5)'::holder",
+        "SELECT (ROW(5)::holder).a",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        }
+    }
+    assert!(through.is_empty(), "planted or ran the application's code unmeasured: {through:#?}");
+    // What plants nothing still runs: a new table with a column of the domain (only its own,
+    // measured, writes run the CHECK), a range over built-ins, a policy over built-ins.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for sql in [
+        "CREATE TABLE fresh (id int, z checked)",
+        "CREATE TYPE plain_range AS RANGE (subtype = float8)",
+        "CREATE POLICY q ON inbox USING (id > 0)",
+        "CREATE TABLE copy3 (LIKE scratch INCLUDING ALL)",
+    ] {
+        let r = c.query(sql);
+        assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
+    }
+    assert_eq!(state(&g), before);
+}
