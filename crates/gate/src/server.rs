@@ -468,6 +468,8 @@ async fn connection(
         .await;
     let params = upstream.params.clone();
     let mut upstream_io = upstream.io;
+    // Read before the catalog: a change after this moment makes the session read it again.
+    let epoch = shared.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst);
     let (shadowed, domains, relations) = match builtins_shadowed(&mut upstream_io).await {
         Ok(s) => s,
         Err(e) => {
@@ -478,7 +480,7 @@ async fn connection(
     let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
-        .with_builtins_shadowed(shadowed, domains, relations)
+        .with_builtins_shadowed(epoch, shadowed, domains, relations)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -575,15 +577,10 @@ where
                 match f.tag {
                     // DataRow: `t` or `f`, then the domains' names.
                     b'D' => {
-                        let cols = data_row_text(&f.body);
-                        answer = Some(cols.first().is_some_and(|v| v == "f"));
-                        let list = |i: usize| -> Vec<String> {
-                            cols.get(i)
-                                .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
-                                .unwrap_or_default()
-                        };
-                        domains = list(1);
-                        relations = list(2);
+                        let (shadowed, d, r) = catalog_row(&data_row_text(&f.body));
+                        answer = Some(!shadowed);
+                        domains = d;
+                        relations = r;
                     }
                     b'E' => answer = Some(false),
                     b'Z' => return Ok::<_, String>(()),
@@ -600,8 +597,19 @@ where
     Ok((!answer.unwrap_or(false), domains, relations))
 }
 
+/// The row of [`builtins_shadowed_sql`]: whether a built-in name is overloaded (anything but
+/// `f` reads as yes: stricter), the types with CHECKs, the relations whose reading runs code.
+pub(crate) fn catalog_row(cols: &[String]) -> (bool, Vec<String>, Vec<String>) {
+    let list = |i: usize| -> Vec<String> {
+        cols.get(i)
+            .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    (cols.first().is_none_or(|v| v != "f"), list(1), list(2))
+}
+
 /// The text columns of a DataRow (NULL as empty).
-fn data_row_text(body: &[u8]) -> Vec<String> {
+pub(crate) fn data_row_text(body: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
     let mut p = 2;

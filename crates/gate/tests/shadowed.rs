@@ -61,5 +61,9 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
          CREATE TABLE plain_guarded (x int); CREATE POLICY p ON plain_guarded USING (x > 0)",
     )
     .unwrap();
-    assert!(pg.psql(&sql).unwrap().ends_with("|calls,guarded,indexed,over_calls,ranged"), "{}", pg.psql(&sql).unwrap());
+    assert!(
+        pg.psql(&sql).unwrap().ends_with("|calls,guarded,indexed,over_calls,ranged"),
+        "{}",
+        pg.psql(&sql).unwrap()
+    );
 }

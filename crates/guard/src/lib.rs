@@ -245,6 +245,11 @@ pub struct Session {
     checked_domains: std::collections::HashSet<String>,
     /// Relations (by name) whose reading may run code that is not built in.
     code_relations: std::collections::HashSet<String>,
+    /// The gate's knowledge of the catalog may be out of date and cannot be read again now
+    /// (a REPEATABLE READ transaction's snapshot, a pipelined batch): every statement naming a
+    /// relation or a type, or calling a built-in by an unqualified name, counts as running
+    /// code (see [`Session::set_catalog_unknown`]).
+    catalog_unknown: bool,
     lexing: Lexing,
 }
 
@@ -453,6 +458,31 @@ impl Session {
     /// counts as calling an unknown function: a SELECT is measured.
     pub fn set_code_relations(&mut self, names: impl IntoIterator<Item = String>) {
         self.code_relations.extend(names);
+    }
+
+    /// The gate read the catalog again: what it found replaces what the session knew (an
+    /// object dropped no longer counts), and the knowledge is current.
+    pub fn set_catalog(&mut self, shadowed: bool, domains: Vec<String>, relations: Vec<String>) {
+        self.builtins_shadowed = shadowed;
+        self.checked_domains = domains.into_iter().collect();
+        self.code_relations = relations.into_iter().collect();
+        self.catalog_unknown = false;
+    }
+
+    /// The gate's knowledge of the catalog may be out of date and it cannot read it again
+    /// before the next statements run (inside a REPEATABLE READ or SERIALIZABLE transaction
+    /// the catalog read sees the transaction's snapshot while PostgreSQL's executor uses a
+    /// fresh one; a client pipelining behind unanswered messages): until the next
+    /// [`Session::set_catalog`], a statement that names any relation or type, or calls a
+    /// built-in by an unqualified name, counts as running code (measured, or held where it
+    /// cannot be; a Bind of it is refused).
+    pub fn set_catalog_unknown(&mut self) {
+        self.catalog_unknown = true;
+    }
+
+    /// See [`Session::set_catalog_unknown`].
+    pub fn catalog_unknown(&self) -> bool {
+        self.catalog_unknown
     }
 
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
@@ -1004,6 +1034,19 @@ impl Guard {
             runs_known_code.push(format!(
                 "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
             ));
+        }
+        if session.catalog_unknown
+            && runs_known_code.is_empty()
+            && (((!st.by_files || PLANTS_RELATIONS.contains(&st.kind.as_str()))
+                && !cursor
+                && !st.relations.is_empty())
+                || (!CREATES_ITS_TYPES.contains(&st.kind.as_str()) && !st.type_names.is_empty())
+                || !st.cast_types.is_empty()
+                || st.unqualified_builtins)
+        {
+            runs_known_code.push(
+                "the gate's knowledge of the database's catalog may be out of date here (it changed since this session read it, inside a REPEATABLE READ or SERIALIZABLE transaction or a pipelined batch, where the gate cannot read it again): what the statement names may run code that is not built in".into(),
+            );
         }
         let unknown_calls = st.unknown_calls || !runs_known_code.is_empty();
         if !runs_known_code.is_empty() {

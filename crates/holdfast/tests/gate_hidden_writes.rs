@@ -704,7 +704,9 @@ fn ddl_that_plants_the_applications_code_is_held() {
     }
     // Copies of a relation whose reading runs code: held (what they copy would run unmeasured).
     let mut c = Raw::connect(&g, "alice", "alice-password");
-    for attack in ["CREATE TABLE copy1 (LIKE ledger INCLUDING ALL)", "CREATE TABLE copy2 () INHERITS (ledger)"] {
+    for attack in
+        ["CREATE TABLE copy1 (LIKE ledger INCLUDING ALL)", "CREATE TABLE copy2 () INHERITS (ledger)"]
+    {
         let r = c.query(attack);
         if !errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")) {
             through.push(format!("{attack}: not held, errors {:?}", errors(&r)));
@@ -737,5 +739,139 @@ fn ddl_that_plants_the_applications_code_is_held() {
         let r = c.query(sql);
         assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
     }
+    assert_eq!(state(&g), before);
+}
+
+/// The pending approval request, if there is one now.
+fn pending_now(g: &Gate) -> Option<String> {
+    let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["state"]["state"] == "pending")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+}
+
+/// Sends `sql` on `c` and waits until either the database shows it ran unmeasured (`orders`
+/// changed: `Err`) or the gate holds it (then bob rejects it and the client gets the refusal).
+fn held_not_run(g: &Gate, c: &mut Raw, sql: &str, before: &str) -> Result<(), String> {
+    c.send(&[q(sql)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if state(g) != before {
+            let _ = c.until_ready(1);
+            return Err(format!("{sql}: ran unmeasured"));
+        }
+        if let Some(id) = pending_now(g) {
+            let rej = g.bob(&["reject", &id]);
+            assert!(rej.status.success(), "{}", text(&rej));
+            let r = c.until_ready(1);
+            assert!(errors(&r).iter().any(|m| m.contains("rejected")), "{sql}: {:?}", errors(&r));
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let r = c.until_ready(1);
+            panic!("{sql}: neither ran nor held: {:?}", errors(&r));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A session learns at connect which relations' reading runs code; what is made after that
+/// was unknown to it for as long as it stayed connected. Through the gate: session A's
+/// `CREATE VIEW report2 AS SELECT purge()` (held, approved by bob) — session B, connected
+/// before, then read `report2` as a plain read and emptied `orders`; the same inside B's
+/// REPEATABLE READ transaction begun before the view existed (its catalog read would see its
+/// snapshot, the executor sees the view). Straight in the database, by the owner: a view over
+/// the deleting function, an overload `public.lower(int)`, a checked domain and an expression
+/// index, made while sessions were connected — each of their reads emptied `orders` (found by
+/// playing each against the gate). Now every statement that may change the catalog bumps the
+/// gate's catalog epoch (when sent, and when its transaction ends); a session whose knowledge
+/// is older reads it again before its next statement, and inside a REPEATABLE READ
+/// transaction counts it unknown (reads measured); and knowledge older than
+/// `catalog_max_age` is read again at the next statement outside a transaction block.
+#[test]
+fn catalog_knowledge_is_read_again_when_it_may_be_stale() {
+    // Through the gate, with an approver; the age bound out of the way (1 h).
+    let g = Gate::start_with("catalog_max_age = \"1h\"\n", POLICY, true);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut b = Raw::connect(&g, "alice", "alice-password");
+    let mut b_rr = Raw::connect(&g, "alice", "alice-password");
+    assert!(
+        errors(&b_rr.query("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM scratch")).is_empty()
+    );
+    let mut a = Raw::connect(&g, "alice", "alice-password");
+    a.send(&[q("CREATE VIEW report2 AS SELECT purge() AS n")]);
+    let id = g.pending_id();
+    let ok = g.bob(&["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let r = a.until_ready(1);
+    assert!(errors(&r).is_empty(), "the approved CREATE VIEW: {:?}", errors(&r));
+    assert_eq!(state(&g), before, "making the view ran nothing");
+    let mut through = Vec::new();
+    // (The transaction commits in the same message: what it deleted shows at once.)
+    for (c, what, sql) in [
+        (&mut b_rr, "session B in REPEATABLE READ", "SELECT * FROM report2; COMMIT"),
+        (&mut b, "session B", "SELECT * FROM report2"),
+    ] {
+        if let Err(e) = held_not_run(&g, c, sql, &before) {
+            through.push(format!("{what}: {e}"));
+            g.pg.psql("INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING").unwrap();
+        }
+    }
+    assert!(through.is_empty(), "{through:#?}");
+    // Plain reads still run as reads, in a new transaction and in the same session.
+    b_rr.query("ROLLBACK");
+    for c in [&mut b, &mut b_rr] {
+        let r = c.query("SELECT count(*) FROM orders");
+        assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    }
+    drop(g);
+
+    // Straight in the database, while sessions are connected; the age bound at 1 s.
+    let g = Gate::start_with("catalog_max_age = \"1s\"\n", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    let before = state(&g);
+    let reads =
+        ["SELECT * FROM report", "SELECT lower(5)", "SELECT 5::checked", "SELECT count(*) FROM ledger"];
+    let mut sessions: Vec<Raw> = reads.iter().map(|_| Raw::connect(&g, "alice", "alice-password")).collect();
+    for c in &mut sessions {
+        assert!(errors(&c.query("SELECT 1")).is_empty());
+    }
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION one() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE VIEW report AS SELECT purge() AS n; GRANT SELECT ON report TO gate_app;
+         CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_one ON ledger ((x + one())); GRANT SELECT ON ledger TO gate_app;",
+    )
+    .unwrap();
+    g.pg.psql(REFILL).unwrap();
+    assert_eq!(state(&g), before);
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let mut through = Vec::new();
+    for (c, sql) in sessions.iter_mut().zip(reads) {
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else {
+            refused(&r, sql);
+        }
+        let r = c.query("SELECT count(*) FROM orders");
+        assert!(errors(&r).is_empty(), "{sql}, then a plain read: {:?}", errors(&r));
+    }
+    assert!(through.is_empty(), "{through:#?}");
     assert_eq!(state(&g), before);
 }
