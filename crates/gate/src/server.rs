@@ -652,10 +652,13 @@ pub fn builtins_shadowed_sql() -> String {
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
          (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
+         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
          UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
-         WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND r.reltype OPERATOR(pg_catalog.<>) 0 \
-         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g \
-         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.typelem OPERATOR(pg_catalog.<>) 0 AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
+         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
          d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
          AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT g.rngtypid FROM pg_catalog.pg_range g \
          WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
@@ -674,7 +677,7 @@ pub fn builtins_shadowed_sql() -> String {
          AND i.indexrelid OPERATOR(pg_catalog.=) f.objid \
          UNION SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) a.atttypid \
          JOIN pg_catalog.pg_range g ON g.rngtypid OPERATOR(pg_catalog.=) ANY (ARRAY[y.oid, y.typbasetype]) \
-         WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND (g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)), \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND (g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)), \
          t(oid) AS (SELECT oid FROM direct UNION SELECT x.oid FROM t JOIN pg_catalog.pg_depend d \
          ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.=) t.oid \
          CROSS JOIN LATERAL (SELECT r.ev_class AS oid FROM pg_catalog.pg_rewrite r WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
