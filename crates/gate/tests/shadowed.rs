@@ -66,4 +66,26 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
         "{}",
         pg.psql(&sql).unwrap()
     );
+    // User types whose conversion or comparison runs a user's function: a cast through one
+    // (`m::int` of a column), a default btree operator class (a plain ORDER BY or DISTINCT
+    // runs its comparison); tables with such a column. Not a cast or class over built-ins.
+    pg.psql(
+        "CREATE TYPE mt AS (a int); CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE sql AS 'SELECT ($1).a';
+         CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt); CREATE TABLE casted (m mt);
+         CREATE TYPE mt2 AS (a int); CREATE FUNCTION mt2_cmp(mt2, mt2) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+         CREATE OPERATOR CLASS mt2_ops DEFAULT FOR TYPE mt2 USING btree AS FUNCTION 1 mt2_cmp(mt2, mt2);
+         CREATE TABLE sorted (m mt2); CREATE TYPE plain_mt AS (a int); CREATE TABLE plain_typed (m plain_mt)",
+    )
+    .unwrap();
+    let row = pg.psql(&sql).unwrap();
+    let cols: Vec<&str> = row.split('|').collect();
+    let types: Vec<&str> = cols[1].split(',').collect();
+    let relations: Vec<&str> = cols[2].split(',').collect();
+    for t in ["mt", "mt2", "casted", "sorted"] {
+        assert!(types.contains(&t), "{t} in {row}");
+    }
+    for r in ["casted", "sorted"] {
+        assert!(relations.contains(&r), "{r} in {row}");
+    }
+    assert!(!row.contains("plain_"), "{row}");
 }

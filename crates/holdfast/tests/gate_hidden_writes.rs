@@ -875,3 +875,62 @@ fn catalog_knowledge_is_read_again_when_it_may_be_stale() {
     assert!(through.is_empty(), "{through:#?}");
     assert_eq!(state(&g), before);
 }
+
+/// PostgreSQL runs the application's functions where no function is written: a cast through a
+/// function (`CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt)`: `SELECT m::int FROM casted`)
+/// and a type's default operator class (a btree comparison of the application's: a plain
+/// `ORDER BY` or `DISTINCT` over the column). Each emptied `orders` as a plain read through the
+/// gate (found by playing them). The catalog read now names such types (and what holds them)
+/// and the tables with a column of one: those reads are measured.
+#[test]
+fn reads_through_the_applications_casts_and_operator_classes_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE TYPE mt AS (a int);
+         CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE plpgsql AS $$BEGIN PERFORM purge(); RETURN ($1).a; END$$;
+         CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt);
+         CREATE TABLE casted (m mt); INSERT INTO casted VALUES (ROW(1));
+         CREATE TYPE mt2 AS (a int);
+         CREATE FUNCTION mt2_cmp(mt2, mt2) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE FUNCTION mt2_lt(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) < 0';
+         CREATE FUNCTION mt2_le(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) <= 0';
+         CREATE FUNCTION mt2_eq(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) = 0';
+         CREATE FUNCTION mt2_ge(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) >= 0';
+         CREATE FUNCTION mt2_gt(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) > 0';
+         CREATE OPERATOR #< (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_lt);
+         CREATE OPERATOR #<= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_le);
+         CREATE OPERATOR #= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_eq);
+         CREATE OPERATOR #>= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_ge);
+         CREATE OPERATOR #> (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_gt);
+         CREATE OPERATOR CLASS mt2_ops DEFAULT FOR TYPE mt2 USING btree AS OPERATOR 1 #<, OPERATOR 2 #<=,
+           OPERATOR 3 #=, OPERATOR 4 #>=, OPERATOR 5 #>, FUNCTION 1 mt2_cmp(mt2, mt2);
+         CREATE TABLE sorted (m mt2); INSERT INTO sorted VALUES (ROW(1)), (ROW(2));
+         GRANT SELECT ON casted, sorted TO gate_app;",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut through = Vec::new();
+    for sql in [
+        "SELECT m::int FROM casted",
+        "SELECT * FROM sorted ORDER BY m",
+        "SELECT DISTINCT m FROM sorted",
+        "SELECT ROW(1)::mt::int",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else {
+            refused(&r, sql);
+        }
+    }
+    assert!(through.is_empty(), "{through:#?}");
+    // Tables without such columns are read as before.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let r = c.query("SELECT id FROM orders ORDER BY id LIMIT 3");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+}
