@@ -479,16 +479,17 @@ pub struct Session<'a> {
 }
 
 /// Whether a statement the gate sends on may change the database's catalog: DDL and what
-/// needs approval (sent on only once approved), and anything that runs code the guard does not
-/// know (a function may create or replace objects). Settings change no catalog.
+/// needs approval (sent on only once approved). Settings change no catalog. A call of the
+/// application's own function does not count — it may create objects, but bumping the epoch
+/// on every such call would make every session read the catalog before nearly every
+/// statement of an application that calls its functions; what such a function makes is seen
+/// like what the owner makes outside the gate, within `catalog_max_age`.
 fn may_change_catalog(st: &guard::StatementInfo) -> bool {
-    (st.class >= Class::Ddl
+    st.class >= Class::Ddl
         && !st.kind.starts_with("SET")
         && !st.kind.starts_with("RESET")
         && st.kind != "SHOW"
-        && st.kind != "DISCARD")
-        || st.runs_code
-        || st.kind == "CALL"
+        && st.kind != "DISCARD"
 }
 
 /// The session's catalog read ([`crate::server::builtins_shadowed_sql`]) with one more column:
