@@ -42,6 +42,13 @@ pub struct GateFile {
     /// The largest client message accepted (default 64 MiB).
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// How old a session's knowledge of the database's catalog (built-in names overloaded,
+    /// types with CHECKs, relations whose reading runs code) may grow before the session reads
+    /// it again, at its next statement outside a transaction block (default `5s`, at least
+    /// `1s`). What is made through the gate is seen at once (see the gate's catalog epoch);
+    /// this bounds how long objects made straight in the database go unseen.
+    #[serde(default)]
+    pub catalog_max_age: Option<String>,
     /// Single-threaded runtimes the client sessions are spread over, each session pinned to
     /// one (default: one per core this process may run on; 0: sessions run on the main
     /// multi-threaded runtime with the control API).
@@ -335,6 +342,7 @@ pub struct Config {
     pub policy_text: Option<String>,
     pub approval_timeout: Duration,
     pub max_message_bytes: usize,
+    pub catalog_max_age: Duration,
     /// 0: sessions on the main runtime.
     pub session_threads: usize,
     pub console_session: Duration,
@@ -511,6 +519,8 @@ impl Config {
             policy_text,
             approval_timeout: dur(&f.approval_timeout, 600, "approval_timeout")?,
             max_message_bytes: f.max_message_bytes.unwrap_or(64 << 20),
+            // Whole seconds: parse_duration takes no zero and no unit below a second.
+            catalog_max_age: dur(&f.catalog_max_age, 5, "catalog_max_age")?,
             session_threads: match f.session_threads {
                 Some(n) if n > 1024 => return Err(format!("session_threads = {n}: at most 1024")),
                 Some(n) => n,

@@ -175,6 +175,11 @@ pub struct Shared {
     /// Console sign-ins (in memory: they end with the process).
     pub console: console::Sessions,
     next_session: AtomicU64,
+    /// Bumped when a session may have changed the database's catalog (it sent DDL, an approved
+    /// statement or code the guard does not know, and again when that transaction ended): a
+    /// session whose knowledge of the catalog is older reads it again before its next
+    /// statement (see `session::Session::catalog_current`).
+    pub catalog_epoch: AtomicU64,
     /// Sessions to end when their person's grant or break-glass is revoked (unused for now).
     pub started_at: u64,
 }
@@ -283,6 +288,7 @@ pub async fn start(config: Config) -> Result<GateHandle, GateError> {
         budgets,
         console: console::Sessions::default(),
         next_session: AtomicU64::new(0),
+        catalog_epoch: AtomicU64::new(0),
         started_at: approvals::unix_now(),
         config,
     });

@@ -468,6 +468,8 @@ async fn connection(
         .await;
     let params = upstream.params.clone();
     let mut upstream_io = upstream.io;
+    // Read before the catalog: a change after this moment makes the session read it again.
+    let epoch = shared.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst);
     let (shadowed, domains, relations) = match builtins_shadowed(&mut upstream_io).await {
         Ok(s) => s,
         Err(e) => {
@@ -478,7 +480,7 @@ async fn connection(
     let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
-        .with_builtins_shadowed(shadowed, domains, relations)
+        .with_builtins_shadowed(epoch, shadowed, domains, relations)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -575,15 +577,10 @@ where
                 match f.tag {
                     // DataRow: `t` or `f`, then the domains' names.
                     b'D' => {
-                        let cols = data_row_text(&f.body);
-                        answer = Some(cols.first().is_some_and(|v| v == "f"));
-                        let list = |i: usize| -> Vec<String> {
-                            cols.get(i)
-                                .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
-                                .unwrap_or_default()
-                        };
-                        domains = list(1);
-                        relations = list(2);
+                        let (shadowed, d, r) = catalog_row(&data_row_text(&f.body));
+                        answer = Some(!shadowed);
+                        domains = d;
+                        relations = r;
                     }
                     b'E' => answer = Some(false),
                     b'Z' => return Ok::<_, String>(()),
@@ -600,8 +597,19 @@ where
     Ok((!answer.unwrap_or(false), domains, relations))
 }
 
+/// The row of [`builtins_shadowed_sql`]: whether a built-in name is overloaded (anything but
+/// `f` reads as yes: stricter), the types with CHECKs, the relations whose reading runs code.
+pub(crate) fn catalog_row(cols: &[String]) -> (bool, Vec<String>, Vec<String>) {
+    let list = |i: usize| -> Vec<String> {
+        cols.get(i)
+            .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    (cols.first().is_none_or(|v| v != "f"), list(1), list(2))
+}
+
 /// The text columns of a DataRow (NULL as empty).
-fn data_row_text(body: &[u8]) -> Vec<String> {
+pub(crate) fn data_row_text(body: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
     let mut p = 2;
@@ -622,11 +630,18 @@ fn data_row_text(body: &[u8]) -> Vec<String> {
 }
 
 /// The catalog read of [`builtins_shadowed`]: one row, the boolean and the names of the
-/// domains with CHECK constraints (or over one), comma-separated — but information_schema's own
-/// (`cardinal_number`, `yes_or_no`: built-in checks) —, and the names of the relations whose
-/// reading may run code that is not built in: views whose rules depend on a function or
-/// operator of a user's (OID ≥ 16384), tables with such a policy or index (expression or
-/// predicate), and views over any of those, recursively.
+/// types whose conversion may run code — domains with CHECK constraints, and the *code types*:
+/// ranges whose `subtype_diff` or `canonical` is a user's function (OID ≥ 16384), user types
+/// with a cast through a user's function or a default operator class with a user's support
+/// function or operator (a plain `ORDER BY`, `DISTINCT` or `m::int` runs it) — and whatever
+/// holds one (a domain over it, a composite type or table row with such a field, a range over
+/// it, an array of it), comma-separated — but information_schema's own (`cardinal_number`,
+/// `yes_or_no`: built-in checks) —, and the names of the relations whose reading may run code
+/// that is not built in: views whose rules depend on a function or operator of a user's,
+/// tables with such a policy or index (expression or predicate), tables with a column of a
+/// code type (or of a type holding one), tables whose policy reads any of these, and views
+/// over any of those, recursively. Only user objects (OID ≥ 16384) are looked at where a
+/// built-in one cannot be what runs the code.
 pub fn builtins_shadowed_sql() -> String {
     let (safe, writes, operators) = guard::builtin_names();
     let array = |names: &mut dyn Iterator<Item = &&str>| {
@@ -643,12 +658,51 @@ pub fn builtins_shadowed_sql() -> String {
          WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
-         (WITH RECURSIVE d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
-         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN d ON t.typbasetype OPERATOR(pg_catalog.=) d.oid \
-         WHERE t.typtype OPERATOR(pg_catalog.=) 'd') SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
+         (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
+         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
+         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT g.rngtypid FROM pg_catalog.pg_range g \
+         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION SELECT c.castsource FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.castsource OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT c.casttarget FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.casttarget OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT o.opcintype FROM pg_catalog.pg_opclass o WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND (EXISTS (SELECT FROM pg_catalog.pg_amproc p \
+         WHERE p.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily AND p.amproc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
+         OR EXISTS (SELECT FROM pg_catalog.pg_amop a WHERE a.amopfamily OPERATOR(pg_catalog.=) o.opcfamily AND a.amopopr OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)) \
+         UNION SELECT e.child FROM e JOIN d ON e.parent OPERATOR(pg_catalog.=) d.oid) SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
          FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
-         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace), \
-         (WITH RECURSIVE f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
+         WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+         AND t.typsubscript OPERATOR(pg_catalog.<>) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
+         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
+         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         k(oid) AS (SELECT g.rngtypid FROM pg_catalog.pg_range g \
+         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION SELECT c.castsource FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.castsource OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT c.casttarget FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.casttarget OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT o.opcintype FROM pg_catalog.pg_opclass o WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND (EXISTS (SELECT FROM pg_catalog.pg_amproc p \
+         WHERE p.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily AND p.amproc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
+         OR EXISTS (SELECT FROM pg_catalog.pg_amop a WHERE a.amopfamily OPERATOR(pg_catalog.=) o.opcfamily AND a.amopopr OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)) \
+         UNION SELECT e.child FROM e JOIN k ON e.parent OPERATOR(pg_catalog.=) k.oid), \
+         f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
          AND d.refobjid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid), \
          direct AS (SELECT r.ev_class AS oid FROM f JOIN pg_catalog.pg_rewrite r ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
@@ -656,11 +710,15 @@ pub fn builtins_shadowed_sql() -> String {
          UNION SELECT p.polrelid FROM f JOIN pg_catalog.pg_policy p ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass \
          AND p.oid OPERATOR(pg_catalog.=) f.objid \
          UNION SELECT i.indrelid FROM f JOIN pg_catalog.pg_index i ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
-         AND i.indexrelid OPERATOR(pg_catalog.=) f.objid), \
-         t(oid) AS (SELECT oid FROM direct UNION SELECT r.ev_class FROM t JOIN pg_catalog.pg_depend d \
+         AND i.indexrelid OPERATOR(pg_catalog.=) f.objid \
+         UNION SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) a.atttypid \
+         JOIN k ON k.oid OPERATOR(pg_catalog.=) ANY (ARRAY[y.oid, y.typbasetype]) \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), \
+         t(oid) AS (SELECT oid FROM direct UNION SELECT x.oid FROM t JOIN pg_catalog.pg_depend d \
          ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.=) t.oid \
-         AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-         JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid) \
+         CROSS JOIN LATERAL (SELECT r.ev_class AS oid FROM pg_catalog.pg_rewrite r WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+         AND r.oid OPERATOR(pg_catalog.=) d.objid UNION ALL SELECT p.polrelid FROM pg_catalog.pg_policy p \
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.=) d.objid) x) \
          SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid)",
         array(&mut safe.iter().chain(writes.iter())),
         array(&mut operators.iter()),

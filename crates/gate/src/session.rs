@@ -482,6 +482,44 @@ pub struct Session<'a> {
     /// before; pipelined behind it, the counters read would be taken by the server for an
     /// unexpected message in its data.)
     copy_in: bool,
+    /// The gate's catalog epoch (`Shared::catalog_epoch`) this session's knowledge of the
+    /// catalog was read at, and when (see [`Session::catalog_current`]).
+    catalog_epoch: u64,
+    catalog_read: Instant,
+    /// This session sent, in its current transaction, something that may have changed the
+    /// catalog: the epoch is bumped again when the transaction ends (its changes are visible
+    /// to others only then).
+    catalog_dirty: bool,
+    /// The knowledge was read inside a REPEATABLE READ or SERIALIZABLE transaction, whose
+    /// snapshot the catalog read sees: unknown until the transaction ends.
+    catalog_snapshot_txn: bool,
+}
+
+/// Whether a statement the gate sends on may change the database's catalog: DDL and what
+/// needs approval (sent on only once approved). Settings change no catalog. A call of the
+/// application's own function does not count — it may create objects, but bumping the epoch
+/// on every such call would make every session read the catalog before nearly every
+/// statement of an application that calls its functions; what such a function makes is seen
+/// like what the owner makes outside the gate, within `catalog_max_age`.
+fn may_change_catalog(st: &guard::StatementInfo) -> bool {
+    st.class >= Class::Ddl
+        && !st.kind.starts_with("SET")
+        && !st.kind.starts_with("RESET")
+        && st.kind != "SHOW"
+        && st.kind != "DISCARD"
+}
+
+/// The session's catalog read ([`crate::server::builtins_shadowed_sql`]) with one more column:
+/// the transaction's isolation level (a read inside a REPEATABLE READ or SERIALIZABLE
+/// transaction sees its snapshot).
+fn catalog_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "{}, pg_catalog.current_setting('transaction_isolation'::pg_catalog.text)",
+            crate::server::builtins_shadowed_sql()
+        )
+    })
 }
 
 /// Outcomes folded into one `statement` record at most (a pipelining client's); the rest are
@@ -558,6 +596,10 @@ impl<'a> Session<'a> {
             outcome_deadline: None,
             timing: Timing::default(),
             copy_in: false,
+            catalog_epoch: 0,
+            catalog_read: Instant::now(),
+            catalog_dirty: false,
+            catalog_snapshot_txn: false,
         }
     }
 
@@ -793,8 +835,10 @@ impl<'a> Session<'a> {
     /// pg_catalog (see `server::builtins_shadowed`).
     /// And the domains with CHECK constraints it holds (a cast to one runs them).
     /// And the relations whose reading may run code that is not built in.
+    /// `epoch`: the gate's catalog epoch read before that catalog read.
     pub fn with_builtins_shadowed(
         mut self,
+        epoch: u64,
         shadowed: bool,
         checked_domains: Vec<String>,
         code_relations: Vec<String>,
@@ -804,7 +848,112 @@ impl<'a> Session<'a> {
         }
         self.guard.set_checked_domains(checked_domains);
         self.guard.set_code_relations(code_relations);
+        self.catalog_epoch = epoch;
+        self.catalog_read = Instant::now();
         self
+    }
+
+    /// Before a client message the guard judges: the session's knowledge of the catalog
+    /// (built-in names overloaded, types with CHECKs, relations whose reading runs code) is
+    /// read again when it is stale — the gate's catalog epoch moved since (a session sent DDL,
+    /// an approved statement or unknown code), or, outside a transaction block, it is older than
+    /// `catalog_max_age` (objects made straight in the database). Read through the extended
+    /// protocol under the gate's own names (the client's unnamed statement and portal are left
+    /// alone), in one round trip, only when the server owes the client nothing; otherwise — a
+    /// pipelined batch, a failed transaction — and inside a REPEATABLE READ or SERIALIZABLE
+    /// transaction (whose snapshot the read would see, while the executor uses a fresh one)
+    /// the knowledge counts as unknown: what a statement names counts as running code.
+    async fn catalog_current(&mut self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let epoch = self.shared.catalog_epoch.load(SeqCst);
+        if self.catalog_snapshot_txn {
+            if self.txn != b'I' {
+                return Ok(());
+            }
+            self.catalog_snapshot_txn = false;
+        } else {
+            let old = self.txn == b'I' && self.catalog_read.elapsed() > self.shared.config.catalog_max_age;
+            if epoch == self.catalog_epoch && !old {
+                return Ok(());
+            }
+        }
+        let quiet = self.outstanding == 0
+            && self.swallow == 0
+            && self.own_answers == 0
+            && self.run.is_none()
+            && self.xrun.is_none()
+            && self.held.is_none()
+            && self.pending_exec.is_none()
+            && !self.batch_open
+            && self.commit_pending == 0
+            && !self.copy_in
+            && self.sout.is_empty()
+            && self.txn != b'E';
+        if !quiet {
+            self.guard.set_catalog_unknown();
+            return Ok(());
+        }
+        frontend::encode_own_statement(&mut self.sout, catalog_sql());
+        frontend::encode_sync(&mut self.sout);
+        self.guard.sync_sent();
+        self.flush_server().await?;
+        let mut row: Option<Vec<String>> = None;
+        let mut failed: Option<String> = None;
+        let read = async {
+            loop {
+                while let Some(f) =
+                    wire::decode_frame(&mut self.sbuf, usize::MAX >> 1).map_err(|e| e.to_string())?
+                {
+                    match f.tag {
+                        b'D' => row = Some(crate::server::data_row_text(&f.body)),
+                        b'E' => {
+                            failed = Some(
+                                wire::error_fields(&f.body)
+                                    .into_iter()
+                                    .find(|(t, _)| *t == b'M')
+                                    .map(|(_, m)| m)
+                                    .unwrap_or_default(),
+                            )
+                        }
+                        b'Z' => {
+                            self.txn = f.body.first().copied().unwrap_or(b'I');
+                            return Ok::<_, String>(());
+                        }
+                        // Asynchronous messages are the client's.
+                        b'A' | b'N' => f.encode(&mut self.cout),
+                        b'S' => {
+                            f.encode(&mut self.cout);
+                            self.server_parameter(&f).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                if self.server.read_buf(&mut self.sbuf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("the database closed the connection".to_string());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .map_err(|_| "the gate's catalog read timed out".to_string())??;
+        self.guard.ready(failed.is_none(), self.txn == b'I');
+        match (row, failed) {
+            (Some(cols), None) => {
+                let (shadowed, domains, relations) = crate::server::catalog_row(&cols);
+                self.guard.set_catalog(shadowed, domains, relations);
+                self.catalog_epoch = epoch;
+                self.catalog_read = Instant::now();
+                if self.txn == b'T' && cols.get(3).is_some_and(|i| i != "read committed") {
+                    self.guard.set_catalog_unknown();
+                    self.catalog_snapshot_txn = true;
+                }
+            }
+            (_, why) => {
+                tracing::warn!(person = %self.id.person.name, error = ?why, "the gate's catalog read failed; the session's knowledge counts as unknown");
+                self.guard.set_catalog_unknown();
+            }
+        }
+        Ok(())
     }
 
     pub fn with_startup_settings(mut self, settings: &[(String, String)]) -> Self {
@@ -935,6 +1084,11 @@ impl<'a> Session<'a> {
                     if self.txn != b'T' {
                         // The transaction ended or failed: the next one reads its own.
                         self.counters = None;
+                    }
+                    if self.txn == b'I' && self.catalog_dirty {
+                        // What it changed in the catalog is now visible to every session.
+                        self.catalog_dirty = false;
+                        self.shared.catalog_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                     self.guard.ready(!self.error_since_ready, self.txn == b'I');
                     self.error_since_ready = false;
@@ -1169,6 +1323,9 @@ impl<'a> Session<'a> {
         if self.timing.started.is_none() {
             self.timing.started = Some(Instant::now());
         }
+        if matches!(f.tag, b'Q' | b'P' | b'B' | b'E' | b'F') {
+            self.catalog_current().await?;
+        }
         if self.release_pending {
             // Ahead of the client's message, in the same flight; its answers are swallowed.
             self.release_pending = false;
@@ -1369,6 +1526,12 @@ impl<'a> Session<'a> {
     /// person, or refuse. The audit record is written before anything reaches the database.
     async fn statement(&mut self, sql: String, d: Decision, f: Frame, extended: bool) -> Result<(), String> {
         self.statements += 1;
+        if d.statements.iter().any(may_change_catalog) {
+            // Every session reads the catalog again before its next statement — now, and
+            // once more when this transaction ends (see `catalog_current`).
+            self.catalog_dirty = true;
+            self.shared.catalog_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let break_glass = self.shared.approvals.break_glass_active(&self.id.person.name);
         let mut action = d.action.clone();
         let mut reasons_extra: Vec<String> = Vec::new();

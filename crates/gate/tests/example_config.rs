@@ -25,6 +25,7 @@ fn the_example_parses() {
     assert_eq!(c.grant_roles[0].max_for.as_secs(), 4 * 3600);
     assert_eq!(c.upstream.config_for("dba").password.as_deref(), Some("pw"));
     assert!(c.require_tls);
+    assert_eq!(c.catalog_max_age.as_secs(), 5);
     assert_eq!(c.webhooks.len(), 1);
     guard::Policy::from_toml(c.policy_text.as_deref().unwrap()).unwrap();
 }
@@ -43,6 +44,12 @@ fn mistakes_are_named() {
         ("hours = \"07:00-21:00\"", "hours = \"7-21\"", "hours"),
         ("on_full = \"refuse_all\"", "on_full = \"drop\"", "on_full"),
         ("listen = \"0.0.0.0:6432\"", "listen = \"everywhere\"", "listen"),
+        ("catalog_max_age = \"5s\"", "catalog_max_age = \"0s\"", "catalog_max_age: \"0s\" is not a duration"),
+        (
+            "catalog_max_age = \"5s\"",
+            "catalog_max_age = \"soon\"",
+            "catalog_max_age: \"soon\" is not a duration",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(text.contains(from), "{from}");

@@ -36,4 +36,56 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     )
     .unwrap();
     assert_eq!(pg.psql(&sql).unwrap(), "t|positive,small_positive|calls,indexed,over_calls");
+    // Types whose conversion runs a domain's CHECKs without the domain's name being cast to: a
+    // composite type (or a table's row type) with such a field, a range over such a domain; and
+    // a range whose subtype_diff is a user's function (ANALYZE and the planner run it: a table
+    // with a column of it is read with code too). Not a composite of plain fields.
+    pg.psql(
+        "CREATE TYPE holder AS (p positive, q int[]); CREATE TABLE inbox (id int, z small_positive);
+         CREATE TYPE pos_range AS RANGE (subtype = positive);
+         CREATE TYPE plain_pair AS (a int, b text);
+         CREATE FUNCTION diff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE AS 'SELECT $1 - $2';
+         CREATE TYPE user_range AS RANGE (subtype = float8, subtype_diff = diff);
+         CREATE TYPE builtin_range AS RANGE (subtype = float8, subtype_diff = float8mi);
+         CREATE TABLE ranged (r user_range); CREATE TABLE builtin_ranged (r builtin_range)",
+    )
+    .unwrap();
+    assert_eq!(
+        pg.psql(&sql).unwrap(),
+        "t|holder,inbox,pos_multirange,pos_range,positive,ranged,small_positive,user_multirange,user_range|calls,indexed,over_calls,ranged"
+    );
+    // A table whose row-level security policy reads a relation that runs code (a view over g):
+    // reading the table runs it; a policy over built-ins only does not count.
+    pg.psql(
+        "CREATE TABLE guarded (x int); CREATE POLICY p ON guarded USING (x IN (SELECT n FROM calls));
+         CREATE TABLE plain_guarded (x int); CREATE POLICY p ON plain_guarded USING (x > 0)",
+    )
+    .unwrap();
+    assert!(
+        pg.psql(&sql).unwrap().ends_with("|calls,guarded,indexed,over_calls,ranged"),
+        "{}",
+        pg.psql(&sql).unwrap()
+    );
+    // User types whose conversion or comparison runs a user's function: a cast through one
+    // (`m::int` of a column), a default btree operator class (a plain ORDER BY or DISTINCT
+    // runs its comparison); tables with such a column. Not a cast or class over built-ins.
+    pg.psql(
+        "CREATE TYPE mt AS (a int); CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE sql AS 'SELECT ($1).a';
+         CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt); CREATE TABLE casted (m mt);
+         CREATE TYPE mt2 AS (a int); CREATE FUNCTION mt2_cmp(mt2, mt2) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+         CREATE OPERATOR CLASS mt2_ops DEFAULT FOR TYPE mt2 USING btree AS FUNCTION 1 mt2_cmp(mt2, mt2);
+         CREATE TABLE sorted (m mt2); CREATE TYPE plain_mt AS (a int); CREATE TABLE plain_typed (m plain_mt)",
+    )
+    .unwrap();
+    let row = pg.psql(&sql).unwrap();
+    let cols: Vec<&str> = row.split('|').collect();
+    let types: Vec<&str> = cols[1].split(',').collect();
+    let relations: Vec<&str> = cols[2].split(',').collect();
+    for t in ["mt", "mt2", "casted", "sorted"] {
+        assert!(types.contains(&t), "{t} in {row}");
+    }
+    for r in ["casted", "sorted"] {
+        assert!(relations.contains(&r), "{r} in {row}");
+    }
+    assert!(!row.contains("plain_"), "{row}");
 }

@@ -80,6 +80,14 @@ pub(crate) struct StmtAnalysis {
     /// the domain's CHECK constraints, which the session may know to call functions (see
     /// `Session::set_checked_domains`).
     pub cast_types: Vec<String>,
+    /// The other types it names (the last part of each name, as written): a column's type, a
+    /// column definition list's (`json_to_record(…) AS x(a checked)` coerces to it, running a
+    /// domain's CHECKs), a range's subtype. Judged like `cast_types` except in a statement that
+    /// creates the object whose type it is (a new table's column runs its domain's CHECKs
+    /// only when that table is written: measured); an `ALTER TABLE … ADD COLUMN` of such a
+    /// domain plants them into every later INSERT into an existing table — the application's
+    /// own among them, with no default: a NULL is checked too.
+    pub type_names: Vec<String>,
     /// The relations it names (the last part of each name, as written): reading a view, or a
     /// table with a policy or an index expression, may run code (see
     /// `Session::set_code_relations`).
@@ -205,6 +213,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         copy_freeze: false,
         unknown_calls: false,
         cast_types: Vec::new(),
+        type_names: Vec::new(),
         relations: Vec::new(),
     };
     let kind = match as_node(tree) {
@@ -285,6 +294,7 @@ fn analyze_statement(tree: &Value, policy: &Policy) -> StmtAnalysis {
         unqualified_builtins: w.unqualified_builtins,
         unknown_calls,
         cast_types: w.cast_types,
+        type_names: w.type_names,
         relations: w.relations,
         by_files,
     }
@@ -328,6 +338,7 @@ struct Walker<'p> {
     copy_freeze: bool,
     unknown_calls: bool,
     cast_types: Vec<String>,
+    type_names: Vec<String>,
     relations: Vec<String>,
 }
 
@@ -949,6 +960,10 @@ impl Walker<'_> {
                 if let Some((name, body)) = as_node(v) {
                     self.node(name, body, ctx.inner());
                 } else {
+                    if m.contains_key("typemod") && m.contains_key("array_bounds") {
+                        // A TypeName held as a plain struct (a column's type, a coldeflist's).
+                        self.type_name(v, ctx);
+                    }
                     self.visit_fields(m, &[], ctx);
                 }
             }
@@ -1038,6 +1053,48 @@ impl Walker<'_> {
                     self.relations.push(rel.to_string());
                 }
                 self.visit_body(body, &[], ctx);
+            }
+            "TypeName" => {
+                self.type_name(body, ctx);
+                self.visit_body(body, &[], ctx);
+            }
+            "TableLikeClause" => {
+                // `CREATE TABLE t (LIKE src INCLUDING ALL)` copies src's index expressions,
+                // statistics, CHECKs and defaults — the code its reading or writing runs.
+                if let Some(rel) = body.get("relation").and_then(|r| r.get("relname")).and_then(Value::as_str)
+                    && !rel.is_empty()
+                    && !self.relations.iter().any(|r| r == rel)
+                {
+                    self.relations.push(rel.to_string());
+                }
+                self.visit_body(body, &[], ctx);
+            }
+            "CreateRangeStmt" => {
+                // A range's subtype_diff runs in ANALYZE (autovacuum's too) and while planning
+                // a range comparison; its canonical function in every input of the type: a
+                // function of the application's named there is planted like a call.
+                for p in list(body, "params") {
+                    if let Some(("DefElem", d)) = as_node(p)
+                        && matches!(str_field(d, "defname"), "subtype_diff" | "canonical")
+                        && let Some(("TypeName", t)) = as_node(field(d, "arg"))
+                    {
+                        let parts = names(list(t, "names"));
+                        let v = classify_function(&parts, self.policy);
+                        self.unknown_calls |= v.unknown;
+                        self.raise(v.class, v.reason.unwrap_or_default());
+                        if v.unknown {
+                            self.raise(
+                                self.policy.unknown_functions.class(),
+                                format!(
+                                    "CREATE TYPE … AS RANGE names {}() as its {}: it runs whenever the type is analysed, planned over or read",
+                                    parts.join("."),
+                                    str_field(d, "defname")
+                                ),
+                            );
+                        }
+                    }
+                }
+                self.fixed(name, body, ctx, true);
             }
             "TypeCast" => {
                 if ctx.executed
@@ -1405,6 +1462,16 @@ impl Walker<'_> {
             name,
             analysis: Arc::new(Analysis { error: None, statements: vec![inner], reads_constants: false }),
         });
+    }
+
+    /// A type named anywhere but in a cast (see [`StmtAnalysis::type_names`]).
+    fn type_name(&mut self, body: &Value, ctx: Ctx) {
+        if (ctx.executed || ctx.planned)
+            && let Some(t) = names(list(body, "names")).pop()
+            && !self.type_names.contains(&t)
+        {
+            self.type_names.push(t);
+        }
     }
 
     fn func_call(&mut self, body: &Value, ctx: Ctx) {

@@ -245,6 +245,11 @@ pub struct Session {
     checked_domains: std::collections::HashSet<String>,
     /// Relations (by name) whose reading may run code that is not built in.
     code_relations: std::collections::HashSet<String>,
+    /// The gate's knowledge of the catalog may be out of date and cannot be read again now
+    /// (a REPEATABLE READ transaction's snapshot, a pipelined batch): every statement naming a
+    /// relation or a type, or calling a built-in by an unqualified name, counts as running
+    /// code (see [`Session::set_catalog_unknown`]).
+    catalog_unknown: bool,
     lexing: Lexing,
 }
 
@@ -455,6 +460,31 @@ impl Session {
         self.code_relations.extend(names);
     }
 
+    /// The gate read the catalog again: what it found replaces what the session knew (an
+    /// object dropped no longer counts), and the knowledge is current.
+    pub fn set_catalog(&mut self, shadowed: bool, domains: Vec<String>, relations: Vec<String>) {
+        self.builtins_shadowed = shadowed;
+        self.checked_domains = domains.into_iter().collect();
+        self.code_relations = relations.into_iter().collect();
+        self.catalog_unknown = false;
+    }
+
+    /// The gate's knowledge of the catalog may be out of date and it cannot read it again
+    /// before the next statements run (inside a REPEATABLE READ or SERIALIZABLE transaction
+    /// the catalog read sees the transaction's snapshot while PostgreSQL's executor uses a
+    /// fresh one; a client pipelining behind unanswered messages): until the next
+    /// [`Session::set_catalog`], a statement that names any relation or type, or calls a
+    /// built-in by an unqualified name, counts as running code (measured, or held where it
+    /// cannot be; a Bind of it is refused).
+    pub fn set_catalog_unknown(&mut self) {
+        self.catalog_unknown = true;
+    }
+
+    /// See [`Session::set_catalog_unknown`].
+    pub fn catalog_unknown(&self) -> bool {
+        self.catalog_unknown
+    }
+
     fn bind(&mut self, name: &str, analysis: Arc<Analysis>) {
         let b = self.statements.entry(name.to_string()).or_default();
         if let Some(cur) = b.current.take() {
@@ -613,6 +643,18 @@ pub const TRANSACTION_CONTROL: &[&str] = &[
     "ROLLBACK PREPARED",
     "TRANSACTION",
 ];
+
+/// Kinds of DDL whose column types are those of the object they create: a domain's CHECKs
+/// named there run only when the new object is written (measured), not in anything that
+/// exists already (see `classify::StmtAnalysis::type_names`).
+const CREATES_ITS_TYPES: &[&str] = &["CREATE TABLE", "CREATE FOREIGN TABLE", "CREATE TYPE", "CREATE DOMAIN"];
+
+/// Kinds of DDL (measured by the relations' files) whose new object refers to or copies the
+/// relations the statement names: a view's query, a policy's expressions, `CREATE TABLE …
+/// (LIKE src)`, `INHERITS (src)`, `PARTITION OF src` (indexes, statistics, CHECKs and defaults
+/// come along). Naming a relation whose reading runs code that is not built in plants that
+/// code where later statements run it.
+const PLANTS_RELATIONS: &[&str] = &["CREATE VIEW", "CREATE POLICY", "ALTER POLICY", "CREATE TABLE"];
 
 /// Whether the analysis of `sql` holds for every text of its shape: one plain query or DML
 /// statement (no session effects, no EXECUTE/FETCH of other statements), whose verdict never
@@ -969,21 +1011,42 @@ impl Guard {
         }
         if let Some(t) = st.cast_types.iter().find(|t| session.checked_domains.contains(*t)) {
             runs_known_code.push(format!(
-                "casts to {t}, a domain with CHECK constraints: they run with the cast and may call the application's functions"
+                "casts to {t}, a type with CHECK constraints (a domain, or one holding a domain): they run with the cast and may call the application's functions"
+            ));
+        } else if !CREATES_ITS_TYPES.contains(&st.kind.as_str())
+            && let Some(t) = st.type_names.iter().find(|t| session.checked_domains.contains(*t))
+        {
+            runs_known_code.push(format!(
+                "names {t}, a type with CHECK constraints (a domain, or one holding a domain), as the type of a column or of a function's result columns: its CHECKs run whenever a value is converted to it — for a column of an existing table, in every later INSERT, the application's own included"
             ));
         }
-        // DDL measured by the relations' files runs such code under measurement; a view made
-        // over such a relation plants it (this session does not know the new view's name); a
-        // cursor's query runs at FETCH, which is judged by the same rule.
+        // DDL measured by the relations' files runs such code under measurement; DDL that
+        // copies or refers to such a relation plants it (a view over it, a policy reading it, a
+        // table made LIKE it, inheriting from it or a partition of it: this session does not
+        // know the new object yet); a cursor's query runs at FETCH, which is judged by the
+        // same rule.
         let cursor = st.kind == "DECLARE CURSOR"
             && !st.effects.iter().any(|e| matches!(e, Effect::Declare { hold: true, .. }));
-        if (!st.by_files || st.kind == "CREATE VIEW")
+        if (!st.by_files || PLANTS_RELATIONS.contains(&st.kind.as_str()))
             && !cursor
             && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
         {
             runs_known_code.push(format!(
                 "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
             ));
+        }
+        if session.catalog_unknown
+            && runs_known_code.is_empty()
+            && (((!st.by_files || PLANTS_RELATIONS.contains(&st.kind.as_str()))
+                && !cursor
+                && !st.relations.is_empty())
+                || (!CREATES_ITS_TYPES.contains(&st.kind.as_str()) && !st.type_names.is_empty())
+                || !st.cast_types.is_empty()
+                || st.unqualified_builtins)
+        {
+            runs_known_code.push(
+                "the gate's knowledge of the database's catalog may be out of date here (it changed since this session read it, inside a REPEATABLE READ or SERIALIZABLE transaction or a pipelined batch, where the gate cannot read it again): what the statement names may run code that is not built in".into(),
+            );
         }
         let unknown_calls = st.unknown_calls || !runs_known_code.is_empty();
         if !runs_known_code.is_empty() {

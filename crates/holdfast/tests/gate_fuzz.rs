@@ -41,6 +41,15 @@ CREATE FUNCTION cancel_order() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
   'BEGIN DELETE FROM orders WHERE id = NEW.order_id; RETURN NEW; END';
 CREATE TRIGGER cancel AFTER INSERT ON cancellations FOR EACH ROW EXECUTE FUNCTION cancel_order();
 GRANT ALL ON customers, orders, cards, cancellations TO gate_app;
+CREATE FUNCTION chk(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS
+  $$BEGIN PERFORM purge(200); RETURN coalesce($1, 1); END$$;
+CREATE DOMAIN checked AS int CHECK (chk(VALUE) > 0);
+CREATE TYPE holder AS (a checked);
+CREATE TYPE mt AS (a int);
+CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE plpgsql AS $$BEGIN PERFORM purge(200); RETURN ($1).a; END$$;
+CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt);
+CREATE TABLE casted (m mt); INSERT INTO casted VALUES (ROW(1));
+GRANT SELECT ON casted TO gate_app;
 ";
 
 const RESET: &str = "
@@ -79,6 +88,11 @@ fn statement(r: &mut Rng) -> String {
         "SELECT purge(100000)",
         "COPY orders TO STDOUT",
         "COPY (SELECT purge({k})) TO STDOUT",
+        // Reads that run the application's code without naming a function (the schema's
+        // domain CHECK, a composite holding the domain, a cast through a function).
+        "SELECT * FROM json_to_record('{\"a\": {k}}') AS x(a checked)",
+        "SELECT '({k})'::holder",
+        "SELECT m::int FROM casted",
     ];
     const SMALL: &[&str] = &[
         "DELETE FROM orders WHERE id = {k}",

@@ -706,3 +706,297 @@ fn an_unmeasured_delete_between_two_measured_writes_is_counted_against_the_next(
     assert_eq!(g.count("orders"), 100);
     assert_eq!(g.pg.psql("SELECT sum(total) - 5050 * 1.5 FROM orders").unwrap(), "3.0");
 }
+
+/// DDL that plants the application's code without calling it by name, so that its creation
+/// through the gate changes no row and the code runs later where nothing measures it (each
+/// found by playing it against this gate: allowed as plain `ddl`, and the later step emptied
+/// `orders`): a column of a domain whose CHECK calls the application's function added to an
+/// empty table the application fills (its own `INSERT` checks the NULL it leaves there); a
+/// row-level security policy that reads a view calling it (any later read of the table runs
+/// it); a range type whose `subtype_diff` is such a function (planning a range comparison and
+/// ANALYZE — autovacuum's too — run it); a table made `LIKE` or as a partition of one whose
+/// index runs it. Each is now held for a second person, with a reason naming what it plants.
+/// And reads that convert to such a domain without a cast written — a function's column
+/// definition list, a composite type holding the domain — are measured.
+#[test]
+fn ddl_that_plants_the_applications_code_is_held() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN coalesce($1, 1); END$$;
+         CREATE FUNCTION diff(float8, float8) RETURNS float8 LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1 - $2; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE TYPE holder AS (a checked);
+         CREATE VIEW report AS SELECT purge() AS n; GRANT SELECT ON report TO gate_app;
+         CREATE TABLE inbox (id int); ALTER TABLE inbox OWNER TO gate_app;
+         CREATE TABLE guarded (x int); INSERT INTO guarded VALUES (1); ALTER TABLE guarded OWNER TO gate_app;
+         CREATE TABLE ledger (x int); CREATE INDEX ledger_tidy ON ledger ((tidy(x))); GRANT SELECT ON ledger TO gate_app;",
+    )
+    .unwrap();
+    g.pg.psql(REFILL).unwrap();
+    let before = state(&g);
+    let mut through = Vec::new();
+    // (the attack through the gate, what runs it later — the application straight to the
+    // database, or a new session through the gate)
+    let attacks: [(&str, &str, bool); 3] = [
+        ("ALTER TABLE inbox ADD COLUMN z checked", "INSERT INTO inbox (id) VALUES (1)", false),
+        (
+            "ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; ALTER TABLE guarded FORCE ROW LEVEL SECURITY; CREATE POLICY p ON guarded USING (x IN (SELECT n FROM report))",
+            "SELECT count(*) FROM guarded",
+            true,
+        ),
+        (
+            "CREATE TYPE fr AS RANGE (subtype = float8, subtype_diff = diff)",
+            "CREATE TABLE rt (r fr); INSERT INTO rt SELECT fr(g, g + 1) FROM generate_series(1, 200) g; ANALYZE rt",
+            false,
+        ),
+    ];
+    for (attack, later, through_gate) in attacks {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(attack);
+        let held = errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run"));
+        if through_gate {
+            let mut c2 = Raw::connect(&g, "alice", "alice-password");
+            let _ = c2.query(later);
+        } else {
+            let _ = g.pg.psql(later);
+        }
+        if state(&g) != before || !held {
+            through.push(format!("{attack} (then {later}): held {held}, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        }
+    }
+    // Copies of a relation whose reading runs code: held (what they copy would run unmeasured).
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for attack in
+        ["CREATE TABLE copy1 (LIKE ledger INCLUDING ALL)", "CREATE TABLE copy2 () INHERITS (ledger)"]
+    {
+        let r = c.query(attack);
+        if !errors(&r).iter().any(|m| m.starts_with("holdfast gate:") && m.contains("not run")) {
+            through.push(format!("{attack}: not held, errors {:?}", errors(&r)));
+        }
+    }
+    // Reads that convert to the domain without a cast to its name: measured (100 orders is
+    // over the limit of 10, so refused), never run as plain reads.
+    for sql in [
+        "SELECT * FROM json_to_record('{\"a\": 5}') AS x(a checked)",
+        "SELECT '(5)'::holder",
+        "SELECT (ROW(5)::holder).a",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        }
+    }
+    assert!(through.is_empty(), "planted or ran the application's code unmeasured: {through:#?}");
+    // What plants nothing still runs: a new table with a column of the domain (only its own,
+    // measured, writes run the CHECK), a range over built-ins, a policy over built-ins.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    for sql in [
+        "CREATE TABLE fresh (id int, z checked)",
+        "CREATE TYPE plain_range AS RANGE (subtype = float8)",
+        "CREATE POLICY q ON inbox USING (id > 0)",
+        "CREATE TABLE copy3 (LIKE scratch INCLUDING ALL)",
+    ] {
+        let r = c.query(sql);
+        assert!(errors(&r).is_empty(), "{sql}: {:?}", errors(&r));
+    }
+    assert_eq!(state(&g), before);
+}
+
+/// The pending approval request, if there is one now.
+fn pending_now(g: &Gate) -> Option<String> {
+    let out = g.cli("alice", "alice-password", None, &["pending", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["state"]["state"] == "pending")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+}
+
+/// Sends `sql` on `c` and waits until either the database shows it ran unmeasured (`orders`
+/// changed: `Err`) or the gate holds it (then bob rejects it and the client gets the refusal).
+fn held_not_run(g: &Gate, c: &mut Raw, sql: &str, before: &str) -> Result<(), String> {
+    c.send(&[q(sql)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if state(g) != before {
+            let _ = c.until_ready(1);
+            return Err(format!("{sql}: ran unmeasured"));
+        }
+        if let Some(id) = pending_now(g) {
+            let rej = g.bob(&["reject", &id]);
+            assert!(rej.status.success(), "{}", text(&rej));
+            let r = c.until_ready(1);
+            assert!(errors(&r).iter().any(|m| m.contains("rejected")), "{sql}: {:?}", errors(&r));
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let r = c.until_ready(1);
+            panic!("{sql}: neither ran nor held: {:?}", errors(&r));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A session learns at connect which relations' reading runs code; what is made after that
+/// was unknown to it for as long as it stayed connected. Through the gate: session A's
+/// `CREATE VIEW report2 AS SELECT purge()` (held, approved by bob) — session B, connected
+/// before, then read `report2` as a plain read and emptied `orders`; the same inside B's
+/// REPEATABLE READ transaction begun before the view existed (its catalog read would see its
+/// snapshot, the executor sees the view). Straight in the database, by the owner: a view over
+/// the deleting function, an overload `public.lower(int)`, a checked domain and an expression
+/// index, made while sessions were connected — each of their reads emptied `orders` (found by
+/// playing each against the gate). Now every statement that may change the catalog bumps the
+/// gate's catalog epoch (when sent, and when its transaction ends); a session whose knowledge
+/// is older reads it again before its next statement, and inside a REPEATABLE READ
+/// transaction counts it unknown (reads measured); and knowledge older than
+/// `catalog_max_age` is read again at the next statement outside a transaction block.
+#[test]
+fn catalog_knowledge_is_read_again_when_it_may_be_stale() {
+    // Through the gate, with an approver; the age bound out of the way (1 h).
+    let g = Gate::start_with("catalog_max_age = \"1h\"\n", POLICY, true);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut b = Raw::connect(&g, "alice", "alice-password");
+    let mut b_rr = Raw::connect(&g, "alice", "alice-password");
+    assert!(
+        errors(&b_rr.query("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM scratch")).is_empty()
+    );
+    let mut a = Raw::connect(&g, "alice", "alice-password");
+    a.send(&[q("CREATE VIEW report2 AS SELECT purge() AS n")]);
+    let id = g.pending_id();
+    let ok = g.bob(&["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let r = a.until_ready(1);
+    assert!(errors(&r).is_empty(), "the approved CREATE VIEW: {:?}", errors(&r));
+    assert_eq!(state(&g), before, "making the view ran nothing");
+    let mut through = Vec::new();
+    // (The transaction commits in the same message: what it deleted shows at once.)
+    for (c, what, sql) in [
+        (&mut b_rr, "session B in REPEATABLE READ", "SELECT * FROM report2; COMMIT"),
+        (&mut b, "session B", "SELECT * FROM report2"),
+    ] {
+        if let Err(e) = held_not_run(&g, c, sql, &before) {
+            through.push(format!("{what}: {e}"));
+            g.pg.psql("INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING").unwrap();
+        }
+    }
+    assert!(through.is_empty(), "{through:#?}");
+    // Plain reads still run as reads, in a new transaction and in the same session.
+    b_rr.query("ROLLBACK");
+    for c in [&mut b, &mut b_rr] {
+        let r = c.query("SELECT count(*) FROM orders");
+        assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    }
+    drop(g);
+
+    // Straight in the database, while sessions are connected; the age bound at 1 s.
+    let g = Gate::start_with("catalog_max_age = \"1s\"\n", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    let before = state(&g);
+    let reads =
+        ["SELECT * FROM report", "SELECT lower(5)", "SELECT 5::checked", "SELECT count(*) FROM ledger"];
+    let mut sessions: Vec<Raw> = reads.iter().map(|_| Raw::connect(&g, "alice", "alice-password")).collect();
+    for c in &mut sessions {
+        assert!(errors(&c.query("SELECT 1")).is_empty());
+    }
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION one() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
+         CREATE VIEW report AS SELECT purge() AS n; GRANT SELECT ON report TO gate_app;
+         CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE TABLE ledger (x int); INSERT INTO ledger SELECT generate_series(1, 10);
+         CREATE INDEX ledger_one ON ledger ((x + one())); GRANT SELECT ON ledger TO gate_app;",
+    )
+    .unwrap();
+    g.pg.psql(REFILL).unwrap();
+    assert_eq!(state(&g), before);
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let mut through = Vec::new();
+    for (c, sql) in sessions.iter_mut().zip(reads) {
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else {
+            refused(&r, sql);
+        }
+        let r = c.query("SELECT count(*) FROM orders");
+        assert!(errors(&r).is_empty(), "{sql}, then a plain read: {:?}", errors(&r));
+    }
+    assert!(through.is_empty(), "{through:#?}");
+    assert_eq!(state(&g), before);
+}
+
+/// PostgreSQL runs the application's functions where no function is written: a cast through a
+/// function (`CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt)`: `SELECT m::int FROM casted`)
+/// and a type's default operator class (a btree comparison of the application's: a plain
+/// `ORDER BY` or `DISTINCT` over the column). Each emptied `orders` as a plain read through the
+/// gate (found by playing them). The catalog read now names such types (and what holds them)
+/// and the tables with a column of one: those reads are measured.
+#[test]
+fn reads_through_the_applications_casts_and_operator_classes_are_measured() {
+    let g = Gate::start_with("", POLICY, false);
+    const REFILL: &str =
+        "INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING";
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE TYPE mt AS (a int);
+         CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE plpgsql AS $$BEGIN PERFORM purge(); RETURN ($1).a; END$$;
+         CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt);
+         CREATE TABLE casted (m mt); INSERT INTO casted VALUES (ROW(1));
+         CREATE TYPE mt2 AS (a int);
+         CREATE FUNCTION mt2_cmp(mt2, mt2) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE FUNCTION mt2_lt(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) < 0';
+         CREATE FUNCTION mt2_le(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) <= 0';
+         CREATE FUNCTION mt2_eq(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) = 0';
+         CREATE FUNCTION mt2_ge(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) >= 0';
+         CREATE FUNCTION mt2_gt(mt2, mt2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT mt2_cmp($1, $2) > 0';
+         CREATE OPERATOR #< (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_lt);
+         CREATE OPERATOR #<= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_le);
+         CREATE OPERATOR #= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_eq);
+         CREATE OPERATOR #>= (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_ge);
+         CREATE OPERATOR #> (LEFTARG = mt2, RIGHTARG = mt2, FUNCTION = mt2_gt);
+         CREATE OPERATOR CLASS mt2_ops DEFAULT FOR TYPE mt2 USING btree AS OPERATOR 1 #<, OPERATOR 2 #<=,
+           OPERATOR 3 #=, OPERATOR 4 #>=, OPERATOR 5 #>, FUNCTION 1 mt2_cmp(mt2, mt2);
+         CREATE TABLE sorted (m mt2); INSERT INTO sorted VALUES (ROW(1)), (ROW(2));
+         GRANT SELECT ON casted, sorted TO gate_app;",
+    )
+    .unwrap();
+    let before = state(&g);
+    let mut through = Vec::new();
+    for sql in [
+        "SELECT m::int FROM casted",
+        "SELECT * FROM sorted ORDER BY m",
+        "SELECT DISTINCT m FROM sorted",
+        "SELECT ROW(1)::mt::int",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.query(sql);
+        if state(&g) != before {
+            through.push(format!("{sql}: ran unmeasured, errors {:?}", errors(&r)));
+            g.pg.psql(REFILL).unwrap();
+        } else {
+            refused(&r, sql);
+        }
+    }
+    assert!(through.is_empty(), "{through:#?}");
+    // Tables without such columns are read as before.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let r = c.query("SELECT id FROM orders ORDER BY id LIMIT 3");
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+}
