@@ -33,6 +33,10 @@
 #      takes a base backup whenever the WAL since the newest exceeds that share of its size, also
 #      during the load; empty: backups on demand only. pgBackRest and pg_basebackup have one
 #      backup each, taken before the load, as their users would by schedule)
+#      STANDBY_BACKUP_WAL_SHARE= (the [[standby]]'s backup_wal_share: empty: the vault's default, 0.1 —
+#      a base backup from the warm standby, production asked only for a CHECKPOINT, whenever the
+#      WAL since the newest backup exceeds that share of its size; 0: none, every backup from
+#      production as before). The catalog login (holdfast_rep) is granted pg_checkpoint.
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/restore.md (report), bench-out/restore-sSCALE.json (raw, per size),
 # bench-out/restore-sSCALE-vault.log, and the servers' logs (restore-sSCALE-*-server.log).
@@ -68,6 +72,7 @@ DURATION="${DURATION:-60}"
 CLIENTS="${CLIENTS:-2}"
 APPLY_DELAY="${APPLY_DELAY:-20s}"
 BACKUP_WAL_SHARE="${BACKUP_WAL_SHARE-0.5}"
+STANDBY_BACKUP_WAL_SHARE="${STANDBY_BACKUP_WAL_SHARE:-}"
 KEEP="${KEEP:-0}"
 SHOP_MERCHANTS="${SHOP_MERCHANTS:-$((SCALE * 100))}"
 SHOP_RATE="${SHOP_RATE:-100}"
@@ -131,12 +136,15 @@ rec duration "$DURATION"
 rec clients "$CLIENTS"
 rec apply_delay "\"$APPLY_DELAY\""
 rec backup_wal_share "\"${BACKUP_WAL_SHARE:-none}\""
+rec standby_backup_wal_share "\"${STANDBY_BACKUP_WAL_SHARE:-default}\""
 rec filesystem "$(jstr "$(df -PT "$W" | awk 'NR==2 {print $1" "$2}')")"
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 # track_commit_timestamp: the check of a restored cluster compares pgbench_history rows by the
 # commit timestamp of their transaction with the destructive transaction's.
 start_source "track_commit_timestamp = on"
+# The vault asks for a CHECKPOINT before a base backup from its standby (PostgreSQL 15+).
+psql_ "GRANT pg_checkpoint TO holdfast_rep" >/dev/null
 ACCOUNTS=$((SCALE * 100000))
 rec input_bytes "$(( $(size_of "$DATA") - $(size_of "$DATA/pg_wal") ))"
 rec db_bytes "$(psql_ "SELECT pg_database_size('postgres')")"
@@ -176,7 +184,8 @@ ${BACKUP_WAL_SHARE:+backup_wal_share = $BACKUP_WAL_SHARE}
 cluster = \"bench\"
 data_dir = \"$SB\"
 apply_delay = \"$APPLY_DELAY\"
-port = $SB_PORT"
+port = $SB_PORT${STANDBY_BACKUP_WAL_SHARE:+
+backup_wal_share = $STANDBY_BACKUP_WAL_SHARE}"
 RUST_LOG=info "$HF" vault serve --config "$V/vault.toml" --listen 127.0.0.1:0 --ready-file "$V/ready.json" >> "$W/vault.log" 2>&1 &
 VPID=$!
 for _ in $(seq 1 600); do [ -s "$V/ready.json" ] && break; kill -0 "$VPID" 2>/dev/null || die "vault serve exited: $(tail -5 "$W/vault.log")"; sleep 0.1; done
@@ -387,6 +396,7 @@ stop_restored() {
 }
 
 rec hf_backups "$(python3 "$PY" count-backups "$URL" "$CA" "$W/read.token" bench 2>/dev/null || echo null)"
+rec hf_standby_backups "$(grep -c 'base backup taken from the warm standby' "$W/vault.log" || true)"
 if [ -n "$N" ]; then
   log "restore 1/3: holdfast restore --before-incident $N --start --promote"
   D="$RDIR/holdfast" P="$(free_port)"

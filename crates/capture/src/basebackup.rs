@@ -81,14 +81,40 @@ struct Chunked {
     digests: HashMap<Vec<u8>, (u64, Vec<u8>)>,
 }
 
+/// How a file (or directory) of the source's data directory is stored.
+#[derive(Clone, Copy)]
+pub enum Treat {
+    /// As the server sent it.
+    Keep,
+    /// Not at all (and left out of the stored manifest).
+    Skip,
+    /// Rewritten by this function (and its manifest entry with it).
+    Rewrite(fn(&[u8]) -> Vec<u8>),
+}
+
+/// What decides each path's [`Treat`] (paths relative to the data directory).
+pub type TreatFn = Arc<dyn Fn(&str) -> Treat + Send + Sync>;
+
+/// A base backup taken from a standby of the cluster (the vault's own warm standby) instead of
+/// from production: where to connect, and what of its data directory is the standby's own.
+pub struct StandbySource {
+    /// A replication connection to the standby.
+    pub conn: pgproto::conn::Config,
+    /// Which of its files are not the database's (left out or cleaned).
+    pub treat: TreatFn,
+}
+
 /// Runs on a blocking thread: tar archives in, backup record out.
 fn chunk_archives(
     mut writer: store::BackupWriter,
     rx: Receiver<Feed>,
     manifest: Receiver<Vec<u8>>,
     host: Arc<dyn crate::VaultHost>,
+    treat: Option<TreatFn>,
 ) -> Result<Chunked, CaptureError> {
     let mut digests = HashMap::new();
+    // What the stored manifest says differently from the server's (skipped or rewritten files).
+    let mut edits: HashMap<Vec<u8>, pgfmt::manifest::FileEdit> = HashMap::new();
     let mut next: Option<(String, Option<u32>)> = match rx.recv() {
         Ok(Feed::Archive { name, oid }) => Some((name, oid)),
         _ => None,
@@ -108,8 +134,38 @@ fn chunk_archives(
                 continue;
             }
             let path = format!("{prefix}{relative}");
-            match entry.kind {
-                EntryKind::File => {
+            let how = treat.as_ref().map_or(Treat::Keep, |t| t(&path));
+            match (entry.kind, how) {
+                (EntryKind::File, Treat::Skip) => {
+                    // Still read and hashed: the server's manifest is checked whole below.
+                    let mut hasher = ChecksumAlgorithm::Crc32c.hasher();
+                    let n =
+                        io::copy(&mut Hashing { inner: tar.data(), hasher: &mut hasher }, &mut io::sink())
+                            .map_err(|e| CaptureError::Backup(format!("archive {name}: {e}")))?;
+                    digests.insert(path.clone().into_bytes(), (n, hasher.finish()));
+                    edits.insert(path.into_bytes(), pgfmt::manifest::FileEdit::Drop);
+                }
+                (EntryKind::File, Treat::Rewrite(rewrite)) => {
+                    let mut hasher = ChecksumAlgorithm::Crc32c.hasher();
+                    let mut original = Vec::new();
+                    Hashing { inner: tar.data(), hasher: &mut hasher }
+                        .read_to_end(&mut original)
+                        .map_err(|e| CaptureError::Backup(format!("archive {name}: {e}")))?;
+                    digests.insert(path.clone().into_bytes(), (original.len() as u64, hasher.finish()));
+                    let cleaned = rewrite(&original);
+                    writer.add_stream(&path, &cleaned[..], entry.mode, entry.mtime)?;
+                    let mut h = ChecksumAlgorithm::Crc32c.hasher();
+                    h.update(&cleaned);
+                    edits.insert(
+                        path.into_bytes(),
+                        pgfmt::manifest::FileEdit::Replace {
+                            size: cleaned.len() as u64,
+                            checksum: h.finish(),
+                        },
+                    );
+                }
+                (_, Treat::Skip) => {}
+                (EntryKind::File, Treat::Keep) => {
                     let mut hasher = ChecksumAlgorithm::Crc32c.hasher();
                     let n = writer.add_stream(
                         &path,
@@ -119,9 +175,9 @@ fn chunk_archives(
                     )?;
                     digests.insert(path.into_bytes(), (n, hasher.finish()));
                 }
-                EntryKind::Directory => writer.add_dir(&path, entry.mode, entry.mtime)?,
-                EntryKind::Symlink => writer.add_symlink(&path, &entry.link_target, entry.mtime)?,
-                EntryKind::Other(t) => {
+                (EntryKind::Directory, _) => writer.add_dir(&path, entry.mode, entry.mtime)?,
+                (EntryKind::Symlink, _) => writer.add_symlink(&path, &entry.link_target, entry.mtime)?,
+                (EntryKind::Other(t), _) => {
                     tracing::warn!(path, kind = %(t as char), "skipping unsupported tar member")
                 }
             }
@@ -132,7 +188,14 @@ fn chunk_archives(
     }
     // The manifest is stored as a file of the backup too: restore puts it back for
     // pg_verifybackup.
-    let manifest_bytes = manifest.recv().unwrap_or_default();
+    let mut manifest_bytes = manifest.recv().unwrap_or_default();
+    if !manifest_bytes.is_empty() && !edits.is_empty() {
+        // The stored manifest lists what was stored (pg_verifybackup checks a restore against it).
+        manifest_bytes = pgfmt::manifest::edit_files(&manifest_bytes, |f| {
+            edits.get(&f.path).cloned().unwrap_or(pgfmt::manifest::FileEdit::Keep)
+        })
+        .map_err(|e| CaptureError::Backup(format!("the server's backup manifest is not valid: {e}")))?;
+    }
     if !manifest_bytes.is_empty() {
         writer.add_stream("backup_manifest", &manifest_bytes[..], 0o600, 0)?;
     }
@@ -170,11 +233,47 @@ pub(crate) async fn take_then(
     rt: &Arc<ClusterRuntime>,
     complete: impl FnOnce(&BackupSummary),
 ) -> Result<BackupSummary, CaptureError> {
+    take_inner(rt, None, complete).await
+}
+
+/// Takes one base backup from a standby of the cluster (see [`StandbySource`]): the same
+/// backup as from production — checked against the server's manifest, complete once its WAL
+/// is in the vault, recorded in the catalog — with the standby's own files left out or cleaned.
+/// Refused when the standby is not a copy of the cluster (another system identifier than the
+/// cluster's backups).
+pub async fn take_from_standby(
+    rt: &Arc<ClusterRuntime>,
+    source: &StandbySource,
+) -> Result<BackupSummary, CaptureError> {
+    take_inner(rt, Some(source), |_| {}).await
+}
+
+async fn take_inner(
+    rt: &Arc<ClusterRuntime>,
+    standby: Option<&StandbySource>,
+    complete: impl FnOnce(&BackupSummary),
+) -> Result<BackupSummary, CaptureError> {
     let _one_at_a_time = rt.backup_lock.lock().await;
     let started = rt.now();
-    let (mut conn, server) = crate::stream::connect(rt).await?;
+    let (mut conn, server) = match standby {
+        None => crate::stream::connect(rt).await?,
+        Some(sb) => (
+            pgproto::conn::ReplicationConnection::connect(&sb.conn).await?,
+            format!("standby {}", sb.conn.host),
+        ),
+    };
     let ident = conn.identify_system().await?;
     let system_id = ident.system_id.to_string();
+    if standby.is_some()
+        && let Some(newest) = rt.newest_backup()
+        && newest.system_id != system_id
+    {
+        let _ = conn.close().await;
+        return Err(CaptureError::Backup(format!(
+            "the standby is system {system_id}, the cluster's backups are of system {}: not a copy of this cluster",
+            newest.system_id
+        )));
+    }
     let id_hint = format!("holdfast {} {}", rt.cluster.name, started);
     let options = BaseBackupOptions {
         label: id_hint,
@@ -189,14 +288,18 @@ pub(crate) async fn take_then(
     tracing::info!(cluster = %rt.cluster.name, %server, "base backup starting");
     conn.start_base_backup(&options).await?;
 
-    let mut writer =
-        rt.repo.backup_writer(&format!("base backup of {}", rt.cluster.name), rt.host.retain_until());
+    let label = match standby {
+        None => format!("base backup of {}", rt.cluster.name),
+        Some(_) => format!("base backup of {} from the vault's warm standby", rt.cluster.name),
+    };
+    let mut writer = rt.repo.backup_writer(&label, rt.host.retain_until());
     writer.set_cluster(&rt.cluster.name);
     writer.set_started(started);
     let (tx, rx) = sync_channel::<Feed>(32);
     let (mtx, mrx) = sync_channel::<Vec<u8>>(1);
     let host = rt.host.clone();
-    let worker = tokio::task::spawn_blocking(move || chunk_archives(writer, rx, mrx, host));
+    let treat = standby.map(|s| s.treat.clone());
+    let worker = tokio::task::spawn_blocking(move || chunk_archives(writer, rx, mrx, host, treat));
 
     let mut start: Option<(TimelineId, Lsn)> = None;
     let mut stop: Option<(TimelineId, Lsn)> = None;
@@ -346,6 +449,37 @@ async fn wait_for_wal(
             )));
         }
     }
+}
+
+/// Asks production for a `CHECKPOINT` over the catalog login (a role with PostgreSQL 15's
+/// `pg_checkpoint`, or a superuser) and returns the server's WAL position once it is done: a
+/// standby that has replayed up to there can make a restartpoint of it, where a backup taken
+/// from the standby starts. The only thing a standby-sourced backup asks of production.
+pub async fn request_checkpoint(rt: &ClusterRuntime) -> Result<Lsn, CaptureError> {
+    let mut last = None;
+    for cfg in &rt.cluster.catalog_connections {
+        let mut c = match pgproto::conn::ReplicationConnection::connect_database(cfg, "postgres").await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let r = async {
+            c.simple_query("CHECKPOINT").await?;
+            c.simple_query("SELECT pg_catalog.pg_current_wal_lsn()::text AS lsn").await
+        }
+        .await;
+        let _ = c.close().await;
+        let sets = r?;
+        let text = sets.first().and_then(|s| s.get(0, "lsn")).unwrap_or_default().to_string();
+        return text.parse().map_err(|_| {
+            CaptureError::Protocol(format!("the server answered {text:?} for its WAL position"))
+        });
+    }
+    Err(last
+        .map(CaptureError::from)
+        .unwrap_or_else(|| CaptureError::Backup("no catalog connection configured".into())))
 }
 
 /// How often the WAL volume since the newest backup is looked at.

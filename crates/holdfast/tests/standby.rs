@@ -246,6 +246,11 @@ impl Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("8s", "backup_wal_share = 0\n")
+}
+
+/// [`setup`] with the standby's `apply_delay` and more lines of its `[[standby]]` table.
+fn setup_with(apply_delay: &str, standby_extra: &str) -> Setup {
     let pg = TempPg::start().unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql(&shop_schema()).unwrap();
@@ -265,7 +270,7 @@ fn setup() -> Setup {
         format!(
             "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
              sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n\
-             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"8s\"\nport = {port}\nmax_lag = \"60s\"\n",
+             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"{apply_delay}\"\nport = {port}\nmax_lag = \"60s\"\n{standby_extra}",
             pg.socket_dir().display(),
             pg.port(),
             pw.display(),
@@ -496,4 +501,129 @@ fn resuming_past_a_decoy_still_stops_before_the_drop_raised_while_paused() {
     });
     assert_eq!(s.on_standby("SELECT to_regclass('decoy') IS NULL").unwrap(), "t");
     assert_eq!(s.on_standby("SELECT count(*) FROM customers").unwrap(), customers);
+}
+
+/// Base backups from the vault's own warm standby (issue 18): under a write load, production
+/// asked for nothing but a `CHECKPOINT`, a backup streamed from the standby appears; a restore to
+/// a moment after it starts from it and equals the source there, merchant by merchant; none of
+/// the standby's own files is in the restored directory, its `pg_hba.conf` and
+/// `postgresql.auto.conf` are production's, and the rest matches the stored manifest
+/// (`pg_verifybackup`).
+#[test]
+fn backups_from_the_warm_standby_restore_the_source_without_the_standbys_files() {
+    let s = setup_with("3s", "backup_wal_share = 0.01\n");
+    s.pg.psql("GRANT pg_checkpoint TO holdfast_rep").unwrap();
+    s.wait_state("following", 90);
+    let from_standby = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("base backup taken from the warm standby"))
+            .filter_map(|l| {
+                l.split("id=").nth(1)?.split_whitespace().next().map(|id| id.trim_matches('"').to_string())
+            })
+            .collect()
+    };
+    assert!(from_standby(&s.v.log()).is_empty());
+    // The load: orders one at a time, and about 30 MB of WAL (the standby's backups come once a
+    // segment's worth of WAL past the newest backup's start).
+    let mut load = Workload::start(&s.pg);
+    s.pg.psql(
+        "CREATE TABLE pad AS SELECT g, repeat(md5(g::text), 6) AS body FROM generate_series(1, 120000) g",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let taken = s.wait("a base backup taken from the standby", 90, || {
+        let ids = from_standby(&s.v.log());
+        (!ids.is_empty()).then_some(ids)
+    });
+    eprintln!("standby backup {taken:?} {:.1} s after the load's WAL", t0.elapsed().as_secs_f64());
+    assert!(s.v.log().contains("production checkpointed"), "{}", s.v.log());
+    // The target: the shop as it is now; then more orders after it.
+    load.stop();
+    let at = s.pg.psql(&format!("SELECT pg_current_wal_lsn() || '|' || ({FINGERPRINT})")).unwrap();
+    let (target, fingerprint) = at.split_once('|').unwrap();
+    let mut load = Workload::start(&s.pg);
+    s.wait("orders after the target", 30, || (load.placed.load(Ordering::Relaxed) > 10).then_some(()));
+    load.stop();
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold the WAL", 60, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+    let read = s.v.scratch().join("read.token");
+    s.v.create_token("read", "restore", &read).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let restore = |dir: &Path, start: bool| -> serde_json::Value {
+        let mut args =
+            vec!["restore", "--cluster", "main", "--lsn", target, "--target-dir", dir.to_str().unwrap()];
+        if start {
+            args.push("--start");
+        }
+        args.push("--json");
+        // The restored server's superuser is production's, with its password (the self-check).
+        let out = std::process::Command::new(holdfast())
+            .args(&args)
+            .args(s.v.remote_args(&read))
+            .env("PGPASSWORD", s.pg.superuser_password())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore: {}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            s.v.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // 1. Not started: the files as restored, against the manifest stored with the backup.
+    let files = root.path().join("files");
+    let report = restore(&files, false);
+    let chosen = report["backup"].as_str().unwrap().to_string();
+    assert!(
+        from_standby(&s.v.log()).contains(&chosen),
+        "restore chose {chosen}, not a backup from the standby: {report}"
+    );
+    for own in [
+        "holdfast_standby.conf",
+        "holdfast_standby.json",
+        "holdfast_standby.feed",
+        "holdfast_standby.log",
+        "holdfast_wal_stage",
+        "standby.signal",
+    ] {
+        assert!(!files.join(own).exists(), "the standby's {own} is in the restored directory");
+    }
+    let read_text = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read_text(&files.join("pg_hba.conf")), read_text(&s.pg.data_dir().join("pg_hba.conf")));
+    let auto = read_text(&files.join("postgresql.auto.conf"));
+    let source_part = auto.split(restore::recovery::ADDED_MARK).next().unwrap();
+    assert_eq!(source_part, read_text(&s.pg.data_dir().join("postgresql.auto.conf")), "{auto}");
+    assert!(!auto.contains("holdfast_standby"), "{auto}");
+    // (As the test's user: without --start, the restored files are not handed to `postgres`.)
+    let mut verify = std::process::Command::new(testkit::pg::bin("pg_verifybackup").unwrap());
+    verify.args(["-n", "-i", "holdfast_restore.json", "-i", "holdfast_spool", "-i", "holdfast_replay.conf"]);
+    verify.arg(&files);
+    let out = verify.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 2. Started: the shop at the target, merchant by merchant.
+    let dir = root.path().join("started");
+    let report = restore(&dir, true);
+    assert_eq!(report["backup"], chosen.as_str());
+    assert_eq!(report["reached"], true, "{report}");
+    let (sock, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap() as u16);
+    let got = psql_at(Path::new(sock), port, s.pg.superuser_password(), "postgres", FINGERPRINT);
+    let mut stop = command_as_postgres(&testkit::pg::bin("pg_ctl").unwrap());
+    stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
+    let _ = stop.output();
+    assert_eq!(got.unwrap(), fingerprint);
 }

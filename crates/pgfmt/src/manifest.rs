@@ -309,6 +309,88 @@ impl BackupManifest {
     }
 }
 
+/// What [`edit_files`] does with one file entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileEdit {
+    /// Left as the server wrote it.
+    Keep,
+    /// Left out of the manifest (the file is not in the backup).
+    Drop,
+    /// The file was stored with other content: this size and checksum (same algorithm).
+    Replace {
+        /// The new size in bytes.
+        size: u64,
+        /// The new raw checksum bytes.
+        checksum: Vec<u8>,
+    },
+}
+
+/// A manifest as PostgreSQL writes it (one `Files` entry per line), with entries left out or
+/// their size and checksum replaced as `edit` says, and its `Manifest-Checksum` computed
+/// again. The input's own checksum is verified first; every other line is kept byte for byte,
+/// so the result is what PostgreSQL would have written for the edited backup.
+pub fn edit_files(
+    text: &[u8],
+    mut edit: impl FnMut(&ManifestFile) -> FileEdit,
+) -> Result<Vec<u8>, FormatError> {
+    let bad = |why: String| FormatError::Manifest(why);
+    BackupManifest::parse(text)?;
+    let text = std::str::from_utf8(text).map_err(|_| bad("the manifest is not UTF-8".into()))?;
+    let body = std::str::from_utf8(checksummed_part(text.as_bytes())?).expect("a prefix at a newline");
+    let mut out = String::with_capacity(text.len());
+    let mut entries: Vec<String> = Vec::new();
+    let mut in_files = false;
+    for line in body.split_inclusive('\n') {
+        let content = line.trim_end_matches('\n');
+        let entry = content.trim_end_matches(',');
+        if in_files && (entry.starts_with("{ \"Path\":") || entry.starts_with("{ \"Encoded-Path\":")) {
+            let one = format!(
+                "{{ \"PostgreSQL-Backup-Manifest-Version\": 1, \"Files\": [{entry}], \"Manifest-Checksum\": \"\"}}"
+            );
+            let parsed = BackupManifest::parse_unverified(one.as_bytes())?;
+            let file = parsed.files.into_iter().next().ok_or_else(|| bad(format!("no file in {entry:?}")))?;
+            match edit(&file) {
+                FileEdit::Keep => entries.push(entry.to_string()),
+                FileEdit::Drop => {}
+                FileEdit::Replace { size, checksum } => {
+                    let mut e =
+                        entry.replacen(&format!("\"Size\": {}", file.size), &format!("\"Size\": {size}"), 1);
+                    if !file.checksum.is_empty() {
+                        e = e.replacen(
+                            &format!("\"Checksum\": \"{}\"", hex::encode(&file.checksum)),
+                            &format!("\"Checksum\": \"{}\"", hex::encode(&checksum)),
+                            1,
+                        );
+                    }
+                    entries.push(e);
+                }
+            }
+            continue;
+        }
+        if in_files {
+            // The first line after the entries (`],`): they go before it, one per line.
+            out += &entries.join(",\n");
+            if !entries.is_empty() {
+                out.push('\n');
+            }
+            in_files = false;
+        }
+        out += line;
+        if content.starts_with("\"Files\": [") {
+            if content != "\"Files\": [" {
+                return Err(bad(format!("unexpected Files line {content:?}")));
+            }
+            in_files = true;
+        }
+    }
+    if in_files {
+        return Err(bad("the Files list does not end".into()));
+    }
+    let sum = manifest_checksum(out.as_bytes());
+    out += &format!("\"Manifest-Checksum\": \"{sum}\"}}\n");
+    Ok(out.into_bytes())
+}
+
 /// The part of a manifest its checksum covers: everything up to and including the second-last
 /// newline. The text must end with a newline and have at least two lines.
 pub fn checksummed_part(text: &[u8]) -> Result<&[u8], FormatError> {
@@ -354,6 +436,49 @@ mod tests {
         assert!(f.verify(b"hellO").is_err());
         assert!(f.verify(b"hello!").is_err());
         m.files[1].verify(b"").unwrap();
+    }
+
+    #[test]
+    fn edited_files_leave_a_manifest_postgresql_accepts() {
+        let crc = |b: &[u8]| hex::encode(crc32c::crc32c(b).to_le_bytes());
+        let line = |p: &str, c: &[u8]| {
+            format!(
+                "{{ \"Path\": \"{p}\", \"Size\": {}, \"Last-Modified\": \"2026-11-22 10:00:00 GMT\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+                c.len(),
+                crc(c)
+            )
+        };
+        let text = manifest(&format!(
+            "{},\n{},\n{},\n{}\n",
+            line("backup_label", b"label"),
+            line("pg_hba.conf", b"local all all trust\nhost all all 0/0 md5\n"),
+            line("holdfast_x", b"x"),
+            line("global/pg_control", b"ctl")
+        ));
+        let edited = edit_files(text.as_bytes(), |f| match f.path.as_slice() {
+            b"holdfast_x" | b"global/pg_control" => FileEdit::Drop,
+            b"pg_hba.conf" => FileEdit::Replace {
+                size: b"host all all 0/0 md5\n".len() as u64,
+                checksum: crc32c::crc32c(b"host all all 0/0 md5\n").to_le_bytes().to_vec(),
+            },
+            _ => FileEdit::Keep,
+        })
+        .unwrap();
+        let m = BackupManifest::parse(&edited).unwrap();
+        let paths: Vec<_> = m.files.iter().map(|f| f.path_lossy()).collect();
+        assert_eq!(paths, ["backup_label", "pg_hba.conf"]);
+        m.file(b"pg_hba.conf").unwrap().verify(b"host all all 0/0 md5\n").unwrap();
+        m.file(b"backup_label").unwrap().verify(b"label").unwrap();
+        assert_eq!(m.wal_ranges[0].start_lsn, Lsn(0x200_0028));
+        // Nothing edited: the same text.
+        assert_eq!(edit_files(text.as_bytes(), |_| FileEdit::Keep).unwrap(), text.as_bytes());
+        // Every entry dropped, as PostgreSQL writes an empty list.
+        let none = edit_files(text.as_bytes(), |_| FileEdit::Drop).unwrap();
+        assert!(BackupManifest::parse(&none).unwrap().files.is_empty());
+        // A tampered input is refused, not re-signed.
+        assert!(
+            edit_files(text.replace("\"Size\": 5", "\"Size\": 6").as_bytes(), |_| FileEdit::Keep).is_err()
+        );
     }
 
     #[test]

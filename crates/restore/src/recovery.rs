@@ -22,6 +22,10 @@ pub const HELPER_CONFIG: &str = "holdfast_restore.json";
 /// Prefetched WAL waits here (same filesystem as `pg_wal`, so handing it over is a rename).
 pub const SPOOL_DIR: &str = "holdfast_spool";
 
+/// The first line of what `holdfast restore` appends to `postgresql.auto.conf` (after a blank
+/// line): everything from here on is the restore's, not the source's.
+pub const ADDED_MARK: &str = "\n# Added by `holdfast restore`: recover from the holdfast vault.\n";
+
 /// Settings for replay only (checkpoint distance), included from `postgresql.auto.conf` and
 /// emptied by `holdfast restore --start --promote` once the server is promoted: a production
 /// server keeps its own checkpoint settings (how long its crash recovery may take).
@@ -123,7 +127,7 @@ pub fn write(
         shell(&holdfast_exe.display().to_string()),
         shell(&cfg_path.display().to_string())
     );
-    let mut s = String::from("\n# Added by `holdfast restore`: recover from the holdfast vault.\n");
+    let mut s = String::from(ADDED_MARK);
     s += &format!("restore_command = {}\n", quote(&restore_command));
     match &plan.target {
         Target::Latest => {}

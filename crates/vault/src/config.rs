@@ -178,7 +178,17 @@ pub struct StandbyFile {
     /// The superuser the vault checks the standby as over its socket (default `postgres`).
     #[serde(default)]
     pub user: Option<String>,
+    /// Take a base backup from this standby (not from production) whenever the WAL stored
+    /// since the newest backup began exceeds this share of its size (default 0.1; 0: never).
+    /// It costs production one `CHECKPOINT` (asked over the catalog login when it may:
+    /// `pg_checkpoint`), the vault one read of the standby; a restore then replays less.
+    #[serde(default)]
+    pub backup_wal_share: Option<f64>,
 }
+
+/// `[[standby]] backup_wal_share` when not set: a backup from the standby costs production a
+/// checkpoint only, so it can come far more often than the cluster's own (0.5 in the example).
+pub const DEFAULT_STANDBY_BACKUP_WAL_SHARE: f64 = 0.1;
 
 /// Validated `[[standby]]`.
 #[derive(Debug, Clone)]
@@ -189,6 +199,8 @@ pub struct StandbyConfig {
     pub port: u16,
     pub max_lag: Duration,
     pub user: String,
+    /// See [`StandbyFile::backup_wal_share`]; 0: no backups from the standby.
+    pub backup_wal_share: f64,
 }
 
 impl StandbyFile {
@@ -215,7 +227,15 @@ impl StandbyFile {
                 data_dir.display()
             ));
         }
+        let backup_wal_share = self.backup_wal_share.unwrap_or(DEFAULT_STANDBY_BACKUP_WAL_SHARE);
+        if !backup_wal_share.is_finite() || backup_wal_share < 0.0 {
+            return Err(format!(
+                "backup_wal_share = {backup_wal_share} is not a share of the database's size: use a number above 0 \
+                 (e.g. 0.1: a backup from the standby once a tenth of the database's size in WAL was written), or 0 for none"
+            ));
+        }
         Ok(StandbyConfig {
+            backup_wal_share,
             cluster: self.cluster.clone(),
             data_dir,
             apply_delay,

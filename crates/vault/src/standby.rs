@@ -66,6 +66,17 @@ const LOG_FILE: &str = "holdfast_standby.log";
 /// ago (only ever raised).
 const FEED_FILE: &str = "holdfast_standby.feed";
 
+/// What the vault puts before production's own `pg_hba.conf` lines in the standby: it checks
+/// the standby and takes base backups from it over the socket in its data directory (mode
+/// 0700, the server's user). Left out of those backups again ([`clean_hba`]).
+const HBA_PREFIX: &str = "# holdfast warm standby (2): the vault checks it and takes backups from it over the socket in its data directory\n\
+                          local all all trust\nlocal replication all trust\n";
+/// The same, as standbys built before backups were taken from them have it (no replication).
+const HBA_PREFIX_1: &str = "# holdfast warm standby: the vault checks it over the socket in its data directory\nlocal all all trust\n";
+
+/// How often the WAL volume since the newest backup is looked at for a backup from the standby.
+const BACKUP_TICK: Duration = Duration::from_secs(2);
+
 /// Every configured standby.
 pub struct Standbys {
     all: BTreeMap<String, Arc<Standby>>,
@@ -228,6 +239,9 @@ impl Standbys {
 /// vault stops (a restarted vault takes them over): they are warm copies, not scratch.
 pub fn start(s: &Arc<Shared>, shutdown: &tokio::sync::watch::Receiver<bool>) {
     for sb in s.standbys.all.values() {
+        if sb.cfg.backup_wal_share > 0.0 {
+            tokio::spawn(backups(s.clone(), sb.clone(), shutdown.clone()));
+        }
         let (s2, sb2, mut shutdown2) = (s.clone(), sb.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
@@ -565,11 +579,8 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
     // server's user): trusted there; TCP on 127.0.0.1 keeps production's own rules and roles.
     let hba = data.join("pg_hba.conf");
     let original = std::fs::read_to_string(&hba).unwrap_or_default();
-    std::fs::write(
-        &hba,
-        format!("# holdfast warm standby: the vault checks it over the socket in its data directory\nlocal all all trust\n{original}"),
-    )
-    .map_err(|e| format!("writing {}: {e}", hba.display()))?;
+    std::fs::write(&hba, format!("{HBA_PREFIX}{original}"))
+        .map_err(|e| format!("writing {}: {e}", hba.display()))?;
     // Standby mode (it never ends recovery by itself), with the vault's settings included last.
     std::fs::write(data.join("standby.signal"), b"").map_err(|e| format!("writing standby.signal: {e}"))?;
     let auto = data.join("postgresql.auto.conf");
@@ -792,6 +803,180 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         };
     });
     Ok(())
+}
+
+// --- Base backups from the standby -------------------------------------------------------------
+
+/// How a file of the standby's data directory goes into a backup taken from it: the vault's own
+/// files are left out, and the lines it added to production's configuration taken out again, so
+/// that a restore from it holds production's files only. PostgreSQL 15's `BASE_BACKUP` already
+/// leaves out `standby.signal`, `recovery.signal`, `postmaster.pid`/`.opts`, `pg_internal.init`,
+/// temporary files and what is in `pg_wal`, `pg_replslot`, `pg_stat_tmp` and the like
+/// (`basebackup.c`'s exclude lists); the signals are named here too, should that change.
+pub fn treat(path: &str) -> capture::basebackup::Treat {
+    use capture::basebackup::Treat;
+    let top = path.split('/').next().unwrap_or(path);
+    // holdfast_standby.{conf,json,log,feed}, holdfast_wal_stage/, and the restore's
+    // holdfast_restore.json (a read token), holdfast_spool/, holdfast_replay.conf.
+    if top.starts_with("holdfast_") || top == "standby.signal" || top == "recovery.signal" {
+        Treat::Skip
+    } else if path == "pg_hba.conf" {
+        Treat::Rewrite(clean_hba)
+    } else if path == "postgresql.auto.conf" {
+        Treat::Rewrite(clean_auto_conf)
+    } else {
+        Treat::Keep
+    }
+}
+
+/// `pg_hba.conf` without the lines the vault put before production's.
+fn clean_hba(text: &[u8]) -> Vec<u8> {
+    [HBA_PREFIX, HBA_PREFIX_1].iter().find_map(|p| text.strip_prefix(p.as_bytes())).unwrap_or(text).to_vec()
+}
+
+/// `postgresql.auto.conf` as the backup the standby was made from had it: without the recovery
+/// settings the restore appended nor the vault's include after them.
+fn clean_auto_conf(text: &[u8]) -> Vec<u8> {
+    let mark = restore::recovery::ADDED_MARK.as_bytes();
+    match text.windows(mark.len()).rposition(|w| w == mark) {
+        Some(at) => text[..at].to_vec(),
+        None => {
+            let include = format!("include = '{SETTINGS_FILE}'");
+            let mut out = Vec::with_capacity(text.len());
+            for line in text.split_inclusive(|b| *b == b'\n') {
+                if line.trim_ascii() != include.as_bytes() {
+                    out.extend_from_slice(line);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Takes a base backup from the standby whenever the WAL stored since the newest backup began
+/// exceeds `backup_wal_share` of its size, until shutdown. A backup taken on a standby starts at
+/// its last restartpoint, i.e. at the last checkpoint record of production it replayed: so
+/// first production is asked for a `CHECKPOINT` (over the catalog login; without the right to,
+/// production's own checkpoints serve, later), then once the standby has replayed past it (about
+/// `apply_delay` later) it makes a restartpoint there and the backup is streamed from it over
+/// its socket. Production is never read; the backup is of the vault's own WAL, replayed.
+async fn backups(s: Arc<Shared>, sb: Arc<Standby>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let share = sb.cfg.backup_wal_share;
+    let cluster = sb.cfg.cluster.clone();
+    // A CHECKPOINT asked of production that the standby has not replayed yet: (when, the
+    // server's WAL position once it was done).
+    let mut asked: Option<(Instant, Lsn)> = None;
+    let mut told_no_checkpoint = false;
+    let mut not_before = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BACKUP_TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        if Instant::now() < not_before {
+            continue;
+        }
+        let Some(rt) = s.collector.get().and_then(|c| c.cluster(&cluster).ok()).cloned() else { continue };
+        let (Some(newest), Some(durable)) = (rt.newest_backup(), rt.status().durable_lsn) else { continue };
+        if !capture::basebackup::wal_volume_due(&newest, durable, share) {
+            asked = None;
+            continue;
+        }
+        let st = sb.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Only while following. Not while it is built, restarted or promoted, nor after it
+        // replayed past an incident — and not while it is paused before one: then it is the
+        // responders' copy, to be read and promoted at once, and a backup streaming from it
+        // made the first read there 4.7 → 19.3 s after the destruction in bench/restore.sh
+        // (scale 50), and was cut by the promotion anyway.
+        if !st.ready || st.state != StandbyState::Following {
+            asked = None;
+            continue;
+        }
+        if asked.is_none() {
+            match capture::basebackup::request_checkpoint(&rt).await {
+                Ok(lsn) => {
+                    tracing::info!(cluster, after = %lsn, "standby backup: production checkpointed; waiting for the standby to replay it");
+                    asked = Some((Instant::now(), lsn));
+                    told_no_checkpoint = false;
+                }
+                Err(e) if !told_no_checkpoint => {
+                    tracing::warn!(
+                        cluster, error = %e,
+                        "standby backup: cannot ask production for a CHECKPOINT (GRANT pg_checkpoint TO the catalog role); \
+                         backups from the standby wait for production's own checkpoints"
+                    );
+                    told_no_checkpoint = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some((at, lsn)) = asked {
+            let replayed = st.replay_lsn.is_some_and(|r| r >= lsn);
+            if !replayed && at.elapsed() < sb.cfg.apply_delay + sb.cfg.max_lag {
+                continue;
+            }
+            asked = None;
+        }
+        match backup_once(&sb, &rt, &newest).await {
+            Ok(Some(b)) => tracing::info!(
+                cluster, id = %b.id, start = %b.start_lsn, stop = %b.stop_lsn, bytes = b.bytes, stored = b.stored_bytes,
+                "base backup taken from the warm standby"
+            ),
+            Ok(None) => not_before = Instant::now() + Duration::from_secs(30),
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "base backup from the warm standby failed");
+                not_before = Instant::now() + Duration::from_secs(60);
+            }
+        }
+    }
+}
+
+/// One backup from the standby, if its newest restartpoint is at least a segment past where the
+/// newest backup starts (`None`: not yet).
+async fn backup_once(
+    sb: &Standby,
+    rt: &Arc<capture::ClusterRuntime>,
+    newest: &capture::BackupSummary,
+) -> Result<Option<capture::BackupSummary>, String> {
+    let server = sb.server()?;
+    let data = sb.data().to_path_buf();
+    let srv = server.clone();
+    let redo = blocking(move || -> Result<Option<Lsn>, String> {
+        // A standby built before backups were taken from it lets the vault in, not its
+        // replication connections: its pg_hba.conf gets the line, and is read again.
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(|e| format!("reading {}: {e}", hba.display()))?;
+        if !text.starts_with(HBA_PREFIX) {
+            let Some(rest) = text.strip_prefix(HBA_PREFIX_1) else {
+                return Err(format!(
+                    "{} does not start with the vault's lines (edited by hand?): no backups from this standby",
+                    hba.display()
+                ));
+            };
+            std::fs::write(&hba, format!("{HBA_PREFIX}{rest}")).map_err(|e| format!("writing {}: {e}", hba.display()))?;
+            chown_to_server(&hba)?;
+            srv.query("SELECT pg_reload_conf()").map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // The restartpoint: at the last checkpoint record it replayed, if newer than its last.
+        srv.query("CHECKPOINT").map_err(|e| e.to_string())?;
+        let redo = srv.query("SELECT redo_lsn FROM pg_control_checkpoint()").map_err(|e| e.to_string())?;
+        Ok(redo.and_then(|r| r.parse().ok()))
+    })
+    .await??;
+    let Some(redo) = redo else { return Ok(None) };
+    if redo.0 < newest.start_lsn.0 + (16 << 20) {
+        tracing::debug!(cluster = %sb.cfg.cluster, %redo, newest = %newest.start_lsn, "standby backup: no restartpoint past the newest backup yet");
+        return Ok(None);
+    }
+    let mut conn = pgproto::conn::Config::new(
+        pgproto::conn::Host::Unix { dir: server.socket_dir.clone(), port: sb.cfg.port },
+        &sb.cfg.user,
+    );
+    conn.application_name = "holdfast_standby_backup".into();
+    conn.ssl = pgproto::conn::SslMode::Disable;
+    let source = capture::basebackup::StandbySource { conn, treat: Arc::new(treat) };
+    capture::basebackup::take_from_standby(rt, &source).await.map(Some).map_err(|e| e.to_string())
 }
 
 /// Keeps the segments the standby will be fed next decrypted in its staging directory: every
@@ -1401,5 +1586,51 @@ mod tests {
         assert_eq!((l.as_str(), label.as_str()), ("recovery_target_xid = '812'\n", "xid 812"));
         let (l, _) = target_lines(IncidentTarget::BeforeLsn { lsn: Lsn(0x3000060) });
         assert_eq!(l, "recovery_target_lsn = '0/3000060'\n");
+    }
+
+    #[test]
+    fn a_backup_from_the_standby_holds_productions_files_not_the_vaults() {
+        use capture::basebackup::Treat;
+        for own in [
+            "holdfast_standby.conf",
+            "holdfast_standby.json",
+            "holdfast_standby.log",
+            "holdfast_standby.feed",
+            "holdfast_wal_stage",
+            "holdfast_wal_stage/000000010000000000000003",
+            "holdfast_restore.json",
+            "holdfast_spool/x",
+            "holdfast_replay.conf",
+            "standby.signal",
+        ] {
+            assert!(matches!(treat(own), Treat::Skip), "{own}");
+        }
+        for kept in ["base/5/1259", "global/pg_control", "PG_VERSION", "postgresql.conf", "pg_ident.conf"] {
+            assert!(matches!(treat(kept), Treat::Keep), "{kept}");
+        }
+        // pg_hba.conf: production's lines, without the vault's before them (either version).
+        let production = "# TYPE DATABASE USER ADDRESS METHOD\nhost all all 0.0.0.0/0 scram-sha-256\n";
+        for prefix in [HBA_PREFIX, HBA_PREFIX_1] {
+            assert_eq!(clean_hba(format!("{prefix}{production}").as_bytes()), production.as_bytes());
+        }
+        assert_eq!(clean_hba(production.as_bytes()), production.as_bytes());
+        assert!(matches!(treat("pg_hba.conf"), Treat::Rewrite(_)));
+        // postgresql.auto.conf: production's, without the restore's recovery settings and the
+        // vault's include after them (production's own earlier restore block stays).
+        let auto = "# Do not edit this file manually!\nwork_mem = '64MB'\n";
+        let restored = format!(
+            "{auto}{}restore_command = 'x'\ninclude_if_exists = 'holdfast_replay.conf'\ninclude = '{SETTINGS_FILE}'\n",
+            restore::recovery::ADDED_MARK
+        );
+        assert_eq!(clean_auto_conf(restored.as_bytes()), auto.as_bytes());
+        let twice = format!("{auto}{}restore_command = 'old'\n{restored}", restore::recovery::ADDED_MARK);
+        assert_eq!(
+            clean_auto_conf(twice.as_bytes()),
+            format!("{auto}{}restore_command = 'old'\n{auto}", restore::recovery::ADDED_MARK).as_bytes()
+        );
+        assert_eq!(
+            clean_auto_conf(format!("{auto}include = '{SETTINGS_FILE}'\n").as_bytes()),
+            auto.as_bytes()
+        );
     }
 }

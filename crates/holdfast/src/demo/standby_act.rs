@@ -46,10 +46,12 @@ impl Warm {
         Ok(Warm { data: root.path().join("data"), port, _root: root })
     }
 
-    /// The vault's `[[standby]]` table for the shop.
+    /// The vault's `[[standby]]` table for the shop. No base backups from it
+    /// (`backup_wal_share = 0`): the demo's cold restore starts from the backups the demo takes
+    /// itself, as its script says.
     pub(super) fn config(&self) -> String {
         format!(
-            "\n[[standby]]\ncluster = \"shop\"\ndata_dir = \"{}\"\napply_delay = \"{APPLY_DELAY_SECONDS}s\"\nport = {}\nmax_lag = \"60s\"\n",
+            "\n[[standby]]\ncluster = \"shop\"\ndata_dir = \"{}\"\napply_delay = \"{APPLY_DELAY_SECONDS}s\"\nport = {}\nmax_lag = \"60s\"\nbackup_wal_share = 0\n",
             self.data.display(),
             self.port
         )
