@@ -1348,6 +1348,21 @@ impl<'a> Session<'a> {
                 if Self::reserved(&name) {
                     d.action = Action::Deny;
                     d.reasons.push(format!("statement names starting with holdfast_ are the gate's own ({name:?}); use another name"));
+                } else if d.action != Action::Deny
+                    && let Some(st) = d.statements.iter().find(|st| st.runs_code)
+                {
+                    // PostgreSQL's parse analysis already runs code: a literal converted to a
+                    // composite, an array or a range goes through record_in / array_in /
+                    // range_in — a field's domain CHECK, a range's canonical function — at
+                    // Parse, before any measurement (a Parse of `SELECT '(34)'::holder` and a
+                    // Sync emptied `orders`: found by the protocol fuzz generator). Its Bind
+                    // would be refused anyway (planning runs more: see 'B'); so the Parse is.
+                    let why = st.reasons.last().cloned().unwrap_or_default();
+                    d.action = Action::Deny;
+                    d.reasons = vec![format!(
+                        "Parse refused: {} runs code that is not built in ({why}); through the extended protocol PostgreSQL converts its literals at Parse and plans it at Bind, before the gate can measure what it changes — send it as a simple Query (e.g. JDBC preferQueryMode=simple, psql without \\bind), where it is measured",
+                        st.kind
+                    )];
                 }
                 if d.action == Action::Deny {
                     // Refused at Parse: the server fails it there, and skips to Sync.

@@ -517,7 +517,12 @@ fn overloads_of_built_in_names_are_measured() {
     refused(&c.query("SELECT count(*) FROM orders WHERE id = 'a'::text"), "= (int, text)");
     assert_eq!(state(&g), before, "= (int, text)");
     let r = c.exchange(&[parse("", "SELECT lower(7)"), bind("", ""), execute(""), Msg::Sync]);
-    refused(&r, "lower(7) through the extended protocol");
+    assert_eq!(state(&g), before, "lower(7) through the extended protocol");
+    assert!(
+        errors(&r).iter().any(|m| m.contains("Parse refused") && m.contains("simple Query")),
+        "lower(7) through the extended protocol: expected the Parse refused, got {:?}",
+        errors(&r)
+    );
     // The built-ins themselves still run (measured: nothing changes).
     let r = c.query("SELECT lower('ABC'), count(*) FROM orders WHERE id = 3");
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
@@ -537,6 +542,7 @@ fn casts_to_a_domain_with_checks_are_measured() {
          CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN $1; END$$;
          CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
          CREATE DOMAIN also_checked AS checked;
+         CREATE TYPE holder AS (a checked);
          CREATE TYPE mood AS ENUM ('ok', 'sad');",
     )
     .unwrap();
@@ -545,6 +551,21 @@ fn casts_to_a_domain_with_checks_are_measured() {
     for sql in ["SELECT 5::checked", "SELECT CAST('7' AS also_checked)", "SELECT ARRAY[1, 2]::checked[]"] {
         refused(&c.query(sql), sql);
         assert_eq!(state(&g), before, "{sql}");
+    }
+    // A Parse alone runs the CHECK: PostgreSQL converts a literal to a composite or an array
+    // at parse analysis, through record_in/array_in and the field's domain_in — before any
+    // Bind the gate could refuse (found by the protocol fuzz generator, seed 20261205 case 95:
+    // a Parse of `SELECT '(34)'::holder` and a Sync emptied `orders`). Such a Parse is refused.
+    for sql in ["SELECT '(34)'::holder", "SELECT '{5}'::checked[]"] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let r = c.exchange(&[parse("", sql), Msg::Sync]);
+        assert_eq!(state(&g), before, "Parse alone: {sql}");
+        assert!(
+            errors(&r).iter().any(|m| m.contains("Parse refused") && m.contains("simple Query")),
+            "{sql}: expected the Parse refused, got {:?}",
+            errors(&r)
+        );
+        assert!(errors(&c.query("SELECT 1")).is_empty(), "{sql}");
     }
     let r = c.query("DECLARE h CURSOR WITH HOLD FOR SELECT 5::checked");
     refused(&r, "a WITH HOLD cursor over the cast");
@@ -616,8 +637,11 @@ fn reads_of_views_and_tables_that_run_code_are_measured() {
         let mut c = Raw::connect(&g, "alice", "alice-password");
         let r = c.exchange(&msgs);
         assert!(
-            errors(&r).iter().any(|m| m.contains("Bind refused") && m.contains("simple Query")),
-            "{what}: expected the Bind refused, got {:?}",
+            errors(&r)
+                .iter()
+                .any(|m| (m.contains("Bind refused") || m.contains("Parse refused"))
+                    && m.contains("simple Query")),
+            "{what}: expected the Parse or Bind refused, got {:?}",
             errors(&r)
         );
         assert_eq!(state(&g), before, "extended protocol: {what}");
