@@ -629,6 +629,33 @@ pub(crate) fn data_row_text(body: &[u8]) -> Vec<String> {
     out
 }
 
+/// The edges of the catalog read's type closure, from a type to what holds it: a domain over
+/// it, a table's row type with a column of it, a range over it and its multirange, an array of
+/// it (user objects only). Both the checked types and the code types are closed over these.
+const TYPE_EDGES: &str = "(WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
+         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
+         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), ";
+
+/// The types whose use runs a user's code with no function named: a range with a user's
+/// subtype_diff or canonical, a type with a cast through a user's (non-internal) function, a
+/// type whose default operator class uses a user's function or operator.
+const CODE_TYPE_ROOTS: &str = "SELECT g.rngtypid FROM pg_catalog.pg_range g \
+         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         UNION SELECT c.castsource FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.castsource OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT c.casttarget FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
+         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.casttarget OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
+         UNION SELECT o.opcintype FROM pg_catalog.pg_opclass o WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND (EXISTS (SELECT FROM pg_catalog.pg_amproc p \
+         WHERE p.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily AND p.amproc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
+         OR EXISTS (SELECT FROM pg_catalog.pg_amop a WHERE a.amopfamily OPERATOR(pg_catalog.=) o.opcfamily AND a.amopopr OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)) ";
+
 /// The catalog read of [`builtins_shadowed`]: one row, the boolean and the names of the
 /// types whose conversion may run code — domains with CHECK constraints, and the *code types*:
 /// ranges whose `subtype_diff` or `canonical` is a user's function (OID ≥ 16384), user types
@@ -658,49 +685,15 @@ pub fn builtins_shadowed_sql() -> String {
          WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace AND o.oprname OPERATOR(pg_catalog.=) ANY ({}) \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
-         (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
-         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
-         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
-         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
-         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
+         {TYPE_EDGES}\
          d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
-         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION SELECT g.rngtypid FROM pg_catalog.pg_range g \
-         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION SELECT c.castsource FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
-         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.castsource OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
-         UNION SELECT c.casttarget FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
-         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.casttarget OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
-         UNION SELECT o.opcintype FROM pg_catalog.pg_opclass o WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND (EXISTS (SELECT FROM pg_catalog.pg_amproc p \
-         WHERE p.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily AND p.amproc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
-         OR EXISTS (SELECT FROM pg_catalog.pg_amop a WHERE a.amopfamily OPERATOR(pg_catalog.=) o.opcfamily AND a.amopopr OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)) \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION {CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN d ON e.parent OPERATOR(pg_catalog.=) d.oid) SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
          FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
          WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
          AND t.typsubscript OPERATOR(pg_catalog.<>) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
-         (WITH RECURSIVE e(parent, child) AS (SELECT t.typbasetype, t.oid FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' \
-         AND t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT a.atttypid, r.reltype FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
-         WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
-         AND r.reltype OPERATOR(pg_catalog.<>) 0 \
-         UNION ALL SELECT g.rngsubtype, g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
-         k(oid) AS (SELECT g.rngtypid FROM pg_catalog.pg_range g \
-         WHERE g.rngsubdiff OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid OR g.rngcanonical OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         UNION SELECT c.castsource FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
-         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.castsource OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
-         UNION SELECT c.casttarget FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc cf ON cf.oid OPERATOR(pg_catalog.=) c.castfunc \
-         WHERE c.castfunc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND c.casttarget OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         AND cf.prolang OPERATOR(pg_catalog.<>) ALL (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname OPERATOR(pg_catalog.=) 'internal'::pg_catalog.name) \
-         UNION SELECT o.opcintype FROM pg_catalog.pg_opclass o WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND (EXISTS (SELECT FROM pg_catalog.pg_amproc p \
-         WHERE p.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily AND p.amproc OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
-         OR EXISTS (SELECT FROM pg_catalog.pg_amop a WHERE a.amopfamily OPERATOR(pg_catalog.=) o.opcfamily AND a.amopopr OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid)) \
+         {TYPE_EDGES}\
+         k(oid) AS ({CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN k ON e.parent OPERATOR(pg_catalog.=) k.oid), \
          f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
