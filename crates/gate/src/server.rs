@@ -470,17 +470,18 @@ async fn connection(
     let mut upstream_io = upstream.io;
     // Read before the catalog: a change after this moment makes the session read it again.
     let epoch = shared.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst);
-    let (shadowed, domains, relations) = match builtins_shadowed(&mut upstream_io).await {
+    let catalog = match builtins_shadowed(&mut upstream_io).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(person = %person.name, error = %e, "the database connection failed at the gate's catalog read");
-            (true, Vec::new(), Vec::new())
+            // Stricter: built-ins count as shadowed, and any declared parameter type as code.
+            CatalogRow { shadowed: true, type_oids: vec![None], ..CatalogRow::default() }
         }
     };
     let why = crate::session::Session::new(shared, identity, io, upstream_io, buf, notify, holding)
         .with_server_parameters(&params)
         .with_startup_settings(&settings)
-        .with_builtins_shadowed(epoch, shadowed, domains, relations)
+        .with_builtins_shadowed(epoch, catalog)
         .run()
         .await;
     shared.metrics.active_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -559,7 +560,7 @@ async fn scram_login(
 /// search_path that puts another schema first is the guard's own rule). One Query per server
 /// connection, before the client's first statement (an object made later reaches the sessions
 /// that connect after it). An error reads as `true` (stricter).
-async fn builtins_shadowed<S>(io: &mut S) -> Result<(bool, Vec<String>, Vec<String>), String>
+async fn builtins_shadowed<S>(io: &mut S) -> Result<CatalogRow, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
@@ -569,18 +570,15 @@ where
     io.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::new();
     let mut answer = None;
-    let mut domains = Vec::new();
-    let mut relations = Vec::new();
+    let mut row = CatalogRow::default();
     let read = async {
         loop {
             while let Some(f) = wire::decode_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
                 match f.tag {
                     // DataRow: `t` or `f`, then the domains' names.
                     b'D' => {
-                        let (shadowed, d, r) = catalog_row(&data_row_text(&f.body));
-                        answer = Some(!shadowed);
-                        domains = d;
-                        relations = r;
+                        row = catalog_row(&data_row_text(&f.body));
+                        answer = Some(!row.shadowed);
                     }
                     b'E' => answer = Some(false),
                     b'Z' => return Ok::<_, String>(()),
@@ -594,18 +592,37 @@ where
     };
     tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| "timed out".to_string())??;
     // `answer` holds whether it is safe (a false EXISTS); anything else is stricter.
-    Ok((!answer.unwrap_or(false), domains, relations))
+    row.shadowed = !answer.unwrap_or(false);
+    Ok(row)
 }
 
-/// The row of [`builtins_shadowed_sql`]: whether a built-in name is overloaded (anything but
-/// `f` reads as yes: stricter), the types with CHECKs, the relations whose reading runs code.
-pub(crate) fn catalog_row(cols: &[String]) -> (bool, Vec<String>, Vec<String>) {
+/// What the gate's catalog read found (the row of [`builtins_shadowed_sql`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogRow {
+    /// A built-in name is overloaded (anything but `f` reads as yes: stricter).
+    pub shadowed: bool,
+    /// The types with CHECKs or code, by name.
+    pub domains: Vec<String>,
+    /// The relations whose reading, or whose columns' conversions, run code.
+    pub relations: Vec<String>,
+    /// The OIDs of the checked and code types (arrays included). An unreadable entry is
+    /// kept as `None`: the gate then treats any declared parameter type as one (stricter).
+    pub type_oids: Vec<Option<u32>>,
+}
+
+/// The row of [`builtins_shadowed_sql`]: see [`CatalogRow`].
+pub(crate) fn catalog_row(cols: &[String]) -> CatalogRow {
     let list = |i: usize| -> Vec<String> {
         cols.get(i)
             .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
             .unwrap_or_default()
     };
-    (cols.first().is_none_or(|v| v != "f"), list(1), list(2))
+    CatalogRow {
+        shadowed: cols.first().is_none_or(|v| v != "f"),
+        domains: list(1),
+        relations: list(2),
+        type_oids: list(3).iter().map(|o| o.parse().ok()).collect(),
+    }
 }
 
 /// The text columns of a DataRow (NULL as empty).
@@ -641,6 +658,12 @@ const TYPE_EDGES: &str = "(WITH RECURSIVE e(parent, child) AS (SELECT t.typbaset
          UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
          UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), ";
 
+/// The user domains with CHECK constraints (any: a built-in called there may write too), the
+/// roots of the checked types — not information_schema's (`cardinal_number`, `yes_or_no`:
+/// built-in checks, OIDs below 16384); a `UNION` follows.
+const CHECKED_ROOTS: &str = "SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION ";
+
 /// The types whose use runs a user's code with no function named: a range with a user's
 /// subtype_diff or canonical, a type with a cast through a user's (non-internal) function, a
 /// type whose default operator class uses a user's function or operator.
@@ -665,10 +688,15 @@ const CODE_TYPE_ROOTS: &str = "SELECT g.rngtypid FROM pg_catalog.pg_range g \
 /// it, an array of it), comma-separated — but information_schema's own (`cardinal_number`,
 /// `yes_or_no`: built-in checks) —, and the names of the relations whose reading may run code
 /// that is not built in: views whose rules depend on a function or operator of a user's,
-/// tables with such a policy or index (expression or predicate), tables with a column of a
-/// code type (or of a type holding one), tables whose policy reads any of these, and views
-/// over any of those, recursively. Only user objects (OID ≥ 16384) are looked at where a
-/// built-in one cannot be what runs the code.
+/// tables with such a policy, index (expression or predicate) or default (the rewriter adds a
+/// default at Parse, the planner folds `DEFAULT one()` at Bind), tables and views with a
+/// column of a checked or code type (or of a domain over one: PostgreSQL converts a literal
+/// compared with or assigned to it through the type's input at parse analysis — record_in,
+/// array_in, range_in running a field's domain CHECK —, and a parameter whose type it infers
+/// from the column through domain_in at Bind), tables whose policy reads any of these, and
+/// views over any of those, recursively; and the OIDs of the checked and code types (arrays
+/// included): a Parse declaring a parameter of one runs its input at Bind. Only user objects
+/// (OID ≥ 16384) are looked at where a built-in one cannot be what runs the code.
 pub fn builtins_shadowed_sql() -> String {
     let (safe, writes, operators) = guard::builtin_names();
     let array = |names: &mut dyn Iterator<Item = &&str>| {
@@ -686,14 +714,13 @@ pub fn builtins_shadowed_sql() -> String {
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
          {TYPE_EDGES}\
-         d(oid) AS (SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.<>) 0 \
-         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION {CODE_TYPE_ROOTS}\
+         d(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN d ON e.parent OPERATOR(pg_catalog.=) d.oid) SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
          FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
          WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
          AND t.typsubscript OPERATOR(pg_catalog.<>) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
          {TYPE_EDGES}\
-         k(oid) AS ({CODE_TYPE_ROOTS}\
+         k(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN k ON e.parent OPERATOR(pg_catalog.=) k.oid), \
          f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
@@ -704,15 +731,22 @@ pub fn builtins_shadowed_sql() -> String {
          AND p.oid OPERATOR(pg_catalog.=) f.objid \
          UNION SELECT i.indrelid FROM f JOIN pg_catalog.pg_index i ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
          AND i.indexrelid OPERATOR(pg_catalog.=) f.objid \
+         UNION SELECT ad.adrelid FROM f JOIN pg_catalog.pg_attrdef ad ON f.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+         AND ad.oid OPERATOR(pg_catalog.=) f.objid \
          UNION SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) a.atttypid \
          JOIN k ON k.oid OPERATOR(pg_catalog.=) ANY (ARRAY[y.oid, y.typbasetype]) \
+         JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.attrelid AND ac.relkind OPERATOR(pg_catalog.<>) 'c'::pg_catalog.\"char\" \
          WHERE a.attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), \
          t(oid) AS (SELECT oid FROM direct UNION SELECT x.oid FROM t JOIN pg_catalog.pg_depend d \
          ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.=) t.oid \
          CROSS JOIN LATERAL (SELECT r.ev_class AS oid FROM pg_catalog.pg_rewrite r WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
          AND r.oid OPERATOR(pg_catalog.=) d.objid UNION ALL SELECT p.polrelid FROM pg_catalog.pg_policy p \
          WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.=) d.objid) x) \
-         SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid)",
+         SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid), \
+         {TYPE_EDGES}\
+         o(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
+         UNION SELECT e.child FROM e JOIN o ON e.parent OPERATOR(pg_catalog.=) o.oid) \
+         SELECT COALESCE(pg_catalog.string_agg(DISTINCT o.oid::pg_catalog.text, ','), '') FROM o)",
         array(&mut safe.iter().chain(writes.iter())),
         array(&mut operators.iter()),
     )

@@ -486,6 +486,10 @@ pub struct Session<'a> {
     /// catalog was read at, and when (see [`Session::catalog_current`]).
     catalog_epoch: u64,
     catalog_read: Instant,
+    /// The OIDs of the types whose input runs code that is not built in (the catalog read's,
+    /// `server::CatalogRow::type_oids`; `None`: an entry it could not read, any user type
+    /// counts): a parameter the client declares of one is converted through it at Bind.
+    code_type_oids: std::collections::HashSet<Option<u32>>,
     /// This session sent, in its current transaction, something that may have changed the
     /// catalog: the epoch is bumped again when the transaction ends (its changes are visible
     /// to others only then).
@@ -598,6 +602,7 @@ impl<'a> Session<'a> {
             copy_in: false,
             catalog_epoch: 0,
             catalog_read: Instant::now(),
+            code_type_oids: std::collections::HashSet::new(),
             catalog_dirty: false,
             catalog_snapshot_txn: false,
         }
@@ -836,18 +841,14 @@ impl<'a> Session<'a> {
     /// And the domains with CHECK constraints it holds (a cast to one runs them).
     /// And the relations whose reading may run code that is not built in.
     /// `epoch`: the gate's catalog epoch read before that catalog read.
-    pub fn with_builtins_shadowed(
-        mut self,
-        epoch: u64,
-        shadowed: bool,
-        checked_domains: Vec<String>,
-        code_relations: Vec<String>,
-    ) -> Self {
-        if shadowed {
+    /// And the OIDs of the types whose input runs such code.
+    pub fn with_builtins_shadowed(mut self, epoch: u64, catalog: crate::server::CatalogRow) -> Self {
+        if catalog.shadowed {
             self.guard.set_builtins_shadowed();
         }
-        self.guard.set_checked_domains(checked_domains);
-        self.guard.set_code_relations(code_relations);
+        self.guard.set_checked_domains(catalog.domains);
+        self.guard.set_code_relations(catalog.relations);
+        self.code_type_oids = catalog.type_oids.into_iter().collect();
         self.catalog_epoch = epoch;
         self.catalog_read = Instant::now();
         self
@@ -939,11 +940,12 @@ impl<'a> Session<'a> {
         self.guard.ready(failed.is_none(), self.txn == b'I');
         match (row, failed) {
             (Some(cols), None) => {
-                let (shadowed, domains, relations) = crate::server::catalog_row(&cols);
-                self.guard.set_catalog(shadowed, domains, relations);
+                let row = crate::server::catalog_row(&cols);
+                self.guard.set_catalog(row.shadowed, row.domains, row.relations);
+                self.code_type_oids = row.type_oids.into_iter().collect();
                 self.catalog_epoch = epoch;
                 self.catalog_read = Instant::now();
-                if self.txn == b'T' && cols.get(3).is_some_and(|i| i != "read committed") {
+                if self.txn == b'T' && cols.get(4).is_some_and(|i| i != "read committed") {
                     self.guard.set_catalog_unknown();
                     self.catalog_snapshot_txn = true;
                 }
@@ -1314,6 +1316,14 @@ impl<'a> Session<'a> {
         self.guard.sync_sent();
     }
 
+    /// Whether a parameter type OID a client declared may run code that is not built in at
+    /// its conversion: one of the catalog read's checked or code types, or any user type
+    /// (OID ≥ 16384) while the session's knowledge of the catalog is unknown or incomplete.
+    fn code_type(&self, oid: u32) -> bool {
+        self.code_type_oids.contains(&Some(oid))
+            || (oid >= 16384 && (self.guard.catalog_unknown() || self.code_type_oids.contains(&None)))
+    }
+
     /// Names the gate uses on the server; a client may not use them (fail closed).
     fn reserved(name: &str) -> bool {
         name.to_ascii_lowercase().starts_with("holdfast_")
@@ -1348,6 +1358,19 @@ impl<'a> Session<'a> {
                 if Self::reserved(&name) {
                     d.action = Action::Deny;
                     d.reasons.push(format!("statement names starting with holdfast_ are the gate's own ({name:?}); use another name"));
+                } else if d.action != Action::Deny
+                    && let Some(oid) =
+                        frontend::parse_param_types(&f.body).into_iter().find(|o| self.code_type(*o))
+                {
+                    // A parameter declared of a type whose input runs code (a domain with a
+                    // CHECK, a composite or an array holding one…) is converted through that
+                    // input at Bind — `SELECT 1` declaring one parameter of such a domain, bound
+                    // to '5' (or NULL: domain_in checks NULL too), emptied `orders` before any
+                    // Execute. The client's declaration is not trusted: judged by the OID.
+                    d.action = Action::Deny;
+                    d.reasons = vec![format!(
+                        "Parse refused: it declares a parameter of type OID {oid}, a type whose input runs code that is not built in (a domain with CHECK constraints, or a type holding one) — PostgreSQL converts the parameter's value through it at Bind, before the gate can measure what it changes; declare the parameter as the domain's base type (or leave its type unspecified), or send the statement as a simple Query, where it is measured"
+                    )];
                 } else if d.action != Action::Deny
                     && let Some(st) = d.statements.iter().find(|st| st.runs_code)
                 {

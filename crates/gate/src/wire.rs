@@ -261,6 +261,16 @@ pub mod frontend {
         let sql = cstr(&mut p, "Parse")?;
         Ok((name, sql))
     }
+    /// `Parse`'s declared parameter type OIDs (0: unspecified); a malformed tail yields what
+    /// could be read.
+    pub fn parse_param_types(body: &Bytes) -> Vec<u32> {
+        let mut p = body.clone();
+        if cstr(&mut p, "Parse").is_err() || cstr(&mut p, "Parse").is_err() || p.len() < 2 {
+            return Vec::new();
+        }
+        let n = i16::from_be_bytes([p[0], p[1]]).max(0) as usize;
+        p[2..].chunks_exact(4).take(n).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
     /// `Bind`: portal name and statement name.
     pub fn bind(body: &Bytes) -> Result<(String, String), WireError> {
         let mut p = body.clone();

@@ -7,8 +7,11 @@ use testkit::pg::TempPg;
 #[test]
 fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     let pg = TempPg::start().unwrap();
-    let sql = gate::server::builtins_shadowed_sql();
+    let full = gate::server::builtins_shadowed_sql();
+    // The first three columns (the fourth, the types' OIDs, is checked at the end).
+    let sql = format!("SELECT a, b, c FROM ({full}) r(a, b, c, d)");
     assert_eq!(pg.psql(&sql).unwrap(), "f||", "a fresh database");
+    assert_eq!(pg.psql(&full).unwrap(), "f|||", "a fresh database");
     // The same argument types as the built-in: pg_catalog, first in search_path, wins.
     pg.psql("CREATE SCHEMA app; CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
         .unwrap();
@@ -52,7 +55,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     .unwrap();
     assert_eq!(
         pg.psql(&sql).unwrap(),
-        "t|holder,inbox,pos_multirange,pos_range,positive,ranged,small_positive,user_multirange,user_range|calls,indexed,over_calls,ranged"
+        "t|holder,inbox,pos_multirange,pos_range,positive,ranged,small_positive,user_multirange,user_range|calls,inbox,indexed,over_calls,ranged"
     );
     // A table whose row-level security policy reads a relation that runs code (a view over g):
     // reading the table runs it; a policy over built-ins only does not count.
@@ -62,7 +65,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     )
     .unwrap();
     assert!(
-        pg.psql(&sql).unwrap().ends_with("|calls,guarded,indexed,over_calls,ranged"),
+        pg.psql(&sql).unwrap().ends_with("|calls,guarded,inbox,indexed,over_calls,ranged"),
         "{}",
         pg.psql(&sql).unwrap()
     );
@@ -88,4 +91,29 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
         assert!(relations.contains(&r), "{r} in {row}");
     }
     assert!(!row.contains("plain_"), "{row}");
+    // A table with a default over a user's function (the planner folds `DEFAULT g(1)` into an
+    // INSERT's plan), and a table with a column of a checked domain (a parameter PostgreSQL
+    // infers of its type is converted through domain_in at Bind); not a default over built-ins.
+    pg.psql(
+        "CREATE TABLE defaulted (x int DEFAULT g(1)); CREATE TABLE plain_defaulted (x int DEFAULT 1 + 1);
+         CREATE TABLE domained (x positive)",
+    )
+    .unwrap();
+    let row = pg.psql(&sql).unwrap();
+    let relations: Vec<&str> = row.split('|').nth(2).unwrap().split(',').collect();
+    for r in ["defaulted", "domained"] {
+        assert!(relations.contains(&r), "{r} in {row}");
+    }
+    assert!(!row.contains("plain_"), "{row}");
+    // The fourth column: the OIDs of the checked and code types, arrays included — a Parse
+    // declaring a parameter of one is refused — not of plain types.
+    let oids = pg.psql(&format!("SELECT d FROM ({full}) r(a, b, c, d)")).unwrap();
+    let oids: Vec<&str> = oids.split(',').collect();
+    let oid = |t: &str| pg.psql(&format!("SELECT '{t}'::regtype::oid")).unwrap();
+    for t in ["positive", "positive[]", "small_positive", "holder", "holder[]", "pos_range", "mt", "inbox"] {
+        assert!(oids.contains(&oid(t).as_str()), "{t} among {oids:?}");
+    }
+    for t in ["plain", "mood", "plain_pair", "plain_mt", "int4"] {
+        assert!(!oids.contains(&oid(t).as_str()), "{t} not among {oids:?}");
+    }
 }

@@ -88,9 +88,10 @@ pub(crate) struct StmtAnalysis {
     /// domain plants them into every later INSERT into an existing table — the application's
     /// own among them, with no default: a NULL is checked too.
     pub type_names: Vec<String>,
-    /// The relations it names (the last part of each name, as written): reading a view, or a
-    /// table with a policy or an index expression, may run code (see
-    /// `Session::set_code_relations`).
+    /// The relations it names (the last part of each name, as written), the table an
+    /// INSERT/UPDATE/DELETE/MERGE writes included, and for a PREPARE those its query names:
+    /// reading a view, or a table with a policy, an index expression, a default or a column of
+    /// a checked type, may run code (see `Session::set_code_relations`).
     pub relations: Vec<String>,
     /// DDL (and REFRESH MATERIALIZED VIEW) that the gate measures by the relations' files as
     /// well as the row counters — as it probes a DROP … IF EXISTS — rather than by the locks it
@@ -995,13 +996,14 @@ impl Walker<'_> {
                     self.raise(Class::Write, String::new());
                 }
                 self.objects.push(table);
+                self.target(body, ctx);
                 self.visit_body(body, &[], ctx);
             }
             "DeleteStmt" | "UpdateStmt" => self.delete_update(name, body, ctx),
             "MergeStmt" => self.merge(body, ctx),
             "CopyStmt" => self.copy(body, ctx),
             "ExplainStmt" => self.explain(body, ctx),
-            "PrepareStmt" => self.prepare(body),
+            "PrepareStmt" => self.prepare(body, ctx),
             "ExecuteStmt" => {
                 self.executes.push((str_field(body, "name").to_string(), ctx.top));
                 self.visit_body(body, &[], ctx);
@@ -1338,10 +1340,24 @@ impl Walker<'_> {
         self.visit_body(body, &["larg", "rarg"], ctx);
     }
 
+    /// The target of an INSERT, UPDATE, DELETE or MERGE is a relation the statement reads for
+    /// PostgreSQL too: parse analysis converts literals to its columns' types (a composite's
+    /// record_in, an array's array_in run a field's domain CHECK), the rewriter adds its
+    /// defaults and policies, the planner folds its index expressions and defaults — all before
+    /// the Execute through the extended protocol. pg_query gives the target as a bare RangeVar
+    /// struct (not a node), which the generic walk does not see: named here.
+    fn target(&mut self, body: &Value, ctx: Ctx) {
+        let rel = str_field(field(body, "relation"), "relname");
+        if (ctx.executed || ctx.planned) && !rel.is_empty() && !self.relations.iter().any(|r| r == rel) {
+            self.relations.push(rel.to_string());
+        }
+    }
+
     fn delete_update(&mut self, name: &str, body: &Value, ctx: Ctx) {
         let verb = if name == "DeleteStmt" { "DELETE" } else { "UPDATE" };
         let table = body.get("relation").and_then(range_var).unwrap_or_default();
         self.objects.push(table.clone());
+        self.target(body, ctx);
         if ctx.executed {
             if !ctx.top {
                 self.raise(
@@ -1379,6 +1395,7 @@ impl Walker<'_> {
     fn merge(&mut self, body: &Value, ctx: Ctx) {
         let table = body.get("relation").and_then(range_var).unwrap_or_default();
         self.objects.push(table.clone());
+        self.target(body, ctx);
         if ctx.executed {
             let changes = list(body, "merge_when_clauses").iter().any(|c| match as_node(c) {
                 Some(("MergeWhenClause", b)) => !matches!(
@@ -1454,10 +1471,35 @@ impl Walker<'_> {
         self.visit(field(body, "query"), inner);
     }
 
-    fn prepare(&mut self, body: &Value) {
+    fn prepare(&mut self, body: &Value, ctx: Ctx) {
         let name = str_field(body, "name").to_string();
         let query = field(body, "query");
-        let inner = analyze_statement(query, self.policy);
+        let mut inner = analyze_statement(query, self.policy);
+        // PREPARE runs the query's parse analysis now — a literal converted to a column's or a
+        // cast's composite, array or range type runs a field's domain CHECK — and EXECUTE
+        // converts its arguments to the declared parameter types: what the query names and
+        // the declared types count for both (the PREPARE itself, and the prepared query that
+        // EXECUTE runs).
+        for t in list(body, "argtypes") {
+            if let Some(("TypeName", b)) = as_node(t)
+                && let Some(n) = names(list(b, "names")).pop()
+                && !inner.type_names.contains(&n)
+            {
+                inner.type_names.push(n);
+            }
+        }
+        if ctx.executed || ctx.planned {
+            for r in &inner.relations {
+                if !self.relations.contains(r) {
+                    self.relations.push(r.clone());
+                }
+            }
+            for t in inner.cast_types.iter().chain(&inner.type_names) {
+                if !self.type_names.contains(t) {
+                    self.type_names.push(t.clone());
+                }
+            }
+        }
         self.effects.push(Effect::Prepare {
             name,
             analysis: Arc::new(Analysis { error: None, statements: vec![inner], reads_constants: false }),

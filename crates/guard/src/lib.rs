@@ -454,8 +454,10 @@ impl Session {
     /// database whose reading may run code that is not built in: a view whose query calls a
     /// function or operator of a user's (or reads such a relation), a table with a row-level
     /// security policy that does, or with an index whose expression or predicate does (the
-    /// planner evaluates its constant parts when it loads the index). A statement naming one
-    /// counts as calling an unknown function: a SELECT is measured.
+    /// planner evaluates its constant parts when it loads the index), or a default that does
+    /// (folded into an INSERT's plan), or with a column of a checked or code type (a literal
+    /// or parameter converted to it runs the type's input). A statement naming one — writing
+    /// it included — counts as calling an unknown function: a SELECT is measured.
     pub fn set_code_relations(&mut self, names: impl IntoIterator<Item = String>) {
         self.code_relations.extend(names);
     }

@@ -50,6 +50,8 @@ CREATE FUNCTION mt_int(mt) RETURNS int LANGUAGE plpgsql AS $$BEGIN PERFORM purge
 CREATE CAST (mt AS int) WITH FUNCTION mt_int(mt);
 CREATE TABLE casted (m mt); INSERT INTO casted VALUES (ROW(1));
 GRANT SELECT ON casted TO gate_app;
+CREATE TABLE holders (id int PRIMARY KEY, h holder, a checked[], c checked);
+GRANT ALL ON holders TO gate_app;
 ";
 
 const RESET: &str = "
@@ -93,6 +95,13 @@ fn statement(r: &mut Rng) -> String {
         "SELECT * FROM json_to_record('{\"a\": {k}}') AS x(a checked)",
         "SELECT '({k})'::holder",
         "SELECT m::int FROM casted",
+        // Untyped literals and parameters PostgreSQL converts to `holders`' column types (the
+        // composite, the array of the domain, the domain) at Parse or Bind.
+        "SELECT 1 FROM holders WHERE h IN ('({k})', '(1)')",
+        "SELECT COALESCE(h, '({k})') FROM holders",
+        "SELECT 1 FROM holders WHERE a = '{{k}}'",
+        "SELECT 1 FROM holders WHERE a = $1",
+        "SELECT $1",
     ];
     const SMALL: &[&str] = &[
         "DELETE FROM orders WHERE id = {k}",
@@ -100,6 +109,10 @@ fn statement(r: &mut Rng) -> String {
         "INSERT INTO orders VALUES (1000 + {k}, 1, 5) ON CONFLICT (id) DO UPDATE SET total = 0",
         "UPDATE customers SET points = 0 WHERE id = {k} RETURNING id",
         "DELETE FROM cards WHERE id IN ({k}, {k} + 1) RETURNING *",
+        "INSERT INTO holders VALUES ({k}, '({k})', '{{k}}') ON CONFLICT (id) DO UPDATE SET h = '({k})'",
+        "UPDATE holders SET a = '{{k}}' WHERE id = {k}",
+        "INSERT INTO holders (id, h) VALUES ({k}, $1) ON CONFLICT DO NOTHING",
+        "UPDATE holders SET c = $1 WHERE id = {k}",
     ];
     const BIG_WRITES: &[&str] = &[
         "DELETE FROM orders WHERE id > {k}",
@@ -227,6 +240,10 @@ fn copy_action(r: &mut Rng, out: &mut Vec<Msg>) {
     }
 }
 
+/// The type OIDs a Parse may declare for its parameters: unspecified, int4, and the schema's
+/// `checked`, `holder` and `checked[]` (read after the schema is made).
+static PARAM_TYPES: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
 /// One action: a Query (1–3 statements), an extended-protocol batch ending in Sync, or a COPY
 /// with its data.
 fn action(r: &mut Rng, out: &mut Vec<Msg>) {
@@ -245,8 +262,28 @@ fn action(r: &mut Rng, out: &mut Vec<Msg>) {
     let n = 1 + r.below(6);
     for _ in 0..n {
         let m = match r.below(9) {
-            0 | 1 => Msg::Parse { name: r.pick(&names).into(), sql: statement(r) },
-            2 | 3 => Msg::Bind { portal: r.pick(&portals).into(), statement: r.pick(&names).into() },
+            0 | 1 => {
+                let (name, sql) = (r.pick(&names).to_string(), statement(r));
+                let types = PARAM_TYPES.get().map(Vec::as_slice).unwrap_or(&[]);
+                if sql.contains("$1") && !types.is_empty() && r.below(2) == 0 {
+                    let t = types[r.below(types.len() as u64) as usize];
+                    Msg::ParseTyped { name, sql, types: vec![t] }
+                } else {
+                    Msg::Parse { name, sql }
+                }
+            }
+            2 | 3 => {
+                let (portal, statement) = (r.pick(&portals).to_string(), r.pick(&names).to_string());
+                // A parameter value (text) for the statements with `$1`; a statement without
+                // one fails the Bind, which the server answers with an error.
+                if r.below(2) == 0 {
+                    let v = ["(5)", "{5}", "5"][r.below(3) as usize];
+                    let value = (r.below(4) != 0).then(|| v.to_string());
+                    Msg::BindParams { portal, statement, values: vec![value] }
+                } else {
+                    Msg::Bind { portal, statement }
+                }
+            }
             4 | 5 => Msg::Execute { portal: r.pick(&portals).into(), max_rows: r.below(2) as i32 },
             6 => Msg::Describe { portal: r.pick(&portals).into() },
             7 => {
@@ -327,6 +364,9 @@ fn random_message_sequences_never_destroy_more_than_the_limits_allow() {
         .unwrap_or(0x5eed_1234_abcd);
     let g = Gate::start_with("", &format!("row_guard_max_rows = {MAX_ROWS}\nbudget_rows = 1000000\n"), false);
     g.pg.psql(SCHEMA).unwrap();
+    let oid =
+        |t: &str| -> u32 { g.pg.psql(&format!("SELECT '{t}'::regtype::oid")).unwrap().parse().unwrap() };
+    let _ = PARAM_TYPES.set(vec![0, 23, oid("checked"), oid("holder"), oid("checked[]")]);
     // The oracle can fail: a big delete and a drop made directly are seen.
     g.pg.psql(RESET).unwrap();
     let before = contents(&g);

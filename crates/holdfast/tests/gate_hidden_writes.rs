@@ -1024,3 +1024,188 @@ fn reads_through_the_applications_casts_and_operator_classes_are_measured() {
     let r = c.query("SELECT id FROM orders ORDER BY id LIMIT 3");
     assert!(errors(&r).is_empty(), "{:?}", errors(&r));
 }
+
+/// Extended-protocol `Parse`s and `Bind`s of the statements and parameters PostgreSQL converts
+/// through a type's input before any Execute — each played against the real server, `orders`
+/// (100 rows) read after it: every case below emptied `orders` through the gate before this
+/// fix, with nothing measured.
+/// Every case is played (orders filled again after one that changed them) and every failure
+/// reported.
+fn run_code_at_parse_or_bind(g: &Gate, before: &str, cases: Vec<(&str, Vec<Msg>)>) {
+    let mut failed = Vec::new();
+    for (what, msgs) in cases {
+        let mut c = Raw::connect(g, "alice", "alice-password");
+        let r = c.exchange(&msgs);
+        let after = state(g);
+        if after != before {
+            failed.push(format!("{what}: orders changed, {before} → {after}"));
+            g.pg.psql("INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING")
+                .unwrap();
+        }
+        if !errors(&r).iter().any(|m| {
+            (m.contains("Parse refused") || m.contains("Bind refused")) && m.contains("simple Query")
+        }) {
+            failed.push(format!("{what}: expected the Parse or Bind refused, got {:?}", errors(&r)));
+        }
+        assert!(errors(&c.query("SELECT 1")).is_empty(), "{what}: the session goes on");
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+fn bind_text(values: &[Option<&str>]) -> Msg {
+    Msg::BindParams {
+        portal: String::new(),
+        statement: String::new(),
+        values: values.iter().map(|v| v.map(str::to_string)).collect(),
+    }
+}
+
+/// Parse analysis converts an untyped literal to the type of the column it is assigned to or
+/// compared with — `INSERT INTO holders VALUES (1, '(34)')`, `UPDATE … SET h = '(34)'`,
+/// `WHERE h IN ('(34)')`, `COALESCE(h, '(34)')`, an array or range column — through
+/// record_in/array_in/range_in and the field's domain_in, which runs the CHECK; and Bind
+/// converts a parameter whose type PostgreSQL inferred from a column of a checked domain
+/// (`INSERT INTO plain VALUES ($1)`, text or binary) or that the client declared of such a
+/// type (`SELECT 1` declaring a parameter of `checked`, even bound to NULL). The gate did not
+/// stop these: the target of an INSERT/UPDATE/DELETE was not among the relations the guard
+/// looked up (pg_query gives it as a bare RangeVar), tables with a column of a checked type
+/// were not code relations, and a declared parameter type was not looked at. PREPARE runs the
+/// same parse analysis as a simple Query.
+#[test]
+fn literals_and_parameters_converted_to_a_checked_type_at_parse_or_bind_are_refused() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION tidy(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN coalesce($1, 1); END$$;
+         CREATE DOMAIN checked AS int CHECK (tidy(VALUE) > 0);
+         CREATE TYPE holder AS (a checked);
+         CREATE TYPE crange AS RANGE (subtype = checked);
+         CREATE TABLE holders (id int PRIMARY KEY, h holder);
+         CREATE TABLE plain (c checked);
+         CREATE TABLE arrs (a checked[]);
+         CREATE TABLE rngs (r crange);
+         CREATE DOMAIN dholder AS holder; CREATE TABLE dhs (d dholder);
+         GRANT ALL ON holders, plain, arrs, rngs, dhs TO gate_app;",
+    )
+    .unwrap();
+    let checked: u32 = g.pg.psql("SELECT 'checked'::regtype::oid").unwrap().trim().parse().unwrap();
+    let before = state(&g);
+    assert!(before.starts_with("100/"), "{before}");
+    let p = |sql: &str| vec![parse("", sql), Msg::Sync];
+    let typed = |sql: &str, v: Option<&str>| {
+        vec![
+            Msg::ParseTyped { name: String::new(), sql: sql.into(), types: vec![checked] },
+            bind_text(&[v]),
+            Msg::Sync,
+        ]
+    };
+    // PREPARE runs the same parse analysis as a Parse; EXECUTE converts its arguments to the
+    // declared types: measured or held, never run unmeasured.
+    for sql in [
+        "PREPARE p AS INSERT INTO holders VALUES (1, '(34)')",
+        "PREPARE p AS SELECT '(34)'::holder",
+        "PREPARE p(checked) AS SELECT 1",
+    ] {
+        let mut c = Raw::connect(&g, "alice", "alice-password");
+        let _ = c.query(sql);
+        let _ = c.query("EXECUTE p(5)");
+        assert_eq!(state(&g), before, "{sql}");
+    }
+    run_code_at_parse_or_bind(
+        &g,
+        &before,
+        vec![
+            ("INSERT VALUES", p("INSERT INTO holders VALUES (1, '(34)')")),
+            ("INSERT SELECT", p("INSERT INTO holders SELECT 1, '(34)'")),
+            ("UPDATE SET", p("UPDATE holders SET h = '(34)' WHERE id = 1")),
+            (
+                "ON CONFLICT",
+                p("INSERT INTO holders VALUES (1, NULL) ON CONFLICT (id) DO UPDATE SET h = '(34)'"),
+            ),
+            ("IN list", p("SELECT 1 FROM holders WHERE h IN ('(34)', '(35)')")),
+            ("COALESCE", p("SELECT COALESCE(h, '(34)') FROM holders")),
+            ("CASE", p("SELECT CASE WHEN id = 1 THEN h ELSE '(34)' END FROM holders")),
+            ("GREATEST", p("SELECT GREATEST(h, '(34)') FROM holders")),
+            ("domain over the composite", p("INSERT INTO dhs VALUES ('(34)')")),
+            ("array column", p("INSERT INTO arrs VALUES ('{5}')")),
+            ("range column", p("INSERT INTO rngs VALUES ('[1,5)')")),
+            (
+                "inferred parameter",
+                vec![parse("", "INSERT INTO plain VALUES ($1)"), bind_text(&[Some("5")]), Msg::Sync],
+            ),
+            (
+                "inferred binary parameter",
+                vec![
+                    parse("", "INSERT INTO plain VALUES ($1)"),
+                    Msg::BindBinary {
+                        portal: String::new(),
+                        statement: String::new(),
+                        values: vec![Some(5i32.to_be_bytes().to_vec())],
+                    },
+                    Msg::Sync,
+                ],
+            ),
+            (
+                "inferred array parameter",
+                vec![parse("", "SELECT 1 FROM arrs WHERE a = $1"), bind_text(&[Some("{5}")]), Msg::Sync],
+            ),
+            (
+                "polymorphic parameter",
+                vec![parse("", "SELECT array_append(a, $1) FROM arrs"), bind_text(&[Some("5")]), Msg::Sync],
+            ),
+            ("declared parameter", typed("SELECT $1", Some("5"))),
+            ("declared, unused, NULL", typed("SELECT 1", None)),
+        ],
+    );
+    // Plain tables and built-in parameter types go through as before.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    let r = c.exchange(&[
+        Msg::ParseTyped {
+            name: String::new(),
+            sql: "SELECT count(*) FROM orders WHERE id > $1".into(),
+            types: vec![23],
+        },
+        bind_text(&[Some("0")]),
+        execute(""),
+        Msg::Sync,
+    ]);
+    assert!(errors(&r).is_empty(), "{:?}", errors(&r));
+    assert_eq!(state(&g), before);
+}
+
+/// The planner folds a table's `DEFAULT one()` (IMMUTABLE, constant arguments) into an
+/// INSERT's plan, and an index expression over `x + one()` of the table an UPDATE or DELETE
+/// writes: through the extended protocol that happens at Bind, before the gate's measurement.
+/// `INSERT INTO defs (x) VALUES (1)` and `UPDATE ledger SET x = x WHERE x = 5`, Parse/Bind/Sync
+/// with no Execute, each emptied `orders` before this fix (the DML's target was not among the
+/// relations the guard looked up; defaults were not in the catalog read).
+#[test]
+fn defaults_and_index_expressions_of_the_written_table_are_refused_at_bind() {
+    let g = Gate::start_with("", POLICY, false);
+    g.pg.psql(
+        "CREATE FUNCTION purge() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM orders WHERE id > 0; RETURN 1; END$$;
+         CREATE FUNCTION one() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM purge(); RETURN 0; END$$;
+         CREATE TABLE defs (x int, y int DEFAULT one());
+         CREATE TABLE ledger (x int); CREATE INDEX ledger_one ON ledger ((x + one()));
+         GRANT ALL ON defs, ledger TO gate_app;
+         INSERT INTO orders SELECT g, g % 7, g * 1.5 FROM generate_series(1, 100) g ON CONFLICT DO NOTHING;",
+    )
+    .unwrap();
+    // CREATE INDEX ran one() (and emptied orders): filled again, then checked.
+    let before = state(&g);
+    assert!(before.starts_with("100/"), "{before}");
+    let pb = |sql: &str| vec![parse("", sql), bind("", ""), Msg::Sync];
+    run_code_at_parse_or_bind(
+        &g,
+        &before,
+        vec![
+            ("default", pb("INSERT INTO defs (x) VALUES (1)")),
+            ("UPDATE over an index expression", pb("UPDATE ledger SET x = x WHERE x = 5")),
+            ("DELETE over an index expression", pb("DELETE FROM ledger WHERE x = 5")),
+        ],
+    );
+    // As simple Queries they are measured: the purge is counted and undone.
+    let mut c = Raw::connect(&g, "alice", "alice-password");
+    refused(&c.query("INSERT INTO defs (x) VALUES (1)"), "INSERT into defs");
+    assert_eq!(state(&g), before);
+}

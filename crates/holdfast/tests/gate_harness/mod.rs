@@ -251,6 +251,20 @@ pub enum Msg {
         portal: String,
         statement: String,
     },
+    /// Parse declaring its parameters' type OIDs (what a driver that knows them sends).
+    ParseTyped {
+        name: String,
+        sql: String,
+        types: Vec<u32>,
+    },
+    /// Bind with binary-format parameter values (None: NULL).
+    BindBinary {
+        portal: String,
+        statement: String,
+        values: Vec<Option<Vec<u8>>>,
+    },
+    /// Describe of a prepared statement (the other `Describe` is of a portal).
+    DescribeStatement(String),
     /// Bind with text-format parameter values (None: NULL).
     BindParams {
         portal: String,
@@ -301,6 +315,38 @@ impl Msg {
                 cstr(&mut b, sql);
                 b.extend_from_slice(&0i16.to_be_bytes());
                 frame(out, b'P', &b)
+            }
+            Msg::ParseTyped { name, sql, types } => {
+                cstr(&mut b, name);
+                cstr(&mut b, sql);
+                b.extend_from_slice(&(types.len() as i16).to_be_bytes());
+                for t in types {
+                    b.extend_from_slice(&t.to_be_bytes());
+                }
+                frame(out, b'P', &b)
+            }
+            Msg::BindBinary { portal, statement, values } => {
+                cstr(&mut b, portal);
+                cstr(&mut b, statement);
+                b.extend_from_slice(&1i16.to_be_bytes());
+                b.extend_from_slice(&1i16.to_be_bytes());
+                b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+                for v in values {
+                    match v {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v);
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                frame(out, b'B', &b)
+            }
+            Msg::DescribeStatement(n) => {
+                b.push(b'S');
+                cstr(&mut b, n);
+                frame(out, b'D', &b)
             }
             Msg::Bind { portal, statement } => {
                 cstr(&mut b, portal);
