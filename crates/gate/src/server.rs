@@ -608,6 +608,8 @@ pub struct CatalogRow {
     /// The OIDs of the checked and code types (arrays included). An unreadable entry is
     /// kept as `None`: the gate then treats any declared parameter type as one (stricter).
     pub type_oids: Vec<Option<u32>>,
+    /// The code types alone, by name (see `guard::Session::set_code_types`).
+    pub code_types: Vec<String>,
 }
 
 /// The row of [`builtins_shadowed_sql`]: see [`CatalogRow`].
@@ -622,6 +624,7 @@ pub(crate) fn catalog_row(cols: &[String]) -> CatalogRow {
         domains: list(1),
         relations: list(2),
         type_oids: list(3).iter().map(|o| o.parse().ok()).collect(),
+        code_types: list(4),
     }
 }
 
@@ -694,8 +697,9 @@ const CODE_TYPE_ROOTS: &str = "SELECT g.rngtypid FROM pg_catalog.pg_range g \
 /// compared with or assigned to it through the type's input at parse analysis — record_in,
 /// array_in, range_in running a field's domain CHECK —, and a parameter whose type it infers
 /// from the column through domain_in at Bind), tables whose policy reads any of these, and
-/// views over any of those, recursively; and the OIDs of the checked and code types (arrays
-/// included): a Parse declaring a parameter of one runs its input at Bind. Only user objects
+/// views over any of those, recursively; the OIDs of the checked and code types (arrays
+/// included): a Parse declaring a parameter of one runs its input at Bind; and the names of
+/// the code types alone (a new table's column of one is run by autovacuum's ANALYZE). Only user objects
 /// (OID ≥ 16384) are looked at where a built-in one cannot be what runs the code.
 pub fn builtins_shadowed_sql() -> String {
     let (safe, writes, operators) = guard::builtin_names();
@@ -746,7 +750,12 @@ pub fn builtins_shadowed_sql() -> String {
          {TYPE_EDGES}\
          o(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN o ON e.parent OPERATOR(pg_catalog.=) o.oid) \
-         SELECT COALESCE(pg_catalog.string_agg(DISTINCT o.oid::pg_catalog.text, ','), '') FROM o)",
+         SELECT COALESCE(pg_catalog.string_agg(DISTINCT o.oid::pg_catalog.text, ','), '') FROM o), \
+         {TYPE_EDGES}\
+         k(oid) AS ({CODE_TYPE_ROOTS}\
+         UNION SELECT e.child FROM e JOIN k ON e.parent OPERATOR(pg_catalog.=) k.oid) \
+         SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
+         FROM k JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) k.oid)",
         array(&mut safe.iter().chain(writes.iter())),
         array(&mut operators.iter()),
     )

@@ -848,6 +848,7 @@ impl<'a> Session<'a> {
         }
         self.guard.set_checked_domains(catalog.domains);
         self.guard.set_code_relations(catalog.relations);
+        self.guard.set_code_types(catalog.code_types);
         self.code_type_oids = catalog.type_oids.into_iter().collect();
         self.catalog_epoch = epoch;
         self.catalog_read = Instant::now();
@@ -941,11 +942,11 @@ impl<'a> Session<'a> {
         match (row, failed) {
             (Some(cols), None) => {
                 let row = crate::server::catalog_row(&cols);
-                self.guard.set_catalog(row.shadowed, row.domains, row.relations);
+                self.guard.set_catalog(row.shadowed, row.domains, row.relations, row.code_types);
                 self.code_type_oids = row.type_oids.into_iter().collect();
                 self.catalog_epoch = epoch;
                 self.catalog_read = Instant::now();
-                if self.txn == b'T' && cols.get(4).is_some_and(|i| i != "read committed") {
+                if self.txn == b'T' && cols.get(5).is_some_and(|i| i != "read committed") {
                     self.guard.set_catalog_unknown();
                     self.catalog_snapshot_txn = true;
                 }

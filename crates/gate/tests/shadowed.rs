@@ -9,9 +9,9 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     let pg = TempPg::start().unwrap();
     let full = gate::server::builtins_shadowed_sql();
     // The first three columns (the fourth, the types' OIDs, is checked at the end).
-    let sql = format!("SELECT a, b, c FROM ({full}) r(a, b, c, d)");
+    let sql = format!("SELECT a, b, c FROM ({full}) r(a, b, c, d, e)");
     assert_eq!(pg.psql(&sql).unwrap(), "f||", "a fresh database");
-    assert_eq!(pg.psql(&full).unwrap(), "f|||", "a fresh database");
+    assert_eq!(pg.psql(&full).unwrap(), "f||||", "a fresh database");
     // The same argument types as the built-in: pg_catalog, first in search_path, wins.
     pg.psql("CREATE SCHEMA app; CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
         .unwrap();
@@ -107,7 +107,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     assert!(!row.contains("plain_"), "{row}");
     // The fourth column: the OIDs of the checked and code types, arrays included — a Parse
     // declaring a parameter of one is refused — not of plain types.
-    let oids = pg.psql(&format!("SELECT d FROM ({full}) r(a, b, c, d)")).unwrap();
+    let oids = pg.psql(&format!("SELECT d FROM ({full}) r(a, b, c, d, e)")).unwrap();
     let oids: Vec<&str> = oids.split(',').collect();
     let oid = |t: &str| pg.psql(&format!("SELECT '{t}'::regtype::oid")).unwrap();
     for t in ["positive", "positive[]", "small_positive", "holder", "holder[]", "pos_range", "mt", "inbox"] {
@@ -115,5 +115,14 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     }
     for t in ["plain", "mood", "plain_pair", "plain_mt", "int4"] {
         assert!(!oids.contains(&oid(t).as_str()), "{t} not among {oids:?}");
+    }
+    // The fifth: the code types alone (what ANALYZE runs), not the checked domains.
+    let code = pg.psql(&format!("SELECT e FROM ({full}) r(a, b, c, d, e)")).unwrap();
+    let code: Vec<&str> = code.split(',').collect();
+    for t in ["user_range", "mt", "mt2", "casted", "sorted"] {
+        assert!(code.contains(&t), "{t} among {code:?}");
+    }
+    for t in ["positive", "holder", "pos_range", "plain_mt", "builtin_range"] {
+        assert!(!code.contains(&t), "{t} not among {code:?}");
     }
 }

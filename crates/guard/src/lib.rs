@@ -245,6 +245,10 @@ pub struct Session {
     checked_domains: std::collections::HashSet<String>,
     /// Relations (by name) whose reading may run code that is not built in.
     code_relations: std::collections::HashSet<String>,
+    /// Types (by name) whose comparison or statistics run code that is not built in (a range's
+    /// `subtype_diff`, a default operator class or a cast of a user's, or a type holding one):
+    /// ANALYZE — autovacuum's too, with no statement at all — runs it over a column of one.
+    code_types: std::collections::HashSet<String>,
     /// The gate's knowledge of the catalog may be out of date and cannot be read again now
     /// (a REPEATABLE READ transaction's snapshot, a pipelined batch): every statement naming a
     /// relation or a type, or calling a built-in by an unqualified name, counts as running
@@ -462,12 +466,26 @@ impl Session {
         self.code_relations.extend(names);
     }
 
+    /// The gate found these types (names) whose comparison or statistics run code that is not
+    /// built in: a table created with a column of one plants that code where autovacuum's
+    /// ANALYZE runs it unmeasured, so such a CREATE TABLE counts as running code (held).
+    pub fn set_code_types(&mut self, names: impl IntoIterator<Item = String>) {
+        self.code_types.extend(names);
+    }
+
     /// The gate read the catalog again: what it found replaces what the session knew (an
     /// object dropped no longer counts), and the knowledge is current.
-    pub fn set_catalog(&mut self, shadowed: bool, domains: Vec<String>, relations: Vec<String>) {
+    pub fn set_catalog(
+        &mut self,
+        shadowed: bool,
+        domains: Vec<String>,
+        relations: Vec<String>,
+        code_types: Vec<String>,
+    ) {
         self.builtins_shadowed = shadowed;
         self.checked_domains = domains.into_iter().collect();
         self.code_relations = relations.into_iter().collect();
+        self.code_types = code_types.into_iter().collect();
         self.catalog_unknown = false;
     }
 
@@ -1020,6 +1038,16 @@ impl Guard {
         {
             runs_known_code.push(format!(
                 "names {t}, a type with CHECK constraints (a domain, or one holding a domain), as the type of a column or of a function's result columns: its CHECKs run whenever a value is converted to it — for a column of an existing table, in every later INSERT, the application's own included"
+            ));
+        }
+        // A new table's column types are exempt above (a column of a checked domain runs its
+        // CHECKs only when the table is written, measured), but not a code type's: ANALYZE —
+        // autovacuum's, with no statement to measure — runs its comparison or subtype_diff.
+        if matches!(st.kind.as_str(), "CREATE TABLE" | "CREATE FOREIGN TABLE")
+            && let Some(t) = st.type_names.iter().find(|t| session.code_types.contains(*t))
+        {
+            runs_known_code.push(format!(
+                "gives the new table a column of {t}, a type whose comparison or statistics run code that is not built in (a range's subtype_diff, an operator class or cast of the application's): ANALYZE, autovacuum's included, runs it with no statement the gate could measure"
             ));
         }
         // DDL measured by the relations' files runs such code under measurement; DDL that

@@ -756,7 +756,8 @@ fn ddl_that_plants_the_applications_code_is_held() {
          CREATE VIEW report AS SELECT purge() AS n; GRANT SELECT ON report TO gate_app;
          CREATE TABLE inbox (id int); ALTER TABLE inbox OWNER TO gate_app;
          CREATE TABLE guarded (x int); INSERT INTO guarded VALUES (1); ALTER TABLE guarded OWNER TO gate_app;
-         CREATE TABLE ledger (x int); CREATE INDEX ledger_tidy ON ledger ((tidy(x))); GRANT SELECT ON ledger TO gate_app;",
+         CREATE TABLE ledger (x int); CREATE INDEX ledger_tidy ON ledger ((tidy(x))); GRANT SELECT ON ledger TO gate_app;
+         CREATE TYPE app_range AS RANGE (subtype = float8, subtype_diff = diff);",
     )
     .unwrap();
     g.pg.psql(REFILL).unwrap();
@@ -764,7 +765,7 @@ fn ddl_that_plants_the_applications_code_is_held() {
     let mut through = Vec::new();
     // (the attack through the gate, what runs it later — the application straight to the
     // database, or a new session through the gate)
-    let attacks: [(&str, &str, bool); 3] = [
+    let attacks: [(&str, &str, bool); 4] = [
         ("ALTER TABLE inbox ADD COLUMN z checked", "INSERT INTO inbox (id) VALUES (1)", false),
         (
             "ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; ALTER TABLE guarded FORCE ROW LEVEL SECURITY; CREATE POLICY p ON guarded USING (x IN (SELECT n FROM report))",
@@ -774,6 +775,16 @@ fn ddl_that_plants_the_applications_code_is_held() {
         (
             "CREATE TYPE fr AS RANGE (subtype = float8, subtype_diff = diff)",
             "CREATE TABLE rt (r fr); INSERT INTO rt SELECT fr(g, g + 1) FROM generate_series(1, 200) g; ANALYZE rt",
+            false,
+        ),
+        // A new table's column of a range the application already has, whose subtype_diff is
+        // its function: autovacuum's ANALYZE (here run by hand) calls it once the application
+        // has filled the table — allowed as plain `ddl` before (a new table's column types were
+        // all exempt), and `orders` emptied; now held. A column of a checked domain still is
+        // exempt (below: ANALYZE does not convert values).
+        (
+            "CREATE TABLE rt2 (r app_range)",
+            "INSERT INTO rt2 SELECT app_range(g, g + 1) FROM generate_series(1, 200) g; ANALYZE rt2",
             false,
         ),
     ];
