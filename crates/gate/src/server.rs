@@ -661,11 +661,27 @@ const TYPE_EDGES: &str = "(WITH RECURSIVE e(parent, child) AS (SELECT t.typbaset
          UNION ALL SELECT g.rngtypid, g.rngmultitypid FROM pg_catalog.pg_range g WHERE g.rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
          UNION ALL SELECT t.typelem, t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND t.typsubscript OPERATOR(pg_catalog.=) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), ";
 
-/// The user domains with CHECK constraints (any: a built-in called there may write too), the
-/// roots of the checked types — not information_schema's (`cardinal_number`, `yes_or_no`:
-/// built-in checks, OIDs below 16384); a `UNION` follows.
-const CHECKED_ROOTS: &str = "SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         AND c.contype OPERATOR(pg_catalog.=) 'c' UNION ";
+/// The user domains whose CHECK constraints may run code that is not built in, the roots of the
+/// checked types (`safe`: the guard's safe built-in names as an SQL array); a `UNION` follows.
+/// A CHECK counts unless its stored expression tree (`conbin`) holds no OID of a user object
+/// (no number of 16384 or more after any `:key`: a user's function, operator or type — a
+/// nested domain, a cast through one) and calls only built-ins the guard takes for safe
+/// (`:funcid`; a built-in operator's function runs built-in code): `VALUE > 0`, `VALUE ~ '…'`,
+/// `length(VALUE) < 200` do not count; `tidy(VALUE) > 0`, `pg_terminate_backend(VALUE)`,
+/// `VALUE::int8 > 0` (a cast function the guard does not list) do. Not information_schema's
+/// (`cardinal_number`, `yes_or_no`: OIDs below 16384).
+fn checked_roots(safe: &str) -> String {
+    format!(
+        "SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         AND c.contype OPERATOR(pg_catalog.=) 'c' AND (c.conbin IS NULL \
+         OR EXISTS (SELECT FROM pg_catalog.regexp_matches(c.conbin::pg_catalog.text, ':[A-Za-z]+ ([0-9]+)', 'g') m(v) \
+         WHERE v[1]::pg_catalog.numeric OPERATOR(pg_catalog.>=) '16384'::pg_catalog.numeric) \
+         OR EXISTS (SELECT FROM pg_catalog.regexp_matches(c.conbin::pg_catalog.text, ':funcid ([0-9]+)', 'g') m(v) \
+         LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) v[1]::pg_catalog.oid \
+         WHERE p.oid IS NULL OR p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+         OR p.proname OPERATOR(pg_catalog.<>) ALL ({safe}))) UNION "
+    )
+}
 
 /// The types whose use runs a user's code with no function named: a range with a user's
 /// subtype_diff or canonical, a type with a cast through a user's (non-internal) function, a
@@ -709,6 +725,8 @@ pub fn builtins_shadowed_sql() -> String {
             .collect();
         format!("'{{{}}}'::pg_catalog.name[]", quoted.join(","))
     };
+    let checked_roots = checked_roots(&array(&mut safe.iter()));
+    let checked_roots = checked_roots.as_str();
     format!(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
          AND p.proname OPERATOR(pg_catalog.=) ANY ({}) AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc b \
@@ -718,13 +736,13 @@ pub fn builtins_shadowed_sql() -> String {
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
          AND b.oprname OPERATOR(pg_catalog.=) o.oprname AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright)), \
          {TYPE_EDGES}\
-         d(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
+         d(oid) AS ({checked_roots}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN d ON e.parent OPERATOR(pg_catalog.=) d.oid) SELECT COALESCE(pg_catalog.string_agg(DISTINCT t.typname::pg_catalog.text, ','), '') \
          FROM d JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.oid \
          WHERE t.typnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
          AND t.typsubscript OPERATOR(pg_catalog.<>) 'pg_catalog.array_subscript_handler'::pg_catalog.regproc), \
          {TYPE_EDGES}\
-         k(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
+         k(oid) AS ({checked_roots}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN k ON e.parent OPERATOR(pg_catalog.=) k.oid), \
          f AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass]::pg_catalog.oid[]) \
@@ -748,7 +766,7 @@ pub fn builtins_shadowed_sql() -> String {
          WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.=) d.objid) x) \
          SELECT COALESCE(pg_catalog.string_agg(DISTINCT c.relname::pg_catalog.text, ','), '') FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid), \
          {TYPE_EDGES}\
-         o(oid) AS ({CHECKED_ROOTS}{CODE_TYPE_ROOTS}\
+         o(oid) AS ({checked_roots}{CODE_TYPE_ROOTS}\
          UNION SELECT e.child FROM e JOIN o ON e.parent OPERATOR(pg_catalog.=) o.oid) \
          SELECT COALESCE(pg_catalog.string_agg(DISTINCT o.oid::pg_catalog.text, ','), '') FROM o), \
          {TYPE_EDGES}\

@@ -22,13 +22,19 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
              CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = f)")
         .unwrap();
     assert_eq!(pg.psql(&sql).unwrap(), "t||", "= (int, text)");
-    // Domains with CHECK constraints, and a domain over one; not one without.
+    // Domains with CHECK constraints that may run code that is not built in — a user's
+    // function, a built-in the guard does not take for safe —, and a domain over one; not one
+    // without a CHECK, nor one whose CHECK calls only safe built-ins and operators.
     pg.psql(
-        "CREATE DOMAIN positive AS int CHECK (VALUE > 0); CREATE DOMAIN small_positive AS positive;
-         CREATE DOMAIN plain AS int; CREATE TYPE mood AS ENUM ('ok')",
+        "CREATE FUNCTION pos(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+         CREATE DOMAIN positive AS int CHECK (pos(VALUE) > 0); CREATE DOMAIN small_positive AS positive;
+         CREATE DOMAIN killing AS int CHECK (pg_terminate_backend(VALUE));
+         CREATE DOMAIN plain AS int; CREATE TYPE mood AS ENUM ('ok');
+         CREATE DOMAIN plain_checked AS text CHECK (VALUE ~ '@' AND length(VALUE) < 200 AND VALUE = lower(VALUE));
+         CREATE DOMAIN plain_positive AS int CHECK (VALUE > 0)",
     )
     .unwrap();
-    assert_eq!(pg.psql(&sql).unwrap(), "t|positive,small_positive|");
+    assert_eq!(pg.psql(&sql).unwrap(), "t|killing,positive,small_positive|");
     // Relations whose reading runs a user's code: a view calling f (and a view over it), a table
     // with an index over it; not a view or an index over built-ins only.
     pg.psql(
@@ -38,7 +44,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
          CREATE TABLE plain_t (x int); CREATE INDEX ON plain_t ((x + 1)); CREATE VIEW plain_v AS SELECT lower('a')",
     )
     .unwrap();
-    assert_eq!(pg.psql(&sql).unwrap(), "t|positive,small_positive|calls,indexed,over_calls");
+    assert_eq!(pg.psql(&sql).unwrap(), "t|killing,positive,small_positive|calls,indexed,over_calls");
     // Types whose conversion runs a domain's CHECKs without the domain's name being cast to: a
     // composite type (or a table's row type) with such a field, a range over such a domain; and
     // a range whose subtype_diff is a user's function (ANALYZE and the planner run it: a table
@@ -55,7 +61,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     .unwrap();
     assert_eq!(
         pg.psql(&sql).unwrap(),
-        "t|holder,inbox,pos_multirange,pos_range,positive,ranged,small_positive,user_multirange,user_range|calls,inbox,indexed,over_calls,ranged"
+        "t|holder,inbox,killing,pos_multirange,pos_range,positive,ranged,small_positive,user_multirange,user_range|calls,inbox,indexed,over_calls,ranged"
     );
     // A table whose row-level security policy reads a relation that runs code (a view over g):
     // reading the table runs it; a policy over built-ins only does not count.
@@ -96,7 +102,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     // infers of its type is converted through domain_in at Bind); not a default over built-ins.
     pg.psql(
         "CREATE TABLE defaulted (x int DEFAULT g(1)); CREATE TABLE plain_defaulted (x int DEFAULT 1 + 1);
-         CREATE TABLE domained (x positive)",
+         CREATE TABLE domained (x positive); CREATE TABLE plain_domained (x plain_checked, y plain_positive)",
     )
     .unwrap();
     let row = pg.psql(&sql).unwrap();
@@ -113,7 +119,7 @@ fn overloads_of_built_in_names_are_found_and_copies_are_not() {
     for t in ["positive", "positive[]", "small_positive", "holder", "holder[]", "pos_range", "mt", "inbox"] {
         assert!(oids.contains(&oid(t).as_str()), "{t} among {oids:?}");
     }
-    for t in ["plain", "mood", "plain_pair", "plain_mt", "int4"] {
+    for t in ["plain", "mood", "plain_pair", "plain_mt", "int4", "plain_checked", "plain_positive"] {
         assert!(!oids.contains(&oid(t).as_str()), "{t} not among {oids:?}");
     }
     // The fifth: the code types alone (what ANALYZE runs), not the checked domains.

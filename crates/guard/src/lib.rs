@@ -1062,7 +1062,7 @@ impl Guard {
             && let Some(t) = st.relations.iter().find(|t| session.code_relations.contains(*t))
         {
             runs_known_code.push(format!(
-                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression): it may change rows"
+                "reads {t}, a view or table whose reading runs code that is not built in (a view's query, a policy, an index expression, a default, a column of a type whose input runs a domain's CHECK): it may change rows"
             ));
         }
         if session.catalog_unknown
