@@ -16,6 +16,8 @@
 #      bytes, seal and fsync times)
 #      SYNC_ONLY=1 (only part 4, on a fresh cluster: no backups, no pgBackRest)
 #      SYNC_ROUNDS=3 (part 4 repeated, alternating none / pg_receivewal / holdfast, each mode's median reported)
+#      RECEIVEWAL_SLOT=1 (part 4 also runs pg_receivewal --synchronous with a replication slot,
+#      after the one without, each round: tps_receivewal_slot_rN in the raw figures)
 # Writes bench-out/capture.md (report), bench-out/capture.json (raw), bench-out/capture-vault.log,
 # bench-out/capture-threads-{before,after}[_rN].txt (the vault's threads: id, name, context switches).
 set -euo pipefail
@@ -26,6 +28,7 @@ DURATION="${DURATION:-30}"
 CLIENTS="${CLIENTS:-8}"
 EXTRA_INCR="${EXTRA_INCR:-1}"
 RECEIVEWAL="${RECEIVEWAL:-1}"
+RECEIVEWAL_SLOT="${RECEIVEWAL_SLOT:-0}"
 PGBB_ZSTD="${PGBB_ZSTD:-1}"
 KEEP="${KEEP:-0}"
 SYNC_ONLY="${SYNC_ONLY:-0}"
@@ -317,6 +320,30 @@ for round in $(seq 1 "$SYNC_ROUNDS"); do
     set_sync ''
     kill "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=""
     rm -rf "$W/receivewal"
+  fi
+
+  if [ "$RECEIVEWAL" = 1 ] && [ "$RECEIVEWAL_SLOT" = 1 ]; then
+    # The same with a physical replication slot, as pg_receivewal's documentation advises and
+    # as the vault always streams (the slot's restart_lsn is moved at every flush reply).
+    log "4c'. TPS, pg_receivewal --synchronous --slot as synchronous standby (round $round)"
+    settle
+    mkdir -p "$W/receivewal"
+    psql_ "SELECT pg_create_physical_replication_slot('bench_receivewal') WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_receivewal')" >/dev/null
+    PGPASSWORD="$REPPW" "$PGBIN/pg_receivewal" -d "host=127.0.0.1 port=$PGPORT user=holdfast_rep application_name=pg_receivewal" \
+      -D "$W/receivewal" --synchronous --no-loop --slot=bench_receivewal 2> "$W/receivewal.err" &
+    RECV_PID=$!
+    set_sync pg_receivewal
+    if wait_sync pg_receivewal; then
+      rec "uptime_receivewal_slot$sfx" "\"$(uptime)\""
+      run_pgbench "tps_receivewal_slot$sfx"
+    else
+      fail receivewal_slot "pg_receivewal --slot never became the synchronous standby: $(cat "$W/receivewal.err")"
+    fi
+    set_sync ''
+    kill "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=""
+    rm -rf "$W/receivewal"
+    # Drop it: a slot nobody streams from would hold WAL for the rest of the run.
+    psql_ "SELECT pg_drop_replication_slot('bench_receivewal')" >/dev/null
   fi
 
   log "4b. TPS, the vault as synchronous standby (round $round)"

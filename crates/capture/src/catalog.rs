@@ -599,6 +599,84 @@ pub fn names_standby(setting: &str, app: &str) -> bool {
     names.iter().any(|n| n == "*" || n.eq_ignore_ascii_case(app))
 }
 
+/// Why `synchronous_standby_names` (as PostgreSQL parses it: `a, b` is `FIRST 1 (a, b)`,
+/// `n (…)` is `FIRST n (…)`) lets commits return without the vault `app` even with every other
+/// listed standby connected once: the vault not named; named only after the first `n` of a
+/// `FIRST n` list (a standby listed before it takes the synchronous place whenever it is
+/// connected); or in an `ANY n` quorum that `n` other listed standbys (or `*`) can make up.
+/// `None` when every commit waits for the vault. A `*` before the vault's own name counts as the
+/// vault's place (PostgreSQL gives the vault that priority); a second standby connecting under
+/// the vault's own name is left to the `sync_state` look.
+pub fn not_waited_for(setting: &str, app: &str) -> Option<String> {
+    if !names_standby(setting, app) {
+        return Some(format!(
+            "synchronous_standby_names = '{setting}' does not name the vault's application_name {app}: commits do not wait for it"
+        ));
+    }
+    // Tokens: names (quoted or not, `*`), numbers, parentheses; commas separate.
+    let mut tokens: Vec<(String, bool)> = Vec::new();
+    let (mut cur, mut quoted, mut was_quoted) = (String::new(), false, false);
+    let mut chars = setting.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            '(' | ')' | ',' | ' ' | '\t' | '\n' | '\r' if !quoted => {
+                if !cur.is_empty() || was_quoted {
+                    tokens.push((std::mem::take(&mut cur), was_quoted));
+                }
+                was_quoted = false;
+                if matches!(ch, '(' | ')') {
+                    tokens.push((ch.to_string(), true));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() || was_quoted {
+        tokens.push((cur, was_quoted));
+    }
+    let word = |i: usize| tokens.get(i).filter(|(_, q)| !q).map(|(t, _)| t.as_str());
+    let is_num = |i: usize| word(i).is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+    let open = |i: usize| tokens.get(i).is_some_and(|(t, q)| *q && t == "(");
+    // [FIRST|ANY] n ( list ) | n ( list ) | list
+    let (any, n, from) = match word(0).map(str::to_ascii_lowercase).as_deref() {
+        Some(k @ ("first" | "any")) if is_num(1) && open(2) => {
+            (k == "any", word(1)?.parse::<usize>().ok()?, 3)
+        }
+        _ if is_num(0) && open(1) => (false, word(0)?.parse::<usize>().ok()?, 2),
+        _ => (false, 1, 0),
+    };
+    let names: Vec<&str> = tokens[from..]
+        .iter()
+        .filter(|(t, q)| !(*q && (t == "(" || t == ")")))
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let vault = |name: &str| name.eq_ignore_ascii_case(app);
+    if any {
+        let others = names.iter().filter(|n| !vault(n)).count();
+        if names.contains(&"*") || others >= n {
+            return Some(format!(
+                "synchronous_standby_names = '{setting}': a quorum of {n} without the vault ({others} other standby name(s) listed{}) lets commits return before the vault has their WAL",
+                if names.contains(&"*") { ", and *" } else { "" }
+            ));
+        }
+        return None;
+    }
+    let place = names.iter().position(|n| vault(n) || *n == "*")? + 1;
+    (place > n).then(|| {
+        format!(
+            "synchronous_standby_names = '{setting}' lists the vault in place {place}, after the first {n}: commits wait for it only while a standby listed before it is not connected"
+        )
+    })
+}
+
 /// In synchronous mode: why commits may not wait for the vault, if they may not — read from the
 /// server's settings, which the database superuser (root on its host) can change without the
 /// vault's consent: removed from `synchronous_standby_names`, `synchronous_commit` set to `off`
@@ -624,10 +702,8 @@ async fn synchronous_downgrade(
     let overrides = set.get(0, "overrides").unwrap_or_default().to_string();
     let state = set.get(0, "state").map(str::to_string);
     let mut why = Vec::new();
-    if !names_standby(&names, app) {
-        why.push(format!(
-            "synchronous_standby_names = '{names}' does not name the vault's application_name {app}: commits do not wait for it"
-        ));
+    if let Some(not) = not_waited_for(&names, app) {
+        why.push(not);
     }
     if matches!(commit.as_str(), "off" | "local") {
         why.push(format!(
@@ -745,6 +821,36 @@ mod tests {
             ("2 (a, b)", false),
         ] {
             assert_eq!(names_standby(setting, "holdfast_shop"), named, "{setting:?}");
+        }
+    }
+
+    /// Named is not enough: after the first n of a FIRST list, or in an ANY quorum other
+    /// standbys can make up, commits return without the vault.
+    #[test]
+    fn synchronous_standby_names_that_let_commits_skip_the_vault_are_told() {
+        for (setting, waited) in [
+            ("holdfast_shop", true),
+            ("HOLDFAST_SHOP, other", true),
+            ("*", true),
+            ("FIRST 1 (holdfast_shop, other)", true),
+            ("first 2 (other, \"holdfast_shop\")", true),
+            ("2 (other, holdfast_shop, third)", true),
+            ("ANY 1 (holdfast_shop)", true),
+            ("ANY 2 (holdfast_shop, other)", true),
+            ("other, holdfast_shop", false),
+            ("FIRST 1 (other, holdfast_shop)", false),
+            ("2 (a, b, holdfast_shop)", false),
+            ("ANY 1 (holdfast_shop, other)", false),
+            ("ANY 2 (holdfast_shop, a, b)", false),
+            ("ANY 2 (holdfast_shop, *)", false),
+            ("", false),
+            ("other", false),
+        ] {
+            let why = not_waited_for(setting, "holdfast_shop");
+            assert_eq!(why.is_none(), waited, "{setting:?}: {why:?}");
+            if let Some(w) = why {
+                assert!(w.contains(setting), "{w}");
+            }
         }
     }
 

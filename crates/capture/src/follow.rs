@@ -700,7 +700,7 @@ impl Follower {
             return;
         }
         self.recorded.insert((d.kind.as_str().to_string(), d.lsn));
-        self.rt.destruction(&d, catalog).await;
+        self.rt.destruction(&d, catalog, self.tli).await;
     }
 
     /// A committed transaction updated `pg_attribute`: which columns (live in the baseline)
@@ -774,7 +774,7 @@ impl Follower {
         };
         d.columns = columns;
         if self.recorded.insert((d.kind.as_str().to_string(), d.lsn)) {
-            self.rt.destruction(&d, &catalog).await;
+            self.rt.destruction(&d, &catalog, self.tli).await;
         }
     }
 }

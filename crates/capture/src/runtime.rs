@@ -271,6 +271,7 @@ impl ClusterRuntime {
             xid: None,
             restore_target: None,
             first_lsn: None,
+            timeline: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;
@@ -354,7 +355,12 @@ impl ClusterRuntime {
 
     /// An incident for a destructive transaction found in the WAL: one per transaction, its
     /// objects named from the catalog snapshot (what it does not know stays an OID).
-    pub(crate) async fn destruction(&self, d: &crate::detect::Destruction, catalog: &Snapshot) {
+    pub(crate) async fn destruction(
+        &self,
+        d: &crate::detect::Destruction,
+        catalog: &Snapshot,
+        tli: TimelineId,
+    ) {
         use crate::detect::{Kind, RestoreTarget};
         use crate::status::IncidentTarget;
         let number = self.all_incidents.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
@@ -444,6 +450,7 @@ impl ClusterRuntime {
                 RestoreTarget::BeforeLsn(lsn) => IncidentTarget::BeforeLsn { lsn },
             }),
             first_lsn: Some(d.first_lsn),
+            timeline: Some(tli.0),
             objects,
         };
         self.record_incident(incident).await;
@@ -472,6 +479,7 @@ impl ClusterRuntime {
             xid: None,
             restore_target: None,
             first_lsn: None,
+            timeline: None,
             objects: Vec::new(),
         };
         self.record_incident(incident).await;

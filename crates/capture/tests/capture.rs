@@ -638,9 +638,10 @@ async fn synchronous_commit_waits_for_the_vault() -> Result<()> {
 }
 
 /// 5a. The database superuser (root on its host) can make commits stop waiting for the vault
-/// without touching the vault: take it out of `synchronous_standby_names`, or set
-/// `synchronous_commit = local` for a role. RPO 0 would quietly become seconds; each is a
-/// `synchronous_off` incident, and the episode ends when the settings are right again.
+/// without touching the vault: take it out of `synchronous_standby_names`, list it after another
+/// standby there, or set `synchronous_commit = local` for a role. RPO 0 would quietly become
+/// seconds; each is a `synchronous_off` incident, and the episode ends when the settings are
+/// right again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synchronous_standby_quietly_dropped_is_an_incident() -> Result<()> {
     let v = Vault::new().await?;
@@ -686,6 +687,19 @@ async fn a_synchronous_standby_quietly_dropped_is_an_incident() -> Result<()> {
         "{second:?}"
     );
     pg.psql("alter role postgres reset synchronous_commit")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(off(&collector).len() == 2, "{:?}", off(&collector));
+    // Still named, but after another standby in a FIRST 1 list: commits wait for the vault only
+    // while `replica1` is not connected (it is not: the vault's sync_state stays `sync`, so only
+    // reading the setting tells). A third incident.
+    pg.psql("alter system set synchronous_standby_names = 'replica1, holdfast_quiet'")?;
+    pg.psql("select pg_reload_conf()")?;
+    let third = wait_for(Duration::from_secs(30), "a third synchronous_off incident", || {
+        let all = off(&collector);
+        (all.len() == 3).then(|| all[2].clone())
+    })
+    .await?;
+    ensure!(third.message.contains("in place 2, after the first 1"), "{third:?}");
     collector.shutdown().await;
     Ok(())
 }

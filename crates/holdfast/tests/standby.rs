@@ -503,6 +503,44 @@ fn resuming_past_a_decoy_still_stops_before_the_drop_raised_while_paused() {
     assert_eq!(s.on_standby("SELECT count(*) FROM customers").unwrap(), customers);
 }
 
+/// A fresh standby built after a promotion (`standby resume`) from a backup older than an
+/// incident raised before it existed: the DROP lies in WAL it replays, on the timeline it
+/// follows, so it stops before that incident too and shows `customers` read-only. (It counted
+/// incidents from its creation and replayed through the DROP the vault already knew of,
+/// `apply_delay` after it was built.)
+#[test]
+fn a_fresh_standby_stops_before_an_incident_raised_before_it_was_built() {
+    let s = setup();
+    s.wait_state("following", 90);
+    let customers = (MERCHANTS * 50).to_string();
+    let n = s.destroy_and_watch(
+        "DROP TABLE customers",
+        "relations_dropped",
+        "SELECT count(*) FROM customers",
+        &customers,
+    );
+    assert_eq!(s.incidents()[n - 1]["timeline"], 1, "the incident names its timeline");
+    let p =
+        s.json(&["standby", "promote", "--cluster", "main", "--before-incident", &n.to_string(), "--json"]);
+    assert_eq!(p["status"]["state"], "promoted", "{p}");
+    let r = s.json(&["standby", "resume", "--cluster", "main", "--json"]);
+    assert!(r["message"].as_str().unwrap().contains("a fresh standby"), "{r}");
+    // Built from the only backup, taken before the DROP.
+    s.wait("the fresh standby to stop before the earlier incident", 120, || {
+        if let Ok(v) = s.on_standby("SELECT to_regclass('customers') IS NOT NULL") {
+            assert_eq!(
+                v,
+                "t",
+                "the fresh standby applied the DROP the vault already knew of: {}",
+                s.standby()
+            );
+        }
+        let st = s.standby();
+        (st["state"] == "paused" && st["ready"] == true && st["paused_before_incident"] == n).then_some(())
+    });
+    assert_eq!(s.on_standby("SELECT count(*) FROM customers").unwrap(), customers);
+}
+
 /// Base backups from the vault's own warm standby (issue 18): under a write load, production
 /// asked for nothing but a `CHECKPOINT`, a backup streamed from the standby appears; a restore to
 /// a moment after it starts from it and equals the source there, merchant by merchant; none of

@@ -448,6 +448,7 @@ mod tests {
             xid: None,
             restore_target: None,
             first_lsn: None,
+            timeline: None,
             objects: vec![],
         };
         // Incident 2: the clock lied at 6 × SEG, in the WAL both backups replay to the end.

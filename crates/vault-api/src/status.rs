@@ -119,6 +119,11 @@ pub struct Incident {
     /// without the transaction's locks (a DROP or TRUNCATE holds its table's until it ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_lsn: Option<Lsn>,
+    /// For destruction found in the WAL: the timeline its LSNs are on (recorded since
+    /// 2026-12-05; `None` in incidents raised before). A warm standby built later checks it
+    /// against the timeline history it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
     /// What it touched: one entry per table (its indexes and TOAST folded in) or database,
     /// named from the collector's catalog snapshot when it knew them.
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "objects_or_legacy")]

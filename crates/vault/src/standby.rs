@@ -149,6 +149,37 @@ struct Persisted {
     /// it was paused.
     #[serde(default)]
     resumed_with: Option<usize>,
+    /// The stop LSN of the backup this standby was built from, and how many incidents there
+    /// were then. Those raised before it concern it only where their destroying record lies in
+    /// WAL it replays: at or past that LSN, on the timeline history it follows ([`concerns`]).
+    /// `None` for a standby built before this was kept (it counted incidents from its creation).
+    #[serde(default)]
+    built_from: Option<(Lsn, usize)>,
+}
+
+/// The timeline a standby follows (the newest the vault streams: it recovers with
+/// `recovery_target_timeline = 'latest'`) and that timeline's history when the vault holds it.
+type Followed = (u32, Option<pgfmt::TimelineHistory>);
+
+/// Whether an incident raised before the standby was built concerns it: its destroying record
+/// (`lsn`) lies in WAL the standby will replay — at or past `from` (the stop LSN of the backup it
+/// was built from: what lies before is in the backup already, and the standby cannot stop
+/// short of it), on the timeline history it follows (an incident on a timeline it branches off
+/// before the incident's LSN — production restored from a promoted standby — is never
+/// replayed). Where that cannot be told (no LSN, no timeline recorded, the followed timeline or
+/// its history unknown), it concerns it: stopping a standby that would not have applied the
+/// transaction costs a `standby resume`; not stopping one that would have costs the copy.
+fn concerns(inc: &Incident, from: Lsn, followed: Option<&Followed>) -> bool {
+    let Some(at) = inc.lsn else { return true };
+    if at < from {
+        return false;
+    }
+    let (Some(tli), Some((latest, history))) = (inc.timeline, followed) else { return true };
+    if tli == *latest {
+        return true;
+    }
+    let Some(history) = history else { return true };
+    history.entries.iter().any(|e| e.parent.0 == tli && at < e.switchpoint)
 }
 
 /// What the vault's settings file tells the standby.
@@ -542,15 +573,23 @@ async fn create(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), 
     );
     let result = build(s, sb, &token).await;
     s.state.write().await.tokens.remove(token.id());
-    let backup = result?;
-    // Incidents raised before the standby existed are not its business: it starts from now.
-    let p = Persisted { incidents_seen: rt.incidents().len(), backup: Some(backup), ..Default::default() };
+    let (backup, from) = result?;
+    // Incidents raised before the standby existed are looked at too, but only those whose
+    // destruction lies in WAL it will replay stop it ([`concerns`]): a fresh standby after a
+    // promotion, built from a backup older than the incident, must not replay through it.
+    let p = Persisted {
+        incidents_seen: 0,
+        built_from: Some((from, rt.incidents().len())),
+        backup: Some(backup),
+        ..Default::default()
+    };
     sb.save(&p)?;
     tracing::info!(cluster, data = %sb.data().display(), "warm standby built");
     Ok(())
 }
 
-async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Result<String, String> {
+/// Returns the backup's id and its stop LSN.
+async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Result<(String, Lsn), String> {
     let url = s.standbys.url.get().ok_or("the vault is not listening yet")?;
     let ca_pem = std::fs::read_to_string(&s.config.tls.cert)
         .map_err(|e| format!("reading {}: {e}", s.config.tls.cert.display()))?;
@@ -604,7 +643,17 @@ async fn build(s: &Arc<Shared>, sb: &Standby, token: &vault_api::Token) -> Resul
         let (uid, gid) = restore::pg::user_ids(&user).map_err(|e| e.to_string())?;
         restore::pg::chown_tree(data, uid, gid).map_err(|e| e.to_string())?;
     }
-    Ok(report.backup)
+    Ok((report.backup, stop))
+}
+
+/// What a standby of `rt`'s cluster follows ([`Followed`]), if the vault knows its timeline.
+fn followed_by(rt: &capture::ClusterRuntime) -> Option<Followed> {
+    let tli = rt.status().timeline?;
+    let history = rt
+        .archive
+        .history(pgfmt::TimelineId(tli))
+        .and_then(|(_, text)| pgfmt::TimelineHistory::parse(&text).ok());
+    Some((tli, history))
 }
 
 /// One look: build, start, watch incidents, measure, raise.
@@ -662,8 +711,17 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     // New incidents: the first with a restore target stops the standby short of it.
     let incidents = rt.incidents();
     if !p.overrun && p.paused_before_incident.is_none() {
+        let mut followed: Option<Option<Followed>> = None;
         for (i, inc) in incidents.iter().enumerate().skip(p.incidents_seen) {
             if let Some(t) = inc.restore_target {
+                if let Some((from, n)) = p.built_from
+                    && i < n
+                    && !concerns(inc, from, followed.get_or_insert_with(|| followed_by(rt)).as_ref())
+                {
+                    // Raised before the standby was built, in WAL it never replays.
+                    p.incidents_seen = i + 1;
+                    continue;
+                }
                 let passable = p.resumed_with.is_some_and(|k| i < k);
                 if !stop_before(sb, &server, &mut p, i + 1, inc, t, rt.status().durable_lsn, passable).await?
                 {
@@ -1578,6 +1636,46 @@ mod tests {
         assert!(!reached(Lsn(0x0300_1FF0), Lsn(0x0300_2018)));
         // A stop further into its page is not reached from the page boundary.
         assert!(!reached(Lsn(0x0300_2000), Lsn(0x0300_2060)));
+    }
+
+    /// Incidents raised before a standby was built: only destruction in WAL it replays stops
+    /// it — past its backup's stop, on the timeline history it follows; what cannot be told
+    /// stops it.
+    #[test]
+    fn an_earlier_incident_concerns_a_fresh_standby_only_on_its_path() {
+        let inc = |lsn: Option<u64>, timeline: Option<u32>| Incident {
+            cluster: "main".into(),
+            kind: "relations_dropped".into(),
+            detected_at: Timestamp(0),
+            message: String::new(),
+            lsn: lsn.map(Lsn),
+            xid: Some(900),
+            restore_target: Some(IncidentTarget::BeforeXid { xid: 900 }),
+            first_lsn: lsn.map(Lsn),
+            timeline,
+            objects: Vec::new(),
+        };
+        let from = Lsn(0x0300_0000);
+        let on_1: Followed = (1, None);
+        // On the timeline it follows: past the backup it concerns it, inside the backup not.
+        assert!(concerns(&inc(Some(0x0500_0000), Some(1)), from, Some(&on_1)));
+        assert!(concerns(&inc(Some(0x0300_0000), Some(1)), from, Some(&on_1)));
+        assert!(!concerns(&inc(Some(0x02FF_FFF0), Some(1)), from, Some(&on_1)));
+        // Production restored from the promoted standby: timeline 2 branched off timeline 1
+        // at 0/4000000. Destruction on 1 after the branch is never replayed; before it, it is.
+        let history = pgfmt::TimelineHistory::parse("1\t0/4000000\tbefore transaction 900\n").unwrap();
+        let on_2: Followed = (2, Some(history));
+        assert!(!concerns(&inc(Some(0x0400_0100), Some(1)), from, Some(&on_2)));
+        assert!(concerns(&inc(Some(0x0380_0000), Some(1)), from, Some(&on_2)));
+        assert!(concerns(&inc(Some(0x0500_0000), Some(2)), from, Some(&on_2)));
+        // A timeline not in its history (a sibling branch) is not followed.
+        assert!(!concerns(&inc(Some(0x0500_0000), Some(3)), from, Some(&on_2)));
+        // What cannot be told stops it: no timeline recorded, the followed timeline or its
+        // history unknown, no LSN.
+        assert!(concerns(&inc(Some(0x0500_0000), None), from, Some(&on_2)));
+        assert!(concerns(&inc(Some(0x0500_0000), Some(1)), from, None));
+        assert!(concerns(&inc(Some(0x0500_0000), Some(1)), from, Some(&(2, None))));
+        assert!(concerns(&inc(None, Some(1)), from, Some(&on_1)));
     }
 
     #[test]
