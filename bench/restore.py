@@ -165,8 +165,8 @@ def cmd_report(out_md, invocation, *jsons):
     L.append("| … holdfast: base data s / replay s / WAL segments replayed (prefetched) | " + " | ".join(
         f"{sec(r['rows']['holdfast'].get('base_seconds'))} / {sec(r['rows']['holdfast'].get('replay_seconds'))} / "
         f"{r['rows']['holdfast'].get('segments')} ({r['rows']['holdfast'].get('prefetched')})" for r in runs) + " |")
-    L.append("| … holdfast's `backup_wal_share`; its backups by the restore (pgBackRest, pg_basebackup: 1 each, before the load) | " + " | ".join(
-        f"{r.get('backup_wal_share', 'none')}; {r.get('hf_backups')}" for r in runs) + " |")
+    L.append("| … holdfast's `backup_wal_share` / `backup_replay_budget_seconds` / `backup_min_interval_seconds`; its backups by the restore (pgBackRest, pg_basebackup: 1 each, before the load) | " + " | ".join(
+        f"{r.get('backup_wal_share', 'none')} / {r.get('backup_replay_budget', 'none')} / {r.get('backup_min_interval', 'default')}; {r.get('hf_backups')}" for r in runs) + " |")
     L.append("| pgBackRest restore + start, RTO s | " + " | ".join(cell(r["rows"]["pgbackrest"]) for r in runs) + " |")
     L.append("| pg_basebackup copy `cp -a` + restore_command `cp`, RTO s | " + " | ".join(
         cell(r["rows"]["pg_basebackup_cp"]) for r in runs) + " |")

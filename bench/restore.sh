@@ -37,6 +37,12 @@
 #      a base backup from the warm standby, production asked only for a CHECKPOINT, whenever the
 #      WAL since the newest backup exceeds that share of its size; 0: none, every backup from
 #      production as before). The catalog login (holdfast_rep) is granted pg_checkpoint.
+#      BACKUP_REPLAY_BUDGET= (the cluster's backup_replay_budget_seconds: a base backup whenever
+#      replaying the WAL since the newest would take longer than that many seconds, at the speed
+#      the vault measured or its conservative default (32 MiB/s); from the standby when close
+#      enough behind, else from production; empty: off)
+#      BACKUP_MIN_INTERVAL= (the cluster's backup_min_interval_seconds: WAL-triggered backups start
+#      at least that far apart; empty: the vault's default, 60 s)
 #      KEEP=1 (keep the work dirs)  HF=<holdfast binary> (default: target/release/holdfast, built)
 # Writes bench-out/restore.md (report), bench-out/restore-sSCALE.json (raw, per size),
 # bench-out/restore-sSCALE-vault.log, and the servers' logs (restore-sSCALE-*-server.log).
@@ -73,6 +79,8 @@ CLIENTS="${CLIENTS:-2}"
 APPLY_DELAY="${APPLY_DELAY:-20s}"
 BACKUP_WAL_SHARE="${BACKUP_WAL_SHARE-0.5}"
 STANDBY_BACKUP_WAL_SHARE="${STANDBY_BACKUP_WAL_SHARE:-}"
+BACKUP_REPLAY_BUDGET="${BACKUP_REPLAY_BUDGET:-}"
+BACKUP_MIN_INTERVAL="${BACKUP_MIN_INTERVAL:-}"
 KEEP="${KEEP:-0}"
 SHOP_MERCHANTS="${SHOP_MERCHANTS:-$((SCALE * 100))}"
 SHOP_RATE="${SHOP_RATE:-100}"
@@ -137,6 +145,8 @@ rec clients "$CLIENTS"
 rec apply_delay "\"$APPLY_DELAY\""
 rec backup_wal_share "\"${BACKUP_WAL_SHARE:-none}\""
 rec standby_backup_wal_share "\"${STANDBY_BACKUP_WAL_SHARE:-default}\""
+rec backup_replay_budget "\"${BACKUP_REPLAY_BUDGET:-none}\""
+rec backup_min_interval "\"${BACKUP_MIN_INTERVAL:-default}\""
 rec filesystem "$(jstr "$(df -PT "$W" | awk 'NR==2 {print $1" "$2}')")"
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -179,6 +189,8 @@ rec cmd_archive_command "$(jstr "$ARCHIVE_COMMAND")"
 log "vault init + serve (warm standby: apply_delay $APPLY_DELAY, port $SB_PORT)"
 vault_init "first_backup = false
 ${BACKUP_WAL_SHARE:+backup_wal_share = $BACKUP_WAL_SHARE}
+${BACKUP_REPLAY_BUDGET:+backup_replay_budget_seconds = $BACKUP_REPLAY_BUDGET}
+${BACKUP_MIN_INTERVAL:+backup_min_interval_seconds = $BACKUP_MIN_INTERVAL}
 
 [[standby]]
 cluster = \"bench\"

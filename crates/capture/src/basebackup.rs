@@ -492,9 +492,30 @@ pub fn wal_volume_due(newest: &BackupSummary, durable: pgfmt::Lsn, share: f64) -
     written as f64 >= (share * newest.bytes as f64).max(16.0 * 1024.0 * 1024.0)
 }
 
+/// Whether the WAL stored since `newest` began would take longer than the replay budget to
+/// replay (`budget_bytes`: the budget × the replay speed). Never below one segment.
+pub fn replay_budget_exceeded(newest: &BackupSummary, durable: pgfmt::Lsn, budget_bytes: u64) -> bool {
+    durable.0.saturating_sub(newest.start_lsn.0) >= budget_bytes.max(16 << 20)
+}
+
+/// Whether the replay budget's next backup is the warm standby's to take rather than
+/// production's: the standby offers backups and is at most half the budget behind the stored
+/// WAL (a backup from it starts at a checkpoint it replays about that much later, so it lands
+/// inside the budget), and the WAL since the newest backup (`written`) is not yet twice the
+/// budget — a standby that does not deliver never holds production's backups back for long.
+pub fn budget_backup_is_the_standbys(written: u64, budget_bytes: u64, standby_lag: Option<u64>) -> bool {
+    standby_lag.is_some_and(|lag| lag <= budget_bytes / 2) && written < budget_bytes.saturating_mul(2)
+}
+
 /// Takes a backup whenever the WAL stored since the newest one began exceeds `share` of its
-/// size (a cluster with no backup yet is `first_backup`'s), until shutdown.
-pub async fn on_wal_volume(rt: Arc<ClusterRuntime>, share: f64, mut shutdown: watch::Receiver<bool>) {
+/// size, or would take longer than `backup_replay_budget_seconds` to replay (unless the warm
+/// standby takes that one: [`budget_backup_is_the_standbys`]) — one at a time (the cluster's
+/// backup lock) and never sooner than `backup_min_interval_seconds` after the newest began — until
+/// shutdown. A cluster with no backup yet is `first_backup`'s.
+pub async fn on_wal_volume(rt: Arc<ClusterRuntime>, share: Option<f64>, mut shutdown: watch::Receiver<bool>) {
+    let min_interval = rt.cluster.backup_min_interval;
+    let mut last_started: Option<tokio::time::Instant> = None;
+    let mut told_rate: Option<Option<f64>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(WAL_VOLUME_TICK) => {}
@@ -502,13 +523,50 @@ pub async fn on_wal_volume(rt: Arc<ClusterRuntime>, share: f64, mut shutdown: wa
         }
         let Some(newest) = rt.newest_backup() else { continue };
         let Some(durable) = rt.status().durable_lsn else { continue };
-        if !wal_volume_due(&newest, durable, share) {
+        let written = durable.0.saturating_sub(newest.start_lsn.0);
+        let since_newest = rt.now().0.saturating_sub(newest.started.0);
+        if last_started.is_some_and(|t| t.elapsed() < min_interval)
+            || since_newest < min_interval.as_secs() as i64
+        {
             continue;
         }
-        tracing::info!(
-            cluster = %rt.cluster.name, since = %newest.id, wal_bytes = durable.0.saturating_sub(newest.start_lsn.0),
-            backup_bytes = newest.bytes, share, "taking a base backup: the WAL since the newest one exceeds backup_wal_share of its size"
-        );
+        let budget = rt.replay_budget_bytes();
+        if let Some(bytes) = budget {
+            // Say once (and again when it changes) which replay speed the budget assumes.
+            let rate = rt.replay_rate();
+            let key = rate.as_ref().map(|r| r.bytes_per_second);
+            if told_rate != Some(key) {
+                match &rate {
+                    Some(r) => tracing::info!(
+                        cluster = %rt.cluster.name, mib_per_second = r.bytes_per_second / 1048576.0, by = %r.measured_by, budget_wal_bytes = bytes,
+                        "replay budget: using the replay speed measured"
+                    ),
+                    None => tracing::info!(
+                        cluster = %rt.cluster.name, mib_per_second = crate::config::DEFAULT_REPLAY_BYTES_PER_SECOND / 1048576.0, budget_wal_bytes = bytes,
+                        "replay budget: no replay measured yet (a drill measures one): assuming a conservative speed"
+                    ),
+                }
+                told_rate = Some(key);
+            }
+        }
+        if share.is_some_and(|s| wal_volume_due(&newest, durable, s)) {
+            tracing::info!(
+                cluster = %rt.cluster.name, since = %newest.id, wal_bytes = written,
+                backup_bytes = newest.bytes, share, "taking a base backup: the WAL since the newest one exceeds backup_wal_share of its size"
+            );
+        } else if let Some(bytes) = budget.filter(|b| replay_budget_exceeded(&newest, durable, *b)) {
+            if budget_backup_is_the_standbys(written, bytes, rt.standby_offer()) {
+                continue;
+            }
+            tracing::info!(
+                cluster = %rt.cluster.name, since = %newest.id, wal_bytes = written, budget_wal_bytes = bytes,
+                standby_lag_bytes = ?rt.standby_offer(),
+                "taking a base backup from production: the WAL since the newest one would take longer than backup_replay_budget_seconds to replay"
+            );
+        } else {
+            continue;
+        }
+        last_started = Some(tokio::time::Instant::now());
         if let Err(e) = take(&rt).await {
             tracing::error!(cluster = %rt.cluster.name, error = %e, "WAL-volume base backup failed");
             // Not again at once: a failing backup must not hammer the server.
@@ -554,7 +612,24 @@ mod volume_tests {
         assert!(!wal_volume_due(&b, Lsn(0x1000_0000 + (49 << 20)), 0.5));
         assert!(wal_volume_due(&b, Lsn(0x1000_0000 + (50 << 20)), 0.5));
         // Never more often than one segment of WAL, however small the database.
-        let tiny = BackupSummary { bytes: 1 << 20, ..b };
+        let tiny = BackupSummary { bytes: 1 << 20, ..b.clone() };
         assert!(!wal_volume_due(&tiny, Lsn(0x1000_0000 + (15 << 20)), 0.5));
+        // The replay budget: 64 MiB of WAL (2 s at 32 MiB/s), at least a segment.
+        assert!(!replay_budget_exceeded(&b, Lsn(0x1000_0000 + (63 << 20)), 64 << 20));
+        assert!(replay_budget_exceeded(&b, Lsn(0x1000_0000 + (64 << 20)), 64 << 20));
+        assert!(!replay_budget_exceeded(&b, Lsn(0x1000_0000 + (15 << 20)), 1 << 20));
+    }
+
+    #[test]
+    fn the_budgets_backup_is_the_standbys_only_when_it_is_close_behind_and_delivers() {
+        let budget = 64 << 20;
+        // No standby offering backups: production's.
+        assert!(!budget_backup_is_the_standbys(70 << 20, budget, None));
+        // Close behind (≤ half the budget): the standby's.
+        assert!(budget_backup_is_the_standbys(70 << 20, budget, Some(32 << 20)));
+        // Too far behind: a backup from it would be outside the budget already.
+        assert!(!budget_backup_is_the_standbys(70 << 20, budget, Some(33 << 20)));
+        // Twice the budget without a backup: production's, whatever the standby says.
+        assert!(!budget_backup_is_the_standbys(128 << 20, budget, Some(0)));
     }
 }

@@ -77,6 +77,20 @@ pub struct ClusterConfig {
     /// (deduplicated: unchanged pages are stored once).
     #[serde(default)]
     pub backup_wal_share: Option<f64>,
+    /// Also take a base backup once replaying the WAL stored since the newest one began would
+    /// take longer than this many seconds (e.g. 2), at the replay speed the vault last measured
+    /// in a drill of this cluster ([`DEFAULT_REPLAY_BYTES_PER_SECOND`] until one ran; the log
+    /// says which). From the vault's warm standby when it is close enough behind to give a
+    /// backup inside the budget, else from production — a full read of the database each time,
+    /// at most one at a time and never sooner than `backup_min_interval_seconds` after the
+    /// previous one. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_replay_budget_seconds: Option<f64>,
+    /// The shortest time between two base backups triggered by WAL (`backup_wal_share`,
+    /// `backup_replay_budget_seconds`), from the start of one to the start of the next, in
+    /// seconds (default 60): what bounds what those triggers cost production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_min_interval_seconds: Option<u64>,
     /// When the cluster has no complete base backup in the vault, take one as soon as
     /// streaming starts (default true): until one exists nothing is restorable.
     #[serde(default)]
@@ -197,6 +211,10 @@ pub struct Cluster {
     pub backup_interval: Option<Duration>,
     /// See [`ClusterConfig::backup_wal_share`].
     pub backup_wal_share: Option<f64>,
+    /// See [`ClusterConfig::backup_replay_budget_seconds`].
+    pub backup_replay_budget: Option<Duration>,
+    /// See [`ClusterConfig::backup_min_interval_seconds`].
+    pub backup_min_interval: Duration,
     /// See [`ClusterConfig::first_backup`].
     pub first_backup: bool,
     /// Mass delete/update thresholds (see [`ClusterConfig::mass_delete_rows`] and the fields
@@ -239,6 +257,12 @@ pub const DEFAULT_STALL_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`Cluster::connection_grace`].
 pub const DEFAULT_CONNECTION_GRACE: Duration = Duration::from_secs(10);
 /// Default of [`ClusterConfig::mass_delete_rows`].
+/// `backup_min_interval_seconds` when not set.
+pub const DEFAULT_BACKUP_MIN_INTERVAL_SECONDS: u64 = 60;
+/// The replay speed `backup_replay_budget_seconds` assumes until a drill of the cluster measured
+/// one: 32 MiB/s, below what a loaded 2-core box replayed in `bench/restore.sh` (60–155 MB/s), so
+/// that the budget errs on the side of more backups, not longer restores.
+pub const DEFAULT_REPLAY_BYTES_PER_SECOND: f64 = 32.0 * 1024.0 * 1024.0;
 pub const DEFAULT_MASS_DELETE_ROWS: u64 = 10_000;
 /// Default of [`ClusterConfig::mass_update_rows`].
 pub const DEFAULT_MASS_UPDATE_ROWS: u64 = 10_000;
@@ -314,6 +338,13 @@ impl ClusterConfig {
         {
             return Err(bad(format!(
                 "backup_wal_share = {s} is not a share of the database's size: use a number above 0, e.g. 0.5 (a backup once half the database's size in WAL was written)"
+            )));
+        }
+        if let Some(b) = self.backup_replay_budget_seconds
+            && !(b.is_finite() && b > 0.0 && b <= 86_400.0)
+        {
+            return Err(bad(format!(
+                "backup_replay_budget_seconds = {b} is not a replay time: use a number of seconds above 0, e.g. 2 (a backup once the WAL since the newest would take 2 s to replay)"
             )));
         }
         let window_share = self.window_delete_share.unwrap_or(DEFAULT_WINDOW_DELETE_SHARE);
@@ -420,6 +451,10 @@ impl ClusterConfig {
             flush_interval: Duration::from_millis(self.flush_interval_ms.unwrap_or(200)),
             backup_interval: self.backup_interval_minutes.map(|m| Duration::from_secs(m * 60)),
             backup_wal_share: self.backup_wal_share,
+            backup_replay_budget: self.backup_replay_budget_seconds.map(Duration::from_secs_f64),
+            backup_min_interval: Duration::from_secs(
+                self.backup_min_interval_seconds.unwrap_or(DEFAULT_BACKUP_MIN_INTERVAL_SECONDS),
+            ),
             first_backup: self.first_backup.unwrap_or(true),
             thresholds: Thresholds {
                 mass_delete_rows: self.mass_delete_rows.unwrap_or(DEFAULT_MASS_DELETE_ROWS),

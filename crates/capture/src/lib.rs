@@ -156,7 +156,8 @@ impl Collector {
             if let Some(every) = rt.cluster.backup_interval {
                 tasks.push(tokio::spawn(basebackup::schedule(rt.clone(), every, rx.clone())));
             }
-            if let Some(share) = rt.cluster.backup_wal_share {
+            if rt.cluster.backup_wal_share.is_some() || rt.cluster.backup_replay_budget.is_some() {
+                let share = rt.cluster.backup_wal_share;
                 tasks.push(tokio::spawn(basebackup::on_wal_volume(rt.clone(), share, rx.clone())));
             }
             map.insert(rt.cluster.name.clone(), rt);

@@ -46,7 +46,26 @@ pub struct ClusterRuntime {
     incident_raised: tokio::sync::Notify,
     /// Restore points in the stored WAL ([`crate::restore_points`]), read lazily.
     pub(crate) restore_point_index: tokio::sync::Mutex<crate::restore_points::Index>,
+    /// The replay speed last measured for this cluster (a drill's restore): what
+    /// `backup_replay_budget_seconds` converts into bytes of WAL.
+    replay_rate: Mutex<Option<ReplayRate>>,
+    /// The vault's warm standby's distance behind the stored WAL, in bytes, and when it was
+    /// said: set by the standby's backup task while it can take backups, so that the replay
+    /// budget takes the next backup from it rather than from production when it is close
+    /// enough behind.
+    standby_offer: Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// A measured replay speed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayRate {
+    pub bytes_per_second: f64,
+    /// What measured it, for the log (e.g. `drill at 2026-12-05T06:00:00Z`).
+    pub measured_by: String,
+}
+
+/// How long a standby's offer ([`ClusterRuntime::offer_standby_backups`]) holds.
+const STANDBY_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for ClusterRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,7 +141,54 @@ impl ClusterRuntime {
             incident_raised: tokio::sync::Notify::new(),
             catalog_wanted_dbs: Mutex::new(BTreeSet::new()),
             restore_point_index: tokio::sync::Mutex::new(Default::default()),
+            replay_rate: Mutex::new(None),
+            standby_offer: Mutex::new(None),
         })
+    }
+
+    /// Records a replay measured on this cluster's WAL: `bytes` of WAL replayed in `seconds`
+    /// (the whole replay phase, start-up included: an underestimate of the speed, which errs on
+    /// the side of more backups). Ignored below one segment or a tenth of a second.
+    pub fn note_replay(&self, bytes: u64, seconds: f64, measured_by: String) {
+        if bytes < 16 << 20 || seconds.is_nan() || seconds < 0.1 {
+            return;
+        }
+        let rate = ReplayRate { bytes_per_second: bytes as f64 / seconds, measured_by };
+        tracing::info!(
+            cluster = %self.cluster.name, mib_per_second = rate.bytes_per_second / 1048576.0, by = %rate.measured_by,
+            "replay speed measured: the replay budget uses it"
+        );
+        *self.replay_rate.lock().unwrap_or_else(|p| p.into_inner()) = Some(rate);
+    }
+
+    /// The replay speed the budget uses: the last measured one, else `None` (then
+    /// [`crate::config::DEFAULT_REPLAY_BYTES_PER_SECOND`]).
+    pub fn replay_rate(&self) -> Option<ReplayRate> {
+        self.replay_rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The WAL, in bytes, that `backup_replay_budget_seconds` allows after the newest backup
+    /// (`None`: no budget set).
+    pub fn replay_budget_bytes(&self) -> Option<u64> {
+        let budget = self.cluster.backup_replay_budget?;
+        let rate =
+            self.replay_rate().map_or(crate::config::DEFAULT_REPLAY_BYTES_PER_SECOND, |r| r.bytes_per_second);
+        Some((budget.as_secs_f64() * rate) as u64)
+    }
+
+    /// Said by the vault's warm standby task, every few seconds while the standby follows and
+    /// may take backups: it is `lag_bytes` behind the stored WAL (`None`: it cannot take one
+    /// now).
+    pub fn offer_standby_backups(&self, lag_bytes: Option<u64>) {
+        *self.standby_offer.lock().unwrap_or_else(|p| p.into_inner()) =
+            lag_bytes.map(|l| (std::time::Instant::now(), l));
+    }
+
+    /// The standby's lag behind the stored WAL, if it offered backups within the last few
+    /// seconds.
+    pub fn standby_offer(&self) -> Option<u64> {
+        let offer = *self.standby_offer.lock().unwrap_or_else(|p| p.into_inner());
+        offer.filter(|(at, _)| at.elapsed() < STANDBY_OFFER_TTL).map(|(_, lag)| lag)
     }
 
     /// Updates the live status.

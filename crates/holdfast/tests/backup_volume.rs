@@ -34,7 +34,8 @@ fn wal_volume_triggers_backups_under_load_and_restore_picks_the_newest() {
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql("CREATE TABLE events (id bigint PRIMARY KEY, body text NOT NULL)").unwrap();
     let mut v = TempVault::start(holdfast()).unwrap();
-    v.protect(&pg, "backup_wal_share = 0.5\n").unwrap();
+    // A backup as soon as the share is passed (the default minimum interval is 60 s).
+    v.protect(&pg, "backup_wal_share = 0.5\nbackup_min_interval_seconds = 1\n").unwrap();
     let admin = v.scratch().join("admin.token");
     let wait = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -99,4 +100,78 @@ fn wal_volume_triggers_backups_under_load_and_restore_picks_the_newest() {
         "{report}\nbefore {all:?}\nafter {after:?}"
     );
     assert_ne!(chosen, first[0]);
+}
+
+/// An LSN as status shows it (`16/B374D848`).
+fn lsn(v: &serde_json::Value) -> Option<u64> {
+    v.as_str()?.parse::<pgfmt::Lsn>().ok().map(|l| l.0)
+}
+
+#[test]
+fn replay_budget_triggers_backups_under_load_and_restore_replays_within_it() {
+    let pg = TempPg::start().unwrap();
+    pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
+    pg.psql("CREATE TABLE events (id bigint PRIMARY KEY, body text NOT NULL)").unwrap();
+    let mut v = TempVault::start(holdfast()).unwrap();
+    // 1 s at the assumed replay speed (no drill ran): 32 MiB of WAL; no share trigger.
+    v.protect(&pg, "backup_replay_budget_seconds = 1\nbackup_min_interval_seconds = 1\n").unwrap();
+    let budget: u64 = 32 << 20;
+    let admin = v.scratch().join("admin.token");
+    let status = || -> serde_json::Value {
+        let out = v.cli(&admin, &["status", "--json"]).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()["clusters"][0].clone()
+    };
+    let wait = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", v.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait("the first backup", 60, &|| backups(&v, &admin).len() == 1);
+    let first = backups(&v, &admin);
+    let first_start = lsn(&status()["last_backup"]["start_lsn"]).unwrap();
+    // The write load: a few × the budget in WAL, in committed steps.
+    for step in 0..8 {
+        pg.psql(&format!(
+            "INSERT INTO events SELECT g, repeat(md5(g::text), 8) FROM generate_series({}, {}) g",
+            step * 40_000 + 1,
+            (step + 1) * 40_000
+        ))
+        .unwrap();
+    }
+    // Once the load is over, the WAL after the newest backup is inside the budget again.
+    wait("a backup within the replay budget", 120, &|| {
+        let st = status();
+        match (lsn(&st["durable_lsn"]), lsn(&st["last_backup"]["start_lsn"])) {
+            (Some(d), Some(s)) => d.saturating_sub(s) < budget && s > first_start,
+            _ => false,
+        }
+    });
+    let st = status();
+    let written = lsn(&st["durable_lsn"]).unwrap() - first_start;
+    assert!(written > 4 * budget, "the load wrote {written} bytes of WAL: too little to show the budget");
+    let all = backups(&v, &admin);
+    assert_eq!(all[0], first[0]);
+    assert!(all.len() >= 3, "backups along the load, not only at its end: {all:?}\n{}", v.log());
+    let log = v.log();
+    assert!(log.contains("would take longer than backup_replay_budget_seconds"), "{log}");
+    assert!(log.contains("no replay measured yet"), "the assumed speed is said: {log}");
+    // A restore of the latest state starts from the newest backup and plans at most the
+    // budget's segments (+ the partial ones at either end), not the whole load's.
+    let read = v.scratch().join("read.token");
+    v.create_token("read", "dba", &read).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("restored");
+    let out = v
+        .cli(
+            &read,
+            &["restore", "--cluster", "main", "--latest", "--target-dir", target.to_str().unwrap(), "--json"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backup"], st["last_backup"]["id"], "{report}");
+    let planned = report["wal_segments_planned"].as_u64().unwrap();
+    assert!(planned <= budget / (16 << 20) + 2, "{planned} segments planned: {report}");
 }

@@ -81,6 +81,17 @@ fn stop_restored(dir: &Path) {
     let _ = cmd.output();
 }
 
+/// Seconds from "pausing at the end of recovery" to "received promote request" in a restored
+/// server's log (lines start with `%m`: `2026-12-05 06:23:56.757 UTC`).
+fn promote_wait(log: &str) -> Option<f64> {
+    let at = |needle: &str| {
+        let line = log.lines().find(|l| l.contains(needle))?;
+        let (h, m, s) = (line.get(11..13)?, line.get(14..16)?, line.get(17..23)?);
+        Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    Some(at("received promote request")? - at("pausing at the end of recovery")?)
+}
+
 fn setup() -> Setup {
     let pg = TempPg::start_with(TempPgOptions::default()).unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
@@ -202,6 +213,11 @@ async fn restores_to_an_lsn_a_time_an_xid_a_restore_point_and_the_latest_row_for
         "promoted"
     );
     assert!(!dir.join("holdfast_restore.json").exists(), "the read token is left behind after promotion");
+    // Promoted as soon as it paused at the target: PostgreSQL looks for a promote request only
+    // once a second while paused, unless woken (1.00 s in bench/restore.sh before the wake-up).
+    let log = std::fs::read_to_string(dir.join("holdfast_restore.log")).unwrap_or_default();
+    let waited = promote_wait(&log);
+    assert!(waited.is_some_and(|w| w < 0.6), "pause → promote request: {waited:?} s\n{log}");
     stop_restored(&dir);
 
     // 3. To the commit of the second round's transaction (inclusive).

@@ -589,6 +589,15 @@ async fn restore_and_check(
     report.base_seconds = Some(r.base.seconds);
     report.base_bytes = Some(r.base.bytes);
     report.replay_seconds = r.replay_seconds;
+    // The replay speed this restore showed on the vault's host: the cluster's replay budget
+    // (`backup_replay_budget_seconds`) converts into WAL bytes with it.
+    let start = inventory.backups.iter().find(|b| b.backup.id == r.backup).map(|b| b.backup.start_lsn);
+    let reached = r.recovered_lsn.as_deref().and_then(|l| l.parse::<pgfmt::Lsn>().ok());
+    if let (Some(start), Some(reached), Some(secs), Some(Ok(rt))) =
+        (start, reached, r.replay_seconds, s.collector.get().map(|c| c.cluster(&cfg.cluster)))
+    {
+        rt.note_replay(reached.0.saturating_sub(start.0), secs, format!("drill of backup {}", r.backup));
+    }
     report.checks.push(check(
         "restore",
         true,

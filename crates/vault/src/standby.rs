@@ -912,7 +912,10 @@ fn clean_auto_conf(text: &[u8]) -> Vec<u8> {
 }
 
 /// Takes a base backup from the standby whenever the WAL stored since the newest backup began
-/// exceeds `backup_wal_share` of its size, until shutdown. A backup taken on a standby starts at
+/// exceeds `backup_wal_share` of its size, or the cluster's `backup_replay_budget_seconds` when
+/// the standby is close enough behind for a backup from it to be inside the budget
+/// ([`capture::basebackup::budget_backup_is_the_standbys`]; it tells the collector so every
+/// tick, and production's trigger leaves that backup to it), until shutdown. A backup taken on a standby starts at
 /// its last restartpoint, i.e. at the last checkpoint record of production it replayed: so
 /// first production is asked for a `CHECKPOINT` (over the catalog login; without the right to,
 /// production's own checkpoints serve, later), then once the standby has replayed past it (about
@@ -936,17 +939,27 @@ async fn backups(s: Arc<Shared>, sb: Arc<Standby>, mut shutdown: tokio::sync::wa
         }
         let Some(rt) = s.collector.get().and_then(|c| c.cluster(&cluster).ok()).cloned() else { continue };
         let (Some(newest), Some(durable)) = (rt.newest_backup(), rt.status().durable_lsn) else { continue };
-        if !capture::basebackup::wal_volume_due(&newest, durable, share) {
-            asked = None;
-            continue;
-        }
         let st = sb.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Only while following. Not while it is built, restarted or promoted, nor after it
         // replayed past an incident — and not while it is paused before one: then it is the
         // responders' copy, to be read and promoted at once, and a backup streaming from it
         // made the first read there 4.7 → 19.3 s after the destruction in bench/restore.sh
         // (scale 50), and was cut by the promotion anyway.
-        if !st.ready || st.state != StandbyState::Following {
+        let following = st.ready && st.state == StandbyState::Following;
+        // Tell the collector how far behind it is, so that the replay budget's next backup
+        // comes from here when a backup from here would be inside the budget.
+        let lag = st.replay_lsn.filter(|_| following).map(|r| durable.0.saturating_sub(r.0));
+        rt.offer_standby_backups(lag);
+        let written = durable.0.saturating_sub(newest.start_lsn.0);
+        let for_budget = rt.replay_budget_bytes().is_some_and(|b| {
+            capture::basebackup::replay_budget_exceeded(&newest, durable, b)
+                && capture::basebackup::budget_backup_is_the_standbys(written, b, lag)
+        });
+        if !capture::basebackup::wal_volume_due(&newest, durable, share) && !for_budget {
+            asked = None;
+            continue;
+        }
+        if !following {
             asked = None;
             continue;
         }

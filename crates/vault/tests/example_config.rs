@@ -18,6 +18,16 @@ fn example_vault_toml_is_valid() {
     );
     assert_eq!(shop.backup_interval, Some(std::time::Duration::from_secs(86_400)));
     assert_eq!(shop.backup_wal_share, Some(0.5));
+    assert_eq!(shop.backup_min_interval, std::time::Duration::from_secs(60));
+    assert_eq!(shop.backup_replay_budget, None);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("# backup_replay_budget_seconds = 30", "backup_replay_budget_seconds = 1.5");
+    let c2 = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap();
+    assert_eq!(c2.clusters[0].backup_replay_budget, Some(std::time::Duration::from_millis(1500)));
+    let text = text.replace("backup_replay_budget_seconds = 1.5", "backup_replay_budget_seconds = -2");
+    let err = vault::config::Config::from_toml(&text, path.parent().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("backup_replay_budget_seconds = -2") && err.contains("above 0"), "{err}");
     // The password is read, and never printed.
     assert!(shop.connections[0].password.is_some());
     // Detection thresholds and the catalog role, with its own password.
