@@ -627,3 +627,53 @@ fn backups_from_the_warm_standby_restore_the_source_without_the_standbys_files()
     let _ = stop.output();
     assert_eq!(got.unwrap(), fingerprint);
 }
+
+/// Production's superuser runs `CREATE TABLESPACE … LOCATION L` where L is a directory of the
+/// database host that does not exist on the vault's host: the standby replays it there, its
+/// PostgreSQL stops itself at that record on every start. That is one `standby_stopped` incident
+/// quoting PostgreSQL's reason (not one a second blaming someone on the vault's host), the vault's
+/// own capture goes on, and nothing is created at L on the vault's host.
+/// (Production and the vault share this host here: production's directory is moved aside, its
+/// tablespace link pointed at the new place, before the standby replays the record.)
+#[test]
+fn a_tablespace_missing_on_the_vaults_host_is_one_incident_naming_the_replay_failure() {
+    let s = setup_with("3s", "backup_wal_share = 0\n");
+    s.wait_state("following", 90);
+    let tsroot = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tsroot.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let l = tsroot.path().join("ts");
+    std::fs::create_dir(&l).unwrap();
+    let (uid, gid) = restore::pg::user_ids("postgres").unwrap();
+    std::os::unix::fs::chown(&l, Some(uid), Some(gid)).unwrap();
+    let known = s.incidents().len();
+    s.pg.psql(&format!("CREATE TABLESPACE far LOCATION '{}'", l.display())).unwrap();
+    let oid = s.pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'").unwrap();
+    let prod = tsroot.path().join("ts.prod");
+    std::fs::rename(&l, &prod).unwrap();
+    let link = s.pg.data_dir().join("pg_tblspc").join(&oid);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&prod, &link).unwrap();
+    s.pg.psql("CREATE TABLE far_rows TABLESPACE far AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let first = s.wait("a standby_stopped incident", 60, || {
+        s.incidents().iter().skip(known).find(|i| i["kind"] == "standby_stopped").cloned()
+    });
+    // It fails again on every start (about one a second): still that one incident.
+    std::thread::sleep(Duration::from_secs(12));
+    let stops = s.incidents().iter().skip(known).filter(|i| i["kind"] == "standby_stopped").count();
+    assert_eq!(stops, 1, "a crash loop flooded the incidents: {:#?}", s.incidents());
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.contains("stopped itself")
+            && message.contains("does not exist")
+            && message.contains("Tablespace/CREATE"),
+        "{first}"
+    );
+    assert!(!l.exists(), "the standby created the tablespace's path on the vault's host");
+    // The vault itself still captures production's WAL.
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold production's WAL", 30, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+}
