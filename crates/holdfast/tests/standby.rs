@@ -251,6 +251,11 @@ fn setup() -> Setup {
 
 /// [`setup`] with the standby's `apply_delay` and more lines of its `[[standby]]` table.
 fn setup_with(apply_delay: &str, standby_extra: &str) -> Setup {
+    setup_maybe_standby(Some((apply_delay, standby_extra)))
+}
+
+/// [`setup_with`], or without a standby (`None`).
+fn setup_maybe_standby(standby: Option<(&str, &str)>) -> Setup {
     let pg = TempPg::start().unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql(&shop_schema()).unwrap();
@@ -269,12 +274,14 @@ fn setup_with(apply_delay: &str, standby_extra: &str) -> Setup {
         v.config_path(),
         format!(
             "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
-             sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n\
-             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"{apply_delay}\"\nport = {port}\nmax_lag = \"60s\"\n{standby_extra}",
+             sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n{}",
             pg.socket_dir().display(),
             pg.port(),
             pw.display(),
-            data.display()
+            standby.map_or(String::new(), |(apply_delay, standby_extra)| format!(
+                "[[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"{apply_delay}\"\nport = {port}\nmax_lag = \"60s\"\n{standby_extra}",
+                data.display()
+            ))
         ),
     )
     .unwrap();
@@ -676,4 +683,84 @@ fn a_tablespace_missing_on_the_vaults_host_is_one_incident_naming_the_replay_fai
         let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
         (durable >= flush).then_some(())
     });
+}
+
+/// Production's superuser creates a tablespace (at a path of the database host): every later
+/// backup holds its files under `pg_tblspc/<oid>/` and a `tablespace_map` naming that path, and a
+/// restore from one used to stop with `could not remove directory "pg_tblspc/<oid>": Directory
+/// not empty`, so nothing after it could be restored. Restored in place instead: the rows in the
+/// tablespace are there and nothing is written at the source's path.
+#[test]
+fn a_backup_of_a_server_with_a_tablespace_restores_it_inside_the_target_directory() {
+    // No standby: on this one host it would replay the tablespace at production's own path.
+    let s = setup_maybe_standby(None);
+    let tsroot = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tsroot.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let l = tsroot.path().join("ts");
+    std::fs::create_dir(&l).unwrap();
+    let (uid, gid) = restore::pg::user_ids("postgres").unwrap();
+    std::os::unix::fs::chown(&l, Some(uid), Some(gid)).unwrap();
+    s.pg.psql(&format!("CREATE TABLESPACE far LOCATION '{}'", l.display())).unwrap();
+    s.pg.psql("CREATE TABLE far_rows TABLESPACE far AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let out = s.v.cli(&s.admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    s.pg.psql("INSERT INTO far_rows SELECT 5000").unwrap();
+    let target = s.pg.psql("SELECT pg_current_wal_lsn()").unwrap();
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold the WAL", 60, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+    // Production's files at that path, as they are before the restore.
+    let listing = |p: &Path| {
+        let out =
+            std::process::Command::new("ls").arg("-lR").arg("--time-style=full-iso").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let before = listing(&l);
+    let read = s.v.scratch().join("read.token");
+    s.v.create_token("read", "restore", &read).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("r");
+    let out = std::process::Command::new(holdfast())
+        .args([
+            "restore",
+            "--cluster",
+            "main",
+            "--lsn",
+            &target,
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+            "--json",
+        ])
+        .args(s.v.remote_args(&read))
+        .env("PGPASSWORD", s.pg.superuser_password())
+        .output()
+        .unwrap();
+    let _stop = StopStandby(dir.clone());
+    assert!(
+        out.status.success(),
+        "restore: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reached"], true, "{report}");
+    let (sock, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap() as u16);
+    let got = psql_at(
+        Path::new(sock),
+        port,
+        s.pg.superuser_password(),
+        "postgres",
+        "SELECT count(*) || ' ' || max(g) FROM far_rows",
+    );
+    assert_eq!(got.unwrap(), "1001 5000");
+    let oid = s.pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'").unwrap();
+    let in_place = dir.join("pg_tblspc").join(&oid);
+    assert!(in_place.is_dir() && !in_place.is_symlink(), "{}", in_place.display());
+    assert_eq!(listing(&l), before, "the restore wrote at the source's tablespace path");
 }
