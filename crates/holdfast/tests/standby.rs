@@ -764,3 +764,70 @@ fn a_backup_of_a_server_with_a_tablespace_restores_it_inside_the_target_director
     assert!(in_place.is_dir() && !in_place.is_symlink(), "{}", in_place.display());
     assert_eq!(listing(&l), before, "the restore wrote at the source's tablespace path");
 }
+
+/// Production's superuser sets commands that PostgreSQL runs during or at the end of recovery
+/// (`ALTER SYSTEM SET recovery_end_command = …`, `archive_cleanup_command`): the setting travels
+/// in every later backup's `postgresql.auto.conf`, and a restore, a drill or the standby's build
+/// — on the vault's host — would run it there. A restore runs none of them.
+#[test]
+fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
+    let s = setup_maybe_standby(None);
+    let marks = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(marks.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let end = marks.path().join("recovery_end_command_ran");
+    let cleanup = marks.path().join("archive_cleanup_command_ran");
+    s.pg.psql(&format!("ALTER SYSTEM SET recovery_end_command = 'touch {}'", end.display())).unwrap();
+    s.pg.psql(&format!("ALTER SYSTEM SET archive_cleanup_command = 'touch {}'", cleanup.display())).unwrap();
+    let out = s.v.cli(&s.admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    s.pg.psql("CREATE TABLE after_backup AS SELECT 1 AS x; CHECKPOINT").unwrap();
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold the WAL", 60, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+    let read = s.v.scratch().join("read.token");
+    s.v.create_token("read", "restore", &read).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("r");
+    let out = std::process::Command::new(holdfast())
+        .args([
+            "restore",
+            "--cluster",
+            "main",
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+            "--json",
+        ])
+        .args(s.v.remote_args(&read))
+        .env("PGPASSWORD", s.pg.superuser_password())
+        .output()
+        .unwrap();
+    let _stop = StopStandby(dir.clone());
+    assert!(
+        out.status.success(),
+        "restore: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (sock, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap() as u16);
+    // Recovery is over (a restartpoint or two on the way, the end of recovery): the restored
+    // server is open for writes.
+    let open = psql_at(
+        Path::new(sock),
+        port,
+        s.pg.superuser_password(),
+        "postgres",
+        "SELECT pg_is_in_recovery()::text || ' ' || count(*) FROM after_backup",
+    );
+    assert_eq!(open.unwrap(), "false 1");
+    let _ = psql_at(Path::new(sock), port, s.pg.superuser_password(), "postgres", "CHECKPOINT");
+    assert!(!end.exists(), "the restore ran the source's recovery_end_command on this host");
+    assert!(!cleanup.exists(), "the restore ran the source's archive_cleanup_command on this host");
+}

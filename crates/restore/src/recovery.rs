@@ -188,6 +188,11 @@ pub fn write(
     s += "hot_standby = 'on'\n";
     // A restored copy must not push WAL into production's archive nor wait for its standbys.
     s += "archive_mode = 'off'\nsynchronous_standby_names = ''\n";
+    // Commands in the source's configuration would run on this host — a drill's and the
+    // standby's are the vault's — and its superuser sets them (ALTER SYSTEM): none is run, and
+    // libraries are looked up only where this host's PostgreSQL installed them.
+    s += "recovery_end_command = ''\narchive_cleanup_command = ''\narchive_command = ''\n\
+          ssl_passphrase_command = ''\ndynamic_library_path = '$libdir'\n";
     // Before recovery PostgreSQL fsyncs every file of a data directory it did not shut down
     // itself, one file at a time; one syncfs() per filesystem is the same guarantee, in a
     // fraction of the time (PostgreSQL 14+, Linux).
