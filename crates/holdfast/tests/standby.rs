@@ -251,6 +251,11 @@ fn setup() -> Setup {
 
 /// [`setup`] with the standby's `apply_delay` and more lines of its `[[standby]]` table.
 fn setup_with(apply_delay: &str, standby_extra: &str) -> Setup {
+    setup_maybe_standby(Some((apply_delay, standby_extra)))
+}
+
+/// [`setup_with`], or without a standby (`None`).
+fn setup_maybe_standby(standby: Option<(&str, &str)>) -> Setup {
     let pg = TempPg::start().unwrap();
     pg.create_replication_role("holdfast_rep", "rep-secret").unwrap();
     pg.psql(&shop_schema()).unwrap();
@@ -269,12 +274,14 @@ fn setup_with(apply_delay: &str, standby_extra: &str) -> Setup {
         v.config_path(),
         format!(
             "{text}\n[[cluster]]\nname = \"main\"\nhosts = [\"{}:{}\"]\nuser = \"holdfast_rep\"\npassword_file = \"{}\"\n\
-             sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n\
-             [[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"{apply_delay}\"\nport = {port}\nmax_lag = \"60s\"\n{standby_extra}",
+             sslmode = \"disable\"\ncatalog_refresh_seconds = 2\nmass_delete_rows = 500\n\n{}",
             pg.socket_dir().display(),
             pg.port(),
             pw.display(),
-            data.display()
+            standby.map_or(String::new(), |(apply_delay, standby_extra)| format!(
+                "[[standby]]\ncluster = \"main\"\ndata_dir = \"{}\"\napply_delay = \"{apply_delay}\"\nport = {port}\nmax_lag = \"60s\"\n{standby_extra}",
+                data.display()
+            ))
         ),
     )
     .unwrap();
@@ -664,4 +671,201 @@ fn backups_from_the_warm_standby_restore_the_source_without_the_standbys_files()
     stop.arg("-D").arg(&dir).args(["-m", "immediate", "-w", "stop"]);
     let _ = stop.output();
     assert_eq!(got.unwrap(), fingerprint);
+}
+
+/// Production's superuser runs `CREATE TABLESPACE … LOCATION L` where L is a directory of the
+/// database host that does not exist on the vault's host: the standby replays it there, its
+/// PostgreSQL stops itself at that record on every start. That is one `standby_stopped` incident
+/// quoting PostgreSQL's reason (not one a second blaming someone on the vault's host), the vault's
+/// own capture goes on, and nothing is created at L on the vault's host.
+/// (Production and the vault share this host here: production's directory is moved aside, its
+/// tablespace link pointed at the new place, before the standby replays the record.)
+#[test]
+fn a_tablespace_missing_on_the_vaults_host_is_one_incident_naming_the_replay_failure() {
+    let s = setup_with("3s", "backup_wal_share = 0\n");
+    s.wait_state("following", 90);
+    let tsroot = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tsroot.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let l = tsroot.path().join("ts");
+    std::fs::create_dir(&l).unwrap();
+    let (uid, gid) = restore::pg::user_ids("postgres").unwrap();
+    std::os::unix::fs::chown(&l, Some(uid), Some(gid)).unwrap();
+    let known = s.incidents().len();
+    s.pg.psql(&format!("CREATE TABLESPACE far LOCATION '{}'", l.display())).unwrap();
+    let oid = s.pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'").unwrap();
+    let prod = tsroot.path().join("ts.prod");
+    std::fs::rename(&l, &prod).unwrap();
+    let link = s.pg.data_dir().join("pg_tblspc").join(&oid);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&prod, &link).unwrap();
+    s.pg.psql("CREATE TABLE far_rows TABLESPACE far AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let first = s.wait("a standby_stopped incident", 60, || {
+        s.incidents().iter().skip(known).find(|i| i["kind"] == "standby_stopped").cloned()
+    });
+    // It fails again on every start (about one a second): still that one incident.
+    std::thread::sleep(Duration::from_secs(12));
+    let stops = s.incidents().iter().skip(known).filter(|i| i["kind"] == "standby_stopped").count();
+    assert_eq!(stops, 1, "a crash loop flooded the incidents: {:#?}", s.incidents());
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.contains("stopped itself")
+            && message.contains("does not exist")
+            && message.contains("Tablespace/CREATE"),
+        "{first}"
+    );
+    assert!(!l.exists(), "the standby created the tablespace's path on the vault's host");
+    // The vault itself still captures production's WAL.
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold production's WAL", 30, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+}
+
+/// Production's superuser creates a tablespace (at a path of the database host): every later
+/// backup holds its files under `pg_tblspc/<oid>/` and a `tablespace_map` naming that path, and a
+/// restore from one used to stop with `could not remove directory "pg_tblspc/<oid>": Directory
+/// not empty`, so nothing after it could be restored. Restored in place instead: the rows in the
+/// tablespace are there and nothing is written at the source's path.
+#[test]
+fn a_backup_of_a_server_with_a_tablespace_restores_it_inside_the_target_directory() {
+    // No standby: on this one host it would replay the tablespace at production's own path.
+    let s = setup_maybe_standby(None);
+    let tsroot = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tsroot.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let l = tsroot.path().join("ts");
+    std::fs::create_dir(&l).unwrap();
+    let (uid, gid) = restore::pg::user_ids("postgres").unwrap();
+    std::os::unix::fs::chown(&l, Some(uid), Some(gid)).unwrap();
+    s.pg.psql(&format!("CREATE TABLESPACE far LOCATION '{}'", l.display())).unwrap();
+    s.pg.psql("CREATE TABLE far_rows TABLESPACE far AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+    let out = s.v.cli(&s.admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    s.pg.psql("INSERT INTO far_rows SELECT 5000").unwrap();
+    let target = s.pg.psql("SELECT pg_current_wal_lsn()").unwrap();
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold the WAL", 60, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+    // Production's files at that path, as they are before the restore.
+    let listing = |p: &Path| {
+        let out =
+            std::process::Command::new("ls").arg("-lR").arg("--time-style=full-iso").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let before = listing(&l);
+    let read = s.v.scratch().join("read.token");
+    s.v.create_token("read", "restore", &read).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("r");
+    let out = std::process::Command::new(holdfast())
+        .args([
+            "restore",
+            "--cluster",
+            "main",
+            "--lsn",
+            &target,
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+            "--json",
+        ])
+        .args(s.v.remote_args(&read))
+        .env("PGPASSWORD", s.pg.superuser_password())
+        .output()
+        .unwrap();
+    let _stop = StopStandby(dir.clone());
+    assert!(
+        out.status.success(),
+        "restore: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reached"], true, "{report}");
+    let (sock, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap() as u16);
+    let got = psql_at(
+        Path::new(sock),
+        port,
+        s.pg.superuser_password(),
+        "postgres",
+        "SELECT count(*) || ' ' || max(g) FROM far_rows",
+    );
+    assert_eq!(got.unwrap(), "1001 5000");
+    let oid = s.pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'").unwrap();
+    let in_place = dir.join("pg_tblspc").join(&oid);
+    assert!(in_place.is_dir() && !in_place.is_symlink(), "{}", in_place.display());
+    assert_eq!(listing(&l), before, "the restore wrote at the source's tablespace path");
+}
+
+/// Production's superuser sets commands that PostgreSQL runs during or at the end of recovery
+/// (`ALTER SYSTEM SET recovery_end_command = …`, `archive_cleanup_command`): the setting travels
+/// in every later backup's `postgresql.auto.conf`, and a restore, a drill or the standby's build
+/// — on the vault's host — would run it there. A restore runs none of them.
+#[test]
+fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
+    let s = setup_maybe_standby(None);
+    let marks = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(marks.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let end = marks.path().join("recovery_end_command_ran");
+    let cleanup = marks.path().join("archive_cleanup_command_ran");
+    s.pg.psql(&format!("ALTER SYSTEM SET recovery_end_command = 'touch {}'", end.display())).unwrap();
+    s.pg.psql(&format!("ALTER SYSTEM SET archive_cleanup_command = 'touch {}'", cleanup.display())).unwrap();
+    let out = s.v.cli(&s.admin, &["backup", "--cluster", "main", "--json"]).unwrap();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    s.pg.psql("CREATE TABLE after_backup AS SELECT 1 AS x; CHECKPOINT").unwrap();
+    s.pg.psql("SELECT pg_switch_wal()").unwrap();
+    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+    s.wait("the vault to hold the WAL", 60, || {
+        let st = s.json(&["status", "--json"]);
+        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+        (durable >= flush).then_some(())
+    });
+    let read = s.v.scratch().join("read.token");
+    s.v.create_token("read", "restore", &read).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = root.path().join("r");
+    let out = std::process::Command::new(holdfast())
+        .args([
+            "restore",
+            "--cluster",
+            "main",
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+            "--json",
+        ])
+        .args(s.v.remote_args(&read))
+        .env("PGPASSWORD", s.pg.superuser_password())
+        .output()
+        .unwrap();
+    let _stop = StopStandby(dir.clone());
+    assert!(
+        out.status.success(),
+        "restore: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (sock, port) = (report["socket_dir"].as_str().unwrap(), report["port"].as_u64().unwrap() as u16);
+    // Recovery is over (a restartpoint or two on the way, the end of recovery): the restored
+    // server is open for writes.
+    let open = psql_at(
+        Path::new(sock),
+        port,
+        s.pg.superuser_password(),
+        "postgres",
+        "SELECT pg_is_in_recovery()::text || ' ' || count(*) FROM after_backup",
+    );
+    assert_eq!(open.unwrap(), "false 1");
+    let _ = psql_at(Path::new(sock), port, s.pg.superuser_password(), "postgres", "CHECKPOINT");
+    assert!(!end.exists(), "the restore ran the source's recovery_end_command on this host");
+    assert!(!cleanup.exists(), "the restore ran the source's archive_cleanup_command on this host");
 }

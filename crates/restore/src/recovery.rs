@@ -109,6 +109,33 @@ fn shell(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }
 
+/// Where a backup's `tablespace_map` is kept once the restore has set it aside.
+pub const TABLESPACE_MAP_ASIDE: &str = "holdfast_tablespace_map";
+
+/// A backup of a server with tablespaces holds their files under `pg_tblspc/<oid>/` (the vault
+/// stores them there) and a `tablespace_map` naming each one's location on the source's host.
+/// PostgreSQL would replace each directory by a link to that location — it cannot (`could not
+/// remove directory "pg_tblspc/<oid>": Directory not empty`), and must not: the path is the
+/// source's, chosen by its superuser, and a drill or restore on the vault's host would write
+/// there. The map is set aside and the tablespaces stay in the target directory, in place
+/// (`allow_in_place_tablespaces`): the lines to add, empty without tablespaces.
+fn in_place_tablespaces(data: &Path) -> Result<String, RestoreError> {
+    let map = data.join("tablespace_map");
+    // PostgreSQL sends an empty map for a server without tablespaces: left as it is.
+    if std::fs::metadata(&map).map_or(true, |m| m.len() == 0) {
+        return Ok(String::new());
+    }
+    let aside = data.join(TABLESPACE_MAP_ASIDE);
+    std::fs::rename(&map, &aside).map_err(RestoreError::io(format!(
+        "setting {} aside as {}",
+        map.display(),
+        aside.display()
+    )))?;
+    Ok("# The source's tablespaces, restored inside this directory (its tablespace_map is in holdfast_tablespace_map).\n\
+        allow_in_place_tablespaces = 'on'\n"
+        .to_string())
+}
+
 /// Writes `recovery.signal`, the helper's config and the recovery settings.
 pub fn write(
     data: &Path,
@@ -155,11 +182,17 @@ pub fn write(
         );
     }
     s += "recovery_target_timeline = 'latest'\n";
+    s += &in_place_tablespaces(data)?;
     // Pausing at the target needs a server that takes read-only sessions (with it off, `pause`
     // acts as `shutdown`); `holdfast restore --start --promote` pauses there and promotes.
     s += "hot_standby = 'on'\n";
     // A restored copy must not push WAL into production's archive nor wait for its standbys.
     s += "archive_mode = 'off'\nsynchronous_standby_names = ''\n";
+    // Commands in the source's configuration would run on this host — a drill's and the
+    // standby's are the vault's — and its superuser sets them (ALTER SYSTEM): none is run, and
+    // libraries are looked up only where this host's PostgreSQL installed them.
+    s += "recovery_end_command = ''\narchive_cleanup_command = ''\narchive_command = ''\n\
+          ssl_passphrase_command = ''\ndynamic_library_path = '$libdir'\n";
     // Before recovery PostgreSQL fsyncs every file of a data directory it did not shut down
     // itself, one file at a time; one syncfs() per filesystem is the same guarantee, in a
     // fraction of the time (PostgreSQL 14+, Linux).

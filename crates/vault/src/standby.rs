@@ -111,6 +111,38 @@ struct Inner {
     /// The newest WAL end the vault has held for `apply_delay`: the feed goes up to it, or to
     /// the detector's judged position if that is lower.
     aged: Option<Lsn>,
+    /// When the vault last started it after finding it not running: until it has run
+    /// [`STEADY`] since, the `standby_stopped` episode stays open (a crash loop is one incident).
+    restarted: Option<Instant>,
+}
+
+/// How long a standby the vault started again must run before a later stop is a new incident.
+const STEADY: Duration = Duration::from_secs(30);
+
+/// PostgreSQL's own reason for its last stop: when its last run (after the last `starting
+/// PostgreSQL`) ended with its startup process — the one replaying WAL — exiting, that process's
+/// FATAL/PANIC lines with their HINT/CONTEXT/DETAIL, joined; `None` otherwise (stopped or killed
+/// from outside; a client's failed login is not a reason).
+fn last_failure(log: &str) -> Option<String> {
+    let run = log.rsplit_once("starting PostgreSQL").map_or(log, |(_, r)| r);
+    let (_, after) = run.rsplit_once("startup process (PID ")?;
+    let pid = after.split(')').next()?;
+    let tag = format!("[{pid}]");
+    let out: Vec<&str> = run
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .filter_map(|l| {
+            // Without the log line prefix (time, pid): `FATAL:  …`.
+            ["FATAL:", "PANIC:", "HINT:", "CONTEXT:", "DETAIL:"]
+                .iter()
+                .filter_map(|k| l.find(k))
+                .min()
+                .map(|at| l[at..].trim())
+        })
+        .collect();
+    (!out.is_empty()).then(|| {
+        out[out.len().saturating_sub(6)..].join(" / ").split_whitespace().collect::<Vec<_>>().join(" ")
+    })
 }
 
 /// Persisted in the data directory.
@@ -686,12 +718,28 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
     let srv = server.clone();
     if !blocking(move || srv.running()).await? {
         if p.started {
-            let message = format!(
-                "the warm standby of {cluster} (data {}, port {}) was not running: stopped or killed outside the vault. \
-                 The vault starts it again; find out who stopped it",
-                data.display(),
-                sb.cfg.port
-            );
+            let log = server.log.clone();
+            let why =
+                blocking(move || last_failure(&std::fs::read_to_string(log).unwrap_or_default())).await?;
+            let message = match why {
+                // Its own replay failed: production's WAL asked this host for something it cannot
+                // do (a tablespace directory that does not exist here, one it may not use).
+                Some(why) => format!(
+                    "the warm standby of {cluster} (data {}, port {}) stopped itself: its PostgreSQL logged: {why}. \
+                     Replaying production's WAL failed on the vault's host; the vault starts it again and raises this \
+                     once until it has run {} s. Fix what the log names on this host (for a tablespace: create its \
+                     directory, owned by the standby's user); the vault's own capture is not affected",
+                    data.display(),
+                    sb.cfg.port,
+                    STEADY.as_secs()
+                ),
+                None => format!(
+                    "the warm standby of {cluster} (data {}, port {}) was not running: stopped or killed outside the vault. \
+                     The vault starts it again; find out who stopped it",
+                    data.display(),
+                    sb.cfg.port
+                ),
+            };
             rt.raise_incident("standby_stopped", message).await;
         }
         sb.set(|st| {
@@ -700,12 +748,20 @@ async fn tick(s: &Arc<Shared>, sb: &Standby, inner: &mut Inner) -> Result<(), St
         });
         let srv = server.clone();
         blocking(move || start_server(&srv)).await??;
+        if p.started {
+            inner.restarted = Some(Instant::now());
+        }
         p.started = true;
         sb.save(&p)?;
         inner.unreplayed.clear();
         return Ok(());
     }
-    rt.end_incident_episode("standby_stopped");
+    // Running again: a new episode only once it has stayed up (a crash loop — a replay that fails
+    // at the same record on each start — is one incident, not one a second).
+    if inner.restarted.is_none_or(|t| t.elapsed() >= STEADY) {
+        inner.restarted = None;
+        rt.end_incident_episode("standby_stopped");
+    }
     let srv = server.clone();
     let mut seen = blocking(move || look(&srv)).await??;
     // New incidents: the first with a restore target stops the standby short of it.
@@ -1636,6 +1692,33 @@ pub fn metrics(out: &mut String, all: &[StandbyStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_runs_replay_failure_is_named_and_a_kill_is_not() {
+        let log = "2026-12-05 06:53:10.1 UTC [10500] FATAL:  directory \"/old\" does not exist
+2026-12-05 06:53:15.1 UTC [10558] LOG:  starting PostgreSQL 15.18
+2026-12-05 06:53:15.2 UTC [10612] FATAL:  the database system is starting up
+2026-12-05 06:53:15.231 UTC [10558] LOG:  database system is ready to accept read-only connections
+2026-12-05 06:53:15.233 UTC [10611] FATAL:  directory \"/tmp/x/ts\" does not exist
+2026-12-05 06:53:15.233 UTC [10611] HINT:  Create this directory for the tablespace before restarting the server.
+2026-12-05 06:53:15.233 UTC [10611] CONTEXT:  WAL redo at 0/40002F8 for Tablespace/CREATE: 16431 \"/tmp/x/ts\"
+2026-12-05 06:53:15.243 UTC [10558] LOG:  startup process (PID 10611) exited with exit code 1
+";
+        let why = last_failure(log).unwrap();
+        assert_eq!(
+            why,
+            "FATAL: directory \"/tmp/x/ts\" does not exist / HINT: Create this directory for the tablespace \
+             before restarting the server. / CONTEXT: WAL redo at 0/40002F8 for Tablespace/CREATE: 16431 \"/tmp/x/ts\""
+        );
+        // Killed from outside: its last run's startup process did not fail (an earlier run's
+        // failure and a client's failed login are not this stop's reason).
+        let killed = format!(
+            "{log}2026-12-05 06:54:00.0 UTC [10700] LOG:  starting PostgreSQL 15.18\n\
+            2026-12-05 06:54:00.5 UTC [10700] LOG:  database system is ready to accept read-only connections\n\
+            2026-12-05 06:54:01.0 UTC [10800] FATAL:  password authentication failed for user \"x\"\n"
+        );
+        assert_eq!(last_failure(&killed), None);
+    }
 
     #[test]
     fn replay_reaches_a_stop_at_the_record_before_it() {
