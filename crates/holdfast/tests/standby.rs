@@ -816,6 +816,32 @@ fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
     let cleanup = marks.path().join("archive_cleanup_command_ran");
     s.pg.psql(&format!("ALTER SYSTEM SET recovery_end_command = 'touch {}'", end.display())).unwrap();
     s.pg.psql(&format!("ALTER SYSTEM SET archive_cleanup_command = 'touch {}'", cleanup.display())).unwrap();
+    // A library planted in the source's data directory by its root, preloaded by a path: the
+    // restoring host would run its code at start (its constructor runs before PostgreSQL looks
+    // for a magic block). Plain names are kept: a WAL resource manager's library is one.
+    let loaded = marks.path().join("planted_library_ran");
+    let lib = s.pg.data_dir().join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::set_permissions(&lib, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let src = marks.path().join("planted.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void ran(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            loaded.display()
+        ),
+    )
+    .unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(lib.join("planted.so"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "cc: {}", String::from_utf8_lossy(&cc.stderr));
+    std::fs::set_permissions(lib.join("planted.so"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    s.pg.psql("ALTER SYSTEM SET shared_preload_libraries = pg_stat_statements, 'lib/planted.so'").unwrap();
     let out = s.v.cli(&s.admin, &["backup", "--cluster", "main", "--json"]).unwrap();
     assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
     s.pg.psql("CREATE TABLE after_backup AS SELECT 1 AS x; CHECKPOINT").unwrap();
@@ -847,6 +873,7 @@ fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
         .output()
         .unwrap();
     let _stop = StopStandby(dir.clone());
+    assert!(!loaded.exists(), "the restore loaded a library planted in the source's data directory");
     assert!(
         out.status.success(),
         "restore: {}{}",
@@ -868,4 +895,12 @@ fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
     let _ = psql_at(Path::new(sock), port, s.pg.superuser_password(), "postgres", "CHECKPOINT");
     assert!(!end.exists(), "the restore ran the source's recovery_end_command on this host");
     assert!(!cleanup.exists(), "the restore ran the source's archive_cleanup_command on this host");
+    let preload = psql_at(
+        Path::new(sock),
+        port,
+        s.pg.superuser_password(),
+        "postgres",
+        "SHOW shared_preload_libraries",
+    );
+    assert_eq!(preload.unwrap(), "\"pg_stat_statements\"", "the plain name is kept, the path dropped");
 }

@@ -136,6 +136,108 @@ fn in_place_tablespaces(data: &Path) -> Result<String, RestoreError> {
         .to_string())
 }
 
+/// One `name = value` of a PostgreSQL configuration file: the name lower-cased, the value
+/// unquoted (`''` and backslash escapes), comments and blank lines skipped.
+fn config_line(line: &str) -> Option<(String, String)> {
+    let line = line.trim_start();
+    let name_len =
+        line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(line.len());
+    if name_len == 0 {
+        return None;
+    }
+    let name = line[..name_len].to_ascii_lowercase();
+    let rest = line[name_len..].trim_start();
+    let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+    let mut value = String::new();
+    if let Some(q) = rest.strip_prefix('\'') {
+        let mut chars = q.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                '\'' => break,
+                '\\' => value.extend(chars.next()),
+                c => value.push(c),
+            }
+        }
+    } else {
+        value = rest.split(|c: char| c.is_whitespace() || c == '#').next().unwrap_or("").to_string();
+    }
+    Some((name, value))
+}
+
+/// The settings PostgreSQL would read for `file`, in its order: every assignment, with
+/// `include`, `include_if_exists` and `include_dir` followed (relative to the including
+/// file's directory, as PostgreSQL does; at most 10 deep). Unreadable files are skipped.
+fn config_settings(file: &Path, depth: usize, out: &mut Vec<(String, String)>) {
+    let Ok(text) = std::fs::read_to_string(file) else { return };
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for line in text.lines() {
+        let Some((name, value)) = config_line(line) else { continue };
+        match name.as_str() {
+            "include" | "include_if_exists" if depth < 10 => {
+                config_settings(&dir.join(&value), depth + 1, out)
+            }
+            "include_dir" if depth < 10 => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(&value))
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                files.retain(|f| {
+                    f.extension().is_some_and(|e| e == "conf")
+                        && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                });
+                files.sort();
+                for f in files {
+                    config_settings(&f, depth + 1, out);
+                }
+            }
+            _ => out.push((name, value)),
+        }
+    }
+}
+
+/// The libraries PostgreSQL may load by a path when it starts or a session begins
+/// (`*_preload_libraries`): the source's superuser sets them (`ALTER SYSTEM`, or a file root
+/// planted in the data directory) and they would run on the restoring host — a drill's and the
+/// warm standby's are the vault's. Each is set again in the restore's section with the source's
+/// plain names only (looked up in this host's `$libdir`, where a WAL resource manager's or an
+/// extension's library is installed); an entry with a directory in it is dropped. The source's
+/// values are read from `postgresql.conf` (includes followed) and `postgresql.auto.conf`; what
+/// this misses can only lose a plain name, never keep a path: the line written last wins.
+fn preload_settings(data: &Path) -> String {
+    let mut all = Vec::new();
+    config_settings(&data.join("postgresql.conf"), 0, &mut all);
+    config_settings(&data.join("postgresql.auto.conf"), 0, &mut all);
+    let mut s = String::new();
+    for name in ["shared_preload_libraries", "local_preload_libraries", "session_preload_libraries"] {
+        let value = all.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+        let (kept, dropped): (Vec<&str>, Vec<&str>) = value
+            .split(',')
+            .map(|e| e.trim().trim_matches('"'))
+            .map(|e| e.strip_prefix("$libdir/").unwrap_or(e))
+            .filter(|e| !e.is_empty())
+            .partition(|e| !e.contains('/') && !e.contains('\\'));
+        if !dropped.is_empty() {
+            s +=
+                &format!("# The source's {name} named by a path (not loaded here): {}\n", dropped.join(", "));
+        }
+        let list: Vec<String> = kept.iter().map(|e| format!("\"{}\"", e.replace('"', ""))).collect();
+        s += &format!("{name} = {}\n", quote(&list.join(", ")));
+    }
+    // jit_provider is joined to $libdir as it is written: `../../x` loads a file elsewhere.
+    s += "jit_provider = 'llvmjit'\n";
+    // Files the server writes at a path of the source's choosing.
+    s += "external_pid_file = ''\n";
+    let log_dir =
+        all.iter().rev().find(|(n, _)| n == "log_directory").map(|(_, v)| v.as_str()).unwrap_or("log");
+    if log_dir.starts_with('/') || log_dir.split('/').any(|p| p == "..") {
+        s += "log_directory = 'log'\n";
+    }
+    s
+}
+
 /// Writes `recovery.signal`, the helper's config and the recovery settings.
 pub fn write(
     data: &Path,
@@ -193,6 +295,7 @@ pub fn write(
     // libraries are looked up only where this host's PostgreSQL installed them.
     s += "recovery_end_command = ''\narchive_cleanup_command = ''\narchive_command = ''\n\
           ssl_passphrase_command = ''\ndynamic_library_path = '$libdir'\n";
+    s += &preload_settings(data);
     // Before recovery PostgreSQL fsyncs every file of a data directory it did not shut down
     // itself, one file at a time; one syncfs() per filesystem is the same guarantee, in a
     // fraction of the time (PostgreSQL 14+, Linux).
@@ -235,6 +338,42 @@ mod tests {
         assert!(host_settings("", Some(gb)).contains("shared_buffers = '256MB'"));
         assert!(!host_settings("", None).contains("shared_buffers"));
         assert_eq!(setting_bytes("shared_buffers_x = 1GB", "shared_buffers"), None);
+    }
+
+    #[test]
+    fn preload_libraries_by_a_path_are_dropped_and_plain_names_kept() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("conf.d")).unwrap();
+        std::fs::write(
+            d.path().join("postgresql.conf"),
+            "shared_preload_libraries = 'pg_stat_statements' # a comment\n\
+             include_dir 'conf.d'\ninclude_if_exists = 'missing.conf'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("conf.d/10.conf"),
+            "session_preload_libraries='lib/x.so, auto_explain'\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("conf.d/.hidden.conf"), "local_preload_libraries = '/tmp/y'\n").unwrap();
+        std::fs::write(
+            d.path().join("postgresql.auto.conf"),
+            "# Do not edit this file manually!\nSHARED_PRELOAD_LIBRARIES = '\"pg_stat_statements\", lib/evil.so, $libdir/auto_explain, $libdir/../x'\n\
+             log_directory = '/etc/cron.d'\n",
+        )
+        .unwrap();
+        let s = preload_settings(d.path());
+        assert!(s.contains("shared_preload_libraries = '\"pg_stat_statements\", \"auto_explain\"'\n"), "{s}");
+        assert!(s.contains("session_preload_libraries = '\"auto_explain\"'\n"), "{s}");
+        assert!(s.contains("local_preload_libraries = ''\n"), "{s}");
+        assert!(
+            s.contains("lib/evil.so") && s.contains("../x") && s.contains("lib/x.so"),
+            "dropped ones named: {s}"
+        );
+        assert!(s.contains("log_directory = 'log'") && s.contains("external_pid_file = ''"), "{s}");
+        assert_eq!(config_line("  a.b = 'it''s' # c"), Some(("a.b".into(), "it's".into())));
+        assert_eq!(config_line("x 5"), Some(("x".into(), "5".into())));
+        assert_eq!(config_line("# x = 1"), None);
     }
 
     #[test]
