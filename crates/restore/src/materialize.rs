@@ -185,19 +185,21 @@ pub async fn materialize(
     Ok(out)
 }
 
+/// What the fetch workers tell the flusher: a file and how many bytes were just written to it.
+type FlushSender = std::sync::mpsc::Sender<(Arc<std::fs::File>, u64)>;
+
 /// Bytes written to one file between two of the flusher's `fdatasync`s of it.
 const FLUSH_EVERY: u64 = 64 << 20;
 
 /// A thread that makes the restored files durable while the rest is still being fetched: it
 /// `fdatasync`s a file once [`FLUSH_EVERY`] bytes were written to it since the last time, and
-/// when the senders are gone every file still holding an eighth of that unflushed. PostgreSQL syncs the
-/// whole data directory before redo (`recovery_init_sync_method = syncfs`: it did not shut the
-/// copy down itself) — with the base data already written back that finds little to do, and the
-/// disk's writeback overlaps the fetch (decryption and decompression keep the cores busy, not
-/// the disk). Without it `syncfs` wrote the whole restored gigabyte after the fetch (~0.7 s at
-/// scale 50 in `bench/restore.sh`).
-fn flusher()
--> (std::sync::mpsc::Sender<(Arc<std::fs::File>, u64)>, std::thread::JoinHandle<std::io::Result<()>>) {
+/// when the senders are gone every file still holding an eighth of that unflushed. PostgreSQL
+/// syncs the whole data directory before redo (`recovery_init_sync_method = syncfs`: it did
+/// not shut the copy down itself) — with the base data already written back that finds little
+/// to do, and the disk's writeback overlaps the fetch (decryption and decompression keep the
+/// cores busy, not the disk). Without it `syncfs` wrote the whole restored gigabyte after the
+/// fetch (~0.7 s at scale 50 in `bench/restore.sh`).
+fn flusher() -> (FlushSender, std::thread::JoinHandle<std::io::Result<()>>) {
     let (tx, rx) = std::sync::mpsc::channel::<(Arc<std::fs::File>, u64)>();
     let handle = std::thread::spawn(move || {
         let mut pending: Vec<(Arc<std::fs::File>, u64)> = Vec::new();
