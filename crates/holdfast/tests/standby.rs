@@ -183,6 +183,16 @@ impl Setup {
         }
     }
 
+    /// Waits until the vault holds production's WAL up to its flush position now.
+    fn wait_vault_holds_wal(&self, what: &str, secs: u64) {
+        let flush: pgfmt::Lsn = self.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
+        self.wait(what, secs, || {
+            let st = self.json(&["status", "--json"]);
+            let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
+            (durable >= flush).then_some(())
+        });
+    }
+
     fn wait_state(&self, state: &str, secs: u64) -> serde_json::Value {
         self.wait(&format!("the standby {state} and ready"), secs, || {
             let st = self.standby();
@@ -590,12 +600,7 @@ fn backups_from_the_warm_standby_restore_the_source_without_the_standbys_files()
     s.wait("orders after the target", 30, || (load.placed.load(Ordering::Relaxed) > 10).then_some(()));
     load.stop();
     s.pg.psql("SELECT pg_switch_wal()").unwrap();
-    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
-    s.wait("the vault to hold the WAL", 60, || {
-        let st = s.json(&["status", "--json"]);
-        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
-        (durable >= flush).then_some(())
-    });
+    s.wait_vault_holds_wal("the vault to hold the WAL", 60);
     let read = s.v.scratch().join("read.token");
     s.v.create_token("read", "restore", &read).unwrap();
     let root = tempfile::tempdir().unwrap();
@@ -715,12 +720,7 @@ fn a_tablespace_missing_on_the_vaults_host_is_one_incident_naming_the_replay_fai
     );
     assert!(!l.exists(), "the standby created the tablespace's path on the vault's host");
     // The vault itself still captures production's WAL.
-    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
-    s.wait("the vault to hold production's WAL", 30, || {
-        let st = s.json(&["status", "--json"]);
-        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
-        (durable >= flush).then_some(())
-    });
+    s.wait_vault_holds_wal("the vault to hold production's WAL", 30);
 }
 
 /// Production's superuser creates a tablespace (at a path of the database host): every later
@@ -745,12 +745,7 @@ fn a_backup_of_a_server_with_a_tablespace_restores_it_inside_the_target_director
     s.pg.psql("INSERT INTO far_rows SELECT 5000").unwrap();
     let target = s.pg.psql("SELECT pg_current_wal_lsn()").unwrap();
     s.pg.psql("SELECT pg_switch_wal()").unwrap();
-    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
-    s.wait("the vault to hold the WAL", 60, || {
-        let st = s.json(&["status", "--json"]);
-        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
-        (durable >= flush).then_some(())
-    });
+    s.wait_vault_holds_wal("the vault to hold the WAL", 60);
     // Production's files at that path, as they are before the restore.
     let listing = |p: &Path| {
         let out =
@@ -846,12 +841,7 @@ fn commands_the_source_set_for_recovery_are_not_run_by_a_restore() {
     assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
     s.pg.psql("CREATE TABLE after_backup AS SELECT 1 AS x; CHECKPOINT").unwrap();
     s.pg.psql("SELECT pg_switch_wal()").unwrap();
-    let flush: pgfmt::Lsn = s.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap().parse().unwrap();
-    s.wait("the vault to hold the WAL", 60, || {
-        let st = s.json(&["status", "--json"]);
-        let durable = st["clusters"][0]["durable_lsn"].as_str()?.parse::<pgfmt::Lsn>().ok()?;
-        (durable >= flush).then_some(())
-    });
+    s.wait_vault_holds_wal("the vault to hold the WAL", 60);
     let read = s.v.scratch().join("read.token");
     s.v.create_token("read", "restore", &read).unwrap();
     let root = tempfile::tempdir().unwrap();
